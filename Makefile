@@ -1,0 +1,49 @@
+# wsgate: the two set-up commands are `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint typecheck pytest install node clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch node_modules/.installed
+
+node: node_modules/.installed
+
+## make run: the walk-through -- the echo server on 127.0.0.1:8010 and wsgate on :8020.
+run: $(STAMP)
+	@echo "Starting wsgate-echo on 127.0.0.1:8010 and wsgate -c examples/websocket.conf on :8020."
+	@echo "In another terminal:  $(BIN)/wsgate-cat --connect ws://127.0.0.1:8020"
+	@echo "Press CTRL+C to stop both."
+	@$(BIN)/wsgate-echo & echo_pid=$$!; \
+	trap 'kill $$echo_pid 2>/dev/null' EXIT INT TERM; \
+	$(BIN)/wsgate -p . -c examples/websocket.conf -g 'daemon off;'
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP) node
+	$(BIN)/pytest -q
+
+## make test: installs everything the tests need, then linters, type checks and pytest.
+test: lint typecheck pytest
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""wsgate.config."""

@@ -1,0 +1,312 @@
+"""The typed, immutable configuration model.
+
+crossplane's dicts are turned into these frozen, slotted dataclasses by :mod:`wsgate.config.loader`.
+Every object that came from a directive remembers where it came from (:class:`Source`), so a
+later error can point at the file and line that caused it.  Settings that nginx inherits from
+``http`` to ``server`` to ``location`` are already merged: a :class:`Location` carries the
+effective values, exactly as nginx's ``merge_loc_conf`` leaves them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from wsgate.config.template import Template
+
+__all__ = [
+    "AccessLog",
+    "Config",
+    "ErrorLog",
+    "HeaderSetting",
+    "HttpConfig",
+    "Listen",
+    "Location",
+    "LocationSettings",
+    "LogFormat",
+    "MapBlock",
+    "ProxyPass",
+    "Return",
+    "Server",
+    "ServerName",
+    "Source",
+    "Upstream",
+    "UpstreamServer",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a directive was written."""
+
+    file: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorLog:
+    """``error_log FILE [LEVEL]``; ``path`` is absolute, or ``"stderr"``."""
+
+    path: str
+    level: str = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class LogFormat:
+    """``log_format NAME [escape=default|json|none] STRING...``."""
+
+    name: str
+    template: Template
+    escape: str = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class AccessLog:
+    """``access_log PATH [FORMAT]``; ``access_log off`` is an empty tuple of these."""
+
+    path: str
+    format: LogFormat
+    source: Source | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    """``listen`` with the parameters wsgate supports.
+
+    ``host`` is ``"0.0.0.0"``/``"::"`` for a wildcard, else a literal IP.  ``port`` may be 0
+    (a wsgate extension for tests: the kernel picks the port and wsgate logs it).
+    """
+
+    host: str
+    port: int
+    default_server: bool = False
+    ipv6only: bool = True
+    source: Source | None = None
+
+    @property
+    def is_wildcard(self) -> bool:
+        return self.host in ("0.0.0.0", "::")
+
+    @property
+    def family_v6(self) -> bool:
+        return ":" in self.host
+
+
+@dataclass(frozen=True, slots=True)
+class ServerName:
+    """One ``server_name`` entry, classified as nginx does (server_names.html).
+
+    ``kind`` is ``"exact"``, ``"prefix_wildcard"`` (``*.example.org`` or ``.example.org``;
+    ``value`` keeps the dot: ``".example.org"``, and ``also_bare`` tells whether
+    ``example.org`` itself matches), ``"suffix_wildcard"`` (``mail.*``; ``value`` is
+    ``"mail."``) or ``"regex"``.
+    """
+
+    text: str
+    kind: str
+    value: str
+    regex: re.Pattern[str] | None = None
+    also_bare: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamServer:
+    """``server ADDRESS [weight=N]`` inside ``upstream``; ``address`` is the text as written."""
+
+    address: str
+    host: str
+    port: int
+    weight: int = 1
+    source: Source | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    name: str
+    servers: tuple[UpstreamServer, ...]
+    source: Source | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyPass:
+    """``proxy_pass URL``.
+
+    ``uri`` is the URI part (``None`` when the URL has none, ``"/"`` for ``http://h/``).
+    ``upstream`` names an ``upstream`` block when the host matched one; otherwise ``servers``
+    are the addresses the host resolved to at load time (each a round-robin peer, as nginx
+    builds an implicit upstream).  ``template`` is set when the URL contains variables and is
+    evaluated per request (then ``host``/``port``/``uri`` are unused).
+    """
+
+    url: str
+    scheme: str
+    host: str
+    port: int
+    uri: str | None
+    upstream: str | None = None
+    servers: tuple[UpstreamServer, ...] = ()
+    template: Template | None = None
+    port_given: bool = False
+    source: Source | None = None
+
+    @property
+    def proxy_host(self) -> str:
+        """``$proxy_host``: the host, with ``:port`` unless it is the scheme's default."""
+        if self.upstream is not None:
+            return self.host
+        default = 443 if self.scheme == "https" else 80
+        return self.host if self.port == default else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderSetting:
+    """One ``proxy_set_header NAME VALUE``; an empty value removes the header."""
+
+    name: str
+    value: Template
+
+
+@dataclass(frozen=True, slots=True)
+class Return:
+    """``return CODE [TEXT|URL]`` or ``return URL`` (302)."""
+
+    code: int
+    text: Template | None = None
+    source: Source | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LocationSettings:
+    """The effective per-location settings after nginx's http → server → location merge.
+
+    Defaults follow current nginx (1.29.7+) where it differs from 1.22 (see README):
+    ``proxy_http_version`` defaults to ``"1.1"`` and no ``Connection: close`` is sent by default.
+    Times are seconds.
+    """
+
+    proxy_pass: ProxyPass | None = None
+    proxy_http_version: str = "1.1"
+    #: The explicit ``proxy_set_header`` list of the level that had any (all-or-nothing
+    #: inheritance); the built-in defaults are added when the request is built.
+    proxy_set_headers: tuple[HeaderSetting, ...] = ()
+    proxy_connect_timeout: float = 60.0
+    proxy_read_timeout: float = 60.0
+    proxy_send_timeout: float = 60.0
+    send_timeout: float = 60.0
+    keepalive_timeout: float = 75.0
+    keepalive_header: float | None = None
+    keepalive_requests: int = 1000
+    client_max_body_size: int = 1024 * 1024
+    proxy_next_upstream: frozenset[str] = frozenset({"error", "timeout"})
+    proxy_next_upstream_tries: int = 0
+    proxy_next_upstream_timeout: float = 0.0
+    proxy_buffer_size: int = 4096
+    server_tokens: bool = True
+    return_: Return | None = None
+    #: Empty tuple means ``access_log off``.
+    access_logs: tuple[AccessLog, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """``location [=|~|~*|^~] NAME { ... }``.
+
+    ``modifier`` is ``""`` for a plain prefix.  ``regex`` is compiled for ``~``/``~*``.
+    ``locations`` are the nested locations in configuration order.
+    """
+
+    modifier: str
+    name: str
+    settings: LocationSettings
+    regex: re.Pattern[str] | None = None
+    locations: tuple[Location, ...] = ()
+    source: Source | None = None
+
+    @property
+    def is_regex(self) -> bool:
+        return self.modifier in ("~", "~*")
+
+    @property
+    def is_exact(self) -> bool:
+        return self.modifier == "="
+
+    @property
+    def is_noregex(self) -> bool:
+        return self.modifier == "^~"
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    """A ``server { }`` block.
+
+    ``settings`` are the server-level effective settings, used when no location matches.
+    ``names`` keeps ``server_name`` entries in order; an empty tuple means the server has the
+    empty name ``""`` (nginx's default ``server_name ""``).
+    """
+
+    listens: tuple[Listen, ...]
+    names: tuple[ServerName, ...]
+    settings: LocationSettings
+    locations: tuple[Location, ...] = ()
+    client_header_timeout: float = 60.0
+    client_header_buffer_size: int = 1024
+    large_client_header_buffers: tuple[int, int] = (4, 8192)
+    source: Source | None = None
+
+    @property
+    def name(self) -> str:
+        """``$server_name``: the first ``server_name`` as written, or ``""``."""
+        return self.names[0].text if self.names else ""
+
+    @property
+    def has_empty_name(self) -> bool:
+        return not self.names or any(n.kind == "exact" and n.value == "" for n in self.names)
+
+
+@dataclass(frozen=True, slots=True)
+class MapBlock:
+    """``map SOURCE $VARIABLE { ... }`` (ngx_http_map_module).
+
+    ``exact`` maps lowercased-if-hostnames keys to values; ``regexes`` keep config order.
+    With ``hostnames``, ``prefix_wildcards``/``suffix_wildcards`` hold ``*.x.org`` / ``www.*``.
+    """
+
+    source_value: Template
+    variable: str
+    default: Template | None
+    exact: dict[str, Template] = field(default_factory=dict)
+    regexes: tuple[tuple[re.Pattern[str], Template], ...] = ()
+    hostnames: bool = False
+    prefix_wildcards: tuple[tuple[str, Template], ...] = ()
+    suffix_wildcards: tuple[tuple[str, Template], ...] = ()
+    source: Source | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    servers: tuple[Server, ...]
+    upstreams: dict[str, Upstream] = field(default_factory=dict)
+    maps: dict[str, MapBlock] = field(default_factory=dict)
+    log_formats: dict[str, LogFormat] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole configuration: main context plus ``http``."""
+
+    file: str
+    prefix: str
+    http: HttpConfig
+    pid: str
+    error_logs: tuple[ErrorLog, ...]
+    daemon: bool = True
+    worker_processes: int = 1
+    worker_connections: int = 512
+    worker_shutdown_timeout: float | None = None
+    #: ``(path, text)`` of every file read, for ``-T``.
+    files: tuple[tuple[str, str], ...] = ()
+    #: ``[warn]`` messages produced while loading (accepted no-op directives).
+    warnings: tuple[str, ...] = ()
