@@ -1,0 +1,351 @@
+"""nginx variables: which names exist, and their values for one request.
+
+The loader uses :func:`is_known_variable` to reject ``unknown "x" variable`` at load time, as
+nginx does.  At run time the proxy fills a :class:`RequestContext` and templates call
+:meth:`RequestContext.lookup`.  Values follow
+https://nginx.org/en/docs/http/ngx_http_core_module.html#variables and
+https://nginx.org/en/docs/http/ngx_http_upstream_module.html#variables.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import time
+
+from wsgate.config.model import MapBlock
+from wsgate.config.template import Template
+
+__all__ = ["FIXED_VARIABLES", "PREFIX_VARIABLES", "RequestContext", "is_known_variable"]
+
+FIXED_VARIABLES = frozenset(
+    {
+        "remote_addr",
+        "remote_port",
+        "server_addr",
+        "server_port",
+        "server_name",
+        "server_protocol",
+        "host",
+        "hostname",
+        "scheme",
+        "request",
+        "request_method",
+        "request_uri",
+        "uri",
+        "document_uri",
+        "args",
+        "query_string",
+        "is_args",
+        "proxy_host",
+        "proxy_port",
+        "proxy_add_x_forwarded_for",
+        "status",
+        "time_local",
+        "time_iso8601",
+        "msec",
+        "request_time",
+        "bytes_sent",
+        "body_bytes_sent",
+        "request_length",
+        "upstream_addr",
+        "upstream_status",
+        "upstream_response_time",
+        "upstream_connect_time",
+        "upstream_header_time",
+        "connection",
+        "connection_requests",
+        "pid",
+        "pipe",
+        "content_length",
+        "content_type",
+        "remote_user",
+    }
+)
+PREFIX_VARIABLES = ("http_", "arg_", "cookie_", "sent_http_", "upstream_http_")
+
+
+def is_known_variable(name: str, maps: frozenset[str] | set[str]) -> bool:
+    """Whether ``$name`` exists: built-in, a prefix family, a regex capture, or a map result."""
+    if name in FIXED_VARIABLES or name in maps or name.isdigit():
+        return True
+    return any(name.startswith(p) and len(name) > len(p) for p in PREFIX_VARIABLES)
+
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def _time_local(t: float) -> str:
+    lt = time.localtime(t)
+    off = lt.tm_gmtoff or 0
+    sign = "+" if off >= 0 else "-"
+    off = abs(off) // 60
+    return (
+        f"{lt.tm_mday:02d}/{_MONTHS[lt.tm_mon - 1]}/{lt.tm_year}:"
+        f"{lt.tm_hour:02d}:{lt.tm_min:02d}:{lt.tm_sec:02d} {sign}{off // 60:02d}{off % 60:02d}"
+    )
+
+
+def _time_iso8601(t: float) -> str:
+    lt = time.localtime(t)
+    off = lt.tm_gmtoff or 0
+    sign = "+" if off >= 0 else "-"
+    off = abs(off) // 60
+    return time.strftime("%Y-%m-%dT%H:%M:%S", lt) + f"{sign}{off // 60:02d}:{off % 60:02d}"
+
+
+class RequestContext:
+    """Everything a variable can be computed from, for one request.
+
+    The proxy sets the attributes as the request goes on (``status`` and byte counts at the end).
+    Map results are computed on first use and cached for the request, as nginx caches
+    non-volatile variables.
+    """
+
+    __slots__ = (
+        "remote_addr",
+        "remote_port",
+        "server_addr",
+        "server_port",
+        "server_name",
+        "scheme",
+        "method",
+        "request_uri",
+        "uri",
+        "args",
+        "version",
+        "headers",
+        "host",
+        "request_line",
+        "proxy_host",
+        "proxy_port",
+        "status",
+        "start",
+        "bytes_sent",
+        "body_bytes_sent",
+        "request_length",
+        "upstream_addrs",
+        "upstream_statuses",
+        "upstream_times",
+        "connection",
+        "connection_requests",
+        "pipelined",
+        "captures",
+        "maps",
+        "_cache",
+    )
+
+    def __init__(
+        self,
+        *,
+        remote_addr: str = "",
+        remote_port: int = 0,
+        server_addr: str = "",
+        server_port: int = 0,
+        connection: int = 0,
+        maps: dict[str, MapBlock] | None = None,
+        start: float | None = None,
+    ) -> None:
+        self.remote_addr = remote_addr
+        self.remote_port = remote_port
+        self.server_addr = server_addr
+        self.server_port = server_port
+        self.server_name = ""
+        self.scheme = "http"
+        self.method = ""
+        self.request_uri = ""
+        self.uri = ""
+        self.args = ""
+        self.version = "1.1"
+        self.headers: list[tuple[str, str]] = []
+        self.host = ""
+        self.request_line = ""
+        self.proxy_host = ""
+        self.proxy_port = ""
+        self.status = 0
+        self.start = time.time() if start is None else start
+        self.bytes_sent = 0
+        self.body_bytes_sent = 0
+        self.request_length = 0
+        self.upstream_addrs: list[str] = []
+        self.upstream_statuses: list[str] = []
+        self.upstream_times: list[str] = []
+        self.connection = connection
+        self.connection_requests = 1
+        self.pipelined = False
+        self.captures: tuple[str, ...] = ()
+        self.maps = maps or {}
+        self._cache: dict[str, str] = {}
+
+    # -- helpers -----------------------------------------------------------------------------
+    def header(self, name: str) -> str | None:
+        """First client header called ``name`` (case-insensitive), as nginx's ``$http_*``."""
+        low = name.lower()
+        for k, v in self.headers:
+            if k.lower() == low:
+                return v
+        return None
+
+    def _header_var(self, suffix: str) -> str:
+        name = suffix.replace("_", "-")
+        low = name.lower()
+        # nginx joins repeated Cookie and X-Forwarded-For values (multi-header variables).
+        if low in ("cookie", "x-forwarded-for"):
+            sep = "; " if low == "cookie" else ", "
+            values = [v for k, v in self.headers if k.lower() == low]
+            return sep.join(values)
+        value = self.header(name)
+        return "" if value is None else value
+
+    def _arg(self, name: str) -> str:
+        for part in self.args.split("&"):
+            key, sep, value = part.partition("=")
+            if key.lower() == name.lower() and sep:
+                return value
+            if key.lower() == name.lower():
+                return ""
+        return ""
+
+    def _cookie(self, name: str) -> str:
+        for value in (v for k, v in self.headers if k.lower() == "cookie"):
+            for part in value.split(";"):
+                key, _, val = part.strip().partition("=")
+                if key == name:
+                    return val
+        return ""
+
+    def invalidate(self) -> None:
+        """Forget cached map results (after captures or the URI change)."""
+        self._cache.clear()
+
+    # -- lookup -----------------------------------------------------------------------------
+    def lookup(self, name: str) -> str:
+        """The value of ``$name``; unknown or unset variables are empty, as nginx logs ``-``."""
+        if name.isdigit():
+            i = int(name)
+            return self.captures[i] if i < len(self.captures) else ""
+        m = self.maps.get(name)
+        if m is not None:
+            cached = self._cache.get(name)
+            if cached is None:
+                cached = self._eval_map(m)
+                self._cache[name] = cached
+            return cached
+        getter = _GETTERS.get(name)
+        if getter is not None:
+            return getter(self)
+        if name.startswith("http_"):
+            return self._header_var(name[5:])
+        if name.startswith("arg_"):
+            return self._arg(name[4:])
+        if name.startswith("cookie_"):
+            return self._cookie(name[7:])
+        return ""
+
+    def _eval_map(self, m: MapBlock) -> str:
+        """ngx_http_map_find: exact (case-insensitive), wildcards (hostnames), regexes, default."""
+        value = m.source_value.render(self.lookup)
+        key = value.lower()
+        if m.hostnames and key.endswith("."):
+            key = key[:-1]
+        hit = m.exact.get(key)
+        if hit is not None:
+            return hit.render(self.lookup)
+        if m.hostnames:
+            best: Template | None = None
+            best_len = -1
+            for suffix, tpl in m.prefix_wildcards:  # ".example.org" from "*.example.org"
+                if key.endswith(suffix) and len(suffix) > best_len:
+                    best, best_len = tpl, len(suffix)
+            if best is None:
+                for prefix, tpl in m.suffix_wildcards:  # "www." from "www.*"
+                    if key.startswith(prefix) and len(prefix) > best_len:
+                        best, best_len = tpl, len(prefix)
+            if best is not None:
+                return best.render(self.lookup)
+        for regex, tpl in m.regexes:
+            match = regex.search(value)
+            if match is not None:
+                return tpl.render(_CaptureLookup(self, match).lookup)
+        return m.default.render(self.lookup) if m.default is not None else ""
+
+
+class _CaptureLookup:
+    """Lookup for a map value rendered with the captures of its own regex."""
+
+    __slots__ = ("ctx", "match")
+
+    def __init__(self, ctx: RequestContext, match: re.Match[str]) -> None:
+        self.ctx = ctx
+        self.match = match
+
+    def lookup(self, name: str) -> str:
+        if name.isdigit():
+            i = int(name)
+            return (self.match.group(i) or "") if i <= (self.match.re.groups or 0) else ""
+        if name in self.match.re.groupindex:
+            return self.match.group(name) or ""
+        return self.ctx.lookup(name)
+
+
+def _xff(c: RequestContext) -> str:
+    prior = c._header_var("x_forwarded_for")
+    return f"{prior}, {c.remote_addr}" if prior else c.remote_addr
+
+
+def _host(c: RequestContext) -> str:
+    return c.host or c.server_name
+
+
+def _msec(c: RequestContext) -> str:
+    return f"{time.time():.3f}"
+
+
+def _request_time(c: RequestContext) -> str:
+    return f"{max(0.0, time.time() - c.start):.3f}"
+
+
+_GETTERS = {
+    "remote_addr": lambda c: c.remote_addr,
+    "remote_port": lambda c: str(c.remote_port),
+    "server_addr": lambda c: c.server_addr,
+    "server_port": lambda c: str(c.server_port),
+    "server_name": lambda c: c.server_name,
+    "server_protocol": lambda c: f"HTTP/{c.version}",
+    "host": _host,
+    "scheme": lambda c: c.scheme,
+    "request": lambda c: c.request_line,
+    "request_method": lambda c: c.method,
+    "request_uri": lambda c: c.request_uri,
+    "uri": lambda c: c.uri,
+    "document_uri": lambda c: c.uri,
+    "args": lambda c: c.args,
+    "query_string": lambda c: c.args,
+    "is_args": lambda c: "?" if c.args else "",
+    "proxy_host": lambda c: c.proxy_host,
+    "proxy_port": lambda c: c.proxy_port,
+    "proxy_add_x_forwarded_for": _xff,
+    "status": lambda c: f"{c.status:03d}" if c.status else "000",
+    "time_local": lambda c: _time_local(time.time()),
+    "time_iso8601": lambda c: _time_iso8601(time.time()),
+    "msec": _msec,
+    "request_time": _request_time,
+    "bytes_sent": lambda c: str(c.bytes_sent),
+    "body_bytes_sent": lambda c: str(c.body_bytes_sent),
+    "request_length": lambda c: str(c.request_length),
+    "upstream_addr": lambda c: ", ".join(c.upstream_addrs),
+    "upstream_status": lambda c: ", ".join(c.upstream_statuses),
+    "upstream_response_time": lambda c: ", ".join(c.upstream_times),
+    "connection": lambda c: str(c.connection),
+    "connection_requests": lambda c: str(c.connection_requests),
+    "pipe": lambda c: "p" if c.pipelined else ".",
+    "content_length": lambda c: c.header("content-length") or "",
+    "content_type": lambda c: c.header("content-type") or "",
+    "hostname": lambda c: _HOSTNAME,
+    "pid": lambda c: str(os.getpid()),
+    "remote_user": lambda c: "",
+}
+
+
+_HOSTNAME = socket.gethostname()

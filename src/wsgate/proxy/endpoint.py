@@ -1,0 +1,143 @@
+"""One TCP connection as the HTTP phase sees it: awaitable reads, flow-controlled writes.
+
+An :class:`Endpoint` is an ``asyncio.Protocol`` (fast with uvloop: no StreamReader layers)
+that buffers what arrives until the request or response handler asks for it, pausing the
+transport when the buffer is full (back-pressure), and lets the handler await ``drain()``
+while the kernel send buffer is full.  When a WebSocket tunnel starts, the transport is
+handed to :mod:`wsgate.proxy.tunnel` with ``set_protocol`` and this object steps aside.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+__all__ = ["Endpoint", "PeerClosed"]
+
+#: Bytes buffered from a peer before its reading is paused (nginx reads one buffer at a time).
+READ_HIGH_WATER = 64 * 1024
+
+
+class PeerClosed(ConnectionError):
+    """The peer closed (or reset) the connection while we waited for it."""
+
+
+class Endpoint(asyncio.Protocol):
+    """Buffering protocol with ``await read()``, ``write()`` and ``await drain()``."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.loop = loop or asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.eof = False
+        self.error: BaseException | None = None
+        self.closed = False
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._write_paused = False
+        self._read_paused = False
+        self.connected: asyncio.Future[None] = self.loop.create_future()
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        if not self.connected.done():
+            self.connected.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if len(self.buffer) > READ_HIGH_WATER and not self._read_paused and self.transport:
+            self._read_paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._wake()
+        return True  # keep the write side open: half-close is the handler's decision
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.eof = True
+        if exc is not None:
+            self.error = exc
+        if not self.connected.done():
+            self.connected.set_exception(exc or PeerClosed("connection lost"))
+        self._wake()
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- handler side -------------------------------------------------------------------------
+    def _wake(self) -> None:
+        waiter = self._read_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait_data(self) -> bool:
+        """Wait until the buffer has bytes; ``False`` at EOF with an empty buffer."""
+        while not self.buffer:
+            if self.eof:
+                return False
+            self._read_waiter = self.loop.create_future()
+            try:
+                await self._read_waiter
+            finally:
+                self._read_waiter = None
+        return True
+
+    def take(self) -> bytes:
+        """Everything buffered, and reading resumed."""
+        data = bytes(self.buffer)
+        self.buffer.clear()
+        if self._read_paused and self.transport is not None and not self.closed:
+            self._read_paused = False
+            self.transport.resume_reading()
+        return data
+
+    async def read(self) -> bytes:
+        """The next bytes, or ``b""`` at EOF."""
+        if not await self.wait_data():
+            return b""
+        return self.take()
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        if self.closed:
+            raise PeerClosed("connection lost")
+        if not self._write_paused:
+            return
+        self._drain_waiter = self.loop.create_future()
+        try:
+            await self._drain_waiter
+        finally:
+            self._drain_waiter = None
+        if self.closed:
+            raise PeerClosed("connection lost")
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.abort()

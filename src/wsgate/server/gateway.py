@@ -1,0 +1,297 @@
+"""The running instance: listening sockets, open connections, peer groups, signals, reload.
+
+This is the thin asyncio layer around the pure modules.  One process serves everything
+(``worker_processes`` is accepted and recorded; the process-model issue adds workers).
+
+Listening sockets follow nginx's ``ngx_http_optimize_servers``: on a port where a wildcard
+address (``0.0.0.0``/``[::]``) is listened on, specific addresses of the same family are
+served by the wildcard socket, and each connection's local address picks the candidate
+servers.  ``listen ADDR:0`` (a wsgate extension for tests) binds an ephemeral port; the real
+address is logged at ``notice``: ``listening on 127.0.0.1:40123 (FILE:LINE)``.
+
+Signals (https://nginx.org/en/docs/control.html): TERM/INT stop at once; QUIT stops
+accepting, closes idle keep-alive connections, lets requests and tunnels finish (up to
+``worker_shutdown_timeout``, then closes them); HUP re-reads the configuration and keeps every
+open connection on the old one (a bad configuration is logged and the old one stays); USR1
+reopens the log files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from wsgate.config.model import Config, Listen, ProxyPass, Server
+from wsgate.errors import ConfigError
+from wsgate.observability.logs import AccessLogs, ErrorLogger
+from wsgate.proxy.endpoint import Endpoint
+from wsgate.proxy.handler import ClientConnection
+from wsgate.proxy.tunnel import Tunnel
+from wsgate.upstream.roundrobin import Peer, PeerGroup
+
+__all__ = ["Gateway", "ListenGroup", "bind_keys", "open_groups", "pid_write"]
+
+BindKey = tuple[str, int, int]  # host, configured port, index (port-0 listens stay apart)
+
+
+def bind_keys(config: Config) -> dict[BindKey, list[tuple[Server, Listen]]]:
+    """Which sockets to open and which (server, listen) pairs each one serves."""
+    wildcard_ports = {(lst.port, lst.family_v6) for s in config.http.servers for lst in s.listens
+                      if lst.is_wildcard and lst.port != 0}
+    keys: dict[BindKey, list[tuple[Server, Listen]]] = {}
+    for server in config.http.servers:
+        for lst in server.listens:
+            if lst.port != 0 and not lst.is_wildcard and (lst.port, lst.family_v6) in \
+                    wildcard_ports:
+                host = "::" if lst.family_v6 else "0.0.0.0"
+            else:
+                host = lst.host
+            keys.setdefault((host, lst.port, 0), []).append((server, lst))
+    return keys
+
+
+@dataclass
+class ListenGroup:
+    """One listening socket and the servers that answer on it."""
+
+    key: BindKey
+    pairs: list[tuple[Server, Listen]]
+    sock: socket.socket | None = None
+    server: asyncio.Server | None = None
+    port: int = 0
+    _cache: dict[str, tuple[list[Server], Server]] = field(default_factory=dict)
+
+    def candidates(self, local_addr: str) -> tuple[list[Server], Server]:
+        """Servers for a connection that arrived on ``local_addr`` (nginx: address first)."""
+        hit = self._cache.get(local_addr)
+        if hit is not None:
+            return hit
+        exact = [(s, lst) for s, lst in self.pairs if lst.host == local_addr]
+        chosen = exact or [(s, lst) for s, lst in self.pairs if lst.is_wildcard] or self.pairs
+        servers: list[Server] = []
+        for s, _ in chosen:
+            if s not in servers:
+                servers.append(s)
+        default = next((s for s, lst in chosen if lst.default_server), servers[0])
+        self._cache[local_addr] = (servers, default)
+        return servers, default
+
+
+class Gateway:
+    """Everything one running wsgate holds."""
+
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop,
+                 error_log: ErrorLogger, reload_config: Callable[[], Config] | None = None) -> None:
+        self.config = config
+        self.loop = loop
+        self.error_log = error_log
+        self.access_logs = AccessLogs()
+        self.reload_config = reload_config
+        self.groups: dict[BindKey, ListenGroup] = {}
+        self.peer_groups: dict[object, PeerGroup] = {}
+        self.connections: set[ClientConnection] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.tunnels: set[Tunnel] = set()
+        self.counter = 0
+        self.stopping = False
+        self.stopped: asyncio.Future[None] = loop.create_future()
+        self.exit_code = 0
+
+    # -- peers ----------------------------------------------------------------------------------
+    def peer_group(self, pp: ProxyPass) -> PeerGroup:
+        """The balancing state for a ``proxy_pass`` target, shared by all requests using it."""
+        key: object = ("upstream", pp.upstream) if pp.upstream else ("implicit", pp.url)
+        group = self.peer_groups.get(key)
+        if group is None:
+            if pp.upstream is not None:
+                up = self.config.http.upstreams[pp.upstream]
+                peers = [Peer(f"{_hp(s.host)}:{s.port}", s.host, s.port, s.weight)
+                         for s in up.servers]
+                name = up.name
+            else:
+                peers = [Peer(f"{_hp(s.host)}:{s.port}", s.host, s.port, s.weight)
+                         for s in pp.servers]
+                name = pp.host if not pp.port_given else f"{pp.host}:{pp.port}"
+            group = PeerGroup(name, peers, clock=self.loop.time)
+            self.peer_groups[key] = group
+        return group
+
+    # -- listening ------------------------------------------------------------------------------
+    def bind(self, config: Config) -> dict[BindKey, ListenGroup]:
+        """Open the sockets ``config`` needs, reusing the ones already open; raise on failure."""
+        return open_groups(config, self.groups)
+
+    async def serve(self, groups: dict[BindKey, ListenGroup]) -> None:
+        """Start accepting on every group that is not yet accepting; close dropped ones."""
+        for key, group in groups.items():
+            if group.server is None:
+                assert group.sock is not None
+                group.server = await self.loop.create_server(
+                    lambda g=group: _Front(self, g), sock=group.sock)  # type: ignore[misc]
+                where = group.key[0]
+                where = f"[{where}]" if ":" in where else where
+                src = group.pairs[0][1].source
+                self.error_log.log("notice", f"listening on {where}:{group.port}"
+                                   + (f" ({src})" if src else ""))
+        for key, old in self.groups.items():
+            if key not in groups or groups[key].sock is not old.sock:
+                if old.server is not None:
+                    old.server.close()
+        self.groups = groups
+
+    def accepted(self, ep: Endpoint, group: ListenGroup) -> None:
+        self.counter += 1
+        conn = ClientConnection(self, ep, group, self.counter)
+        self.connections.add(conn)
+        task = self.loop.create_task(conn.run())
+        self.tasks.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self.tasks.discard(t)
+            self.connections.discard(conn)
+            if not t.cancelled() and t.exception() is not None:
+                exc = t.exception()
+                self.error_log.log("alert", f"unexpected error: {exc!r}", conn.number)
+                ep.abort()
+            if self.stopping and not self.connections:
+                self._finish()
+
+        task.add_done_callback(done)
+
+    # -- signals ------------------------------------------------------------------------------
+    def install_signals(self) -> None:
+        self.loop.add_signal_handler(signal.SIGTERM, self.stop_now)
+        self.loop.add_signal_handler(signal.SIGINT, self.stop_now)
+        self.loop.add_signal_handler(signal.SIGQUIT, self.stop_gracefully)
+        self.loop.add_signal_handler(signal.SIGHUP, self.reload)
+        self.loop.add_signal_handler(signal.SIGUSR1, self.reopen)
+
+    def _close_listeners(self) -> None:
+        for group in self.groups.values():
+            if group.server is not None:
+                group.server.close()
+            elif group.sock is not None:
+                group.sock.close()
+
+    def stop_now(self) -> None:
+        self.error_log.log("notice", "exiting")
+        self.stopping = True
+        self._close_listeners()
+        for conn in list(self.connections):
+            if conn.tunnel is not None:
+                conn.tunnel.abort()
+            conn.ep.abort()
+        for task in list(self.tasks):
+            task.cancel()
+        self._finish()
+
+    def stop_gracefully(self) -> None:
+        if self.stopping:
+            return
+        self.error_log.log("notice", "gracefully shutting down")
+        self.stopping = True
+        self._close_listeners()
+        for conn in list(self.connections):
+            if conn.idle and conn.tunnel is None:
+                conn.ep.close()
+        timeout = self.config.worker_shutdown_timeout
+        if timeout is not None:
+            self.loop.call_later(timeout, self.stop_now)
+        if not self.connections:
+            self._finish()
+
+    def _finish(self) -> None:
+        if not self.stopped.done():
+            self.stopped.set_result(None)
+
+    def reload(self) -> None:
+        self.error_log.log("notice", "signal 1 (SIGHUP) received, reconfiguring")
+        if self.reload_config is None:
+            return
+        try:
+            config = self.reload_config()
+            groups = self.bind(config)
+        except ConfigError as exc:
+            self.error_log.log("emerg", str(exc))
+            return
+        self.config = config
+        self.peer_groups = {}
+        self.error_log.targets = config.error_logs
+        self.error_log.open()
+        self.access_logs.reopen()
+        self.loop.create_task(self.serve(groups))
+
+    def reopen(self) -> None:
+        self.error_log.log("notice", "signal 10 (SIGUSR1) received, reopening logs")
+        self.error_log.open()
+        self.access_logs.reopen()
+
+
+def _open(key: BindKey) -> socket.socket:
+    host, port, _ = key
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.listen(511)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def open_groups(config: Config, current: dict[BindKey, ListenGroup]) -> dict[BindKey, ListenGroup]:
+    """The listen groups for ``config``: sockets already open in ``current`` are kept, the
+    others are bound now (before any event loop exists, so the CLI can bind, then daemonize).
+    A bind failure closes what this call opened and raises nginx's ``bind() ... failed``."""
+    groups: dict[BindKey, ListenGroup] = {}
+    opened: list[socket.socket] = []
+    for key, pairs in bind_keys(config).items():
+        old = current.get(key)
+        if old is not None and old.sock is not None and key[1] != 0:
+            groups[key] = ListenGroup(key, pairs, old.sock, old.server, old.port)
+            continue
+        try:
+            sock = _open(key)
+        except OSError as exc:
+            for opened_sock in opened:
+                opened_sock.close()
+            where = f"[{key[0]}]" if ":" in key[0] else key[0]
+            raise ConfigError(f"bind() to {where}:{key[1]} failed ({exc.errno}: "
+                              f"{exc.strerror})") from exc
+        opened.append(sock)
+        groups[key] = ListenGroup(key, pairs, sock, None, sock.getsockname()[1])
+    return groups
+
+
+class _Front(Endpoint):
+    """Accepted connections: an Endpoint that hands itself to the gateway."""
+
+    def __init__(self, gw: Gateway, group: ListenGroup) -> None:
+        super().__init__(gw.loop)
+        self.gw = gw
+        self.group = group
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.gw.accepted(self, self.group)
+
+
+def _hp(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def pid_write(path: str) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as fh:
+        fh.write(f"{os.getpid()}\n")
+    os.replace(tmp, path)

@@ -1,0 +1,145 @@
+"""Shared fixtures: a real ``wsgate`` process on loopback, started from a configuration text.
+
+The process runs with ``-p TMP -g "daemon off; error_log logs/error.log notice;"``, so its pid
+file (``logs/nginx.pid``), error log and default access log (``logs/access.log``) are in the
+test's temporary directory.  Listeners are written as ``listen 127.0.0.1:0``: wsgate logs each
+bound address (``listening on 127.0.0.1:PORT``), and the fixture reads the ports back in
+listen order once the pid file exists.  Nothing sleeps for readiness.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal as _signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+LISTENING = re.compile(r"listening on (\S+):(\d+)")
+
+
+@dataclass
+class WsgateProcess:
+    """A running wsgate; ``ports`` in the order the listeners appear in the configuration."""
+
+    proc: subprocess.Popen[bytes]
+    prefix: Path
+    conf: Path
+    ports: list[int] = field(default_factory=list)
+
+    @property
+    def port(self) -> int:
+        return self.ports[0]
+
+    @property
+    def error_log(self) -> Path:
+        return self.prefix / "logs" / "error.log"
+
+    @property
+    def access_log(self) -> Path:
+        return self.prefix / "logs" / "access.log"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.prefix / "logs" / "nginx.pid"
+
+    @property
+    def stderr(self) -> str:
+        return (self.prefix / "stderr.txt").read_text(errors="replace")
+
+    def errors(self) -> str:
+        return self.error_log.read_text(errors="replace") if self.error_log.exists() else ""
+
+    def open_fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait_log(self, pattern: str, timeout: float = 10.0, start: int = 0) -> re.Match[str]:
+        """Wait until the error log (from byte ``start``) matches ``pattern``."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            m = rx.search(self.errors()[start:])
+            if m is not None:
+                return m
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {pattern!r} in error log:\n{self.errors()}")
+            if self.proc.poll() is not None:
+                raise AssertionError(f"wsgate exited ({self.proc.returncode}):\n{self.stderr}")
+            time.sleep(0.01)
+
+    def access_lines(self, count: int, timeout: float = 10.0) -> list[str]:
+        """Wait until the access log has ``count`` lines and return them."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.access_log.read_text() if self.access_log.exists() else ""
+            lines = text.splitlines()
+            if len(lines) >= count:
+                return lines
+            if time.monotonic() > deadline:
+                raise AssertionError(f"access log has {len(lines)} lines, want {count}:\n{text}")
+            time.sleep(0.01)
+
+    def stop(self, sig: int = _signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError("wsgate did not stop in time") from None
+        return self.proc.returncode
+
+
+def start_wsgate(prefix: Path, conf_text: str, extra_args: tuple[str, ...] = (),
+                 timeout: float = 15.0) -> WsgateProcess:
+    (prefix / "logs").mkdir(parents=True, exist_ok=True)
+    conf = prefix / "nginx.conf"
+    conf.write_text(conf_text)
+    stderr = open(prefix / "stderr.txt", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wsgate.cli", "-p", str(prefix), "-c", "nginx.conf",
+         "-g", "daemon off; error_log logs/error.log notice;", *extra_args],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
+    )
+    stderr.close()
+    handle = WsgateProcess(proc, prefix, conf)
+    deadline = time.monotonic() + timeout
+    while not handle.pid_file.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"wsgate exited ({proc.returncode}):\n{handle.stderr}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            raise AssertionError(f"wsgate did not start:\n{handle.stderr}")
+        time.sleep(0.01)
+    handle.ports = [int(m.group(2)) for m in LISTENING.finditer(handle.errors())]
+    return handle
+
+
+@pytest.fixture
+def wsgate(tmp_path: Path) -> Iterator[Callable[..., WsgateProcess]]:
+    """Factory: ``wsgate(conf_text)`` starts wsgate; every instance is stopped afterwards,
+    and a test fails if wsgate logged an ``[alert]`` (an unexpected exception)."""
+    started: list[WsgateProcess] = []
+
+    def factory(conf_text: str, *extra_args: str) -> WsgateProcess:
+        prefix = tmp_path / f"wsgate{len(started)}"
+        handle = start_wsgate(prefix, conf_text, extra_args)
+        started.append(handle)
+        return handle
+
+    yield factory
+    for handle in started:
+        handle.stop()
+        log = handle.errors()
+        assert "[alert]" not in log and "Traceback" not in handle.stderr, log + handle.stderr

@@ -1,0 +1,237 @@
+"""Configuration loading: good files, nginx's inheritance, and errors with file:line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from wsgate.config.loader import load
+from wsgate.config.model import Config
+from wsgate.config.template import compile_template
+from wsgate.config.units import parse_size, parse_time
+from wsgate.config.variables import RequestContext
+from wsgate.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def conf(tmp_path: Path, text: str, name: str = "nginx.conf") -> Config:
+    (tmp_path / name).write_text(text)
+    return load(name, prefix=str(tmp_path))
+
+
+def error(tmp_path: Path, text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        conf(tmp_path, text)
+    return str(info.value)
+
+
+def test_walkthrough_example_loads() -> None:
+    config = load("examples/websocket.conf", prefix=str(ROOT))
+    (server,) = config.http.servers
+    assert [(lst.host, lst.port) for lst in server.listens] == [("0.0.0.0", 8020)]
+    (loc,) = server.locations
+    pp = loc.settings.proxy_pass
+    assert pp is not None and pp.upstream == "websocket" and pp.uri is None
+    assert pp.proxy_host == "websocket"
+    assert [h.name for h in loc.settings.proxy_set_headers] == ["Upgrade", "Connection"]
+    assert config.http.upstreams["websocket"].servers[0].port == 8010
+    assert config.pid == str(ROOT / "run" / "wsgate.pid")
+
+
+def test_wsapp_example_loads() -> None:
+    config = load("examples/wsapp.conf", prefix=str(ROOT))
+    (loc,) = config.http.servers[0].locations
+    assert loc.name == "/wsapp/"
+    assert loc.settings.proxy_set_headers[1].value.raw == "Upgrade"
+
+
+def test_include_and_relative_paths(tmp_path: Path) -> None:
+    (tmp_path / "up.conf").write_text("upstream b { server 127.0.0.1:9 weight=3; }\n")
+    config = conf(tmp_path, "pid run/x.pid;\nevents {}\nhttp {\n include up.conf;\n"
+                  " server { listen 127.0.0.1:0; location / { proxy_pass http://b; } }\n}\n")
+    assert config.http.upstreams["b"].servers[0].weight == 3
+    assert config.pid == str(tmp_path / "run" / "x.pid")
+    assert [f for f, _ in config.files] == [str(tmp_path / "nginx.conf"), str(tmp_path / "up.conf")]
+
+
+def test_proxy_set_header_inheritance_is_all_or_nothing(tmp_path: Path) -> None:
+    config = conf(tmp_path, """
+http {
+  proxy_set_header X-A a;
+  proxy_set_header X-B b;
+  proxy_read_timeout 5s;
+  server {
+    listen 127.0.0.1:0;
+    location /inherit { proxy_pass http://127.0.0.1:1; }
+    location /own { proxy_set_header X-C c; proxy_pass http://127.0.0.1:1; proxy_read_timeout 1m30s; }
+  }
+}
+""")
+    inherit, own = config.http.servers[0].locations
+    assert [h.name for h in inherit.settings.proxy_set_headers] == ["X-A", "X-B"]
+    assert [h.name for h in own.settings.proxy_set_headers] == ["X-C"]
+    assert inherit.settings.proxy_read_timeout == 5.0
+    assert own.settings.proxy_read_timeout == 90.0
+
+
+def test_defaults_follow_current_nginx(tmp_path: Path) -> None:
+    config = conf(tmp_path, "http { server { location / { proxy_pass http://127.0.0.1:1; } } }")
+    s = config.http.servers[0].locations[0].settings
+    assert s.proxy_http_version == "1.1"
+    assert (s.proxy_read_timeout, s.proxy_send_timeout, s.send_timeout) == (60.0, 60.0, 60.0)
+    assert s.keepalive_timeout == 75.0
+    assert config.http.servers[0].listens[0].port == 80
+
+
+def test_nested_locations_and_modifiers(tmp_path: Path) -> None:
+    config = conf(tmp_path, """
+http { server {
+  location = /exact { return 204; }
+  location ^~ /static/ { return 200 s; }
+  location ~* \\.(png|jpg)$ { return 200 img; }
+  location /a/ { location /a/b/ { return 200 ab; } location ~ ^/a/c { return 200 ac; } }
+} }
+""")
+    exact, static, rx, a = config.http.servers[0].locations
+    assert exact.is_exact and static.is_noregex and rx.is_regex and rx.regex is not None
+    assert rx.regex.search("/X.PNG")
+    assert [loc.name for loc in a.locations] == ["/a/b/", "^/a/c"]
+
+
+def test_server_names_are_classified(tmp_path: Path) -> None:
+    config = conf(tmp_path, "http { server { server_name Example.org *.example.org "
+                  ".example.net mail.* ~^(?<user>.+)\\.example\\.com$; } }")
+    kinds = [(n.kind, n.value) for n in config.http.servers[0].names]
+    assert kinds[:4] == [("exact", "example.org"), ("prefix_wildcard", ".example.org"),
+                         ("prefix_wildcard", ".example.net"), ("suffix_wildcard", "mail.")]
+    regex = config.http.servers[0].names[4].regex
+    assert regex is not None and regex.search("bob.example.com").group("user") == "bob"
+
+
+def test_map_exact_regex_default_hostnames(tmp_path: Path) -> None:
+    config = conf(tmp_path, """
+http {
+  map $http_upgrade $connection_upgrade { default upgrade; '' close; }
+  map $uri $m { ~^/u/(?<id>\\d+)$ user-$id; ~*^/CASE/(.*)$ c-$1; /x exact; default d; }
+  map $http_host $h { hostnames; *.example.org wild; www.* front; example.com ex; }
+  server { location / { return 200 $m; } }
+}
+""")
+    maps = config.http.maps
+
+    def value(var: str, **kw: object) -> str:
+        ctx = RequestContext(maps=maps)
+        for k, v in kw.items():
+            setattr(ctx, k, v)
+        return ctx.lookup(var)
+
+    assert value("connection_upgrade", headers=[("Upgrade", "websocket")]) == "upgrade"
+    assert value("connection_upgrade", headers=[]) == "close"
+    assert value("m", uri="/u/42") == "user-42"
+    assert value("m", uri="/case/Zed") == "c-Zed"
+    assert value("m", uri="/X") == "exact"  # exact keys are case-insensitive (ngx_hash_strlow)
+    assert value("m", uri="/other") == "d"
+    assert value("h", headers=[("Host", "a.b.example.org")]) == "wild"
+    assert value("h", headers=[("Host", "www.foo.net")]) == "front"
+    assert value("h", headers=[("Host", "EXAMPLE.com.")]) == "ex"
+    assert value("h", headers=[("Host", "nothing")]) == ""
+
+
+@pytest.mark.parametrize(
+    ("text", "message", "line"),
+    [
+        ("http {\n server {\n  foo bar;\n }\n}\n", 'unknown directive "foo"', 3),
+        ("http {\n  ssl_certificate x.pem;\n}\n",
+         '"ssl_certificate" directive is not supported by wsgate', 2),
+        ("http {\n server {\n  allow 10.0.0.0/8;\n }\n}\n",
+         '"allow" directive is not supported by wsgate', 3),
+        ("http {\n limit_conn_zone $binary_remote_addr zone=a:1m;\n}\n",
+         '"limit_conn_zone" directive is not supported by wsgate', 2),
+        ("http {\n server {\n  listen 127.0.0.1:0 ssl;\n }\n}\n",
+         '"listen ... ssl" is not supported by wsgate yet', 3),
+        ("http {\n server {\n  location ~ ^/x { proxy_pass http://127.0.0.1:1/y; }\n }\n}\n",
+         '"proxy_pass" cannot have URI part in location given by regular expression', 3),
+        ("http {\n server {\n  location / { proxy_pass http://127.0.0.1:1; }\n  return 200 $nope;\n"
+         " }\n}\n", 'unknown "nope" variable', 4),
+        ("http {\n proxy_read_timeout 5x;\n}\n", '"proxy_read_timeout" directive invalid value', 2),
+        ("events {}\nevents {}\n", '"events" directive is duplicate', 2),
+        ("http {\n server {\n  location / {\n   listen 80;\n  }\n }\n}\n",
+         '"listen" directive is not allowed here', 4),
+        ("http {\n upstream u {\n  server 127.0.0.1:1 max_fails=3;\n }\n}\n",
+         'invalid parameter "max_fails=3"', 3),
+        ("http {\n server {\n", 'unexpected end of file, expecting "}"', 2),
+        ("http {\n proxy_redirect default;\n}\n", '"proxy_redirect default" is not supported', 2),
+    ],
+)
+def test_errors_name_directive_file_and_line(tmp_path: Path, text: str, message: str,
+                                             line: int) -> None:
+    msg = error(tmp_path, text)
+    assert message in msg
+    assert msg.endswith(f"in {tmp_path / 'nginx.conf'}:{line}")
+
+
+def test_no_op_directives_warn(tmp_path: Path) -> None:
+    config = conf(tmp_path, "http {\n sendfile on;\n tcp_nopush on;\n server { } \n}\n")
+    assert config.warnings == (
+        f'"sendfile" directive has no effect in wsgate and is ignored in {tmp_path}/nginx.conf:2',
+        f'"tcp_nopush" directive has no effect in wsgate and is ignored in {tmp_path}/nginx.conf:3',
+    )
+
+
+def test_missing_file_is_an_open_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load("absent.conf", prefix=str(tmp_path))
+    assert str(info.value) == f'open() "{tmp_path}/absent.conf" failed (2: No such file or directory)'
+
+
+def test_globals_come_first_and_duplicates_are_errors(tmp_path: Path) -> None:
+    (tmp_path / "nginx.conf").write_text("worker_processes 2;\n")
+    with pytest.raises(ConfigError) as info:
+        load("nginx.conf", prefix=str(tmp_path), globals_="worker_processes 1;")
+    assert str(info.value) == f'"worker_processes" directive is duplicate in {tmp_path}/nginx.conf:1'
+    with pytest.raises(ConfigError) as info:
+        load("nginx.conf", prefix=str(tmp_path), globals_="bogus 1;")
+    assert str(info.value) == 'unknown directive "bogus" in command line'
+    config = load("nginx.conf", prefix=str(tmp_path), globals_="daemon off;")
+    assert config.daemon is False and config.worker_processes == 2
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("60", 60.0), ("60s", 60.0), ("500ms", 0.5),
+                                               ("1m30s", 90.0), ("1h", 3600.0), ("2d", 172800.0)])
+def test_parse_time(text: str, seconds: float) -> None:
+    assert parse_time(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "x", "1x", "30s1m", "1.5s"])
+def test_parse_time_rejects(text: str) -> None:
+    assert parse_time(text) is None
+
+
+def test_parse_size() -> None:
+    assert (parse_size("8k"), parse_size("1M"), parse_size("10"), parse_size("1g")) == (
+        8192, 1048576, 10, 1024**3)
+    assert parse_size("1t") is None
+
+
+def test_templates() -> None:
+    t = compile_template("$scheme://${host}x$1$http_x_y")
+    assert t.variables == ("scheme", "host", "1", "http_x_y")
+    assert t.render(lambda n: f"<{n}>") == "<scheme>://<host>x<1><http_x_y>"
+    assert compile_template("plain").is_static
+
+
+def test_variables_from_request() -> None:
+    ctx = RequestContext(remote_addr="10.0.0.9", remote_port=5555, server_port=8020)
+    ctx.headers = [("Host", "h.test"), ("X-Forwarded-For", "1.1.1.1"), ("Cookie", "a=1; b=2")]
+    ctx.args = "x=1&Y=2"
+    ctx.request_uri = "/p?x=1&Y=2"
+    assert ctx.lookup("proxy_add_x_forwarded_for") == "1.1.1.1, 10.0.0.9"
+    assert ctx.lookup("arg_y") == "2"
+    assert ctx.lookup("cookie_b") == "2"
+    assert ctx.lookup("http_x_forwarded_for") == "1.1.1.1"
+    assert ctx.lookup("is_args") == "?"
+    assert ctx.lookup("remote_port") == "5555"
+    ctx.host = "h.test"
+    assert ctx.lookup("host") == "h.test"
