@@ -100,16 +100,29 @@ class WsgateProcess:
         return self.proc.returncode
 
 
-def start_wsgate(prefix: Path, conf_text: str, extra_args: tuple[str, ...] = (),
-                 timeout: float = 15.0) -> WsgateProcess:
+def start_wsgate(
+    prefix: Path, conf_text: str, extra_args: tuple[str, ...] = (), timeout: float = 15.0
+) -> WsgateProcess:
     (prefix / "logs").mkdir(parents=True, exist_ok=True)
     conf = prefix / "nginx.conf"
     conf.write_text(conf_text)
     stderr = open(prefix / "stderr.txt", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "wsgate.cli", "-p", str(prefix), "-c", "nginx.conf",
-         "-g", "daemon off; error_log logs/error.log notice;", *extra_args],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
+        [
+            sys.executable,
+            "-m",
+            "wsgate.cli",
+            "-p",
+            str(prefix),
+            "-c",
+            "nginx.conf",
+            "-g",
+            "daemon off; error_log logs/error.log notice;",
+            *extra_args,
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
     )
     stderr.close()
     handle = WsgateProcess(proc, prefix, conf)

@@ -42,8 +42,12 @@ Options:
   -g directives : set global directives out of configuration file
 """
 
-SIGNALS = {"stop": signal.SIGTERM, "quit": signal.SIGQUIT, "reopen": signal.SIGUSR1,
-           "reload": signal.SIGHUP}
+SIGNALS = {
+    "stop": signal.SIGTERM,
+    "quit": signal.SIGQUIT,
+    "reopen": signal.SIGUSR1,
+    "reload": signal.SIGHUP,
+}
 
 
 class Options:
@@ -100,9 +104,16 @@ def parse_args(argv: list[str]) -> Options:
                     i += 1
                 else:
                     what = {"c": "-c", "p": "-p", "e": "-e", "g": "-g", "s": "-s"}[c]
-                    _say(f'option "{what}" requires ' + {
-                        "c": "file name", "p": "directory name", "e": "file name",
-                        "g": "parameter", "s": "parameter"}[c])
+                    _say(
+                        f'option "{what}" requires '
+                        + {
+                            "c": "file name",
+                            "p": "directory name",
+                            "e": "file name",
+                            "g": "parameter",
+                            "s": "parameter",
+                        }[c]
+                    )
                     raise SystemExit(1)
                 j = len(arg)
                 if c == "c":
@@ -119,7 +130,7 @@ def parse_args(argv: list[str]) -> Options:
                         raise SystemExit(1)
                     opts.signal = value
             else:
-                _say(f'invalid option: "{arg[j - 1:]}"')
+                _say(f'invalid option: "{arg[j - 1 :]}"')
                 raise SystemExit(1)
     return opts
 
@@ -133,8 +144,11 @@ def _early_log(opts: Options) -> ErrorLogger:
     """The log used until the configuration is read (``-e``); stderr as well, like nginx."""
     if opts.error_log and opts.error_log != "stderr":
         prefix = os.path.abspath(opts.prefix or os.getcwd())
-        path = opts.error_log if os.path.isabs(opts.error_log) else os.path.join(
-            prefix, opts.error_log)
+        path = (
+            opts.error_log
+            if os.path.isabs(opts.error_log)
+            else os.path.join(prefix, opts.error_log)
+        )
         try:
             return ErrorLogger((ErrorLog(path, "notice"),), stderr_fallback=False)
         except OSError:
@@ -188,8 +202,10 @@ def cmd_signal(opts: Options) -> int:
     try:
         os.kill(int(text), SIGNALS[opts.signal])
     except OSError as exc:
-        _say(f"[alert] kill({text}, {int(SIGNALS[opts.signal])}) failed "
-             f"({exc.errno}: {exc.strerror})")
+        _say(
+            f"[alert] kill({text}, {int(SIGNALS[opts.signal])}) failed "
+            f"({exc.errno}: {exc.strerror})"
+        )
         return 1
     return 0
 
@@ -281,9 +297,11 @@ def main(argv: list[str] | None = None) -> int:
     if opts.version:
         sys.stderr.write(f"{NAME} version: {SERVER_TOKEN}\n")
         if opts.configure:
-            sys.stderr.write(f"built with Python {sys.version.split()[0]}\n"
-                             f"configure arguments: (none: wsgate {__version__} is a Python "
-                             "package)\n")
+            sys.stderr.write(
+                f"built with Python {sys.version.split()[0]}\n"
+                f"configure arguments: (none: wsgate {__version__} is a Python "
+                "package)\n"
+            )
         return 0
     if opts.test:
         return cmd_test(opts)

@@ -49,15 +49,20 @@ def test_wsapp_example_loads() -> None:
 
 def test_include_and_relative_paths(tmp_path: Path) -> None:
     (tmp_path / "up.conf").write_text("upstream b { server 127.0.0.1:9 weight=3; }\n")
-    config = conf(tmp_path, "pid run/x.pid;\nevents {}\nhttp {\n include up.conf;\n"
-                  " server { listen 127.0.0.1:0; location / { proxy_pass http://b; } }\n}\n")
+    config = conf(
+        tmp_path,
+        "pid run/x.pid;\nevents {}\nhttp {\n include up.conf;\n"
+        " server { listen 127.0.0.1:0; location / { proxy_pass http://b; } }\n}\n",
+    )
     assert config.http.upstreams["b"].servers[0].weight == 3
     assert config.pid == str(tmp_path / "run" / "x.pid")
     assert [f for f, _ in config.files] == [str(tmp_path / "nginx.conf"), str(tmp_path / "up.conf")]
 
 
 def test_proxy_set_header_inheritance_is_all_or_nothing(tmp_path: Path) -> None:
-    config = conf(tmp_path, """
+    config = conf(
+        tmp_path,
+        """
 http {
   proxy_set_header X-A a;
   proxy_set_header X-B b;
@@ -65,10 +70,12 @@ http {
   server {
     listen 127.0.0.1:0;
     location /inherit { proxy_pass http://127.0.0.1:1; }
-    location /own { proxy_set_header X-C c; proxy_pass http://127.0.0.1:1; proxy_read_timeout 1m30s; }
+    location /own { proxy_set_header X-C c; proxy_pass http://127.0.0.1:1;
+                    proxy_read_timeout 1m30s; }
   }
 }
-""")
+""",
+    )
     inherit, own = config.http.servers[0].locations
     assert [h.name for h in inherit.settings.proxy_set_headers] == ["X-A", "X-B"]
     assert [h.name for h in own.settings.proxy_set_headers] == ["X-C"]
@@ -86,14 +93,17 @@ def test_defaults_follow_current_nginx(tmp_path: Path) -> None:
 
 
 def test_nested_locations_and_modifiers(tmp_path: Path) -> None:
-    config = conf(tmp_path, """
+    config = conf(
+        tmp_path,
+        """
 http { server {
   location = /exact { return 204; }
   location ^~ /static/ { return 200 s; }
   location ~* \\.(png|jpg)$ { return 200 img; }
   location /a/ { location /a/b/ { return 200 ab; } location ~ ^/a/c { return 200 ac; } }
 } }
-""")
+""",
+    )
     exact, static, rx, a = config.http.servers[0].locations
     assert exact.is_exact and static.is_noregex and rx.is_regex and rx.regex is not None
     assert rx.regex.search("/X.PNG")
@@ -101,24 +111,34 @@ http { server {
 
 
 def test_server_names_are_classified(tmp_path: Path) -> None:
-    config = conf(tmp_path, "http { server { server_name Example.org *.example.org "
-                  ".example.net mail.* ~^(?<user>.+)\\.example\\.com$; } }")
+    config = conf(
+        tmp_path,
+        "http { server { server_name Example.org *.example.org "
+        ".example.net mail.* ~^(?<user>.+)\\.example\\.com$; } }",
+    )
     kinds = [(n.kind, n.value) for n in config.http.servers[0].names]
-    assert kinds[:4] == [("exact", "example.org"), ("prefix_wildcard", ".example.org"),
-                         ("prefix_wildcard", ".example.net"), ("suffix_wildcard", "mail.")]
+    assert kinds[:4] == [
+        ("exact", "example.org"),
+        ("prefix_wildcard", ".example.org"),
+        ("prefix_wildcard", ".example.net"),
+        ("suffix_wildcard", "mail."),
+    ]
     regex = config.http.servers[0].names[4].regex
     assert regex is not None and regex.search("bob.example.com").group("user") == "bob"
 
 
 def test_map_exact_regex_default_hostnames(tmp_path: Path) -> None:
-    config = conf(tmp_path, """
+    config = conf(
+        tmp_path,
+        """
 http {
   map $http_upgrade $connection_upgrade { default upgrade; '' close; }
   map $uri $m { ~^/u/(?<id>\\d+)$ user-$id; ~*^/CASE/(.*)$ c-$1; /x exact; default d; }
   map $http_host $h { hostnames; *.example.org wild; www.* front; example.com ex; }
   server { location / { return 200 $m; } }
 }
-""")
+""",
+    )
     maps = config.http.maps
 
     def value(var: str, **kw: object) -> str:
@@ -143,30 +163,56 @@ http {
     ("text", "message", "line"),
     [
         ("http {\n server {\n  foo bar;\n }\n}\n", 'unknown directive "foo"', 3),
-        ("http {\n  ssl_certificate x.pem;\n}\n",
-         '"ssl_certificate" directive is not supported by wsgate', 2),
-        ("http {\n server {\n  allow 10.0.0.0/8;\n }\n}\n",
-         '"allow" directive is not supported by wsgate', 3),
-        ("http {\n limit_conn_zone $binary_remote_addr zone=a:1m;\n}\n",
-         '"limit_conn_zone" directive is not supported by wsgate', 2),
-        ("http {\n server {\n  listen 127.0.0.1:0 ssl;\n }\n}\n",
-         '"listen ... ssl" is not supported by wsgate yet', 3),
-        ("http {\n server {\n  location ~ ^/x { proxy_pass http://127.0.0.1:1/y; }\n }\n}\n",
-         '"proxy_pass" cannot have URI part in location given by regular expression', 3),
-        ("http {\n server {\n  location / { proxy_pass http://127.0.0.1:1; }\n  return 200 $nope;\n"
-         " }\n}\n", 'unknown "nope" variable', 4),
+        (
+            "http {\n  ssl_certificate x.pem;\n}\n",
+            '"ssl_certificate" directive is not supported by wsgate',
+            2,
+        ),
+        (
+            "http {\n server {\n  allow 10.0.0.0/8;\n }\n}\n",
+            '"allow" directive is not supported by wsgate',
+            3,
+        ),
+        (
+            "http {\n limit_conn_zone $binary_remote_addr zone=a:1m;\n}\n",
+            '"limit_conn_zone" directive is not supported by wsgate',
+            2,
+        ),
+        (
+            "http {\n server {\n  listen 127.0.0.1:0 ssl;\n }\n}\n",
+            '"listen ... ssl" is not supported by wsgate yet',
+            3,
+        ),
+        (
+            "http {\n server {\n  location ~ ^/x { proxy_pass http://127.0.0.1:1/y; }\n }\n}\n",
+            '"proxy_pass" cannot have URI part in location given by regular expression',
+            3,
+        ),
+        (
+            "http {\n server {\n  location / { proxy_pass http://127.0.0.1:1; }\n"
+            "  return 200 $nope;\n }\n}\n",
+            'unknown "nope" variable',
+            4,
+        ),
         ("http {\n proxy_read_timeout 5x;\n}\n", '"proxy_read_timeout" directive invalid value', 2),
         ("events {}\nevents {}\n", '"events" directive is duplicate', 2),
-        ("http {\n server {\n  location / {\n   listen 80;\n  }\n }\n}\n",
-         '"listen" directive is not allowed here', 4),
-        ("http {\n upstream u {\n  server 127.0.0.1:1 max_fails=3;\n }\n}\n",
-         'invalid parameter "max_fails=3"', 3),
+        (
+            "http {\n server {\n  location / {\n   listen 80;\n  }\n }\n}\n",
+            '"listen" directive is not allowed here',
+            4,
+        ),
+        (
+            "http {\n upstream u {\n  server 127.0.0.1:1 max_fails=3;\n }\n}\n",
+            'invalid parameter "max_fails=3"',
+            3,
+        ),
         ("http {\n server {\n", 'unexpected end of file, expecting "}"', 2),
         ("http {\n proxy_redirect default;\n}\n", '"proxy_redirect default" is not supported', 2),
     ],
 )
-def test_errors_name_directive_file_and_line(tmp_path: Path, text: str, message: str,
-                                             line: int) -> None:
+def test_errors_name_directive_file_and_line(
+    tmp_path: Path, text: str, message: str, line: int
+) -> None:
     msg = error(tmp_path, text)
     assert message in msg
     assert msg.endswith(f"in {tmp_path / 'nginx.conf'}:{line}")
@@ -183,14 +229,18 @@ def test_no_op_directives_warn(tmp_path: Path) -> None:
 def test_missing_file_is_an_open_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load("absent.conf", prefix=str(tmp_path))
-    assert str(info.value) == f'open() "{tmp_path}/absent.conf" failed (2: No such file or directory)'
+    assert (
+        str(info.value) == f'open() "{tmp_path}/absent.conf" failed (2: No such file or directory)'
+    )
 
 
 def test_globals_come_first_and_duplicates_are_errors(tmp_path: Path) -> None:
     (tmp_path / "nginx.conf").write_text("worker_processes 2;\n")
     with pytest.raises(ConfigError) as info:
         load("nginx.conf", prefix=str(tmp_path), globals_="worker_processes 1;")
-    assert str(info.value) == f'"worker_processes" directive is duplicate in {tmp_path}/nginx.conf:1'
+    assert (
+        str(info.value) == f'"worker_processes" directive is duplicate in {tmp_path}/nginx.conf:1'
+    )
     with pytest.raises(ConfigError) as info:
         load("nginx.conf", prefix=str(tmp_path), globals_="bogus 1;")
     assert str(info.value) == 'unknown directive "bogus" in command line'
@@ -198,8 +248,17 @@ def test_globals_come_first_and_duplicates_are_errors(tmp_path: Path) -> None:
     assert config.daemon is False and config.worker_processes == 2
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("60", 60.0), ("60s", 60.0), ("500ms", 0.5),
-                                               ("1m30s", 90.0), ("1h", 3600.0), ("2d", 172800.0)])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("60", 60.0),
+        ("60s", 60.0),
+        ("500ms", 0.5),
+        ("1m30s", 90.0),
+        ("1h", 3600.0),
+        ("2d", 172800.0),
+    ],
+)
 def test_parse_time(text: str, seconds: float) -> None:
     assert parse_time(text) == seconds
 
@@ -211,7 +270,11 @@ def test_parse_time_rejects(text: str) -> None:
 
 def test_parse_size() -> None:
     assert (parse_size("8k"), parse_size("1M"), parse_size("10"), parse_size("1g")) == (
-        8192, 1048576, 10, 1024**3)
+        8192,
+        1048576,
+        10,
+        1024**3,
+    )
     assert parse_size("1t") is None
 
 

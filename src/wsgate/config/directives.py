@@ -13,7 +13,14 @@ from dataclasses import dataclass
 
 __all__ = ["DIRECTIVES", "NO_OP", "NO_OP_VALUES", "Directive"]
 
-MAIN, EVENTS, HTTP, SERVER, LOCATION, UPSTREAM = "main", "events", "http", "server", "location", "upstream"
+MAIN, EVENTS, HTTP, SERVER, LOCATION, UPSTREAM = (
+    "main",
+    "events",
+    "http",
+    "server",
+    "location",
+    "upstream",
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,9 +17,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import crossplane  # type: ignore[import-untyped]
-from crossplane.analyzer import DIRECTIVES as NGINX_DIRECTIVES  # type: ignore[import-untyped]
-from crossplane.errors import NgxParserBaseException  # type: ignore[import-untyped]
+import crossplane
+from crossplane.analyzer import DIRECTIVES as NGINX_DIRECTIVES
+from crossplane.errors import NgxParserBaseException
 
 from wsgate.config import directives as D
 from wsgate.config.model import (
@@ -71,8 +71,9 @@ def _flatten(payload: dict[str, Any], index: int, seen: tuple[int, ...] = ()) ->
     return _convert(payload, cfg["parsed"], cfg["file"], seen + (index,))
 
 
-def _convert(payload: dict[str, Any], items: list[dict[str, Any]], file: str,
-             seen: tuple[int, ...]) -> list[Stmt]:
+def _convert(
+    payload: dict[str, Any], items: list[dict[str, Any]], file: str, seen: tuple[int, ...]
+) -> list[Stmt]:
     out: list[Stmt] = []
     for item in items:
         name = item["directive"]
@@ -85,8 +86,12 @@ def _convert(payload: dict[str, Any], items: list[dict[str, Any]], file: str,
             continue
         block = item.get("block")
         out.append(
-            Stmt(name, list(item["args"]), src,
-                 None if block is None else _convert(payload, block, file, seen))
+            Stmt(
+                name,
+                list(item["args"]),
+                src,
+                None if block is None else _convert(payload, block, file, seen),
+            )
         )
     return out
 
@@ -98,8 +103,11 @@ def _parse_file(path: str) -> tuple[list[Stmt], list[tuple[str, str]]]:
         payload = crossplane.parse(path, catch_errors=False, check_ctx=False, check_args=False)
     except NgxParserBaseException as exc:
         msg = getattr(exc, "strerror", None) or str(exc)
-        raise ConfigError(msg.split(" in ")[0] if " in " in msg else msg,
-                          getattr(exc, "filename", None), getattr(exc, "lineno", None)) from exc
+        raise ConfigError(
+            msg.split(" in ")[0] if " in " in msg else msg,
+            getattr(exc, "filename", None),
+            getattr(exc, "lineno", None),
+        ) from exc
     except OSError as exc:
         raise ConfigError(f'open() "{exc.filename}" failed ({exc.errno}: {exc.strerror})') from exc
     if payload["status"] != "ok":
@@ -359,11 +367,11 @@ class Loader:
             if key == "volatile" and not args:
                 continue
             if len(args) != 1:
-                raise _err('invalid number of the map parameters', e.src)
+                raise _err("invalid number of the map parameters", e.src)
             value = self.template(args[0], e.src)
             if key == "default":
                 if default is not None:
-                    raise _err('duplicate default map parameter', e.src)
+                    raise _err("duplicate default map parameter", e.src)
                 default = value
             elif key.startswith("~"):
                 flags = re.IGNORECASE if key.startswith("~*") else 0
@@ -384,8 +392,15 @@ class Loader:
                         raise _err(f'conflicting parameter "{key}"', e.src)
                     exact[low] = value
         self.maps[var] = MapBlock(
-            source_value, var, default, exact, tuple(regexes), hostnames,
-            tuple(prefix_w), tuple(suffix_w), s.src,
+            source_value,
+            var,
+            default,
+            exact,
+            tuple(regexes),
+            hostnames,
+            tuple(prefix_w),
+            tuple(suffix_w),
+            s.src,
         )
 
     def load_upstream(self, s: Stmt) -> None:
@@ -459,16 +474,20 @@ class Loader:
             modifier = ""
             for m in ("=", "~*", "~", "^~"):
                 if name.startswith(m) and len(name) > len(m):
-                    modifier, name = m, name[len(m):]
+                    modifier, name = m, name[len(m) :]
                     break
         if name.startswith("@"):
             raise _err('named locations ("@name") are not supported by wsgate', s.src)
         if outer is not None:
             if outer.is_exact:
-                raise _err(f'location "{name}" cannot be inside the exact location '
-                           f'"{outer.name}"', s.src)
-            if modifier not in ("~", "~*") and not outer.is_regex \
-                    and not name.startswith(outer.name):
+                raise _err(
+                    f'location "{name}" cannot be inside the exact location "{outer.name}"', s.src
+                )
+            if (
+                modifier not in ("~", "~*")
+                and not outer.is_regex
+                and not name.startswith(outer.name)
+            ):
                 raise _err(f'location "{name}" is outside location "{outer.name}"', s.src)
         regex = None
         if modifier in ("~", "~*"):
@@ -487,7 +506,8 @@ class Loader:
             raise _err(
                 '"proxy_pass" cannot have URI part in location given by regular expression, '
                 'or inside named location, or inside "if" statement, or inside "limit_except" '
-                'block', pp[1],
+                "block",
+                pp[1],
             )
         loc = Location(modifier, name, level.settings(inherit_return=False), regex, (), s.src)
         children = tuple(self.load_location(e, level, loc) for e in nested)
@@ -512,9 +532,7 @@ class Level:
         if name == "proxy_set_header":
             if self.headers is None:
                 self.headers = []
-            self.headers.append(
-                HeaderSetting(s.args[0], self.loader.template(s.args[1], s.src))
-            )
+            self.headers.append(HeaderSetting(s.args[0], self.loader.template(s.args[1], s.src)))
             return
         if name == "access_log":
             self.access_log(s)
@@ -537,8 +555,11 @@ class Level:
         if fmt is None:
             raise _err(f'unknown log format "{fmt_name}"', s.src)
         if len(s.args) > 2:
-            raise _err(f'invalid parameter "{s.args[2]}" (wsgate supports '
-                       'access_log PATH [FORMAT] and off)', s.src)
+            raise _err(
+                f'invalid parameter "{s.args[2]}" (wsgate supports '
+                "access_log PATH [FORMAT] and off)",
+                s.src,
+            )
         self.logs.append(AccessLog(self.loader.path(s.args[0]), fmt, s.src))
 
     def value(self, s: Stmt) -> Any:
@@ -547,11 +568,20 @@ class Level:
             return self.proxy_pass(s)
         if n == "proxy_http_version":
             if a[0] not in ("1.0", "1.1"):
-                raise _err(f'invalid value "{a[0]}" in "proxy_http_version" directive, '
-                           'it must be "1.0" or "1.1"', s.src)
+                raise _err(
+                    f'invalid value "{a[0]}" in "proxy_http_version" directive, '
+                    'it must be "1.0" or "1.1"',
+                    s.src,
+                )
             return a[0]
-        if n in ("proxy_connect_timeout", "proxy_read_timeout", "proxy_send_timeout",
-                 "send_timeout", "client_header_timeout", "proxy_next_upstream_timeout"):
+        if n in (
+            "proxy_connect_timeout",
+            "proxy_read_timeout",
+            "proxy_send_timeout",
+            "send_timeout",
+            "client_header_timeout",
+            "proxy_next_upstream_timeout",
+        ):
             return _time(s)
         if n == "keepalive_timeout":
             return (_time(s), _time(s, 1) if len(a) > 1 else None)
@@ -564,9 +594,20 @@ class Level:
         if n == "server_tokens":
             return _flag(s)
         if n == "proxy_next_upstream":
-            allowed = {"error", "timeout", "invalid_header", "http_500", "http_502",
-                       "http_503", "http_504", "http_403", "http_404", "http_429",
-                       "non_idempotent", "off"}
+            allowed = {
+                "error",
+                "timeout",
+                "invalid_header",
+                "http_500",
+                "http_502",
+                "http_503",
+                "http_504",
+                "http_403",
+                "http_404",
+                "http_429",
+                "non_idempotent",
+                "off",
+            }
             for x in a:
                 if x not in allowed:
                     raise _err(f'invalid value "{x}"', s.src)
@@ -592,16 +633,18 @@ class Level:
     def proxy_pass(self, s: Stmt) -> ProxyPass:
         url = s.args[0]
         if "$" in url:
-            return ProxyPass(url, "http", "", 0, None,
-                             template=self.loader.template(url, s.src), source=s.src)
+            return ProxyPass(
+                url, "http", "", 0, None, template=self.loader.template(url, s.src), source=s.src
+            )
         m = re.match(r"(?i)(https?)://", url)
         if m is None:
             raise _err(f'invalid URL prefix in "{url}"', s.src)
         scheme = m.group(1).lower()
         if scheme == "https":
-            raise _err('"proxy_pass https://..." (TLS to upstreams) is not supported by '
-                       'wsgate yet', s.src)
-        rest = url[m.end():]
+            raise _err(
+                '"proxy_pass https://..." (TLS to upstreams) is not supported by wsgate yet', s.src
+            )
+        rest = url[m.end() :]
         slash = rest.find("/")
         hostport, uri = (rest, None) if slash == -1 else (rest[:slash], rest[slash:])
         if hostport.startswith("unix:"):
@@ -614,8 +657,9 @@ class Level:
             UpstreamServer(hostport, h, p, 1, s.src)
             for h, p in _resolve(hostport, 80, s.src, "upstream")
         )
-        return ProxyPass(url, scheme, host, port, uri, servers=servers,
-                         port_given=port_given, source=s.src)
+        return ProxyPass(
+            url, scheme, host, port, uri, servers=servers, port_given=port_given, source=s.src
+        )
 
     # -- merge --------------------------------------------------------------------------------
     def lookup(self, name: str) -> Any:
@@ -662,14 +706,25 @@ class Level:
         pp = self.own.get("proxy_pass")
         ret = self.own.get("return")
         kwargs: dict[str, Any] = {}
-        for name in ("proxy_connect_timeout", "proxy_read_timeout", "proxy_send_timeout",
-                     "send_timeout", "proxy_next_upstream_timeout"):
+        for name in (
+            "proxy_connect_timeout",
+            "proxy_read_timeout",
+            "proxy_send_timeout",
+            "send_timeout",
+            "proxy_next_upstream_timeout",
+        ):
             value = get(name)
             if value is not None:
                 kwargs[name] = value
-        for name in ("proxy_http_version", "keepalive_requests", "client_max_body_size",
-                     "proxy_next_upstream", "proxy_next_upstream_tries", "proxy_buffer_size",
-                     "server_tokens"):
+        for name in (
+            "proxy_http_version",
+            "keepalive_requests",
+            "client_max_body_size",
+            "proxy_next_upstream",
+            "proxy_next_upstream_tries",
+            "proxy_buffer_size",
+            "server_tokens",
+        ):
             value = get(name)
             if value is not None:
                 kwargs[name] = value
@@ -707,7 +762,7 @@ def _split_hostport(text: str, default_port: int, src: Source) -> tuple[str, int
         end = text.find("]")
         if end == -1:
             raise _err(f'invalid host in "{text}"', src)
-        host, rest = text[1:end], text[end + 1:]
+        host, rest = text[1:end], text[end + 1 :]
         if rest and not rest.startswith(":"):
             raise _err(f'invalid host in "{text}"', src)
         port_text = rest[1:] if rest else ""
@@ -725,7 +780,7 @@ def _split_hostport(text: str, default_port: int, src: Source) -> tuple[str, int
 def _resolve(text: str, default_port: int, src: Source, what: str) -> Iterator[tuple[str, int]]:
     """Addresses for ``host[:port]``: a literal IP, or every address a name resolves to."""
     if text.startswith("unix:"):
-        raise _err(f'unix socket {what}s are not supported by wsgate yet', src)
+        raise _err(f"unix socket {what}s are not supported by wsgate yet", src)
     host, port, _ = _split_hostport(text, default_port, src)
     if not host:
         raise _err(f'no host in "{text}"', src)
@@ -757,8 +812,9 @@ def _listen(s: Stmt) -> Listen:
             try:
                 host = str(socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][4][0])
             except OSError as exc:
-                raise _err(f'host not found in "{s.args[0]}" of the "listen" directive',
-                           s.src) from exc
+                raise _err(
+                    f'host not found in "{s.args[0]}" of the "listen" directive', s.src
+                ) from exc
     if port > 65535:
         raise _err(f'invalid port in "{s.args[0]}" of the "listen" directive', s.src)
     default = False
@@ -802,8 +858,10 @@ def _check_default_servers(servers: tuple[Server, ...]) -> None:
             key = (listen.host, listen.port)
             if key in seen and listen.port != 0:
                 where = f"[{listen.host}]" if ":" in listen.host else listen.host
-                raise _err(f"a duplicate default server for {where}:{listen.port}",
-                           listen.source or Source("", 0))
+                raise _err(
+                    f"a duplicate default server for {where}:{listen.port}",
+                    listen.source or Source("", 0),
+                )
             seen.add(key)
 
 
@@ -818,5 +876,6 @@ def load(path: str, prefix: str | None = None, globals_: str | None = None) -> C
     parsed, files = _parse_file(full)
     stmts.extend(parsed)
     config = loader.load_main(stmts)
-    return Config(**{**{f: getattr(config, f) for f in config.__dataclass_fields__},
-                     "files": tuple(files)})
+    return Config(
+        **{**{f: getattr(config, f) for f in config.__dataclass_fields__}, "files": tuple(files)}
+    )

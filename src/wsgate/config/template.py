@@ -72,7 +72,7 @@ def compile_template(text: str) -> Template:
         elif i < n and text[i] == "{":
             end = text.find("}", i + 1)
             if end == -1:
-                raise TemplateError(f'the closing bracket in "{text[i + 1:]}" variable is missing')
+                raise TemplateError(f'the closing bracket in "{text[i + 1 :]}" variable is missing')
             name = text[i + 1 : end]
             if not name or not all(_is_name_char(ch) for ch in name):
                 raise TemplateError(f'invalid variable name "{name}"')

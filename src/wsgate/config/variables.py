@@ -13,6 +13,7 @@ import os
 import re
 import socket
 import time
+from collections.abc import Callable
 
 from wsgate.config.model import MapBlock
 from wsgate.config.template import Template
@@ -73,6 +74,7 @@ def is_known_variable(name: str, maps: frozenset[str] | set[str]) -> bool:
     return any(name.startswith(p) and len(name) > len(p) for p in PREFIX_VARIABLES)
 
 
+_HOSTNAME = socket.gethostname()
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
@@ -306,7 +308,7 @@ def _request_time(c: RequestContext) -> str:
     return f"{max(0.0, time.time() - c.start):.3f}"
 
 
-_GETTERS = {
+_GETTERS: dict[str, Callable[[RequestContext], str]] = {
     "remote_addr": lambda c: c.remote_addr,
     "remote_port": lambda c: str(c.remote_port),
     "server_addr": lambda c: c.server_addr,
@@ -346,6 +348,3 @@ _GETTERS = {
     "pid": lambda c: str(os.getpid()),
     "remote_user": lambda c: "",
 }
-
-
-_HOSTNAME = socket.gethostname()

@@ -20,8 +20,16 @@ from wsgate.config.variables import RequestContext
 
 __all__ = ["LEVELS", "AccessLogs", "ErrorLogger"]
 
-LEVELS = {"debug": 7, "info": 6, "notice": 5, "warn": 4, "error": 3, "crit": 2, "alert": 1,
-          "emerg": 0}
+LEVELS = {
+    "debug": 7,
+    "info": 6,
+    "notice": 5,
+    "warn": 4,
+    "error": 3,
+    "crit": 2,
+    "alert": 1,
+    "emerg": 0,
+}
 
 
 class ErrorLogger:
@@ -61,8 +69,14 @@ class ErrorLogger:
     def enabled(self, level: str) -> bool:
         return LEVELS[level] <= self.max_level
 
-    def log(self, level: str, msg: str, conn: int | None = None,
-            ctx: RequestContext | None = None, upstream: str | None = None) -> None:
+    def log(
+        self,
+        level: str,
+        msg: str,
+        conn: int | None = None,
+        ctx: RequestContext | None = None,
+        upstream: str | None = None,
+    ) -> None:
         lvl = LEVELS[level]
         if not self.files and not self.stderr_fallback:
             return
@@ -75,8 +89,13 @@ class ErrorLogger:
                 fh.write(line)
 
 
-def format_error_line(level: str, msg: str, conn: int | None = None,
-                      ctx: RequestContext | None = None, upstream: str | None = None) -> str:
+def format_error_line(
+    level: str,
+    msg: str,
+    conn: int | None = None,
+    ctx: RequestContext | None = None,
+    upstream: str | None = None,
+) -> str:
     stamp = time.strftime("%Y/%m/%d %H:%M:%S")
     head = f"{stamp} [{level}] {os.getpid()}#0: "
     if conn is not None:
@@ -117,8 +136,11 @@ def _escape_json(value: str) -> str:
         elif ch == "\\":
             out.append("\\\\")
         elif ord(ch) < 0x20:
-            out.append({"\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b",
-                        "\f": "\\f"}.get(ch, f"\\u{ord(ch):04x}"))
+            out.append(
+                {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b", "\f": "\\f"}.get(
+                    ch, f"\\u{ord(ch):04x}"
+                )
+            )
         else:
             out.append(ch)
     return "".join(out)

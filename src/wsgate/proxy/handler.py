@@ -15,34 +15,46 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import socket
 import time
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from wsgate.config.model import Location, LocationSettings, ProxyPass, Server
+from wsgate.config.model import Location, LocationSettings, ProxyPass
 from wsgate.config.variables import RequestContext
 from wsgate.errors import HttpError
+from wsgate.http.body import Body, EndOfMessage
 from wsgate.http.headers import (
     LAST_CHUNK,
     BodyFraming,
+    Framing,
     build_client_response_head,
     build_upstream_request,
     encode_chunk,
     http_date,
 )
 from wsgate.http.pages import closes_connection, error_response
-from wsgate.http.request import Body, EndOfMessage, HeadLimits, RequestHead, RequestParser
-from wsgate.http.response import Body as RBody
-from wsgate.http.response import EndOfMessage as REnd
-from wsgate.http.response import ResponseHead, ResponseParser
+from wsgate.http.request import (
+    HeadLimits,
+    IncompleteRequest,
+    RequestEvent,
+    RequestHead,
+    RequestParser,
+)
+from wsgate.http.response import ResponseEvent, ResponseHead, ResponseParser
 from wsgate.proxy.endpoint import Endpoint, PeerClosed
 from wsgate.proxy.tunnel import Tunnel
-from wsgate.routing import find_location, needs_slash_redirect, normalize_uri, proxy_uri
-from wsgate.routing import select_server, split_target
+from wsgate.routing import (
+    find_location,
+    needs_slash_redirect,
+    normalize_uri,
+    proxy_uri,
+    select_server,
+    split_target,
+)
 
 if TYPE_CHECKING:
     from wsgate.server.gateway import Gateway, ListenGroup
-    from wsgate.upstream.roundrobin import Peer
+    from wsgate.upstream.roundrobin import Peer, Selection
 
 __all__ = ["ClientConnection"]
 
@@ -75,89 +87,124 @@ class ClientConnection:
         self.requests = 0
         self.idle = True  # waiting for a request: may be closed at once on graceful stop
         self.tunnel: Tunnel | None = None
+        self.parser: RequestParser
+        self.pending: list[RequestEvent] = []
+        self.body_done = True
 
     # -- the connection loop ------------------------------------------------------------------
     async def run(self) -> None:
         default = self.default
-        limits = HeadLimits(default.client_header_buffer_size,
-                            default.large_client_header_buffers[0],
-                            default.large_client_header_buffers[1])
-        parser = RequestParser(limits)
+        parser = RequestParser(
+            HeadLimits(
+                default.client_header_buffer_size,
+                default.large_client_header_buffers[0],
+                default.large_client_header_buffers[1],
+            )
+        )
+        self.parser = parser
         keepalive_timeout: float | None = None
         try:
             while True:
                 self.idle = True
                 if self.gw.stopping and self.requests:
                     return
-                head = await self._read_head(parser, keepalive_timeout, default)
+                try:
+                    head = await self._read_head(keepalive_timeout)
+                except HttpError as exc:
+                    # Bad input before a head exists: nginx's 400/414/494/501/505 and close.
+                    if not isinstance(exc, IncompleteRequest):
+                        await self._error(exc, self._bare_ctx(), None, default.settings)
+                    return
                 if head is None:
                     return
                 self.idle = False
                 self.requests += 1
-                keep, keepalive_timeout = await self._serve(parser, head)
-                if not keep or self.gw.stopping:
+                self.body_done = False
+                keep, keepalive_timeout = await self._serve(head)
+                if not keep or self.gw.stopping or self.tunnel is not None:
                     return
-                parser.next_request()
+                if not self.body_done:
+                    keep = await self._discard_body()
+                    if not keep:
+                        return
+                self.pending = parser.next_request()
         finally:
             if self.tunnel is None:
                 self.ep.close()
 
-    async def _read_head(self, parser: RequestParser, keepalive_timeout: float | None,
-                         default: Server) -> RequestHead | None:
-        """Wait for the next request head; ``None`` when the connection should just close."""
-        loop = self.gw.loop
+    async def _next_events(self, timeout: float) -> bool:
+        """Read more bytes into ``self.pending``; ``False`` at EOF.  Raises TimeoutError."""
         ep = self.ep
-        events = parser.events() if hasattr(parser, "events") else []
-        head = _first_head(events)
-        if head is not None:
-            return head
-        if keepalive_timeout is not None:
-            # Between requests: keepalive_timeout until the first byte (nginx closes silently).
-            if not parser.has_buffered():
-                try:
-                    ok = await asyncio.wait_for(ep.wait_data(), keepalive_timeout)
-                except TimeoutError:
-                    return None
-                if not ok:
-                    return None
-        deadline = loop.time() + default.client_header_timeout
-        started = parser.has_buffered()
-        while True:
-            if parser.has_buffered() or ep.buffer:
-                events = parser.feed(ep.take()) if ep.buffer else parser.feed(b"")
-                started = True
-                head = _first_head(events)
-                if head is not None:
-                    return head
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                if started:
-                    self.gw.error_log.log(
-                        "info", "client timed out (110: Connection timed out) while reading "
-                        "client request headers", self.number, self._bare_ctx())
-                return None
+        async with asyncio.timeout(timeout):
+            ok = await ep.wait_data()
+        if not ok:
+            self.pending.extend(self.parser.feed_eof())
+            return bool(self.pending)
+        self.pending.extend(self.parser.feed(ep.take()))
+        return True
+
+    async def _read_head(self, keepalive_timeout: float | None) -> RequestHead | None:
+        """Wait for the next request head; ``None`` when the connection should just close.
+
+        Between requests nginx waits ``keepalive_timeout`` for the first byte and closes
+        silently; from the first byte, ``client_header_timeout`` runs until the head is
+        complete (expiry: close without a response, INFO "client timed out").
+        """
+        loop = self.gw.loop
+        parser = self.parser
+        if keepalive_timeout is not None and not self.pending and not parser.request_started:
             try:
-                ok = await asyncio.wait_for(ep.wait_data(), remaining)
+                if not await self._next_events(keepalive_timeout):
+                    return None
             except TimeoutError:
+                return None
+        deadline = loop.time() + self.default.client_header_timeout
+        while True:
+            if self.pending:
+                ev = self.pending.pop(0)
+                if isinstance(ev, RequestHead):
+                    return ev
                 continue
-            except HttpError:
-                raise
-            if not ok:
-                try:
-                    parser.feed_eof()
-                except HttpError:
-                    pass
+            remaining = deadline - loop.time()
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                if not await self._next_events(remaining):
+                    return None
+            except TimeoutError:
+                if parser.request_started:
+                    self.gw.error_log.log(
+                        "info",
+                        "client timed out (110: Connection timed out) while reading "
+                        "client request headers",
+                        self.number,
+                        self._bare_ctx(),
+                    )
                 return None
 
+    async def _discard_body(self) -> bool:
+        """Read and drop the rest of a body nobody consumed (keep-alive needs it gone)."""
+        try:
+            async for _ in self._body_events():
+                pass
+        except HttpError:
+            return False
+        return True
+
     def _bare_ctx(self) -> RequestContext:
-        ctx = RequestContext(remote_addr=self.remote_addr, remote_port=self.remote_port,
-                             server_addr=self.local_addr, server_port=self.local_port,
-                             connection=self.number, maps=self.gw.config.http.maps)
+        ctx = RequestContext(
+            remote_addr=self.remote_addr,
+            remote_port=self.remote_port,
+            server_addr=self.local_addr,
+            server_port=self.local_port,
+            connection=self.number,
+            maps=self.gw.config.http.maps,
+        )
         ctx.server_name = self.default.name
         return ctx
 
     # -- one request --------------------------------------------------------------------------
-    async def _serve(self, parser: RequestParser, head: RequestHead) -> tuple[bool, float | None]:
+    async def _serve(self, head: RequestHead) -> tuple[bool, float | None]:
         """Handle one request; returns (keep the connection, keepalive_timeout)."""
         ctx = self._bare_ctx()
         ctx.connection_requests = self.requests
@@ -187,11 +234,15 @@ class ClientConnection:
                 return await self._return(settings, ctx, head)
             if settings.proxy_pass is None:
                 raise HttpError(404)
-            if head.content_length is not None and settings.client_max_body_size and \
-                    head.content_length > settings.client_max_body_size:
-                raise HttpError(413, f"client intended to send too large body: "
-                                f"{head.content_length} bytes")
-            return await self._proxy(parser, head, ctx, settings, location, settings.proxy_pass)
+            if (
+                head.content_length is not None
+                and settings.client_max_body_size
+                and head.content_length > settings.client_max_body_size
+            ):
+                raise HttpError(
+                    413, f"client intended to send too large body: {head.content_length} bytes"
+                )
+            return await self._proxy(head, ctx, settings, location, settings.proxy_pass)
         except HttpError as exc:
             return await self._error(exc, ctx, head, settings)
 
@@ -200,8 +251,13 @@ class ClientConnection:
         port = "" if self.local_port == 80 else f":{self.local_port}"
         return f"{ctx.scheme}://{host}{port}{target}"
 
-    async def _error(self, exc: HttpError, ctx: RequestContext, head: RequestHead | None,
-                     settings: LocationSettings) -> tuple[bool, float | None]:
+    async def _error(
+        self,
+        exc: HttpError,
+        ctx: RequestContext,
+        head: RequestHead | None,
+        settings: LocationSettings,
+    ) -> tuple[bool, float | None]:
         if exc.log and exc.status != 404:
             level = "error" if exc.status in (413, 500, 502, 504) else "info"
             self.gw.error_log.log(level, exc.log, self.number, ctx)
@@ -209,8 +265,11 @@ class ClientConnection:
         ctx.status = exc.status
         if exc.status not in (408, 444, 499):
             data = error_response(
-                exc.status, server_tokens=settings.server_tokens,
-                user_agent=ctx.header("user-agent"), keep_alive=keep, date=http_date(time.time()),
+                exc.status,
+                server_tokens=settings.server_tokens,
+                user_agent=ctx.header("user-agent"),
+                keep_alive=keep,
+                date=http_date(time.time()),
                 head_only=head is not None and head.method == "HEAD",
             )
             self.ep.write(data)
@@ -221,21 +280,33 @@ class ClientConnection:
         self._log_access(settings, ctx)
         return keep, settings.keepalive_timeout
 
-    async def _redirect(self, settings: LocationSettings, ctx: RequestContext,
-                        head: RequestHead, status: int, location: str) -> tuple[bool, float | None]:
+    async def _redirect(
+        self,
+        settings: LocationSettings,
+        ctx: RequestContext,
+        head: RequestHead,
+        status: int,
+        location: str,
+    ) -> tuple[bool, float | None]:
         keep = head.keep_alive
-        data = error_response(status, server_tokens=settings.server_tokens,
-                              user_agent=ctx.header("user-agent"), keep_alive=keep,
-                              date=http_date(time.time()), location=location,
-                              head_only=head.method == "HEAD")
+        data = error_response(
+            status,
+            server_tokens=settings.server_tokens,
+            user_agent=ctx.header("user-agent"),
+            keep_alive=keep,
+            date=http_date(time.time()),
+            location=location,
+            head_only=head.method == "HEAD",
+        )
         self.ep.write(data)
         ctx.status = status
         ctx.bytes_sent = len(data)
         self._log_access(settings, ctx)
         return keep, settings.keepalive_timeout
 
-    async def _return(self, settings: LocationSettings, ctx: RequestContext,
-                      head: RequestHead) -> tuple[bool, float | None]:
+    async def _return(
+        self, settings: LocationSettings, ctx: RequestContext, head: RequestHead
+    ) -> tuple[bool, float | None]:
         ret = settings.return_
         assert ret is not None
         text = ret.text.render(ctx.lookup) if ret.text is not None else None
@@ -255,15 +326,29 @@ class ClientConnection:
             return await self._plain(settings, ctx, head, ret.code, b"", None)
         return await self._plain(settings, ctx, head, ret.code, text.encode(), "text/plain")
 
-    async def _plain(self, settings: LocationSettings, ctx: RequestContext, head: RequestHead,
-                     status: int, body: bytes, ctype: str | None) -> tuple[bool, float | None]:
+    async def _plain(
+        self,
+        settings: LocationSettings,
+        ctx: RequestContext,
+        head: RequestHead,
+        status: int,
+        body: bytes,
+        ctype: str | None,
+    ) -> tuple[bool, float | None]:
         headers = [("Content-Type", ctype)] if ctype else []
         keep = head.keep_alive
-        framing = BodyFraming.length(len(body)) if status != 204 else BodyFraming.none()
+        framing = BodyFraming.content_length(len(body)) if status != 204 else BodyFraming.none()
         out = build_client_response_head(
-            status, _REASONS.get(status, ""), headers, server_tokens=settings.server_tokens,
-            date=http_date(time.time()), framing=framing, keep_alive=keep,
-            keepalive_header=settings.keepalive_header, upgrade=False)
+            status,
+            _REASONS.get(status, ""),
+            headers,
+            server_tokens=settings.server_tokens,
+            date=http_date(time.time()),
+            framing=framing,
+            keep_alive=keep,
+            keepalive_header=settings.keepalive_header,
+            upgrade=False,
+        )
         if head.method != "HEAD":
             out += body
         self.ep.write(out)
@@ -278,9 +363,14 @@ class ClientConnection:
             self.gw.access_logs.write(settings.access_logs, ctx)
 
     # -- proxying -----------------------------------------------------------------------------
-    async def _proxy(self, parser: RequestParser, head: RequestHead, ctx: RequestContext,
-                     settings: LocationSettings, location: Location | None,
-                     pp: ProxyPass) -> tuple[bool, float | None]:
+    async def _proxy(
+        self,
+        head: RequestHead,
+        ctx: RequestContext,
+        settings: LocationSettings,
+        location: Location | None,
+        pp: ProxyPass,
+    ) -> tuple[bool, float | None]:
         gw = self.gw
         if pp.template is not None:
             raise HttpError(500, "proxy_pass with variables is not supported by wsgate yet")
@@ -292,31 +382,43 @@ class ClientConnection:
             set_headers.append((h.name, h.value.render(ctx.lookup)))
         body_framing = BodyFraming.none()
         if head.content_length:
-            body_framing = BodyFraming.length(head.content_length)
+            body_framing = BodyFraming.content_length(head.content_length)
         elif head.chunked:
             body_framing = BodyFraming.chunked()
         buffered_body: bytes | None = None
         if head.chunked and settings.proxy_http_version == "1.0":
             # An HTTP/1.0 upstream cannot take a chunked body: read it whole (bounded by
             # client_max_body_size) and send it with a Content-Length, as nginx does.
-            buffered_body = await self._read_whole_body(parser, head, settings)
-            body_framing = BodyFraming.length(len(buffered_body))
+            buffered_body = await self._read_whole_body(settings)
+            body_framing = BodyFraming.content_length(len(buffered_body))
         request = build_upstream_request(
-            head.method, uri, settings.proxy_http_version, head.headers, set_headers,
-            pp.proxy_host, body_framing)
+            head.method,
+            uri,
+            settings.proxy_http_version,
+            head.headers,
+            set_headers,
+            pp.proxy_host,
+            body_framing,
+        )
 
         group = gw.peer_group(pp)
         selection = group.start()
         loop = gw.loop
         started = loop.time()
         body_sent = False
+        attempts = 0
         last_status = 502
         while True:
             peer = selection.next()
             if peer is None:
                 if not ctx.upstream_addrs:
-                    gw.error_log.log("error", "no live upstreams while connecting to upstream",
-                                     self.number, ctx, upstream=f"http://{group.name}{uri}")
+                    gw.error_log.log(
+                        "error",
+                        "no live upstreams while connecting to upstream",
+                        self.number,
+                        ctx,
+                        upstream=f"http://{group.name}{uri}",
+                    )
                     ctx.upstream_addrs.append(group.name)
                 raise HttpError(last_status)
             upstream_url = f"http://{peer.address}{uri}"
@@ -324,11 +426,12 @@ class ClientConnection:
             try:
                 up = await self._connect(peer, settings, ctx, upstream_url)
             except _Retry as retry:
-                selection.fail(peer)
-                self._note_disabled(peer, ctx, upstream_url)
-                ctx.upstream_statuses.append(str(retry.status))
+                attempts += 1
+                self._failed(selection, peer, ctx, upstream_url, retry)
                 last_status = retry.status
-                if self._may_retry(retry.kind, settings, selection, started, body_sent, head):
+                if self._may_retry(
+                    retry.kind, settings, selection, attempts, started, body_sent, head, sent=False
+                ):
                     continue
                 raise HttpError(retry.status) from None
             try:
@@ -337,16 +440,18 @@ class ClientConnection:
                     up.write(buffered_body)
                 elif (head.content_length or head.chunked) and not body_sent:
                     body_sent = True
-                    await self._stream_body(parser, head, up, body_framing, settings)
-                resp, rparser = await self._read_response_head(up, head, settings, ctx,
-                                                               upstream_url)
+                    await self._stream_body(head, up, body_framing, settings)
+                resp, rparser, rpending = await self._read_response_head(
+                    up, head, settings, ctx, upstream_url
+                )
             except _Retry as retry:
                 up.abort()
-                selection.fail(peer)
-                self._note_disabled(peer, ctx, upstream_url)
-                ctx.upstream_statuses.append(str(retry.status))
+                attempts += 1
+                self._failed(selection, peer, ctx, upstream_url, retry)
                 last_status = retry.status
-                if self._may_retry(retry.kind, settings, selection, started, body_sent, head):
+                if self._may_retry(
+                    retry.kind, settings, selection, attempts, started, body_sent, head, sent=True
+                ):
                     continue
                 raise HttpError(retry.status) from None
             except BaseException:
@@ -357,59 +462,102 @@ class ClientConnection:
             ctx.upstream_statuses.append(str(resp.status))
             try:
                 if resp.status == 101 and head.upgrade is not None:
-                    return await self._tunnel(parser, head, ctx, settings, up, rparser, resp,
-                                              selection, peer)
-                return await self._relay_response(head, ctx, settings, up, rparser, resp)
+                    return await self._tunnel(
+                        head, ctx, settings, up, rparser, resp, selection, peer
+                    )
+                return await self._relay_response(head, ctx, settings, up, rparser, rpending, resp)
             finally:
                 if self.tunnel is None:
                     selection.release(peer)
                     up.close()
 
-    def _note_disabled(self, peer: Peer, ctx: RequestContext, upstream_url: str) -> None:
-        if getattr(peer, "just_disabled", False):
-            self.gw.error_log.log("warn", "upstream server temporarily disabled while "
-                                  "connecting to upstream", self.number, ctx, upstream_url)
+    def _failed(
+        self,
+        selection: Selection,
+        peer: Peer,
+        ctx: RequestContext,
+        upstream_url: str,
+        retry: _Retry,
+    ) -> None:
+        ctx.upstream_statuses.append(str(retry.status))
+        if selection.fail(peer):
+            self.gw.error_log.log(
+                "warn",
+                "upstream server temporarily disabled while connecting to upstream",
+                self.number,
+                ctx,
+                upstream_url,
+            )
 
-    def _may_retry(self, kind: str, settings: LocationSettings, selection: object,
-                   started: float, body_sent: bool, head: RequestHead) -> bool:
-        if kind not in settings.proxy_next_upstream:
+    def _may_retry(
+        self,
+        kind: str,
+        settings: LocationSettings,
+        selection: Selection,
+        attempts: int,
+        started: float,
+        body_sent: bool,
+        head: RequestHead,
+        *,
+        sent: bool,
+    ) -> bool:
+        """``proxy_next_upstream``: only listed kinds, only before anything of the body was
+        streamed, non-idempotent methods only with ``non_idempotent``, within the tries and
+        ``proxy_next_upstream_timeout`` limits."""
+        if kind not in settings.proxy_next_upstream or body_sent or selection.tries <= 0:
             return False
-        if body_sent:
-            return False
-        if head.method not in _IDEMPOTENT and "non_idempotent" not in settings.proxy_next_upstream \
-                and kind != "connect":
+        if (
+            sent
+            and head.method not in _IDEMPOTENT
+            and "non_idempotent" not in settings.proxy_next_upstream
+        ):
             return False
         tries = settings.proxy_next_upstream_tries
-        if tries and len(getattr(selection, "tried", ())) >= tries:
+        if tries and attempts >= tries:
             return False
         limit = settings.proxy_next_upstream_timeout
         return not (limit and self.gw.loop.time() - started >= limit)
 
-    async def _connect(self, peer: Peer, settings: LocationSettings, ctx: RequestContext,
-                       upstream_url: str) -> Endpoint:
+    async def _connect(
+        self, peer: Peer, settings: LocationSettings, ctx: RequestContext, upstream_url: str
+    ) -> Endpoint:
         loop = self.gw.loop
         try:
             async with asyncio.timeout(settings.proxy_connect_timeout):
-                _, ep = await loop.create_connection(
-                    lambda: Endpoint(loop), peer.host, peer.port)
+                _, ep = await loop.create_connection(lambda: Endpoint(loop), peer.host, peer.port)
         except TimeoutError:
             self.gw.error_log.log(
-                "error", "upstream timed out (110: Connection timed out) while connecting to "
-                "upstream", self.number, ctx, upstream_url)
+                "error",
+                "upstream timed out (110: Connection timed out) while connecting to upstream",
+                self.number,
+                ctx,
+                upstream_url,
+            )
             raise _Retry("timeout", 504) from None
         except OSError as exc:
             code = exc.errno or errno.ECONNREFUSED
             self.gw.error_log.log(
-                "error", f"connect() failed ({code}: {exc.strerror or 'Connection refused'}) "
-                "while connecting to upstream", self.number, ctx, upstream_url)
+                "error",
+                f"connect() failed ({code}: {exc.strerror or 'Connection refused'}) "
+                "while connecting to upstream",
+                self.number,
+                ctx,
+                upstream_url,
+            )
             raise _Retry("error", 502) from None
         return ep
 
-    async def _read_response_head(self, up: Endpoint, head: RequestHead,
-                                  settings: LocationSettings, ctx: RequestContext,
-                                  upstream_url: str) -> tuple[ResponseHead, ResponseParser]:
-        rparser = ResponseParser(head_request=head.method == "HEAD",
-                                 max_head=max(settings.proxy_buffer_size, 4096))
+    async def _read_response_head(
+        self,
+        up: Endpoint,
+        head: RequestHead,
+        settings: LocationSettings,
+        ctx: RequestContext,
+        upstream_url: str,
+    ) -> tuple[ResponseHead, ResponseParser, list[ResponseEvent]]:
+        rparser = ResponseParser(
+            head_request=head.method == "HEAD", max_head=max(settings.proxy_buffer_size, 4096)
+        )
         timeout = settings.proxy_read_timeout
         while True:
             try:
@@ -417,94 +565,125 @@ class ClientConnection:
                     data = await up.read()
             except TimeoutError:
                 self.gw.error_log.log(
-                    "error", "upstream timed out (110: Connection timed out) while reading "
-                    "response header from upstream", self.number, ctx, upstream_url)
+                    "error",
+                    "upstream timed out (110: Connection timed out) while reading "
+                    "response header from upstream",
+                    self.number,
+                    ctx,
+                    upstream_url,
+                )
                 raise _Retry("timeout", 504) from None
             try:
                 if not data:
                     if up.error is not None and not isinstance(up.error, PeerClosed):
                         self.gw.error_log.log(
-                            "error", f"recv() failed ({_errno_text(up.error)}) while reading "
-                            "response header from upstream", self.number, ctx, upstream_url)
+                            "error",
+                            f"recv() failed ({_errno_text(up.error)}) while reading "
+                            "response header from upstream",
+                            self.number,
+                            ctx,
+                            upstream_url,
+                        )
                         raise _Retry("error", 502)
-                    rparser.feed_eof()
-                    events = rparser.events() if hasattr(rparser, "events") else []
+                    events = rparser.feed_eof()
                 else:
                     events = rparser.feed(data)
             except HttpError as exc:
-                self.gw.error_log.log("error", exc.log or "upstream sent invalid header",
-                                      self.number, ctx, upstream_url)
+                self.gw.error_log.log(
+                    "error",
+                    exc.log or "upstream sent invalid header",
+                    self.number,
+                    ctx,
+                    upstream_url,
+                )
                 kind = "invalid_header" if "invalid" in exc.log or "big" in exc.log else "error"
                 raise _Retry(kind, 502) from None
             for ev in events:
                 if isinstance(ev, ResponseHead):
-                    rparser.pending = [e for e in events if e is not ev]  # type: ignore[attr-defined]
-                    return ev, rparser
+                    return ev, rparser, [e for e in events if e is not ev]
             if not data:
                 self.gw.error_log.log(
-                    "error", "upstream prematurely closed connection while reading response "
-                    "header from upstream", self.number, ctx, upstream_url)
+                    "error",
+                    "upstream prematurely closed connection while reading response "
+                    "header from upstream",
+                    self.number,
+                    ctx,
+                    upstream_url,
+                )
                 raise _Retry("error", 502)
 
-    async def _read_whole_body(self, parser: RequestParser, head: RequestHead,
-                               settings: LocationSettings) -> bytes:
+    async def _read_whole_body(self, settings: LocationSettings) -> bytes:
         chunks: list[bytes] = []
         size = 0
-        async for data in self._body_events(parser, settings):
+        async for data in self._body_events():
             size += len(data)
             if settings.client_max_body_size and size > settings.client_max_body_size:
-                raise HttpError(413, f"client intended to send too large chunked body: "
-                                f"{size} bytes")
+                raise HttpError(
+                    413, f"client intended to send too large chunked body: {size} bytes"
+                )
             chunks.append(data)
         return b"".join(chunks)
 
-    async def _body_events(self, parser: RequestParser, settings: LocationSettings):  # type: ignore[no-untyped-def]
+    async def _body_events(self) -> AsyncIterator[bytes]:
         """Yield the request body's decoded chunks until its end."""
-        ep = self.ep
-        pending = parser.events() if hasattr(parser, "events") else []
         while True:
-            for ev in pending:
+            while self.pending:
+                ev = self.pending.pop(0)
                 if isinstance(ev, Body):
                     yield ev.data
                 elif isinstance(ev, EndOfMessage):
+                    self.body_done = True
                     return
             try:
-                async with asyncio.timeout(60.0):
-                    data = await ep.read()
+                more = await self._next_events(self.default.client_header_timeout)
             except TimeoutError:
-                raise HttpError(408, "client timed out (110: Connection timed out) while "
-                                "reading client request body") from None
-            if not data:
+                raise HttpError(
+                    408,
+                    "client timed out (110: Connection timed out) while "
+                    "reading client request body",
+                ) from None
+            if not more:
                 raise HttpError(499, "client prematurely closed connection")
-            pending = parser.feed(data)
 
-    async def _stream_body(self, parser: RequestParser, head: RequestHead, up: Endpoint,
-                           framing: BodyFraming, settings: LocationSettings) -> None:
+    async def _stream_body(
+        self, head: RequestHead, up: Endpoint, framing: BodyFraming, settings: LocationSettings
+    ) -> None:
         if head.expect_continue and head.version == "1.1":
             self.ep.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         size = 0
-        chunked = framing.kind == "chunked"
-        async for data in self._body_events(parser, settings):
+        chunked = framing.kind is Framing.CHUNKED
+        async for data in self._body_events():
             size += len(data)
             if settings.client_max_body_size and size > settings.client_max_body_size:
-                raise HttpError(413, f"client intended to send too large chunked body: "
-                                f"{size} bytes")
+                raise HttpError(
+                    413, f"client intended to send too large chunked body: {size} bytes"
+                )
             up.write(encode_chunk(data) if chunked else data)
             await up.drain()
         if chunked:
             up.write(LAST_CHUNK)
 
-    async def _relay_response(self, head: RequestHead, ctx: RequestContext,
-                              settings: LocationSettings, up: Endpoint, rparser: ResponseParser,
-                              resp: ResponseHead) -> tuple[bool, float | None]:
+    async def _relay_response(
+        self,
+        head: RequestHead,
+        ctx: RequestContext,
+        settings: LocationSettings,
+        up: Endpoint,
+        rparser: ResponseParser,
+        pending: list[ResponseEvent],
+        resp: ResponseHead,
+    ) -> tuple[bool, float | None]:
         keep = head.keep_alive
         no_body = head.method == "HEAD" or resp.status in (204, 304) or 100 <= resp.status < 200
         if no_body:
-            framing = BodyFraming.length(resp.content_length) \
-                if resp.content_length is not None and resp.status != 204 else BodyFraming.none()
+            framing = (
+                BodyFraming.content_length(resp.content_length)
+                if resp.content_length is not None and resp.status != 204
+                else BodyFraming.none()
+            )
             chunk_out = False
         elif resp.content_length is not None:
-            framing = BodyFraming.length(resp.content_length)
+            framing = BodyFraming.content_length(resp.content_length)
             chunk_out = False
         elif head.version == "1.1":
             framing = BodyFraming.chunked()
@@ -514,25 +693,31 @@ class ClientConnection:
             chunk_out = False
             keep = False
         out = build_client_response_head(
-            resp.status, resp.reason, resp.headers, server_tokens=settings.server_tokens,
-            date=http_date(time.time()), framing=framing, keep_alive=keep,
-            keepalive_header=settings.keepalive_header, upgrade=False)
+            resp.status,
+            resp.reason,
+            resp.headers,
+            server_tokens=settings.server_tokens,
+            date=http_date(time.time()),
+            framing=framing,
+            keep_alive=keep,
+            keepalive_header=settings.keepalive_header,
+            upgrade=False,
+        )
         ep = self.ep
         ep.write(out)
         ctx.status = resp.status
         ctx.bytes_sent = len(out)
         body_bytes = 0
-        pending = getattr(rparser, "pending", [])
         complete = False
         try:
             while True:
                 for ev in pending:
-                    if isinstance(ev, RBody):
+                    if isinstance(ev, Body):
                         if no_body:
                             continue
                         ep.write(encode_chunk(ev.data) if chunk_out else ev.data)
                         body_bytes += len(ev.data)
-                    elif isinstance(ev, REnd):
+                    elif isinstance(ev, EndOfMessage):
                         complete = True
                 if complete:
                     break
@@ -543,21 +728,26 @@ class ClientConnection:
                     async with asyncio.timeout(settings.proxy_read_timeout):
                         data = await up.read()
                 except TimeoutError:
-                    self.gw.error_log.log("error", "upstream timed out (110: Connection timed "
-                                          "out) while reading upstream", self.number, ctx)
+                    self.gw.error_log.log(
+                        "error",
+                        "upstream timed out (110: Connection timed out) while reading upstream",
+                        self.number,
+                        ctx,
+                    )
                     keep = False
                     break
                 if data:
                     pending = rparser.feed(data)
                 else:
                     try:
-                        rparser.feed_eof()
-                        pending = rparser.events() if hasattr(rparser, "events") else [REnd()]
-                        if not pending:
-                            pending = [REnd()]
+                        pending = rparser.feed_eof()
                     except HttpError:
-                        self.gw.error_log.log("error", "upstream prematurely closed connection "
-                                              "while reading upstream", self.number, ctx)
+                        self.gw.error_log.log(
+                            "error",
+                            "upstream prematurely closed connection while reading upstream",
+                            self.number,
+                            ctx,
+                        )
                         keep = False
                         break
             if complete and chunk_out:
@@ -572,20 +762,35 @@ class ClientConnection:
         self._log_access(settings, ctx)
         return keep and complete, settings.keepalive_timeout
 
-    async def _tunnel(self, parser: RequestParser, head: RequestHead, ctx: RequestContext,
-                      settings: LocationSettings, up: Endpoint, rparser: ResponseParser,
-                      resp: ResponseHead, selection: object, peer: Peer) -> tuple[bool, None]:
+    async def _tunnel(
+        self,
+        head: RequestHead,
+        ctx: RequestContext,
+        settings: LocationSettings,
+        up: Endpoint,
+        rparser: ResponseParser,
+        resp: ResponseHead,
+        selection: Selection,
+        peer: Peer,
+    ) -> tuple[bool, None]:
         out = build_client_response_head(
-            101, resp.reason, resp.headers, server_tokens=settings.server_tokens,
-            date=http_date(time.time()), framing=BodyFraming.none(), keep_alive=False,
-            keepalive_header=None, upgrade=True)
+            101,
+            resp.reason,
+            resp.headers,
+            server_tokens=settings.server_tokens,
+            date=http_date(time.time()),
+            framing=BodyFraming.none(),
+            keep_alive=False,
+            keepalive_header=None,
+            upgrade=True,
+        )
         ep = self.ep
         ep.write(out)
         ctx.status = 101
         head_len = len(out)
         early_to_client = rparser.take_buffered() + bytes(up.buffer)
         up.buffer.clear()
-        early_to_upstream = parser.take_buffered() + bytes(ep.buffer)
+        early_to_upstream = self.parser.take_buffered() + bytes(ep.buffer)
         ep.buffer.clear()
         done: asyncio.Future[None] = self.gw.loop.create_future()
         assert ep.transport is not None and up.transport is not None
@@ -594,30 +799,47 @@ class ClientConnection:
             if not done.done():
                 done.set_result(None)
 
-        tunnel = Tunnel(self.gw.loop, ep.transport, up.transport,
-                        read_timeout=settings.proxy_read_timeout,
-                        send_timeout_upstream=settings.proxy_send_timeout,
-                        send_timeout_client=settings.send_timeout, on_close=finished)
+        tunnel = Tunnel(
+            self.gw.loop,
+            ep.transport,
+            up.transport,
+            read_timeout=settings.proxy_read_timeout,
+            send_timeout_upstream=settings.proxy_send_timeout,
+            send_timeout_client=settings.send_timeout,
+            on_close=finished,
+        )
         self.tunnel = tunnel
         self.gw.tunnels.add(tunnel)
-        tunnel.start(early_to_client, early_to_upstream,
-                     client_write_paused=ep._write_paused, upstream_write_paused=up._write_paused)
+        tunnel.start(
+            early_to_client,
+            early_to_upstream,
+            client_write_paused=ep._write_paused,
+            upstream_write_paused=up._write_paused,
+        )
         if ep.closed:
             tunnel.side_lost(tunnel.client) if not tunnel.client.lost else None
         try:
             await done
         finally:
             self.gw.tunnels.discard(tunnel)
-            release = getattr(selection, "release", None)
-            if release is not None:
-                release(peer)
+            selection.release(peer)
         upstream_url = f"http://{peer.address}{ctx.request_uri}"
         if tunnel.timeout_reason == "upstream":
-            self.gw.error_log.log("info", "upstream timed out (110: Connection timed out) while "
-                                  "proxying upgraded connection", self.number, ctx, upstream_url)
+            self.gw.error_log.log(
+                "info",
+                "upstream timed out (110: Connection timed out) while proxying upgraded connection",
+                self.number,
+                ctx,
+                upstream_url,
+            )
         elif tunnel.timeout_reason == "client":
-            self.gw.error_log.log("info", "client timed out (110: Connection timed out) while "
-                                  "proxying upgraded connection", self.number, ctx, upstream_url)
+            self.gw.error_log.log(
+                "info",
+                "client timed out (110: Connection timed out) while proxying upgraded connection",
+                self.number,
+                ctx,
+                upstream_url,
+            )
         ctx.body_bytes_sent = tunnel.bytes_to_client
         ctx.bytes_sent = head_len + tunnel.bytes_to_client
         ctx.upstream_times.append(f"{self.gw.loop.time() - tunnel.started:.3f}")
@@ -638,8 +860,13 @@ def _errno_text(exc: BaseException) -> str:
     return f"{errno.ECONNRESET}: Connection reset by peer"
 
 
-_REASONS = {200: "OK", 201: "Created", 204: "No Content", 301: "Moved Permanently",
-            302: "Moved Temporarily", 303: "See Other", 307: "Temporary Redirect",
-            308: "Permanent Redirect"}
-
-_ = socket
+_REASONS = {
+    200: "OK",
+    201: "Created",
+    204: "No Content",
+    301: "Moved Permanently",
+    302: "Moved Temporarily",
+    303: "See Other",
+    307: "Temporary Redirect",
+    308: "Permanent Redirect",
+}

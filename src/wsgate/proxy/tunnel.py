@@ -34,8 +34,7 @@ __all__ = ["Tunnel"]
 class _Side(asyncio.Protocol):
     """One transport of the tunnel; relays what it reads to ``peer``."""
 
-    __slots__ = ("tunnel", "transport", "peer", "nbytes", "eof", "lost", "blocked_since",
-                 "name")
+    __slots__ = ("tunnel", "transport", "peer", "nbytes", "eof", "lost", "blocked_since", "name")
 
     def __init__(self, tunnel: Tunnel, transport: asyncio.Transport, name: str) -> None:
         self.tunnel = tunnel
@@ -88,9 +87,23 @@ class Tunnel:
     ``None`` for a normal end, or ``"upstream"``/``"client"`` after a timeout of that side.
     """
 
-    __slots__ = ("loop", "client", "upstream", "clock", "last", "read_timeout",
-                 "send_timeout_up", "send_timeout_client", "on_close", "timeout_reason",
-                 "_idle_handle", "_send_handle", "_closed", "_done", "started")
+    __slots__ = (
+        "loop",
+        "client",
+        "upstream",
+        "clock",
+        "last",
+        "read_timeout",
+        "send_timeout_up",
+        "send_timeout_client",
+        "on_close",
+        "timeout_reason",
+        "_idle_handle",
+        "_send_handle",
+        "_closed",
+        "_done",
+        "started",
+    )
 
     def __init__(
         self,
@@ -120,8 +133,13 @@ class Tunnel:
         self.upstream.peer = self.client
         self._idle_handle = loop.call_at(self.last + read_timeout, self._idle_check)
 
-    def start(self, to_client: bytes, to_upstream: bytes,
-              client_write_paused: bool, upstream_write_paused: bool) -> None:
+    def start(
+        self,
+        to_client: bytes,
+        to_upstream: bytes,
+        client_write_paused: bool,
+        upstream_write_paused: bool,
+    ) -> None:
         """Switch both transports to the tunnel and send what each side had sent early."""
         c, u = self.client, self.upstream
         c.transport.set_protocol(c)
@@ -172,8 +190,10 @@ class Tunnel:
         if self._closed:
             return
         now = self.clock()
-        for side, timeout in ((self.upstream, self.send_timeout_up),
-                              (self.client, self.send_timeout_client)):
+        for side, timeout in (
+            (self.upstream, self.send_timeout_up),
+            (self.client, self.send_timeout_client),
+        ):
             if side.blocked_since is not None and now - side.blocked_since >= timeout - 0.001:
                 self.timeout_reason = "upstream" if side is self.upstream else "client"
                 self.abort()

@@ -40,13 +40,20 @@ BindKey = tuple[str, int, int]  # host, configured port, index (port-0 listens s
 
 def bind_keys(config: Config) -> dict[BindKey, list[tuple[Server, Listen]]]:
     """Which sockets to open and which (server, listen) pairs each one serves."""
-    wildcard_ports = {(lst.port, lst.family_v6) for s in config.http.servers for lst in s.listens
-                      if lst.is_wildcard and lst.port != 0}
+    wildcard_ports = {
+        (lst.port, lst.family_v6)
+        for s in config.http.servers
+        for lst in s.listens
+        if lst.is_wildcard and lst.port != 0
+    }
     keys: dict[BindKey, list[tuple[Server, Listen]]] = {}
     for server in config.http.servers:
         for lst in server.listens:
-            if lst.port != 0 and not lst.is_wildcard and (lst.port, lst.family_v6) in \
-                    wildcard_ports:
+            if (
+                lst.port != 0
+                and not lst.is_wildcard
+                and (lst.port, lst.family_v6) in wildcard_ports
+            ):
                 host = "::" if lst.family_v6 else "0.0.0.0"
             else:
                 host = lst.host
@@ -84,8 +91,13 @@ class ListenGroup:
 class Gateway:
     """Everything one running wsgate holds."""
 
-    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop,
-                 error_log: ErrorLogger, reload_config: Callable[[], Config] | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        loop: asyncio.AbstractEventLoop,
+        error_log: ErrorLogger,
+        reload_config: Callable[[], Config] | None = None,
+    ) -> None:
         self.config = config
         self.loop = loop
         self.error_log = error_log
@@ -109,12 +121,14 @@ class Gateway:
         if group is None:
             if pp.upstream is not None:
                 up = self.config.http.upstreams[pp.upstream]
-                peers = [Peer(f"{_hp(s.host)}:{s.port}", s.host, s.port, s.weight)
-                         for s in up.servers]
+                peers = [
+                    Peer(f"{_hp(s.host)}:{s.port}", s.host, s.port, s.weight) for s in up.servers
+                ]
                 name = up.name
             else:
-                peers = [Peer(f"{_hp(s.host)}:{s.port}", s.host, s.port, s.weight)
-                         for s in pp.servers]
+                peers = [
+                    Peer(f"{_hp(s.host)}:{s.port}", s.host, s.port, s.weight) for s in pp.servers
+                ]
                 name = pp.host if not pp.port_given else f"{pp.host}:{pp.port}"
             group = PeerGroup(name, peers, clock=self.loop.time)
             self.peer_groups[key] = group
@@ -127,16 +141,18 @@ class Gateway:
 
     async def serve(self, groups: dict[BindKey, ListenGroup]) -> None:
         """Start accepting on every group that is not yet accepting; close dropped ones."""
-        for key, group in groups.items():
+        for group in groups.values():
             if group.server is None:
                 assert group.sock is not None
                 group.server = await self.loop.create_server(
-                    lambda g=group: _Front(self, g), sock=group.sock)  # type: ignore[misc]
+                    lambda g=group: _Front(self, g), sock=group.sock
+                )  # type: ignore[misc]
                 where = group.key[0]
                 where = f"[{where}]" if ":" in where else where
                 src = group.pairs[0][1].source
-                self.error_log.log("notice", f"listening on {where}:{group.port}"
-                                   + (f" ({src})" if src else ""))
+                self.error_log.log(
+                    "notice", f"listening on {where}:{group.port}" + (f" ({src})" if src else "")
+                )
         for key, old in self.groups.items():
             if key not in groups or groups[key].sock is not old.sock:
                 if old.server is not None:
@@ -265,8 +281,9 @@ def open_groups(config: Config, current: dict[BindKey, ListenGroup]) -> dict[Bin
             for opened_sock in opened:
                 opened_sock.close()
             where = f"[{key[0]}]" if ":" in key[0] else key[0]
-            raise ConfigError(f"bind() to {where}:{key[1]} failed ({exc.errno}: "
-                              f"{exc.strerror})") from exc
+            raise ConfigError(
+                f"bind() to {where}:{key[1]} failed ({exc.errno}: {exc.strerror})"
+            ) from exc
         opened.append(sock)
         groups[key] = ListenGroup(key, pairs, sock, None, sock.getsockname()[1])
     return groups

@@ -1,0 +1,564 @@
+"""Sans-I/O HTTP/1.x request parser with nginx's limits, checks and error statuses.
+
+Bytes go in with :meth:`RequestParser.feed`; events come out: one :class:`RequestHead`, zero or more
+:class:`~wsgate.http.body.Body` (de-chunked), then :class:`~wsgate.http.body.EndOfMessage`.
+Bad input raises :class:`~wsgate.errors.HttpError` carrying nginx's status and INFO log message.
+
+**One request at a time.**  After ``EndOfMessage`` the parser is *paused*: bytes fed meanwhile are
+kept, not parsed (pipelined requests are answered strictly in order, nginx
+``ngx_http_set_keepalive``).
+The caller then does exactly one of:
+
+- :meth:`RequestParser.next_request` -- parse the kept bytes as the next request (keep-alive,
+  pipelining; also after an ``Upgrade`` request that the upstream answered with a non-101);
+- :meth:`RequestParser.take_buffered` -- take the kept bytes and retire the parser (the upstream
+  answered 101: these bytes go upstream first when the tunnel starts).
+
+**Upgrade requests** need nothing special: the request's own body (if it declares one, per
+Content-Length or chunked, as nginx reads it) is parsed, then the parser pauses right after the
+message, so for the usual bodyless WebSocket handshake it stops right after the head with every
+following byte kept.  (llhttp would treat the body of an upgrade request as tunnel data; nginx does
+not, so neither do we.)
+
+**How httptools is used.**  Framing and limits need byte offsets that httptools does not report, so
+this module splits the head into lines itself (measuring each line, as nginx's buffers do) and
+parses the request line with nginx's rules (``src/http/ngx_http_parse.c
+ngx_http_parse_request_line``).  Each header line is then fed to an ``httptools.HttpRequestParser``,
+which validates the header syntax (token characters, value characters, obs-fold, bare CR).
+Content-Length and Transfer-Encoding are renamed before llhttp sees them, so their semantics and
+error order are nginx's (``src/http/ngx_http_request.c ngx_http_process_request_header``), not
+llhttp's.  Bodies are framed here (see :mod:`wsgate.http.body`).
+
+References: RFC 9112 (https://www.rfc-editor.org/rfc/rfc9112), nginx
+https://nginx.org/en/docs/http/ngx_http_core_module.html#large_client_header_buffers.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+
+import httptools
+
+from wsgate.errors import HttpError
+from wsgate.http.body import Body, ChunkedDecoder, EndOfMessage, InvalidChunk
+
+__all__ = [
+    "HeadLimits",
+    "IncompleteRequest",
+    "RequestEvent",
+    "RequestHead",
+    "RequestParser",
+    "normalize_host",
+]
+
+_MAX_OFF_T = 2**63 - 1
+
+
+@dataclass(slots=True)
+class HeadLimits:
+    """nginx ``client_header_buffer_size`` (1k) and ``large_client_header_buffers`` (4 8k).
+
+    The limits applied: the request line including its line end may be at most
+    ``max(header_buffer_size, large_buffer_size)`` bytes (else 414), so may each header line (else
+    494), and the whole head at most ``max(header_buffer_size, large_buffers * large_buffer_size)``
+    (else 494).  nginx's real capacity is a little lower because a line never straddles two of its
+    buffers; we use the plain bound.
+    """
+
+    header_buffer_size: int = 1024
+    large_buffers: int = 4
+    large_buffer_size: int = 8192
+
+    @property
+    def max_line(self) -> int:
+        return max(self.header_buffer_size, self.large_buffer_size)
+
+    @property
+    def max_head(self) -> int:
+        return max(self.header_buffer_size, self.large_buffers * self.large_buffer_size)
+
+
+@dataclass(slots=True)
+class RequestHead:
+    """A parsed request head.
+
+    ``target`` is the request-target exactly as sent; ``headers`` keep original case, order and
+    duplicates (latin-1), minus names nginx ignores (``ignore_invalid_headers``: any character but
+    letters, digits and ``-``).  ``host`` is nginx's ``$host`` candidate: the absolute-form host if
+    any, else the Host header, lowercased, port and one trailing dot removed.
+    """
+
+    method: str
+    target: str
+    version: str
+    headers: list[tuple[str, str]]
+    keep_alive: bool
+    content_length: int | None
+    chunked: bool
+    upgrade: str | None
+    host: str | None
+    request_line: str
+    head_size: int
+    expect_continue: bool = False
+    ignored_headers: list[str] = field(default_factory=list)
+
+    def header(self, name: str) -> str | None:
+        """First value of header ``name`` (case-insensitive), or None."""
+        lname = name.lower()
+        for n, v in self.headers:
+            if n.lower() == lname:
+                return v
+        return None
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+
+RequestEvent = RequestHead | Body | EndOfMessage
+
+
+class IncompleteRequest(HttpError):
+    """The client closed the connection in the middle of a request (nothing can be sent back)."""
+
+
+class _State(enum.Enum):
+    HEAD = 0
+    BODY_LENGTH = 1
+    BODY_CHUNKED = 2
+    PAUSED = 3
+    TUNNEL = 4
+    FAILED = 5
+
+
+_METHOD_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ_-")
+_NAME_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-")
+_VERSION_RE = re.compile(rb"HTTP/([0-9]+)\.([0-9]+)")
+_SCHEME_RE = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*://")
+_AUTHORITY_RE = re.compile(rb"(\[[0-9A-Fa-f:.]*\]|[A-Za-z0-9._\-]*)(?::[0-9]*)?")
+_SYNTHETIC_LINE = b"GET / HTTP/1.1\r\n"
+_RENAMED = {b"content-length": b"X-Wsgate-Cl", b"transfer-encoding": b"X-Wsgate-Te"}
+
+
+def _printable(data: bytes, limit: int = 64) -> str:
+    text = "".join(chr(c) if 0x20 <= c < 0x7F else f"\\x{c:02x}" for c in data[:limit])
+    return text + ("..." if len(data) > limit else "")
+
+
+def normalize_host(value: bytes | str) -> str | None:
+    """Validate and normalise a host as nginx's ``ngx_http_validate_host``; None if invalid.
+
+    Lowercases, cuts ``:port`` (outside an IPv6 literal) and one trailing dot.  Rejects ``..``,
+    ``/``, ``\\``, NUL, bytes <= 0x20 and 0x7f, and an empty result.
+    """
+    raw = value.encode("latin-1") if isinstance(value, str) else value
+    dot_pos = len(raw)
+    host_len = len(raw)
+    state = 0  # 0 usual, 1 literal, 2 rest
+    for i, ch in enumerate(raw):
+        if ch == 0x2E:  # '.'
+            if dot_pos == i - 1:
+                return None
+            dot_pos = i
+        elif ch == 0x3A:  # ':'
+            if state == 0:
+                host_len = i
+                state = 2
+        elif ch == 0x5B:  # '['
+            if i == 0:
+                state = 1
+        elif ch == 0x5D:  # ']'
+            if state == 1:
+                host_len = i + 1
+                state = 2
+        elif ch in (0x2F, 0x5C) or ch <= 0x20 or ch == 0x7F:
+            return None
+    if dot_pos == host_len - 1:
+        host_len -= 1
+    if host_len <= 0:
+        return None
+    return raw[:host_len].decode("latin-1").lower()
+
+
+class RequestParser:
+    """Incremental request parser; see the module docstring for the pause/upgrade protocol."""
+
+    def __init__(self, limits: HeadLimits | None = None) -> None:
+        self.limits = limits or HeadLimits()
+        self._buf = bytearray()
+        self._state = _State.HEAD
+        self._eof = False
+        self._remaining = 0
+        self._chunked: ChunkedDecoder | None = None
+        self._reset_head()
+
+    # -- public API ---------------------------------------------------------------------------
+
+    @property
+    def paused(self) -> bool:
+        """True after ``EndOfMessage`` until :meth:`next_request` or :meth:`take_buffered`."""
+        return self._state is _State.PAUSED
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held but not yet parsed (pause reading when this grows while paused)."""
+        return len(self._buf)
+
+    @property
+    def request_started(self) -> bool:
+        """True once bytes of a request line arrived (nginx logs a 408 only then)."""
+        if self._state is not _State.HEAD:
+            return self._state in (_State.BODY_LENGTH, _State.BODY_CHUNKED)
+        return bool(self._buf.lstrip(b"\r\n"))
+
+    def feed(self, data: bytes) -> list[RequestEvent]:
+        """Add bytes from the client; returns the events they complete."""
+        st = self._state
+        if st is _State.TUNNEL or st is _State.FAILED:
+            raise RuntimeError(f"RequestParser.feed() in state {st.name}")
+        if self._eof:
+            raise RuntimeError("RequestParser.feed() after feed_eof()")
+        if st is _State.BODY_LENGTH and not self._buf and data:
+            # Fast path: body bytes straight through, no copy into the buffer.
+            take = min(self._remaining, len(data))
+            self._remaining -= take
+            events: list[RequestEvent] = [Body(data if take == len(data) else data[:take])]
+            if take < len(data):
+                self._buf += data[take:]
+            if self._remaining == 0:
+                events.append(EndOfMessage())
+                self._state = _State.PAUSED
+            return events
+        self._buf += data
+        if st is _State.PAUSED:
+            return []
+        return self._run()
+
+    def next_request(self) -> list[RequestEvent]:
+        """Leave the pause and parse the kept bytes as the next request."""
+        if self._state is not _State.PAUSED:
+            raise RuntimeError(f"next_request() in state {self._state.name}")
+        self._state = _State.HEAD
+        self._reset_head()
+        events = self._run()
+        if self._eof:
+            self._check_eof()
+        return events
+
+    def take_buffered(self) -> bytes:
+        """Take the bytes that followed the last message and retire the parser (tunnel start)."""
+        if self._state is not _State.PAUSED:
+            raise RuntimeError(f"take_buffered() in state {self._state.name}")
+        data = bytes(self._buf)
+        self._buf.clear()
+        self._state = _State.TUNNEL
+        return data
+
+    def feed_eof(self) -> list[RequestEvent]:
+        """The client closed its side.  A clean close between requests returns ``[]``; a close
+        inside a head or body raises :class:`IncompleteRequest` (status 400, nothing to send)."""
+        self._eof = True
+        if self._state in (_State.HEAD, _State.BODY_LENGTH, _State.BODY_CHUNKED):
+            self._check_eof()
+        return []
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _reset_head(self) -> None:
+        self._scan = 0
+        self._line_done = False  # request line parsed
+        self._llhttp: httptools.HttpRequestParser | None = None
+        self._method = ""
+        self._target = b""
+        self._version = (1, 1)
+        self._request_line = b""
+        self._abs_host: str | None = None
+        self._headers: list[tuple[str, str]] = []
+        self._ignored: list[str] = []
+        self._host_raw: bytes | None = None
+        self._cl_raw: bytes | None = None
+        self._te_raw: bytes | None = None
+
+    def _check_eof(self) -> None:
+        st = self._state
+        if st is _State.HEAD:
+            if not self._buf.lstrip(b"\r\n"):
+                return
+            self._state = _State.FAILED
+            action = "request headers" if self._line_done else "request line"
+            raise IncompleteRequest(
+                400, f"client prematurely closed connection while reading client {action}"
+            )
+        if st in (_State.BODY_LENGTH, _State.BODY_CHUNKED):
+            self._state = _State.FAILED
+            raise IncompleteRequest(400, "client prematurely closed connection")
+
+    def _run(self) -> list[RequestEvent]:
+        events: list[RequestEvent] = []
+        try:
+            while True:
+                st = self._state
+                if st is _State.HEAD:
+                    head = self._parse_head()
+                    if head is None:
+                        break
+                    events.append(head)
+                    if head.chunked:
+                        self._chunked = ChunkedDecoder()
+                        self._state = _State.BODY_CHUNKED
+                    elif head.content_length:
+                        self._remaining = head.content_length
+                        self._state = _State.BODY_LENGTH
+                    else:
+                        events.append(EndOfMessage())
+                        self._state = _State.PAUSED
+                        break
+                elif st is _State.BODY_LENGTH:
+                    if not self._buf:
+                        break
+                    take = min(self._remaining, len(self._buf))
+                    events.append(Body(bytes(self._buf[:take])))
+                    del self._buf[:take]
+                    self._remaining -= take
+                    if self._remaining == 0:
+                        events.append(EndOfMessage())
+                        self._state = _State.PAUSED
+                    break
+                elif st is _State.BODY_CHUNKED:
+                    assert self._chunked is not None
+                    try:
+                        pieces, pos = self._chunked.decode(self._buf, 0)
+                    except InvalidChunk as exc:
+                        raise HttpError(400, "client sent invalid chunked body") from exc
+                    del self._buf[:pos]
+                    if pieces:
+                        events.append(Body(b"".join(pieces)))
+                    if self._chunked.done:
+                        self._chunked = None
+                        events.append(EndOfMessage())
+                        self._state = _State.PAUSED
+                    break
+                else:
+                    break
+        except HttpError:
+            self._state = _State.FAILED
+            raise
+        return events
+
+    def _parse_head(self) -> RequestHead | None:
+        buf = self._buf
+        lim = self.limits
+        if not self._line_done and self._scan == 0:
+            # nginx (sw_start) and RFC 9112 §2.2 skip empty lines before the request line.
+            skip = len(buf) - len(buf.lstrip(b"\r\n"))
+            if skip:
+                del buf[:skip]
+        while True:
+            start = self._scan
+            nl = buf.find(b"\n", start)
+            if nl < 0:
+                pending = len(buf) - start
+                if pending >= lim.max_line:
+                    self._too_long(bytes(buf[start : start + 64]))
+                if len(buf) >= lim.max_head:
+                    raise HttpError(494, "client sent too large request")
+                return None
+            if nl + 1 - start > lim.max_line:
+                self._too_long(bytes(buf[start : start + 64]))
+            if nl + 1 > lim.max_head:
+                raise HttpError(494, "client sent too large request")
+            line = bytes(buf[start:nl])
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            self._scan = nl + 1
+            if not self._line_done:
+                self._line_done = True
+                if self._request_line_(line):
+                    return self._finish_head()  # HTTP/0.9: no headers
+                continue
+            if not line:
+                return self._finish_head()
+            self._header_line(line)
+
+    def _too_long(self, start: bytes) -> None:
+        if not self._line_done:
+            raise HttpError(414, "client sent too long URI")
+        raise HttpError(494, f'client sent too long header line: "{_printable(start, 32)}..."')
+
+    def _request_line_(self, line: bytes) -> bool:
+        """Parse the request line (nginx rules); returns True for an HTTP/0.9 request."""
+        self._request_line = line
+        if b"\r" in line:
+            raise HttpError(400, "client sent invalid request")
+        method, sep, rest = line.partition(b" ")
+        if not method or not sep or any(c not in _METHOD_CHARS for c in method):
+            raise HttpError(400, "client sent invalid method")
+        self._method = method.decode("ascii")
+        parts = [p for p in rest.split(b" ") if p]
+        if not parts or len(parts) > 2:
+            raise HttpError(400, "client sent invalid request")
+        target = parts[0]
+        if any(c < 0x20 or c == 0x7F for c in target):
+            raise HttpError(400, "client sent invalid request")
+        self._target = target
+        if target[0] != 0x2F:  # not '/': must be absolute-form
+            m = _SCHEME_RE.match(target)
+            if m is None:
+                raise HttpError(400, "client sent invalid request")
+            rest_t = target[m.end() :]
+            cut = len(rest_t)
+            for sep_b in (b"/", b"?", b"#"):
+                i = rest_t.find(sep_b)
+                if 0 <= i < cut:
+                    cut = i
+            authority = rest_t[:cut]
+            if _AUTHORITY_RE.fullmatch(authority) is None:
+                raise HttpError(400, "client sent invalid request")
+            host = normalize_host(authority)
+            if host is None:
+                raise HttpError(400, "client sent invalid host in request line")
+            self._abs_host = host
+        if len(parts) == 1:
+            if self._method != "GET":
+                raise HttpError(400, "client sent invalid method in HTTP/0.9 request")
+            self._version = (0, 9)
+            return True
+        m = _VERSION_RE.fullmatch(parts[1])
+        if m is None or m.group(1)[0] == 0x30:  # "HTTP/0.x" is invalid too
+            raise HttpError(400, "client sent invalid request")
+        major, minor = int(m.group(1)), int(m.group(2))
+        if major > 1:
+            raise HttpError(505, "client sent invalid version")
+        if minor > 99:
+            raise HttpError(400, "client sent invalid request")
+        self._version = (major, minor)
+        self._llhttp = httptools.HttpRequestParser(None)
+        self._llhttp.feed_data(_SYNTHETIC_LINE)
+        return False
+
+    def _header_line(self, line: bytes) -> None:
+        colon = line.find(b":")
+        if colon <= 0 or b"\r" in line:
+            raise HttpError(400, f'client sent invalid header line: "{_printable(line)}"')
+        name = line[:colon]
+        if any(c <= 0x20 or c == 0x7F for c in name):
+            raise HttpError(400, f'client sent invalid header line: "{_printable(line)}"')
+        if any(c not in _NAME_CHARS for c in name):
+            # ignore_invalid_headers on, underscores_in_headers off: skipped, logged at INFO.
+            self._ignored.append(name.decode("latin-1"))
+            return
+        lname = name.lower()
+        renamed = _RENAMED.get(lname)
+        assert self._llhttp is not None
+        try:
+            self._llhttp.feed_data((renamed + line[colon:] if renamed else line) + b"\r\n")
+        except httptools.HttpParserError as exc:
+            raise HttpError(400, f'client sent invalid header line: "{_printable(line)}"') from exc
+        value = line[colon + 1 :].strip(b" \t")
+        if lname == b"host":
+            if self._host_raw is not None:
+                raise HttpError(
+                    400,
+                    f'client sent duplicate host header: "{_printable(line)}", previous value: '
+                    f'"Host: {_printable(self._host_raw)}"',
+                )
+            self._host_raw = value
+            if normalize_host(value) is None:
+                raise HttpError(400, "client sent invalid host header")
+        elif renamed is not None:
+            prev = self._cl_raw if lname == b"content-length" else self._te_raw
+            if prev is not None:
+                raise HttpError(
+                    400,
+                    f'client sent duplicate header line: "{_printable(line)}", previous value: '
+                    f'"{name.decode("latin-1")}: {_printable(prev)}"',
+                )
+            if lname == b"content-length":
+                self._cl_raw = value
+            else:
+                self._te_raw = value
+        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def _finish_head(self) -> RequestHead:
+        if self._llhttp is not None:
+            try:
+                self._llhttp.feed_data(b"\r\n")
+            except httptools.HttpParserUpgrade:
+                pass  # llhttp's Connection: upgrade handling; the proxy decides on the 101
+            except httptools.HttpParserError as exc:
+                raise HttpError(400, "client sent invalid request") from exc
+        version = self._version
+        http11 = version > (1, 0)
+        host = self._abs_host
+        if self._host_raw is not None:
+            if host is None:
+                host = normalize_host(self._host_raw)
+        elif http11:
+            raise HttpError(400, 'client sent HTTP/1.1 request without "Host" header')
+
+        content_length: int | None = None
+        if self._cl_raw is not None:
+            raw = self._cl_raw
+            if not raw or not raw.isdigit() or not raw.isascii() or int(raw) > _MAX_OFF_T:
+                raise HttpError(400, 'client sent invalid "Content-Length" header')
+            content_length = int(raw)
+        chunked = False
+        if self._te_raw is not None:
+            if not http11:
+                raise HttpError(400, 'client sent HTTP/1.0 request with "Transfer-Encoding" header')
+            if self._te_raw.lower() != b"chunked":
+                raise HttpError(
+                    501, f'client sent unknown "Transfer-Encoding": "{_printable(self._te_raw)}"'
+                )
+            if content_length is not None:
+                raise HttpError(
+                    400,
+                    'client sent "Content-Length" and "Transfer-Encoding" headers at the same time',
+                )
+            chunked = True
+
+        # ngx_http_process_connection / ngx_http_handler: substring match, last line wins.
+        conn_type = 0
+        upgrade: str | None = None
+        expect: str | None = None
+        for n, v in self._headers:
+            ln = n.lower()
+            if ln == "connection":
+                lv = v.lower()
+                if "close" in lv:
+                    conn_type = 1
+                elif "keep-alive" in lv:
+                    conn_type = 2
+            elif ln == "upgrade" and upgrade is None:
+                upgrade = v
+            elif ln == "expect" and expect is None:
+                expect = v
+        keep_alive = http11 if conn_type == 0 else conn_type == 2
+        if version < (1, 0):
+            keep_alive = False
+
+        if self._method == "CONNECT":
+            raise HttpError(405, "client sent CONNECT method")
+        if self._method == "TRACE":
+            raise HttpError(405, "client sent TRACE method")
+
+        head = RequestHead(
+            method=self._method,
+            target=self._target.decode("latin-1"),
+            version=f"{version[0]}.{version[1]}",
+            headers=self._headers,
+            keep_alive=keep_alive,
+            content_length=content_length,
+            chunked=chunked,
+            upgrade=upgrade,
+            host=host,
+            request_line=self._request_line.decode("latin-1"),
+            head_size=self._scan,
+            expect_continue=http11 and expect is not None and expect.lower() == "100-continue",
+            ignored_headers=self._ignored,
+        )
+        del self._buf[: self._scan]
+        self._llhttp = None
+        return head

@@ -1,0 +1,365 @@
+"""Sans-I/O parser for an upstream's HTTP/1.x response, with nginx's errors.
+
+Events: one :class:`ResponseHead`, then :class:`~wsgate.http.body.Body` pieces (de-chunked) and
+:class:`~wsgate.http.body.EndOfMessage`.  Framing follows RFC 9112 §6.3
+(https://www.rfc-editor.org/rfc/rfc9112#section-6.3): no body for HEAD, 1xx, 204 and 304; chunked;
+Content-Length; otherwise the body ends when the upstream closes.
+
+**101 Switching Protocols.**  The parser stops right after the head (no ``EndOfMessage``) and keeps
+whatever followed it.  The caller then either calls :meth:`ResponseParser.take_buffered` (the client
+sent ``Upgrade``: start the tunnel, send these bytes to the client first) or
+:meth:`ResponseParser.close_delimited` (no client ``Upgrade``: nginx relays the 101 and reads the
+rest as a close-delimited body; ``src/http/ngx_http_upstream.c ngx_http_upstream_process_header``).
+
+**Errors** are :class:`~wsgate.errors.HttpError` with status 502 and nginx's ERROR-level message
+(``src/http/modules/ngx_http_proxy_module.c ngx_http_proxy_process_status`` and
+``ngx_http_proxy_process_header``).  A close before the head is complete is the retryable
+"upstream prematurely closed connection while reading response header from upstream"; a close inside
+a Content-Length or chunked body raises :class:`UpstreamPrematureClose` instead, because by then the
+head has gone to the client and the only thing left is to log and close it.
+
+As in :mod:`wsgate.http.request`, the head is split into lines here (nginx's ``proxy_buffer_size``
+limit, bare LF accepted) and each line is validated by ``httptools.HttpResponseParser``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import httptools
+
+from wsgate.errors import HttpError
+from wsgate.http.body import Body, ChunkedDecoder, EndOfMessage, InvalidChunk
+
+__all__ = [
+    "ResponseEvent",
+    "ResponseHead",
+    "ResponseParser",
+    "UpstreamPrematureClose",
+]
+
+_MAX_OFF_T = 2**63 - 1
+_RENAMED = {b"content-length": b"X-Wsgate-Cl", b"transfer-encoding": b"X-Wsgate-Te"}
+_PREMATURE_HEADER = (
+    "upstream prematurely closed connection while reading response header from upstream"
+)
+
+
+@dataclass(slots=True)
+class ResponseHead:
+    """A parsed response head; ``reason`` is verbatim (nginx copies it to the client)."""
+
+    status: int
+    reason: str
+    version: str
+    headers: list[tuple[str, str]]
+    content_length: int | None
+    chunked: bool
+    keep_alive: bool
+    head_size: int = 0
+
+    def header(self, name: str) -> str | None:
+        """First value of header ``name`` (case-insensitive), or None."""
+        lname = name.lower()
+        for n, v in self.headers:
+            if n.lower() == lname:
+                return v
+        return None
+
+
+ResponseEvent = ResponseHead | Body | EndOfMessage
+
+
+class UpstreamPrematureClose(HttpError):
+    """The upstream closed inside a Content-Length or chunked body: log it and close the client."""
+
+
+class _State(enum.Enum):
+    HEAD = 0
+    BODY_LENGTH = 1
+    BODY_CHUNKED = 2
+    BODY_CLOSE = 3
+    SWITCHED = 4
+    DONE = 5
+    RETIRED = 6
+    FAILED = 7
+
+
+def _printable(data: bytes, limit: int = 64) -> str:
+    text = "".join(chr(c) if 0x20 <= c < 0x7F else f"\\x{c:02x}" for c in data[:limit])
+    return text + ("..." if len(data) > limit else "")
+
+
+class _StatusCatcher:
+    __slots__ = ("reason",)
+
+    def __init__(self) -> None:
+        self.reason = b""
+
+    def on_status(self, status: bytes) -> None:
+        self.reason += status
+
+
+class ResponseParser:
+    """Incremental upstream response parser.
+
+    ``head_request``: the request was HEAD, so no body follows whatever the headers say.
+    ``max_head``: nginx ``proxy_buffer_size`` (4k); a longer head is "upstream sent too big header".
+    """
+
+    def __init__(self, head_request: bool, max_head: int = 4096) -> None:
+        self.head_request = head_request
+        self.max_head = max_head
+        self._buf = bytearray()
+        self._state = _State.HEAD
+        self._eof = False
+        self._remaining = 0
+        self._chunked: ChunkedDecoder | None = None
+        self._scan = 0
+
+    @property
+    def done(self) -> bool:
+        """True once ``EndOfMessage`` was returned."""
+        return self._state is _State.DONE
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held but not parsed (after the message: the connection is not reusable)."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[ResponseEvent]:
+        """Add bytes from the upstream; returns the events they complete."""
+        st = self._state
+        if st is _State.RETIRED or st is _State.FAILED or self._eof:
+            raise RuntimeError(f"ResponseParser.feed() in state {st.name}")
+        if st is _State.BODY_CLOSE:
+            return [Body(data)] if data else []
+        if st is _State.BODY_LENGTH and not self._buf and data:
+            take = min(self._remaining, len(data))
+            self._remaining -= take
+            events: list[ResponseEvent] = [Body(data if take == len(data) else data[:take])]
+            if take < len(data):
+                self._buf += data[take:]
+            if self._remaining == 0:
+                events.append(EndOfMessage())
+                self._state = _State.DONE
+            return events
+        self._buf += data
+        if st is _State.SWITCHED or st is _State.DONE:
+            return []
+        return self._run()
+
+    def feed_eof(self) -> list[ResponseEvent]:
+        """The upstream closed.  Ends a close-delimited body; raises if the response was cut."""
+        self._eof = True
+        st = self._state
+        if st is _State.HEAD:
+            self._state = _State.FAILED
+            raise HttpError(502, _PREMATURE_HEADER)
+        if st is _State.BODY_CLOSE:
+            self._state = _State.DONE
+            return [EndOfMessage()]
+        if st is _State.BODY_LENGTH or st is _State.BODY_CHUNKED:
+            self._state = _State.FAILED
+            raise UpstreamPrematureClose(
+                502, "upstream prematurely closed connection while reading upstream"
+            )
+        return []
+
+    def take_buffered(self) -> bytes:
+        """After a 101 (or the message): take the bytes that followed and retire the parser."""
+        if self._state is not _State.SWITCHED and self._state is not _State.DONE:
+            raise RuntimeError(f"take_buffered() in state {self._state.name}")
+        data = bytes(self._buf)
+        self._buf.clear()
+        self._state = _State.RETIRED
+        return data
+
+    def close_delimited(self) -> list[ResponseEvent]:
+        """After a 101 the client did not ask for: read the rest as a close-delimited body."""
+        if self._state is not _State.SWITCHED:
+            raise RuntimeError(f"close_delimited() in state {self._state.name}")
+        events: list[ResponseEvent] = []
+        if self._buf:
+            events.append(Body(bytes(self._buf)))
+            self._buf.clear()
+        if self._eof:
+            events.append(EndOfMessage())
+            self._state = _State.DONE
+        else:
+            self._state = _State.BODY_CLOSE
+        return events
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _run(self) -> list[ResponseEvent]:
+        events: list[ResponseEvent] = []
+        try:
+            st = self._state
+            if st is _State.HEAD:
+                head = self._parse_head()
+                if head is None:
+                    return events
+                events.append(head)
+                st = self._state
+            if st is _State.BODY_LENGTH and self._buf:
+                take = min(self._remaining, len(self._buf))
+                events.append(Body(bytes(self._buf[:take])))
+                del self._buf[:take]
+                self._remaining -= take
+                if self._remaining == 0:
+                    events.append(EndOfMessage())
+                    self._state = _State.DONE
+            elif st is _State.BODY_CHUNKED:
+                assert self._chunked is not None
+                try:
+                    pieces, pos = self._chunked.decode(self._buf, 0)
+                except InvalidChunk as exc:
+                    raise HttpError(502, "upstream sent invalid chunked response") from exc
+                del self._buf[:pos]
+                if pieces:
+                    events.append(Body(b"".join(pieces)))
+                if self._chunked.done:
+                    events.append(EndOfMessage())
+                    self._state = _State.DONE
+            elif st is _State.BODY_CLOSE and self._buf:
+                events.append(Body(bytes(self._buf)))
+                self._buf.clear()
+            elif st is _State.DONE and events and not isinstance(events[-1], EndOfMessage):
+                events.append(EndOfMessage())
+        except HttpError:
+            self._state = _State.FAILED
+            raise
+        return events
+
+    def _find_head_end(self) -> int:
+        """Offset just past the blank line ending the head, or -1 if not there yet."""
+        buf = self._buf
+        while True:
+            nl = buf.find(b"\n", self._scan)
+            if nl < 0:
+                return -1
+            line_start = self._scan
+            self._scan = nl + 1
+            if line_start > 0 and (
+                nl == line_start or (nl == line_start + 1 and buf[line_start] == 0x0D)
+            ):
+                return self._scan
+
+    def _parse_head(self) -> ResponseHead | None:
+        end = self._find_head_end()
+        if end < 0:
+            if len(self._buf) >= self.max_head:
+                raise HttpError(502, "upstream sent too big header")
+            if len(self._buf) >= 5 and not self._buf.startswith(b"HTTP/"):
+                raise HttpError(502, "upstream sent no valid HTTP/1.0 header")
+            return None
+        if end > self.max_head:
+            raise HttpError(502, "upstream sent too big header")
+        raw_lines = bytes(self._buf[:end]).split(b"\n")[:-2]  # drop the blank line and after
+        del self._buf[:end]
+        lines = [ln[:-1] if ln.endswith(b"\r") else ln for ln in raw_lines]
+
+        status_line = lines[0]
+        catcher = _StatusCatcher()
+        parser = httptools.HttpResponseParser(catcher)
+        if not status_line.startswith(b"HTTP/") or b"\r" in status_line:
+            raise HttpError(502, "upstream sent no valid HTTP/1.0 header")
+        try:
+            parser.feed_data(status_line + b"\r\n")
+        except httptools.HttpParserError as exc:
+            raise HttpError(502, "upstream sent no valid HTTP/1.0 header") from exc
+        status = parser.get_status_code()
+        if status < 100:
+            raise HttpError(502, "upstream sent no valid HTTP/1.0 header")
+        version = parser.get_http_version()
+
+        headers: list[tuple[str, str]] = []
+        cl_raw: bytes | None = None
+        te_raw: bytes | None = None
+        close = version < "1.1"
+        for line in lines[1:]:
+            colon = line.find(b":")
+            name = line[:colon] if colon > 0 else b""
+            bad = not name or b"\r" in line or any(c <= 0x20 or c == 0x7F for c in name)
+            lname = name.lower()
+            renamed = _RENAMED.get(lname)
+            if not bad:
+                try:
+                    parser.feed_data((renamed + line[colon:] if renamed else line) + b"\r\n")
+                except httptools.HttpParserError:
+                    bad = True
+            if bad:
+                raise HttpError(502, f'upstream sent invalid header: "{_printable(line)}"')
+            value = line[colon + 1 :].strip(b" \t")
+            if renamed is not None:
+                prev = cl_raw if renamed is _RENAMED[b"content-length"] else te_raw
+                if prev is not None:
+                    raise HttpError(
+                        502,
+                        f'upstream sent duplicate header line: "{_printable(line)}", '
+                        f'previous value: "{name.decode("latin-1")}: {_printable(prev)}"',
+                    )
+                if lname == b"content-length":
+                    cl_raw = value
+                else:
+                    te_raw = value
+            elif lname == b"connection" and b"close" in value.lower():
+                close = True
+            headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        try:
+            parser.feed_data(b"\r\n")
+        except httptools.HttpParserUpgrade:
+            pass
+        except httptools.HttpParserError as exc:
+            if "Upgrade" not in str(exc):  # llhttp pauses on every 101 ("Pause on CONNECT/Upgrade")
+                raise HttpError(502, "upstream sent invalid header") from exc
+
+        content_length: int | None = None
+        if cl_raw is not None:
+            if not cl_raw.isdigit() or not cl_raw.isascii() or int(cl_raw) > _MAX_OFF_T:
+                raise HttpError(
+                    502,
+                    f'upstream sent invalid "Content-Length" header: '
+                    f'"Content-Length: {_printable(cl_raw)}"',
+                )
+            content_length = int(cl_raw)
+        chunked = False
+        if te_raw is not None:
+            if te_raw.lower() != b"chunked":
+                raise HttpError(
+                    502, f'upstream sent unknown "Transfer-Encoding": "{_printable(te_raw)}"'
+                )
+            if content_length is not None:
+                raise HttpError(
+                    502,
+                    'upstream sent "Content-Length" and "Transfer-Encoding" headers '
+                    "at the same time",
+                )
+            chunked = True
+
+        if status == 101:
+            self._state = _State.SWITCHED
+            close = True
+        elif self.head_request or status < 200 or status in (204, 304):
+            self._state = _State.DONE
+        elif chunked:
+            self._chunked = ChunkedDecoder()
+            self._state = _State.BODY_CHUNKED
+        elif content_length is not None:
+            self._remaining = content_length
+            self._state = _State.BODY_LENGTH if content_length else _State.DONE
+        else:
+            self._state = _State.BODY_CLOSE
+            close = True
+        return ResponseHead(
+            status=status,
+            reason=catcher.reason.decode("latin-1"),
+            version=version,
+            headers=headers,
+            content_length=content_length,
+            chunked=chunked,
+            keep_alive=not close,
+            head_size=end,
+        )

@@ -1,0 +1,237 @@
+"""nginx's smooth weighted round robin with passive health accounting.
+
+Pure and single-threaded (one :class:`PeerGroup` per worker, like nginx's per-worker peer
+state without a shared zone); time comes from an injected clock and, as in nginx, is compared
+in whole seconds.  Follows ``src/http/ngx_http_upstream_round_robin.c``
+(``ngx_http_upstream_get_peer``, ``ngx_http_upstream_free_round_robin_peer``) and
+https://nginx.org/en/docs/http/ngx_http_upstream_module.html#server; see NGINX-SEMANTICS.md §7.
+
+Per request the caller does::
+
+    sel = group.start()
+    peer = sel.next()            # None: "no live upstreams" (502)
+    ... connect; on error:  if sel.fail(peer): log warn "upstream server temporarily disabled"
+                            then, if sel.tries and proxy_next_upstream allows, sel.next() again
+    ... on success:         sel.succeed(peer); when the connection closes: sel.release(peer)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from wsgate.config.model import UpstreamServer
+
+__all__ = ["Peer", "PeerGroup", "Selection", "peers_from_config"]
+
+Clock = Callable[[], float]
+
+
+@dataclass(slots=True, eq=False)
+class Peer:
+    """One upstream address and its shared runtime state (``ngx_http_upstream_rr_peer_t``).
+
+    "By default, requests are distributed between the servers using a weighted round-robin
+    balancing method" (upstream module).  Defaults are nginx's: ``weight=1 max_fails=1
+    fail_timeout=10s max_conns=0``.  ``eq=False``: peers are compared by identity.
+    """
+
+    address: str
+    host: str
+    port: int
+    weight: int = 1
+    max_fails: int = 1
+    fail_timeout: float = 10.0
+    down: bool = False
+    backup: bool = False
+    max_conns: int = 0
+    current_weight: int = field(default=0, init=False)
+    effective_weight: int = field(default=0, init=False)
+    fails: int = field(default=0, init=False)
+    #: Whole seconds of the last failure.
+    accessed: int = field(default=0, init=False)
+    #: Whole seconds of the last failure, or of the first pick after ``fail_timeout``.
+    checked: int = field(default=0, init=False)
+    conns: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        self.effective_weight = self.weight
+
+    def __str__(self) -> str:
+        return self.address
+
+
+def _display(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def peers_from_config(servers: Iterable[UpstreamServer]) -> list[Peer]:
+    """Peers for ``upstream`` servers (or a ``proxy_pass`` host's addresses), in config order."""
+    return [
+        Peer(address=_display(s.host, s.port), host=s.host, port=s.port, weight=s.weight)
+        for s in servers
+    ]
+
+
+class PeerGroup:
+    """One upstream's peers: primaries, then ``backup`` ones (``ngx_http_upstream_rr_peers_t``).
+
+    Peers in ``peers`` flagged ``backup`` are moved to the backups.  "single" is nginx's
+    ``peers->single``: one primary and no backup, which disables failure accounting and
+    retries.
+    """
+
+    __slots__ = ("name", "peers", "backups", "clock", "single")
+
+    def __init__(
+        self,
+        name: str,
+        peers: Sequence[Peer],
+        backups: Sequence[Peer] = (),
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.peers: tuple[Peer, ...] = tuple(p for p in peers if not p.backup)
+        self.backups: tuple[Peer, ...] = tuple(p for p in peers if p.backup) + tuple(backups)
+        for p in self.backups:
+            p.backup = True
+        self.clock = clock
+        self.single = len(self.peers) == 1 and not self.backups
+
+    def start(self) -> Selection:
+        """Per-request state: nothing tried yet, ``tries`` = non-down primaries + backups."""
+        return Selection(self)
+
+    def now(self) -> int:
+        return int(self.clock())
+
+
+class Selection:
+    """One request's walk over a :class:`PeerGroup` (``ngx_http_upstream_rr_peer_data_t``).
+
+    ``tries`` counts down on each :meth:`fail`/:meth:`succeed` (nginx's ``pc->tries``); the
+    caller stops retrying at 0 (and applies ``proxy_next_upstream_tries``).  :meth:`next`
+    returns ``None`` only when no peer is eligible ("no live upstreams").
+    """
+
+    __slots__ = ("group", "tries", "_tier", "_on_backups", "_tried", "_held")
+
+    def __init__(self, group: PeerGroup) -> None:
+        self.group = group
+        self.tries = sum(not p.down for p in group.peers) + sum(not p.down for p in group.backups)
+        self._tier = group.peers
+        self._on_backups = False
+        self._tried: set[int] = set()
+        self._held: list[Peer] = []
+
+    @property
+    def on_backups(self) -> bool:
+        """Whether this request has fallen over to the backup servers."""
+        return self._on_backups
+
+    def next(self) -> Peer | None:
+        """Pick the next peer, or ``None`` when none is eligible.
+
+        "backup: marks the server as a backup server. It will be passed requests when the
+        primary servers are unavailable."  Once a request falls to the backups it stays
+        there (nginx switches ``rrp->peers`` to ``peers->next`` and clears the tried set).
+        """
+        group = self.group
+        peer: Peer | None
+        if group.single:
+            peer = group.peers[0]
+            if peer.down or (peer.max_conns and peer.conns >= peer.max_conns):
+                return None
+        else:
+            now = group.now()
+            peer = self._get_peer(now)
+            if peer is None and not self._on_backups and group.backups:
+                self._on_backups = True
+                self._tier = group.backups
+                self._tried.clear()
+                peer = self._get_peer(now)
+            if peer is None:
+                return None
+        peer.conns += 1
+        self._held.append(peer)
+        return peer
+
+    def _get_peer(self, now: int) -> Peer | None:
+        # ngx_http_upstream_get_peer: smooth weighted round robin over eligible peers.
+        best: Peer | None = None
+        best_i = -1
+        total = 0
+        tried = self._tried
+        for i, p in enumerate(self._tier):
+            if i in tried or p.down:
+                continue
+            # "max_fails ... unsuccessful attempts ... during the time set by fail_timeout"
+            if p.max_fails and p.fails >= p.max_fails and now - p.checked <= p.fail_timeout:
+                continue
+            if p.max_conns and p.conns >= p.max_conns:
+                continue
+            p.current_weight += p.effective_weight
+            total += p.effective_weight
+            if p.effective_weight < p.weight:
+                p.effective_weight += 1
+            if best is None or p.current_weight > best.current_weight:
+                best, best_i = p, i
+        if best is None:
+            return None
+        tried.add(best_i)
+        best.current_weight -= total
+        if now - best.checked > best.fail_timeout:
+            best.checked = now
+        return best
+
+    def fail(self, peer: Peer) -> bool:
+        """Record a failed attempt and release ``peer``; True means "temporarily disabled".
+
+        ``ngx_http_upstream_free_round_robin_peer`` with NGX_PEER_FAILED: ``fails``++,
+        ``accessed = checked = now``, ``effective_weight -= weight // max_fails`` (not below
+        0).  True whenever ``fails >= max_fails`` afterwards, where nginx logs [warn]
+        "upstream server temporarily disabled".  A single server is never disabled and
+        leaves no tries.
+        """
+        self.release(peer)
+        if self.group.single:
+            self.tries = 0
+            return False
+        now = self.group.now()
+        peer.fails += 1
+        peer.accessed = now
+        peer.checked = now
+        disabled = False
+        if peer.max_fails:
+            peer.effective_weight -= peer.weight // peer.max_fails
+            disabled = peer.fails >= peer.max_fails
+        if peer.effective_weight < 0:
+            peer.effective_weight = 0
+        if self.tries:
+            self.tries -= 1
+        return disabled
+
+    def succeed(self, peer: Peer) -> None:
+        """Record a successful attempt; ``peer`` stays held until :meth:`release`.
+
+        nginx resets ``fails`` only "if check passed": ``accessed < checked``, i.e. the peer
+        was picked more than ``fail_timeout`` after its last failure.  Failures inside the
+        window keep adding up across successes.
+        """
+        if self.group.single:
+            self.tries = 0
+            return
+        if peer.accessed < peer.checked:
+            peer.fails = 0
+        if self.tries:
+            self.tries -= 1
+
+    def release(self, peer: Peer) -> None:
+        """The connection to ``peer`` is closed: ``conns``-- (once per pick; repeats are no-ops)."""
+        for i, held in enumerate(self._held):
+            if held is peer:
+                del self._held[i]
+                if peer.conns > 0:
+                    peer.conns -= 1
+                return
