@@ -57,7 +57,9 @@ def bind_keys(config: Config) -> dict[BindKey, list[tuple[Server, Listen]]]:
                 host = "::" if lst.family_v6 else "0.0.0.0"
             else:
                 host = lst.host
-            keys.setdefault((host, lst.port, 0), []).append((server, lst))
+            # Each ``listen ADDR:0`` gets a socket (and an ephemeral port) of its own.
+            index = len(keys) if lst.port == 0 else 0
+            keys.setdefault((host, lst.port, index), []).append((server, lst))
     return keys
 
 

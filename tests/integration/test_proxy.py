@@ -1,0 +1,309 @@
+"""Plain HTTP proxying through a real wsgate: request rebuilding, bodies, keep-alive, routing.
+
+The upstream is a small asyncio HTTP/1.1 server in a background thread that records each
+request's raw head and body and answers with what the test asks for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from tests.conftest import WsgateProcess
+
+
+@dataclass
+class Seen:
+    head: bytes
+    body: bytes
+
+
+@dataclass
+class Upstream:
+    """Records requests; answers each with ``respond(head) -> bytes`` (whole response)."""
+
+    respond: Callable[[bytes], bytes]
+    seen: list[Seen] = field(default_factory=list)
+    port: int = 0
+    loop: asyncio.AbstractEventLoop | None = None
+    ready: threading.Event = field(default_factory=threading.Event)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                body = b""
+                lower = head.lower()
+                if b"content-length:" in lower:
+                    n = int(lower.split(b"content-length:")[1].split(b"\r\n")[0])
+                    body = await reader.readexactly(n)
+                elif b"transfer-encoding: chunked" in lower:
+                    while True:
+                        size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+                        data = await reader.readexactly(size + 2)
+                        body += data[:-2]
+                        if size == 0:
+                            break
+                self.seen.append(Seen(head, body))
+                writer.write(self.respond(head))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    def run(self) -> None:
+        async def main() -> None:
+            self.loop = asyncio.get_running_loop()
+            server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+            self.port = server.sockets[0].getsockname()[1]
+            self.stop = asyncio.Event()
+            self.ready.set()
+            await self.stop.wait()
+            server.close()
+
+        asyncio.run(main())
+
+
+def ok(body: bytes = b"hello", extra: str = "") -> Callable[[bytes], bytes]:
+    def respond(head: bytes) -> bytes:
+        return (
+            f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\nServer: up\r\n"
+            f"Date: x\r\nX-Up: 1\r\n{extra}\r\n"
+        ).encode() + body
+
+    return respond
+
+
+@pytest.fixture
+def upstream() -> Iterator[Callable[..., Upstream]]:
+    made: list[tuple[Upstream, threading.Thread]] = []
+
+    def factory(respond: Callable[[bytes], bytes] | None = None) -> Upstream:
+        up = Upstream(respond or ok())
+        t = threading.Thread(target=up.run, daemon=True)
+        t.start()
+        assert up.ready.wait(5)
+        made.append((up, t))
+        return up
+
+    yield factory
+    for up, t in made:
+        assert up.loop is not None
+        up.loop.call_soon_threadsafe(up.stop.set)
+        t.join(5)
+
+
+def exchange(port: int, data: bytes, until_close: bool = False, timeout: float = 5.0) -> bytes:
+    """Send ``data`` and read what comes back: until close, or one response with a body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        return read_response(s, until_close)
+
+
+def read_response(s: socket.socket, until_close: bool = False) -> bytes:
+    buf = b""
+    while True:
+        if not until_close and b"\r\n\r\n" in buf:
+            head, _, rest = buf.partition(b"\r\n\r\n")
+            low = head.lower()
+            if b"content-length:" in low:
+                n = int(low.split(b"content-length:")[1].split(b"\r\n")[0])
+                if len(rest) >= n:
+                    return buf
+            elif b"transfer-encoding: chunked" in low:
+                if rest.endswith(b"0\r\n\r\n"):
+                    return buf
+            elif head.startswith(b"HTTP/1.1 1") or head.split(b" ")[1] in (b"204", b"304"):
+                return buf
+        chunk = s.recv(65536)
+        if not chunk:
+            return buf
+        buf += chunk
+
+
+def conf(
+    up_port: int, server_extra: str = "", location_extra: str = "", http_extra: str = ""
+) -> str:
+    return f"""
+events {{}}
+http {{
+  {http_extra}
+  upstream backend {{ server 127.0.0.1:{up_port}; }}
+  server {{
+    listen 127.0.0.1:0;
+    {server_extra}
+    location / {{ proxy_pass http://backend; {location_extra} }}
+  }}
+}}
+"""
+
+
+def test_request_is_rebuilt_for_the_upstream(
+    wsgate: Callable[..., WsgateProcess], upstream: Callable[..., Upstream]
+) -> None:
+    up = upstream()
+    gw = wsgate(
+        conf(
+            up.port,
+            location_extra="proxy_set_header X-Real-IP $remote_addr;"
+            " proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;"
+            " proxy_set_header X-Empty '';",
+        )
+    )
+    reply = exchange(
+        gw.port,
+        b"GET /a/b?x=1 HTTP/1.1\r\nHost: front.test\r\n"
+        b"Connection: keep-alive, X-Hop\r\nX-Hop: secret\r\nKeep-Alive: 5\r\n"
+        b"Proxy-Authorization: basic\r\nTE: trailers\r\nX-Empty: client\r\n"
+        b"X-Forwarded-For: 10.1.1.1\r\nX-Keep: yes\r\n\r\n",
+    )
+    assert reply.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert reply.endswith(b"\r\n\r\nhello")
+    head = reply.split(b"\r\n\r\n")[0].decode()
+    assert "Server: wsgate/0.1.0" in head and "Server: up" not in head and "Date: x" not in head
+    assert "X-Up: 1" in head and "Connection: keep-alive" in head
+    sent = up.seen[0].head.decode()
+    lines = sent.split("\r\n")
+    assert lines[0] == "GET /a/b?x=1 HTTP/1.1"
+    assert lines[1] == "Host: backend"
+    assert "X-Real-IP: 127.0.0.1" in lines
+    assert "X-Forwarded-For: 10.1.1.1, 127.0.0.1" in lines
+    assert "X-Keep: yes" in lines
+    for hop in ("Connection", "Keep-Alive", "Proxy-Authorization", "TE", "X-Hop", "X-Empty"):
+        assert not any(line.lower().startswith(hop.lower() + ":") for line in lines), hop
+
+
+def test_keepalive_and_pipelining_in_order(
+    wsgate: Callable[..., WsgateProcess], upstream: Callable[..., Upstream]
+) -> None:
+    up = upstream(
+        lambda head: (
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{}".format(
+                len(head.split(b" ")[1]), head.split(b" ")[1].decode()
+            )
+        ).encode()
+    )
+    gw = wsgate(conf(up.port))
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        s.sendall(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\nGET /two HTTP/1.1\r\nHost: a\r\n\r\n")
+        first = read_response(s)
+        if not first.endswith(b"/two"):
+            first += read_response(s)
+        assert first.count(b"HTTP/1.1 200 OK") == 2
+        assert first.index(b"/one") < first.index(b"/two")
+        s.sendall(b"GET /three HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        third = read_response(s, until_close=True)
+        assert third.endswith(b"/three") and b"Connection: close" in third
+    assert [x.head.split(b" ")[1] for x in up.seen] == [b"/one", b"/two", b"/three"]
+
+
+def test_request_bodies_content_length_and_chunked(
+    wsgate: Callable[..., WsgateProcess], upstream: Callable[..., Upstream]
+) -> None:
+    up = upstream()
+    gw = wsgate(conf(up.port))
+    exchange(gw.port, b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nabcde")
+    exchange(
+        gw.port,
+        b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+    )
+    assert up.seen[0].body == b"abcde" and b"Content-Length: 5" in up.seen[0].head
+    assert up.seen[1].body == b"abcde"
+    assert b"Transfer-Encoding: chunked" in up.seen[1].head
+
+
+def test_body_over_client_max_body_size_is_413(
+    wsgate: Callable[..., WsgateProcess], upstream: Callable[..., Upstream]
+) -> None:
+    up = upstream()
+    gw = wsgate(conf(up.port, server_extra="client_max_body_size 10;"))
+    at = exchange(gw.port, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n0123456789")
+    assert at.startswith(b"HTTP/1.1 200")
+    over = exchange(
+        gw.port,
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\n01234567890",
+        until_close=True,
+    )
+    assert over.startswith(b"HTTP/1.1 413 Request Entity Too Large\r\n")
+    assert len(up.seen) == 1
+
+
+def test_responses_chunked_close_delimited_and_head(
+    wsgate: Callable[..., WsgateProcess], upstream: Callable[..., Upstream]
+) -> None:
+    def respond(head: bytes) -> bytes:
+        if head.startswith(b"GET /chunked"):
+            return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n"
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nabcd"
+
+    up = upstream(respond)
+    gw = wsgate(conf(up.port))
+    chunked = exchange(gw.port, b"GET /chunked HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert b"Transfer-Encoding: chunked" in chunked and chunked.endswith(b"4\r\nabcd\r\n0\r\n\r\n")
+    old = exchange(gw.port, b"GET /chunked HTTP/1.0\r\n\r\n", until_close=True)
+    assert old.endswith(b"\r\n\r\nabcd") and b"Connection: close" in old
+    head = exchange(
+        gw.port, b"HEAD /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", until_close=True
+    )
+    assert head.endswith(b"\r\n\r\n") and b"Content-Length: 4" in head
+
+
+def test_routing_servers_locations_return_and_redirect(
+    wsgate: Callable[..., WsgateProcess], upstream: Callable[..., Upstream]
+) -> None:
+    up = upstream()
+    gw = wsgate(f"""
+events {{}}
+http {{
+  upstream backend {{ server 127.0.0.1:{up.port}; }}
+  server {{ listen 127.0.0.1:0; server_name default.test; return 200 "default $host"; }}
+  server {{
+    listen 127.0.0.1:0;
+    server_name a.test *.wild.test;
+    location = /exact {{ return 200 "exact"; }}
+    location /ws/ {{ proxy_pass http://backend/inner/; }}
+    location ~ \\.php$ {{ return 200 "php $uri"; }}
+    location ^~ /static/ {{ return 200 "static"; }}
+    location / {{ return 404; }}
+  }}
+}}
+""")
+    p1, p2 = gw.ports
+
+    def get(port: int, path: str, host: str) -> bytes:
+        return exchange(port, f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+
+    assert get(p1, "/", "x").endswith(b"default x")
+    assert get(p2, "/exact", "a.test").endswith(b"exact")
+    assert get(p2, "/x/y.php", "b.wild.test").endswith(b"php /x/y.php")
+    assert get(p2, "/static/a.php", "a.test").endswith(b"static")
+    assert get(p2, "/nothing", "a.test").startswith(b"HTTP/1.1 404 Not Found")
+    redirect = get(p2, "/ws?a=1", "a.test")
+    assert redirect.startswith(b"HTTP/1.1 301 Moved Permanently")
+    assert f"Location: http://a.test:{p2}/ws/?a=1".encode() in redirect
+    assert get(p2, "/ws/a%20b/../c?q=1", "a.test").startswith(b"HTTP/1.1 200")
+    assert up.seen[-1].head.startswith(b"GET /inner/c?q=1 HTTP/1.1\r\n")
+
+
+def test_access_log_line(
+    wsgate: Callable[..., WsgateProcess], upstream: Callable[..., Upstream]
+) -> None:
+    up = upstream()
+    gw = wsgate(
+        conf(
+            up.port,
+            http_extra="log_format t '$request|$status|$body_bytes_sent|"
+            "$upstream_addr|$upstream_status|$host|$server_port|$args|$is_args';"
+            " access_log logs/access.log t;",
+        )
+    )
+    exchange(gw.port, b"GET /x?y=2 HTTP/1.1\r\nHost: h.test\r\n\r\n")
+    (line,) = gw.access_lines(1)
+    assert line == (f"GET /x?y=2 HTTP/1.1|200|5|127.0.0.1:{up.port}|200|h.test|{gw.port}|y=2|?")
