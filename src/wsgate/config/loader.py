@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +41,15 @@ from wsgate.config.model import (
 )
 from wsgate.config.template import Template, TemplateError, compile_template
 from wsgate.config.units import parse_flag, parse_size, parse_time
+from wsgate.config.values import (
+    check_default_servers,
+    config_error,
+    listen,
+    regex,
+    resolve,
+    server_name,
+    split_hostport,
+)
 from wsgate.config.variables import is_known_variable
 from wsgate.errors import ConfigError
 
@@ -141,10 +148,7 @@ def _parse_globals(text: str) -> list[Stmt]:
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def _err(msg: str, src: Source) -> ConfigError:
-    if src.file == "command line":
-        return ConfigError(f"{msg} in command line")
-    return ConfigError(msg, src.file, src.line)
+_err = config_error
 
 
 def _time(s: Stmt, i: int = 0) -> float:
@@ -185,6 +189,8 @@ class Loader:
     log_formats: dict[str, LogFormat] = field(default_factory=dict)
     upstreams: dict[str, Upstream] = field(default_factory=dict)
     templates: list[tuple[Template, Source]] = field(default_factory=list)
+    #: Named captures of every regex: nginx makes them variables.
+    captures: set[str] = field(default_factory=set)
 
     def path(self, p: str) -> str:
         """Relative paths resolve against the prefix (nginx's ``ngx_conf_full_name``)."""
@@ -273,7 +279,7 @@ class Loader:
             elif s.name == "http":
                 http = s
         http_cfg = self.load_http(http) if http is not None else HttpConfig(servers=())
-        known = set(self.maps) | _NAMED_CAPTURES
+        known = set(self.maps) | self.captures
         for tpl, src in self.templates:
             for var in tpl.variables:
                 if not is_known_variable(var, known):
@@ -323,7 +329,7 @@ class Loader:
             else:
                 level.set(s, D.HTTP)
         servers = tuple(self.load_server(s, level) for s in server_stmts)
-        _check_default_servers(servers)
+        check_default_servers(servers)
         return HttpConfig(
             servers=servers,
             upstreams=dict(self.upstreams),
@@ -375,7 +381,9 @@ class Loader:
                 default = value
             elif key.startswith("~"):
                 flags = re.IGNORECASE if key.startswith("~*") else 0
-                regexes.append((_regex(key[2:] if flags else key[1:], flags, e.src), value))
+                regexes.append(
+                    (regex(key[2:] if flags else key[1:], flags, e.src, self.captures), value)
+                )
             else:
                 if key.startswith("\\"):
                     key = key[1:]
@@ -421,7 +429,7 @@ class Loader:
                         raise _err(f'invalid parameter "{p}"', e.src)
                 else:
                     raise _err(f'invalid parameter "{p}" (wsgate supports weight= only)', e.src)
-            for host, port in _resolve(e.args[0], 80, e.src, "upstream"):
+            for host, port in resolve(e.args[0], 80, e.src, "upstream"):
                 servers.append(UpstreamServer(e.args[0], host, port, weight, e.src))
         if not servers:
             raise _err(f'no servers are inside upstream "{name}"', s.src)
@@ -438,9 +446,9 @@ class Loader:
             if not self.check(e, D.SERVER):
                 continue
             if e.name == "listen":
-                listens.append(_listen(e))
+                listens.append(listen(e.args, e.src))
             elif e.name == "server_name":
-                names.extend(_server_name(a, e.src) for a in e.args)
+                names.extend(server_name(a, e.src, self.captures) for a in e.args)
             elif e.name == "location":
                 loc_stmts.append(e)
             else:
@@ -489,9 +497,9 @@ class Loader:
                 and not name.startswith(outer.name)
             ):
                 raise _err(f'location "{name}" is outside location "{outer.name}"', s.src)
-        regex = None
+        compiled: re.Pattern[str] | None = None
         if modifier in ("~", "~*"):
-            regex = _regex(name, re.IGNORECASE if modifier == "~*" else 0, s.src)
+            compiled = regex(name, re.IGNORECASE if modifier == "~*" else 0, s.src, self.captures)
         level = Level(self, parent)
         nested: list[Stmt] = []
         for e in s.block or []:
@@ -502,16 +510,16 @@ class Loader:
             else:
                 level.set(e, D.LOCATION)
         pp = level.own.get("proxy_pass")
-        if pp is not None and regex is not None and level.proxy_pass_has_uri:
+        if pp is not None and compiled is not None and level.proxy_pass_has_uri:
             raise _err(
                 '"proxy_pass" cannot have URI part in location given by regular expression, '
                 'or inside named location, or inside "if" statement, or inside "limit_except" '
                 "block",
                 pp[1],
             )
-        loc = Location(modifier, name, level.settings(inherit_return=False), regex, (), s.src)
+        loc = Location(modifier, name, level.settings(inherit_return=False), compiled, (), s.src)
         children = tuple(self.load_location(e, level, loc) for e in nested)
-        return Location(modifier, name, loc.settings, regex, children, s.src)
+        return Location(modifier, name, loc.settings, compiled, children, s.src)
 
 
 class Level:
@@ -633,9 +641,7 @@ class Level:
     def proxy_pass(self, s: Stmt) -> ProxyPass:
         url = s.args[0]
         if "$" in url:
-            return ProxyPass(
-                url, "http", "", 0, None, template=self.loader.template(url, s.src), source=s.src
-            )
+            raise _err('"proxy_pass" with variables is not supported by wsgate yet', s.src)
         m = re.match(r"(?i)(https?)://", url)
         if m is None:
             raise _err(f'invalid URL prefix in "{url}"', s.src)
@@ -652,10 +658,10 @@ class Level:
         self.proxy_pass_has_uri = uri is not None
         if hostport in self.loader.upstreams:
             return ProxyPass(url, scheme, hostport, 80, uri, upstream=hostport, source=s.src)
-        host, port, port_given = _split_hostport(hostport, 80, s.src)
+        host, port, port_given = split_hostport(hostport, 80, s.src)
         servers = tuple(
             UpstreamServer(hostport, h, p, 1, s.src)
-            for h, p in _resolve(hostport, 80, s.src, "upstream")
+            for h, p in resolve(hostport, 80, s.src, "upstream")
         )
         return ProxyPass(
             url, scheme, host, port, uri, servers=servers, port_given=port_given, source=s.src
@@ -737,132 +743,6 @@ class Level:
             access_logs=self.inherited_logs(),
             **kwargs,
         )
-
-
-# -- value parsers ------------------------------------------------------------------------------
-
-
-_NAMED_CAPTURES: set[str] = set()
-
-
-def _regex(pattern: str, flags: int, src: Source) -> re.Pattern[str]:
-    """PCRE → Python: ``(?<name>`` and ``(?'name'`` become ``(?P<name>``."""
-    py = re.sub(r"\(\?<([A-Za-z_][A-Za-z0-9_]*)>", r"(?P<\1>", pattern)
-    py = re.sub(r"\(\?'([A-Za-z_][A-Za-z0-9_]*)'", r"(?P<\1>", py)
-    try:
-        compiled = re.compile(py, flags)
-    except re.error as exc:
-        raise _err(f'pcre2_compile() failed: {exc} in "{pattern}"', src) from exc
-    _NAMED_CAPTURES.update(compiled.groupindex)
-    return compiled
-
-
-def _split_hostport(text: str, default_port: int, src: Source) -> tuple[str, int, bool]:
-    if text.startswith("["):
-        end = text.find("]")
-        if end == -1:
-            raise _err(f'invalid host in "{text}"', src)
-        host, rest = text[1:end], text[end + 1 :]
-        if rest and not rest.startswith(":"):
-            raise _err(f'invalid host in "{text}"', src)
-        port_text = rest[1:] if rest else ""
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-    else:
-        host, port_text = text, ""
-    if port_text:
-        if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-            raise _err(f'invalid port in "{text}"', src)
-        return host, int(port_text), True
-    return host, default_port, False
-
-
-def _resolve(text: str, default_port: int, src: Source, what: str) -> Iterator[tuple[str, int]]:
-    """Addresses for ``host[:port]``: a literal IP, or every address a name resolves to."""
-    if text.startswith("unix:"):
-        raise _err(f"unix socket {what}s are not supported by wsgate yet", src)
-    host, port, _ = _split_hostport(text, default_port, src)
-    if not host:
-        raise _err(f'no host in "{text}"', src)
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise _err(f'host not found in {what} "{text}"', src) from exc
-    seen: list[tuple[str, int]] = []
-    for info in infos:
-        addr = (str(info[4][0]), port)
-        if addr not in seen:
-            seen.append(addr)
-            yield addr
-
-
-def _listen(s: Stmt) -> Listen:
-    text = s.args[0]
-    if text.startswith("unix:"):
-        raise _err('"listen unix:" is not supported by wsgate yet', s.src)
-    if text.isdigit():
-        host, port = "0.0.0.0", int(text)
-    else:
-        if text.startswith("*:"):
-            text = "0.0.0.0" + text[1:]
-        host, port, given = _split_hostport(text, 80, s.src)
-        if not given and text.isdigit():
-            port = int(text)
-        if host not in ("0.0.0.0", "::"):
-            try:
-                host = str(socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][4][0])
-            except OSError as exc:
-                raise _err(
-                    f'host not found in "{s.args[0]}" of the "listen" directive', s.src
-                ) from exc
-    if port > 65535:
-        raise _err(f'invalid port in "{s.args[0]}" of the "listen" directive', s.src)
-    default = False
-    ipv6only = True
-    for p in s.args[1:]:
-        if p in ("default_server", "default"):
-            default = True
-        elif p.startswith("ipv6only="):
-            flag = parse_flag(p[9:])
-            if flag is None:
-                raise _err(f'invalid ipv6only flags "{p[9:]}"', s.src)
-            ipv6only = flag
-        elif p in ("ssl", "http2", "quic", "proxy_protocol"):
-            raise _err(f'"listen ... {p}" is not supported by wsgate yet', s.src)
-        else:
-            raise _err(f'invalid parameter "{p}"', s.src)
-    return Listen(host, port, default, ipv6only, s.src)
-
-
-def _server_name(text: str, src: Source) -> ServerName:
-    if text.startswith("~"):
-        return ServerName(text, "regex", text[1:], _regex(text[1:], re.IGNORECASE, src))
-    low = text.lower()
-    if low.startswith("*."):
-        return ServerName(text, "prefix_wildcard", low[1:])
-    if low.startswith(".") and len(low) > 1:
-        return ServerName(text, "prefix_wildcard", low, also_bare=True)
-    if low.endswith(".*"):
-        return ServerName(text, "suffix_wildcard", low[:-1])
-    if "*" in low:
-        raise _err(f'invalid server name or wildcard "{text}"', src)
-    return ServerName(text, "exact", low)
-
-
-def _check_default_servers(servers: tuple[Server, ...]) -> None:
-    seen: set[tuple[str, int]] = set()
-    for server in servers:
-        for listen in server.listens:
-            if not listen.default_server:
-                continue
-            key = (listen.host, listen.port)
-            if key in seen and listen.port != 0:
-                where = f"[{listen.host}]" if ":" in listen.host else listen.host
-                raise _err(
-                    f"a duplicate default server for {where}:{listen.port}",
-                    listen.source or Source("", 0),
-                )
-            seen.add(key)
 
 
 def load(path: str, prefix: str | None = None, globals_: str | None = None) -> Config:

@@ -319,9 +319,7 @@ class ClientConnection:
             self._log_access(settings, ctx)
             return False, None
         if text is None:
-            if ret.code >= 400 or ret.code in (204,):
-                if ret.code == 204:
-                    return await self._plain(settings, ctx, head, 204, b"", None)
+            if ret.code >= 400:
                 raise HttpError(ret.code)
             return await self._plain(settings, ctx, head, ret.code, b"", None)
         return await self._plain(settings, ctx, head, ret.code, text.encode(), "text/plain")
@@ -372,8 +370,6 @@ class ClientConnection:
         pp: ProxyPass,
     ) -> tuple[bool, float | None]:
         gw = self.gw
-        if pp.template is not None:
-            raise HttpError(500, "proxy_pass with variables is not supported by wsgate yet")
         uri = proxy_uri(pp, location, head.target, ctx.uri, ctx.args, "%" in head.target)
         ctx.proxy_host = pp.proxy_host
         ctx.proxy_port = str(pp.port)

@@ -19,6 +19,7 @@ reopens the log files.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import socket
@@ -147,8 +148,8 @@ class Gateway:
             if group.server is None:
                 assert group.sock is not None
                 group.server = await self.loop.create_server(
-                    lambda g=group: _Front(self, g), sock=group.sock
-                )  # type: ignore[misc]
+                    functools.partial(_Front, self, group), sock=group.sock
+                )
                 where = group.key[0]
                 where = f"[{where}]" if ":" in where else where
                 src = group.pairs[0][1].source
