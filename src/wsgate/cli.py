@@ -21,6 +21,7 @@ from wsgate import NAME, SERVER_TOKEN, __version__
 from wsgate.config.loader import DEFAULT_CONF, load
 from wsgate.config.model import Config, ErrorLog
 from wsgate.errors import ConfigError
+from wsgate.loop import new_event_loop
 from wsgate.observability.logs import ErrorLogger
 
 __all__ = ["main"]
@@ -221,18 +222,6 @@ def _daemonize() -> None:
     os.dup2(null, 1)
     if null > 2:
         os.close(null)
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop unless ``WSGATE_LOOP=asyncio`` or uvloop is missing."""
-    if os.environ.get("WSGATE_LOOP", "uvloop") != "asyncio":
-        try:
-            import uvloop
-
-            return uvloop.new_event_loop()
-        except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-            pass
-    return asyncio.new_event_loop()
 
 
 def cmd_run(opts: Options) -> int:

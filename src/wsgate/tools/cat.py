@@ -28,13 +28,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import os
 import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TextIO
 from urllib.parse import urlsplit
 
@@ -46,6 +45,8 @@ from websockets.exceptions import (
     InvalidURI,
 )
 from websockets.typing import Data, Subprotocol
+
+from wsgate.loop import new_event_loop
 
 __all__ = ["DEFAULT_MAX_SIZE", "DEFAULT_WAIT", "build_parser", "main"]
 
@@ -334,21 +335,11 @@ async def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's loop when it is installed (it is a dependency on POSIX), else asyncio's."""
-    try:
-        uvloop = importlib.import_module("uvloop")
-    except ImportError:
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``wsgate-cat``; returns the process exit status."""
     args = build_parser().parse_args(argv)
     try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
             return runner.run(_run(args))
     except KeyboardInterrupt:  # CTRL+C before the connection was open
         return 130

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+
+from wsgate.loop import new_event_loop
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_MAX_SIZE", "DEFAULT_PORT", "build_parser", "main"]
 
@@ -136,21 +137,11 @@ async def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's loop when it is installed (it is a dependency on POSIX), else asyncio's."""
-    try:
-        uvloop = importlib.import_module("uvloop")
-    except ImportError:
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``wsgate-echo``; returns the process exit status."""
     args = build_parser().parse_args(argv)
     try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
             return runner.run(_serve(args))
     except OSError as exc:
         # e.g. "address already in use": one line, like server.js's EADDRINUSE, not a traceback.
