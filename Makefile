@@ -33,8 +33,8 @@ run: $(STAMP)
 	$(BIN)/wsgate -p . -c examples/websocket.conf -g 'daemon off;'
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
