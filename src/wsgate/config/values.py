@@ -101,9 +101,7 @@ def listen(args: list[str], src: Source) -> Listen:
             try:
                 host = str(socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][4][0])
             except OSError as exc:
-                raise _err(
-                    f'host not found in "{args[0]}" of the "listen" directive', src
-                ) from exc
+                raise _err(f'host not found in "{args[0]}" of the "listen" directive', src) from exc
     if port > 65535:
         raise _err(f'invalid port in "{args[0]}" of the "listen" directive', src)
     default = False

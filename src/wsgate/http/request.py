@@ -213,6 +213,11 @@ class RequestParser:
             return self._state in (_State.BODY_LENGTH, _State.BODY_CHUNKED)
         return bool(self._buf.lstrip(b"\r\n"))
 
+    @property
+    def request_line(self) -> str:
+        """The current request line once it is complete, else ``""`` (for a 408 log line)."""
+        return self._request_line.decode("latin-1") if self._line_done else ""
+
     def feed(self, data: bytes) -> list[RequestEvent]:
         """Add bytes from the client; returns the events they complete."""
         st = self._state

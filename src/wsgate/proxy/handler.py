@@ -173,13 +173,18 @@ class ClientConnection:
                     return None
             except TimeoutError:
                 if parser.request_started:
+                    ctx = self._bare_ctx()
+                    ctx.request_line = parser.request_line
                     self.gw.error_log.log(
                         "info",
                         "client timed out (110: Connection timed out) while reading "
                         "client request headers",
                         self.number,
-                        self._bare_ctx(),
+                        ctx,
                     )
+                    # nginx sends nothing but logs "408 0" once the request had started.
+                    ctx.status = 408
+                    self._log_access(self.default.settings, ctx)
                 return None
 
     async def _discard_body(self) -> bool:
