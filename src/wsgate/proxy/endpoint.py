@@ -38,6 +38,7 @@ class Endpoint(asyncio.Protocol):
         self._write_paused = False
         self._read_paused = False
         self.connected: asyncio.Future[None] = self.loop.create_future()
+        self._gone: asyncio.Future[None] | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -62,6 +63,7 @@ class Endpoint(asyncio.Protocol):
     def eof_received(self) -> bool:
         self.eof = True
         self._wake()
+        self._set_gone()
         return True  # keep the write side open: half-close is the handler's decision
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -72,6 +74,7 @@ class Endpoint(asyncio.Protocol):
         if not self.connected.done():
             self.connected.set_exception(exc or PeerClosed("connection lost"))
         self._wake()
+        self._set_gone()
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -85,7 +88,19 @@ class Endpoint(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def _set_gone(self) -> None:
+        if self._gone is not None and not self._gone.done():
+            self._gone.set_result(None)
+
     # -- handler side -------------------------------------------------------------------------
+    def gone(self) -> asyncio.Future[None]:
+        """A future done once the peer has sent EOF or the connection is lost."""
+        if self._gone is None:
+            self._gone = self.loop.create_future()
+            if self.eof:
+                self._gone.set_result(None)
+        return self._gone
+
     def _wake(self) -> None:
         waiter = self._read_waiter
         if waiter is not None and not waiter.done():

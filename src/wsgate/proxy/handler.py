@@ -560,11 +560,25 @@ class ClientConnection:
             head_request=head.method == "HEAD", max_head=max(settings.proxy_buffer_size, 4096)
         )
         timeout = settings.proxy_read_timeout
+        client_gone = self.ep.gone()
         while True:
-            try:
-                async with asyncio.timeout(timeout):
-                    data = await up.read()
-            except TimeoutError:
+            reading = asyncio.ensure_future(up.read())
+            done, _ = await asyncio.wait(
+                (reading, client_gone), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            if reading in done:
+                data = reading.result()
+            elif client_gone in done:
+                # ngx_http_upstream_check_broken_connection: a client that closed while we
+                # wait for the upstream ends the request with 499, upstream closed too.
+                reading.cancel()
+                raise HttpError(
+                    499,
+                    "client prematurely closed connection, so upstream connection is closed "
+                    "too while reading response header from upstream",
+                )
+            else:
+                reading.cancel()
                 self.gw.error_log.log(
                     "error",
                     "upstream timed out (110: Connection timed out) while reading "
@@ -573,7 +587,7 @@ class ClientConnection:
                     ctx,
                     upstream_url,
                 )
-                raise _Retry("timeout", 504) from None
+                raise _Retry("timeout", 504)
             try:
                 if not data:
                     if up.error is not None and not isinstance(up.error, PeerClosed):
