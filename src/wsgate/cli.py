@@ -211,8 +211,9 @@ def cmd_signal(opts: Options) -> int:
     return 0
 
 
-def _daemonize() -> None:
-    """Detach like ``ngx_daemon``: fork, setsid, stdin/stdout to /dev/null."""
+def _daemonize(error_log: str | None) -> None:
+    """Detach like ``ngx_daemon``: fork, setsid, stdin and stdout to /dev/null, and stderr to
+    the error log file (``ngx_log_redirect_stderr``), so no pipe of the caller stays open."""
     if os.fork() != 0:
         os._exit(0)
     os.setsid()
@@ -220,6 +221,10 @@ def _daemonize() -> None:
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
     os.dup2(null, 1)
+    if error_log is not None:
+        err = os.open(error_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.dup2(err, 2)
+        os.close(err)
     if null > 2:
         os.close(null)
 
@@ -248,7 +253,8 @@ def cmd_run(opts: Options) -> int:
         error_log.log("emerg", str(exc))
         return 1
     if config.daemon:
-        _daemonize()
+        files = [e.path for e in config.error_logs if e.path != "stderr"]
+        _daemonize(files[0] if files else None)
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     gw = Gateway(config, loop, error_log, reload_config=lambda: _load(opts))
