@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-LISTENING = re.compile(r"listening on (\S+):(\d+)")
+LISTENING = re.compile(r"listening on (\S+):(\d+) ")
 
 
 @dataclass

@@ -28,6 +28,7 @@ class Upstream:
     """Records requests; answers each with ``respond(head) -> bytes`` (whole response)."""
 
     respond: Callable[[bytes], bytes]
+    close_after: bool = False
     seen: list[Seen] = field(default_factory=list)
     port: int = 0
     loop: asyncio.AbstractEventLoop | None = None
@@ -52,6 +53,8 @@ class Upstream:
                 self.seen.append(Seen(head, body))
                 writer.write(self.respond(head))
                 await writer.drain()
+                if self.close_after:
+                    break
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
@@ -84,8 +87,10 @@ def ok(body: bytes = b"hello", extra: str = "") -> Callable[[bytes], bytes]:
 def upstream() -> Iterator[Callable[..., Upstream]]:
     made: list[tuple[Upstream, threading.Thread]] = []
 
-    def factory(respond: Callable[[bytes], bytes] | None = None) -> Upstream:
-        up = Upstream(respond or ok())
+    def factory(
+        respond: Callable[[bytes], bytes] | None = None, close_after: bool = False
+    ) -> Upstream:
+        up = Upstream(respond or ok(), close_after)
         t = threading.Thread(target=up.run, daemon=True)
         t.start()
         assert up.ready.wait(5)
@@ -307,3 +312,73 @@ def test_access_log_line(
     exchange(gw.port, b"GET /x?y=2 HTTP/1.1\r\nHost: h.test\r\n\r\n")
     (line,) = gw.access_lines(1)
     assert line == (f"GET /x?y=2 HTTP/1.1|200|5|127.0.0.1:{up.port}|200|h.test|{gw.port}|y=2|?")
+
+
+def test_keepalive_requests_caps_a_connection(
+    wsgate: Callable[..., WsgateProcess], upstream: Callable[..., Upstream]
+) -> None:
+    up = upstream()
+    gw = wsgate(conf(up.port, server_extra="keepalive_requests 2;"))
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        s.sendall(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert b"Connection: keep-alive" in read_response(s)
+        s.sendall(b"GET /2 HTTP/1.1\r\nHost: a\r\n\r\n")
+        second = read_response(s, until_close=True)
+        assert b"Connection: close" in second and second.endswith(b"hello")
+
+
+def test_keepalive_timeout_zero_disables_keepalive(
+    wsgate: Callable[..., WsgateProcess], upstream: Callable[..., Upstream]
+) -> None:
+    up = upstream()
+    gw = wsgate(conf(up.port, server_extra="keepalive_timeout 0;"))
+    reply = exchange(gw.port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", until_close=True)
+    assert b"Connection: close" in reply and reply.endswith(b"hello")
+
+
+def test_interim_1xx_is_not_relayed(
+    wsgate: Callable[..., WsgateProcess], upstream: Callable[..., Upstream]
+) -> None:
+    up = upstream(
+        lambda head: (
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal"
+        )
+    )
+    gw = wsgate(conf(up.port))
+    reply = exchange(gw.port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 200 OK\r\n") and reply.endswith(b"final")
+    assert b"103" not in reply
+
+
+def test_lone_101_is_relayed_close_delimited(
+    wsgate: Callable[..., WsgateProcess], upstream: Callable[..., Upstream]
+) -> None:
+    """An upstream 101 to a request without Upgrade is no tunnel (nginx's rule)."""
+    up = upstream(
+        lambda head: b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\nrest", close_after=True
+    )
+    gw = wsgate(conf(up.port))
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        s.settimeout(5)
+        buf = read_response(s, until_close=True)
+    assert buf.startswith(b"HTTP/1.1 101 Switching Protocols\r\n") and buf.endswith(b"rest")
+    lines = gw.access_lines(1)
+    assert '"GET / HTTP/1.1" 101' in lines[0]
+
+
+def test_ipv6_listener(
+    wsgate: Callable[..., WsgateProcess], upstream: Callable[..., Upstream]
+) -> None:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    up = upstream()
+    gw = wsgate(conf(up.port).replace("listen 127.0.0.1:0;", "listen [::1]:0;"))
+    with socket.create_connection(("::1", gw.port), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nX-T: 1\r\n\r\n")
+        assert read_response(s).endswith(b"hello")
+    assert b"X-Real" not in up.seen[0].head

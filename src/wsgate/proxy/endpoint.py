@@ -93,6 +93,11 @@ class Endpoint(asyncio.Protocol):
             self._gone.set_result(None)
 
     # -- handler side -------------------------------------------------------------------------
+    @property
+    def write_paused(self) -> bool:
+        """Whether the transport's write buffer is over its high-water mark."""
+        return self._write_paused
+
     def gone(self) -> asyncio.Future[None]:
         """A future done once the peer has sent EOF or the connection is lost."""
         if self._gone is None:
