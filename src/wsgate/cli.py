@@ -22,7 +22,7 @@ from wsgate.config.loader import DEFAULT_CONF, load
 from wsgate.config.model import Config, ErrorLog
 from wsgate.errors import ConfigError
 from wsgate.loop import new_event_loop
-from wsgate.observability.logs import ErrorLogger
+from wsgate.observability.logs import AccessLogs, ErrorLogger, access_log_paths
 
 __all__ = ["main"]
 
@@ -241,8 +241,10 @@ def cmd_run(opts: Options) -> int:
         return 1
     for w in config.warnings:
         _say(f"[warn] {w}")
+    access_logs = AccessLogs()
     try:
         error_log = ErrorLogger(config.error_logs)
+        access_logs.open(access_log_paths(config))
     except OSError as exc:
         _say(f'[emerg] open() "{exc.filename}" failed ({exc.errno}: {exc.strerror})')
         return 1
@@ -257,7 +259,7 @@ def cmd_run(opts: Options) -> int:
         _daemonize(files[0] if files else None)
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
-    gw = Gateway(config, loop, error_log, reload_config=lambda: _load(opts))
+    gw = Gateway(config, loop, error_log, access_logs, reload_config=lambda: _load(opts))
     gw.install_signals()
     try:
         loop.run_until_complete(gw.serve(groups))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -77,7 +79,6 @@ def test_signal_without_pid_file(tmp_path: Path) -> None:
 
 
 def test_bind_failure_is_emerg_and_exit_1(tmp_path: Path) -> None:
-    import socket
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -143,9 +144,7 @@ def test_reload_keeps_tunnels_and_applies_new_config(tmp_path: Path) -> None:
                 await asyncio.to_thread(gw.wait_log, r"listening on", 10.0, mark)
                 gw.ports = [
                     int(p)
-                    for p in __import__("re").findall(
-                        r"listening on 127\.0\.0\.1:(\d+)", gw.errors()[mark:]
-                    )
+                    for p in re.findall(r"listening on 127\.0\.0\.1:(\d+)", gw.errors()[mark:])
                 ]
                 reader, writer = await asyncio.open_connection("127.0.0.1", gw.ports[0])
                 writer.write(b"GET /new HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
@@ -221,7 +220,6 @@ def test_worker_shutdown_timeout_ends_tunnels(tmp_path: Path) -> None:
 
 def test_usr1_reopens_logs(wsgate: Callable[..., WsgateProcess]) -> None:
     gw = wsgate("events {}\nhttp { server { listen 127.0.0.1:0; return 204; } }\n")
-    import socket
 
     def hit() -> None:
         with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
@@ -245,3 +243,27 @@ def test_term_stops_at_once(wsgate: Callable[..., WsgateProcess]) -> None:
     gw = wsgate("events {}\nhttp { server { listen 127.0.0.1:0; return 204; } }\n")
     assert gw.stop(signal.SIGTERM) == 0
     assert not gw.pid_file.exists()
+
+
+def test_unopenable_access_log_is_emerg_at_start_and_refused_on_reload(tmp_path: Path) -> None:
+    bad = "/dev/null/x/access.log"
+    (tmp_path / "n.conf").write_text(
+        f"http {{ access_log {bad}; server {{ listen 127.0.0.1:0; return 204; }} }}\n"
+    )
+    res = run("-p", str(tmp_path), "-c", "n.conf", "-g", "daemon off;")
+    assert res.returncode == 1
+    assert f'[emerg] open() "{bad}" failed (20: Not a directory)' in res.stderr
+
+    gw = start_wsgate(tmp_path / "gw", "http { server { listen 127.0.0.1:0; return 204; } }\n")
+    try:
+        gw.conf.write_text(
+            f"http {{ access_log {bad}; server {{ listen 127.0.0.1:0; return 204; }} }}\n"
+        )
+        mark = len(gw.errors())
+        gw.signal(signal.SIGHUP)
+        gw.wait_log(r'\[emerg\] \d+#0: open\(\) "/dev/null/x/access.log" failed', 10.0, mark)
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            assert s.recv(4096).startswith(b"HTTP/1.1 204")
+    finally:
+        gw.stop()

@@ -15,10 +15,10 @@ import sys
 import time
 from typing import TextIO
 
-from wsgate.config.model import AccessLog, ErrorLog, LogFormat
+from wsgate.config.model import AccessLog, Config, ErrorLog, Location, LocationSettings, LogFormat
 from wsgate.config.variables import RequestContext
 
-__all__ = ["LEVELS", "AccessLogs", "ErrorLogger"]
+__all__ = ["LEVELS", "AccessLogs", "ErrorLogger", "access_log_paths", "render_access"]
 
 LEVELS = {
     "debug": 7,
@@ -49,8 +49,7 @@ class ErrorLogger:
             if t.path == "stderr":
                 files.append((sys.stderr, LEVELS[t.level], False))
                 continue
-            os.makedirs(os.path.dirname(t.path) or ".", exist_ok=True)
-            files.append((open(t.path, "a", buffering=1, encoding="utf-8"), LEVELS[t.level], True))
+            files.append((_open_log(t.path), LEVELS[t.level], True))
         self.files = files
         for fh, _, owned in old:
             if owned:
@@ -87,6 +86,16 @@ class ErrorLogger:
         for fh, max_lvl, _ in self.files:
             if lvl <= max_lvl:
                 fh.write(line)
+
+
+def _open_log(path: str) -> TextIO:
+    """Open a log for appending, creating its directory when it can (nginx requires it to
+    exist; wsgate is friendlier).  A failure raises OSError naming ``path``."""
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    except OSError:
+        pass
+    return open(path, "a", buffering=1, encoding="utf-8")
 
 
 def format_error_line(
@@ -161,23 +170,51 @@ def render_access(fmt: LogFormat, ctx: RequestContext) -> str:
     return fmt.template.render(lookup) + "\n"
 
 
+def access_log_paths(config: Config) -> list[str]:
+    """Every access-log file the configuration names, in order, once each."""
+    paths: dict[str, None] = {}
+
+    def visit(settings: LocationSettings, locations: tuple[Location, ...]) -> None:
+        for log in settings.access_logs:
+            paths.setdefault(log.path)
+        for loc in locations:
+            visit(loc.settings, loc.locations)
+
+    for server in config.http.servers:
+        visit(server.settings, server.locations)
+    return list(paths)
+
+
 class AccessLogs:
-    """Open access-log files shared by path, written with line buffering."""
+    """Open access-log files, shared by path and written with line buffering.
+
+    Like nginx, every file is opened when the configuration is applied (start, reload,
+    USR1), so a path that cannot be opened is an ``[emerg]`` at start rather than a lost
+    line later.
+    """
 
     def __init__(self) -> None:
         self.files: dict[str, TextIO] = {}
 
+    def open(self, paths: list[str]) -> None:
+        """Open ``paths`` (closing the previous files): raises OSError like ``open()``."""
+        files: dict[str, TextIO] = {}
+        try:
+            for path in paths:
+                files[path] = _open_log(path)
+        except OSError:
+            for fh in files.values():
+                fh.close()
+            raise
+        self.close()
+        self.files = files
+
     def write(self, logs: tuple[AccessLog, ...], ctx: RequestContext) -> None:
         for log in logs:
             fh = self.files.get(log.path)
-            if fh is None:
-                os.makedirs(os.path.dirname(log.path) or ".", exist_ok=True)
-                fh = open(log.path, "a", buffering=1, encoding="utf-8")
-                self.files[log.path] = fh
+            if fh is None:  # a file of a configuration older than the last reload
+                fh = self.files[log.path] = _open_log(log.path)
             fh.write(render_access(log.format, ctx))
-
-    def reopen(self) -> None:
-        self.close()
 
     def close(self) -> None:
         for fh in self.files.values():

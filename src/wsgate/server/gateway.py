@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from wsgate.config.model import Config, Listen, ProxyPass, Server
 from wsgate.errors import ConfigError
-from wsgate.observability.logs import AccessLogs, ErrorLogger
+from wsgate.observability.logs import AccessLogs, ErrorLogger, access_log_paths
 from wsgate.proxy.endpoint import Endpoint
 from wsgate.proxy.handler import ClientConnection
 from wsgate.proxy.tunnel import Tunnel
@@ -99,12 +99,13 @@ class Gateway:
         config: Config,
         loop: asyncio.AbstractEventLoop,
         error_log: ErrorLogger,
+        access_logs: AccessLogs | None = None,
         reload_config: Callable[[], Config] | None = None,
     ) -> None:
         self.config = config
         self.loop = loop
         self.error_log = error_log
-        self.access_logs = AccessLogs()
+        self.access_logs = access_logs or AccessLogs()
         self.reload_config = reload_config
         self.groups: dict[BindKey, ListenGroup] = {}
         self.peer_groups: dict[object, PeerGroup] = {}
@@ -228,26 +229,43 @@ class Gateway:
             self.stopped.set_result(None)
 
     def reload(self) -> None:
+        """HUP: build everything the new configuration needs first; apply it only if all of
+        it worked (nginx keeps the old cycle when parsing, opening files or binding fails)."""
         self.error_log.log("notice", "signal 1 (SIGHUP) received, reconfiguring")
         if self.reload_config is None:
             return
+        access_logs = AccessLogs()
         try:
             config = self.reload_config()
+            try:
+                access_logs.open(access_log_paths(config))
+            except OSError as exc:
+                raise ConfigError(
+                    f'open() "{exc.filename}" failed ({exc.errno}: {exc.strerror})'
+                ) from exc
             groups = self.bind(config)
         except ConfigError as exc:
+            access_logs.close()
             self.error_log.log("emerg", str(exc))
             return
         self.config = config
         self.peer_groups = {}
         self.error_log.targets = config.error_logs
         self.error_log.open()
-        self.access_logs.reopen()
+        self.access_logs.close()
+        self.access_logs = access_logs
         self.loop.create_task(self.serve(groups))
 
     def reopen(self) -> None:
+        """USR1: reopen every log file (logrotate's ``postrotate``)."""
         self.error_log.log("notice", "signal 10 (SIGUSR1) received, reopening logs")
         self.error_log.open()
-        self.access_logs.reopen()
+        try:
+            self.access_logs.open(access_log_paths(self.config))
+        except OSError as exc:
+            self.error_log.log(
+                "alert", f'open() "{exc.filename}" failed ({exc.errno}: {exc.strerror})'
+            )
 
 
 def _open(key: BindKey) -> socket.socket:
