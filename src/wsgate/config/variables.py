@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from wsgate.config.model import MapBlock
 from wsgate.config.template import Template
+from wsgate.http.fields import first_value
 
 __all__ = ["FIXED_VARIABLES", "PREFIX_VARIABLES", "RequestContext", "is_known_variable"]
 
@@ -183,11 +184,7 @@ class RequestContext:
     # -- helpers -----------------------------------------------------------------------------
     def header(self, name: str) -> str | None:
         """First client header called ``name`` (case-insensitive), as nginx's ``$http_*``."""
-        low = name.lower()
-        for k, v in self.headers:
-            if k.lower() == low:
-                return v
-        return None
+        return first_value(self.headers, name)
 
     def _header_var(self, suffix: str) -> str:
         name = suffix.replace("_", "-")

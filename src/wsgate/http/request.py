@@ -43,6 +43,7 @@ import httptools
 
 from wsgate.errors import HttpError
 from wsgate.http.body import Body, ChunkedDecoder, EndOfMessage, InvalidChunk
+from wsgate.http.fields import first_value
 
 __all__ = [
     "HeadLimits",
@@ -106,11 +107,7 @@ class RequestHead:
 
     def header(self, name: str) -> str | None:
         """First value of header ``name`` (case-insensitive), or None."""
-        lname = name.lower()
-        for n, v in self.headers:
-            if n.lower() == lname:
-                return v
-        return None
+        return first_value(self.headers, name)
 
     @property
     def has_body(self) -> bool:

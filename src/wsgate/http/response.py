@@ -31,6 +31,7 @@ import httptools
 
 from wsgate.errors import HttpError
 from wsgate.http.body import Body, ChunkedDecoder, EndOfMessage, InvalidChunk
+from wsgate.http.fields import first_value
 
 __all__ = [
     "ResponseEvent",
@@ -61,11 +62,7 @@ class ResponseHead:
 
     def header(self, name: str) -> str | None:
         """First value of header ``name`` (case-insensitive), or None."""
-        lname = name.lower()
-        for n, v in self.headers:
-            if n.lower() == lname:
-                return v
-        return None
+        return first_value(self.headers, name)
 
 
 ResponseEvent = ResponseHead | Body | EndOfMessage

@@ -129,18 +129,9 @@ class Forwarder:
                 raise HttpError(last_status)
             upstream_url = f"http://{peer.address}{uri}"
             ctx.upstream_addrs.append(peer.address)
+            up: Endpoint | None = None
             try:
                 up = await self._connect(peer, settings, ctx, upstream_url)
-            except _Retry as retry:
-                attempts += 1
-                self._failed(selection, peer, ctx, upstream_url, retry)
-                last_status = retry.status
-                if self._may_retry(
-                    retry.kind, settings, selection, attempts, started, body_sent, head, sent=False
-                ):
-                    continue
-                raise HttpError(retry.status) from None
-            try:
                 up.write(request)
                 if buffered_body is not None:
                     up.write(buffered_body)
@@ -151,17 +142,20 @@ class Forwarder:
                     up, head, settings, ctx, upstream_url
                 )
             except _Retry as retry:
-                up.abort()
+                if up is not None:
+                    up.abort()
                 attempts += 1
                 self._failed(selection, peer, ctx, upstream_url, retry)
                 last_status = retry.status
+                sent = up is not None
                 if self._may_retry(
-                    retry.kind, settings, selection, attempts, started, body_sent, head, sent=True
+                    retry.kind, settings, selection, attempts, started, body_sent, head, sent=sent
                 ):
                     continue
                 raise HttpError(retry.status) from None
             except BaseException:
-                up.abort()
+                if up is not None:
+                    up.abort()
                 selection.release(peer)
                 raise
             selection.succeed(peer)
