@@ -202,8 +202,8 @@ http {
             4,
         ),
         (
-            "http {\n upstream u {\n  server 127.0.0.1:1 max_fails=3;\n }\n}\n",
-            'invalid parameter "max_fails=3"',
+            "http {\n upstream u {\n  server 127.0.0.1:1 slow_start=3s;\n }\n}\n",
+            'invalid parameter "slow_start=3s"',
             3,
         ),
         ("http {\n server {\n", 'unexpected end of file, expecting "}"', 2),
@@ -298,3 +298,82 @@ def test_variables_from_request() -> None:
     assert ctx.lookup("remote_port") == "5555"
     ctx.host = "h.test"
     assert ctx.lookup("host") == "h.test"
+
+
+def test_upstream_block_methods_parameters_and_health_check(tmp_path: Path) -> None:
+    config = conf(
+        tmp_path,
+        """
+http {
+  upstream a {
+    least_conn;
+    server 127.0.0.1:1 weight=3 max_fails=2 fail_timeout=30s max_conns=10;
+    server 127.0.0.1:2 backup;
+    server 127.0.0.1:3 down;
+    server unix:/tmp/wsgate-test.sock;
+    keepalive 16; keepalive_requests 100; keepalive_timeout 30s; keepalive_time 10m;
+    health_check interval=2s timeout=1s fails=3 passes=2 uri=/health type=websocket status=101;
+  }
+  upstream b { hash $remote_addr consistent; server 127.0.0.1:1; }
+  upstream c { random two least_conn; server 127.0.0.1:1; }
+  upstream d { ip_hash; server 127.0.0.1:1; }
+  server { location / { proxy_pass http://a; }
+           location /u { proxy_pass http://unix:/tmp/s.sock:/x; } }
+}
+""",
+    )
+    a = config.http.upstreams["a"]
+    s1, s2, s3, s4 = a.servers
+    assert (a.method, s1.weight, s1.max_fails, s1.fail_timeout, s1.max_conns) == (
+        "least_conn",
+        3,
+        2,
+        30.0,
+        10,
+    )
+    assert s2.backup and s3.down and s4.is_unix and s4.host == "/tmp/wsgate-test.sock"
+    assert (a.keepalive, a.keepalive_requests, a.keepalive_timeout, a.keepalive_time) == (
+        16,
+        100,
+        30.0,
+        600.0,
+    )
+    hc = a.health_check
+    assert hc is not None and (
+        hc.interval,
+        hc.timeout,
+        hc.fails,
+        hc.passes,
+        hc.uri,
+        hc.kind,
+        hc.status,
+    ) == (2.0, 1.0, 3, 2, "/health", "websocket", (101,))
+    b = config.http.upstreams["b"]
+    assert b.method == "hash" and b.consistent and b.hash_key is not None
+    assert b.hash_key.raw == "$remote_addr"
+    c = config.http.upstreams["c"]
+    assert c.method == "random" and c.random_two and c.random_method == "least_conn"
+    assert config.http.upstreams["d"].method == "ip_hash"
+    unix_loc = config.http.servers[0].locations[1].settings.proxy_pass
+    assert unix_loc is not None and unix_loc.uri == "/x" and unix_loc.proxy_host == "localhost"
+    assert unix_loc.servers[0].host == "/tmp/s.sock"
+
+
+@pytest.mark.parametrize(
+    ("block", "message"),
+    [
+        (
+            "ip_hash; server 127.0.0.1:1 backup;",
+            'balancing method "ip_hash" does not support parameter "backup"',
+        ),
+        ("least_conn; ip_hash; server 127.0.0.1:1;", "load balancing method redefined"),
+        ("hash $uri nonsense; server 127.0.0.1:1;", 'invalid parameter "nonsense"'),
+        ("server 127.0.0.1:1 weight=0;", 'invalid parameter "weight=0"'),
+        ("server 127.0.0.1:1 fail_timeout=x;", 'invalid parameter "fail_timeout=x"'),
+        ("server 127.0.0.1:1; health_check interval=0s;", 'invalid parameter "interval=0s"'),
+        ("server 127.0.0.1:1; health_check type=tcp;", 'invalid parameter "type=tcp"'),
+        ("server 127.0.0.1:1; sticky cookie srv_id;", '"sticky" directive is not supported'),
+    ],
+)
+def test_upstream_errors(tmp_path: Path, block: str, message: str) -> None:
+    assert message in error(tmp_path, f"http {{\n upstream u {{\n {block}\n }}\n}}\n")

@@ -56,6 +56,13 @@ DIRECTIVES: dict[str, Directive] = {
     "upstream": _d(HTTP, 1, block=True),
     "server": _d(f"{HTTP} {UPSTREAM}", 0, -1),
     "log_format": _d(HTTP, 2, -1),
+    # upstream
+    "least_conn": _d(UPSTREAM, 0),
+    "ip_hash": _d(UPSTREAM, 0),
+    "hash": _d(UPSTREAM, 1, 2),
+    "random": _d(UPSTREAM, 0, 2),
+    "keepalive": _d(UPSTREAM, 1),
+    "health_check": _d(UPSTREAM, 0, -1),
     # server
     "listen": _d(SERVER, 1, -1),
     "server_name": _d(SERVER, 1, -1),
@@ -72,8 +79,9 @@ DIRECTIVES: dict[str, Directive] = {
     "proxy_next_upstream_timeout": _d(_HSL, 1),
     "proxy_buffer_size": _d(_HSL, 1),
     "send_timeout": _d(_HSL, 1),
-    "keepalive_timeout": _d(_HSL, 1, 2),
-    "keepalive_requests": _d(_HSL, 1),
+    "keepalive_timeout": _d(f"{_HSL} {UPSTREAM}", 1, 2),
+    "keepalive_requests": _d(f"{_HSL} {UPSTREAM}", 1),
+    "keepalive_time": _d(f"{_HSL} {UPSTREAM}", 1),
     "client_max_body_size": _d(_HSL, 1),
     "server_tokens": _d(_HSL, 1),
     "return": _d(f"{SERVER} {LOCATION}", 1, 2),
@@ -123,6 +131,8 @@ NO_OP: dict[str, Directive] = {
     "reset_timedout_connection": _d(_HSL, 1),
     "types": _d(_HSL, 0, block=True),
     "proxy_redirect": _d(_HSL, 1, 2),
+    # One wsgate process keeps upstream state in memory; a shared zone adds nothing yet.
+    "zone": _d(UPSTREAM, 1, 2),
 }
 
 #: No-op directives whose other values would change behaviour: only these values are accepted.

@@ -41,6 +41,7 @@ from wsgate.config.model import (
 )
 from wsgate.config.template import Template, TemplateError, compile_template
 from wsgate.config.units import parse_flag, parse_size, parse_time
+from wsgate.config.upstream import load_upstream
 from wsgate.config.values import (
     check_default_servers,
     config_error,
@@ -415,25 +416,7 @@ class Loader:
         name = s.args[0]
         if name in self.upstreams:
             raise _err(f'duplicate upstream "{name}"', s.src)
-        servers: list[UpstreamServer] = []
-        for e in s.block or []:
-            if not self.check(e, D.UPSTREAM):
-                continue
-            if not e.args:
-                raise _err('invalid number of arguments in "server" directive', e.src)
-            weight = 1
-            for p in e.args[1:]:
-                if p.startswith("weight="):
-                    weight = _int(e, p[7:])
-                    if weight < 1:
-                        raise _err(f'invalid parameter "{p}"', e.src)
-                else:
-                    raise _err(f'invalid parameter "{p}" (wsgate supports weight= only)', e.src)
-            for host, port in resolve(e.args[0], 80, e.src, "upstream"):
-                servers.append(UpstreamServer(e.args[0], host, port, weight, e.src))
-        if not servers:
-            raise _err(f'no servers are inside upstream "{name}"', s.src)
-        self.upstreams[name] = Upstream(name, tuple(servers), s.src)
+        self.upstreams[name] = load_upstream(self, s, self.check)
 
     # -- server -------------------------------------------------------------------------------
     def load_server(self, s: Stmt, http: Level) -> Server:
@@ -589,6 +572,7 @@ class Level:
             "send_timeout",
             "client_header_timeout",
             "proxy_next_upstream_timeout",
+            "keepalive_time",
         ):
             return _time(s)
         if n == "keepalive_timeout":
@@ -651,16 +635,23 @@ class Level:
                 '"proxy_pass https://..." (TLS to upstreams) is not supported by wsgate yet', s.src
             )
         rest = url[m.end() :]
+        if rest.startswith("unix:"):
+            # "proxy_pass http://unix:/tmp/backend.socket:/uri/;" — the path ends at ':'.
+            path, colon, uri_part = rest[5:].partition(":")
+            if not path:
+                raise _err(f'no path in the unix domain socket "{rest}"', s.src)
+            uri = uri_part if colon else None
+            self.proxy_pass_has_uri = uri is not None
+            server = UpstreamServer(f"unix:{path}", path, 0, source=s.src)
+            return ProxyPass(url, scheme, "localhost", 0, uri, servers=(server,), source=s.src)
         slash = rest.find("/")
         hostport, uri = (rest, None) if slash == -1 else (rest[:slash], rest[slash:])
-        if hostport.startswith("unix:"):
-            raise _err('"proxy_pass" to a unix socket is not supported by wsgate yet', s.src)
         self.proxy_pass_has_uri = uri is not None
         if hostport in self.loader.upstreams:
             return ProxyPass(url, scheme, hostport, 80, uri, upstream=hostport, source=s.src)
         host, port, port_given = split_hostport(hostport, 80, s.src)
         servers = tuple(
-            UpstreamServer(hostport, h, p, 1, s.src)
+            UpstreamServer(hostport, h, p, source=s.src)
             for h, p in resolve(hostport, 80, s.src, "upstream")
         )
         return ProxyPass(
@@ -718,6 +709,7 @@ class Level:
             "proxy_send_timeout",
             "send_timeout",
             "proxy_next_upstream_timeout",
+            "keepalive_time",
         ):
             value = get(name)
             if value is not None:

@@ -19,6 +19,7 @@ __all__ = [
     "Config",
     "ErrorLog",
     "HeaderSetting",
+    "HealthCheck",
     "HttpConfig",
     "Listen",
     "Location",
@@ -114,20 +115,73 @@ class ServerName:
 
 @dataclass(frozen=True, slots=True)
 class UpstreamServer:
-    """``server ADDRESS [weight=N]`` inside ``upstream``; ``address`` is the text as written."""
+    """``server ADDRESS [weight=N] [max_fails=N] [fail_timeout=T] [max_conns=N] [backup]
+    [down]`` inside ``upstream`` (https://nginx.org/en/docs/http/ngx_http_upstream_module.html).
+
+    ``address`` is the text as written (the consistent-hash ring is built from it, as nginx
+    does); a host name that resolves to several addresses gives one of these per address.
+    For ``unix:/path`` the ``host`` is the path and ``port`` is 0.
+    """
 
     address: str
     host: str
     port: int
     weight: int = 1
+    max_fails: int = 1
+    fail_timeout: float = 10.0
+    max_conns: int = 0
+    backup: bool = False
+    down: bool = False
+    source: Source | None = None
+
+    @property
+    def is_unix(self) -> bool:
+        return self.address.startswith("unix:")
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """``health_check`` inside ``upstream`` (a wsgate extension; nginx offers active checks
+    only in its commercial edition, with these parameter names).
+
+    ``kind`` is ``"http"`` (GET ``uri``, expect ``status``) or ``"websocket"`` (an Upgrade
+    handshake to ``uri``, expecting 101).  A server leaves rotation after ``fails``
+    consecutive failed checks and returns after ``passes`` consecutive good ones.
+    """
+
+    interval: float = 5.0
+    timeout: float = 5.0
+    fails: int = 1
+    passes: int = 1
+    uri: str = "/"
+    kind: str = "http"
+    status: tuple[int, ...] = ()
     source: Source | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Upstream:
+    """An ``upstream`` block.
+
+    ``method`` is ``round_robin`` (default), ``least_conn``, ``ip_hash``, ``hash`` or
+    ``random``.  ``hash_key`` and ``consistent`` belong to ``hash``; ``random_two`` and
+    ``random_method`` (``""`` or ``"least_conn"``) to ``random``.  ``keepalive`` is the
+    number of idle connections kept per upstream (0: none).
+    """
+
     name: str
     servers: tuple[UpstreamServer, ...]
     source: Source | None = None
+    method: str = "round_robin"
+    hash_key: Template | None = None
+    consistent: bool = False
+    random_two: bool = False
+    random_method: str = ""
+    keepalive: int = 0
+    keepalive_requests: int = 1000
+    keepalive_timeout: float = 60.0
+    keepalive_time: float = 3600.0
+    health_check: HealthCheck | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +209,7 @@ class ProxyPass:
     @property
     def proxy_host(self) -> str:
         """``$proxy_host``: the host, with ``:port`` unless it is the scheme's default."""
-        if self.upstream is not None:
+        if self.upstream is not None or self.port == 0:  # an upstream block, or unix:
             return self.host
         default = 443 if self.scheme == "https" else 80
         return self.host if self.port == default else f"{self.host}:{self.port}"
@@ -199,6 +253,7 @@ class LocationSettings:
     keepalive_timeout: float = 75.0
     keepalive_header: float | None = None
     keepalive_requests: int = 1000
+    keepalive_time: float = 3600.0
     client_max_body_size: int = 1024 * 1024
     proxy_next_upstream: frozenset[str] = frozenset({"error", "timeout"})
     proxy_next_upstream_tries: int = 0

@@ -224,7 +224,12 @@ class Forwarder:
         loop = self.gw.loop
         try:
             async with asyncio.timeout(settings.proxy_connect_timeout):
-                _, ep = await loop.create_connection(lambda: Endpoint(loop), peer.host, peer.port)
+                if peer.name.startswith("unix:"):
+                    _, ep = await loop.create_unix_connection(lambda: Endpoint(loop), peer.host)
+                else:
+                    _, ep = await loop.create_connection(
+                        lambda: Endpoint(loop), peer.host, peer.port
+                    )
         except TimeoutError:
             self.gw.error_log.log(
                 "error",

@@ -71,6 +71,7 @@ class ClientConnection(Forwarder):
         self.local_addr, self.local_port = str(local[0]), int(local[1])
         self.candidates, self.default = group.candidates(self.local_addr)
         self.requests = 0
+        self.started = gw.loop.time()
         self.idle = True  # waiting for a request: may be closed at once on graceful stop
         self.tunnel: Tunnel | None = None
         self.parser: RequestParser
@@ -221,6 +222,7 @@ class ClientConnection(Forwarder):
             if (
                 settings.keepalive_timeout == 0
                 or self.requests >= settings.keepalive_requests
+                or self.gw.loop.time() - self.started >= settings.keepalive_time
                 or self.gw.stopping
             ):
                 # keepalive_timeout 0 disables keep-alive; keepalive_requests caps a connection

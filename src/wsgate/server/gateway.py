@@ -32,7 +32,7 @@ from wsgate.observability.logs import AccessLogs, ErrorLogger, access_log_paths
 from wsgate.proxy.endpoint import Endpoint
 from wsgate.proxy.handler import ClientConnection
 from wsgate.proxy.tunnel import Tunnel
-from wsgate.upstream.roundrobin import Peer, PeerGroup
+from wsgate.upstream.roundrobin import PeerGroup, peers_from_config
 
 __all__ = ["Gateway", "ListenGroup", "bind_keys", "open_groups", "pid_write"]
 
@@ -125,16 +125,11 @@ class Gateway:
         if group is None:
             if pp.upstream is not None:
                 up = self.config.http.upstreams[pp.upstream]
-                peers = [
-                    Peer(f"{_hp(s.host)}:{s.port}", s.host, s.port, s.weight) for s in up.servers
-                ]
-                name = up.name
+                servers, name = up.servers, up.name
             else:
-                peers = [
-                    Peer(f"{_hp(s.host)}:{s.port}", s.host, s.port, s.weight) for s in pp.servers
-                ]
+                servers = pp.servers
                 name = pp.host if not pp.port_given else f"{pp.host}:{pp.port}"
-            group = PeerGroup(name, peers, clock=self.loop.time)
+            group = PeerGroup(name, peers_from_config(servers), clock=self.loop.time)
             self.peer_groups[key] = group
         return group
 
@@ -321,10 +316,6 @@ class _Front(Endpoint):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.gw.accepted(self, self.group)
-
-
-def _hp(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
 
 
 def pid_write(path: str) -> None:

@@ -46,6 +46,9 @@ class Peer:
     down: bool = False
     backup: bool = False
     max_conns: int = 0
+    #: The ``server`` address as written in the configuration (``unix:/path`` for a socket);
+    #: the consistent-hash ring is built from it, as in nginx.
+    name: str = ""
     current_weight: int = field(default=0, init=False)
     effective_weight: int = field(default=0, init=False)
     fails: int = field(default=0, init=False)
@@ -62,14 +65,29 @@ class Peer:
         return self.address
 
 
-def _display(host: str, port: int) -> str:
+def _display(server: UpstreamServer) -> str:
+    if server.is_unix:
+        return server.address
+    host, port = server.host, server.port
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def peers_from_config(servers: Iterable[UpstreamServer]) -> list[Peer]:
-    """Peers for ``upstream`` servers (or a ``proxy_pass`` host's addresses), in config order."""
+    """Peers for ``upstream`` servers (or a ``proxy_pass`` host's addresses), in config order,
+    with every parameter of the ``server`` line."""
     return [
-        Peer(address=_display(s.host, s.port), host=s.host, port=s.port, weight=s.weight)
+        Peer(
+            address=_display(s),
+            host=s.host,
+            port=s.port,
+            weight=s.weight,
+            max_fails=s.max_fails,
+            fail_timeout=s.fail_timeout,
+            down=s.down,
+            backup=s.backup,
+            max_conns=s.max_conns,
+            name=s.address,
+        )
         for s in servers
     ]
 
