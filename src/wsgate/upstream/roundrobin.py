@@ -49,6 +49,8 @@ class Peer:
     #: The ``server`` address as written in the configuration (``unix:/path`` for a socket);
     #: the consistent-hash ring is built from it, as in nginx.
     name: str = ""
+    #: False while an active ``health_check`` holds the peer out of rotation.
+    healthy: bool = field(default=True, init=False)
     current_weight: int = field(default=0, init=False)
     effective_weight: int = field(default=0, init=False)
     fails: int = field(default=0, init=False)
@@ -159,7 +161,7 @@ class Selection:
         peer: Peer | None
         if group.single:
             peer = group.peers[0]
-            if peer.down or (peer.max_conns and peer.conns >= peer.max_conns):
+            if peer.down or not peer.healthy or (peer.max_conns and peer.conns >= peer.max_conns):
                 return None
         else:
             now = group.now()
@@ -182,7 +184,7 @@ class Selection:
         total = 0
         tried = self._tried
         for i, p in enumerate(self._tier):
-            if i in tried or p.down:
+            if i in tried or p.down or not p.healthy:
                 continue
             # "max_fails ... unsuccessful attempts ... during the time set by fail_timeout"
             if p.max_fails and p.fails >= p.max_fails and now - p.checked <= p.fail_timeout:
