@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest install node clean
+.PHONY: run test lint typecheck pytest install node debs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,18 @@ node_modules/.installed: package.json package-lock.json
 
 node: node_modules/.installed
 
+## Debian packages some tests compare against (nginx). Installed only when missing and when
+## we can (root with apt-get); otherwise those tests skip with a reason. Debian's postinst
+## starts the nginx service: stop the copy this step started.
+debs:
+	@if ! command -v nginx >/dev/null 2>&1 && ! [ -x /usr/sbin/nginx ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null \
+	      && { /usr/sbin/nginx -s quit 2>/dev/null || true; }; } \
+	      || echo "could not install nginx: the nginx comparison tests will be skipped"; \
+	  else echo "nginx is not installed: the nginx comparison tests will be skipped"; fi; \
+	fi
+
 ## make run: the walk-through -- the echo server on 127.0.0.1:8010 and wsgate on :8020.
 run: $(STAMP)
 	@echo "Starting wsgate-echo on 127.0.0.1:8010 and wsgate -c examples/websocket.conf on :8020."
@@ -39,7 +51,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP) node
+pytest: $(STAMP) node debs
 	$(BIN)/pytest -q
 
 ## make test: installs everything the tests need, then linters, type checks and pytest.
