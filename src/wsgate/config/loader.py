@@ -9,6 +9,7 @@ like nginx's ``[emerg]`` line, with file and line.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import tempfile
@@ -748,6 +749,4 @@ def load(path: str, prefix: str | None = None, globals_: str | None = None) -> C
     parsed, files = _parse_file(full)
     stmts.extend(parsed)
     config = loader.load_main(stmts)
-    return Config(
-        **{**{f: getattr(config, f) for f in config.__dataclass_fields__}, "files": tuple(files)}
-    )
+    return dataclasses.replace(config, files=tuple(files))

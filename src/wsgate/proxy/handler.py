@@ -27,7 +27,7 @@ from wsgate.http.headers import (
     build_client_response_head,
     http_date,
 )
-from wsgate.http.pages import closes_connection, error_response
+from wsgate.http.pages import STATUS_LINES, closes_connection, error_response
 from wsgate.http.request import (
     HeadLimits,
     IncompleteRequest,
@@ -339,7 +339,7 @@ class ClientConnection(Forwarder):
         framing = BodyFraming.content_length(len(body)) if status != 204 else BodyFraming.none()
         out = build_client_response_head(
             status,
-            _REASONS.get(status, ""),
+            STATUS_LINES.get(status, ""),
             headers,
             server_tokens=settings.server_tokens,
             date=http_date(time.time()),
@@ -381,22 +381,3 @@ class ClientConnection(Forwarder):
                 ) from None
             if not more:
                 raise HttpError(499, "client prematurely closed connection")
-
-
-def _first_head(events: list[object]) -> RequestHead | None:
-    for ev in events:
-        if isinstance(ev, RequestHead):
-            return ev
-    return None
-
-
-_REASONS = {
-    200: "OK",
-    201: "Created",
-    204: "No Content",
-    301: "Moved Permanently",
-    302: "Moved Temporarily",
-    303: "See Other",
-    307: "Temporary Redirect",
-    308: "Permanent Redirect",
-}
