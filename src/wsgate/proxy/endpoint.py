@@ -5,15 +5,21 @@ that buffers what arrives until the request or response handler asks for it, pau
 transport when the buffer is full (back-pressure), and lets the handler await ``drain()``
 while the kernel send buffer is full.  When a WebSocket tunnel starts, the transport is
 handed to :mod:`wsgate.proxy.tunnel` with ``set_protocol`` and this object steps aside.
+
+:class:`KeptEndpoints` holds idle upstream endpoints for reuse (``keepalive`` in an
+``upstream`` block): the pure :class:`~wsgate.upstream.pool.KeepalivePool` plus its timer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable, Hashable
 from typing import cast
 
-__all__ = ["Endpoint", "PeerClosed"]
+from wsgate.upstream.pool import KeepalivePool, Kept
+
+__all__ = ["Endpoint", "KeptEndpoints", "PeerClosed"]
 
 #: Bytes buffered from a peer before its reading is paused (nginx reads one buffer at a time).
 READ_HIGH_WATER = 64 * 1024
@@ -162,3 +168,83 @@ class Endpoint(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None and not self.closed:
             self.transport.abort()
+
+
+class KeptEndpoints:
+    """One upstream group's idle connections (:class:`~wsgate.upstream.pool.KeepalivePool`) on
+    the event loop: the ``keepalive_timeout`` timer, and a watch that drops a kept connection
+    the upstream closes or writes to (``ngx_http_upstream_keepalive_close_handler``)."""
+
+    __slots__ = ("loop", "pool", "_timer", "_watch")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        size: int,
+        *,
+        requests: int,
+        timeout: float,
+        lifetime: float,
+    ) -> None:
+        self.loop = loop
+        self.pool: KeepalivePool[Endpoint] = KeepalivePool(
+            size,
+            requests=requests,
+            timeout=timeout,
+            lifetime=lifetime,
+            clock=loop.time,
+            close=Endpoint.close,
+        )
+        self._timer: asyncio.TimerHandle | None = None
+        self._watch: dict[Kept[Endpoint], Callable[[asyncio.Future[None]], None]] = {}
+
+    def new(self, peer: Hashable, ep: Endpoint) -> Kept[Endpoint]:
+        return self.pool.new(peer, ep)
+
+    async def take(self, peer: Hashable) -> Kept[Endpoint] | None:
+        """A live kept connection to ``peer``, or None."""
+        if not self.pool.idle(peer):
+            return None
+        await asyncio.sleep(0)  # let a FIN that already arrived be seen first
+        while (kept := self.pool.take(peer)) is not None:
+            callback = self._watch.pop(kept, None)
+            if callback is not None:
+                kept.conn.gone().remove_done_callback(callback)
+            if kept.conn.eof or kept.conn.buffer:  # closed, or bytes nobody asked for
+                kept.conn.abort()
+                continue
+            return kept
+        return None
+
+    def put(self, kept: Kept[Endpoint]) -> bool:
+        """Cache ``kept``; False when a limit says close it."""
+        ep = kept.conn
+        if ep.eof or ep.buffer or not self.pool.put(kept):
+            return False
+
+        def lost(_: asyncio.Future[None]) -> None:
+            self._watch.pop(kept, None)
+            if self.pool.discard(kept):
+                ep.close()
+
+        self._watch[kept] = lost
+        ep.gone().add_done_callback(lost)
+        self._arm()
+        return True
+
+    def close_all(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.pool.close_all()
+
+    def _arm(self) -> None:
+        deadline = self.pool.next_deadline()
+        if deadline is None or self._timer is not None:
+            return  # a pending timer is never later than the oldest entry's deadline
+        self._timer = self.loop.call_at(deadline + 0.001, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        self.pool.expire()
+        self._arm()

@@ -7,6 +7,16 @@ response head (``proxy_read_timeout``), retry on the next peer as ``proxy_next_u
 allows, then stream the response back, or hand both transports to
 :class:`wsgate.proxy.tunnel.Tunnel` when the upstream answers ``101`` to a request that
 carried ``Upgrade`` (nginx's only trigger, NGINX-SEMANTICS.md §4).
+
+Retries follow ``ngx_http_upstream_next``/``ngx_http_upstream_test_next`` (NGINX-SEMANTICS.md
+§8): ``error``/``timeout``/``invalid_header`` always count against ``max_fails``; listed
+``http_5xx``/``http_429`` count only when the retry happens; ``http_403``/``http_404`` never.
+Only before anything was sent to the client, so never after a ``101``.
+
+With ``keepalive`` in the ``upstream`` block, a connection goes back to the group's
+:class:`~wsgate.proxy.endpoint.KeptEndpoints` after a complete keep-alive response to a request
+that carried no ``Upgrade``; a kept connection found closed by the upstream is replaced by a
+new one to the same server, once, without counting a failure.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import time
+import weakref
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -32,9 +43,10 @@ from wsgate.http.headers import (
 )
 from wsgate.http.request import RequestHead, RequestParser
 from wsgate.http.response import ResponseEvent, ResponseHead, ResponseParser
-from wsgate.proxy.endpoint import Endpoint, PeerClosed
+from wsgate.proxy.endpoint import Endpoint, KeptEndpoints, PeerClosed
 from wsgate.proxy.tunnel import Tunnel
 from wsgate.routing import proxy_uri
+from wsgate.upstream.pool import Kept
 
 if TYPE_CHECKING:
     from wsgate.config.model import Server
@@ -43,16 +55,51 @@ if TYPE_CHECKING:
 
 __all__ = ["Forwarder"]
 
-#: Methods retried after the request was sent without ``non_idempotent`` (RFC 9110 §9.2.2).
-_IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
+#: "non_idempotent: normally, requests with a non-idempotent method (POST, LOCK, PATCH) are not
+#: passed to the next server if a request has been sent to an upstream server".
+_NON_IDEMPOTENT = frozenset({"POST", "LOCK", "PATCH"})
+
+#: Upstream statuses ``proxy_next_upstream`` can name (``ngx_http_upstream_next_errors``).
+_STATUS_NEXT = {s: f"http_{s}" for s in (500, 502, 503, 504, 403, 404, 429)}
 
 
 class _Retry(Exception):
-    """Try the next upstream server (``proxy_next_upstream``)."""
+    """A try failed in a way ``proxy_next_upstream`` names (``kind``); ``status`` is what the
+    client gets if it is the last one, ``log`` nginx's error-log text, ``phase`` the action
+    for the "temporarily disabled" warning, ``answered`` whether any response byte came."""
 
-    def __init__(self, kind: str, status: int) -> None:
+    def __init__(
+        self, kind: str, status: int, log: str, phase: str, answered: bool = False
+    ) -> None:
         self.kind = kind
         self.status = status
+        self.log = log
+        self.phase = phase
+        self.answered = answered
+
+
+class _Attempt:
+    """What one try did so far: the connection, whether the request (and a body) was sent."""
+
+    __slots__ = ("up", "kept", "sent", "streamed")
+
+    def __init__(self, streamed: bool) -> None:
+        self.up: Endpoint | None = None
+        self.kept: Kept[Endpoint] | None = None
+        self.sent = False
+        self.streamed = streamed
+
+
+#: Per gateway: id(peer group) -> (the group, its cache).
+_CACHES: weakref.WeakKeyDictionary[Gateway, dict[int, tuple[object, KeptEndpoints]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _close_caches(caches: dict[int, tuple[object, KeptEndpoints]]) -> None:
+    for _, cache in caches.values():
+        cache.close_all()
+    caches.clear()
 
 
 class Forwarder:
@@ -108,68 +155,101 @@ class Forwarder:
         )
 
         group = gw.peer_group(pp)
-        selection = group.start()
-        loop = gw.loop
-        started = loop.time()
-        body_sent = False
+        selection = group.start(group.key(ctx))
+        keep = self._keepalive(pp, group)
+        started = gw.loop.time()
         attempts = 0
-        last_status = 502
+        streamed = False
         while True:
             peer = selection.next()
             if peer is None:
-                if not ctx.upstream_addrs:
-                    gw.error_log.log(
-                        "error",
-                        "no live upstreams while connecting to upstream",
-                        self.number,
-                        ctx,
-                        upstream=f"http://{group.name}{uri}",
-                    )
-                    ctx.upstream_addrs.append(group.name)
-                raise HttpError(last_status)
+                # ngx_http_upstream_connect on NGX_BUSY: "no live upstreams", the group's name
+                # in $upstream_addr, and 502 whatever the earlier tries ended with.
+                gw.error_log.log(
+                    "error",
+                    "no live upstreams while connecting to upstream",
+                    self.number,
+                    ctx,
+                    upstream=f"http://{group.name}{uri}",
+                )
+                ctx.upstream_addrs.append(group.name)
+                ctx.upstream_statuses.append("502")
+                raise HttpError(502)
+            attempts += 1
             upstream_url = f"http://{peer.address}{uri}"
             ctx.upstream_addrs.append(peer.address)
-            up: Endpoint | None = None
+            att = _Attempt(streamed)
             try:
-                up = await self._connect(peer, settings, ctx, upstream_url)
-                up.write(request)
-                if buffered_body is not None:
-                    up.write(buffered_body)
-                elif (head.content_length or head.chunked) and not body_sent:
-                    body_sent = True
-                    await self._stream_body(head, up, body_framing, settings)
-                resp, rparser, rpending = await self._read_response_head(
-                    up, head, settings, ctx, upstream_url
+                resp, rparser, rpending = await self._attempt(
+                    att, peer, keep, head, request, buffered_body, body_framing, settings, ctx
                 )
             except _Retry as retry:
-                if up is not None:
-                    up.abort()
-                attempts += 1
-                self._failed(selection, peer, ctx, upstream_url, retry)
-                last_status = retry.status
-                sent = up is not None
+                streamed = att.streamed
+                if att.up is not None:
+                    att.up.abort()
+                gw.error_log.log("error", retry.log, self.number, ctx, upstream_url)
+                self._failed(selection, peer, ctx, upstream_url, retry.status, retry.phase)
                 if self._may_retry(
-                    retry.kind, settings, selection, attempts, started, body_sent, head, sent=sent
+                    retry.kind, settings, selection.tries, attempts, started, att, head
                 ):
                     continue
                 raise HttpError(retry.status) from None
             except BaseException:
-                if up is not None:
-                    up.abort()
+                if att.up is not None:
+                    att.up.abort()
                 selection.release(peer)
                 raise
+            streamed = att.streamed
+            up = att.up
+            assert up is not None
+            kind = _STATUS_NEXT.get(resp.status)
+            # ngx_http_upstream_test_next: "peer.tries > 1" before this peer is freed, i.e.
+            # at least one try left after it.
+            if kind is not None and self._may_retry(
+                kind, settings, selection.tries - 1, attempts, started, att, head
+            ):
+                up.abort()
+                if resp.status in (403, 404):
+                    # NGX_PEER_NEXT: the next server is tried, but this is no failure.
+                    ctx.upstream_statuses.append(str(resp.status))
+                    selection.succeed(peer)
+                    selection.release(peer)
+                else:
+                    self._failed(
+                        selection,
+                        peer,
+                        ctx,
+                        upstream_url,
+                        resp.status,
+                        "reading response header from upstream",
+                    )
+                continue
             selection.succeed(peer)
             ctx.upstream_statuses.append(str(resp.status))
+            reusable = False
             try:
                 if resp.status == 101 and head.upgrade is not None:
                     return await self._tunnel(
                         head, ctx, settings, up, rparser, resp, selection, peer
                     )
-                return await self._relay_response(head, ctx, settings, up, rparser, rpending, resp)
+                result, complete = await self._relay_response(
+                    head, ctx, settings, up, rparser, rpending, resp
+                )
+                # Back to the pool only after a complete response that allows keep-alive, on a
+                # connection that never carried an upgrade.
+                reusable = (
+                    complete
+                    and resp.keep_alive
+                    and resp.status != 101
+                    and head.upgrade is None
+                    and rparser.buffered == 0
+                )
+                return result
             finally:
                 if self.tunnel is None:
                     selection.release(peer)
-                    up.close()
+                    if not (reusable and keep is not None and att.kept and keep.put(att.kept)):
+                        up.close()
 
     def _failed(
         self,
@@ -177,13 +257,15 @@ class Forwarder:
         peer: Peer,
         ctx: RequestContext,
         upstream_url: str,
-        retry: _Retry,
+        status: int,
+        phase: str,
     ) -> None:
-        ctx.upstream_statuses.append(str(retry.status))
+        """Count a failed try against ``max_fails`` (``NGX_PEER_FAILED``)."""
+        ctx.upstream_statuses.append(str(status))
         if selection.fail(peer):
             self.gw.error_log.log(
                 "warn",
-                "upstream server temporarily disabled while connecting to upstream",
+                f"upstream server temporarily disabled while {phase}",
                 self.number,
                 ctx,
                 upstream_url,
@@ -193,34 +275,143 @@ class Forwarder:
         self,
         kind: str,
         settings: LocationSettings,
-        selection: Selection,
+        left: int,
         attempts: int,
         started: float,
-        body_sent: bool,
+        att: _Attempt,
         head: RequestHead,
-        *,
-        sent: bool,
     ) -> bool:
-        """``proxy_next_upstream``: only listed kinds, only before anything of the body was
-        streamed, non-idempotent methods only with ``non_idempotent``, within the tries and
-        ``proxy_next_upstream_timeout`` limits."""
-        if kind not in settings.proxy_next_upstream or body_sent or selection.tries <= 0:
-            return False
-        if (
-            sent
-            and head.method not in _IDEMPOTENT
-            and "non_idempotent" not in settings.proxy_next_upstream
-        ):
-            return False
-        tries = settings.proxy_next_upstream_tries
-        if tries and attempts >= tries:
-            return False
-        limit = settings.proxy_next_upstream_timeout
-        return not (limit and self.gw.loop.time() - started >= limit)
+        """Whether ``proxy_next_upstream`` passes this try to the next server.
 
-    async def _connect(
-        self, peer: Peer, settings: LocationSettings, ctx: RequestContext, upstream_url: str
-    ) -> Endpoint:
+        ``ngx_http_upstream_next``: "if (u->peer.tries == 0 || (next_upstream & ft_type) !=
+        ft_type || (u->request_sent && r->request_body_no_buffering) || (timeout &&
+        ngx_current_msec - u->peer.start_time >= timeout))" finalize, where ``ft_type``
+        gains ``NON_IDEMPOTENT`` for a POST, LOCK or PATCH already sent.  wsgate streams
+        request bodies (nginx's ``proxy_request_buffering off``), so a try that sent a body
+        is never repeated.  ``left`` is what remains of the tries after this one;
+        ``proxy_next_upstream_tries`` caps them ("0 turns off this limitation").
+        """
+        allowed = settings.proxy_next_upstream
+        if kind not in allowed or left <= 0:
+            return False
+        limit = settings.proxy_next_upstream_tries
+        if limit and attempts >= limit:
+            return False
+        if att.sent:
+            if att.streamed:
+                return False
+            if head.method in _NON_IDEMPOTENT and "non_idempotent" not in allowed:
+                return False
+        timeout = settings.proxy_next_upstream_timeout
+        return not (timeout and self.gw.loop.time() - started >= timeout)
+
+    def _keepalive(self, pp: ProxyPass, group: object) -> KeptEndpoints | None:
+        """The idle-connection cache of ``group`` when its ``upstream`` block has ``keepalive``.
+
+        One cache per peer group: a reload builds new groups, and the caches of groups that
+        are gone are closed here when the first new one is made.
+        """
+        if pp.upstream is None:
+            return None
+        conf = self.gw.config.http.upstreams.get(pp.upstream)
+        if conf is None or conf.keepalive <= 0:
+            return None
+        caches = _CACHES.get(self.gw)
+        if caches is None:
+            caches = _CACHES[self.gw] = {}
+            self.gw.stopped.add_done_callback(lambda _: _close_caches(caches))
+        entry = caches.get(id(group))
+        if entry is not None and entry[0] is group:
+            return entry[1]
+        live = {id(g) for g in self.gw.peer_groups.values()}
+        for key in [k for k in caches if k not in live]:
+            caches.pop(key)[1].close_all()
+        cache = KeptEndpoints(
+            self.gw.loop,
+            conf.keepalive,
+            requests=conf.keepalive_requests,
+            timeout=conf.keepalive_timeout,
+            lifetime=conf.keepalive_time,
+        )
+        caches[id(group)] = (group, cache)
+        return cache
+
+    async def _attempt(
+        self,
+        att: _Attempt,
+        peer: Peer,
+        keep: KeptEndpoints | None,
+        head: RequestHead,
+        request: bytes,
+        buffered_body: bytes | None,
+        framing: BodyFraming,
+        settings: LocationSettings,
+        ctx: RequestContext,
+    ) -> tuple[ResponseHead, ResponseParser, list[ResponseEvent]]:
+        """One try on ``peer``: a kept connection if there is one, else a new one."""
+        if keep is not None:
+            kept = await keep.take(peer)
+            if kept is not None:
+                att.up, att.kept = kept.conn, kept
+                try:
+                    return await self._exchange(
+                        att, head, request, buffered_body, framing, settings
+                    )
+                except _Retry as retry:
+                    # The upstream closed the kept connection meanwhile: nginx retries through
+                    # its next-upstream logic ("if (u->peer.cached && ft_type == FT_ERROR)
+                    # u->peer.tries++"); wsgate opens a new connection to the same server,
+                    # once, counting no failure, when the request can be sent again.
+                    if not (
+                        retry.kind == "error"
+                        and not retry.answered
+                        and self._replayable(att, head, settings)
+                    ):
+                        raise
+                    self.gw.error_log.log(
+                        "info", f"{retry.log} (kept connection, retrying)", self.number, ctx
+                    )
+                    kept.conn.abort()
+                    att.up = att.kept = None
+                    att.sent = False
+        att.up = await self._connect(peer, settings)
+        att.kept = keep.new(peer, att.up) if keep is not None else None
+        return await self._exchange(att, head, request, buffered_body, framing, settings)
+
+    @staticmethod
+    def _replayable(att: _Attempt, head: RequestHead, settings: LocationSettings) -> bool:
+        if att.streamed:
+            return False
+        return head.method not in _NON_IDEMPOTENT or (
+            "non_idempotent" in settings.proxy_next_upstream
+        )
+
+    async def _exchange(
+        self,
+        att: _Attempt,
+        head: RequestHead,
+        request: bytes,
+        buffered_body: bytes | None,
+        framing: BodyFraming,
+        settings: LocationSettings,
+    ) -> tuple[ResponseHead, ResponseParser, list[ResponseEvent]]:
+        """Send the request on ``att.up`` and read the response head."""
+        up = att.up
+        assert up is not None
+        att.sent = True
+        if att.kept is not None:
+            att.kept.requests += 1
+        up.write(request)
+        if buffered_body is not None:
+            up.write(buffered_body)
+        elif head.content_length or head.chunked:
+            if att.streamed:  # pragma: no cover - _may_retry never repeats a streamed body
+                raise _Retry("error", 502, "request body already sent", "sending request")
+            att.streamed = True
+            await self._stream_body(head, up, framing, settings)
+        return await self._read_response_head(up, head, settings)
+
+    async def _connect(self, peer: Peer, settings: LocationSettings) -> Endpoint:
         loop = self.gw.loop
         try:
             async with asyncio.timeout(settings.proxy_connect_timeout):
@@ -231,39 +422,32 @@ class Forwarder:
                         lambda: Endpoint(loop), peer.host, peer.port
                     )
         except TimeoutError:
-            self.gw.error_log.log(
-                "error",
+            raise _Retry(
+                "timeout",
+                504,
                 "upstream timed out (110: Connection timed out) while connecting to upstream",
-                self.number,
-                ctx,
-                upstream_url,
-            )
-            raise _Retry("timeout", 504) from None
+                "connecting to upstream",
+            ) from None
         except OSError as exc:
             code = exc.errno or errno.ECONNREFUSED
-            self.gw.error_log.log(
+            raise _Retry(
                 "error",
+                502,
                 f"connect() failed ({code}: {exc.strerror or 'Connection refused'}) "
                 "while connecting to upstream",
-                self.number,
-                ctx,
-                upstream_url,
-            )
-            raise _Retry("error", 502) from None
+                "connecting to upstream",
+            ) from None
         return ep
 
     async def _read_response_head(
-        self,
-        up: Endpoint,
-        head: RequestHead,
-        settings: LocationSettings,
-        ctx: RequestContext,
-        upstream_url: str,
+        self, up: Endpoint, head: RequestHead, settings: LocationSettings
     ) -> tuple[ResponseHead, ResponseParser, list[ResponseEvent]]:
+        phase = "reading response header from upstream"
         max_head = max(settings.proxy_buffer_size, 4096)
         rparser = ResponseParser(head_request=head.method == "HEAD", max_head=max_head)
         timeout = settings.proxy_read_timeout
         client_gone = self.ep.gone()
+        answered = False
         while True:
             reading = asyncio.ensure_future(up.read())
             done, _ = await asyncio.wait(
@@ -282,40 +466,33 @@ class Forwarder:
                 )
             else:
                 reading.cancel()
-                self.gw.error_log.log(
-                    "error",
+                raise _Retry(
+                    "timeout",
+                    504,
                     "upstream timed out (110: Connection timed out) while reading "
                     "response header from upstream",
-                    self.number,
-                    ctx,
-                    upstream_url,
+                    phase,
+                    answered,
                 )
-                raise _Retry("timeout", 504)
             try:
                 if not data:
                     if up.error is not None and not isinstance(up.error, PeerClosed):
-                        self.gw.error_log.log(
+                        raise _Retry(
                             "error",
+                            502,
                             f"recv() failed ({_errno_text(up.error)}) while reading "
                             "response header from upstream",
-                            self.number,
-                            ctx,
-                            upstream_url,
+                            phase,
+                            answered,
                         )
-                        raise _Retry("error", 502)
                     events = rparser.feed_eof()
                 else:
+                    answered = True
                     events = rparser.feed(data)
             except HttpError as exc:
-                self.gw.error_log.log(
-                    "error",
-                    exc.log or "upstream sent invalid header",
-                    self.number,
-                    ctx,
-                    upstream_url,
-                )
-                kind = "invalid_header" if "invalid" in exc.log or "big" in exc.log else "error"
-                raise _Retry(kind, 502) from None
+                log = exc.log or "upstream sent invalid header"
+                kind = "invalid_header" if "invalid" in log or "big" in log else "error"
+                raise _Retry(kind, 502, log, phase, answered) from None
             while True:
                 resp = next((ev for ev in events if isinstance(ev, ResponseHead)), None)
                 if resp is None:
@@ -328,15 +505,14 @@ class Forwarder:
                 rparser = ResponseParser(head_request=head.method == "HEAD", max_head=max_head)
                 events = rparser.feed(rest) if rest else []
             if not data:
-                self.gw.error_log.log(
+                raise _Retry(
                     "error",
+                    502,
                     "upstream prematurely closed connection while reading response "
                     "header from upstream",
-                    self.number,
-                    ctx,
-                    upstream_url,
+                    phase,
+                    answered,
                 )
-                raise _Retry("error", 502)
 
     async def _read_whole_body(self, settings: LocationSettings) -> bytes:
         chunks: list[bytes] = []
@@ -364,9 +540,28 @@ class Forwarder:
                     413, f"client intended to send too large chunked body: {size} bytes"
                 )
             up.write(encode_chunk(data) if chunked else data)
-            await up.drain()
+            await self._drain_upstream(up, settings)
         if chunked:
             up.write(LAST_CHUNK)
+
+    async def _drain_upstream(self, up: Endpoint, settings: LocationSettings) -> None:
+        """Wait for the upstream to take the body: ``proxy_send_timeout`` "is set only between
+        two successive write operations"; a failed write is ``error``."""
+        phase = "sending request to upstream"
+        try:
+            async with asyncio.timeout(settings.proxy_send_timeout):
+                await up.drain()
+        except TimeoutError:
+            raise _Retry(
+                "timeout",
+                504,
+                f"upstream timed out (110: Connection timed out) while {phase}",
+                phase,
+            ) from None
+        except PeerClosed:
+            raise _Retry(
+                "error", 502, f"writev() failed (32: Broken pipe) while {phase}", phase
+            ) from None
 
     async def _relay_response(
         self,
@@ -377,7 +572,9 @@ class Forwarder:
         rparser: ResponseParser,
         pending: list[ResponseEvent],
         resp: ResponseHead,
-    ) -> tuple[bool, float | None]:
+    ) -> tuple[tuple[bool, float | None], bool]:
+        """Stream the response to the client; returns the handler's (keep, keepalive_timeout)
+        and whether the upstream's response was read completely."""
         keep = head.keep_alive
         no_body = head.method == "HEAD" or resp.status in (204, 304)
         if resp.status == 101:
@@ -471,7 +668,7 @@ class Forwarder:
         ctx.body_bytes_sent = body_bytes
         ctx.bytes_sent += body_bytes
         self._log_access(settings, ctx)
-        return keep and complete, settings.keepalive_timeout
+        return (keep and complete, settings.keepalive_timeout), complete
 
     async def _tunnel(
         self,

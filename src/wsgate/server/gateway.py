@@ -32,6 +32,8 @@ from wsgate.observability.logs import AccessLogs, ErrorLogger, access_log_paths
 from wsgate.proxy.endpoint import Endpoint
 from wsgate.proxy.handler import ClientConnection
 from wsgate.proxy.tunnel import Tunnel
+from wsgate.server.health import HealthChecks, upstream_target
+from wsgate.upstream.methods import Balancer, make_group
 from wsgate.upstream.roundrobin import PeerGroup, peers_from_config
 
 __all__ = ["Gateway", "ListenGroup", "bind_keys", "open_groups", "pid_write"]
@@ -116,20 +118,24 @@ class Gateway:
         self.stopping = False
         self.stopped: asyncio.Future[None] = loop.create_future()
         self.exit_code = 0
+        #: Active ``health_check`` probing for the current configuration (None until serve).
+        self.health: HealthChecks | None = None
 
     # -- peers ----------------------------------------------------------------------------------
-    def peer_group(self, pp: ProxyPass) -> PeerGroup:
-        """The balancing state for a ``proxy_pass`` target, shared by all requests using it."""
+    def peer_group(self, pp: ProxyPass) -> Balancer:
+        """The balancing state for a ``proxy_pass`` target, shared by all requests using it:
+        the ``upstream`` block's method, or round robin for an implicit upstream."""
         key: object = ("upstream", pp.upstream) if pp.upstream else ("implicit", pp.url)
         group = self.peer_groups.get(key)
-        if group is None:
+        if not isinstance(group, Balancer):
+            up = None
             if pp.upstream is not None:
                 up = self.config.http.upstreams[pp.upstream]
                 servers, name = up.servers, up.name
             else:
                 servers = pp.servers
                 name = pp.host if not pp.port_given else f"{pp.host}:{pp.port}"
-            group = PeerGroup(name, peers_from_config(servers), clock=self.loop.time)
+            group = make_group(name, peers_from_config(servers), up, clock=self.loop.time)
             self.peer_groups[key] = group
         return group
 
@@ -140,6 +146,7 @@ class Gateway:
 
     async def serve(self, groups: dict[BindKey, ListenGroup]) -> None:
         """Start accepting on every group that is not yet accepting; close dropped ones."""
+        self.restart_health()
         for group in groups.values():
             if group.server is None:
                 assert group.sock is not None
@@ -177,6 +184,20 @@ class Gateway:
 
         task.add_done_callback(done)
 
+    # -- active health checks -------------------------------------------------------------------
+    def restart_health(self) -> None:
+        """(Re)start the ``health_check`` probes for the current configuration and its peer
+        groups (a reload rebuilds the groups, so the old checkers must go), first probes now."""
+        self.stop_health()
+        self.health = HealthChecks(self.loop, self.error_log, self.tasks)
+        self.health.start(self.config, lambda name: self.peer_group(upstream_target(name)))
+
+    def stop_health(self) -> None:
+        """Cancel every probe of the running checkers (at exit and before a restart)."""
+        if self.health is not None:
+            self.health.stop()
+            self.health = None
+
     # -- signals ------------------------------------------------------------------------------
     def install_signals(self) -> None:
         self.loop.add_signal_handler(signal.SIGTERM, self.stop_now)
@@ -195,6 +216,7 @@ class Gateway:
     def stop_now(self) -> None:
         self.error_log.log("notice", "exiting")
         self.stopping = True
+        self.stop_health()
         self._close_listeners()
         for conn in list(self.connections):
             if conn.tunnel is not None:
@@ -209,6 +231,7 @@ class Gateway:
             return
         self.error_log.log("notice", "gracefully shutting down")
         self.stopping = True
+        self.stop_health()
         self._close_listeners()
         for conn in list(self.connections):
             if conn.idle and conn.tunnel is None:
