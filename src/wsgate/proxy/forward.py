@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import time
 import weakref
 from collections.abc import AsyncIterator
@@ -433,7 +434,7 @@ class Forwarder:
             raise _Retry(
                 "error",
                 502,
-                f"connect() failed ({code}: {exc.strerror or 'Connection refused'}) "
+                f"connect() failed ({code}: {os.strerror(code)}) "
                 "while connecting to upstream",
                 "connecting to upstream",
             ) from None
@@ -764,5 +765,5 @@ class Forwarder:
 
 def _errno_text(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.errno:
-        return f"{exc.errno}: {exc.strerror}"
+        return f"{exc.errno}: {os.strerror(exc.errno)}"
     return f"{errno.ECONNRESET}: Connection reset by peer"
