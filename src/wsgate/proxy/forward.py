@@ -434,8 +434,7 @@ class Forwarder:
             raise _Retry(
                 "error",
                 502,
-                f"connect() failed ({code}: {os.strerror(code)}) "
-                "while connecting to upstream",
+                f"connect() failed ({code}: {os.strerror(code)}) while connecting to upstream",
                 "connecting to upstream",
             ) from None
         return ep
