@@ -164,8 +164,8 @@ http {
     [
         ("http {\n server {\n  foo bar;\n }\n}\n", 'unknown directive "foo"', 3),
         (
-            "http {\n  ssl_certificate x.pem;\n}\n",
-            '"ssl_certificate" directive is not supported by wsgate',
+            "http {\n  ssl_stapling on;\n}\n",
+            '"ssl_stapling" directive is not supported by wsgate',
             2,
         ),
         (
@@ -180,7 +180,7 @@ http {
         ),
         (
             "http {\n server {\n  listen 127.0.0.1:0 ssl;\n }\n}\n",
-            '"listen ... ssl" is not supported by wsgate yet',
+            'no "ssl_certificate" is defined for the "listen ... ssl" directive',
             3,
         ),
         (

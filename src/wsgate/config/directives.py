@@ -86,6 +86,39 @@ DIRECTIVES: dict[str, Directive] = {
     "server_tokens": _d(_HSL, 1),
     "return": _d(f"{SERVER} {LOCATION}", 1, 2),
     "access_log": _d(_HSL, 1, -1),
+    # TLS towards clients (ngx_http_ssl_module): http and server
+    **{
+        name: _d(f"{HTTP} {SERVER}", lo, hi)
+        for name, lo, hi in (
+            ("ssl_certificate", 1, 1),
+            ("ssl_certificate_key", 1, 1),
+            ("ssl_protocols", 1, -1),
+            ("ssl_ciphers", 1, 1),
+            ("ssl_prefer_server_ciphers", 1, 1),
+            ("ssl_session_cache", 1, 2),
+            ("ssl_session_timeout", 1, 1),
+            ("ssl_session_tickets", 1, 1),
+            ("ssl_client_certificate", 1, 1),
+            ("ssl_verify_client", 1, 1),
+            ("ssl_verify_depth", 1, 1),
+        )
+    },
+    # TLS towards upstreams (ngx_http_proxy_module)
+    **{
+        name: _d(_HSL, 1, hi)
+        for name, hi in (
+            ("proxy_ssl_verify", 1),
+            ("proxy_ssl_verify_depth", 1),
+            ("proxy_ssl_trusted_certificate", 1),
+            ("proxy_ssl_server_name", 1),
+            ("proxy_ssl_name", 1),
+            ("proxy_ssl_protocols", -1),
+            ("proxy_ssl_ciphers", 1),
+            ("proxy_ssl_certificate", 1),
+            ("proxy_ssl_certificate_key", 1),
+            ("proxy_ssl_session_reuse", 1),
+        )
+    },
     # server-level (nginx allows them in http too, inherited by servers)
     "client_header_timeout": _d(f"{HTTP} {SERVER}", 1),
     "client_header_buffer_size": _d(f"{HTTP} {SERVER}", 1),

@@ -21,6 +21,7 @@ from crossplane.analyzer import DIRECTIVES as NGINX_DIRECTIVES
 from crossplane.errors import NgxParserBaseException
 
 from wsgate.config import directives as D
+from wsgate.config import tls
 from wsgate.config.model import (
     AccessLog,
     Config,
@@ -193,6 +194,12 @@ class Loader:
     templates: list[tuple[Template, Source]] = field(default_factory=list)
     #: Named captures of every regex: nginx makes them variables.
     captures: set[str] = field(default_factory=set)
+
+    def conf_path(self, p: str) -> str:
+        """Paths of certificates and keys resolve against the main file's directory."""
+        if os.path.isabs(p):
+            return p
+        return os.path.normpath(os.path.join(os.path.dirname(self.conf_file), p))
 
     def path(self, p: str) -> str:
         """Relative paths resolve against the prefix (nginx's ``ngx_conf_full_name``)."""
@@ -444,6 +451,10 @@ class Loader:
         settings = level.settings(inherit_return=False)
         for e in loc_stmts:
             locations.append(self.load_location(e, level, None))
+        ssl_listen = next((lst for lst in listens if lst.ssl), None)
+        ssl_server = None
+        if ssl_listen is not None:
+            ssl_server = tls.build_ssl_server(level.lookup, ssl_listen.source or s.src, s.src)
         return Server(
             listens=tuple(listens),
             names=tuple(names),
@@ -453,6 +464,7 @@ class Loader:
             client_header_buffer_size=level.get_size("client_header_buffer_size", 1024),
             large_client_header_buffers=level.large_buffers(),
             source=s.src,
+            ssl=ssl_server,
         )
 
     def load_location(self, s: Stmt, parent: Level, outer: Location | None) -> Location:
@@ -531,6 +543,10 @@ class Level:
             return
         if name == "error_log":
             raise _err('"error_log" is supported in the main context only by wsgate', s.src)
+        if name in tls.MULTI:
+            values = self.own.setdefault(name, ([], s.src))[0]
+            values.append(self.value(s))
+            return
         if name in self.own:
             raise _err(f'"{name}" directive is duplicate', s.src)
         self.own[name] = (self.value(s), s.src)
@@ -556,6 +572,8 @@ class Level:
 
     def value(self, s: Stmt) -> Any:
         n, a = s.name, s.args
+        if n.startswith(("ssl_", "proxy_ssl_")):
+            return tls.parse_value(n, a, s.src, self.loader.template, self.loader.conf_path)
         if n == "proxy_pass":
             return self.proxy_pass(s)
         if n == "proxy_http_version":
@@ -631,10 +649,6 @@ class Level:
         if m is None:
             raise _err(f'invalid URL prefix in "{url}"', s.src)
         scheme = m.group(1).lower()
-        if scheme == "https":
-            raise _err(
-                '"proxy_pass https://..." (TLS to upstreams) is not supported by wsgate yet', s.src
-            )
         rest = url[m.end() :]
         if rest.startswith("unix:"):
             # "proxy_pass http://unix:/tmp/backend.socket:/uri/;" — the path ends at ':'.
@@ -650,10 +664,11 @@ class Level:
         self.proxy_pass_has_uri = uri is not None
         if hostport in self.loader.upstreams:
             return ProxyPass(url, scheme, hostport, 80, uri, upstream=hostport, source=s.src)
-        host, port, port_given = split_hostport(hostport, 80, s.src)
+        default_port = 443 if scheme == "https" else 80
+        host, port, port_given = split_hostport(hostport, default_port, s.src)
         servers = tuple(
             UpstreamServer(hostport, h, p, source=s.src)
-            for h, p in resolve(hostport, 80, s.src, "upstream")
+            for h, p in resolve(hostport, default_port, s.src, "upstream")
         )
         return ProxyPass(
             url, scheme, host, port, uri, servers=servers, port_given=port_given, source=s.src
@@ -665,6 +680,16 @@ class Level:
         while level is not None:
             if name in level.own:
                 return level.own[name][0]
+            level = level.parent
+        return None
+
+    def first_source(self, prefix: str) -> Source | None:
+        """Where the innermost directive starting with ``prefix`` was written, if any."""
+        level: Level | None = self
+        while level is not None:
+            for name, (_, src) in level.own.items():
+                if name.startswith(prefix):
+                    return src
             level = level.parent
         return None
 
@@ -727,6 +752,9 @@ class Level:
             value = get(name)
             if value is not None:
                 kwargs[name] = value
+        ssl_src = self.first_source("proxy_ssl_")
+        if ssl_src is not None:
+            kwargs["proxy_ssl"] = tls.build_ssl_upstream(get, ssl_src)
         return LocationSettings(
             proxy_pass=pp[0] if pp else None,
             proxy_set_headers=self.inherited_headers(),

@@ -30,6 +30,8 @@ __all__ = [
     "Return",
     "Server",
     "ServerName",
+    "SslServer",
+    "SslUpstream",
     "Source",
     "Upstream",
     "UpstreamServer",
@@ -86,6 +88,8 @@ class Listen:
     default_server: bool = False
     ipv6only: bool = True
     source: Source | None = None
+    #: ``listen ... ssl``: connections on this address speak TLS.
+    ssl: bool = False
 
     @property
     def is_wildcard(self) -> bool:
@@ -94,6 +98,51 @@ class Listen:
     @property
     def family_v6(self) -> bool:
         return ":" in self.host
+
+
+@dataclass(frozen=True, slots=True)
+class SslServer:
+    """The ``ssl_*`` settings of a ``server`` (inherited from ``http``), nginx's defaults.
+
+    https://nginx.org/en/docs/http/ngx_http_ssl_module.html.  ``certificates`` are
+    ``(certificate, key)`` path pairs in order (several pairs, e.g. RSA and ECDSA).
+    ``verify_client`` is ``off``, ``on``, ``optional`` or ``optional_no_ca``.
+    ``session_cache`` is ``none`` (nginx's default: tickets still work), ``off`` or
+    ``builtin``/``shared`` (one in-process cache in wsgate).
+    """
+
+    certificates: tuple[tuple[str, str], ...] = ()
+    protocols: tuple[str, ...] = ("TLSv1.2", "TLSv1.3")
+    ciphers: str = "HIGH:!aNULL:!MD5"
+    prefer_server_ciphers: bool = False
+    session_cache: str = "none"
+    session_timeout: float = 300.0
+    session_tickets: bool = True
+    client_certificate: str | None = None
+    verify_client: str = "off"
+    verify_depth: int = 1
+    source: Source | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SslUpstream:
+    """The ``proxy_ssl_*`` settings of a location, for ``proxy_pass https://``.
+
+    https://nginx.org/en/docs/http/ngx_http_proxy_module.html#proxy_ssl_verify.  nginx's
+    defaults: no verification, no SNI (``proxy_ssl_server_name off``), ``proxy_ssl_name``
+    ``$proxy_host``, session reuse on.
+    """
+
+    verify: bool = False
+    verify_depth: int = 1
+    trusted_certificate: str | None = None
+    server_name: bool = False
+    name: Template | None = None
+    protocols: tuple[str, ...] = ("TLSv1.2", "TLSv1.3")
+    ciphers: str = "DEFAULT"
+    certificate: str | None = None
+    certificate_key: str | None = None
+    session_reuse: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +310,7 @@ class LocationSettings:
     proxy_buffer_size: int = 4096
     server_tokens: bool = True
     return_: Return | None = None
+    proxy_ssl: SslUpstream = SslUpstream()
     #: Empty tuple means ``access_log off``.
     access_logs: tuple[AccessLog, ...] = ()
 
@@ -310,6 +360,8 @@ class Server:
     client_header_buffer_size: int = 1024
     large_client_header_buffers: tuple[int, int] = (4, 8192)
     source: Source | None = None
+    #: TLS settings, when any ``listen`` of this server has ``ssl`` (else None).
+    ssl: SslServer | None = None
 
     @property
     def name(self) -> str:

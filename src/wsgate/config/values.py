@@ -106,6 +106,7 @@ def listen(args: list[str], src: Source) -> Listen:
         raise _err(f'invalid port in "{args[0]}" of the "listen" directive', src)
     default = False
     ipv6only = True
+    ssl = False
     for p in args[1:]:
         if p in ("default_server", "default"):
             default = True
@@ -114,11 +115,13 @@ def listen(args: list[str], src: Source) -> Listen:
             if flag is None:
                 raise _err(f'invalid ipv6only flags "{p[9:]}"', src)
             ipv6only = flag
-        elif p in ("ssl", "http2", "quic", "proxy_protocol"):
+        elif p == "ssl":
+            ssl = True
+        elif p in ("http2", "quic", "proxy_protocol"):
             raise _err(f'"listen ... {p}" is not supported by wsgate yet', src)
         else:
             raise _err(f'invalid parameter "{p}"', src)
-    return Listen(host, port, default, ipv6only, src)
+    return Listen(host, port, default, ipv6only, src, ssl)
 
 
 def server_name(text: str, src: Source, names: set[str] | None = None) -> ServerName:

@@ -63,6 +63,13 @@ FIXED_VARIABLES = frozenset(
         "content_length",
         "content_type",
         "remote_user",
+        "https",
+        "ssl_protocol",
+        "ssl_cipher",
+        "ssl_server_name",
+        "ssl_client_s_dn",
+        "ssl_client_verify",
+        "ssl_session_reused",
     }
 )
 PREFIX_VARIABLES = ("http_", "arg_", "cookie_", "sent_http_", "upstream_http_")
@@ -76,6 +83,17 @@ def is_known_variable(name: str, maps: frozenset[str] | set[str]) -> bool:
 
 
 _HOSTNAME = socket.gethostname()
+_TLS_VARIABLES = frozenset(
+    {
+        "https",
+        "ssl_protocol",
+        "ssl_cipher",
+        "ssl_server_name",
+        "ssl_client_s_dn",
+        "ssl_client_verify",
+        "ssl_session_reused",
+    }
+)
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
@@ -136,6 +154,7 @@ class RequestContext:
         "pipelined",
         "captures",
         "maps",
+        "tls",
         "_cache",
     )
 
@@ -179,6 +198,8 @@ class RequestContext:
         self.pipelined = False
         self.captures: tuple[str, ...] = ()
         self.maps = maps or {}
+        #: ``$https`` and the ``$ssl_*`` values of a TLS connection (empty for plain TCP).
+        self.tls: dict[str, str] = {}
         self._cache: dict[str, str] = {}
 
     # -- helpers -----------------------------------------------------------------------------
@@ -234,6 +255,8 @@ class RequestContext:
         getter = _GETTERS.get(name)
         if getter is not None:
             return getter(self)
+        if name in _TLS_VARIABLES:
+            return self.tls.get(name, "")
         if name.startswith("http_"):
             return self._header_var(name[5:])
         if name.startswith("arg_"):
