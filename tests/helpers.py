@@ -376,6 +376,20 @@ class PtyPeer:
                     )
                 self._cond.wait(remaining)
 
+    def wait_prompt(self, prompt: str = "> ", timeout: float = DEFAULT_TIMEOUT) -> None:
+        """Wait until the cursor's (partial) line shows ``prompt``: typing before the program
+        has drawn its prompt would put the text on the screen ahead of it."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                screen = render_terminal(self._raw.decode("utf-8", "replace"))
+                if screen and screen[-1] == prompt:
+                    return
+                remaining = deadline - time.monotonic()
+                if self._closed or remaining <= 0:
+                    raise AssertionError(f"{self.argv!r}: no prompt {prompt!r}\nscreen: {screen!r}")
+                self._cond.wait(remaining)
+
     def write(self, text: str) -> None:
         """Type ``text`` on the terminal (use ``\\r`` or ``\\n`` for Enter)."""
         os.write(self._master, text.encode())

@@ -295,6 +295,7 @@ def test_cat_sigint_closes_with_1000(start_echo: StartEcho) -> None:
 def test_cat_on_a_terminal_shows_the_walkthrough_screen(echo: tuple[Peer, int]) -> None:
     with PtyPeer(python_tool("wsgate.tools.cat", "--connect", f"ws://127.0.0.1:{echo[1]}")) as tty:
         assert tty.wait_for("Connected") == CONNECTED
+        tty.wait_prompt()
         tty.write("Hello\r")
         assert tty.wait_for("^< ") == "< Server received from client: Hello"
         tty.write("\x04")  # CTRL+D: end of input
@@ -333,6 +334,7 @@ def test_wscat_interactive_against_echo(echo: tuple[Peer, int]) -> None:
     server, port = echo
     with PtyPeer([node, WSCAT, "--connect", f"ws://127.0.0.1:{port}"]) as tty:
         assert tty.wait_for("Connected") == CONNECTED
+        tty.wait_prompt()
         tty.write("Hello\r")
         assert tty.wait_for("^< ") == "< Server received from client: Hello"
         assert tty.lines[:3] == [CONNECTED, "> Hello", "< Server received from client: Hello"]

@@ -61,6 +61,7 @@ def test_walkthrough_wscat_through_wsgate_to_server_js(
 
     with PtyPeer([node, WSCAT, "--connect", f"ws://127.0.0.1:{proxy.ports[0]}"]) as client:
         assert client.wait_for("Connected") == "Connected (press CTRL+C to quit)"
+        client.wait_prompt()
         client.write("Hello\r")
         assert client.wait_for("^< ") == "< Server received from client: Hello"
         assert client.lines[:3] == [
