@@ -383,7 +383,7 @@ class PtyPeer:
         with self._cond:
             while True:
                 screen = render_terminal(self._raw.decode("utf-8", "replace"))
-                if screen and screen[-1] == prompt:
+                if screen and screen[-1].rstrip() == prompt.rstrip():
                     return
                 remaining = deadline - time.monotonic()
                 if self._closed or remaining <= 0:
