@@ -40,7 +40,7 @@ from wsgate.upstream.hashing import (
     ip_hash_step,
     key_bytes,
 )
-from wsgate.upstream.roundrobin import Peer, PeerGroup, Selection
+from wsgate.upstream.roundrobin import Peer, PeerGroup, Selection, eligible
 
 __all__ = [
     "MAX_HASH_TRIES",
@@ -68,17 +68,6 @@ class KeySource(Protocol):
     remote_addr: str
 
     def lookup(self, name: str) -> str: ...
-
-
-def _eligible(p: Peer, now: int) -> bool:
-    """nginx's checks, in its order, less the tried set: ``down``, then "max_fails
-    unsuccessful attempts ... during the time set by the fail_timeout", then
-    ``max_conns``; plus wsgate's ``healthy``."""
-    if p.down or not p.healthy:
-        return False
-    if p.max_fails and p.fails >= p.max_fails and now - p.checked <= p.fail_timeout:
-        return False
-    return not (p.max_conns and p.conns >= p.max_conns)
 
 
 def _walk(peers: Sequence[Peer], w: int) -> int:
@@ -163,7 +152,7 @@ class _LeastConnSelection(Selection):
         best_i = 0
         many = False
         for i, p in enumerate(tier):
-            if i in tried or not _eligible(p, now):
+            if i in tried or not eligible(p, now):
                 continue
             if best is None or p.conns * best.weight < best.conns * p.weight:
                 best, best_i, many = p, i, False
@@ -178,7 +167,7 @@ class _LeastConnSelection(Selection):
                 p = tier[i]
                 if i in tried or p.conns * first.weight != first.conns * p.weight:
                     continue
-                if not _eligible(p, now):
+                if not eligible(p, now):
                     continue
                 p.current_weight += p.effective_weight
                 total += p.effective_weight
@@ -239,7 +228,7 @@ class _IpHashSelection(_Picked):
         while True:
             h = ip_hash_step(h, self._addr)
             i = _walk(tier, h % total)
-            if i not in self._tried and _eligible(tier[i], now):
+            if i not in self._tried and eligible(tier[i], now):
                 break
             self._hash_tries += 1
             if self._hash_tries > MAX_HASH_TRIES:
@@ -301,7 +290,7 @@ class _HashSelection(_Picked):
             self._hash = (self._hash + hash_step(self._key, self._rehash)) & 0xFFFFFFFF
             self._rehash += 1
             i = _walk(tier, self._hash % total)
-            if i not in self._tried and _eligible(tier[i], now):
+            if i not in self._tried and eligible(tier[i], now):
                 return self._take(i, now)
             self._hash_tries += 1
             if self._hash_tries > MAX_HASH_TRIES:
@@ -359,7 +348,7 @@ class _ConsistentSelection(_Picked):
             best_i = 0
             total = 0
             for i, p in enumerate(tier):
-                if i in tried or (p.name or p.address) != name or not _eligible(p, now):
+                if i in tried or (p.name or p.address) != name or not eligible(p, now):
                     continue
                 p.current_weight += p.effective_weight
                 total += p.effective_weight
@@ -440,7 +429,7 @@ class _RandomSelection(_Picked):
         group, tier = self.group, self._tier
         while True:
             i = group.peek()
-            if i not in self._tried and _eligible(tier[i], now):
+            if i not in self._tried and eligible(tier[i], now):
                 return self._take(i, now)
             self._hash_tries += 1
             if self._hash_tries > MAX_HASH_TRIES:
@@ -460,7 +449,7 @@ class _Random2Selection(_RandomSelection):
         prev = -1
         while True:
             i = group.peek()
-            if i != prev and i not in self._tried and _eligible(tier[i], now):
+            if i != prev and i not in self._tried and eligible(tier[i], now):
                 if prev >= 0:
                     p, q = tier[i], tier[prev]
                     if p.conns * q.weight > q.conns * p.weight:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from wsgate.config.model import UpstreamServer
 
-__all__ = ["Peer", "PeerGroup", "Selection", "peers_from_config"]
+__all__ = ["Peer", "PeerGroup", "Selection", "eligible", "peers_from_config"]
 
 Clock = Callable[[], float]
 
@@ -92,6 +92,17 @@ def peers_from_config(servers: Iterable[UpstreamServer]) -> list[Peer]:
         )
         for s in servers
     ]
+
+
+def eligible(p: Peer, now: int) -> bool:
+    """nginx's checks, in its order, less the tried set: ``down``, then "max_fails
+    unsuccessful attempts ... during the time set by the fail_timeout", then
+    ``max_conns``; plus wsgate's active-check ``healthy``."""
+    if p.down or not p.healthy:
+        return False
+    if p.max_fails and p.fails >= p.max_fails and now - p.checked <= p.fail_timeout:
+        return False
+    return not (p.max_conns and p.conns >= p.max_conns)
 
 
 class PeerGroup:
@@ -184,12 +195,7 @@ class Selection:
         total = 0
         tried = self._tried
         for i, p in enumerate(self._tier):
-            if i in tried or p.down or not p.healthy:
-                continue
-            # "max_fails ... unsuccessful attempts ... during the time set by fail_timeout"
-            if p.max_fails and p.fails >= p.max_fails and now - p.checked <= p.fail_timeout:
-                continue
-            if p.max_conns and p.conns >= p.max_conns:
+            if i in tried or not eligible(p, now):
                 continue
             p.current_weight += p.effective_weight
             total += p.effective_weight
