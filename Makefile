@@ -23,9 +23,10 @@ node_modules/.installed: package.json package-lock.json
 
 node: node_modules/.installed
 
-## Debian packages some tests compare against (nginx). Installed only when missing and when
-## we can (root with apt-get); otherwise those tests skip with a reason. Debian's postinst
-## starts the nginx service: stop the copy this step started.
+## Debian packages some tests need: nginx to compare against; headless Chromium and NSS's
+## certutil (libnss3-tools, to make Chromium trust the test CA) for the browser test.
+## Installed only when missing and when we can (root with apt-get); otherwise those tests skip
+## with a reason. Debian's postinst starts the nginx service: stop the copy this step started.
 debs:
 	@if ! command -v nginx >/dev/null 2>&1 && ! [ -x /usr/sbin/nginx ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -33,6 +34,15 @@ debs:
 	      && { /usr/sbin/nginx -s quit 2>/dev/null || true; }; } \
 	      || echo "could not install nginx: the nginx comparison tests will be skipped"; \
 	  else echo "nginx is not installed: the nginx comparison tests will be skipped"; fi; \
+	fi
+	@missing=""; \
+	[ -x /usr/bin/chromium ] || missing=" chromium"; \
+	command -v certutil >/dev/null 2>&1 || missing="$$missing libnss3-tools"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } \
+	      || echo "could not install$$missing: the browser test will be skipped"; \
+	  else echo "not installed:$$missing: the browser test will be skipped"; fi; \
 	fi
 
 ## make run: the walk-through -- the echo server on 127.0.0.1:8010 and wsgate on :8020.

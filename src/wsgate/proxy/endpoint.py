@@ -70,7 +70,10 @@ class Endpoint(asyncio.Protocol):
         self.eof = True
         self._wake()
         self._set_gone()
-        return True  # keep the write side open: half-close is the handler's decision
+        # Keep the write side open (half-close is the handler's decision), except on TLS,
+        # which cannot be half-closed: there the EOF ends the connection.
+        transport = self.transport
+        return transport is None or transport.get_extra_info("sslcontext") is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

@@ -17,6 +17,14 @@ With ``keepalive`` in the ``upstream`` block, a connection goes back to the grou
 :class:`~wsgate.proxy.endpoint.KeptEndpoints` after a complete keep-alive response to a request
 that carried no ``Upgrade``; a kept connection found closed by the upstream is replaced by a
 new one to the same server, once, without counting a failure.
+
+``proxy_pass https://`` connects with TLS (:func:`open_upstream`, contexts and nginx's rules in
+:mod:`wsgate.upstream.tls`).  The handshake is part of connecting and is bounded by
+``proxy_connect_timeout``, as in nginx (``ngx_http_upstream_ssl_init_connection`` arms the
+connect timeout); a failed handshake, a chain that does not verify or a certificate that does
+not match ``proxy_ssl_name`` is an ``error`` for ``proxy_next_upstream``.  Kept connections are
+keyed by peer *and* TLS settings, so a location proxying with ``http://`` never gets a TLS
+connection to the same upstream (nginx matches kept connections by address only).
 """
 
 from __future__ import annotations
@@ -24,12 +32,13 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import ssl
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Hashable
 from typing import TYPE_CHECKING
 
-from wsgate.config.model import Location, LocationSettings, ProxyPass
+from wsgate.config.model import Config, Location, LocationSettings, ProxyPass
 from wsgate.config.variables import RequestContext
 from wsgate.errors import HttpError
 from wsgate.http.body import Body, EndOfMessage
@@ -48,13 +57,26 @@ from wsgate.proxy.endpoint import Endpoint, KeptEndpoints, PeerClosed
 from wsgate.proxy.tunnel import Tunnel
 from wsgate.routing import proxy_uri
 from wsgate.upstream.pool import Kept
+from wsgate.upstream.tls import (
+    PENDING_SESSION,
+    TlsContexts,
+    UpstreamTls,
+    chain_too_long,
+    handshake_error,
+    match_name,
+    sni_name,
+    ssl_name,
+)
 
 if TYPE_CHECKING:
     from wsgate.config.model import Server
     from wsgate.server.gateway import Gateway
     from wsgate.upstream.roundrobin import Peer, Selection
 
-__all__ = ["Forwarder"]
+__all__ = ["Forwarder", "HandshakeFailed", "UpstreamOpen", "open_upstream"]
+
+_CONNECTING = "connecting to upstream"
+_HANDSHAKING = "SSL handshaking to upstream"
 
 #: "non_idempotent: normally, requests with a non-idempotent method (POST, LOCK, PATCH) are not
 #: passed to the next server if a request has been sent to an upstream server".
@@ -82,9 +104,11 @@ class _Retry(Exception):
 class _Attempt:
     """What one try did so far: the connection, whether the request (and a body) was sent."""
 
-    __slots__ = ("up", "kept", "sent", "streamed")
+    __slots__ = ("up", "kept", "sent", "streamed", "tls", "name")
 
-    def __init__(self, streamed: bool) -> None:
+    def __init__(self, streamed: bool, tls: UpstreamTls | None, name: str) -> None:
+        self.tls = tls
+        self.name = name
         self.up: Endpoint | None = None
         self.kept: Kept[Endpoint] | None = None
         self.sent = False
@@ -97,10 +121,120 @@ _CACHES: weakref.WeakKeyDictionary[Gateway, dict[int, tuple[object, KeptEndpoint
 )
 
 
+#: Per gateway: the configuration the TLS contexts were built for, and the contexts.
+_TLS: weakref.WeakKeyDictionary[Gateway, tuple[Config, TlsContexts]] = weakref.WeakKeyDictionary()
+
+
 def _close_caches(caches: dict[int, tuple[object, KeptEndpoints]]) -> None:
     for _, cache in caches.values():
         cache.close_all()
     caches.clear()
+
+
+class HandshakeFailed(Exception):
+    """The TLS handshake with an upstream failed; ``args[0]`` is nginx's text for it."""
+
+
+class UpstreamOpen:
+    """One connection to an upstream server, TCP (or Unix socket) then TLS when ``tls`` is set.
+
+    :meth:`run` raises ``OSError`` for a failed connect, :class:`HandshakeFailed` for TLS;
+    the caller bounds it with a timeout and reads :attr:`phase` ("connecting to upstream" or
+    "SSL handshaking to upstream") to word a timeout, and aborts :attr:`ep` if it is set.
+    """
+
+    __slots__ = ("loop", "peer", "tls", "name", "key", "phase", "ep")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        peer: Peer,
+        tls: UpstreamTls | None = None,
+        name: str = "",
+        key: Hashable = None,
+    ) -> None:
+        self.loop = loop
+        self.peer = peer
+        self.tls = tls
+        self.name = name
+        self.key = key if key is not None else peer
+        self.phase = _CONNECTING
+        self.ep: Endpoint | None = None
+
+    async def run(self) -> Endpoint:
+        loop, peer, tls = self.loop, self.peer, self.tls
+        # Set before connecting: uvloop runs the TLS protocol in the context the transport
+        # copied when it was created (wsgate.upstream.tls, session reuse).
+        token = PENDING_SESSION.set(tls.session(self.key) if tls is not None else None)
+        try:
+            if peer.name.startswith("unix:"):
+                _, ep = await loop.create_unix_connection(lambda: Endpoint(loop), peer.host)
+            else:
+                _, ep = await loop.create_connection(lambda: Endpoint(loop), peer.host, peer.port)
+            self.ep = ep
+            if tls is None:
+                return ep
+            self.phase = _HANDSHAKING
+            await self._handshake(ep, tls)
+            return ep
+        finally:
+            PENDING_SESSION.reset(token)
+
+    async def _handshake(self, ep: Endpoint, tls: UpstreamTls) -> None:
+        settings = tls.settings
+        assert ep.transport is not None
+        try:
+            transport = await self.loop.start_tls(
+                ep.transport,
+                ep,
+                tls.context,
+                server_hostname=sni_name(settings, self.name),
+                ssl_handshake_timeout=3600.0,  # the caller's proxy_connect_timeout bounds it
+            )
+        except (OSError, EOFError) as exc:
+            tls.forget(self.key)
+            raise HandshakeFailed(handshake_error(exc)) from None
+        if transport is None:  # pragma: no cover - only when the loop is closing
+            raise HandshakeFailed("peer closed connection in SSL handshake")
+        ep.transport = transport
+        if not settings.verify:
+            return
+        # "proxy_ssl_verify: Enables or disables verification of the proxied HTTPS server
+        # certificate": the chain was verified in the handshake; depth and name are checked
+        # here, as ngx_http_upstream_ssl_handshake does after SSL_do_handshake.
+        sslobj = transport.get_extra_info("ssl_object")
+        inner = getattr(sslobj, "_sslobj", None)
+        chain = getattr(inner, "get_verified_chain", lambda: None)()
+        if chain:
+            too_long = chain_too_long(len(chain), settings.verify_depth)
+            if too_long is not None:
+                tls.forget(self.key)
+                code, text = too_long
+                raise HandshakeFailed(f"upstream SSL certificate verify error: ({code}:{text})")
+        cert = transport.get_extra_info("peercert") or {}
+        if not match_name(cert, self.name):
+            tls.forget(self.key)
+            raise HandshakeFailed(f'upstream SSL certificate does not match "{self.name}"')
+
+
+async def open_upstream(
+    loop: asyncio.AbstractEventLoop,
+    peer: Peer,
+    tls: UpstreamTls | None = None,
+    name: str = "",
+) -> Endpoint:
+    """:class:`UpstreamOpen` in one call (no timeout; the caller sets one)."""
+    return await UpstreamOpen(loop, peer, tls, name).run()
+
+
+def save_session(tls: UpstreamTls, key: Hashable, ep: Endpoint) -> None:
+    """Keep the TLS session of ``ep`` for the next connection (TLS 1.3 tickets arrive after
+    the handshake, so this is called once the response head was read)."""
+    if ep.transport is None or ep.closed:
+        return
+    sslobj = ep.transport.get_extra_info("ssl_object")
+    if sslobj is not None:
+        tls.save(key, sslobj.session)
 
 
 class Forwarder:
@@ -155,6 +289,12 @@ class Forwarder:
             body_framing,
         )
 
+        tls: UpstreamTls | None = None
+        tls_name = ""
+        if pp.scheme == "https":
+            tls = self._tls(settings)
+            tls_name = ssl_name(settings.proxy_ssl, pp.proxy_host, ctx.lookup)
+        scheme = pp.scheme
         group = gw.peer_group(pp)
         selection = group.start(group.key(ctx))
         keep = self._keepalive(pp, group)
@@ -171,15 +311,15 @@ class Forwarder:
                     "no live upstreams while connecting to upstream",
                     self.number,
                     ctx,
-                    upstream=f"http://{group.name}{uri}",
+                    upstream=f"{scheme}://{group.name}{uri}",
                 )
                 ctx.upstream_addrs.append(group.name)
                 ctx.upstream_statuses.append("502")
                 raise HttpError(502)
             attempts += 1
-            upstream_url = f"http://{peer.address}{uri}"
+            upstream_url = f"{scheme}://{peer.address}{uri}"
             ctx.upstream_addrs.append(peer.address)
-            att = _Attempt(streamed)
+            att = _Attempt(streamed, tls, tls_name)
             try:
                 resp, rparser, rpending = await self._attempt(
                     att, peer, keep, head, request, buffered_body, body_framing, settings, ctx
@@ -231,7 +371,7 @@ class Forwarder:
             try:
                 if resp.status == 101 and head.upgrade is not None:
                     return await self._tunnel(
-                        head, ctx, settings, up, rparser, resp, selection, peer
+                        head, ctx, settings, up, rparser, resp, selection, peer, scheme
                     )
                 result, complete = await self._relay_response(
                     head, ctx, settings, up, rparser, rpending, resp
@@ -350,8 +490,9 @@ class Forwarder:
         ctx: RequestContext,
     ) -> tuple[ResponseHead, ResponseParser, list[ResponseEvent]]:
         """One try on ``peer``: a kept connection if there is one, else a new one."""
+        key: Hashable = (peer, att.tls)
         if keep is not None:
-            kept = await keep.take(peer)
+            kept = await keep.take(key)
             if kept is not None:
                 att.up, att.kept = kept.conn, kept
                 try:
@@ -375,9 +516,12 @@ class Forwarder:
                     kept.conn.abort()
                     att.up = att.kept = None
                     att.sent = False
-        att.up = await self._connect(peer, settings)
-        att.kept = keep.new(peer, att.up) if keep is not None else None
-        return await self._exchange(att, head, request, buffered_body, framing, settings)
+        att.up = await self._connect(peer, settings, att.tls, att.name)
+        att.kept = keep.new(key, att.up) if keep is not None else None
+        result = await self._exchange(att, head, request, buffered_body, framing, settings)
+        if att.tls is not None:
+            save_session(att.tls, peer, att.up)
+        return result
 
     @staticmethod
     def _replayable(att: _Attempt, head: RequestHead, settings: LocationSettings) -> bool:
@@ -412,22 +556,38 @@ class Forwarder:
             await self._stream_body(head, up, framing, settings)
         return await self._read_response_head(up, head, settings)
 
-    async def _connect(self, peer: Peer, settings: LocationSettings) -> Endpoint:
-        loop = self.gw.loop
+    def _tls(self, settings: LocationSettings) -> UpstreamTls:
+        """The TLS context of ``settings`` (built once per configuration)."""
+        gw = self.gw
+        entry = _TLS.get(gw)
+        if entry is None or entry[0] is not gw.config:
+            entry = _TLS[gw] = (gw.config, TlsContexts())
+        try:
+            return entry[1].get(settings.proxy_ssl)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise HttpError(502, f"cannot create the upstream SSL context: {exc}") from None
+
+    async def _connect(
+        self, peer: Peer, settings: LocationSettings, tls: UpstreamTls | None, name: str
+    ) -> Endpoint:
+        opening = UpstreamOpen(self.gw.loop, peer, tls, name)
         try:
             async with asyncio.timeout(settings.proxy_connect_timeout):
-                if peer.name.startswith("unix:"):
-                    _, ep = await loop.create_unix_connection(lambda: Endpoint(loop), peer.host)
-                else:
-                    _, ep = await loop.create_connection(
-                        lambda: Endpoint(loop), peer.host, peer.port
-                    )
+                ep = await opening.run()
         except TimeoutError:
+            if opening.ep is not None:
+                opening.ep.abort()
             raise _Retry(
                 "timeout",
                 504,
-                "upstream timed out (110: Connection timed out) while connecting to upstream",
-                "connecting to upstream",
+                f"upstream timed out (110: Connection timed out) while {opening.phase}",
+                opening.phase,
+            ) from None
+        except HandshakeFailed as exc:
+            if opening.ep is not None:
+                opening.ep.abort()
+            raise _Retry(
+                "error", 502, f"{exc.args[0]} while {_HANDSHAKING}", _HANDSHAKING
             ) from None
         except OSError as exc:
             code = exc.errno or errno.ECONNREFUSED
@@ -680,6 +840,7 @@ class Forwarder:
         resp: ResponseHead,
         selection: Selection,
         peer: Peer,
+        scheme: str,
     ) -> tuple[bool, None]:
         out = build_client_response_head(
             101,
@@ -738,7 +899,7 @@ class Forwarder:
         finally:
             self.gw.tunnels.discard(tunnel)
             selection.release(peer)
-        upstream_url = f"http://{peer.address}{ctx.request_uri}"
+        upstream_url = f"{scheme}://{peer.address}{ctx.request_uri}"
         if tunnel.timeout_reason == "upstream":
             self.gw.error_log.log(
                 "info",

@@ -14,6 +14,7 @@ read the response head (``proxy_read_timeout``), then either stream the response
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
@@ -44,6 +45,12 @@ from wsgate.routing import (
     normalize_uri,
     select_server,
     split_target,
+)
+from wsgate.server.tls import (
+    connection_variables,
+    handshake,
+    handshake_error,
+    is_tls_hello,
 )
 
 if TYPE_CHECKING:
@@ -77,10 +84,17 @@ class ClientConnection(Forwarder):
         self.parser: RequestParser
         self.pending: list[RequestEvent] = []
         self.body_done = True
+        #: ``$https``/``$ssl_*`` of a TLS connection (None: plain TCP).
+        self.tls_vars: dict[str, str] | None = None
+        #: Plain HTTP arrived on a ``listen ... ssl`` address: every request gets 497.
+        self.plain_on_tls = False
 
     # -- the connection loop ------------------------------------------------------------------
     async def run(self) -> None:
         default = self.default
+        if self.group.tls is not None and not await self._start_tls():
+            self.ep.close()
+            return
         parser = RequestParser(
             HeadLimits(
                 default.client_header_buffer_size,
@@ -118,6 +132,41 @@ class ClientConnection(Forwarder):
         finally:
             if self.tunnel is None:
                 self.ep.close()
+
+    async def _start_tls(self) -> bool:
+        """First bytes, then the handshake (``listen ... ssl``); ``False``: close silently.
+
+        nginx's ``ngx_http_ssl_handshake``: the first byte decides between a handshake and
+        plain HTTP (answered with 497 once its head is read); both wait at most
+        ``client_header_timeout``.  A failed handshake is logged at ``info``, with the
+        listening address as ``server``, and only this connection is closed.
+        """
+        tls, ep, loop = self.group.tls, self.ep, self.gw.loop
+        assert tls is not None and ep.transport is not None
+        context = tls.front(self.local_addr, self.candidates, self.default)
+        if context is None:  # this address has no ``ssl``: plain HTTP
+            return True
+        timeout = self.default.client_header_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                if not await ep.wait_data():
+                    return False
+            if not is_tls_hello(ep.buffer[0]):
+                self.plain_on_tls = True
+                return True
+            early = bytes(ep.buffer)
+            ep.buffer.clear()
+            ep.transport = await handshake(loop, ep.transport, ep, context, timeout, early)
+        except (OSError, EOFError, TimeoutError) as exc:
+            ctx = self._bare_ctx()
+            host = f"[{self.local_addr}]" if ":" in self.local_addr else self.local_addr
+            ctx.server_name = f"{host}:{self.local_port}"
+            self.gw.error_log.log("info", handshake_error(exc), self.number, ctx)
+            return False
+        obj = ep.transport.get_extra_info("ssl_object")
+        if isinstance(obj, ssl.SSLObject):
+            self.tls_vars = connection_variables(obj)
+        return True
 
     async def _next_events(self, timeout: float) -> bool:
         """Read more bytes into ``self.pending``; ``False`` at EOF.  Raises TimeoutError."""
@@ -193,6 +242,9 @@ class ClientConnection(Forwarder):
             maps=self.gw.config.http.maps,
         )
         ctx.server_name = self.default.name
+        if self.tls_vars is not None:
+            ctx.scheme = "https"
+            ctx.tls = self.tls_vars
         return ctx
 
     # -- one request --------------------------------------------------------------------------
@@ -213,6 +265,10 @@ class ClientConnection(Forwarder):
             ctx.uri, ctx.args = uri, args
             if not ctx.host:
                 ctx.host = server.name
+            if self.plain_on_tls:
+                raise HttpError(497, "client sent plain HTTP request to HTTPS port")
+            if self.tls_vars is not None and server.ssl is not None:
+                self._check_client_certificate(server.ssl.verify_client)
             if server.settings.return_ is not None:
                 return await self._return(server.settings, ctx, head)
             location, captures = find_location(server, uri)
@@ -247,9 +303,23 @@ class ClientConnection(Forwarder):
         except HttpError as exc:
             return await self._error(exc, ctx, head, settings)
 
+    def _check_client_certificate(self, verify: str) -> None:
+        """nginx's ``ngx_http_process_request``: with ``ssl_verify_client``, a certificate
+        that did not verify is 495 ("400 The SSL certificate error"), and with ``on`` a
+        missing one is 496 ("400 No required SSL certificate was sent")."""
+        assert self.tls_vars is not None
+        result = self.tls_vars["ssl_client_verify"]
+        if verify == "off":
+            return
+        if result.startswith("FAILED") and verify != "optional_no_ca":
+            raise HttpError(495, f"client SSL certificate verify error: ({result[7:]})")
+        if verify == "on" and result == "NONE":
+            raise HttpError(496, "client sent no required SSL certificate")
+
     def _absolute(self, ctx: RequestContext, target: str) -> str:
         host = ctx.host or self.local_addr
-        port = "" if self.local_port == 80 else f":{self.local_port}"
+        default_port = 443 if ctx.scheme == "https" else 80
+        port = "" if self.local_port == default_port else f":{self.local_port}"
         return f"{ctx.scheme}://{host}{port}{target}"
 
     async def _error(
@@ -263,7 +333,9 @@ class ClientConnection(Forwarder):
             level = "error" if exc.status in (413, 500, 502, 504) else "info"
             self.gw.error_log.log(level, exc.log, self.number, ctx)
         keep = head is not None and head.keep_alive and not closes_connection(exc.status)
-        ctx.status = exc.status
+        # 495-497 are sent and logged as 400 (ngx_http_special_response_handler sets
+        # ``r->err_status = NGX_HTTP_BAD_REQUEST`` for them).
+        ctx.status = 400 if exc.status in (495, 496, 497) else exc.status
         if exc.status not in (408, 444, 499):
             data = error_response(
                 exc.status,

@@ -34,7 +34,17 @@ __all__ = ["Tunnel"]
 class _Side(asyncio.Protocol):
     """One transport of the tunnel; relays what it reads to ``peer``."""
 
-    __slots__ = ("tunnel", "transport", "peer", "nbytes", "eof", "lost", "blocked_since", "name")
+    __slots__ = (
+        "tunnel",
+        "transport",
+        "peer",
+        "nbytes",
+        "eof",
+        "lost",
+        "blocked_since",
+        "name",
+        "tls",
+    )
 
     def __init__(self, tunnel: Tunnel, transport: asyncio.Transport, name: str) -> None:
         self.tunnel = tunnel
@@ -45,6 +55,9 @@ class _Side(asyncio.Protocol):
         self.lost = False
         self.blocked_since: float | None = None
         self.name = name
+        # A TLS transport cannot stay open half-closed (asyncio's TLS transports have no
+        # write_eof): its EOF ends that connection, and the peer is closed after its data.
+        self.tls = transport.get_extra_info("sslcontext") is not None
 
     # the hot path -------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
@@ -69,11 +82,13 @@ class _Side(asyncio.Protocol):
     def eof_received(self) -> bool:
         self.eof = True
         peer = self.peer
-        if not peer.lost and peer.transport.can_write_eof():
-            peer.transport.write_eof()
-        if peer.eof:
+        if peer.eof or peer.lost or not peer.transport.can_write_eof():
+            # Both directions are done, or the peer (TLS) cannot be half-closed: end the
+            # tunnel, each side getting what is already queued for it first.
             self.tunnel.close()
-        return True
+        else:
+            peer.transport.write_eof()
+        return not self.tls
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True

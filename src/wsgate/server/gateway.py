@@ -19,20 +19,21 @@ reopens the log files.
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import signal
 import socket
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from wsgate.config.model import Config, Listen, ProxyPass, Server
+from wsgate.config.model import Config, Listen, ProxyPass, Server, SslServer
 from wsgate.errors import ConfigError
 from wsgate.observability.logs import AccessLogs, ErrorLogger, access_log_paths
 from wsgate.proxy.endpoint import Endpoint
 from wsgate.proxy.handler import ClientConnection
 from wsgate.proxy.tunnel import Tunnel
 from wsgate.server.health import HealthChecks, upstream_target
+from wsgate.server.tls import GroupTls
 from wsgate.upstream.methods import Balancer, make_group
 from wsgate.upstream.roundrobin import PeerGroup, peers_from_config
 
@@ -75,6 +76,10 @@ class ListenGroup:
     sock: socket.socket | None = None
     server: asyncio.Server | None = None
     port: int = 0
+    #: TLS contexts when any ``listen`` on this socket has ``ssl`` (built from this config).
+    tls: GroupTls | None = None
+    #: The socket's protocol factory; a reload that keeps the socket points it at the new group.
+    acceptor: _Acceptor | None = None
     _cache: dict[str, tuple[list[Server], Server]] = field(default_factory=dict)
 
     def candidates(self, local_addr: str) -> tuple[list[Server], Server]:
@@ -148,11 +153,14 @@ class Gateway:
         """Start accepting on every group that is not yet accepting; close dropped ones."""
         self.restart_health()
         for group in groups.values():
+            if group.acceptor is not None:
+                # A socket kept across a reload: new connections get the new servers and
+                # the new TLS contexts; open ones keep what they started with.
+                group.acceptor.group = group
             if group.server is None:
                 assert group.sock is not None
-                group.server = await self.loop.create_server(
-                    functools.partial(_Front, self, group), sock=group.sock
-                )
+                group.acceptor = _Acceptor(self, group)
+                group.server = await self.loop.create_server(group.acceptor, sock=group.sock)
                 where = group.key[0]
                 where = f"[{where}]" if ":" in where else where
                 src = group.pairs[0][1].source
@@ -309,10 +317,21 @@ def open_groups(config: Config, current: dict[BindKey, ListenGroup]) -> dict[Bin
     A bind failure closes what this call opened and raises nginx's ``bind() ... failed``."""
     groups: dict[BindKey, ListenGroup] = {}
     opened: list[socket.socket] = []
-    for key, pairs in bind_keys(config).items():
+    keys = bind_keys(config)
+    # Certificates are read now, before any socket is touched, so a bad one keeps the old
+    # configuration on reload (nginx: the new cycle fails, the old one goes on).
+    contexts: dict[SslServer, ssl.SSLContext] = {}
+    tls = {
+        key: GroupTls(pairs, contexts)
+        for key, pairs in keys.items()
+        if any(lst.ssl for _, lst in pairs)
+    }
+    for key, pairs in keys.items():
         old = current.get(key)
         if old is not None and old.sock is not None and key[1] != 0:
-            groups[key] = ListenGroup(key, pairs, old.sock, old.server, old.port)
+            groups[key] = ListenGroup(
+                key, pairs, old.sock, old.server, old.port, tls.get(key), old.acceptor
+            )
             continue
         try:
             sock = _open(key)
@@ -324,8 +343,23 @@ def open_groups(config: Config, current: dict[BindKey, ListenGroup]) -> dict[Bin
                 f"bind() to {where}:{key[1]} failed ({exc.errno}: {exc.strerror})"
             ) from exc
         opened.append(sock)
-        groups[key] = ListenGroup(key, pairs, sock, None, sock.getsockname()[1])
+        groups[key] = ListenGroup(key, pairs, sock, None, sock.getsockname()[1], tls.get(key))
     return groups
+
+
+class _Acceptor:
+    """The protocol factory of one listening socket: front connections for the group the
+    socket serves now (a reload that keeps the socket replaces ``group``, and with it the
+    servers and TLS contexts new connections get)."""
+
+    __slots__ = ("gw", "group")
+
+    def __init__(self, gw: Gateway, group: ListenGroup) -> None:
+        self.gw = gw
+        self.group = group
+
+    def __call__(self) -> Endpoint:
+        return _Front(self.gw, self.group)
 
 
 class _Front(Endpoint):

@@ -16,6 +16,12 @@ block, so its name is always ``""``::
     [notice] peer is healthy while checking status code, health check "" of peer
             127.0.0.1:8081 in upstream "u"
 
+Probes use TLS when every location that proxies to the upstream does so with ``proxy_pass
+https://``, with the ``proxy_ssl_*`` settings of the first such location (nginx Plus probes with
+the settings of the location holding ``health_check``; wsgate's ``health_check`` sits in the
+``upstream`` block).  An upstream used over both ``http://`` and ``https://`` is probed in
+plain TCP.  A failed handshake is a failed probe, logged as nginx logs it for a request.
+
 Unlike nginx Plus, the cause of a failed probe is logged at ``error`` only while the peer is
 still in rotation; once it is unhealthy, the repeated causes go to ``info`` so a server that
 stays down does not fill the log.
@@ -32,11 +38,12 @@ import errno
 import os
 from collections.abc import Callable
 
-from wsgate.config.model import Config, HealthCheck, ProxyPass
+from wsgate.config.model import Config, HealthCheck, Location, ProxyPass, SslUpstream
 from wsgate.errors import HttpError
 from wsgate.http.response import ResponseHead, ResponseParser
 from wsgate.observability.logs import ErrorLogger
 from wsgate.proxy.endpoint import Endpoint
+from wsgate.proxy.forward import HandshakeFailed, UpstreamOpen
 from wsgate.upstream.health import (
     HealthState,
     close_frame,
@@ -45,8 +52,9 @@ from wsgate.upstream.health import (
     websocket_key,
 )
 from wsgate.upstream.roundrobin import Peer, PeerGroup
+from wsgate.upstream.tls import UpstreamTls, ssl_name
 
-__all__ = ["HealthChecks", "PeerChecker", "Probe", "upstream_target"]
+__all__ = ["HealthChecks", "PeerChecker", "Probe", "probe_tls", "upstream_target"]
 
 #: The largest response head a probe reads (nginx's default ``proxy_buffer_size``).
 MAX_HEAD = 4096
@@ -89,7 +97,10 @@ class PeerChecker:
         check: HealthCheck,
         peer: Peer,
         error_log: ErrorLogger,
+        tls: UpstreamTls | None = None,
     ) -> None:
+        self.tls = tls
+        self.tls_name = "" if tls is None else ssl_name(tls.settings, upstream, lambda _: "")
         self.loop = loop
         self.upstream = upstream
         self.check = check
@@ -142,19 +153,18 @@ class PeerChecker:
         deadline = loop.time() + self.check.timeout
         ep: Endpoint | None = None
         clean = False
+        opening = UpstreamOpen(loop, self.peer, self.tls, self.tls_name)
         try:
             try:
                 async with asyncio.timeout_at(deadline):
-                    if self.peer.name.startswith("unix:"):
-                        _, ep = await loop.create_unix_connection(
-                            lambda: Endpoint(loop), self.peer.host
-                        )
-                    else:
-                        _, ep = await loop.create_connection(
-                            lambda: Endpoint(loop), self.peer.host, self.peer.port
-                        )
+                    ep = await opening.run()
             except TimeoutError:
-                return Probe(_CONNECTING, _TIMED_OUT + _CONNECTING)
+                ep = opening.ep
+                return Probe(opening.phase, _TIMED_OUT + opening.phase)
+            except HandshakeFailed as exc:
+                ep = opening.ep
+                phase = opening.phase
+                return Probe(phase, f"{exc.args[0]} while {phase}")
             except OSError as exc:
                 code = exc.errno or errno.ECONNREFUSED
                 reason = os.strerror(code)  # asyncio's strerror is "Connect call failed (...)"
@@ -213,6 +223,30 @@ async def _close_websocket(ep: Endpoint, deadline: float) -> bool:
     return True
 
 
+def _locations(locations: tuple[Location, ...]) -> list[Location]:
+    out: list[Location] = []
+    for loc in locations:
+        out.append(loc)
+        out.extend(_locations(loc.locations))
+    return out
+
+
+def probe_tls(config: Config, upstream: str) -> SslUpstream | None:
+    """The ``proxy_ssl_*`` settings to probe ``upstream`` with, or None for plain TCP: TLS only
+    when every ``proxy_pass`` to it says ``https://`` (the first one's settings are used)."""
+    found: SslUpstream | None = None
+    for server in config.http.servers:
+        for settings in (server.settings, *(loc.settings for loc in _locations(server.locations))):
+            pp = settings.proxy_pass
+            if pp is None or pp.upstream != upstream:
+                continue
+            if pp.scheme != "https":
+                return None
+            if found is None:
+                found = settings.proxy_ssl
+    return found
+
+
 class HealthChecks:
     """The checkers of one configuration: :meth:`start` them, :meth:`stop` them.
 
@@ -240,10 +274,17 @@ class HealthChecks:
             if check is None:
                 continue
             group = group_for(name)
+            settings = probe_tls(config, name)
+            tls = None
+            if settings is not None:
+                try:
+                    tls = UpstreamTls(settings)
+                except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                    self.error_log.log("error", f"health check of upstream {name!r}: {exc}")
             for peer in (*group.peers, *group.backups):
                 if peer.down:
                     continue
-                checker = PeerChecker(self.loop, name, check, peer, self.error_log)
+                checker = PeerChecker(self.loop, name, check, peer, self.error_log, tls)
                 self.checkers.append(checker)
                 self._spawn(checker)
 
