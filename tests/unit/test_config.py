@@ -377,3 +377,15 @@ http {
 )
 def test_upstream_errors(tmp_path: Path, block: str, message: str) -> None:
     assert message in error(tmp_path, f"http {{\n upstream u {{\n {block}\n }}\n}}\n")
+
+
+def test_escapes_in_tokens_follow_nginx(tmp_path: Path) -> None:
+    config = conf(
+        tmp_path,
+        'http { server { return 200 "a\\nb\\tc\\\\d\\"e"; location ~ \\.php$ { return 204; } } }',
+    )
+    ret = config.http.servers[0].settings.return_
+    assert ret is not None and ret.text is not None
+    assert ret.text.raw == 'a\nb\tc\\d"e'
+    regex = config.http.servers[0].locations[0].regex
+    assert regex is not None and regex.pattern == "\\.php$"

@@ -119,3 +119,11 @@ def test_proxy_ssl_verify_needs_a_trusted_certificate(certs: Path) -> None:
     assert str(info.value) == (
         f'no "proxy_ssl_trusted_certificate" for "proxy_ssl_verify" in {certs}/nginx.conf:2'
     )
+
+
+def test_invalid_cipher_list_is_a_load_error(certs: Path) -> None:
+    write(certs, "http {\n proxy_ssl_ciphers NOPE-CIPHER;\n}\n")
+    with pytest.raises(ConfigError) as info:
+        load("nginx.conf", prefix=str(certs))
+    assert 'SSL_CTX_set_cipher_list("NOPE-CIPHER") failed' in str(info.value)
+    assert str(info.value).endswith(f"in {certs}/nginx.conf:2")

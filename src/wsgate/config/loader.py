@@ -81,6 +81,19 @@ def _flatten(payload: dict[str, Any], index: int, seen: tuple[int, ...] = ()) ->
     return _convert(payload, cfg["parsed"], cfg["file"], seen + (index,))
 
 
+_ESCAPES = {"t": "\t", "r": "\r", "n": "\n"}
+_ESCAPE = re.compile(r"\\([\"'\\trn])")
+
+
+def _unescape(arg: str) -> str:
+    """nginx's ``ngx_conf_read_token``: ``\\"``, ``\\'``, ``\\\\``, ``\\t``, ``\\r``
+    and ``\\n`` are unescaped in every token (crossplane only undoes ``\\"``); any other
+    backslash is kept, so ``\\.php$`` stays a regex."""
+    if "\\" not in arg:
+        return arg
+    return _ESCAPE.sub(lambda m: _ESCAPES.get(m.group(1), m.group(1)), arg)
+
+
 def _convert(
     payload: dict[str, Any], items: list[dict[str, Any]], file: str, seen: tuple[int, ...]
 ) -> list[Stmt]:
@@ -98,7 +111,7 @@ def _convert(
         out.append(
             Stmt(
                 name,
-                list(item["args"]),
+                [_unescape(a) for a in item["args"]],
                 src,
                 None if block is None else _convert(payload, block, file, seen),
             )

@@ -77,6 +77,10 @@ def parse_value(
                 raise _err(f'invalid value "{p}" in "{name}" directive', src)
         return tuple(args)
     if name in ("ssl_ciphers", "proxy_ssl_ciphers"):
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).set_ciphers(args[0])
+        except ssl.SSLError as exc:
+            raise _err(f'SSL_CTX_set_cipher_list("{args[0]}") failed ({exc})', src) from exc
         return args[0]
     if name in (
         "ssl_prefer_server_ciphers",
