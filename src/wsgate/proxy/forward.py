@@ -18,13 +18,12 @@ With ``keepalive`` in the ``upstream`` block, a connection goes back to the grou
 that carried no ``Upgrade``; a kept connection found closed by the upstream is replaced by a
 new one to the same server, once, without counting a failure.
 
-``proxy_pass https://`` connects with TLS (:func:`open_upstream`, contexts and nginx's rules in
-:mod:`wsgate.upstream.tls`).  The handshake is part of connecting and is bounded by
-``proxy_connect_timeout``, as in nginx (``ngx_http_upstream_ssl_init_connection`` arms the
-connect timeout); a failed handshake, a chain that does not verify or a certificate that does
-not match ``proxy_ssl_name`` is an ``error`` for ``proxy_next_upstream``.  Kept connections are
-keyed by peer *and* TLS settings, so a location proxying with ``http://`` never gets a TLS
-connection to the same upstream (nginx matches kept connections by address only).
+``proxy_pass https://`` connects with TLS (:class:`wsgate.proxy.connect.UpstreamOpen`;
+contexts and nginx's rules in :mod:`wsgate.upstream.tls`).  A failed handshake, a chain that
+does not verify or a certificate that does not match ``proxy_ssl_name`` is an ``error`` for
+``proxy_next_upstream``.  Kept connections are keyed by peer *and* TLS settings, so a location
+proxying with ``http://`` never gets a TLS connection to the same upstream (nginx matches kept
+connections by address only).
 """
 
 from __future__ import annotations
@@ -33,7 +32,6 @@ import asyncio
 import errno
 import os
 import ssl
-import time
 import weakref
 from collections.abc import AsyncIterator, Hashable
 from typing import TYPE_CHECKING
@@ -41,30 +39,29 @@ from typing import TYPE_CHECKING
 from wsgate.config.model import Config, Location, LocationSettings, ProxyPass
 from wsgate.config.variables import RequestContext
 from wsgate.errors import HttpError
-from wsgate.http.body import Body, EndOfMessage
 from wsgate.http.headers import (
     LAST_CHUNK,
     BodyFraming,
     Framing,
-    build_client_response_head,
     build_upstream_request,
     encode_chunk,
-    http_date,
 )
 from wsgate.http.request import RequestHead, RequestParser
 from wsgate.http.response import ResponseEvent, ResponseHead, ResponseParser
+from wsgate.proxy.connect import (
+    HANDSHAKING,
+    HandshakeFailed,
+    UpstreamOpen,
+    save_session,
+)
 from wsgate.proxy.endpoint import Endpoint, KeptEndpoints, PeerClosed
+from wsgate.proxy.relay import ResponseRelay
 from wsgate.proxy.tunnel import Tunnel
 from wsgate.routing import proxy_uri
 from wsgate.upstream.pool import Kept
 from wsgate.upstream.tls import (
-    PENDING_SESSION,
     TlsContexts,
     UpstreamTls,
-    chain_too_long,
-    handshake_error,
-    match_name,
-    sni_name,
     ssl_name,
 )
 
@@ -73,10 +70,8 @@ if TYPE_CHECKING:
     from wsgate.server.gateway import Gateway
     from wsgate.upstream.roundrobin import Peer, Selection
 
-__all__ = ["Forwarder", "HandshakeFailed", "UpstreamOpen", "open_upstream"]
+__all__ = ["Forwarder"]
 
-_CONNECTING = "connecting to upstream"
-_HANDSHAKING = "SSL handshaking to upstream"
 
 #: "non_idempotent: normally, requests with a non-idempotent method (POST, LOCK, PATCH) are not
 #: passed to the next server if a request has been sent to an upstream server".
@@ -131,113 +126,7 @@ def _close_caches(caches: dict[int, tuple[object, KeptEndpoints]]) -> None:
     caches.clear()
 
 
-class HandshakeFailed(Exception):
-    """The TLS handshake with an upstream failed; ``args[0]`` is nginx's text for it."""
-
-
-class UpstreamOpen:
-    """One connection to an upstream server, TCP (or Unix socket) then TLS when ``tls`` is set.
-
-    :meth:`run` raises ``OSError`` for a failed connect, :class:`HandshakeFailed` for TLS;
-    the caller bounds it with a timeout and reads :attr:`phase` ("connecting to upstream" or
-    "SSL handshaking to upstream") to word a timeout, and aborts :attr:`ep` if it is set.
-    """
-
-    __slots__ = ("loop", "peer", "tls", "name", "key", "phase", "ep")
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        peer: Peer,
-        tls: UpstreamTls | None = None,
-        name: str = "",
-        key: Hashable = None,
-    ) -> None:
-        self.loop = loop
-        self.peer = peer
-        self.tls = tls
-        self.name = name
-        self.key = key if key is not None else peer
-        self.phase = _CONNECTING
-        self.ep: Endpoint | None = None
-
-    async def run(self) -> Endpoint:
-        loop, peer, tls = self.loop, self.peer, self.tls
-        # Set before connecting: uvloop runs the TLS protocol in the context the transport
-        # copied when it was created (wsgate.upstream.tls, session reuse).
-        token = PENDING_SESSION.set(tls.session(self.key) if tls is not None else None)
-        try:
-            if peer.name.startswith("unix:"):
-                _, ep = await loop.create_unix_connection(lambda: Endpoint(loop), peer.host)
-            else:
-                _, ep = await loop.create_connection(lambda: Endpoint(loop), peer.host, peer.port)
-            self.ep = ep
-            if tls is None:
-                return ep
-            self.phase = _HANDSHAKING
-            await self._handshake(ep, tls)
-            return ep
-        finally:
-            PENDING_SESSION.reset(token)
-
-    async def _handshake(self, ep: Endpoint, tls: UpstreamTls) -> None:
-        settings = tls.settings
-        assert ep.transport is not None
-        try:
-            transport = await self.loop.start_tls(
-                ep.transport,
-                ep,
-                tls.context,
-                server_hostname=sni_name(settings, self.name),
-                ssl_handshake_timeout=3600.0,  # the caller's proxy_connect_timeout bounds it
-            )
-        except (OSError, EOFError) as exc:
-            tls.forget(self.key)
-            raise HandshakeFailed(handshake_error(exc)) from None
-        if transport is None:  # pragma: no cover - only when the loop is closing
-            raise HandshakeFailed("peer closed connection in SSL handshake")
-        ep.transport = transport
-        if not settings.verify:
-            return
-        # "proxy_ssl_verify: Enables or disables verification of the proxied HTTPS server
-        # certificate": the chain was verified in the handshake; depth and name are checked
-        # here, as ngx_http_upstream_ssl_handshake does after SSL_do_handshake.
-        sslobj = transport.get_extra_info("ssl_object")
-        inner = getattr(sslobj, "_sslobj", None)
-        chain = getattr(inner, "get_verified_chain", lambda: None)()
-        if chain:
-            too_long = chain_too_long(len(chain), settings.verify_depth)
-            if too_long is not None:
-                tls.forget(self.key)
-                code, text = too_long
-                raise HandshakeFailed(f"upstream SSL certificate verify error: ({code}:{text})")
-        cert = transport.get_extra_info("peercert") or {}
-        if not match_name(cert, self.name):
-            tls.forget(self.key)
-            raise HandshakeFailed(f'upstream SSL certificate does not match "{self.name}"')
-
-
-async def open_upstream(
-    loop: asyncio.AbstractEventLoop,
-    peer: Peer,
-    tls: UpstreamTls | None = None,
-    name: str = "",
-) -> Endpoint:
-    """:class:`UpstreamOpen` in one call (no timeout; the caller sets one)."""
-    return await UpstreamOpen(loop, peer, tls, name).run()
-
-
-def save_session(tls: UpstreamTls, key: Hashable, ep: Endpoint) -> None:
-    """Keep the TLS session of ``ep`` for the next connection (TLS 1.3 tickets arrive after
-    the handshake, so this is called once the response head was read)."""
-    if ep.transport is None or ep.closed:
-        return
-    sslobj = ep.transport.get_extra_info("ssl_object")
-    if sslobj is not None:
-        tls.save(key, sslobj.session)
-
-
-class Forwarder:
+class Forwarder(ResponseRelay):
     """The upstream side of :class:`~wsgate.proxy.handler.ClientConnection`."""
 
     gw: Gateway
@@ -586,9 +475,7 @@ class Forwarder:
         except HandshakeFailed as exc:
             if opening.ep is not None:
                 opening.ep.abort()
-            raise _Retry(
-                "error", 502, f"{exc.args[0]} while {_HANDSHAKING}", _HANDSHAKING
-            ) from None
+            raise _Retry("error", 502, f"{exc.args[0]} while {HANDSHAKING}", HANDSHAKING) from None
         except OSError as exc:
             code = exc.errno or errno.ECONNREFUSED
             raise _Retry(
@@ -722,205 +609,6 @@ class Forwarder:
             raise _Retry(
                 "error", 502, f"writev() failed (32: Broken pipe) while {phase}", phase
             ) from None
-
-    async def _relay_response(
-        self,
-        head: RequestHead,
-        ctx: RequestContext,
-        settings: LocationSettings,
-        up: Endpoint,
-        rparser: ResponseParser,
-        pending: list[ResponseEvent],
-        resp: ResponseHead,
-    ) -> tuple[tuple[bool, float | None], bool]:
-        """Stream the response to the client; returns the handler's (keep, keepalive_timeout)
-        and whether the upstream's response was read completely."""
-        keep = head.keep_alive
-        no_body = head.method == "HEAD" or resp.status in (204, 304)
-        if resp.status == 101:
-            # A 101 to a request without Upgrade: nginx relays it and reads the rest as a
-            # close-delimited body.  wsgate then closes the client connection (README).
-            pending = pending + rparser.close_delimited()
-            framing = BodyFraming.none()
-            chunk_out = no_body = keep = False
-        elif no_body:
-            framing = (
-                BodyFraming.content_length(resp.content_length)
-                if resp.content_length is not None and resp.status != 204
-                else BodyFraming.none()
-            )
-            chunk_out = False
-        elif resp.content_length is not None:
-            framing = BodyFraming.content_length(resp.content_length)
-            chunk_out = False
-        elif head.version == "1.1":
-            framing = BodyFraming.chunked()
-            chunk_out = True
-        else:
-            framing = BodyFraming.none()
-            chunk_out = False
-            keep = False
-        out = build_client_response_head(
-            resp.status,
-            resp.reason,
-            resp.headers,
-            server_tokens=settings.server_tokens,
-            date=http_date(time.time()),
-            framing=framing,
-            keep_alive=keep,
-            keepalive_header=settings.keepalive_header,
-            upgrade=False,
-        )
-        ep = self.ep
-        ep.write(out)
-        ctx.status = resp.status
-        ctx.bytes_sent = len(out)
-        body_bytes = 0
-        complete = False
-        try:
-            while True:
-                for ev in pending:
-                    if isinstance(ev, Body):
-                        if no_body:
-                            continue
-                        ep.write(encode_chunk(ev.data) if chunk_out else ev.data)
-                        body_bytes += len(ev.data)
-                    elif isinstance(ev, EndOfMessage):
-                        complete = True
-                if complete:
-                    break
-                if ep.closed:
-                    raise PeerClosed("client closed")
-                await ep.drain()
-                try:
-                    async with asyncio.timeout(settings.proxy_read_timeout):
-                        data = await up.read()
-                except TimeoutError:
-                    self.gw.error_log.log(
-                        "error",
-                        "upstream timed out (110: Connection timed out) while reading upstream",
-                        self.number,
-                        ctx,
-                    )
-                    keep = False
-                    break
-                if data:
-                    pending = rparser.feed(data)
-                else:
-                    try:
-                        pending = rparser.feed_eof()
-                    except HttpError:
-                        self.gw.error_log.log(
-                            "error",
-                            "upstream prematurely closed connection while reading upstream",
-                            self.number,
-                            ctx,
-                        )
-                        keep = False
-                        break
-            if complete and chunk_out:
-                ep.write(LAST_CHUNK)
-            if complete:
-                await ep.drain()
-        except PeerClosed:
-            keep = False
-            ctx.status = ctx.status or 499
-        ctx.body_bytes_sent = body_bytes
-        ctx.bytes_sent += body_bytes
-        self._log_access(settings, ctx)
-        return (keep and complete, settings.keepalive_timeout), complete
-
-    async def _tunnel(
-        self,
-        head: RequestHead,
-        ctx: RequestContext,
-        settings: LocationSettings,
-        up: Endpoint,
-        rparser: ResponseParser,
-        resp: ResponseHead,
-        selection: Selection,
-        peer: Peer,
-        scheme: str,
-    ) -> tuple[bool, None]:
-        out = build_client_response_head(
-            101,
-            resp.reason,
-            resp.headers,
-            server_tokens=settings.server_tokens,
-            date=http_date(time.time()),
-            framing=BodyFraming.none(),
-            keep_alive=False,
-            keepalive_header=None,
-            upgrade=True,
-        )
-        ep = self.ep
-        ep.write(out)
-        ctx.status = 101
-        head_len = len(out)
-        early_to_client = rparser.take_buffered() + bytes(up.buffer)
-        up.buffer.clear()
-        early_to_upstream = self.parser.take_buffered() + bytes(ep.buffer)
-        ep.buffer.clear()
-        done: asyncio.Future[None] = self.gw.loop.create_future()
-        assert ep.transport is not None and up.transport is not None
-
-        def finished(t: Tunnel) -> None:
-            if not done.done():
-                done.set_result(None)
-
-        tunnel = Tunnel(
-            self.gw.loop,
-            ep.transport,
-            up.transport,
-            read_timeout=settings.proxy_read_timeout,
-            send_timeout_upstream=settings.proxy_send_timeout,
-            send_timeout_client=settings.send_timeout,
-            on_close=finished,
-        )
-        self.tunnel = tunnel
-        self.gw.tunnels.add(tunnel)
-        tunnel.start(
-            early_to_client,
-            early_to_upstream,
-            client_write_paused=ep.write_paused,
-            upstream_write_paused=up.write_paused,
-        )
-        # An EOF or close that arrived before the switch will not be reported again to the
-        # tunnel's protocols: replay it.
-        for side, endpoint in ((tunnel.client, ep), (tunnel.upstream, up)):
-            if endpoint.closed:
-                side.connection_lost(
-                    endpoint.error if isinstance(endpoint.error, Exception) else None
-                )
-            elif endpoint.eof:
-                side.eof_received()
-        try:
-            await done
-        finally:
-            self.gw.tunnels.discard(tunnel)
-            selection.release(peer)
-        upstream_url = f"{scheme}://{peer.address}{ctx.request_uri}"
-        if tunnel.timeout_reason == "upstream":
-            self.gw.error_log.log(
-                "info",
-                "upstream timed out (110: Connection timed out) while proxying upgraded connection",
-                self.number,
-                ctx,
-                upstream_url,
-            )
-        elif tunnel.timeout_reason == "client":
-            self.gw.error_log.log(
-                "info",
-                "client timed out (110: Connection timed out) while proxying upgraded connection",
-                self.number,
-                ctx,
-                upstream_url,
-            )
-        ctx.body_bytes_sent = tunnel.bytes_to_client
-        ctx.bytes_sent = head_len + tunnel.bytes_to_client
-        ctx.upstream_times.append(f"{self.gw.loop.time() - tunnel.started:.3f}")
-        self._log_access(settings, ctx)
-        return False, None
 
 
 def _errno_text(exc: BaseException) -> str:

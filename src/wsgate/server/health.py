@@ -42,8 +42,8 @@ from wsgate.config.model import Config, HealthCheck, Location, ProxyPass, SslUps
 from wsgate.errors import HttpError
 from wsgate.http.response import ResponseHead, ResponseParser
 from wsgate.observability.logs import ErrorLogger
+from wsgate.proxy.connect import HandshakeFailed, UpstreamOpen
 from wsgate.proxy.endpoint import Endpoint
-from wsgate.proxy.forward import HandshakeFailed, UpstreamOpen
 from wsgate.upstream.health import (
     HealthState,
     close_frame,

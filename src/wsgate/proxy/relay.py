@@ -1,0 +1,248 @@
+"""Sending the upstream's answer to the client: a streamed response, or the tunnel.
+
+:class:`ResponseRelay` is mixed into :class:`wsgate.proxy.forward.Forwarder`.  A response
+is re-framed for the client (Content-Length kept, otherwise chunked for HTTP/1.1 or
+close-delimited for HTTP/1.0), as nginx does; a ``101`` to a request that carried ``Upgrade``
+hands both transports to :class:`wsgate.proxy.tunnel.Tunnel`, with the bytes each side sent
+early delivered first (NGINX-SEMANTICS.md §4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from wsgate.config.model import LocationSettings
+from wsgate.config.variables import RequestContext
+from wsgate.errors import HttpError
+from wsgate.http.body import Body, EndOfMessage
+from wsgate.http.headers import (
+    LAST_CHUNK,
+    BodyFraming,
+    build_client_response_head,
+    encode_chunk,
+    http_date,
+)
+from wsgate.http.request import RequestHead, RequestParser
+from wsgate.http.response import ResponseEvent, ResponseHead, ResponseParser
+from wsgate.proxy.endpoint import Endpoint, PeerClosed
+from wsgate.proxy.tunnel import Tunnel
+
+if TYPE_CHECKING:
+    from wsgate.server.gateway import Gateway
+    from wsgate.upstream.roundrobin import Peer, Selection
+
+__all__ = ["ResponseRelay"]
+
+
+class ResponseRelay:
+    """The client-bound half of :class:`~wsgate.proxy.forward.Forwarder`."""
+
+    gw: Gateway
+    ep: Endpoint
+    number: int
+    parser: RequestParser
+    tunnel: Tunnel | None
+
+    def _log_access(self, settings: LocationSettings, ctx: RequestContext) -> None:
+        raise NotImplementedError  # provided by ClientConnection
+
+    async def _relay_response(
+        self,
+        head: RequestHead,
+        ctx: RequestContext,
+        settings: LocationSettings,
+        up: Endpoint,
+        rparser: ResponseParser,
+        pending: list[ResponseEvent],
+        resp: ResponseHead,
+    ) -> tuple[tuple[bool, float | None], bool]:
+        """Stream the response to the client; returns the handler's (keep, keepalive_timeout)
+        and whether the upstream's response was read completely."""
+        keep = head.keep_alive
+        no_body = head.method == "HEAD" or resp.status in (204, 304)
+        if resp.status == 101:
+            # A 101 to a request without Upgrade: nginx relays it and reads the rest as a
+            # close-delimited body.  wsgate then closes the client connection (README).
+            pending = pending + rparser.close_delimited()
+            framing = BodyFraming.none()
+            chunk_out = no_body = keep = False
+        elif no_body:
+            framing = (
+                BodyFraming.content_length(resp.content_length)
+                if resp.content_length is not None and resp.status != 204
+                else BodyFraming.none()
+            )
+            chunk_out = False
+        elif resp.content_length is not None:
+            framing = BodyFraming.content_length(resp.content_length)
+            chunk_out = False
+        elif head.version == "1.1":
+            framing = BodyFraming.chunked()
+            chunk_out = True
+        else:
+            framing = BodyFraming.none()
+            chunk_out = False
+            keep = False
+        out = build_client_response_head(
+            resp.status,
+            resp.reason,
+            resp.headers,
+            server_tokens=settings.server_tokens,
+            date=http_date(time.time()),
+            framing=framing,
+            keep_alive=keep,
+            keepalive_header=settings.keepalive_header,
+            upgrade=False,
+        )
+        ep = self.ep
+        ep.write(out)
+        ctx.status = resp.status
+        ctx.bytes_sent = len(out)
+        body_bytes = 0
+        complete = False
+        try:
+            while True:
+                for ev in pending:
+                    if isinstance(ev, Body):
+                        if no_body:
+                            continue
+                        ep.write(encode_chunk(ev.data) if chunk_out else ev.data)
+                        body_bytes += len(ev.data)
+                    elif isinstance(ev, EndOfMessage):
+                        complete = True
+                if complete:
+                    break
+                if ep.closed:
+                    raise PeerClosed("client closed")
+                await ep.drain()
+                try:
+                    async with asyncio.timeout(settings.proxy_read_timeout):
+                        data = await up.read()
+                except TimeoutError:
+                    self.gw.error_log.log(
+                        "error",
+                        "upstream timed out (110: Connection timed out) while reading upstream",
+                        self.number,
+                        ctx,
+                    )
+                    keep = False
+                    break
+                if data:
+                    pending = rparser.feed(data)
+                else:
+                    try:
+                        pending = rparser.feed_eof()
+                    except HttpError:
+                        self.gw.error_log.log(
+                            "error",
+                            "upstream prematurely closed connection while reading upstream",
+                            self.number,
+                            ctx,
+                        )
+                        keep = False
+                        break
+            if complete and chunk_out:
+                ep.write(LAST_CHUNK)
+            if complete:
+                await ep.drain()
+        except PeerClosed:
+            keep = False
+            ctx.status = ctx.status or 499
+        ctx.body_bytes_sent = body_bytes
+        ctx.bytes_sent += body_bytes
+        self._log_access(settings, ctx)
+        return (keep and complete, settings.keepalive_timeout), complete
+
+    async def _tunnel(
+        self,
+        head: RequestHead,
+        ctx: RequestContext,
+        settings: LocationSettings,
+        up: Endpoint,
+        rparser: ResponseParser,
+        resp: ResponseHead,
+        selection: Selection,
+        peer: Peer,
+        scheme: str,
+    ) -> tuple[bool, None]:
+        out = build_client_response_head(
+            101,
+            resp.reason,
+            resp.headers,
+            server_tokens=settings.server_tokens,
+            date=http_date(time.time()),
+            framing=BodyFraming.none(),
+            keep_alive=False,
+            keepalive_header=None,
+            upgrade=True,
+        )
+        ep = self.ep
+        ep.write(out)
+        ctx.status = 101
+        head_len = len(out)
+        early_to_client = rparser.take_buffered() + bytes(up.buffer)
+        up.buffer.clear()
+        early_to_upstream = self.parser.take_buffered() + bytes(ep.buffer)
+        ep.buffer.clear()
+        done: asyncio.Future[None] = self.gw.loop.create_future()
+        assert ep.transport is not None and up.transport is not None
+
+        def finished(t: Tunnel) -> None:
+            if not done.done():
+                done.set_result(None)
+
+        tunnel = Tunnel(
+            self.gw.loop,
+            ep.transport,
+            up.transport,
+            read_timeout=settings.proxy_read_timeout,
+            send_timeout_upstream=settings.proxy_send_timeout,
+            send_timeout_client=settings.send_timeout,
+            on_close=finished,
+        )
+        self.tunnel = tunnel
+        self.gw.tunnels.add(tunnel)
+        tunnel.start(
+            early_to_client,
+            early_to_upstream,
+            client_write_paused=ep.write_paused,
+            upstream_write_paused=up.write_paused,
+        )
+        # An EOF or close that arrived before the switch will not be reported again to the
+        # tunnel's protocols: replay it.
+        for side, endpoint in ((tunnel.client, ep), (tunnel.upstream, up)):
+            if endpoint.closed:
+                side.connection_lost(
+                    endpoint.error if isinstance(endpoint.error, Exception) else None
+                )
+            elif endpoint.eof:
+                side.eof_received()
+        try:
+            await done
+        finally:
+            self.gw.tunnels.discard(tunnel)
+            selection.release(peer)
+        upstream_url = f"{scheme}://{peer.address}{ctx.request_uri}"
+        if tunnel.timeout_reason == "upstream":
+            self.gw.error_log.log(
+                "info",
+                "upstream timed out (110: Connection timed out) while proxying upgraded connection",
+                self.number,
+                ctx,
+                upstream_url,
+            )
+        elif tunnel.timeout_reason == "client":
+            self.gw.error_log.log(
+                "info",
+                "client timed out (110: Connection timed out) while proxying upgraded connection",
+                self.number,
+                ctx,
+                upstream_url,
+            )
+        ctx.body_bytes_sent = tunnel.bytes_to_client
+        ctx.bytes_sent = head_len + tunnel.bytes_to_client
+        ctx.upstream_times.append(f"{self.gw.loop.time() - tunnel.started:.3f}")
+        self._log_access(settings, ctx)
+        return False, None
