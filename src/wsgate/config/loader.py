@@ -1,7 +1,6 @@
-"""crossplane's parse tree → the frozen model in :mod:`wsgate.config.model`.
+"""Directive trees (:mod:`wsgate.config.parse`) → the frozen model in :mod:`wsgate.config.model`.
 
-The only module that imports crossplane.  crossplane does the lexing, quoting, comments and
-``include`` expansion; this module checks each directive against :mod:`wsgate.config.directives`
+This module checks each directive against :mod:`wsgate.config.directives`
 and builds the model, merging http → server → location settings the way nginx's
 ``merge_loc_conf`` functions do.  Every error is a :class:`~wsgate.errors.ConfigError` worded
 like nginx's ``[emerg]`` line, with file and line.
@@ -12,13 +11,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
-
-import crossplane
-from crossplane.analyzer import DIRECTIVES as NGINX_DIRECTIVES
-from crossplane.errors import NgxParserBaseException
 
 from wsgate.config import directives as D
 from wsgate.config import tls
@@ -41,6 +35,7 @@ from wsgate.config.model import (
     Upstream,
     UpstreamServer,
 )
+from wsgate.config.parse import NGINX_DIRECTIVES, Stmt, parse_file, parse_globals
 from wsgate.config.template import Template, TemplateError, compile_template
 from wsgate.config.units import parse_flag, parse_size, parse_time
 from wsgate.config.upstream import load_upstream
@@ -54,7 +49,6 @@ from wsgate.config.values import (
     split_hostport,
 )
 from wsgate.config.variables import is_known_variable
-from wsgate.errors import ConfigError
 
 __all__ = ["COMBINED", "DEFAULT_CONF", "load"]
 
@@ -64,101 +58,6 @@ COMBINED = (
     '"$http_referer" "$http_user_agent"'
 )
 ERROR_LEVELS = ("debug", "info", "notice", "warn", "error", "crit", "alert", "emerg")
-
-
-@dataclass(slots=True)
-class Stmt:
-    """One directive with the file it came from (crossplane's ``combine`` mislabels blocks)."""
-
-    name: str
-    args: list[str]
-    src: Source
-    block: list[Stmt] | None
-
-
-def _flatten(payload: dict[str, Any], index: int, seen: tuple[int, ...] = ()) -> list[Stmt]:
-    cfg = payload["config"][index]
-    return _convert(payload, cfg["parsed"], cfg["file"], seen + (index,))
-
-
-_ESCAPES = {"t": "\t", "r": "\r", "n": "\n"}
-_ESCAPE = re.compile(r"\\([\"'\\trn])")
-
-
-def _unescape(arg: str) -> str:
-    """nginx's ``ngx_conf_read_token``: ``\\"``, ``\\'``, ``\\\\``, ``\\t``, ``\\r``
-    and ``\\n`` are unescaped in every token (crossplane only undoes ``\\"``); any other
-    backslash is kept, so ``\\.php$`` stays a regex."""
-    if "\\" not in arg:
-        return arg
-    return _ESCAPE.sub(lambda m: _ESCAPES.get(m.group(1), m.group(1)), arg)
-
-
-def _convert(
-    payload: dict[str, Any], items: list[dict[str, Any]], file: str, seen: tuple[int, ...]
-) -> list[Stmt]:
-    out: list[Stmt] = []
-    for item in items:
-        name = item["directive"]
-        src = Source(file, item["line"])
-        if name == "include":
-            for idx in item.get("includes", []):
-                if idx in seen:
-                    raise ConfigError("include recursion", file, item["line"])
-                out.extend(_flatten(payload, idx, seen))
-            continue
-        block = item.get("block")
-        out.append(
-            Stmt(
-                name,
-                [_unescape(a) for a in item["args"]],
-                src,
-                None if block is None else _convert(payload, block, file, seen),
-            )
-        )
-    return out
-
-
-def _parse_file(path: str) -> tuple[list[Stmt], list[tuple[str, str]]]:
-    if not os.path.exists(path):
-        raise ConfigError(f'open() "{path}" failed (2: No such file or directory)')
-    try:
-        payload = crossplane.parse(path, catch_errors=False, check_ctx=False, check_args=False)
-    except NgxParserBaseException as exc:
-        msg = getattr(exc, "strerror", None) or str(exc)
-        raise ConfigError(
-            msg.split(" in ")[0] if " in " in msg else msg,
-            getattr(exc, "filename", None),
-            getattr(exc, "lineno", None),
-        ) from exc
-    except OSError as exc:
-        raise ConfigError(f'open() "{exc.filename}" failed ({exc.errno}: {exc.strerror})') from exc
-    if payload["status"] != "ok":
-        first = payload["errors"][0]
-        msg = re.sub(r" in \S+:\d+$", "", first["error"])
-        raise ConfigError(msg, first["file"], first["line"])
-    files = []
-    for cfg in payload["config"]:
-        try:
-            with open(cfg["file"], encoding="utf-8", errors="replace") as fh:
-                files.append((cfg["file"], fh.read()))
-        except OSError:
-            pass
-    return _flatten(payload, 0), files
-
-
-def _parse_globals(text: str) -> list[Stmt]:
-    """``-g`` directives; errors say ``in command line`` like nginx."""
-    with tempfile.NamedTemporaryFile("w", suffix=".conf", delete=False) as fh:
-        fh.write(text)
-        name = fh.name
-    try:
-        stmts, _ = _parse_file(name)
-    except ConfigError as exc:
-        raise ConfigError(f"{exc.message} in command line") from exc
-    finally:
-        os.unlink(name)
-    return [Stmt(s.name, s.args, Source("command line", 0), s.block) for s in stmts]
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -786,8 +685,8 @@ def load(path: str, prefix: str | None = None, globals_: str | None = None) -> C
     loader = Loader(prefix=prefix, conf_file=full)
     stmts: list[Stmt] = []
     if globals_:
-        stmts.extend(_parse_globals(globals_))
-    parsed, files = _parse_file(full)
+        stmts.extend(parse_globals(globals_))
+    parsed, files = parse_file(full)
     stmts.extend(parsed)
     config = loader.load_main(stmts)
     return dataclasses.replace(config, files=tuple(files))

@@ -20,7 +20,8 @@ from wsgate.config.units import parse_time
 from wsgate.config.values import config_error, resolve
 
 if TYPE_CHECKING:
-    from wsgate.config.loader import Loader, Stmt
+    from wsgate.config.loader import Loader
+    from wsgate.config.parse import Stmt
 
 __all__ = ["load_upstream"]
 
