@@ -169,8 +169,8 @@ http {
             2,
         ),
         (
-            "http {\n server {\n  allow 10.0.0.0/8;\n }\n}\n",
-            '"allow" directive is not supported by wsgate',
+            "http {\n server {\n  auth_basic closed;\n }\n}\n",
+            '"auth_basic" directive is not supported by wsgate',
             3,
         ),
         (

@@ -67,6 +67,8 @@ DIRECTIVES: dict[str, Directive] = {
     "listen": _d(SERVER, 1, -1),
     "server_name": _d(SERVER, 1, -1),
     "location": _d(f"{SERVER} {LOCATION}", 1, 2, block=True),
+    # ngx_http_stub_status_module: "stub_status;" (before 1.7.5 it took an argument)
+    "stub_status": _d(f"{SERVER} {LOCATION}", 0, 1),
     # per-location settings
     "proxy_pass": _d(LOCATION, 1),
     "proxy_http_version": _d(_HSL, 1),
@@ -86,6 +88,10 @@ DIRECTIVES: dict[str, Directive] = {
     "server_tokens": _d(_HSL, 1),
     "return": _d(f"{SERVER} {LOCATION}", 1, 2),
     "access_log": _d(_HSL, 1, -1),
+    "allow": _d(_HSL, 1),
+    "deny": _d(_HSL, 1),
+    # wsgate's own: the protocols a request may upgrade to (see wsgate.access)
+    "proxy_upgrade_protocols": _d(_HSL, 1, -1),
     # TLS towards clients (ngx_http_ssl_module): http and server
     **{
         name: _d(f"{HTTP} {SERVER}", lo, hi)

@@ -14,10 +14,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from wsgate.access import parse_access_address, parse_upgrade_protocols
 from wsgate.config import directives as D
 from wsgate.config import tls
 from wsgate.config.model import (
     AccessLog,
+    AccessRule,
     Config,
     ErrorLog,
     HeaderSetting,
@@ -433,7 +435,7 @@ class Loader:
 class Level:
     """Directives set at one http/server/location level, and the merge with the outer level."""
 
-    __slots__ = ("loader", "parent", "own", "headers", "logs", "proxy_pass_has_uri")
+    __slots__ = ("loader", "parent", "own", "headers", "logs", "rules", "proxy_pass_has_uri")
 
     def __init__(self, loader: Loader, parent: Level | None) -> None:
         self.loader = loader
@@ -441,6 +443,7 @@ class Level:
         self.own: dict[str, tuple[Any, Source]] = {}
         self.headers: list[HeaderSetting] | None = None
         self.logs: list[AccessLog] | None = None
+        self.rules: list[AccessRule] | None = None
         self.proxy_pass_has_uri = False
 
     def set(self, s: Stmt, ctx: str) -> None:
@@ -452,6 +455,9 @@ class Level:
             return
         if name == "access_log":
             self.access_log(s)
+            return
+        if name in ("allow", "deny"):
+            self.access_rule(s)
             return
         if name == "error_log":
             raise _err('"error_log" is supported in the main context only by wsgate', s.src)
@@ -481,6 +487,21 @@ class Level:
                 s.src,
             )
         self.logs.append(AccessLog(self.loader.path(s.args[0]), fmt, s.src))
+
+    def access_rule(self, s: Stmt) -> None:
+        """``allow``/``deny``: nginx's ``ngx_http_access_rule`` (``ngx_ptocidr``), which warns
+        "low address bits of %V are meaningless" and rejects anything else."""
+        try:
+            network, unix, low_bits = parse_access_address(s.args[0])
+        except ValueError:
+            raise _err(f'invalid parameter "{s.args[0]}"', s.src) from None
+        if low_bits:
+            self.loader.warnings.append(
+                f"low address bits of {s.args[0]} are meaningless in {s.src}"
+            )
+        if self.rules is None:
+            self.rules = []
+        self.rules.append(AccessRule(s.name == "allow", network, unix, s.src))
 
     def value(self, s: Stmt) -> Any:
         n, a = s.name, s.args
@@ -535,8 +556,23 @@ class Level:
                 if x not in allowed:
                     raise _err(f'invalid value "{x}"', s.src)
             return frozenset() if "off" in a else frozenset(a)
+        if n == "stub_status":
+            # nginx ignores the argument that versions before 1.7.5 required ("stub_status on");
+            # wsgate refuses anything else, so "stub_status off" cannot silently turn it on.
+            if a and a[0] != "on":
+                raise _err(
+                    f'invalid value "{a[0]}" in "stub_status" directive, '
+                    'wsgate accepts "stub_status;" or "stub_status on;"',
+                    s.src,
+                )
+            return True
         if n == "return":
             return self.return_(s)
+        if n == "proxy_upgrade_protocols":
+            try:
+                return parse_upgrade_protocols(a)
+            except ValueError as exc:
+                raise _err(f'invalid parameter "{exc}"', s.src) from None
         raise _err(f'unknown directive "{n}"', s.src)  # pragma: no cover - table mismatch
 
     def return_(self, s: Stmt) -> Return:
@@ -625,6 +661,15 @@ class Level:
             level = level.parent
         return ()
 
+    def inherited_rules(self) -> tuple[AccessRule, ...]:
+        """``ngx_http_access_merge_loc_conf``: a level with no rule takes its parent's list."""
+        level: Level | None = self
+        while level is not None:
+            if level.rules is not None:
+                return tuple(level.rules)
+            level = level.parent
+        return ()
+
     def inherited_logs(self) -> tuple[AccessLog, ...]:
         level: Level | None = self
         while level is not None:
@@ -641,6 +686,11 @@ class Level:
         pp = self.own.get("proxy_pass")
         ret = self.own.get("return")
         kwargs: dict[str, Any] = {}
+        if "stub_status" in self.own:
+            # stub_status and proxy_pass both set this level's content handler: the later wins.
+            names = list(self.own)
+            if pp is None or names.index("stub_status") > names.index("proxy_pass"):
+                kwargs["stub_status"], pp = True, None
         for name in (
             "proxy_connect_timeout",
             "proxy_read_timeout",
@@ -660,6 +710,7 @@ class Level:
             "proxy_next_upstream_tries",
             "proxy_buffer_size",
             "server_tokens",
+            "proxy_upgrade_protocols",
         ):
             value = get(name)
             if value is not None:
@@ -674,6 +725,7 @@ class Level:
             keepalive_header=keepalive[1],
             return_=ret[0] if ret else None,
             access_logs=self.inherited_logs(),
+            access_rules=self.inherited_rules(),
             **kwargs,
         )
 

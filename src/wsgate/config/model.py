@@ -9,6 +9,7 @@ effective values, exactly as nginx's ``merge_loc_conf`` leaves them.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 
@@ -16,6 +17,7 @@ from wsgate.config.template import Template
 
 __all__ = [
     "AccessLog",
+    "AccessRule",
     "Config",
     "ErrorLog",
     "HeaderSetting",
@@ -26,6 +28,7 @@ __all__ = [
     "LocationSettings",
     "LogFormat",
     "MapBlock",
+    "Network",
     "ProxyPass",
     "Return",
     "Server",
@@ -272,6 +275,23 @@ class HeaderSetting:
     value: Template
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class AccessRule:
+    """One ``allow``/``deny`` (ngx_http_access_module); matched by :mod:`wsgate.access`.
+
+    ``network`` is the parsed address or CIDR (host bits cleared); ``None`` with ``unix``
+    false is ``all``, with ``unix`` true is ``unix:``.
+    """
+
+    allow: bool
+    network: Network | None
+    unix: bool = False
+    source: Source | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Return:
     """``return CODE [TEXT|URL]`` or ``return URL`` (302)."""
@@ -313,6 +333,12 @@ class LocationSettings:
     proxy_ssl: SslUpstream = SslUpstream()
     #: Empty tuple means ``access_log off``.
     access_logs: tuple[AccessLog, ...] = ()
+    #: ``stub_status`` here (not inherited: nginx sets it as this level's content handler).
+    stub_status: bool = False
+    #: ``allow``/``deny`` of the innermost level that has any (all-or-nothing inheritance).
+    access_rules: tuple[AccessRule, ...] = ()
+    #: ``proxy_upgrade_protocols`` (wsgate), lowercased; empty for ``off``.
+    proxy_upgrade_protocols: frozenset[str] = frozenset({"websocket"})
 
 
 @dataclass(frozen=True, slots=True)

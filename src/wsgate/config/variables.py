@@ -14,10 +14,14 @@ import re
 import socket
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from wsgate.config.model import MapBlock
 from wsgate.config.template import Template
 from wsgate.http.fields import first_value
+
+if TYPE_CHECKING:
+    from wsgate.observability.status import ConnectionCounters
 
 __all__ = ["FIXED_VARIABLES", "PREFIX_VARIABLES", "RequestContext", "is_known_variable"]
 
@@ -70,6 +74,11 @@ FIXED_VARIABLES = frozenset(
         "ssl_client_s_dn",
         "ssl_client_verify",
         "ssl_session_reused",
+        # ngx_http_stub_status_module (1.3.14)
+        "connections_active",
+        "connections_reading",
+        "connections_writing",
+        "connections_waiting",
     }
 )
 PREFIX_VARIABLES = ("http_", "arg_", "cookie_", "sent_http_", "upstream_http_")
@@ -155,6 +164,7 @@ class RequestContext:
         "captures",
         "maps",
         "tls",
+        "counters",
         "_cache",
     )
 
@@ -200,6 +210,8 @@ class RequestContext:
         self.maps = maps or {}
         #: ``$https`` and the ``$ssl_*`` values of a TLS connection (empty for plain TCP).
         self.tls: dict[str, str] = {}
+        #: The gateway's ``stub_status`` counters, for ``$connections_*`` (None: all ``0``).
+        self.counters: ConnectionCounters | None = None
         self._cache: dict[str, str] = {}
 
     # -- helpers -----------------------------------------------------------------------------
@@ -328,6 +340,15 @@ def _request_time(c: RequestContext) -> str:
     return f"{max(0.0, time.time() - c.start):.3f}"
 
 
+def _connections(field: str) -> Callable[[RequestContext], str]:
+    """``$connections_active`` is "same as the Active connections value", and so on."""
+
+    def get(c: RequestContext) -> str:
+        return "0" if c.counters is None else str(getattr(c.counters.snapshot(), field))
+
+    return get
+
+
 _GETTERS: dict[str, Callable[[RequestContext], str]] = {
     "remote_addr": lambda c: c.remote_addr,
     "remote_port": lambda c: str(c.remote_port),
@@ -367,4 +388,5 @@ _GETTERS: dict[str, Callable[[RequestContext], str]] = {
     "hostname": lambda c: _HOSTNAME,
     "pid": lambda c: str(os.getpid()),
     "remote_user": lambda c: "",
+    **{f"connections_{f}": _connections(f) for f in ("active", "reading", "writing", "waiting")},
 }

@@ -36,6 +36,7 @@ import weakref
 from collections.abc import AsyncIterator, Hashable
 from typing import TYPE_CHECKING
 
+from wsgate.access import upgrade_allowed, without_upgrade
 from wsgate.config.model import Config, Location, LocationSettings, ProxyPass
 from wsgate.config.variables import RequestContext
 from wsgate.errors import HttpError
@@ -151,12 +152,19 @@ class Forwarder(ResponseRelay):
         pp: ProxyPass,
     ) -> tuple[bool, float | None]:
         gw = self.gw
+        refused = head.upgrade is not None and not upgrade_allowed(
+            settings.proxy_upgrade_protocols, head.upgrade
+        )
+        if refused:
+            self._refuse_upgrade(head, ctx)
         uri = proxy_uri(pp, location, head.target, ctx.uri, ctx.args, "%" in head.target)
         ctx.proxy_host = pp.proxy_host
         ctx.proxy_port = str(pp.port)
         set_headers = []
         for h in settings.proxy_set_headers:
             set_headers.append((h.name, h.value.render(ctx.lookup)))
+        if refused:
+            set_headers = without_upgrade(set_headers)
         body_framing = BodyFraming.none()
         if head.content_length:
             body_framing = BodyFraming.content_length(head.content_length)
@@ -258,6 +266,15 @@ class Forwarder(ResponseRelay):
             ctx.upstream_statuses.append(str(resp.status))
             reusable = False
             try:
+                if resp.status == 101 and (
+                    refused or (head.upgrade is not None and not self._upgrade_ok(resp, settings))
+                ):
+                    raise HttpError(
+                        502,
+                        f'upstream sent 101 to "{resp.header("upgrade") or ""}", which '
+                        "proxy_upgrade_protocols does not allow, while reading response header "
+                        "from upstream",
+                    )
                 if resp.status == 101 and head.upgrade is not None:
                     return await self._tunnel(
                         head, ctx, settings, up, rparser, resp, selection, peer, scheme
@@ -280,6 +297,29 @@ class Forwarder(ResponseRelay):
                     selection.release(peer)
                     if not (reusable and keep is not None and att.kept and keep.put(att.kept)):
                         up.close()
+
+    def _refuse_upgrade(self, head: RequestHead, ctx: RequestContext) -> None:
+        """Treat the client's ``Upgrade`` as absent: ``proxy_upgrade_protocols`` names none of
+        its protocols.  The header leaves the request (``$http_upgrade`` is empty, map results
+        are recomputed) and ``head.upgrade`` becomes ``None``, so a ``101`` cannot tunnel."""
+        self.gw.error_log.log(
+            "info",
+            f'client sent disallowed upgrade protocol "{head.upgrade}"',
+            self.number,
+            ctx,
+        )
+        head.headers = [(n, v) for n, v in head.headers if n.lower() != "upgrade"]
+        head.upgrade = None
+        ctx.headers = head.headers
+        ctx.invalidate()
+
+    @staticmethod
+    def _upgrade_ok(resp: ResponseHead, settings: LocationSettings) -> bool:
+        """A ``101`` may only switch to an allowed protocol: when the request named several
+        (``Upgrade: h2c, websocket``) the upstream must not pick a refused one.  A ``101``
+        without ``Upgrade`` (RFC 9110 §15.2.2 requires one) is left to the tunnel as before."""
+        upgrade = resp.header("upgrade")
+        return upgrade is None or upgrade_allowed(settings.proxy_upgrade_protocols, upgrade)
 
     def _failed(
         self,

@@ -2,7 +2,8 @@
 
 The flow for each request (pipelined requests are handled strictly in order):
 read the head (``client_header_timeout``) → pick the server and location (pure
-:mod:`wsgate.routing`) → ``return``/redirect/404, or proxy: pick a peer (pure
+:mod:`wsgate.routing`) → ``return``/redirect, ``allow``/``deny`` (pure :mod:`wsgate.access`;
+403), 404, or proxy: pick a peer (pure
 :mod:`wsgate.upstream.roundrobin`), connect (``proxy_connect_timeout``, next peer on
 error/timeout as ``proxy_next_upstream error timeout``), send the rebuilt head and the body,
 read the response head (``proxy_read_timeout``), then either stream the response back or, on
@@ -19,6 +20,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
+from wsgate.access import check_access
 from wsgate.config.model import LocationSettings
 from wsgate.config.variables import RequestContext
 from wsgate.errors import HttpError
@@ -36,6 +38,7 @@ from wsgate.http.request import (
     RequestHead,
     RequestParser,
 )
+from wsgate.observability.status import READING, REQUESTS, WRITING, stub_status_page
 from wsgate.proxy.endpoint import Endpoint
 from wsgate.proxy.forward import Forwarder
 from wsgate.proxy.tunnel import Tunnel
@@ -81,6 +84,8 @@ class ClientConnection(Forwarder):
         self.started = gw.loop.time()
         self.idle = True  # waiting for a request: may be closed at once on graceful stop
         self.tunnel: Tunnel | None = None
+        #: ``stub_status``: READING, WRITING, or None for Waiting (see :meth:`_stat`).
+        self.stat_state: int | None = None
         self.parser: RequestParser
         self.pending: list[RequestEvent] = []
         self.body_done = True
@@ -119,6 +124,7 @@ class ClientConnection(Forwarder):
                 if head is None:
                     return
                 self.idle = False
+                self._stat(WRITING)
                 self.requests += 1
                 self.body_done = False
                 keep, keepalive_timeout = await self._serve(head)
@@ -128,8 +134,10 @@ class ClientConnection(Forwarder):
                     keep = await self._discard_body()
                     if not keep:
                         return
+                self._stat(None)
                 self.pending = parser.next_request()
         finally:
+            self._stat(None)
             if self.tunnel is None:
                 self.ep.close()
 
@@ -196,6 +204,8 @@ class ClientConnection(Forwarder):
                 return None
         deadline = loop.time() + self.default.client_header_timeout
         while True:
+            if self.stat_state is None and (self.pending or parser.request_started):
+                self._stat(READING)
             if self.pending:
                 ev = self.pending.pop(0)
                 if isinstance(ev, RequestHead):
@@ -242,6 +252,7 @@ class ClientConnection(Forwarder):
             maps=self.gw.config.http.maps,
         )
         ctx.server_name = self.default.name
+        ctx.counters = self.gw.stub_status
         if self.tls_vars is not None:
             ctx.scheme = "https"
             ctx.tls = self.tls_vars
@@ -289,6 +300,14 @@ class ClientConnection(Forwarder):
                 return await self._redirect(settings, ctx, head, 301, self._absolute(ctx, target))
             if settings.return_ is not None:
                 return await self._return(settings, ctx, head)
+            # Access phase, after rewrite (``return``): "The rules are checked in sequence
+            # until the first match is found." (ngx_http_access_module)
+            if settings.access_rules:
+                rule = check_access(settings.access_rules, self.remote_addr)
+                if rule is not None and not rule.allow:
+                    raise HttpError(403, "access forbidden by rule")
+            if settings.stub_status:
+                return await self._stub_status(settings, ctx, head)
             if settings.proxy_pass is None:
                 raise HttpError(404)
             if (
@@ -330,7 +349,7 @@ class ClientConnection(Forwarder):
         settings: LocationSettings,
     ) -> tuple[bool, float | None]:
         if exc.log and exc.status != 404:
-            level = "error" if exc.status in (413, 500, 502, 504) else "info"
+            level = "error" if exc.status in (403, 413, 500, 502, 504) else "info"
             self.gw.error_log.log(level, exc.log, self.number, ctx)
         keep = head is not None and head.keep_alive and not closes_connection(exc.status)
         # 495-497 are sent and logged as 400 (ngx_http_special_response_handler sets
@@ -428,6 +447,36 @@ class ClientConnection(Forwarder):
         ctx.body_bytes_sent = len(body) if head.method != "HEAD" else 0
         self._log_access(settings, ctx)
         return keep, settings.keepalive_timeout
+
+    async def _stub_status(
+        self, settings: LocationSettings, ctx: RequestContext, head: RequestHead
+    ) -> tuple[bool, float | None]:
+        """ngx_http_stub_status_handler: "if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD)))
+        return NGX_HTTP_NOT_ALLOWED;", else ``text/plain`` with the counters as they are now
+        (this request is one of the Writing connections).  A body is discarded by
+        :meth:`run`, as nginx's ``ngx_http_discard_request_body``."""
+        if head.method not in ("GET", "HEAD"):
+            raise HttpError(405)
+        body = stub_status_page(self.gw.stub_status.snapshot())
+        return await self._plain(settings, ctx, head, 200, body, "text/plain")
+
+    def _stat(self, state: int | None) -> None:
+        """Move this connection between ``stub_status``'s Reading, Writing and Waiting (None).
+
+        nginx: requests and Reading go up when a request's first bytes arrive
+        (``ngx_http_create_request``), Reading becomes Writing once the head is read
+        (``ngx_http_process_request``), Writing goes down when the request is freed; Waiting
+        is what is left of Active.  A tunnel ends its request when it closes, so it is
+        counted here twice, at its start and end, and never on its hot path.
+        """
+        counters = self.gw.stub_status
+        if self.stat_state is not None:
+            counters.decrement(self.stat_state)
+        if state is not None:
+            counters.increment(state)
+            if state == READING:
+                counters.increment(REQUESTS)
+        self.stat_state = state
 
     def _log_access(self, settings: LocationSettings, ctx: RequestContext) -> None:
         if settings.access_logs:

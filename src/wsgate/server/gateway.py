@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from wsgate.config.model import Config, Listen, ProxyPass, Server, SslServer
 from wsgate.errors import ConfigError
 from wsgate.observability.logs import AccessLogs, ErrorLogger, access_log_paths
+from wsgate.observability.status import ACCEPTS, ACTIVE, HANDLED, ConnectionCounters
 from wsgate.proxy.endpoint import Endpoint
 from wsgate.proxy.handler import ClientConnection
 from wsgate.proxy.tunnel import Tunnel
@@ -120,6 +121,8 @@ class Gateway:
         self.tasks: set[asyncio.Task[None]] = set()
         self.tunnels: set[Tunnel] = set()
         self.counter = 0
+        #: ``stub_status`` counters: here, not on the configuration, so they survive reloads.
+        self.stub_status = ConnectionCounters()
         self.stopping = False
         self.stopped: asyncio.Future[None] = loop.create_future()
         self.exit_code = 0
@@ -175,6 +178,10 @@ class Gateway:
 
     def accepted(self, ep: Endpoint, group: ListenGroup) -> None:
         self.counter += 1
+        stats = self.stub_status
+        stats.increment(ACCEPTS)
+        stats.increment(HANDLED)  # no resource limit can refuse a connection yet
+        stats.increment(ACTIVE)
         conn = ClientConnection(self, ep, group, self.counter)
         self.connections.add(conn)
         task = self.loop.create_task(conn.run())
@@ -183,6 +190,7 @@ class Gateway:
         def done(t: asyncio.Task[None]) -> None:
             self.tasks.discard(t)
             self.connections.discard(conn)
+            stats.decrement(ACTIVE)
             if not t.cancelled() and t.exception() is not None:
                 exc = t.exception()
                 self.error_log.log("alert", f"unexpected error: {exc!r}", conn.number)
