@@ -15,6 +15,7 @@ import enum
 from dataclasses import dataclass
 
 __all__ = [
+    "BodyReader",
     "MAX_CHUNK_LINE",
     "MAX_TRAILER",
     "Body",
@@ -193,3 +194,45 @@ def _parse_size_line(line: bytes) -> int:
     if size > _MAX_CHUNK_SIZE:
         raise InvalidChunk("chunk size overflow")
     return size
+
+
+class BodyReader:
+    """One message body framed by ``Content-Length`` or chunked coding (RFC 9112 §6.3).
+
+    Shared by the request and the response parsers.  :meth:`read` decodes what the parser's
+    buffer holds and removes it; :meth:`read_direct` is the zero-copy path for
+    ``Content-Length`` bytes arriving while nothing is buffered.
+    """
+
+    __slots__ = ("remaining", "decoder")
+
+    def __init__(self, length: int = 0, chunked: bool = False) -> None:
+        self.remaining = length
+        self.decoder = ChunkedDecoder() if chunked else None
+
+    @property
+    def done(self) -> bool:
+        return self.decoder.done if self.decoder is not None else self.remaining == 0
+
+    def read(self, buf: bytearray) -> bytes:
+        """The body bytes ``buf`` holds, removed from it; raises :class:`InvalidChunk`."""
+        if self.decoder is not None:
+            pieces, pos = self.decoder.decode(buf, 0)
+            del buf[:pos]
+            return b"".join(pieces)
+        take = min(self.remaining, len(buf))
+        data = bytes(buf[:take])
+        del buf[:take]
+        self.remaining -= take
+        return data
+
+    def read_direct(self, data: bytes) -> tuple[bytes, bytes] | None:
+        """``(body part, rest)`` of ``data`` for a ``Content-Length`` body, without copying
+        the body part; ``None`` for a chunked body (it goes through :meth:`read`)."""
+        if self.decoder is not None:
+            return None
+        take = min(self.remaining, len(data))
+        self.remaining -= take
+        if take == len(data):
+            return data, b""
+        return data[:take], data[take:]

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 import httptools
 
 from wsgate.errors import HttpError
-from wsgate.http.body import Body, ChunkedDecoder, EndOfMessage, InvalidChunk
+from wsgate.http.body import Body, BodyReader, EndOfMessage, InvalidChunk
 from wsgate.http.fields import first_value
 
 __all__ = [
@@ -123,8 +123,7 @@ class IncompleteRequest(HttpError):
 
 class _State(enum.Enum):
     HEAD = 0
-    BODY_LENGTH = 1
-    BODY_CHUNKED = 2
+    BODY = 1
     PAUSED = 3
     TUNNEL = 4
     FAILED = 5
@@ -187,8 +186,7 @@ class RequestParser:
         self._buf = bytearray()
         self._state = _State.HEAD
         self._eof = False
-        self._remaining = 0
-        self._chunked: ChunkedDecoder | None = None
+        self._body: BodyReader | None = None
         self._reset_head()
 
     # -- public API ---------------------------------------------------------------------------
@@ -207,7 +205,7 @@ class RequestParser:
     def request_started(self) -> bool:
         """True once bytes of a request line arrived (nginx logs a 408 only then)."""
         if self._state is not _State.HEAD:
-            return self._state in (_State.BODY_LENGTH, _State.BODY_CHUNKED)
+            return self._state is _State.BODY
         return bool(self._buf.lstrip(b"\r\n"))
 
     @property
@@ -222,17 +220,20 @@ class RequestParser:
             raise RuntimeError(f"RequestParser.feed() in state {st.name}")
         if self._eof:
             raise RuntimeError("RequestParser.feed() after feed_eof()")
-        if st is _State.BODY_LENGTH and not self._buf and data:
-            # Fast path: body bytes straight through, no copy into the buffer.
-            take = min(self._remaining, len(data))
-            self._remaining -= take
-            events: list[RequestEvent] = [Body(data if take == len(data) else data[:take])]
-            if take < len(data):
-                self._buf += data[take:]
-            if self._remaining == 0:
-                events.append(EndOfMessage())
-                self._state = _State.PAUSED
-            return events
+        if st is _State.BODY and not self._buf and data:
+            # Fast path: Content-Length body bytes straight through, no copy into the buffer.
+            assert self._body is not None
+            split = self._body.read_direct(data)
+            if split is not None:
+                part, rest = split
+                events: list[RequestEvent] = [Body(part)]
+                if rest:
+                    self._buf += rest
+                if self._body.done:
+                    self._body = None
+                    events.append(EndOfMessage())
+                    self._state = _State.PAUSED
+                return events
         self._buf += data
         if st is _State.PAUSED:
             return []
@@ -262,7 +263,7 @@ class RequestParser:
         """The client closed its side.  A clean close between requests returns ``[]``; a close
         inside a head or body raises :class:`IncompleteRequest` (status 400, nothing to send)."""
         self._eof = True
-        if self._state in (_State.HEAD, _State.BODY_LENGTH, _State.BODY_CHUNKED):
+        if self._state in (_State.HEAD, _State.BODY):
             self._check_eof()
         return []
 
@@ -293,7 +294,7 @@ class RequestParser:
             raise IncompleteRequest(
                 400, f"client prematurely closed connection while reading client {action}"
             )
-        if st in (_State.BODY_LENGTH, _State.BODY_CHUNKED):
+        if st is _State.BODY:
             self._state = _State.FAILED
             raise IncompleteRequest(400, "client prematurely closed connection")
 
@@ -307,38 +308,24 @@ class RequestParser:
                     if head is None:
                         break
                     events.append(head)
-                    if head.chunked:
-                        self._chunked = ChunkedDecoder()
-                        self._state = _State.BODY_CHUNKED
-                    elif head.content_length:
-                        self._remaining = head.content_length
-                        self._state = _State.BODY_LENGTH
+                    if head.chunked or head.content_length:
+                        self._body = BodyReader(head.content_length or 0, head.chunked)
+                        self._state = _State.BODY
                     else:
                         events.append(EndOfMessage())
                         self._state = _State.PAUSED
                         break
-                elif st is _State.BODY_LENGTH:
-                    if not self._buf:
-                        break
-                    take = min(self._remaining, len(self._buf))
-                    events.append(Body(bytes(self._buf[:take])))
-                    del self._buf[:take]
-                    self._remaining -= take
-                    if self._remaining == 0:
-                        events.append(EndOfMessage())
-                        self._state = _State.PAUSED
-                    break
-                elif st is _State.BODY_CHUNKED:
-                    assert self._chunked is not None
+                elif st is _State.BODY:
+                    body = self._body
+                    assert body is not None
                     try:
-                        pieces, pos = self._chunked.decode(self._buf, 0)
+                        data = body.read(self._buf)
                     except InvalidChunk as exc:
                         raise HttpError(400, "client sent invalid chunked body") from exc
-                    del self._buf[:pos]
-                    if pieces:
-                        events.append(Body(b"".join(pieces)))
-                    if self._chunked.done:
-                        self._chunked = None
+                    if data:
+                        events.append(Body(data))
+                    if body.done:
+                        self._body = None
                         events.append(EndOfMessage())
                         self._state = _State.PAUSED
                     break

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import httptools
 
 from wsgate.errors import HttpError
-from wsgate.http.body import Body, ChunkedDecoder, EndOfMessage, InvalidChunk
+from wsgate.http.body import Body, BodyReader, EndOfMessage, InvalidChunk
 from wsgate.http.fields import first_value
 
 __all__ = [
@@ -74,8 +74,7 @@ class UpstreamPrematureClose(HttpError):
 
 class _State(enum.Enum):
     HEAD = 0
-    BODY_LENGTH = 1
-    BODY_CHUNKED = 2
+    BODY = 1
     BODY_CLOSE = 3
     SWITCHED = 4
     DONE = 5
@@ -111,8 +110,7 @@ class ResponseParser:
         self._buf = bytearray()
         self._state = _State.HEAD
         self._eof = False
-        self._remaining = 0
-        self._chunked: ChunkedDecoder | None = None
+        self._body: BodyReader | None = None
         self._scan = 0
 
     @property
@@ -132,16 +130,19 @@ class ResponseParser:
             raise RuntimeError(f"ResponseParser.feed() in state {st.name}")
         if st is _State.BODY_CLOSE:
             return [Body(data)] if data else []
-        if st is _State.BODY_LENGTH and not self._buf and data:
-            take = min(self._remaining, len(data))
-            self._remaining -= take
-            events: list[ResponseEvent] = [Body(data if take == len(data) else data[:take])]
-            if take < len(data):
-                self._buf += data[take:]
-            if self._remaining == 0:
-                events.append(EndOfMessage())
-                self._state = _State.DONE
-            return events
+        if st is _State.BODY and not self._buf and data:
+            # Fast path: Content-Length body bytes straight through, no copy into the buffer.
+            assert self._body is not None
+            split = self._body.read_direct(data)
+            if split is not None:
+                part, rest = split
+                events: list[ResponseEvent] = [Body(part)]
+                if rest:
+                    self._buf += rest
+                if self._body.done:
+                    events.append(EndOfMessage())
+                    self._state = _State.DONE
+                return events
         self._buf += data
         if st is _State.SWITCHED or st is _State.DONE:
             return []
@@ -157,7 +158,7 @@ class ResponseParser:
         if st is _State.BODY_CLOSE:
             self._state = _State.DONE
             return [EndOfMessage()]
-        if st is _State.BODY_LENGTH or st is _State.BODY_CHUNKED:
+        if st is _State.BODY:
             self._state = _State.FAILED
             raise UpstreamPrematureClose(
                 502, "upstream prematurely closed connection while reading upstream"
@@ -200,24 +201,16 @@ class ResponseParser:
                     return events
                 events.append(head)
                 st = self._state
-            if st is _State.BODY_LENGTH and self._buf:
-                take = min(self._remaining, len(self._buf))
-                events.append(Body(bytes(self._buf[:take])))
-                del self._buf[:take]
-                self._remaining -= take
-                if self._remaining == 0:
-                    events.append(EndOfMessage())
-                    self._state = _State.DONE
-            elif st is _State.BODY_CHUNKED:
-                assert self._chunked is not None
+            if st is _State.BODY:
+                body = self._body
+                assert body is not None
                 try:
-                    pieces, pos = self._chunked.decode(self._buf, 0)
+                    data = body.read(self._buf)
                 except InvalidChunk as exc:
                     raise HttpError(502, "upstream sent invalid chunked response") from exc
-                del self._buf[:pos]
-                if pieces:
-                    events.append(Body(b"".join(pieces)))
-                if self._chunked.done:
+                if data:
+                    events.append(Body(data))
+                if body.done:
                     events.append(EndOfMessage())
                     self._state = _State.DONE
             elif st is _State.BODY_CLOSE and self._buf:
@@ -341,12 +334,11 @@ class ResponseParser:
             close = True
         elif self.head_request or status < 200 or status in (204, 304):
             self._state = _State.DONE
-        elif chunked:
-            self._chunked = ChunkedDecoder()
-            self._state = _State.BODY_CHUNKED
-        elif content_length is not None:
-            self._remaining = content_length
-            self._state = _State.BODY_LENGTH if content_length else _State.DONE
+        elif chunked or content_length:
+            self._body = BodyReader(content_length or 0, chunked)
+            self._state = _State.BODY
+        elif content_length is not None:  # Content-Length: 0
+            self._state = _State.DONE
         else:
             self._state = _State.BODY_CLOSE
             close = True
