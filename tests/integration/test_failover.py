@@ -70,6 +70,23 @@ def test_refused_server_passes_to_the_next(wsgate: Factory, bg: Loop) -> None:
     assert "connect() failed (111: Connection refused) while connecting to upstream" in gw.errors()
 
 
+def test_upstream_response_time_lists_every_try(wsgate: Factory, bg: Loop) -> None:
+    mute = bg.backend("mute", silent)
+    live = bg.backend("live")
+    gw = wsgate(
+        conf(f"server {addr(mute.port)}; server {addr(live.port)};").replace(
+            "'$status|$upstream_addr|$upstream_status'",
+            "'$upstream_status|$upstream_response_time'",
+        )
+    )
+    assert get(gw.port) == (200, b"live")
+    statuses, times = last_line(gw, 1).split("|")
+    assert statuses == "504, 200"
+    first, second = (float(t) for t in times.split(", "))
+    # The silent server held the try for proxy_read_timeout (1 s); the live one answered.
+    assert 0.9 < first < 3 and 0 <= second < first
+
+
 def test_silent_server_times_out_to_the_next(wsgate: Factory, bg: Loop) -> None:
     mute = bg.backend("mute", silent)
     live = bg.backend("live")

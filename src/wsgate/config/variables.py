@@ -156,6 +156,7 @@ class RequestContext:
         "body_bytes_sent",
         "request_length",
         "upstream_addrs",
+        "upstream_started",
         "upstream_statuses",
         "upstream_times",
         "connection",
@@ -203,6 +204,8 @@ class RequestContext:
         self.upstream_addrs: list[str] = []
         self.upstream_statuses: list[str] = []
         self.upstream_times: list[str] = []
+        #: Loop time when the current try began (``$upstream_response_time`` counts from it).
+        self.upstream_started = 0.0
         self.connection = connection
         self.connection_requests = 1
         self.pipelined = False

@@ -212,10 +212,12 @@ class Forwarder(ResponseRelay):
                 )
                 ctx.upstream_addrs.append(group.name)
                 ctx.upstream_statuses.append("502")
+                ctx.upstream_times.append("0.000")
                 raise HttpError(502)
             attempts += 1
             upstream_url = f"{scheme}://{peer.address}{uri}"
             ctx.upstream_addrs.append(peer.address)
+            ctx.upstream_started = gw.loop.time()
             att = _Attempt(streamed, tls, tls_name)
             try:
                 resp, rparser, rpending = await self._attempt(
@@ -250,6 +252,7 @@ class Forwarder(ResponseRelay):
                 if resp.status in (403, 404):
                     # NGX_PEER_NEXT: the next server is tried, but this is no failure.
                     ctx.upstream_statuses.append(str(resp.status))
+                    self._note_time(ctx)
                     selection.succeed(peer)
                     selection.release(peer)
                 else:
@@ -332,6 +335,7 @@ class Forwarder(ResponseRelay):
     ) -> None:
         """Count a failed try against ``max_fails`` (``NGX_PEER_FAILED``)."""
         ctx.upstream_statuses.append(str(status))
+        self._note_time(ctx)
         if selection.fail(peer):
             self.gw.error_log.log(
                 "warn",

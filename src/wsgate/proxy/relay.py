@@ -48,6 +48,12 @@ class ResponseRelay:
     def _log_access(self, settings: LocationSettings, ctx: RequestContext) -> None:
         raise NotImplementedError  # provided by ClientConnection
 
+    def _note_time(self, ctx: RequestContext) -> None:
+        """``$upstream_response_time`` of the current try: "keeps time spent on receiving the
+        response from the upstream server ... Times of several responses are separated by
+        commas" (ngx_http_upstream_module)."""
+        ctx.upstream_times.append(f"{self.gw.loop.time() - ctx.upstream_started:.3f}")
+
     async def _relay_response(
         self,
         head: RequestHead,
@@ -152,6 +158,7 @@ class ResponseRelay:
             ctx.status = ctx.status or 499
         ctx.body_bytes_sent = body_bytes
         ctx.bytes_sent += body_bytes
+        self._note_time(ctx)
         self._log_access(settings, ctx)
         return (keep and complete, settings.keepalive_timeout), complete
 
@@ -243,6 +250,6 @@ class ResponseRelay:
             )
         ctx.body_bytes_sent = tunnel.bytes_to_client
         ctx.bytes_sent = head_len + tunnel.bytes_to_client
-        ctx.upstream_times.append(f"{self.gw.loop.time() - tunnel.started:.3f}")
+        self._note_time(ctx)
         self._log_access(settings, ctx)
         return False, None
