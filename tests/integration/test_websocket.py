@@ -251,6 +251,92 @@ def test_slow_client_back_pressure_is_bounded(tmp_path: Path) -> None:
     run(scenario())
 
 
+def test_send_timeout_closes_a_tunnel_blocked_on_the_client(tmp_path: Path) -> None:
+    """``send_timeout`` runs only while writing to the client is blocked: a client that stops
+    reading while the upstream floods it is cut after that long, with nginx's INFO line;
+    ``proxy_read_timeout`` (longer here) does not fire because bytes keep moving."""
+
+    async def scenario() -> None:
+        closed = asyncio.Event()
+
+        async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(SWITCH)
+            chunk = b"x" * 65536
+            try:
+                while True:
+                    writer.write(chunk)
+                    await writer.drain()
+            except ConnectionError:
+                closed.set()
+
+        server, port = await raw_upstream(upstream)
+        conf = "error_log logs/info.log info;\n" + CONF.format(
+            port=port, extra="send_timeout 1s; proxy_read_timeout 30s;"
+        )
+        gw = await asyncio.to_thread(start_wsgate, tmp_path / "gw", conf)
+        try:
+            sock = socket.create_connection(("127.0.0.1", gw.port))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            sock.sendall(handshake())
+            # Never read: wsgate's writes to this client block, the send timer runs.
+            await asyncio.wait_for(closed.wait(), 15)
+            info = (gw.prefix / "logs" / "info.log").read_text()
+            assert "client timed out (110: Connection timed out) while proxying upgraded" in info
+            (line,) = await asyncio.to_thread(gw.access_lines, 1)
+            assert " 101 " in line
+            sock.close()
+        finally:
+            gw.stop()
+            server.close()
+
+    run(scenario())
+
+
+def test_proxy_send_timeout_closes_a_tunnel_blocked_on_the_upstream(tmp_path: Path) -> None:
+    """``proxy_send_timeout``: an upstream that stops reading while the client floods it."""
+
+    async def scenario() -> None:
+        async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(SWITCH)
+            await writer.drain()
+            await asyncio.sleep(30)  # never reads again
+
+        server, port = await raw_upstream(upstream)
+        conf = "error_log logs/info.log info;\n" + CONF.format(
+            port=port, extra="proxy_send_timeout 1s; proxy_read_timeout 30s;"
+        )
+        gw = await asyncio.to_thread(start_wsgate, tmp_path / "gw", conf)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+            writer.write(handshake())
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101 ")
+
+            async def flood() -> None:
+                chunk = b"y" * 65536
+                while True:
+                    writer.write(chunk)
+                    await writer.drain()
+
+            task = asyncio.create_task(flood())
+            # The tunnel ends: the client sees the close while its writes are blocked (a reset,
+            # since wsgate closes with the client's unread bytes in its receive buffer).
+            try:
+                assert await asyncio.wait_for(reader.read(), 15) == b""
+            except ConnectionResetError:
+                pass
+            task.cancel()
+            info = (gw.prefix / "logs" / "info.log").read_text()
+            assert "upstream timed out (110: Connection timed out) while proxying upgraded" in info
+            writer.close()
+        finally:
+            gw.stop()
+            server.close()
+
+    run(scenario())
+
+
 def _rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
