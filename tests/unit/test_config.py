@@ -174,8 +174,8 @@ http {
             3,
         ),
         (
-            "http {\n limit_conn_zone $binary_remote_addr zone=a:1m;\n}\n",
-            '"limit_conn_zone" directive is not supported by wsgate',
+            "http {\n limit_conn nope 1;\n}\n",
+            'zero size shared memory zone "nope"',
             2,
         ),
         (

@@ -90,6 +90,17 @@ DIRECTIVES: dict[str, Directive] = {
     "access_log": _d(_HSL, 1, -1),
     "allow": _d(_HSL, 1),
     "deny": _d(_HSL, 1),
+    # ngx_http_limit_conn_module, ngx_http_limit_req_module (see wsgate.limits)
+    "limit_conn_zone": _d(HTTP, 2),
+    "limit_conn": _d(_HSL, 2),
+    "limit_conn_status": _d(_HSL, 1),
+    "limit_conn_log_level": _d(_HSL, 1),
+    "limit_conn_dry_run": _d(_HSL, 1),
+    "limit_req_zone": _d(HTTP, 3, 3),
+    "limit_req": _d(_HSL, 1, 3),
+    "limit_req_status": _d(_HSL, 1),
+    "limit_req_log_level": _d(_HSL, 1),
+    "limit_req_dry_run": _d(_HSL, 1),
     # wsgate's own: the protocols a request may upgrade to (see wsgate.access)
     "proxy_upgrade_protocols": _d(_HSL, 1, -1),
     # TLS towards clients (ngx_http_ssl_module): http and server

@@ -13,11 +13,14 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from wsgate.access import parse_access_address, parse_upgrade_protocols
+from wsgate.config import limits as lim
 from wsgate.config import tls
 from wsgate.config.model import (
     AccessLog,
     AccessRule,
     HeaderSetting,
+    LimitConn,
+    LimitReq,
     LocationSettings,
     ProxyPass,
     Return,
@@ -72,7 +75,17 @@ def parse_int_arg(s: Stmt, text: str) -> int:
 class Level:
     """Directives set at one http/server/location level, and the merge with the outer level."""
 
-    __slots__ = ("loader", "parent", "own", "headers", "logs", "rules", "proxy_pass_has_uri")
+    __slots__ = (
+        "loader",
+        "parent",
+        "own",
+        "headers",
+        "logs",
+        "rules",
+        "proxy_pass_has_uri",
+        "conn_limits",
+        "req_limits",
+    )
 
     def __init__(self, loader: Loader, parent: Level | None) -> None:
         self.loader = loader
@@ -82,6 +95,8 @@ class Level:
         self.logs: list[AccessLog] | None = None
         self.rules: list[AccessRule] | None = None
         self.proxy_pass_has_uri = False
+        self.conn_limits: list[LimitConn] | None = None
+        self.req_limits: list[LimitReq] | None = None
 
     def set(self, s: Stmt, ctx: str) -> None:
         name = s.name
@@ -95,6 +110,17 @@ class Level:
             return
         if name in ("allow", "deny"):
             self.access_rule(s)
+            return
+        if name == "limit_conn":
+            # "These directives are inherited from the previous configuration level if and
+            # only if there are no limit_conn directives defined on the current level."
+            self.conn_limits = self.conn_limits or []
+            zones = self.loader.conn_zones
+            self.conn_limits.append(lim.parse_limit_conn(s, zones, self.conn_limits))
+            return
+        if name == "limit_req":
+            self.req_limits = self.req_limits or []
+            self.req_limits.append(lim.parse_limit_req(s, self.loader.req_zones, self.req_limits))
             return
         if name == "error_log":
             raise _err('"error_log" is supported in the main context only by wsgate', s.src)
@@ -117,13 +143,31 @@ class Level:
         fmt = self.loader.log_formats.get(fmt_name)
         if fmt is None:
             raise _err(f'unknown log format "{fmt_name}"', s.src)
-        if len(s.args) > 2:
-            raise _err(
-                f'invalid parameter "{s.args[2]}" (wsgate supports '
-                "access_log PATH [FORMAT] and off)",
-                s.src,
-            )
-        self.logs.append(AccessLog(self.loader.path(s.args[0]), fmt, s.src))
+        buffer, flush, condition = 0, None, None
+        for arg in s.args[2:]:
+            # ngx_http_log_set_log: "If either the buffer or gzip parameter is used, writes
+            # to log will be buffered."
+            if arg.startswith("buffer="):
+                size = parse_size(arg[7:])
+                if size is None:
+                    raise _err(f'invalid buffer size "{arg[7:]}"', s.src)
+                buffer = size
+            elif arg.startswith("flush="):
+                seconds = parse_time(arg[6:])
+                if seconds is None or seconds <= 0:
+                    raise _err(f'invalid flush time "{arg[6:]}"', s.src)
+                flush = seconds
+            elif arg.startswith("if="):
+                condition = self.loader.template(arg[3:], s.src)
+            elif arg == "gzip" or arg.startswith("gzip="):
+                raise _err(f'"{arg}" is not supported by wsgate in "access_log"', s.src)
+            else:
+                raise _err(f'invalid parameter "{arg}"', s.src)
+        if flush is not None and not buffer:
+            raise _err(f'no buffer is defined for access_log "{s.args[0]}"', s.src)
+        self.logs.append(
+            AccessLog(self.loader.path(s.args[0]), fmt, s.src, buffer, flush, condition)
+        )
 
     def access_rule(self, s: Stmt) -> None:
         """``allow``/``deny``: nginx's ``ngx_http_access_rule`` (``ngx_ptocidr``), which warns
@@ -205,6 +249,12 @@ class Level:
             return True
         if n == "return":
             return self.return_(s)
+        if n in ("limit_conn_status", "limit_req_status"):
+            return lim.parse_limit_status(s)
+        if n in ("limit_conn_log_level", "limit_req_log_level"):
+            return lim.parse_limit_level(s)
+        if n in ("limit_conn_dry_run", "limit_req_dry_run"):
+            return parse_flag_arg(s)
         if n == "proxy_upgrade_protocols":
             try:
                 return parse_upgrade_protocols(a)
@@ -307,6 +357,17 @@ class Level:
             level = level.parent
         return ()
 
+    def inherited_limits(self, attr: str) -> tuple[Any, ...]:
+        """``limit_conn``/``limit_req``: nginx's ``if (conf->limits.elts == NULL)
+        conf->limits = prev->limits;`` (all-or-nothing per level)."""
+        level: Level | None = self
+        while level is not None:
+            own = getattr(level, attr)
+            if own is not None:
+                return tuple(own)
+            level = level.parent
+        return ()
+
     def inherited_logs(self) -> tuple[AccessLog, ...]:
         level: Level | None = self
         while level is not None:
@@ -348,10 +409,18 @@ class Level:
             "proxy_buffer_size",
             "server_tokens",
             "proxy_upgrade_protocols",
+            "limit_conn_status",
+            "limit_conn_log_level",
+            "limit_conn_dry_run",
+            "limit_req_status",
+            "limit_req_log_level",
+            "limit_req_dry_run",
         ):
             value = get(name)
             if value is not None:
                 kwargs[name] = value
+        kwargs["limit_conn"] = self.inherited_limits("conn_limits")
+        kwargs["limit_req"] = self.inherited_limits("req_limits")
         ssl_src = self.first_source("proxy_ssl_")
         if ssl_src is not None:
             kwargs["proxy_ssl"] = tls.build_ssl_upstream(get, ssl_src)

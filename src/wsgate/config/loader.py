@@ -21,10 +21,13 @@ from wsgate.config.level import (
     parse_int_arg,
     parse_time_arg,
 )
+from wsgate.config.limits import parse_zone
 from wsgate.config.model import (
     Config,
     ErrorLog,
     HttpConfig,
+    LimitConnZone,
+    LimitReqZone,
     Listen,
     Location,
     LogFormat,
@@ -46,13 +49,22 @@ from wsgate.config.values import (
 )
 from wsgate.config.variables import is_known_variable
 
-__all__ = ["COMBINED", "DEFAULT_CONF", "load"]
+__all__ = ["COMBINED", "DEFAULT_CONF", "JSON_FORMAT", "load"]
 
 DEFAULT_CONF = "conf/nginx.conf"
 COMBINED = (
     '$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent '
     '"$http_referer" "$http_user_agent"'
 )
+#: The built-in ``json`` format (a wsgate extension; a ``log_format json`` overrides it): one
+#: JSON object per line, every value a string, escaped per nginx's ``escape=json``.
+JSON_FORMAT = (
+    '{"time":"$time_iso8601","remote_addr":"$remote_addr","request":"$request",'
+    '"status":"$status","body_bytes_sent":"$body_bytes_sent","request_time":"$request_time",'
+    '"upstream_addr":"$upstream_addr","upstream_status":"$upstream_status",'
+    '"http_user_agent":"$http_user_agent","http_referer":"$http_referer","host":"$host"}'
+)
+_ZONES = ("limit_conn_zone", "limit_req_zone")
 ERROR_LEVELS = ("debug", "info", "notice", "warn", "error", "crit", "alert", "emerg")
 
 
@@ -70,6 +82,8 @@ class Loader:
     maps: dict[str, MapBlock] = field(default_factory=dict)
     log_formats: dict[str, LogFormat] = field(default_factory=dict)
     upstreams: dict[str, Upstream] = field(default_factory=dict)
+    conn_zones: dict[str, LimitConnZone] = field(default_factory=dict)
+    req_zones: dict[str, LimitReqZone] = field(default_factory=dict)
     templates: list[tuple[Template, Source]] = field(default_factory=list)
     #: Named captures of every regex: nginx makes them variables.
     captures: set[str] = field(default_factory=set)
@@ -195,6 +209,9 @@ class Loader:
     def load_http(self, http: Stmt) -> HttpConfig:
         body = http.block or []
         self.log_formats["combined"] = LogFormat("combined", self.template(COMBINED, http.src))
+        self.log_formats["json"] = LogFormat(
+            "json", self.template(JSON_FORMAT, http.src), "json", builtin=True
+        )
         # Maps, upstreams and log formats first: servers refer to them.
         for s in body:
             if s.name == "map" and self.check(s, D.HTTP):
@@ -203,10 +220,12 @@ class Loader:
                 self.load_upstream(s)
             elif s.name == "log_format" and self.check(s, D.HTTP):
                 self.load_log_format(s)
+            elif s.name in _ZONES and self.check(s, D.HTTP):
+                self.load_zone(s)
         level = Level(self, None)
         server_stmts = []
         for s in body:
-            if s.name in ("map", "upstream", "log_format"):
+            if s.name in ("map", "upstream", "log_format", *_ZONES):
                 continue
             if not self.check(s, D.HTTP):
                 continue
@@ -223,7 +242,20 @@ class Loader:
             upstreams=dict(self.upstreams),
             maps=dict(self.maps),
             log_formats=dict(self.log_formats),
+            limit_conn_zones=dict(self.conn_zones),
+            limit_req_zones=dict(self.req_zones),
         )
+
+    def load_zone(self, s: Stmt) -> None:
+        """``limit_conn_zone``/``limit_req_zone`` (http level, loaded before the servers)."""
+        if s.name == "limit_conn_zone":
+            zone = parse_zone(s, self.template, self.conn_zones)
+            assert isinstance(zone, LimitConnZone)
+            self.conn_zones[zone.name] = zone
+        else:
+            rzone = parse_zone(s, self.template, self.req_zones)
+            assert isinstance(rzone, LimitReqZone)
+            self.req_zones[rzone.name] = rzone
 
     def load_log_format(self, s: Stmt) -> None:
         name, rest = s.args[0], s.args[1:]
@@ -235,7 +267,8 @@ class Loader:
             rest = rest[1:]
         if not rest:
             raise _err('invalid number of arguments in "log_format" directive', s.src)
-        if name in self.log_formats:
+        # The built-in "json" may be redefined once; "combined" may not (nginx).
+        if name in self.log_formats and not self.log_formats[name].builtin:
             raise _err(f'duplicate "log_format" name "{name}"', s.src)
         self.log_formats[name] = LogFormat(name, self.template("".join(rest), s.src), escape)
 

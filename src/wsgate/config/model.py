@@ -23,6 +23,10 @@ __all__ = [
     "HeaderSetting",
     "HealthCheck",
     "HttpConfig",
+    "LimitConn",
+    "LimitConnZone",
+    "LimitReq",
+    "LimitReqZone",
     "Listen",
     "Location",
     "LocationSettings",
@@ -67,15 +71,26 @@ class LogFormat:
     name: str
     template: Template
     escape: str = "default"
+    #: wsgate's built-in ``json`` format, which a ``log_format json`` may redefine.
+    builtin: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class AccessLog:
-    """``access_log PATH [FORMAT]``; ``access_log off`` is an empty tuple of these."""
+    """``access_log PATH [FORMAT [buffer=SIZE] [flush=TIME] [if=CONDITION]]``;
+    ``access_log off`` is an empty tuple of these.
+
+    ``buffer`` is 0 for unbuffered writes; ``flush`` is ``None`` when not given; ``condition``
+    is the ``if=`` template ("A request will not be logged if the condition evaluates to "0"
+    or an empty string").
+    """
 
     path: str
     format: LogFormat
     source: Source | None = None
+    buffer: int = 0
+    flush: float | None = None
+    condition: Template | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,6 +308,54 @@ class AccessRule:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitConnZone:
+    """``limit_conn_zone KEY zone=NAME:SIZE`` (ngx_http_limit_conn_module).
+
+    ``size`` is parsed and checked (at least 32k, as nginx's ``8 * ngx_pagesize``) but wsgate
+    does not evict by size.
+    """
+
+    name: str
+    key: Template
+    size: int
+    source: Source | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LimitReqZone:
+    """``limit_req_zone KEY zone=NAME:SIZE rate=RATE`` (ngx_http_limit_req_module).
+
+    ``rate`` is in milli-requests per second, as nginx keeps it (``Nr/m`` is ``N*1000//60``).
+    """
+
+    name: str
+    key: Template
+    size: int
+    rate: int
+    source: Source | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LimitConn:
+    """``limit_conn ZONE NUMBER``; ``zone`` is the declared zone itself."""
+
+    zone: LimitConnZone
+    conn: int
+    source: Source | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LimitReq:
+    """``limit_req zone=NAME [burst=N] [nodelay | delay=N]``; ``burst`` and ``delay`` in
+    milli-requests as nginx keeps them (``nodelay`` is a delay no excess can reach)."""
+
+    zone: LimitReqZone
+    burst: int = 0
+    delay: int = 0
+    source: Source | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Return:
     """``return CODE [TEXT|URL]`` or ``return URL`` (302)."""
 
@@ -339,6 +402,15 @@ class LocationSettings:
     access_rules: tuple[AccessRule, ...] = ()
     #: ``proxy_upgrade_protocols`` (wsgate), lowercased; empty for ``off``.
     proxy_upgrade_protocols: frozenset[str] = frozenset({"websocket"})
+    #: ``limit_conn``/``limit_req`` of the innermost level that has any (all-or-nothing).
+    limit_conn: tuple[LimitConn, ...] = ()
+    limit_conn_status: int = 503
+    limit_conn_log_level: str = "error"
+    limit_conn_dry_run: bool = False
+    limit_req: tuple[LimitReq, ...] = ()
+    limit_req_status: int = 503
+    limit_req_log_level: str = "error"
+    limit_req_dry_run: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,6 +496,8 @@ class HttpConfig:
     upstreams: dict[str, Upstream] = field(default_factory=dict)
     maps: dict[str, MapBlock] = field(default_factory=dict)
     log_formats: dict[str, LogFormat] = field(default_factory=dict)
+    limit_conn_zones: dict[str, LimitConnZone] = field(default_factory=dict)
+    limit_req_zones: dict[str, LimitReqZone] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ https://nginx.org/en/docs/http/ngx_http_upstream_module.html#variables.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -28,6 +29,7 @@ __all__ = ["FIXED_VARIABLES", "PREFIX_VARIABLES", "RequestContext", "is_known_va
 FIXED_VARIABLES = frozenset(
     {
         "remote_addr",
+        "binary_remote_addr",
         "remote_port",
         "server_addr",
         "server_port",
@@ -331,6 +333,16 @@ def _xff(c: RequestContext) -> str:
     return f"{prior}, {c.remote_addr}" if prior else c.remote_addr
 
 
+def _binary_remote_addr(c: RequestContext) -> str:
+    """``$binary_remote_addr``: "client address in a binary form, value's length is always
+    4 bytes for IPv4 addresses or 16 bytes for IPv6 addresses".  Templates carry text, so the
+    bytes are kept one character each (latin-1); empty when the peer has no IP address."""
+    try:
+        return ipaddress.ip_address(c.remote_addr).packed.decode("latin-1")
+    except ValueError:
+        return ""
+
+
 def _host(c: RequestContext) -> str:
     return c.host or c.server_name
 
@@ -354,6 +366,7 @@ def _connections(field: str) -> Callable[[RequestContext], str]:
 
 _GETTERS: dict[str, Callable[[RequestContext], str]] = {
     "remote_addr": lambda c: c.remote_addr,
+    "binary_remote_addr": _binary_remote_addr,
     "remote_port": lambda c: str(c.remote_port),
     "server_addr": lambda c: c.server_addr,
     "server_port": lambda c: str(c.server_port),

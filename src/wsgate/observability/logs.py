@@ -5,11 +5,15 @@ Error log lines follow ``ngx_log_error_core``:
 wsgate has no threads, so TID is 0 as in nginx's single-threaded workers.
 Access log lines render the configured ``log_format`` with nginx's ``default`` escaping
 (``"`` , ``\\`` and bytes outside 0x20-0x7e as ``\\xXX``) or ``json`` escaping; an empty
-variable is written as ``-`` (ngx_http_log_variable).
+variable is written as ``-`` (ngx_http_log_variable), except with ``escape=json``, where it is
+an empty string.  nginx: "For json escaping, all characters not allowed in JSON strings will be
+escaped: characters “"” and “\\” are escaped as “\\"” and “\\\\”, characters with values less
+than 32 are escaped as “\\n”, “\\r”, “\\t”, “\\b”, “\\f”, or “\\u00XX”."
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import time
@@ -185,19 +189,46 @@ def access_log_paths(config: Config) -> list[str]:
     return list(paths)
 
 
+class _Buffer:
+    """The pending lines of one buffered access-log file (``access_log ... buffer=SIZE``)."""
+
+    __slots__ = ("size", "flush", "chunks", "used", "timer")
+
+    def __init__(self, size: int, flush: float | None) -> None:
+        self.size = size
+        self.flush = flush
+        self.chunks: list[str] = []
+        self.used = 0
+        self.timer: asyncio.TimerHandle | None = None
+
+
 class AccessLogs:
-    """Open access-log files, shared by path and written with line buffering.
+    """Open access-log files, shared by path and written with line buffering, or held in a
+    buffer when the ``access_log`` has ``buffer=``.
 
     Like nginx, every file is opened when the configuration is applied (start, reload,
     USR1), so a path that cannot be opened is an ``[emerg]`` at start rather than a lost
     line later.
+
+    Buffering (https://nginx.org/en/docs/http/ngx_http_log_module.html#access_log): "If
+    either the buffer or gzip parameter is used, writes to log will be buffered", and "the
+    buffered data will be written to the file: if the next log line does not fit into the
+    buffer; if the buffered data is older than specified by the flush parameter; when a
+    worker process is re-opening log files or is shutting down."  Here that is
+    :meth:`write`, a timer armed by the first line of an empty buffer, and :meth:`open` /
+    :meth:`close` (USR1, reload, stop).  There is one buffer per path: its size and flush
+    time come from the first buffered ``access_log`` that writes to the path, and an
+    unbuffered ``access_log`` to the same path writes the buffer out first, so lines keep
+    their order.
     """
 
     def __init__(self) -> None:
         self.files: dict[str, TextIO] = {}
+        self.buffers: dict[str, _Buffer] = {}
 
     def open(self, paths: list[str]) -> None:
-        """Open ``paths`` (closing the previous files): raises OSError like ``open()``."""
+        """Open ``paths`` (flushing and closing the previous files): raises OSError like
+        ``open()``."""
         files: dict[str, TextIO] = {}
         try:
             for path in paths:
@@ -209,14 +240,59 @@ class AccessLogs:
         self.close()
         self.files = files
 
+    def _file(self, path: str) -> TextIO:
+        fh = self.files.get(path)
+        if fh is None:  # a file of a configuration older than the last reload
+            fh = self.files[path] = _open_log(path)
+        return fh
+
     def write(self, logs: tuple[AccessLog, ...], ctx: RequestContext) -> None:
         for log in logs:
-            fh = self.files.get(log.path)
-            if fh is None:  # a file of a configuration older than the last reload
-                fh = self.files[log.path] = _open_log(log.path)
-            fh.write(render_access(log.format, ctx))
+            # "A request will not be logged if the condition evaluates to "0" or an empty
+            # string."
+            if log.condition is not None and log.condition.render(ctx.lookup) in ("", "0"):
+                continue
+            line = render_access(log.format, ctx)
+            buf = self.buffers.get(log.path)
+            if not log.buffer and buf is None:
+                self._file(log.path).write(line)
+                continue
+            if buf is None:
+                buf = self.buffers[log.path] = _Buffer(log.buffer, log.flush)
+            size = len(line.encode("utf-8", "surrogateescape"))
+            if not log.buffer or size > buf.size - buf.used:
+                self.flush(log.path)
+            if not log.buffer or size > buf.size:  # nginx writes a too-long line directly
+                self._file(log.path).write(line)
+                continue
+            buf.chunks.append(line)
+            buf.used += size
+            if buf.flush is not None and buf.timer is None:
+                try:
+                    loop = asyncio.get_running_loop()
+                except RuntimeError:  # no loop (unit tests): flushed by open/close only
+                    continue
+                buf.timer = loop.call_later(buf.flush, self.flush, log.path)
+
+    def flush(self, path: str | None = None) -> None:
+        """Write out the buffer of ``path``, or of every path."""
+        for p in [path] if path is not None else list(self.buffers):
+            buf = self.buffers.get(p)
+            if buf is None:
+                continue
+            if buf.timer is not None:
+                buf.timer.cancel()
+                buf.timer = None
+            if buf.chunks:
+                data = "".join(buf.chunks)
+                buf.chunks = []
+                buf.used = 0
+                self._file(p).write(data)
 
     def close(self) -> None:
+        """Flush every buffer, then close the files ("no line lost" on USR1, reload, stop)."""
+        self.flush()
+        self.buffers = {}
         for fh in self.files.values():
             fh.close()
         self.files = {}

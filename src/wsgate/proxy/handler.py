@@ -2,7 +2,8 @@
 
 The flow for each request (pipelined requests are handled strictly in order):
 read the head (``client_header_timeout``) → pick the server and location (pure
-:mod:`wsgate.routing`) → ``return``/redirect, ``allow``/``deny`` (pure :mod:`wsgate.access`;
+:mod:`wsgate.routing`) → ``return``/redirect, ``limit_req``/``limit_conn`` (pure
+:mod:`wsgate.limits`; 503 or a delay), ``allow``/``deny`` (pure :mod:`wsgate.access`;
 403), 404, or proxy: pick a peer (pure
 :mod:`wsgate.upstream.roundrobin`), connect (``proxy_connect_timeout``, next peer on
 error/timeout as ``proxy_next_upstream error timeout``), send the rebuilt head and the body,
@@ -38,6 +39,7 @@ from wsgate.http.request import (
     RequestHead,
     RequestParser,
 )
+from wsgate.limits import ConnZone, ReqZone, check_requests
 from wsgate.observability.status import READING, REQUESTS, WRITING, stub_status_page
 from wsgate.proxy.endpoint import Endpoint
 from wsgate.proxy.forward import Forwarder
@@ -60,6 +62,9 @@ if TYPE_CHECKING:
     from wsgate.server.gateway import Gateway, ListenGroup
 
 __all__ = ["ClientConnection"]
+
+#: ``delay_log_level``: "Logging level for delays is one point less than for refusals".
+_LEVEL_BELOW = {"notice": "info", "warn": "notice", "error": "warn"}
 
 #: nginx's ``client_body_timeout`` default: the longest pause between two reads of a body.
 CLIENT_BODY_TIMEOUT = 60.0
@@ -93,6 +98,8 @@ class ClientConnection(Forwarder):
         self.tls_vars: dict[str, str] | None = None
         #: Plain HTTP arrived on a ``listen ... ssl`` address: every request gets 497.
         self.plain_on_tls = False
+        #: ``limit_conn`` slots the current request holds (released when it ends).
+        self.conn_slots: list[tuple[ConnZone, str]] = []
 
     # -- the connection loop ------------------------------------------------------------------
     async def run(self) -> None:
@@ -300,6 +307,12 @@ class ClientConnection(Forwarder):
                 return await self._redirect(settings, ctx, head, 301, self._absolute(ctx, target))
             if settings.return_ is not None:
                 return await self._return(settings, ctx, head)
+            # Preaccess phase, after rewrite and before access: nginx runs limit_req, then
+            # limit_conn (handlers of one phase run in reverse module order).
+            if settings.limit_req:
+                await self._limit_req(settings, ctx)
+            if settings.limit_conn:
+                self._limit_conn(settings, ctx)
             # Access phase, after rewrite (``return``): "The rules are checked in sequence
             # until the first match is found." (ngx_http_access_module)
             if settings.access_rules:
@@ -321,6 +334,72 @@ class ClientConnection(Forwarder):
             return await self._proxy(head, ctx, settings, location, settings.proxy_pass)
         except HttpError as exc:
             return await self._error(exc, ctx, head, settings)
+        finally:
+            # A tunnel's request ends when the tunnel closes (``_proxy`` returns then).
+            for zone, key in self.conn_slots:
+                zone.release(key)
+            self.conn_slots.clear()
+
+    async def _limit_req(self, settings: LocationSettings, ctx: RequestContext) -> None:
+        """ngx_http_limit_req_handler: "If the requests rate exceeds the rate configured for a
+        zone, their processing is delayed such that requests are processed at a defined rate.
+        Excessive requests are delayed until their number exceeds the maximum burst size in
+        which case the request is terminated with an error."  "Requests with an empty key
+        value are not accounted."  Delays are logged one level below refusals."""
+        entries: list[tuple[ReqZone, str, int, int]] = []
+        for lr in settings.limit_req:
+            spec = lr.zone
+            key = spec.key.render(ctx.lookup)
+            if key:
+                zone = self.gw.limits.req_zone(spec.name, spec.rate)
+                entries.append((zone, key, lr.burst, lr.delay))
+        decision = check_requests(entries, int(self.gw.loop.time() * 1000))
+        dry = ", dry run" if settings.limit_req_dry_run else ""
+        level = settings.limit_req_log_level
+        excess = f"{decision.excess // 1000}.{decision.excess % 1000:03d}"
+        if decision.rejected is not None:
+            self.gw.error_log.log(
+                level,
+                f'limiting requests{dry}, excess: {excess} by zone "{decision.rejected}"',
+                self.number,
+                ctx,
+            )
+            if not dry:
+                raise HttpError(settings.limit_req_status)
+        elif decision.delay_ms:
+            lower = "info" if level == "info" else _LEVEL_BELOW[level]
+            self.gw.error_log.log(
+                lower,
+                f'delaying request{dry}, excess: {excess}, by zone "{decision.zone}"',
+                self.number,
+                ctx,
+            )
+            if not dry:
+                await asyncio.sleep(decision.delay_ms / 1000)
+
+    def _limit_conn(self, settings: LocationSettings, ctx: RequestContext) -> None:
+        """ngx_http_limit_conn_handler: "When this limit is exceeded, the server will return
+        the error in reply to a request."  "Connections with an empty key value are not
+        accounted."  The slots taken are kept in ``self.conn_slots`` until the request (or
+        its tunnel) ends."""
+        for lc in settings.limit_conn:
+            spec = lc.zone
+            key = spec.key.render(ctx.lookup)
+            if not key:
+                continue
+            zone = self.gw.limits.conn_zone(spec.name)
+            if zone.acquire(key, lc.conn):
+                self.conn_slots.append((zone, key))
+                continue
+            dry = settings.limit_conn_dry_run
+            self.gw.error_log.log(
+                settings.limit_conn_log_level,
+                f'limiting connections{", dry run" if dry else ""} by zone "{spec.name}"',
+                self.number,
+                ctx,
+            )
+            if not dry:
+                raise HttpError(settings.limit_conn_status)
 
     def _check_client_certificate(self, verify: str) -> None:
         """nginx's ``ngx_http_process_request``: with ``ssl_verify_client``, a certificate

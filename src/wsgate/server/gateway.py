@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 from wsgate.config.model import Config, Listen, ProxyPass, Server, SslServer
 from wsgate.errors import ConfigError
+from wsgate.limits import LimitRegistry
 from wsgate.observability.logs import AccessLogs, ErrorLogger, access_log_paths
 from wsgate.observability.status import ACCEPTS, ACTIVE, HANDLED, ConnectionCounters
 from wsgate.proxy.endpoint import Endpoint
@@ -123,6 +124,8 @@ class Gateway:
         self.counter = 0
         #: ``stub_status`` counters: here, not on the configuration, so they survive reloads.
         self.stub_status = ConnectionCounters()
+        #: ``limit_conn``/``limit_req`` zone state, kept across reloads by zone name.
+        self.limits = LimitRegistry()
         self.stopping = False
         self.stopped: asyncio.Future[None] = loop.create_future()
         self.exit_code = 0

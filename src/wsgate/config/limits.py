@@ -1,0 +1,162 @@
+"""``limit_conn_zone``/``limit_conn`` and ``limit_req_zone``/``limit_req``: parsing, worded like
+nginx's ``ngx_http_limit_conn_module.c`` and ``ngx_http_limit_req_module.c``.
+
+https://nginx.org/en/docs/http/ngx_http_limit_conn_module.html,
+https://nginx.org/en/docs/http/ngx_http_limit_req_module.html.  Zones are http-level and are
+loaded before the servers, so ``limit_conn``/``limit_req`` may name a zone declared later in
+the file, as in nginx.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from wsgate.config.model import LimitConn, LimitConnZone, LimitReq, LimitReqZone, Source
+from wsgate.config.parse import Stmt
+from wsgate.config.template import Template
+from wsgate.config.units import parse_size
+from wsgate.config.values import config_error
+
+__all__ = [
+    "LIMIT_LOG_LEVELS",
+    "MIN_ZONE_SIZE",
+    "parse_limit_conn",
+    "parse_limit_level",
+    "parse_limit_req",
+    "parse_limit_status",
+    "parse_zone",
+]
+
+_err = config_error
+
+#: nginx refuses a zone smaller than ``8 * ngx_pagesize`` ("zone \"%V\" is too small").
+MIN_ZONE_SIZE = 8 * 4096
+#: ``limit_conn_log_level``/``limit_req_log_level``: "info | notice | warn | error".
+LIMIT_LOG_LEVELS = ("info", "notice", "warn", "error")
+#: ``nodelay``: nginx's ``NGX_MAX_INT_T_VALUE / 1000`` requests, i.e. never delayed.
+_NODELAY = (2**63 - 1) // 1000
+
+Compile = Callable[[str, Source], Template]
+
+
+def _zone_arg(s: Stmt, text: str) -> tuple[str, int]:
+    name, colon, size_text = text[5:].partition(":")
+    if not colon:
+        raise _err(f'invalid zone size "{text}"', s.src)
+    size = parse_size(size_text)
+    if size is None:
+        raise _err(f'invalid zone size "{text}"', s.src)
+    if size < MIN_ZONE_SIZE:
+        raise _err(f'zone "{text}" is too small', s.src)
+    return name, size
+
+
+def parse_zone(
+    s: Stmt,
+    compile_: Compile,
+    taken: dict[str, LimitConnZone] | dict[str, LimitReqZone],
+) -> LimitConnZone | LimitReqZone:
+    """``limit_conn_zone KEY zone=NAME:SIZE`` or ``limit_req_zone KEY zone=NAME:SIZE
+    rate=RATE``: "The rate is specified in requests per second (r/s). If a rate of less than
+    one request per second is desired, it is specified in request per minute (r/m)."
+    ``rate`` defaults to 1r/s and a bare number is per second, as in nginx."""
+    is_req = s.name == "limit_req_zone"
+    key = compile_(s.args[0], s.src)
+    name, size, rate, scale = "", 0, 1, 1
+    for a in s.args[1:]:
+        if a.startswith("zone="):
+            name, size = _zone_arg(s, a)
+        elif is_req and a.startswith("rate="):
+            digits = a[5:]
+            scale = 1
+            if digits.endswith("r/s"):
+                digits = digits[:-3]
+            elif digits.endswith("r/m"):
+                digits, scale = digits[:-3], 60
+            rate = int(digits) if digits.isdigit() else 0
+            if rate <= 0:
+                raise _err(f'invalid rate "{a}"', s.src)
+        else:
+            raise _err(f'invalid parameter "{a}"', s.src)
+    if not name:
+        raise _err(f'"{s.name}" must have "zone" parameter', s.src)
+    old = taken.get(name)
+    if old is not None:
+        raise _err(f'{s.name} "{name}" is already bound to key "{old.key}"', s.src)
+    if is_req:
+        return LimitReqZone(name, key, size, rate * 1000 // scale, s.src)
+    return LimitConnZone(name, key, size, s.src)
+
+
+def _unknown_zone(s: Stmt, name: str) -> Exception:
+    # nginx adds a zero-size zone here and fails later with 'zero size shared memory zone
+    # "NAME"' (no file:line); wsgate says so at the line that names it.
+    return _err(
+        f'zero size shared memory zone "{name}" (no {s.name}_zone declares it)',
+        s.src,
+    )
+
+
+def parse_limit_conn(s: Stmt, zones: dict[str, LimitConnZone], seen: list[LimitConn]) -> LimitConn:
+    """``limit_conn ZONE NUMBER``: "Sets the shared memory zone and the maximum allowed number
+    of connections for a given key value.\""""
+    name, number = s.args
+    if name not in zones:
+        raise _unknown_zone(s, name)
+    n = int(number) if number.isdigit() else 0
+    if n <= 0:
+        raise _err(f'invalid number of connections "{number}"', s.src)
+    if n > 65535:
+        raise _err("connection limit must be less 65536", s.src)
+    if any(lc.zone.name == name for lc in seen):
+        raise _err('"limit_conn" directive is duplicate', s.src)
+    return LimitConn(zones[name], n, s.src)
+
+
+def parse_limit_req(s: Stmt, zones: dict[str, LimitReqZone], seen: list[LimitReq]) -> LimitReq:
+    """``limit_req zone=NAME [burst=N] [nodelay | delay=N]``: "Excessive requests are delayed
+    until their number exceeds the maximum burst size in which case the request is terminated
+    with an error."  Burst and delay are kept in milli-requests, as nginx keeps them."""
+    name, burst, delay = "", 0, 0
+    for a in s.args:
+        if a.startswith("zone="):
+            name = a[5:]
+            if name not in zones:
+                raise _unknown_zone(s, name)
+        elif a.startswith("burst="):
+            burst = int(a[6:]) if a[6:].isdigit() else 0
+            if burst <= 0:
+                raise _err(f'invalid burst value "{a}"', s.src)
+        elif a.startswith("delay="):
+            delay = int(a[6:]) if a[6:].isdigit() else 0
+            if delay <= 0:
+                raise _err(f'invalid delay value "{a}"', s.src)
+        elif a == "nodelay":
+            delay = _NODELAY
+        else:
+            raise _err(f'invalid parameter "{a}"', s.src)
+    if not name:
+        raise _err('"limit_req" must have "zone" parameter', s.src)
+    if any(lr.zone.name == name for lr in seen):
+        raise _err('"limit_req" directive is duplicate', s.src)
+    return LimitReq(zones[name], burst * 1000, delay * 1000, s.src)
+
+
+def parse_limit_status(s: Stmt) -> int:
+    """``limit_conn_status``/``limit_req_status CODE``: nginx bounds it to 400..599."""
+    text = s.args[0]
+    if not re.fullmatch(r"[0-9]+", text):
+        raise _err(f'invalid number "{text}" in "{s.name}" directive', s.src)
+    code = int(text)
+    if not 400 <= code <= 599:
+        raise _err("value must be between 400 and 599", s.src)
+    return code
+
+
+def parse_limit_level(s: Stmt) -> str:
+    """``limit_conn_log_level``/``limit_req_log_level info | notice | warn | error``."""
+    level = s.args[0]
+    if level not in LIMIT_LOG_LEVELS:
+        raise _err(f'invalid value "{level}"', s.src)
+    return level
