@@ -26,49 +26,9 @@ if TYPE_CHECKING:
 
 __all__ = ["FIXED_VARIABLES", "PREFIX_VARIABLES", "RequestContext", "is_known_variable"]
 
-FIXED_VARIABLES = frozenset(
+#: ``$https`` and the ``$ssl_*`` variables of ngx_http_ssl_module, filled from ``tls``.
+_TLS_VARIABLES = frozenset(
     {
-        "remote_addr",
-        "binary_remote_addr",
-        "remote_port",
-        "server_addr",
-        "server_port",
-        "server_name",
-        "server_protocol",
-        "host",
-        "hostname",
-        "scheme",
-        "request",
-        "request_method",
-        "request_uri",
-        "uri",
-        "document_uri",
-        "args",
-        "query_string",
-        "is_args",
-        "proxy_host",
-        "proxy_port",
-        "proxy_add_x_forwarded_for",
-        "status",
-        "time_local",
-        "time_iso8601",
-        "msec",
-        "request_time",
-        "bytes_sent",
-        "body_bytes_sent",
-        "request_length",
-        "upstream_addr",
-        "upstream_status",
-        "upstream_response_time",
-        "upstream_connect_time",
-        "upstream_header_time",
-        "connection",
-        "connection_requests",
-        "pid",
-        "pipe",
-        "content_length",
-        "content_type",
-        "remote_user",
         "https",
         "ssl_protocol",
         "ssl_cipher",
@@ -76,12 +36,61 @@ FIXED_VARIABLES = frozenset(
         "ssl_client_s_dn",
         "ssl_client_verify",
         "ssl_session_reused",
-        # ngx_http_stub_status_module (1.3.14)
-        "connections_active",
-        "connections_reading",
-        "connections_writing",
-        "connections_waiting",
     }
+)
+
+FIXED_VARIABLES = (
+    frozenset(
+        {
+            "remote_addr",
+            "binary_remote_addr",
+            "remote_port",
+            "server_addr",
+            "server_port",
+            "server_name",
+            "server_protocol",
+            "host",
+            "hostname",
+            "scheme",
+            "request",
+            "request_method",
+            "request_uri",
+            "uri",
+            "document_uri",
+            "args",
+            "query_string",
+            "is_args",
+            "proxy_host",
+            "proxy_port",
+            "proxy_add_x_forwarded_for",
+            "status",
+            "time_local",
+            "time_iso8601",
+            "msec",
+            "request_time",
+            "bytes_sent",
+            "body_bytes_sent",
+            "request_length",
+            "upstream_addr",
+            "upstream_status",
+            "upstream_response_time",
+            "upstream_connect_time",
+            "upstream_header_time",
+            "connection",
+            "connection_requests",
+            "pid",
+            "pipe",
+            "content_length",
+            "content_type",
+            "remote_user",
+            # ngx_http_stub_status_module (1.3.14)
+            "connections_active",
+            "connections_reading",
+            "connections_writing",
+            "connections_waiting",
+        }
+    )
+    | _TLS_VARIABLES
 )
 PREFIX_VARIABLES = ("http_", "arg_", "cookie_", "sent_http_", "upstream_http_")
 
@@ -94,17 +103,6 @@ def is_known_variable(name: str, maps: frozenset[str] | set[str]) -> bool:
 
 
 _HOSTNAME = socket.gethostname()
-_TLS_VARIABLES = frozenset(
-    {
-        "https",
-        "ssl_protocol",
-        "ssl_cipher",
-        "ssl_server_name",
-        "ssl_client_s_dn",
-        "ssl_client_verify",
-        "ssl_session_reused",
-    }
-)
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
