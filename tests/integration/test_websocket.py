@@ -162,6 +162,19 @@ async def raw_upstream(
     return server, server.sockets[0].getsockname()[1]
 
 
+async def start_raw(
+    tmp: Path,
+    handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+    extra: str = "",
+    main: str = "",
+) -> tuple[asyncio.Server, WsgateProcess]:
+    """A raw upstream and a wsgate in front of it (``main``: main-context directives)."""
+    server, port = await raw_upstream(handler)
+    conf = main + CONF.format(port=port, extra=extra)
+    gw = await asyncio.to_thread(start_wsgate, tmp, conf)
+    return server, gw
+
+
 SWITCH = (
     b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     b"X-Custom: yes\r\n\r\n"
@@ -183,10 +196,7 @@ def test_half_close_propagates_both_ways(tmp_path: Path) -> None:
             await writer.drain()
             writer.close()
 
-        server, port = await raw_upstream(upstream)
-        gw = await asyncio.to_thread(
-            start_wsgate, tmp_path / "gw", CONF.format(port=port, extra="")
-        )
+        server, gw = await start_raw(tmp_path / "gw", upstream)
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
             writer.write(handshake())
@@ -229,10 +239,7 @@ def test_slow_client_back_pressure_is_bounded(tmp_path: Path) -> None:
                     blocked.set()
                     await writer.drain()
 
-        server, port = await raw_upstream(upstream)
-        gw = await asyncio.to_thread(
-            start_wsgate, tmp_path / "gw", CONF.format(port=port, extra="")
-        )
+        server, gw = await start_raw(tmp_path / "gw", upstream)
         try:
             sock = socket.create_connection(("127.0.0.1", gw.port))
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
@@ -270,11 +277,12 @@ def test_send_timeout_closes_a_tunnel_blocked_on_the_client(tmp_path: Path) -> N
             except ConnectionError:
                 closed.set()
 
-        server, port = await raw_upstream(upstream)
-        conf = "error_log logs/info.log info;\n" + CONF.format(
-            port=port, extra="send_timeout 1s; proxy_read_timeout 30s;"
+        server, gw = await start_raw(
+            tmp_path / "gw",
+            upstream,
+            "send_timeout 1s; proxy_read_timeout 30s;",
+            "error_log logs/info.log info;\n",
         )
-        gw = await asyncio.to_thread(start_wsgate, tmp_path / "gw", conf)
         try:
             sock = socket.create_connection(("127.0.0.1", gw.port))
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
@@ -303,11 +311,12 @@ def test_proxy_send_timeout_closes_a_tunnel_blocked_on_the_upstream(tmp_path: Pa
             await writer.drain()
             await asyncio.sleep(30)  # never reads again
 
-        server, port = await raw_upstream(upstream)
-        conf = "error_log logs/info.log info;\n" + CONF.format(
-            port=port, extra="proxy_send_timeout 1s; proxy_read_timeout 30s;"
+        server, gw = await start_raw(
+            tmp_path / "gw",
+            upstream,
+            "proxy_send_timeout 1s; proxy_read_timeout 30s;",
+            "error_log logs/info.log info;\n",
         )
-        gw = await asyncio.to_thread(start_wsgate, tmp_path / "gw", conf)
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
             writer.write(handshake())
@@ -358,10 +367,7 @@ def test_upgrade_refused_by_upstream_is_a_normal_response(tmp_path: Path) -> Non
                 await writer.drain()
             writer.close()
 
-        server, port = await raw_upstream(upstream)
-        gw = await asyncio.to_thread(
-            start_wsgate, tmp_path / "gw", CONF.format(port=port, extra="")
-        )
+        server, gw = await start_raw(tmp_path / "gw", upstream)
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
             writer.write(handshake())
