@@ -9,6 +9,7 @@ listen order once the pid file exists.  Nothing sleeps for readiness.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import re
 import signal as _signal
@@ -18,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,8 +58,47 @@ class WsgateProcess:
     def errors(self) -> str:
         return self.error_log.read_text(errors="replace") if self.error_log.exists() else ""
 
+    def worker_pids(self) -> list[int]:
+        """The master's children (its worker processes), oldest first."""
+        pid = self.proc.pid
+        try:
+            text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+        except OSError:
+            return []
+        return sorted(int(p) for p in text.split())
+
+    @property
+    def worker_pid(self) -> int:
+        """The one worker (``worker_processes 1``, the default); waits for it to exist."""
+        deadline = time.monotonic() + 10
+        while not (pids := self.worker_pids()):
+            if time.monotonic() > deadline:
+                raise AssertionError("wsgate has no worker process")
+            time.sleep(0.01)
+        return pids[-1]
+
+    def pids(self) -> list[int]:
+        """The master and its workers."""
+        return [self.proc.pid, *self.worker_pids()]
+
+    def fd_links(self) -> list[str]:
+        """What every descriptor of the master and its workers points at."""
+        links = []
+        for pid in self.pids():
+            try:
+                fds = os.listdir(f"/proc/{pid}/fd")
+            except FileNotFoundError:
+                continue
+            for fd in fds:
+                try:
+                    links.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+                except FileNotFoundError:
+                    pass
+        return links
+
     def open_fds(self) -> int:
-        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+        """Descriptors open in the master and its workers together."""
+        return len(self.fd_links())
 
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
@@ -156,3 +197,37 @@ def wsgate(tmp_path: Path) -> Iterator[Callable[..., WsgateProcess]]:
         handle.stop()
         log = handle.errors()
         assert "[alert]" not in log and "Traceback" not in handle.stderr, log + handle.stderr
+
+
+_REAL_STDERR: Any = sys.stderr
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Keep a handle on the terminal's stderr before output capture replaces it, for
+    :func:`_hang_guard`'s dump."""
+    global _REAL_STDERR
+    _REAL_STDERR = open(os.dup(sys.__stderr__.fileno()), "w")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _REAL_STDERR is not sys.stderr:
+        _REAL_STDERR.close()
+
+
+@pytest.fixture(autouse=True)
+def _hang_guard(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A backstop for pytest-timeout: its SIGALRM cannot interrupt a uvloop loop blocked in
+    epoll (the Python handler never runs, and uvloop holds the GIL there, so no Python thread
+    can step in either), so a hung uvloop test would hang CI.  faulthandler's watchdog is a C
+    thread: thirty seconds after the test's timeout it dumps every thread's stack and exits."""
+    marker = request.node.get_closest_marker("timeout")
+    option = request.config.getoption("timeout", None)
+    if marker is not None and marker.args:
+        limit = float(marker.args[0])
+    elif option is not None:
+        limit = float(option)
+    else:
+        limit = float(request.config.getini("timeout") or 60)
+    faulthandler.dump_traceback_later(limit + 30, exit=True, file=_REAL_STDERR)
+    yield
+    faulthandler.cancel_dump_traceback_later()

@@ -23,6 +23,7 @@ from wsgate.config.model import Config, ErrorLog
 from wsgate.errors import ConfigError
 from wsgate.loop import new_event_loop
 from wsgate.observability.logs import AccessLogs, ErrorLogger, access_log_paths
+from wsgate.server.gateway import BindKey, Gateway, ListenGroup, announce, open_groups, pid_write
 
 __all__ = ["main"]
 
@@ -230,8 +231,6 @@ def _daemonize(error_log: str | None) -> None:
 
 
 def cmd_run(opts: Options) -> int:
-    from wsgate.server.gateway import Gateway, open_groups, pid_write
-
     early = _early_log(opts)
     try:
         config = _load(opts)
@@ -257,28 +256,76 @@ def cmd_run(opts: Options) -> int:
     if config.daemon:
         files = [e.path for e in config.error_logs if e.path != "stderr"]
         _daemonize(files[0] if files else None)
+    if config.master_process:
+        return _run_master(opts, config, error_log, access_logs, groups)
+    return _run_single(opts, config, error_log, access_logs, groups)
+
+
+def _started(config: Config, error_log: ErrorLogger) -> None:
+    pid_write(config.pid)
+    error_log.log("notice", f"{SERVER_TOKEN} started, pid {os.getpid()}")
+
+
+def _remove_pid(path: str) -> None:
+    try:
+        if os.path.exists(path):
+            with open(path) as fh:
+                if fh.read().strip() == str(os.getpid()):
+                    os.unlink(path)
+    except OSError:
+        pass
+
+
+def _run_master(
+    opts: Options,
+    config: Config,
+    error_log: ErrorLogger,
+    access_logs: AccessLogs,
+    groups: dict[BindKey, ListenGroup],
+) -> int:
+    """nginx's default: a master that forks ``worker_processes`` workers (the access logs
+    are opened by each worker; the master only checked that they open)."""
+    from wsgate.server.master import Master
+    from wsgate.server.shared import Shared
+
+    access_logs.close()
+    for group in groups.values():
+        announce(error_log, group)
+    shared = Shared()
+    master = Master(
+        config, error_log, groups, lambda: _load(opts), shared, max_slots=shared.max_slots
+    )
+    try:
+        return master.run(lambda: _started(config, error_log))
+    finally:
+        _remove_pid(master.config.pid)
+        error_log.log("notice", "exit")
+        error_log.close()
+
+
+def _run_single(
+    opts: Options,
+    config: Config,
+    error_log: ErrorLogger,
+    access_logs: AccessLogs,
+    groups: dict[BindKey, ListenGroup],
+) -> int:
+    """``master_process off``: one process accepts, proxies and reloads in place."""
+    from wsgate.server.shared import Shared
+    from wsgate.server.worker import serve
+
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     gw = Gateway(config, loop, error_log, access_logs, reload_config=lambda: _load(opts))
+    shared = Shared(max_slots=1)
+    shared.configure(config)
+    shared.attach(gw, 0)
+    gw.on_reload = shared.configure
     gw.install_signals()
     try:
-        loop.run_until_complete(gw.serve(groups))
-        pid_write(config.pid)
-        error_log.log("notice", f"{SERVER_TOKEN} started, pid {os.getpid()}")
-        loop.run_until_complete(gw.stopped)
-        pending = [t for t in gw.tasks if not t.done()]
-        for t in pending:
-            t.cancel()
-        if pending:
-            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        serve(gw, groups, lambda: _started(config, error_log))
     finally:
-        try:
-            if os.path.exists(gw.config.pid):
-                with open(gw.config.pid) as fh:
-                    if fh.read().strip() == str(os.getpid()):
-                        os.unlink(gw.config.pid)
-        except OSError:
-            pass
+        _remove_pid(gw.config.pid)
         error_log.log("notice", "exit")
         gw.access_logs.close()
         error_log.close()

@@ -7,30 +7,108 @@ kept in milli-requests, ``excess = lr->excess - ctx->rate * ms / 1000 + 1000``, 
 ``excess > burst``, delayed by ``(excess - delay) * 1000 / rate`` milliseconds.  Time is a
 millisecond count passed in by the caller (nginx's ``ngx_current_msec``), so tests need no clock.
 
-wsgate runs one process, so a zone is a dict in memory.  :class:`ConnZone` and
-:class:`ReqZone` keep the state and expose only small calls (``acquire``/``release``,
-``lookup``/``account``) that a shared-memory version could implement for several workers.
-The zone size (``zone=NAME:10m``) is parsed and checked but nothing is evicted by size (nginx
-evicts the oldest states when a zone is full); ``limit_req`` keys idle for 60 s whose excess
-has drained are forgotten as nginx does (:meth:`ReqZone.prune`), ``limit_conn`` keys when
-their count reaches zero.
+:class:`ConnZone` and :class:`ReqZone` keep a zone's state in a dict of one process and
+expose only small calls (``acquire``/``release``, ``lookup``/``account``);
+:mod:`wsgate.shm` subclasses them with zones in shared memory, sized by ``zone=NAME:10m``
+and shared by every worker.  The arithmetic lives here once, in pure functions
+(:func:`drained`, :func:`lookup_state`, :func:`account_state`, :func:`expired`) that both use.
+The dict zones never fill up; ``limit_req`` keys idle for 60 s whose excess has drained are
+forgotten as nginx does (:meth:`ReqZone.prune`), ``limit_conn`` keys when their count reaches
+zero.  A full shared zone is reported as nginx does: :meth:`ConnZone.acquire` returns
+:attr:`Refused.NO_MEMORY`, and :func:`check_requests` a :class:`ReqDecision` with
+``no_memory`` set.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
+from typing import Literal
+
+from wsgate.errors import WsgateError
 
 __all__ = [
+    "NEVER",
     "ConnZone",
     "LimitRegistry",
+    "Refused",
     "ReqDecision",
     "ReqZone",
+    "ZoneFull",
+    "account_state",
     "check_requests",
+    "drained",
+    "expired",
+    "lookup_state",
 ]
 
 
 #: ``lr->last = 0``: a time long enough ago that any excess has drained.
-_NEVER = -(2**62)
+NEVER = -(2**62)
+
+
+class Refused(enum.Enum):
+    """Why :meth:`ConnZone.acquire` refused a slot.  Members are false, so
+    ``if zone.acquire(key, limit):`` reads as a yes/no question."""
+
+    #: "node->conn >= limit->conn": the handler logs "limiting connections by zone".
+    LIMIT = "limit"
+    #: The zone has no room for a new key (nginx: ``ngx_slab_alloc`` failed, logged by the
+    #: slab allocator at crit as ``ngx_slab_alloc() failed: no memory in limit_conn_zone
+    #: "NAME"``); nginx answers ``limit_conn_status`` without the "limiting" line.
+    NO_MEMORY = "no memory"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+class ZoneFull(WsgateError):
+    """A shared ``limit_req`` zone had no room for a new key even after evicting its oldest
+    state (nginx: ``could not allocate node in limit_req zone "NAME"``).  Raised by a shared
+    zone's ``lookup``; :func:`check_requests` turns it into ``ReqDecision(no_memory=True)``."""
+
+    def __init__(self, zone: str) -> None:
+        self.zone = zone
+        super().__init__(f'could not allocate node in limit_req zone "{zone}"')
+
+
+def drained(excess: int, last: int, rate: int, now: int) -> tuple[int, int]:
+    """The excess one more request leaves, and the milliseconds since ``last``:
+    ``excess = lr->excess - ctx->rate * ms / 1000 + 1000`` (at least 0), with a clock that went
+    back by up to a minute counted as 0 ms and further back as 1 ms, as nginx does."""
+    ms = now - last
+    if ms < -60000:
+        ms = 1
+    elif ms < 0:
+        ms = 0
+    return max(excess - rate * ms // 1000 + 1000, 0), ms
+
+
+def lookup_state(
+    excess: int, last: int, rate: int, burst: int, now: int, account: bool
+) -> tuple[bool, int, int, int]:
+    """``ngx_http_limit_req_lookup`` for a key that has a state ``(excess, last)``:
+    ``(busy, new excess, excess to store, last to store)``.  ``busy`` stores nothing; ``account``
+    stores the new excess and, if time moved, ``now``."""
+    new, ms = drained(excess, last, rate, now)
+    if new > burst:
+        return True, new, excess, last
+    if account:
+        return False, new, new, now if ms else last
+    return False, new, excess, last
+
+
+def account_state(excess: int, last: int, rate: int, now: int) -> tuple[int, int]:
+    """``ngx_http_limit_req_account`` for one state: the excess and last to store."""
+    new, ms = drained(excess, last, rate, now)
+    return new, now if ms else last
+
+
+def expired(excess: int, last: int, rate: int, now: int) -> bool:
+    """``ngx_http_limit_req_expire``'s test: idle for a minute and drained ("if (ms < 60000)
+    return; excess = lr->excess - ctx->rate * ms / 1000; if (excess > 0) return;")."""
+    ms = abs(now - last)
+    return ms >= 60000 and excess - rate * ms // 1000 <= 0
 
 
 class ConnZone:
@@ -47,11 +125,12 @@ class ConnZone:
         self.name = name
         self.counts: dict[str, int] = {}
 
-    def acquire(self, key: str, limit: int) -> bool:
-        """Take a slot for ``key`` unless ``limit`` are held (``node->conn >= limit->conn``)."""
+    def acquire(self, key: str, limit: int) -> Literal[True] | Refused:
+        """Take a slot for ``key`` unless ``limit`` are held (``node->conn >= limit->conn``):
+        ``True``, or a false :class:`Refused` saying why."""
         held = self.counts.get(key, 0)
         if held >= limit:
-            return False
+            return Refused.LIMIT
         self.counts[key] = held + 1
         return True
 
@@ -83,14 +162,6 @@ class ReqZone:
         #: key → [excess, last] in milli-requests and milliseconds.
         self.nodes: dict[str, list[int]] = {}
 
-    def _excess(self, node: list[int], now: int) -> tuple[int, int]:
-        ms = now - node[1]
-        if ms < -60000:
-            ms = 1
-        elif ms < 0:
-            ms = 0
-        return max(node[0] - self.rate * ms // 1000 + 1000, 0), ms
-
     def lookup(self, key: str, burst: int, now: int, account: bool) -> tuple[bool, int]:
         """``ngx_http_limit_req_lookup``: ``(busy, excess)``.
 
@@ -105,16 +176,12 @@ class ReqZone:
         if node is None:
             # nginx: "lr->excess = 0;" and "lr->last = now" when accounted at once, else
             # "lr->last = 0" so that the later account also finds no excess.
-            self.nodes[key] = [0, now if account else _NEVER]
+            self.nodes[key] = [0, now if account else NEVER]
             return False, 0
-        excess, ms = self._excess(node, now)
-        if excess > burst:
-            return True, excess
-        if account:
-            node[0] = excess
-            if ms:
-                node[1] = now
-        return False, excess
+        busy, excess, node[0], node[1] = lookup_state(
+            node[0], node[1], self.rate, burst, now, account
+        )
+        return busy, excess
 
     def account(self, key: str, now: int) -> int:
         """``ngx_http_limit_req_account`` for one limit: store and return the new excess."""
@@ -122,23 +189,16 @@ class ReqZone:
         if node is None:  # pragma: no cover - lookup always creates it
             self.nodes[key] = [0, now]
             return 0
-        excess, ms = self._excess(node, now)
-        if ms:
-            node[1] = now
-        node[0] = excess
-        return excess
+        node[0], node[1] = account_state(node[0], node[1], self.rate, now)
+        return node[0]
 
     def prune(self, now: int) -> None:
         """``ngx_http_limit_req_expire``: forget keys idle for 60 s whose excess has drained
         (``excess = lr->excess - ctx->rate * ms / 1000; if (excess > 0) return;``)."""
         self.pruned = now
         rate = self.rate
-        drained = [
-            k
-            for k, (excess, last) in self.nodes.items()
-            if abs(now - last) >= 60000 and excess - rate * abs(now - last) // 1000 <= 0
-        ]
-        for k in drained:
+        gone = [k for k, (excess, last) in self.nodes.items() if expired(excess, last, rate, now)]
+        for k in gone:
             del self.nodes[k]
 
 
@@ -148,12 +208,16 @@ class ReqDecision:
 
     ``rejected`` names the zone whose burst was exceeded (then ``excess`` is its excess);
     otherwise ``delay_ms`` is the wait (0: none) and ``zone``/``excess`` the limit that set it.
+    ``no_memory``: ``rejected`` names a shared zone that had no room for the key; nginx then
+    logs ``could not allocate node in limit_req zone "NAME"`` at alert instead of "limiting
+    requests", and answers ``limit_req_status`` (or lets the request pass in a dry run).
     """
 
     rejected: str | None = None
     excess: int = 0
     delay_ms: int = 0
     zone: str = ""
+    no_memory: bool = False
 
 
 def check_requests(limits: list[tuple[ReqZone, str, int, int]], now: int) -> ReqDecision:
@@ -164,14 +228,19 @@ def check_requests(limits: list[tuple[ReqZone, str, int, int]], now: int) -> Req
     already non-empty.  The first limit over its burst rejects the request and nothing is
     accounted.  Otherwise every zone is accounted and the longest delay wins:
     ``max_delay = (excess - delay) * 1000 / rate``.  nginx accounts in a dry run too, so the
-    caller applies ``limit_req_dry_run`` only to the outcome.
+    caller applies ``limit_req_dry_run`` only to the outcome.  A shared zone that has no room
+    for a key (:class:`ZoneFull`) rejects the request like a burst, with ``no_memory`` set
+    (nginx's ``NGX_ERROR`` from the lookup).
     """
     if not limits:
         return ReqDecision()
     last = len(limits) - 1
     excess = 0
     for i, (zone, key, burst, _) in enumerate(limits):
-        busy, excess = zone.lookup(key, burst, now, i == last)
+        try:
+            busy, excess = zone.lookup(key, burst, now, i == last)
+        except ZoneFull:
+            return ReqDecision(rejected=zone.name, no_memory=True)
         if busy:
             return ReqDecision(rejected=zone.name, excess=excess)
     zone, _, _, delay = limits[last]

@@ -228,14 +228,7 @@ def fd_count(h: WsgateProcess) -> int:
     """``h.open_fds()`` less the log files: wsgate opens an access log on its first line, not
     at start-up as nginx does, and that file is not a leaked connection."""
     logs = str(h.prefix / "logs") + os.sep
-    pid = h.proc.pid
-    n_logs = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            n_logs += os.readlink(f"/proc/{pid}/fd/{fd}").startswith(logs)
-        except FileNotFoundError:
-            pass
-    return h.open_fds() - n_logs
+    return sum(not link.startswith(logs) for link in h.fd_links())
 
 
 def _tcp_states() -> dict[str, str]:
@@ -261,13 +254,8 @@ def _tcp_states() -> dict[str, str]:
 def _connections(h: WsgateProcess) -> list[str]:
     """wsgate's TCP sockets other than listeners."""
     tcp = _tcp_states()
-    pid = h.proc.pid
     out = []
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            link = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except FileNotFoundError:
-            continue
+    for link in h.fd_links():
         state = tcp.get(link[8:-1], "") if link.startswith("socket:") else ""
         if state and not state.endswith("LISTEN"):
             out.append(state)
@@ -279,8 +267,7 @@ def wait_fds(h: WsgateProcess, baseline: int, timeout: float = TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     while (n := fd_count(h)) > baseline:
         if time.monotonic() > deadline:
-            fds = sorted(os.listdir(f"/proc/{h.proc.pid}/fd"), key=int)
-            links = [os.readlink(f"/proc/{h.proc.pid}/fd/{fd}") for fd in fds]
+            links = h.fd_links()
             tcp = _tcp_states()
             links = [
                 f"{ln} {tcp.get(ln[8:-1], '')}" if ln.startswith("socket:") else ln for ln in links

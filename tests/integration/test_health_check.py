@@ -299,6 +299,8 @@ def test_no_leaks_across_reloads(
         gw.signal(signal.SIGHUP)
         # New peer groups start unknown; the restarted checker finds the dead one at once.
         gw.wait_log(line, start=start)
+    # Each reload forked a new worker; the retired ones exit (they carry no connection).
+    wait_until(lambda: len(gw.worker_pids()) == 1, what="the old workers to exit")
     after = fds()
     # At most one probe connection per peer is ever open, before and after the reloads.
     assert max(after) <= min(before) + 2, (before, after)

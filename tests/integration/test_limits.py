@@ -8,6 +8,8 @@ nodelay, delay).
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable
 
@@ -126,3 +128,73 @@ def test_limit_req_dry_run_only_logs(bg: Loop, wsgate: Factory) -> None:
     )
     assert [get(gw.port)[0] for _ in range(2)] == [200, 200]
     gw.wait_log(r'\[notice\] .*limiting requests, dry run, excess: 1\.000 by zone "one"')
+
+
+# -- across workers ------------------------------------------------------------------------------
+def _pid_of_tunnel(sock_port: int, pids: list[int]) -> int:
+    """The worker whose socket is the server end of the client connection from ``sock_port``."""
+    inodes = {}
+    with open("/proc/net/tcp") as fh:
+        for line in fh.readlines()[1:]:
+            f = line.split()
+            if int(f[2].split(":")[1], 16) == sock_port:
+                inodes[f[9]] = True
+    for pid in pids:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except FileNotFoundError:
+                continue
+            if link.startswith("socket:[") and link[8:-1] in inodes:
+                return pid
+    raise AssertionError(f"no worker holds the connection from port {sock_port}")
+
+
+def test_limit_conn_is_shared_by_workers_and_a_killed_worker_frees_its_slots(
+    bg: Loop, wsgate: Factory
+) -> None:
+    """Four workers, ``limit_conn perip 3``: whichever workers carry the three tunnels, a
+    fourth request is refused on any worker; a SIGKILLed worker's slots come back."""
+    b = bg.backend("b", websocket=True)
+    gw = wsgate(
+        "worker_processes 4;\n"
+        + conf(b.port, "limit_conn_zone $binary_remote_addr zone=perip:1m;", "limit_conn perip 3;")
+    )
+    wait_for(lambda: len(gw.worker_pids()) == 4, "four workers")
+    tunnels = [ws_open(gw.port) for _ in range(3)]  # at the limit
+    try:
+        owners = [_pid_of_tunnel(t.getsockname()[1], gw.worker_pids()) for t in tunnels]
+        # Over the limit, whichever worker takes the request (each on a new connection).
+        assert [get(gw.port)[0] for _ in range(12)] == [503] * 12
+        victim = owners[0]
+        held = owners.count(victim)
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: victim not in gw.worker_pids(), "the worker to die")
+        # Its tunnels are gone and so are their slots: exactly `held` requests fit again.
+        for _ in range(held):
+            tunnels.append(ws_open(gw.port))
+        assert get(gw.port)[0] == 503
+    finally:
+        for t in tunnels:
+            t.close()
+    gw.wait_log(rf"worker process {victim} exited on signal 9")
+    # The fixture fails on [alert]: this one was expected.
+    log = gw.error_log.read_text().replace("[alert]", "[ALERT-expected]")
+    gw.error_log.write_text(log)
+
+
+def test_limit_req_burst_is_shared_by_workers(bg: Loop, wsgate: Factory) -> None:
+    """rate=1r/m burst=2 nodelay over four workers: exactly three requests of twelve pass."""
+    b = bg.backend("b")
+    gw = wsgate(
+        "worker_processes 4;\n"
+        + conf(
+            b.port,
+            "limit_req_zone $binary_remote_addr zone=r:1m rate=1r/m;",
+            "limit_req zone=r burst=2 nodelay;",
+        )
+    )
+    wait_for(lambda: len(gw.worker_pids()) == 4, "four workers")
+    statuses = [get(gw.port)[0] for _ in range(12)]
+    assert statuses == [200] * 3 + [503] * 9
+    assert len(b.paths) == 3

@@ -225,6 +225,9 @@ def test_methods_head_and_old_syntax(tmp_path: Path) -> None:
 
 
 def test_counters_survive_a_reload(tmp_path: Path) -> None:
+    """The counters are in shared memory: the new workers continue them, and the tunnel the
+    retired worker still carries keeps counting as Active and Writing."""
+
     async def scenario() -> None:
         server, gw = await start(tmp_path / "gw")
         mon = Monitor(await Client.open(gw.port))
@@ -235,24 +238,57 @@ def test_counters_survive_a_reload(tmp_path: Path) -> None:
                 assert await mon.page() == (2, 2, 2, 2, 0, 2, 0)
                 mark = len(gw.errors())
                 gw.signal(signal.SIGHUP)
-                await asyncio.to_thread(gw.wait_log, r"listening on", 10.0, mark)
-                new_port = int(
-                    re.findall(r"listening on 127\.0\.0\.1:(\d+)", gw.errors()[mark:])[0]
-                )
-                # The old connection, on the old configuration, sees the same counters.
-                assert await mon.page() == (2, 2, 2, 3, 0, 2, 0)
-                # A connection on the new configuration continues them.
-                fresh = Monitor(await Client.open(new_port))
-                assert await fresh.page() == (3, 3, 3, 4, 0, 2, 1)
+                # The old worker retires: it closes the monitor's idle keep-alive connection
+                # (as nginx's old workers do) and keeps the tunnel.
+                await asyncio.to_thread(gw.wait_log, r"gracefully shutting down", 10.0, mark)
+                assert await asyncio.wait_for(mon.client.reader.read(), 10) == b""
+                await mon.client.close()
+                fresh = Monitor(await Client.open(gw.port))
+                # accepts 3; Active: the tunnel and this one; Writing: both.
+                assert await fresh.until(ACTIVE, 2) == (2, 3, 3, 2 + fresh.requests, 0, 2, 0)
                 await ws.send("still")
                 assert await ws.recv() == "still"
-                await fresh.client.close()
-            # The tunnel and the fresh connection are gone; the requests: the tunnel's, the
-            # fresh connection's and the monitor's own.
-            numbers = await mon.until(ACTIVE, 1)
-            assert numbers == (1, 3, 3, 2 + mon.requests, 0, 1, 0)
+            # The tunnel is gone; its worker too.
+            numbers = await fresh.until(ACTIVE, 1)
+            assert numbers == (1, 3, 3, 2 + fresh.requests, 0, 1, 0)
+            await fresh.client.close()
         finally:
+            gw.stop()
+            server.close()
+
+    asyncio.run(scenario())
+
+
+def test_counters_are_shared_by_workers(tmp_path: Path) -> None:
+    """Four workers: whichever answers the page, it counts every worker's connections."""
+
+    async def scenario() -> None:
+        server = await serve(echo, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        gw = await asyncio.to_thread(
+            start_wsgate, tmp_path / "gw", "worker_processes 4;\n" + CONF.format(port=port)
+        )
+        tunnels = []
+        try:
+            for _ in range(12):
+                ws = await connect(f"ws://127.0.0.1:{gw.port}/")
+                await ws.send("x")
+                assert await ws.recv() == "x"
+                tunnels.append(ws)
+            for _ in range(8):  # each on a new connection: any worker may answer
+                mon = Monitor(await Client.open(gw.port))
+                numbers = await mon.page()
+                await mon.client.close()
+                assert numbers[ACTIVE] >= 13 and numbers[WRITING] >= 13, numbers
+                assert numbers[ACCEPTS] == numbers[HANDLED] >= 13
+            for ws in tunnels:
+                await ws.close()
+            mon = Monitor(await Client.open(gw.port))
+            numbers = await mon.until(ACTIVE, 1)
+            # 12 tunnels + 8 monitors + this one, each one request and one connection.
+            assert numbers == (1, 21, 21, 21 + mon.requests - 1, 0, 1, 0)
             await mon.client.close()
+        finally:
             gw.stop()
             server.close()
 

@@ -246,7 +246,7 @@ def test_slow_client_back_pressure_is_bounded(tmp_path: Path) -> None:
             sock.sendall(handshake())
             await asyncio.wait_for(blocked.wait(), 20)
             stuck_at = written
-            rss = _rss_kib(gw.proc.pid)
+            rss = _rss_kib(gw.worker_pid)
             # Everything written so far sits in kernel buffers and wsgate's bounded buffers.
             assert stuck_at < 64 * 1024 * 1024
             assert rss < 200 * 1024
@@ -256,6 +256,16 @@ def test_slow_client_back_pressure_is_bounded(tmp_path: Path) -> None:
             server.close()
 
     run(scenario())
+
+
+def _log_with(path: Path, text: str, timeout: float = 10.0) -> str:
+    """The file's text once it contains ``text``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        content = path.read_text() if path.exists() else ""
+        if text in content or time.monotonic() > deadline:
+            return content
+        time.sleep(0.01)
 
 
 def test_send_timeout_closes_a_tunnel_blocked_on_the_client(tmp_path: Path) -> None:
@@ -289,7 +299,10 @@ def test_send_timeout_closes_a_tunnel_blocked_on_the_client(tmp_path: Path) -> N
             sock.sendall(handshake())
             # Never read: wsgate's writes to this client block, the send timer runs.
             await asyncio.wait_for(closed.wait(), 15)
-            info = (gw.prefix / "logs" / "info.log").read_text()
+            # The upstream sees the close a moment before wsgate writes its line.
+            info = await asyncio.to_thread(
+                _log_with, gw.prefix / "logs" / "info.log", "client timed out"
+            )
             assert "client timed out (110: Connection timed out) while proxying upgraded" in info
             (line,) = await asyncio.to_thread(gw.access_lines, 1)
             assert " 101 " in line
@@ -336,7 +349,9 @@ def test_proxy_send_timeout_closes_a_tunnel_blocked_on_the_upstream(tmp_path: Pa
             except ConnectionResetError:
                 pass
             task.cancel()
-            info = (gw.prefix / "logs" / "info.log").read_text()
+            info = await asyncio.to_thread(
+                _log_with, gw.prefix / "logs" / "info.log", "upstream timed out"
+            )
             assert "upstream timed out (110: Connection timed out) while proxying upgraded" in info
             writer.close()
         finally:

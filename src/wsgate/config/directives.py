@@ -47,6 +47,10 @@ DIRECTIVES: dict[str, Directive] = {
     "master_process": _d(MAIN, 1),
     "worker_processes": _d(MAIN, 1),
     "worker_shutdown_timeout": _d(MAIN, 1),
+    "worker_rlimit_nofile": _d(MAIN, 1),
+    "worker_cpu_affinity": _d(MAIN, 1, -1),
+    # wsgate: HAProxy's ``close-spread-time`` (see wsgate.server.gateway)
+    "close_spread_time": _d(MAIN, 1),
     "events": _d(MAIN, 0, block=True),
     "http": _d(MAIN, 0, block=True),
     # events
@@ -69,6 +73,8 @@ DIRECTIVES: dict[str, Directive] = {
     "location": _d(f"{SERVER} {LOCATION}", 1, 2, block=True),
     # ngx_http_stub_status_module: "stub_status;" (before 1.7.5 it took an argument)
     "stub_status": _d(f"{SERVER} {LOCATION}", 0, 1),
+    # wsgate's own: a Prometheus text page (see wsgate.observability.metrics)
+    "prometheus": _d(LOCATION, 0),
     # per-location settings
     "proxy_pass": _d(LOCATION, 1),
     "proxy_http_version": _d(_HSL, 1),

@@ -3,8 +3,8 @@
 A :class:`Level` keeps what one block sets; :meth:`Level.settings` gives the effective
 :class:`~wsgate.config.model.LocationSettings` after nginx's ``merge_loc_conf`` rules: most
 values inherit one by one, while ``proxy_set_header``, ``access_log`` and ``allow``/``deny``
-inherit all-or-nothing per level, and ``proxy_pass``, ``return`` and ``stub_status`` do not
-inherit at all.
+inherit all-or-nothing per level, and ``proxy_pass``, ``return``, ``stub_status`` and
+``prometheus`` do not inherit at all.
 """
 
 from __future__ import annotations
@@ -247,6 +247,8 @@ class Level:
                     s.src,
                 )
             return True
+        if n == "prometheus":
+            return True
         if n == "return":
             return self.return_(s)
         if n in ("limit_conn_status", "limit_req_status"):
@@ -384,11 +386,11 @@ class Level:
         pp = self.own.get("proxy_pass")
         ret = self.own.get("return")
         kwargs: dict[str, Any] = {}
-        if "stub_status" in self.own:
-            # stub_status and proxy_pass both set this level's content handler: the later wins.
-            names = list(self.own)
-            if pp is None or names.index("stub_status") > names.index("proxy_pass"):
-                kwargs["stub_status"], pp = True, None
+        # stub_status, prometheus and proxy_pass each set this level's content handler: the
+        # last one written wins.
+        handlers = [n for n in self.own if n in ("proxy_pass", "stub_status", "prometheus")]
+        if handlers and handlers[-1] != "proxy_pass":
+            kwargs[handlers[-1]], pp = True, None
         for name in (
             "proxy_connect_timeout",
             "proxy_read_timeout",

@@ -148,7 +148,11 @@ class Loader:
         pid = "logs/nginx.pid"
         error_logs: list[ErrorLog] = []
         daemon = True
+        master = True
         workers = 1
+        nofile: int | None = None
+        affinity: tuple[frozenset[int], ...] | None = None
+        spread = 0.0
         worker_connections = 512
         shutdown: float | None = None
         http: Stmt | None = None
@@ -167,13 +171,24 @@ class Loader:
                 value = parse_flag_arg(s)
                 if s.name == "daemon":
                     daemon = value
+                else:
+                    master = value
             elif s.name == "worker_processes":
+                # nginx: "auto" is the number of CPUs this process may run on.
                 if s.args[0] == "auto":
-                    workers = os.cpu_count() or 1
+                    workers = len(os.sched_getaffinity(0)) or 1
                 else:
                     workers = parse_int_arg(s, s.args[0])
+                    if workers < 1:
+                        raise _err(f'invalid value "{s.args[0]}"', s.src)
             elif s.name == "worker_shutdown_timeout":
                 shutdown = parse_time_arg(s)
+            elif s.name == "worker_rlimit_nofile":
+                nofile = parse_int_arg(s, s.args[0])
+            elif s.name == "worker_cpu_affinity":
+                affinity = _cpu_affinity(s)
+            elif s.name == "close_spread_time":
+                spread = parse_time_arg(s)
             elif s.name == "events":
                 for e in s.block or []:
                     if self.check(e, D.EVENTS) and e.name == "worker_connections":
@@ -196,6 +211,10 @@ class Loader:
             worker_processes=workers,
             worker_connections=worker_connections,
             worker_shutdown_timeout=shutdown,
+            master_process=master,
+            worker_rlimit_nofile=nofile,
+            worker_cpu_affinity=affinity,
+            close_spread_time=spread,
             warnings=tuple(self.warnings),
         )
 
@@ -442,3 +461,26 @@ def load(path: str, prefix: str | None = None, globals_: str | None = None) -> C
     stmts.extend(parsed)
     config = loader.load_main(stmts)
     return dataclasses.replace(config, files=tuple(files))
+
+
+def _cpu_affinity(s: Stmt) -> tuple[frozenset[int], ...]:
+    """``worker_cpu_affinity auto | cpumask ...`` (ngx_set_cpu_affinity): ``auto`` binds
+    worker N to the Nth allowed CPU (returned as ``()``); each mask is a string of 0/1 whose
+    rightmost character is CPU 0, one mask per worker, reused round robin."""
+    if s.args[0] == "auto":
+        if len(s.args) > 1:
+            raise _err('"worker_cpu_affinity" with "auto" takes no mask in wsgate', s.src)
+        return ()
+    masks: list[frozenset[int]] = []
+    for mask in s.args:
+        if not mask or set(mask) - {"0", "1"}:
+            raise _err(
+                f'invalid character "{(set(mask) - {"0", "1"} or {""}).pop()}" in '
+                f'"worker_cpu_affinity"',
+                s.src,
+            )
+        if len(mask) > 64:
+            raise _err('"worker_cpu_affinity" supports up to 64 CPUs only', s.src)
+        cpus = frozenset(i for i, c in enumerate(reversed(mask)) if c == "1")
+        masks.append(cpus)
+    return tuple(masks)

@@ -398,6 +398,8 @@ class LocationSettings:
     access_logs: tuple[AccessLog, ...] = ()
     #: ``stub_status`` here (not inherited: nginx sets it as this level's content handler).
     stub_status: bool = False
+    #: ``prometheus`` (wsgate's) here: the metrics page, a content handler like ``stub_status``.
+    prometheus: bool = False
     #: ``allow``/``deny`` of the innermost level that has any (all-or-nothing inheritance).
     access_rules: tuple[AccessRule, ...] = ()
     #: ``proxy_upgrade_protocols`` (wsgate), lowercased; empty for ``off``.
@@ -513,6 +515,14 @@ class Config:
     worker_processes: int = 1
     worker_connections: int = 512
     worker_shutdown_timeout: float | None = None
+    #: ``master_process off`` runs one process (nginx's development mode).
+    master_process: bool = True
+    worker_rlimit_nofile: int | None = None
+    #: ``worker_cpu_affinity``: ``None`` (not set), ``()`` for ``auto``, else one CPU set per
+    #: worker (nginx's bit masks, rightmost bit = CPU 0), used round robin.
+    worker_cpu_affinity: tuple[frozenset[int], ...] | None = None
+    #: ``close_spread_time``: closes at shutdown are spread over this many seconds.
+    close_spread_time: float = 0.0
     #: ``(path, text)`` of every file read, for ``-T``.
     files: tuple[tuple[str, str], ...] = ()
     #: ``[warn]`` messages produced while loading (accepted no-op directives).

@@ -22,7 +22,7 @@ from wsgate.config.template import Template
 from wsgate.http.fields import first_value
 
 if TYPE_CHECKING:
-    from wsgate.observability.status import ConnectionCounters
+    from wsgate.observability.status import StatusCounters
 
 __all__ = ["FIXED_VARIABLES", "PREFIX_VARIABLES", "RequestContext", "is_known_variable"]
 
@@ -214,7 +214,7 @@ class RequestContext:
         #: ``$https`` and the ``$ssl_*`` values of a TLS connection (empty for plain TCP).
         self.tls: dict[str, str] = {}
         #: The gateway's ``stub_status`` counters, for ``$connections_*`` (None: all ``0``).
-        self.counters: ConnectionCounters | None = None
+        self.counters: StatusCounters | None = None
         self._cache: dict[str, str] = {}
 
     # -- helpers -----------------------------------------------------------------------------

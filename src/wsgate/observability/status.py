@@ -3,10 +3,10 @@
 https://nginx.org/en/docs/http/ngx_http_stub_status_module.html and
 ``ngx_http_stub_status_handler`` (NGINX-SEMANTICS.md §9).  nginx keeps six atomic counters in
 shared memory (``ngx_stat_accepted``, ``handled``, ``requests``, ``active``, ``reading``,
-``writing``) and derives ``Waiting`` as ``active - (reading + writing)``.  wsgate runs one
-process, so :class:`ConnectionCounters` holds them in a plain list; a multi-process version
-replaces this one class with a shared-memory one that has the same ``increment``/``decrement``
-/``snapshot`` methods.
+``writing``) and derives ``Waiting`` as ``active - (reading + writing)``.
+:class:`ConnectionCounters` holds them in a plain list for one process;
+:class:`wsgate.shm.SharedCounters` keeps one row per worker in shared memory and sums the rows.
+Both have the ``increment``/``decrement``/``snapshot`` methods of :class:`StatusCounters`.
 
 Who moves which counter (one connection is in at most one of Reading and Writing):
 
@@ -22,7 +22,7 @@ Who moves which counter (one connection is in at most one of Reading and Writing
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 __all__ = [
     "ACCEPTS",
@@ -32,6 +32,7 @@ __all__ = [
     "REQUESTS",
     "WRITING",
     "ConnectionCounters",
+    "StatusCounters",
     "StatusSnapshot",
     "stub_status_page",
 ]
@@ -50,6 +51,17 @@ class StatusSnapshot(NamedTuple):
     reading: int
     writing: int
     waiting: int
+
+
+class StatusCounters(Protocol):
+    """What the gateway and the handler call: :class:`ConnectionCounters` or
+    :class:`wsgate.shm.SharedCounters`."""
+
+    def increment(self, index: int, n: int = 1) -> None: ...
+
+    def decrement(self, index: int, n: int = 1) -> None: ...
+
+    def snapshot(self) -> StatusSnapshot: ...
 
 
 class ConnectionCounters:

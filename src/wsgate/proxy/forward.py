@@ -229,6 +229,7 @@ class Forwarder(ResponseRelay):
                     att.up.abort()
                 gw.error_log.log("error", retry.log, self.number, ctx, upstream_url)
                 self._failed(selection, peer, ctx, upstream_url, retry.status, retry.phase)
+                gw.metrics.upstream_failed(group.name, peer.address, retry.kind)
                 if self._may_retry(
                     retry.kind, settings, selection.tries, attempts, started, att, head
                 ):
@@ -264,6 +265,7 @@ class Forwarder(ResponseRelay):
                         resp.status,
                         "reading response header from upstream",
                     )
+                    gw.metrics.upstream_failed(group.name, peer.address, kind)
                 continue
             selection.succeed(peer)
             ctx.upstream_statuses.append(str(resp.status))

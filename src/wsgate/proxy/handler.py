@@ -39,7 +39,8 @@ from wsgate.http.request import (
     RequestHead,
     RequestParser,
 )
-from wsgate.limits import ConnZone, ReqZone, check_requests
+from wsgate.limits import ConnZone, Refused, ReqZone, check_requests
+from wsgate.observability.metrics import CONTENT_TYPE, location_label
 from wsgate.observability.status import READING, REQUESTS, WRITING, stub_status_page
 from wsgate.proxy.endpoint import Endpoint
 from wsgate.proxy.forward import Forwarder
@@ -100,6 +101,8 @@ class ClientConnection(Forwarder):
         self.plain_on_tls = False
         #: ``limit_conn`` slots the current request holds (released when it ends).
         self.conn_slots: list[tuple[ConnZone, str]] = []
+        #: Metrics labels of the request being served: (its context, location, has Upgrade).
+        self.metric_req: tuple[RequestContext | None, str, bool] = (None, "", False)
 
     # -- the connection loop ------------------------------------------------------------------
     async def run(self) -> None:
@@ -276,6 +279,7 @@ class ClientConnection(Forwarder):
         ctx.request_length = head.head_size
         server = select_server(self.candidates, head.host, self.default)
         ctx.server_name = server.name
+        self.metric_req = (ctx, "", head.upgrade is not None)
         settings: LocationSettings = server.settings
         try:
             path, args = split_target(head.target)
@@ -293,6 +297,7 @@ class ClientConnection(Forwarder):
             ctx.captures = captures
             if location is not None:
                 settings = location.settings
+                self.metric_req = (ctx, location_label(location), head.upgrade is not None)
             if (
                 settings.keepalive_timeout == 0
                 or self.requests >= settings.keepalive_requests
@@ -321,6 +326,8 @@ class ClientConnection(Forwarder):
                     raise HttpError(403, "access forbidden by rule")
             if settings.stub_status:
                 return await self._stub_status(settings, ctx, head)
+            if settings.prometheus:
+                return await self._prometheus(settings, ctx, head)
             if settings.proxy_pass is None:
                 raise HttpError(404)
             if (
@@ -358,12 +365,20 @@ class ClientConnection(Forwarder):
         level = settings.limit_req_log_level
         excess = f"{decision.excess // 1000}.{decision.excess % 1000:03d}"
         if decision.rejected is not None:
-            self.gw.error_log.log(
-                level,
-                f'limiting requests{dry}, excess: {excess} by zone "{decision.rejected}"',
-                self.number,
-                ctx,
-            )
+            if decision.no_memory:
+                self.gw.error_log.log(
+                    "alert",
+                    f'could not allocate node in limit_req zone "{decision.rejected}"',
+                    self.number,
+                    ctx,
+                )
+            else:
+                self.gw.error_log.log(
+                    level,
+                    f'limiting requests{dry}, excess: {excess} by zone "{decision.rejected}"',
+                    self.number,
+                    ctx,
+                )
             if not dry:
                 raise HttpError(settings.limit_req_status)
         elif decision.delay_ms:
@@ -388,16 +403,26 @@ class ClientConnection(Forwarder):
             if not key:
                 continue
             zone = self.gw.limits.conn_zone(spec.name)
-            if zone.acquire(key, lc.conn):
+            got = zone.acquire(key, lc.conn)
+            if got is True:
                 self.conn_slots.append((zone, key))
                 continue
             dry = settings.limit_conn_dry_run
-            self.gw.error_log.log(
-                settings.limit_conn_log_level,
-                f'limiting connections{", dry run" if dry else ""} by zone "{spec.name}"',
-                self.number,
-                ctx,
-            )
+            if got is Refused.NO_MEMORY:
+                # nginx: the slab allocator's line, and the limit's status.
+                self.gw.error_log.log(
+                    "crit",
+                    f'ngx_slab_alloc() failed: no memory in limit_conn_zone "{spec.name}"',
+                    self.number,
+                    ctx,
+                )
+            else:
+                self.gw.error_log.log(
+                    settings.limit_conn_log_level,
+                    f'limiting connections{", dry run" if dry else ""} by zone "{spec.name}"',
+                    self.number,
+                    ctx,
+                )
             if not dry:
                 raise HttpError(settings.limit_conn_status)
 
@@ -539,6 +564,18 @@ class ClientConnection(Forwarder):
         body = stub_status_page(self.gw.stub_status.snapshot())
         return await self._plain(settings, ctx, head, 200, body, "text/plain")
 
+    async def _prometheus(
+        self, settings: LocationSettings, ctx: RequestContext, head: RequestHead
+    ) -> tuple[bool, float | None]:
+        """``prometheus`` (wsgate's): the metrics of every worker in text format 0.0.4, with
+        this worker's live tunnels flushed first; other methods than GET and HEAD get 405, as
+        ``stub_status``."""
+        if head.method not in ("GET", "HEAD"):
+            raise HttpError(405)
+        self.gw.metrics.flush()
+        body = self.gw.metrics.exposition()
+        return await self._plain(settings, ctx, head, 200, body, CONTENT_TYPE)
+
     def _stat(self, state: int | None) -> None:
         """Move this connection between ``stub_status``'s Reading, Writing and Waiting (None).
 
@@ -558,6 +595,12 @@ class ClientConnection(Forwarder):
         self.stat_state = state
 
     def _log_access(self, settings: LocationSettings, ctx: RequestContext) -> None:
+        if self.tunnel is None:  # a tunnel is counted when it opens and closes (relay.py)
+            req, location, upgrade = self.metric_req
+            if req is not ctx:  # ended before _serve knew it (408 reading the head)
+                location, upgrade = "", False
+            seconds = time.time() - ctx.start
+            self.gw.metrics.request_done(ctx.server_name, location, ctx.status, upgrade, seconds)
         if settings.access_logs:
             self.gw.access_logs.write(settings.access_logs, ctx)
 

@@ -27,6 +27,7 @@ from wsgate.http.headers import (
 from wsgate.http.request import RequestHead, RequestParser
 from wsgate.http.response import ResponseEvent, ResponseHead, ResponseParser
 from wsgate.proxy.endpoint import Endpoint, PeerClosed
+from wsgate.proxy.frames import is_websocket
 from wsgate.proxy.tunnel import Tunnel
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ class ResponseRelay:
     number: int
     parser: RequestParser
     tunnel: Tunnel | None
+    metric_req: tuple[RequestContext | None, str, bool]
 
     def _log_access(self, settings: LocationSettings, ctx: RequestContext) -> None:
         raise NotImplementedError  # provided by ClientConnection
@@ -208,9 +210,11 @@ class ResponseRelay:
             send_timeout_upstream=settings.proxy_send_timeout,
             send_timeout_client=settings.send_timeout,
             on_close=finished,
+            # The 101 names the protocol switched to (RFC 9110 §7.8); only WebSocket has frames.
+            websocket=is_websocket(resp.header("upgrade") or head.upgrade),
         )
         self.tunnel = tunnel
-        self.gw.tunnels.add(tunnel)
+        self.gw.add_tunnel(tunnel)
         tunnel.start(
             early_to_client,
             early_to_upstream,
@@ -226,10 +230,14 @@ class ResponseRelay:
                 )
             elif endpoint.eof:
                 side.eof_received()
+        # Metrics: counted here and when it ends (``finally``), never on the relay path.
+        labels = (ctx.server_name, self.metric_req[1], selection.group.name, peer.address)
+        self.gw.metrics.tunnel_opened(tunnel, labels, time.time() - ctx.start)
         try:
             await done
         finally:
             self.gw.tunnels.discard(tunnel)
+            self.gw.metrics.tunnel_closed(tunnel)
             selection.release(peer)
         upstream_url = f"{scheme}://{peer.address}{ctx.request_uri}"
         if tunnel.timeout_reason == "upstream":

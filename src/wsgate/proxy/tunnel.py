@@ -2,7 +2,7 @@
 
 This is the hot path.  Each side's ``data_received`` does one ``write`` to the other transport,
 counts the bytes (for ``$bytes_sent`` and the access log) and stamps the activity time (for the
-idle timer).  There is no per-message task, no copy and no frame parsing.  Flow control is the
+idle timer).  There is no per-message task and no copy.  Flow control is the
 transport's own: when one transport's write buffer passes its high-water mark, asyncio calls
 ``pause_writing`` on its protocol, and we stop reading the *other* side until
 ``resume_writing`` (the wiring of uvicorn's ``flow_control.py``).  So a slow reader never makes
@@ -21,6 +21,28 @@ Half-close (a deliberate difference from nginx, which closes both sockets on the
 when one side shuts down its sending direction, wsgate shuts down the same direction towards
 the other side (``write_eof``) and keeps relaying the other way; the tunnel ends when both
 directions are shut or either connection is closed or reset.
+
+Frame boundaries (WebSocket tunnels only: the 101 switched to ``websocket``; any other upgrade
+is an opaque byte stream).  To count messages each way and to end a tunnel between two frames,
+each side keeps ``skip``, the bytes until the next frame header (RFC 6455 §5.2,
+https://www.rfc-editor.org/rfc/rfc6455#section-5.2).  A chunk shorter than ``skip`` lies inside
+one frame's payload and costs one comparison and one subtraction; a chunk that is exactly one
+small frame (a 64-byte message) is recognised from its second byte by a table look-up; only
+other chunks go to the header scanner in :mod:`wsgate.proxy.frames`.  Nothing is parsed or
+copied beyond the headers.
+
+Going away (:meth:`Tunnel.going_away`, for a graceful stop or the end of
+``worker_shutdown_timeout``): per direction, at that direction's next frame boundary, wsgate
+sends the receiver a Close frame (§5.5.1) with code 1001 "going away" or 1012 "service
+restart", unless the sender has already sent its own Close there, and from then on drops what
+that sender sends (its Close reply included: its peer already has a Close).  Each connection
+is closed once it has answered with its own Close (or its FIN): the client's at once (towards
+it wsgate is the server, which "SHOULD" close the TCP connection first, §7.1.1), the upstream's
+after the upstream's FIN (towards it wsgate is the client).  ``close_timeout`` after
+:meth:`Tunnel.going_away` whatever is still open is closed: cleanly if everything written to
+it has been sent, with a reset if it is not reading (§7.1.1 allows the client to end a
+connection that the server does not close "in a reasonable time period").  That also ends a
+peer stuck in the middle of a frame, into whose stream no Close can be put.
 """
 
 from __future__ import annotations
@@ -28,7 +50,28 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-__all__ = ["Tunnel"]
+from wsgate.proxy.frames import GOING_AWAY, REASONS, ScanState, close_frame, next_boundary, scan
+
+__all__ = ["CLOSE_TIMEOUT", "Tunnel"]
+
+#: Seconds :meth:`Tunnel.going_away` waits for frame boundaries and Close replies before it
+#: closes what is left (websockets' and browsers' own closing handshakes take well under it).
+CLOSE_TIMEOUT = 5.0
+
+# A direction's phase (``_Side.phase``, for the bytes that side sends).
+_RELAY = 0  # normal relaying
+_WAIT = 1  # going away: relaying the rest of the current frame, then the Close is sent
+_DROP = 2  # going away: the receiver has its Close (or FIN); what the sender sends is dropped
+
+# Hot-path tables indexed by a header byte.  _WHOLE[byte 1]: the length of a frame with a 7-bit
+# payload length (mask bit included), -1 for an extended length.  _KIND[byte 0]: 1 for the final
+# frame of a data message, 0 for other frames, -1 for a Close frame (handled by _frames).
+_WHOLE = tuple(-1 if b & 0x7F > 125 else (b & 0x7F) + (6 if b & 0x80 else 2) for b in range(256))
+_KIND = tuple(-1 if b & 0x0F == 0x8 else int(b & 0x8F in (0x80, 0x81, 0x82)) for b in range(256))
+
+
+def _discard(data: bytes) -> None:
+    """The write of a direction whose receiver already has a Close frame."""
 
 
 class _Side(asyncio.Protocol):
@@ -38,7 +81,16 @@ class _Side(asyncio.Protocol):
         "tunnel",
         "transport",
         "peer",
+        "write",
+        "clock",
         "nbytes",
+        "messages",
+        "frozen",
+        "skip",
+        "partial",
+        "close_seen",
+        "phase",
+        "finished",
         "eof",
         "lost",
         "blocked_since",
@@ -50,7 +102,20 @@ class _Side(asyncio.Protocol):
         self.tunnel = tunnel
         self.transport = transport
         self.peer: _Side = self
+        #: ``peer.transport.write`` (bound once: one attribute look-up per chunk, not three),
+        #: or _discard once the peer has been sent a Close.
+        self.write: Callable[[bytes], None] = _discard
+        self.clock = tunnel.clock
         self.nbytes = 0  # bytes read from this side (and written to the peer)
+        self.messages = 0  # complete WebSocket data messages read from this side (_WsSide)
+        self.frozen = 0  # ``messages`` when this direction stopped relaying (going away)
+        # The frame scanner's state between reads (frames.ScanState); skip is -1 while a
+        # header is split across reads (``partial``), so that the hot path falls through.
+        self.skip = 0
+        self.partial = b""
+        self.close_seen = False
+        self.phase = _RELAY
+        self.finished = False  # going away: this transport's close() has been called
         self.eof = False
         self.lost = False
         self.blocked_since: float | None = None
@@ -61,27 +126,42 @@ class _Side(asyncio.Protocol):
 
     # the hot path -------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
-        self.peer.transport.write(data)
+        self.write(data)
         self.nbytes += len(data)
-        self.tunnel.last = self.tunnel.clock()
+        self.tunnel.last = self.clock()
 
     # flow control: *our* transport is full, so stop reading the peer ------------------------
     def pause_writing(self) -> None:
-        if not self.peer.lost:
+        # A peer whose data is being dropped (going away) is read on, for its Close reply.
+        if not self.peer.lost and self.peer.phase != _DROP:
             self.peer.transport.pause_reading()
         self.blocked_since = self.tunnel.clock()
         self.tunnel.arm_send_timer(self)
 
     def resume_writing(self) -> None:
         self.blocked_since = None
-        if not self.peer.lost and not self.peer.eof:
-            self.peer.transport.resume_reading()
+        peer = self.peer
+        if not peer.lost and not peer.eof and not peer.finished:
+            peer.transport.resume_reading()
         self.tunnel.last = self.tunnel.clock()
 
     # ends ---------------------------------------------------------------------------------
     def eof_received(self) -> bool:
         self.eof = True
         peer = self.peer
+        tunnel = self.tunnel
+        if tunnel.going and not tunnel.closed:
+            if self.phase != _DROP:
+                # Mid-frame: that frame never ends, so no Close can follow it; pass the FIN on.
+                if peer.lost or peer.finished:
+                    pass
+                elif peer.transport.can_write_eof():
+                    peer.transport.write_eof()
+                else:
+                    tunnel.finish(peer)
+                tunnel.drop(self)
+            tunnel.progress()
+            return not self.tls
         if peer.eof or peer.lost or not peer.transport.can_write_eof():
             # Both directions are done, or the peer (TLS) cannot be half-closed: end the
             # tunnel, each side getting what is already queued for it first.
@@ -95,11 +175,68 @@ class _Side(asyncio.Protocol):
         self.tunnel.side_lost(self)
 
 
+class _WsSide(_Side):
+    """A side of a WebSocket tunnel: relays as :class:`_Side` does, tracking frame boundaries
+    (see the module docstring for the cost of each case)."""
+
+    __slots__ = ()
+
+    def data_received(self, data: bytes) -> None:
+        n = len(data)
+        skip = self.skip
+        if n < skip:
+            # Inside one frame's payload: no header in this chunk.
+            self.skip = skip - n
+            self.write(data)
+        elif skip == 0 and n > 1 and _WHOLE[data[1]] == n and (kind := _KIND[data[0]]) >= 0:
+            # Exactly one whole small frame, not a Close.
+            self.write(data)
+            self.messages += kind
+        else:
+            self._frames(data)
+        self.nbytes += n
+        self.tunnel.last = self.clock()
+
+    def _frames(self, data: bytes) -> None:
+        """Everything but the hot path's two cases: headers anywhere in the chunk, and the
+        going-away phases."""
+        skip = self.skip
+        state = ScanState(skip if skip > 0 else 0, self.partial, self.messages, self.close_seen)
+        if self.phase == _WAIT:
+            end = next_boundary(data, state)
+            if end >= 0:
+                # Relay up to the end of the current frame; the Close goes right after it.
+                head = data[:end]
+                if head:
+                    self.write(head)
+                    state = scan(head, state)
+                self._store(state)
+                self.tunnel.boundary(self)
+                data = data[end:]
+                if not data:
+                    return
+        self.write(data)
+        state = scan(data, state)
+        self._store(state)
+        if self.phase == _DROP and state.close_seen:
+            self.tunnel.progress()  # this may complete the sender's Close reply
+
+    def _store(self, state: ScanState) -> None:
+        self.skip = -1 if state.partial else state.skip
+        self.partial = state.partial
+        self.messages = state.messages
+        self.close_seen = state.close_seen
+
+
 class Tunnel:
     """Relays between ``client`` and ``upstream`` transports until both are closed.
 
     ``on_close(reason)`` is called once, after both transports are gone; ``reason`` is
     ``None`` for a normal end, or ``"upstream"``/``"client"`` after a timeout of that side.
+
+    ``websocket``: the upgrade switched to the WebSocket protocol, so frame boundaries are
+    tracked (message counts, :meth:`going_away` with Close frames).  ``close_timeout`` bounds
+    :meth:`going_away`.
     """
 
     __slots__ = (
@@ -118,6 +255,10 @@ class Tunnel:
         "_closed",
         "_done",
         "started",
+        "websocket",
+        "close_timeout",
+        "going",
+        "_away_handle",
     )
 
     def __init__(
@@ -130,6 +271,8 @@ class Tunnel:
         send_timeout_upstream: float,
         send_timeout_client: float,
         on_close: Callable[[Tunnel], None],
+        websocket: bool = False,
+        close_timeout: float = CLOSE_TIMEOUT,
     ) -> None:
         self.loop = loop
         self.clock = loop.time
@@ -142,10 +285,18 @@ class Tunnel:
         self._closed = False
         self._done = False
         self._send_handle: asyncio.TimerHandle | None = None
-        self.client = _Side(self, client, "client")
-        self.upstream = _Side(self, upstream, "upstream")
+        self.websocket = websocket
+        self.close_timeout = close_timeout
+        #: The close code being sent by :meth:`going_away`; 0 until then.
+        self.going = 0
+        self._away_handle: asyncio.TimerHandle | None = None
+        side = _WsSide if websocket else _Side
+        self.client = side(self, client, "client")
+        self.upstream = side(self, upstream, "upstream")
         self.client.peer = self.upstream
         self.upstream.peer = self.client
+        self.client.write = upstream.write
+        self.upstream.write = client.write
         self._idle_handle = loop.call_at(self.last + read_timeout, self._idle_check)
 
     def start(
@@ -159,12 +310,11 @@ class Tunnel:
         c, u = self.client, self.upstream
         c.transport.set_protocol(c)
         u.transport.set_protocol(u)
+        # As if just read: relayed, counted, and their frames tracked.
         if to_client:
-            c.transport.write(to_client)
-            u.nbytes += len(to_client)
+            u.data_received(to_client)
         if to_upstream:
-            u.transport.write(to_upstream)
-            c.nbytes += len(to_upstream)
+            c.data_received(to_upstream)
         # Reading may have been paused by the HTTP phase: restart it, unless the other
         # side's write buffer is still full.
         for side, other_paused in ((c, upstream_write_paused), (u, client_write_paused)):
@@ -181,6 +331,25 @@ class Tunnel:
     @property
     def bytes_to_upstream(self) -> int:
         return self.client.nbytes
+
+    @property
+    def messages_to_client(self) -> int:
+        """WebSocket data messages relayed from the upstream to the client (0 for other
+        upgrades).  A message counts when its final frame's header has been relayed."""
+        side = self.upstream
+        return side.frozen if side.phase == _DROP else side.messages
+
+    @property
+    def messages_to_upstream(self) -> int:
+        """WebSocket data messages relayed from the client to the upstream (0 for other
+        upgrades).  A message counts when its final frame's header has been relayed."""
+        side = self.client
+        return side.frozen if side.phase == _DROP else side.messages
+
+    @property
+    def closed(self) -> bool:
+        """The tunnel is ending: its transports have been closed or aborted."""
+        return self._closed
 
     # timers -----------------------------------------------------------------------------------
     def _idle_check(self) -> None:
@@ -218,6 +387,94 @@ class Tunnel:
                 self.arm_send_timer(side)
                 return
 
+    # going away -------------------------------------------------------------------------------
+    def going_away(self, code: int = GOING_AWAY, timeout: float | None = None) -> None:
+        """End the tunnel as a WebSocket endpoint would (RFC 6455 §7.1.2, §7.4.1).
+
+        ``code`` is 1001 (going away: a graceful stop) or 1012 (service restart: the tunnels
+        ``worker_shutdown_timeout`` ends after a reload); the reason sent is
+        :data:`wsgate.proxy.frames.REASONS`.  Each direction gets its Close at its next frame
+        boundary; both connections are then closed after their peers' replies, or after
+        ``timeout`` (default ``close_timeout``) at the latest.  Returns at once; ``on_close``
+        reports the end.  A tunnel that is not a WebSocket one is closed (after flushing).
+        Calling it again, or on a closed tunnel, does nothing.
+        """
+        if self._closed or self.going:
+            return
+        if not self.websocket:
+            self.close()
+            return
+        close_frame(code)  # a code that may not be sent fails here, before anything changes
+        self.going = code
+        delay = self.close_timeout if timeout is None else timeout
+        self._away_handle = self.loop.call_later(delay, self._away_expired)
+        for side in (self.client, self.upstream):
+            if side.eof or side.peer.lost:
+                # Its FIN was passed on, or nobody reads this direction: nothing can follow.
+                self.drop(side)
+            elif side.skip == 0:
+                self.boundary(side)
+            else:
+                side.phase = _WAIT
+        self.progress()
+
+    def boundary(self, side: _Side) -> None:
+        """``side`` (going away) is at a frame boundary: send its peer the Close, unless
+        ``side`` has sent its own (an endpoint sends one Close, §5.5.1), and drop what
+        ``side`` sends from now on."""
+        peer = side.peer
+        if not side.close_seen and not peer.lost and not peer.finished:
+            frame = close_frame(self.going, REASONS.get(self.going, b""), peer is self.upstream)
+            peer.transport.write(frame)
+        self.drop(side)
+        self.progress()
+
+    def drop(self, side: _Side) -> None:
+        """Stop relaying what ``side`` sends; keep reading it, for its Close reply."""
+        side.phase = _DROP
+        side.frozen = side.messages
+        side.write = _discard
+        if not side.lost and not side.eof and not side.finished:
+            side.transport.resume_reading()
+
+    def progress(self) -> None:
+        """Close each connection whose closing handshake is complete (going away)."""
+        if self._closed:
+            return
+        for side in (self.client, self.upstream):
+            if side.lost or side.finished:
+                continue
+            sender = side.peer
+            if sender.phase != _DROP:
+                if sender.lost:
+                    # Its sender is gone in the middle of a frame: no Close can reach it.
+                    self.finish(side)
+                continue
+            if not (side.eof or (side.close_seen and side.skip == 0)):
+                continue  # no Close reply (complete) nor FIN from it yet
+            if side is self.upstream and not side.eof:
+                continue  # towards the upstream wsgate is the client: the server closes first
+            self.finish(side)
+
+    def finish(self, side: _Side) -> None:
+        """Close ``side``'s connection once what is queued for it has been sent."""
+        side.finished = True
+        side.transport.close()
+
+    def _away_expired(self) -> None:
+        self._away_handle = None
+        if self._closed:
+            return
+        self._closed = True
+        self._cancel_timers()
+        for side in (self.client, self.upstream):
+            if side.lost:
+                continue
+            if side.transport.get_write_buffer_size():
+                side.transport.abort()  # not reading: close() would wait for it for ever
+            else:
+                side.transport.close()
+
     # ends ---------------------------------------------------------------------------------
     def close(self) -> None:
         """Close both transports after flushing what they hold."""
@@ -240,6 +497,10 @@ class Tunnel:
     def side_lost(self, side: _Side) -> None:
         peer = side.peer
         if not peer.lost:
+            if self.going and not self._closed:
+                # Going away: the peer finishes its own closing handshake first.
+                self.progress()
+                return
             # The other side gets what is already queued for it, then a close.
             self._cancel_timers()
             self._closed = True
@@ -252,6 +513,9 @@ class Tunnel:
 
     def _cancel_timers(self) -> None:
         self._idle_handle.cancel()
+        if self._away_handle is not None:
+            self._away_handle.cancel()
+            self._away_handle = None
         if self._send_handle is not None:
             self._send_handle.cancel()
             self._send_handle = None

@@ -7,7 +7,8 @@ Listening sockets follow nginx's ``ngx_http_optimize_servers``: on a port where 
 address (``0.0.0.0``/``[::]``) is listened on, specific addresses of the same family are
 served by the wildcard socket, and each connection's local address picks the candidate
 servers.  ``listen ADDR:0`` (a wsgate extension for tests) binds an ephemeral port; the real
-address is logged at ``notice``: ``listening on 127.0.0.1:40123 (FILE:LINE)``.
+address is logged at ``notice``: ``listening on 127.0.0.1:40123 (FILE:LINE)``.  A reload keeps
+the Nth ``ADDR:0`` socket as the new configuration's Nth one, so its port does not change.
 
 Signals (https://nginx.org/en/docs/control.html): TERM/INT stop at once; QUIT stops
 accepting, closes idle keep-alive connections, lets requests and tunnels finish (up to
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import socket
 import ssl
@@ -30,7 +32,14 @@ from wsgate.config.model import Config, Listen, ProxyPass, Server, SslServer
 from wsgate.errors import ConfigError
 from wsgate.limits import LimitRegistry
 from wsgate.observability.logs import AccessLogs, ErrorLogger, access_log_paths
-from wsgate.observability.status import ACCEPTS, ACTIVE, HANDLED, ConnectionCounters
+from wsgate.observability.metrics import MetricsStore
+from wsgate.observability.status import (
+    ACCEPTS,
+    ACTIVE,
+    HANDLED,
+    ConnectionCounters,
+    StatusCounters,
+)
 from wsgate.proxy.endpoint import Endpoint
 from wsgate.proxy.handler import ClientConnection
 from wsgate.proxy.tunnel import Tunnel
@@ -39,7 +48,15 @@ from wsgate.server.tls import GroupTls
 from wsgate.upstream.methods import Balancer, make_group
 from wsgate.upstream.roundrobin import PeerGroup, peers_from_config
 
-__all__ = ["Gateway", "ListenGroup", "bind_keys", "open_groups", "pid_write"]
+__all__ = [
+    "Gateway",
+    "ListenGroup",
+    "announce",
+    "bind_keys",
+    "open_access_logs",
+    "open_groups",
+    "pid_write",
+]
 
 BindKey = tuple[str, int, int]  # host, configured port, index (port-0 listens stay apart)
 
@@ -110,12 +127,22 @@ class Gateway:
         error_log: ErrorLogger,
         access_logs: AccessLogs | None = None,
         reload_config: Callable[[], Config] | None = None,
+        announce: bool = True,
     ) -> None:
         self.config = config
         self.loop = loop
         self.error_log = error_log
         self.access_logs = access_logs or AccessLogs()
         self.reload_config = reload_config
+        #: Called with a new configuration before it is applied (``master_process off``:
+        #: the shared zones for it).
+        self.on_reload: Callable[[Config], None] | None = None
+        #: Log ``listening on`` for sockets started here (the master logs them instead).
+        self.announce = announce
+        #: ``worker_connections`` reached: the listening sockets are not polled until a
+        #: connection ends (the socket stays open, so new clients wait in its backlog or are
+        #: taken by another worker).
+        self.accept_paused = False
         self.groups: dict[BindKey, ListenGroup] = {}
         self.peer_groups: dict[object, PeerGroup] = {}
         self.connections: set[ClientConnection] = set()
@@ -123,7 +150,10 @@ class Gateway:
         self.tunnels: set[Tunnel] = set()
         self.counter = 0
         #: ``stub_status`` counters: here, not on the configuration, so they survive reloads.
-        self.stub_status = ConnectionCounters()
+        self.stub_status: StatusCounters = ConnectionCounters()
+        #: ``prometheus`` metrics (one slot; a master passes its shared store per worker).
+        self.metrics = MetricsStore.single_process()
+        self.metrics.start_flush(loop, lambda: self.config)
         #: ``limit_conn``/``limit_req`` zone state, kept across reloads by zone name.
         self.limits = LimitRegistry()
         self.stopping = False
@@ -166,20 +196,57 @@ class Gateway:
             if group.server is None:
                 assert group.sock is not None
                 group.acceptor = _Acceptor(self, group)
-                group.server = await self.loop.create_server(group.acceptor, sock=group.sock)
-                where = group.key[0]
-                where = f"[{where}]" if ":" in where else where
-                src = group.pairs[0][1].source
-                self.error_log.log(
-                    "notice", f"listening on {where}:{group.port}" + (f" ({src})" if src else "")
-                )
+                if not self.accept_paused:
+                    group.server = await self._start_server(group)
+                if self.announce:
+                    announce(self.error_log, group)
         for key, old in self.groups.items():
             if key not in groups or groups[key].sock is not old.sock:
-                if old.server is not None:
-                    old.server.close()
+                _close_group(old)
         self.groups = groups
 
+    async def _start_server(self, group: ListenGroup) -> asyncio.Server:
+        """Accept on a duplicate of the group's socket, so that closing the server (to pause
+        accepting) leaves the socket itself open and listening."""
+        assert group.sock is not None and group.acceptor is not None
+        dup = group.sock.dup()
+        try:
+            return await self.loop.create_server(group.acceptor, sock=dup)
+        except BaseException:
+            dup.close()
+            raise
+
+    def _load(self) -> int:
+        """Connections that count against ``worker_connections``: client connections, plus
+        the upstream connection each tunnel holds (nginx counts every connection)."""
+        return len(self.connections) + len(self.tunnels)
+
+    def _pause_accepting(self) -> None:
+        self.accept_paused = True
+        self.error_log.log(
+            "warn",
+            f"{self.config.worker_connections} worker_connections are not enough, "
+            "not accepting new connections until some close",
+        )
+        for group in self.groups.values():
+            if group.server is not None:
+                group.server.close()
+                group.server = None
+
+    async def _resume_accepting(self) -> None:
+        for group in self.groups.values():
+            if group.server is None and group.sock is not None and group.acceptor is not None:
+                group.server = await self._start_server(group)
+
+    def add_tunnel(self, tunnel: Tunnel) -> None:
+        """A tunnel opened: it holds an upstream connection too (``worker_connections``)."""
+        self.tunnels.add(tunnel)
+        if not self.accept_paused and self._load() >= self.config.worker_connections:
+            self._pause_accepting()
+
     def accepted(self, ep: Endpoint, group: ListenGroup) -> None:
+        """A new client connection; at ``worker_connections`` stop accepting (nginx would
+        close the connection it cannot serve, "worker_connections are not enough")."""
         self.counter += 1
         stats = self.stub_status
         stats.increment(ACCEPTS)
@@ -189,6 +256,8 @@ class Gateway:
         self.connections.add(conn)
         task = self.loop.create_task(conn.run())
         self.tasks.add(task)
+        if not self.accept_paused and self._load() >= self.config.worker_connections:
+            self._pause_accepting()
 
         def done(t: asyncio.Task[None]) -> None:
             self.tasks.discard(t)
@@ -200,6 +269,13 @@ class Gateway:
                 ep.abort()
             if self.stopping and not self.connections:
                 self._finish()
+            elif (
+                self.accept_paused
+                and not self.stopping
+                and self._load() < self.config.worker_connections
+            ):
+                self.accept_paused = False
+                self.loop.create_task(self._resume_accepting())
 
         task.add_done_callback(done)
 
@@ -227,10 +303,7 @@ class Gateway:
 
     def _close_listeners(self) -> None:
         for group in self.groups.values():
-            if group.server is not None:
-                group.server.close()
-            elif group.sock is not None:
-                group.sock.close()
+            _close_group(group)
 
     def stop_now(self) -> None:
         self.error_log.log("notice", "exiting")
@@ -246,8 +319,21 @@ class Gateway:
         self._finish()
 
     def stop_gracefully(self) -> None:
+        """QUIT: stop accepting, let HTTP requests finish, and end every WebSocket tunnel as
+        an endpoint would, with a 1001 (going away) close frame both ways (spread over
+        ``close_spread_time``).  ``worker_shutdown_timeout`` still bounds the whole."""
+        if self._wind_down():
+            self._close_tunnels(1001)
+
+    def retire(self) -> None:
+        """Reload, in an old worker: stop accepting and keep every open request and tunnel
+        until it ends; at ``worker_shutdown_timeout`` (if set), tunnels get a 1012 (service
+        restart) close frame and remaining requests are closed."""
+        self._wind_down()
+
+    def _wind_down(self) -> bool:
         if self.stopping:
-            return
+            return False
         self.error_log.log("notice", "gracefully shutting down")
         self.stopping = True
         self.stop_health()
@@ -257,9 +343,31 @@ class Gateway:
                 conn.ep.close()
         timeout = self.config.worker_shutdown_timeout
         if timeout is not None:
-            self.loop.call_later(timeout, self.stop_now)
+            self.loop.call_later(timeout, self._shutdown_timeout)
         if not self.connections:
             self._finish()
+        return True
+
+    def _shutdown_timeout(self) -> None:
+        """``worker_shutdown_timeout``: tunnels get 1012 and a few seconds for the closing
+        handshake; everything else is closed now (nginx closes all connections)."""
+        if self.stopped.done():
+            return
+        self.error_log.log("notice", "worker_shutdown_timeout expired, closing connections")
+        for conn in list(self.connections):
+            if conn.tunnel is None:
+                conn.ep.abort()
+        self._close_tunnels(1012, spread=False)
+
+    def _close_tunnels(self, code: int, spread: bool = True) -> None:
+        """Send ``code`` on every open tunnel, spread evenly over ``close_spread_time`` (so
+        that clients do not all reconnect at once), each tunnel at a random point."""
+        window = self.config.close_spread_time if spread else 0.0
+        for tunnel in list(self.tunnels):
+            if window > 0:
+                self.loop.call_later(random.uniform(0, window), tunnel.going_away, code)
+            else:
+                tunnel.going_away(code)
 
     def _finish(self) -> None:
         if not self.stopped.done():
@@ -274,12 +382,9 @@ class Gateway:
         access_logs = AccessLogs()
         try:
             config = self.reload_config()
-            try:
-                access_logs.open(access_log_paths(config))
-            except OSError as exc:
-                raise ConfigError(
-                    f'open() "{exc.filename}" failed ({exc.errno}: {exc.strerror})'
-                ) from exc
+            access_logs = open_access_logs(config)
+            if self.on_reload is not None:
+                self.on_reload(config)
             groups = self.bind(config)
         except ConfigError as exc:
             access_logs.close()
@@ -303,6 +408,36 @@ class Gateway:
             self.error_log.log(
                 "alert", f'open() "{exc.filename}" failed ({exc.errno}: {exc.strerror})'
             )
+
+
+def open_access_logs(config: Config) -> AccessLogs:
+    """Every access log ``config`` names, open; a failure is nginx's ``open() "PATH" failed``
+    as a :class:`ConfigError` (a reload keeps the old configuration)."""
+    logs = AccessLogs()
+    try:
+        logs.open(access_log_paths(config))
+    except OSError as exc:
+        logs.close()
+        raise ConfigError(f'open() "{exc.filename}" failed ({exc.errno}: {exc.strerror})') from exc
+    return logs
+
+
+def announce(error_log: ErrorLogger, group: ListenGroup) -> None:
+    """``listening on HOST:PORT (FILE:LINE)``: the address a socket was bound to (tests read
+    the ports of ``listen ADDR:0`` from it)."""
+    where = group.key[0]
+    where = f"[{where}]" if ":" in where else where
+    src = group.pairs[0][1].source
+    error_log.log("notice", f"listening on {where}:{group.port}" + (f" ({src})" if src else ""))
+
+
+def _close_group(group: ListenGroup) -> None:
+    """Stop accepting on ``group`` and close this process's copy of its socket."""
+    if group.server is not None:
+        group.server.close()
+        group.server = None
+    if group.sock is not None:
+        group.sock.close()
 
 
 def _open(key: BindKey) -> socket.socket:
@@ -339,7 +474,7 @@ def open_groups(config: Config, current: dict[BindKey, ListenGroup]) -> dict[Bin
     }
     for key, pairs in keys.items():
         old = current.get(key)
-        if old is not None and old.sock is not None and key[1] != 0:
+        if old is not None and old.sock is not None:
             groups[key] = ListenGroup(
                 key, pairs, old.sock, old.server, old.port, tls.get(key), old.acceptor
             )

@@ -1,0 +1,202 @@
+"""WebSocket frame boundaries, as little of RFC 6455 §5.2 as a relay needs.  Pure: no I/O.
+
+The tunnel relays bytes, not frames.  It needs frame boundaries for two things only: counting
+data messages each way (metrics), and ending a tunnel the way a WebSocket endpoint would, with
+a Close frame injected *between* two frames (a byte in the middle of a frame would corrupt the
+stream: https://www.rfc-editor.org/rfc/rfc6455#section-5.2).  So this module reads frame
+*headers* and nothing else: no unmasking, no payload, no UTF-8 or extension checks.  A malformed
+stream is not our business (the endpoints fail it, §7.1.7); the scanner must only never raise
+and never lose its place on well-formed input, however the reads split it.
+
+Header layout (§5.2)::
+
+    byte 0: FIN(1) RSV1-3(3) opcode(4)
+    byte 1: MASK(1) payload length(7): 0-125, 126 (16-bit length follows), 127 (64-bit follows)
+    then 0, 2 or 8 length bytes, then a 4-byte masking key if MASK, then the payload.
+
+The masking key is not needed to find the next header, so it is skipped like payload: a header
+split across reads only has to be carried over until its length bytes are complete, which
+makes :attr:`ScanState.partial` 1 to 9 bytes long.
+
+A *message* (§5.4) is counted once, when the header of its final frame is seen: FIN set and
+opcode 0x0 (continuation), 0x1 (text) or 0x2 (binary).  Control frames (§5.5: Close, Ping,
+Pong) are not messages; they may sit between the fragments of a message.  With
+permessage-deflate (RFC 7692) a message is still one frame sequence with RSV1 set on its first
+frame, so the count is the same.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+__all__ = [
+    "CLOSE",
+    "GOING_AWAY",
+    "REASONS",
+    "SERVICE_RESTART",
+    "ScanState",
+    "close_frame",
+    "is_websocket",
+    "next_boundary",
+    "scan",
+]
+
+#: Opcode of a Close frame (§5.5.1).
+CLOSE = 0x8
+#: "1001 indicates that an endpoint is "going away", such as a server going down" (§7.4.1).
+GOING_AWAY = 1001
+#: 1012 Service Restart (IANA WebSocket Close Code Number Registry, §11.7).
+SERVICE_RESTART = 1012
+#: The reason text wsgate sends with each code: short, ASCII, and for people reading logs.
+REASONS: dict[int, bytes] = {GOING_AWAY: b"going away", SERVICE_RESTART: b"service restart"}
+
+
+class ScanState(NamedTuple):
+    """Where one direction's byte stream stands, between two reads."""
+
+    #: Bytes still to come of the current frame (rest of its masking key and payload) before
+    #: the next header starts.  0 with an empty ``partial``: the stream is at a frame boundary.
+    skip: int = 0
+    #: The start of a header whose length bytes have not all arrived yet (``skip`` is 0).
+    partial: bytes = b""
+    #: Complete data messages seen (final-frame headers, see the module docstring).
+    messages: int = 0
+    #: A Close frame's header has been seen: this sender has started the closing handshake.
+    close_seen: bool = False
+
+    @property
+    def at_boundary(self) -> bool:
+        """Whether the next byte of the stream is the first byte of a frame header."""
+        return self.skip == 0 and not self.partial
+
+
+def _header(buf: bytes) -> tuple[int, int] | None:
+    """``(header length with masking key, payload length)`` of the header at ``buf[0]``, or
+    ``None`` while its length bytes are incomplete."""
+    n = len(buf)
+    if n < 2:
+        return None
+    b1 = buf[1]
+    length = b1 & 0x7F
+    head = 2
+    if length == 126:
+        if n < 4:
+            return None
+        length = (buf[2] << 8) | buf[3]
+        head = 4
+    elif length == 127:
+        if n < 10:
+            return None
+        length = int.from_bytes(buf[2:10], "big")
+        head = 10
+    if b1 & 0x80:
+        head += 4
+    return head, length
+
+
+def _count(b0: int, messages: int, close_seen: bool) -> tuple[int, bool]:
+    opcode = b0 & 0x0F
+    if opcode < 3:
+        if b0 & 0x80:
+            messages += 1
+    elif opcode == CLOSE:
+        close_seen = True
+    return messages, close_seen
+
+
+def scan(data: bytes, state: ScanState) -> ScanState:
+    """The state after ``data``, the next bytes of the stream ``state`` describes.
+
+    Only headers are read; the payload between them is stepped over by its length, so the
+    cost is per frame, not per byte.
+    """
+    skip, partial, messages, close_seen = state
+    n = len(data)
+    pos = skip
+    if partial:
+        # Complete the carried-over header with at most the 9 bytes it can still lack.
+        buf = partial + data[:9]
+        hdr = _header(buf)
+        if hdr is None:
+            return ScanState(0, buf, messages, close_seen)
+        messages, close_seen = _count(buf[0], messages, close_seen)
+        pos = hdr[0] + hdr[1] - len(partial)
+        partial = b""
+    # The loop is _header and _count inlined: this runs once per frame of the chunk.
+    while pos < n:
+        if pos + 1 == n:
+            return ScanState(0, data[pos:], messages, close_seen)
+        b0 = data[pos]
+        b1 = data[pos + 1]
+        length = b1 & 0x7F
+        if length < 126:
+            head = 2
+        elif length == 126:
+            if pos + 4 > n:
+                return ScanState(0, data[pos:], messages, close_seen)
+            length = (data[pos + 2] << 8) | data[pos + 3]
+            head = 4
+        else:
+            if pos + 10 > n:
+                return ScanState(0, data[pos:], messages, close_seen)
+            length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+            head = 10
+        if b1 & 0x80:
+            head += 4
+        opcode = b0 & 0x0F
+        if opcode < 3:
+            if b0 & 0x80:
+                messages += 1
+        elif opcode == CLOSE:
+            close_seen = True
+        pos += head + length
+    return ScanState(pos - n, b"", messages, close_seen)
+
+
+def next_boundary(data: bytes, state: ScanState) -> int:
+    """Offset in ``data`` where the frame in progress ends (the next header starts), or -1
+    when it ends after ``data``.  0 when ``state`` is at a boundary already."""
+    n = len(data)
+    if not state.partial:
+        return state.skip if state.skip <= n else -1
+    carried = len(state.partial)
+    hdr = _header(state.partial + data[:9])
+    if hdr is None:
+        return -1
+    end = hdr[0] + hdr[1] - carried
+    return end if end <= n else -1
+
+
+def close_frame(
+    code: int, reason: bytes = b"", mask: bool = False, key: bytes | None = None
+) -> bytes:
+    """A Close frame carrying ``code`` and ``reason`` (§5.5.1).
+
+    ``mask`` for frames sent to the upstream: toward it wsgate speaks as the client, and "a
+    client MUST mask all frames that it sends to the server" with a fresh, unpredictable key
+    (§5.3; ``key`` is for tests).  Frames toward the client are not masked (§5.1).
+    """
+    if not 1000 <= code <= 4999 or code in (1004, 1005, 1006, 1015):
+        # §7.4.1/§7.4.2: 1005, 1006 and 1015 must never be sent; 1004 is reserved.
+        raise ValueError(f"close code {code} may not be sent")
+    if len(reason) > 123:
+        raise ValueError("a close reason is at most 123 bytes (§5.5: payload <= 125)")
+    payload = code.to_bytes(2, "big") + reason
+    if not mask:
+        return bytes((0x80 | CLOSE, len(payload))) + payload
+    if key is None:
+        key = os.urandom(4)
+    elif len(key) != 4:
+        raise ValueError("a masking key is 4 bytes")
+    masked = bytes(b ^ key[i & 3] for i, b in enumerate(payload))
+    return bytes((0x80 | CLOSE, 0x80 | len(payload))) + key + masked
+
+
+def is_websocket(upgrade: str | None) -> bool:
+    """Whether an ``Upgrade`` value names the WebSocket protocol alone (RFC 6455 §4.2.2:
+    ``Upgrade: websocket``, case-insensitive).  Other upgrades are opaque byte streams."""
+    if upgrade is None:
+        return False
+    tokens = [t.strip() for t in upgrade.split(",") if t.strip()]
+    return len(tokens) == 1 and tokens[0].lower() == "websocket"

@@ -1,0 +1,373 @@
+"""The master process: binds, forks workers, replaces the dead ones, reloads, stops.
+
+nginx's ``ngx_master_process_cycle`` (https://nginx.org/en/docs/control.html), without an
+event loop: the master sleeps in ``select`` on a signal wake-up pipe and its workers'
+channels, and does everything in between:
+
+* **Start**: the CLI has read the configuration and bound the sockets; the master forks
+  ``worker_processes`` workers on them.
+* **HUP** (reload): read the configuration again (an error is logged and the old one stays),
+  open sockets it adds while keeping the ones it shares with the old configuration (same
+  socket, so no connection is ever refused), fork the new workers, and once they accept (or
+  after :data:`READY_TIMEOUT`) tell the old workers to retire: they stop accepting and keep
+  every open tunnel and request until it ends, or until ``worker_shutdown_timeout`` (then
+  tunnels get a 1012 close frame).  Sockets the new configuration dropped are closed.
+* **A worker dies** (say SIGKILL): the master logs it as nginx does, releases what the
+  worker held in shared memory, and forks a replacement on the current configuration.
+  Connections on other workers are untouched.
+* **QUIT**: every worker stops gracefully (1001 close frames); the master exits after the
+  last one.  **TERM/INT**: every worker stops at once; one still alive after
+  :data:`KILL_AFTER` seconds gets SIGKILL.  **USR1**: reopen logs, here and in the workers.
+
+Shared state (``stub_status`` counters, ``limit_*`` zones, metrics) is created here before
+any fork, so every worker of every generation sees the same memory.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from wsgate.config.model import Config
+from wsgate.errors import ConfigError
+from wsgate.observability.logs import ErrorLogger
+from wsgate.server.gateway import (
+    BindKey,
+    Gateway,
+    ListenGroup,
+    announce,
+    open_access_logs,
+    open_groups,
+)
+from wsgate.server.worker import run_worker
+
+__all__ = ["KILL_AFTER", "READY_TIMEOUT", "Master", "SharedHooks"]
+
+#: How long the old workers keep accepting while the new ones start after a reload.
+READY_TIMEOUT = 10.0
+#: After TERM, how long a worker may take before the master kills it.
+KILL_AFTER = 5.0
+#: A worker that dies this soon after its start is restarted only after this delay too.
+RESPAWN_DELAY = 1.0
+
+_SIGNAL_NAMES = {
+    signal.SIGHUP: "SIGHUP",
+    signal.SIGQUIT: "SIGQUIT",
+    signal.SIGTERM: "SIGTERM",
+    signal.SIGINT: "SIGINT",
+    signal.SIGUSR1: "SIGUSR1",
+    signal.SIGCHLD: "SIGCHLD",
+}
+
+
+class SharedHooks:
+    """What the master does with shared memory; the default does nothing (tests of the
+    process model alone).  The real one is :class:`wsgate.server.shared.Shared`."""
+
+    def configure(self, config: Config) -> None:
+        """Before the workers for ``config`` are forked: create its zones."""
+
+    def attach(self, gw: Gateway, slot: int) -> None:
+        """In a new worker: point the gateway's counters and zones at slot ``slot``."""
+
+    def worker_exited(self, slot: int) -> list[str]:
+        """After a worker is reaped: release what it held, zero its gauges; returns alerts
+        to log (a zone the worker held locked when it died)."""
+        return []
+
+
+@dataclass
+class _Worker:
+    pid: int
+    slot: int
+    index: int
+    channel: socket.socket
+    config: Config
+    started: float
+    ready: bool = False
+    retiring: bool = False
+    killed_at: float | None = None
+
+
+class Master:
+    """The master of one wsgate instance (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: Config,
+        error_log: ErrorLogger,
+        groups: dict[BindKey, ListenGroup],
+        reload_config: Callable[[], Config],
+        shared: SharedHooks | None = None,
+        max_slots: int = 256,
+    ) -> None:
+        self.config = config
+        self.error_log = error_log
+        self.groups = groups
+        self.reload_config = reload_config
+        self.shared = shared or SharedHooks()
+        self.workers: dict[int, _Worker] = {}
+        self.free_slots = list(range(max_slots - 1, -1, -1))
+        self.stopping: str | None = None  # "quit" or "terminate"
+        self.stop_started = 0.0
+        self.respawn_at: list[tuple[float, int]] = []  # (when, index) of dead workers
+        self.selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe()
+        #: The previous generation, told to retire once the new one accepts.
+        self._to_retire: list[_Worker] = []
+        #: Sockets a reload dropped, closed in new workers (they are forked before the
+        #: master closes its own copies).
+        self._retired_fds: set[int] = set()
+
+    # -- main loop --------------------------------------------------------------------------------
+    def run(self, started: Callable[[], None]) -> int:
+        """Fork the first workers, call ``started`` (pid file), serve until stopped."""
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, None)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        for sig in _SIGNAL_NAMES:
+            signal.signal(sig, _noop)
+        self.shared.configure(self.config)
+        for index in range(self.config.worker_processes):
+            self._spawn(index)
+        started()
+        while self.workers or not self.stopping:
+            for key, _ in self.selector.select(self._timeout()):
+                if key.data is None:
+                    self._signals()
+                else:
+                    self._message(key.data)
+            self._reap()
+            self._timers()
+        signal.set_wakeup_fd(-1)
+        self.selector.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        return 0
+
+    def _timeout(self) -> float:
+        return 0.25 if (self.respawn_at or self.stopping or self._waiting()) else 5.0
+
+    def _waiting(self) -> bool:
+        return any(not w.ready and not w.retiring for w in self.workers.values())
+
+    def _signals(self) -> None:
+        try:
+            data = os.read(self._wake_r, 512)
+        except BlockingIOError:
+            return
+        for signum in data:
+            if signum == signal.SIGCHLD:
+                continue  # _reap runs after every wake-up
+            name = _SIGNAL_NAMES.get(signal.Signals(signum), str(signum))
+            if signum == signal.SIGHUP:
+                self.error_log.log("notice", f"signal {signum} ({name}) received, reconfiguring")
+                if not self.stopping:
+                    self.reload()
+            elif signum == signal.SIGQUIT:
+                self.error_log.log("notice", f"signal {signum} ({name}) received, shutting down")
+                self.stop("quit")
+            elif signum in (signal.SIGTERM, signal.SIGINT):
+                self.error_log.log("notice", f"signal {signum} ({name}) received, exiting")
+                self.stop("terminate")
+            elif signum == signal.SIGUSR1:
+                self.error_log.log("notice", f"signal {signum} ({name}) received, reopening logs")
+                self.error_log.open()
+                self._tell(list(self.workers.values()), b"O")
+
+    # -- workers --------------------------------------------------------------------------------
+    def _spawn(self, index: int) -> None:
+        """Fork worker number ``index`` on the current configuration and sockets."""
+        if not self.free_slots:
+            self.error_log.log("alert", "no free worker slot, worker not started")
+            return
+        slot = self.free_slots.pop()
+        ours, theirs = socket.socketpair()
+        config, groups = self.config, self.groups
+        keep = {g.sock.fileno() for g in groups.values() if g.sock is not None}
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 2
+            try:
+                signal.set_wakeup_fd(-1)
+                for sig in _SIGNAL_NAMES:
+                    signal.signal(sig, signal.SIG_DFL)
+                ours.close()
+                self.selector.close()
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+                for w in self.workers.values():
+                    w.channel.close()
+                for fd in self._listen_fds() - keep:
+                    os.close(fd)
+                self.error_log.close()
+                code = run_worker(
+                    config, groups, theirs, index, lambda gw: self.shared.attach(gw, slot)
+                )
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                sys.stderr.flush()
+                os._exit(code)
+        theirs.close()
+        ours.setblocking(False)
+        worker = _Worker(pid, slot, index, ours, config, time.monotonic())
+        self.workers[pid] = worker
+        self.selector.register(ours, selectors.EVENT_READ, worker)
+        self.error_log.log("notice", f"start worker process {pid}")
+
+    def _listen_fds(self) -> set[int]:
+        fds = {g.sock.fileno() for g in self.groups.values() if g.sock is not None}
+        fds.update(self._retired_fds)
+        return fds
+
+    def _message(self, worker: _Worker) -> None:
+        try:
+            data = worker.channel.recv(64)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.selector.unregister(worker.channel)
+            return
+        if b"1" in data and not worker.ready:
+            worker.ready = True
+            self._retire_when_ready()
+
+    def _tell(self, workers: list[_Worker], command: bytes) -> None:
+        for w in workers:
+            try:
+                w.channel.send(command)
+            except OSError:
+                pass
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            worker = self.workers.pop(pid, None)
+            if worker is None:
+                continue
+            if os.WIFSIGNALED(status):
+                sig = os.WTERMSIG(status)
+                self.error_log.log(
+                    "alert" if sig != signal.SIGKILL or worker.killed_at is None else "notice",
+                    f"worker process {pid} exited on signal {sig}",
+                )
+            else:
+                code = os.WEXITSTATUS(status)
+                self.error_log.log(
+                    "notice" if code == 0 else "alert",
+                    f"worker process {pid} exited with code {code}",
+                )
+            try:
+                self.selector.unregister(worker.channel)
+            except (KeyError, ValueError):
+                pass
+            worker.channel.close()
+            for alert in self.shared.worker_exited(worker.slot):
+                self.error_log.log("alert", alert)
+            self.free_slots.append(worker.slot)
+            if not self.stopping and not worker.retiring:
+                # A current worker died: replace it (at once, unless it died young).
+                now = time.monotonic()
+                young = now - worker.started < RESPAWN_DELAY
+                self.respawn_at.append((now + RESPAWN_DELAY if young else now, worker.index))
+            if not self._waiting():
+                self._retire_when_ready()
+
+    def _timers(self) -> None:
+        now = time.monotonic()
+        due = [(t, i) for t, i in self.respawn_at if t <= now]
+        if due and not self.stopping:
+            self.respawn_at = [(t, i) for t, i in self.respawn_at if t > now]
+            for _, index in due:
+                self._spawn(index)
+        if self.stopping == "terminate" and now - self.stop_started > KILL_AFTER:
+            for w in self.workers.values():
+                if w.killed_at is None:
+                    w.killed_at = now
+                    try:
+                        os.kill(w.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+        for w in self.workers.values():
+            if not w.ready and not w.retiring and now - w.started > READY_TIMEOUT:
+                w.ready = True  # stop waiting for it; the old generation retires
+                self._retire_when_ready()
+
+    # -- reload ---------------------------------------------------------------------------------
+    def reload(self) -> None:
+        """HUP: everything the new configuration needs is built first; it is applied only if
+        all of it worked (nginx keeps the old cycle when parsing, opening or binding fails)."""
+        try:
+            config = self.reload_config()
+            open_access_logs(config).close()  # the workers open them; this checks they open
+            self.shared.configure(config)
+            groups = open_groups(config, self.groups)
+        except ConfigError as exc:
+            self.error_log.log("emerg", str(exc))
+            return
+        old_workers = [w for w in self.workers.values() if not w.retiring]
+        for w in old_workers:
+            w.retiring = True  # retires once the new generation accepts
+        self._to_retire += old_workers
+        dropped = [
+            g.sock
+            for key, g in self.groups.items()
+            if g.sock is not None and (key not in groups or groups[key].sock is not g.sock)
+        ]
+        self.config = config
+        self.error_log.targets = config.error_logs
+        self.error_log.open()
+        for key, group in groups.items():
+            old = self.groups.get(key)
+            if old is None or old.sock is not group.sock:
+                announce(self.error_log, group)
+        self.groups = groups
+        # New workers must not inherit sockets the new configuration dropped.
+        self._retired_fds = {s.fileno() for s in dropped}
+        self.respawn_at = []
+        for index in range(config.worker_processes):
+            self._spawn(index)
+        self._retired_fds = set()
+        for sock in dropped:
+            sock.close()
+        self._retire_when_ready()
+
+    def _retire_when_ready(self) -> None:
+        """Tell the previous generation to retire once every new worker accepts."""
+        pending = self._to_retire
+        if not pending or self._waiting():
+            return
+        self._to_retire = []
+        self._tell([w for w in pending if w.pid in self.workers], b"R")
+
+    # -- stop -----------------------------------------------------------------------------------
+    def stop(self, how: str) -> None:
+        if self.stopping == "terminate" or self.stopping == how:
+            return
+        self.stopping = how
+        self.stop_started = time.monotonic()
+        self.respawn_at = []
+        for group in self.groups.values():
+            if group.sock is not None:
+                group.sock.close()
+        self._tell(list(self.workers.values()), b"T" if how == "terminate" else b"Q")
+
+
+def _noop(signum: int, frame: object) -> None:
+    """Signals are read from the wake-up pipe; the handler only has to exist."""

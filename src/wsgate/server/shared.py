@@ -1,0 +1,48 @@
+"""The state every worker shares, created by the master before it forks.
+
+``stub_status`` counters and ``limit_conn``/``limit_req`` zones (:mod:`wsgate.shm`) and the
+Prometheus metrics (:mod:`wsgate.observability.metrics`) live in anonymous shared memory: the
+master creates it, so workers of every generation (and replacements of dead workers) read and
+write the same memory.  Each worker writes its counters into a *slot* of its own; the master
+frees a slot when it reaps the worker (zeroing its gauges and releasing the ``limit_conn``
+slots it held, so a killed worker leaks nothing).
+"""
+
+from __future__ import annotations
+
+from wsgate.config.model import Config
+from wsgate.observability.metrics import MetricsStore
+from wsgate.server.gateway import Gateway
+from wsgate.server.master import SharedHooks
+from wsgate.shm import SharedState
+
+__all__ = ["MAX_SLOTS", "Shared"]
+
+#: Workers alive at once, all generations together (old ones linger while their tunnels do).
+MAX_SLOTS = 128
+
+
+class Shared(SharedHooks):
+    """The shared memory of one wsgate instance."""
+
+    def __init__(self, max_slots: int = MAX_SLOTS) -> None:
+        self.max_slots = max_slots
+        self.state = SharedState(max_slots=max_slots)
+        self.metrics = MetricsStore(max_slots)
+
+    def configure(self, config: Config) -> None:
+        """Zones for ``config`` (kept by name and size; a changed key is a ConfigError)."""
+        self.state.configure(config)
+
+    def attach(self, gw: Gateway, slot: int) -> None:
+        self.state.attach(slot)
+        gw.stub_status = self.state.stub_status
+        gw.limits = self.state.limits
+        gw.metrics.stop_flush()
+        gw.metrics = self.metrics
+        self.metrics.attach(slot)
+        self.metrics.start_flush(gw.loop, lambda: gw.config)
+
+    def worker_exited(self, slot: int) -> list[str]:
+        self.metrics.worker_exited(slot)
+        return self.state.worker_exited(slot)
