@@ -203,8 +203,8 @@ _REAL_STDERR: Any = sys.stderr
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Keep a handle on the terminal's stderr before output capture replaces it, for
-    :func:`_hang_guard`'s dump."""
+    """Keep a handle on the terminal's stderr before output capture replaces it, for the
+    hang backstop's dump (:func:`pytest_runtest_protocol`)."""
     global _REAL_STDERR
     _REAL_STDERR = open(os.dup(sys.__stderr__.fileno()), "w")
 
@@ -214,20 +214,22 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         _REAL_STDERR.close()
 
 
-@pytest.fixture(autouse=True)
-def _hang_guard(request: pytest.FixtureRequest) -> Iterator[None]:
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
     """A backstop for pytest-timeout: its SIGALRM cannot interrupt a uvloop loop blocked in
     epoll (the Python handler never runs, and uvloop holds the GIL there, so no Python thread
     can step in either), so a hung uvloop test would hang CI.  faulthandler's watchdog is a C
-    thread: thirty seconds after the test's timeout it dumps every thread's stack and exits."""
-    marker = request.node.get_closest_marker("timeout")
-    option = request.config.getoption("timeout", None)
+    thread: thirty seconds after the test's timeout it dumps every thread's stack and exits.
+    It covers the item's setup, call and teardown, including the teardown of module-scoped
+    fixtures that runs after a module's last test."""
+    marker = item.get_closest_marker("timeout")
+    option = item.config.getoption("timeout", None)
     if marker is not None and marker.args:
         limit = float(marker.args[0])
     elif option is not None:
         limit = float(option)
     else:
-        limit = float(request.config.getini("timeout") or 60)
+        limit = float(item.config.getini("timeout") or 60)
     faulthandler.dump_traceback_later(limit + 30, exit=True, file=_REAL_STDERR)
     yield
     faulthandler.cancel_dump_traceback_later()
