@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest install node debs clean
+.PHONY: run test lint typecheck pytest install node debs bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,28 @@ pytest: $(STAMP) node debs
 
 ## make test: installs everything the tests need, then linters, type checks and pytest.
 test: lint typecheck pytest
+
+## make bench: wsgate, nginx and HAProxy side by side (bench/run.py, about 10 minutes); writes
+## bench/results/. As root it installs nginx and HAProxy from Debian's packages when they are
+## missing (otherwise it skips them, with a note), and stops the services their postinst started.
+## BENCH_ARGS passes flags: make bench BENCH_ARGS="--smoke" or BENCH_ARGS="--parts relay,idle".
+$(VENV)/.bench-installed: $(BIN)/python pyproject.toml
+	$(PY) -m pip install -q -e '.[bench]'
+	touch $@
+
+bench: $(VENV)/.bench-installed
+	@missing=""; \
+	command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing=" nginx-light"; \
+	command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing="$$missing haproxy"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null \
+	      && { /usr/sbin/nginx -s quit 2>/dev/null || true; } \
+	      && { [ ! -f /run/haproxy.pid ] || kill "$$(cat /run/haproxy.pid)" 2>/dev/null || true; }; } \
+	      || echo "could not install$$missing: the benchmark will skip it"; \
+	  else echo "not installed:$$missing: the benchmark will skip it"; fi; \
+	fi
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -47,7 +47,49 @@ def runner(request: pytest.FixtureRequest) -> Iterator[asyncio.Runner]:
         yield r
 
 
-async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+#: What the running scenario opened, closed by :func:`run` whether the scenario passed or not
+#: (a uvloop loop closed with open transports can hang the test session).
+_OPEN: list[Callable[[], Awaitable[object]]] = []
+
+
+def run(runner: asyncio.Runner, scenario: Callable[[], Awaitable[None]]) -> None:
+    """Run a scenario, bounded: pytest-timeout's signal cannot interrupt a uvloop loop."""
+
+    async def bounded() -> None:
+        try:
+            await asyncio.wait_for(scenario(), 30)
+        finally:
+            while _OPEN:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(_OPEN.pop()(), 5)
+
+    runner.run(bounded())
+
+
+def closing(server: asyncio.Server) -> asyncio.Server:
+    """Close ``server`` after the scenario."""
+
+    async def aclose() -> None:
+        server.close()
+        await server.wait_closed()
+
+    _OPEN.append(aclose)
+    return server
+
+
+def closing_writer(writer: asyncio.StreamWriter) -> asyncio.StreamWriter:
+    """Close ``writer``'s connection after the scenario."""
+
+    async def aclose() -> None:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+    _OPEN.append(aclose)
+    return writer
+
+
+async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
     """Wait for ``cond`` (a counter the tunnel updates as bytes pass), polling the loop."""
     async with asyncio.timeout(timeout):
         while not cond():
@@ -134,22 +176,26 @@ class Proxy:
         self.opened.put_nowait(tunnel)
 
     async def tunnel(self) -> Tunnel:
-        return await asyncio.wait_for(self.opened.get(), 10)
+        return await asyncio.wait_for(self.opened.get(), 5)
 
-    async def ended(self, tunnel: Tunnel, timeout: float = 10.0) -> None:
+    async def ended(self, tunnel: Tunnel, timeout: float = 5.0) -> None:
         await asyncio.wait_for(self.ends[tunnel].wait(), timeout)
 
     async def aclose(self) -> None:
         assert self.server is not None
         self.server.close()
-        await self.server.wait_closed()
         for task in self.tasks:
             task.cancel()
+        for tunnel, ended in self.ends.items():
+            if not ended.is_set():
+                tunnel.abort()
+        await self.server.wait_closed()
 
 
 async def start_proxy(upstream_port: int, **options: object) -> Proxy:
     proxy = Proxy(upstream_port, **options)  # type: ignore[arg-type]
     proxy.server = await asyncio.get_running_loop().create_server(proxy._accepted, HOST, 0)
+    _OPEN.append(proxy.aclose)
     return proxy
 
 
@@ -166,6 +212,7 @@ class Raw:
         self.writer = writer
         self.frames: list[Frame] = []
         self.raw = bytearray()  # every byte received after the handshake
+        _OPEN.append(self.aclose)
 
     def flush(self) -> None:
         """Write what the protocol has queued (its replies included)."""
@@ -175,7 +222,7 @@ class Raw:
             elif self.writer.can_write_eof():
                 self.writer.write_eof()
 
-    async def receive(self, count: int = 1, timeout: float = 10.0) -> list[Frame]:
+    async def receive(self, count: int = 1, timeout: float = 5.0) -> list[Frame]:
         """Read until ``count`` more frames have been received; returns them."""
         start = len(self.frames)
         async with asyncio.timeout(timeout):
@@ -188,7 +235,7 @@ class Raw:
                 self.frames += [e for e in self.proto.events_received() if isinstance(e, Frame)]
         return self.frames[start:]
 
-    async def eof(self, timeout: float = 10.0) -> bytes:
+    async def eof(self, timeout: float = 5.0) -> bytes:
         """Read to the end of the stream (a reset raises): what came before the FIN."""
         async with asyncio.timeout(timeout):
             rest = await self.reader.read()
@@ -229,7 +276,7 @@ async def raw_server() -> tuple[asyncio.Server, asyncio.Queue[Raw]]:
         raw.flush()
         accepted.put_nowait(raw)
 
-    return await asyncio.start_server(handle, HOST, 0), accepted
+    return closing(await asyncio.start_server(handle, HOST, 0)), accepted
 
 
 def port_of(server: object) -> int:
@@ -278,9 +325,9 @@ def test_going_away_sends_the_code_to_both_peers(runner: asyncio.Runner, code: i
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
         ended: asyncio.Future[Ended] = loop.create_future()
-        async with serve(recording_server(ended), HOST, 0) as server:
+        async with serve(recording_server(ended), HOST, 0, close_timeout=1) as server:
             proxy = await start_proxy(port_of(server))
-            async with connect(proxy.url) as ws:
+            async with connect(proxy.url, close_timeout=1) as ws:
                 tunnel = await proxy.tunnel()
                 await ws.send("hello")
                 assert await ws.recv() == "hello"
@@ -294,7 +341,7 @@ def test_going_away_sends_the_code_to_both_peers(runner: asyncio.Runner, code: i
             assert info.value.rcvd == Close(code, reason)
             assert info.value.sent == Close(code, reason)  # the client's reply (swallowed)
             assert ws.connection_exc is None
-            up = await asyncio.wait_for(ended, 10)
+            up = await asyncio.wait_for(ended, 5)
             assert up.rcvd == Close(code, reason)
             assert up.sent == Close(code, reason) and up.exc is None
             assert up.messages == ["hello"]
@@ -302,9 +349,8 @@ def test_going_away_sends_the_code_to_both_peers(runner: asyncio.Runner, code: i
             assert loop.time() - started < 5  # by the closing handshakes, not the timeout
             assert tunnel.timeout_reason is None
             assert (tunnel.messages_to_upstream, tunnel.messages_to_client) == (1, 1)
-            await proxy.aclose()
 
-    runner.run(scenario())
+    run(runner, scenario)
 
 
 def test_a_frame_in_flight_is_completed_before_the_close(runner: asyncio.Runner) -> None:
@@ -315,7 +361,9 @@ def test_a_frame_in_flight_is_completed_before_the_close(runner: asyncio.Runner)
         loop = asyncio.get_running_loop()
         ended: asyncio.Future[Ended] = loop.create_future()
         big = os.urandom(4 * 1024 * 1024)
-        async with serve(recording_server(ended, echo=False), HOST, 0, max_size=None) as server:
+        async with serve(
+            recording_server(ended, echo=False), HOST, 0, max_size=None, close_timeout=1
+        ) as server:
             proxy = await start_proxy(port_of(server))
             client = await raw_client(proxy.url)
             tunnel = await proxy.tunnel()
@@ -334,15 +382,13 @@ def test_a_frame_in_flight_is_completed_before_the_close(runner: asyncio.Runner)
             client.flush()  # the client's Close reply, after the frame
             assert await client.eof() == b""  # closed after the reply, and no second Close
             assert len(client.frames) == 1
-            up = await asyncio.wait_for(ended, 10)
+            up = await asyncio.wait_for(ended, 5)
             assert up.messages == [big]
             assert up.rcvd == Close(1001, "going away") and up.exc is None
             await proxy.ended(tunnel)
             assert tunnel.messages_to_upstream == 1 and tunnel.messages_to_client == 0
-            await client.aclose()
-            await proxy.aclose()
 
-    runner.run(scenario())
+    run(runner, scenario)
 
 
 def test_a_side_that_already_sent_close_gets_no_second_one(runner: asyncio.Runner) -> None:
@@ -353,25 +399,28 @@ def test_a_side_that_already_sent_close_gets_no_second_one(runner: asyncio.Runne
     async def scenario() -> None:
         server, accepted = await raw_server()
         proxy = await start_proxy(port_of(server))
-        async with connect(proxy.url) as ws:
+        async with connect(proxy.url, close_timeout=1) as ws:
             tunnel = await proxy.tunnel()
-            upstream = await asyncio.wait_for(accepted.get(), 10)
+            upstream = await asyncio.wait_for(accepted.get(), 5)
             closing = asyncio.create_task(ws.close(1000, "bye"))
             (close,) = await upstream.receive()
             assert close_of(close) == Close(1000, "bye")
             tunnel.going_away(GOING_AWAY)
-            await asyncio.wait_for(closing, 10)
+            await asyncio.wait_for(closing, 5)
             assert ws.protocol.close_rcvd == Close(1001, "going away")
             assert ws.connection_exc is None
-            upstream.flush()  # its answer, Close(1000, "bye"), and its FIN
+            # The upstream answers, Close(1000, "bye"): swallowed, the client has its Close.
+            answer, eof = upstream.proto.data_to_send()
+            assert eof == b"" and close_of(Frame(Opcode.CLOSE, answer[2:])) == Close(1000, "bye")
+            upstream.writer.write(answer)
+            await until(lambda: tunnel.upstream.close_seen and tunnel.upstream.skip == 0)
+            # Towards the upstream wsgate is the client: the server closes first (§7.1.1).
+            assert not tunnel.upstream.finished and not tunnel.upstream.lost
+            upstream.writer.write_eof()
             assert await upstream.eof() == b""  # nothing after the client's Close
         await proxy.ended(tunnel)
-        await upstream.aclose()
-        server.close()
-        await server.wait_closed()
-        await proxy.aclose()
 
-    runner.run(scenario())
+    run(runner, scenario)
 
 
 def test_a_peer_that_never_answers_is_closed_after_the_timeout(runner: asyncio.Runner) -> None:
@@ -379,9 +428,9 @@ def test_a_peer_that_never_answers_is_closed_after_the_timeout(runner: asyncio.R
         loop = asyncio.get_running_loop()
         server, accepted = await raw_server()
         proxy = await start_proxy(port_of(server), close_timeout=0.5)
-        async with connect(proxy.url) as ws:
+        async with connect(proxy.url, close_timeout=1) as ws:
             tunnel = await proxy.tunnel()
-            upstream = await asyncio.wait_for(accepted.get(), 10)
+            upstream = await asyncio.wait_for(accepted.get(), 5)
             started = loop.time()
             tunnel.going_away(GOING_AWAY)
             with pytest.raises(ConnectionClosedOK):
@@ -396,12 +445,8 @@ def test_a_peer_that_never_answers_is_closed_after_the_timeout(runner: asyncio.R
             assert await upstream.eof() == b""
             assert loop.time() - started >= 0.45
         await proxy.ended(tunnel)
-        await upstream.aclose()
-        server.close()
-        await server.wait_closed()
-        await proxy.aclose()
 
-    runner.run(scenario())
+    run(runner, scenario)
 
 
 def test_a_peer_stuck_mid_frame_is_closed_after_the_timeout(runner: asyncio.Runner) -> None:
@@ -411,7 +456,7 @@ def test_a_peer_stuck_mid_frame_is_closed_after_the_timeout(runner: asyncio.Runn
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
         ended: asyncio.Future[Ended] = loop.create_future()
-        async with serve(recording_server(ended), HOST, 0) as server:
+        async with serve(recording_server(ended), HOST, 0, close_timeout=1) as server:
             proxy = await start_proxy(port_of(server), close_timeout=0.5)
             client = await raw_client(proxy.url)
             tunnel = await proxy.tunnel()
@@ -427,13 +472,11 @@ def test_a_peer_stuck_mid_frame_is_closed_after_the_timeout(runner: asyncio.Runn
             # The client cannot answer in the middle of its frame; it is closed at the timeout.
             assert await client.eof() == b""
             assert loop.time() - started >= 0.45
-            up = await asyncio.wait_for(ended, 10)
+            up = await asyncio.wait_for(ended, 5)
             assert up.rcvd is None and up.messages == [] and up.exc is None
             await proxy.ended(tunnel)
-            await client.aclose()
-            await proxy.aclose()
 
-    runner.run(scenario())
+    run(runner, scenario)
 
 
 def test_close_waits_for_a_paused_direction(runner: asyncio.Runner) -> None:
@@ -452,7 +495,7 @@ def test_close_waits_for_a_paused_direction(runner: asyncio.Runner) -> None:
             except ConnectionClosed:
                 pass
 
-        async with serve(flood, HOST, 0, compression=None) as server:
+        async with serve(flood, HOST, 0, compression=None, close_timeout=1) as server:
             proxy = await start_proxy(port_of(server))
             client = await raw_client(proxy.url)
             tunnel = await proxy.tunnel()
@@ -473,10 +516,8 @@ def test_close_waits_for_a_paused_direction(runner: asyncio.Runner) -> None:
             await proxy.ended(tunnel, timeout=10)
             assert tunnel.timeout_reason is None
             assert loop.time() > 0
-            await client.aclose()
-            await proxy.aclose()
 
-    runner.run(scenario())
+    run(runner, scenario)
 
 
 @pytest.mark.parametrize("compression", ["deflate", None])
@@ -493,9 +534,9 @@ def test_messages_are_counted_each_way(runner: asyncio.Runner, compression: str 
                 if msg == "fragments please":
                     await ws.send(fragments(ws))
 
-        async with serve(handler, HOST, 0, compression=compression) as server:
+        async with serve(handler, HOST, 0, compression=compression, close_timeout=1) as server:
             proxy = await start_proxy(port_of(server))
-            async with connect(proxy.url, compression=compression) as ws:
+            async with connect(proxy.url, compression=compression, close_timeout=1) as ws:
                 tunnel = await proxy.tunnel()
                 negotiated = ws.response.headers.get("Sec-WebSocket-Extensions")  # type: ignore[union-attr]
                 assert (negotiated is not None) == (compression is not None)
@@ -516,9 +557,8 @@ def test_messages_are_counted_each_way(runner: asyncio.Runner, compression: str 
                 assert tunnel.messages_to_upstream == sent == 44
                 assert tunnel.messages_to_client == received == 45
             await proxy.ended(tunnel)
-            await proxy.aclose()
 
-    runner.run(scenario())
+    run(runner, scenario)
 
 
 def test_going_away_closes_a_non_websocket_tunnel(runner: asyncio.Runner) -> None:
@@ -528,29 +568,24 @@ def test_going_away_closes_a_non_websocket_tunnel(runner: asyncio.Runner) -> Non
         got: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
 
         async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            closing_writer(writer)
             await reader.readuntil(b"\r\n\r\n")
             writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\n\r\n")
             got.set_result(await reader.read())
-            writer.close()
-            await writer.wait_closed()
 
-        server = await asyncio.start_server(upstream, HOST, 0)
+        server = closing(await asyncio.start_server(upstream, HOST, 0))
         proxy = await start_proxy(port_of(server), websocket=False)
         reader, writer = await asyncio.open_connection(HOST, proxy.port)
+        closing_writer(writer)
         writer.write(b"GET / HTTP/1.1\r\nHost: t\r\nUpgrade: foo\r\nConnection: upgrade\r\n\r\n")
         await reader.readuntil(b"\r\n\r\n")
         tunnel = await proxy.tunnel()
         writer.write(b"\x81\x05hello")
         await until(lambda: tunnel.bytes_to_upstream == 7)
         tunnel.going_away(GOING_AWAY)
-        assert await asyncio.wait_for(reader.read(), 10) == b""
-        assert await asyncio.wait_for(got, 10) == b"\x81\x05hello"
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        assert await asyncio.wait_for(got, 5) == b"\x81\x05hello"
         assert tunnel.messages_to_upstream == 0
         await proxy.ended(tunnel)
-        writer.close()
-        await writer.wait_closed()
-        server.close()
-        await server.wait_closed()
-        await proxy.aclose()
 
-    runner.run(scenario())
+    run(runner, scenario)

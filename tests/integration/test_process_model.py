@@ -537,3 +537,26 @@ def test_worker_processes_must_be_positive(tmp_path: Path) -> None:
     res = cli("-t", "-p", str(tmp_path), "-c", "n.conf")
     assert res.returncode == 1
     assert 'invalid value "0" in' in res.stderr and "n.conf:1" in res.stderr
+
+
+def test_workers_keep_the_listen_backlog(tmp_path: Path) -> None:
+    """A worker's accept loop must not shrink the master's listen(511) to asyncio's 100:
+    ``ss`` shows a listening socket's backlog as its Send-Q."""
+    import shutil
+    import subprocess
+
+    if shutil.which("ss") is None:
+        pytest.skip("ss (iproute2) is not installed")
+    gw = start_wsgate(
+        tmp_path / "gw",
+        "worker_processes 2; events {} http { server { listen 127.0.0.1:0; return 200 ok; } }",
+    )
+    try:
+        wait_until(lambda: len(gw.worker_pids()) == 2, "two workers")
+        assert asyncio.run(http_get(gw.port, "/")) == "ok"  # the workers accept
+        out = subprocess.run(
+            ["ss", "-ltnH", f"sport = :{gw.port}"], capture_output=True, text=True, check=True
+        ).stdout
+        assert out.split()[2] == "511", out
+    finally:
+        assert gw.stop() == 0

@@ -6,8 +6,10 @@ offset: a relay's reads split frames anywhere, headers included.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -24,6 +26,7 @@ from wsgate.proxy.frames import (
     next_boundary,
     scan,
 )
+from wsgate.proxy.tunnel import Tunnel
 
 TEXT, BINARY, CONT, CLOSE, PING, PONG = 0x1, 0x2, 0x0, 0x8, 0x9, 0xA
 
@@ -162,10 +165,14 @@ def test_permessage_deflate_rsv1_is_ignored() -> None:
     assert scan(data, ScanState()).messages == 1
 
 
-def random_stream(rng: random.Random, count: int) -> tuple[bytes, list[Ref]]:
+def random_stream(
+    rng: random.Random,
+    count: int,
+    opcodes: tuple[int, ...] = (TEXT, BINARY, CONT, PING, PONG, CLOSE),
+) -> tuple[bytes, list[Ref]]:
     frames = []
     for _ in range(count):
-        opcode = rng.choice([TEXT, BINARY, CONT, PING, PONG, CLOSE])
+        opcode = rng.choice(opcodes)
         size = rng.choice([0, 1, 2, 7, 125, 126, 127, 128, 1000, 65535, 65536, 65537])
         if opcode >= 8:
             size = min(size, 125)
@@ -177,7 +184,7 @@ def test_every_chunk_boundary_of_a_random_stream_matches_the_reference() -> None
     rng = random.Random(6455)
     data, refs = random_stream(rng, 40)
     # Every position, but the long payload runs only at their ends (the rest is the same case).
-    positions = set()
+    positions: set[int] = set()
     for r in refs:
         positions.update(range(r.start, min(r.end, r.known + 6) + 1))
         positions.update(range(max(r.start, r.end - 3), r.end + 1))
@@ -290,3 +297,123 @@ def test_close_reason_limit() -> None:
 )
 def test_is_websocket(value: str | None, ws: bool) -> None:
     assert is_websocket(value) is ws
+
+
+# The tunnel's inline fast path (tunnel.py reads the common headers itself) -------------------
+class FakeTransport:
+    """Just enough of an asyncio transport for a Tunnel driven by hand, without a loop."""
+
+    def __init__(self) -> None:
+        self.out = bytearray()
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.out += data
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default
+
+    def set_protocol(self, protocol: object) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    abort = close
+
+
+@pytest.fixture
+def tunnel() -> Iterator[tuple[Tunnel, FakeTransport, FakeTransport]]:
+    loop = asyncio.new_event_loop()
+    client, upstream = FakeTransport(), FakeTransport()
+    t = Tunnel(
+        loop,
+        client,  # type: ignore[arg-type]
+        upstream,  # type: ignore[arg-type]
+        read_timeout=60,
+        send_timeout_upstream=60,
+        send_timeout_client=60,
+        on_close=lambda t: None,
+        websocket=True,
+    )
+    t.start(b"", b"", False, False)
+    yield t, client, upstream
+    t.abort()
+    loop.close()
+
+
+def test_the_tunnel_fast_path_agrees_with_the_scanner(
+    tunnel: tuple[Tunnel, FakeTransport, FakeTransport],
+) -> None:
+    t, _, upstream = tunnel
+    rng = random.Random(2)
+    data, refs = random_stream(rng, 300)
+    prev = 0
+    while prev < len(data):
+        # Whole frames, single bytes, and everything between.
+        cut = min(len(data), prev + rng.choice([1, 2, 5, 64, 70, 4100, 70000, 200000]))
+        t.client.data_received(data[prev:cut])
+        prev = cut
+        want = expected(data, refs, cut)
+        assert t.messages_to_upstream == want.messages, cut
+        assert t.client.close_seen == want.close_seen, cut
+        assert (t.client.skip, t.client.partial) == (want.skip or -bool(want.partial), want.partial)
+    assert bytes(upstream.out) == data and t.bytes_to_upstream == len(data)
+
+
+def test_one_frame_per_read(tunnel: tuple[Tunnel, FakeTransport, FakeTransport]) -> None:
+    t, client, _ = tunnel
+    for length in [0, 64, 125, 126, 4096, 65535, 65536]:
+        data, _ = build([(True, BINARY, length, False)])
+        t.upstream.data_received(data)
+        assert t.upstream.skip == 0
+    assert t.messages_to_client == 7 and len(client.out) == t.bytes_to_client
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_going_away_puts_the_close_at_the_next_boundary(seed: int) -> None:
+    """Wherever the stream stands when going away starts (a split header included), the
+    upstream gets the rest of that frame, then the Close, then nothing."""
+    rng = random.Random(seed)
+    data, refs = random_stream(rng, 12, (TEXT, BINARY, CONT, PING, PONG))
+    points = sorted(
+        {rng.randrange(len(data)) for _ in range(40)}
+        | {r.start + 1 for r in refs}
+        | {r.start for r in refs}
+    )
+    for k in points:
+        loop = asyncio.new_event_loop()
+        client, upstream = FakeTransport(), FakeTransport()
+        t = Tunnel(
+            loop,
+            client,  # type: ignore[arg-type]
+            upstream,  # type: ignore[arg-type]
+            read_timeout=60,
+            send_timeout_upstream=60,
+            send_timeout_client=60,
+            on_close=lambda t: None,
+            websocket=True,
+        )
+        t.start(b"", data[:k], False, False)
+        t.going_away(SERVICE_RESTART)
+        prev = k
+        while prev < len(data):
+            cut = min(len(data), prev + rng.choice([1, 3, 100, 5000]))
+            t.client.data_received(data[prev:cut])
+            prev = cut
+        boundary = next(r.start if r.start == k else r.end for r in refs if r.start <= k < r.end)
+        sent = bytes(upstream.out)
+        assert sent[:boundary] == data[:boundary], k
+        close = parse(sent[boundary:], mask=True)
+        assert Close.parse(close.data) == Close(1012, "service restart"), k
+        assert t.messages_to_upstream == expected(data, refs, boundary).messages, k
+        # The client's stream was at a boundary: its Close went at once, unmasked.
+        assert bytes(client.out) == close_frame(1012, b"service restart")
+        t.abort()
+        loop.close()

@@ -11,7 +11,8 @@ Both have the ``increment``/``decrement``/``snapshot`` methods of :class:`Status
 Who moves which counter (one connection is in at most one of Reading and Writing):
 
 * :class:`~wsgate.server.gateway.Gateway` on accept: ``accepts``, ``handled`` and ``active``
-  up; ``active`` down when the connection's task ends.  "handled: ... Generally, the parameter
+  up; ``active`` down when the connection ends (its task, or the tunnel it became, which
+  outlives the task; ``Gateway.connection_closed``).  "handled: ... Generally, the parameter
   value is the same as accepts unless some resource limits have been reached" — wsgate has no
   such limit yet, so they are always equal.
 * :class:`~wsgate.proxy.handler.ClientConnection`: ``requests`` and ``reading`` up when a

@@ -71,8 +71,9 @@ class UpstreamOpen:
     async def run(self) -> Endpoint:
         loop, peer, tls = self.loop, self.peer, self.tls
         # Set before connecting: uvloop runs the TLS protocol in the context the transport
-        # copied when it was created (wsgate.upstream.tls, session reuse).
-        token = PENDING_SESSION.set(tls.session(self.key) if tls is not None else None)
+        # copied when it was created (wsgate.upstream.tls, session reuse).  Only for TLS: the
+        # context a plain transport copies would keep a changed one as long as it lives.
+        token = PENDING_SESSION.set(tls.session(self.key)) if tls is not None else None
         try:
             if peer.name.startswith("unix:"):
                 _, ep = await loop.create_unix_connection(lambda: Endpoint(loop), peer.host)
@@ -85,7 +86,8 @@ class UpstreamOpen:
             await self._handshake(ep, tls)
             return ep
         finally:
-            PENDING_SESSION.reset(token)
+            if token is not None:
+                PENDING_SESSION.reset(token)
 
     async def _handshake(self, ep: Endpoint, tls: UpstreamTls) -> None:
         settings = tls.settings

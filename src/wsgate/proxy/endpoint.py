@@ -13,7 +13,6 @@ handed to :mod:`wsgate.proxy.tunnel` with ``set_protocol`` and this object steps
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Callable, Hashable
 from typing import cast
 
@@ -32,6 +31,21 @@ class PeerClosed(ConnectionError):
 class Endpoint(asyncio.Protocol):
     """Buffering protocol with ``await read()``, ``write()`` and ``await drain()``."""
 
+    # Slots: a client connection's endpoint lives as long as its tunnel (no instance dict).
+    __slots__ = (
+        "loop",
+        "transport",
+        "buffer",
+        "eof",
+        "error",
+        "closed",
+        "_read_waiter",
+        "_drain_waiter",
+        "_write_paused",
+        "_read_paused",
+        "_gone",
+    )
+
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.loop = loop or asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
@@ -43,21 +57,14 @@ class Endpoint(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._write_paused = False
         self._read_paused = False
-        self.connected: asyncio.Future[None] = self.loop.create_future()
         self._gone: asyncio.Future[None] | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
+        # uvloop's transports implement asyncio.Transport without subclassing it.  Both loops
+        # set TCP_NODELAY on every TCP transport themselves; asking for the socket here would
+        # make the transport keep a socket object for as long as the connection lives.
         self.transport = cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
-        if not self.connected.done():
-            self.connected.set_result(None)
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -80,8 +87,6 @@ class Endpoint(asyncio.Protocol):
         self.eof = True
         if exc is not None:
             self.error = exc
-        if not self.connected.done():
-            self.connected.set_exception(exc or PeerClosed("connection lost"))
         self._wake()
         self._set_gone()
         waiter = self._drain_waiter
@@ -163,6 +168,12 @@ class Endpoint(asyncio.Protocol):
             self._drain_waiter = None
         if self.closed:
             raise PeerClosed("connection lost")
+
+    def detach(self) -> None:
+        """The transport now belongs to a tunnel (``set_protocol``): this endpoint is not read
+        again, so what it would keep for as long as the tunnel lives is let go."""
+        self.buffer = bytearray()
+        self._gone = None
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:

@@ -130,6 +130,8 @@ def _close_caches(caches: dict[int, tuple[object, KeptEndpoints]]) -> None:
 class Forwarder(ResponseRelay):
     """The upstream side of :class:`~wsgate.proxy.handler.ClientConnection`."""
 
+    __slots__ = ()  # its attributes are ClientConnection's and ResponseRelay's slots
+
     gw: Gateway
     ep: Endpoint
     number: int

@@ -44,6 +44,7 @@ from wsgate.observability.metrics import CONTENT_TYPE, location_label
 from wsgate.observability.status import READING, REQUESTS, WRITING, stub_status_page
 from wsgate.proxy.endpoint import Endpoint
 from wsgate.proxy.forward import Forwarder
+from wsgate.proxy.relay import TunnelEnd
 from wsgate.proxy.tunnel import Tunnel
 from wsgate.routing import (
     find_location,
@@ -74,6 +75,31 @@ CLIENT_BODY_TIMEOUT = 60.0
 class ClientConnection(Forwarder):
     """Serves one accepted connection until it closes."""
 
+    # Slots: a tunnel keeps its connection for as long as it is open (no instance dict).
+    __slots__ = (
+        "gw",
+        "ep",
+        "group",
+        "number",
+        "remote_addr",
+        "remote_port",
+        "local_addr",
+        "local_port",
+        "candidates",
+        "default",
+        "requests",
+        "started",
+        "idle",
+        "stat_state",
+        "parser",
+        "pending",
+        "body_done",
+        "tls_vars",
+        "plain_on_tls",
+        "conn_slots",
+        "task_done",
+    )
+
     def __init__(self, gw: Gateway, ep: Endpoint, group: ListenGroup, number: int) -> None:
         self.gw = gw
         self.ep = ep
@@ -103,6 +129,8 @@ class ClientConnection(Forwarder):
         self.conn_slots: list[tuple[ConnZone, str]] = []
         #: Metrics labels of the request being served: (its context, location, has Upgrade).
         self.metric_req: tuple[RequestContext | None, str, bool] = (None, "", False)
+        self.tunnel_end: TunnelEnd | None = None
+        self.task_done = False
 
     # -- the connection loop ------------------------------------------------------------------
     async def run(self) -> None:
@@ -147,9 +175,31 @@ class ClientConnection(Forwarder):
                 self._stat(None)
                 self.pending = parser.next_request()
         finally:
-            self._stat(None)
+            # A tunnel's request (and connection) ends when the tunnel closes.
             if self.tunnel is None:
+                self._stat(None)
                 self.ep.close()
+            else:
+                # Not needed again, and would otherwise live as long as the tunnel.
+                del self.parser
+                self.pending.clear()
+
+    def task_ended(self) -> bool:
+        """The task running :meth:`run` has ended; ``True`` when an open tunnel now holds the
+        connection, which then ends when the tunnel closes (:meth:`_tunnel_closed`)."""
+        self.task_done = True
+        return self.tunnel_end is not None
+
+    def _tunnel_finished(self) -> None:
+        """An open tunnel's request has ended (it closed, or a fast stop abandoned it): what
+        ``_serve`` and :meth:`run` do when a request ends (``limit_conn`` slots released,
+        ``stub_status`` Writing left), then the connection ends if its task already has."""
+        for zone, key in self.conn_slots:
+            zone.release(key)
+        self.conn_slots.clear()
+        self._stat(None)
+        if self.task_done:
+            self.gw.connection_closed(self)
 
     async def _start_tls(self) -> bool:
         """First bytes, then the handshake (``listen ... ssl``); ``False``: close silently.
@@ -342,10 +392,11 @@ class ClientConnection(Forwarder):
         except HttpError as exc:
             return await self._error(exc, ctx, head, settings)
         finally:
-            # A tunnel's request ends when the tunnel closes (``_proxy`` returns then).
-            for zone, key in self.conn_slots:
-                zone.release(key)
-            self.conn_slots.clear()
+            # A tunnel's request ends when the tunnel closes (``_tunnel_closed``).
+            if self.tunnel is None:
+                for zone, key in self.conn_slots:
+                    zone.release(key)
+                self.conn_slots.clear()
 
     async def _limit_req(self, settings: LocationSettings, ctx: RequestContext) -> None:
         """ngx_http_limit_req_handler: "If the requests rate exceeds the rate configured for a

@@ -5,6 +5,13 @@ is re-framed for the client (Content-Length kept, otherwise chunked for HTTP/1.1
 close-delimited for HTTP/1.0), as nginx does; a ``101`` to a request that carried ``Upgrade``
 hands both transports to :class:`wsgate.proxy.tunnel.Tunnel`, with the bytes each side sent
 early delivered first (NGINX-SEMANTICS.md §4).
+
+There the request's task ends: nothing awaits a tunnel, so an idle one keeps no coroutine
+frames, parsers or buffers, only a :class:`TunnelEnd`.  The tunnel's ``on_close`` finishes
+the request (error-log and access-log lines, the peer, ``limit_conn`` slots, ``stub_status``,
+metrics) and then the connection (:meth:`Gateway.connection_closed
+<wsgate.server.gateway.Gateway.connection_closed>`), whichever of the task's end and the
+tunnel's close comes last doing the latter, once.
 """
 
 from __future__ import annotations
@@ -34,11 +41,57 @@ if TYPE_CHECKING:
     from wsgate.server.gateway import Gateway
     from wsgate.upstream.roundrobin import Peer, Selection
 
-__all__ = ["ResponseRelay"]
+__all__ = ["ResponseRelay", "TunnelEnd"]
+
+#: ``metric_req`` once a tunnel is open (a tunnel is counted by its own metrics).
+_NO_METRIC_REQ: tuple[RequestContext | None, str, bool] = (None, "", False)
+
+#: The request headers the error log names (``host``, ``referrer``; see ``format_error_line``).
+_ERROR_LOG_HEADERS = frozenset({"host", "referer"})
+
+
+class TunnelEnd:
+    """What the request of an open tunnel still needs when the tunnel closes: the context of
+    its access-log and error-log lines, the peer to release, the length of the 101.
+
+    No coroutine waits for a tunnel: each would keep its frames (request head, parsers,
+    endpoints, selection state) and an ``asyncio.Task`` alive for the tunnel's whole life,
+    several kilobytes per idle connection.  This record is what remains of the request.
+    """
+
+    __slots__ = ("ctx", "settings", "selection", "peer", "scheme", "head_len")
+
+    def __init__(
+        self,
+        ctx: RequestContext,
+        settings: LocationSettings,
+        selection: Selection,
+        peer: Peer,
+        scheme: str,
+        head_len: int,
+    ) -> None:
+        self.ctx = ctx
+        self.settings = settings
+        self.selection = selection
+        self.peer = peer
+        self.scheme = scheme
+        self.head_len = head_len
+
+
+def _slim(ctx: RequestContext, settings: LocationSettings) -> RequestContext:
+    """``ctx`` as an open tunnel keeps it: without ``access_log`` only the error log reads
+    it again, and of the request headers that uses ``Host`` and ``Referer`` only (their
+    first values, as ``first_value`` finds them), so the others are let go."""
+    if not settings.access_logs:
+        ctx.headers = [h for h in ctx.headers if h[0].lower() in _ERROR_LOG_HEADERS]
+    return ctx
 
 
 class ResponseRelay:
     """The client-bound half of :class:`~wsgate.proxy.forward.Forwarder`."""
+
+    # Slots for what this half sets; the others are ClientConnection's.
+    __slots__ = ("tunnel", "tunnel_end", "metric_req")
 
     gw: Gateway
     ep: Endpoint
@@ -46,8 +99,15 @@ class ResponseRelay:
     parser: RequestParser
     tunnel: Tunnel | None
     metric_req: tuple[RequestContext | None, str, bool]
+    #: An open tunnel's request (None: no tunnel, or its request is finished).
+    tunnel_end: TunnelEnd | None
+    #: The connection's task has ended; an open tunnel then ends the connection itself.
+    task_done: bool
 
     def _log_access(self, settings: LocationSettings, ctx: RequestContext) -> None:
+        raise NotImplementedError  # provided by ClientConnection
+
+    def _tunnel_finished(self) -> None:
         raise NotImplementedError  # provided by ClientConnection
 
     def _note_time(self, ctx: RequestContext) -> None:
@@ -195,13 +255,7 @@ class ResponseRelay:
         up.buffer.clear()
         early_to_upstream = self.parser.take_buffered() + bytes(ep.buffer)
         ep.buffer.clear()
-        done: asyncio.Future[None] = self.gw.loop.create_future()
         assert ep.transport is not None and up.transport is not None
-
-        def finished(t: Tunnel) -> None:
-            if not done.done():
-                done.set_result(None)
-
         tunnel = Tunnel(
             self.gw.loop,
             ep.transport,
@@ -209,12 +263,22 @@ class ResponseRelay:
             read_timeout=settings.proxy_read_timeout,
             send_timeout_upstream=settings.proxy_send_timeout,
             send_timeout_client=settings.send_timeout,
-            on_close=finished,
+            on_close=self._tunnel_closed,
             # The 101 names the protocol switched to (RFC 9110 §7.8); only WebSocket has frames.
             websocket=is_websocket(resp.header("upgrade") or head.upgrade),
         )
+        # The request's coroutines end here; the tunnel's close finishes the request
+        # (:meth:`_tunnel_closed`), with only what it needs kept in a small record.
+        labels = (ctx.server_name, self.metric_req[1], selection.group.name, peer.address)
+        end = TunnelEnd(_slim(ctx, settings), settings, selection, peer, scheme, head_len)
+        self.tunnel_end = end
         self.tunnel = tunnel
+        self.metric_req = _NO_METRIC_REQ
+        ep.detach()
         self.gw.add_tunnel(tunnel)
+        # Metrics: counted here and when it ends, never on the relay path; before start(),
+        # which may already end the tunnel.
+        self.gw.metrics.tunnel_opened(tunnel, labels, time.time() - ctx.start)
         tunnel.start(
             early_to_client,
             early_to_upstream,
@@ -230,34 +294,52 @@ class ResponseRelay:
                 )
             elif endpoint.eof:
                 side.eof_received()
-        # Metrics: counted here and when it ends (``finally``), never on the relay path.
-        labels = (ctx.server_name, self.metric_req[1], selection.group.name, peer.address)
-        self.gw.metrics.tunnel_opened(tunnel, labels, time.time() - ctx.start)
-        try:
-            await done
-        finally:
-            self.gw.tunnels.discard(tunnel)
-            self.gw.metrics.tunnel_closed(tunnel)
-            selection.release(peer)
-        upstream_url = f"{scheme}://{peer.address}{ctx.request_uri}"
-        if tunnel.timeout_reason == "upstream":
-            self.gw.error_log.log(
-                "info",
-                "upstream timed out (110: Connection timed out) while proxying upgraded connection",
-                self.number,
-                ctx,
-                upstream_url,
-            )
-        elif tunnel.timeout_reason == "client":
-            self.gw.error_log.log(
-                "info",
-                "client timed out (110: Connection timed out) while proxying upgraded connection",
-                self.number,
-                ctx,
-                upstream_url,
-            )
-        ctx.body_bytes_sent = tunnel.bytes_to_client
-        ctx.bytes_sent = head_len + tunnel.bytes_to_client
-        self._note_time(ctx)
-        self._log_access(settings, ctx)
         return False, None
+
+    def _tunnel_closed(self, tunnel: Tunnel) -> None:
+        """The tunnel's ``on_close``: the end of its request, as nginx finalizes an upgraded
+        request when both connections are closed (timeout lines in the error log, the
+        access-log line, the peer, ``limit_conn`` slots and ``stub_status`` state released),
+        then of the connection if its task has already ended."""
+        end = self.tunnel_end
+        if end is None:  # abandoned by a fast stop (:meth:`abandon_tunnel`)
+            return
+        gw, ctx = self.gw, end.ctx
+        try:
+            self._tunnel_released(tunnel, end)
+            reason = tunnel.timeout_reason
+            if reason is not None:
+                gw.error_log.log(
+                    "info",
+                    f"{reason} timed out (110: Connection timed out) while proxying upgraded "
+                    "connection",
+                    self.number,
+                    ctx,
+                    f"{end.scheme}://{end.peer.address}{ctx.request_uri}",
+                )
+            ctx.body_bytes_sent = tunnel.bytes_to_client
+            ctx.bytes_sent = end.head_len + tunnel.bytes_to_client
+            self._note_time(ctx)
+            self._log_access(end.settings, ctx)
+        except Exception as exc:  # what the connection's task reported when it ran to here
+            gw.error_log.log("alert", f"unexpected error: {exc!r}", self.number)
+        finally:
+            self._tunnel_finished()
+
+    def abandon_tunnel(self) -> None:
+        """A fast stop (TERM) ends an open tunnel without its access-log line, as it cancels
+        requests: the peer, the gauges, the ``limit_conn`` slots and the connection are
+        released now, since the process may exit before the tunnel's close is reported."""
+        end = self.tunnel_end
+        if end is None or self.tunnel is None:
+            return
+        try:
+            self._tunnel_released(self.tunnel, end)
+        finally:
+            self._tunnel_finished()
+
+    def _tunnel_released(self, tunnel: Tunnel, end: TunnelEnd) -> None:
+        self.tunnel_end = None
+        self.gw.tunnels.discard(tunnel)
+        self.gw.metrics.tunnel_closed(tunnel)
+        end.selection.release(end.peer)

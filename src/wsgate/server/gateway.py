@@ -58,6 +58,9 @@ __all__ = [
     "pid_write",
 ]
 
+#: nginx's default ``listen ... backlog=`` (NGX_LISTEN_BACKLOG) on Linux.
+BACKLOG = 511
+
 BindKey = tuple[str, int, int]  # host, configured port, index (port-0 listens stay apart)
 
 
@@ -211,7 +214,8 @@ class Gateway:
         assert group.sock is not None and group.acceptor is not None
         dup = group.sock.dup()
         try:
-            return await self.loop.create_server(group.acceptor, sock=dup)
+            # asyncio calls listen() again on the socket: keep nginx's backlog, not its 100.
+            return await self.loop.create_server(group.acceptor, sock=dup, backlog=BACKLOG)
         except BaseException:
             dup.close()
             raise
@@ -261,23 +265,33 @@ class Gateway:
 
         def done(t: asyncio.Task[None]) -> None:
             self.tasks.discard(t)
-            self.connections.discard(conn)
-            stats.decrement(ACTIVE)
             if not t.cancelled() and t.exception() is not None:
                 exc = t.exception()
                 self.error_log.log("alert", f"unexpected error: {exc!r}", conn.number)
+                if conn.tunnel is not None:  # it may not have started: end it here
+                    conn.tunnel.abort()
+                    conn.abandon_tunnel()
                 ep.abort()
-            if self.stopping and not self.connections:
-                self._finish()
-            elif (
-                self.accept_paused
-                and not self.stopping
-                and self._load() < self.config.worker_connections
-            ):
-                self.accept_paused = False
-                self.loop.create_task(self._resume_accepting())
+            if not conn.task_ended():
+                self.connection_closed(conn)
 
         task.add_done_callback(done)
+
+    def connection_closed(self, conn: ClientConnection) -> None:
+        """A client connection has ended: its task, or the tunnel it became, which outlives
+        the task (a graceful stop waits for it; it counts against ``worker_connections``
+        until then).  Called once per connection."""
+        self.connections.discard(conn)
+        self.stub_status.decrement(ACTIVE)
+        if self.stopping and not self.connections:
+            self._finish()
+        elif (
+            self.accept_paused
+            and not self.stopping
+            and self._load() < self.config.worker_connections
+        ):
+            self.accept_paused = False
+            self.loop.create_task(self._resume_accepting())
 
     # -- active health checks -------------------------------------------------------------------
     def restart_health(self) -> None:
@@ -313,6 +327,7 @@ class Gateway:
         for conn in list(self.connections):
             if conn.tunnel is not None:
                 conn.tunnel.abort()
+                conn.abandon_tunnel()
             conn.ep.abort()
         for task in list(self.tasks):
             task.cancel()
@@ -449,7 +464,7 @@ def _open(key: BindKey) -> socket.socket:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind((host, port))
-        sock.listen(511)
+        sock.listen(BACKLOG)
         sock.setblocking(False)
     except OSError:
         sock.close()
@@ -510,6 +525,8 @@ class _Acceptor:
 
 class _Front(Endpoint):
     """Accepted connections: an Endpoint that hands itself to the gateway."""
+
+    __slots__ = ("gw", "group")
 
     def __init__(self, gw: Gateway, group: ListenGroup) -> None:
         super().__init__(gw.loop)

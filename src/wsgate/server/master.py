@@ -25,6 +25,7 @@ any fork, so every worker of every generation sees the same memory.
 
 from __future__ import annotations
 
+import gc
 import os
 import selectors
 import signal
@@ -37,6 +38,7 @@ from dataclasses import dataclass
 
 from wsgate.config.model import Config
 from wsgate.errors import ConfigError
+from wsgate.loop import preload
 from wsgate.observability.logs import ErrorLogger
 from wsgate.server.gateway import (
     BindKey,
@@ -136,6 +138,7 @@ class Master:
         for sig in _SIGNAL_NAMES:
             signal.signal(sig, _noop)
         self.shared.configure(self.config)
+        preload()
         for index in range(self.config.worker_processes):
             self._spawn(index)
         started()
@@ -193,7 +196,18 @@ class Master:
         ours, theirs = socket.socketpair()
         config, groups = self.config, self.groups
         keep = {g.sock.fileno() for g in groups.values() if g.sock is not None}
-        pid = os.fork()
+        # What the worker inherits stays shared with the master only if nothing writes to its
+        # pages: frozen, the cycle collector of the worker never visits (and so never
+        # writes to) the inherited objects, which would copy-on-write the whole inherited
+        # heap into each worker (they were alive at the fork; the worker's own objects are
+        # collected as usual).  The master unfreezes its own copy at once.
+        gc.freeze()
+        pid = -1
+        try:
+            pid = os.fork()
+        finally:
+            if pid != 0:
+                gc.unfreeze()
         if pid == 0:  # the worker
             code = 2
             try:

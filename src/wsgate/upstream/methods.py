@@ -95,7 +95,7 @@ class _Picked(Selection):
         """Mark ``self._tier[i]`` tried and start its ``fail_timeout`` check window, as every
         nginx ``get`` does (``if (now - peer->checked > peer->fail_timeout)``)."""
         peer = self._tier[i]
-        self._tried.add(i)
+        self._tried |= 1 << i
         if now - peer.checked > peer.fail_timeout:
             peer.checked = now
         return peer
@@ -152,7 +152,7 @@ class _LeastConnSelection(Selection):
         best_i = 0
         many = False
         for i, p in enumerate(tier):
-            if i in tried or not eligible(p, now):
+            if tried >> i & 1 or not eligible(p, now):
                 continue
             if best is None or p.conns * best.weight < best.conns * p.weight:
                 best, best_i, many = p, i, False
@@ -165,7 +165,7 @@ class _LeastConnSelection(Selection):
             first = best
             for i in range(best_i, len(tier)):
                 p = tier[i]
-                if i in tried or p.conns * first.weight != first.conns * p.weight:
+                if tried >> i & 1 or p.conns * first.weight != first.conns * p.weight:
                     continue
                 if not eligible(p, now):
                     continue
@@ -176,7 +176,7 @@ class _LeastConnSelection(Selection):
                 if p.current_weight > best.current_weight:
                     best, best_i = p, i
         best.current_weight -= total
-        tried.add(best_i)
+        self._tried |= 1 << best_i
         if now - best.checked > best.fail_timeout:
             best.checked = now
         return best
@@ -228,7 +228,7 @@ class _IpHashSelection(_Picked):
         while True:
             h = ip_hash_step(h, self._addr)
             i = _walk(tier, h % total)
-            if i not in self._tried and eligible(tier[i], now):
+            if not self._tried >> i & 1 and eligible(tier[i], now):
                 break
             self._hash_tries += 1
             if self._hash_tries > MAX_HASH_TRIES:
@@ -290,7 +290,7 @@ class _HashSelection(_Picked):
             self._hash = (self._hash + hash_step(self._key, self._rehash)) & 0xFFFFFFFF
             self._rehash += 1
             i = _walk(tier, self._hash % total)
-            if i not in self._tried and eligible(tier[i], now):
+            if not self._tried >> i & 1 and eligible(tier[i], now):
                 return self._take(i, now)
             self._hash_tries += 1
             if self._hash_tries > MAX_HASH_TRIES:
@@ -348,7 +348,7 @@ class _ConsistentSelection(_Picked):
             best_i = 0
             total = 0
             for i, p in enumerate(tier):
-                if i in tried or (p.name or p.address) != name or not eligible(p, now):
+                if tried >> i & 1 or (p.name or p.address) != name or not eligible(p, now):
                     continue
                 p.current_weight += p.effective_weight
                 total += p.effective_weight
@@ -429,7 +429,7 @@ class _RandomSelection(_Picked):
         group, tier = self.group, self._tier
         while True:
             i = group.peek()
-            if i not in self._tried and eligible(tier[i], now):
+            if not self._tried >> i & 1 and eligible(tier[i], now):
                 return self._take(i, now)
             self._hash_tries += 1
             if self._hash_tries > MAX_HASH_TRIES:
@@ -449,7 +449,7 @@ class _Random2Selection(_RandomSelection):
         prev = -1
         while True:
             i = group.peek()
-            if i != prev and i not in self._tried and eligible(tier[i], now):
+            if i != prev and not self._tried >> i & 1 and eligible(tier[i], now):
                 if prev >= 0:
                     p, q = tier[i], tier[prev]
                     if p.conns * q.weight > q.conns * p.weight:

@@ -153,7 +153,9 @@ class Selection:
         self.tries = sum(not p.down for p in group.peers) + sum(not p.down for p in group.backups)
         self._tier = group.peers
         self._on_backups = False
-        self._tried: set[int] = set()
+        #: nginx's ``tried`` bitmap: bit ``i`` is set once ``_tier[i]`` was tried (an int
+        #: allocates nothing, and an open tunnel keeps its selection as long as it lives).
+        self._tried = 0
         self._held: list[Peer] = []
 
     @property
@@ -180,7 +182,7 @@ class Selection:
             if peer is None and not self._on_backups and group.backups:
                 self._on_backups = True
                 self._tier = group.backups
-                self._tried.clear()
+                self._tried = 0
                 peer = self._get_peer(now)
             if peer is None:
                 return None
@@ -195,7 +197,7 @@ class Selection:
         total = 0
         tried = self._tried
         for i, p in enumerate(self._tier):
-            if i in tried or not eligible(p, now):
+            if tried >> i & 1 or not eligible(p, now):
                 continue
             p.current_weight += p.effective_weight
             total += p.effective_weight
@@ -205,7 +207,7 @@ class Selection:
                 best, best_i = p, i
         if best is None:
             return None
-        tried.add(best_i)
+        self._tried |= 1 << best_i
         best.current_weight -= total
         if now - best.checked > best.fail_timeout:
             best.checked = now

@@ -1,0 +1,129 @@
+"""A smoke run of ``bench/`` (``make bench``) so that the benchmark keeps working.
+
+``python -m bench.run --smoke`` runs every figure with tiny counts (10 connections, windows
+of 0.3 s, 150 idle connections) against wsgate and whichever of nginx and HAProxy are
+installed, and writes its results into a temporary directory. These tests check only that the
+outputs are produced and well formed: a benchmark is not a test, so nothing here compares a
+time, a rate or a memory figure with a threshold.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.timeout(300)
+
+
+def _installed(name: str) -> bool:
+    return shutil.which(name) is not None or os.access(f"/usr/sbin/{name}", os.X_OK)
+
+
+PROXIES = ["wsgate"] + [name for name in ("nginx", "haproxy") if _installed(name)]
+#: Metrics every proxy that ran must have a number for (see bench/report.py).
+PER_PROXY = [
+    "cpu_msg_64",
+    "cpu_msg_4096",
+    "cpu_msg_65536",
+    "sat_1",
+    "sat_1_core",
+    "sat_n",
+    "hs_cpu",
+    "hs_rate",
+    "mem_50",
+    "mem_150",
+    "lat_p50",
+    "lat_p99",
+]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """One smoke run for the whole module: its output directory and results.json."""
+    if len(os.sched_getaffinity(0)) < 1 or shutil.which("taskset") is None:
+        pytest.skip("taskset (util-linux) is needed to pin the proxies")
+    out = tmp_path_factory.mktemp("bench")
+    cmd = [sys.executable, "-m", "bench.run", "--smoke", "--out", str(out)]
+    cmd += ["--proxies", ",".join(PROXIES)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads((out / "results.json").read_text())
+    return out, results
+
+
+def _metric(results: dict[str, Any], key: str) -> dict[str, Any]:
+    rows: list[dict[str, Any]] = [row for row in results["metrics"] if row["key"] == key]
+    assert len(rows) == 1, f"metric {key} missing"
+    return rows[0]
+
+
+def test_results_json_is_complete(smoke: tuple[Path, dict[str, Any]]) -> None:
+    _, results = smoke
+    assert results["settings"]["smoke"] is True
+    machine = results["machine"]
+    for key in ("cpu", "cpus", "kernel", "python", "wsgate", "nginx", "haproxy"):
+        assert key in machine
+    assert machine["cpu"] and machine["kernel"] and machine["python"]
+    assert sorted(results["runs"]) == sorted(PROXIES)
+    for name, run in results["runs"].items():
+        assert run["check"] == "ok", (name, run["check"])
+    for row in results["metrics"]:
+        assert set(row) >= {"key", "label", "unit", "values", "ratio_nginx", "target", "met"}
+    for row in results["bottleneck"]:
+        assert row["proxy"] in PROXIES
+        assert 0 <= row["proxy_cpu"] and 0 <= row["load_cpu"]
+
+
+def test_wsgate_measured(smoke: tuple[Path, dict[str, Any]]) -> None:
+    _, results = smoke
+    for key in PER_PROXY:
+        value = _metric(results, key)["values"]["wsgate"]
+        assert isinstance(value, float | int), (key, value)
+    assert results["direct"]["throughput"]["64"]["echoes"] > 0
+    hold = _metric(results, "hold")
+    assert hold["held"] >= results["settings"]["hold"]
+    assert hold["echoed"] == hold["held"]
+
+
+@pytest.mark.parametrize("proxy", ["nginx", "haproxy"])
+def test_compared_with(smoke: tuple[Path, dict[str, Any]], proxy: str) -> None:
+    if proxy not in PROXIES:
+        pytest.skip(f"{proxy} is not installed (make bench installs it as root)")
+    _, results = smoke
+    for key in PER_PROXY:
+        row = _metric(results, key)
+        assert isinstance(row["values"][proxy], float | int), (key, row["values"])
+    if proxy == "nginx":
+        assert isinstance(_metric(results, "cpu_msg_64")["ratio_nginx"], float)
+
+
+def test_markdown_table(smoke: tuple[Path, dict[str, Any]]) -> None:
+    out, results = smoke
+    text = (out / "results.md").read_text()
+    assert results["machine"]["cpu"] in text
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    header = lines[0]
+    for column in ("metric", "wsgate", "wsgate / nginx", "target"):
+        assert f"| {column} |" in header
+    width = header.count("|")
+    metric_rows = [line for line in lines if line.count("|") == width]
+    for row in results["metrics"]:
+        assert any(line.startswith(f"| {row['label'].strip()} |") for line in metric_rows)
+    assert "## Bottleneck check" in text
+
+
+def test_chart(smoke: tuple[Path, dict[str, Any]]) -> None:
+    if importlib.util.find_spec("matplotlib") is None:
+        pytest.skip("matplotlib is not installed (pip install -e '.[bench]')")
+    out, _ = smoke
+    data = (out / "chart.png").read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
