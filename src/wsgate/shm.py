@@ -401,7 +401,24 @@ class _Table:
         return dead
 
 
-class SharedConnZone(ConnZone):
+class _TableZone:
+    """What both shared zones tell about their table."""
+
+    __slots__ = ()
+    _t: _Table
+
+    @property
+    def capacity(self) -> int:
+        """How many keys the zone can hold: its size // the state size nginx documents."""
+        return self._t.capacity
+
+    @property
+    def used(self) -> int:
+        """How many keys it holds now (read without the lock: a gauge for metrics)."""
+        return self._t.header[_USED]
+
+
+class SharedConnZone(_TableZone, ConnZone):
     """A ``limit_conn_zone`` in shared memory: per key, the total and what each worker slot
     holds.  Same calls as :class:`~wsgate.limits.ConnZone`; the dict ``counts`` is unused."""
 
@@ -421,16 +438,6 @@ class SharedConnZone(ConnZone):
         self._slots = max_slots
         self._me = me
         self._t.repair = self._rebuild
-
-    @property
-    def capacity(self) -> int:
-        """How many keys the zone can hold: its size // the state size nginx documents."""
-        return self._t.capacity
-
-    @property
-    def used(self) -> int:
-        """How many keys it holds now (read without the lock: a gauge for metrics)."""
-        return self._t.header[_USED]
 
     def acquire(self, key: str, limit: int) -> Literal[True] | Refused:
         """``ngx_http_limit_conn_handler``: refuse when "lc->conn >= limits[i].conn", or with
@@ -508,7 +515,7 @@ class SharedConnZone(ConnZone):
         t.rebuild(keep)
 
 
-class SharedReqZone(ReqZone):
+class SharedReqZone(_TableZone, ReqZone):
     """A ``limit_req_zone`` in shared memory: per key nginx's ``excess`` and ``last``, and its
     LRU queue.  Same calls as :class:`~wsgate.limits.ReqZone` (the arithmetic is theirs); the
     dict ``nodes`` is unused.  ``rate`` is this process's: workers of an older configuration
@@ -534,16 +541,6 @@ class SharedReqZone(ReqZone):
         self._t = _Table(name, cap, [("I", cap), ("q", cap), ("q", cap)], salt, lock)
         self._prev, self._excess, self._last = self._t.extra
         self._t.repair = self._rebuild
-
-    @property
-    def capacity(self) -> int:
-        """How many keys the zone can hold: its size // the state size nginx documents."""
-        return self._t.capacity
-
-    @property
-    def used(self) -> int:
-        """How many keys it holds now (read without the lock: a gauge for metrics)."""
-        return self._t.header[_USED]
 
     def lookup(self, key: str, burst: int, now: int, account: bool) -> tuple[bool, int]:
         """``ngx_http_limit_req_lookup``: ``(busy, excess)``; the state moves to the head of
