@@ -40,7 +40,7 @@ from wsgate.upstream.hashing import (
     ip_hash_step,
     key_bytes,
 )
-from wsgate.upstream.roundrobin import Peer, PeerGroup, Selection, eligible
+from wsgate.upstream.roundrobin import Peer, PeerGroup, Selection, eligible, smooth_pick
 
 __all__ = [
     "MAX_HASH_TRIES",
@@ -84,21 +84,6 @@ def _no_backups(group: Balancer) -> None:
     # methods." (``backup``); the loader reports it with file:line, this guards direct use.
     if group.backups:
         raise ValueError(f"balancing method {group.method!r} does not support backup servers")
-
-
-class _Picked(Selection):
-    """A :class:`Selection` whose method picks by index in the primary tier."""
-
-    __slots__ = ()
-
-    def _take(self, i: int, now: int) -> Peer:
-        """Mark ``self._tier[i]`` tried and start its ``fail_timeout`` check window, as every
-        nginx ``get`` does (``if (now - peer->checked > peer->fail_timeout)``)."""
-        peer = self._tier[i]
-        self._tried |= 1 << i
-        if now - peer.checked > peer.fail_timeout:
-            peer.checked = now
-        return peer
 
 
 # -- the groups ---------------------------------------------------------------------------------
@@ -208,7 +193,7 @@ class IpHash(Balancer):
         return _IpHashSelection(self, ip_hash_key(key or ""))
 
 
-class _IpHashSelection(_Picked):
+class _IpHashSelection(Selection):
     __slots__ = ("_addr", "_hash", "_hash_tries")
 
     def __init__(self, group: IpHash, addr: bytes) -> None:
@@ -269,7 +254,7 @@ class Hash(Balancer):
         return _HashSelection(self, key_bytes(key))
 
 
-class _HashSelection(_Picked):
+class _HashSelection(Selection):
     __slots__ = ("_key", "_hash", "_rehash", "_hash_tries")
 
     def __init__(self, group: Hash, key: bytes) -> None:
@@ -326,7 +311,7 @@ class ConsistentHash(Hash):
         return _ConsistentSelection(self, self.ring.find(data))
 
 
-class _ConsistentSelection(_Picked):
+class _ConsistentSelection(Selection):
     __slots__ = ("_point", "_hash_tries")
 
     def __init__(self, group: ConsistentHash, point: int) -> None:
@@ -341,24 +326,11 @@ class _ConsistentSelection(_Picked):
             return super()._get_peer(now)
         assert isinstance(self.group, ConsistentHash)
         ring = self.group.ring
-        tier, tried = self._tier, self._tried
         while True:
             name = ring.names[self._point % len(ring)]
-            best: Peer | None = None
-            best_i = 0
-            total = 0
-            for i, p in enumerate(tier):
-                if tried >> i & 1 or (p.name or p.address) != name or not eligible(p, now):
-                    continue
-                p.current_weight += p.effective_weight
-                total += p.effective_weight
-                if p.effective_weight < p.weight:
-                    p.effective_weight += 1
-                if best is None or p.current_weight > best.current_weight:
-                    best, best_i = p, i
-            if best is not None:
-                best.current_weight -= total
-                return self._take(best_i, now)
+            i = smooth_pick(self._tier, self._tried, now, name)
+            if i >= 0:
+                return self._take(i, now)
             self._point += 1
             self._hash_tries += 1
             if self._hash_tries > MAX_HASH_TRIES:
@@ -414,7 +386,7 @@ class Random(Balancer):
         return _Random2Selection(self) if self.two else _RandomSelection(self)
 
 
-class _RandomSelection(_Picked):
+class _RandomSelection(Selection):
     __slots__ = ("_hash_tries",)
 
     def __init__(self, group: Random) -> None:

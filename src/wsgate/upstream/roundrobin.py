@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from wsgate.config.model import UpstreamServer
 
-__all__ = ["Peer", "PeerGroup", "Selection", "eligible", "peers_from_config"]
+__all__ = ["Peer", "PeerGroup", "Selection", "eligible", "peers_from_config", "smooth_pick"]
 
 Clock = Callable[[], float]
 
@@ -138,6 +138,31 @@ class PeerGroup:
         return int(self.clock())
 
 
+def smooth_pick(tier: Sequence[Peer], tried: int, now: int, name: str | None = None) -> int:
+    """nginx's smooth weighted round robin (``ngx_http_upstream_get_peer``) over the peers of
+    ``tier`` not in the ``tried`` bitmap and eligible at ``now`` (and, for ``hash
+    consistent``, written as server ``name``): every candidate's ``current_weight`` grows by
+    its ``effective_weight``, the largest wins and loses the total.  Returns the winner's
+    index, or -1 when there is no candidate."""
+    best: Peer | None = None
+    best_i = -1
+    total = 0
+    for i, p in enumerate(tier):
+        if tried >> i & 1 or (name is not None and (p.name or p.address) != name):
+            continue
+        if not eligible(p, now):
+            continue
+        p.current_weight += p.effective_weight
+        total += p.effective_weight
+        if p.effective_weight < p.weight:
+            p.effective_weight += 1
+        if best is None or p.current_weight > best.current_weight:
+            best, best_i = p, i
+    if best is not None:
+        best.current_weight -= total
+    return best_i
+
+
 class Selection:
     """One request's walk over a :class:`PeerGroup` (``ngx_http_upstream_rr_peer_data_t``).
 
@@ -192,26 +217,17 @@ class Selection:
 
     def _get_peer(self, now: int) -> Peer | None:
         # ngx_http_upstream_get_peer: smooth weighted round robin over eligible peers.
-        best: Peer | None = None
-        best_i = -1
-        total = 0
-        tried = self._tried
-        for i, p in enumerate(self._tier):
-            if tried >> i & 1 or not eligible(p, now):
-                continue
-            p.current_weight += p.effective_weight
-            total += p.effective_weight
-            if p.effective_weight < p.weight:
-                p.effective_weight += 1
-            if best is None or p.current_weight > best.current_weight:
-                best, best_i = p, i
-        if best is None:
-            return None
-        self._tried |= 1 << best_i
-        best.current_weight -= total
-        if now - best.checked > best.fail_timeout:
-            best.checked = now
-        return best
+        i = smooth_pick(self._tier, self._tried, now)
+        return None if i < 0 else self._take(i, now)
+
+    def _take(self, i: int, now: int) -> Peer:
+        """Mark ``self._tier[i]`` tried and start its ``fail_timeout`` check window, as every
+        nginx ``get`` does (``if (now - peer->checked > peer->fail_timeout)``)."""
+        peer = self._tier[i]
+        self._tried |= 1 << i
+        if now - peer.checked > peer.fail_timeout:
+            peer.checked = now
+        return peer
 
     def fail(self, peer: Peer) -> bool:
         """Record a failed attempt and release ``peer``; True means "temporarily disabled".
