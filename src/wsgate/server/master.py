@@ -124,9 +124,6 @@ class Master:
         self._wake_r, self._wake_w = os.pipe()
         #: The previous generation, told to retire once the new one accepts.
         self._to_retire: list[_Worker] = []
-        #: Sockets a reload dropped, closed in new workers (they are forked before the
-        #: master closes its own copies).
-        self._retired_fds: set[int] = set()
 
     # -- main loop --------------------------------------------------------------------------------
     def run(self, started: Callable[[], None]) -> int:
@@ -195,7 +192,6 @@ class Master:
         slot = self.free_slots.pop()
         ours, theirs = socket.socketpair()
         config, groups = self.config, self.groups
-        keep = {g.sock.fileno() for g in groups.values() if g.sock is not None}
         # What the worker inherits stays shared with the master only if nothing writes to its
         # pages: frozen, the cycle collector of the worker never visits (and so never
         # writes to) the inherited objects, which would copy-on-write the whole inherited
@@ -220,8 +216,6 @@ class Master:
                 os.close(self._wake_w)
                 for w in self.workers.values():
                     w.channel.close()
-                for fd in self._listen_fds() - keep:
-                    os.close(fd)
                 self.error_log.close()
                 code = run_worker(
                     config, groups, theirs, index, lambda gw: self.shared.attach(gw, slot)
@@ -237,11 +231,6 @@ class Master:
         self.workers[pid] = worker
         self.selector.register(ours, selectors.EVENT_READ, worker)
         self.error_log.log("notice", f"start worker process {pid}")
-
-    def _listen_fds(self) -> set[int]:
-        fds = {g.sock.fileno() for g in self.groups.values() if g.sock is not None}
-        fds.update(self._retired_fds)
-        return fds
 
     def _message(self, worker: _Worker) -> None:
         try:
@@ -352,14 +341,13 @@ class Master:
             if old is None or old.sock is not group.sock:
                 announce(self.error_log, group)
         self.groups = groups
-        # New workers must not inherit sockets the new configuration dropped.
-        self._retired_fds = {s.fileno() for s in dropped}
+        # Closed before the fork, so new workers never inherit them; the old workers keep
+        # their own copies (and accept on them) until they retire.
+        for sock in dropped:
+            sock.close()
         self.respawn_at = []
         for index in range(config.worker_processes):
             self._spawn(index)
-        self._retired_fds = set()
-        for sock in dropped:
-            sock.close()
         self._retire_when_ready()
 
     def _retire_when_ready(self) -> None:
