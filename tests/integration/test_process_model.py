@@ -505,8 +505,14 @@ def test_worker_processes_and_cpu_affinity(tmp_path: Path) -> None:
     try:
         wait_until(lambda: len(gw.worker_pids()) == 2, "two workers")
         allowed = sorted(os.sched_getaffinity(0))
-        masks = [os.sched_getaffinity(p) for p in gw.worker_pids()]
-        assert masks == [{allowed[0]}, {allowed[1 % len(allowed)]}]
+        want = [{allowed[0]}, {allowed[1 % len(allowed)]}]
+
+        def masks() -> list[set[int]]:
+            return [os.sched_getaffinity(p) for p in gw.worker_pids()]
+
+        # A worker binds itself right after the fork: wait for it, then check.
+        wait_until(lambda: masks() == want, "the workers to bind to their CPUs", 10.0)
+        assert masks() == want
         for p in gw.worker_pids():
             limits = Path(f"/proc/{p}/limits").read_text()
             assert re.search(r"Max open files\s+4096", limits), limits
