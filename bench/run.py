@@ -813,8 +813,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, bool, float]:
     p.add_argument(
         "--out",
         type=Path,
-        default=Path(_env("BENCH_OUT", str(d.out))),
-        help="BENCH_OUT: where results go (default bench/results)",
+        default=Path(_env("BENCH_OUT", "")) if _env("BENCH_OUT", "") else None,
+        help="BENCH_OUT: where results go (default bench/results; a --smoke run: "
+        "bench/results/smoke, so that it never replaces the published results)",
     )
     p.add_argument(
         "--parts",
@@ -843,7 +844,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, bool, float]:
     if a.hold >= 0:
         s.hold = a.hold
     s.backend = a.backend
-    s.out = a.out
+    s.out = a.out if a.out is not None else (d.out / "smoke" if a.smoke else d.out)
     if a.parts:
         s.parts = tuple(x for x in a.parts.split(",") if x)
     if set(s.parts) - set(d.parts):

@@ -129,8 +129,14 @@ class _State(enum.Enum):
     FAILED = 5
 
 
-_METHOD_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ_-")
-_NAME_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-")
+# Byte classes as ``bytes.translate(None, delete)`` arguments: what is left after deleting
+# the allowed bytes is what is not allowed, found in C instead of a Python loop per byte.
+_METHOD_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ_-"
+_NAME_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-"
+#: Control bytes and DEL (not allowed in a request target).
+_CTL = bytes(range(0x20)) + b"\x7f"
+#: Control bytes, space and DEL (not allowed in a header name).
+_CTL_SP = bytes(range(0x21)) + b"\x7f"
 _VERSION_RE = re.compile(rb"HTTP/([0-9]+)\.([0-9]+)")
 _SCHEME_RE = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*://")
 _AUTHORITY_RE = re.compile(rb"(\[[0-9A-Fa-f:.]*\]|[A-Za-z0-9._\-]*)(?::[0-9]*)?")
@@ -382,14 +388,14 @@ class RequestParser:
         if b"\r" in line:
             raise HttpError(400, "client sent invalid request")
         method, sep, rest = line.partition(b" ")
-        if not method or not sep or any(c not in _METHOD_CHARS for c in method):
+        if not method or not sep or method.translate(None, _METHOD_CHARS):
             raise HttpError(400, "client sent invalid method")
         self._method = method.decode("ascii")
         parts = [p for p in rest.split(b" ") if p]
         if not parts or len(parts) > 2:
             raise HttpError(400, "client sent invalid request")
         target = parts[0]
-        if any(c < 0x20 or c == 0x7F for c in target):
+        if len(target.translate(None, _CTL)) != len(target):
             raise HttpError(400, "client sent invalid request")
         self._target = target
         if target[0] != 0x2F:  # not '/': must be absolute-form
@@ -432,9 +438,9 @@ class RequestParser:
         if colon <= 0 or b"\r" in line:
             raise HttpError(400, f'client sent invalid header line: "{_printable(line)}"')
         name = line[:colon]
-        if any(c <= 0x20 or c == 0x7F for c in name):
-            raise HttpError(400, f'client sent invalid header line: "{_printable(line)}"')
-        if any(c not in _NAME_CHARS for c in name):
+        if name.translate(None, _NAME_CHARS):  # not only letters, digits and '-'
+            if len(name.translate(None, _CTL_SP)) != len(name):
+                raise HttpError(400, f'client sent invalid header line: "{_printable(line)}"')
             # ignore_invalid_headers on, underscores_in_headers off: skipped, logged at INFO.
             self._ignored.append(name.decode("latin-1"))
             return

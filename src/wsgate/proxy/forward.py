@@ -544,23 +544,18 @@ class Forwarder(ResponseRelay):
         client_gone = self.ep.gone()
         answered = False
         while True:
-            reading = asyncio.ensure_future(up.read())
-            done, _ = await asyncio.wait(
-                (reading, client_gone), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-            if reading in done:
-                data = reading.result()
-            elif client_gone in done:
+            ready = await up.wait_data_or(client_gone, timeout)
+            if ready == 1:
+                data = up.take() if up.buffer else b""
+            elif ready == 2:
                 # ngx_http_upstream_check_broken_connection: a client that closed while we
                 # wait for the upstream ends the request with 499, upstream closed too.
-                reading.cancel()
                 raise HttpError(
                     499,
                     "client prematurely closed connection, so upstream connection is closed "
                     "too while reading response header from upstream",
                 )
             else:
-                reading.cancel()
                 raise _Retry(
                     "timeout",
                     504,
