@@ -26,7 +26,8 @@ events {{ worker_connections 3; }}
 http {{
   map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
   limit_conn_zone $remote_addr zone=perip:1m;
-  log_format t '$request $status $bytes_sent';
+  log_format t '$request $status $bytes_sent $http_sec_websocket_version $host $upstream_status '
+               '$upstream_addr $upstream_response_time';
   access_log {log} t;
   server {{
     listen 127.0.0.1:0;
@@ -121,7 +122,11 @@ def test_a_tunnel_holds_no_task_and_its_close_ends_request_and_connection(
         assert zone.held("127.0.0.1") == 0 and not gw.tunnels
         assert tunnels_open(gw) == 0
         await until(lambda: log.read_text() != "", "the access-log line")
-        assert re.fullmatch(r"GET /chat HTTP/1\.1 101 \d+\n", log.read_text())
+        # Read when the tunnel closes, from what the open tunnel kept of its request.
+        assert re.fullmatch(
+            r"GET /chat HTTP/1\.1 101 \d+ 13 t 101 127\.0\.0\.1:\d+ \d+\.\d{3}\n",
+            log.read_text(),
+        )
 
     in_process(tmp_path, scenario)
 

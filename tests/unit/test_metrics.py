@@ -325,6 +325,49 @@ def test_periodic_flush_only_with_a_prometheus_location(tmp_path: Path) -> None:
         store.close()
 
 
+def test_without_prometheus_a_tunnel_is_kept_nowhere_and_counted_when_it_closes(
+    tmp_path: Path,
+) -> None:
+    without = conf(tmp_path, "server { listen 127.0.0.1:0; location / { return 204; } }")
+    with_it = conf(tmp_path, "server { listen 127.0.0.1:0; location /m { prometheus; } }")
+    store = MetricsStore.single_process()
+    try:
+        current = [without]
+        store.start_flush(FakeLoop(), lambda: current[0])  # type: ignore[arg-type]
+        labels = ("s", "/ws", "u", "p:1")
+        ls = dict(zip(TUNNELS_OPEN.labels, labels, strict=True))
+        a, b = FakeTunnel(), FakeTunnel()
+        series = store.tunnel_opened(a, labels, 0.0)
+        assert store.tunnel_opened(b, labels, 0.0) is series  # one record per label set
+        assert not store._live  # nothing per tunnel
+        assert parse(page(store)).value("wsgate_tunnels_open", **ls) == 2
+        a.bytes_to_client, a.messages_to_client = 30, 2
+        store.flush()  # not kept: not read before it closes
+        result = parse(page(store))
+        assert result.value("wsgate_tunnel_bytes_total", **ls, direction="to_client") == 0
+        store.tunnel_closed(a, series)
+        result = parse(page(store))
+        assert result.value("wsgate_tunnel_bytes_total", **ls, direction="to_client") == 30
+        assert result.value("wsgate_tunnel_messages_total", **ls, direction="to_client") == 2
+        assert result.value("wsgate_tunnels_open", **ls) == 1
+
+        current[0] = with_it  # tunnels opened from now on are flushed while open
+        c = FakeTunnel()
+        assert store.tunnel_opened(c, labels, 0.0) is series and c in store._live
+        c.bytes_to_upstream = 5
+        store.flush()
+        c.bytes_to_upstream = 7
+        store.flush()
+        store.tunnel_closed(c, series)
+        store.tunnel_closed(b, series)
+        result = parse(page(store))
+        assert result.value("wsgate_tunnel_bytes_total", **ls, direction="to_upstream") == 7
+        assert result.value("wsgate_tunnels_open", **ls) == 0
+        assert not store._live
+    finally:
+        store.close()
+
+
 def test_a_full_region_drops_series_and_counts_them() -> None:
     store = MetricsStore(1, 4096)
     store.attach(0)

@@ -14,7 +14,8 @@ import os
 import re
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from wsgate.config.model import MapBlock
@@ -24,7 +25,13 @@ from wsgate.http.fields import first_value
 if TYPE_CHECKING:
     from wsgate.observability.status import StatusCounters
 
-__all__ = ["FIXED_VARIABLES", "PREFIX_VARIABLES", "RequestContext", "is_known_variable"]
+__all__ = [
+    "FIXED_VARIABLES",
+    "PREFIX_VARIABLES",
+    "RequestContext",
+    "is_known_variable",
+    "request_headers_read",
+]
 
 #: ``$https`` and the ``$ssl_*`` variables of ngx_http_ssl_module, filled from ``tls``.
 _TLS_VARIABLES = frozenset(
@@ -101,6 +108,40 @@ def is_known_variable(name: str, maps: frozenset[str] | set[str]) -> bool:
         return True
     return any(name.startswith(p) and len(name) > len(p) for p in PREFIX_VARIABLES)
 
+
+#: Built-in variables computed from request headers (see ``_GETTERS``), and those headers.
+_HEADER_VARIABLES = {
+    "content_length": "content-length",
+    "content_type": "content-type",
+    "proxy_add_x_forwarded_for": "x-forwarded-for",
+}
+
+
+def request_headers_read(names: Iterable[str]) -> frozenset[str] | None:
+    """The request headers (lower-case names) that the variables ``names`` are computed
+    from, or None when one of them may read any header: a map result, whose value may come
+    from any variable."""
+    headers: set[str] = set()
+    for name in names:
+        if name.startswith("http_") and len(name) > 5:
+            headers.add(name[5:].replace("_", "-").lower())
+        elif name.startswith("cookie_") and len(name) > 7:
+            headers.add("cookie")
+        elif name in _HEADER_VARIABLES:
+            headers.add(_HEADER_VARIABLES[name])
+        elif not (
+            name in FIXED_VARIABLES
+            or name.isdigit()
+            or any(name.startswith(p) and len(name) > len(p) for p in PREFIX_VARIABLES)
+        ):
+            return None  # a map
+    return frozenset(headers)
+
+
+#: The ``maps`` and ``tls`` of a context that has none: shared, read-only (an open tunnel
+#: keeps its request's context, so every empty dict would cost 64 bytes per connection).
+_NO_MAPS: Mapping[str, MapBlock] = MappingProxyType({})
+_NO_TLS: Mapping[str, str] = MappingProxyType({})
 
 _HOSTNAME = socket.gethostname()
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -191,7 +232,7 @@ class RequestContext:
         self.uri = ""
         self.args = ""
         self.version = "1.1"
-        self.headers: list[tuple[str, str]] = []
+        self.headers: Sequence[tuple[str, str]] = ()
         self.host = ""
         self.request_line = ""
         self.proxy_host = ""
@@ -210,12 +251,13 @@ class RequestContext:
         self.connection_requests = 1
         self.pipelined = False
         self.captures: tuple[str, ...] = ()
-        self.maps = maps or {}
+        self.maps: Mapping[str, MapBlock] = maps or _NO_MAPS
         #: ``$https`` and the ``$ssl_*`` values of a TLS connection (empty for plain TCP).
-        self.tls: dict[str, str] = {}
+        self.tls: Mapping[str, str] = _NO_TLS
         #: The gateway's ``stub_status`` counters, for ``$connections_*`` (None: all ``0``).
         self.counters: StatusCounters | None = None
-        self._cache: dict[str, str] = {}
+        #: Map results computed so far (None until the first).
+        self._cache: dict[str, str] | None = None
 
     # -- helpers -----------------------------------------------------------------------------
     def header(self, name: str) -> str | None:
@@ -252,7 +294,7 @@ class RequestContext:
 
     def invalidate(self) -> None:
         """Forget cached map results (after captures or the URI change)."""
-        self._cache.clear()
+        self._cache = None
 
     # -- lookup -----------------------------------------------------------------------------
     def lookup(self, name: str) -> str:
@@ -262,10 +304,12 @@ class RequestContext:
             return self.captures[i] if i < len(self.captures) else ""
         m = self.maps.get(name)
         if m is not None:
-            cached = self._cache.get(name)
+            cache = self._cache
+            if cache is None:
+                cache = self._cache = {}
+            cached = cache.get(name)
             if cached is None:
-                cached = self._eval_map(m)
-                self._cache[name] = cached
+                cached = cache[name] = self._eval_map(m)
             return cached
         getter = _GETTERS.get(name)
         if getter is not None:

@@ -60,6 +60,7 @@ __all__ = [
     "Metric",
     "MetricsStore",
     "TunnelCounts",
+    "TunnelSeries",
     "location_label",
     "prometheus_enabled",
 ]
@@ -229,16 +230,29 @@ def _series_key(metric: Metric, values: tuple[str, ...]) -> bytes:
     return f"{metric.name}\0{body}".encode()
 
 
-class _Live:
-    """A live tunnel's cells and what was already added to them."""
+class TunnelSeries:
+    """The cells of the tunnels of one label set (server, location, upstream, peer), shared
+    by all of them: an idle tunnel costs the store no object of its own."""
 
-    __slots__ = ("gauge", "cells", "seen")
+    __slots__ = ("gauge", "cells")
 
     def __init__(self, gauge: int, cells: tuple[int, int, int, int]) -> None:
         self.gauge = gauge
         #: bytes to upstream, bytes to client, messages to upstream, messages to client.
         self.cells = cells
-        self.seen = [0, 0, 0, 0]
+
+
+_NOTHING_SEEN = (0, 0, 0, 0)
+
+
+class _Live:
+    """A tunnel some of whose counts were added while it was open: what was added."""
+
+    __slots__ = ("series", "seen")
+
+    def __init__(self, series: TunnelSeries, seen: tuple[int, int, int, int]) -> None:
+        self.series = series
+        self.seen = seen
 
 
 @dataclass(slots=True)
@@ -279,8 +293,16 @@ class MetricsStore:
         self._adopted: dict[bytes, int] = {}
         #: Per slot: the entries parsed so far (they never change once published).
         self._seen: dict[int, tuple[int, int, list[_Entry]]] = {}
-        self._live: dict[TunnelCounts, _Live] = {}
+        #: The tunnels flushed while open: their series, or what was already added.
+        self._live: dict[TunnelCounts, TunnelSeries | _Live] = {}
+        #: (server, location, upstream, peer) -> its tunnels' cells.
+        self._series: dict[tuple[str, str, str, str], TunnelSeries] = {}
         self._flusher: asyncio.TimerHandle | None = None
+        #: The configuration :meth:`start_flush` reads (None: not started, flush everything),
+        #: the last one checked and whether it has a ``prometheus`` location.
+        self._config: Callable[[], Config] | None = None
+        self._checked: Config | None = None
+        self._enabled = False
 
     @classmethod
     def single_process(cls) -> MetricsStore:
@@ -301,6 +323,7 @@ class MetricsStore:
         self._base = slot * self.region_size
         self._index.clear()
         self._live.clear()
+        self._series.clear()
         self._seen.pop(slot, None)
         entries, end = self._parse(slot)
         self._adopted = {e.key: e.first for e in entries}
@@ -358,29 +381,43 @@ class MetricsStore:
 
     def tunnel_opened(
         self, tunnel: TunnelCounts, labels: tuple[str, str, str, str], seconds: float
-    ) -> None:
+    ) -> TunnelSeries:
         """A 101 was sent and ``tunnel`` started; ``labels`` are (server, location, upstream,
-        peer), ``seconds`` the time since the request head was read."""
+        peer), ``seconds`` the time since the request head was read.  Returns what
+        :meth:`tunnel_closed` takes.
+
+        The tunnel is kept for the periodic flush only while the configuration has a
+        ``prometheus`` location (or before :meth:`start_flush`); otherwise its counts are
+        added when it closes, and nothing is kept for it here."""
         where = labels[:2]
         self.add(REQUESTS, (*where, "1xx"))
         self.add(HANDSHAKES, (*where, "101"))
         self.observe(HANDSHAKE_SECONDS, where, seconds)
-        gauge = self.cell(TUNNELS_OPEN, labels)
-        self._q[gauge] += 1
-        cells = (
-            self.cell(TUNNEL_BYTES, (*labels, _TO_UPSTREAM)),
-            self.cell(TUNNEL_BYTES, (*labels, _TO_CLIENT)),
-            self.cell(TUNNEL_MESSAGES, (*labels, _TO_UPSTREAM)),
-            self.cell(TUNNEL_MESSAGES, (*labels, _TO_CLIENT)),
-        )
-        self._live[tunnel] = _Live(gauge, cells)
+        series = self._series.get(labels)
+        if series is None:
+            cells = (
+                self.cell(TUNNEL_BYTES, (*labels, _TO_UPSTREAM)),
+                self.cell(TUNNEL_BYTES, (*labels, _TO_CLIENT)),
+                self.cell(TUNNEL_MESSAGES, (*labels, _TO_UPSTREAM)),
+                self.cell(TUNNEL_MESSAGES, (*labels, _TO_CLIENT)),
+            )
+            series = self._series[labels] = TunnelSeries(self.cell(TUNNELS_OPEN, labels), cells)
+        self._q[series.gauge] += 1
+        if self._flushing():
+            self._live[tunnel] = series
+        return series
 
-    def tunnel_closed(self, tunnel: TunnelCounts) -> None:
-        """``tunnel`` ended: its last bytes and messages are added, the gauge goes down."""
+    def tunnel_closed(self, tunnel: TunnelCounts, series: TunnelSeries | None = None) -> None:
+        """``tunnel`` ended: its last bytes and messages are added, the gauge goes down.
+        ``series`` is what :meth:`tunnel_opened` returned (without it, only a tunnel kept for
+        the periodic flush is found).  Call it once per tunnel."""
         live = self._live.pop(tunnel, None)
-        if live is not None:
-            self._flush_one(tunnel, live)
-            self._q[live.gauge] -= 1
+        if live is None:
+            if series is None:
+                return
+            live = series
+        self._flush_one(tunnel, live)
+        self._q[live.gauge if isinstance(live, TunnelSeries) else live.series.gauge] -= 1
 
     def upstream_failed(self, upstream: str, peer: str, kind: str) -> None:
         """A try counted as failed (``error``, ``timeout``, ``invalid_header``, ``http_5xx``)."""
@@ -388,8 +425,12 @@ class MetricsStore:
 
     def flush(self) -> None:
         """Add what live tunnels relayed since the last flush."""
+        first: list[tuple[TunnelCounts, _Live]] = []
         for tunnel, live in self._live.items():
-            self._flush_one(tunnel, live)
+            added = self._flush_one(tunnel, live)
+            if added is not None:
+                first.append((tunnel, added))
+        self._live.update(first)
 
     def start_flush(
         self,
@@ -399,17 +440,14 @@ class MetricsStore:
     ) -> None:
         """Every ``interval`` seconds, :meth:`flush` if the current ``config()`` has a
         ``prometheus`` location (a timer, no task; :meth:`stop_flush` cancels it)."""
-        checked: list[object] = [None, False]
 
         def tick() -> None:
-            current = config()
-            if checked[0] is not current:
-                checked[0], checked[1] = current, prometheus_enabled(current)
-            if checked[1]:
+            if self._flushing():
                 self.flush()
             self._flusher = loop.call_later(interval, tick)
 
         self.stop_flush()
+        self._config = config
         self._flusher = loop.call_later(interval, tick)
 
     def stop_flush(self) -> None:
@@ -417,18 +455,39 @@ class MetricsStore:
             self._flusher.cancel()
             self._flusher = None
 
-    def _flush_one(self, tunnel: TunnelCounts, live: _Live) -> None:
-        q, seen = self._q, live.seen
+    def _flushing(self) -> bool:
+        """Whether open tunnels are flushed now: the configuration :meth:`start_flush` reads
+        has a ``prometheus`` location, or there is none."""
+        if self._config is None:
+            return True
+        current = self._config()
+        if current is not self._checked:
+            self._checked, self._enabled = current, prometheus_enabled(current)
+        return self._enabled
+
+    def _flush_one(self, tunnel: TunnelCounts, live: TunnelSeries | _Live) -> _Live | None:
+        """Add what ``tunnel`` relayed since ``live`` was taken; returns the record that
+        replaces a bare series once something was added."""
+        if isinstance(live, TunnelSeries):
+            series, seen = live, _NOTHING_SEEN
+        else:
+            series, seen = live.series, live.seen
         now = (
             tunnel.bytes_to_upstream,
             tunnel.bytes_to_client,
             tunnel.messages_to_upstream,
             tunnel.messages_to_client,
         )
-        for i, cell in enumerate(live.cells):
-            if now[i] != seen[i]:
-                q[cell] += now[i] - seen[i]
-                seen[i] = now[i]
+        if now == seen:
+            return None
+        q = self._q
+        for cell, n, before in zip(series.cells, now, seen, strict=True):
+            if n != before:
+                q[cell] += n - before
+        if isinstance(live, _Live):
+            live.seen = now
+            return None
+        return _Live(series, now)
 
     def _create(self, metric: Metric, values: tuple[str, ...]) -> int:
         if self.slot is None:

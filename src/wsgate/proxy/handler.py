@@ -110,7 +110,7 @@ class ClientConnection(Forwarder):
         peer = transport.get_extra_info("peername") or ("", 0)
         local = transport.get_extra_info("sockname") or ("", 0)
         self.remote_addr, self.remote_port = str(peer[0]), int(peer[1])
-        self.local_addr, self.local_port = str(local[0]), int(local[1])
+        self.local_addr, self.local_port = group.local_address(str(local[0]), int(local[1]))
         self.candidates, self.default = group.candidates(self.local_addr)
         self.requests = 0
         self.started = gw.loop.time()
@@ -125,8 +125,9 @@ class ClientConnection(Forwarder):
         self.tls_vars: dict[str, str] | None = None
         #: Plain HTTP arrived on a ``listen ... ssl`` address: every request gets 497.
         self.plain_on_tls = False
-        #: ``limit_conn`` slots the current request holds (released when it ends).
-        self.conn_slots: list[tuple[ConnZone, str]] = []
+        #: ``limit_conn`` slots the current request holds (released when it ends); a tuple,
+        #: the shared empty one when none, since an open tunnel keeps its connection.
+        self.conn_slots: tuple[tuple[ConnZone, str], ...] = ()
         #: Metrics labels of the request being served: (its context, location, has Upgrade).
         self.metric_req: tuple[RequestContext | None, str, bool] = (None, "", False)
         self.tunnel_end: TunnelEnd | None = None
@@ -180,9 +181,9 @@ class ClientConnection(Forwarder):
                 self._stat(None)
                 self.ep.close()
             else:
-                # Not needed again, and would otherwise live as long as the tunnel.
-                del self.parser
-                self.pending.clear()
+                # Not needed again, and would otherwise live as long as the tunnel (the
+                # endpoint too: the tunnel's side is the transport's protocol now).
+                del self.parser, self.pending, self.ep, self.started
 
     def task_ended(self) -> bool:
         """The task running :meth:`run` has ended; ``True`` when an open tunnel now holds the
@@ -196,7 +197,7 @@ class ClientConnection(Forwarder):
         ``stub_status`` Writing left), then the connection ends if its task already has."""
         for zone, key in self.conn_slots:
             zone.release(key)
-        self.conn_slots.clear()
+        self.conn_slots = ()
         self._stat(None)
         if self.task_done:
             self.gw.connection_closed(self)
@@ -239,9 +240,9 @@ class ClientConnection(Forwarder):
     async def _next_events(self, timeout: float) -> bool:
         """Read more bytes into ``self.pending``; ``False`` at EOF.  Raises TimeoutError."""
         ep = self.ep
-        async with asyncio.timeout(timeout):
-            ok = await ep.wait_data()
-        if not ok:
+        if not await ep.wait_data_or(None, timeout):
+            raise TimeoutError
+        if not ep.buffer:  # EOF
             self.pending.extend(self.parser.feed_eof())
             return bool(self.pending)
         self.pending.extend(self.parser.feed(ep.take()))
@@ -396,7 +397,7 @@ class ClientConnection(Forwarder):
             if self.tunnel is None:
                 for zone, key in self.conn_slots:
                     zone.release(key)
-                self.conn_slots.clear()
+                self.conn_slots = ()
 
     async def _limit_req(self, settings: LocationSettings, ctx: RequestContext) -> None:
         """ngx_http_limit_req_handler: "If the requests rate exceeds the rate configured for a
@@ -456,7 +457,7 @@ class ClientConnection(Forwarder):
             zone = self.gw.limits.conn_zone(spec.name)
             got = zone.acquire(key, lc.conn)
             if got is True:
-                self.conn_slots.append((zone, key))
+                self.conn_slots += ((zone, key),)
                 continue
             dry = settings.limit_conn_dry_run
             if got is Refused.NO_MEMORY:

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
-from wsgate.config.model import LocationSettings
-from wsgate.config.variables import RequestContext
+from wsgate.config.model import AccessLog, LocationSettings
+from wsgate.config.variables import RequestContext, request_headers_read
 from wsgate.errors import HttpError
 from wsgate.http.body import Body, EndOfMessage
 from wsgate.http.headers import (
@@ -38,6 +38,7 @@ from wsgate.proxy.frames import is_websocket
 from wsgate.proxy.tunnel import Tunnel
 
 if TYPE_CHECKING:
+    from wsgate.observability.metrics import TunnelSeries
     from wsgate.server.gateway import Gateway
     from wsgate.upstream.roundrobin import Peer, Selection
 
@@ -52,38 +53,111 @@ _ERROR_LOG_HEADERS = frozenset({"host", "referer"})
 
 class TunnelEnd:
     """What the request of an open tunnel still needs when the tunnel closes: the context of
-    its access-log and error-log lines, the peer to release, the length of the 101.
+    its access-log and error-log lines, the peer to release, its metrics series, the length
+    of the 101.
 
     No coroutine waits for a tunnel: each would keep its frames (request head, parsers,
     endpoints, selection state) and an ``asyncio.Task`` alive for the tunnel's whole life,
     several kilobytes per idle connection.  This record is what remains of the request.
+    Not even the peer's :class:`~wsgate.upstream.roundrobin.Selection`: the tunnel holds its
+    pick of ``peer`` until it closes (see :meth:`ResponseRelay._tunnel_released`).
     """
 
-    __slots__ = ("ctx", "settings", "selection", "peer", "scheme", "head_len")
+    __slots__ = ("ctx", "settings", "series", "peer", "scheme", "head_len")
 
     def __init__(
         self,
         ctx: RequestContext,
         settings: LocationSettings,
-        selection: Selection,
         peer: Peer,
         scheme: str,
         head_len: int,
     ) -> None:
         self.ctx = ctx
         self.settings = settings
-        self.selection = selection
+        #: What ``tunnel_opened`` returned, for ``tunnel_closed``.
+        self.series: TunnelSeries | None = None
         self.peer = peer
         self.scheme = scheme
         self.head_len = head_len
 
 
+#: Strings every tunnel's context would otherwise hold a copy of (the method, the version,
+#: upstream statuses, the ``proxy_pass`` port, header names, the host): one copy each,
+#: shared.  At most ``_SHARED_MAX``, since some come from clients; the usual ones are there
+#: from the start.
+_SHARED: dict[str, str] = {
+    s: s for s in ("GET", "1.1", "1.0", "101", "80", "443", "Host", "host", "Referer")
+}
+_SHARED_MAX = 512
+
+
+def _shared(s: str) -> str:
+    hit = _SHARED.get(s)
+    if hit is None:
+        if len(_SHARED) >= _SHARED_MAX:
+            return s
+        hit = _SHARED[s] = s
+    return hit
+
+
+#: ``access_logs`` tuples (by identity, each kept with its result) -> the request headers
+#: that their lines and the error log read (None: all).
+_KEPT: dict[int, tuple[tuple[AccessLog, ...], frozenset[str] | None]] = {}
+
+
+def _kept_headers(logs: tuple[AccessLog, ...]) -> frozenset[str] | None:
+    hit = _KEPT.get(id(logs))
+    if hit is not None and hit[0] is logs:
+        return hit[1]
+    names = [
+        name
+        for log in logs
+        for tpl in (log.format.template, log.condition)
+        if tpl is not None
+        for name in tpl.variables
+    ]
+    kept = request_headers_read(names)
+    if kept is not None:
+        kept |= _ERROR_LOG_HEADERS
+    if len(_KEPT) >= 1024:  # configurations come and go with reloads
+        _KEPT.clear()
+    _KEPT[id(logs)] = (logs, kept)
+    return kept
+
+
 def _slim(ctx: RequestContext, settings: LocationSettings) -> RequestContext:
-    """``ctx`` as an open tunnel keeps it: without ``access_log`` only the error log reads
-    it again, and of the request headers that uses ``Host`` and ``Referer`` only (their
-    first values, as ``first_value`` finds them), so the others are let go."""
-    if not settings.access_logs:
-        ctx.headers = [h for h in ctx.headers if h[0].lower() in _ERROR_LOG_HEADERS]
+    """``ctx`` as an open tunnel keeps it, for as long as the tunnel lives.
+
+    Only the tunnel's access-log lines (their formats and ``if=`` conditions) and the error
+    log read it again.  Of the request headers, the error log uses ``Host`` and ``Referer``
+    (their first values, as ``first_value`` finds them) and the access logs those their
+    variables read (all of them if one is a map result), so the others are let go; without
+    ``access_log``, neither are ``$host``, ``$uri`` and the times (``ctx.start``, for
+    ``$request_time``, and ``upstream_started``): they become shared empty values, and the
+    metrics' handshake time is taken before.  Lists become tuples
+    (nothing appends to them any more: ``_note_time`` makes a new list) and common strings
+    shared copies."""
+    kept = _kept_headers(settings.access_logs)
+    headers = []
+    for name, value in ctx.headers:
+        low = name.lower()
+        if kept is None or low in kept:
+            # Most clients of a server send the same Host.
+            headers.append((_shared(name), _shared(value) if low == "host" else value))
+    ctx.headers = tuple(headers)
+    if settings.access_logs:
+        ctx.host = _shared(ctx.host)
+    else:
+        ctx.host = ctx.uri = ""
+        ctx.start = ctx.upstream_started = 0.0
+    ctx.method = _shared(ctx.method)
+    ctx.version = _shared(ctx.version)
+    ctx.proxy_port = _shared(ctx.proxy_port)
+    # Read-only from here on (variables.py joins them); a tuple is smaller than a list.
+    ctx.upstream_addrs = cast("list[str]", tuple(ctx.upstream_addrs))
+    ctx.upstream_statuses = cast("list[str]", tuple(map(_shared, ctx.upstream_statuses)))
+    ctx.upstream_times = cast("list[str]", tuple(ctx.upstream_times))
     return ctx
 
 
@@ -114,7 +188,9 @@ class ResponseRelay:
         """``$upstream_response_time`` of the current try: "keeps time spent on receiving the
         response from the upstream server ... Times of several responses are separated by
         commas" (ngx_http_upstream_module)."""
-        ctx.upstream_times.append(f"{self.gw.loop.time() - ctx.upstream_started:.3f}")
+        # A new list: an open tunnel's context holds a tuple (``_slim``).
+        now = f"{self.gw.loop.time() - ctx.upstream_started:.3f}"
+        ctx.upstream_times = [*ctx.upstream_times, now]
 
     async def _relay_response(
         self,
@@ -263,22 +339,26 @@ class ResponseRelay:
             read_timeout=settings.proxy_read_timeout,
             send_timeout_upstream=settings.proxy_send_timeout,
             send_timeout_client=settings.send_timeout,
-            on_close=self._tunnel_closed,
+            # The connection itself (``__call__``): a bound method would cost 64 bytes for
+            # as long as the tunnel is open, as would a clock of its own.
+            on_close=self,
+            clock=self.gw.clock,
             # The 101 names the protocol switched to (RFC 9110 §7.8); only WebSocket has frames.
             websocket=is_websocket(resp.header("upgrade") or head.upgrade),
         )
         # The request's coroutines end here; the tunnel's close finishes the request
         # (:meth:`_tunnel_closed`), with only what it needs kept in a small record.
         labels = (ctx.server_name, self.metric_req[1], selection.group.name, peer.address)
-        end = TunnelEnd(_slim(ctx, settings), settings, selection, peer, scheme, head_len)
+        seconds = time.time() - ctx.start  # before ``_slim``, which may drop the start
+        end = TunnelEnd(_slim(ctx, settings), settings, peer, scheme, head_len)
         self.tunnel_end = end
         self.tunnel = tunnel
         self.metric_req = _NO_METRIC_REQ
         ep.detach()
-        self.gw.add_tunnel(tunnel)
+        self.gw.add_tunnel()
         # Metrics: counted here and when it ends, never on the relay path; before start(),
         # which may already end the tunnel.
-        self.gw.metrics.tunnel_opened(tunnel, labels, time.time() - ctx.start)
+        end.series = self.gw.metrics.tunnel_opened(tunnel, labels, seconds)
         tunnel.start(
             early_to_client,
             early_to_upstream,
@@ -295,6 +375,10 @@ class ResponseRelay:
             elif endpoint.eof:
                 side.eof_received()
         return False, None
+
+    def __call__(self, tunnel: Tunnel) -> None:
+        """The tunnel's ``on_close``: :meth:`_tunnel_closed`."""
+        self._tunnel_closed(tunnel)
 
     def _tunnel_closed(self, tunnel: Tunnel) -> None:
         """The tunnel's ``on_close``: the end of its request, as nginx finalizes an upgraded
@@ -340,6 +424,8 @@ class ResponseRelay:
 
     def _tunnel_released(self, tunnel: Tunnel, end: TunnelEnd) -> None:
         self.tunnel_end = None
-        self.gw.tunnels.discard(tunnel)
-        self.gw.metrics.tunnel_closed(tunnel)
-        end.selection.release(end.peer)
+        self.gw.tunnel_count -= 1
+        self.gw.metrics.tunnel_closed(tunnel, end.series)
+        # The one pick the tunnel holds (its selection, not kept, is done: nothing else
+        # releases that pick once the tunnel holds it).
+        end.peer.connection_closed()

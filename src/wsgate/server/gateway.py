@@ -103,6 +103,13 @@ class ListenGroup:
     #: The socket's protocol factory; a reload that keeps the socket points it at the new group.
     acceptor: _Acceptor | None = None
     _cache: dict[str, tuple[list[Server], Server]] = field(default_factory=dict)
+    _locals: dict[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
+
+    def local_address(self, host: str, port: int) -> tuple[str, int]:
+        """``(host, port)``, one copy per local address for all the connections that arrive
+        on it (each keeps them, and its tunnel's request too, for as long as it is open)."""
+        key = (host, port)
+        return self._locals.setdefault(key, key)
 
     def candidates(self, local_addr: str) -> tuple[list[Server], Server]:
         """Servers for a connection that arrived on ``local_addr`` (nginx: address first)."""
@@ -134,6 +141,8 @@ class Gateway:
     ) -> None:
         self.config = config
         self.loop = loop
+        #: ``loop.time``, bound once: every tunnel's clock (one each: 64 bytes per tunnel).
+        self.clock = loop.time
         self.error_log = error_log
         self.access_logs = access_logs or AccessLogs()
         self.reload_config = reload_config
@@ -150,7 +159,9 @@ class Gateway:
         self.peer_groups: dict[object, PeerGroup] = {}
         self.connections: set[ClientConnection] = set()
         self.tasks: set[asyncio.Task[None]] = set()
-        self.tunnels: set[Tunnel] = set()
+        #: Open tunnels (each holds an upstream connection: ``worker_connections``), counted;
+        #: :attr:`tunnels` finds them through their connections.
+        self.tunnel_count = 0
         self.counter = 0
         #: ``stub_status`` counters: here, not on the configuration, so they survive reloads.
         self.stub_status: StatusCounters = ConnectionCounters()
@@ -223,7 +234,7 @@ class Gateway:
     def _load(self) -> int:
         """Connections that count against ``worker_connections``: client connections, plus
         the upstream connection each tunnel holds (nginx counts every connection)."""
-        return len(self.connections) + len(self.tunnels)
+        return len(self.connections) + self.tunnel_count
 
     def _pause_accepting(self) -> None:
         self.accept_paused = True
@@ -242,9 +253,17 @@ class Gateway:
             if group.server is None and group.sock is not None and group.acceptor is not None:
                 group.server = await self._start_server(group)
 
-    def add_tunnel(self, tunnel: Tunnel) -> None:
+    @property
+    def tunnels(self) -> list[Tunnel]:
+        """The open tunnels: those of connections whose tunnel's request has not ended (not a
+        set of their own, which would cost each tunnel an entry)."""
+        return [
+            t for c in self.connections if (t := c.tunnel) is not None and c.tunnel_end is not None
+        ]
+
+    def add_tunnel(self) -> None:
         """A tunnel opened: it holds an upstream connection too (``worker_connections``)."""
-        self.tunnels.add(tunnel)
+        self.tunnel_count += 1
         if not self.accept_paused and self._load() >= self.config.worker_connections:
             self._pause_accepting()
 
@@ -325,10 +344,11 @@ class Gateway:
         self.stop_health()
         self._close_listeners()
         for conn in list(self.connections):
-            if conn.tunnel is not None:
+            if conn.tunnel is not None:  # its client transport is the tunnel's (no ``ep``)
                 conn.tunnel.abort()
                 conn.abandon_tunnel()
-            conn.ep.abort()
+            else:
+                conn.ep.abort()
         for task in list(self.tasks):
             task.cancel()
         self._finish()
@@ -378,7 +398,7 @@ class Gateway:
         """Send ``code`` on every open tunnel, spread evenly over ``close_spread_time`` (so
         that clients do not all reconnect at once), each tunnel at a random point."""
         window = self.config.close_spread_time if spread else 0.0
-        for tunnel in list(self.tunnels):
+        for tunnel in self.tunnels:
             if window > 0:
                 self.loop.call_later(random.uniform(0, window), tunnel.going_away, code)
             else:

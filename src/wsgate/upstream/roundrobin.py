@@ -63,6 +63,11 @@ class Peer:
     def __post_init__(self) -> None:
         self.effective_weight = self.weight
 
+    def connection_closed(self) -> None:
+        """One connection picked for this peer has ended: ``conns``-- (never below 0)."""
+        if self.conns > 0:
+            self.conns -= 1
+
     def __str__(self) -> str:
         return self.address
 
@@ -276,6 +281,5 @@ class Selection:
         for i, held in enumerate(self._held):
             if held is peer:
                 del self._held[i]
-                if peer.conns > 0:
-                    peer.conns -= 1
+                peer.connection_closed()
                 return
