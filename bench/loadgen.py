@@ -22,7 +22,8 @@ Modes (each prints one JSON object on stdout; ``idle`` prints one per command):
 ``idle``
     Reads commands on stdin: ``OPEN N`` opens connections (upgraded, then silent) until N
     are open; ``ECHO`` sends one message on every open connection and counts the echoes;
-    ``QUIT`` exits. Lets the benchmark hold 100,000 tunnels from several processes.
+    ``CLOSE`` closes them all; ``QUIT`` exits. Lets the benchmark hold 100,000 tunnels from
+    several processes.
 
 ``--watch NAME=PID[,PID...]`` (repeatable) samples those processes' CPU time (see
 :mod:`bench.procstat`) at the start and end of the measurement window, together with this
@@ -482,6 +483,7 @@ class Idle(Upgrading):
         super().__init__(request)
         self.gen = gen
         self.rx = 0
+        self.closed = False
 
     def ws_data(self, data: bytes) -> None:
         before = self.rx
@@ -491,6 +493,7 @@ class Idle(Upgrading):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
+        self.closed = True
         if self.upgraded:
             self.gen.lost += 1
 
@@ -528,6 +531,21 @@ async def run_idle(args: argparse.Namespace, target: Target) -> None:
             out = {"open": len(conns), "failed": failed, "lost": gen.lost, "errors": errors}
             out["seconds"] = round(time.perf_counter() - t0, 2)
             print(json.dumps(out), flush=True)
+        elif line[0] == "CLOSE":
+            # Close every open connection (a clean TCP close) and wait until the proxy has
+            # closed its side of each: the benchmark's warm-up before the memory baseline.
+            for c in conns:
+                if c.transport is not None and not c.transport.is_closing():
+                    c.transport.close()
+            deadline = time.monotonic() + 30
+            while any(c.transport is not None and not c.closed for c in conns) and (
+                time.monotonic() < deadline
+            ):
+                await asyncio.sleep(0.05)
+            gen.lost = 0
+            closed = len(conns)
+            conns.clear()
+            print(json.dumps({"closed": closed}), flush=True)
         elif line[0] == "ECHO":
             frame = client_frame(64)
             gen.echoed = 0

@@ -383,9 +383,26 @@ def markdown(results: dict[str, Any]) -> str:
             f"figure (HAProxy: {_n(plan['workers'], 'process', 'processes')} on one port), "
             f"with {_n(plan['backends'], 'backend process', 'backend processes')} and "
             f"{_n(plan['clients'], 'client process', 'client processes')}, all pinned as above. "
-            "PSS is summed over the proxy's processes; the baseline with no connection is "
-            "subtracted.\n"
+            "PSS is summed over the proxy's processes. The baseline subtracted is read with "
+            "no connection open, after a warm-up that opened and closed "
+            f"{_get(next(iter(results['runs'].values())), 'idle', 'warmup') or 0:,} "
+            "connections (100 per worker, the same for every proxy), so that what a worker "
+            "allocates once, on its first connections, is not counted per connection.\n"
         )
+        cold = []
+        for name, run in results["runs"].items():
+            stages = _get(run, "idle", "stages") or []
+            figures = [
+                f"{s['cold_pss_per_conn_kib']:.2f} KiB at {s['target']:,}"
+                for s in stages
+                if "cold_pss_per_conn_kib" in s
+            ]
+            if figures:
+                cold.append(f"{NAMES.get(name, name)} {', '.join(figures)}")
+        if cold:
+            parts.append(
+                "Against the baseline read before the warm-up instead: " + "; ".join(cold) + ".\n"
+            )
         for name, run in results["runs"].items():
             for stage in _get(run, "idle", "stages") or []:
                 if stage.get("failed"):

@@ -82,6 +82,8 @@ _FD_MARGIN = 200
 #: listen with a backlog of 511 (HAProxy: its maxconn); wsgate's master does too, but its
 #: workers' ``create_server(sock=...)`` listen again with asyncio's default of 100.
 IDLE_PARALLEL = 64
+#: Idle figures: connections per proxy worker opened and closed before the baseline is read.
+WARMUP_PER_WORKER = 100
 #: Runs of one load at most when other work disturbs them (1 in a smoke run: no retries).
 ATTEMPTS = 3
 
@@ -328,6 +330,10 @@ class IdleClients:
             "seconds": round(time.perf_counter() - t0, 2),
         }
 
+    def close(self) -> int:
+        """Close every open connection and wait for the proxy to close them too."""
+        return sum(p["closed"] for p in self._all("CLOSE", 60))
+
     def echo(self) -> dict[str, Any]:
         parts = self._all("ECHO", 120)
         return {"echoed": sum(p["echoed"] for p in parts), "lost": sum(p["lost"] for p in parts)}
@@ -565,6 +571,15 @@ def idle_runs(
             procs, plan["clients"], ("127.0.0.1", proxy.port), load_cpus, IDLE_PARALLEL
         )
         time.sleep(0.5)
+        out["cold_pss_kib"] = memory_kib(proxy.roots, "Pss")
+        # Warm-up, the same for every proxy: open and close WARMUP_PER_WORKER connections
+        # per worker, so that what a worker allocates once, on its first connections
+        # (lazily built state and, for wsgate, the pages of the master's heap it copies on
+        # write once it runs the request code), is in the baseline, not in the figure.
+        warm = clients.open(WARMUP_PER_WORKER * plan["workers"])
+        clients.close()
+        time.sleep(0.5)
+        out["warmup"] = warm["open"]
         out["base_pss_kib"] = memory_kib(proxy.roots, "Pss")
         out["base_rss_kib"] = memory_kib(proxy.roots, "Rss")
         for n in stages:
@@ -579,6 +594,9 @@ def idle_runs(
                 "pss_kib": pss,
                 "rss_kib": rss,
                 "pss_per_conn_kib": round((pss - out["base_pss_kib"]) / max(1, opened["open"]), 3),
+                "cold_pss_per_conn_kib": round(
+                    (pss - out["cold_pss_kib"]) / max(1, opened["open"]), 3
+                ),
             }
             out["stages"].append(stage)
             _log(
