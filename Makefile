@@ -67,7 +67,7 @@ pytest: $(STAMP) node debs
 ## make test: installs everything the tests need, then linters, type checks and pytest.
 test: lint typecheck pytest
 
-## make bench: wsgate, nginx and HAProxy side by side (bench/run.py, about 10 minutes); writes
+## make bench: wsgate, nginx and HAProxy side by side (bench/run.py, about 5 minutes); writes
 ## bench/results/. As root it installs nginx and HAProxy from Debian's packages when they are
 ## missing (otherwise it skips them, with a note), and stops the services their postinst started.
 ## BENCH_ARGS passes flags: make bench BENCH_ARGS="--smoke" or BENCH_ARGS="--parts relay,idle".
