@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import sys
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
@@ -109,7 +110,8 @@ class ClientConnection(Forwarder):
         assert transport is not None
         peer = transport.get_extra_info("peername") or ("", 0)
         local = transport.get_extra_info("sockname") or ("", 0)
-        self.remote_addr, self.remote_port = str(peer[0]), int(peer[1])
+        # Interned: connections from one address (a NAT, a load balancer) share the string.
+        self.remote_addr, self.remote_port = sys.intern(str(peer[0])), int(peer[1])
         self.local_addr, self.local_port = group.local_address(str(local[0]), int(local[1]))
         self.candidates, self.default = group.candidates(self.local_addr)
         self.requests = 0

@@ -17,6 +17,7 @@ tunnel's close comes last doing the latter, once.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from typing import TYPE_CHECKING, cast
 
@@ -154,6 +155,10 @@ def _slim(ctx: RequestContext, settings: LocationSettings) -> RequestContext:
     ctx.method = _shared(ctx.method)
     ctx.version = _shared(ctx.version)
     ctx.proxy_port = _shared(ctx.proxy_port)
+    # Tunnels often share these (one WebSocket path): ``sys.intern`` keeps one copy while
+    # any tunnel uses it, and none after (the client's address is interned on accept).
+    ctx.request_line = sys.intern(ctx.request_line)
+    ctx.request_uri = sys.intern(ctx.request_uri)
     # Read-only from here on (variables.py joins them); a tuple is smaller than a list.
     ctx.upstream_addrs = cast("list[str]", tuple(ctx.upstream_addrs))
     ctx.upstream_statuses = cast("list[str]", tuple(map(_shared, ctx.upstream_statuses)))
