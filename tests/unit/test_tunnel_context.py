@@ -109,3 +109,49 @@ def test_common_strings_are_shared(tmp_path: Path) -> None:
     assert a.method is b.method and a.version is b.version
     assert a.upstream_statuses[0] is b.upstream_statuses[0]
     assert a.headers[0][1] is b.headers[0][1]  # the Host value
+
+
+def test_shared_strings_stop_at_their_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``_shared`` keeps at most ``_SHARED_MAX`` strings (clients send some of them): at the
+    cap a new string is returned as it is and not kept; kept ones are still shared."""
+    from wsgate.proxy import relay
+
+    table: dict[str, str] = {}
+    monkeypatch.setattr(relay, "_SHARED", table)
+    monkeypatch.setattr(relay, "_SHARED_MAX", 3)
+    first = relay._shared("".join(["a", "1"]))
+    assert relay._shared("".join(["a", "1"])) is first  # a copy: the kept one comes back
+    relay._shared("a2")
+    relay._shared("a3")  # the third: the cap is reached with it
+    assert len(table) == 3
+    over = "".join(["a", "4"])
+    assert relay._shared(over) is over  # over the cap: itself, not kept
+    assert len(table) == 3 and "a4" not in table
+    assert relay._shared("".join(["a", "1"])) is first
+
+
+def test_kept_header_cache_is_cleared_at_its_cap(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The per-``access_log`` cache of ``_kept_headers`` holds at most 1024 entries (a
+    reload brings new ones): at the cap it starts again, and answers stay right."""
+    from wsgate.proxy import relay
+
+    cache: dict[int, object] = {}
+    monkeypatch.setattr(relay, "_KEPT", cache)
+    logs = settings_of(
+        conf(
+            tmp_path,
+            "log_format f '$http_user_agent';\n"
+            "server { listen 8080; access_log /dev/null f; location / { return 200; } }",
+        )
+    ).access_logs
+    for i in range(1023):
+        cache[-i - 1] = ((), None)  # other configurations' entries
+    kept = relay._kept_headers(logs)  # the 1024th entry: no clearing yet
+    assert kept is not None and "user-agent" in kept and "host" in kept
+    assert len(cache) == 1024
+    cache.pop(id(logs))
+    cache[-5000] = ((), None)
+    assert relay._kept_headers(logs) == kept  # over the cap: cleared, then this one kept
+    assert list(cache) == [id(logs)]
