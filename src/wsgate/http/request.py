@@ -43,7 +43,7 @@ import httptools
 
 from wsgate.errors import HttpError
 from wsgate.http.body import Body, BodyReader, EndOfMessage, InvalidChunk
-from wsgate.http.fields import first_value
+from wsgate.http.fields import first_value, has_ctl_or_space
 
 __all__ = [
     "HeadLimits",
@@ -135,8 +135,6 @@ _METHOD_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ_-"
 _NAME_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-"
 #: Control bytes and DEL (not allowed in a request target).
 _CTL = bytes(range(0x20)) + b"\x7f"
-#: Control bytes, space and DEL (not allowed in a header name).
-_CTL_SP = bytes(range(0x21)) + b"\x7f"
 _VERSION_RE = re.compile(rb"HTTP/([0-9]+)\.([0-9]+)")
 _SCHEME_RE = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*://")
 _AUTHORITY_RE = re.compile(rb"(\[[0-9A-Fa-f:.]*\]|[A-Za-z0-9._\-]*)(?::[0-9]*)?")
@@ -439,7 +437,7 @@ class RequestParser:
             raise HttpError(400, f'client sent invalid header line: "{_printable(line)}"')
         name = line[:colon]
         if name.translate(None, _NAME_CHARS):  # not only letters, digits and '-'
-            if len(name.translate(None, _CTL_SP)) != len(name):
+            if has_ctl_or_space(name):
                 raise HttpError(400, f'client sent invalid header line: "{_printable(line)}"')
             # ignore_invalid_headers on, underscores_in_headers off: skipped, logged at INFO.
             self._ignored.append(name.decode("latin-1"))

@@ -31,7 +31,7 @@ import httptools
 
 from wsgate.errors import HttpError
 from wsgate.http.body import Body, BodyReader, EndOfMessage, InvalidChunk
-from wsgate.http.fields import first_value
+from wsgate.http.fields import first_value, has_ctl_or_space
 
 __all__ = [
     "ResponseEvent",
@@ -42,8 +42,6 @@ __all__ = [
 
 _MAX_OFF_T = 2**63 - 1
 _RENAMED = {b"content-length": b"X-Wsgate-Cl", b"transfer-encoding": b"X-Wsgate-Te"}
-#: Control bytes, space and DEL: not allowed in a header name (``translate`` deletes them).
-_CTL_SP = bytes(range(0x21)) + b"\x7f"
 _PREMATURE_HEADER = (
     "upstream prematurely closed connection while reading response header from upstream"
 )
@@ -274,7 +272,7 @@ class ResponseParser:
         for line in lines[1:]:
             colon = line.find(b":")
             name = line[:colon] if colon > 0 else b""
-            bad = not name or b"\r" in line or len(name.translate(None, _CTL_SP)) != len(name)
+            bad = not name or b"\r" in line or has_ctl_or_space(name)
             lname = name.lower()
             renamed = _RENAMED.get(lname)
             if not bad:
