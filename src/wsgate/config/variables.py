@@ -117,6 +117,10 @@ _HEADER_VARIABLES = {
 }
 
 
+#: No map names: :func:`is_known_variable` then answers "a built-in variable".
+_NO_MAP_NAMES: frozenset[str] = frozenset()
+
+
 def request_headers_read(names: Iterable[str]) -> frozenset[str] | None:
     """The request headers (lower-case names) that the variables ``names`` are computed
     from, or None when one of them may read any header: a map result, whose value may come
@@ -129,11 +133,7 @@ def request_headers_read(names: Iterable[str]) -> frozenset[str] | None:
             headers.add("cookie")
         elif name in _HEADER_VARIABLES:
             headers.add(_HEADER_VARIABLES[name])
-        elif not (
-            name in FIXED_VARIABLES
-            or name.isdigit()
-            or any(name.startswith(p) and len(name) > len(p) for p in PREFIX_VARIABLES)
-        ):
+        elif not is_known_variable(name, _NO_MAP_NAMES):
             return None  # a map
     return frozenset(headers)
 
