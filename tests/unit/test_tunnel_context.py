@@ -111,25 +111,6 @@ def test_common_strings_are_shared(tmp_path: Path) -> None:
     assert a.headers[0][1] is b.headers[0][1]  # the Host value
 
 
-def test_shared_strings_stop_at_their_cap(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``_shared`` keeps at most ``_SHARED_MAX`` strings (clients send some of them): at the
-    cap a new string is returned as it is and not kept; kept ones are still shared."""
-    from wsgate.proxy import relay
-
-    table: dict[str, str] = {}
-    monkeypatch.setattr(relay, "_SHARED", table)
-    monkeypatch.setattr(relay, "_SHARED_MAX", 3)
-    first = relay._shared("".join(["a", "1"]))
-    assert relay._shared("".join(["a", "1"])) is first  # a copy: the kept one comes back
-    relay._shared("a2")
-    relay._shared("a3")  # the third: the cap is reached with it
-    assert len(table) == 3
-    over = "".join(["a", "4"])
-    assert relay._shared(over) is over  # over the cap: itself, not kept
-    assert len(table) == 3 and "a4" not in table
-    assert relay._shared("".join(["a", "1"])) is first
-
-
 def test_kept_header_cache_is_cleared_at_its_cap(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -17,8 +17,8 @@ tunnel's close comes last doing the latter, once.
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
+from sys import intern
 from typing import TYPE_CHECKING, cast
 
 from wsgate.config.model import AccessLog, LocationSettings
@@ -83,25 +83,6 @@ class TunnelEnd:
         self.head_len = head_len
 
 
-#: Strings every tunnel's context would otherwise hold a copy of (the method, the version,
-#: upstream statuses, the ``proxy_pass`` port, header names, the host): one copy each,
-#: shared.  At most ``_SHARED_MAX``, since some come from clients; the usual ones are there
-#: from the start.
-_SHARED: dict[str, str] = {
-    s: s for s in ("GET", "1.1", "1.0", "101", "80", "443", "Host", "host", "Referer")
-}
-_SHARED_MAX = 512
-
-
-def _shared(s: str) -> str:
-    hit = _SHARED.get(s)
-    if hit is None:
-        if len(_SHARED) >= _SHARED_MAX:
-            return s
-        hit = _SHARED[s] = s
-    return hit
-
-
 #: ``access_logs`` tuples (by identity, each kept with its result) -> the request headers
 #: that their lines and the error log read (None: all).
 _KEPT: dict[int, tuple[tuple[AccessLog, ...], frozenset[str] | None]] = {}
@@ -137,31 +118,31 @@ def _slim(ctx: RequestContext, settings: LocationSettings) -> RequestContext:
     ``access_log``, neither are ``$host``, ``$uri`` and the times (``ctx.start``, for
     ``$request_time``, and ``upstream_started``): they become shared empty values, and the
     metrics' handshake time is taken before.  Lists become tuples
-    (nothing appends to them any more: ``_note_time`` makes a new list) and common strings
-    shared copies."""
+    (nothing appends to them any more: ``_note_time`` makes a new list), and the strings
+    tunnels often have in common (method, version, statuses, port, header names, host,
+    request line: one WebSocket path) are interned: ``sys.intern`` keeps one copy while any
+    tunnel uses it and none after (the client's address is interned on accept)."""
     kept = _kept_headers(settings.access_logs)
     headers = []
     for name, value in ctx.headers:
         low = name.lower()
         if kept is None or low in kept:
             # Most clients of a server send the same Host.
-            headers.append((_shared(name), _shared(value) if low == "host" else value))
+            headers.append((intern(name), intern(value) if low == "host" else value))
     ctx.headers = tuple(headers)
     if settings.access_logs:
-        ctx.host = _shared(ctx.host)
+        ctx.host = intern(ctx.host)
     else:
         ctx.host = ctx.uri = ""
         ctx.start = ctx.upstream_started = 0.0
-    ctx.method = _shared(ctx.method)
-    ctx.version = _shared(ctx.version)
-    ctx.proxy_port = _shared(ctx.proxy_port)
-    # Tunnels often share these (one WebSocket path): ``sys.intern`` keeps one copy while
-    # any tunnel uses it, and none after (the client's address is interned on accept).
-    ctx.request_line = sys.intern(ctx.request_line)
-    ctx.request_uri = sys.intern(ctx.request_uri)
+    ctx.method = intern(ctx.method)
+    ctx.version = intern(ctx.version)
+    ctx.proxy_port = intern(ctx.proxy_port)
+    ctx.request_line = intern(ctx.request_line)
+    ctx.request_uri = intern(ctx.request_uri)
     # Read-only from here on (variables.py joins them); a tuple is smaller than a list.
     ctx.upstream_addrs = cast("list[str]", tuple(ctx.upstream_addrs))
-    ctx.upstream_statuses = cast("list[str]", tuple(map(_shared, ctx.upstream_statuses)))
+    ctx.upstream_statuses = cast("list[str]", tuple(map(intern, ctx.upstream_statuses)))
     ctx.upstream_times = cast("list[str]", tuple(ctx.upstream_times))
     return ctx
 
