@@ -362,10 +362,6 @@ class ResponseRelay:
                 side.eof_received()
         return False, None
 
-    def __call__(self, tunnel: Tunnel) -> None:
-        """The tunnel's ``on_close``: :meth:`_tunnel_closed`."""
-        self._tunnel_closed(tunnel)
-
     def _tunnel_closed(self, tunnel: Tunnel) -> None:
         """The tunnel's ``on_close``: the end of its request, as nginx finalizes an upgraded
         request when both connections are closed (timeout lines in the error log, the
@@ -407,6 +403,9 @@ class ResponseRelay:
             self._tunnel_released(self.tunnel, end)
         finally:
             self._tunnel_finished()
+
+    #: The tunnel's ``on_close`` is the connection itself (see :meth:`_tunnel`).
+    __call__ = _tunnel_closed
 
     def _tunnel_released(self, tunnel: Tunnel, end: TunnelEnd) -> None:
         self.tunnel_end = None
