@@ -375,7 +375,8 @@ def markdown(results: dict[str, Any]) -> str:
             parts.append(f"{NAMES.get(name, name)}, {step}: failed ({error.strip()[-300:]}).\n")
     for step, error in (results.get("errors") or {}).items():
         parts.append(f"{step}: failed ({error.strip()[-300:]}).\n")
-    plan = _get(next(iter(results["runs"].values()), {}), "idle", "plan")
+    idle = _get(next(iter(results["runs"].values()), {}), "idle") or {}
+    plan = idle.get("plan")
     if plan:
         parts.append(
             f"Idle connections: one process may open {plan['fd_limit']:,} files here (hard "
@@ -385,9 +386,9 @@ def markdown(results: dict[str, Any]) -> str:
             f"{_n(plan['clients'], 'client process', 'client processes')}, all pinned as above. "
             "PSS is summed over the proxy's processes. The baseline subtracted is read with "
             "no connection open, after a warm-up that opened and closed "
-            f"{_get(next(iter(results['runs'].values())), 'idle', 'warmup') or 0:,} "
-            "connections (100 per worker, the same for every proxy), so that what a worker "
-            "allocates once, on its first connections, is not counted per connection.\n"
+            f"{idle.get('warmup', 0):,} connections ({idle.get('warmup', 0) // plan['workers']} "
+            "per worker, the same for every proxy), so that what a worker allocates once, on "
+            "its first connections, is not counted per connection.\n"
         )
         cold = []
         for name, run in results["runs"].items():
