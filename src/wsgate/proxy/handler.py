@@ -116,7 +116,12 @@ class ClientConnection(Forwarder):
         self.candidates, self.default = group.candidates(self.local_addr)
         self.requests = 0
         self.started = gw.loop.time()
-        self.idle = True  # waiting for a request: may be closed at once on graceful stop
+        #: nginx's ``c->idle``: waiting for the first byte of a keep-alive request, the only
+        #: state in which a graceful stop or a retiring worker closes a connection at once.
+        #: A new connection is not idle: its first request is served even if the worker
+        #: retires before a byte arrives (closing it would drop a client the kernel has
+        #: already accepted for us, unanswered).
+        self.idle = False
         self.tunnel: Tunnel | None = None
         #: ``stub_status``: READING, WRITING, or None for Waiting (see :meth:`_stat`).
         self.stat_state: int | None = None
@@ -152,7 +157,6 @@ class ClientConnection(Forwarder):
         keepalive_timeout: float | None = None
         try:
             while True:
-                self.idle = True
                 if self.gw.stopping and self.requests:
                     return
                 try:
@@ -164,7 +168,6 @@ class ClientConnection(Forwarder):
                     return
                 if head is None:
                     return
-                self.idle = False
                 self._stat(WRITING)
                 self.requests += 1
                 self.body_done = False
@@ -260,11 +263,16 @@ class ClientConnection(Forwarder):
         loop = self.gw.loop
         parser = self.parser
         if keepalive_timeout is not None and not self.pending and not parser.request_started:
+            # ngx_http_set_keepalive sets c->idle, the first byte clears it
+            # (ngx_http_keepalive_handler).
+            self.idle = True
             try:
                 if not await self._next_events(keepalive_timeout):
                     return None
             except TimeoutError:
                 return None
+            finally:
+                self.idle = False
         deadline = loop.time() + self.default.client_header_timeout
         while True:
             if self.stat_state is None and (self.pending or parser.request_started):

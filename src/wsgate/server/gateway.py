@@ -170,7 +170,10 @@ class Gateway:
         self.metrics.start_flush(loop, lambda: self.config)
         #: ``limit_conn``/``limit_req`` zone state, kept across reloads by zone name.
         self.limits = LimitRegistry()
+        #: Retiring or stopping: not accepting, ending when the last connection does.
         self.stopping = False
+        #: QUIT received: tunnels have been sent 1001 (a retiring worker may get it later).
+        self.quitting = False
         self.stopped: asyncio.Future[None] = loop.create_future()
         self.exit_code = 0
         #: Active ``health_check`` probing for the current configuration (None until serve).
@@ -356,9 +359,15 @@ class Gateway:
     def stop_gracefully(self) -> None:
         """QUIT: stop accepting, let HTTP requests finish, and end every WebSocket tunnel as
         an endpoint would, with a 1001 (going away) close frame both ways (spread over
-        ``close_spread_time``).  ``worker_shutdown_timeout`` still bounds the whole."""
-        if self._wind_down():
-            self._close_tunnels(1001)
+        ``close_spread_time``).  ``worker_shutdown_timeout`` still bounds the whole.
+
+        A worker retired by a reload gets it too (the master's QUIT reaches every
+        generation): its tunnels are the ones that outlived the reload."""
+        if self.quitting or self.stopped.done():
+            return
+        self.quitting = True
+        self._wind_down()
+        self._close_tunnels(1001)
 
     def retire(self) -> None:
         """Reload, in an old worker: stop accepting and keep every open request and tunnel
@@ -366,9 +375,9 @@ class Gateway:
         restart) close frame and remaining requests are closed."""
         self._wind_down()
 
-    def _wind_down(self) -> bool:
+    def _wind_down(self) -> None:
         if self.stopping:
-            return False
+            return
         self.error_log.log("notice", "gracefully shutting down")
         self.stopping = True
         self.stop_health()
@@ -381,7 +390,6 @@ class Gateway:
             self.loop.call_later(timeout, self._shutdown_timeout)
         if not self.connections:
             self._finish()
-        return True
 
     def _shutdown_timeout(self) -> None:
         """``worker_shutdown_timeout``: tunnels get 1012 and a few seconds for the closing
