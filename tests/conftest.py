@@ -142,17 +142,20 @@ class WsgateProcess:
 
 
 def start_wsgate(
-    prefix: Path, conf_text: str, extra_args: tuple[str, ...] = (), timeout: float = 15.0
+    prefix: Path,
+    conf_text: str,
+    extra_args: tuple[str, ...] = (),
+    timeout: float = 15.0,
+    command: tuple[str, ...] = (sys.executable, "-m", "wsgate.cli"),
 ) -> WsgateProcess:
+    """Start ``command`` (by default this interpreter's wsgate) on ``conf_text``."""
     (prefix / "logs").mkdir(parents=True, exist_ok=True)
     conf = prefix / "nginx.conf"
     conf.write_text(conf_text)
     stderr = open(prefix / "stderr.txt", "wb")
     proc = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "wsgate.cli",
+            *command,
             "-p",
             str(prefix),
             "-c",

@@ -24,6 +24,7 @@ from wsgate.errors import ConfigError
 from wsgate.loop import new_event_loop
 from wsgate.observability.logs import AccessLogs, ErrorLogger, access_log_paths
 from wsgate.server.gateway import BindKey, Gateway, ListenGroup, announce, open_groups, pid_write
+from wsgate.server.upgrade import inherited_groups, oldbin_path
 
 __all__ = ["main"]
 
@@ -247,13 +248,20 @@ def cmd_run(opts: Options) -> int:
     except OSError as exc:
         _say(f'[emerg] open() "{exc.filename}" failed ({exc.errno}: {exc.strerror})')
         return 1
+    # A new master started by USR2 serves on the old one's sockets (wsgate.server.upgrade).
+    inherited = inherited_groups(error_log)
     try:
-        groups = open_groups(config, {})
+        groups = open_groups(config, inherited)
     except ConfigError as exc:
         _say(f"[emerg] {exc}")
         error_log.log("emerg", str(exc))
         return 1
-    if config.daemon:
+    kept = {id(g.sock) for g in groups.values()}
+    for old in inherited.values():
+        if id(old.sock) not in kept and old.sock is not None:
+            old.sock.close()
+    # nginx does not detach again when it inherited its sockets: the old master started it.
+    if config.daemon and not inherited:
         files = [e.path for e in config.error_logs if e.path != "stderr"]
         _daemonize(files[0] if files else None)
     if config.master_process:
@@ -267,13 +275,14 @@ def _started(config: Config, error_log: ErrorLogger) -> None:
 
 
 def _remove_pid(path: str) -> None:
-    try:
-        if os.path.exists(path):
-            with open(path) as fh:
+    """Remove the pid file, or its ``.oldbin`` name after an upgrade, if it is ours."""
+    for name in (path, oldbin_path(path)):
+        try:
+            with open(name) as fh:
                 if fh.read().strip() == str(os.getpid()):
-                    os.unlink(path)
-    except OSError:
-        pass
+                    os.unlink(name)
+        except OSError:
+            pass
 
 
 def _run_master(

@@ -15,9 +15,19 @@ channels, and does everything in between:
 * **A worker dies** (say SIGKILL): the master logs it as nginx does, releases what the
   worker held in shared memory, and forks a replacement on the current configuration.
   Connections on other workers are untouched.
-* **QUIT**: every worker stops gracefully (1001 close frames); the master exits after the
-  last one.  **TERM/INT**: every worker stops at once; one still alive after
-  :data:`KILL_AFTER` seconds gets SIGKILL.  **USR1**: reopen logs, here and in the workers.
+* **QUIT**: every worker stops gracefully (1001 close frames), the ones a reload retired
+  too; the master exits after the last one.  **TERM/INT**: every worker stops at once; one
+  still alive after :data:`KILL_AFTER` seconds gets SIGKILL.  **USR1**: reopen logs, here and
+  in the workers.
+* **USR2** (upgrade, https://nginx.org/en/docs/control.html#upgrade): rename the pid file to
+  ``PID.oldbin`` and start the installed ``wsgate`` again (:mod:`wsgate.server.upgrade`) as
+  a new master that inherits the listening sockets.  **WINCH**: retire every worker as a
+  reload does (no respawn); **HUP** while a new binary runs brings them back on the current
+  configuration without reading it again.  If the new binary exits, the pid file gets its
+  name back, and retired workers are restarted.  A **QUIT** once the workers were retired
+  for an upgrade does not close their tunnels (the new master serves new connections; the
+  old tunnels end on their own or at ``worker_shutdown_timeout``): the master closes its
+  sockets and exits after its last worker.
 
 Shared state (``stub_status`` counters, ``limit_*`` zones, metrics) is created here before
 any fork, so every worker of every generation sees the same memory.
@@ -48,6 +58,7 @@ from wsgate.server.gateway import (
     open_access_logs,
     open_groups,
 )
+from wsgate.server.upgrade import exec_new_binary, oldbin_path
 from wsgate.server.worker import run_worker
 
 __all__ = ["KILL_AFTER", "READY_TIMEOUT", "Master", "SharedHooks"]
@@ -65,6 +76,8 @@ _SIGNAL_NAMES = {
     signal.SIGTERM: "SIGTERM",
     signal.SIGINT: "SIGINT",
     signal.SIGUSR1: "SIGUSR1",
+    signal.SIGUSR2: "SIGUSR2",
+    signal.SIGWINCH: "SIGWINCH",
     signal.SIGCHLD: "SIGCHLD",
 }
 
@@ -124,6 +137,11 @@ class Master:
         self._wake_r, self._wake_w = os.pipe()
         #: The previous generation, told to retire once the new one accepts.
         self._to_retire: list[_Worker] = []
+        #: The pid of the new master that USR2 started, while it runs (nginx's
+        #: ``ngx_new_binary``).
+        self.new_binary = 0
+        #: WINCH retired the workers and none were started since (``ngx_noaccepting``).
+        self.noaccepting = False
 
     # -- main loop --------------------------------------------------------------------------------
     def run(self, started: Callable[[], None]) -> int:
@@ -170,8 +188,23 @@ class Master:
             name = _SIGNAL_NAMES.get(signal.Signals(signum), str(signum))
             if signum == signal.SIGHUP:
                 self.error_log.log("notice", f"signal {signum} ({name}) received, reconfiguring")
-                if not self.stopping:
+                if self.stopping:
+                    pass
+                elif self.new_binary:
+                    # nginx: with a new binary running, HUP starts workers on the current
+                    # configuration (the way back from an upgrade that went wrong).
+                    self._restart_workers()
+                else:
                     self.reload()
+            elif signum == signal.SIGUSR2:
+                self.error_log.log("notice", f"signal {signum} ({name}) received, changing binary")
+                self._upgrade()
+            elif signum == signal.SIGWINCH:
+                self.error_log.log(
+                    "notice",
+                    f"signal {signum} ({name}) received, gracefully shutting down worker processes",
+                )
+                self._retire_all()
             elif signum == signal.SIGQUIT:
                 self.error_log.log("notice", f"signal {signum} ({name}) received, shutting down")
                 self.stop("quit")
@@ -261,6 +294,9 @@ class Master:
                 return
             if pid == 0:
                 return
+            if pid == self.new_binary:
+                self._new_binary_exited(pid, status)
+                continue
             worker = self.workers.pop(pid, None)
             if worker is None:
                 continue
@@ -358,6 +394,81 @@ class Master:
         self._to_retire = []
         self._tell([w for w in pending if w.pid in self.workers], b"R")
 
+    # -- upgrade --------------------------------------------------------------------------------
+    def _upgrade(self) -> None:
+        """USR2: start the installed binary as a new master on our listening sockets."""
+        if self.new_binary or self.stopping:
+            self.error_log.log(
+                "alert",
+                "the changing binary signal is ignored: you should shutdown or terminate "
+                "before either old or new binary's process",
+            )
+            return
+        pid = exec_new_binary(self.config.pid, self.groups, self.error_log, self._in_child)
+        if pid:
+            self.new_binary = pid
+            self.error_log.log("notice", f"start new binary process {pid}")
+
+    def _in_child(self) -> None:
+        """In the forked child, before it executes the new binary: drop the master's own
+        descriptors and signal handling (the listening sockets stay, for the new master)."""
+        signal.set_wakeup_fd(-1)
+        for sig in _SIGNAL_NAMES:
+            signal.signal(sig, signal.SIG_DFL)
+        self.selector.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        for w in self.workers.values():
+            w.channel.close()
+
+    def _new_binary_exited(self, pid: int, status: int) -> None:
+        """The new master is gone: this one is the instance again (nginx renames the pid
+        file back, and restarts the workers a WINCH retired)."""
+        self.new_binary = 0
+        if os.WIFSIGNALED(status):
+            self.error_log.log(
+                "alert", f"new binary process {pid} exited on signal {os.WTERMSIG(status)}"
+            )
+        else:
+            code = os.WEXITSTATUS(status)
+            self.error_log.log(
+                "notice" if code == 0 else "alert",
+                f"new binary process {pid} exited with code {code}",
+            )
+        pid_path = self.config.pid
+        try:
+            os.rename(oldbin_path(pid_path), pid_path)
+        except OSError as exc:
+            self.error_log.log(
+                "alert",
+                f'rename() "{oldbin_path(pid_path)}" to "{pid_path}" failed '
+                f"({exc.errno}: {exc.strerror})",
+            )
+        if self.noaccepting and not self.stopping:
+            self._restart_workers()
+
+    def _retire_all(self) -> None:
+        """WINCH: every worker retires as after a reload (keeps its connections, accepts no
+        new ones) and is not replaced; the master stays, with its sockets."""
+        if self.stopping:
+            return
+        current = [w for w in self.workers.values() if not w.retiring]
+        for w in current:
+            w.retiring = True
+        self._to_retire = []
+        self.respawn_at = []
+        self.noaccepting = True
+        self._tell(current, b"R")
+
+    def _restart_workers(self) -> None:
+        """Start ``worker_processes`` workers on the current configuration (HUP while a new
+        binary runs, or the new binary exited after a WINCH)."""
+        self.noaccepting = False
+        self.respawn_at = []
+        current = [w for w in self.workers.values() if not w.retiring]
+        for index in range(len(current), self.config.worker_processes):
+            self._spawn(index)
+
     # -- stop -----------------------------------------------------------------------------------
     def stop(self, how: str) -> None:
         if self.stopping == "terminate" or self.stopping == how:
@@ -368,6 +479,11 @@ class Master:
         for group in self.groups.values():
             if group.sock is not None:
                 group.sock.close()
+        if how == "quit" and self.noaccepting and self.new_binary:
+            # The upgrade's last step: the new master serves; the retired workers keep their
+            # tunnels (ended by their clients or by worker_shutdown_timeout), and this master
+            # exits after them.
+            return
         self._tell(list(self.workers.values()), b"T" if how == "terminate" else b"Q")
 
 
