@@ -300,7 +300,7 @@ def _run_master(
     access_logs.close()
     for group in groups.values():
         announce(error_log, group)
-    shared = Shared()
+    shared = Shared.inherited(error_log)
     master = Master(
         config, error_log, groups, lambda: _load(opts), shared, max_slots=shared.max_slots
     )

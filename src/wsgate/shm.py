@@ -6,10 +6,12 @@ per-process dicts each forked worker would admit ``limit`` connections of its ow
 no cross-process atomics, so this module relies on two things that survive ``fork()`` and
 ``SIGKILL``:
 
-* **Memory**: anonymous ``MAP_SHARED`` mappings (:class:`Arena`), one per zone plus one for
-  the counters, made by the master and shared by every worker forked afterwards.  Pages are
-  zero-filled on first touch and every layout reads zero as "empty": nothing is initialised,
-  untouched pages cost nothing.  A zone replaced by a reload stays mapped in the old workers.
+* **Memory**: ``MAP_SHARED`` mappings of ``memfd`` files (:class:`Arena`), one per zone plus
+  one for the counters and one for the slot table, made by the master and shared by every
+  worker forked afterwards, and by the new master of an in-place upgrade, which maps the
+  same files (:meth:`SharedState.handover`).  Pages are zero-filled on first touch and every
+  layout reads zero as "empty": nothing is initialised, untouched pages cost nothing.  A
+  zone replaced by a reload stays mapped in the old workers.
 * **Locks**: POSIX record locks (``fcntl.lockf``) on one byte per zone of an unlinked file
   (:class:`LockFile`, :class:`ShmLock`), dropped by the kernel when the holder dies.  Not
   ``flock`` (its lock belongs to the open file description, which forked processes share), not
@@ -24,7 +26,10 @@ for the master's alert, nginx's ``shared memory zone "NAME" was locked by PID``.
 Who calls what::
 
     master:  state = SharedState(max_slots=N)     once, before the first fork
+             state = SharedState(N, handover)     instead, in the new master of an upgrade
              state.configure(config)              each (re)load, before forking its workers
+             slot = state.claim_slot(free_slots)  before forking a worker
+             desc, fds = state.handover()         USR2: for the new master
              alerts = state.worker_exited(slot)   after waitpid() reaped the worker of `slot`
     worker:  state.attach(slot)                   first thing after fork
              state.stub_status.increment(...)     (gateway, handler)
@@ -63,7 +68,7 @@ import struct
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Literal
+from typing import Any, Literal
 
 from wsgate.config.model import Config
 from wsgate.errors import ConfigError, WsgateError
@@ -106,6 +111,9 @@ CONN_STATE_SIZE = 64
 REQ_STATE_SIZE = 128
 #: Most worker slots a :class:`SharedState` accepts.
 MAX_SLOTS = 1024
+#: The layout of the memory described above: a new master maps its old master's memory
+#: (:meth:`SharedState.handover`) only if both say the same.  Change it with the layout.
+LAYOUT = "wsgate-shm-1"
 
 _ROW = 8  # int64 per counters row: six ngx_stat_* values, two spare (one cache line)
 _LONG = 0x8000  # klen flag: the stored key is a digest
@@ -126,14 +134,38 @@ def _aligned(fmt: _Format, count: int) -> int:
 
 
 class Arena:
-    """One anonymous shared mapping, carved front to back into typed arrays."""
+    """One shared mapping, carved front to back into typed arrays.
 
-    __slots__ = ("mm", "size", "_next")
+    The memory is a ``memfd`` (anonymous, zero-filled on first touch, like ``MAP_SHARED |
+    MAP_ANONYMOUS``), so that a master can hand it to the new master of an in-place upgrade
+    (:meth:`SharedState.handover`); ``fd`` maps one handed over.  Only a master keeps the
+    descriptor (:meth:`close_fd` in the workers)."""
 
-    def __init__(self, size: int) -> None:
+    __slots__ = ("mm", "size", "fd", "_next")
+
+    def __init__(self, size: int, fd: int | None = None) -> None:
         self.size = max(size, 8)
-        self.mm = mmap.mmap(-1, self.size, flags=mmap.MAP_SHARED)
+        if fd is None:
+            fd = os.memfd_create("wsgate-shm", os.MFD_CLOEXEC)
+            try:
+                os.ftruncate(fd, self.size)
+            except OSError:
+                os.close(fd)
+                raise
+        elif os.fstat(fd).st_size != self.size:
+            raise ShmError(f"shared memory of {os.fstat(fd).st_size} bytes, not {self.size}")
+        self.fd = fd
+        self.mm = mmap.mmap(fd, self.size, flags=mmap.MAP_SHARED)
         self._next = 0
+
+    def close_fd(self) -> None:
+        """Close the descriptor (the mapping stays)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __del__(self) -> None:
+        self.close_fd()
 
     @staticmethod
     def plan(specs: list[tuple[_Format, int]]) -> int:
@@ -161,14 +193,20 @@ class LockFile:
 
     __slots__ = ("fd", "_count")
 
-    def __init__(self) -> None:
-        fd, path = tempfile.mkstemp(prefix="wsgate-", suffix=".lock")
-        os.unlink(path)
+    def __init__(self, fd: int | None = None, count: int = 0) -> None:
+        if fd is None:
+            fd, path = tempfile.mkstemp(prefix="wsgate-", suffix=".lock")
+            os.unlink(path)
         self.fd = fd
-        self._count = 0
+        #: Offsets handed out so far (offset 0 is the slot table's lock).
+        self._count = count
 
     def fileno(self) -> int:
         return self.fd
+
+    @property
+    def count(self) -> int:
+        return self._count
 
     def new_lock(self) -> ShmLock:
         """A lock on a byte no other lock of this file uses (offsets are never reused)."""
@@ -190,6 +228,10 @@ class ShmLock:
     def __init__(self, file: LockFile, offset: int) -> None:
         self._file = file  # a reference, so that the descriptor stays open while in use
         self._offset = offset
+
+    @property
+    def offset(self) -> int:
+        return self._offset
 
     def acquire(self) -> None:
         fcntl.lockf(self._file, fcntl.LOCK_EX, 1, self._offset)
@@ -243,12 +285,13 @@ class _Table:
         extra: list[tuple[_Format, int]],
         salt: bytes,
         lock: ShmLock,
+        fd: int | None = None,
     ) -> None:
         buckets = 1 << max(3, (2 * capacity - 1).bit_length())
         specs: list[tuple[_Format, int]] = [("q", _HEADER), ("Q", capacity), ("H", capacity)]
         specs += [("I", capacity)]
         specs += [("B", 4 * buckets), ("B", KEY_MAX * capacity), *extra]
-        self.arena = arena = Arena(Arena.plan(specs))
+        self.arena = arena = Arena(Arena.plan(specs), fd)
         self.name = name
         self.capacity = capacity
         self.mask = buckets - 1
@@ -425,13 +468,21 @@ class SharedConnZone(_TableZone, ConnZone):
     __slots__ = ("size", "key", "_t", "_total", "_holds", "_holds_raw", "_slots", "_me")
 
     def __init__(
-        self, name: str, size: int, key: str, max_slots: int, salt: bytes, lock: ShmLock, me: _Slot
+        self,
+        name: str,
+        size: int,
+        key: str,
+        max_slots: int,
+        salt: bytes,
+        lock: ShmLock,
+        me: _Slot,
+        fd: int | None = None,
     ) -> None:
         self.name = name
         self.size = size
         self.key = key
         cap = max(size // CONN_STATE_SIZE, 1)
-        self._t = _Table(name, cap, [("I", cap), ("B", 2 * cap * max_slots)], salt, lock)
+        self._t = _Table(name, cap, [("I", cap), ("B", 2 * cap * max_slots)], salt, lock, fd)
         self._total = self._t.extra[0]
         self._holds_raw = self._t.extra[1]
         self._holds = self._holds_raw.cast("H")
@@ -530,7 +581,14 @@ class SharedReqZone(_TableZone, ReqZone):
     __slots__ = ("size", "key", "_t", "_prev", "_excess", "_last")
 
     def __init__(
-        self, name: str, size: int, key: str, rate: int, salt: bytes, lock: ShmLock
+        self,
+        name: str,
+        size: int,
+        key: str,
+        rate: int,
+        salt: bytes,
+        lock: ShmLock,
+        fd: int | None = None,
     ) -> None:
         self.name = name
         self.size = size
@@ -538,7 +596,7 @@ class SharedReqZone(_TableZone, ReqZone):
         self.rate = rate
         self.pruned = 0
         cap = max(size // REQ_STATE_SIZE, 1)
-        self._t = _Table(name, cap, [("I", cap), ("q", cap), ("q", cap)], salt, lock)
+        self._t = _Table(name, cap, [("I", cap), ("q", cap), ("q", cap)], salt, lock, fd)
         self._prev, self._excess, self._last = self._t.extra
         self._t.repair = self._rebuild
 
@@ -688,11 +746,15 @@ class SharedCounters:
 
     __slots__ = ("max_slots", "_arena", "_rows", "_mine")
 
-    def __init__(self, max_slots: int) -> None:
+    def __init__(self, max_slots: int, fd: int | None = None) -> None:
         self.max_slots = max_slots
-        self._arena = Arena(8 * _ROW * max_slots)
+        self._arena = Arena(8 * _ROW * max_slots, fd)
         self._rows = self._arena.take("q", _ROW * max_slots)
         self._mine: memoryview | None = None
+
+    @property
+    def arena(self) -> Arena:
+        return self._arena
 
     def attach(self, slot: int) -> None:
         """Write worker slot ``slot``'s row from now on (in the worker, after fork)."""
@@ -742,30 +804,113 @@ class SharedState:
         "_locks",
         "_salt",
         "_me",
+        "_slots_arena",
         "_slots",
+        "_slot_lock",
         "_conn",
         "_req",
         "_retired",
+        "_adopted",
     )
 
-    def __init__(self, max_slots: int) -> None:
+    def __init__(self, max_slots: int, handover: dict[str, Any] | None = None) -> None:
+        """A new shared state, or (``handover``, from :meth:`handover` of the master being
+        upgraded) the same memory as that master's: raises :class:`ShmError` when it was
+        written by another layout."""
         if not 1 <= max_slots <= MAX_SLOTS:
             raise ShmError(f"max_slots must be 1..{MAX_SLOTS}, not {max_slots}")
+        h = handover or {}
+        if handover is not None and (h.get("layout"), h.get("max_slots")) != (
+            LAYOUT,
+            max_slots,
+        ):
+            raise ShmError(
+                f"layout {h.get('layout')!r} with {h.get('max_slots')!r} slots, "
+                f"not {LAYOUT!r} with {max_slots}"
+            )
         self.max_slots = max_slots
-        self.stub_status = SharedCounters(max_slots)
+        self.stub_status = SharedCounters(max_slots, h.get("counters"))
         self.limits = SharedLimits()
         #: Counts :meth:`configure` calls; a worker attaches with the one it was forked in.
-        self.generation = 0
-        self._locks = LockFile()
-        self._salt = os.urandom(16)
+        self.generation = int(h.get("generation", 0))
+        self._locks = LockFile(h.get("locks"), int(h.get("lock_count", 0)))
+        self._salt = bytes.fromhex(h["salt"]) if handover is not None else os.urandom(16)
         self._me = _Slot()
-        #: Per worker slot: the generation it attached with (0: no worker), its pid.
-        self._slots = Arena(16 * max_slots).take("q", 2 * max_slots)
+        #: Per worker slot: the generation it attached with (0: no worker), its pid (the
+        #: claiming master's, negated, between :meth:`claim_slot` and :meth:`attach`).
+        self._slots_arena = Arena(16 * max_slots, h.get("slots"))
+        self._slots = self._slots_arena.take("q", 2 * max_slots)
+        self._slot_lock = ShmLock(self._locks, 0)
         self._conn: dict[str, SharedConnZone] = {}
         self._req: dict[str, SharedReqZone] = {}
         #: limit_conn zones replaced or dropped by a reload, with the generation that did it,
         #: kept while a worker of an older generation (which may hold slots there) lives.
         self._retired: list[tuple[int, SharedConnZone]] = []
+        #: Zones handed over, until the first :meth:`configure` keeps or drops them.
+        self._adopted: set[tuple[str, str]] = set()
+        for name, size, key, fd, lock in h.get("conn", ()):
+            self._conn[name] = SharedConnZone(
+                name, size, key, max_slots, self._salt, ShmLock(self._locks, lock), self._me, fd
+            )
+            self._adopted.add(("limit_conn_zone", name))
+        for name, size, key, rate, fd, lock in h.get("req", ()):
+            self._req[name] = SharedReqZone(
+                name, size, key, rate, self._salt, ShmLock(self._locks, lock), fd
+            )
+            self._adopted.add(("limit_req", name))
+
+    def handover(self) -> tuple[dict[str, Any], list[int]]:
+        """What the new master of an in-place upgrade needs to map this same memory (a
+        JSON-able description) and the descriptors it must inherit.  Retired zones are not
+        handed over: only this master's old workers use them, and it keeps them."""
+        conn = [
+            [z.name, z.size, z.key, z._t.arena.fd, z._t._lock.offset] for z in self._conn.values()
+        ]
+        req = [
+            [z.name, z.size, z.key, z.rate, z._t.arena.fd, z._t._lock.offset]
+            for z in self._req.values()
+        ]
+        desc: dict[str, Any] = {
+            "layout": LAYOUT,
+            "max_slots": self.max_slots,
+            "salt": self._salt.hex(),
+            "generation": self.generation,
+            "locks": self._locks.fd,
+            "lock_count": self._locks.count,
+            "counters": self.stub_status.arena.fd,
+            "slots": self._slots_arena.fd,
+            "conn": conn,
+            "req": req,
+        }
+        zones: list[_TableZone] = [*self._conn.values(), *self._req.values()]
+        fds = [self._locks.fd, self.stub_status.arena.fd, self._slots_arena.fd]
+        return desc, fds + [z._t.arena.fd for z in zones]
+
+    @staticmethod
+    def handover_fds(desc: dict[str, Any]) -> list[int]:
+        """The descriptors a :meth:`handover` description names (to close them when it
+        cannot be used); what is not a descriptor number is skipped."""
+        found = [desc.get("locks"), desc.get("counters"), desc.get("slots")]
+        found += [z[3] for z in desc.get("conn", ()) if isinstance(z, list) and len(z) == 5]
+        found += [z[4] for z in desc.get("req", ()) if isinstance(z, list) and len(z) == 6]
+        return [fd for fd in found if isinstance(fd, int) and fd > 2]
+
+    def claim_slot(self, candidates: list[int]) -> int | None:
+        """Take a worker slot from ``candidates`` (the master's free list, last first) that no
+        worker of any master uses: after an upgrade two masters share the slot table."""
+        me = -os.getpid()
+        self._slot_lock.acquire()
+        try:
+            for i in range(len(candidates) - 1, -1, -1):
+                slot = candidates[i]
+                if self._slots[2 * slot + 1] == 0:
+                    self._slots[2 * slot] = self.generation
+                    self._slots[2 * slot + 1] = me
+                    del candidates[i]
+                    return slot
+        finally:
+            self._slot_lock.release()
+        return None
 
     def configure(self, config: Config) -> None:
         """Make the zones of a (re)loaded configuration (the master, before forking its
@@ -780,6 +925,9 @@ class SharedState:
             for name, spec in specs.items():
                 old = zones.get(name)
                 if old is not None and old.size == spec.size and old.key != str(spec.key):
+                    if (kind, name) in self._adopted:
+                        del zones[name]  # the old binary's zone: this one starts empty
+                        continue
                     raise ConfigError(
                         f'{kind} "{name}" uses the "{spec.key}" key while previously it used '
                         f'the "{old.key}" key'
@@ -811,16 +959,25 @@ class SharedState:
             old.rate = rspec.rate
             req[name] = old
         self._conn, self._req = conn, req
+        self._adopted.clear()
         self.limits.conn = {name: zone for name, zone in conn.items()}
         self.limits.req = {name: zone for name, zone in req.items()}
         self._prune_retired()
 
     def attach(self, slot: int) -> None:
-        """Become worker slot ``slot`` (in the worker, first thing after fork)."""
+        """Become worker slot ``slot`` (in the worker, first thing after fork).  The
+        descriptors of the memory are the master's to hand over: closed here."""
+        for arena in self._arenas():
+            arena.close_fd()
         self.stub_status.attach(slot)
         self._me.index = slot
         self._slots[2 * slot] = self.generation
         self._slots[2 * slot + 1] = os.getpid()
+
+    def _arenas(self) -> list[Arena]:
+        zones: list[_TableZone] = [*self._conn.values(), *self._req.values()]
+        zones += [z for _, z in self._retired]
+        return [self.stub_status.arena, self._slots_arena, *(z._t.arena for z in zones)]
 
     def worker_exited(self, slot: int) -> list[str]:
         """The worker of ``slot`` was reaped (the master, after ``waitpid``): zero its gauges,

@@ -348,3 +348,81 @@ def test_a_second_usr2_during_an_upgrade_is_refused(tmp_path: Path) -> None:
             backend.close()
 
     run(scenario())
+
+
+def limited_conf(backend: Backend) -> str:
+    return f"""
+worker_processes 2;
+events {{ }}
+http {{
+  access_log off;
+  limit_conn_zone $binary_remote_addr zone=perip:1m;
+  server {{ listen 127.0.0.1:0;
+    location = /status {{ stub_status; }}
+    location / {{ limit_conn perip 3;
+                 proxy_pass http://127.0.0.1:{backend.port};
+                 proxy_http_version 1.1;
+                 proxy_set_header Upgrade $http_upgrade;
+                 proxy_set_header Connection upgrade;
+                 proxy_set_header X-Worker $pid; }} }}
+}}
+"""
+
+
+@pytest.mark.timeout(120)
+def test_upgrade_keeps_limit_conn_and_counters(tmp_path: Path) -> None:
+    """The new master maps the old one's shared memory: the limit_conn slots held by the
+    old generation's tunnels still count (a fourth tunnel gets 503) until those tunnels end,
+    and stub_status's accepts go on from where they were."""
+
+    async def scenario() -> None:
+        backend = await Backend("a").start()
+        gw = await in_thread(start_wsgate, tmp_path / "gw", limited_conf(backend))
+        new = 0
+        try:
+            tunnels = await open_clients(gw.port, 3, prefix="held")
+            before = int((await http_get(gw.port, "/status")).split("\n")[2].split()[0])
+            new = await usr2(gw, "0.1.0")
+            mark = len(gw.errors())
+            os.kill(gw.proc.pid, signal.SIGWINCH)
+            await in_thread(
+                wait_until,
+                lambda: gw.errors().count("gracefully shutting down", mark) >= 2,
+                "the old workers to retire",
+            )
+            assert "not inherited" not in gw.errors()
+            assert (await churn_status(gw.port)) == "HTTP/1.1 503 Service Temporarily Unavailable"
+            await talk(tunnels)
+            await tunnels[0].ws.close()
+            await in_thread(wait_until, lambda: "/held0" in backend.closes, "a tunnel closed")
+            # Released by the old worker, in the memory the new master's workers use.
+            ok = await churn_status(gw.port)
+            for _ in range(100):
+                if ok != "HTTP/1.1 503 Service Temporarily Unavailable":
+                    break
+                await asyncio.sleep(0.05)  # the old worker's release is asynchronous
+                ok = await churn_status(gw.port)
+            assert ok == "ok"
+            after = int((await http_get(gw.port, "/status")).split("\n")[2].split()[0])
+            assert after > before >= 4, (before, after)
+            for c in tunnels[1:]:
+                await c.ws.close()
+            os.kill(gw.proc.pid, signal.SIGQUIT)
+            assert await in_thread(gw.proc.wait, 30) == 0
+        finally:
+            if new and not gone(new):
+                os.kill(new, signal.SIGQUIT)
+                await in_thread(wait_until, lambda: gone(new), "the new master to exit")
+            if gw.proc.poll() is None:
+                gw.stop()
+            backend.close()
+        log = gw.errors()
+        assert "[alert]" not in log and "Traceback" not in gw.stderr, log + gw.stderr
+
+    run(scenario())
+
+
+async def churn_status(port: int) -> str:
+    from tests.integration.test_zero_downtime import churn_once
+
+    return await churn_once(port)

@@ -97,6 +97,16 @@ class SharedHooks:
         to log (a zone the worker held locked when it died)."""
         return []
 
+    def claim_slot(self, candidates: list[int]) -> int | None:
+        """A slot for a new worker, taken out of ``candidates`` (last first); the shared
+        memory's own table decides when two masters share it after an upgrade."""
+        return candidates.pop() if candidates else None
+
+    def handover(self) -> tuple[dict[str, str], list[int]]:
+        """For the new master of an upgrade: environment variables and the descriptors
+        they name (nothing here: without shared memory the new master starts afresh)."""
+        return {}, []
+
 
 @dataclass
 class _Worker:
@@ -219,10 +229,10 @@ class Master:
     # -- workers --------------------------------------------------------------------------------
     def _spawn(self, index: int) -> None:
         """Fork worker number ``index`` on the current configuration and sockets."""
-        if not self.free_slots:
+        slot = self.shared.claim_slot(self.free_slots)
+        if slot is None:
             self.error_log.log("alert", "no free worker slot, worker not started")
             return
-        slot = self.free_slots.pop()
         ours, theirs = socket.socketpair()
         config, groups = self.config, self.groups
         # What the worker inherits stays shared with the master only if nothing writes to its
@@ -404,7 +414,10 @@ class Master:
                 "before either old or new binary's process",
             )
             return
-        pid = exec_new_binary(self.config.pid, self.groups, self.error_log, self._in_child)
+        env, fds = self.shared.handover()
+        pid = exec_new_binary(
+            self.config.pid, self.groups, self.error_log, self._in_child, env, fds
+        )
         if pid:
             self.new_binary = pid
             self.error_log.log("notice", f"start new binary process {pid}")

@@ -10,25 +10,63 @@ slots it held, so a killed worker leaks nothing).
 
 from __future__ import annotations
 
+import json
+import os
+from typing import Any
+
 from wsgate.config.model import Config
+from wsgate.observability.logs import ErrorLogger
 from wsgate.observability.metrics import MetricsStore
 from wsgate.server.gateway import Gateway
 from wsgate.server.master import SharedHooks
-from wsgate.shm import SharedState
+from wsgate.shm import SharedState, ShmError
 
 __all__ = ["MAX_SLOTS", "Shared"]
 
 #: Workers alive at once, all generations together (old ones linger while their tunnels do).
 MAX_SLOTS = 128
+#: The environment variable with the shared memory an upgrade hands over.
+ENV = "WSGATE_SHM"
 
 
 class Shared(SharedHooks):
     """The shared memory of one wsgate instance."""
 
-    def __init__(self, max_slots: int = MAX_SLOTS) -> None:
+    def __init__(self, max_slots: int = MAX_SLOTS, handover: dict[str, Any] | None = None) -> None:
+        """``handover``: the description the old master of an upgrade passed (the same
+        memory is mapped; raises :class:`~wsgate.shm.ShmError` if it cannot be)."""
         self.max_slots = max_slots
-        self.state = SharedState(max_slots=max_slots)
+        self.state = SharedState(max_slots, handover)
         self.metrics = MetricsStore(max_slots)
+
+    @classmethod
+    def inherited(cls, error_log: ErrorLogger) -> Shared:
+        """In a new master: the memory of ``WSGATE_SHM`` if an upgrade passed one and it can
+        be mapped, else new memory (logged at ``notice``, with why)."""
+        value = os.environ.pop(ENV, None)
+        if value is None:
+            return cls()
+        desc: dict[str, Any] = {}
+        try:
+            desc = json.loads(value)
+            return cls(handover=desc)
+        except (ShmError, ValueError, TypeError, KeyError, OSError) as exc:
+            error_log.log(
+                "notice", f"shared memory not inherited ({exc}): counters and zones start empty"
+            )
+            for fd in SharedState.handover_fds(desc):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            return cls()
+
+    def claim_slot(self, candidates: list[int]) -> int | None:
+        return self.state.claim_slot(candidates)
+
+    def handover(self) -> tuple[dict[str, str], list[int]]:
+        desc, fds = self.state.handover()
+        return {ENV: json.dumps(desc)}, fds
 
     def configure(self, config: Config) -> None:
         """Zones for ``config`` (kept by name and size; a changed key is a ConfigError)."""

@@ -20,9 +20,16 @@ bind key (:data:`wsgate.server.gateway.BindKey`), so that a new master reading t
 configuration takes each socket for the ``listen`` it was opened for (``listen ADDR:0``
 included, which keeps its port).  A socket the new configuration does not use is closed.
 
-The shared memory (``stub_status``, limit zones, metrics) is not carried over: the new master
-starts its own, as after a cold start (nginx does the same: zones are not inherited across a
-binary upgrade).  The old workers keep counting in the old master's zones until they exit.
+The shared memory of ``stub_status`` and the ``limit_conn``/``limit_req`` zones is carried
+over (nginx starts its zones afresh; wsgate goes further): it is made of ``memfd`` mappings
+(:class:`wsgate.shm.Arena`), whose descriptors go to the new master with a description in
+``WSGATE_SHM`` (:meth:`wsgate.shm.SharedState.handover`).  The new master maps the same
+memory, so the counters go on, and a ``limit_conn`` slot held by a tunnel of the old
+generation is still counted until that tunnel ends (the old master releases it when it reaps
+the worker, in the same memory).  Both masters take worker slots from one shared table.  A
+zone whose key or size the new configuration changed starts empty, and a new binary with
+another memory layout (:data:`wsgate.shm.LAYOUT`) starts all of it afresh, saying so at
+``notice``.  The Prometheus metrics start afresh (a counter reset, as after a restart).
 """
 
 from __future__ import annotations
@@ -116,10 +123,13 @@ def exec_new_binary(
     groups: dict[BindKey, ListenGroup],
     error_log: ErrorLogger,
     in_child: Callable[[], None],
+    extra_env: dict[str, str],
+    extra_fds: list[int],
 ) -> int:
     """Rename the pid file to ``.oldbin``, then fork and execute the new binary with the
-    sockets of ``groups``; returns its pid, or 0 if it could not be started (logged, and
-    the pid file keeps its name).  ``in_child`` runs in the child before ``execve``."""
+    sockets of ``groups`` (and ``extra_fds``, named in ``extra_env``: the shared memory);
+    returns its pid, or 0 if it could not be started (logged, and the pid file keeps its
+    name).  ``in_child`` runs in the child before ``execve``."""
     oldbin = oldbin_path(pid_path)
     try:
         os.rename(pid_path, oldbin)
@@ -131,6 +141,7 @@ def exec_new_binary(
     argv = new_binary_argv()
     env = dict(os.environ)
     env[ENV] = encode(groups)
+    env.update(extra_env)
     try:
         pid = os.fork()
     except OSError as exc:
@@ -144,6 +155,8 @@ def exec_new_binary(
             for g in groups.values():
                 if g.sock is not None:
                     os.set_inheritable(g.sock.fileno(), True)
+            for fd in extra_fds:
+                os.set_inheritable(fd, True)
             os.execve(argv[0] if "/" in argv[0] else sys.executable, argv, env)
         except OSError as exc:
             error_log.log(
