@@ -473,7 +473,6 @@ def test_worker_connections_full_worker_stops_accepting(tmp_path: Path) -> None:
             clients = await open_clients(gw.port, 3)  # at the limit: all served
             for c in clients:
                 await c.exchange()
-            await in_thread(gw.wait_log, r"6 worker_connections are not enough")
 
             async def late_client() -> ClientConnection:
                 return await connect(f"ws://127.0.0.1:{gw.port}/late", open_timeout=30)
@@ -481,6 +480,8 @@ def test_worker_connections_full_worker_stops_accepting(tmp_path: Path) -> None:
             waiting = asyncio.create_task(late_client())
             done, _ = await asyncio.wait({waiting}, timeout=1.0)
             assert not done, "a full worker must not accept"
+            # Said once a client is kept waiting.
+            await in_thread(gw.wait_log, r"6 worker_connections are not enough")
             await clients[0].ws.close()
             late = await asyncio.wait_for(waiting, 10)  # over the limit: served once one left
             await late.send("x")

@@ -132,19 +132,23 @@ def test_a_tunnel_holds_no_task_and_its_close_ends_request_and_connection(
 
 
 def test_worker_connections_counts_a_tunnel_until_it_closes(tmp_path: Path) -> None:
-    """``worker_connections 3``: a tunnel is two connections, so the second one stops the
-    accepting; it resumes when a tunnel closes."""
+    """``worker_connections 3``: a tunnel is two connections, so a second client (which
+    would need two more) is not accepted: it waits in the backlog and is served once the
+    first tunnel closes."""
 
     async def scenario(gw: Gateway, port: int, log: Path) -> None:
         first = await open_tunnel(port)
-        assert not gw.accept_paused
-        second = await open_tunnel(port)
-        assert gw.accept_paused
+        assert gw._load() == 2
+        second = asyncio.create_task(open_tunnel(port))
+        done, _ = await asyncio.wait({second}, timeout=0.5)
+        assert not done, "a full worker must not accept"
+        assert gw.accept_paused and len(gw.connections) == 1 and gw._load() == 2
         first[1].close()
-        await until(lambda: not gw.accept_paused, "accepting again")
-        assert len(gw.connections) == 1
-        second[1].close()
+        reader, writer = await asyncio.wait_for(second, 10)
+        assert len(gw.connections) == 1  # and the worker is full again
+        writer.close()
         await until(lambda: not gw.connections, "the second tunnel to end")
+        assert gw._load() == 0
 
     in_process(tmp_path, scenario)
 

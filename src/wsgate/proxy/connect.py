@@ -10,7 +10,7 @@ handshake, a chain that does not verify or a certificate that does not match
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING
 
 from wsgate.proxy.endpoint import Endpoint
@@ -50,7 +50,7 @@ class UpstreamOpen:
     "SSL handshaking to upstream") to word a timeout, and aborts :attr:`ep` if it is set.
     """
 
-    __slots__ = ("loop", "peer", "tls", "name", "key", "phase", "ep")
+    __slots__ = ("loop", "peer", "tls", "name", "key", "phase", "ep", "factory")
 
     def __init__(
         self,
@@ -59,8 +59,11 @@ class UpstreamOpen:
         tls: UpstreamTls | None = None,
         name: str = "",
         key: Hashable = None,
+        factory: Callable[[], Endpoint] | None = None,
     ) -> None:
+        """``factory`` makes the connection's protocol (a plain :class:`Endpoint` if None)."""
         self.loop = loop
+        self.factory = factory or (lambda: Endpoint(loop))
         self.peer = peer
         self.tls = tls
         self.name = name
@@ -76,9 +79,9 @@ class UpstreamOpen:
         token = PENDING_SESSION.set(tls.session(self.key)) if tls is not None else None
         try:
             if peer.name.startswith("unix:"):
-                _, ep = await loop.create_unix_connection(lambda: Endpoint(loop), peer.host)
+                _, ep = await loop.create_unix_connection(self.factory, peer.host)
             else:
-                _, ep = await loop.create_connection(lambda: Endpoint(loop), peer.host, peer.port)
+                _, ep = await loop.create_connection(self.factory, peer.host, peer.port)
             self.ep = ep
             if tls is None:
                 return ep

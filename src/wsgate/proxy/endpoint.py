@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Hashable
-from typing import cast
+from typing import Protocol, cast
 
 from wsgate.upstream.pool import KeepalivePool, Kept
 
-__all__ = ["Endpoint", "KeptEndpoints", "PeerClosed"]
+__all__ = ["ConnectionCounter", "CountedEndpoint", "Endpoint", "KeptEndpoints", "PeerClosed"]
 
 #: Bytes buffered from a peer before its reading is paused (nginx reads one buffer at a time).
 READ_HIGH_WATER = 64 * 1024
@@ -212,6 +212,40 @@ class Endpoint(asyncio.Protocol):
             self.transport.abort()
 
 
+class ConnectionCounter(Protocol):
+    """Who counts upstream connections (the gateway, for ``worker_connections``)."""
+
+    upstreams: int
+
+    def upstream_closed(self) -> None: ...
+
+
+class CountedEndpoint(Endpoint):
+    """An upstream connection, counted from ``connection_made`` until it is lost or released
+    (:meth:`release`: a tunnel, which counts its connections itself, took it over)."""
+
+    __slots__ = ("counter", "counted")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, counter: ConnectionCounter) -> None:
+        super().__init__(loop)
+        self.counter = counter
+        self.counted = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.counted = True
+        self.counter.upstreams += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.release()
+
+    def release(self) -> None:
+        if self.counted:
+            self.counted = False
+            self.counter.upstream_closed()
+
+
 class KeptEndpoints:
     """One upstream group's idle connections (:class:`~wsgate.upstream.pool.KeepalivePool`) on
     the event loop: the ``keepalive_timeout`` timer, and a watch that drops a kept connection
@@ -273,6 +307,10 @@ class KeptEndpoints:
         ep.gone().add_done_callback(lost)
         self._arm()
         return True
+
+    def drop_oldest(self, count: int) -> int:
+        """Close up to ``count`` idle connections, least recently used first; how many."""
+        return self.pool.drop_oldest(count)
 
     def close_all(self) -> None:
         if self._timer is not None:

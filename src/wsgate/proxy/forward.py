@@ -55,7 +55,7 @@ from wsgate.proxy.connect import (
     UpstreamOpen,
     save_session,
 )
-from wsgate.proxy.endpoint import Endpoint, KeptEndpoints, PeerClosed
+from wsgate.proxy.endpoint import CountedEndpoint, Endpoint, KeptEndpoints, PeerClosed
 from wsgate.proxy.relay import ResponseRelay
 from wsgate.proxy.tunnel import Tunnel
 from wsgate.routing import proxy_uri
@@ -119,6 +119,15 @@ _CACHES: weakref.WeakKeyDictionary[Gateway, dict[int, tuple[object, KeptEndpoint
 
 #: Per gateway: the configuration the TLS contexts were built for, and the contexts.
 _TLS: weakref.WeakKeyDictionary[Gateway, tuple[Config, TlsContexts]] = weakref.WeakKeyDictionary()
+
+
+def _drop_idle(gw: Gateway, count: int) -> None:
+    """Close up to ``count`` idle kept upstream connections of ``gw``, to make room for a new
+    one under ``worker_connections`` or the descriptor limit."""
+    for _, cache in (_CACHES.get(gw) or {}).values():
+        count -= cache.drop_oldest(count)
+        if count <= 0:
+            return
 
 
 def _close_caches(caches: dict[int, tuple[object, KeptEndpoints]]) -> None:
@@ -507,7 +516,14 @@ class Forwarder(ResponseRelay):
     async def _connect(
         self, peer: Peer, settings: LocationSettings, tls: UpstreamTls | None, name: str
     ) -> Endpoint:
-        opening = UpstreamOpen(self.gw.loop, peer, tls, name)
+        gw = self.gw
+        excess = gw.upstream_room()
+        if excess:
+            _drop_idle(gw, excess)
+        loop = gw.loop
+        opening = UpstreamOpen(loop, peer, tls, name, factory=lambda: CountedEndpoint(loop, gw))
+        # The socket being connected is a connection (worker_connections, a descriptor) too.
+        gw.upstreams += 1
         try:
             async with asyncio.timeout(settings.proxy_connect_timeout):
                 ep = await opening.run()
@@ -532,6 +548,8 @@ class Forwarder(ResponseRelay):
                 f"connect() failed ({code}: {os.strerror(code)}) while connecting to upstream",
                 "connecting to upstream",
             ) from None
+        finally:
+            gw.upstream_closed()  # connected: counted by the endpoint from now on
         return ep
 
     async def _read_response_head(

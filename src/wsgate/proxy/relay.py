@@ -34,7 +34,7 @@ from wsgate.http.headers import (
 )
 from wsgate.http.request import RequestHead, RequestParser
 from wsgate.http.response import ResponseEvent, ResponseHead, ResponseParser
-from wsgate.proxy.endpoint import Endpoint, PeerClosed
+from wsgate.proxy.endpoint import CountedEndpoint, Endpoint, PeerClosed
 from wsgate.proxy.frames import is_websocket
 from wsgate.proxy.tunnel import Tunnel
 
@@ -341,6 +341,8 @@ class ResponseRelay:
         self.tunnel = tunnel
         self.metric_req = _NO_METRIC_REQ
         ep.detach()
+        if isinstance(up, CountedEndpoint):
+            up.release()  # the tunnel counts its upstream connection from now on
         self.gw.add_tunnel()
         # Metrics: counted here and when it ends, never on the relay path; before start(),
         # which may already end the tunnel.

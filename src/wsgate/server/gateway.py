@@ -20,8 +20,11 @@ reopens the log files.
 from __future__ import annotations
 
 import asyncio
+import errno
+import functools
 import os
 import random
+import resource
 import signal
 import socket
 import ssl
@@ -61,6 +64,17 @@ __all__ = [
 #: nginx's default ``listen ... backlog=`` (NGX_LISTEN_BACKLOG) on Linux.
 BACKLOG = 511
 
+#: Connections taken from a listening socket per readiness event, at most (the rest are taken
+#: on the next turn of the loop, after the ones accepted have been started).
+ACCEPT_BATCH = 32
+
+#: Descriptors kept free beyond those counted (see :meth:`Gateway._fd_room`).
+FD_SPARE = 1
+
+#: After ``accept4()`` failed with EMFILE/ENFILE, how long accepting stays off unless a
+#: connection closes first (nginx re-arms the listener after ``accept_mutex_delay``, 500 ms).
+ACCEPT_RETRY_DELAY = 0.5
+
 BindKey = tuple[str, int, int]  # host, configured port, index (port-0 listens stay apart)
 
 
@@ -96,7 +110,8 @@ class ListenGroup:
     key: BindKey
     pairs: list[tuple[Server, Listen]]
     sock: socket.socket | None = None
-    server: asyncio.Server | None = None
+    #: Accepting on ``sock`` (None while paused or not started).
+    server: _Listener | None = None
     port: int = 0
     #: TLS contexts when any ``listen`` on this socket has ``ssl`` (built from this config).
     tls: GroupTls | None = None
@@ -151,10 +166,21 @@ class Gateway:
         self.on_reload: Callable[[Config], None] | None = None
         #: Log ``listening on`` for sockets started here (the master logs them instead).
         self.announce = announce
-        #: ``worker_connections`` reached: the listening sockets are not polled until a
-        #: connection ends (the socket stays open, so new clients wait in its backlog or are
-        #: taken by another worker).
+        #: No room for another client and the upstream connection it may open
+        #: (``worker_connections``, or the descriptors ``worker_rlimit_nofile`` leaves): the
+        #: listening sockets are not polled until a connection ends (the socket stays open, so
+        #: new clients wait in its backlog or are taken by another worker).
         self.accept_paused = False
+        #: Sockets accepted whose protocol has not started yet (they hold a descriptor).
+        self.accepting = 0
+        #: Upstream connections outside tunnels: open (idle in a keep-alive pool too) or
+        #: being opened; a tunnel's upstream connection is counted by :attr:`tunnel_count`.
+        self.upstreams = 0
+        #: Descriptors this process holds that are not connections (logs, the event loop's,
+        #: the listening sockets), measured when serving starts.
+        self.fd_base = 0
+        self._fds_measured = False
+        self._retry_timer: asyncio.TimerHandle | None = None
         self.groups: dict[BindKey, ListenGroup] = {}
         self.peer_groups: dict[object, PeerGroup] = {}
         self.connections: set[ClientConnection] = set()
@@ -205,6 +231,7 @@ class Gateway:
     async def serve(self, groups: dict[BindKey, ListenGroup]) -> None:
         """Start accepting on every group that is not yet accepting; close dropped ones."""
         self.restart_health()
+        self._fds_measured = False  # measured at the first accept, with the loop running
         for group in groups.values():
             if group.acceptor is not None:
                 # A socket kept across a reload: new connections get the new servers and
@@ -222,30 +249,73 @@ class Gateway:
                 _close_group(old)
         self.groups = groups
 
-    async def _start_server(self, group: ListenGroup) -> asyncio.Server:
-        """Accept on a duplicate of the group's socket, so that closing the server (to pause
-        accepting) leaves the socket itself open and listening."""
+    async def _start_server(self, group: ListenGroup) -> _Listener:
+        """Accept on the group's socket.  Pausing stops polling it and leaves the socket
+        itself open and listening (clients wait in its backlog)."""
         assert group.sock is not None and group.acceptor is not None
-        dup = group.sock.dup()
-        try:
-            # asyncio calls listen() again on the socket: keep nginx's backlog, not its 100.
-            return await self.loop.create_server(group.acceptor, sock=dup, backlog=BACKLOG)
-        except BaseException:
-            dup.close()
-            raise
+        listener = _Listener(self, group.sock, group.acceptor)
+        listener.start()
+        return listener
 
     def _load(self) -> int:
-        """Connections that count against ``worker_connections``: client connections, plus
-        the upstream connection each tunnel holds (nginx counts every connection)."""
-        return len(self.connections) + self.tunnel_count
+        """Connections open now that count against ``worker_connections``: client
+        connections, and upstream connections (being opened, in use, idle in a keep-alive
+        pool, or held by a tunnel): nginx counts every connection."""
+        return len(self.connections) + self.accepting + self.upstreams + self.tunnel_count
 
-    def _pause_accepting(self) -> None:
+    def room(self) -> bool:
+        """Whether one more client fits, with the upstream connection it may open.
+
+        Each client is counted twice (itself and the upstream connection it may hold, now or
+        later) unless more upstream connections than clients are open (idle keep-alive ones),
+        then those are counted; and the total must fit both ``worker_connections`` and the
+        descriptors ``RLIMIT_NOFILE`` (``worker_rlimit_nofile``) leaves for connections."""
+        if not self._fds_measured:
+            self._measure_fds()
+        clients = len(self.connections) + self.accepting
+        need = clients + max(clients, self.upstreams + self.tunnel_count) + 2
+        return need <= self.config.worker_connections and need <= self._fd_room()
+
+    def upstream_room(self) -> int:
+        """How many idle kept upstream connections must close before one more upstream
+        connection fits (0: it fits); the limit holds at every moment, not only at accept."""
+        over = self._load() + 1 - min(self.config.worker_connections, self._fd_room())
+        return max(over, 0)
+
+    def _fd_room(self) -> int:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY:
+            return 1 << 62
+        # One spare: the runtime opens a descriptor or two of its own lazily, after the
+        # first measurement (a /dev/null on the first request); a pause measures again.
+        return soft - self.fd_base - FD_SPARE
+
+    def _measure_fds(self) -> None:
+        """:attr:`fd_base`, from the descriptors open now (Linux ``/proc``; elsewhere an
+        ``accept4()`` EMFILE still stops accepting); never lowered while serving."""
+        try:
+            open_fds = len(os.listdir("/proc/self/fd")) - 1  # the listing's own descriptor
+        except OSError:
+            return
+        self._fds_measured = True
+        self.fd_base = max(self.fd_base, open_fds - self._load())
+
+    def _pause_accepting(self, reason: str | None = None) -> None:
+        """Stop polling the listening sockets.  With no ``reason``, the limit that stopped it
+        (``worker_connections`` or the descriptors) is logged; a given one was logged already."""
         self.accept_paused = True
-        self.error_log.log(
-            "warn",
-            f"{self.config.worker_connections} worker_connections are not enough, "
-            "not accepting new connections until some close",
-        )
+        self._measure_fds()
+        if reason is None:
+            limit = self.config.worker_connections
+            if self._fd_room() < limit:
+                soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+                reason = (
+                    f"{soft} open files (worker_rlimit_nofile) are not enough "
+                    f"({errno.EMFILE}: {os.strerror(errno.EMFILE)})"
+                )
+            else:
+                reason = f"{limit} worker_connections are not enough"
+            self.error_log.log("warn", f"{reason}, not accepting new connections until some close")
         for group in self.groups.values():
             if group.server is not None:
                 group.server.close()
@@ -255,6 +325,44 @@ class Gateway:
         for group in self.groups.values():
             if group.server is None and group.sock is not None and group.acceptor is not None:
                 group.server = await self._start_server(group)
+
+    def _maybe_resume(self) -> None:
+        """A connection ended: accept again if a client (and its upstream) now fits."""
+        if self.accept_paused and not self.stopping and self.room():
+            self.accept_paused = False
+            if self._retry_timer is not None:
+                self._retry_timer.cancel()
+                self._retry_timer = None
+            self.loop.create_task(self._resume_accepting())
+
+    def accept_failed(self, exc: OSError) -> None:
+        """``accept4()`` failed: as ``ngx_event_accept``, EMFILE/ENFILE is logged at ``crit``
+        and accepting stops on every listener until a connection closes or
+        ``ACCEPT_RETRY_DELAY`` passes; ECONNABORTED is the client's (``error``)."""
+        code = exc.errno or errno.EIO
+        text = f"accept4() failed ({code}: {os.strerror(code)})"
+        if code in (errno.EMFILE, errno.ENFILE):
+            self.error_log.log("crit", text)
+            if not self.accept_paused:
+                self._pause_accepting(text)
+            if self._retry_timer is None:
+                self._retry_timer = self.loop.call_later(ACCEPT_RETRY_DELAY, self._retry_accept)
+        elif code == errno.ECONNABORTED:
+            self.error_log.log("error", text)
+        else:
+            self.error_log.log("alert", text)
+
+    def _retry_accept(self) -> None:
+        self._retry_timer = None
+        self._maybe_resume()
+        if self.accept_paused and not self.stopping and not self.room():
+            self._pause_accepting()  # now held by a limit: say which
+
+    def upstream_closed(self) -> None:
+        """An upstream connection outside a tunnel closed (see :attr:`upstreams`)."""
+        self.upstreams -= 1
+        if self.accept_paused:
+            self._maybe_resume()
 
     @property
     def tunnels(self) -> list[Tunnel]:
@@ -267,12 +375,9 @@ class Gateway:
     def add_tunnel(self) -> None:
         """A tunnel opened: it holds an upstream connection too (``worker_connections``)."""
         self.tunnel_count += 1
-        if not self.accept_paused and self._load() >= self.config.worker_connections:
-            self._pause_accepting()
 
     def accepted(self, ep: Endpoint, group: ListenGroup) -> None:
-        """A new client connection; at ``worker_connections`` stop accepting (nginx would
-        close the connection it cannot serve, "worker_connections are not enough")."""
+        """A new client connection (the budget for it was checked before ``accept()``)."""
         self.counter += 1
         stats = self.stub_status
         stats.increment(ACCEPTS)
@@ -282,8 +387,6 @@ class Gateway:
         self.connections.add(conn)
         task = self.loop.create_task(conn.run())
         self.tasks.add(task)
-        if not self.accept_paused and self._load() >= self.config.worker_connections:
-            self._pause_accepting()
 
         def done(t: asyncio.Task[None]) -> None:
             self.tasks.discard(t)
@@ -307,13 +410,8 @@ class Gateway:
         self.stub_status.decrement(ACTIVE)
         if self.stopping and not self.connections:
             self._finish()
-        elif (
-            self.accept_paused
-            and not self.stopping
-            and self._load() < self.config.worker_connections
-        ):
-            self.accept_paused = False
-            self.loop.create_task(self._resume_accepting())
+        else:
+            self._maybe_resume()
 
     # -- active health checks -------------------------------------------------------------------
     def restart_health(self) -> None:
@@ -534,6 +632,62 @@ def open_groups(config: Config, current: dict[BindKey, ListenGroup]) -> dict[Bin
         opened.append(sock)
         groups[key] = ListenGroup(key, pairs, sock, None, sock.getsockname()[1], tls.get(key))
     return groups
+
+
+class _Listener:
+    """Accepting on one listening socket, wsgate's own way rather than the event loop's
+    ``create_server``: before each ``accept()`` the gateway's budget must have room for the
+    client and the upstream connection it may open, and when it has none (or ``accept4()``
+    fails with EMFILE) the socket is no longer polled, so clients wait in the backlog.  (libuv,
+    under uvloop, answers EMFILE by accepting and closing every pending connection.)"""
+
+    __slots__ = ("gw", "sock", "acceptor", "fd", "_on")
+
+    def __init__(self, gw: Gateway, sock: socket.socket, acceptor: _Acceptor) -> None:
+        self.gw = gw
+        self.sock = sock
+        self.acceptor = acceptor
+        self.fd = sock.fileno()
+        self._on = False
+
+    def start(self) -> None:
+        self.gw.loop.add_reader(self.fd, self._ready)
+        self._on = True
+
+    def close(self) -> None:
+        if self._on:
+            self._on = False
+            self.gw.loop.remove_reader(self.fd)
+
+    def _ready(self) -> None:
+        gw, loop, sock = self.gw, self.gw.loop, self.sock
+        for i in range(ACCEPT_BATCH):
+            if not self._on:
+                return
+            if not gw.room():
+                # Polled while full, the socket reports only a client actually kept waiting:
+                # then stop polling it, and say so.
+                if i == 0:
+                    gw._pause_accepting()
+                return
+            try:
+                conn, _ = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                gw.accept_failed(exc)
+                if exc.errno != errno.ECONNABORTED:
+                    return
+                continue
+            gw.accepting += 1
+            task = loop.create_task(loop.connect_accepted_socket(self.acceptor, conn))
+            task.add_done_callback(functools.partial(self._started, conn))
+
+    def _started(self, conn: socket.socket, task: asyncio.Task[object]) -> None:
+        self.gw.accepting -= 1
+        if task.cancelled() or task.exception() is not None:
+            conn.close()  # never reached a protocol (a stop cancelled it)
+            self.gw._maybe_resume()
 
 
 class _Acceptor:

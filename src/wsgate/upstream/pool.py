@@ -158,6 +158,17 @@ class KeepalivePool(Generic[C]):
             return None
         return next(iter(self._lru)).idle_since + self.timeout
 
+    def drop_oldest(self, count: int) -> int:
+        """Close up to ``count`` idle connections, least recently used first (room for a new
+        connection under ``worker_connections``); returns how many were closed."""
+        closed = 0
+        while self._lru and closed < count:
+            oldest = next(iter(self._lru))
+            self._remove(oldest)
+            self._close(oldest.conn)
+            closed += 1
+        return closed
+
     def close_all(self) -> None:
         """Close every idle connection (reload, stop)."""
         while self._lru:
