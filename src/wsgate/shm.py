@@ -111,6 +111,8 @@ CONN_STATE_SIZE = 64
 REQ_STATE_SIZE = 128
 #: Most worker slots a :class:`SharedState` accepts.
 MAX_SLOTS = 1024
+#: The name of every ``memfd`` of the shared memory (``/proc/PID/fd`` shows it).
+MEMFD_NAME = "wsgate-shm"
 #: The layout of the memory described above: a new master maps its old master's memory
 #: (:meth:`SharedState.handover`) only if both say the same.  Change it with the layout.
 LAYOUT = "wsgate-shm-1"
@@ -139,14 +141,14 @@ class Arena:
     The memory is a ``memfd`` (anonymous, zero-filled on first touch, like ``MAP_SHARED |
     MAP_ANONYMOUS``), so that a master can hand it to the new master of an in-place upgrade
     (:meth:`SharedState.handover`); ``fd`` maps one handed over.  Only a master keeps the
-    descriptor (:meth:`close_fd` in the workers)."""
+    descriptor (:meth:`SharedState.close_descriptors` in the workers)."""
 
     __slots__ = ("mm", "size", "fd", "_next")
 
     def __init__(self, size: int, fd: int | None = None) -> None:
         self.size = max(size, 8)
         if fd is None:
-            fd = os.memfd_create("wsgate-shm", os.MFD_CLOEXEC)
+            fd = os.memfd_create(MEMFD_NAME, os.MFD_CLOEXEC)
             try:
                 os.ftruncate(fd, self.size)
             except OSError:
@@ -965,14 +967,31 @@ class SharedState:
         self._prune_retired()
 
     def attach(self, slot: int) -> None:
-        """Become worker slot ``slot`` (in the worker, first thing after fork).  The
-        descriptors of the memory are the master's to hand over: closed here."""
-        for arena in self._arenas():
-            arena.close_fd()
+        """Become worker slot ``slot`` (in the worker, first thing after fork)."""
         self.stub_status.attach(slot)
         self._me.index = slot
         self._slots[2 * slot] = self.generation
         self._slots[2 * slot + 1] = os.getpid()
+
+    def close_descriptors(self) -> None:
+        """In a forked worker: close every descriptor of the shared memory, which only a
+        master needs (to hand it over), so that a worker holds no more descriptors than
+        with anonymous memory: ``worker_rlimit_nofile`` is for connections.
+
+        Python's ``mmap`` keeps a duplicate of the descriptor it mapped; those are closed
+        too, found by the ``memfd`` name.  Safe because a worker never drops the mappings:
+        they live until its ``os._exit``, so no ``mmap`` object closes its (now reused)
+        descriptor number again.  Never call this in a process that goes on to
+        :meth:`configure` (``master_process off``)."""
+        for arena in self._arenas():
+            arena.fd = -1
+        for name in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{name}")
+            except OSError:
+                continue
+            if target.startswith(f"/memfd:{MEMFD_NAME}"):
+                os.close(int(name))
 
     def _arenas(self) -> list[Arena]:
         zones: list[_TableZone] = [*self._conn.values(), *self._req.values()]

@@ -97,6 +97,9 @@ class SharedHooks:
         to log (a zone the worker held locked when it died)."""
         return []
 
+    def in_worker(self) -> None:
+        """In a new worker, before it runs: close what only the master needs."""
+
     def claim_slot(self, candidates: list[int]) -> int | None:
         """A slot for a new worker, taken out of ``candidates`` (last first); the shared
         memory's own table decides when two masters share it after an upgrade."""
@@ -259,6 +262,7 @@ class Master:
                 os.close(self._wake_w)
                 for w in self.workers.values():
                     w.channel.close()
+                self.shared.in_worker()
                 self.error_log.close()
                 code = run_worker(
                     config, groups, theirs, index, lambda gw: self.shared.attach(gw, slot)

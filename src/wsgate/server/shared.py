@@ -61,6 +61,9 @@ class Shared(SharedHooks):
                     pass
             return cls()
 
+    def in_worker(self) -> None:
+        self.state.close_descriptors()
+
     def claim_slot(self, candidates: list[int]) -> int | None:
         return self.state.claim_slot(candidates)
 
