@@ -426,3 +426,40 @@ async def churn_status(port: int) -> str:
     from tests.integration.test_zero_downtime import churn_once
 
     return await churn_once(port)
+
+
+@pytest.mark.timeout(120)
+def test_the_upgrade_script_drops_nothing(tmp_path: Path) -> None:
+    """examples/wsgate-upgrade (what the systemd recipe runs) under churning clients."""
+
+    async def scenario() -> None:
+        backend = await Backend("a").start()
+        gw = await in_thread(start_wsgate, tmp_path / "gw", conf([backend]))
+        old = gw.proc.pid
+        new = 0
+        try:
+            churn = Churn(gw.port).start()
+            done = await asyncio.create_subprocess_exec(
+                str(ROOT / "examples" / "wsgate-upgrade"),
+                str(gw.pid_file),
+                stdout=asyncio.subprocess.PIPE,
+            )
+            out, _ = await done.communicate()
+            assert done.returncode == 0, out
+            new = read_pid(gw.pid_file)
+            assert new != old and f"{new} serves" in out.decode()
+            assert await in_thread(gw.proc.wait, 30) == 0
+            await in_thread(wait_until, lambda: len(children(new)) == 2, "the new workers")
+            outcomes = await churn.finish()
+            print(f"\nupgrade script: {dict(outcomes)}")
+            assert outcomes["ok"] > 0 and set(outcomes) == {"ok"}, outcomes
+        finally:
+            if new and not gone(new):
+                os.kill(new, signal.SIGQUIT)
+                await in_thread(wait_until, lambda: gone(new), "the new master to exit")
+            if gw.proc.poll() is None:
+                gw.stop()
+            backend.close()
+        assert "[alert]" not in gw.errors(), gw.errors()
+
+    run(scenario())
