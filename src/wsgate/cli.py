@@ -326,7 +326,7 @@ def _run_single(
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     gw = Gateway(config, loop, error_log, access_logs, reload_config=lambda: _load(opts))
-    shared = Shared(max_slots=1)
+    shared = Shared.inherited(error_log, max_slots=1)
     shared.configure(config)
     shared.attach(gw, 0)
     gw.on_reload = shared.configure

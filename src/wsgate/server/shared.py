@@ -40,16 +40,16 @@ class Shared(SharedHooks):
         self.metrics = MetricsStore(max_slots)
 
     @classmethod
-    def inherited(cls, error_log: ErrorLogger) -> Shared:
+    def inherited(cls, error_log: ErrorLogger, max_slots: int = MAX_SLOTS) -> Shared:
         """In a new master: the memory of ``WSGATE_SHM`` if an upgrade passed one and it can
         be mapped, else new memory (logged at ``notice``, with why)."""
         value = os.environ.pop(ENV, None)
         if value is None:
-            return cls()
+            return cls(max_slots)
         desc: dict[str, Any] = {}
         try:
             desc = json.loads(value)
-            return cls(handover=desc)
+            return cls(max_slots, handover=desc)
         except (ShmError, ValueError, TypeError, KeyError, OSError) as exc:
             error_log.log(
                 "notice", f"shared memory not inherited ({exc}): counters and zones start empty"
@@ -59,7 +59,7 @@ class Shared(SharedHooks):
                     os.close(fd)
                 except OSError:
                     pass
-            return cls()
+            return cls(max_slots)
 
     def in_worker(self) -> None:
         self.state.close_descriptors()
