@@ -55,8 +55,10 @@ async def churn(port: int, cycles: int, budget: float) -> tuple[int, int]:
                 return
             try:
                 reader, writer = await ws_open(port)
-                await asyncio.wait_for(ws_echo(reader, writer, b"m%d" % i), 10)
-                await ws_close(reader, writer)
+                try:
+                    await asyncio.wait_for(ws_echo(reader, writer, b"m%d" % i), 10)
+                finally:
+                    await ws_close(reader, writer)
                 done += 1
             except (OSError, AssertionError, asyncio.IncompleteReadError, TimeoutError):
                 failed += 1

@@ -97,8 +97,10 @@ async def newcomers(port: int, traffic: Traffic) -> None:
         phase = traffic.phase
         try:
             reader, writer = await ws_open(port, f"/new{i}")
-            await asyncio.wait_for(ws_echo(reader, writer, b"hello"), 10)
-            await ws_close(reader, writer)
+            try:
+                await asyncio.wait_for(ws_echo(reader, writer, b"hello"), 10)
+            finally:
+                await ws_close(reader, writer)
             status = await http_get(port, "/new")
             outcome = "ok" if status == 200 else f"GET {status or 'closed unanswered'}"
         except Refused as exc:
@@ -175,6 +177,8 @@ async def storm(target: Target) -> tuple[Traffic, dict[str, object]]:
     target.signal(signal.SIGQUIT)
     await asyncio.gather(*(wait_close(t) for t in alive))
     exited = await asyncio.to_thread(wait_exit, target)
+    for t in traffic.tunnels:
+        t.writer.close()
     figures.update(
         tunnels=TUNNELS,
         tunnels_lost_in_reloads=lost_in_reload,

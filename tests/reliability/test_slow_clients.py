@@ -78,8 +78,10 @@ async def legitimate(port: int, stop: asyncio.Event) -> tuple[list[float], int]:
         try:
             assert await http_get(port, "/legit") == 200
             reader, writer = await ws_open(port)
-            await asyncio.wait_for(ws_echo(reader, writer, b"legit"), 10)
-            await ws_close(reader, writer)
+            try:
+                await asyncio.wait_for(ws_echo(reader, writer, b"legit"), 10)
+            finally:
+                await ws_close(reader, writer)
             latencies.append((time.monotonic() - began) * 1000)
         except (OSError, AssertionError, asyncio.IncompleteReadError, TimeoutError):
             failures += 1
