@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest install node debs bench clean
+.PHONY: run test lint typecheck pytest install node debs bench soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,12 @@ pytest: $(STAMP) node debs
 ## make test: installs everything the tests need, then linters, type checks and pytest.
 test: lint typecheck pytest
 
+## make soak: the reliability probes (tests/reliability/) in their long form, WSGATE_SOAK=1:
+## counts and durations scaled up, every loop still bounded in count and time (about 10-15
+## minutes); the figures are printed in the summary, beside nginx's when nginx is installed.
+soak: $(STAMP) debs
+	WSGATE_SOAK=1 $(BIN)/pytest -q -p no:cacheprovider tests/reliability
+
 ## make bench: wsgate, nginx and HAProxy side by side (bench/run.py, about 5 minutes); writes
 ## bench/results/. As root it installs nginx and HAProxy from Debian's packages when they are
 ## missing (otherwise it skips them, with a note), and stops the services their postinst started.
@@ -90,4 +96,4 @@ bench: $(VENV)/.bench-installed
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis
