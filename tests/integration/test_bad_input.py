@@ -1001,3 +1001,37 @@ def test_upstream_gone_before_tunnel_starts(wsgate: Factory, bg: _Background) ->
         wait_fds(h, fds)
     lines = h.access_lines(3)
     assert all('"GET / HTTP/1.1" 101 ' in ln for ln in lines), lines
+
+
+# -- 7. a bad request pipelined behind a good one (issue 14) -------------------------------------
+@pytest.mark.parametrize(
+    "second",
+    [b"G@T / HTTP/1.1\r\nHost: a\r\n\r\n", b"GET / HTTP/1.1\r\nUser-Agent: x\r\n\r\n"],
+    ids=["invalid-method", "no-host"],
+)
+def test_bad_pipelined_request_is_400(wsgate: Factory, bg: _Background, second: bytes) -> None:
+    """The second request's parse error is answered as a first request's would be: the first
+    gets its response, the second nginx's 400 and a close, logged at ``info`` (the fixture
+    fails the test on any ``[alert]``)."""
+
+    def keepalive_ok(up: RawUpstream) -> Handler:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while True:
+                await up.read_head(reader)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+                await writer.drain()
+
+        return handler
+
+    up = bg.raw(keepalive_ok)
+    h, fds = start(wsgate, conf(up.port, main=INFO))
+    with Conn(h.port) as c:
+        c.send(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n" + second)
+        status, line, _, body = c.response()
+        assert (status, body) == (200, b"ok\n"), line
+        expect_error(c, 400, PAGE_400, close=True)
+    assert len(up.received) == 1
+    reason = "invalid method" if b"@" in second else 'HTTP/1.1 request without "Host" header'
+    wait_info(h, rf"\[info\] \d+#\d+: \*\d+ client sent {re.escape(reason)}")
+    assert_serving_http(h, up)
+    wait_fds(h, fds)

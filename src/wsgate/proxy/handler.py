@@ -156,6 +156,10 @@ class ClientConnection(Forwarder):
                 if self.gw.stopping and self.requests:
                     return
                 try:
+                    if self.requests:
+                        # Bytes pipelined behind the last request are parsed now: their
+                        # errors are answered as a first request's are.
+                        self.pending = parser.next_request()
                     head = await self._read_head(keepalive_timeout)
                 except HttpError as exc:
                     # Bad input before a head exists: nginx's 400/414/494/501/505 and close.
@@ -176,7 +180,6 @@ class ClientConnection(Forwarder):
                     if not keep:
                         return
                 self._stat(None)
-                self.pending = parser.next_request()
         finally:
             # A tunnel's request (and connection) ends when the tunnel closes.
             if self.tunnel is None:
