@@ -156,7 +156,7 @@ def test_expect_continue() -> None:
 
 CHUNKED = (
     b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n"
-    b"5\r\nhello\r\n3;ext=1\r\n, w\r\nA \r\n0123456789\n0\r\nTrailer: x\r\n\r\n"
+    b"5\r\nhello\r\n3;ext=1\r\n, w\r\nA \r\n0123456789\r\n0\r\nTrailer: x\r\n\r\n"
 )
 NEXT = b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n"
 
@@ -182,7 +182,27 @@ def test_chunked_split_at_every_offset() -> None:
 
 @pytest.mark.parametrize(
     "chunks",
-    [b"x\r\n", b"5\r\nhelloXX", b"5\r\nhello\rX", b"\r\n", b"5x\r\n", b"5\rx\n", b"0\r\nA\rB\r\n"],
+    [
+        b"x\r\n",
+        b"5\r\nhelloXX",
+        b"5\r\nhello\rX",
+        b"\r\n",
+        b"5x\r\n",
+        b"5\rx\n",
+        b"0\r\nA\rB\r\n",
+        # Rejected at the first bad byte, with no line end to wait for (issue 14).
+        b"5\r\nhello\r\n0\r\n\r\x08",
+        b"5\r\x08",
+        b"5x",
+        b"0\r\nT: 1\r\x08",
+        # No bare LF since nginx 1.29.4 ("Disabled bare LF in chunked transfer encoding").
+        b"5\nhello\r\n0\r\n\r\n",
+        b"5\r\nhello\n0\r\n\r\n",
+        b"5;x\nhello\r\n0\r\n\r\n",
+        b"5\r\nhello\r\n0\n\r\n",
+        b"5\r\nhello\r\n0\r\n\n",
+        b"5\r\nhello\r\n0\r\nT: 1\n\r\n",
+    ],
 )
 def test_chunked_invalid(chunks: bytes) -> None:
     head = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
