@@ -1035,3 +1035,25 @@ def test_bad_pipelined_request_is_400(wsgate: Factory, bg: _Background, second: 
     wait_info(h, rf"\[info\] \d+#\d+: \*\d+ client sent {re.escape(reason)}")
     assert_serving_http(h, up)
     wait_fds(h, fds)
+
+
+def test_bad_last_chunk_trailer_is_400_at_once(wsgate: Factory, bg: _Background) -> None:
+    """``\\r`` then ``\\x08`` where the body's final CRLF belongs: nginx's chunked parser
+    refuses the byte when it comes, so the client gets 400 now, not after
+    ``client_body_timeout``, logged with the request, and no upstream connection is held."""
+    up = bg.raw(http_ok)
+    h, fds = start(wsgate, conf(up.port, main=INFO))
+    with Conn(h.port) as c:
+        c.send(
+            b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n0\r\n\r\x08"
+        )
+        expect_error(c, 400, PAGE_400, close=True)
+    wait_info(
+        h,
+        r"\[info\] \d+#\d+: \*\d+ client sent invalid chunked body, client: 127\.0\.0\.1, "
+        r'server: , request: "POST /x HTTP/1\.1"',
+    )
+    wait_for(lambda: up.open == 0, "the upstream connection to be closed")
+    assert_serving_http(h, up)
+    wait_fds(h, fds)

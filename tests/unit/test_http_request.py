@@ -206,8 +206,23 @@ def test_chunked_split_at_every_offset() -> None:
 )
 def test_chunked_invalid(chunks: bytes) -> None:
     head = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
-    err = error_of(head + chunks)
-    assert (err.status, err.log) == (400, "client sent invalid chunked body")
+    # The body after its head: the error is raised by the bytes that hold the bad one.
+    p = RequestParser()
+    assert isinstance(p.feed(head)[0], RequestHead)
+    with pytest.raises(HttpError) as info:
+        p.feed(chunks)
+    assert (info.value.status, info.value.log) == (400, "client sent invalid chunked body")
+    # In the same bytes as its head: the head (and the good part of the body) comes first,
+    # the error from ``check()``, before the caller waits for more, and from any ``feed()``.
+    for call in ("check", "feed"):
+        p = RequestParser()
+        events = p.feed(head + chunks)
+        assert isinstance(events[0], RequestHead)
+        assert not any(isinstance(e, EndOfMessage) for e in events)
+        with pytest.raises(HttpError) as info:
+            p.check() if call == "check" else p.feed(b"more")
+        assert (info.value.status, info.value.log) == (400, "client sent invalid chunked body")
+    p.check()  # raised once
 
 
 def test_content_length_body_split_and_pipelining() -> None:

@@ -191,6 +191,7 @@ class RequestParser:
         self._state = _State.HEAD
         self._eof = False
         self._body: BodyReader | None = None
+        self._deferred: HttpError | None = None
         self._reset_head()
 
     # -- public API ---------------------------------------------------------------------------
@@ -217,8 +218,17 @@ class RequestParser:
         """The current request line once it is complete, else ``""`` (for a 408 log line)."""
         return self._request_line.decode("latin-1") if self._line_done else ""
 
+    def check(self) -> None:
+        """Raise the error found after the events last returned (a body invalid in the same
+        bytes as its head), if any: call it before waiting for more bytes."""
+        exc = self._deferred
+        if exc is not None:
+            self._deferred = None
+            raise exc
+
     def feed(self, data: bytes) -> list[RequestEvent]:
         """Add bytes from the client; returns the events they complete."""
+        self.check()
         st = self._state
         if st is _State.TUNNEL or st is _State.FAILED:
             raise RuntimeError(f"RequestParser.feed() in state {st.name}")
@@ -335,9 +345,14 @@ class RequestParser:
                     break
                 else:
                     break
-        except HttpError:
+        except HttpError as exc:
             self._state = _State.FAILED
-            raise
+            if not events:
+                raise
+            # A body that goes bad in the bytes that completed its head: the head (and the
+            # body before the bad byte) is handed out first, so the error is answered in
+            # the request's context, as nginx reads the body after the head.
+            self._deferred = exc
         return events
 
     def _parse_head(self) -> RequestHead | None:

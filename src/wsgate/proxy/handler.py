@@ -244,6 +244,7 @@ class ClientConnection(Forwarder):
 
     async def _next_events(self, timeout: float) -> bool:
         """Read more bytes into ``self.pending``; ``False`` at EOF.  Raises TimeoutError."""
+        self.parser.check()  # what the bytes already read hold comes before waiting
         ep = self.ep
         if not await ep.wait_data_or(None, timeout):
             raise TimeoutError
