@@ -1057,3 +1057,33 @@ def test_bad_last_chunk_trailer_is_400_at_once(wsgate: Factory, bg: _Background)
     wait_for(lambda: up.open == 0, "the upstream connection to be closed")
     assert_serving_http(h, up)
     wait_fds(h, fds)
+
+
+def test_101_nobody_asked_for_gets_no_bytes(wsgate: Factory, bg: _Background) -> None:
+    """nginx-tests ``proxy_upgrade.t`` "handshake noupgrade": the client sends no ``Upgrade``,
+    the upstream answers 101 and goes on sending (12 bytes) on an open connection.  The client
+    gets the 101's head and none of those bytes ("log - bytes noupgrade": body bytes 0), then
+    the connection closes, and so does the upstream's."""
+
+    def pusher(up: RawUpstream) -> Handler:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await up.read_head(reader)
+            writer.write(
+                b"HTTP/1.1 101 Switching\r\nUpgrade: foo\r\nConnection: Upgrade\r\n\r\n"
+                b"handshaked\r\n"
+            )
+            await reader.read()  # held open until wsgate closes it
+
+        return handler
+
+    up = bg.raw(pusher)
+    h, fds = start(wsgate, conf(up.port))
+    with Conn(h.port) as c:
+        c.send(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\n\r\n")
+        status, line, headers, _ = c.response()
+        assert status == 101 and headers["upgrade"] == "foo", line
+        assert c.read_eof() == b""
+    wait_for(lambda: up.open == 0, "the upstream connection to be closed")
+    (entry,) = h.access_lines(1)
+    assert '"GET / HTTP/1.1" 101 0 ' in entry, entry
+    wait_fds(h, fds)

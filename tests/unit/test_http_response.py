@@ -121,22 +121,6 @@ def test_101_without_upgrade_headers_stops_too() -> None:
     assert p.take_buffered() == b"rest"
 
 
-def test_101_as_close_delimited_body() -> None:
-    p = ResponseParser(False)
-    p.feed(b"HTTP/1.1 101 Switching\r\nUpgrade: x\r\n\r\nab")
-    assert p.feed(b"cd") == []
-    assert p.close_delimited() == [Body(b"abcd")]
-    assert p.feed(b"ef") == [Body(b"ef")]
-    assert p.feed_eof() == [EndOfMessage()]
-
-
-def test_101_close_delimited_after_eof() -> None:
-    p = ResponseParser(False)
-    p.feed(b"HTTP/1.1 101 Switching\r\n\r\nab")
-    assert p.feed_eof() == []
-    assert p.close_delimited() == [Body(b"ab"), EndOfMessage()]
-
-
 @pytest.mark.parametrize(
     ("conn", "version", "keep"),
     [
@@ -255,5 +239,3 @@ def test_misuse() -> None:
     p = ResponseParser(False)
     with pytest.raises(RuntimeError):
         p.take_buffered()
-    with pytest.raises(RuntimeError):
-        p.close_delimited()

@@ -7,9 +7,9 @@ Content-Length; otherwise the body ends when the upstream closes.
 
 **101 Switching Protocols.**  The parser stops right after the head (no ``EndOfMessage``) and keeps
 whatever followed it.  The caller then either calls :meth:`ResponseParser.take_buffered` (the client
-sent ``Upgrade``: start the tunnel, send these bytes to the client first) or
-:meth:`ResponseParser.close_delimited` (no client ``Upgrade``: nginx relays the 101 and reads the
-rest as a close-delimited body; ``src/http/ngx_http_upstream.c ngx_http_upstream_process_header``).
+sent ``Upgrade``: start the tunnel, send these bytes to the client first) or drops the parser (no
+client ``Upgrade``: only the 101's head reaches the client, see
+:meth:`wsgate.proxy.relay.ResponseRelay._lone_101`).
 
 **Errors** are :class:`~wsgate.errors.HttpError` with status 502 and nginx's ERROR-level message
 (``src/http/modules/ngx_http_proxy_module.c ngx_http_proxy_process_status`` and
@@ -173,21 +173,6 @@ class ResponseParser:
         self._buf.clear()
         self._state = _State.RETIRED
         return data
-
-    def close_delimited(self) -> list[ResponseEvent]:
-        """After a 101 the client did not ask for: read the rest as a close-delimited body."""
-        if self._state is not _State.SWITCHED:
-            raise RuntimeError(f"close_delimited() in state {self._state.name}")
-        events: list[ResponseEvent] = []
-        if self._buf:
-            events.append(Body(bytes(self._buf)))
-            self._buf.clear()
-        if self._eof:
-            events.append(EndOfMessage())
-            self._state = _State.DONE
-        else:
-            self._state = _State.BODY_CLOSE
-        return events
 
     # -- internals ----------------------------------------------------------------------------
 
