@@ -105,14 +105,15 @@ PAGE_494 = page(
     "<center>Request Header Or Cookie Too Large</center>\r\n",
 )
 PAGE_501 = page("501 Not Implemented")
+PAGE_505 = page("505 HTTP Version Not Supported")
 PAGE_502 = page("502 Bad Gateway")
 PAGE_504 = page("504 Gateway Time-out")
 
 
 def test_pages_have_nginx_lengths() -> None:
     """The expected pages above are nginx's, byte for byte (NGINX-SEMANTICS.md §5 table)."""
-    lengths = [len(p) for p in (PAGE_400, PAGE_414, PAGE_494, PAGE_501, PAGE_502, PAGE_504)]
-    assert lengths == [157, 177, 233, 165, 157, 167]
+    pages = (PAGE_400, PAGE_414, PAGE_494, PAGE_501, PAGE_502, PAGE_504, PAGE_505)
+    assert [len(p) for p in pages] == [157, 177, 233, 165, 157, 167, 187]
 
 
 # -- client side -----------------------------------------------------------------------------------
@@ -1086,4 +1087,30 @@ def test_101_nobody_asked_for_gets_no_bytes(wsgate: Factory, bg: _Background) ->
     wait_for(lambda: up.open == 0, "the upstream connection to be closed")
     (entry,) = h.access_lines(1)
     assert '"GET / HTTP/1.1" 101 0 ' in entry, entry
+    wait_fds(h, fds)
+
+
+@pytest.mark.parametrize(
+    ("sent", "status", "body"),
+    [
+        (b"G@T / HTT", 400, PAGE_400),  # no line end yet: the bad byte is enough
+        (b"GET /a HTTP/1.1\rX", 400, PAGE_400),
+        (b"GET / HTTP/11", 505, PAGE_505),
+        (b"GET / HTTP/11\r\nHost: a\r\n\r\n", 505, PAGE_505),
+    ],
+    ids=["bad-method-incomplete", "cr-without-lf", "http11-incomplete", "http11"],
+)
+def test_bad_request_line_answered_before_its_end(
+    wsgate: Factory, bg: _Background, sent: bytes, status: int, body: bytes
+) -> None:
+    """nginx reads the request line byte by byte: a byte that cannot belong to a valid one is
+    answered at once (``client_header_timeout`` would close silently), and ``HTTP/11`` is a
+    major version above 1: 505, as ``HTTP/2.0``."""
+    up = bg.raw(http_ok)
+    h, fds = start(wsgate, conf(up.port))
+    with Conn(h.port) as c:
+        c.send(sent)
+        expect_error(c, status, body, close=True)
+    assert up.connections == 0
+    assert_serving_http(h, up)
     wait_fds(h, fds)

@@ -428,7 +428,19 @@ BAD = [
     (b"GET / HTTP/3.0\r\nHost: a\r\n\r\n", 505, "client sent invalid version"),
     (b"GET / HTTP/0.9\r\nHost: a\r\n\r\n", 400, "client sent invalid request"),
     (b"GET / http/1.1\r\nHost: a\r\n\r\n", 400, "client sent invalid request"),
-    (b"GET / HTTP/1.100\r\nHost: a\r\n\r\n", 400, "client sent invalid request"),
+    (b"GET / HTTP/1.1000\r\nHost: a\r\n\r\n", 400, "client sent invalid request"),
+    (b"GET / HTTP/11\r\nHost: a\r\n\r\n", 505, "client sent invalid version"),
+    (b"GET / HTTP/10.0\r\nHost: a\r\n\r\n", 505, "client sent invalid version"),
+    (b"GET / HTTP/2\r\nHost: a\r\n\r\n", 505, "client sent invalid version"),
+    (b"GET / HTTP/01.1\r\nHost: a\r\n\r\n", 400, "client sent invalid request"),
+    (b"GET / HTTP/1\r\nHost: a\r\n\r\n", 400, "client sent invalid request"),
+    (b"GET / HTTP/1.\r\nHost: a\r\n\r\n", 400, "client sent invalid request"),
+    (b"GET / HTTP/1.1x\r\nHost: a\r\n\r\n", 400, "client sent invalid request"),
+    (b"GET / HTTP/1.1 x\r\nHost: a\r\n\r\n", 400, "client sent invalid request"),
+    (b"GET 1/ HTTP/1.1\r\nHost: a\r\n\r\n", 400, "client sent invalid request"),
+    (b"GET http:/x HTTP/1.1\r\nHost: a\r\n\r\n", 400, "client sent invalid request"),
+    (b"GET http://a b/ HTTP/1.1\r\nHost: a\r\n\r\n", 400, "client sent invalid request"),
+    (b"GET http://a@b/ HTTP/1.1\r\nHost: a\r\n\r\n", 400, "client sent invalid request"),
     (b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n", 400, "client sent invalid request"),
     (b"GET /a\x01 HTTP/1.1\r\nHost: a\r\n\r\n", 400, "client sent invalid request"),
     (b"GET /\rx HTTP/1.1\r\nHost: a\r\n\r\n", 400, "client sent invalid request"),
@@ -505,6 +517,44 @@ def test_bad_input(data: bytes, status: int, log: str) -> None:
     err = error_of(data)
     assert err.status == status
     assert err.log.startswith(log), err.log
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "log"),
+    [b for b in BAD if b[2].startswith(("client sent invalid method", "client sent invalid re"))]
+    + [b for b in BAD if b[2] == "client sent invalid version"],
+)
+def test_bad_request_line_is_refused_before_its_end(data: bytes, status: int, log: str) -> None:
+    """nginx parses the request line byte by byte: a line that is already wrong is refused
+    with its status at once, not after ``client_header_timeout`` waiting for its LF."""
+    line = data[: data.index(b"\r\n")]
+    cut_short = line.endswith((b"/1", b"/1."))  # could still become "HTTP/1.1"
+    for partial in [line + b"\r"] + ([] if cut_short else [line]):
+        err = error_of(partial)
+        assert (err.status, err.log.startswith(log)) == (status, True), err.log
+
+
+VALID_LINES = [
+    b"GET / HTTP/1.1\r",
+    b"GET /a?b=c#d HTTP/1.0   \r",
+    b"POST  /x   HTTP/1.1",
+    b"GET http://example.com:8080/p?q HTTP/1.1\r",
+    b"GET https://[::1]/ HTTP/1.1",
+    b"GET http://a.b HTTP/1.100",
+    b"GET /0.9",
+    b"FOO_BAR /%41 HTTP/1.1\r",
+]
+
+
+@pytest.mark.parametrize("line", VALID_LINES)
+def test_every_beginning_of_a_valid_request_line_waits(line: bytes) -> None:
+    for end in range(len(line) + 1):
+        assert RequestParser().feed(line[:end]) == [], line[:end]
+
+
+def test_minor_version_up_to_three_digits() -> None:
+    """nginx's ``sw_minor_digit`` refuses a digit only once the minor version is over 99."""
+    assert head_of(b"GET / HTTP/1.100\r\nHost: a\r\n\r\n").version == "1.100"
 
 
 def test_parser_is_dead_after_error() -> None:
