@@ -1114,3 +1114,24 @@ def test_bad_request_line_answered_before_its_end(
     assert up.connections == 0
     assert_serving_http(h, up)
     wait_fds(h, fds)
+
+
+@pytest.mark.parametrize(("directive", "limit"), [("", 1000), ("max_headers 5;", 5)])
+def test_too_many_header_lines_is_494(
+    wsgate: Factory, bg: _Background, directive: str, limit: int
+) -> None:
+    """nginx's ``max_headers`` (1000 by default): one header line more is 494, sent as
+    ``400 Request Header Or Cookie Too Large``, and a close; at the limit it is served."""
+    up = bg.raw(http_ok)
+    h, fds = start(wsgate, conf(up.port, main=INFO, server=directive))
+    lines = b"Host: localhost\r\n" + b"X-N: 1\r\n" * (limit - 1)
+    with Conn(h.port) as c:
+        c.send(b"GET / HTTP/1.1\r\n" + lines + b"\r\n")
+        status, line, _, _ = c.response()
+        assert status == 200, line
+    with Conn(h.port) as c:
+        c.send(b"GET / HTTP/1.1\r\n" + lines + b"X-N: 1\r\n\r\n")
+        expect_error(c, 400, PAGE_494, close=True)
+    wait_info(h, r"\[info\] \d+#\d+: \*\d+ client sent too many header lines")
+    assert up.connections == 1
+    wait_fds(h, fds)

@@ -411,6 +411,18 @@ def test_custom_limits() -> None:
     assert error_of(big + b"Y: 1234\r\n\r\n", lim).log == "client sent too large request"
 
 
+def test_max_headers_at_limit_passes_and_over_is_494() -> None:
+    """nginx's ``max_headers``: header lines ignored as invalid (``X_Y``) do not count."""
+    lim = HeadLimits(max_headers=3)
+    start = b"GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nX_Y: 1\r\nB: 2\r\n"
+    assert len(head_of_limited(start + b"\r\n", lim).headers) == 3
+    err = error_of(start + b"C: 3\r\n\r\n", lim)
+    assert (err.status, err.log) == (494, "client sent too many header lines")
+    many = b"GET / HTTP/1.1\r\nHost: a\r\n" + b"X: 1\r\n" * 999
+    assert len(head_of(many + b"\r\n").headers) == 1000
+    assert error_of(many + b"X: 1\r\n\r\n").status == 494
+
+
 def head_of_limited(data: bytes, lim: HeadLimits) -> RequestHead:
     ev = RequestParser(lim).feed(data)
     assert isinstance(ev[0], RequestHead)

@@ -59,18 +59,24 @@ _MAX_OFF_T = 2**63 - 1
 
 @dataclass(slots=True)
 class HeadLimits:
-    """nginx ``client_header_buffer_size`` (1k) and ``large_client_header_buffers`` (4 8k).
+    """nginx ``client_header_buffer_size`` (1k), ``large_client_header_buffers`` (4 8k) and
+    ``max_headers`` (1000).
 
     The limits applied: the request line including its line end may be at most
     ``max(header_buffer_size, large_buffer_size)`` bytes (else 414), so may each header line (else
     494), and the whole head at most ``max(header_buffer_size, large_buffers * large_buffer_size)``
     (else 494).  nginx's real capacity is a little lower because a line never straddles two of its
     buffers; we use the plain bound.
+
+    ``max_headers`` (nginx 1.29.8+, ``ngx_http_process_request_headers``): "if
+    (r->headers_in.count++ >= cscf->max_headers)" the request ends with 494 (sent as 400),
+    "client sent too many header lines"; header lines ignored as invalid do not count.
     """
 
     header_buffer_size: int = 1024
     large_buffers: int = 4
     large_buffer_size: int = 8192
+    max_headers: int = 1000
 
     @property
     def max_line(self) -> int:
@@ -525,6 +531,8 @@ class RequestParser:
             self._llhttp.feed_data((renamed + line[colon:] if renamed else line) + b"\r\n")
         except httptools.HttpParserError as exc:
             raise HttpError(400, f'client sent invalid header line: "{_printable(line)}"') from exc
+        if len(self._headers) >= self.limits.max_headers:
+            raise HttpError(494, "client sent too many header lines")
         value = line[colon + 1 :].strip(b" \t")
         if lname == b"host":
             if self._host_raw is not None:

@@ -146,6 +146,7 @@ class ClientConnection(Forwarder):
                 default.client_header_buffer_size,
                 default.large_client_header_buffers[0],
                 default.large_client_header_buffers[1],
+                default.max_headers,
             )
         )
         self.parser = parser
