@@ -1135,3 +1135,19 @@ def test_too_many_header_lines_is_494(
     wait_info(h, r"\[info\] \d+#\d+: \*\d+ client sent too many header lines")
     assert up.connections == 1
     wait_fds(h, fds)
+
+
+def test_http09_request_gets_the_body_only(wsgate: Factory, bg: _Background) -> None:
+    """nginx answers an HTTP/0.9 request (``GET /``, no version) with the body alone, no
+    status line and no headers, then closes: proxied, returned, or an error page."""
+    up = bg.raw(http_ok)
+    location = "location = /r { return 200 hi; } location = /no { return 404; }"
+    h, fds = start(wsgate, conf(up.port, server=location))
+    for path, body in ((b"/", b"ok\n"), (b"/r", b"hi"), (b"/no", page("404 Not Found"))):
+        with Conn(h.port) as c:
+            c.send(b"GET " + path + b"\r\n")
+            assert c.read_eof() == body, path
+    assert up.connections == 1 and up.received[0].startswith(b"GET / HTTP/1.1\r\n")
+    lines = h.access_lines(3)
+    assert [ln.split('"')[1] for ln in lines] == ["GET /", "GET /r", "GET /no"], lines
+    wait_fds(h, fds)

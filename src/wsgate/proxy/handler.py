@@ -30,6 +30,7 @@ from wsgate.http.body import Body, EndOfMessage
 from wsgate.http.headers import (
     BodyFraming,
     build_client_response_head,
+    for_version,
     http_date,
 )
 from wsgate.http.pages import STATUS_LINES, closes_connection, error_response
@@ -527,9 +528,11 @@ class ClientConnection(Forwarder):
                 date=http_date(time.time()),
                 head_only=head is not None and head.method == "HEAD",
             )
+            ctx.body_bytes_sent = len(data) - data.index(b"\r\n\r\n") - 4
+            if head is not None:
+                data = for_version(head.version, data)
             self.ep.write(data)
             ctx.bytes_sent = len(data)
-            ctx.body_bytes_sent = len(data) - data.index(b"\r\n\r\n") - 4
         else:
             keep = False
         self._log_access(settings, ctx)
@@ -553,6 +556,7 @@ class ClientConnection(Forwarder):
             location=location,
             head_only=head.method == "HEAD",
         )
+        data = for_version(head.version, data)
         self.ep.write(data)
         ctx.status = status
         ctx.bytes_sent = len(data)
@@ -604,6 +608,7 @@ class ClientConnection(Forwarder):
         )
         if head.method != "HEAD":
             out += body
+        out = for_version(head.version, out)
         self.ep.write(out)
         ctx.status = status
         ctx.bytes_sent = len(out)

@@ -30,6 +30,7 @@ from wsgate.http.headers import (
     BodyFraming,
     build_client_response_head,
     encode_chunk,
+    for_version,
     http_date,
 )
 from wsgate.http.request import RequestHead, RequestParser
@@ -222,6 +223,7 @@ class ResponseRelay:
             keepalive_header=settings.keepalive_header,
             upgrade=False,
         )
+        out = for_version(head.version, out)
         ep = self.ep
         ep.write(out)
         ctx.status = resp.status
@@ -300,6 +302,7 @@ class ResponseRelay:
             keep_alive=False,
             keepalive_header=None,
         )
+        out = for_version(ctx.version, out)
         self.ep.write(out)
         ctx.status = 101
         ctx.bytes_sent = len(out)
