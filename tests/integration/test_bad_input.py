@@ -1151,3 +1151,37 @@ def test_http09_request_gets_the_body_only(wsgate: Factory, bg: _Background) -> 
     lines = h.access_lines(3)
     assert [ln.split('"')[1] for ln in lines] == ["GET /", "GET /r", "GET /no"], lines
     wait_fds(h, fds)
+
+
+def test_invalid_chunk_mid_response_closes_without_error_page(
+    wsgate: Factory, bg: _Background
+) -> None:
+    """The upstream's chunked body goes bad after its head and first chunk reached the client:
+    nginx logs "upstream sent invalid chunked response" and closes the connection; no 502 page
+    is written into the middle of the 200 (the access log keeps 200)."""
+    go_on = asyncio.Event()
+
+    def bad_chunks(up: RawUpstream) -> Handler:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await up.read_head(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+            await go_on.wait()
+            writer.write(b"zz\r\n")
+            await reader.read()
+
+        return handler
+
+    up = bg.raw(bad_chunks)
+    h, fds = start(wsgate, conf(up.port))
+    with Conn(h.port) as c:
+        c.send(get(h.port))
+        head = c.read_until(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"chunked" in head
+        assert c.read_until(b"hello\r\n") == b"5\r\nhello\r\n"
+        bg.call_soon(go_on.set)
+        assert c.read_eof() == b""
+    h.wait_log(r"\[error\] .*upstream sent invalid chunked response")
+    (entry,) = h.access_lines(1)
+    assert '"GET / HTTP/1.1" 200 ' in entry, entry
+    wait_for(lambda: up.open == 0, "the upstream connection to be closed")
+    wait_fds(h, fds)

@@ -257,20 +257,15 @@ class ResponseRelay:
                     )
                     keep = False
                     break
-                if data:
-                    pending = rparser.feed(data)
-                else:
-                    try:
-                        pending = rparser.feed_eof()
-                    except HttpError:
-                        self.gw.error_log.log(
-                            "error",
-                            "upstream prematurely closed connection while reading upstream",
-                            self.number,
-                            ctx,
-                        )
-                        keep = False
-                        break
+                try:
+                    pending = rparser.feed(data) if data else rparser.feed_eof()
+                except HttpError as exc:
+                    # The head is the client's already: nginx logs the fault ("upstream
+                    # prematurely closed connection", "upstream sent invalid chunked
+                    # response") and closes, with no error page inside the response.
+                    self.gw.error_log.log("error", exc.log, self.number, ctx)
+                    keep = False
+                    break
             if complete and chunk_out:
                 ep.write(LAST_CHUNK)
             if complete:
