@@ -14,7 +14,10 @@ behaviour follow NGINX-SEMANTICS.md §4-§6:
 * ``client_header_timeout``: close with nothing sent (INFO "client timed out");
 * upstream refused: ``502`` (keep-alive); upstream silent: ``504`` after ``proxy_read_timeout``;
 * tunnels: an upstream close ends the tunnel, the idle timer is shared by both directions, and
-  client bytes pipelined behind the handshake reach the upstream.
+  client bytes pipelined behind the handshake reach the upstream;
+* issue 14: a bad request pipelined behind a good one, a bad byte in a chunked body or a request
+  line before its end (answered at once), ``max_headers``, HTTP/0.9 (body only), a 101 nobody
+  asked for (its head only), an upstream body that goes bad after its head (a close).
 
 After every scenario the proxy must still serve a normal request, and its open file
 descriptors must return to the count measured after start-up (no connection left behind).
