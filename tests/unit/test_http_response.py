@@ -64,11 +64,21 @@ def test_chunked_byte_at_a_time_with_trailing_bytes() -> None:
     assert p.take_buffered() == b"extra"
 
 
-def test_invalid_chunked() -> None:
+@pytest.mark.parametrize("then", ["check", "feed", "feed_eof"])
+def test_invalid_chunked(then: str) -> None:
+    """A body bad in the bytes of its head: the head comes first (nginx sends it before it
+    reads the body), the error from ``check()`` or whatever is called next."""
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
     p = ResponseParser(False)
+    (resp,) = p.feed(head + b"2\r\nab\r\nzz\r\n")[:1]
+    assert isinstance(resp, ResponseHead) and resp.status == 200
     with pytest.raises(HttpError) as info:
-        p.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+        p.check() if then == "check" else p.feed(b"x") if then == "feed" else p.feed_eof()
     assert (info.value.status, info.value.log) == (502, "upstream sent invalid chunked response")
+    p = ResponseParser(False)
+    p.feed(head)
+    with pytest.raises(HttpError):
+        p.feed(b"zz\r\n")
 
 
 def test_close_delimited() -> None:

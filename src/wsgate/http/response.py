@@ -112,6 +112,7 @@ class ResponseParser:
         self._eof = False
         self._body: BodyReader | None = None
         self._scan = 0
+        self._deferred: HttpError | None = None
 
     @property
     def done(self) -> bool:
@@ -123,8 +124,17 @@ class ResponseParser:
         """Bytes held but not parsed (after the message: the connection is not reusable)."""
         return len(self._buf)
 
+    def check(self) -> None:
+        """Raise the error found after the events last returned (a body invalid in the same
+        bytes as its head), if any: call it before waiting for more bytes."""
+        exc = self._deferred
+        if exc is not None:
+            self._deferred = None
+            raise exc
+
     def feed(self, data: bytes) -> list[ResponseEvent]:
         """Add bytes from the upstream; returns the events they complete."""
+        self.check()
         st = self._state
         if st is _State.RETIRED or st is _State.FAILED or self._eof:
             raise RuntimeError(f"ResponseParser.feed() in state {st.name}")
@@ -150,6 +160,7 @@ class ResponseParser:
 
     def feed_eof(self) -> list[ResponseEvent]:
         """The upstream closed.  Ends a close-delimited body; raises if the response was cut."""
+        self.check()
         self._eof = True
         st = self._state
         if st is _State.HEAD:
@@ -203,9 +214,14 @@ class ResponseParser:
                 self._buf.clear()
             elif st is _State.DONE and events and not isinstance(events[-1], EndOfMessage):
                 events.append(EndOfMessage())
-        except HttpError:
+        except HttpError as exc:
             self._state = _State.FAILED
-            raise
+            if not events:
+                raise
+            # A body that goes bad in the bytes that completed its head: the head is handed
+            # out first, and goes to the client, as nginx sends the head before it reads the
+            # body; the error comes from check() or the next feed().
+            self._deferred = exc
         return events
 
     def _find_head_end(self) -> int:

@@ -246,8 +246,10 @@ class ResponseRelay:
                     raise PeerClosed("client closed")
                 await ep.drain()
                 try:
+                    rparser.check()  # a fault in the bytes already read comes before waiting
                     async with asyncio.timeout(settings.proxy_read_timeout):
                         data = await up.read()
+                    pending = rparser.feed(data) if data else rparser.feed_eof()
                 except TimeoutError:
                     self.gw.error_log.log(
                         "error",
@@ -257,8 +259,6 @@ class ResponseRelay:
                     )
                     keep = False
                     break
-                try:
-                    pending = rparser.feed(data) if data else rparser.feed_eof()
                 except HttpError as exc:
                     # The head is the client's already: nginx logs the fault ("upstream
                     # prematurely closed connection", "upstream sent invalid chunked
