@@ -14,7 +14,10 @@ behaviour follow NGINX-SEMANTICS.md §4-§6:
 * ``client_header_timeout``: close with nothing sent (INFO "client timed out");
 * upstream refused: ``502`` (keep-alive); upstream silent: ``504`` after ``proxy_read_timeout``;
 * tunnels: an upstream close ends the tunnel, the idle timer is shared by both directions, and
-  client bytes pipelined behind the handshake reach the upstream.
+  client bytes pipelined behind the handshake reach the upstream;
+* issue 14: a bad request pipelined behind a good one, a bad byte in a chunked body or a request
+  line before its end (answered at once), ``max_headers``, HTTP/0.9 (body only), a 101 nobody
+  asked for (its head only), an upstream body that goes bad after its head (a close).
 
 After every scenario the proxy must still serve a normal request, and its open file
 descriptors must return to the count measured after start-up (no connection left behind).
@@ -105,14 +108,15 @@ PAGE_494 = page(
     "<center>Request Header Or Cookie Too Large</center>\r\n",
 )
 PAGE_501 = page("501 Not Implemented")
+PAGE_505 = page("505 HTTP Version Not Supported")
 PAGE_502 = page("502 Bad Gateway")
 PAGE_504 = page("504 Gateway Time-out")
 
 
 def test_pages_have_nginx_lengths() -> None:
     """The expected pages above are nginx's, byte for byte (NGINX-SEMANTICS.md §5 table)."""
-    lengths = [len(p) for p in (PAGE_400, PAGE_414, PAGE_494, PAGE_501, PAGE_502, PAGE_504)]
-    assert lengths == [157, 177, 233, 165, 157, 167]
+    pages = (PAGE_400, PAGE_414, PAGE_494, PAGE_501, PAGE_502, PAGE_504, PAGE_505)
+    assert [len(p) for p in pages] == [157, 177, 233, 165, 157, 167, 187]
 
 
 # -- client side -----------------------------------------------------------------------------------
@@ -1001,3 +1005,195 @@ def test_upstream_gone_before_tunnel_starts(wsgate: Factory, bg: _Background) ->
         wait_fds(h, fds)
     lines = h.access_lines(3)
     assert all('"GET / HTTP/1.1" 101 ' in ln for ln in lines), lines
+
+
+# -- 7. a bad request pipelined behind a good one (issue 14) -------------------------------------
+@pytest.mark.parametrize(
+    "second",
+    [b"G@T / HTTP/1.1\r\nHost: a\r\n\r\n", b"GET / HTTP/1.1\r\nUser-Agent: x\r\n\r\n"],
+    ids=["invalid-method", "no-host"],
+)
+def test_bad_pipelined_request_is_400(wsgate: Factory, bg: _Background, second: bytes) -> None:
+    """The second request's parse error is answered as a first request's would be: the first
+    gets its response, the second nginx's 400 and a close, logged at ``info`` (the fixture
+    fails the test on any ``[alert]``)."""
+
+    def keepalive_ok(up: RawUpstream) -> Handler:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while True:
+                await up.read_head(reader)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+                await writer.drain()
+
+        return handler
+
+    up = bg.raw(keepalive_ok)
+    h, fds = start(wsgate, conf(up.port, main=INFO))
+    with Conn(h.port) as c:
+        c.send(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n" + second)
+        status, line, _, body = c.response()
+        assert (status, body) == (200, b"ok\n"), line
+        expect_error(c, 400, PAGE_400, close=True)
+    assert len(up.received) == 1
+    reason = "invalid method" if b"@" in second else 'HTTP/1.1 request without "Host" header'
+    wait_info(h, rf"\[info\] \d+#\d+: \*\d+ client sent {re.escape(reason)}")
+    assert_serving_http(h, up)
+    wait_fds(h, fds)
+
+
+def test_bad_last_chunk_trailer_is_400_at_once(wsgate: Factory, bg: _Background) -> None:
+    """``\\r`` then ``\\x08`` where the body's final CRLF belongs: nginx's chunked parser
+    refuses the byte when it comes, so the client gets 400 now, not after
+    ``client_body_timeout``, logged with the request, and no upstream connection is held."""
+    up = bg.raw(http_ok)
+    h, fds = start(wsgate, conf(up.port, main=INFO))
+    with Conn(h.port) as c:
+        c.send(
+            b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n0\r\n\r\x08"
+        )
+        expect_error(c, 400, PAGE_400, close=True)
+    wait_info(
+        h,
+        r"\[info\] \d+#\d+: \*\d+ client sent invalid chunked body, client: 127\.0\.0\.1, "
+        r'server: , request: "POST /x HTTP/1\.1"',
+    )
+    wait_for(lambda: up.open == 0, "the upstream connection to be closed")
+    assert_serving_http(h, up)
+    wait_fds(h, fds)
+
+
+def test_101_nobody_asked_for_gets_no_bytes(wsgate: Factory, bg: _Background) -> None:
+    """nginx-tests ``proxy_upgrade.t`` "handshake noupgrade": the client sends no ``Upgrade``,
+    the upstream answers 101 and goes on sending (12 bytes) on an open connection.  The client
+    gets the 101's head and none of those bytes ("log - bytes noupgrade": body bytes 0), then
+    the connection closes, and so does the upstream's."""
+
+    def pusher(up: RawUpstream) -> Handler:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await up.read_head(reader)
+            writer.write(
+                b"HTTP/1.1 101 Switching\r\nUpgrade: foo\r\nConnection: Upgrade\r\n\r\n"
+                b"handshaked\r\n"
+            )
+            await reader.read()  # held open until wsgate closes it
+
+        return handler
+
+    up = bg.raw(pusher)
+    h, fds = start(wsgate, conf(up.port))
+    with Conn(h.port) as c:
+        c.send(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\n\r\n")
+        status, line, headers, _ = c.response()
+        assert status == 101 and headers["upgrade"] == "foo", line
+        assert c.read_eof() == b""
+    wait_for(lambda: up.open == 0, "the upstream connection to be closed")
+    (entry,) = h.access_lines(1)
+    assert '"GET / HTTP/1.1" 101 0 ' in entry, entry
+    wait_fds(h, fds)
+
+
+@pytest.mark.parametrize(
+    ("sent", "status", "body"),
+    [
+        (b"G@T / HTT", 400, PAGE_400),  # no line end yet: the bad byte is enough
+        (b"GET /a HTTP/1.1\rX", 400, PAGE_400),
+        (b"GET / HTTP/11", 505, PAGE_505),
+        (b"GET / HTTP/11\r\nHost: a\r\n\r\n", 505, PAGE_505),
+    ],
+    ids=["bad-method-incomplete", "cr-without-lf", "http11-incomplete", "http11"],
+)
+def test_bad_request_line_answered_before_its_end(
+    wsgate: Factory, bg: _Background, sent: bytes, status: int, body: bytes
+) -> None:
+    """nginx reads the request line byte by byte: a byte that cannot belong to a valid one is
+    answered at once (``client_header_timeout`` would close silently), and ``HTTP/11`` is a
+    major version above 1: 505, as ``HTTP/2.0``."""
+    up = bg.raw(http_ok)
+    h, fds = start(wsgate, conf(up.port))
+    with Conn(h.port) as c:
+        c.send(sent)
+        expect_error(c, status, body, close=True)
+    assert up.connections == 0
+    assert_serving_http(h, up)
+    wait_fds(h, fds)
+
+
+@pytest.mark.parametrize(("directive", "limit"), [("", 1000), ("max_headers 5;", 5)])
+def test_too_many_header_lines_is_494(
+    wsgate: Factory, bg: _Background, directive: str, limit: int
+) -> None:
+    """nginx's ``max_headers`` (1000 by default): one header line more is 494, sent as
+    ``400 Request Header Or Cookie Too Large``, and a close; at the limit it is served."""
+    up = bg.raw(http_ok)
+    h, fds = start(wsgate, conf(up.port, main=INFO, server=directive))
+    lines = b"Host: localhost\r\n" + b"X-N: 1\r\n" * (limit - 1)
+    with Conn(h.port) as c:
+        c.send(b"GET / HTTP/1.1\r\n" + lines + b"\r\n")
+        status, line, _, _ = c.response()
+        assert status == 200, line
+    with Conn(h.port) as c:
+        c.send(b"GET / HTTP/1.1\r\n" + lines + b"X-N: 1\r\n\r\n")
+        expect_error(c, 400, PAGE_494, close=True)
+    wait_info(h, r"\[info\] \d+#\d+: \*\d+ client sent too many header lines")
+    assert up.connections == 1
+    wait_fds(h, fds)
+
+
+def test_http09_request_gets_the_body_only(wsgate: Factory, bg: _Background) -> None:
+    """nginx answers an HTTP/0.9 request (``GET /``, no version) with the body alone, no
+    status line and no headers, then closes: proxied, returned, or an error page."""
+    up = bg.raw(http_ok)
+    location = "location = /r { return 200 hi; } location = /no { return 404; }"
+    h, fds = start(wsgate, conf(up.port, server=location))
+    for path, body in ((b"/", b"ok\n"), (b"/r", b"hi"), (b"/no", page("404 Not Found"))):
+        with Conn(h.port) as c:
+            c.send(b"GET " + path + b"\r\n")
+            assert c.read_eof() == body, path
+    assert up.connections == 1 and up.received[0].startswith(b"GET / HTTP/1.1\r\n")
+    lines = h.access_lines(3)
+    assert [ln.split('"')[1] for ln in lines] == ["GET /", "GET /r", "GET /no"], lines
+    wait_fds(h, fds)
+
+
+@pytest.mark.parametrize("together", [False, True], ids=["later", "with-the-head"])
+def test_invalid_chunk_mid_response_closes_without_error_page(
+    wsgate: Factory, bg: _Background, together: bool
+) -> None:
+    """The upstream's chunked body goes bad after its head and first chunk, sent later or in
+    the same bytes as the head: nginx sends the head, logs "upstream sent invalid chunked
+    response" and closes the connection; no 502 page is written into the middle of the 200,
+    nor instead of it (the access log keeps 200)."""
+    go_on = asyncio.Event()
+
+    def bad_chunks(up: RawUpstream) -> Handler:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await up.read_head(reader)
+            head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+            if together:
+                writer.write(head + b"zz\r\n")
+            else:
+                writer.write(head)
+                await go_on.wait()
+                writer.write(b"zz\r\n")
+            await reader.read()
+
+        return handler
+
+    up = bg.raw(bad_chunks)
+    h, fds = start(wsgate, conf(up.port))
+    with Conn(h.port) as c:
+        c.send(get(h.port))
+        head = c.read_until(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"chunked" in head
+        if together:  # the chunk before the bad bytes may be sent or not, but nothing else
+            assert c.read_eof() in (b"", b"5\r\nhello\r\n")
+        else:
+            assert c.read_until(b"hello\r\n") == b"5\r\nhello\r\n"
+            bg.call_soon(go_on.set)
+            assert c.read_eof() == b""
+    h.wait_log(r"\[error\] .*upstream sent invalid chunked response")
+    (entry,) = h.access_lines(1)
+    assert '"GET / HTTP/1.1" 200 ' in entry, entry
+    wait_for(lambda: up.open == 0, "the upstream connection to be closed")
+    wait_fds(h, fds)

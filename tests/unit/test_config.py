@@ -92,6 +92,17 @@ def test_defaults_follow_current_nginx(tmp_path: Path) -> None:
     assert config.http.servers[0].listens[0].port == 80
 
 
+def test_max_headers(tmp_path: Path) -> None:
+    """nginx 1.29.8+: ``max_headers`` in http or server, 1000 by default, 0 allowed."""
+    servers = conf(
+        tmp_path,
+        "http { max_headers 50; server { } server { max_headers 0; } }",
+    ).http.servers
+    assert [s.max_headers for s in servers] == [50, 0]
+    assert conf(tmp_path, "http { server { } }").http.servers[0].max_headers == 1000
+    assert "max_headers" in error(tmp_path, "http { server { location / { max_headers 1; } } }")
+
+
 def test_nested_locations_and_modifiers(tmp_path: Path) -> None:
     config = conf(
         tmp_path,

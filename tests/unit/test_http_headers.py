@@ -12,6 +12,7 @@ from wsgate.http.headers import (
     build_upstream_request,
     connection_tokens,
     encode_chunk,
+    for_version,
     http_date,
 )
 
@@ -270,3 +271,12 @@ def test_encode_chunk() -> None:
     assert encode_chunk(b"x" * 255) == b"ff\r\n" + b"x" * 255 + b"\r\n"
     assert encode_chunk(b"") == b""
     assert LAST_CHUNK == b"0\r\n\r\n"
+
+
+def test_http09_gets_the_body_only() -> None:
+    """nginx's header filter writes nothing for HTTP/0.9: no status line, no headers."""
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbody"
+    assert for_version("0.9", response) == b"body"
+    assert for_version("0.9", b"HTTP/1.1 101 Switching\r\nUpgrade: x\r\n\r\n") == b""
+    assert for_version("1.0", response) is response
+    assert for_version("1.1", response) is response

@@ -156,7 +156,7 @@ def test_expect_continue() -> None:
 
 CHUNKED = (
     b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n"
-    b"5\r\nhello\r\n3;ext=1\r\n, w\r\nA \r\n0123456789\n0\r\nTrailer: x\r\n\r\n"
+    b"5\r\nhello\r\n3;ext=1\r\n, w\r\nA \r\n0123456789\r\n0\r\nTrailer: x\r\n\r\n"
 )
 NEXT = b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n"
 
@@ -182,12 +182,47 @@ def test_chunked_split_at_every_offset() -> None:
 
 @pytest.mark.parametrize(
     "chunks",
-    [b"x\r\n", b"5\r\nhelloXX", b"5\r\nhello\rX", b"\r\n", b"5x\r\n", b"5\rx\n", b"0\r\nA\rB\r\n"],
+    [
+        b"x\r\n",
+        b"5\r\nhelloXX",
+        b"5\r\nhello\rX",
+        b"\r\n",
+        b"5x\r\n",
+        b"5\rx\n",
+        b"0\r\nA\rB\r\n",
+        # Rejected at the first bad byte, with no line end to wait for (issue 14).
+        b"5\r\nhello\r\n0\r\n\r\x08",
+        b"5\r\x08",
+        b"5x",
+        b"0\r\nT: 1\r\x08",
+        # No bare LF since nginx 1.29.4 ("Disabled bare LF in chunked transfer encoding").
+        b"5\nhello\r\n0\r\n\r\n",
+        b"5\r\nhello\n0\r\n\r\n",
+        b"5;x\nhello\r\n0\r\n\r\n",
+        b"5\r\nhello\r\n0\n\r\n",
+        b"5\r\nhello\r\n0\r\n\n",
+        b"5\r\nhello\r\n0\r\nT: 1\n\r\n",
+    ],
 )
 def test_chunked_invalid(chunks: bytes) -> None:
     head = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
-    err = error_of(head + chunks)
-    assert (err.status, err.log) == (400, "client sent invalid chunked body")
+    # The body after its head: the error is raised by the bytes that hold the bad one.
+    p = RequestParser()
+    assert isinstance(p.feed(head)[0], RequestHead)
+    with pytest.raises(HttpError) as info:
+        p.feed(chunks)
+    assert (info.value.status, info.value.log) == (400, "client sent invalid chunked body")
+    # In the same bytes as its head: the head (and the good part of the body) comes first,
+    # the error from ``check()``, before the caller waits for more, and from any ``feed()``.
+    for call in ("check", "feed"):
+        p = RequestParser()
+        events = p.feed(head + chunks)
+        assert isinstance(events[0], RequestHead)
+        assert not any(isinstance(e, EndOfMessage) for e in events)
+        with pytest.raises(HttpError) as info:
+            p.check() if call == "check" else p.feed(b"more")
+        assert (info.value.status, info.value.log) == (400, "client sent invalid chunked body")
+    p.check()  # raised once
 
 
 def test_content_length_body_split_and_pipelining() -> None:
@@ -376,6 +411,18 @@ def test_custom_limits() -> None:
     assert error_of(big + b"Y: 1234\r\n\r\n", lim).log == "client sent too large request"
 
 
+def test_max_headers_at_limit_passes_and_over_is_494() -> None:
+    """nginx's ``max_headers``: header lines ignored as invalid (``X_Y``) do not count."""
+    lim = HeadLimits(max_headers=3)
+    start = b"GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nX_Y: 1\r\nB: 2\r\n"
+    assert len(head_of_limited(start + b"\r\n", lim).headers) == 3
+    err = error_of(start + b"C: 3\r\n\r\n", lim)
+    assert (err.status, err.log) == (494, "client sent too many header lines")
+    many = b"GET / HTTP/1.1\r\nHost: a\r\n" + b"X: 1\r\n" * 999
+    assert len(head_of(many + b"\r\n").headers) == 1000
+    assert error_of(many + b"X: 1\r\n\r\n").status == 494
+
+
 def head_of_limited(data: bytes, lim: HeadLimits) -> RequestHead:
     ev = RequestParser(lim).feed(data)
     assert isinstance(ev[0], RequestHead)
@@ -393,7 +440,19 @@ BAD = [
     (b"GET / HTTP/3.0\r\nHost: a\r\n\r\n", 505, "client sent invalid version"),
     (b"GET / HTTP/0.9\r\nHost: a\r\n\r\n", 400, "client sent invalid request"),
     (b"GET / http/1.1\r\nHost: a\r\n\r\n", 400, "client sent invalid request"),
-    (b"GET / HTTP/1.100\r\nHost: a\r\n\r\n", 400, "client sent invalid request"),
+    (b"GET / HTTP/1.1000\r\nHost: a\r\n\r\n", 400, "client sent invalid request"),
+    (b"GET / HTTP/11\r\nHost: a\r\n\r\n", 505, "client sent invalid version"),
+    (b"GET / HTTP/10.0\r\nHost: a\r\n\r\n", 505, "client sent invalid version"),
+    (b"GET / HTTP/2\r\nHost: a\r\n\r\n", 505, "client sent invalid version"),
+    (b"GET / HTTP/01.1\r\nHost: a\r\n\r\n", 400, "client sent invalid request"),
+    (b"GET / HTTP/1\r\nHost: a\r\n\r\n", 400, "client sent invalid request"),
+    (b"GET / HTTP/1.\r\nHost: a\r\n\r\n", 400, "client sent invalid request"),
+    (b"GET / HTTP/1.1x\r\nHost: a\r\n\r\n", 400, "client sent invalid request"),
+    (b"GET / HTTP/1.1 x\r\nHost: a\r\n\r\n", 400, "client sent invalid request"),
+    (b"GET 1/ HTTP/1.1\r\nHost: a\r\n\r\n", 400, "client sent invalid request"),
+    (b"GET http:/x HTTP/1.1\r\nHost: a\r\n\r\n", 400, "client sent invalid request"),
+    (b"GET http://a b/ HTTP/1.1\r\nHost: a\r\n\r\n", 400, "client sent invalid request"),
+    (b"GET http://a@b/ HTTP/1.1\r\nHost: a\r\n\r\n", 400, "client sent invalid request"),
     (b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n", 400, "client sent invalid request"),
     (b"GET /a\x01 HTTP/1.1\r\nHost: a\r\n\r\n", 400, "client sent invalid request"),
     (b"GET /\rx HTTP/1.1\r\nHost: a\r\n\r\n", 400, "client sent invalid request"),
@@ -470,6 +529,44 @@ def test_bad_input(data: bytes, status: int, log: str) -> None:
     err = error_of(data)
     assert err.status == status
     assert err.log.startswith(log), err.log
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "log"),
+    [b for b in BAD if b[2].startswith(("client sent invalid method", "client sent invalid re"))]
+    + [b for b in BAD if b[2] == "client sent invalid version"],
+)
+def test_bad_request_line_is_refused_before_its_end(data: bytes, status: int, log: str) -> None:
+    """nginx parses the request line byte by byte: a line that is already wrong is refused
+    with its status at once, not after ``client_header_timeout`` waiting for its LF."""
+    line = data[: data.index(b"\r\n")]
+    cut_short = line.endswith((b"/1", b"/1."))  # could still become "HTTP/1.1"
+    for partial in [line + b"\r"] + ([] if cut_short else [line]):
+        err = error_of(partial)
+        assert (err.status, err.log.startswith(log)) == (status, True), err.log
+
+
+VALID_LINES = [
+    b"GET / HTTP/1.1\r",
+    b"GET /a?b=c#d HTTP/1.0   \r",
+    b"POST  /x   HTTP/1.1",
+    b"GET http://example.com:8080/p?q HTTP/1.1\r",
+    b"GET https://[::1]/ HTTP/1.1",
+    b"GET http://a.b HTTP/1.100",
+    b"GET /0.9",
+    b"FOO_BAR /%41 HTTP/1.1\r",
+]
+
+
+@pytest.mark.parametrize("line", VALID_LINES)
+def test_every_beginning_of_a_valid_request_line_waits(line: bytes) -> None:
+    for end in range(len(line) + 1):
+        assert RequestParser().feed(line[:end]) == [], line[:end]
+
+
+def test_minor_version_up_to_three_digits() -> None:
+    """nginx's ``sw_minor_digit`` refuses a digit only once the minor version is over 99."""
+    assert head_of(b"GET / HTTP/1.100\r\nHost: a\r\n\r\n").version == "1.100"
 
 
 def test_parser_is_dead_after_error() -> None:

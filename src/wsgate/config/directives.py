@@ -146,6 +146,7 @@ DIRECTIVES: dict[str, Directive] = {
     "client_header_timeout": _d(f"{HTTP} {SERVER}", 1),
     "client_header_buffer_size": _d(f"{HTTP} {SERVER}", 1),
     "large_client_header_buffers": _d(f"{HTTP} {SERVER}", 2),
+    "max_headers": _d(f"{HTTP} {SERVER}", 1),
 }
 
 #: Accepted with a ``[warn]``: they tune what nginx does with files, kernels or hash tables and

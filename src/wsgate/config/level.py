@@ -210,7 +210,7 @@ class Level:
             return parse_time_arg(s)
         if n == "keepalive_timeout":
             return (parse_time_arg(s), parse_time_arg(s, 1) if len(a) > 1 else None)
-        if n in ("keepalive_requests", "proxy_next_upstream_tries"):
+        if n in ("keepalive_requests", "proxy_next_upstream_tries", "max_headers"):
             return parse_int_arg(s, a[0])
         if n in ("client_max_body_size", "client_header_buffer_size", "proxy_buffer_size"):
             return parse_size_arg(s)

@@ -394,6 +394,7 @@ class Loader:
             client_header_timeout=level.get_time("client_header_timeout", 60.0),
             client_header_buffer_size=level.get_size("client_header_buffer_size", 1024),
             large_client_header_buffers=level.large_buffers(),
+            max_headers=level.get_size("max_headers", 1000),  # a count, read as get_size does
             source=s.src,
             ssl=ssl_server,
         )

@@ -459,6 +459,8 @@ class Server:
     client_header_timeout: float = 60.0
     client_header_buffer_size: int = 1024
     large_client_header_buffers: tuple[int, int] = (4, 8192)
+    #: nginx 1.29.8+ ``max_headers`` (default 1000): the most request header lines.
+    max_headers: int = 1000
     source: Source | None = None
     #: TLS settings, when any ``listen`` of this server has ``ssl`` (else None).
     ssl: SslServer | None = None

@@ -4,9 +4,10 @@ Why our own chunked decoder instead of llhttp's: the proxy handles one message a
 parser must stop exactly at the end of a message and keep the following bytes (pipelined
 requests, tunnel data).  httptools reports no byte offsets for ``on_message_complete``, so the
 end of a chunked body could not be located with it.  The grammar is RFC 9112 §7.1
-(https://www.rfc-editor.org/rfc/rfc9112#section-7.1) with nginx's leniencies from
-``src/http/ngx_http_parse.c ngx_http_parse_chunked``: bare LF line ends, any chunk extension after
-``;``, space or tab, trailer lines skipped.
+(https://www.rfc-editor.org/rfc/rfc9112#section-7.1) as nginx's
+``src/http/ngx_http_parse.c ngx_http_parse_chunked`` reads it: CR LF line ends (no bare LF since
+nginx 1.29.4), any chunk extension after ``;``, space or tab, trailer lines skipped, and an
+invalid byte rejected as soon as it arrives.
 """
 
 from __future__ import annotations
@@ -26,12 +27,11 @@ __all__ = [
     "InvalidChunk",
 ]
 
-#: Longest chunk-size line (size plus extensions) we buffer; nginx streams extensions, we cap them.
+#: Longest chunk-size line (size plus extensions) we accept; nginx skips any length, we cap it.
 MAX_CHUNK_LINE = 4096
-#: Largest trailer section we buffer (trailers are parsed and dropped, as nginx does).
+#: Largest trailer section we accept (trailers are skipped, as nginx does; nginx has no cap).
 MAX_TRAILER = 16384
 _MAX_CHUNK_SIZE = 2**63 - 1  # nginx: NGX_MAX_OFF_T_VALUE
-_HEX = frozenset(b"0123456789abcdefABCDEF")
 
 
 @dataclass(slots=True)
@@ -85,12 +85,46 @@ class InvalidChunk(ValueError):
     """The chunked body is malformed; callers turn it into 400 (client) or 502 (upstream)."""
 
 
-class _St(enum.Enum):
-    SIZE = 0
-    DATA = 1
-    AFTER_DATA = 2
-    TRAILER = 3
-    DONE = 4
+class _St(enum.IntEnum):
+    """nginx's ``ngx_http_parse_chunked`` states, in its order."""
+
+    CHUNK_START = 0
+    CHUNK_SIZE = 1
+    CHUNK_EXTENSION = 2
+    CHUNK_EXTENSION_ALMOST_DONE = 3
+    DATA = 4
+    AFTER_DATA = 5
+    AFTER_DATA_ALMOST_DONE = 6
+    LAST_CHUNK_EXTENSION = 7
+    LAST_CHUNK_EXTENSION_ALMOST_DONE = 8
+    TRAILER = 9
+    TRAILER_ALMOST_DONE = 10
+    TRAILER_HEADER = 11
+    TRAILER_HEADER_ALMOST_DONE = 12
+    DONE = 13
+
+
+#: The states that skip bytes up to the next CR (an extension, a trailer line); a bare LF
+#: there is invalid.
+_SKIPPING = frozenset({_St.CHUNK_EXTENSION, _St.LAST_CHUNK_EXTENSION, _St.TRAILER_HEADER})
+#: The state a CR leads to from each skipping state.
+_AFTER_CR = {
+    _St.CHUNK_EXTENSION: _St.CHUNK_EXTENSION_ALMOST_DONE,
+    _St.LAST_CHUNK_EXTENSION: _St.LAST_CHUNK_EXTENSION_ALMOST_DONE,
+    _St.TRAILER_HEADER: _St.TRAILER_HEADER_ALMOST_DONE,
+}
+#: nginx's ``NGX_MAX_OFF_T_VALUE / 16``: a size above it is invalid at the next byte.
+_MAX_SIZE_BEFORE_DIGIT = _MAX_CHUNK_SIZE // 16
+
+
+def _hex(ch: int) -> int:
+    """The value of hex digit ``ch``, or -1."""
+    if 0x30 <= ch <= 0x39:
+        return ch - 0x30
+    c = ch | 0x20
+    if 0x61 <= c <= 0x66:
+        return c - 0x61 + 10
+    return -1
 
 
 class ChunkedDecoder:
@@ -99,13 +133,20 @@ class ChunkedDecoder:
     ``decode(buf, pos)`` consumes from ``buf[pos:]`` and returns ``(pieces, new_pos)``; ``done``
     becomes true once the last chunk and trailers are consumed, and bytes after ``new_pos`` belong
     to whatever follows the message.
+
+    A byte-for-byte port of nginx's ``ngx_http_parse_chunked`` (1.29.4+, "Disabled bare LF in
+    chunked transfer encoding"): every line ends with CR LF, and a byte that cannot continue
+    the body raises :class:`InvalidChunk` as soon as it arrives, never waiting for a line end
+    (a CR followed by anything but LF, a bad byte after the size).  Chunk data is copied in
+    bulk; only the framing is walked byte by byte.
     """
 
-    __slots__ = ("_remaining", "_state", "_trailer_bytes")
+    __slots__ = ("_size", "_state", "_line_bytes", "_trailer_bytes")
 
     def __init__(self) -> None:
-        self._state = _St.SIZE
-        self._remaining = 0
+        self._state = _St.CHUNK_START
+        self._size = 0
+        self._line_bytes = 0
         self._trailer_bytes = 0
 
     @property
@@ -115,85 +156,106 @@ class ChunkedDecoder:
     def decode(self, buf: bytes | bytearray, pos: int) -> tuple[list[bytes], int]:
         out: list[bytes] = []
         end = len(buf)
-        while pos < end:
-            st = self._state
-            if st is _St.DATA:
-                take = min(self._remaining, end - pos)
-                out.append(bytes(buf[pos : pos + take]))
-                pos += take
-                self._remaining -= take
-                if self._remaining == 0:
-                    self._state = _St.AFTER_DATA
-            elif st is _St.AFTER_DATA:
-                c = buf[pos]
-                if c == 0x0A:
-                    pos += 1
-                elif c == 0x0D:
-                    if pos + 1 >= end:
+        st = self._state
+        try:
+            while pos < end:
+                if st is _St.DATA:
+                    take = min(self._size, end - pos)
+                    out.append(bytes(buf[pos : pos + take]))
+                    pos += take
+                    self._size -= take
+                    if self._size == 0:
+                        st = _St.AFTER_DATA
+                    continue
+                if st is _St.DONE:  # never consume past the end of the message
+                    break
+                if st in _SKIPPING:
+                    # Extensions and trailer lines are skipped up to their CR (not parsed, as
+                    # nginx does), but their length is capped.
+                    cr = buf.find(b"\r", pos)
+                    stop = end if cr < 0 else cr
+                    if buf.find(b"\n", pos, stop) >= 0:
+                        raise InvalidChunk("bare LF")
+                    self._count(st, stop - pos)
+                    pos = stop
+                    if cr < 0:
                         break
-                    if buf[pos + 1] != 0x0A:
-                        raise InvalidChunk("CR without LF after chunk data")
-                    pos += 2
-                else:
-                    raise InvalidChunk("missing CRLF after chunk data")
-                self._state = _St.SIZE
-            elif st is _St.SIZE:
-                nl = buf.find(b"\n", pos)
-                if nl < 0:
-                    if end - pos > MAX_CHUNK_LINE:
-                        raise InvalidChunk("chunk size line too long")
-                    break
-                if nl - pos > MAX_CHUNK_LINE:
-                    raise InvalidChunk("chunk size line too long")
-                size = _parse_size_line(bytes(buf[pos:nl]))
-                pos = nl + 1
-                if size == 0:
-                    self._state = _St.TRAILER
-                else:
-                    self._remaining = size
-                    self._state = _St.DATA
-            elif st is _St.TRAILER:
-                nl = buf.find(b"\n", pos)
-                if nl < 0:
-                    if self._trailer_bytes + end - pos > MAX_TRAILER:
-                        raise InvalidChunk("trailer section too large")
-                    break
-                line = bytes(buf[pos:nl])
-                self._trailer_bytes += nl + 1 - pos
-                if self._trailer_bytes > MAX_TRAILER:
-                    raise InvalidChunk("trailer section too large")
-                pos = nl + 1
-                if line.endswith(b"\r"):
-                    line = line[:-1]
-                if b"\r" in line:
-                    raise InvalidChunk("CR without LF in trailer")
-                if not line:
-                    self._state = _St.DONE
-            else:  # DONE: never consume past the end of the message
-                break
+                    st = _AFTER_CR[st]
+                    pos += 1
+                    continue
+                ch = buf[pos]
+                pos += 1
+                st = self._step(st, ch)
+        finally:
+            self._state = st
         return out, pos
 
+    def _count(self, st: _St, n: int) -> None:
+        if st is _St.TRAILER_HEADER:
+            self._trailer_bytes += n
+            if self._trailer_bytes > MAX_TRAILER:
+                raise InvalidChunk("trailer section too large")
+        else:
+            self._line_bytes += n
+            if self._line_bytes > MAX_CHUNK_LINE:
+                raise InvalidChunk("chunk size line too long")
 
-def _parse_size_line(line: bytes) -> int:
-    if line.endswith(b"\r"):
-        line = line[:-1]
-    if b"\r" in line:
-        raise InvalidChunk("CR without LF in chunk size line")
-    i = 0
-    n = len(line)
-    while i < n and line[i] in _HEX:
-        i += 1
-    if i == 0:
-        raise InvalidChunk("missing chunk size")
-    if i < n and line[i] not in b"; \t":
-        raise InvalidChunk("invalid character after chunk size")
-    digits = line[:i].lstrip(b"0")
-    if len(digits) > 16:
-        raise InvalidChunk("chunk size overflow")
-    size = int(digits or b"0", 16)
-    if size > _MAX_CHUNK_SIZE:
-        raise InvalidChunk("chunk size overflow")
-    return size
+    def _step(self, st: _St, ch: int) -> _St:
+        """One framing byte: nginx's ``switch (state)``."""
+        if st is _St.CHUNK_START:
+            digit = _hex(ch)
+            if digit < 0:
+                raise InvalidChunk("missing chunk size")
+            self._size = digit
+            self._line_bytes = 1
+            return _St.CHUNK_SIZE
+        if st is _St.CHUNK_SIZE:
+            if self._size > _MAX_SIZE_BEFORE_DIGIT:
+                raise InvalidChunk("chunk size overflow")
+            self._count(st, 1)
+            digit = _hex(ch)
+            if digit >= 0:
+                self._size = self._size * 16 + digit
+                return st
+            last = self._size == 0
+            if ch == 0x0D:
+                if last:
+                    return _St.LAST_CHUNK_EXTENSION_ALMOST_DONE
+                return _St.CHUNK_EXTENSION_ALMOST_DONE
+            if ch in (0x3B, 0x20, 0x09):  # ';', ' ', '\t'
+                return _St.LAST_CHUNK_EXTENSION if last else _St.CHUNK_EXTENSION
+            raise InvalidChunk("invalid character after chunk size")
+        if st is _St.CHUNK_EXTENSION_ALMOST_DONE:
+            if ch != 0x0A:
+                raise InvalidChunk("CR without LF in chunk size line")
+            return _St.DATA
+        if st is _St.AFTER_DATA:
+            if ch != 0x0D:
+                raise InvalidChunk("missing CRLF after chunk data")
+            return _St.AFTER_DATA_ALMOST_DONE
+        if st is _St.AFTER_DATA_ALMOST_DONE:
+            if ch != 0x0A:
+                raise InvalidChunk("CR without LF after chunk data")
+            return _St.CHUNK_START
+        if st is _St.LAST_CHUNK_EXTENSION_ALMOST_DONE:
+            if ch != 0x0A:
+                raise InvalidChunk("CR without LF in last chunk line")
+            return _St.TRAILER
+        if st is _St.TRAILER:
+            if ch == 0x0D:
+                return _St.TRAILER_ALMOST_DONE
+            if ch == 0x0A:
+                raise InvalidChunk("bare LF in trailer")
+            self._count(_St.TRAILER_HEADER, 1)
+            return _St.TRAILER_HEADER
+        if st is _St.TRAILER_ALMOST_DONE:
+            if ch != 0x0A:
+                raise InvalidChunk("CR without LF at the end of the trailer")
+            return _St.DONE
+        # TRAILER_HEADER_ALMOST_DONE
+        if ch != 0x0A:
+            raise InvalidChunk("CR without LF in trailer")
+        return _St.TRAILER
 
 
 class BodyReader:

@@ -42,6 +42,7 @@ __all__ = [
     "build_upstream_request",
     "connection_tokens",
     "encode_chunk",
+    "for_version",
     "http_date",
 ]
 
@@ -204,6 +205,15 @@ def build_client_response_head(
 
 
 _date_cache: tuple[int, str] = (-1, "")
+
+
+def for_version(version: str, response: bytes) -> bytes:
+    """``response`` (head, and maybe body) as a client speaking HTTP ``version`` gets it: an
+    HTTP/0.9 client gets no status line and no headers, only the body.  nginx's
+    ``ngx_http_header_filter``: "if (r->http_version < NGX_HTTP_VERSION_10) return NGX_OK;"."""
+    if version != "0.9":
+        return response
+    return response[response.index(b"\r\n\r\n") + 4 :]
 
 
 def http_date(t: float | None = None) -> str:

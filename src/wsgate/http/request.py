@@ -59,18 +59,24 @@ _MAX_OFF_T = 2**63 - 1
 
 @dataclass(slots=True)
 class HeadLimits:
-    """nginx ``client_header_buffer_size`` (1k) and ``large_client_header_buffers`` (4 8k).
+    """nginx ``client_header_buffer_size`` (1k), ``large_client_header_buffers`` (4 8k) and
+    ``max_headers`` (1000).
 
     The limits applied: the request line including its line end may be at most
     ``max(header_buffer_size, large_buffer_size)`` bytes (else 414), so may each header line (else
     494), and the whole head at most ``max(header_buffer_size, large_buffers * large_buffer_size)``
     (else 494).  nginx's real capacity is a little lower because a line never straddles two of its
     buffers; we use the plain bound.
+
+    ``max_headers`` (nginx 1.29.8+, ``ngx_http_process_request_headers``): "if
+    (r->headers_in.count++ >= cscf->max_headers)" the request ends with 494 (sent as 400),
+    "client sent too many header lines"; header lines ignored as invalid do not count.
     """
 
     header_buffer_size: int = 1024
     large_buffers: int = 4
     large_buffer_size: int = 8192
+    max_headers: int = 1000
 
     @property
     def max_line(self) -> int:
@@ -137,6 +143,8 @@ _NAME_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-"
 _CTL = bytes(range(0x20)) + b"\x7f"
 _VERSION_RE = re.compile(rb"HTTP/([0-9]+)\.([0-9]+)")
 _SCHEME_RE = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*://")
+#: The beginnings of ``_SCHEME_RE`` (an absolute-form target still arriving).
+_SCHEME_PREFIX_RE = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*(?::/?)?")
 _AUTHORITY_RE = re.compile(rb"(\[[0-9A-Fa-f:.]*\]|[A-Za-z0-9._\-]*)(?::[0-9]*)?")
 _SYNTHETIC_LINE = b"GET / HTTP/1.1\r\n"
 _RENAMED = {b"content-length": b"X-Wsgate-Cl", b"transfer-encoding": b"X-Wsgate-Te"}
@@ -182,6 +190,62 @@ def normalize_host(value: bytes | str) -> str | None:
     return raw[:host_len].decode("latin-1").lower()
 
 
+def _check_target(target: bytes, *, complete: bool) -> str | None:
+    """Check a request target as nginx's request-line states do; returns the normalised host
+    of an absolute-form target.  ``complete=False``: ``target`` may be cut short (the line is
+    still arriving), so only what is already wrong is refused."""
+    if len(target.translate(None, _CTL)) != len(target):
+        raise HttpError(400, "client sent invalid request")
+    if target[0] == 0x2F:  # '/': origin-form
+        return None
+    m = _SCHEME_RE.match(target)
+    if m is None:
+        if complete or _SCHEME_PREFIX_RE.fullmatch(target) is None:
+            raise HttpError(400, "client sent invalid request")
+        return None
+    rest_t = target[m.end() :]
+    cut = len(rest_t)
+    for sep_b in (b"/", b"?", b"#"):
+        i = rest_t.find(sep_b)
+        if 0 <= i < cut:
+            cut = i
+    if not complete and cut == len(rest_t):
+        return None  # the authority may go on
+    authority = rest_t[:cut]
+    if _AUTHORITY_RE.fullmatch(authority) is None:
+        raise HttpError(400, "client sent invalid request")
+    host = normalize_host(authority)
+    if host is None:
+        raise HttpError(400, "client sent invalid host in request line")
+    return host
+
+
+def _scan_version(version: bytes) -> tuple[int, int] | None:
+    """``HTTP/major.minor`` as nginx reads it (``sw_http_H`` .. ``sw_minor_digit``): (major,
+    minor), or None while it is only a valid beginning.  A major version above 1 is 505 as
+    soon as its digit is read ("HTTP/2", "HTTP/11"); a leading 0, a fourth minor digit or
+    any other byte is 400."""
+    n = len(version)
+    if version[:5] != b"HTTP/"[:n]:
+        raise HttpError(400, "client sent invalid request")
+    major = minor = -1
+    for ch in version[5:]:
+        digit = ch - 0x30
+        if minor < 0 and ch == 0x2E and major > 0:  # '.'
+            minor = -2
+        elif not 0 <= digit <= 9 or (major < 0 and digit == 0):
+            raise HttpError(400, "client sent invalid request")
+        elif minor == -1:
+            major = digit if major < 0 else major * 10 + digit
+            if major > 1:
+                raise HttpError(505, "client sent invalid version")
+        elif minor > 99:
+            raise HttpError(400, "client sent invalid request")
+        else:
+            minor = digit if minor < 0 else minor * 10 + digit
+    return (major, minor) if minor >= 0 else None
+
+
 class RequestParser:
     """Incremental request parser; see the module docstring for the pause/upgrade protocol."""
 
@@ -191,6 +255,7 @@ class RequestParser:
         self._state = _State.HEAD
         self._eof = False
         self._body: BodyReader | None = None
+        self._deferred: HttpError | None = None
         self._reset_head()
 
     # -- public API ---------------------------------------------------------------------------
@@ -217,8 +282,17 @@ class RequestParser:
         """The current request line once it is complete, else ``""`` (for a 408 log line)."""
         return self._request_line.decode("latin-1") if self._line_done else ""
 
+    def check(self) -> None:
+        """Raise the error found after the events last returned (a body invalid in the same
+        bytes as its head), if any: call it before waiting for more bytes."""
+        exc = self._deferred
+        if exc is not None:
+            self._deferred = None
+            raise exc
+
     def feed(self, data: bytes) -> list[RequestEvent]:
         """Add bytes from the client; returns the events they complete."""
+        self.check()
         st = self._state
         if st is _State.TUNNEL or st is _State.FAILED:
             raise RuntimeError(f"RequestParser.feed() in state {st.name}")
@@ -335,9 +409,14 @@ class RequestParser:
                     break
                 else:
                     break
-        except HttpError:
+        except HttpError as exc:
             self._state = _State.FAILED
-            raise
+            if not events:
+                raise
+            # A body that goes bad in the bytes that completed its head: the head (and the
+            # body before the bad byte) is handed out first, so the error is answered in
+            # the request's context, as nginx reads the body after the head.
+            self._deferred = exc
         return events
 
     def _parse_head(self) -> RequestHead | None:
@@ -357,6 +436,8 @@ class RequestParser:
                     self._too_long(bytes(buf[start : start + 64]))
                 if len(buf) >= lim.max_head:
                     raise HttpError(494, "client sent too large request")
+                if not self._line_done and pending:
+                    self._check_partial_line(bytes(buf[start:]))
                 return None
             if nl + 1 - start > lim.max_line:
                 self._too_long(bytes(buf[start : start + 64]))
@@ -393,43 +474,44 @@ class RequestParser:
         if not parts or len(parts) > 2:
             raise HttpError(400, "client sent invalid request")
         target = parts[0]
-        if len(target.translate(None, _CTL)) != len(target):
-            raise HttpError(400, "client sent invalid request")
         self._target = target
-        if target[0] != 0x2F:  # not '/': must be absolute-form
-            m = _SCHEME_RE.match(target)
-            if m is None:
-                raise HttpError(400, "client sent invalid request")
-            rest_t = target[m.end() :]
-            cut = len(rest_t)
-            for sep_b in (b"/", b"?", b"#"):
-                i = rest_t.find(sep_b)
-                if 0 <= i < cut:
-                    cut = i
-            authority = rest_t[:cut]
-            if _AUTHORITY_RE.fullmatch(authority) is None:
-                raise HttpError(400, "client sent invalid request")
-            host = normalize_host(authority)
-            if host is None:
-                raise HttpError(400, "client sent invalid host in request line")
-            self._abs_host = host
+        self._abs_host = _check_target(target, complete=True)
         if len(parts) == 1:
             if self._method != "GET":
                 raise HttpError(400, "client sent invalid method in HTTP/0.9 request")
             self._version = (0, 9)
             return True
-        m = _VERSION_RE.fullmatch(parts[1])
-        if m is None or m.group(1)[0] == 0x30:  # "HTTP/0.x" is invalid too
+        version = _scan_version(parts[1])
+        if version is None:  # "HTTP/1." and the like: cut short by the line end
             raise HttpError(400, "client sent invalid request")
-        major, minor = int(m.group(1)), int(m.group(2))
-        if major > 1:
-            raise HttpError(505, "client sent invalid version")
-        if minor > 99:
-            raise HttpError(400, "client sent invalid request")
-        self._version = (major, minor)
+        self._version = version
         self._llhttp = httptools.HttpRequestParser(None)
         self._llhttp.feed_data(_SYNTHETIC_LINE)
         return False
+
+    def _check_partial_line(self, partial: bytes) -> None:
+        """A request line still waiting for its LF: refuse it now if a byte already cannot
+        belong to a valid one, as nginx's ``ngx_http_parse_request_line`` does byte by byte
+        (not after ``client_header_timeout``)."""
+        method, sep, rest = partial.partition(b" ")
+        if method.translate(None, _METHOD_CHARS) or (sep and not method):
+            raise HttpError(400, "client sent invalid method")
+        if not sep:
+            return
+        if partial.endswith(b"\r"):  # only the LF is missing: the line is what it will be
+            self._request_line_(partial[:-1])
+            self._reset_head()  # parsed again, with its headers, once the LF comes
+            return
+        if b"\r" in partial:
+            raise HttpError(400, "client sent invalid request")
+        parts = [p for p in rest.split(b" ") if p]
+        if not parts:
+            return
+        if len(parts) > 2:
+            raise HttpError(400, "client sent invalid request")
+        _check_target(parts[0], complete=len(parts) > 1 or rest.endswith(b" "))
+        if len(parts) == 2:
+            _scan_version(parts[1])
 
     def _header_line(self, line: bytes) -> None:
         colon = line.find(b":")
@@ -449,6 +531,8 @@ class RequestParser:
             self._llhttp.feed_data((renamed + line[colon:] if renamed else line) + b"\r\n")
         except httptools.HttpParserError as exc:
             raise HttpError(400, f'client sent invalid header line: "{_printable(line)}"') from exc
+        if len(self._headers) >= self.limits.max_headers:
+            raise HttpError(494, "client sent too many header lines")
         value = line[colon + 1 :].strip(b" \t")
         if lname == b"host":
             if self._host_raw is not None:

@@ -7,9 +7,9 @@ Content-Length; otherwise the body ends when the upstream closes.
 
 **101 Switching Protocols.**  The parser stops right after the head (no ``EndOfMessage``) and keeps
 whatever followed it.  The caller then either calls :meth:`ResponseParser.take_buffered` (the client
-sent ``Upgrade``: start the tunnel, send these bytes to the client first) or
-:meth:`ResponseParser.close_delimited` (no client ``Upgrade``: nginx relays the 101 and reads the
-rest as a close-delimited body; ``src/http/ngx_http_upstream.c ngx_http_upstream_process_header``).
+sent ``Upgrade``: start the tunnel, send these bytes to the client first) or drops the parser (no
+client ``Upgrade``: only the 101's head reaches the client, see
+:meth:`wsgate.proxy.relay.ResponseRelay._lone_101`).
 
 **Errors** are :class:`~wsgate.errors.HttpError` with status 502 and nginx's ERROR-level message
 (``src/http/modules/ngx_http_proxy_module.c ngx_http_proxy_process_status`` and
@@ -112,6 +112,7 @@ class ResponseParser:
         self._eof = False
         self._body: BodyReader | None = None
         self._scan = 0
+        self._deferred: HttpError | None = None
 
     @property
     def done(self) -> bool:
@@ -123,8 +124,17 @@ class ResponseParser:
         """Bytes held but not parsed (after the message: the connection is not reusable)."""
         return len(self._buf)
 
+    def check(self) -> None:
+        """Raise the error found after the events last returned (a body invalid in the same
+        bytes as its head), if any: call it before waiting for more bytes."""
+        exc = self._deferred
+        if exc is not None:
+            self._deferred = None
+            raise exc
+
     def feed(self, data: bytes) -> list[ResponseEvent]:
         """Add bytes from the upstream; returns the events they complete."""
+        self.check()
         st = self._state
         if st is _State.RETIRED or st is _State.FAILED or self._eof:
             raise RuntimeError(f"ResponseParser.feed() in state {st.name}")
@@ -150,6 +160,7 @@ class ResponseParser:
 
     def feed_eof(self) -> list[ResponseEvent]:
         """The upstream closed.  Ends a close-delimited body; raises if the response was cut."""
+        self.check()
         self._eof = True
         st = self._state
         if st is _State.HEAD:
@@ -173,21 +184,6 @@ class ResponseParser:
         self._buf.clear()
         self._state = _State.RETIRED
         return data
-
-    def close_delimited(self) -> list[ResponseEvent]:
-        """After a 101 the client did not ask for: read the rest as a close-delimited body."""
-        if self._state is not _State.SWITCHED:
-            raise RuntimeError(f"close_delimited() in state {self._state.name}")
-        events: list[ResponseEvent] = []
-        if self._buf:
-            events.append(Body(bytes(self._buf)))
-            self._buf.clear()
-        if self._eof:
-            events.append(EndOfMessage())
-            self._state = _State.DONE
-        else:
-            self._state = _State.BODY_CLOSE
-        return events
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -218,9 +214,14 @@ class ResponseParser:
                 self._buf.clear()
             elif st is _State.DONE and events and not isinstance(events[-1], EndOfMessage):
                 events.append(EndOfMessage())
-        except HttpError:
+        except HttpError as exc:
             self._state = _State.FAILED
-            raise
+            if not events:
+                raise
+            # A body that goes bad in the bytes that completed its head: the head is handed
+            # out first, and goes to the client, as nginx sends the head before it reads the
+            # body; the error comes from check() or the next feed().
+            self._deferred = exc
         return events
 
     def _find_head_end(self) -> int:

@@ -30,6 +30,7 @@ from wsgate.http.body import Body, EndOfMessage
 from wsgate.http.headers import (
     BodyFraming,
     build_client_response_head,
+    for_version,
     http_date,
 )
 from wsgate.http.pages import STATUS_LINES, closes_connection, error_response
@@ -151,6 +152,7 @@ class ClientConnection(Forwarder):
                 default.client_header_buffer_size,
                 default.large_client_header_buffers[0],
                 default.large_client_header_buffers[1],
+                default.max_headers,
             )
         )
         self.parser = parser
@@ -160,6 +162,10 @@ class ClientConnection(Forwarder):
                 if self.gw.stopping and self.requests:
                     return
                 try:
+                    if self.requests:
+                        # Bytes pipelined behind the last request are parsed now: their
+                        # errors are answered as a first request's are.
+                        self.pending = parser.next_request()
                     head = await self._read_head(keepalive_timeout)
                 except HttpError as exc:
                     # Bad input before a head exists: nginx's 400/414/494/501/505 and close.
@@ -179,7 +185,6 @@ class ClientConnection(Forwarder):
                     if not keep:
                         return
                 self._stat(None)
-                self.pending = parser.next_request()
         finally:
             # A tunnel's request (and connection) ends when the tunnel closes.
             if self.tunnel is None:
@@ -244,6 +249,7 @@ class ClientConnection(Forwarder):
 
     async def _next_events(self, timeout: float) -> bool:
         """Read more bytes into ``self.pending``; ``False`` at EOF.  Raises TimeoutError."""
+        self.parser.check()  # what the bytes already read hold comes before waiting
         ep = self.ep
         if not await ep.wait_data_or(None, timeout):
             raise TimeoutError
@@ -530,9 +536,11 @@ class ClientConnection(Forwarder):
                 date=http_date(time.time()),
                 head_only=head is not None and head.method == "HEAD",
             )
+            ctx.body_bytes_sent = len(data) - data.index(b"\r\n\r\n") - 4
+            if head is not None:
+                data = for_version(head.version, data)
             self.ep.write(data)
             ctx.bytes_sent = len(data)
-            ctx.body_bytes_sent = len(data) - data.index(b"\r\n\r\n") - 4
         else:
             keep = False
         self._log_access(settings, ctx)
@@ -556,6 +564,7 @@ class ClientConnection(Forwarder):
             location=location,
             head_only=head.method == "HEAD",
         )
+        data = for_version(head.version, data)
         self.ep.write(data)
         ctx.status = status
         ctx.bytes_sent = len(data)
@@ -607,6 +616,7 @@ class ClientConnection(Forwarder):
         )
         if head.method != "HEAD":
             out += body
+        out = for_version(head.version, out)
         self.ep.write(out)
         ctx.status = status
         ctx.bytes_sent = len(out)

@@ -30,6 +30,7 @@ from wsgate.http.headers import (
     BodyFraming,
     build_client_response_head,
     encode_chunk,
+    for_version,
     http_date,
 )
 from wsgate.http.request import RequestHead, RequestParser
@@ -190,15 +191,11 @@ class ResponseRelay:
     ) -> tuple[tuple[bool, float | None], bool]:
         """Stream the response to the client; returns the handler's (keep, keepalive_timeout)
         and whether the upstream's response was read completely."""
+        if resp.status == 101:
+            return self._lone_101(ctx, settings, resp), False
         keep = head.keep_alive
         no_body = head.method == "HEAD" or resp.status in (204, 304)
-        if resp.status == 101:
-            # A 101 to a request without Upgrade: nginx relays it and reads the rest as a
-            # close-delimited body.  wsgate then closes the client connection (README).
-            pending = pending + rparser.close_delimited()
-            framing = BodyFraming.none()
-            chunk_out = no_body = keep = False
-        elif no_body:
+        if no_body:
             framing = (
                 BodyFraming.content_length(resp.content_length)
                 if resp.content_length is not None and resp.status != 204
@@ -226,6 +223,7 @@ class ResponseRelay:
             keepalive_header=settings.keepalive_header,
             upgrade=False,
         )
+        out = for_version(head.version, out)
         ep = self.ep
         ep.write(out)
         ctx.status = resp.status
@@ -248,8 +246,10 @@ class ResponseRelay:
                     raise PeerClosed("client closed")
                 await ep.drain()
                 try:
+                    rparser.check()  # a fault in the bytes already read comes before waiting
                     async with asyncio.timeout(settings.proxy_read_timeout):
                         data = await up.read()
+                    pending = rparser.feed(data) if data else rparser.feed_eof()
                 except TimeoutError:
                     self.gw.error_log.log(
                         "error",
@@ -259,20 +259,13 @@ class ResponseRelay:
                     )
                     keep = False
                     break
-                if data:
-                    pending = rparser.feed(data)
-                else:
-                    try:
-                        pending = rparser.feed_eof()
-                    except HttpError:
-                        self.gw.error_log.log(
-                            "error",
-                            "upstream prematurely closed connection while reading upstream",
-                            self.number,
-                            ctx,
-                        )
-                        keep = False
-                        break
+                except HttpError as exc:
+                    # The head is the client's already: nginx logs the fault ("upstream
+                    # prematurely closed connection", "upstream sent invalid chunked
+                    # response") and closes, with no error page inside the response.
+                    self.gw.error_log.log("error", exc.log, self.number, ctx)
+                    keep = False
+                    break
             if complete and chunk_out:
                 ep.write(LAST_CHUNK)
             if complete:
@@ -285,6 +278,33 @@ class ResponseRelay:
         self._note_time(ctx)
         self._log_access(settings, ctx)
         return (keep and complete, settings.keepalive_timeout), complete
+
+    def _lone_101(
+        self, ctx: RequestContext, settings: LocationSettings, resp: ResponseHead
+    ) -> tuple[bool, float | None]:
+        """A 101 to a request that carried no ``Upgrade``: no tunnel (nginx sets
+        ``u->upgrade`` only "if (r->headers_in.upgrade)"), so its head goes to the client and
+        nothing the upstream sends after it does (nginx-tests ``proxy_upgrade.t``, "handshake
+        noupgrade": no byte after the head, ``$body_bytes_sent`` 0).  A backend cannot push a
+        stream to a client that did not ask for one.  Both connections are then closed."""
+        out = build_client_response_head(
+            101,
+            resp.reason,
+            resp.headers,
+            server_tokens=settings.server_tokens,
+            date=http_date(time.time()),
+            framing=BodyFraming.none(),
+            keep_alive=False,
+            keepalive_header=None,
+        )
+        out = for_version(ctx.version, out)
+        self.ep.write(out)
+        ctx.status = 101
+        ctx.bytes_sent = len(out)
+        ctx.body_bytes_sent = 0
+        self._note_time(ctx)
+        self._log_access(settings, ctx)
+        return False, settings.keepalive_timeout
 
     async def _tunnel(
         self,
