@@ -154,6 +154,11 @@ async def storm(target: Target) -> tuple[Traffic, dict[str, object]]:
     figures["reloads"] = reloads
 
     traffic.phase = "kill"
+    # A newcomer counts under the phase it started in: let the last one of the reload phase
+    # finish before the first kill, so that a kill never lands on a "reload" newcomer.
+    await until(
+        lambda: any(k.startswith("kill ") for k in traffic.newcomers), "a kill-phase newcomer", 20
+    )
     replaced = 0
     for _ in range(KILLS):
         if time.monotonic() - storm_began > STORM_BUDGET and kills:

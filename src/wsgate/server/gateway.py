@@ -30,6 +30,7 @@ import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from wsgate.config.model import Config, Listen, ProxyPass, Server, SslServer
 from wsgate.errors import ConfigError
@@ -184,7 +185,8 @@ class Gateway:
         self.groups: dict[BindKey, ListenGroup] = {}
         self.peer_groups: dict[object, PeerGroup] = {}
         self.connections: set[ClientConnection] = set()
-        self.tasks: set[asyncio.Task[None]] = set()
+        #: Tasks a fast stop cancels: connections' and accepted sockets' being started.
+        self.tasks: set[asyncio.Task[Any]] = set()
         #: Open tunnels (each holds an upstream connection: ``worker_connections``), counted;
         #: :attr:`tunnels` finds them through their connections.
         self.tunnel_count = 0
@@ -408,9 +410,23 @@ class Gateway:
         until then).  Called once per connection."""
         self.connections.discard(conn)
         self.stub_status.decrement(ACTIVE)
-        if self.stopping and not self.connections:
+        if self.stopping and self._drained():
             self._finish()
         else:
+            self._maybe_resume()
+
+    def _drained(self) -> bool:
+        """No connection left: none open, and none accepted whose protocol has yet to start
+        (a retiring worker must serve those too: the kernel gave them to it)."""
+        return not self.connections and not self.accepting
+
+    def accept_settled(self, started: bool) -> None:
+        """An accepted socket has its protocol (``started``), or never will (a fast stop)."""
+        self.accepting -= 1
+        if self.stopping:
+            if self._drained():
+                self._finish()
+        elif not started:
             self._maybe_resume()
 
     # -- active health checks -------------------------------------------------------------------
@@ -486,7 +502,7 @@ class Gateway:
         timeout = self.config.worker_shutdown_timeout
         if timeout is not None:
             self.loop.call_later(timeout, self._shutdown_timeout)
-        if not self.connections:
+        if self._drained():
             self._finish()
 
     def _shutdown_timeout(self) -> None:
@@ -681,13 +697,15 @@ class _Listener:
                 continue
             gw.accepting += 1
             task = loop.create_task(loop.connect_accepted_socket(self.acceptor, conn))
+            gw.tasks.add(task)  # a fast stop cancels it
             task.add_done_callback(functools.partial(self._started, conn))
 
     def _started(self, conn: socket.socket, task: asyncio.Task[object]) -> None:
-        self.gw.accepting -= 1
-        if task.cancelled() or task.exception() is not None:
+        self.gw.tasks.discard(task)
+        started = not task.cancelled() and task.exception() is None
+        if not started:
             conn.close()  # never reached a protocol (a stop cancelled it)
-            self.gw._maybe_resume()
+        self.gw.accept_settled(started)
 
 
 class _Acceptor:
