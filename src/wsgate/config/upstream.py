@@ -105,7 +105,7 @@ def _health_check(e: Stmt) -> HealthCheck:
     return HealthCheck(**values)  # type: ignore[arg-type]
 
 
-def load_upstream(loader: Loader, s: Stmt, check: Callable[[Stmt, str], bool]) -> Upstream:
+def load_upstream(loader: Loader, s: Stmt, check: Callable[[Stmt, str], object]) -> Upstream:
     """Build the :class:`Upstream` for ``upstream NAME { ... }``."""
     name = s.args[0]
     servers: list[UpstreamServer] = []
