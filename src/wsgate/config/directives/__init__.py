@@ -91,7 +91,7 @@ _LEVELS = frozenset({"http", "server", "location"})
 
 
 def _syntax(d: Directive) -> str:
-    if d.syntax or d.parse is None:
+    if d.syntax or d.parse is None or d.arity.hi == 0:
         return d.syntax
     doc = {"flag": "on | off", "time": "time", "size": "size", "number": "number"}
     name = getattr(d.parse, "__name__", "")

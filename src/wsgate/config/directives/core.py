@@ -473,7 +473,8 @@ ENTRIES: tuple[Directive, ...] = (
         fields=("stub_status",),
         unset=False,
         merge=Merge.HANDLER,
-        syntax="",
+        syntax="[on]",
+        note="`stub_status on` as before nginx 1.7.5; `off` is refused",
     ),
     # wsgate's own: a Prometheus text page (see wsgate.observability.metrics)
     Directive(

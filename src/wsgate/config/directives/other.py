@@ -41,19 +41,21 @@ _M, _E, _H = ctx(MAIN), ctx(EVENTS), ctx(HTTP)
 _HASH = "hash table sizes: wsgate has no hash tables to size"
 _TEMP = "wsgate writes no temporary files"
 _STREAM = "wsgate always streams, as with `off`"
+_LOOP = "the event loop (uvloop or asyncio) accepts connections its own way"
+_FILES = "wsgate serves no files"
 
 ENTRIES: tuple[Directive, ...] = (
-    _noop("user", _M, TAKE12),
-    _noop("worker_rlimit_core", _M, TAKE1),
-    _noop("pcre_jit", _M, FLAG),
-    _noop("use", _E, TAKE1),
-    _noop("multi_accept", _E, FLAG),
-    _noop("accept_mutex", _E, FLAG),
-    _noop("accept_mutex_delay", _E, TAKE1),
-    _noop("sendfile", HSL, FLAG),
-    _noop("tcp_nopush", HSL, FLAG),
+    _noop("user", _M, TAKE12, "wsgate does not switch users"),
+    _noop("worker_rlimit_core", _M, TAKE1, "no core file limit is set"),
+    _noop("pcre_jit", _M, FLAG, "regular expressions are Python's `re`"),
+    _noop("use", _E, TAKE1, _LOOP),
+    _noop("multi_accept", _E, FLAG, _LOOP),
+    _noop("accept_mutex", _E, FLAG, _LOOP),
+    _noop("accept_mutex_delay", _E, TAKE1, _LOOP),
+    _noop("sendfile", HSL, FLAG, _FILES),
+    _noop("tcp_nopush", HSL, FLAG, _FILES),
     _noop("tcp_nodelay", HSL, FLAG, "wsgate always sets TCP_NODELAY"),
-    _noop("default_type", HSL, TAKE1),
+    _noop("default_type", HSL, TAKE1, _FILES),
     _noop("types_hash_max_size", HSL, TAKE1, _HASH),
     _noop("types_hash_bucket_size", HSL, TAKE1, _HASH),
     _noop("server_names_hash_max_size", _H, TAKE1, _HASH),
@@ -75,8 +77,8 @@ ENTRIES: tuple[Directive, ...] = (
     _noop("proxy_busy_buffers_size", HSL, TAKE1, _STREAM),
     _noop("proxy_max_temp_file_size", HSL, TAKE1, _TEMP),
     _noop("proxy_temp_file_write_size", HSL, TAKE1, _TEMP),
-    _noop("reset_timedout_connection", HSL, FLAG),
-    _noop("types", HSL, BLOCK),
+    _noop("reset_timedout_connection", HSL, FLAG, "kept for compatibility"),
+    _noop("types", HSL, BLOCK, _FILES),
     Directive(
         "proxy_redirect",
         HSL,
