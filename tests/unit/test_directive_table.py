@@ -22,6 +22,7 @@ from wsgate.config.model import (
     Source,
     SslServer,
     SslUpstream,
+    Upstream,
 )
 from wsgate.config.parse import Stmt
 from wsgate.config.table import CONTEXT_ORDER, Directive, Kind, Merge, enum_
@@ -69,6 +70,15 @@ SAMPLES: dict[str, tuple[str, str]] = {
     "proxy_ssl_ciphers": ("HIGH", "ALL"),
     "proxy_ssl_certificate": ("a.pem", "b.pem"),
     "proxy_ssl_certificate_key": ("a.key", "b.key"),
+    "server": ("127.0.0.1:1", "127.0.0.1:2 weight=2 backup"),
+    "listen": ("127.0.0.1:8080", "[::1]:0 default_server"),
+    "server_name": ("example.org *.example.org", "~^(?<sub>.+)\\.example\\.net$"),
+    "least_conn": ("", ""),
+    "ip_hash": ("", ""),
+    "hash": ("$uri", "$uri consistent"),
+    "random": ("", "two least_conn"),
+    "keepalive": ("8", "16"),
+    "health_check": ("", "interval=1s type=websocket"),
 }
 #: A bad argument list and nginx's words, for each directive whose parser is its own; ``None``
 #: for a parser that takes any value.
@@ -111,6 +121,15 @@ BAD: dict[str, tuple[str, str] | None] = {
     "proxy_ssl_ciphers": ("NOPE-NOPE", 'SSL_CTX_set_cipher_list("NOPE-NOPE") failed'),
     "proxy_ssl_certificate": ("$v", 'variables in "proxy_ssl_certificate" are not supported'),
     "proxy_ssl_certificate_key": ("$v", 'variables in "proxy_ssl_certificate_key" are not'),
+    "server": ("127.0.0.1:1 slow_start=3s", 'invalid parameter "slow_start=3s"'),
+    "listen": ("127.0.0.1:0 http2", '"listen ... http2" is not supported by wsgate yet'),
+    "server_name": ("a*b", 'invalid server name or wildcard "a*b"'),
+    "least_conn": None,
+    "ip_hash": None,
+    "hash": ("$uri nonsense", 'invalid parameter "nonsense"'),
+    "random": ("three", 'invalid parameter "three"'),
+    "keepalive": ("0", 'invalid value "0" in "keepalive" directive'),
+    "health_check": ("type=tcp", 'invalid parameter "type=tcp"'),
 }
 _GENERIC = {"flag", "time", "size", "number"}
 
@@ -188,7 +207,7 @@ def test_default_is_the_models(tmp_path: Path, d: Directive) -> None:
         elif name in model and model[name].default is not dataclasses.MISSING:
             assert model[name].default == v, (d.name, name)
         else:  # a required model field, or one built from this one (certificates)
-            assert d.target in (Config, SslServer), (d.name, name)
+            assert d.target in (Config, Server, SslServer, Upstream), (d.name, name)
 
 
 @pytest.mark.parametrize("d", SETTINGS, ids=lambda d: f"{d.name}@{min(d.contexts)}")
@@ -323,7 +342,8 @@ def test_bad_arguments_get_nginx_words(tmp_path: Path, d: Directive) -> None:
     if d.merge is not Merge.ARRAY:
         line = f"{d.name} {samples(d)[0]};"
         text = f"{line} {line}"
-        assert f'"{d.name}" directive is duplicate' in _error(tmp_path, ctx, text)
+        words = d.duplicate or f'"{d.name}" directive is duplicate'
+        assert words in _error(tmp_path, ctx, text)
 
 
 def test_no_op_and_refused_entries(tmp_path: Path) -> None:
@@ -350,7 +370,7 @@ def test_targets_are_model_classes() -> None:
     targets = {d.target for d in SETTINGS}
     from wsgate.config.model import LocationSettings
 
-    assert targets == {Config, Server, LocationSettings, SslServer, SslUpstream}
+    assert targets == {Config, Server, LocationSettings, SslServer, SslUpstream, Upstream}
 
 
 def test_readme_summary_names_every_directive() -> None:

@@ -45,8 +45,8 @@ class Level:
     def set(self, s: Stmt, d: Directive) -> None:
         """``s`` at this level, already checked by :func:`~wsgate.config.directives.find`."""
         assert d.parse is not None and d.target is not None, d.name
-        if d.merge is not Merge.ARRAY and s.name in self.written:
-            raise _err(f'"{s.name}" directive is duplicate', s.src)
+        if d.merge is not Merge.ARRAY and d.key in self.own:
+            raise _err(d.duplicate or f'"{s.name}" directive is duplicate', s.src)
         value = d.parse(s, self)
         self.written[s.name] = d
         if d.merge is Merge.ARRAY:

@@ -35,15 +35,13 @@ from wsgate.config.model import (
     Upstream,
 )
 from wsgate.config.parse import Stmt, parse_file, parse_globals
-from wsgate.config.table import EVENTS, HTTP, LOCATION, MAIN, SERVER, Directive, Kind
+from wsgate.config.table import EVENTS, HTTP, LOCATION, MAIN, SERVER, UPSTREAM, Directive, Kind
 from wsgate.config.template import Template, TemplateError, compile_template
-from wsgate.config.upstream import load_upstream
+from wsgate.config.upstream import build_upstream
 from wsgate.config.values import (
     check_default_servers,
     config_error,
-    listen,
     regex,
-    server_name,
 )
 from wsgate.config.variables import is_known_variable
 
@@ -293,14 +291,16 @@ class Loader:
         name = s.args[0]
         if name in self.upstreams:
             raise _err(f'duplicate upstream "{name}"', s.src)
-        self.upstreams[name] = load_upstream(self, s, self.check)
+        level = Level(self, None)
+        for e in s.block or []:
+            d = self.check(e, UPSTREAM)
+            if d is not None:
+                level.set(e, d)
+        self.upstreams[name] = build_upstream(s, level.collect(Upstream))
 
     # -- server -------------------------------------------------------------------------------
     def load_server(self, s: Stmt, http: Level) -> Server:
         level = Level(self, http)
-        listens: list[Listen] = []
-        names: list[ServerName] = []
-        locations: list[Location] = []
         loc_stmts: list[Stmt] = []
         for e in s.block or []:
             d = self.check(e, SERVER)
@@ -308,19 +308,19 @@ class Loader:
                 continue
             if d.kind is Kind.SETTING:
                 level.set(e, d)
-            elif e.name == "listen":
-                listens.append(listen(e.args, e.src))
-            elif e.name == "server_name":
-                names.extend(server_name(a, e.src, self.captures) for a in e.args)
             else:  # location
                 loc_stmts.append(e)
-        if not listens:
-            listens.append(Listen("0.0.0.0", 80, source=s.src))
-        if any(n.kind == "exact" and n.value == "" for n in names) and len(names) == 1:
-            names = []
+        fields = level.collect(Server)
+        # "If the directive is not present then either *:80 is used if nginx runs with the
+        # superuser privileges, or *:8000 otherwise." (wsgate: *:80)
+        listens: tuple[Listen, ...] = fields.pop("listens") or (
+            Listen("0.0.0.0", 80, source=s.src),
+        )
+        names: tuple[ServerName, ...] = fields.pop("names")
+        if len(names) == 1 and names[0].kind == "exact" and names[0].value == "":
+            names = ()
         settings = self.settings(level)
-        for e in loc_stmts:
-            locations.append(self.load_location(e, level, None))
+        locations = tuple(self.load_location(e, level, None) for e in loc_stmts)
         ssl_listen = next((lst for lst in listens if lst.ssl), None)
         ssl_server = None
         if ssl_listen is not None:
@@ -328,13 +328,13 @@ class Loader:
                 level.collect(SslServer), ssl_listen.source or s.src, s.src
             )
         return Server(
-            listens=tuple(listens),
-            names=tuple(names),
+            listens=listens,
+            names=names,
             settings=settings,
-            locations=tuple(locations),
+            locations=locations,
             source=s.src,
             ssl=ssl_server,
-            **level.collect(Server),
+            **fields,
         )
 
     def settings(self, level: Level) -> LocationSettings:

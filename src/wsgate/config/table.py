@@ -176,6 +176,8 @@ class Directive:
     ``parse``, so the default can never disagree with what the directive would set; with no
     default the field is ``unset``.  ``syntax`` and ``note`` are for the generated
     documentation.  ``values`` limits a :attr:`Kind.NO_OP` directive to harmless values.
+    Directives that fill the same field exclude each other at one level (``least_conn`` and
+    ``ip_hash``), except arrays, which add up.
     """
 
     name: str
@@ -191,6 +193,8 @@ class Directive:
     syntax: str = ""
     note: str = ""
     values: frozenset[str] | None = None
+    #: nginx's words when a level sets the field twice (else ``"X" directive is duplicate``).
+    duplicate: str = ""
 
     @property
     def key(self) -> str:

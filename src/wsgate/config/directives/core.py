@@ -14,9 +14,11 @@ from wsgate.config.model import (
     AccessRule,
     Config,
     ErrorLog,
+    Listen,
     LocationSettings,
     Return,
     Server,
+    ServerName,
 )
 from wsgate.config.table import (
     BLOCK,
@@ -42,7 +44,7 @@ from wsgate.config.table import (
     time,
 )
 from wsgate.config.units import parse_size, parse_time
-from wsgate.config.values import config_error
+from wsgate.config.values import config_error, listen, server_name
 
 if TYPE_CHECKING:
     from wsgate.config.level import Level
@@ -193,6 +195,14 @@ def _large_buffers(s: Stmt, level: Level) -> tuple[int, int]:
     return (int(s.args[0]), size(s, level, 1))
 
 
+def _listen(s: Stmt, level: Level) -> tuple[Listen, ...]:
+    return (listen(s.args, s.src),)
+
+
+def _server_name(s: Stmt, level: Level) -> tuple[ServerName, ...]:
+    return tuple(server_name(a, s.src, level.loader.captures) for a in s.args)
+
+
 def _error_log_here(s: Stmt, level: Level) -> None:
     raise _err('"error_log" is supported in the main context only by wsgate', s.src)
 
@@ -326,14 +336,23 @@ ENTRIES: tuple[Directive, ...] = (
         "listen",
         ctx("server"),
         ONEMORE,
-        kind=Kind.STRUCTURE,
+        parse=_listen,
+        target=_SERVER,
+        fields=("listens",),
+        unset=(),
+        merge=Merge.ARRAY,
         syntax="address[:port] | port [default_server] [ssl] [ipv6only=on|off]",
+        note="`*:80` when a server has none",
     ),
     Directive(
         "server_name",
         ctx("server"),
         ONEMORE,
-        kind=Kind.STRUCTURE,
+        parse=_server_name,
+        target=_SERVER,
+        fields=("names",),
+        unset=(),
+        merge=Merge.ARRAY,
         syntax="name ...",
         note="exact, `*.x`, `.x`, `x.*`, `~regex`",
     ),
