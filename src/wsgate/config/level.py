@@ -19,6 +19,7 @@ from wsgate.config.values import config_error
 
 if TYPE_CHECKING:
     from wsgate.config.loader import Loader
+    from wsgate.config.model import Location
 
 __all__ = ["Level"]
 
@@ -28,14 +29,24 @@ _err = config_error
 class Level:
     """Directives set at one level, and the merge with the outer level."""
 
-    __slots__ = ("loader", "parent", "own", "written", "regex")
+    __slots__ = ("loader", "parent", "own", "written", "regex", "location", "blocks")
 
-    def __init__(self, loader: Loader, parent: Level | None, regex: bool = False) -> None:
+    def __init__(
+        self,
+        loader: Loader,
+        parent: Level | None,
+        regex: bool = False,
+        location: Location | None = None,
+    ) -> None:
         self.loader = loader
         self.parent = parent
         #: A location given by a regular expression (``clcf->regex``): ``proxy_pass`` may
         #: not have a URI part here (nor, later, inside ``if``).
         self.regex = regex
+        #: The location this level is (its modifier and name), for the locations inside.
+        self.location = location
+        #: Blocks that may appear once here (``http``, ``events``).
+        self.blocks: set[str] = set()
         #: entry key → (value, where the first directive filling it was written); for
         #: :attr:`Merge.ARRAY` the value is the level's list.
         self.own: dict[str, tuple[Any, Source]] = {}
@@ -53,6 +64,12 @@ class Level:
             self.own.setdefault(d.key, ([], s.src))[0].extend(value)
         else:
             self.own[d.key] = (value, s.src)
+
+    def once(self, s: Stmt) -> None:
+        """A block nginx allows once per level (``ngx_http_block``: "is duplicate")."""
+        if s.name in self.blocks:
+            raise _err(f'"{s.name}" directive is duplicate', s.src)
+        self.blocks.add(s.name)
 
     def current(self, name: str) -> list[Any]:
         """What the array directive ``name`` holds at this level so far."""

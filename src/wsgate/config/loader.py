@@ -12,11 +12,11 @@ import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from wsgate.config import tls
-from wsgate.config.directives import find
+from wsgate.config.directives import TABLE, find
 from wsgate.config.level import Level, parse_default
-from wsgate.config.limits import parse_zone
 from wsgate.config.model import (
     Config,
     HttpConfig,
@@ -35,7 +35,7 @@ from wsgate.config.model import (
     Upstream,
 )
 from wsgate.config.parse import Stmt, parse_file, parse_globals
-from wsgate.config.table import EVENTS, HTTP, LOCATION, MAIN, SERVER, UPSTREAM, Directive, Kind
+from wsgate.config.table import HTTP, LOCATION, MAIN, SERVER, UPSTREAM, Directive, Kind
 from wsgate.config.template import Template, TemplateError, compile_template
 from wsgate.config.upstream import build_upstream
 from wsgate.config.values import (
@@ -60,7 +60,6 @@ JSON_FORMAT = (
     '"upstream_addr":"$upstream_addr","upstream_status":"$upstream_status",'
     '"http_user_agent":"$http_user_agent","http_referer":"$http_referer","host":"$host"}'
 )
-_ZONES = ("limit_conn_zone", "limit_req_zone")
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -124,30 +123,37 @@ class Loader:
             self.defaults[key] = parse_default(self, d)
         return self.defaults[key]
 
-    # -- main ---------------------------------------------------------------------------------
-    def load_main(self, stmts: list[Stmt]) -> Config:
-        level = Level(self, None)
-        http: Stmt | None = None
-        blocks: set[str] = set()
+    def read(self, stmts: list[Stmt], ctx: str, level: Level) -> list[Any]:
+        """One block's contents, as nginx's ``ngx_conf_parse`` reads them through the table:
+        ``early`` entries first (names the rest refers to), then every setting into
+        ``level``; the blocks that open a level of their own (``http``, ``server``,
+        ``location``) are loaded once ``level`` is complete, and what they build is
+        returned in order."""
+        early = {id(s) for s in stmts if any(d.early for d in TABLE.get(s.name, ()))}
         for s in stmts:
-            d = self.check(s, MAIN)
-            if d is None:
+            if id(s) in early and (d := self.check(s, ctx)) is not None:
+                assert d.parse is not None
+                d.parse(s, level)
+        blocks: list[tuple[Stmt, Directive]] = []
+        for s in stmts:
+            if id(s) in early or (d := self.check(s, ctx)) is None:
                 continue
             if d.kind is Kind.SETTING:
                 level.set(s, d)
-                continue
-            # events { } and http { }
-            if s.name in blocks:
-                raise _err(f'"{s.name}" directive is duplicate', s.src)
-            blocks.add(s.name)
-            if s.name == "http":
-                http = s
-                continue
-            for e in s.block or []:
-                ed = self.check(e, EVENTS)
-                if ed is not None:
-                    level.set(e, ed)
-        http_cfg = self.load_http(http) if http is not None else HttpConfig(servers=())
+            else:
+                blocks.append((s, d))
+        built = []
+        for s, d in blocks:
+            assert d.parse is not None
+            result = d.parse(s, level)
+            if result is not None:
+                built.append(result)
+        return built
+
+    # -- main ---------------------------------------------------------------------------------
+    def load_main(self, stmts: list[Stmt]) -> Config:
+        level = Level(self, None)
+        (http_cfg,) = self.read(stmts, MAIN, level) or [HttpConfig(servers=())]
         known = set(self.maps) | self.captures
         for tpl, src in self.templates:
             for var in tpl.variables:
@@ -163,34 +169,11 @@ class Loader:
 
     # -- http ---------------------------------------------------------------------------------
     def load_http(self, http: Stmt) -> HttpConfig:
-        body = http.block or []
         self.log_formats["combined"] = LogFormat("combined", self.template(COMBINED, http.src))
         self.log_formats["json"] = LogFormat(
             "json", self.template(JSON_FORMAT, http.src), "json", builtin=True
         )
-        # Maps, upstreams and log formats first: servers refer to them.
-        for s in body:
-            if s.name == "map" and self.check(s, HTTP):
-                self.load_map(s)
-            elif s.name == "upstream" and self.check(s, HTTP):
-                self.load_upstream(s)
-            elif s.name == "log_format" and self.check(s, HTTP):
-                self.load_log_format(s)
-            elif s.name in _ZONES and self.check(s, HTTP):
-                self.load_zone(s)
-        level = Level(self, None)
-        server_stmts = []
-        for s in body:
-            if s.name in ("map", "upstream", "log_format", *_ZONES):
-                continue
-            d = self.check(s, HTTP)
-            if d is None:
-                continue
-            if d.kind is Kind.STRUCTURE:  # server { }
-                server_stmts.append(s)
-            else:
-                level.set(s, d)
-        servers = tuple(self.load_server(s, level) for s in server_stmts)
+        servers = tuple(self.read(http.block or [], HTTP, Level(self, None)))
         check_default_servers(servers)
         return HttpConfig(
             servers=servers,
@@ -200,17 +183,6 @@ class Loader:
             limit_conn_zones=dict(self.conn_zones),
             limit_req_zones=dict(self.req_zones),
         )
-
-    def load_zone(self, s: Stmt) -> None:
-        """``limit_conn_zone``/``limit_req_zone`` (http level, loaded before the servers)."""
-        if s.name == "limit_conn_zone":
-            zone = parse_zone(s, self.template, self.conn_zones)
-            assert isinstance(zone, LimitConnZone)
-            self.conn_zones[zone.name] = zone
-        else:
-            rzone = parse_zone(s, self.template, self.req_zones)
-            assert isinstance(rzone, LimitReqZone)
-            self.req_zones[rzone.name] = rzone
 
     def load_log_format(self, s: Stmt) -> None:
         name, rest = s.args[0], s.args[1:]
@@ -301,15 +273,7 @@ class Loader:
     # -- server -------------------------------------------------------------------------------
     def load_server(self, s: Stmt, http: Level) -> Server:
         level = Level(self, http)
-        loc_stmts: list[Stmt] = []
-        for e in s.block or []:
-            d = self.check(e, SERVER)
-            if d is None:
-                continue
-            if d.kind is Kind.SETTING:
-                level.set(e, d)
-            else:  # location
-                loc_stmts.append(e)
+        locations = tuple(self.read(s.block or [], SERVER, level))
         fields = level.collect(Server)
         # "If the directive is not present then either *:80 is used if nginx runs with the
         # superuser privileges, or *:8000 otherwise." (wsgate: *:80)
@@ -320,7 +284,6 @@ class Loader:
         if len(names) == 1 and names[0].kind == "exact" and names[0].value == "":
             names = ()
         settings = self.settings(level)
-        locations = tuple(self.load_location(e, level, None) for e in loc_stmts)
         ssl_listen = next((lst for lst in listens if lst.ssl), None)
         ssl_server = None
         if ssl_listen is not None:
@@ -346,7 +309,7 @@ class Loader:
             proxy_ssl = tls.build_ssl_upstream(level.collect(SslUpstream), ssl_src)
         return LocationSettings(proxy_ssl=proxy_ssl, **level.collect(LocationSettings))
 
-    def load_location(self, s: Stmt, parent: Level, outer: Location | None) -> Location:
+    def load_location(self, s: Stmt, parent: Level) -> Location:
         args = s.args
         if len(args) == 2:
             modifier, name = args
@@ -361,6 +324,7 @@ class Loader:
                     break
         if name.startswith("@"):
             raise _err('named locations ("@name") are not supported by wsgate', s.src)
+        outer = parent.location
         if outer is not None:
             if outer.is_exact:
                 raise _err(
@@ -375,19 +339,11 @@ class Loader:
         compiled: re.Pattern[str] | None = None
         if modifier in ("~", "~*"):
             compiled = regex(name, re.IGNORECASE if modifier == "~*" else 0, s.src, self.captures)
-        level = Level(self, parent, regex=compiled is not None)
-        nested: list[Stmt] = []
-        for e in s.block or []:
-            d = self.check(e, LOCATION)
-            if d is None:
-                continue
-            if d.kind is Kind.STRUCTURE:  # location
-                nested.append(e)
-            else:
-                level.set(e, d)
-        loc = Location(modifier, name, self.settings(level), compiled, (), s.src)
-        children = tuple(self.load_location(e, level, loc) for e in nested)
-        return Location(modifier, name, loc.settings, compiled, children, s.src)
+        # The locations inside see this one's modifier and name (its settings come last).
+        here = Location(modifier, name, LocationSettings(), compiled, (), s.src)
+        level = Level(self, parent, regex=compiled is not None, location=here)
+        children = tuple(self.read(s.block or [], LOCATION, level))
+        return Location(modifier, name, self.settings(level), compiled, children, s.src)
 
 
 def load(path: str, prefix: str | None = None, globals_: str | None = None) -> Config:

@@ -135,8 +135,9 @@ class Kind(enum.Enum):
 
     #: Parsed by the entry's parser into the model field it names.
     SETTING = "setting"
-    #: A block or a directive the loader reads itself (``http``, ``server``, ``location``,
-    #: ``listen``, ``upstream``'s contents...): the entry gives contexts and arity only.
+    #: A block or a named thing (``http``, ``server``, ``location``, ``upstream``, ``map``,
+    #: ``log_format``...): its ``parse`` is a handler that loads it (nginx's block handlers,
+    #: ``ngx_http_core_server``...), given the level it appears in.
     STRUCTURE = "structure"
     #: Accepted with a ``[warn]``: it changes nothing a streaming proxy does.
     NO_OP = "no-op"
@@ -162,7 +163,8 @@ class Merge(enum.Enum):
     HANDLER = "content handler"
 
 
-#: ``parse(stmt, level)`` → the value (for :attr:`Merge.ARRAY`, a tuple of items to add).
+#: ``parse(stmt, level)`` → the value (for :attr:`Merge.ARRAY`, a tuple of items to add); for
+#: :attr:`Kind.STRUCTURE`, what the block built (a server, a location), or ``None``.
 Parser = Callable[["Stmt", "Level"], Any]
 
 
@@ -195,6 +197,9 @@ class Directive:
     values: frozenset[str] | None = None
     #: nginx's words when a level sets the field twice (else ``"X" directive is duplicate``).
     duplicate: str = ""
+    #: Read before the rest of its block: it names things the rest refers to (``upstream``,
+    #: ``map``, ``log_format``, zones), which nginx may use before they are written.
+    early: bool = False
 
     @property
     def key(self) -> str:

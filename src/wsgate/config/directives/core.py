@@ -14,7 +14,9 @@ from wsgate.config.model import (
     AccessRule,
     Config,
     ErrorLog,
+    HttpConfig,
     Listen,
+    Location,
     LocationSettings,
     Return,
     Server,
@@ -23,6 +25,7 @@ from wsgate.config.model import (
 from wsgate.config.table import (
     BLOCK,
     DEFAULT_SOURCE,
+    EVENTS,
     FLAG,
     HSL,
     HTTP,
@@ -195,6 +198,37 @@ def _large_buffers(s: Stmt, level: Level) -> tuple[int, int]:
     return (int(s.args[0]), size(s, level, 1))
 
 
+def _events(s: Stmt, level: Level) -> None:
+    """``events { }``: its directives fill the main level's fields."""
+    level.once(s)
+    level.loader.read(s.block or [], EVENTS, level)
+
+
+def _http(s: Stmt, level: Level) -> HttpConfig:
+    level.once(s)
+    return level.loader.load_http(s)
+
+
+def _map(s: Stmt, level: Level) -> None:
+    level.loader.load_map(s)
+
+
+def _upstream(s: Stmt, level: Level) -> None:
+    level.loader.load_upstream(s)
+
+
+def _log_format(s: Stmt, level: Level) -> None:
+    level.loader.load_log_format(s)
+
+
+def _server(s: Stmt, level: Level) -> Server:
+    return level.loader.load_server(s, level)
+
+
+def _location(s: Stmt, level: Level) -> Location:
+    return level.loader.load_location(s, level)
+
+
 def _listen(s: Stmt, level: Level) -> tuple[Listen, ...]:
     return (listen(s.args, s.src),)
 
@@ -300,7 +334,7 @@ ENTRIES: tuple[Directive, ...] = (
         default="0",
         note="wsgate's",
     ),
-    Directive("events", ctx(MAIN), BLOCK, kind=Kind.STRUCTURE, syntax="{ ... }"),
+    Directive("events", ctx(MAIN), BLOCK, kind=Kind.STRUCTURE, parse=_events, syntax="{ ... }"),
     Directive(
         "worker_connections",
         ctx("events"),
@@ -311,26 +345,45 @@ ENTRIES: tuple[Directive, ...] = (
         default="512",
         syntax="number",
     ),
-    Directive("http", ctx(MAIN), BLOCK, kind=Kind.STRUCTURE, syntax="{ ... }"),
+    Directive("http", ctx(MAIN), BLOCK, kind=Kind.STRUCTURE, parse=_http, syntax="{ ... }"),
     # http: named things the servers refer to, loaded first
     Directive(
         "map",
         ctx(HTTP),
         BLOCK | TAKE2,
         kind=Kind.STRUCTURE,
+        parse=_map,
+        early=True,
         syntax="string $variable { ... }",
         note="exact, `~`/`~*` with captures, `default`, `hostnames`, `volatile`",
     ),
-    Directive("upstream", ctx(HTTP), BLOCK | TAKE1, kind=Kind.STRUCTURE, syntax="name { ... }"),
+    Directive(
+        "upstream",
+        ctx(HTTP),
+        BLOCK | TAKE1,
+        kind=Kind.STRUCTURE,
+        parse=_upstream,
+        early=True,
+        syntax="name { ... }",
+    ),
     Directive(
         "log_format",
         ctx(HTTP),
         Arity(2, -1),
         kind=Kind.STRUCTURE,
+        parse=_log_format,
+        early=True,
         syntax="name [escape=default|json|none] string ...",
         note="built-in `combined` and `json` (wsgate's)",
     ),
-    Directive("server", ctx(HTTP), BLOCK, kind=Kind.STRUCTURE, syntax="{ ... }"),
+    Directive(
+        "server",
+        ctx(HTTP),
+        BLOCK,
+        kind=Kind.STRUCTURE,
+        parse=_server,
+        syntax="{ ... }",
+    ),
     # server
     Directive(
         "listen",
@@ -361,6 +414,7 @@ ENTRIES: tuple[Directive, ...] = (
         ctx("server location"),
         BLOCK | TAKE12,
         kind=Kind.STRUCTURE,
+        parse=_location,
         syntax="[ = | ~ | ~* | ^~ ] uri { ... }",
         note="nested too; no named locations",
     ),

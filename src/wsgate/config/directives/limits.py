@@ -6,7 +6,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from wsgate.config import limits as lim
-from wsgate.config.model import LimitConn, LimitReq, LocationSettings
+from wsgate.config.model import (
+    LimitConn,
+    LimitConnZone,
+    LimitReq,
+    LimitReqZone,
+    LocationSettings,
+)
 from wsgate.config.table import (
     FLAG,
     HSL,
@@ -40,6 +46,21 @@ def _limit_req(s: Stmt, level: Level) -> tuple[LimitReq, ...]:
     return (lim.parse_limit_req(s, level.loader.req_zones, level.current(s.name)),)
 
 
+def _conn_zone(s: Stmt, level: Level) -> None:
+    """http level, read before the servers: ``limit_conn`` may name a zone written later."""
+    zones = level.loader.conn_zones
+    zone = lim.parse_zone(s, level.loader.template, zones)
+    assert isinstance(zone, LimitConnZone)
+    zones[zone.name] = zone
+
+
+def _req_zone(s: Stmt, level: Level) -> None:
+    zones = level.loader.req_zones
+    zone = lim.parse_zone(s, level.loader.template, zones)
+    assert isinstance(zone, LimitReqZone)
+    zones[zone.name] = zone
+
+
 def _status(s: Stmt, level: Level) -> int:
     return lim.parse_limit_status(s)
 
@@ -49,7 +70,13 @@ _LEVEL = enum_(*lim.LIMIT_LOG_LEVELS)
 
 ENTRIES: tuple[Directive, ...] = (
     Directive(
-        "limit_conn_zone", ctx(HTTP), TAKE2, kind=Kind.STRUCTURE, syntax="key zone=name:size"
+        "limit_conn_zone",
+        ctx(HTTP),
+        TAKE2,
+        kind=Kind.STRUCTURE,
+        parse=_conn_zone,
+        early=True,
+        syntax="key zone=name:size",
     ),
     Directive(
         "limit_conn",
@@ -95,6 +122,8 @@ ENTRIES: tuple[Directive, ...] = (
         ctx(HTTP),
         TAKE3,
         kind=Kind.STRUCTURE,
+        parse=_req_zone,
+        early=True,
         syntax="key zone=name:size rate=rate",
     ),
     Directive(
