@@ -118,11 +118,6 @@ class Level:
             level = level.parent
         return None
 
-    def own_source(self, name: str) -> Source | None:
-        """Where ``name`` was written at this level, if it was."""
-        d = self.written.get(name)
-        return None if d is None else self.own[d.key][1]
-
 
 def parse_default(loader: Loader, d: Directive) -> Any:
     """nginx's documented default, parsed as if written (``Default: proxy_read_timeout 60s;``)."""
