@@ -206,6 +206,24 @@ http {
             4,
         ),
         ("http {\n proxy_read_timeout 5x;\n}\n", '"proxy_read_timeout" directive invalid value', 2),
+        # ngx_conf_set_num_slot's and ngx_conf_set_bufs_slot's words
+        (
+            "http {\n keepalive_requests 1x;\n}\n",
+            '"keepalive_requests" directive invalid number',
+            2,
+        ),
+        (
+            "http {\n large_client_header_buffers x 8k;\n}\n",
+            '"large_client_header_buffers" directive invalid value',
+            2,
+        ),
+        (
+            "events {\n worker_connections 1;\n worker_connections 2;\n}\n",
+            '"worker_connections" directive is duplicate',
+            3,
+        ),
+        # http's server is NGX_CONF_BLOCK|NGX_CONF_NOARGS, upstream's server NGX_CONF_1MORE
+        ("http {\n server x { }\n}\n", 'invalid number of arguments in "server" directive', 2),
         ("events {}\nevents {}\n", '"events" directive is duplicate', 2),
         (
             "http {\n server {\n  location / {\n   listen 80;\n  }\n }\n}\n",

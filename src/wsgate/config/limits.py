@@ -147,7 +147,8 @@ def parse_limit_status(s: Stmt) -> int:
     """``limit_conn_status``/``limit_req_status CODE``: nginx bounds it to 400..599."""
     text = s.args[0]
     if not re.fullmatch(r"[0-9]+", text):
-        raise _err(f'invalid number "{text}" in "{s.name}" directive', s.src)
+        # ngx_conf_set_num_slot
+        raise _err(f'"{s.name}" directive invalid number', s.src)
     code = int(text)
     if not 400 <= code <= 599:
         raise _err("value must be between 400 and 599", s.src)

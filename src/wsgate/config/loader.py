@@ -12,40 +12,36 @@ import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
-from wsgate.config import directives as D
 from wsgate.config import tls
-from wsgate.config.level import (
-    Level,
-    parse_flag_arg,
-    parse_int_arg,
-    parse_time_arg,
-)
-from wsgate.config.limits import parse_zone
+from wsgate.config.directives import TABLE, find
+from wsgate.config.level import Level, parse_default
 from wsgate.config.model import (
     Config,
-    ErrorLog,
     HttpConfig,
     LimitConnZone,
     LimitReqZone,
     Listen,
     Location,
+    LocationSettings,
     LogFormat,
     MapBlock,
     Server,
     ServerName,
     Source,
+    SslServer,
+    SslUpstream,
     Upstream,
 )
-from wsgate.config.parse import NGINX_DIRECTIVES, Stmt, parse_file, parse_globals
+from wsgate.config.parse import Stmt, parse_file, parse_globals
+from wsgate.config.table import HTTP, LOCATION, MAIN, SERVER, UPSTREAM, Directive, Kind
 from wsgate.config.template import Template, TemplateError, compile_template
-from wsgate.config.upstream import load_upstream
+from wsgate.config.upstream import build_upstream
 from wsgate.config.values import (
     check_default_servers,
     config_error,
-    listen,
     regex,
-    server_name,
 )
 from wsgate.config.variables import is_known_variable
 
@@ -64,8 +60,6 @@ JSON_FORMAT = (
     '"upstream_addr":"$upstream_addr","upstream_status":"$upstream_status",'
     '"http_user_agent":"$http_user_agent","http_referer":"$http_referer","host":"$host"}'
 )
-_ZONES = ("limit_conn_zone", "limit_req_zone")
-ERROR_LEVELS = ("debug", "info", "notice", "warn", "error", "crit", "alert", "emerg")
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -87,6 +81,8 @@ class Loader:
     templates: list[tuple[Template, Source]] = field(default_factory=list)
     #: Named captures of every regex: nginx makes them variables.
     captures: set[str] = field(default_factory=set)
+    #: Parsed defaults, by entry (some need the log formats, so they are parsed per load).
+    defaults: dict[int, object] = field(default_factory=dict)
 
     def conf_path(self, p: str) -> str:
         """Paths of certificates and keys resolve against the main file's directory."""
@@ -109,93 +105,55 @@ class Loader:
         return tpl
 
     # -- directive checks ---------------------------------------------------------------------
-    def check(self, s: Stmt, ctx: str) -> bool:
-        """Validate context and argument count; ``False`` for an accepted no-op directive."""
-        spec = D.DIRECTIVES.get(s.name)
-        noop = spec is None and s.name in D.NO_OP
-        if spec is None:
-            spec = D.NO_OP.get(s.name)
-        if spec is None:
-            if s.name in NGINX_DIRECTIVES:
-                raise _err(f'"{s.name}" directive is not supported by wsgate', s.src)
-            raise _err(f'unknown directive "{s.name}"', s.src)
-        if ctx not in spec.contexts:
-            raise _err(f'"{s.name}" directive is not allowed here', s.src)
-        lo, hi = spec.nargs
-        if len(s.args) < lo or (hi != -1 and len(s.args) > hi):
-            raise _err(f'invalid number of arguments in "{s.name}" directive', s.src)
-        wants_block = spec.block or (s.name == "server" and ctx == D.HTTP)
-        if wants_block != (s.block is not None):
-            if wants_block:
-                raise _err(f'directive "{s.name}" has no opening "{{"', s.src)
-            raise _err(f'directive "{s.name}" is not terminated by ";"', s.src)
-        if noop:
-            allowed = D.NO_OP_VALUES.get(s.name)
-            if allowed is not None and s.args[0].lower() not in allowed:
-                raise _err(
-                    f'"{s.name} {" ".join(s.args)}" is not supported by wsgate '
-                    f'(only "{s.name} {"|".join(sorted(allowed))}")',
-                    s.src,
-                )
+    def check(self, s: Stmt, ctx: str) -> Directive | None:
+        """The entry for ``s`` here (context and arguments checked); ``None`` for an accepted
+        no-op directive, after its ``[warn]``."""
+        d = find(s, ctx)
+        if d.kind is Kind.NO_OP:
             self.warnings.append(
                 f'"{s.name}" directive has no effect in wsgate and is ignored in {s.src}'
             )
-            return False
-        return True
+            return None
+        return d
+
+    def default(self, d: Directive) -> object:
+        """``d``'s default, parsed once per load."""
+        key = id(d)
+        if key not in self.defaults:
+            self.defaults[key] = parse_default(self, d)
+        return self.defaults[key]
+
+    def read(self, stmts: list[Stmt], ctx: str, level: Level) -> list[Any]:
+        """One block's contents, as nginx's ``ngx_conf_parse`` reads them through the table:
+        ``early`` entries first (names the rest refers to), then every setting into
+        ``level``; the blocks that open a level of their own (``http``, ``server``,
+        ``location``) are loaded once ``level`` is complete, and what they build is
+        returned in order."""
+        early = {id(s) for s in stmts if any(d.early for d in TABLE.get(s.name, ()))}
+        for s in stmts:
+            if id(s) in early and (d := self.check(s, ctx)) is not None:
+                assert d.parse is not None
+                d.parse(s, level)
+        blocks: list[tuple[Stmt, Directive]] = []
+        for s in stmts:
+            if id(s) in early or (d := self.check(s, ctx)) is None:
+                continue
+            if d.kind is Kind.SETTING:
+                level.set(s, d)
+            else:
+                blocks.append((s, d))
+        built = []
+        for s, d in blocks:
+            assert d.parse is not None
+            result = d.parse(s, level)
+            if result is not None:
+                built.append(result)
+        return built
 
     # -- main ---------------------------------------------------------------------------------
     def load_main(self, stmts: list[Stmt]) -> Config:
-        pid = "logs/nginx.pid"
-        error_logs: list[ErrorLog] = []
-        daemon = True
-        master = True
-        workers = 1
-        nofile: int | None = None
-        affinity: tuple[frozenset[int], ...] | None = None
-        spread = 0.0
-        worker_connections = 512
-        shutdown: float | None = None
-        http: Stmt | None = None
-        seen: dict[str, Source] = {}
-        for s in stmts:
-            if not self.check(s, D.MAIN):
-                continue
-            if s.name in seen and s.name != "error_log":
-                raise _err(f'"{s.name}" directive is duplicate', s.src)
-            seen[s.name] = s.src
-            if s.name == "pid":
-                pid = s.args[0]
-            elif s.name == "error_log":
-                error_logs.append(self.error_log(s))
-            elif s.name in ("daemon", "master_process"):
-                value = parse_flag_arg(s)
-                if s.name == "daemon":
-                    daemon = value
-                else:
-                    master = value
-            elif s.name == "worker_processes":
-                # nginx: "auto" is the number of CPUs this process may run on.
-                if s.args[0] == "auto":
-                    workers = len(os.sched_getaffinity(0)) or 1
-                else:
-                    workers = parse_int_arg(s, s.args[0])
-                    if workers < 1:
-                        raise _err(f'invalid value "{s.args[0]}"', s.src)
-            elif s.name == "worker_shutdown_timeout":
-                shutdown = parse_time_arg(s)
-            elif s.name == "worker_rlimit_nofile":
-                nofile = parse_int_arg(s, s.args[0])
-            elif s.name == "worker_cpu_affinity":
-                affinity = _cpu_affinity(s)
-            elif s.name == "close_spread_time":
-                spread = parse_time_arg(s)
-            elif s.name == "events":
-                for e in s.block or []:
-                    if self.check(e, D.EVENTS) and e.name == "worker_connections":
-                        worker_connections = parse_int_arg(e, e.args[0])
-            elif s.name == "http":
-                http = s
-        http_cfg = self.load_http(http) if http is not None else HttpConfig(servers=())
+        level = Level(self, None)
+        (http_cfg,) = self.read(stmts, MAIN, level) or [HttpConfig(servers=())]
         known = set(self.maps) | self.captures
         for tpl, src in self.templates:
             for var in tpl.variables:
@@ -205,56 +163,17 @@ class Loader:
             file=self.conf_file,
             prefix=self.prefix,
             http=http_cfg,
-            pid=self.path(pid),
-            error_logs=tuple(error_logs) or (ErrorLog(self.path("logs/error.log")),),
-            daemon=daemon,
-            worker_processes=workers,
-            worker_connections=worker_connections,
-            worker_shutdown_timeout=shutdown,
-            master_process=master,
-            worker_rlimit_nofile=nofile,
-            worker_cpu_affinity=affinity,
-            close_spread_time=spread,
             warnings=tuple(self.warnings),
+            **level.collect(Config),
         )
-
-    def error_log(self, s: Stmt) -> ErrorLog:
-        level = s.args[1] if len(s.args) > 1 else "error"
-        if level not in ERROR_LEVELS:
-            raise _err(f'invalid log level "{level}"', s.src)
-        return ErrorLog(self.path(s.args[0]), level)
 
     # -- http ---------------------------------------------------------------------------------
     def load_http(self, http: Stmt) -> HttpConfig:
-        body = http.block or []
         self.log_formats["combined"] = LogFormat("combined", self.template(COMBINED, http.src))
         self.log_formats["json"] = LogFormat(
             "json", self.template(JSON_FORMAT, http.src), "json", builtin=True
         )
-        # Maps, upstreams and log formats first: servers refer to them.
-        for s in body:
-            if s.name == "map" and self.check(s, D.HTTP):
-                self.load_map(s)
-            elif s.name == "upstream" and self.check(s, D.HTTP):
-                self.load_upstream(s)
-            elif s.name == "log_format" and self.check(s, D.HTTP):
-                self.load_log_format(s)
-            elif s.name in _ZONES and self.check(s, D.HTTP):
-                self.load_zone(s)
-        level = Level(self, None)
-        server_stmts = []
-        for s in body:
-            if s.name in ("map", "upstream", "log_format", *_ZONES):
-                continue
-            if not self.check(s, D.HTTP):
-                continue
-            if s.name == "server":
-                if s.block is None:
-                    raise _err('directive "server" has no opening "{"', s.src)
-                server_stmts.append(s)
-            else:
-                level.set(s, D.HTTP)
-        servers = tuple(self.load_server(s, level) for s in server_stmts)
+        servers = tuple(self.read(http.block or [], HTTP, Level(self, None)))
         check_default_servers(servers)
         return HttpConfig(
             servers=servers,
@@ -264,17 +183,6 @@ class Loader:
             limit_conn_zones=dict(self.conn_zones),
             limit_req_zones=dict(self.req_zones),
         )
-
-    def load_zone(self, s: Stmt) -> None:
-        """``limit_conn_zone``/``limit_req_zone`` (http level, loaded before the servers)."""
-        if s.name == "limit_conn_zone":
-            zone = parse_zone(s, self.template, self.conn_zones)
-            assert isinstance(zone, LimitConnZone)
-            self.conn_zones[zone.name] = zone
-        else:
-            rzone = parse_zone(s, self.template, self.req_zones)
-            assert isinstance(rzone, LimitReqZone)
-            self.req_zones[rzone.name] = rzone
 
     def load_log_format(self, s: Stmt) -> None:
         name, rest = s.args[0], s.args[1:]
@@ -355,51 +263,53 @@ class Loader:
         name = s.args[0]
         if name in self.upstreams:
             raise _err(f'duplicate upstream "{name}"', s.src)
-        self.upstreams[name] = load_upstream(self, s, self.check)
+        level = Level(self, None)
+        for e in s.block or []:
+            d = self.check(e, UPSTREAM)
+            if d is not None:
+                level.set(e, d)
+        self.upstreams[name] = build_upstream(s, level.collect(Upstream))
 
     # -- server -------------------------------------------------------------------------------
     def load_server(self, s: Stmt, http: Level) -> Server:
         level = Level(self, http)
-        listens: list[Listen] = []
-        names: list[ServerName] = []
-        locations: list[Location] = []
-        loc_stmts: list[Stmt] = []
-        for e in s.block or []:
-            if not self.check(e, D.SERVER):
-                continue
-            if e.name == "listen":
-                listens.append(listen(e.args, e.src))
-            elif e.name == "server_name":
-                names.extend(server_name(a, e.src, self.captures) for a in e.args)
-            elif e.name == "location":
-                loc_stmts.append(e)
-            else:
-                level.set(e, D.SERVER)
-        if not listens:
-            listens.append(Listen("0.0.0.0", 80, source=s.src))
-        if any(n.kind == "exact" and n.value == "" for n in names) and len(names) == 1:
-            names = []
-        settings = level.settings(inherit_return=False)
-        for e in loc_stmts:
-            locations.append(self.load_location(e, level, None))
+        locations = tuple(self.read(s.block or [], SERVER, level))
+        fields = level.collect(Server)
+        # "If the directive is not present then either *:80 is used if nginx runs with the
+        # superuser privileges, or *:8000 otherwise." (wsgate: *:80)
+        listens: tuple[Listen, ...] = fields.pop("listens") or (
+            Listen("0.0.0.0", 80, source=s.src),
+        )
+        names: tuple[ServerName, ...] = fields.pop("names")
+        if len(names) == 1 and names[0].kind == "exact" and names[0].value == "":
+            names = ()
+        settings = self.settings(level)
         ssl_listen = next((lst for lst in listens if lst.ssl), None)
         ssl_server = None
         if ssl_listen is not None:
-            ssl_server = tls.build_ssl_server(level.lookup, ssl_listen.source or s.src, s.src)
+            ssl_server = tls.build_ssl_server(
+                level.collect(SslServer), ssl_listen.source or s.src, s.src
+            )
         return Server(
-            listens=tuple(listens),
-            names=tuple(names),
+            listens=listens,
+            names=names,
             settings=settings,
-            locations=tuple(locations),
-            client_header_timeout=level.get_time("client_header_timeout", 60.0),
-            client_header_buffer_size=level.get_size("client_header_buffer_size", 1024),
-            large_client_header_buffers=level.large_buffers(),
-            max_headers=level.get_size("max_headers", 1000),  # a count, read as get_size does
+            locations=locations,
             source=s.src,
             ssl=ssl_server,
+            **fields,
         )
 
-    def load_location(self, s: Stmt, parent: Level, outer: Location | None) -> Location:
+    def settings(self, level: Level) -> LocationSettings:
+        """The effective settings at ``level``; TLS towards upstreams is built (and its files
+        checked) where a ``proxy_ssl_*`` directive is in force."""
+        ssl_src = level.source(SslUpstream)
+        proxy_ssl = SslUpstream()
+        if ssl_src is not None:
+            proxy_ssl = tls.build_ssl_upstream(level.collect(SslUpstream), ssl_src)
+        return LocationSettings(proxy_ssl=proxy_ssl, **level.collect(LocationSettings))
+
+    def load_location(self, s: Stmt, parent: Level) -> Location:
         args = s.args
         if len(args) == 2:
             modifier, name = args
@@ -414,6 +324,7 @@ class Loader:
                     break
         if name.startswith("@"):
             raise _err('named locations ("@name") are not supported by wsgate', s.src)
+        outer = parent.location
         if outer is not None:
             if outer.is_exact:
                 raise _err(
@@ -428,26 +339,11 @@ class Loader:
         compiled: re.Pattern[str] | None = None
         if modifier in ("~", "~*"):
             compiled = regex(name, re.IGNORECASE if modifier == "~*" else 0, s.src, self.captures)
-        level = Level(self, parent)
-        nested: list[Stmt] = []
-        for e in s.block or []:
-            if not self.check(e, D.LOCATION):
-                continue
-            if e.name == "location":
-                nested.append(e)
-            else:
-                level.set(e, D.LOCATION)
-        pp = level.own.get("proxy_pass")
-        if pp is not None and compiled is not None and level.proxy_pass_has_uri:
-            raise _err(
-                '"proxy_pass" cannot have URI part in location given by regular expression, '
-                'or inside named location, or inside "if" statement, or inside "limit_except" '
-                "block",
-                pp[1],
-            )
-        loc = Location(modifier, name, level.settings(inherit_return=False), compiled, (), s.src)
-        children = tuple(self.load_location(e, level, loc) for e in nested)
-        return Location(modifier, name, loc.settings, compiled, children, s.src)
+        # The locations inside see this one's modifier and name (its settings come last).
+        here = Location(modifier, name, LocationSettings(), compiled, (), s.src)
+        level = Level(self, parent, regex=compiled is not None, location=here)
+        children = tuple(self.read(s.block or [], LOCATION, level))
+        return Location(modifier, name, self.settings(level), compiled, children, s.src)
 
 
 def load(path: str, prefix: str | None = None, globals_: str | None = None) -> Config:
@@ -462,26 +358,3 @@ def load(path: str, prefix: str | None = None, globals_: str | None = None) -> C
     stmts.extend(parsed)
     config = loader.load_main(stmts)
     return dataclasses.replace(config, files=tuple(files))
-
-
-def _cpu_affinity(s: Stmt) -> tuple[frozenset[int], ...]:
-    """``worker_cpu_affinity auto | cpumask ...`` (ngx_set_cpu_affinity): ``auto`` binds
-    worker N to the Nth allowed CPU (returned as ``()``); each mask is a string of 0/1 whose
-    rightmost character is CPU 0, one mask per worker, reused round robin."""
-    if s.args[0] == "auto":
-        if len(s.args) > 1:
-            raise _err('"worker_cpu_affinity" with "auto" takes no mask in wsgate', s.src)
-        return ()
-    masks: list[frozenset[int]] = []
-    for mask in s.args:
-        if not mask or set(mask) - {"0", "1"}:
-            raise _err(
-                f'invalid character "{(set(mask) - {"0", "1"} or {""}).pop()}" in '
-                f'"worker_cpu_affinity"',
-                s.src,
-            )
-        if len(mask) > 64:
-            raise _err('"worker_cpu_affinity" supports up to 64 CPUs only', s.src)
-        cpus = frozenset(i for i, c in enumerate(reversed(mask)) if c == "1")
-        masks.append(cpus)
-    return tuple(masks)

@@ -4,7 +4,8 @@ crossplane's dicts are turned into these frozen, slotted dataclasses by :mod:`ws
 Every object that came from a directive remembers where it came from (:class:`Source`), so a
 later error can point at the file and line that caused it.  Settings that nginx inherits from
 ``http`` to ``server`` to ``location`` are already merged: a :class:`Location` carries the
-effective values, exactly as nginx's ``merge_loc_conf`` leaves them.
+effective values, exactly as nginx's ``merge_loc_conf`` leaves them (the defaults and merge
+rules are in :mod:`wsgate.config.directives`).
 """
 
 from __future__ import annotations
@@ -370,7 +371,9 @@ class LocationSettings:
 
     Defaults follow current nginx (1.29.7+) where it differs from 1.22 (see README):
     ``proxy_http_version`` defaults to ``"1.1"`` and no ``Connection: close`` is sent by default.
-    Times are seconds.
+    Times are seconds.  The loader fills every field from the directive table, whose entries
+    hold the defaults; the defaults here serve models built by hand, and a test keeps them
+    equal to the table's.
     """
 
     proxy_pass: ProxyPass | None = None

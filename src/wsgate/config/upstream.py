@@ -1,5 +1,6 @@
 """``upstream { }`` blocks: servers with their parameters, the balancing method, upstream
-keepalive and wsgate's active ``health_check``.
+keepalive and wsgate's active ``health_check``: the parsers of the entries in
+:mod:`wsgate.config.directives.upstream`, and the checks on the whole block.
 
 Follows https://nginx.org/en/docs/http/ngx_http_upstream_module.html.  Quoted rules:
 
@@ -12,20 +13,25 @@ Follows https://nginx.org/en/docs/http/ngx_http_upstream_module.html.  Quoted ru
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from wsgate.config.model import HealthCheck, Source, Upstream, UpstreamServer
+from wsgate.config.model import HealthCheck, Upstream, UpstreamServer
+from wsgate.config.template import Template
 from wsgate.config.units import parse_time
 from wsgate.config.values import config_error, resolve
 
 if TYPE_CHECKING:
-    from wsgate.config.loader import Loader
+    from wsgate.config.level import Level
     from wsgate.config.parse import Stmt
 
-__all__ = ["load_upstream"]
-
-_METHODS = ("least_conn", "ip_hash", "hash", "random")
+__all__ = [
+    "ROUND_ROBIN",
+    "build_upstream",
+    "parse_health_check",
+    "parse_keepalive",
+    "parse_method",
+    "parse_server",
+]
 _err = config_error
 
 
@@ -42,9 +48,8 @@ def _seconds(e: Stmt, text: str, what: str) -> float:
     return value
 
 
-def _server(e: Stmt) -> list[UpstreamServer]:
-    if not e.args:
-        raise _err('invalid number of arguments in "server" directive', e.src)
+def parse_server(e: Stmt, level: Level | None = None) -> tuple[UpstreamServer, ...]:
+    """``server address [parameters]``: one peer per address the name resolves to."""
     params: dict[str, object] = {}
     for p in e.args[1:]:
         key, eq, value = p.partition("=")
@@ -64,14 +69,14 @@ def _server(e: Stmt) -> list[UpstreamServer]:
             raise _err(f'invalid parameter "{p}"', e.src)
     address = e.args[0]
     if address.startswith("unix:"):
-        return [UpstreamServer(address, address[5:], 0, source=e.src, **params)]  # type: ignore[arg-type]
-    return [
+        return (UpstreamServer(address, address[5:], 0, source=e.src, **params),)  # type: ignore[arg-type]
+    return tuple(
         UpstreamServer(address, host, port, source=e.src, **params)  # type: ignore[arg-type]
         for host, port in resolve(address, 80, e.src, "upstream")
-    ]
+    )
 
 
-def _health_check(e: Stmt) -> HealthCheck:
+def parse_health_check(e: Stmt, level: Level | None = None) -> HealthCheck:
     """``health_check [interval=T] [timeout=T] [fails=N] [passes=N] [uri=URI]
     [type=http|websocket] [status=CODE[,CODE...]]``."""
     values: dict[str, object] = {"source": e.src}
@@ -105,57 +110,47 @@ def _health_check(e: Stmt) -> HealthCheck:
     return HealthCheck(**values)  # type: ignore[arg-type]
 
 
-def load_upstream(loader: Loader, s: Stmt, check: Callable[[Stmt, str], bool]) -> Upstream:
-    """Build the :class:`Upstream` for ``upstream NAME { ... }``."""
+#: The fields a balancing method directive fills: method, hash key, consistent, random two,
+#: random's method.
+Method = tuple[str, Template | None, bool, bool, str]
+ROUND_ROBIN: Method = ("round_robin", None, False, False, "")
+
+
+def parse_method(e: Stmt, level: Level) -> Method:
+    """``least_conn``, ``ip_hash``, ``hash key [consistent]``, ``random [two [least_conn]]``;
+    one per upstream (nginx warns "load balancing method redefined"; wsgate refuses)."""
+    if e.name == "hash":
+        if len(e.args) == 2 and e.args[1] != "consistent":
+            raise _err(f'invalid parameter "{e.args[1]}"', e.src)
+        return ("hash", level.loader.template(e.args[0], e.src), len(e.args) == 2, False, "")
+    if e.name == "random":
+        if e.args and e.args[0] != "two":
+            raise _err(f'invalid parameter "{e.args[0]}"', e.src)
+        if len(e.args) == 2 and e.args[1] != "least_conn":
+            raise _err(f'invalid parameter "{e.args[1]}"', e.src)
+        return ("random", None, False, bool(e.args), "least_conn" if len(e.args) == 2 else "")
+    return (e.name, None, False, False, "")
+
+
+def parse_keepalive(e: Stmt, level: Level | None = None) -> int:
+    """``keepalive connections`` (ngx_http_upstream_keepalive): a positive number."""
+    n = _number(e, e.args[0], e.args[0])
+    if n == 0:
+        raise _err(f'invalid value "{e.args[0]}" in "keepalive" directive', e.src)
+    return n
+
+
+def build_upstream(s: Stmt, fields: dict[str, Any]) -> Upstream:
+    """The :class:`Upstream` for ``upstream NAME { ... }`` from its collected fields."""
     name = s.args[0]
-    servers: list[UpstreamServer] = []
-    fields: dict[str, object] = {}
-    method_src: Source | None = None
-    for e in s.block or []:
-        if not check(e, "upstream"):
-            continue
-        if e.name == "server":
-            servers.extend(_server(e))
-        elif e.name in _METHODS:
-            if method_src is not None:
-                raise _err("load balancing method redefined", e.src)
-            method_src = e.src
-            fields["method"] = e.name
-            if e.name == "hash":
-                if len(e.args) == 2 and e.args[1] != "consistent":
-                    raise _err(f'invalid parameter "{e.args[1]}"', e.src)
-                fields["hash_key"] = loader.template(e.args[0], e.src)
-                fields["consistent"] = len(e.args) == 2
-            elif e.name == "random":
-                if e.args and e.args[0] != "two":
-                    raise _err(f'invalid parameter "{e.args[0]}"', e.src)
-                fields["random_two"] = bool(e.args)
-                if len(e.args) == 2:
-                    if e.args[1] != "least_conn":
-                        raise _err(f'invalid parameter "{e.args[1]}"', e.src)
-                    fields["random_method"] = "least_conn"
-        elif e.name == "keepalive":
-            fields["keepalive"] = _number(e, e.args[0], e.args[0])
-            if fields["keepalive"] == 0:
-                raise _err(f'invalid value "{e.args[0]}" in "keepalive" directive', e.src)
-        elif e.name == "keepalive_requests":
-            fields["keepalive_requests"] = _number(e, e.args[0], e.args[0])
-        elif e.name in ("keepalive_timeout", "keepalive_time"):
-            if len(e.args) != 1:
-                raise _err(f'invalid number of arguments in "{e.name}" directive', e.src)
-            fields[e.name] = _seconds(e, e.args[0], e.args[0])
-        elif e.name == "health_check":
-            if "health_check" in fields:
-                raise _err('"health_check" directive is duplicate', e.src)
-            fields["health_check"] = _health_check(e)
-    if not servers:
+    if not fields["servers"]:
         raise _err(f'no servers are inside upstream "{name}"', s.src)
-    method = str(fields.get("method", "round_robin"))
+    method = fields["method"]
     if method in ("ip_hash", "hash", "random"):
-        for server in servers:
+        for server in fields["servers"]:
             if server.backup:
                 raise _err(
                     f'balancing method "{method}" does not support parameter "backup"',
                     server.source or s.src,
                 )
-    return Upstream(name, tuple(servers), s.src, **fields)  # type: ignore[arg-type]
+    return Upstream(name=name, source=s.src, **fields)

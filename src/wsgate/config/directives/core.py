@@ -1,0 +1,574 @@
+"""The core modules' directives: main, events, http, server and location
+(``src/core/nginx.c``, ``src/event/ngx_event.c``, ``ngx_http_core_module.c``,
+``ngx_http_log_module.c``, ``ngx_http_access_module.c``, ``ngx_http_rewrite_module.c``'s
+``return``, ``ngx_http_stub_status_module.c``)."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from wsgate.access import parse_access_address
+from wsgate.config.model import (
+    AccessLog,
+    AccessRule,
+    Config,
+    ErrorLog,
+    HttpConfig,
+    Listen,
+    Location,
+    LocationSettings,
+    Return,
+    Server,
+    ServerName,
+)
+from wsgate.config.table import (
+    BLOCK,
+    DEFAULT_SOURCE,
+    EVENTS,
+    FLAG,
+    HSL,
+    HTTP,
+    LOCATION,
+    MAIN,
+    NOARGS,
+    ONEMORE,
+    TAKE1,
+    TAKE2,
+    TAKE12,
+    Arity,
+    Directive,
+    Kind,
+    Merge,
+    ctx,
+    flag,
+    number,
+    size,
+    time,
+)
+from wsgate.config.units import parse_size, parse_time
+from wsgate.config.values import config_error, listen, server_name
+
+if TYPE_CHECKING:
+    from wsgate.config.level import Level
+    from wsgate.config.parse import Stmt
+
+__all__ = ["ENTRIES", "ERROR_LEVELS"]
+
+_err = config_error
+ERROR_LEVELS = ("debug", "info", "notice", "warn", "error", "crit", "alert", "emerg")
+
+
+# -- main ----------------------------------------------------------------------------------------
+def _pid(s: Stmt, level: Level) -> str:
+    return level.loader.path(s.args[0])
+
+
+def _error_log(s: Stmt, level: Level) -> tuple[ErrorLog, ...]:
+    name = s.args[1] if len(s.args) > 1 else "error"
+    if name not in ERROR_LEVELS:
+        raise _err(f'invalid log level "{name}"', s.src)
+    return (ErrorLog(level.loader.path(s.args[0]), name),)
+
+
+def _worker_processes(s: Stmt, level: Level) -> int:
+    # ngx_set_worker_processes: "auto" is the number of CPUs this process may run on.
+    if s.args[0] == "auto":
+        return len(os.sched_getaffinity(0)) or 1
+    if not s.args[0].isascii() or not s.args[0].isdigit():
+        raise _err('"worker_processes" directive invalid value', s.src)
+    workers = int(s.args[0])
+    if workers < 1:
+        raise _err(f'invalid value "{s.args[0]}"', s.src)
+    return workers
+
+
+def _worker_connections(s: Stmt, level: Level) -> int:
+    # ngx_event_connections: 'invalid number "%V"'.
+    if not s.args[0].isascii() or not s.args[0].isdigit():
+        raise _err(f'invalid number "{s.args[0]}"', s.src)
+    return int(s.args[0])
+
+
+def _cpu_affinity(s: Stmt, level: Level) -> tuple[frozenset[int], ...]:
+    """``worker_cpu_affinity auto | cpumask ...`` (ngx_set_cpu_affinity): ``auto`` binds
+    worker N to the Nth allowed CPU (returned as ``()``); each mask is a string of 0/1 whose
+    rightmost character is CPU 0, one mask per worker, reused round robin."""
+    if s.args[0] == "auto":
+        if len(s.args) > 1:
+            raise _err('"worker_cpu_affinity" with "auto" takes no mask in wsgate', s.src)
+        return ()
+    masks: list[frozenset[int]] = []
+    for mask in s.args:
+        if not mask or set(mask) - {"0", "1"}:
+            raise _err(
+                f'invalid character "{(set(mask) - {"0", "1"} or {""}).pop()}" in '
+                f'"worker_cpu_affinity"',
+                s.src,
+            )
+        if len(mask) > 64:
+            raise _err('"worker_cpu_affinity" supports up to 64 CPUs only', s.src)
+        masks.append(frozenset(i for i, c in enumerate(reversed(mask)) if c == "1"))
+    return tuple(masks)
+
+
+# -- http, server, location ----------------------------------------------------------------------
+def _access_log(s: Stmt, level: Level) -> tuple[AccessLog, ...]:
+    """``access_log path [format [buffer=size] [flush=time] [if=condition]] | off``."""
+    loader = level.loader
+    if s.args[0] == "off":
+        if len(s.args) > 1:
+            raise _err(f'invalid parameter "{s.args[1]}"', s.src)
+        return ()
+    fmt_name = s.args[1] if len(s.args) > 1 else "combined"
+    fmt = loader.log_formats.get(fmt_name)
+    if fmt is None:
+        raise _err(f'unknown log format "{fmt_name}"', s.src)
+    buffer, flush, condition = 0, None, None
+    for arg in s.args[2:]:
+        # ngx_http_log_set_log: "If either the buffer or gzip parameter is used, writes
+        # to log will be buffered."
+        if arg.startswith("buffer="):
+            value = parse_size(arg[7:])
+            if value is None:
+                raise _err(f'invalid buffer size "{arg[7:]}"', s.src)
+            buffer = value
+        elif arg.startswith("flush="):
+            seconds = parse_time(arg[6:])
+            if seconds is None or seconds <= 0:
+                raise _err(f'invalid flush time "{arg[6:]}"', s.src)
+            flush = seconds
+        elif arg.startswith("if="):
+            condition = loader.template(arg[3:], s.src)
+        elif arg == "gzip" or arg.startswith("gzip="):
+            raise _err(f'"{arg}" is not supported by wsgate in "access_log"', s.src)
+        else:
+            raise _err(f'invalid parameter "{arg}"', s.src)
+    if flush is not None and not buffer:
+        raise _err(f'no buffer is defined for access_log "{s.args[0]}"', s.src)
+    src = None if s.src is DEFAULT_SOURCE else s.src
+    return (AccessLog(loader.path(s.args[0]), fmt, src, buffer, flush, condition),)
+
+
+def _access_rule(s: Stmt, level: Level) -> tuple[AccessRule, ...]:
+    """``allow``/``deny``: nginx's ``ngx_http_access_rule`` (``ngx_ptocidr``), which warns
+    "low address bits of %V are meaningless" and rejects anything else."""
+    try:
+        network, unix, low_bits = parse_access_address(s.args[0])
+    except ValueError:
+        raise _err(f'invalid parameter "{s.args[0]}"', s.src) from None
+    if low_bits:
+        level.loader.warnings.append(f"low address bits of {s.args[0]} are meaningless in {s.src}")
+    return (AccessRule(s.name == "allow", network, unix, s.src),)
+
+
+def _return(s: Stmt, level: Level) -> Return:
+    a, template = s.args, level.loader.template
+    if a[0].isdigit():
+        code = int(a[0])
+        if code > 999:
+            raise _err(f'invalid return code "{a[0]}"', s.src)
+        return Return(code, template(a[1], s.src) if len(a) > 1 else None, s.src)
+    if len(a) > 1 or not a[0].startswith(("http://", "https://", "$scheme")):
+        raise _err(f'invalid return code "{a[0]}"', s.src)
+    return Return(302, template(a[0], s.src), s.src)
+
+
+def _stub_status(s: Stmt, level: Level) -> bool:
+    # nginx ignores the argument that versions before 1.7.5 required ("stub_status on");
+    # wsgate refuses anything else, so "stub_status off" cannot silently turn it on.
+    if s.args and s.args[0] != "on":
+        raise _err(
+            f'invalid value "{s.args[0]}" in "stub_status" directive, '
+            'wsgate accepts "stub_status;" or "stub_status on;"',
+            s.src,
+        )
+    return True
+
+
+def _keepalive_timeout(s: Stmt, level: Level) -> tuple[float, float | None]:
+    """``keepalive_timeout timeout [header_timeout]``."""
+    return (time(s), time(s, level, 1) if len(s.args) > 1 else None)
+
+
+def _large_buffers(s: Stmt, level: Level) -> tuple[int, int]:
+    """``ngx_conf_set_bufs_slot``: ``number size``."""
+    if not s.args[0].isascii() or not s.args[0].isdigit():
+        raise _err(f'"{s.name}" directive invalid value', s.src)
+    return (int(s.args[0]), size(s, level, 1))
+
+
+def _events(s: Stmt, level: Level) -> None:
+    """``events { }``: its directives fill the main level's fields."""
+    level.once(s)
+    level.loader.read(s.block or [], EVENTS, level)
+
+
+def _http(s: Stmt, level: Level) -> HttpConfig:
+    level.once(s)
+    return level.loader.load_http(s)
+
+
+def _map(s: Stmt, level: Level) -> None:
+    level.loader.load_map(s)
+
+
+def _upstream(s: Stmt, level: Level) -> None:
+    level.loader.load_upstream(s)
+
+
+def _log_format(s: Stmt, level: Level) -> None:
+    level.loader.load_log_format(s)
+
+
+def _server(s: Stmt, level: Level) -> Server:
+    return level.loader.load_server(s, level)
+
+
+def _location(s: Stmt, level: Level) -> Location:
+    return level.loader.load_location(s, level)
+
+
+def _listen(s: Stmt, level: Level) -> tuple[Listen, ...]:
+    return (listen(s.args, s.src),)
+
+
+def _server_name(s: Stmt, level: Level) -> tuple[ServerName, ...]:
+    return tuple(server_name(a, s.src, level.loader.captures) for a in s.args)
+
+
+def _error_log_here(s: Stmt, level: Level) -> None:
+    raise _err('"error_log" is supported in the main context only by wsgate', s.src)
+
+
+_LS, _SERVER = LocationSettings, Server
+_MAIN_STRUCT = "read by the loader"
+
+ENTRIES: tuple[Directive, ...] = (
+    # main (ngx_core_module, ngx_events_module)
+    Directive(
+        "pid",
+        ctx(MAIN),
+        TAKE1,
+        parse=_pid,
+        target=Config,
+        fields=("pid",),
+        default="logs/nginx.pid",
+        syntax="file",
+    ),
+    Directive(
+        "error_log",
+        ctx(MAIN),
+        TAKE12,
+        parse=_error_log,
+        target=Config,
+        fields=("error_logs",),
+        default="logs/error.log error",
+        merge=Merge.ARRAY,
+        syntax="file [level]",
+        note="main context only in wsgate",
+    ),
+    Directive(
+        "error_log",
+        HSL,
+        TAKE12,
+        parse=_error_log_here,
+        kind=Kind.REFUSED,
+        note="wsgate reads it in the main context only",
+    ),
+    Directive(
+        "daemon", ctx(MAIN), FLAG, parse=flag, target=Config, fields=("daemon",), default="on"
+    ),
+    Directive(
+        "master_process",
+        ctx(MAIN),
+        FLAG,
+        parse=flag,
+        target=Config,
+        fields=("master_process",),
+        default="on",
+    ),
+    Directive(
+        "worker_processes",
+        ctx(MAIN),
+        TAKE1,
+        parse=_worker_processes,
+        target=Config,
+        fields=("worker_processes",),
+        default="1",
+        syntax="number | auto",
+    ),
+    Directive(
+        "worker_shutdown_timeout",
+        ctx(MAIN),
+        TAKE1,
+        parse=time,
+        target=Config,
+        fields=("worker_shutdown_timeout",),
+    ),
+    Directive(
+        "worker_rlimit_nofile",
+        ctx(MAIN),
+        TAKE1,
+        parse=number,
+        target=Config,
+        fields=("worker_rlimit_nofile",),
+    ),
+    Directive(
+        "worker_cpu_affinity",
+        ctx(MAIN),
+        ONEMORE,
+        parse=_cpu_affinity,
+        target=Config,
+        fields=("worker_cpu_affinity",),
+        syntax="cpumask ... | auto",
+    ),
+    # wsgate: HAProxy's ``close-spread-time`` (see wsgate.server.gateway)
+    Directive(
+        "close_spread_time",
+        ctx(MAIN),
+        TAKE1,
+        parse=time,
+        target=Config,
+        fields=("close_spread_time",),
+        default="0",
+        note="wsgate's",
+    ),
+    Directive("events", ctx(MAIN), BLOCK, kind=Kind.STRUCTURE, parse=_events, syntax="{ ... }"),
+    Directive(
+        "worker_connections",
+        ctx("events"),
+        TAKE1,
+        parse=_worker_connections,
+        target=Config,
+        fields=("worker_connections",),
+        default="512",
+        syntax="number",
+    ),
+    Directive("http", ctx(MAIN), BLOCK, kind=Kind.STRUCTURE, parse=_http, syntax="{ ... }"),
+    # http: named things the servers refer to, loaded first
+    Directive(
+        "map",
+        ctx(HTTP),
+        BLOCK | TAKE2,
+        kind=Kind.STRUCTURE,
+        parse=_map,
+        early=True,
+        syntax="string $variable { ... }",
+        note="exact, `~`/`~*` with captures, `default`, `hostnames`, `volatile`",
+    ),
+    Directive(
+        "upstream",
+        ctx(HTTP),
+        BLOCK | TAKE1,
+        kind=Kind.STRUCTURE,
+        parse=_upstream,
+        early=True,
+        syntax="name { ... }",
+    ),
+    Directive(
+        "log_format",
+        ctx(HTTP),
+        Arity(2, -1),
+        kind=Kind.STRUCTURE,
+        parse=_log_format,
+        early=True,
+        syntax="name [escape=default|json|none] string ...",
+        note="built-in `combined` and `json` (wsgate's)",
+    ),
+    Directive(
+        "server",
+        ctx(HTTP),
+        BLOCK,
+        kind=Kind.STRUCTURE,
+        parse=_server,
+        syntax="{ ... }",
+    ),
+    # server
+    Directive(
+        "listen",
+        ctx("server"),
+        ONEMORE,
+        parse=_listen,
+        target=_SERVER,
+        fields=("listens",),
+        unset=(),
+        merge=Merge.ARRAY,
+        syntax="address[:port] | port [default_server] [ssl] [ipv6only=on|off]",
+        note="`*:80` when a server has none",
+    ),
+    Directive(
+        "server_name",
+        ctx("server"),
+        ONEMORE,
+        parse=_server_name,
+        target=_SERVER,
+        fields=("names",),
+        unset=(),
+        merge=Merge.ARRAY,
+        syntax="name ...",
+        note="exact, `*.x`, `.x`, `x.*`, `~regex`",
+    ),
+    Directive(
+        "location",
+        ctx("server location"),
+        BLOCK | TAKE12,
+        kind=Kind.STRUCTURE,
+        parse=_location,
+        syntax="[ = | ~ | ~* | ^~ ] uri { ... }",
+        note="nested too; no named locations",
+    ),
+    # per level settings (ngx_http_core_module)
+    Directive(
+        "client_header_timeout",
+        ctx("http server"),
+        TAKE1,
+        parse=time,
+        target=_SERVER,
+        fields=("client_header_timeout",),
+        default="60s",
+    ),
+    Directive(
+        "client_header_buffer_size",
+        ctx("http server"),
+        TAKE1,
+        parse=size,
+        target=_SERVER,
+        fields=("client_header_buffer_size",),
+        default="1k",
+    ),
+    Directive(
+        "large_client_header_buffers",
+        ctx("http server"),
+        TAKE2,
+        parse=_large_buffers,
+        target=_SERVER,
+        fields=("large_client_header_buffers",),
+        default="4 8k",
+        syntax="number size",
+    ),
+    # nginx 1.29.8+: "Sets the maximum number of request header fields" (default 1000).
+    Directive(
+        "max_headers",
+        ctx("http server"),
+        TAKE1,
+        parse=number,
+        target=_SERVER,
+        fields=("max_headers",),
+        default="1000",
+    ),
+    Directive(
+        "send_timeout", HSL, TAKE1, parse=time, target=_LS, fields=("send_timeout",), default="60s"
+    ),
+    Directive(
+        "keepalive_timeout",
+        HSL,
+        TAKE12,
+        parse=_keepalive_timeout,
+        target=_LS,
+        fields=("keepalive_timeout", "keepalive_header"),
+        default="75s",
+        syntax="timeout [header_timeout]",
+    ),
+    Directive(
+        "keepalive_requests",
+        HSL,
+        TAKE1,
+        parse=number,
+        target=_LS,
+        fields=("keepalive_requests",),
+        default="1000",
+    ),
+    Directive(
+        "keepalive_time",
+        HSL,
+        TAKE1,
+        parse=time,
+        target=_LS,
+        fields=("keepalive_time",),
+        default="1h",
+    ),
+    Directive(
+        "client_max_body_size",
+        HSL,
+        TAKE1,
+        parse=size,
+        target=_LS,
+        fields=("client_max_body_size",),
+        default="1m",
+    ),
+    Directive(
+        "server_tokens", HSL, FLAG, parse=flag, target=_LS, fields=("server_tokens",), default="on"
+    ),
+    Directive(
+        "return",
+        ctx("server location"),
+        TAKE12,
+        parse=_return,
+        target=_LS,
+        fields=("return_",),
+        merge=Merge.NONE,
+        syntax="code [text] | code URL | URL",
+    ),
+    # ngx_http_log_module
+    Directive(
+        "access_log",
+        HSL,
+        ONEMORE,
+        parse=_access_log,
+        target=_LS,
+        fields=("access_logs",),
+        default="logs/access.log combined",
+        merge=Merge.ARRAY,
+        syntax="path [format [buffer=size] [flush=time] [if=condition]] | off",
+        note="no `gzip`",
+    ),
+    # ngx_http_access_module: both fill one list
+    Directive(
+        "allow",
+        HSL,
+        TAKE1,
+        parse=_access_rule,
+        target=_LS,
+        fields=("access_rules",),
+        unset=(),
+        merge=Merge.ARRAY,
+        syntax="address | CIDR | unix: | all",
+    ),
+    Directive(
+        "deny",
+        HSL,
+        TAKE1,
+        parse=_access_rule,
+        target=_LS,
+        fields=("access_rules",),
+        unset=(),
+        merge=Merge.ARRAY,
+        syntax="address | CIDR | unix: | all",
+    ),
+    # content handlers
+    Directive(
+        "stub_status",
+        ctx("server location"),
+        Arity(0, 1),
+        parse=_stub_status,
+        target=_LS,
+        fields=("stub_status",),
+        unset=False,
+        merge=Merge.HANDLER,
+        syntax="[on]",
+        note="`stub_status on` as before nginx 1.7.5; `off` is refused",
+    ),
+    # wsgate's own: a Prometheus text page (see wsgate.observability.metrics)
+    Directive(
+        "prometheus",
+        ctx(LOCATION),
+        NOARGS,
+        parse=lambda s, level: True,
+        target=_LS,
+        fields=("prometheus",),
+        unset=False,
+        merge=Merge.HANDLER,
+        note="wsgate's",
+    ),
+)

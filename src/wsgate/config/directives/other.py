@@ -1,0 +1,112 @@
+"""Directives wsgate accepts with a ``[warn]`` because they change nothing a streaming proxy
+does, and directives it refuses by name with a reason.
+
+Any other directive nginx has (crossplane's analyzer knows them all) is refused the same way,
+``"X" directive is not supported by wsgate``; a name nobody knows is ``unknown directive "X"``.
+"""
+
+from __future__ import annotations
+
+from wsgate.config.table import (
+    ANY,
+    BLOCK,
+    EVENTS,
+    FLAG,
+    HSL,
+    HTTP,
+    MAIN,
+    TAKE1,
+    TAKE2,
+    TAKE12,
+    TAKE1234,
+    UPSTREAM,
+    Arity,
+    Directive,
+    Kind,
+    ctx,
+)
+
+__all__ = ["ENTRIES"]
+
+
+def _noop(name: str, contexts: frozenset[str], arity: Arity, note: str = "") -> Directive:
+    return Directive(name, contexts, arity, kind=Kind.NO_OP, note=note)
+
+
+def _refused(name: str, note: str) -> Directive:
+    return Directive(name, frozenset(), ANY, kind=Kind.REFUSED, note=note)
+
+
+_M, _E, _H = ctx(MAIN), ctx(EVENTS), ctx(HTTP)
+_HASH = "hash table sizes: wsgate has no hash tables to size"
+_TEMP = "wsgate writes no temporary files"
+_STREAM = "wsgate always streams, as with `off`"
+_LOOP = "the event loop (uvloop or asyncio) accepts connections its own way"
+_FILES = "wsgate serves no files"
+
+ENTRIES: tuple[Directive, ...] = (
+    _noop("user", _M, TAKE12, "wsgate does not switch users"),
+    _noop("worker_rlimit_core", _M, TAKE1, "no core file limit is set"),
+    _noop("pcre_jit", _M, FLAG, "regular expressions are Python's `re`"),
+    _noop("use", _E, TAKE1, _LOOP),
+    _noop("multi_accept", _E, FLAG, _LOOP),
+    _noop("accept_mutex", _E, FLAG, _LOOP),
+    _noop("accept_mutex_delay", _E, TAKE1, _LOOP),
+    _noop("sendfile", HSL, FLAG, _FILES),
+    _noop("tcp_nopush", HSL, FLAG, _FILES),
+    _noop("tcp_nodelay", HSL, FLAG, "wsgate always sets TCP_NODELAY"),
+    _noop("default_type", HSL, TAKE1, _FILES),
+    _noop("types_hash_max_size", HSL, TAKE1, _HASH),
+    _noop("types_hash_bucket_size", HSL, TAKE1, _HASH),
+    _noop("server_names_hash_max_size", _H, TAKE1, _HASH),
+    _noop("server_names_hash_bucket_size", _H, TAKE1, _HASH),
+    _noop("map_hash_max_size", _H, TAKE1, _HASH),
+    _noop("map_hash_bucket_size", _H, TAKE1, _HASH),
+    _noop("variables_hash_max_size", _H, TAKE1, _HASH),
+    _noop("variables_hash_bucket_size", _H, TAKE1, _HASH),
+    _noop("proxy_headers_hash_max_size", HSL, TAKE1, _HASH),
+    _noop("proxy_headers_hash_bucket_size", HSL, TAKE1, _HASH),
+    _noop("client_body_temp_path", HSL, TAKE1234, _TEMP),
+    _noop("proxy_temp_path", HSL, TAKE1234, _TEMP),
+    _noop("fastcgi_temp_path", HSL, TAKE1234, _TEMP),
+    _noop("uwsgi_temp_path", HSL, TAKE1234, _TEMP),
+    _noop("scgi_temp_path", HSL, TAKE1234, _TEMP),
+    _noop("proxy_buffering", HSL, FLAG, _STREAM),
+    _noop("proxy_request_buffering", HSL, FLAG, _STREAM),
+    _noop("proxy_buffers", HSL, TAKE2, _STREAM),
+    _noop("proxy_busy_buffers_size", HSL, TAKE1, _STREAM),
+    _noop("proxy_max_temp_file_size", HSL, TAKE1, _TEMP),
+    _noop("proxy_temp_file_write_size", HSL, TAKE1, _TEMP),
+    _noop("reset_timedout_connection", HSL, FLAG, "kept for compatibility"),
+    _noop("types", HSL, BLOCK, _FILES),
+    Directive(
+        "proxy_redirect",
+        HSL,
+        TAKE12,
+        kind=Kind.NO_OP,
+        values=frozenset({"off"}),
+        note="only `proxy_redirect off`: wsgate never rewrites `Location`",
+    ),
+    # One wsgate process keeps upstream state in memory; a shared zone adds nothing yet.
+    _noop("zone", ctx(UPSTREAM), TAKE12, "upstream state is kept per process"),
+    # Refused with a reason (the README's "Not yet supported").
+    _refused("if", "not yet: `if` blocks"),
+    _refused("error_page", "not yet"),
+    _refused("add_header", "not yet"),
+    _refused("client_body_timeout", "not yet; a request body may pause 60 s between reads"),
+    _refused("satisfy", "no auth modules"),
+    _refused("auth_basic", "no auth modules"),
+    _refused("auth_request", "no auth modules"),
+    _refused("ssl_stapling", "not yet"),
+    _refused("ssl_dhparam", "not yet"),
+    _refused("ssl_ecdh_curve", "not yet"),
+    _refused("ssl_password_file", "not yet"),
+    _refused("ssl_early_data", "not yet"),
+    _refused("ssl_crl", "not yet"),
+    _refused("ssl_trusted_certificate", "not yet"),
+    _refused("proxy_ssl_crl", "not yet"),
+    _refused("proxy_ssl_password_file", "not yet"),
+    _refused("sticky", "commercial edition"),
+    _refused("ntlm", "commercial edition"),
+    _refused("queue", "commercial edition"),
+)

@@ -1,0 +1,384 @@
+"""The directive table, walked entry by entry: each default, the inheritance
+http → server → location → nested location, and nginx's words for bad arguments; and the
+generated docs/directives.md is the checked-in one."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+
+from wsgate.config.directives import ENTRIES, TABLE, find, markdown
+from wsgate.config.level import Level
+from wsgate.config.loader import COMBINED, Loader, load
+from wsgate.config.model import (
+    Config,
+    LimitConnZone,
+    LimitReqZone,
+    LogFormat,
+    Server,
+    Source,
+    SslServer,
+    SslUpstream,
+    Upstream,
+)
+from wsgate.config.parse import Stmt
+from wsgate.config.table import CONTEXT_ORDER, Directive, Kind, Merge, enum_
+from wsgate.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+SRC = Source("t.conf", 1)
+SETTINGS = [d for d in ENTRIES if d.kind is Kind.SETTING]
+_LEVELS = ("http", "server", "location")
+
+#: Two different valid argument lists for each directive whose parser is its own.
+SAMPLES: dict[str, tuple[str, str]] = {
+    "pid": ("a.pid", "b.pid"),
+    "error_log": ("a.log", "b.log warn"),
+    "worker_processes": ("2", "3"),
+    "worker_cpu_affinity": ("01 10", "auto"),
+    "worker_connections": ("100", "200"),
+    "large_client_header_buffers": ("2 1k", "8 16k"),
+    "keepalive_timeout": ("10s 5s", "20s"),
+    "return": ("204", "301 https://example.org/"),
+    "access_log": ("a.log", "off"),
+    "allow": ("10.0.0.0/8", "all"),
+    "deny": ("192.0.2.1", "unix:"),
+    "stub_status": ("", "on"),
+    "prometheus": ("", ""),
+    "proxy_pass": ("http://127.0.0.1:1", "http://127.0.0.1:2/x"),
+    "proxy_http_version": ("1.0", "1.1"),
+    "proxy_set_header": ("X-A a", "X-B b"),
+    "proxy_next_upstream": ("off", "http_502 error"),
+    "proxy_upgrade_protocols": ("off", "foo"),
+    "limit_conn": ("z 1", "z 2"),
+    "limit_req": ("zone=r", "zone=r burst=5"),
+    "limit_conn_status": ("429", "500"),
+    "limit_req_status": ("429", "500"),
+    "ssl_certificate": ("a.pem", "b.pem"),
+    "ssl_certificate_key": ("a.key", "b.key"),
+    "ssl_protocols": ("TLSv1.3", "TLSv1.2"),
+    "ssl_ciphers": ("HIGH", "ALL"),
+    "ssl_session_cache": ("off", "builtin:1000"),
+    "ssl_client_certificate": ("ca.pem", "ca2.pem"),
+    "ssl_verify_client": ("on", "optional"),
+    "proxy_ssl_trusted_certificate": ("ca.pem", "ca2.pem"),
+    "proxy_ssl_name": ("a.example", "b.example"),
+    "proxy_ssl_protocols": ("TLSv1.3", "TLSv1.2"),
+    "proxy_ssl_ciphers": ("HIGH", "ALL"),
+    "proxy_ssl_certificate": ("a.pem", "b.pem"),
+    "proxy_ssl_certificate_key": ("a.key", "b.key"),
+    "server": ("127.0.0.1:1", "127.0.0.1:2 weight=2 backup"),
+    "listen": ("127.0.0.1:8080", "[::1]:0 default_server"),
+    "server_name": ("example.org *.example.org", "~^(?<sub>.+)\\.example\\.net$"),
+    "least_conn": ("", ""),
+    "ip_hash": ("", ""),
+    "hash": ("$uri", "$uri consistent"),
+    "random": ("", "two least_conn"),
+    "keepalive": ("8", "16"),
+    "health_check": ("", "interval=1s type=websocket"),
+}
+#: A bad argument list and nginx's words, for each directive whose parser is its own; ``None``
+#: for a parser that takes any value.
+BAD: dict[str, tuple[str, str] | None] = {
+    "pid": None,
+    "error_log": ("a.log loud", 'invalid log level "loud"'),
+    "worker_processes": ("x", '"worker_processes" directive invalid value'),
+    "worker_cpu_affinity": ("012", 'invalid character "2" in "worker_cpu_affinity"'),
+    "worker_connections": ("x", 'invalid number "x"'),
+    "large_client_header_buffers": (
+        "4 8x",
+        '"large_client_header_buffers" directive invalid value',
+    ),
+    "keepalive_timeout": ("10s 5x", '"keepalive_timeout" directive invalid value'),
+    "return": ("1000", 'invalid return code "1000"'),
+    "access_log": ("a.log combined gzip", '"gzip" is not supported by wsgate in "access_log"'),
+    "allow": ("10.0.0.300", 'invalid parameter "10.0.0.300"'),
+    "deny": ("nowhere", 'invalid parameter "nowhere"'),
+    "stub_status": ("off", 'invalid value "off" in "stub_status" directive'),
+    "prometheus": None,
+    "proxy_pass": ("ftp://x", 'invalid URL prefix in "ftp://x"'),
+    "proxy_http_version": ("2.0", 'invalid value "2.0" in "proxy_http_version" directive'),
+    "proxy_set_header": None,
+    "proxy_next_upstream": ("http_418", 'invalid value "http_418"'),
+    "proxy_upgrade_protocols": ("off foo", 'invalid parameter "off"'),
+    "limit_conn": ("nope 1", 'zero size shared memory zone "nope"'),
+    "limit_req": ("zone=r burst=x", 'invalid burst value "burst=x"'),
+    "limit_conn_status": ("399", "value must be between 400 and 599"),
+    "limit_req_status": ("x", '"limit_req_status" directive invalid number'),
+    "ssl_certificate": ("$var", 'variables in "ssl_certificate" are not supported by wsgate'),
+    "ssl_certificate_key": ("$v", 'variables in "ssl_certificate_key" are not supported'),
+    "ssl_protocols": ("SSLv3", 'invalid value "SSLv3" in "ssl_protocols" directive'),
+    "ssl_ciphers": ("NOPE-NOPE", 'SSL_CTX_set_cipher_list("NOPE-NOPE") failed'),
+    "ssl_session_cache": ("big", 'invalid session cache "big"'),
+    "ssl_client_certificate": ("$v", 'variables in "ssl_client_certificate" are not'),
+    "ssl_verify_client": ("maybe", 'invalid value "maybe" in "ssl_verify_client" directive'),
+    "proxy_ssl_trusted_certificate": ("$v", 'variables in "proxy_ssl_trusted_certificate"'),
+    "proxy_ssl_name": None,
+    "proxy_ssl_protocols": ("SSLv3", 'invalid value "SSLv3" in "proxy_ssl_protocols"'),
+    "proxy_ssl_ciphers": ("NOPE-NOPE", 'SSL_CTX_set_cipher_list("NOPE-NOPE") failed'),
+    "proxy_ssl_certificate": ("$v", 'variables in "proxy_ssl_certificate" are not supported'),
+    "proxy_ssl_certificate_key": ("$v", 'variables in "proxy_ssl_certificate_key" are not'),
+    "server": ("127.0.0.1:1 slow_start=3s", 'invalid parameter "slow_start=3s"'),
+    "listen": ("127.0.0.1:0 http2", '"listen ... http2" is not supported by wsgate yet'),
+    "server_name": ("a*b", 'invalid server name or wildcard "a*b"'),
+    "least_conn": None,
+    "ip_hash": None,
+    "hash": ("$uri nonsense", 'invalid parameter "nonsense"'),
+    "random": ("three", 'invalid parameter "three"'),
+    "keepalive": ("0", 'invalid value "0" in "keepalive" directive'),
+    "health_check": ("type=tcp", 'invalid parameter "type=tcp"'),
+}
+_GENERIC = {"flag", "time", "size", "number"}
+
+
+def _parser(d: Directive) -> str:
+    name = getattr(d.parse, "__name__", "")
+    return "enum" if name == "parse" else name
+
+
+def samples(d: Directive) -> tuple[str, str]:
+    """Two valid argument lists, the first one different from the default."""
+    kind = _parser(d)
+    if kind == "flag":
+        return ("off", "on") if d.default == "on" else ("on", "off")
+    if kind in ("time", "size", "number"):
+        return {"time": ("7s", "9s"), "size": ("7k", "9k"), "number": ("7", "9")}[kind]
+    if kind == "enum":
+        assert d.parse is not None and d.parse.__doc__
+        choices = [c for c in d.parse.__doc__.split(" | ") if c != d.default]
+        return choices[0], choices[1]
+    return SAMPLES[d.name]
+
+
+def bad(d: Directive) -> tuple[str, str] | None:
+    kind = _parser(d)
+    if kind == "flag":
+        return "maybe", f'invalid value "maybe" in "{d.name}" directive, it must be "on" or "off"'
+    if kind in ("time", "size"):
+        return "5x", f'"{d.name}" directive invalid value'
+    if kind == "number":
+        return "-1", f'"{d.name}" directive invalid number'
+    if kind == "enum":
+        return "loud", 'invalid value "loud"'
+    return BAD[d.name]
+
+
+def loader(tmp_path: Path) -> Loader:
+    ld = Loader(prefix=str(tmp_path), conf_file=str(tmp_path / "nginx.conf"))
+    ld.log_formats["combined"] = LogFormat("combined", ld.template(COMBINED, SRC))
+    key = ld.template("$remote_addr", SRC)
+    ld.conn_zones["z"] = LimitConnZone("z", key, 1 << 20)
+    ld.req_zones["r"] = LimitReqZone("r", key, 1 << 20, 1000)
+    return ld
+
+
+def stmt(d: Directive, args: str) -> Stmt:
+    return Stmt(d.name, args.split(), SRC, None)
+
+
+def test_every_entry_is_walked() -> None:
+    """Adding a directive with its own parser means saying how to test it."""
+    for d in SETTINGS:
+        if _parser(d) not in _GENERIC | {"enum"}:
+            assert d.name in SAMPLES and d.name in BAD, d.name
+        assert d.target is not None and d.fields, d.name
+        assert d.merge is Merge.INHERIT or d.default is None or d.merge is Merge.ARRAY, d.name
+    for d in ENTRIES:
+        assert d.contexts or d.kind is Kind.REFUSED, d.name
+
+
+@pytest.mark.parametrize("d", SETTINGS, ids=lambda d: f"{d.name}@{min(d.contexts)}")
+def test_default_is_the_models(tmp_path: Path, d: Directive) -> None:
+    """The parsed default is what a configuration without the directive gets, and what the
+    model class says when built by hand."""
+    ld = loader(tmp_path)
+    value = ld.default(d)
+    assert d.target is not None
+    got = Level(ld, None).collect(d.target)
+    values = (value,) if len(d.fields) == 1 else value
+    model = {f.name: f for f in dataclasses.fields(d.target)}
+    for name, v in zip(d.fields, values, strict=True):
+        assert got[name] == v
+        if d.name == "access_log":  # a path under the prefix, which the model cannot know
+            assert model[name].default == ()
+        elif name in model and model[name].default is not dataclasses.MISSING:
+            assert model[name].default == v, (d.name, name)
+        else:  # a required model field, or one built from this one (certificates)
+            assert d.target in (Config, Server, SslServer, Upstream), (d.name, name)
+
+
+@pytest.mark.parametrize("d", SETTINGS, ids=lambda d: f"{d.name}@{min(d.contexts)}")
+def test_inheritance_http_server_location_nested(tmp_path: Path, d: Directive) -> None:
+    """Set A at the outermost level the directive allows and B in one location: nginx's merge
+    gives every inner level the value by the entry's rule."""
+    ld = loader(tmp_path)
+    a_args, b_args = samples(d)
+    assert d.target is not None
+    outer = next(c for c in CONTEXT_ORDER if c in d.contexts)
+    if outer not in _LEVELS:  # main or events: one level, nothing to inherit
+        level = Level(ld, None)
+        level.set(stmt(d, a_args), d)
+        assert level.value(d) != ld.default(d)
+        return
+    http = Level(ld, None)
+    server = Level(ld, http)
+    loc_a, loc_b = Level(ld, server), Level(ld, server)
+    nested_a, nested_b = Level(ld, loc_a), Level(ld, loc_b)
+    by_ctx = {"http": http, "server": server, "location": loc_a}
+    setter = by_ctx[outer]
+    setter.set(stmt(d, a_args), d)
+    a = setter.value(d)
+    assert a != ld.default(d)
+    b = None
+    if "location" in d.contexts and setter is not loc_a:
+        loc_b.set(stmt(d, b_args), d)
+        b = loc_b.value(d)
+    inner = [lv for lv in (http, server, loc_a, nested_a) if _depth(lv) > _depth(setter)]
+    if d.merge in (Merge.INHERIT, Merge.ARRAY):
+        for lv in inner:
+            assert lv.value(d) == a
+        if b is not None:
+            assert nested_b.value(d) == b
+            if d.merge is Merge.ARRAY:  # all-or-nothing: B replaces the whole outer list
+                assert all(x not in b for x in a)
+    else:  # not inherited
+        for lv in inner:
+            assert lv.value(d) == ld.default(d)
+    for lv in (http, server, loc_a):  # outer levels keep the default
+        if _depth(lv) < _depth(setter):
+            assert lv.value(d) == ld.default(d)
+
+
+@pytest.mark.parametrize(
+    "d", [d for d in SETTINGS if d.merge is Merge.ARRAY], ids=lambda d: f"{d.name}"
+)
+def test_arrays_add_up_at_one_level(tmp_path: Path, d: Directive) -> None:
+    level = Level(loader(tmp_path), None)
+    a_args, b_args = samples(d)
+    level.set(stmt(d, a_args), d)
+    one = level.value(d)
+    if d.name in ("limit_conn", "limit_req"):  # one zone once per level
+        with pytest.raises(ConfigError, match=f'"{d.name}" directive is duplicate'):
+            level.set(stmt(d, b_args), d)
+        return
+    level.set(stmt(d, b_args), d)
+    assert level.value(d)[: len(one)] == one
+
+
+def _depth(level: Level) -> int:
+    n = 0
+    while level.parent is not None:
+        n, level = n + 1, level.parent
+    return n
+
+
+def test_content_handler_last_one_wins(tmp_path: Path) -> None:
+    ld = loader(tmp_path)
+    level = Level(ld, None)
+    for name, args in (("proxy_pass", "http://127.0.0.1:1"), ("stub_status", "")):
+        (d,) = TABLE[name]
+        level.set(stmt(d, args), d)
+    from wsgate.config.model import LocationSettings
+
+    got = level.collect(LocationSettings)
+    assert got["stub_status"] is True and got["proxy_pass"] is None
+
+
+def _wrap(ctx: str, line: str) -> tuple[str, int]:
+    """A configuration with ``line`` in context ``ctx``, and the line it is on."""
+    before = {
+        "main": [],
+        "events": ["events {"],
+        "http": ["http {"],
+        "server": ["http {", "server {"],
+        "location": ["http {", "server {", "location / {"],
+        "upstream": ["http {", "upstream u {", "server 127.0.0.1:1;"],
+    }[ctx]
+    closing = ["}"] * (len(before) - (ctx == "upstream"))
+    zones = [
+        "limit_conn_zone $remote_addr zone=z:1m;",
+        "limit_req_zone $remote_addr zone=r:1m rate=1r/s;",
+    ]
+    if ctx in _LEVELS:
+        before = [before[0], *zones, *before[1:]]
+    return "\n".join([*before, line, *closing]) + "\n", len(before) + 1
+
+
+def _error(tmp_path: Path, ctx: str, line: str) -> str:
+    text, lineno = _wrap(ctx, line)
+    (tmp_path / "nginx.conf").write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load("nginx.conf", prefix=str(tmp_path))
+    msg = str(info.value)
+    assert msg.endswith(f"in {tmp_path / 'nginx.conf'}:{lineno}"), msg
+    return msg
+
+
+ARGS = [d for d in ENTRIES if d.kind is not Kind.REFUSED and not d.arity.block]
+
+
+@pytest.mark.parametrize("d", ARGS, ids=lambda d: f"{d.name}@{min(d.contexts)}")
+def test_bad_arguments_get_nginx_words(tmp_path: Path, d: Directive) -> None:
+    """Too few or too many arguments, the wrong context, a bad value, a duplicate."""
+    ctx = next(c for c in CONTEXT_ORDER if c in d.contexts)
+    wrong = f'invalid number of arguments in "{d.name}" directive'
+    if d.arity.lo > 0:
+        assert wrong in _error(tmp_path, ctx, f"{d.name};")
+    if d.arity.hi != -1:
+        assert wrong in _error(tmp_path, ctx, f"{d.name} {' '.join(['1'] * (d.arity.hi + 1))};")
+    others = set().union(*(e.contexts for e in TABLE[d.name]))
+    elsewhere = next((c for c in ("main", "http", "server", "location") if c not in others), None)
+    if elsewhere is not None:
+        text = f"{d.name} {' '.join(['1'] * d.arity.lo)};"
+        assert f'"{d.name}" directive is not allowed here' in _error(tmp_path, elsewhere, text)
+    if d.kind is not Kind.SETTING:
+        return
+    case = bad(d)
+    if case is not None:
+        assert case[1] in _error(tmp_path, ctx, f"{d.name} {case[0]};")
+    if d.merge is not Merge.ARRAY:
+        line = f"{d.name} {samples(d)[0]};"
+        text = f"{line} {line}"
+        words = d.duplicate or f'"{d.name}" directive is duplicate'
+        assert words in _error(tmp_path, ctx, text)
+
+
+def test_no_op_and_refused_entries(tmp_path: Path) -> None:
+    for d in ENTRIES:
+        ctx = next((c for c in CONTEXT_ORDER if c in d.contexts), "http")
+        s = Stmt(d.name, ["off"] * d.arity.lo, SRC, [] if d.arity.block else None)
+        if d.kind is Kind.REFUSED:
+            with pytest.raises(ConfigError, match="not supported by wsgate|main context only"):
+                find(s, ctx)
+        elif d.kind is Kind.NO_OP:
+            assert find(s, ctx) is d
+
+
+def test_enum_documents_its_values() -> None:
+    assert enum_("a", "b").__doc__ == "a | b"
+
+
+def test_docs_directives_md_is_current() -> None:
+    """Regenerate with ``python -m wsgate.config.directives > docs/directives.md``."""
+    assert (ROOT / "docs" / "directives.md").read_text() == markdown()
+
+
+def test_targets_are_model_classes() -> None:
+    targets = {d.target for d in SETTINGS}
+    from wsgate.config.model import LocationSettings
+
+    assert targets == {Config, Server, LocationSettings, SslServer, SslUpstream, Upstream}
+
+
+def test_readme_summary_names_every_directive() -> None:
+    """The README's short summary may group and explain, but leaves no directive out."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Supported configuration", 1)[1].split("\n## ", 1)[0]
+    assert "docs/directives.md" in section
+    for d in ENTRIES:
+        if d.kind is not Kind.REFUSED and not d.name.endswith(("_hash_max_size", "_bucket_size")):
+            if not d.name.endswith("_temp_path"):
+                assert re.search(rf"(?<![\w-]){d.name}(?![\w-])", section), d.name
