@@ -8,7 +8,7 @@ generator and the backend on their own core), next to what the load side reaches
 proxy at all.
 
 ``python -m bench.report [results.json] [--readme]`` rewrites results.md and chart.png from a
-JSON file (and, with ``--readme``, the results block of README.md, as a full run does).
+JSON file (and, with ``--readme``, the results block of docs/benchmark.md, as a full run does).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 
 __all__ = ["bottleneck", "chart", "markdown", "metrics", "update_readme"]
 
-#: The part of README.md that a full ``make bench`` rewrites.
+#: The part of docs/benchmark.md that a full ``make bench`` rewrites.
 README_START = "<!-- bench-results:start: make bench rewrites this part -->"
 README_END = "<!-- bench-results:end -->"
 
@@ -444,7 +444,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def readme_block(results: dict[str, Any]) -> str:
-    """The latest figures for README.md: machine, the main table, the chart."""
+    """The latest figures for docs/benchmark.md: machine, the main table, the chart."""
     notes = []
     disturbed = [
         f"{NAMES.get(r['proxy'], r['proxy'])} {r['run']}"
@@ -467,7 +467,7 @@ def readme_block(results: dict[str, Any]) -> str:
             *notes,
             "",
             "![wsgate, nginx and HAProxy: each figure, with its ratio to nginx]"
-            "(bench/results/chart.png)",
+            "(../bench/results/chart.png)",
             README_END,
         ]
     )
@@ -589,8 +589,8 @@ def _wrap(text: str, width: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Rewrite results.md and chart.png from a results.json (and README.md's block with
-    ``--readme``)."""
+    """Rewrite results.md and chart.png from a results.json (and docs/benchmark.md's block
+    with ``--readme``)."""
     args = sys.argv[1:] if argv is None else argv
     readme = "--readme" in args
     args = [a for a in args if a != "--readme"]
@@ -602,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
     (path.parent / "results.md").write_text(markdown(results))
     chart(results, path.parent / "chart.png")
     if readme:
-        update_readme(results, Path(__file__).resolve().parent.parent / "README.md")
+        update_readme(results, Path(__file__).resolve().parent.parent / "docs" / "benchmark.md")
     return 0
 
 

@@ -766,9 +766,9 @@ def run(s: Settings, keep: bool = False, quiet_wait: float = 0.0) -> dict[str, A
     (s.out / "results.md").write_text(report.markdown(results))
     default_out = Settings().out.resolve()
     if not s.smoke and s.out.resolve() == default_out and set(s.parts) >= set(Settings().parts):
-        # A full run into bench/results: README.md shows its table and chart.
-        if report.update_readme(results, REPO / "README.md"):
-            _log("updated the results in README.md")
+        # A full run into bench/results: docs/benchmark.md shows its table and chart.
+        if report.update_readme(results, REPO / "docs" / "benchmark.md"):
+            _log("updated the results in docs/benchmark.md")
     if report.chart(results, s.out / "chart.png"):
         _log(f"wrote {s.out}/results.json, results.md, chart.png")
     else:

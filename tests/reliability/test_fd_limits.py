@@ -6,7 +6,7 @@
   tunnels close.
 * ``worker_connections 64`` and a burst of ``3 x 64``: the worker never holds more
   connections than the limit (client plus upstream, as nginx counts a tunnel), and the
-  clients over it wait in the backlog (README, Processes) rather than being closed.
+  clients over it wait in the backlog (docs/operations.md, Processes) rather than being closed.
 
 Each test measures nginx on the same configuration too, where it is installed, and prints its
 figures beside wsgate's; only wsgate's are asserted (nginx closes connections it has no room

@@ -369,7 +369,7 @@ class Return:
 class LocationSettings:
     """The effective per-location settings after nginx's http → server → location merge.
 
-    Defaults follow current nginx (1.29.7+) where it differs from 1.22 (see README):
+    Defaults follow current nginx (1.29.7+) where it differs from 1.22 (see docs/differences.md):
     ``proxy_http_version`` defaults to ``"1.1"`` and no ``Connection: close`` is sent by default.
     Times are seconds.  The loader fills every field from the directive table, whose entries
     hold the defaults; the defaults here serve models built by hand, and a test keeps them

@@ -17,7 +17,7 @@ record (0x16) or an SSLv2-style hello (high bit set) starts the handshake, anyth
 served as plain HTTP and answered with ``497`` ("400 The plain HTTP request was sent to HTTPS
 port").
 
-What Python's :mod:`ssl` cannot do (the README lists these as differences from nginx):
+What Python's :mod:`ssl` cannot do (docs/tls.md lists these as differences from nginx):
 
 * ``ssl_session_cache off``/``none``: OpenSSL's internal server session cache cannot be turned
   off from Python (no ``SSL_CTX_set_session_cache_mode``), so TLS 1.2 session-ID resumption

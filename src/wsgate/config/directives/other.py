@@ -89,7 +89,7 @@ ENTRIES: tuple[Directive, ...] = (
     ),
     # One wsgate process keeps upstream state in memory; a shared zone adds nothing yet.
     _noop("zone", ctx(UPSTREAM), TAKE12, "upstream state is kept per process"),
-    # Refused with a reason (the README's "Not yet supported").
+    # Refused with a reason (docs/differences.md, "Not yet supported").
     _refused("if", "not yet: `if` blocks"),
     _refused("error_page", "not yet"),
     _refused("add_header", "not yet"),
