@@ -36,7 +36,7 @@ from tests.integration.test_process_model import (
     run,
     wait_until,
 )
-from tests.integration.test_zero_downtime import Churn
+from tests.integration.test_zero_downtime import Churn, churn_once
 
 NEW_VERSION = "0.1.0+upgraded"
 ROOT = Path(__file__).resolve().parents[2]
@@ -135,6 +135,19 @@ async def usr2(gw: WsgateProcess, version: str) -> int:
     return new
 
 
+async def teardown(gw: WsgateProcess, new: int, backend: Backend) -> None:
+    """End both masters (the new one by QUIT, as an operator would) and the backend; the
+    old master's log must hold no ``[alert]`` and its stderr no traceback."""
+    if new and not gone(new):
+        os.kill(new, signal.SIGQUIT)
+        await in_thread(wait_until, lambda: gone(new), "the new master to exit")
+    if gw.proc.poll() is None:
+        gw.stop()
+    backend.close()
+    log = gw.errors()
+    assert "[alert]" not in log and "Traceback" not in gw.stderr, log + gw.stderr
+
+
 async def talk(clients: list[Client]) -> None:
     for c in clients:
         await c.exchange()
@@ -192,14 +205,7 @@ def test_upgrade_between_two_installs_drops_nothing(
             assert read_pid(gw.pid_file) == new
             assert await server_header(gw.port) == f"wsgate/{NEW_VERSION}"
         finally:
-            if new and not gone(new):
-                os.kill(new, signal.SIGQUIT)
-                await in_thread(wait_until, lambda: gone(new), "the new master to exit")
-            if gw.proc.poll() is None:
-                gw.stop()
-            backend.close()
-        log = gw.errors()
-        assert "[alert]" not in log and "Traceback" not in gw.stderr, log + gw.stderr
+            await teardown(gw, new, backend)
 
     run(scenario())
 
@@ -318,12 +324,7 @@ def test_way_back_after_winch(tmp_path: Path, how: str) -> None:
             # Tunnels that the QUIT of the new master found open got its 1001: answered.
             assert outcomes["ok"] > 0 and set(outcomes) <= {"ok", "going away"}, outcomes
         finally:
-            if new and not gone(new):
-                os.kill(new, signal.SIGTERM)
-            if gw.proc.poll() is None:
-                assert gw.stop() == 0
-            backend.close()
-        assert "[alert]" not in gw.errors(), gw.errors()
+            await teardown(gw, new, backend)
 
     run(scenario())
 
@@ -391,17 +392,17 @@ def test_upgrade_keeps_limit_conn_and_counters(tmp_path: Path) -> None:
                 "the old workers to retire",
             )
             assert "not inherited" not in gw.errors()
-            assert (await churn_status(gw.port)) == "HTTP/1.1 503 Service Temporarily Unavailable"
+            assert (await churn_once(gw.port)) == "HTTP/1.1 503 Service Temporarily Unavailable"
             await talk(tunnels)
             await tunnels[0].ws.close()
             await in_thread(wait_until, lambda: "/held0" in backend.closes, "a tunnel closed")
             # Released by the old worker, in the memory the new master's workers use.
-            ok = await churn_status(gw.port)
+            ok = await churn_once(gw.port)
             for _ in range(100):
                 if ok != "HTTP/1.1 503 Service Temporarily Unavailable":
                     break
                 await asyncio.sleep(0.05)  # the old worker's release is asynchronous
-                ok = await churn_status(gw.port)
+                ok = await churn_once(gw.port)
             assert ok == "ok"
             after = int((await http_get(gw.port, "/status")).split("\n")[2].split()[0])
             assert after > before >= 4, (before, after)
@@ -410,22 +411,9 @@ def test_upgrade_keeps_limit_conn_and_counters(tmp_path: Path) -> None:
             os.kill(gw.proc.pid, signal.SIGQUIT)
             assert await in_thread(gw.proc.wait, 30) == 0
         finally:
-            if new and not gone(new):
-                os.kill(new, signal.SIGQUIT)
-                await in_thread(wait_until, lambda: gone(new), "the new master to exit")
-            if gw.proc.poll() is None:
-                gw.stop()
-            backend.close()
-        log = gw.errors()
-        assert "[alert]" not in log and "Traceback" not in gw.stderr, log + gw.stderr
+            await teardown(gw, new, backend)
 
     run(scenario())
-
-
-async def churn_status(port: int) -> str:
-    from tests.integration.test_zero_downtime import churn_once
-
-    return await churn_once(port)
 
 
 @pytest.mark.timeout(120)
@@ -454,12 +442,6 @@ def test_the_upgrade_script_drops_nothing(tmp_path: Path) -> None:
             print(f"\nupgrade script: {dict(outcomes)}")
             assert outcomes["ok"] > 0 and set(outcomes) == {"ok"}, outcomes
         finally:
-            if new and not gone(new):
-                os.kill(new, signal.SIGQUIT)
-                await in_thread(wait_until, lambda: gone(new), "the new master to exit")
-            if gw.proc.poll() is None:
-                gw.stop()
-            backend.close()
-        assert "[alert]" not in gw.errors(), gw.errors()
+            await teardown(gw, new, backend)
 
     run(scenario())
