@@ -34,6 +34,7 @@ from wsgate.http.body import Body, BodyReader, EndOfMessage, InvalidChunk
 from wsgate.http.fields import first_value, has_ctl_or_space
 
 __all__ = [
+    "InvalidHeader",
     "ResponseEvent",
     "ResponseHead",
     "ResponseParser",
@@ -45,6 +46,12 @@ _RENAMED = {b"content-length": b"X-Wsgate-Cl", b"transfer-encoding": b"X-Wsgate-
 _PREMATURE_HEADER = (
     "upstream prematurely closed connection while reading response header from upstream"
 )
+
+
+class InvalidHeader(HttpError):
+    """The upstream's head (or a chunked body read with it) is malformed or too big: what
+    ``proxy_next_upstream invalid_header`` names ("a server returned an empty or invalid
+    response"), as opposed to the other 502s here, which are ``error``."""
 
 
 @dataclass(slots=True)
@@ -203,7 +210,7 @@ class ResponseParser:
                 try:
                     data = body.read(self._buf)
                 except InvalidChunk as exc:
-                    raise HttpError(502, "upstream sent invalid chunked response") from exc
+                    raise InvalidHeader(502, "upstream sent invalid chunked response") from exc
                 if data:
                     events.append(Body(data))
                 if body.done:
@@ -242,12 +249,12 @@ class ResponseParser:
         end = self._find_head_end()
         if end < 0:
             if len(self._buf) >= self.max_head:
-                raise HttpError(502, "upstream sent too big header")
+                raise InvalidHeader(502, "upstream sent too big header")
             if len(self._buf) >= 5 and not self._buf.startswith(b"HTTP/"):
                 raise HttpError(502, "upstream sent no valid HTTP/1.0 header")
             return None
         if end > self.max_head:
-            raise HttpError(502, "upstream sent too big header")
+            raise InvalidHeader(502, "upstream sent too big header")
         raw_lines = bytes(self._buf[:end]).split(b"\n")[:-2]  # drop the blank line and after
         del self._buf[:end]
         lines = [ln[:-1] if ln.endswith(b"\r") else ln for ln in raw_lines]
@@ -282,7 +289,7 @@ class ResponseParser:
                 except httptools.HttpParserError:
                     bad = True
             if bad:
-                raise HttpError(502, f'upstream sent invalid header: "{_printable(line)}"')
+                raise InvalidHeader(502, f'upstream sent invalid header: "{_printable(line)}"')
             value = line[colon + 1 :].strip(b" \t")
             if renamed is not None:
                 prev = cl_raw if renamed is _RENAMED[b"content-length"] else te_raw
@@ -305,12 +312,12 @@ class ResponseParser:
             pass
         except httptools.HttpParserError as exc:
             if "Upgrade" not in str(exc):  # llhttp pauses on every 101 ("Pause on CONNECT/Upgrade")
-                raise HttpError(502, "upstream sent invalid header") from exc
+                raise InvalidHeader(502, "upstream sent invalid header") from exc
 
         content_length: int | None = None
         if cl_raw is not None:
             if not cl_raw.isdigit() or not cl_raw.isascii() or int(cl_raw) > _MAX_OFF_T:
-                raise HttpError(
+                raise InvalidHeader(
                     502,
                     f'upstream sent invalid "Content-Length" header: '
                     f'"Content-Length: {_printable(cl_raw)}"',

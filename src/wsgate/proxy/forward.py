@@ -48,7 +48,7 @@ from wsgate.http.headers import (
     encode_chunk,
 )
 from wsgate.http.request import RequestHead, RequestParser
-from wsgate.http.response import ResponseEvent, ResponseHead, ResponseParser
+from wsgate.http.response import InvalidHeader, ResponseEvent, ResponseHead, ResponseParser
 from wsgate.proxy.connect import (
     HANDSHAKING,
     HandshakeFailed,
@@ -59,6 +59,7 @@ from wsgate.proxy.endpoint import CountedEndpoint, Endpoint, KeptEndpoints, Peer
 from wsgate.proxy.relay import ResponseRelay
 from wsgate.proxy.tunnel import Tunnel
 from wsgate.routing import proxy_uri
+from wsgate.upstream.next import Failure, may_retry, replayable, status_failure
 from wsgate.upstream.pool import Kept
 from wsgate.upstream.tls import (
     TlsContexts,
@@ -74,21 +75,13 @@ if TYPE_CHECKING:
 __all__ = ["Forwarder"]
 
 
-#: "non_idempotent: normally, requests with a non-idempotent method (POST, LOCK, PATCH) are not
-#: passed to the next server if a request has been sent to an upstream server".
-_NON_IDEMPOTENT = frozenset({"POST", "LOCK", "PATCH"})
-
-#: Upstream statuses ``proxy_next_upstream`` can name (``ngx_http_upstream_next_errors``).
-_STATUS_NEXT = {s: f"http_{s}" for s in (500, 502, 503, 504, 403, 404, 429)}
-
-
 class _Retry(Exception):
     """A try failed in a way ``proxy_next_upstream`` names (``kind``); ``status`` is what the
     client gets if it is the last one, ``log`` nginx's error-log text, ``phase`` the action
     for the "temporarily disabled" warning, ``answered`` whether any response byte came."""
 
     def __init__(
-        self, kind: str, status: int, log: str, phase: str, answered: bool = False
+        self, kind: Failure, status: int, log: str, phase: str, answered: bool = False
     ) -> None:
         self.kind = kind
         self.status = status
@@ -240,7 +233,7 @@ class Forwarder(ResponseRelay):
                     att.up.abort()
                 gw.error_log.log("error", retry.log, self.number, ctx, upstream_url)
                 self._failed(selection, peer, ctx, upstream_url, retry.status, retry.phase)
-                gw.metrics.upstream_failed(group.name, peer.address, retry.kind)
+                gw.metrics.upstream_failed(group.name, peer.address, retry.kind.value)
                 if self._may_retry(
                     retry.kind, settings, selection.tries, attempts, started, att, head
                 ):
@@ -254,14 +247,14 @@ class Forwarder(ResponseRelay):
             streamed = att.streamed
             up = att.up
             assert up is not None
-            kind = _STATUS_NEXT.get(resp.status)
+            kind = status_failure(resp.status)
             # ngx_http_upstream_test_next: "peer.tries > 1" before this peer is freed, i.e.
             # at least one try left after it.
             if kind is not None and self._may_retry(
                 kind, settings, selection.tries - 1, attempts, started, att, head
             ):
                 up.abort()
-                if resp.status in (403, 404):
+                if not kind.counts_as_failure:
                     # NGX_PEER_NEXT: the next server is tried, but this is no failure.
                     ctx.upstream_statuses.append(str(resp.status))
                     self._note_time(ctx)
@@ -276,7 +269,7 @@ class Forwarder(ResponseRelay):
                         resp.status,
                         "reading response header from upstream",
                     )
-                    gw.metrics.upstream_failed(group.name, peer.address, kind)
+                    gw.metrics.upstream_failed(group.name, peer.address, kind.value)
                 continue
             selection.succeed(peer)
             ctx.upstream_statuses.append(str(resp.status))
@@ -360,7 +353,7 @@ class Forwarder(ResponseRelay):
 
     def _may_retry(
         self,
-        kind: str,
+        kind: Failure,
         settings: LocationSettings,
         left: int,
         attempts: int,
@@ -368,29 +361,19 @@ class Forwarder(ResponseRelay):
         att: _Attempt,
         head: RequestHead,
     ) -> bool:
-        """Whether ``proxy_next_upstream`` passes this try to the next server.
-
-        ``ngx_http_upstream_next``: "if (u->peer.tries == 0 || (next_upstream & ft_type) !=
-        ft_type || (u->request_sent && r->request_body_no_buffering) || (timeout &&
-        ngx_current_msec - u->peer.start_time >= timeout))" finalize, where ``ft_type``
-        gains ``NON_IDEMPOTENT`` for a POST, LOCK or PATCH already sent.  wsgate streams
-        request bodies (nginx's ``proxy_request_buffering off``), so a try that sent a body
-        is never repeated.  ``left`` is what remains of the tries after this one;
-        ``proxy_next_upstream_tries`` caps them ("0 turns off this limitation").
-        """
-        allowed = settings.proxy_next_upstream
-        if kind not in allowed or left <= 0:
-            return False
-        limit = settings.proxy_next_upstream_tries
-        if limit and attempts >= limit:
-            return False
-        if att.sent:
-            if att.streamed:
-                return False
-            if head.method in _NON_IDEMPOTENT and "non_idempotent" not in allowed:
-                return False
-        timeout = settings.proxy_next_upstream_timeout
-        return not (timeout and self.gw.loop.time() - started >= timeout)
+        """:func:`wsgate.upstream.next.may_retry` for this try."""
+        return may_retry(
+            kind,
+            settings.proxy_next_upstream,
+            left=left,
+            attempts=attempts,
+            tries_limit=settings.proxy_next_upstream_tries,
+            elapsed=self.gw.loop.time() - started,
+            timeout=settings.proxy_next_upstream_timeout,
+            sent=att.sent,
+            streamed=att.streamed,
+            method=head.method,
+        )
 
     def _keepalive(self, pp: ProxyPass, group: object) -> KeptEndpoints | None:
         """The idle-connection cache of ``group`` when its ``upstream`` block has ``keepalive``.
@@ -451,9 +434,9 @@ class Forwarder(ResponseRelay):
                     # u->peer.tries++"); wsgate opens a new connection to the same server,
                     # once, counting no failure, when the request can be sent again.
                     if not (
-                        retry.kind == "error"
+                        retry.kind is Failure.ERROR
                         and not retry.answered
-                        and self._replayable(att, head, settings)
+                        and replayable(att.streamed, head.method, settings.proxy_next_upstream)
                     ):
                         raise
                     self.gw.error_log.log(
@@ -468,14 +451,6 @@ class Forwarder(ResponseRelay):
         if att.tls is not None:
             save_session(att.tls, peer, att.up)
         return result
-
-    @staticmethod
-    def _replayable(att: _Attempt, head: RequestHead, settings: LocationSettings) -> bool:
-        if att.streamed:
-            return False
-        return head.method not in _NON_IDEMPOTENT or (
-            "non_idempotent" in settings.proxy_next_upstream
-        )
 
     async def _exchange(
         self,
@@ -497,7 +472,7 @@ class Forwarder(ResponseRelay):
             up.write(buffered_body)
         elif head.content_length or head.chunked:
             if att.streamed:  # pragma: no cover - _may_retry never repeats a streamed body
-                raise _Retry("error", 502, "request body already sent", "sending request")
+                raise _Retry(Failure.ERROR, 502, "request body already sent", "sending request")
             att.streamed = True
             await self._stream_body(head, up, framing, settings)
         return await self._read_response_head(up, head, settings)
@@ -531,7 +506,7 @@ class Forwarder(ResponseRelay):
             if opening.ep is not None:
                 opening.ep.abort()
             raise _Retry(
-                "timeout",
+                Failure.TIMEOUT,
                 504,
                 f"upstream timed out (110: Connection timed out) while {opening.phase}",
                 opening.phase,
@@ -539,11 +514,13 @@ class Forwarder(ResponseRelay):
         except HandshakeFailed as exc:
             if opening.ep is not None:
                 opening.ep.abort()
-            raise _Retry("error", 502, f"{exc.args[0]} while {HANDSHAKING}", HANDSHAKING) from None
+            raise _Retry(
+                Failure.ERROR, 502, f"{exc.args[0]} while {HANDSHAKING}", HANDSHAKING
+            ) from None
         except OSError as exc:
             code = exc.errno or errno.ECONNREFUSED
             raise _Retry(
-                "error",
+                Failure.ERROR,
                 502,
                 f"connect() failed ({code}: {os.strerror(code)}) while connecting to upstream",
                 "connecting to upstream",
@@ -575,7 +552,7 @@ class Forwarder(ResponseRelay):
                 )
             else:
                 raise _Retry(
-                    "timeout",
+                    Failure.TIMEOUT,
                     504,
                     "upstream timed out (110: Connection timed out) while reading "
                     "response header from upstream",
@@ -586,7 +563,7 @@ class Forwarder(ResponseRelay):
                 if not data:
                     if up.error is not None and not isinstance(up.error, PeerClosed):
                         raise _Retry(
-                            "error",
+                            Failure.ERROR,
                             502,
                             f"recv() failed ({_errno_text(up.error)}) while reading "
                             "response header from upstream",
@@ -598,9 +575,10 @@ class Forwarder(ResponseRelay):
                     answered = True
                     events = rparser.feed(data)
             except HttpError as exc:
+                if exc.log and not isinstance(exc, InvalidHeader):
+                    raise _Retry(Failure.ERROR, 502, exc.log, phase, answered) from None
                 log = exc.log or "upstream sent invalid header"
-                kind = "invalid_header" if "invalid" in log or "big" in log else "error"
-                raise _Retry(kind, 502, log, phase, answered) from None
+                raise _Retry(Failure.INVALID_HEADER, 502, log, phase, answered) from None
             while True:
                 resp = next((ev for ev in events if isinstance(ev, ResponseHead)), None)
                 if resp is None:
@@ -614,7 +592,7 @@ class Forwarder(ResponseRelay):
                 events = rparser.feed(rest) if rest else []
             if not data:
                 raise _Retry(
-                    "error",
+                    Failure.ERROR,
                     502,
                     "upstream prematurely closed connection while reading response "
                     "header from upstream",
@@ -661,14 +639,14 @@ class Forwarder(ResponseRelay):
                 await up.drain()
         except TimeoutError:
             raise _Retry(
-                "timeout",
+                Failure.TIMEOUT,
                 504,
                 f"upstream timed out (110: Connection timed out) while {phase}",
                 phase,
             ) from None
         except PeerClosed:
             raise _Retry(
-                "error", 502, f"writev() failed (32: Broken pipe) while {phase}", phase
+                Failure.ERROR, 502, f"writev() failed (32: Broken pipe) while {phase}", phase
             ) from None
 
 

@@ -25,6 +25,7 @@ from wsgate.config.model import AccessLog, LocationSettings
 from wsgate.config.variables import RequestContext, request_headers_read
 from wsgate.errors import HttpError
 from wsgate.http.body import Body, EndOfMessage
+from wsgate.http.framing import client_framing
 from wsgate.http.headers import (
     LAST_CHUNK,
     BodyFraming,
@@ -193,32 +194,17 @@ class ResponseRelay:
         and whether the upstream's response was read completely."""
         if resp.status == 101:
             return self._lone_101(ctx, settings, resp), False
-        keep = head.keep_alive
-        no_body = head.method == "HEAD" or resp.status in (204, 304)
-        if no_body:
-            framing = (
-                BodyFraming.content_length(resp.content_length)
-                if resp.content_length is not None and resp.status != 204
-                else BodyFraming.none()
-            )
-            chunk_out = False
-        elif resp.content_length is not None:
-            framing = BodyFraming.content_length(resp.content_length)
-            chunk_out = False
-        elif head.version == "1.1":
-            framing = BodyFraming.chunked()
-            chunk_out = True
-        else:
-            framing = BodyFraming.none()
-            chunk_out = False
-            keep = False
+        plan = client_framing(
+            head.method, head.version, resp.status, resp.content_length, head.keep_alive
+        )
+        keep, no_body, chunk_out = plan.keep_alive, plan.no_body, plan.chunked
         out = build_client_response_head(
             resp.status,
             resp.reason,
             resp.headers,
             server_tokens=settings.server_tokens,
             date=http_date(time.time()),
-            framing=framing,
+            framing=plan.framing,
             keep_alive=keep,
             keepalive_header=settings.keepalive_header,
             upgrade=False,
