@@ -215,7 +215,7 @@ class Endpoint(asyncio.Protocol):
 class ConnectionCounter(Protocol):
     """Who counts upstream connections (the gateway, for ``worker_connections``)."""
 
-    upstreams: int
+    def upstream_opening(self) -> None: ...
 
     def upstream_closed(self) -> None: ...
 
@@ -234,7 +234,7 @@ class CountedEndpoint(Endpoint):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.counted = True
-        self.counter.upstreams += 1
+        self.counter.upstream_opening()
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)

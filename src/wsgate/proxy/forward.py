@@ -31,13 +31,11 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import ssl
-import weakref
 from collections.abc import AsyncIterator, Hashable
 from typing import TYPE_CHECKING
 
 from wsgate.access import upgrade_allowed, without_upgrade
-from wsgate.config.model import Config, Location, LocationSettings, ProxyPass
+from wsgate.config.model import Location, LocationSettings, ProxyPass
 from wsgate.config.variables import RequestContext
 from wsgate.errors import HttpError
 from wsgate.http.headers import (
@@ -62,14 +60,13 @@ from wsgate.routing import proxy_uri
 from wsgate.upstream.next import Failure, may_retry, replayable, status_failure
 from wsgate.upstream.pool import Kept
 from wsgate.upstream.tls import (
-    TlsContexts,
     UpstreamTls,
     ssl_name,
 )
 
 if TYPE_CHECKING:
     from wsgate.config.model import Server
-    from wsgate.server.gateway import Gateway
+    from wsgate.proxy.context import WorkerContext
     from wsgate.upstream.roundrobin import Peer, Selection
 
 __all__ = ["Forwarder"]
@@ -104,37 +101,12 @@ class _Attempt:
         self.streamed = streamed
 
 
-#: Per gateway: id(peer group) -> (the group, its cache).
-_CACHES: weakref.WeakKeyDictionary[Gateway, dict[int, tuple[object, KeptEndpoints]]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-#: Per gateway: the configuration the TLS contexts were built for, and the contexts.
-_TLS: weakref.WeakKeyDictionary[Gateway, tuple[Config, TlsContexts]] = weakref.WeakKeyDictionary()
-
-
-def _drop_idle(gw: Gateway, count: int) -> None:
-    """Close up to ``count`` idle kept upstream connections of ``gw``, to make room for a new
-    one under ``worker_connections`` or the descriptor limit."""
-    for _, cache in (_CACHES.get(gw) or {}).values():
-        count -= cache.drop_oldest(count)
-        if count <= 0:
-            return
-
-
-def _close_caches(caches: dict[int, tuple[object, KeptEndpoints]]) -> None:
-    for _, cache in caches.values():
-        cache.close_all()
-    caches.clear()
-
-
 class Forwarder(ResponseRelay):
     """The upstream side of :class:`~wsgate.proxy.handler.ClientConnection`."""
 
     __slots__ = ()  # its attributes are ClientConnection's and ResponseRelay's slots
 
-    gw: Gateway
+    gw: WorkerContext
     ep: Endpoint
     number: int
     parser: RequestParser
@@ -193,12 +165,12 @@ class Forwarder(ResponseRelay):
         tls: UpstreamTls | None = None
         tls_name = ""
         if pp.scheme == "https":
-            tls = self._tls(settings)
+            tls = gw.upstream_caches.tls(gw.config, settings)
             tls_name = ssl_name(settings.proxy_ssl, pp.proxy_host, ctx.lookup)
         scheme = pp.scheme
         group = gw.peer_group(pp)
         selection = group.start(group.key(ctx))
-        keep = self._keepalive(pp, group)
+        keep = gw.upstream_caches.keepalive(pp, group, gw.config, gw.peer_groups)
         started = gw.loop.time()
         attempts = 0
         streamed = False
@@ -375,37 +347,6 @@ class Forwarder(ResponseRelay):
             method=head.method,
         )
 
-    def _keepalive(self, pp: ProxyPass, group: object) -> KeptEndpoints | None:
-        """The idle-connection cache of ``group`` when its ``upstream`` block has ``keepalive``.
-
-        One cache per peer group: a reload builds new groups, and the caches of groups that
-        are gone are closed here when the first new one is made.
-        """
-        if pp.upstream is None:
-            return None
-        conf = self.gw.config.http.upstreams.get(pp.upstream)
-        if conf is None or conf.keepalive <= 0:
-            return None
-        caches = _CACHES.get(self.gw)
-        if caches is None:
-            caches = _CACHES[self.gw] = {}
-            self.gw.stopped.add_done_callback(lambda _: _close_caches(caches))
-        entry = caches.get(id(group))
-        if entry is not None and entry[0] is group:
-            return entry[1]
-        live = {id(g) for g in self.gw.peer_groups.values()}
-        for key in [k for k in caches if k not in live]:
-            caches.pop(key)[1].close_all()
-        cache = KeptEndpoints(
-            self.gw.loop,
-            conf.keepalive,
-            requests=conf.keepalive_requests,
-            timeout=conf.keepalive_timeout,
-            lifetime=conf.keepalive_time,
-        )
-        caches[id(group)] = (group, cache)
-        return cache
-
     async def _attempt(
         self,
         att: _Attempt,
@@ -477,28 +418,17 @@ class Forwarder(ResponseRelay):
             await self._stream_body(head, up, framing, settings)
         return await self._read_response_head(up, head, settings)
 
-    def _tls(self, settings: LocationSettings) -> UpstreamTls:
-        """The TLS context of ``settings`` (built once per configuration)."""
-        gw = self.gw
-        entry = _TLS.get(gw)
-        if entry is None or entry[0] is not gw.config:
-            entry = _TLS[gw] = (gw.config, TlsContexts())
-        try:
-            return entry[1].get(settings.proxy_ssl)
-        except (OSError, ssl.SSLError, ValueError) as exc:
-            raise HttpError(502, f"cannot create the upstream SSL context: {exc}") from None
-
     async def _connect(
         self, peer: Peer, settings: LocationSettings, tls: UpstreamTls | None, name: str
     ) -> Endpoint:
         gw = self.gw
         excess = gw.upstream_room()
         if excess:
-            _drop_idle(gw, excess)
+            gw.upstream_caches.drop_idle(excess)
         loop = gw.loop
         opening = UpstreamOpen(loop, peer, tls, name, factory=lambda: CountedEndpoint(loop, gw))
         # The socket being connected is a connection (worker_connections, a descriptor) too.
-        gw.upstreams += 1
+        gw.upstream_opening()
         try:
             async with asyncio.timeout(settings.proxy_connect_timeout):
                 ep = await opening.run()

@@ -63,7 +63,8 @@ from wsgate.server.tls import (
 )
 
 if TYPE_CHECKING:
-    from wsgate.server.gateway import Gateway, ListenGroup
+    from wsgate.proxy.context import WorkerContext
+    from wsgate.server.gateway import ListenGroup
 
 __all__ = ["ClientConnection"]
 
@@ -102,7 +103,7 @@ class ClientConnection(Forwarder):
         "task_done",
     )
 
-    def __init__(self, gw: Gateway, ep: Endpoint, group: ListenGroup, number: int) -> None:
+    def __init__(self, gw: WorkerContext, ep: Endpoint, group: ListenGroup, number: int) -> None:
         self.gw = gw
         self.ep = ep
         self.group = group

@@ -42,7 +42,7 @@ from wsgate.proxy.tunnel import Tunnel
 
 if TYPE_CHECKING:
     from wsgate.observability.metrics import TunnelSeries
-    from wsgate.server.gateway import Gateway
+    from wsgate.proxy.context import WorkerContext
     from wsgate.upstream.roundrobin import Peer, Selection
 
 __all__ = ["ResponseRelay", "TunnelEnd"]
@@ -155,7 +155,7 @@ class ResponseRelay:
     # Slots for what this half sets; the others are ClientConnection's.
     __slots__ = ("tunnel", "tunnel_end", "metric_req")
 
-    gw: Gateway
+    gw: WorkerContext
     ep: Endpoint
     number: int
     parser: RequestParser
@@ -417,7 +417,7 @@ class ResponseRelay:
 
     def _tunnel_released(self, tunnel: Tunnel, end: TunnelEnd) -> None:
         self.tunnel_end = None
-        self.gw.tunnel_count -= 1
+        self.gw.tunnel_closed()
         self.gw.metrics.tunnel_closed(tunnel, end.series)
         # The one pick the tunnel holds (its selection, not kept, is done: nothing else
         # releases that pick once the tunnel holds it).

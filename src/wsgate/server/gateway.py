@@ -44,6 +44,7 @@ from wsgate.observability.status import (
     ConnectionCounters,
     StatusCounters,
 )
+from wsgate.proxy.context import UpstreamCaches
 from wsgate.proxy.endpoint import Endpoint
 from wsgate.proxy.handler import ClientConnection
 from wsgate.proxy.tunnel import Tunnel
@@ -204,6 +205,9 @@ class Gateway:
         self.quitting = False
         self.stopped: asyncio.Future[None] = loop.create_future()
         self.exit_code = 0
+        #: Idle keep-alive upstream connections and upstream TLS contexts, closed at the end.
+        self.upstream_caches = UpstreamCaches(loop)
+        self.stopped.add_done_callback(lambda _: self.upstream_caches.close())
         #: Active ``health_check`` probing for the current configuration (None until serve).
         self.health: HealthChecks | None = None
 
@@ -377,6 +381,15 @@ class Gateway:
     def add_tunnel(self) -> None:
         """A tunnel opened: it holds an upstream connection too (``worker_connections``)."""
         self.tunnel_count += 1
+
+    def tunnel_closed(self) -> None:
+        """An open tunnel ended (or a fast stop abandoned it)."""
+        self.tunnel_count -= 1
+
+    def upstream_opening(self) -> None:
+        """An upstream connection is being opened: counted from now, as nginx counts the
+        socket being connected (``worker_connections``, a descriptor)."""
+        self.upstreams += 1
 
     def accepted(self, ep: Endpoint, group: ListenGroup) -> None:
         """A new client connection (the budget for it was checked before ``accept()``)."""
