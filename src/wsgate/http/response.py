@@ -9,7 +9,7 @@ Content-Length; otherwise the body ends when the upstream closes.
 whatever followed it.  The caller then either calls :meth:`ResponseParser.take_buffered` (the client
 sent ``Upgrade``: start the tunnel, send these bytes to the client first) or drops the parser (no
 client ``Upgrade``: only the 101's head reaches the client, see
-:meth:`wsgate.proxy.relay.ResponseRelay._lone_101`).
+:func:`wsgate.proxy.relay.relay_response`).
 
 **Errors** are :class:`~wsgate.errors.HttpError` with status 502 and nginx's ERROR-level message
 (``src/http/modules/ngx_http_proxy_module.c ngx_http_proxy_process_status`` and

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from wsgate.observability.logs import AccessLogs, ErrorLogger
     from wsgate.observability.metrics import MetricsStore
     from wsgate.observability.status import StatusCounters
-    from wsgate.proxy.handler import ClientConnection as FrontConnection
+    from wsgate.proxy.front import FrontConnection
     from wsgate.upstream.methods import Balancer
 
 __all__ = ["UpstreamCaches", "WorkerContext"]

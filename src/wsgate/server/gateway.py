@@ -46,7 +46,7 @@ from wsgate.observability.status import (
 )
 from wsgate.proxy.context import UpstreamCaches
 from wsgate.proxy.endpoint import Endpoint
-from wsgate.proxy.handler import ClientConnection
+from wsgate.proxy.front import FrontConnection
 from wsgate.proxy.tunnel import Tunnel
 from wsgate.server.health import HealthChecks, upstream_target
 from wsgate.server.tls import GroupTls
@@ -185,7 +185,7 @@ class Gateway:
         self._retry_timer: asyncio.TimerHandle | None = None
         self.groups: dict[BindKey, ListenGroup] = {}
         self.peer_groups: dict[object, PeerGroup] = {}
-        self.connections: set[ClientConnection] = set()
+        self.connections: set[FrontConnection] = set()
         #: Tasks a fast stop cancels: connections' and accepted sockets' being started.
         self.tasks: set[asyncio.Task[Any]] = set()
         #: Open tunnels (each holds an upstream connection: ``worker_connections``), counted;
@@ -398,7 +398,7 @@ class Gateway:
         stats.increment(ACCEPTS)
         stats.increment(HANDLED)  # no resource limit can refuse a connection yet
         stats.increment(ACTIVE)
-        conn = ClientConnection(self, ep, group, self.counter)
+        conn = FrontConnection(self, ep, group, self.counter)
         self.connections.add(conn)
         task = self.loop.create_task(conn.run())
         self.tasks.add(task)
@@ -417,7 +417,7 @@ class Gateway:
 
         task.add_done_callback(done)
 
-    def connection_closed(self, conn: ClientConnection) -> None:
+    def connection_closed(self, conn: FrontConnection) -> None:
         """A client connection has ended: its task, or the tunnel it became, which outlives
         the task (a graceful stop waits for it; it counts against ``worker_connections``
         until then).  Called once per connection."""
