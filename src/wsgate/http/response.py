@@ -51,7 +51,10 @@ _PREMATURE_HEADER = (
 class InvalidHeader(HttpError):
     """The upstream's head (or a chunked body read with it) is malformed or too big: what
     ``proxy_next_upstream invalid_header`` names ("a server returned an empty or invalid
-    response"), as opposed to the other 502s here, which are ``error``."""
+    response"; nginx's ``NGX_HTTP_UPSTREAM_INVALID_HEADER``, which
+    ``ngx_http_upstream_process_content_length`` and ``..._transfer_encoding`` return for a
+    duplicate ``Content-Length``, both framings at once, or an unknown coding), as opposed to
+    the other 502s here (a premature close, a non-HTTP status line), which are ``error``."""
 
 
 @dataclass(slots=True)
@@ -294,7 +297,7 @@ class ResponseParser:
             if renamed is not None:
                 prev = cl_raw if renamed is _RENAMED[b"content-length"] else te_raw
                 if prev is not None:
-                    raise HttpError(
+                    raise InvalidHeader(
                         502,
                         f'upstream sent duplicate header line: "{_printable(line)}", '
                         f'previous value: "{name.decode("latin-1")}: {_printable(prev)}"',
@@ -326,11 +329,11 @@ class ResponseParser:
         chunked = False
         if te_raw is not None:
             if te_raw.lower() != b"chunked":
-                raise HttpError(
+                raise InvalidHeader(
                     502, f'upstream sent unknown "Transfer-Encoding": "{_printable(te_raw)}"'
                 )
             if content_length is not None:
-                raise HttpError(
+                raise InvalidHeader(
                     502,
                     'upstream sent "Content-Length" and "Transfer-Encoding" headers '
                     "at the same time",
