@@ -32,7 +32,7 @@ from wsgate.http.headers import LAST_CHUNK, BodyFraming, Framing, encode_chunk
 from wsgate.http.request import RequestHead
 from wsgate.http.response import InvalidHeader, ResponseEvent, ResponseHead, ResponseParser
 from wsgate.proxy.connect import HANDSHAKING, HandshakeFailed, UpstreamOpen, save_session
-from wsgate.proxy.endpoint import CountedEndpoint, Endpoint, KeptEndpoints, PeerClosed
+from wsgate.proxy.endpoint import CountedEndpoint, Endpoint, KeptEndpoints, PeerClosed, Ready
 from wsgate.upstream.next import Failure, replayable
 from wsgate.upstream.pool import Kept
 from wsgate.upstream.tls import UpstreamTls
@@ -223,9 +223,9 @@ class Attempt:
         answered = False
         while True:
             ready = await up.wait_data_or(client_gone, timeout)
-            if ready == 1:
+            if ready is Ready.DATA:
                 data = up.take() if up.buffer else b""
-            elif ready == 2:
+            elif ready is Ready.OTHER:
                 # ngx_http_upstream_check_broken_connection: a client that closed while we
                 # wait for the upstream ends the request with 499, upstream closed too.
                 raise HttpError(

@@ -34,7 +34,7 @@ from wsgate.http.request import (
     RequestParser,
 )
 from wsgate.observability.status import READING, REQUESTS, WRITING
-from wsgate.proxy.endpoint import Endpoint
+from wsgate.proxy.endpoint import Endpoint, Ready
 from wsgate.proxy.exchange import Exchange, write_error
 from wsgate.proxy.relay import TunnelEnd, tunnel_closed
 from wsgate.proxy.tunnel import Tunnel
@@ -255,7 +255,7 @@ class FrontConnection:
         """Read more bytes into ``self.pending``; ``False`` at EOF.  Raises TimeoutError."""
         self.parser.check()  # what the bytes already read hold comes before waiting
         ep = self.ep
-        if not await ep.wait_data_or(None, timeout):
+        if await ep.wait_data_or(None, timeout) is Ready.TIMEOUT:
             raise TimeoutError
         if not ep.buffer:  # EOF
             self.pending.extend(self.parser.feed_eof())
