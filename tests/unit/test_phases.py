@@ -12,6 +12,7 @@ from wsgate.config.model import Config
 from wsgate.config.variables import RequestContext
 from wsgate.errors import HttpError
 from wsgate.http.phases import (
+    ERROR_HANDLERS,
     HANDLERS,
     MAX_URI_CHANGES,
     Close,
@@ -23,6 +24,7 @@ from wsgate.http.phases import (
     Redirect,
     Request,
     Restart,
+    on_error,
     release_slots,
     run,
 )
@@ -274,3 +276,30 @@ def test_internal_redirects_are_bounded(tmp_path: Path) -> None:
     r = request(config, Worker(), "/t")
     assert run(r, table=table)[0] == Plain(200, b"hi /t", "text/plain")
     assert len(seen) == 2
+
+
+def test_errors_re_enter_through_error_handlers(tmp_path: Path) -> None:
+    """``error_page`` to come: an error handler that redirects makes the walk go on at
+    ``FIND_CONFIG`` with the new URI, counted as an internal redirect; none: the error page."""
+    config = conf(tmp_path, SIMPLE)
+    r = request(config, Worker(), "/nothing")
+    with pytest.raises(HttpError) as info:
+        run(r)
+    assert ERROR_HANDLERS == ()
+    assert on_error(r, info.value) is None
+
+    def to_t(r: Request, exc: HttpError) -> Restart | None:
+        if exc.status != 404:
+            return None
+        r.ctx.uri = "/t"
+        return Restart()
+
+    resume = on_error(r, info.value, (to_t,))
+    assert resume is not None and r.uri_changes == MAX_URI_CHANGES
+    assert run(r, resume)[0] == Plain(200, b"hi /t", "text/plain")
+    assert r.location is not None and r.location.name == "/t"
+    assert on_error(r, HttpError(403), (to_t,)) is None
+    r.uri_changes = 1
+    with pytest.raises(HttpError) as cycle:
+        on_error(r, info.value, (to_t,))
+    assert cycle.value.status == 500

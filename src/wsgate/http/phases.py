@@ -26,8 +26,10 @@ handler), or a decision: :class:`Delay` (wait, then go on: ``limit_req``), :clas
 :class:`~wsgate.errors.HttpError` raised with nginx's status and log text.  :func:`run`
 walks the handlers; the asyncio layer (:mod:`wsgate.proxy.exchange`) sleeps on a
 :class:`Delay` and performs the response.  ``rewrite``, ``auth_basic``, ``auth_request``,
-``try_files``, ``error_page`` and static files are each one handler to add to
-:data:`HANDLERS` (or one decision), nothing else.
+``try_files`` and static files are each one handler to add to :data:`HANDLERS` (or one
+decision), nothing else; ``error_page`` is one in :data:`ERROR_HANDLERS`, which
+:func:`on_error` consults before an error page is made (an internal redirect re-enters the
+phases at ``FIND_CONFIG``).
 """
 
 from __future__ import annotations
@@ -50,12 +52,14 @@ if TYPE_CHECKING:
     from wsgate.observability.logs import ErrorLogger
 
 __all__ = [
+    "ERROR_HANDLERS",
     "HANDLERS",
     "MAX_URI_CHANGES",
     "Close",
     "Content",
     "Decision",
     "Delay",
+    "ErrorHandler",
     "Handler",
     "Phase",
     "PhaseWorker",
@@ -64,6 +68,8 @@ __all__ = [
     "Request",
     "Restart",
     "absolute_url",
+    "on_error",
+    "release_slots",
     "run",
 ]
 
@@ -447,6 +453,17 @@ def _flatten(
 _DEFAULT = _flatten(HANDLERS)
 
 
+def _restart(r: Request, index: int) -> int:
+    """Count one internal redirect (``r->uri_changes``) and return ``index``, where the walk
+    goes on (the first ``FIND_CONFIG`` handler); the eleventh is a 500."""
+    r.uri_changes -= 1
+    if r.uri_changes == 0:
+        raise HttpError(
+            500, f'rewrite or internal redirection cycle while processing "{r.ctx.uri}"'
+        )
+    return index
+
+
 def run(
     r: Request,
     start: int = 0,
@@ -464,13 +481,30 @@ def run(
         if decision is None:
             continue
         if isinstance(decision, Restart):
-            r.uri_changes -= 1
-            if r.uri_changes == 0:
-                raise HttpError(
-                    500,
-                    f'rewrite or internal redirection cycle while processing "{r.ctx.uri}"',
-                )
-            i = restart
+            i = _restart(r, restart)
             continue
         return decision, i
     raise HttpError(404)
+
+
+ErrorHandler = Callable[[Request, HttpError], Restart | None]
+
+#: Consulted in order when a handler (or the content phase's I/O) raises an
+#: :class:`~wsgate.errors.HttpError`, before nginx's error page is made: ``error_page`` is one
+#: to add here (its URI set on ``r.ctx``, then :class:`Restart`), and named locations with it.
+ERROR_HANDLERS: tuple[ErrorHandler, ...] = ()
+
+
+def on_error(
+    r: Request,
+    exc: HttpError,
+    handlers: Sequence[ErrorHandler] = ERROR_HANDLERS,
+    table: Sequence[tuple[Phase, Sequence[Handler]]] | None = None,
+) -> int | None:
+    """Whether an error re-enters the phases: the index to walk on from (:func:`run`'s
+    ``start``) when an error handler redirects internally, None for the error page."""
+    for handler in handlers:
+        if handler(r, exc) is not None:
+            _, restart = _DEFAULT if table is None else _flatten(table)
+            return _restart(r, restart)
+    return None

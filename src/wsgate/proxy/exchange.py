@@ -29,6 +29,7 @@ from wsgate.http.phases import (
     Plain,
     Redirect,
     Request,
+    on_error,
     release_slots,
     run,
 )
@@ -82,18 +83,35 @@ class Exchange:
 
     async def run(self) -> Outcome:
         """Walk the phases and make the response; returns (keep the connection,
-        keepalive_timeout)."""
+        keepalive_timeout).  An error re-enters the phases if an error handler redirects
+        (``error_page``, to come), else gets nginx's error page."""
         r = self.r
+        index = 0
         try:
-            decision, index = run(r)
-            while isinstance(decision, Delay):
-                await asyncio.sleep(decision.seconds)
-                decision, index = run(r, index)
-            return await self._respond(decision)
-        except HttpError as exc:
-            return write_error(
-                self.front, exc, r.ctx, self.head, r.settings, self.location, self.upgrade
-            )
+            while True:
+                try:
+                    decision, index = run(r, index)
+                    while isinstance(decision, Delay):
+                        await asyncio.sleep(decision.seconds)
+                        decision, index = run(r, index)
+                    return await self._respond(decision)
+                except HttpError as exc:
+                    error = exc
+                    try:
+                        resume = on_error(r, exc)
+                    except HttpError as cycle:  # too many internal redirects: 500
+                        error, resume = cycle, None
+                    if resume is None:
+                        return write_error(
+                            self.front,
+                            error,
+                            r.ctx,
+                            self.head,
+                            r.settings,
+                            self.location,
+                            self.upgrade,
+                        )
+                    index = resume
         finally:
             # A tunnel's request ends when the tunnel closes (its TunnelEnd has the slots).
             if self.front.tunnel is None:
