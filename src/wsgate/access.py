@@ -16,7 +16,7 @@ comma-separated token of the client's ``Upgrade`` (RFC 9110 §7.8: ``protocol-na
 ["/" protocol-version]``) is compared, by its name and case-insensitively, with the list; one
 allowed name is enough.  When none is allowed (always, with ``off``), the request is proxied as
 an ordinary request, as if the client had sent no ``Upgrade``
-(:meth:`wsgate.proxy.forward.Forwarder._proxy`):
+(:class:`wsgate.proxy.proxying.Proxying`):
 
 - an ``info`` line ``client sent disallowed upgrade protocol "h2c"`` is logged;
 - the ``Upgrade`` header leaves the request, so ``$http_upgrade`` renders empty (in

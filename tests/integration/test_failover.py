@@ -185,6 +185,42 @@ def test_invalid_header_is_an_error_only_retried_when_listed(wsgate: Factory, bg
     assert last_line(gw2, 1) == f"200|{addr(bad.port)}, {addr(live.port)}|502, 200"
 
 
+@pytest.mark.parametrize(
+    ("head", "log"),
+    [
+        (
+            b"Content-Length: 1\r\nContent-Length: 2",
+            'upstream sent duplicate header line: "Content-Length: 2"',
+        ),
+        (
+            b"Content-Length: 1\r\nTransfer-Encoding: chunked",
+            'upstream sent "Content-Length" and "Transfer-Encoding" headers at the same time',
+        ),
+        (b"Transfer-Encoding: gzip", 'upstream sent unknown "Transfer-Encoding": "gzip"'),
+    ],
+)
+def test_bad_framing_headers_are_invalid_header(
+    wsgate: Factory, bg: Loop, head: bytes, log: str
+) -> None:
+    """nginx returns ``NGX_HTTP_UPSTREAM_INVALID_HEADER`` for these (ngx_http_upstream.c,
+    ``ngx_http_upstream_process_content_length``/``_transfer_encoding``): with the default
+    ``proxy_next_upstream error timeout`` the next server is not tried."""
+
+    def broken(backend: object, request: object) -> bytes:
+        return b"HTTP/1.1 200 OK\r\n" + head + b"\r\n\r\n"
+
+    bad = bg.backend("bad", broken)
+    live = bg.backend("live")
+    servers = f"server {addr(bad.port)}; server {addr(live.port)};"
+    gw = wsgate(conf(servers))
+    assert get(gw.port)[0] == 502
+    assert last_line(gw, 1) == f"502|{addr(bad.port)}|502"
+    assert log in gw.errors()
+    gw2 = wsgate(conf(servers, "proxy_next_upstream error invalid_header;"))
+    assert get(gw2.port) == (200, b"live")
+    assert last_line(gw2, 1) == f"200|{addr(bad.port)}, {addr(live.port)}|502, 200"
+
+
 def test_max_fails_window_then_probe(wsgate: Factory, bg: Loop) -> None:
     dead = dead_port()
     live = bg.backend("live")

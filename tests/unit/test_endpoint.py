@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from wsgate.proxy.endpoint import Endpoint
+from wsgate.proxy.endpoint import Endpoint, Ready
 
 
 def _run(coro_fn):  # type: ignore[no-untyped-def]
@@ -42,6 +42,11 @@ def test_wakes_for_each_outcome(event: str, expected: int) -> None:
     assert ready == expected
     assert callbacks == 0
     assert cleared
+
+
+def test_outcomes_are_named() -> None:
+    assert (Ready.TIMEOUT, Ready.DATA, Ready.OTHER) == (0, 1, 2)
+    assert not Ready.TIMEOUT and Ready.DATA and Ready.OTHER
 
 
 def test_data_already_there_wins_over_other_done() -> None:

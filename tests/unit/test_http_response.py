@@ -6,7 +6,12 @@ import pytest
 
 from wsgate.errors import HttpError
 from wsgate.http.body import Body, EndOfMessage
-from wsgate.http.response import ResponseHead, ResponseParser, UpstreamPrematureClose
+from wsgate.http.response import (
+    InvalidHeader,
+    ResponseHead,
+    ResponseParser,
+    UpstreamPrematureClose,
+)
 
 
 def body_of(events: list[object]) -> bytes:
@@ -249,3 +254,24 @@ def test_misuse() -> None:
     p = ResponseParser(False)
     with pytest.raises(RuntimeError):
         p.take_buffered()
+
+
+@pytest.mark.parametrize(("data", "log"), BAD)
+def test_bad_responses_name_their_failure_kind(data: bytes, log: str) -> None:
+    """``proxy_next_upstream invalid_header`` is told by the exception's type, not by its
+    text: every bad head is :class:`InvalidHeader` (nginx's ``NGX_HTTP_UPSTREAM_INVALID_HEADER``,
+    duplicate ``Content-Length``, both framings and an unknown coding included) but a status
+    line that is no HTTP, a plain 502 (``error``)."""
+    with pytest.raises(HttpError) as info:
+        ResponseParser(False).feed(data)
+    expected = "no valid HTTP/1.0 header" not in log
+    assert isinstance(info.value, InvalidHeader) is expected, log
+
+
+def test_too_big_and_bad_chunk_are_invalid_header() -> None:
+    with pytest.raises(InvalidHeader):
+        ResponseParser(False, max_head=100).feed(b"HTTP/1.1 200 OK\r\nX: " + b"v" * 120)
+    p = ResponseParser(False)
+    p.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    with pytest.raises(InvalidHeader):
+        p.feed(b"zz\r\n")

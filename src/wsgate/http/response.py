@@ -9,7 +9,7 @@ Content-Length; otherwise the body ends when the upstream closes.
 whatever followed it.  The caller then either calls :meth:`ResponseParser.take_buffered` (the client
 sent ``Upgrade``: start the tunnel, send these bytes to the client first) or drops the parser (no
 client ``Upgrade``: only the 101's head reaches the client, see
-:meth:`wsgate.proxy.relay.ResponseRelay._lone_101`).
+:func:`wsgate.proxy.relay.relay_response`).
 
 **Errors** are :class:`~wsgate.errors.HttpError` with status 502 and nginx's ERROR-level message
 (``src/http/modules/ngx_http_proxy_module.c ngx_http_proxy_process_status`` and
@@ -34,6 +34,7 @@ from wsgate.http.body import Body, BodyReader, EndOfMessage, InvalidChunk
 from wsgate.http.fields import first_value, has_ctl_or_space
 
 __all__ = [
+    "InvalidHeader",
     "ResponseEvent",
     "ResponseHead",
     "ResponseParser",
@@ -45,6 +46,15 @@ _RENAMED = {b"content-length": b"X-Wsgate-Cl", b"transfer-encoding": b"X-Wsgate-
 _PREMATURE_HEADER = (
     "upstream prematurely closed connection while reading response header from upstream"
 )
+
+
+class InvalidHeader(HttpError):
+    """The upstream's head (or a chunked body read with it) is malformed or too big: what
+    ``proxy_next_upstream invalid_header`` names ("a server returned an empty or invalid
+    response"; nginx's ``NGX_HTTP_UPSTREAM_INVALID_HEADER``, which
+    ``ngx_http_upstream_process_content_length`` and ``..._transfer_encoding`` return for a
+    duplicate ``Content-Length``, both framings at once, or an unknown coding), as opposed to
+    the other 502s here (a premature close, a non-HTTP status line), which are ``error``."""
 
 
 @dataclass(slots=True)
@@ -203,7 +213,7 @@ class ResponseParser:
                 try:
                     data = body.read(self._buf)
                 except InvalidChunk as exc:
-                    raise HttpError(502, "upstream sent invalid chunked response") from exc
+                    raise InvalidHeader(502, "upstream sent invalid chunked response") from exc
                 if data:
                     events.append(Body(data))
                 if body.done:
@@ -242,12 +252,12 @@ class ResponseParser:
         end = self._find_head_end()
         if end < 0:
             if len(self._buf) >= self.max_head:
-                raise HttpError(502, "upstream sent too big header")
+                raise InvalidHeader(502, "upstream sent too big header")
             if len(self._buf) >= 5 and not self._buf.startswith(b"HTTP/"):
                 raise HttpError(502, "upstream sent no valid HTTP/1.0 header")
             return None
         if end > self.max_head:
-            raise HttpError(502, "upstream sent too big header")
+            raise InvalidHeader(502, "upstream sent too big header")
         raw_lines = bytes(self._buf[:end]).split(b"\n")[:-2]  # drop the blank line and after
         del self._buf[:end]
         lines = [ln[:-1] if ln.endswith(b"\r") else ln for ln in raw_lines]
@@ -282,12 +292,12 @@ class ResponseParser:
                 except httptools.HttpParserError:
                     bad = True
             if bad:
-                raise HttpError(502, f'upstream sent invalid header: "{_printable(line)}"')
+                raise InvalidHeader(502, f'upstream sent invalid header: "{_printable(line)}"')
             value = line[colon + 1 :].strip(b" \t")
             if renamed is not None:
                 prev = cl_raw if renamed is _RENAMED[b"content-length"] else te_raw
                 if prev is not None:
-                    raise HttpError(
+                    raise InvalidHeader(
                         502,
                         f'upstream sent duplicate header line: "{_printable(line)}", '
                         f'previous value: "{name.decode("latin-1")}: {_printable(prev)}"',
@@ -305,12 +315,12 @@ class ResponseParser:
             pass
         except httptools.HttpParserError as exc:
             if "Upgrade" not in str(exc):  # llhttp pauses on every 101 ("Pause on CONNECT/Upgrade")
-                raise HttpError(502, "upstream sent invalid header") from exc
+                raise InvalidHeader(502, "upstream sent invalid header") from exc
 
         content_length: int | None = None
         if cl_raw is not None:
             if not cl_raw.isdigit() or not cl_raw.isascii() or int(cl_raw) > _MAX_OFF_T:
-                raise HttpError(
+                raise InvalidHeader(
                     502,
                     f'upstream sent invalid "Content-Length" header: '
                     f'"Content-Length: {_printable(cl_raw)}"',
@@ -319,11 +329,11 @@ class ResponseParser:
         chunked = False
         if te_raw is not None:
             if te_raw.lower() != b"chunked":
-                raise HttpError(
+                raise InvalidHeader(
                     502, f'upstream sent unknown "Transfer-Encoding": "{_printable(te_raw)}"'
                 )
             if content_length is not None:
-                raise HttpError(
+                raise InvalidHeader(
                     502,
                     'upstream sent "Content-Length" and "Transfer-Encoding" headers '
                     "at the same time",

@@ -15,7 +15,7 @@ Who moves which counter (one connection is in at most one of Reading and Writing
   outlives the task; ``Gateway.connection_closed``).  "handled: ... Generally, the parameter
   value is the same as accepts unless some resource limits have been reached" — wsgate has no
   such limit yet, so they are always equal.
-* :class:`~wsgate.proxy.handler.ClientConnection`: ``requests`` and ``reading`` up when a
+* :class:`~wsgate.proxy.front.FrontConnection`: ``requests`` and ``reading`` up when a
   request's first bytes arrive; ``reading`` → ``writing`` once its head is complete;
   ``writing`` down when the request is done (a tunnel: when it closes, so a live tunnel is
   Writing for its whole life, and nothing is counted on its hot path).

@@ -13,12 +13,20 @@ handed to :mod:`wsgate.proxy.tunnel` with ``set_protocol`` and this object steps
 from __future__ import annotations
 
 import asyncio
+import enum
 from collections.abc import Callable, Hashable
 from typing import Protocol, cast
 
 from wsgate.upstream.pool import KeepalivePool, Kept
 
-__all__ = ["ConnectionCounter", "CountedEndpoint", "Endpoint", "KeptEndpoints", "PeerClosed"]
+__all__ = [
+    "ConnectionCounter",
+    "CountedEndpoint",
+    "Endpoint",
+    "KeptEndpoints",
+    "PeerClosed",
+    "Ready",
+]
 
 #: Bytes buffered from a peer before its reading is paused (nginx reads one buffer at a time).
 READ_HIGH_WATER = 64 * 1024
@@ -26,6 +34,15 @@ READ_HIGH_WATER = 64 * 1024
 
 class PeerClosed(ConnectionError):
     """The peer closed (or reset) the connection while we waited for it."""
+
+
+class Ready(enum.IntEnum):
+    """What ended :meth:`Endpoint.wait_data_or`: the timeout, bytes or EOF on the endpoint,
+    or the other future (the client going away while the upstream's head is awaited)."""
+
+    TIMEOUT = 0
+    DATA = 1
+    OTHER = 2
 
 
 class Endpoint(asyncio.Protocol):
@@ -137,12 +154,12 @@ class Endpoint(asyncio.Protocol):
                 self._read_waiter = None
         return True
 
-    async def wait_data_or(self, other: asyncio.Future[None] | None, timeout: float) -> int:
-        """Wait for bytes or EOF here (1), ``other`` done (2), or ``timeout`` seconds (0);
-        the first that holds, in that order.  One future and one timer: what
-        ``asyncio.wait((ensure_future(read()), other), timeout=...)`` or
-        ``asyncio.timeout`` around :meth:`wait_data` do with tasks, futures and callbacks
-        (measured: a few per cent of a handshake's CPU)."""
+    async def wait_data_or(self, other: asyncio.Future[None] | None, timeout: float) -> Ready:
+        """Wait for bytes or EOF here (``DATA``), ``other`` done (``OTHER``), or ``timeout``
+        seconds (``TIMEOUT``, which is false); the first that holds, in that order.  One
+        future and one timer: what ``asyncio.wait((ensure_future(read()), other),
+        timeout=...)`` or ``asyncio.timeout`` around :meth:`wait_data` do with tasks, futures
+        and callbacks (measured: a few per cent of a handshake's CPU)."""
         if not (self.buffer or self.eof or (other is not None and other.done())):
             waiter = self.loop.create_future()
 
@@ -162,8 +179,8 @@ class Endpoint(asyncio.Protocol):
                 if other is not None:
                     other.remove_done_callback(wake)
         if self.buffer or self.eof:
-            return 1
-        return 2 if other is not None and other.done() else 0
+            return Ready.DATA
+        return Ready.OTHER if other is not None and other.done() else Ready.TIMEOUT
 
     def take(self) -> bytes:
         """Everything buffered, and reading resumed."""
@@ -215,7 +232,7 @@ class Endpoint(asyncio.Protocol):
 class ConnectionCounter(Protocol):
     """Who counts upstream connections (the gateway, for ``worker_connections``)."""
 
-    upstreams: int
+    def upstream_opening(self) -> None: ...
 
     def upstream_closed(self) -> None: ...
 
@@ -234,7 +251,7 @@ class CountedEndpoint(Endpoint):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.counted = True
-        self.counter.upstreams += 1
+        self.counter.upstream_opening()
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)

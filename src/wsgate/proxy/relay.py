@@ -1,16 +1,18 @@
 """Sending the upstream's answer to the client: a streamed response, or the tunnel.
 
-:class:`ResponseRelay` is mixed into :class:`wsgate.proxy.forward.Forwarder`.  A response
-is re-framed for the client (Content-Length kept, otherwise chunked for HTTP/1.1 or
-close-delimited for HTTP/1.0), as nginx does; a ``101`` to a request that carried ``Upgrade``
-hands both transports to :class:`wsgate.proxy.tunnel.Tunnel`, with the bytes each side sent
-early delivered first (NGINX-SEMANTICS.md §4).
+:func:`relay_response` re-frames a response for the client (the pure
+:func:`wsgate.http.framing.client_framing`: Content-Length kept, otherwise chunked for
+HTTP/1.1 or close-delimited for HTTP/1.0, as nginx does) and streams it; :func:`start_tunnel`
+hands both transports to :class:`wsgate.proxy.tunnel.Tunnel` on a ``101`` to a request that
+carried ``Upgrade``, with the bytes each side sent early delivered first (NGINX-SEMANTICS.md
+§4).
 
 There the request's task ends: nothing awaits a tunnel, so an idle one keeps no coroutine
-frames, parsers or buffers, only a :class:`TunnelEnd`.  The tunnel's ``on_close`` finishes
-the request (error-log and access-log lines, the peer, ``limit_conn`` slots, ``stub_status``,
-metrics) and then the connection (:meth:`Gateway.connection_closed
-<wsgate.server.gateway.Gateway.connection_closed>`), whichever of the task's end and the
+frames, parsers or buffers, only a :class:`TunnelEnd`.  The tunnel's ``on_close`` (the front
+connection) finishes the request with :func:`tunnel_closed` (error-log and access-log lines,
+the peer, ``limit_conn`` slots, ``stub_status``, metrics) and then the connection
+(:meth:`WorkerContext.connection_closed
+<wsgate.proxy.context.WorkerContext.connection_closed>`), whichever of the task's end and the
 tunnel's close comes last doing the latter, once.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from sys import intern
 from typing import TYPE_CHECKING, cast
 
@@ -25,6 +28,7 @@ from wsgate.config.model import AccessLog, LocationSettings
 from wsgate.config.variables import RequestContext, request_headers_read
 from wsgate.errors import HttpError
 from wsgate.http.body import Body, EndOfMessage
+from wsgate.http.framing import client_framing
 from wsgate.http.headers import (
     LAST_CHUNK,
     BodyFraming,
@@ -33,21 +37,20 @@ from wsgate.http.headers import (
     for_version,
     http_date,
 )
-from wsgate.http.request import RequestHead, RequestParser
 from wsgate.http.response import ResponseEvent, ResponseHead, ResponseParser
 from wsgate.proxy.endpoint import CountedEndpoint, Endpoint, PeerClosed
 from wsgate.proxy.frames import is_websocket
 from wsgate.proxy.tunnel import Tunnel
 
 if TYPE_CHECKING:
+    from wsgate.limits import ConnZone
     from wsgate.observability.metrics import TunnelSeries
-    from wsgate.server.gateway import Gateway
-    from wsgate.upstream.roundrobin import Peer, Selection
+    from wsgate.proxy.context import WorkerContext
+    from wsgate.proxy.exchange import Exchange, Outcome
+    from wsgate.proxy.front import FrontConnection
+    from wsgate.upstream.roundrobin import Peer
 
-__all__ = ["ResponseRelay", "TunnelEnd"]
-
-#: ``metric_req`` once a tunnel is open (a tunnel is counted by its own metrics).
-_NO_METRIC_REQ: tuple[RequestContext | None, str, bool] = (None, "", False)
+__all__ = ["TunnelEnd", "note_time", "relay_response", "start_tunnel", "tunnel_closed"]
 
 #: The request headers the error log names (``host``, ``referrer``; see ``format_error_line``).
 _ERROR_LOG_HEADERS = frozenset({"host", "referer"})
@@ -56,16 +59,16 @@ _ERROR_LOG_HEADERS = frozenset({"host", "referer"})
 class TunnelEnd:
     """What the request of an open tunnel still needs when the tunnel closes: the context of
     its access-log and error-log lines, the peer to release, its metrics series, the length
-    of the 101.
+    of the 101, the ``limit_conn`` slots it holds.
 
     No coroutine waits for a tunnel: each would keep its frames (request head, parsers,
     endpoints, selection state) and an ``asyncio.Task`` alive for the tunnel's whole life,
     several kilobytes per idle connection.  This record is what remains of the request.
     Not even the peer's :class:`~wsgate.upstream.roundrobin.Selection`: the tunnel holds its
-    pick of ``peer`` until it closes (see :meth:`ResponseRelay._tunnel_released`).
+    pick of ``peer`` until it closes (see :meth:`release`).
     """
 
-    __slots__ = ("ctx", "settings", "series", "peer", "scheme", "head_len")
+    __slots__ = ("ctx", "settings", "series", "peer", "scheme", "head_len", "conn_slots")
 
     def __init__(
         self,
@@ -74,6 +77,7 @@ class TunnelEnd:
         peer: Peer,
         scheme: str,
         head_len: int,
+        conn_slots: tuple[tuple[ConnZone, str], ...],
     ) -> None:
         self.ctx = ctx
         self.settings = settings
@@ -82,6 +86,20 @@ class TunnelEnd:
         self.peer = peer
         self.scheme = scheme
         self.head_len = head_len
+        self.conn_slots = conn_slots
+
+    def release(self, gw: WorkerContext, tunnel: Tunnel) -> None:
+        """What the tunnel held: its count, its metrics series, the peer's pick (its
+        selection, not kept, is done: nothing else releases that pick once the tunnel holds
+        it), and the ``limit_conn`` slots."""
+        try:
+            gw.tunnel_closed()
+            gw.metrics.tunnel_closed(tunnel, self.series)
+            self.peer.connection_closed()
+        finally:
+            for zone, key in self.conn_slots:
+                zone.release(key)
+            self.conn_slots = ()
 
 
 #: ``access_logs`` tuples (by identity, each kept with its result) -> the request headers
@@ -148,291 +166,225 @@ def _slim(ctx: RequestContext, settings: LocationSettings) -> RequestContext:
     return ctx
 
 
-class ResponseRelay:
-    """The client-bound half of :class:`~wsgate.proxy.forward.Forwarder`."""
+def note_time(clock: Callable[[], float], ctx: RequestContext) -> None:
+    """``$upstream_response_time`` of the current try: "keeps time spent on receiving the
+    response from the upstream server ... Times of several responses are separated by
+    commas" (ngx_http_upstream_module)."""
+    # A new list: an open tunnel's context holds a tuple (``_slim``).
+    now = f"{clock() - ctx.upstream_started:.3f}"
+    ctx.upstream_times = [*ctx.upstream_times, now]
 
-    # Slots for what this half sets; the others are ClientConnection's.
-    __slots__ = ("tunnel", "tunnel_end", "metric_req")
 
-    gw: Gateway
-    ep: Endpoint
-    number: int
-    parser: RequestParser
-    tunnel: Tunnel | None
-    metric_req: tuple[RequestContext | None, str, bool]
-    #: An open tunnel's request (None: no tunnel, or its request is finished).
-    tunnel_end: TunnelEnd | None
-    #: The connection's task has ended; an open tunnel then ends the connection itself.
-    task_done: bool
-
-    def _log_access(self, settings: LocationSettings, ctx: RequestContext) -> None:
-        raise NotImplementedError  # provided by ClientConnection
-
-    def _tunnel_finished(self) -> None:
-        raise NotImplementedError  # provided by ClientConnection
-
-    def _note_time(self, ctx: RequestContext) -> None:
-        """``$upstream_response_time`` of the current try: "keeps time spent on receiving the
-        response from the upstream server ... Times of several responses are separated by
-        commas" (ngx_http_upstream_module)."""
-        # A new list: an open tunnel's context holds a tuple (``_slim``).
-        now = f"{self.gw.loop.time() - ctx.upstream_started:.3f}"
-        ctx.upstream_times = [*ctx.upstream_times, now]
-
-    async def _relay_response(
-        self,
-        head: RequestHead,
-        ctx: RequestContext,
-        settings: LocationSettings,
-        up: Endpoint,
-        rparser: ResponseParser,
-        pending: list[ResponseEvent],
-        resp: ResponseHead,
-    ) -> tuple[tuple[bool, float | None], bool]:
-        """Stream the response to the client; returns the handler's (keep, keepalive_timeout)
-        and whether the upstream's response was read completely."""
-        if resp.status == 101:
-            return self._lone_101(ctx, settings, resp), False
-        keep = head.keep_alive
-        no_body = head.method == "HEAD" or resp.status in (204, 304)
-        if no_body:
-            framing = (
-                BodyFraming.content_length(resp.content_length)
-                if resp.content_length is not None and resp.status != 204
-                else BodyFraming.none()
-            )
-            chunk_out = False
-        elif resp.content_length is not None:
-            framing = BodyFraming.content_length(resp.content_length)
-            chunk_out = False
-        elif head.version == "1.1":
-            framing = BodyFraming.chunked()
-            chunk_out = True
-        else:
-            framing = BodyFraming.none()
-            chunk_out = False
-            keep = False
-        out = build_client_response_head(
-            resp.status,
-            resp.reason,
-            resp.headers,
-            server_tokens=settings.server_tokens,
-            date=http_date(time.time()),
-            framing=framing,
-            keep_alive=keep,
-            keepalive_header=settings.keepalive_header,
-            upgrade=False,
-        )
-        out = for_version(head.version, out)
-        ep = self.ep
-        ep.write(out)
-        ctx.status = resp.status
-        ctx.bytes_sent = len(out)
-        body_bytes = 0
-        complete = False
-        try:
-            while True:
-                for ev in pending:
-                    if isinstance(ev, Body):
-                        if no_body:
-                            continue
-                        ep.write(encode_chunk(ev.data) if chunk_out else ev.data)
-                        body_bytes += len(ev.data)
-                    elif isinstance(ev, EndOfMessage):
-                        complete = True
-                if complete:
-                    break
-                if ep.closed:
-                    raise PeerClosed("client closed")
-                await ep.drain()
-                try:
-                    rparser.check()  # a fault in the bytes already read comes before waiting
-                    async with asyncio.timeout(settings.proxy_read_timeout):
-                        data = await up.read()
-                    pending = rparser.feed(data) if data else rparser.feed_eof()
-                except TimeoutError:
-                    self.gw.error_log.log(
-                        "error",
-                        "upstream timed out (110: Connection timed out) while reading upstream",
-                        self.number,
-                        ctx,
-                    )
-                    keep = False
-                    break
-                except HttpError as exc:
-                    # The head is the client's already: nginx logs the fault ("upstream
-                    # prematurely closed connection", "upstream sent invalid chunked
-                    # response") and closes, with no error page inside the response.
-                    self.gw.error_log.log("error", exc.log, self.number, ctx)
-                    keep = False
-                    break
-            if complete and chunk_out:
-                ep.write(LAST_CHUNK)
+async def relay_response(
+    ex: Exchange,
+    up: Endpoint,
+    rparser: ResponseParser,
+    pending: list[ResponseEvent],
+    resp: ResponseHead,
+) -> tuple[Outcome, bool]:
+    """Stream the response to the client; returns the exchange's (keep, keepalive_timeout)
+    and whether the upstream's response was read completely."""
+    head, settings, ctx, front = ex.head, ex.r.settings, ex.r.ctx, ex.front
+    gw = front.gw
+    if resp.status == 101:
+        return _lone_101(ex, resp), False
+    plan = client_framing(
+        head.method, head.version, resp.status, resp.content_length, head.keep_alive
+    )
+    keep, no_body, chunk_out = plan.keep_alive, plan.no_body, plan.chunked
+    out = build_client_response_head(
+        resp.status,
+        resp.reason,
+        resp.headers,
+        server_tokens=settings.server_tokens,
+        date=http_date(time.time()),
+        framing=plan.framing,
+        keep_alive=keep,
+        keepalive_header=settings.keepalive_header,
+        upgrade=False,
+    )
+    out = for_version(head.version, out)
+    ep = front.ep
+    ep.write(out)
+    ctx.status = resp.status
+    ctx.bytes_sent = len(out)
+    body_bytes = 0
+    complete = False
+    try:
+        while True:
+            for ev in pending:
+                if isinstance(ev, Body):
+                    if no_body:
+                        continue
+                    ep.write(encode_chunk(ev.data) if chunk_out else ev.data)
+                    body_bytes += len(ev.data)
+                elif isinstance(ev, EndOfMessage):
+                    complete = True
             if complete:
-                await ep.drain()
-        except PeerClosed:
-            keep = False
-            ctx.status = ctx.status or 499
-        ctx.body_bytes_sent = body_bytes
-        ctx.bytes_sent += body_bytes
-        self._note_time(ctx)
-        self._log_access(settings, ctx)
-        return (keep and complete, settings.keepalive_timeout), complete
-
-    def _lone_101(
-        self, ctx: RequestContext, settings: LocationSettings, resp: ResponseHead
-    ) -> tuple[bool, float | None]:
-        """A 101 to a request that carried no ``Upgrade``: no tunnel (nginx sets
-        ``u->upgrade`` only "if (r->headers_in.upgrade)"), so its head goes to the client and
-        nothing the upstream sends after it does (nginx-tests ``proxy_upgrade.t``, "handshake
-        noupgrade": no byte after the head, ``$body_bytes_sent`` 0).  A backend cannot push a
-        stream to a client that did not ask for one.  Both connections are then closed."""
-        out = build_client_response_head(
-            101,
-            resp.reason,
-            resp.headers,
-            server_tokens=settings.server_tokens,
-            date=http_date(time.time()),
-            framing=BodyFraming.none(),
-            keep_alive=False,
-            keepalive_header=None,
-        )
-        out = for_version(ctx.version, out)
-        self.ep.write(out)
-        ctx.status = 101
-        ctx.bytes_sent = len(out)
-        ctx.body_bytes_sent = 0
-        self._note_time(ctx)
-        self._log_access(settings, ctx)
-        return False, settings.keepalive_timeout
-
-    async def _tunnel(
-        self,
-        head: RequestHead,
-        ctx: RequestContext,
-        settings: LocationSettings,
-        up: Endpoint,
-        rparser: ResponseParser,
-        resp: ResponseHead,
-        selection: Selection,
-        peer: Peer,
-        scheme: str,
-    ) -> tuple[bool, None]:
-        out = build_client_response_head(
-            101,
-            resp.reason,
-            resp.headers,
-            server_tokens=settings.server_tokens,
-            date=http_date(time.time()),
-            framing=BodyFraming.none(),
-            keep_alive=False,
-            keepalive_header=None,
-            upgrade=True,
-        )
-        ep = self.ep
-        ep.write(out)
-        ctx.status = 101
-        head_len = len(out)
-        early_to_client = rparser.take_buffered() + bytes(up.buffer)
-        up.buffer.clear()
-        early_to_upstream = self.parser.take_buffered() + bytes(ep.buffer)
-        ep.buffer.clear()
-        assert ep.transport is not None and up.transport is not None
-        tunnel = Tunnel(
-            self.gw.loop,
-            ep.transport,
-            up.transport,
-            read_timeout=settings.proxy_read_timeout,
-            send_timeout_upstream=settings.proxy_send_timeout,
-            send_timeout_client=settings.send_timeout,
-            # The connection itself (``__call__``): a bound method would cost 64 bytes for
-            # as long as the tunnel is open, as would a clock of its own.
-            on_close=self,
-            clock=self.gw.clock,
-            # The 101 names the protocol switched to (RFC 9110 §7.8); only WebSocket has frames.
-            websocket=is_websocket(resp.header("upgrade") or head.upgrade),
-        )
-        # The request's coroutines end here; the tunnel's close finishes the request
-        # (:meth:`_tunnel_closed`), with only what it needs kept in a small record.
-        labels = (ctx.server_name, self.metric_req[1], selection.group.name, peer.address)
-        seconds = time.time() - ctx.start  # before ``_slim``, which may drop the start
-        end = TunnelEnd(_slim(ctx, settings), settings, peer, scheme, head_len)
-        self.tunnel_end = end
-        self.tunnel = tunnel
-        self.metric_req = _NO_METRIC_REQ
-        ep.detach()
-        if isinstance(up, CountedEndpoint):
-            up.release()  # the tunnel counts its upstream connection from now on
-        self.gw.add_tunnel()
-        # Metrics: counted here and when it ends, never on the relay path; before start(),
-        # which may already end the tunnel.
-        end.series = self.gw.metrics.tunnel_opened(tunnel, labels, seconds)
-        tunnel.start(
-            early_to_client,
-            early_to_upstream,
-            client_write_paused=ep.write_paused,
-            upstream_write_paused=up.write_paused,
-        )
-        # An EOF or close that arrived before the switch will not be reported again to the
-        # tunnel's protocols: replay it.
-        for side, endpoint in ((tunnel.client, ep), (tunnel.upstream, up)):
-            if endpoint.closed:
-                side.connection_lost(
-                    endpoint.error if isinstance(endpoint.error, Exception) else None
-                )
-            elif endpoint.eof:
-                side.eof_received()
-        return False, None
-
-    def _tunnel_closed(self, tunnel: Tunnel) -> None:
-        """The tunnel's ``on_close``: the end of its request, as nginx finalizes an upgraded
-        request when both connections are closed (timeout lines in the error log, the
-        access-log line, the peer, ``limit_conn`` slots and ``stub_status`` state released),
-        then of the connection if its task has already ended."""
-        end = self.tunnel_end
-        if end is None:  # abandoned by a fast stop (:meth:`abandon_tunnel`)
-            return
-        gw, ctx = self.gw, end.ctx
-        try:
-            self._tunnel_released(tunnel, end)
-            reason = tunnel.timeout_reason
-            if reason is not None:
+                break
+            if ep.closed:
+                raise PeerClosed("client closed")
+            await ep.drain()
+            try:
+                rparser.check()  # a fault in the bytes already read comes before waiting
+                async with asyncio.timeout(settings.proxy_read_timeout):
+                    data = await up.read()
+                pending = rparser.feed(data) if data else rparser.feed_eof()
+            except TimeoutError:
                 gw.error_log.log(
-                    "info",
-                    f"{reason} timed out (110: Connection timed out) while proxying upgraded "
-                    "connection",
-                    self.number,
+                    "error",
+                    "upstream timed out (110: Connection timed out) while reading upstream",
+                    front.number,
                     ctx,
-                    f"{end.scheme}://{end.peer.address}{ctx.request_uri}",
                 )
-            ctx.body_bytes_sent = tunnel.bytes_to_client
-            ctx.bytes_sent = end.head_len + tunnel.bytes_to_client
-            self._note_time(ctx)
-            self._log_access(end.settings, ctx)
-        except Exception as exc:  # what the connection's task reported when it ran to here
-            gw.error_log.log("alert", f"unexpected error: {exc!r}", self.number)
-        finally:
-            self._tunnel_finished()
+                keep = False
+                break
+            except HttpError as exc:
+                # The head is the client's already: nginx logs the fault ("upstream
+                # prematurely closed connection", "upstream sent invalid chunked
+                # response") and closes, with no error page inside the response.
+                gw.error_log.log("error", exc.log, front.number, ctx)
+                keep = False
+                break
+        if complete and chunk_out:
+            ep.write(LAST_CHUNK)
+        if complete:
+            await ep.drain()
+    except PeerClosed:
+        keep = False
+        ctx.status = ctx.status or 499
+    ctx.body_bytes_sent = body_bytes
+    ctx.bytes_sent += body_bytes
+    note_time(gw.clock, ctx)
+    ex.log()
+    return (keep and complete, settings.keepalive_timeout), complete
 
-    def abandon_tunnel(self) -> None:
-        """A fast stop (TERM) ends an open tunnel without its access-log line, as it cancels
-        requests: the peer, the gauges, the ``limit_conn`` slots and the connection are
-        released now, since the process may exit before the tunnel's close is reported."""
-        end = self.tunnel_end
-        if end is None or self.tunnel is None:
-            return
-        try:
-            self._tunnel_released(self.tunnel, end)
-        finally:
-            self._tunnel_finished()
 
-    #: The tunnel's ``on_close`` is the connection itself (see :meth:`_tunnel`).
-    __call__ = _tunnel_closed
+def _lone_101(ex: Exchange, resp: ResponseHead) -> Outcome:
+    """A 101 to a request that carried no ``Upgrade``: no tunnel (nginx sets
+    ``u->upgrade`` only "if (r->headers_in.upgrade)"), so its head goes to the client and
+    nothing the upstream sends after it does (nginx-tests ``proxy_upgrade.t``, "handshake
+    noupgrade": no byte after the head, ``$body_bytes_sent`` 0).  A backend cannot push a
+    stream to a client that did not ask for one.  Both connections are then closed."""
+    settings, ctx = ex.r.settings, ex.r.ctx
+    out = build_client_response_head(
+        101,
+        resp.reason,
+        resp.headers,
+        server_tokens=settings.server_tokens,
+        date=http_date(time.time()),
+        framing=BodyFraming.none(),
+        keep_alive=False,
+        keepalive_header=None,
+    )
+    out = for_version(ctx.version, out)
+    ex.front.ep.write(out)
+    ctx.status = 101
+    ctx.bytes_sent = len(out)
+    ctx.body_bytes_sent = 0
+    note_time(ex.front.gw.clock, ctx)
+    ex.log()
+    return False, settings.keepalive_timeout
 
-    def _tunnel_released(self, tunnel: Tunnel, end: TunnelEnd) -> None:
-        self.tunnel_end = None
-        self.gw.tunnel_count -= 1
-        self.gw.metrics.tunnel_closed(tunnel, end.series)
-        # The one pick the tunnel holds (its selection, not kept, is done: nothing else
-        # releases that pick once the tunnel holds it).
-        end.peer.connection_closed()
+
+def start_tunnel(
+    ex: Exchange,
+    up: Endpoint,
+    rparser: ResponseParser,
+    resp: ResponseHead,
+    group: str,
+    peer: Peer,
+    scheme: str,
+) -> Outcome:
+    """Send the 101 and hand both transports to a :class:`Tunnel`, whose ``on_close`` is
+    the front connection; the request's coroutines end here, with only a
+    :class:`TunnelEnd` kept of the request."""
+    front, head, settings, ctx = ex.front, ex.head, ex.r.settings, ex.r.ctx
+    gw = front.gw
+    out = build_client_response_head(
+        101,
+        resp.reason,
+        resp.headers,
+        server_tokens=settings.server_tokens,
+        date=http_date(time.time()),
+        framing=BodyFraming.none(),
+        keep_alive=False,
+        keepalive_header=None,
+        upgrade=True,
+    )
+    ep = front.ep
+    ep.write(out)
+    ctx.status = 101
+    head_len = len(out)
+    early_to_client = rparser.take_buffered() + bytes(up.buffer)
+    up.buffer.clear()
+    early_to_upstream = front.parser.take_buffered() + bytes(ep.buffer)
+    ep.buffer.clear()
+    assert ep.transport is not None and up.transport is not None
+    tunnel = Tunnel(
+        gw.loop,
+        ep.transport,
+        up.transport,
+        read_timeout=settings.proxy_read_timeout,
+        send_timeout_upstream=settings.proxy_send_timeout,
+        send_timeout_client=settings.send_timeout,
+        # The connection itself (``__call__``): a bound method would cost 64 bytes for
+        # as long as the tunnel is open, as would a clock of its own.
+        on_close=front,
+        clock=gw.clock,
+        # The 101 names the protocol switched to (RFC 9110 §7.8); only WebSocket has frames.
+        websocket=is_websocket(resp.header("upgrade") or head.upgrade),
+    )
+    labels = (ctx.server_name, ex.location, group, peer.address)
+    seconds = time.time() - ctx.start  # before ``_slim``, which may drop the start
+    end = TunnelEnd(_slim(ctx, settings), settings, peer, scheme, head_len, ex.r.conn_slots)
+    ex.r.conn_slots = ()  # the tunnel's now: released when it closes
+    front.tunnel_end = end
+    front.tunnel = tunnel
+    ep.detach()
+    if isinstance(up, CountedEndpoint):
+        up.release()  # the tunnel counts its upstream connection from now on
+    gw.add_tunnel()
+    # Metrics: counted here and when it ends, never on the relay path; before start(),
+    # which may already end the tunnel.
+    end.series = gw.metrics.tunnel_opened(tunnel, labels, seconds)
+    tunnel.start(
+        early_to_client,
+        early_to_upstream,
+        client_write_paused=ep.write_paused,
+        upstream_write_paused=up.write_paused,
+    )
+    # An EOF or close that arrived before the switch will not be reported again to the
+    # tunnel's protocols: replay it.
+    for side, endpoint in ((tunnel.client, ep), (tunnel.upstream, up)):
+        if endpoint.closed:
+            side.connection_lost(endpoint.error if isinstance(endpoint.error, Exception) else None)
+        elif endpoint.eof:
+            side.eof_received()
+    return False, None
+
+
+def tunnel_closed(front: FrontConnection, tunnel: Tunnel, end: TunnelEnd) -> None:
+    """The end of an open tunnel's request, as nginx finalizes an upgraded request when both
+    connections are closed: what it held (:meth:`TunnelEnd.release`), the timeout line in
+    the error log, the access-log line (its metrics were counted by ``tunnel_closed``)."""
+    gw, ctx = front.gw, end.ctx
+    try:
+        end.release(gw, tunnel)
+        reason = tunnel.timeout_reason
+        if reason is not None:
+            gw.error_log.log(
+                "info",
+                f"{reason} timed out (110: Connection timed out) while proxying upgraded "
+                "connection",
+                front.number,
+                ctx,
+                f"{end.scheme}://{end.peer.address}{ctx.request_uri}",
+            )
+        ctx.body_bytes_sent = tunnel.bytes_to_client
+        ctx.bytes_sent = end.head_len + tunnel.bytes_to_client
+        note_time(gw.clock, ctx)
+        if end.settings.access_logs:
+            gw.access_logs.write(end.settings.access_logs, ctx)
+    except Exception as exc:  # what the connection's task reported when it ran to here
+        gw.error_log.log("alert", f"unexpected error: {exc!r}", front.number)

@@ -44,8 +44,9 @@ from wsgate.observability.status import (
     ConnectionCounters,
     StatusCounters,
 )
+from wsgate.proxy.context import UpstreamCaches
 from wsgate.proxy.endpoint import Endpoint
-from wsgate.proxy.handler import ClientConnection
+from wsgate.proxy.front import FrontConnection
 from wsgate.proxy.tunnel import Tunnel
 from wsgate.server.health import HealthChecks, upstream_target
 from wsgate.server.tls import GroupTls
@@ -184,7 +185,7 @@ class Gateway:
         self._retry_timer: asyncio.TimerHandle | None = None
         self.groups: dict[BindKey, ListenGroup] = {}
         self.peer_groups: dict[object, PeerGroup] = {}
-        self.connections: set[ClientConnection] = set()
+        self.connections: set[FrontConnection] = set()
         #: Tasks a fast stop cancels: connections' and accepted sockets' being started.
         self.tasks: set[asyncio.Task[Any]] = set()
         #: Open tunnels (each holds an upstream connection: ``worker_connections``), counted;
@@ -204,6 +205,9 @@ class Gateway:
         self.quitting = False
         self.stopped: asyncio.Future[None] = loop.create_future()
         self.exit_code = 0
+        #: Idle keep-alive upstream connections and upstream TLS contexts, closed at the end.
+        self.upstream_caches = UpstreamCaches(loop)
+        self.stopped.add_done_callback(lambda _: self.upstream_caches.close())
         #: Active ``health_check`` probing for the current configuration (None until serve).
         self.health: HealthChecks | None = None
 
@@ -378,6 +382,15 @@ class Gateway:
         """A tunnel opened: it holds an upstream connection too (``worker_connections``)."""
         self.tunnel_count += 1
 
+    def tunnel_closed(self) -> None:
+        """An open tunnel ended (or a fast stop abandoned it)."""
+        self.tunnel_count -= 1
+
+    def upstream_opening(self) -> None:
+        """An upstream connection is being opened: counted from now, as nginx counts the
+        socket being connected (``worker_connections``, a descriptor)."""
+        self.upstreams += 1
+
     def accepted(self, ep: Endpoint, group: ListenGroup) -> None:
         """A new client connection (the budget for it was checked before ``accept()``)."""
         self.counter += 1
@@ -385,7 +398,7 @@ class Gateway:
         stats.increment(ACCEPTS)
         stats.increment(HANDLED)  # no resource limit can refuse a connection yet
         stats.increment(ACTIVE)
-        conn = ClientConnection(self, ep, group, self.counter)
+        conn = FrontConnection(self, ep, group, self.counter)
         self.connections.add(conn)
         task = self.loop.create_task(conn.run())
         self.tasks.add(task)
@@ -404,7 +417,7 @@ class Gateway:
 
         task.add_done_callback(done)
 
-    def connection_closed(self, conn: ClientConnection) -> None:
+    def connection_closed(self, conn: FrontConnection) -> None:
         """A client connection has ended: its task, or the tunnel it became, which outlives
         the task (a graceful stop waits for it; it counts against ``worker_connections``
         until then).  Called once per connection."""

@@ -2,7 +2,7 @@
 
 Pure data structure (no sockets, no event loop): the connections are opaque values, time comes
 from an injected clock, and closing is an injected callback.  The asyncio side
-(:mod:`wsgate.proxy.forward`) arms one timer at :meth:`KeepalivePool.next_deadline` and calls
+(:mod:`wsgate.proxy.endpoint`) arms one timer at :meth:`KeepalivePool.next_deadline` and calls
 :meth:`KeepalivePool.expire`; it also calls :meth:`KeepalivePool.discard` when the upstream
 closes an idle connection.
 

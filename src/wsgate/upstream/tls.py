@@ -3,7 +3,7 @@
 No sockets: this module turns a location's :class:`~wsgate.config.model.SslUpstream` into an
 :class:`ssl.SSLContext` (cached per settings object), decides the SNI and the name to verify,
 checks a peer certificate against that name, and words failures as nginx does.  The handshake
-itself is done by :func:`wsgate.proxy.forward.upstream_handshake`.
+itself is done by :class:`wsgate.proxy.connect.UpstreamOpen`.
 
 Follows https://nginx.org/en/docs/http/ngx_http_proxy_module.html#proxy_ssl_verify and its
 neighbours, and ``ngx_http_upstream_ssl_name``/``ngx_http_upstream_ssl_handshake``:

@@ -1,0 +1,510 @@
+"""nginx's request phases as an explicit pipeline of small handlers (no sockets, no loop).
+
+https://nginx.org/en/docs/dev/development_guide.html#http_phases: "Each HTTP request passes
+through a sequence of phases.  In each phase a distinct type of processing is performed on the
+request."  wsgate walks the same sequence:
+
+======================  =========================================================  ==========
+phase                   handlers today                                             nginx
+======================  =========================================================  ==========
+``POST_READ``           request-target → ``$uri``/``$args``; 497, 495/496          (process)
+``SERVER_REWRITE``      a ``return`` at ``server`` level                           rewrite
+``FIND_CONFIG``         the location, keep-alive limits, the trailing-slash 301    core
+``REWRITE``             a ``return`` in the location                               rewrite
+``POST_REWRITE``        (internal redirects: at most 10 cycles, as nginx)          core
+``PREACCESS``           ``limit_req``, then ``limit_conn``                         limit_*
+``ACCESS``              ``allow``/``deny``                                         access
+``TRY_FILES``           (none yet)                                                 core
+``CONTENT``             ``stub_status``, ``prometheus``, ``proxy_pass``, or 404    core
+``LOG``                 the access-log line and metrics (the I/O layer's)          log
+======================  =========================================================  ==========
+
+A handler takes the request's :class:`Request` and returns ``None`` (go on with the next
+handler), or a decision: :class:`Delay` (wait, then go on: ``limit_req``), :class:`Restart`
+(an internal redirect: back to ``FIND_CONFIG``), or the response to make (:class:`Redirect`,
+:class:`Plain`, :class:`Close`, a :class:`Content` handler).  An error response is an
+:class:`~wsgate.errors.HttpError` raised with nginx's status and log text.  :func:`run`
+walks the handlers; the asyncio layer (:mod:`wsgate.proxy.exchange`) sleeps on a
+:class:`Delay` and performs the response.  ``rewrite``, ``auth_basic``, ``auth_request``,
+``try_files`` and static files are each one handler to add to :data:`HANDLERS` (or one
+decision), nothing else; ``error_page`` is one in :data:`ERROR_HANDLERS`, which
+:func:`on_error` consults before an error page is made (an internal redirect re-enters the
+phases at ``FIND_CONFIG``).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from wsgate.access import check_access
+from wsgate.config.model import Location, LocationSettings, Server
+from wsgate.config.variables import RequestContext
+from wsgate.errors import HttpError
+from wsgate.http.request import RequestHead
+from wsgate.limits import ConnZone, Refused, ReqZone, check_requests
+from wsgate.routing import find_location, needs_slash_redirect, normalize_uri, split_target
+
+if TYPE_CHECKING:
+    from wsgate.limits import LimitRegistry
+    from wsgate.observability.logs import ErrorLogger
+
+__all__ = [
+    "ERROR_HANDLERS",
+    "HANDLERS",
+    "MAX_URI_CHANGES",
+    "Close",
+    "Content",
+    "Decision",
+    "Delay",
+    "ErrorHandler",
+    "Handler",
+    "Phase",
+    "PhaseWorker",
+    "Plain",
+    "Redirect",
+    "Request",
+    "Restart",
+    "absolute_url",
+    "on_error",
+    "release_slots",
+    "run",
+]
+
+#: nginx's ``NGX_HTTP_MAX_URI_CHANGES``: "rewrite or internal redirection cycle" after 10.
+MAX_URI_CHANGES = 10
+
+#: ``delay_log_level``: "Logging level for delays is one point less than for refusals".
+_LEVEL_BELOW = {"notice": "info", "warn": "notice", "error": "warn"}
+
+
+class Phase(enum.IntEnum):
+    """nginx's ``ngx_http_phases``, in order."""
+
+    POST_READ = 0
+    SERVER_REWRITE = 1
+    FIND_CONFIG = 2
+    REWRITE = 3
+    POST_REWRITE = 4
+    PREACCESS = 5
+    ACCESS = 6
+    POST_ACCESS = 7
+    TRY_FILES = 8
+    CONTENT = 9
+    LOG = 10
+
+
+class PhaseWorker(Protocol):
+    """What phase handlers read of the worker (a part of
+    :class:`~wsgate.proxy.context.WorkerContext`)."""
+
+    limits: LimitRegistry
+    error_log: ErrorLogger
+    clock: Callable[[], float]
+    stopping: bool
+
+
+class Request:
+    """One request as the phases see and change it: its head and variables, the server and
+    location chosen, the settings in force, the ``limit_conn`` slots it holds."""
+
+    __slots__ = (
+        "worker",
+        "number",
+        "head",
+        "ctx",
+        "server",
+        "location",
+        "settings",
+        "tls_vars",
+        "plain_on_tls",
+        "connection_requests",
+        "connection_started",
+        "conn_slots",
+        "uri_changes",
+    )
+
+    def __init__(
+        self,
+        worker: PhaseWorker,
+        number: int,
+        head: RequestHead,
+        ctx: RequestContext,
+        server: Server,
+        *,
+        tls_vars: dict[str, str] | None = None,
+        plain_on_tls: bool = False,
+        connection_requests: int = 1,
+        connection_started: float = 0.0,
+    ) -> None:
+        self.worker = worker
+        #: The connection's number, for the error log.
+        self.number = number
+        self.head = head
+        self.ctx = ctx
+        self.server = server
+        self.location: Location | None = None
+        #: The server's settings until ``FIND_CONFIG``, then the location's.
+        self.settings: LocationSettings = server.settings
+        self.tls_vars = tls_vars
+        self.plain_on_tls = plain_on_tls
+        self.connection_requests = connection_requests
+        #: ``clock()`` when the connection was accepted (``keepalive_time``).
+        self.connection_started = connection_started
+        #: ``limit_conn`` slots taken (released when the request, or its tunnel, ends).
+        self.conn_slots: tuple[tuple[ConnZone, str], ...] = ()
+        #: Internal redirects left (``r->uri_changes``).
+        self.uri_changes = MAX_URI_CHANGES + 1
+
+    def log(self, level: str, message: str) -> None:
+        self.worker.error_log.log(level, message, self.number, self.ctx)
+
+
+# -- decisions ---------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Delay:
+    """Wait ``seconds``, then go on with the next handler (``limit_req``'s delay)."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Restart:
+    """An internal redirect: the request goes through ``FIND_CONFIG`` again (``rewrite ...
+    last``, ``error_page``, named locations when they come)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    """A redirect with nginx's HTML body and ``Location``."""
+
+    status: int
+    location: str
+
+
+@dataclass(frozen=True, slots=True)
+class Plain:
+    """A response made here: ``return CODE [TEXT]``."""
+
+    status: int
+    body: bytes
+    content_type: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Close the connection without a response (``return 444``), logged with ``status``."""
+
+    status: int
+
+
+class Content(enum.Enum):
+    """The content handler that makes the response (nginx's ``r->content_handler``)."""
+
+    STUB_STATUS = "stub_status"
+    PROMETHEUS = "prometheus"
+    PROXY = "proxy_pass"
+
+
+Decision = Delay | Restart | Redirect | Plain | Close | Content
+Handler = Callable[[Request], Decision | None]
+
+
+# -- POST_READ ---------------------------------------------------------------------------------
+def parse_target(r: Request) -> None:
+    """``$uri`` and ``$args`` from the request-target (a bad one is 400); ``$host`` falls back
+    to the server's name."""
+    path, args = split_target(r.head.target)
+    ctx = r.ctx
+    ctx.uri, ctx.args = normalize_uri(path), args
+    if not ctx.host:
+        ctx.host = r.server.name
+    return None
+
+
+def check_tls(r: Request) -> None:
+    """``ngx_http_process_request``: plain HTTP on an ``ssl`` port is 497; with
+    ``ssl_verify_client``, a certificate that did not verify is 495 ("400 The SSL certificate
+    error"), and with ``on`` a missing one is 496 ("400 No required SSL certificate was
+    sent")."""
+    if r.plain_on_tls:
+        raise HttpError(497, "client sent plain HTTP request to HTTPS port")
+    ssl = r.server.ssl
+    if r.tls_vars is None or ssl is None:
+        return None
+    verify = ssl.verify_client
+    result = r.tls_vars["ssl_client_verify"]
+    if verify == "off":
+        return None
+    if result.startswith("FAILED") and verify != "optional_no_ca":
+        raise HttpError(495, f"client SSL certificate verify error: ({result[7:]})")
+    if verify == "on" and result == "NONE":
+        raise HttpError(496, "client sent no required SSL certificate")
+    return None
+
+
+# -- SERVER_REWRITE, REWRITE -------------------------------------------------------------------
+def absolute_url(ctx: RequestContext, target: str) -> str:
+    """``target`` made absolute as nginx makes a redirect's ``Location``: the request's host
+    (or the local address), and the port unless it is the scheme's default."""
+    host = ctx.host or ctx.server_addr
+    default_port = 443 if ctx.scheme == "https" else 80
+    port = "" if ctx.server_port == default_port else f":{ctx.server_port}"
+    return f"{ctx.scheme}://{host}{port}{target}"
+
+
+def _return(r: Request, settings: LocationSettings) -> Decision | None:
+    """``return``: "Stops processing and returns the specified code to a client.  The
+    non-standard code 444 closes a connection without sending a response header."  A URL
+    (codes 301, 302, 303, 307, 308) starting with a slash is made absolute."""
+    ret = settings.return_
+    if ret is None:
+        return None
+    text = ret.text.render(r.ctx.lookup) if ret.text is not None else None
+    if ret.code in (301, 302, 303, 307, 308) and text is not None:
+        if text.startswith("/"):
+            text = absolute_url(r.ctx, text)
+        return Redirect(ret.code, text)
+    if ret.code == 444:
+        return Close(444)
+    if text is None:
+        if ret.code >= 400:
+            raise HttpError(ret.code)
+        return Plain(ret.code, b"", None)
+    return Plain(ret.code, text.encode(), "text/plain")
+
+
+def server_return(r: Request) -> Decision | None:
+    """``return`` at ``server`` level (the server rewrite phase, before any location)."""
+    return _return(r, r.server.settings)
+
+
+def location_return(r: Request) -> Decision | None:
+    """``return`` in the location (the rewrite phase)."""
+    return _return(r, r.settings)
+
+
+# -- FIND_CONFIG -------------------------------------------------------------------------------
+def find_config(r: Request) -> Decision | None:
+    """``ngx_http_core_find_config_phase``: the location for ``$uri`` and its settings, the
+    connection's keep-alive limits, and the 301 to ``location/`` ("If a location is defined
+    by a prefix string that ends with the slash character ... the permanent redirect with
+    the code 301 will be returned")."""
+    ctx, head = r.ctx, r.head
+    location, captures = find_location(r.server, ctx.uri)
+    ctx.captures = captures
+    r.location = location
+    settings = r.settings = location.settings if location is not None else r.server.settings
+    if (
+        settings.keepalive_timeout == 0
+        or r.connection_requests >= settings.keepalive_requests
+        or r.worker.clock() - r.connection_started >= settings.keepalive_time
+        or r.worker.stopping
+    ):
+        # keepalive_timeout 0 disables keep-alive; keepalive_requests caps a connection
+        # (https://nginx.org/en/docs/http/ngx_http_core_module.html#keepalive_requests).
+        head.keep_alive = False
+    if location is not None and needs_slash_redirect(location, ctx.uri):
+        target = f"{ctx.uri}/" + (f"?{ctx.args}" if ctx.args else "")
+        return Redirect(301, absolute_url(ctx, target))
+    return None
+
+
+# -- POST_REWRITE ------------------------------------------------------------------------------
+def post_rewrite(r: Request) -> Decision | None:
+    """``ngx_http_core_post_rewrite_phase`` is where nginx counts URI changes; wsgate counts
+    them in :func:`run`, when a handler returns :class:`Restart`."""
+    return None
+
+
+# -- PREACCESS ---------------------------------------------------------------------------------
+def limit_req(r: Request) -> Decision | None:
+    """ngx_http_limit_req_handler: "If the requests rate exceeds the rate configured for a
+    zone, their processing is delayed such that requests are processed at a defined rate.
+    Excessive requests are delayed until their number exceeds the maximum burst size in
+    which case the request is terminated with an error."  "Requests with an empty key
+    value are not accounted."  Delays are logged one level below refusals."""
+    settings = r.settings
+    if not settings.limit_req:
+        return None
+    entries: list[tuple[ReqZone, str, int, int]] = []
+    for lr in settings.limit_req:
+        spec = lr.zone
+        key = spec.key.render(r.ctx.lookup)
+        if key:
+            zone = r.worker.limits.req_zone(spec.name, spec.rate)
+            entries.append((zone, key, lr.burst, lr.delay))
+    decision = check_requests(entries, int(r.worker.clock() * 1000))
+    dry = ", dry run" if settings.limit_req_dry_run else ""
+    level = settings.limit_req_log_level
+    excess = f"{decision.excess // 1000}.{decision.excess % 1000:03d}"
+    if decision.rejected is not None:
+        if decision.no_memory:
+            r.log("alert", f'could not allocate node in limit_req zone "{decision.rejected}"')
+        else:
+            r.log(level, f'limiting requests{dry}, excess: {excess} by zone "{decision.rejected}"')
+        if not dry:
+            raise HttpError(settings.limit_req_status)
+    elif decision.delay_ms:
+        lower = "info" if level == "info" else _LEVEL_BELOW[level]
+        r.log(lower, f'delaying request{dry}, excess: {excess}, by zone "{decision.zone}"')
+        if not dry:
+            return Delay(decision.delay_ms / 1000)
+    return None
+
+
+def limit_conn(r: Request) -> Decision | None:
+    """ngx_http_limit_conn_handler: "When this limit is exceeded, the server will return
+    the error in reply to a request."  "Connections with an empty key value are not
+    accounted."  The slots taken are kept in ``r.conn_slots`` until the request (or its
+    tunnel) ends."""
+    settings = r.settings
+    for lc in settings.limit_conn:
+        spec = lc.zone
+        key = spec.key.render(r.ctx.lookup)
+        if not key:
+            continue
+        zone = r.worker.limits.conn_zone(spec.name)
+        got = zone.acquire(key, lc.conn)
+        if got is True:
+            r.conn_slots += ((zone, key),)
+            continue
+        dry = settings.limit_conn_dry_run
+        if got is Refused.NO_MEMORY:
+            # nginx: the slab allocator's line, and the limit's status.
+            r.log("crit", f'ngx_slab_alloc() failed: no memory in limit_conn_zone "{spec.name}"')
+        else:
+            dry_text = ", dry run" if dry else ""
+            r.log(
+                settings.limit_conn_log_level,
+                f'limiting connections{dry_text} by zone "{spec.name}"',
+            )
+        if not dry:
+            raise HttpError(settings.limit_conn_status)
+    return None
+
+
+def release_slots(r: Request) -> None:
+    """Give back the ``limit_conn`` slots ``r`` holds (its request ended)."""
+    for zone, key in r.conn_slots:
+        zone.release(key)
+    r.conn_slots = ()
+
+
+# -- ACCESS ------------------------------------------------------------------------------------
+def access(r: Request) -> Decision | None:
+    """ngx_http_access_module: "The rules are checked in sequence until the first match is
+    found."  A ``deny`` is 403."""
+    rules = r.settings.access_rules
+    if rules:
+        rule = check_access(rules, r.ctx.remote_addr)
+        if rule is not None and not rule.allow:
+            raise HttpError(403, "access forbidden by rule")
+    return None
+
+
+# -- CONTENT -----------------------------------------------------------------------------------
+def content(r: Request) -> Decision | None:
+    """The location's content handler: ``stub_status`` and ``prometheus`` answer GET and
+    HEAD only (``ngx_http_stub_status_handler``: "if (!(r->method & (NGX_HTTP_GET|
+    NGX_HTTP_HEAD))) return NGX_HTTP_NOT_ALLOWED;"), ``proxy_pass`` refuses a declared body
+    over ``client_max_body_size`` (413), and a location with none of them is 404."""
+    settings, head = r.settings, r.head
+    if settings.stub_status or settings.prometheus:
+        if head.method not in ("GET", "HEAD"):
+            raise HttpError(405)
+        return Content.STUB_STATUS if settings.stub_status else Content.PROMETHEUS
+    if settings.proxy_pass is None:
+        raise HttpError(404)
+    if (
+        head.content_length is not None
+        and settings.client_max_body_size
+        and head.content_length > settings.client_max_body_size
+    ):
+        raise HttpError(413, f"client intended to send too large body: {head.content_length} bytes")
+    return Content.PROXY
+
+
+#: The handlers of each phase, in order (the LOG phase is the I/O layer's: it runs when the
+#: response is done, or when a tunnel closes).
+HANDLERS: tuple[tuple[Phase, tuple[Handler, ...]], ...] = (
+    (Phase.POST_READ, (parse_target, check_tls)),
+    (Phase.SERVER_REWRITE, (server_return,)),
+    (Phase.FIND_CONFIG, (find_config,)),
+    (Phase.REWRITE, (location_return,)),
+    (Phase.POST_REWRITE, (post_rewrite,)),
+    (Phase.PREACCESS, (limit_req, limit_conn)),
+    (Phase.ACCESS, (access,)),
+    (Phase.TRY_FILES, ()),
+    (Phase.CONTENT, (content,)),
+)
+
+
+def _flatten(
+    table: Sequence[tuple[Phase, Sequence[Handler]]],
+) -> tuple[tuple[Handler, ...], int]:
+    handlers = [h for _, hs in table for h in hs]
+    restart = sum(len(hs) for phase, hs in table if phase < Phase.FIND_CONFIG)
+    return tuple(handlers), restart
+
+
+_DEFAULT = _flatten(HANDLERS)
+
+
+def _restart(r: Request, index: int) -> int:
+    """Count one internal redirect (``r->uri_changes``) and return ``index``, where the walk
+    goes on (the first ``FIND_CONFIG`` handler); the eleventh is a 500."""
+    r.uri_changes -= 1
+    if r.uri_changes == 0:
+        raise HttpError(
+            500, f'rewrite or internal redirection cycle while processing "{r.ctx.uri}"'
+        )
+    return index
+
+
+def run(
+    r: Request,
+    start: int = 0,
+    table: Sequence[tuple[Phase, Sequence[Handler]]] | None = None,
+) -> tuple[Decision, int]:
+    """Walk the handlers from index ``start`` until one decides; returns the decision and
+    the index to resume at after a :class:`Delay`.  A :class:`Restart` goes back to the
+    first ``FIND_CONFIG`` handler, at most :data:`MAX_URI_CHANGES` times ("rewrite or internal
+    redirection cycle", 500).  The content phase always decides (404 at the latest)."""
+    handlers, restart = _DEFAULT if table is None else _flatten(table)
+    i = start
+    while i < len(handlers):
+        decision = handlers[i](r)
+        i += 1
+        if decision is None:
+            continue
+        if isinstance(decision, Restart):
+            i = _restart(r, restart)
+            continue
+        return decision, i
+    raise HttpError(404)
+
+
+ErrorHandler = Callable[[Request, HttpError], Restart | None]
+
+#: Consulted in order when a handler (or the content phase's I/O) raises an
+#: :class:`~wsgate.errors.HttpError`, before nginx's error page is made: ``error_page`` is one
+#: to add here (its URI set on ``r.ctx``, then :class:`Restart`), and named locations with it.
+ERROR_HANDLERS: tuple[ErrorHandler, ...] = ()
+
+
+def on_error(
+    r: Request,
+    exc: HttpError,
+    handlers: Sequence[ErrorHandler] = ERROR_HANDLERS,
+    table: Sequence[tuple[Phase, Sequence[Handler]]] | None = None,
+) -> int | None:
+    """Whether an error re-enters the phases: the index to walk on from (:func:`run`'s
+    ``start``) when an error handler redirects internally, None for the error page."""
+    for handler in handlers:
+        if handler(r, exc) is not None:
+            _, restart = _DEFAULT if table is None else _flatten(table)
+            return _restart(r, restart)
+    return None

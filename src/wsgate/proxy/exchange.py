@@ -1,0 +1,236 @@
+"""One request, from its head to its log line: nginx's phases, then the response.
+
+An :class:`Exchange` is made per request by the front connection.  It picks the virtual
+server (nginx does it while reading the head), walks the phase handlers of
+:mod:`wsgate.http.phases` (pure: they return decisions), sleeps on a ``limit_req`` delay, and
+performs the decision: a redirect, a ``return``, ``stub_status``, ``prometheus``, or
+``proxy_pass`` (:class:`wsgate.proxy.proxying.Proxying`); an
+:class:`~wsgate.errors.HttpError` from any of them becomes nginx's error page.  Then the log
+phase (:meth:`FrontConnection.log_access <wsgate.proxy.front.FrontConnection.log_access>`),
+unless the request became a tunnel, whose close logs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from wsgate.config.model import LocationSettings
+from wsgate.config.variables import RequestContext
+from wsgate.errors import HttpError
+from wsgate.http.headers import BodyFraming, build_client_response_head, for_version, http_date
+from wsgate.http.pages import STATUS_LINES, closes_connection, error_response
+from wsgate.http.phases import (
+    Close,
+    Content,
+    Decision,
+    Delay,
+    Plain,
+    Redirect,
+    Request,
+    on_error,
+    release_slots,
+    run,
+)
+from wsgate.http.request import RequestHead
+from wsgate.observability.metrics import CONTENT_TYPE, location_label
+from wsgate.observability.status import stub_status_page
+from wsgate.proxy.proxying import Proxying
+from wsgate.routing import select_server
+
+if TYPE_CHECKING:
+    from wsgate.proxy.front import FrontConnection
+
+__all__ = ["Exchange", "write_error"]
+
+#: What a response leaves the connection with: keep it alive, and its ``keepalive_timeout``.
+Outcome = tuple[bool, float | None]
+
+
+class Exchange:
+    """One request's owner: its phase state (:class:`~wsgate.http.phases.Request`), and the
+    response it makes on the front connection."""
+
+    __slots__ = ("front", "head", "upgrade", "r")
+
+    def __init__(self, front: FrontConnection, head: RequestHead) -> None:
+        self.front = front
+        self.head = head
+        #: The metrics' ``upgrade`` label: whether the client asked for one (even if
+        #: ``proxy_upgrade_protocols`` then refuses it).
+        self.upgrade = head.upgrade is not None
+        ctx = front.bare_ctx()
+        ctx.connection_requests = front.requests
+        ctx.method, ctx.request_uri, ctx.version = head.method, head.target, head.version
+        ctx.headers, ctx.request_line = head.headers, head.request_line
+        ctx.host = head.host or ""
+        ctx.request_length = head.head_size
+        # ngx_http_set_virtual_server: while the head is read, before any phase.
+        server = select_server(front.candidates, head.host, front.default)
+        ctx.server_name = server.name
+        self.r = Request(
+            front.gw,
+            front.number,
+            head,
+            ctx,
+            server,
+            tls_vars=front.tls_vars,
+            plain_on_tls=front.plain_on_tls,
+            connection_requests=front.requests,
+            connection_started=front.started,
+        )
+
+    async def run(self) -> Outcome:
+        """Walk the phases and make the response; returns (keep the connection,
+        keepalive_timeout).  An error re-enters the phases if an error handler redirects
+        (``error_page``, to come), else gets nginx's error page."""
+        r = self.r
+        index = 0
+        try:
+            while True:
+                try:
+                    decision, index = run(r, index)
+                    while isinstance(decision, Delay):
+                        await asyncio.sleep(decision.seconds)
+                        decision, index = run(r, index)
+                    return await self._respond(decision)
+                except HttpError as exc:
+                    error = exc
+                    try:
+                        resume = on_error(r, exc)
+                    except HttpError as cycle:  # too many internal redirects: 500
+                        error, resume = cycle, None
+                    if resume is None:
+                        return write_error(
+                            self.front,
+                            error,
+                            r.ctx,
+                            self.head,
+                            r.settings,
+                            self.location,
+                            self.upgrade,
+                        )
+                    index = resume
+        finally:
+            # A tunnel's request ends when the tunnel closes (its TunnelEnd has the slots).
+            if self.front.tunnel is None:
+                release_slots(r)
+
+    @property
+    def location(self) -> str:
+        """The ``location`` label of the metrics (``""`` before one is chosen)."""
+        return location_label(self.r.location)
+
+    async def _respond(self, decision: Decision) -> Outcome:
+        r = self.r
+        if isinstance(decision, Redirect):
+            return self.redirect(decision.status, decision.location)
+        if isinstance(decision, Plain):
+            return self.plain(decision.status, decision.body, decision.content_type)
+        if isinstance(decision, Close):
+            r.ctx.status = decision.status
+            self.log()
+            return False, None
+        if decision is Content.STUB_STATUS:
+            # The counters as they are now (this request is one of the Writing connections);
+            # a body is discarded by the front connection (ngx_http_discard_request_body).
+            body = stub_status_page(self.front.gw.stub_status.snapshot())
+            return self.plain(200, body, "text/plain")
+        if decision is Content.PROMETHEUS:
+            # The metrics of every worker, with this worker's live tunnels flushed first.
+            metrics = self.front.gw.metrics
+            metrics.flush()
+            return self.plain(200, metrics.exposition(), CONTENT_TYPE)
+        if decision is Content.PROXY:
+            return await Proxying(self).run()
+        raise AssertionError(f"no response for {decision!r}")  # pragma: no cover
+
+    # -- responses made here -------------------------------------------------------------------
+    def redirect(self, status: int, location: str) -> Outcome:
+        head, settings, ctx = self.head, self.r.settings, self.r.ctx
+        keep = head.keep_alive
+        data = error_response(
+            status,
+            server_tokens=settings.server_tokens,
+            user_agent=ctx.header("user-agent"),
+            keep_alive=keep,
+            date=http_date(time.time()),
+            location=location,
+            head_only=head.method == "HEAD",
+        )
+        data = for_version(head.version, data)
+        self.front.ep.write(data)
+        ctx.status = status
+        ctx.bytes_sent = len(data)
+        self.log()
+        return keep, settings.keepalive_timeout
+
+    def plain(self, status: int, body: bytes, ctype: str | None) -> Outcome:
+        head, settings, ctx = self.head, self.r.settings, self.r.ctx
+        headers = [("Content-Type", ctype)] if ctype else []
+        keep = head.keep_alive
+        framing = BodyFraming.content_length(len(body)) if status != 204 else BodyFraming.none()
+        out = build_client_response_head(
+            status,
+            STATUS_LINES.get(status, ""),
+            headers,
+            server_tokens=settings.server_tokens,
+            date=http_date(time.time()),
+            framing=framing,
+            keep_alive=keep,
+            keepalive_header=settings.keepalive_header,
+            upgrade=False,
+        )
+        if head.method != "HEAD":
+            out += body
+        out = for_version(head.version, out)
+        self.front.ep.write(out)
+        ctx.status = status
+        ctx.bytes_sent = len(out)
+        ctx.body_bytes_sent = len(body) if head.method != "HEAD" else 0
+        self.log()
+        return keep, settings.keepalive_timeout
+
+    def log(self) -> None:
+        """The log phase of a request that is no tunnel."""
+        self.front.log_access(self.r.settings, self.r.ctx, self.location, self.upgrade)
+
+
+def write_error(
+    front: FrontConnection,
+    exc: HttpError,
+    ctx: RequestContext,
+    head: RequestHead | None,
+    settings: LocationSettings,
+    location: str,
+    upgrade: bool,
+) -> Outcome:
+    """nginx's error response for ``exc`` (none for 408, 444 and 499, which close), its
+    error-log line, and the log phase (``location`` and ``upgrade``: the metrics' labels);
+    ``head`` is None for bad input before a head."""
+    if exc.log and exc.status != 404:
+        level = "error" if exc.status in (403, 413, 500, 502, 504) else "info"
+        front.gw.error_log.log(level, exc.log, front.number, ctx)
+    keep = head is not None and head.keep_alive and not closes_connection(exc.status)
+    # 495-497 are sent and logged as 400 (ngx_http_special_response_handler sets
+    # ``r->err_status = NGX_HTTP_BAD_REQUEST`` for them).
+    ctx.status = 400 if exc.status in (495, 496, 497) else exc.status
+    if exc.status not in (408, 444, 499):
+        data = error_response(
+            exc.status,
+            server_tokens=settings.server_tokens,
+            user_agent=ctx.header("user-agent"),
+            keep_alive=keep,
+            date=http_date(time.time()),
+            head_only=head is not None and head.method == "HEAD",
+        )
+        ctx.body_bytes_sent = len(data) - data.index(b"\r\n\r\n") - 4
+        if head is not None:
+            data = for_version(head.version, data)
+        front.ep.write(data)
+        ctx.bytes_sent = len(data)
+    else:
+        keep = False
+    front.log_access(settings, ctx, location, upgrade)
+    return keep, settings.keepalive_timeout

@@ -1,0 +1,391 @@
+"""One client connection, from accept to close: TLS, request heads, keep-alive, its tunnel.
+
+A :class:`FrontConnection` reads request heads in order (pipelined requests strictly one
+after the other; ``client_header_timeout``, ``keepalive_timeout``), hands each to an
+:class:`~wsgate.proxy.exchange.Exchange` that walks nginx's phases and makes the response,
+drops a body nobody read, and keeps the connection alive or closes it.  It is composed, not
+inherited: the exchange, the upstream attempt and the response streamer each hold what they
+need, and this object holds only what outlives a request.
+
+When a request becomes a tunnel the connection's task ends and this object stays as the
+tunnel's ``on_close`` (it is called with the tunnel when both sides are closed), with the
+tunnel's request reduced to a :class:`~wsgate.proxy.relay.TunnelEnd`.  It is slotted and
+small for that reason: it lives as long as every idle tunnel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import sys
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from wsgate.config.model import LocationSettings
+from wsgate.config.variables import RequestContext
+from wsgate.errors import HttpError
+from wsgate.http.body import Body, EndOfMessage
+from wsgate.http.request import (
+    HeadLimits,
+    IncompleteRequest,
+    RequestEvent,
+    RequestHead,
+    RequestParser,
+)
+from wsgate.observability.status import READING, REQUESTS, WRITING
+from wsgate.proxy.endpoint import Endpoint, Ready
+from wsgate.proxy.exchange import Exchange, write_error
+from wsgate.proxy.relay import TunnelEnd, tunnel_closed
+from wsgate.proxy.tunnel import Tunnel
+from wsgate.server.tls import (
+    connection_variables,
+    handshake,
+    handshake_error,
+    is_tls_hello,
+)
+
+if TYPE_CHECKING:
+    from wsgate.proxy.context import WorkerContext
+    from wsgate.server.gateway import ListenGroup
+
+__all__ = ["CLIENT_BODY_TIMEOUT", "FrontConnection"]
+
+#: nginx's ``client_body_timeout`` default: the longest pause between two reads of a body.
+CLIENT_BODY_TIMEOUT = 60.0
+
+
+class FrontConnection:
+    """Serves one accepted connection until it closes (or becomes a tunnel)."""
+
+    # Slots: a tunnel keeps its connection for as long as it is open (no instance dict).
+    __slots__ = (
+        "gw",
+        "ep",
+        "group",
+        "number",
+        "remote_addr",
+        "remote_port",
+        "local_addr",
+        "local_port",
+        "candidates",
+        "default",
+        "requests",
+        "started",
+        "idle",
+        "stat_state",
+        "parser",
+        "pending",
+        "body_done",
+        "tls_vars",
+        "plain_on_tls",
+        "task_done",
+        "tunnel",
+        "tunnel_end",
+    )
+
+    def __init__(self, gw: WorkerContext, ep: Endpoint, group: ListenGroup, number: int) -> None:
+        self.gw = gw
+        self.ep = ep
+        self.group = group
+        self.number = number
+        transport = ep.transport
+        assert transport is not None
+        peer = transport.get_extra_info("peername") or ("", 0)
+        local = transport.get_extra_info("sockname") or ("", 0)
+        # Interned: connections from one address (a NAT, a load balancer) share the string.
+        self.remote_addr, self.remote_port = sys.intern(str(peer[0])), int(peer[1])
+        self.local_addr, self.local_port = group.local_address(str(local[0]), int(local[1]))
+        self.candidates, self.default = group.candidates(self.local_addr)
+        self.requests = 0
+        self.started = gw.loop.time()
+        #: nginx's ``c->idle``: waiting for the first byte of a keep-alive request, the only
+        #: state in which a graceful stop or a retiring worker closes a connection at once.
+        #: A new connection is not idle: its first request is served even if the worker
+        #: retires before a byte arrives (closing it would drop a client the kernel has
+        #: already accepted for us, unanswered).
+        self.idle = False
+        #: The tunnel this connection became (its client side is the transport's protocol).
+        self.tunnel: Tunnel | None = None
+        #: ``stub_status``: READING, WRITING, or None for Waiting (see :meth:`stat`).
+        self.stat_state: int | None = None
+        self.parser: RequestParser
+        self.pending: list[RequestEvent] = []
+        self.body_done = True
+        #: ``$https``/``$ssl_*`` of a TLS connection (None: plain TCP).
+        self.tls_vars: dict[str, str] | None = None
+        #: Plain HTTP arrived on a ``listen ... ssl`` address: every request gets 497.
+        self.plain_on_tls = False
+        #: An open tunnel's request (None: no tunnel, or its request is finished).
+        self.tunnel_end: TunnelEnd | None = None
+        #: The connection's task has ended; an open tunnel then ends the connection itself.
+        self.task_done = False
+
+    # -- the connection loop ------------------------------------------------------------------
+    async def run(self) -> None:
+        default = self.default
+        if self.group.tls is not None and not await self._start_tls():
+            self.ep.close()
+            return
+        parser = RequestParser(
+            HeadLimits(
+                default.client_header_buffer_size,
+                default.large_client_header_buffers[0],
+                default.large_client_header_buffers[1],
+                default.max_headers,
+            )
+        )
+        self.parser = parser
+        keepalive_timeout: float | None = None
+        try:
+            while True:
+                if self.gw.stopping and self.requests:
+                    return
+                try:
+                    if self.requests:
+                        # Bytes pipelined behind the last request are parsed now: their
+                        # errors are answered as a first request's are.
+                        self.pending = parser.next_request()
+                    head = await self._read_head(keepalive_timeout)
+                except HttpError as exc:
+                    # Bad input before a head exists: nginx's 400/414/494/501/505 and close.
+                    if not isinstance(exc, IncompleteRequest):
+                        write_error(self, exc, self.bare_ctx(), None, default.settings, "", False)
+                    return
+                if head is None:
+                    return
+                self.stat(WRITING)
+                self.requests += 1
+                self.body_done = False
+                keep, keepalive_timeout = await Exchange(self, head).run()
+                if not keep or self.gw.stopping or self.tunnel is not None:
+                    return
+                if not self.body_done:
+                    keep = await self._discard_body()
+                    if not keep:
+                        return
+                self.stat(None)
+        finally:
+            # A tunnel's request (and connection) ends when the tunnel closes.
+            if self.tunnel is None:
+                self.stat(None)
+                self.ep.close()
+            else:
+                # Not needed again, and would otherwise live as long as the tunnel (the
+                # endpoint too: the tunnel's side is the transport's protocol now).
+                del self.parser, self.pending, self.ep, self.started
+
+    def task_ended(self) -> bool:
+        """The task running :meth:`run` has ended; ``True`` when an open tunnel now holds the
+        connection, which then ends when the tunnel closes (:meth:`__call__`)."""
+        self.task_done = True
+        return self.tunnel_end is not None
+
+    # -- an open tunnel's end -----------------------------------------------------------------
+    def __call__(self, tunnel: Tunnel) -> None:
+        """The tunnel's ``on_close`` (the connection itself: a bound method would cost 64
+        bytes for as long as the tunnel is open): its request ends
+        (:func:`~wsgate.proxy.relay.tunnel_closed`), then the connection."""
+        end = self.tunnel_end
+        if end is None:  # abandoned by a fast stop (:meth:`abandon_tunnel`)
+            return
+        self.tunnel_end = None
+        try:
+            tunnel_closed(self, tunnel, end)
+        finally:
+            self._tunnel_finished()
+
+    def abandon_tunnel(self) -> None:
+        """A fast stop (TERM) ends an open tunnel without its access-log line, as it cancels
+        requests: the peer, the gauges, the ``limit_conn`` slots and the connection are
+        released now, since the process may exit before the tunnel's close is reported."""
+        end = self.tunnel_end
+        if end is None or self.tunnel is None:
+            return
+        self.tunnel_end = None
+        try:
+            end.release(self.gw, self.tunnel)
+        finally:
+            self._tunnel_finished()
+
+    def _tunnel_finished(self) -> None:
+        """An open tunnel's request has ended: ``stub_status`` Writing is left, then the
+        connection ends if its task already has."""
+        self.stat(None)
+        if self.task_done:
+            self.gw.connection_closed(self)
+
+    # -- reading --------------------------------------------------------------------------------
+    async def _start_tls(self) -> bool:
+        """First bytes, then the handshake (``listen ... ssl``); ``False``: close silently.
+
+        nginx's ``ngx_http_ssl_handshake``: the first byte decides between a handshake and
+        plain HTTP (answered with 497 once its head is read); both wait at most
+        ``client_header_timeout``.  A failed handshake is logged at ``info``, with the
+        listening address as ``server``, and only this connection is closed.
+        """
+        tls, ep, loop = self.group.tls, self.ep, self.gw.loop
+        assert tls is not None and ep.transport is not None
+        context = tls.front(self.local_addr, self.candidates, self.default)
+        if context is None:  # this address has no ``ssl``: plain HTTP
+            return True
+        timeout = self.default.client_header_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                if not await ep.wait_data():
+                    return False
+            if not is_tls_hello(ep.buffer[0]):
+                self.plain_on_tls = True
+                return True
+            early = bytes(ep.buffer)
+            ep.buffer.clear()
+            ep.transport = await handshake(loop, ep.transport, ep, context, timeout, early)
+        except (OSError, EOFError, TimeoutError) as exc:
+            ctx = self.bare_ctx()
+            host = f"[{self.local_addr}]" if ":" in self.local_addr else self.local_addr
+            ctx.server_name = f"{host}:{self.local_port}"
+            self.gw.error_log.log("info", handshake_error(exc), self.number, ctx)
+            return False
+        obj = ep.transport.get_extra_info("ssl_object")
+        if isinstance(obj, ssl.SSLObject):
+            self.tls_vars = connection_variables(obj)
+        return True
+
+    async def _next_events(self, timeout: float) -> bool:
+        """Read more bytes into ``self.pending``; ``False`` at EOF.  Raises TimeoutError."""
+        self.parser.check()  # what the bytes already read hold comes before waiting
+        ep = self.ep
+        if await ep.wait_data_or(None, timeout) is Ready.TIMEOUT:
+            raise TimeoutError
+        if not ep.buffer:  # EOF
+            self.pending.extend(self.parser.feed_eof())
+            return bool(self.pending)
+        self.pending.extend(self.parser.feed(ep.take()))
+        return True
+
+    async def _read_head(self, keepalive_timeout: float | None) -> RequestHead | None:
+        """Wait for the next request head; ``None`` when the connection should just close.
+
+        Between requests nginx waits ``keepalive_timeout`` for the first byte and closes
+        silently; from the first byte, ``client_header_timeout`` runs until the head is
+        complete (expiry: close without a response, INFO "client timed out").
+        """
+        loop = self.gw.loop
+        parser = self.parser
+        if keepalive_timeout is not None and not self.pending and not parser.request_started:
+            # ngx_http_set_keepalive sets c->idle, the first byte clears it
+            # (ngx_http_keepalive_handler).
+            self.idle = True
+            try:
+                if not await self._next_events(keepalive_timeout):
+                    return None
+            except TimeoutError:
+                return None
+            finally:
+                self.idle = False
+        deadline = loop.time() + self.default.client_header_timeout
+        while True:
+            if self.stat_state is None and (self.pending or parser.request_started):
+                self.stat(READING)
+            if self.pending:
+                ev = self.pending.pop(0)
+                if isinstance(ev, RequestHead):
+                    return ev
+                continue
+            remaining = deadline - loop.time()
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                if not await self._next_events(remaining):
+                    return None
+            except TimeoutError:
+                if parser.request_started:
+                    ctx = self.bare_ctx()
+                    ctx.request_line = parser.request_line
+                    self.gw.error_log.log(
+                        "info",
+                        "client timed out (110: Connection timed out) while reading "
+                        "client request headers",
+                        self.number,
+                        ctx,
+                    )
+                    # nginx sends nothing but logs "408 0" once the request had started.
+                    ctx.status = 408
+                    self.log_access(self.default.settings, ctx, "", False)
+                return None
+
+    async def _discard_body(self) -> bool:
+        """Read and drop the rest of a body nobody consumed (keep-alive needs it gone)."""
+        try:
+            async for _ in self.body_events():
+                pass
+        except HttpError:
+            return False
+        return True
+
+    async def body_events(self) -> AsyncIterator[bytes]:
+        """Yield the request body's decoded chunks until its end."""
+        while True:
+            while self.pending:
+                ev = self.pending.pop(0)
+                if isinstance(ev, Body):
+                    yield ev.data
+                elif isinstance(ev, EndOfMessage):
+                    self.body_done = True
+                    return
+            try:
+                more = await self._next_events(CLIENT_BODY_TIMEOUT)
+            except TimeoutError:
+                raise HttpError(
+                    408,
+                    "client timed out (110: Connection timed out) while "
+                    "reading client request body",
+                ) from None
+            if not more:
+                raise HttpError(499, "client prematurely closed connection")
+
+    # -- what every request of the connection shares -------------------------------------------
+    def bare_ctx(self) -> RequestContext:
+        """A request's variables as far as the connection knows them."""
+        ctx = RequestContext(
+            remote_addr=self.remote_addr,
+            remote_port=self.remote_port,
+            server_addr=self.local_addr,
+            server_port=self.local_port,
+            connection=self.number,
+            maps=self.gw.config.http.maps,
+        )
+        ctx.server_name = self.default.name
+        ctx.counters = self.gw.stub_status
+        if self.tls_vars is not None:
+            ctx.scheme = "https"
+            ctx.tls = self.tls_vars
+        return ctx
+
+    def stat(self, state: int | None) -> None:
+        """Move this connection between ``stub_status``'s Reading, Writing and Waiting (None).
+
+        nginx: requests and Reading go up when a request's first bytes arrive
+        (``ngx_http_create_request``), Reading becomes Writing once the head is read
+        (``ngx_http_process_request``), Writing goes down when the request is freed; Waiting
+        is what is left of Active.  A tunnel ends its request when it closes, so it is
+        counted here twice, at its start and end, and never on its hot path.
+        """
+        counters = self.gw.stub_status
+        if self.stat_state is not None:
+            counters.decrement(self.stat_state)
+        if state is not None:
+            counters.increment(state)
+            if state == READING:
+                counters.increment(REQUESTS)
+        self.stat_state = state
+
+    def log_access(
+        self, settings: LocationSettings, ctx: RequestContext, location: str, upgrade: bool
+    ) -> None:
+        """The log phase of a request that was no tunnel: the metrics (by ``location``
+        label, and whether it asked for an ``Upgrade``) and the access-log lines."""
+        seconds = time.time() - ctx.start
+        self.gw.metrics.request_done(ctx.server_name, location, ctx.status, upgrade, seconds)
+        if settings.access_logs:
+            self.gw.access_logs.write(settings.access_logs, ctx)

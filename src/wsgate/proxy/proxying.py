@@ -1,0 +1,272 @@
+"""``proxy_pass``, the content handler: the upstream request, the tries, then the response.
+
+:class:`Proxying` builds the request for the upstream (``proxy_set_header``, the URI, the
+body's framing), picks peers (pure :mod:`wsgate.upstream.roundrobin`), makes one
+:class:`~wsgate.proxy.attempt.Attempt` per try and passes a failed one to the next server as
+``proxy_next_upstream`` allows (pure :func:`wsgate.upstream.next.may_retry`; NGINX-SEMANTICS.md
+§8).  The response is then streamed to the client (:func:`wsgate.proxy.relay.relay_response`)
+or, on a ``101`` to a request that carried ``Upgrade``, becomes a tunnel
+(:func:`wsgate.proxy.relay.start_tunnel`; nginx's only trigger, NGINX-SEMANTICS.md §4).
+
+``proxy_upgrade_protocols`` (wsgate's) is applied here, not in the access phase: a refused
+``Upgrade`` is no denial, the request goes on without it, and only a proxied request has one
+to refuse.
+
+With ``keepalive`` in the ``upstream`` block, a connection goes back to the group's
+:class:`~wsgate.proxy.endpoint.KeptEndpoints` after a complete keep-alive response to a request
+that carried no ``Upgrade``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from wsgate.access import upgrade_allowed, without_upgrade
+from wsgate.config.model import LocationSettings
+from wsgate.errors import HttpError
+from wsgate.http.headers import BodyFraming, build_upstream_request
+from wsgate.http.response import ResponseHead
+from wsgate.proxy.attempt import Attempt, TryFailed
+from wsgate.proxy.relay import note_time, relay_response, start_tunnel
+from wsgate.routing import proxy_uri
+from wsgate.upstream.next import Failure, may_retry, status_failure
+from wsgate.upstream.tls import UpstreamTls, ssl_name
+
+if TYPE_CHECKING:
+    from wsgate.proxy.exchange import Exchange, Outcome
+    from wsgate.upstream.roundrobin import Peer, Selection
+
+__all__ = ["Proxying"]
+
+
+class Proxying:
+    """One request's ``proxy_pass``: every try, and what the response becomes."""
+
+    __slots__ = ("ex", "started", "attempts")
+
+    def __init__(self, ex: Exchange) -> None:
+        self.ex = ex
+        #: When the first try started (``proxy_next_upstream_timeout``).
+        self.started = 0.0
+        self.attempts = 0
+
+    async def run(self) -> Outcome:
+        ex = self.ex
+        front, head, r = ex.front, ex.head, ex.r
+        gw, ctx, settings, location = front.gw, r.ctx, r.settings, r.location
+        pp = settings.proxy_pass
+        assert pp is not None
+        refused = head.upgrade is not None and not upgrade_allowed(
+            settings.proxy_upgrade_protocols, head.upgrade
+        )
+        if refused:
+            self._refuse_upgrade()
+        uri = proxy_uri(pp, location, head.target, ctx.uri, ctx.args, "%" in head.target)
+        ctx.proxy_host = pp.proxy_host
+        ctx.proxy_port = str(pp.port)
+        set_headers = []
+        for h in settings.proxy_set_headers:
+            set_headers.append((h.name, h.value.render(ctx.lookup)))
+        if refused:
+            set_headers = without_upgrade(set_headers)
+        body_framing = BodyFraming.none()
+        if head.content_length:
+            body_framing = BodyFraming.content_length(head.content_length)
+        elif head.chunked:
+            body_framing = BodyFraming.chunked()
+        buffered_body: bytes | None = None
+        if head.chunked and settings.proxy_http_version == "1.0":
+            # An HTTP/1.0 upstream cannot take a chunked body: read it whole (bounded by
+            # client_max_body_size) and send it with a Content-Length, as nginx does.
+            buffered_body = await self._read_whole_body(settings)
+            body_framing = BodyFraming.content_length(len(buffered_body))
+        request = build_upstream_request(
+            head.method,
+            uri,
+            settings.proxy_http_version,
+            head.headers,
+            set_headers,
+            pp.proxy_host,
+            body_framing,
+        )
+
+        tls: UpstreamTls | None = None
+        tls_name = ""
+        if pp.scheme == "https":
+            tls = gw.upstream_caches.tls(gw.config, settings)
+            tls_name = ssl_name(settings.proxy_ssl, pp.proxy_host, ctx.lookup)
+        scheme = pp.scheme
+        group = gw.peer_group(pp)
+        selection = group.start(group.key(ctx))
+        keep = gw.upstream_caches.keepalive(pp, group, gw.config, gw.peer_groups)
+        self.started = gw.loop.time()
+        streamed = False
+        while True:
+            peer = selection.next()
+            if peer is None:
+                # ngx_http_upstream_connect on NGX_BUSY: "no live upstreams", the group's name
+                # in $upstream_addr, and 502 whatever the earlier tries ended with.
+                gw.error_log.log(
+                    "error",
+                    "no live upstreams while connecting to upstream",
+                    front.number,
+                    ctx,
+                    upstream=f"{scheme}://{group.name}{uri}",
+                )
+                ctx.upstream_addrs.append(group.name)
+                ctx.upstream_statuses.append("502")
+                ctx.upstream_times.append("0.000")
+                raise HttpError(502)
+            self.attempts += 1
+            upstream_url = f"{scheme}://{peer.address}{uri}"
+            ctx.upstream_addrs.append(peer.address)
+            ctx.upstream_started = gw.loop.time()
+            att = Attempt(
+                gw,
+                front.ep,
+                front.body_events,
+                front.number,
+                head,
+                settings,
+                streamed=streamed,
+                tls=tls,
+                name=tls_name,
+            )
+            try:
+                resp, rparser, rpending = await att.run(
+                    peer, keep, request, buffered_body, body_framing, ctx
+                )
+            except TryFailed as failed:
+                streamed = att.streamed
+                if att.up is not None:
+                    att.up.abort()
+                gw.error_log.log("error", failed.log, front.number, ctx, upstream_url)
+                self._failed(selection, peer, upstream_url, failed.status, failed.phase)
+                gw.metrics.upstream_failed(group.name, peer.address, failed.kind.value)
+                if self._may_retry(failed.kind, selection.tries, att):
+                    continue
+                raise HttpError(failed.status) from None
+            except BaseException:
+                if att.up is not None:
+                    att.up.abort()
+                selection.release(peer)
+                raise
+            streamed = att.streamed
+            up = att.up
+            assert up is not None
+            kind = status_failure(resp.status)
+            # ngx_http_upstream_test_next: "peer.tries > 1" before this peer is freed, i.e.
+            # at least one try left after it.
+            if kind is not None and self._may_retry(kind, selection.tries - 1, att):
+                up.abort()
+                if not kind.counts_as_failure:
+                    # NGX_PEER_NEXT: the next server is tried, but this is no failure.
+                    ctx.upstream_statuses.append(str(resp.status))
+                    note_time(gw.clock, ctx)
+                    selection.succeed(peer)
+                    selection.release(peer)
+                else:
+                    self._failed(
+                        selection,
+                        peer,
+                        upstream_url,
+                        resp.status,
+                        "reading response header from upstream",
+                    )
+                    gw.metrics.upstream_failed(group.name, peer.address, kind.value)
+                continue
+            selection.succeed(peer)
+            ctx.upstream_statuses.append(str(resp.status))
+            reusable = False
+            try:
+                if resp.status == 101 and (
+                    refused or (head.upgrade is not None and not _upgrade_ok(resp, settings))
+                ):
+                    raise HttpError(
+                        502,
+                        f'upstream sent 101 to "{resp.header("upgrade") or ""}", which '
+                        "proxy_upgrade_protocols does not allow, while reading response header "
+                        "from upstream",
+                    )
+                if resp.status == 101 and head.upgrade is not None:
+                    return start_tunnel(ex, up, rparser, resp, selection.group.name, peer, scheme)
+                result, complete = await relay_response(ex, up, rparser, rpending, resp)
+                # Back to the pool only after a complete response that allows keep-alive, on a
+                # connection that never carried an upgrade.
+                reusable = (
+                    complete
+                    and resp.keep_alive
+                    and resp.status != 101
+                    and head.upgrade is None
+                    and rparser.buffered == 0
+                )
+                return result
+            finally:
+                if front.tunnel is None:
+                    selection.release(peer)
+                    if not (reusable and keep is not None and att.kept and keep.put(att.kept)):
+                        up.close()
+
+    def _refuse_upgrade(self) -> None:
+        """Treat the client's ``Upgrade`` as absent: ``proxy_upgrade_protocols`` names none of
+        its protocols.  The header leaves the request (``$http_upgrade`` is empty, map results
+        are recomputed) and ``head.upgrade`` becomes ``None``, so a ``101`` cannot tunnel."""
+        ex = self.ex
+        head, ctx = ex.head, ex.r.ctx
+        ex.r.log("info", f'client sent disallowed upgrade protocol "{head.upgrade}"')
+        head.headers = [(n, v) for n, v in head.headers if n.lower() != "upgrade"]
+        head.upgrade = None
+        ctx.headers = head.headers
+        ctx.invalidate()
+
+    def _failed(
+        self, selection: Selection, peer: Peer, upstream_url: str, status: int, phase: str
+    ) -> None:
+        """Count a failed try against ``max_fails`` (``NGX_PEER_FAILED``)."""
+        front, ctx = self.ex.front, self.ex.r.ctx
+        ctx.upstream_statuses.append(str(status))
+        note_time(front.gw.clock, ctx)
+        if selection.fail(peer):
+            front.gw.error_log.log(
+                "warn",
+                f"upstream server temporarily disabled while {phase}",
+                front.number,
+                ctx,
+                upstream_url,
+            )
+
+    def _may_retry(self, kind: Failure, left: int, att: Attempt) -> bool:
+        """:func:`wsgate.upstream.next.may_retry` for this try."""
+        settings = self.ex.r.settings
+        return may_retry(
+            kind,
+            settings.proxy_next_upstream,
+            left=left,
+            attempts=self.attempts,
+            tries_limit=settings.proxy_next_upstream_tries,
+            elapsed=self.ex.front.gw.loop.time() - self.started,
+            timeout=settings.proxy_next_upstream_timeout,
+            sent=att.sent,
+            streamed=att.streamed,
+            method=self.ex.head.method,
+        )
+
+    async def _read_whole_body(self, settings: LocationSettings) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        async for data in self.ex.front.body_events():
+            size += len(data)
+            if settings.client_max_body_size and size > settings.client_max_body_size:
+                raise HttpError(
+                    413, f"client intended to send too large chunked body: {size} bytes"
+                )
+            chunks.append(data)
+        return b"".join(chunks)
+
+
+def _upgrade_ok(resp: ResponseHead, settings: LocationSettings) -> bool:
+    """A ``101`` may only switch to an allowed protocol: when the request named several
+    (``Upgrade: h2c, websocket``) the upstream must not pick a refused one.  A ``101``
+    without ``Upgrade`` (RFC 9110 §15.2.2 requires one) is left to the tunnel as before."""
+    upgrade = resp.header("upgrade")
+    return upgrade is None or upgrade_allowed(settings.proxy_upgrade_protocols, upgrade)
