@@ -19,6 +19,7 @@ from wsgate.config.template import Template
 __all__ = [
     "AccessLog",
     "AccessRule",
+    "AddHeader",
     "Config",
     "ErrorLog",
     "HeaderSetting",
@@ -291,6 +292,16 @@ class HeaderSetting:
     value: Template
 
 
+@dataclass(frozen=True, slots=True)
+class AddHeader:
+    """One ``add_header NAME VALUE [always]`` (ngx_http_headers_filter_module); applied by
+    :func:`wsgate.http.headers_filter.add_headers`."""
+
+    name: str
+    value: Template
+    always: bool = False
+
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -416,6 +427,8 @@ class LocationSettings:
     limit_req_status: int = 503
     limit_req_log_level: str = "error"
     limit_req_dry_run: bool = False
+    #: ``add_header`` of the innermost level that has any (all-or-nothing inheritance).
+    add_headers: tuple[AddHeader, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -158,6 +158,7 @@ def build_client_response_head(
     keep_alive: bool,
     keepalive_header: float | None = None,
     upgrade: bool = False,
+    added: Iterable[tuple[str, str]] = (),
 ) -> bytes:
     """Serialise the response head sent to the client for a proxied response.
 
@@ -168,6 +169,7 @@ def build_client_response_head(
     ``keepalive_header`` is set, nginx's second ``keepalive_timeout`` value) or ``close``.
     Upstream ``Upgrade`` and ``Sec-WebSocket-*`` headers pass unchanged.  The upstream's last
     ``Content-Type`` moves up to nginx's position (``ngx_http_upstream_copy_content_type``).
+    ``added`` (``add_header``'s, :mod:`wsgate.http.headers_filter`) come last, as written.
     """
     out = [f"HTTP/1.1 {status} {reason}\r\n" if reason else f"HTTP/1.1 {status} \r\n"]
     out.append(f"Server: {SERVER_TOKEN if server_tokens else NAME}\r\n")
@@ -199,6 +201,8 @@ def build_client_response_head(
     else:
         out.append("Connection: close\r\n")
     for name, value in rest:
+        out.append(f"{name}: {value}\r\n")
+    for name, value in added:
         out.append(f"{name}: {value}\r\n")
     out.append("\r\n")
     return "".join(out).encode("latin-1")

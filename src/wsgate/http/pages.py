@@ -11,6 +11,8 @@ https://nginx.org/en/docs/http/ngx_http_core_module.html#msie_padding).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from wsgate import NAME, SERVER_TOKEN
 
 __all__ = [
@@ -151,12 +153,15 @@ def error_response(
     location: str | None = None,
     keepalive_header: float | None = None,
     head_only: bool = False,
+    added: Iterable[tuple[str, str]] = (),
 ) -> bytes:
     """The whole response (head and body) nginx sends for an error or redirect ``status``.
 
     ``keep_alive`` is the caller's decision: the client allows it and
     ``not closes_connection(status)``.  ``location`` (absolute URL) is written where nginx writes
     its own redirects, after Content-Length.  ``head_only`` for HEAD requests: same head, no body.
+    ``added`` (``add_header``'s) come last, after Connection, as nginx's header filter writes
+    the fields of ``headers_out.headers`` after its own.
     """
     token = SERVER_TOKEN if server_tokens else NAME
     body = error_page_body(status, token=token, padding=wants_padding(user_agent))
@@ -177,6 +182,8 @@ def error_response(
             lines.append(f"Keep-Alive: timeout={int(keepalive_header)}\r\n")
     else:
         lines.append("Connection: close\r\n")
+    for name, value in added:
+        lines.append(f"{name}: {value}\r\n")
     lines.append("\r\n")
     head = "".join(lines).encode("latin-1")
     return head if head_only else head + body

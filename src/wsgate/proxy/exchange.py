@@ -20,6 +20,7 @@ from wsgate.config.model import LocationSettings
 from wsgate.config.variables import RequestContext
 from wsgate.errors import HttpError
 from wsgate.http.headers import BodyFraming, build_client_response_head, for_version, http_date
+from wsgate.http.headers_filter import add_headers
 from wsgate.http.pages import STATUS_LINES, closes_connection, error_response
 from wsgate.http.phases import (
     Close,
@@ -150,6 +151,8 @@ class Exchange:
     def redirect(self, status: int, location: str) -> Outcome:
         head, settings, ctx = self.head, self.r.settings, self.r.ctx
         keep = head.keep_alive
+        ctx.status = status
+        _, added = add_headers(status, [], settings.add_headers, ctx.lookup)
         data = error_response(
             status,
             server_tokens=settings.server_tokens,
@@ -158,6 +161,7 @@ class Exchange:
             date=http_date(time.time()),
             location=location,
             head_only=head.method == "HEAD",
+            added=added,
         )
         data = for_version(head.version, data)
         self.front.ep.write(data)
@@ -169,6 +173,8 @@ class Exchange:
     def plain(self, status: int, body: bytes, ctype: str | None) -> Outcome:
         head, settings, ctx = self.head, self.r.settings, self.r.ctx
         headers = [("Content-Type", ctype)] if ctype else []
+        ctx.status = status
+        headers, added = add_headers(status, headers, settings.add_headers, ctx.lookup)
         keep = head.keep_alive
         framing = BodyFraming.content_length(len(body)) if status != 204 else BodyFraming.none()
         out = build_client_response_head(
@@ -181,6 +187,7 @@ class Exchange:
             keep_alive=keep,
             keepalive_header=settings.keepalive_header,
             upgrade=False,
+            added=added,
         )
         if head.method != "HEAD":
             out += body
@@ -217,6 +224,8 @@ def write_error(
     # ``r->err_status = NGX_HTTP_BAD_REQUEST`` for them).
     ctx.status = 400 if exc.status in (495, 496, 497) else exc.status
     if exc.status not in (408, 444, 499):
+        # add_header: only ``always`` ones reach an error page (no error status is "safe").
+        _, added = add_headers(ctx.status, [], settings.add_headers, ctx.lookup)
         data = error_response(
             exc.status,
             server_tokens=settings.server_tokens,
@@ -224,6 +233,7 @@ def write_error(
             keep_alive=keep,
             date=http_date(time.time()),
             head_only=head is not None and head.method == "HEAD",
+            added=added,
         )
         ctx.body_bytes_sent = len(data) - data.index(b"\r\n\r\n") - 4
         if head is not None:

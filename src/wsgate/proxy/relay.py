@@ -37,6 +37,7 @@ from wsgate.http.headers import (
     for_version,
     http_date,
 )
+from wsgate.http.headers_filter import add_headers
 from wsgate.http.response import ResponseEvent, ResponseHead, ResponseParser
 from wsgate.proxy.endpoint import CountedEndpoint, Endpoint, PeerClosed
 from wsgate.proxy.frames import is_websocket
@@ -192,16 +193,19 @@ async def relay_response(
         head.method, head.version, resp.status, resp.content_length, head.keep_alive
     )
     keep, no_body, chunk_out = plan.keep_alive, plan.no_body, plan.chunked
+    ctx.status = resp.status
+    headers, added = add_headers(resp.status, resp.headers, settings.add_headers, ctx.lookup)
     out = build_client_response_head(
         resp.status,
         resp.reason,
-        resp.headers,
+        headers,
         server_tokens=settings.server_tokens,
         date=http_date(time.time()),
         framing=plan.framing,
         keep_alive=keep,
         keepalive_header=settings.keepalive_header,
         upgrade=False,
+        added=added,
     )
     out = for_version(head.version, out)
     ep = front.ep
@@ -267,15 +271,19 @@ def _lone_101(ex: Exchange, resp: ResponseHead) -> Outcome:
     noupgrade": no byte after the head, ``$body_bytes_sent`` 0).  A backend cannot push a
     stream to a client that did not ask for one.  Both connections are then closed."""
     settings, ctx = ex.r.settings, ex.r.ctx
+    ctx.status = 101
+    # 101 is no "safe" status: only ``add_header ... always`` applies.
+    headers, added = add_headers(101, resp.headers, settings.add_headers, ctx.lookup)
     out = build_client_response_head(
         101,
         resp.reason,
-        resp.headers,
+        headers,
         server_tokens=settings.server_tokens,
         date=http_date(time.time()),
         framing=BodyFraming.none(),
         keep_alive=False,
         keepalive_header=None,
+        added=added,
     )
     out = for_version(ctx.version, out)
     ex.front.ep.write(out)
@@ -301,16 +309,21 @@ def start_tunnel(
     :class:`TunnelEnd` kept of the request."""
     front, head, settings, ctx = ex.front, ex.head, ex.r.settings, ex.r.ctx
     gw = front.gw
+    ctx.status = 101
+    # 101 is no "safe" status: only ``add_header ... always`` applies (nginx's headers filter
+    # runs for the 101 as for any response header).
+    headers, added = add_headers(101, resp.headers, settings.add_headers, ctx.lookup)
     out = build_client_response_head(
         101,
         resp.reason,
-        resp.headers,
+        headers,
         server_tokens=settings.server_tokens,
         date=http_date(time.time()),
         framing=BodyFraming.none(),
         keep_alive=False,
         keepalive_header=None,
         upgrade=True,
+        added=added,
     )
     ep = front.ep
     ep.write(out)
