@@ -135,3 +135,44 @@ http {{
         data = s.recv(65536).decode()
     assert data.startswith("HTTP/1.1 400 ") and "\r\nX-Http-Always: yes\r\n" in data, data
     assert "X-Http:" not in data
+
+
+def upstream_fields(backend: Backend, request: Request) -> bytes:
+    return (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nServer: up\r\nDate: then\r\nX-Pad: p\r\n"
+        b"X-Accel-Redirect: /in\r\nX-Accel-Other: o\r\nX-Secret: s\r\nX-Up: 1\r\n\r\nok"
+    )
+
+
+def test_proxy_hide_header_and_proxy_pass_header(
+    wsgate: Callable[..., WsgateProcess], bg: Loop
+) -> None:
+    up = bg.backend("up", upstream_fields)
+    gw = wsgate(f"""
+events {{}}
+http {{
+  proxy_hide_header X-Secret;
+  server {{
+    listen 127.0.0.1:0;
+    location / {{ proxy_pass http://127.0.0.1:{up.port}; }}
+    location /pass {{
+      proxy_pass_header Server;
+      proxy_pass_header X-Accel-Redirect;
+      proxy_pass http://127.0.0.1:{up.port};
+    }}
+    location /own {{
+      proxy_hide_header X-Up;
+      proxy_pass http://127.0.0.1:{up.port};
+    }}
+  }}
+}}
+""")
+    h = fields(head_of(gw.port, "/"))
+    assert h[0].startswith("Server: wsgate") and h[1] != "Date: then", h
+    assert h[-2:] == ["X-Accel-Other: o", "X-Up: 1"], h
+    h = fields(head_of(gw.port, "/pass"))
+    assert h[0].startswith("Date: ") and h[0] != "Date: then", h
+    assert h[-4:] == ["Server: up", "X-Accel-Redirect: /in", "X-Accel-Other: o", "X-Up: 1"], h
+    # A level's own proxy_hide_header list replaces the outer one: X-Secret passes here.
+    h = fields(head_of(gw.port, "/own"))
+    assert h[-2:] == ["X-Accel-Other: o", "X-Secret: s"], h

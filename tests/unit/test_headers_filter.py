@@ -8,7 +8,7 @@ import pytest
 from wsgate.config.model import AddHeader
 from wsgate.config.template import compile_template
 from wsgate.http.body import BodyFraming
-from wsgate.http.headers import build_client_response_head
+from wsgate.http.headers import build_client_response_head, hidden_fields, visible_fields
 from wsgate.http.headers_filter import SAFE_STATUSES, add_headers
 from wsgate.http.pages import error_response
 
@@ -86,3 +86,30 @@ def test_added_fields_come_last() -> None:
     assert lines[-4:] == ["X-Up: 1", "Content-Type: x/y", "", ""]
     page = error_response(404, keep_alive=False, date="D", added=[("X-A", "1")]).decode()
     assert "Connection: close\r\nX-A: 1\r\n\r\n<html>" in page
+
+
+def test_hidden_fields_default_hide_and_pass() -> None:
+    default = hidden_fields((), ())
+    assert {"date", "server", "x-pad", "x-accel-redirect", "x-accel-charset"} <= default
+    assert "x-accel-other" not in default  # nginx's five X-Accel-* names, not the prefix
+    got = hidden_fields(("X-Secret",), ("Server", "connection", "X-Pad"))
+    assert "x-secret" in got and "server" not in got and "x-pad" not in got
+    assert "connection" in got  # hop-by-hop fields are never passed
+
+
+def test_passed_server_and_date_replace_wsgates_own() -> None:
+    ups = [("X-A", "1"), ("Server", "up"), ("Date", "D0")]
+    hidden = hidden_fields((), ("Server",))
+    out = build_client_response_head(
+        200,
+        "OK",
+        visible_fields(ups, hidden),
+        server_tokens=True,
+        date="D",
+        framing=BodyFraming.content_length(0),
+        keep_alive=True,
+        hidden=hidden,
+    ).decode()
+    lines = out.split("\r\n")
+    assert lines[1] == "Date: D" and "Server: up" in lines and "Date: D0" not in lines
+    assert not any(x.startswith("Server: wsgate") for x in lines)

@@ -429,6 +429,9 @@ class LocationSettings:
     limit_req_dry_run: bool = False
     #: ``add_header`` of the innermost level that has any (all-or-nothing inheritance).
     add_headers: tuple[AddHeader, ...] = ()
+    #: ``proxy_hide_header``/``proxy_pass_header`` names, each list all-or-nothing.
+    proxy_hide_headers: tuple[str, ...] = ()
+    proxy_pass_headers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ upstream headers in order.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterable
 from email.utils import formatdate
@@ -36,6 +37,7 @@ __all__ = [
     "HOP_BY_HOP_REQUEST",
     "HIDDEN_RESPONSE",
     "LAST_CHUNK",
+    "NEVER_PASSED",
     "BodyFraming",
     "Framing",
     "build_client_response_head",
@@ -43,7 +45,9 @@ __all__ = [
     "connection_tokens",
     "encode_chunk",
     "for_version",
+    "hidden_fields",
     "http_date",
+    "visible_fields",
 ]
 
 #: Client request headers never forwarded as such (replaced, recomputed, or hop-by-hop).
@@ -62,18 +66,41 @@ HOP_BY_HOP_REQUEST = frozenset(
     }
 )
 
-#: Upstream response headers nginx hides (``ngx_http_proxy_hide_headers``) or replaces with its own.
+#: Upstream response headers nginx hides by default (``ngx_http_proxy_hide_headers``):
+#: "By default, nginx does not pass the header fields “Date”, “Server”, “X-Pad”, and
+#: “X-Accel-...” from the response of a proxied server to a client" (proxy_hide_header); the
+#: ``X-Accel-*`` ones are the five nginx acts on, not every name with the prefix.
 HIDDEN_RESPONSE = frozenset(
     {
         "date",
         "server",
         "x-pad",
-        "connection",
-        "keep-alive",
-        "transfer-encoding",
-        "content-length",
+        "x-accel-expires",
+        "x-accel-redirect",
+        "x-accel-limit-rate",
+        "x-accel-buffering",
+        "x-accel-charset",
     }
 )
+#: Upstream response headers never passed as such, whatever ``proxy_pass_header`` says: the
+#: connection's own and the framing, which wsgate writes itself (nginx's upstream module
+#: handles them before the hide list, ``ngx_http_upstream_headers_in``).
+NEVER_PASSED = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length"})
+
+
+@functools.lru_cache(maxsize=256)
+def hidden_fields(hide: tuple[str, ...], pass_: tuple[str, ...]) -> frozenset[str]:
+    """The lowercased names a location hides: nginx's default list plus ``proxy_hide_header``
+    minus ``proxy_pass_header`` (``ngx_http_upstream_hide_headers_hash``), plus the fields
+    that are never passed."""
+    names = HIDDEN_RESPONSE | {h.lower() for h in hide}
+    return (names - {p.lower() for p in pass_}) | NEVER_PASSED
+
+
+def visible_fields(headers: list[tuple[str, str]], hidden: frozenset[str]) -> list[tuple[str, str]]:
+    """``headers`` without the ``hidden`` names."""
+    return [(n, v) for n, v in headers if n.lower() not in hidden]
+
 
 #: The chunked body terminator (last-chunk plus the empty trailer section, RFC 9112 §7.1).
 LAST_CHUNK = b"0\r\n\r\n"
@@ -159,6 +186,7 @@ def build_client_response_head(
     keepalive_header: float | None = None,
     upgrade: bool = False,
     added: Iterable[tuple[str, str]] = (),
+    hidden: frozenset[str] = HIDDEN_RESPONSE | NEVER_PASSED,
 ) -> bytes:
     """Serialise the response head sent to the client for a proxied response.
 
@@ -170,16 +198,30 @@ def build_client_response_head(
     Upstream ``Upgrade`` and ``Sec-WebSocket-*`` headers pass unchanged.  The upstream's last
     ``Content-Type`` moves up to nginx's position (``ngx_http_upstream_copy_content_type``).
     ``added`` (``add_header``'s, :mod:`wsgate.http.headers_filter`) come last, as written.
+    ``hidden`` (:func:`hidden_fields`) are not written; an upstream ``Server`` or ``Date``
+    that is not hidden (``proxy_pass_header``) is written where it stands instead of
+    wsgate's own, as nginx's header filter writes its own only "if
+    (r->headers_out.server == NULL)".
     """
     out = [f"HTTP/1.1 {status} {reason}\r\n" if reason else f"HTTP/1.1 {status} \r\n"]
-    out.append(f"Server: {SERVER_TOKEN if server_tokens else NAME}\r\n")
-    out.append(f"Date: {date}\r\n")
+    own_server = own_date = True
+    if "server" not in hidden or "date" not in hidden:
+        for name, _ in upstream_headers:
+            lname = name.lower()
+            if lname == "server" and lname not in hidden:
+                own_server = False
+            elif lname == "date" and lname not in hidden:
+                own_date = False
+    if own_server:
+        out.append(f"Server: {SERVER_TOKEN if server_tokens else NAME}\r\n")
+    if own_date:
+        out.append(f"Date: {date}\r\n")
 
     content_type: str | None = None
     rest: list[tuple[str, str]] = []
     for name, value in upstream_headers:
         lname = name.lower()
-        if lname in HIDDEN_RESPONSE or lname.startswith("x-accel-"):
+        if lname in hidden:
             continue
         if lname == "content-type":
             content_type = value

@@ -35,7 +35,9 @@ from wsgate.http.headers import (
     build_client_response_head,
     encode_chunk,
     for_version,
+    hidden_fields,
     http_date,
+    visible_fields,
 )
 from wsgate.http.headers_filter import add_headers
 from wsgate.http.response import ResponseEvent, ResponseHead, ResponseParser
@@ -194,7 +196,9 @@ async def relay_response(
     )
     keep, no_body, chunk_out = plan.keep_alive, plan.no_body, plan.chunked
     ctx.status = resp.status
-    headers, added = add_headers(resp.status, resp.headers, settings.add_headers, ctx.lookup)
+    hidden = hidden_fields(settings.proxy_hide_headers, settings.proxy_pass_headers)
+    headers = visible_fields(resp.headers, hidden)
+    headers, added = add_headers(resp.status, headers, settings.add_headers, ctx.lookup)
     out = build_client_response_head(
         resp.status,
         resp.reason,
@@ -206,6 +210,7 @@ async def relay_response(
         keepalive_header=settings.keepalive_header,
         upgrade=False,
         added=added,
+        hidden=hidden,
     )
     out = for_version(head.version, out)
     ep = front.ep
@@ -273,7 +278,9 @@ def _lone_101(ex: Exchange, resp: ResponseHead) -> Outcome:
     settings, ctx = ex.r.settings, ex.r.ctx
     ctx.status = 101
     # 101 is no "safe" status: only ``add_header ... always`` applies.
-    headers, added = add_headers(101, resp.headers, settings.add_headers, ctx.lookup)
+    hidden = hidden_fields(settings.proxy_hide_headers, settings.proxy_pass_headers)
+    headers = visible_fields(resp.headers, hidden)
+    headers, added = add_headers(101, headers, settings.add_headers, ctx.lookup)
     out = build_client_response_head(
         101,
         resp.reason,
@@ -284,6 +291,7 @@ def _lone_101(ex: Exchange, resp: ResponseHead) -> Outcome:
         keep_alive=False,
         keepalive_header=None,
         added=added,
+        hidden=hidden,
     )
     out = for_version(ctx.version, out)
     ex.front.ep.write(out)
@@ -312,7 +320,9 @@ def start_tunnel(
     ctx.status = 101
     # 101 is no "safe" status: only ``add_header ... always`` applies (nginx's headers filter
     # runs for the 101 as for any response header).
-    headers, added = add_headers(101, resp.headers, settings.add_headers, ctx.lookup)
+    hidden = hidden_fields(settings.proxy_hide_headers, settings.proxy_pass_headers)
+    headers = visible_fields(resp.headers, hidden)
+    headers, added = add_headers(101, headers, settings.add_headers, ctx.lookup)
     out = build_client_response_head(
         101,
         resp.reason,
@@ -324,6 +334,7 @@ def start_tunnel(
         keepalive_header=None,
         upgrade=True,
         added=added,
+        hidden=hidden,
     )
     ep = front.ep
     ep.write(out)

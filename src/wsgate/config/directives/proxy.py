@@ -106,6 +106,11 @@ def _set_header(s: Stmt, level: Level) -> tuple[HeaderSetting, ...]:
     return (HeaderSetting(s.args[0], level.loader.template(s.args[1], s.src)),)
 
 
+def _header_name(s: Stmt, level: Level) -> tuple[str, ...]:
+    """``ngx_conf_set_str_array_slot``: one name per directive, added to the level's list."""
+    return (s.args[0],)
+
+
 def _next_upstream(s: Stmt, level: Level) -> frozenset[str]:
     """``ngx_conf_set_bitmask_slot``: 'invalid value "Y"'."""
     for x in s.args:
@@ -157,6 +162,30 @@ ENTRIES: tuple[Directive, ...] = (
         merge=Merge.ARRAY,
         syntax="field value",
         note="the built-in `Host` and `Connection` are added later",
+    ),
+    Directive(
+        "proxy_hide_header",
+        HSL,
+        TAKE1,
+        parse=_header_name,
+        target=_LS,
+        fields=("proxy_hide_headers",),
+        unset=(),
+        merge=Merge.ARRAY,
+        syntax="field",
+        note="hidden by default: `Date`, `Server`, `X-Pad`, `X-Accel-*` (nginx's five)",
+    ),
+    Directive(
+        "proxy_pass_header",
+        HSL,
+        TAKE1,
+        parse=_header_name,
+        target=_LS,
+        fields=("proxy_pass_headers",),
+        unset=(),
+        merge=Merge.ARRAY,
+        syntax="field",
+        note="not the hop-by-hop fields, which are never passed",
     ),
     Directive(
         "proxy_connect_timeout",
