@@ -7,9 +7,13 @@ https://nginx.org/en/docs/http/ngx_http_ssl_module.html
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import signal
 import socket
 import ssl
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -386,6 +390,168 @@ def test_session_tickets_off_and_no_cache(wsgate: Factory, pki: Pki) -> None:
     _, first = request(gw.port, ctx)
     _, second = request(gw.port, ctx, session=first.session)
     assert not second.reused
+
+
+# -- lines from generated configurations (issue 11) ----------------------------------------------
+def _get(port: int, ctx: ssl.SSLContext, path: str = "/") -> tuple[bytes, Seen]:
+    return request(port, ctx, path=path)
+
+
+def test_ssl_on_makes_plain_listen_tls(wsgate: Factory, pki: Pki) -> None:
+    cert = pki.leaf("localhost")
+    gw = wsgate(
+        conf(
+            "server { listen 127.0.0.1:0; server_name localhost; ssl on;"
+            f" ssl_certificate {cert[0]}; ssl_certificate_key {cert[1]};"
+            ' location / { return 200 "$scheme $https [$ssl_early_data]"; } }'
+        )
+    )
+    resp, s = _get(gw.port, pki.client_context())
+    assert body(resp) == b"https on []", resp
+    assert s.version == "TLSv1.3"
+    assert (
+        '[warn] the "ssl" directive is deprecated, use the "listen ... ssl" directive instead'
+        in gw.stderr
+    )
+
+
+def _encrypt(key_path: str, passphrase: bytes) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(Path(key_path).read_bytes(), None)
+    Path(key_path).write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(passphrase),
+        )
+    )
+
+
+def test_encrypted_key_with_password_file(wsgate: Factory, pki: Pki) -> None:
+    cert = pki.leaf("localhost")
+    _encrypt(cert[1], b"s3cret")
+    passwords = pki.dir / "passwords"
+    passwords.write_text("old-one\ns3cret\n")
+    gw = wsgate(conf(tls_server(cert, extra=f"ssl_password_file {passwords};")))
+    resp, _ = _get(gw.port, pki.client_context())
+    assert body(resp) == b"localhost https localhost"
+
+
+def test_wrong_passphrase_is_emerg(tmp_path: Path, pki: Pki) -> None:
+    cert = pki.leaf("localhost")
+    _encrypt(cert[1], b"s3cret")
+    passwords = pki.dir / "passwords"
+    passwords.write_text("wrong\n")
+    prefix = tmp_path / "t"
+    (prefix / "logs").mkdir(parents=True)
+    (prefix / "nginx.conf").write_text(
+        conf(tls_server(cert, extra=f"ssl_password_file {passwords};"))
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "wsgate.cli", "-t", "-p", str(prefix), "-c", "nginx.conf"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 1
+    assert f'[emerg] cannot load certificate key "{cert[1]}"' in out.stderr, out.stderr
+
+
+def _dhparam(dir_: Path) -> Path:
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed")
+    dh = dir_ / "ffdhe2048.pem"
+    dh.write_bytes(
+        subprocess.run(
+            ["openssl", "genpkey", "-genparam", "-algorithm", "DH"]
+            + ["-pkeyopt", "dh_param:ffdhe2048"],
+            check=True,
+            capture_output=True,
+        ).stdout
+    )
+    return dh
+
+
+def test_dhparam_enables_dhe_ciphers(wsgate: Factory, pki: Pki) -> None:
+    """ "By default no parameters are set, and therefore DHE ciphers will not be used."""
+    leaf = pki.ca.issue_cert("localhost", key_type=trustme.KeyType.RSA)
+    cert = (str(pki.dir / "rsa.crt"), str(pki.dir / "rsa.key"))
+    leaf.cert_chain_pems[0].write_to_path(cert[0])
+    leaf.private_key_pem.write_to_path(cert[1])
+    dhe = "DHE-RSA-AES128-GCM-SHA256"
+    extra = f"ssl_protocols TLSv1.2; ssl_ciphers {dhe}:ECDHE-RSA-AES128-GCM-SHA256;"
+    without = wsgate(conf(tls_server(cert, extra=extra)))
+    with_dh = wsgate(conf(tls_server(cert, extra=f"{extra} ssl_dhparam {_dhparam(pki.dir)};")))
+    client = pki.client_context(maximum_version=ssl.TLSVersion.TLSv1_2)
+    client.set_ciphers(dhe)
+    with pytest.raises(ssl.SSLError):
+        _get(without.port, client)
+    resp, s = _get(with_dh.port, client)
+    assert body(resp) == b"localhost https localhost"
+    assert s.cipher == dhe
+
+
+def test_ecdh_curve_one_curve(wsgate: Factory, pki: Pki) -> None:
+    cert = pki.leaf("localhost")
+    gw = wsgate(conf(tls_server(cert, extra="ssl_ecdh_curve secp384r1;")))
+    other = pki.client_context()
+    other.set_ecdh_curve("prime256v1")  # the client offers this group only
+    with pytest.raises(ssl.SSLError):
+        _get(gw.port, other)
+    same = pki.client_context()
+    same.set_ecdh_curve("secp384r1")
+    resp, _ = _get(gw.port, same)
+    assert body(resp) == b"localhost https localhost"
+
+
+def test_trusted_certificate_verifies_clients(wsgate: Factory, pki: Pki) -> None:
+    cert = pki.leaf("localhost")
+    ca_file = pki.dir / "trusted-ca.pem"
+    pki.ca.cert_pem.write_to_path(str(ca_file))
+    gw = wsgate(
+        conf(
+            tls_server(
+                cert,
+                extra=f"ssl_trusted_certificate {ca_file}; ssl_verify_client on;"
+                ' location /v { return 200 "$ssl_client_verify"; }',
+            )
+        ),
+    )
+    ctx = pki.client_context()
+    pki.ca.issue_cert("client@test", common_name="client").configure_cert(ctx)
+    resp, _ = _get(gw.port, ctx, "/v")
+    assert body(resp) == b"SUCCESS", resp
+    other = pki.client_context()
+    trustme.CA().issue_cert("intruder@test").configure_cert(other)
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        resp, _ = _get(gw.port, other, "/v")
+        raise ConnectionError(f"no handshake failure: {resp!r}")
+
+
+def test_stapling_ticket_keys_buffer_size_warn_and_serve(wsgate: Factory, pki: Pki) -> None:
+    cert = pki.leaf("localhost")
+    key = pki.dir / "ticket.key"
+    key.write_bytes(os.urandom(80))
+    gw = wsgate(
+        conf(
+            tls_server(
+                cert,
+                extra=f"ssl_stapling on; ssl_stapling_verify on; ssl_session_ticket_key {key};"
+                " ssl_buffer_size 4k; ssl_early_data off;",
+            )
+        )
+    )
+    resp, _ = _get(gw.port, pki.client_context())
+    assert body(resp) == b"localhost https localhost"
+    err = gw.stderr
+    assert (
+        "[warn] OCSP stapling is not supported by wsgate (Python's ssl module), responses are"
+        " sent without a stapled OCSP response in " in err
+    )
+    assert '[warn] "ssl_session_ticket_key" cannot be honoured by wsgate' in err
+    assert '[warn] "ssl_buffer_size 4k" cannot be honoured by wsgate' in err
+    assert '[warn] "ssl_early_data" directive has no effect in wsgate' in err
 
 
 # -- bad input -----------------------------------------------------------------------------------

@@ -175,8 +175,8 @@ http {
     [
         ("http {\n server {\n  foo bar;\n }\n}\n", 'unknown directive "foo"', 3),
         (
-            "http {\n  ssl_stapling on;\n}\n",
-            '"ssl_stapling" directive is not supported by wsgate',
+            "http {\n  ssl_crl crl.pem;\n}\n",
+            '"ssl_crl" directive is not supported by wsgate',
             2,
         ),
         (

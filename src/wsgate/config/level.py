@@ -107,6 +107,16 @@ class Level:
                 out.update(zip(d.fields, value, strict=True))
         return out
 
+    def where(self, target: type, field: str) -> Source | None:
+        """Where the innermost level that sets ``target.field`` did."""
+        key = f"{target.__name__}.{field}"
+        level: Level | None = self
+        while level is not None:
+            if key in level.own:
+                return level.own[key][1]
+            level = level.parent
+        return None
+
     def source(self, target: type) -> Source | None:
         """Where the innermost level that sets any field of ``target`` first did."""
         prefix = f"{target.__name__}."

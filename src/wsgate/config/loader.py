@@ -284,12 +284,16 @@ class Loader:
         if len(names) == 1 and names[0].kind == "exact" and names[0].value == "":
             names = ()
         settings = self.settings(level)
-        ssl_listen = next((lst for lst in listens if lst.ssl), None)
+        ssl_fields = level.collect(SslServer)
         ssl_server = None
-        if ssl_listen is not None:
-            ssl_server = tls.build_ssl_server(
-                level.collect(SslServer), ssl_listen.source or s.src, s.src
-            )
+        if ssl_fields["enable"]:
+            # ``ssl on`` (nginx before 1.25.1): "if (sscf->enable || hc->addr_conf->ssl)" the
+            # connection starts with a handshake; wsgate makes every listen of the server TLS.
+            listens = tuple(dataclasses.replace(lst, ssl=True) for lst in listens)
+            ssl_src = level.where(SslServer, "enable") or s.src
+            ssl_server = tls.build_ssl_server(ssl_fields, ssl_src, s.src, '"ssl" directive')
+        elif (ssl_listen := next((lst for lst in listens if lst.ssl), None)) is not None:
+            ssl_server = tls.build_ssl_server(ssl_fields, ssl_listen.source or s.src, s.src)
         return Server(
             listens=listens,
             names=names,

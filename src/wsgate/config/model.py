@@ -141,6 +141,15 @@ class SslServer:
     client_certificate: str | None = None
     verify_client: str = "off"
     verify_depth: int = 1
+    #: ``ssl on`` (deprecated in nginx 1.15.0, removed in 1.25.1): every listen is TLS.
+    enable: bool = False
+    dhparam: str | None = None
+    ecdh_curve: str = "auto"
+    trusted_certificate: str | None = None
+    password_file: str | None = None
+    buffer_size: int = 16384
+    session_ticket_keys: tuple[str, ...] = ()
+    stapling: bool = False
     source: Source | None = None
 
 

@@ -195,6 +195,8 @@ class Directive:
     syntax: str = ""
     note: str = ""
     values: frozenset[str] | None = None
+    #: Why other values than ``values`` are refused (added to the error).
+    refusal: str = ""
     #: nginx's words when a level sets the field twice (else ``"X" directive is duplicate``).
     duplicate: str = ""
     #: Read before the rest of its block: it names things the rest refers to (``upstream``,

@@ -43,6 +43,7 @@ _TLS_VARIABLES = frozenset(
         "ssl_client_s_dn",
         "ssl_client_verify",
         "ssl_session_reused",
+        "ssl_early_data",
     }
 )
 

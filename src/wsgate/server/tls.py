@@ -33,6 +33,10 @@ What Python's :mod:`ssl` cannot do (docs/tls.md lists these as differences from 
 * ``ssl_client_certificate`` is not sent to the client as the list of acceptable CAs.
 * After an SNI switch OpenSSL keeps the front context's verify mode and cipher list
   (Python's ``SSLObject.context`` setter does not copy them, nginx's callback does).
+* ``ssl_stapling on`` staples nothing, ``ssl_session_ticket_key`` cannot install the keys
+  (tickets use OpenSSL's random key per context), ``ssl_buffer_size`` cannot size records,
+  and ``ssl_ecdh_curve`` with a list keeps OpenSSL's built-in list: each is a ``[warn]`` at
+  load time (:mod:`wsgate.config.directives.ssl`).
 * ALPN: ``http/1.1`` is advertised; a client offering only other protocols gets no ALPN
   instead of nginx's fatal ``no_application_protocol`` alert.
 """
@@ -47,7 +51,7 @@ from collections.abc import Callable, Sequence
 from typing import cast
 
 from wsgate.config.model import Listen, Server, SslServer
-from wsgate.config.tls import PROTOCOLS
+from wsgate.config.tls import PROTOCOLS, load_cert_chain, read_passwords
 from wsgate.errors import ConfigError
 from wsgate.routing import select_server
 
@@ -80,11 +84,28 @@ def build_context(conf: SslServer) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     # "Specifies a file with the certificate in the PEM format ... can be specified multiple
     # times to load certificates of different types, for example, RSA and ECDSA."
+    # ssl_password_file: "Passphrases are tried in turn when loading the key."
+    try:
+        passwords = read_passwords(conf.password_file) if conf.password_file else None
+    except ValueError as exc:
+        raise ConfigError(f"{exc}{where}") from exc
     for cert, key in conf.certificates:
         try:
-            ctx.load_cert_chain(cert, key)
+            load_cert_chain(ctx, cert, key, passwords)
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f'cannot load certificate "{cert}": {exc}{where}') from exc
+    # ssl_dhparam: "Specifies a file with DH parameters for DHE ciphers.  By default no
+    # parameters are set, and therefore DHE ciphers will not be used."
+    if conf.dhparam is not None:
+        try:
+            ctx.load_dh_params(conf.dhparam)
+        except OSError as exc:
+            raise ConfigError(f'PEM_read_bio_DHparams("{conf.dhparam}") failed{where}') from exc
+    # ssl_ecdh_curve: "The special value auto instructs nginx to use a list built into the
+    # OpenSSL library".  One curve is set as nginx sets it; Python's set_ecdh_curve cannot
+    # take a list, so a list keeps OpenSSL's built-in one (warned at load time).
+    if conf.ecdh_curve != "auto" and ":" not in conf.ecdh_curve:
+        ctx.set_ecdh_curve(conf.ecdh_curve)
     # "Enables the specified protocols."  Versions between the lowest and the highest that
     # are not listed are switched off one by one.
     listed = [p for p in _ORDER if p in conf.protocols]
@@ -115,15 +136,21 @@ def build_context(conf: SslServer) -> ssl.SSLContext:
     # "Enables verification of client certificates ... The optional parameter requests the
     # client certificate and verifies it if the certificate is present."  ``on`` is
     # CERT_OPTIONAL too: a missing certificate is answered at the HTTP layer (496), as nginx.
+    # ssl_trusted_certificate: "trusted CA certificates ... used to verify client
+    # certificates ... In contrast to the certificate set by ssl_client_certificate, the list
+    # of these certificates will not be sent to clients" (wsgate sends neither list).
     if conf.verify_client != "off":
         ctx.verify_mode = ssl.CERT_OPTIONAL
-        if conf.client_certificate is not None:
+        for what, path in (
+            ("client certificate", conf.client_certificate),
+            ("trusted certificate", conf.trusted_certificate),
+        ):
+            if path is None:
+                continue
             try:
-                ctx.load_verify_locations(cafile=conf.client_certificate)
+                ctx.load_verify_locations(cafile=path)
             except (OSError, ssl.SSLError) as exc:
-                raise ConfigError(
-                    f'cannot load client certificate "{conf.client_certificate}": {exc}{where}'
-                ) from exc
+                raise ConfigError(f'cannot load {what} "{path}": {exc}{where}') from exc
     ctx.set_alpn_protocols(["http/1.1"])
     return ctx
 
@@ -337,4 +364,7 @@ def connection_variables(obj: ssl.SSLObject) -> dict[str, str]:
         # certificate is always a verified one.
         "ssl_client_verify": "SUCCESS" if cert else "NONE",
         "ssl_session_reused": "r" if obj.session_reused else ".",
+        # "$ssl_early_data returns "1" if TLS 1.3 early data is used and the handshake is
+        # not complete, otherwise "" ": wsgate accepts no early data (ssl_early_data off).
+        "ssl_early_data": "",
     }

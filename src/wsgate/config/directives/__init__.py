@@ -81,7 +81,8 @@ def find(s: Stmt, ctx: str) -> Directive:
     if d.kind is Kind.NO_OP and d.values is not None and s.args[0].lower() not in d.values:
         raise _err(
             f'"{s.name} {" ".join(s.args)}" is not supported by wsgate '
-            f'(only "{s.name} {"|".join(sorted(d.values))}")',
+            f'(only "{s.name} {"|".join(sorted(d.values))}")'
+            + (f": {d.refusal}" if d.refusal else ""),
             s.src,
         )
     return d

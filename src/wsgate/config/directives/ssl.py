@@ -15,10 +15,12 @@ from wsgate.config.table import (
     TAKE1,
     TAKE12,
     Directive,
+    Kind,
     Merge,
     ctx,
     flag,
     number,
+    size,
     time,
 )
 from wsgate.config.template import Template
@@ -73,6 +75,89 @@ def _verify_client(s: Stmt, level: Level) -> str:
     if s.args[0] not in ("on", "off", "optional", "optional_no_ca"):
         raise _err(f'invalid value "{s.args[0]}" in "{s.name}" directive', s.src)
     return s.args[0]
+
+
+def _warn(level: Level, text: str, s: Stmt) -> None:
+    level.loader.warnings.append(f"{text} in {s.src}")
+
+
+def _ssl(s: Stmt, level: Level) -> bool:
+    """``ssl on``, as nginx 1.15.0-1.25.0 read it: "the \"ssl\" directive is deprecated, use
+    the \"listen ... ssl\" directive instead" (a ``[warn]``), and every listen of the server
+    speaks TLS.  nginx 1.25.1 removed the directive."""
+    on = flag(s)
+    if on:
+        _warn(
+            level,
+            'the "ssl" directive is deprecated, use the "listen ... ssl" directive instead',
+            s,
+        )
+    return on
+
+
+def _ecdh_curve(s: Stmt, level: Level) -> str:
+    """``auto`` or ``curve[:curve...]``, each checked as ``SSL_CTX_set1_curves_list``
+    would.  Python's ``set_ecdh_curve`` sets one curve only, so a list keeps OpenSSL's
+    built-in list, with a ``[warn]`` that says so."""
+    value = s.args[0]
+    if value == "auto":
+        return value
+    scratch = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    for name in value.split(":"):
+        try:
+            scratch.set_ecdh_curve(name)
+        except ValueError as exc:
+            raise _err(f'SSL_CTX_set1_curves_list("{value}") failed ({exc})', s.src) from exc
+    if ":" in value:
+        _warn(
+            level,
+            f'"ssl_ecdh_curve {value}": Python\'s ssl module sets one curve only, so wsgate '
+            'keeps OpenSSL\'s built-in list (as with "auto") and accepts curves not listed',
+            s,
+        )
+    return value
+
+
+#: ``ssl_buffer_size``'s default, and the largest TLS record OpenSSL writes.
+RECORD_SIZE = 16384
+
+
+def _buffer_size(s: Stmt, level: Level) -> int:
+    value = size(s)
+    if value != RECORD_SIZE:
+        _warn(
+            level,
+            f'"ssl_buffer_size {s.args[0]}" cannot be honoured by wsgate (Python\'s ssl module '
+            "cannot set the record size): TLS records are up to 16k as OpenSSL fills them",
+            s,
+        )
+    return value
+
+
+def _ticket_key(s: Stmt, level: Level) -> tuple[str, ...]:
+    _warn(
+        level,
+        '"ssl_session_ticket_key" cannot be honoured by wsgate (Python\'s ssl module cannot '
+        "set ticket keys): tickets are encrypted with a random key per worker process and "
+        "configuration, so a ticket resumes a session only on the worker that issued it and "
+        "until the next reload",
+        s,
+    )
+    return _files(s, level)
+
+
+#: The ``[warn]`` for ``ssl_stapling on``.
+NO_STAPLING = (
+    "OCSP stapling is not supported by wsgate (Python's ssl module), responses are sent "
+    "without a stapled OCSP response"
+)
+
+
+def _stapling(s: Stmt, level: Level) -> bool:
+    on = flag(s)
+    if on:
+        _warn(level, NO_STAPLING, s)
+    return on
 
 
 def _template(s: Stmt, level: Level) -> Template:
@@ -193,6 +278,121 @@ ENTRIES: tuple[Directive, ...] = (
         target=_SRV,
         fields=("verify_depth",),
         default="1",
+    ),
+    Directive(
+        "ssl",
+        _HS,
+        FLAG,
+        parse=_ssl,
+        target=_SRV,
+        fields=("enable",),
+        default="off",
+        syntax="on | off",
+        note="deprecated: a `[warn]` as in nginx 1.15–1.25 (removed in 1.25.1); every `listen` "
+        "of the server speaks TLS",
+    ),
+    Directive(
+        "ssl_password_file",
+        _HS,
+        TAKE1,
+        parse=_file,
+        target=_SRV,
+        fields=("password_file",),
+        syntax="file",
+    ),
+    Directive(
+        "ssl_dhparam",
+        _HS,
+        TAKE1,
+        parse=_file,
+        target=_SRV,
+        fields=("dhparam",),
+        syntax="file",
+    ),
+    Directive(
+        "ssl_ecdh_curve",
+        _HS,
+        TAKE1,
+        parse=_ecdh_curve,
+        target=_SRV,
+        fields=("ecdh_curve",),
+        default="auto",
+        syntax="curve[:curve...] | auto",
+        note="one curve as nginx; a list: OpenSSL's built-in list, with a `[warn]`",
+    ),
+    Directive(
+        "ssl_trusted_certificate",
+        _HS,
+        TAKE1,
+        parse=_file,
+        target=_SRV,
+        fields=("trusted_certificate",),
+        syntax="file",
+        note="verifies client certificates; not sent",
+    ),
+    Directive(
+        "ssl_buffer_size",
+        _HS,
+        TAKE1,
+        parse=_buffer_size,
+        target=_SRV,
+        fields=("buffer_size",),
+        default="16k",
+        syntax="size",
+        note="other than 16k: a `[warn]`, records stay up to 16k",
+    ),
+    Directive(
+        "ssl_session_ticket_key",
+        _HS,
+        TAKE1,
+        parse=_ticket_key,
+        target=_SRV,
+        fields=("session_ticket_keys",),
+        unset=(),
+        merge=Merge.ARRAY,
+        syntax="file",
+        note="checked (48 or 80 bytes), then a `[warn]`: tickets use a random key per worker",
+    ),
+    Directive(
+        "ssl_stapling",
+        _HS,
+        FLAG,
+        parse=_stapling,
+        target=_SRV,
+        fields=("stapling",),
+        default="off",
+        syntax="on | off",
+        note="`on`: a `[warn]`, no OCSP response is stapled",
+    ),
+    Directive(
+        "ssl_stapling_verify",
+        _HS,
+        FLAG,
+        kind=Kind.NO_OP,
+        note="OCSP stapling is not supported (Python's ssl module)",
+    ),
+    Directive(
+        "ssl_stapling_file",
+        _HS,
+        TAKE1,
+        kind=Kind.NO_OP,
+        note="OCSP stapling is not supported (Python's ssl module)",
+    ),
+    Directive(
+        "ssl_stapling_responder",
+        _HS,
+        TAKE1,
+        kind=Kind.NO_OP,
+        note="OCSP stapling is not supported (Python's ssl module)",
+    ),
+    Directive(
+        "ssl_early_data",
+        _HS,
+        FLAG,
+        kind=Kind.NO_OP,
+        values=frozenset({"off"}),
+        note="only `ssl_early_data off`: Python's ssl module has no TLS 1.3 0-RTT server side",
+        refusal="Python's ssl module has no TLS 1.3 0-RTT (early data) server side",
     ),
     # towards upstreams
     Directive(
