@@ -416,6 +416,13 @@ class LocationSettings:
     limit_req_status: int = 503
     limit_req_log_level: str = "error"
     limit_req_dry_run: bool = False
+    #: ``set_real_ip_from`` of the innermost level that has any (all-or-nothing): networks,
+    #: ``None`` for ``unix:``; empty: realip is off.
+    real_ip_from: tuple[Network | None, ...] = ()
+    #: ``real_ip_header``, as written (``X-Real-IP``, ``X-Forwarded-For``, ``proxy_protocol``
+    #: or another header's name).
+    real_ip_header: str = "X-Real-IP"
+    real_ip_recursive: bool = False
 
 
 @dataclass(frozen=True, slots=True)

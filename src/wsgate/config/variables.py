@@ -90,6 +90,9 @@ FIXED_VARIABLES = (
             "content_length",
             "content_type",
             "remote_user",
+            # ngx_http_realip_module
+            "realip_remote_addr",
+            "realip_remote_port",
             # ngx_http_stub_status_module (1.3.14)
             "connections_active",
             "connections_reading",
@@ -177,6 +180,7 @@ class RequestContext:
     __slots__ = (
         "remote_addr",
         "remote_port",
+        "realip",
         "server_addr",
         "server_port",
         "server_name",
@@ -223,6 +227,9 @@ class RequestContext:
     ) -> None:
         self.remote_addr = remote_addr
         self.remote_port = remote_port
+        #: The connection's own address and port once realip has replaced them (None: not
+        #: replaced), for ``$realip_remote_addr``/``$realip_remote_port``.
+        self.realip: tuple[str, int] | None = None
         self.server_addr = server_addr
         self.server_port = server_port
         self.server_name = ""
@@ -375,6 +382,11 @@ def _xff(c: RequestContext) -> str:
     return f"{prior}, {c.remote_addr}" if prior else c.remote_addr
 
 
+def _realip_remote_port(c: RequestContext) -> str:
+    port = c.remote_port if c.realip is None else c.realip[1]
+    return str(port) if port else ""
+
+
 def _binary_remote_addr(c: RequestContext) -> str:
     """``$binary_remote_addr``: "client address in a binary form, value's length is always
     4 bytes for IPv4 addresses or 16 bytes for IPv6 addresses".  Templates carry text, so the
@@ -409,7 +421,11 @@ def _connections(field: str) -> Callable[[RequestContext], str]:
 _GETTERS: dict[str, Callable[[RequestContext], str]] = {
     "remote_addr": lambda c: c.remote_addr,
     "binary_remote_addr": _binary_remote_addr,
-    "remote_port": lambda c: str(c.remote_port),
+    # ngx_http_variable_remote_port: "if (port > 0 && port < 65536)", else empty (a
+    # realip address sent without a port).
+    "remote_port": lambda c: str(c.remote_port) if c.remote_port else "",
+    "realip_remote_addr": lambda c: c.remote_addr if c.realip is None else c.realip[0],
+    "realip_remote_port": _realip_remote_port,
     "server_addr": lambda c: c.server_addr,
     "server_port": lambda c: str(c.server_port),
     "server_name": lambda c: c.server_name,
