@@ -3,13 +3,21 @@ PROXY protocol, on loopback; the cases follow nginx-tests' realip.t."""
 
 from __future__ import annotations
 
+import re
 import socket
+import struct
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+import trustme
 
 from tests.conftest import WsgateProcess
 from tests.integration.loopback import HOST, Loop, get, loop_fixture
+from tests.integration.test_tls_server import Pki
+from tests.integration.test_tls_server import conf as tls_conf
+from wsgate.http.proxy_protocol import SIGNATURE
 
 Factory = Callable[..., WsgateProcess]
 
@@ -99,3 +107,130 @@ def test_limit_req_key_is_real_address(bg: Loop, wsgate: Factory) -> None:
     assert get(gw.port, extra="X-Real-IP: 192.0.2.1\r\n")[0] == 503
     assert get(gw.port, extra="X-Real-IP: 192.0.2.2\r\n")[0] == 200
     gw.wait_log(r"limiting requests, excess: .* client: 192\.0\.2\.1, ")
+
+
+# -- listen ... proxy_protocol ----------------------------------------------------------------
+PP_VARS = (
+    'proxy_set_header X-PP "$proxy_protocol_addr|$proxy_protocol_port|'
+    '$proxy_protocol_server_addr|$proxy_protocol_server_port|$proxy_protocol_tlv_alpn";'
+)
+V1 = b"PROXY TCP4 192.0.2.1 192.0.2.2 1234 80\r\n"
+
+
+def exchange(port: int, *parts: bytes, pause: float = 0.0) -> bytes:
+    """Send ``parts`` (with a pause between them) and read until the server closes."""
+    with socket.create_connection((HOST, port), timeout=5) as s:
+        for i, part in enumerate(parts):
+            if i and pause:
+                time.sleep(pause)
+            s.sendall(part)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return data
+
+
+REQ = b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+
+
+def test_proxy_protocol_untrusted_sets_variables_only(bg: Loop, wsgate: Factory) -> None:
+    b = bg.backend("b")
+    text = conf(b.port, "set_real_ip_from 10.0.0.0/8; real_ip_header proxy_protocol;", PP_VARS)
+    gw = wsgate(text.replace("127.0.0.1:0 ", "127.0.0.1:0 proxy_protocol"))
+    assert exchange(gw.port, V1 + REQ).startswith(b"HTTP/1.1 200 OK")
+    head = b.requests[0].head.decode().lower()
+    assert "x-pp: 192.0.2.1|1234|192.0.2.2|80|\r\n" in head
+    assert "x-addr: 127.0.0.1|" in head  # 127.0.0.1 is not trusted: $remote_addr stays
+
+
+def test_proxy_protocol_trusted_sets_remote_addr(bg: Loop, wsgate: Factory) -> None:
+    b = bg.backend("b")
+    server = "set_real_ip_from 127.0.0.1; real_ip_header proxy_protocol;"
+    gw = wsgate(conf(b.port, server, "deny 192.0.2.9;", listen="proxy_protocol"))
+    assert exchange(gw.port, V1 + REQ).startswith(b"HTTP/1.1 200 OK")
+    assert "x-addr: 192.0.2.1|1234|127.0.0.1\r\n" in b.requests[0].head.decode().lower()
+    assert gw.access_lines(1) == ["192.0.2.1:1234|127.0.0.1|200"]
+    denied = b"PROXY TCP4 192.0.2.9 192.0.2.2 1 80\r\n" + REQ
+    assert exchange(gw.port, denied).startswith(b"HTTP/1.1 403 Forbidden")
+    gw.wait_log(r"access forbidden by rule, client: 192\.0\.2\.9, ")
+
+
+def test_proxy_protocol_v2_tlv_and_keepalive(bg: Loop, wsgate: Factory) -> None:
+    b = bg.backend("b")
+    gw = wsgate(conf(b.port, "", PP_VARS, listen="proxy_protocol"))
+    addrs = bytes((198, 51, 100, 7, 127, 0, 0, 1)) + struct.pack("!HH", 4000, 80)
+    body = addrs + b"\x01\x00\x02h2"
+    header = SIGNATURE + b"\x21\x11" + struct.pack("!H", len(body)) + body
+    keep = b"GET /1 HTTP/1.1\r\nHost: t\r\n\r\n"
+    data = exchange(gw.port, header + keep + REQ)
+    assert data.count(b"HTTP/1.1 200 OK") == 2
+    for r in b.requests:
+        assert "x-pp: 198.51.100.7|4000|127.0.0.1|80|h2\r\n" in r.head.decode().lower()
+
+
+def test_proxy_protocol_split_header(bg: Loop, wsgate: Factory) -> None:
+    b = bg.backend("b")
+    gw = wsgate(conf(b.port, "", PP_VARS, listen="proxy_protocol"))
+    data = exchange(gw.port, V1[:10], V1[10:] + REQ, pause=0.2)
+    assert data.startswith(b"HTTP/1.1 200 OK")
+    assert "x-pp: 192.0.2.1|1234|" in b.requests[0].head.decode().lower()
+
+
+def test_proxy_protocol_unknown_has_no_address(bg: Loop, wsgate: Factory) -> None:
+    b = bg.backend("b")
+    gw = wsgate(conf(b.port, "", PP_VARS, listen="proxy_protocol"))
+    assert exchange(gw.port, b"PROXY UNKNOWN\r\n" + REQ).startswith(b"HTTP/1.1 200 OK")
+    assert "x-pp: ||||\r\n" in b.requests[0].head.decode().lower()
+
+
+def test_broken_header_closes_and_logs_error(bg: Loop, wsgate: Factory) -> None:
+    b = bg.backend("b")
+    gw = wsgate(conf(b.port, listen="proxy_protocol"))
+    assert exchange(gw.port, REQ) == b""
+    gw.wait_log(
+        r'\[error\] .*broken header: "GET / HTTP/1\.1" while reading PROXY protocol, '
+        rf"client: 127\.0\.0\.1, server: 127\.0\.0\.1:{gw.port}\n"
+    )
+    bad_v2 = SIGNATURE + b"\x11\x11\x00\x00"
+    assert exchange(gw.port, bad_v2) == b""
+    gw.wait_log(r"\[error\] .*unknown PROXY protocol version: 1 while reading PROXY protocol")
+    assert b.accepted == 0
+    assert "[alert]" not in gw.errors()
+
+
+def test_proxy_protocol_timeout(bg: Loop, wsgate: Factory) -> None:
+    b = bg.backend("b")
+    gw = wsgate(conf(b.port, "client_header_timeout 1s;", listen="proxy_protocol"))
+    assert exchange(gw.port, b"PROXY TCP4 ") == b""
+    info = (gw.prefix / "logs" / "info.log").read_text()
+    assert re.search(
+        r"\[info\] .*client timed out \(110: Connection timed out\) while reading PROXY "
+        rf"protocol, client: 127\.0\.0\.1, server: 127\.0\.0\.1:{gw.port}\n",
+        info,
+    )
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    d = tmp_path / "pki"
+    d.mkdir()
+    return Pki(trustme.CA(organization_name="Test CA"), d)
+
+
+def test_proxy_protocol_before_tls(wsgate: Factory, pki: Pki) -> None:
+    cert = pki.leaf("localhost")
+    gw = wsgate(
+        tls_conf(
+            "server { listen 127.0.0.1:0 ssl proxy_protocol; server_name localhost;"
+            f" ssl_certificate {cert[0]}; ssl_certificate_key {cert[1]};"
+            ' location / { return 200 "$proxy_protocol_addr $scheme"; } }'
+        )
+    )
+    raw = socket.create_connection((HOST, gw.port), timeout=5)
+    raw.sendall(V1)
+    with pki.client_context().wrap_socket(raw, server_hostname="localhost") as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200 OK") and data.endswith(b"\r\n\r\n192.0.2.1 https")

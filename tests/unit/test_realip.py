@@ -11,6 +11,7 @@ import pytest
 from tests.unit.test_phases import Worker, conf, request
 from wsgate.errors import ConfigError, HttpError
 from wsgate.http.phases import Request, realip_post_read, realip_preaccess, run
+from wsgate.http.proxy_protocol import ProxyHeader
 from wsgate.realip import forwarded_addr, parse_addr, parse_addr_port, trusted
 
 LOOP = (ipaddress.ip_network("127.0.0.1/32"),)
@@ -208,3 +209,22 @@ def test_set_real_ip_from_hostname_and_errors(tmp_path: Path) -> None:
     assert ipaddress.ip_network("127.0.0.1/32") in nets
     with pytest.raises(ConfigError, match='host not found in set_real_ip_from "no.such.invalid"'):
         conf(tmp_path, "set_real_ip_from no.such.invalid;" + SERVER.format(s="", loc=""))
+
+
+def test_real_ip_header_proxy_protocol(tmp_path: Path) -> None:
+    s = "set_real_ip_from 127.0.0.1; real_ip_header proxy_protocol;"
+    r = phased(tmp_path, s, extra="X-Real-IP: 198.51.100.1\r\n")
+    r.ctx.proxy_protocol = ProxyHeader("192.0.2.1", "192.0.2.2", 1234, 80)
+    run(r)
+    assert (r.ctx.remote_addr, r.ctx.lookup("remote_port")) == ("192.0.2.1", "1234")
+    assert r.ctx.lookup("realip_remote_addr") == "127.0.0.1"
+    # untrusted: the header's address stays in $proxy_protocol_addr only
+    r = phased(tmp_path, "set_real_ip_from 10.0.0.0/8; real_ip_header proxy_protocol;")
+    r.ctx.proxy_protocol = ProxyHeader("192.0.2.1", "192.0.2.2", 1234, 80)
+    run(r)
+    assert r.ctx.remote_addr == "127.0.0.1"
+    assert r.ctx.lookup("proxy_protocol_addr") == "192.0.2.1"
+    # no header (PROXY UNKNOWN): nothing changes
+    r = phased(tmp_path, s)
+    run(r)
+    assert r.ctx.remote_addr == "127.0.0.1"

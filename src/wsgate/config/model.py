@@ -109,6 +109,8 @@ class Listen:
     source: Source | None = None
     #: ``listen ... ssl``: connections on this address speak TLS.
     ssl: bool = False
+    #: ``listen ... proxy_protocol``: each connection begins with a PROXY protocol header.
+    proxy_protocol: bool = False
 
     @property
     def is_wildcard(self) -> bool:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from wsgate.config.model import MapBlock
 from wsgate.config.template import Template
 from wsgate.http.fields import first_value
+from wsgate.http.proxy_protocol import ProxyHeader, tlv
 
 if TYPE_CHECKING:
     from wsgate.observability.status import StatusCounters
@@ -93,6 +94,11 @@ FIXED_VARIABLES = (
             # ngx_http_realip_module
             "realip_remote_addr",
             "realip_remote_port",
+            # listen ... proxy_protocol
+            "proxy_protocol_addr",
+            "proxy_protocol_port",
+            "proxy_protocol_server_addr",
+            "proxy_protocol_server_port",
             # ngx_http_stub_status_module (1.3.14)
             "connections_active",
             "connections_reading",
@@ -102,7 +108,14 @@ FIXED_VARIABLES = (
     )
     | _TLS_VARIABLES
 )
-PREFIX_VARIABLES = ("http_", "arg_", "cookie_", "sent_http_", "upstream_http_")
+PREFIX_VARIABLES = (
+    "http_",
+    "arg_",
+    "cookie_",
+    "sent_http_",
+    "upstream_http_",
+    "proxy_protocol_tlv_",
+)
 
 
 def is_known_variable(name: str, maps: frozenset[str] | set[str]) -> bool:
@@ -181,6 +194,7 @@ class RequestContext:
         "remote_addr",
         "remote_port",
         "realip",
+        "proxy_protocol",
         "server_addr",
         "server_port",
         "server_name",
@@ -230,6 +244,8 @@ class RequestContext:
         #: The connection's own address and port once realip has replaced them (None: not
         #: replaced), for ``$realip_remote_addr``/``$realip_remote_port``.
         self.realip: tuple[str, int] | None = None
+        #: The connection's PROXY protocol header (None: none, or one without addresses).
+        self.proxy_protocol: ProxyHeader | None = None
         self.server_addr = server_addr
         self.server_port = server_port
         self.server_name = ""
@@ -329,6 +345,9 @@ class RequestContext:
             return self._arg(name[4:])
         if name.startswith("cookie_"):
             return self._cookie(name[7:])
+        if name.startswith("proxy_protocol_tlv_"):
+            pp = self.proxy_protocol
+            return "" if pp is None else (tlv(pp, name[19:]) or "")
         return ""
 
     def _eval_map(self, m: MapBlock) -> str:
@@ -382,6 +401,11 @@ def _xff(c: RequestContext) -> str:
     return f"{prior}, {c.remote_addr}" if prior else c.remote_addr
 
 
+def _pp_port(c: RequestContext, field: str) -> str:
+    """``$proxy_protocol_port``/``_server_port``: empty without a header (nginx: not found)."""
+    return "" if c.proxy_protocol is None else str(getattr(c.proxy_protocol, field))
+
+
 def _realip_remote_port(c: RequestContext) -> str:
     port = c.remote_port if c.realip is None else c.realip[1]
     return str(port) if port else ""
@@ -426,6 +450,12 @@ _GETTERS: dict[str, Callable[[RequestContext], str]] = {
     "remote_port": lambda c: str(c.remote_port) if c.remote_port else "",
     "realip_remote_addr": lambda c: c.remote_addr if c.realip is None else c.realip[0],
     "realip_remote_port": _realip_remote_port,
+    "proxy_protocol_addr": lambda c: "" if c.proxy_protocol is None else c.proxy_protocol.src_addr,
+    "proxy_protocol_port": lambda c: _pp_port(c, "src_port"),
+    "proxy_protocol_server_addr": lambda c: (
+        "" if c.proxy_protocol is None else c.proxy_protocol.dst_addr
+    ),
+    "proxy_protocol_server_port": lambda c: _pp_port(c, "dst_port"),
     "server_addr": lambda c: c.server_addr,
     "server_port": lambda c: str(c.server_port),
     "server_name": lambda c: c.server_name,

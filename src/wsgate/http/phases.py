@@ -262,8 +262,14 @@ def _realip(r: Request, settings: LocationSettings) -> None:
     name = settings.real_ip_header
     port: int | None = None
     if name == "proxy_protocol":
-        return None  # no PROXY protocol header yet
-    if name == "X-Forwarded-For":
+        # The header's source address, and its source port ("ngx_inet_set_port(...,
+        # c->proxy_protocol->src_port)").
+        pp = ctx.proxy_protocol
+        if pp is None:
+            return None
+        values = [pp.src_addr]
+        port = pp.src_port
+    elif name == "X-Forwarded-For":
         # ngx_http_get_forwarded_addr: every X-Forwarded-For, the last one first.
         values = [v for k, v in ctx.headers if k.lower() == "x-forwarded-for"]
     else:

@@ -128,6 +128,14 @@ class ListenGroup:
         key = (host, port)
         return self._locals.setdefault(key, key)
 
+    def proxy_protocol(self, local_addr: str) -> bool:
+        """Whether connections to ``local_addr`` begin with a PROXY protocol header
+        (``listen ... proxy_protocol``; the ``listen`` chosen as for :meth:`candidates`)."""
+        listens = [lst for _, lst in self.pairs]
+        exact = [lst for lst in listens if lst.host == local_addr]
+        chosen = exact or [lst for lst in listens if lst.is_wildcard] or listens
+        return any(lst.proxy_protocol for lst in chosen)
+
     def candidates(self, local_addr: str) -> tuple[list[Server], Server]:
         """Servers for a connection that arrived on ``local_addr`` (nginx: address first)."""
         hit = self._cache.get(local_addr)
