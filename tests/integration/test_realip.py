@@ -234,3 +234,95 @@ def test_proxy_protocol_before_tls(wsgate: Factory, pki: Pki) -> None:
         while chunk := s.recv(65536):
             data += chunk
     assert data.startswith(b"HTTP/1.1 200 OK") and data.endswith(b"\r\n\r\n192.0.2.1 https")
+
+
+# -- nginx-tests proxy_protocol.t and proxy_protocol2.t, case by case --------------------------
+_P2 = SIGNATURE + b"\x21"
+CASES = {
+    "v1": {
+        "tcp4": b"PROXY TCP4 192.0.2.1 192.0.2.2 123 5678\r\n",
+        "tcp6": b"PROXY TCP6 2001:Db8::1 2001:Db8::2 123 5678\r\n",
+        "unk1": b"PROXY UNKNOWN\r\n",
+        "unk2": b"PROXY UNKNOWN 1 2 3 4 5 6\r\n",
+    },
+    "v2": {
+        "tcp4": _P2
+        + struct.pack(
+            "!BH4s4sHH", 0x11, 12, bytes([192, 0, 2, 1]), bytes([192, 0, 2, 2]), 123, 5678
+        ),
+        "tcp6": _P2
+        + struct.pack(
+            "!BH16s16sHH",
+            0x21,
+            36,
+            bytes.fromhex("20010db8" + "00" * 11 + "01"),
+            bytes.fromhex("20010db8" + "00" * 11 + "02"),
+            123,
+            5678,
+        ),
+        "tlv": _P2
+        + struct.pack(
+            "!BH4s4sHH9x", 0x11, 21, bytes([192, 0, 2, 1]), bytes([192, 0, 2, 2]), 123, 5678
+        ),
+        "unk1": _P2 + b"\x01\x00\x00",
+        "unk2": _P2 + b"\x41\x00\x04\x01\x02\x03\x04",
+    },
+}
+
+
+def test_nginx_proxy_protocol_cases(bg: Loop, wsgate: Factory) -> None:
+    b = bg.backend("b")
+    up = f"proxy_pass http://127.0.0.1:{b.port};"
+    gw = wsgate(f"""
+events {{}}
+http {{
+  log_format pp $remote_addr:$remote_port;
+  access_log off;
+  proxy_set_header X-IP $remote_addr!$remote_port;
+  proxy_set_header X-PP $proxy_protocol_addr!$proxy_protocol_port;
+  proxy_set_header X-PPS $proxy_protocol_server_addr!$proxy_protocol_server_port;
+  server {{
+    listen 127.0.0.1:0 proxy_protocol;
+    set_real_ip_from 127.0.0.1/32;
+    location /pp {{
+      real_ip_header proxy_protocol;
+      {up}
+      location /pp_4 {{ deny 192.0.2.1/32; access_log logs/pp4.log pp; {up} }}
+      location /pp_6 {{ deny 2001:DB8::1/128; access_log logs/pp6.log pp; {up} }}
+    }}
+    location / {{ {up} }}
+  }}
+}}
+""")
+
+    def pp_get(path: str, header: bytes) -> str:
+        request = f"GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode()
+        data = exchange(gw.port, header + request)
+        assert data, path
+        if not data.startswith(b"HTTP/1.1 200 "):
+            return data.decode()
+        return b.requests[-1].head.decode().lower()
+
+    for version, cases in CASES.items():
+        seen = pp_get("/t1", cases["tcp4"])
+        assert "x-pp: 192.0.2.1!123\r\n" in seen and "x-pps: 192.0.2.2!5678\r\n" in seen, version
+        assert "x-ip: 127.0.0.1!" in seen and "!123\r\n" not in seen.split("x-ip:")[1][:30]
+        seen = pp_get("/t1", cases["tcp6"])
+        assert "x-pp: 2001:db8::1!123\r\n" in seen and "x-pps: 2001:db8::2!5678\r\n" in seen
+        assert "x-ip: 127.0.0.1!" in seen
+        if "tlv" in cases:
+            assert "x-pp: 192.0.2.1!123\r\n" in pp_get("/t1", cases["tlv"])
+        for unk in ("unk1", "unk2"):
+            seen = pp_get("/t1", cases[unk])
+            assert "x-pp: !\r\n" in seen and "x-pps: !\r\n" in seen, (version, unk)
+        # realip
+        seen = pp_get("/pp", cases["tcp4"])
+        assert "x-ip: 192.0.2.1!123\r\n" in seen and "x-pp: 192.0.2.1!123\r\n" in seen
+        seen = pp_get("/pp", cases["tcp6"])
+        assert "x-ip: 2001:db8::1!123\r\n" in seen
+        # access
+        assert "403 Forbidden" in pp_get("/pp_4", cases["tcp4"])
+        assert "403 Forbidden" in pp_get("/pp_6", cases["tcp6"])
+    logs = gw.prefix / "logs"
+    assert (logs / "pp4.log").read_text() == "192.0.2.1:123\n" * 2
+    assert (logs / "pp6.log").read_text() == "2001:db8::1:123\n" * 2

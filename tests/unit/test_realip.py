@@ -10,7 +10,7 @@ import pytest
 
 from tests.unit.test_phases import Worker, conf, request
 from wsgate.errors import ConfigError, HttpError
-from wsgate.http.phases import Request, realip_post_read, realip_preaccess, run
+from wsgate.http.phases import Plain, Request, realip_post_read, realip_preaccess, run
 from wsgate.http.proxy_protocol import ProxyHeader
 from wsgate.realip import forwarded_addr, parse_addr, parse_addr_port, trusted
 
@@ -228,3 +228,35 @@ def test_real_ip_header_proxy_protocol(tmp_path: Path) -> None:
     r = phased(tmp_path, s)
     run(r)
     assert r.ctx.remote_addr == "127.0.0.1"
+
+
+# -- nginx-tests realip.t ---------------------------------------------------------------------
+REALIP_T = (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("10.0.1.0/24"))
+
+
+@pytest.mark.parametrize(
+    ("values", "recursive", "want"),
+    [
+        (["10.0.0.1, 192.0.2.1"], False, "192.0.2.1"),  # realip multi
+        (["192.0.2.1, 10.0.1.1, 127.0.0.1"], False, "127.0.0.1"),  # recursive off
+        (["10.0.1.1, 192.0.2.1, 127.0.0.1"], True, "192.0.2.1"),  # recursive on
+        (["192.0.2.1", "127.0.0.1, 10.0.1.1"], False, "10.0.1.1"),  # multi xff, off
+        (["10.0.1.1", "192.0.2.1", "127.0.0.1"], True, "192.0.2.1"),  # multi xff, on
+    ],
+)
+def test_nginx_realip_t(values: list[str], recursive: bool, want: str) -> None:
+    found = forwarded_addr(("127.0.0.1", 5000), values, REALIP_T, recursive)
+    assert found == (want, 0)
+
+
+def test_realip_post_read_before_server_return(tmp_path: Path) -> None:
+    # realip.t "realip post read": a server-level return already sees the real address.
+    config = conf(
+        tmp_path,
+        "set_real_ip_from 127.0.0.1/32; server { listen 127.0.0.1:8081; return 204; }",
+    )
+    r = request(config, Worker(), extra="X-Real-IP: 192.0.2.1\r\n")
+    r.ctx.remote_addr = "127.0.0.1"
+    decision, _ = run(r)
+    assert decision == Plain(204, b"", None)
+    assert r.ctx.remote_addr == "192.0.2.1"
