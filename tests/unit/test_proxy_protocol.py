@@ -123,6 +123,7 @@ def test_v2_tlvs() -> None:
     assert tlv(header, "unique_id") is None
     assert tlv(header, "nonsense") is None
     assert tlv(header, "0xzz") is None
+    assert tlv(header, "0x0x1") is None and tlv(header, "0x") is None
 
 
 def test_v2_broken_tlv_is_not_found() -> None:

@@ -207,11 +207,10 @@ def tlv(header: ProxyHeader, name: str) -> str | None:
             return str(struct.unpack_from("!I", ssl, 1)[0])
         tlvs, names = ssl[5:], TLV_SSL_NAMES
     if name.startswith("0x"):
-        try:
-            kind = int(name[2:], 16)
-        except ValueError:
-            return None
-        value = _lookup(tlvs, kind)
+        digits = name[2:]
+        if not digits or not all(c in "0123456789abcdefABCDEF" for c in digits):
+            return None  # ngx_hextoi: NGX_ERROR, "invalid PROXY protocol TLV"
+        value = _lookup(tlvs, int(digits, 16))
     elif name in names:
         value = _lookup(tlvs, names[name])
     else:
