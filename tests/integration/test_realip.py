@@ -326,3 +326,55 @@ http {{
     logs = gw.prefix / "logs"
     assert (logs / "pp4.log").read_text() == "192.0.2.1:123\n" * 2
     assert (logs / "pp6.log").read_text() == "2001:db8::1:123\n" * 2
+
+
+@pytest.mark.parametrize("method", ["ip_hash", "hash $remote_addr"])
+def test_balancing_key_is_real_address(bg: Loop, wsgate: Factory, method: str) -> None:
+    b1, b2 = bg.backend("b1"), bg.backend("b2")
+
+    def run(server: str) -> list[bytes]:
+        gw = wsgate(
+            "events {}\nhttp { access_log off;"
+            f" upstream u {{ {method}; server 127.0.0.1:{b1.port}; server 127.0.0.1:{b2.port}; }}"
+            f" server {{ listen 127.0.0.1:0; {server} location / {{ proxy_pass http://u; }} }} }}"
+        )
+        got = []
+        for n in range(1, 21):
+            for _ in range(2):
+                status, body = get(gw.port, extra=f"X-Real-IP: 192.0.{n}.1\r\n")
+                assert status == 200
+                got.append(body)
+        return got
+
+    real = run("set_real_ip_from 127.0.0.1;")
+    # each real address keeps its backend, and the addresses spread over both
+    assert all(real[i] == real[i + 1] for i in range(0, len(real), 2))
+    assert set(real) == {b"b1", b"b2"}
+    # without set_real_ip_from every request has 127.0.0.1's backend
+    assert len(set(run(""))) == 1
+
+
+def test_nginx_proxy_protocol_ipv6(bg: Loop, wsgate: Factory) -> None:
+    """nginx-tests' proxy_protocol_ipv6.t: an IPv6 connection carrying a TCP4 header."""
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    b = bg.backend("b")
+    up = f"proxy_pass http://127.0.0.1:{b.port};"
+    gw = wsgate(
+        "events {}\nhttp { access_log off;"
+        " proxy_set_header X-IP $remote_addr; proxy_set_header X-PP $proxy_protocol_addr;"
+        " server { listen [::1]:0 proxy_protocol; real_ip_header proxy_protocol;"
+        f" location / {{ {up} }} location /pp {{ set_real_ip_from ::1/128; {up} }} }} }}"
+    )
+    for path in ("/t", "/pp"):
+        with socket.create_connection(("::1", gw.port), timeout=5) as s:
+            s.sendall(b"PROXY TCP4 127.0.0.1 127.0.0.1 1 2\r\n")
+            s.sendall(f"GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
+            while s.recv(65536):
+                pass
+    first, second = (r.head.decode() for r in b.requests)
+    assert "X-IP: ::1\r\n" in first and "X-PP: 127.0.0.1\r\n" in first
+    assert "X-IP: 127.0.0.1\r\n" in second

@@ -167,3 +167,46 @@ def test_listen_proxy_protocol_and_variables(tmp_path: Path) -> None:
     assert ctx.lookup("proxy_protocol_server_port") == "5678"
     assert ctx.lookup("proxy_protocol_tlv_0xE0") == "v"
     assert ctx.lookup("proxy_protocol_tlv_alpn") == ""
+
+
+def test_nginx_proxy_protocol2_tlv_t() -> None:
+    """nginx-tests' proxy_protocol2_tlv.t."""
+    sub = tlvs(
+        (0x21, b"TLSv1.2"),
+        (0x22, b"example.com"),
+        (0x23, b"AES256-SHA"),
+        (0x24, b"SHA1"),
+        (0x25, b"RSA512"),
+    )
+    ssl = bytes((0x01,)) + struct.pack("!I", 255) + sub
+    body = V4 + tlvs(
+        (0x1, b"ALPN1"),
+        (0x2, b"localhost"),
+        (0x3, b"4321"),
+        (0x5, b"UNIQQ"),
+        (0x20, ssl),
+        (0x30, b"NETNS"),
+        (0xAE, b"12345"),
+    )
+    header, _ = parse(v2(body))
+    assert header is not None
+    ctx = RequestContext()
+    ctx.proxy_protocol = header
+
+    def pair(a: str, b: str) -> str:
+        return f"{ctx.lookup('proxy_protocol_tlv_' + a)}-{ctx.lookup('proxy_protocol_tlv_' + b)}"
+
+    assert pair("alpn", "0x01") == "ALPN1-ALPN1"
+    assert pair("authority", "0x02") == "localhost-localhost"
+    assert ctx.lookup("proxy_protocol_tlv_0x3") == "4321"
+    assert pair("unique_id", "0x05") == "UNIQQ-UNIQQ"
+    assert pair("netns", "0x30") == "NETNS-NETNS"
+    assert ctx.lookup("proxy_protocol_tlv_ssl_verify") == "255"
+    assert pair("ssl_version", "ssl_0x21") == "TLSv1.2-TLSv1.2"
+    assert pair("ssl_cn", "ssl_0x22") == "example.com-example.com"
+    assert pair("ssl_cipher", "ssl_0x23") == "AES256-SHA-AES256-SHA"
+    assert pair("ssl_sig_alg", "ssl_0x24") == "SHA1-SHA1"
+    assert pair("ssl_key_alg", "ssl_0x25") == "RSA512-RSA512"
+    assert ctx.lookup("proxy_protocol_tlv_0x000ae") == "12345"
+    assert pair("0x000e", "0x0f") == "-"
+    assert "\x00" in ctx.lookup("proxy_protocol_tlv_ssl")
