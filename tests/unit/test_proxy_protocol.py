@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from wsgate.config.loader import load
+from wsgate.config.model import Listen, LocationSettings, Server
 from wsgate.config.variables import RequestContext
 from wsgate.http.proxy_protocol import (
     MAX_HEADER,
@@ -20,6 +21,7 @@ from wsgate.http.proxy_protocol import (
     parse,
     tlv,
 )
+from wsgate.server.gateway import ListenGroup
 
 
 def v2(body: bytes, command: int = 0x21, family: int = 0x11, length: int | None = None) -> bytes:
@@ -210,3 +212,14 @@ def test_nginx_proxy_protocol2_tlv_t() -> None:
     assert ctx.lookup("proxy_protocol_tlv_0x000ae") == "12345"
     assert pair("0x000e", "0x0f") == "-"
     assert "\x00" in ctx.lookup("proxy_protocol_tlv_ssl")
+
+
+def test_listen_group_proxy_protocol_by_address() -> None:
+    """The ``listen`` an address chose (exact before wildcard) says whether to expect it."""
+    server = Server((), (), LocationSettings())
+    exact = Listen("127.0.0.2", 8080, proxy_protocol=True)
+    wild = Listen("0.0.0.0", 8080)
+    group = ListenGroup(("0.0.0.0", 8080, 0), [(server, exact), (server, wild)])
+    assert group.proxy_protocol("127.0.0.2") is True
+    assert group.proxy_protocol("127.0.0.1") is False
+    assert group.proxy_protocol("127.0.0.2") is True  # cached
