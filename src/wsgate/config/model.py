@@ -110,6 +110,8 @@ class Listen:
     source: Source | None = None
     #: ``listen ... ssl``: connections on this address speak TLS.
     ssl: bool = False
+    #: ``listen ... proxy_protocol``: each connection begins with a PROXY protocol header.
+    proxy_protocol: bool = False
 
     @property
     def is_wildcard(self) -> bool:
@@ -441,6 +443,13 @@ class LocationSettings:
     #: ``proxy_hide_header``/``proxy_pass_header`` names, each list all-or-nothing.
     proxy_hide_headers: tuple[str, ...] = ()
     proxy_pass_headers: tuple[str, ...] = ()
+    #: ``set_real_ip_from`` of the innermost level that has any (all-or-nothing): networks,
+    #: ``None`` for ``unix:``; empty: realip is off.
+    real_ip_from: tuple[Network | None, ...] = ()
+    #: ``real_ip_header``, as written (``X-Real-IP``, ``X-Forwarded-For``, ``proxy_protocol``
+    #: or another header's name).
+    real_ip_header: str = "X-Real-IP"
+    real_ip_recursive: bool = False
 
 
 @dataclass(frozen=True, slots=True)

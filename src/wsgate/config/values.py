@@ -85,7 +85,7 @@ def resolve(text: str, default_port: int, src: Source, what: str) -> Iterator[tu
 
 
 def listen(args: list[str], src: Source) -> Listen:
-    """``listen ADDRESS[:PORT] [default_server] [ipv6only=on|off]``."""
+    """``listen ADDRESS[:PORT] [default_server] [ssl] [proxy_protocol] [ipv6only=on|off]``."""
     text = args[0]
     if text.startswith("unix:"):
         raise _err('"listen unix:" is not supported by wsgate yet', src)
@@ -107,6 +107,7 @@ def listen(args: list[str], src: Source) -> Listen:
     default = False
     ipv6only = True
     ssl = False
+    proxy_protocol = False
     for p in args[1:]:
         if p in ("default_server", "default"):
             default = True
@@ -117,11 +118,13 @@ def listen(args: list[str], src: Source) -> Listen:
             ipv6only = flag
         elif p == "ssl":
             ssl = True
-        elif p in ("http2", "quic", "proxy_protocol"):
+        elif p == "proxy_protocol":
+            proxy_protocol = True
+        elif p in ("http2", "quic"):
             raise _err(f'"listen ... {p}" is not supported by wsgate yet', src)
         else:
             raise _err(f'invalid parameter "{p}"', src)
-    return Listen(host, port, default, ipv6only, src, ssl)
+    return Listen(host, port, default, ipv6only, src, ssl, proxy_protocol)
 
 
 def server_name(text: str, src: Source, names: set[str] | None = None) -> ServerName:

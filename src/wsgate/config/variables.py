@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from wsgate.config.model import MapBlock
 from wsgate.config.template import Template
 from wsgate.http.fields import first_value
+from wsgate.http.proxy_protocol import ProxyHeader, tlv
 
 if TYPE_CHECKING:
     from wsgate.observability.status import StatusCounters
@@ -91,6 +92,14 @@ FIXED_VARIABLES = (
             "content_length",
             "content_type",
             "remote_user",
+            # ngx_http_realip_module
+            "realip_remote_addr",
+            "realip_remote_port",
+            # listen ... proxy_protocol
+            "proxy_protocol_addr",
+            "proxy_protocol_port",
+            "proxy_protocol_server_addr",
+            "proxy_protocol_server_port",
             # ngx_http_stub_status_module (1.3.14)
             "connections_active",
             "connections_reading",
@@ -100,7 +109,14 @@ FIXED_VARIABLES = (
     )
     | _TLS_VARIABLES
 )
-PREFIX_VARIABLES = ("http_", "arg_", "cookie_", "sent_http_", "upstream_http_")
+PREFIX_VARIABLES = (
+    "http_",
+    "arg_",
+    "cookie_",
+    "sent_http_",
+    "upstream_http_",
+    "proxy_protocol_tlv_",
+)
 
 
 def is_known_variable(name: str, maps: frozenset[str] | set[str]) -> bool:
@@ -178,6 +194,8 @@ class RequestContext:
     __slots__ = (
         "remote_addr",
         "remote_port",
+        "realip",
+        "proxy_protocol",
         "server_addr",
         "server_port",
         "server_name",
@@ -224,6 +242,11 @@ class RequestContext:
     ) -> None:
         self.remote_addr = remote_addr
         self.remote_port = remote_port
+        #: The connection's own address and port once realip has replaced them (None: not
+        #: replaced), for ``$realip_remote_addr``/``$realip_remote_port``.
+        self.realip: tuple[str, int] | None = None
+        #: The connection's PROXY protocol header (None: none, or one without addresses).
+        self.proxy_protocol: ProxyHeader | None = None
         self.server_addr = server_addr
         self.server_port = server_port
         self.server_name = ""
@@ -323,6 +346,9 @@ class RequestContext:
             return self._arg(name[4:])
         if name.startswith("cookie_"):
             return self._cookie(name[7:])
+        if name.startswith("proxy_protocol_tlv_"):
+            pp = self.proxy_protocol
+            return "" if pp is None else (tlv(pp, name[19:]) or "")
         return ""
 
     def _eval_map(self, m: MapBlock) -> str:
@@ -376,6 +402,16 @@ def _xff(c: RequestContext) -> str:
     return f"{prior}, {c.remote_addr}" if prior else c.remote_addr
 
 
+def _pp_port(c: RequestContext, field: str) -> str:
+    """``$proxy_protocol_port``/``_server_port``: empty without a header (nginx: not found)."""
+    return "" if c.proxy_protocol is None else str(getattr(c.proxy_protocol, field))
+
+
+def _realip_remote_port(c: RequestContext) -> str:
+    port = c.remote_port if c.realip is None else c.realip[1]
+    return str(port) if port else ""
+
+
 def _binary_remote_addr(c: RequestContext) -> str:
     """``$binary_remote_addr``: "client address in a binary form, value's length is always
     4 bytes for IPv4 addresses or 16 bytes for IPv6 addresses".  Templates carry text, so the
@@ -410,7 +446,17 @@ def _connections(field: str) -> Callable[[RequestContext], str]:
 _GETTERS: dict[str, Callable[[RequestContext], str]] = {
     "remote_addr": lambda c: c.remote_addr,
     "binary_remote_addr": _binary_remote_addr,
-    "remote_port": lambda c: str(c.remote_port),
+    # ngx_http_variable_remote_port: "if (port > 0 && port < 65536)", else empty (a
+    # realip address sent without a port).
+    "remote_port": lambda c: str(c.remote_port) if c.remote_port else "",
+    "realip_remote_addr": lambda c: c.remote_addr if c.realip is None else c.realip[0],
+    "realip_remote_port": _realip_remote_port,
+    "proxy_protocol_addr": lambda c: "" if c.proxy_protocol is None else c.proxy_protocol.src_addr,
+    "proxy_protocol_port": lambda c: _pp_port(c, "src_port"),
+    "proxy_protocol_server_addr": lambda c: (
+        "" if c.proxy_protocol is None else c.proxy_protocol.dst_addr
+    ),
+    "proxy_protocol_server_port": lambda c: _pp_port(c, "dst_port"),
     "server_addr": lambda c: c.server_addr,
     "server_port": lambda c: str(c.server_port),
     "server_name": lambda c: c.server_name,

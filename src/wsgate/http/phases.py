@@ -7,12 +7,12 @@ request."  wsgate walks the same sequence:
 ======================  =========================================================  ==========
 phase                   handlers today                                             nginx
 ======================  =========================================================  ==========
-``POST_READ``           request-target → ``$uri``/``$args``; 497, 495/496          (process)
+``POST_READ``           request-target → ``$uri``/``$args``; 497, 495/496; realip  (process)
 ``SERVER_REWRITE``      a ``return`` at ``server`` level                           rewrite
 ``FIND_CONFIG``         the location, keep-alive limits, the trailing-slash 301    core
 ``REWRITE``             a ``return`` in the location                               rewrite
 ``POST_REWRITE``        (internal redirects: at most 10 cycles, as nginx)          core
-``PREACCESS``           ``limit_req``, then ``limit_conn``                         limit_*
+``PREACCESS``           realip, then ``limit_req``, then ``limit_conn``            limit_*
 ``ACCESS``              ``allow``/``deny``                                         access
 ``TRY_FILES``           (none yet)                                                 core
 ``CONTENT``             ``stub_status``, ``prometheus``, ``proxy_pass``, or 404    core
@@ -45,6 +45,7 @@ from wsgate.config.variables import RequestContext
 from wsgate.errors import HttpError
 from wsgate.http.request import RequestHead
 from wsgate.limits import ConnZone, Refused, ReqZone, check_requests
+from wsgate.realip import forwarded_addr
 from wsgate.routing import find_location, needs_slash_redirect, normalize_uri, split_target
 
 if TYPE_CHECKING:
@@ -69,6 +70,8 @@ __all__ = [
     "Restart",
     "absolute_url",
     "on_error",
+    "realip_post_read",
+    "realip_preaccess",
     "release_slots",
     "run",
 ]
@@ -243,6 +246,61 @@ def check_tls(r: Request) -> None:
     if verify == "on" and result == "NONE":
         raise HttpError(496, "client sent no required SSL certificate")
     return None
+
+
+def _realip(r: Request, settings: LocationSettings) -> None:
+    """ngx_http_realip_handler: "changes the client address and optional port to those sent
+    in the specified header field", when the connection's address is trusted
+    (``set_real_ip_from``); once per request.  The request's ``$remote_addr`` and
+    ``$remote_port`` change, and everything that reads them (``allow``/``deny``, the
+    ``limit_*`` keys, ``ip_hash``, ``$proxy_add_x_forwarded_for``, the logs); the next
+    request of the connection starts from the connection's own address again (nginx restores
+    it in the request's pool cleanup)."""
+    ctx = r.ctx
+    if not settings.real_ip_from or ctx.realip is not None:
+        return None
+    name = settings.real_ip_header
+    port: int | None = None
+    if name == "proxy_protocol":
+        # The header's source address, and its source port ("ngx_inet_set_port(...,
+        # c->proxy_protocol->src_port)").
+        pp = ctx.proxy_protocol
+        if pp is None:
+            return None
+        values = [pp.src_addr]
+        port = pp.src_port
+    elif name == "X-Forwarded-For":
+        # ngx_http_get_forwarded_addr: every X-Forwarded-For, the last one first.
+        values = [v for k, v in ctx.headers if k.lower() == "x-forwarded-for"]
+    else:
+        # X-Real-IP and any other name: the first header of that name.
+        low = name.lower()
+        values = [v for k, v in ctx.headers if k.lower() == low][:1]
+    if not values:
+        return None
+    found = forwarded_addr(
+        (ctx.remote_addr, ctx.remote_port),
+        values,
+        settings.real_ip_from,
+        settings.real_ip_recursive,
+    )
+    if found is not None:
+        ctx.realip = (ctx.remote_addr, ctx.remote_port)
+        ctx.remote_addr, ctx.remote_port = found[0], found[1] if port is None else port
+        ctx.invalidate()
+    return None
+
+
+def realip_post_read(r: Request) -> None:
+    """realip at ``POST_READ``, with the server's settings (nginx: the server's own
+    location configuration, before any location is found)."""
+    return _realip(r, r.server.settings)
+
+
+def realip_preaccess(r: Request) -> None:
+    """realip again at ``PREACCESS``, with the location's settings, if the server's did not
+    change the address (``set_real_ip_from`` in a location)."""
+    return _realip(r, r.settings)
 
 
 # -- SERVER_REWRITE, REWRITE -------------------------------------------------------------------
@@ -430,12 +488,12 @@ def content(r: Request) -> Decision | None:
 #: The handlers of each phase, in order (the LOG phase is the I/O layer's: it runs when the
 #: response is done, or when a tunnel closes).
 HANDLERS: tuple[tuple[Phase, tuple[Handler, ...]], ...] = (
-    (Phase.POST_READ, (parse_target, check_tls)),
+    (Phase.POST_READ, (parse_target, check_tls, realip_post_read)),
     (Phase.SERVER_REWRITE, (server_return,)),
     (Phase.FIND_CONFIG, (find_config,)),
     (Phase.REWRITE, (location_return,)),
     (Phase.POST_REWRITE, (post_rewrite,)),
-    (Phase.PREACCESS, (limit_req, limit_conn)),
+    (Phase.PREACCESS, (realip_preaccess, limit_req, limit_conn)),
     (Phase.ACCESS, (access,)),
     (Phase.TRY_FILES, ()),
     (Phase.CONTENT, (content,)),

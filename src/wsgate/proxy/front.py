@@ -26,6 +26,13 @@ from wsgate.config.model import LocationSettings
 from wsgate.config.variables import RequestContext
 from wsgate.errors import HttpError
 from wsgate.http.body import Body, EndOfMessage
+from wsgate.http.proxy_protocol import (
+    MAX_HEADER,
+    ProxyHeader,
+    ProxyProtocolError,
+    complete,
+    parse,
+)
 from wsgate.http.request import (
     HeadLimits,
     IncompleteRequest,
@@ -79,6 +86,7 @@ class FrontConnection:
         "body_done",
         "tls_vars",
         "plain_on_tls",
+        "proxy_protocol",
         "task_done",
         "tunnel",
         "tunnel_end",
@@ -116,6 +124,8 @@ class FrontConnection:
         self.tls_vars: dict[str, str] | None = None
         #: Plain HTTP arrived on a ``listen ... ssl`` address: every request gets 497.
         self.plain_on_tls = False
+        #: The PROXY protocol header (``listen ... proxy_protocol``), if it gave addresses.
+        self.proxy_protocol: ProxyHeader | None = None
         #: An open tunnel's request (None: no tunnel, or its request is finished).
         self.tunnel_end: TunnelEnd | None = None
         #: The connection's task has ended; an open tunnel then ends the connection itself.
@@ -124,6 +134,9 @@ class FrontConnection:
     # -- the connection loop ------------------------------------------------------------------
     async def run(self) -> None:
         default = self.default
+        if self.group.proxy_protocol(self.local_addr) and not await self._read_proxy_protocol():
+            self.ep.close()
+            return
         if self.group.tls is not None and not await self._start_tls():
             self.ep.close()
             return
@@ -216,6 +229,54 @@ class FrontConnection:
             self.gw.connection_closed(self)
 
     # -- reading --------------------------------------------------------------------------------
+    def _log_connection(self, level: str, message: str) -> None:
+        """A line about the connection before any request, with the listening address as
+        ``server`` (nginx's ``ngx_http_log_error`` without a request)."""
+        ctx = self.bare_ctx()
+        host = f"[{self.local_addr}]" if ":" in self.local_addr else self.local_addr
+        ctx.server_name = f"{host}:{self.local_port}"
+        self.gw.error_log.log(level, message, self.number, ctx)
+
+    async def _read_proxy_protocol(self) -> bool:
+        """The PROXY protocol header (``listen ... proxy_protocol``); ``False``: close.
+
+        nginx (``ngx_http_wait_request_handler``, ``ngx_http_ssl_handshake``) waits
+        ``client_header_timeout`` for it, in a buffer of ``client_header_buffer_size`` bytes
+        (``NGX_PROXY_PROTOCOL_MAX_HEADER``, 4096, on an ``ssl`` port), and closes the
+        connection when it is broken, with ``[error] broken header: "..." while reading PROXY
+        protocol``.  What follows the header is the connection's first bytes (TLS or HTTP).
+        """
+        ep = self.ep
+        limit = MAX_HEADER if self.group.tls is not None else self.default.client_header_buffer_size
+        action = " while reading PROXY protocol"
+        buf = bytearray()
+        loop = self.gw.loop
+        deadline = loop.time() + self.default.client_header_timeout
+        while not complete(buf, limit):
+            remaining = deadline - loop.time()
+            if remaining <= 0 or await ep.wait_data_or(None, remaining) is Ready.TIMEOUT:
+                self._log_connection(
+                    "info", "client timed out (110: Connection timed out)" + action
+                )
+                return False
+            if not ep.buffer:  # EOF
+                if not buf:
+                    self._log_connection("info", "client closed connection" + action)
+                    return False
+                break
+            buf += ep.take()
+        try:
+            header, used = parse(buf[:limit])
+        except ProxyProtocolError as exc:
+            if exc.message:
+                self._log_connection("error", exc.message + action)
+            return False
+        self.proxy_protocol = header
+        rest = bytes(buf[used:])
+        if rest:
+            ep.buffer[0:0] = rest
+        return True
+
     async def _start_tls(self) -> bool:
         """First bytes, then the handshake (``listen ... ssl``); ``False``: close silently.
 
@@ -357,6 +418,7 @@ class FrontConnection:
         )
         ctx.server_name = self.default.name
         ctx.counters = self.gw.stub_status
+        ctx.proxy_protocol = self.proxy_protocol
         if self.tls_vars is not None:
             ctx.scheme = "https"
             ctx.tls = self.tls_vars

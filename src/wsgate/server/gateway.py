@@ -121,12 +121,24 @@ class ListenGroup:
     acceptor: _Acceptor | None = None
     _cache: dict[str, tuple[list[Server], Server]] = field(default_factory=dict)
     _locals: dict[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
+    _proxy_protocol: dict[str, bool] = field(default_factory=dict)
 
     def local_address(self, host: str, port: int) -> tuple[str, int]:
         """``(host, port)``, one copy per local address for all the connections that arrive
         on it (each keeps them, and its tunnel's request too, for as long as it is open)."""
         key = (host, port)
         return self._locals.setdefault(key, key)
+
+    def proxy_protocol(self, local_addr: str) -> bool:
+        """Whether connections to ``local_addr`` begin with a PROXY protocol header
+        (``listen ... proxy_protocol``; the ``listen`` chosen as for :meth:`candidates`)."""
+        hit = self._proxy_protocol.get(local_addr)
+        if hit is None:
+            listens = [lst for _, lst in self.pairs]
+            exact = [lst for lst in listens if lst.host == local_addr]
+            chosen = exact or [lst for lst in listens if lst.is_wildcard] or listens
+            hit = self._proxy_protocol[local_addr] = any(lst.proxy_protocol for lst in chosen)
+        return hit
 
     def candidates(self, local_addr: str) -> tuple[list[Server], Server]:
         """Servers for a connection that arrived on ``local_addr`` (nginx: address first)."""

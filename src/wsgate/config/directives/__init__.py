@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from wsgate.config.directives import core, headers, limits, other, proxy, ssl, upstream
+from wsgate.config.directives import core, headers, limits, other, proxy, realip, ssl, upstream
 from wsgate.config.parse import NGINX_DIRECTIVES
 from wsgate.config.table import CONTEXT_ORDER, Directive, Kind, Merge
 from wsgate.config.values import config_error
@@ -31,6 +31,7 @@ ENTRIES: tuple[Directive, ...] = (
     *proxy.ENTRIES,
     *headers.ENTRIES,
     *limits.ENTRIES,
+    *realip.ENTRIES,
     *ssl.ENTRIES,
     *upstream.ENTRIES,
     *other.ENTRIES,

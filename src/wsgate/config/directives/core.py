@@ -394,7 +394,7 @@ ENTRIES: tuple[Directive, ...] = (
         fields=("listens",),
         unset=(),
         merge=Merge.ARRAY,
-        syntax="address[:port] | port [default_server] [ssl] [ipv6only=on|off]",
+        syntax="address[:port] | port [default_server] [ssl] [proxy_protocol] [ipv6only=on|off]",
         note="`*:80` when a server has none",
     ),
     Directive(
