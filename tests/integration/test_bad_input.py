@@ -1063,6 +1063,78 @@ def test_bad_last_chunk_trailer_is_400_at_once(wsgate: Factory, bg: _Background)
     wait_fds(h, fds)
 
 
+# -- client_body_timeout ---------------------------------------------------------------------------
+def _body_stops(h: WsgateProcess, path: str) -> float:
+    """A POST whose body stops after 3 of its 10 bytes; returns the seconds until wsgate
+    closes the connection, having sent nothing."""
+    with Conn(h.port) as c:
+        t0 = time.monotonic()
+        c.send(f"POST {path} HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc".encode())
+        assert c.read_eof() == b"", "nothing is sent on client_body_timeout"
+        return time.monotonic() - t0
+
+
+def _no_body_timeout_line(h: WsgateProcess) -> None:
+    """nginx logs nothing for a body's timeout (ngx_http_read_client_request_body_handler and
+    ngx_http_upstream_read_request_handler finalize with 408 and no log call)."""
+    text = info_log(h).read_text(errors="replace") if info_log(h).exists() else ""
+    assert "client request body" not in text and "[error]" not in text, text
+
+
+def test_client_body_timeout_from_http_ends_the_request(wsgate: Factory, bg: _Background) -> None:
+    """``client_body_timeout 1s`` set in ``http`` reaches the location: a body that stops is
+    ended after about 1 s (not nginx's default 60 s) with no response and the connection
+    closed, ``408 0`` in the access log, no error-log line, and the upstream connection that
+    had part of the body is closed."""
+    up = bg.raw(http_ok)
+    h, fds = start(wsgate, conf(up.port, main=INFO, http="client_body_timeout 1s;"))
+    elapsed = _body_stops(h, "/")
+    assert 0.9 <= elapsed < 4.0, elapsed
+    (entry,) = h.access_lines(1)
+    assert '"POST / HTTP/1.1" 408 0 ' in entry, entry
+    _no_body_timeout_line(h)
+    wait_for(lambda: up.open == 0, "the upstream connection to be closed")
+    assert_serving_http(h, up)
+    wait_fds(h, fds)
+
+
+def test_client_body_timeout_of_the_location(wsgate: Factory, bg: _Background) -> None:
+    """The body is read after the location is chosen, so the location's value applies: 1 s in
+    ``location /short`` over the server's 30 s."""
+    up = bg.raw(http_ok)
+    server = (
+        "client_body_timeout 30s; location /short { client_body_timeout 1s; proxy_pass http://up; }"
+    )
+    h, fds = start(wsgate, conf(up.port, main=INFO, server=server))
+    elapsed = _body_stops(h, "/short")
+    assert 0.9 <= elapsed < 4.0, elapsed
+    (entry,) = h.access_lines(1)
+    assert '"POST /short HTTP/1.1" 408 0 ' in entry, entry
+    _no_body_timeout_line(h)
+    assert_serving_http(h, up)
+    wait_fds(h, fds)
+
+
+def test_client_body_timeout_is_between_reads(wsgate: Factory, bg: _Background) -> None:
+    """The timer runs "only for a period between two successive read operations, not for the
+    transmission of the whole request body": a body sent in six pieces 0.4 s apart (2 s in
+    all) under ``client_body_timeout 1s`` reaches the upstream whole, and the client gets
+    its response."""
+    up = bg.raw(http_ok)
+    h, fds = start(wsgate, conf(up.port, http="client_body_timeout 1s;"))
+    with Conn(h.port) as c:
+        c.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n\r\n")
+        for piece in (b"ab", b"cd", b"ef", b"gh", b"ij", b"kl"):
+            time.sleep(0.4)
+            c.send(piece)
+        status, line, _, body = c.response()
+        assert (status, body) == (200, b"ok\n"), line
+    (entry,) = h.access_lines(1)
+    assert '"POST / HTTP/1.1" 200 ' in entry, entry
+    assert len(up.received) == 1
+    wait_fds(h, fds)
+
+
 def test_101_nobody_asked_for_gets_no_bytes(wsgate: Factory, bg: _Background) -> None:
     """nginx-tests ``proxy_upgrade.t`` "handshake noupgrade": the client sends no ``Upgrade``,
     the upstream answers 101 and goes on sending (12 bytes) on an open connection.  The client

@@ -407,6 +407,7 @@ class LocationSettings:
     proxy_read_timeout: float = 60.0
     proxy_send_timeout: float = 60.0
     send_timeout: float = 60.0
+    client_body_timeout: float = 60.0
     keepalive_timeout: float = 75.0
     keepalive_header: float | None = None
     keepalive_requests: int = 1000

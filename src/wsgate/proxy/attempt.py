@@ -87,7 +87,7 @@ class Attempt:
         self,
         gw: WorkerContext,
         client: Endpoint,
-        body: Callable[[], AsyncIterator[bytes]],
+        body: Callable[[float], AsyncIterator[bytes]],
         number: int,
         head: RequestHead,
         settings: LocationSettings,
@@ -291,7 +291,7 @@ class Attempt:
             self.client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         size = 0
         chunked = framing.kind is Framing.CHUNKED
-        async for data in self.body():
+        async for data in self.body(settings.client_body_timeout):
             size += len(data)
             if settings.client_max_body_size and size > settings.client_max_body_size:
                 raise HttpError(

@@ -254,7 +254,7 @@ class Proxying:
     async def _read_whole_body(self, settings: LocationSettings) -> bytes:
         chunks: list[bytes] = []
         size = 0
-        async for data in self.ex.front.body_events():
+        async for data in self.ex.front.body_events(settings.client_body_timeout):
             size += len(data)
             if settings.client_max_body_size and size > settings.client_max_body_size:
                 raise HttpError(

@@ -460,6 +460,17 @@ ENTRIES: tuple[Directive, ...] = (
     Directive(
         "send_timeout", HSL, TAKE1, parse=time, target=_LS, fields=("send_timeout",), default="60s"
     ),
+    # "a timeout for reading client request body ... only for a period between two
+    # successive read operations"; expiry ends the request with 408 (no response).
+    Directive(
+        "client_body_timeout",
+        HSL,
+        TAKE1,
+        parse=time,
+        target=_LS,
+        fields=("client_body_timeout",),
+        default="60s",
+    ),
     Directive(
         "keepalive_timeout",
         HSL,

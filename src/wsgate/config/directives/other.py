@@ -92,7 +92,6 @@ ENTRIES: tuple[Directive, ...] = (
     # Refused with a reason (docs/differences.md, "Not yet supported").
     _refused("if", "not yet: `if` blocks"),
     _refused("error_page", "not yet"),
-    _refused("client_body_timeout", "not yet; a request body may pause 60 s between reads"),
     _refused("satisfy", "no auth modules"),
     _refused("auth_basic", "no auth modules"),
     _refused("auth_request", "no auth modules"),
