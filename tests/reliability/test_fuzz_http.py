@@ -15,9 +15,8 @@ Each example runs on a fresh connection to one long-lived proxy.  The oracle:
   a ``101`` after which the bytes are the tunnel's;
 * the proxy is never silent for longer than :data:`SILENCE`, derived from the configured
   timers (every timer here is 2 s): a connection that the proxy neither answers nor closes
-  past that has hung.  The body timer is the exception (wsgate has no
-  ``client_body_timeout`` and waits nginx's default 60 s), so an example that ends inside a
-  body by httptools' reading half-closes: the proxy must then answer or close at once;
+  past that has hung.  ``client_body_timeout`` is one of those timers, so an example that
+  ends inside a body is held open like any other and must be closed by it;
 * after the example, a normal request on a new connection is answered ``200`` (the worker is
   alive and serving), and the error log has no new ``[alert]`` or ``[emerg]``.
 
@@ -65,7 +64,7 @@ EXAMPLES = scaled(150, 5000)
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
 
 SERVER = f"""
-client_header_timeout {TIMER:.0f}s;
+client_header_timeout {TIMER:.0f}s; client_body_timeout {TIMER:.0f}s;
 keepalive_timeout {TIMER:.0f}s; send_timeout {TIMER:.0f}s;
 proxy_read_timeout {TIMER:.0f}s; proxy_send_timeout {TIMER:.0f}s;
 proxy_connect_timeout {TIMER:.0f}s; client_max_body_size 1k;
@@ -176,35 +175,6 @@ def mutate(data: bytes, mutations: list[tuple[int, str, bytes]]) -> bytes:
         else:
             data = data[:i] + data[i : i + len(blob) * 4] + data[i:]
     return data
-
-
-class _Request:
-    def __init__(self) -> None:
-        self.in_body = False
-
-    def on_headers_complete(self) -> None:
-        self.in_body = True
-
-    def on_message_complete(self) -> None:
-        self.in_body = False
-
-
-def awaits_body(data: bytes) -> bool:
-    """Whether ``data`` ends inside a request body (httptools' reading): such a request waits
-    for the body timer (60 s, fixed in wsgate), so the example half-closes instead."""
-    calls = _Request()
-    # llhttp knows a fixed list of methods; nginx (and wsgate) take any of A-Z, "_" and "-",
-    # so an unknown one is read as a known one of the same kind.
-    data = UNKNOWN_METHOD.sub(b"PUT ", data, count=1)
-    try:
-        httptools.HttpRequestParser(calls).feed_data(data)
-    except (httptools.HttpParserError, httptools.HttpParserUpgrade):
-        return False
-    return calls.in_body
-
-
-#: A request line's method that llhttp may not know but nginx accepts.
-UNKNOWN_METHOD = re.compile(rb"^[A-Z_-]+ ")
 
 
 # -- the oracle ------------------------------------------------------------------------------------
@@ -397,7 +367,7 @@ def test_mutated_requests(
     target = front.target
     mark = len(target.errors())
     data = mutate(b"".join(pipeline), mutations)
-    outcome = exchange(target.port, data, half_close or awaits_body(data))
+    outcome = exchange(target.port, data, half_close)
     front.seen["examples"] += 1
     front.seconds += outcome.seconds
     if outcome.statuses:
@@ -436,7 +406,7 @@ PROMPT = [
         b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
     ),
 ]
-#: The timers in this test are long (wsgate's body timer is nginx's default, 60 s), so an
+#: The timers in this test are long (the body timer is left at nginx's default, 60 s), so an
 #: answer that waits for one is not mistaken for a prompt one: the answer must come within a
 #: tenth of them.
 LONG_TIMER = 60
