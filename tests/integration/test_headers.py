@@ -176,3 +176,124 @@ http {{
     # A level's own proxy_hide_header list replaces the outer one: X-Secret passes here.
     h = fields(head_of(gw.port, "/own"))
     assert h[-2:] == ["X-Accel-Other: o", "X-Secret: s"], h
+
+
+# -- expires ---------------------------------------------------------------------------------------
+LM = "Mon, 28 Sep 1970 06:00:00 GMT"
+
+
+def caching_upstream(backend: Backend, request: Request) -> bytes:
+    """An upstream with its own Cache-Control (twice) and Expires; 404 for /missing...;
+    Last-Modified (headers.t's) for .../modified...."""
+    code = b"404 Not Found" if "missing" in request.path else b"200 OK"
+    lm = b"Last-Modified: %s\r\n" % LM.encode() if "modified" in request.path else b""
+    return (
+        b"HTTP/1.1 %s\r\nContent-Length: 2\r\nCache-Control: private\r\nX-Up: 1\r\n"
+        b"Expires: Mon, 01 Jan 2001 00:00:00 GMT\r\n%sCache-Control: no-store\r\n\r\nok"
+    ) % (code, lm)
+
+
+def field(h: list[str], name: str) -> list[str]:
+    return [x.split(": ", 1)[1] for x in h if x.lower().startswith(name.lower() + ":")]
+
+
+def max_age_of(h: list[str]) -> int:
+    """The seconds between Date and Expires."""
+    from email.utils import parsedate_to_datetime
+
+    (date,), (expires,) = field(h, "Date"), field(h, "Expires")
+    return int((parsedate_to_datetime(expires) - parsedate_to_datetime(date)).total_seconds())
+
+
+EPOCH = "Thu, 01 Jan 1970 00:00:01 GMT"
+MAX = "Thu, 31 Dec 2037 23:55:55 GMT"
+
+
+def test_expires_levels_statuses_and_responses(
+    wsgate: Callable[..., WsgateProcess], bg: Loop
+) -> None:
+    up = bg.backend("up", caching_upstream)
+    gw = wsgate(f"""
+events {{}}
+http {{
+  expires epoch;
+  upstream backend {{ server 127.0.0.1:{up.port}; }}
+  server {{
+    listen 127.0.0.1:0;
+    location / {{ proxy_pass http://backend; }}
+    location /off {{ expires off; proxy_pass http://backend; }}
+    location /access {{
+      expires 2048;
+      proxy_pass http://backend;
+      location /access/inner {{ proxy_pass http://backend; }}
+    }}
+    location /modified {{ expires modified 2048; proxy_pass http://backend; }}
+    location /cc {{ expires 1h; add_header Cache-Control public; proxy_pass http://backend; }}
+    location /ret {{ expires max; return 200 hi; }}
+    location /redir {{ expires -1h; return 302 /x; }}
+    location /gone {{ expires max; return 404; }}
+    location /ret-modified {{ expires modified 1h; return 200 hi; }}
+    location /var {{ expires $arg_e; return 200 hi; }}
+    location /var_modified {{ expires modified $arg_e; proxy_pass http://backend; }}
+  }}
+  server {{
+    listen 127.0.0.1:0;
+    expires max;
+    location / {{ proxy_pass http://backend; }}
+    location /own {{ expires 0; proxy_pass http://backend; }}
+  }}
+}}
+""")
+    port, port2 = gw.ports[0], gw.ports[1]
+    # http's epoch, inherited: the upstream's Expires and first Cache-Control get the new
+    # values where they stand, its second Cache-Control goes.
+    h = fields(head_of(port, "/a"))
+    assert h[-3:] == ["Cache-Control: no-cache", "X-Up: 1", f"Expires: {EPOCH}"], h
+    assert field(h, "Cache-Control") == ["no-cache"] and field(h, "Expires") == [EPOCH], h
+    # off: the upstream's fields pass as they are.
+    h = fields(head_of(port, "/off"))
+    assert field(h, "Cache-Control") == ["private", "no-store"], h
+    assert field(h, "Expires") == ["Mon, 01 Jan 2001 00:00:00 GMT"], h
+    # Not for a 404.
+    h = fields(head_of(port, "/missing"))
+    assert field(h, "Cache-Control") == ["private", "no-store"], h
+    # A time, in a location and inherited by a nested one (headers.t's access_inner).
+    for path in ("/access", "/access/inner"):
+        h = fields(head_of(port, path))
+        assert field(h, "Cache-Control") == ["max-age=2048"], h
+        assert max_age_of(h) == 2048, h
+    # modified: from the upstream's Last-Modified (headers.t: 06:34:08), long past.
+    h = fields(head_of(port, "/modified"))
+    assert field(h, "Expires") == ["Mon, 28 Sep 1970 06:34:08 GMT"], h
+    assert field(h, "Cache-Control") == ["no-cache"], h
+    # add_header Cache-Control adds a line after expires's.
+    h = fields(head_of(port, "/cc"))
+    assert field(h, "Cache-Control") == ["max-age=3600", "public"], h
+    # return: 200, a redirect (negative: no-cache, an Expires in the past), not a 404.
+    h = fields(head_of(port, "/ret"))
+    assert h[-2:] == [f"Expires: {MAX}", "Cache-Control: max-age=315360000"], h
+    h = fields(head_of(port, "/redir"))
+    assert field(h, "Cache-Control") == ["no-cache"] and max_age_of(h) == -3600, h
+    assert any(x.startswith("Location:") for x in h), h
+    h = fields(head_of(port, "/gone"))
+    assert not field(h, "Expires") and not field(h, "Cache-Control"), h
+    # modified without a Last-Modified: from now, as nginx.
+    h = fields(head_of(port, "/ret-modified"))
+    assert field(h, "Cache-Control") == ["max-age=3600"] and max_age_of(h) == 3600, h
+    # Variables (headers.t's /var cases).
+    assert field(fields(head_of(port, "/var?e=epoch")), "Expires") == [EPOCH]
+    assert field(fields(head_of(port, "/var?e=max")), "Expires") == [MAX]
+    assert field(fields(head_of(port, "/var?e=2048")), "Cache-Control") == ["max-age=2048"]
+    assert field(fields(head_of(port, "/var?e=-2048")), "Cache-Control") == ["no-cache"]
+    assert field(fields(head_of(port, "/var?e=@33s")), "Expires")[0].endswith(":33 GMT")
+    for bad in ("/var?e=off", "/var", "/var?e=bad"):
+        assert not field(fields(head_of(port, bad)), "Expires"), bad
+    h = fields(head_of(port, "/var_modified?e=2048"))
+    assert field(h, "Expires") == ["Mon, 28 Sep 1970 06:34:08 GMT"], h
+    h = fields(head_of(port, "/var_modified?e=epoch"))
+    assert field(h, "Expires") == ["Mon, 01 Jan 2001 00:00:00 GMT"], h  # untouched
+    # A server's own value, inherited by its locations; 0 is "now", max-age=0.
+    h = fields(head_of(port2, "/a"))
+    assert field(h, "Expires") == [MAX] and field(h, "Cache-Control") == ["max-age=315360000"]
+    h = fields(head_of(port2, "/own"))
+    assert field(h, "Expires") == field(h, "Date") and field(h, "Cache-Control") == ["max-age=0"]

@@ -22,6 +22,7 @@ __all__ = [
     "AddHeader",
     "Config",
     "ErrorLog",
+    "Expires",
     "HeaderSetting",
     "HealthCheck",
     "HttpConfig",
@@ -313,6 +314,23 @@ class AddHeader:
     always: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Expires:
+    """``expires [modified] time | epoch | max | off | @time`` (ngx_http_headers_filter_module);
+    applied by :func:`wsgate.http.headers_filter.set_expires`.
+
+    ``kind`` is nginx's ``ngx_http_expires_t``: ``off``, ``epoch``, ``max``, ``access`` (a
+    time from now), ``modified`` (from the response's ``Last-Modified``) or ``daily`` (``@``, a
+    time of day); ``time`` is in seconds (negative for ``-1h``; seconds since midnight for
+    ``daily``).  A value with variables is kept in ``value`` and parsed per request, ``kind``
+    then being ``access`` or ``modified`` and ``time`` 0, as nginx keeps them.
+    """
+
+    kind: str = "off"
+    time: int = 0
+    value: Template | None = None
+
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -441,6 +459,8 @@ class LocationSettings:
     limit_req_dry_run: bool = False
     #: ``add_header`` of the innermost level that has any (all-or-nothing inheritance).
     add_headers: tuple[AddHeader, ...] = ()
+    #: ``expires`` (inherited; default ``off``).
+    expires: Expires = Expires()
     #: ``proxy_hide_header``/``proxy_pass_header`` names, each list all-or-nothing.
     proxy_hide_headers: tuple[str, ...] = ()
     proxy_pass_headers: tuple[str, ...] = ()

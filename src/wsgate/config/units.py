@@ -11,7 +11,14 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["parse_flag", "parse_size", "parse_time"]
+__all__ = [
+    "ExpiresError",
+    "parse_expires",
+    "parse_flag",
+    "parse_seconds",
+    "parse_size",
+    "parse_time",
+]
 
 _TIME_UNITS = {
     "ms": 0.001,
@@ -67,3 +74,80 @@ def parse_flag(text: str) -> bool | None:
     if low == "off":
         return False
     return None
+
+
+_MAX_INT = (1 << 63) - 1
+#: ``ngx_parse_time``'s steps, in the order a value must name them, with their scales.
+_SEC_STEPS = {"y": (1, 365 * 86400), "M": (2, 30 * 86400), "w": (3, 7 * 86400), "d": (4, 86400)}
+_SEC_STEPS |= {"h": (5, 3600), "m": (6, 60), "s": (7, 1), " ": (8, 1)}
+
+
+def parse_seconds(text: str) -> int | None:
+    """``ngx_parse_time(value, 1)`` exactly, as ``expires`` reads its time: whole seconds, the
+    units ``y M w d h m s`` each at most once and in that order, spaces after a unit (a
+    space also ends a bare number), a trailing number without a unit counted as seconds
+    (``1h30``), no ``ms``; ``None`` when nginx says ``NGX_ERROR``."""
+    value = total = 0
+    step = 0
+    valid = False
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if "0" <= c <= "9":
+            value = value * 10 + ord(c) - 48
+            if value > _MAX_INT:
+                return None
+            valid = True
+            i += 1
+            continue
+        i += 1
+        if c == "m" and i < n and text[i] == "s":
+            return None  # "ms" with is_sec
+        if c not in _SEC_STEPS:
+            return None
+        new, scale = _SEC_STEPS[c]
+        if step >= min(new, 7):  # each unit once, in order; a space not after seconds
+            return None
+        step = new
+        if value > _MAX_INT // scale:
+            return None
+        value *= scale
+        if total > _MAX_INT - value:
+            return None
+        total += value
+        value = 0
+        while i < n and text[i] == " ":
+            i += 1
+    if not valid or total > _MAX_INT - value:
+        return None
+    return total + value
+
+
+class ExpiresError(ValueError):
+    """``ngx_http_parse_expires``'s error, with nginx's words."""
+
+
+def parse_expires(text: str, kind: str) -> tuple[str, int]:
+    """``ngx_http_parse_expires``: ``text`` read for an ``expires`` whose kind so far is
+    ``kind`` (``access``, or ``modified`` after that word) → (kind, seconds).
+
+    ``epoch``, ``max`` and ``off`` are words only without ``modified``; ``@time`` is a time
+    of day (at most 24 hours, not with ``modified``); ``+``/``-`` sign a time."""
+    if kind != "modified":
+        if text in ("epoch", "max", "off"):
+            return text, 0
+    minus = False
+    if text[:1] == "@":
+        text = text[1:]
+        if kind == "modified":
+            raise ExpiresError('daily time cannot be used with "modified" parameter')
+        kind = "daily"
+    elif text[:1] in ("+", "-"):
+        minus = text[0] == "-"
+        text = text[1:]
+    seconds = parse_seconds(text)
+    if seconds is None:
+        raise ExpiresError("invalid value")
+    if kind == "daily" and seconds > 24 * 60 * 60:
+        raise ExpiresError("daily time value must be less than 24 hours")
+    return kind, -seconds if minus else seconds

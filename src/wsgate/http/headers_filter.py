@@ -1,4 +1,4 @@
-"""``add_header``: nginx's headers filter (``ngx_http_headers_filter_module.c``), pure.
+"""``add_header`` and ``expires``: nginx's headers filter (its headers_filter_module), pure.
 
 https://nginx.org/en/docs/http/ngx_http_headers_module.html#add_header: "Adds the specified
 field to a response header provided that the response code equals 200, 201, 204, 206, 301,
@@ -15,15 +15,26 @@ upstream's ``X-A: 0`` gives two fields.
 The filter runs for every response the request gets -- proxied, ``return``, ``stub_status``,
 ``prometheus``, wsgate's error pages and a ``101`` -- with the status the client receives;
 ``101`` is not in the list, so only ``always`` headers reach a WebSocket handshake response.
+
+``expires`` (https://nginx.org/en/docs/http/ngx_http_headers_module.html#expires,
+``ngx_http_set_expires``) runs first, for the same statuses: it sets ``Expires`` and
+``Cache-Control`` -- the response's own ``Expires`` and first ``Cache-Control`` get the new
+values where they stand and its further ``Cache-Control`` lines are removed; when it has
+none, they are added, ``Expires`` first.  ``add_header Cache-Control`` then adds further
+lines after them, as in nginx.
 """
 
 from __future__ import annotations
 
+import time
+from calendar import timegm
 from collections.abc import Callable
+from email.utils import formatdate, parsedate_tz
 
-from wsgate.config.model import AddHeader
+from wsgate.config.model import AddHeader, Expires
+from wsgate.config.units import ExpiresError, parse_expires
 
-__all__ = ["SAFE_STATUSES", "add_headers"]
+__all__ = ["SAFE_STATUSES", "add_headers", "filter_headers", "set_expires"]
 
 #: The statuses every ``add_header`` applies to (``safe_status`` in nginx's filter).
 SAFE_STATUSES = frozenset({200, 201, 204, 206, 301, 302, 303, 304, 307, 308})
@@ -85,3 +96,137 @@ def _replace(
     if value:
         added.append((name, value))
     return headers
+
+
+#: ``expires epoch`` and ``expires max``'s fixed values.
+EPOCH = ("Thu, 01 Jan 1970 00:00:01 GMT", "no-cache")
+MAX = ("Thu, 31 Dec 2037 23:55:55 GMT", "max-age=315360000")
+
+
+def filter_headers(
+    status: int,
+    headers: list[tuple[str, str]],
+    entries: tuple[AddHeader, ...],
+    expires: Expires,
+    lookup: Callable[[str], str],
+    now: float,
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """nginx's headers filter: :func:`set_expires`, then :func:`add_headers`; the response's
+    own fields and the fields to write after them."""
+    headers, added = set_expires(status, headers, expires, lookup, now)
+    headers, more = add_headers(status, headers, entries, lookup)
+    return headers, added + more if added else more
+
+
+def set_expires(
+    status: int,
+    headers: list[tuple[str, str]],
+    expires: Expires,
+    lookup: Callable[[str], str],
+    now: float,
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """``ngx_http_set_expires`` for a response with ``status`` and ``headers`` (its own
+    fields) at ``now``: the fields, and the ones to add after them.  ``headers`` is not
+    changed; with ``expires off`` or a status not in :data:`SAFE_STATUSES` it is returned as
+    it is.  A variable value that is not a valid ``expires`` value, or is ``off``, sets
+    nothing (nginx's "rc != NGX_OK: return NGX_OK")."""
+    if expires.kind == "off" or status not in SAFE_STATUSES:
+        return headers, []
+    kind, seconds = expires.kind, expires.time
+    if expires.value is not None:
+        try:
+            kind, seconds = parse_expires(expires.value.render(lookup), kind)
+        except ExpiresError:
+            return headers, []
+        if kind == "off":
+            return headers, []
+    values = _expires_values(kind, seconds, expires.time, headers, int(now))
+    if values is None:
+        return headers, []
+    return _place(headers, *values)
+
+
+def _expires_values(
+    kind: str, seconds: int, conf_time: int, headers: list[tuple[str, str]], now: int
+) -> tuple[str, str] | None:
+    """(Expires, Cache-Control) as ``ngx_http_set_expires`` computes them; ``conf_time`` is
+    the configured time (0 for a variable value), whose sign alone makes ``no-cache``."""
+    if kind == "epoch":
+        return EPOCH
+    if kind == "max":
+        return MAX
+    if seconds == 0 and kind != "daily":
+        return formatdate(now, usegmt=True), "max-age=0"
+    if kind == "daily":
+        when = _next_time(seconds, now)
+        max_age = when - now
+    else:
+        last_modified = _last_modified_time(headers) if kind == "modified" else -1
+        if last_modified == -1:
+            max_age = seconds
+            when = seconds + now
+        else:
+            when = seconds + last_modified
+            max_age = when - now
+    try:
+        date = formatdate(when, usegmt=True)
+    except (OverflowError, OSError, ValueError):
+        return None  # beyond what a date can say (nginx writes whatever its gmtime gives)
+    if conf_time < 0 or max_age < 0:
+        return date, "no-cache"
+    return date, f"max-age={max_age}"
+
+
+def _next_time(when: int, now: int) -> int:
+    """``ngx_next_time``: the next moment, local time, that is ``when`` seconds after a
+    midnight -- today's when it is still ahead, else tomorrow's."""
+    tm = time.localtime(now)
+    hms = (when // 3600, when % 3600 // 60, when % 60)
+    fields = (tm.tm_year, tm.tm_mon, tm.tm_mday, *hms, tm.tm_wday, tm.tm_yday, tm.tm_isdst)
+    nxt = int(time.mktime(fields))
+    if nxt - now > 0:
+        return nxt
+    tomorrow = (tm.tm_year, tm.tm_mon, tm.tm_mday + 1, *hms, tm.tm_wday, tm.tm_yday, tm.tm_isdst)
+    return int(time.mktime(tomorrow))
+
+
+def _last_modified_time(headers: list[tuple[str, str]]) -> int:
+    """``r->headers_out.last_modified_time``: the response's first ``Last-Modified`` (nginx
+    ignores an upstream's further ones) as a time, -1 when there is none or it is no date."""
+    for name, value in headers:
+        if name.lower() == "last-modified":
+            parsed = parsedate_tz(value)
+            if parsed is None:
+                return -1
+            offset = parsed[9] or 0
+            return timegm(parsed[:6] + (0, 1, -1)) - offset
+    return -1
+
+
+def _place(
+    headers: list[tuple[str, str]], expires: str, cache_control: str
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """The response's ``Expires`` (nginx's ``r->headers_out.expires``, its first: an
+    upstream's further ones are ignored, so they go) and its first ``Cache-Control`` get the
+    values where they stand, further ``Cache-Control`` lines go (``cc->hash = 0``); what the
+    response lacks is added, ``Expires`` first."""
+    out: list[tuple[str, str]] = []
+    seen_e = seen_cc = False
+    for name, value in headers:
+        lname = name.lower()
+        if lname == "expires":
+            if not seen_e:
+                out.append((name, expires))
+                seen_e = True
+        elif lname == "cache-control":
+            if not seen_cc:
+                out.append((name, cache_control))
+                seen_cc = True
+        else:
+            out.append((name, value))
+    added: list[tuple[str, str]] = []
+    if not seen_e:
+        added.append(("Expires", expires))
+    if not seen_cc:
+        added.append(("Cache-Control", cache_control))
+    return out, added

@@ -20,7 +20,7 @@ from wsgate.config.model import LocationSettings
 from wsgate.config.variables import RequestContext
 from wsgate.errors import HttpError
 from wsgate.http.headers import BodyFraming, build_client_response_head, for_version, http_date
-from wsgate.http.headers_filter import add_headers
+from wsgate.http.headers_filter import filter_headers
 from wsgate.http.pages import STATUS_LINES, closes_connection, error_response
 from wsgate.http.phases import (
     Close,
@@ -152,13 +152,16 @@ class Exchange:
         head, settings, ctx = self.head, self.r.settings, self.r.ctx
         keep = head.keep_alive
         ctx.status = status
-        _, added = add_headers(status, [], settings.add_headers, ctx.lookup)
+        now = time.time()
+        _, added = filter_headers(
+            status, [], settings.add_headers, settings.expires, ctx.lookup, now
+        )
         data = error_response(
             status,
             server_tokens=settings.server_tokens,
             user_agent=ctx.header("user-agent"),
             keep_alive=keep,
-            date=http_date(time.time()),
+            date=http_date(now),
             location=location,
             head_only=head.method == "HEAD",
             added=added,
@@ -174,7 +177,10 @@ class Exchange:
         head, settings, ctx = self.head, self.r.settings, self.r.ctx
         headers = [("Content-Type", ctype)] if ctype else []
         ctx.status = status
-        headers, added = add_headers(status, headers, settings.add_headers, ctx.lookup)
+        now = time.time()
+        headers, added = filter_headers(
+            status, headers, settings.add_headers, settings.expires, ctx.lookup, now
+        )
         keep = head.keep_alive
         framing = BodyFraming.content_length(len(body)) if status != 204 else BodyFraming.none()
         out = build_client_response_head(
@@ -182,7 +188,7 @@ class Exchange:
             STATUS_LINES.get(status, ""),
             headers,
             server_tokens=settings.server_tokens,
-            date=http_date(time.time()),
+            date=http_date(now),
             framing=framing,
             keep_alive=keep,
             keepalive_header=settings.keepalive_header,
@@ -225,13 +231,17 @@ def write_error(
     ctx.status = 400 if exc.status in (495, 496, 497) else exc.status
     if exc.status not in (408, 444, 499):
         # add_header: only ``always`` ones reach an error page (no error status is "safe").
-        _, added = add_headers(ctx.status, [], settings.add_headers, ctx.lookup)
+        # expires: no error status is "safe" either.
+        now = time.time()
+        _, added = filter_headers(
+            ctx.status, [], settings.add_headers, settings.expires, ctx.lookup, now
+        )
         data = error_response(
             exc.status,
             server_tokens=settings.server_tokens,
             user_agent=ctx.header("user-agent"),
             keep_alive=keep,
-            date=http_date(time.time()),
+            date=http_date(now),
             head_only=head is not None and head.method == "HEAD",
             added=added,
         )

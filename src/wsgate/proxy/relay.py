@@ -39,7 +39,7 @@ from wsgate.http.headers import (
     http_date,
     visible_fields,
 )
-from wsgate.http.headers_filter import add_headers
+from wsgate.http.headers_filter import add_headers, filter_headers
 from wsgate.http.response import ResponseEvent, ResponseHead, ResponseParser
 from wsgate.proxy.endpoint import CountedEndpoint, Endpoint, PeerClosed
 from wsgate.proxy.frames import is_websocket
@@ -198,13 +198,16 @@ async def relay_response(
     ctx.status = resp.status
     hidden = hidden_fields(settings.proxy_hide_headers, settings.proxy_pass_headers)
     headers = visible_fields(resp.headers, hidden)
-    headers, added = add_headers(resp.status, headers, settings.add_headers, ctx.lookup)
+    now = time.time()
+    headers, added = filter_headers(
+        resp.status, headers, settings.add_headers, settings.expires, ctx.lookup, now
+    )
     out = build_client_response_head(
         resp.status,
         resp.reason,
         headers,
         server_tokens=settings.server_tokens,
-        date=http_date(time.time()),
+        date=http_date(now),
         framing=plan.framing,
         keep_alive=keep,
         keepalive_header=settings.keepalive_header,
