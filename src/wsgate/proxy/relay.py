@@ -272,19 +272,16 @@ async def relay_response(
     return (keep and complete, settings.keepalive_timeout), complete
 
 
-def _lone_101(ex: Exchange, resp: ResponseHead) -> Outcome:
-    """A 101 to a request that carried no ``Upgrade``: no tunnel (nginx sets
-    ``u->upgrade`` only "if (r->headers_in.upgrade)"), so its head goes to the client and
-    nothing the upstream sends after it does (nginx-tests ``proxy_upgrade.t``, "handshake
-    noupgrade": no byte after the head, ``$body_bytes_sent`` 0).  A backend cannot push a
-    stream to a client that did not ask for one.  Both connections are then closed."""
+def _head_101(ex: Exchange, resp: ResponseHead, upgrade: bool) -> bytes:
+    """The client's 101 head from the upstream's (``ctx.status`` set first: ``$status`` in
+    an ``add_header`` value).  101 is no "safe" status: only ``add_header ... always``
+    applies (nginx's headers filter runs for the 101 as for any response header)."""
     settings, ctx = ex.r.settings, ex.r.ctx
     ctx.status = 101
-    # 101 is no "safe" status: only ``add_header ... always`` applies.
     hidden = hidden_fields(settings.proxy_hide_headers, settings.proxy_pass_headers)
     headers = visible_fields(resp.headers, hidden)
     headers, added = add_headers(101, headers, settings.add_headers, ctx.lookup)
-    out = build_client_response_head(
+    return build_client_response_head(
         101,
         resp.reason,
         headers,
@@ -293,12 +290,21 @@ def _lone_101(ex: Exchange, resp: ResponseHead) -> Outcome:
         framing=BodyFraming.none(),
         keep_alive=False,
         keepalive_header=None,
+        upgrade=upgrade,
         added=added,
         hidden=hidden,
     )
-    out = for_version(ctx.version, out)
+
+
+def _lone_101(ex: Exchange, resp: ResponseHead) -> Outcome:
+    """A 101 to a request that carried no ``Upgrade``: no tunnel (nginx sets
+    ``u->upgrade`` only "if (r->headers_in.upgrade)"), so its head goes to the client and
+    nothing the upstream sends after it does (nginx-tests ``proxy_upgrade.t``, "handshake
+    noupgrade": no byte after the head, ``$body_bytes_sent`` 0).  A backend cannot push a
+    stream to a client that did not ask for one.  Both connections are then closed."""
+    settings, ctx = ex.r.settings, ex.r.ctx
+    out = for_version(ctx.version, _head_101(ex, resp, upgrade=False))
     ex.front.ep.write(out)
-    ctx.status = 101
     ctx.bytes_sent = len(out)
     ctx.body_bytes_sent = 0
     note_time(ex.front.gw.clock, ctx)
@@ -320,28 +326,9 @@ def start_tunnel(
     :class:`TunnelEnd` kept of the request."""
     front, head, settings, ctx = ex.front, ex.head, ex.r.settings, ex.r.ctx
     gw = front.gw
-    ctx.status = 101
-    # 101 is no "safe" status: only ``add_header ... always`` applies (nginx's headers filter
-    # runs for the 101 as for any response header).
-    hidden = hidden_fields(settings.proxy_hide_headers, settings.proxy_pass_headers)
-    headers = visible_fields(resp.headers, hidden)
-    headers, added = add_headers(101, headers, settings.add_headers, ctx.lookup)
-    out = build_client_response_head(
-        101,
-        resp.reason,
-        headers,
-        server_tokens=settings.server_tokens,
-        date=http_date(time.time()),
-        framing=BodyFraming.none(),
-        keep_alive=False,
-        keepalive_header=None,
-        upgrade=True,
-        added=added,
-        hidden=hidden,
-    )
+    out = _head_101(ex, resp, upgrade=True)
     ep = front.ep
     ep.write(out)
-    ctx.status = 101
     head_len = len(out)
     early_to_client = rparser.take_buffered() + bytes(up.buffer)
     up.buffer.clear()
