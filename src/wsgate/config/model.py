@@ -436,6 +436,9 @@ class LocationSettings:
     proxy_next_upstream_timeout: float = 0.0
     proxy_buffer_size: int = 4096
     server_tokens: bool = True
+    #: ``root``: where static files would be looked up (``$document_root``); wsgate does not
+    #: serve files yet, so a location without a content handler still answers 404.
+    root: str = "html"
     return_: Return | None = None
     proxy_ssl: SslUpstream = SslUpstream()
     #: Empty tuple means ``access_log off``.

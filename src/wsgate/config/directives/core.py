@@ -44,6 +44,7 @@ from wsgate.config.table import (
     flag,
     number,
     size,
+    string,
     time,
 )
 from wsgate.config.units import parse_size, parse_time
@@ -510,6 +511,16 @@ ENTRIES: tuple[Directive, ...] = (
     ),
     Directive(
         "server_tokens", HSL, FLAG, parse=flag, target=_LS, fields=("server_tokens",), default="on"
+    ),
+    Directive(
+        "root",
+        ctx("http server location"),
+        TAKE1,
+        parse=string,
+        target=_LS,
+        fields=("root",),
+        default="html",
+        note="stored; static files are not served yet (a location without a handler: 404)",
     ),
     Directive(
         "return",
