@@ -170,6 +170,7 @@ def wsgate_test(conf: Path, prefix: Path) -> Refusal:
         return Refusal(exc.message, exc.line or 0)
     return Refusal(None)
 
+
 def _drop(text: str, line: int) -> str:
     """``text`` without the statement at ``line`` (1-based): a block opener goes with its whole
     block, anything else is commented out.  Used only to find the next refusal."""

@@ -1,0 +1,1446 @@
+"""The acceptance corpus of issue 11: 31 nginx configurations that WebSocket applications
+publish, adapted only to loopback (``tests/configs/real``, see ``tests/realconfs.py``).
+
+For each configuration:
+
+* ``nginx -t`` loads it (when nginx is installed; Debian's 1.22 is skipped, with the reason,
+  for a configuration that uses something newer);
+* ``wsgate -t`` loads it or refuses it only with directives on :data:`NOT_YET`, each naming the
+  issue that will bring it, and what it says is exactly what ``tests/configs/real/STATUS.md``
+  records (a regression fails; so does progress, asking for ``python -m tests.realconfs``);
+* when it loads, wsgate (and nginx, when installed) run it against recording backends, and a
+  few requests its locations route (a WebSocket handshake, a plain GET, a redirect) must reach
+  the same upstream with the same request line, ``Host`` and ``proxy_set_header`` headers, and
+  give the client the same status and ``Location`` as nginx, and as written in :data:`PROBES`.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests import realconfs as rc
+from tests.conftest import start_wsgate
+from tests.integration.loopback import HOST, Backend, Loop, loop_fixture
+
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+
+bg = pytest.fixture(loop_fixture)
+
+# -- what wsgate may still refuse, and why -------------------------------------------------------
+#: Refusals waiting for another issue.  Keyed by the directive (``listen ... X`` for a listen
+#: parameter, otherwise the first word of what the refusal names).
+NOT_YET: dict[str, str] = {
+    "listen ... http2": "issue 13 (HTTP/2 on the front)",
+    "http2": "issue 13 (HTTP/2 on the front)",
+    **dict.fromkeys(
+        (
+            "gzip",
+            "gzip_types",
+            "gzip_proxied",
+            "gzip_vary",
+            "gzip_disable",
+            "gzip_comp_level",
+            "gzip_buffers",
+            "gzip_http_version",
+        ),
+        "issue 12 (compression)",
+    ),
+    **dict.fromkeys(
+        (
+            "proxy_cache_path",
+            "proxy_cache",
+            "proxy_cache_valid",
+            "proxy_cache_use_stale",
+            "proxy_cache_lock",
+            "upstream_cache_status",
+        ),
+        "issue 12 (proxy cache)",
+    ),
+    **dict.fromkeys(("index", "try_files", "alias", "etag"), "issue 12 (static files)"),
+    "ssi": "no issue yet (nginx's SSI module)",
+    "ssi_types": "no issue yet (nginx's SSI module)",
+    "proxy_store": "no issue yet (proxy_store)",
+    "proxy_pass_request_headers": "no issue yet (proxy module leftovers)",
+    "ssl_early_data": "no issue yet (`on`: Python's ssl has no server-side TLS 1.3 early data)",
+}
+#: Issue 11's own directives, still refused while they land in parallel branches.  Issue 11 is
+#: done when this is empty (and STATUS.md shows none of them).
+LANDING_UNDER_ISSUE_11: dict[str, str] = dict.fromkeys(
+    (
+        "if",
+        "set",
+        "rewrite",
+        "error_page",
+        "internal",
+        "@name",
+        "error_log",
+        "proxy_redirect",
+        "proxy_cookie_flags",
+        "proxy_pass",  # with variables
+        "ignore_invalid_headers",
+        "client_body_buffer_size",
+        "lingering_timeout",
+    ),
+    "issue 11 (landing)",
+)
+
+
+def refusal_key(directive: str) -> str:
+    return directive if directive.startswith("listen") else directive.split()[0]
+
+
+# -- certificates and prefixes -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> rc.Files:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl (for ssl_dhparam files) is not installed")
+    return rc._pki(tmp_path_factory.mktemp("pki"))
+
+
+@dataclass
+class Run:
+    """One configuration rendered for one server (wsgate or nginx) on fresh ports."""
+
+    name: str
+    prefix: Path
+    ports: dict[str, int]
+    text: str
+
+    def normalise(self, value: str) -> str:
+        """Port numbers back to their placeholders, so two runs compare equal."""
+        for key, port in sorted(self.ports.items(), key=lambda kv: -len(str(kv[1]))):
+            value = value.replace(str(port), f"@@{key}@@")
+        return value
+
+
+def make_run(name: str, prefix: Path, files: rc.Files, backends: dict[str, Backend]) -> Run:
+    text = rc.source(name)
+    listens, upstreams = rc.placeholders(text)
+    ports = dict(zip(listens, rc.allocate_ports(len(listens)), strict=True))
+    ports.update({key: backends[key].port for key in upstreams})
+    rc.prepare_prefix(prefix)
+    return Run(name, prefix, ports, rc.render(text, prefix, ports, files))
+
+
+# -- nginx -t and wsgate -t ----------------------------------------------------------------------
+#: Configurations Debian's nginx 1.22 cannot load, and why.
+NGINX_TOO_OLD = {
+    "vaultwarden": '"http2 on;" is nginx 1.25.1+ (Debian\'s 1.22 says: unknown directive "http2")',
+}
+
+
+@pytest.mark.parametrize("name", rc.NAMES)
+def test_nginx_loads(name: str, tmp_path: Path, files: rc.Files) -> None:
+    if NGINX is None:
+        pytest.skip("nginx is not installed")
+    if name in NGINX_TOO_OLD:
+        pytest.skip(NGINX_TOO_OLD[name])
+    text = rc.source(name)
+    listens, upstreams = rc.placeholders(text)
+    keys = listens + upstreams
+    run = Run(name, tmp_path, dict(zip(keys, rc.allocate_ports(len(keys)), strict=True)), "")
+    rc.prepare_prefix(tmp_path)
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(rc.render(text, tmp_path, run.ports, files))
+    proc = subprocess.run(
+        [NGINX, "-t", "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "logs/e.log")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_status_table_covers_the_corpus() -> None:
+    assert sorted(rc.read_status()) == rc.NAMES
+    assert len(rc.NAMES) == 31
+
+
+@pytest.mark.parametrize("name", rc.NAMES)
+def test_wsgate_loads_or_refuses_only_what_is_not_yet_there(
+    name: str, tmp_path: Path, files: rc.Files
+) -> None:
+    text = rc.source(name)
+    listens, upstreams = rc.placeholders(text)
+    keys = listens + upstreams
+    ports = dict(zip(keys, rc.allocate_ports(len(keys)), strict=True))
+    rc.prepare_prefix(tmp_path)
+    first, every = rc.status_cell(
+        rc.all_refusals(rc.render(text, tmp_path, ports, files), tmp_path)
+    )
+    for directive in every:
+        key = refusal_key(directive)
+        assert key in NOT_YET or key in LANDING_UNDER_ISSUE_11, (
+            f"{name}: wsgate refuses {directive!r}, which is on no not-yet list"
+        )
+    recorded = rc.read_status()[name]
+    if (first, every) != recorded:
+        if first == "loads" or len(every) < len(recorded[1]):
+            hint = "progress: run `python -m tests.realconfs` to update STATUS.md"
+        else:
+            hint = "regression (or a new refusal): wsgate refuses more than STATUS.md records"
+        pytest.fail(f"{name}: {hint}\n  now:      {first} / {every}\n  recorded: {recorded}")
+
+
+# -- behaviour -------------------------------------------------------------------------------------
+WS_KEY = base64.b64encode(b"corpus-websocket").decode()
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One request and what must come of it (values may name ports as ``@@P443@@``)."""
+
+    listen: str
+    host: str
+    target: str
+    status: int
+    upstream: str | None = None
+    #: The request line the upstream receives.
+    line: str = ""
+    #: Headers the upstream must receive (lower-case names, exact values; "" = absent).
+    headers: dict[str, str] = field(default_factory=dict)
+    location: str | None = None
+    ws: bool = False
+    tls: bool = False
+
+
+def _fwd(**extra: str) -> dict[str, str]:
+    return {"x-forwarded-for": "127.0.0.1", **extra}
+
+
+PROBES: dict[str, list[Probe]] = {
+    "coder": [
+        Probe(
+            "P80",
+            "coder.example.com",
+            "/api/v2/buildinfo",
+            301,
+            location="https://coder.example.com/api/v2/buildinfo",
+        ),
+        Probe(
+            "P443",
+            "coder.example.com",
+            "/api/v2/workspaceagents/me/rpc",
+            101,
+            "U3000",
+            "GET /api/v2/workspaceagents/me/rpc HTTP/1.1",
+            {
+                "host": "coder.example.com",
+                "upgrade": "websocket",
+                "connection": "upgrade",
+                "x-real-ip": "127.0.0.1",
+                "x-forwarded-for": "127.0.0.1",
+                "x-forwarded-proto": "",
+            },
+            ws=True,
+            tls=True,
+        ),
+        Probe(
+            "P443",
+            "coder.example.com",
+            "/api/v2/buildinfo",
+            200,
+            "U3000",
+            "GET /api/v2/buildinfo HTTP/1.1",
+            {
+                "host": "coder.example.com",
+                "upgrade": "",
+                "connection": "upgrade",
+                "x-forwarded-proto": "",
+            },
+            tls=True,
+        ),
+    ],
+    "gotify": [
+        Probe(
+            "P80",
+            "push.example.com",
+            "/stream?token=T",
+            101,
+            "U1245",
+            "GET /stream?token=T HTTP/1.1",
+            {
+                "host": "push.example.com",
+                "upgrade": "websocket",
+                "connection": "upgrade",
+                "x-real-ip": "127.0.0.1",
+                "x-forwarded-for": "127.0.0.1",
+                "x-forwarded-proto": "http",
+            },
+            ws=True,
+        ),
+        Probe(
+            "P80",
+            "push.example.com",
+            "/message?limit=5",
+            200,
+            "U1245",
+            "GET /message?limit=5 HTTP/1.1",
+            {"host": "push.example.com", "upgrade": "", "connection": "upgrade"},
+        ),
+    ],
+    "gotify-subpath": [
+        Probe(
+            "P80",
+            "localhost",
+            "/gotify/stream?token=T",
+            101,
+            "U8080",
+            "GET /stream?token=T HTTP/1.1",
+            {
+                "host": "localhost",
+                "upgrade": "websocket",
+                "connection": "upgrade",
+                "x-forwarded-proto": "http",
+            },
+            ws=True,
+        ),
+        Probe(
+            "P80",
+            "localhost",
+            "/gotify/application?x=1",
+            200,
+            "U8080",
+            "GET /application?x=1 HTTP/1.1",
+            {"host": "localhost", "upgrade": "", "connection": "upgrade"},
+        ),
+    ],
+    "grafana": [
+        Probe(
+            "P80",
+            "grafana.example.com",
+            "/api/live/ws",
+            101,
+            "U3000",
+            "GET /api/live/ws HTTP/1.1",
+            {"host": "grafana.example.com", "upgrade": "websocket", "connection": "upgrade"},
+            ws=True,
+        ),
+        Probe(
+            "P80",
+            "grafana.example.com",
+            "/api/health",
+            200,
+            "U3000",
+            "GET /api/health HTTP/1.1",
+            {"host": "grafana.example.com", "upgrade": "", "connection": ""},
+        ),
+    ],
+    "home-assistant": [
+        Probe("P80", "example.com", "/lovelace/0", 301, location="https://example.com/lovelace/0"),
+        Probe(
+            "P443",
+            "example.com",
+            "/api/websocket",
+            101,
+            "U8123",
+            "GET /api/websocket HTTP/1.1",
+            {
+                "host": "example.com",
+                "x-forwarded-for": "127.0.0.1",
+                "upgrade": "websocket",
+                "connection": "upgrade",
+            },
+            ws=True,
+            tls=True,
+        ),
+        Probe(
+            "P443",
+            "example.com",
+            "/auth/authorize?x=1",
+            200,
+            "U8123",
+            "GET /auth/authorize?x=1 HTTP/1.1",
+            {"host": "example.com", "upgrade": "", "connection": "close"},
+            tls=True,
+        ),
+    ],
+    "jellyfin": [
+        Probe(
+            "P80",
+            "jellyfin.example.org",
+            "/web/",
+            301,
+            location="https://jellyfin.example.org/web/",
+        ),
+        Probe(
+            "P443",
+            "jellyfin.example.org",
+            "/socket?api_key=K",
+            101,
+            "U8096",
+            "GET /socket?api_key=K HTTP/1.1",
+            {
+                "host": "jellyfin.example.org",
+                "upgrade": "websocket",
+                "connection": "upgrade",
+                "x-forwarded-proto": "https",
+                "x-forwarded-protocol": "https",
+                "x-forwarded-host": "jellyfin.example.org",
+            },
+            ws=True,
+            tls=True,
+        ),
+        Probe(
+            "P443",
+            "jellyfin.example.org",
+            "/System/Info/Public",
+            200,
+            "U8096",
+            "GET /System/Info/Public HTTP/1.1",
+            {
+                "host": "jellyfin.example.org",
+                "upgrade": "",
+                "connection": "",
+                "x-forwarded-proto": "https",
+                "x-forwarded-host": "jellyfin.example.org",
+            },
+            tls=True,
+        ),
+    ],
+    "jenkins": [
+        Probe(
+            "P80",
+            "jenkins.example.com",
+            "/wsagents/",
+            101,
+            "U8080",
+            "GET /wsagents/ HTTP/1.1",
+            {
+                "host": "jenkins.example.com",
+                "upgrade": "websocket",
+                "connection": "upgrade",
+                "x-real-ip": "127.0.0.1",
+                "x-forwarded-for": "127.0.0.1",
+                "x-forwarded-proto": "http",
+            },
+            ws=True,
+        ),
+        Probe(
+            "P80",
+            "jenkins.example.com",
+            "/login?from=%2F",
+            200,
+            "U8080",
+            "GET /login?from=%2F HTTP/1.1",
+            {"host": "jenkins.example.com", "upgrade": "", "connection": "close"},
+        ),
+        Probe(
+            "P80",
+            "jenkins.example.com",
+            "/static/0123abcd/css/style.css",
+            200,
+            "U8080",
+            "GET /css/style.css HTTP/1.1",
+            {"host": "jenkins.example.com", "upgrade": "", "connection": "close"},
+        ),
+    ],
+    "jitsi-meet": [
+        Probe(
+            "P80",
+            "jitsi-meet.example.com",
+            "/room1",
+            301,
+            location="https://jitsi-meet.example.com/room1",
+        ),
+        Probe(
+            "P443",
+            "jitsi-meet.example.com",
+            "/xmpp-websocket?room=r1",
+            101,
+            "U5280",
+            "GET /xmpp-websocket?prefix=&room=r1 HTTP/1.1",
+            {"host": "jitsi-meet.example.com", "upgrade": "websocket", "connection": "upgrade"},
+            ws=True,
+            tls=True,
+        ),
+        Probe(
+            "P443",
+            "jitsi-meet.example.com",
+            "/team/xmpp-websocket?room=r1",
+            101,
+            "U5280",
+            "GET /xmpp-websocket?prefix=&room=r1 HTTP/1.1",
+            {"host": "jitsi-meet.example.com", "upgrade": "websocket", "connection": "upgrade"},
+            ws=True,
+            tls=True,
+        ),
+        Probe(
+            "P443",
+            "jitsi-meet.example.com",
+            "/http-bind?room=r1",
+            200,
+            "U5280",
+            "GET /http-bind?room=r1 HTTP/1.1",
+            {
+                "host": "jitsi-meet.example.com",
+                "x-forwarded-for": "127.0.0.1",
+                "upgrade": "",
+                "connection": "",
+            },
+            tls=True,
+        ),
+    ],
+    "mastodon": [
+        Probe("P80", "example.com", "/@alice", 301, location="https://example.com/@alice"),
+        Probe(
+            "P443",
+            "example.com",
+            "/api/v1/streaming?stream=user",
+            101,
+            "U4000",
+            "GET /api/v1/streaming?stream=user HTTP/1.1",
+            {
+                "host": "example.com",
+                "x-real-ip": "127.0.0.1",
+                "x-forwarded-for": "127.0.0.1",
+                "x-forwarded-proto": "https",
+                "upgrade": "websocket",
+                "connection": "upgrade",
+                "proxy": "",
+            },
+            ws=True,
+            tls=True,
+        ),
+        Probe(
+            "P443",
+            "example.com",
+            "/api/v1/instance",
+            200,
+            "U3000",
+            "GET /api/v1/instance HTTP/1.1",
+            {
+                "host": "example.com",
+                "x-forwarded-proto": "https",
+                "upgrade": "",
+                "connection": "close",
+                "proxy": "",
+            },
+            tls=True,
+        ),
+    ],
+    "mattermost": [
+        Probe(
+            "P80",
+            "mattermost.example.com",
+            "/login",
+            301,
+            location="https://mattermost.example.com/login",
+        ),
+        Probe(
+            "P443",
+            "mattermost.example.com",
+            "/api/v4/websocket",
+            101,
+            "U8065",
+            "GET /api/v4/websocket HTTP/1.1",
+            {
+                "host": "mattermost.example.com",
+                "upgrade": "websocket",
+                "connection": "upgrade",
+                "x-forwarded-proto": "https",
+                "x-frame-options": "SAMEORIGIN",
+            },
+            ws=True,
+            tls=True,
+        ),
+        Probe(
+            "P443",
+            "mattermost.example.com",
+            "/api/v4/system/ping",
+            200,
+            "U8065",
+            "GET /api/v4/system/ping HTTP/1.1",
+            {
+                "host": "mattermost.example.com",
+                "upgrade": "",
+                "connection": "",
+                "x-frame-options": "SAMEORIGIN",
+            },
+            tls=True,
+        ),
+    ],
+    "misskey": [
+        Probe("P80", "example.tld", "/notes", 301, location="https://example.tld/notes"),
+        Probe(
+            "P443",
+            "example.tld",
+            "/streaming?i=T",
+            101,
+            "U3000",
+            "GET /streaming?i=T HTTP/1.1",
+            {
+                "host": "example.tld",
+                "x-forwarded-proto": "https",
+                "upgrade": "websocket",
+                "connection": "upgrade",
+            },
+            ws=True,
+            tls=True,
+        ),
+        Probe(
+            "P443",
+            "example.tld",
+            "/api/meta",
+            200,
+            "U3000",
+            "GET /api/meta HTTP/1.1",
+            {
+                "host": "example.tld",
+                "x-forwarded-proto": "https",
+                "upgrade": "",
+                "connection": "close",
+            },
+            tls=True,
+        ),
+    ],
+    "netdata": [
+        Probe(
+            "P80",
+            "netdata.example.com",
+            "/api/v1/info",
+            200,
+            "U19999",
+            "GET /api/v1/info HTTP/1.1",
+            {
+                "host": "backend",
+                "x-forwarded-host": "netdata.example.com",
+                "x-forwarded-server": "netdata.example.com",
+                "x-forwarded-for": "127.0.0.1",
+                "connection": "keep-alive",
+            },
+        ),
+        # No Upgrade line: the handshake reaches netdata as a plain GET.
+        Probe(
+            "P80",
+            "netdata.example.com",
+            "/api/v1/stream",
+            200,
+            "U19999",
+            "GET /api/v1/stream HTTP/1.1",
+            {"host": "backend", "upgrade": "", "connection": "keep-alive"},
+            ws=True,
+        ),
+    ],
+    "nextcloud-aio": [
+        Probe(
+            "P80", "cloud.example.com", "/login", 301, location="https://cloud.example.com/login"
+        ),
+        Probe(
+            "P443",
+            "cloud.example.com",
+            "/push/ws",
+            101,
+            "U11000",
+            "GET /push/ws HTTP/1.1",
+            {
+                "host": "cloud.example.com",
+                "x-forwarded-port": "@@P443@@",
+                "x-forwarded-scheme": "https",
+                "x-forwarded-proto": "https",
+                "x-real-ip": "127.0.0.1",
+                "upgrade": "websocket",
+                "connection": "upgrade",
+            },
+            ws=True,
+            tls=True,
+        ),
+        Probe(
+            "P443",
+            "cloud.example.com",
+            "/status.php?format=json",
+            200,
+            "U11000",
+            "GET /status.php?format=json HTTP/1.1",
+            {
+                "host": "cloud.example.com",
+                "x-forwarded-port": "@@P443@@",
+                "upgrade": "",
+                "connection": "close",
+            },
+            tls=True,
+        ),
+    ],
+    "ntfy": [
+        Probe("P80", "ntfy.sh", "/mytopic", 302, location="https://ntfy.sh/mytopic"),
+        Probe(
+            "P80",
+            "ntfy.sh",
+            "/mytopic/ws",
+            101,
+            "U2586",
+            "GET /mytopic/ws HTTP/1.1",
+            {
+                "host": "ntfy.sh",
+                "upgrade": "websocket",
+                "connection": "upgrade",
+                "x-forwarded-for": "127.0.0.1",
+            },
+            ws=True,
+        ),
+        Probe(
+            "P80",
+            "ntfy.sh",
+            "/mytopic/json?poll=1",
+            200,
+            "U2586",
+            "GET /mytopic/json?poll=1 HTTP/1.1",
+            {"host": "ntfy.sh", "upgrade": "", "connection": "upgrade"},
+        ),
+        Probe(
+            "P443",
+            "ntfy.sh",
+            "/v1/health",
+            200,
+            "U2586",
+            "GET /v1/health HTTP/1.1",
+            {"host": "ntfy.sh", "upgrade": "", "connection": "upgrade"},
+            tls=True,
+        ),
+    ],
+    "odoo": [
+        Probe(
+            "P80",
+            "odoo.mycompany.com",
+            "/web/login",
+            301,
+            location="https://odoo.mycompany.com/web/login",
+        ),
+        Probe(
+            "P443",
+            "odoo.mycompany.com",
+            "/websocket",
+            101,
+            "U8072",
+            "GET /websocket HTTP/1.1",
+            {
+                "host": "odoochat",
+                "upgrade": "websocket",
+                "connection": "upgrade",
+                "x-forwarded-host": "odoo.mycompany.com",
+                "x-forwarded-proto": "https",
+                "x-real-ip": "127.0.0.1",
+            },
+            ws=True,
+            tls=True,
+        ),
+        Probe(
+            "P443",
+            "odoo.mycompany.com",
+            "/web/login",
+            200,
+            "U8069",
+            "GET /web/login HTTP/1.1",
+            {
+                "host": "odoo",
+                "upgrade": "",
+                "connection": "",
+                "x-forwarded-host": "odoo.mycompany.com",
+                "x-forwarded-proto": "https",
+            },
+            tls=True,
+        ),
+    ],
+    "overleaf": [
+        Probe(
+            "P80",
+            "overleaf.example.com",
+            "/socket.io/?EIO=3&transport=websocket",
+            101,
+            "U3026",
+            "GET /socket.io/?EIO=3&transport=websocket HTTP/1.1",
+            {
+                "host": "overleaf.example.com",
+                "x-forwarded-host": "overleaf.example.com",
+                "x-forwarded-proto": "http",
+                "upgrade": "websocket",
+                "connection": "upgrade",
+            },
+            ws=True,
+        ),
+        Probe(
+            "P80",
+            "overleaf.example.com",
+            "/project",
+            200,
+            "U4000",
+            "GET /project HTTP/1.1",
+            {
+                "host": "overleaf.example.com",
+                "x-forwarded-proto": "",
+                "upgrade": "",
+                "connection": "upgrade",
+            },
+        ),
+        Probe(
+            "P80",
+            "overleaf.example.com",
+            "/project/0123abcd/build/0a-1/output/output.pdf",
+            200,
+            "U8080",
+            "GET /project/0123abcd/build/0a-1/output/output.pdf HTTP/1.1",
+            {"host": "127.0.0.1:@@U8080@@", "upgrade": "", "connection": ""},
+        ),
+        Probe("P80", "overleaf.example.com", "/metrics", 404),
+    ],
+    "rocketchat": [
+        Probe(
+            "P443",
+            "your_hostname.com",
+            "/websocket",
+            101,
+            "U3000",
+            "GET /websocket HTTP/1.1",
+            {
+                "host": "your_hostname.com",
+                "upgrade": "websocket",
+                "connection": "upgrade",
+                "x-forwarded-proto": "https",
+                "x-nginx-proxy": "true",
+            },
+            ws=True,
+            tls=True,
+        ),
+        Probe(
+            "P443",
+            "your_hostname.com",
+            "/api/info",
+            200,
+            "U3000",
+            "GET /api/info HTTP/1.1",
+            {
+                "host": "your_hostname.com",
+                "upgrade": "",
+                "connection": "upgrade",
+                "x-nginx-proxy": "true",
+            },
+            tls=True,
+        ),
+    ],
+    "seafile": [
+        Probe(
+            "P80",
+            "seafile.example.com",
+            "/notification",
+            101,
+            "U8083",
+            "GET / HTTP/1.1",
+            {"host": "127.0.0.1:@@U8083@@", "upgrade": "websocket", "connection": "upgrade"},
+            ws=True,
+        ),
+        Probe(
+            "P80",
+            "seafile.example.com",
+            "/notification/ping",
+            200,
+            "U8083",
+            "GET /ping HTTP/1.1",
+            {"host": "127.0.0.1:@@U8083@@", "upgrade": "", "connection": ""},
+        ),
+    ],
+    "signalr": [
+        Probe(
+            "P80",
+            "example.com",
+            "/hubroute?id=abc",
+            101,
+            "U5000",
+            "GET /hubroute?id=abc HTTP/1.1",
+            {
+                "host": "example.com",
+                "upgrade": "websocket",
+                "connection": "Upgrade",
+                "x-forwarded-proto": "http",
+            },
+            ws=True,
+        ),
+        Probe(
+            "P80",
+            "example.com",
+            "/hubroute/negotiate?negotiateVersion=1",
+            200,
+            "U5000",
+            "GET /hubroute/negotiate?negotiateVersion=1 HTTP/1.1",
+            {"host": "example.com", "upgrade": "", "connection": "keep-alive"},
+        ),
+    ],
+    "uptime-kuma": [
+        Probe(
+            "P443",
+            "sub.domain.com",
+            "/socket.io/?EIO=4&transport=websocket",
+            101,
+            "U3001",
+            "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1",
+            {
+                "host": "sub.domain.com",
+                "x-real-ip": "127.0.0.1",
+                "upgrade": "websocket",
+                "connection": "upgrade",
+            },
+            ws=True,
+            tls=True,
+        ),
+        Probe(
+            "P443",
+            "sub.domain.com",
+            "/dashboard",
+            200,
+            "U3001",
+            "GET /dashboard HTTP/1.1",
+            {"host": "sub.domain.com", "upgrade": "", "connection": "upgrade"},
+            tls=True,
+        ),
+    ],
+    "vaultwarden": [
+        Probe(
+            "P80",
+            "vaultwarden.example.tld",
+            "/#/login",
+            301,
+            location="https://vaultwarden.example.tld/#/login",
+        ),
+        Probe(
+            "P443",
+            "vaultwarden.example.tld",
+            "/notifications/hub?access_token=T",
+            101,
+            "U8080",
+            "GET /notifications/hub?access_token=T HTTP/1.1",
+            _fwd(
+                **{
+                    "host": "vaultwarden.example.tld",
+                    "x-real-ip": "127.0.0.1",
+                    "x-forwarded-proto": "https",
+                    "upgrade": "websocket",
+                    "connection": "upgrade",
+                }
+            ),
+            ws=True,
+            tls=True,
+        ),
+        Probe(
+            "P443",
+            "vaultwarden.example.tld",
+            "/api/alive",
+            200,
+            "U8080",
+            "GET /api/alive HTTP/1.1",
+            _fwd(**{"host": "vaultwarden.example.tld", "upgrade": "", "connection": ""}),
+            tls=True,
+        ),
+    ],
+    "zammad": [
+        Probe(
+            "P80",
+            "localhost",
+            "/ws",
+            101,
+            "U6042",
+            "GET /ws HTTP/1.1",
+            {
+                "host": "zammad-websocket",
+                "upgrade": "websocket",
+                "connection": "Upgrade",
+                "client_ip": "127.0.0.1",
+                "x-forwarded-proto": "http",
+            },
+            ws=True,
+        ),
+        Probe(
+            "P80",
+            "localhost",
+            "/api/v1/getting_started",
+            200,
+            "U3000",
+            "GET /api/v1/getting_started HTTP/1.1",
+            {
+                "host": "localhost",
+                "client_ip": "127.0.0.1",
+                "x-forwarded-user": "",
+                "upgrade": "",
+                "connection": "",
+            },
+        ),
+    ],
+    "code-server": [
+        Probe(
+            "P80",
+            "mydomain.com",
+            "/stable-1/?reconnectionToken=x",
+            101,
+            "U8080",
+            "GET /stable-1/?reconnectionToken=x HTTP/1.1",
+            {
+                "host": "mydomain.com",
+                "upgrade": "websocket",
+                "connection": "upgrade",
+                "accept-encoding": "gzip",
+            },
+            ws=True,
+        ),
+        Probe(
+            "P80",
+            "mydomain.com",
+            "/?folder=/home",
+            200,
+            "U8080",
+            "GET /?folder=/home HTTP/1.1",
+            {
+                "host": "mydomain.com",
+                "upgrade": "",
+                "connection": "upgrade",
+                "accept-encoding": "gzip",
+            },
+        ),
+    ],
+    "gitea": [
+        Probe(
+            "P80",
+            "git.example.com",
+            "/user/login?redirect_to=%2F",
+            200,
+            "U3000",
+            "GET /user/login?redirect_to=%2F HTTP/1.1",
+            _fwd(
+                **{
+                    "host": "git.example.com",
+                    "x-real-ip": "127.0.0.1",
+                    "x-forwarded-proto": "http",
+                    "connection": "close",
+                    "upgrade": "",
+                }
+            ),
+        ),
+        Probe(
+            "P80",
+            "git.example.com",
+            "/-/ws",
+            101,
+            "U3000",
+            "GET /-/ws HTTP/1.1",
+            _fwd(**{"host": "git.example.com", "upgrade": "websocket", "connection": "Upgrade"}),
+            ws=True,
+        ),
+    ],
+    "guacamole": [
+        Probe(
+            "P80",
+            "guac.example.com",
+            "/guacamole/websocket-tunnel?token=T",
+            101,
+            "U8080",
+            "GET /guacamole/websocket-tunnel?token=T HTTP/1.1",
+            _fwd(
+                **{"host": "127.0.0.1:@@U8080@@", "upgrade": "websocket", "connection": "Upgrade"}
+            ),
+            ws=True,
+        ),
+        Probe(
+            "P80",
+            "guac.example.com",
+            "/guacamole/api/tokens",
+            200,
+            "U8080",
+            "GET /guacamole/api/tokens HTTP/1.1",
+            _fwd(**{"host": "127.0.0.1:@@U8080@@", "upgrade": "", "connection": "close"}),
+        ),
+    ],
+    "immich": [
+        Probe(
+            "P80",
+            "immich.example.org",
+            "/api/socket.io/?EIO=4&transport=websocket",
+            101,
+            "U2283",
+            "GET /api/socket.io/?EIO=4&transport=websocket HTTP/1.1",
+            _fwd(
+                **{
+                    "host": "immich.example.org",
+                    "x-real-ip": "127.0.0.1",
+                    "x-forwarded-proto": "http",
+                    "upgrade": "websocket",
+                    "connection": "upgrade",
+                }
+            ),
+            ws=True,
+        ),
+        Probe(
+            "P80",
+            "immich.example.org",
+            "/api/server/ping",
+            200,
+            "U2283",
+            "GET /api/server/ping HTTP/1.1",
+            _fwd(**{"host": "immich.example.org", "upgrade": "", "connection": "upgrade"}),
+        ),
+    ],
+    "jupyterhub": [
+        Probe(
+            "P80",
+            "HUB.DOMAIN.TLD",
+            "/hub/login?next=%2F",
+            302,
+            location="https://hub.domain.tld/hub/login?next=%2F",
+        ),
+        Probe(
+            "P443",
+            "HUB.DOMAIN.TLD",
+            "/user/ada/api/kernels/k1/channels",
+            101,
+            "U8000",
+            "GET /user/ada/api/kernels/k1/channels HTTP/1.1",
+            _fwd(
+                **{
+                    "host": "HUB.DOMAIN.TLD",
+                    "x-real-ip": "127.0.0.1",
+                    "upgrade": "websocket",
+                    "connection": "upgrade",
+                    "x-scheme": "https",
+                }
+            ),
+            ws=True,
+            tls=True,
+        ),
+        Probe(
+            "P443",
+            "HUB.DOMAIN.TLD",
+            "/hub/api",
+            200,
+            "U8000",
+            "GET /hub/api HTTP/1.1",
+            _fwd(
+                **{
+                    "host": "HUB.DOMAIN.TLD",
+                    "upgrade": "",
+                    "connection": "close",
+                    "x-scheme": "https",
+                }
+            ),
+            tls=True,
+        ),
+    ],
+    "nginx-websocket": [
+        Probe(
+            "P80",
+            "chat.example.com",
+            "/chat/room1",
+            101,
+            "U8000",
+            "GET /chat/room1 HTTP/1.1",
+            {"host": "backend", "upgrade": "websocket", "connection": "upgrade"},
+            ws=True,
+        ),
+        Probe(
+            "P80",
+            "chat.example.com",
+            "/chat/history",
+            200,
+            "U8000",
+            "GET /chat/history HTTP/1.1",
+            {"host": "backend", "upgrade": "", "connection": "close"},
+        ),
+    ],
+    "plausible": [
+        Probe(
+            "P80",
+            "example.com",
+            "/api/event",
+            200,
+            "U8000",
+            "GET /api/event HTTP/1.1",
+            _fwd(**{"host": "127.0.0.1:@@U8000@@", "connection": ""}),
+        ),
+        # No Upgrade/Connection lines: the handshake reaches the app as a plain GET.
+        Probe(
+            "P80",
+            "example.com",
+            "/live/websocket?vsn=2.0.0",
+            200,
+            "U8000",
+            "GET /live/websocket?vsn=2.0.0 HTTP/1.1",
+            _fwd(**{"host": "127.0.0.1:@@U8000@@", "upgrade": "", "connection": ""}),
+            ws=True,
+        ),
+    ],
+    "socketio": [
+        Probe(
+            "P80",
+            "example.com",
+            "/socket.io/?EIO=4&transport=websocket",
+            101,
+            "U3000",
+            "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1",
+            _fwd(**{"host": "example.com", "upgrade": "websocket", "connection": "upgrade"}),
+            ws=True,
+        ),
+        Probe(
+            "P80",
+            "example.com",
+            "/socket.io/?EIO=4&transport=polling",
+            200,
+            "U3000",
+            "GET /socket.io/?EIO=4&transport=polling HTTP/1.1",
+            _fwd(**{"host": "example.com", "upgrade": "", "connection": "upgrade"}),
+        ),
+    ],
+    "synapse": [
+        Probe(
+            "P443",
+            "matrix.example.com",
+            "/_matrix/client/versions",
+            200,
+            "U8008",
+            "GET /_matrix/client/versions HTTP/1.1",
+            _fwd(
+                **{
+                    "host": "matrix.example.com:@@P443@@",
+                    "x-forwarded-proto": "https",
+                    "connection": "",
+                }
+            ),
+            tls=True,
+        ),
+        # The federation port's default server answers any name.
+        Probe(
+            "P8448",
+            "example.com",
+            "/_matrix/federation/v1/version",
+            200,
+            "U8008",
+            "GET /_matrix/federation/v1/version HTTP/1.1",
+            _fwd(
+                **{"host": "example.com:@@P8448@@", "x-forwarded-proto": "https", "connection": ""}
+            ),
+            tls=True,
+        ),
+    ],
+}
+
+
+@dataclass
+class Seen:
+    """What one probe produced, normalised for comparison."""
+
+    status: int
+    location: str | None
+    upstream: str | None
+    line: str
+    headers: dict[str, str]
+
+
+def _request(run: Run, probe: Probe, ca: str) -> bytes:
+    head = f"GET {probe.target} HTTP/1.1\r\nHost: {probe.host}\r\n"
+    if probe.ws:
+        head += (
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n"
+        )
+    else:
+        head += "Connection: close\r\n"
+    raw = socket.create_connection((HOST, run.ports[probe.listen]), timeout=5)
+    sock: socket.socket = raw
+    if probe.tls:
+        ctx = ssl.create_default_context(cafile=ca)
+        ctx.check_hostname = False
+        sock = ctx.wrap_socket(raw, server_hostname=probe.host)
+    with sock:
+        sock.sendall(head.encode() + b"\r\n")
+        data = b""
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except (ConnectionResetError, ssl.SSLError):
+                break
+            if not chunk:
+                break
+            data += chunk
+            if probe.ws and b"\r\n\r\n" in data:
+                break
+    return data
+
+
+def _parse_head(head: bytes) -> tuple[str, dict[str, str]]:
+    lines = head.decode("latin-1").split("\r\n")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if ":" in line:
+            name, _, value = line.partition(":")
+            headers.setdefault(name.strip().lower(), value.strip())
+    return lines[0], headers
+
+
+def observe(run: Run, probe: Probe, backends: dict[str, Backend], ca: str) -> Seen:
+    before = {key: len(b.requests) for key, b in backends.items()}
+    data = _request(run, probe, ca)
+    assert data, f"{run.name}: no response to {probe}"
+    status_line, response = _parse_head(data.partition(b"\r\n\r\n")[0])
+    status = int(status_line.split(" ")[1])
+    got = [key for key, b in backends.items() if len(b.requests) > before[key]]
+    assert len(got) <= 1, f"{run.name}: {probe.target} reached {got}"
+    upstream = got[0] if got else None
+    line, headers = "", {}
+    if upstream is not None:
+        request = backends[upstream].requests[before[upstream]]
+        line, headers = _parse_head(request.head.rstrip(b"\r\n"))
+        line = run.normalise(line)
+        headers = {k: run.normalise(v) for k, v in headers.items()}
+    location = response.get("location")
+    return Seen(status, run.normalise(location) if location else None, upstream, line, headers)
+
+
+def check_expected(name: str, probe: Probe, seen: Seen) -> None:
+    where = f"{name} {probe.listen} {probe.target}"
+    assert seen.status == probe.status, f"{where}: status {seen.status}, want {probe.status}"
+    assert seen.upstream == probe.upstream, f"{where}: reached {seen.upstream}"
+    assert seen.location == probe.location, f"{where}: Location {seen.location}"
+    if probe.upstream:
+        assert seen.line == probe.line, f"{where}: upstream request line {seen.line!r}"
+        for header, value in probe.headers.items():
+            assert seen.headers.get(header, "") == value, (
+                f"{where}: upstream {header}: {seen.headers.get(header)!r}, want {value!r}\n"
+                f"{seen.headers}"
+            )
+
+
+def as_current_nginx(probe: Probe, seen: Seen) -> Seen:
+    """nginx 1.22's upstream request as current nginx (1.29.7+) sends it, which wsgate follows
+    (docs/differences.md): ``proxy_http_version`` defaults to 1.1, and the default
+    ``Connection`` header is empty (not sent) rather than ``close``.  Applied only where the
+    written expectation says so."""
+    line, headers = seen.line, dict(seen.headers)
+    if line.endswith(" HTTP/1.0") and probe.line.endswith(" HTTP/1.1"):
+        line = line[: -len("1.0")] + "1.1"
+    if headers.get("connection") == "close" and probe.headers.get("connection") == "":
+        del headers["connection"]
+    return Seen(seen.status, seen.location, seen.upstream, line, headers)
+
+
+def _compared_headers(name: str, probe: Probe) -> set[str]:
+    """The upstream headers compared with nginx's: Host, Connection, Upgrade, every header the
+    configuration sets with proxy_set_header, and those the probe names."""
+    names = set(re.findall(r"proxy_set_header\s+(\S+)", rc.source(name)))
+    return {n.lower() for n in names} | {"host", "connection", "upgrade"} | set(probe.headers)
+
+
+def _start_nginx(run: Run) -> subprocess.Popen[bytes]:
+    assert NGINX is not None
+    conf = run.prefix / "nginx.conf"
+    conf.write_text(run.text)
+    proc = subprocess.Popen(
+        [
+            NGINX,
+            "-p",
+            str(run.prefix),
+            "-c",
+            str(conf),
+            "-e",
+            str(run.prefix / "logs/e.log"),
+            "-g",
+            "daemon off; master_process off;",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    pid = run.prefix / "logs" / "nginx.pid"
+    deadline = time.monotonic() + 15
+    while not pid.exists():  # written once the listeners are open
+        if proc.poll() is not None:
+            assert proc.stderr is not None
+            raise AssertionError(f"nginx exited: {proc.stderr.read().decode(errors='replace')}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("nginx did not start")
+        time.sleep(0.01)
+    return proc
+
+
+@pytest.fixture
+def servers() -> Iterator[list[object]]:
+    stoppers: list[object] = []
+    yield stoppers
+    for s in stoppers:
+        if isinstance(s, subprocess.Popen):
+            s.terminate()
+            try:
+                s.wait(10)
+            except subprocess.TimeoutExpired:
+                s.kill()
+                s.wait()
+            if s.stderr is not None:
+                s.stderr.close()
+        else:
+            s.stop()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("name", rc.NAMES)
+def test_probes_hold_for_nginx(
+    name: str, tmp_path: Path, files: rc.Files, bg: Loop, servers: list[object]
+) -> None:
+    """The written expectations are nginx's behaviour (read as current nginx, see
+    :func:`as_current_nginx`), checked for every configuration nginx loads, so they are ready
+    the day wsgate loads the configuration too."""
+    if NGINX is None:
+        pytest.skip("nginx is not installed")
+    if name in NGINX_TOO_OLD:
+        pytest.skip(NGINX_TOO_OLD[name])
+    _, upstreams = rc.placeholders(rc.source(name))
+    backends = {key: bg.backend(key, websocket=True) for key in upstreams}
+    run = make_run(name, tmp_path / "nginx", files, backends)
+    servers.append(_start_nginx(run))
+    assert PROBES[name], name
+    for probe in PROBES[name]:
+        check_expected(
+            name, probe, as_current_nginx(probe, observe(run, probe, backends, files.cacert))
+        )
+
+
+@pytest.mark.parametrize("name", rc.NAMES)
+def test_behaves_as_nginx(
+    name: str, tmp_path: Path, files: rc.Files, bg: Loop, servers: list[object]
+) -> None:
+    recorded = rc.read_status()[name][0]
+    if recorded != "loads":
+        pytest.skip(f"wsgate refuses it: {recorded}")
+    assert name in PROBES, f"{name} loads in wsgate now: write its PROBES"
+    _, upstreams = rc.placeholders(rc.source(name))
+    backends = {key: bg.backend(key, websocket=True) for key in upstreams}
+
+    wsgate_run = make_run(name, tmp_path / "wsgate", files, backends)
+    handle = start_wsgate(wsgate_run.prefix, wsgate_run.text)
+    servers.append(handle)
+    nginx_run = None
+    if NGINX is not None and name not in NGINX_TOO_OLD:
+        nginx_run = make_run(name, tmp_path / "nginx", files, backends)
+        servers.append(_start_nginx(nginx_run))
+
+    for probe in PROBES[name]:
+        seen = observe(wsgate_run, probe, backends, files.cacert)
+        check_expected(name, probe, seen)
+        if nginx_run is not None:
+            theirs = as_current_nginx(probe, observe(nginx_run, probe, backends, files.cacert))
+            check_expected(name, probe, theirs)
+            keep = _compared_headers(name, probe)
+            ours_h = {k: v for k, v in seen.headers.items() if k in keep}
+            theirs_h = {k: v for k, v in theirs.headers.items() if k in keep}
+            assert (seen.status, seen.location, seen.upstream, seen.line, ours_h) == (
+                theirs.status,
+                theirs.location,
+                theirs.upstream,
+                theirs.line,
+                theirs_h,
+            ), f"{name} {probe.target}: wsgate differs from nginx"
+    log = handle.errors()
+    assert "[alert]" not in log and "Traceback" not in handle.stderr, log + handle.stderr
