@@ -273,8 +273,8 @@ PROBES: dict[str, list[Probe]] = {
             headers={"host": "sub.domain.com", "upgrade": "", "connection": "upgrade"}),
     ],
     "vaultwarden": [
-        Probe("P80", "vaultwarden.example.tld", "/#/login", 301,
-            location="https://vaultwarden.example.tld/#/login"),
+        Probe("P80", "vaultwarden.example.tld", "/admin", 301,
+            location="https://vaultwarden.example.tld/admin"),
         Probe("P443", "vaultwarden.example.tld", "/notifications/hub?access_token=T", 101,
             "U8080", ws=True, tls=True,
             headers={"x-forwarded-for": "127.0.0.1", "host": "vaultwarden.example.tld",
