@@ -227,7 +227,7 @@ def _request(run: Run, probe: Probe, ca: str) -> bytes:
         )
     else:
         head += "Connection: close\r\n"
-    raw = socket.create_connection((HOST, run.ports[probe.listen]), timeout=5)
+    raw = socket.create_connection((HOST, run.ports[probe.listen]), timeout=15)
     sock: socket.socket = raw
     if probe.tls:
         ctx = ssl.create_default_context(cafile=ca)
@@ -244,9 +244,17 @@ def _request(run: Run, probe: Probe, ca: str) -> bytes:
             if not chunk:
                 break
             data += chunk
-            if probe.ws and b"\r\n\r\n" in data:
+            if b"\r\n\r\n" in data and (probe.ws or _complete(data)):
                 break
     return data
+
+
+def _complete(data: bytes) -> bool:
+    """Whether ``data`` holds a whole response with a Content-Length (so the probe need not
+    wait for the server to close)."""
+    head, _, body = data.partition(b"\r\n\r\n")
+    m = re.search(rb"(?im)^content-length:\s*(\d+)\s*$", head)
+    return m is not None and len(body) >= int(m.group(1))
 
 
 def _parse_head(head: bytes) -> tuple[str, dict[str, str]]:
