@@ -23,6 +23,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -167,6 +168,33 @@ def test_nginx_loads(name: str, tmp_path: Path, files: rc.Files) -> None:
 def test_status_table_covers_the_corpus() -> None:
     assert sorted(rc.read_status()) == rc.NAMES
     assert len(rc.NAMES) == 31
+
+
+@pytest.mark.parametrize("name", ["synapse", "coder"])
+def test_wsgate_t_command_line_says_the_same(name: str, tmp_path: Path, files: rc.Files) -> None:
+    """The corpus scan loads configurations in process (``-t`` is exactly the loader); the
+    command line gives the same answer, with nginx's words and the file:line."""
+    text = rc.source(name)
+    listens, upstreams = rc.placeholders(text)
+    keys = listens + upstreams
+    ports = dict(zip(keys, rc.allocate_ports(len(keys)), strict=True))
+    rc.prepare_prefix(tmp_path)
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(rc.render(text, tmp_path, ports, files))
+    proc = subprocess.run(
+        [sys.executable, "-m", "wsgate.cli", "-t", "-p", str(tmp_path), "-c", str(conf)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    first = rc.read_status()[name][0]
+    if first == "loads":
+        assert proc.returncode == 0, proc.stderr
+        assert "test is successful" in proc.stderr
+    else:
+        assert proc.returncode == 1
+        refusal = rc.wsgate_test(conf, tmp_path)
+        assert f"[emerg] {first} in {conf}:{refusal.line}" in proc.stderr, proc.stderr
 
 
 def test_not_yet_lists_hold_only_current_refusals() -> None:
