@@ -93,6 +93,11 @@ SAMPLES: dict[str, tuple[str, str]] = {
     "random": ("", "two least_conn"),
     "keepalive": ("8", "16"),
     "health_check": ("", "interval=1s type=websocket"),
+    "auth_basic": ("closed", "realm $host"),
+    "auth_basic_user_file": ("a.htpasswd", "$arg_f"),
+    "auth_request": ("/auth", "/auth2"),
+    "auth_request_set": ("$a $upstream_http_x", "$b b"),
+    "satisfy": ("any", "all"),
 }
 #: A bad argument list and nginx's words, for each directive whose parser is its own; ``None``
 #: for a parser that takes any value.
@@ -158,6 +163,11 @@ BAD: dict[str, tuple[str, str] | None] = {
     "random": ("three", 'invalid parameter "three"'),
     "keepalive": ("0", 'invalid value "0" in "keepalive" directive'),
     "health_check": ("type=tcp", 'invalid parameter "type=tcp"'),
+    "auth_basic": None,
+    "auth_basic_user_file": None,
+    "auth_request": None,
+    "auth_request_set": ("a b", 'invalid variable name "a"'),
+    "satisfy": ("some", 'invalid value "some"'),
 }
 _GENERIC = {"flag", "time", "size", "number"}
 

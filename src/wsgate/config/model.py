@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from wsgate.config.template import Template
@@ -20,6 +21,7 @@ __all__ = [
     "AccessLog",
     "AccessRule",
     "AddHeader",
+    "AuthRequestSet",
     "Config",
     "ErrorLog",
     "Expires",
@@ -45,6 +47,7 @@ __all__ = [
     "Source",
     "Upstream",
     "UpstreamServer",
+    "UserFile",
 ]
 
 
@@ -406,6 +409,30 @@ class Return:
 
 
 @dataclass(frozen=True, slots=True)
+class UserFile:
+    """``auth_basic_user_file FILE`` (ngx_http_auth_basic_module): the file name, which may
+    contain variables; a relative name is taken from ``conf_prefix`` (the directory of the main
+    configuration file, with its trailing slash), as nginx's ``ccv.conf_prefix`` does, when
+    the configuration is read for a static name and per request otherwise."""
+
+    path: Template
+    conf_prefix: str = ""
+
+    def render(self, lookup: Callable[[str], str]) -> str:
+        path = self.path.render(lookup)
+        return path if path.startswith("/") else self.conf_prefix + path
+
+
+@dataclass(frozen=True, slots=True)
+class AuthRequestSet:
+    """``auth_request_set $variable value``: ``value`` is evaluated in the subrequest, once
+    it is done, and set in the main request."""
+
+    variable: str
+    value: Template
+
+
+@dataclass(frozen=True, slots=True)
 class LocationSettings:
     """The effective per-location settings after nginx's http → server → location merge.
 
@@ -471,6 +498,17 @@ class LocationSettings:
     #: or another header's name).
     real_ip_header: str = "X-Real-IP"
     real_ip_recursive: bool = False
+    #: ``auth_basic`` realm (None: ``off``, or unset; a realm rendering to ``off`` is off too).
+    auth_basic: Template | None = None
+    auth_basic_user_file: UserFile | None = None
+    #: ``auth_request`` URI (None: ``off``).
+    auth_request: str | None = None
+    #: ``auth_request_set`` of the innermost level that has any (all-or-nothing).
+    auth_request_set: tuple[AuthRequestSet, ...] = ()
+    #: ``satisfy all | any``.
+    satisfy: str = "all"
+    #: ``auth_delay`` (seconds): how long a 401 waits before it is sent.
+    auth_delay: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

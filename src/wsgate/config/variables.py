@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from wsgate.config.model import MapBlock
 from wsgate.config.template import Template
+from wsgate.http.auth import basic_credentials
 from wsgate.http.fields import first_value
 from wsgate.http.proxy_protocol import ProxyHeader, tlv
 
@@ -131,6 +132,7 @@ _HEADER_VARIABLES = {
     "content_length": "content-length",
     "content_type": "content-type",
     "proxy_add_x_forwarded_for": "x-forwarded-for",
+    "remote_user": "authorization",
 }
 
 
@@ -226,6 +228,7 @@ class RequestContext:
         "maps",
         "tls",
         "counters",
+        "variables",
         "_cache",
     )
 
@@ -280,6 +283,8 @@ class RequestContext:
         self.tls: Mapping[str, str] = _NO_TLS
         #: The gateway's ``stub_status`` counters, for ``$connections_*`` (None: all ``0``).
         self.counters: StatusCounters | None = None
+        #: Values set by directives (``auth_request_set``), by lowercased name (None: none).
+        self.variables: dict[str, str] | None = None
         #: Map results computed so far (None until the first).
         self._cache: dict[str, str] | None = None
 
@@ -316,6 +321,13 @@ class RequestContext:
                     return val
         return ""
 
+    def set_variable(self, name: str, value: str) -> None:
+        """Set ``$name`` (lowercased) for the rest of the request; it hides a map or
+        built-in variable of that name, as nginx's explicitly set value does."""
+        if self.variables is None:
+            self.variables = {}
+        self.variables[name] = value
+
     def invalidate(self) -> None:
         """Forget cached map results (after captures or the URI change)."""
         self._cache = None
@@ -326,6 +338,10 @@ class RequestContext:
         if name.isdigit():
             i = int(name)
             return self.captures[i] if i < len(self.captures) else ""
+        if self.variables is not None:
+            value = self.variables.get(name.lower())
+            if value is not None:
+                return value
         m = self.maps.get(name)
         if m is not None:
             cache = self._cache
@@ -422,6 +438,13 @@ def _binary_remote_addr(c: RequestContext) -> str:
         return ""
 
 
+def _remote_user(c: RequestContext) -> str:
+    """``$remote_user``: "user name supplied with the Basic authentication", whether or not
+    ``auth_basic`` checked it (``ngx_http_variable_remote_user``)."""
+    creds = basic_credentials(c.headers)
+    return "" if creds is None else creds[0].decode("latin-1")
+
+
 def _host(c: RequestContext) -> str:
     return c.host or c.server_name
 
@@ -492,6 +515,6 @@ _GETTERS: dict[str, Callable[[RequestContext], str]] = {
     "content_type": lambda c: c.header("content-type") or "",
     "hostname": lambda c: _HOSTNAME,
     "pid": lambda c: str(os.getpid()),
-    "remote_user": lambda c: "",
+    "remote_user": _remote_user,
     **{f"connections_{f}": _connections(f) for f in ("active", "reading", "writing", "waiting")},
 }

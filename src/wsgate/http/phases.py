@@ -13,7 +13,8 @@ phase                   handlers today                                          
 ``REWRITE``             a ``return`` in the location                               rewrite
 ``POST_REWRITE``        (internal redirects: at most 10 cycles, as nginx)          core
 ``PREACCESS``           realip, then ``limit_req``, then ``limit_conn``            limit_*
-``ACCESS``              ``allow``/``deny``                                         access
+``ACCESS``              ``allow``/``deny``, ``auth_basic``, ``auth_request``       access
+                        combined by ``satisfy`` (:mod:`wsgate.http.auth`)
 ``TRY_FILES``           (none yet)                                                 core
 ``CONTENT``             ``stub_status``, ``prometheus``, ``proxy_pass``, or 404    core
 ``LOG``                 the access-log line and metrics (the I/O layer's)          log
@@ -21,11 +22,13 @@ phase                   handlers today                                          
 
 A handler takes the request's :class:`Request` and returns ``None`` (go on with the next
 handler), or a decision: :class:`Delay` (wait, then go on: ``limit_req``), :class:`Restart`
-(an internal redirect: back to ``FIND_CONFIG``), or the response to make (:class:`Redirect`,
-:class:`Plain`, :class:`Close`, a :class:`Content` handler).  An error response is an
+(an internal redirect: back to ``FIND_CONFIG``), a wait after which the same handler runs
+again (:mod:`wsgate.http.suspend`: a job for the thread pool, a subrequest), or the
+response to make (:class:`Redirect`, :class:`Plain`, :class:`Close`, a :class:`Content`
+handler).  An error response is an
 :class:`~wsgate.errors.HttpError` raised with nginx's status and log text.  :func:`run`
 walks the handlers; the asyncio layer (:mod:`wsgate.proxy.exchange`) sleeps on a
-:class:`Delay` and performs the response.  ``rewrite``, ``auth_basic``, ``auth_request``,
+:class:`Delay` and performs the response.  ``rewrite``,
 ``try_files`` and static files are each one handler to add to :data:`HANDLERS` (or one
 decision), nothing else; ``error_page`` is one in :data:`ERROR_HANDLERS`, which
 :func:`on_error` consults before an error page is made (an internal redirect re-enters the
@@ -39,11 +42,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from wsgate.access import check_access
 from wsgate.config.model import Location, LocationSettings, Server
 from wsgate.config.variables import RequestContext
 from wsgate.errors import HttpError
+from wsgate.http.auth import AccessState, access_phase
 from wsgate.http.request import RequestHead
+from wsgate.http.suspend import Offload, Pause, Subrequest, Suspend
 from wsgate.limits import ConnZone, Refused, ReqZone, check_requests
 from wsgate.realip import forwarded_addr
 from wsgate.routing import find_location, needs_slash_redirect, normalize_uri, split_target
@@ -127,6 +131,8 @@ class Request:
         "connection_started",
         "conn_slots",
         "uri_changes",
+        "access",
+        "subrequest",
     )
 
     def __init__(
@@ -141,6 +147,7 @@ class Request:
         plain_on_tls: bool = False,
         connection_requests: int = 1,
         connection_started: float = 0.0,
+        subrequest: bool = False,
     ) -> None:
         self.worker = worker
         #: The connection's number, for the error log.
@@ -160,6 +167,10 @@ class Request:
         self.conn_slots: tuple[tuple[ConnZone, str], ...] = ()
         #: Internal redirects left (``r->uri_changes``).
         self.uri_changes = MAX_URI_CHANGES + 1
+        #: The access phase's state in this pass (None: not reached yet).
+        self.access: AccessState | None = None
+        #: A subrequest (``auth_request``'s): it skips the access phase, as nginx's do.
+        self.subrequest = subrequest
 
     def log(self, level: str, message: str) -> None:
         self.worker.error_log.log(level, message, self.number, self.ctx)
@@ -211,7 +222,7 @@ class Content(enum.Enum):
     PROXY = "proxy_pass"
 
 
-Decision = Delay | Restart | Redirect | Plain | Close | Content
+Decision = Delay | Restart | Redirect | Plain | Close | Content | Suspend
 Handler = Callable[[Request], Decision | None]
 
 
@@ -453,14 +464,9 @@ def release_slots(r: Request) -> None:
 
 # -- ACCESS ------------------------------------------------------------------------------------
 def access(r: Request) -> Decision | None:
-    """ngx_http_access_module: "The rules are checked in sequence until the first match is
-    found."  A ``deny`` is 403."""
-    rules = r.settings.access_rules
-    if rules:
-        rule = check_access(rules, r.ctx.remote_addr)
-        if rule is not None and not rule.allow:
-            raise HttpError(403, "access forbidden by rule")
-    return None
+    """``allow``/``deny``, ``auth_basic`` and ``auth_request``, combined by ``satisfy``
+    (:func:`wsgate.http.auth.access_phase`)."""
+    return access_phase(r)
 
 
 # -- CONTENT -----------------------------------------------------------------------------------
@@ -515,6 +521,7 @@ def _restart(r: Request, index: int) -> int:
     """Count one internal redirect (``r->uri_changes``) and return ``index``, where the walk
     goes on (the first ``FIND_CONFIG`` handler); the eleventh is a 500."""
     r.uri_changes -= 1
+    r.access = None  # an internal redirect clears the modules' contexts
     if r.uri_changes == 0:
         raise HttpError(
             500, f'rewrite or internal redirection cycle while processing "{r.ctx.uri}"'
@@ -528,7 +535,8 @@ def run(
     table: Sequence[tuple[Phase, Sequence[Handler]]] | None = None,
 ) -> tuple[Decision, int]:
     """Walk the handlers from index ``start`` until one decides; returns the decision and
-    the index to resume at after a :class:`Delay`.  A :class:`Restart` goes back to the
+    the index to resume at after a :class:`Delay` (the handler itself after a wait of
+    :mod:`wsgate.http.suspend`).  A :class:`Restart` goes back to the
     first ``FIND_CONFIG`` handler, at most :data:`MAX_URI_CHANGES` times ("rewrite or internal
     redirection cycle", 500).  The content phase always decides (404 at the latest)."""
     handlers, restart = _DEFAULT if table is None else _flatten(table)
@@ -541,6 +549,8 @@ def run(
         if isinstance(decision, Restart):
             i = _restart(r, restart)
             continue
+        if isinstance(decision, Offload | Pause | Subrequest):
+            return decision, i - 1  # the same handler goes on when the wait is over
         return decision, i
     raise HttpError(404)
 

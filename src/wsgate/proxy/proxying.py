@@ -42,10 +42,14 @@ __all__ = ["Proxying"]
 class Proxying:
     """One request's ``proxy_pass``: every try, and what the response becomes."""
 
-    __slots__ = ("ex", "started", "attempts")
+    __slots__ = ("ex", "started", "attempts", "header_only", "response")
 
-    def __init__(self, ex: Exchange) -> None:
+    def __init__(self, ex: Exchange, *, header_only: bool = False) -> None:
         self.ex = ex
+        #: A subrequest's (``auth_request``'s: "sr->header_only = 1"): the response head is
+        #: kept in ``response``, nothing goes to the client, the upstream connection closes.
+        self.header_only = header_only
+        self.response: ResponseHead | None = None
         #: When the first try started (``proxy_next_upstream_timeout``).
         self.started = 0.0
         self.attempts = 0
@@ -179,6 +183,9 @@ class Proxying:
             ctx.upstream_statuses.append(str(resp.status))
             reusable = False
             try:
+                if self.header_only:
+                    self.response = resp
+                    return False, None
                 if resp.status == 101 and (
                     refused or (head.upgrade is not None and not _upgrade_ok(resp, settings))
                 ):

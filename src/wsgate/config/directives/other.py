@@ -92,9 +92,6 @@ ENTRIES: tuple[Directive, ...] = (
     # Refused with a reason (docs/differences.md, "Not yet supported").
     _refused("if", "not yet: `if` blocks"),
     _refused("error_page", "not yet"),
-    _refused("satisfy", "no auth modules"),
-    _refused("auth_basic", "no auth modules"),
-    _refused("auth_request", "no auth modules"),
     _refused("ssl_crl", "not yet"),
     _refused("proxy_ssl_crl", "not yet"),
     _refused("proxy_ssl_password_file", "not yet"),

@@ -1,0 +1,407 @@
+"""``auth_basic``, ``auth_request`` and ``satisfy`` through a real wsgate.
+
+nginx's answers (``ngx_http_auth_basic_module.c``, ``ngx_http_auth_request_module.c``,
+``ngx_http_core_access_phase``): 401 with ``WWW-Authenticate: Basic realm="..."``; a user
+file that does not exist is 403 with ``[error] open() ... failed``, one that cannot be read
+500 with ``[crit]``; a subrequest that fails or times out is 500; access is decided before
+any upstream is contacted, WebSocket handshakes included.
+"""
+
+from __future__ import annotations
+
+import base64
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import WsgateProcess
+from tests.integration.loopback import (
+    HOST,
+    Backend,
+    Loop,
+    Request,
+    dead_port,
+    get,
+    loop_fixture,
+    silent,
+    ws_open,
+)
+
+Factory = Callable[..., WsgateProcess]
+
+bg = pytest.fixture(loop_fixture)
+
+WS = "proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection upgrade;"
+HTPASSWD = (
+    "# users\n"
+    "plain:{PLAIN}secret\n"
+    "apr1:$apr1$salt$Xxd1irWT9ycqoYxGFn4cb.\n"
+    "sha:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n"
+    # crypt(3) SHA-512 and bcrypt of "password", as libxcrypt writes them
+    "sha512:$6$abc$rvqzMBuMVukmply9mZJpW0wJMdDfgUKLDrSNxf9l66h/ytQiKNAdqHSj5YPJpxWJpVjRXibQXR"
+    "ddCl9xYHQnd0\n"
+    "bcrypt:$2b$05$abcdefghijklmnopqrstuuWG29KuyeAicPCJODk1zjyGvyQUU2awu\n"
+)
+
+
+def basic(user: str, password: str) -> str:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return f"Authorization: Basic {token}\r\n"
+
+
+def raw(port: int, request: bytes) -> bytes:
+    with socket.create_connection((HOST, port), timeout=5) as s:
+        s.sendall(request)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return data
+
+
+def request(port: int, path: str = "/", extra: str = "") -> bytes:
+    return raw(port, f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{extra}\r\n".encode())
+
+
+def basic_conf(port: int, user_file: str = "htpasswd", location: str = "") -> str:
+    return f"""
+error_log logs/info.log info;
+events {{}}
+http {{
+  log_format t '$status|$remote_user';
+  access_log logs/access.log t;
+  server {{
+    listen 127.0.0.1:0;
+    location / {{
+      auth_basic "closed $host";
+      auth_basic_user_file {user_file};
+      proxy_pass http://127.0.0.1:{port};
+      {WS}
+      {location}
+    }}
+    location /open/ {{
+      auth_basic off;
+      proxy_pass http://127.0.0.1:{port};
+    }}
+  }}
+}}
+"""
+
+
+def start_basic(wsgate: Factory, port: int, **kw: str) -> WsgateProcess:
+    gw = wsgate(basic_conf(port, **kw))
+    (gw.prefix / "htpasswd").write_text(HTPASSWD)
+    return gw
+
+
+def info_log(gw: WsgateProcess) -> str:
+    path = gw.prefix / "logs" / "info.log"
+    return path.read_text() if path.exists() else ""
+
+
+# -- auth_basic ---------------------------------------------------------------------------------
+def test_no_credentials_is_401_with_the_realm(bg: Loop, wsgate: Factory) -> None:
+    b = bg.backend("b")
+    gw = start_basic(wsgate, b.port)
+    data = request(gw.port)
+    assert data.startswith(b"HTTP/1.1 401 Unauthorized\r\n")
+    head = data.split(b"\r\n\r\n")[0].decode()
+    # After nginx's own fields, as ngx_http_header_filter writes r->headers_out.headers.
+    assert head.endswith('Connection: close\r\nWWW-Authenticate: Basic realm="closed t"')
+    assert b"<title>401 Authorization Required</title>" in data
+    assert "[info]" in info_log(gw)
+    assert "no user/password was provided for basic authentication, client: " in info_log(gw)
+    assert b.accepted == 0
+
+
+@pytest.mark.parametrize("user", ["plain", "apr1", "sha", "sha512", "bcrypt"])
+def test_each_password_format(bg: Loop, wsgate: Factory, user: str) -> None:
+    b = bg.backend("b")
+    gw = start_basic(wsgate, b.port)
+    password = "secret" if user == "plain" else "password"
+    assert get(gw.port, extra=basic(user, password)) == (200, b"b")
+    assert get(gw.port, extra=basic(user, "wrong"))[0] == 401
+    gw.wait_log(rf'\[error\] .*user "{user}": password mismatch, client: 127\.0\.0\.1')
+    assert gw.access_lines(2) == [f"200|{user}", f"401|{user}"]
+    assert len(b.requests) == 1
+
+
+def test_unknown_user_is_401_and_logged(bg: Loop, wsgate: Factory) -> None:
+    b = bg.backend("b")
+    gw = start_basic(wsgate, b.port)
+    assert get(gw.port, extra=basic("nobody", "x"))[0] == 401
+    gw.wait_log(rf'\[error\] .*user "nobody" was not found in "{gw.prefix}/htpasswd"')
+    assert b.accepted == 0
+
+
+def test_the_file_is_read_per_request(bg: Loop, wsgate: Factory) -> None:
+    b = bg.backend("b")
+    gw = start_basic(wsgate, b.port)
+    assert get(gw.port, extra=basic("new", "pw"))[0] == 401
+    (gw.prefix / "htpasswd").write_text("new:{PLAIN}pw")  # no final newline
+    assert get(gw.port, extra=basic("new", "pw")) == (200, b"b")
+
+
+def test_auth_basic_off_inside(bg: Loop, wsgate: Factory) -> None:
+    b = bg.backend("b")
+    gw = start_basic(wsgate, b.port)
+    assert get(gw.port, "/open/") == (200, b"b")
+
+
+def test_missing_user_file_is_403_and_an_error_line(bg: Loop, wsgate: Factory) -> None:
+    """nginx: "if (err == NGX_ENOENT) { level = NGX_LOG_ERR; rc = NGX_HTTP_FORBIDDEN; }"."""
+    b = bg.backend("b")
+    gw = start_basic(wsgate, b.port, user_file="nowhere")
+    assert get(gw.port, extra=basic("plain", "secret"))[0] == 403
+    gw.wait_log(
+        rf'\[error\] .*open\(\) "{gw.prefix}/nowhere" failed \(2: No such file or directory\)'
+    )
+    assert b.accepted == 0
+
+
+def test_unreadable_user_file_is_500_and_a_crit_line(bg: Loop, wsgate: Factory) -> None:
+    """A directory opens but cannot be read: nginx's pread() fails, 500 and ``[crit]``."""
+    b = bg.backend("b")
+    gw = start_basic(wsgate, b.port, user_file="dir")
+    (gw.prefix / "dir").mkdir()
+    assert get(gw.port, extra=basic("plain", "secret"))[0] == 500
+    gw.wait_log(rf'\[crit\] .*pread\(\) "{gw.prefix}/dir" failed \(21: Is a directory\)')
+    assert b.accepted == 0
+
+
+def test_user_file_that_cannot_be_opened_is_500_and_a_crit_line(bg: Loop, wsgate: Factory) -> None:
+    """A name under a regular file: open() fails with ENOTDIR, which is no ENOENT."""
+    b = bg.backend("b")
+    gw = start_basic(wsgate, b.port, user_file="htpasswd/x")
+    assert get(gw.port, extra=basic("plain", "secret"))[0] == 500
+    gw.wait_log(rf'\[crit\] .*open\(\) "{gw.prefix}/htpasswd/x" failed \(20: Not a directory\)')
+
+
+def test_user_file_with_variables_is_taken_from_the_conf_prefix(bg: Loop, wsgate: Factory) -> None:
+    b = bg.backend("b")
+    gw = start_basic(wsgate, b.port, user_file="$arg_f")
+    assert get(gw.port, "/?f=htpasswd", extra=basic("plain", "secret")) == (200, b"b")
+    assert get(gw.port, "/?f=nx", extra=basic("plain", "secret"))[0] == 403
+    # An empty name is the prefix itself: a directory, which cannot be read.
+    assert get(gw.port, "/", extra=basic("plain", "secret"))[0] == 500
+
+
+def test_websocket_handshake_without_credentials_never_reaches_the_upstream(
+    bg: Loop, wsgate: Factory
+) -> None:
+    b = bg.backend("b", websocket=True)
+    gw = start_basic(wsgate, b.port)
+    data = request(
+        gw.port,
+        "/ws",
+        "Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n",
+    )
+    assert data.startswith(b"HTTP/1.1 401 ")
+    assert b.accepted == 0
+    s = socket.create_connection((HOST, gw.port), timeout=5)
+    with s:
+        s.sendall(
+            b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            + basic("plain", "secret").encode()
+            + b"\r\n"
+        )
+        assert s.recv(4096).startswith(b"HTTP/1.1 101 ")
+    assert b.accepted == 1
+
+
+# -- auth_request -------------------------------------------------------------------------------
+def auth_conf(app: int, auth: int, auth_location: str = "", main: str = "") -> str:
+    return f"""
+error_log logs/info.log info;
+events {{}}
+http {{
+  log_format t '$status|$user|$upstream_status';
+  access_log logs/access.log t;
+  server {{
+    listen 127.0.0.1:0;
+    location / {{
+      auth_request /auth;
+      auth_request_set $user $upstream_http_x_user;
+      proxy_pass http://127.0.0.1:{app};
+      proxy_set_header X-User $user;
+      {WS}
+      {main}
+    }}
+    location = /auth {{
+      proxy_pass http://127.0.0.1:{auth}/check;
+      proxy_set_header X-Original-URI $request_uri;
+      proxy_read_timeout 1s;
+      {auth_location}
+    }}
+    location = /auth-404 {{ }}
+  }}
+}}
+"""
+
+
+def answer(code: int, *headers: str) -> Callable[[Backend, Request], bytes]:
+    def respond(backend: Backend, request: Request) -> bytes:
+        extra = "".join(f"{h}\r\n" for h in headers)
+        return f"HTTP/1.1 {code} X\r\n{extra}Content-Length: 2\r\n\r\nno".encode()
+
+    return respond
+
+
+def test_subrequest_2xx_allows_and_sets_variables(bg: Loop, wsgate: Factory) -> None:
+    app = bg.backend("app")
+    auth = bg.backend("auth", answer(204, "X-User: alice"))
+    gw = wsgate(auth_conf(app.port, auth.port))
+    assert get(gw.port, "/p?q=1", method="POST", body=b"0123456789") == (200, b"app")
+    (sub,) = auth.requests
+    # GET, the main request's headers, no body (ngx_http_subrequest, auth_request's fake body)
+    assert sub.method == "GET" and sub.path == "/check" and sub.body == b""
+    head = sub.head.decode().lower()
+    assert "x-original-uri: /p?q=1\r\n" in head and "content-length" not in head
+    (main,) = app.requests
+    assert main.method == "POST" and main.body == b"0123456789"
+    assert b"X-User: alice\r\n" in main.head
+    # The subrequest is not logged (log_subrequest off); its upstream is not the main's.
+    assert gw.access_lines(1) == ["200|alice|200"]
+
+
+@pytest.mark.parametrize("code", [401, 403])
+def test_subrequest_401_403_deny(bg: Loop, wsgate: Factory, code: int) -> None:
+    app = bg.backend("app")
+    auth = bg.backend("auth", answer(code, 'WWW-Authenticate: Bearer realm="a"', "X-User: x"))
+    gw = wsgate(auth_conf(app.port, auth.port))
+    data = request(gw.port)
+    assert data.startswith(f"HTTP/1.1 {code} ".encode())
+    # A 401 passes the subrequest's WWW-Authenticate on; a 403 does not.
+    assert (b'WWW-Authenticate: Bearer realm="a"\r\n' in data) is (code == 401)
+    assert app.accepted == 0
+
+
+@pytest.mark.parametrize("code", [200, 299, 302, 404, 500])
+def test_subrequest_other_statuses(bg: Loop, wsgate: Factory, code: int) -> None:
+    app = bg.backend("app")
+    auth = bg.backend("auth", answer(code))
+    gw = wsgate(auth_conf(app.port, auth.port))
+    got = get(gw.port)[0]
+    if code < 300:
+        assert got == 200
+    else:
+        assert got == 500
+        gw.wait_log(rf"\[error\] .*auth request unexpected status: {code}")
+        assert app.accepted == 0
+
+
+def test_subrequest_timeout_is_500(bg: Loop, wsgate: Factory) -> None:
+    app = bg.backend("app")
+    auth = bg.backend("auth", silent)
+    gw = wsgate(auth_conf(app.port, auth.port))
+    assert get(gw.port)[0] == 500
+    gw.wait_log(r"\[error\] .*upstream timed out \(110: Connection timed out\) while reading")
+    gw.wait_log(r"\[error\] .*auth request unexpected status: 504")
+    assert app.accepted == 0
+
+
+def test_subrequest_refused_is_500(bg: Loop, wsgate: Factory) -> None:
+    app = bg.backend("app")
+    gw = wsgate(auth_conf(app.port, dead_port()))
+    assert get(gw.port)[0] == 500
+    gw.wait_log(r"\[error\] .*connect\(\) failed \(111: Connection refused\)")
+    gw.wait_log(r"\[error\] .*auth request unexpected status: 502")
+    assert app.accepted == 0
+
+
+def test_subrequest_to_a_location_without_content_is_500(bg: Loop, wsgate: Factory) -> None:
+    app = bg.backend("app")
+    gw = wsgate(
+        auth_conf(app.port, dead_port(), main="auth_request /auth-404;").replace(
+            "auth_request /auth;", ""
+        )
+    )
+    assert get(gw.port)[0] == 500
+    gw.wait_log(r"\[error\] .*auth request unexpected status: 404")
+
+
+def test_websocket_handshake_denied_before_the_upstream(bg: Loop, wsgate: Factory) -> None:
+    app = bg.backend("app", websocket=True)
+    auth = bg.backend("auth", answer(401, "WWW-Authenticate: Basic"))
+    gw = wsgate(auth_conf(app.port, auth.port))
+    data = request(
+        gw.port,
+        "/ws",
+        "Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n",
+    )
+    assert data.startswith(b"HTTP/1.1 401 ")
+    assert len(auth.requests) == 1 and app.accepted == 0
+
+
+def test_websocket_handshake_allowed_tunnels(bg: Loop, wsgate: Factory) -> None:
+    app = bg.backend("app", websocket=True)
+    auth = bg.backend("auth", answer(200, "X-User: bob"))
+    gw = wsgate(auth_conf(app.port, auth.port))
+    with ws_open(gw.port):
+        pass
+    (sub,) = auth.requests
+    assert sub.method == "GET"
+    assert b"X-User: bob\r\n" in app.requests[0].head
+
+
+# -- satisfy -----------------------------------------------------------------------------------
+def satisfy_conf(app: int, auth: int, satisfy: str, rules: str) -> str:
+    return f"""
+events {{}}
+http {{
+  access_log off;
+  server {{
+    listen 127.0.0.1:0;
+    location / {{
+      satisfy {satisfy};
+      {rules}
+      auth_basic "r";
+      auth_basic_user_file htpasswd;
+      auth_request /auth;
+      proxy_pass http://127.0.0.1:{app};
+    }}
+    location = /auth {{ proxy_pass http://127.0.0.1:{auth}; }}
+  }}
+}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("satisfy", "rules", "creds", "auth_code", "expected"),
+    [
+        # satisfy all: the first denial wins, in the order access, auth_basic, auth_request
+        ("all", "allow all;", True, 200, 200),
+        ("all", "deny all;", True, 200, 403),
+        ("all", "allow all;", False, 200, 401),
+        ("all", "allow all;", True, 403, 403),
+        # satisfy any: the first allow wins; a 403 never replaces a 401
+        ("any", "deny all;", False, 200, 200),
+        ("any", "deny all;", False, 403, 401),
+        ("any", "deny all;", True, 403, 200),
+        ("any", "allow all;", False, 401, 200),
+        ("any", "", False, 403, 401),
+    ],
+)
+def test_satisfy(
+    bg: Loop,
+    wsgate: Factory,
+    tmp_path: Path,
+    satisfy: str,
+    rules: str,
+    creds: bool,
+    auth_code: int,
+    expected: int,
+) -> None:
+    app = bg.backend("app")
+    auth = bg.backend("auth", answer(auth_code))
+    gw = wsgate(satisfy_conf(app.port, auth.port, satisfy, rules))
+    (gw.prefix / "htpasswd").write_text("u:{PLAIN}p\n")
+    data = request(gw.port, extra=basic("u", "p") if creds else "")
+    assert data.startswith(f"HTTP/1.1 {expected} ".encode()), data[:40]
+    # A 401 in the end carries auth_basic's realm; an allowed request drops it.
+    assert (b'WWW-Authenticate: Basic realm="r"' in data) is (expected == 401)
+    assert app.accepted == (expected == 200)
