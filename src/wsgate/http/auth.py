@@ -42,6 +42,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from wsgate.access import check_access
+from wsgate.config.units import parse_size
 from wsgate.errors import HttpError
 from wsgate.http.crypt import CryptError, decode_base64, ngx_crypt
 from wsgate.http.fields import first_value
@@ -271,7 +272,7 @@ def _auth_request(r: Request, st: AccessState) -> Result:
 def _set_variables(r: Request, sub: Subrequest) -> None:
     """``ngx_http_auth_request_set_variables``: each value evaluated in the subrequest, set
     in the main request ("explicitly set ... to make sure it will be available after
-    internal redirects"); ``$args`` through its set handler."""
+    internal redirects"); ``$args`` and ``$limit_rate`` through their set handlers."""
     sets = r.settings.auth_request_set
     if not sets or sub.ctx is None:
         return
@@ -281,6 +282,13 @@ def _set_variables(r: Request, sub: Subrequest) -> None:
         value = av.value.render(lookup)
         if av.variable == "args":
             ctx.args = value
+        elif av.variable == "limit_rate":
+            # ngx_http_variable_request_set_size
+            size = parse_size(value)
+            if size is None:
+                r.log("error", f'invalid size "{value}"')
+            else:
+                ctx.limit_rate = size
         else:
             ctx.set_variable(av.variable, value)
     ctx.invalidate()

@@ -29,8 +29,9 @@ _err = config_error
 _LS = LocationSettings
 
 #: Built-in variables nginx lets ``auth_request_set`` change (``NGX_HTTP_VAR_CHANGEABLE``
-#: with a set handler): ``$args``.  Setting any other built-in one is "the duplicate".
-CHANGEABLE = frozenset({"args"})
+#: with a set handler): ``$args`` and ``$limit_rate``.  Any other built-in one is "the
+#: duplicate".
+CHANGEABLE = frozenset({"args", "limit_rate"})
 
 
 def _auth_basic(s: Stmt, level: Level) -> Template | None:
