@@ -231,7 +231,10 @@ http {{
       {main}
     }}
     location = /auth {{
+      # nginx's documented auth location
       proxy_pass http://127.0.0.1:{auth}/check;
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
       proxy_set_header X-Original-URI $request_uri;
       proxy_read_timeout 1s;
       {auth_location}
@@ -293,34 +296,30 @@ def test_subrequest_other_statuses(bg: Loop, wsgate: Factory, code: int) -> None
         assert app.accepted == 0
 
 
-def test_subrequest_timeout_is_500(bg: Loop, wsgate: Factory) -> None:
+@pytest.mark.parametrize(
+    ("failure", "log", "status"),
+    [
+        ("timeout", r"upstream timed out \(110: Connection timed out\) while reading", 504),
+        ("refused", r"connect\(\) failed \(111: Connection refused\)", 502),
+        ("no content", "", 404),
+    ],
+)
+def test_subrequest_failure_is_500(
+    bg: Loop, wsgate: Factory, failure: str, log: str, status: int
+) -> None:
+    """A subrequest that times out, cannot connect, or finds no content handler: its status
+    is no 2xx, 401 or 403, so the main request is 500 and nothing reaches its upstream."""
     app = bg.backend("app")
-    auth = bg.backend("auth", silent)
-    gw = wsgate(auth_conf(app.port, auth.port))
+    port = bg.backend("auth", silent).port if failure == "timeout" else dead_port()
+    text = auth_conf(app.port, port)
+    if failure == "no content":
+        text = text.replace("auth_request /auth;", "auth_request /auth-404;")
+    gw = wsgate(text)
     assert get(gw.port)[0] == 500
-    gw.wait_log(r"\[error\] .*upstream timed out \(110: Connection timed out\) while reading")
-    gw.wait_log(r"\[error\] .*auth request unexpected status: 504")
+    if log:
+        gw.wait_log(rf"\[error\] .*{log}")
+    gw.wait_log(rf"\[error\] .*auth request unexpected status: {status}")
     assert app.accepted == 0
-
-
-def test_subrequest_refused_is_500(bg: Loop, wsgate: Factory) -> None:
-    app = bg.backend("app")
-    gw = wsgate(auth_conf(app.port, dead_port()))
-    assert get(gw.port)[0] == 500
-    gw.wait_log(r"\[error\] .*connect\(\) failed \(111: Connection refused\)")
-    gw.wait_log(r"\[error\] .*auth request unexpected status: 502")
-    assert app.accepted == 0
-
-
-def test_subrequest_to_a_location_without_content_is_500(bg: Loop, wsgate: Factory) -> None:
-    app = bg.backend("app")
-    gw = wsgate(
-        auth_conf(app.port, dead_port(), main="auth_request /auth-404;").replace(
-            "auth_request /auth;", ""
-        )
-    )
-    assert get(gw.port)[0] == 500
-    gw.wait_log(r"\[error\] .*auth request unexpected status: 404")
 
 
 def test_websocket_handshake_denied_before_the_upstream(bg: Loop, wsgate: Factory) -> None:
@@ -346,6 +345,37 @@ def test_websocket_handshake_allowed_tunnels(bg: Loop, wsgate: Factory) -> None:
     (sub,) = auth.requests
     assert sub.method == "GET"
     assert b"X-User: bob\r\n" in app.requests[0].head
+
+
+def test_proxy_pass_request_body_off(bg: Loop, wsgate: Factory) -> None:
+    """The body stays behind and is discarded (the next request on the connection is read
+    right); the client's Content-Length is not sent when set empty, as nginx's docs do."""
+    app = bg.backend("app")
+    gw = wsgate(f"""
+events {{}}
+http {{
+  access_log off;
+  server {{
+    listen 127.0.0.1:0;
+    location / {{
+      proxy_pass http://127.0.0.1:{app.port};
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+    }}
+  }}
+}}
+""")
+    data = raw(
+        gw.port,
+        b"POST /a HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n0123456789"
+        b"GET /b HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    assert data.count(b"HTTP/1.1 200 OK\r\n") == 2
+    assert [(r.method, r.path, r.body) for r in app.requests] == [
+        ("POST", "/a", b""),
+        ("GET", "/b", b""),
+    ]
+    assert b"content-length" not in app.requests[0].head.lower()
 
 
 # -- satisfy -----------------------------------------------------------------------------------

@@ -445,6 +445,8 @@ class LocationSettings:
 
     proxy_pass: ProxyPass | None = None
     proxy_http_version: str = "1.1"
+    #: ``proxy_pass_request_body``: off sends no body (the client's is discarded).
+    proxy_pass_request_body: bool = True
     #: The explicit ``proxy_set_header`` list of the level that had any (all-or-nothing
     #: inheritance); the built-in defaults are added when the request is built.
     proxy_set_headers: tuple[HeaderSetting, ...] = ()

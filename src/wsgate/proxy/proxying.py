@@ -75,11 +75,15 @@ class Proxying:
             set_headers = without_upgrade(set_headers)
         body_framing = BodyFraming.none()
         if head.content_length:
+            # With proxy_pass_request_body off nginx still sends the client's Content-Length
+            # ($proxy_internal_body_length), and no body.
             body_framing = BodyFraming.content_length(head.content_length)
-        elif head.chunked:
+        elif head.chunked and settings.proxy_pass_request_body:
             body_framing = BodyFraming.chunked()
         buffered_body: bytes | None = None
-        if head.chunked and settings.proxy_http_version == "1.0":
+        if not settings.proxy_pass_request_body:
+            buffered_body = b""  # nothing is streamed; the front connection discards the body
+        elif head.chunked and settings.proxy_http_version == "1.0":
             # An HTTP/1.0 upstream cannot take a chunked body: read it whole (bounded by
             # client_max_body_size) and send it with a Content-Length, as nginx does.
             buffered_body = await self._read_whole_body(settings)
