@@ -305,6 +305,9 @@ def access_phase(r: Request) -> Suspend | None:
         return None
     st = r.access
     if st is None:
+        settings = r.settings
+        if not (settings.access_rules or settings.auth_basic or settings.auth_request):
+            return None  # every handler would decline: no state to keep
         st = r.access = AccessState()
     satisfy_any = r.settings.satisfy == "any"
     while st.next < len(_HANDLERS) and not st.delayed:
