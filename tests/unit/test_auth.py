@@ -5,6 +5,7 @@ reader, ``Authorization: Basic`` parsing, and ``satisfy`` combining ``allow``/``
 from __future__ import annotations
 
 import base64
+import re
 from pathlib import Path
 
 import pytest
@@ -263,3 +264,57 @@ def test_subrequests_skip_the_access_phase(tmp_path: Path) -> None:
     r = make(tmp_path, "all", "deny all;")
     r.subrequest = True
     assert walk(r) is Content.PROXY
+
+
+# -- configuration -------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("line", "error"),
+    [
+        ("auth_request_set $uri x;", 'the duplicate "uri" variable'),
+        ("auth_request_set user x;", 'invalid variable name "user"'),
+        ("auth_request_set $ x;", 'invalid variable name "$"'),
+        ("satisfy some;", 'invalid value "some"'),
+        ("auth_request /a; auth_request /b;", '"auth_request" directive is duplicate'),
+        ("auth_basic_user_file a; auth_basic_user_file b;", '"auth_basic_user_file" directive'),
+        ("proxy_set_header X-U $nobody;", 'unknown "nobody" variable'),
+    ],
+)
+def test_load_errors(tmp_path: Path, line: str, error: str) -> None:
+    from wsgate.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(error)):
+        conf(tmp_path, f"server {{ listen 8080; location / {{ {line} return 204; }} }}")
+
+
+def test_declared_variable_is_known_everywhere_and_empty_until_set(tmp_path: Path) -> None:
+    config = conf(
+        tmp_path,
+        "server { listen 8080;"
+        " location /a { add_header X-U $who; return 204; }"
+        " location /b { auth_request /auth; auth_request_set $who $upstream_http_x_user; }"
+        " location = /auth { return 204; } }",
+    )
+    r = request(config, Worker(), "/a")
+    assert r.ctx.lookup("who") == ""
+
+
+def test_args_and_limit_rate_have_set_handlers(tmp_path: Path) -> None:
+    (tmp_path / "htpasswd").write_text("")
+    config = conf(
+        tmp_path,
+        "server { listen 8080; location / { auth_request /auth;"
+        " auth_request_set $args a=1; auth_request_set $limit_rate $upstream_http_x_rate;"
+        " proxy_pass http://127.0.0.1:1; } }",
+    )
+    r = request(config, Worker(), "/x?old")
+    index = 0
+    while True:
+        decision, index = run(r, index)
+        if not isinstance(decision, Subrequest):
+            break
+        decision.status, decision.done = 200, True
+        decision.ctx = RequestContext()
+        decision.ctx.set_variable("upstream_http_x_rate", "10k")
+    assert decision is Content.PROXY
+    assert r.ctx.args == "a=1" and r.ctx.limit_rate == 10240
+    assert r.ctx.variables is None  # neither became a plain variable
