@@ -210,6 +210,8 @@ def test_websocket_handshake_without_credentials_never_reaches_the_upstream(
         )
         assert s.recv(4096).startswith(b"HTTP/1.1 101 ")
     assert b.accepted == 1
+    # The tunnel's line, written when it closes, still knows $remote_user.
+    assert gw.access_lines(2) == ["401|-", "101|plain"]
 
 
 # -- auth_request -------------------------------------------------------------------------------

@@ -245,6 +245,18 @@ def test_401_carries_the_realm_and_the_subrequests_fields(tmp_path: Path) -> Non
     )
 
 
+def test_the_handler_never_hashes_itself(tmp_path: Path) -> None:
+    """The file read and the hash are an Offload job for the thread pool: the phase handler
+    returns before either happened."""
+    r = make(tmp_path, "all", "")
+    decision, _ = run(r)
+    assert isinstance(decision, Offload)
+    job = decision.job
+    assert isinstance(job, PasswordCheck) and (job.status, job.log) == (500, "")
+    job()
+    assert job.status is None
+
+
 def test_auth_request_set_and_a_second_pass(tmp_path: Path) -> None:
     r = make(tmp_path, "all", "")
     assert walk(r) is Content.PROXY
