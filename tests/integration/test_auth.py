@@ -319,7 +319,8 @@ def test_subrequest_failure_is_500(
     gw = wsgate(text)
     assert get(gw.port)[0] == 500
     if log:
-        gw.wait_log(rf"\[error\] .*{log}")
+        # nginx's error line of a subrequest names it after the request.
+        gw.wait_log(rf'\[error\] .*{log}.*request: "GET / HTTP/1.1", subrequest: "/auth", ')
     gw.wait_log(rf"\[error\] .*auth request unexpected status: {status}")
     assert app.accepted == 0
 

@@ -19,10 +19,10 @@ that went away (499), or a ``return 444``, ends the main request too (nginx term
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from typing import TYPE_CHECKING
 
+from wsgate.config.variables import RequestContext
 from wsgate.errors import HttpError
 from wsgate.http.phases import Close, Content, Delay, Plain, Redirect, Request, release_slots, run
 from wsgate.http.suspend import Subrequest
@@ -30,20 +30,30 @@ from wsgate.proxy.exchange import Exchange
 from wsgate.proxy.proxying import Proxying
 
 if TYPE_CHECKING:
-    from wsgate.config.variables import RequestContext
     from wsgate.http.response import ResponseHead
 
-__all__ = ["SubExchange", "run_subrequest"]
+__all__ = ["SubExchange", "SubrequestContext", "run_subrequest"]
 
 #: Statuses that end the main request as well (``ngx_http_terminate_request``).
 _TERMINATE = frozenset({408, 444, 499})
 
 
-def subrequest_context(parent: RequestContext, uri: str) -> RequestContext:
+class SubrequestContext(RequestContext):
+    """A subrequest's variables; ``subrequest`` is its URI, which its error-log lines name
+    (``ngx_http_log_error_handler``: ``, subrequest: "/auth"``)."""
+
+    __slots__ = ("subrequest",)
+    subrequest: str
+
+
+def subrequest_context(parent: RequestContext, uri: str) -> SubrequestContext:
     """The subrequest's variables: the main request's, with its own URI and no upstream
     values yet (nginx's subrequest shares the main request's variable values; wsgate's keeps
     a copy of the values set so far, so its ``$upstream_http_*`` stay its own)."""
-    ctx = copy.copy(parent)
+    ctx = SubrequestContext.__new__(SubrequestContext)
+    for name in RequestContext.__slots__:
+        setattr(ctx, name, getattr(parent, name))
+    ctx.subrequest = uri
     ctx.uri, ctx.args = uri, ""
     ctx.proxy_host = ctx.proxy_port = ""
     ctx.status = ctx.bytes_sent = ctx.body_bytes_sent = 0
