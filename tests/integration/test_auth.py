@@ -350,6 +350,35 @@ def test_websocket_handshake_allowed_tunnels(bg: Loop, wsgate: Factory) -> None:
     assert b"X-User: bob\r\n" in app.requests[0].head
 
 
+@pytest.mark.parametrize(
+    ("code", "body", "connections"), [(204, "", 1), (200, "", 1), (200, "ok", 2)]
+)
+def test_auth_connections_are_kept_when_the_answer_has_no_body(
+    bg: Loop, wsgate: Factory, code: int, body: str, connections: int
+) -> None:
+    """The subrequest reads no body: an answer without one leaves the connection to the
+    auth service reusable (``keepalive``), one with a body is closed, as in nginx."""
+    app = bg.backend("app")
+
+    def respond(backend: Backend, request: Request) -> bytes:
+        length = "" if code == 204 else f"Content-Length: {len(body)}\r\n"
+        return f"HTTP/1.1 {code} X\r\n{length}\r\n{body}".encode()
+
+    auth = bg.backend("auth", respond)
+    text = auth_conf(app.port, auth.port).replace(
+        f"proxy_pass http://127.0.0.1:{auth.port}/check;", "proxy_pass http://authsvc/check;"
+    )
+    text = text.replace(
+        "  server {",
+        f"  upstream authsvc {{ server 127.0.0.1:{auth.port}; keepalive 2; }}\n  server {{",
+        1,
+    )
+    gw = wsgate(text)
+    assert get(gw.port) == (200, b"app")
+    assert get(gw.port) == (200, b"app")
+    assert len(auth.requests) == 2 and auth.accepted == connections
+
+
 def test_proxy_pass_request_body_off(bg: Loop, wsgate: Factory) -> None:
     """The body stays behind and is discarded (the next request on the connection is read
     right); the client's Content-Length is not sent when set empty, as nginx's docs do."""

@@ -189,6 +189,14 @@ class Proxying:
             try:
                 if self.header_only:
                     self.response = resp
+                    # The body is not read; a response that has none leaves the connection
+                    # reusable (nginx: "u->keepalive = !u->headers_in.connection_close" for
+                    # 204, 304 and Content-Length: 0).
+                    reusable = (
+                        resp.keep_alive
+                        and (resp.status in (204, 304) or resp.content_length == 0)
+                        and rparser.buffered == 0
+                    )
                     return False, None
                 if resp.status == 101 and (
                     refused or (head.upgrade is not None and not _upgrade_ok(resp, settings))
