@@ -197,9 +197,9 @@ class AccessState:
 
 
 def _rules(r: Request, st: AccessState) -> Result:
-    """``ngx_http_access_handler``: declined without rules or when none matches; "access
-    forbidden by rule" is logged here under ``satisfy all`` (under ``any``, when the phase
-    ends with it)."""
+    """``ngx_http_access_handler``: declined without rules or when none matches; a ``deny``
+    under ``satisfy all`` ends the request here with "access forbidden by rule" (under
+    ``any`` that line is written when the phase ends with the 403)."""
     rules = r.settings.access_rules
     if not rules:
         return None
