@@ -227,8 +227,10 @@ http {{
     location / {{
       auth_request /auth;
       auth_request_set $user $upstream_http_x_user;
+      auth_request_set $sid $upstream_cookie_sid;
       proxy_pass http://127.0.0.1:{app};
       proxy_set_header X-User $user;
+      proxy_set_header X-Sid $sid;
       {WS}
       {main}
     }}
@@ -257,7 +259,7 @@ def answer(code: int, *headers: str) -> Callable[[Backend, Request], bytes]:
 
 def test_subrequest_2xx_allows_and_sets_variables(bg: Loop, wsgate: Factory) -> None:
     app = bg.backend("app")
-    auth = bg.backend("auth", answer(204, "X-User: alice"))
+    auth = bg.backend("auth", answer(204, "X-User: alice", "Set-Cookie: sid=s1; Path=/"))
     gw = wsgate(auth_conf(app.port, auth.port))
     assert get(gw.port, "/p?q=1", method="POST", body=b"0123456789") == (200, b"app")
     (sub,) = auth.requests
@@ -267,7 +269,7 @@ def test_subrequest_2xx_allows_and_sets_variables(bg: Loop, wsgate: Factory) -> 
     assert "x-original-uri: /p?q=1\r\n" in head and "content-length" not in head
     (main,) = app.requests
     assert main.method == "POST" and main.body == b"0123456789"
-    assert b"X-User: alice\r\n" in main.head
+    assert b"X-User: alice\r\n" in main.head and b"X-Sid: s1\r\n" in main.head
     # The subrequest is not logged (log_subrequest off); its upstream is not the main's.
     assert gw.access_lines(1) == ["200|alice|200"]
 

@@ -330,3 +330,20 @@ def test_args_and_limit_rate_have_set_handlers(tmp_path: Path) -> None:
     assert decision is Content.PROXY
     assert r.ctx.args == "a=1" and r.ctx.limit_rate == 10240
     assert r.ctx.variables is None  # neither became a plain variable
+
+
+@pytest.mark.parametrize(
+    ("headers", "name", "value"),
+    [
+        ([("Set-Cookie", "sid=abc; Path=/")], "sid", "abc"),
+        ([("set-cookie", "SID = abc ;x")], "sid", "abc "),
+        ([("Set-Cookie", "sidx=1"), ("Set-Cookie", "sid=2")], "sid", "2"),
+        ([("Set-Cookie", "sid")], "sid", ""),
+        ([("Set-Cookie", "a=1; sid=2")], "sid", ""),  # only the cookie's own name counts
+        ([("X-Sid", "sid=1")], "sid", ""),
+    ],
+)
+def test_upstream_cookie(headers: list[tuple[str, str]], name: str, value: str) -> None:
+    from wsgate.proxy.subrequest import set_cookie_value
+
+    assert set_cookie_value(headers, name) == value

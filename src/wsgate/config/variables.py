@@ -117,6 +117,7 @@ PREFIX_VARIABLES = (
     "cookie_",
     "sent_http_",
     "upstream_http_",
+    "upstream_cookie_",
     "proxy_protocol_tlv_",
 )
 

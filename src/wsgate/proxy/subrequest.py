@@ -32,7 +32,7 @@ from wsgate.proxy.proxying import Proxying
 if TYPE_CHECKING:
     from wsgate.http.response import ResponseHead
 
-__all__ = ["SubExchange", "SubrequestContext", "run_subrequest"]
+__all__ = ["SubExchange", "SubrequestContext", "run_subrequest", "set_cookie_value"]
 
 #: Statuses that end the main request as well (``ngx_http_terminate_request``).
 _TERMINATE = frozenset({408, 444, 499})
@@ -124,20 +124,36 @@ class SubExchange(Exchange):
             release_slots(r)
 
 
+def set_cookie_value(headers: list[tuple[str, str]], name: str) -> str:
+    """``ngx_http_parse_set_cookie_lines``: the value of cookie ``name`` in the first
+    ``Set-Cookie`` that sets it (name case-insensitive, spaces around ``=``, up to ``;``)."""
+    n = len(name)
+    for key, value in headers:
+        if key.lower() != "set-cookie" or n >= len(value) or value[:n].lower() != name.lower():
+            continue
+        rest = value[n:].lstrip(" ")
+        if not rest.startswith("="):
+            continue
+        return rest[1:].lstrip(" ").split(";", 1)[0]
+    return ""
+
+
 def _upstream_values(sub: Subrequest, main: Request, resp: ResponseHead) -> None:
-    """The ``$upstream_http_*`` values ``auth_request_set`` reads, into the subrequest's
-    variables: "the name ... converted to lower case, with dashes replaced by underscores";
-    several fields of one name are joined with ``, `` (nginx 1.23.0+)."""
+    """The ``$upstream_http_*`` and ``$upstream_cookie_*`` values ``auth_request_set`` reads,
+    into the subrequest's variables: for a field, "the name ... converted to lower case, with
+    dashes replaced by underscores", several fields of one name joined with ``, `` (nginx
+    1.23.0+); for a cookie, its value in the answer's ``Set-Cookie``."""
     ctx = sub.ctx
     assert ctx is not None
     for av in main.settings.auth_request_set:
         for name in av.value.variables:
             low = name.lower()
-            if not low.startswith("upstream_http_"):
-                continue
-            want = low[14:]
-            values = [v for k, v in resp.headers if k.lower().replace("-", "_") == want]
-            ctx.set_variable(low, ", ".join(values))
+            if low.startswith("upstream_http_"):
+                want = low[14:]
+                values = [v for k, v in resp.headers if k.lower().replace("-", "_") == want]
+                ctx.set_variable(low, ", ".join(values))
+            elif low.startswith("upstream_cookie_"):
+                ctx.set_variable(low, set_cookie_value(resp.headers, name[16:]))
 
 
 async def run_subrequest(main: Exchange, call: Subrequest) -> None:
