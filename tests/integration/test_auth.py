@@ -64,15 +64,27 @@ def request(port: int, path: str = "/", extra: str = "") -> bytes:
     return raw(port, f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{extra}\r\n".encode())
 
 
-def basic_conf(port: int, user_file: str = "htpasswd", location: str = "") -> str:
+def http_conf(log: str, server: str) -> str:
+    """A configuration of one server on port 0, ``server`` its contents; access-log lines in
+    the format ``log``, info lines in ``logs/info.log``."""
     return f"""
 error_log logs/info.log info;
 events {{}}
 http {{
-  log_format t '$status|$remote_user';
+  log_format t '{log}';
   access_log logs/access.log t;
   server {{
     listen 127.0.0.1:0;
+    {server}
+  }}
+}}
+"""
+
+
+def basic_conf(port: int, user_file: str = "htpasswd", location: str = "") -> str:
+    return http_conf(
+        "$status|$remote_user",
+        f"""
     location / {{
       auth_basic "closed $host";
       auth_basic_user_file {user_file};
@@ -83,10 +95,8 @@ http {{
     location /open/ {{
       auth_basic off;
       proxy_pass http://127.0.0.1:{port};
-    }}
-  }}
-}}
-"""
+    }}""",
+    )
 
 
 def start_basic(wsgate: Factory, port: int, **kw: str) -> WsgateProcess:
@@ -216,14 +226,9 @@ def test_websocket_handshake_without_credentials_never_reaches_the_upstream(
 
 # -- auth_request -------------------------------------------------------------------------------
 def auth_conf(app: int, auth: int, auth_location: str = "", main: str = "") -> str:
-    return f"""
-error_log logs/info.log info;
-events {{}}
-http {{
-  log_format t '$status|$user|$upstream_status';
-  access_log logs/access.log t;
-  server {{
-    listen 127.0.0.1:0;
+    return http_conf(
+        "$status|$user|$upstream_status",
+        f"""
     location / {{
       auth_request /auth;
       auth_request_set $user $upstream_http_x_user;
@@ -243,10 +248,8 @@ http {{
       proxy_read_timeout 1s;
       {auth_location}
     }}
-    location = /auth-404 {{ }}
-  }}
-}}
-"""
+    location = /auth-404 {{ }}""",
+    )
 
 
 def answer(code: int, *headers: str) -> Callable[[Backend, Request], bytes]:
