@@ -25,14 +25,13 @@ handler), or a decision: :class:`Delay` (wait, then go on: ``limit_req``), :clas
 (an internal redirect: back to ``FIND_CONFIG``), a wait after which the same handler runs
 again (:mod:`wsgate.http.suspend`: a job for the thread pool, a subrequest), or the
 response to make (:class:`Redirect`, :class:`Plain`, :class:`Close`, a :class:`Content`
-handler).  An error response is an
-:class:`~wsgate.errors.HttpError` raised with nginx's status and log text.  :func:`run`
-walks the handlers; the asyncio layer (:mod:`wsgate.proxy.exchange`) sleeps on a
-:class:`Delay` and performs the response.  ``rewrite``,
-``try_files`` and static files are each one handler to add to :data:`HANDLERS` (or one
-decision), nothing else; ``error_page`` is one in :data:`ERROR_HANDLERS`, which
-:func:`on_error` consults before an error page is made (an internal redirect re-enters the
-phases at ``FIND_CONFIG``).
+handler).  An error response is an :class:`~wsgate.errors.HttpError` raised with nginx's
+status and log text.  :func:`run` walks the handlers; the asyncio layer
+(:mod:`wsgate.proxy.exchange`) sleeps on a :class:`Delay`, performs the waits and the
+response.  ``rewrite``, ``try_files`` and static files are each one handler to add to
+:data:`HANDLERS` (or one decision), nothing else; ``error_page`` is one in
+:data:`ERROR_HANDLERS`, which :func:`on_error` consults before an error page is made (an
+internal redirect re-enters the phases at ``FIND_CONFIG``).
 """
 
 from __future__ import annotations
