@@ -347,3 +347,23 @@ def test_upstream_cookie(headers: list[tuple[str, str]], name: str, value: str) 
     from wsgate.proxy.subrequest import set_cookie_value
 
     assert set_cookie_value(headers, name) == value
+
+
+def test_offload_runs_jobs_in_the_bounded_pool() -> None:
+    import asyncio
+    import threading
+
+    from wsgate.proxy import offload as mod
+
+    seen: list[str] = []
+
+    async def main() -> None:
+        loop_thread = threading.current_thread().name
+        await asyncio.gather(
+            *(mod.offload(lambda: seen.append(threading.current_thread().name)) for _ in range(8))
+        )
+        assert loop_thread not in seen
+
+    asyncio.run(main())
+    assert len(seen) == 8 and all(name.startswith("wsgate-auth") for name in seen)
+    assert len(set(seen)) <= mod.MAX_THREADS <= 4
