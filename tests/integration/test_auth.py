@@ -384,6 +384,27 @@ def test_auth_connections_are_kept_when_the_answer_has_no_body(
     assert len(auth.requests) == 2 and auth.accepted == connections
 
 
+def test_limits_count_once_per_main_request(bg: Loop, wsgate: Factory) -> None:
+    """``limit_conn``/``limit_req`` at server level reach the auth location too, but nginx
+    applies them once per main request ("if (r->main->limit_conn_status)"): the subrequest
+    takes no second slot and counts no second request."""
+    app = bg.backend("app")
+    auth = bg.backend("auth", answer(204))
+    text = auth_conf(app.port, auth.port).replace(
+        "  server {",
+        "  limit_conn_zone $remote_addr zone=c:1m;\n"
+        "  limit_req_zone $remote_addr zone=q:1m rate=1r/m;\n  server {",
+        1,
+    )
+    text = text.replace(
+        "listen 127.0.0.1:0;", "listen 127.0.0.1:0; limit_conn c 1; limit_req zone=q;"
+    )
+    gw = wsgate(text)
+    assert get(gw.port) == (200, b"app")
+    assert len(auth.requests) == 1
+    assert get(gw.port)[0] == 503  # the second request of the minute: the main one is limited
+
+
 def test_proxy_pass_request_body_off(bg: Loop, wsgate: Factory) -> None:
     """The body stays behind and is discarded (the next request on the connection is read
     right); the client's Content-Length is not sent when set empty, as nginx's docs do."""

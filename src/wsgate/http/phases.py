@@ -132,6 +132,8 @@ class Request:
         "uri_changes",
         "access",
         "subrequest",
+        "limit_req_done",
+        "limit_conn_done",
     )
 
     def __init__(
@@ -170,6 +172,10 @@ class Request:
         self.access: AccessState | None = None
         #: A subrequest (``auth_request``'s): it skips the access phase, as nginx's do.
         self.subrequest = subrequest
+        #: ``r->main->limit_req_status``/``limit_conn_status`` set: the limits were applied
+        #: once; an internal redirect does not apply them again.
+        self.limit_req_done = False
+        self.limit_conn_done = False
 
     def log(self, level: str, message: str) -> None:
         self.worker.error_log.log(level, message, self.number, self.ctx)
@@ -395,7 +401,7 @@ def limit_req(r: Request) -> Decision | None:
     which case the request is terminated with an error."  "Requests with an empty key
     value are not accounted."  Delays are logged one level below refusals."""
     settings = r.settings
-    if not settings.limit_req:
+    if not settings.limit_req or r.limit_req_done:
         return None
     entries: list[tuple[ReqZone, str, int, int]] = []
     for lr in settings.limit_req:
@@ -404,6 +410,10 @@ def limit_req(r: Request) -> Decision | None:
         if key:
             zone = r.worker.limits.req_zone(spec.name, spec.rate)
             entries.append((zone, key, lr.burst, lr.delay))
+    if not entries:
+        return None
+    # "if (r->main->limit_req_status) return NGX_DECLINED;": once per request.
+    r.limit_req_done = True
     decision = check_requests(entries, int(r.worker.clock() * 1000))
     dry = ", dry run" if settings.limit_req_dry_run else ""
     level = settings.limit_req_log_level
@@ -429,11 +439,15 @@ def limit_conn(r: Request) -> Decision | None:
     accounted."  The slots taken are kept in ``r.conn_slots`` until the request (or its
     tunnel) ends."""
     settings = r.settings
+    if r.limit_conn_done:
+        return None
     for lc in settings.limit_conn:
         spec = lc.zone
         key = spec.key.render(r.ctx.lookup)
         if not key:
             continue
+        # "r->main->limit_conn_status = NGX_HTTP_LIMIT_CONN_PASSED": once per request.
+        r.limit_conn_done = True
         zone = r.worker.limits.conn_zone(spec.name)
         got = zone.acquire(key, lc.conn)
         if got is True:

@@ -96,6 +96,10 @@ class SubExchange(Exchange):
             connection_started=parent.connection_started,
             subrequest=True,
         )
+        # The limits count once per main request (``r->main->limit_req_status``): a
+        # subrequest applies only those the main request did not.
+        self.r.limit_req_done = parent.limit_req_done
+        self.r.limit_conn_done = parent.limit_conn_done
 
     async def perform(self) -> tuple[int, ResponseHead | None]:
         """Walk the phases and make the response, keeping it: its status, and the upstream's
