@@ -134,6 +134,7 @@ class Request:
         "subrequest",
         "limit_req_done",
         "limit_conn_done",
+        "internal",
     )
 
     def __init__(
@@ -176,6 +177,9 @@ class Request:
         #: once; an internal redirect does not apply them again.
         self.limit_req_done = False
         self.limit_conn_done = False
+        #: ``r->internal``: an internal redirect happened, or this is a subrequest
+        #: (``internal`` locations allow it).
+        self.internal = False
 
     def log(self, level: str, message: str) -> None:
         self.worker.error_log.log(level, message, self.number, self.ctx)

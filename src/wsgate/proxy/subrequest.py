@@ -100,6 +100,8 @@ class SubExchange(Exchange):
         # subrequest applies only those the main request did not.
         self.r.limit_req_done = parent.limit_req_done
         self.r.limit_conn_done = parent.limit_conn_done
+        # "sr->internal = 1": an ``internal`` location (nginx's usual auth location) serves it.
+        self.r.internal = True
 
     async def perform(self) -> tuple[int, ResponseHead | None]:
         """Walk the phases and make the response, keeping it: its status, and the upstream's
