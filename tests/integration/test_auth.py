@@ -26,6 +26,7 @@ from tests.integration.loopback import (
     get,
     loop_fixture,
     silent,
+    wait_for,
     ws_open,
 )
 
@@ -342,6 +343,24 @@ def test_websocket_handshake_denied_before_the_upstream(bg: Loop, wsgate: Factor
     )
     assert data.startswith(b"HTTP/1.1 401 ")
     assert len(auth.requests) == 1 and app.accepted == 0
+
+
+def test_an_auth_service_answering_101_is_no_tunnel(bg: Loop, wsgate: Factory) -> None:
+    """With the WebSocket headers set for the auth location too, an auth service may answer
+    the handshake with 101: a status like any other (500), its connection closed."""
+    app = bg.backend("app", websocket=True)
+    auth = bg.backend("auth", websocket=True)
+    gw = wsgate(auth_conf(app.port, auth.port, auth_location=WS))
+    data = request(
+        gw.port,
+        "/ws",
+        "Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n",
+    )
+    assert data.startswith(b"HTTP/1.1 500 ")
+    gw.wait_log(r"\[error\] .*auth request unexpected status: 101")
+    assert auth.accepted == 1 and app.accepted == 0
+    wait_for(lambda: auth.open == 0, "the auth connection to close")
 
 
 def test_websocket_handshake_allowed_tunnels(bg: Loop, wsgate: Factory) -> None:
