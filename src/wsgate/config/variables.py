@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FIXED_VARIABLES",
+    "CaptureLookup",
     "PREFIX_VARIABLES",
     "RequestContext",
     "is_known_variable",
@@ -375,17 +376,19 @@ class RequestContext:
         for regex, tpl in m.regexes:
             match = regex.search(value)
             if match is not None:
-                return tpl.render(_CaptureLookup(self, match).lookup)
+                return tpl.render(CaptureLookup(self.lookup, match).lookup)
         return m.default.render(self.lookup) if m.default is not None else ""
 
 
-class _CaptureLookup:
-    """Lookup for a map value rendered with the captures of its own regex."""
+class CaptureLookup:
+    """Lookup for a value rendered with the captures of its own regex (a map's, a
+    ``proxy_redirect``'s): ``$1``.. and named captures from ``match``, other variables from
+    ``outer``."""
 
-    __slots__ = ("ctx", "match")
+    __slots__ = ("outer", "match")
 
-    def __init__(self, ctx: RequestContext, match: re.Match[str]) -> None:
-        self.ctx = ctx
+    def __init__(self, outer: Callable[[str], str], match: re.Match[str]) -> None:
+        self.outer = outer
         self.match = match
 
     def lookup(self, name: str) -> str:
@@ -394,7 +397,7 @@ class _CaptureLookup:
             return (self.match.group(i) or "") if i <= (self.match.re.groups or 0) else ""
         if name in self.match.re.groupindex:
             return self.match.group(name) or ""
-        return self.ctx.lookup(name)
+        return self.outer(name)
 
 
 def _xff(c: RequestContext) -> str:

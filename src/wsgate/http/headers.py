@@ -47,6 +47,7 @@ __all__ = [
     "for_version",
     "hidden_fields",
     "http_date",
+    "last_chunk",
     "visible_fields",
 ]
 
@@ -104,6 +105,13 @@ def visible_fields(headers: list[tuple[str, str]], hidden: frozenset[str]) -> li
 
 #: The chunked body terminator (last-chunk plus the empty trailer section, RFC 9112 §7.1).
 LAST_CHUNK = b"0\r\n\r\n"
+
+
+def last_chunk(trailer: Iterable[tuple[str, str]] = ()) -> bytes:
+    """The last-chunk with ``trailer``'s fields (``add_trailer``; RFC 9112 §7.1.2), as
+    nginx's ``ngx_http_chunked_create_trailers`` writes them."""
+    fields = "".join(f"{name}: {value}\r\n" for name, value in trailer)
+    return LAST_CHUNK if not fields else b"0\r\n" + fields.encode("latin-1") + b"\r\n"
 
 
 def connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
@@ -187,6 +195,7 @@ def build_client_response_head(
     upgrade: bool = False,
     added: Iterable[tuple[str, str]] = (),
     hidden: frozenset[str] = HIDDEN_RESPONSE | NEVER_PASSED,
+    location: str | None = None,
 ) -> bytes:
     """Serialise the response head sent to the client for a proxied response.
 
@@ -198,6 +207,9 @@ def build_client_response_head(
     Upstream ``Upgrade`` and ``Sec-WebSocket-*`` headers pass unchanged.  The upstream's last
     ``Content-Type`` moves up to nginx's position (``ngx_http_upstream_copy_content_type``).
     ``added`` (``add_header``'s, :mod:`wsgate.http.headers_filter`) come last, as written.
+    ``location`` (made absolute by :func:`wsgate.http.redirects.absolute_location`) is
+    written where nginx's header filter writes the ``Location`` it made absolute, after
+    ``Content-Length``.
     ``hidden`` (:func:`hidden_fields`) are not written; an upstream ``Server`` or ``Date``
     that is not hidden (``proxy_pass_header``) is written where it stands instead of
     wsgate's own, as nginx's header filter writes its own only "if
@@ -232,7 +244,9 @@ def build_client_response_head(
         out.append(f"Content-Type: {content_type}\r\n")
     if framing.kind is Framing.LENGTH:
         out.append(f"Content-Length: {framing.length}\r\n")
-    elif framing.kind is Framing.CHUNKED:
+    if location is not None:
+        out.append(f"Location: {location}\r\n")
+    if framing.kind is Framing.CHUNKED:
         out.append("Transfer-Encoding: chunked\r\n")
     if status == 101 or upgrade:
         out.append("Connection: upgrade\r\n")

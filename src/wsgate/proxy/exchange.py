@@ -156,13 +156,18 @@ class Exchange:
         _, added = filter_headers(
             status, [], settings.add_headers, settings.expires, ctx.lookup, now
         )
+        # ngx_http_header_filter writes a Location it made absolute after Content-Length;
+        # any other stays among the response's fields, before add_header's.
+        absolute = self.r.absolute(location)
+        if absolute == location:
+            added = [("Location", location), *added]
         data = error_response(
             status,
             server_tokens=settings.server_tokens,
             user_agent=ctx.header("user-agent"),
             keep_alive=keep,
             date=http_date(now),
-            location=location,
+            location=absolute if absolute != location else None,
             head_only=head.method == "HEAD",
             added=added,
         )

@@ -37,9 +37,16 @@ from wsgate.http.headers import (
     for_version,
     hidden_fields,
     http_date,
+    last_chunk,
     visible_fields,
 )
-from wsgate.http.headers_filter import add_headers, filter_headers
+from wsgate.http.headers_filter import (
+    add_headers,
+    expects_trailers,
+    filter_headers,
+    trailers,
+    upstream_fields,
+)
 from wsgate.http.response import ResponseEvent, ResponseHead, ResponseParser
 from wsgate.proxy.endpoint import CountedEndpoint, Endpoint, PeerClosed
 from wsgate.proxy.frames import is_websocket
@@ -191,13 +198,19 @@ async def relay_response(
     gw = front.gw
     if resp.status == 101:
         return _lone_101(ex, resp), False
+    with_trailers = expects_trailers(resp.status, settings.add_trailers)
     plan = client_framing(
-        head.method, head.version, resp.status, resp.content_length, head.keep_alive
+        head.method,
+        head.version,
+        resp.status,
+        resp.content_length,
+        head.keep_alive,
+        trailers=with_trailers,
     )
     keep, no_body, chunk_out = plan.keep_alive, plan.no_body, plan.chunked
     ctx.status = resp.status
     hidden = hidden_fields(settings.proxy_hide_headers, settings.proxy_pass_headers)
-    headers = visible_fields(resp.headers, hidden)
+    headers, location = upstream_fields(visible_fields(resp.headers, hidden), settings, ctx.lookup)
     now = time.time()
     headers, added = filter_headers(
         resp.status, headers, settings.add_headers, settings.expires, ctx.lookup, now
@@ -214,6 +227,7 @@ async def relay_response(
         upgrade=False,
         added=added,
         hidden=hidden,
+        location=None if location is None else ex.r.absolute(location),
     )
     out = for_version(head.version, out)
     ep = front.ep
@@ -259,7 +273,11 @@ async def relay_response(
                 keep = False
                 break
         if complete and chunk_out:
-            ep.write(LAST_CHUNK)
+            ep.write(
+                last_chunk(trailers(resp.status, settings.add_trailers, ctx.lookup))
+                if with_trailers
+                else LAST_CHUNK
+            )
         if complete:
             await ep.drain()
     except PeerClosed:
@@ -279,7 +297,8 @@ def _head_101(ex: Exchange, resp: ResponseHead, upgrade: bool) -> bytes:
     settings, ctx = ex.r.settings, ex.r.ctx
     ctx.status = 101
     hidden = hidden_fields(settings.proxy_hide_headers, settings.proxy_pass_headers)
-    headers = visible_fields(resp.headers, hidden)
+    # ngx_http_upstream_process_headers runs for a 101 as for any response.
+    headers, location = upstream_fields(visible_fields(resp.headers, hidden), settings, ctx.lookup)
     headers, added = add_headers(101, headers, settings.add_headers, ctx.lookup)
     return build_client_response_head(
         101,
@@ -293,6 +312,7 @@ def _head_101(ex: Exchange, resp: ResponseHead, upgrade: bool) -> bytes:
         upgrade=upgrade,
         added=added,
         hidden=hidden,
+        location=None if location is None else ex.r.absolute(location),
     )
 
 

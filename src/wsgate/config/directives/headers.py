@@ -1,4 +1,5 @@
-"""``ngx_http_headers_filter_module``'s directives: ``add_header`` and ``expires``.
+"""``ngx_http_headers_filter_module``'s directives: ``add_header``, ``add_trailer`` and
+``expires``.
 
 https://nginx.org/en/docs/http/ngx_http_headers_module.html; applied to every response by
 :func:`wsgate.http.headers_filter.filter_headers`.
@@ -63,6 +64,18 @@ ENTRIES: tuple[Directive, ...] = (
         merge=Merge.ARRAY,
         syntax="name value [always]",
         note="for 200, 201, 204, 206, 301, 302, 303, 304, 307, 308 unless `always`",
+    ),
+    Directive(
+        "add_trailer",
+        HSL,
+        TAKE2 | TAKE3,
+        parse=_add_header,
+        target=LocationSettings,
+        fields=("add_trailers",),
+        unset=(),
+        merge=Merge.ARRAY,
+        syntax="name value [always]",
+        note="sent in the chunked body's trailer (HTTP/1.1), same statuses as `add_header`",
     ),
     Directive(
         "expires",
