@@ -39,6 +39,7 @@ from wsgate.http.redirects import rewrite_redirects
 __all__ = [
     "SAFE_STATUSES",
     "add_headers",
+    "chunked_trailer",
     "filter_headers",
     "set_expires",
     "expects_trailers",
@@ -153,6 +154,27 @@ def expects_trailers(status: int, entries: tuple[AddHeader, ...]) -> bool:
     filter); the body is then chunked for an HTTP/1.1 client, even with a known length."""
     safe = status in SAFE_STATUSES
     return any(safe or t.always for t in entries)
+
+
+def chunked_trailer(
+    status: int,
+    method: str,
+    version: str,
+    entries: tuple[AddHeader, ...],
+    lookup: Callable[[str], str],
+) -> list[tuple[str, str]] | None:
+    """The trailer of a response made in one piece (``return``, an error page, a
+    redirect), or None when it gets none: no ``add_trailer`` applies, or nginx's chunked
+    filter would not chunk it (HEAD, 1xx, 204, 304, an HTTP/1.0 client)."""
+    if (
+        method == "HEAD"
+        or version != "1.1"
+        or status < 200
+        or status in (204, 304)
+        or not expects_trailers(status, entries)
+    ):
+        return None
+    return trailers(status, entries, lookup)
 
 
 #: ``expires epoch`` and ``expires max``'s fixed values.

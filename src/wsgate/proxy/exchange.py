@@ -19,8 +19,15 @@ from typing import TYPE_CHECKING
 from wsgate.config.model import LocationSettings
 from wsgate.config.variables import RequestContext
 from wsgate.errors import HttpError
-from wsgate.http.headers import BodyFraming, build_client_response_head, for_version, http_date
-from wsgate.http.headers_filter import filter_headers
+from wsgate.http.headers import (
+    BodyFraming,
+    build_client_response_head,
+    encode_chunk,
+    for_version,
+    http_date,
+    last_chunk,
+)
+from wsgate.http.headers_filter import chunked_trailer, filter_headers
 from wsgate.http.pages import STATUS_LINES, closes_connection, error_response
 from wsgate.http.phases import (
     Close,
@@ -170,6 +177,9 @@ class Exchange:
             location=absolute if absolute != location else None,
             head_only=head.method == "HEAD",
             added=added,
+            trailer=chunked_trailer(
+                status, head.method, head.version, settings.add_trailers, ctx.lookup
+            ),
         )
         data = for_version(head.version, data)
         self.front.ep.write(data)
@@ -188,6 +198,12 @@ class Exchange:
         )
         keep = head.keep_alive
         framing = BodyFraming.content_length(len(body)) if status != 204 else BodyFraming.none()
+        trailer = chunked_trailer(
+            status, head.method, head.version, settings.add_trailers, ctx.lookup
+        )
+        if trailer is not None:
+            framing = BodyFraming.chunked()
+            body = encode_chunk(body) + last_chunk(trailer)
         out = build_client_response_head(
             status,
             STATUS_LINES.get(status, ""),
@@ -241,6 +257,11 @@ def write_error(
         _, added = filter_headers(
             ctx.status, [], settings.add_headers, settings.expires, ctx.lookup, now
         )
+        trailer = None
+        if head is not None:
+            trailer = chunked_trailer(
+                ctx.status, head.method, head.version, settings.add_trailers, ctx.lookup
+            )
         data = error_response(
             exc.status,
             server_tokens=settings.server_tokens,
@@ -249,6 +270,7 @@ def write_error(
             date=http_date(now),
             head_only=head is not None and head.method == "HEAD",
             added=added,
+            trailer=trailer,
         )
         ctx.body_bytes_sent = len(data) - data.index(b"\r\n\r\n") - 4
         if head is not None:
