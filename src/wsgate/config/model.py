@@ -467,6 +467,16 @@ class LocationSettings:
     proxy_next_upstream_timeout: float = 0.0
     proxy_buffer_size: int = 4096
     server_tokens: bool = True
+    #: ``root``: where static files would be looked up (``$document_root``); wsgate does not
+    #: serve files yet, so a location without a content handler still answers 404.
+    root: str = "html"
+    #: ``limit_rate``/``limit_rate_after``: bytes (a value with variables: its template, read
+    #: per request as a size); see :mod:`wsgate.http.rate`.
+    limit_rate: int | Template = 0
+    limit_rate_after: int | Template = 0
+    #: ``proxy_buffering``: wsgate always streams, but nginx turns ``limit_rate`` off for a
+    #: response it does not buffer, so the value decides that.
+    proxy_buffering: bool = True
     return_: Return | None = None
     proxy_ssl: SslUpstream = SslUpstream()
     #: Empty tuple means ``access_log off``.
@@ -517,7 +527,8 @@ class LocationSettings:
     #: ``add_trailer`` of the innermost level that has any (all-or-nothing inheritance).
     add_trailers: tuple[AddHeader, ...] = ()
     #: ``proxy_ignore_headers`` names as nginx spells them (its bitmask: a level that has any
-    #: replaces the outer one); no cache and no ``X-Accel-*`` handling read them yet.
+    #: replaces the outer one); only ``X-Accel-Limit-Rate`` and ``X-Accel-Buffering`` matter
+    #: without a cache.
     proxy_ignore_headers: tuple[str, ...] = ()
 
 

@@ -308,6 +308,6 @@ ENTRIES: tuple[Directive, ...] = (
         unset=(),
         merge=Merge.ARRAY,
         syntax="field ...",
-        note="accepted; changes nothing in wsgate (no cache, `X-Accel-*` not honoured)",
+        note="`X-Accel-Limit-Rate`, `X-Accel-Buffering`; the others change nothing (no cache)",
     ),
 )
