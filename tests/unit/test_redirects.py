@@ -217,13 +217,21 @@ def test_trailers_and_framing() -> None:
     from wsgate.config.model import AddHeader
 
     t = (AddHeader("X-A", compile_template("$v")), AddHeader("X-B", compile_template("b"), True))
-    assert chunked_trailer(200, "GET", "1.1", t, lookup) == [("X-A", "var"), ("X-B", "b")]
-    assert chunked_trailer(404, "GET", "1.1", t, lookup) == [("X-B", "b")]
-    assert chunked_trailer(404, "GET", "1.1", t[:1], lookup) is None
+    s = LocationSettings(add_trailers=t)
+    assert chunked_trailer(200, "GET", "1.1", s, lookup) == [("X-A", "var"), ("X-B", "b")]
+    assert chunked_trailer(404, "GET", "1.1", s, lookup) == [("X-B", "b")]
+    one = LocationSettings(add_trailers=t[:1])
+    assert chunked_trailer(404, "GET", "1.1", one, lookup) is None
+    no_chunks = LocationSettings(add_trailers=t, chunked_transfer_encoding=False)
+    assert chunked_trailer(200, "GET", "1.1", no_chunks, lookup) is None
     for status, method, version in ((200, "HEAD", "1.1"), (200, "GET", "1.0"), (204, "GET", "1.1")):
-        assert chunked_trailer(status, method, version, t, lookup) is None
+        assert chunked_trailer(status, method, version, s, lookup) is None
     assert last_chunk() == b"0\r\n\r\n"
     assert last_chunk([("X", "1")]) == b"0\r\nX: 1\r\n\r\n"
     assert client_framing("GET", "1.1", 200, 8, True, trailers=True).chunked
     assert not client_framing("GET", "1.0", 200, 8, True, trailers=True).chunked
     assert not client_framing("GET", "1.1", 200, 8, True).chunked
+    # chunked_transfer_encoding off: no chunks, a body of unknown length ends the connection.
+    plan = client_framing("GET", "1.1", 200, None, True, trailers=True, chunked=False)
+    assert not plan.chunked and not plan.keep_alive
+    assert client_framing("GET", "1.1", 200, 8, True, trailers=True, chunked=False).keep_alive

@@ -524,6 +524,8 @@ class LocationSettings:
     absolute_redirect: bool = True
     server_name_in_redirect: bool = False
     port_in_redirect: bool = True
+    #: ``chunked_transfer_encoding`` (an HTTP/1.1 body of unknown length is chunked).
+    chunked_transfer_encoding: bool = True
     #: ``add_trailer`` of the innermost level that has any (all-or-nothing inheritance).
     add_trailers: tuple[AddHeader, ...] = ()
     #: ``proxy_ignore_headers`` names as nginx spells them (its bitmask: a level that has any

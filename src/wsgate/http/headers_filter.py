@@ -160,15 +160,18 @@ def chunked_trailer(
     status: int,
     method: str,
     version: str,
-    entries: tuple[AddHeader, ...],
+    settings: LocationSettings,
     lookup: Callable[[str], str],
 ) -> list[tuple[str, str]] | None:
     """The trailer of a response made in one piece (``return``, an error page, a
     redirect), or None when it gets none: no ``add_trailer`` applies, or nginx's chunked
-    filter would not chunk it (HEAD, 1xx, 204, 304, an HTTP/1.0 client)."""
+    filter would not chunk it (HEAD, 1xx, 204, 304, an HTTP/1.0 client,
+    ``chunked_transfer_encoding off``)."""
+    entries = settings.add_trailers
     if (
         method == "HEAD"
         or version != "1.1"
+        or not settings.chunked_transfer_encoding
         or status < 200
         or status in (204, 304)
         or not expects_trailers(status, entries)

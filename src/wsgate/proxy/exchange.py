@@ -177,9 +177,7 @@ class Exchange:
             location=absolute if absolute != location else None,
             head_only=head.method == "HEAD",
             added=added,
-            trailer=chunked_trailer(
-                status, head.method, head.version, settings.add_trailers, ctx.lookup
-            ),
+            trailer=chunked_trailer(status, head.method, head.version, settings, ctx.lookup),
         )
         data = for_version(head.version, data)
         self.front.ep.write(data)
@@ -198,9 +196,7 @@ class Exchange:
         )
         keep = head.keep_alive
         framing = BodyFraming.content_length(len(body)) if status != 204 else BodyFraming.none()
-        trailer = chunked_trailer(
-            status, head.method, head.version, settings.add_trailers, ctx.lookup
-        )
+        trailer = chunked_trailer(status, head.method, head.version, settings, ctx.lookup)
         if trailer is not None:
             framing = BodyFraming.chunked()
             body = encode_chunk(body) + last_chunk(trailer)
@@ -259,9 +255,7 @@ def write_error(
         )
         trailer = None
         if head is not None:
-            trailer = chunked_trailer(
-                ctx.status, head.method, head.version, settings.add_trailers, ctx.lookup
-            )
+            trailer = chunked_trailer(ctx.status, head.method, head.version, settings, ctx.lookup)
         data = error_response(
             exc.status,
             server_tokens=settings.server_tokens,

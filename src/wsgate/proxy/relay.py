@@ -209,6 +209,7 @@ async def relay_response(
         resp.content_length,
         head.keep_alive,
         trailers=with_trailers,
+        chunked=settings.chunked_transfer_encoding,
     )
     keep, no_body, chunk_out = plan.keep_alive, plan.no_body, plan.chunked
     ctx.status = resp.status

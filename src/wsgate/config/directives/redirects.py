@@ -1,7 +1,8 @@
 """Redirects and the rewriting of proxied responses: the core module's ``absolute_redirect``,
-``server_name_in_redirect`` and ``port_in_redirect``; the proxy module's ``proxy_redirect``,
-``proxy_cookie_domain``, ``proxy_cookie_path``, ``proxy_cookie_flags`` and
-``proxy_ignore_headers``.
+``server_name_in_redirect`` and ``port_in_redirect`` (and ``chunked_transfer_encoding``,
+which decides whether ``add_trailer`` has a trailer to write); the proxy module's
+``proxy_redirect``, ``proxy_cookie_domain``, ``proxy_cookie_path``, ``proxy_cookie_flags``
+and ``proxy_ignore_headers``.
 
 Applied by :mod:`wsgate.http.redirects` and :mod:`wsgate.http.cookies`.  Each list is
 all-or-nothing, and ``off`` is a level's empty list: nginx's syntax allows either one ``off``
@@ -246,6 +247,16 @@ ENTRIES: tuple[Directive, ...] = (
         target=_LS,
         fields=("port_in_redirect",),
         default="on",
+    ),
+    Directive(
+        "chunked_transfer_encoding",
+        HSL,
+        FLAG,
+        parse=flag,
+        target=_LS,
+        fields=("chunked_transfer_encoding",),
+        default="on",
+        note="`off`: an HTTP/1.1 body of unknown length ends with the connection; no trailer",
     ),
     Directive(
         "proxy_redirect",
