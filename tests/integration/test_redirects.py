@@ -386,6 +386,12 @@ http {{
     add_trailer X-Empty '';
     add_trailer X-Complex $host:$host;
     location / {{ proxy_pass http://127.0.0.1:{up.port}; }}
+    location /sent {{
+      add_trailer X-Var $host;
+      add_trailer X-Sent-Trailer $sent_trailer_x_var;
+      add_trailer X-Sent-HTTP $sent_http_content_type;
+      return 200 SEE-THIS;
+    }}
     location /ret {{ return 200 SEE-THIS; }}
     location /nx {{ return 404; }}
     location /empty {{ add_trailer X-Var ''; proxy_pass http://127.0.0.1:{up.port}; }}
@@ -402,6 +408,12 @@ http {{
             f"8{crlf}SEE-THIS{crlf}0{crlf}X-Var: localhost{crlf}X-Always: localhost{crlf}"
             f"X-Complex: localhost:localhost{crlf}{crlf}"
         ), r
+    # Each field sees the ones before it, and the head sent ($sent_trailer_*, $sent_http_*).
+    r = get(p, "/sent", host="localhost")
+    assert r.endswith(
+        f"0{crlf}X-Var: localhost{crlf}X-Sent-Trailer: localhost{crlf}"
+        f"X-Sent-HTTP: text/plain{crlf}{crlf}"
+    ), r
     r = get(p, "/nx", host="localhost")
     assert r.endswith(f"{crlf}0{crlf}X-Always: localhost{crlf}{crlf}"), r
     assert "X-Var" not in r

@@ -116,6 +116,7 @@ PREFIX_VARIABLES = (
     "arg_",
     "cookie_",
     "sent_http_",
+    "sent_trailer_",
     "upstream_http_",
     "proxy_protocol_tlv_",
 )
@@ -229,6 +230,8 @@ class RequestContext:
         "tls",
         "counters",
         "limit_rate",
+        "sent_head",
+        "sent_trailer",
         "_cache",
     )
 
@@ -287,6 +290,10 @@ class RequestContext:
         #: ``limit_rate`` directive read at the first write); None: not yet.
         self.limit_rate: int | None = None
         #: Map results computed so far (None until the first).
+        #: The response head as sent (``$sent_http_*``; empty until then, and for a 101).
+        self.sent_head = b""
+        #: The trailer fields sent so far (``$sent_trailer_*``).
+        self.sent_trailer: Sequence[tuple[str, str]] = ()
         self._cache: dict[str, str] | None = None
 
     # -- helpers -----------------------------------------------------------------------------
@@ -352,6 +359,10 @@ class RequestContext:
             return self._arg(name[4:])
         if name.startswith("cookie_"):
             return self._cookie(name[7:])
+        if name.startswith("sent_http_"):
+            return _field_value(_head_fields(self.sent_head), name[10:])
+        if name.startswith("sent_trailer_"):
+            return _field_value(self.sent_trailer, name[13:])
         if name.startswith("proxy_protocol_tlv_"):
             pp = self.proxy_protocol
             return "" if pp is None else (tlv(pp, name[19:]) or "")
@@ -383,6 +394,22 @@ class RequestContext:
             if match is not None:
                 return tpl.render(CaptureLookup(self.lookup, match).lookup)
         return m.default.render(self.lookup) if m.default is not None else ""
+
+
+def _head_fields(head: bytes) -> list[tuple[str, str]]:
+    """The fields of a response head (its status line left out)."""
+    out: list[tuple[str, str]] = []
+    for line in head.decode("latin-1").split("\r\n")[1:]:
+        name, sep, value = line.partition(": ")
+        if sep:
+            out.append((name, value))
+    return out
+
+
+def _field_value(fields: Iterable[tuple[str, str]], suffix: str) -> str:
+    """``ngx_http_variable_unknown_header``: the fields whose name, lowercased with ``-``
+    as ``_``, is ``suffix``, their values joined with ", "."""
+    return ", ".join(v for k, v in fields if k.lower().replace("-", "_") == suffix)
 
 
 class CaptureLookup:

@@ -33,6 +33,7 @@ from email.utils import formatdate, parsedate_tz
 
 from wsgate.config.model import AddHeader, Expires, LocationSettings
 from wsgate.config.units import ExpiresError, parse_expires
+from wsgate.config.variables import RequestContext
 from wsgate.http.cookies import rewrite_set_cookies
 from wsgate.http.redirects import rewrite_redirects
 
@@ -45,6 +46,7 @@ __all__ = [
     "expects_trailers",
     "trailers",
     "upstream_fields",
+    "wants_trailer",
 ]
 
 #: The statuses every ``add_header`` applies to (``safe_status`` in nginx's filter).
@@ -134,11 +136,15 @@ def upstream_fields(
 
 
 def trailers(
-    status: int, entries: tuple[AddHeader, ...], lookup: Callable[[str], str]
+    status: int,
+    entries: tuple[AddHeader, ...],
+    lookup: Callable[[str], str],
+    sent: RequestContext | None = None,
 ) -> list[tuple[str, str]]:
     """``add_trailer``'s fields for a response with ``status`` (``ngx_http_trailers_filter``:
     the statuses of ``add_header``, or ``always``; an empty value adds nothing), rendered
-    when the body ends."""
+    when the body ends; each one added is seen by the next ones as ``$sent_trailer_*`` of
+    the request ``sent``."""
     safe = status in SAFE_STATUSES
     out: list[tuple[str, str]] = []
     for t in entries:
@@ -146,6 +152,8 @@ def trailers(
             value = t.value.render(lookup)
             if value:
                 out.append((t.name, value))
+                if sent is not None:
+                    sent.sent_trailer = tuple(out)  # $sent_trailer_* of the later ones
     return out
 
 
@@ -162,22 +170,27 @@ def chunked_trailer(
     version: str,
     settings: LocationSettings,
     lookup: Callable[[str], str],
+    sent: RequestContext | None = None,
 ) -> list[tuple[str, str]] | None:
-    """The trailer of a response made in one piece (``return``, an error page, a
-    redirect), or None when it gets none: no ``add_trailer`` applies, or nginx's chunked
-    filter would not chunk it (HEAD, 1xx, 204, 304, an HTTP/1.0 client,
+    """The trailer of a response made in one piece (an error page, a redirect), or None
+    when it gets none (:func:`wants_trailer`)."""
+    if not wants_trailer(status, method, version, settings):
+        return None
+    return trailers(status, settings.add_trailers, lookup, sent)
+
+
+def wants_trailer(status: int, method: str, version: str, settings: LocationSettings) -> bool:
+    """Whether a response made here gets a trailer: an ``add_trailer`` applies, and nginx's
+    chunked filter chunks it (not for HEAD, 1xx, 204, 304, an HTTP/1.0 client, or
     ``chunked_transfer_encoding off``)."""
-    entries = settings.add_trailers
-    if (
+    return not (
         method == "HEAD"
         or version != "1.1"
         or not settings.chunked_transfer_encoding
         or status < 200
         or status in (204, 304)
-        or not expects_trailers(status, entries)
-    ):
-        return None
-    return trailers(status, entries, lookup)
+        or not expects_trailers(status, settings.add_trailers)
+    )
 
 
 #: ``expires epoch`` and ``expires max``'s fixed values.

@@ -27,7 +27,7 @@ from wsgate.http.headers import (
     http_date,
     last_chunk,
 )
-from wsgate.http.headers_filter import chunked_trailer, filter_headers
+from wsgate.http.headers_filter import chunked_trailer, filter_headers, trailers, wants_trailer
 from wsgate.http.pages import STATUS_LINES, closes_connection, error_response
 from wsgate.http.phases import (
     Close,
@@ -177,8 +177,9 @@ class Exchange:
             location=absolute if absolute != location else None,
             head_only=head.method == "HEAD",
             added=added,
-            trailer=chunked_trailer(status, head.method, head.version, settings, ctx.lookup),
+            trailer=chunked_trailer(status, head.method, head.version, settings, ctx.lookup, ctx),
         )
+        ctx.sent_head = data[: data.index(b"\r\n\r\n") + 2]
         data = for_version(head.version, data)
         self.front.ep.write(data)
         ctx.status = status
@@ -196,10 +197,9 @@ class Exchange:
         )
         keep = head.keep_alive
         framing = BodyFraming.content_length(len(body)) if status != 204 else BodyFraming.none()
-        trailer = chunked_trailer(status, head.method, head.version, settings, ctx.lookup)
-        if trailer is not None:
+        with_trailer = wants_trailer(status, head.method, head.version, settings)
+        if with_trailer:
             framing = BodyFraming.chunked()
-            body = encode_chunk(body) + last_chunk(trailer)
         out = build_client_response_head(
             status,
             STATUS_LINES.get(status, ""),
@@ -212,6 +212,11 @@ class Exchange:
             upgrade=False,
             added=added,
         )
+        ctx.sent_head = out
+        if with_trailer:
+            # Rendered when the body ends: $sent_http_* see the head.
+            trailer = trailers(status, settings.add_trailers, ctx.lookup, ctx)
+            body = encode_chunk(body) + last_chunk(trailer)
         if head.method != "HEAD":
             out += body
         out = for_version(head.version, out)
@@ -255,7 +260,9 @@ def write_error(
         )
         trailer = None
         if head is not None:
-            trailer = chunked_trailer(ctx.status, head.method, head.version, settings, ctx.lookup)
+            trailer = chunked_trailer(
+                ctx.status, head.method, head.version, settings, ctx.lookup, ctx
+            )
         data = error_response(
             exc.status,
             server_tokens=settings.server_tokens,
@@ -266,7 +273,8 @@ def write_error(
             added=added,
             trailer=trailer,
         )
-        ctx.body_bytes_sent = len(data) - data.index(b"\r\n\r\n") - 4
+        ctx.sent_head = data[: data.index(b"\r\n\r\n") + 2]
+        ctx.body_bytes_sent = len(data) - len(ctx.sent_head) - 2
         if head is not None:
             data = for_version(head.version, data)
         front.ep.write(data)

@@ -233,6 +233,7 @@ async def relay_response(
         hidden=hidden,
         location=None if location is None else ex.r.absolute(location),
     )
+    ctx.sent_head = out
     out = for_version(head.version, out)
     ep = front.ep
     ctx.status = resp.status
@@ -286,7 +287,7 @@ async def relay_response(
                 break
         if complete and chunk_out:
             ep.write(
-                last_chunk(trailers(resp.status, settings.add_trailers, ctx.lookup))
+                last_chunk(trailers(resp.status, settings.add_trailers, ctx.lookup, ctx))
                 if with_trailers
                 else LAST_CHUNK
             )
