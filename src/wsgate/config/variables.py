@@ -84,6 +84,7 @@ FIXED_VARIABLES = (
             "upstream_addr",
             "upstream_status",
             "upstream_response_time",
+            "upstream_response_length",
             "upstream_connect_time",
             "upstream_header_time",
             "connection",
@@ -222,6 +223,7 @@ class RequestContext:
         "upstream_started",
         "upstream_statuses",
         "upstream_times",
+        "upstream_lengths",
         "connection",
         "connection_requests",
         "pipelined",
@@ -275,6 +277,7 @@ class RequestContext:
         self.upstream_addrs: list[str] = []
         self.upstream_statuses: list[str] = []
         self.upstream_times: list[str] = []
+        self.upstream_lengths: list[str] = []
         #: Loop time when the current try began (``$upstream_response_time`` counts from it).
         self.upstream_started = 0.0
         self.connection = connection
@@ -520,6 +523,7 @@ _GETTERS: dict[str, Callable[[RequestContext], str]] = {
     "upstream_addr": lambda c: ", ".join(c.upstream_addrs),
     "upstream_status": lambda c: ", ".join(c.upstream_statuses),
     "upstream_response_time": lambda c: ", ".join(c.upstream_times),
+    "upstream_response_length": lambda c: ", ".join(c.upstream_lengths),
     "connection": lambda c: str(c.connection),
     "connection_requests": lambda c: str(c.connection_requests),
     "pipe": lambda c: "p" if c.pipelined else ".",

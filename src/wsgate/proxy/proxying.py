@@ -116,6 +116,7 @@ class Proxying:
                 ctx.upstream_addrs.append(group.name)
                 ctx.upstream_statuses.append("502")
                 ctx.upstream_times.append("0.000")
+                ctx.upstream_lengths.append("0")
                 raise HttpError(502)
             self.attempts += 1
             upstream_url = f"{scheme}://{peer.address}{uri}"

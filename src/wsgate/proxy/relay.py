@@ -176,16 +176,19 @@ def _slim(ctx: RequestContext, settings: LocationSettings) -> RequestContext:
     ctx.upstream_addrs = cast("list[str]", tuple(ctx.upstream_addrs))
     ctx.upstream_statuses = cast("list[str]", tuple(map(intern, ctx.upstream_statuses)))
     ctx.upstream_times = cast("list[str]", tuple(ctx.upstream_times))
+    ctx.upstream_lengths = cast("list[str]", tuple(ctx.upstream_lengths))
     return ctx
 
 
-def note_time(clock: Callable[[], float], ctx: RequestContext) -> None:
-    """``$upstream_response_time`` of the current try: "keeps time spent on receiving the
-    response from the upstream server ... Times of several responses are separated by
-    commas" (ngx_http_upstream_module)."""
-    # A new list: an open tunnel's context holds a tuple (``_slim``).
+def note_time(clock: Callable[[], float], ctx: RequestContext, length: int = 0) -> None:
+    """``$upstream_response_time`` and ``$upstream_response_length`` of the current try:
+    "keeps time spent on receiving the response from the upstream server ... Times of
+    several responses are separated by commas"; the length is the body's, in bytes (0 for a
+    try that got none, and for a tunnel) (ngx_http_upstream_module)."""
+    # New lists: an open tunnel's context holds tuples (``_slim``).
     now = f"{clock() - ctx.upstream_started:.3f}"
     ctx.upstream_times = [*ctx.upstream_times, now]
+    ctx.upstream_lengths = [*ctx.upstream_lengths, str(length)]
 
 
 async def relay_response(
@@ -238,7 +241,7 @@ async def relay_response(
     ep = front.ep
     ctx.status = resp.status
     ctx.bytes_sent = len(out)
-    body_bytes = 0
+    body_bytes = upstream_bytes = 0
     complete = False
     rate = _rate(ex, resp)
     try:
@@ -249,6 +252,7 @@ async def relay_response(
         while True:
             for ev in pending:
                 if isinstance(ev, Body):
+                    upstream_bytes += len(ev.data)
                     if no_body:
                         continue
                     data = encode_chunk(ev.data) if chunk_out else ev.data
@@ -298,7 +302,7 @@ async def relay_response(
         ctx.status = ctx.status or 499
     ctx.body_bytes_sent = body_bytes
     ctx.bytes_sent += body_bytes
-    note_time(gw.clock, ctx)
+    note_time(gw.clock, ctx, upstream_bytes)
     ex.log()
     return (keep and complete, settings.keepalive_timeout), complete
 
