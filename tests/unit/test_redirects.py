@@ -235,3 +235,16 @@ def test_trailers_and_framing() -> None:
     plan = client_framing("GET", "1.1", 200, None, True, trailers=True, chunked=False)
     assert not plan.chunked and not plan.keep_alive
     assert client_framing("GET", "1.1", 200, 8, True, trailers=True, chunked=False).keep_alive
+
+
+def test_proxy_ignore_headers_values(tmp_path: Path) -> None:
+    """``ngx_conf_set_bitmask_slot``: any case, names kept as nginx spells them, a repeated
+    one a ``[warn]``; directives of one level add up."""
+    (tmp_path / "nginx.conf").write_text(
+        "events {}\nhttp {\n proxy_ignore_headers x-accel-expires Vary;\n"
+        " proxy_ignore_headers VARY set-cookie;\n server { listen 127.0.0.1:0; }\n}\n"
+    )
+    config = load("nginx.conf", prefix=str(tmp_path))
+    (server,) = config.http.servers
+    assert server.settings.proxy_ignore_headers == ("X-Accel-Expires", "Vary", "Set-Cookie")
+    assert any('duplicate value "VARY"' in w and ":4" in w for w in config.warnings)
