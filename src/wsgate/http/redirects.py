@@ -101,6 +101,8 @@ def rewrite_redirects(
     out = headers
     location: int | None = None
     for i, (name, value) in enumerate(headers):
+        if len(name) not in (7, 8):  # neither "Location" nor "Refresh": the common case
+            continue
         lname = name.lower()
         if lname == "location":
             new = rewrite_value(value, 0, rules, lookup)
