@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from tests.conftest import WsgateProcess
-from tests.integration.loopback import HOST, Backend, Loop, Request, loop_fixture
+from tests.integration.loopback import HOST, Backend, Loop, Request, loop_fixture, ws_handshake
 from wsgate.config.loader import load
 from wsgate.errors import ConfigError
 
@@ -288,16 +288,8 @@ http {{
   }}
 }}
 """)
-    with socket.create_connection((HOST, gw.port), timeout=5) as s:
-        s.sendall(
-            b"GET /ws/ HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = s.recv(65536)
-            assert chunk, data
-            data += chunk
+    s, data = ws_handshake(gw.port, "/ws/", "h")
+    s.close()
     head = data.decode()
     assert head.startswith("HTTP/1.1 101 "), head
     assert field(head, "Location") == [f"http://h:{gw.port}/socket/x"], head
