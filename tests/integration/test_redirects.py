@@ -124,6 +124,32 @@ http {{
     assert loc("/noabs/x") == "/noabs/x"
 
 
+def two_locations(backend: Backend, request: Request) -> bytes:
+    return (
+        b"HTTP/1.1 302 Found\r\nLocation: http://u/first\r\nLocation: http://u/second\r\n"
+        b"Content-Length: 0\r\n\r\n"
+    )
+
+
+def test_a_repeated_location_is_ignored(wsgate: Callable[..., WsgateProcess], bg: Loop) -> None:
+    up = bg.backend("up", two_locations)
+    gw = wsgate(f"""
+events {{}}
+http {{
+  server {{
+    listen 127.0.0.1:0;
+    location / {{ proxy_pass http://127.0.0.1:{up.port}; proxy_redirect http://u/ /; }}
+  }}
+}}
+""")
+    assert field(get(gw.port, "/"), "Location") == [f"http://t:{gw.port}/first"]
+    gw.wait_log(
+        r'\[warn\] .*upstream sent duplicate header line: "Location: http://u/second", '
+        r'previous value: "Location: http://u/first", ignored while reading response header '
+        r"from upstream, client: .*upstream: \"http://127\.0\.0\.1:\d+/\""
+    )
+
+
 def test_proxy_redirect_default_and_refresh(wsgate: Callable[..., WsgateProcess], bg: Loop) -> None:
     """proxy_redirect.t's defaults: the upstream redirects to itself."""
     holder: dict[str, int] = {}

@@ -248,3 +248,33 @@ def test_proxy_ignore_headers_values(tmp_path: Path) -> None:
     (server,) = config.http.servers
     assert server.settings.proxy_ignore_headers == ("X-Accel-Expires", "Vary", "Set-Cookie")
     assert any('duplicate value "VARY"' in w and ":4" in w for w in config.warnings)
+
+
+def test_repeated_single_fields_are_dropped() -> None:
+    """nginx 1.23+: a second Location (Expires, Content-Type...) from an upstream is ignored
+    with a [warn]; fields that may repeat stay."""
+    from wsgate.http.headers import single_fields
+
+    headers = [
+        ("Location", "/a"),
+        ("Set-Cookie", "a=1"),
+        ("location", "/b"),
+        ("Set-Cookie", "b=2"),
+        ("Expires", "foo"),
+        ("Expires", "bar"),
+    ]
+    out, warnings = single_fields(headers)
+    assert out == [
+        ("Location", "/a"),
+        ("Set-Cookie", "a=1"),
+        ("Set-Cookie", "b=2"),
+        ("Expires", "foo"),
+    ]
+    assert warnings == [
+        'upstream sent duplicate header line: "location: /b", previous value: "Location: /a", '
+        "ignored while reading response header from upstream",
+        'upstream sent duplicate header line: "Expires: bar", previous value: "Expires: foo", '
+        "ignored while reading response header from upstream",
+    ]
+    same = [("Location", "/a"), ("X", "1"), ("X", "2")]
+    assert single_fields(same) == (same, []) and single_fields(same)[0] is same

@@ -38,6 +38,7 @@ __all__ = [
     "HIDDEN_RESPONSE",
     "LAST_CHUNK",
     "NEVER_PASSED",
+    "SINGLE_RESPONSE",
     "BodyFraming",
     "Framing",
     "build_client_response_head",
@@ -48,6 +49,7 @@ __all__ = [
     "hidden_fields",
     "http_date",
     "last_chunk",
+    "single_fields",
     "visible_fields",
 ]
 
@@ -87,6 +89,57 @@ HIDDEN_RESPONSE = frozenset(
 #: connection's own and the framing, which wsgate writes itself (nginx's upstream module
 #: handles them before the hide list, ``ngx_http_upstream_headers_in``).
 NEVER_PASSED = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length"})
+
+
+#: Upstream response fields nginx takes once (``ngx_http_upstream_process_header_line`` and
+#: its kin for Expires, X-Accel-Expires, Last-Modified, X-Accel-Limit-Rate): a repeated one
+#: is dropped, with a ``[warn]`` (nginx 1.23.0+).
+SINGLE_RESPONSE = frozenset(
+    {
+        "status",
+        "content-type",
+        "date",
+        "etag",
+        "server",
+        "location",
+        "refresh",
+        "x-accel-redirect",
+        "expires",
+        "x-accel-expires",
+        "last-modified",
+        "x-accel-limit-rate",
+    }
+)
+
+
+def single_fields(
+    headers: list[tuple[str, str]],
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """``headers`` without the repeats of :data:`SINGLE_RESPONSE` fields, and nginx's
+    ``[warn]`` text for each one dropped ("upstream sent duplicate header line: ...,
+    previous value: ..., ignored").  ``headers`` itself when nothing repeats."""
+    first: dict[str, tuple[str, str]] = {}
+    out: list[tuple[str, str]] | None = None
+    warnings: list[str] = []
+    for i, (name, value) in enumerate(headers):
+        lname = name.lower()
+        if lname not in SINGLE_RESPONSE:
+            if out is not None:
+                out.append((name, value))
+            continue
+        prev = first.get(lname)
+        if prev is None:
+            first[lname] = (name, value)
+            if out is not None:
+                out.append((name, value))
+            continue
+        if out is None:
+            out = list(headers[:i])
+        warnings.append(
+            f'upstream sent duplicate header line: "{name}: {value}", previous value: '
+            f'"{prev[0]}: {prev[1]}", ignored while reading response header from upstream'
+        )
+    return (headers if out is None else out), warnings
 
 
 @functools.lru_cache(maxsize=256)
@@ -204,8 +257,9 @@ def build_client_response_head(
     Every 101 gets ``Connection: upgrade`` (nginx writes it for any 101, tunnel or not), as does
     ``upgrade=True``; otherwise ``Connection: keep-alive`` (plus ``Keep-Alive: timeout=N`` when
     ``keepalive_header`` is set, nginx's second ``keepalive_timeout`` value) or ``close``.
-    Upstream ``Upgrade`` and ``Sec-WebSocket-*`` headers pass unchanged.  The upstream's last
-    ``Content-Type`` moves up to nginx's position (``ngx_http_upstream_copy_content_type``).
+    Upstream ``Upgrade`` and ``Sec-WebSocket-*`` headers pass unchanged.  The upstream's ``Content-Type`` (one: a
+    repeat was dropped by :func:`single_fields`) moves up to nginx's position
+    (``ngx_http_upstream_copy_content_type``).
     ``added`` (``add_header``'s, :mod:`wsgate.http.headers_filter`) come last, as written.
     ``location`` (made absolute by :func:`wsgate.http.redirects.absolute_location`) is
     written where nginx's header filter writes the ``Location`` it made absolute, after
