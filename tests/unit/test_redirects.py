@@ -278,3 +278,43 @@ def test_repeated_single_fields_are_dropped() -> None:
     ]
     same = [("Location", "/a"), ("X", "1"), ("X", "2")]
     assert single_fields(same) == (same, []) and single_fields(same)[0] is same
+
+
+def test_add_header_inherit(tmp_path: Path) -> None:
+    """``add_header_inherit``/``add_trailer_inherit`` (nginx 1.29.3): ``on`` is
+    all-or-nothing, ``off`` inherits nothing, ``merge`` appends the outer level's; the mode
+    itself is inherited."""
+    got = settings_at(
+        tmp_path,
+        """
+  add_header X-Http 1;
+  add_trailer T-Http 1;
+  server {
+    listen 127.0.0.1:0;
+    add_header X-Srv 1;
+    location /on/ { add_header X-On 1; }
+    location /none/ { }
+    location /off/ { add_header_inherit off; }
+    location /merge/ {
+      add_header_inherit merge;
+      add_trailer_inherit merge;
+      add_header X-M 1;
+      add_trailer T-M 1;
+      location /merge/in/ { add_header X-In 1; }
+      location /merge/none/ { }
+    }
+  }""",
+    )
+
+    def names(s: LocationSettings, trailers: bool = False) -> list[str]:
+        return [h.name for h in (s.add_trailers if trailers else s.add_headers)]
+
+    assert names(got[""]) == ["X-Srv"]
+    assert names(got["/on/"]) == ["X-On"]
+    assert names(got["/none/"]) == ["X-Srv"]
+    assert names(got["/off/"]) == []
+    assert names(got["/merge/"]) == ["X-M", "X-Srv"]
+    assert names(got["/merge/in/"]) == ["X-In", "X-M", "X-Srv"]
+    assert names(got["/merge/none/"]) == ["X-M", "X-Srv"]
+    assert names(got["/merge/"], True) == ["T-M", "T-Http"]
+    assert names(got["/off/"], True) == ["T-Http"]

@@ -498,8 +498,12 @@ class LocationSettings:
     limit_req_status: int = 503
     limit_req_log_level: str = "error"
     limit_req_dry_run: bool = False
-    #: ``add_header`` of the innermost level that has any (all-or-nothing inheritance).
+    #: ``add_header`` of the innermost level that has any (all-or-nothing inheritance, or
+    #: as ``add_header_inherit`` says).
     add_headers: tuple[AddHeader, ...] = ()
+    #: ``add_header_inherit``/``add_trailer_inherit`` (nginx 1.29.3): ``on``, ``off``, ``merge``.
+    add_header_inherit: str = "on"
+    add_trailer_inherit: str = "on"
     #: ``expires`` (inherited; default ``off``).
     expires: Expires = Expires()
     #: ``proxy_hide_header``/``proxy_pass_header`` names, each list all-or-nothing.

@@ -257,9 +257,9 @@ def build_client_response_head(
     Every 101 gets ``Connection: upgrade`` (nginx writes it for any 101, tunnel or not), as does
     ``upgrade=True``; otherwise ``Connection: keep-alive`` (plus ``Keep-Alive: timeout=N`` when
     ``keepalive_header`` is set, nginx's second ``keepalive_timeout`` value) or ``close``.
-    Upstream ``Upgrade`` and ``Sec-WebSocket-*`` headers pass unchanged.  The upstream's ``Content-Type`` (one: a
-    repeat was dropped by :func:`single_fields`) moves up to nginx's position
-    (``ngx_http_upstream_copy_content_type``).
+    Upstream ``Upgrade`` and ``Sec-WebSocket-*`` headers pass unchanged.  The upstream's
+    ``Content-Type`` (one: a repeat was dropped by :func:`single_fields`) moves up to nginx's
+    position (``ngx_http_upstream_copy_content_type``).
     ``added`` (``add_header``'s, :mod:`wsgate.http.headers_filter`) come last, as written.
     ``location`` (made absolute by :func:`wsgate.http.redirects.absolute_location`) is
     written where nginx's header filter writes the ``Location`` it made absolute, after
