@@ -67,6 +67,15 @@ def status(code: int, reason: str = "Status") -> Responder:
     return respond
 
 
+def fixed(reply: bytes) -> Responder:
+    """The same ``reply`` to every request."""
+
+    def respond(backend: Backend, request: Request) -> bytes:
+        return reply
+
+    return respond
+
+
 def silent(backend: Backend, request: Request) -> None:
     return None
 

@@ -16,7 +16,15 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from tests.conftest import WsgateProcess
-from tests.integration.loopback import HOST, Backend, Loop, Request, loop_fixture, ws_handshake
+from tests.integration.loopback import (
+    HOST,
+    Backend,
+    Loop,
+    Request,
+    fixed,
+    loop_fixture,
+    ws_handshake,
+)
 from wsgate.config.loader import load
 from wsgate.errors import ConfigError
 
@@ -124,15 +132,14 @@ http {{
     assert loc("/noabs/x") == "/noabs/x"
 
 
-def two_locations(backend: Backend, request: Request) -> bytes:
-    return (
-        b"HTTP/1.1 302 Found\r\nLocation: http://u/first\r\nLocation: http://u/second\r\n"
-        b"Content-Length: 0\r\n\r\n"
-    )
-
-
 def test_a_repeated_location_is_ignored(wsgate: Callable[..., WsgateProcess], bg: Loop) -> None:
-    up = bg.backend("up", two_locations)
+    up = bg.backend(
+        "up",
+        fixed(
+            b"HTTP/1.1 302 Found\r\nLocation: http://u/first\r\nLocation: http://u/second\r\n"
+            b"Content-Length: 0\r\n\r\n"
+        ),
+    )
     gw = wsgate(f"""
 events {{}}
 http {{
@@ -288,16 +295,15 @@ http {{
     assert cookie("c=a=1", "/off/") == "a=1"
 
 
-def ws_with_fields(backend: Backend, request: Request) -> bytes:
-    return (
-        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Location: http://upstream.test/ws/x\r\nSet-Cookie: s=1; Path=/ws/\r\n\r\n"
-    )
-
-
 def test_rewriting_applies_to_a_101(wsgate: Callable[..., WsgateProcess], bg: Loop) -> None:
     """ngx_http_upstream_process_headers runs before the 101 is sent, as for any response."""
-    up = bg.backend("up", ws_with_fields)
+    up = bg.backend(
+        "up",
+        fixed(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Location: http://upstream.test/ws/x\r\nSet-Cookie: s=1; Path=/ws/\r\n\r\n"
+        ),
+    )
     gw = wsgate(f"""
 events {{}}
 http {{

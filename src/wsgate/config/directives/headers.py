@@ -89,33 +89,26 @@ def _inherited(level: Level, d: Directive) -> tuple[AddHeader, ...]:
     return mine + outer if mode == "merge" else mine
 
 
+def _fields(name: str, note: str) -> Directive:
+    """``add_header``/``add_trailer NAME VALUE [always]`` (one ``ngx_http_headers_add``)."""
+    return Directive(
+        name,
+        HSL,
+        TAKE2 | TAKE3,
+        parse=_add_header,
+        target=LocationSettings,
+        fields=(f"{name}s",),
+        unset=(),
+        merge=Merge.ARRAY,
+        resolve=_inherited,
+        syntax="name value [always]",
+        note=note,
+    )
+
+
 ENTRIES: tuple[Directive, ...] = (
-    Directive(
-        "add_header",
-        HSL,
-        TAKE2 | TAKE3,
-        parse=_add_header,
-        target=LocationSettings,
-        fields=("add_headers",),
-        unset=(),
-        merge=Merge.ARRAY,
-        resolve=_inherited,
-        syntax="name value [always]",
-        note="for 200, 201, 204, 206, 301, 302, 303, 304, 307, 308 unless `always`",
-    ),
-    Directive(
-        "add_trailer",
-        HSL,
-        TAKE2 | TAKE3,
-        parse=_add_header,
-        target=LocationSettings,
-        fields=("add_trailers",),
-        unset=(),
-        merge=Merge.ARRAY,
-        resolve=_inherited,
-        syntax="name value [always]",
-        note="sent in the chunked body's trailer (HTTP/1.1), same statuses as `add_header`",
-    ),
+    _fields("add_header", "for 200, 201, 204, 206, 301, 302, 303, 304, 307, 308 unless `always`"),
+    _fields("add_trailer", "in the chunked body's trailer (HTTP/1.1), statuses as `add_header`"),
     *_INHERIT.values(),
     Directive(
         "expires",
