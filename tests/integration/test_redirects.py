@@ -419,6 +419,10 @@ http {{
     location /ret {{ return 200 SEE-THIS; }}
     location /nx {{ return 404; }}
     location /empty {{ add_trailer X-Var ''; proxy_pass http://127.0.0.1:{up.port}; }}
+    location /length {{
+      add_trailer X-Length $upstream_response_length;
+      proxy_pass http://127.0.0.1:{up.port};
+    }}
   }}
 }}
 """)
@@ -446,6 +450,9 @@ http {{
     assert r.endswith(f"{crlf}{crlf}SEE-THIS") and "X-Always" not in r, r
     r = get(p, "/t1", host="localhost", method="HEAD")
     assert "X-Always" not in r and r.endswith(crlf * 2), r
+    # trailers.t's "upstream response variable": the body's length from the upstream.
+    r = get(p, "/length", host="localhost")
+    assert r.endswith(f"SEE-THIS{crlf}0{crlf}X-Length: 8{crlf}{crlf}"), r
     # A level with its own list: an empty value adds nothing, and nothing is inherited.
     r = get(p, "/empty", host="localhost")
     assert r.endswith(f"SEE-THIS{crlf}0{crlf}{crlf}"), r
