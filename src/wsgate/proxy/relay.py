@@ -242,7 +242,7 @@ async def relay_response(
     ctx.status = resp.status
     ctx.bytes_sent = len(out)
     body_bytes = upstream_bytes = 0
-    complete = False
+    complete = noted = False
     rate = _rate(ex, resp)
     try:
         if rate is None:
@@ -290,6 +290,10 @@ async def relay_response(
                 keep = False
                 break
         if complete and chunk_out:
+            if with_trailers:
+                # Made when the body ends: this try's $upstream_response_* are known.
+                note_time(gw.clock, ctx, upstream_bytes)
+                noted = True
             ep.write(
                 last_chunk(trailers(resp.status, settings.add_trailers, ctx.lookup, ctx))
                 if with_trailers
@@ -302,7 +306,8 @@ async def relay_response(
         ctx.status = ctx.status or 499
     ctx.body_bytes_sent = body_bytes
     ctx.bytes_sent += body_bytes
-    note_time(gw.clock, ctx, upstream_bytes)
+    if not noted:
+        note_time(gw.clock, ctx, upstream_bytes)
     ex.log()
     return (keep and complete, settings.keepalive_timeout), complete
 
