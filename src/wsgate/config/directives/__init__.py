@@ -21,6 +21,7 @@ from wsgate.config.directives import (
     other,
     proxy,
     realip,
+    redirects,
     ssl,
     upstream,
 )
@@ -39,6 +40,7 @@ _err = config_error
 ENTRIES: tuple[Directive, ...] = (
     *core.ENTRIES,
     *proxy.ENTRIES,
+    *redirects.ENTRIES,
     *headers.ENTRIES,
     *limits.ENTRIES,
     *realip.ENTRIES,
