@@ -57,6 +57,12 @@ SAMPLES: dict[str, tuple[str, str]] = {
     "expires": ("1h", "modified -30m"),
     "proxy_hide_header": ("X-A", "X-B"),
     "proxy_pass_header": ("Server", "Date"),
+    "proxy_redirect": ("http://a/ /b/", "~*^http://c/(.*) /$1"),
+    "proxy_cookie_domain": ("a.example .b.example", "~^(.+)\\.com$ $1.org"),
+    "proxy_cookie_path": ("/a/ /b/", "~*^/c/(.*) /$1"),
+    "proxy_cookie_flags": ("a secure", "~^b httponly samesite=lax"),
+    "proxy_ignore_headers": ("Expires", "Vary Set-Cookie"),
+    "add_trailer": ("X-A a", "X-B $uri always"),
     "proxy_next_upstream": ("off", "http_502 error"),
     "proxy_upgrade_protocols": ("off", "foo"),
     "limit_conn": ("z 1", "z 2"),
@@ -96,6 +102,11 @@ SAMPLES: dict[str, tuple[str, str]] = {
     "random": ("", "two least_conn"),
     "keepalive": ("8", "16"),
     "health_check": ("", "interval=1s type=websocket"),
+    "auth_basic": ("closed", "realm $host"),
+    "auth_basic_user_file": ("a.htpasswd", "$arg_f"),
+    "auth_request": ("/auth", "/auth2"),
+    "auth_request_set": ("$a $upstream_http_x", "$b b"),
+    "satisfy": ("any", "all"),
 }
 #: A bad argument list and nginx's words, for each directive whose parser is its own; ``None``
 #: for a parser that takes any value.
@@ -125,6 +136,12 @@ BAD: dict[str, tuple[str, str] | None] = {
     "expires": ("@25h", '"expires" directive daily time value must be less than 24 hours'),
     "proxy_hide_header": None,
     "proxy_pass_header": None,
+    "proxy_redirect": ("false", 'invalid parameter "false"'),
+    "proxy_cookie_domain": ("on", 'invalid parameter "on"'),
+    "proxy_cookie_path": ("on", 'invalid parameter "on"'),
+    "proxy_cookie_flags": ("~( secure", "pcre2_compile() failed"),
+    "proxy_ignore_headers": ("Location", 'invalid value "Location"'),
+    "add_trailer": ("X-A a sometimes", 'invalid parameter "sometimes"'),
     "proxy_next_upstream": ("http_418", 'invalid value "http_418"'),
     "proxy_upgrade_protocols": ("off foo", 'invalid parameter "off"'),
     "limit_conn": ("nope 1", 'zero size shared memory zone "nope"'),
@@ -164,6 +181,11 @@ BAD: dict[str, tuple[str, str] | None] = {
     "random": ("three", 'invalid parameter "three"'),
     "keepalive": ("0", 'invalid value "0" in "keepalive" directive'),
     "health_check": ("type=tcp", 'invalid parameter "type=tcp"'),
+    "auth_basic": None,
+    "auth_basic_user_file": None,
+    "auth_request": None,
+    "auth_request_set": ("a b", 'invalid variable name "a"'),
+    "satisfy": ("some", 'invalid value "some"'),
 }
 _GENERIC = {"flag", "time", "size", "number"}
 

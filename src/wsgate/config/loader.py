@@ -81,6 +81,8 @@ class Loader:
     templates: list[tuple[Template, Source]] = field(default_factory=list)
     #: Named captures of every regex: nginx makes them variables.
     captures: set[str] = field(default_factory=set)
+    #: Variables directives declare (``auth_request_set``), lowercased.
+    declared: set[str] = field(default_factory=set)
     #: Parsed defaults, by entry (some need the log formats, so they are parsed per load).
     defaults: dict[int, object] = field(default_factory=dict)
 
@@ -154,7 +156,7 @@ class Loader:
     def load_main(self, stmts: list[Stmt]) -> Config:
         level = Level(self, None)
         (http_cfg,) = self.read(stmts, MAIN, level) or [HttpConfig(servers=())]
-        known = set(self.maps) | self.captures
+        known = set(self.maps) | self.captures | self.declared
         for tpl, src in self.templates:
             for var in tpl.variables:
                 if not is_known_variable(var, known):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from wsgate.config.template import Template
@@ -20,7 +21,9 @@ __all__ = [
     "AccessLog",
     "AccessRule",
     "AddHeader",
+    "AuthRequestSet",
     "Config",
+    "CookieFlags",
     "ErrorLog",
     "Expires",
     "HeaderSetting",
@@ -38,6 +41,7 @@ __all__ = [
     "Network",
     "ProxyPass",
     "Return",
+    "RewriteRule",
     "Server",
     "ServerName",
     "SslServer",
@@ -45,6 +49,7 @@ __all__ = [
     "Source",
     "Upstream",
     "UpstreamServer",
+    "UserFile",
 ]
 
 
@@ -331,6 +336,35 @@ class Expires:
     value: Template | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class RewriteRule:
+    """One ``proxy_redirect``, ``proxy_cookie_domain`` or ``proxy_cookie_path`` rule
+    (nginx's ``ngx_http_proxy_rewrite_t``); applied by :mod:`wsgate.http.redirects` and
+    :mod:`wsgate.http.cookies`.
+
+    ``regex`` is set for ``~``/``~*`` (a search, its captures usable in ``replacement``);
+    otherwise ``pattern`` is the text, with variables, the value must start with
+    (``domain``: a ``proxy_cookie_domain`` text rule, which must equal the whole domain,
+    case-insensitively, a leading dot aside).
+    """
+
+    replacement: Template
+    pattern: Template | None = None
+    regex: re.Pattern[str] | None = None
+    domain: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CookieFlags:
+    """One ``proxy_cookie_flags COOKIE FLAG...``: the cookie's name (text with variables,
+    compared case-insensitively, or a caseless ``regex``) and the flag values, each with
+    variables."""
+
+    flags: tuple[Template, ...]
+    cookie: Template | None = None
+    regex: re.Pattern[str] | None = None
+
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -406,6 +440,30 @@ class Return:
 
 
 @dataclass(frozen=True, slots=True)
+class UserFile:
+    """``auth_basic_user_file FILE`` (ngx_http_auth_basic_module): the file name, which may
+    contain variables; a relative name is taken from ``conf_prefix`` (the directory of the main
+    configuration file, with its trailing slash), as nginx's ``ccv.conf_prefix`` does, when
+    the configuration is read for a static name and per request otherwise."""
+
+    path: Template
+    conf_prefix: str = ""
+
+    def render(self, lookup: Callable[[str], str]) -> str:
+        path = self.path.render(lookup)
+        return path if path.startswith("/") else self.conf_prefix + path
+
+
+@dataclass(frozen=True, slots=True)
+class AuthRequestSet:
+    """``auth_request_set $variable value``: ``value`` is evaluated in the subrequest, once
+    it is done, and set in the main request."""
+
+    variable: str
+    value: Template
+
+
+@dataclass(frozen=True, slots=True)
 class LocationSettings:
     """The effective per-location settings after nginx's http → server → location merge.
 
@@ -418,6 +476,8 @@ class LocationSettings:
 
     proxy_pass: ProxyPass | None = None
     proxy_http_version: str = "1.1"
+    #: ``proxy_pass_request_body``: off sends no body (the client's is discarded).
+    proxy_pass_request_body: bool = True
     #: The explicit ``proxy_set_header`` list of the level that had any (all-or-nothing
     #: inheritance); the built-in defaults are added when the request is built.
     proxy_set_headers: tuple[HeaderSetting, ...] = ()
@@ -467,8 +527,12 @@ class LocationSettings:
     limit_req_status: int = 503
     limit_req_log_level: str = "error"
     limit_req_dry_run: bool = False
-    #: ``add_header`` of the innermost level that has any (all-or-nothing inheritance).
+    #: ``add_header`` of the innermost level that has any (all-or-nothing inheritance, or
+    #: as ``add_header_inherit`` says).
     add_headers: tuple[AddHeader, ...] = ()
+    #: ``add_header_inherit``/``add_trailer_inherit`` (nginx 1.29.3): ``on``, ``off``, ``merge``.
+    add_header_inherit: str = "on"
+    add_trailer_inherit: str = "on"
     #: ``expires`` (inherited; default ``off``).
     expires: Expires = Expires()
     #: ``proxy_hide_header``/``proxy_pass_header`` names, each list all-or-nothing.
@@ -481,6 +545,37 @@ class LocationSettings:
     #: or another header's name).
     real_ip_header: str = "X-Real-IP"
     real_ip_recursive: bool = False
+    #: ``auth_basic`` realm (None: ``off``, or unset; a realm rendering to ``off`` is off too).
+    auth_basic: Template | None = None
+    auth_basic_user_file: UserFile | None = None
+    #: ``auth_request`` URI (None: ``off``).
+    auth_request: str | None = None
+    #: ``auth_request_set`` of the innermost level that has any (all-or-nothing).
+    auth_request_set: tuple[AuthRequestSet, ...] = ()
+    #: ``satisfy all | any``.
+    satisfy: str = "all"
+    #: ``auth_delay`` (seconds): how long a 401 waits before it is sent.
+    auth_delay: float = 0.0
+    #: ``proxy_redirect`` rules in force (nginx's merge, the default made from
+    #: ``proxy_pass``); empty: none (``off``, or nothing to rewrite).
+    proxy_redirects: tuple[RewriteRule, ...] = ()
+    #: ``proxy_cookie_domain``/``_path``/``_flags``, each all-or-nothing; empty: off.
+    proxy_cookie_domains: tuple[RewriteRule, ...] = ()
+    proxy_cookie_paths: tuple[RewriteRule, ...] = ()
+    proxy_cookie_flags: tuple[CookieFlags, ...] = ()
+    #: ``absolute_redirect``, ``server_name_in_redirect``, ``port_in_redirect``: how a
+    #: ``Location`` starting with ``/`` is made absolute (ngx_http_header_filter).
+    absolute_redirect: bool = True
+    server_name_in_redirect: bool = False
+    port_in_redirect: bool = True
+    #: ``chunked_transfer_encoding`` (an HTTP/1.1 body of unknown length is chunked).
+    chunked_transfer_encoding: bool = True
+    #: ``add_trailer`` of the innermost level that has any (all-or-nothing inheritance).
+    add_trailers: tuple[AddHeader, ...] = ()
+    #: ``proxy_ignore_headers`` names as nginx spells them (its bitmask: a level that has any
+    #: replaces the outer one); only ``X-Accel-Limit-Rate`` and ``X-Accel-Buffering`` matter
+    #: without a cache.
+    proxy_ignore_headers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -535,8 +630,16 @@ class Server:
 
     @property
     def name(self) -> str:
-        """``$server_name``: the first ``server_name`` as written, or ``""``."""
-        return self.names[0].text if self.names else ""
+        """``$server_name`` (and ``server_name_in_redirect``'s host): nginx's
+        ``cscf->server_name``, the first ``server_name`` -- lowercased unless a regex (kept
+        with its ``~``), one leading dot dropped -- or ``""``."""
+        if not self.names:
+            return ""
+        first = self.names[0].text
+        if first.startswith("~"):
+            return first
+        first = first.lower()
+        return first[1:] if first.startswith(".") else first
 
     @property
     def has_empty_name(self) -> bool:

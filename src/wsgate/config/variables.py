@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from wsgate.config.model import MapBlock
 from wsgate.config.template import Template
+from wsgate.http.auth import basic_credentials
 from wsgate.http.fields import first_value
 from wsgate.http.proxy_protocol import ProxyHeader, tlv
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FIXED_VARIABLES",
+    "CaptureLookup",
     "PREFIX_VARIABLES",
     "RequestContext",
     "is_known_variable",
@@ -83,6 +85,7 @@ FIXED_VARIABLES = (
             "upstream_addr",
             "upstream_status",
             "upstream_response_time",
+            "upstream_response_length",
             "upstream_connect_time",
             "upstream_header_time",
             "connection",
@@ -115,7 +118,9 @@ PREFIX_VARIABLES = (
     "arg_",
     "cookie_",
     "sent_http_",
+    "sent_trailer_",
     "upstream_http_",
+    "upstream_cookie_",
     "proxy_protocol_tlv_",
 )
 
@@ -132,6 +137,7 @@ _HEADER_VARIABLES = {
     "content_length": "content-length",
     "content_type": "content-type",
     "proxy_add_x_forwarded_for": "x-forwarded-for",
+    "remote_user": "authorization",
 }
 
 
@@ -220,6 +226,7 @@ class RequestContext:
         "upstream_started",
         "upstream_statuses",
         "upstream_times",
+        "upstream_lengths",
         "connection",
         "connection_requests",
         "pipelined",
@@ -227,7 +234,10 @@ class RequestContext:
         "maps",
         "tls",
         "counters",
+        "variables",
         "limit_rate",
+        "sent_head",
+        "sent_trailer",
         "_cache",
     )
 
@@ -271,6 +281,7 @@ class RequestContext:
         self.upstream_addrs: list[str] = []
         self.upstream_statuses: list[str] = []
         self.upstream_times: list[str] = []
+        self.upstream_lengths: list[str] = []
         #: Loop time when the current try began (``$upstream_response_time`` counts from it).
         self.upstream_started = 0.0
         self.connection = connection
@@ -282,10 +293,16 @@ class RequestContext:
         self.tls: Mapping[str, str] = _NO_TLS
         #: The gateway's ``stub_status`` counters, for ``$connections_*`` (None: all ``0``).
         self.counters: StatusCounters | None = None
+        #: Values set by directives (``auth_request_set``), by lowercased name (None: none).
+        self.variables: dict[str, str] | None = None
         #: ``r->limit_rate`` once set (``set $limit_rate``, ``X-Accel-Limit-Rate``, or the
         #: ``limit_rate`` directive read at the first write); None: not yet.
         self.limit_rate: int | None = None
         #: Map results computed so far (None until the first).
+        #: The response head as sent (``$sent_http_*``; empty until then, and for a 101).
+        self.sent_head = b""
+        #: The trailer fields sent so far (``$sent_trailer_*``).
+        self.sent_trailer: Sequence[tuple[str, str]] = ()
         self._cache: dict[str, str] | None = None
 
     # -- helpers -----------------------------------------------------------------------------
@@ -321,6 +338,13 @@ class RequestContext:
                     return val
         return ""
 
+    def set_variable(self, name: str, value: str) -> None:
+        """Set ``$name`` (lowercased) for the rest of the request; it hides a map or
+        built-in variable of that name, as nginx's explicitly set value does."""
+        if self.variables is None:
+            self.variables = {}
+        self.variables[name] = value
+
     def invalidate(self) -> None:
         """Forget cached map results (after captures or the URI change)."""
         self._cache = None
@@ -331,6 +355,10 @@ class RequestContext:
         if name.isdigit():
             i = int(name)
             return self.captures[i] if i < len(self.captures) else ""
+        if self.variables is not None:
+            value = self.variables.get(name.lower())
+            if value is not None:
+                return value
         m = self.maps.get(name)
         if m is not None:
             cache = self._cache
@@ -351,6 +379,10 @@ class RequestContext:
             return self._arg(name[4:])
         if name.startswith("cookie_"):
             return self._cookie(name[7:])
+        if name.startswith("sent_http_"):
+            return _field_value(_head_fields(self.sent_head), name[10:])
+        if name.startswith("sent_trailer_"):
+            return _field_value(self.sent_trailer, name[13:])
         if name.startswith("proxy_protocol_tlv_"):
             pp = self.proxy_protocol
             return "" if pp is None else (tlv(pp, name[19:]) or "")
@@ -380,17 +412,35 @@ class RequestContext:
         for regex, tpl in m.regexes:
             match = regex.search(value)
             if match is not None:
-                return tpl.render(_CaptureLookup(self, match).lookup)
+                return tpl.render(CaptureLookup(self.lookup, match).lookup)
         return m.default.render(self.lookup) if m.default is not None else ""
 
 
-class _CaptureLookup:
-    """Lookup for a map value rendered with the captures of its own regex."""
+def _head_fields(head: bytes) -> list[tuple[str, str]]:
+    """The fields of a response head (its status line left out)."""
+    out: list[tuple[str, str]] = []
+    for line in head.decode("latin-1").split("\r\n")[1:]:
+        name, sep, value = line.partition(": ")
+        if sep:
+            out.append((name, value))
+    return out
 
-    __slots__ = ("ctx", "match")
 
-    def __init__(self, ctx: RequestContext, match: re.Match[str]) -> None:
-        self.ctx = ctx
+def _field_value(fields: Iterable[tuple[str, str]], suffix: str) -> str:
+    """``ngx_http_variable_unknown_header``: the fields whose name, lowercased with ``-``
+    as ``_``, is ``suffix``, their values joined with ", "."""
+    return ", ".join(v for k, v in fields if k.lower().replace("-", "_") == suffix)
+
+
+class CaptureLookup:
+    """Lookup for a value rendered with the captures of its own regex (a map's, a
+    ``proxy_redirect``'s): ``$1``.. and named captures from ``match``, other variables from
+    ``outer``."""
+
+    __slots__ = ("outer", "match")
+
+    def __init__(self, outer: Callable[[str], str], match: re.Match[str]) -> None:
+        self.outer = outer
         self.match = match
 
     def lookup(self, name: str) -> str:
@@ -399,7 +449,7 @@ class _CaptureLookup:
             return (self.match.group(i) or "") if i <= (self.match.re.groups or 0) else ""
         if name in self.match.re.groupindex:
             return self.match.group(name) or ""
-        return self.ctx.lookup(name)
+        return self.outer(name)
 
 
 def _xff(c: RequestContext) -> str:
@@ -425,6 +475,13 @@ def _binary_remote_addr(c: RequestContext) -> str:
         return ipaddress.ip_address(c.remote_addr).packed.decode("latin-1")
     except ValueError:
         return ""
+
+
+def _remote_user(c: RequestContext) -> str:
+    """``$remote_user``: "user name supplied with the Basic authentication", whether or not
+    ``auth_basic`` checked it (``ngx_http_variable_remote_user``)."""
+    creds = basic_credentials(c.headers)
+    return "" if creds is None else creds[0].decode("latin-1")
 
 
 def _host(c: RequestContext) -> str:
@@ -490,6 +547,7 @@ _GETTERS: dict[str, Callable[[RequestContext], str]] = {
     "upstream_addr": lambda c: ", ".join(c.upstream_addrs),
     "upstream_status": lambda c: ", ".join(c.upstream_statuses),
     "upstream_response_time": lambda c: ", ".join(c.upstream_times),
+    "upstream_response_length": lambda c: ", ".join(c.upstream_lengths),
     "connection": lambda c: str(c.connection),
     "connection_requests": lambda c: str(c.connection_requests),
     "pipe": lambda c: "p" if c.pipelined else ".",
@@ -497,7 +555,7 @@ _GETTERS: dict[str, Callable[[RequestContext], str]] = {
     "content_type": lambda c: c.header("content-type") or "",
     "hostname": lambda c: _HOSTNAME,
     "pid": lambda c: str(os.getpid()),
-    "remote_user": lambda c: "",
+    "remote_user": _remote_user,
     "limit_rate": lambda c: str(c.limit_rate or 0),
     **{f"connections_{f}": _connections(f) for f in ("active", "reading", "writing", "waiting")},
 }

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from wsgate.access import upgrade_allowed, without_upgrade
 from wsgate.config.model import LocationSettings
 from wsgate.errors import HttpError
-from wsgate.http.headers import BodyFraming, build_upstream_request
+from wsgate.http.headers import BodyFraming, build_upstream_request, single_fields
 from wsgate.http.response import ResponseHead
 from wsgate.proxy.attempt import Attempt, TryFailed
 from wsgate.proxy.relay import note_time, relay_response, start_tunnel
@@ -42,10 +42,14 @@ __all__ = ["Proxying"]
 class Proxying:
     """One request's ``proxy_pass``: every try, and what the response becomes."""
 
-    __slots__ = ("ex", "started", "attempts")
+    __slots__ = ("ex", "started", "attempts", "header_only", "response")
 
-    def __init__(self, ex: Exchange) -> None:
+    def __init__(self, ex: Exchange, *, header_only: bool = False) -> None:
         self.ex = ex
+        #: A subrequest's (``auth_request``'s: "sr->header_only = 1"): the response head is
+        #: kept in ``response``, nothing goes to the client, the upstream connection closes.
+        self.header_only = header_only
+        self.response: ResponseHead | None = None
         #: When the first try started (``proxy_next_upstream_timeout``).
         self.started = 0.0
         self.attempts = 0
@@ -71,11 +75,15 @@ class Proxying:
             set_headers = without_upgrade(set_headers)
         body_framing = BodyFraming.none()
         if head.content_length:
+            # With proxy_pass_request_body off nginx still sends the client's Content-Length
+            # ($proxy_internal_body_length), and no body.
             body_framing = BodyFraming.content_length(head.content_length)
-        elif head.chunked:
+        elif head.chunked and settings.proxy_pass_request_body:
             body_framing = BodyFraming.chunked()
         buffered_body: bytes | None = None
-        if head.chunked and settings.proxy_http_version == "1.0":
+        if not settings.proxy_pass_request_body:
+            buffered_body = b""  # nothing is streamed; the front connection discards the body
+        elif head.chunked and settings.proxy_http_version == "1.0":
             # An HTTP/1.0 upstream cannot take a chunked body: read it whole (bounded by
             # client_max_body_size) and send it with a Content-Length, as nginx does.
             buffered_body = await self._read_whole_body(settings)
@@ -116,6 +124,7 @@ class Proxying:
                 ctx.upstream_addrs.append(group.name)
                 ctx.upstream_statuses.append("502")
                 ctx.upstream_times.append("0.000")
+                ctx.upstream_lengths.append("0")
                 raise HttpError(502)
             self.attempts += 1
             upstream_url = f"{scheme}://{peer.address}{uri}"
@@ -154,6 +163,9 @@ class Proxying:
             streamed = att.streamed
             up = att.up
             assert up is not None
+            resp.headers, repeated = single_fields(resp.headers)
+            for text in repeated:
+                gw.error_log.log("warn", text, front.number, ctx, upstream_url)
             kind = status_failure(resp.status)
             # ngx_http_upstream_test_next: "peer.tries > 1" before this peer is freed, i.e.
             # at least one try left after it.
@@ -179,6 +191,17 @@ class Proxying:
             ctx.upstream_statuses.append(str(resp.status))
             reusable = False
             try:
+                if self.header_only:
+                    self.response = resp
+                    # The body is not read; a response that has none leaves the connection
+                    # reusable (nginx: "u->keepalive = !u->headers_in.connection_close" for
+                    # 204, 304 and Content-Length: 0).
+                    reusable = (
+                        resp.keep_alive
+                        and (resp.status in (204, 304) or resp.content_length == 0)
+                        and rparser.buffered == 0
+                    )
+                    return False, None
                 if resp.status == 101 and (
                     refused or (head.upgrade is not None and not _upgrade_ok(resp, settings))
                 ):

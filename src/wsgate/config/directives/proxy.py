@@ -154,6 +154,17 @@ ENTRIES: tuple[Directive, ...] = (
         note="nginx 1.29.7+'s default",
     ),
     Directive(
+        "proxy_pass_request_body",
+        HSL,
+        FLAG,
+        parse=flag,
+        target=_LS,
+        fields=("proxy_pass_request_body",),
+        default="on",
+        note="`off`: no body is sent (and the client's is discarded); the client's "
+        '`Content-Length` still is, unless `proxy_set_header Content-Length ""`',
+    ),
+    Directive(
         "proxy_set_header",
         HSL,
         TAKE2,
