@@ -88,8 +88,6 @@ LANDING_UNDER_ISSUE_11: dict[str, str] = dict.fromkeys(
         "internal",
         "@name",
         "error_log",
-        "proxy_redirect",
-        "proxy_cookie_flags",
         "proxy_pass",  # with variables
         "ignore_invalid_headers",
         "client_body_buffer_size",
