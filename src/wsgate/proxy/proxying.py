@@ -28,6 +28,7 @@ from wsgate.http.headers import BodyFraming, build_upstream_request
 from wsgate.http.response import ResponseHead
 from wsgate.proxy.attempt import Attempt, TryFailed
 from wsgate.proxy.relay import note_time, relay_response, start_tunnel
+from wsgate.proxy.variables import evaluate
 from wsgate.routing import proxy_uri
 from wsgate.upstream.next import Failure, may_retry, status_failure
 from wsgate.upstream.tls import UpstreamTls, ssl_name
@@ -61,8 +62,20 @@ class Proxying:
         )
         if refused:
             self._refuse_upgrade()
-        uri = proxy_uri(pp, location, head.target, ctx.uri, ctx.args, "%" in head.target)
-        ctx.proxy_host = pp.proxy_host
+        if pp.template is not None:
+            # proxy_pass with variables: "a URI part replaces the whole request URI".
+            ev = await evaluate(gw, pp, settings, ctx)
+            pp, group = ev.pp, ev.group
+            uri = (
+                ev.uri
+                if ev.uri is not None
+                else proxy_uri(pp, location, head.target, ctx.uri, ctx.args, "%" in head.target)
+            )
+            ctx.proxy_host = ev.proxy_host
+        else:
+            group = gw.peer_group(pp)
+            uri = proxy_uri(pp, location, head.target, ctx.uri, ctx.args, "%" in head.target)
+            ctx.proxy_host = pp.proxy_host
         ctx.proxy_port = str(pp.port)
         set_headers = []
         for h in settings.proxy_set_headers:
@@ -86,7 +99,7 @@ class Proxying:
             settings.proxy_http_version,
             head.headers,
             set_headers,
-            pp.proxy_host,
+            ctx.proxy_host,
             body_framing,
         )
 
@@ -94,9 +107,8 @@ class Proxying:
         tls_name = ""
         if pp.scheme == "https":
             tls = gw.upstream_caches.tls(gw.config, settings)
-            tls_name = ssl_name(settings.proxy_ssl, pp.proxy_host, ctx.lookup)
+            tls_name = ssl_name(settings.proxy_ssl, ctx.proxy_host, ctx.lookup)
         scheme = pp.scheme
-        group = gw.peer_group(pp)
         selection = group.start(group.key(ctx))
         keep = gw.upstream_caches.keepalive(pp, group, gw.config, gw.peer_groups)
         self.started = gw.loop.time()

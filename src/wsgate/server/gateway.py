@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wsgate.config.model import Config, Listen, ProxyPass, Server, SslServer
+from wsgate.config.model import Resolver as ResolverConf
 from wsgate.errors import ConfigError
 from wsgate.limits import LimitRegistry
 from wsgate.observability.logs import AccessLogs, ErrorLogger, access_log_paths
@@ -48,6 +49,7 @@ from wsgate.proxy.context import UpstreamCaches
 from wsgate.proxy.endpoint import Endpoint
 from wsgate.proxy.front import FrontConnection
 from wsgate.proxy.tunnel import Tunnel
+from wsgate.resolver import Resolver
 from wsgate.server.health import HealthChecks, upstream_target
 from wsgate.server.tls import GroupTls
 from wsgate.upstream.methods import Balancer, make_group
@@ -220,6 +222,9 @@ class Gateway:
         #: Idle keep-alive upstream connections and upstream TLS contexts, closed at the end.
         self.upstream_caches = UpstreamCaches(loop)
         self.stopped.add_done_callback(lambda _: self.upstream_caches.close())
+        #: ``resolver`` clients (with their caches) of the current configuration.
+        self.resolvers: dict[ResolverConf, Resolver] = {}
+        self._resolvers_for: Config | None = None
         #: Active ``health_check`` probing for the current configuration (None until serve).
         self.health: HealthChecks | None = None
 
@@ -240,6 +245,20 @@ class Gateway:
             group = make_group(name, peers_from_config(servers), up, clock=self.loop.time)
             self.peer_groups[key] = group
         return group
+
+    def resolver(self, conf: ResolverConf) -> Resolver:
+        """The worker's client for the ``resolver`` directive ``conf``: one cache per
+        directive per worker, as nginx keeps one ``ngx_resolver_t`` per directive in each
+        worker; a reload's new configuration starts new ones."""
+        found = self.resolvers.get(conf)
+        if found is None:
+            if self._resolvers_for is not self.config:
+                for old in self.resolvers.values():
+                    old.close()
+                self.resolvers.clear()
+                self._resolvers_for = self.config
+            found = self.resolvers[conf] = Resolver(conf, self.loop, self.error_log.log)
+        return found
 
     # -- listening ------------------------------------------------------------------------------
     def bind(self, config: Config) -> dict[BindKey, ListenGroup]:

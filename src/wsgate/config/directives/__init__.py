@@ -13,7 +13,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from wsgate.config.directives import core, headers, limits, other, proxy, realip, ssl, upstream
+from wsgate.config.directives import (
+    core,
+    headers,
+    limits,
+    other,
+    proxy,
+    realip,
+    resolver,
+    ssl,
+    upstream,
+)
 from wsgate.config.parse import NGINX_DIRECTIVES
 from wsgate.config.table import CONTEXT_ORDER, Directive, Kind, Merge
 from wsgate.config.values import config_error
@@ -32,6 +42,7 @@ ENTRIES: tuple[Directive, ...] = (
     *headers.ENTRIES,
     *limits.ENTRIES,
     *realip.ENTRIES,
+    *resolver.ENTRIES,
     *ssl.ENTRIES,
     *upstream.ENTRIES,
     *other.ENTRIES,

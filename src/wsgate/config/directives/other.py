@@ -19,7 +19,6 @@ from wsgate.config.table import (
     TAKE2,
     TAKE12,
     TAKE1234,
-    UPSTREAM,
     Arity,
     Directive,
     Kind,
@@ -87,8 +86,6 @@ ENTRIES: tuple[Directive, ...] = (
         values=frozenset({"off"}),
         note="only `proxy_redirect off`: wsgate never rewrites `Location`",
     ),
-    # One wsgate process keeps upstream state in memory; a shared zone adds nothing yet.
-    _noop("zone", ctx(UPSTREAM), TAKE12, "upstream state is kept per process"),
     # Refused with a reason (docs/differences.md, "Not yet supported").
     _refused("if", "not yet: `if` blocks"),
     _refused("error_page", "not yet"),

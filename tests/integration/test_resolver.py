@@ -1,0 +1,168 @@
+"""``proxy_pass`` with variables and ``resolver`` through a real wsgate, against a fake DNS
+server on loopback (tests/integration/fake_dns.py); the cases follow nginx-tests'
+http_resolver.t and proxy_variables-style URI handling."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import dns.rcode
+import pytest
+
+from tests.conftest import WsgateProcess
+from tests.integration.fake_dns import FakeDns, Records, start_dns, stop_dns
+from tests.integration.loopback import Backend, Loop, get, loop_fixture
+
+Factory = Callable[..., WsgateProcess]
+
+bg = pytest.fixture(loop_fixture)
+
+
+def conf(dns_port: int, backend: int, location: str = "", http: str = "") -> str:
+    return f"""
+error_log logs/error.log info;
+events {{}}
+http {{
+  log_format t '$uri|$upstream_addr|$status|$proxy_host';
+  access_log logs/access.log t;
+  {http}
+  upstream named {{ server 127.0.0.1:{backend}; }}
+  server {{
+    listen 127.0.0.1:0;
+    location / {{
+      resolver 127.0.0.1:{dns_port} ipv6=off;
+      resolver_timeout 2s;
+      proxy_pass http://$arg_h:{backend};
+      {location}
+    }}
+    location /uri {{
+      resolver 127.0.0.1:{dns_port} ipv6=off;
+      proxy_pass http://$arg_h:{backend}/fixed;
+    }}
+    location /up {{
+      proxy_pass http://$arg_u;
+    }}
+    location /none {{
+      proxy_pass http://$arg_h:{backend};
+    }}
+    location /valid {{
+      resolver 127.0.0.1:{dns_port} valid=30s ipv6=off;
+      proxy_pass http://$arg_h:{backend};
+    }}
+  }}
+}}
+"""
+
+
+@pytest.fixture
+def dns_(bg: Loop) -> Iterator[FakeDns]:
+    server = start_dns(bg)
+    yield server
+    stop_dns(bg, server)
+
+
+@pytest.fixture
+def backend(bg: Loop) -> Backend:
+    return bg.backend("b")
+
+
+def test_name_resolved_and_cached_for_its_ttl(
+    dns_: FakeDns, backend: Backend, wsgate: Factory
+) -> None:
+    dns_.zone["a.example.net"] = Records(a=["127.0.0.1"])
+    gw = wsgate(conf(dns_.port, backend.port))
+    assert get(gw.port, "/?h=a.example.net") == (200, b"b")
+    assert get(gw.port, "/?h=A.Example.NET") == (200, b"b")  # cached, case-insensitively
+    assert dns_.count("a.example.net") == 1
+    assert dns_.count("a.example.net", "AAAA") == 0  # ipv6=off
+    line = gw.access_lines(2)[0]
+    assert line == f"/|127.0.0.1:{backend.port}|200|a.example.net:{backend.port}"
+
+
+def test_nxdomain_is_502_with_nginx_words(dns_: FakeDns, backend: Backend, wsgate: Factory) -> None:
+    gw = wsgate(conf(dns_.port, backend.port))
+    assert get(gw.port, "/?h=nx.example.net")[0] == 502
+    gw.wait_log(r"\[error\] .*nx\.example\.net could not be resolved \(3: Host not found\)")
+    assert backend.accepted == 0
+
+
+def test_error_answers_are_not_cached(dns_: FakeDns, backend: Backend, wsgate: Factory) -> None:
+    dns_.zone["s.example.net"] = Records(rcode=dns.rcode.SERVFAIL)
+    gw = wsgate(conf(dns_.port, backend.port))
+    assert get(gw.port, "/?h=s.example.net")[0] == 502
+    gw.wait_log(r"s\.example\.net could not be resolved \(2: Server failure\)")
+    dns_.zone["s.example.net"] = Records(a=["127.0.0.1"])
+    assert get(gw.port, "/?h=s.example.net") == (200, b"b")
+
+
+def test_ttl_zero_is_not_cached_but_valid_overrides(
+    dns_: FakeDns, backend: Backend, wsgate: Factory
+) -> None:
+    dns_.zone["z.example.net"] = Records(a=["127.0.0.1"], ttl=0)
+    gw = wsgate(conf(dns_.port, backend.port))
+    for _ in range(2):
+        assert get(gw.port, "/?h=z.example.net")[0] == 200
+    assert dns_.count("z.example.net") == 2
+    for _ in range(2):
+        assert get(gw.port, "/valid?h=z.example.net")[0] == 200
+    assert dns_.count("z.example.net") == 3
+
+
+def test_timeout_is_502_operation_timed_out(
+    dns_: FakeDns, backend: Backend, wsgate: Factory
+) -> None:
+    dns_.zone["t.example.net"] = Records(silent=True)
+    gw = wsgate(
+        conf(dns_.port, backend.port).replace("resolver_timeout 2s;", "resolver_timeout 1s;")
+    )
+    assert get(gw.port, "/?h=t.example.net")[0] == 502
+    gw.wait_log(r"t\.example\.net could not be resolved \(110: Operation timed out\)")
+
+
+def test_no_resolver_is_502(dns_: FakeDns, backend: Backend, wsgate: Factory) -> None:
+    gw = wsgate(conf(dns_.port, backend.port))
+    assert get(gw.port, "/none?h=a.example.net")[0] == 502
+    gw.wait_log(r"\[error\] .*no resolver defined to resolve a\.example\.net")
+    assert dns_.queries == []
+
+
+def test_address_needs_no_resolver(dns_: FakeDns, backend: Backend, wsgate: Factory) -> None:
+    gw = wsgate(conf(dns_.port, backend.port))
+    assert get(gw.port, "/none?h=127.0.0.1") == (200, b"b")
+    assert dns_.queries == []
+
+
+def test_upstream_name_comes_first(dns_: FakeDns, backend: Backend, wsgate: Factory) -> None:
+    gw = wsgate(conf(dns_.port, backend.port))
+    assert get(gw.port, "/up?u=NAMED") == (200, b"b")
+    assert dns_.queries == []
+
+
+def test_uri_part_replaces_the_whole_request_uri(
+    dns_: FakeDns, backend: Backend, wsgate: Factory
+) -> None:
+    dns_.zone["a.example.net"] = Records(a=["127.0.0.1"])
+    gw = wsgate(conf(dns_.port, backend.port))
+    assert get(gw.port, "/uri/x/y?h=a.example.net")[0] == 200
+    assert get(gw.port, "/up/a%20b?u=named&z=1")[0] == 200
+    assert backend.paths == ["/fixed", "/up/a%20b?u=named&z=1"]
+
+
+def test_cname_followed_and_truncated_answer_asked_over_tcp(
+    dns_: FakeDns, backend: Backend, wsgate: Factory
+) -> None:
+    dns_.zone["c.example.net"] = Records(cname="t.example.net")
+    dns_.zone["t.example.net"] = Records(a=["127.0.0.1"], truncate=True)
+    gw = wsgate(conf(dns_.port, backend.port))
+    assert get(gw.port, "/?h=c.example.net") == (200, b"b")
+    assert ("t.example.net", "A", "tcp") in dns_.queries
+
+
+def test_bad_url_is_500(dns_: FakeDns, backend: Backend, wsgate: Factory) -> None:
+    gw = wsgate(
+        conf(dns_.port, backend.port, http="map $arg_x $to { default ftp://x; }").replace(
+            "proxy_pass http://$arg_u;", "proxy_pass $to;"
+        )
+    )
+    assert get(gw.port, "/up")[0] == 500
+    gw.wait_log(r'\[error\] .*invalid URL prefix in "ftp://x"')
