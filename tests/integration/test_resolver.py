@@ -4,6 +4,7 @@ http_resolver.t and proxy_variables-style URI handling."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 
 import dns.rcode
@@ -11,7 +12,7 @@ import pytest
 
 from tests.conftest import WsgateProcess
 from tests.integration.fake_dns import FakeDns, Records, start_dns, stop_dns
-from tests.integration.loopback import Backend, Loop, get, loop_fixture
+from tests.integration.loopback import Backend, Loop, get, loop_fixture, wait_for, ws_open
 
 Factory = Callable[..., WsgateProcess]
 
@@ -166,3 +167,58 @@ def test_bad_url_is_500(dns_: FakeDns, backend: Backend, wsgate: Factory) -> Non
     )
     assert get(gw.port, "/up")[0] == 500
     gw.wait_log(r'\[error\] .*invalid URL prefix in "ftp://x"')
+
+
+# -- server ... resolve -------------------------------------------------------------------------
+def upstream_conf(dns_port: int, port: int) -> str:
+    return f"""
+error_log logs/error.log info;
+events {{}}
+http {{
+  access_log off;
+  resolver 127.0.0.1:{dns_port} valid=1s ipv6=off;
+  resolver_timeout 1s;
+  upstream u {{
+    zone z 64k;
+    server name.example.net:{port} resolve;
+  }}
+  server {{
+    listen 127.0.0.1:0;
+    location / {{
+      proxy_pass http://u;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $http_connection;
+    }}
+  }}
+}}
+"""
+
+
+def second_backend(bg: Loop, name: str, host: str, port: int) -> Backend:
+    """A backend on another loopback address with the same port as the first."""
+    backend = Backend(name, websocket=True)
+
+    async def start() -> None:
+        backend.server = await asyncio.start_server(backend.handle, host, port)
+
+    asyncio.run_coroutine_threadsafe(start(), bg.loop).result(5)
+    bg.backends.append(backend)
+    return backend
+
+
+def test_server_resolve_follows_dns_while_tunnels_stay(
+    bg: Loop, dns_: FakeDns, wsgate: Factory
+) -> None:
+    b1 = bg.backend("b1", websocket=True)
+    b2 = second_backend(bg, "b2", "127.0.0.2", b1.port)
+    dns_.zone["name.example.net"] = Records(a=["127.0.0.1"])
+    gw = wsgate(upstream_conf(dns_.port, b1.port))
+    wait_for(lambda: get(gw.port) == (200, b"b1"), "the first resolution")
+    tunnel = ws_open(gw.port)
+    try:
+        dns_.zone["name.example.net"] = Records(a=["127.0.0.2"])
+        wait_for(lambda: get(gw.port) == (200, b"b2"), "the new address", timeout=10)
+        assert b1.open == 1  # the tunnel still holds its connection to the old address
+        assert b2.accepted >= 1
+    finally:
+        tunnel.close()

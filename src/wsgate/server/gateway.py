@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from wsgate.config.model import Config, Listen, ProxyPass, Server, SslServer
+from wsgate.config.model import Config, Listen, ProxyPass, Server, SslServer, Upstream
 from wsgate.config.model import Resolver as ResolverConf
 from wsgate.errors import ConfigError
 from wsgate.limits import LimitRegistry
@@ -51,9 +51,10 @@ from wsgate.proxy.front import FrontConnection
 from wsgate.proxy.tunnel import Tunnel
 from wsgate.resolver import Resolver
 from wsgate.server.health import HealthChecks, upstream_target
+from wsgate.server.resolving import UpstreamResolving
 from wsgate.server.tls import GroupTls
 from wsgate.upstream.methods import Balancer, make_group
-from wsgate.upstream.roundrobin import PeerGroup, peers_from_config
+from wsgate.upstream.roundrobin import Peer, PeerGroup, peers_from_config
 
 __all__ = [
     "Gateway",
@@ -225,6 +226,10 @@ class Gateway:
         #: ``resolver`` clients (with their caches) of the current configuration.
         self.resolvers: dict[ResolverConf, Resolver] = {}
         self._resolvers_for: Config | None = None
+        #: ``server ... resolve``: the addresses found, re-resolved while running.
+        self.resolving = self._new_resolving()
+        #: Groups a DNS change replaced, until their successor takes their peers' state.
+        self._replaced: dict[object, Balancer] = {}
         #: Active ``health_check`` probing for the current configuration (None until serve).
         self.health: HealthChecks | None = None
 
@@ -242,9 +247,22 @@ class Gateway:
             else:
                 servers = pp.servers
                 name = pp.host if not pp.port_given else f"{pp.host}:{pp.port}"
-            group = make_group(name, peers_from_config(servers), up, clock=self.loop.time)
+            peers = peers_from_config(servers)
+            if up is not None and any(s.resolve for s in up.servers):
+                servers = tuple(self.resolving.servers(up))
+                peers = _keep_state(peers_from_config(servers), self._replaced.pop(key, None))
+            # A group whose names resolved to nothing (yet) has no peers: "no live upstreams".
+            group = make_group(name, peers, up if peers else None, clock=self.loop.time)
             self.peer_groups[key] = group
         return group
+
+    def _resolved_changed(self, upstream: str) -> None:
+        """A ``resolve`` server's addresses changed: the next request builds the group anew
+        (open tunnels keep the group they started with)."""
+        key = ("upstream", upstream)
+        old = self.peer_groups.pop(key, None)
+        if isinstance(old, Balancer):
+            self._replaced[key] = old
 
     def resolver(self, conf: ResolverConf) -> Resolver:
         """The worker's client for the ``resolver`` directive ``conf``: one cache per
@@ -478,6 +496,9 @@ class Gateway:
         """(Re)start the ``health_check`` probes for the current configuration and its peer
         groups (a reload rebuilds the groups, so the old checkers must go), first probes now."""
         self.stop_health()
+        self.resolving.stop()
+        self.resolving = self._new_resolving()
+        self.resolving.start(self.config)
         self.health = HealthChecks(self.loop, self.error_log, self.tasks)
         self.health.start(self.config, lambda name: self.peer_group(upstream_target(name)))
 
@@ -486,6 +507,16 @@ class Gateway:
         if self.health is not None:
             self.health.stop()
             self.health = None
+        self.resolving.stop()
+
+    def _new_resolving(self) -> UpstreamResolving:
+        return UpstreamResolving(
+            self.loop, self._upstream_resolver, self.error_log.log, self._resolved_changed
+        )
+
+    def _upstream_resolver(self, up: Upstream) -> Resolver:
+        assert up.resolver is not None  # the loader requires one with ``resolve``
+        return self.resolver(up.resolver)
 
     # -- signals ------------------------------------------------------------------------------
     def install_signals(self) -> None:
@@ -788,3 +819,12 @@ def pid_write(path: str) -> None:
     with open(tmp, "w") as fh:
         fh.write(f"{os.getpid()}\n")
     os.replace(tmp, path)
+
+
+def _keep_state(peers: list[Peer], old: Balancer | None) -> list[Peer]:
+    """The peers of a rebuilt group, with the old group's :class:`Peer` kept where the
+    address stayed (failures, ``conns``, weights go on)."""
+    if old is None:
+        return peers
+    by_addr = {(p.address, p.backup): p for p in (*old.peers, *old.backups)}
+    return [by_addr.get((p.address, p.backup), p) for p in peers]
