@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
+from wsgate import __version__
 from wsgate.config.model import MapBlock
 from wsgate.config.template import Template
 from wsgate.http.fields import first_value
@@ -92,6 +93,9 @@ FIXED_VARIABLES = (
             "content_length",
             "content_type",
             "remote_user",
+            "request_id",
+            "request_body",
+            "nginx_version",
             # ngx_http_realip_module
             "realip_remote_addr",
             "realip_remote_port",
@@ -161,6 +165,8 @@ _NO_MAPS: Mapping[str, MapBlock] = MappingProxyType({})
 _NO_TLS: Mapping[str, str] = MappingProxyType({})
 
 _HOSTNAME = socket.gethostname()
+#: Cache keys that are the request's, not map results (a space: no map name has one).
+_KEPT = (" request_id", " request_body")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
@@ -226,6 +232,7 @@ class RequestContext:
         "maps",
         "tls",
         "counters",
+        "upstream_headers",
         "_cache",
     )
 
@@ -280,7 +287,10 @@ class RequestContext:
         self.tls: Mapping[str, str] = _NO_TLS
         #: The gateway's ``stub_status`` counters, for ``$connections_*`` (None: all ``0``).
         self.counters: StatusCounters | None = None
-        #: Map results computed so far (None until the first).
+        #: The upstream response's header fields (``$upstream_http_*``).
+        self.upstream_headers: Sequence[tuple[str, str]] = ()
+        #: Map results computed so far, and ``$request_id``/``$request_body`` once known
+        #: (None until the first).
         self._cache: dict[str, str] | None = None
 
     # -- helpers -----------------------------------------------------------------------------
@@ -317,8 +327,34 @@ class RequestContext:
         return ""
 
     def invalidate(self) -> None:
-        """Forget cached map results (after captures or the URI change)."""
-        self._cache = None
+        """Forget cached map results (after captures or the URI change); the request's
+        ``$request_id`` and ``$request_body`` stay."""
+        cache = self._cache
+        if cache is not None:
+            kept = {k: cache[k] for k in _KEPT if k in cache}
+            self._cache = kept or None
+
+    def request_id(self) -> str:
+        """``$request_id``: "unique request identifier generated from 16 random bytes, in
+        hexadecimal" (1.11.0), the same for the whole request."""
+        cache = self._cache
+        if cache is None:
+            cache = self._cache = {}
+        rid = cache.get(" request_id")
+        if rid is None:
+            rid = cache[" request_id"] = os.urandom(16).hex()
+        return rid
+
+    def set_request_body(self, body: bytes) -> None:
+        """``$request_body``: "the variable's value is made available in locations processed
+        by the proxy_pass ... directives when the request body was read to a memory buffer"."""
+        cache = self._cache
+        if cache is None:
+            cache = self._cache = {}
+        cache[" request_body"] = body.decode("latin-1")
+
+    def _request_body(self) -> str:
+        return "" if self._cache is None else self._cache.get(" request_body", "")
 
     # -- lookup -----------------------------------------------------------------------------
     def lookup(self, name: str) -> str:
@@ -346,6 +382,9 @@ class RequestContext:
             return self._arg(name[4:])
         if name.startswith("cookie_"):
             return self._cookie(name[7:])
+        if name.startswith("upstream_http_"):
+            value = first_value(self.upstream_headers, name[14:].replace("_", "-"))
+            return "" if value is None else value
         if name.startswith("proxy_protocol_tlv_"):
             pp = self.proxy_protocol
             return "" if pp is None else (tlv(pp, name[19:]) or "")
@@ -493,5 +532,9 @@ _GETTERS: dict[str, Callable[[RequestContext], str]] = {
     "hostname": lambda c: _HOSTNAME,
     "pid": lambda c: str(os.getpid()),
     "remote_user": lambda c: "",
+    "request_id": RequestContext.request_id,
+    "request_body": RequestContext._request_body,
+    # wsgate is not nginx: its own version (the Server header's token names it too).
+    "nginx_version": lambda c: __version__,
     **{f"connections_{f}": _connections(f) for f in ("active", "reading", "writing", "waiting")},
 }

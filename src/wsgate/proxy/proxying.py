@@ -92,6 +92,7 @@ class Proxying:
             # An HTTP/1.0 upstream cannot take a chunked body: read it whole (bounded by
             # client_max_body_size) and send it with a Content-Length, as nginx does.
             buffered_body = await self._read_whole_body(settings)
+            ctx.set_request_body(buffered_body)
             body_framing = BodyFraming.content_length(len(buffered_body))
         request = build_upstream_request(
             head.method,
@@ -189,6 +190,7 @@ class Proxying:
                 continue
             selection.succeed(peer)
             ctx.upstream_statuses.append(str(resp.status))
+            ctx.upstream_headers = resp.headers
             reusable = False
             try:
                 if resp.status == 101 and (
