@@ -96,6 +96,7 @@ FIXED_VARIABLES = (
             "request_id",
             "request_body",
             "nginx_version",
+            "limit_rate",
             # ngx_http_realip_module
             "realip_remote_addr",
             "realip_remote_port",
@@ -233,6 +234,7 @@ class RequestContext:
         "tls",
         "counters",
         "upstream_headers",
+        "limit_rate",
         "_cache",
     )
 
@@ -291,6 +293,9 @@ class RequestContext:
         self.upstream_headers: Sequence[tuple[str, str]] = ()
         #: Map results computed so far, and ``$request_id``/``$request_body`` once known
         #: (None until the first).
+        #: ``r->limit_rate`` once set (``set $limit_rate``, ``X-Accel-Limit-Rate``, or the
+        #: ``limit_rate`` directive read at the first write); None: not yet.
+        self.limit_rate: int | None = None
         self._cache: dict[str, str] | None = None
 
     # -- helpers -----------------------------------------------------------------------------
@@ -536,5 +541,6 @@ _GETTERS: dict[str, Callable[[RequestContext], str]] = {
     "request_body": RequestContext._request_body,
     # wsgate is not nginx: its own version (the Server header's token names it too).
     "nginx_version": lambda c: __version__,
+    "limit_rate": lambda c: str(c.limit_rate or 0),
     **{f"connections_{f}": _connections(f) for f in ("active", "reading", "writing", "waiting")},
 }
