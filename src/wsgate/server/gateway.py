@@ -511,7 +511,11 @@ class Gateway:
 
     def _new_resolving(self) -> UpstreamResolving:
         return UpstreamResolving(
-            self.loop, self._upstream_resolver, self.error_log.log, self._resolved_changed
+            self.loop,
+            self._upstream_resolver,
+            self.error_log.log,
+            self._resolved_changed,
+            self.tasks,
         )
 
     def _upstream_resolver(self, up: Upstream) -> Resolver:

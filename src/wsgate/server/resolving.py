@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 from wsgate.config.model import Config, Upstream, UpstreamServer
 from wsgate.resolver import ResolveError, Resolver
@@ -42,6 +43,7 @@ class UpstreamResolving:
         resolver: Callable[[Upstream], Resolver],
         log: Callable[[str, str], None],
         changed: Callable[[str], None],
+        registry: set[asyncio.Task[Any]] | None = None,
     ) -> None:
         self.loop = loop
         self._resolver = resolver
@@ -50,6 +52,8 @@ class UpstreamResolving:
         #: (upstream, index of the server line) -> the peers it resolved to.
         self.found: dict[tuple[str, int], tuple[UpstreamServer, ...]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        #: The gateway's tasks, which a fast stop cancels and the command line awaits.
+        self._registry = registry
 
     def start(self, config: Config) -> None:
         for up in config.http.upstreams.values():
@@ -57,6 +61,9 @@ class UpstreamResolving:
                 if server.resolve:
                     task = self.loop.create_task(self._watch(up, i, server))
                     self._tasks.append(task)
+                    if self._registry is not None:
+                        self._registry.add(task)
+                        task.add_done_callback(self._registry.discard)
 
     def stop(self) -> None:
         for task in self._tasks:
