@@ -16,7 +16,12 @@ import pytest
 from wsgate import __version__
 from wsgate.config.loader import load
 from wsgate.config.model import Config
-from wsgate.config.variables import RequestContext, is_known_variable
+from wsgate.config.variables import (
+    UPSTREAM_LENGTHS,
+    RequestContext,
+    is_known_variable,
+    request_headers_read,
+)
 from wsgate.errors import ConfigError
 from wsgate.resolver.answers import Verdict, make_query, read_answer, strerror
 from wsgate.upstream.target import TargetError, parse_target
@@ -213,3 +218,14 @@ def test_upstream_http_request_body_and_nginx_version() -> None:
     assert c.lookup("nginx_version") == __version__
     for name in ("request_id", "request_body", "nginx_version", "upstream_http_x"):
         assert is_known_variable(name, set())
+
+
+def test_upstream_lengths_one_per_try_and_kept_for_logs_that_read_them() -> None:
+    c = RequestContext()
+    assert c.lookup("upstream_bytes_sent") == ""
+    c.upstream_lengths = [[0, 0, 0], [23, 68, 70]]
+    assert c.lookup("upstream_response_length") == "0, 23"
+    assert c.lookup("upstream_bytes_received") == "0, 68"
+    assert c.lookup("upstream_bytes_sent") == "0, 70"
+    read = request_headers_read(["upstream_bytes_sent", "upstream_http_x_len", "http_host"])
+    assert read == {UPSTREAM_LENGTHS, "upstream:x-len", "host"}

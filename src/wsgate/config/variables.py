@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FIXED_VARIABLES",
     "PREFIX_VARIABLES",
+    "UPSTREAM_LENGTHS",
     "RequestContext",
     "is_known_variable",
     "request_headers_read",
@@ -93,6 +94,9 @@ FIXED_VARIABLES = (
             "content_length",
             "content_type",
             "remote_user",
+            "upstream_response_length",
+            "upstream_bytes_received",
+            "upstream_bytes_sent",
             "request_id",
             "request_body",
             "nginx_version",
@@ -131,6 +135,10 @@ def is_known_variable(name: str, maps: frozenset[str] | set[str]) -> bool:
     return any(name.startswith(p) and len(name) > len(p) for p in PREFIX_VARIABLES)
 
 
+#: In :func:`request_headers_read`'s answer: ``$upstream_bytes_*`` or
+#: ``$upstream_response_length`` is read (no header name has a colon).
+UPSTREAM_LENGTHS = "upstream:#lengths"
+
 #: Built-in variables computed from request headers (see ``_GETTERS``), and those headers.
 _HEADER_VARIABLES = {
     "content_length": "content-length",
@@ -153,6 +161,11 @@ def request_headers_read(names: Iterable[str]) -> frozenset[str] | None:
             headers.add(name[5:].replace("_", "-").lower())
         elif name.startswith("cookie_") and len(name) > 7:
             headers.add("cookie")
+        elif name in ("upstream_response_length", "upstream_bytes_received", "upstream_bytes_sent"):
+            headers.add(UPSTREAM_LENGTHS)
+        elif name.startswith("upstream_http_") and len(name) > 14:
+            # An upstream response field, marked with a colon no request header has.
+            headers.add("upstream:" + name[14:].replace("_", "-").lower())
         elif name in _HEADER_VARIABLES:
             headers.add(_HEADER_VARIABLES[name])
         elif not is_known_variable(name, _NO_MAP_NAMES):
@@ -234,6 +247,7 @@ class RequestContext:
         "tls",
         "counters",
         "upstream_headers",
+        "upstream_lengths",
         "limit_rate",
         "_cache",
     )
@@ -291,6 +305,9 @@ class RequestContext:
         self.counters: StatusCounters | None = None
         #: The upstream response's header fields (``$upstream_http_*``).
         self.upstream_headers: Sequence[tuple[str, str]] = ()
+        #: Per try: [response body bytes, bytes received, bytes sent] (nginx's
+        #: ``u->state->response_length``, ``bytes_received``, ``bytes_sent``).
+        self.upstream_lengths: list[list[int]] = []
         #: Map results computed so far, and ``$request_id``/``$request_body`` once known
         #: (None until the first).
         #: ``r->limit_rate`` once set (``set $limit_rate``, ``X-Accel-Limit-Rate``, or the
@@ -466,6 +483,12 @@ def _binary_remote_addr(c: RequestContext) -> str:
         return ""
 
 
+def _lengths(c: RequestContext, i: int) -> str:
+    """``$upstream_response_length`` (0), ``_bytes_received`` (1), ``_bytes_sent`` (2): one
+    number per try, comma-separated like ``$upstream_addr``."""
+    return ", ".join(str(t[i]) for t in c.upstream_lengths)
+
+
 def _host(c: RequestContext) -> str:
     return c.host or c.server_name
 
@@ -529,6 +552,9 @@ _GETTERS: dict[str, Callable[[RequestContext], str]] = {
     "upstream_addr": lambda c: ", ".join(c.upstream_addrs),
     "upstream_status": lambda c: ", ".join(c.upstream_statuses),
     "upstream_response_time": lambda c: ", ".join(c.upstream_times),
+    "upstream_response_length": lambda c: _lengths(c, 0),
+    "upstream_bytes_received": lambda c: _lengths(c, 1),
+    "upstream_bytes_sent": lambda c: _lengths(c, 2),
     "connection": lambda c: str(c.connection),
     "connection_requests": lambda c: str(c.connection_requests),
     "pipe": lambda c: "p" if c.pipelined else ".",

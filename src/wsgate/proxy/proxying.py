@@ -129,6 +129,7 @@ class Proxying:
                 ctx.upstream_addrs.append(group.name)
                 ctx.upstream_statuses.append("502")
                 ctx.upstream_times.append("0.000")
+                ctx.upstream_lengths.append([0, 0, 0])
                 raise HttpError(502)
             self.attempts += 1
             upstream_url = f"{scheme}://{peer.address}{uri}"
@@ -145,6 +146,7 @@ class Proxying:
                 tls=tls,
                 name=tls_name,
             )
+            ctx.upstream_lengths.append(att.counts)
             try:
                 resp, rparser, rpending = await att.run(
                     peer, keep, request, buffered_body, body_framing, ctx

@@ -25,7 +25,7 @@ from sys import intern
 from typing import TYPE_CHECKING, cast
 
 from wsgate.config.model import AccessLog, LocationSettings
-from wsgate.config.variables import RequestContext, request_headers_read
+from wsgate.config.variables import UPSTREAM_LENGTHS, RequestContext, request_headers_read
 from wsgate.errors import HttpError
 from wsgate.http.body import Body, EndOfMessage
 from wsgate.http.fields import first_value
@@ -133,6 +133,10 @@ def _kept_headers(logs: tuple[AccessLog, ...]) -> frozenset[str] | None:
     return kept
 
 
+#: The ``upstream_lengths`` of a tunnel whose logs do not read them (shared, never appended to).
+_NO_LENGTHS: list[list[int]] = cast("list[list[int]]", ())
+
+
 def _slim(ctx: RequestContext, settings: LocationSettings) -> RequestContext:
     """``ctx`` as an open tunnel keeps it, for as long as the tunnel lives.
 
@@ -169,6 +173,14 @@ def _slim(ctx: RequestContext, settings: LocationSettings) -> RequestContext:
     ctx.upstream_addrs = cast("list[str]", tuple(ctx.upstream_addrs))
     ctx.upstream_statuses = cast("list[str]", tuple(map(intern, ctx.upstream_statuses)))
     ctx.upstream_times = cast("list[str]", tuple(ctx.upstream_times))
+    if kept is not None and UPSTREAM_LENGTHS not in kept:
+        ctx.upstream_lengths = _NO_LENGTHS
+    if ctx.upstream_headers:
+        ctx.upstream_headers = tuple(
+            (intern(n), v)
+            for n, v in ctx.upstream_headers
+            if kept is None or "upstream:" + n.lower() in kept
+        )
     return ctx
 
 
@@ -225,6 +237,7 @@ async def relay_response(
     body_bytes = 0
     complete = False
     rate = _rate(ex, resp)
+    counts = ctx.upstream_lengths[-1] if ctx.upstream_lengths else None
     try:
         if rate is None:
             ep.write(out)
@@ -233,6 +246,8 @@ async def relay_response(
         while True:
             for ev in pending:
                 if isinstance(ev, Body):
+                    if counts is not None:
+                        counts[0] += len(ev.data)
                     if no_body:
                         continue
                     data = encode_chunk(ev.data) if chunk_out else ev.data
@@ -252,6 +267,8 @@ async def relay_response(
                 rparser.check()  # a fault in the bytes already read comes before waiting
                 async with asyncio.timeout(settings.proxy_read_timeout):
                     data = await up.read()
+                if counts is not None:
+                    counts[1] += len(data)
                 pending = rparser.feed(data) if data else rparser.feed_eof()
             except TimeoutError:
                 gw.error_log.log(
