@@ -170,8 +170,9 @@ def test_bad_url_is_500(dns_: FakeDns, backend: Backend, wsgate: Factory) -> Non
 
 
 # -- server ... resolve -------------------------------------------------------------------------
-def upstream_conf(dns_port: int, port: int) -> str:
+def upstream_conf(dns_port: int, port: int, workers: int = 1) -> str:
     return f"""
+worker_processes {workers};
 error_log logs/error.log info;
 events {{}}
 http {{
@@ -206,18 +207,21 @@ def second_backend(bg: Loop, name: str, host: str, port: int) -> Backend:
     return backend
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_server_resolve_follows_dns_while_tunnels_stay(
-    bg: Loop, dns_: FakeDns, wsgate: Factory
+    bg: Loop, dns_: FakeDns, wsgate: Factory, workers: int
 ) -> None:
     b1 = bg.backend("b1", websocket=True)
     b2 = second_backend(bg, "b2", "127.0.0.2", b1.port)
     dns_.zone["name.example.net"] = Records(a=["127.0.0.1"])
-    gw = wsgate(upstream_conf(dns_.port, b1.port))
+    gw = wsgate(upstream_conf(dns_.port, b1.port, workers))
     wait_for(lambda: get(gw.port) == (200, b"b1"), "the first resolution")
     tunnel = ws_open(gw.port)
     try:
         dns_.zone["name.example.net"] = Records(a=["127.0.0.2"])
         wait_for(lambda: get(gw.port) == (200, b"b2"), "the new address", timeout=10)
+        # every worker builds from the shared addresses: no request goes to the old one
+        assert {get(gw.port) for _ in range(8)} == {(200, b"b2")}
         assert b1.open == 1  # the tunnel still holds its connection to the old address
         assert b2.accepted >= 1
     finally:

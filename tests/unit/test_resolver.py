@@ -3,6 +3,7 @@ nginx's resolver reads them, and the ``resolver``/``server ... resolve`` configu
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from wsgate.config.variables import (
 )
 from wsgate.errors import ConfigError
 from wsgate.resolver.answers import Verdict, make_query, read_answer, strerror
+from wsgate.server.resolved import SharedResolved
 from wsgate.upstream.target import TargetError, parse_target
 
 
@@ -229,3 +231,23 @@ def test_upstream_lengths_one_per_try_and_kept_for_logs_that_read_them() -> None
     assert c.lookup("upstream_bytes_sent") == "0, 70"
     read = request_headers_read(["upstream_bytes_sent", "upstream_http_x_len", "http_host"])
     assert read == {UPSTREAM_LENGTHS, "upstream:x-len", "host"}
+
+
+def test_shared_resolved_store_crosses_fork() -> None:
+    store = SharedResolved(size=200)
+    assert store.seq() == 0 and store.get("u", "a.example") is None
+    assert store.put("u", "A.example", ["192.0.2.1"])
+    seq = store.seq()
+    assert store.put("u", "a.example", ["192.0.2.1"])  # the same: no change
+    assert store.seq() == seq
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        ok = store.put("u", "a.example", ["192.0.2.2", "192.0.2.3"])
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert status == 0
+    assert store.seq() == seq + 1
+    assert store.get("u", "a.example") == ["192.0.2.2", "192.0.2.3"]
+    # full: the update is refused and nothing changes
+    assert not store.put("u", "b.example", ["192.0.2.9"] * 40)
+    assert store.get("u", "b.example") is None and store.seq() == seq + 1

@@ -51,6 +51,7 @@ from wsgate.proxy.front import FrontConnection
 from wsgate.proxy.tunnel import Tunnel
 from wsgate.resolver import Resolver
 from wsgate.server.health import HealthChecks, upstream_target
+from wsgate.server.resolved import SharedResolved
 from wsgate.server.resolving import UpstreamResolving
 from wsgate.server.tls import GroupTls
 from wsgate.upstream.methods import Balancer, make_group
@@ -226,19 +227,29 @@ class Gateway:
         #: ``resolver`` clients (with their caches) of the current configuration.
         self.resolvers: dict[ResolverConf, Resolver] = {}
         self._resolvers_for: Config | None = None
+        #: ``server ... resolve`` addresses shared by every worker (None: this process's).
+        self.resolved_store: SharedResolved | None = None
         #: ``server ... resolve``: the addresses found, re-resolved while running.
         self.resolving = self._new_resolving()
-        #: Groups a DNS change replaced, until their successor takes their peers' state.
-        self._replaced: dict[object, Balancer] = {}
+        #: The address version each group with ``resolve`` servers was built from.
+        self._built: dict[object, tuple[int]] = {}
         #: Active ``health_check`` probing for the current configuration (None until serve).
         self.health: HealthChecks | None = None
 
     # -- peers ----------------------------------------------------------------------------------
     def peer_group(self, pp: ProxyPass) -> Balancer:
         """The balancing state for a ``proxy_pass`` target, shared by all requests using it:
-        the ``upstream`` block's method, or round robin for an implicit upstream."""
+        the ``upstream`` block's method, or round robin for an implicit upstream.  A group
+        with ``server ... resolve`` is built anew when the shared addresses changed (its
+        peers whose address stayed keep their state; open tunnels keep the old group)."""
         key: object = ("upstream", pp.upstream) if pp.upstream else ("implicit", pp.url)
         group = self.peer_groups.get(key)
+        built = self._built.get(key)
+        if built is not None and group is not None and built[0] != self.resolving.version():
+            old = group
+            group = None
+        else:
+            old = None
         if not isinstance(group, Balancer):
             up = None
             if pp.upstream is not None:
@@ -249,20 +260,13 @@ class Gateway:
                 name = pp.host if not pp.port_given else f"{pp.host}:{pp.port}"
             peers = peers_from_config(servers)
             if up is not None and any(s.resolve for s in up.servers):
+                self._built[key] = (self.resolving.version(),)
                 servers = tuple(self.resolving.servers(up))
-                peers = _keep_state(peers_from_config(servers), self._replaced.pop(key, None))
+                peers = _keep_state(peers_from_config(servers), old)
             # A group whose names resolved to nothing (yet) has no peers: "no live upstreams".
             group = make_group(name, peers, up if peers else None, clock=self.loop.time)
             self.peer_groups[key] = group
         return group
-
-    def _resolved_changed(self, upstream: str) -> None:
-        """A ``resolve`` server's addresses changed: the next request builds the group anew
-        (open tunnels keep the group they started with)."""
-        key = ("upstream", upstream)
-        old = self.peer_groups.pop(key, None)
-        if isinstance(old, Balancer):
-            self._replaced[key] = old
 
     def resolver(self, conf: ResolverConf) -> Resolver:
         """The worker's client for the ``resolver`` directive ``conf``: one cache per
@@ -496,8 +500,10 @@ class Gateway:
         """(Re)start the ``health_check`` probes for the current configuration and its peer
         groups (a reload rebuilds the groups, so the old checkers must go), first probes now."""
         self.stop_health()
-        self.resolving.stop()
+        old = self.resolving
+        old.stop()
         self.resolving = self._new_resolving()
+        self.resolving.found = old.found  # preresolve: a reload starts from what was found
         self.resolving.start(self.config)
         self.health = HealthChecks(self.loop, self.error_log, self.tasks)
         self.health.start(self.config, lambda name: self.peer_group(upstream_target(name)))
@@ -514,7 +520,7 @@ class Gateway:
             self.loop,
             self._upstream_resolver,
             self.error_log.log,
-            self._resolved_changed,
+            self.resolved_store,
             self.tasks,
         )
 
@@ -628,6 +634,7 @@ class Gateway:
             return
         self.config = config
         self.peer_groups = {}
+        self._built = {}
         self.error_log.targets = config.error_logs
         self.error_log.open()
         self.access_logs.close()
@@ -825,7 +832,7 @@ def pid_write(path: str) -> None:
     os.replace(tmp, path)
 
 
-def _keep_state(peers: list[Peer], old: Balancer | None) -> list[Peer]:
+def _keep_state(peers: list[Peer], old: PeerGroup | None) -> list[Peer]:
     """The peers of a rebuilt group, with the old group's :class:`Peer` kept where the
     address stayed (failures, ``conns``, weights go on)."""
     if old is None:

@@ -10,23 +10,28 @@ resolver's ``valid=``); a failed lookup keeps the addresses it had and is retrie
 ``max(resolver_timeout, 1s)``, except "Host not found", which empties the server's list.
 
 What is per worker and what is shared: nginx keeps a zone's peers in shared memory and lets
-one worker resolve each name for all.  wsgate keeps every upstream's peer state per worker
-(:mod:`wsgate.upstream.roundrobin`), so each worker resolves its names itself, with the
-same resolver and the same timers; workers see a change within one TTL of each other.  A
-change builds the group anew for the next request; a peer whose address stays keeps its
-failure accounting and connection count, and open tunnels stay on the peer they picked
-(their selection holds the group they started with).
+one worker resolve each name for all.  wsgate keeps every upstream's peer *state* (failures,
+connection counts) per worker (:mod:`wsgate.upstream.roundrobin`), but the *addresses* are
+shared (:class:`wsgate.server.resolved.SharedResolved`): every worker resolves on the same
+timers and writes what it found, and every worker builds its group from the shared list, so
+all change together, and a reload's new workers start from the addresses already known.
+Without a master (``master_process off``) the store is this process's own.  A change builds
+the group anew for the next request; a peer whose address stays keeps its failure
+accounting and connection count, and open tunnels stay on the peer they picked (their
+selection holds the group they started with).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 from wsgate.config.model import Config, Upstream, UpstreamServer
 from wsgate.resolver import ResolveError, Resolver
 from wsgate.resolver.answers import strerror
+from wsgate.server.resolved import SharedResolved
 
 __all__ = ["UpstreamResolving"]
 
@@ -42,15 +47,18 @@ class UpstreamResolving:
         loop: asyncio.AbstractEventLoop,
         resolver: Callable[[Upstream], Resolver],
         log: Callable[[str, str], None],
-        changed: Callable[[str], None],
+        store: SharedResolved | None = None,
         registry: set[asyncio.Task[Any]] | None = None,
     ) -> None:
         self.loop = loop
         self._resolver = resolver
         self._log = log
-        self._changed = changed
-        #: (upstream, index of the server line) -> the peers it resolved to.
-        self.found: dict[tuple[str, int], tuple[UpstreamServer, ...]] = {}
+        #: The addresses every worker shares (None: this process's own, in ``found``).
+        self.store = store
+        #: (upstream, host) -> the addresses found here (the store's fallback).
+        self.found: dict[tuple[str, str], list[str]] = {}
+        #: Moves on every change of ``found`` (without a store).
+        self._version = 0
         self._tasks: list[asyncio.Task[None]] = []
         #: The gateway's tasks, which a fast stop cancels and the command line awaits.
         self._registry = registry
@@ -70,22 +78,28 @@ class UpstreamResolving:
             task.cancel()
         self._tasks.clear()
 
+    def version(self) -> int:
+        """Moves whenever an address list changes (a group built before is stale)."""
+        return self.store.seq() if self.store is not None else self._version
+
     def servers(self, up: Upstream) -> list[UpstreamServer]:
-        """``up``'s servers now: the fixed ones, and what each ``resolve`` one resolved to,
-        in configuration order."""
+        """``up``'s servers now: the fixed ones, and what each ``resolve`` one resolved to
+        (every parameter of its line applied to each address), in configuration order."""
         out: list[UpstreamServer] = []
-        for i, server in enumerate(up.servers):
-            if server.resolve:
-                out.extend(self.found.get((up.name, i), ()))
-            else:
+        for server in up.servers:
+            if not server.resolve:
                 out.append(server)
+                continue
+            addrs = self.store.get(up.name, server.host) if self.store is not None else None
+            if addrs is None:
+                addrs = self.found.get((up.name, server.host.lower()), [])
+            out.extend(dataclasses.replace(server, host=a, resolve=False) for a in addrs)
         return out
 
     async def _watch(self, up: Upstream, index: int, server: UpstreamServer) -> None:
         resolver = self._resolver(up)
         timeout = up.resolver_timeout if up.resolver_timeout is not None else 30.0
         retry = max(timeout, 1.0)
-        key = (up.name, index)
         while True:
             try:
                 found = await resolver.lookup(server.host, timeout)
@@ -97,32 +111,19 @@ class UpstreamResolving:
                 if exc.code != _NXDOMAIN:
                     await asyncio.sleep(retry)
                     continue
-                self._set(key, ())
+                self._set(up.name, server.host, [])
                 await asyncio.sleep(retry)
                 continue
-            peers = tuple(
-                UpstreamServer(
-                    server.address,
-                    addr,
-                    server.port,
-                    weight=server.weight,
-                    max_fails=server.max_fails,
-                    fail_timeout=server.fail_timeout,
-                    max_conns=server.max_conns,
-                    backup=server.backup,
-                    down=server.down,
-                    source=server.source,
-                )
-                for addr in found.addresses
-            )
-            self._set(key, peers)
+            self._set(up.name, server.host, list(found.addresses))
             # "timer = 1000 * (ctx->valid > now ? ctx->valid - now + 1 : 1)"
             await asyncio.sleep(max(found.expires - self.loop.time(), 0.0) + 1.0)
 
-    def _set(self, key: tuple[str, int], peers: tuple[UpstreamServer, ...]) -> None:
-        old = self.found.get(key)
-        addrs = sorted((p.host, p.port) for p in peers)
-        if old is not None and sorted((p.host, p.port) for p in old) == addrs:
-            return
-        self.found[key] = peers
-        self._changed(key[0])
+    def _set(self, upstream: str, host: str, addresses: list[str]) -> None:
+        """Record what ``host`` resolved to (sorted: an answer's order is no change)."""
+        addresses = sorted(addresses)
+        key = (upstream, host.lower())
+        if self.found.get(key) != addresses:
+            self.found[key] = addresses
+            self._version += 1
+        if self.store is not None and not self.store.put(upstream, host, addresses):
+            self._log("error", f'cannot keep the addresses of "{host}": shared store is full')
