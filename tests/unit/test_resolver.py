@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 
 import dns.flags
@@ -251,3 +252,10 @@ def test_shared_resolved_store_crosses_fork() -> None:
     # full: the update is refused and nothing changes
     assert not store.put("u", "b.example", ["192.0.2.9"] * 40)
     assert store.get("u", "b.example") is None and store.seq() == seq + 1
+
+
+def test_connection_time_counts_from_the_accept() -> None:
+    c = RequestContext()
+    c.connection_start = time.time() - 2.5
+    assert 2.5 <= float(c.lookup("connection_time")) < 60
+    assert re.fullmatch(r"\d+\.\d{3}", c.lookup("connection_time"))

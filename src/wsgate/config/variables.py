@@ -94,6 +94,7 @@ FIXED_VARIABLES = (
             "content_length",
             "content_type",
             "remote_user",
+            "connection_time",
             "upstream_response_length",
             "upstream_bytes_received",
             "upstream_bytes_sent",
@@ -248,6 +249,7 @@ class RequestContext:
         "counters",
         "upstream_headers",
         "upstream_lengths",
+        "connection_start",
         "limit_rate",
         "_cache",
     )
@@ -308,6 +310,8 @@ class RequestContext:
         #: Per try: [response body bytes, bytes received, bytes sent] (nginx's
         #: ``u->state->response_length``, ``bytes_received``, ``bytes_sent``).
         self.upstream_lengths: list[list[int]] = []
+        #: When the connection was accepted (wall clock; ``$connection_time``).
+        self.connection_start = 0.0
         #: Map results computed so far, and ``$request_id``/``$request_body`` once known
         #: (None until the first).
         #: ``r->limit_rate`` once set (``set $limit_rate``, ``X-Accel-Limit-Rate``, or the
@@ -557,6 +561,8 @@ _GETTERS: dict[str, Callable[[RequestContext], str]] = {
     "upstream_bytes_sent": lambda c: _lengths(c, 2),
     "connection": lambda c: str(c.connection),
     "connection_requests": lambda c: str(c.connection_requests),
+    # "connection time in seconds with a milliseconds resolution (1.19.10)"
+    "connection_time": lambda c: f"{max(0.0, time.time() - c.connection_start):.3f}",
     "pipe": lambda c: "p" if c.pipelined else ".",
     "content_length": lambda c: c.header("content-length") or "",
     "content_type": lambda c: c.header("content-type") or "",

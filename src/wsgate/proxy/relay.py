@@ -163,7 +163,7 @@ def _slim(ctx: RequestContext, settings: LocationSettings) -> RequestContext:
         ctx.host = intern(ctx.host)
     else:
         ctx.host = ctx.uri = ""
-        ctx.start = ctx.upstream_started = 0.0
+        ctx.start = ctx.upstream_started = ctx.connection_start = 0.0
     ctx.method = intern(ctx.method)
     ctx.version = intern(ctx.version)
     ctx.proxy_port = intern(ctx.proxy_port)
