@@ -98,11 +98,14 @@ class Resolver:
 
     # -- public -------------------------------------------------------------------------------
     async def resolve(self, name: str, timeout: float) -> tuple[str, ...]:
-        """The addresses of ``name`` in a random rotation (``ngx_resolver_export`` with
-        ``rotate``); raises :class:`ResolveError`."""
+        """The addresses of ``name``: as the answer gave them (IPv4 first) when it was just
+        received, in a random rotation when it came from the cache (``ngx_resolver_export``
+        with ``rotate`` 0 and 1); raises :class:`ResolveError`."""
+        hit = self._cache.get(name.lower())
+        cached = hit is not None and hit.expires > self.loop.time()
         found = await self.lookup(name, timeout)
         addrs = found.addresses
-        if len(addrs) > 1:
+        if cached and len(addrs) > 1:
             d = self.rng.randrange(len(addrs))
             addrs = addrs[d:] + addrs[:d]
         return addrs
