@@ -24,6 +24,7 @@ import functools
 import random
 import socket
 import struct
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,12 +35,15 @@ from wsgate.config.model import Resolver as ResolverConf
 from wsgate.errors import WsgateError
 from wsgate.resolver.answers import TIMEDOUT, Answer, Verdict, make_query, read_answer, strerror
 
-__all__ = ["RESEND_TIMEOUT", "TCP_TIMEOUT", "ResolveError", "Resolved", "Resolver"]
+__all__ = ["EXPIRE", "RESEND_TIMEOUT", "TCP_TIMEOUT", "ResolveError", "Resolved", "Resolver"]
 
 #: ``r->resend_timeout``: a query unanswered this long goes to the next server.
 RESEND_TIMEOUT = 5.0
 #: ``r->tcp_timeout``.
 TCP_TIMEOUT = 5.0
+#: ``r->expire``: a cached name unused this long is dropped (so that names a client makes up,
+#: ``proxy_pass http://$host``, cannot fill the cache).
+EXPIRE = 30.0
 #: CNAMEs followed at most (nginx: ``NGX_RESOLVER_MAX_RECURSION``).
 MAX_RECURSION = 50
 
@@ -92,7 +96,8 @@ class Resolver:
         self.resend = resend
         self.rng = rng or random.Random()
         self._next = 0
-        self._cache: dict[str, Resolved] = {}
+        #: name -> (answer, loop time of its last use), least recently used first.
+        self._cache: OrderedDict[str, tuple[Resolved, float]] = OrderedDict()
         self._pending: dict[str, asyncio.Task[Resolved]] = {}
         self._tasks: set[asyncio.Task[object]] = set()
 
@@ -101,8 +106,8 @@ class Resolver:
         """The addresses of ``name``: as the answer gave them (IPv4 first) when it was just
         received, in a random rotation when it came from the cache (``ngx_resolver_export``
         with ``rotate`` 0 and 1); raises :class:`ResolveError`."""
-        hit = self._cache.get(name.lower())
-        cached = hit is not None and hit.expires > self.loop.time()
+        entry = self._cache.get(name.lower())
+        cached = entry is not None and entry[0].expires > self.loop.time()
         found = await self.lookup(name, timeout)
         addrs = found.addresses
         if cached and len(addrs) > 1:
@@ -115,9 +120,13 @@ class Resolver:
         ``service`` lookup's caller to decide; an empty answer is NXDOMAIN here)."""
         key = name.lower()
         now = self.loop.time()
-        hit = self._cache.get(key)
-        if hit is not None:
+        self._expire(now)
+        entry = self._cache.get(key)
+        if entry is not None:
+            hit = entry[0]
             if hit.expires > now:
+                self._cache[key] = (hit, now)
+                self._cache.move_to_end(key)
                 return hit
             del self._cache[key]
         task = self._pending.get(key)
@@ -183,8 +192,20 @@ class Resolver:
             # "if (code == 0 && nan == 0) ... code = NGX_RESOLVE_NXDOMAIN"
             raise ResolveError(code or 3)
         if resolved.expires > self.loop.time():
-            self._cache[name] = resolved
+            self._cache[name] = (resolved, self.loop.time())
+            self._cache.move_to_end(name)
         return resolved
+
+    def _expire(self, now: float) -> None:
+        """``ngx_resolver_expire``: drop up to two names unused for :data:`EXPIRE` seconds
+        (or expired), the least recently used first."""
+        for _ in range(2):
+            if not self._cache:
+                return
+            key, (found, used) = next(iter(self._cache.items()))
+            if used + EXPIRE > now and found.expires > now:
+                return
+            del self._cache[key]
 
     def _valid(self, ttl: int) -> float:
         """``valid=`` "allows overriding" the TTL."""
