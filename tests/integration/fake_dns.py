@@ -27,6 +27,8 @@ class Records:
     a: list[str] = field(default_factory=list)
     aaaa: list[str] = field(default_factory=list)
     cname: str = ""
+    #: SRV records: (priority, weight, port, target).
+    srv: list[tuple[int, int, int, str]] = field(default_factory=list)
     ttl: int = 3600
     rcode: int = dns.rcode.NOERROR
     #: Set TC on UDP answers (the full answer comes over TCP).
@@ -68,6 +70,9 @@ class FakeDns:
                 )
             elif q.rdtype == dns.rdatatype.A and rec.a:
                 resp.answer.append(dns.rrset.from_text_list(q.name, rec.ttl, "IN", "A", rec.a))
+            elif q.rdtype == dns.rdatatype.SRV and rec.srv:
+                texts = [f"{p} {w} {port} {t}." for p, w, port, t in rec.srv]
+                resp.answer.append(dns.rrset.from_text_list(q.name, rec.ttl, "IN", "SRV", texts))
             elif q.rdtype == dns.rdatatype.AAAA and rec.aaaa:
                 resp.answer.append(
                     dns.rrset.from_text_list(q.name, rec.ttl, "IN", "AAAA", rec.aaaa)

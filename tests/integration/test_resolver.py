@@ -226,3 +226,27 @@ def test_server_resolve_follows_dns_while_tunnels_stay(
         assert b2.accepted >= 1
     finally:
         tunnel.close()
+
+
+def test_server_resolve_service_takes_ports_weights_and_backups_from_srv(
+    bg: Loop, dns_: FakeDns, wsgate: Factory
+) -> None:
+    b1, b2, b3 = bg.backend("b1"), bg.backend("b2"), bg.backend("b3")
+    dns_.zone["_http._tcp.svc.example.net"] = Records(
+        srv=[
+            (10, 3, b1.port, "one.example.net"),
+            (10, 1, b2.port, "two.example.net"),
+            (20, 1, b3.port, "three.example.net"),
+        ]
+    )
+    for name in ("one", "two", "three"):
+        dns_.zone[f"{name}.example.net"] = Records(a=["127.0.0.1"])
+    text = upstream_conf(dns_.port, 0).replace(
+        "server name.example.net:0 resolve;", "server svc.example.net service=http resolve;"
+    )
+    gw = wsgate(text)
+    wait_for(lambda: get(gw.port)[0] == 200, "the first resolution")
+    bodies = [get(gw.port)[1] for _ in range(8)]
+    # weights 3:1 from the records; the priority-20 record is a backup, never used here
+    assert bodies.count(b"b1") == 6 and bodies.count(b"b2") == 2
+    assert b3.accepted == 0

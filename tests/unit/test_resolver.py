@@ -184,6 +184,15 @@ def test_server_resolve_needs_zone_and_resolver(tmp_path: Path) -> None:
     assert (server.resolve, server.host, server.port) == (True, "example.net", 8080)
 
 
+def test_server_resolve_service(tmp_path: Path) -> None:
+    c = conf(
+        tmp_path,
+        "resolver 127.0.0.1; upstream u { zone z 64k; server example.net service=http resolve; }",
+    )
+    server = c.http.upstreams["u"].servers[0]
+    assert (server.service, server.host, server.resolve) == ("http", "example.net", True)
+
+
 def test_server_resolve_with_an_address_is_a_plain_server(tmp_path: Path) -> None:
     c = conf(tmp_path, "upstream u { server 127.0.0.1:8080 resolve; }")
     assert not c.http.upstreams["u"].servers[0].resolve
@@ -193,7 +202,9 @@ def test_server_resolve_with_an_address_is_a_plain_server(tmp_path: Path) -> Non
     ("line", "text"),
     [
         ("server example.net service=http;", 'requires "resolve" parameter'),
-        ("zone z 64k; server example.net service=http resolve;", '"service=" (SRV records)'),
+        ("zone z 64k; server example.net:80 service=http resolve;", "may not have port"),
+        ("zone z 64k; server 127.0.0.1 service=http resolve;", "requires domain name"),
+        ("zone z 64k; server example.net service= resolve;", "service is empty"),
         ("zone z 0; server example.net;", 'invalid zone size "0"'),
     ],
 )

@@ -75,7 +75,7 @@ def parse_server(e: Stmt, level: Level | None = None) -> tuple[UpstreamServer, .
         elif key == "service" and eq:
             if not value:
                 raise _err("service is empty", e.src)
-            raise _err('"service=" (SRV records) is not supported by wsgate yet', e.src)
+            params["service"] = value
         else:
             raise _err(f'invalid parameter "{p}"', e.src)
     address = e.args[0]

@@ -45,6 +45,7 @@ def strerror(code: int) -> str:
 
 class Verdict(enum.Enum):
     ADDRESSES = "addresses"  # addresses (possibly none) and a TTL
+    SERVICES = "services"  # SRV records (possibly none) and a TTL
     CNAME = "cname"  # no address: resolve ``cname`` next
     ERROR = "error"  # the lookup fails with ``code``
     IGNORE = "ignore"  # logged, then the query waits on
@@ -60,6 +61,8 @@ class Answer:
     code: int = 0
     #: For :attr:`Verdict.IGNORE`: nginx's error-log text.
     log: str = ""
+    #: For :attr:`Verdict.SERVICES`: (priority, weight, port, target) per SRV record.
+    services: tuple[tuple[int, int, int, str], ...] = ()
 
 
 def make_query(name: str, rdtype: dns.rdatatype.RdataType) -> dns.message.QueryMessage:
@@ -109,6 +112,8 @@ def _addresses(msg: dns.message.Message, qname: dns.name.Name, rdtype: int) -> A
     name = qname
     ttls: list[int] = []
     seen: set[dns.name.Name] = set()
+    if rdtype == dns.rdatatype.SRV:
+        return _services(msg, qname)
     while True:
         addrs = [
             (rrset.ttl, rd.address)
@@ -135,3 +140,16 @@ def _addresses(msg: dns.message.Message, qname: dns.name.Name, rdtype: int) -> A
     if ttls:
         return Answer(Verdict.CNAME, ttl=min(ttls), cname=name.to_text(omit_final_dot=True))
     return Answer(Verdict.ADDRESSES)
+
+
+def _services(msg: dns.message.Message, qname: dns.name.Name) -> Answer:
+    """SRV records of ``qname`` (``ngx_resolver_process_srv``: a weight of 0 counts as 1)."""
+    found: list[tuple[int, int, int, str]] = []
+    ttls: list[int] = []
+    for rrset in msg.answer:
+        if rrset.name == qname and rrset.rdtype == dns.rdatatype.SRV:
+            ttls.append(rrset.ttl)
+            for rd in rrset:
+                target = rd.target.to_text(omit_final_dot=True)
+                found.append((rd.priority, rd.weight or 1, rd.port, target))
+    return Answer(Verdict.SERVICES, ttl=min(ttls, default=0), services=tuple(found))

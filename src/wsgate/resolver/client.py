@@ -60,6 +60,19 @@ class ResolveError(WsgateError):
 
 
 @dataclass(frozen=True, slots=True)
+class Service:
+    """One address of a service (``server ... service=``): from an SRV record's target."""
+
+    address: str
+    port: int
+    weight: int
+    #: Not of the smallest priority: nginx makes it a backup server.
+    backup: bool
+    #: The SRV target (the peer's server name).
+    target: str
+
+
+@dataclass(frozen=True, slots=True)
 class Resolved:
     """A name's addresses and the loop time until which they may be used."""
 
@@ -138,6 +151,44 @@ class Resolver:
             return await asyncio.wait_for(asyncio.shield(task), timeout)
         except TimeoutError:
             raise ResolveError(TIMEDOUT) from None
+
+    async def lookup_service(
+        self, name: str, service: str, timeout: float
+    ) -> tuple[tuple[Service, ...], float]:
+        """``ngx_resolve_name`` with ``ctx->service``: the SRV records of ``_SERVICE._tcp.NAME``
+        (``SERVICE.NAME`` when the service has a dot), then each target's addresses; the
+        smallest priority gives the primary servers, the others are backups.  Returns the
+        addresses and when they expire; a target that cannot be resolved is logged and left
+        out; raises :class:`ResolveError` when the SRV lookup itself fails."""
+        qname = f"{service}.{name}" if "." in service else f"_{service}._tcp.{name}"
+        deadline = self.loop.time() + timeout
+        first = self._server()
+        try:
+            answer = await asyncio.wait_for(
+                self._query(qname, dns.rdatatype.SRV, first, deadline), timeout
+            )
+        except TimeoutError:
+            raise ResolveError(TIMEDOUT) from None
+        if answer.verdict is Verdict.ERROR:
+            raise ResolveError(answer.code)
+        if not answer.services:
+            raise ResolveError(3)
+        lowest = min(p for p, _, _, _ in answer.services)
+        expires = self.loop.time() + self._valid(answer.ttl)
+        found: list[Service] = []
+        for priority, weight, port, target in answer.services:
+            try:
+                got = await self.lookup(target, max(0.0, deadline - self.loop.time()))
+            except ResolveError as exc:
+                self.log(
+                    "error",
+                    f"{target} could not be resolved {exc} while resolving service "
+                    f"{service} of {name}",
+                )
+                continue
+            expires = min(expires, got.expires)
+            found += [Service(a, port, weight, priority != lowest, target) for a in got.addresses]
+        return tuple(found), expires
 
     def close(self) -> None:
         """Cancel the queries in flight (the worker stops or the configuration changed)."""

@@ -90,40 +90,79 @@ class UpstreamResolving:
             if not server.resolve:
                 out.append(server)
                 continue
-            addrs = self.store.get(up.name, server.host) if self.store is not None else None
-            if addrs is None:
-                addrs = self.found.get((up.name, server.host.lower()), [])
-            out.extend(dataclasses.replace(server, host=a, resolve=False) for a in addrs)
+            host = _key_host(server)
+            found = self.store.get(up.name, host) if self.store is not None else None
+            if found is None:
+                found = self.found.get((up.name, host), [])
+            out.extend(_peer(server, item) for item in found)
         return out
 
     async def _watch(self, up: Upstream, index: int, server: UpstreamServer) -> None:
         resolver = self._resolver(up)
         timeout = up.resolver_timeout if up.resolver_timeout is not None else 30.0
         retry = max(timeout, 1.0)
+        host = _key_host(server)
         while True:
             try:
-                found = await resolver.lookup(server.host, timeout)
+                items, expires = await self._resolve(resolver, server, timeout)
             except ResolveError as exc:
+                what = server.host
+                if server.service:
+                    what = f"service {server.service} of {server.host}"
                 self._log(
-                    "error",
-                    f"{server.host} could not be resolved ({exc.code}: {strerror(exc.code)})",
+                    "error", f"{what} could not be resolved ({exc.code}: {strerror(exc.code)})"
                 )
-                if exc.code != _NXDOMAIN:
-                    await asyncio.sleep(retry)
-                    continue
-                self._set(up.name, server.host, [])
+                if exc.code == _NXDOMAIN:
+                    self._set(up.name, host, [])
                 await asyncio.sleep(retry)
                 continue
-            self._set(up.name, server.host, list(found.addresses))
+            self._set(up.name, host, items)
             # "timer = 1000 * (ctx->valid > now ? ctx->valid - now + 1 : 1)"
-            await asyncio.sleep(max(found.expires - self.loop.time(), 0.0) + 1.0)
+            await asyncio.sleep(max(expires - self.loop.time(), 0.0) + 1.0)
+
+    async def _resolve(
+        self, resolver: Resolver, server: UpstreamServer, timeout: float
+    ) -> tuple[list[str], float]:
+        """The server's addresses, as items of the shared map, and when they expire: plain
+        addresses, or ``ADDR PORT WEIGHT BACKUP TARGET`` for a ``service=``."""
+        if not server.service:
+            found = await resolver.lookup(server.host, timeout)
+            return list(found.addresses), found.expires
+        services, expires = await resolver.lookup_service(server.host, server.service, timeout)
+        items = [f"{s.address} {s.port} {s.weight} {int(s.backup)} {s.target}" for s in services]
+        return items, expires
 
     def _set(self, upstream: str, host: str, addresses: list[str]) -> None:
         """Record what ``host`` resolved to (sorted: an answer's order is no change)."""
         addresses = sorted(addresses)
-        key = (upstream, host.lower())
+        key = (upstream, host)
         if self.found.get(key) != addresses:
             self.found[key] = addresses
             self._version += 1
         if self.store is not None and not self.store.put(upstream, host, addresses):
             self._log("error", f'cannot keep the addresses of "{host}": shared store is full')
+
+
+def _key_host(server: UpstreamServer) -> str:
+    """The shared map's key for a ``resolve`` server: its name, and its service if any."""
+    host = server.host.lower()
+    return f"{server.service}@{host}" if server.service else host
+
+
+def _peer(server: UpstreamServer, item: str) -> UpstreamServer:
+    """A peer of ``server`` from one item of the shared map.  For a service, the port comes
+    from the SRV record, the weight too unless the line set one ("peer->weight =
+    (template->weight != 1 ? template->weight : addr->weight)"), and a record of a larger
+    priority is a backup."""
+    if not server.service:
+        return dataclasses.replace(server, host=item, resolve=False)
+    addr, port, weight, backup, target = item.split(" ")
+    return dataclasses.replace(
+        server,
+        address=target,
+        host=addr,
+        port=int(port),
+        weight=server.weight if server.weight != 1 else int(weight),
+        backup=server.backup or backup == "1",
+        resolve=False,
+    )
