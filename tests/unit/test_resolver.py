@@ -270,3 +270,14 @@ def test_connection_time_counts_from_the_accept() -> None:
     c.connection_start = time.time() - 2.5
     assert 2.5 <= float(c.lookup("connection_time")) < 60
     assert re.fullmatch(r"\d+\.\d{3}", c.lookup("connection_time"))
+
+
+def test_sent_http_joins_repeated_fields_and_arg_with_empty_name() -> None:
+    c = RequestContext()
+    c.sent_headers = [("Cache-Control", "max-age=3600"), ("cache-control", "private")]
+    assert c.lookup("sent_http_cache_control") == "max-age=3600, private"
+    assert c.lookup("sent_http_x") == ""
+    c.args = "l=42"
+    assert c.lookup("arg_l") == "42" and c.lookup("arg_") == ""
+    assert is_known_variable("arg_", set()) and is_known_variable("sent_http_x", set())
+    assert request_headers_read(["sent_http_cache_control"]) == {"sent:cache-control"}

@@ -133,7 +133,8 @@ def is_known_variable(name: str, maps: frozenset[str] | set[str]) -> bool:
     """Whether ``$name`` exists: built-in, a prefix family, a regex capture, or a map result."""
     if name in FIXED_VARIABLES or name in maps or name.isdigit():
         return True
-    return any(name.startswith(p) and len(name) > len(p) for p in PREFIX_VARIABLES)
+    # ngx_http_get_variable: "name->len >= v[n].name.len": ``$arg_`` is a prefix variable too.
+    return any(name.startswith(p) for p in PREFIX_VARIABLES)
 
 
 #: In :func:`request_headers_read`'s answer: ``$upstream_bytes_*`` or
@@ -164,6 +165,8 @@ def request_headers_read(names: Iterable[str]) -> frozenset[str] | None:
             headers.add("cookie")
         elif name in ("upstream_response_length", "upstream_bytes_received", "upstream_bytes_sent"):
             headers.add(UPSTREAM_LENGTHS)
+        elif name.startswith("sent_http_"):
+            headers.add("sent:" + name[10:].replace("_", "-").lower())
         elif name.startswith("upstream_http_") and len(name) > 14:
             # An upstream response field, marked with a colon no request header has.
             headers.add("upstream:" + name[14:].replace("_", "-").lower())
@@ -250,6 +253,7 @@ class RequestContext:
         "upstream_headers",
         "upstream_lengths",
         "connection_start",
+        "sent_headers",
         "limit_rate",
         "_cache",
     )
@@ -312,6 +316,9 @@ class RequestContext:
         self.upstream_lengths: list[list[int]] = []
         #: When the connection was accepted (wall clock; ``$connection_time``).
         self.connection_start = 0.0
+        #: The response's header fields as sent (``$sent_http_*``), less the ones wsgate
+        #: writes itself (``Server``, ``Date``, ``Content-Length``, ``Connection``...).
+        self.sent_headers: Sequence[tuple[str, str]] = ()
         #: Map results computed so far, and ``$request_id``/``$request_body`` once known
         #: (None until the first).
         #: ``r->limit_rate`` once set (``set $limit_rate``, ``X-Accel-Limit-Rate``, or the
@@ -351,6 +358,12 @@ class RequestContext:
                 if key == name:
                     return val
         return ""
+
+    def _sent(self, suffix: str) -> str:
+        """``$sent_http_*``: every field of that name, joined with ", " (nginx 1.23.0+'s
+        multi-header variables; "Cache-Control: a" and "Cache-Control: b" give "a, b")."""
+        low = suffix.replace("_", "-").lower()
+        return ", ".join(v for k, v in self.sent_headers if k.lower() == low)
 
     def invalidate(self) -> None:
         """Forget cached map results (after captures or the URI change); the request's
@@ -408,6 +421,8 @@ class RequestContext:
             return self._arg(name[4:])
         if name.startswith("cookie_"):
             return self._cookie(name[7:])
+        if name.startswith("sent_http_"):
+            return self._sent(name[10:])
         if name.startswith("upstream_http_"):
             value = first_value(self.upstream_headers, name[14:].replace("_", "-"))
             return "" if value is None else value

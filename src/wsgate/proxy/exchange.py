@@ -156,6 +156,7 @@ class Exchange:
         _, added = filter_headers(
             status, [], settings.add_headers, settings.expires, ctx.lookup, now
         )
+        ctx.sent_headers = [("Location", location), *added]
         data = error_response(
             status,
             server_tokens=settings.server_tokens,
@@ -181,6 +182,7 @@ class Exchange:
         headers, added = filter_headers(
             status, headers, settings.add_headers, settings.expires, ctx.lookup, now
         )
+        ctx.sent_headers = headers + added
         keep = head.keep_alive
         framing = BodyFraming.content_length(len(body)) if status != 204 else BodyFraming.none()
         out = build_client_response_head(
@@ -236,6 +238,7 @@ def write_error(
         _, added = filter_headers(
             ctx.status, [], settings.add_headers, settings.expires, ctx.lookup, now
         )
+        ctx.sent_headers = added
         data = error_response(
             exc.status,
             server_tokens=settings.server_tokens,

@@ -175,6 +175,12 @@ def _slim(ctx: RequestContext, settings: LocationSettings) -> RequestContext:
     ctx.upstream_times = cast("list[str]", tuple(ctx.upstream_times))
     if kept is not None and UPSTREAM_LENGTHS not in kept:
         ctx.upstream_lengths = _NO_LENGTHS
+    if ctx.sent_headers:
+        ctx.sent_headers = tuple(
+            (intern(n), v)
+            for n, v in ctx.sent_headers
+            if kept is None or "sent:" + n.lower() in kept
+        )
     if ctx.upstream_headers:
         ctx.upstream_headers = tuple(
             (intern(n), v)
@@ -217,6 +223,7 @@ async def relay_response(
     headers, added = filter_headers(
         resp.status, headers, settings.add_headers, settings.expires, ctx.lookup, now
     )
+    ctx.sent_headers = headers + added
     out = build_client_response_head(
         resp.status,
         resp.reason,
