@@ -109,12 +109,23 @@ def start_dns(bg: Loop) -> FakeDns:
             writer.close()
 
     async def start() -> None:
+        # One port number for TCP and UDP: take a free TCP port, then the same UDP port (on a
+        # busy machine it may be taken: try another).
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Udp(server), local_addr=(HOST, 0)
-        )
-        server.port = transport.get_extra_info("sockname")[1]
-        server.closers += [transport, await asyncio.start_server(tcp, HOST, server.port)]
+        for _ in range(20):
+            stream = await asyncio.start_server(tcp, HOST, 0)
+            port = stream.sockets[0].getsockname()[1]
+            try:
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda: _Udp(server), local_addr=(HOST, port)
+                )
+            except OSError:
+                stream.close()
+                continue
+            server.port = port
+            server.closers += [transport, stream]
+            return
+        raise OSError("no port free for both TCP and UDP")
 
     asyncio.run_coroutine_threadsafe(start(), bg.loop).result(5)
     return server
