@@ -250,3 +250,14 @@ def test_server_resolve_service_takes_ports_weights_and_backups_from_srv(
     # weights 3:1 from the records; the priority-20 record is a backup, never used here
     assert bodies.count(b"b1") == 6 and bodies.count(b"b2") == 2
     assert b3.accepted == 0
+
+
+@pytest.mark.parametrize("host", ["a..example.net", "x" * 64 + ".example.net"])
+def test_names_that_cannot_be_asked_are_host_not_found(
+    dns_: FakeDns, backend: Backend, wsgate: Factory, host: str
+) -> None:
+    gw = wsgate(conf(dns_.port, backend.port))
+    assert get(gw.port, f"/?h={host}")[0] == 502
+    gw.wait_log(r"could not be resolved \(3: Host not found\)")
+    assert dns_.queries == []
+    assert "[alert]" not in gw.errors()

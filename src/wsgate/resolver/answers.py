@@ -74,7 +74,7 @@ def read_answer(wire: bytes, query: dns.message.Message, *, tcp: bool = False) -
     """What the response ``wire`` to ``query`` means for the lookup."""
     try:
         msg = dns.message.from_wire(wire, ignore_trailing=True)
-    except dns.exception.DNSException as exc:
+    except (dns.exception.DNSException, ValueError, UnicodeError) as exc:
         kind = type(exc).__name__
         return Answer(Verdict.IGNORE, log=f"invalid DNS response ({kind})")
     flags = msg.flags

@@ -28,6 +28,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import dns.exception
 import dns.message
 import dns.rdatatype
 
@@ -267,8 +268,13 @@ class Resolver:
     ) -> Answer:
         """One question, resent to the next server every :attr:`resend` seconds until
         ``deadline`` (then :class:`ResolveError` 110)."""
-        query = make_query(name, rdtype)
-        wire = query.to_wire()
+        try:
+            query = make_query(name, rdtype)
+            wire = query.to_wire()
+        except (dns.exception.DNSException, UnicodeError, ValueError):
+            # ngx_resolver_create_name_query: a name that cannot be asked (an empty label,
+            # more than 255 bytes) is NGX_DECLINED, which nginx reports as "Host not found".
+            raise ResolveError(3) from None
         servers = self.conf.servers
         i = first
         while True:
