@@ -14,6 +14,8 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from wsgate import __version__
 from wsgate.config.loader import load
@@ -281,3 +283,20 @@ def test_sent_http_joins_repeated_fields_and_arg_with_empty_name() -> None:
     assert c.lookup("arg_l") == "42" and c.lookup("arg_") == ""
     assert is_known_variable("arg_", set()) and is_known_variable("sent_http_x", set())
     assert request_headers_read(["sent_http_cache_control"]) == {"sent:cache-control"}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_any_bytes_are_read_without_raising(data: bytes) -> None:
+    q = make_query("a.example.net", dns.rdatatype.A)
+    for tcp in (False, True):
+        assert isinstance(read_answer(data, q, tcp=tcp).verdict, Verdict)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=300))
+def test_any_evaluated_url_parses_or_gives_nginx_words(url: str) -> None:
+    try:
+        parse_target(url)
+    except TargetError as exc:
+        assert str(exc).endswith('"') and " in " in str(exc)
