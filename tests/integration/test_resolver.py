@@ -261,3 +261,30 @@ def test_names_that_cannot_be_asked_are_host_not_found(
     gw.wait_log(r"could not be resolved \(3: Host not found\)")
     assert dns_.queries == []
     assert "[alert]" not in gw.errors()
+
+
+def test_websocket_through_a_resolved_name(bg: Loop, dns_: FakeDns, wsgate: Factory) -> None:
+    b = bg.backend("ws", websocket=True)
+    dns_.zone["ws.example.net"] = Records(a=["127.0.0.1"])
+    text = f"""
+error_log logs/error.log info;
+events {{}}
+http {{
+  log_format t '$upstream_addr|$status';
+  access_log logs/access.log t;
+  map $uri $be {{ default ws.example.net; }}
+  server {{
+    listen 127.0.0.1:0;
+    location / {{
+      resolver 127.0.0.1:{dns_.port} ipv6=off;
+      proxy_pass http://$be:{b.port};
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection upgrade;
+    }}
+  }}
+}}
+"""
+    gw = wsgate(text)
+    s = ws_open(gw.port)
+    s.close()
+    assert gw.access_lines(1) == [f"127.0.0.1:{b.port}|101"]
