@@ -288,3 +288,16 @@ http {{
     s = ws_open(gw.port)
     s.close()
     assert gw.access_lines(1) == [f"127.0.0.1:{b.port}|101"]
+
+
+def test_next_upstream_walks_the_resolved_addresses(
+    dns_: FakeDns, backend: Backend, wsgate: Factory
+) -> None:
+    # neither address has a listener: each is tried once (proxy_next_upstream error), then 502
+    dns_.zone["m.example.net"] = Records(a=["127.0.0.2", "127.0.0.4"])
+    gw = wsgate(conf(dns_.port, backend.port))
+    assert get(gw.port, "/?h=m.example.net")[0] == 502
+    p = backend.port
+    uri, addrs, status, _ = gw.access_lines(1)[0].split("|")
+    assert set(addrs.split(", ")) == {f"127.0.0.2:{p}", f"127.0.0.4:{p}"} and status == "502"
+    gw.wait_log(r"connect\(\) failed \(111: Connection refused\) while connecting to upstream")
