@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FIXED_VARIABLES",
     "PREFIX_VARIABLES",
+    "CONNECTION_TIME",
     "UPSTREAM_LENGTHS",
     "RequestContext",
     "is_known_variable",
@@ -140,6 +141,8 @@ def is_known_variable(name: str, maps: frozenset[str] | set[str]) -> bool:
 #: In :func:`request_headers_read`'s answer: ``$upstream_bytes_*`` or
 #: ``$upstream_response_length`` is read (no header name has a colon).
 UPSTREAM_LENGTHS = "upstream:#lengths"
+#: In :func:`request_headers_read`'s answer: ``$connection_time`` is read.
+CONNECTION_TIME = "connection:#time"
 
 #: Built-in variables computed from request headers (see ``_GETTERS``), and those headers.
 _HEADER_VARIABLES = {
@@ -165,6 +168,8 @@ def request_headers_read(names: Iterable[str]) -> frozenset[str] | None:
             headers.add("cookie")
         elif name in ("upstream_response_length", "upstream_bytes_received", "upstream_bytes_sent"):
             headers.add(UPSTREAM_LENGTHS)
+        elif name == "connection_time":
+            headers.add(CONNECTION_TIME)
         elif name.startswith("sent_http_"):
             headers.add("sent:" + name[10:].replace("_", "-").lower())
         elif name.startswith("upstream_http_") and len(name) > 14:

@@ -25,7 +25,12 @@ from sys import intern
 from typing import TYPE_CHECKING, cast
 
 from wsgate.config.model import AccessLog, LocationSettings
-from wsgate.config.variables import UPSTREAM_LENGTHS, RequestContext, request_headers_read
+from wsgate.config.variables import (
+    CONNECTION_TIME,
+    UPSTREAM_LENGTHS,
+    RequestContext,
+    request_headers_read,
+)
 from wsgate.errors import HttpError
 from wsgate.http.body import Body, EndOfMessage
 from wsgate.http.fields import first_value
@@ -175,6 +180,8 @@ def _slim(ctx: RequestContext, settings: LocationSettings) -> RequestContext:
     ctx.upstream_times = cast("list[str]", tuple(ctx.upstream_times))
     if kept is not None and UPSTREAM_LENGTHS not in kept:
         ctx.upstream_lengths = _NO_LENGTHS
+    if kept is not None and CONNECTION_TIME not in kept:
+        ctx.connection_start = 0.0
     if ctx.sent_headers:
         ctx.sent_headers = tuple(
             (intern(n), v)
