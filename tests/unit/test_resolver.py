@@ -21,7 +21,7 @@ from wsgate import __version__
 from wsgate.config.loader import load
 from wsgate.config.model import Config
 from wsgate.config.variables import (
-    UPSTREAM_LENGTHS,
+    UPSTREAM_BYTES,
     RequestContext,
     is_known_variable,
     request_headers_read,
@@ -236,15 +236,14 @@ def test_upstream_http_request_body_and_nginx_version() -> None:
         assert is_known_variable(name, set())
 
 
-def test_upstream_lengths_one_per_try_and_kept_for_logs_that_read_them() -> None:
+def test_upstream_bytes_one_per_try_and_kept_for_logs_that_read_them() -> None:
     c = RequestContext()
     assert c.lookup("upstream_bytes_sent") == ""
-    c.upstream_lengths = [[0, 0, 0], [23, 68, 70]]
-    assert c.lookup("upstream_response_length") == "0, 23"
+    c.upstream_bytes = [[0, 0], [68, 70]]
     assert c.lookup("upstream_bytes_received") == "0, 68"
     assert c.lookup("upstream_bytes_sent") == "0, 70"
     read = request_headers_read(["upstream_bytes_sent", "upstream_http_x_len", "http_host"])
-    assert read == {UPSTREAM_LENGTHS, "upstream:x-len", "host"}
+    assert read == {UPSTREAM_BYTES, "upstream:x-len", "host"}
 
 
 def test_shared_resolved_store_crosses_fork() -> None:
@@ -274,15 +273,11 @@ def test_connection_time_counts_from_the_accept() -> None:
     assert re.fullmatch(r"\d+\.\d{3}", c.lookup("connection_time"))
 
 
-def test_sent_http_joins_repeated_fields_and_arg_with_empty_name() -> None:
+def test_prefix_variable_with_an_empty_name() -> None:
     c = RequestContext()
-    c.sent_headers = [("Cache-Control", "max-age=3600"), ("cache-control", "private")]
-    assert c.lookup("sent_http_cache_control") == "max-age=3600, private"
-    assert c.lookup("sent_http_x") == ""
     c.args = "l=42"
     assert c.lookup("arg_l") == "42" and c.lookup("arg_") == ""
-    assert is_known_variable("arg_", set()) and is_known_variable("sent_http_x", set())
-    assert request_headers_read(["sent_http_cache_control"]) == {"sent:cache-control"}
+    assert is_known_variable("arg_", set()) and is_known_variable("http_", set())
 
 
 @settings(max_examples=300, deadline=None)

@@ -29,9 +29,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FIXED_VARIABLES",
+    "CaptureLookup",
     "PREFIX_VARIABLES",
     "CONNECTION_TIME",
-    "UPSTREAM_LENGTHS",
+    "UPSTREAM_BYTES",
     "RequestContext",
     "is_known_variable",
     "request_headers_read",
@@ -86,6 +87,7 @@ FIXED_VARIABLES = (
             "upstream_addr",
             "upstream_status",
             "upstream_response_time",
+            "upstream_response_length",
             "upstream_connect_time",
             "upstream_header_time",
             "connection",
@@ -96,7 +98,6 @@ FIXED_VARIABLES = (
             "content_type",
             "remote_user",
             "connection_time",
-            "upstream_response_length",
             "upstream_bytes_received",
             "upstream_bytes_sent",
             "request_id",
@@ -125,6 +126,7 @@ PREFIX_VARIABLES = (
     "arg_",
     "cookie_",
     "sent_http_",
+    "sent_trailer_",
     "upstream_http_",
     "proxy_protocol_tlv_",
 )
@@ -138,9 +140,9 @@ def is_known_variable(name: str, maps: frozenset[str] | set[str]) -> bool:
     return any(name.startswith(p) for p in PREFIX_VARIABLES)
 
 
-#: In :func:`request_headers_read`'s answer: ``$upstream_bytes_*`` or
-#: ``$upstream_response_length`` is read (no header name has a colon).
-UPSTREAM_LENGTHS = "upstream:#lengths"
+#: In :func:`request_headers_read`'s answer: ``$upstream_bytes_received`` or
+#: ``$upstream_bytes_sent`` is read (no header name has a colon).
+UPSTREAM_BYTES = "upstream:#bytes"
 #: In :func:`request_headers_read`'s answer: ``$connection_time`` is read.
 CONNECTION_TIME = "connection:#time"
 
@@ -166,12 +168,10 @@ def request_headers_read(names: Iterable[str]) -> frozenset[str] | None:
             headers.add(name[5:].replace("_", "-").lower())
         elif name.startswith("cookie_") and len(name) > 7:
             headers.add("cookie")
-        elif name in ("upstream_response_length", "upstream_bytes_received", "upstream_bytes_sent"):
-            headers.add(UPSTREAM_LENGTHS)
+        elif name in ("upstream_bytes_received", "upstream_bytes_sent"):
+            headers.add(UPSTREAM_BYTES)
         elif name == "connection_time":
             headers.add(CONNECTION_TIME)
-        elif name.startswith("sent_http_"):
-            headers.add("sent:" + name[10:].replace("_", "-").lower())
         elif name.startswith("upstream_http_") and len(name) > 14:
             # An upstream response field, marked with a colon no request header has.
             headers.add("upstream:" + name[14:].replace("_", "-").lower())
@@ -248,6 +248,7 @@ class RequestContext:
         "upstream_started",
         "upstream_statuses",
         "upstream_times",
+        "upstream_lengths",
         "connection",
         "connection_requests",
         "pipelined",
@@ -256,10 +257,11 @@ class RequestContext:
         "tls",
         "counters",
         "upstream_headers",
-        "upstream_lengths",
+        "upstream_bytes",
         "connection_start",
-        "sent_headers",
         "limit_rate",
+        "sent_head",
+        "sent_trailer",
         "_cache",
     )
 
@@ -303,6 +305,7 @@ class RequestContext:
         self.upstream_addrs: list[str] = []
         self.upstream_statuses: list[str] = []
         self.upstream_times: list[str] = []
+        self.upstream_lengths: list[str] = []
         #: Loop time when the current try began (``$upstream_response_time`` counts from it).
         self.upstream_started = 0.0
         self.connection = connection
@@ -316,19 +319,20 @@ class RequestContext:
         self.counters: StatusCounters | None = None
         #: The upstream response's header fields (``$upstream_http_*``).
         self.upstream_headers: Sequence[tuple[str, str]] = ()
-        #: Per try: [response body bytes, bytes received, bytes sent] (nginx's
-        #: ``u->state->response_length``, ``bytes_received``, ``bytes_sent``).
-        self.upstream_lengths: list[list[int]] = []
+        #: Per try: [bytes received, bytes sent] (nginx's ``u->state->bytes_received``,
+        #: ``bytes_sent``).
+        self.upstream_bytes: list[list[int]] = []
         #: When the connection was accepted (wall clock; ``$connection_time``).
         self.connection_start = 0.0
-        #: The response's header fields as sent (``$sent_http_*``), less the ones wsgate
-        #: writes itself (``Server``, ``Date``, ``Content-Length``, ``Connection``...).
-        self.sent_headers: Sequence[tuple[str, str]] = ()
-        #: Map results computed so far, and ``$request_id``/``$request_body`` once known
-        #: (None until the first).
         #: ``r->limit_rate`` once set (``set $limit_rate``, ``X-Accel-Limit-Rate``, or the
         #: ``limit_rate`` directive read at the first write); None: not yet.
         self.limit_rate: int | None = None
+        #: The response head as sent (``$sent_http_*``; empty until then, and for a 101).
+        self.sent_head = b""
+        #: The trailer fields sent so far (``$sent_trailer_*``).
+        self.sent_trailer: Sequence[tuple[str, str]] = ()
+        #: Map results computed so far, and ``$request_id``/``$request_body`` once known
+        #: (None until the first).
         self._cache: dict[str, str] | None = None
 
     # -- helpers -----------------------------------------------------------------------------
@@ -363,12 +367,6 @@ class RequestContext:
                 if key == name:
                     return val
         return ""
-
-    def _sent(self, suffix: str) -> str:
-        """``$sent_http_*``: every field of that name, joined with ", " (nginx 1.23.0+'s
-        multi-header variables; "Cache-Control: a" and "Cache-Control: b" give "a, b")."""
-        low = suffix.replace("_", "-").lower()
-        return ", ".join(v for k, v in self.sent_headers if k.lower() == low)
 
     def invalidate(self) -> None:
         """Forget cached map results (after captures or the URI change); the request's
@@ -427,7 +425,9 @@ class RequestContext:
         if name.startswith("cookie_"):
             return self._cookie(name[7:])
         if name.startswith("sent_http_"):
-            return self._sent(name[10:])
+            return _field_value(_head_fields(self.sent_head), name[10:])
+        if name.startswith("sent_trailer_"):
+            return _field_value(self.sent_trailer, name[13:])
         if name.startswith("upstream_http_"):
             value = first_value(self.upstream_headers, name[14:].replace("_", "-"))
             return "" if value is None else value
@@ -460,17 +460,35 @@ class RequestContext:
         for regex, tpl in m.regexes:
             match = regex.search(value)
             if match is not None:
-                return tpl.render(_CaptureLookup(self, match).lookup)
+                return tpl.render(CaptureLookup(self.lookup, match).lookup)
         return m.default.render(self.lookup) if m.default is not None else ""
 
 
-class _CaptureLookup:
-    """Lookup for a map value rendered with the captures of its own regex."""
+def _head_fields(head: bytes) -> list[tuple[str, str]]:
+    """The fields of a response head (its status line left out)."""
+    out: list[tuple[str, str]] = []
+    for line in head.decode("latin-1").split("\r\n")[1:]:
+        name, sep, value = line.partition(": ")
+        if sep:
+            out.append((name, value))
+    return out
 
-    __slots__ = ("ctx", "match")
 
-    def __init__(self, ctx: RequestContext, match: re.Match[str]) -> None:
-        self.ctx = ctx
+def _field_value(fields: Iterable[tuple[str, str]], suffix: str) -> str:
+    """``ngx_http_variable_unknown_header``: the fields whose name, lowercased with ``-``
+    as ``_``, is ``suffix``, their values joined with ", "."""
+    return ", ".join(v for k, v in fields if k.lower().replace("-", "_") == suffix)
+
+
+class CaptureLookup:
+    """Lookup for a value rendered with the captures of its own regex (a map's, a
+    ``proxy_redirect``'s): ``$1``.. and named captures from ``match``, other variables from
+    ``outer``."""
+
+    __slots__ = ("outer", "match")
+
+    def __init__(self, outer: Callable[[str], str], match: re.Match[str]) -> None:
+        self.outer = outer
         self.match = match
 
     def lookup(self, name: str) -> str:
@@ -479,7 +497,7 @@ class _CaptureLookup:
             return (self.match.group(i) or "") if i <= (self.match.re.groups or 0) else ""
         if name in self.match.re.groupindex:
             return self.match.group(name) or ""
-        return self.ctx.lookup(name)
+        return self.outer(name)
 
 
 def _xff(c: RequestContext) -> str:
@@ -507,10 +525,10 @@ def _binary_remote_addr(c: RequestContext) -> str:
         return ""
 
 
-def _lengths(c: RequestContext, i: int) -> str:
-    """``$upstream_response_length`` (0), ``_bytes_received`` (1), ``_bytes_sent`` (2): one
-    number per try, comma-separated like ``$upstream_addr``."""
-    return ", ".join(str(t[i]) for t in c.upstream_lengths)
+def _bytes(c: RequestContext, i: int) -> str:
+    """``$upstream_bytes_received`` (0) and ``_sent`` (1): one number per try,
+    comma-separated like ``$upstream_addr``."""
+    return ", ".join(str(t[i]) for t in c.upstream_bytes)
 
 
 def _host(c: RequestContext) -> str:
@@ -576,9 +594,9 @@ _GETTERS: dict[str, Callable[[RequestContext], str]] = {
     "upstream_addr": lambda c: ", ".join(c.upstream_addrs),
     "upstream_status": lambda c: ", ".join(c.upstream_statuses),
     "upstream_response_time": lambda c: ", ".join(c.upstream_times),
-    "upstream_response_length": lambda c: _lengths(c, 0),
-    "upstream_bytes_received": lambda c: _lengths(c, 1),
-    "upstream_bytes_sent": lambda c: _lengths(c, 2),
+    "upstream_response_length": lambda c: ", ".join(c.upstream_lengths),
+    "upstream_bytes_received": lambda c: _bytes(c, 0),
+    "upstream_bytes_sent": lambda c: _bytes(c, 1),
     "connection": lambda c: str(c.connection),
     "connection_requests": lambda c: str(c.connection_requests),
     # "connection time in seconds with a milliseconds resolution (1.19.10)"

@@ -20,6 +20,7 @@ from wsgate.config.directives import (
     other,
     proxy,
     realip,
+    redirects,
     resolver,
     ssl,
     upstream,
@@ -39,6 +40,7 @@ _err = config_error
 ENTRIES: tuple[Directive, ...] = (
     *core.ENTRIES,
     *proxy.ENTRIES,
+    *redirects.ENTRIES,
     *headers.ENTRIES,
     *limits.ENTRIES,
     *realip.ENTRIES,
