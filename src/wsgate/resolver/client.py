@@ -113,7 +113,6 @@ class Resolver:
         #: name -> (answer, loop time of its last use), least recently used first.
         self._cache: OrderedDict[str, tuple[Resolved, float]] = OrderedDict()
         self._pending: dict[str, asyncio.Task[Resolved]] = {}
-        self._tasks: set[asyncio.Task[object]] = set()
 
     # -- public -------------------------------------------------------------------------------
     async def resolve(self, name: str, timeout: float) -> tuple[str, ...]:
@@ -191,11 +190,6 @@ class Resolver:
             expires = min(expires, got.expires)
             found += [Service(a, port, weight, priority != lowest, target) for a in got.addresses]
         return tuple(found), expires
-
-    def close(self) -> None:
-        """Cancel the queries in flight (the worker stops or the configuration changed)."""
-        for task in list(self._pending.values()):
-            task.cancel()
 
     # -- internals ----------------------------------------------------------------------------
     def _done(self, key: str, task: asyncio.Task[Resolved]) -> None:

@@ -275,8 +275,7 @@ class Gateway:
         found = self.resolvers.get(conf)
         if found is None:
             if self._resolvers_for is not self.config:
-                for old in self.resolvers.values():
-                    old.close()
+                # Queries in flight finish for the requests of the old configuration.
                 self.resolvers.clear()
                 self._resolvers_for = self.config
             found = self.resolvers[conf] = Resolver(conf, self.loop, self.error_log.log)
@@ -516,6 +515,7 @@ class Gateway:
         self.resolving.stop()
 
     def _new_resolving(self) -> UpstreamResolving:
+        """The ``server ... resolve`` timers of the current configuration (not started)."""
         return UpstreamResolving(
             self.loop,
             self._upstream_resolver,

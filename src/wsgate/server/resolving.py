@@ -65,9 +65,9 @@ class UpstreamResolving:
 
     def start(self, config: Config) -> None:
         for up in config.http.upstreams.values():
-            for i, server in enumerate(up.servers):
+            for server in up.servers:
                 if server.resolve:
-                    task = self.loop.create_task(self._watch(up, i, server))
+                    task = self.loop.create_task(self._watch(up, server))
                     self._tasks.append(task)
                     if self._registry is not None:
                         self._registry.add(task)
@@ -97,7 +97,8 @@ class UpstreamResolving:
             out.extend(_peer(server, item) for item in found)
         return out
 
-    async def _watch(self, up: Upstream, index: int, server: UpstreamServer) -> None:
+    async def _watch(self, up: Upstream, server: UpstreamServer) -> None:
+        """Resolve ``server``'s name now and again after each answer expires."""
         resolver = self._resolver(up)
         timeout = up.resolver_timeout if up.resolver_timeout is not None else 30.0
         retry = max(timeout, 1.0)
