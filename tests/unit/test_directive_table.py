@@ -48,6 +48,7 @@ SAMPLES: dict[str, tuple[str, str]] = {
     "deny": ("192.0.2.1", "unix:"),
     "set_real_ip_from": ("10.0.0.0/8", "unix:"),
     "real_ip_header": ("X-Forwarded-For", "proxy_protocol"),
+    "resolver": ("127.0.0.1", "127.0.0.2:5353 valid=10s"),
     "stub_status": ("", "on"),
     "prometheus": ("", ""),
     "proxy_pass": ("http://127.0.0.1:1", "http://127.0.0.1:2/x"),
@@ -107,6 +108,7 @@ SAMPLES: dict[str, tuple[str, str]] = {
     "auth_request": ("/auth", "/auth2"),
     "auth_request_set": ("$a $upstream_http_x", "$b b"),
     "satisfy": ("any", "all"),
+    "zone": ("z", "z2 64k"),
 }
 #: A bad argument list and nginx's words, for each directive whose parser is its own; ``None``
 #: for a parser that takes any value.
@@ -127,6 +129,7 @@ BAD: dict[str, tuple[str, str] | None] = {
     "deny": ("nowhere", 'invalid parameter "nowhere"'),
     "set_real_ip_from": ("10.0.0.0/33", 'host not found in set_real_ip_from "10.0.0.0/33"'),
     "real_ip_header": None,
+    "resolver": ("127.0.0.1 ipv4=off ipv6=off", '"ipv4" and "ipv6" cannot both be "off"'),
     "stub_status": ("off", 'invalid value "off" in "stub_status" directive'),
     "prometheus": None,
     "proxy_pass": ("ftp://x", 'invalid URL prefix in "ftp://x"'),
@@ -186,6 +189,7 @@ BAD: dict[str, tuple[str, str] | None] = {
     "auth_request": None,
     "auth_request_set": ("a b", 'invalid variable name "a"'),
     "satisfy": ("some", 'invalid value "some"'),
+    "zone": ("z 0", 'invalid zone size "0"'),
 }
 _GENERIC = {"flag", "time", "size", "number"}
 

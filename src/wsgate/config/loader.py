@@ -37,7 +37,7 @@ from wsgate.config.model import (
 from wsgate.config.parse import Stmt, parse_file, parse_globals
 from wsgate.config.table import HTTP, LOCATION, MAIN, SERVER, UPSTREAM, Directive, Kind
 from wsgate.config.template import Template, TemplateError, compile_template
-from wsgate.config.upstream import build_upstream
+from wsgate.config.upstream import build_upstream, finish_upstream
 from wsgate.config.values import (
     check_default_servers,
     config_error,
@@ -175,8 +175,12 @@ class Loader:
         self.log_formats["json"] = LogFormat(
             "json", self.template(JSON_FORMAT, http.src), "json", builtin=True
         )
-        servers = tuple(self.read(http.block or [], HTTP, Level(self, None)))
+        http_level = Level(self, None)
+        servers = tuple(self.read(http.block or [], HTTP, http_level))
         check_default_servers(servers)
+        here = http_level.collect(LocationSettings)
+        for name, up in self.upstreams.items():
+            self.upstreams[name] = finish_upstream(up, here["resolver"], here["resolver_timeout"])
         return HttpConfig(
             servers=servers,
             upstreams=dict(self.upstreams),

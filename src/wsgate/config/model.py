@@ -27,6 +27,7 @@ __all__ = [
     "ErrorLog",
     "Expires",
     "HeaderSetting",
+    "Resolver",
     "HealthCheck",
     "HttpConfig",
     "LimitConn",
@@ -219,6 +220,11 @@ class UpstreamServer:
     backup: bool = False
     down: bool = False
     source: Source | None = None
+    #: ``resolve``: the name is resolved again while running (nginx 1.27.3+); ``host`` is
+    #: then the name and ``port`` the port every address gets.
+    resolve: bool = False
+    #: ``service=NAME``: SRV records ``_NAME._tcp.HOST`` give the addresses, ports and weights.
+    service: str = ""
 
     @property
     def is_unix(self) -> bool:
@@ -268,6 +274,29 @@ class Upstream:
     keepalive_timeout: float = 60.0
     keepalive_time: float = 3600.0
     health_check: HealthCheck | None = None
+    #: ``zone NAME [SIZE]``: the name (``""``: none).  ``server ... resolve`` requires one.
+    zone: str = ""
+    #: ``resolver``/``resolver_timeout`` in the block, else the ``http`` level's (1.27.3+).
+    resolver: Resolver | None = None
+    #: None until the loader gives it the ``http`` level's (``ngx_conf_merge_msec_value``).
+    resolver_timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Resolver:
+    """``resolver ADDRESS ... [valid=TIME] [ipv4=on|off] [ipv6=on|off]``
+    (https://nginx.org/en/docs/http/ngx_http_core_module.html#resolver).
+
+    ``servers`` are the name servers' (address, port) pairs, in order; ``valid`` overrides
+    the answers' TTL when not None.  Two ``resolver`` lines are two resolvers with their own
+    caches even when they read alike, as in nginx (``source`` tells them apart).
+    """
+
+    servers: tuple[tuple[str, int], ...]
+    valid: float | None = None
+    ipv4: bool = True
+    ipv6: bool = True
+    source: Source | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -478,6 +507,8 @@ class LocationSettings:
     proxy_http_version: str = "1.1"
     #: ``proxy_pass_request_body``: off sends no body (the client's is discarded).
     proxy_pass_request_body: bool = True
+    resolver: Resolver | None = None
+    resolver_timeout: float = 30.0
     #: The explicit ``proxy_set_header`` list of the level that had any (all-or-nothing
     #: inheritance); the built-in defaults are added when the request is built.
     proxy_set_headers: tuple[HeaderSetting, ...] = ()

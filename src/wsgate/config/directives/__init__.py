@@ -22,6 +22,7 @@ from wsgate.config.directives import (
     proxy,
     realip,
     redirects,
+    resolver,
     ssl,
     upstream,
 )
@@ -45,6 +46,7 @@ ENTRIES: tuple[Directive, ...] = (
     *limits.ENTRIES,
     *realip.ENTRIES,
     *auth.ENTRIES,
+    *resolver.ENTRIES,
     *ssl.ENTRIES,
     *upstream.ENTRIES,
     *other.ENTRIES,
