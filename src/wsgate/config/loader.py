@@ -19,6 +19,7 @@ from wsgate.config.directives import TABLE, find
 from wsgate.config.level import Level, parse_default
 from wsgate.config.model import (
     Config,
+    DocRoot,
     HttpConfig,
     LimitConnZone,
     LimitReqZone,
@@ -311,7 +312,12 @@ class Loader:
         proxy_ssl = SslUpstream()
         if ssl_src is not None:
             proxy_ssl = tls.build_ssl_upstream(level.collect(SslUpstream), ssl_src)
-        return LocationSettings(proxy_ssl=proxy_ssl, **level.collect(LocationSettings))
+        fields = level.collect(LocationSettings)
+        if fields["root"] is None:
+            # "Default: root html;", under the prefix.
+            html = os.path.join(self.prefix, "html")
+            fields["root"] = DocRoot(Template(html, (html,)), self.prefix)
+        return LocationSettings(proxy_ssl=proxy_ssl, **fields)
 
     def load_location(self, s: Stmt, parent: Level) -> Location:
         args = s.args

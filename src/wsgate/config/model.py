@@ -21,6 +21,7 @@ __all__ = [
     "AccessRule",
     "AddHeader",
     "Config",
+    "DocRoot",
     "ErrorLog",
     "Expires",
     "HeaderSetting",
@@ -35,6 +36,7 @@ __all__ = [
     "LocationSettings",
     "LogFormat",
     "MapBlock",
+    "MimeTypes",
     "Network",
     "ProxyPass",
     "Return",
@@ -43,6 +45,7 @@ __all__ = [
     "SslServer",
     "SslUpstream",
     "Source",
+    "TryFiles",
     "Upstream",
     "UpstreamServer",
 ]
@@ -406,6 +409,45 @@ class Return:
 
 
 @dataclass(frozen=True, slots=True)
+class DocRoot:
+    """``root PATH`` or ``alias PATH`` (ngx_http_core_module), as the location in force has it.
+
+    ``path`` is made absolute against the prefix when it has no variables (nginx's
+    ``ngx_get_full_name`` at load time); with variables the rendered value is made absolute per
+    request against ``prefix``.  For ``alias``, ``alias_len`` is how much of ``$uri`` the alias
+    replaces: the length of the prefix location's name it was written in (nested locations
+    inherit it with the alias, as nginx's ``clcf->alias``), or ``-1`` in a regular-expression
+    location, where the alias is the whole file name ("If alias is used inside a location
+    defined with a regular expression then such regular expression should contain captures and
+    alias should refer to these captures")."""
+
+    path: Template
+    prefix: str = ""
+    alias: bool = False
+    alias_len: int = 0
+    source: Source | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MimeTypes:
+    """``types { TYPE EXT ...; }``: extension (lowercased) → MIME type."""
+
+    by_ext: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TryFiles:
+    """``try_files file ... uri | =code``: the files to test (a trailing ``/`` tests a
+    directory), then the fallback: an internal redirect to a URI, a ``@named`` location, or
+    ``=code``."""
+
+    files: tuple[Template, ...]
+    fallback: Template
+    code: int | None = None
+    source: Source | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class LocationSettings:
     """The effective per-location settings after nginx's http → server → location merge.
 
@@ -471,6 +513,30 @@ class LocationSettings:
     #: or another header's name).
     real_ip_header: str = "X-Real-IP"
     real_ip_recursive: bool = False
+    # -- static files (ngx_http_core_module, static, index, autoindex) --------------------------
+    #: ``root``/``alias`` (None: ``root html``, under the prefix; the loader fills it in).
+    root: DocRoot | None = None
+    #: ``index`` names (default ``index.html``; all-or-nothing).
+    index: tuple[Template, ...] = (Template("index.html", ("index.html",)),)
+    #: ``try_files`` of this location (not inherited).
+    try_files: TryFiles | None = None
+    #: ``types`` (default nginx's three: html, gif, jpg), ``default_type``.
+    types: MimeTypes | None = None
+    default_type: str = "text/plain"
+    etag: bool = True
+    #: ``if_modified_since off | exact | before``.
+    if_modified_since: str = "exact"
+    #: ``max_ranges`` (None: unlimited; 0 disables ranges).
+    max_ranges: int | None = None
+    log_not_found: bool = True
+    autoindex: bool = False
+    autoindex_exact_size: bool = True
+    autoindex_localtime: bool = False
+    autoindex_format: str = "html"
+    #: ``disable_symlinks off | on | if_not_owner`` and its ``from=`` (a template, or None).
+    disable_symlinks: tuple[str, Template | None] = ("off", None)
+    sendfile: bool = False
+    sendfile_max_chunk: int = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
