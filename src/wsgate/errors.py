@@ -43,7 +43,11 @@ class HttpError(WsgateError):
     ``log`` is the INFO-level message nginx writes, e.g. ``client sent invalid header line``.
     """
 
-    def __init__(self, status: int, log: str = "") -> None:
+    def __init__(
+        self, status: int, log: str = "", headers: tuple[tuple[str, str], ...] = ()
+    ) -> None:
         self.status = status
         self.log = log
+        #: Fields the error page carries besides nginx's own (416's ``Content-Range``).
+        self.headers = headers
         super().__init__(f"{status} {log}".strip())

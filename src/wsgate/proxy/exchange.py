@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from wsgate.config.model import LocationSettings
 from wsgate.config.variables import RequestContext
+from wsgate.content.sender import send_file
 from wsgate.errors import HttpError
 from wsgate.http.headers import BodyFraming, build_client_response_head, for_version, http_date
 from wsgate.http.headers_filter import filter_headers
@@ -35,6 +36,7 @@ from wsgate.http.phases import (
     run,
 )
 from wsgate.http.request import RequestHead
+from wsgate.http.static import FileResponse
 from wsgate.observability.metrics import CONTENT_TYPE, location_label
 from wsgate.observability.status import stub_status_page
 from wsgate.proxy.proxying import Proxying
@@ -145,6 +147,8 @@ class Exchange:
             return self.plain(200, metrics.exposition(), CONTENT_TYPE)
         if decision is Content.PROXY:
             return await Proxying(self).run()
+        if isinstance(decision, FileResponse):
+            return await send_file(self, decision)
         raise AssertionError(f"no response for {decision!r}")  # pragma: no cover
 
     # -- responses made here -------------------------------------------------------------------
@@ -236,6 +240,8 @@ def write_error(
         _, added = filter_headers(
             ctx.status, [], settings.add_headers, settings.expires, ctx.lookup, now
         )
+        # The range filter's 416 names the size it could not satisfy.
+        added = [*exc.headers, *added]
         data = error_response(
             exc.status,
             server_tokens=settings.server_tokens,

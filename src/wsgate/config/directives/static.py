@@ -57,10 +57,14 @@ def _root(s: Stmt, level: Level) -> DocRoot:
     if text.endswith("/") and text != "/" and not alias:
         # nginx trims one trailing slash of root ("if (clcf->root.data[len - 1] == '/')").
         text = text[:-1]
-    tpl = level.loader.template(text, s.src)
+    for var in ("document_root", "realpath_root"):
+        if f"${var}" in text or f"${{{var}}}" in text:
+            raise _err(f'the ${var} variable cannot be used in the "{s.name}" directive', s.src)
     prefix = level.loader.prefix
-    if tpl.is_static and not os.path.isabs(text):
-        tpl = level.loader.template(os.path.join(prefix, text), s.src)
+    if not text.startswith("$") and not os.path.isabs(text):
+        # ngx_conf_full_name: a value not starting with a variable is under the prefix.
+        text = os.path.join(prefix, text)
+    tpl = level.loader.template(text, s.src)
     alias_len = 0
     if alias and loc is not None:
         alias_len = -1 if loc.is_regex else len(loc.name)
@@ -219,9 +223,7 @@ ENTRIES: tuple[Directive, ...] = (
     ),
     _setting("default_type", lambda s, level: s.args[0], "default_type", "text/plain", "mime-type"),
     _setting("etag", flag, "etag", "on"),
-    _setting(
-        "if_modified_since", enum_("off", "exact", "before"), "if_modified_since", "exact"
-    ),
+    _setting("if_modified_since", enum_("off", "exact", "before"), "if_modified_since", "exact"),
     Directive(
         "max_ranges",
         HSL,

@@ -1,0 +1,183 @@
+"""Sending a file response: the head, then the file's bytes with the kernel's ``sendfile``.
+
+A :class:`~wsgate.http.static.FileResponse` is all decided (status, headers, which bytes of
+the open file, in which order); this module writes it to the front connection and closes the
+file.  A file is never read into memory whole:
+
+- ``sendfile on`` on a plain TCP connection: ``os.sendfile`` from the file to the socket,
+  at most ``sendfile_max_chunk`` per call, waiting for the socket to be writable through the
+  event loop when the kernel's buffer is full.  The transport's own buffer must be empty
+  first (the head, the multipart boundaries go through it), so the bytes stay in order; the
+  writability wait uses a duplicate of the socket's descriptor, because uvloop refuses
+  ``add_writer`` on a descriptor its transport owns.
+- ``sendfile off``, TLS, or a transport without a socket: ``os.pread`` of one chunk
+  (``sendfile_max_chunk``, at most 256 KiB) at a time, written through the transport with
+  its flow control (``drain``), as nginx's ``output_buffers`` do.
+
+A file that shrinks while it is sent ends the response early and closes the connection, with
+nginx's ``[alert] ... was truncated`` replaced by an ``[error]`` line (a client cannot cause
+it); a client that goes away ends it quietly (status 499 is not logged for a response
+already started, as nginx logs the status it sent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from typing import TYPE_CHECKING
+
+from wsgate.http.headers import BodyFraming, build_client_response_head, for_version, http_date
+from wsgate.http.headers_filter import filter_headers
+from wsgate.http.pages import STATUS_LINES
+from wsgate.http.static import FileResponse
+from wsgate.proxy.endpoint import Endpoint, PeerClosed
+
+if TYPE_CHECKING:
+    from wsgate.proxy.exchange import Exchange, Outcome
+
+__all__ = ["send_file"]
+
+#: The most one ``pread`` takes (nginx's default ``output_buffers 2 32k`` is smaller; a larger
+#: chunk costs fewer loop turns and stays bounded).
+READ_CHUNK = 256 * 1024
+#: Only Server and Date of wsgate's own are decided by the head builder.
+_HIDDEN = frozenset({"server", "date", "connection", "keep-alive", "transfer-encoding"})
+
+
+class Truncated(OSError):
+    """The file ended before the bytes its response announced."""
+
+
+async def send_file(ex: Exchange, resp: FileResponse) -> Outcome:
+    """Write ``resp`` to the exchange's client and log the request; returns (keep the
+    connection, keepalive_timeout)."""
+    front, head, r = ex.front, ex.head, ex.r
+    settings, ctx = r.settings, r.ctx
+    keep = head.keep_alive
+    try:
+        status = resp.status
+        ctx.status = status
+        now = time.time()
+        headers, added = filter_headers(
+            status, resp.headers, settings.add_headers, settings.expires, ctx.lookup, now
+        )
+        framing = BodyFraming.none() if status == 304 else BodyFraming.content_length(resp.length)
+        out = build_client_response_head(
+            status,
+            STATUS_LINES.get(status, ""),
+            headers,
+            server_tokens=settings.server_tokens,
+            date=http_date(now),
+            framing=framing,
+            keep_alive=keep,
+            keepalive_header=settings.keepalive_header,
+            added=added,
+            hidden=_HIDDEN,
+        )
+        out = for_version(head.version, out)
+        ep = front.ep
+        ep.write(out)
+        ctx.bytes_sent = len(out)
+        if head.method != "HEAD" and status != 304:
+            chunk = settings.sendfile_max_chunk or 0
+            for part in resp.parts:
+                if isinstance(part, bytes):
+                    ep.write(part)
+                    sent = len(part)
+                else:
+                    offset, count = part
+                    sent = await _send_range(ep, resp.fd, offset, count, settings.sendfile, chunk)
+                ctx.bytes_sent += sent
+                ctx.body_bytes_sent += sent
+            await ep.drain()
+    except Truncated as exc:
+        r.log("error", f'"{resp.path}" was truncated while it was sent ({exc})')
+        keep = False
+    except (PeerClosed, ConnectionError):
+        keep = False
+    finally:
+        os.close(resp.fd)
+    ex.log()
+    return keep, settings.keepalive_timeout
+
+
+def _socket_fd(ep: Endpoint) -> int | None:
+    """The TCP socket under ``ep``'s transport, if bytes may go to it directly (not TLS)."""
+    transport = ep.transport
+    if transport is None or transport.get_extra_info("sslcontext") is not None:
+        return None
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
+        return None
+    try:
+        fd: int = sock.fileno()
+    except OSError:
+        return None
+    return fd if fd >= 0 else None
+
+
+async def _send_range(
+    ep: Endpoint, fd: int, offset: int, count: int, use_sendfile: bool, max_chunk: int
+) -> int:
+    """``count`` bytes of ``fd`` from ``offset`` to the client; returns how many went."""
+    sock_fd = _socket_fd(ep) if use_sendfile else None
+    if sock_fd is None:
+        return await _pread_loop(ep, fd, offset, count, max_chunk)
+    loop = asyncio.get_running_loop()
+    # The transport must have written everything it holds before the kernel sends the file.
+    await ep.drain()
+    transport = ep.transport
+    assert transport is not None
+    if transport.get_write_buffer_size():
+        return await _pread_loop(ep, fd, offset, count, max_chunk)
+    watch = os.dup(sock_fd)
+    sent = 0
+    try:
+        while sent < count:
+            if ep.closed:
+                raise PeerClosed("connection lost")
+            size = count - sent if not max_chunk else min(count - sent, max_chunk)
+            try:
+                n = os.sendfile(sock_fd, fd, offset + sent, size)
+            except BlockingIOError:
+                await _writable(loop, watch)
+                continue
+            if n == 0:
+                raise Truncated(f"{sent} of {count} bytes")
+            sent += n
+            if max_chunk and sent < count:
+                # sendfile_max_chunk: "prevents one fast connection from seizing the
+                # worker process entirely".
+                await asyncio.sleep(0)
+    finally:
+        os.close(watch)
+    return sent
+
+
+async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def ready() -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    loop.add_writer(fd, ready)
+    try:
+        await waiter
+    finally:
+        loop.remove_writer(fd)
+
+
+async def _pread_loop(ep: Endpoint, fd: int, offset: int, count: int, max_chunk: int) -> int:
+    step = min(max_chunk, READ_CHUNK) if max_chunk else READ_CHUNK
+    sent = 0
+    while sent < count:
+        data = os.pread(fd, min(step, count - sent), offset + sent)
+        if not data:
+            raise Truncated(f"{sent} of {count} bytes")
+        ep.write(data)
+        sent += len(data)
+        await ep.drain()
+    return sent
