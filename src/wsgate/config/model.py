@@ -537,6 +537,21 @@ class LocationSettings:
     disable_symlinks: tuple[str, Template | None] = ("off", None)
     sendfile: bool = False
     sendfile_max_chunk: int = 2 * 1024 * 1024
+    # -- ngx_http_charset_module --------------------------------------------------------------
+    #: ``charset`` (None: ``off``), ``source_charset``, ``override_charset``, ``charset_types``.
+    charset: Template | None = None
+    source_charset: str | None = None
+    override_charset: bool = False
+    charset_types: tuple[str, ...] = (
+        "text/html",
+        "text/xml",
+        "text/plain",
+        "text/vnd.wap.wml",
+        "application/javascript",
+        "application/rss+xml",
+    )
+    #: Every ``charset_map`` of ``http``: (from, to), lowercased → a 256-byte table.
+    charset_maps: dict[tuple[str, str], bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

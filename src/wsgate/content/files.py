@@ -30,6 +30,7 @@ from wsgate.config.model import LocationSettings
 from wsgate.config.variables import RequestContext
 from wsgate.errors import HttpError
 from wsgate.http import autoindex
+from wsgate.http.charset import apply_charset, split_charset
 from wsgate.http.headers import http_date
 from wsgate.http.static import (
     NOT_SATISFIABLE,
@@ -294,11 +295,19 @@ def _listing(settings: LocationSettings, ctx: RequestContext, log: Log) -> Listi
                 )
     finally:
         os.close(fd)
-    body, ctype = autoindex.render(
-        settings.autoindex_format,
+    # The charset filter runs when the head is sent, before the page is made: the page
+    # counts characters when the response is utf-8 (nginx reads r->headers_out.charset).
+    fmt = settings.autoindex_format
+    fmt_type = {"json": "application/json", "xml": "text/xml; charset=utf-8"}.get(fmt, "text/html")
+    if fmt == "jsonp" and callback:
+        fmt_type = "application/javascript"
+    ctype, _ = apply_charset(settings, fmt_type, ctx.lookup, log)
+    assert ctype is not None
+    body, _ = autoindex.render(
+        fmt,
         ctx.uri,
         autoindex.sort(entries),
-        utf8=False,
+        utf8=split_charset(ctype)[1].lower() == "utf-8",
         exact_size=settings.autoindex_exact_size,
         localtime=settings.autoindex_localtime,
         callback=callback,
@@ -353,19 +362,25 @@ def serve(
             raise HttpError(404)
         if method == "POST":
             raise HttpError(405)
-        return _response(settings, ctx, fd, st, path)
+        return _response(settings, ctx, fd, st, path, log)
     except BaseException:
         os.close(fd)
         raise
 
 
 def _response(
-    settings: LocationSettings, ctx: RequestContext, fd: int, st: os.stat_result, path: str
+    settings: LocationSettings,
+    ctx: RequestContext,
+    fd: int,
+    st: os.stat_result,
+    path: str,
+    log: Log,
 ) -> FileResponse:
     """The static handler's 200, through the not_modified and range filters."""
     mtime, size = int(st.st_mtime), st.st_size
     etag = etag_for(mtime, size) if settings.etag else None
-    ctype = content_type(settings, ctx.uri)
+    ctype, recode = apply_charset(settings, content_type(settings, ctx.uri), ctx.lookup, log)
+    assert ctype is not None
     headers = [("Content-Type", ctype), ("Last-Modified", http_date(mtime))]
     if etag is not None:
         headers.append(("ETag", etag))
@@ -375,6 +390,23 @@ def _response(
     if status == 304:
         # "not modified": no type, no length, no Accept-Ranges.
         return FileResponse(304, fd, headers[1:], -1, [], path)
+    resp = _ranged(settings, ctx, fd, headers, size, etag, mtime, ctype, path)
+    resp.recode = recode
+    return resp
+
+
+def _ranged(
+    settings: LocationSettings,
+    ctx: RequestContext,
+    fd: int,
+    headers: list[tuple[str, str]],
+    size: int,
+    etag: str | None,
+    mtime: int,
+    ctype: str,
+    path: str,
+) -> FileResponse:
+    """The range filter: 206 (one range, or ``multipart/byteranges``), 416, or the 200."""
     spec = range_applies(settings, ctx.headers, etag, mtime) if ctx.version != "0.9" else None
     ranges = parse_ranges(spec, size, settings.max_ranges) if spec is not None else None
     if ranges == NOT_SATISFIABLE:

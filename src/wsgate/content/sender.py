@@ -88,7 +88,12 @@ async def send_file(ex: Exchange, resp: FileResponse) -> Outcome:
                     sent = len(part)
                 else:
                     offset, count = part
-                    sent = await _send_range(ep, resp.fd, offset, count, settings.sendfile, chunk)
+                    if resp.recode is not None:
+                        sent = await _pread_loop(ep, resp.fd, offset, count, chunk, resp.recode)
+                    else:
+                        sent = await _send_range(
+                            ep, resp.fd, offset, count, settings.sendfile, chunk
+                        )
                 ctx.bytes_sent += sent
                 ctx.body_bytes_sent += sent
             await ep.drain()
@@ -170,14 +175,17 @@ async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
         loop.remove_writer(fd)
 
 
-async def _pread_loop(ep: Endpoint, fd: int, offset: int, count: int, max_chunk: int) -> int:
+async def _pread_loop(
+    ep: Endpoint, fd: int, offset: int, count: int, max_chunk: int, recode: bytes | None = None
+) -> int:
+    """``count`` bytes of ``fd`` read one chunk at a time (converted by ``recode``)."""
     step = min(max_chunk, READ_CHUNK) if max_chunk else READ_CHUNK
     sent = 0
     while sent < count:
         data = os.pread(fd, min(step, count - sent), offset + sent)
         if not data:
             raise Truncated(f"{sent} of {count} bytes")
-        ep.write(data)
+        ep.write(data if recode is None else data.translate(recode))
         sent += len(data)
         await ep.drain()
     return sent

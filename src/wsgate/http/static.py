@@ -318,3 +318,5 @@ class FileResponse:
     length: int
     parts: list[bytes | tuple[int, int]] = field(default_factory=list)
     path: str = ""
+    #: The charset filter's byte table (``charset`` with ``source_charset``), or None.
+    recode: bytes | None = None

@@ -20,6 +20,7 @@ from wsgate.config.model import LocationSettings
 from wsgate.config.variables import RequestContext
 from wsgate.content.sender import send_file
 from wsgate.errors import HttpError
+from wsgate.http.charset import apply_charset
 from wsgate.http.headers import BodyFraming, build_client_response_head, for_version, http_date
 from wsgate.http.headers_filter import filter_headers
 from wsgate.http.pages import STATUS_LINES, closes_connection, error_response
@@ -179,6 +180,10 @@ class Exchange:
 
     def plain(self, status: int, body: bytes, ctype: str | None) -> Outcome:
         head, settings, ctx = self.head, self.r.settings, self.r.ctx
+        if settings.charset is not None:
+            ctype, recode = apply_charset(settings, ctype, ctx.lookup, self.r.log)
+            if recode is not None:
+                body = body.translate(recode)
         headers = [("Content-Type", ctype)] if ctype else []
         ctx.status = status
         now = time.time()

@@ -28,6 +28,7 @@ from wsgate.config.model import AccessLog, LocationSettings
 from wsgate.config.variables import RequestContext, request_headers_read
 from wsgate.errors import HttpError
 from wsgate.http.body import Body, EndOfMessage
+from wsgate.http.charset import proxied_charset
 from wsgate.http.framing import client_framing
 from wsgate.http.headers import (
     LAST_CHUNK,
@@ -198,6 +199,8 @@ async def relay_response(
     ctx.status = resp.status
     hidden = hidden_fields(settings.proxy_hide_headers, settings.proxy_pass_headers)
     headers = visible_fields(resp.headers, hidden)
+    if settings.charset is not None:
+        headers = proxied_charset(settings, headers, ctx.lookup, ex.r.log)
     now = time.time()
     headers, added = filter_headers(
         resp.status, headers, settings.add_headers, settings.expires, ctx.lookup, now

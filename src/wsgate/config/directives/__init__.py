@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from wsgate.config.directives import (
+    charset,
     core,
     headers,
     limits,
@@ -41,6 +42,7 @@ ENTRIES: tuple[Directive, ...] = (
     *proxy.ENTRIES,
     *headers.ENTRIES,
     *static.ENTRIES,
+    *charset.ENTRIES,
     *limits.ENTRIES,
     *realip.ENTRIES,
     *ssl.ENTRIES,
