@@ -32,6 +32,7 @@ from wsgate.errors import HttpError
 from wsgate.http import autoindex
 from wsgate.http.charset import apply_charset, split_charset
 from wsgate.http.headers import http_date
+from wsgate.http.headers_filter import add_headers
 from wsgate.http.static import (
     NOT_SATISFIABLE,
     FileResponse,
@@ -40,6 +41,7 @@ from wsgate.http.static import (
     map_uri_to_path,
     multipart,
     not_modified,
+    parse_http_time,
     parse_ranges,
     range_applies,
     root_path,
@@ -406,7 +408,16 @@ def _ranged(
     ctype: str,
     path: str,
 ) -> FileResponse:
-    """The range filter: 206 (one range, or ``multipart/byteranges``), 416, or the 200."""
+    """The range filter: 206 (one range, or ``multipart/byteranges``), 416, or the 200.
+    nginx runs it after the headers filter: ``If-Range`` is compared with the
+    ``Last-Modified`` and ``ETag`` an ``add_header`` may have replaced or removed."""
+    if settings.add_headers:
+        fields, added = add_headers(200, headers, settings.add_headers, ctx.lookup)
+        final = dict((k.lower(), v) for k, v in [*fields, *added])
+        etag = final.get("etag")
+        modified = final.get("last-modified")
+        if modified != headers[1][1]:
+            mtime = -1 if modified is None else parse_http_time(modified)
     spec = range_applies(settings, ctx.headers, etag, mtime) if ctx.version != "0.9" else None
     ranges = parse_ranges(spec, size, settings.max_ranges) if spec is not None else None
     if ranges == NOT_SATISFIABLE:
