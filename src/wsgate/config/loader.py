@@ -319,21 +319,6 @@ class Loader:
             # "Default: root html;", under the prefix.
             html = os.path.join(self.prefix, "html")
             fields["root"] = DocRoot(Template(html, (html,)), self.prefix)
-        if fields["proxy_pass"] is not None and fields["charset"] is not None:
-            # The charset filter may convert a proxied body in nginx; wsgate streams it as is.
-            src = level.where(LocationSettings, "source_charset") or level.where(
-                LocationSettings, "override_charset"
-            )
-            if fields["override_charset"] or (
-                fields["source_charset"] is not None
-                and fields["source_charset"].lower() != str(fields["charset"]).lower()
-            ):
-                assert src is not None
-                raise _err(
-                    "converting proxied responses (source_charset, override_charset) "
-                    "is not supported by wsgate",
-                    src,
-                )
         return LocationSettings(proxy_ssl=proxy_ssl, charset_maps=self.charset_maps, **fields)
 
     def load_location(self, s: Stmt, parent: Level) -> Location:

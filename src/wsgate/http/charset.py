@@ -4,7 +4,8 @@ https://nginx.org/en/docs/http/ngx_http_charset_module.html: "Adds the specified
 the 'Content-Type' response header field.  If this charset is different from the charset
 specified in the source_charset directive, a conversion is performed."  It applies to the
 types of ``charset_types``; a response whose type already names a charset keeps it unless
-``override_charset on``, and then that charset is the source.
+``override_charset on``, and then that charset is the source (a proxied response's body is
+converted as it streams).
 
 Conversion uses ``charset_map`` tables; wsgate reads one-byte tables (each byte to one byte,
 both directions, as nginx builds them), which keep a body's length, so ranges and
@@ -77,17 +78,16 @@ def proxied_charset(
     headers: list[tuple[str, str]],
     lookup: Callable[[str], str],
     log: Callable[[str, str], None],
-) -> list[tuple[str, str]]:
+) -> tuple[list[tuple[str, str]], bytes | None]:
     """The charset filter on a proxied response's fields: its last ``Content-Type`` gets
-    the charset.  A conversion is never needed here: the loader refuses ``source_charset``
-    and ``override_charset on`` where ``proxy_pass`` is (wsgate streams proxied bodies
-    unchanged)."""
+    the charset; and the table its body is converted with, if any (one-byte tables keep the
+    length, so the upstream's framing stands)."""
     for i in range(len(headers) - 1, -1, -1):
         if headers[i][0].lower() == "content-type":
             ctype, recode = apply_charset(settings, headers[i][1], lookup, log)
-            if recode is not None or ctype == headers[i][1]:
-                return headers
+            if ctype == headers[i][1]:
+                return headers, recode
             out = list(headers)
             out[i] = (headers[i][0], ctype or "")
-            return out
-    return headers
+            return out, recode
+    return headers, None

@@ -199,8 +199,9 @@ async def relay_response(
     ctx.status = resp.status
     hidden = hidden_fields(settings.proxy_hide_headers, settings.proxy_pass_headers)
     headers = visible_fields(resp.headers, hidden)
+    recode: bytes | None = None
     if settings.charset is not None:
-        headers = proxied_charset(settings, headers, ctx.lookup, ex.r.log)
+        headers, recode = proxied_charset(settings, headers, ctx.lookup, ex.r.log)
     now = time.time()
     headers, added = filter_headers(
         resp.status, headers, settings.add_headers, settings.expires, ctx.lookup, now
@@ -231,7 +232,8 @@ async def relay_response(
                 if isinstance(ev, Body):
                     if no_body:
                         continue
-                    ep.write(encode_chunk(ev.data) if chunk_out else ev.data)
+                    data = ev.data if recode is None else ev.data.translate(recode)
+                    ep.write(encode_chunk(data) if chunk_out else data)
                     body_bytes += len(ev.data)
                 elif isinstance(ev, EndOfMessage):
                     complete = True
