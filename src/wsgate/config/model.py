@@ -513,6 +513,9 @@ class LocationSettings:
     #: or another header's name).
     real_ip_header: str = "X-Real-IP"
     real_ip_recursive: bool = False
+    #: ``error_log`` of the innermost level that has any (all-or-nothing); empty: the main
+    #: context's logs.
+    error_logs: tuple[ErrorLog, ...] = ()
     # -- static files (ngx_http_core_module, static, index, autoindex) --------------------------
     #: ``root``/``alias`` (None: ``root html``, under the prefix; the loader fills it in).
     root: DocRoot | None = None

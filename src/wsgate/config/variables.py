@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from wsgate.config.model import DocRoot, MapBlock
+from wsgate.config.model import DocRoot, ErrorLog, MapBlock
 from wsgate.config.template import Template
 from wsgate.http.fields import first_value
 from wsgate.http.proxy_protocol import ProxyHeader, tlv
@@ -229,6 +229,7 @@ class RequestContext:
         "captures",
         "root",
         "add_uri_to_alias",
+        "error_logs",
         "maps",
         "tls",
         "counters",
@@ -286,6 +287,8 @@ class RequestContext:
         self.root: DocRoot | None = None
         #: ``r->add_uri_to_alias``: ``try_files`` found a file under a regex location's alias.
         self.add_uri_to_alias = False
+        #: The location's ``error_log`` targets (empty: the main context's).
+        self.error_logs: tuple[ErrorLog, ...] = ()
         self.maps: Mapping[str, MapBlock] = maps or _NO_MAPS
         #: ``$https`` and the ``$ssl_*`` values of a TLS connection (empty for plain TCP).
         self.tls: Mapping[str, str] = _NO_TLS

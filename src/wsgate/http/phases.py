@@ -358,6 +358,7 @@ def find_config(r: Request) -> Decision | None:
     r.location = location
     settings = r.settings = location.settings if location is not None else r.server.settings
     ctx.root = settings.root
+    ctx.error_logs = settings.error_logs
     if (
         settings.keepalive_timeout == 0
         or r.connection_requests >= settings.keepalive_requests
