@@ -93,6 +93,17 @@ SAMPLES: dict[str, tuple[str, str]] = {
     "random": ("", "two least_conn"),
     "keepalive": ("8", "16"),
     "health_check": ("", "interval=1s type=websocket"),
+    "root": ("/srv/a", "b/$host"),
+    "alias": ("/srv/a/", "/srv/$1"),
+    "index": ("a.html b.html", "/c.html"),
+    "try_files": ("$uri =404", "$uri $uri/ /index.html"),
+    "types": ("", ""),
+    "default_type": ("text/html", "application/octet-stream"),
+    "max_ranges": ("1", "0"),
+    "disable_symlinks": ("on", "if_not_owner from=$document_root"),
+    "charset": ("utf-8", "$arg_c"),
+    "source_charset": ("koi8-r", "windows-1251"),
+    "charset_types": ("text/css", "text/html *"),
 }
 #: A bad argument list and nginx's words, for each directive whose parser is its own; ``None``
 #: for a parser that takes any value.
@@ -158,6 +169,17 @@ BAD: dict[str, tuple[str, str] | None] = {
     "random": ("three", 'invalid parameter "three"'),
     "keepalive": ("0", 'invalid value "0" in "keepalive" directive'),
     "health_check": ("type=tcp", 'invalid parameter "type=tcp"'),
+    "root": ("$document_root/x", 'the $document_root variable cannot be used in the "root"'),
+    "alias": ("$realpath_root", 'the $realpath_root variable cannot be used in the "alias"'),
+    "index": None,
+    "types": None,
+    "try_files": ("$uri =1000", 'invalid code "=1000"'),
+    "default_type": None,
+    "max_ranges": ("x", '"max_ranges" directive invalid number'),
+    "disable_symlinks": ("maybe", 'invalid parameter "maybe"'),
+    "charset": None,
+    "source_charset": ("$x", 'variables in "source_charset" are not supported by wsgate'),
+    "charset_types": None,
 }
 _GENERIC = {"flag", "time", "size", "number"}
 

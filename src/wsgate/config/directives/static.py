@@ -49,9 +49,7 @@ def _root(s: Stmt, level: Level) -> DocRoot:
     alias = s.name == "alias"
     text = s.args[0]
     loc = level.location
-    if alias:
-        if loc is None:
-            raise _err('"alias" directive is not allowed here', s.src)
+    if alias and loc is not None:
         if loc.name.startswith("@"):
             raise _err('"alias" directive cannot be used inside the named location', s.src)
     if text.endswith("/") and text != "/" and not alias:
