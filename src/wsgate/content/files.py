@@ -113,7 +113,8 @@ def open_path(
     try:
         for i, name in enumerate(names):
             last = i == len(names) - 1
-            want = flags if last else os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NONBLOCK
+            # Not O_DIRECTORY on the way: with it Linux reports a link as ENOTDIR, not ELOOP.
+            want = flags if last else os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
             fd = _open_at(dirfd, name, want, owner_check)
             os.close(dirfd)
             dirfd = fd

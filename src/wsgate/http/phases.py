@@ -354,7 +354,8 @@ def find_config(r: Request) -> Decision | None:
     the code 301 will be returned")."""
     ctx, head = r.ctx, r.head
     location, captures = find_location(r.server, ctx.uri)
-    ctx.captures = captures
+    # $1 is the first group ($0, the whole match, is not kept here).
+    ctx.captures = ("", *captures) if captures else ()
     r.location = location
     settings = r.settings = location.settings if location is not None else r.server.settings
     ctx.root = settings.root
