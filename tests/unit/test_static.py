@@ -204,7 +204,8 @@ E = [
 
 
 def test_autoindex_html_columns_sizes_and_escapes() -> None:
-    page = autoindex.html("/d<ir>/", autoindex.sort(E), utf8=False, exact_size=False, localtime=False)
+    entries = autoindex.sort(E)
+    page = autoindex.html("/d<ir>/", entries, utf8=False, exact_size=False, localtime=False)
     text = page.decode()
     assert text.startswith("<html>\r\n<head><title>Index of /d&lt;ir&gt;/</title>")
     lines = text.split("\r\n")
