@@ -10,9 +10,11 @@ file.  A file is never read into memory whole:
   first (the head, the multipart boundaries go through it), so the bytes stay in order; the
   writability wait uses a duplicate of the socket's descriptor, because uvloop refuses
   ``add_writer`` on a descriptor its transport owns.
-- ``sendfile off``, TLS, or a transport without a socket: ``os.pread`` of one chunk
-  (``sendfile_max_chunk``, at most 256 KiB) at a time, written through the transport with
-  its flow control (``drain``), as nginx's ``output_buffers`` do.
+- ``sendfile off``, TLS, a transport without a socket, ``charset`` conversion or
+  ``limit_rate`` (paced as :mod:`wsgate.proxy.pacing` paces proxied responses):
+  ``os.pread`` of one chunk (``sendfile_max_chunk``, at most 256 KiB) at a time, written
+  through the transport with its flow control (``drain``), as nginx's ``output_buffers``
+  do.
 
 A file that shrinks while it is sent ends the response early and closes the connection, with
 nginx's ``[alert] ... was truncated`` replaced by an ``[error]`` line (a client cannot cause
@@ -33,8 +35,10 @@ from wsgate.http.headers_filter import filter_headers
 from wsgate.http.pages import STATUS_LINES
 from wsgate.http.static import FileResponse
 from wsgate.proxy.endpoint import Endpoint, PeerClosed
+from wsgate.proxy.pacing import response_rate, send_paced
 
 if TYPE_CHECKING:
+    from wsgate.http.rate import WriteRate
     from wsgate.proxy.exchange import Exchange, Outcome
 
 __all__ = ["send_file"]
@@ -78,22 +82,27 @@ async def send_file(ex: Exchange, resp: FileResponse) -> Outcome:
         )
         out = for_version(head.version, out)
         ep = front.ep
-        ep.write(out)
+        rate = response_rate(settings, ctx, lambda text: r.log("error", text))
+        if rate is None:
+            ep.write(out)
+        else:
+            await send_paced(ep, out, rate, 0)
         ctx.bytes_sent = len(out)
         if head.method != "HEAD" and status != 304:
             chunk = settings.sendfile_max_chunk or 0
             for part in resp.parts:
                 if isinstance(part, bytes):
-                    ep.write(part)
-                    sent = len(part)
-                else:
-                    offset, count = part
-                    if resp.recode is not None:
-                        sent = await _pread_loop(ep, resp.fd, offset, count, chunk, resp.recode)
+                    if rate is None:
+                        ep.write(part)
                     else:
-                        sent = await _send_range(
-                            ep, resp.fd, offset, count, settings.sendfile, chunk
-                        )
+                        await send_paced(ep, part, rate, ctx.bytes_sent)
+                    sent = len(part)
+                elif rate is not None or resp.recode is not None:
+                    sent = await _pread_loop(
+                        ep, resp.fd, *part, chunk, resp.recode, rate, ctx.bytes_sent
+                    )
+                else:
+                    sent = await _send_range(ep, resp.fd, *part, settings.sendfile, chunk)
                 ctx.bytes_sent += sent
                 ctx.body_bytes_sent += sent
             await ep.drain()
@@ -176,16 +185,29 @@ async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
 
 
 async def _pread_loop(
-    ep: Endpoint, fd: int, offset: int, count: int, max_chunk: int, recode: bytes | None = None
+    ep: Endpoint,
+    fd: int,
+    offset: int,
+    count: int,
+    max_chunk: int,
+    recode: bytes | None = None,
+    rate: WriteRate | None = None,
+    before: int = 0,
 ) -> int:
-    """``count`` bytes of ``fd`` read one chunk at a time (converted by ``recode``)."""
+    """``count`` bytes of ``fd`` read one chunk at a time (converted by ``recode``, paced
+    by ``limit_rate``'s ``rate``, ``before`` bytes of the response having gone)."""
     step = min(max_chunk, READ_CHUNK) if max_chunk else READ_CHUNK
     sent = 0
     while sent < count:
         data = os.pread(fd, min(step, count - sent), offset + sent)
         if not data:
             raise Truncated(f"{sent} of {count} bytes")
-        ep.write(data if recode is None else data.translate(recode))
+        if recode is not None:
+            data = data.translate(recode)
+        if rate is None:
+            ep.write(data)
+            await ep.drain()
+        else:
+            await send_paced(ep, data, rate, before + sent)
         sent += len(data)
-        await ep.drain()
     return sent
