@@ -188,9 +188,12 @@ def test_multipart_body() -> None:
     ctype, parts = multipart([(0, 2), (8, 10)], 10, "text/plain")
     boundary = ctype.split("boundary=")[1]
     assert ctype.startswith("multipart/byteranges; boundary=") and len(boundary) == 20
-    assert parts[0] == (
-        f"\r\n--{boundary}\r\nContent-Type: text/plain\r\nContent-Range: bytes 0-1/10\r\n\r\n"
-    ).encode()
+    assert (
+        parts[0]
+        == (
+            f"\r\n--{boundary}\r\nContent-Type: text/plain\r\nContent-Range: bytes 0-1/10\r\n\r\n"
+        ).encode()
+    )
     assert parts[1] == (0, 2) and parts[3] == (8, 2)
     assert parts[-1] == f"\r\n--{boundary}--\r\n".encode()
 
@@ -209,9 +212,7 @@ def test_autoindex_html_columns_sizes_and_escapes() -> None:
     text = page.decode()
     assert text.startswith("<html>\r\n<head><title>Index of /d&lt;ir&gt;/</title>")
     lines = text.split("\r\n")
-    assert lines[4] == (
-        '<a href="a%20dir/">a dir/</a>' + " " * 44 + " 02-Jan-1970 00:00       -"
-    )
+    assert lines[4] == ('<a href="a%20dir/">a dir/</a>' + " " * 44 + " 02-Jan-1970 00:00       -")
     assert lines[5].startswith('<a href="%3Cx%3E%26') and "&lt;x&gt;&amp;" + "y" * 43 in lines[5]
     assert "..&gt;</a>" in lines[5]
     assert lines[6].endswith("01-Jan-1970 00:00     12K")
