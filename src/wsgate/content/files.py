@@ -301,12 +301,9 @@ def _listing(settings: LocationSettings, ctx: RequestContext, log: Log) -> Listi
     # The charset filter runs when the head is sent, before the page is made: the page
     # counts characters when the response is utf-8 (nginx reads r->headers_out.charset).
     fmt = settings.autoindex_format
-    fmt_type = {"json": "application/json", "xml": "text/xml; charset=utf-8"}.get(fmt, "text/html")
-    if fmt == "jsonp" and callback:
-        fmt_type = "application/javascript"
-    ctype, _ = apply_charset(settings, fmt_type, ctx.lookup, log)
+    ctype, _ = apply_charset(settings, autoindex.content_type(fmt, callback), ctx.lookup, log)
     assert ctype is not None
-    body, _ = autoindex.render(
+    body = autoindex.render(
         fmt,
         ctx.uri,
         autoindex.sort(entries),

@@ -14,7 +14,17 @@ from dataclasses import dataclass
 
 from wsgate.http.headers import http_date
 
-__all__ = ["Entry", "NAME_LEN", "html", "json", "jsonp_callback", "render", "sort", "xml"]
+__all__ = [
+    "Entry",
+    "NAME_LEN",
+    "content_type",
+    "html",
+    "json",
+    "jsonp_callback",
+    "render",
+    "sort",
+    "xml",
+]
 
 #: ``NGX_HTTP_AUTOINDEX_NAME_LEN``: the name column's width in the HTML page.
 NAME_LEN = 50
@@ -165,6 +175,16 @@ def jsonp_callback(args: str) -> str | None:
     return value
 
 
+def content_type(fmt: str, callback: str = "") -> str:
+    """The page's ``Content-Type`` for ``autoindex_format`` ``fmt`` (before the charset
+    filter, which may add a charset, and which the HTML page's widths depend on)."""
+    if fmt == "json" or (fmt == "jsonp" and not callback):
+        return "application/json"
+    if fmt == "jsonp":
+        return "application/javascript"
+    return "text/xml; charset=utf-8" if fmt == "xml" else "text/html"
+
+
 def render(
     fmt: str,
     uri: str,
@@ -174,12 +194,10 @@ def render(
     exact_size: bool = True,
     localtime: bool = False,
     callback: str = "",
-) -> tuple[bytes, str]:
-    """The page and its ``Content-Type`` for ``autoindex_format`` ``fmt``."""
-    if fmt == "json" or (fmt == "jsonp" and not callback):
-        return json(entries), "application/json"
-    if fmt == "jsonp":
-        return json(entries, callback), "application/javascript"
+) -> bytes:
+    """The page for ``autoindex_format`` ``fmt``."""
+    if fmt in ("json", "jsonp"):
+        return json(entries, callback or None)
     if fmt == "xml":
-        return xml(entries), "text/xml; charset=utf-8"
-    return html(uri, entries, utf8=utf8, exact_size=exact_size, localtime=localtime), "text/html"
+        return xml(entries)
+    return html(uri, entries, utf8=utf8, exact_size=exact_size, localtime=localtime)
