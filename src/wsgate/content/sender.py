@@ -2,7 +2,8 @@
 
 A :class:`~wsgate.http.static.FileResponse` is all decided (status, headers, which bytes of
 the open file, in which order); this module writes it to the front connection and closes the
-file.  A file is never read into memory whole:
+file.  A file is never read into memory whole (a body up to :data:`SMALL` bytes goes in
+the head's write: one system call, one packet):
 
 - ``sendfile on`` on a plain TCP connection: ``os.sendfile`` from the file to the socket,
   at most ``sendfile_max_chunk`` per call, waiting for the socket to be writable through the
@@ -46,6 +47,8 @@ __all__ = ["send_file"]
 #: The most one ``pread`` takes (nginx's default ``output_buffers 2 32k`` is smaller; a larger
 #: chunk costs fewer loop turns and stays bounded).
 READ_CHUNK = 256 * 1024
+#: A body up to this size is read and written with the head in one write.
+SMALL = 32 * 1024
 #: Only Server and Date of wsgate's own are decided by the head builder.
 _HIDDEN = frozenset({"server", "date", "connection", "keep-alive", "transfer-encoding"})
 
@@ -83,12 +86,23 @@ async def send_file(ex: Exchange, resp: FileResponse) -> Outcome:
         out = for_version(head.version, out)
         ep = front.ep
         rate = response_rate(settings, ctx, lambda text: r.log("error", text))
-        if rate is None:
+        with_body = head.method != "HEAD" and status != 304
+        if with_body and rate is None and resp.length <= SMALL:
+            # One write for the head and a small body: one system call, one packet (what
+            # nginx gets from sendfile's header vector or tcp_nopush).
+            body = _read_parts(resp)
+            ep.write(out + body)
+            ctx.bytes_sent = len(out) + len(body)
+            ctx.body_bytes_sent = len(body)
+            await ep.drain()
+            with_body = False
+        elif rate is None:
             ep.write(out)
+            ctx.bytes_sent = len(out)
         else:
             await send_paced(ep, out, rate, 0)
-        ctx.bytes_sent = len(out)
-        if head.method != "HEAD" and status != 304:
+            ctx.bytes_sent = len(out)
+        if with_body:
             chunk = settings.sendfile_max_chunk or 0
             for part in resp.parts:
                 if isinstance(part, bytes):
@@ -115,6 +129,20 @@ async def send_file(ex: Exchange, resp: FileResponse) -> Outcome:
         os.close(resp.fd)
     ex.log()
     return keep, settings.keepalive_timeout
+
+
+def _read_parts(resp: FileResponse) -> bytes:
+    """The whole (small) body: its bytes parts and its file parts read."""
+    out = []
+    for part in resp.parts:
+        if isinstance(part, bytes):
+            out.append(part)
+            continue
+        data = os.pread(resp.fd, part[1], part[0])
+        if len(data) < part[1]:
+            raise Truncated(f"{len(data)} of {part[1]} bytes")
+        out.append(data if resp.recode is None else data.translate(resp.recode))
+    return b"".join(out)
 
 
 def _socket_fd(ep: Endpoint) -> int | None:
