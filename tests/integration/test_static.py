@@ -262,3 +262,30 @@ def test_file_truncated_while_sent(wsgate: Callable[..., WsgateProcess], site: P
         os.truncate(big, size)
     gw.wait_log(r'\[error\] .*shrinks\.bin" was truncated while it was sent')
     assert "[alert]" not in gw.errors() and _file_fds(gw, big) == 0
+
+
+def test_the_app_example_page_beside_its_websocket(
+    wsgate: Callable[..., WsgateProcess], bg: Loop
+) -> None:
+    """examples/app.conf (the README's walk-through as applications deploy it): the page from
+    ``root``, any other route falls back to it, the WebSocket on /ws/ beside it."""
+    repo = Path(__file__).resolve().parents[2]
+    up = bg.backend("echo", ok, websocket=True)
+    text = (repo / "examples" / "app.conf").read_text()
+    text = text.replace("listen 8020;", "listen 127.0.0.1:0;")
+    text = text.replace("server 127.0.0.1:8010;", f"server 127.0.0.1:{up.port};")
+    text = text.replace("root   examples/html;", f"root {repo}/examples/html;")
+    text = re.sub(r"\n(pid|error_log) .*", "", text).replace("run/access.log", "logs/access.log")
+    gw = wsgate(text)
+    page = (repo / "examples" / "html" / "index.html").read_bytes()
+    head, body = get(gw.port, "/")
+    assert head.startswith("HTTP/1.1 200") and "Content-Type: text/html" in head
+    assert body == page and "Cache-Control: max-age=3600" in head
+    assert get(gw.port, "/some/route")[1] == page
+    head, _ = get(
+        gw.port,
+        "/ws/",
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n",
+    )
+    assert head.startswith("HTTP/1.1 101"), head
