@@ -159,6 +159,8 @@ def test_disable_symlinks(site: Path) -> None:
     )
     assert status(site, conf, "/link.txt") == 403
     assert status(site, conf, "/dirlink/x.css") == 403
+    listing = SERVER % "location / { disable_symlinks on; autoindex on; }"
+    assert status(site, listing, "/dirlink/") == 403
     assert isinstance(serve(site, conf, "/off/link.txt"), FileResponse)
     assert isinstance(serve(site, conf, "/owner/link.txt"), FileResponse)  # one owner
     os.lchown(site / "html" / "link.txt", 12345, 12345)

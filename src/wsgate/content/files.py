@@ -131,8 +131,15 @@ def _open_at(dirfd: int, name: str, flags: int, owner_check: bool) -> int:
     try:
         return os.open(name, flags | os.O_NOFOLLOW, dir_fd=dirfd)
     except OSError as exc:
-        if exc.errno != errno.ELOOP or not owner_check:
+        err = exc.errno
+        if err == errno.ENOTDIR and flags & os.O_DIRECTORY:
+            # With O_DIRECTORY Linux reports a link as ENOTDIR: it is still a link.
+            if stat.S_ISLNK(os.stat(name, dir_fd=dirfd, follow_symlinks=False).st_mode):
+                err = errno.ELOOP
+        if err != errno.ELOOP:
             raise
+        if not owner_check:
+            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), name) from None
     link = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
     fd = os.open(name, flags, dir_fd=dirfd)
     if os.fstat(fd).st_uid != link.st_uid:
