@@ -289,3 +289,27 @@ def test_the_app_example_page_beside_its_websocket(
         "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n",
     )
     assert head.startswith("HTTP/1.1 101"), head
+
+
+def test_send_timeout_closes_a_client_that_reads_nothing(
+    wsgate: Callable[..., WsgateProcess], site: Path
+) -> None:
+    big = site / "huge.bin"
+    big.touch()
+    os.truncate(big, 64 * 1024 * 1024)
+    gw = wsgate(conf(site, http="send_timeout 1s; error_log logs/error.log info;"))
+    for prefix in ("/sf/", "/nosf/"):
+        s = socket.create_connection((HOST, gw.port), timeout=10)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.sendall(f"GET {prefix}huge.bin HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        mark = len(gw.errors())
+        gw.wait_log(
+            r"\[info\] .*client timed out \(110: Connection timed out\) while sending "
+            r"response to client",
+            start=mark,
+        )
+        s.close()
+    deadline = time.monotonic() + 5
+    while _file_fds(gw, big) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _file_fds(gw, big) == 0

@@ -86,6 +86,7 @@ async def send_file(ex: Exchange, resp: FileResponse) -> Outcome:
         out = for_version(head.version, out)
         ep = front.ep
         rate = response_rate(settings, ctx, lambda text: r.log("error", text))
+        timeout = settings.send_timeout
         with_body = head.method != "HEAD" and status != 304
         if with_body and rate is None and resp.length <= SMALL:
             # One write for the head and a small body: one system call, one packet (what
@@ -94,7 +95,7 @@ async def send_file(ex: Exchange, resp: FileResponse) -> Outcome:
             ep.write(out + body)
             ctx.bytes_sent = len(out) + len(body)
             ctx.body_bytes_sent = len(body)
-            await ep.drain()
+            await _drain(ep, timeout)
             with_body = False
         elif rate is None:
             ep.write(out)
@@ -113,15 +114,23 @@ async def send_file(ex: Exchange, resp: FileResponse) -> Outcome:
                     sent = len(part)
                 elif rate is not None or resp.recode is not None:
                     sent = await _pread_loop(
-                        ep, resp.fd, *part, chunk, resp.recode, rate, ctx.bytes_sent
+                        ep, resp.fd, *part, chunk, timeout, resp.recode, rate, ctx.bytes_sent
                     )
                 else:
-                    sent = await _send_range(ep, resp.fd, *part, settings.sendfile, chunk)
+                    sent = await _send_range(ep, resp.fd, *part, settings.sendfile, chunk, timeout)
                 ctx.bytes_sent += sent
                 ctx.body_bytes_sent += sent
-            await ep.drain()
+            await _drain(ep, timeout)
     except Truncated as exc:
         r.log("error", f'"{resp.path}" was truncated while it was sent ({exc})')
+        keep = False
+    except TimeoutError:
+        # send_timeout: "If the client does not receive anything within this time, the
+        # connection is closed."
+        r.log(
+            "info", "client timed out (110: Connection timed out) while sending response to client"
+        )
+        front.ep.abort()
         keep = False
     except (PeerClosed, ConnectionError):
         keep = False
@@ -160,20 +169,33 @@ def _socket_fd(ep: Endpoint) -> int | None:
     return fd if fd >= 0 else None
 
 
+async def _drain(ep: Endpoint, timeout: float) -> None:
+    """``ep.drain()`` within ``send_timeout`` (``TimeoutError``)."""
+    async with asyncio.timeout(timeout):
+        await ep.drain()
+
+
 async def _send_range(
-    ep: Endpoint, fd: int, offset: int, count: int, use_sendfile: bool, max_chunk: int
+    ep: Endpoint,
+    fd: int,
+    offset: int,
+    count: int,
+    use_sendfile: bool,
+    max_chunk: int,
+    timeout: float,
 ) -> int:
-    """``count`` bytes of ``fd`` from ``offset`` to the client; returns how many went."""
+    """``count`` bytes of ``fd`` from ``offset`` to the client; returns how many went.  Each
+    wait for the client is at most ``timeout`` (``send_timeout``)."""
     sock_fd = _socket_fd(ep) if use_sendfile else None
     if sock_fd is None:
-        return await _pread_loop(ep, fd, offset, count, max_chunk)
+        return await _pread_loop(ep, fd, offset, count, max_chunk, timeout)
     loop = asyncio.get_running_loop()
     # The transport must have written everything it holds before the kernel sends the file.
-    await ep.drain()
+    await _drain(ep, timeout)
     transport = ep.transport
     assert transport is not None
     if transport.get_write_buffer_size():
-        return await _pread_loop(ep, fd, offset, count, max_chunk)
+        return await _pread_loop(ep, fd, offset, count, max_chunk, timeout)
     watch = os.dup(sock_fd)
     sent = 0
     try:
@@ -184,7 +206,8 @@ async def _send_range(
             try:
                 n = os.sendfile(sock_fd, fd, offset + sent, size)
             except BlockingIOError:
-                await _writable(loop, watch)
+                async with asyncio.timeout(timeout):
+                    await _writable(loop, watch)
                 continue
             if n == 0:
                 raise Truncated(f"{sent} of {count} bytes")
@@ -218,6 +241,7 @@ async def _pread_loop(
     offset: int,
     count: int,
     max_chunk: int,
+    timeout: float,
     recode: bytes | None = None,
     rate: WriteRate | None = None,
     before: int = 0,
@@ -234,7 +258,7 @@ async def _pread_loop(
             data = data.translate(recode)
         if rate is None:
             ep.write(data)
-            await ep.drain()
+            await _drain(ep, timeout)
         else:
             await send_paced(ep, data, rate, before + sent)
         sent += len(data)
