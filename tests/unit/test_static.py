@@ -11,7 +11,7 @@ import pytest
 from wsgate.config.model import DocRoot, LocationSettings, MimeTypes
 from wsgate.config.template import compile_template
 from wsgate.http import autoindex
-from wsgate.http.charset import apply_charset, proxied_charset, split_charset
+from wsgate.http.charset import apply_charset, charset_page, proxied_charset, split_charset
 from wsgate.http.static import (
     NOT_SATISFIABLE,
     content_type,
@@ -285,3 +285,13 @@ def test_charset_on_proxied_fields() -> None:
     out, table = proxied_charset(s, fields, lookup, lambda *a: None)
     assert out[0] == ("Content-Type", "text/html; charset=B") and table is not None
     assert split_charset('text/html; charset="A"') == ("text/html", "A")
+
+
+def test_charset_on_nginx_pages() -> None:
+    page = b"HTTP/1.1 404 Not Found\r\nServer: x\r\nContent-Type: text/html\r\n\r\n<html>"
+    got = charset_page(charset_settings(), 404, page, lookup, lambda *a: None)
+    assert b"\r\nContent-Type: text/html; charset=utf-8\r\n" in got
+    assert charset_page(S, 404, page, lookup, lambda *a: None) is page
+    # nginx sets no charset on a 301 or 302 ("because NN 4.x use this charset ...").
+    assert charset_page(charset_settings(), 302, page, lookup, lambda *a: None) == page
+    assert b"charset" in charset_page(charset_settings(), 307, page, lookup, lambda *a: None)

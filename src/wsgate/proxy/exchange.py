@@ -20,7 +20,7 @@ from wsgate.config.model import LocationSettings
 from wsgate.config.variables import RequestContext
 from wsgate.content.sender import send_file
 from wsgate.errors import HttpError
-from wsgate.http.charset import apply_charset
+from wsgate.http.charset import apply_charset, charset_page
 from wsgate.http.headers import BodyFraming, build_client_response_head, for_version, http_date
 from wsgate.http.headers_filter import filter_headers
 from wsgate.http.pages import STATUS_LINES, closes_connection, error_response
@@ -171,6 +171,7 @@ class Exchange:
             head_only=head.method == "HEAD",
             added=added,
         )
+        data = charset_page(settings, status, data, ctx.lookup, self.r.log)
         data = for_version(head.version, data)
         self.front.ep.write(data)
         ctx.status = status
@@ -181,7 +182,7 @@ class Exchange:
     def plain(self, status: int, body: bytes, ctype: str | None) -> Outcome:
         head, settings, ctx = self.head, self.r.settings, self.r.ctx
         if settings.charset is not None:
-            ctype, recode = apply_charset(settings, ctype, ctx.lookup, self.r.log)
+            ctype, recode = apply_charset(settings, ctype, ctx.lookup, self.r.log, status)
             if recode is not None:
                 body = body.translate(recode)
         headers = [("Content-Type", ctype)] if ctype else []
@@ -255,6 +256,13 @@ def write_error(
             date=http_date(now),
             head_only=head is not None and head.method == "HEAD",
             added=added,
+        )
+        data = charset_page(
+            settings,
+            exc.status,
+            data,
+            ctx.lookup,
+            lambda level, text: front.gw.error_log.log(level, text, front.number, ctx),
         )
         ctx.body_bytes_sent = len(data) - data.index(b"\r\n\r\n") - 4
         if head is not None:

@@ -204,7 +204,7 @@ async def relay_response(
     headers = visible_fields(resp.headers, hidden)
     recode: bytes | None = None
     if settings.charset is not None:
-        headers, recode = proxied_charset(settings, headers, ctx.lookup, ex.r.log)
+        headers, recode = proxied_charset(settings, headers, ctx.lookup, ex.r.log, resp.status)
     now = time.time()
     headers, added = filter_headers(
         resp.status, headers, settings.add_headers, settings.expires, ctx.lookup, now
