@@ -21,8 +21,15 @@ from wsgate.config.variables import RequestContext
 from wsgate.content.sender import send_file
 from wsgate.errors import HttpError
 from wsgate.http.charset import apply_charset, charset_page
-from wsgate.http.headers import BodyFraming, build_client_response_head, for_version, http_date
-from wsgate.http.headers_filter import filter_headers
+from wsgate.http.headers import (
+    BodyFraming,
+    build_client_response_head,
+    encode_chunk,
+    for_version,
+    http_date,
+    last_chunk,
+)
+from wsgate.http.headers_filter import chunked_trailer, filter_headers, trailers, wants_trailer
 from wsgate.http.pages import STATUS_LINES, closes_connection, error_response
 from wsgate.http.phases import (
     Close,
@@ -161,17 +168,24 @@ class Exchange:
         _, added = filter_headers(
             status, [], settings.add_headers, settings.expires, ctx.lookup, now
         )
+        # ngx_http_header_filter writes a Location it made absolute after Content-Length;
+        # any other stays among the response's fields, before add_header's.
+        absolute = self.r.absolute(location)
+        if absolute == location:
+            added = [("Location", location), *added]
         data = error_response(
             status,
             server_tokens=settings.server_tokens,
             user_agent=ctx.header("user-agent"),
             keep_alive=keep,
             date=http_date(now),
-            location=location,
+            location=absolute if absolute != location else None,
             head_only=head.method == "HEAD",
             added=added,
+            trailer=chunked_trailer(status, head.method, head.version, settings, ctx.lookup, ctx),
         )
         data = charset_page(settings, status, data, ctx.lookup, self.r.log)
+        ctx.sent_head = data[: data.index(b"\r\n\r\n") + 2]
         data = for_version(head.version, data)
         self.front.ep.write(data)
         ctx.status = status
@@ -193,6 +207,9 @@ class Exchange:
         )
         keep = head.keep_alive
         framing = BodyFraming.content_length(len(body)) if status != 204 else BodyFraming.none()
+        with_trailer = wants_trailer(status, head.method, head.version, settings)
+        if with_trailer:
+            framing = BodyFraming.chunked()
         out = build_client_response_head(
             status,
             STATUS_LINES.get(status, ""),
@@ -205,6 +222,11 @@ class Exchange:
             upgrade=False,
             added=added,
         )
+        ctx.sent_head = out
+        if with_trailer:
+            # Rendered when the body ends: $sent_http_* see the head.
+            trailer = trailers(status, settings.add_trailers, ctx.lookup, ctx)
+            body = encode_chunk(body) + last_chunk(trailer)
         if head.method != "HEAD":
             out += body
         out = for_version(head.version, out)
@@ -248,6 +270,11 @@ def write_error(
         )
         # The range filter's 416 names the size it could not satisfy.
         added = [*exc.headers, *added]
+        trailer = None
+        if head is not None:
+            trailer = chunked_trailer(
+                ctx.status, head.method, head.version, settings, ctx.lookup, ctx
+            )
         data = error_response(
             exc.status,
             server_tokens=settings.server_tokens,
@@ -256,6 +283,7 @@ def write_error(
             date=http_date(now),
             head_only=head is not None and head.method == "HEAD",
             added=added,
+            trailer=trailer,
         )
         data = charset_page(
             settings,
@@ -264,7 +292,8 @@ def write_error(
             ctx.lookup,
             lambda level, text: front.gw.error_log.log(level, text, front.number, ctx),
         )
-        ctx.body_bytes_sent = len(data) - data.index(b"\r\n\r\n") - 4
+        ctx.sent_head = data[: data.index(b"\r\n\r\n") + 2]
+        ctx.body_bytes_sent = len(data) - len(ctx.sent_head) - 2
         if head is not None:
             data = for_version(head.version, data)
         front.ep.write(data)

@@ -21,6 +21,7 @@ from wsgate.config.directives import (
     other,
     proxy,
     realip,
+    redirects,
     ssl,
     static,
     upstream,
@@ -40,6 +41,7 @@ _err = config_error
 ENTRIES: tuple[Directive, ...] = (
     *core.ENTRIES,
     *proxy.ENTRIES,
+    *redirects.ENTRIES,
     *headers.ENTRIES,
     *static.ENTRIES,
     *charset.ENTRIES,
