@@ -313,3 +313,20 @@ def test_send_timeout_closes_a_client_that_reads_nothing(
     while _file_fds(gw, big) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert _file_fds(gw, big) == 0
+
+
+def test_add_trailer_chunks_a_file(wsgate: Callable[..., WsgateProcess], site: Path) -> None:
+    gw = wsgate(conf(site, f"location /tr/ {{ alias {site}/; add_trailer X-T $sent_http_etag; }}"))
+    with socket.create_connection((HOST, gw.port), timeout=10) as s:
+        s.sendall(b"GET /tr/a.txt HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b"Transfer-Encoding: chunked" in head and b"Content-Length" not in head
+    etag = re.search(rb'ETag: ("[^"]+")', head)
+    assert etag is not None
+    assert body == b"a\r\n0123456789\r\n0\r\nX-T: " + etag.group(1) + b"\r\n\r\n"
+    # HTTP/1.0 gets the file as it is, with its length and no trailer.
+    head10, body10 = request(gw.port, "GET /tr/a.txt HTTP/1.0\r\n\r\n")
+    assert "Content-Length: 10" in head10 and body10 == b"0123456789"

@@ -31,8 +31,15 @@ import socket
 import time
 from typing import TYPE_CHECKING
 
-from wsgate.http.headers import BodyFraming, build_client_response_head, for_version, http_date
-from wsgate.http.headers_filter import filter_headers
+from wsgate.http.headers import (
+    BodyFraming,
+    build_client_response_head,
+    encode_chunk,
+    for_version,
+    http_date,
+    last_chunk,
+)
+from wsgate.http.headers_filter import filter_headers, trailers, wants_trailer
 from wsgate.http.pages import STATUS_LINES
 from wsgate.http.static import FileResponse
 from wsgate.proxy.endpoint import Endpoint, PeerClosed
@@ -71,6 +78,10 @@ async def send_file(ex: Exchange, resp: FileResponse) -> Outcome:
             status, resp.headers, settings.add_headers, settings.expires, ctx.lookup, now
         )
         framing = BodyFraming.none() if status == 304 else BodyFraming.content_length(resp.length)
+        # add_trailer: nginx's chunked filter chunks the body to carry the trailer.
+        chunked = wants_trailer(status, head.method, head.version, settings)
+        if chunked:
+            framing = BodyFraming.chunked()
         out = build_client_response_head(
             status,
             STATUS_LINES.get(status, ""),
@@ -83,12 +94,26 @@ async def send_file(ex: Exchange, resp: FileResponse) -> Outcome:
             added=added,
             hidden=_HIDDEN,
         )
+        ctx.sent_head = out
         out = for_version(head.version, out)
         ep = front.ep
         rate = response_rate(settings, ctx, lambda text: r.log("error", text))
         timeout = settings.send_timeout
         with_body = head.method != "HEAD" and status != 304
-        if with_body and rate is None and resp.length <= SMALL:
+        if with_body and chunked:
+            ep.write(out)
+            ctx.bytes_sent = len(out)
+            sent = await _send_chunked(
+                ep, resp, settings.sendfile_max_chunk, timeout, rate, len(out)
+            )
+            # Rendered when the body ends: $sent_http_* see the head.
+            tail = last_chunk(trailers(status, settings.add_trailers, ctx.lookup, ctx))
+            ep.write(tail)
+            ctx.bytes_sent += sent + len(tail)
+            ctx.body_bytes_sent = sent + len(tail)
+            await _drain(ep, timeout)
+            with_body = False
+        elif with_body and rate is None and resp.length <= SMALL:
             # One write for the head and a small body: one system call, one packet (what
             # nginx gets from sendfile's header vector or tcp_nopush).
             body = _read_parts(resp)
@@ -138,6 +163,44 @@ async def send_file(ex: Exchange, resp: FileResponse) -> Outcome:
         os.close(resp.fd)
     ex.log()
     return keep, settings.keepalive_timeout
+
+
+async def _send_chunked(
+    ep: Endpoint,
+    resp: FileResponse,
+    max_chunk: int,
+    timeout: float,
+    rate: WriteRate | None,
+    before: int,
+) -> int:
+    """The body as chunks, each bytes part or ``pread`` of the file one chunk; returns the
+    bytes written, chunk framing included."""
+    step = min(max_chunk, READ_CHUNK) if max_chunk else READ_CHUNK
+    sent = 0
+
+    async def write(data: bytes) -> None:
+        nonlocal sent
+        framed = encode_chunk(data)
+        if rate is None:
+            ep.write(framed)
+            await _drain(ep, timeout)
+        else:
+            await send_paced(ep, framed, rate, before + sent)
+        sent += len(framed)
+
+    for part in resp.parts:
+        if isinstance(part, bytes):
+            await write(part)
+            continue
+        offset, count = part
+        done = 0
+        while done < count:
+            data = os.pread(resp.fd, min(step, count - done), offset + done)
+            if not data:
+                raise Truncated(f"{done} of {count} bytes")
+            done += len(data)
+            await write(data if resp.recode is None else data.translate(resp.recode))
+    return sent
 
 
 def _read_parts(resp: FileResponse) -> bytes:
