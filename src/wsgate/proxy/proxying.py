@@ -25,9 +25,11 @@ from wsgate.access import upgrade_allowed, without_upgrade
 from wsgate.config.model import LocationSettings
 from wsgate.errors import HttpError
 from wsgate.http.headers import BodyFraming, build_upstream_request, single_fields
+from wsgate.http.phases import MAX_URI_CHANGES
 from wsgate.http.response import ResponseHead
 from wsgate.proxy.attempt import Attempt, TryFailed
 from wsgate.proxy.relay import note_time, relay_response, start_tunnel
+from wsgate.proxy.variables import evaluate
 from wsgate.routing import proxy_uri
 from wsgate.upstream.next import Failure, may_retry, status_failure
 from wsgate.upstream.tls import UpstreamTls, ssl_name
@@ -65,8 +67,26 @@ class Proxying:
         )
         if refused:
             self._refuse_upgrade()
-        uri = proxy_uri(pp, location, head.target, ctx.uri, ctx.args, "%" in head.target)
-        ctx.proxy_host = pp.proxy_host
+        # After an internal redirect the client's request-target is no longer the URI
+        # (nginx's ngx_http_internal_redirect clears r->valid_unparsed_uri): $uri is sent.
+        redirected = r.uri_changes <= MAX_URI_CHANGES
+        raw = "" if redirected else head.target
+        # "if (r->quoted_uri || r->internal)" the URI is escaped.
+        escaped = redirected or "%" in head.target
+        if pp.template is not None:
+            # proxy_pass with variables: "a URI part replaces the whole request URI".
+            ev = await evaluate(gw, pp, settings, ctx)
+            pp, group = ev.pp, ev.group
+            uri = (
+                ev.uri
+                if ev.uri is not None
+                else proxy_uri(pp, location, raw, ctx.uri, ctx.args, escaped)
+            )
+            ctx.proxy_host = ev.proxy_host
+        else:
+            group = gw.peer_group(pp)
+            uri = proxy_uri(pp, location, raw, ctx.uri, ctx.args, escaped)
+            ctx.proxy_host = pp.proxy_host
         ctx.proxy_port = str(pp.port)
         set_headers = []
         for h in settings.proxy_set_headers:
@@ -87,6 +107,7 @@ class Proxying:
             # An HTTP/1.0 upstream cannot take a chunked body: read it whole (bounded by
             # client_max_body_size) and send it with a Content-Length, as nginx does.
             buffered_body = await self._read_whole_body(settings)
+            ctx.set_request_body(buffered_body)
             body_framing = BodyFraming.content_length(len(buffered_body))
         request = build_upstream_request(
             head.method,
@@ -94,7 +115,7 @@ class Proxying:
             settings.proxy_http_version,
             head.headers,
             set_headers,
-            pp.proxy_host,
+            ctx.proxy_host,
             body_framing,
         )
 
@@ -102,9 +123,8 @@ class Proxying:
         tls_name = ""
         if pp.scheme == "https":
             tls = gw.upstream_caches.tls(gw.config, settings)
-            tls_name = ssl_name(settings.proxy_ssl, pp.proxy_host, ctx.lookup)
+            tls_name = ssl_name(settings.proxy_ssl, ctx.proxy_host, ctx.lookup)
         scheme = pp.scheme
-        group = gw.peer_group(pp)
         selection = group.start(group.key(ctx))
         keep = gw.upstream_caches.keepalive(pp, group, gw.config, gw.peer_groups)
         self.started = gw.loop.time()
@@ -125,6 +145,7 @@ class Proxying:
                 ctx.upstream_statuses.append("502")
                 ctx.upstream_times.append("0.000")
                 ctx.upstream_lengths.append("0")
+                ctx.upstream_bytes.append([0, 0])
                 raise HttpError(502)
             self.attempts += 1
             upstream_url = f"{scheme}://{peer.address}{uri}"
@@ -141,6 +162,7 @@ class Proxying:
                 tls=tls,
                 name=tls_name,
             )
+            ctx.upstream_bytes.append(att.counts)
             try:
                 resp, rparser, rpending = await att.run(
                     peer, keep, request, buffered_body, body_framing, ctx
@@ -189,6 +211,7 @@ class Proxying:
                 continue
             selection.succeed(peer)
             ctx.upstream_statuses.append(str(resp.status))
+            ctx.upstream_headers = resp.headers
             reusable = False
             try:
                 if self.header_only:

@@ -53,7 +53,11 @@ NEXT_UPSTREAM = (
 def _proxy_pass(s: Stmt, level: Level) -> ProxyPass:
     url = s.args[0]
     if "$" in url:
-        raise _err('"proxy_pass" with variables is not supported by wsgate yet', s.src)
+        # ngx_http_proxy_pass: a URL with variables is compiled and checked per request
+        # (ngx_http_proxy_eval), when its host may name an upstream or need the resolver.
+        template = level.loader.template(url, s.src)
+        if template.variables:
+            return ProxyPass(url, "", "", 0, None, template=template, source=s.src)
     m = re.match(r"(?i)(https?)://", url)
     if m is None:
         raise _err(f'invalid URL prefix in "{url}"', s.src)
