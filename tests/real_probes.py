@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["PROBES", "STATIC_FILES", "Probe"]
+__all__ = ["PROBES", "Probe"]
 
 
 @dataclass(frozen=True)
@@ -40,9 +40,6 @@ class Probe:
         """The request line the backend must receive."""
         return f"GET {self.path or self.target} HTTP/1.1" if self.upstream else ""
 
-
-#: docs/differences.md, "Locations with no handler": wsgate serves no files yet (issue 12).
-STATIC_FILES = "a location with no handler answers 404; static files are issue 12"
 
 # fmt: off
 PROBES: dict[str, list[Probe]] = {
@@ -373,7 +370,7 @@ PROBES: dict[str, list[Probe]] = {
         ),
     ],
     "socketio": [
-        Probe("P80", "example.com", "/", 200, differs=(404, STATIC_FILES)),
+        Probe("P80", "example.com", "/", 200),
         Probe("P80", "example.com", "/socket.io/?EIO=4&transport=websocket", 101, "U3000",
             ws=True,
             headers={"x-forwarded-for": "127.0.0.1", "host": "example.com",
@@ -385,7 +382,7 @@ PROBES: dict[str, list[Probe]] = {
         ),
     ],
     "synapse": [
-        Probe("P443", "matrix.example.com", "/", 200, tls=True, differs=(404, STATIC_FILES)),
+        Probe("P443", "matrix.example.com", "/", 200, tls=True),
         Probe("P443", "matrix.example.com", "/_matrix/client/versions", 200, "U8008", tls=True,
             headers={"x-forwarded-for": "127.0.0.1", "host": "matrix.example.com:@@P443@@",
                      "x-forwarded-proto": "https", "connection": ""},

@@ -200,14 +200,23 @@ def all_refusals(conf_text: str, prefix: Path, limit: int = 40) -> list[Refusal]
     found: list[Refusal] = []
     conf = prefix / "nginx.conf"
     text = conf_text
+    dropped_sets: set[str] = set()
     for _ in range(limit):
         conf.write_text(text)
         refusal = wsgate_test(conf, prefix)
         if refusal.loads:
             break
-        found.append(refusal)
+        # A variable whose `set` was dropped is unknown afterwards: a consequence of the scan,
+        # not a refusal of its own.
+        if refusal.message != f'unknown "{refusal.directive}" variable' or (
+            refusal.directive not in dropped_sets
+        ):
+            found.append(refusal)
         if not refusal.line:
             break
+        m = re.match(r"\s*set\s+\$(\w+)", text.split("\n")[refusal.line - 1])
+        if m:
+            dropped_sets.add(m.group(1))
         text = _drop(text, refusal.line)
     return found
 

@@ -70,7 +70,6 @@ NOT_YET: dict[str, str] = {
         ),
         "issue 12 (proxy cache)",
     ),
-    **dict.fromkeys(("index", "try_files", "alias", "etag"), "issue 12 (static files)"),
     "ssi": "no issue yet (nginx's SSI module)",
     "ssi_types": "no issue yet (nginx's SSI module)",
     "proxy_store": "no issue yet (proxy_store)",
@@ -87,8 +86,6 @@ LANDING_UNDER_ISSUE_11: dict[str, str] = dict.fromkeys(
         "error_page",
         "internal",
         "@name",
-        "error_log",
-        "proxy_pass",  # with variables
         "ignore_invalid_headers",
         "client_body_buffer_size",
         "lingering_timeout",
@@ -98,7 +95,11 @@ LANDING_UNDER_ISSUE_11: dict[str, str] = dict.fromkeys(
 
 
 def refusal_key(directive: str) -> str:
-    return directive if directive.startswith("listen") else directive.split()[0]
+    if directive.startswith("listen"):
+        return directive
+    if directive.startswith("try_files ... @"):
+        return "@name"  # the named location is what is refused
+    return directive.split()[0]
 
 
 # -- certificates and prefixes -------------------------------------------------------------------
