@@ -39,7 +39,7 @@ from wsgate.config.table import HTTP, LOCATION, MAIN, SERVER, UPSTREAM, Directiv
 from wsgate.config.template import Template, TemplateError, compile_template
 from wsgate.config.upstream import build_upstream
 from wsgate.config.values import (
-    check_default_servers,
+    check_listens,
     config_error,
     regex,
 )
@@ -174,7 +174,7 @@ class Loader:
             "json", self.template(JSON_FORMAT, http.src), "json", builtin=True
         )
         servers = tuple(self.read(http.block or [], HTTP, Level(self, None)))
-        check_default_servers(servers)
+        check_listens(servers)
         return HttpConfig(
             servers=servers,
             upstreams=dict(self.upstreams),

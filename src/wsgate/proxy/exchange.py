@@ -81,6 +81,9 @@ class Exchange:
             connection_requests=front.requests,
             connection_started=front.started,
         )
+        for line in head.ignored_headers:
+            # ngx_http_process_request_headers, ignore_invalid_headers on.
+            self.r.log("info", f'client sent invalid header line: "{line}"')
 
     async def run(self) -> Outcome:
         """Walk the phases and make the response; returns (keep the connection,

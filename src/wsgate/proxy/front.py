@@ -149,6 +149,10 @@ class FrontConnection:
                 default.large_client_header_buffers[0],
                 default.large_client_header_buffers[1],
                 default.max_headers,
+                # nginx reads header lines with the default server's settings until the
+                # Host line names another server; wsgate with the default server's for all.
+                ignore_invalid=default.ignore_invalid_headers,
+                underscores=default.underscores_in_headers,
             )
         )
         self.parser = parser
