@@ -22,8 +22,17 @@ from wsgate.config.loader import DEFAULT_CONF, load
 from wsgate.config.model import Config, ErrorLog
 from wsgate.errors import ConfigError
 from wsgate.loop import new_event_loop
-from wsgate.observability.logs import AccessLogs, ErrorLogger, access_log_paths
-from wsgate.server.gateway import BindKey, Gateway, ListenGroup, announce, open_groups, pid_write
+from wsgate.observability.logs import AccessLogs, ErrorLogger, access_log_paths, level_error_logs
+from wsgate.server.gateway import (
+    BindKey,
+    Gateway,
+    ListenGroup,
+    announce,
+    dropped_sockets,
+    open_groups,
+    pid_write,
+    remove_unix_sockets,
+)
 from wsgate.server.upgrade import inherited_groups, oldbin_path
 
 __all__ = ["main"]
@@ -243,7 +252,7 @@ def cmd_run(opts: Options) -> int:
         _say(f"[warn] {w}")
     access_logs = AccessLogs()
     try:
-        error_log = ErrorLogger(config.error_logs)
+        error_log = ErrorLogger(config.error_logs, levels=level_error_logs(config))
         access_logs.open(access_log_paths(config))
     except OSError as exc:
         _say(f'[emerg] open() "{exc.filename}" failed ({exc.errno}: {exc.strerror})')
@@ -251,22 +260,31 @@ def cmd_run(opts: Options) -> int:
     # A new master started by USR2 serves on the old one's sockets (wsgate.server.upgrade).
     inherited = inherited_groups(error_log)
     try:
-        groups = open_groups(config, inherited)
+        workers = config.worker_processes if config.master_process else 1
+        groups = open_groups(config, inherited, workers)
     except ConfigError as exc:
         _say(f"[emerg] {exc}")
         error_log.log("emerg", str(exc))
         return 1
-    kept = {id(g.sock) for g in groups.values()}
-    for old in inherited.values():
-        if id(old.sock) not in kept and old.sock is not None:
-            old.sock.close()
+    for sock in dropped_sockets(inherited, groups):
+        sock.close()
     # nginx does not detach again when it inherited its sockets: the old master started it.
     if config.daemon and not inherited:
         files = [e.path for e in config.error_logs if e.path != "stderr"]
         _daemonize(files[0] if files else None)
-    if config.master_process:
-        return _run_master(opts, config, error_log, access_logs, groups)
-    return _run_single(opts, config, error_log, access_logs, groups)
+    # A master started by USR2 leaves unix: socket files to its parent while that runs.
+    parent = os.getppid() if inherited else 0
+    try:
+        if config.master_process:
+            return _run_master(opts, config, error_log, access_logs, groups)
+        return _run_single(opts, config, error_log, access_logs, groups)
+    finally:
+        if not _UPGRADED and (not parent or os.getppid() != parent):
+            remove_unix_sockets(groups)
+
+
+#: The master exited with a new binary running on its sockets (USR2, then QUIT).
+_UPGRADED = False
 
 
 def _started(config: Config, error_log: ErrorLogger) -> None:
@@ -307,6 +325,9 @@ def _run_master(
     try:
         return master.run(lambda: _started(config, error_log))
     finally:
+        global _UPGRADED
+        _UPGRADED = master.new_binary != 0
+        groups.update(master.groups)
         _remove_pid(master.config.pid)
         error_log.log("notice", "exit")
         error_log.close()
@@ -334,6 +355,7 @@ def _run_single(
     try:
         serve(gw, groups, lambda: _started(config, error_log))
     finally:
+        groups.update(gw.groups)
         _remove_pid(gw.config.pid)
         error_log.log("notice", "exit")
         gw.access_logs.close()

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from wsgate.config.model import MapBlock
+from wsgate.config.model import ErrorLog, MapBlock
 from wsgate.config.template import Template
 from wsgate.http.fields import first_value
 from wsgate.http.proxy_protocol import ProxyHeader, tlv
@@ -226,6 +226,7 @@ class RequestContext:
         "maps",
         "tls",
         "counters",
+        "error_logs",
         "_cache",
     )
 
@@ -280,6 +281,10 @@ class RequestContext:
         self.tls: Mapping[str, str] = _NO_TLS
         #: The gateway's ``stub_status`` counters, for ``$connections_*`` (None: all ``0``).
         self.counters: StatusCounters | None = None
+        #: The ``error_log`` targets of the level handling the request (the default server's,
+        #: then the chosen server's, then the location's); empty: the main context's.  The
+        #: error log reads them from the context every line is logged with.
+        self.error_logs: tuple[ErrorLog, ...] = ()
         #: Map results computed so far (None until the first).
         self._cache: dict[str, str] | None = None
 
@@ -458,7 +463,8 @@ _GETTERS: dict[str, Callable[[RequestContext], str]] = {
     ),
     "proxy_protocol_server_port": lambda c: _pp_port(c, "dst_port"),
     "server_addr": lambda c: c.server_addr,
-    "server_port": lambda c: str(c.server_port),
+    # A UNIX-domain listener has no port: empty, as ngx_http_variable_server_port.
+    "server_port": lambda c: str(c.server_port) if c.server_port else "",
     "server_name": lambda c: c.server_name,
     "server_protocol": lambda c: f"HTTP/{c.version}",
     "host": _host,

@@ -357,6 +357,9 @@ def find_config(r: Request) -> Decision | None:
     ctx.captures = captures
     r.location = location
     settings = r.settings = location.settings if location is not None else r.server.settings
+    # ngx_http_update_location_config: "ngx_set_connection_log(r->connection,
+    # clcf->error_log)": the location's error_log takes the request's lines from here on.
+    ctx.error_logs = settings.error_logs
     if (
         settings.keepalive_timeout == 0
         or r.connection_requests >= settings.keepalive_requests

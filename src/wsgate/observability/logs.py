@@ -22,7 +22,14 @@ from typing import TextIO
 from wsgate.config.model import AccessLog, Config, ErrorLog, Location, LocationSettings, LogFormat
 from wsgate.config.variables import RequestContext
 
-__all__ = ["LEVELS", "AccessLogs", "ErrorLogger", "access_log_paths", "render_access"]
+__all__ = [
+    "LEVELS",
+    "AccessLogs",
+    "ErrorLogger",
+    "access_log_paths",
+    "level_error_logs",
+    "render_access",
+]
 
 LEVELS = {
     "debug": 7,
@@ -37,12 +44,35 @@ LEVELS = {
 
 
 class ErrorLogger:
-    """Writes nginx-format lines to every configured error log at or above its level."""
+    """Writes nginx-format lines to every configured error log at or above its level.
 
-    def __init__(self, targets: tuple[ErrorLog, ...] = (), stderr_fallback: bool = True) -> None:
+    ``error_log`` in ``http``, ``server`` and ``location`` (ngx_http_core_module): the logs
+    of the level that handles a request replace the main ones for that request's lines
+    ("each level's error_log replaces the inherited one"; several at one level all get the
+    line).  The request's :class:`~wsgate.config.variables.RequestContext` carries its
+    level's targets (``ctx.error_logs``), so any code that logs a request's line with its
+    context reaches the right files without knowing about levels; each distinct set of
+    targets is one child logger, opened with the main one (start, reload, USR1).
+    """
+
+    def __init__(
+        self,
+        targets: tuple[ErrorLog, ...] = (),
+        stderr_fallback: bool = True,
+        levels: tuple[tuple[ErrorLog, ...], ...] = (),
+    ) -> None:
         self.targets = targets
+        #: The target sets of the http/server/location levels that have ``error_log``.
+        self.levels = levels
         self.files: list[tuple[TextIO, int, bool]] = []
+        self.children: dict[tuple[ErrorLog, ...], ErrorLogger] = {}
         self.stderr_fallback = stderr_fallback
+        self.open()
+
+    def configure(self, config: Config) -> None:
+        """Log to ``config``'s main and per-level targets from now on (start and reload)."""
+        self.targets = config.error_logs
+        self.levels = level_error_logs(config)
         self.open()
 
     def open(self) -> None:
@@ -58,12 +88,19 @@ class ErrorLogger:
         for fh, _, owned in old:
             if owned:
                 fh.close()
+        old_children = self.children
+        self.children = {t: ErrorLogger(t, stderr_fallback=False) for t in self.levels}
+        for child in old_children.values():
+            child.close()
 
     def close(self) -> None:
         for fh, _, owned in self.files:
             if owned:
                 fh.close()
         self.files = []
+        for child in self.children.values():
+            child.close()
+        self.children = {}
 
     @property
     def max_level(self) -> int:
@@ -80,16 +117,44 @@ class ErrorLogger:
         ctx: RequestContext | None = None,
         upstream: str | None = None,
     ) -> None:
+        target = self
+        if ctx is not None and ctx.error_logs:
+            target = self.children.get(ctx.error_logs) or self._child(ctx.error_logs)
         lvl = LEVELS[level]
-        if not self.files and not self.stderr_fallback:
+        if not target.files and not target.stderr_fallback:
             return
         line = format_error_line(level, msg, conn, ctx, upstream)
-        if not self.files:
+        if not target.files:
             sys.stderr.write(line)
             return
-        for fh, max_lvl, _ in self.files:
+        for fh, max_lvl, _ in target.files:
             if lvl <= max_lvl:
                 fh.write(line)
+
+    def _child(self, targets: tuple[ErrorLog, ...]) -> ErrorLogger:
+        """The logger of a level of an older configuration (a request or tunnel that began
+        before a reload), opened now; the main one if it cannot be."""
+        try:
+            child = ErrorLogger(targets, stderr_fallback=False)
+        except OSError:
+            return self
+        self.children[targets] = child
+        return child
+
+
+def level_error_logs(config: Config) -> tuple[tuple[ErrorLog, ...], ...]:
+    """Every distinct set of ``error_log`` targets an http, server or location level has."""
+    found: dict[tuple[ErrorLog, ...], None] = {}
+
+    def visit(settings: LocationSettings, locations: tuple[Location, ...]) -> None:
+        if settings.error_logs:
+            found.setdefault(settings.error_logs)
+        for loc in locations:
+            visit(loc.settings, loc.locations)
+
+    for server in config.http.servers:
+        visit(server.settings, server.locations)
+    return tuple(found)
 
 
 def _open_log(path: str) -> TextIO:

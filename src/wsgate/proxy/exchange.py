@@ -70,6 +70,7 @@ class Exchange:
         # ngx_http_set_virtual_server: while the head is read, before any phase.
         server = select_server(front.candidates, head.host, front.default)
         ctx.server_name = server.name
+        ctx.error_logs = server.settings.error_logs
         self.r = Request(
             front.gw,
             front.number,

@@ -102,8 +102,14 @@ class FrontConnection:
         self.number = number
         transport = ep.transport
         assert transport is not None
-        peer = transport.get_extra_info("peername") or ("", 0)
-        local = transport.get_extra_info("sockname") or ("", 0)
+        if group.key[0].startswith("unix:"):
+            # nginx: a UNIX-domain client's $remote_addr is "unix:" and $server_addr is the
+            # listener's "unix:/path"; neither has a port.
+            peer: tuple[str, int] = ("unix:", 0)
+            local: tuple[str, int] = (group.key[0], 0)
+        else:
+            peer = transport.get_extra_info("peername") or ("", 0)
+            local = transport.get_extra_info("sockname") or ("", 0)
         # Interned: connections from one address (a NAT, a load balancer) share the string.
         self.remote_addr, self.remote_port = sys.intern(str(peer[0])), int(peer[1])
         self.local_addr, self.local_port = group.local_address(str(local[0]), int(local[1]))
@@ -240,9 +246,16 @@ class FrontConnection:
         """A line about the connection before any request, with the listening address as
         ``server`` (nginx's ``ngx_http_log_error`` without a request)."""
         ctx = self.bare_ctx()
-        host = f"[{self.local_addr}]" if ":" in self.local_addr else self.local_addr
-        ctx.server_name = f"{host}:{self.local_port}"
+        ctx.server_name = self.listening_text()
         self.gw.error_log.log(level, message, self.number, ctx)
+
+    def listening_text(self) -> str:
+        """The local address as nginx's ``addr_text`` writes it (the ``server`` of a line
+        logged before any request)."""
+        if self.local_addr.startswith("unix:"):
+            return self.local_addr
+        host = f"[{self.local_addr}]" if ":" in self.local_addr else self.local_addr
+        return f"{host}:{self.local_port}"
 
     async def _read_proxy_protocol(self) -> bool:
         """The PROXY protocol header (``listen ... proxy_protocol``); ``False``: close.
@@ -309,10 +322,7 @@ class FrontConnection:
             ep.buffer.clear()
             ep.transport = await handshake(loop, ep.transport, ep, context, timeout, early)
         except (OSError, EOFError, TimeoutError) as exc:
-            ctx = self.bare_ctx()
-            host = f"[{self.local_addr}]" if ":" in self.local_addr else self.local_addr
-            ctx.server_name = f"{host}:{self.local_port}"
-            self.gw.error_log.log("info", handshake_error(exc), self.number, ctx)
+            self._log_connection("info", handshake_error(exc))
             return False
         obj = ep.transport.get_extra_info("ssl_object")
         if isinstance(obj, ssl.SSLObject):
@@ -428,6 +438,9 @@ class FrontConnection:
             maps=self.gw.config.http.maps,
         )
         ctx.server_name = self.default.name
+        # ngx_http_init_connection: the default server's error_log until a request picks
+        # its server.
+        ctx.error_logs = self.default.settings.error_logs
         ctx.counters = self.gw.stub_status
         ctx.proxy_protocol = self.proxy_protocol
         if self.tls_vars is not None:

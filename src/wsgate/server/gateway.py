@@ -58,9 +58,11 @@ __all__ = [
     "ListenGroup",
     "announce",
     "bind_keys",
+    "dropped_sockets",
     "open_access_logs",
     "open_groups",
     "pid_write",
+    "remove_unix_sockets",
 ]
 
 #: nginx's default ``listen ... backlog=`` (NGX_LISTEN_BACKLOG) on Linux.
@@ -81,28 +83,45 @@ BindKey = tuple[str, int, int]  # host, configured port, index (port-0 listens s
 
 
 def bind_keys(config: Config) -> dict[BindKey, list[tuple[Server, Listen]]]:
-    """Which sockets to open and which (server, listen) pairs each one serves."""
+    """Which sockets to open and which (server, listen) pairs each one serves.
+
+    ``ngx_http_init_listening``: on a port with a wildcard address, a specific address is
+    served by the wildcard's socket unless its ``listen`` has ``bind`` or another socket
+    option (``lsopt.bind``); a ``unix:`` path is a socket of its own."""
     wildcard_ports = {
         (lst.port, lst.family_v6)
         for s in config.http.servers
         for lst in s.listens
         if lst.is_wildcard and lst.port != 0
     }
+    own = {(lst.host, lst.port) for s in config.http.servers for lst in s.listens if lst.bind}
     keys: dict[BindKey, list[tuple[Server, Listen]]] = {}
     for server in config.http.servers:
         for lst in server.listens:
             if (
                 lst.port != 0
                 and not lst.is_wildcard
+                and (lst.host, lst.port) not in own
                 and (lst.port, lst.family_v6) in wildcard_ports
             ):
                 host = "::" if lst.family_v6 else "0.0.0.0"
             else:
                 host = lst.host
             # Each ``listen ADDR:0`` gets a socket (and an ephemeral port) of its own.
-            index = len(keys) if lst.port == 0 else 0
+            index = len(keys) if lst.port == 0 and not lst.is_unix else 0
             keys.setdefault((host, lst.port, index), []).append((server, lst))
     return keys
+
+
+def socket_options(key: BindKey, pairs: list[tuple[Server, Listen]]) -> tuple[Listen, float]:
+    """The ``listen`` whose options the socket of ``key`` gets (the one of its address with
+    options, as nginx copies ``lsopt`` of that line to the address; else the first of its
+    address, else defaults), and ``client_header_timeout`` of its first server (``deferred``'s
+    ``TCP_DEFER_ACCEPT`` time, nginx's ``post_accept_timeout``)."""
+    host, port, _ = key
+    mine = [lst for _, lst in pairs if lst.host == host]
+    chosen = next((lst for lst in mine if lst.options), mine[0] if mine else Listen(host, port))
+    return chosen, pairs[0][0].client_header_timeout if pairs else 60.0
 
 
 @dataclass
@@ -119,9 +138,24 @@ class ListenGroup:
     tls: GroupTls | None = None
     #: The socket's protocol factory; a reload that keeps the socket points it at the new group.
     acceptor: _Acceptor | None = None
+    #: ``listen ... reuseport`` under a master: one more socket per worker after the first,
+    #: bound to the same address with ``SO_REUSEPORT`` (nginx's ``ngx_clone_listening``);
+    #: worker N accepts on ``clones[N - 1]``, worker 0 on ``sock``.
+    clones: list[socket.socket] = field(default_factory=list)
     _cache: dict[str, tuple[list[Server], Server]] = field(default_factory=dict)
     _locals: dict[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
     _proxy_protocol: dict[str, bool] = field(default_factory=dict)
+
+    def for_worker(self, index: int) -> ListenGroup:
+        """The group as worker ``index`` sees it: with ``reuseport``, its own socket."""
+        if not self.clones or index == 0:
+            return self
+        sock = self.clones[(index - 1) % len(self.clones)]
+        return ListenGroup(self.key, self.pairs, sock, None, self.port, self.tls)
+
+    def sockets(self) -> list[socket.socket]:
+        """Every socket of the group (its clones too)."""
+        return ([self.sock] if self.sock is not None else []) + self.clones
 
     def local_address(self, host: str, port: int) -> tuple[str, int]:
         """``(host, port)``, one copy per local address for all the connections that arrive
@@ -265,6 +299,8 @@ class Gateway:
         for key, old in self.groups.items():
             if key not in groups or groups[key].sock is not old.sock:
                 _close_group(old)
+            else:
+                _close_dropped(old, groups[key])
         self.groups = groups
 
     async def _start_server(self, group: ListenGroup) -> _Listener:
@@ -574,8 +610,7 @@ class Gateway:
             return
         self.config = config
         self.peer_groups = {}
-        self.error_log.targets = config.error_logs
-        self.error_log.open()
+        self.error_log.configure(config)
         self.access_logs.close()
         self.access_logs = access_logs
         self.loop.create_task(self.serve(groups))
@@ -607,10 +642,25 @@ def open_access_logs(config: Config) -> AccessLogs:
 def announce(error_log: ErrorLogger, group: ListenGroup) -> None:
     """``listening on HOST:PORT (FILE:LINE)``: the address a socket was bound to (tests read
     the ports of ``listen ADDR:0`` from it)."""
-    where = group.key[0]
-    where = f"[{where}]" if ":" in where else where
-    src = group.pairs[0][1].source
-    error_log.log("notice", f"listening on {where}:{group.port}" + (f" ({src})" if src else ""))
+    host, _, index = group.key
+    src = group.pairs[0][1].source if group.pairs else None
+    where = _where((host, group.port, index))
+    error_log.log("notice", f"listening on {where}" + (f" ({src})" if src else ""))
+
+
+def dropped_sockets(
+    old: dict[BindKey, ListenGroup], new: dict[BindKey, ListenGroup]
+) -> list[socket.socket]:
+    """The sockets of ``old`` that ``new`` does not keep (a ``reuseport`` clone too)."""
+    kept = {id(sock) for g in new.values() for sock in g.sockets()}
+    return [sock for g in old.values() for sock in g.sockets() if id(sock) not in kept]
+
+
+def _close_dropped(old: ListenGroup, new: ListenGroup) -> None:
+    kept = {id(sock) for sock in new.sockets()}
+    for sock in old.clones:
+        if id(sock) not in kept:
+            sock.close()
 
 
 def _close_group(group: ListenGroup) -> None:
@@ -618,20 +668,33 @@ def _close_group(group: ListenGroup) -> None:
     if group.server is not None:
         group.server.close()
         group.server = None
-    if group.sock is not None:
-        group.sock.close()
+    for sock in group.sockets():
+        sock.close()
 
 
-def _open(key: BindKey) -> socket.socket:
-    host, port, _ = key
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+def _open(key: BindKey, lst: Listen, defer: float, port: int | None = None) -> socket.socket:
+    """A listening socket for ``key`` with ``lst``'s options (``ngx_open_listening_sockets``
+    and ``ngx_configure_listening_sockets``); ``port`` overrides the key's (a ``reuseport``
+    clone of a ``listen ADDR:0`` socket binds the port its first socket got)."""
+    host, key_port, _ = key
+    if host.startswith("unix:"):
+        family = socket.AF_UNIX
+    else:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind((host, port))
-        sock.listen(BACKLOG)
+        if family == socket.AF_UNIX:
+            sock.bind(host[5:])
+            # nginx: "chmod() ... S_IRUSR|S_IWUSR|S_IRGRP|S_IWGRP|S_IROTH|S_IWOTH".
+            os.chmod(host[5:], 0o666)
+        else:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if lst.reuseport:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(lst.ipv6only))
+            sock.bind((host, key_port if port is None else port))
+        configure_socket(sock, lst, defer)
         sock.setblocking(False)
     except OSError:
         sock.close()
@@ -639,10 +702,41 @@ def _open(key: BindKey) -> socket.socket:
     return sock
 
 
-def open_groups(config: Config, current: dict[BindKey, ListenGroup]) -> dict[BindKey, ListenGroup]:
+def configure_socket(sock: socket.socket, lst: Listen, defer: float) -> None:
+    """``listen``'s options on a bound socket, then ``listen(backlog)``; also applied to a
+    socket a reload keeps, as nginx's ``ngx_configure_listening_sockets`` does."""
+    tcp = sock.family != socket.AF_UNIX
+    if lst.rcvbuf != -1:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, lst.rcvbuf)
+    if lst.sndbuf != -1:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, lst.sndbuf)
+    if lst.so_keepalive:
+        # Accepted sockets inherit SO_KEEPALIVE and the TCP_KEEP* values on Linux.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, int(lst.so_keepalive == 1))
+        if tcp:
+            for opt, value in (
+                (socket.TCP_KEEPIDLE, lst.keepidle),
+                (socket.TCP_KEEPINTVL, lst.keepintvl),
+                (socket.TCP_KEEPCNT, lst.keepcnt),
+            ):
+                if value:
+                    sock.setsockopt(socket.IPPROTO_TCP, opt, value)
+    if tcp and lst.fastopen != -1:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_FASTOPEN, lst.fastopen)
+    if tcp and lst.deferred:
+        # nginx: "timeout = ls->post_accept_timeout / 1000" (client_header_timeout).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, max(int(defer), 1))
+    sock.listen(lst.backlog)
+
+
+def open_groups(
+    config: Config, current: dict[BindKey, ListenGroup], workers: int = 1
+) -> dict[BindKey, ListenGroup]:
     """The listen groups for ``config``: sockets already open in ``current`` are kept, the
     others are bound now (before any event loop exists, so the CLI can bind, then daemonize).
-    A bind failure closes what this call opened and raises nginx's ``bind() ... failed``."""
+    A bind failure closes what this call opened and raises nginx's ``bind() ... failed``.
+    ``workers``: how many workers accept (a ``reuseport`` socket is opened once for each).
+    """
     groups: dict[BindKey, ListenGroup] = {}
     opened: list[socket.socket] = []
     keys = bind_keys(config)
@@ -655,24 +749,46 @@ def open_groups(config: Config, current: dict[BindKey, ListenGroup]) -> dict[Bin
         if any(lst.ssl for _, lst in pairs)
     }
     for key, pairs in keys.items():
+        lst, defer = socket_options(key, pairs)
         old = current.get(key)
-        if old is not None and old.sock is not None:
-            groups[key] = ListenGroup(
-                key, pairs, old.sock, old.server, old.port, tls.get(key), old.acceptor
-            )
-            continue
+        clones = workers - 1 if lst.reuseport and not lst.is_unix else 0
         try:
-            sock = _open(key)
+            if old is not None and old.sock is not None:
+                for kept in old.sockets():
+                    try:
+                        configure_socket(kept, lst, defer)
+                    except OSError:
+                        pass  # nginx logs "setsockopt() ... failed, ignored" and goes on
+                group = ListenGroup(
+                    key, pairs, old.sock, old.server, old.port, tls.get(key), old.acceptor
+                )
+                # A reload with fewer workers drops the clones nobody would accept on.
+                group.clones = list(old.clones[:clones])
+            else:
+                sock = _open(key, lst, defer)
+                opened.append(sock)
+                port = sock.getsockname()[1] if sock.family != socket.AF_UNIX else 0
+                group = ListenGroup(key, pairs, sock, None, port, tls.get(key))
+            while len(group.clones) < clones:
+                clone = _open(key, lst, defer, group.port)
+                opened.append(clone)
+                group.clones.append(clone)
         except OSError as exc:
             for opened_sock in opened:
                 opened_sock.close()
-            where = f"[{key[0]}]" if ":" in key[0] else key[0]
             raise ConfigError(
-                f"bind() to {where}:{key[1]} failed ({exc.errno}: {exc.strerror})"
+                f"bind() to {_where(key)} failed ({exc.errno}: {exc.strerror})"
             ) from exc
-        opened.append(sock)
-        groups[key] = ListenGroup(key, pairs, sock, None, sock.getsockname()[1], tls.get(key))
+        groups[key] = group
     return groups
+
+
+def _where(key: BindKey) -> str:
+    """nginx's ``addr_text`` of a bind key: ``127.0.0.1:80``, ``[::1]:80``, ``unix:/path``."""
+    host, port, _ = key
+    if host.startswith("unix:"):
+        return host
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class _Listener:
@@ -761,6 +877,18 @@ class _Front(Endpoint):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.gw.accepted(self, self.group)
+
+
+def remove_unix_sockets(groups: dict[BindKey, ListenGroup]) -> None:
+    """The files of ``listen unix:`` sockets, removed when the instance exits
+    (``ngx_close_listening_sockets``: by the master or the single process, unless a new
+    binary runs on them or they were inherited from a master that still runs)."""
+    for host, _, _ in groups:
+        if host.startswith("unix:"):
+            try:
+                os.unlink(host[5:])
+            except OSError:
+                pass
 
 
 def pid_write(path: str) -> None:
