@@ -56,13 +56,7 @@ if TYPE_CHECKING:
     from wsgate.proxy.context import WorkerContext
     from wsgate.server.gateway import ListenGroup
 
-__all__ = ["DISCARD_TIMEOUT", "FrontConnection"]
-
-#: The longest pause between two reads of a body nobody read, dropped after the response
-#: so the connection can be kept alive.  nginx drops it with ``lingering_timeout`` (5 s)
-#: between reads and ``lingering_time`` (30 s) in all, which wsgate does not have yet
-#: (docs/differences.md); ``client_body_timeout`` is not used there.
-DISCARD_TIMEOUT = 60.0
+__all__ = ["FrontConnection"]
 
 
 class FrontConnection:
@@ -163,8 +157,12 @@ class FrontConnection:
         )
         self.parser = parser
         keepalive_timeout: float | None = None
+        #: The settings of the request that ends the connection, when it ends after one
+        #: (lingering close); None when it ends idle.
+        last: LocationSettings | None = None
         try:
             while True:
+                last = None
                 if self.gw.stopping and self.requests:
                     return
                 try:
@@ -177,23 +175,30 @@ class FrontConnection:
                     # Bad input before a head exists: nginx's 400/414/494/501/505 and close.
                     if not isinstance(exc, IncompleteRequest):
                         write_error(self, exc, self.bare_ctx(), None, default.settings, "", False)
+                        last = default.settings
                     return
                 if head is None:
                     return
                 self.stat(WRITING)
                 self.requests += 1
                 self.body_done = False
-                keep, keepalive_timeout = await Exchange(self, head).run()
+                exchange = Exchange(self, head)
+                keep, keepalive_timeout = await exchange.run()
+                last = exchange.r.settings
                 if not keep or self.gw.stopping or self.tunnel is not None:
                     return
                 if not self.body_done:
-                    keep = await self._discard_body()
+                    keep = await self._discard_body(last)
                     if not keep:
+                        last = None  # lingering_time ran out, or the client went
                         return
                 self.stat(None)
         finally:
             # A tunnel's request (and connection) ends when the tunnel closes.
             if self.tunnel is None:
+                # Not when the task is cancelled (a fast stop) or failed.
+                if last is not None and sys.exc_info()[0] is None and self._lingers(last):
+                    await self._linger(last)
                 self.stat(None)
                 self.ep.close()
             else:
@@ -392,14 +397,54 @@ class FrontConnection:
                     self.log_access(self.default.settings, ctx, "", False)
                 return None
 
-    async def _discard_body(self) -> bool:
-        """Read and drop the rest of a body nobody consumed (keep-alive needs it gone)."""
+    async def _discard_body(self, settings: LocationSettings) -> bool:
+        """Read and drop the rest of a body nobody consumed (keep-alive needs it gone).
+
+        ``ngx_http_discarded_request_body_handler``: at most ``lingering_timeout`` between
+        two reads and ``lingering_time`` in all, then the connection is closed."""
         try:
-            async for _ in self.body_events(DISCARD_TIMEOUT):
-                pass
-        except HttpError:
+            async with asyncio.timeout(settings.lingering_time):
+                async for _ in self.body_events(settings.lingering_timeout):
+                    pass
+        except (HttpError, TimeoutError):
             return False
         return True
+
+    def _lingers(self, settings: LocationSettings) -> bool:
+        """``ngx_http_finalize_connection``: ``lingering_close always``, or ``on`` when the
+        client may still be sending (a body not read to its end, bytes already here)."""
+        mode = settings.lingering_close
+        if mode == "off" or self.ep.closed or self.ep.eof:
+            return False
+        if mode == "always":
+            return True
+        return not self.body_done or bool(self.ep.buffer) or bool(self.parser.buffered)
+
+    async def _linger(self, settings: LocationSettings) -> None:
+        """nginx's lingering close (``ngx_http_set_lingering_close``): "nginx will wait for
+        and process additional data from a client" before closing, so that a client still
+        sending (the rest of a body its error response refused) reads the whole response
+        instead of a reset.  The write side is shut down once the response is out, then
+        what arrives is read and dropped until the client closes, ``lingering_timeout``
+        passes without data, or ``lingering_time`` in all (a TLS connection cannot be
+        half-closed: it is only drained)."""
+        ep = self.ep
+        transport = ep.transport
+        if transport is None:
+            return
+        if transport.can_write_eof():
+            transport.write_eof()
+        loop = self.gw.loop
+        deadline = loop.time() + settings.lingering_time
+        ep.take()
+        while not ep.eof:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            wait = min(settings.lingering_timeout, remaining)
+            if await ep.wait_data_or(None, wait) is Ready.TIMEOUT:
+                return
+            ep.take()
 
     async def body_events(self, timeout: float) -> AsyncIterator[bytes]:
         """Yield the request body's decoded chunks until its end, waiting at most ``timeout``
