@@ -1,0 +1,313 @@
+"""Core and listen directives through a real wsgate on loopback: ``listen unix:``,
+``reuseport`` with two workers, ``so_keepalive``, lingering close, ``underscores_in_headers``
+and ``ignore_invalid_headers``, ``error_log`` per location, ``merge_slashes``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.client import unix_connect
+from websockets.asyncio.server import ServerConnection, serve
+
+from tests.conftest import WsgateProcess, start_wsgate
+from tests.integration.loopback import HOST, Loop, get, loop_fixture, wait_for
+from wsgate.config.loader import load
+from wsgate.server.gateway import open_groups
+
+Factory = Callable[..., WsgateProcess]
+
+bg = pytest.fixture(loop_fixture)
+
+
+def conf(port: int, server: str = "", location: str = "", http: str = "", main: str = "") -> str:
+    return f"""
+{main}
+events {{}}
+http {{
+  log_format t '$remote_addr|$remote_port|$server_addr|$server_port|$uri|$status|$pid';
+  access_log logs/access.log t;
+  {http}
+  server {{
+    listen 127.0.0.1:0;
+    {server}
+    location / {{
+      proxy_pass http://127.0.0.1:{port};
+      {location}
+    }}
+  }}
+}}
+"""
+
+
+# -- listen unix: ------------------------------------------------------------------------------
+async def _echo(ws: ServerConnection) -> None:
+    async for msg in ws:
+        await ws.send(msg)
+
+
+def test_unix_listener_serves_a_websocket_tunnel(tmp_path: Path) -> None:
+    """nginx: ``$remote_addr`` of a UNIX-domain client is ``unix:``, ``$server_addr`` the
+    listener's ``unix:/path``, neither has a port; the socket file is removed at exit."""
+    path = tmp_path / "gw.sock"
+
+    async def scenario() -> None:
+        server = await serve(_echo, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        text = conf(
+            port,
+            server=f"listen unix:{path};",
+            location="proxy_set_header Upgrade $http_upgrade;"
+            " proxy_set_header Connection upgrade;",
+        )
+        gw = await asyncio.to_thread(start_wsgate, tmp_path / "gw", text)
+        try:
+            assert path.exists() and oct(path.stat().st_mode & 0o777) == oct(0o666)
+            async with unix_connect(str(path), "ws://t/chat") as ws:
+                await ws.send("over a unix socket")
+                assert await ws.recv() == "over a unix socket"
+            (line,) = await asyncio.to_thread(gw.access_lines, 1)
+            assert line.startswith(f"unix:|-|unix:{path}|-|/chat|101|"), line
+        finally:
+            gw.stop()
+            server.close()
+        assert not path.exists(), "the socket file is removed at exit"
+
+    asyncio.run(scenario())
+
+
+def test_stale_unix_socket_file_is_not_removed_at_start(tmp_path: Path) -> None:
+    """nginx removes the file when it exits, never at start: a stale one is ``bind()
+    ... failed (98: Address already in use)``."""
+    path = tmp_path / "stale.sock"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(path))
+    with pytest.raises(AssertionError, match=r"bind\(\) to unix:.*stale\.sock failed \(98: "):
+        start_wsgate(tmp_path / "gw", conf(1, server=f"listen unix:{path};"))
+    assert path.exists()
+
+
+# -- reuseport -------------------------------------------------------------------------------
+def test_reuseport_gives_each_worker_its_socket(bg: Loop, wsgate: Factory) -> None:
+    """``listen ... reuseport`` with two workers: one SO_REUSEPORT socket per worker, so the
+    kernel spreads new connections over both (a connection is served by the worker whose
+    socket took it), before and after a reload."""
+    b = bg.backend("b")
+    text = conf(b.port, main="worker_processes 2;").replace(
+        "listen 127.0.0.1:0;", "listen 127.0.0.1:0 reuseport;"
+    )
+    gw = wsgate(text)
+    wait_for(lambda: len(gw.worker_pids()) == 2, "two workers")
+
+    def pids(count: int, start: int) -> set[str]:
+        for _ in range(count):
+            assert get(gw.port) == (200, b"b")
+        lines = gw.access_lines(start + count)[start:]
+        return {line.rsplit("|", 1)[1] for line in lines}
+
+    # 64 connections from distinct ports all hashed to one socket: about 1 chance in 2**63.
+    assert pids(64, 0) == {str(p) for p in gw.worker_pids()}
+    old = set(gw.worker_pids())
+    gw.signal(signal.SIGHUP)
+    wait_for(lambda: not old & set(gw.worker_pids()), "the old workers to go", timeout=15)
+    wait_for(lambda: len(gw.worker_pids()) == 2, "two new workers")
+    assert pids(64, 64) == {str(p) for p in gw.worker_pids()}
+
+
+# -- socket options --------------------------------------------------------------------------
+def test_listen_socket_options_are_set(tmp_path: Path) -> None:
+    """``so_keepalive=30m:15:7``, ``rcvbuf=``, ``sndbuf=``, ``backlog=``, ``deferred``,
+    ``fastopen=`` on the listening socket; an accepted connection inherits the keep-alive
+    probes."""
+    (tmp_path / "nginx.conf").write_text(
+        "events {} http { server { listen 127.0.0.1:0 so_keepalive=30m:15:7 rcvbuf=64k"
+        " sndbuf=32k backlog=17 deferred fastopen=5; client_header_timeout 9s; } }"
+    )
+    config = load("nginx.conf", str(tmp_path))
+    (group,) = open_groups(config, {}).values()
+    sock = group.sock
+    assert sock is not None
+    try:
+        tcp, sol = socket.IPPROTO_TCP, socket.SOL_SOCKET
+        assert sock.getsockopt(sol, socket.SO_KEEPALIVE) == 1
+        assert sock.getsockopt(tcp, socket.TCP_KEEPIDLE) == 1800
+        assert sock.getsockopt(tcp, socket.TCP_KEEPINTVL) == 15
+        assert sock.getsockopt(tcp, socket.TCP_KEEPCNT) == 7
+        assert sock.getsockopt(sol, socket.SO_RCVBUF) >= 64 * 1024  # Linux doubles it
+        assert sock.getsockopt(sol, socket.SO_SNDBUF) >= 32 * 1024
+        assert sock.getsockopt(tcp, socket.TCP_DEFER_ACCEPT) > 0
+        assert sock.getsockopt(tcp, socket.TCP_FASTOPEN) == 5
+        sock.setblocking(True)
+        with socket.create_connection(sock.getsockname(), timeout=5) as client:
+            client.sendall(b"x")  # deferred: accept() waits for data
+            conn, _ = sock.accept()
+            with conn:
+                assert conn.getsockopt(sol, socket.SO_KEEPALIVE) == 1
+                assert conn.getsockopt(tcp, socket.TCP_KEEPIDLE) == 1800
+    finally:
+        sock.close()
+    (tmp_path / "nginx.conf").write_text(
+        "events {} http { server { listen 127.0.0.1:0 so_keepalive=off; } }"
+    )
+    (group,) = open_groups(load("nginx.conf", str(tmp_path)), {}).values()
+    assert group.sock is not None
+    with group.sock:
+        assert group.sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0
+
+
+# -- lingering close -------------------------------------------------------------------------
+def _refused_body(port: int) -> socket.socket:
+    """A POST whose 20 MB body is refused with 413 after its first bytes."""
+    s = socket.create_connection((HOST, port), timeout=10)
+    s.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 20000000\r\n\r\n" + b"x" * 1000)
+    data = b""
+    while b"</html>" not in data:
+        chunk = s.recv(65536)
+        assert chunk, data
+        data += chunk
+    assert data.startswith(b"HTTP/1.1 413 "), data
+    return s
+
+
+def test_lingering_close_drains_a_refused_body(bg: Loop, wsgate: Factory) -> None:
+    """After the 413, wsgate shuts its side and reads what the client still sends, so the
+    client can finish sending without a reset and then sees a clean end."""
+    b = bg.backend("b")
+    gw = wsgate(conf(b.port, server="client_max_body_size 1k;"))
+    with _refused_body(gw.port) as s:
+        for _ in range(200):  # 6.4 MB, far more than the socket buffers hold
+            s.sendall(b"y" * 32768)
+        s.shutdown(socket.SHUT_WR)
+        assert s.recv(100) == b""  # EOF: no reset
+    assert b.accepted == 0
+
+
+def test_lingering_timeout_ends_a_silent_client(bg: Loop, wsgate: Factory) -> None:
+    """A client that stops sending is closed after ``lingering_timeout``."""
+    b = bg.backend("b")
+    gw = wsgate(conf(b.port, server="client_max_body_size 1k; lingering_timeout 1s;"))
+    with _refused_body(gw.port) as s:
+        s.settimeout(20)
+        assert s.recv(100) == b""
+
+
+def test_lingering_close_off_closes_at_once(bg: Loop, wsgate: Factory) -> None:
+    """``lingering_close off``: the connection is closed with the body's bytes unread, so
+    the client's further sending meets a reset (nginx's documented risk)."""
+    b = bg.backend("b")
+    gw = wsgate(conf(b.port, server="client_max_body_size 1k; lingering_close off;"))
+    with _refused_body(gw.port) as s:
+        with pytest.raises(OSError):
+            for _ in range(2000):
+                s.sendall(b"y" * 32768)
+            s.recv(100)
+            raise AssertionError("no reset")
+
+
+def test_discarded_body_keeps_the_connection(bg: Loop, wsgate: Factory) -> None:
+    """A body nobody reads (``return``) is discarded and the next request is served."""
+    b = bg.backend("b")
+    gw = wsgate(conf(b.port, server="location = /r { return 200 r; }"))
+    with socket.create_connection((HOST, gw.port), timeout=10) as s:
+        s.sendall(b"POST /r HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\n")
+        data = s.recv(4096)
+        assert data.startswith(b"HTTP/1.1 200 "), data
+        s.sendall(b"hello" + b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        rest = b""
+        while chunk := s.recv(65536):
+            rest += chunk
+    assert rest.startswith(b"HTTP/1.1 200 ") and rest.endswith(b"b"), rest
+
+
+# -- header names ----------------------------------------------------------------------------
+def _sent(bg_backend_requests: list[object]) -> str:
+    return bg_backend_requests[-1].head.decode().lower()  # type: ignore[attr-defined]
+
+
+def test_underscores_in_headers(bg: Loop, wsgate: Factory) -> None:
+    """Off (default): a name with ``_`` is dropped and logged at info as nginx's "client
+    sent invalid header line"; on: passed on."""
+    b = bg.backend("b")
+    gw = wsgate(conf(b.port, main="error_log logs/info.log info;"))
+    assert get(gw.port, extra="X_Under: 1\r\nX-Fine: 2\r\n")[0] == 200
+    head = _sent(b.requests)
+    assert "x_under" not in head and "x-fine: 2" in head
+    text = ""
+    info = gw.prefix / "logs" / "info.log"
+    wait_for(lambda: "invalid header line" in info.read_text(), "the info line")
+    text = info.read_text()
+    assert re.search(
+        r'\[info\] .*client sent invalid header line: "X_Under: 1", client: 127\.0\.0\.1, '
+        r'server: , request: "GET / HTTP/1\.1"',
+        text,
+    ), text
+    gw2 = wsgate(conf(b.port, server="underscores_in_headers on;"))
+    assert get(gw2.port, extra="X_Under: 1\r\n")[0] == 200
+    assert "x_under: 1" in _sent(b.requests)
+
+
+def test_ignore_invalid_headers_off_passes_them_on(bg: Loop, wsgate: Factory) -> None:
+    b = bg.backend("b")
+    gw = wsgate(conf(b.port, http="ignore_invalid_headers off;"))
+    assert get(gw.port, extra="X.Dot: 1\r\nX_Under: 2\r\n")[0] == 200
+    head = _sent(b.requests)
+    assert "x.dot: 1" in head and "x_under: 2" in head
+
+
+# -- error_log per level ---------------------------------------------------------------------
+def test_error_log_per_location(bg: Loop, wsgate: Factory) -> None:
+    """Each level's ``error_log`` replaces the outer one for the requests it handles;
+    several at one level all get the line; USR1 reopens them."""
+    b = bg.backend("b")
+    text = conf(
+        b.port,
+        server="error_log logs/server.log;"
+        " location /a { deny all; error_log logs/a1.log; error_log logs/a2.log info; }",
+        location="deny all;",
+    )
+    gw = wsgate(text)
+    logs = gw.prefix / "logs"
+    assert get(gw.port, "/a")[0] == 403
+    assert get(gw.port, "/b")[0] == 403
+    forbidden = "access forbidden by rule"
+    wait_for(lambda: forbidden in (logs / "server.log").read_text(), "the server's line")
+    wait_for(lambda: forbidden in (logs / "a2.log").read_text(), "the location's line")
+    a1 = (logs / "a1.log").read_text()
+    assert a1.count(forbidden) == 1 and '"GET /a HTTP/1.1"' in a1
+    server_log = (logs / "server.log").read_text()
+    assert server_log.count(forbidden) == 1 and '"GET /b HTTP/1.1"' in server_log
+    assert forbidden not in gw.errors()
+    os.rename(logs / "a1.log", logs / "a1.log.1")
+    gw.signal(signal.SIGUSR1)
+    gw.wait_log(r"reopening logs")
+    deadline = time.monotonic() + 10
+    # The worker reopens after the master: a request logs to the new file once it has.
+    while forbidden not in ((logs / "a1.log").read_text() if (logs / "a1.log").exists() else ""):
+        assert time.monotonic() < deadline, "a1.log was not reopened"
+        assert get(gw.port, "/a")[0] == 403
+
+
+def test_error_log_syslog_is_refused_by_name(tmp_path: Path) -> None:
+    with pytest.raises(AssertionError, match=r'"error_log syslog:\.\.\." is not supported'):
+        start_wsgate(tmp_path, conf(1, location="error_log syslog:server=127.0.0.1;"))
+
+
+# -- merge_slashes ---------------------------------------------------------------------------
+def test_merge_slashes(bg: Loop, wsgate: Factory) -> None:
+    """On (default): ``//a//b`` is ``/a/b`` for locations and ``$uri``; off: kept."""
+    b = bg.backend("b")
+    gw = wsgate(conf(b.port, server="location = /a/b { return 200 merged; }"))
+    assert get(gw.port, "//a//b") == (200, b"merged")
+    gw2 = wsgate(
+        conf(b.port, server="merge_slashes off; location = /a/b { return 200 merged; }")
+    )
+    assert get(gw2.port, "//a//b") == (200, b"b")
+    line = gw2.access_lines(1)[0]
+    assert "|//a//b|200|" in line
