@@ -64,8 +64,7 @@ def test_unix_listener_serves_a_websocket_tunnel(tmp_path: Path) -> None:
         text = conf(
             port,
             server=f"listen unix:{path};",
-            location="proxy_set_header Upgrade $http_upgrade;"
-            " proxy_set_header Connection upgrade;",
+            location="proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection upgrade;",
         )
         gw = await asyncio.to_thread(start_wsgate, tmp_path / "gw", text)
         try:
@@ -305,9 +304,7 @@ def test_merge_slashes(bg: Loop, wsgate: Factory) -> None:
     b = bg.backend("b")
     gw = wsgate(conf(b.port, server="location = /a/b { return 200 merged; }"))
     assert get(gw.port, "//a//b") == (200, b"merged")
-    gw2 = wsgate(
-        conf(b.port, server="merge_slashes off; location = /a/b { return 200 merged; }")
-    )
+    gw2 = wsgate(conf(b.port, server="merge_slashes off; location = /a/b { return 200 merged; }"))
     assert get(gw2.port, "//a//b") == (200, b"b")
     line = gw2.access_lines(1)[0]
     assert "|//a//b|200|" in line
