@@ -16,7 +16,9 @@ small for that reason: it lives as long as every idle tunnel.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
+import struct
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -57,6 +59,10 @@ if TYPE_CHECKING:
     from wsgate.server.gateway import ListenGroup
 
 __all__ = ["FrontConnection"]
+
+
+class _HeadTimedOut(Exception):
+    """``client_header_timeout`` expired in a request's head (logged; nothing is sent)."""
 
 
 class FrontConnection:
@@ -160,6 +166,8 @@ class FrontConnection:
         #: The settings of the request that ends the connection, when it ends after one
         #: (lingering close); None when it ends idle.
         last: LocationSettings | None = None
+        #: ``reset_timedout_connection``: the connection timed out or got ``return 444``.
+        reset = False
         try:
             while True:
                 last = None
@@ -171,6 +179,9 @@ class FrontConnection:
                         # errors are answered as a first request's are.
                         self.pending = parser.next_request()
                     head = await self._read_head(keepalive_timeout)
+                except _HeadTimedOut:
+                    reset = default.settings.reset_timedout_connection
+                    return
                 except HttpError as exc:
                     # Bad input before a head exists: nginx's 400/414/494/501/505 and close.
                     if not isinstance(exc, IncompleteRequest):
@@ -184,11 +195,18 @@ class FrontConnection:
                 self.body_done = False
                 exchange = Exchange(self, head)
                 keep, keepalive_timeout = await exchange.run()
-                last = exchange.r.settings
+                settings = last = exchange.r.settings
+                status = exchange.r.ctx.status
+                if status in (408, 444, 499):
+                    # ngx_http_terminate_request: closed at once, never lingering; reset
+                    # with reset_timedout_connection (ngx_http_free_request: "if
+                    # (r->connection->timedout)", set by a timeout and by 444).
+                    reset = settings.reset_timedout_connection and status != 499
+                    last = None
                 if not keep or self.gw.stopping or self.tunnel is not None:
                     return
                 if not self.body_done:
-                    keep = await self._discard_body(last)
+                    keep = await self._discard_body(settings)
                     if not keep:
                         last = None  # lingering_time ran out, or the client went
                         return
@@ -197,7 +215,9 @@ class FrontConnection:
             # A tunnel's request (and connection) ends when the tunnel closes.
             if self.tunnel is None:
                 # Not when the task is cancelled (a fast stop) or failed.
-                if last is not None and sys.exc_info()[0] is None and self._lingers(last):
+                if reset:
+                    self._reset()
+                elif last is not None and sys.exc_info()[0] is None and self._lingers(last):
                     await self._linger(last)
                 self.stat(None)
                 self.ep.close()
@@ -395,7 +415,22 @@ class FrontConnection:
                     # nginx sends nothing but logs "408 0" once the request had started.
                     ctx.status = 408
                     self.log_access(self.default.settings, ctx, "", False)
+                    raise _HeadTimedOut from None
                 return None
+
+    def _reset(self) -> None:
+        """``reset_timedout_connection``: "Before closing a socket, the SO_LINGER option is
+        set on it with a timeout value of 0. When the socket is closed, TCP RST is sent to
+        the client, and all memory occupied by this socket is released" (nginx docs)."""
+        transport = self.ep.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is None or sock.family == socket.AF_UNIX:
+            return
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            return
+        self.ep.abort()
 
     async def _discard_body(self, settings: LocationSettings) -> bool:
         """Read and drop the rest of a body nobody consumed (keep-alive needs it gone).
