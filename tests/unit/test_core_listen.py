@@ -180,3 +180,24 @@ def test_keepalive_disable_browsers() -> None:
     assert not _keepalive_disabled(_head("GET", safari), default)
     assert _keepalive_disabled(_head("GET", safari), frozenset({"safari"}))
     assert not _keepalive_disabled(_head("GET", None), frozenset({"safari", "msie6"}))
+
+
+def test_listen_port_ranges(tmp_path: Path) -> None:
+    """nginx 1.27.3+: ``listen ADDR:LO-HI`` is one address per port."""
+    (server,) = conf(
+        tmp_path, servers("listen 127.0.0.1:8182-8184; listen [::1]:90-91;")
+    ).http.servers
+    assert [lst.text for lst in server.listens] == [
+        "127.0.0.1:8182",
+        "127.0.0.1:8183",
+        "127.0.0.1:8184",
+        "[::1]:90",
+        "[::1]:91",
+    ]
+    (server,) = conf(tmp_path, servers("listen 8000-8001 reuseport;")).http.servers
+    assert [(lst.host, lst.port, lst.reuseport) for lst in server.listens] == [
+        ("0.0.0.0", 8000, True),
+        ("0.0.0.0", 8001, True),
+    ]
+    assert "invalid port range in" in error(tmp_path, servers("listen 9-8;"))
+    assert "invalid port in" in error(tmp_path, servers("listen 1-70000;"))

@@ -15,6 +15,7 @@ __all__ = [
     "check_listens",
     "config_error",
     "listen",
+    "listens",
     "regex",
     "resolve",
     "server_name",
@@ -114,6 +115,23 @@ def _so_keepalive(value: str) -> tuple[int, int, int] | None:
     if not (idle or intvl or cnt):
         return None
     return idle, intvl, cnt
+
+
+_PORT_RANGE = re.compile(r"(?P<head>(?:\[[^\]]*\]:|[^:\[\]]+:)?)(?P<lo>\d+)-(?P<hi>\d+)")
+
+
+def listens(args: list[str], src: Source) -> tuple[Listen, ...]:
+    """``listen``, with a port range (``127.0.0.1:8000-8009``, ``8000-8009``, nginx
+    1.27.3+): one address for each port of the range, as ``ngx_http_core_listen`` adds."""
+    m = _PORT_RANGE.fullmatch(args[0])
+    if m is None or args[0].startswith("unix:"):
+        return (listen(args, src),)
+    lo, hi = int(m["lo"]), int(m["hi"])
+    if not 1 <= lo <= 65535 or not 1 <= hi <= 65535:
+        raise _err(f'invalid port in "{args[0]}" of the "listen" directive', src)
+    if lo > hi:
+        raise _err(f'invalid port range in "{args[0]}" of the "listen" directive', src)
+    return tuple(listen([f"{m['head']}{port}", *args[1:]], src) for port in range(lo, hi + 1))
 
 
 def listen(args: list[str], src: Source) -> Listen:

@@ -48,7 +48,7 @@ from wsgate.config.table import (
     time,
 )
 from wsgate.config.units import parse_size, parse_time
-from wsgate.config.values import config_error, listen, server_name
+from wsgate.config.values import config_error, listens, server_name
 
 if TYPE_CHECKING:
     from wsgate.config.level import Level
@@ -238,7 +238,7 @@ def _location(s: Stmt, level: Level) -> Location:
 
 
 def _listen(s: Stmt, level: Level) -> tuple[Listen, ...]:
-    return (listen(s.args, s.src),)
+    return listens(s.args, s.src)
 
 
 def _server_name(s: Stmt, level: Level) -> tuple[ServerName, ...]:
@@ -415,7 +415,8 @@ ENTRIES: tuple[Directive, ...] = (
         fields=("listens",),
         unset=(),
         merge=Merge.ARRAY,
-        syntax="address[:port] | port | unix:path [default_server] [ssl] [proxy_protocol] "
+        syntax="address[:port[-port]] | port[-port] | unix:path [default_server] [ssl] "
+        "[proxy_protocol] "
         "[backlog=number] [rcvbuf=size] [sndbuf=size] [deferred] [bind] [fastopen=number] "
         "[ipv6only=on|off] [reuseport] [so_keepalive=on|off|[keepidle]:[keepintvl]:[keepcnt]]",
         note="`*:80` when a server has none",
