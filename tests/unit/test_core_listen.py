@@ -3,6 +3,7 @@ pure rules of ``keepalive_disable``: no sockets."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -201,3 +202,11 @@ def test_listen_port_ranges(tmp_path: Path) -> None:
     ]
     assert "invalid port range in" in error(tmp_path, servers("listen 9-8;"))
     assert "invalid port in" in error(tmp_path, servers("listen 1-70000;"))
+
+
+def test_connection_time_counts_from_the_connection() -> None:
+    """``$connection_time``: seconds since the connection began, milliseconds resolution."""
+    ctx = RequestContext()
+    ctx.connection_start = time.time() - 2.5
+    text = ctx.lookup("connection_time")
+    assert 2.5 <= float(text) < 60 and len(text.split(".")[1]) == 3

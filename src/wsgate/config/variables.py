@@ -87,6 +87,7 @@ FIXED_VARIABLES = (
             "upstream_header_time",
             "connection",
             "connection_requests",
+            "connection_time",
             "pid",
             "pipe",
             "content_length",
@@ -221,6 +222,7 @@ class RequestContext:
         "upstream_times",
         "connection",
         "connection_requests",
+        "connection_start",
         "pipelined",
         "captures",
         "maps",
@@ -274,6 +276,8 @@ class RequestContext:
         self.upstream_started = 0.0
         self.connection = connection
         self.connection_requests = 1
+        #: When the connection was accepted (``time.time()``), for ``$connection_time``.
+        self.connection_start = self.start
         self.pipelined = False
         self.captures: tuple[str, ...] = ()
         self.maps: Mapping[str, MapBlock] = maps or _NO_MAPS
@@ -435,6 +439,12 @@ def _msec(c: RequestContext) -> str:
     return f"{time.time():.3f}"
 
 
+def _connection_time(c: RequestContext) -> str:
+    """``$connection_time``: "connection time in seconds with a milliseconds resolution"
+    (nginx 1.19.10)."""
+    return f"{max(0.0, time.time() - c.connection_start):.3f}"
+
+
 def _request_time(c: RequestContext) -> str:
     return f"{max(0.0, time.time() - c.start):.3f}"
 
@@ -493,6 +503,7 @@ _GETTERS: dict[str, Callable[[RequestContext], str]] = {
     "upstream_response_time": lambda c: ", ".join(c.upstream_times),
     "connection": lambda c: str(c.connection),
     "connection_requests": lambda c: str(c.connection_requests),
+    "connection_time": _connection_time,
     "pipe": lambda c: "p" if c.pipelined else ".",
     "content_length": lambda c: c.header("content-length") or "",
     "content_type": lambda c: c.header("content-type") or "",

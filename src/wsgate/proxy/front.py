@@ -517,6 +517,7 @@ class FrontConnection:
             connection=self.number,
             maps=self.gw.config.http.maps,
         )
+        ctx.connection_start = ctx.start - (self.gw.loop.time() - self.started)
         ctx.server_name = self.default.name
         # ngx_http_init_connection: the default server's error_log until a request picks
         # its server.

@@ -65,6 +65,7 @@ _HASH = (
     "hash table sizes: wsgate looks names up in Python dicts, which size themselves; "
     "the value is checked as nginx checks it"
 )
+_POOL = "nginx's memory pools: Python allocates as it goes; the value is checked"
 _BODY = "wsgate streams a request body to the upstream as it arrives and keeps none of it"
 _TEMP = "wsgate writes no temporary files"
 _STREAM = "wsgate always streams, as with `off`"
@@ -94,6 +95,8 @@ ENTRIES: tuple[Directive, ...] = (
     _noop("proxy_headers_hash_max_size", HSL, TAKE1, _HASH, number),
     _noop("proxy_headers_hash_bucket_size", HSL, TAKE1, _HASH, size),
     _noop("client_body_buffer_size", HSL, TAKE1, _BODY, size),
+    _noop("connection_pool_size", ctx("http server"), TAKE1, _POOL, size),
+    _noop("request_pool_size", ctx("http server"), TAKE1, _POOL, size),
     _noop("client_body_in_single_buffer", HSL, FLAG, _BODY, flag),
     _noop(
         "client_body_in_file_only",
