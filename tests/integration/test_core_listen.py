@@ -310,11 +310,7 @@ def test_merge_slashes(bg: Loop, wsgate: Factory) -> None:
     assert "|//a//b|200|" in line
 
 
-# -- chunked_transfer_encoding, reset_timedout_connection -----------------------------------
-def _unframed(backend: object, request: object) -> bytes:
-    return b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nno length"
-
-
+# -- reset_timedout_connection ------------------------------------------------------------
 def _exchange(port: int, request: bytes) -> bytes:
     with socket.create_connection((HOST, port), timeout=10) as s:
         s.sendall(request)
@@ -322,27 +318,6 @@ def _exchange(port: int, request: bytes) -> bytes:
         while chunk := s.recv(65536):
             data += chunk
     return data
-
-
-def test_chunked_transfer_encoding(bg: Loop, wsgate: Factory) -> None:
-    """A response of unknown length to an HTTP/1.1 client: chunked by default; with
-    ``chunked_transfer_encoding off`` sent as is and ended by closing the connection."""
-    b = bg.backend("b", _unframed)
-    request = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"  # keep-alive asked for
-    gw = wsgate(conf(b.port, location="chunked_transfer_encoding off;"))
-    data = _exchange(gw.port, request)
-    head, _, body = data.partition(b"\r\n\r\n")
-    assert b"Transfer-Encoding" not in head and b"Connection: close" in head, head
-    assert body == b"no length"
-    gw2 = wsgate(conf(b.port))
-    with socket.create_connection((HOST, gw2.port), timeout=10) as s:
-        s.sendall(request)
-        data = b""
-        while not data.endswith(b"0\r\n\r\n"):
-            chunk = s.recv(65536)
-            assert chunk, data
-            data += chunk
-    assert b"Transfer-Encoding: chunked" in data and b"no length" in data
 
 
 def test_reset_timedout_connection(bg: Loop, wsgate: Factory) -> None:

@@ -32,11 +32,3 @@ def test_no_body() -> None:
     no_content = client_framing("GET", "1.1", 204, 42, True)
     assert no_content.no_body and no_content.framing == BodyFraming.none()
     assert client_framing("GET", "1.0", 204, None, True).keep_alive  # no body, no close
-
-
-def test_chunked_transfer_encoding_off_ends_the_body_with_the_connection() -> None:
-    """nginx's chunked filter: without ``chunked_transfer_encoding`` an HTTP/1.1 response
-    of unknown length is not chunked and the connection is not kept."""
-    plan = client_framing("GET", "1.1", 200, None, True, chunked=False)
-    assert not plan.chunked and not plan.keep_alive and plan.framing == BodyFraming.none()
-    assert client_framing("GET", "1.1", 200, 7, True, chunked=False).keep_alive

@@ -508,9 +508,6 @@ class LocationSettings:
     lingering_timeout: float = 5.0
     #: ``keepalive_disable``: the browsers (``msie6``, ``safari``) keep-alive is off for.
     keepalive_disable: frozenset[str] = frozenset({"msie6"})
-    #: ``chunked_transfer_encoding``: off closes the connection after a response of
-    #: unknown length to an HTTP/1.1 client instead of chunking it.
-    chunked_transfer_encoding: bool = True
     #: ``reset_timedout_connection``: a timed-out connection (and ``return 444``) is reset.
     reset_timedout_connection: bool = False
     #: ``real_ip_header``, as written (``X-Real-IP``, ``X-Forwarded-For``, ``proxy_protocol``

@@ -34,12 +34,9 @@ def client_framing(
     status: int,
     content_length: int | None,
     keep_alive: bool,
-    chunked: bool = True,
 ) -> ClientFraming:
     """The framing of a response with ``status`` and the upstream's ``content_length`` to a
-    ``method`` request of HTTP ``version``; ``keep_alive`` is what the request allows;
-    ``chunked`` is ``chunked_transfer_encoding`` ("Allows disabling chunked transfer encoding
-    in HTTP/1.1": the body then ends with the connection, as for HTTP/1.0)."""
+    ``method`` request of HTTP ``version``; ``keep_alive`` is what the request allows."""
     if method == "HEAD" or status in (204, 304):
         framing = (
             BodyFraming.content_length(content_length)
@@ -49,6 +46,6 @@ def client_framing(
         return ClientFraming(framing, False, True, keep_alive)
     if content_length is not None:
         return ClientFraming(BodyFraming.content_length(content_length), False, False, keep_alive)
-    if version == "1.1" and chunked:
+    if version == "1.1":
         return ClientFraming(BodyFraming.chunked(), True, False, keep_alive)
     return ClientFraming(BodyFraming.none(), False, False, False)

@@ -192,12 +192,7 @@ async def relay_response(
     if resp.status == 101:
         return _lone_101(ex, resp), False
     plan = client_framing(
-        head.method,
-        head.version,
-        resp.status,
-        resp.content_length,
-        head.keep_alive,
-        settings.chunked_transfer_encoding,
+        head.method, head.version, resp.status, resp.content_length, head.keep_alive
     )
     keep, no_body, chunk_out = plan.keep_alive, plan.no_body, plan.chunked
     ctx.status = resp.status

@@ -597,15 +597,6 @@ ENTRIES: tuple[Directive, ...] = (
         syntax="none | browser ...",
     ),
     Directive(
-        "chunked_transfer_encoding",
-        HSL,
-        FLAG,
-        parse=flag,
-        target=_LS,
-        fields=("chunked_transfer_encoding",),
-        default="on",
-    ),
-    Directive(
         "reset_timedout_connection",
         HSL,
         FLAG,
