@@ -93,6 +93,7 @@ FIXED_VARIABLES = (
             "content_length",
             "content_type",
             "remote_user",
+            "limit_rate",
             # ngx_http_realip_module
             "realip_remote_addr",
             "realip_remote_port",
@@ -229,6 +230,7 @@ class RequestContext:
         "tls",
         "counters",
         "error_logs",
+        "limit_rate",
         "_cache",
     )
 
@@ -289,6 +291,9 @@ class RequestContext:
         #: then the chosen server's, then the location's); empty: the main context's.  The
         #: error log reads them from the context every line is logged with.
         self.error_logs: tuple[ErrorLog, ...] = ()
+        #: ``r->limit_rate`` once set (``set $limit_rate``, ``X-Accel-Limit-Rate``, or the
+        #: ``limit_rate`` directive read at the first write); None: not yet.
+        self.limit_rate: int | None = None
         #: Map results computed so far (None until the first).
         self._cache: dict[str, str] | None = None
 
@@ -510,5 +515,6 @@ _GETTERS: dict[str, Callable[[RequestContext], str]] = {
     "hostname": lambda c: _HOSTNAME,
     "pid": lambda c: str(os.getpid()),
     "remote_user": lambda c: "",
+    "limit_rate": lambda c: str(c.limit_rate or 0),
     **{f"connections_{f}": _connections(f) for f in ("active", "reading", "writing", "waiting")},
 }
