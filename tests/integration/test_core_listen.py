@@ -19,6 +19,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from tests.conftest import WsgateProcess, start_wsgate
 from tests.integration.loopback import HOST, Loop, get, loop_fixture, wait_for
+from tests.integration.test_upgrade import children, gone
 from wsgate.config.loader import load
 from wsgate.server.gateway import open_groups
 
@@ -330,3 +331,53 @@ def test_reset_timedout_connection(bg: Loop, wsgate: Factory) -> None:
     gw2 = wsgate(conf(b.port, server="reset_timedout_connection on; location /x { return 444; }"))
     with pytest.raises(ConnectionResetError):
         _exchange(gw2.port, request)
+
+
+# -- the USR2 upgrade hands the reuseport clones and unix: sockets over ----------------------
+@pytest.mark.timeout(120)
+def test_upgrade_hands_over_reuseport_and_unix_sockets(
+    bg: Loop, wsgate: Factory, tmp_path: Path
+) -> None:
+    """USR2: the new master takes every socket, a worker's own ``reuseport`` socket
+    included, so both new workers accept; the old master leaves the unix socket file to
+    the new one, which removes it when it exits."""
+    b = bg.backend("b")
+    gw_sock = tmp_path / "u.sock"
+    text = conf(b.port, main="worker_processes 2;").replace(
+        "listen 127.0.0.1:0;", f"listen 127.0.0.1:0 reuseport; listen unix:{gw_sock};"
+    )
+    gw = wsgate(text)
+    old = gw.proc.pid
+    wait_for(lambda: len(gw.worker_pids()) == 2, "two workers")
+    mark = len(gw.errors())
+    os.kill(old, signal.SIGUSR2)
+    m = gw.wait_log(r"started, pid (\d+)", 20, mark)
+    new = int(m.group(1))
+    # The descriptors passed: the socket, the unix one, and worker 1's clone ("INDEX+1").
+    inherited = gw.wait_log(r'using inherited sockets from "([^"]*)"', 10, mark).group(1)
+    assert re.fullmatch(
+        rf"\d+,127\.0\.0\.1,0,\d+;\d+,unix:{re.escape(str(gw_sock))},0,0;"
+        rf"\d+,127\.0\.0\.1,0,\d+\+1;",
+        inherited,
+    ), inherited
+    try:
+        wait_for(lambda: len(children(new)) == 2, "the new workers", timeout=20)
+        os.kill(old, signal.SIGQUIT)
+        gw.proc.wait(30)
+        assert gw_sock.exists(), "the new master serves on it"
+        new_workers = {str(p) for p in children(new)}
+        start = len(gw.access_lines(0))
+        for _ in range(64):
+            assert get(gw.port) == (200, b"b")
+        lines = gw.access_lines(start + 64)[start:]
+        assert {line.rsplit("|", 1)[1] for line in lines} == new_workers
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(5)
+            s.connect(str(gw_sock))
+            s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            assert s.recv(100).startswith(b"HTTP/1.1 200 ")
+    finally:
+        if not gone(new):
+            os.kill(new, signal.SIGTERM)
+            wait_for(lambda: gone(new), "the new master to exit", timeout=20)
+    assert not gw_sock.exists(), "removed by the master that ran on it last"
