@@ -70,7 +70,6 @@ def test_listen_options_are_parsed(tmp_path: Path) -> None:
         ("80 so_keepalive=1x", 'invalid so_keepalive value: "1x"'),
         ("80 ipv6only=of", 'invalid ipv6only flags "of"'),
         ("80 setfib=1", '"listen ... setfib=" is not supported by wsgate'),
-        ("80 accept_filter=dataready", '"listen ... accept_filter=" is not supported'),
         ("80 backlogs=1", 'invalid parameter "backlogs=1"'),
         ("unix:", "no path in the unix domain socket"),
     ],
@@ -78,6 +77,19 @@ def test_listen_options_are_parsed(tmp_path: Path) -> None:
 def test_listen_bad_values(tmp_path: Path, args: str, words: str) -> None:
     text = error(tmp_path, servers(f"listen {args};"))
     assert words in text and "nginx.conf:1" in text
+
+
+def test_accept_filter_is_ignored_with_nginx_words(tmp_path: Path) -> None:
+    """nginx on Linux logs the parameter and ignores it (FreeBSD's accept filters)."""
+    config = conf(tmp_path, servers("listen 80 accept_filter=dataready;"))
+    assert any(
+        w.startswith(
+            'accept filters "accept_filter=dataready" are not supported on this '
+            "platform, ignored in "
+        )
+        for w in config.warnings
+    ), config.warnings
+    assert not config.http.servers[0].listens[0].options
 
 
 def test_duplicate_listen_checks(tmp_path: Path) -> None:

@@ -120,21 +120,23 @@ def _so_keepalive(value: str) -> tuple[int, int, int] | None:
 _PORT_RANGE = re.compile(r"(?P<head>(?:\[[^\]]*\]:|[^:\[\]]+:)?)(?P<lo>\d+)-(?P<hi>\d+)")
 
 
-def listens(args: list[str], src: Source) -> tuple[Listen, ...]:
+def listens(args: list[str], src: Source, warnings: list[str] | None = None) -> tuple[Listen, ...]:
     """``listen``, with a port range (``127.0.0.1:8000-8009``, ``8000-8009``, nginx
     1.27.3+): one address for each port of the range, as ``ngx_http_core_listen`` adds."""
     m = _PORT_RANGE.fullmatch(args[0])
     if m is None or args[0].startswith("unix:"):
-        return (listen(args, src),)
+        return (listen(args, src, warnings),)
     lo, hi = int(m["lo"]), int(m["hi"])
     if not 1 <= lo <= 65535 or not 1 <= hi <= 65535:
         raise _err(f'invalid port in "{args[0]}" of the "listen" directive', src)
     if lo > hi:
         raise _err(f'invalid port range in "{args[0]}" of the "listen" directive', src)
-    return tuple(listen([f"{m['head']}{port}", *args[1:]], src) for port in range(lo, hi + 1))
+    return tuple(
+        listen([f"{m['head']}{port}", *args[1:]], src, warnings) for port in range(lo, hi + 1)
+    )
 
 
-def listen(args: list[str], src: Source) -> Listen:
+def listen(args: list[str], src: Source, warnings: list[str] | None = None) -> Listen:
     """``listen address[:port] | port | unix:path [default_server] [ssl] [proxy_protocol]
     [setfib=number] [fastopen=number] [backlog=number] [rcvbuf=size] [sndbuf=size]
     [deferred] [bind] [ipv6only=on|off] [reuseport] [so_keepalive=on|off|[keepidle]:
@@ -218,9 +220,12 @@ def listen(args: list[str], src: Source) -> Listen:
             # NGX_HAVE_SETFIB: FreeBSD only; nginx on Linux does not know the parameter.
             raise _err(f'"listen ... setfib=" is not supported by wsgate (FreeBSD only) "{p}"', src)
         elif eq and name == "accept_filter":
-            raise _err(
-                f'"listen ... accept_filter=" is not supported by wsgate (FreeBSD only) "{p}"', src
-            )
+            # nginx on Linux: logged, and the parameter ignored (NGX_HAVE_DEFERRED_ACCEPT
+            # without SO_ACCEPTFILTER).
+            if warnings is not None:
+                warnings.append(
+                    f'accept filters "{p}" are not supported on this platform, ignored in {src}'
+                )
         elif p == "multipath":
             raise _err('"listen ... multipath" is not supported by wsgate', src)
         else:

@@ -240,7 +240,7 @@ def _location(s: Stmt, level: Level) -> Location:
 
 
 def _listen(s: Stmt, level: Level) -> tuple[Listen, ...]:
-    return listens(s.args, s.src)
+    return listens(s.args, s.src, level.loader.warnings)
 
 
 def _server_name(s: Stmt, level: Level) -> tuple[ServerName, ...]:
