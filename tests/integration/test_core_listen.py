@@ -381,3 +381,28 @@ def test_upgrade_hands_over_reuseport_and_unix_sockets(
             os.kill(new, signal.SIGTERM)
             wait_for(lambda: gone(new), "the new master to exit", timeout=20)
     assert not gw_sock.exists(), "removed by the master that ran on it last"
+
+
+def test_reload_drops_a_unix_listener_and_checks_error_logs(
+    bg: Loop, wsgate: Factory, tmp_path: Path
+) -> None:
+    """A reload that drops ``listen unix:`` removes its file (``[warn] deleting socket``);
+    one whose location ``error_log`` cannot be opened is refused and the old one goes on."""
+    b = bg.backend("b")
+    sock = tmp_path / "r.sock"
+    text = conf(b.port, server=f"listen unix:{sock};")
+    gw = wsgate(text)
+    assert sock.exists()
+    (tmp_path / "file").write_text("not a directory")
+    bad = tmp_path / "file" / "x.log"
+    gw.conf.write_text(conf(b.port, location=f"error_log {bad};"))
+    mark = len(gw.errors())
+    gw.signal(signal.SIGHUP)
+    gw.wait_log(rf'\[emerg\] .*open\(\) "{re.escape(str(bad))}" failed', start=mark)
+    assert sock.exists() and get(gw.port) == (200, b"b")
+    gw.conf.write_text(conf(b.port))
+    mark = len(gw.errors())
+    gw.signal(signal.SIGHUP)
+    gw.wait_log(rf"\[warn\] .*deleting socket {re.escape(str(sock))}", start=mark)
+    assert not sock.exists()
+    assert get(gw.port) == (200, b"b")

@@ -35,7 +35,12 @@ from typing import Any
 from wsgate.config.model import Config, Listen, ProxyPass, Server, SslServer
 from wsgate.errors import ConfigError
 from wsgate.limits import LimitRegistry
-from wsgate.observability.logs import AccessLogs, ErrorLogger, access_log_paths
+from wsgate.observability.logs import (
+    AccessLogs,
+    ErrorLogger,
+    access_log_paths,
+    level_error_logs,
+)
 from wsgate.observability.metrics import MetricsStore
 from wsgate.observability.status import (
     ACCEPTS,
@@ -58,6 +63,8 @@ __all__ = [
     "ListenGroup",
     "announce",
     "bind_keys",
+    "check_error_logs",
+    "delete_dropped_unix_sockets",
     "dropped_sockets",
     "open_access_logs",
     "open_groups",
@@ -600,6 +607,7 @@ class Gateway:
         access_logs = AccessLogs()
         try:
             config = self.reload_config()
+            check_error_logs(config)
             access_logs = open_access_logs(config)
             if self.on_reload is not None:
                 self.on_reload(config)
@@ -613,6 +621,7 @@ class Gateway:
         self.error_log.configure(config)
         self.access_logs.close()
         self.access_logs = access_logs
+        delete_dropped_unix_sockets(self.groups, groups, self.error_log)
         self.loop.create_task(self.serve(groups))
 
     def reopen(self) -> None:
@@ -637,6 +646,15 @@ def open_access_logs(config: Config) -> AccessLogs:
         logs.close()
         raise ConfigError(f'open() "{exc.filename}" failed ({exc.errno}: {exc.strerror})') from exc
     return logs
+
+
+def check_error_logs(config: Config) -> None:
+    """Every ``error_log`` file ``config`` names opens (a reload keeps the old configuration
+    otherwise, as nginx's new cycle fails): ``open() "PATH" failed`` as a ConfigError."""
+    try:
+        ErrorLogger(config.error_logs, False, level_error_logs(config)).close()
+    except OSError as exc:
+        raise ConfigError(f'open() "{exc.filename}" failed ({exc.errno}: {exc.strerror})') from exc
 
 
 def announce(error_log: ErrorLogger, group: ListenGroup) -> None:
@@ -889,6 +907,21 @@ def remove_unix_sockets(groups: dict[BindKey, ListenGroup]) -> None:
                 os.unlink(host[5:])
             except OSError:
                 pass
+
+
+def delete_dropped_unix_sockets(
+    old: dict[BindKey, ListenGroup], new: dict[BindKey, ListenGroup], error_log: ErrorLogger
+) -> None:
+    """A reload that drops a ``listen unix:`` removes its file (``ngx_init_cycle``:
+    ``[warn] deleting socket PATH``)."""
+    for key in old:
+        if key[0].startswith("unix:") and key not in new:
+            path = key[0][5:]
+            error_log.log("warn", f"deleting socket {path}")
+            try:
+                os.unlink(path)
+            except OSError as exc:
+                error_log.log("emerg", f"unlink() {path} failed ({exc.errno}: {exc.strerror})")
 
 
 def pid_write(path: str) -> None:

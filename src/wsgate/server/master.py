@@ -55,6 +55,8 @@ from wsgate.server.gateway import (
     Gateway,
     ListenGroup,
     announce,
+    check_error_logs,
+    delete_dropped_unix_sockets,
     dropped_sockets,
     open_access_logs,
     open_groups,
@@ -371,6 +373,7 @@ class Master:
         all of it worked (nginx keeps the old cycle when parsing, opening or binding fails)."""
         try:
             config = self.reload_config()
+            check_error_logs(config)
             open_access_logs(config).close()  # the workers open them; this checks they open
             self.shared.configure(config)
             groups = open_groups(config, self.groups, config.worker_processes)
@@ -388,11 +391,12 @@ class Master:
             old = self.groups.get(key)
             if old is None or old.sock is not group.sock:
                 announce(self.error_log, group)
-        self.groups = groups
+        old_groups, self.groups = self.groups, groups
         # Closed before the fork, so new workers never inherit them; the old workers keep
         # their own copies (and accept on them) until they retire.
         for sock in dropped:
             sock.close()
+        delete_dropped_unix_sockets(old_groups, groups, self.error_log)
         self.respawn_at = []
         for index in range(config.worker_processes):
             self._spawn(index)
