@@ -449,11 +449,17 @@ class FrontConnection:
         """``ngx_http_finalize_connection``: ``lingering_close always``, or ``on`` when the
         client may still be sending (a body not read to its end, bytes already here)."""
         mode = settings.lingering_close
-        if mode == "off" or self.ep.closed or self.ep.eof:
+        if mode == "off" or self.ep.closed or self.ep.eof or self.tls_vars is not None:
+            # TLS: asyncio cannot send the close alert and keep reading (nginx's
+            # ngx_ssl_shutdown first), and without it the client cannot tell the response
+            # ended: the connection is closed at once.
             return False
         if mode == "always":
             return True
-        return not self.body_done or bool(self.ep.buffer) or bool(self.parser.buffered)
+        body_unread = not self.body_done and not any(
+            isinstance(ev, EndOfMessage) for ev in self.pending
+        )
+        return body_unread or bool(self.ep.buffer) or bool(self.parser.buffered)
 
     async def _linger(self, settings: LocationSettings) -> None:
         """nginx's lingering close (``ngx_http_set_lingering_close``): "nginx will wait for
@@ -462,7 +468,7 @@ class FrontConnection:
         instead of a reset.  The write side is shut down once the response is out, then
         what arrives is read and dropped until the client closes, ``lingering_timeout``
         passes without data, or ``lingering_time`` in all (a TLS connection cannot be
-        half-closed: it is only drained)."""
+        half-closed, and does not linger: see :meth:`_lingers`)."""
         ep = self.ep
         transport = ep.transport
         if transport is None:
