@@ -406,3 +406,13 @@ def test_reload_drops_a_unix_listener_and_checks_error_logs(
     gw.wait_log(rf"\[warn\] .*deleting socket {re.escape(str(sock))}", start=mark)
     assert not sock.exists()
     assert get(gw.port) == (200, b"b")
+
+
+def test_msie_padding_off(bg: Loop, wsgate: Factory) -> None:
+    b = bg.backend("b")
+    gw = wsgate(conf(b.port, server="msie_padding off; location /d { deny all; }"))
+    chrome = "User-Agent: Mozilla/5.0 Chrome/120.0\r\n"
+    status, body = get(gw.port, "/d", extra=chrome)
+    assert status == 403 and body.endswith(b"</html>\r\n") and b"padding" not in body
+    gw2 = wsgate(conf(b.port, server="location /d { deny all; }"))
+    assert b"friendly error page" in get(gw2.port, "/d", extra=chrome)[1]

@@ -12,6 +12,7 @@ from wsgate.config.loader import load
 from wsgate.config.model import Config, ErrorLog, Listen
 from wsgate.config.variables import RequestContext
 from wsgate.errors import ConfigError
+from wsgate.http.pages import error_response
 from wsgate.http.phases import _is_msie6, _is_safari, _keepalive_disabled
 from wsgate.http.request import RequestHead
 from wsgate.observability.logs import ErrorLogger, level_error_logs
@@ -222,3 +223,12 @@ def test_connection_time_counts_from_the_connection() -> None:
     ctx.connection_start = time.time() - 2.5
     text = ctx.lookup("connection_time")
     assert 2.5 <= float(text) < 60 and len(text.split(".")[1]) == 3
+
+
+def test_msie_padding_off_leaves_error_pages_unpadded() -> None:
+    chrome = "Mozilla/5.0 (X11; Linux x86_64) Chrome/120.0 Safari/537.36"
+    padded = error_response(404, user_agent=chrome, keep_alive=False, date="d")
+    plain = error_response(404, user_agent=chrome, keep_alive=False, date="d", msie_padding=False)
+    assert b"a padding to disable MSIE and Chrome friendly error page" in padded
+    assert b"padding" not in plain and len(plain) < len(padded)
+    assert b"Content-Length: %d" % len(plain.split(b"\r\n\r\n", 1)[1]) in plain

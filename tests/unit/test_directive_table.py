@@ -405,7 +405,7 @@ def test_no_op_values_are_checked_as_nginx_checks_them() -> None:
             '"server_names_hash_bucket_size" directive invalid value',
         ),
         "client_body_buffer_size": ("lots", '"client_body_buffer_size" directive invalid value'),
-        "msie_padding": ("yes", 'invalid value "yes" in "msie_padding" directive'),
+        "msie_refresh": ("on", "is not supported by wsgate"),
         "client_body_in_file_only": ("on", "is not supported by wsgate"),
         "log_subrequest": ("on", "is not supported by wsgate"),
     }

@@ -518,6 +518,8 @@ class LocationSettings:
     lingering_timeout: float = 5.0
     #: ``keepalive_disable``: the browsers (``msie6``, ``safari``) keep-alive is off for.
     keepalive_disable: frozenset[str] = frozenset({"msie6"})
+    #: ``msie_padding``: error pages for MSIE and Chrome get nginx's padding comments.
+    msie_padding: bool = True
     #: ``reset_timedout_connection``: a timed-out connection (and ``return 444``) is reset.
     reset_timedout_connection: bool = False
     #: ``real_ip_header``, as written (``X-Real-IP``, ``X-Forwarded-For``, ``proxy_protocol``

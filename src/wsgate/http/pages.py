@@ -154,6 +154,7 @@ def error_response(
     keepalive_header: float | None = None,
     head_only: bool = False,
     added: Iterable[tuple[str, str]] = (),
+    msie_padding: bool = True,
 ) -> bytes:
     """The whole response (head and body) nginx sends for an error or redirect ``status``.
 
@@ -161,10 +162,11 @@ def error_response(
     ``not closes_connection(status)``.  ``location`` (absolute URL) is written where nginx writes
     its own redirects, after Content-Length.  ``head_only`` for HEAD requests: same head, no body.
     ``added`` (``add_header``'s) come last, after Connection, as nginx's header filter writes
-    the fields of ``headers_out.headers`` after its own.
+    the fields of ``headers_out.headers`` after its own.  ``msie_padding`` off: no padding.
     """
     token = SERVER_TOKEN if server_tokens else NAME
-    body = error_page_body(status, token=token, padding=wants_padding(user_agent))
+    padding = msie_padding and wants_padding(user_agent)
+    body = error_page_body(status, token=token, padding=padding)
     lines = [
         f"HTTP/1.1 {status_line(status)}\r\n",
         f"Server: {token}\r\n",

@@ -169,6 +169,7 @@ class Exchange:
             location=location,
             head_only=head.method == "HEAD",
             added=added,
+            msie_padding=settings.msie_padding,
         )
         data = for_version(head.version, data)
         self.front.ep.write(data)
@@ -248,6 +249,7 @@ def write_error(
             date=http_date(now),
             head_only=head is not None and head.method == "HEAD",
             added=added,
+            msie_padding=settings.msie_padding,
         )
         ctx.body_bytes_sent = len(data) - data.index(b"\r\n\r\n") - 4
         if head is not None:

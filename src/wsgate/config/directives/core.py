@@ -608,6 +608,17 @@ ENTRIES: tuple[Directive, ...] = (
         default="msie6",
         syntax="none | browser ...",
     ),
+    # "Enables or disables adding comments to responses for MSIE clients with status
+    # greater than 400 to increase the response size to 512 bytes" (Chrome too).
+    Directive(
+        "msie_padding",
+        HSL,
+        FLAG,
+        parse=flag,
+        target=_LS,
+        fields=("msie_padding",),
+        default="on",
+    ),
     Directive(
         "reset_timedout_connection",
         HSL,
