@@ -381,12 +381,14 @@ def _keepalive_disabled(head: RequestHead, browsers: frozenset[str]) -> bool:
     ``ngx_http_update_location_config``: MSIE 6 for a POST only ("MSIE may wait for some
     time if an response for a POST request was sent over a keepalive connection"), Safari
     always; the browser as ``ngx_http_process_user_agent`` finds it."""
+    msie6 = "msie6" in browsers and head.method == "POST"
+    safari = "safari" in browsers
+    if not (msie6 or safari):
+        return False  # the default (msie6) and a GET: no header lookup
     agent = head.header("user-agent")
     if not agent:
         return False
-    if "msie6" in browsers and head.method == "POST" and _is_msie6(agent):
-        return True
-    return "safari" in browsers and _is_safari(agent)
+    return (msie6 and _is_msie6(agent)) or (safari and _is_safari(agent))
 
 
 def _is_msie6(agent: str) -> bool:
