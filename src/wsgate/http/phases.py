@@ -43,10 +43,17 @@ from wsgate.access import check_access
 from wsgate.config.model import Location, LocationSettings, Server
 from wsgate.config.variables import RequestContext
 from wsgate.errors import HttpError
+from wsgate.http.redirects import absolute_location
 from wsgate.http.request import RequestHead
 from wsgate.limits import ConnZone, Refused, ReqZone, check_requests
 from wsgate.realip import forwarded_addr
-from wsgate.routing import find_location, needs_slash_redirect, normalize_uri, split_target
+from wsgate.routing import (
+    escape_uri,
+    find_location,
+    needs_slash_redirect,
+    normalize_uri,
+    split_target,
+)
 
 if TYPE_CHECKING:
     from wsgate.limits import LimitRegistry
@@ -68,7 +75,6 @@ __all__ = [
     "Redirect",
     "Request",
     "Restart",
-    "absolute_url",
     "on_error",
     "realip_post_read",
     "realip_preaccess",
@@ -164,6 +170,21 @@ class Request:
     def log(self, level: str, message: str) -> None:
         self.worker.error_log.log(level, message, self.number, self.ctx)
 
+    def absolute(self, location: str) -> str:
+        """``location`` as nginx's header filter sends the response's own ``Location``
+        (:func:`~wsgate.http.redirects.absolute_location`, with this request's settings,
+        server, ``Host`` and connection)."""
+        ctx = self.ctx
+        return absolute_location(
+            location,
+            self.settings,
+            server_name=self.server.name,
+            host=self.head.host,
+            scheme=ctx.scheme,
+            local_addr=ctx.server_addr,
+            local_port=ctx.server_port,
+        )
+
 
 # -- decisions ---------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
@@ -181,7 +202,8 @@ class Restart:
 
 @dataclass(frozen=True, slots=True)
 class Redirect:
-    """A redirect with nginx's HTML body and ``Location``."""
+    """A redirect with nginx's HTML body and ``Location`` (as set: one starting with ``/``
+    is made absolute by the response's writer, as nginx's header filter does)."""
 
     status: int
     location: str
@@ -306,26 +328,16 @@ def realip_preaccess(r: Request) -> None:
 
 
 # -- SERVER_REWRITE, REWRITE -------------------------------------------------------------------
-def absolute_url(ctx: RequestContext, target: str) -> str:
-    """``target`` made absolute as nginx makes a redirect's ``Location``: the request's host
-    (or the local address), and the port unless it is the scheme's default."""
-    host = ctx.host or ctx.server_addr
-    default_port = 443 if ctx.scheme == "https" else 80
-    port = "" if ctx.server_port == default_port else f":{ctx.server_port}"
-    return f"{ctx.scheme}://{host}{port}{target}"
-
-
 def _return(r: Request, settings: LocationSettings) -> Decision | None:
     """``return``: "Stops processing and returns the specified code to a client.  The
     non-standard code 444 closes a connection without sending a response header."  A URL
-    (codes 301, 302, 303, 307, 308) starting with a slash is made absolute."""
+    (codes 301, 302, 303, 307, 308) starting with a slash is made absolute when the
+    response is sent (``absolute_redirect``, :func:`wsgate.http.redirects.absolute_location`)."""
     ret = settings.return_
     if ret is None:
         return None
     text = ret.text.render(r.ctx.lookup) if ret.text is not None else None
     if ret.code in (301, 302, 303, 307, 308) and text is not None:
-        if text.startswith("/"):
-            text = absolute_url(r.ctx, text)
         return Redirect(ret.code, text)
     if ret.code == 444:
         return Close(444)
@@ -371,8 +383,9 @@ def find_config(r: Request) -> Decision | None:
         # (https://nginx.org/en/docs/http/ngx_http_core_module.html#keepalive_requests).
         head.keep_alive = False
     if location is not None and needs_slash_redirect(location, ctx.uri):
-        target = f"{ctx.uri}/" + (f"?{ctx.args}" if ctx.args else "")
-        return Redirect(301, absolute_url(ctx, target))
+        # "r->headers_out.location->value = clcf->escaped_name" (and "?" and the args).
+        target = escape_uri(location.name) + (f"?{ctx.args}" if ctx.args else "")
+        return Redirect(301, target)
     return None
 
 
