@@ -21,7 +21,7 @@ from tests.conftest import WsgateProcess, start_wsgate
 from tests.integration.loopback import HOST, Loop, get, loop_fixture, wait_for
 from tests.integration.test_upgrade import children, gone
 from wsgate.config.loader import load
-from wsgate.server.gateway import open_groups
+from wsgate.server.listening import open_groups
 
 Factory = Callable[..., WsgateProcess]
 

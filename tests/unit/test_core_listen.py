@@ -16,7 +16,7 @@ from wsgate.http.pages import error_response
 from wsgate.http.phases import _is_msie6, _is_safari, _keepalive_disabled
 from wsgate.http.request import RequestHead
 from wsgate.observability.logs import ErrorLogger, level_error_logs
-from wsgate.server.gateway import bind_keys, socket_options
+from wsgate.server.listening import bind_keys, socket_options
 
 
 def conf(tmp_path: Path, text: str) -> Config:

@@ -56,7 +56,7 @@ from wsgate.server.tls import (
 
 if TYPE_CHECKING:
     from wsgate.proxy.context import WorkerContext
-    from wsgate.server.gateway import ListenGroup
+    from wsgate.server.listening import ListenGroup
 
 __all__ = ["FrontConnection"]
 

@@ -40,7 +40,7 @@ import sys
 from collections.abc import Callable
 
 from wsgate.observability.logs import ErrorLogger
-from wsgate.server.gateway import BindKey, ListenGroup
+from wsgate.server.listening import BindKey, ListenGroup
 
 __all__ = [
     "ENV",
