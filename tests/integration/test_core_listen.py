@@ -416,3 +416,50 @@ def test_msie_padding_off(bg: Loop, wsgate: Factory) -> None:
     assert status == 403 and body.endswith(b"</html>\r\n") and b"padding" not in body
     gw2 = wsgate(conf(b.port, server="location /d { deny all; }"))
     assert b"friendly error page" in get(gw2.port, "/d", extra=chrome)[1]
+
+
+def test_tcp_nodelay_off(bg: Loop, wsgate: Factory) -> None:
+    """The client connection loses TCP_NODELAY once a ``tcp_nodelay off`` location has
+    its request; a ``tcp_nodelay on`` one keeps it.  The flag is read on the worker's own
+    socket (each end of a connection has its own)."""
+    b = bg.backend("b")
+    gw = wsgate(conf(b.port, server="location /off { tcp_nodelay off; return 200 off; }"))
+    pid = gw.worker_pid
+    with socket.create_connection((HOST, gw.port), timeout=10) as s:
+        local = s.getsockname()
+        s.sendall(b"GET /off HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert s.recv(4096).startswith(b"HTTP/1.1 200 ")
+        assert _server_nodelay(pid, local) == 0
+    with socket.create_connection((HOST, gw.port), timeout=10) as s:
+        local = s.getsockname()
+        s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert s.recv(4096).startswith(b"HTTP/1.1 200 ")
+        assert _server_nodelay(pid, local) == 1
+
+
+def _server_nodelay(pid: int, peer: tuple[str, int]) -> int:
+    """TCP_NODELAY of the worker's socket connected to ``peer``, read through a copy of its
+    descriptor (``pidfd_getfd``, Linux 5.6+)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if not os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
+                    continue
+            except OSError:
+                continue
+            got = libc.syscall(438, pidfd, int(fd), 0)  # SYS_pidfd_getfd
+            if got < 0:
+                pytest.skip("pidfd_getfd is not allowed here")
+            with socket.socket(fileno=got) as s:
+                try:
+                    if s.type == socket.SOCK_STREAM and s.getpeername() == peer:
+                        return s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+                except OSError:
+                    continue
+    finally:
+        os.close(pidfd)
+    raise AssertionError(f"no socket connected to {peer}")

@@ -553,6 +553,8 @@ class LocationSettings:
     lingering_timeout: float = 5.0
     #: ``keepalive_disable``: the browsers (``msie6``, ``safari``) keep-alive is off for.
     keepalive_disable: frozenset[str] = frozenset({"msie6"})
+    #: ``tcp_nodelay``: off turns Nagle's algorithm back on for the client connection.
+    tcp_nodelay: bool = True
     #: ``msie_padding``: error pages for MSIE and Chrome get nginx's padding comments.
     msie_padding: bool = True
     #: ``reset_timedout_connection``: a timed-out connection (and ``return 444``) is reset.

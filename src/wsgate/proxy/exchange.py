@@ -136,6 +136,8 @@ class Exchange:
 
     async def _respond(self, decision: Decision) -> Outcome:
         r = self.r
+        if not r.settings.tcp_nodelay:
+            self.front.nodelay_off()
         if isinstance(decision, Redirect):
             return self.redirect(decision.status, decision.location)
         if isinstance(decision, Plain):

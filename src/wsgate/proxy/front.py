@@ -418,6 +418,18 @@ class FrontConnection:
                     raise _HeadTimedOut from None
                 return None
 
+    def nodelay_off(self) -> None:
+        """``tcp_nodelay off``: Nagle's algorithm on again for this client connection
+        (asyncio and uvloop set ``TCP_NODELAY`` on every TCP transport; nginx sets it only
+        with ``tcp_nodelay on``, on keep-alive and upgraded connections)."""
+        transport = self.ep.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is not None and sock.family != socket.AF_UNIX:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
+            except OSError:
+                pass
+
     def _reset(self) -> None:
         """``reset_timedout_connection``: "Before closing a socket, the SO_LINGER option is
         set on it with a timeout value of 0. When the socket is closed, TCP RST is sent to

@@ -7,9 +7,10 @@ Listening sockets (opened by :mod:`wsgate.server.listening`) follow nginx's
 ``ngx_http_optimize_servers``: on a port where a wildcard address (``0.0.0.0``/``[::]``) is
 listened on, specific addresses of the same family are served by the wildcard socket (unless
 their ``listen`` has socket options), and each connection's local address picks the
-candidate servers.  ``listen ADDR:0`` (a wsgate extension for tests) binds an ephemeral port; the real
-address is logged at ``notice``: ``listening on 127.0.0.1:40123 (FILE:LINE)``.  A reload keeps
-the Nth ``ADDR:0`` socket as the new configuration's Nth one, so its port does not change.
+candidate servers.  ``listen ADDR:0`` (a wsgate extension for tests) binds an ephemeral
+port; the real address is logged at ``notice``: ``listening on 127.0.0.1:40123
+(FILE:LINE)``.  A reload keeps the Nth ``ADDR:0`` socket as the new configuration's Nth one,
+so its port does not change.
 
 Signals (https://nginx.org/en/docs/control.html): TERM/INT stop at once; QUIT stops
 accepting, closes idle keep-alive connections, lets requests and tunnels finish (up to

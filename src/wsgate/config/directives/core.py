@@ -608,6 +608,9 @@ ENTRIES: tuple[Directive, ...] = (
         default="msie6",
         syntax="none | browser ...",
     ),
+    Directive(
+        "tcp_nodelay", HSL, FLAG, parse=flag, target=_LS, fields=("tcp_nodelay",), default="on"
+    ),
     # "Enables or disables adding comments to responses for MSIE clients with status
     # greater than 400 to increase the response size to 512 bytes" (Chrome too).
     Directive(

@@ -82,7 +82,6 @@ ENTRIES: tuple[Directive, ...] = (
     _noop("accept_mutex_delay", _E, TAKE1, _LOOP),
     _noop("sendfile", HSL, FLAG, _FILES),
     _noop("tcp_nopush", HSL, FLAG, _FILES),
-    _noop("tcp_nodelay", HSL, FLAG, "wsgate always sets TCP_NODELAY", flag),
     _noop("default_type", HSL, TAKE1, _FILES),
     _noop("types_hash_max_size", HSL, TAKE1, _HASH, number),
     _noop("types_hash_bucket_size", HSL, TAKE1, _HASH, size),
