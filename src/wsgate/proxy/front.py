@@ -535,12 +535,12 @@ class FrontConnection:
             connection=self.number,
             maps=self.gw.config.http.maps,
         )
-        ctx.connection_start = ctx.start - (self.gw.loop.time() - self.started)
         ctx.server_name = self.default.name
         # ngx_http_init_connection: the default server's error_log until a request picks
         # its server.
         ctx.error_logs = self.default.settings.error_logs
         ctx.counters = self.gw.stub_status
+        ctx.connection_start = time.time() - (self.gw.loop.time() - self.started)
         ctx.proxy_protocol = self.proxy_protocol
         if self.tls_vars is not None:
             ctx.scheme = "https"
