@@ -463,3 +463,41 @@ def _server_nodelay(pid: int, peer: tuple[str, int]) -> int:
     finally:
         os.close(pidfd)
     raise AssertionError(f"no socket connected to {peer}")
+
+
+def test_unix_clients_meet_access_rules_and_realip(
+    bg: Loop, wsgate: Factory, tmp_path: Path
+) -> None:
+    """``allow unix:`` matches a unix-domain client, and ``set_real_ip_from unix:`` trusts
+    its X-Real-IP, as in nginx."""
+    b = bg.backend("b")
+    path = tmp_path / "a.sock"
+    gw = wsgate(
+        conf(
+            b.port,
+            server=f"listen unix:{path}; set_real_ip_from unix:;",
+            location="allow unix:; allow 192.0.2.9; deny all;",
+        )
+    )
+
+    def over_unix(extra: bytes = b"") -> bytes:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(10)
+            s.connect(str(path))
+            s.sendall(b"GET /u HTTP/1.1\r\nHost: t\r\nConnection: close\r\n" + extra + b"\r\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        return data
+
+    assert over_unix().startswith(b"HTTP/1.1 200 ")
+    assert over_unix(b"X-Real-IP: 192.0.2.9\r\n").startswith(b"HTTP/1.1 200 ")
+    assert over_unix(b"X-Real-IP: 192.0.2.10\r\n").startswith(b"HTTP/1.1 403 ")
+    assert get(gw.port)[0] == 403  # TCP from 127.0.0.1: no rule allows it
+    lines = gw.access_lines(4)
+    assert [line.split("|")[0] for line in lines] == [
+        "unix:",
+        "192.0.2.9",
+        "192.0.2.10",
+        "127.0.0.1",
+    ]
