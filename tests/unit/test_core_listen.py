@@ -15,7 +15,7 @@ from wsgate.errors import ConfigError
 from wsgate.http.pages import error_response
 from wsgate.http.phases import _is_msie6, _is_safari, _keepalive_disabled
 from wsgate.http.request import RequestHead
-from wsgate.observability.logs import ErrorLogger, level_error_logs
+from wsgate.observability.logs import ErrorLogger, location_error_logs
 from wsgate.server.listening import bind_keys, socket_options
 
 
@@ -143,7 +143,7 @@ def test_error_log_levels_inherit_all_or_nothing(tmp_path: Path) -> None:
         ErrorLog(str(tmp_path / "a1.log"), "error"),
         ErrorLog("stderr", "warn"),
     )
-    assert level_error_logs(config) == (h, a.settings.error_logs)
+    assert location_error_logs(config) == (h, a.settings.error_logs)
     assert config.error_logs == (ErrorLog(str(tmp_path / "main.log"), "error"),)
     text = error(tmp_path, "events {} http { error_log memory:32m debug; }")
     assert '"error_log memory:..." is not supported by wsgate' in text
@@ -153,7 +153,7 @@ def test_error_log_levels_inherit_all_or_nothing(tmp_path: Path) -> None:
 def test_error_logger_sends_a_request_line_to_its_level(tmp_path: Path) -> None:
     main = (ErrorLog(str(tmp_path / "main.log"), "info"),)
     level = (ErrorLog(str(tmp_path / "l1.log"), "error"), ErrorLog(str(tmp_path / "l2.log")))
-    logger = ErrorLogger(main, levels=(level,))
+    logger = ErrorLogger(main, scoped=(level,))
     ctx = RequestContext(remote_addr="192.0.2.1")
     logger.log("error", "connection line")
     ctx.error_logs = level

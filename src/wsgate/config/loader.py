@@ -19,6 +19,7 @@ from wsgate.config.directives import TABLE, find
 from wsgate.config.level import Level, parse_default
 from wsgate.config.model import (
     Config,
+    DocRoot,
     HttpConfig,
     LimitConnZone,
     LimitReqZone,
@@ -83,6 +84,8 @@ class Loader:
     captures: set[str] = field(default_factory=set)
     #: Variables directives declare (``auth_request_set``), lowercased.
     declared: set[str] = field(default_factory=set)
+    #: ``charset_map`` tables: (from, to) → 256 bytes.
+    charset_maps: dict[tuple[str, str], bytes] = field(default_factory=dict)
     #: Parsed defaults, by entry (some need the log formats, so they are parsed per load).
     defaults: dict[int, object] = field(default_factory=dict)
 
@@ -317,7 +320,12 @@ class Loader:
         proxy_ssl = SslUpstream()
         if ssl_src is not None:
             proxy_ssl = tls.build_ssl_upstream(level.collect(SslUpstream), ssl_src)
-        return LocationSettings(proxy_ssl=proxy_ssl, **level.collect(LocationSettings))
+        fields = level.collect(LocationSettings)
+        if fields["root"] is None:
+            # "Default: root html;", under the prefix.
+            html = os.path.join(self.prefix, "html")
+            fields["root"] = DocRoot(Template(html, (html,)), self.prefix)
+        return LocationSettings(proxy_ssl=proxy_ssl, charset_maps=self.charset_maps, **fields)
 
     def load_location(self, s: Stmt, parent: Level) -> Location:
         args = s.args

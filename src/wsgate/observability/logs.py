@@ -27,7 +27,7 @@ __all__ = [
     "AccessLogs",
     "ErrorLogger",
     "access_log_paths",
-    "level_error_logs",
+    "location_error_logs",
     "render_access",
 ]
 
@@ -46,33 +46,28 @@ LEVELS = {
 class ErrorLogger:
     """Writes nginx-format lines to every configured error log at or above its level.
 
-    ``error_log`` in ``http``, ``server`` and ``location`` (ngx_http_core_module): the logs
-    of the level that handles a request replace the main ones for that request's lines
-    ("each level's error_log replaces the inherited one"; several at one level all get the
-    line).  The request's :class:`~wsgate.config.variables.RequestContext` carries its
-    level's targets (``ctx.error_logs``), so any code that logs a request's line with its
-    context reaches the right files without knowing about levels; each distinct set of
-    targets is one child logger, opened with the main one (start, reload, USR1).
-    """
+    ``scoped`` are the ``error_log`` lists of http/server/location levels: a line about a
+    request whose location has one (``ctx.error_logs``) goes there instead, as nginx's
+    ``r->connection->log`` is switched to the location's log (``ngx_http_set_log``).  They
+    are opened with the main logs, so each file exists from the start, as in nginx."""
 
     def __init__(
         self,
         targets: tuple[ErrorLog, ...] = (),
         stderr_fallback: bool = True,
-        levels: tuple[tuple[ErrorLog, ...], ...] = (),
+        scoped: tuple[tuple[ErrorLog, ...], ...] = (),
     ) -> None:
         self.targets = targets
-        #: The target sets of the http/server/location levels that have ``error_log``.
-        self.levels = levels
         self.files: list[tuple[TextIO, int, bool]] = []
-        self.children: dict[tuple[ErrorLog, ...], ErrorLogger] = {}
         self.stderr_fallback = stderr_fallback
+        self.scoped = scoped
+        self.children: dict[tuple[ErrorLog, ...], ErrorLogger] = {}
         self.open()
 
     def configure(self, config: Config) -> None:
         """Log to ``config``'s main and per-level targets from now on (start and reload)."""
         self.targets = config.error_logs
-        self.levels = level_error_logs(config)
+        self.scoped = location_error_logs(config)
         self.open()
 
     def open(self) -> None:
@@ -88,10 +83,9 @@ class ErrorLogger:
         for fh, _, owned in old:
             if owned:
                 fh.close()
-        old_children = self.children
-        self.children = {t: ErrorLogger(t, stderr_fallback=False) for t in self.levels}
-        for child in old_children.values():
+        for child in self.children.values():
             child.close()
+        self.children = {t: ErrorLogger(t, stderr_fallback=False) for t in self.scoped}
 
     def close(self) -> None:
         for fh, _, owned in self.files:
@@ -100,7 +94,6 @@ class ErrorLogger:
         self.files = []
         for child in self.children.values():
             child.close()
-        self.children = {}
 
     @property
     def max_level(self) -> int:
@@ -116,45 +109,34 @@ class ErrorLogger:
         conn: int | None = None,
         ctx: RequestContext | None = None,
         upstream: str | None = None,
+        scoped: bool = True,
     ) -> None:
-        target = self
-        if ctx is not None and ctx.error_logs:
-            target = self.children.get(ctx.error_logs) or self._child(ctx.error_logs)
+        if scoped and ctx is not None and ctx.error_logs:
+            child = self.children.get(ctx.error_logs) or _child_of(self, ctx.error_logs)
+            if child is not self:
+                child.log(level, msg, conn, ctx, upstream, scoped=False)
+                return
         lvl = LEVELS[level]
-        if not target.files and not target.stderr_fallback:
+        if not self.files and not self.stderr_fallback:
             return
         line = format_error_line(level, msg, conn, ctx, upstream)
-        if not target.files:
+        if not self.files:
             sys.stderr.write(line)
             return
-        for fh, max_lvl, _ in target.files:
+        for fh, max_lvl, _ in self.files:
             if lvl <= max_lvl:
                 fh.write(line)
 
-    def _child(self, targets: tuple[ErrorLog, ...]) -> ErrorLogger:
-        """The logger of a level of an older configuration (a request or tunnel that began
-        before a reload), opened now; the main one if it cannot be."""
-        try:
-            child = ErrorLogger(targets, stderr_fallback=False)
-        except OSError:
-            return self
-        self.children[targets] = child
-        return child
 
-
-def level_error_logs(config: Config) -> tuple[tuple[ErrorLog, ...], ...]:
-    """Every distinct set of ``error_log`` targets an http, server or location level has."""
-    found: dict[tuple[ErrorLog, ...], None] = {}
-
-    def visit(settings: LocationSettings, locations: tuple[Location, ...]) -> None:
-        if settings.error_logs:
-            found.setdefault(settings.error_logs)
-        for loc in locations:
-            visit(loc.settings, loc.locations)
-
-    for server in config.http.servers:
-        visit(server.settings, server.locations)
-    return tuple(found)
+def _child_of(parent: ErrorLogger, targets: tuple[ErrorLog, ...]) -> ErrorLogger:
+    """The logger of a level of an older configuration (a request or tunnel that began
+    before a reload), opened now and kept; ``parent`` if it cannot be opened."""
+    try:
+        child = ErrorLogger(targets, stderr_fallback=False)
+    except OSError:
+        return parent
+    parent.children[targets] = child
+    return child
 
 
 def _open_log(path: str) -> TextIO:
@@ -240,6 +222,21 @@ def render_access(fmt: LogFormat, ctx: RequestContext) -> str:
         return value if escape == "none" else _escape_default(value)
 
     return fmt.template.render(lookup) + "\n"
+
+
+def location_error_logs(config: Config) -> tuple[tuple[ErrorLog, ...], ...]:
+    """Every ``error_log`` list of an http/server/location level, once each."""
+    found: dict[tuple[ErrorLog, ...], None] = {}
+
+    def visit(settings: LocationSettings, locations: tuple[Location, ...]) -> None:
+        if settings.error_logs:
+            found.setdefault(settings.error_logs)
+        for loc in locations:
+            visit(loc.settings, loc.locations)
+
+    for server in config.http.servers:
+        visit(server.settings, server.locations)
+    return tuple(found)
 
 
 def access_log_paths(config: Config) -> list[str]:

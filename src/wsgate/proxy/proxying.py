@@ -25,6 +25,7 @@ from wsgate.access import upgrade_allowed, without_upgrade
 from wsgate.config.model import LocationSettings
 from wsgate.errors import HttpError
 from wsgate.http.headers import BodyFraming, build_upstream_request, single_fields
+from wsgate.http.phases import MAX_URI_CHANGES
 from wsgate.http.response import ResponseHead
 from wsgate.proxy.attempt import Attempt, TryFailed
 from wsgate.proxy.relay import note_time, relay_response, start_tunnel
@@ -66,6 +67,12 @@ class Proxying:
         )
         if refused:
             self._refuse_upgrade()
+        # After an internal redirect the client's request-target is no longer the URI
+        # (nginx's ngx_http_internal_redirect clears r->valid_unparsed_uri): $uri is sent.
+        redirected = r.uri_changes <= MAX_URI_CHANGES
+        raw = "" if redirected else head.target
+        # "if (r->quoted_uri || r->internal)" the URI is escaped.
+        escaped = redirected or "%" in head.target
         if pp.template is not None:
             # proxy_pass with variables: "a URI part replaces the whole request URI".
             ev = await evaluate(gw, pp, settings, ctx)
@@ -73,12 +80,12 @@ class Proxying:
             uri = (
                 ev.uri
                 if ev.uri is not None
-                else proxy_uri(pp, location, head.target, ctx.uri, ctx.args, "%" in head.target)
+                else proxy_uri(pp, location, raw, ctx.uri, ctx.args, escaped)
             )
             ctx.proxy_host = ev.proxy_host
         else:
             group = gw.peer_group(pp)
-            uri = proxy_uri(pp, location, head.target, ctx.uri, ctx.args, "%" in head.target)
+            uri = proxy_uri(pp, location, raw, ctx.uri, ctx.args, escaped)
             ctx.proxy_host = pp.proxy_host
         ctx.proxy_port = str(pp.port)
         set_headers = []

@@ -40,7 +40,7 @@ from wsgate.observability.logs import (
     AccessLogs,
     ErrorLogger,
     access_log_paths,
-    level_error_logs,
+    location_error_logs,
 )
 from wsgate.observability.metrics import MetricsStore
 from wsgate.observability.status import (
@@ -612,7 +612,7 @@ def check_error_logs(config: Config) -> None:
     """Every ``error_log`` file ``config`` names opens (a reload keeps the old configuration
     otherwise, as nginx's new cycle fails): ``open() "PATH" failed`` as a ConfigError."""
     try:
-        ErrorLogger(config.error_logs, False, level_error_logs(config)).close()
+        ErrorLogger(config.error_logs, False, location_error_logs(config)).close()
     except OSError as exc:
         raise ConfigError(f'open() "{exc.filename}" failed ({exc.errno}: {exc.strerror})') from exc
 

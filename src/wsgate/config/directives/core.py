@@ -45,7 +45,6 @@ from wsgate.config.table import (
     flag,
     number,
     size,
-    string,
     time,
 )
 from wsgate.config.units import parse_size, parse_time
@@ -302,12 +301,13 @@ ENTRIES: tuple[Directive, ...] = (
         HSL,
         TAKE12,
         parse=_error_log,
-        target=LocationSettings,
+        target=_LS,
         fields=("error_logs",),
         unset=(),
         merge=Merge.ARRAY,
         syntax="file | stderr [level]",
-        note="a request's lines go to its location's logs; no `syslog:` or `memory:`",
+        note="a request's lines go to its location's logs (the main context's when none); "
+        "no `syslog:` or `memory:`",
     ),
     Directive(
         "daemon", ctx(MAIN), FLAG, parse=flag, target=Config, fields=("daemon",), default="on"
@@ -655,16 +655,6 @@ ENTRIES: tuple[Directive, ...] = (
         fields=("limit_rate_after",),
         default="0",
         syntax="size",
-    ),
-    Directive(
-        "root",
-        ctx("http server location"),
-        TAKE1,
-        parse=string,
-        target=_LS,
-        fields=("root",),
-        default="html",
-        note="stored; static files are not served yet (a location without a handler: 404)",
     ),
     Directive(
         "return",

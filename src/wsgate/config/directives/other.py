@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from wsgate.config.table import (
     ANY,
-    BLOCK,
     EVENTS,
     FLAG,
     HSL,
@@ -69,7 +68,6 @@ _BODY = "wsgate streams a request body to the upstream as it arrives and keeps n
 _TEMP = "wsgate writes no temporary files"
 _STREAM = "wsgate always streams, as with `off`"
 _LOOP = "the event loop (uvloop or asyncio) accepts connections its own way"
-_FILES = "wsgate serves no files"
 
 ENTRIES: tuple[Directive, ...] = (
     _noop("user", _M, TAKE12, "wsgate does not switch users"),
@@ -79,9 +77,6 @@ ENTRIES: tuple[Directive, ...] = (
     _noop("multi_accept", _E, FLAG, _LOOP),
     _noop("accept_mutex", _E, FLAG, _LOOP),
     _noop("accept_mutex_delay", _E, TAKE1, _LOOP),
-    _noop("sendfile", HSL, FLAG, _FILES),
-    _noop("tcp_nopush", HSL, FLAG, _FILES),
-    _noop("default_type", HSL, TAKE1, _FILES),
     _noop("types_hash_max_size", HSL, TAKE1, _HASH, number),
     _noop("types_hash_bucket_size", HSL, TAKE1, _HASH, size),
     _noop("server_names_hash_max_size", _H, TAKE1, _HASH, number),
@@ -131,7 +126,6 @@ ENTRIES: tuple[Directive, ...] = (
     _noop("proxy_busy_buffers_size", HSL, TAKE1, _STREAM),
     _noop("proxy_max_temp_file_size", HSL, TAKE1, _TEMP),
     _noop("proxy_temp_file_write_size", HSL, TAKE1, _TEMP),
-    _noop("types", HSL, BLOCK, _FILES),
     # Refused with a reason (docs/differences.md, "Not yet supported").
     _refused("if", "not yet: `if` blocks"),
     _refused("error_page", "not yet"),
