@@ -86,9 +86,6 @@ LANDING_UNDER_ISSUE_11: dict[str, str] = dict.fromkeys(
         "error_page",
         "internal",
         "@name",
-        "ignore_invalid_headers",
-        "client_body_buffer_size",
-        "lingering_timeout",
     ),
     "issue 11 (landing)",
 )
