@@ -14,6 +14,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
+from wsgate.config.script import Script
 from wsgate.config.template import Template
 
 __all__ = [
@@ -37,7 +38,6 @@ __all__ = [
     "MapBlock",
     "Network",
     "ProxyPass",
-    "Return",
     "Server",
     "ServerName",
     "SslServer",
@@ -397,15 +397,6 @@ class LimitReq:
 
 
 @dataclass(frozen=True, slots=True)
-class Return:
-    """``return CODE [TEXT|URL]`` or ``return URL`` (302)."""
-
-    code: int
-    text: Template | None = None
-    source: Source | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class LocationSettings:
     """The effective per-location settings after nginx's http → server → location merge.
 
@@ -436,7 +427,11 @@ class LocationSettings:
     proxy_next_upstream_timeout: float = 0.0
     proxy_buffer_size: int = 4096
     server_tokens: bool = True
-    return_: Return | None = None
+    #: The rewrite module's script at this level (``rewrite``, ``return``, ``set``, ``if``,
+    #: ``break``, in order; not inherited), run by :mod:`wsgate.http.rewrite`.
+    rewrite: Script = ()
+    rewrite_log: bool = False
+    uninitialized_variable_warn: bool = True
     proxy_ssl: SslUpstream = SslUpstream()
     #: Empty tuple means ``access_log off``.
     access_logs: tuple[AccessLog, ...] = ()
@@ -560,6 +555,9 @@ class HttpConfig:
     log_formats: dict[str, LogFormat] = field(default_factory=dict)
     limit_conn_zones: dict[str, LimitConnZone] = field(default_factory=dict)
     limit_req_zones: dict[str, LimitReqZone] = field(default_factory=dict)
+    #: Variables only ``set`` makes (no built-in, map or capture of that name): reading one
+    #: that the request has not set logs "using uninitialized" (``uninitialized_variable_warn``).
+    user_variables: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

@@ -223,6 +223,8 @@ class RequestContext:
         "connection_requests",
         "pipelined",
         "captures",
+        "variables",
+        "uninitialized",
         "maps",
         "tls",
         "counters",
@@ -274,7 +276,15 @@ class RequestContext:
         self.connection = connection
         self.connection_requests = 1
         self.pipelined = False
+        #: The last regex match's ``$0``, ``$1``..``$9`` (the whole match first, as PCRE's
+        #: ovector; a group that did not take part is "").
         self.captures: tuple[str, ...] = ()
+        #: Values ``set`` gave and named captures took (nginx's ``r->variables``): they
+        #: win over any other value of that name (None until the first).
+        self.variables: dict[str, str] | None = None
+        #: Called with the name of a variable only ``set`` makes when the request has not
+        #: set it (``uninitialized_variable_warn``; None: nobody listens).
+        self.uninitialized: Callable[[str], None] | None = None
         self.maps: Mapping[str, MapBlock] = maps or _NO_MAPS
         #: ``$https`` and the ``$ssl_*`` values of a TLS connection (empty for plain TCP).
         self.tls: Mapping[str, str] = _NO_TLS
@@ -326,6 +336,11 @@ class RequestContext:
         if name.isdigit():
             i = int(name)
             return self.captures[i] if i < len(self.captures) else ""
+        variables = self.variables
+        if variables is not None:
+            value = variables.get(name)
+            if value is not None:
+                return value
         m = self.maps.get(name)
         if m is not None:
             cache = self._cache
@@ -349,7 +364,26 @@ class RequestContext:
         if name.startswith("proxy_protocol_tlv_"):
             pp = self.proxy_protocol
             return "" if pp is None else (tlv(pp, name[19:]) or "")
+        if self.uninitialized is not None:
+            self.uninitialized(name)
         return ""
+
+    def set_variable(self, name: str, value: str) -> None:
+        """``set $name value``, or a named capture (``$args`` is set where it is kept)."""
+        if name == "args":
+            self.args = value
+            return
+        if self.variables is None:
+            self.variables = {}
+        self.variables[name] = value
+
+    def set_match(self, match: re.Match[str]) -> None:
+        """A regex matched: ``$0``..``$9`` and its named captures (``ngx_http_regex_exec``)."""
+        self.captures = (match.group(0), *(g or "" for g in match.groups()))
+        named = match.re.groupindex
+        if named:
+            for key in named:
+                self.set_variable(key, match.group(key) or "")
 
     def _eval_map(self, m: MapBlock) -> str:
         """ngx_http_map_find: exact (case-insensitive), wildcards (hostnames), regexes, default."""

@@ -8,10 +8,10 @@ request."  wsgate walks the same sequence:
 phase                   handlers today                                             nginx
 ======================  =========================================================  ==========
 ``POST_READ``           request-target → ``$uri``/``$args``; 497, 495/496; realip  (process)
-``SERVER_REWRITE``      a ``return`` at ``server`` level                           rewrite
+``SERVER_REWRITE``      the ``server`` level's rewrite script                      rewrite
 ``FIND_CONFIG``         the location, keep-alive limits, the trailing-slash 301    core
-``REWRITE``             a ``return`` in the location                               rewrite
-``POST_REWRITE``        (internal redirects: at most 10 cycles, as nginx)          core
+``REWRITE``             the location's rewrite script                              rewrite
+``POST_REWRITE``        a changed URI: back to ``FIND_CONFIG`` (at most 10 times)  core
 ``PREACCESS``           realip, then ``limit_req``, then ``limit_conn``            limit_*
 ``ACCESS``              ``allow``/``deny``                                         access
 ``TRY_FILES``           (none yet)                                                 core
@@ -29,7 +29,8 @@ walks the handlers; the asyncio layer (:mod:`wsgate.proxy.exchange`) sleeps on a
 ``try_files`` and static files are each one handler to add to :data:`HANDLERS` (or one
 decision), nothing else; ``error_page`` is one in :data:`ERROR_HANDLERS`, which
 :func:`on_error` consults before an error page is made (an internal redirect re-enters the
-phases at ``FIND_CONFIG``).
+phases at ``FIND_CONFIG``).  The rewrite module's scripts (``rewrite``, ``return``, ``set``,
+``if``, ``break``) are run by :func:`wsgate.http.rewrite.execute`.
 """
 
 from __future__ import annotations
@@ -44,9 +45,10 @@ from wsgate.config.model import Location, LocationSettings, Server
 from wsgate.config.variables import RequestContext
 from wsgate.errors import HttpError
 from wsgate.http.request import RequestHead
+from wsgate.http.rewrite import Stop, execute
 from wsgate.limits import ConnZone, Refused, ReqZone, check_requests
 from wsgate.realip import forwarded_addr
-from wsgate.routing import find_location, needs_slash_redirect, normalize_uri, split_target
+from wsgate.routing import find_location_match, needs_slash_redirect, normalize_uri, split_target
 
 if TYPE_CHECKING:
     from wsgate.limits import LimitRegistry
@@ -70,10 +72,14 @@ __all__ = [
     "Restart",
     "absolute_url",
     "on_error",
+    "location_rewrite",
     "realip_post_read",
     "realip_preaccess",
     "release_slots",
     "run",
+    "server_rewrite",
+    "stop_response",
+    "uninitialized_warning",
 ]
 
 #: nginx's ``NGX_HTTP_MAX_URI_CHANGES``: "rewrite or internal redirection cycle" after 10.
@@ -127,6 +133,11 @@ class Request:
         "connection_started",
         "conn_slots",
         "uri_changes",
+        "internal",
+        "uri_changed",
+        "valid_location",
+        "valid_unparsed_uri",
+        "quoted_uri",
     )
 
     def __init__(
@@ -160,6 +171,19 @@ class Request:
         self.conn_slots: tuple[tuple[ConnZone, str], ...] = ()
         #: Internal redirects left (``r->uri_changes``).
         self.uri_changes = MAX_URI_CHANGES + 1
+        #: ``r->internal``: the URI was changed inside (a rewrite, an internal redirect).
+        self.internal = False
+        #: ``r->uri_changed``: a rewrite changed ``$uri``; ``POST_REWRITE`` searches the
+        #: location again.
+        self.uri_changed = False
+        #: ``r->valid_location``: the location's name still prefixes ``$uri`` for
+        #: ``proxy_pass``'s URI part (``rewrite ... break`` clears it).
+        self.valid_location = True
+        #: ``r->valid_unparsed_uri``: ``proxy_pass`` may send the request line's URI.
+        self.valid_unparsed_uri = True
+        #: ``r->quoted_uri || r->plus_in_uri``: the path had ``%`` or ``+`` (captures put
+        #: into arguments or a redirect are then escaped).
+        self.quoted_uri = False
 
     def log(self, level: str, message: str) -> None:
         self.worker.error_log.log(level, message, self.number, self.ctx)
@@ -222,6 +246,7 @@ def parse_target(r: Request) -> None:
     path, args = split_target(r.head.target)
     ctx = r.ctx
     ctx.uri, ctx.args = normalize_uri(path), args
+    r.quoted_uri = "%" in path or "+" in path
     if not ctx.host:
         ctx.host = r.server.name
     return None
@@ -313,35 +338,59 @@ def absolute_url(ctx: RequestContext, target: str) -> str:
     return f"{ctx.scheme}://{host}{port}{target}"
 
 
-def _return(r: Request, settings: LocationSettings) -> Decision | None:
-    """``return``: "Stops processing and returns the specified code to a client.  The
-    non-standard code 444 closes a connection without sending a response header."  A URL
-    (codes 301, 302, 303, 307, 308) starting with a slash is made absolute."""
-    ret = settings.return_
-    if ret is None:
-        return None
-    text = ret.text.render(r.ctx.lookup) if ret.text is not None else None
-    if ret.code in (301, 302, 303, 307, 308) and text is not None:
-        if text.startswith("/"):
-            text = absolute_url(r.ctx, text)
-        return Redirect(ret.code, text)
-    if ret.code == 444:
+def stop_response(r: Request, stop: Stop) -> Decision:
+    """The response a script's :class:`~wsgate.http.rewrite.Stop` makes
+    (``ngx_http_script_return_code``): "Stops processing and returns the specified code to
+    a client.  The non-standard code 444 closes a connection without sending a response
+    header."  A redirect's (301, 302, 303, 307, 308) text is its ``Location``, made absolute
+    when it starts with a slash; a code below 400, or one with a text, is sent with the text
+    as its body (``ngx_http_send_response``); any other code gets its error page."""
+    code, text = stop.code, stop.text
+    if code in (301, 302, 303, 307, 308):
+        location = text or ""
+        if location.startswith("/"):
+            location = absolute_url(r.ctx, location)
+        return Redirect(code, location)
+    if code == 444:
         return Close(444)
     if text is None:
-        if ret.code >= 400:
-            raise HttpError(ret.code)
-        return Plain(ret.code, b"", None)
-    return Plain(ret.code, text.encode(), "text/plain")
+        if code >= 400:
+            raise HttpError(code)
+        return Plain(code, b"", None)
+    return Plain(code, text.encode("utf-8", "surrogateescape"), "text/plain")
 
 
-def server_return(r: Request) -> Decision | None:
-    """``return`` at ``server`` level (the server rewrite phase, before any location)."""
-    return _return(r, r.server.settings)
+def server_rewrite(r: Request) -> Decision | None:
+    """The rewrite module at ``server`` level (the server rewrite phase, before any
+    location): "the directives of this module specified on the server level are executed
+    sequentially"."""
+    settings = r.server.settings
+    if not settings.rewrite:
+        return None
+    stop = execute(settings.rewrite, r, settings.rewrite_log)
+    return None if stop is None else stop_response(r, stop)
 
 
-def location_return(r: Request) -> Decision | None:
-    """``return`` in the location (the rewrite phase)."""
-    return _return(r, r.settings)
+def location_rewrite(r: Request) -> Decision | None:
+    """The rewrite module in the location found (the rewrite phase); skipped when no
+    location matched ("skipping location rewrite phase for server null location")."""
+    settings = r.settings
+    if r.location is None or not settings.rewrite:
+        return None
+    stop = execute(settings.rewrite, r, settings.rewrite_log)
+    return None if stop is None else stop_response(r, stop)
+
+
+def uninitialized_warning(r: Request, names: frozenset[str]) -> Callable[[str], None]:
+    """``ctx.uninitialized`` for ``r``: reading a variable only ``set`` makes, which this
+    request has not set, logs nginx's ``[warn] using uninitialized "x" variable`` when the
+    settings in force have ``uninitialized_variable_warn on``."""
+
+    def warn(name: str) -> None:
+        if name in names and r.settings.uninitialized_variable_warn:
+            r.log("warn", f'using uninitialized "{name}" variable')
+
+    return warn
 
 
 # -- FIND_CONFIG -------------------------------------------------------------------------------
@@ -351,8 +400,11 @@ def find_config(r: Request) -> Decision | None:
     by a prefix string that ends with the slash character ... the permanent redirect with
     the code 301 will be returned")."""
     ctx, head = r.ctx, r.head
-    location, captures = find_location(r.server, ctx.uri)
-    ctx.captures = captures
+    r.uri_changed = False
+    location, match = find_location_match(r.server, ctx.uri)
+    if match is not None:
+        # Only a regex location's match changes $1..$9 (those of a rewrite stay otherwise).
+        ctx.set_match(match)
     r.location = location
     settings = r.settings = location.settings if location is not None else r.server.settings
     if (
@@ -372,9 +424,11 @@ def find_config(r: Request) -> Decision | None:
 
 # -- POST_REWRITE ------------------------------------------------------------------------------
 def post_rewrite(r: Request) -> Decision | None:
-    """``ngx_http_core_post_rewrite_phase`` is where nginx counts URI changes; wsgate counts
-    them in :func:`run`, when a handler returns :class:`Restart`."""
-    return None
+    """``ngx_http_core_post_rewrite_phase``: "the loop is repeated if a request URI was
+    rewritten, but not more than 10 times" — a changed URI is an internal redirect back to
+    ``FIND_CONFIG``, counted by :func:`run` (the eleventh is nginx's 500, "rewrite or
+    internal redirection cycle")."""
+    return Restart() if r.uri_changed else None
 
 
 # -- PREACCESS ---------------------------------------------------------------------------------
@@ -489,9 +543,9 @@ def content(r: Request) -> Decision | None:
 #: response is done, or when a tunnel closes).
 HANDLERS: tuple[tuple[Phase, tuple[Handler, ...]], ...] = (
     (Phase.POST_READ, (parse_target, check_tls, realip_post_read)),
-    (Phase.SERVER_REWRITE, (server_return,)),
+    (Phase.SERVER_REWRITE, (server_rewrite,)),
     (Phase.FIND_CONFIG, (find_config,)),
-    (Phase.REWRITE, (location_return,)),
+    (Phase.REWRITE, (location_rewrite,)),
     (Phase.POST_REWRITE, (post_rewrite,)),
     (Phase.PREACCESS, (realip_preaccess, limit_req, limit_conn)),
     (Phase.ACCESS, (access,)),

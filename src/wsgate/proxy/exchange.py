@@ -33,6 +33,7 @@ from wsgate.http.phases import (
     on_error,
     release_slots,
     run,
+    uninitialized_warning,
 )
 from wsgate.http.request import RequestHead
 from wsgate.observability.metrics import CONTENT_TYPE, location_label
@@ -81,6 +82,9 @@ class Exchange:
             connection_requests=front.requests,
             connection_started=front.started,
         )
+        names = front.gw.config.http.user_variables
+        if names:
+            ctx.uninitialized = uninitialized_warning(self.r, names)
 
     async def run(self) -> Outcome:
         """Walk the phases and make the response; returns (keep the connection,

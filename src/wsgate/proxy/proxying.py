@@ -61,7 +61,16 @@ class Proxying:
         )
         if refused:
             self._refuse_upgrade()
-        uri = proxy_uri(pp, location, head.target, ctx.uri, ctx.args, "%" in head.target)
+        uri = proxy_uri(
+            pp,
+            location,
+            head.target,
+            ctx.uri,
+            ctx.args,
+            "%" in head.target or r.internal,
+            valid_unparsed_uri=r.valid_unparsed_uri,
+            valid_location=r.valid_location,
+        )
         ctx.proxy_host = pp.proxy_host
         ctx.proxy_port = str(pp.port)
         set_headers = []

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from wsgate.config.model import AddHeader, Expires, LocationSettings
-from wsgate.config.table import HSL, TAKE2, TAKE3, TAKE12, Directive, Merge
+from wsgate.config.table import HSL_IF, TAKE2, TAKE3, TAKE12, Directive, Merge
 from wsgate.config.units import ExpiresError, parse_expires
 from wsgate.config.values import config_error
 
@@ -54,7 +54,7 @@ def _expires(s: Stmt, level: Level) -> Expires:
 ENTRIES: tuple[Directive, ...] = (
     Directive(
         "add_header",
-        HSL,
+        HSL_IF,
         TAKE2 | TAKE3,
         parse=_add_header,
         target=LocationSettings,
@@ -66,7 +66,7 @@ ENTRIES: tuple[Directive, ...] = (
     ),
     Directive(
         "expires",
-        HSL,
+        HSL_IF,
         TAKE12,
         parse=_expires,
         target=LocationSettings,

@@ -13,6 +13,7 @@ from wsgate.config.table import (
     EVENTS,
     FLAG,
     HSL,
+    HSL_IF,
     HTTP,
     MAIN,
     TAKE1,
@@ -52,7 +53,7 @@ ENTRIES: tuple[Directive, ...] = (
     _noop("multi_accept", _E, FLAG, _LOOP),
     _noop("accept_mutex", _E, FLAG, _LOOP),
     _noop("accept_mutex_delay", _E, TAKE1, _LOOP),
-    _noop("sendfile", HSL, FLAG, _FILES),
+    _noop("sendfile", HSL_IF, FLAG, _FILES),
     _noop("tcp_nopush", HSL, FLAG, _FILES),
     _noop("tcp_nodelay", HSL, FLAG, "wsgate always sets TCP_NODELAY"),
     _noop("default_type", HSL, TAKE1, _FILES),
@@ -90,7 +91,6 @@ ENTRIES: tuple[Directive, ...] = (
     # One wsgate process keeps upstream state in memory; a shared zone adds nothing yet.
     _noop("zone", ctx(UPSTREAM), TAKE12, "upstream state is kept per process"),
     # Refused with a reason (docs/differences.md, "Not yet supported").
-    _refused("if", "not yet: `if` blocks"),
     _refused("error_page", "not yet"),
     _refused("satisfy", "no auth modules"),
     _refused("auth_basic", "no auth modules"),
