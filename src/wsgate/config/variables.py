@@ -119,9 +119,13 @@ PREFIX_VARIABLES = (
 )
 
 
+#: ``$1``..``$9`` (``ngx_http_script_compile``: "$0" is a variable name, and nginx has none).
+_CAPTURES = frozenset("123456789")
+
+
 def is_known_variable(name: str, maps: frozenset[str] | set[str]) -> bool:
     """Whether ``$name`` exists: built-in, a prefix family, a regex capture, or a map result."""
-    if name in FIXED_VARIABLES or name in maps or name.isdigit():
+    if name in FIXED_VARIABLES or name in maps or name in _CAPTURES:
         return True
     return any(name.startswith(p) and len(name) > len(p) for p in PREFIX_VARIABLES)
 

@@ -353,11 +353,12 @@ def stop_response(r: Request, stop: Stop) -> Decision:
         return Redirect(code, location)
     if code == 444:
         return Close(444)
-    if text is None:
-        if code >= 400:
-            raise HttpError(code)
-        return Plain(code, b"", None)
-    return Plain(code, text.encode("utf-8", "surrogateescape"), "text/plain")
+    if text is None and code >= 400:
+        raise HttpError(code)
+    # ngx_http_set_content_type: nginx's default_type, text/plain; a 204 has none
+    # (ngx_http_header_filter clears it).
+    body = (text or "").encode("utf-8", "surrogateescape")
+    return Plain(code, body, None if code == 204 else "text/plain")
 
 
 def server_rewrite(r: Request) -> Decision | None:
