@@ -432,6 +432,16 @@ class LocationSettings:
     rewrite: Script = ()
     rewrite_log: bool = False
     uninitialized_variable_warn: bool = True
+    #: ``root``: where static files would be looked up (``$document_root``); wsgate does not
+    #: serve files yet, so a location without a content handler still answers 404.
+    root: str = "html"
+    #: ``limit_rate``/``limit_rate_after``: bytes (a value with variables: its template, read
+    #: per request as a size); see :mod:`wsgate.http.rate`.
+    limit_rate: int | Template = 0
+    limit_rate_after: int | Template = 0
+    #: ``proxy_buffering``: wsgate always streams, but nginx turns ``limit_rate`` off for a
+    #: response it does not buffer, so the value decides that.
+    proxy_buffering: bool = True
     proxy_ssl: SslUpstream = SslUpstream()
     #: Empty tuple means ``access_log off``.
     access_logs: tuple[AccessLog, ...] = ()

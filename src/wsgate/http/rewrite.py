@@ -35,6 +35,7 @@ from wsgate.config.script import (
     Test,
 )
 from wsgate.config.template import Template
+from wsgate.config.units import parse_size
 from wsgate.config.variables import RequestContext
 from wsgate.errors import HttpError
 
@@ -148,9 +149,7 @@ def _run(steps: Sequence[Step], r: ScriptRequest, log: bool) -> Stop | None:
             if stop is not None:
                 return stop
         elif isinstance(step, Set):
-            r.ctx.set_variable(step.name, step.value.render(r.ctx.lookup))
-            if step.name == "args":
-                r.valid_unparsed_uri = False
+            _set(step, r)
         elif isinstance(step, If):
             if _condition(step.condition, r, log):
                 if step.settings is not None:
@@ -167,6 +166,22 @@ def _run(steps: Sequence[Step], r: ScriptRequest, log: bool) -> Stop | None:
                 r.uri_changed = False
             raise _Exit
     return None
+
+
+def _set(step: Set, r: ScriptRequest) -> None:
+    """``set``; ``$args`` and ``$limit_rate`` have nginx's set handlers
+    (``ngx_http_variable_set_args``, ``ngx_http_variable_set_limit_rate``)."""
+    value = step.value.render(r.ctx.lookup)
+    if step.name == "limit_rate":
+        rate = parse_size(value)
+        if rate is None:
+            r.log("error", f'invalid $limit_rate "{value}"')
+        else:
+            r.ctx.limit_rate = rate
+        return
+    r.ctx.set_variable(step.name, value)
+    if step.name == "args":
+        r.valid_unparsed_uri = False
 
 
 def _render(tpl: Template, ctx: RequestContext, escape: bool) -> str:

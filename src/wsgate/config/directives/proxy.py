@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from wsgate.access import parse_upgrade_protocols
 from wsgate.config.model import HeaderSetting, LocationSettings, ProxyPass, UpstreamServer
 from wsgate.config.table import (
+    FLAG,
     HSL,
     LIF,
     LOCATION,
@@ -18,6 +19,7 @@ from wsgate.config.table import (
     Directive,
     Merge,
     ctx,
+    flag,
     number,
     size,
     time,
@@ -242,6 +244,17 @@ ENTRIES: tuple[Directive, ...] = (
         target=_LS,
         fields=("proxy_next_upstream_timeout",),
         default="0",
+    ),
+    Directive(
+        "proxy_buffering",
+        HSL,
+        FLAG,
+        parse=flag,
+        target=LocationSettings,
+        fields=("proxy_buffering",),
+        default="on",
+        note="wsgate always streams; `off` (or `X-Accel-Buffering: no`) turns `limit_rate` "
+        "off for the response, as nginx does for a response it does not buffer",
     ),
     Directive(
         "proxy_buffer_size",

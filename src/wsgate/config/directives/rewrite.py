@@ -57,9 +57,9 @@ __all__ = ["ENTRIES", "SCRIPT_KEY"]
 _err = config_error
 #: Where a level keeps its script (the key of ``LocationSettings.rewrite``).
 SCRIPT_KEY = f"{LocationSettings.__name__}.rewrite"
-#: Built-in variables ``set`` may change (``NGX_HTTP_VAR_CHANGEABLE``): ``$args`` has a set
-#: handler; any other built-in is "the duplicate variable".
-_CHANGEABLE = frozenset({"args"})
+#: Built-in variables ``set`` may change (``NGX_HTTP_VAR_CHANGEABLE``): ``$args`` and
+#: ``$limit_rate`` have set handlers; any other built-in is "the duplicate variable".
+_CHANGEABLE = frozenset({"args", "limit_rate"})
 _REDIRECT_PREFIXES = ("http://", "https://", "$scheme")
 
 
