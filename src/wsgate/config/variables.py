@@ -128,7 +128,9 @@ def is_known_variable(name: str, maps: frozenset[str] | set[str]) -> bool:
     """Whether ``$name`` exists: built-in, a prefix family, a regex capture, or a map result."""
     if name in FIXED_VARIABLES or name in maps or name in _CAPTURES:
         return True
-    return any(name.startswith(p) and len(name) > len(p) for p in PREFIX_VARIABLES)
+    # ngx_http_variables_init_vars: a prefix matches "if (v[i].name.len >= pv[n].name.len)",
+    # so "$arg_" alone is known (and empty).
+    return any(name.startswith(p) for p in PREFIX_VARIABLES)
 
 
 #: Built-in variables computed from request headers (see ``_GETTERS``), and those headers.
@@ -319,6 +321,8 @@ class RequestContext:
         return "" if value is None else value
 
     def _arg(self, name: str) -> str:
+        if not name:
+            return ""
         for part in self.args.split("&"):
             key, sep, value = part.partition("=")
             if key.lower() == name.lower() and sep:
