@@ -314,20 +314,26 @@ IF_SETTINGS = [d for d in SETTINGS if LIF in d.contexts or d.name in ("limit_req
 
 
 @pytest.mark.parametrize("d", IF_SETTINGS, ids=lambda d: d.name)
-def test_inheritance_location_to_if(tmp_path: Path, d: Directive) -> None:
-    """An ``if`` in a location is an implicit location nested in it: set A in the location,
-    the ``if`` level gets A by the entry's rule (a content handler too, when the ``if`` sets
-    none), and B set in the ``if`` is the ``if``'s.  (``proxy_pass`` with a URI part is
-    refused inside ``if``: see test_rewrite_config.)"""
+def test_inheritance_http_server_location_if(tmp_path: Path, d: Directive) -> None:
+    """An ``if`` in a location is an implicit location nested in it: set A at the outermost
+    level the directive allows (http, server or location), and the ``if`` level gets A by
+    the entry's rule (a content handler too, when the ``if`` sets none); B set in the ``if``
+    is the ``if``'s.  (``proxy_pass`` with a URI part is refused inside ``if``: see
+    tests/unit/test_rewrite.py.)"""
     ld = loader(tmp_path)
     a_args, b_args = samples(d)
-    location = Level(ld, Level(ld, Level(ld, None)))
-    location.set(stmt(d, a_args), d)
-    a = location.value(d)
+    http = Level(ld, None)
+    server = Level(ld, http)
+    location = Level(ld, server)
+    outer = next(c for c in _LEVELS if c in d.contexts)
+    setter = {"http": http, "server": server, "location": location}[outer]
+    setter.set(stmt(d, a_args), d)
+    a = setter.value(d)
     in_if = Level(ld, location, noname=True)
-    got = in_if.collect(d.target)[d.fields[0]] if len(d.fields) == 1 else None
+    assert d.target is not None
+    got = in_if.collect(d.target)[d.fields[0]]
     if d.merge in (Merge.INHERIT, Merge.ARRAY):
-        assert in_if.value(d) == a
+        assert in_if.value(d) == a == got
     elif d.merge is Merge.HANDLER:
         assert got == a
     else:  # the script: the if's steps are its own (and compiled into the location's)
