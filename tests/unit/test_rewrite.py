@@ -21,6 +21,7 @@ from wsgate.http.phases import (
     Plain,
     Redirect,
     Request,
+    UninitializedWarning,
     uninitialized_warning,
 )
 from wsgate.http.rewrite import escape_args, unescape_redirect
@@ -499,3 +500,21 @@ def test_pcre_translation(tmp_path: Path, pattern: str, subject: str, groups: ob
     compiled = regex(pattern, 0, Source("t", 1))
     m = compiled.search(subject)
     assert (m is None) if groups is None else (m is not None and m.groups() == groups)
+
+
+def test_uninitialized_warning_settles_for_a_tunnel(tmp_path: Path) -> None:
+    """An open tunnel keeps the request's variables, not the request: the warning it keeps
+    holds the log and the names only, and none when the settings turn it off."""
+    config, worker = conf(tmp_path, SETS), Worker()
+    r = _request(config, worker, "/unset")
+    hook = r.ctx.uninitialized
+    assert isinstance(hook, UninitializedWarning)
+    settled = hook.settle(r.settings)
+    assert settled is not None and settled.__closure__ is not None
+    assert all(cell.cell_contents is not r for cell in settled.__closure__)
+    settled("bar")
+    settled("http_x")  # not a variable only set makes: no line
+    assert worker.error_log.lines == [("warn", 'using uninitialized "bar" variable')]
+    quiet = _request(config, worker, "/quiet")
+    decide(quiet)
+    assert hook.settle(quiet.settings) is None

@@ -70,6 +70,7 @@ __all__ = [
     "Redirect",
     "Request",
     "Restart",
+    "UninitializedWarning",
     "absolute_url",
     "on_error",
     "location_rewrite",
@@ -382,16 +383,39 @@ def location_rewrite(r: Request) -> Decision | None:
     return None if stop is None else stop_response(r, stop)
 
 
-def uninitialized_warning(r: Request, names: frozenset[str]) -> Callable[[str], None]:
-    """``ctx.uninitialized`` for ``r``: reading a variable only ``set`` makes, which this
-    request has not set, logs nginx's ``[warn] using uninitialized "x" variable`` when the
-    settings in force have ``uninitialized_variable_warn on``."""
+class UninitializedWarning:
+    """``ctx.uninitialized`` for a request: reading a variable only ``set`` makes, which the
+    request has not set, logs nginx's ``[warn] using uninitialized "x" variable`` while the
+    settings in force have ``uninitialized_variable_warn on`` (``ngx_http_rewrite_var``)."""
 
-    def warn(name: str) -> None:
-        if name in names and r.settings.uninitialized_variable_warn:
+    __slots__ = ("names", "r")
+
+    def __init__(self, r: Request, names: frozenset[str]) -> None:
+        self.names = names
+        self.r = r
+
+    def __call__(self, name: str) -> None:
+        r = self.r
+        if name in self.names and r.settings.uninitialized_variable_warn:
             r.log("warn", f'using uninitialized "{name}" variable')
 
-    return warn
+    def settle(self, settings: LocationSettings) -> Callable[[str], None] | None:
+        """The same for an open tunnel, which keeps the request's variables but not the
+        request: with the settings it ended with, holding only the log and the names."""
+        if not settings.uninitialized_variable_warn:
+            return None
+        names, log, number, ctx = self.names, self.r.worker.error_log, self.r.number, self.r.ctx
+
+        def warn(name: str) -> None:
+            if name in names:
+                log.log("warn", f'using uninitialized "{name}" variable', number, ctx)
+
+        return warn
+
+
+def uninitialized_warning(r: Request, names: frozenset[str]) -> UninitializedWarning:
+    """``ctx.uninitialized`` for ``r`` (see :class:`UninitializedWarning`)."""
+    return UninitializedWarning(r, names)
 
 
 # -- FIND_CONFIG -------------------------------------------------------------------------------

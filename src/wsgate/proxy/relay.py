@@ -41,6 +41,7 @@ from wsgate.http.headers import (
     visible_fields,
 )
 from wsgate.http.headers_filter import add_headers, filter_headers
+from wsgate.http.phases import UninitializedWarning
 from wsgate.http.response import ResponseEvent, ResponseHead, ResponseParser
 from wsgate.proxy.endpoint import CountedEndpoint, Endpoint, PeerClosed
 from wsgate.proxy.frames import is_websocket
@@ -148,6 +149,8 @@ def _slim(ctx: RequestContext, settings: LocationSettings) -> RequestContext:
     request line: one WebSocket path) are interned: ``sys.intern`` keeps one copy while any
     tunnel uses it and none after (the client's address is interned on accept)."""
     kept = _kept_headers(settings.access_logs)
+    if isinstance(ctx.uninitialized, UninitializedWarning):
+        ctx.uninitialized = ctx.uninitialized.settle(settings)
     headers = []
     for name, value in ctx.headers:
         low = name.lower()
