@@ -14,7 +14,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -145,10 +145,14 @@ _HEADER_VARIABLES = {
 _NO_MAP_NAMES: frozenset[str] = frozenset()
 
 
-def request_headers_read(names: Iterable[str]) -> frozenset[str] | None:
+def request_headers_read(
+    names: Iterable[str], maps: Container[str] | None = None
+) -> frozenset[str] | None:
     """The request headers (lower-case names) that the variables ``names`` are computed
     from, or None when one of them may read any header: a map result, whose value may come
-    from any variable."""
+    from any variable.  With ``maps`` (the map results' names), another name that is no
+    built-in reads none: a variable ``set`` gave or a named capture took is kept in the
+    request's variables when it is made."""
     headers: set[str] = set()
     for name in names:
         if name.startswith("http_") and len(name) > 5:
@@ -157,7 +161,7 @@ def request_headers_read(names: Iterable[str]) -> frozenset[str] | None:
             headers.add("cookie")
         elif name in _HEADER_VARIABLES:
             headers.add(_HEADER_VARIABLES[name])
-        elif not is_known_variable(name, _NO_MAP_NAMES):
+        elif not is_known_variable(name, _NO_MAP_NAMES) and (maps is None or name in maps):
             return None  # a map
     return frozenset(headers)
 
