@@ -189,6 +189,11 @@ class Request:
     def log(self, level: str, message: str) -> None:
         self.worker.error_log.log(level, message, self.number, self.ctx)
 
+    def use_settings(self, settings: LocationSettings) -> None:
+        """An ``if`` block's settings, when its condition held (``ngx_http_script_if_code``
+        calls ``ngx_http_update_location_config``): everything that follows reads them."""
+        self.settings = settings
+
 
 # -- decisions ---------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)

@@ -62,6 +62,8 @@ class ScriptRequest(Protocol):
 
     def log(self, level: str, message: str) -> None: ...
 
+    def use_settings(self, settings: LocationSettings) -> None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Stop:
@@ -153,7 +155,7 @@ def _run(steps: Sequence[Step], r: ScriptRequest, log: bool) -> Stop | None:
         elif isinstance(step, If):
             if _condition(step.condition, r, log):
                 if step.settings is not None:
-                    r.settings = step.settings
+                    r.use_settings(step.settings)
                 stop = _run(step.steps, r, log)
                 if stop is not None:
                     return stop
