@@ -98,5 +98,5 @@ http {{
     assert lines[:3] == ["/api/x y u=1 api-1", "/api/z b=1 api-", "/raw/q k=v -"]
     gw.wait_log(r'\[notice\] .*"\^/old/\(\.\*\)\$" matches "/old/x y"')
     gw.wait_log(r'\[notice\] .*rewritten data: "/api/x y", args: "u=1"')
-    gw.wait_log(r'\[warn\] .*using uninitialized "who" variable')
+    gw.wait_log(r'\[warn\] .*using uninitialized "who" variable while logging request, ')
     assert a.paths == ["/v1/x%20y?u=1", "/raw/q?k=v"] and b.paths == ["/api/z?b=1"]

@@ -435,6 +435,17 @@ def test_set_and_variables(tmp_path: Path) -> None:
     assert worker.error_log.lines == [("warn", 'using uninitialized "bar" variable')]
     assert decide(_request(config, worker, "/quiet")) == plain("bar=[]")
     assert len(worker.error_log.lines) == 1
+    # In the log phase, nginx's action follows.
+    r = _request(config, worker, "/unset")
+    decide(r)
+    hook = r.ctx.uninitialized
+    assert isinstance(hook, UninitializedWarning)
+    hook.logging()
+    r.ctx.lookup("bar")
+    assert worker.error_log.lines[-1] == (
+        "warn",
+        'using uninitialized "bar" variable while logging request',
+    )
 
 
 def test_dollar_one_is_the_first_group(tmp_path: Path) -> None:
@@ -514,7 +525,9 @@ def test_uninitialized_warning_settles_for_a_tunnel(tmp_path: Path) -> None:
     assert all(cell.cell_contents is not r for cell in settled.__closure__)
     settled("bar")
     settled("http_x")  # not a variable only set makes: no line
-    assert worker.error_log.lines == [("warn", 'using uninitialized "bar" variable')]
+    assert worker.error_log.lines == [
+        ("warn", 'using uninitialized "bar" variable while logging request')
+    ]
     quiet = _request(config, worker, "/quiet")
     decide(quiet)
     assert hook.settle(quiet.settings) is None

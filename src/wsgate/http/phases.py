@@ -391,31 +391,43 @@ def location_rewrite(r: Request) -> Decision | None:
 class UninitializedWarning:
     """``ctx.uninitialized`` for a request: reading a variable only ``set`` makes, which the
     request has not set, logs nginx's ``[warn] using uninitialized "x" variable`` while the
-    settings in force have ``uninitialized_variable_warn on`` (``ngx_http_rewrite_var``)."""
+    settings in force have ``uninitialized_variable_warn on`` (``ngx_http_rewrite_var``);
+    once the access log is being written (:meth:`logging`), "while logging request" follows,
+    as nginx's log phase sets that action."""
 
-    __slots__ = ("names", "r")
+    __slots__ = ("names", "r", "action")
 
     def __init__(self, r: Request, names: frozenset[str]) -> None:
         self.names = names
         self.r = r
+        self.action = ""
 
     def __call__(self, name: str) -> None:
         r = self.r
         if name in self.names and r.settings.uninitialized_variable_warn:
-            r.log("warn", f'using uninitialized "{name}" variable')
+            r.log("warn", f'using uninitialized "{name}" variable{self.action}')
+
+    def logging(self) -> None:
+        """The log phase has begun."""
+        self.action = _LOGGING
 
     def settle(self, settings: LocationSettings) -> Callable[[str], None] | None:
         """The same for an open tunnel, which keeps the request's variables but not the
-        request: with the settings it ended with, holding only the log and the names."""
+        request, and reads them again only to log: with the settings it ended with, holding
+        only the log and the names."""
         if not settings.uninitialized_variable_warn:
             return None
         names, log, number, ctx = self.names, self.r.worker.error_log, self.r.number, self.r.ctx
 
         def warn(name: str) -> None:
             if name in names:
-                log.log("warn", f'using uninitialized "{name}" variable', number, ctx)
+                log.log("warn", f'using uninitialized "{name}" variable{_LOGGING}', number, ctx)
 
         return warn
+
+
+#: ``ngx_http_log_handler``'s ``r->connection->log->action = "logging request"``.
+_LOGGING = " while logging request"
 
 
 def uninitialized_warning(r: Request, names: frozenset[str]) -> UninitializedWarning:
