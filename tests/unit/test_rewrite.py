@@ -531,3 +531,13 @@ def test_uninitialized_warning_settles_for_a_tunnel(tmp_path: Path) -> None:
     quiet = _request(config, worker, "/quiet")
     decide(quiet)
     assert hook.settle(quiet.settings) is None
+
+
+def test_set_limit_rate(tmp_path: Path) -> None:
+    """``$limit_rate`` has nginx's set handler: a size, or ``[error] invalid $limit_rate``
+    (http_variables.t's "limit_rate handlers" and "limit_rate invalid")."""
+    config = server(tmp_path, 'location /l { set $limit_rate $arg_l; return 200 "$limit_rate"; }')
+    worker = Worker()
+    assert answer(config, "/l?l=40k", worker) == plain("40960")
+    assert answer(config, "/l", worker) == plain("0")
+    assert worker.error_log.lines == [("error", 'invalid $limit_rate ""')]
