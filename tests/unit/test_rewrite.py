@@ -116,7 +116,8 @@ def test_rewrite_break_stops_the_script(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("target", "expected"),
     [
-        ("/red/a%2Fb%20?z=1", Redirect(302, "http://example.org:8080/target/a/b%20?a=a/b%20&z=1")),
+        # a Location starting with "/" is made absolute when it is sent (absolute_redirect)
+        ("/red/a%2Fb%20?z=1", Redirect(302, "/target/a/b%20?a=a/b%20&z=1")),
         ("/perm/p?x=y", Redirect(301, "https://example.com/p?x=y")),
         ("/scheme", Redirect(302, "http://example.org/s")),
         # rewrite.t
@@ -273,7 +274,7 @@ def test_return_forms(tmp_path: Path) -> None:
     assert answer(config, "/r301") == Redirect(301, "")
     assert answer(config, "/r404t") == plain("text", 404)
     assert answer(config, "/r306") == Plain(306, b"", "text/plain")
-    assert answer(config, "/rel") == Redirect(302, "http://example.org:8080/x/y")
+    assert answer(config, "/rel") == Redirect(302, "/x/y")
     assert answer(config, "/url?a=b") == Redirect(302, "https://example.com/b")
     assert answer(config, "/two") == plain("first")
     assert answer(config, "/gone") == Close(444)

@@ -88,6 +88,8 @@ class Level:
         if d.merge is Merge.SCRIPT:
             own = self.own.get(d.key)
             return tuple(own[0]) if own is not None else self.loader.default(d)
+        if d.resolve is not None:
+            return d.resolve(self, d)
         if d.merge in (Merge.NONE, Merge.HANDLER):
             own = self.own.get(d.key)
             return own[0] if own is not None else self.loader.default(d)

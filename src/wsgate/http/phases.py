@@ -44,11 +44,18 @@ from wsgate.access import check_access
 from wsgate.config.model import Location, LocationSettings, Server
 from wsgate.config.variables import RequestContext
 from wsgate.errors import HttpError
+from wsgate.http.redirects import absolute_location
 from wsgate.http.request import RequestHead
 from wsgate.http.rewrite import Stop, execute
 from wsgate.limits import ConnZone, Refused, ReqZone, check_requests
 from wsgate.realip import forwarded_addr
-from wsgate.routing import find_location_match, needs_slash_redirect, normalize_uri, split_target
+from wsgate.routing import (
+    escape_uri,
+    find_location_match,
+    needs_slash_redirect,
+    normalize_uri,
+    split_target,
+)
 
 if TYPE_CHECKING:
     from wsgate.limits import LimitRegistry
@@ -71,7 +78,6 @@ __all__ = [
     "Request",
     "Restart",
     "UninitializedWarning",
-    "absolute_url",
     "location_rewrite",
     "on_error",
     "realip_post_read",
@@ -194,6 +200,21 @@ class Request:
         calls ``ngx_http_update_location_config``): everything that follows reads them."""
         self.settings = settings
 
+    def absolute(self, location: str) -> str:
+        """``location`` as nginx's header filter sends the response's own ``Location``
+        (:func:`~wsgate.http.redirects.absolute_location`, with this request's settings,
+        server, ``Host`` and connection)."""
+        ctx = self.ctx
+        return absolute_location(
+            location,
+            self.settings,
+            server_name=self.server.name,
+            host=self.head.host,
+            scheme=ctx.scheme,
+            local_addr=ctx.server_addr,
+            local_port=ctx.server_port,
+        )
+
 
 # -- decisions ---------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
@@ -211,7 +232,8 @@ class Restart:
 
 @dataclass(frozen=True, slots=True)
 class Redirect:
-    """A redirect with nginx's HTML body and ``Location``."""
+    """A redirect with nginx's HTML body and ``Location`` (as set: one starting with ``/``
+    is made absolute by the response's writer, as nginx's header filter does)."""
 
     status: int
     location: str
@@ -335,28 +357,18 @@ def realip_preaccess(r: Request) -> None:
 
 
 # -- SERVER_REWRITE, REWRITE -------------------------------------------------------------------
-def absolute_url(ctx: RequestContext, target: str) -> str:
-    """``target`` made absolute as nginx makes a redirect's ``Location``: the request's host
-    (or the local address), and the port unless it is the scheme's default."""
-    host = ctx.host or ctx.server_addr
-    default_port = 443 if ctx.scheme == "https" else 80
-    port = "" if ctx.server_port == default_port else f":{ctx.server_port}"
-    return f"{ctx.scheme}://{host}{port}{target}"
-
-
 def stop_response(r: Request, stop: Stop) -> Decision:
     """The response a script's :class:`~wsgate.http.rewrite.Stop` makes
     (``ngx_http_script_return_code``): "Stops processing and returns the specified code to
     a client.  The non-standard code 444 closes a connection without sending a response
-    header."  A redirect's (301, 302, 303, 307, 308) text is its ``Location``, made absolute
-    when it starts with a slash; a code below 400, or one with a text, is sent with the text
-    as its body (``ngx_http_send_response``); any other code gets its error page."""
+    header."  A redirect's (301, 302, 303, 307, 308) text is its ``Location`` (one starting
+    with a slash is made absolute when the response is sent: ``absolute_redirect``,
+    :func:`wsgate.http.redirects.absolute_location`); a code below 400, or one with a text,
+    is sent with the text as its body (``ngx_http_send_response``); any other code gets its
+    error page."""
     code, text = stop.code, stop.text
     if code in (301, 302, 303, 307, 308):
-        location = text or ""
-        if location.startswith("/"):
-            location = absolute_url(r.ctx, location)
-        return Redirect(code, location)
+        return Redirect(code, text or "")
     if code == 444:
         return Close(444)
     if text is None and code >= 400:
@@ -459,8 +471,9 @@ def find_config(r: Request) -> Decision | None:
         # (https://nginx.org/en/docs/http/ngx_http_core_module.html#keepalive_requests).
         head.keep_alive = False
     if location is not None and needs_slash_redirect(location, ctx.uri):
-        target = f"{ctx.uri}/" + (f"?{ctx.args}" if ctx.args else "")
-        return Redirect(301, absolute_url(ctx, target))
+        # "r->headers_out.location->value = clcf->escaped_name" (and "?" and the args).
+        target = escape_uri(location.name) + (f"?{ctx.args}" if ctx.args else "")
+        return Redirect(301, target)
     return None
 
 
