@@ -83,6 +83,7 @@ http {{
       proxy_pass http://127.0.0.1:{a.port}/ignored/;
     }}
     location /gone {{ return 444; }}
+    location /moved/ {{ rewrite ^/moved/(.*)$ /api/$1 permanent; }}
   }}
 }}
 """)
@@ -94,7 +95,11 @@ http {{
     assert get(port, "/brk/q?k=v").endswith(b"a /raw/q?k=v ")
     # return 444 closes without a byte.
     assert get(port, "/gone") == b""
-    lines = gw.access_lines(4)
+    # A redirect's Location is made absolute when it is sent; the arguments follow.
+    moved = get(port, "/moved/m?k=1")
+    assert moved.startswith(b"HTTP/1.1 301 Moved Permanently\r\n"), moved
+    assert f"\r\nLocation: http://t:{port}/api/m?k=1\r\n".encode() in moved, moved
+    lines = gw.access_lines(5)
     assert lines[:3] == ["/api/x y u=1 api-1", "/api/z b=1 api-", "/raw/q k=v -"]
     gw.wait_log(r'\[notice\] .*"\^/old/\(\.\*\)\$" matches "/old/x y"')
     gw.wait_log(r'\[notice\] .*rewritten data: "/api/x y", args: "u=1"')
