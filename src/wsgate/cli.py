@@ -344,6 +344,10 @@ def _run_single(
 
 
 def main(argv: list[str] | None = None) -> int:
+    if sys.stderr is None:
+        # Started with descriptor 2 closed (nginx-tests' try_run does it): nginx carries on
+        # and so does wsgate, its console lines going nowhere.
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115
     opts = parse_args(sys.argv[1:] if argv is None else argv)
     if opts.help:
         sys.stderr.write(f"{NAME} version: {SERVER_TOKEN}\n{USAGE}")

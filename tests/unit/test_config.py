@@ -181,8 +181,8 @@ http {
             2,
         ),
         (
-            "http {\n server {\n  auth_basic closed;\n }\n}\n",
-            '"auth_basic" directive is not supported by wsgate',
+            "http {\n server {\n  fastcgi_pass 127.0.0.1:9000;\n }\n}\n",
+            '"fastcgi_pass" directive is not supported by wsgate',
             3,
         ),
         (

@@ -52,6 +52,7 @@ SAMPLES: dict[str, tuple[str, str]] = {
     "deny": ("192.0.2.1", "unix:"),
     "set_real_ip_from": ("10.0.0.0/8", "unix:"),
     "real_ip_header": ("X-Forwarded-For", "proxy_protocol"),
+    "resolver": ("127.0.0.1", "127.0.0.2:5353 valid=10s"),
     "stub_status": ("", "on"),
     "prometheus": ("", ""),
     "proxy_pass": ("http://127.0.0.1:1", "http://127.0.0.1:2/x"),
@@ -106,6 +107,12 @@ SAMPLES: dict[str, tuple[str, str]] = {
     "random": ("", "two least_conn"),
     "keepalive": ("8", "16"),
     "health_check": ("", "interval=1s type=websocket"),
+    "auth_basic": ("closed", "realm $host"),
+    "auth_basic_user_file": ("a.htpasswd", "$arg_f"),
+    "auth_request": ("/auth", "/auth2"),
+    "auth_request_set": ("$a $upstream_http_x", "$b b"),
+    "satisfy": ("any", "all"),
+    "zone": ("z", "z2 64k"),
 }
 #: A bad argument list and nginx's words, for each directive whose parser is its own; ``None``
 #: for a parser that takes any value.
@@ -130,6 +137,7 @@ BAD: dict[str, tuple[str, str] | None] = {
     "deny": ("nowhere", 'invalid parameter "nowhere"'),
     "set_real_ip_from": ("10.0.0.0/33", 'host not found in set_real_ip_from "10.0.0.0/33"'),
     "real_ip_header": None,
+    "resolver": ("127.0.0.1 ipv4=off ipv6=off", '"ipv4" and "ipv6" cannot both be "off"'),
     "stub_status": ("off", 'invalid value "off" in "stub_status" directive'),
     "prometheus": None,
     "proxy_pass": ("ftp://x", 'invalid URL prefix in "ftp://x"'),
@@ -184,6 +192,12 @@ BAD: dict[str, tuple[str, str] | None] = {
     "random": ("three", 'invalid parameter "three"'),
     "keepalive": ("0", 'invalid value "0" in "keepalive" directive'),
     "health_check": ("type=tcp", 'invalid parameter "type=tcp"'),
+    "auth_basic": None,
+    "auth_basic_user_file": None,
+    "auth_request": None,
+    "auth_request_set": ("a b", 'invalid variable name "a"'),
+    "satisfy": ("some", 'invalid value "some"'),
+    "zone": ("z 0", 'invalid zone size "0"'),
 }
 _GENERIC = {"flag", "time", "size", "number"}
 

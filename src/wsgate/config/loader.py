@@ -38,7 +38,7 @@ from wsgate.config.parse import Stmt, parse_file, parse_globals
 from wsgate.config.script import If, Step
 from wsgate.config.table import HTTP, LOCATION, MAIN, SERVER, UPSTREAM, Directive, Kind
 from wsgate.config.template import Template, TemplateError, compile_template
-from wsgate.config.upstream import build_upstream
+from wsgate.config.upstream import build_upstream, finish_upstream
 from wsgate.config.values import (
     check_default_servers,
     config_error,
@@ -84,6 +84,8 @@ class Loader:
     captures: set[str] = field(default_factory=set)
     #: Variables named by ``set``.
     user_vars: set[str] = field(default_factory=set)
+    #: Variables directives declare (``auth_request_set``), lowercased.
+    declared: set[str] = field(default_factory=set)
     #: Parsed defaults, by entry (some need the log formats, so they are parsed per load).
     defaults: dict[int, object] = field(default_factory=dict)
 
@@ -157,7 +159,7 @@ class Loader:
     def load_main(self, stmts: list[Stmt]) -> Config:
         level = Level(self, None)
         (http_cfg,) = self.read(stmts, MAIN, level) or [HttpConfig(servers=())]
-        known = set(self.maps) | self.captures | self.user_vars
+        known = set(self.maps) | self.captures | self.user_vars | self.declared
         for tpl, src in self.templates:
             for var in tpl.variables:
                 if not is_known_variable(var, known):
@@ -176,9 +178,13 @@ class Loader:
         self.log_formats["json"] = LogFormat(
             "json", self.template(JSON_FORMAT, http.src), "json", builtin=True
         )
-        servers = tuple(self.read(http.block or [], HTTP, Level(self, None)))
+        http_level = Level(self, None)
+        servers = tuple(self.read(http.block or [], HTTP, http_level))
         check_default_servers(servers)
-        builtin = set(self.maps) | self.captures
+        builtin = set(self.maps) | self.captures | self.declared
+        here = http_level.collect(LocationSettings)
+        for name, up in self.upstreams.items():
+            self.upstreams[name] = finish_upstream(up, here["resolver"], here["resolver_timeout"])
         return HttpConfig(
             servers=servers,
             upstreams=dict(self.upstreams),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from wsgate.config.script import Script
@@ -21,11 +22,13 @@ __all__ = [
     "AccessLog",
     "AccessRule",
     "AddHeader",
+    "AuthRequestSet",
     "Config",
     "CookieFlags",
     "ErrorLog",
     "Expires",
     "HeaderSetting",
+    "Resolver",
     "HealthCheck",
     "HttpConfig",
     "LimitConn",
@@ -47,6 +50,7 @@ __all__ = [
     "Source",
     "Upstream",
     "UpstreamServer",
+    "UserFile",
 ]
 
 
@@ -216,6 +220,11 @@ class UpstreamServer:
     backup: bool = False
     down: bool = False
     source: Source | None = None
+    #: ``resolve``: the name is resolved again while running (nginx 1.27.3+); ``host`` is
+    #: then the name and ``port`` the port every address gets.
+    resolve: bool = False
+    #: ``service=NAME``: SRV records ``_NAME._tcp.HOST`` give the addresses, ports and weights.
+    service: str = ""
 
     @property
     def is_unix(self) -> bool:
@@ -265,6 +274,29 @@ class Upstream:
     keepalive_timeout: float = 60.0
     keepalive_time: float = 3600.0
     health_check: HealthCheck | None = None
+    #: ``zone NAME [SIZE]``: the name (``""``: none).  ``server ... resolve`` requires one.
+    zone: str = ""
+    #: ``resolver``/``resolver_timeout`` in the block, else the ``http`` level's (1.27.3+).
+    resolver: Resolver | None = None
+    #: None until the loader gives it the ``http`` level's (``ngx_conf_merge_msec_value``).
+    resolver_timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Resolver:
+    """``resolver ADDRESS ... [valid=TIME] [ipv4=on|off] [ipv6=on|off]``
+    (https://nginx.org/en/docs/http/ngx_http_core_module.html#resolver).
+
+    ``servers`` are the name servers' (address, port) pairs, in order; ``valid`` overrides
+    the answers' TTL when not None.  Two ``resolver`` lines are two resolvers with their own
+    caches even when they read alike, as in nginx (``source`` tells them apart).
+    """
+
+    servers: tuple[tuple[str, int], ...]
+    valid: float | None = None
+    ipv4: bool = True
+    ipv6: bool = True
+    source: Source | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,6 +460,30 @@ class LimitReq:
 
 
 @dataclass(frozen=True, slots=True)
+class UserFile:
+    """``auth_basic_user_file FILE`` (ngx_http_auth_basic_module): the file name, which may
+    contain variables; a relative name is taken from ``conf_prefix`` (the directory of the main
+    configuration file, with its trailing slash), as nginx's ``ccv.conf_prefix`` does, when
+    the configuration is read for a static name and per request otherwise."""
+
+    path: Template
+    conf_prefix: str = ""
+
+    def render(self, lookup: Callable[[str], str]) -> str:
+        path = self.path.render(lookup)
+        return path if path.startswith("/") else self.conf_prefix + path
+
+
+@dataclass(frozen=True, slots=True)
+class AuthRequestSet:
+    """``auth_request_set $variable value``: ``value`` is evaluated in the subrequest, once
+    it is done, and set in the main request."""
+
+    variable: str
+    value: Template
+
+
+@dataclass(frozen=True, slots=True)
 class LocationSettings:
     """The effective per-location settings after nginx's http → server → location merge.
 
@@ -440,6 +496,10 @@ class LocationSettings:
 
     proxy_pass: ProxyPass | None = None
     proxy_http_version: str = "1.1"
+    #: ``proxy_pass_request_body``: off sends no body (the client's is discarded).
+    proxy_pass_request_body: bool = True
+    resolver: Resolver | None = None
+    resolver_timeout: float = 30.0
     #: The explicit ``proxy_set_header`` list of the level that had any (all-or-nothing
     #: inheritance); the built-in defaults are added when the request is built.
     proxy_set_headers: tuple[HeaderSetting, ...] = ()
@@ -511,6 +571,17 @@ class LocationSettings:
     #: or another header's name).
     real_ip_header: str = "X-Real-IP"
     real_ip_recursive: bool = False
+    #: ``auth_basic`` realm (None: ``off``, or unset; a realm rendering to ``off`` is off too).
+    auth_basic: Template | None = None
+    auth_basic_user_file: UserFile | None = None
+    #: ``auth_request`` URI (None: ``off``).
+    auth_request: str | None = None
+    #: ``auth_request_set`` of the innermost level that has any (all-or-nothing).
+    auth_request_set: tuple[AuthRequestSet, ...] = ()
+    #: ``satisfy all | any``.
+    satisfy: str = "all"
+    #: ``auth_delay`` (seconds): how long a 401 waits before it is sent.
+    auth_delay: float = 0.0
     #: ``proxy_redirect`` rules in force (nginx's merge, the default made from
     #: ``proxy_pass``); empty: none (``off``, or nothing to rewrite).
     proxy_redirects: tuple[RewriteRule, ...] = ()

@@ -13,7 +13,8 @@ phase                   handlers today                                          
 ``REWRITE``             the location's rewrite script                              rewrite
 ``POST_REWRITE``        a changed URI: back to ``FIND_CONFIG`` (at most 10 times)  core
 ``PREACCESS``           realip, then ``limit_req``, then ``limit_conn``            limit_*
-``ACCESS``              ``allow``/``deny``                                         access
+``ACCESS``              ``allow``/``deny``, ``auth_basic``, ``auth_request``       access
+                        combined by ``satisfy`` (:mod:`wsgate.http.auth`)
 ``TRY_FILES``           (none yet)                                                 core
 ``CONTENT``             ``stub_status``, ``prometheus``, ``proxy_pass``, or 404    core
 ``LOG``                 the access-log line and metrics (the I/O layer's)          log
@@ -21,16 +22,18 @@ phase                   handlers today                                          
 
 A handler takes the request's :class:`Request` and returns ``None`` (go on with the next
 handler), or a decision: :class:`Delay` (wait, then go on: ``limit_req``), :class:`Restart`
-(an internal redirect: back to ``FIND_CONFIG``), or the response to make (:class:`Redirect`,
-:class:`Plain`, :class:`Close`, a :class:`Content` handler).  An error response is an
-:class:`~wsgate.errors.HttpError` raised with nginx's status and log text.  :func:`run`
-walks the handlers; the asyncio layer (:mod:`wsgate.proxy.exchange`) sleeps on a
-:class:`Delay` and performs the response.  ``rewrite``, ``auth_basic``, ``auth_request``,
-``try_files`` and static files are each one handler to add to :data:`HANDLERS` (or one
-decision), nothing else; ``error_page`` is one in :data:`ERROR_HANDLERS`, which
-:func:`on_error` consults before an error page is made (an internal redirect re-enters the
-phases at ``FIND_CONFIG``).  The rewrite module's scripts (``rewrite``, ``return``, ``set``,
-``if``, ``break``) are run by :func:`wsgate.http.rewrite.execute`.
+(an internal redirect: back to ``FIND_CONFIG``), a wait after which the same handler runs
+again (:mod:`wsgate.http.suspend`: a job for the thread pool, a subrequest), or the
+response to make (:class:`Redirect`, :class:`Plain`, :class:`Close`, a :class:`Content`
+handler).  An error response is an :class:`~wsgate.errors.HttpError` raised with nginx's
+status and log text.  :func:`run` walks the handlers; the asyncio layer
+(:mod:`wsgate.proxy.exchange`) sleeps on a :class:`Delay`, performs the waits and the
+response.  ``try_files`` and static files are each one handler to add to
+:data:`HANDLERS` (or one decision), nothing else; ``error_page`` is one in
+:data:`ERROR_HANDLERS`, which :func:`on_error` consults before an error page is made (an
+internal redirect re-enters the phases at ``FIND_CONFIG``).  The rewrite module's scripts
+(``rewrite``, ``return``, ``set``, ``if``, ``break``) are run by
+:func:`wsgate.http.rewrite.execute`.
 """
 
 from __future__ import annotations
@@ -40,13 +43,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from wsgate.access import check_access
 from wsgate.config.model import Location, LocationSettings, Server
 from wsgate.config.variables import RequestContext
 from wsgate.errors import HttpError
+from wsgate.http.auth import AccessState, access_phase
 from wsgate.http.redirects import absolute_location
 from wsgate.http.request import RequestHead
 from wsgate.http.rewrite import Stop, execute
+from wsgate.http.suspend import Offload, Pause, Subrequest, Suspend
 from wsgate.limits import ConnZone, Refused, ReqZone, check_requests
 from wsgate.realip import forwarded_addr
 from wsgate.routing import (
@@ -145,6 +149,10 @@ class Request:
         "valid_location",
         "valid_unparsed_uri",
         "quoted_uri",
+        "access",
+        "subrequest",
+        "limit_req_done",
+        "limit_conn_done",
     )
 
     def __init__(
@@ -159,6 +167,7 @@ class Request:
         plain_on_tls: bool = False,
         connection_requests: int = 1,
         connection_started: float = 0.0,
+        subrequest: bool = False,
     ) -> None:
         self.worker = worker
         #: The connection's number, for the error log.
@@ -178,8 +187,6 @@ class Request:
         self.conn_slots: tuple[tuple[ConnZone, str], ...] = ()
         #: Internal redirects left (``r->uri_changes``).
         self.uri_changes = MAX_URI_CHANGES + 1
-        #: ``r->internal``: the URI was changed inside (a rewrite, an internal redirect).
-        self.internal = False
         #: ``r->uri_changed``: a rewrite changed ``$uri``; ``POST_REWRITE`` searches the
         #: location again.
         self.uri_changed = False
@@ -191,6 +198,17 @@ class Request:
         #: ``r->quoted_uri || r->plus_in_uri``: the path had ``%`` or ``+`` (captures put
         #: into arguments or a redirect are then escaped).
         self.quoted_uri = False
+        #: The access phase's state in this pass (None: not reached yet).
+        self.access: AccessState | None = None
+        #: A subrequest (``auth_request``'s): it skips the access phase, as nginx's do.
+        self.subrequest = subrequest
+        #: ``r->main->limit_req_status``/``limit_conn_status`` set: the limits were applied
+        #: once; an internal redirect does not apply them again.
+        self.limit_req_done = False
+        self.limit_conn_done = False
+        #: ``r->internal``: a rewrite or an internal redirect happened, or this is a
+        #: subrequest (``internal`` locations allow it; ``proxy_pass`` escapes the URI).
+        self.internal = False
 
     def log(self, level: str, message: str) -> None:
         self.worker.error_log.log(level, message, self.number, self.ctx)
@@ -263,7 +281,7 @@ class Content(enum.Enum):
     PROXY = "proxy_pass"
 
 
-Decision = Delay | Restart | Redirect | Plain | Close | Content
+Decision = Delay | Restart | Redirect | Plain | Close | Content | Suspend
 Handler = Callable[[Request], Decision | None]
 
 
@@ -494,7 +512,7 @@ def limit_req(r: Request) -> Decision | None:
     which case the request is terminated with an error."  "Requests with an empty key
     value are not accounted."  Delays are logged one level below refusals."""
     settings = r.settings
-    if not settings.limit_req:
+    if not settings.limit_req or r.limit_req_done:
         return None
     entries: list[tuple[ReqZone, str, int, int]] = []
     for lr in settings.limit_req:
@@ -503,6 +521,10 @@ def limit_req(r: Request) -> Decision | None:
         if key:
             zone = r.worker.limits.req_zone(spec.name, spec.rate)
             entries.append((zone, key, lr.burst, lr.delay))
+    if not entries:
+        return None
+    # "if (r->main->limit_req_status) return NGX_DECLINED;": once per request.
+    r.limit_req_done = True
     decision = check_requests(entries, int(r.worker.clock() * 1000))
     dry = ", dry run" if settings.limit_req_dry_run else ""
     level = settings.limit_req_log_level
@@ -528,11 +550,15 @@ def limit_conn(r: Request) -> Decision | None:
     accounted."  The slots taken are kept in ``r.conn_slots`` until the request (or its
     tunnel) ends."""
     settings = r.settings
+    if r.limit_conn_done:
+        return None
     for lc in settings.limit_conn:
         spec = lc.zone
         key = spec.key.render(r.ctx.lookup)
         if not key:
             continue
+        # "r->main->limit_conn_status = NGX_HTTP_LIMIT_CONN_PASSED": once per request.
+        r.limit_conn_done = True
         zone = r.worker.limits.conn_zone(spec.name)
         got = zone.acquire(key, lc.conn)
         if got is True:
@@ -562,14 +588,9 @@ def release_slots(r: Request) -> None:
 
 # -- ACCESS ------------------------------------------------------------------------------------
 def access(r: Request) -> Decision | None:
-    """ngx_http_access_module: "The rules are checked in sequence until the first match is
-    found."  A ``deny`` is 403."""
-    rules = r.settings.access_rules
-    if rules:
-        rule = check_access(rules, r.ctx.remote_addr)
-        if rule is not None and not rule.allow:
-            raise HttpError(403, "access forbidden by rule")
-    return None
+    """``allow``/``deny``, ``auth_basic`` and ``auth_request``, combined by ``satisfy``
+    (:func:`wsgate.http.auth.access_phase`)."""
+    return access_phase(r)
 
 
 # -- CONTENT -----------------------------------------------------------------------------------
@@ -624,6 +645,7 @@ def _restart(r: Request, index: int) -> int:
     """Count one internal redirect (``r->uri_changes``) and return ``index``, where the walk
     goes on (the first ``FIND_CONFIG`` handler); the eleventh is a 500."""
     r.uri_changes -= 1
+    r.access = None  # an internal redirect clears the modules' contexts
     if r.uri_changes == 0:
         raise HttpError(
             500, f'rewrite or internal redirection cycle while processing "{r.ctx.uri}"'
@@ -637,7 +659,8 @@ def run(
     table: Sequence[tuple[Phase, Sequence[Handler]]] | None = None,
 ) -> tuple[Decision, int]:
     """Walk the handlers from index ``start`` until one decides; returns the decision and
-    the index to resume at after a :class:`Delay`.  A :class:`Restart` goes back to the
+    the index to resume at after a :class:`Delay` (the handler itself after a wait of
+    :mod:`wsgate.http.suspend`).  A :class:`Restart` goes back to the
     first ``FIND_CONFIG`` handler, at most :data:`MAX_URI_CHANGES` times ("rewrite or internal
     redirection cycle", 500).  The content phase always decides (404 at the latest)."""
     handlers, restart = _DEFAULT if table is None else _flatten(table)
@@ -650,6 +673,8 @@ def run(
         if isinstance(decision, Restart):
             i = _restart(r, restart)
             continue
+        if isinstance(decision, Offload | Pause | Subrequest):
+            return decision, i - 1  # the same handler goes on when the wait is over
         return decision, i
     raise HttpError(404)
 

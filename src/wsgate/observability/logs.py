@@ -118,6 +118,9 @@ def format_error_line(
         text += f", client: {ctx.remote_addr}, server: {ctx.server_name}"
         if ctx.request_line:
             text += f', request: "{ctx.request_line}"'
+        subrequest = getattr(ctx, "subrequest", None)  # an auth_request subrequest's URI
+        if subrequest:
+            text += f', subrequest: "{subrequest}"'
         if upstream:
             text += f', upstream: "{upstream}"'
         host = ctx.header("host")

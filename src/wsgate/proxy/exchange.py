@@ -43,8 +43,10 @@ from wsgate.http.phases import (
     uninitialized_warning,
 )
 from wsgate.http.request import RequestHead
+from wsgate.http.suspend import Offload, Pause, Subrequest
 from wsgate.observability.metrics import CONTENT_TYPE, location_label
 from wsgate.observability.status import stub_status_page
+from wsgate.proxy.offload import offload
 from wsgate.proxy.proxying import Proxying
 from wsgate.routing import select_server
 
@@ -103,8 +105,8 @@ class Exchange:
             while True:
                 try:
                     decision, index = run(r, index)
-                    while isinstance(decision, Delay):
-                        await asyncio.sleep(decision.seconds)
+                    while isinstance(decision, Delay | Offload | Pause | Subrequest):
+                        await self._wait(decision)
                         decision, index = run(r, index)
                     return await self._respond(decision)
                 except HttpError as exc:
@@ -128,6 +130,17 @@ class Exchange:
             # A tunnel's request ends when the tunnel closes (its TunnelEnd has the slots).
             if self.front.tunnel is None:
                 release_slots(r)
+
+    async def _wait(self, decision: Delay | Offload | Pause | Subrequest) -> None:
+        """A ``limit_req`` delay, or a wait of :mod:`wsgate.http.suspend`."""
+        if isinstance(decision, Delay | Pause):
+            await asyncio.sleep(decision.seconds)
+        elif isinstance(decision, Offload):
+            await offload(decision.job)
+        else:
+            from wsgate.proxy.subrequest import run_subrequest  # it builds on Exchange
+
+            await run_subrequest(self, decision)
 
     @property
     def location(self) -> str:
@@ -262,6 +275,8 @@ def write_error(
         _, added = filter_headers(
             ctx.status, [], settings.add_headers, settings.expires, ctx.lookup, now
         )
+        if exc.headers:  # the handlers' fields come before the header filter's
+            added = [*exc.headers, *added]
         trailer = None
         if head is not None:
             trailer = chunked_trailer(

@@ -25,7 +25,12 @@ from sys import intern
 from typing import TYPE_CHECKING, cast
 
 from wsgate.config.model import AccessLog, LocationSettings
-from wsgate.config.variables import RequestContext, request_headers_read
+from wsgate.config.variables import (
+    CONNECTION_TIME,
+    UPSTREAM_BYTES,
+    RequestContext,
+    request_headers_read,
+)
 from wsgate.errors import HttpError
 from wsgate.http.body import Body, EndOfMessage
 from wsgate.http.fields import first_value
@@ -143,6 +148,10 @@ def _kept_headers(
     return kept
 
 
+#: The ``upstream_bytes`` of a tunnel whose logs do not read them (shared, never appended to).
+_NO_BYTES: list[list[int]] = cast("list[list[int]]", ())
+
+
 def _slim(ctx: RequestContext, settings: LocationSettings) -> RequestContext:
     """``ctx`` as an open tunnel keeps it, for as long as the tunnel lives.
 
@@ -171,7 +180,7 @@ def _slim(ctx: RequestContext, settings: LocationSettings) -> RequestContext:
         ctx.host = intern(ctx.host)
     else:
         ctx.host = ctx.uri = ""
-        ctx.start = ctx.upstream_started = 0.0
+        ctx.start = ctx.upstream_started = ctx.connection_start = 0.0
     ctx.method = intern(ctx.method)
     ctx.version = intern(ctx.version)
     ctx.proxy_port = intern(ctx.proxy_port)
@@ -182,6 +191,16 @@ def _slim(ctx: RequestContext, settings: LocationSettings) -> RequestContext:
     ctx.upstream_statuses = cast("list[str]", tuple(map(intern, ctx.upstream_statuses)))
     ctx.upstream_times = cast("list[str]", tuple(ctx.upstream_times))
     ctx.upstream_lengths = cast("list[str]", tuple(ctx.upstream_lengths))
+    if kept is not None and UPSTREAM_BYTES not in kept:
+        ctx.upstream_bytes = _NO_BYTES
+    if kept is not None and CONNECTION_TIME not in kept:
+        ctx.connection_start = 0.0
+    if ctx.upstream_headers:
+        ctx.upstream_headers = tuple(
+            (intern(n), v)
+            for n, v in ctx.upstream_headers
+            if kept is None or "upstream:" + n.lower() in kept
+        )
     return ctx
 
 
@@ -249,6 +268,7 @@ async def relay_response(
     body_bytes = upstream_bytes = 0
     complete = noted = False
     rate = _rate(ex, resp)
+    counts = ctx.upstream_bytes[-1] if ctx.upstream_bytes else None
     try:
         if rate is None:
             ep.write(out)
@@ -277,6 +297,8 @@ async def relay_response(
                 rparser.check()  # a fault in the bytes already read comes before waiting
                 async with asyncio.timeout(settings.proxy_read_timeout):
                     data = await up.read()
+                if counts is not None:
+                    counts[0] += len(data)
                 pending = rparser.feed(data) if data else rparser.feed_eof()
             except TimeoutError:
                 gw.error_log.log(

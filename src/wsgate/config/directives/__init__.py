@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from wsgate.config.directives import (
+    auth,
     core,
     headers,
     limits,
@@ -21,6 +22,7 @@ from wsgate.config.directives import (
     proxy,
     realip,
     redirects,
+    resolver,
     rewrite,
     ssl,
     upstream,
@@ -45,6 +47,8 @@ ENTRIES: tuple[Directive, ...] = (
     *headers.ENTRIES,
     *limits.ENTRIES,
     *realip.ENTRIES,
+    *auth.ENTRIES,
+    *resolver.ENTRIES,
     *ssl.ENTRIES,
     *upstream.ENTRIES,
     *other.ENTRIES,

@@ -20,7 +20,6 @@ from wsgate.config.table import (
     TAKE2,
     TAKE12,
     TAKE1234,
-    UPSTREAM,
     Arity,
     Directive,
     Kind,
@@ -79,13 +78,8 @@ ENTRIES: tuple[Directive, ...] = (
     _noop("proxy_temp_file_write_size", HSL, TAKE1, _TEMP),
     _noop("reset_timedout_connection", HSL, FLAG, "kept for compatibility"),
     _noop("types", HSL, BLOCK, _FILES),
-    # One wsgate process keeps upstream state in memory; a shared zone adds nothing yet.
-    _noop("zone", ctx(UPSTREAM), TAKE12, "upstream state is kept per process"),
     # Refused with a reason (docs/differences.md, "Not yet supported").
     _refused("error_page", "not yet"),
-    _refused("satisfy", "no auth modules"),
-    _refused("auth_basic", "no auth modules"),
-    _refused("auth_request", "no auth modules"),
     _refused("ssl_crl", "not yet"),
     _refused("proxy_ssl_crl", "not yet"),
     _refused("proxy_ssl_password_file", "not yet"),
