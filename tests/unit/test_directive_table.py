@@ -99,7 +99,6 @@ SAMPLES: dict[str, tuple[str, str]] = {
     "listen": ("127.0.0.1:8080", "[::1]:0 default_server"),
     "server_name": ("example.org *.example.org", "~^(?<sub>.+)\\.example\\.net$"),
     "least_conn": ("", ""),
-    "root": ("/srv/a", "/srv/b"),
     "limit_rate": ("12k", "$arg_rate"),
     "limit_rate_after": ("1m", "$arg_after"),
     "ip_hash": ("", ""),
@@ -113,6 +112,17 @@ SAMPLES: dict[str, tuple[str, str]] = {
     "auth_request_set": ("$a $upstream_http_x", "$b b"),
     "satisfy": ("any", "all"),
     "zone": ("z", "z2 64k"),
+    "root": ("/srv/a", "b/$host"),
+    "alias": ("/srv/a/", "/srv/$1"),
+    "index": ("a.html b.html", "/c.html"),
+    "try_files": ("$uri =404", "$uri $uri/ /index.html"),
+    "types": ("", ""),
+    "default_type": ("text/html", "application/octet-stream"),
+    "max_ranges": ("1", "0"),
+    "disable_symlinks": ("on", "if_not_owner from=$document_root"),
+    "charset": ("utf-8", "$arg_c"),
+    "source_charset": ("koi8-r", "windows-1251"),
+    "charset_types": ("text/css", "text/html *"),
 }
 #: A bad argument list and nginx's words, for each directive whose parser is its own; ``None``
 #: for a parser that takes any value.
@@ -185,7 +195,6 @@ BAD: dict[str, tuple[str, str] | None] = {
     "server_name": ("a*b", 'invalid server name or wildcard "a*b"'),
     "least_conn": None,
     "ip_hash": None,
-    "root": None,
     "limit_rate": ("fast", '"limit_rate" directive invalid value'),
     "limit_rate_after": ("1x", '"limit_rate_after" directive invalid value'),
     "hash": ("$uri nonsense", 'invalid parameter "nonsense"'),
@@ -198,6 +207,17 @@ BAD: dict[str, tuple[str, str] | None] = {
     "auth_request_set": ("a b", 'invalid variable name "a"'),
     "satisfy": ("some", 'invalid value "some"'),
     "zone": ("z 0", 'invalid zone size "0"'),
+    "root": ("$document_root/x", 'the $document_root variable cannot be used in the "root"'),
+    "alias": ("$realpath_root", 'the $realpath_root variable cannot be used in the "alias"'),
+    "index": None,
+    "types": None,
+    "try_files": ("$uri =1000", 'invalid code "=1000"'),
+    "default_type": None,
+    "max_ranges": ("x", '"max_ranges" directive invalid number'),
+    "disable_symlinks": ("maybe", 'invalid parameter "maybe"'),
+    "charset": None,
+    "source_charset": ("$x", 'variables in "source_charset" are not supported by wsgate'),
+    "charset_types": None,
 }
 _GENERIC = {"flag", "time", "size", "number"}
 

@@ -19,6 +19,7 @@ from wsgate.config.directives import TABLE, find
 from wsgate.config.level import Level, parse_default
 from wsgate.config.model import (
     Config,
+    DocRoot,
     HttpConfig,
     LimitConnZone,
     LimitReqZone,
@@ -86,6 +87,8 @@ class Loader:
     user_vars: set[str] = field(default_factory=set)
     #: Variables directives declare (``auth_request_set``), lowercased.
     declared: set[str] = field(default_factory=set)
+    #: ``charset_map`` tables: (from, to) → 256 bytes.
+    charset_maps: dict[tuple[str, str], bytes] = field(default_factory=dict)
     #: Parsed defaults, by entry (some need the log formats, so they are parsed per load).
     defaults: dict[int, object] = field(default_factory=dict)
 
@@ -326,7 +329,11 @@ class Loader:
             proxy_ssl = tls.build_ssl_upstream(level.collect(SslUpstream), ssl_src)
         fields = level.collect(LocationSettings)
         fields["rewrite"] = tuple(self._if_settings(step) for step in fields["rewrite"])
-        return LocationSettings(proxy_ssl=proxy_ssl, **fields)
+        if fields["root"] is None:
+            # "Default: root html;", under the prefix.
+            html = os.path.join(self.prefix, "html")
+            fields["root"] = DocRoot(Template(html, (html,)), self.prefix)
+        return LocationSettings(proxy_ssl=proxy_ssl, charset_maps=self.charset_maps, **fields)
 
     def _if_settings(self, step: Step) -> Step:
         """An ``if`` in a location gets the settings of the implicit location it is, merged

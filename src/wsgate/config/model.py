@@ -24,6 +24,7 @@ __all__ = [
     "AddHeader",
     "AuthRequestSet",
     "Config",
+    "DocRoot",
     "CookieFlags",
     "ErrorLog",
     "Expires",
@@ -40,6 +41,7 @@ __all__ = [
     "LocationSettings",
     "LogFormat",
     "MapBlock",
+    "MimeTypes",
     "Network",
     "ProxyPass",
     "RewriteRule",
@@ -48,6 +50,7 @@ __all__ = [
     "SslServer",
     "SslUpstream",
     "Source",
+    "TryFiles",
     "Upstream",
     "UpstreamServer",
     "UserFile",
@@ -484,6 +487,45 @@ class AuthRequestSet:
 
 
 @dataclass(frozen=True, slots=True)
+class DocRoot:
+    """``root PATH`` or ``alias PATH`` (ngx_http_core_module), as the location in force has it.
+
+    ``path`` is made absolute against the prefix when it has no variables (nginx's
+    ``ngx_get_full_name`` at load time); with variables the rendered value is made absolute per
+    request against ``prefix``.  For ``alias``, ``alias_len`` is how much of ``$uri`` the alias
+    replaces: the length of the prefix location's name it was written in (nested locations
+    inherit it with the alias, as nginx's ``clcf->alias``), or ``-1`` in a regular-expression
+    location, where the alias is the whole file name ("If alias is used inside a location
+    defined with a regular expression then such regular expression should contain captures and
+    alias should refer to these captures")."""
+
+    path: Template
+    prefix: str = ""
+    alias: bool = False
+    alias_len: int = 0
+    source: Source | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MimeTypes:
+    """``types { TYPE EXT ...; }``: extension (lowercased) → MIME type."""
+
+    by_ext: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TryFiles:
+    """``try_files file ... uri | =code``: the files to test (a trailing ``/`` tests a
+    directory), then the fallback: an internal redirect to a URI, a ``@named`` location, or
+    ``=code``."""
+
+    files: tuple[Template, ...]
+    fallback: Template
+    code: int | None = None
+    source: Source | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class LocationSettings:
     """The effective per-location settings after nginx's http → server → location merge.
 
@@ -523,9 +565,6 @@ class LocationSettings:
     rewrite: Script = ()
     rewrite_log: bool = False
     uninitialized_variable_warn: bool = True
-    #: ``root``: where static files would be looked up (``$document_root``); wsgate does not
-    #: serve files yet, so a location without a content handler still answers 404.
-    root: str = "html"
     #: ``limit_rate``/``limit_rate_after``: bytes (a value with variables: its template, read
     #: per request as a size); see :mod:`wsgate.http.rate`.
     limit_rate: int | Template = 0
@@ -582,6 +621,48 @@ class LocationSettings:
     satisfy: str = "all"
     #: ``auth_delay`` (seconds): how long a 401 waits before it is sent.
     auth_delay: float = 0.0
+    #: ``error_log`` of the innermost level that has any (all-or-nothing); empty: the main
+    #: context's logs.
+    error_logs: tuple[ErrorLog, ...] = ()
+    # -- static files (ngx_http_core_module, static, index, autoindex) --------------------------
+    #: ``root``/``alias`` (None: ``root html``, under the prefix; the loader fills it in).
+    root: DocRoot | None = None
+    #: ``index`` names (default ``index.html``; all-or-nothing).
+    index: tuple[Template, ...] = (Template("index.html", ("index.html",)),)
+    #: ``try_files`` of this location (not inherited).
+    try_files: TryFiles | None = None
+    #: ``types`` (default nginx's three: html, gif, jpg), ``default_type``.
+    types: MimeTypes | None = None
+    default_type: str = "text/plain"
+    etag: bool = True
+    #: ``if_modified_since off | exact | before``.
+    if_modified_since: str = "exact"
+    #: ``max_ranges`` (None: unlimited; 0 disables ranges).
+    max_ranges: int | None = None
+    log_not_found: bool = True
+    autoindex: bool = False
+    autoindex_exact_size: bool = True
+    autoindex_localtime: bool = False
+    autoindex_format: str = "html"
+    #: ``disable_symlinks off | on | if_not_owner`` and its ``from=`` (a template, or None).
+    disable_symlinks: tuple[str, Template | None] = ("off", None)
+    sendfile: bool = False
+    sendfile_max_chunk: int = 2 * 1024 * 1024
+    # -- ngx_http_charset_module --------------------------------------------------------------
+    #: ``charset`` (None: ``off``), ``source_charset``, ``override_charset``, ``charset_types``.
+    charset: Template | None = None
+    source_charset: str | None = None
+    override_charset: bool = False
+    charset_types: tuple[str, ...] = (
+        "text/html",
+        "text/xml",
+        "text/plain",
+        "text/vnd.wap.wml",
+        "application/javascript",
+        "application/rss+xml",
+    )
+    #: Every ``charset_map`` of ``http``: (from, to), lowercased → a 256-byte table.
+    charset_maps: dict[tuple[str, str], bytes] = field(default_factory=dict)
     #: ``proxy_redirect`` rules in force (nginx's merge, the default made from
     #: ``proxy_pass``); empty: none (``off``, or nothing to rewrite).
     proxy_redirects: tuple[RewriteRule, ...] = ()

@@ -19,7 +19,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from wsgate import __version__
-from wsgate.config.model import MapBlock
+from wsgate.config.model import DocRoot, ErrorLog, MapBlock
 from wsgate.config.template import Template
 from wsgate.http.auth import basic_credentials
 from wsgate.http.fields import first_value
@@ -105,6 +105,10 @@ FIXED_VARIABLES = (
             "request_body",
             "nginx_version",
             "limit_rate",
+            # static files (ngx_http_core_module)
+            "document_root",
+            "realpath_root",
+            "request_filename",
             # ngx_http_realip_module
             "realip_remote_addr",
             "realip_remote_port",
@@ -266,6 +270,9 @@ class RequestContext:
         "captures",
         "variables",
         "uninitialized",
+        "root",
+        "add_uri_to_alias",
+        "error_logs",
         "maps",
         "tls",
         "counters",
@@ -334,6 +341,13 @@ class RequestContext:
         #: Called with the name of a variable only ``set`` makes when the request has not
         #: set it (``uninitialized_variable_warn``; None: nobody listens).
         self.uninitialized: Callable[[str], None] | None = None
+        #: The location's ``root``/``alias`` (set with the location), for
+        #: ``$document_root``, ``$realpath_root`` and ``$request_filename``.
+        self.root: DocRoot | None = None
+        #: ``r->add_uri_to_alias``: ``try_files`` found a file under a regex location's alias.
+        self.add_uri_to_alias = False
+        #: The location's ``error_log`` targets (empty: the main context's).
+        self.error_logs: tuple[ErrorLog, ...] = ()
         self.maps: Mapping[str, MapBlock] = maps or _NO_MAPS
         #: ``$https`` and the ``$ssl_*`` values of a TLS connection (empty for plain TCP).
         self.tls: Mapping[str, str] = _NO_TLS
@@ -591,6 +605,31 @@ def _host(c: RequestContext) -> str:
     return c.host or c.server_name
 
 
+def _document_root(c: RequestContext) -> str:
+    """``$document_root``: "root or alias directive's value for the current request"."""
+    from wsgate.http.static import root_path
+
+    return "" if c.root is None else root_path(c.root, c.lookup)
+
+
+def _realpath_root(c: RequestContext) -> str:
+    """``$realpath_root``: "an absolute pathname corresponding to the root or alias
+    directive's value for the current request, with all symbolic links resolved to real
+    paths"."""
+    root = _document_root(c)
+    return os.path.realpath(root) if root else ""
+
+
+def _request_filename(c: RequestContext) -> str:
+    """``$request_filename``: "file path for the current request, based on the root or
+    alias directives, and the request URI"."""
+    from wsgate.http.static import map_uri_to_path
+
+    if c.root is None:
+        return ""
+    return map_uri_to_path(c.root, c.uri, c.lookup, c.add_uri_to_alias)[0]
+
+
 def _msec(c: RequestContext) -> str:
     return f"{time.time():.3f}"
 
@@ -668,5 +707,8 @@ _GETTERS: dict[str, Callable[[RequestContext], str]] = {
     # wsgate is not nginx: its own version (the Server header's token names it too).
     "nginx_version": lambda c: __version__,
     "limit_rate": lambda c: str(c.limit_rate or 0),
+    "document_root": _document_root,
+    "realpath_root": _realpath_root,
+    "request_filename": _request_filename,
     **{f"connections_{f}": _connections(f) for f in ("active", "reading", "writing", "waiting")},
 }

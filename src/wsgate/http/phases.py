@@ -15,8 +15,8 @@ phase                   handlers today                                          
 ``PREACCESS``           realip, then ``limit_req``, then ``limit_conn``            limit_*
 ``ACCESS``              ``allow``/``deny``, ``auth_basic``, ``auth_request``       access
                         combined by ``satisfy`` (:mod:`wsgate.http.auth`)
-``TRY_FILES``           (none yet)                                                 core
-``CONTENT``             ``stub_status``, ``prometheus``, ``proxy_pass``, or 404    core
+``TRY_FILES``           ``try_files``                                              try_files
+``CONTENT``             ``stub_status``, ``prometheus``, ``proxy_pass``, or files  core
 ``LOG``                 the access-log line and metrics (the I/O layer's)          log
 ======================  =========================================================  ==========
 
@@ -45,11 +45,13 @@ from typing import TYPE_CHECKING, Protocol
 
 from wsgate.config.model import Location, LocationSettings, Server
 from wsgate.config.variables import RequestContext
+from wsgate.content import files
 from wsgate.errors import HttpError
 from wsgate.http.auth import AccessState, access_phase
 from wsgate.http.redirects import absolute_location
 from wsgate.http.request import RequestHead
 from wsgate.http.rewrite import Stop, execute
+from wsgate.http.static import FileResponse
 from wsgate.http.suspend import Offload, Pause, Subrequest, Suspend
 from wsgate.limits import ConnZone, Refused, ReqZone, check_requests
 from wsgate.realip import forwarded_addr
@@ -215,8 +217,11 @@ class Request:
 
     def use_settings(self, settings: LocationSettings) -> None:
         """An ``if`` block's settings, when its condition held (``ngx_http_script_if_code``
-        calls ``ngx_http_update_location_config``): everything that follows reads them."""
+        calls ``ngx_http_update_location_config``): everything that follows reads them,
+        the document root and the error logs too."""
         self.settings = settings
+        self.ctx.root = settings.root
+        self.ctx.error_logs = settings.error_logs
 
     def absolute(self, location: str) -> str:
         """``location`` as nginx's header filter sends the response's own ``Location``
@@ -281,7 +286,7 @@ class Content(enum.Enum):
     PROXY = "proxy_pass"
 
 
-Decision = Delay | Restart | Redirect | Plain | Close | Content | Suspend
+Decision = Delay | Restart | Redirect | Plain | Close | Content | Suspend | FileResponse
 Handler = Callable[[Request], Decision | None]
 
 
@@ -479,6 +484,8 @@ def find_config(r: Request) -> Decision | None:
         ctx.set_match(match)
     r.location = location
     settings = r.settings = location.settings if location is not None else r.server.settings
+    ctx.root = settings.root
+    ctx.error_logs = settings.error_logs
     if (
         settings.keepalive_timeout == 0
         or r.connection_requests >= settings.keepalive_requests
@@ -593,19 +600,45 @@ def access(r: Request) -> Decision | None:
     return access_phase(r)
 
 
+# -- TRY_FILES --------------------------------------------------------------------------------
+def _internal(r: Request, uri: str) -> Restart:
+    """``ngx_http_internal_redirect``: the request goes on with ``uri`` from ``FIND_CONFIG``
+    (``$args`` already set by the caller)."""
+    ctx = r.ctx
+    ctx.uri = uri
+    ctx.add_uri_to_alias = False
+    ctx.invalidate()
+    return Restart()
+
+
+def try_files(r: Request) -> Decision | None:
+    """ngx_http_try_files_handler (see :func:`wsgate.content.files.try_files`): the first
+    file found goes on to the content phase as ``$uri``; else the last parameter, an internal
+    redirect or ``=code``."""
+    if r.settings.try_files is None:
+        return None
+    got = files.try_files(r.settings, r.ctx)
+    if got is None:
+        return None
+    if isinstance(got, int):
+        raise HttpError(got)
+    return _internal(r, got.uri)
+
+
 # -- CONTENT -----------------------------------------------------------------------------------
 def content(r: Request) -> Decision | None:
     """The location's content handler: ``stub_status`` and ``prometheus`` answer GET and
     HEAD only (``ngx_http_stub_status_handler``: "if (!(r->method & (NGX_HTTP_GET|
     NGX_HTTP_HEAD))) return NGX_HTTP_NOT_ALLOWED;"), ``proxy_pass`` refuses a declared body
-    over ``client_max_body_size`` (413), and a location with none of them is 404."""
+    over ``client_max_body_size`` (413), and a location with none of them serves files
+    (index, autoindex, static: :func:`static`)."""
     settings, head = r.settings, r.head
     if settings.stub_status or settings.prometheus:
         if head.method not in ("GET", "HEAD"):
             raise HttpError(405)
         return Content.STUB_STATUS if settings.stub_status else Content.PROMETHEUS
     if settings.proxy_pass is None:
-        raise HttpError(404)
+        return static(r)
     if (
         head.content_length is not None
         and settings.client_max_body_size
@@ -613,6 +646,21 @@ def content(r: Request) -> Decision | None:
     ):
         raise HttpError(413, f"client intended to send too large body: {head.content_length} bytes")
     return Content.PROXY
+
+
+def static(r: Request) -> Decision:
+    """nginx's content handlers for a location without one of its own, in nginx's order:
+    ``index`` (an internal redirect to the index file), ``autoindex``, the static module (the
+    file, or a 301 to the directory's URI with a slash), and 403 for a directory with
+    neither (:mod:`wsgate.content.files`)."""
+    got = files.serve(r.settings, r.ctx, r.head.method, r.log)
+    if isinstance(got, files.Internal):
+        return _internal(r, got.uri)
+    if isinstance(got, files.Moved):
+        return Redirect(301, got.target)
+    if isinstance(got, files.Listing):
+        return Plain(200, got.body, got.content_type)
+    return got
 
 
 #: The handlers of each phase, in order (the LOG phase is the I/O layer's: it runs when the
@@ -625,7 +673,7 @@ HANDLERS: tuple[tuple[Phase, tuple[Handler, ...]], ...] = (
     (Phase.POST_REWRITE, (post_rewrite,)),
     (Phase.PREACCESS, (realip_preaccess, limit_req, limit_conn)),
     (Phase.ACCESS, (access,)),
-    (Phase.TRY_FILES, ()),
+    (Phase.TRY_FILES, (try_files,)),
     (Phase.CONTENT, (content,)),
 )
 

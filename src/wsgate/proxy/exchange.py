@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING
 
 from wsgate.config.model import LocationSettings
 from wsgate.config.variables import RequestContext
+from wsgate.content.sender import send_file
 from wsgate.errors import HttpError
+from wsgate.http.charset import apply_charset, charset_page
 from wsgate.http.headers import (
     BodyFraming,
     build_client_response_head,
@@ -43,6 +45,7 @@ from wsgate.http.phases import (
     uninitialized_warning,
 )
 from wsgate.http.request import RequestHead
+from wsgate.http.static import FileResponse
 from wsgate.http.suspend import Offload, Pause, Subrequest
 from wsgate.observability.metrics import CONTENT_TYPE, location_label
 from wsgate.observability.status import stub_status_page
@@ -169,6 +172,8 @@ class Exchange:
             return self.plain(200, metrics.exposition(), CONTENT_TYPE)
         if decision is Content.PROXY:
             return await Proxying(self).run()
+        if isinstance(decision, FileResponse):
+            return await send_file(self, decision)
         raise AssertionError(f"no response for {decision!r}")  # pragma: no cover
 
     # -- responses made here -------------------------------------------------------------------
@@ -196,6 +201,7 @@ class Exchange:
             added=added,
             trailer=chunked_trailer(status, head.method, head.version, settings, ctx.lookup, ctx),
         )
+        data = charset_page(settings, status, data, ctx.lookup, self.r.log)
         ctx.sent_head = data[: data.index(b"\r\n\r\n") + 2]
         data = for_version(head.version, data)
         self.front.ep.write(data)
@@ -206,6 +212,10 @@ class Exchange:
 
     def plain(self, status: int, body: bytes, ctype: str | None) -> Outcome:
         head, settings, ctx = self.head, self.r.settings, self.r.ctx
+        if settings.charset is not None:
+            ctype, recode = apply_charset(settings, ctype, ctx.lookup, self.r.log, status)
+            if recode is not None:
+                body = body.translate(recode)
         headers = [("Content-Type", ctype)] if ctype else []
         ctx.status = status
         now = time.time()
@@ -275,8 +285,9 @@ def write_error(
         _, added = filter_headers(
             ctx.status, [], settings.add_headers, settings.expires, ctx.lookup, now
         )
-        if exc.headers:  # the handlers' fields come before the header filter's
-            added = [*exc.headers, *added]
+        # The handlers' fields come before the header filter's (a 401's WWW-Authenticate,
+        # the range filter's 416 Content-Range).
+        added = [*exc.headers, *added]
         trailer = None
         if head is not None:
             trailer = chunked_trailer(
@@ -291,6 +302,13 @@ def write_error(
             head_only=head is not None and head.method == "HEAD",
             added=added,
             trailer=trailer,
+        )
+        data = charset_page(
+            settings,
+            exc.status,
+            data,
+            ctx.lookup,
+            lambda level, text: front.gw.error_log.log(level, text, front.number, ctx),
         )
         ctx.sent_head = data[: data.index(b"\r\n\r\n") + 2]
         ctx.body_bytes_sent = len(data) - len(ctx.sent_head) - 2

@@ -25,6 +25,7 @@ from wsgate.access import upgrade_allowed, without_upgrade
 from wsgate.config.model import LocationSettings, ProxyPass
 from wsgate.errors import HttpError
 from wsgate.http.headers import BodyFraming, build_upstream_request, single_fields
+from wsgate.http.phases import MAX_URI_CHANGES
 from wsgate.http.response import ResponseHead
 from wsgate.proxy.attempt import Attempt, TryFailed
 from wsgate.proxy.relay import note_time, relay_response, start_tunnel
@@ -61,14 +62,17 @@ class Proxying:
         the request-target is no longer sent, after ``rewrite ... break`` nor is the
         location's URI part."""
         head, r = self.ex.head, self.ex.r
+        # After an internal redirect the client's request-target is no longer the URI
+        # (nginx's ngx_http_internal_redirect clears r->valid_unparsed_uri): $uri is sent.
+        redirected = r.uri_changes <= MAX_URI_CHANGES
         return proxy_uri(
             pp,
             r.location,
             head.target,
             r.ctx.uri,
             r.ctx.args,
-            "%" in head.target or r.internal,
-            valid_unparsed_uri=r.valid_unparsed_uri,
+            "%" in head.target or r.internal or redirected,
+            valid_unparsed_uri=r.valid_unparsed_uri and not redirected,
             valid_location=r.valid_location,
         )
 
@@ -83,6 +87,8 @@ class Proxying:
         )
         if refused:
             self._refuse_upgrade()
+        # After an internal redirect the client's request-target is no longer the URI
+        # (nginx's ngx_http_internal_redirect clears r->valid_unparsed_uri): $uri is sent.
         if pp.template is not None:
             # proxy_pass with variables: "a URI part replaces the whole request URI".
             ev = await evaluate(gw, pp, settings, ctx)

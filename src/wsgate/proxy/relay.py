@@ -33,6 +33,7 @@ from wsgate.config.variables import (
 )
 from wsgate.errors import HttpError
 from wsgate.http.body import Body, EndOfMessage
+from wsgate.http.charset import proxied_charset
 from wsgate.http.fields import first_value
 from wsgate.http.framing import client_framing
 from wsgate.http.headers import (
@@ -242,6 +243,9 @@ async def relay_response(
     ctx.status = resp.status
     hidden = hidden_fields(settings.proxy_hide_headers, settings.proxy_pass_headers)
     headers, location = upstream_fields(visible_fields(resp.headers, hidden), settings, ctx.lookup)
+    recode: bytes | None = None
+    if settings.charset is not None:
+        headers, recode = proxied_charset(settings, headers, ctx.lookup, ex.r.log, resp.status)
     now = time.time()
     headers, added = filter_headers(
         resp.status, headers, settings.add_headers, settings.expires, ctx.lookup, now
@@ -280,7 +284,8 @@ async def relay_response(
                     upstream_bytes += len(ev.data)
                     if no_body:
                         continue
-                    data = encode_chunk(ev.data) if chunk_out else ev.data
+                    data = ev.data if recode is None else ev.data.translate(recode)
+                    data = encode_chunk(data) if chunk_out else data
                     if rate is None:
                         ep.write(data)
                     else:

@@ -20,11 +20,13 @@ that went away (499), or a ``return 444``, ends the main request too (nginx term
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import TYPE_CHECKING
 
 from wsgate.config.variables import RequestContext
 from wsgate.errors import HttpError
 from wsgate.http.phases import Close, Content, Delay, Plain, Redirect, Request, release_slots, run
+from wsgate.http.static import FileResponse
 from wsgate.http.suspend import Subrequest
 from wsgate.proxy.exchange import Exchange
 from wsgate.proxy.proxying import Proxying
@@ -122,6 +124,9 @@ class SubExchange(Exchange):
                 resp = proxying.response
                 assert resp is not None
                 return resp.status, resp
+            if isinstance(decision, FileResponse):  # a file: its status, not its body
+                os.close(decision.fd)
+                return decision.status, None
             if isinstance(decision, Content):  # stub_status, prometheus
                 return 200, None
             # The access phase is skipped: no other wait can come.

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from wsgate.config.directives import (
     auth,
+    charset,
     core,
     headers,
     limits,
@@ -25,6 +26,7 @@ from wsgate.config.directives import (
     resolver,
     rewrite,
     ssl,
+    static,
     upstream,
 )
 from wsgate.config.parse import NGINX_DIRECTIVES
@@ -45,6 +47,8 @@ ENTRIES: tuple[Directive, ...] = (
     *proxy.ENTRIES,
     *redirects.ENTRIES,
     *headers.ENTRIES,
+    *static.ENTRIES,
+    *charset.ENTRIES,
     *limits.ENTRIES,
     *realip.ENTRIES,
     *auth.ENTRIES,
