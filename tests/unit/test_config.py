@@ -423,3 +423,14 @@ def test_escapes_in_tokens_follow_nginx(tmp_path: Path) -> None:
     assert ret.text.raw == 'a\nb\tc\\d"e'
     regex = config.http.servers[0].locations[0].regex
     assert regex is not None and regex.pattern == "\\.php$"
+
+
+def test_map_keys_are_unescaped_like_every_token(tmp_path: Path) -> None:
+    """nginx's ``ngx_conf_read_token`` unescapes every token, a map key too: ``"~\\\\x00"``
+    is the regex ``\\x00`` (proxy_protocol2_tlv.t's SSL_BINARY)."""
+    config = conf(
+        tmp_path,
+        'http { map $arg_a $bin { "~\\\\x00" "true"; } server { location / { return 200; } } }',
+    )
+    ((compiled, _),) = config.http.maps["bin"].regexes
+    assert compiled.pattern == "\\x00" and compiled.search("a\x00b") is not None
