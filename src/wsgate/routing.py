@@ -23,6 +23,7 @@ __all__ = [
     "candidates_for",
     "escape_uri",
     "find_location",
+    "find_named_location",
     "needs_slash_redirect",
     "normalize_uri",
     "proxy_uri",
@@ -462,6 +463,14 @@ def find_location(server: Server, uri: str) -> tuple[Location | None, tuple[str,
     return found.location, found.captures
 
 
+def find_named_location(server: Server, name: str) -> Location | None:
+    """The server's ``location @name`` for ``name`` (with its ``@``), as
+    ``ngx_http_named_location`` looks it up: named locations are "not used for a regular
+    request processing, but instead used for request redirection" (core module,
+    ``location``); the first of a name wins."""
+    return next((loc for loc in server.named_locations if loc.name == name), None)
+
+
 def needs_slash_redirect(location: Location | None, uri: str) -> bool:
     """Whether ``uri`` gets nginx's 301 to ``location.name`` (plus ``?args``).
 
@@ -501,6 +510,7 @@ def proxy_uri(
     uri: str,
     args: str,
     had_escapes: bool,
+    unparsed: bool = True,
 ) -> str:
     """The URI of the request line sent upstream (``ngx_http_proxy_create_request``).
 
@@ -511,8 +521,10 @@ def proxy_uri(
     request is processed" (proxy module, ``proxy_pass``).
 
     ``raw_target`` is the request-target as received, ``uri`` the normalised ``$uri``,
-    ``args`` the raw ``$args``, ``had_escapes`` whether the path had ``%`` (nginx's
-    ``r->quoted_uri``: only then is the rest re-escaped).  A URL with variables
+    ``args`` the raw ``$args``, ``had_escapes`` whether the path had ``%`` or the request was
+    redirected internally (nginx's ``r->quoted_uri || r->internal``: only then is the rest
+    re-escaped), ``unparsed`` nginx's ``r->valid_unparsed_uri`` (false after an internal
+    redirect: ``$uri`` and ``$args`` are sent instead of the request-target).  A URL with variables
     (``pp.template``), no location or a regex location is treated as "no URI part"; the
     caller handles a rendered URL that has one (it replaces the request URI as is).
     """
@@ -521,7 +533,7 @@ def proxy_uri(
         raw = request_uri(raw_target)
         # r->valid_unparsed_uri is off for a space in the URI (and wsgate treats an empty
         # absolute-form path the same way): then $uri is sent, escaped, with the args.
-        if raw.startswith("/") and " " not in raw:
+        if unparsed and raw.startswith("/") and " " not in raw:
             return raw
         return (escape_uri(uri) if had_escapes else uri) + query
     rest = uri[len(location.name) :] if uri.startswith(location.name) else uri

@@ -9,7 +9,7 @@ phase                   handlers today                                          
 ======================  =========================================================  ==========
 ``POST_READ``           request-target → ``$uri``/``$args``; 497, 495/496; realip  (process)
 ``SERVER_REWRITE``      a ``return`` at ``server`` level                           rewrite
-``FIND_CONFIG``         the location, keep-alive limits, the trailing-slash 301    core
+``FIND_CONFIG``         the location, ``internal``, keep-alive limits, the 301     core
 ``REWRITE``             a ``return`` in the location                               rewrite
 ``POST_REWRITE``        (internal redirects: at most 10 cycles, as nginx)          core
 ``PREACCESS``           realip, then ``limit_req``, then ``limit_conn``            limit_*
@@ -21,15 +21,28 @@ phase                   handlers today                                          
 
 A handler takes the request's :class:`Request` and returns ``None`` (go on with the next
 handler), or a decision: :class:`Delay` (wait, then go on: ``limit_req``), :class:`Restart`
-(an internal redirect: back to ``FIND_CONFIG``), or the response to make (:class:`Redirect`,
-:class:`Plain`, :class:`Close`, a :class:`Content` handler).  An error response is an
+(an internal redirect), or the response to make (:class:`Redirect`, :class:`Plain`,
+:class:`Close`, a :class:`Content` handler).  An error response is an
 :class:`~wsgate.errors.HttpError` raised with nginx's status and log text.  :func:`run`
 walks the handlers; the asyncio layer (:mod:`wsgate.proxy.exchange`) sleeps on a
 :class:`Delay` and performs the response.  ``rewrite``, ``auth_basic``, ``auth_request``,
 ``try_files`` and static files are each one handler to add to :data:`HANDLERS` (or one
-decision), nothing else; ``error_page`` is one in :data:`ERROR_HANDLERS`, which
-:func:`on_error` consults before an error page is made (an internal redirect re-enters the
-phases at ``FIND_CONFIG``).
+decision), nothing else.
+
+Internal redirects come in nginx's three kinds, each a :class:`Restart` to another phase:
+``rewrite ... last`` (the URI changed: back to ``FIND_CONFIG``, counted by :func:`run` as
+nginx's post-rewrite phase counts it), :func:`internal_redirect` (``error_page URI``,
+``try_files``'s last URI: back to ``SERVER_REWRITE`` with the server's settings, as
+``ngx_http_internal_redirect``) and :func:`named_location` (``@name``: on at ``REWRITE`` in
+that location, as ``ngx_http_named_location``).  Each is one of the request's
+:data:`MAX_URI_CHANGES`; the eleventh is a 500.
+
+An error -- an :class:`~wsgate.errors.HttpError` from a handler or from the content phase's
+I/O (given back to :func:`run` as ``error``), or a redirect a handler makes -- goes through
+:func:`on_error`, nginx's ``ngx_http_special_response_handler``: its log line, keep-alive off
+after the statuses nginx closes on, then the :data:`ERROR_HANDLERS` (``error_page``), which
+may redirect internally or answer with a redirect; otherwise the error leaves :func:`run`
+and the I/O layer sends nginx's page for it.
 """
 
 from __future__ import annotations
@@ -43,10 +56,17 @@ from wsgate.access import check_access
 from wsgate.config.model import Location, LocationSettings, Server
 from wsgate.config.variables import RequestContext
 from wsgate.errors import HttpError
+from wsgate.http.pages import closes_connection
 from wsgate.http.request import RequestHead
 from wsgate.limits import ConnZone, Refused, ReqZone, check_requests
 from wsgate.realip import forwarded_addr
-from wsgate.routing import find_location, needs_slash_redirect, normalize_uri, split_target
+from wsgate.routing import (
+    find_location,
+    find_named_location,
+    needs_slash_redirect,
+    normalize_uri,
+    split_target,
+)
 
 if TYPE_CHECKING:
     from wsgate.limits import LimitRegistry
@@ -69,6 +89,10 @@ __all__ = [
     "Request",
     "Restart",
     "absolute_url",
+    "error_page",
+    "internal_redirect",
+    "log_error",
+    "named_location",
     "on_error",
     "realip_post_read",
     "realip_preaccess",
@@ -127,6 +151,14 @@ class Request:
         "connection_started",
         "conn_slots",
         "uri_changes",
+        "internal",
+        "unparsed_uri",
+        "error_page",
+        "err_status",
+        "headers_out",
+        "limit_req_done",
+        "limit_conn_done",
+        "body_sent",
     )
 
     def __init__(
@@ -160,6 +192,26 @@ class Request:
         self.conn_slots: tuple[tuple[ConnZone, str], ...] = ()
         #: Internal redirects left (``r->uri_changes``).
         self.uri_changes = MAX_URI_CHANGES + 1
+        #: ``r->internal``: an internal redirect happened (``internal`` locations allow it).
+        self.internal = False
+        #: ``r->valid_unparsed_uri``: ``proxy_pass`` without a URI may send the request-target
+        #: as received (false after :func:`internal_redirect`: ``$uri`` and ``$args`` then).
+        self.unparsed_uri = True
+        #: ``r->error_page``: an error page was used (no other one, without
+        #: ``recursive_error_pages``).
+        self.error_page = False
+        #: ``r->err_status``: the status every response gets from now on (``error_page``),
+        #: 0: the response's own.
+        self.err_status = 0
+        #: Header fields the response gets whatever makes it (``headers_out`` kept across an
+        #: internal redirect: an intercepted 401's ``WWW-Authenticate``).
+        self.headers_out: tuple[tuple[str, str], ...] = ()
+        #: ``r->main->limit_req_status``/``limit_conn_status`` set: the limits were applied
+        #: once; an internal redirect does not apply them again.
+        self.limit_req_done = False
+        self.limit_conn_done = False
+        #: The request body was (partly) sent upstream: it cannot be sent again.
+        self.body_sent = False
 
     def log(self, level: str, message: str) -> None:
         self.worker.error_log.log(level, message, self.number, self.ctx)
@@ -175,8 +227,12 @@ class Delay:
 
 @dataclass(frozen=True, slots=True)
 class Restart:
-    """An internal redirect: the request goes through ``FIND_CONFIG`` again (``rewrite ...
-    last``, ``error_page``, named locations when they come)."""
+    """An internal redirect: the walk goes on at ``phase``.  ``Restart()`` is ``rewrite ...
+    last`` (``FIND_CONFIG`` again with the new ``$uri``; :func:`run` counts it); make the
+    others with :func:`internal_redirect` (``SERVER_REWRITE``) and :func:`named_location`
+    (``REWRITE``), which count themselves as nginx does."""
+
+    phase: Phase = Phase.FIND_CONFIG
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,13 +402,27 @@ def location_return(r: Request) -> Decision | None:
 
 # -- FIND_CONFIG -------------------------------------------------------------------------------
 def find_config(r: Request) -> Decision | None:
-    """``ngx_http_core_find_config_phase``: the location for ``$uri`` and its settings, the
+    """``ngx_http_core_find_config_phase``: the location for ``$uri`` and its settings,
+    ``internal`` ("For external requests, the client error 404 is returned"), the
     connection's keep-alive limits, and the 301 to ``location/`` ("If a location is defined
     by a prefix string that ends with the slash character ... the permanent redirect with
     the code 301 will be returned")."""
-    ctx, head = r.ctx, r.head
+    ctx = r.ctx
     location, captures = find_location(r.server, ctx.uri)
     ctx.captures = captures
+    _use_location(r, location)
+    if not r.internal and r.settings.internal:
+        raise HttpError(404)
+    if location is not None and needs_slash_redirect(location, ctx.uri):
+        target = f"{ctx.uri}/" + (f"?{ctx.args}" if ctx.args else "")
+        return Redirect(301, absolute_url(ctx, target))
+    return None
+
+
+def _use_location(r: Request, location: Location | None) -> None:
+    """``ngx_http_update_location_config``: the location's settings, and its keep-alive
+    limits for the connection."""
+    head = r.head
     r.location = location
     settings = r.settings = location.settings if location is not None else r.server.settings
     if (
@@ -364,10 +434,6 @@ def find_config(r: Request) -> Decision | None:
         # keepalive_timeout 0 disables keep-alive; keepalive_requests caps a connection
         # (https://nginx.org/en/docs/http/ngx_http_core_module.html#keepalive_requests).
         head.keep_alive = False
-    if location is not None and needs_slash_redirect(location, ctx.uri):
-        target = f"{ctx.uri}/" + (f"?{ctx.args}" if ctx.args else "")
-        return Redirect(301, absolute_url(ctx, target))
-    return None
 
 
 # -- POST_REWRITE ------------------------------------------------------------------------------
@@ -385,7 +451,7 @@ def limit_req(r: Request) -> Decision | None:
     which case the request is terminated with an error."  "Requests with an empty key
     value are not accounted."  Delays are logged one level below refusals."""
     settings = r.settings
-    if not settings.limit_req:
+    if not settings.limit_req or r.limit_req_done:
         return None
     entries: list[tuple[ReqZone, str, int, int]] = []
     for lr in settings.limit_req:
@@ -394,6 +460,10 @@ def limit_req(r: Request) -> Decision | None:
         if key:
             zone = r.worker.limits.req_zone(spec.name, spec.rate)
             entries.append((zone, key, lr.burst, lr.delay))
+    if not entries:
+        return None
+    # "if (r->main->limit_req_status) return NGX_DECLINED;": once per request.
+    r.limit_req_done = True
     decision = check_requests(entries, int(r.worker.clock() * 1000))
     dry = ", dry run" if settings.limit_req_dry_run else ""
     level = settings.limit_req_log_level
@@ -419,11 +489,15 @@ def limit_conn(r: Request) -> Decision | None:
     accounted."  The slots taken are kept in ``r.conn_slots`` until the request (or its
     tunnel) ends."""
     settings = r.settings
+    if r.limit_conn_done:
+        return None
     for lc in settings.limit_conn:
         spec = lc.zone
         key = spec.key.render(r.ctx.lookup)
         if not key:
             continue
+        # "r->main->limit_conn_status = NGX_HTTP_LIMIT_CONN_PASSED": once per request.
+        r.limit_conn_done = True
         zone = r.worker.limits.conn_zone(spec.name)
         got = zone.acquire(key, lc.conn)
         if got is True:
@@ -502,67 +576,208 @@ HANDLERS: tuple[tuple[Phase, tuple[Handler, ...]], ...] = (
 
 def _flatten(
     table: Sequence[tuple[Phase, Sequence[Handler]]],
-) -> tuple[tuple[Handler, ...], int]:
-    handlers = [h for _, hs in table for h in hs]
-    restart = sum(len(hs) for phase, hs in table if phase < Phase.FIND_CONFIG)
-    return tuple(handlers), restart
+) -> tuple[tuple[Handler, ...], dict[Phase, int]]:
+    """The handlers in order, and where each phase's first handler is."""
+    handlers: list[Handler] = []
+    starts: dict[Phase, int] = {}
+    for phase in Phase:
+        starts[phase] = len(handlers)
+        for p, hs in table:
+            if p is phase:
+                handlers.extend(hs)
+    return tuple(handlers), starts
 
 
 _DEFAULT = _flatten(HANDLERS)
 
 
-def _restart(r: Request, index: int) -> int:
-    """Count one internal redirect (``r->uri_changes``) and return ``index``, where the walk
-    goes on (the first ``FIND_CONFIG`` handler); the eleventh is a 500."""
+def _uri_change(r: Request, what: str) -> None:
+    """Count one internal redirect (``r->uri_changes--``); the eleventh is a 500, "rewrite
+    or internal redirection cycle" with ``what`` nginx says it was doing."""
     r.uri_changes -= 1
     if r.uri_changes == 0:
-        raise HttpError(
-            500, f'rewrite or internal redirection cycle while processing "{r.ctx.uri}"'
-        )
-    return index
+        raise HttpError(500, f"rewrite or internal redirection cycle {what}")
 
 
-def run(
-    r: Request,
-    start: int = 0,
-    table: Sequence[tuple[Phase, Sequence[Handler]]] | None = None,
-) -> tuple[Decision, int]:
-    """Walk the handlers from index ``start`` until one decides; returns the decision and
-    the index to resume at after a :class:`Delay`.  A :class:`Restart` goes back to the
-    first ``FIND_CONFIG`` handler, at most :data:`MAX_URI_CHANGES` times ("rewrite or internal
-    redirection cycle", 500).  The content phase always decides (404 at the latest)."""
-    handlers, restart = _DEFAULT if table is None else _flatten(table)
-    i = start
-    while i < len(handlers):
-        decision = handlers[i](r)
-        i += 1
-        if decision is None:
-            continue
-        if isinstance(decision, Restart):
-            i = _restart(r, restart)
-            continue
-        return decision, i
-    raise HttpError(404)
+def internal_redirect(r: Request, uri: str, args: str) -> Restart:
+    """``ngx_http_internal_redirect``: ``$uri`` and ``$args`` become ``uri`` and ``args``
+    (as given: nothing is normalised), the request is internal, and the phases go on at
+    ``SERVER_REWRITE`` with the server's settings (``r->loc_conf = cscf->ctx->loc_conf``)
+    until ``FIND_CONFIG`` finds the location.  ``proxy_pass`` without a URI then sends
+    ``$uri`` and ``$args`` (``r->valid_unparsed_uri = 0``).  ``error_page`` and
+    ``try_files`` use it."""
+    _uri_change(r, f'while internally redirecting to "{uri}"')
+    ctx = r.ctx
+    ctx.uri, ctx.args = uri, args
+    ctx.invalidate()
+    r.internal = True
+    r.unparsed_uri = False
+    r.location, r.settings = None, r.server.settings
+    return Restart(Phase.SERVER_REWRITE)
 
 
-ErrorHandler = Callable[[Request, HttpError], Restart | None]
+def named_location(r: Request, name: str) -> Restart:
+    """``ngx_http_named_location``: the server's ``location @name`` (``name`` with its
+    ``@``) takes the request as it is (``$uri``, ``$args`` and the request-target sent by
+    ``proxy_pass`` unchanged) and the phases go on at ``REWRITE`` there, without
+    ``FIND_CONFIG``.  No such location, or an empty ``$uri``, is a 500.  ``error_page`` and
+    ``try_files`` use it."""
+    _uri_change(r, f'while redirect to named location "{name}"')
+    if not r.ctx.uri:
+        raise HttpError(500, f'empty URI in redirect to named location "{name}"')
+    location = find_named_location(r.server, name)
+    if location is None:
+        raise HttpError(500, f'could not find named location "{name}"')
+    r.internal = True
+    _use_location(r, location)
+    return Restart(Phase.REWRITE)
 
-#: Consulted in order when a handler (or the content phase's I/O) raises an
-#: :class:`~wsgate.errors.HttpError`, before nginx's error page is made: ``error_page`` is one
-#: to add here (its URI set on ``r.ctx``, then :class:`Restart`), and named locations with it.
-ERROR_HANDLERS: tuple[ErrorHandler, ...] = ()
+
+def _restart(r: Request, restart: Restart, starts: dict[Phase, int]) -> int:
+    """Where the walk goes on after ``restart``; ``rewrite ... last`` is counted here, as
+    ``ngx_http_core_post_rewrite_phase`` counts it."""
+    if restart.phase is Phase.FIND_CONFIG:
+        _uri_change(r, f'while processing "{r.ctx.uri}"')
+    return starts[restart.phase]
+
+
+#: Redirect codes an ``error_page ... =CODE URL`` may answer with (else 302).
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+def error_page(r: Request, exc: HttpError) -> Restart | Redirect | None:
+    """``error_page`` (``ngx_http_special_response_handler`` and
+    ``ngx_http_send_error_page``): "Defines the URI that will be shown for the specified
+    errors."  Used once per request unless ``recursive_error_pages``, never once the
+    request is out of internal redirects.  ``=CODE`` answers with CODE, ``=`` with the
+    status of the response the URI gives; a URI is an internal redirect ("the method is
+    changed to GET for all methods other than GET and HEAD") with its own ``?args``, a
+    ``@name`` a named location with ``$uri`` and ``$args`` as they are, anything else a
+    redirect (302, or ``=301``/``=303``/``=307``/``=308``)."""
+    settings = r.settings
+    if r.error_page or not settings.error_pages or r.uri_changes == 0:
+        return None
+    if not settings.recursive_error_pages:
+        r.error_page = True
+    page = next((p for p in settings.error_pages if p.status == exc.status), None)
+    if page is None:
+        return None
+    ctx = r.ctx
+    r.err_status = exc.status if page.overwrite < 0 else page.overwrite
+    uri = page.uri.render(ctx.lookup)
+    if uri.startswith("/"):
+        args = page.args
+        if not page.uri.is_static:  # ngx_http_split_args
+            uri, _, args = uri.partition("?")
+        if r.head.method != "HEAD":
+            r.head.method = ctx.method = "GET"
+        ctx.status = r.err_status  # $status in the page
+        return internal_redirect(r, uri, args)
+    if uri.startswith("@"):
+        ctx.status = r.err_status
+        return named_location(r, uri)
+    if page.overwrite not in _REDIRECTS:
+        r.err_status = 302
+    return Redirect(r.err_status, uri)
+
+
+ErrorHandler = Callable[[Request, HttpError], Restart | Redirect | None]
+
+#: Consulted in order by :func:`on_error` when an error (or a redirect a handler makes)
+#: would be answered with nginx's page: one may redirect internally (a :class:`Restart`) or
+#: answer with a redirect instead.
+ERROR_HANDLERS: tuple[ErrorHandler, ...] = (error_page,)
+
+#: Statuses nginx ends the request with and sends nothing for (``ngx_http_finalize_request``
+#: terminates 408, 444 and 499 before ``ngx_http_special_response_handler``).
+_NO_RESPONSE = frozenset({408, 444, 499})
+
+
+def log_error(r: Request, exc: HttpError) -> None:
+    """An error's line in the error log, when it happens (before any error page)."""
+    level = exc.log_level
+    if level is not None:
+        r.log(level, exc.log)
 
 
 def on_error(
     r: Request,
     exc: HttpError,
     handlers: Sequence[ErrorHandler] = ERROR_HANDLERS,
-    table: Sequence[tuple[Phase, Sequence[Handler]]] | None = None,
-) -> int | None:
-    """Whether an error re-enters the phases: the index to walk on from (:func:`run`'s
-    ``start``) when an error handler redirects internally, None for the error page."""
+) -> Restart | Redirect | None:
+    """``ngx_http_finalize_request`` with an error status: its log line, keep-alive off
+    after the statuses nginx closes on (even when an error page answers), then the first
+    error handler's decision; None: nginx's page for ``exc`` (or no response at all, for
+    408, 444 and 499).  A :class:`Restart` it returns is counted already."""
+    log_error(r, exc)
+    if exc.status in _NO_RESPONSE:
+        return None
+    if closes_connection(exc.status):
+        r.head.keep_alive = False
     for handler in handlers:
-        if handler(r, exc) is not None:
-            _, restart = _DEFAULT if table is None else _flatten(table)
-            return _restart(r, restart)
+        decision = handler(r, exc)
+        if decision is not None:
+            return decision
     return None
+
+
+def run(
+    r: Request,
+    start: int = 0,
+    table: Sequence[tuple[Phase, Sequence[Handler]]] | None = None,
+    error: HttpError | None = None,
+    errors: Sequence[ErrorHandler] = ERROR_HANDLERS,
+) -> tuple[Decision, int]:
+    """Walk the handlers from index ``start`` until one decides; returns the decision and
+    the index to resume at after a :class:`Delay`.  ``error`` is one the content phase's
+    I/O met: it goes through :func:`on_error` first, as every error a handler raises and
+    every :class:`Redirect` a handler makes do.  A :class:`Restart` goes on where it says,
+    at most :data:`MAX_URI_CHANGES` times ("rewrite or internal redirection cycle", 500).
+    An error no error page answers leaves as the :class:`~wsgate.errors.HttpError` (the I/O
+    layer sends nginx's page); the content phase always decides (404 at the latest)."""
+    handlers, starts = _DEFAULT if table is None else _flatten(table)
+    i = start
+    while True:
+        if error is None:
+            if i == len(handlers):
+                error = HttpError(404)
+                continue
+            try:
+                decision = handlers[i](r)
+            except HttpError as exc:
+                error = exc
+                continue
+            i += 1
+            if decision is None:
+                continue
+            if isinstance(decision, Restart):
+                try:
+                    i = _restart(r, decision, starts)
+                except HttpError as exc:
+                    error = exc
+                continue
+            if not isinstance(decision, Redirect):
+                return decision, i
+            # ngx_http_finalize_request(r, 301..308) goes through error_page too.
+            try:
+                after = on_error(r, HttpError(decision.status), errors)
+            except HttpError as exc:
+                error = exc
+                continue
+            if after is None:
+                return decision, i
+        else:
+            try:
+                after = on_error(r, error, errors)
+            except HttpError as exc:
+                error = exc
+                continue
+            if after is None:
+                raise error
+            error = None
+        if isinstance(after, Redirect):
+            return after, i
+        try:
+            i = _restart(r, after, starts)
+        except HttpError as exc:
+            error = exc

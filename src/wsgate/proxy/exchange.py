@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from wsgate.config.model import LocationSettings
@@ -30,7 +31,6 @@ from wsgate.http.phases import (
     Plain,
     Redirect,
     Request,
-    on_error,
     release_slots,
     run,
 )
@@ -84,35 +84,35 @@ class Exchange:
 
     async def run(self) -> Outcome:
         """Walk the phases and make the response; returns (keep the connection,
-        keepalive_timeout).  An error re-enters the phases if an error handler redirects
-        (``error_page``, to come), else gets nginx's error page."""
+        keepalive_timeout).  An error the response meets (a proxied request's 502...) goes
+        back to the phases, where ``error_page`` may redirect; one no error page answers
+        gets nginx's page."""
         r = self.r
         index = 0
+        error: HttpError | None = None
         try:
             while True:
                 try:
-                    decision, index = run(r, index)
+                    decision, index = run(r, index, error=error)
                     while isinstance(decision, Delay):
                         await asyncio.sleep(decision.seconds)
                         decision, index = run(r, index)
+                except HttpError as final:
+                    return write_error(
+                        self.front,
+                        final,
+                        r.ctx,
+                        self.head,
+                        r.settings,
+                        self.location,
+                        self.upgrade,
+                        logged=True,
+                        extra=r.headers_out,
+                    )
+                try:
                     return await self._respond(decision)
                 except HttpError as exc:
                     error = exc
-                    try:
-                        resume = on_error(r, exc)
-                    except HttpError as cycle:  # too many internal redirects: 500
-                        error, resume = cycle, None
-                    if resume is None:
-                        return write_error(
-                            self.front,
-                            error,
-                            r.ctx,
-                            self.head,
-                            r.settings,
-                            self.location,
-                            self.upgrade,
-                        )
-                    index = resume
         finally:
             # A tunnel's request ends when the tunnel closes (its TunnelEnd has the slots).
             if self.front.tunnel is None:
@@ -156,6 +156,7 @@ class Exchange:
         _, added = filter_headers(
             status, [], settings.add_headers, settings.expires, ctx.lookup, now
         )
+        added = [*self.r.headers_out, *added]
         data = error_response(
             status,
             server_tokens=settings.server_tokens,
@@ -176,6 +177,9 @@ class Exchange:
     def plain(self, status: int, body: bytes, ctype: str | None) -> Outcome:
         head, settings, ctx = self.head, self.r.settings, self.r.ctx
         headers = [("Content-Type", ctype)] if ctype else []
+        headers += self.r.headers_out
+        # ngx_http_send_header: "if (r->err_status) r->headers_out.status = r->err_status".
+        status = self.r.err_status or status
         ctx.status = status
         now = time.time()
         headers, added = filter_headers(
@@ -218,12 +222,17 @@ def write_error(
     settings: LocationSettings,
     location: str,
     upgrade: bool,
+    *,
+    logged: bool = False,
+    extra: Sequence[tuple[str, str]] = (),
 ) -> Outcome:
     """nginx's error response for ``exc`` (none for 408, 444 and 499, which close), its
-    error-log line, and the log phase (``location`` and ``upgrade``: the metrics' labels);
-    ``head`` is None for bad input before a head."""
-    if exc.log and exc.status != 404:
-        level = "error" if exc.status in (403, 413, 500, 502, 504) else "info"
+    error-log line unless ``logged`` (:func:`~wsgate.http.phases.on_error` did), and the log
+    phase (``location`` and ``upgrade``: the metrics' labels); ``head`` is None for bad input
+    before a head.  ``extra`` fields come before ``add_header``'s (an intercepted 401's
+    ``WWW-Authenticate``)."""
+    level = exc.log_level
+    if level is not None and not logged:
         front.gw.error_log.log(level, exc.log, front.number, ctx)
     keep = head is not None and head.keep_alive and not closes_connection(exc.status)
     # 495-497 are sent and logged as 400 (ngx_http_special_response_handler sets
@@ -243,7 +252,7 @@ def write_error(
             keep_alive=keep,
             date=http_date(now),
             head_only=head is not None and head.method == "HEAD",
-            added=added,
+            added=[*extra, *added],
         )
         ctx.body_bytes_sent = len(data) - data.index(b"\r\n\r\n") - 4
         if head is not None:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from wsgate.access import upgrade_allowed, without_upgrade
 from wsgate.config.model import LocationSettings
 from wsgate.errors import HttpError
+from wsgate.http.body import EndOfMessage, Framing
 from wsgate.http.headers import BodyFraming, build_upstream_request
 from wsgate.http.response import ResponseHead
 from wsgate.proxy.attempt import Attempt, TryFailed
@@ -61,7 +62,15 @@ class Proxying:
         )
         if refused:
             self._refuse_upgrade()
-        uri = proxy_uri(pp, location, head.target, ctx.uri, ctx.args, "%" in head.target)
+        uri = proxy_uri(
+            pp,
+            location,
+            head.target,
+            ctx.uri,
+            ctx.args,
+            "%" in head.target or r.internal,
+            r.unparsed_uri,
+        )
         ctx.proxy_host = pp.proxy_host
         ctx.proxy_port = str(pp.port)
         set_headers = []
@@ -70,12 +79,16 @@ class Proxying:
         if refused:
             set_headers = without_upgrade(set_headers)
         body_framing = BodyFraming.none()
-        if head.content_length:
+        if r.body_sent or self.ex.front.body_done:
+            # After an error page: the body went to an earlier upstream, and wsgate, which
+            # streams it, cannot send it again (nginx sends its buffered copy).
+            pass
+        elif head.content_length:
             body_framing = BodyFraming.content_length(head.content_length)
         elif head.chunked:
             body_framing = BodyFraming.chunked()
         buffered_body: bytes | None = None
-        if head.chunked and settings.proxy_http_version == "1.0":
+        if body_framing.kind is Framing.CHUNKED and settings.proxy_http_version == "1.0":
             # An HTTP/1.0 upstream cannot take a chunked body: read it whole (bounded by
             # client_max_body_size) and send it with a Content-Length, as nginx does.
             buffered_body = await self._read_whole_body(settings)
@@ -137,7 +150,7 @@ class Proxying:
                     peer, keep, request, buffered_body, body_framing, ctx
                 )
             except TryFailed as failed:
-                streamed = att.streamed
+                streamed = r.body_sent = att.streamed
                 if att.up is not None:
                     att.up.abort()
                 gw.error_log.log("error", failed.log, front.number, ctx, upstream_url)
@@ -151,7 +164,7 @@ class Proxying:
                     att.up.abort()
                 selection.release(peer)
                 raise
-            streamed = att.streamed
+            streamed = r.body_sent = att.streamed
             up = att.up
             assert up is not None
             kind = status_failure(resp.status)
@@ -179,6 +192,23 @@ class Proxying:
             ctx.upstream_statuses.append(str(resp.status))
             reusable = False
             try:
+                if resp.status >= 300 and _intercepted(resp, settings):
+                    # ngx_http_upstream_intercept_errors: the upstream's body is not read;
+                    # its connection is kept only if the response was all there.
+                    reusable = (
+                        resp.keep_alive
+                        and head.upgrade is None
+                        and any(isinstance(ev, EndOfMessage) for ev in rpending)
+                        and rparser.buffered == 0
+                    )
+                    note_time(gw.clock, ctx)
+                    if resp.status == 401:
+                        r.headers_out += tuple(
+                            (name, value)
+                            for name, value in resp.headers
+                            if name.lower() == "www-authenticate"
+                        )
+                    raise HttpError(resp.status)
                 if resp.status == 101 and (
                     refused or (head.upgrade is not None and not _upgrade_ok(resp, settings))
                 ):
@@ -262,6 +292,15 @@ class Proxying:
                 )
             chunks.append(data)
         return b"".join(chunks)
+
+
+def _intercepted(resp: ResponseHead, settings: LocationSettings) -> bool:
+    """``proxy_intercept_errors on`` and an ``error_page`` for the status: "proxied
+    responses with codes greater than or equal to 300 ... intercepted and redirected to
+    nginx for processing with the error_page directive" (a 101 never is)."""
+    return settings.proxy_intercept_errors and any(
+        page.status == resp.status for page in settings.error_pages
+    )
 
 
 def _upgrade_ok(resp: ResponseHead, settings: LocationSettings) -> bool:

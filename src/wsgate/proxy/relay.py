@@ -40,6 +40,7 @@ from wsgate.http.headers import (
     visible_fields,
 )
 from wsgate.http.headers_filter import add_headers, filter_headers
+from wsgate.http.pages import STATUS_LINES
 from wsgate.http.response import ResponseEvent, ResponseHead, ResponseParser
 from wsgate.proxy.endpoint import CountedEndpoint, Endpoint, PeerClosed
 from wsgate.proxy.frames import is_websocket
@@ -195,16 +196,20 @@ async def relay_response(
         head.method, head.version, resp.status, resp.content_length, head.keep_alive
     )
     keep, no_body, chunk_out = plan.keep_alive, plan.no_body, plan.chunked
-    ctx.status = resp.status
+    # After an error page: "if (r->err_status) r->headers_out.status = r->err_status".
+    status, reason = resp.status, resp.reason
+    if ex.r.err_status:
+        status, reason = ex.r.err_status, STATUS_LINES.get(ex.r.err_status, "")
+    ctx.status = status
     hidden = hidden_fields(settings.proxy_hide_headers, settings.proxy_pass_headers)
-    headers = visible_fields(resp.headers, hidden)
+    headers = [*ex.r.headers_out, *visible_fields(resp.headers, hidden)]
     now = time.time()
     headers, added = filter_headers(
-        resp.status, headers, settings.add_headers, settings.expires, ctx.lookup, now
+        status, headers, settings.add_headers, settings.expires, ctx.lookup, now
     )
     out = build_client_response_head(
-        resp.status,
-        resp.reason,
+        status,
+        reason,
         headers,
         server_tokens=settings.server_tokens,
         date=http_date(now),
@@ -218,7 +223,6 @@ async def relay_response(
     out = for_version(head.version, out)
     ep = front.ep
     ep.write(out)
-    ctx.status = resp.status
     ctx.bytes_sent = len(out)
     body_bytes = 0
     complete = False

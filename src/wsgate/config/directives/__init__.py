@@ -13,7 +13,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from wsgate.config.directives import core, headers, limits, other, proxy, realip, ssl, upstream
+from wsgate.config.directives import (
+    core,
+    headers,
+    limits,
+    other,
+    pages,
+    proxy,
+    realip,
+    ssl,
+    upstream,
+)
 from wsgate.config.parse import NGINX_DIRECTIVES
 from wsgate.config.table import CONTEXT_ORDER, Directive, Kind, Merge
 from wsgate.config.values import config_error
@@ -28,6 +38,7 @@ _err = config_error
 #: Every entry, in the order the documentation lists them.
 ENTRIES: tuple[Directive, ...] = (
     *core.ENTRIES,
+    *pages.ENTRIES,
     *proxy.ENTRIES,
     *headers.ENTRIES,
     *limits.ENTRIES,

@@ -91,7 +91,6 @@ ENTRIES: tuple[Directive, ...] = (
     _noop("zone", ctx(UPSTREAM), TAKE12, "upstream state is kept per process"),
     # Refused with a reason (docs/differences.md, "Not yet supported").
     _refused("if", "not yet: `if` blocks"),
-    _refused("error_page", "not yet"),
     _refused("satisfy", "no auth modules"),
     _refused("auth_basic", "no auth modules"),
     _refused("auth_request", "no auth modules"),

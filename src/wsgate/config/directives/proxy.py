@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from wsgate.access import parse_upgrade_protocols
 from wsgate.config.model import HeaderSetting, LocationSettings, ProxyPass, UpstreamServer
 from wsgate.config.table import (
+    FLAG,
     HSL,
     LOCATION,
     ONEMORE,
@@ -17,6 +18,7 @@ from wsgate.config.table import (
     Directive,
     Merge,
     ctx,
+    flag,
     number,
     size,
     time,
@@ -251,6 +253,19 @@ ENTRIES: tuple[Directive, ...] = (
         fields=("proxy_buffer_size",),
         default="4k",
         note="the limit on an upstream response head",
+    ),
+    # "Determines whether proxied responses with codes greater than or equal to 300 should
+    # be passed to a client or be intercepted and redirected to nginx for processing with
+    # the error_page directive."
+    Directive(
+        "proxy_intercept_errors",
+        HSL,
+        FLAG,
+        parse=flag,
+        target=_LS,
+        fields=("proxy_intercept_errors",),
+        default="off",
+        note="a 101 is never intercepted",
     ),
     # wsgate's own: the protocols a request may upgrade to (see wsgate.access)
     Directive(
