@@ -510,7 +510,8 @@ def proxy_uri(
     uri: str,
     args: str,
     had_escapes: bool,
-    unparsed: bool = True,
+    *,
+    valid_unparsed_uri: bool = True,
 ) -> str:
     """The URI of the request line sent upstream (``ngx_http_proxy_create_request``).
 
@@ -523,8 +524,8 @@ def proxy_uri(
     ``raw_target`` is the request-target as received, ``uri`` the normalised ``$uri``,
     ``args`` the raw ``$args``, ``had_escapes`` whether the path had ``%`` or the request was
     redirected internally (nginx's ``r->quoted_uri || r->internal``: only then is the rest
-    re-escaped), ``unparsed`` nginx's ``r->valid_unparsed_uri`` (false after an internal
-    redirect: ``$uri`` and ``$args`` are sent instead of the request-target).  A URL with variables
+    re-escaped), ``valid_unparsed_uri`` false after an internal redirect (``$uri`` and
+    ``$args`` are sent instead of the request-target).  A URL with variables
     (``pp.template``), no location or a regex location is treated as "no URI part"; the
     caller handles a rendered URL that has one (it replaces the request URI as is).
     """
@@ -533,7 +534,7 @@ def proxy_uri(
         raw = request_uri(raw_target)
         # r->valid_unparsed_uri is off for a space in the URI (and wsgate treats an empty
         # absolute-form path the same way): then $uri is sent, escaped, with the args.
-        if unparsed and raw.startswith("/") and " " not in raw:
+        if valid_unparsed_uri and raw.startswith("/") and " " not in raw:
             return raw
         return (escape_uri(uri) if had_escapes else uri) + query
     rest = uri[len(location.name) :] if uri.startswith(location.name) else uri

@@ -183,7 +183,8 @@ def test_error_page_uri_is_an_internal_redirect(tmp_path: Path) -> None:
     r = request(config, Worker(), "/missing?x=1", method="POST")
     decision, _ = run(r)
     assert decision == Plain(200, b"page /page from=1 GET 404", "text/plain")
-    assert (r.err_status, r.internal, r.unparsed_uri, r.head.method) == (404, True, False, "GET")
+    assert (r.err_status, r.internal, r.head.method) == (404, True, "GET")
+    assert not r.valid_unparsed_uri
     assert r.uri_changes == MAX_URI_CHANGES
     r = request(config, Worker(), "/missing", method="HEAD")
     assert run(r)[0] == Plain(200, b"page /page from=1 HEAD 404", "text/plain")
@@ -209,7 +210,7 @@ def test_error_page_named_location_keeps_uri_and_args(tmp_path: Path) -> None:
     r = request(config, Worker(), "/named/x?q=1")
     assert run(r)[0] == Plain(200, b"back /named/x q=1", "text/plain")
     assert r.location is not None and r.location.name == "@back"
-    assert (r.internal, r.unparsed_uri, r.err_status) == (True, True, 404)
+    assert (r.internal, r.valid_unparsed_uri, r.err_status) == (True, True, 404)
     r = request(config, Worker(), "/nowhere")
     with pytest.raises(HttpError) as info:
         run(r)

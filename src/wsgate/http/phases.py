@@ -152,7 +152,7 @@ class Request:
         "conn_slots",
         "uri_changes",
         "internal",
-        "unparsed_uri",
+        "valid_unparsed_uri",
         "error_page",
         "err_status",
         "headers_out",
@@ -196,7 +196,7 @@ class Request:
         self.internal = False
         #: ``r->valid_unparsed_uri``: ``proxy_pass`` without a URI may send the request-target
         #: as received (false after :func:`internal_redirect`: ``$uri`` and ``$args`` then).
-        self.unparsed_uri = True
+        self.valid_unparsed_uri = True
         #: ``r->error_page``: an error page was used (no other one, without
         #: ``recursive_error_pages``).
         self.error_page = False
@@ -611,7 +611,7 @@ def internal_redirect(r: Request, uri: str, args: str) -> Restart:
     ctx.uri, ctx.args = uri, args
     ctx.invalidate()
     r.internal = True
-    r.unparsed_uri = False
+    r.valid_unparsed_uri = False
     r.location, r.settings = None, r.server.settings
     return Restart(Phase.SERVER_REWRITE)
 

@@ -69,7 +69,7 @@ class Proxying:
             ctx.uri,
             ctx.args,
             "%" in head.target or r.internal,
-            r.unparsed_uri,
+            valid_unparsed_uri=r.valid_unparsed_uri,
         )
         ctx.proxy_host = pp.proxy_host
         ctx.proxy_port = str(pp.port)

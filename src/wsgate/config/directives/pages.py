@@ -78,7 +78,7 @@ ENTRIES: tuple[Directive, ...] = (
     # "Defines the URI that will be shown for the specified errors."
     Directive(
         "error_page",
-        ctx("http server location if"),
+        ctx("http server location if-in-location"),
         Arity(2, -1),
         parse=_error_page,
         target=_LS,
