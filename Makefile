@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest install node debs bench soak clean
+.PHONY: run test lint typecheck pytest install node debs bench soak conformance clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,8 @@ node_modules/.installed: package.json package-lock.json
 node: node_modules/.installed
 
 ## Debian packages some tests need: nginx to compare against; headless Chromium and NSS's
-## certutil (libnss3-tools, to make Chromium trust the test CA) for the browser test.
+## certutil (libnss3-tools, to make Chromium trust the test CA) for the browser test; the Perl
+## modules nginx's test-suite harness needs for its WebSocket and TLS files (make conformance).
 ## Installed only when missing and when we can (root with apt-get); otherwise those tests skip
 ## with a reason. Debian's postinst starts the nginx service: stop the copy this step started.
 debs:
@@ -37,12 +38,15 @@ debs:
 	fi
 	@missing=""; \
 	[ -x /usr/bin/chromium ] || missing=" chromium"; \
+	perl -MProtocol::WebSocket -e1 2>/dev/null || missing="$$missing libprotocol-websocket-perl"; \
+	perl -MIO::Socket::SSL -e1 2>/dev/null || missing="$$missing libio-socket-ssl-perl"; \
+	perl -MNet::SSLeay -e1 2>/dev/null || missing="$$missing libnet-ssleay-perl"; \
 	command -v certutil >/dev/null 2>&1 || missing="$$missing libnss3-tools"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } \
-	      || echo "could not install$$missing: the browser test will be skipped"; \
-	  else echo "not installed:$$missing: the browser test will be skipped"; fi; \
+	      || echo "could not install$$missing: the browser test and some nginx-tests files will be skipped"; \
+	  else echo "not installed:$$missing: the browser test and some nginx-tests files will be skipped"; fi; \
 	fi
 
 ## make run: the walk-through -- the echo server on 127.0.0.1:8010 and wsgate on :8020.
@@ -66,6 +70,12 @@ pytest: $(STAMP) node debs
 
 ## make test: installs everything the tests need, then linters, type checks and pytest.
 test: lint typecheck pytest
+
+## make conformance: files of nginx's own test suite (../shared/nginx-tests, or NGINX_TESTS=) run
+## against wsgate through nginx's Perl harness; prints passed/planned per file beside the counts
+## in tests/conformance/expected.txt. CONFORMANCE="rewrite.t map.t" runs only those files.
+conformance: $(STAMP) debs
+	$(PY) tests/conformance/run.py $(CONFORMANCE)
 
 ## make soak: the reliability probes (tests/reliability/) in their long form, WSGATE_SOAK=1:
 ## counts and durations scaled up, every loop still bounded in count and time (about 10-15

@@ -17,9 +17,10 @@ import os
 import signal
 import sys
 
-from wsgate import NAME, SERVER_TOKEN, __version__
+from wsgate import NAME, SERVER_TOKEN
 from wsgate.config.loader import DEFAULT_CONF, load
 from wsgate.config.model import Config, ErrorLog
+from wsgate.config.modules import version_lines
 from wsgate.errors import ConfigError
 from wsgate.loop import new_event_loop
 from wsgate.observability.logs import AccessLogs, ErrorLogger, access_log_paths
@@ -348,13 +349,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"{NAME} version: {SERVER_TOKEN}\n{USAGE}")
         return 0
     if opts.version:
-        sys.stderr.write(f"{NAME} version: {SERVER_TOKEN}\n")
         if opts.configure:
-            sys.stderr.write(
-                f"built with Python {sys.version.split()[0]}\n"
-                f"configure arguments: (none: wsgate {__version__} is a Python "
-                "package)\n"
-            )
+            sys.stderr.write(version_lines(SERVER_TOKEN))
+        else:
+            sys.stderr.write(f"{NAME} version: {SERVER_TOKEN}\n")
         return 0
     if opts.test:
         return cmd_test(opts)

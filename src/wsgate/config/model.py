@@ -454,6 +454,16 @@ class LocationSettings:
     proxy_next_upstream_timeout: float = 0.0
     proxy_buffer_size: int = 4096
     server_tokens: bool = True
+    #: ``root``: where static files would be looked up (``$document_root``); wsgate does not
+    #: serve files yet, so a location without a content handler still answers 404.
+    root: str = "html"
+    #: ``limit_rate``/``limit_rate_after``: bytes (a value with variables: its template, read
+    #: per request as a size); see :mod:`wsgate.http.rate`.
+    limit_rate: int | Template = 0
+    limit_rate_after: int | Template = 0
+    #: ``proxy_buffering``: wsgate always streams, but nginx turns ``limit_rate`` off for a
+    #: response it does not buffer, so the value decides that.
+    proxy_buffering: bool = True
     return_: Return | None = None
     proxy_ssl: SslUpstream = SslUpstream()
     #: Empty tuple means ``access_log off``.

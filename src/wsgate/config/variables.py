@@ -92,6 +92,7 @@ FIXED_VARIABLES = (
             "content_length",
             "content_type",
             "remote_user",
+            "limit_rate",
             # ngx_http_realip_module
             "realip_remote_addr",
             "realip_remote_port",
@@ -226,6 +227,7 @@ class RequestContext:
         "maps",
         "tls",
         "counters",
+        "limit_rate",
         "_cache",
     )
 
@@ -280,6 +282,9 @@ class RequestContext:
         self.tls: Mapping[str, str] = _NO_TLS
         #: The gateway's ``stub_status`` counters, for ``$connections_*`` (None: all ``0``).
         self.counters: StatusCounters | None = None
+        #: ``r->limit_rate`` once set (``set $limit_rate``, ``X-Accel-Limit-Rate``, or the
+        #: ``limit_rate`` directive read at the first write); None: not yet.
+        self.limit_rate: int | None = None
         #: Map results computed so far (None until the first).
         self._cache: dict[str, str] | None = None
 
@@ -493,5 +498,6 @@ _GETTERS: dict[str, Callable[[RequestContext], str]] = {
     "hostname": lambda c: _HOSTNAME,
     "pid": lambda c: str(os.getpid()),
     "remote_user": lambda c: "",
+    "limit_rate": lambda c: str(c.limit_rate or 0),
     **{f"connections_{f}": _connections(f) for f in ("active", "reading", "writing", "waiting")},
 }

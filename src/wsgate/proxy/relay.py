@@ -28,6 +28,7 @@ from wsgate.config.model import AccessLog, LocationSettings
 from wsgate.config.variables import RequestContext, request_headers_read
 from wsgate.errors import HttpError
 from wsgate.http.body import Body, EndOfMessage
+from wsgate.http.fields import first_value
 from wsgate.http.framing import client_framing
 from wsgate.http.headers import (
     LAST_CHUNK,
@@ -44,9 +45,11 @@ from wsgate.http.pages import STATUS_LINES
 from wsgate.http.response import ResponseEvent, ResponseHead, ResponseParser
 from wsgate.proxy.endpoint import CountedEndpoint, Endpoint, PeerClosed
 from wsgate.proxy.frames import is_websocket
+from wsgate.proxy.pacing import accel_limit_rate, response_rate, send_paced
 from wsgate.proxy.tunnel import Tunnel
 
 if TYPE_CHECKING:
+    from wsgate.http.rate import WriteRate
     from wsgate.limits import ConnZone
     from wsgate.observability.metrics import TunnelSeries
     from wsgate.proxy.context import WorkerContext
@@ -222,17 +225,25 @@ async def relay_response(
     )
     out = for_version(head.version, out)
     ep = front.ep
-    ep.write(out)
     ctx.bytes_sent = len(out)
     body_bytes = 0
     complete = False
+    rate = _rate(ex, resp)
     try:
+        if rate is None:
+            ep.write(out)
+        else:
+            sent = await send_paced(ep, out, rate, 0)
         while True:
             for ev in pending:
                 if isinstance(ev, Body):
                     if no_body:
                         continue
-                    ep.write(encode_chunk(ev.data) if chunk_out else ev.data)
+                    data = encode_chunk(ev.data) if chunk_out else ev.data
+                    if rate is None:
+                        ep.write(data)
+                    else:
+                        sent = await send_paced(ep, data, rate, sent)
                     body_bytes += len(ev.data)
                 elif isinstance(ev, EndOfMessage):
                     complete = True
@@ -274,6 +285,27 @@ async def relay_response(
     note_time(gw.clock, ctx)
     ex.log()
     return (keep and complete, settings.keepalive_timeout), complete
+
+
+def _rate(ex: Exchange, resp: ResponseHead) -> WriteRate | None:
+    """``limit_rate`` for a proxied response: ``X-Accel-Limit-Rate`` first, and none at all
+    when nginx would not buffer it (``proxy_buffering off``, ``X-Accel-Buffering: no``)."""
+    settings, ctx, front = ex.r.settings, ex.r.ctx, ex.front
+    buffering = settings.proxy_buffering
+    accel = first_value(resp.headers, "x-accel-buffering")
+    if accel is not None:
+        low = accel.lower()
+        buffering = True if low.startswith("yes") else False if low.startswith("no") else buffering
+    if not buffering:
+        ctx.limit_rate = 0
+        return None
+    accel_rate = accel_limit_rate(resp.headers)
+    if accel_rate is not None:
+        ctx.limit_rate = accel_rate
+    gw = front.gw
+    return response_rate(
+        settings, ctx, lambda text: gw.error_log.log("error", text, front.number, ctx)
+    )
 
 
 def _head_101(ex: Exchange, resp: ResponseHead, upgrade: bool) -> bytes:

@@ -44,6 +44,7 @@ from wsgate.config.table import (
     flag,
     number,
     size,
+    string,
     time,
 )
 from wsgate.config.units import parse_size, parse_time
@@ -52,6 +53,7 @@ from wsgate.config.values import config_error, listen, server_name
 if TYPE_CHECKING:
     from wsgate.config.level import Level
     from wsgate.config.parse import Stmt
+    from wsgate.config.template import Template
 
 __all__ = ["ENTRIES", "ERROR_LEVELS"]
 
@@ -243,6 +245,16 @@ def _error_log_here(s: Stmt, level: Level) -> None:
 
 _LS, _SERVER = LocationSettings, Server
 _MAIN_STRUCT = "read by the loader"
+
+
+def _size_value(s: Stmt, level: Level) -> int | Template:
+    """``ngx_http_set_complex_value_size_slot``: a size, or a value with variables read per
+    request (``ngx_http_complex_value_size``)."""
+    tpl = level.loader.template(s.args[0], s.src)
+    if not tpl.is_static:
+        return tpl
+    return size(s, level)
+
 
 ENTRIES: tuple[Directive, ...] = (
     # main (ngx_core_module, ngx_events_module)
@@ -510,6 +522,38 @@ ENTRIES: tuple[Directive, ...] = (
     ),
     Directive(
         "server_tokens", HSL, FLAG, parse=flag, target=_LS, fields=("server_tokens",), default="on"
+    ),
+    Directive(
+        "limit_rate",
+        HSL,
+        TAKE1,
+        parse=_size_value,
+        target=_LS,
+        fields=("limit_rate",),
+        default="0",
+        syntax="rate",
+        note="bytes per second per response (variables allowed); "
+        "not for proxied responses with `proxy_buffering off`, nor tunnels",
+    ),
+    Directive(
+        "limit_rate_after",
+        HSL,
+        TAKE1,
+        parse=_size_value,
+        target=_LS,
+        fields=("limit_rate_after",),
+        default="0",
+        syntax="size",
+    ),
+    Directive(
+        "root",
+        ctx("http server location"),
+        TAKE1,
+        parse=string,
+        target=_LS,
+        fields=("root",),
+        default="html",
+        note="stored; static files are not served yet (a location without a handler: 404)",
     ),
     Directive(
         "return",

@@ -71,7 +71,6 @@ ENTRIES: tuple[Directive, ...] = (
     _noop("fastcgi_temp_path", HSL, TAKE1234, _TEMP),
     _noop("uwsgi_temp_path", HSL, TAKE1234, _TEMP),
     _noop("scgi_temp_path", HSL, TAKE1234, _TEMP),
-    _noop("proxy_buffering", HSL, FLAG, _STREAM),
     _noop("proxy_request_buffering", HSL, FLAG, _STREAM),
     _noop("proxy_buffers", HSL, TAKE2, _STREAM),
     _noop("proxy_busy_buffers_size", HSL, TAKE1, _STREAM),

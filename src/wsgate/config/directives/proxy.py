@@ -245,6 +245,17 @@ ENTRIES: tuple[Directive, ...] = (
         default="0",
     ),
     Directive(
+        "proxy_buffering",
+        HSL,
+        FLAG,
+        parse=flag,
+        target=LocationSettings,
+        fields=("proxy_buffering",),
+        default="on",
+        note="wsgate always streams; `off` (or `X-Accel-Buffering: no`) turns `limit_rate` "
+        "off for the response, as nginx does for a response it does not buffer",
+    ),
+    Directive(
         "proxy_buffer_size",
         HSL,
         TAKE1,

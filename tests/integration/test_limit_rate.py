@@ -1,0 +1,73 @@
+"""``limit_rate`` on proxied responses through a real wsgate (limit_rate.t's cases): the rate
+the response was sent at is ``$limit_rate`` in the log, ``X-Accel-Limit-Rate`` wins over the
+directive, ``proxy_buffering off`` and ``X-Accel-Buffering: no`` turn it off, a variable that
+is not a size logs nginx's ``invalid size``, and the body always arrives whole.  Pacing itself
+(slices and pauses) is checked without a clock in tests/unit/test_rate.py."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+
+import pytest
+
+from tests.conftest import WsgateProcess
+from tests.integration.loopback import HOST, Backend, Loop, Request, loop_fixture
+
+bg = pytest.fixture(loop_fixture)
+BODY = b"X" * 3000
+
+
+def answer(backend: Backend, request: Request) -> bytes:
+    extra = b""
+    if "xal=" in request.path:
+        extra += b"X-Accel-Limit-Rate: " + request.path.split("xal=")[1].encode() + b"\r\n"
+    if "nobuf" in request.path:
+        extra += b"X-Accel-Buffering: no\r\n"
+    return b"HTTP/1.1 200 OK\r\nContent-Length: 3000\r\n" + extra + b"\r\n" + BODY
+
+
+def get(port: int, path: str) -> bytes:
+    with socket.create_connection((HOST, port), timeout=10) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return data
+
+
+def test_limit_rate_on_proxied_responses(wsgate: Callable[..., WsgateProcess], bg: Loop) -> None:
+    up = bg.backend("up", answer)
+    gw = wsgate(f"""
+events {{}}
+http {{
+  log_format rate '$uri $limit_rate';
+  access_log logs/access.log rate;
+  limit_rate 100k;
+  limit_rate_after 1k;
+  server {{
+    listen 127.0.0.1:0;
+    location / {{ proxy_pass http://127.0.0.1:{up.port}; }}
+    location /off {{ proxy_buffering off; proxy_pass http://127.0.0.1:{up.port}; }}
+    location /var {{ limit_rate $arg_l; proxy_pass http://127.0.0.1:{up.port}; }}
+    location /zero {{ limit_rate 0; proxy_pass http://127.0.0.1:{up.port}; }}
+  }}
+}}
+""")
+    paths = ["/plain", "/xal?xal=13000", "/nobuf", "/off", "/var?l=2k", "/var?l=fast", "/zero"]
+    for path in paths:
+        data = get(gw.port, path)
+        assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"\r\n\r\n" + BODY), path
+        assert b"X-Accel" not in data, data[:300]
+    lines = gw.access_lines(len(paths))
+    assert lines == [
+        "/plain 102400",
+        "/xal 13000",
+        "/nobuf 0",
+        "/off 0",
+        "/var 2048",
+        "/var 0",
+        "/zero 0",
+    ], lines
+    gw.wait_log(r'\[error\] .*invalid size "fast"')
+    assert "[alert]" not in gw.errors()
