@@ -285,3 +285,31 @@ def test_error_page_loop_is_a_500(wsgate: Factory) -> None:
         r"\[error\] .*rewrite or internal redirection cycle while internally redirecting "
         r'to "/404.html"'
     )
+
+
+def test_the_error_status_on_the_page_and_the_redirect_it_replaced(wsgate: Factory) -> None:
+    """nginx-tests rewrite.t's error-page cases: ``return 204`` as an error page is sent as
+    the 405 with a Content-Length; ``return 302 text`` taken over by an error page keeps its
+    ``Location`` on the page (it stays in nginx's ``headers_out``), unless the page
+    redirects again."""
+    gw = wsgate(
+        conf(
+            """
+            location /e405to204 { error_page 405 /r204; return 405; }
+            location = /r204 { return 204; }
+            location /e302to200 { error_page 302 /r200; return 302 "text"; }
+            location = /r200 { return 200 "text"; }
+            location /e405to302 { error_page 405 /r302; return 405; }
+            location = /r302 { return 302 "elsewhere"; }
+            """
+        )
+    )
+    req = b"GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    out = raw(gw.port, req % b"/e405to204")
+    assert out.startswith(b"HTTP/1.1 405 Not Allowed\r\n") and b"\r\nContent-Length: 0\r\n" in out
+    out = raw(gw.port, req % b"/e302to200")
+    assert out.startswith(b"HTTP/1.1 302 Moved Temporarily\r\n")
+    assert b"\r\nLocation: text\r\n" in out and out.endswith(b"\r\n\r\ntext")
+    out = raw(gw.port, req % b"/e405to302")
+    assert out.startswith(b"HTTP/1.1 302 Moved Temporarily\r\n")
+    assert out.count(b"Location:") == 1 and b"\r\nLocation: elsewhere\r\n" in out

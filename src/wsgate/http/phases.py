@@ -97,6 +97,7 @@ __all__ = [
     "realip_post_read",
     "realip_preaccess",
     "release_slots",
+    "response_fields",
     "run",
 ]
 
@@ -681,6 +682,13 @@ def error_page(r: Request, exc: HttpError) -> Restart | Redirect | None:
     return Redirect(r.err_status, uri)
 
 
+def response_fields(r: Request, redirect: bool = False) -> tuple[tuple[str, str], ...]:
+    """The fields a response gets from ``headers_out`` before its own: an intercepted 401's
+    ``WWW-Authenticate``, and the ``Location`` of a redirect an error page took over
+    (nginx keeps it in ``headers_out``); a redirect writes its own ``Location`` instead."""
+    return _without_location(r.headers_out) if redirect else r.headers_out
+
+
 ErrorHandler = Callable[[Request, HttpError], Restart | Redirect | None]
 
 #: Consulted in order by :func:`on_error` when an error (or a redirect a handler makes)
@@ -721,6 +729,11 @@ def on_error(
     return None
 
 
+def _without_location(fields: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """``ngx_http_clear_location``."""
+    return tuple(f for f in fields if f[0].lower() != "location")
+
+
 def run(
     r: Request,
     start: int = 0,
@@ -758,7 +771,9 @@ def run(
                 continue
             if not isinstance(decision, Redirect):
                 return decision, i
-            # ngx_http_finalize_request(r, 301..308) goes through error_page too.
+            # ngx_http_finalize_request(r, 301..308) goes through error_page too; its
+            # Location stays in headers_out until another redirect replaces it.
+            r.headers_out = (*_without_location(r.headers_out), ("Location", decision.location))
             try:
                 after = on_error(r, HttpError(decision.status), errors)
             except HttpError as exc:

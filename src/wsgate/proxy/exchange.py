@@ -32,6 +32,7 @@ from wsgate.http.phases import (
     Redirect,
     Request,
     release_slots,
+    response_fields,
     run,
 )
 from wsgate.http.request import RequestHead
@@ -107,7 +108,7 @@ class Exchange:
                         self.location,
                         self.upgrade,
                         logged=True,
-                        extra=r.headers_out,
+                        extra=response_fields(r),
                     )
                 try:
                     return await self._respond(decision)
@@ -156,7 +157,7 @@ class Exchange:
         _, added = filter_headers(
             status, [], settings.add_headers, settings.expires, ctx.lookup, now
         )
-        added = [*self.r.headers_out, *added]
+        added = [*response_fields(self.r, redirect=True), *added]
         data = error_response(
             status,
             server_tokens=settings.server_tokens,
@@ -177,7 +178,7 @@ class Exchange:
     def plain(self, status: int, body: bytes, ctype: str | None) -> Outcome:
         head, settings, ctx = self.head, self.r.settings, self.r.ctx
         headers = [("Content-Type", ctype)] if ctype else []
-        headers += self.r.headers_out
+        headers += response_fields(self.r)
         # ngx_http_send_header: "if (r->err_status) r->headers_out.status = r->err_status".
         status = self.r.err_status or status
         ctx.status = status

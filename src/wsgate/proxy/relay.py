@@ -42,6 +42,7 @@ from wsgate.http.headers import (
 )
 from wsgate.http.headers_filter import add_headers, filter_headers
 from wsgate.http.pages import STATUS_LINES
+from wsgate.http.phases import response_fields
 from wsgate.http.response import ResponseEvent, ResponseHead, ResponseParser
 from wsgate.proxy.endpoint import CountedEndpoint, Endpoint, PeerClosed
 from wsgate.proxy.frames import is_websocket
@@ -205,7 +206,8 @@ async def relay_response(
         status, reason = ex.r.err_status, STATUS_LINES.get(ex.r.err_status, "")
     ctx.status = status
     hidden = hidden_fields(settings.proxy_hide_headers, settings.proxy_pass_headers)
-    headers = [*ex.r.headers_out, *visible_fields(resp.headers, hidden)]
+    carried = response_fields(ex.r, redirect=first_value(resp.headers, "location") is not None)
+    headers = [*carried, *visible_fields(resp.headers, hidden)]
     now = time.time()
     headers, added = filter_headers(
         status, headers, settings.add_headers, settings.expires, ctx.lookup, now
