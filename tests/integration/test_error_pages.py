@@ -313,3 +313,20 @@ def test_the_error_status_on_the_page_and_the_redirect_it_replaced(wsgate: Facto
     out = raw(gw.port, req % b"/e405to302")
     assert out.startswith(b"HTTP/1.1 302 Moved Temporarily\r\n")
     assert out.count(b"Location:") == 1 and b"\r\nLocation: elsewhere\r\n" in out
+
+
+def test_413_error_page_proxied_without_the_body(wsgate: Factory, bg: Loop) -> None:
+    up = bg.backend("up")
+    gw = wsgate(
+        conf(
+            f"""
+            client_max_body_size 10;
+            error_page 413 /big;
+            location / {{ proxy_pass http://127.0.0.1:{up.port}; }}
+            """
+        )
+    )
+    assert get(gw.port, "/upload", method="POST", body=b"x" * 100) == (413, b"up")
+    (seen,) = up.requests
+    assert (seen.method, seen.path, seen.body) == ("GET", "/big", b"")
+    assert b"content-length" not in seen.head.lower()

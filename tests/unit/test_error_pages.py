@@ -385,3 +385,27 @@ def test_redirect_helpers(tmp_path: Path) -> None:
     r.ctx.uri = ""
     with pytest.raises(HttpError, match='empty URI in redirect to named location "@back"'):
         named_location(r, "@back")
+
+
+def test_413_error_page_is_not_refused_again(tmp_path: Path) -> None:
+    """nginx discards the body before its 413, so the error page's location (with the same
+    ``client_max_body_size``) neither refuses the request again nor sends the body."""
+    config = conf(
+        tmp_path,
+        """
+        server {
+            listen 8080;
+            client_max_body_size 10;
+            error_page 413 /big;
+            location / { proxy_pass http://127.0.0.1:9; }
+        }
+        """,
+    )
+    r = request(config, Worker(), "/up", method="POST", extra="Content-Length: 100\r\n")
+    assert run(r)[0] is Content.PROXY
+    assert (r.ctx.uri, r.err_status, r.discard_body, r.head.keep_alive) == (
+        "/big",
+        413,
+        True,
+        False,
+    )

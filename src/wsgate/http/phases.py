@@ -159,7 +159,7 @@ class Request:
         "headers_out",
         "limit_req_done",
         "limit_conn_done",
-        "body_sent",
+        "discard_body",
     )
 
     def __init__(
@@ -211,8 +211,9 @@ class Request:
         #: once; an internal redirect does not apply them again.
         self.limit_req_done = False
         self.limit_conn_done = False
-        #: The request body was (partly) sent upstream: it cannot be sent again.
-        self.body_sent = False
+        #: ``r->discard_body``: the request body is not to be sent upstream (after a 413),
+        #: or cannot be again (wsgate streamed it to an earlier upstream).
+        self.discard_body = False
 
     def log(self, level: str, message: str) -> None:
         self.worker.error_log.log(level, message, self.number, self.ctx)
@@ -553,6 +554,7 @@ def content(r: Request) -> Decision | None:
         raise HttpError(404)
     if (
         head.content_length is not None
+        and not r.discard_body
         and settings.client_max_body_size
         and head.content_length > settings.client_max_body_size
     ):
@@ -722,6 +724,10 @@ def on_error(
         return None
     if closes_connection(exc.status):
         r.head.keep_alive = False
+    if exc.status == 413:
+        # ngx_http_core_find_config_phase: "(void) ngx_http_discard_request_body(r)"
+        # before the 413, so an error page's location neither refuses nor sends it.
+        r.discard_body = True
     for handler in handlers:
         decision = handler(r, exc)
         if decision is not None:

@@ -79,7 +79,7 @@ class Proxying:
         if refused:
             set_headers = without_upgrade(set_headers)
         body_framing = BodyFraming.none()
-        if r.body_sent or self.ex.front.body_done:
+        if r.discard_body or self.ex.front.body_done:
             # After an error page: the body went to an earlier upstream, and wsgate, which
             # streams it, cannot send it again (nginx sends its buffered copy).
             pass
@@ -150,7 +150,8 @@ class Proxying:
                     peer, keep, request, buffered_body, body_framing, ctx
                 )
             except TryFailed as failed:
-                streamed = r.body_sent = att.streamed
+                streamed = att.streamed
+                r.discard_body |= streamed
                 if att.up is not None:
                     att.up.abort()
                 gw.error_log.log("error", failed.log, front.number, ctx, upstream_url)
@@ -164,7 +165,8 @@ class Proxying:
                     att.up.abort()
                 selection.release(peer)
                 raise
-            streamed = r.body_sent = att.streamed
+            streamed = att.streamed
+            r.discard_body |= streamed
             up = att.up
             assert up is not None
             kind = status_failure(resp.status)
