@@ -12,19 +12,30 @@ import pytest
 from tests.unit.test_phases import Worker, conf, request
 from wsgate.config.model import ErrorPage
 from wsgate.errors import ConfigError, HttpError
+from wsgate.http import phases
+from wsgate.http.errorpages import ERROR_HANDLERS
 from wsgate.http.phases import (
     MAX_URI_CHANGES,
     Content,
+    Decision,
     Phase,
     Plain,
     Redirect,
+    Request,
     Restart,
     internal_redirect,
     named_location,
     on_error,
-    run,
 )
 from wsgate.routing import find_location, find_named_location
+
+
+def run(
+    r: Request, start: int = 0, error: HttpError | None = None, errors: tuple[()] | None = None
+) -> tuple[Decision, int]:
+    """The walk as the exchange makes it: with ``error_page`` (unless ``errors=()``)."""
+    handlers = ERROR_HANDLERS if errors is None else errors
+    return phases.run(r, start, error=error, errors=handlers)
 
 
 def _load_error(tmp_path: Path, body: str) -> str:
@@ -330,7 +341,7 @@ def test_errors_from_the_content_phase(tmp_path: Path) -> None:
     # 499 (the client left) never gets an error page.
     r = request(config, Worker(), "/x")
     decision, index = run(r)
-    assert on_error(r, HttpError(499)) is None
+    assert on_error(r, HttpError(499), ERROR_HANDLERS) is None
 
 
 def test_limits_apply_once_per_request(tmp_path: Path) -> None:

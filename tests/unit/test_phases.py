@@ -11,8 +11,8 @@ from wsgate.config.loader import load
 from wsgate.config.model import Config
 from wsgate.config.variables import RequestContext
 from wsgate.errors import HttpError
+from wsgate.http.errorpages import ERROR_HANDLERS, error_page
 from wsgate.http.phases import (
-    ERROR_HANDLERS,
     HANDLERS,
     MAX_URI_CHANGES,
     Close,
@@ -24,7 +24,6 @@ from wsgate.http.phases import (
     Redirect,
     Request,
     Restart,
-    error_page,
     on_error,
     release_slots,
     run,

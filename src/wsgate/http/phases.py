@@ -40,9 +40,10 @@ that location, as ``ngx_http_named_location``).  Each is one of the request's
 An error -- an :class:`~wsgate.errors.HttpError` from a handler or from the content phase's
 I/O (given back to :func:`run` as ``error``), or a redirect a handler makes -- goes through
 :func:`on_error`, nginx's ``ngx_http_special_response_handler``: its log line, keep-alive off
-after the statuses nginx closes on, then the :data:`ERROR_HANDLERS` (``error_page``), which
-may redirect internally or answer with a redirect; otherwise the error leaves :func:`run`
-and the I/O layer sends nginx's page for it.
+after the statuses nginx closes on, then the error handlers given to :func:`run`
+(:data:`wsgate.http.errorpages.ERROR_HANDLERS`: ``error_page``), which may redirect
+internally or answer with a redirect; otherwise the error leaves :func:`run` and the I/O
+layer sends nginx's page for it.
 """
 
 from __future__ import annotations
@@ -73,7 +74,6 @@ if TYPE_CHECKING:
     from wsgate.observability.logs import ErrorLogger
 
 __all__ = [
-    "ERROR_HANDLERS",
     "HANDLERS",
     "MAX_URI_CHANGES",
     "Close",
@@ -89,7 +89,6 @@ __all__ = [
     "Request",
     "Restart",
     "absolute_url",
-    "error_page",
     "internal_redirect",
     "log_error",
     "named_location",
@@ -644,46 +643,6 @@ def _restart(r: Request, restart: Restart, starts: dict[Phase, int]) -> int:
     return starts[restart.phase]
 
 
-#: Redirect codes an ``error_page ... =CODE URL`` may answer with (else 302).
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
-
-
-def error_page(r: Request, exc: HttpError) -> Restart | Redirect | None:
-    """``error_page`` (``ngx_http_special_response_handler`` and
-    ``ngx_http_send_error_page``): "Defines the URI that will be shown for the specified
-    errors."  Used once per request unless ``recursive_error_pages``, never once the
-    request is out of internal redirects.  ``=CODE`` answers with CODE, ``=`` with the
-    status of the response the URI gives; a URI is an internal redirect ("the method is
-    changed to GET for all methods other than GET and HEAD") with its own ``?args``, a
-    ``@name`` a named location with ``$uri`` and ``$args`` as they are, anything else a
-    redirect (302, or ``=301``/``=303``/``=307``/``=308``)."""
-    settings = r.settings
-    if r.error_page or not settings.error_pages or r.uri_changes == 0:
-        return None
-    if not settings.recursive_error_pages:
-        r.error_page = True
-    page = next((p for p in settings.error_pages if p.status == exc.status), None)
-    if page is None:
-        return None
-    ctx = r.ctx
-    r.err_status = exc.status if page.overwrite < 0 else page.overwrite
-    uri = page.uri.render(ctx.lookup)
-    if uri.startswith("/"):
-        args = page.args
-        if not page.uri.is_static:  # ngx_http_split_args
-            uri, _, args = uri.partition("?")
-        if r.head.method != "HEAD":
-            r.head.method = ctx.method = "GET"
-        ctx.status = r.err_status  # $status in the page
-        return internal_redirect(r, uri, args)
-    if uri.startswith("@"):
-        ctx.status = r.err_status
-        return named_location(r, uri)
-    if page.overwrite not in _REDIRECTS:
-        r.err_status = 302
-    return Redirect(r.err_status, uri)
-
-
 def response_fields(r: Request, redirect: bool = False) -> tuple[tuple[str, str], ...]:
     """The fields a response gets from ``headers_out`` before its own: an intercepted 401's
     ``WWW-Authenticate``, and the ``Location`` of a redirect an error page took over
@@ -691,12 +650,11 @@ def response_fields(r: Request, redirect: bool = False) -> tuple[tuple[str, str]
     return _without_location(r.headers_out) if redirect else r.headers_out
 
 
-ErrorHandler = Callable[[Request, HttpError], Restart | Redirect | None]
-
-#: Consulted in order by :func:`on_error` when an error (or a redirect a handler makes)
+#: What :func:`on_error` consults, in order, when an error (or a redirect a handler makes)
 #: would be answered with nginx's page: one may redirect internally (a :class:`Restart`) or
-#: answer with a redirect instead.
-ERROR_HANDLERS: tuple[ErrorHandler, ...] = (error_page,)
+#: answer with a redirect instead.  The I/O layer passes
+#: :data:`wsgate.http.errorpages.ERROR_HANDLERS` (``error_page``) to :func:`run`.
+ErrorHandler = Callable[[Request, HttpError], Restart | Redirect | None]
 
 #: Statuses nginx ends the request with and sends nothing for (``ngx_http_finalize_request``
 #: terminates 408, 444 and 499 before ``ngx_http_special_response_handler``).
@@ -713,7 +671,7 @@ def log_error(r: Request, exc: HttpError) -> None:
 def on_error(
     r: Request,
     exc: HttpError,
-    handlers: Sequence[ErrorHandler] = ERROR_HANDLERS,
+    handlers: Sequence[ErrorHandler] = (),
 ) -> Restart | Redirect | None:
     """``ngx_http_finalize_request`` with an error status: its log line, keep-alive off
     after the statuses nginx closes on (even when an error page answers), then the first
@@ -745,7 +703,7 @@ def run(
     start: int = 0,
     table: Sequence[tuple[Phase, Sequence[Handler]]] | None = None,
     error: HttpError | None = None,
-    errors: Sequence[ErrorHandler] = ERROR_HANDLERS,
+    errors: Sequence[ErrorHandler] = (),
 ) -> tuple[Decision, int]:
     """Walk the handlers from index ``start`` until one decides; returns the decision and
     the index to resume at after a :class:`Delay`.  ``error`` is one the content phase's

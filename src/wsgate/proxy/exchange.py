@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from wsgate.config.model import LocationSettings
 from wsgate.config.variables import RequestContext
 from wsgate.errors import HttpError
+from wsgate.http.errorpages import ERROR_HANDLERS
 from wsgate.http.headers import BodyFraming, build_client_response_head, for_version, http_date
 from wsgate.http.headers_filter import filter_headers
 from wsgate.http.pages import STATUS_LINES, closes_connection, error_response
@@ -94,10 +95,10 @@ class Exchange:
         try:
             while True:
                 try:
-                    decision, index = run(r, index, error=error)
+                    decision, index = run(r, index, error=error, errors=ERROR_HANDLERS)
                     while isinstance(decision, Delay):
                         await asyncio.sleep(decision.seconds)
-                        decision, index = run(r, index)
+                        decision, index = run(r, index, errors=ERROR_HANDLERS)
                 except HttpError as final:
                     return write_error(
                         self.front,
