@@ -249,6 +249,16 @@ def test_redirects_a_handler_makes_go_through_error_page(tmp_path: Path) -> None
     assert run(r)[0] == Redirect(302, "http://example.com/")
 
 
+def test_a_redirect_taken_over_keeps_its_location(tmp_path: Path) -> None:
+    """``return 302 first`` with ``error_page 302 /page``: nginx keeps ``Location: first``
+    in ``headers_out`` for the page's response; a redirect the page makes replaces it."""
+    config = conf(tmp_path, PAGES.replace("error_page 302 /second", "error_page 302 /page"))
+    r = request(config, Worker(), "/first")
+    assert run(r)[0] == Plain(200, b"page /page  GET 302", "text/plain")
+    assert phases.response_fields(r) == (("Location", "first"),)
+    assert phases.response_fields(r, redirect=True) == ()
+
+
 def test_one_error_page_per_request(tmp_path: Path) -> None:
     """Without ``recursive_error_pages`` the second error gets nginx's page."""
     r = request(conf(tmp_path, PAGES), Worker(), "/onlyone")
