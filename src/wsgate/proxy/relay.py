@@ -206,8 +206,10 @@ async def relay_response(
         status, reason = ex.r.err_status, STATUS_LINES.get(ex.r.err_status, "")
     ctx.status = status
     hidden = hidden_fields(settings.proxy_hide_headers, settings.proxy_pass_headers)
-    carried = response_fields(ex.r, redirect=first_value(resp.headers, "location") is not None)
-    headers = [*carried, *visible_fields(resp.headers, hidden)]
+    headers = visible_fields(resp.headers, hidden)
+    if ex.r.headers_out:  # after an error page
+        location = first_value(resp.headers, "location") is not None
+        headers = [*response_fields(ex.r, redirect=location), *headers]
     now = time.time()
     headers, added = filter_headers(
         status, headers, settings.add_headers, settings.expires, ctx.lookup, now
