@@ -614,7 +614,7 @@ def internal_redirect(r: Request, uri: str, args: str) -> Restart:
     ctx.invalidate()
     r.internal = True
     r.valid_unparsed_uri = False
-    r.location, r.settings = None, r.server.settings
+    _use_location(r, None)
     return Restart(Phase.SERVER_REWRITE)
 
 
