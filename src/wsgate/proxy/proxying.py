@@ -79,14 +79,13 @@ class Proxying:
         if refused:
             set_headers = without_upgrade(set_headers)
         body_framing = BodyFraming.none()
-        if r.discard_body or self.ex.front.body_done:
-            # After an error page: the body went to an earlier upstream, and wsgate, which
-            # streams it, cannot send it again (nginx sends its buffered copy).
-            pass
-        elif head.content_length:
-            body_framing = BodyFraming.content_length(head.content_length)
-        elif head.chunked:
-            body_framing = BodyFraming.chunked()
+        # After an error page the body may be gone: discarded after a 413, or streamed to an
+        # earlier upstream, which wsgate cannot do twice (nginx sends its buffered copy).
+        if not (r.discard_body or self.ex.front.body_done):
+            if head.content_length:
+                body_framing = BodyFraming.content_length(head.content_length)
+            elif head.chunked:
+                body_framing = BodyFraming.chunked()
         buffered_body: bytes | None = None
         if body_framing.kind is Framing.CHUNKED and settings.proxy_http_version == "1.0":
             # An HTTP/1.0 upstream cannot take a chunked body: read it whole (bounded by
