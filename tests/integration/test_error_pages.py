@@ -330,3 +330,24 @@ def test_413_error_page_proxied_without_the_body(wsgate: Factory, bg: Loop) -> N
     (seen,) = up.requests
     assert (seen.method, seen.path, seen.body) == ("GET", "/big", b"")
     assert b"content-length" not in seen.head.lower()
+
+
+def test_error_page_for_an_unreadable_head(wsgate: Factory) -> None:
+    """nginx applies the server's ``error_page`` to a request whose head it could not read
+    (here a header line without a colon: 400); the page is made as for a GET with no URI,
+    and the connection closes.  Without an error page for the status: nginx's page."""
+    gw = wsgate(
+        conf(
+            """
+            error_page 400 /bad;
+            location = /bad { return 200 "bad request: $request_method $uri\\n"; }
+            """
+        )
+    )
+    out = raw(gw.port, b"POST /x HTTP/1.1\r\nHost: t\r\nBroken\r\n\r\nGET / HTTP/1.1\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert b"\r\nConnection: close\r\n" in out
+    assert out.endswith(b"\r\n\r\nbad request: GET /bad\n") and out.count(b"HTTP/1.1") == 1
+    assert gw.access_lines(1) == ["400 GET /bad -"]
+    status_code, body = get(gw.port, "/" + "x" * 70000)
+    assert status_code == 414 and b"414 Request-URI Too Large" in body

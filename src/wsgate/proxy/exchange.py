@@ -45,7 +45,7 @@ from wsgate.routing import select_server
 if TYPE_CHECKING:
     from wsgate.proxy.front import FrontConnection
 
-__all__ = ["Exchange", "write_error"]
+__all__ = ["Exchange", "unreadable_head", "write_error"]
 
 #: What a response leaves the connection with: keep it alive, and its ``keepalive_timeout``.
 Outcome = tuple[bool, float | None]
@@ -84,14 +84,14 @@ class Exchange:
             connection_started=front.started,
         )
 
-    async def run(self) -> Outcome:
+    async def run(self, error: HttpError | None = None) -> Outcome:
         """Walk the phases and make the response; returns (keep the connection,
         keepalive_timeout).  An error the response meets (a proxied request's 502...) goes
         back to the phases, where ``error_page`` may redirect; one no error page answers
-        gets nginx's page."""
+        gets nginx's page.  ``error``: the request starts with one (its head was
+        unreadable)."""
         r = self.r
         index = 0
-        error: HttpError | None = None
         try:
             while True:
                 try:
@@ -214,6 +214,12 @@ class Exchange:
     def log(self) -> None:
         """The log phase of a request that is no tunnel."""
         self.front.log_access(self.r.settings, self.r.ctx, self.location, self.upgrade)
+
+
+def unreadable_head() -> RequestHead:
+    """The head of a request whose head could not be read, for its error page: nginx knows
+    no method (``ngx_http_send_error_page`` makes it GET), no URI, and closes after it."""
+    return RequestHead("GET", "", "1.1", [], False, None, False, None, None, "", 0)
 
 
 def write_error(
