@@ -430,3 +430,25 @@ def test_413_error_page_is_not_refused_again(tmp_path: Path) -> None:
         True,
         False,
     )
+
+
+def test_walks_over_the_configuration_see_named_locations(tmp_path: Path) -> None:
+    """A named location's own access log is opened, its ``prometheus`` counts, and its
+    metrics label is its name."""
+    from wsgate.observability.logs import access_log_paths
+    from wsgate.observability.metrics import location_label, prometheus_enabled
+
+    config = conf(
+        tmp_path,
+        """
+        server {
+            listen 8080;
+            access_log off;
+            location @metrics { access_log logs/named.log; prometheus; }
+        }
+        """,
+    )
+    assert access_log_paths(config) == [str(tmp_path / "logs" / "named.log")]
+    assert prometheus_enabled(config)
+    (named,) = config.http.servers[0].every_location
+    assert location_label(named) == "@metrics"

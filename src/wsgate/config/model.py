@@ -574,6 +574,12 @@ class Server:
         return self.names[0].text if self.names else ""
 
     @property
+    def every_location(self) -> tuple[Location, ...]:
+        """The server's locations, named ones too (what a walk over its settings needs:
+        access logs to open, ``prometheus``, upstream TLS)."""
+        return (*self.locations, *self.named_locations)
+
+    @property
     def has_empty_name(self) -> bool:
         return not self.names or any(n.kind == "exact" and n.value == "" for n in self.names)
 
