@@ -175,10 +175,25 @@ def report(results: list[Result], expected: dict[str, Expected]) -> tuple[str, b
     return "\n".join(lines), ok
 
 
+def markdown(results: list[Result], expected: dict[str, Expected]) -> str:
+    """The table docs/conformance.md publishes: file, passed/planned, and why not all."""
+    rows = ["| file | passed | notes |", "|---|---|---|"]
+    for r in results:
+        exp = expected.get(r.name)
+        got = "skipped" if r.skipped_file is not None else f"{r.passed}/{r.planned}"
+        note = exp.note if exp and exp.note else (r.skipped_file or "")
+        rows.append(f"| `{r.name}` | {got} | {note} |")
+    total_p = sum(r.passed for r in results)
+    total_n = sum(r.planned for r in results)
+    rows.append(f"| **total** | **{total_p}/{total_n}** | |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("files", nargs="*", help="test files (default: those in expected.txt)")
     ap.add_argument("-j", "--jobs", type=int, default=2)
+    ap.add_argument("--markdown", action="store_true", help="print docs/conformance.md's table")
     opts = ap.parse_args(argv)
     directory = tests_dir()
     if not directory.is_dir():
@@ -190,8 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"conformance: not in {directory}: {' '.join(missing)}")
         return 2
-    table, ok = report(run(names, opts.jobs), expected)
-    print(table)
+    results = run(names, opts.jobs)
+    table, ok = report(results, expected)
+    print(markdown(results, expected) if opts.markdown else table)
     return 0 if ok else 1
 
 

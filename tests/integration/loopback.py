@@ -67,6 +67,15 @@ def status(code: int, reason: str = "Status") -> Responder:
     return respond
 
 
+def fixed(reply: bytes) -> Responder:
+    """The same ``reply`` to every request."""
+
+    def respond(backend: Backend, request: Request) -> bytes:
+        return reply
+
+    return respond
+
+
 def silent(backend: Backend, request: Request) -> None:
     return None
 
@@ -215,18 +224,26 @@ def get(
 
 def ws_open(port: int) -> socket.socket:
     """A WebSocket handshake through wsgate; returns the socket once the 101 arrived."""
+    s, data = ws_handshake(port)
+    assert data.startswith(b"HTTP/1.1 101 "), data
+    return s
+
+
+def ws_handshake(port: int, path: str = "/ws", host: str = "t") -> tuple[socket.socket, bytes]:
+    """A WebSocket handshake for ``path`` through wsgate: the socket and what arrived up to
+    the end of the response head (and perhaps more)."""
     s = socket.create_connection((HOST, port), timeout=5)
     s.sendall(
-        b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n".encode()
+        + b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n"
     )
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = s.recv(4096)
         assert chunk, data
         data += chunk
-    assert data.startswith(b"HTTP/1.1 101 "), data
-    return s
+    return s, data
 
 
 def wait_for(check: Callable[[], bool], what: str, timeout: float = 5.0) -> None:

@@ -71,3 +71,40 @@ http {{
     ], lines
     gw.wait_log(r'\[error\] .*invalid size "fast"')
     assert "[alert]" not in gw.errors()
+
+
+def test_proxy_ignore_headers_x_accel(wsgate: Callable[..., WsgateProcess], bg: Loop) -> None:
+    """``proxy_ignore_headers X-Accel-Limit-Rate X-Accel-Buffering``: the upstream's fields
+    no longer set the rate (ngx_http_upstream_process_limit_rate and _buffering return
+    early), and are still hidden."""
+    up = bg.backend("up", answer)
+    gw = wsgate(f"""
+events {{}}
+http {{
+  log_format rate '$uri $limit_rate';
+  access_log logs/access.log rate;
+  limit_rate 100k;
+  server {{
+    listen 127.0.0.1:0;
+    location / {{
+      proxy_ignore_headers X-Accel-Limit-Rate;
+      proxy_ignore_headers X-Accel-Buffering Expires;
+      proxy_pass http://127.0.0.1:{up.port};
+    }}
+    location /rate {{
+      proxy_ignore_headers X-Accel-Limit-Rate;
+      proxy_pass http://127.0.0.1:{up.port};
+    }}
+  }}
+}}
+""")
+    paths = ["/xal?xal=13000", "/nobuf", "/rate/nobuf", "/rate/xal?xal=13000"]
+    for path in paths:
+        data = get(gw.port, path)
+        assert data.endswith(b"\r\n\r\n" + BODY) and b"X-Accel" not in data, path
+    assert gw.access_lines(len(paths)) == [
+        "/xal 102400",
+        "/nobuf 102400",
+        "/rate/nobuf 0",  # this level's list names only X-Accel-Limit-Rate
+        "/rate/xal 102400",
+    ]

@@ -236,7 +236,11 @@ http {
             3,
         ),
         ("http {\n server {\n", 'unexpected end of file, expecting "}"', 2),
-        ("http {\n proxy_redirect default;\n}\n", '"proxy_redirect default" is not supported', 2),
+        (
+            "http {\n proxy_redirect default;\n}\n",
+            '"proxy_redirect default" should be placed after the "proxy_pass" directive',
+            2,
+        ),
     ],
 )
 def test_errors_name_directive_file_and_line(

@@ -81,6 +81,8 @@ class Level:
     # -- merge --------------------------------------------------------------------------------
     def value(self, d: Directive) -> Any:
         """The effective value of ``d`` here, by its merge rule."""
+        if d.resolve is not None:
+            return d.resolve(self, d)
         if d.merge in (Merge.NONE, Merge.HANDLER):
             own = self.own.get(d.key)
             return own[0] if own is not None else self.loader.default(d)

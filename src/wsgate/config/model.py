@@ -21,6 +21,7 @@ __all__ = [
     "AccessRule",
     "AddHeader",
     "Config",
+    "CookieFlags",
     "ErrorLog",
     "Expires",
     "HeaderSetting",
@@ -38,6 +39,7 @@ __all__ = [
     "Network",
     "ProxyPass",
     "Return",
+    "RewriteRule",
     "Server",
     "ServerName",
     "SslServer",
@@ -331,6 +333,35 @@ class Expires:
     value: Template | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class RewriteRule:
+    """One ``proxy_redirect``, ``proxy_cookie_domain`` or ``proxy_cookie_path`` rule
+    (nginx's ``ngx_http_proxy_rewrite_t``); applied by :mod:`wsgate.http.redirects` and
+    :mod:`wsgate.http.cookies`.
+
+    ``regex`` is set for ``~``/``~*`` (a search, its captures usable in ``replacement``);
+    otherwise ``pattern`` is the text, with variables, the value must start with
+    (``domain``: a ``proxy_cookie_domain`` text rule, which must equal the whole domain,
+    case-insensitively, a leading dot aside).
+    """
+
+    replacement: Template
+    pattern: Template | None = None
+    regex: re.Pattern[str] | None = None
+    domain: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CookieFlags:
+    """One ``proxy_cookie_flags COOKIE FLAG...``: the cookie's name (text with variables,
+    compared case-insensitively, or a caseless ``regex``) and the flag values, each with
+    variables."""
+
+    flags: tuple[Template, ...]
+    cookie: Template | None = None
+    regex: re.Pattern[str] | None = None
+
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -485,8 +516,12 @@ class LocationSettings:
     limit_req_status: int = 503
     limit_req_log_level: str = "error"
     limit_req_dry_run: bool = False
-    #: ``add_header`` of the innermost level that has any (all-or-nothing inheritance).
+    #: ``add_header`` of the innermost level that has any (all-or-nothing inheritance, or
+    #: as ``add_header_inherit`` says).
     add_headers: tuple[AddHeader, ...] = ()
+    #: ``add_header_inherit``/``add_trailer_inherit`` (nginx 1.29.3): ``on``, ``off``, ``merge``.
+    add_header_inherit: str = "on"
+    add_trailer_inherit: str = "on"
     #: ``expires`` (inherited; default ``off``).
     expires: Expires = Expires()
     #: ``proxy_hide_header``/``proxy_pass_header`` names, each list all-or-nothing.
@@ -506,6 +541,26 @@ class LocationSettings:
     #: ``internal``: a request URI reaching this location is 404 (inherited, as nginx's
     #: ``ngx_conf_merge_value(conf->internal, prev->internal, 0)``).
     internal: bool = False
+    #: ``proxy_redirect`` rules in force (nginx's merge, the default made from
+    #: ``proxy_pass``); empty: none (``off``, or nothing to rewrite).
+    proxy_redirects: tuple[RewriteRule, ...] = ()
+    #: ``proxy_cookie_domain``/``_path``/``_flags``, each all-or-nothing; empty: off.
+    proxy_cookie_domains: tuple[RewriteRule, ...] = ()
+    proxy_cookie_paths: tuple[RewriteRule, ...] = ()
+    proxy_cookie_flags: tuple[CookieFlags, ...] = ()
+    #: ``absolute_redirect``, ``server_name_in_redirect``, ``port_in_redirect``: how a
+    #: ``Location`` starting with ``/`` is made absolute (ngx_http_header_filter).
+    absolute_redirect: bool = True
+    server_name_in_redirect: bool = False
+    port_in_redirect: bool = True
+    #: ``chunked_transfer_encoding`` (an HTTP/1.1 body of unknown length is chunked).
+    chunked_transfer_encoding: bool = True
+    #: ``add_trailer`` of the innermost level that has any (all-or-nothing inheritance).
+    add_trailers: tuple[AddHeader, ...] = ()
+    #: ``proxy_ignore_headers`` names as nginx spells them (its bitmask: a level that has any
+    #: replaces the outer one); only ``X-Accel-Limit-Rate`` and ``X-Accel-Buffering`` matter
+    #: without a cache.
+    proxy_ignore_headers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -570,8 +625,16 @@ class Server:
 
     @property
     def name(self) -> str:
-        """``$server_name``: the first ``server_name`` as written, or ``""``."""
-        return self.names[0].text if self.names else ""
+        """``$server_name`` (and ``server_name_in_redirect``'s host): nginx's
+        ``cscf->server_name``, the first ``server_name`` -- lowercased unless a regex (kept
+        with its ``~``), one leading dot dropped -- or ``""``."""
+        if not self.names:
+            return ""
+        first = self.names[0].text
+        if first.startswith("~"):
+            return first
+        first = first.lower()
+        return first[1:] if first.startswith(".") else first
 
     @property
     def every_location(self) -> tuple[Location, ...]:

@@ -202,6 +202,10 @@ class Directive:
     #: Read before the rest of its block: it names things the rest refers to (``upstream``,
     #: ``map``, ``log_format``, zones), which nginx may use before they are written.
     early: bool = False
+    #: nginx's merge code for this field where no :class:`Merge` rule says all of it
+    #: (``proxy_redirect``'s default, made from the ``proxy_pass`` of a level):
+    #: ``resolve(level, directive)`` gives the effective value at ``level``.
+    resolve: Callable[[Level, Directive], Any] | None = None
 
     @property
     def key(self) -> str:

@@ -34,9 +34,16 @@ def client_framing(
     status: int,
     content_length: int | None,
     keep_alive: bool,
+    trailers: bool = False,
+    chunked: bool = True,
 ) -> ClientFraming:
     """The framing of a response with ``status`` and the upstream's ``content_length`` to a
-    ``method`` request of HTTP ``version``; ``keep_alive`` is what the request allows."""
+    ``method`` request of HTTP ``version``; ``keep_alive`` is what the request allows.
+    ``trailers`` (``add_trailer`` applies: nginx's ``r->expect_trailers``) makes an HTTP/1.1
+    body chunked even with a known length ("if (r->expect_trailers)
+    ngx_http_clear_content_length(r)"), so its trailer can follow.  ``chunked`` is
+    ``chunked_transfer_encoding``: off, an HTTP/1.1 body of unknown length is delimited by
+    the close of the connection, as for HTTP/1.0."""
     if method == "HEAD" or status in (204, 304):
         framing = (
             BodyFraming.content_length(content_length)
@@ -44,8 +51,9 @@ def client_framing(
             else BodyFraming.none()
         )
         return ClientFraming(framing, False, True, keep_alive)
-    if content_length is not None:
+    http11 = version == "1.1" and chunked
+    if content_length is not None and not (trailers and http11):
         return ClientFraming(BodyFraming.content_length(content_length), False, False, keep_alive)
-    if version == "1.1":
+    if http11:
         return ClientFraming(BodyFraming.chunked(), True, False, keep_alive)
     return ClientFraming(BodyFraming.none(), False, False, False)

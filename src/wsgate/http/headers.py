@@ -38,6 +38,7 @@ __all__ = [
     "HIDDEN_RESPONSE",
     "LAST_CHUNK",
     "NEVER_PASSED",
+    "SINGLE_RESPONSE",
     "BodyFraming",
     "Framing",
     "build_client_response_head",
@@ -47,6 +48,8 @@ __all__ = [
     "for_version",
     "hidden_fields",
     "http_date",
+    "last_chunk",
+    "single_fields",
     "visible_fields",
 ]
 
@@ -88,6 +91,57 @@ HIDDEN_RESPONSE = frozenset(
 NEVER_PASSED = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length"})
 
 
+#: Upstream response fields nginx takes once (``ngx_http_upstream_process_header_line`` and
+#: its kin for Expires, X-Accel-Expires, Last-Modified, X-Accel-Limit-Rate): a repeated one
+#: is dropped, with a ``[warn]`` (nginx 1.23.0+).
+SINGLE_RESPONSE = frozenset(
+    {
+        "status",
+        "content-type",
+        "date",
+        "etag",
+        "server",
+        "location",
+        "refresh",
+        "x-accel-redirect",
+        "expires",
+        "x-accel-expires",
+        "last-modified",
+        "x-accel-limit-rate",
+    }
+)
+
+
+def single_fields(
+    headers: list[tuple[str, str]],
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """``headers`` without the repeats of :data:`SINGLE_RESPONSE` fields, and nginx's
+    ``[warn]`` text for each one dropped ("upstream sent duplicate header line: ...,
+    previous value: ..., ignored").  ``headers`` itself when nothing repeats."""
+    first: dict[str, tuple[str, str]] = {}
+    out: list[tuple[str, str]] | None = None
+    warnings: list[str] = []
+    for i, (name, value) in enumerate(headers):
+        lname = name.lower()
+        if lname not in SINGLE_RESPONSE:
+            if out is not None:
+                out.append((name, value))
+            continue
+        prev = first.get(lname)
+        if prev is None:
+            first[lname] = (name, value)
+            if out is not None:
+                out.append((name, value))
+            continue
+        if out is None:
+            out = list(headers[:i])
+        warnings.append(
+            f'upstream sent duplicate header line: "{name}: {value}", previous value: '
+            f'"{prev[0]}: {prev[1]}", ignored while reading response header from upstream'
+        )
+    return (headers if out is None else out), warnings
+
+
 @functools.lru_cache(maxsize=256)
 def hidden_fields(hide: tuple[str, ...], pass_: tuple[str, ...]) -> frozenset[str]:
     """The lowercased names a location hides: nginx's default list plus ``proxy_hide_header``
@@ -104,6 +158,13 @@ def visible_fields(headers: list[tuple[str, str]], hidden: frozenset[str]) -> li
 
 #: The chunked body terminator (last-chunk plus the empty trailer section, RFC 9112 §7.1).
 LAST_CHUNK = b"0\r\n\r\n"
+
+
+def last_chunk(trailer: Iterable[tuple[str, str]] = ()) -> bytes:
+    """The last-chunk with ``trailer``'s fields (``add_trailer``; RFC 9112 §7.1.2), as
+    nginx's ``ngx_http_chunked_create_trailers`` writes them."""
+    fields = "".join(f"{name}: {value}\r\n" for name, value in trailer)
+    return LAST_CHUNK if not fields else b"0\r\n" + fields.encode("latin-1") + b"\r\n"
 
 
 def connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
@@ -187,6 +248,7 @@ def build_client_response_head(
     upgrade: bool = False,
     added: Iterable[tuple[str, str]] = (),
     hidden: frozenset[str] = HIDDEN_RESPONSE | NEVER_PASSED,
+    location: str | None = None,
 ) -> bytes:
     """Serialise the response head sent to the client for a proxied response.
 
@@ -195,9 +257,13 @@ def build_client_response_head(
     Every 101 gets ``Connection: upgrade`` (nginx writes it for any 101, tunnel or not), as does
     ``upgrade=True``; otherwise ``Connection: keep-alive`` (plus ``Keep-Alive: timeout=N`` when
     ``keepalive_header`` is set, nginx's second ``keepalive_timeout`` value) or ``close``.
-    Upstream ``Upgrade`` and ``Sec-WebSocket-*`` headers pass unchanged.  The upstream's last
-    ``Content-Type`` moves up to nginx's position (``ngx_http_upstream_copy_content_type``).
+    Upstream ``Upgrade`` and ``Sec-WebSocket-*`` headers pass unchanged.  The upstream's
+    ``Content-Type`` (one: a repeat was dropped by :func:`single_fields`) moves up to nginx's
+    position (``ngx_http_upstream_copy_content_type``).
     ``added`` (``add_header``'s, :mod:`wsgate.http.headers_filter`) come last, as written.
+    ``location`` (made absolute by :func:`wsgate.http.redirects.absolute_location`) is
+    written where nginx's header filter writes the ``Location`` it made absolute, after
+    ``Content-Length``.
     ``hidden`` (:func:`hidden_fields`) are not written; an upstream ``Server`` or ``Date``
     that is not hidden (``proxy_pass_header``) is written where it stands instead of
     wsgate's own, as nginx's header filter writes its own only "if
@@ -232,7 +298,9 @@ def build_client_response_head(
         out.append(f"Content-Type: {content_type}\r\n")
     if framing.kind is Framing.LENGTH:
         out.append(f"Content-Length: {framing.length}\r\n")
-    elif framing.kind is Framing.CHUNKED:
+    if location is not None:
+        out.append(f"Location: {location}\r\n")
+    if framing.kind is Framing.CHUNKED:
         out.append("Transfer-Encoding: chunked\r\n")
     if status == 101 or upgrade:
         out.append("Connection: upgrade\r\n")

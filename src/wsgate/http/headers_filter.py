@@ -31,10 +31,23 @@ from calendar import timegm
 from collections.abc import Callable
 from email.utils import formatdate, parsedate_tz
 
-from wsgate.config.model import AddHeader, Expires
+from wsgate.config.model import AddHeader, Expires, LocationSettings
 from wsgate.config.units import ExpiresError, parse_expires
+from wsgate.config.variables import RequestContext
+from wsgate.http.cookies import rewrite_set_cookies
+from wsgate.http.redirects import rewrite_redirects
 
-__all__ = ["SAFE_STATUSES", "add_headers", "filter_headers", "set_expires"]
+__all__ = [
+    "SAFE_STATUSES",
+    "add_headers",
+    "chunked_trailer",
+    "filter_headers",
+    "set_expires",
+    "expects_trailers",
+    "trailers",
+    "upstream_fields",
+    "wants_trailer",
+]
 
 #: The statuses every ``add_header`` applies to (``safe_status`` in nginx's filter).
 SAFE_STATUSES = frozenset({200, 201, 204, 206, 301, 302, 303, 304, 307, 308})
@@ -96,6 +109,88 @@ def _replace(
     if value:
         added.append((name, value))
     return headers
+
+
+def upstream_fields(
+    headers: list[tuple[str, str]],
+    settings: LocationSettings,
+    lookup: Callable[[str], str],
+) -> tuple[list[tuple[str, str]], str | None]:
+    """An upstream's fields as the proxy module passes them on (``ngx_http_upstream_process_
+    headers``: ``proxy_redirect`` on ``Location`` and ``Refresh``, ``proxy_cookie_*`` on
+    ``Set-Cookie``), before the header filters; and the ``Location`` nginx's header filter
+    will make absolute (a rewritten one starting with ``/``, with ``absolute_redirect on``),
+    taken out of the fields: it is written at nginx's place for it, after
+    ``Content-Length``.  ``headers`` is not changed."""
+    headers, at = rewrite_redirects(headers, settings.proxy_redirects, lookup)
+    headers = rewrite_set_cookies(
+        headers,
+        settings.proxy_cookie_domains,
+        settings.proxy_cookie_paths,
+        settings.proxy_cookie_flags,
+        lookup,
+    )
+    if at is None or not settings.absolute_redirect or not headers[at][1].startswith("/"):
+        return headers, None
+    return headers[:at] + headers[at + 1 :], headers[at][1]
+
+
+def trailers(
+    status: int,
+    entries: tuple[AddHeader, ...],
+    lookup: Callable[[str], str],
+    sent: RequestContext | None = None,
+) -> list[tuple[str, str]]:
+    """``add_trailer``'s fields for a response with ``status`` (``ngx_http_trailers_filter``:
+    the statuses of ``add_header``, or ``always``; an empty value adds nothing), rendered
+    when the body ends; each one added is seen by the next ones as ``$sent_trailer_*`` of
+    the request ``sent``."""
+    safe = status in SAFE_STATUSES
+    out: list[tuple[str, str]] = []
+    for t in entries:
+        if safe or t.always:
+            value = t.value.render(lookup)
+            if value:
+                out.append((t.name, value))
+                if sent is not None:
+                    sent.sent_trailer = tuple(out)  # $sent_trailer_* of the later ones
+    return out
+
+
+def expects_trailers(status: int, entries: tuple[AddHeader, ...]) -> bool:
+    """``r->expect_trailers``: an ``add_trailer`` applies to ``status`` (nginx's headers
+    filter); the body is then chunked for an HTTP/1.1 client, even with a known length."""
+    safe = status in SAFE_STATUSES
+    return any(safe or t.always for t in entries)
+
+
+def chunked_trailer(
+    status: int,
+    method: str,
+    version: str,
+    settings: LocationSettings,
+    lookup: Callable[[str], str],
+    sent: RequestContext | None = None,
+) -> list[tuple[str, str]] | None:
+    """The trailer of a response made in one piece (an error page, a redirect), or None
+    when it gets none (:func:`wants_trailer`)."""
+    if not wants_trailer(status, method, version, settings):
+        return None
+    return trailers(status, settings.add_trailers, lookup, sent)
+
+
+def wants_trailer(status: int, method: str, version: str, settings: LocationSettings) -> bool:
+    """Whether a response made here gets a trailer: an ``add_trailer`` applies, and nginx's
+    chunked filter chunks it (not for HEAD, 1xx, 204, 304, an HTTP/1.0 client, or
+    ``chunked_transfer_encoding off``)."""
+    return not (
+        method == "HEAD"
+        or version != "1.1"
+        or not settings.chunked_transfer_encoding
+        or status < 200
+        or status in (204, 304)
+        or not expects_trailers(status, settings.add_trailers)
+    )
 
 
 #: ``expires epoch`` and ``expires max``'s fixed values.

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from wsgate import NAME, SERVER_TOKEN
+from wsgate.http.headers import encode_chunk, last_chunk
 
 __all__ = [
     "CLOSING_STATUSES",
@@ -154,6 +155,7 @@ def error_response(
     keepalive_header: float | None = None,
     head_only: bool = False,
     added: Iterable[tuple[str, str]] = (),
+    trailer: Iterable[tuple[str, str]] | None = None,
 ) -> bytes:
     """The whole response (head and body) nginx sends for an error or redirect ``status``.
 
@@ -161,7 +163,9 @@ def error_response(
     ``not closes_connection(status)``.  ``location`` (absolute URL) is written where nginx writes
     its own redirects, after Content-Length.  ``head_only`` for HEAD requests: same head, no body.
     ``added`` (``add_header``'s) come last, after Connection, as nginx's header filter writes
-    the fields of ``headers_out.headers`` after its own.
+    the fields of ``headers_out.headers`` after its own.  With a ``trailer`` (``add_trailer``,
+    for an HTTP/1.1 client) the body is one chunk and the trailer follows it, as nginx's
+    chunked filter sends it (no ``Content-Length``).
     """
     token = SERVER_TOKEN if server_tokens else NAME
     body = error_page_body(status, token=token, padding=wants_padding(user_agent))
@@ -172,10 +176,13 @@ def error_response(
     ]
     if body:
         lines.append("Content-Type: text/html\r\n")
-    if status >= 200 and status not in (204, 304):
+    if status >= 200 and status not in (204, 304) and trailer is None:
         lines.append(f"Content-Length: {len(body)}\r\n")
     if location is not None and status in (301, 302, 303, 307, 308):
         lines.append(f"Location: {location}\r\n")
+    if trailer is not None:
+        lines.append("Transfer-Encoding: chunked\r\n")
+        body = encode_chunk(body) + last_chunk(trailer)
     if keep_alive:
         lines.append("Connection: keep-alive\r\n")
         if keepalive_header is not None:

@@ -58,10 +58,12 @@ from wsgate.config.model import Location, LocationSettings, Server
 from wsgate.config.variables import RequestContext
 from wsgate.errors import HttpError
 from wsgate.http.pages import closes_connection
+from wsgate.http.redirects import absolute_location
 from wsgate.http.request import RequestHead
 from wsgate.limits import ConnZone, Refused, ReqZone, check_requests
 from wsgate.realip import forwarded_addr
 from wsgate.routing import (
+    escape_uri,
     find_location,
     find_named_location,
     needs_slash_redirect,
@@ -88,7 +90,6 @@ __all__ = [
     "Redirect",
     "Request",
     "Restart",
-    "absolute_url",
     "internal_redirect",
     "log_error",
     "named_location",
@@ -217,6 +218,21 @@ class Request:
     def log(self, level: str, message: str) -> None:
         self.worker.error_log.log(level, message, self.number, self.ctx)
 
+    def absolute(self, location: str) -> str:
+        """``location`` as nginx's header filter sends the response's own ``Location``
+        (:func:`~wsgate.http.redirects.absolute_location`, with this request's settings,
+        server, ``Host`` and connection)."""
+        ctx = self.ctx
+        return absolute_location(
+            location,
+            self.settings,
+            server_name=self.server.name,
+            host=self.head.host,
+            scheme=ctx.scheme,
+            local_addr=ctx.server_addr,
+            local_port=ctx.server_port,
+        )
+
 
 # -- decisions ---------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
@@ -238,7 +254,8 @@ class Restart:
 
 @dataclass(frozen=True, slots=True)
 class Redirect:
-    """A redirect with nginx's HTML body and ``Location``."""
+    """A redirect with nginx's HTML body and ``Location`` (as set: one starting with ``/``
+    is made absolute by the response's writer, as nginx's header filter does)."""
 
     status: int
     location: str
@@ -361,26 +378,16 @@ def realip_preaccess(r: Request) -> None:
 
 
 # -- SERVER_REWRITE, REWRITE -------------------------------------------------------------------
-def absolute_url(ctx: RequestContext, target: str) -> str:
-    """``target`` made absolute as nginx makes a redirect's ``Location``: the request's host
-    (or the local address), and the port unless it is the scheme's default."""
-    host = ctx.host or ctx.server_addr
-    default_port = 443 if ctx.scheme == "https" else 80
-    port = "" if ctx.server_port == default_port else f":{ctx.server_port}"
-    return f"{ctx.scheme}://{host}{port}{target}"
-
-
 def _return(r: Request, settings: LocationSettings) -> Decision | None:
     """``return``: "Stops processing and returns the specified code to a client.  The
     non-standard code 444 closes a connection without sending a response header."  A URL
-    (codes 301, 302, 303, 307, 308) starting with a slash is made absolute."""
+    (codes 301, 302, 303, 307, 308) starting with a slash is made absolute when the
+    response is sent (``absolute_redirect``, :func:`wsgate.http.redirects.absolute_location`)."""
     ret = settings.return_
     if ret is None:
         return None
     text = ret.text.render(r.ctx.lookup) if ret.text is not None else None
     if ret.code in (301, 302, 303, 307, 308) and text is not None:
-        if text.startswith("/"):
-            text = absolute_url(r.ctx, text)
         return Redirect(ret.code, text)
     if ret.code == 444:
         return Close(444)
@@ -415,8 +422,9 @@ def find_config(r: Request) -> Decision | None:
     if not r.internal and r.settings.internal:
         raise HttpError(404)
     if location is not None and needs_slash_redirect(location, ctx.uri):
-        target = f"{ctx.uri}/" + (f"?{ctx.args}" if ctx.args else "")
-        return Redirect(301, absolute_url(ctx, target))
+        # "r->headers_out.location->value = clcf->escaped_name" (and "?" and the args).
+        target = escape_uri(location.name) + (f"?{ctx.args}" if ctx.args else "")
+        return Redirect(301, target)
     return None
 
 
@@ -647,7 +655,10 @@ def response_fields(r: Request, redirect: bool = False) -> tuple[tuple[str, str]
     """The fields a response gets from ``headers_out`` before its own: an intercepted 401's
     ``WWW-Authenticate``, and the ``Location`` of a redirect an error page took over
     (nginx keeps it in ``headers_out``); a redirect writes its own ``Location`` instead."""
-    return _without_location(r.headers_out) if redirect else r.headers_out
+    if redirect:
+        return _without_location(r.headers_out)
+    # A Location kept from a redirect is made absolute as nginx's header filter does.
+    return tuple((n, r.absolute(v) if n == "Location" else v) for n, v in r.headers_out)
 
 
 #: What :func:`on_error` consults, in order, when an error (or a redirect a handler makes)

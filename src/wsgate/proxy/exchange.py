@@ -21,8 +21,15 @@ from wsgate.config.model import LocationSettings
 from wsgate.config.variables import RequestContext
 from wsgate.errors import HttpError
 from wsgate.http.errorpages import ERROR_HANDLERS
-from wsgate.http.headers import BodyFraming, build_client_response_head, for_version, http_date
-from wsgate.http.headers_filter import filter_headers
+from wsgate.http.headers import (
+    BodyFraming,
+    build_client_response_head,
+    encode_chunk,
+    for_version,
+    http_date,
+    last_chunk,
+)
+from wsgate.http.headers_filter import chunked_trailer, filter_headers, trailers, wants_trailer
 from wsgate.http.pages import STATUS_LINES, closes_connection, error_response
 from wsgate.http.phases import (
     Close,
@@ -158,6 +165,11 @@ class Exchange:
         _, added = filter_headers(
             status, [], settings.add_headers, settings.expires, ctx.lookup, now
         )
+        # ngx_http_header_filter writes a Location it made absolute after Content-Length;
+        # any other stays among the response's fields, before add_header's.
+        absolute = self.r.absolute(location)
+        if absolute == location:
+            added = [("Location", location), *added]
         added = [*response_fields(self.r, redirect=True), *added]
         data = error_response(
             status,
@@ -165,10 +177,12 @@ class Exchange:
             user_agent=ctx.header("user-agent"),
             keep_alive=keep,
             date=http_date(now),
-            location=location,
+            location=absolute if absolute != location else None,
             head_only=head.method == "HEAD",
             added=added,
+            trailer=chunked_trailer(status, head.method, head.version, settings, ctx.lookup, ctx),
         )
+        ctx.sent_head = data[: data.index(b"\r\n\r\n") + 2]
         data = for_version(head.version, data)
         self.front.ep.write(data)
         ctx.status = status
@@ -189,6 +203,9 @@ class Exchange:
         )
         keep = head.keep_alive
         framing = BodyFraming.content_length(len(body)) if status != 204 else BodyFraming.none()
+        with_trailer = wants_trailer(status, head.method, head.version, settings)
+        if with_trailer:
+            framing = BodyFraming.chunked()
         out = build_client_response_head(
             status,
             STATUS_LINES.get(status, ""),
@@ -201,6 +218,11 @@ class Exchange:
             upgrade=False,
             added=added,
         )
+        ctx.sent_head = out
+        if with_trailer:
+            # Rendered when the body ends: $sent_http_* see the head.
+            trailer = trailers(status, settings.add_trailers, ctx.lookup, ctx)
+            body = encode_chunk(body) + last_chunk(trailer)
         if head.method != "HEAD":
             out += body
         out = for_version(head.version, out)
@@ -253,6 +275,11 @@ def write_error(
         _, added = filter_headers(
             ctx.status, [], settings.add_headers, settings.expires, ctx.lookup, now
         )
+        trailer = None
+        if head is not None:
+            trailer = chunked_trailer(
+                ctx.status, head.method, head.version, settings, ctx.lookup, ctx
+            )
         data = error_response(
             exc.status,
             server_tokens=settings.server_tokens,
@@ -261,8 +288,10 @@ def write_error(
             date=http_date(now),
             head_only=head is not None and head.method == "HEAD",
             added=[*extra, *added],
+            trailer=trailer,
         )
-        ctx.body_bytes_sent = len(data) - data.index(b"\r\n\r\n") - 4
+        ctx.sent_head = data[: data.index(b"\r\n\r\n") + 2]
+        ctx.body_bytes_sent = len(data) - len(ctx.sent_head) - 2
         if head is not None:
             data = for_version(head.version, data)
         front.ep.write(data)

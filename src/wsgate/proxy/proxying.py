@@ -25,7 +25,7 @@ from wsgate.access import upgrade_allowed, without_upgrade
 from wsgate.config.model import LocationSettings
 from wsgate.errors import HttpError
 from wsgate.http.body import EndOfMessage, Framing
-from wsgate.http.headers import BodyFraming, build_upstream_request
+from wsgate.http.headers import BodyFraming, build_upstream_request, single_fields
 from wsgate.http.response import ResponseHead
 from wsgate.proxy.attempt import Attempt, TryFailed
 from wsgate.proxy.relay import note_time, relay_response, start_tunnel
@@ -128,6 +128,7 @@ class Proxying:
                 ctx.upstream_addrs.append(group.name)
                 ctx.upstream_statuses.append("502")
                 ctx.upstream_times.append("0.000")
+                ctx.upstream_lengths.append("0")
                 raise HttpError(502)
             self.attempts += 1
             upstream_url = f"{scheme}://{peer.address}{uri}"
@@ -168,6 +169,9 @@ class Proxying:
             r.discard_body |= streamed
             up = att.up
             assert up is not None
+            resp.headers, repeated = single_fields(resp.headers)
+            for text in repeated:
+                gw.error_log.log("warn", text, front.number, ctx, upstream_url)
             kind = status_failure(resp.status)
             # ngx_http_upstream_test_next: "peer.tries > 1" before this peer is freed, i.e.
             # at least one try left after it.

@@ -38,9 +38,16 @@ from wsgate.http.headers import (
     for_version,
     hidden_fields,
     http_date,
+    last_chunk,
     visible_fields,
 )
-from wsgate.http.headers_filter import add_headers, filter_headers
+from wsgate.http.headers_filter import (
+    add_headers,
+    expects_trailers,
+    filter_headers,
+    trailers,
+    upstream_fields,
+)
 from wsgate.http.pages import STATUS_LINES
 from wsgate.http.phases import response_fields
 from wsgate.http.response import ResponseEvent, ResponseHead, ResponseParser
@@ -171,16 +178,19 @@ def _slim(ctx: RequestContext, settings: LocationSettings) -> RequestContext:
     ctx.upstream_addrs = cast("list[str]", tuple(ctx.upstream_addrs))
     ctx.upstream_statuses = cast("list[str]", tuple(map(intern, ctx.upstream_statuses)))
     ctx.upstream_times = cast("list[str]", tuple(ctx.upstream_times))
+    ctx.upstream_lengths = cast("list[str]", tuple(ctx.upstream_lengths))
     return ctx
 
 
-def note_time(clock: Callable[[], float], ctx: RequestContext) -> None:
-    """``$upstream_response_time`` of the current try: "keeps time spent on receiving the
-    response from the upstream server ... Times of several responses are separated by
-    commas" (ngx_http_upstream_module)."""
-    # A new list: an open tunnel's context holds a tuple (``_slim``).
+def note_time(clock: Callable[[], float], ctx: RequestContext, length: int = 0) -> None:
+    """``$upstream_response_time`` and ``$upstream_response_length`` of the current try:
+    "keeps time spent on receiving the response from the upstream server ... Times of
+    several responses are separated by commas"; the length is the body's, in bytes (0 for a
+    try that got none, and for a tunnel) (ngx_http_upstream_module)."""
+    # New lists: an open tunnel's context holds tuples (``_slim``).
     now = f"{clock() - ctx.upstream_started:.3f}"
     ctx.upstream_times = [*ctx.upstream_times, now]
+    ctx.upstream_lengths = [*ctx.upstream_lengths, str(length)]
 
 
 async def relay_response(
@@ -196,8 +206,15 @@ async def relay_response(
     gw = front.gw
     if resp.status == 101:
         return _lone_101(ex, resp), False
+    with_trailers = expects_trailers(resp.status, settings.add_trailers)
     plan = client_framing(
-        head.method, head.version, resp.status, resp.content_length, head.keep_alive
+        head.method,
+        head.version,
+        resp.status,
+        resp.content_length,
+        head.keep_alive,
+        trailers=with_trailers,
+        chunked=settings.chunked_transfer_encoding,
     )
     keep, no_body, chunk_out = plan.keep_alive, plan.no_body, plan.chunked
     # After an error page: "if (r->err_status) r->headers_out.status = r->err_status".
@@ -206,10 +223,10 @@ async def relay_response(
         status, reason = ex.r.err_status, STATUS_LINES.get(ex.r.err_status, "")
     ctx.status = status
     hidden = hidden_fields(settings.proxy_hide_headers, settings.proxy_pass_headers)
-    headers = visible_fields(resp.headers, hidden)
+    headers, location = upstream_fields(visible_fields(resp.headers, hidden), settings, ctx.lookup)
     if ex.r.headers_out:  # after an error page
-        location = first_value(resp.headers, "location") is not None
-        headers = [*response_fields(ex.r, redirect=location), *headers]
+        own = location is not None or first_value(headers, "location") is not None
+        headers = [*response_fields(ex.r, redirect=own), *headers]
     now = time.time()
     headers, added = filter_headers(
         status, headers, settings.add_headers, settings.expires, ctx.lookup, now
@@ -226,12 +243,14 @@ async def relay_response(
         upgrade=False,
         added=added,
         hidden=hidden,
+        location=None if location is None else ex.r.absolute(location),
     )
+    ctx.sent_head = out
     out = for_version(head.version, out)
     ep = front.ep
     ctx.bytes_sent = len(out)
-    body_bytes = 0
-    complete = False
+    body_bytes = upstream_bytes = 0
+    complete = noted = False
     rate = _rate(ex, resp)
     try:
         if rate is None:
@@ -241,6 +260,7 @@ async def relay_response(
         while True:
             for ev in pending:
                 if isinstance(ev, Body):
+                    upstream_bytes += len(ev.data)
                     if no_body:
                         continue
                     data = encode_chunk(ev.data) if chunk_out else ev.data
@@ -278,7 +298,15 @@ async def relay_response(
                 keep = False
                 break
         if complete and chunk_out:
-            ep.write(LAST_CHUNK)
+            if with_trailers:
+                # Made when the body ends: this try's $upstream_response_* are known.
+                note_time(gw.clock, ctx, upstream_bytes)
+                noted = True
+            ep.write(
+                last_chunk(trailers(resp.status, settings.add_trailers, ctx.lookup, ctx))
+                if with_trailers
+                else LAST_CHUNK
+            )
         if complete:
             await ep.drain()
     except PeerClosed:
@@ -286,24 +314,29 @@ async def relay_response(
         ctx.status = ctx.status or 499
     ctx.body_bytes_sent = body_bytes
     ctx.bytes_sent += body_bytes
-    note_time(gw.clock, ctx)
+    if not noted:
+        note_time(gw.clock, ctx, upstream_bytes)
     ex.log()
     return (keep and complete, settings.keepalive_timeout), complete
 
 
 def _rate(ex: Exchange, resp: ResponseHead) -> WriteRate | None:
     """``limit_rate`` for a proxied response: ``X-Accel-Limit-Rate`` first, and none at all
-    when nginx would not buffer it (``proxy_buffering off``, ``X-Accel-Buffering: no``)."""
+    when nginx would not buffer it (``proxy_buffering off``, ``X-Accel-Buffering: no``);
+    either field is not read when ``proxy_ignore_headers`` names it."""
     settings, ctx, front = ex.r.settings, ex.r.ctx, ex.front
     buffering = settings.proxy_buffering
-    accel = first_value(resp.headers, "x-accel-buffering")
+    ignored = settings.proxy_ignore_headers
+    accel = (
+        None if "X-Accel-Buffering" in ignored else first_value(resp.headers, "x-accel-buffering")
+    )
     if accel is not None:
         low = accel.lower()
         buffering = True if low.startswith("yes") else False if low.startswith("no") else buffering
     if not buffering:
         ctx.limit_rate = 0
         return None
-    accel_rate = accel_limit_rate(resp.headers)
+    accel_rate = None if "X-Accel-Limit-Rate" in ignored else accel_limit_rate(resp.headers)
     if accel_rate is not None:
         ctx.limit_rate = accel_rate
     gw = front.gw
@@ -319,7 +352,8 @@ def _head_101(ex: Exchange, resp: ResponseHead, upgrade: bool) -> bytes:
     settings, ctx = ex.r.settings, ex.r.ctx
     ctx.status = 101
     hidden = hidden_fields(settings.proxy_hide_headers, settings.proxy_pass_headers)
-    headers = visible_fields(resp.headers, hidden)
+    # ngx_http_upstream_process_headers runs for a 101 as for any response.
+    headers, location = upstream_fields(visible_fields(resp.headers, hidden), settings, ctx.lookup)
     headers, added = add_headers(101, headers, settings.add_headers, ctx.lookup)
     return build_client_response_head(
         101,
@@ -333,6 +367,7 @@ def _head_101(ex: Exchange, resp: ResponseHead, upgrade: bool) -> bytes:
         upgrade=upgrade,
         added=added,
         hidden=hidden,
+        location=None if location is None else ex.r.absolute(location),
     )
 
 

@@ -21,6 +21,7 @@ from wsgate.config.directives import (
     pages,
     proxy,
     realip,
+    redirects,
     ssl,
     upstream,
 )
@@ -40,6 +41,7 @@ ENTRIES: tuple[Directive, ...] = (
     *core.ENTRIES,
     *pages.ENTRIES,
     *proxy.ENTRIES,
+    *redirects.ENTRIES,
     *headers.ENTRIES,
     *limits.ENTRIES,
     *realip.ENTRIES,

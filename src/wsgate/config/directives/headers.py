@@ -1,4 +1,5 @@
-"""``ngx_http_headers_filter_module``'s directives: ``add_header`` and ``expires``.
+"""``ngx_http_headers_filter_module``'s directives: ``add_header``, ``add_trailer``,
+``add_header_inherit``, ``add_trailer_inherit`` (nginx 1.29.3) and ``expires``.
 
 https://nginx.org/en/docs/http/ngx_http_headers_module.html; applied to every response by
 :func:`wsgate.http.headers_filter.filter_headers`.
@@ -9,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from wsgate.config.model import AddHeader, Expires, LocationSettings
-from wsgate.config.table import HSL, TAKE2, TAKE3, TAKE12, Directive, Merge
+from wsgate.config.table import HSL, TAKE1, TAKE2, TAKE3, TAKE12, Directive, Merge, enum_
 from wsgate.config.units import ExpiresError, parse_expires
 from wsgate.config.values import config_error
 
@@ -51,19 +52,64 @@ def _expires(s: Stmt, level: Level) -> Expires:
     return Expires(kind, seconds)
 
 
-ENTRIES: tuple[Directive, ...] = (
-    Directive(
-        "add_header",
+def _inherit(name: str, note: str) -> Directive:
+    """``add_header_inherit``/``add_trailer_inherit on | off | merge`` (nginx 1.29.3)."""
+    return Directive(
+        f"{name}_inherit",
+        HSL,
+        TAKE1,
+        parse=enum_("off", "on", "merge"),
+        target=LocationSettings,
+        fields=(f"{name}_inherit",),
+        default="on",
+        note=note,
+    )
+
+
+#: The directive that says how each list is inherited.
+_INHERIT = {
+    "add_header": _inherit("add_header", "nginx 1.29.3; `merge`: the outer level's after"),
+    "add_trailer": _inherit("add_trailer", "nginx 1.29.3"),
+}
+
+
+def _inherited(level: Level, d: Directive) -> tuple[AddHeader, ...]:
+    """``ngx_http_headers_merge_conf``: "if (conf->headers_inherit != OFF && prev->headers)
+    { if (conf->headers == NULL) conf->headers = prev->headers; else if (... MERGE) the
+    outer level's are added after this level's }"; ``add_header_inherit`` (and
+    ``add_trailer_inherit``) is itself inherited, default ``on``."""
+    outer = () if level.parent is None else _inherited(level.parent, d)
+    own = level.own.get(d.key)
+    mine: tuple[AddHeader, ...] = () if own is None else tuple(own[0])
+    mode = level.value(_INHERIT[d.name])
+    if mode == "off" or not outer:
+        return mine
+    if own is None:
+        return outer
+    return mine + outer if mode == "merge" else mine
+
+
+def _fields(name: str, note: str) -> Directive:
+    """``add_header``/``add_trailer NAME VALUE [always]`` (one ``ngx_http_headers_add``)."""
+    return Directive(
+        name,
         HSL,
         TAKE2 | TAKE3,
         parse=_add_header,
         target=LocationSettings,
-        fields=("add_headers",),
+        fields=(f"{name}s",),
         unset=(),
         merge=Merge.ARRAY,
+        resolve=_inherited,
         syntax="name value [always]",
-        note="for 200, 201, 204, 206, 301, 302, 303, 304, 307, 308 unless `always`",
-    ),
+        note=note,
+    )
+
+
+ENTRIES: tuple[Directive, ...] = (
+    _fields("add_header", "for 200, 201, 204, 206, 301, 302, 303, 304, 307, 308 unless `always`"),
+    _fields("add_trailer", "in the chunked body's trailer (HTTP/1.1), statuses as `add_header`"),
+    *_INHERIT.values(),
     Directive(
         "expires",
         HSL,

@@ -78,14 +78,6 @@ ENTRIES: tuple[Directive, ...] = (
     _noop("proxy_temp_file_write_size", HSL, TAKE1, _TEMP),
     _noop("reset_timedout_connection", HSL, FLAG, "kept for compatibility"),
     _noop("types", HSL, BLOCK, _FILES),
-    Directive(
-        "proxy_redirect",
-        HSL,
-        TAKE12,
-        kind=Kind.NO_OP,
-        values=frozenset({"off"}),
-        note="only `proxy_redirect off`: wsgate never rewrites `Location`",
-    ),
     # One wsgate process keeps upstream state in memory; a shared zone adds nothing yet.
     _noop("zone", ctx(UPSTREAM), TAKE12, "upstream state is kept per process"),
     # Refused with a reason (docs/differences.md, "Not yet supported").
