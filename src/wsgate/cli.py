@@ -23,7 +23,7 @@ from wsgate.config.model import Config, ErrorLog
 from wsgate.config.modules import version_lines
 from wsgate.errors import ConfigError
 from wsgate.loop import new_event_loop
-from wsgate.observability.logs import AccessLogs, ErrorLogger, access_log_paths
+from wsgate.observability.logs import AccessLogs, ErrorLogger, access_log_paths, location_error_logs
 from wsgate.server.gateway import BindKey, Gateway, ListenGroup, announce, open_groups, pid_write
 from wsgate.server.upgrade import inherited_groups, oldbin_path
 
@@ -244,7 +244,7 @@ def cmd_run(opts: Options) -> int:
         _say(f"[warn] {w}")
     access_logs = AccessLogs()
     try:
-        error_log = ErrorLogger(config.error_logs)
+        error_log = ErrorLogger(config.error_logs, scoped=location_error_logs(config))
         access_logs.open(access_log_paths(config))
     except OSError as exc:
         _say(f'[emerg] open() "{exc.filename}" failed ({exc.errno}: {exc.strerror})')
@@ -344,6 +344,10 @@ def _run_single(
 
 
 def main(argv: list[str] | None = None) -> int:
+    if sys.stderr is None:
+        # Started with descriptor 2 closed (nginx-tests' try_run does it): nginx carries on
+        # and so does wsgate, its console lines going nowhere.
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115
     opts = parse_args(sys.argv[1:] if argv is None else argv)
     if opts.help:
         sys.stderr.write(f"{NAME} version: {SERVER_TOKEN}\n{USAGE}")

@@ -41,11 +41,16 @@ class HttpError(WsgateError):
 
     ``status`` is what nginx logs; 494 is logged as 494 but sent as ``400 Bad Request``.
     ``log`` is the INFO-level message nginx writes, e.g. ``client sent invalid header line``.
+    ``headers`` are fields the error response carries after nginx's own (``WWW-Authenticate``
+    of a 401, which nginx's handlers add to ``r->headers_out``).
     """
 
-    def __init__(self, status: int, log: str = "") -> None:
+    def __init__(
+        self, status: int, log: str = "", *, headers: tuple[tuple[str, str], ...] = ()
+    ) -> None:
         self.status = status
         self.log = log
+        self.headers = headers
         super().__init__(f"{status} {log}".strip())
 
     @property

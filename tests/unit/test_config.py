@@ -180,8 +180,8 @@ http {
             2,
         ),
         (
-            "http {\n server {\n  auth_basic closed;\n }\n}\n",
-            '"auth_basic" directive is not supported by wsgate',
+            "http {\n server {\n  fastcgi_pass 127.0.0.1:9000;\n }\n}\n",
+            '"fastcgi_pass" directive is not supported by wsgate',
             3,
         ),
         (
@@ -252,9 +252,9 @@ def test_errors_name_directive_file_and_line(
 
 
 def test_no_op_directives_warn(tmp_path: Path) -> None:
-    config = conf(tmp_path, "http {\n sendfile on;\n tcp_nopush on;\n server { } \n}\n")
+    config = conf(tmp_path, "http {\n aio on;\n tcp_nopush on;\n server { } \n}\n")
     assert config.warnings == (
-        f'"sendfile" directive has no effect in wsgate and is ignored in {tmp_path}/nginx.conf:2',
+        f'"aio" directive has no effect in wsgate and is ignored in {tmp_path}/nginx.conf:2',
         f'"tcp_nopush" directive has no effect in wsgate and is ignored in {tmp_path}/nginx.conf:3',
     )
 

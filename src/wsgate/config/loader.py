@@ -19,6 +19,7 @@ from wsgate.config.directives import TABLE, find
 from wsgate.config.level import Level, parse_default
 from wsgate.config.model import (
     Config,
+    DocRoot,
     HttpConfig,
     LimitConnZone,
     LimitReqZone,
@@ -37,7 +38,7 @@ from wsgate.config.model import (
 from wsgate.config.parse import Stmt, parse_file, parse_globals
 from wsgate.config.table import HTTP, LOCATION, MAIN, SERVER, UPSTREAM, Directive, Kind
 from wsgate.config.template import Template, TemplateError, compile_template
-from wsgate.config.upstream import build_upstream
+from wsgate.config.upstream import build_upstream, finish_upstream
 from wsgate.config.values import (
     check_default_servers,
     config_error,
@@ -81,6 +82,10 @@ class Loader:
     templates: list[tuple[Template, Source]] = field(default_factory=list)
     #: Named captures of every regex: nginx makes them variables.
     captures: set[str] = field(default_factory=set)
+    #: Variables directives declare (``auth_request_set``), lowercased.
+    declared: set[str] = field(default_factory=set)
+    #: ``charset_map`` tables: (from, to) → 256 bytes.
+    charset_maps: dict[tuple[str, str], bytes] = field(default_factory=dict)
     #: Parsed defaults, by entry (some need the log formats, so they are parsed per load).
     defaults: dict[int, object] = field(default_factory=dict)
 
@@ -154,7 +159,7 @@ class Loader:
     def load_main(self, stmts: list[Stmt]) -> Config:
         level = Level(self, None)
         (http_cfg,) = self.read(stmts, MAIN, level) or [HttpConfig(servers=())]
-        known = set(self.maps) | self.captures
+        known = set(self.maps) | self.captures | self.declared
         for tpl, src in self.templates:
             for var in tpl.variables:
                 if not is_known_variable(var, known):
@@ -173,8 +178,12 @@ class Loader:
         self.log_formats["json"] = LogFormat(
             "json", self.template(JSON_FORMAT, http.src), "json", builtin=True
         )
-        servers = tuple(self.read(http.block or [], HTTP, Level(self, None)))
+        http_level = Level(self, None)
+        servers = tuple(self.read(http.block or [], HTTP, http_level))
         check_default_servers(servers)
+        here = http_level.collect(LocationSettings)
+        for name, up in self.upstreams.items():
+            self.upstreams[name] = finish_upstream(up, here["resolver"], here["resolver_timeout"])
         return HttpConfig(
             servers=servers,
             upstreams=dict(self.upstreams),
@@ -315,7 +324,12 @@ class Loader:
         proxy_ssl = SslUpstream()
         if ssl_src is not None:
             proxy_ssl = tls.build_ssl_upstream(level.collect(SslUpstream), ssl_src)
-        return LocationSettings(proxy_ssl=proxy_ssl, **level.collect(LocationSettings))
+        fields = level.collect(LocationSettings)
+        if fields["root"] is None:
+            # "Default: root html;", under the prefix.
+            html = os.path.join(self.prefix, "html")
+            fields["root"] = DocRoot(Template(html, (html,)), self.prefix)
+        return LocationSettings(proxy_ssl=proxy_ssl, charset_maps=self.charset_maps, **fields)
 
     def load_location(self, s: Stmt, parent: Level) -> Location:
         args = s.args

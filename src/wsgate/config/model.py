@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from wsgate.config.template import Template
@@ -20,11 +21,14 @@ __all__ = [
     "AccessLog",
     "AccessRule",
     "AddHeader",
+    "AuthRequestSet",
     "Config",
+    "DocRoot",
     "CookieFlags",
     "ErrorLog",
     "Expires",
     "HeaderSetting",
+    "Resolver",
     "HealthCheck",
     "HttpConfig",
     "LimitConn",
@@ -36,6 +40,7 @@ __all__ = [
     "LocationSettings",
     "LogFormat",
     "MapBlock",
+    "MimeTypes",
     "Network",
     "ProxyPass",
     "Return",
@@ -45,8 +50,10 @@ __all__ = [
     "SslServer",
     "SslUpstream",
     "Source",
+    "TryFiles",
     "Upstream",
     "UpstreamServer",
+    "UserFile",
 ]
 
 
@@ -216,6 +223,11 @@ class UpstreamServer:
     backup: bool = False
     down: bool = False
     source: Source | None = None
+    #: ``resolve``: the name is resolved again while running (nginx 1.27.3+); ``host`` is
+    #: then the name and ``port`` the port every address gets.
+    resolve: bool = False
+    #: ``service=NAME``: SRV records ``_NAME._tcp.HOST`` give the addresses, ports and weights.
+    service: str = ""
 
     @property
     def is_unix(self) -> bool:
@@ -265,6 +277,29 @@ class Upstream:
     keepalive_timeout: float = 60.0
     keepalive_time: float = 3600.0
     health_check: HealthCheck | None = None
+    #: ``zone NAME [SIZE]``: the name (``""``: none).  ``server ... resolve`` requires one.
+    zone: str = ""
+    #: ``resolver``/``resolver_timeout`` in the block, else the ``http`` level's (1.27.3+).
+    resolver: Resolver | None = None
+    #: None until the loader gives it the ``http`` level's (``ngx_conf_merge_msec_value``).
+    resolver_timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Resolver:
+    """``resolver ADDRESS ... [valid=TIME] [ipv4=on|off] [ipv6=on|off]``
+    (https://nginx.org/en/docs/http/ngx_http_core_module.html#resolver).
+
+    ``servers`` are the name servers' (address, port) pairs, in order; ``valid`` overrides
+    the answers' TTL when not None.  Two ``resolver`` lines are two resolvers with their own
+    caches even when they read alike, as in nginx (``source`` tells them apart).
+    """
+
+    servers: tuple[tuple[str, int], ...]
+    valid: float | None = None
+    ipv4: bool = True
+    ipv6: bool = True
+    source: Source | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -455,6 +490,69 @@ class ErrorPage:
 
 
 @dataclass(frozen=True, slots=True)
+class UserFile:
+    """``auth_basic_user_file FILE`` (ngx_http_auth_basic_module): the file name, which may
+    contain variables; a relative name is taken from ``conf_prefix`` (the directory of the main
+    configuration file, with its trailing slash), as nginx's ``ccv.conf_prefix`` does, when
+    the configuration is read for a static name and per request otherwise."""
+
+    path: Template
+    conf_prefix: str = ""
+
+    def render(self, lookup: Callable[[str], str]) -> str:
+        path = self.path.render(lookup)
+        return path if path.startswith("/") else self.conf_prefix + path
+
+
+@dataclass(frozen=True, slots=True)
+class AuthRequestSet:
+    """``auth_request_set $variable value``: ``value`` is evaluated in the subrequest, once
+    it is done, and set in the main request."""
+
+    variable: str
+    value: Template
+
+
+@dataclass(frozen=True, slots=True)
+class DocRoot:
+    """``root PATH`` or ``alias PATH`` (ngx_http_core_module), as the location in force has it.
+
+    ``path`` is made absolute against the prefix when it has no variables (nginx's
+    ``ngx_get_full_name`` at load time); with variables the rendered value is made absolute per
+    request against ``prefix``.  For ``alias``, ``alias_len`` is how much of ``$uri`` the alias
+    replaces: the length of the prefix location's name it was written in (nested locations
+    inherit it with the alias, as nginx's ``clcf->alias``), or ``-1`` in a regular-expression
+    location, where the alias is the whole file name ("If alias is used inside a location
+    defined with a regular expression then such regular expression should contain captures and
+    alias should refer to these captures")."""
+
+    path: Template
+    prefix: str = ""
+    alias: bool = False
+    alias_len: int = 0
+    source: Source | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MimeTypes:
+    """``types { TYPE EXT ...; }``: extension (lowercased) → MIME type."""
+
+    by_ext: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TryFiles:
+    """``try_files file ... uri | =code``: the files to test (a trailing ``/`` tests a
+    directory), then the fallback: an internal redirect to a URI, a ``@named`` location, or
+    ``=code``."""
+
+    files: tuple[Template, ...]
+    fallback: Template
+    code: int | None = None
+    source: Source | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class LocationSettings:
     """The effective per-location settings after nginx's http → server → location merge.
 
@@ -467,6 +565,10 @@ class LocationSettings:
 
     proxy_pass: ProxyPass | None = None
     proxy_http_version: str = "1.1"
+    #: ``proxy_pass_request_body``: off sends no body (the client's is discarded).
+    proxy_pass_request_body: bool = True
+    resolver: Resolver | None = None
+    resolver_timeout: float = 30.0
     #: The explicit ``proxy_set_header`` list of the level that had any (all-or-nothing
     #: inheritance); the built-in defaults are added when the request is built.
     proxy_set_headers: tuple[HeaderSetting, ...] = ()
@@ -485,9 +587,6 @@ class LocationSettings:
     proxy_next_upstream_timeout: float = 0.0
     proxy_buffer_size: int = 4096
     server_tokens: bool = True
-    #: ``root``: where static files would be looked up (``$document_root``); wsgate does not
-    #: serve files yet, so a location without a content handler still answers 404.
-    root: str = "html"
     #: ``limit_rate``/``limit_rate_after``: bytes (a value with variables: its template, read
     #: per request as a size); see :mod:`wsgate.http.rate`.
     limit_rate: int | Template = 0
@@ -541,6 +640,59 @@ class LocationSettings:
     #: ``internal``: a request URI reaching this location is 404 (inherited, as nginx's
     #: ``ngx_conf_merge_value(conf->internal, prev->internal, 0)``).
     internal: bool = False
+    #: ``auth_basic`` realm (None: ``off``, or unset; a realm rendering to ``off`` is off too).
+    auth_basic: Template | None = None
+    auth_basic_user_file: UserFile | None = None
+    #: ``auth_request`` URI (None: ``off``).
+    auth_request: str | None = None
+    #: ``auth_request_set`` of the innermost level that has any (all-or-nothing).
+    auth_request_set: tuple[AuthRequestSet, ...] = ()
+    #: ``satisfy all | any``.
+    satisfy: str = "all"
+    #: ``auth_delay`` (seconds): how long a 401 waits before it is sent.
+    auth_delay: float = 0.0
+    #: ``error_log`` of the innermost level that has any (all-or-nothing); empty: the main
+    #: context's logs.
+    error_logs: tuple[ErrorLog, ...] = ()
+    # -- static files (ngx_http_core_module, static, index, autoindex) --------------------------
+    #: ``root``/``alias`` (None: ``root html``, under the prefix; the loader fills it in).
+    root: DocRoot | None = None
+    #: ``index`` names (default ``index.html``; all-or-nothing).
+    index: tuple[Template, ...] = (Template("index.html", ("index.html",)),)
+    #: ``try_files`` of this location (not inherited).
+    try_files: TryFiles | None = None
+    #: ``types`` (default nginx's three: html, gif, jpg), ``default_type``.
+    types: MimeTypes | None = None
+    default_type: str = "text/plain"
+    etag: bool = True
+    #: ``if_modified_since off | exact | before``.
+    if_modified_since: str = "exact"
+    #: ``max_ranges`` (None: unlimited; 0 disables ranges).
+    max_ranges: int | None = None
+    log_not_found: bool = True
+    autoindex: bool = False
+    autoindex_exact_size: bool = True
+    autoindex_localtime: bool = False
+    autoindex_format: str = "html"
+    #: ``disable_symlinks off | on | if_not_owner`` and its ``from=`` (a template, or None).
+    disable_symlinks: tuple[str, Template | None] = ("off", None)
+    sendfile: bool = False
+    sendfile_max_chunk: int = 2 * 1024 * 1024
+    # -- ngx_http_charset_module --------------------------------------------------------------
+    #: ``charset`` (None: ``off``), ``source_charset``, ``override_charset``, ``charset_types``.
+    charset: Template | None = None
+    source_charset: str | None = None
+    override_charset: bool = False
+    charset_types: tuple[str, ...] = (
+        "text/html",
+        "text/xml",
+        "text/plain",
+        "text/vnd.wap.wml",
+        "application/javascript",
+        "application/rss+xml",
+    )
+    #: Every ``charset_map`` of ``http``: (from, to), lowercased → a 256-byte table.
+    charset_maps: dict[tuple[str, str], bytes] = field(default_factory=dict)
     #: ``proxy_redirect`` rules in force (nginx's merge, the default made from
     #: ``proxy_pass``); empty: none (``off``, or nothing to rewrite).
     proxy_redirects: tuple[RewriteRule, ...] = ()

@@ -1,13 +1,15 @@
 """crossplane → :class:`Stmt` trees: the only module that imports crossplane.
 
-crossplane does the lexing, quoting, comments and ``include`` expansion.  Its ``combine`` mode
-labels blocks with the wrong file, so includes are spliced here instead, each directive keeping
-the file and line it was written at.  Tokens are unescaped as nginx's ``ngx_conf_read_token``
+crossplane does the lexing, quoting and comments, one file at a time; ``include`` is expanded
+here (nginx's ``ngx_conf_include``: relative to the configuration's directory, globs sorted),
+each directive keeping the file and line it was written at, and ``include mime.types`` falls
+back to the copy shipped with wsgate.  Tokens are unescaped as nginx's ``ngx_conf_read_token``
 does.  ``-g`` directives are parsed the same way and say ``in command line`` in errors.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import tempfile
@@ -21,7 +23,7 @@ from crossplane.errors import NgxParserBaseException
 from wsgate.config.model import Source
 from wsgate.errors import ConfigError
 
-__all__ = ["NGINX_DIRECTIVES", "Stmt", "parse_file", "parse_globals"]
+__all__ = ["NGINX_DIRECTIVES", "SHIPPED_MIME_TYPES", "Stmt", "parse_file", "parse_globals"]
 
 
 @dataclass(slots=True)
@@ -32,11 +34,6 @@ class Stmt:
     args: list[str]
     src: Source
     block: list[Stmt] | None
-
-
-def _flatten(payload: dict[str, Any], index: int, seen: tuple[int, ...] = ()) -> list[Stmt]:
-    cfg = payload["config"][index]
-    return _convert(payload, cfg["parsed"], cfg["file"], seen + (index,))
 
 
 _ESCAPES = {"t": "\t", "r": "\r", "n": "\n"}
@@ -52,57 +49,95 @@ def _unescape(arg: str) -> str:
     return _ESCAPE.sub(lambda m: _ESCAPES.get(m.group(1), m.group(1)), arg)
 
 
-def _convert(
-    payload: dict[str, Any], items: list[dict[str, Any]], file: str, seen: tuple[int, ...]
-) -> list[Stmt]:
-    out: list[Stmt] = []
-    for item in items:
-        name = item["directive"]
-        src = Source(file, item["line"])
-        if name == "include":
-            for idx in item.get("includes", []):
-                if idx in seen:
-                    raise ConfigError("include recursion", file, item["line"])
-                out.extend(_flatten(payload, idx, seen))
-            continue
-        block = item.get("block")
-        out.append(
-            Stmt(
-                name,
-                [_unescape(a) for a in item["args"]],
-                src,
-                None if block is None else _convert(payload, block, file, seen),
+#: The ``mime.types`` shipped with wsgate (the same entries as nginx's ``conf/mime.types``):
+#: what ``include mime.types`` reads when the configuration's directory has none.
+SHIPPED_MIME_TYPES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "mime.types")
+
+
+def _include_files(pattern: str, conf_dir: str, src: Source) -> list[str]:
+    """The files ``include PATTERN`` names, as ``ngx_conf_include`` finds them: relative to
+    the configuration's directory (nginx's conf prefix), a glob sorted, an explicit name that
+    must open.  A missing ``mime.types`` falls back to :data:`SHIPPED_MIME_TYPES`, so the
+    ``include mime.types;`` every nginx configuration starts with works without copying
+    nginx's file (a ``mime.types`` beside the configuration wins)."""
+    full = pattern if os.path.isabs(pattern) else os.path.join(conf_dir, pattern)
+    if glob.has_magic(full):
+        return sorted(glob.glob(full))
+    if not os.path.exists(full) and os.path.basename(pattern) == "mime.types":
+        return [SHIPPED_MIME_TYPES]
+    try:
+        open(full).close()
+    except OSError as exc:
+        raise ConfigError(
+            f'open() "{full}" failed ({exc.errno}: {exc.strerror})', src.file, src.line
+        ) from exc
+    return [full]
+
+
+class _Reader:
+    """Reads one file with crossplane (``single``: no include handling) and splices its
+    includes in, each directive keeping the file and line it was written at."""
+
+    def __init__(self, conf_dir: str) -> None:
+        self.conf_dir = conf_dir
+        self.files: list[tuple[str, str]] = []
+
+    def read(self, path: str, stack: tuple[str, ...] = ()) -> list[Stmt]:
+        try:
+            payload = crossplane.parse(
+                path, catch_errors=False, check_ctx=False, check_args=False, single=True
             )
-        )
-    return out
+        except NgxParserBaseException as exc:
+            msg = getattr(exc, "strerror", None) or str(exc)
+            raise ConfigError(
+                msg.split(" in ")[0] if " in " in msg else msg,
+                getattr(exc, "filename", None),
+                getattr(exc, "lineno", None),
+            ) from exc
+        except OSError as exc:
+            raise ConfigError(
+                f'open() "{exc.filename}" failed ({exc.errno}: {exc.strerror})'
+            ) from exc
+        if payload["status"] != "ok":
+            first = payload["errors"][0]
+            msg = re.sub(r" in \S+:\d+$", "", first["error"])
+            raise ConfigError(msg, first["file"], first["line"])
+        try:
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                self.files.append((path, fh.read()))
+        except OSError:
+            pass
+        return self._convert(payload["config"][0]["parsed"], path, stack + (path,))
+
+    def _convert(
+        self, items: list[dict[str, Any]], file: str, stack: tuple[str, ...]
+    ) -> list[Stmt]:
+        out: list[Stmt] = []
+        for item in items:
+            name = item["directive"]
+            if name == "#":
+                continue
+            src = Source(file, item["line"])
+            args = [_unescape(a) for a in item["args"]]
+            if name == "include" and len(args) == 1 and item.get("block") is None:
+                for path in _include_files(args[0], self.conf_dir, src):
+                    if path in stack:
+                        raise ConfigError("include recursion", file, item["line"])
+                    out.extend(self.read(path, stack))
+                continue
+            block = item.get("block")
+            out.append(
+                Stmt(name, args, src, None if block is None else self._convert(block, file, stack))
+            )
+        return out
 
 
 def parse_file(path: str) -> tuple[list[Stmt], list[tuple[str, str]]]:
     if not os.path.exists(path):
         raise ConfigError(f'open() "{path}" failed (2: No such file or directory)')
-    try:
-        payload = crossplane.parse(path, catch_errors=False, check_ctx=False, check_args=False)
-    except NgxParserBaseException as exc:
-        msg = getattr(exc, "strerror", None) or str(exc)
-        raise ConfigError(
-            msg.split(" in ")[0] if " in " in msg else msg,
-            getattr(exc, "filename", None),
-            getattr(exc, "lineno", None),
-        ) from exc
-    except OSError as exc:
-        raise ConfigError(f'open() "{exc.filename}" failed ({exc.errno}: {exc.strerror})') from exc
-    if payload["status"] != "ok":
-        first = payload["errors"][0]
-        msg = re.sub(r" in \S+:\d+$", "", first["error"])
-        raise ConfigError(msg, first["file"], first["line"])
-    files = []
-    for cfg in payload["config"]:
-        try:
-            with open(cfg["file"], encoding="utf-8", errors="replace") as fh:
-                files.append((cfg["file"], fh.read()))
-        except OSError:
-            pass
-    return _flatten(payload, 0), files
+    reader = _Reader(os.path.dirname(path))
+    stmts = reader.read(path)
+    return stmts, reader.files
 
 
 def parse_globals(text: str) -> list[Stmt]:

@@ -13,12 +13,15 @@ Follows https://nginx.org/en/docs/http/ngx_http_upstream_module.html.  Quoted ru
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 from typing import TYPE_CHECKING, Any
 
-from wsgate.config.model import HealthCheck, Upstream, UpstreamServer
+from wsgate.config.model import HealthCheck, Resolver, Upstream, UpstreamServer
 from wsgate.config.template import Template
-from wsgate.config.units import parse_time
-from wsgate.config.values import config_error, resolve
+from wsgate.config.units import parse_size, parse_time
+from wsgate.config.values import config_error, resolve, split_hostport
+from wsgate.errors import ConfigError
 
 if TYPE_CHECKING:
     from wsgate.config.level import Level
@@ -31,6 +34,8 @@ __all__ = [
     "parse_keepalive",
     "parse_method",
     "parse_server",
+    "parse_zone",
+    "finish_upstream",
 ]
 _err = config_error
 
@@ -51,6 +56,8 @@ def _seconds(e: Stmt, text: str, what: str) -> float:
 def parse_server(e: Stmt, level: Level | None = None) -> tuple[UpstreamServer, ...]:
     """``server address [parameters]``: one peer per address the name resolves to."""
     params: dict[str, object] = {}
+    if any(p.startswith("service=") for p in e.args[1:]) and "resolve" not in e.args[1:]:
+        raise _err(f'service upstream "{e.args[0]}" requires "resolve" parameter', e.src)
     for p in e.args[1:]:
         key, eq, value = p.partition("=")
         if key == "weight" and eq:
@@ -63,17 +70,65 @@ def parse_server(e: Stmt, level: Level | None = None) -> tuple[UpstreamServer, .
             params["max_conns"] = _number(e, value, p)
         elif key == "fail_timeout" and eq:
             params["fail_timeout"] = _seconds(e, value, p)
-        elif p in ("backup", "down"):
+        elif p in ("backup", "down", "resolve"):
             params[p] = True
+        elif key == "service" and eq:
+            if not value:
+                raise _err("service is empty", e.src)
+            params["service"] = value
         else:
             raise _err(f'invalid parameter "{p}"', e.src)
     address = e.args[0]
+    if params.get("resolve"):
+        return _resolved_at_run_time(e, address, params)
     if address.startswith("unix:"):
         return (UpstreamServer(address, address[5:], 0, source=e.src, **params),)  # type: ignore[arg-type]
     return tuple(
         UpstreamServer(address, host, port, source=e.src, **params)  # type: ignore[arg-type]
         for host, port in resolve(address, 80, e.src, "upstream")
     )
+
+
+def _resolved_at_run_time(
+    e: Stmt, address: str, params: dict[str, object]
+) -> tuple[UpstreamServer, ...]:
+    """``server NAME resolve [service=NAME]`` (nginx 1.27.3+): "monitors changes of the IP
+    addresses that correspond to a domain name of the server, and automatically modifies the
+    upstream configuration without the need of restarting nginx".  An address literal is a
+    plain server, as in nginx (``u.naddrs`` is not 0)."""
+    service = str(params.get("service", ""))
+    host, port, given = split_hostport(address, 80, e.src)
+    if not host:
+        raise _err(f'no host in upstream "{address}"', e.src)
+    if service and given:
+        raise _err(f'service upstream "{address}" may not have port', e.src)
+    if _is_ip(host):
+        if service:
+            raise _err(f'service upstream "{address}" requires domain name', e.src)
+        params.pop("resolve")
+        return (UpstreamServer(address, host, port, source=e.src, **params),)  # type: ignore[arg-type]
+    return (UpstreamServer(address, host, port, source=e.src, **params),)  # type: ignore[arg-type]
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_zone(e: Stmt, level: Level | None = None) -> str:
+    """``zone NAME [SIZE]`` (ngx_http_upstream_zone_module): the name; the size is checked
+    as nginx does ("invalid zone size").  wsgate keeps a group's peers per worker, so the
+    zone holds no state (docs/differences.md)."""
+    if not e.args[0]:
+        raise _err(f'invalid zone name "{e.args[0]}"', e.src)
+    if len(e.args) == 2:
+        size = parse_size(e.args[1])
+        if size is None or size == 0:
+            raise _err(f'invalid zone size "{e.args[1]}"', e.src)
+    return e.args[0]
 
 
 def parse_health_check(e: Stmt, level: Level | None = None) -> HealthCheck:
@@ -154,3 +209,25 @@ def build_upstream(s: Stmt, fields: dict[str, Any]) -> Upstream:
                     server.source or s.src,
                 )
     return Upstream(name=name, source=s.src, **fields)
+
+
+def finish_upstream(up: Upstream, resolver: Resolver | None, timeout: float) -> Upstream:
+    """``ngx_http_upstream_init_round_robin`` with a zone (1.27.3+): the block's
+    ``resolver``/``resolver_timeout``, else the ``http`` level's; ``resolve`` needs a zone
+    and a resolver, with nginx's words."""
+    resolving = any(s.resolve for s in up.servers)
+    src = up.source
+    assert src is not None
+    if resolving and not up.zone:
+        raise ConfigError(
+            f'resolving names at run time requires upstream "{up.name}" in '
+            f"{src.file}:{src.line} to be in shared memory"
+        )
+    res = up.resolver if up.resolver is not None else resolver
+    if resolving and res is None:
+        raise ConfigError(
+            f'no resolver defined to resolve names at run time in upstream "{up.name}" in '
+            f"{src.file}:{src.line}"
+        )
+    rt = up.resolver_timeout if up.resolver_timeout is not None else timeout
+    return dataclasses.replace(up, resolver=res, resolver_timeout=rt)

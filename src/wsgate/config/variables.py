@@ -18,8 +18,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from wsgate.config.model import MapBlock
+from wsgate import __version__
+from wsgate.config.model import DocRoot, ErrorLog, MapBlock
 from wsgate.config.template import Template
+from wsgate.http.auth import basic_credentials
 from wsgate.http.fields import first_value
 from wsgate.http.proxy_protocol import ProxyHeader, tlv
 
@@ -30,6 +32,8 @@ __all__ = [
     "FIXED_VARIABLES",
     "CaptureLookup",
     "PREFIX_VARIABLES",
+    "CONNECTION_TIME",
+    "UPSTREAM_BYTES",
     "RequestContext",
     "is_known_variable",
     "request_headers_read",
@@ -94,7 +98,17 @@ FIXED_VARIABLES = (
             "content_length",
             "content_type",
             "remote_user",
+            "connection_time",
+            "upstream_bytes_received",
+            "upstream_bytes_sent",
+            "request_id",
+            "request_body",
+            "nginx_version",
             "limit_rate",
+            # static files (ngx_http_core_module)
+            "document_root",
+            "realpath_root",
+            "request_filename",
             # ngx_http_realip_module
             "realip_remote_addr",
             "realip_remote_port",
@@ -119,6 +133,7 @@ PREFIX_VARIABLES = (
     "sent_http_",
     "sent_trailer_",
     "upstream_http_",
+    "upstream_cookie_",
     "proxy_protocol_tlv_",
 )
 
@@ -127,14 +142,22 @@ def is_known_variable(name: str, maps: frozenset[str] | set[str]) -> bool:
     """Whether ``$name`` exists: built-in, a prefix family, a regex capture, or a map result."""
     if name in FIXED_VARIABLES or name in maps or name.isdigit():
         return True
-    return any(name.startswith(p) and len(name) > len(p) for p in PREFIX_VARIABLES)
+    # ngx_http_get_variable: "name->len >= v[n].name.len": ``$arg_`` is a prefix variable too.
+    return any(name.startswith(p) for p in PREFIX_VARIABLES)
 
+
+#: In :func:`request_headers_read`'s answer: ``$upstream_bytes_received`` or
+#: ``$upstream_bytes_sent`` is read (no header name has a colon).
+UPSTREAM_BYTES = "upstream:#bytes"
+#: In :func:`request_headers_read`'s answer: ``$connection_time`` is read.
+CONNECTION_TIME = "connection:#time"
 
 #: Built-in variables computed from request headers (see ``_GETTERS``), and those headers.
 _HEADER_VARIABLES = {
     "content_length": "content-length",
     "content_type": "content-type",
     "proxy_add_x_forwarded_for": "x-forwarded-for",
+    "remote_user": "authorization",
 }
 
 
@@ -152,6 +175,13 @@ def request_headers_read(names: Iterable[str]) -> frozenset[str] | None:
             headers.add(name[5:].replace("_", "-").lower())
         elif name.startswith("cookie_") and len(name) > 7:
             headers.add("cookie")
+        elif name in ("upstream_bytes_received", "upstream_bytes_sent"):
+            headers.add(UPSTREAM_BYTES)
+        elif name == "connection_time":
+            headers.add(CONNECTION_TIME)
+        elif name.startswith("upstream_http_") and len(name) > 14:
+            # An upstream response field, marked with a colon no request header has.
+            headers.add("upstream:" + name[14:].replace("_", "-").lower())
         elif name in _HEADER_VARIABLES:
             headers.add(_HEADER_VARIABLES[name])
         elif not is_known_variable(name, _NO_MAP_NAMES):
@@ -165,6 +195,8 @@ _NO_MAPS: Mapping[str, MapBlock] = MappingProxyType({})
 _NO_TLS: Mapping[str, str] = MappingProxyType({})
 
 _HOSTNAME = socket.gethostname()
+#: Cache keys that are the request's, not map results (a space: no map name has one).
+_KEPT = (" request_id", " request_body")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
@@ -228,9 +260,16 @@ class RequestContext:
         "connection_requests",
         "pipelined",
         "captures",
+        "root",
+        "add_uri_to_alias",
+        "error_logs",
         "maps",
         "tls",
         "counters",
+        "variables",
+        "upstream_headers",
+        "upstream_bytes",
+        "connection_start",
         "limit_rate",
         "sent_head",
         "sent_trailer",
@@ -284,19 +323,36 @@ class RequestContext:
         self.connection_requests = 1
         self.pipelined = False
         self.captures: tuple[str, ...] = ()
+        #: The location's ``root``/``alias`` (set with the location), for
+        #: ``$document_root``, ``$realpath_root`` and ``$request_filename``.
+        self.root: DocRoot | None = None
+        #: ``r->add_uri_to_alias``: ``try_files`` found a file under a regex location's alias.
+        self.add_uri_to_alias = False
+        #: The location's ``error_log`` targets (empty: the main context's).
+        self.error_logs: tuple[ErrorLog, ...] = ()
         self.maps: Mapping[str, MapBlock] = maps or _NO_MAPS
         #: ``$https`` and the ``$ssl_*`` values of a TLS connection (empty for plain TCP).
         self.tls: Mapping[str, str] = _NO_TLS
         #: The gateway's ``stub_status`` counters, for ``$connections_*`` (None: all ``0``).
         self.counters: StatusCounters | None = None
+        #: Values set by directives (``auth_request_set``), by lowercased name (None: none).
+        self.variables: dict[str, str] | None = None
+        #: The upstream response's header fields (``$upstream_http_*``).
+        self.upstream_headers: Sequence[tuple[str, str]] = ()
+        #: Per try: [bytes received, bytes sent] (nginx's ``u->state->bytes_received``,
+        #: ``bytes_sent``).
+        self.upstream_bytes: list[list[int]] = []
+        #: When the connection was accepted (wall clock; ``$connection_time``).
+        self.connection_start = 0.0
         #: ``r->limit_rate`` once set (``set $limit_rate``, ``X-Accel-Limit-Rate``, or the
         #: ``limit_rate`` directive read at the first write); None: not yet.
         self.limit_rate: int | None = None
-        #: Map results computed so far (None until the first).
         #: The response head as sent (``$sent_http_*``; empty until then, and for a 101).
         self.sent_head = b""
         #: The trailer fields sent so far (``$sent_trailer_*``).
         self.sent_trailer: Sequence[tuple[str, str]] = ()
+        #: Map results computed so far, and ``$request_id``/``$request_body`` once known
+        #: (None until the first).
         self._cache: dict[str, str] | None = None
 
     # -- helpers -----------------------------------------------------------------------------
@@ -332,9 +388,42 @@ class RequestContext:
                     return val
         return ""
 
+    def set_variable(self, name: str, value: str) -> None:
+        """Set ``$name`` (lowercased) for the rest of the request; it hides a map or
+        built-in variable of that name, as nginx's explicitly set value does."""
+        if self.variables is None:
+            self.variables = {}
+        self.variables[name] = value
+
     def invalidate(self) -> None:
-        """Forget cached map results (after captures or the URI change)."""
-        self._cache = None
+        """Forget cached map results (after captures or the URI change); the request's
+        ``$request_id`` and ``$request_body`` stay."""
+        cache = self._cache
+        if cache is not None:
+            kept = {k: cache[k] for k in _KEPT if k in cache}
+            self._cache = kept or None
+
+    def request_id(self) -> str:
+        """``$request_id``: "unique request identifier generated from 16 random bytes, in
+        hexadecimal" (1.11.0), the same for the whole request."""
+        cache = self._cache
+        if cache is None:
+            cache = self._cache = {}
+        rid = cache.get(" request_id")
+        if rid is None:
+            rid = cache[" request_id"] = os.urandom(16).hex()
+        return rid
+
+    def set_request_body(self, body: bytes) -> None:
+        """``$request_body``: "the variable's value is made available in locations processed
+        by the proxy_pass ... directives when the request body was read to a memory buffer"."""
+        cache = self._cache
+        if cache is None:
+            cache = self._cache = {}
+        cache[" request_body"] = body.decode("latin-1")
+
+    def _request_body(self) -> str:
+        return "" if self._cache is None else self._cache.get(" request_body", "")
 
     # -- lookup -----------------------------------------------------------------------------
     def lookup(self, name: str) -> str:
@@ -342,6 +431,10 @@ class RequestContext:
         if name.isdigit():
             i = int(name)
             return self.captures[i] if i < len(self.captures) else ""
+        if self.variables is not None:
+            value = self.variables.get(name.lower())
+            if value is not None:
+                return value
         m = self.maps.get(name)
         if m is not None:
             cache = self._cache
@@ -366,6 +459,9 @@ class RequestContext:
             return _field_value(_head_fields(self.sent_head), name[10:])
         if name.startswith("sent_trailer_"):
             return _field_value(self.sent_trailer, name[13:])
+        if name.startswith("upstream_http_"):
+            value = first_value(self.upstream_headers, name[14:].replace("_", "-"))
+            return "" if value is None else value
         if name.startswith("proxy_protocol_tlv_"):
             pp = self.proxy_protocol
             return "" if pp is None else (tlv(pp, name[19:]) or "")
@@ -460,8 +556,46 @@ def _binary_remote_addr(c: RequestContext) -> str:
         return ""
 
 
+def _remote_user(c: RequestContext) -> str:
+    """``$remote_user``: "user name supplied with the Basic authentication", whether or not
+    ``auth_basic`` checked it (``ngx_http_variable_remote_user``)."""
+    creds = basic_credentials(c.headers)
+    return "" if creds is None else creds[0].decode("latin-1")
+
+
+def _bytes(c: RequestContext, i: int) -> str:
+    """``$upstream_bytes_received`` (0) and ``_sent`` (1): one number per try,
+    comma-separated like ``$upstream_addr``."""
+    return ", ".join(str(t[i]) for t in c.upstream_bytes)
+
+
 def _host(c: RequestContext) -> str:
     return c.host or c.server_name
+
+
+def _document_root(c: RequestContext) -> str:
+    """``$document_root``: "root or alias directive's value for the current request"."""
+    from wsgate.http.static import root_path
+
+    return "" if c.root is None else root_path(c.root, c.lookup)
+
+
+def _realpath_root(c: RequestContext) -> str:
+    """``$realpath_root``: "an absolute pathname corresponding to the root or alias
+    directive's value for the current request, with all symbolic links resolved to real
+    paths"."""
+    root = _document_root(c)
+    return os.path.realpath(root) if root else ""
+
+
+def _request_filename(c: RequestContext) -> str:
+    """``$request_filename``: "file path for the current request, based on the root or
+    alias directives, and the request URI"."""
+    from wsgate.http.static import map_uri_to_path
+
+    if c.root is None:
+        return ""
+    return map_uri_to_path(c.root, c.uri, c.lookup, c.add_uri_to_alias)[0]
 
 
 def _msec(c: RequestContext) -> str:
@@ -524,14 +658,25 @@ _GETTERS: dict[str, Callable[[RequestContext], str]] = {
     "upstream_status": lambda c: ", ".join(c.upstream_statuses),
     "upstream_response_time": lambda c: ", ".join(c.upstream_times),
     "upstream_response_length": lambda c: ", ".join(c.upstream_lengths),
+    "upstream_bytes_received": lambda c: _bytes(c, 0),
+    "upstream_bytes_sent": lambda c: _bytes(c, 1),
     "connection": lambda c: str(c.connection),
     "connection_requests": lambda c: str(c.connection_requests),
+    # "connection time in seconds with a milliseconds resolution (1.19.10)"
+    "connection_time": lambda c: f"{max(0.0, time.time() - c.connection_start):.3f}",
     "pipe": lambda c: "p" if c.pipelined else ".",
     "content_length": lambda c: c.header("content-length") or "",
     "content_type": lambda c: c.header("content-type") or "",
     "hostname": lambda c: _HOSTNAME,
     "pid": lambda c: str(os.getpid()),
-    "remote_user": lambda c: "",
+    "remote_user": _remote_user,
+    "request_id": RequestContext.request_id,
+    "request_body": RequestContext._request_body,
+    # wsgate is not nginx: its own version (the Server header's token names it too).
+    "nginx_version": lambda c: __version__,
     "limit_rate": lambda c: str(c.limit_rate or 0),
+    "document_root": _document_root,
+    "realpath_root": _realpath_root,
+    "request_filename": _request_filename,
     **{f"connections_{f}": _connections(f) for f in ("active", "reading", "writing", "waiting")},
 }

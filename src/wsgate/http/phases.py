@@ -13,28 +13,30 @@ phase                   handlers today                                          
 ``REWRITE``             a ``return`` in the location                               rewrite
 ``POST_REWRITE``        (internal redirects: at most 10 cycles, as nginx)          core
 ``PREACCESS``           realip, then ``limit_req``, then ``limit_conn``            limit_*
-``ACCESS``              ``allow``/``deny``                                         access
-``TRY_FILES``           (none yet)                                                 core
-``CONTENT``             ``stub_status``, ``prometheus``, ``proxy_pass``, or 404    core
+``ACCESS``              ``allow``/``deny``, ``auth_basic``, ``auth_request``       access
+                        combined by ``satisfy`` (:mod:`wsgate.http.auth`)
+``TRY_FILES``           ``try_files``                                              try_files
+``CONTENT``             ``stub_status``, ``prometheus``, ``proxy_pass``, or files  core
 ``LOG``                 the access-log line and metrics (the I/O layer's)          log
 ======================  =========================================================  ==========
 
 A handler takes the request's :class:`Request` and returns ``None`` (go on with the next
 handler), or a decision: :class:`Delay` (wait, then go on: ``limit_req``), :class:`Restart`
-(an internal redirect), or the response to make (:class:`Redirect`, :class:`Plain`,
-:class:`Close`, a :class:`Content` handler).  An error response is an
-:class:`~wsgate.errors.HttpError` raised with nginx's status and log text.  :func:`run`
-walks the handlers; the asyncio layer (:mod:`wsgate.proxy.exchange`) sleeps on a
-:class:`Delay` and performs the response.  ``rewrite``, ``auth_basic``, ``auth_request``,
-``try_files`` and static files are each one handler to add to :data:`HANDLERS` (or one
-decision), nothing else.
+(an internal redirect), a wait after which the same handler runs
+again (:mod:`wsgate.http.suspend`: a job for the thread pool, a subrequest), or the
+response to make (:class:`Redirect`, :class:`Plain`, :class:`Close`, a :class:`Content`
+handler).  An error response is an :class:`~wsgate.errors.HttpError` raised with nginx's
+status and log text.  :func:`run` walks the handlers; the asyncio layer
+(:mod:`wsgate.proxy.exchange`) sleeps on a :class:`Delay`, performs the waits and the
+response.  ``rewrite``, ``try_files`` and static files are each one handler to add to
+:data:`HANDLERS` (or one decision), nothing else.
 
 Internal redirects come in nginx's three kinds, each a :class:`Restart` to another phase:
 ``rewrite ... last`` (the URI changed: back to ``FIND_CONFIG``, counted by :func:`run` as
 nginx's post-rewrite phase counts it), :func:`internal_redirect` (``error_page URI``,
-``try_files``'s last URI: back to ``SERVER_REWRITE`` with the server's settings, as
-``ngx_http_internal_redirect``) and :func:`named_location` (``@name``: on at ``REWRITE`` in
-that location, as ``ngx_http_named_location``).  Each is one of the request's
+``try_files``'s last URI, ``index``: back to ``SERVER_REWRITE`` with the server's settings,
+as ``ngx_http_internal_redirect``) and :func:`named_location` (``@name``: on at ``REWRITE``
+in that location, as ``ngx_http_named_location``).  Each is one of the request's
 :data:`MAX_URI_CHANGES`; the eleventh is a 500.
 
 An error -- an :class:`~wsgate.errors.HttpError` from a handler or from the content phase's
@@ -53,13 +55,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from wsgate.access import check_access
 from wsgate.config.model import Location, LocationSettings, Server
 from wsgate.config.variables import RequestContext
+from wsgate.content import files
 from wsgate.errors import HttpError
+from wsgate.http.auth import AccessState, access_phase
 from wsgate.http.pages import closes_connection
 from wsgate.http.redirects import absolute_location
 from wsgate.http.request import RequestHead
+from wsgate.http.static import FileResponse
+from wsgate.http.suspend import Offload, Pause, Subrequest, Suspend
 from wsgate.limits import ConnZone, Refused, ReqZone, check_requests
 from wsgate.realip import forwarded_addr
 from wsgate.routing import (
@@ -152,13 +157,15 @@ class Request:
         "connection_started",
         "conn_slots",
         "uri_changes",
+        "access",
+        "subrequest",
+        "limit_req_done",
+        "limit_conn_done",
         "internal",
         "valid_unparsed_uri",
         "error_page",
         "err_status",
         "headers_out",
-        "limit_req_done",
-        "limit_conn_done",
         "discard_body",
     )
 
@@ -174,6 +181,7 @@ class Request:
         plain_on_tls: bool = False,
         connection_requests: int = 1,
         connection_started: float = 0.0,
+        subrequest: bool = False,
     ) -> None:
         self.worker = worker
         #: The connection's number, for the error log.
@@ -193,7 +201,16 @@ class Request:
         self.conn_slots: tuple[tuple[ConnZone, str], ...] = ()
         #: Internal redirects left (``r->uri_changes``).
         self.uri_changes = MAX_URI_CHANGES + 1
-        #: ``r->internal``: an internal redirect happened (``internal`` locations allow it).
+        #: The access phase's state in this pass (None: not reached yet).
+        self.access: AccessState | None = None
+        #: A subrequest (``auth_request``'s): it skips the access phase, as nginx's do.
+        self.subrequest = subrequest
+        #: ``r->main->limit_req_status``/``limit_conn_status`` set: the limits were applied
+        #: once; an internal redirect does not apply them again.
+        self.limit_req_done = False
+        self.limit_conn_done = False
+        #: ``r->internal``: an internal redirect happened, or this is a subrequest
+        #: (``internal`` locations allow it).
         self.internal = False
         #: ``r->valid_unparsed_uri``: ``proxy_pass`` without a URI may send the request-target
         #: as received (false after :func:`internal_redirect`: ``$uri`` and ``$args`` then).
@@ -205,12 +222,9 @@ class Request:
         #: 0: the response's own.
         self.err_status = 0
         #: Header fields the response gets whatever makes it (``headers_out`` kept across an
-        #: internal redirect: an intercepted 401's ``WWW-Authenticate``).
+        #: internal redirect: an intercepted 401's ``WWW-Authenticate``, the ``Location`` of a
+        #: redirect an error page took over).
         self.headers_out: tuple[tuple[str, str], ...] = ()
-        #: ``r->main->limit_req_status``/``limit_conn_status`` set: the limits were applied
-        #: once; an internal redirect does not apply them again.
-        self.limit_req_done = False
-        self.limit_conn_done = False
         #: ``r->discard_body``: the request body is not to be sent upstream (after a 413),
         #: or cannot be again (wsgate streamed it to an earlier upstream).
         self.discard_body = False
@@ -285,7 +299,7 @@ class Content(enum.Enum):
     PROXY = "proxy_pass"
 
 
-Decision = Delay | Restart | Redirect | Plain | Close | Content
+Decision = Delay | Restart | Redirect | Plain | Close | Content | Suspend | FileResponse
 Handler = Callable[[Request], Decision | None]
 
 
@@ -417,7 +431,8 @@ def find_config(r: Request) -> Decision | None:
     the code 301 will be returned")."""
     ctx = r.ctx
     location, captures = find_location(r.server, ctx.uri)
-    ctx.captures = captures
+    # $1 is the first group ($0, the whole match, is not kept here).
+    ctx.captures = ("", *captures) if captures else ()
     _use_location(r, location)
     if not r.internal and r.settings.internal:
         raise HttpError(404)
@@ -429,11 +444,13 @@ def find_config(r: Request) -> Decision | None:
 
 
 def _use_location(r: Request, location: Location | None) -> None:
-    """``ngx_http_update_location_config``: the location's settings, and its keep-alive
-    limits for the connection."""
-    head = r.head
+    """``ngx_http_update_location_config``: the location's settings (its root and error
+    logs), and its keep-alive limits for the connection."""
+    head, ctx = r.head, r.ctx
     r.location = location
     settings = r.settings = location.settings if location is not None else r.server.settings
+    ctx.root = settings.root
+    ctx.error_logs = settings.error_logs
     if (
         settings.keepalive_timeout == 0
         or r.connection_requests >= settings.keepalive_requests
@@ -536,14 +553,33 @@ def release_slots(r: Request) -> None:
 
 # -- ACCESS ------------------------------------------------------------------------------------
 def access(r: Request) -> Decision | None:
-    """ngx_http_access_module: "The rules are checked in sequence until the first match is
-    found."  A ``deny`` is 403."""
-    rules = r.settings.access_rules
-    if rules:
-        rule = check_access(rules, r.ctx.remote_addr)
-        if rule is not None and not rule.allow:
-            raise HttpError(403, "access forbidden by rule")
-    return None
+    """``allow``/``deny``, ``auth_basic`` and ``auth_request``, combined by ``satisfy``
+    (:func:`wsgate.http.auth.access_phase`)."""
+    return access_phase(r)
+
+
+# -- TRY_FILES --------------------------------------------------------------------------------
+def _internal(r: Request, uri: str) -> Restart:
+    """``try_files``'s last parameter and ``index``: :func:`internal_redirect` to ``uri``
+    (``$args`` as the caller set them), or :func:`named_location` for ``@name``."""
+    r.ctx.add_uri_to_alias = False
+    if uri.startswith("@"):
+        return named_location(r, uri)
+    return internal_redirect(r, uri, r.ctx.args)
+
+
+def try_files(r: Request) -> Decision | None:
+    """ngx_http_try_files_handler (see :func:`wsgate.content.files.try_files`): the first
+    file found goes on to the content phase as ``$uri``; else the last parameter, an internal
+    redirect or ``=code``."""
+    if r.settings.try_files is None:
+        return None
+    got = files.try_files(r.settings, r.ctx)
+    if got is None:
+        return None
+    if isinstance(got, int):
+        raise HttpError(got)
+    return _internal(r, got.uri)
 
 
 # -- CONTENT -----------------------------------------------------------------------------------
@@ -551,14 +587,15 @@ def content(r: Request) -> Decision | None:
     """The location's content handler: ``stub_status`` and ``prometheus`` answer GET and
     HEAD only (``ngx_http_stub_status_handler``: "if (!(r->method & (NGX_HTTP_GET|
     NGX_HTTP_HEAD))) return NGX_HTTP_NOT_ALLOWED;"), ``proxy_pass`` refuses a declared body
-    over ``client_max_body_size`` (413), and a location with none of them is 404."""
+    over ``client_max_body_size`` (413), and a location with none of them serves files
+    (index, autoindex, static: :func:`static`)."""
     settings, head = r.settings, r.head
     if settings.stub_status or settings.prometheus:
         if head.method not in ("GET", "HEAD"):
             raise HttpError(405)
         return Content.STUB_STATUS if settings.stub_status else Content.PROMETHEUS
     if settings.proxy_pass is None:
-        raise HttpError(404)
+        return static(r)
     if (
         head.content_length is not None
         and not r.discard_body
@@ -567,6 +604,21 @@ def content(r: Request) -> Decision | None:
     ):
         raise HttpError(413, f"client intended to send too large body: {head.content_length} bytes")
     return Content.PROXY
+
+
+def static(r: Request) -> Decision:
+    """nginx's content handlers for a location without one of its own, in nginx's order:
+    ``index`` (an internal redirect to the index file), ``autoindex``, the static module (the
+    file, or a 301 to the directory's URI with a slash), and 403 for a directory with
+    neither (:mod:`wsgate.content.files`)."""
+    got = files.serve(r.settings, r.ctx, r.head.method, r.log)
+    if isinstance(got, files.Internal):
+        return _internal(r, got.uri)
+    if isinstance(got, files.Moved):
+        return Redirect(301, got.target)
+    if isinstance(got, files.Listing):
+        return Plain(200, got.body, got.content_type)
+    return got
 
 
 #: The handlers of each phase, in order (the LOG phase is the I/O layer's: it runs when the
@@ -579,7 +631,7 @@ HANDLERS: tuple[tuple[Phase, tuple[Handler, ...]], ...] = (
     (Phase.POST_REWRITE, (post_rewrite,)),
     (Phase.PREACCESS, (realip_preaccess, limit_req, limit_conn)),
     (Phase.ACCESS, (access,)),
-    (Phase.TRY_FILES, ()),
+    (Phase.TRY_FILES, (try_files,)),
     (Phase.CONTENT, (content,)),
 )
 
@@ -648,6 +700,7 @@ def _restart(r: Request, restart: Restart, starts: dict[Phase, int]) -> int:
     ``ngx_http_core_post_rewrite_phase`` counts it."""
     if restart.phase is Phase.FIND_CONFIG:
         _uri_change(r, f'while processing "{r.ctx.uri}"')
+    r.access = None  # an internal redirect clears the modules' contexts
     return starts[restart.phase]
 
 
@@ -744,6 +797,8 @@ def run(
                 except HttpError as exc:
                     error = exc
                 continue
+            if isinstance(decision, Offload | Pause | Subrequest):
+                return decision, i - 1  # the same handler goes on when the wait is over
             if not isinstance(decision, Redirect):
                 return decision, i
             # ngx_http_finalize_request(r, 301..308) goes through error_page too; its

@@ -22,7 +22,14 @@ from typing import TextIO
 from wsgate.config.model import AccessLog, Config, ErrorLog, Location, LocationSettings, LogFormat
 from wsgate.config.variables import RequestContext
 
-__all__ = ["LEVELS", "AccessLogs", "ErrorLogger", "access_log_paths", "render_access"]
+__all__ = [
+    "LEVELS",
+    "AccessLogs",
+    "ErrorLogger",
+    "access_log_paths",
+    "location_error_logs",
+    "render_access",
+]
 
 LEVELS = {
     "debug": 7,
@@ -37,12 +44,24 @@ LEVELS = {
 
 
 class ErrorLogger:
-    """Writes nginx-format lines to every configured error log at or above its level."""
+    """Writes nginx-format lines to every configured error log at or above its level.
 
-    def __init__(self, targets: tuple[ErrorLog, ...] = (), stderr_fallback: bool = True) -> None:
+    ``scoped`` are the ``error_log`` lists of http/server/location levels: a line about a
+    request whose location has one (``ctx.error_logs``) goes there instead, as nginx's
+    ``r->connection->log`` is switched to the location's log (``ngx_http_set_log``).  They
+    are opened with the main logs, so each file exists from the start, as in nginx."""
+
+    def __init__(
+        self,
+        targets: tuple[ErrorLog, ...] = (),
+        stderr_fallback: bool = True,
+        scoped: tuple[tuple[ErrorLog, ...], ...] = (),
+    ) -> None:
         self.targets = targets
         self.files: list[tuple[TextIO, int, bool]] = []
         self.stderr_fallback = stderr_fallback
+        self.scoped = scoped
+        self.children: dict[tuple[ErrorLog, ...], ErrorLogger] = {}
         self.open()
 
     def open(self) -> None:
@@ -58,12 +77,17 @@ class ErrorLogger:
         for fh, _, owned in old:
             if owned:
                 fh.close()
+        for child in self.children.values():
+            child.close()
+        self.children = {t: ErrorLogger(t, stderr_fallback=False) for t in self.scoped}
 
     def close(self) -> None:
         for fh, _, owned in self.files:
             if owned:
                 fh.close()
         self.files = []
+        for child in self.children.values():
+            child.close()
 
     @property
     def max_level(self) -> int:
@@ -79,7 +103,13 @@ class ErrorLogger:
         conn: int | None = None,
         ctx: RequestContext | None = None,
         upstream: str | None = None,
+        scoped: bool = True,
     ) -> None:
+        if scoped and ctx is not None and ctx.error_logs:
+            child = self.children.get(ctx.error_logs)
+            if child is not None:
+                child.log(level, msg, conn, ctx, upstream, scoped=False)
+                return
         lvl = LEVELS[level]
         if not self.files and not self.stderr_fallback:
             return
@@ -118,6 +148,9 @@ def format_error_line(
         text += f", client: {ctx.remote_addr}, server: {ctx.server_name}"
         if ctx.request_line:
             text += f', request: "{ctx.request_line}"'
+        subrequest = getattr(ctx, "subrequest", None)  # an auth_request subrequest's URI
+        if subrequest:
+            text += f', subrequest: "{subrequest}"'
         if upstream:
             text += f', upstream: "{upstream}"'
         host = ctx.header("host")
@@ -172,6 +205,21 @@ def render_access(fmt: LogFormat, ctx: RequestContext) -> str:
         return value if escape == "none" else _escape_default(value)
 
     return fmt.template.render(lookup) + "\n"
+
+
+def location_error_logs(config: Config) -> tuple[tuple[ErrorLog, ...], ...]:
+    """Every ``error_log`` list of an http/server/location level, once each."""
+    found: dict[tuple[ErrorLog, ...], None] = {}
+
+    def visit(settings: LocationSettings, locations: tuple[Location, ...]) -> None:
+        if settings.error_logs:
+            found.setdefault(settings.error_logs)
+        for loc in locations:
+            visit(loc.settings, loc.locations)
+
+    for server in config.http.servers:
+        visit(server.settings, server.locations)
+    return tuple(found)
 
 
 def access_log_paths(config: Config) -> list[str]:

@@ -81,6 +81,7 @@ class Attempt:
         "kept",
         "sent",
         "streamed",
+        "counts",
     )
 
     def __init__(
@@ -112,6 +113,8 @@ class Attempt:
         self.sent = False
         #: A body was streamed (by this try or an earlier one): it cannot be sent again.
         self.streamed = streamed
+        #: This try's [bytes received, bytes sent] (``$upstream_bytes_received``/``_sent``).
+        self.counts = [0, 0]
 
     async def run(
         self,
@@ -165,8 +168,10 @@ class Attempt:
         if self.kept is not None:
             self.kept.requests += 1
         up.write(request)
+        self.counts[1] += len(request)
         if buffered_body is not None:
             up.write(buffered_body)
+            self.counts[1] += len(buffered_body)
         elif framing.kind is not Framing.NONE:
             if self.streamed:  # pragma: no cover - may_retry never repeats a streamed body
                 raise TryFailed(Failure.ERROR, 502, "request body already sent", "sending request")
@@ -256,6 +261,7 @@ class Attempt:
                     events = rparser.feed_eof()
                 else:
                     answered = True
+                    self.counts[0] += len(data)
                     events = rparser.feed(data)
             except HttpError as exc:
                 # A malformed head is ``invalid_header``; a close or a head nginx rejects
@@ -297,10 +303,13 @@ class Attempt:
                 raise HttpError(
                     413, f"client intended to send too large chunked body: {size} bytes"
                 )
-            up.write(encode_chunk(data) if chunked else data)
+            out = encode_chunk(data) if chunked else data
+            up.write(out)
+            self.counts[1] += len(out)
             await self._drain_upstream(up)
         if chunked:
             up.write(LAST_CHUNK)
+            self.counts[1] += len(LAST_CHUNK)
 
     async def _drain_upstream(self, up: Endpoint) -> None:
         """Wait for the upstream to take the body: ``proxy_send_timeout`` "is set only between

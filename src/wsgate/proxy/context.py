@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 from wsgate.config.model import Config, LocationSettings, ProxyPass
+from wsgate.config.model import Resolver as ResolverConf
 from wsgate.errors import HttpError
 from wsgate.proxy.endpoint import KeptEndpoints
 from wsgate.upstream.tls import TlsContexts, UpstreamTls
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from wsgate.observability.metrics import MetricsStore
     from wsgate.observability.status import StatusCounters
     from wsgate.proxy.front import FrontConnection
+    from wsgate.resolver import Resolver
     from wsgate.upstream.methods import Balancer
 
 __all__ = ["UpstreamCaches", "WorkerContext"]
@@ -57,6 +59,10 @@ class WorkerContext(Protocol):
 
     def peer_group(self, pp: ProxyPass) -> Balancer:
         """The balancing state shared by every request proxied to ``pp``."""
+        ...
+
+    def resolver(self, conf: ResolverConf) -> Resolver:
+        """The worker's client (and cache) for the ``resolver`` directive ``conf``."""
         ...
 
     def upstream_room(self) -> int:

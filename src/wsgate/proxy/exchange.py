@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING
 
 from wsgate.config.model import LocationSettings
 from wsgate.config.variables import RequestContext
+from wsgate.content.sender import send_file
 from wsgate.errors import HttpError
+from wsgate.http.charset import apply_charset, charset_page
 from wsgate.http.errorpages import ERROR_HANDLERS
 from wsgate.http.headers import (
     BodyFraming,
@@ -44,8 +46,11 @@ from wsgate.http.phases import (
     run,
 )
 from wsgate.http.request import RequestHead
+from wsgate.http.static import FileResponse
+from wsgate.http.suspend import Offload, Pause, Subrequest
 from wsgate.observability.metrics import CONTENT_TYPE, location_label
 from wsgate.observability.status import stub_status_page
+from wsgate.proxy.offload import offload
 from wsgate.proxy.proxying import Proxying
 from wsgate.routing import select_server
 
@@ -103,9 +108,6 @@ class Exchange:
             while True:
                 try:
                     decision, index = run(r, index, error=error, errors=ERROR_HANDLERS)
-                    while isinstance(decision, Delay):
-                        await asyncio.sleep(decision.seconds)
-                        decision, index = run(r, index, errors=ERROR_HANDLERS)
                 except HttpError as final:
                     return write_error(
                         self.front,
@@ -118,7 +120,12 @@ class Exchange:
                         logged=True,
                         extra=response_fields(r),
                     )
+                error = None
                 try:
+                    if isinstance(decision, Delay | Offload | Pause | Subrequest):
+                        # A failed wait (a subrequest's 500...) is an error like any other.
+                        await self._wait(decision)
+                        continue
                     return await self._respond(decision)
                 except HttpError as exc:
                     error = exc
@@ -126,6 +133,17 @@ class Exchange:
             # A tunnel's request ends when the tunnel closes (its TunnelEnd has the slots).
             if self.front.tunnel is None:
                 release_slots(r)
+
+    async def _wait(self, decision: Delay | Offload | Pause | Subrequest) -> None:
+        """A ``limit_req`` delay, or a wait of :mod:`wsgate.http.suspend`."""
+        if isinstance(decision, Delay | Pause):
+            await asyncio.sleep(decision.seconds)
+        elif isinstance(decision, Offload):
+            await offload(decision.job)
+        else:
+            from wsgate.proxy.subrequest import run_subrequest  # it builds on Exchange
+
+            await run_subrequest(self, decision)
 
     @property
     def location(self) -> str:
@@ -154,6 +172,8 @@ class Exchange:
             return self.plain(200, metrics.exposition(), CONTENT_TYPE)
         if decision is Content.PROXY:
             return await Proxying(self).run()
+        if isinstance(decision, FileResponse):
+            return await send_file(self, decision)
         raise AssertionError(f"no response for {decision!r}")  # pragma: no cover
 
     # -- responses made here -------------------------------------------------------------------
@@ -182,6 +202,7 @@ class Exchange:
             added=added,
             trailer=chunked_trailer(status, head.method, head.version, settings, ctx.lookup, ctx),
         )
+        data = charset_page(settings, status, data, ctx.lookup, self.r.log)
         ctx.sent_head = data[: data.index(b"\r\n\r\n") + 2]
         data = for_version(head.version, data)
         self.front.ep.write(data)
@@ -192,6 +213,10 @@ class Exchange:
 
     def plain(self, status: int, body: bytes, ctype: str | None) -> Outcome:
         head, settings, ctx = self.head, self.r.settings, self.r.ctx
+        if settings.charset is not None:
+            ctype, recode = apply_charset(settings, ctype, ctx.lookup, self.r.log, status)
+            if recode is not None:
+                body = body.translate(recode)
         headers = [("Content-Type", ctype)] if ctype else []
         headers += response_fields(self.r)
         # ngx_http_send_header: "if (r->err_status) r->headers_out.status = r->err_status".
@@ -275,6 +300,9 @@ def write_error(
         _, added = filter_headers(
             ctx.status, [], settings.add_headers, settings.expires, ctx.lookup, now
         )
+        # The handlers' fields come before the header filter's (a 401's WWW-Authenticate,
+        # the range filter's 416 Content-Range).
+        added = [*exc.headers, *added]
         trailer = None
         if head is not None:
             trailer = chunked_trailer(
@@ -289,6 +317,13 @@ def write_error(
             head_only=head is not None and head.method == "HEAD",
             added=[*extra, *added],
             trailer=trailer,
+        )
+        data = charset_page(
+            settings,
+            exc.status,
+            data,
+            ctx.lookup,
+            lambda level, text: front.gw.error_log.log(level, text, front.number, ctx),
         )
         ctx.sent_head = data[: data.index(b"\r\n\r\n") + 2]
         ctx.body_bytes_sent = len(data) - len(ctx.sent_head) - 2

@@ -430,6 +430,7 @@ class FrontConnection:
         )
         ctx.server_name = self.default.name
         ctx.counters = self.gw.stub_status
+        ctx.connection_start = time.time() - (self.gw.loop.time() - self.started)
         ctx.proxy_protocol = self.proxy_protocol
         if self.tls_vars is not None:
             ctx.scheme = "https"

@@ -29,6 +29,7 @@ from wsgate.http.headers import BodyFraming, build_upstream_request, single_fiel
 from wsgate.http.response import ResponseHead
 from wsgate.proxy.attempt import Attempt, TryFailed
 from wsgate.proxy.relay import note_time, relay_response, start_tunnel
+from wsgate.proxy.variables import evaluate
 from wsgate.routing import proxy_uri
 from wsgate.upstream.next import Failure, may_retry, status_failure
 from wsgate.upstream.tls import UpstreamTls, ssl_name
@@ -43,10 +44,14 @@ __all__ = ["Proxying"]
 class Proxying:
     """One request's ``proxy_pass``: every try, and what the response becomes."""
 
-    __slots__ = ("ex", "started", "attempts")
+    __slots__ = ("ex", "started", "attempts", "header_only", "response")
 
-    def __init__(self, ex: Exchange) -> None:
+    def __init__(self, ex: Exchange, *, header_only: bool = False) -> None:
         self.ex = ex
+        #: A subrequest's (``auth_request``'s: "sr->header_only = 1"): the response head is
+        #: kept in ``response``, nothing goes to the client, the upstream connection closes.
+        self.header_only = header_only
+        self.response: ResponseHead | None = None
         #: When the first try started (``proxy_next_upstream_timeout``).
         self.started = 0.0
         self.attempts = 0
@@ -62,16 +67,29 @@ class Proxying:
         )
         if refused:
             self._refuse_upgrade()
-        uri = proxy_uri(
-            pp,
-            location,
-            head.target,
-            ctx.uri,
-            ctx.args,
-            "%" in head.target or r.internal,
-            valid_unparsed_uri=r.valid_unparsed_uri,
-        )
-        ctx.proxy_host = pp.proxy_host
+        # After an internal redirect the client's request-target is no longer the URI
+        # (nginx's ngx_http_internal_redirect clears r->valid_unparsed_uri; a named location
+        # keeps it): $uri is sent, escaped "if (r->quoted_uri || r->internal)".
+        valid = r.valid_unparsed_uri
+        escaped = r.internal or "%" in head.target
+        if pp.template is not None:
+            # proxy_pass with variables: "a URI part replaces the whole request URI".
+            ev = await evaluate(gw, pp, settings, ctx)
+            pp, group = ev.pp, ev.group
+            uri = (
+                ev.uri
+                if ev.uri is not None
+                else proxy_uri(
+                    pp, location, head.target, ctx.uri, ctx.args, escaped, valid_unparsed_uri=valid
+                )
+            )
+            ctx.proxy_host = ev.proxy_host
+        else:
+            group = gw.peer_group(pp)
+            uri = proxy_uri(
+                pp, location, head.target, ctx.uri, ctx.args, escaped, valid_unparsed_uri=valid
+            )
+            ctx.proxy_host = pp.proxy_host
         ctx.proxy_port = str(pp.port)
         set_headers = []
         for h in settings.proxy_set_headers:
@@ -83,14 +101,19 @@ class Proxying:
         # earlier upstream, which wsgate cannot do twice (nginx sends its buffered copy).
         if not (r.discard_body or self.ex.front.body_done):
             if head.content_length:
+                # With proxy_pass_request_body off nginx still sends the client's
+                # Content-Length ($proxy_internal_body_length), and no body.
                 body_framing = BodyFraming.content_length(head.content_length)
-            elif head.chunked:
+            elif head.chunked and settings.proxy_pass_request_body:
                 body_framing = BodyFraming.chunked()
         buffered_body: bytes | None = None
-        if body_framing.kind is Framing.CHUNKED and settings.proxy_http_version == "1.0":
+        if not settings.proxy_pass_request_body:
+            buffered_body = b""  # nothing is streamed; the front connection discards the body
+        elif body_framing.kind is Framing.CHUNKED and settings.proxy_http_version == "1.0":
             # An HTTP/1.0 upstream cannot take a chunked body: read it whole (bounded by
             # client_max_body_size) and send it with a Content-Length, as nginx does.
             buffered_body = await self._read_whole_body(settings)
+            ctx.set_request_body(buffered_body)
             body_framing = BodyFraming.content_length(len(buffered_body))
         request = build_upstream_request(
             head.method,
@@ -98,7 +121,7 @@ class Proxying:
             settings.proxy_http_version,
             head.headers,
             set_headers,
-            pp.proxy_host,
+            ctx.proxy_host,
             body_framing,
         )
 
@@ -106,9 +129,8 @@ class Proxying:
         tls_name = ""
         if pp.scheme == "https":
             tls = gw.upstream_caches.tls(gw.config, settings)
-            tls_name = ssl_name(settings.proxy_ssl, pp.proxy_host, ctx.lookup)
+            tls_name = ssl_name(settings.proxy_ssl, ctx.proxy_host, ctx.lookup)
         scheme = pp.scheme
-        group = gw.peer_group(pp)
         selection = group.start(group.key(ctx))
         keep = gw.upstream_caches.keepalive(pp, group, gw.config, gw.peer_groups)
         self.started = gw.loop.time()
@@ -129,6 +151,7 @@ class Proxying:
                 ctx.upstream_statuses.append("502")
                 ctx.upstream_times.append("0.000")
                 ctx.upstream_lengths.append("0")
+                ctx.upstream_bytes.append([0, 0])
                 raise HttpError(502)
             self.attempts += 1
             upstream_url = f"{scheme}://{peer.address}{uri}"
@@ -145,6 +168,7 @@ class Proxying:
                 tls=tls,
                 name=tls_name,
             )
+            ctx.upstream_bytes.append(att.counts)
             try:
                 resp, rparser, rpending = await att.run(
                     peer, keep, request, buffered_body, body_framing, ctx
@@ -195,6 +219,7 @@ class Proxying:
                 continue
             selection.succeed(peer)
             ctx.upstream_statuses.append(str(resp.status))
+            ctx.upstream_headers = resp.headers
             reusable = False
             try:
                 if resp.status >= 300 and _intercepted(resp, settings):
@@ -214,6 +239,17 @@ class Proxying:
                             if name.lower() == "www-authenticate"
                         )
                     raise HttpError(resp.status)
+                if self.header_only:
+                    self.response = resp
+                    # The body is not read; a response that has none leaves the connection
+                    # reusable (nginx: "u->keepalive = !u->headers_in.connection_close" for
+                    # 204, 304 and Content-Length: 0).
+                    reusable = (
+                        resp.keep_alive
+                        and (resp.status in (204, 304) or resp.content_length == 0)
+                        and rparser.buffered == 0
+                    )
+                    return False, None
                 if resp.status == 101 and (
                     refused or (head.upgrade is not None and not _upgrade_ok(resp, settings))
                 ):

@@ -25,9 +25,15 @@ from sys import intern
 from typing import TYPE_CHECKING, cast
 
 from wsgate.config.model import AccessLog, LocationSettings
-from wsgate.config.variables import RequestContext, request_headers_read
+from wsgate.config.variables import (
+    CONNECTION_TIME,
+    UPSTREAM_BYTES,
+    RequestContext,
+    request_headers_read,
+)
 from wsgate.errors import HttpError
 from wsgate.http.body import Body, EndOfMessage
+from wsgate.http.charset import proxied_charset
 from wsgate.http.fields import first_value
 from wsgate.http.framing import client_framing
 from wsgate.http.headers import (
@@ -142,6 +148,10 @@ def _kept_headers(logs: tuple[AccessLog, ...]) -> frozenset[str] | None:
     return kept
 
 
+#: The ``upstream_bytes`` of a tunnel whose logs do not read them (shared, never appended to).
+_NO_BYTES: list[list[int]] = cast("list[list[int]]", ())
+
+
 def _slim(ctx: RequestContext, settings: LocationSettings) -> RequestContext:
     """``ctx`` as an open tunnel keeps it, for as long as the tunnel lives.
 
@@ -168,7 +178,7 @@ def _slim(ctx: RequestContext, settings: LocationSettings) -> RequestContext:
         ctx.host = intern(ctx.host)
     else:
         ctx.host = ctx.uri = ""
-        ctx.start = ctx.upstream_started = 0.0
+        ctx.start = ctx.upstream_started = ctx.connection_start = 0.0
     ctx.method = intern(ctx.method)
     ctx.version = intern(ctx.version)
     ctx.proxy_port = intern(ctx.proxy_port)
@@ -179,6 +189,16 @@ def _slim(ctx: RequestContext, settings: LocationSettings) -> RequestContext:
     ctx.upstream_statuses = cast("list[str]", tuple(map(intern, ctx.upstream_statuses)))
     ctx.upstream_times = cast("list[str]", tuple(ctx.upstream_times))
     ctx.upstream_lengths = cast("list[str]", tuple(ctx.upstream_lengths))
+    if kept is not None and UPSTREAM_BYTES not in kept:
+        ctx.upstream_bytes = _NO_BYTES
+    if kept is not None and CONNECTION_TIME not in kept:
+        ctx.connection_start = 0.0
+    if ctx.upstream_headers:
+        ctx.upstream_headers = tuple(
+            (intern(n), v)
+            for n, v in ctx.upstream_headers
+            if kept is None or "upstream:" + n.lower() in kept
+        )
     return ctx
 
 
@@ -227,6 +247,9 @@ async def relay_response(
     if ex.r.headers_out:  # after an error page
         own = location is not None or first_value(headers, "location") is not None
         headers = [*response_fields(ex.r, redirect=own), *headers]
+    recode: bytes | None = None
+    if settings.charset is not None:
+        headers, recode = proxied_charset(settings, headers, ctx.lookup, ex.r.log, resp.status)
     now = time.time()
     headers, added = filter_headers(
         status, headers, settings.add_headers, settings.expires, ctx.lookup, now
@@ -252,6 +275,7 @@ async def relay_response(
     body_bytes = upstream_bytes = 0
     complete = noted = False
     rate = _rate(ex, resp)
+    counts = ctx.upstream_bytes[-1] if ctx.upstream_bytes else None
     try:
         if rate is None:
             ep.write(out)
@@ -263,7 +287,8 @@ async def relay_response(
                     upstream_bytes += len(ev.data)
                     if no_body:
                         continue
-                    data = encode_chunk(ev.data) if chunk_out else ev.data
+                    data = ev.data if recode is None else ev.data.translate(recode)
+                    data = encode_chunk(data) if chunk_out else data
                     if rate is None:
                         ep.write(data)
                     else:
@@ -280,6 +305,8 @@ async def relay_response(
                 rparser.check()  # a fault in the bytes already read comes before waiting
                 async with asyncio.timeout(settings.proxy_read_timeout):
                     data = await up.read()
+                if counts is not None:
+                    counts[0] += len(data)
                 pending = rparser.feed(data) if data else rparser.feed_eof()
             except TimeoutError:
                 gw.error_log.log(

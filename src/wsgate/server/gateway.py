@@ -32,7 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from wsgate.config.model import Config, Listen, ProxyPass, Server, SslServer
+from wsgate.config.model import Config, Listen, ProxyPass, Server, SslServer, Upstream
+from wsgate.config.model import Resolver as ResolverConf
 from wsgate.errors import ConfigError
 from wsgate.limits import LimitRegistry
 from wsgate.observability.logs import AccessLogs, ErrorLogger, access_log_paths
@@ -48,10 +49,13 @@ from wsgate.proxy.context import UpstreamCaches
 from wsgate.proxy.endpoint import Endpoint
 from wsgate.proxy.front import FrontConnection
 from wsgate.proxy.tunnel import Tunnel
+from wsgate.resolver import Resolver
 from wsgate.server.health import HealthChecks, upstream_target
+from wsgate.server.resolved import SharedResolved
+from wsgate.server.resolving import UpstreamResolving
 from wsgate.server.tls import GroupTls
 from wsgate.upstream.methods import Balancer, make_group
-from wsgate.upstream.roundrobin import PeerGroup, peers_from_config
+from wsgate.upstream.roundrobin import Peer, PeerGroup, peers_from_config
 
 __all__ = [
     "Gateway",
@@ -220,15 +224,32 @@ class Gateway:
         #: Idle keep-alive upstream connections and upstream TLS contexts, closed at the end.
         self.upstream_caches = UpstreamCaches(loop)
         self.stopped.add_done_callback(lambda _: self.upstream_caches.close())
+        #: ``resolver`` clients (with their caches) of the current configuration.
+        self.resolvers: dict[ResolverConf, Resolver] = {}
+        self._resolvers_for: Config | None = None
+        #: ``server ... resolve`` addresses shared by every worker (None: this process's).
+        self.resolved_store: SharedResolved | None = None
+        #: ``server ... resolve``: the addresses found, re-resolved while running.
+        self.resolving = self._new_resolving()
+        #: The address version each group with ``resolve`` servers was built from.
+        self._built: dict[object, tuple[int]] = {}
         #: Active ``health_check`` probing for the current configuration (None until serve).
         self.health: HealthChecks | None = None
 
     # -- peers ----------------------------------------------------------------------------------
     def peer_group(self, pp: ProxyPass) -> Balancer:
         """The balancing state for a ``proxy_pass`` target, shared by all requests using it:
-        the ``upstream`` block's method, or round robin for an implicit upstream."""
+        the ``upstream`` block's method, or round robin for an implicit upstream.  A group
+        with ``server ... resolve`` is built anew when the shared addresses changed (its
+        peers whose address stayed keep their state; open tunnels keep the old group)."""
         key: object = ("upstream", pp.upstream) if pp.upstream else ("implicit", pp.url)
         group = self.peer_groups.get(key)
+        built = self._built.get(key)
+        if built is not None and group is not None and built[0] != self.resolving.version():
+            old = group
+            group = None
+        else:
+            old = None
         if not isinstance(group, Balancer):
             up = None
             if pp.upstream is not None:
@@ -237,9 +258,28 @@ class Gateway:
             else:
                 servers = pp.servers
                 name = pp.host if not pp.port_given else f"{pp.host}:{pp.port}"
-            group = make_group(name, peers_from_config(servers), up, clock=self.loop.time)
+            peers = peers_from_config(servers)
+            if up is not None and any(s.resolve for s in up.servers):
+                self._built[key] = (self.resolving.version(),)
+                servers = tuple(self.resolving.servers(up))
+                peers = _keep_state(peers_from_config(servers), old)
+            # A group whose names resolved to nothing (yet) has no peers: "no live upstreams".
+            group = make_group(name, peers, up if peers else None, clock=self.loop.time)
             self.peer_groups[key] = group
         return group
+
+    def resolver(self, conf: ResolverConf) -> Resolver:
+        """The worker's client for the ``resolver`` directive ``conf``: one cache per
+        directive per worker, as nginx keeps one ``ngx_resolver_t`` per directive in each
+        worker; a reload's new configuration starts new ones."""
+        found = self.resolvers.get(conf)
+        if found is None:
+            if self._resolvers_for is not self.config:
+                # Queries in flight finish for the requests of the old configuration.
+                self.resolvers.clear()
+                self._resolvers_for = self.config
+            found = self.resolvers[conf] = Resolver(conf, self.loop, self.error_log.log)
+        return found
 
     # -- listening ------------------------------------------------------------------------------
     def bind(self, config: Config) -> dict[BindKey, ListenGroup]:
@@ -459,6 +499,11 @@ class Gateway:
         """(Re)start the ``health_check`` probes for the current configuration and its peer
         groups (a reload rebuilds the groups, so the old checkers must go), first probes now."""
         self.stop_health()
+        old = self.resolving
+        old.stop()
+        self.resolving = self._new_resolving()
+        self.resolving.found = old.found  # preresolve: a reload starts from what was found
+        self.resolving.start(self.config)
         self.health = HealthChecks(self.loop, self.error_log, self.tasks)
         self.health.start(self.config, lambda name: self.peer_group(upstream_target(name)))
 
@@ -467,6 +512,21 @@ class Gateway:
         if self.health is not None:
             self.health.stop()
             self.health = None
+        self.resolving.stop()
+
+    def _new_resolving(self) -> UpstreamResolving:
+        """The ``server ... resolve`` timers of the current configuration (not started)."""
+        return UpstreamResolving(
+            self.loop,
+            self._upstream_resolver,
+            self.error_log.log,
+            self.resolved_store,
+            self.tasks,
+        )
+
+    def _upstream_resolver(self, up: Upstream) -> Resolver:
+        assert up.resolver is not None  # the loader requires one with ``resolve``
+        return self.resolver(up.resolver)
 
     # -- signals ------------------------------------------------------------------------------
     def install_signals(self) -> None:
@@ -574,6 +634,7 @@ class Gateway:
             return
         self.config = config
         self.peer_groups = {}
+        self._built = {}
         self.error_log.targets = config.error_logs
         self.error_log.open()
         self.access_logs.close()
@@ -769,3 +830,12 @@ def pid_write(path: str) -> None:
     with open(tmp, "w") as fh:
         fh.write(f"{os.getpid()}\n")
     os.replace(tmp, path)
+
+
+def _keep_state(peers: list[Peer], old: PeerGroup | None) -> list[Peer]:
+    """The peers of a rebuilt group, with the old group's :class:`Peer` kept where the
+    address stayed (failures, ``conns``, weights go on)."""
+    if old is None:
+        return peers
+    by_addr = {(p.address, p.backup): p for p in (*old.peers, *old.backups)}
+    return [by_addr.get((p.address, p.backup), p) for p in peers]

@@ -19,6 +19,7 @@ from wsgate.observability.logs import ErrorLogger
 from wsgate.observability.metrics import MetricsStore
 from wsgate.server.gateway import Gateway
 from wsgate.server.master import SharedHooks
+from wsgate.server.resolved import SharedResolved
 from wsgate.shm import SharedState, ShmError
 
 __all__ = ["MAX_SLOTS", "Shared"]
@@ -38,6 +39,8 @@ class Shared(SharedHooks):
         self.max_slots = max_slots
         self.state = SharedState(max_slots, handover)
         self.metrics = MetricsStore(max_slots)
+        #: ``server ... resolve`` addresses (an upgrade's new master starts with none).
+        self.resolved = SharedResolved()
 
     @classmethod
     def inherited(cls, error_log: ErrorLogger, max_slots: int = MAX_SLOTS) -> Shared:
@@ -62,6 +65,7 @@ class Shared(SharedHooks):
             return cls(max_slots)
 
     def in_worker(self) -> None:
+        self.resolved.in_worker()
         self.state.close_descriptors()
 
     def claim_slot(self, candidates: list[int]) -> int | None:
@@ -78,6 +82,7 @@ class Shared(SharedHooks):
     def attach(self, gw: Gateway, slot: int) -> None:
         self.state.attach(slot)
         gw.stub_status = self.state.stub_status
+        gw.resolved_store = self.resolved
         gw.limits = self.state.limits
         gw.metrics.stop_flush()
         gw.metrics = self.metrics

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from wsgate.config.model import Config
 from wsgate.errors import ConfigError
 from wsgate.loop import new_event_loop
-from wsgate.observability.logs import AccessLogs, ErrorLogger, access_log_paths
+from wsgate.observability.logs import AccessLogs, ErrorLogger, access_log_paths, location_error_logs
 from wsgate.server.gateway import BindKey, Gateway, ListenGroup
 
 __all__ = ["apply_limits", "run_worker", "serve"]
@@ -89,7 +89,7 @@ def run_worker(
     state (counters, zones, metrics) to the new gateway before it accepts."""
     for sig in (signal.SIGHUP, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL if sig == signal.SIGCHLD else signal.SIG_IGN)
-    error_log = ErrorLogger(config.error_logs)
+    error_log = ErrorLogger(config.error_logs, scoped=location_error_logs(config))
     apply_limits(config, index, error_log)
     access_logs = AccessLogs()
     try:

@@ -14,6 +14,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from wsgate.config.directives import (
+    auth,
+    charset,
     core,
     headers,
     limits,
@@ -22,7 +24,9 @@ from wsgate.config.directives import (
     proxy,
     realip,
     redirects,
+    resolver,
     ssl,
+    static,
     upstream,
 )
 from wsgate.config.parse import NGINX_DIRECTIVES
@@ -43,8 +47,12 @@ ENTRIES: tuple[Directive, ...] = (
     *proxy.ENTRIES,
     *redirects.ENTRIES,
     *headers.ENTRIES,
+    *static.ENTRIES,
+    *charset.ENTRIES,
     *limits.ENTRIES,
     *realip.ENTRIES,
+    *auth.ENTRIES,
+    *resolver.ENTRIES,
     *ssl.ENTRIES,
     *upstream.ENTRIES,
     *other.ENTRIES,

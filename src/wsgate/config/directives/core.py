@@ -44,7 +44,6 @@ from wsgate.config.table import (
     flag,
     number,
     size,
-    string,
     time,
 )
 from wsgate.config.units import parse_size, parse_time
@@ -239,10 +238,6 @@ def _server_name(s: Stmt, level: Level) -> tuple[ServerName, ...]:
     return tuple(server_name(a, s.src, level.loader.captures) for a in s.args)
 
 
-def _error_log_here(s: Stmt, level: Level) -> None:
-    raise _err('"error_log" is supported in the main context only by wsgate', s.src)
-
-
 _LS, _SERVER = LocationSettings, Server
 _MAIN_STRUCT = "read by the loader"
 
@@ -278,15 +273,18 @@ ENTRIES: tuple[Directive, ...] = (
         default="logs/error.log error",
         merge=Merge.ARRAY,
         syntax="file [level]",
-        note="main context only in wsgate",
     ),
     Directive(
         "error_log",
         HSL,
         TAKE12,
-        parse=_error_log_here,
-        kind=Kind.REFUSED,
-        note="wsgate reads it in the main context only",
+        parse=_error_log,
+        target=_LS,
+        fields=("error_logs",),
+        unset=(),
+        merge=Merge.ARRAY,
+        syntax="file [level]",
+        note="a request's lines go to its location's logs (the main context's when none)",
     ),
     Directive(
         "daemon", ctx(MAIN), FLAG, parse=flag, target=Config, fields=("daemon",), default="on"
@@ -544,16 +542,6 @@ ENTRIES: tuple[Directive, ...] = (
         fields=("limit_rate_after",),
         default="0",
         syntax="size",
-    ),
-    Directive(
-        "root",
-        ctx("http server location"),
-        TAKE1,
-        parse=string,
-        target=_LS,
-        fields=("root",),
-        default="html",
-        note="stored; static files are not served yet (a location without a handler: 404)",
     ),
     Directive(
         "return",

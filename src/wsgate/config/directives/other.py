@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from wsgate.config.table import (
     ANY,
-    BLOCK,
     EVENTS,
     FLAG,
     HSL,
@@ -19,7 +18,6 @@ from wsgate.config.table import (
     TAKE2,
     TAKE12,
     TAKE1234,
-    UPSTREAM,
     Arity,
     Directive,
     Kind,
@@ -42,7 +40,6 @@ _HASH = "hash table sizes: wsgate has no hash tables to size"
 _TEMP = "wsgate writes no temporary files"
 _STREAM = "wsgate always streams, as with `off`"
 _LOOP = "the event loop (uvloop or asyncio) accepts connections its own way"
-_FILES = "wsgate serves no files"
 
 ENTRIES: tuple[Directive, ...] = (
     _noop("user", _M, TAKE12, "wsgate does not switch users"),
@@ -52,10 +49,7 @@ ENTRIES: tuple[Directive, ...] = (
     _noop("multi_accept", _E, FLAG, _LOOP),
     _noop("accept_mutex", _E, FLAG, _LOOP),
     _noop("accept_mutex_delay", _E, TAKE1, _LOOP),
-    _noop("sendfile", HSL, FLAG, _FILES),
-    _noop("tcp_nopush", HSL, FLAG, _FILES),
     _noop("tcp_nodelay", HSL, FLAG, "wsgate always sets TCP_NODELAY"),
-    _noop("default_type", HSL, TAKE1, _FILES),
     _noop("types_hash_max_size", HSL, TAKE1, _HASH),
     _noop("types_hash_bucket_size", HSL, TAKE1, _HASH),
     _noop("server_names_hash_max_size", _H, TAKE1, _HASH),
@@ -77,14 +71,8 @@ ENTRIES: tuple[Directive, ...] = (
     _noop("proxy_max_temp_file_size", HSL, TAKE1, _TEMP),
     _noop("proxy_temp_file_write_size", HSL, TAKE1, _TEMP),
     _noop("reset_timedout_connection", HSL, FLAG, "kept for compatibility"),
-    _noop("types", HSL, BLOCK, _FILES),
-    # One wsgate process keeps upstream state in memory; a shared zone adds nothing yet.
-    _noop("zone", ctx(UPSTREAM), TAKE12, "upstream state is kept per process"),
     # Refused with a reason (docs/differences.md, "Not yet supported").
     _refused("if", "not yet: `if` blocks"),
-    _refused("satisfy", "no auth modules"),
-    _refused("auth_basic", "no auth modules"),
-    _refused("auth_request", "no auth modules"),
     _refused("ssl_crl", "not yet"),
     _refused("proxy_ssl_crl", "not yet"),
     _refused("proxy_ssl_password_file", "not yet"),

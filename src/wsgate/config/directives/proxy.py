@@ -53,7 +53,11 @@ NEXT_UPSTREAM = (
 def _proxy_pass(s: Stmt, level: Level) -> ProxyPass:
     url = s.args[0]
     if "$" in url:
-        raise _err('"proxy_pass" with variables is not supported by wsgate yet', s.src)
+        # ngx_http_proxy_pass: a URL with variables is compiled and checked per request
+        # (ngx_http_proxy_eval), when its host may name an upstream or need the resolver.
+        template = level.loader.template(url, s.src)
+        if template.variables:
+            return ProxyPass(url, "", "", 0, None, template=template, source=s.src)
     m = re.match(r"(?i)(https?)://", url)
     if m is None:
         raise _err(f'invalid URL prefix in "{url}"', s.src)
@@ -152,6 +156,17 @@ ENTRIES: tuple[Directive, ...] = (
         default="1.1",
         syntax="1.0 | 1.1",
         note="nginx 1.29.7+'s default",
+    ),
+    Directive(
+        "proxy_pass_request_body",
+        HSL,
+        FLAG,
+        parse=flag,
+        target=_LS,
+        fields=("proxy_pass_request_body",),
+        default="on",
+        note="`off`: no body is sent (and the client's is discarded); the client's "
+        '`Content-Length` still is, unless `proxy_set_header Content-Length ""`',
     ),
     Directive(
         "proxy_set_header",

@@ -24,6 +24,7 @@ from wsgate.config.upstream import (
     parse_keepalive,
     parse_method,
     parse_server,
+    parse_zone,
 )
 
 __all__ = ["ENTRIES"]
@@ -58,7 +59,8 @@ ENTRIES: tuple[Directive, ...] = (
         fields=("servers",),
         unset=(),
         merge=Merge.ARRAY,
-        syntax="address [weight=n] [max_fails=n] [fail_timeout=time] [max_conns=n] [backup] [down]",
+        syntax="address [weight=n] [max_fails=n] [fail_timeout=time] [max_conns=n] [backup] [down] "
+        "[resolve] [service=name]",
         note="a name resolving to several addresses gives several peers",
     ),
     _method("least_conn", NOARGS),
@@ -102,6 +104,17 @@ ENTRIES: tuple[Directive, ...] = (
         target=Upstream,
         fields=("keepalive_time",),
         default="1h",
+    ),
+    Directive(
+        "zone",
+        _U,
+        TAKE12,
+        parse=parse_zone,
+        target=Upstream,
+        fields=("zone",),
+        unset="",
+        syntax="name [size]",
+        note="required by `server ... resolve`; peer state stays per worker",
     ),
     Directive(
         "health_check",

@@ -1,0 +1,189 @@
+"""``auth_request``'s subrequest: the phases for another URI of the same server, with the
+main request's headers and no body; its response status (and head) are kept, nothing of it
+reaches the client.
+
+As ``ngx_http_subrequest`` makes it: the method is ``GET`` (``sr->method = NGX_HTTP_GET``;
+``$request_method`` still names the main request's), the request headers are the main
+request's (``sr->headers_in = r->headers_in``), there is no body (auth_request gives it "a fake
+request body"), the virtual server is the main request's, and the phases run from the start
+but skip the access phase (``ngx_http_core_access_phase``: "if (r != r->main)").  Its
+``proxy_pass`` is header-only (``sr->header_only = 1``): the upstream's response head is read,
+its body is not, and the upstream connection is closed.  A response body is never sent to the
+client, so a ``101`` from an auth service is only a status like any other (not 2xx: a 500).
+``$upstream_http_*`` of the subrequest are what ``auth_request_set`` reads.
+
+A failure of the subrequest (the upstream refused, timed out, answered garbage) is its status
+(502, 504), which the main request turns into 500 ("auth request unexpected status"); a client
+that went away (499), or a ``return 444``, ends the main request too (nginx terminates it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import TYPE_CHECKING
+
+from wsgate.config.variables import RequestContext
+from wsgate.errors import HttpError
+from wsgate.http.phases import Close, Content, Delay, Plain, Redirect, Request, release_slots, run
+from wsgate.http.static import FileResponse
+from wsgate.http.suspend import Subrequest
+from wsgate.proxy.exchange import Exchange
+from wsgate.proxy.proxying import Proxying
+
+if TYPE_CHECKING:
+    from wsgate.http.response import ResponseHead
+
+__all__ = ["SubExchange", "SubrequestContext", "run_subrequest", "set_cookie_value"]
+
+#: Statuses that end the main request as well (``ngx_http_terminate_request``).
+_TERMINATE = frozenset({408, 444, 499})
+
+
+class SubrequestContext(RequestContext):
+    """A subrequest's variables; ``subrequest`` is its URI, which its error-log lines name
+    (``ngx_http_log_error_handler``: ``, subrequest: "/auth"``)."""
+
+    __slots__ = ("subrequest",)
+    subrequest: str
+
+
+def subrequest_context(parent: RequestContext, uri: str) -> SubrequestContext:
+    """The subrequest's variables: the main request's, with its own URI and no upstream
+    values yet (nginx's subrequest shares the main request's variable values; wsgate's keeps
+    a copy of the values set so far, so its ``$upstream_http_*`` stay its own)."""
+    ctx = SubrequestContext.__new__(SubrequestContext)
+    for name in RequestContext.__slots__:
+        setattr(ctx, name, getattr(parent, name))
+    ctx.subrequest = uri
+    ctx.uri, ctx.args = uri, ""
+    ctx.proxy_host = ctx.proxy_port = ""
+    ctx.status = ctx.bytes_sent = ctx.body_bytes_sent = 0
+    ctx.upstream_addrs, ctx.upstream_statuses, ctx.upstream_times = [], [], []
+    ctx.upstream_started = 0.0
+    ctx.captures = ()
+    ctx.variables = dict(parent.variables) if parent.variables else None
+    ctx.invalidate()
+    return ctx
+
+
+class SubExchange(Exchange):
+    """One subrequest: an :class:`Exchange` over the main one's connection, whose response
+    is kept instead of written."""
+
+    __slots__ = ()
+
+    def __init__(self, main: Exchange, uri: str) -> None:
+        # No Exchange.__init__: the server is the main request's, the head a GET of ``uri``.
+        self.front = main.front
+        self.upgrade = False
+        self.head = dataclasses.replace(
+            main.head,
+            method="GET",
+            target=uri,
+            content_length=None,
+            chunked=False,
+            upgrade=None,
+            expect_continue=False,
+        )
+        parent = main.r
+        self.r = Request(
+            parent.worker,
+            parent.number,
+            self.head,
+            subrequest_context(parent.ctx, uri),
+            parent.server,
+            tls_vars=parent.tls_vars,
+            connection_requests=parent.connection_requests,
+            connection_started=parent.connection_started,
+            subrequest=True,
+        )
+        # The limits count once per main request (``r->main->limit_req_status``): a
+        # subrequest applies only those the main request did not.
+        self.r.limit_req_done = parent.limit_req_done
+        self.r.limit_conn_done = parent.limit_conn_done
+        # "sr->internal = 1": an ``internal`` location (nginx's usual auth location) serves it.
+        self.r.internal = True
+
+    async def perform(self) -> tuple[int, ResponseHead | None]:
+        """Walk the phases and make the response, keeping it: its status, and the upstream's
+        response head when it was proxied."""
+        r = self.r
+        try:
+            decision, index = run(r)
+            while isinstance(decision, Delay):
+                await self._wait(decision)
+                decision, index = run(r, index)
+            if isinstance(decision, Redirect | Plain):
+                return decision.status, None
+            if isinstance(decision, Close):
+                raise HttpError(decision.status)
+            if decision is Content.PROXY:
+                proxying = Proxying(self, header_only=True)
+                await proxying.run()
+                resp = proxying.response
+                assert resp is not None
+                return resp.status, resp
+            if isinstance(decision, FileResponse):  # a file: its status, not its body
+                os.close(decision.fd)
+                return decision.status, None
+            if isinstance(decision, Content):  # stub_status, prometheus
+                return 200, None
+            # The access phase is skipped: no other wait can come.
+            raise AssertionError(f"no subrequest response for {decision!r}")
+        finally:
+            release_slots(r)
+
+
+def set_cookie_value(headers: list[tuple[str, str]], name: str) -> str:
+    """``ngx_http_parse_set_cookie_lines``: the value of cookie ``name`` in the first
+    ``Set-Cookie`` that sets it (name case-insensitive, spaces around ``=``, up to ``;``)."""
+    n = len(name)
+    for key, value in headers:
+        if key.lower() != "set-cookie" or n >= len(value) or value[:n].lower() != name.lower():
+            continue
+        rest = value[n:].lstrip(" ")
+        if not rest.startswith("="):
+            continue
+        return rest[1:].lstrip(" ").split(";", 1)[0]
+    return ""
+
+
+def _upstream_values(sub: Subrequest, main: Request, resp: ResponseHead) -> None:
+    """The ``$upstream_http_*`` and ``$upstream_cookie_*`` values ``auth_request_set`` reads,
+    into the subrequest's variables: for a field, "the name ... converted to lower case, with
+    dashes replaced by underscores", several fields of one name joined with ``, `` (nginx
+    1.23.0+); for a cookie, its value in the answer's ``Set-Cookie``."""
+    ctx = sub.ctx
+    assert ctx is not None
+    for av in main.settings.auth_request_set:
+        for name in av.value.variables:
+            low = name.lower()
+            if low.startswith("upstream_http_"):
+                want = low[14:]
+                values = [v for k, v in resp.headers if k.lower().replace("-", "_") == want]
+                ctx.set_variable(low, ", ".join(values))
+            elif low.startswith("upstream_cookie_"):
+                ctx.set_variable(low, set_cookie_value(resp.headers, name[16:]))
+
+
+async def run_subrequest(main: Exchange, call: Subrequest) -> None:
+    """Perform ``call`` for the request of ``main``: fill its status, the upstream's
+    ``WWW-Authenticate`` fields and the subrequest's variables, and mark it done."""
+    sub = SubExchange(main, call.uri)
+    resp: ResponseHead | None = None
+    try:
+        status, resp = await sub.perform()
+    except HttpError as exc:
+        if exc.status in _TERMINATE:
+            raise
+        if exc.log and exc.status != 404:
+            level = "error" if exc.status in (403, 413, 500, 502, 504) else "info"
+            sub.r.log(level, exc.log)
+        status = exc.status
+    call.status = status
+    call.ctx = sub.r.ctx
+    if resp is not None:
+        call.www_authenticate = [(k, v) for k, v in resp.headers if k.lower() == "www-authenticate"]
+        _upstream_values(call, main.r, resp)
+    call.done = True
