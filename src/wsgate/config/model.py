@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from wsgate.config.script import Script
 from wsgate.config.template import Template
 
 __all__ = [
@@ -43,7 +44,6 @@ __all__ = [
     "MimeTypes",
     "Network",
     "ProxyPass",
-    "Return",
     "RewriteRule",
     "Server",
     "ServerName",
@@ -495,11 +495,20 @@ class LimitReq:
 
 
 @dataclass(frozen=True, slots=True)
-class Return:
-    """``return CODE [TEXT|URL]`` or ``return URL`` (302)."""
+class ErrorPage:
+    """One status of an ``error_page`` line: ``error_page CODE ... [=[RESPONSE]] URI``.
 
-    code: int
-    text: Template | None = None
+    ``overwrite`` is nginx's ``err_page->overwrite``: -1 without ``=`` (the error's own status;
+    400 for 494-497, which nginx sends as 400), 0 for a bare ``=`` (the status of the
+    response the URI gives), else the code after ``=``.  ``uri`` is the URI, named location or
+    URL; without variables, a URI's ``?args`` are split off into ``args`` when loaded (with
+    variables, when rendered), as ``ngx_http_core_error_page`` does.
+    """
+
+    status: int
+    overwrite: int
+    uri: Template
+    args: str = ""
     source: Source | None = None
 
 
@@ -601,6 +610,11 @@ class LocationSettings:
     proxy_next_upstream_timeout: float = 0.0
     proxy_buffer_size: int = 4096
     server_tokens: bool = True
+    #: The rewrite module's script at this level (``rewrite``, ``return``, ``set``, ``if``,
+    #: ``break``, in order; not inherited), run by :mod:`wsgate.http.rewrite`.
+    rewrite: Script = ()
+    rewrite_log: bool = False
+    uninitialized_variable_warn: bool = True
     #: ``limit_rate``/``limit_rate_after``: bytes (a value with variables: its template, read
     #: per request as a size); see :mod:`wsgate.http.rate`.
     limit_rate: int | Template = 0
@@ -608,7 +622,6 @@ class LocationSettings:
     #: ``proxy_buffering``: wsgate always streams, but nginx turns ``limit_rate`` off for a
     #: response it does not buffer, so the value decides that.
     proxy_buffering: bool = True
-    return_: Return | None = None
     proxy_ssl: SslUpstream = SslUpstream()
     #: Empty tuple means ``access_log off``.
     access_logs: tuple[AccessLog, ...] = ()
@@ -662,6 +675,13 @@ class LocationSettings:
     #: or another header's name).
     real_ip_header: str = "X-Real-IP"
     real_ip_recursive: bool = False
+    #: ``error_page`` of the innermost level that has any (all-or-nothing inheritance).
+    error_pages: tuple[ErrorPage, ...] = ()
+    recursive_error_pages: bool = False
+    proxy_intercept_errors: bool = False
+    #: ``internal``: a request URI reaching this location is 404 (inherited, as nginx's
+    #: ``ngx_conf_merge_value(conf->internal, prev->internal, 0)``).
+    internal: bool = False
     #: ``auth_basic`` realm (None: ``off``, or unset; a realm rendering to ``off`` is off too).
     auth_basic: Template | None = None
     auth_basic_user_file: UserFile | None = None
@@ -739,7 +759,10 @@ class Location:
     """``location [=|~|~*|^~] NAME { ... }``.
 
     ``modifier`` is ``""`` for a plain prefix.  ``regex`` is compiled for ``~``/``~*``.
-    ``locations`` are the nested locations in configuration order.
+    ``locations`` are the nested locations in configuration order.  A named location
+    (``location @name``: one argument starting with ``@``) has the modifier ``"@"`` and the
+    name with its ``@``; it is only reached by an internal redirect
+    (:attr:`Server.named_locations`).
     """
 
     modifier: str
@@ -760,6 +783,10 @@ class Location:
     @property
     def is_noregex(self) -> bool:
         return self.modifier == "^~"
+
+    @property
+    def is_named(self) -> bool:
+        return self.modifier == "@"
 
 
 @dataclass(frozen=True, slots=True)
@@ -789,6 +816,9 @@ class Server:
     source: Source | None = None
     #: TLS settings, when any ``listen`` of this server has ``ssl`` (else None).
     ssl: SslServer | None = None
+    #: ``location @name`` blocks (``cscf->named_locations``), looked up by name with its
+    #: ``@``; never in ``locations``, so no request URI finds them.
+    named_locations: tuple[Location, ...] = ()
 
     @property
     def name(self) -> str:
@@ -802,6 +832,12 @@ class Server:
             return first
         first = first.lower()
         return first[1:] if first.startswith(".") else first
+
+    @property
+    def every_location(self) -> tuple[Location, ...]:
+        """The server's locations, named ones too (what a walk over its settings needs:
+        access logs to open, ``prometheus``, upstream TLS)."""
+        return (*self.locations, *self.named_locations)
 
     @property
     def has_empty_name(self) -> bool:
@@ -835,6 +871,9 @@ class HttpConfig:
     log_formats: dict[str, LogFormat] = field(default_factory=dict)
     limit_conn_zones: dict[str, LimitConnZone] = field(default_factory=dict)
     limit_req_zones: dict[str, LimitReqZone] = field(default_factory=dict)
+    #: Variables only ``set`` makes (no built-in, map or capture of that name): reading one
+    #: that the request has not set logs "using uninitialized" (``uninitialized_variable_warn``).
+    user_variables: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

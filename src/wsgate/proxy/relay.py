@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from sys import intern
 from typing import TYPE_CHECKING, cast
 
@@ -54,6 +54,8 @@ from wsgate.http.headers_filter import (
     trailers,
     upstream_fields,
 )
+from wsgate.http.pages import STATUS_LINES
+from wsgate.http.phases import UninitializedWarning, response_fields
 from wsgate.http.response import ResponseEvent, ResponseHead, ResponseParser
 from wsgate.proxy.endpoint import CountedEndpoint, Endpoint, PeerClosed
 from wsgate.proxy.frames import is_websocket
@@ -126,7 +128,9 @@ class TunnelEnd:
 _KEPT: dict[int, tuple[tuple[AccessLog, ...], frozenset[str] | None]] = {}
 
 
-def _kept_headers(logs: tuple[AccessLog, ...]) -> frozenset[str] | None:
+def _kept_headers(
+    logs: tuple[AccessLog, ...], maps: Mapping[str, object] | None = None
+) -> frozenset[str] | None:
     hit = _KEPT.get(id(logs))
     if hit is not None and hit[0] is logs:
         return hit[1]
@@ -137,7 +141,7 @@ def _kept_headers(logs: tuple[AccessLog, ...]) -> frozenset[str] | None:
         if tpl is not None
         for name in tpl.variables
     ]
-    kept = request_headers_read(names)
+    kept = request_headers_read(names, maps)
     if kept is not None:
         kept |= _ERROR_LOG_HEADERS
     if len(_KEPT) >= 1024:  # configurations come and go with reloads
@@ -164,7 +168,9 @@ def _slim(ctx: RequestContext, settings: LocationSettings) -> RequestContext:
     tunnels often have in common (method, version, statuses, port, header names, host,
     request line: one WebSocket path) are interned: ``sys.intern`` keeps one copy while any
     tunnel uses it and none after (the client's address is interned on accept)."""
-    kept = _kept_headers(settings.access_logs)
+    kept = _kept_headers(settings.access_logs, ctx.maps)
+    if isinstance(ctx.uninitialized, UninitializedWarning):
+        ctx.uninitialized = ctx.uninitialized.settle(settings)
     headers = []
     for name, value in ctx.headers:
         low = name.lower()
@@ -235,19 +241,26 @@ async def relay_response(
         chunked=settings.chunked_transfer_encoding,
     )
     keep, no_body, chunk_out = plan.keep_alive, plan.no_body, plan.chunked
-    ctx.status = resp.status
+    # After an error page: "if (r->err_status) r->headers_out.status = r->err_status".
+    status, reason = resp.status, resp.reason
+    if ex.r.err_status:
+        status, reason = ex.r.err_status, STATUS_LINES.get(ex.r.err_status, "")
+    ctx.status = status
     hidden = hidden_fields(settings.proxy_hide_headers, settings.proxy_pass_headers)
     headers, location = upstream_fields(visible_fields(resp.headers, hidden), settings, ctx.lookup)
+    if ex.r.headers_out:  # after an error page
+        own = location is not None or first_value(headers, "location") is not None
+        headers = [*response_fields(ex.r, redirect=own), *headers]
     recode: bytes | None = None
     if settings.charset is not None:
         headers, recode = proxied_charset(settings, headers, ctx.lookup, ex.r.log, resp.status)
     now = time.time()
     headers, added = filter_headers(
-        resp.status, headers, settings.add_headers, settings.expires, ctx.lookup, now
+        status, headers, settings.add_headers, settings.expires, ctx.lookup, now
     )
     out = build_client_response_head(
-        resp.status,
-        resp.reason,
+        status,
+        reason,
         headers,
         server_tokens=settings.server_tokens,
         date=http_date(now),
@@ -262,7 +275,6 @@ async def relay_response(
     ctx.sent_head = out
     out = for_version(head.version, out)
     ep = front.ep
-    ctx.status = resp.status
     ctx.bytes_sent = len(out)
     body_bytes = upstream_bytes = 0
     complete = noted = False

@@ -18,6 +18,7 @@ from wsgate.config.table import (
     BLOCK,
     FLAG,
     HSL,
+    HSL_IF,
     TAKE1,
     TAKE12,
     Arity,
@@ -50,7 +51,7 @@ def _root(s: Stmt, level: Level) -> DocRoot:
     text = s.args[0]
     loc = level.location
     if alias and loc is not None:
-        if loc.name.startswith("@"):
+        if loc.is_named:
             raise _err('"alias" directive cannot be used inside the named location', s.src)
     if text.endswith("/") and text != "/" and not alias:
         # nginx trims one trailing slash of root ("if (clcf->root.data[len - 1] == '/')").
@@ -91,10 +92,6 @@ def _try_files(s: Stmt, level: Level) -> TryFiles:
         if not last[1:].isdigit() or not 0 < int(last[1:]) <= 999:
             raise _err(f'invalid code "{last}"', s.src)
         code = int(last[1:])
-    elif last.startswith("@"):
-        raise _err(
-            f'"try_files ... {last}": named locations are not supported by wsgate yet', s.src
-        )
     return TryFiles(files, template(last, s.src), code, s.src)
 
 
@@ -142,10 +139,17 @@ def _disable_symlinks(s: Stmt, level: Level) -> tuple[str, object]:
     return (mode, start)
 
 
-def _setting(name: str, parse: object, field: str, default: str, syntax: str = "") -> Directive:
+def _setting(
+    name: str,
+    parse: object,
+    field: str,
+    default: str,
+    syntax: str = "",
+    contexts: frozenset[str] = HSL,
+) -> Directive:
     return Directive(
         name,
-        HSL,
+        contexts,
         TAKE1,
         parse=parse,  # type: ignore[arg-type]
         target=_LS,
@@ -176,7 +180,7 @@ ENTRIES: tuple[Directive, ...] = (
     ),
     Directive(
         "root",
-        HSL,
+        HSL_IF,
         TAKE1,
         parse=_root,
         target=_LS,
@@ -205,8 +209,7 @@ ENTRIES: tuple[Directive, ...] = (
         target=_LS,
         fields=("try_files",),
         merge=Merge.NONE,
-        syntax="file ... uri | file ... =code",
-        note="not `@name` yet",
+        syntax="file ... uri | file ... @name | file ... =code",
     ),
     Directive(
         "types",
@@ -251,7 +254,7 @@ ENTRIES: tuple[Directive, ...] = (
         default="off",
         syntax="off | on | if_not_owner [from=part]",
     ),
-    _setting("sendfile", flag, "sendfile", "off"),
+    _setting("sendfile", flag, "sendfile", "off", contexts=HSL_IF),
     _setting("sendfile_max_chunk", size, "sendfile_max_chunk", "2m", "size"),
     _noop("tcp_nopush", FLAG, "the head is written before the file; no TCP_CORK"),
     _noop("aio", TAKE1, _BLOCKING),
