@@ -31,7 +31,10 @@ import socket
 import time
 from typing import TYPE_CHECKING
 
+from wsgate.content.ssi import SsiFilter, ssi_applies, ssi_headers
+from wsgate.http.framing import client_framing
 from wsgate.http.headers import (
+    LAST_CHUNK,
     BodyFraming,
     build_client_response_head,
     encode_chunk,
@@ -74,14 +77,32 @@ async def send_file(ex: Exchange, resp: FileResponse) -> Outcome:
         status = resp.status
         ctx.status = status
         now = time.time()
+        ssi = resp.length > 0 and ssi_applies(settings, status, resp.headers)
         headers, added = filter_headers(
-            status, resp.headers, settings.add_headers, settings.expires, ctx.lookup, now
+            status,
+            ssi_headers(settings, resp.headers) if ssi else resp.headers,
+            settings.add_headers,
+            settings.expires,
+            ctx.lookup,
+            now,
         )
         framing = BodyFraming.none() if status == 304 else BodyFraming.content_length(resp.length)
         # add_trailer: nginx's chunked filter chunks the body to carry the trailer.
         chunked = wants_trailer(status, head.method, head.version, settings)
         if chunked:
             framing = BodyFraming.chunked()
+        if ssi:
+            # The SSI output's length is unknown: chunked for HTTP/1.1, else to the close.
+            plan = client_framing(
+                head.method,
+                head.version,
+                status,
+                None,
+                keep,
+                trailers=chunked,
+                chunked=settings.chunked_transfer_encoding,
+            )
+            framing, keep, chunked = plan.framing, plan.keep_alive, plan.chunked
         out = build_client_response_head(
             status,
             STATUS_LINES.get(status, ""),
@@ -100,7 +121,23 @@ async def send_file(ex: Exchange, resp: FileResponse) -> Outcome:
         rate = response_rate(settings, ctx, lambda text: r.log("error", text))
         timeout = settings.send_timeout
         with_body = head.method != "HEAD" and status != 304
-        if with_body and chunked:
+        if with_body and ssi:
+            ep.write(out)
+            ctx.bytes_sent = len(out)
+            sent = await _send_ssi(ex, resp, chunked, timeout)
+            if chunked:
+                tail = (
+                    last_chunk(trailers(status, settings.add_trailers, ctx.lookup, ctx))
+                    if wants_trailer(status, head.method, head.version, settings)
+                    else LAST_CHUNK
+                )
+                ep.write(tail)
+                sent += len(tail)
+            ctx.bytes_sent += sent
+            ctx.body_bytes_sent = sent
+            await _drain(ep, timeout)
+            with_body = False
+        elif with_body and chunked:
             ep.write(out)
             ctx.bytes_sent = len(out)
             sent = await _send_chunked(
@@ -163,6 +200,36 @@ async def send_file(ex: Exchange, resp: FileResponse) -> Outcome:
         os.close(resp.fd)
     ex.log()
     return keep, settings.keepalive_timeout
+
+
+async def _send_ssi(ex: Exchange, resp: FileResponse, chunked: bool, timeout: float) -> int:
+    """The file through the SSI filter (:mod:`wsgate.content.ssi`), read one chunk at a
+    time; returns the bytes written (chunk framing included, not the last chunk)."""
+    ep = ex.front.ep
+    sent = 0
+
+    async def write(data: bytes) -> None:
+        nonlocal sent
+        framed = encode_chunk(data) if chunked else data
+        ep.write(framed)
+        sent += len(framed)
+        await _drain(ep, timeout)
+
+    filt = SsiFilter(ex, write)
+    for part in resp.parts:
+        if isinstance(part, bytes):
+            await filt.feed(part)
+            continue
+        offset, count = part
+        done = 0
+        while done < count:
+            data = os.pread(resp.fd, min(READ_CHUNK, count - done), offset + done)
+            if not data:
+                raise Truncated(f"{done} of {count} bytes")
+            done += len(data)
+            await filt.feed(data if resp.recode is None else data.translate(resp.recode))
+    await filt.finish()
+    return sent
 
 
 async def _send_chunked(

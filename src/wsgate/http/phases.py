@@ -143,6 +143,9 @@ class Request:
         "limit_req_done",
         "limit_conn_done",
         "internal",
+        "ssi_vars",
+        "ssi_blocks",
+        "ssi_depth",
     )
 
     def __init__(
@@ -188,6 +191,11 @@ class Request:
         #: ``r->internal``: an internal redirect happened, or this is a subrequest
         #: (``internal`` locations allow it).
         self.internal = False
+        #: The SSI variables and blocks of the main request, shared by its subrequests
+        #: (:mod:`wsgate.content.ssi`).
+        self.ssi_vars: dict[str, str] | None = None
+        self.ssi_blocks: dict[str, bytes] | None = None
+        self.ssi_depth = 0
 
     def log(self, level: str, message: str) -> None:
         self.worker.error_log.log(level, message, self.number, self.ctx)

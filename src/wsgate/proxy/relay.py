@@ -31,6 +31,7 @@ from wsgate.config.variables import (
     RequestContext,
     request_headers_read,
 )
+from wsgate.content.ssi import SsiFilter, ssi_applies, ssi_headers
 from wsgate.errors import HttpError
 from wsgate.http.body import Body, EndOfMessage
 from wsgate.http.charset import proxied_charset
@@ -225,19 +226,22 @@ async def relay_response(
     if resp.status == 101:
         return _lone_101(ex, resp), False
     with_trailers = expects_trailers(resp.status, settings.add_trailers)
+    hidden = hidden_fields(settings.proxy_hide_headers, settings.proxy_pass_headers)
+    headers, location = upstream_fields(visible_fields(resp.headers, hidden), settings, ctx.lookup)
+    ssi = ssi_applies(settings, resp.status, resp.headers) and resp.content_length != 0
+    if ssi:
+        headers = ssi_headers(settings, headers)
     plan = client_framing(
         head.method,
         head.version,
         resp.status,
-        resp.content_length,
+        None if ssi else resp.content_length,
         head.keep_alive,
         trailers=with_trailers,
         chunked=settings.chunked_transfer_encoding,
     )
     keep, no_body, chunk_out = plan.keep_alive, plan.no_body, plan.chunked
     ctx.status = resp.status
-    hidden = hidden_fields(settings.proxy_hide_headers, settings.proxy_pass_headers)
-    headers, location = upstream_fields(visible_fields(resp.headers, hidden), settings, ctx.lookup)
     recode: bytes | None = None
     if settings.charset is not None:
         headers, recode = proxied_charset(settings, headers, ctx.lookup, ex.r.log, resp.status)
@@ -268,6 +272,16 @@ async def relay_response(
     complete = noted = False
     rate = _rate(ex, resp)
     counts = ctx.upstream_bytes[-1] if ctx.upstream_bytes else None
+    filt: SsiFilter | None = None
+    if ssi and not no_body:
+        # The body goes through the SSI filter, which writes (and drains) its output.
+        async def write(data: bytes) -> None:
+            nonlocal body_bytes
+            ep.write(encode_chunk(data) if chunk_out else data)
+            body_bytes += len(data)
+            await ep.drain()
+
+        filt = SsiFilter(ex, write)
     try:
         if rate is None:
             ep.write(out)
@@ -280,6 +294,9 @@ async def relay_response(
                     if no_body:
                         continue
                     data = ev.data if recode is None else ev.data.translate(recode)
+                    if filt is not None:
+                        await filt.feed(data)
+                        continue
                     data = encode_chunk(data) if chunk_out else data
                     if rate is None:
                         ep.write(data)
@@ -289,6 +306,8 @@ async def relay_response(
                 elif isinstance(ev, EndOfMessage):
                     complete = True
             if complete:
+                if filt is not None:
+                    await filt.finish()
                 break
             if ep.closed:
                 raise PeerClosed("client closed")

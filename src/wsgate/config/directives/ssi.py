@@ -1,0 +1,79 @@
+"""ngx_http_ssi_filter_module's directives: ``ssi``, ``ssi_types``, ``ssi_silent_errors``,
+``ssi_value_length``, ``ssi_min_file_chunk``, ``ssi_last_modified`` and
+``ssi_ignore_recycled_buffers``.
+
+https://nginx.org/en/docs/http/ngx_http_ssi_module.html; applied by
+:mod:`wsgate.content.ssi` (the filter) and :mod:`wsgate.http.ssi` (the parser).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from wsgate.config.model import LocationSettings
+from wsgate.config.table import FLAG, HSL, TAKE1, Arity, Directive, Kind, Merge, flag, size
+from wsgate.config.values import config_error
+
+if TYPE_CHECKING:
+    from wsgate.config.level import Level
+    from wsgate.config.parse import Stmt
+
+__all__ = ["ENTRIES"]
+
+_LS = LocationSettings
+
+
+def _types(s: Stmt, level: Level) -> tuple[str, ...]:
+    """``ssi_types mime-type ...``: "text/html" is always among them; ``*`` is any type."""
+    return tuple(a.lower() for a in s.args)
+
+
+def _value_length(s: Stmt, level: Level) -> int:
+    n = size(s, level)
+    if n <= 0:
+        raise config_error(f'invalid value "{s.args[0]}"', s.src)
+    return n
+
+
+def _setting(name: str, parse: object, field: str, default: str, **kw: object) -> Directive:
+    return Directive(
+        name,
+        HSL,
+        kw.pop("arity", TAKE1),  # type: ignore[arg-type]
+        parse=parse,  # type: ignore[arg-type]
+        target=_LS,
+        fields=(field,),
+        default=default,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+ENTRIES: tuple[Directive, ...] = (
+    _setting("ssi", flag, "ssi", "off"),
+    _setting("ssi_silent_errors", flag, "ssi_silent_errors", "off"),
+    _setting("ssi_last_modified", flag, "ssi_last_modified", "off"),
+    _setting("ssi_value_length", _value_length, "ssi_value_length", "256", syntax="length"),
+    _setting(
+        "ssi_types",
+        _types,
+        "ssi_types",
+        "text/html",
+        arity=Arity(1, -1),
+        syntax="mime-type ...",
+        merge=Merge.INHERIT,
+    ),
+    Directive(
+        "ssi_min_file_chunk",
+        HSL,
+        TAKE1,
+        kind=Kind.NO_OP,
+        note="a file is read in chunks and parsed as it comes; no chunk is sent unread",
+    ),
+    Directive(
+        "ssi_ignore_recycled_buffers",
+        HSL,
+        FLAG,
+        kind=Kind.NO_OP,
+        note="the parser never holds a buffer back from being reused",
+    ),
+)
