@@ -270,7 +270,10 @@ Handler = Callable[[Request], Decision | None]
 # -- POST_READ ---------------------------------------------------------------------------------
 def parse_target(r: Request) -> None:
     """``$uri`` and ``$args`` from the request-target (a bad one is 400); ``$host`` falls back
-    to the server's name."""
+    to the server's name.  An SSI include's subrequest has its URI and arguments already,
+    decoded (``ngx_http_subrequest`` sets ``sr->uri`` and ``sr->args``): not parsed again."""
+    if r.ssi_depth:
+        return None
     path, args = split_target(r.head.target)
     ctx = r.ctx
     ctx.uri, ctx.args = normalize_uri(path), args

@@ -87,7 +87,7 @@ class SubExchange(Exchange):
     """One subrequest: an :class:`Exchange` over the main one's connection, whose response
     is kept instead of written."""
 
-    __slots__ = ()
+    __slots__ = ("_parent_depth",)
 
     def __init__(self, main: Exchange, uri: str, args: str = "") -> None:
         # No Exchange.__init__: the server is the main request's, the head a GET of ``uri``.
@@ -126,13 +126,14 @@ class SubExchange(Exchange):
         if parent.ssi_blocks is None:
             parent.ssi_blocks = {}
         self.r.ssi_vars, self.r.ssi_blocks = parent.ssi_vars, parent.ssi_blocks
-        #: How deep in SSI includes this is (``MAX_DEPTH``).
-        self.r.ssi_depth = parent.ssi_depth + 1
+        self._parent_depth = parent.ssi_depth
 
     async def output(self, sink: Sink) -> int:
         """Make the response as for a client (phases, content handler, error page) and hand
         its body to ``sink`` as it comes; returns its status.  Nothing of it is logged
         (``log_subrequest off``) and its head is not sent (``r != r->main``)."""
+        # How deep in SSI includes this is (``MAX_DEPTH``); its URI is not parsed again.
+        self.r.ssi_depth = self._parent_depth + 1
         capture = CaptureEndpoint(sink, self.front.ep)
         main_front = self.front
         self.front = cast("FrontConnection", _SubFront(main_front, capture))
