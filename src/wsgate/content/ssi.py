@@ -101,7 +101,7 @@ def ssi_headers(
 class SsiFilter:
     """One SSI document of a request (the main one's or an included one's)."""
 
-    __slots__ = ("ex", "write", "parser", "cond", "errmsg", "timefmt", "block")
+    __slots__ = ("ex", "write", "parser", "cond", "errmsg", "timefmt", "encoding", "block")
 
     def __init__(self, ex: Exchange, write: Write) -> None:
         self.ex = ex
@@ -111,6 +111,8 @@ class SsiFilter:
         self.cond = Conditionals()
         self.errmsg = DEFAULT_ERRMSG
         self.timefmt = DEFAULT_TIMEFMT
+        #: ``echo``'s encoding: ``entity`` until an ``encoding=`` changes it for the rest.
+        self.encoding = "entity"
         #: The text of the ``block`` being read (None: none).
         self.block: tuple[str, bytearray] | None = None
 
@@ -252,15 +254,16 @@ class SsiFilter:
         value = self._found(params["var"].lower())
         if value is None:
             value = params.get("default", "(none)")
+        elif not value:
+            return
         enc = params.get("encoding")
-        encoding = "entity"
         if enc is not None:
             if enc in ("none", "url", "entity"):
-                encoding = enc
+                self.encoding = enc
             else:
                 self.ex.r.log("error", f'unknown encoding "{enc}" in the "echo" command')
         if value:
-            await self.write(encode(value, encoding).encode("latin-1", "replace"))
+            await self.write(encode(value, self.encoding).encode("latin-1", "replace"))
 
     async def _include(self, params: dict[str, str]) -> None:
         uri, file = params.get("virtual"), params.get("file")

@@ -482,9 +482,8 @@ def expression(expr: str, lookup: Callable[[str], str]) -> bool:
     return matched != negative
 
 
-_URL_SAFE = frozenset(
-    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=:@/?"
-)
+#: What ``ngx_escape_uri`` leaves as it is with ``NGX_ESCAPE_HTML`` (its ``html`` table).
+_URL_SAFE = frozenset(range(0x21, 0x7F)) - frozenset(b"\"#%'<>\\^`{|}")
 
 
 def encode(value: str, encoding: str) -> str:

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 
 from wsgate.config.model import LocationSettings
 from wsgate.config.table import FLAG, HSL, TAKE1, Arity, Directive, Kind, Merge, flag, size
-from wsgate.config.values import config_error
 
 if TYPE_CHECKING:
     from wsgate.config.level import Level
@@ -26,13 +25,6 @@ _LS = LocationSettings
 def _types(s: Stmt, level: Level) -> tuple[str, ...]:
     """``ssi_types mime-type ...``: "text/html" is always among them; ``*`` is any type."""
     return tuple(a.lower() for a in s.args)
-
-
-def _value_length(s: Stmt, level: Level) -> int:
-    n = size(s, level)
-    if n <= 0:
-        raise config_error(f'invalid value "{s.args[0]}"', s.src)
-    return n
 
 
 def _setting(name: str, parse: object, field: str, default: str, **kw: object) -> Directive:
@@ -52,7 +44,7 @@ ENTRIES: tuple[Directive, ...] = (
     _setting("ssi", flag, "ssi", "off"),
     _setting("ssi_silent_errors", flag, "ssi_silent_errors", "off"),
     _setting("ssi_last_modified", flag, "ssi_last_modified", "off"),
-    _setting("ssi_value_length", _value_length, "ssi_value_length", "256", syntax="length"),
+    _setting("ssi_value_length", size, "ssi_value_length", "256", syntax="length"),
     _setting(
         "ssi_types",
         _types,
