@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import WsgateProcess
-from tests.integration.loopback import HOST, Backend, Loop, Request, fixed, loop_fixture
+from tests.integration.loopback import (
+    HOST,
+    Backend,
+    Loop,
+    Request,
+    fixed,
+    loop_fixture,
+    ws_handshake,
+)
 
 bg = pytest.fixture(loop_fixture)
 
@@ -207,3 +215,40 @@ def test_an_empty_response_passes_unfiltered(
     gw = wsgate(conf(site, b.port))
     head, body = fetch(gw.port, "/doc")
     assert "Content-Length: 0" in head and body == b""
+
+
+def test_a_tunnel_logs_the_fields_of_its_101(
+    wsgate: Callable[..., WsgateProcess], bg: Loop, site: Path
+) -> None:
+    """``$sent_http_connection`` in a tunnel's log line is the 101's ``upgrade``
+    (nginx-tests proxy_upgrade.t, "log - bytes"); the subrequest that was refused above logs
+    nothing."""
+    b = bg.backend("b", websocket=True)
+    extra = "log_format t '$status $sent_http_connection $sent_http_upgrade';"
+    logged = f"  {extra}\n  access_log logs/access.log t;\n  upstream up"
+    gw = wsgate(conf(site, b.port).replace("  upstream up", logged))
+    s, data = ws_handshake(gw.port)
+    assert data.startswith(b"HTTP/1.1 101 "), data
+    s.close()
+    (line,) = gw.access_lines(1)
+    assert line == "101 upgrade websocket"
+
+
+def test_set_body_at_and_over_subrequest_output_buffer_size(
+    wsgate: Callable[..., WsgateProcess], bg: Loop, site: Path
+) -> None:
+    (site / "eight.txt").write_text("12345678")
+    (site / "nine.txt").write_text("123456789")
+    (site / "set.html").write_text(
+        '<!--#include virtual="/$arg_f" set="x" -->[<!--#echo var="x" -->]'
+    )
+    extra = f"location ~ \\.txt$ {{ root {site}; subrequest_output_buffer_size 8; }}"
+    gw = wsgate(conf(site, bg.backend("b").port, extra))
+    head, body = fetch(gw.port, "/set.html?f=eight.txt")
+    assert head.startswith("HTTP/1.1 200") and body == b"[12345678]"
+    # Over the limit: the main request ends before anything was sent.
+    head, body = fetch(gw.port, "/set.html?f=nine.txt")
+    assert head == "" and body == b""
+    log = gw.errors()
+    assert "too big subrequest response: 9" in log and 'subrequest: "/nine.txt"' in log
+    assert "[alert]" not in log

@@ -122,9 +122,7 @@ async def send_file(ex: Exchange, resp: FileResponse) -> Outcome:
         timeout = settings.send_timeout
         with_body = head.method != "HEAD" and status != 304
         if with_body and ssi:
-            ep.write(out)
-            ctx.bytes_sent = len(out)
-            sent = await _send_ssi(ex, resp, chunked, timeout)
+            sent = await _send_ssi(ex, resp, out, chunked, timeout)
             if chunked:
                 tail = (
                     last_chunk(trailers(status, settings.add_trailers, ctx.lookup, ctx))
@@ -133,8 +131,8 @@ async def send_file(ex: Exchange, resp: FileResponse) -> Outcome:
                 )
                 ep.write(tail)
                 sent += len(tail)
-            ctx.bytes_sent += sent
-            ctx.body_bytes_sent = sent
+            ctx.bytes_sent = sent
+            ctx.body_bytes_sent = sent - len(out)
             await _drain(ep, timeout)
             with_body = False
         elif with_body and chunked:
@@ -202,15 +200,24 @@ async def send_file(ex: Exchange, resp: FileResponse) -> Outcome:
     return keep, settings.keepalive_timeout
 
 
-async def _send_ssi(ex: Exchange, resp: FileResponse, chunked: bool, timeout: float) -> int:
-    """The file through the SSI filter (:mod:`wsgate.content.ssi`), read one chunk at a
-    time; returns the bytes written (chunk framing included, not the last chunk)."""
+async def _send_ssi(
+    ex: Exchange, resp: FileResponse, head: bytes, chunked: bool, timeout: float
+) -> int:
+    """The head, then the file through the SSI filter (:mod:`wsgate.content.ssi`), read one
+    chunk at a time; returns the bytes written (chunk framing included, not the last chunk).
+
+    The head goes with the first output, as nginx's write filter holds it until there is a
+    body to send (``postpone_output``): a document whose first ``include`` ends the request
+    (``include ... set=`` of a body too big, an upgrade in a subrequest) sends nothing."""
     ep = ex.front.ep
     sent = 0
+    pending = head
 
     async def write(data: bytes) -> None:
-        nonlocal sent
+        nonlocal sent, pending
         framed = encode_chunk(data) if chunked else data
+        if pending:
+            framed, pending = pending + framed, b""
         ep.write(framed)
         sent += len(framed)
         await _drain(ep, timeout)
@@ -229,6 +236,9 @@ async def _send_ssi(ex: Exchange, resp: FileResponse, chunked: bool, timeout: fl
             done += len(data)
             await filt.feed(data if resp.recode is None else data.translate(resp.recode))
     await filt.finish()
+    if pending:
+        ep.write(pending)
+        sent += len(pending)
     return sent
 
 

@@ -62,6 +62,10 @@ class Terminated(PeerClosed):
     444``, a client gone): its response stops and its connection closes."""
 
 
+class _TooBig(Exception):
+    """An ``include ... set=`` body longer than ``subrequest_output_buffer_size``."""
+
+
 def ssi_applies(settings: LocationSettings, status: int, headers: list[tuple[str, str]]) -> bool:
     """``ngx_http_ssi_header_filter``: ``ssi on``, a body that may not be empty, a type of
     ``ssi_types`` ("text/html" always, ``*`` any).  wsgate filters only ``200`` responses (a
@@ -303,8 +307,16 @@ class SsiFilter:
 
             async def keep(data: bytes) -> None:
                 kept.extend(data)
+                # "Sets the size of the buffer used for storing the response body of a
+                # subrequest"; a longer body is an error that ends the main request.
+                if set_ is not None and len(kept) > sub.r.settings.subrequest_output_buffer_size:
+                    raise _TooBig(f"too big subrequest response: {len(kept)}")
 
-            status = await sub.output(keep)
+            try:
+                status = await sub.output(keep)
+            except _TooBig as exc:
+                sub.r.log("error", str(exc))
+                raise Terminated(str(exc)) from None
         else:
             status = await sub.output(self.write)
         if status in _TERMINATE:

@@ -147,6 +147,17 @@ def _kept_headers(logs: tuple[AccessLog, ...]) -> frozenset[str] | None:
     return kept
 
 
+def _reads_sent_fields(logs: tuple[AccessLog, ...]) -> bool:
+    """Whether an access log's format or condition reads a ``$sent_http_*`` variable."""
+    return any(
+        name.startswith("sent_http_")
+        for log in logs
+        for tpl in (log.format.template, log.condition)
+        if tpl is not None
+        for name in tpl.variables
+    )
+
+
 #: The ``upstream_bytes`` of a tunnel whose logs do not read them (shared, never appended to).
 _NO_BYTES: list[list[int]] = cast("list[list[int]]", ())
 
@@ -416,7 +427,9 @@ def _lone_101(ex: Exchange, resp: ResponseHead) -> Outcome:
     noupgrade": no byte after the head, ``$body_bytes_sent`` 0).  A backend cannot push a
     stream to a client that did not ask for one.  Both connections are then closed."""
     settings, ctx = ex.r.settings, ex.r.ctx
-    out = for_version(ctx.version, _head_101(ex, resp, upgrade=False))
+    out = _head_101(ex, resp, upgrade=False)
+    ctx.sent_head = out
+    out = for_version(ctx.version, out)
     ex.front.ep.write(out)
     ctx.bytes_sent = len(out)
     ctx.body_bytes_sent = 0
@@ -443,6 +456,9 @@ def start_tunnel(
     ep = front.ep
     ep.write(out)
     head_len = len(out)
+    if _reads_sent_fields(settings.access_logs):
+        # $sent_http_* in a tunnel's log line (the 101's fields); kept only when read.
+        ctx.sent_head = out
     early_to_client = rparser.take_buffered() + bytes(up.buffer)
     up.buffer.clear()
     early_to_upstream = front.parser.take_buffered() + bytes(ep.buffer)

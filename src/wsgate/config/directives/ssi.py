@@ -1,6 +1,7 @@
 """ngx_http_ssi_filter_module's directives: ``ssi``, ``ssi_types``, ``ssi_silent_errors``,
 ``ssi_value_length``, ``ssi_min_file_chunk``, ``ssi_last_modified`` and
-``ssi_ignore_recycled_buffers``.
+``ssi_ignore_recycled_buffers``; and ``subrequest_output_buffer_size`` (the core module's,
+which only SSI's ``include ... set=`` reads).
 
 https://nginx.org/en/docs/http/ngx_http_ssi_module.html; applied by
 :mod:`wsgate.content.ssi` (the filter) and :mod:`wsgate.http.ssi` (the parser).
@@ -45,6 +46,14 @@ ENTRIES: tuple[Directive, ...] = (
     _setting("ssi_silent_errors", flag, "ssi_silent_errors", "off"),
     _setting("ssi_last_modified", flag, "ssi_last_modified", "off"),
     _setting("ssi_value_length", size, "ssi_value_length", "256", syntax="length"),
+    # ngx_http_core_module's, read only by SSI's in-memory subrequests (``include ... set=``).
+    _setting(
+        "subrequest_output_buffer_size",
+        size,
+        "subrequest_output_buffer_size",
+        "4k",
+        syntax="size",
+    ),
     _setting(
         "ssi_types",
         _types,
