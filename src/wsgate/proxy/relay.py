@@ -284,17 +284,24 @@ async def relay_response(
     rate = _rate(ex, resp)
     counts = ctx.upstream_bytes[-1] if ctx.upstream_bytes else None
     filt: SsiFilter | None = None
+    head_out = out
     if ssi and not no_body:
-        # The body goes through the SSI filter, which writes (and drains) its output.
+        # The body goes through the SSI filter, which writes (and drains) its output; the
+        # head goes with its first output (as nginx's write filter holds it).
         async def write(data: bytes) -> None:
-            nonlocal body_bytes
-            ep.write(encode_chunk(data) if chunk_out else data)
+            nonlocal body_bytes, head_out
+            framed = encode_chunk(data) if chunk_out else data
+            if head_out:
+                framed, head_out = head_out + framed, b""
+            ep.write(framed)
             body_bytes += len(data)
             await ep.drain()
 
         filt = SsiFilter(ex, write)
     try:
-        if rate is None:
+        if filt is not None:
+            pass  # written with the first output
+        elif rate is None:
             ep.write(out)
         else:
             sent = await send_paced(ep, out, rate, 0)
@@ -319,6 +326,9 @@ async def relay_response(
             if complete:
                 if filt is not None:
                     await filt.finish()
+                    if head_out:
+                        ep.write(head_out)
+                        head_out = b""
                 break
             if ep.closed:
                 raise PeerClosed("client closed")
