@@ -24,7 +24,16 @@ from wsgate.config.modules import version_lines
 from wsgate.errors import ConfigError
 from wsgate.loop import new_event_loop
 from wsgate.observability.logs import AccessLogs, ErrorLogger, access_log_paths, location_error_logs
-from wsgate.server.gateway import BindKey, Gateway, ListenGroup, announce, open_groups, pid_write
+from wsgate.server.gateway import (
+    BindKey,
+    Gateway,
+    ListenGroup,
+    announce,
+    dropped_sockets,
+    open_groups,
+    pid_write,
+    remove_unix_sockets,
+)
 from wsgate.server.upgrade import inherited_groups, oldbin_path
 
 __all__ = ["main"]
@@ -252,22 +261,31 @@ def cmd_run(opts: Options) -> int:
     # A new master started by USR2 serves on the old one's sockets (wsgate.server.upgrade).
     inherited = inherited_groups(error_log)
     try:
-        groups = open_groups(config, inherited)
+        workers = config.worker_processes if config.master_process else 1
+        groups = open_groups(config, inherited, workers)
     except ConfigError as exc:
         _say(f"[emerg] {exc}")
         error_log.log("emerg", str(exc))
         return 1
-    kept = {id(g.sock) for g in groups.values()}
-    for old in inherited.values():
-        if id(old.sock) not in kept and old.sock is not None:
-            old.sock.close()
+    for sock in dropped_sockets(inherited, groups):
+        sock.close()
     # nginx does not detach again when it inherited its sockets: the old master started it.
     if config.daemon and not inherited:
         files = [e.path for e in config.error_logs if e.path != "stderr"]
         _daemonize(files[0] if files else None)
-    if config.master_process:
-        return _run_master(opts, config, error_log, access_logs, groups)
-    return _run_single(opts, config, error_log, access_logs, groups)
+    # A master started by USR2 leaves unix: socket files to its parent while that runs.
+    parent = os.getppid() if inherited else 0
+    try:
+        if config.master_process:
+            return _run_master(opts, config, error_log, access_logs, groups)
+        return _run_single(opts, config, error_log, access_logs, groups)
+    finally:
+        if not _UPGRADED and (not parent or os.getppid() != parent):
+            remove_unix_sockets(groups)
+
+
+#: The master exited with a new binary running on its sockets (USR2, then QUIT).
+_UPGRADED = False
 
 
 def _started(config: Config, error_log: ErrorLogger) -> None:
@@ -308,6 +326,9 @@ def _run_master(
     try:
         return master.run(lambda: _started(config, error_log))
     finally:
+        global _UPGRADED
+        _UPGRADED = master.new_binary != 0
+        groups.update(master.groups)
         _remove_pid(master.config.pid)
         error_log.log("notice", "exit")
         error_log.close()
@@ -335,6 +356,7 @@ def _run_single(
     try:
         serve(gw, groups, lambda: _started(config, error_log))
     finally:
+        groups.update(gw.groups)
         _remove_pid(gw.config.pid)
         error_log.log("notice", "exit")
         gw.access_logs.close()

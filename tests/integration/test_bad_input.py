@@ -462,7 +462,9 @@ def assert_serving_http(h: WsgateProcess, up: RawUpstream) -> None:
         c.send(get(h.port))
         status, line, _, body = c.response()
         assert (status, body) == (200, b"ok\n"), line
-    assert up.connections == before + 1
+    # At least one: a connection wsgate opened for the request before (and then closed) may
+    # be accepted by the raw upstream's thread only now.
+    assert up.connections >= before + 1
 
 
 def assert_serving_ws(h: WsgateProcess) -> None:

@@ -37,6 +37,7 @@ _LEVELS = ("http", "server", "location")
 SAMPLES: dict[str, tuple[str, str]] = {
     "pid": ("a.pid", "b.pid"),
     "error_log": ("a.log", "b.log warn"),
+    "keepalive_disable": ("none", "msie6 safari"),
     "worker_processes": ("2", "3"),
     "worker_cpu_affinity": ("01 10", "auto"),
     "worker_connections": ("100", "200"),
@@ -126,6 +127,7 @@ SAMPLES: dict[str, tuple[str, str]] = {
 BAD: dict[str, tuple[str, str] | None] = {
     "pid": None,
     "error_log": ("a.log loud", 'invalid log level "loud"'),
+    "keepalive_disable": ("opera", 'invalid value "opera"'),
     "worker_processes": ("x", '"worker_processes" directive invalid value'),
     "worker_cpu_affinity": ("012", 'invalid character "2" in "worker_cpu_affinity"'),
     "worker_connections": ("x", 'invalid number "x"'),
@@ -431,12 +433,34 @@ def test_bad_arguments_get_nginx_words(tmp_path: Path, d: Directive) -> None:
 def test_no_op_and_refused_entries(tmp_path: Path) -> None:
     for d in ENTRIES:
         ctx = next((c for c in CONTEXT_ORDER if c in d.contexts), "http")
-        s = Stmt(d.name, ["off"] * d.arity.lo, SRC, [] if d.arity.block else None)
+        # A no-op that checks its value is given one it takes ("64" is a number and a size).
+        value = "64" if getattr(d.parse, "__name__", "") in ("number", "size") else "off"
+        s = Stmt(d.name, [value] * d.arity.lo, SRC, [] if d.arity.block else None)
         if d.kind is Kind.REFUSED:
             with pytest.raises(ConfigError, match="not supported by wsgate|main context only"):
                 find(s, ctx)
         elif d.kind is Kind.NO_OP:
             assert find(s, ctx) is d
+
+
+def test_no_op_values_are_checked_as_nginx_checks_them() -> None:
+    """The hash sizes and body buffer sizes change nothing in wsgate, but a bad value is
+    still nginx's error (a configuration wsgate loads, nginx loads)."""
+    cases = {
+        "types_hash_max_size": ("big", '"types_hash_max_size" directive invalid number'),
+        "server_names_hash_bucket_size": (
+            "1x",
+            '"server_names_hash_bucket_size" directive invalid value',
+        ),
+        "client_body_buffer_size": ("lots", '"client_body_buffer_size" directive invalid value'),
+        "msie_refresh": ("on", "is not supported by wsgate"),
+        "client_body_in_file_only": ("on", "is not supported by wsgate"),
+        "log_subrequest": ("on", "is not supported by wsgate"),
+    }
+    for name, (arg, words) in cases.items():
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            find(Stmt(name, [arg], SRC, None), "http")
+    assert find(Stmt("client_body_in_file_only", ["off"], SRC, None), "http").name
 
 
 def test_enum_documents_its_values() -> None:

@@ -59,7 +59,31 @@ def test_headers_keep_case_order_duplicates_and_latin1() -> None:
 def test_invalid_header_names_are_dropped() -> None:
     h = head_of(b"GET / HTTP/1.1\r\nHost: a\r\nX_Y: 1\r\nX.Z: 2\r\nOk-1: 3\r\n\r\n")
     assert h.headers == [("Host", "a"), ("Ok-1", "3")]
-    assert h.ignored_headers == ["X_Y", "X.Z"]
+    assert h.ignored_headers == ["X_Y: 1", "X.Z: 2"]
+
+
+def test_underscores_in_headers_on_keeps_underscore_names() -> None:
+    data = b"GET / HTTP/1.1\r\nHost: a\r\nX_Y: 1\r\nX.Z: 2\r\n\r\n"
+    h = head_of_limited(data, HeadLimits(underscores=True))
+    assert h.headers == [("Host", "a"), ("X_Y", "1")]
+    assert h.ignored_headers == ["X.Z: 2"]
+
+
+def test_ignore_invalid_headers_off_keeps_every_name() -> None:
+    """nginx: the line is kept and passed on, whatever the name holds but controls and
+    spaces (those are still 400); its value is still checked."""
+    data = b"GET / HTTP/1.1\r\nHost: a\r\nX_Y: 1\r\nX.Z@(: 2\r\n\r\n"
+    h = head_of_limited(data, HeadLimits(ignore_invalid=False))
+    assert h.headers == [("Host", "a"), ("X_Y", "1"), ("X.Z@(", "2")]
+    assert h.ignored_headers == []
+    bad = b"GET / HTTP/1.1\r\nHost: a\r\nX_Y: 1\x01\r\n\r\n"
+    with pytest.raises(HttpError) as info:
+        RequestParser(HeadLimits(ignore_invalid=False)).feed(bad)
+    assert info.value.status == 400
+    with pytest.raises(HttpError):
+        RequestParser(HeadLimits(ignore_invalid=False)).feed(
+            b"GET / HTTP/1.1\r\nHost: a\r\nX Y: 1\r\n\r\n"
+        )
 
 
 def test_byte_at_a_time() -> None:

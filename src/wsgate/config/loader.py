@@ -40,7 +40,7 @@ from wsgate.config.table import HTTP, LOCATION, MAIN, SERVER, UPSTREAM, Directiv
 from wsgate.config.template import Template, TemplateError, compile_template
 from wsgate.config.upstream import build_upstream, finish_upstream
 from wsgate.config.values import (
-    check_default_servers,
+    check_listens,
     config_error,
     regex,
 )
@@ -180,7 +180,7 @@ class Loader:
         )
         http_level = Level(self, None)
         servers = tuple(self.read(http.block or [], HTTP, http_level))
-        check_default_servers(servers)
+        check_listens(servers)
         here = http_level.collect(LocationSettings)
         for name, up in self.upstreams.items():
             self.upstreams[name] = finish_upstream(up, here["resolver"], here["resolver_timeout"])

@@ -122,6 +122,25 @@ class Listen:
     ssl: bool = False
     #: ``listen ... proxy_protocol``: each connection begins with a PROXY protocol header.
     proxy_protocol: bool = False
+    #: The socket's options (``ngx_http_core_listen``): ``backlog=`` (511, nginx's
+    #: ``NGX_LISTEN_BACKLOG`` on Linux), ``rcvbuf=``/``sndbuf=`` (-1: the system's),
+    #: ``reuseport``, ``so_keepalive=`` (0 unset, 1 on, 2 off; idle and interval in
+    #: seconds, count; 0: the system's), ``deferred`` (``TCP_DEFER_ACCEPT``), ``bind``,
+    #: ``fastopen=`` (-1: off).
+    backlog: int = 511
+    rcvbuf: int = -1
+    sndbuf: int = -1
+    reuseport: bool = False
+    so_keepalive: int = 0
+    keepidle: int = 0
+    keepintvl: int = 0
+    keepcnt: int = 0
+    deferred: bool = False
+    bind: bool = False
+    fastopen: int = -1
+    #: A socket option was given (nginx's ``lsopt.set``): at most one ``listen`` of an
+    #: address may (``duplicate listen options for ...``), and it gets a socket of its own.
+    options: bool = False
 
     @property
     def is_wildcard(self) -> bool:
@@ -129,7 +148,20 @@ class Listen:
 
     @property
     def family_v6(self) -> bool:
-        return ":" in self.host
+        return ":" in self.host and not self.is_unix
+
+    @property
+    def is_unix(self) -> bool:
+        """``listen unix:/path``: ``host`` is ``unix:/path`` and ``port`` is 0."""
+        return self.host.startswith("unix:")
+
+    @property
+    def text(self) -> str:
+        """nginx's ``addr_text``: ``127.0.0.1:80``, ``[::1]:80`` or ``unix:/path``."""
+        if self.is_unix:
+            return self.host
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -611,6 +643,21 @@ class LocationSettings:
     #: ``set_real_ip_from`` of the innermost level that has any (all-or-nothing): networks,
     #: ``None`` for ``unix:``; empty: realip is off.
     real_ip_from: tuple[Network | None, ...] = ()
+    #: ``error_log`` of the innermost level that has any (all-or-nothing); empty: the main
+    #: context's (nginx: ``clcf->error_log`` is ``cycle->new_log`` when no level sets one).
+    error_logs: tuple[ErrorLog, ...] = ()
+    #: ``lingering_close off|on|always``, ``lingering_time``, ``lingering_timeout``.
+    lingering_close: str = "on"
+    lingering_time: float = 30.0
+    lingering_timeout: float = 5.0
+    #: ``keepalive_disable``: the browsers (``msie6``, ``safari``) keep-alive is off for.
+    keepalive_disable: frozenset[str] = frozenset({"msie6"})
+    #: ``tcp_nodelay``: off turns Nagle's algorithm back on for the client connection.
+    tcp_nodelay: bool = True
+    #: ``msie_padding``: error pages for MSIE and Chrome get nginx's padding comments.
+    msie_padding: bool = True
+    #: ``reset_timedout_connection``: a timed-out connection (and ``return 444``) is reset.
+    reset_timedout_connection: bool = False
     #: ``real_ip_header``, as written (``X-Real-IP``, ``X-Forwarded-For``, ``proxy_protocol``
     #: or another header's name).
     real_ip_header: str = "X-Real-IP"
@@ -626,9 +673,6 @@ class LocationSettings:
     satisfy: str = "all"
     #: ``auth_delay`` (seconds): how long a 401 waits before it is sent.
     auth_delay: float = 0.0
-    #: ``error_log`` of the innermost level that has any (all-or-nothing); empty: the main
-    #: context's logs.
-    error_logs: tuple[ErrorLog, ...] = ()
     # -- static files (ngx_http_core_module, static, index, autoindex) --------------------------
     #: ``root``/``alias`` (None: ``root html``, under the prefix; the loader fills it in).
     root: DocRoot | None = None
@@ -746,6 +790,12 @@ class Server:
     large_client_header_buffers: tuple[int, int] = (4, 8192)
     #: nginx 1.29.8+ ``max_headers`` (default 1000): the most request header lines.
     max_headers: int = 1000
+    #: ``ignore_invalid_headers`` (on): header lines with invalid names are dropped.
+    ignore_invalid_headers: bool = True
+    #: ``underscores_in_headers`` (off): a name with ``_`` is invalid.
+    underscores_in_headers: bool = False
+    #: ``merge_slashes`` (on): ``//`` in the URI is one ``/`` for location matching.
+    merge_slashes: bool = True
     source: Source | None = None
     #: TLS settings, when any ``listen`` of this server has ``ssl`` (else None).
     ssl: SslServer | None = None

@@ -8,13 +8,14 @@ import socket
 from collections.abc import Iterator
 
 from wsgate.config.model import Listen, Server, ServerName, Source
-from wsgate.config.units import parse_flag
+from wsgate.config.units import parse_seconds, parse_size
 from wsgate.errors import ConfigError
 
 __all__ = [
-    "check_default_servers",
+    "check_listens",
     "config_error",
     "listen",
+    "listens",
     "regex",
     "resolve",
     "server_name",
@@ -84,12 +85,70 @@ def resolve(text: str, default_port: int, src: Source, what: str) -> Iterator[tu
             yield addr
 
 
-def listen(args: list[str], src: Source) -> Listen:
-    """``listen ADDRESS[:PORT] [default_server] [ssl] [proxy_protocol] [ipv6only=on|off]``."""
+def _atoi(text: str) -> int | None:
+    """``ngx_atoi``: decimal digits only."""
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
+def _so_keepalive(value: str) -> tuple[int, int, int] | None:
+    """``so_keepalive=[keepidle]:[keepintvl]:[keepcnt]`` (``NGX_HAVE_KEEPALIVE_TUNABLE``):
+    the two times as ``ngx_parse_time(s, 1)``, the count as ``ngx_atoi``; all empty or zero
+    is invalid."""
+    parts = value.split(":", 2)
+    parts += [""] * (3 - len(parts))
+    idle = intvl = cnt = 0
+    if parts[0]:
+        got = parse_seconds(parts[0])
+        if got is None:
+            return None
+        idle = got
+    if parts[1]:
+        got = parse_seconds(parts[1])
+        if got is None:
+            return None
+        intvl = got
+    if parts[2]:
+        got = _atoi(parts[2])
+        if got is None:
+            return None
+        cnt = got
+    if not (idle or intvl or cnt):
+        return None
+    return idle, intvl, cnt
+
+
+_PORT_RANGE = re.compile(r"(?P<head>(?:\[[^\]]*\]:|[^:\[\]]+:)?)(?P<lo>\d+)-(?P<hi>\d+)")
+
+
+def listens(args: list[str], src: Source, warnings: list[str] | None = None) -> tuple[Listen, ...]:
+    """``listen``, with a port range (``127.0.0.1:8000-8009``, ``8000-8009``, nginx
+    1.27.3+): one address for each port of the range, as ``ngx_http_core_listen`` adds."""
+    m = _PORT_RANGE.fullmatch(args[0])
+    if m is None or args[0].startswith("unix:"):
+        return (listen(args, src, warnings),)
+    lo, hi = int(m["lo"]), int(m["hi"])
+    if not 1 <= lo <= 65535 or not 1 <= hi <= 65535:
+        raise _err(f'invalid port in "{args[0]}" of the "listen" directive', src)
+    if lo > hi:
+        raise _err(f'invalid port range in "{args[0]}" of the "listen" directive', src)
+    return tuple(
+        listen([f"{m['head']}{port}", *args[1:]], src, warnings) for port in range(lo, hi + 1)
+    )
+
+
+def listen(args: list[str], src: Source, warnings: list[str] | None = None) -> Listen:
+    """``listen address[:port] | port | unix:path [default_server] [ssl] [proxy_protocol]
+    [setfib=number] [fastopen=number] [backlog=number] [rcvbuf=size] [sndbuf=size]
+    [deferred] [bind] [ipv6only=on|off] [reuseport] [so_keepalive=on|off|[keepidle]:
+    [keepintvl]:[keepcnt]]``, with ``ngx_http_core_listen``'s words for bad values."""
     text = args[0]
     if text.startswith("unix:"):
-        raise _err('"listen unix:" is not supported by wsgate yet', src)
-    if text.isdigit():
+        if len(text) == 5:
+            raise _err(
+                f'no path in the unix domain socket in "{text}" of the "listen" directive', src
+            )
+        host, port = "unix:" + text[5:], 0
+    elif text.isdigit():
         host, port = "0.0.0.0", int(text)
     else:
         if text.startswith("*:"):
@@ -104,27 +163,79 @@ def listen(args: list[str], src: Source) -> Listen:
                 raise _err(f'host not found in "{args[0]}" of the "listen" directive', src) from exc
     if port > 65535:
         raise _err(f'invalid port in "{args[0]}" of the "listen" directive', src)
-    default = False
+    opts: dict[str, object] = {}
+    default = ssl = proxy_protocol = False
     ipv6only = True
-    ssl = False
-    proxy_protocol = False
     for p in args[1:]:
+        name, eq, value = p.partition("=")
         if p in ("default_server", "default"):
             default = True
-        elif p.startswith("ipv6only="):
-            flag = parse_flag(p[9:])
-            if flag is None:
-                raise _err(f'invalid ipv6only flags "{p[9:]}"', src)
-            ipv6only = flag
-        elif p == "ssl":
+            continue
+        if p == "ssl":
             ssl = True
-        elif p == "proxy_protocol":
+            continue
+        if p == "proxy_protocol":
             proxy_protocol = True
-        elif p in ("http2", "quic"):
+            continue
+        if p in ("http2", "quic"):
             raise _err(f'"listen ... {p}" is not supported by wsgate yet', src)
+        if p == "bind":
+            opts["bind"] = True
+        elif p == "deferred":
+            opts["deferred"] = True
+        elif p == "reuseport":
+            opts["reuseport"] = True
+        elif eq and name == "backlog":
+            got = _atoi(value)
+            if not got:  # NGX_ERROR or 0
+                raise _err(f'invalid backlog "{p}"', src)
+            opts["backlog"] = got
+        elif eq and name == "fastopen":
+            got = _atoi(value)
+            if got is None:
+                raise _err(f'invalid fastopen "{p}"', src)
+            opts["fastopen"] = got
+        elif eq and name in ("rcvbuf", "sndbuf"):
+            size = parse_size(value)
+            if size is None:
+                raise _err(f'invalid {name} "{p}"', src)
+            opts[name] = size
+        elif p.startswith("ipv6only=o") and p[10:] in ("n", "ff"):
+            ipv6only = p[10:] == "n"
+            opts["bind"] = True
+        elif p.startswith("ipv6only=o"):
+            raise _err(f'invalid ipv6only flags "{p[9:]}"', src)
+        elif eq and name == "so_keepalive":
+            if value == "on":
+                opts["so_keepalive"] = 1
+            elif value == "off":
+                opts["so_keepalive"] = 2
+            else:
+                tunable = _so_keepalive(value)
+                if tunable is None:
+                    raise _err(f'invalid so_keepalive value: "{value}"', src)
+                opts["so_keepalive"] = 1
+                opts["keepidle"], opts["keepintvl"], opts["keepcnt"] = tunable
+        elif eq and name == "setfib":
+            # NGX_HAVE_SETFIB: FreeBSD only; nginx on Linux does not know the parameter.
+            raise _err(f'"listen ... setfib=" is not supported by wsgate (FreeBSD only) "{p}"', src)
+        elif eq and name == "accept_filter":
+            # nginx on Linux: logged, and the parameter ignored (NGX_HAVE_DEFERRED_ACCEPT
+            # without SO_ACCEPTFILTER).
+            if warnings is not None:
+                warnings.append(
+                    f'accept filters "{p}" are not supported on this platform, ignored in {src}'
+                )
+        elif p == "multipath":
+            raise _err('"listen ... multipath" is not supported by wsgate', src)
         else:
             raise _err(f'invalid parameter "{p}"', src)
-    return Listen(host, port, default, ipv6only, src, ssl, proxy_protocol)
+    if opts:
+        # Every socket option but default_server, ssl and proxy_protocol sets
+        # ``lsopt.set`` and ``lsopt.bind``.
+        opts["options"] = True
+        opts["bind"] = True
+    return Listen(host, port, default, ipv6only, src, ssl, proxy_protocol, **opts)  # type: ignore[arg-type]
 
 
 def server_name(text: str, src: Source, names: set[str] | None = None) -> ServerName:
@@ -142,17 +253,33 @@ def server_name(text: str, src: Source, names: set[str] | None = None) -> Server
     return ServerName(text, "exact", low)
 
 
-def check_default_servers(servers: tuple[Server, ...]) -> None:
-    seen: set[tuple[str, int]] = set()
+def check_listens(servers: tuple[Server, ...]) -> None:
+    """nginx's ``ngx_http_add_listen``/``ngx_http_add_addresses`` checks, in the order the
+    ``listen`` lines are read: one server listing an address twice is ``a duplicate listen
+    ADDR``; two ``listen`` lines of an address with socket options are ``duplicate listen
+    options for ADDR``; two ``default_server`` are ``a duplicate default server for ADDR``.
+    (``listen ADDR:0``, wsgate's, is a socket of its own each time and is not compared.)"""
+    seen: dict[tuple[str, int], tuple[list[Server], bool, bool]] = {}
     for server in servers:
-        for listen in server.listens:
-            if not listen.default_server:
+        for lst in server.listens:
+            if lst.port == 0 and not lst.is_unix:
                 continue
-            key = (listen.host, listen.port)
-            if key in seen and listen.port != 0:
-                where = f"[{listen.host}]" if ":" in listen.host else listen.host
-                raise _err(
-                    f"a duplicate default server for {where}:{listen.port}",
-                    listen.source or Source("", 0),
-                )
-            seen.add(key)
+            src = lst.source or Source("", 0)
+            key = (lst.host, lst.port)
+            entry = seen.get(key)
+            if entry is None:
+                seen[key] = ([server], lst.options, lst.default_server)
+                continue
+            owners, options, default = entry
+            if any(o is server for o in owners):
+                raise _err(f"a duplicate listen {lst.text}", src)
+            owners.append(server)
+            if lst.options:
+                if options:
+                    raise _err(f"duplicate listen options for {lst.text}", src)
+                options = True
+            if lst.default_server:
+                if default:
+                    raise _err(f"a duplicate default server for {lst.text}", src)
+                default = True
+            seen[key] = (owners, options, default)

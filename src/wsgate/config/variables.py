@@ -330,13 +330,15 @@ class RequestContext:
         self.root: DocRoot | None = None
         #: ``r->add_uri_to_alias``: ``try_files`` found a file under a regex location's alias.
         self.add_uri_to_alias = False
-        #: The location's ``error_log`` targets (empty: the main context's).
-        self.error_logs: tuple[ErrorLog, ...] = ()
         self.maps: Mapping[str, MapBlock] = maps or _NO_MAPS
         #: ``$https`` and the ``$ssl_*`` values of a TLS connection (empty for plain TCP).
         self.tls: Mapping[str, str] = _NO_TLS
         #: The gateway's ``stub_status`` counters, for ``$connections_*`` (None: all ``0``).
         self.counters: StatusCounters | None = None
+        #: The ``error_log`` targets of the level handling the request (the default server's,
+        #: then the chosen server's, then the location's); empty: the main context's.  The
+        #: error log reads them from the context every line is logged with.
+        self.error_logs: tuple[ErrorLog, ...] = ()
         #: Values set by directives (``auth_request_set``), by lowercased name (None: none).
         self.variables: dict[str, str] | None = None
         #: The upstream response's header fields (``$upstream_http_*``).
@@ -632,7 +634,8 @@ _GETTERS: dict[str, Callable[[RequestContext], str]] = {
     ),
     "proxy_protocol_server_port": lambda c: _pp_port(c, "dst_port"),
     "server_addr": lambda c: c.server_addr,
-    "server_port": lambda c: str(c.server_port),
+    # A UNIX-domain listener has no port: empty, as ngx_http_variable_server_port.
+    "server_port": lambda c: str(c.server_port) if c.server_port else "",
     "server_name": lambda c: c.server_name,
     "server_protocol": lambda c: f"HTTP/{c.version}",
     "host": _host,

@@ -156,6 +156,7 @@ def error_response(
     head_only: bool = False,
     added: Iterable[tuple[str, str]] = (),
     trailer: Iterable[tuple[str, str]] | None = None,
+    msie_padding: bool = True,
 ) -> bytes:
     """The whole response (head and body) nginx sends for an error or redirect ``status``.
 
@@ -165,10 +166,11 @@ def error_response(
     ``added`` (``add_header``'s) come last, after Connection, as nginx's header filter writes
     the fields of ``headers_out.headers`` after its own.  With a ``trailer`` (``add_trailer``,
     for an HTTP/1.1 client) the body is one chunk and the trailer follows it, as nginx's
-    chunked filter sends it (no ``Content-Length``).
+    chunked filter sends it (no ``Content-Length``).  ``msie_padding`` off: no padding.
     """
     token = SERVER_TOKEN if server_tokens else NAME
-    body = error_page_body(status, token=token, padding=wants_padding(user_agent))
+    padding = msie_padding and wants_padding(user_agent)
+    body = error_page_body(status, token=token, padding=padding)
     lines = [
         f"HTTP/1.1 {status_line(status)}\r\n",
         f"Server: {token}\r\n",

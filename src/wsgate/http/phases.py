@@ -276,7 +276,9 @@ def parse_target(r: Request) -> None:
         return None
     path, args = split_target(r.head.target)
     ctx = r.ctx
-    ctx.uri, ctx.args = normalize_uri(path), args
+    # merge_slashes: "compression of two or more adjacent slashes in a URI into a single
+    # slash" (server level).
+    ctx.uri, ctx.args = normalize_uri(path, merge_slashes=r.server.merge_slashes), args
     if not ctx.host:
         ctx.host = r.server.name
     return None
@@ -402,12 +404,15 @@ def find_config(r: Request) -> Decision | None:
     r.location = location
     settings = r.settings = location.settings if location is not None else r.server.settings
     ctx.root = settings.root
+    # ngx_http_update_location_config: "ngx_set_connection_log(r->connection,
+    # clcf->error_log)": the location's error_log takes the request's lines from here on.
     ctx.error_logs = settings.error_logs
     if (
         settings.keepalive_timeout == 0
         or r.connection_requests >= settings.keepalive_requests
         or r.worker.clock() - r.connection_started >= settings.keepalive_time
         or r.worker.stopping
+        or (settings.keepalive_disable and _keepalive_disabled(head, settings.keepalive_disable))
     ):
         # keepalive_timeout 0 disables keep-alive; keepalive_requests caps a connection
         # (https://nginx.org/en/docs/http/ngx_http_core_module.html#keepalive_requests).
@@ -417,6 +422,43 @@ def find_config(r: Request) -> Decision | None:
         target = escape_uri(location.name) + (f"?{ctx.args}" if ctx.args else "")
         return Redirect(301, target)
     return None
+
+
+def _keepalive_disabled(head: RequestHead, browsers: frozenset[str]) -> bool:
+    """``keepalive_disable``: "Disables keep-alive connections with misbehaving browsers."
+    ``ngx_http_update_location_config``: MSIE 6 for a POST only ("MSIE may wait for some
+    time if an response for a POST request was sent over a keepalive connection"), Safari
+    always; the browser as ``ngx_http_process_user_agent`` finds it."""
+    msie6 = "msie6" in browsers and head.method == "POST"
+    safari = "safari" in browsers
+    if not (msie6 or safari):
+        return False  # the default (msie6) and a GET: no header lookup
+    agent = head.header("user-agent")
+    if not agent:
+        return False
+    return (msie6 and _is_msie6(agent)) or (safari and _is_safari(agent))
+
+
+def _is_msie6(agent: str) -> bool:
+    """``r->headers_in.msie6`` (``ngx_http_process_user_agent``): "MSIE 4.", "MSIE 5." or
+    "MSIE 6." without "SV1" after it, with more than two bytes after "MSIE ", and no
+    "Opera" anywhere."""
+    at = agent.find("MSIE ")
+    if at == -1 or at + 7 >= len(agent) or "Opera" in agent or agent[at + 6] != ".":
+        return False
+    version = agent[at + 5]
+    return version in "45" or (version == "6" and "SV1" not in agent[at + 8 :])
+
+
+def _is_safari(agent: str) -> bool:
+    """``r->headers_in.safari``: not MSIE, Opera, Gecko or Chrome, and "Safari/" with
+    "Mac OS X"."""
+    at = agent.find("MSIE ")
+    if (at != -1 and at + 7 < len(agent)) or "Opera" in agent:
+        return False
+    if "Gecko/" in agent or "Chrome/" in agent:
+        return False
+    return "Safari/" in agent and "Mac OS X" in agent
 
 
 # -- POST_REWRITE ------------------------------------------------------------------------------

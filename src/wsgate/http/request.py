@@ -77,6 +77,12 @@ class HeadLimits:
     large_buffers: int = 4
     large_buffer_size: int = 8192
     max_headers: int = 1000
+    #: ``ignore_invalid_headers`` (on): a header whose name has a byte other than a letter,
+    #: a digit or ``-`` (or ``_`` with ``underscores_in_headers on``) is dropped and logged
+    #: at ``info``; off: it is kept and passed on.
+    ignore_invalid: bool = True
+    #: ``underscores_in_headers`` (off): ``_`` is such an invalid byte.
+    underscores: bool = False
 
     @property
     def max_line(self) -> int:
@@ -93,8 +99,10 @@ class RequestHead:
 
     ``target`` is the request-target exactly as sent; ``headers`` keep original case, order and
     duplicates (latin-1), minus names nginx ignores (``ignore_invalid_headers``: any character but
-    letters, digits and ``-``).  ``host`` is nginx's ``$host`` candidate: the absolute-form host if
-    any, else the Host header, lowercased, port and one trailing dot removed.
+    letters, digits and ``-``); ``ignored_headers`` are those lines, for nginx's ``info``
+    line "client sent invalid header line".  ``host`` is nginx's ``$host`` candidate: the
+    absolute-form host if any, else the Host header, lowercased, port and one trailing dot
+    removed.
     """
 
     method: str
@@ -139,6 +147,10 @@ class _State(enum.Enum):
 # the allowed bytes is what is not allowed, found in C instead of a Python loop per byte.
 _METHOD_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ_-"
 _NAME_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-"
+_NAME_CHARS_UNDERSCORE = _NAME_CHARS + b"_"
+#: What llhttp is shown instead of a name nginx finds invalid but keeps
+#: (``ignore_invalid_headers off``): the value is still checked.
+_KEPT_INVALID = b"X-Wsgate-Invalid"
 #: Control bytes and DEL (not allowed in a request target).
 _CTL = bytes(range(0x20)) + b"\x7f"
 _VERSION_RE = re.compile(rb"HTTP/([0-9]+)\.([0-9]+)")
@@ -518,17 +530,23 @@ class RequestParser:
         if colon <= 0 or b"\r" in line:
             raise HttpError(400, f'client sent invalid header line: "{_printable(line)}"')
         name = line[:colon]
-        if name.translate(None, _NAME_CHARS):  # not only letters, digits and '-'
+        lim = self.limits
+        invalid = bool(
+            name.translate(None, _NAME_CHARS_UNDERSCORE if lim.underscores else _NAME_CHARS)
+        )
+        if invalid:  # ngx_http_parse_header_line's r->invalid_header
             if has_ctl_or_space(name):
                 raise HttpError(400, f'client sent invalid header line: "{_printable(line)}"')
-            # ignore_invalid_headers on, underscores_in_headers off: skipped, logged at INFO.
-            self._ignored.append(name.decode("latin-1"))
-            return
+            if lim.ignore_invalid:
+                # ngx_http_process_request_headers: skipped, logged at INFO, not counted.
+                self._ignored.append(line.rstrip(b" \t").decode("latin-1"))
+                return
         lname = name.lower()
         renamed = _RENAMED.get(lname)
+        shown = _KEPT_INVALID if invalid else renamed
         assert self._llhttp is not None
         try:
-            self._llhttp.feed_data((renamed + line[colon:] if renamed else line) + b"\r\n")
+            self._llhttp.feed_data((shown + line[colon:] if shown else line) + b"\r\n")
         except httptools.HttpParserError as exc:
             raise HttpError(400, f'client sent invalid header line: "{_printable(line)}"') from exc
         if len(self._headers) >= self.limits.max_headers:

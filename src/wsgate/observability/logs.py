@@ -64,6 +64,12 @@ class ErrorLogger:
         self.children: dict[tuple[ErrorLog, ...], ErrorLogger] = {}
         self.open()
 
+    def configure(self, config: Config) -> None:
+        """Log to ``config``'s main and per-level targets from now on (start and reload)."""
+        self.targets = config.error_logs
+        self.scoped = location_error_logs(config)
+        self.open()
+
     def open(self) -> None:
         """(Re)open the files: USR1 and reloads call this (logrotate's ``postrotate``)."""
         old = self.files
@@ -106,8 +112,8 @@ class ErrorLogger:
         scoped: bool = True,
     ) -> None:
         if scoped and ctx is not None and ctx.error_logs:
-            child = self.children.get(ctx.error_logs)
-            if child is not None:
+            child = self.children.get(ctx.error_logs) or _child_of(self, ctx.error_logs)
+            if child is not self:
                 child.log(level, msg, conn, ctx, upstream, scoped=False)
                 return
         lvl = LEVELS[level]
@@ -120,6 +126,17 @@ class ErrorLogger:
         for fh, max_lvl, _ in self.files:
             if lvl <= max_lvl:
                 fh.write(line)
+
+
+def _child_of(parent: ErrorLogger, targets: tuple[ErrorLog, ...]) -> ErrorLogger:
+    """The logger of a level of an older configuration (a request or tunnel that began
+    before a reload), opened now and kept; ``parent`` if it cannot be opened."""
+    try:
+        child = ErrorLogger(targets, stderr_fallback=False)
+    except OSError:
+        return parent
+    parent.children[targets] = child
+    return child
 
 
 def _open_log(path: str) -> TextIO:

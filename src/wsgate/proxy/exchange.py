@@ -82,6 +82,7 @@ class Exchange:
         # ngx_http_set_virtual_server: while the head is read, before any phase.
         server = select_server(front.candidates, head.host, front.default)
         ctx.server_name = server.name
+        ctx.error_logs = server.settings.error_logs
         self.r = Request(
             front.gw,
             front.number,
@@ -93,6 +94,9 @@ class Exchange:
             connection_requests=front.requests,
             connection_started=front.started,
         )
+        for line in head.ignored_headers:
+            # ngx_http_process_request_headers, ignore_invalid_headers on.
+            self.r.log("info", f'client sent invalid header line: "{line}"')
 
     async def run(self) -> Outcome:
         """Walk the phases and make the response; returns (keep the connection,
@@ -148,6 +152,8 @@ class Exchange:
 
     async def _respond(self, decision: Decision) -> Outcome:
         r = self.r
+        if not r.settings.tcp_nodelay:
+            self.front.nodelay_off()
         if isinstance(decision, Redirect):
             return self.redirect(decision.status, decision.location)
         if isinstance(decision, Plain):
@@ -196,6 +202,7 @@ class Exchange:
             head_only=head.method == "HEAD",
             added=added,
             trailer=chunked_trailer(status, head.method, head.version, settings, ctx.lookup, ctx),
+            msie_padding=settings.msie_padding,
         )
         data = charset_page(settings, status, data, ctx.lookup, self.r.log)
         ctx.sent_head = data[: data.index(b"\r\n\r\n") + 2]
@@ -298,6 +305,7 @@ def write_error(
             head_only=head is not None and head.method == "HEAD",
             added=added,
             trailer=trailer,
+            msie_padding=settings.msie_padding,
         )
         data = charset_page(
             settings,

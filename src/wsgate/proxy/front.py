@@ -16,7 +16,9 @@ small for that reason: it lives as long as every idle tunnel.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
+import struct
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -54,15 +56,13 @@ from wsgate.server.tls import (
 
 if TYPE_CHECKING:
     from wsgate.proxy.context import WorkerContext
-    from wsgate.server.gateway import ListenGroup
+    from wsgate.server.listening import ListenGroup
 
-__all__ = ["DISCARD_TIMEOUT", "FrontConnection"]
+__all__ = ["FrontConnection"]
 
-#: The longest pause between two reads of a body nobody read, dropped after the response
-#: so the connection can be kept alive.  nginx drops it with ``lingering_timeout`` (5 s)
-#: between reads and ``lingering_time`` (30 s) in all, which wsgate does not have yet
-#: (docs/differences.md); ``client_body_timeout`` is not used there.
-DISCARD_TIMEOUT = 60.0
+
+class _HeadTimedOut(Exception):
+    """``client_header_timeout`` expired in a request's head (logged; nothing is sent)."""
 
 
 class FrontConnection:
@@ -102,8 +102,14 @@ class FrontConnection:
         self.number = number
         transport = ep.transport
         assert transport is not None
-        peer = transport.get_extra_info("peername") or ("", 0)
-        local = transport.get_extra_info("sockname") or ("", 0)
+        if group.key[0].startswith("unix:"):
+            # nginx: a UNIX-domain client's $remote_addr is "unix:" and $server_addr is the
+            # listener's "unix:/path"; neither has a port.
+            peer: tuple[str, int] = ("unix:", 0)
+            local: tuple[str, int] = (group.key[0], 0)
+        else:
+            peer = transport.get_extra_info("peername") or ("", 0)
+            local = transport.get_extra_info("sockname") or ("", 0)
         # Interned: connections from one address (a NAT, a load balancer) share the string.
         self.remote_addr, self.remote_port = sys.intern(str(peer[0])), int(peer[1])
         self.local_addr, self.local_port = group.local_address(str(local[0]), int(local[1]))
@@ -149,12 +155,22 @@ class FrontConnection:
                 default.large_client_header_buffers[0],
                 default.large_client_header_buffers[1],
                 default.max_headers,
+                # nginx reads header lines with the default server's settings until the
+                # Host line names another server; wsgate with the default server's for all.
+                ignore_invalid=default.ignore_invalid_headers,
+                underscores=default.underscores_in_headers,
             )
         )
         self.parser = parser
         keepalive_timeout: float | None = None
+        #: The settings of the request that ends the connection, when it ends after one
+        #: (lingering close); None when it ends idle.
+        last: LocationSettings | None = None
+        #: ``reset_timedout_connection``: the connection timed out or got ``return 444``.
+        reset = False
         try:
             while True:
+                last = None
                 if self.gw.stopping and self.requests:
                     return
                 try:
@@ -163,27 +179,46 @@ class FrontConnection:
                         # errors are answered as a first request's are.
                         self.pending = parser.next_request()
                     head = await self._read_head(keepalive_timeout)
+                except _HeadTimedOut:
+                    reset = default.settings.reset_timedout_connection
+                    return
                 except HttpError as exc:
                     # Bad input before a head exists: nginx's 400/414/494/501/505 and close.
                     if not isinstance(exc, IncompleteRequest):
                         write_error(self, exc, self.bare_ctx(), None, default.settings, "", False)
+                        last = default.settings
                     return
                 if head is None:
                     return
                 self.stat(WRITING)
                 self.requests += 1
                 self.body_done = False
-                keep, keepalive_timeout = await Exchange(self, head).run()
+                exchange = Exchange(self, head)
+                keep, keepalive_timeout = await exchange.run()
+                settings = last = exchange.r.settings
+                status = exchange.r.ctx.status
+                if status in (408, 444, 499):
+                    # ngx_http_terminate_request: closed at once, never lingering; reset
+                    # with reset_timedout_connection (ngx_http_free_request: "if
+                    # (r->connection->timedout)", set by a timeout and by 444).
+                    reset = settings.reset_timedout_connection and status != 499
+                    last = None
                 if not keep or self.gw.stopping or self.tunnel is not None:
                     return
                 if not self.body_done:
-                    keep = await self._discard_body()
+                    keep = await self._discard_body(settings)
                     if not keep:
+                        last = None  # lingering_time ran out, or the client went
                         return
                 self.stat(None)
         finally:
             # A tunnel's request (and connection) ends when the tunnel closes.
             if self.tunnel is None:
+                # Not when the task is cancelled (a fast stop) or failed.
+                if reset:
+                    self._reset()
+                elif last is not None and sys.exc_info()[0] is None and self._lingers(last):
+                    await self._linger(last)
                 self.stat(None)
                 self.ep.close()
             else:
@@ -236,9 +271,16 @@ class FrontConnection:
         """A line about the connection before any request, with the listening address as
         ``server`` (nginx's ``ngx_http_log_error`` without a request)."""
         ctx = self.bare_ctx()
-        host = f"[{self.local_addr}]" if ":" in self.local_addr else self.local_addr
-        ctx.server_name = f"{host}:{self.local_port}"
+        ctx.server_name = self.listening_text()
         self.gw.error_log.log(level, message, self.number, ctx)
+
+    def listening_text(self) -> str:
+        """The local address as nginx's ``addr_text`` writes it (the ``server`` of a line
+        logged before any request)."""
+        if self.local_addr.startswith("unix:"):
+            return self.local_addr
+        host = f"[{self.local_addr}]" if ":" in self.local_addr else self.local_addr
+        return f"{host}:{self.local_port}"
 
     async def _read_proxy_protocol(self) -> bool:
         """The PROXY protocol header (``listen ... proxy_protocol``); ``False``: close.
@@ -305,10 +347,7 @@ class FrontConnection:
             ep.buffer.clear()
             ep.transport = await handshake(loop, ep.transport, ep, context, timeout, early)
         except (OSError, EOFError, TimeoutError) as exc:
-            ctx = self.bare_ctx()
-            host = f"[{self.local_addr}]" if ":" in self.local_addr else self.local_addr
-            ctx.server_name = f"{host}:{self.local_port}"
-            self.gw.error_log.log("info", handshake_error(exc), self.number, ctx)
+            self._log_connection("info", handshake_error(exc))
             return False
         obj = ep.transport.get_extra_info("ssl_object")
         if isinstance(obj, ssl.SSLObject):
@@ -376,16 +415,89 @@ class FrontConnection:
                     # nginx sends nothing but logs "408 0" once the request had started.
                     ctx.status = 408
                     self.log_access(self.default.settings, ctx, "", False)
+                    raise _HeadTimedOut from None
                 return None
 
-    async def _discard_body(self) -> bool:
-        """Read and drop the rest of a body nobody consumed (keep-alive needs it gone)."""
-        try:
-            async for _ in self.body_events(DISCARD_TIMEOUT):
+    def nodelay_off(self) -> None:
+        """``tcp_nodelay off``: Nagle's algorithm on again for this client connection
+        (asyncio and uvloop set ``TCP_NODELAY`` on every TCP transport; nginx sets it only
+        with ``tcp_nodelay on``, on keep-alive and upgraded connections)."""
+        transport = self.ep.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is not None and sock.family != socket.AF_UNIX:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
+            except OSError:
                 pass
-        except HttpError:
+
+    def _reset(self) -> None:
+        """``reset_timedout_connection``: "Before closing a socket, the SO_LINGER option is
+        set on it with a timeout value of 0. When the socket is closed, TCP RST is sent to
+        the client, and all memory occupied by this socket is released" (nginx docs)."""
+        transport = self.ep.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is None or sock.family == socket.AF_UNIX:
+            return
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            return
+        self.ep.abort()
+
+    async def _discard_body(self, settings: LocationSettings) -> bool:
+        """Read and drop the rest of a body nobody consumed (keep-alive needs it gone).
+
+        ``ngx_http_discarded_request_body_handler``: at most ``lingering_timeout`` between
+        two reads and ``lingering_time`` in all, then the connection is closed."""
+        try:
+            async with asyncio.timeout(settings.lingering_time):
+                async for _ in self.body_events(settings.lingering_timeout):
+                    pass
+        except (HttpError, TimeoutError):
             return False
         return True
+
+    def _lingers(self, settings: LocationSettings) -> bool:
+        """``ngx_http_finalize_connection``: ``lingering_close always``, or ``on`` when the
+        client may still be sending (a body not read to its end, bytes already here)."""
+        mode = settings.lingering_close
+        if mode == "off" or self.ep.closed or self.ep.eof or self.tls_vars is not None:
+            # TLS: asyncio cannot send the close alert and keep reading (nginx's
+            # ngx_ssl_shutdown first), and without it the client cannot tell the response
+            # ended: the connection is closed at once.
+            return False
+        if mode == "always":
+            return True
+        body_unread = not self.body_done and not any(
+            isinstance(ev, EndOfMessage) for ev in self.pending
+        )
+        return body_unread or bool(self.ep.buffer) or bool(self.parser.buffered)
+
+    async def _linger(self, settings: LocationSettings) -> None:
+        """nginx's lingering close (``ngx_http_set_lingering_close``): "nginx will wait for
+        and process additional data from a client" before closing, so that a client still
+        sending (the rest of a body its error response refused) reads the whole response
+        instead of a reset.  The write side is shut down once the response is out, then
+        what arrives is read and dropped until the client closes, ``lingering_timeout``
+        passes without data, or ``lingering_time`` in all (a TLS connection cannot be
+        half-closed, and does not linger: see :meth:`_lingers`)."""
+        ep = self.ep
+        transport = ep.transport
+        if transport is None:
+            return
+        if transport.can_write_eof():
+            transport.write_eof()
+        loop = self.gw.loop
+        deadline = loop.time() + settings.lingering_time
+        ep.take()
+        while not ep.eof:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            wait = min(settings.lingering_timeout, remaining)
+            if await ep.wait_data_or(None, wait) is Ready.TIMEOUT:
+                return
+            ep.take()
 
     async def body_events(self, timeout: float) -> AsyncIterator[bytes]:
         """Yield the request body's decoded chunks until its end, waiting at most ``timeout``
@@ -424,6 +536,9 @@ class FrontConnection:
             maps=self.gw.config.http.maps,
         )
         ctx.server_name = self.default.name
+        # ngx_http_init_connection: the default server's error_log until a request picks
+        # its server.
+        ctx.error_logs = self.default.settings.error_logs
         ctx.counters = self.gw.stub_status
         ctx.connection_start = time.time() - (self.gw.loop.time() - self.started)
         ctx.proxy_protocol = self.proxy_protocol

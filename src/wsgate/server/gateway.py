@@ -3,12 +3,14 @@
 This is the thin asyncio layer around the pure modules.  One process serves everything
 (``worker_processes`` is accepted and recorded; the process-model issue adds workers).
 
-Listening sockets follow nginx's ``ngx_http_optimize_servers``: on a port where a wildcard
-address (``0.0.0.0``/``[::]``) is listened on, specific addresses of the same family are
-served by the wildcard socket, and each connection's local address picks the candidate
-servers.  ``listen ADDR:0`` (a wsgate extension for tests) binds an ephemeral port; the real
-address is logged at ``notice``: ``listening on 127.0.0.1:40123 (FILE:LINE)``.  A reload keeps
-the Nth ``ADDR:0`` socket as the new configuration's Nth one, so its port does not change.
+Listening sockets (opened by :mod:`wsgate.server.listening`) follow nginx's
+``ngx_http_optimize_servers``: on a port where a wildcard address (``0.0.0.0``/``[::]``) is
+listened on, specific addresses of the same family are served by the wildcard socket (unless
+their ``listen`` has socket options), and each connection's local address picks the
+candidate servers.  ``listen ADDR:0`` (a wsgate extension for tests) binds an ephemeral
+port; the real address is logged at ``notice``: ``listening on 127.0.0.1:40123
+(FILE:LINE)``.  A reload keeps the Nth ``ADDR:0`` socket as the new configuration's Nth one,
+so its port does not change.
 
 Signals (https://nginx.org/en/docs/control.html): TERM/INT stop at once; QUIT stops
 accepting, closes idle keep-alive connections, lets requests and tunnels finish (up to
@@ -27,16 +29,19 @@ import random
 import resource
 import signal
 import socket
-import ssl
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from wsgate.config.model import Config, Listen, ProxyPass, Server, SslServer, Upstream
+from wsgate.config.model import Config, ProxyPass, Upstream
 from wsgate.config.model import Resolver as ResolverConf
 from wsgate.errors import ConfigError
 from wsgate.limits import LimitRegistry
-from wsgate.observability.logs import AccessLogs, ErrorLogger, access_log_paths
+from wsgate.observability.logs import (
+    AccessLogs,
+    ErrorLogger,
+    access_log_paths,
+    location_error_logs,
+)
 from wsgate.observability.metrics import MetricsStore
 from wsgate.observability.status import (
     ACCEPTS,
@@ -51,24 +56,37 @@ from wsgate.proxy.front import FrontConnection
 from wsgate.proxy.tunnel import Tunnel
 from wsgate.resolver import Resolver
 from wsgate.server.health import HealthChecks, upstream_target
+from wsgate.server.listening import (
+    BindKey,
+    ListenGroup,
+    addr_text,
+    bind_keys,
+    close_dropped,
+    close_group,
+    delete_dropped_unix_sockets,
+    dropped_sockets,
+    open_groups,
+    remove_unix_sockets,
+)
 from wsgate.server.resolved import SharedResolved
 from wsgate.server.resolving import UpstreamResolving
-from wsgate.server.tls import GroupTls
 from wsgate.upstream.methods import Balancer, make_group
 from wsgate.upstream.roundrobin import Peer, PeerGroup, peers_from_config
 
 __all__ = [
+    "BindKey",
     "Gateway",
     "ListenGroup",
     "announce",
     "bind_keys",
+    "check_error_logs",
+    "delete_dropped_unix_sockets",
+    "dropped_sockets",
     "open_access_logs",
     "open_groups",
     "pid_write",
+    "remove_unix_sockets",
 ]
-
-#: nginx's default ``listen ... backlog=`` (NGX_LISTEN_BACKLOG) on Linux.
-BACKLOG = 511
 
 #: Connections taken from a listening socket per readiness event, at most (the rest are taken
 #: on the next turn of the loop, after the ones accepted have been started).
@@ -80,84 +98,6 @@ FD_SPARE = 1
 #: After ``accept4()`` failed with EMFILE/ENFILE, how long accepting stays off unless a
 #: connection closes first (nginx re-arms the listener after ``accept_mutex_delay``, 500 ms).
 ACCEPT_RETRY_DELAY = 0.5
-
-BindKey = tuple[str, int, int]  # host, configured port, index (port-0 listens stay apart)
-
-
-def bind_keys(config: Config) -> dict[BindKey, list[tuple[Server, Listen]]]:
-    """Which sockets to open and which (server, listen) pairs each one serves."""
-    wildcard_ports = {
-        (lst.port, lst.family_v6)
-        for s in config.http.servers
-        for lst in s.listens
-        if lst.is_wildcard and lst.port != 0
-    }
-    keys: dict[BindKey, list[tuple[Server, Listen]]] = {}
-    for server in config.http.servers:
-        for lst in server.listens:
-            if (
-                lst.port != 0
-                and not lst.is_wildcard
-                and (lst.port, lst.family_v6) in wildcard_ports
-            ):
-                host = "::" if lst.family_v6 else "0.0.0.0"
-            else:
-                host = lst.host
-            # Each ``listen ADDR:0`` gets a socket (and an ephemeral port) of its own.
-            index = len(keys) if lst.port == 0 else 0
-            keys.setdefault((host, lst.port, index), []).append((server, lst))
-    return keys
-
-
-@dataclass
-class ListenGroup:
-    """One listening socket and the servers that answer on it."""
-
-    key: BindKey
-    pairs: list[tuple[Server, Listen]]
-    sock: socket.socket | None = None
-    #: Accepting on ``sock`` (None while paused or not started).
-    server: _Listener | None = None
-    port: int = 0
-    #: TLS contexts when any ``listen`` on this socket has ``ssl`` (built from this config).
-    tls: GroupTls | None = None
-    #: The socket's protocol factory; a reload that keeps the socket points it at the new group.
-    acceptor: _Acceptor | None = None
-    _cache: dict[str, tuple[list[Server], Server]] = field(default_factory=dict)
-    _locals: dict[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
-    _proxy_protocol: dict[str, bool] = field(default_factory=dict)
-
-    def local_address(self, host: str, port: int) -> tuple[str, int]:
-        """``(host, port)``, one copy per local address for all the connections that arrive
-        on it (each keeps them, and its tunnel's request too, for as long as it is open)."""
-        key = (host, port)
-        return self._locals.setdefault(key, key)
-
-    def proxy_protocol(self, local_addr: str) -> bool:
-        """Whether connections to ``local_addr`` begin with a PROXY protocol header
-        (``listen ... proxy_protocol``; the ``listen`` chosen as for :meth:`candidates`)."""
-        hit = self._proxy_protocol.get(local_addr)
-        if hit is None:
-            listens = [lst for _, lst in self.pairs]
-            exact = [lst for lst in listens if lst.host == local_addr]
-            chosen = exact or [lst for lst in listens if lst.is_wildcard] or listens
-            hit = self._proxy_protocol[local_addr] = any(lst.proxy_protocol for lst in chosen)
-        return hit
-
-    def candidates(self, local_addr: str) -> tuple[list[Server], Server]:
-        """Servers for a connection that arrived on ``local_addr`` (nginx: address first)."""
-        hit = self._cache.get(local_addr)
-        if hit is not None:
-            return hit
-        exact = [(s, lst) for s, lst in self.pairs if lst.host == local_addr]
-        chosen = exact or [(s, lst) for s, lst in self.pairs if lst.is_wildcard] or self.pairs
-        servers: list[Server] = []
-        for s, _ in chosen:
-            if s not in servers:
-                servers.append(s)
-        default = next((s for s, lst in chosen if lst.default_server), servers[0])
-        self._cache[local_addr] = (servers, default)
-        return servers, default
 
 
 class Gateway:
@@ -304,7 +244,9 @@ class Gateway:
                     announce(self.error_log, group)
         for key, old in self.groups.items():
             if key not in groups or groups[key].sock is not old.sock:
-                _close_group(old)
+                close_group(old)
+            else:
+                close_dropped(old, groups[key])
         self.groups = groups
 
     async def _start_server(self, group: ListenGroup) -> _Listener:
@@ -538,7 +480,7 @@ class Gateway:
 
     def _close_listeners(self) -> None:
         for group in self.groups.values():
-            _close_group(group)
+            close_group(group)
 
     def stop_now(self) -> None:
         self.error_log.log("notice", "exiting")
@@ -624,6 +566,7 @@ class Gateway:
         access_logs = AccessLogs()
         try:
             config = self.reload_config()
+            check_error_logs(config)
             access_logs = open_access_logs(config)
             if self.on_reload is not None:
                 self.on_reload(config)
@@ -635,10 +578,10 @@ class Gateway:
         self.config = config
         self.peer_groups = {}
         self._built = {}
-        self.error_log.targets = config.error_logs
-        self.error_log.open()
+        self.error_log.configure(config)
         self.access_logs.close()
         self.access_logs = access_logs
+        delete_dropped_unix_sockets(self.groups, groups, self.error_log)
         self.loop.create_task(self.serve(groups))
 
     def reopen(self) -> None:
@@ -665,75 +608,22 @@ def open_access_logs(config: Config) -> AccessLogs:
     return logs
 
 
+def check_error_logs(config: Config) -> None:
+    """Every ``error_log`` file ``config`` names opens (a reload keeps the old configuration
+    otherwise, as nginx's new cycle fails): ``open() "PATH" failed`` as a ConfigError."""
+    try:
+        ErrorLogger(config.error_logs, False, location_error_logs(config)).close()
+    except OSError as exc:
+        raise ConfigError(f'open() "{exc.filename}" failed ({exc.errno}: {exc.strerror})') from exc
+
+
 def announce(error_log: ErrorLogger, group: ListenGroup) -> None:
     """``listening on HOST:PORT (FILE:LINE)``: the address a socket was bound to (tests read
     the ports of ``listen ADDR:0`` from it)."""
-    where = group.key[0]
-    where = f"[{where}]" if ":" in where else where
-    src = group.pairs[0][1].source
-    error_log.log("notice", f"listening on {where}:{group.port}" + (f" ({src})" if src else ""))
-
-
-def _close_group(group: ListenGroup) -> None:
-    """Stop accepting on ``group`` and close this process's copy of its socket."""
-    if group.server is not None:
-        group.server.close()
-        group.server = None
-    if group.sock is not None:
-        group.sock.close()
-
-
-def _open(key: BindKey) -> socket.socket:
-    host, port, _ = key
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind((host, port))
-        sock.listen(BACKLOG)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def open_groups(config: Config, current: dict[BindKey, ListenGroup]) -> dict[BindKey, ListenGroup]:
-    """The listen groups for ``config``: sockets already open in ``current`` are kept, the
-    others are bound now (before any event loop exists, so the CLI can bind, then daemonize).
-    A bind failure closes what this call opened and raises nginx's ``bind() ... failed``."""
-    groups: dict[BindKey, ListenGroup] = {}
-    opened: list[socket.socket] = []
-    keys = bind_keys(config)
-    # Certificates are read now, before any socket is touched, so a bad one keeps the old
-    # configuration on reload (nginx: the new cycle fails, the old one goes on).
-    contexts: dict[SslServer, ssl.SSLContext] = {}
-    tls = {
-        key: GroupTls(pairs, contexts)
-        for key, pairs in keys.items()
-        if any(lst.ssl for _, lst in pairs)
-    }
-    for key, pairs in keys.items():
-        old = current.get(key)
-        if old is not None and old.sock is not None:
-            groups[key] = ListenGroup(
-                key, pairs, old.sock, old.server, old.port, tls.get(key), old.acceptor
-            )
-            continue
-        try:
-            sock = _open(key)
-        except OSError as exc:
-            for opened_sock in opened:
-                opened_sock.close()
-            where = f"[{key[0]}]" if ":" in key[0] else key[0]
-            raise ConfigError(
-                f"bind() to {where}:{key[1]} failed ({exc.errno}: {exc.strerror})"
-            ) from exc
-        opened.append(sock)
-        groups[key] = ListenGroup(key, pairs, sock, None, sock.getsockname()[1], tls.get(key))
-    return groups
+    host, _, index = group.key
+    src = group.pairs[0][1].source if group.pairs else None
+    where = addr_text((host, group.port, index))
+    error_log.log("notice", f"listening on {where}" + (f" ({src})" if src else ""))
 
 
 class _Listener:

@@ -55,6 +55,9 @@ from wsgate.server.gateway import (
     Gateway,
     ListenGroup,
     announce,
+    check_error_logs,
+    delete_dropped_unix_sockets,
+    dropped_sockets,
     open_access_logs,
     open_groups,
 )
@@ -264,8 +267,10 @@ class Master:
                     w.channel.close()
                 self.shared.in_worker()
                 self.error_log.close()
+                # listen ... reuseport: this worker accepts on its own socket.
+                mine = {key: g.for_worker(index) for key, g in groups.items()}
                 code = run_worker(
-                    config, groups, theirs, index, lambda gw: self.shared.attach(gw, slot)
+                    config, mine, theirs, index, lambda gw: self.shared.attach(gw, slot)
                 )
             except BaseException:
                 traceback.print_exc()
@@ -368,9 +373,10 @@ class Master:
         all of it worked (nginx keeps the old cycle when parsing, opening or binding fails)."""
         try:
             config = self.reload_config()
+            check_error_logs(config)
             open_access_logs(config).close()  # the workers open them; this checks they open
             self.shared.configure(config)
-            groups = open_groups(config, self.groups)
+            groups = open_groups(config, self.groups, config.worker_processes)
         except ConfigError as exc:
             self.error_log.log("emerg", str(exc))
             return
@@ -378,23 +384,19 @@ class Master:
         for w in old_workers:
             w.retiring = True  # retires once the new generation accepts
         self._to_retire += old_workers
-        dropped = [
-            g.sock
-            for key, g in self.groups.items()
-            if g.sock is not None and (key not in groups or groups[key].sock is not g.sock)
-        ]
+        dropped = dropped_sockets(self.groups, groups)
         self.config = config
-        self.error_log.targets = config.error_logs
-        self.error_log.open()
+        self.error_log.configure(config)
         for key, group in groups.items():
             old = self.groups.get(key)
             if old is None or old.sock is not group.sock:
                 announce(self.error_log, group)
-        self.groups = groups
+        old_groups, self.groups = self.groups, groups
         # Closed before the fork, so new workers never inherit them; the old workers keep
         # their own copies (and accept on them) until they retire.
         for sock in dropped:
             sock.close()
+        delete_dropped_unix_sockets(old_groups, groups, self.error_log)
         self.respawn_at = []
         for index in range(config.worker_processes):
             self._spawn(index)
@@ -494,8 +496,8 @@ class Master:
         self.stop_started = time.monotonic()
         self.respawn_at = []
         for group in self.groups.values():
-            if group.sock is not None:
-                group.sock.close()
+            for sock in group.sockets():
+                sock.close()
         if how == "quit" and self.noaccepting and self.new_binary:
             # The upgrade's last step: the new master serves; the retired workers keep their
             # tunnels (ended by their clients or by worker_shutdown_timeout), and this master

@@ -40,7 +40,7 @@ import sys
 from collections.abc import Callable
 
 from wsgate.observability.logs import ErrorLogger
-from wsgate.server.gateway import BindKey, ListenGroup
+from wsgate.server.listening import BindKey, ListenGroup
 
 __all__ = [
     "ENV",
@@ -68,53 +68,83 @@ def new_binary_argv() -> list[str]:
 
 
 def encode(groups: dict[BindKey, ListenGroup]) -> str:
-    """``FD,HOST,PORT,INDEX;`` for every open listening socket."""
-    return "".join(
+    """``FD,HOST,PORT,INDEX;`` for every open listening socket, then
+    ``FD,HOST,PORT,INDEX+N;`` for the Nth ``reuseport`` clone of each (last, so that an
+    older binary, which stops at the first entry it cannot read, still takes the rest)."""
+    first = "".join(
         f"{g.sock.fileno()},{host},{port},{index};"
         for (host, port, index), g in groups.items()
         if g.sock is not None
     )
+    clones = "".join(
+        f"{sock.fileno()},{host},{port},{index}+{n};"
+        for (host, port, index), g in groups.items()
+        for n, sock in enumerate(g.clones, 1)
+    )
+    return first + clones
 
 
-def decode(value: str) -> dict[BindKey, int]:
-    """The bind keys and descriptors of :func:`encode`; a malformed entry is skipped (nginx:
-    ``invalid socket number "..." in NGINX environment variable, ignoring the rest``)."""
-    keys: dict[BindKey, int] = {}
+def decode(value: str) -> dict[BindKey, list[int]]:
+    """The bind keys and descriptors of :func:`encode` (the socket, then its clones in
+    order); a malformed entry ends the list (nginx: ``invalid socket number "..." in NGINX
+    environment variable, ignoring the rest``)."""
+    keys: dict[BindKey, list[int]] = {}
     for entry in value.split(";"):
         if not entry:
             continue
         fd, _, rest = entry.partition(",")
         host, _, rest = rest.rpartition(",")  # an IPv6 host holds no comma, but colons
         host, _, port = host.rpartition(",")
-        if not (fd.isdigit() and port.isdigit() and rest.isdigit() and host):
+        index, plus, clone = rest.partition("+")
+        if not (fd.isdigit() and port.isdigit() and index.isdigit() and host):
             break
-        keys[(host, int(port), int(rest))] = int(fd)
+        if plus and not clone.isdigit():
+            break
+        key = (host, int(port), int(index))
+        if plus:
+            if key in keys:
+                keys[key].append(int(fd))
+            continue
+        keys[key] = [int(fd)]
     return keys
+
+
+def _listening(fd: int) -> socket.socket | None:
+    """The listening stream socket of descriptor ``fd``, or None (left alone)."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        return None
+    if sock.type != socket.SOCK_STREAM or not sock.getsockopt(
+        socket.SOL_SOCKET, socket.SO_ACCEPTCONN
+    ):
+        sock.detach()
+        return None
+    sock.setblocking(False)
+    return sock
 
 
 def inherited_groups(error_log: ErrorLogger | None = None) -> dict[BindKey, ListenGroup]:
     """In a new master: the listening sockets the old one passed, as groups that
     :func:`~wsgate.server.gateway.open_groups` reuses by key (the variable is removed, so
     that workers and later upgrades do not see it).  A descriptor that is not a listening
-    TCP socket is ignored."""
+    stream socket is ignored."""
     value = os.environ.pop(ENV, None)
     if not value:
         return {}
     if error_log is not None:
         error_log.log("notice", f'using inherited sockets from "{value}"')
     groups: dict[BindKey, ListenGroup] = {}
-    for key, fd in decode(value).items():
-        try:
-            sock = socket.socket(fileno=fd)
-        except OSError:
+    for key, fds in decode(value).items():
+        sock = _listening(fds[0])
+        if sock is None:
             continue
-        if sock.type != socket.SOCK_STREAM or not sock.getsockopt(
-            socket.SOL_SOCKET, socket.SO_ACCEPTCONN
-        ):
-            sock.detach()
-            continue
-        sock.setblocking(False)
-        groups[key] = ListenGroup(key, [], sock, None, sock.getsockname()[1])
+        port = sock.getsockname()[1] if sock.family != socket.AF_UNIX else 0
+        group = groups[key] = ListenGroup(key, [], sock, None, port)
+        for fd in fds[1:]:
+            clone = _listening(fd)
+            if clone is not None:
+                group.clones.append(clone)
     return groups
 
 
@@ -153,8 +183,8 @@ def exec_new_binary(
         try:
             in_child()
             for g in groups.values():
-                if g.sock is not None:
-                    os.set_inheritable(g.sock.fileno(), True)
+                for sock in g.sockets():
+                    os.set_inheritable(sock.fileno(), True)
             for fd in extra_fds:
                 os.set_inheritable(fd, True)
             os.execve(argv[0] if "/" in argv[0] else sys.executable, argv, env)

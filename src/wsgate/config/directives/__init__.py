@@ -107,6 +107,8 @@ def find(s: Stmt, ctx: str) -> Directive:
             + (f": {d.refusal}" if d.refusal else ""),
             s.src,
         )
+    if d.kind is Kind.NO_OP and d.parse is not None:
+        d.parse(s, None)  # type: ignore[arg-type]  # checks the value, with nginx's words
     return d
 
 

@@ -41,13 +41,14 @@ from wsgate.config.table import (
     Kind,
     Merge,
     ctx,
+    enum_,
     flag,
     number,
     size,
     time,
 )
 from wsgate.config.units import parse_size, parse_time
-from wsgate.config.values import config_error, listen, server_name
+from wsgate.config.values import config_error, listens, server_name
 
 if TYPE_CHECKING:
     from wsgate.config.level import Level
@@ -66,10 +67,17 @@ def _pid(s: Stmt, level: Level) -> str:
 
 
 def _error_log(s: Stmt, level: Level) -> tuple[ErrorLog, ...]:
+    """``error_log file | stderr [level]`` (``ngx_log_set_log``, ``ngx_log_set_levels``).
+
+    ``syslog:`` and ``memory:`` are refused by name: wsgate writes files and stderr only."""
+    target = s.args[0]
+    for scheme in ("syslog:", "memory:"):
+        if target.startswith(scheme):
+            raise _err(f'"error_log {scheme}..." is not supported by wsgate', s.src)
     name = s.args[1] if len(s.args) > 1 else "error"
     if name not in ERROR_LEVELS:
         raise _err(f'invalid log level "{name}"', s.src)
-    return (ErrorLog(level.loader.path(s.args[0]), name),)
+    return (ErrorLog(level.loader.path(target), name),)
 
 
 def _worker_processes(s: Stmt, level: Level) -> int:
@@ -231,11 +239,22 @@ def _location(s: Stmt, level: Level) -> Location:
 
 
 def _listen(s: Stmt, level: Level) -> tuple[Listen, ...]:
-    return (listen(s.args, s.src),)
+    return listens(s.args, s.src, level.loader.warnings)
 
 
 def _server_name(s: Stmt, level: Level) -> tuple[ServerName, ...]:
     return tuple(server_name(a, s.src, level.loader.captures) for a in s.args)
+
+
+def _keepalive_disable(s: Stmt, level: Level) -> frozenset[str]:
+    """``keepalive_disable none | browser ...`` (``ngx_conf_set_bitmask_slot``)."""
+    out: set[str] = set()
+    for arg in s.args:
+        if arg not in ("none", "msie6", "safari"):
+            raise _err(f'invalid value "{arg}"', s.src)
+        if arg != "none":
+            out.add(arg)
+    return frozenset(out)
 
 
 _LS, _SERVER = LocationSettings, Server
@@ -272,8 +291,11 @@ ENTRIES: tuple[Directive, ...] = (
         fields=("error_logs",),
         default="logs/error.log error",
         merge=Merge.ARRAY,
-        syntax="file [level]",
+        syntax="file | stderr [level]",
+        note="no `syslog:` or `memory:`",
     ),
+    # "the logs of a level replace the logs of the outer level" for requests handled there;
+    # several at one level all get the lines.
     Directive(
         "error_log",
         HSL,
@@ -283,8 +305,9 @@ ENTRIES: tuple[Directive, ...] = (
         fields=("error_logs",),
         unset=(),
         merge=Merge.ARRAY,
-        syntax="file [level]",
-        note="a request's lines go to its location's logs (the main context's when none)",
+        syntax="file | stderr [level]",
+        note="a request's lines go to its location's logs (the main context's when none); "
+        "no `syslog:` or `memory:`",
     ),
     Directive(
         "daemon", ctx(MAIN), FLAG, parse=flag, target=Config, fields=("daemon",), default="on"
@@ -404,7 +427,10 @@ ENTRIES: tuple[Directive, ...] = (
         fields=("listens",),
         unset=(),
         merge=Merge.ARRAY,
-        syntax="address[:port] | port [default_server] [ssl] [proxy_protocol] [ipv6only=on|off]",
+        syntax="address[:port[-port]] | port[-port] | unix:path [default_server] [ssl] "
+        "[proxy_protocol] "
+        "[backlog=number] [rcvbuf=size] [sndbuf=size] [deferred] [bind] [fastopen=number] "
+        "[ipv6only=on|off] [reuseport] [so_keepalive=on|off|[keepidle]:[keepintvl]:[keepcnt]]",
         note="`*:80` when a server has none",
     ),
     Directive(
@@ -468,6 +494,33 @@ ENTRIES: tuple[Directive, ...] = (
         default="1000",
     ),
     Directive(
+        "ignore_invalid_headers",
+        ctx("http server"),
+        FLAG,
+        parse=flag,
+        target=_SERVER,
+        fields=("ignore_invalid_headers",),
+        default="on",
+    ),
+    Directive(
+        "underscores_in_headers",
+        ctx("http server"),
+        FLAG,
+        parse=flag,
+        target=_SERVER,
+        fields=("underscores_in_headers",),
+        default="off",
+    ),
+    Directive(
+        "merge_slashes",
+        ctx("http server"),
+        FLAG,
+        parse=flag,
+        target=_SERVER,
+        fields=("merge_slashes",),
+        default="on",
+    ),
+    Directive(
         "send_timeout", HSL, TAKE1, parse=time, target=_LS, fields=("send_timeout",), default="60s"
     ),
     # "a timeout for reading client request body ... only for a period between two
@@ -517,6 +570,66 @@ ENTRIES: tuple[Directive, ...] = (
         target=_LS,
         fields=("client_max_body_size",),
         default="1m",
+    ),
+    Directive(
+        "lingering_close",
+        HSL,
+        TAKE1,
+        parse=enum_("off", "on", "always"),
+        target=_LS,
+        fields=("lingering_close",),
+        default="on",
+    ),
+    Directive(
+        "lingering_time",
+        HSL,
+        TAKE1,
+        parse=time,
+        target=_LS,
+        fields=("lingering_time",),
+        default="30s",
+    ),
+    Directive(
+        "lingering_timeout",
+        HSL,
+        TAKE1,
+        parse=time,
+        target=_LS,
+        fields=("lingering_timeout",),
+        default="5s",
+    ),
+    Directive(
+        "keepalive_disable",
+        HSL,
+        ONEMORE,
+        parse=_keepalive_disable,
+        target=_LS,
+        fields=("keepalive_disable",),
+        default="msie6",
+        syntax="none | browser ...",
+    ),
+    Directive(
+        "tcp_nodelay", HSL, FLAG, parse=flag, target=_LS, fields=("tcp_nodelay",), default="on"
+    ),
+    # "Enables or disables adding comments to responses for MSIE clients with status
+    # greater than 400 to increase the response size to 512 bytes" (Chrome too).
+    Directive(
+        "msie_padding",
+        HSL,
+        FLAG,
+        parse=flag,
+        target=_LS,
+        fields=("msie_padding",),
+        default="on",
+    ),
+    Directive(
+        "reset_timedout_connection",
+        HSL,
+        FLAG,
+        parse=flag,
+        target=_LS,
+        fields=("reset_timedout_connection",),
+        default="off",
     ),
     Directive(
         "server_tokens", HSL, FLAG, parse=flag, target=_LS, fields=("server_tokens",), default="on"

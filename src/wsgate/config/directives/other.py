@@ -21,14 +21,37 @@ from wsgate.config.table import (
     Arity,
     Directive,
     Kind,
+    Parser,
     ctx,
+    flag,
+    number,
+    size,
 )
 
 __all__ = ["ENTRIES"]
 
 
-def _noop(name: str, contexts: frozenset[str], arity: Arity, note: str = "") -> Directive:
-    return Directive(name, contexts, arity, kind=Kind.NO_OP, note=note)
+def _noop(
+    name: str,
+    contexts: frozenset[str],
+    arity: Arity,
+    note: str = "",
+    parse: Parser | None = None,
+    values: frozenset[str] | None = None,
+    refusal: str = "",
+) -> Directive:
+    """Accepted with a ``[warn]``; ``parse`` checks the value as nginx does (its words for a
+    bad one), ``values`` limits it to the harmless ones."""
+    return Directive(
+        name,
+        contexts,
+        arity,
+        kind=Kind.NO_OP,
+        note=note,
+        parse=parse,
+        values=values,
+        refusal=refusal,
+    )
 
 
 def _refused(name: str, note: str) -> Directive:
@@ -36,7 +59,12 @@ def _refused(name: str, note: str) -> Directive:
 
 
 _M, _E, _H = ctx(MAIN), ctx(EVENTS), ctx(HTTP)
-_HASH = "hash table sizes: wsgate has no hash tables to size"
+_HASH = (
+    "hash table sizes: wsgate looks names up in Python dicts, which size themselves; "
+    "the value is checked as nginx checks it"
+)
+_POOL = "nginx's memory pools: Python allocates as it goes; the value is checked"
+_BODY = "wsgate streams a request body to the upstream as it arrives and keeps none of it"
 _TEMP = "wsgate writes no temporary files"
 _STREAM = "wsgate always streams, as with `off`"
 _LOOP = "the event loop (uvloop or asyncio) accepts connections its own way"
@@ -49,17 +77,45 @@ ENTRIES: tuple[Directive, ...] = (
     _noop("multi_accept", _E, FLAG, _LOOP),
     _noop("accept_mutex", _E, FLAG, _LOOP),
     _noop("accept_mutex_delay", _E, TAKE1, _LOOP),
-    _noop("tcp_nodelay", HSL, FLAG, "wsgate always sets TCP_NODELAY"),
-    _noop("types_hash_max_size", HSL, TAKE1, _HASH),
-    _noop("types_hash_bucket_size", HSL, TAKE1, _HASH),
-    _noop("server_names_hash_max_size", _H, TAKE1, _HASH),
-    _noop("server_names_hash_bucket_size", _H, TAKE1, _HASH),
-    _noop("map_hash_max_size", _H, TAKE1, _HASH),
-    _noop("map_hash_bucket_size", _H, TAKE1, _HASH),
-    _noop("variables_hash_max_size", _H, TAKE1, _HASH),
-    _noop("variables_hash_bucket_size", _H, TAKE1, _HASH),
-    _noop("proxy_headers_hash_max_size", HSL, TAKE1, _HASH),
-    _noop("proxy_headers_hash_bucket_size", HSL, TAKE1, _HASH),
+    _noop("types_hash_max_size", HSL, TAKE1, _HASH, number),
+    _noop("types_hash_bucket_size", HSL, TAKE1, _HASH, size),
+    _noop("server_names_hash_max_size", _H, TAKE1, _HASH, number),
+    _noop("server_names_hash_bucket_size", _H, TAKE1, _HASH, size),
+    _noop("map_hash_max_size", _H, TAKE1, _HASH, number),
+    _noop("map_hash_bucket_size", _H, TAKE1, _HASH, size),
+    _noop("variables_hash_max_size", _H, TAKE1, _HASH, number),
+    _noop("variables_hash_bucket_size", _H, TAKE1, _HASH, size),
+    _noop("proxy_headers_hash_max_size", HSL, TAKE1, _HASH, number),
+    _noop("proxy_headers_hash_bucket_size", HSL, TAKE1, _HASH, size),
+    _noop("client_body_buffer_size", HSL, TAKE1, _BODY, size),
+    _noop("connection_pool_size", ctx("http server"), TAKE1, _POOL, size),
+    _noop("request_pool_size", ctx("http server"), TAKE1, _POOL, size),
+    _noop("client_body_in_single_buffer", HSL, FLAG, _BODY, flag),
+    _noop(
+        "client_body_in_file_only",
+        HSL,
+        TAKE1,
+        _BODY,
+        values=frozenset({"off"}),
+        refusal="wsgate writes no request body to a file",
+    ),
+    _noop(
+        "log_subrequest",
+        HSL,
+        FLAG,
+        "wsgate's subrequests are never written to the access log, as with `off`",
+        values=frozenset({"off"}),
+        refusal="wsgate does not log subrequests",
+    ),
+    _noop("send_lowat", HSL, TAKE1, "nginx ignores it on Linux too (no SO_SNDLOWAT)", size),
+    _noop(
+        "msie_refresh",
+        HSL,
+        FLAG,
+        "no refresh pages instead of redirects for MSIE, as with `off`",
+        values=frozenset({"off"}),
+        refusal="wsgate sends MSIE the redirect itself",
+    ),
     _noop("client_body_temp_path", HSL, TAKE1234, _TEMP),
     _noop("proxy_temp_path", HSL, TAKE1234, _TEMP),
     _noop("fastcgi_temp_path", HSL, TAKE1234, _TEMP),
@@ -70,7 +126,6 @@ ENTRIES: tuple[Directive, ...] = (
     _noop("proxy_busy_buffers_size", HSL, TAKE1, _STREAM),
     _noop("proxy_max_temp_file_size", HSL, TAKE1, _TEMP),
     _noop("proxy_temp_file_write_size", HSL, TAKE1, _TEMP),
-    _noop("reset_timedout_connection", HSL, FLAG, "kept for compatibility"),
     # Refused with a reason (docs/differences.md, "Not yet supported").
     _refused("if", "not yet: `if` blocks"),
     _refused("error_page", "not yet"),
