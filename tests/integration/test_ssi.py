@@ -252,3 +252,33 @@ def test_set_body_at_and_over_subrequest_output_buffer_size(
     log = gw.errors()
     assert "too big subrequest response: 9" in log and 'subrequest: "/nine.txt"' in log
     assert "[alert]" not in log
+
+
+def test_keep_alive_after_ssi_documents(
+    wsgate: Callable[..., WsgateProcess], bg: Loop, site: Path
+) -> None:
+    """Two pipelined requests for SSI documents (a file, a proxied one) on one connection:
+    each chunked body ends where the next response starts."""
+    b = bg.backend("b", document)
+    gw = wsgate(conf(site, b.port))
+    with socket.create_connection((HOST, gw.port), timeout=10) as s:
+        s.sendall(
+            b"GET /inc.html HTTP/1.1\r\nHost: t\r\n\r\n"
+            b"GET /doc HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        )
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    first, second = data.split(b"HTTP/1.1 200 OK")[1:]
+    assert first.endswith(
+        b"\r\n\r\n"
+        + b"".join(
+            b"%x\r\n%s\r\n" % (len(p), p)
+            for p in (b"a", b"INC", b"b", b"part:/p", b"c", b"d", b"part:/q")
+        )
+        + b"0\r\n\r\n"
+    ), first
+    assert second.endswith(
+        b"\r\n\r\n3\r\n<p>\r\ne\r\npart:/part?x=1\r\n1\r\n|\r\n"
+        b"6\r\n(none)\r\n4\r\n</p>\r\n0\r\n\r\n"
+    ), second
