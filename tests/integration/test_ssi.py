@@ -282,3 +282,23 @@ def test_keep_alive_after_ssi_documents(
         b"\r\n\r\n3\r\n<p>\r\ne\r\npart:/part?x=1\r\n1\r\n|\r\n"
         b"6\r\n(none)\r\n4\r\n</p>\r\n0\r\n\r\n"
     ), second
+
+
+def test_return_text_is_an_ssi_document(
+    wsgate: Callable[..., WsgateProcess], bg: Loop, site: Path
+) -> None:
+    """``return 200 TEXT`` of an SSI type is filtered too (nginx-tests rewrite_set.t); a
+    return text of another type is not."""
+    extra = (
+        'location = /r.html { return 200 \'X<!--#echo var="http_foo" -->'
+        '<!--#include virtual="/inc.txt" -->X\'; }\n'
+        "    location = /r.txt { return 200 'X<!--#echo var=\"http_foo\" -->X'; }"
+    )
+    gw = wsgate(conf(site, bg.backend("b").port, extra))
+    head, body = fetch(gw.port, "/r.html", "Foo: <f>\r\n")
+    assert head.startswith("HTTP/1.1 200 OK") and "Transfer-Encoding: chunked" in head
+    assert body == b"X&lt;f&gt;INCX"
+    head, body = fetch(gw.port, "/r.html", version="1.0")
+    assert "Content-Length" not in head and body == b"X(none)INCX"
+    head, body = fetch(gw.port, "/r.txt")
+    assert "Content-Length: 30" in head and body == b'X<!--#echo var="http_foo" -->X'

@@ -29,9 +29,10 @@ import asyncio
 import os
 import socket
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from wsgate.content.ssi import SsiFilter, ssi_applies, ssi_headers
+from wsgate.content.ssi import send_through_ssi, ssi_applies, ssi_headers
 from wsgate.http.framing import client_framing
 from wsgate.http.headers import (
     LAST_CHUNK,
@@ -122,7 +123,7 @@ async def send_file(ex: Exchange, resp: FileResponse) -> Outcome:
         timeout = settings.send_timeout
         with_body = head.method != "HEAD" and status != 304
         if with_body and ssi:
-            sent = await _send_ssi(ex, resp, out, chunked, timeout)
+            sent = await send_through_ssi(ex, out, _file_pieces(resp), chunked, timeout)
             if chunked:
                 tail = (
                     last_chunk(trailers(status, settings.add_trailers, ctx.lookup, ctx))
@@ -200,32 +201,11 @@ async def send_file(ex: Exchange, resp: FileResponse) -> Outcome:
     return keep, settings.keepalive_timeout
 
 
-async def _send_ssi(
-    ex: Exchange, resp: FileResponse, head: bytes, chunked: bool, timeout: float
-) -> int:
-    """The head, then the file through the SSI filter (:mod:`wsgate.content.ssi`), read one
-    chunk at a time; returns the bytes written (chunk framing included, not the last chunk).
-
-    The head goes with the first output, as nginx's write filter holds it until there is a
-    body to send (``postpone_output``): a document whose first ``include`` ends the request
-    (``include ... set=`` of a body too big, an upgrade in a subrequest) sends nothing."""
-    ep = ex.front.ep
-    sent = 0
-    pending = head
-
-    async def write(data: bytes) -> None:
-        nonlocal sent, pending
-        framed = encode_chunk(data) if chunked else data
-        if pending:
-            framed, pending = pending + framed, b""
-        ep.write(framed)
-        sent += len(framed)
-        await _drain(ep, timeout)
-
-    filt = SsiFilter(ex, write)
+def _file_pieces(resp: FileResponse) -> Iterator[bytes]:
+    """The response's bytes one ``pread`` chunk at a time (converted by its ``charset``)."""
     for part in resp.parts:
         if isinstance(part, bytes):
-            await filt.feed(part)
+            yield part
             continue
         offset, count = part
         done = 0
@@ -234,12 +214,7 @@ async def _send_ssi(
             if not data:
                 raise Truncated(f"{done} of {count} bytes")
             done += len(data)
-            await filt.feed(data if resp.recode is None else data.translate(resp.recode))
-    await filt.finish()
-    if pending:
-        ep.write(pending)
-        sent += len(pending)
-    return sent
+            yield data if resp.recode is None else data.translate(resp.recode)
 
 
 async def _send_chunked(

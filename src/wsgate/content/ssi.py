@@ -19,12 +19,14 @@ included ones too, sees them.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
 
 from wsgate.config.variables import is_known_variable
+from wsgate.http.headers import encode_chunk
 from wsgate.http.ssi import (
     COMMANDS,
     DEFAULT_ERRMSG,
@@ -47,7 +49,7 @@ if TYPE_CHECKING:
     from wsgate.config.model import LocationSettings
     from wsgate.proxy.exchange import Exchange
 
-__all__ = ["SsiFilter", "Terminated", "ssi_applies", "ssi_headers"]
+__all__ = ["SsiFilter", "Terminated", "send_through_ssi", "ssi_applies", "ssi_headers"]
 
 Write = Callable[[bytes], Awaitable[None]]
 
@@ -100,6 +102,40 @@ def ssi_headers(
             value = "W/" + value
         out.append((name, value))
     return out
+
+
+async def send_through_ssi(
+    ex: Exchange, head: bytes, pieces: Iterable[bytes], chunked: bool, timeout: float
+) -> int:
+    """The response head, then ``pieces`` of a body through an :class:`SsiFilter`, to the
+    client (``chunked``: as HTTP/1.1 chunks, the last one not written); returns the bytes
+    written.  Each wait for the client is at most ``timeout`` (``send_timeout``).
+
+    The head goes with the first output, as nginx's write filter holds it until there is a
+    body to send (``postpone_output``): a document whose first ``include`` ends the request
+    (``include ... set=`` of a body too big, an upgrade in a subrequest) sends nothing."""
+    ep = ex.front.ep
+    sent = 0
+    pending = head
+
+    async def write(data: bytes) -> None:
+        nonlocal sent, pending
+        framed = encode_chunk(data) if chunked else data
+        if pending:
+            framed, pending = pending + framed, b""
+        ep.write(framed)
+        sent += len(framed)
+        async with asyncio.timeout(timeout):
+            await ep.drain()
+
+    filt = SsiFilter(ex, write)
+    for piece in pieces:
+        await filt.feed(piece)
+    await filt.finish()
+    if pending:
+        ep.write(pending)
+        sent += len(pending)
+    return sent
 
 
 class SsiFilter:

@@ -48,7 +48,7 @@ from wsgate.errors import HttpError
 from wsgate.http.auth import AccessState, access_phase
 from wsgate.http.redirects import absolute_location
 from wsgate.http.request import RequestHead
-from wsgate.http.static import FileResponse
+from wsgate.http.static import FileResponse, content_type
 from wsgate.http.suspend import Offload, Pause, Subrequest, Suspend
 from wsgate.limits import ConnZone, Refused, ReqZone, check_requests
 from wsgate.realip import forwarded_addr
@@ -378,7 +378,8 @@ def _return(r: Request, settings: LocationSettings) -> Decision | None:
         if ret.code >= 400:
             raise HttpError(ret.code)
         return Plain(ret.code, b"", None)
-    return Plain(ret.code, text.encode(), "text/plain")
+    # ngx_http_send_response with no type: ngx_http_set_content_type, the URI's extension.
+    return Plain(ret.code, text.encode(), content_type(settings, r.ctx.uri))
 
 
 def server_return(r: Request) -> Decision | None:

@@ -19,9 +19,12 @@ from typing import TYPE_CHECKING
 from wsgate.config.model import LocationSettings
 from wsgate.config.variables import RequestContext
 from wsgate.content.sender import send_file
+from wsgate.content.ssi import send_through_ssi, ssi_applies
 from wsgate.errors import HttpError
 from wsgate.http.charset import apply_charset, charset_page
+from wsgate.http.framing import client_framing
 from wsgate.http.headers import (
+    LAST_CHUNK,
     BodyFraming,
     build_client_response_head,
     encode_chunk,
@@ -48,6 +51,7 @@ from wsgate.http.static import FileResponse
 from wsgate.http.suspend import Offload, Pause, Subrequest
 from wsgate.observability.metrics import CONTENT_TYPE, location_label
 from wsgate.observability.status import stub_status_page
+from wsgate.proxy.endpoint import PeerClosed
 from wsgate.proxy.offload import offload
 from wsgate.proxy.proxying import Proxying
 from wsgate.routing import select_server
@@ -157,6 +161,14 @@ class Exchange:
         if isinstance(decision, Redirect):
             return self.redirect(decision.status, decision.location)
         if isinstance(decision, Plain):
+            if (
+                r.settings.ssi
+                and decision.body
+                and ssi_applies(
+                    r.settings, decision.status, [("Content-Type", decision.content_type or "")]
+                )
+            ):
+                return await self.plain_ssi(decision.status, decision.body, decision.content_type)
             return self.plain(decision.status, decision.body, decision.content_type)
         if isinstance(decision, Close):
             r.ctx.status = decision.status
@@ -254,6 +266,73 @@ class Exchange:
         ctx.status = status
         ctx.bytes_sent = len(out)
         ctx.body_bytes_sent = len(body) if head.method != "HEAD" else 0
+        self.log()
+        return keep, settings.keepalive_timeout
+
+    async def plain_ssi(self, status: int, body: bytes, ctype: str | None) -> Outcome:
+        """A ``return`` text that is an SSI document (``ssi on``, a type of ``ssi_types``):
+        :meth:`plain` through the SSI filter, its length unknown."""
+        head, settings, ctx = self.head, self.r.settings, self.r.ctx
+        if settings.charset is not None:
+            ctype, recode = apply_charset(settings, ctype, ctx.lookup, self.r.log, status)
+            if recode is not None:
+                body = body.translate(recode)
+        ctx.status = status
+        now = time.time()
+        headers, added = filter_headers(
+            status,
+            [("Content-Type", ctype)] if ctype else [],
+            settings.add_headers,
+            settings.expires,
+            ctx.lookup,
+            now,
+        )
+        plan = client_framing(
+            head.method,
+            head.version,
+            status,
+            None,
+            head.keep_alive,
+            chunked=settings.chunked_transfer_encoding,
+        )
+        out = build_client_response_head(
+            status,
+            STATUS_LINES.get(status, ""),
+            headers,
+            server_tokens=settings.server_tokens,
+            date=http_date(now),
+            framing=plan.framing,
+            keep_alive=plan.keep_alive,
+            keepalive_header=settings.keepalive_header,
+            upgrade=False,
+            added=added,
+        )
+        ctx.sent_head = out
+        out = for_version(head.version, out)
+        keep = plan.keep_alive
+        ep = self.front.ep
+        try:
+            if plan.no_body:
+                ep.write(out)
+                sent = len(out)
+            else:
+                sent = await send_through_ssi(
+                    self, out, (body,), plan.chunked, settings.send_timeout
+                )
+                if plan.chunked:
+                    ep.write(LAST_CHUNK)
+                    sent += len(LAST_CHUNK)
+            ctx.bytes_sent = sent
+            ctx.body_bytes_sent = sent - len(out)
+        except TimeoutError:
+            self.r.log(
+                "info",
+                "client timed out (110: Connection timed out) while sending response to client",
+            )
+            ep.abort()
+            keep = False
+        except (PeerClosed, ConnectionError):
+            keep = False
         self.log()
         return keep, settings.keepalive_timeout
 
