@@ -32,8 +32,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from wsgate.content.ssi import send_through_ssi, ssi_applies, ssi_headers
-from wsgate.http.framing import client_framing
+from wsgate.content.ssi import send_through_ssi, ssi_applies, ssi_framing, ssi_headers
 from wsgate.http.headers import (
     LAST_CHUNK,
     BodyFraming,
@@ -94,15 +93,7 @@ async def send_file(ex: Exchange, resp: FileResponse) -> Outcome:
             framing = BodyFraming.chunked()
         if ssi:
             # The SSI output's length is unknown: chunked for HTTP/1.1, else to the close.
-            plan = client_framing(
-                head.method,
-                head.version,
-                status,
-                None,
-                keep,
-                trailers=chunked,
-                chunked=settings.chunked_transfer_encoding,
-            )
+            plan = ssi_framing(settings, head, status, keep, trailers=chunked)
             framing, keep, chunked = plan.framing, plan.keep_alive, plan.chunked
         out = build_client_response_head(
             status,

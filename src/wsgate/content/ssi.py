@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
 
 from wsgate.config.variables import is_known_variable
+from wsgate.http.framing import ClientFraming, client_framing
 from wsgate.http.headers import encode_chunk
 from wsgate.http.ssi import (
     COMMANDS,
@@ -47,9 +48,17 @@ from wsgate.proxy.endpoint import PeerClosed
 
 if TYPE_CHECKING:
     from wsgate.config.model import LocationSettings
+    from wsgate.http.request import RequestHead
     from wsgate.proxy.exchange import Exchange
 
-__all__ = ["SsiFilter", "Terminated", "send_through_ssi", "ssi_applies", "ssi_headers"]
+__all__ = [
+    "SsiFilter",
+    "Terminated",
+    "send_through_ssi",
+    "ssi_applies",
+    "ssi_framing",
+    "ssi_headers",
+]
 
 Write = Callable[[bytes], Awaitable[None]]
 
@@ -136,6 +145,22 @@ async def send_through_ssi(
         ep.write(pending)
         sent += len(pending)
     return sent
+
+
+def ssi_framing(
+    settings: LocationSettings, head: RequestHead, status: int, keep: bool, trailers: bool = False
+) -> ClientFraming:
+    """The framing of an SSI output, whose length is unknown: chunked for HTTP/1.1 (with
+    ``chunked_transfer_encoding``), else delimited by the close (the connection not kept)."""
+    return client_framing(
+        head.method,
+        head.version,
+        status,
+        None,
+        keep,
+        trailers=trailers,
+        chunked=settings.chunked_transfer_encoding,
+    )
 
 
 class SsiFilter:

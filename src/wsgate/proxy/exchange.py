@@ -19,10 +19,9 @@ from typing import TYPE_CHECKING
 from wsgate.config.model import LocationSettings
 from wsgate.config.variables import RequestContext
 from wsgate.content.sender import send_file
-from wsgate.content.ssi import send_through_ssi, ssi_applies
+from wsgate.content.ssi import send_through_ssi, ssi_applies, ssi_framing
 from wsgate.errors import HttpError
 from wsgate.http.charset import apply_charset, charset_page
-from wsgate.http.framing import client_framing
 from wsgate.http.headers import (
     LAST_CHUNK,
     BodyFraming,
@@ -225,7 +224,13 @@ class Exchange:
         self.log()
         return keep, settings.keepalive_timeout
 
-    def plain(self, status: int, body: bytes, ctype: str | None) -> Outcome:
+    def _text_head(
+        self, status: int, body: bytes, ctype: str | None, ssi: bool
+    ) -> tuple[bytes, bytes, bool, bool]:
+        """The head of a text made here (``ctx.sent_head`` set), the body in the response's
+        charset, whether the connection stays, whether the body is chunked.  Its length is
+        known unless ``ssi`` (the SSI filter's output: chunked for HTTP/1.1, else to the
+        close); ``add_trailer`` chunks it too."""
         head, settings, ctx = self.head, self.r.settings, self.r.ctx
         if settings.charset is not None:
             ctype, recode = apply_charset(settings, ctype, ctx.lookup, self.r.log, status)
@@ -238,10 +243,14 @@ class Exchange:
             status, headers, settings.add_headers, settings.expires, ctx.lookup, now
         )
         keep = head.keep_alive
-        framing = BodyFraming.content_length(len(body)) if status != 204 else BodyFraming.none()
-        with_trailer = wants_trailer(status, head.method, head.version, settings)
-        if with_trailer:
+        chunked = wants_trailer(status, head.method, head.version, settings)
+        if ssi:
+            plan = ssi_framing(settings, head, status, keep)
+            framing, keep, chunked = plan.framing, plan.keep_alive, plan.chunked
+        elif chunked:
             framing = BodyFraming.chunked()
+        else:
+            framing = BodyFraming.content_length(len(body)) if status != 204 else BodyFraming.none()
         out = build_client_response_head(
             status,
             STATUS_LINES.get(status, ""),
@@ -255,6 +264,11 @@ class Exchange:
             added=added,
         )
         ctx.sent_head = out
+        return out, body, keep, chunked
+
+    def plain(self, status: int, body: bytes, ctype: str | None) -> Outcome:
+        head, settings, ctx = self.head, self.r.settings, self.r.ctx
+        out, body, keep, with_trailer = self._text_head(status, body, ctype, ssi=False)
         if with_trailer:
             # Rendered when the body ends: $sent_http_* see the head.
             trailer = trailers(status, settings.add_trailers, ctx.lookup, ctx)
@@ -273,53 +287,16 @@ class Exchange:
         """A ``return`` text that is an SSI document (``ssi on``, a type of ``ssi_types``):
         :meth:`plain` through the SSI filter, its length unknown."""
         head, settings, ctx = self.head, self.r.settings, self.r.ctx
-        if settings.charset is not None:
-            ctype, recode = apply_charset(settings, ctype, ctx.lookup, self.r.log, status)
-            if recode is not None:
-                body = body.translate(recode)
-        ctx.status = status
-        now = time.time()
-        headers, added = filter_headers(
-            status,
-            [("Content-Type", ctype)] if ctype else [],
-            settings.add_headers,
-            settings.expires,
-            ctx.lookup,
-            now,
-        )
-        plan = client_framing(
-            head.method,
-            head.version,
-            status,
-            None,
-            head.keep_alive,
-            chunked=settings.chunked_transfer_encoding,
-        )
-        out = build_client_response_head(
-            status,
-            STATUS_LINES.get(status, ""),
-            headers,
-            server_tokens=settings.server_tokens,
-            date=http_date(now),
-            framing=plan.framing,
-            keep_alive=plan.keep_alive,
-            keepalive_header=settings.keepalive_header,
-            upgrade=False,
-            added=added,
-        )
-        ctx.sent_head = out
+        out, body, keep, chunked = self._text_head(status, body, ctype, ssi=True)
         out = for_version(head.version, out)
-        keep = plan.keep_alive
         ep = self.front.ep
         try:
-            if plan.no_body:
+            if head.method == "HEAD":
                 ep.write(out)
                 sent = len(out)
             else:
-                sent = await send_through_ssi(
-                    self, out, (body,), plan.chunked, settings.send_timeout
-                )
-                if plan.chunked:
+                sent = await send_through_ssi(self, out, (body,), chunked, settings.send_timeout)
+                if chunked:
                     ep.write(LAST_CHUNK)
                     sent += len(LAST_CHUNK)
             ctx.bytes_sent = sent
