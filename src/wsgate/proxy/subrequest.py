@@ -213,7 +213,16 @@ class CaptureEndpoint:
         self.write_paused = False
 
     def write(self, data: bytes) -> None:
-        for ev in self.parser.feed(data):
+        if self.closed:
+            return
+        try:
+            events = self.parser.feed(data)
+        except (HttpError, RuntimeError):
+            # Bytes wsgate made for a client that its upstream parser does not take (a head
+            # after a 101): the rest of this response is not included.
+            self.closed = True
+            return
+        for ev in events:
             if isinstance(ev, ResponseHead):
                 self.status = ev.status
             elif isinstance(ev, Body) and ev.data:
