@@ -23,6 +23,7 @@ __all__ = [
     "candidates_for",
     "escape_uri",
     "find_location",
+    "find_location_match",
     "needs_slash_redirect",
     "normalize_uri",
     "proxy_uri",
@@ -411,11 +412,11 @@ def _static(locations: Sequence[Location], uri: str) -> tuple[int, Location | No
 
 
 class _Found:
-    __slots__ = ("location", "captures")
+    __slots__ = ("location", "match")
 
     def __init__(self) -> None:
         self.location: Location | None = None
-        self.captures: tuple[str, ...] = ()
+        self.match: re.Match[str] | None = None
 
 
 def _find(locations: Sequence[Location], uri: str, found: _Found) -> int:
@@ -437,7 +438,7 @@ def _find(locations: Sequence[Location], uri: str, found: _Found) -> int:
             if m is None:
                 continue
             found.location = loc
-            found.captures = tuple(g or "" for g in m.groups())
+            found.match = m
             _find(loc.locations, uri, found)
             return _OK
     return rc
@@ -457,9 +458,16 @@ def find_location(server: Server, uri: str) -> tuple[Location | None, tuple[str,
     matched: the server-level settings apply.  When :func:`needs_slash_redirect` is true for
     the result, the caller answers 301.
     """
+    location, match = find_location_match(server, uri)
+    return location, () if match is None else tuple(g or "" for g in match.groups())
+
+
+def find_location_match(server: Server, uri: str) -> tuple[Location | None, re.Match[str] | None]:
+    """:func:`find_location` with the match of the regex location that won (None for a
+    prefix or exact location), for ``$0``..``$9`` and named captures."""
     found = _Found()
     _find(server.locations, uri, found)
-    return found.location, found.captures
+    return found.location, found.match
 
 
 def needs_slash_redirect(location: Location | None, uri: str) -> bool:
@@ -501,6 +509,9 @@ def proxy_uri(
     uri: str,
     args: str,
     had_escapes: bool,
+    *,
+    valid_unparsed_uri: bool = True,
+    valid_location: bool = True,
 ) -> str:
     """The URI of the request line sent upstream (``ngx_http_proxy_create_request``).
 
@@ -508,21 +519,30 @@ def proxy_uri(
     the server, the part of a normalized request URI matching the location is replaced by a
     URI specified in the directive ... If proxy_pass is specified without a URI, the request
     URI is passed to the server in the same form as sent by a client when the original
-    request is processed" (proxy module, ``proxy_pass``).
+    request is processed" (proxy module, ``proxy_pass``).  "When the URI is changed inside a
+    proxied location using the rewrite directive, and this same configuration will be used
+    to process a request (break) ... the URI specified in the directive is ignored and the
+    full changed request URI is passed to the server."
 
     ``raw_target`` is the request-target as received, ``uri`` the normalised ``$uri``,
-    ``args`` the raw ``$args``, ``had_escapes`` whether the path had ``%`` (nginx's
-    ``r->quoted_uri``: only then is the rest re-escaped).  A URL with variables
-    (``pp.template``), no location or a regex location is treated as "no URI part"; the
-    caller handles a rendered URL that has one (it replaces the request URI as is).
+    ``args`` the raw ``$args``, ``had_escapes`` whether the rest is to be re-escaped
+    (nginx's ``r->quoted_uri || r->internal``: the path had ``%``, or a rewrite changed it).
+    ``valid_unparsed_uri`` is false once ``$uri`` or ``$args`` changed (the request line's
+    URI may not be sent then), ``valid_location`` false after ``rewrite ... break``.  A URL
+    with variables (``pp.template``), no location or a regex location is treated as "no URI
+    part"; the caller handles a rendered URL that has one (it replaces the request URI as
+    is).
     """
     query = "?" + args if args else ""
     if pp.uri is None or pp.template is not None or location is None or location.is_regex:
         raw = request_uri(raw_target)
         # r->valid_unparsed_uri is off for a space in the URI (and wsgate treats an empty
         # absolute-form path the same way): then $uri is sent, escaped, with the args.
-        if raw.startswith("/") and " " not in raw:
+        if valid_unparsed_uri and raw.startswith("/") and " " not in raw:
             return raw
         return (escape_uri(uri) if had_escapes else uri) + query
+    if not valid_location:
+        return (escape_uri(uri) if had_escapes else uri) + query
+    # loc_len = ngx_min(plcf->location.len, r->uri.len)
     rest = uri[len(location.name) :] if uri.startswith(location.name) else uri
     return pp.uri + (escape_uri(rest) if had_escapes else rest) + query

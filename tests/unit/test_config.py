@@ -8,6 +8,7 @@ import pytest
 
 from wsgate.config.loader import load
 from wsgate.config.model import Config
+from wsgate.config.script import Return
 from wsgate.config.template import compile_template
 from wsgate.config.units import parse_size, parse_time
 from wsgate.config.variables import RequestContext
@@ -417,8 +418,19 @@ def test_escapes_in_tokens_follow_nginx(tmp_path: Path) -> None:
         tmp_path,
         'http { server { return 200 "a\\nb\\tc\\\\d\\"e"; location ~ \\.php$ { return 204; } } }',
     )
-    ret = config.http.servers[0].settings.return_
-    assert ret is not None and ret.text is not None
+    (ret,) = config.http.servers[0].settings.rewrite
+    assert isinstance(ret, Return) and ret.text is not None
     assert ret.text.raw == 'a\nb\tc\\d"e'
     regex = config.http.servers[0].locations[0].regex
     assert regex is not None and regex.pattern == "\\.php$"
+
+
+def test_map_keys_are_unescaped_like_every_token(tmp_path: Path) -> None:
+    """nginx's ``ngx_conf_read_token`` unescapes every token, a map key too: ``"~\\\\x00"``
+    is the regex ``\\x00`` (proxy_protocol2_tlv.t's SSL_BINARY)."""
+    config = conf(
+        tmp_path,
+        'http { map $arg_a $bin { "~\\\\x00" "true"; } server { location / { return 200; } } }',
+    )
+    ((compiled, _),) = config.http.maps["bin"].regexes
+    assert compiled.pattern == "\\x00" and compiled.search("a\x00b") is not None

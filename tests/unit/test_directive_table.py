@@ -25,7 +25,7 @@ from wsgate.config.model import (
     Upstream,
 )
 from wsgate.config.parse import Stmt
-from wsgate.config.table import CONTEXT_ORDER, Directive, Kind, Merge, enum_
+from wsgate.config.table import CONTEXT_ORDER, LIF, Directive, Kind, Merge, enum_
 from wsgate.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,6 +44,10 @@ SAMPLES: dict[str, tuple[str, str]] = {
     "large_client_header_buffers": ("2 1k", "8 16k"),
     "keepalive_timeout": ("10s 5s", "20s"),
     "return": ("204", "301 https://example.org/"),
+    "rewrite": ("^/(.*) /x/$1", "^ http://example.org/? permanent"),
+    "break": ("", ""),
+    "if": ("$arg_a", "$uri ~* ^/x(?<rest>.*)"),
+    "set": ("$a 1", "$args x=$uri"),
     "access_log": ("a.log", "off"),
     "allow": ("10.0.0.0/8", "all"),
     "deny": ("192.0.2.1", "unix:"),
@@ -137,6 +141,10 @@ BAD: dict[str, tuple[str, str] | None] = {
     ),
     "keepalive_timeout": ("10s 5x", '"keepalive_timeout" directive invalid value'),
     "return": ("1000", 'invalid return code "1000"'),
+    "rewrite": ("^ /x sometimes", 'invalid parameter "sometimes"'),
+    "break": None,
+    "if": ("$a ~", 'invalid condition "$a"'),
+    "set": ("a b", 'invalid variable name "a"'),
     "access_log": ("a.log combined gzip", '"gzip" is not supported by wsgate in "access_log"'),
     "allow": ("10.0.0.300", 'invalid parameter "10.0.0.300"'),
     "deny": ("nowhere", 'invalid parameter "nowhere"'),
@@ -352,6 +360,40 @@ def test_arrays_add_up_at_one_level(tmp_path: Path, d: Directive) -> None:
     assert level.value(d)[: len(one)] == one
 
 
+IF_SETTINGS = [d for d in SETTINGS if LIF in d.contexts or d.name in ("limit_req", "allow")]
+
+
+@pytest.mark.parametrize("d", IF_SETTINGS, ids=lambda d: d.name)
+def test_inheritance_http_server_location_if(tmp_path: Path, d: Directive) -> None:
+    """An ``if`` in a location is an implicit location nested in it: set A at the outermost
+    level the directive allows (http, server or location), and the ``if`` level gets A by
+    the entry's rule (a content handler too, when the ``if`` sets none); B set in the ``if``
+    is the ``if``'s.  (``proxy_pass`` with a URI part is refused inside ``if``: see
+    tests/unit/test_rewrite.py.)"""
+    ld = loader(tmp_path)
+    a_args, b_args = samples(d)
+    http = Level(ld, None)
+    server = Level(ld, http)
+    location = Level(ld, server)
+    outer = next(c for c in _LEVELS if c in d.contexts)
+    setter = {"http": http, "server": server, "location": location}[outer]
+    setter.set(stmt(d, a_args), d)
+    a = setter.value(d)
+    in_if = Level(ld, location, noname=True)
+    assert d.target is not None
+    got = in_if.collect(d.target)[d.fields[0]]
+    if d.merge in (Merge.INHERIT, Merge.ARRAY):
+        assert in_if.value(d) == a == got
+    elif d.merge is Merge.HANDLER:
+        assert got == a
+    else:  # the script: the if's steps are its own (and compiled into the location's)
+        assert in_if.value(d) == ld.default(d)
+    if LIF in d.contexts and d.merge is Merge.INHERIT:
+        other = Level(ld, location, noname=True)
+        other.set(stmt(d, b_args), d)
+        assert other.value(d) != a
+
+
 def _depth(level: Level) -> int:
     n = 0
     while level.parent is not None:
@@ -423,7 +465,7 @@ def test_bad_arguments_get_nginx_words(tmp_path: Path, d: Directive) -> None:
     case = bad(d)
     if case is not None:
         assert case[1] in _error(tmp_path, ctx, f"{d.name} {case[0]};")
-    if d.merge is not Merge.ARRAY:
+    if d.merge not in (Merge.ARRAY, Merge.SCRIPT):
         line = f"{d.name} {samples(d)[0]};"
         text = f"{line} {line}"
         words = d.duplicate or f'"{d.name}" directive is duplicate'

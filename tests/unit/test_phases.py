@@ -237,7 +237,7 @@ def test_limit_conn_holds_slots_until_released(tmp_path: Path) -> None:
     assert decide(request(config, worker, "/two")) is Content.PROXY
     # ``return`` (the rewrite phase) comes before the preaccess phase: no slot taken.
     early = request(config, worker, "/early")
-    assert decide(early) == Plain(200, b"", None) and early.conn_slots == ()
+    assert decide(early) == Plain(200, b"", "text/plain") and early.conn_slots == ()
 
 
 def test_internal_redirects_are_bounded(tmp_path: Path) -> None:

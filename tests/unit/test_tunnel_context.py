@@ -57,6 +57,9 @@ def test_request_headers_read() -> None:
         "x-pick",
     }
     assert request_headers_read(["status", "some_map"]) is None  # a map may read anything
+    # Knowing the maps: a variable ``set`` made (or a named capture) is already computed.
+    assert request_headers_read(["status", "who", "http_a"], {"some_map"}) == {"a"}
+    assert request_headers_read(["who", "some_map"], {"some_map"}) is None
 
 
 FORMAT = (

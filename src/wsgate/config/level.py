@@ -4,7 +4,7 @@ A :class:`Level` keeps what one block sets, parsed by each directive's entry in
 :mod:`wsgate.config.directives`, and :meth:`Level.collect` gives the effective values of a
 model class's fields by the entry's merge rule (:class:`~wsgate.config.table.Merge`), as
 nginx's ``merge_loc_conf`` functions do.  Levels chain through ``parent`` only, so a deeper
-level (a nested location today, an ``if`` block later) is just one more link.
+level (a nested location, an ``if`` block) is just one more link.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ _err = config_error
 class Level:
     """Directives set at one level, and the merge with the outer level."""
 
-    __slots__ = ("loader", "parent", "own", "written", "regex", "location", "blocks")
+    __slots__ = ("loader", "parent", "own", "written", "regex", "noname", "location", "blocks")
 
     def __init__(
         self,
@@ -37,12 +37,16 @@ class Level:
         parent: Level | None,
         regex: bool = False,
         location: Location | None = None,
+        noname: bool = False,
     ) -> None:
         self.loader = loader
         self.parent = parent
         #: A location given by a regular expression (``clcf->regex``): ``proxy_pass`` may
-        #: not have a URI part here (nor, later, inside ``if``).
+        #: not have a URI part here (nor inside ``if``).
         self.regex = regex
+        #: An ``if`` block (nginx's implicit location, ``clcf->noname``): it keeps its
+        #: location's content handler unless it sets one.
+        self.noname = noname
         #: The location this level is (its modifier and name), for the locations inside.
         self.location = location
         #: Blocks that may appear once here (``http``, ``events``).
@@ -56,11 +60,11 @@ class Level:
     def set(self, s: Stmt, d: Directive) -> None:
         """``s`` at this level, already checked by :func:`~wsgate.config.directives.find`."""
         assert d.parse is not None and d.target is not None, d.name
-        if d.merge is not Merge.ARRAY and d.key in self.own:
+        if d.merge not in (Merge.ARRAY, Merge.SCRIPT) and d.key in self.own:
             raise _err(d.duplicate or f'"{s.name}" directive is duplicate', s.src)
         value = d.parse(s, self)
         self.written[s.name] = d
-        if d.merge is Merge.ARRAY:
+        if d.merge in (Merge.ARRAY, Merge.SCRIPT):
             self.own.setdefault(d.key, ([], s.src))[0].extend(value)
         else:
             self.own[d.key] = (value, s.src)
@@ -81,6 +85,9 @@ class Level:
     # -- merge --------------------------------------------------------------------------------
     def value(self, d: Directive) -> Any:
         """The effective value of ``d`` here, by its merge rule."""
+        if d.merge is Merge.SCRIPT:
+            own = self.own.get(d.key)
+            return tuple(own[0]) if own is not None else self.loader.default(d)
         if d.resolve is not None:
             return d.resolve(self, d)
         if d.merge in (Merge.NONE, Merge.HANDLER):
@@ -96,11 +103,19 @@ class Level:
 
     def collect(self, target: type) -> dict[str, Any]:
         """Field → effective value for every entry that fills a field of ``target``."""
-        # The content handler (proxy_pass, stub_status...): the last one written wins.
+        # The content handler (proxy_pass, stub_status...): the last one written wins; an
+        # ``if`` block that sets none keeps its location's.
         handlers = [d for d in self.written.values() if d.merge is Merge.HANDLER]
+        inherited: dict[str, Any] = {}
+        if self.noname and not handlers and self.parent is not None:
+            inherited = self.parent.collect(target)
         out: dict[str, Any] = {}
         for d in entries_for(target):
-            value = self.value(d)
+            if d.merge is Merge.HANDLER and inherited:
+                value = tuple(inherited[f] for f in d.fields)
+                value = value[0] if len(d.fields) == 1 else value
+            else:
+                value = self.value(d)
             if d.merge is Merge.HANDLER and handlers and d is not handlers[-1]:
                 value = d.unset
             if len(d.fields) == 1:

@@ -36,6 +36,7 @@ from wsgate.config.model import (
     Upstream,
 )
 from wsgate.config.parse import Stmt, parse_file, parse_globals
+from wsgate.config.script import If, Step
 from wsgate.config.table import HTTP, LOCATION, MAIN, SERVER, UPSTREAM, Directive, Kind
 from wsgate.config.template import Template, TemplateError, compile_template
 from wsgate.config.upstream import build_upstream, finish_upstream
@@ -82,6 +83,8 @@ class Loader:
     templates: list[tuple[Template, Source]] = field(default_factory=list)
     #: Named captures of every regex: nginx makes them variables.
     captures: set[str] = field(default_factory=set)
+    #: Variables named by ``set``.
+    user_vars: set[str] = field(default_factory=set)
     #: Variables directives declare (``auth_request_set``), lowercased.
     declared: set[str] = field(default_factory=set)
     #: ``charset_map`` tables: (from, to) → 256 bytes.
@@ -159,7 +162,7 @@ class Loader:
     def load_main(self, stmts: list[Stmt]) -> Config:
         level = Level(self, None)
         (http_cfg,) = self.read(stmts, MAIN, level) or [HttpConfig(servers=())]
-        known = set(self.maps) | self.captures | self.declared
+        known = set(self.maps) | self.captures | self.user_vars | self.declared
         for tpl, src in self.templates:
             for var in tpl.variables:
                 if not is_known_variable(var, known):
@@ -181,6 +184,7 @@ class Loader:
         http_level = Level(self, None)
         servers = tuple(self.read(http.block or [], HTTP, http_level))
         check_listens(servers)
+        builtin = set(self.maps) | self.captures | self.declared
         here = http_level.collect(LocationSettings)
         for name, up in self.upstreams.items():
             self.upstreams[name] = finish_upstream(up, here["resolver"], here["resolver_timeout"])
@@ -191,6 +195,9 @@ class Loader:
             log_formats=dict(self.log_formats),
             limit_conn_zones=dict(self.conn_zones),
             limit_req_zones=dict(self.req_zones),
+            user_variables=frozenset(
+                n for n in self.user_vars if not is_known_variable(n, builtin)
+            ),
         )
 
     def load_log_format(self, s: Stmt) -> None:
@@ -321,11 +328,22 @@ class Loader:
         if ssl_src is not None:
             proxy_ssl = tls.build_ssl_upstream(level.collect(SslUpstream), ssl_src)
         fields = level.collect(LocationSettings)
+        fields["rewrite"] = tuple(self._if_settings(step) for step in fields["rewrite"])
         if fields["root"] is None:
             # "Default: root html;", under the prefix.
             html = os.path.join(self.prefix, "html")
             fields["root"] = DocRoot(Template(html, (html,)), self.prefix)
         return LocationSettings(proxy_ssl=proxy_ssl, charset_maps=self.charset_maps, **fields)
+
+    def _if_settings(self, step: Step) -> Step:
+        """An ``if`` in a location gets the settings of the implicit location it is, merged
+        with everything around it (which is complete only now); its own script is the
+        block's steps, already in the location's (nginx: "the inner directives must be
+        compiled to the same code array")."""
+        if not isinstance(step, If) or step.level is None:
+            return step
+        inner = dataclasses.replace(self.settings(step.level), rewrite=())
+        return dataclasses.replace(step, settings=inner, level=None)
 
     def load_location(self, s: Stmt, parent: Level) -> Location:
         args = s.args

@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from wsgate.config.script import Script
 from wsgate.config.template import Template
 
 __all__ = [
@@ -43,7 +44,6 @@ __all__ = [
     "MimeTypes",
     "Network",
     "ProxyPass",
-    "Return",
     "RewriteRule",
     "Server",
     "ServerName",
@@ -495,15 +495,6 @@ class LimitReq:
 
 
 @dataclass(frozen=True, slots=True)
-class Return:
-    """``return CODE [TEXT|URL]`` or ``return URL`` (302)."""
-
-    code: int
-    text: Template | None = None
-    source: Source | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class UserFile:
     """``auth_basic_user_file FILE`` (ngx_http_auth_basic_module): the file name, which may
     contain variables; a relative name is taken from ``conf_prefix`` (the directory of the main
@@ -601,6 +592,11 @@ class LocationSettings:
     proxy_next_upstream_timeout: float = 0.0
     proxy_buffer_size: int = 4096
     server_tokens: bool = True
+    #: The rewrite module's script at this level (``rewrite``, ``return``, ``set``, ``if``,
+    #: ``break``, in order; not inherited), run by :mod:`wsgate.http.rewrite`.
+    rewrite: Script = ()
+    rewrite_log: bool = False
+    uninitialized_variable_warn: bool = True
     #: ``limit_rate``/``limit_rate_after``: bytes (a value with variables: its template, read
     #: per request as a size); see :mod:`wsgate.http.rate`.
     limit_rate: int | Template = 0
@@ -608,7 +604,6 @@ class LocationSettings:
     #: ``proxy_buffering``: wsgate always streams, but nginx turns ``limit_rate`` off for a
     #: response it does not buffer, so the value decides that.
     proxy_buffering: bool = True
-    return_: Return | None = None
     proxy_ssl: SslUpstream = SslUpstream()
     #: Empty tuple means ``access_log off``.
     access_logs: tuple[AccessLog, ...] = ()
@@ -845,6 +840,9 @@ class HttpConfig:
     log_formats: dict[str, LogFormat] = field(default_factory=dict)
     limit_conn_zones: dict[str, LimitConnZone] = field(default_factory=dict)
     limit_req_zones: dict[str, LimitReqZone] = field(default_factory=dict)
+    #: Variables only ``set`` makes (no built-in, map or capture of that name): reading one
+    #: that the request has not set logs "using uninitialized" (``uninitialized_variable_warn``).
+    user_variables: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

@@ -114,7 +114,7 @@ class _Reader:
     ) -> list[Stmt]:
         out: list[Stmt] = []
         for item in items:
-            name = item["directive"]
+            name = _unescape(item["directive"])  # every token, a map key too
             if name == "#":
                 continue
             src = Source(file, item["line"])

@@ -39,12 +39,15 @@ __all__ = [
     "EVENTS",
     "FLAG",
     "HSL",
+    "HSL_IF",
     "HTTP",
+    "LIF",
     "LOCATION",
     "MAIN",
     "NOARGS",
     "ONEMORE",
     "SERVER",
+    "SIF",
     "TAKE1",
     "TAKE2",
     "TAKE3",
@@ -79,10 +82,16 @@ MAIN, EVENTS, HTTP, SERVER, LOCATION, UPSTREAM = (
     "location",
     "upstream",
 )
+#: ``NGX_HTTP_SIF_CONF`` and ``NGX_HTTP_LIF_CONF``: inside an ``if`` block at ``server`` level
+#: (only the rewrite module's directives) and inside one in a ``location`` (an implicit
+#: location nested in it: its directives and the few others nginx allows there).
+SIF, LIF = "if-in-server", "if-in-location"
 #: The order contexts are listed in, in the generated documentation.
-CONTEXT_ORDER = (MAIN, EVENTS, HTTP, SERVER, LOCATION, UPSTREAM)
+CONTEXT_ORDER = (MAIN, EVENTS, HTTP, SERVER, LOCATION, SIF, LIF, UPSTREAM)
 #: ``NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF``.
 HSL = frozenset({HTTP, SERVER, LOCATION})
+#: ``NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_HTTP_LIF_CONF``.
+HSL_IF = HSL | {LIF}
 
 
 # -- argument counts (NGX_CONF_NOARGS, NGX_CONF_TAKE1, ... NGX_CONF_1MORE, NGX_CONF_BLOCK) -----
@@ -159,8 +168,14 @@ class Merge(enum.Enum):
     #: Not inherited: it belongs to the level that says it (``return``).
     NONE = "not inherited"
     #: Not inherited, and sets the level's content handler (``proxy_pass``, ``stub_status``):
-    #: of several at one level, the last one written wins.
+    #: of several at one level, the last one written wins.  An ``if`` block keeps the
+    #: handler of the location it is in unless it sets one (``ngx_http_update_location_config``
+    #: changes ``r->content_handler`` only "if (clcf->handler)").
     HANDLER = "content handler"
+    #: The rewrite module's script (``rewrite``, ``return``, ``set``, ``if``, ``break``): each
+    #: directive adds its step to the level's list in the order written, and the list is not
+    #: inherited (``ngx_http_rewrite_merge_loc_conf``: a level's ``codes`` are its own).
+    SCRIPT = "script"
 
 
 #: ``parse(stmt, level)`` → the value (for :attr:`Merge.ARRAY`, a tuple of items to add); for

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import socket
+import warnings
 from collections.abc import Iterator
 
 from wsgate.config.model import Listen, Server, ServerName, Source
@@ -16,6 +17,7 @@ __all__ = [
     "config_error",
     "listen",
     "listens",
+    "pcre_to_python",
     "regex",
     "resolve",
     "server_name",
@@ -33,12 +35,95 @@ def config_error(msg: str, src: Source) -> ConfigError:
 _err = config_error
 
 
+#: POSIX classes PCRE accepts inside ``[...]``, as Python ranges.
+_POSIX = {
+    "alnum": "a-zA-Z0-9",
+    "alpha": "a-zA-Z",
+    "ascii": "\\x00-\\x7f",
+    "blank": " \\t",
+    "cntrl": "\\x00-\\x1f\\x7f",
+    "digit": "0-9",
+    "graph": "\\x21-\\x7e",
+    "lower": "a-z",
+    "print": "\\x20-\\x7e",
+    "punct": "!-/:-@\\[-`{-~",
+    "space": " \\t\\n\\r\\f\\v",
+    "upper": "A-Z",
+    "word": "a-zA-Z0-9_",
+    "xdigit": "0-9A-Fa-f",
+}
+_NAMED_GROUP = re.compile(r"\(\?(?:P?<([A-Za-z_]\w*)>|'([A-Za-z_]\w*)')")
+_BACKREF = re.compile(r"\\k(?:<(\w+)>|'(\w+)'|\{(\w+)\})|\\g\{?(\d+)\}?")
+_POSIX_CLASS = re.compile(r"\[:(\^?)([a-z]+):\]")
+
+
+def pcre_to_python(pattern: str) -> str:
+    """PCRE syntax that Python's ``re`` spells differently: named groups ``(?<name>`` and
+    ``(?'name'`` (``(?P<name>``), back references ``\\k<name>``/``\\k'name'``/``\\k{name}``
+    and ``\\g{N}``, ``\\z`` (Python's ``\\Z``), PCRE's ``\\Z`` (end or before a final
+    newline) and POSIX classes ``[[:alpha:]]`` inside brackets."""
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    in_class = False
+    while i < n:
+        c = pattern[i]
+        if c == "\\" and i + 1 < n:
+            nxt = pattern[i + 1]
+            m = _BACKREF.match(pattern, i)
+            if m is not None and not in_class:
+                name = m.group(1) or m.group(2) or m.group(3)
+                out.append(f"(?P={name})" if name else f"\\{m.group(4)}")
+                i = m.end()
+                continue
+            if nxt == "z" and not in_class:
+                out.append("\\Z")
+            elif nxt == "Z" and not in_class:
+                out.append("(?=\\n?\\Z)")
+            else:
+                out.append(pattern[i : i + 2])
+            i += 2
+            continue
+        if in_class:
+            m = _POSIX_CLASS.match(pattern, i)
+            if m is not None and m.group(2) in _POSIX and not m.group(1):
+                out.append(_POSIX[m.group(2)])
+                i = m.end()
+                continue
+            if c == "]":  # a "]" first in the class was taken when it opened
+                in_class = False
+            out.append(c)
+            i += 1
+            continue
+        if c == "[":
+            in_class = True
+            out.append(c)
+            i += 1
+            if i < n and pattern[i] == "^":
+                out.append("^")
+                i += 1
+            if i < n and pattern[i] == "]":  # a literal "]" first in a class
+                out.append("\\]")
+                i += 1
+            continue
+        m = _NAMED_GROUP.match(pattern, i) if c == "(" else None
+        if m is not None:
+            out.append(f"(?P<{m.group(1) or m.group(2)}>")
+            i = m.end()
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
 def regex(pattern: str, flags: int, src: Source, names: set[str] | None = None) -> re.Pattern[str]:
-    """PCRE → Python: ``(?<name>`` and ``(?'name'`` become ``(?P<name>``."""
-    py = re.sub(r"\(\?<([A-Za-z_][A-Za-z0-9_]*)>", r"(?P<\1>", pattern)
-    py = re.sub(r"\(\?'([A-Za-z_][A-Za-z0-9_]*)'", r"(?P<\1>", py)
+    """A PCRE pattern compiled with Python's ``re`` (:func:`pcre_to_python`).  nginx's PCRE
+    runs without UTF mode, so ``\\w``, ``\\d``, ``\\s`` and caseless matching are ASCII's
+    (``re.ASCII``).  A bad pattern is nginx's ``pcre2_compile() failed`` error."""
+    py = pcre_to_python(pattern)
     try:
-        compiled = re.compile(py, flags)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # FutureWarning on "[[" that PCRE reads fine
+            compiled = re.compile(py, flags | re.ASCII)
     except re.error as exc:
         raise _err(f'pcre2_compile() failed: {exc} in "{pattern}"', src) from exc
     if names is not None:

@@ -14,7 +14,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -140,9 +140,13 @@ PREFIX_VARIABLES = (
 )
 
 
+#: ``$1``..``$9`` (``ngx_http_script_compile``: "$0" is a variable name, and nginx has none).
+_CAPTURES = frozenset("123456789")
+
+
 def is_known_variable(name: str, maps: frozenset[str] | set[str]) -> bool:
     """Whether ``$name`` exists: built-in, a prefix family, a regex capture, or a map result."""
-    if name in FIXED_VARIABLES or name in maps or name.isdigit():
+    if name in FIXED_VARIABLES or name in maps or name in _CAPTURES:
         return True
     # ngx_http_get_variable: "name->len >= v[n].name.len": ``$arg_`` is a prefix variable too.
     return any(name.startswith(p) for p in PREFIX_VARIABLES)
@@ -167,10 +171,14 @@ _HEADER_VARIABLES = {
 _NO_MAP_NAMES: frozenset[str] = frozenset()
 
 
-def request_headers_read(names: Iterable[str]) -> frozenset[str] | None:
+def request_headers_read(
+    names: Iterable[str], maps: Container[str] | None = None
+) -> frozenset[str] | None:
     """The request headers (lower-case names) that the variables ``names`` are computed
     from, or None when one of them may read any header: a map result, whose value may come
-    from any variable."""
+    from any variable.  With ``maps`` (the map results' names), another name that is no
+    built-in reads none: a variable ``set`` gave or a named capture took is kept in the
+    request's variables when it is made."""
     headers: set[str] = set()
     for name in names:
         if name.startswith("http_") and len(name) > 5:
@@ -186,7 +194,7 @@ def request_headers_read(names: Iterable[str]) -> frozenset[str] | None:
             headers.add("upstream:" + name[14:].replace("_", "-").lower())
         elif name in _HEADER_VARIABLES:
             headers.add(_HEADER_VARIABLES[name])
-        elif not is_known_variable(name, _NO_MAP_NAMES):
+        elif not is_known_variable(name, _NO_MAP_NAMES) and (maps is None or name in maps):
             return None  # a map
     return frozenset(headers)
 
@@ -262,13 +270,14 @@ class RequestContext:
         "connection_requests",
         "pipelined",
         "captures",
+        "variables",
+        "uninitialized",
         "root",
         "add_uri_to_alias",
         "error_logs",
         "maps",
         "tls",
         "counters",
-        "variables",
         "upstream_headers",
         "upstream_bytes",
         "connection_start",
@@ -324,7 +333,16 @@ class RequestContext:
         self.connection = connection
         self.connection_requests = 1
         self.pipelined = False
+        #: The last regex match's ``$0``, ``$1``..``$9`` (the whole match first, as PCRE's
+        #: ovector; a group that did not take part is "").
         self.captures: tuple[str, ...] = ()
+        #: Values ``set`` or ``auth_request_set`` gave and named captures took (nginx's
+        #: ``r->variables``), by lowercased name: they win over any other value of that name
+        #: (None until the first).
+        self.variables: dict[str, str] | None = None
+        #: Called with the name of a variable only ``set`` makes when the request has not
+        #: set it (``uninitialized_variable_warn``; None: nobody listens).
+        self.uninitialized: Callable[[str], None] | None = None
         #: The location's ``root``/``alias`` (set with the location), for
         #: ``$document_root``, ``$realpath_root`` and ``$request_filename``.
         self.root: DocRoot | None = None
@@ -339,8 +357,6 @@ class RequestContext:
         #: then the chosen server's, then the location's); empty: the main context's.  The
         #: error log reads them from the context every line is logged with.
         self.error_logs: tuple[ErrorLog, ...] = ()
-        #: Values set by directives (``auth_request_set``), by lowercased name (None: none).
-        self.variables: dict[str, str] | None = None
         #: The upstream response's header fields (``$upstream_http_*``).
         self.upstream_headers: Sequence[tuple[str, str]] = ()
         #: Per try: [bytes received, bytes sent] (nginx's ``u->state->bytes_received``,
@@ -376,6 +392,8 @@ class RequestContext:
         return "" if value is None else value
 
     def _arg(self, name: str) -> str:
+        if not name:
+            return ""
         for part in self.args.split("&"):
             key, sep, value = part.partition("=")
             if key.lower() == name.lower() and sep:
@@ -391,13 +409,6 @@ class RequestContext:
                 if key == name:
                     return val
         return ""
-
-    def set_variable(self, name: str, value: str) -> None:
-        """Set ``$name`` (lowercased) for the rest of the request; it hides a map or
-        built-in variable of that name, as nginx's explicitly set value does."""
-        if self.variables is None:
-            self.variables = {}
-        self.variables[name] = value
 
     def invalidate(self) -> None:
         """Forget cached map results (after captures or the URI change); the request's
@@ -469,7 +480,28 @@ class RequestContext:
         if name.startswith("proxy_protocol_tlv_"):
             pp = self.proxy_protocol
             return "" if pp is None else (tlv(pp, name[19:]) or "")
+        if self.uninitialized is not None:
+            self.uninitialized(name)
         return ""
+
+    def set_variable(self, name: str, value: str) -> None:
+        """Set ``$name`` (lowercased) for the rest of the request (``set``,
+        ``auth_request_set``, a named capture); it hides a map or built-in variable of that
+        name, as nginx's explicitly set value does.  ``$args`` is set where it is kept."""
+        if name == "args":
+            self.args = value
+            return
+        if self.variables is None:
+            self.variables = {}
+        self.variables[name] = value
+
+    def set_match(self, match: re.Match[str]) -> None:
+        """A regex matched: ``$0``..``$9`` and its named captures (``ngx_http_regex_exec``)."""
+        self.captures = (match.group(0), *(g or "" for g in match.groups()))
+        named = match.re.groupindex
+        if named:
+            for key in named:
+                self.set_variable(key, match.group(key) or "")
 
     def _eval_map(self, m: MapBlock) -> str:
         """ngx_http_map_find: exact (case-insensitive), wildcards (hostnames), regexes, default."""

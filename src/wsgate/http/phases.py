@@ -8,10 +8,10 @@ request."  wsgate walks the same sequence:
 phase                   handlers today                                             nginx
 ======================  =========================================================  ==========
 ``POST_READ``           request-target → ``$uri``/``$args``; 497, 495/496; realip  (process)
-``SERVER_REWRITE``      a ``return`` at ``server`` level                           rewrite
+``SERVER_REWRITE``      the ``server`` level's rewrite script                      rewrite
 ``FIND_CONFIG``         the location, keep-alive limits, the trailing-slash 301    core
-``REWRITE``             a ``return`` in the location                               rewrite
-``POST_REWRITE``        (internal redirects: at most 10 cycles, as nginx)          core
+``REWRITE``             the location's rewrite script                              rewrite
+``POST_REWRITE``        a changed URI: back to ``FIND_CONFIG`` (at most 10 times)  core
 ``PREACCESS``           realip, then ``limit_req``, then ``limit_conn``            limit_*
 ``ACCESS``              ``allow``/``deny``, ``auth_basic``, ``auth_request``       access
                         combined by ``satisfy`` (:mod:`wsgate.http.auth`)
@@ -28,10 +28,12 @@ response to make (:class:`Redirect`, :class:`Plain`, :class:`Close`, a :class:`C
 handler).  An error response is an :class:`~wsgate.errors.HttpError` raised with nginx's
 status and log text.  :func:`run` walks the handlers; the asyncio layer
 (:mod:`wsgate.proxy.exchange`) sleeps on a :class:`Delay`, performs the waits and the
-response.  ``rewrite``, ``try_files`` and static files are each one handler to add to
+response.  ``try_files`` and static files are each one handler to add to
 :data:`HANDLERS` (or one decision), nothing else; ``error_page`` is one in
 :data:`ERROR_HANDLERS`, which :func:`on_error` consults before an error page is made (an
-internal redirect re-enters the phases at ``FIND_CONFIG``).
+internal redirect re-enters the phases at ``FIND_CONFIG``).  The rewrite module's scripts
+(``rewrite``, ``return``, ``set``, ``if``, ``break``) are run by
+:func:`wsgate.http.rewrite.execute`.
 """
 
 from __future__ import annotations
@@ -48,13 +50,14 @@ from wsgate.errors import HttpError
 from wsgate.http.auth import AccessState, access_phase
 from wsgate.http.redirects import absolute_location
 from wsgate.http.request import RequestHead
+from wsgate.http.rewrite import Stop, execute
 from wsgate.http.static import FileResponse, content_type
 from wsgate.http.suspend import Offload, Pause, Subrequest, Suspend
 from wsgate.limits import ConnZone, Refused, ReqZone, check_requests
 from wsgate.realip import forwarded_addr
 from wsgate.routing import (
     escape_uri,
-    find_location,
+    find_location_match,
     needs_slash_redirect,
     normalize_uri,
     split_target,
@@ -80,11 +83,16 @@ __all__ = [
     "Redirect",
     "Request",
     "Restart",
+    "UninitializedWarning",
+    "location_rewrite",
     "on_error",
     "realip_post_read",
     "realip_preaccess",
     "release_slots",
     "run",
+    "server_rewrite",
+    "stop_response",
+    "uninitialized_warning",
 ]
 
 #: nginx's ``NGX_HTTP_MAX_URI_CHANGES``: "rewrite or internal redirection cycle" after 10.
@@ -138,11 +146,15 @@ class Request:
         "connection_started",
         "conn_slots",
         "uri_changes",
+        "internal",
+        "uri_changed",
+        "valid_location",
+        "valid_unparsed_uri",
+        "quoted_uri",
         "access",
         "subrequest",
         "limit_req_done",
         "limit_conn_done",
-        "internal",
         "ssi_vars",
         "ssi_blocks",
         "ssi_depth",
@@ -180,6 +192,17 @@ class Request:
         self.conn_slots: tuple[tuple[ConnZone, str], ...] = ()
         #: Internal redirects left (``r->uri_changes``).
         self.uri_changes = MAX_URI_CHANGES + 1
+        #: ``r->uri_changed``: a rewrite changed ``$uri``; ``POST_REWRITE`` searches the
+        #: location again.
+        self.uri_changed = False
+        #: ``r->valid_location``: the location's name still prefixes ``$uri`` for
+        #: ``proxy_pass``'s URI part (``rewrite ... break`` clears it).
+        self.valid_location = True
+        #: ``r->valid_unparsed_uri``: ``proxy_pass`` may send the request line's URI.
+        self.valid_unparsed_uri = True
+        #: ``r->quoted_uri || r->plus_in_uri``: the path had ``%`` or ``+`` (captures put
+        #: into arguments or a redirect are then escaped).
+        self.quoted_uri = False
         #: The access phase's state in this pass (None: not reached yet).
         self.access: AccessState | None = None
         #: A subrequest (``auth_request``'s): it skips the access phase, as nginx's do.
@@ -188,8 +211,8 @@ class Request:
         #: once; an internal redirect does not apply them again.
         self.limit_req_done = False
         self.limit_conn_done = False
-        #: ``r->internal``: an internal redirect happened, or this is a subrequest
-        #: (``internal`` locations allow it).
+        #: ``r->internal``: a rewrite or an internal redirect happened, or this is a
+        #: subrequest (``internal`` locations allow it; ``proxy_pass`` escapes the URI).
         self.internal = False
         #: The SSI variables and blocks of the main request, shared by its subrequests
         #: (:mod:`wsgate.content.ssi`).
@@ -199,6 +222,14 @@ class Request:
 
     def log(self, level: str, message: str) -> None:
         self.worker.error_log.log(level, message, self.number, self.ctx)
+
+    def use_settings(self, settings: LocationSettings) -> None:
+        """An ``if`` block's settings, when its condition held (``ngx_http_script_if_code``
+        calls ``ngx_http_update_location_config``): everything that follows reads them,
+        the document root and the error logs too."""
+        self.settings = settings
+        self.ctx.root = settings.root
+        self.ctx.error_logs = settings.error_logs
 
     def absolute(self, location: str) -> str:
         """``location`` as nginx's header filter sends the response's own ``Location``
@@ -279,6 +310,7 @@ def parse_target(r: Request) -> None:
     # merge_slashes: "compression of two or more adjacent slashes in a URI into a single
     # slash" (server level).
     ctx.uri, ctx.args = normalize_uri(path, merge_slashes=r.server.merge_slashes), args
+    r.quoted_uri = "%" in path or "+" in path
     if not ctx.host:
         ctx.host = r.server.name
     return None
@@ -361,35 +393,94 @@ def realip_preaccess(r: Request) -> None:
 
 
 # -- SERVER_REWRITE, REWRITE -------------------------------------------------------------------
-def _return(r: Request, settings: LocationSettings) -> Decision | None:
-    """``return``: "Stops processing and returns the specified code to a client.  The
-    non-standard code 444 closes a connection without sending a response header."  A URL
-    (codes 301, 302, 303, 307, 308) starting with a slash is made absolute when the
-    response is sent (``absolute_redirect``, :func:`wsgate.http.redirects.absolute_location`)."""
-    ret = settings.return_
-    if ret is None:
-        return None
-    text = ret.text.render(r.ctx.lookup) if ret.text is not None else None
-    if ret.code in (301, 302, 303, 307, 308) and text is not None:
-        return Redirect(ret.code, text)
-    if ret.code == 444:
+def stop_response(r: Request, stop: Stop) -> Decision:
+    """The response a script's :class:`~wsgate.http.rewrite.Stop` makes
+    (``ngx_http_script_return_code``): "Stops processing and returns the specified code to
+    a client.  The non-standard code 444 closes a connection without sending a response
+    header."  A redirect's (301, 302, 303, 307, 308) text is its ``Location`` (one starting
+    with a slash is made absolute when the response is sent: ``absolute_redirect``,
+    :func:`wsgate.http.redirects.absolute_location`); a code below 400, or one with a text,
+    is sent with the text as its body (``ngx_http_send_response``); any other code gets its
+    error page."""
+    code, text = stop.code, stop.text
+    if code in (301, 302, 303, 307, 308):
+        return Redirect(code, text or "")
+    if code == 444:
         return Close(444)
-    if text is None:
-        if ret.code >= 400:
-            raise HttpError(ret.code)
-        return Plain(ret.code, b"", None)
-    # ngx_http_send_response with no type: ngx_http_set_content_type, the URI's extension.
-    return Plain(ret.code, text.encode(), content_type(settings, r.ctx.uri))
+    if text is None and code >= 400:
+        raise HttpError(code)
+    # ngx_http_send_response with no type: ngx_http_set_content_type, the type of the
+    # URI's extension, else default_type; a 204 has none (ngx_http_header_filter clears it).
+    body = (text or "").encode("utf-8", "surrogateescape")
+    return Plain(code, body, None if code == 204 else content_type(r.settings, r.ctx.uri))
 
 
-def server_return(r: Request) -> Decision | None:
-    """``return`` at ``server`` level (the server rewrite phase, before any location)."""
-    return _return(r, r.server.settings)
+def server_rewrite(r: Request) -> Decision | None:
+    """The rewrite module at ``server`` level (the server rewrite phase, before any
+    location): "the directives of this module specified on the server level are executed
+    sequentially"."""
+    settings = r.server.settings
+    if not settings.rewrite:
+        return None
+    stop = execute(settings.rewrite, r, settings.rewrite_log)
+    return None if stop is None else stop_response(r, stop)
 
 
-def location_return(r: Request) -> Decision | None:
-    """``return`` in the location (the rewrite phase)."""
-    return _return(r, r.settings)
+def location_rewrite(r: Request) -> Decision | None:
+    """The rewrite module in the location found (the rewrite phase); skipped when no
+    location matched ("skipping location rewrite phase for server null location")."""
+    settings = r.settings
+    if r.location is None or not settings.rewrite:
+        return None
+    stop = execute(settings.rewrite, r, settings.rewrite_log)
+    return None if stop is None else stop_response(r, stop)
+
+
+class UninitializedWarning:
+    """``ctx.uninitialized`` for a request: reading a variable only ``set`` makes, which the
+    request has not set, logs nginx's ``[warn] using uninitialized "x" variable`` while the
+    settings in force have ``uninitialized_variable_warn on`` (``ngx_http_rewrite_var``);
+    once the access log is being written (:meth:`logging`), "while logging request" follows,
+    as nginx's log phase sets that action."""
+
+    __slots__ = ("names", "r", "action")
+
+    def __init__(self, r: Request, names: frozenset[str]) -> None:
+        self.names = names
+        self.r = r
+        self.action = ""
+
+    def __call__(self, name: str) -> None:
+        r = self.r
+        if name in self.names and r.settings.uninitialized_variable_warn:
+            r.log("warn", f'using uninitialized "{name}" variable{self.action}')
+
+    def logging(self) -> None:
+        """The log phase has begun."""
+        self.action = _LOGGING
+
+    def settle(self, settings: LocationSettings) -> Callable[[str], None] | None:
+        """The same for an open tunnel, which keeps the request's variables but not the
+        request, and reads them again only to log: with the settings it ended with, holding
+        only the log and the names."""
+        if not settings.uninitialized_variable_warn:
+            return None
+        names, log, number, ctx = self.names, self.r.worker.error_log, self.r.number, self.r.ctx
+
+        def warn(name: str) -> None:
+            if name in names:
+                log.log("warn", f'using uninitialized "{name}" variable{_LOGGING}', number, ctx)
+
+        return warn
+
+
+#: ``ngx_http_log_handler``'s ``r->connection->log->action = "logging request"``.
+_LOGGING = " while logging request"
+
+
+def uninitialized_warning(r: Request, names: frozenset[str]) -> UninitializedWarning:
+    """``ctx.uninitialized`` for ``r`` (see :class:`UninitializedWarning`)."""
+    return UninitializedWarning(r, names)
 
 
 # -- FIND_CONFIG -------------------------------------------------------------------------------
@@ -399,9 +490,11 @@ def find_config(r: Request) -> Decision | None:
     by a prefix string that ends with the slash character ... the permanent redirect with
     the code 301 will be returned")."""
     ctx, head = r.ctx, r.head
-    location, captures = find_location(r.server, ctx.uri)
-    # $1 is the first group ($0, the whole match, is not kept here).
-    ctx.captures = ("", *captures) if captures else ()
+    r.uri_changed = False
+    location, match = find_location_match(r.server, ctx.uri)
+    if match is not None:
+        # Only a regex location's match changes $1..$9 (those of a rewrite stay otherwise).
+        ctx.set_match(match)
     r.location = location
     settings = r.settings = location.settings if location is not None else r.server.settings
     ctx.root = settings.root
@@ -464,9 +557,11 @@ def _is_safari(agent: str) -> bool:
 
 # -- POST_REWRITE ------------------------------------------------------------------------------
 def post_rewrite(r: Request) -> Decision | None:
-    """``ngx_http_core_post_rewrite_phase`` is where nginx counts URI changes; wsgate counts
-    them in :func:`run`, when a handler returns :class:`Restart`."""
-    return None
+    """``ngx_http_core_post_rewrite_phase``: "the loop is repeated if a request URI was
+    rewritten, but not more than 10 times" — a changed URI is an internal redirect back to
+    ``FIND_CONFIG``, counted by :func:`run` (the eleventh is nginx's 500, "rewrite or
+    internal redirection cycle")."""
+    return Restart() if r.uri_changed else None
 
 
 # -- PREACCESS ---------------------------------------------------------------------------------
@@ -625,9 +720,9 @@ def static(r: Request) -> Decision:
 #: response is done, or when a tunnel closes).
 HANDLERS: tuple[tuple[Phase, tuple[Handler, ...]], ...] = (
     (Phase.POST_READ, (parse_target, check_tls, realip_post_read)),
-    (Phase.SERVER_REWRITE, (server_return,)),
+    (Phase.SERVER_REWRITE, (server_rewrite,)),
     (Phase.FIND_CONFIG, (find_config,)),
-    (Phase.REWRITE, (location_return,)),
+    (Phase.REWRITE, (location_rewrite,)),
     (Phase.POST_REWRITE, (post_rewrite,)),
     (Phase.PREACCESS, (realip_preaccess, limit_req, limit_conn)),
     (Phase.ACCESS, (access,)),

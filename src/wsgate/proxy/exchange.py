@@ -44,6 +44,7 @@ from wsgate.http.phases import (
     on_error,
     release_slots,
     run,
+    uninitialized_warning,
 )
 from wsgate.http.request import RequestHead
 from wsgate.http.static import FileResponse
@@ -100,6 +101,9 @@ class Exchange:
         for line in head.ignored_headers:
             # ngx_http_process_request_headers, ignore_invalid_headers on.
             self.r.log("info", f'client sent invalid header line: "{line}"')
+        names = front.gw.config.http.user_variables
+        if names:
+            ctx.uninitialized = uninitialized_warning(self.r, names)
 
     async def run(self) -> Outcome:
         """Walk the phases and make the response; returns (keep the connection,

@@ -28,6 +28,7 @@ from wsgate.config.model import LocationSettings
 from wsgate.config.variables import RequestContext
 from wsgate.errors import HttpError
 from wsgate.http.body import Body, EndOfMessage
+from wsgate.http.phases import UninitializedWarning
 from wsgate.http.proxy_protocol import (
     MAX_HEADER,
     ProxyHeader,
@@ -573,4 +574,6 @@ class FrontConnection:
         seconds = time.time() - ctx.start
         self.gw.metrics.request_done(ctx.server_name, location, ctx.status, upgrade, seconds)
         if settings.access_logs:
+            if isinstance(ctx.uninitialized, UninitializedWarning):
+                ctx.uninitialized.logging()
             self.gw.access_logs.write(settings.access_logs, ctx)

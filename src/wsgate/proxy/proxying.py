@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from wsgate.access import upgrade_allowed, without_upgrade
-from wsgate.config.model import LocationSettings
+from wsgate.config.model import LocationSettings, ProxyPass
 from wsgate.errors import HttpError
 from wsgate.http.headers import BodyFraming, build_upstream_request, single_fields
 from wsgate.http.phases import MAX_URI_CHANGES
@@ -56,10 +56,30 @@ class Proxying:
         self.started = 0.0
         self.attempts = 0
 
+    def _uri(self, pp: ProxyPass) -> str:
+        """The URI sent upstream (:func:`~wsgate.routing.proxy_uri`), with what the rewrite
+        module changed: "if (r->quoted_uri || r->internal)" it is escaped, after a rewrite
+        the request-target is no longer sent, after ``rewrite ... break`` nor is the
+        location's URI part."""
+        head, r = self.ex.head, self.ex.r
+        # After an internal redirect the client's request-target is no longer the URI
+        # (nginx's ngx_http_internal_redirect clears r->valid_unparsed_uri): $uri is sent.
+        redirected = r.uri_changes <= MAX_URI_CHANGES
+        return proxy_uri(
+            pp,
+            r.location,
+            head.target,
+            r.ctx.uri,
+            r.ctx.args,
+            "%" in head.target or r.internal or redirected,
+            valid_unparsed_uri=r.valid_unparsed_uri and not redirected,
+            valid_location=r.valid_location,
+        )
+
     async def run(self) -> Outcome:
         ex = self.ex
         front, head, r = ex.front, ex.head, ex.r
-        gw, ctx, settings, location = front.gw, r.ctx, r.settings, r.location
+        gw, ctx, settings = front.gw, r.ctx, r.settings
         pp = settings.proxy_pass
         assert pp is not None
         refused = head.upgrade is not None and not upgrade_allowed(
@@ -69,23 +89,15 @@ class Proxying:
             self._refuse_upgrade()
         # After an internal redirect the client's request-target is no longer the URI
         # (nginx's ngx_http_internal_redirect clears r->valid_unparsed_uri): $uri is sent.
-        redirected = r.uri_changes <= MAX_URI_CHANGES
-        raw = "" if redirected else head.target
-        # "if (r->quoted_uri || r->internal)" the URI is escaped.
-        escaped = redirected or "%" in head.target
         if pp.template is not None:
             # proxy_pass with variables: "a URI part replaces the whole request URI".
             ev = await evaluate(gw, pp, settings, ctx)
             pp, group = ev.pp, ev.group
-            uri = (
-                ev.uri
-                if ev.uri is not None
-                else proxy_uri(pp, location, raw, ctx.uri, ctx.args, escaped)
-            )
+            uri = ev.uri if ev.uri is not None else self._uri(pp)
             ctx.proxy_host = ev.proxy_host
         else:
             group = gw.peer_group(pp)
-            uri = proxy_uri(pp, location, raw, ctx.uri, ctx.args, escaped)
+            uri = self._uri(pp)
             ctx.proxy_host = pp.proxy_host
         ctx.proxy_port = str(pp.port)
         set_headers = []

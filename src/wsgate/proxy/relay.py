@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from sys import intern
 from typing import TYPE_CHECKING, cast
 
@@ -55,6 +55,7 @@ from wsgate.http.headers_filter import (
     trailers,
     upstream_fields,
 )
+from wsgate.http.phases import UninitializedWarning
 from wsgate.http.response import ResponseEvent, ResponseHead, ResponseParser
 from wsgate.proxy.endpoint import CountedEndpoint, Endpoint, PeerClosed
 from wsgate.proxy.frames import is_websocket
@@ -127,7 +128,9 @@ class TunnelEnd:
 _KEPT: dict[int, tuple[tuple[AccessLog, ...], frozenset[str] | None]] = {}
 
 
-def _kept_headers(logs: tuple[AccessLog, ...]) -> frozenset[str] | None:
+def _kept_headers(
+    logs: tuple[AccessLog, ...], maps: Mapping[str, object] | None = None
+) -> frozenset[str] | None:
     hit = _KEPT.get(id(logs))
     if hit is not None and hit[0] is logs:
         return hit[1]
@@ -138,7 +141,7 @@ def _kept_headers(logs: tuple[AccessLog, ...]) -> frozenset[str] | None:
         if tpl is not None
         for name in tpl.variables
     ]
-    kept = request_headers_read(names)
+    kept = request_headers_read(names, maps)
     if kept is not None:
         kept |= _ERROR_LOG_HEADERS
     if len(_KEPT) >= 1024:  # configurations come and go with reloads
@@ -176,7 +179,9 @@ def _slim(ctx: RequestContext, settings: LocationSettings) -> RequestContext:
     tunnels often have in common (method, version, statuses, port, header names, host,
     request line: one WebSocket path) are interned: ``sys.intern`` keeps one copy while any
     tunnel uses it and none after (the client's address is interned on accept)."""
-    kept = _kept_headers(settings.access_logs)
+    kept = _kept_headers(settings.access_logs, ctx.maps)
+    if isinstance(ctx.uninitialized, UninitializedWarning):
+        ctx.uninitialized = ctx.uninitialized.settle(settings)
     headers = []
     for name, value in ctx.headers:
         low = name.lower()

@@ -24,13 +24,14 @@ from wsgate.config.directives import (
     realip,
     redirects,
     resolver,
+    rewrite,
     ssi,
     ssl,
     static,
     upstream,
 )
 from wsgate.config.parse import NGINX_DIRECTIVES
-from wsgate.config.table import CONTEXT_ORDER, Directive, Kind, Merge
+from wsgate.config.table import CONTEXT_ORDER, LIF, SIF, Directive, Kind, Merge
 from wsgate.config.values import config_error
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ _err = config_error
 #: Every entry, in the order the documentation lists them.
 ENTRIES: tuple[Directive, ...] = (
     *core.ENTRIES,
+    *rewrite.ENTRIES,
     *proxy.ENTRIES,
     *redirects.ENTRIES,
     *headers.ENTRIES,
@@ -128,6 +130,17 @@ def _syntax(d: Directive) -> str:
     return "value"
 
 
+def _contexts(d: Directive) -> str:
+    """nginx's documentation's words: ``if`` for both kinds of ``if`` block, ``if in
+    location`` for the other directives an ``if`` in a location allows."""
+    words = [c for c in CONTEXT_ORDER if c in d.contexts and c not in (SIF, LIF)]
+    if SIF in d.contexts and LIF in d.contexts:
+        words.append("if")
+    elif LIF in d.contexts:
+        words.append("if in location")
+    return ", ".join(words)
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
@@ -141,13 +154,19 @@ def markdown() -> str:
         "`python -m wsgate.config.directives > docs/directives.md`; a test fails when this",
         "file is stale. Each directive behaves as nginx documents it; a *default* is nginx's,",
         "written as the directive's arguments; *inheritance* is how a value set at an outer",
-        "level (http → server → location → nested location) reaches an inner one:",
+        "level (http → server → location → nested location or `if`) reaches an inner one:",
         "",
         f"- *{Merge.INHERIT.value}*: the innermost level that sets it wins;",
         f"- *{Merge.ARRAY.value}*: each directive adds to its level's list, and a level with",
         "  any replaces the outer level's whole list;",
         f"- *{Merge.NONE.value}*: it applies to the level that says it only;",
-        f"- *{Merge.HANDLER.value}*: not inherited; of several at one level the last wins.",
+        f"- *{Merge.HANDLER.value}*: not inherited; of several at one level the last wins (an",
+        "  `if` block keeps its location's unless it sets one);",
+        f"- *{Merge.SCRIPT.value}*: the rewrite module's steps, run in the order written at",
+        "  their level (server or location); not inherited.",
+        "",
+        "An `if` block in a location is an implicit location nested in it: the directives",
+        "allowed there (*if in location*) inherit from the location as a nested location does.",
         "",
         "Adding a directive is adding one `Directive` entry (name, contexts, arguments, parser,",
         "model field, default, merge rule) to a module of `src/wsgate/config/directives/`,",
@@ -162,7 +181,7 @@ def markdown() -> str:
     ]
     for d in ENTRIES:
         if d.kind in (Kind.SETTING, Kind.STRUCTURE):
-            contexts = ", ".join(c for c in CONTEXT_ORDER if c in d.contexts)
+            contexts = _contexts(d)
             # Inheritance only means something where levels nest.
             nests = d.kind is Kind.SETTING and len(d.contexts & _LEVELS) > 1
             merge = d.merge.value if nests or d.merge is Merge.HANDLER else ""
@@ -181,7 +200,7 @@ def markdown() -> str:
     ]
     for d in ENTRIES:
         if d.kind is Kind.NO_OP:
-            contexts = ", ".join(c for c in CONTEXT_ORDER if c in d.contexts)
+            contexts = _contexts(d)
             out.append(f"| `{d.name}` | {contexts} | {_cell(d.note)} |")
     out += [
         "",

@@ -1,7 +1,7 @@
 """The core modules' directives: main, events, http, server and location
 (``src/core/nginx.c``, ``src/event/ngx_event.c``, ``ngx_http_core_module.c``,
-``ngx_http_log_module.c``, ``ngx_http_access_module.c``, ``ngx_http_rewrite_module.c``'s
-``return``, ``ngx_http_stub_status_module.c``)."""
+``ngx_http_log_module.c``, ``ngx_http_access_module.c``,
+``ngx_http_stub_status_module.c``)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from wsgate.config.model import (
     Listen,
     Location,
     LocationSettings,
-    Return,
     Server,
     ServerName,
 )
@@ -28,6 +27,7 @@ from wsgate.config.table import (
     EVENTS,
     FLAG,
     HSL,
+    HSL_IF,
     HTTP,
     LOCATION,
     MAIN,
@@ -169,18 +169,6 @@ def _access_rule(s: Stmt, level: Level) -> tuple[AccessRule, ...]:
     if low_bits:
         level.loader.warnings.append(f"low address bits of {s.args[0]} are meaningless in {s.src}")
     return (AccessRule(s.name == "allow", network, unix, s.src),)
-
-
-def _return(s: Stmt, level: Level) -> Return:
-    a, template = s.args, level.loader.template
-    if a[0].isdigit():
-        code = int(a[0])
-        if code > 999:
-            raise _err(f'invalid return code "{a[0]}"', s.src)
-        return Return(code, template(a[1], s.src) if len(a) > 1 else None, s.src)
-    if len(a) > 1 or not a[0].startswith(("http://", "https://", "$scheme")):
-        raise _err(f'invalid return code "{a[0]}"', s.src)
-    return Return(302, template(a[0], s.src), s.src)
 
 
 def _stub_status(s: Stmt, level: Level) -> bool:
@@ -636,7 +624,7 @@ ENTRIES: tuple[Directive, ...] = (
     ),
     Directive(
         "limit_rate",
-        HSL,
+        HSL_IF,
         TAKE1,
         parse=_size_value,
         target=_LS,
@@ -648,7 +636,7 @@ ENTRIES: tuple[Directive, ...] = (
     ),
     Directive(
         "limit_rate_after",
-        HSL,
+        HSL_IF,
         TAKE1,
         parse=_size_value,
         target=_LS,
@@ -656,20 +644,10 @@ ENTRIES: tuple[Directive, ...] = (
         default="0",
         syntax="size",
     ),
-    Directive(
-        "return",
-        ctx("server location"),
-        TAKE12,
-        parse=_return,
-        target=_LS,
-        fields=("return_",),
-        merge=Merge.NONE,
-        syntax="code [text] | code URL | URL",
-    ),
     # ngx_http_log_module
     Directive(
         "access_log",
-        HSL,
+        HSL_IF,
         ONEMORE,
         parse=_access_log,
         target=_LS,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from wsgate.config.model import AddHeader, Expires, LocationSettings
-from wsgate.config.table import HSL, TAKE1, TAKE2, TAKE3, TAKE12, Directive, Merge, enum_
+from wsgate.config.table import HSL_IF, TAKE1, TAKE2, TAKE3, TAKE12, Directive, Merge, enum_
 from wsgate.config.units import ExpiresError, parse_expires
 from wsgate.config.values import config_error
 
@@ -56,7 +56,7 @@ def _inherit(name: str, note: str) -> Directive:
     """``add_header_inherit``/``add_trailer_inherit on | off | merge`` (nginx 1.29.3)."""
     return Directive(
         f"{name}_inherit",
-        HSL,
+        HSL_IF,
         TAKE1,
         parse=enum_("off", "on", "merge"),
         target=LocationSettings,
@@ -93,7 +93,7 @@ def _fields(name: str, note: str) -> Directive:
     """``add_header``/``add_trailer NAME VALUE [always]`` (one ``ngx_http_headers_add``)."""
     return Directive(
         name,
-        HSL,
+        HSL_IF,
         TAKE2 | TAKE3,
         parse=_add_header,
         target=LocationSettings,
@@ -112,7 +112,7 @@ ENTRIES: tuple[Directive, ...] = (
     *_INHERIT.values(),
     Directive(
         "expires",
-        HSL,
+        HSL_IF,
         TAKE12,
         parse=_expires,
         target=LocationSettings,

@@ -11,6 +11,7 @@ from wsgate.config.model import HeaderSetting, LocationSettings, ProxyPass, Upst
 from wsgate.config.table import (
     FLAG,
     HSL,
+    LIF,
     LOCATION,
     ONEMORE,
     TAKE1,
@@ -89,7 +90,7 @@ def _proxy_pass(s: Stmt, level: Level) -> ProxyPass:
 
 
 def _check_uri(s: Stmt, level: Level, uri: str | None) -> None:
-    if uri is not None and level.regex:
+    if uri is not None and (level.regex or level.noname):
         raise _err(
             '"proxy_pass" cannot have URI part in location given by regular expression, '
             'or inside named location, or inside "if" statement, or inside "limit_except" '
@@ -137,7 +138,7 @@ _LS = LocationSettings
 ENTRIES: tuple[Directive, ...] = (
     Directive(
         "proxy_pass",
-        ctx(LOCATION),
+        ctx(f"{LOCATION} {LIF}"),
         TAKE1,
         parse=_proxy_pass,
         target=_LS,

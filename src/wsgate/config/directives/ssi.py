@@ -12,7 +12,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from wsgate.config.model import LocationSettings
-from wsgate.config.table import FLAG, HSL, TAKE1, Arity, Directive, Kind, Merge, flag, size
+from wsgate.config.table import (
+    FLAG,
+    HSL,
+    HSL_IF,
+    TAKE1,
+    Arity,
+    Directive,
+    Kind,
+    Merge,
+    flag,
+    size,
+)
 
 if TYPE_CHECKING:
     from wsgate.config.level import Level
@@ -31,7 +42,7 @@ def _types(s: Stmt, level: Level) -> tuple[str, ...]:
 def _setting(name: str, parse: object, field: str, default: str, **kw: object) -> Directive:
     return Directive(
         name,
-        HSL,
+        kw.pop("contexts", HSL),  # type: ignore[arg-type]
         kw.pop("arity", TAKE1),  # type: ignore[arg-type]
         parse=parse,  # type: ignore[arg-type]
         target=_LS,
@@ -42,7 +53,8 @@ def _setting(name: str, parse: object, field: str, default: str, **kw: object) -
 
 
 ENTRIES: tuple[Directive, ...] = (
-    _setting("ssi", flag, "ssi", "off"),
+    # NGX_HTTP_LIF_CONF: ``ssi`` alone may be set in an ``if`` of a location.
+    _setting("ssi", flag, "ssi", "off", contexts=HSL_IF),
     _setting("ssi_silent_errors", flag, "ssi_silent_errors", "off"),
     _setting("ssi_last_modified", flag, "ssi_last_modified", "off"),
     _setting("ssi_value_length", size, "ssi_value_length", "256", syntax="length"),

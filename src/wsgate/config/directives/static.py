@@ -18,6 +18,7 @@ from wsgate.config.table import (
     BLOCK,
     FLAG,
     HSL,
+    HSL_IF,
     TAKE1,
     TAKE12,
     Arity,
@@ -142,10 +143,17 @@ def _disable_symlinks(s: Stmt, level: Level) -> tuple[str, object]:
     return (mode, start)
 
 
-def _setting(name: str, parse: object, field: str, default: str, syntax: str = "") -> Directive:
+def _setting(
+    name: str,
+    parse: object,
+    field: str,
+    default: str,
+    syntax: str = "",
+    contexts: frozenset[str] = HSL,
+) -> Directive:
     return Directive(
         name,
-        HSL,
+        contexts,
         TAKE1,
         parse=parse,  # type: ignore[arg-type]
         target=_LS,
@@ -176,7 +184,7 @@ ENTRIES: tuple[Directive, ...] = (
     ),
     Directive(
         "root",
-        HSL,
+        HSL_IF,
         TAKE1,
         parse=_root,
         target=_LS,
@@ -251,7 +259,7 @@ ENTRIES: tuple[Directive, ...] = (
         default="off",
         syntax="off | on | if_not_owner [from=part]",
     ),
-    _setting("sendfile", flag, "sendfile", "off"),
+    _setting("sendfile", flag, "sendfile", "off", contexts=HSL_IF),
     _setting("sendfile_max_chunk", size, "sendfile_max_chunk", "2m", "size"),
     _noop("tcp_nopush", FLAG, "the head is written before the file; no TCP_CORK"),
     _noop("aio", TAKE1, _BLOCKING),
