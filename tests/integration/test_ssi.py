@@ -302,3 +302,19 @@ def test_return_text_is_an_ssi_document(
     assert "Content-Length" not in head and body == b"X(none)INCX"
     head, body = fetch(gw.port, "/r.txt")
     assert "Content-Length: 30" in head and body == b'X<!--#echo var="http_foo" -->X'
+
+
+def test_ssi_in_if_and_regex_captures(
+    wsgate: Callable[..., WsgateProcess], bg: Loop, site: Path
+) -> None:
+    """``ssi`` may be set in an ``if`` of a location; an ``if`` regex's captures are ``$1``...
+    and its named ones SSI variables."""
+    (site / "cap.html").write_text(
+        '<!--#if expr="$arg_v = /(CAP\\d).*(?<n>N\\d)/" -->'
+        '<!--#echo var="1" -->-<!--#echo var="n" --><!--#endif -->'
+    )
+    extra = f"location /iff/ {{ alias {site}/; ssi off; if ($arg_s) {{ ssi on; }} }}"
+    gw = wsgate(conf(site, bg.backend("b").port, extra))
+    assert fetch(gw.port, "/cap.html?v=xCAP1yN2")[1] == b"CAP1-N2"
+    assert fetch(gw.port, "/iff/cap.html?v=xCAP1yN2&s=1")[1] == b"CAP1-N2"
+    assert fetch(gw.port, "/iff/cap.html?v=xCAP1yN2")[1].startswith(b"<!--#if")

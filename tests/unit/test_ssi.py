@@ -179,7 +179,14 @@ def test_evaluate() -> None:
     ],
 )
 def test_expression(expr: str, result: bool) -> None:
-    assert expression(expr, lambda n: VARS.get(n, "")) is result
+    assert expression(expr, lambda n: VARS.get(n, ""))[0] is result
+
+
+def test_expression_regex_match() -> None:
+    holds, match = expression("$a = /(?<first>f)(o+)/", lambda n: VARS.get(n, ""))
+    assert holds and match is not None
+    assert match.groups() == ("f", "oo") and match.group("first") == "f"
+    assert expression("$a = foo", lambda n: VARS.get(n, "")) == (True, None)
 
 
 def test_invalid_expression() -> None:

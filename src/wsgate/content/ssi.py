@@ -284,10 +284,18 @@ class SsiFilter:
 
             def taken() -> bool:
                 try:
-                    return expression(expr, self.lookup)
+                    holds, match = expression(expr, self.lookup)
                 except SsiError as exc:
                     failed.append(exc)
                     return False
+                if match is not None:
+                    # ngx_http_ssi_regex_match: $1... for what follows, the named captures
+                    # as SSI variables.
+                    ctx = self.ex.r.ctx
+                    ctx.captures = (match.group(0), *(g or "" for g in match.groups()))
+                    for key in match.re.groupindex:
+                        self.vars[key.lower()] = match.group(key) or ""
+                return holds
 
             log = self.cond.branch(name, taken)
             if failed:

@@ -22,6 +22,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from wsgate.config.values import pcre_to_python
+
 __all__ = [
     "COMMANDS",
     "DEFAULT_ERRMSG",
@@ -445,10 +447,11 @@ def evaluate(text: str, lookup: Callable[[str], str]) -> str:
     return "".join(out)
 
 
-def expression(expr: str, lookup: Callable[[str], str]) -> bool:
+def expression(expr: str, lookup: Callable[[str], str]) -> tuple[bool, re.Match[str] | None]:
     """An ``if``'s ``expr``: ``$a`` (true when not empty), ``$a = text``, ``$a != text``,
-    ``$a = /regex/`` (Python's ``re`` for PCRE; named groups become SSI variables in nginx,
-    not here).  The left side is lowercased up to the first character that is no letter,
+    ``$a = /regex/`` (PCRE's syntax read by Python's ``re``).  Returns whether it holds, and a
+    regex's match (its captures become ``$1``... and its named ones SSI variables).  The left
+    side is lowercased up to the first character that is no letter,
     digit, ``$``, ``{``, ``}``, ``_`` or quote, as nginx does."""
     i, n = 0, len(expr)
     while i < n and (expr[i].isalnum() and expr[i].isascii() or expr[i] in "${}_\"'"):
@@ -457,7 +460,7 @@ def expression(expr: str, lookup: Callable[[str], str]) -> bool:
     while i < n and expr[i] == " ":
         i += 1
     if i == n:
-        return bool(left)
+        return bool(left), None
     if expr[i] == "=":
         negative, i = False, i + 1
     elif expr.startswith("!=", i):
@@ -472,14 +475,13 @@ def expression(expr: str, lookup: Callable[[str], str]) -> bool:
             raise SsiError(f'invalid expression in "{expr}"')
         pattern = evaluate(right[1:-1], lookup)
         try:
-            matched = re.search(pattern, left) is not None
+            match = re.search(pcre_to_python(pattern), left)
         except re.error as exc:
             raise SsiError(f'pcre2_compile() failed: {exc} in "{pattern}"') from None
-    else:
-        if right.startswith("\\/"):
-            right = right[1:]
-        matched = evaluate(right, lookup) == left
-    return matched != negative
+        return (match is not None) != negative, match
+    if right.startswith("\\/"):
+        right = right[1:]
+    return (evaluate(right, lookup) == left) != negative, None
 
 
 #: What ``ngx_escape_uri`` leaves as it is with ``NGX_ESCAPE_HTML`` (its ``html`` table).
