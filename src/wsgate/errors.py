@@ -52,3 +52,11 @@ class HttpError(WsgateError):
         self.log = log
         self.headers = headers
         super().__init__(f"{status} {log}".strip())
+
+    @property
+    def log_level(self) -> str | None:
+        """The error-log level of ``log``: [error] for 403, 413, 500, 502 and 504, [info]
+        for the client's faults; None when there is no line (no text, or a 404)."""
+        if not self.log or self.status == 404:
+            return None
+        return "error" if self.status in (403, 413, 500, 502, 504) else "info"

@@ -24,6 +24,7 @@ __all__ = [
     "escape_uri",
     "find_location",
     "find_location_match",
+    "find_named_location",
     "needs_slash_redirect",
     "normalize_uri",
     "proxy_uri",
@@ -468,6 +469,14 @@ def find_location_match(server: Server, uri: str) -> tuple[Location | None, re.M
     found = _Found()
     _find(server.locations, uri, found)
     return found.location, found.match
+
+
+def find_named_location(server: Server, name: str) -> Location | None:
+    """The server's ``location @name`` for ``name`` (with its ``@``), as
+    ``ngx_http_named_location`` looks it up: named locations are "not used for a regular
+    request processing, but instead used for request redirection" (core module,
+    ``location``); the first of a name wins."""
+    return next((loc for loc in server.named_locations if loc.name == name), None)
 
 
 def needs_slash_redirect(location: Location | None, uri: str) -> bool:

@@ -11,8 +11,8 @@ from wsgate.config.loader import load
 from wsgate.config.model import Config
 from wsgate.config.variables import RequestContext
 from wsgate.errors import HttpError
+from wsgate.http.errorpages import ERROR_HANDLERS, error_page
 from wsgate.http.phases import (
-    ERROR_HANDLERS,
     HANDLERS,
     MAX_URI_CHANGES,
     Close,
@@ -280,14 +280,16 @@ def test_internal_redirects_are_bounded(tmp_path: Path) -> None:
 
 
 def test_errors_re_enter_through_error_handlers(tmp_path: Path) -> None:
-    """``error_page`` to come: an error handler that redirects makes the walk go on at
-    ``FIND_CONFIG`` with the new URI, counted as an internal redirect; none: the error page."""
+    """An error handler that redirects (here like ``rewrite ... last``: ``Restart()``) makes
+    the walk go on at ``FIND_CONFIG`` with the new URI, counted as an internal redirect;
+    none: the error leaves :func:`run` for nginx's page."""
     config = conf(tmp_path, SIMPLE)
     r = request(config, Worker(), "/nothing")
     with pytest.raises(HttpError) as info:
-        run(r)
-    assert ERROR_HANDLERS == ()
-    assert on_error(r, info.value) is None
+        run(r, errors=())
+    assert info.value.status == 404
+    assert on_error(r, info.value, ()) is None
+    assert error_page in ERROR_HANDLERS
 
     def to_t(r: Request, exc: HttpError) -> Restart | None:
         if exc.status != 404:
@@ -295,12 +297,15 @@ def test_errors_re_enter_through_error_handlers(tmp_path: Path) -> None:
         r.ctx.uri = "/t"
         return Restart()
 
-    resume = on_error(r, info.value, (to_t,))
-    assert resume is not None and r.uri_changes == MAX_URI_CHANGES
-    assert run(r, resume)[0] == Plain(200, b"hi /t", "text/plain")
+    r = request(config, Worker(), "/nothing")
+    assert run(r, errors=(to_t,))[0] == Plain(200, b"hi /t", "text/plain")
     assert r.location is not None and r.location.name == "/t"
-    assert on_error(r, HttpError(403), (to_t,)) is None
+    assert r.uri_changes == MAX_URI_CHANGES
+    with pytest.raises(HttpError) as other:
+        run(request(config, Worker(), "/closed"), errors=(to_t,))
+    assert other.value.status == 403
+    r = request(config, Worker(), "/nothing")
     r.uri_changes = 1
     with pytest.raises(HttpError) as cycle:
-        on_error(r, info.value, (to_t,))
+        run(r, errors=(to_t,))
     assert cycle.value.status == 500

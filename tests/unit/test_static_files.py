@@ -200,5 +200,5 @@ def test_variables(site: Path) -> None:
 def test_root_directive_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match='"alias" directive is duplicate'):
         settings_for(tmp_path, SERVER % "location / { root /a; alias /b; }", "/")
-    with pytest.raises(ConfigError, match=r"named locations are not supported"):
-        settings_for(tmp_path, SERVER % "location / { try_files $uri @x; }", "/")
+    with pytest.raises(ConfigError, match=r'"alias" directive cannot be used inside the named'):
+        settings_for(tmp_path, SERVER % "location @x { alias /b; }", "/")

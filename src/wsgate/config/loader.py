@@ -289,7 +289,10 @@ class Loader:
     # -- server -------------------------------------------------------------------------------
     def load_server(self, s: Stmt, http: Level) -> Server:
         level = Level(self, http)
-        locations = tuple(self.read(s.block or [], SERVER, level))
+        built = self.read(s.block or [], SERVER, level)
+        # ngx_http_init_locations: named locations go to their own list.
+        locations = tuple(loc for loc in built if not loc.is_named)
+        named = tuple(loc for loc in built if loc.is_named)
         fields = level.collect(Server)
         # "If the directive is not present then either *:80 is used if nginx runs with the
         # superuser privileges, or *:8000 otherwise." (wsgate: *:80)
@@ -317,6 +320,7 @@ class Loader:
             locations=locations,
             source=s.src,
             ssl=ssl_server,
+            named_locations=named,
             **fields,
         )
 
@@ -358,14 +362,22 @@ class Loader:
                 if name.startswith(m) and len(name) > len(m):
                     modifier, name = m, name[len(m) :]
                     break
-        if name.startswith("@"):
-            raise _err('named locations ("@name") are not supported by wsgate', s.src)
+        # ngx_http_core_location: only the one-argument form names a location ("location
+        # = @x" is an exact location that no URI matches).
+        if len(args) == 1 and not modifier and name.startswith("@"):
+            modifier = "@"
         outer = parent.location
         if outer is not None:
             if outer.is_exact:
                 raise _err(
                     f'location "{name}" cannot be inside the exact location "{outer.name}"', s.src
                 )
+            if outer.is_named:
+                raise _err(
+                    f'location "{name}" cannot be inside the named location "{outer.name}"', s.src
+                )
+            if modifier == "@":
+                raise _err(f'named location "{name}" can be on the server level only', s.src)
             if (
                 modifier not in ("~", "~*")
                 and not outer.is_regex
@@ -377,7 +389,8 @@ class Loader:
             compiled = regex(name, re.IGNORECASE if modifier == "~*" else 0, s.src, self.captures)
         # The locations inside see this one's modifier and name (its settings come last).
         here = Location(modifier, name, LocationSettings(), compiled, (), s.src)
-        level = Level(self, parent, regex=compiled is not None, location=here)
+        # "proxy_pass" may not have a URI part in a regex or a named location.
+        level = Level(self, parent, regex=compiled is not None or modifier == "@", location=here)
         children = tuple(self.read(s.block or [], LOCATION, level))
         return Location(modifier, name, self.settings(level), compiled, children, s.src)
 

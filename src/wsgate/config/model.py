@@ -495,6 +495,24 @@ class LimitReq:
 
 
 @dataclass(frozen=True, slots=True)
+class ErrorPage:
+    """One status of an ``error_page`` line: ``error_page CODE ... [=[RESPONSE]] URI``.
+
+    ``overwrite`` is nginx's ``err_page->overwrite``: -1 without ``=`` (the error's own status;
+    400 for 494-497, which nginx sends as 400), 0 for a bare ``=`` (the status of the
+    response the URI gives), else the code after ``=``.  ``uri`` is the URI, named location or
+    URL; without variables, a URI's ``?args`` are split off into ``args`` when loaded (with
+    variables, when rendered), as ``ngx_http_core_error_page`` does.
+    """
+
+    status: int
+    overwrite: int
+    uri: Template
+    args: str = ""
+    source: Source | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class UserFile:
     """``auth_basic_user_file FILE`` (ngx_http_auth_basic_module): the file name, which may
     contain variables; a relative name is taken from ``conf_prefix`` (the directory of the main
@@ -657,6 +675,13 @@ class LocationSettings:
     #: or another header's name).
     real_ip_header: str = "X-Real-IP"
     real_ip_recursive: bool = False
+    #: ``error_page`` of the innermost level that has any (all-or-nothing inheritance).
+    error_pages: tuple[ErrorPage, ...] = ()
+    recursive_error_pages: bool = False
+    proxy_intercept_errors: bool = False
+    #: ``internal``: a request URI reaching this location is 404 (inherited, as nginx's
+    #: ``ngx_conf_merge_value(conf->internal, prev->internal, 0)``).
+    internal: bool = False
     #: ``auth_basic`` realm (None: ``off``, or unset; a realm rendering to ``off`` is off too).
     auth_basic: Template | None = None
     auth_basic_user_file: UserFile | None = None
@@ -744,7 +769,10 @@ class Location:
     """``location [=|~|~*|^~] NAME { ... }``.
 
     ``modifier`` is ``""`` for a plain prefix.  ``regex`` is compiled for ``~``/``~*``.
-    ``locations`` are the nested locations in configuration order.
+    ``locations`` are the nested locations in configuration order.  A named location
+    (``location @name``: one argument starting with ``@``) has the modifier ``"@"`` and the
+    name with its ``@``; it is only reached by an internal redirect
+    (:attr:`Server.named_locations`).
     """
 
     modifier: str
@@ -765,6 +793,10 @@ class Location:
     @property
     def is_noregex(self) -> bool:
         return self.modifier == "^~"
+
+    @property
+    def is_named(self) -> bool:
+        return self.modifier == "@"
 
 
 @dataclass(frozen=True, slots=True)
@@ -794,6 +826,9 @@ class Server:
     source: Source | None = None
     #: TLS settings, when any ``listen`` of this server has ``ssl`` (else None).
     ssl: SslServer | None = None
+    #: ``location @name`` blocks (``cscf->named_locations``), looked up by name with its
+    #: ``@``; never in ``locations``, so no request URI finds them.
+    named_locations: tuple[Location, ...] = ()
 
     @property
     def name(self) -> str:
@@ -807,6 +842,12 @@ class Server:
             return first
         first = first.lower()
         return first[1:] if first.startswith(".") else first
+
+    @property
+    def every_location(self) -> tuple[Location, ...]:
+        """The server's locations, named ones too (what a walk over its settings needs:
+        access logs to open, ``prometheus``, upstream TLS)."""
+        return (*self.locations, *self.named_locations)
 
     @property
     def has_empty_name(self) -> bool:

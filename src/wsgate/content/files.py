@@ -168,7 +168,8 @@ def try_files(settings: LocationSettings, ctx: RequestContext) -> Internal | int
     uses the first found file for request processing; ... If none of the files were found,
     an internal redirect to the uri specified in the last parameter is made."  Returns None
     when a file was found (``$uri`` is now its URI), an :class:`Internal` redirect (its
-    arguments, after a ``?``, replace the request's), or the ``=code`` status."""
+    arguments, after a ``?``, replace the request's; a ``@name`` keeps them), or the
+    ``=code`` status."""
     tf = settings.try_files
     assert tf is not None and settings.root is not None
     root = settings.root
@@ -201,7 +202,11 @@ def try_files(settings: LocationSettings, ctx: RequestContext) -> Internal | int
         return None
     if tf.code is not None:
         return tf.code
-    uri, _, args = tf.fallback.render(ctx.lookup).partition("?")
+    uri = tf.fallback.render(ctx.lookup)
+    if uri.startswith("@"):
+        # "(void) ngx_http_named_location(r, &path)": the arguments stay as they are.
+        return Internal(uri)
+    uri, _, args = uri.partition("?")
     ctx.args = args
     return Internal(uri)
 

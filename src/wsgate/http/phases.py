@@ -9,7 +9,7 @@ phase                   handlers today                                          
 ======================  =========================================================  ==========
 ``POST_READ``           request-target → ``$uri``/``$args``; 497, 495/496; realip  (process)
 ``SERVER_REWRITE``      the ``server`` level's rewrite script                      rewrite
-``FIND_CONFIG``         the location, keep-alive limits, the trailing-slash 301    core
+``FIND_CONFIG``         the location, ``internal``, keep-alive limits, the 301     core
 ``REWRITE``             the location's rewrite script                              rewrite
 ``POST_REWRITE``        a changed URI: back to ``FIND_CONFIG`` (at most 10 times)  core
 ``PREACCESS``           realip, then ``limit_req``, then ``limit_conn``            limit_*
@@ -22,18 +22,32 @@ phase                   handlers today                                          
 
 A handler takes the request's :class:`Request` and returns ``None`` (go on with the next
 handler), or a decision: :class:`Delay` (wait, then go on: ``limit_req``), :class:`Restart`
-(an internal redirect: back to ``FIND_CONFIG``), a wait after which the same handler runs
+(an internal redirect), a wait after which the same handler runs
 again (:mod:`wsgate.http.suspend`: a job for the thread pool, a subrequest), or the
 response to make (:class:`Redirect`, :class:`Plain`, :class:`Close`, a :class:`Content`
 handler).  An error response is an :class:`~wsgate.errors.HttpError` raised with nginx's
 status and log text.  :func:`run` walks the handlers; the asyncio layer
 (:mod:`wsgate.proxy.exchange`) sleeps on a :class:`Delay`, performs the waits and the
 response.  ``try_files`` and static files are each one handler to add to
-:data:`HANDLERS` (or one decision), nothing else; ``error_page`` is one in
-:data:`ERROR_HANDLERS`, which :func:`on_error` consults before an error page is made (an
-internal redirect re-enters the phases at ``FIND_CONFIG``).  The rewrite module's scripts
+:data:`HANDLERS` (or one decision), nothing else.  The rewrite module's scripts
 (``rewrite``, ``return``, ``set``, ``if``, ``break``) are run by
 :func:`wsgate.http.rewrite.execute`.
+
+Internal redirects come in nginx's three kinds, each a :class:`Restart` to another phase:
+``rewrite ... last`` (the URI changed: back to ``FIND_CONFIG``, counted by :func:`run` as
+nginx's post-rewrite phase counts it), :func:`internal_redirect` (``error_page URI``,
+``try_files``'s last URI, ``index``: back to ``SERVER_REWRITE`` with the server's settings,
+as ``ngx_http_internal_redirect``) and :func:`named_location` (``@name``: on at ``REWRITE``
+in that location, as ``ngx_http_named_location``).  Each is one of the request's
+:data:`MAX_URI_CHANGES`; the eleventh is a 500.
+
+An error -- an :class:`~wsgate.errors.HttpError` from a handler or from the content phase's
+I/O (given back to :func:`run` as ``error``), or a redirect a handler makes -- goes through
+:func:`on_error`, nginx's ``ngx_http_special_response_handler``: its log line, keep-alive off
+after the statuses nginx closes on, then the error handlers given to :func:`run`
+(:data:`wsgate.http.errorpages.ERROR_HANDLERS`: ``error_page``), which may redirect
+internally or answer with a redirect; otherwise the error leaves :func:`run` and the I/O
+layer sends nginx's page for it.
 """
 
 from __future__ import annotations
@@ -48,6 +62,7 @@ from wsgate.config.variables import RequestContext
 from wsgate.content import files
 from wsgate.errors import HttpError
 from wsgate.http.auth import AccessState, access_phase
+from wsgate.http.pages import closes_connection
 from wsgate.http.redirects import absolute_location
 from wsgate.http.request import RequestHead
 from wsgate.http.rewrite import Stop, execute
@@ -58,6 +73,7 @@ from wsgate.realip import forwarded_addr
 from wsgate.routing import (
     escape_uri,
     find_location_match,
+    find_named_location,
     needs_slash_redirect,
     normalize_uri,
     split_target,
@@ -68,7 +84,6 @@ if TYPE_CHECKING:
     from wsgate.observability.logs import ErrorLogger
 
 __all__ = [
-    "ERROR_HANDLERS",
     "HANDLERS",
     "MAX_URI_CHANGES",
     "Close",
@@ -85,10 +100,14 @@ __all__ = [
     "Restart",
     "UninitializedWarning",
     "location_rewrite",
+    "internal_redirect",
+    "log_error",
+    "named_location",
     "on_error",
     "realip_post_read",
     "realip_preaccess",
     "release_slots",
+    "response_fields",
     "run",
     "server_rewrite",
     "stop_response",
@@ -155,6 +174,10 @@ class Request:
         "subrequest",
         "limit_req_done",
         "limit_conn_done",
+        "error_page",
+        "err_status",
+        "headers_out",
+        "discard_body",
         "ssi_vars",
         "ssi_blocks",
         "ssi_depth",
@@ -214,6 +237,19 @@ class Request:
         #: ``r->internal``: a rewrite or an internal redirect happened, or this is a
         #: subrequest (``internal`` locations allow it; ``proxy_pass`` escapes the URI).
         self.internal = False
+        #: ``r->error_page``: an error page was used (no other one, without
+        #: ``recursive_error_pages``).
+        self.error_page = False
+        #: ``r->err_status``: the status every response gets from now on (``error_page``),
+        #: 0: the response's own.
+        self.err_status = 0
+        #: Header fields the response gets whatever makes it (``headers_out`` kept across an
+        #: internal redirect: an intercepted 401's ``WWW-Authenticate``, the ``Location`` of a
+        #: redirect an error page took over).
+        self.headers_out: tuple[tuple[str, str], ...] = ()
+        #: ``r->discard_body``: the request body is not to be sent upstream (after a 413),
+        #: or cannot be again (wsgate streamed it to an earlier upstream).
+        self.discard_body = False
         #: The SSI variables and blocks of the main request, shared by its subrequests
         #: (:mod:`wsgate.content.ssi`).
         self.ssi_vars: dict[str, str] | None = None
@@ -257,8 +293,12 @@ class Delay:
 
 @dataclass(frozen=True, slots=True)
 class Restart:
-    """An internal redirect: the request goes through ``FIND_CONFIG`` again (``rewrite ...
-    last``, ``error_page``, named locations when they come)."""
+    """An internal redirect: the walk goes on at ``phase``.  ``Restart()`` is ``rewrite ...
+    last`` (``FIND_CONFIG`` again with the new ``$uri``; :func:`run` counts it); make the
+    others with :func:`internal_redirect` (``SERVER_REWRITE``) and :func:`named_location`
+    (``REWRITE``), which count themselves as nginx does."""
+
+    phase: Phase = Phase.FIND_CONFIG
 
 
 @dataclass(frozen=True, slots=True)
@@ -485,16 +525,31 @@ def uninitialized_warning(r: Request, names: frozenset[str]) -> UninitializedWar
 
 # -- FIND_CONFIG -------------------------------------------------------------------------------
 def find_config(r: Request) -> Decision | None:
-    """``ngx_http_core_find_config_phase``: the location for ``$uri`` and its settings, the
+    """``ngx_http_core_find_config_phase``: the location for ``$uri`` and its settings,
+    ``internal`` ("For external requests, the client error 404 is returned"), the
     connection's keep-alive limits, and the 301 to ``location/`` ("If a location is defined
     by a prefix string that ends with the slash character ... the permanent redirect with
     the code 301 will be returned")."""
-    ctx, head = r.ctx, r.head
+    ctx = r.ctx
     r.uri_changed = False
     location, match = find_location_match(r.server, ctx.uri)
     if match is not None:
         # Only a regex location's match changes $1..$9 (those of a rewrite stay otherwise).
         ctx.set_match(match)
+    _use_location(r, location)
+    if not r.internal and r.settings.internal:
+        raise HttpError(404)
+    if location is not None and needs_slash_redirect(location, ctx.uri):
+        # "r->headers_out.location->value = clcf->escaped_name" (and "?" and the args).
+        target = escape_uri(location.name) + (f"?{ctx.args}" if ctx.args else "")
+        return Redirect(301, target)
+    return None
+
+
+def _use_location(r: Request, location: Location | None) -> None:
+    """``ngx_http_update_location_config``: the location's settings (its root and error
+    logs), and its keep-alive limits for the connection."""
+    head, ctx = r.head, r.ctx
     r.location = location
     settings = r.settings = location.settings if location is not None else r.server.settings
     ctx.root = settings.root
@@ -511,11 +566,6 @@ def find_config(r: Request) -> Decision | None:
         # keepalive_timeout 0 disables keep-alive; keepalive_requests caps a connection
         # (https://nginx.org/en/docs/http/ngx_http_core_module.html#keepalive_requests).
         head.keep_alive = False
-    if location is not None and needs_slash_redirect(location, ctx.uri):
-        # "r->headers_out.location->value = clcf->escaped_name" (and "?" and the args).
-        target = escape_uri(location.name) + (f"?{ctx.args}" if ctx.args else "")
-        return Redirect(301, target)
-    return None
 
 
 def _keepalive_disabled(head: RequestHead, browsers: frozenset[str]) -> bool:
@@ -655,13 +705,12 @@ def access(r: Request) -> Decision | None:
 
 # -- TRY_FILES --------------------------------------------------------------------------------
 def _internal(r: Request, uri: str) -> Restart:
-    """``ngx_http_internal_redirect``: the request goes on with ``uri`` from ``FIND_CONFIG``
-    (``$args`` already set by the caller)."""
-    ctx = r.ctx
-    ctx.uri = uri
-    ctx.add_uri_to_alias = False
-    ctx.invalidate()
-    return Restart()
+    """``try_files``'s last parameter and ``index``: :func:`internal_redirect` to ``uri``
+    (``$args`` as the caller set them), or :func:`named_location` for ``@name``."""
+    r.ctx.add_uri_to_alias = False
+    if uri.startswith("@"):
+        return named_location(r, uri)
+    return internal_redirect(r, uri, r.ctx.args)
 
 
 def try_files(r: Request) -> Decision | None:
@@ -694,6 +743,7 @@ def content(r: Request) -> Decision | None:
         return static(r)
     if (
         head.content_length is not None
+        and not r.discard_body
         and settings.client_max_body_size
         and head.content_length > settings.client_max_body_size
     ):
@@ -733,71 +783,191 @@ HANDLERS: tuple[tuple[Phase, tuple[Handler, ...]], ...] = (
 
 def _flatten(
     table: Sequence[tuple[Phase, Sequence[Handler]]],
-) -> tuple[tuple[Handler, ...], int]:
-    handlers = [h for _, hs in table for h in hs]
-    restart = sum(len(hs) for phase, hs in table if phase < Phase.FIND_CONFIG)
-    return tuple(handlers), restart
+) -> tuple[tuple[Handler, ...], dict[Phase, int]]:
+    """The handlers in order, and where each phase's first handler is."""
+    handlers: list[Handler] = []
+    starts: dict[Phase, int] = {}
+    for phase in Phase:
+        starts[phase] = len(handlers)
+        for p, hs in table:
+            if p is phase:
+                handlers.extend(hs)
+    return tuple(handlers), starts
 
 
 _DEFAULT = _flatten(HANDLERS)
 
 
-def _restart(r: Request, index: int) -> int:
-    """Count one internal redirect (``r->uri_changes``) and return ``index``, where the walk
-    goes on (the first ``FIND_CONFIG`` handler); the eleventh is a 500."""
+def _uri_change(r: Request, what: str) -> None:
+    """Count one internal redirect (``r->uri_changes--``); the eleventh is a 500, "rewrite
+    or internal redirection cycle" with ``what`` nginx says it was doing."""
     r.uri_changes -= 1
-    r.access = None  # an internal redirect clears the modules' contexts
     if r.uri_changes == 0:
-        raise HttpError(
-            500, f'rewrite or internal redirection cycle while processing "{r.ctx.uri}"'
-        )
-    return index
+        raise HttpError(500, f"rewrite or internal redirection cycle {what}")
+
+
+def internal_redirect(r: Request, uri: str, args: str) -> Restart:
+    """``ngx_http_internal_redirect``: ``$uri`` and ``$args`` become ``uri`` and ``args``
+    (as given: nothing is normalised), the request is internal, and the phases go on at
+    ``SERVER_REWRITE`` with the server's settings (``r->loc_conf = cscf->ctx->loc_conf``)
+    until ``FIND_CONFIG`` finds the location.  ``proxy_pass`` without a URI then sends
+    ``$uri`` and ``$args`` (``r->valid_unparsed_uri = 0``).  ``error_page`` and
+    ``try_files`` use it."""
+    _uri_change(r, f'while internally redirecting to "{uri}"')
+    ctx = r.ctx
+    ctx.uri, ctx.args = uri, args
+    ctx.invalidate()
+    r.internal = True
+    r.valid_unparsed_uri = False
+    _use_location(r, None)
+    return Restart(Phase.SERVER_REWRITE)
+
+
+def named_location(r: Request, name: str) -> Restart:
+    """``ngx_http_named_location``: the server's ``location @name`` (``name`` with its
+    ``@``) takes the request as it is (``$uri``, ``$args`` and the request-target sent by
+    ``proxy_pass`` unchanged) and the phases go on at ``REWRITE`` there, without
+    ``FIND_CONFIG``.  No such location, or an empty ``$uri``, is a 500.  ``error_page`` and
+    ``try_files`` use it."""
+    _uri_change(r, f'while redirect to named location "{name}"')
+    if not r.ctx.uri:
+        raise HttpError(500, f'empty URI in redirect to named location "{name}"')
+    location = find_named_location(r.server, name)
+    if location is None:
+        raise HttpError(500, f'could not find named location "{name}"')
+    r.internal = True
+    _use_location(r, location)
+    return Restart(Phase.REWRITE)
+
+
+def _restart(r: Request, restart: Restart, starts: dict[Phase, int]) -> int:
+    """Where the walk goes on after ``restart``; ``rewrite ... last`` is counted here, as
+    ``ngx_http_core_post_rewrite_phase`` counts it."""
+    if restart.phase is Phase.FIND_CONFIG:
+        _uri_change(r, f'while processing "{r.ctx.uri}"')
+    r.access = None  # an internal redirect clears the modules' contexts
+    return starts[restart.phase]
+
+
+def response_fields(r: Request, redirect: bool = False) -> tuple[tuple[str, str], ...]:
+    """The fields a response gets from ``headers_out`` before its own: an intercepted 401's
+    ``WWW-Authenticate``, and the ``Location`` of a redirect an error page took over
+    (nginx keeps it in ``headers_out``); a redirect writes its own ``Location`` instead."""
+    if redirect:
+        return _without_location(r.headers_out)
+    # A Location kept from a redirect is made absolute as nginx's header filter does.
+    return tuple((n, r.absolute(v) if n == "Location" else v) for n, v in r.headers_out)
+
+
+#: What :func:`on_error` consults, in order, when an error (or a redirect a handler makes)
+#: would be answered with nginx's page: one may redirect internally (a :class:`Restart`) or
+#: answer with a redirect instead.  The I/O layer passes
+#: :data:`wsgate.http.errorpages.ERROR_HANDLERS` (``error_page``) to :func:`run`.
+ErrorHandler = Callable[[Request, HttpError], Restart | Redirect | None]
+
+#: Statuses nginx ends the request with and sends nothing for (``ngx_http_finalize_request``
+#: terminates 408, 444 and 499 before ``ngx_http_special_response_handler``).
+_NO_RESPONSE = frozenset({408, 444, 499})
+
+
+def log_error(r: Request, exc: HttpError) -> None:
+    """An error's line in the error log, when it happens (before any error page)."""
+    level = exc.log_level
+    if level is not None:
+        r.log(level, exc.log)
+
+
+def on_error(
+    r: Request,
+    exc: HttpError,
+    handlers: Sequence[ErrorHandler] = (),
+) -> Restart | Redirect | None:
+    """``ngx_http_finalize_request`` with an error status: its log line, keep-alive off
+    after the statuses nginx closes on (even when an error page answers), then the first
+    error handler's decision; None: nginx's page for ``exc`` (or no response at all, for
+    408, 444 and 499).  A :class:`Restart` it returns is counted already."""
+    log_error(r, exc)
+    if exc.status in _NO_RESPONSE:
+        return None
+    if closes_connection(exc.status):
+        r.head.keep_alive = False
+    if exc.status == 413:
+        # ngx_http_core_find_config_phase: "(void) ngx_http_discard_request_body(r)"
+        # before the 413, so an error page's location neither refuses nor sends it.
+        r.discard_body = True
+    for handler in handlers:
+        decision = handler(r, exc)
+        if decision is not None:
+            return decision
+    return None
+
+
+def _without_location(fields: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """``ngx_http_clear_location``."""
+    return tuple(f for f in fields if f[0].lower() != "location")
 
 
 def run(
     r: Request,
     start: int = 0,
     table: Sequence[tuple[Phase, Sequence[Handler]]] | None = None,
+    error: HttpError | None = None,
+    errors: Sequence[ErrorHandler] = (),
 ) -> tuple[Decision, int]:
     """Walk the handlers from index ``start`` until one decides; returns the decision and
-    the index to resume at after a :class:`Delay` (the handler itself after a wait of
-    :mod:`wsgate.http.suspend`).  A :class:`Restart` goes back to the
-    first ``FIND_CONFIG`` handler, at most :data:`MAX_URI_CHANGES` times ("rewrite or internal
-    redirection cycle", 500).  The content phase always decides (404 at the latest)."""
-    handlers, restart = _DEFAULT if table is None else _flatten(table)
+    the index to resume at after a :class:`Delay`.  ``error`` is one the content phase's
+    I/O met: it goes through :func:`on_error` first, as every error a handler raises and
+    every :class:`Redirect` a handler makes do.  A :class:`Restart` goes on where it says,
+    at most :data:`MAX_URI_CHANGES` times ("rewrite or internal redirection cycle", 500).
+    An error no error page answers leaves as the :class:`~wsgate.errors.HttpError` (the I/O
+    layer sends nginx's page); the content phase always decides (404 at the latest)."""
+    handlers, starts = _DEFAULT if table is None else _flatten(table)
     i = start
-    while i < len(handlers):
-        decision = handlers[i](r)
-        i += 1
-        if decision is None:
-            continue
-        if isinstance(decision, Restart):
-            i = _restart(r, restart)
-            continue
-        if isinstance(decision, Offload | Pause | Subrequest):
-            return decision, i - 1  # the same handler goes on when the wait is over
-        return decision, i
-    raise HttpError(404)
-
-
-ErrorHandler = Callable[[Request, HttpError], Restart | None]
-
-#: Consulted in order when a handler (or the content phase's I/O) raises an
-#: :class:`~wsgate.errors.HttpError`, before nginx's error page is made: ``error_page`` is one
-#: to add here (its URI set on ``r.ctx``, then :class:`Restart`), and named locations with it.
-ERROR_HANDLERS: tuple[ErrorHandler, ...] = ()
-
-
-def on_error(
-    r: Request,
-    exc: HttpError,
-    handlers: Sequence[ErrorHandler] = ERROR_HANDLERS,
-    table: Sequence[tuple[Phase, Sequence[Handler]]] | None = None,
-) -> int | None:
-    """Whether an error re-enters the phases: the index to walk on from (:func:`run`'s
-    ``start``) when an error handler redirects internally, None for the error page."""
-    for handler in handlers:
-        if handler(r, exc) is not None:
-            _, restart = _DEFAULT if table is None else _flatten(table)
-            return _restart(r, restart)
-    return None
+    while True:
+        if error is None:
+            if i == len(handlers):
+                error = HttpError(404)
+                continue
+            try:
+                decision = handlers[i](r)
+            except HttpError as exc:
+                error = exc
+                continue
+            i += 1
+            if decision is None:
+                continue
+            if isinstance(decision, Restart):
+                try:
+                    i = _restart(r, decision, starts)
+                except HttpError as exc:
+                    error = exc
+                continue
+            if isinstance(decision, Offload | Pause | Subrequest):
+                return decision, i - 1  # the same handler goes on when the wait is over
+            if not isinstance(decision, Redirect):
+                return decision, i
+            # ngx_http_finalize_request(r, 301..308) goes through error_page too; its
+            # Location stays in headers_out until another redirect replaces it.
+            r.headers_out = (*_without_location(r.headers_out), ("Location", decision.location))
+            try:
+                after = on_error(r, HttpError(decision.status), errors)
+            except HttpError as exc:
+                error = exc
+                continue
+            if after is None:
+                return decision, i
+        else:
+            try:
+                after = on_error(r, error, errors)
+            except HttpError as exc:
+                error = exc
+                continue
+            if after is None:
+                raise error
+            error = None
+        if isinstance(after, Redirect):
+            return after, i
+        try:
+            i = _restart(r, after, starts)
+        except HttpError as exc:
+            error = exc

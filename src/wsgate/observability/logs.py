@@ -250,7 +250,7 @@ def access_log_paths(config: Config) -> list[str]:
             visit(loc.settings, loc.locations)
 
     for server in config.http.servers:
-        visit(server.settings, server.locations)
+        visit(server.settings, server.every_location)
     return list(paths)
 
 

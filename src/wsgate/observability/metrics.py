@@ -208,7 +208,10 @@ def location_label(location: Location | None) -> str:
     """The ``location`` label: the pattern as written (``/ws``, ``= /x``, ``~ ^/api``)."""
     if location is None:
         return ""
-    return f"{location.modifier} {location.name}" if location.modifier else location.name
+    named = location.is_named  # "@name"
+    return (
+        f"{location.modifier} {location.name}" if location.modifier and not named else location.name
+    )
 
 
 def prometheus_enabled(config: Config) -> bool:
@@ -217,7 +220,7 @@ def prometheus_enabled(config: Config) -> bool:
     def walk(locations: tuple[Location, ...]) -> bool:
         return any(loc.settings.prometheus or walk(loc.locations) for loc in locations)
 
-    return any(walk(server.locations) for server in config.http.servers)
+    return any(walk(server.every_location) for server in config.http.servers)
 
 
 def _escape(value: str) -> str:

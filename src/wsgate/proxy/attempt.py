@@ -162,7 +162,7 @@ class Attempt:
         self, request: bytes, buffered_body: bytes | None, framing: BodyFraming
     ) -> ResponseStart:
         """Send the request on ``self.up`` and read the response head."""
-        up, head = self.up, self.head
+        up = self.up
         assert up is not None
         self.sent = True
         if self.kept is not None:
@@ -172,7 +172,7 @@ class Attempt:
         if buffered_body is not None:
             up.write(buffered_body)
             self.counts[1] += len(buffered_body)
-        elif head.content_length or head.chunked:
+        elif framing.kind is not Framing.NONE:
             if self.streamed:  # pragma: no cover - may_retry never repeats a streamed body
                 raise TryFailed(Failure.ERROR, 502, "request body already sent", "sending request")
             self.streamed = True

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from wsgate.config.model import LocationSettings
@@ -22,6 +23,7 @@ from wsgate.content.sender import send_file
 from wsgate.content.ssi import send_through_ssi, ssi_applies, ssi_framing
 from wsgate.errors import HttpError
 from wsgate.http.charset import apply_charset, charset_page
+from wsgate.http.errorpages import ERROR_HANDLERS
 from wsgate.http.headers import (
     LAST_CHUNK,
     BodyFraming,
@@ -41,8 +43,8 @@ from wsgate.http.phases import (
     Plain,
     Redirect,
     Request,
-    on_error,
     release_slots,
+    response_fields,
     run,
     uninitialized_warning,
 )
@@ -59,7 +61,7 @@ from wsgate.routing import select_server
 if TYPE_CHECKING:
     from wsgate.proxy.front import FrontConnection
 
-__all__ = ["Exchange", "write_error"]
+__all__ = ["Exchange", "unreadable_head", "write_error"]
 
 #: What a response leaves the connection with: keep it alive, and its ``keepalive_timeout``.
 Outcome = tuple[bool, float | None]
@@ -105,37 +107,39 @@ class Exchange:
         if names:
             ctx.uninitialized = uninitialized_warning(self.r, names)
 
-    async def run(self) -> Outcome:
+    async def run(self, error: HttpError | None = None) -> Outcome:
         """Walk the phases and make the response; returns (keep the connection,
-        keepalive_timeout).  An error re-enters the phases if an error handler redirects
-        (``error_page``, to come), else gets nginx's error page."""
+        keepalive_timeout).  An error the response meets (a proxied request's 502...) goes
+        back to the phases, where ``error_page`` may redirect; one no error page answers
+        gets nginx's page.  ``error``: the request starts with one (its head was
+        unreadable)."""
         r = self.r
         index = 0
         try:
             while True:
                 try:
-                    decision, index = run(r, index)
-                    while isinstance(decision, Delay | Offload | Pause | Subrequest):
+                    decision, index = run(r, index, error=error, errors=ERROR_HANDLERS)
+                except HttpError as final:
+                    return write_error(
+                        self.front,
+                        final,
+                        r.ctx,
+                        self.head,
+                        r.settings,
+                        self.location,
+                        self.upgrade,
+                        logged=True,
+                        extra=response_fields(r),
+                    )
+                error = None
+                try:
+                    if isinstance(decision, Delay | Offload | Pause | Subrequest):
+                        # A failed wait (a subrequest's 500...) is an error like any other.
                         await self._wait(decision)
-                        decision, index = run(r, index)
+                        continue
                     return await self._respond(decision)
                 except HttpError as exc:
                     error = exc
-                    try:
-                        resume = on_error(r, exc)
-                    except HttpError as cycle:  # too many internal redirects: 500
-                        error, resume = cycle, None
-                    if resume is None:
-                        return write_error(
-                            self.front,
-                            error,
-                            r.ctx,
-                            self.head,
-                            r.settings,
-                            self.location,
-                            self.upgrade,
-                        )
-                    index = resume
         finally:
             # A tunnel's request ends when the tunnel closes (its TunnelEnd has the slots).
             if self.front.tunnel is None:
@@ -207,6 +211,7 @@ class Exchange:
         absolute = self.r.absolute(location)
         if absolute == location:
             added = [("Location", location), *added]
+        added = [*response_fields(self.r, redirect=True), *added]
         data = error_response(
             status,
             server_tokens=settings.server_tokens,
@@ -241,6 +246,9 @@ class Exchange:
             if recode is not None:
                 body = body.translate(recode)
         headers = [("Content-Type", ctype)] if ctype else []
+        headers += response_fields(self.r)
+        # ngx_http_send_header: "if (r->err_status) r->headers_out.status = r->err_status".
+        status = self.r.err_status or status
         ctx.status = status
         now = time.time()
         headers, added = filter_headers(
@@ -322,6 +330,12 @@ class Exchange:
         self.front.log_access(self.r.settings, self.r.ctx, self.location, self.upgrade)
 
 
+def unreadable_head() -> RequestHead:
+    """The head of a request whose head could not be read, for its error page: nginx knows
+    no method (``ngx_http_send_error_page`` makes it GET), no URI, and closes after it."""
+    return RequestHead("GET", "", "1.1", [], False, None, False, None, None, "", 0)
+
+
 def write_error(
     front: FrontConnection,
     exc: HttpError,
@@ -330,12 +344,17 @@ def write_error(
     settings: LocationSettings,
     location: str,
     upgrade: bool,
+    *,
+    logged: bool = False,
+    extra: Sequence[tuple[str, str]] = (),
 ) -> Outcome:
     """nginx's error response for ``exc`` (none for 408, 444 and 499, which close), its
-    error-log line, and the log phase (``location`` and ``upgrade``: the metrics' labels);
-    ``head`` is None for bad input before a head."""
-    if exc.log and exc.status != 404:
-        level = "error" if exc.status in (403, 413, 500, 502, 504) else "info"
+    error-log line unless ``logged`` (:func:`~wsgate.http.phases.on_error` did), and the log
+    phase (``location`` and ``upgrade``: the metrics' labels); ``head`` is None for bad input
+    before a head.  ``extra`` fields come before ``add_header``'s (an intercepted 401's
+    ``WWW-Authenticate``)."""
+    level = exc.log_level
+    if level is not None and not logged:
         front.gw.error_log.log(level, exc.log, front.number, ctx)
     keep = head is not None and head.keep_alive and not closes_connection(exc.status)
     # 495-497 are sent and logged as 400 (ngx_http_special_response_handler sets
@@ -363,7 +382,7 @@ def write_error(
             keep_alive=keep,
             date=http_date(now),
             head_only=head is not None and head.method == "HEAD",
-            added=added,
+            added=[*extra, *added],
             trailer=trailer,
             msie_padding=settings.msie_padding,
         )

@@ -45,7 +45,7 @@ from wsgate.http.request import (
 )
 from wsgate.observability.status import READING, REQUESTS, WRITING
 from wsgate.proxy.endpoint import Endpoint, Ready
-from wsgate.proxy.exchange import Exchange, write_error
+from wsgate.proxy.exchange import Exchange, unreadable_head, write_error
 from wsgate.proxy.relay import TunnelEnd, tunnel_closed
 from wsgate.proxy.tunnel import Tunnel
 from wsgate.server.tls import (
@@ -184,8 +184,13 @@ class FrontConnection:
                     reset = default.settings.reset_timedout_connection
                     return
                 except HttpError as exc:
-                    # Bad input before a head exists: nginx's 400/414/494/501/505 and close.
-                    if not isinstance(exc, IncompleteRequest):
+                    # Bad input before a head exists: nginx's 400/414/494/501/505 and close,
+                    # through the default server's error_page when it has one for the status.
+                    if isinstance(exc, IncompleteRequest):
+                        return
+                    if any(page.status == exc.status for page in default.settings.error_pages):
+                        await Exchange(self, unreadable_head()).run(exc)
+                    else:
                         write_error(self, exc, self.bare_ctx(), None, default.settings, "", False)
                         last = default.settings
                     return

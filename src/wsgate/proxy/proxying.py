@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 from wsgate.access import upgrade_allowed, without_upgrade
 from wsgate.config.model import LocationSettings, ProxyPass
 from wsgate.errors import HttpError
+from wsgate.http.body import EndOfMessage, Framing
 from wsgate.http.headers import BodyFraming, build_upstream_request, single_fields
-from wsgate.http.phases import MAX_URI_CHANGES
 from wsgate.http.response import ResponseHead
 from wsgate.proxy.attempt import Attempt, TryFailed
 from wsgate.proxy.relay import note_time, relay_response, start_tunnel
@@ -62,17 +62,16 @@ class Proxying:
         the request-target is no longer sent, after ``rewrite ... break`` nor is the
         location's URI part."""
         head, r = self.ex.head, self.ex.r
-        # After an internal redirect the client's request-target is no longer the URI
-        # (nginx's ngx_http_internal_redirect clears r->valid_unparsed_uri): $uri is sent.
-        redirected = r.uri_changes <= MAX_URI_CHANGES
+        # After a rewrite or an internal redirect the client's request-target is no longer
+        # the URI (r->valid_unparsed_uri cleared; a named location keeps it): $uri is sent.
         return proxy_uri(
             pp,
             r.location,
             head.target,
             r.ctx.uri,
             r.ctx.args,
-            "%" in head.target or r.internal or redirected,
-            valid_unparsed_uri=r.valid_unparsed_uri and not redirected,
+            "%" in head.target or r.internal,
+            valid_unparsed_uri=r.valid_unparsed_uri,
             valid_location=r.valid_location,
         )
 
@@ -87,8 +86,6 @@ class Proxying:
         )
         if refused:
             self._refuse_upgrade()
-        # After an internal redirect the client's request-target is no longer the URI
-        # (nginx's ngx_http_internal_redirect clears r->valid_unparsed_uri): $uri is sent.
         if pp.template is not None:
             # proxy_pass with variables: "a URI part replaces the whole request URI".
             ev = await evaluate(gw, pp, settings, ctx)
@@ -106,16 +103,19 @@ class Proxying:
         if refused:
             set_headers = without_upgrade(set_headers)
         body_framing = BodyFraming.none()
-        if head.content_length:
-            # With proxy_pass_request_body off nginx still sends the client's Content-Length
-            # ($proxy_internal_body_length), and no body.
-            body_framing = BodyFraming.content_length(head.content_length)
-        elif head.chunked and settings.proxy_pass_request_body:
-            body_framing = BodyFraming.chunked()
+        # After an error page the body may be gone: discarded after a 413, or streamed to an
+        # earlier upstream, which wsgate cannot do twice (nginx sends its buffered copy).
+        if not (r.discard_body or self.ex.front.body_done):
+            if head.content_length:
+                # With proxy_pass_request_body off nginx still sends the client's
+                # Content-Length ($proxy_internal_body_length), and no body.
+                body_framing = BodyFraming.content_length(head.content_length)
+            elif head.chunked and settings.proxy_pass_request_body:
+                body_framing = BodyFraming.chunked()
         buffered_body: bytes | None = None
         if not settings.proxy_pass_request_body:
             buffered_body = b""  # nothing is streamed; the front connection discards the body
-        elif head.chunked and settings.proxy_http_version == "1.0":
+        elif body_framing.kind is Framing.CHUNKED and settings.proxy_http_version == "1.0":
             # An HTTP/1.0 upstream cannot take a chunked body: read it whole (bounded by
             # client_max_body_size) and send it with a Content-Length, as nginx does.
             buffered_body = await self._read_whole_body(settings)
@@ -181,6 +181,7 @@ class Proxying:
                 )
             except TryFailed as failed:
                 streamed = att.streamed
+                r.discard_body |= streamed
                 if att.up is not None:
                     att.up.abort()
                 gw.error_log.log("error", failed.log, front.number, ctx, upstream_url)
@@ -195,6 +196,7 @@ class Proxying:
                 selection.release(peer)
                 raise
             streamed = att.streamed
+            r.discard_body |= streamed
             up = att.up
             assert up is not None
             resp.headers, repeated = single_fields(resp.headers)
@@ -226,6 +228,23 @@ class Proxying:
             ctx.upstream_headers = resp.headers
             reusable = False
             try:
+                if resp.status >= 300 and _intercepted(resp, settings):
+                    # ngx_http_upstream_intercept_errors: the upstream's body is not read;
+                    # its connection is kept only if the response was all there.
+                    reusable = (
+                        resp.keep_alive
+                        and head.upgrade is None
+                        and any(isinstance(ev, EndOfMessage) for ev in rpending)
+                        and rparser.buffered == 0
+                    )
+                    note_time(gw.clock, ctx)
+                    if resp.status == 401:
+                        r.headers_out += tuple(
+                            (name, value)
+                            for name, value in resp.headers
+                            if name.lower() == "www-authenticate"
+                        )
+                    raise HttpError(resp.status)
                 if self.header_only:
                     self.response = resp
                     # The body is not read; a response that has none leaves the connection
@@ -325,6 +344,15 @@ class Proxying:
                 )
             chunks.append(data)
         return b"".join(chunks)
+
+
+def _intercepted(resp: ResponseHead, settings: LocationSettings) -> bool:
+    """``proxy_intercept_errors on`` and an ``error_page`` for the status: "proxied
+    responses with codes greater than or equal to 300 ... intercepted and redirected to
+    nginx for processing with the error_page directive" (a 101 never is)."""
+    return settings.proxy_intercept_errors and any(
+        page.status == resp.status for page in settings.error_pages
+    )
 
 
 def _upgrade_ok(resp: ResponseHead, settings: LocationSettings) -> bool:

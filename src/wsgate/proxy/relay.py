@@ -55,7 +55,8 @@ from wsgate.http.headers_filter import (
     trailers,
     upstream_fields,
 )
-from wsgate.http.phases import UninitializedWarning
+from wsgate.http.pages import STATUS_LINES
+from wsgate.http.phases import UninitializedWarning, response_fields
 from wsgate.http.response import ResponseEvent, ResponseHead, ResponseParser
 from wsgate.proxy.endpoint import CountedEndpoint, Endpoint, PeerClosed
 from wsgate.proxy.frames import is_websocket
@@ -242,9 +243,17 @@ async def relay_response(
     if resp.status == 101:
         return _lone_101(ex, resp), False
     with_trailers = expects_trailers(resp.status, settings.add_trailers)
+    # After an error page: "if (r->err_status) r->headers_out.status = r->err_status".
+    status, reason = resp.status, resp.reason
+    if ex.r.err_status:
+        status, reason = ex.r.err_status, STATUS_LINES.get(ex.r.err_status, "")
+    ctx.status = status
     hidden = hidden_fields(settings.proxy_hide_headers, settings.proxy_pass_headers)
     headers, location = upstream_fields(visible_fields(resp.headers, hidden), settings, ctx.lookup)
-    ssi = ssi_applies(settings, resp.status, resp.headers) and resp.content_length != 0
+    if ex.r.headers_out:  # after an error page
+        own = location is not None or first_value(headers, "location") is not None
+        headers = [*response_fields(ex.r, redirect=own), *headers]
+    ssi = ssi_applies(settings, status, resp.headers) and resp.content_length != 0
     if ssi:
         headers = ssi_headers(settings, headers)
     plan = client_framing(
@@ -257,17 +266,16 @@ async def relay_response(
         chunked=settings.chunked_transfer_encoding,
     )
     keep, no_body, chunk_out = plan.keep_alive, plan.no_body, plan.chunked
-    ctx.status = resp.status
     recode: bytes | None = None
     if settings.charset is not None:
         headers, recode = proxied_charset(settings, headers, ctx.lookup, ex.r.log, resp.status)
     now = time.time()
     headers, added = filter_headers(
-        resp.status, headers, settings.add_headers, settings.expires, ctx.lookup, now
+        status, headers, settings.add_headers, settings.expires, ctx.lookup, now
     )
     out = build_client_response_head(
-        resp.status,
-        resp.reason,
+        status,
+        reason,
         headers,
         server_tokens=settings.server_tokens,
         date=http_date(now),
@@ -282,7 +290,6 @@ async def relay_response(
     ctx.sent_head = out
     out = for_version(head.version, out)
     ep = front.ep
-    ctx.status = resp.status
     ctx.bytes_sent = len(out)
     body_bytes = upstream_bytes = 0
     complete = noted = False

@@ -236,7 +236,10 @@ def probe_tls(config: Config, upstream: str) -> SslUpstream | None:
     when every ``proxy_pass`` to it says ``https://`` (the first one's settings are used)."""
     found: SslUpstream | None = None
     for server in config.http.servers:
-        for settings in (server.settings, *(loc.settings for loc in _locations(server.locations))):
+        for settings in (
+            server.settings,
+            *(loc.settings for loc in _locations(server.every_location)),
+        ):
             pp = settings.proxy_pass
             if pp is None or pp.upstream != upstream:
                 continue

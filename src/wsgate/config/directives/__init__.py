@@ -20,6 +20,7 @@ from wsgate.config.directives import (
     headers,
     limits,
     other,
+    pages,
     proxy,
     realip,
     redirects,
@@ -45,6 +46,7 @@ _err = config_error
 ENTRIES: tuple[Directive, ...] = (
     *core.ENTRIES,
     *rewrite.ENTRIES,
+    *pages.ENTRIES,
     *proxy.ENTRIES,
     *redirects.ENTRIES,
     *headers.ENTRIES,

@@ -440,7 +440,7 @@ ENTRIES: tuple[Directive, ...] = (
         kind=Kind.STRUCTURE,
         parse=_location,
         syntax="[ = | ~ | ~* | ^~ ] uri { ... }",
-        note="nested too; no named locations",
+        note="nested too; `@name` on the server level",
     ),
     # per level settings (ngx_http_core_module)
     Directive(

@@ -127,7 +127,6 @@ ENTRIES: tuple[Directive, ...] = (
     _noop("proxy_max_temp_file_size", HSL, TAKE1, _TEMP),
     _noop("proxy_temp_file_write_size", HSL, TAKE1, _TEMP),
     # Refused with a reason (docs/differences.md, "Not yet supported").
-    _refused("error_page", "not yet"),
     _refused("ssl_crl", "not yet"),
     _refused("proxy_ssl_crl", "not yet"),
     _refused("proxy_ssl_password_file", "not yet"),

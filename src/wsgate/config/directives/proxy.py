@@ -281,6 +281,19 @@ ENTRIES: tuple[Directive, ...] = (
         default="4k",
         note="the limit on an upstream response head",
     ),
+    # "Determines whether proxied responses with codes greater than or equal to 300 should
+    # be passed to a client or be intercepted and redirected to nginx for processing with
+    # the error_page directive."
+    Directive(
+        "proxy_intercept_errors",
+        HSL,
+        FLAG,
+        parse=flag,
+        target=_LS,
+        fields=("proxy_intercept_errors",),
+        default="off",
+        note="a 101 is never intercepted",
+    ),
     # wsgate's own: the protocols a request may upgrade to (see wsgate.access)
     Directive(
         "proxy_upgrade_protocols",

@@ -51,7 +51,7 @@ def _root(s: Stmt, level: Level) -> DocRoot:
     text = s.args[0]
     loc = level.location
     if alias and loc is not None:
-        if loc.name.startswith("@"):
+        if loc.is_named:
             raise _err('"alias" directive cannot be used inside the named location', s.src)
     if text.endswith("/") and text != "/" and not alias:
         # nginx trims one trailing slash of root ("if (clcf->root.data[len - 1] == '/')").
@@ -92,10 +92,6 @@ def _try_files(s: Stmt, level: Level) -> TryFiles:
         if not last[1:].isdigit() or not 0 < int(last[1:]) <= 999:
             raise _err(f'invalid code "{last}"', s.src)
         code = int(last[1:])
-    elif last.startswith("@"):
-        raise _err(
-            f'"try_files ... {last}": named locations are not supported by wsgate yet', s.src
-        )
     return TryFiles(files, template(last, s.src), code, s.src)
 
 
@@ -213,8 +209,7 @@ ENTRIES: tuple[Directive, ...] = (
         target=_LS,
         fields=("try_files",),
         merge=Merge.NONE,
-        syntax="file ... uri | file ... =code",
-        note="not `@name` yet",
+        syntax="file ... uri | file ... @name | file ... =code",
     ),
     Directive(
         "types",
