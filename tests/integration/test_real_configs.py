@@ -70,8 +70,6 @@ NOT_YET: dict[str, str] = {
         ),
         "issue 12 (proxy cache)",
     ),
-    "ssi": "no issue yet (nginx's SSI module)",
-    "ssi_types": "no issue yet (nginx's SSI module)",
     "proxy_store": "no issue yet (proxy_store)",
     "proxy_pass_request_headers": "no issue yet (proxy module leftovers)",
     "ssl_early_data": "no issue yet (`on`: Python's ssl has no server-side TLS 1.3 early data)",

@@ -80,6 +80,8 @@ FIXED_VARIABLES = (
             "status",
             "time_local",
             "time_iso8601",
+            "date_local",
+            "date_gmt",
             "msec",
             "request_time",
             "bytes_sent",
@@ -683,6 +685,10 @@ _GETTERS: dict[str, Callable[[RequestContext], str]] = {
     "proxy_add_x_forwarded_for": _xff,
     "status": lambda c: f"{c.status:03d}" if c.status else "000",
     "time_local": lambda c: _time_local(time.time()),
+    # ngx_http_ssi_filter_module's: "%A, %d-%b-%Y %H:%M:%S %Z" outside an SSI document
+    # (inside one, ``config timefmt`` applies: wsgate.content.ssi).
+    "date_local": lambda c: time.strftime("%A, %d-%b-%Y %H:%M:%S %Z"),
+    "date_gmt": lambda c: time.strftime("%A, %d-%b-%Y %H:%M:%S GMT", time.gmtime()),
     "time_iso8601": lambda c: _time_iso8601(time.time()),
     "msec": _msec,
     "request_time": _request_time,

@@ -256,6 +256,11 @@ class Proxying:
                         and rparser.buffered == 0
                     )
                     return False, None
+                if resp.status == 101 and r.subrequest and ctx.header("upgrade") is not None:
+                    # ngx_http_upstream_upgrade: "if (r != r->main)" the subrequest ends
+                    # with NGX_ERROR, which terminates the main request.
+                    r.log("error", "connection upgrade in subrequest")
+                    raise HttpError(444)
                 if resp.status == 101 and (
                     refused or (head.upgrade is not None and not _upgrade_ok(resp, settings))
                 ):
