@@ -28,6 +28,7 @@ from wsgate.config.model import AccessLog, LocationSettings
 from wsgate.config.variables import (
     CONNECTION_TIME,
     UPSTREAM_BYTES,
+    UPSTREAM_PHASE_TIMES,
     RequestContext,
     request_headers_read,
 )
@@ -207,6 +208,8 @@ def _slim(ctx: RequestContext, settings: LocationSettings) -> RequestContext:
     ctx.upstream_lengths = cast("list[str]", tuple(ctx.upstream_lengths))
     if kept is not None and UPSTREAM_BYTES not in kept:
         ctx.upstream_bytes = _NO_BYTES
+    if kept is not None and UPSTREAM_PHASE_TIMES not in kept:
+        ctx.upstream_phase_times = cast("list[list[str]]", ())
     if kept is not None and CONNECTION_TIME not in kept:
         ctx.connection_start = 0.0
     if ctx.upstream_headers:

@@ -76,6 +76,7 @@ def subrequest_context(parent: RequestContext, uri: str, args: str = "") -> Subr
     ctx.proxy_host = ctx.proxy_port = ""
     ctx.status = ctx.bytes_sent = ctx.body_bytes_sent = 0
     ctx.upstream_addrs, ctx.upstream_statuses, ctx.upstream_times = [], [], []
+    ctx.upstream_phase_times = []
     ctx.upstream_started = 0.0
     ctx.captures = ()
     ctx.variables = dict(parent.variables) if parent.variables else None
