@@ -163,6 +163,48 @@ def _reads_sent_fields(logs: tuple[AccessLog, ...]) -> bool:
     )
 
 
+#: Variables that read a context's :class:`~wsgate.config.variables.ColdFields`.
+_COLD_NAMES = frozenset(
+    {
+        "upstream_response_length",
+        "upstream_bytes_received",
+        "upstream_bytes_sent",
+        "upstream_connect_time",
+        "upstream_header_time",
+        "document_root",
+        "realpath_root",
+        "request_filename",
+        "connection_time",
+        "limit_rate",
+        "proxy_host",
+        "proxy_port",
+        "request_length",
+        "upstream_response_time",
+    }
+)
+_COLD_PREFIXES = ("upstream_http_", "upstream_cookie_", "sent_http_", "sent_trailer_")
+_READS_COLD: dict[int, tuple[tuple[AccessLog, ...], bool]] = {}
+
+
+def _reads_cold(logs: tuple[AccessLog, ...]) -> bool:
+    """Whether an access log's format or condition reads a field of
+    :class:`~wsgate.config.variables.ColdFields` (an open tunnel then keeps them)."""
+    hit = _READS_COLD.get(id(logs))
+    if hit is not None and hit[0] is logs:
+        return hit[1]
+    reads = any(
+        name in _COLD_NAMES or name.startswith(_COLD_PREFIXES)
+        for log in logs
+        for tpl in (log.format.template, log.condition)
+        if tpl is not None
+        for name in tpl.variables
+    )
+    if len(_READS_COLD) >= 1024:  # configurations come and go with reloads
+        _READS_COLD.clear()
+    _READS_COLD[id(logs)] = (logs, reads)
+    return reads
+
+
 #: The ``upstream_bytes`` of a tunnel whose logs do not read them (shared, never appended to).
 _NO_BYTES: list[list[int]] = cast("list[list[int]]", ())
 
@@ -212,6 +254,9 @@ def _slim(ctx: RequestContext, settings: LocationSettings) -> RequestContext:
         ctx.upstream_phase_times = cast("list[list[str]]", ())
     if kept is not None and CONNECTION_TIME not in kept:
         ctx.connection_start = 0.0
+    if kept is not None and not _reads_cold(settings.access_logs):
+        ctx.drop_cold()  # 8 bytes where each of its fields would be a slot
+        return ctx
     if ctx.upstream_headers:
         ctx.upstream_headers = tuple(
             (intern(n), v)

@@ -71,12 +71,16 @@ def subrequest_context(parent: RequestContext, uri: str, args: str = "") -> Subr
     ctx = SubrequestContext.__new__(SubrequestContext)
     for name in RequestContext.__slots__:
         setattr(ctx, name, getattr(parent, name))
+    # Its own cold fields (the loop shared the main request's): the rest as the main
+    # request has them, the upstream's per-try values its own.
+    ctx.own_cold_fields()
     ctx.subrequest = uri
     ctx.uri, ctx.args = uri, args
     ctx.proxy_host = ctx.proxy_port = ""
     ctx.status = ctx.bytes_sent = ctx.body_bytes_sent = 0
     ctx.upstream_addrs, ctx.upstream_statuses, ctx.upstream_times = [], [], []
-    ctx.upstream_phase_times = []
+    ctx.upstream_lengths, ctx.upstream_bytes, ctx.upstream_phase_times = [], [], []
+    ctx.upstream_headers = ()
     ctx.upstream_started = 0.0
     ctx.captures = ()
     ctx.variables = dict(parent.variables) if parent.variables else None
