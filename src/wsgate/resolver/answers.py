@@ -15,6 +15,7 @@ The wire format (names, compression, rdata) is dnspython's (:mod:`dns.message`).
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import dns.exception
@@ -26,7 +27,15 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 
-__all__ = ["TIMEDOUT", "Answer", "Verdict", "make_query", "read_answer", "strerror"]
+__all__ = [
+    "TIMEDOUT",
+    "Answer",
+    "Verdict",
+    "combine",
+    "make_query",
+    "read_answer",
+    "strerror",
+]
 
 #: nginx's ``NGX_RESOLVE_TIMEDOUT`` (``NGX_ETIMEDOUT``).
 TIMEDOUT = 110
@@ -106,6 +115,48 @@ def read_answer(wire: bytes, query: dns.message.Message, *, tcp: bool = False) -
     if code != dns.rcode.NOERROR:
         return Answer(Verdict.ERROR, code=code)
     return _addresses(msg, qname, query.question[0].rdtype)
+
+
+def combine(answers: Sequence[Answer]) -> Answer:
+    """The lookup's outcome from the answers to its ``A`` and ``AAAA`` queries, taken in the
+    order nginx sends them (``A`` first), as ``ngx_resolver_process_a`` folds them into one
+    node (``rn->naddrs``/``rn->naddrs6`` unknown until answered, ``rn->code``):
+
+    * an error answer to either query ends the lookup with that error, even when the other
+      one brought addresses (the first error's code is kept unless the last answer carries
+      its own);
+    * otherwise the addresses of both answers, ``A`` first; a ``CNAME`` is not followed then;
+    * with no address at all, the ``CNAME`` of the *last* answer is resolved next (a
+      ``CNAME`` in an earlier answer is forgotten: nginx "goto next" while the other query is
+      outstanding); with no ``CNAME`` there either, the lookup fails with "Host not found"
+      (``code == 0 && nan == 0`` ... ``NGX_RESOLVE_NXDOMAIN``).
+
+    Each answer is :attr:`Verdict.ADDRESSES` (possibly empty), :attr:`Verdict.CNAME` or
+    :attr:`Verdict.ERROR`; the result is one of these three.
+    """
+    code = 0
+    addresses: list[str] = []
+    ttls: list[int] = []
+    for i, ans in enumerate(answers):
+        last = i == len(answers) - 1
+        mine = ans.code if ans.verdict is Verdict.ERROR else 0
+        if not mine and code:
+            mine = code
+        if mine:
+            if not last:
+                code = mine
+                continue
+            return Answer(Verdict.ERROR, code=mine)
+        if ans.addresses or ans.verdict is Verdict.CNAME:
+            ttls.append(ans.ttl)
+        addresses.extend(ans.addresses)
+        if not last:
+            continue
+        if addresses:
+            return Answer(Verdict.ADDRESSES, tuple(addresses), min(ttls))
+        if ans.verdict is Verdict.CNAME:
+            return Answer(Verdict.CNAME, ttl=min(ttls), cname=ans.cname)
+    return Answer(Verdict.ERROR, code=3)
 
 
 def _addresses(msg: dns.message.Message, qname: dns.name.Name, rdtype: int) -> Answer:

@@ -34,7 +34,15 @@ import dns.rdatatype
 
 from wsgate.config.model import Resolver as ResolverConf
 from wsgate.errors import WsgateError
-from wsgate.resolver.answers import TIMEDOUT, Answer, Verdict, make_query, read_answer, strerror
+from wsgate.resolver.answers import (
+    TIMEDOUT,
+    Answer,
+    Verdict,
+    combine,
+    make_query,
+    read_answer,
+    strerror,
+)
 
 __all__ = ["EXPIRE", "RESEND_TIMEOUT", "TCP_TIMEOUT", "ResolveError", "Resolved", "Resolver"]
 
@@ -214,30 +222,18 @@ class Resolver:
         if conf.ipv6:
             types.append(dns.rdatatype.AAAA)
         answers = await asyncio.gather(*(self._query(name, t, first, deadline) for t in types))
-        addresses: list[str] = []
-        ttls: list[int] = []
-        cname = ""
-        code = 0
-        for ans in answers:
-            if ans.verdict is Verdict.ADDRESSES and ans.addresses:
-                addresses.extend(ans.addresses)
-                ttls.append(ans.ttl)
-            elif ans.verdict is Verdict.CNAME and not cname:
-                cname, cname_ttl = ans.cname, ans.ttl
-            elif ans.verdict is Verdict.ERROR and not code:
-                code = ans.code
+        answer = combine(answers)
         now = self.loop.time()
-        if addresses:
-            resolved = Resolved(tuple(addresses), now + self._valid(min(ttls)))
-        elif cname:
+        if answer.verdict is Verdict.ERROR:
+            raise ResolveError(answer.code)
+        if answer.verdict is Verdict.CNAME:
             if depth >= MAX_RECURSION:
                 raise ResolveError(3)
-            target = await self.lookup(cname, max(0.0, deadline - now), depth + 1)
-            expires = min(target.expires, now + self._valid(cname_ttl))
+            target = await self.lookup(answer.cname, max(0.0, deadline - now), depth + 1)
+            expires = min(target.expires, now + self._valid(answer.ttl))
             resolved = Resolved(target.addresses, expires)
         else:
-            # "if (code == 0 && nan == 0) ... code = NGX_RESOLVE_NXDOMAIN"
-            raise ResolveError(code or 3)
+            resolved = Resolved(answer.addresses, now + self._valid(answer.ttl))
         if resolved.expires > self.loop.time():
             self._cache[name] = (resolved, self.loop.time())
             self._cache.move_to_end(name)
