@@ -93,6 +93,16 @@ def test_addresses_and_smallest_ttl_through_cname() -> None:
     assert ans.addresses == ("192.0.2.1",) and ans.ttl == 60
 
 
+def test_repeated_addresses_are_kept_in_wire_order() -> None:
+    """proxy_next_upstream_tries.t "tries resolved": three equal A records are three peers."""
+    q = make_query("a.example.net", dns.rdatatype.A)
+    r = dns.message.make_response(q)
+    for addr in ("192.0.2.2", "192.0.2.1", "192.0.2.1", "192.0.2.1"):
+        r.answer.append(dns.rrset.from_text("a.example.net.", 60, "IN", "A", addr))
+    ans = read_answer(r.to_wire(), q)
+    assert ans.addresses == ("192.0.2.2", "192.0.2.1", "192.0.2.1", "192.0.2.1")
+
+
 def test_cname_alone_is_resolved_next() -> None:
     q = make_query("a.example.net", dns.rdatatype.A)
     ans = read_answer(reply(q, "a.example.net. 30 CNAME b.example.net.").to_wire(), q)

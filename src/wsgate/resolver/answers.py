@@ -7,7 +7,10 @@ wrong id, ``FORMERR``, an rcode above ``REFUSED`` or cannot be parsed is logged 
 ``SERVFAIL``/``NXDOMAIN``/``NOTIMP``/``REFUSED`` end the lookup with that code; a truncated
 UDP answer is asked again over TCP.  The addresses are the answer's ``A``/``AAAA`` records
 reached from the name through its ``CNAME`` chain; with none, a ``CNAME`` is resolved next.
-The cache time is the smallest TTL met on the way.
+The cache time is the smallest TTL met on the way.  Every record counts, in the order of
+the wire: an address repeated in the answer is repeated in the result (nginx makes each one a
+peer, so ``proxy_next_upstream_tries`` can try it again), which is why the message is read
+with one record per record set (dnspython would merge equal records).
 
 The wire format (names, compression, rdata) is dnspython's (:mod:`dns.message`).
 """
@@ -82,7 +85,7 @@ def make_query(name: str, rdtype: dns.rdatatype.RdataType) -> dns.message.QueryM
 def read_answer(wire: bytes, query: dns.message.Message, *, tcp: bool = False) -> Answer:
     """What the response ``wire`` to ``query`` means for the lookup."""
     try:
-        msg = dns.message.from_wire(wire, ignore_trailing=True)
+        msg = dns.message.from_wire(wire, ignore_trailing=True, one_rr_per_rrset=True)
     except (dns.exception.DNSException, ValueError, UnicodeError) as exc:
         kind = type(exc).__name__
         return Answer(Verdict.IGNORE, log=f"invalid DNS response ({kind})")

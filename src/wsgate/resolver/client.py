@@ -126,8 +126,8 @@ class Resolver:
     async def resolve(self, name: str, timeout: float) -> tuple[str, ...]:
         """The addresses of ``name``: IPv4 first as received when the answer is fresh, in a
         random rotation when it came from the cache (``ngx_resolver_export`` with ``rotate``
-        0 and 1); raises :class:`ResolveError`.  (Within one record set the order is
-        dnspython's, which need not be the order on the wire.)"""
+        0 and 1); raises :class:`ResolveError`.  The addresses of one answer keep the
+        order of the wire, repeated ones included (nginx makes each record a peer)."""
         entry = self._cache.get(name.lower())
         cached = entry is not None and entry[0].expires > self.loop.time()
         found = await self.lookup(name, timeout)
