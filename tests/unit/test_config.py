@@ -434,3 +434,22 @@ def test_map_keys_are_unescaped_like_every_token(tmp_path: Path) -> None:
     )
     ((compiled, _),) = config.http.maps["bin"].regexes
     assert compiled.pattern == "\\x00" and compiled.search("a\x00b") is not None
+
+
+@pytest.mark.parametrize(
+    ("url", "want"),
+    [
+        ("http://[::1]:8080", "[::1]:8080"),
+        ("http://[::1]", "[::1]"),
+        ("http://[::1]:80/x", "[::1]"),
+        ("http://127.0.0.1:8081", "127.0.0.1:8081"),
+    ],
+)
+def test_proxy_host_keeps_the_brackets_of_an_ipv6_address(
+    tmp_path: Path, url: str, want: str
+) -> None:
+    """nginx's ``$proxy_host`` (the ``Host`` sent) is the URL's ``u->host``, brackets included:
+    ``::1:8080`` would be an invalid Host (upstream_ip_hash_ipv6.t "ip_hash realip via ipv6")."""
+    c = conf(tmp_path, f"http {{ server {{ location / {{ proxy_pass {url}; }} }} }}")
+    pp = c.http.servers[0].locations[0].settings.proxy_pass
+    assert pp is not None and pp.proxy_host == want
