@@ -543,7 +543,15 @@ BAD = [
         501,
         "client sent unknown",
     ),
-    (b"CONNECT / HTTP/1.1\r\nHost: a\r\n\r\n", 405, "client sent CONNECT method"),
+    # nginx 1.29.3+: a CONNECT target is host:port only (http_method.t "connect uri")
+    (b"CONNECT / HTTP/1.1\r\nHost: a\r\n\r\n", 400, "client sent invalid request"),
+    (b"CONNECT localhost HTTP/1.1\r\nHost: a\r\n\r\n", 400, "client sent invalid request"),
+    (b"CONNECT localhost: HTTP/1.1\r\nHost: a\r\n\r\n", 400, "client sent invalid request"),
+    (b"CONNECT a:8/ HTTP/1.1\r\nHost: a\r\n\r\n", 400, "client sent invalid request"),
+    (b"CONNECT a_b:80 HTTP/1.1\r\nHost: a\r\n\r\n", 400, "client sent invalid request"),
+    (b"CONNECT :80 HTTP/1.1\r\nHost: a\r\n\r\n", 400, "client sent invalid host in request"),
+    (b"CONNECT localhost:8080 HTTP/1.1\r\nHost: a\r\n\r\n", 405, "client sent CONNECT method"),
+    (b"CONNECT [::1]:443 HTTP/1.0\r\nHost: a\r\n\r\n", 405, "client sent CONNECT method"),
     (b"TRACE / HTTP/1.1\r\nHost: a\r\n\r\n", 405, "client sent TRACE method"),
 ]
 
@@ -579,6 +587,8 @@ VALID_LINES = [
     b"GET http://a.b HTTP/1.100",
     b"GET /0.9",
     b"FOO_BAR /%41 HTTP/1.1\r",
+    b"CONNECT example.com:443 HTTP/1.1\r",
+    b"CONNECT [::1]:443 HTTP/1.1",
 ]
 
 

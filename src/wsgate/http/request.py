@@ -158,6 +158,13 @@ _SCHEME_RE = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*://")
 #: The beginnings of ``_SCHEME_RE`` (an absolute-form target still arriving).
 _SCHEME_PREFIX_RE = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*(?::/?)?")
 _AUTHORITY_RE = re.compile(rb"(\[[0-9A-Fa-f:.]*\]|[A-Za-z0-9._\-]*)(?::[0-9]*)?")
+#: A CONNECT target (nginx 1.29.3+: ``sw_spaces_before_host`` .. ``sw_port``): the authority
+#: form ``host:port`` only, with a port of at least one digit; and what may begin one.
+_CONNECT_SUB = rb"[0-9A-Za-z:\-._~!$&'()*+,;=]"
+_CONNECT_RE = re.compile(rb"(\[" + _CONNECT_SUB + rb"*\]|[A-Za-z0-9.\-]*):[0-9]+")
+_CONNECT_PREFIX_RE = re.compile(
+    rb"(\[" + _CONNECT_SUB + rb"*(\](:[0-9]*)?)?|[A-Za-z0-9.\-]*(:[0-9]*)?)"
+)
 _SYNTHETIC_LINE = b"GET / HTTP/1.1\r\n"
 _RENAMED = {b"content-length": b"X-Wsgate-Cl", b"transfer-encoding": b"X-Wsgate-Te"}
 
@@ -202,12 +209,22 @@ def normalize_host(value: bytes | str) -> str | None:
     return raw[:host_len].decode("latin-1").lower()
 
 
-def _check_target(target: bytes, *, complete: bool) -> str | None:
+def _check_target(target: bytes, *, complete: bool, connect: bool = False) -> str | None:
     """Check a request target as nginx's request-line states do; returns the normalised host
-    of an absolute-form target.  ``complete=False``: ``target`` may be cut short (the line is
-    still arriving), so only what is already wrong is refused."""
+    of an absolute-form target (or of a CONNECT's ``host:port``).  ``complete=False``:
+    ``target`` may be cut short (the line is still arriving), so only what is already wrong is
+    refused."""
     if len(target.translate(None, _CTL)) != len(target):
         raise HttpError(400, "client sent invalid request")
+    if connect:
+        if (_CONNECT_RE if complete else _CONNECT_PREFIX_RE).fullmatch(target) is None:
+            raise HttpError(400, "client sent invalid request")
+        if not complete:
+            return None
+        host = normalize_host(target)
+        if host is None:
+            raise HttpError(400, "client sent invalid host in request line")
+        return host
     if target[0] == 0x2F:  # '/': origin-form
         return None
     m = _SCHEME_RE.match(target)
@@ -487,7 +504,7 @@ class RequestParser:
             raise HttpError(400, "client sent invalid request")
         target = parts[0]
         self._target = target
-        self._abs_host = _check_target(target, complete=True)
+        self._abs_host = _check_target(target, complete=True, connect=self._method == "CONNECT")
         if len(parts) == 1:
             if self._method != "GET":
                 raise HttpError(400, "client sent invalid method in HTTP/0.9 request")
@@ -521,7 +538,11 @@ class RequestParser:
             return
         if len(parts) > 2:
             raise HttpError(400, "client sent invalid request")
-        _check_target(parts[0], complete=len(parts) > 1 or rest.endswith(b" "))
+        _check_target(
+            parts[0],
+            complete=len(parts) > 1 or rest.endswith(b" "),
+            connect=method == b"CONNECT",
+        )
         if len(parts) == 2:
             _scan_version(parts[1])
 
