@@ -146,3 +146,29 @@ def test_a_cname_with_an_empty_aaaa_answer_is_not_followed(
         return 0
 
     assert run(go()) == 3
+
+
+def test_service_cname_is_asked_for_srv_and_target_errors_fail_it(
+    two: tuple[FakeDns, FakeDns],
+) -> None:
+    """ngx_resolver_process_srv follows a CNAME alone (upstream_service.t "CNAME"); with no
+    address from any target, ngx_resolver_report_srv fails with the targets' error, so a
+    SERVFAIL keeps the upstream's servers (upstream_service.t "SRV diff" with SERROR)."""
+    a, _ = two
+    a.zone["_http._tcp.s.example"] = Records(cname="alias.example")
+    a.zone["alias.example"] = Records(srv=[(1, 5, 8080, "t.example")])
+    a.zone["t.example"] = Records(a=["192.0.2.3"])
+    a.zone["_http._tcp.bad.example"] = Records(srv=[(1, 5, 8080, "f.example")])
+    a.zone["f.example"] = Records(rcode=2)
+
+    async def go() -> tuple[list[str], int]:
+        r = client(a)
+        found, _ = await r.lookup_service("s.example", "http", 1.0)
+        try:
+            await r.lookup_service("bad.example", "http", 1.0)
+        except ResolveError as exc:
+            return [f"{s.address}:{s.port}" for s in found], exc.code
+        return [f"{s.address}:{s.port}" for s in found], 0
+
+    assert run(go()) == (["192.0.2.3:8080"], 2)
+    assert a.count("alias.example", "SRV") == 1

@@ -197,7 +197,8 @@ def _addresses(msg: dns.message.Message, qname: dns.name.Name, rdtype: int) -> A
 
 
 def _services(msg: dns.message.Message, qname: dns.name.Name) -> Answer:
-    """SRV records of ``qname`` (``ngx_resolver_process_srv``: a weight of 0 counts as 1)."""
+    """SRV records of ``qname`` (``ngx_resolver_process_srv``: a weight of 0 counts as 1);
+    with none, the ``CNAME`` of ``qname`` to ask next."""
     found: list[tuple[int, int, int, str]] = []
     ttls: list[int] = []
     for rrset in msg.answer:
@@ -206,4 +207,12 @@ def _services(msg: dns.message.Message, qname: dns.name.Name) -> Answer:
             for rd in rrset:
                 target = rd.target.to_text(omit_final_dot=True)
                 found.append((rd.priority, rd.weight or 1, rd.port, target))
+    if not found:
+        # ngx_resolver_process_srv: no SRV record but a CNAME: its target is asked for SRV.
+        cname = next(
+            (r for r in msg.answer if r.name == qname and r.rdtype == dns.rdatatype.CNAME), None
+        )
+        if cname is not None:
+            target = cname[0].target.to_text(omit_final_dot=True)
+            return Answer(Verdict.CNAME, ttl=cname.ttl, cname=target)
     return Answer(Verdict.SERVICES, ttl=min(ttls, default=0), services=tuple(found))

@@ -167,24 +167,35 @@ class Resolver:
         """``ngx_resolve_name`` with ``ctx->service``: the SRV records of ``_SERVICE._tcp.NAME``
         (``SERVICE.NAME`` when the service has a dot), then each target's addresses; the
         smallest priority gives the primary servers, the others are backups.  Returns the
-        addresses and when they expire; a target that cannot be resolved is logged and left
-        out; raises :class:`ResolveError` when the SRV lookup itself fails."""
+        addresses and when they expire; a ``CNAME`` alone is followed (its target asked for SRV
+        records); a target that cannot be resolved is logged and left out; raises
+        :class:`ResolveError` when the SRV lookup itself fails, or when no target gave an
+        address and one failed (with that error, "Host not found" first)."""
         qname = f"{service}.{name}" if "." in service else f"_{service}._tcp.{name}"
         deadline = self.loop.time() + timeout
         first = self._server()
-        try:
-            answer = await asyncio.wait_for(
-                self._query(qname, dns.rdatatype.SRV, first, deadline), timeout
-            )
-        except TimeoutError:
-            raise ResolveError(TIMEDOUT) from None
-        if answer.verdict is Verdict.ERROR:
-            raise ResolveError(answer.code)
+        expires = float("inf")
+        for _ in range(MAX_RECURSION + 1):
+            try:
+                answer = await asyncio.wait_for(
+                    self._query(qname, dns.rdatatype.SRV, first, deadline),
+                    max(0.0, deadline - self.loop.time()),
+                )
+            except TimeoutError:
+                raise ResolveError(TIMEDOUT) from None
+            if answer.verdict is Verdict.ERROR:
+                raise ResolveError(answer.code)
+            expires = min(expires, self.loop.time() + self._valid(answer.ttl))
+            if answer.verdict is not Verdict.CNAME:
+                break
+            qname = answer.cname  # a CNAME alone: its target is asked for SRV records
+        else:
+            raise ResolveError(3)
         if not answer.services:
             raise ResolveError(3)
         lowest = min(p for p, _, _, _ in answer.services)
-        expires = self.loop.time() + self._valid(answer.ttl)
         found: list[Service] = []
+        codes: list[int] = []
         for priority, weight, port, target in answer.services:
             try:
                 got = await self.lookup(target, max(0.0, deadline - self.loop.time()))
@@ -194,9 +205,14 @@ class Resolver:
                     f"{target} could not be resolved {exc} while resolving service "
                     f"{service} of {name}",
                 )
+                codes.append(exc.code)
                 continue
             expires = min(expires, got.expires)
             found += [Service(a, port, weight, priority != lowest, target) for a in got.addresses]
+        if not found and codes:
+            # ngx_resolver_report_srv: no address at all is the first target's error, or
+            # "Host not found" when any target had it (so a SERVFAIL keeps the servers).
+            raise ResolveError(3 if 3 in codes else codes[0])
         return tuple(found), expires
 
     # -- internals ----------------------------------------------------------------------------
