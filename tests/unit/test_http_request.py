@@ -553,6 +553,29 @@ BAD = [
     (b"CONNECT localhost:8080 HTTP/1.1\r\nHost: a\r\n\r\n", 405, "client sent CONNECT method"),
     (b"CONNECT [::1]:443 HTTP/1.0\r\nHost: a\r\n\r\n", 405, "client sent CONNECT method"),
     (b"TRACE / HTTP/1.1\r\nHost: a\r\n\r\n", 405, "client sent TRACE method"),
+    # nginx's unique request fields (http_headers_multi.t "duplicate ... rejected")
+    (
+        b"GET / HTTP/1.1\r\nHost: a\r\nAuthorization: x\r\nauthorization:y\r\n\r\n",
+        400,
+        'client sent duplicate header line: "authorization:y", previous value: "Authorization: x"',
+    ),
+    *(
+        (
+            b"GET / HTTP/1.1\r\nHost: a\r\n" + f"{n}: 1\r\n{n}: 2\r\n\r\n".encode(),
+            400,
+            f'client sent duplicate header line: "{n}: 2", previous value: "{n}: 1"',
+        )
+        for n in (
+            "If-Modified-Since",
+            "If-Unmodified-Since",
+            "If-Match",
+            "If-None-Match",
+            "Content-Range",
+            "If-Range",
+            "Expect",
+            "Proxy-Authorization",
+        )
+    ),
 ]
 
 
@@ -609,6 +632,11 @@ def test_parser_is_dead_after_error() -> None:
         p.feed(b"get / HTTP/1.1\r\n")
     with pytest.raises(RuntimeError):
         p.feed(b"x")
+
+
+def test_repeated_fields_that_need_not_be_unique_are_kept() -> None:
+    h = head_of(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Type: a\r\nContent-Type: b\r\n\r\n")
+    assert [v for k, v in h.headers if k == "Content-Type"] == ["a", "b"]
 
 
 def test_unknown_uppercase_method_is_accepted() -> None:

@@ -166,6 +166,22 @@ _CONNECT_PREFIX_RE = re.compile(
     rb"(\[" + _CONNECT_SUB + rb"*(\](:[0-9]*)?)?|[A-Za-z0-9.\-]*(:[0-9]*)?)"
 )
 _SYNTHETIC_LINE = b"GET / HTTP/1.1\r\n"
+#: Fields nginx's headers_in table reads with ``ngx_http_process_unique_header_line``: a
+#: second one is 400 "client sent duplicate header line" (Host, Content-Length and
+#: Transfer-Encoding are checked on their own).
+_UNIQUE = frozenset(
+    (
+        b"if-modified-since",
+        b"if-unmodified-since",
+        b"if-match",
+        b"if-none-match",
+        b"content-range",
+        b"if-range",
+        b"expect",
+        b"authorization",
+        b"proxy-authorization",
+    )
+)
 _RENAMED = {b"content-length": b"X-Wsgate-Cl", b"transfer-encoding": b"X-Wsgate-Te"}
 
 
@@ -390,6 +406,8 @@ class RequestParser:
         self._host_raw: bytes | None = None
         self._cl_raw: bytes | None = None
         self._te_raw: bytes | None = None
+        #: The first line of each field nginx requires to be unique (``_UNIQUE``).
+        self._unique: dict[bytes, bytes] = {}
 
     def _check_eof(self) -> None:
         st = self._state
@@ -595,6 +613,15 @@ class RequestParser:
                 self._cl_raw = value
             else:
                 self._te_raw = value
+        elif lname in _UNIQUE:
+            prev_line = self._unique.get(lname)
+            if prev_line is not None:
+                raise HttpError(
+                    400,
+                    f'client sent duplicate header line: "{_printable(line)}", previous value: '
+                    f'"{_printable(prev_line)}"',
+                )
+            self._unique[lname] = name + b": " + value
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def _finish_head(self) -> RequestHead:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from wsgate.config.variables import RequestContext
 from wsgate.errors import HttpError
+from wsgate.http.fields import set_cookie_value
 from wsgate.http.phases import Close, Content, Delay, Plain, Redirect, Request, release_slots, run
 from wsgate.http.static import FileResponse
 from wsgate.http.suspend import Subrequest
@@ -34,7 +35,7 @@ from wsgate.proxy.proxying import Proxying
 if TYPE_CHECKING:
     from wsgate.http.response import ResponseHead
 
-__all__ = ["SubExchange", "SubrequestContext", "run_subrequest", "set_cookie_value"]
+__all__ = ["SubExchange", "SubrequestContext", "run_subrequest"]
 
 #: Statuses that end the main request as well (``ngx_http_terminate_request``).
 _TERMINATE = frozenset({408, 444, 499})
@@ -133,20 +134,6 @@ class SubExchange(Exchange):
             raise AssertionError(f"no subrequest response for {decision!r}")
         finally:
             release_slots(r)
-
-
-def set_cookie_value(headers: list[tuple[str, str]], name: str) -> str:
-    """``ngx_http_parse_set_cookie_lines``: the value of cookie ``name`` in the first
-    ``Set-Cookie`` that sets it (name case-insensitive, spaces around ``=``, up to ``;``)."""
-    n = len(name)
-    for key, value in headers:
-        if key.lower() != "set-cookie" or n >= len(value) or value[:n].lower() != name.lower():
-            continue
-        rest = value[n:].lstrip(" ")
-        if not rest.startswith("="):
-            continue
-        return rest[1:].lstrip(" ").split(";", 1)[0]
-    return ""
 
 
 def _upstream_values(sub: Subrequest, main: Request, resp: ResponseHead) -> None:
