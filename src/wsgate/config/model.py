@@ -863,6 +863,8 @@ class MapBlock:
     prefix_wildcards: tuple[tuple[str, Template], ...] = ()
     suffix_wildcards: tuple[tuple[str, Template], ...] = ()
     source: Source | None = None
+    #: ``volatile``: evaluated at each use, never cached (ngx_http_map_module).
+    volatile: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -450,6 +450,8 @@ class RequestContext:
                 return value
         m = self.maps.get(name)
         if m is not None:
+            if m.volatile:
+                return self._eval_map(m)
             cache = self._cache
             if cache is None:
                 cache = self._cache = {}
