@@ -128,6 +128,20 @@ def test_http09() -> None:
         ("a b", None),
         ("a\x7fb", None),
         (":80", None),
+        # nginx 1.29.4+ (http_host.t): the port is checked, the literal must close and end
+        ("a:65535", "a"),
+        ("a:65536", None),
+        ("123.40.56.78:9000:80", None),
+        ("example.com.:1.2", None),
+        ("[abcd::1].", None),
+        ("[abcd::1].:98", None),
+        ("[abcd::1]x", None),
+        ("extra[abcd::1]:98", None),
+        ("[abcd::1", None),
+        ("[v1.!$&'()*+,;=-._~az09:]", "[v1.!$&'()*+,;=-._~az09:]"),
+        ("a%20b_c~d", "a%20b_c~d"),
+        ("caf\xe9.example", None),
+        ("a@b", None),
     ],
 )
 def test_normalize_host(raw: str, expected: str | None) -> None:

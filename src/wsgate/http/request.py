@@ -157,10 +157,11 @@ _VERSION_RE = re.compile(rb"HTTP/([0-9]+)\.([0-9]+)")
 _SCHEME_RE = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*://")
 #: The beginnings of ``_SCHEME_RE`` (an absolute-form target still arriving).
 _SCHEME_PREFIX_RE = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*(?::/?)?")
-_AUTHORITY_RE = re.compile(rb"(\[[0-9A-Fa-f:.]*\]|[A-Za-z0-9._\-]*)(?::[0-9]*)?")
 #: A CONNECT target (nginx 1.29.3+: ``sw_spaces_before_host`` .. ``sw_port``): the authority
 #: form ``host:port`` only, with a port of at least one digit; and what may begin one.
 _CONNECT_SUB = rb"[0-9A-Za-z:\-._~!$&'()*+,;=]"
+#: An absolute-form authority (``sw_host`` .. ``sw_port``; an IP literal or IPvFuture).
+_AUTHORITY_RE = re.compile(rb"(\[" + _CONNECT_SUB + rb"*\]|[A-Za-z0-9._\-]*)(?::[0-9]*)?")
 _CONNECT_RE = re.compile(rb"(\[" + _CONNECT_SUB + rb"*\]|[A-Za-z0-9.\-]*):[0-9]+")
 _CONNECT_PREFIX_RE = re.compile(
     rb"(\[" + _CONNECT_SUB + rb"*(\](:[0-9]*)?)?|[A-Za-z0-9.\-]*(:[0-9]*)?)"
@@ -190,34 +191,62 @@ def _printable(data: bytes, limit: int = 64) -> str:
     return text + ("..." if len(data) > limit else "")
 
 
-def normalize_host(value: bytes | str) -> str | None:
-    """Validate and normalise a host as nginx's ``ngx_http_validate_host``; None if invalid.
+#: ``ngx_http_validate_host`` (nginx 1.29.4+): what a host name may hold (letters, digits,
+#: unreserved, sub-delims, ``%``) and what an IP literal may (the same without ``%``).
+_HOST_CHARS = frozenset(
+    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=%"
+)
+_LITERAL_CHARS = _HOST_CHARS - {0x25}
 
-    Lowercases, cuts ``:port`` (outside an IPv6 literal) and one trailing dot.  Rejects ``..``,
-    ``/``, ``\\``, NUL, bytes <= 0x20 and 0x7f, and an empty result.
+
+def normalize_host(value: bytes | str) -> str | None:
+    """Validate and normalise a host as current nginx's ``ngx_http_validate_host`` (1.29.4+);
+    None if invalid.
+
+    Lowercases, cuts ``:port`` and one trailing dot.  A name may hold letters, digits,
+    ``-._~``, sub-delims and ``%``; ``[...]`` (an IP literal) only at the start, followed by
+    nothing or ``:port``; the port is digits only, at most 65535; ``..`` and an empty result
+    are refused.  (nginx 1.22 let any byte above 0x20 but ``/`` and ``\\`` through and did not
+    check the port.)
     """
     raw = value.encode("latin-1") if isinstance(value, str) else value
     dot_pos = len(raw)
     host_len = len(raw)
-    state = 0  # 0 usual, 1 literal, 2 rest
+    port = 0
+    state = 0  # 0 start, 1 host, 2 literal, 3 after literal, 4 port
     for i, ch in enumerate(raw):
-        if ch == 0x2E:  # '.'
-            if dot_pos == i - 1:
-                return None
-            dot_pos = i
-        elif ch == 0x3A:  # ':'
-            if state == 0:
+        if state == 0:
+            if ch == 0x5B:  # '['
+                state = 2
+                continue
+            state = 1
+        if state in (1, 2):
+            if ch == 0x2E:  # '.'
+                if dot_pos == i - 1:
+                    return None
+                dot_pos = i
+            elif state == 1 and ch == 0x3A:  # ':'
                 host_len = i
-                state = 2
-        elif ch == 0x5B:  # '['
-            if i == 0:
-                state = 1
-        elif ch == 0x5D:  # ']'
-            if state == 1:
+                state = 4
+            elif state == 2 and ch == 0x5D:  # ']'
                 host_len = i + 1
-                state = 2
-        elif ch in (0x2F, 0x5C) or ch <= 0x20 or ch == 0x7F:
+                state = 3
+            elif ch not in (_HOST_CHARS if state == 1 else _LITERAL_CHARS) and not (
+                state == 2 and ch == 0x3A
+            ):
+                return None
+        elif state == 3:
+            if ch != 0x3A:
+                return None
+            state = 4
+        elif 0x30 <= ch <= 0x39:
+            port = port * 10 + ch - 0x30
+            if port > 65535:
+                return None
+        else:
             return None
+    if state == 2:
+        return None
     if dot_pos == host_len - 1:
         host_len -= 1
     if host_len <= 0:
