@@ -126,6 +126,7 @@ SAMPLES: dict[str, tuple[str, str]] = {
     "charset": ("utf-8", "$arg_c"),
     "source_charset": ("koi8-r", "windows-1251"),
     "charset_types": ("text/css", "text/html *"),
+    "ssi_types": ("text/plain", "text/css *"),
 }
 #: A bad argument list and nginx's words, for each directive whose parser is its own; ``None``
 #: for a parser that takes any value.
@@ -224,6 +225,7 @@ BAD: dict[str, tuple[str, str] | None] = {
     "charset": None,
     "source_charset": ("$x", 'variables in "source_charset" are not supported by wsgate'),
     "charset_types": None,
+    "ssi_types": None,
 }
 _GENERIC = {"flag", "time", "size", "number"}
 

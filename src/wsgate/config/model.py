@@ -732,6 +732,16 @@ class LocationSettings:
         "application/javascript",
         "application/rss+xml",
     )
+    # -- ngx_http_ssi_filter_module ----------------------------------------------------------
+    #: ``ssi``, ``ssi_silent_errors``, ``ssi_last_modified``, ``ssi_value_length`` and
+    #: ``ssi_types`` (besides "text/html", which is always one).
+    ssi: bool = False
+    ssi_silent_errors: bool = False
+    ssi_last_modified: bool = False
+    ssi_value_length: int = 256
+    ssi_types: tuple[str, ...] = ("text/html",)
+    #: ``subrequest_output_buffer_size``: the most an in-memory subrequest's body may be.
+    subrequest_output_buffer_size: int = 4096
     #: Every ``charset_map`` of ``http``: (from, to), lowercased → a 256-byte table.
     charset_maps: dict[tuple[str, str], bytes] = field(default_factory=dict)
     #: ``proxy_redirect`` rules in force (nginx's merge, the default made from

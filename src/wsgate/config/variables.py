@@ -80,6 +80,8 @@ FIXED_VARIABLES = (
             "status",
             "time_local",
             "time_iso8601",
+            "date_local",
+            "date_gmt",
             "msec",
             "request_time",
             "bytes_sent",
@@ -155,6 +157,9 @@ def is_known_variable(name: str, maps: frozenset[str] | set[str]) -> bool:
 UPSTREAM_BYTES = "upstream:#bytes"
 #: In :func:`request_headers_read`'s answer: ``$connection_time`` is read.
 CONNECTION_TIME = "connection:#time"
+#: In :func:`request_headers_read`'s answer: ``$upstream_connect_time`` or
+#: ``$upstream_header_time`` is read.
+UPSTREAM_PHASE_TIMES = "upstream:#phases"
 
 #: Built-in variables computed from request headers (see ``_GETTERS``), and those headers.
 _HEADER_VARIABLES = {
@@ -187,6 +192,8 @@ def request_headers_read(
             headers.add(UPSTREAM_BYTES)
         elif name == "connection_time":
             headers.add(CONNECTION_TIME)
+        elif name in ("upstream_connect_time", "upstream_header_time"):
+            headers.add(UPSTREAM_PHASE_TIMES)
         elif name.startswith("upstream_http_") and len(name) > 14:
             # An upstream response field, marked with a colon no request header has.
             headers.add("upstream:" + name[14:].replace("_", "-").lower())
@@ -280,6 +287,7 @@ class RequestContext:
         "counters",
         "upstream_headers",
         "upstream_bytes",
+        "upstream_phase_times",
         "connection_start",
         "limit_rate",
         "sent_head",
@@ -362,6 +370,8 @@ class RequestContext:
         #: Per try: [bytes received, bytes sent] (nginx's ``u->state->bytes_received``,
         #: ``bytes_sent``).
         self.upstream_bytes: list[list[int]] = []
+        #: Per try: [connect time, header time] as printed ("-": not reached).
+        self.upstream_phase_times: list[list[str]] = []
         #: When the connection was accepted (wall clock; ``$connection_time``).
         self.connection_start = 0.0
         #: ``r->limit_rate`` once set (``set $limit_rate``, ``X-Accel-Limit-Rate``, or the
@@ -600,6 +610,15 @@ def _remote_user(c: RequestContext) -> str:
     return "" if creds is None else creds[0].decode("latin-1")
 
 
+def _response_times(c: RequestContext) -> str:
+    """``$upstream_response_time``: one time per try, ``-`` for the try still under way
+    (``u->state->response_time`` is -1 until the try ends: an ``add_header`` reading it
+    while the response head is sent)."""
+    times = list(c.upstream_times)
+    times += ["-"] * (len(c.upstream_addrs) - len(times))
+    return ", ".join(times)
+
+
 def _bytes(c: RequestContext, i: int) -> str:
     """``$upstream_bytes_received`` (0) and ``_sent`` (1): one number per try,
     comma-separated like ``$upstream_addr``."""
@@ -686,6 +705,10 @@ _GETTERS: dict[str, Callable[[RequestContext], str]] = {
     "proxy_add_x_forwarded_for": _xff,
     "status": lambda c: f"{c.status:03d}" if c.status else "000",
     "time_local": lambda c: _time_local(time.time()),
+    # ngx_http_ssi_filter_module's: "%A, %d-%b-%Y %H:%M:%S %Z" outside an SSI document
+    # (inside one, ``config timefmt`` applies: wsgate.content.ssi).
+    "date_local": lambda c: time.strftime("%A, %d-%b-%Y %H:%M:%S %Z"),
+    "date_gmt": lambda c: time.strftime("%A, %d-%b-%Y %H:%M:%S GMT", time.gmtime()),
     "time_iso8601": lambda c: _time_iso8601(time.time()),
     "msec": _msec,
     "request_time": _request_time,
@@ -694,8 +717,10 @@ _GETTERS: dict[str, Callable[[RequestContext], str]] = {
     "request_length": lambda c: str(c.request_length),
     "upstream_addr": lambda c: ", ".join(c.upstream_addrs),
     "upstream_status": lambda c: ", ".join(c.upstream_statuses),
-    "upstream_response_time": lambda c: ", ".join(c.upstream_times),
+    "upstream_response_time": _response_times,
     "upstream_response_length": lambda c: ", ".join(c.upstream_lengths),
+    "upstream_connect_time": lambda c: ", ".join(t[0] for t in c.upstream_phase_times),
+    "upstream_header_time": lambda c: ", ".join(t[1] for t in c.upstream_phase_times),
     "upstream_bytes_received": lambda c: _bytes(c, 0),
     "upstream_bytes_sent": lambda c: _bytes(c, 1),
     "connection": lambda c: str(c.connection),

@@ -29,9 +29,12 @@ import asyncio
 import os
 import socket
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from wsgate.content.ssi import send_through_ssi, ssi_applies, ssi_framing, ssi_headers
 from wsgate.http.headers import (
+    LAST_CHUNK,
     BodyFraming,
     build_client_response_head,
     encode_chunk,
@@ -74,14 +77,24 @@ async def send_file(ex: Exchange, resp: FileResponse) -> Outcome:
         status = resp.status
         ctx.status = status
         now = time.time()
+        ssi = resp.length > 0 and ssi_applies(settings, status, resp.headers)
         headers, added = filter_headers(
-            status, resp.headers, settings.add_headers, settings.expires, ctx.lookup, now
+            status,
+            ssi_headers(settings, resp.headers) if ssi else resp.headers,
+            settings.add_headers,
+            settings.expires,
+            ctx.lookup,
+            now,
         )
         framing = BodyFraming.none() if status == 304 else BodyFraming.content_length(resp.length)
         # add_trailer: nginx's chunked filter chunks the body to carry the trailer.
         chunked = wants_trailer(status, head.method, head.version, settings)
         if chunked:
             framing = BodyFraming.chunked()
+        if ssi:
+            # The SSI output's length is unknown: chunked for HTTP/1.1, else to the close.
+            plan = ssi_framing(settings, head, status, keep, trailers=chunked)
+            framing, keep, chunked = plan.framing, plan.keep_alive, plan.chunked
         out = build_client_response_head(
             status,
             STATUS_LINES.get(status, ""),
@@ -100,7 +113,21 @@ async def send_file(ex: Exchange, resp: FileResponse) -> Outcome:
         rate = response_rate(settings, ctx, lambda text: r.log("error", text))
         timeout = settings.send_timeout
         with_body = head.method != "HEAD" and status != 304
-        if with_body and chunked:
+        if with_body and ssi:
+            sent = await send_through_ssi(ex, out, _file_pieces(resp), chunked, timeout)
+            if chunked:
+                tail = (
+                    last_chunk(trailers(status, settings.add_trailers, ctx.lookup, ctx))
+                    if wants_trailer(status, head.method, head.version, settings)
+                    else LAST_CHUNK
+                )
+                ep.write(tail)
+                sent += len(tail)
+            ctx.bytes_sent = sent
+            ctx.body_bytes_sent = sent - len(out)
+            await _drain(ep, timeout)
+            with_body = False
+        elif with_body and chunked:
             ep.write(out)
             ctx.bytes_sent = len(out)
             sent = await _send_chunked(
@@ -163,6 +190,22 @@ async def send_file(ex: Exchange, resp: FileResponse) -> Outcome:
         os.close(resp.fd)
     ex.log()
     return keep, settings.keepalive_timeout
+
+
+def _file_pieces(resp: FileResponse) -> Iterator[bytes]:
+    """The response's bytes one ``pread`` chunk at a time (converted by its ``charset``)."""
+    for part in resp.parts:
+        if isinstance(part, bytes):
+            yield part
+            continue
+        offset, count = part
+        done = 0
+        while done < count:
+            data = os.pread(resp.fd, min(READ_CHUNK, count - done), offset + done)
+            if not data:
+                raise Truncated(f"{done} of {count} bytes")
+            done += len(data)
+            yield data if resp.recode is None else data.translate(resp.recode)
 
 
 async def _send_chunked(

@@ -66,7 +66,7 @@ from wsgate.http.pages import closes_connection
 from wsgate.http.redirects import absolute_location
 from wsgate.http.request import RequestHead
 from wsgate.http.rewrite import Stop, execute
-from wsgate.http.static import FileResponse
+from wsgate.http.static import FileResponse, content_type
 from wsgate.http.suspend import Offload, Pause, Subrequest, Suspend
 from wsgate.limits import ConnZone, Refused, ReqZone, check_requests
 from wsgate.realip import forwarded_addr
@@ -178,6 +178,9 @@ class Request:
         "err_status",
         "headers_out",
         "discard_body",
+        "ssi_vars",
+        "ssi_blocks",
+        "ssi_depth",
     )
 
     def __init__(
@@ -247,6 +250,11 @@ class Request:
         #: ``r->discard_body``: the request body is not to be sent upstream (after a 413),
         #: or cannot be again (wsgate streamed it to an earlier upstream).
         self.discard_body = False
+        #: The SSI variables and blocks of the main request, shared by its subrequests
+        #: (:mod:`wsgate.content.ssi`).
+        self.ssi_vars: dict[str, str] | None = None
+        self.ssi_blocks: dict[str, bytes] | None = None
+        self.ssi_depth = 0
 
     def log(self, level: str, message: str) -> None:
         self.worker.error_log.log(level, message, self.number, self.ctx)
@@ -333,7 +341,10 @@ Handler = Callable[[Request], Decision | None]
 # -- POST_READ ---------------------------------------------------------------------------------
 def parse_target(r: Request) -> None:
     """``$uri`` and ``$args`` from the request-target (a bad one is 400); ``$host`` falls back
-    to the server's name."""
+    to the server's name.  An SSI include's subrequest has its URI and arguments already,
+    decoded (``ngx_http_subrequest`` sets ``sr->uri`` and ``sr->args``): not parsed again."""
+    if r.ssi_depth:
+        return None
     path, args = split_target(r.head.target)
     ctx = r.ctx
     # merge_slashes: "compression of two or more adjacent slashes in a URI into a single
@@ -438,10 +449,10 @@ def stop_response(r: Request, stop: Stop) -> Decision:
         return Close(444)
     if text is None and code >= 400:
         raise HttpError(code)
-    # ngx_http_set_content_type: nginx's default_type, text/plain; a 204 has none
-    # (ngx_http_header_filter clears it).
+    # ngx_http_send_response with no type: ngx_http_set_content_type, the type of the
+    # URI's extension, else default_type; a 204 has none (ngx_http_header_filter clears it).
     body = (text or "").encode("utf-8", "surrogateescape")
-    return Plain(code, body, None if code == 204 else "text/plain")
+    return Plain(code, body, None if code == 204 else content_type(r.settings, r.ctx.uri))
 
 
 def server_rewrite(r: Request) -> Decision | None:

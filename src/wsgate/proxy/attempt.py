@@ -82,6 +82,8 @@ class Attempt:
         "sent",
         "streamed",
         "counts",
+        "times",
+        "started",
     )
 
     def __init__(
@@ -115,6 +117,10 @@ class Attempt:
         self.streamed = streamed
         #: This try's [bytes received, bytes sent] (``$upstream_bytes_received``/``_sent``).
         self.counts = [0, 0]
+        #: This try's [connect time, header time] as nginx prints them ("-": not reached;
+        #: ``$upstream_connect_time``/``$upstream_header_time``), from :attr:`started`.
+        self.times = ["-", "-"]
+        self.started = gw.loop.time()
 
     async def run(
         self,
@@ -131,6 +137,8 @@ class Attempt:
             kept = await keep.take(key)
             if kept is not None:
                 self.up, self.kept = kept.conn, kept
+                # "u->state->connect_time" of a cached connection: no time spent connecting.
+                self.times[0] = "0.000"
                 try:
                     return await self._send(request, buffered_body, framing)
                 except TryFailed as failed:
@@ -152,6 +160,7 @@ class Attempt:
                     self.up = self.kept = None
                     self.sent = False
         self.up = await self._connect(peer)
+        self.times[0] = self._elapsed()
         self.kept = keep.new(key, self.up) if keep is not None else None
         result = await self._send(request, buffered_body, framing)
         if self.tls is not None:
@@ -177,7 +186,12 @@ class Attempt:
                 raise TryFailed(Failure.ERROR, 502, "request body already sent", "sending request")
             self.streamed = True
             await self._stream_body(up, framing)
-        return await self._read_response_head(up)
+        start = await self._read_response_head(up)
+        self.times[1] = self._elapsed()
+        return start
+
+    def _elapsed(self) -> str:
+        return f"{self.gw.loop.time() - self.started:.3f}"
 
     async def _connect(self, peer: Peer) -> Endpoint:
         gw = self.gw

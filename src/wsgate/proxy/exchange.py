@@ -20,10 +20,12 @@ from typing import TYPE_CHECKING
 from wsgate.config.model import LocationSettings
 from wsgate.config.variables import RequestContext
 from wsgate.content.sender import send_file
+from wsgate.content.ssi import send_through_ssi, ssi_applies, ssi_framing
 from wsgate.errors import HttpError
 from wsgate.http.charset import apply_charset, charset_page
 from wsgate.http.errorpages import ERROR_HANDLERS
 from wsgate.http.headers import (
+    LAST_CHUNK,
     BodyFraming,
     build_client_response_head,
     encode_chunk,
@@ -51,6 +53,7 @@ from wsgate.http.static import FileResponse
 from wsgate.http.suspend import Offload, Pause, Subrequest
 from wsgate.observability.metrics import CONTENT_TYPE, location_label
 from wsgate.observability.status import stub_status_page
+from wsgate.proxy.endpoint import PeerClosed
 from wsgate.proxy.offload import offload
 from wsgate.proxy.proxying import Proxying
 from wsgate.routing import select_server
@@ -165,6 +168,14 @@ class Exchange:
         if isinstance(decision, Redirect):
             return self.redirect(decision.status, decision.location)
         if isinstance(decision, Plain):
+            if (
+                r.settings.ssi
+                and decision.body
+                and ssi_applies(
+                    r.settings, decision.status, [("Content-Type", decision.content_type or "")]
+                )
+            ):
+                return await self.plain_ssi(decision.status, decision.body, decision.content_type)
             return self.plain(decision.status, decision.body, decision.content_type)
         if isinstance(decision, Close):
             r.ctx.status = decision.status
@@ -222,7 +233,13 @@ class Exchange:
         self.log()
         return keep, settings.keepalive_timeout
 
-    def plain(self, status: int, body: bytes, ctype: str | None) -> Outcome:
+    def _text_head(
+        self, status: int, body: bytes, ctype: str | None, ssi: bool
+    ) -> tuple[bytes, bytes, bool, bool]:
+        """The head of a text made here (``ctx.sent_head`` set), the body in the response's
+        charset, whether the connection stays, whether the body is chunked.  Its length is
+        known unless ``ssi`` (the SSI filter's output: chunked for HTTP/1.1, else to the
+        close); ``add_trailer`` chunks it too."""
         head, settings, ctx = self.head, self.r.settings, self.r.ctx
         if settings.charset is not None:
             ctype, recode = apply_charset(settings, ctype, ctx.lookup, self.r.log, status)
@@ -238,10 +255,14 @@ class Exchange:
             status, headers, settings.add_headers, settings.expires, ctx.lookup, now
         )
         keep = head.keep_alive
-        framing = BodyFraming.content_length(len(body)) if status != 204 else BodyFraming.none()
-        with_trailer = wants_trailer(status, head.method, head.version, settings)
-        if with_trailer:
+        chunked = wants_trailer(status, head.method, head.version, settings)
+        if ssi:
+            plan = ssi_framing(settings, head, status, keep)
+            framing, keep, chunked = plan.framing, plan.keep_alive, plan.chunked
+        elif chunked:
             framing = BodyFraming.chunked()
+        else:
+            framing = BodyFraming.content_length(len(body)) if status != 204 else BodyFraming.none()
         out = build_client_response_head(
             status,
             STATUS_LINES.get(status, ""),
@@ -255,6 +276,11 @@ class Exchange:
             added=added,
         )
         ctx.sent_head = out
+        return out, body, keep, chunked
+
+    def plain(self, status: int, body: bytes, ctype: str | None) -> Outcome:
+        head, settings, ctx = self.head, self.r.settings, self.r.ctx
+        out, body, keep, with_trailer = self._text_head(status, body, ctype, ssi=False)
         if with_trailer:
             # Rendered when the body ends: $sent_http_* see the head.
             trailer = trailers(status, settings.add_trailers, ctx.lookup, ctx)
@@ -266,6 +292,36 @@ class Exchange:
         ctx.status = status
         ctx.bytes_sent = len(out)
         ctx.body_bytes_sent = len(body) if head.method != "HEAD" else 0
+        self.log()
+        return keep, settings.keepalive_timeout
+
+    async def plain_ssi(self, status: int, body: bytes, ctype: str | None) -> Outcome:
+        """A ``return`` text that is an SSI document (``ssi on``, a type of ``ssi_types``):
+        :meth:`plain` through the SSI filter, its length unknown."""
+        head, settings, ctx = self.head, self.r.settings, self.r.ctx
+        out, body, keep, chunked = self._text_head(status, body, ctype, ssi=True)
+        out = for_version(head.version, out)
+        ep = self.front.ep
+        try:
+            if head.method == "HEAD":
+                ep.write(out)
+                sent = len(out)
+            else:
+                sent = await send_through_ssi(self, out, (body,), chunked, settings.send_timeout)
+                if chunked:
+                    ep.write(LAST_CHUNK)
+                    sent += len(LAST_CHUNK)
+            ctx.bytes_sent = sent
+            ctx.body_bytes_sent = sent - len(out)
+        except TimeoutError:
+            self.r.log(
+                "info",
+                "client timed out (110: Connection timed out) while sending response to client",
+            )
+            ep.abort()
+            keep = False
+        except (PeerClosed, ConnectionError):
+            keep = False
         self.log()
         return keep, settings.keepalive_timeout
 

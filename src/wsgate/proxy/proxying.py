@@ -158,6 +158,7 @@ class Proxying:
                 ctx.upstream_times.append("0.000")
                 ctx.upstream_lengths.append("0")
                 ctx.upstream_bytes.append([0, 0])
+                ctx.upstream_phase_times.append(["-", "-"])
                 raise HttpError(502)
             self.attempts += 1
             upstream_url = f"{scheme}://{peer.address}{uri}"
@@ -175,6 +176,7 @@ class Proxying:
                 name=tls_name,
             )
             ctx.upstream_bytes.append(att.counts)
+            ctx.upstream_phase_times.append(att.times)
             try:
                 resp, rparser, rpending = await att.run(
                     peer, keep, request, buffered_body, body_framing, ctx
@@ -194,6 +196,9 @@ class Proxying:
                 if att.up is not None:
                     att.up.abort()
                 selection.release(peer)
+                # ngx_http_upstream_finalize_request: the try's response time is set however
+                # it ended (a client that closed while the head was awaited: 499).
+                note_time(gw.clock, ctx)
                 raise
             streamed = att.streamed
             r.discard_body |= streamed
@@ -256,6 +261,11 @@ class Proxying:
                         and rparser.buffered == 0
                     )
                     return False, None
+                if resp.status == 101 and r.subrequest and ctx.header("upgrade") is not None:
+                    # ngx_http_upstream_upgrade: "if (r != r->main)" the subrequest ends
+                    # with NGX_ERROR, which terminates the main request.
+                    r.log("error", "connection upgrade in subrequest")
+                    raise HttpError(444)
                 if resp.status == 101 and (
                     refused or (head.upgrade is not None and not _upgrade_ok(resp, settings))
                 ):

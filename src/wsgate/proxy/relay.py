@@ -28,9 +28,11 @@ from wsgate.config.model import AccessLog, LocationSettings
 from wsgate.config.variables import (
     CONNECTION_TIME,
     UPSTREAM_BYTES,
+    UPSTREAM_PHASE_TIMES,
     RequestContext,
     request_headers_read,
 )
+from wsgate.content.ssi import SsiFilter, ssi_applies, ssi_headers
 from wsgate.errors import HttpError
 from wsgate.http.body import Body, EndOfMessage
 from wsgate.http.charset import proxied_charset
@@ -150,6 +152,17 @@ def _kept_headers(
     return kept
 
 
+def _reads_sent_fields(logs: tuple[AccessLog, ...]) -> bool:
+    """Whether an access log's format or condition reads a ``$sent_http_*`` variable."""
+    return any(
+        name.startswith("sent_http_")
+        for log in logs
+        for tpl in (log.format.template, log.condition)
+        if tpl is not None
+        for name in tpl.variables
+    )
+
+
 #: The ``upstream_bytes`` of a tunnel whose logs do not read them (shared, never appended to).
 _NO_BYTES: list[list[int]] = cast("list[list[int]]", ())
 
@@ -195,6 +208,8 @@ def _slim(ctx: RequestContext, settings: LocationSettings) -> RequestContext:
     ctx.upstream_lengths = cast("list[str]", tuple(ctx.upstream_lengths))
     if kept is not None and UPSTREAM_BYTES not in kept:
         ctx.upstream_bytes = _NO_BYTES
+    if kept is not None and UPSTREAM_PHASE_TIMES not in kept:
+        ctx.upstream_phase_times = cast("list[list[str]]", ())
     if kept is not None and CONNECTION_TIME not in kept:
         ctx.connection_start = 0.0
     if ctx.upstream_headers:
@@ -231,16 +246,6 @@ async def relay_response(
     if resp.status == 101:
         return _lone_101(ex, resp), False
     with_trailers = expects_trailers(resp.status, settings.add_trailers)
-    plan = client_framing(
-        head.method,
-        head.version,
-        resp.status,
-        resp.content_length,
-        head.keep_alive,
-        trailers=with_trailers,
-        chunked=settings.chunked_transfer_encoding,
-    )
-    keep, no_body, chunk_out = plan.keep_alive, plan.no_body, plan.chunked
     # After an error page: "if (r->err_status) r->headers_out.status = r->err_status".
     status, reason = resp.status, resp.reason
     if ex.r.err_status:
@@ -251,6 +256,19 @@ async def relay_response(
     if ex.r.headers_out:  # after an error page
         own = location is not None or first_value(headers, "location") is not None
         headers = [*response_fields(ex.r, redirect=own), *headers]
+    ssi = ssi_applies(settings, status, resp.headers) and resp.content_length != 0
+    if ssi:
+        headers = ssi_headers(settings, headers)
+    plan = client_framing(
+        head.method,
+        head.version,
+        resp.status,
+        None if ssi else resp.content_length,
+        head.keep_alive,
+        trailers=with_trailers,
+        chunked=settings.chunked_transfer_encoding,
+    )
+    keep, no_body, chunk_out = plan.keep_alive, plan.no_body, plan.chunked
     recode: bytes | None = None
     if settings.charset is not None:
         headers, recode = proxied_charset(settings, headers, ctx.lookup, ex.r.log, resp.status)
@@ -280,8 +298,25 @@ async def relay_response(
     complete = noted = False
     rate = _rate(ex, resp)
     counts = ctx.upstream_bytes[-1] if ctx.upstream_bytes else None
+    filt: SsiFilter | None = None
+    head_out = out
+    if ssi and not no_body:
+        # The body goes through the SSI filter, which writes (and drains) its output; the
+        # head goes with its first output (as nginx's write filter holds it).
+        async def write(data: bytes) -> None:
+            nonlocal body_bytes, head_out
+            framed = encode_chunk(data) if chunk_out else data
+            if head_out:
+                framed, head_out = head_out + framed, b""
+            ep.write(framed)
+            body_bytes += len(data)
+            await ep.drain()
+
+        filt = SsiFilter(ex, write)
     try:
-        if rate is None:
+        if filt is not None:
+            pass  # written with the first output
+        elif rate is None:
             ep.write(out)
         else:
             sent = await send_paced(ep, out, rate, 0)
@@ -292,6 +327,9 @@ async def relay_response(
                     if no_body:
                         continue
                     data = ev.data if recode is None else ev.data.translate(recode)
+                    if filt is not None:
+                        await filt.feed(data)
+                        continue
                     data = encode_chunk(data) if chunk_out else data
                     if rate is None:
                         ep.write(data)
@@ -301,6 +339,11 @@ async def relay_response(
                 elif isinstance(ev, EndOfMessage):
                     complete = True
             if complete:
+                if filt is not None:
+                    await filt.finish()
+                    if head_out:
+                        ep.write(head_out)
+                        head_out = b""
                 break
             if ep.closed:
                 raise PeerClosed("client closed")
@@ -409,7 +452,9 @@ def _lone_101(ex: Exchange, resp: ResponseHead) -> Outcome:
     noupgrade": no byte after the head, ``$body_bytes_sent`` 0).  A backend cannot push a
     stream to a client that did not ask for one.  Both connections are then closed."""
     settings, ctx = ex.r.settings, ex.r.ctx
-    out = for_version(ctx.version, _head_101(ex, resp, upgrade=False))
+    out = _head_101(ex, resp, upgrade=False)
+    ctx.sent_head = out
+    out = for_version(ctx.version, out)
     ex.front.ep.write(out)
     ctx.bytes_sent = len(out)
     ctx.body_bytes_sent = 0
@@ -436,6 +481,9 @@ def start_tunnel(
     ep = front.ep
     ep.write(out)
     head_len = len(out)
+    if _reads_sent_fields(settings.access_logs):
+        # $sent_http_* in a tunnel's log line (the 101's fields); kept only when read.
+        ctx.sent_head = out
     early_to_client = rparser.take_buffered() + bytes(up.buffer)
     up.buffer.clear()
     early_to_upstream = front.parser.take_buffered() + bytes(ep.buffer)

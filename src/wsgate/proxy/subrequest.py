@@ -1,6 +1,8 @@
-"""``auth_request``'s subrequest: the phases for another URI of the same server, with the
-main request's headers and no body; its response status (and head) are kept, nothing of it
-reaches the client.
+"""Subrequests: the phases for another URI of the same server, with the main request's
+headers and no body.  ``auth_request``'s keeps only the response's status and head
+(:meth:`SubExchange.perform`); SSI's ``include`` keeps its body (:meth:`SubExchange.output`:
+the response is made as for a client, into a :class:`CaptureEndpoint` that hands the body on,
+in order, as it comes).
 
 As ``ngx_http_subrequest`` makes it: the method is ``GET`` (``sr->method = NGX_HTTP_GET``;
 ``$request_method`` still names the main request's), the request headers are the main
@@ -19,23 +21,36 @@ that went away (499), or a ``return 444``, ends the main request too (nginx term
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, cast
 
 from wsgate.config.variables import RequestContext
 from wsgate.errors import HttpError
+from wsgate.http.body import Body
 from wsgate.http.fields import set_cookie_value
 from wsgate.http.phases import Close, Content, Delay, Plain, Redirect, Request, release_slots, run
+from wsgate.http.response import ResponseHead, ResponseParser
 from wsgate.http.static import FileResponse
 from wsgate.http.suspend import Subrequest
 from wsgate.proxy.exchange import Exchange
 from wsgate.proxy.proxying import Proxying
 
 if TYPE_CHECKING:
-    from wsgate.http.response import ResponseHead
+    from wsgate.proxy.endpoint import Endpoint
+    from wsgate.proxy.front import FrontConnection
 
-__all__ = ["SubExchange", "SubrequestContext", "run_subrequest"]
+__all__ = [
+    "CaptureEndpoint",
+    "SubExchange",
+    "SubrequestContext",
+    "run_subrequest",
+]
+
+#: Where a subrequest's body goes (the parent's output, or a buffer for ``set=``).
+Sink = Callable[[bytes], Awaitable[None]]
 
 #: Statuses that end the main request as well (``ngx_http_terminate_request``).
 _TERMINATE = frozenset({408, 444, 499})
@@ -49,7 +64,7 @@ class SubrequestContext(RequestContext):
     subrequest: str
 
 
-def subrequest_context(parent: RequestContext, uri: str) -> SubrequestContext:
+def subrequest_context(parent: RequestContext, uri: str, args: str = "") -> SubrequestContext:
     """The subrequest's variables: the main request's, with its own URI and no upstream
     values yet (nginx's subrequest shares the main request's variable values; wsgate's keeps
     a copy of the values set so far, so its ``$upstream_http_*`` stay its own)."""
@@ -57,10 +72,11 @@ def subrequest_context(parent: RequestContext, uri: str) -> SubrequestContext:
     for name in RequestContext.__slots__:
         setattr(ctx, name, getattr(parent, name))
     ctx.subrequest = uri
-    ctx.uri, ctx.args = uri, ""
+    ctx.uri, ctx.args = uri, args
     ctx.proxy_host = ctx.proxy_port = ""
     ctx.status = ctx.bytes_sent = ctx.body_bytes_sent = 0
     ctx.upstream_addrs, ctx.upstream_statuses, ctx.upstream_times = [], [], []
+    ctx.upstream_phase_times = []
     ctx.upstream_started = 0.0
     ctx.captures = ()
     ctx.variables = dict(parent.variables) if parent.variables else None
@@ -72,16 +88,16 @@ class SubExchange(Exchange):
     """One subrequest: an :class:`Exchange` over the main one's connection, whose response
     is kept instead of written."""
 
-    __slots__ = ()
+    __slots__ = ("_parent_depth",)
 
-    def __init__(self, main: Exchange, uri: str) -> None:
+    def __init__(self, main: Exchange, uri: str, args: str = "") -> None:
         # No Exchange.__init__: the server is the main request's, the head a GET of ``uri``.
         self.front = main.front
         self.upgrade = False
         self.head = dataclasses.replace(
             main.head,
             method="GET",
-            target=uri,
+            target=f"{uri}?{args}" if args else uri,
             content_length=None,
             chunked=False,
             upgrade=None,
@@ -92,7 +108,7 @@ class SubExchange(Exchange):
             parent.worker,
             parent.number,
             self.head,
-            subrequest_context(parent.ctx, uri),
+            subrequest_context(parent.ctx, uri, args),
             parent.server,
             tls_vars=parent.tls_vars,
             connection_requests=parent.connection_requests,
@@ -105,6 +121,29 @@ class SubExchange(Exchange):
         self.r.limit_conn_done = parent.limit_conn_done
         # "sr->internal = 1": an ``internal`` location (nginx's usual auth location) serves it.
         self.r.internal = True
+        # SSI's variables and blocks are the main request's (``r->main``'s context).
+        if parent.ssi_vars is None:
+            parent.ssi_vars = {}
+        if parent.ssi_blocks is None:
+            parent.ssi_blocks = {}
+        self.r.ssi_vars, self.r.ssi_blocks = parent.ssi_vars, parent.ssi_blocks
+        self._parent_depth = parent.ssi_depth
+
+    async def output(self, sink: Sink) -> int:
+        """Make the response as for a client (phases, content handler, error page) and hand
+        its body to ``sink`` as it comes; returns its status.  Nothing of it is logged
+        (``log_subrequest off``) and its head is not sent (``r != r->main``)."""
+        # How deep in SSI includes this is (``MAX_DEPTH``); its URI is not parsed again.
+        self.r.ssi_depth = self._parent_depth + 1
+        capture = CaptureEndpoint(sink, self.front.ep)
+        main_front = self.front
+        self.front = cast("FrontConnection", _SubFront(main_front, capture))
+        try:
+            await self.run()
+            await capture.drain()  # what a response left without a drain of its own
+        finally:
+            self.front = main_front
+        return capture.status or self.r.ctx.status
 
     async def perform(self) -> tuple[int, ResponseHead | None]:
         """Walk the phases and make the response, keeping it: its status, and the upstream's
@@ -134,6 +173,77 @@ class SubExchange(Exchange):
             raise AssertionError(f"no subrequest response for {decision!r}")
         finally:
             release_slots(r)
+
+
+class _SubFront:
+    """The main request's front connection as a subrequest sees it: its writes go to a
+    :class:`CaptureEndpoint`, it has no log phase and never a tunnel."""
+
+    __slots__ = ("_main", "ep")
+    tunnel = None
+
+    def __init__(self, main: FrontConnection, ep: CaptureEndpoint) -> None:
+        self._main = main
+        self.ep = ep
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._main, name)
+
+    def log_access(self, *args: object) -> None:
+        """``log_subrequest off``: a subrequest has no access-log line."""
+
+
+class CaptureEndpoint:
+    """Takes the bytes of a response made for a client (head and framed body), parses them
+    back, and hands the body to ``sink`` at each :meth:`drain`: the writer's flow control is
+    the sink's.  A subrequest's response reaches its parent's output in order this way,
+    whatever made it (a file, a proxied response, an error page, a nested SSI document)."""
+
+    __slots__ = ("sink", "client", "parser", "pending", "status", "closed", "write_paused")
+
+    transport = None
+
+    def __init__(self, sink: Sink, client: Endpoint) -> None:
+        self.sink = sink
+        #: The main request's client connection (whose loss ends the subrequest too).
+        self.client = client
+        self.parser = ResponseParser(head_request=False, max_head=1 << 20)
+        self.pending: list[bytes] = []
+        self.status = 0
+        self.closed = False
+        self.write_paused = False
+
+    def write(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            events = self.parser.feed(data)
+        except (HttpError, RuntimeError):
+            # Bytes wsgate made for a client that its upstream parser does not take (a head
+            # after a 101): the rest of this response is not included.
+            self.closed = True
+            return
+        for ev in events:
+            if isinstance(ev, ResponseHead):
+                self.status = ev.status
+            elif isinstance(ev, Body) and ev.data:
+                self.pending.append(ev.data)
+
+    async def drain(self) -> None:
+        while self.pending:
+            data = b"".join(self.pending)
+            self.pending.clear()
+            await self.sink(data)
+
+    def gone(self) -> asyncio.Future[None]:
+        """The client's: a subrequest waiting for its upstream ends when the client goes."""
+        return self.client.gone()
+
+    def abort(self) -> None:
+        self.closed = True
+
+    def close(self) -> None:
+        self.closed = True
 
 
 def _upstream_values(sub: Subrequest, main: Request, resp: ResponseHead) -> None:

@@ -263,6 +263,11 @@ ENTRIES: tuple[Directive, ...] = (
     _noop("directio_alignment", TAKE1, "no O_DIRECT"),
     _noop("read_ahead", TAKE1, "the kernel's read-ahead applies"),
     _noop("output_buffers", Arity(2, 2), "`sendfile` or one `sendfile_max_chunk` read at a time"),
+    _noop(
+        "postpone_output",
+        TAKE1,
+        "output is written as it is made; the kernel's Nagle-free socket sends it",
+    ),
     _noop("open_file_cache", TAKE12, _CACHE),
     _noop("open_file_cache_valid", TAKE1, _CACHE),
     _noop("open_file_cache_min_uses", TAKE1, _CACHE),
