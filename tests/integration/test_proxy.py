@@ -225,6 +225,24 @@ def test_pipe_variable_marks_pipelined_requests(
         assert read_response(s, until_close=True).endswith(b"\r\n\r\n.")
 
 
+def test_expect_100_continue_with_an_empty_body_gets_its_100(
+    wsgate: Callable[..., WsgateProcess], upstream: Callable[..., Upstream]
+) -> None:
+    """nginx tests ``Expect`` before the body's length: ``Content-Length: 0`` gets the
+    interim 100 too (http_expect_100_continue.t); an HTTP/1.0 client never does."""
+    up = upstream()
+    gw = wsgate(conf(up.port))
+    for version, want in (("1.1", True), ("1.0", False)):
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+            s.sendall(
+                f"POST / HTTP/{version}\r\nHost: a\r\nExpect: 100-Continue\r\n"
+                "Content-Length: 0\r\nConnection: close\r\n\r\n".encode()
+            )
+            data = read_response(s, until_close=True)
+        assert data.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200") is want, data
+        assert data.count(b" 100 Continue") == int(want)
+
+
 def test_request_bodies_content_length_and_chunked(
     wsgate: Callable[..., WsgateProcess], upstream: Callable[..., Upstream]
 ) -> None:
