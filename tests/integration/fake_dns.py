@@ -31,6 +31,10 @@ class Records:
     srv: list[tuple[int, int, int, str]] = field(default_factory=list)
     ttl: int = 3600
     rcode: int = dns.rcode.NOERROR
+    #: The query types answered with :attr:`cname` (all when empty).
+    cname_types: tuple[str, ...] = ()
+    #: The rcode for one query type only ("AAAA": SERVFAIL), over :attr:`rcode`.
+    rcode_of: dict[str, int] = field(default_factory=dict)
     #: Set TC on UDP answers (the full answer comes over TCP).
     truncate: bool = False
     #: Never answer.
@@ -59,12 +63,15 @@ class FakeDns:
             return resp.to_wire()
         if rec.silent:
             return None
-        resp.set_rcode(rec.rcode)
+        rcode = rec.rcode_of.get(dns.rdatatype.to_text(q.rdtype), rec.rcode)
+        resp.set_rcode(rcode)
         if rec.truncate and transport == "udp":
             resp.flags |= dns.flags.TC
             return resp.to_wire()
-        if rec.rcode == dns.rcode.NOERROR:
-            if rec.cname:
+        if rcode == dns.rcode.NOERROR:
+            if rec.cname and (
+                not rec.cname_types or dns.rdatatype.to_text(q.rdtype) in rec.cname_types
+            ):
                 resp.answer.append(
                     dns.rrset.from_text(q.name, rec.ttl, "IN", "CNAME", rec.cname + ".")
                 )

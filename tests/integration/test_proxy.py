@@ -208,6 +208,41 @@ def test_keepalive_and_pipelining_in_order(
     assert [x.head.split(b" ")[1] for x in up.seen] == [b"/one", b"/two", b"/three"]
 
 
+def test_pipe_variable_marks_pipelined_requests(
+    wsgate: Callable[..., WsgateProcess], upstream: Callable[..., Upstream]
+) -> None:
+    """``$pipe`` is "p" for a request read from bytes that came behind the previous one
+    (access_log_variables.t "pipe"), "." otherwise."""
+    up = upstream()
+    gw = wsgate(conf(up.port, server_extra="location /p { return 200 $pipe; }"))
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        s.sendall(b"GET /p HTTP/1.1\r\nHost: a\r\n\r\nGET /p HTTP/1.1\r\nHost: a\r\n\r\n")
+        both = read_response(s)
+        if both.count(b"HTTP/1.1 200") < 2:
+            both += read_response(s)
+        assert both.endswith(b"p") and b"\r\n\r\n." in both
+        s.sendall(b"GET /p HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        assert read_response(s, until_close=True).endswith(b"\r\n\r\n.")
+
+
+def test_expect_100_continue_with_an_empty_body_gets_its_100(
+    wsgate: Callable[..., WsgateProcess], upstream: Callable[..., Upstream]
+) -> None:
+    """nginx tests ``Expect`` before the body's length: ``Content-Length: 0`` gets the
+    interim 100 too (http_expect_100_continue.t); an HTTP/1.0 client never does."""
+    up = upstream()
+    gw = wsgate(conf(up.port))
+    for version, want in (("1.1", True), ("1.0", False)):
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+            s.sendall(
+                f"POST / HTTP/{version}\r\nHost: a\r\nExpect: 100-Continue\r\n"
+                "Content-Length: 0\r\nConnection: close\r\n\r\n".encode()
+            )
+            data = read_response(s, until_close=True)
+        assert data.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200") is want, data
+        assert data.count(b" 100 Continue") == int(want)
+
+
 def test_request_bodies_content_length_and_chunked(
     wsgate: Callable[..., WsgateProcess], upstream: Callable[..., Upstream]
 ) -> None:

@@ -139,6 +139,20 @@ def test_upstream_name_comes_first(dns_: FakeDns, backend: Backend, wsgate: Fact
     assert dns_.queries == []
 
 
+def test_implicit_upstream_of_a_static_proxy_pass_is_found(
+    dns_: FakeDns, backend: Backend, wsgate: Factory
+) -> None:
+    """nginx looks the evaluated host:port up among the upstreams a static ``proxy_pass``
+    made too, before any resolver (proxy_implicit.t "implicit upstream by variable")."""
+    static = f"location /static {{ proxy_pass http://localhost:{backend.port}; }}"
+    text = conf(dns_.port, backend.port).replace("location /uri {", static + " location /uri {")
+    gw = wsgate(text)
+    assert get(gw.port, "/none?h=LOCALHOST") == (200, b"b")
+    assert get(gw.port, "/none?h=localhost")[0] == 200
+    assert dns_.queries == []
+    assert get(gw.port, "/none?h=localhost.example")[0] == 502  # not that name: no resolver
+
+
 def test_uri_part_replaces_the_whole_request_uri(
     dns_: FakeDns, backend: Backend, wsgate: Factory
 ) -> None:

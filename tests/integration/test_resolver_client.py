@@ -29,8 +29,10 @@ def run(coro: object) -> object:
     return asyncio.run(coro)  # type: ignore[arg-type]
 
 
-def client(*servers: FakeDns, valid: float | None = None, resend: float = 0.2) -> Resolver:
-    conf = ResolverConf(tuple(("127.0.0.1", s.port) for s in servers), valid, True, False)
+def client(
+    *servers: FakeDns, valid: float | None = None, resend: float = 0.2, ipv6: bool = False
+) -> Resolver:
+    conf = ResolverConf(tuple(("127.0.0.1", s.port) for s in servers), valid, True, ipv6)
     logs: list[str] = []
     r = Resolver(conf, asyncio.get_running_loop(), lambda lvl, msg: logs.append(msg), resend=resend)
     return r
@@ -105,3 +107,68 @@ def test_unused_names_leave_the_cache(
         return len(r._cache)
 
     assert run(go()) == 1
+
+
+def test_an_error_to_aaaa_fails_the_name_despite_a_records(two: tuple[FakeDns, FakeDns]) -> None:
+    """nginx keeps an error answer to one of A/AAAA (``rn->code``) and fails the name with
+    it; the error is not cached: the next lookup asks again."""
+    a, _ = two
+    a.zone["e.example"] = Records(a=["192.0.2.9"], rcode_of={"AAAA": 2})
+    a.zone["ok.example"] = Records(a=["192.0.2.8"], aaaa=["2001:db8::8"])
+
+    async def go() -> tuple[list[int], tuple[str, ...]]:
+        r = client(a, ipv6=True)
+        codes = []
+        for _ in range(2):
+            try:
+                await r.resolve("e.example", 1.0)
+            except ResolveError as exc:
+                codes.append(exc.code)
+        return codes, await r.resolve("ok.example", 1.0)
+
+    assert run(go()) == ([2, 2], ("192.0.2.8", "2001:db8::8"))
+    assert (a.count("e.example", "A"), a.count("e.example", "AAAA")) == (2, 2)
+
+
+def test_a_cname_with_an_empty_aaaa_answer_is_not_followed(
+    two: tuple[FakeDns, FakeDns],
+) -> None:
+    """Only the CNAME of the answer that comes last (AAAA) is resolved next, as in nginx."""
+    a, _ = two
+    a.zone["c1.example"] = Records(cname="t4.example", cname_types=("A",))
+    a.zone["t4.example"] = Records(a=["192.0.2.4"])
+
+    async def go() -> int:
+        try:
+            await client(a, ipv6=True).resolve("c1.example", 1.0)
+        except ResolveError as exc:
+            return exc.code
+        return 0
+
+    assert run(go()) == 3
+
+
+def test_service_cname_is_asked_for_srv_and_target_errors_fail_it(
+    two: tuple[FakeDns, FakeDns],
+) -> None:
+    """ngx_resolver_process_srv follows a CNAME alone (upstream_service.t "CNAME"); with no
+    address from any target, ngx_resolver_report_srv fails with the targets' error, so a
+    SERVFAIL keeps the upstream's servers (upstream_service.t "SRV diff" with SERROR)."""
+    a, _ = two
+    a.zone["_http._tcp.s.example"] = Records(cname="alias.example")
+    a.zone["alias.example"] = Records(srv=[(1, 5, 8080, "t.example")])
+    a.zone["t.example"] = Records(a=["192.0.2.3"])
+    a.zone["_http._tcp.bad.example"] = Records(srv=[(1, 5, 8080, "f.example")])
+    a.zone["f.example"] = Records(rcode=2)
+
+    async def go() -> tuple[list[str], int]:
+        r = client(a)
+        found, _ = await r.lookup_service("s.example", "http", 1.0)
+        try:
+            await r.lookup_service("bad.example", "http", 1.0)
+        except ResolveError as exc:
+            return [f"{s.address}:{s.port}" for s in found], exc.code
+        return [f"{s.address}:{s.port}" for s in found], 0
+
+    assert run(go()) == (["192.0.2.3:8080"], 2)
+    assert a.count("alias.example", "SRV") == 1

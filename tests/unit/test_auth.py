@@ -344,7 +344,7 @@ def test_args_and_limit_rate_have_set_handlers(tmp_path: Path) -> None:
     ],
 )
 def test_upstream_cookie(headers: list[tuple[str, str]], name: str, value: str) -> None:
-    from wsgate.proxy.subrequest import set_cookie_value
+    from wsgate.http.fields import set_cookie_value
 
     assert set_cookie_value(headers, name) == value
 

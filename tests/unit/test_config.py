@@ -425,6 +425,29 @@ def test_escapes_in_tokens_follow_nginx(tmp_path: Path) -> None:
     assert regex is not None and regex.pattern == "\\.php$"
 
 
+def test_map_result_is_cached_unless_volatile(tmp_path: Path) -> None:
+    """nginx caches a map's value for the request (an internal redirect keeps it:
+    map_volatile.t "map"); ``volatile`` evaluates it at each use ("map volatile")."""
+    config = conf(
+        tmp_path,
+        """
+http {
+  map $uri $kept { /1/ /1/redirect; default other; }
+  map $uri $fresh { volatile; /2/ /2/redirect; default other; }
+  server { location / { return 200 $kept$fresh; } }
+}
+""",
+    )
+    assert config.http.maps["fresh"].volatile and not config.http.maps["kept"].volatile
+    ctx = RequestContext(maps=config.http.maps)
+    ctx.uri = "/1/"
+    assert ctx.lookup("kept") == "/1/redirect"
+    ctx.uri = "/2/"
+    assert ctx.lookup("fresh") == "/2/redirect"
+    ctx.uri = "/1/redirect"  # as an internal redirect sets it
+    assert (ctx.lookup("kept"), ctx.lookup("fresh")) == ("/1/redirect", "other")
+
+
 def test_map_keys_are_unescaped_like_every_token(tmp_path: Path) -> None:
     """nginx's ``ngx_conf_read_token`` unescapes every token, a map key too: ``"~\\\\x00"``
     is the regex ``\\x00`` (proxy_protocol2_tlv.t's SSL_BINARY)."""
@@ -434,3 +457,22 @@ def test_map_keys_are_unescaped_like_every_token(tmp_path: Path) -> None:
     )
     ((compiled, _),) = config.http.maps["bin"].regexes
     assert compiled.pattern == "\\x00" and compiled.search("a\x00b") is not None
+
+
+@pytest.mark.parametrize(
+    ("url", "want"),
+    [
+        ("http://[::1]:8080", "[::1]:8080"),
+        ("http://[::1]", "[::1]"),
+        ("http://[::1]:80/x", "[::1]"),
+        ("http://127.0.0.1:8081", "127.0.0.1:8081"),
+    ],
+)
+def test_proxy_host_keeps_the_brackets_of_an_ipv6_address(
+    tmp_path: Path, url: str, want: str
+) -> None:
+    """nginx's ``$proxy_host`` (the ``Host`` sent) is the URL's ``u->host``, brackets included:
+    ``::1:8080`` would be an invalid Host (upstream_ip_hash_ipv6.t "ip_hash realip via ipv6")."""
+    c = conf(tmp_path, f"http {{ server {{ location / {{ proxy_pass {url}; }} }} }}")
+    pp = c.http.servers[0].locations[0].settings.proxy_pass
+    assert pp is not None and pp.proxy_host == want

@@ -113,3 +113,23 @@ def test_passed_server_and_date_replace_wsgates_own() -> None:
     lines = out.split("\r\n")
     assert lines[1] == "Date: D" and "Server: up" in lines and "Date: D0" not in lines
     assert not any(x.startswith("Server: wsgate") for x in lines)
+
+
+def test_sent_http_sees_the_fields_added_before_it() -> None:
+    """nginx evaluates add_header lines in order into headers_out (http_headers_multi.t
+    "multi $sent_http_foo"): a later ``$sent_http_*`` sees the response's fields and the
+    earlier lines; ``$sent_http_connection`` stays the request context's."""
+    entries = (
+        h("Cache-Control", "foo"),
+        h("Foo", "a"),
+        h("Foo", "b"),
+        h("X-Sent-Foo", "$sent_http_foo"),
+        h("X-Sent-Type", "$sent_http_content_type"),
+        h("X-Conn", "[$sent_http_connection]"),
+    )
+    _, added = add_headers(200, [("Content-Type", "text/plain")], entries, lookup)
+    assert added[3:] == [
+        ("X-Sent-Foo", "a, b"),
+        ("X-Sent-Type", "text/plain"),
+        ("X-Conn", "[]"),
+    ]

@@ -128,6 +128,20 @@ def test_http09() -> None:
         ("a b", None),
         ("a\x7fb", None),
         (":80", None),
+        # nginx 1.29.4+ (http_host.t): the port is checked, the literal must close and end
+        ("a:65535", "a"),
+        ("a:65536", None),
+        ("123.40.56.78:9000:80", None),
+        ("example.com.:1.2", None),
+        ("[abcd::1].", None),
+        ("[abcd::1].:98", None),
+        ("[abcd::1]x", None),
+        ("extra[abcd::1]:98", None),
+        ("[abcd::1", None),
+        ("[v1.!$&'()*+,;=-._~az09:]", "[v1.!$&'()*+,;=-._~az09:]"),
+        ("a%20b_c~d", "a%20b_c~d"),
+        ("caf\xe9.example", None),
+        ("a@b", None),
     ],
 )
 def test_normalize_host(raw: str, expected: str | None) -> None:
@@ -543,8 +557,39 @@ BAD = [
         501,
         "client sent unknown",
     ),
-    (b"CONNECT / HTTP/1.1\r\nHost: a\r\n\r\n", 405, "client sent CONNECT method"),
+    # nginx 1.29.3+: a CONNECT target is host:port only (http_method.t "connect uri")
+    (b"CONNECT / HTTP/1.1\r\nHost: a\r\n\r\n", 400, "client sent invalid request"),
+    (b"CONNECT localhost HTTP/1.1\r\nHost: a\r\n\r\n", 400, "client sent invalid request"),
+    (b"CONNECT localhost: HTTP/1.1\r\nHost: a\r\n\r\n", 400, "client sent invalid request"),
+    (b"CONNECT a:8/ HTTP/1.1\r\nHost: a\r\n\r\n", 400, "client sent invalid request"),
+    (b"CONNECT a_b:80 HTTP/1.1\r\nHost: a\r\n\r\n", 400, "client sent invalid request"),
+    (b"CONNECT :80 HTTP/1.1\r\nHost: a\r\n\r\n", 400, "client sent invalid host in request"),
+    (b"CONNECT localhost:8080 HTTP/1.1\r\nHost: a\r\n\r\n", 405, "client sent CONNECT method"),
+    (b"CONNECT [::1]:443 HTTP/1.0\r\nHost: a\r\n\r\n", 405, "client sent CONNECT method"),
     (b"TRACE / HTTP/1.1\r\nHost: a\r\n\r\n", 405, "client sent TRACE method"),
+    # nginx's unique request fields (http_headers_multi.t "duplicate ... rejected")
+    (
+        b"GET / HTTP/1.1\r\nHost: a\r\nAuthorization: x\r\nauthorization:y\r\n\r\n",
+        400,
+        'client sent duplicate header line: "authorization:y", previous value: "Authorization: x"',
+    ),
+    *(
+        (
+            b"GET / HTTP/1.1\r\nHost: a\r\n" + f"{n}: 1\r\n{n}: 2\r\n\r\n".encode(),
+            400,
+            f'client sent duplicate header line: "{n}: 2", previous value: "{n}: 1"',
+        )
+        for n in (
+            "If-Modified-Since",
+            "If-Unmodified-Since",
+            "If-Match",
+            "If-None-Match",
+            "Content-Range",
+            "If-Range",
+            "Expect",
+            "Proxy-Authorization",
+        )
+    ),
 ]
 
 
@@ -579,6 +624,8 @@ VALID_LINES = [
     b"GET http://a.b HTTP/1.100",
     b"GET /0.9",
     b"FOO_BAR /%41 HTTP/1.1\r",
+    b"CONNECT example.com:443 HTTP/1.1\r",
+    b"CONNECT [::1]:443 HTTP/1.1",
 ]
 
 
@@ -599,6 +646,11 @@ def test_parser_is_dead_after_error() -> None:
         p.feed(b"get / HTTP/1.1\r\n")
     with pytest.raises(RuntimeError):
         p.feed(b"x")
+
+
+def test_repeated_fields_that_need_not_be_unique_are_kept() -> None:
+    h = head_of(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Type: a\r\nContent-Type: b\r\n\r\n")
+    assert [v for k, v in h.headers if k == "Content-Type"] == ["a", "b"]
 
 
 def test_unknown_uppercase_method_is_accepted() -> None:

@@ -27,7 +27,7 @@ from wsgate.config.variables import (
     request_headers_read,
 )
 from wsgate.errors import ConfigError
-from wsgate.resolver.answers import Verdict, make_query, read_answer, strerror
+from wsgate.resolver.answers import Answer, Verdict, combine, make_query, read_answer, strerror
 from wsgate.server.resolved import SharedResolved
 from wsgate.upstream.target import TargetError, parse_target
 
@@ -93,6 +93,16 @@ def test_addresses_and_smallest_ttl_through_cname() -> None:
     assert ans.addresses == ("192.0.2.1",) and ans.ttl == 60
 
 
+def test_repeated_addresses_are_kept_in_wire_order() -> None:
+    """proxy_next_upstream_tries.t "tries resolved": three equal A records are three peers."""
+    q = make_query("a.example.net", dns.rdatatype.A)
+    r = dns.message.make_response(q)
+    for addr in ("192.0.2.2", "192.0.2.1", "192.0.2.1", "192.0.2.1"):
+        r.answer.append(dns.rrset.from_text("a.example.net.", 60, "IN", "A", addr))
+    ans = read_answer(r.to_wire(), q)
+    assert ans.addresses == ("192.0.2.2", "192.0.2.1", "192.0.2.1", "192.0.2.1")
+
+
 def test_cname_alone_is_resolved_next() -> None:
     q = make_query("a.example.net", dns.rdatatype.A)
     ans = read_answer(reply(q, "a.example.net. 30 CNAME b.example.net.").to_wire(), q)
@@ -120,6 +130,53 @@ def test_wrong_id_truncation_and_garbage() -> None:
     assert read_answer(r.to_wire(), q).verdict is Verdict.TRUNCATED
     assert read_answer(r.to_wire(), q, tcp=True).verdict is Verdict.IGNORE
     assert read_answer(b"\x00\x01", q).verdict is Verdict.IGNORE
+
+
+_ZERO = Answer(Verdict.ADDRESSES)
+_V4 = Answer(Verdict.ADDRESSES, ("127.0.0.201",), 60)
+_V6 = Answer(Verdict.ADDRESSES, ("fe80::1",), 30)
+_SERVFAIL = Answer(Verdict.ERROR, code=2)
+_NXDOMAIN = Answer(Verdict.ERROR, code=3)
+
+
+def _cname(target: str) -> Answer:
+    return Answer(Verdict.CNAME, ttl=10, cname=target)
+
+
+@pytest.mark.parametrize(
+    ("a", "aaaa", "want"),
+    [
+        # both answered with addresses: A first, smallest TTL
+        (_V4, _V6, Answer(Verdict.ADDRESSES, ("127.0.0.201", "fe80::1"), 30)),
+        (_ZERO, _V6, Answer(Verdict.ADDRESSES, ("fe80::1",), 30)),
+        (_V4, _ZERO, Answer(Verdict.ADDRESSES, ("127.0.0.201",), 60)),
+        # an error to either query wins over the other's addresses (http_resolver_aaaa.t
+        # "A error", "error AAAA", "two ns bad")
+        (_V4, _SERVFAIL, Answer(Verdict.ERROR, code=2)),
+        (_SERVFAIL, _V6, Answer(Verdict.ERROR, code=2)),
+        (_SERVFAIL, _cname("alias2"), Answer(Verdict.ERROR, code=2)),
+        (_SERVFAIL, _ZERO, Answer(Verdict.ERROR, code=2)),
+        (_SERVFAIL, _NXDOMAIN, Answer(Verdict.ERROR, code=3)),
+        # nothing at all: Host not found
+        (_ZERO, _ZERO, Answer(Verdict.ERROR, code=3)),
+        # addresses beat the other's CNAME
+        (_V4, _cname("alias2"), Answer(Verdict.ADDRESSES, ("127.0.0.201",), 10)),
+        (_cname("alias"), _V6, Answer(Verdict.ADDRESSES, ("fe80::1",), 10)),
+        # only the last answer's CNAME is followed ("CNAME zero", "CNAME1 CNAME2")
+        (_cname("alias"), _ZERO, Answer(Verdict.ERROR, code=3)),
+        (_ZERO, _cname("alias2"), Answer(Verdict.CNAME, ttl=10, cname="alias2")),
+        (_cname("alias4"), _cname("alias6"), Answer(Verdict.CNAME, ttl=10, cname="alias6")),
+    ],
+)
+def test_a_and_aaaa_answers_combine_as_nginx(a: Answer, aaaa: Answer, want: Answer) -> None:
+    assert combine([a, aaaa]) == want
+
+
+def test_one_query_alone_decides() -> None:
+    assert combine([_V4]) == _V4
+    assert combine([_SERVFAIL]) == _SERVFAIL
+    assert combine([_cname("b")]) == _cname("b")
+    assert combine([_ZERO]) == _NXDOMAIN
 
 
 def test_strerror() -> None:

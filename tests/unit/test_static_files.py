@@ -62,6 +62,16 @@ def status(prefix: Path, body: str, uri: str, method: str = "GET") -> int:
 SERVER = "server { listen 127.0.0.1:1; %s }"
 
 
+def test_directory_redirect_escapes_its_uri(site: Path) -> None:
+    """ngx_http_static_handler escapes the URI (NGX_ESCAPE_URI) in the 301's Location
+    (http_absolute_redirect.t "directory escaped")."""
+    (site / "html" / "dir sp?#").mkdir()
+    conf = SERVER % "location / { }"
+    assert serve(site, conf, "/dir sp?#") == files.Moved("/dir%20sp%3F%23/")
+    (site / "html" / "d\u00e9").mkdir()
+    assert serve(site, conf, "/d\u00e9") == files.Moved("/d%C3%A9/")
+
+
 def test_file_index_directory_and_errors(site: Path) -> None:
     conf = SERVER % "location / { }"
     got = serve(site, conf, "/a.txt")

@@ -224,7 +224,7 @@ class Loader:
         if var in self.maps:
             raise _err(f'the duplicate "{var}" variable', s.src)
         default: Template | None = None
-        hostnames = False
+        hostnames = volatile = False
         exact: dict[str, Template] = {}
         regexes: list[tuple[re.Pattern[str], Template]] = []
         prefix_w: list[tuple[str, Template]] = []
@@ -235,6 +235,7 @@ class Loader:
                 hostnames = True
                 continue
             if key == "volatile" and not args:
+                volatile = True
                 continue
             if len(args) != 1:
                 raise _err("invalid number of the map parameters", e.src)
@@ -273,6 +274,7 @@ class Loader:
             tuple(prefix_w),
             tuple(suffix_w),
             s.src,
+            volatile,
         )
 
     def load_upstream(self, s: Stmt) -> None:

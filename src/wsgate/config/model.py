@@ -358,11 +358,13 @@ class ProxyPass:
 
     @property
     def proxy_host(self) -> str:
-        """``$proxy_host``: the host, with ``:port`` unless it is the scheme's default."""
+        """``$proxy_host``: the host, with ``:port`` unless it is the scheme's default; an
+        IPv6 address in brackets, as the URL wrote it (nginx's ``u->host``)."""
         if self.upstream is not None or self.port == 0:  # an upstream block, or unix:
             return self.host
+        host = f"[{self.host}]" if ":" in self.host else self.host
         default = 443 if self.scheme == "https" else 80
-        return self.host if self.port == default else f"{self.host}:{self.port}"
+        return host if self.port == default else f"{host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -871,6 +873,8 @@ class MapBlock:
     prefix_wildcards: tuple[tuple[str, Template], ...] = ()
     suffix_wildcards: tuple[tuple[str, Template], ...] = ()
     source: Source | None = None
+    #: ``volatile``: evaluated at each use, never cached (ngx_http_map_module).
+    volatile: bool = False
 
 
 @dataclass(frozen=True, slots=True)

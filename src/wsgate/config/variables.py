@@ -22,7 +22,7 @@ from wsgate import __version__
 from wsgate.config.model import DocRoot, ErrorLog, MapBlock
 from wsgate.config.template import Template
 from wsgate.http.auth import basic_credentials
-from wsgate.http.fields import first_value
+from wsgate.http.fields import first_value, set_cookie_value
 from wsgate.http.proxy_protocol import ProxyHeader, tlv
 
 if TYPE_CHECKING:
@@ -197,6 +197,8 @@ def request_headers_read(
         elif name.startswith("upstream_http_") and len(name) > 14:
             # An upstream response field, marked with a colon no request header has.
             headers.add("upstream:" + name[14:].replace("_", "-").lower())
+        elif name.startswith("upstream_cookie_") and len(name) > 16:
+            headers.add("upstream:set-cookie")
         elif name in _HEADER_VARIABLES:
             headers.add(_HEADER_VARIABLES[name])
         elif not is_known_variable(name, _NO_MAP_NAMES) and (maps is None or name in maps):
@@ -464,15 +466,13 @@ class RequestContext:
         return first_value(self.headers, name)
 
     def _header_var(self, suffix: str) -> str:
-        name = suffix.replace("_", "-")
-        low = name.lower()
-        # nginx joins repeated Cookie and X-Forwarded-For values (multi-header variables).
-        if low in ("cookie", "x-forwarded-for"):
-            sep = "; " if low == "cookie" else ", "
-            values = [v for k, v in self.headers if k.lower() == low]
-            return sep.join(values)
-        value = self.header(name)
-        return "" if value is None else value
+        """``$http_*``: every field of that name, joined with ", " (``$http_cookie``: "; "),
+        as nginx 1.23+ joins repeated fields (``ngx_http_variable_unknown_header``,
+        ``ngx_http_variable_cookies``)."""
+        low = suffix.lower()
+        if low == "cookie":
+            return "; ".join(v for k, v in self.headers if k.lower() == "cookie")
+        return _field_value(self.headers, low)
 
     def _arg(self, name: str) -> str:
         if not name:
@@ -535,6 +535,8 @@ class RequestContext:
                 return value
         m = self.maps.get(name)
         if m is not None:
+            if m.volatile:
+                return self._eval_map(m)
             cache = self._cache
             if cache is None:
                 cache = self._cache = {}
@@ -558,8 +560,9 @@ class RequestContext:
         if name.startswith("sent_trailer_"):
             return _field_value(self.sent_trailer, name[13:])
         if name.startswith("upstream_http_"):
-            value = first_value(self.upstream_headers, name[14:].replace("_", "-"))
-            return "" if value is None else value
+            return _field_value(self.upstream_headers, name[14:])
+        if name.startswith("upstream_cookie_"):
+            return set_cookie_value(self.upstream_headers, name[16:])
         if name.startswith("proxy_protocol_tlv_"):
             pp = self.proxy_protocol
             return "" if pp is None else (tlv(pp, name[19:]) or "")
@@ -801,7 +804,7 @@ _GETTERS: dict[str, Callable[[RequestContext], str]] = {
     "connection_time": lambda c: f"{max(0.0, time.time() - c.connection_start):.3f}",
     "pipe": lambda c: "p" if c.pipelined else ".",
     "content_length": lambda c: c.header("content-length") or "",
-    "content_type": lambda c: c.header("content-type") or "",
+    "content_type": lambda c: c._header_var("content_type"),
     "hostname": lambda c: _HOSTNAME,
     "pid": lambda c: str(os.getpid()),
     "remote_user": _remote_user,

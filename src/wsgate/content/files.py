@@ -46,6 +46,7 @@ from wsgate.http.static import (
     range_applies,
     root_path,
 )
+from wsgate.routing import escape_uri
 
 __all__ = ["Internal", "Listing", "Moved", "document_root", "serve", "try_files"]
 
@@ -368,7 +369,8 @@ def serve(
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
             os.close(fd)
-            return Moved(uri + "/" + (f"?{ctx.args}" if ctx.args else ""))
+            # ngx_http_static_handler: the URI escaped (NGX_ESCAPE_URI), a slash, the args.
+            return Moved(escape_uri(uri) + "/" + (f"?{ctx.args}" if ctx.args else ""))
         if not stat.S_ISREG(st.st_mode):
             log("crit", f'"{path}" is not a regular file')
             raise HttpError(404)

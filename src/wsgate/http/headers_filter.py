@@ -56,6 +56,10 @@ SAFE_STATUSES = frozenset({200, 201, 204, 206, 301, 302, 303, 304, 307, 308})
 _REPLACED = frozenset({"last-modified", "etag"})
 
 
+#: ``$sent_http_*`` nginx computes from the connection, not from headers_out's list.
+_FROM_CONNECTION = frozenset({"connection", "keep_alive", "transfer_encoding"})
+
+
 def add_headers(
     status: int,
     headers: list[tuple[str, str]],
@@ -69,10 +73,22 @@ def add_headers(
         return headers, []
     safe = status in SAFE_STATUSES
     added: list[tuple[str, str]] = []
+
+    def sent(name: str) -> str:
+        # nginx's add_header values are evaluated one by one into headers_out: a
+        # ``$sent_http_*`` sees the response's fields and what earlier lines added
+        # (http_headers_multi.t); those nginx makes from the connection stay the context's.
+        if name.startswith("sent_http_") and name[10:] not in _FROM_CONNECTION:
+            want = name[10:]
+            return ", ".join(
+                v for k, v in (*headers, *added) if k.lower().replace("-", "_") == want
+            )
+        return lookup(name)
+
     for h in entries:
         if not safe and not h.always:
             continue
-        value = h.value.render(lookup)
+        value = h.value.render(sent)
         lname = h.name.lower()
         if lname in _REPLACED:
             headers = _replace(headers, added, lname, h.name, value)

@@ -816,7 +816,8 @@ def internal_redirect(r: Request, uri: str, args: str) -> Restart:
     _uri_change(r, f'while internally redirecting to "{uri}"')
     ctx = r.ctx
     ctx.uri, ctx.args = uri, args
-    ctx.invalidate()
+    # nginx keeps the values of cacheable variables (a map without ``volatile``) across an
+    # internal redirect: r->variables is not cleared (map_volatile.t).
     r.internal = True
     r.valid_unparsed_uri = False
     _use_location(r, None)

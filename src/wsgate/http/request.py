@@ -157,8 +157,32 @@ _VERSION_RE = re.compile(rb"HTTP/([0-9]+)\.([0-9]+)")
 _SCHEME_RE = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*://")
 #: The beginnings of ``_SCHEME_RE`` (an absolute-form target still arriving).
 _SCHEME_PREFIX_RE = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*(?::/?)?")
-_AUTHORITY_RE = re.compile(rb"(\[[0-9A-Fa-f:.]*\]|[A-Za-z0-9._\-]*)(?::[0-9]*)?")
+#: A CONNECT target (nginx 1.29.3+: ``sw_spaces_before_host`` .. ``sw_port``): the authority
+#: form ``host:port`` only, with a port of at least one digit; and what may begin one.
+_CONNECT_SUB = rb"[0-9A-Za-z:\-._~!$&'()*+,;=]"
+#: An absolute-form authority (``sw_host`` .. ``sw_port``; an IP literal or IPvFuture).
+_AUTHORITY_RE = re.compile(rb"(\[" + _CONNECT_SUB + rb"*\]|[A-Za-z0-9._\-]*)(?::[0-9]*)?")
+_CONNECT_RE = re.compile(rb"(\[" + _CONNECT_SUB + rb"*\]|[A-Za-z0-9.\-]*):[0-9]+")
+_CONNECT_PREFIX_RE = re.compile(
+    rb"(\[" + _CONNECT_SUB + rb"*(\](:[0-9]*)?)?|[A-Za-z0-9.\-]*(:[0-9]*)?)"
+)
 _SYNTHETIC_LINE = b"GET / HTTP/1.1\r\n"
+#: Fields nginx's headers_in table reads with ``ngx_http_process_unique_header_line``: a
+#: second one is 400 "client sent duplicate header line" (Host, Content-Length and
+#: Transfer-Encoding are checked on their own).
+_UNIQUE = frozenset(
+    (
+        b"if-modified-since",
+        b"if-unmodified-since",
+        b"if-match",
+        b"if-none-match",
+        b"content-range",
+        b"if-range",
+        b"expect",
+        b"authorization",
+        b"proxy-authorization",
+    )
+)
 _RENAMED = {b"content-length": b"X-Wsgate-Cl", b"transfer-encoding": b"X-Wsgate-Te"}
 
 
@@ -167,34 +191,62 @@ def _printable(data: bytes, limit: int = 64) -> str:
     return text + ("..." if len(data) > limit else "")
 
 
-def normalize_host(value: bytes | str) -> str | None:
-    """Validate and normalise a host as nginx's ``ngx_http_validate_host``; None if invalid.
+#: ``ngx_http_validate_host`` (nginx 1.29.4+): what a host name may hold (letters, digits,
+#: unreserved, sub-delims, ``%``) and what an IP literal may (the same without ``%``).
+_HOST_CHARS = frozenset(
+    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=%"
+)
+_LITERAL_CHARS = _HOST_CHARS - {0x25}
 
-    Lowercases, cuts ``:port`` (outside an IPv6 literal) and one trailing dot.  Rejects ``..``,
-    ``/``, ``\\``, NUL, bytes <= 0x20 and 0x7f, and an empty result.
+
+def normalize_host(value: bytes | str) -> str | None:
+    """Validate and normalise a host as current nginx's ``ngx_http_validate_host`` (1.29.4+);
+    None if invalid.
+
+    Lowercases, cuts ``:port`` and one trailing dot.  A name may hold letters, digits,
+    ``-._~``, sub-delims and ``%``; ``[...]`` (an IP literal) only at the start, followed by
+    nothing or ``:port``; the port is digits only, at most 65535; ``..`` and an empty result
+    are refused.  (nginx 1.22 let any byte above 0x20 but ``/`` and ``\\`` through and did not
+    check the port.)
     """
     raw = value.encode("latin-1") if isinstance(value, str) else value
     dot_pos = len(raw)
     host_len = len(raw)
-    state = 0  # 0 usual, 1 literal, 2 rest
+    port = 0
+    state = 0  # 0 start, 1 host, 2 literal, 3 after literal, 4 port
     for i, ch in enumerate(raw):
-        if ch == 0x2E:  # '.'
-            if dot_pos == i - 1:
-                return None
-            dot_pos = i
-        elif ch == 0x3A:  # ':'
-            if state == 0:
+        if state == 0:
+            if ch == 0x5B:  # '['
+                state = 2
+                continue
+            state = 1
+        if state in (1, 2):
+            if ch == 0x2E:  # '.'
+                if dot_pos == i - 1:
+                    return None
+                dot_pos = i
+            elif state == 1 and ch == 0x3A:  # ':'
                 host_len = i
-                state = 2
-        elif ch == 0x5B:  # '['
-            if i == 0:
-                state = 1
-        elif ch == 0x5D:  # ']'
-            if state == 1:
+                state = 4
+            elif state == 2 and ch == 0x5D:  # ']'
                 host_len = i + 1
-                state = 2
-        elif ch in (0x2F, 0x5C) or ch <= 0x20 or ch == 0x7F:
+                state = 3
+            elif ch not in (_HOST_CHARS if state == 1 else _LITERAL_CHARS) and not (
+                state == 2 and ch == 0x3A
+            ):
+                return None
+        elif state == 3:
+            if ch != 0x3A:
+                return None
+            state = 4
+        elif 0x30 <= ch <= 0x39:
+            port = port * 10 + ch - 0x30
+            if port > 65535:
+                return None
+        else:
             return None
+    if state == 2:
+        return None
     if dot_pos == host_len - 1:
         host_len -= 1
     if host_len <= 0:
@@ -202,12 +254,22 @@ def normalize_host(value: bytes | str) -> str | None:
     return raw[:host_len].decode("latin-1").lower()
 
 
-def _check_target(target: bytes, *, complete: bool) -> str | None:
+def _check_target(target: bytes, *, complete: bool, connect: bool = False) -> str | None:
     """Check a request target as nginx's request-line states do; returns the normalised host
-    of an absolute-form target.  ``complete=False``: ``target`` may be cut short (the line is
-    still arriving), so only what is already wrong is refused."""
+    of an absolute-form target (or of a CONNECT's ``host:port``).  ``complete=False``:
+    ``target`` may be cut short (the line is still arriving), so only what is already wrong is
+    refused."""
     if len(target.translate(None, _CTL)) != len(target):
         raise HttpError(400, "client sent invalid request")
+    if connect:
+        if (_CONNECT_RE if complete else _CONNECT_PREFIX_RE).fullmatch(target) is None:
+            raise HttpError(400, "client sent invalid request")
+        if not complete:
+            return None
+        host = normalize_host(target)
+        if host is None:
+            raise HttpError(400, "client sent invalid host in request line")
+        return host
     if target[0] == 0x2F:  # '/': origin-form
         return None
     m = _SCHEME_RE.match(target)
@@ -373,6 +435,8 @@ class RequestParser:
         self._host_raw: bytes | None = None
         self._cl_raw: bytes | None = None
         self._te_raw: bytes | None = None
+        #: The first line of each field nginx requires to be unique (``_UNIQUE``).
+        self._unique: dict[bytes, bytes] = {}
 
     def _check_eof(self) -> None:
         st = self._state
@@ -487,7 +551,7 @@ class RequestParser:
             raise HttpError(400, "client sent invalid request")
         target = parts[0]
         self._target = target
-        self._abs_host = _check_target(target, complete=True)
+        self._abs_host = _check_target(target, complete=True, connect=self._method == "CONNECT")
         if len(parts) == 1:
             if self._method != "GET":
                 raise HttpError(400, "client sent invalid method in HTTP/0.9 request")
@@ -521,7 +585,11 @@ class RequestParser:
             return
         if len(parts) > 2:
             raise HttpError(400, "client sent invalid request")
-        _check_target(parts[0], complete=len(parts) > 1 or rest.endswith(b" "))
+        _check_target(
+            parts[0],
+            complete=len(parts) > 1 or rest.endswith(b" "),
+            connect=method == b"CONNECT",
+        )
         if len(parts) == 2:
             _scan_version(parts[1])
 
@@ -574,6 +642,15 @@ class RequestParser:
                 self._cl_raw = value
             else:
                 self._te_raw = value
+        elif lname in _UNIQUE:
+            prev_line = self._unique.get(lname)
+            if prev_line is not None:
+                raise HttpError(
+                    400,
+                    f'client sent duplicate header line: "{_printable(line)}", previous value: '
+                    f'"{_printable(prev_line)}"',
+                )
+            self._unique[lname] = name + b": " + value
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def _finish_head(self) -> RequestHead:

@@ -174,6 +174,9 @@ class FrontConnection:
                 last = None
                 if self.gw.stopping and self.requests:
                     return
+                # ngx_http_set_keepalive: bytes already read behind the last request make
+                # the next one pipelined ($pipe "p").
+                pipelined = bool(self.requests) and bool(parser.buffered or self.ep.buffer)
                 try:
                     if self.requests:
                         # Bytes pipelined behind the last request are parsed now: their
@@ -200,6 +203,7 @@ class FrontConnection:
                 self.requests += 1
                 self.body_done = False
                 exchange = Exchange(self, head)
+                exchange.r.ctx.pipelined = pipelined
                 keep, keepalive_timeout = await exchange.run()
                 settings = last = exchange.r.settings
                 status = exchange.r.ctx.status

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, cast
 from wsgate.config.variables import RequestContext
 from wsgate.errors import HttpError
 from wsgate.http.body import Body
+from wsgate.http.fields import set_cookie_value
 from wsgate.http.phases import Close, Content, Delay, Plain, Redirect, Request, release_slots, run
 from wsgate.http.response import ResponseHead, ResponseParser
 from wsgate.http.static import FileResponse
@@ -46,7 +47,6 @@ __all__ = [
     "SubExchange",
     "SubrequestContext",
     "run_subrequest",
-    "set_cookie_value",
 ]
 
 #: Where a subrequest's body goes (the parent's output, or a buffer for ``set=``).
@@ -248,20 +248,6 @@ class CaptureEndpoint:
 
     def close(self) -> None:
         self.closed = True
-
-
-def set_cookie_value(headers: list[tuple[str, str]], name: str) -> str:
-    """``ngx_http_parse_set_cookie_lines``: the value of cookie ``name`` in the first
-    ``Set-Cookie`` that sets it (name case-insensitive, spaces around ``=``, up to ``;``)."""
-    n = len(name)
-    for key, value in headers:
-        if key.lower() != "set-cookie" or n >= len(value) or value[:n].lower() != name.lower():
-            continue
-        rest = value[n:].lstrip(" ")
-        if not rest.startswith("="):
-            continue
-        return rest[1:].lstrip(" ").split(";", 1)[0]
-    return ""
 
 
 def _upstream_values(sub: Subrequest, main: Request, resp: ResponseHead) -> None:

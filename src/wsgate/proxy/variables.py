@@ -10,10 +10,11 @@ here; an ``upstream`` group keeps its own shared state as for a literal ``proxy_
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from wsgate.config.model import LocationSettings, ProxyPass, UpstreamServer
+from wsgate.config.model import Config, Location, LocationSettings, ProxyPass, UpstreamServer
 from wsgate.errors import HttpError
 from wsgate.resolver import ResolveError
 from wsgate.upstream.methods import Balancer, make_group
@@ -36,6 +37,31 @@ class Evaluated:
     group: Balancer
     uri: str | None
     proxy_host: str
+
+
+def _settings_of(locations: tuple[Location, ...]) -> Iterator[LocationSettings]:
+    for loc in locations:
+        yield loc.settings
+        yield from _settings_of(loc.locations)
+
+
+#: The last configuration's implicit upstreams (``(config, {(host, port): proxy_pass})``).
+_implicit: list[tuple[Config, dict[tuple[str, int], ProxyPass]]] = []
+
+
+def _implicit_upstream(config: Config, target: Target) -> ProxyPass | None:
+    """The static ``proxy_pass`` whose implicit upstream has the target's host and port
+    (``ngx_http_upstream_init_request`` searches every upstream, the implicit ones a
+    ``proxy_pass http://host:port`` made too, before asking the resolver)."""
+    if not _implicit or _implicit[0][0] is not config:
+        found: dict[tuple[str, int], ProxyPass] = {}
+        for server in config.http.servers:
+            for st in (server.settings, *_settings_of(server.every_location)):
+                pp = st.proxy_pass
+                if pp is not None and pp.template is None and pp.upstream is None and pp.port:
+                    found.setdefault((pp.host.lower(), pp.port), pp)
+        _implicit[:] = [(config, found)]
+    return _implicit[0][1].get((target.host.lower(), target.port))
 
 
 def _upstream_name(gw: WorkerContext, target: Target) -> str | None:
@@ -80,6 +106,9 @@ async def evaluate(
         )
     elif target.is_address:
         servers = (UpstreamServer(target.authority, target.host, target.port),)
+    elif (implicit := _implicit_upstream(gw.config, target)) is not None:
+        concrete = dataclasses.replace(base, servers=implicit.servers)
+        return Evaluated(concrete, gw.peer_group(implicit), target.uri, target.proxy_host)
     else:
         conf = settings.resolver
         if conf is None:

@@ -7,7 +7,10 @@ wrong id, ``FORMERR``, an rcode above ``REFUSED`` or cannot be parsed is logged 
 ``SERVFAIL``/``NXDOMAIN``/``NOTIMP``/``REFUSED`` end the lookup with that code; a truncated
 UDP answer is asked again over TCP.  The addresses are the answer's ``A``/``AAAA`` records
 reached from the name through its ``CNAME`` chain; with none, a ``CNAME`` is resolved next.
-The cache time is the smallest TTL met on the way.
+The cache time is the smallest TTL met on the way.  Every record counts, in the order of
+the wire: an address repeated in the answer is repeated in the result (nginx makes each one a
+peer, so ``proxy_next_upstream_tries`` can try it again), which is why the message is read
+with one record per record set (dnspython would merge equal records).
 
 The wire format (names, compression, rdata) is dnspython's (:mod:`dns.message`).
 """
@@ -15,6 +18,7 @@ The wire format (names, compression, rdata) is dnspython's (:mod:`dns.message`).
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import dns.exception
@@ -26,7 +30,15 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 
-__all__ = ["TIMEDOUT", "Answer", "Verdict", "make_query", "read_answer", "strerror"]
+__all__ = [
+    "TIMEDOUT",
+    "Answer",
+    "Verdict",
+    "combine",
+    "make_query",
+    "read_answer",
+    "strerror",
+]
 
 #: nginx's ``NGX_RESOLVE_TIMEDOUT`` (``NGX_ETIMEDOUT``).
 TIMEDOUT = 110
@@ -73,7 +85,7 @@ def make_query(name: str, rdtype: dns.rdatatype.RdataType) -> dns.message.QueryM
 def read_answer(wire: bytes, query: dns.message.Message, *, tcp: bool = False) -> Answer:
     """What the response ``wire`` to ``query`` means for the lookup."""
     try:
-        msg = dns.message.from_wire(wire, ignore_trailing=True)
+        msg = dns.message.from_wire(wire, ignore_trailing=True, one_rr_per_rrset=True)
     except (dns.exception.DNSException, ValueError, UnicodeError) as exc:
         kind = type(exc).__name__
         return Answer(Verdict.IGNORE, log=f"invalid DNS response ({kind})")
@@ -106,6 +118,48 @@ def read_answer(wire: bytes, query: dns.message.Message, *, tcp: bool = False) -
     if code != dns.rcode.NOERROR:
         return Answer(Verdict.ERROR, code=code)
     return _addresses(msg, qname, query.question[0].rdtype)
+
+
+def combine(answers: Sequence[Answer]) -> Answer:
+    """The lookup's outcome from the answers to its ``A`` and ``AAAA`` queries, taken in the
+    order nginx sends them (``A`` first), as ``ngx_resolver_process_a`` folds them into one
+    node (``rn->naddrs``/``rn->naddrs6`` unknown until answered, ``rn->code``):
+
+    * an error answer to either query ends the lookup with that error, even when the other
+      one brought addresses (the first error's code is kept unless the last answer carries
+      its own);
+    * otherwise the addresses of both answers, ``A`` first; a ``CNAME`` is not followed then;
+    * with no address at all, the ``CNAME`` of the *last* answer is resolved next (a
+      ``CNAME`` in an earlier answer is forgotten: nginx "goto next" while the other query is
+      outstanding); with no ``CNAME`` there either, the lookup fails with "Host not found"
+      (``code == 0 && nan == 0`` ... ``NGX_RESOLVE_NXDOMAIN``).
+
+    Each answer is :attr:`Verdict.ADDRESSES` (possibly empty), :attr:`Verdict.CNAME` or
+    :attr:`Verdict.ERROR`; the result is one of these three.
+    """
+    code = 0
+    addresses: list[str] = []
+    ttls: list[int] = []
+    for i, ans in enumerate(answers):
+        last = i == len(answers) - 1
+        mine = ans.code if ans.verdict is Verdict.ERROR else 0
+        if not mine and code:
+            mine = code
+        if mine:
+            if not last:
+                code = mine
+                continue
+            return Answer(Verdict.ERROR, code=mine)
+        if ans.addresses or ans.verdict is Verdict.CNAME:
+            ttls.append(ans.ttl)
+        addresses.extend(ans.addresses)
+        if not last:
+            continue
+        if addresses:
+            return Answer(Verdict.ADDRESSES, tuple(addresses), min(ttls))
+        if ans.verdict is Verdict.CNAME:
+            return Answer(Verdict.CNAME, ttl=min(ttls), cname=ans.cname)
+    return Answer(Verdict.ERROR, code=3)
 
 
 def _addresses(msg: dns.message.Message, qname: dns.name.Name, rdtype: int) -> Answer:
@@ -143,7 +197,8 @@ def _addresses(msg: dns.message.Message, qname: dns.name.Name, rdtype: int) -> A
 
 
 def _services(msg: dns.message.Message, qname: dns.name.Name) -> Answer:
-    """SRV records of ``qname`` (``ngx_resolver_process_srv``: a weight of 0 counts as 1)."""
+    """SRV records of ``qname`` (``ngx_resolver_process_srv``: a weight of 0 counts as 1);
+    with none, the ``CNAME`` of ``qname`` to ask next."""
     found: list[tuple[int, int, int, str]] = []
     ttls: list[int] = []
     for rrset in msg.answer:
@@ -152,4 +207,12 @@ def _services(msg: dns.message.Message, qname: dns.name.Name) -> Answer:
             for rd in rrset:
                 target = rd.target.to_text(omit_final_dot=True)
                 found.append((rd.priority, rd.weight or 1, rd.port, target))
+    if not found:
+        # ngx_resolver_process_srv: no SRV record but a CNAME: its target is asked for SRV.
+        cname = next(
+            (r for r in msg.answer if r.name == qname and r.rdtype == dns.rdatatype.CNAME), None
+        )
+        if cname is not None:
+            target = cname[0].target.to_text(omit_final_dot=True)
+            return Answer(Verdict.CNAME, ttl=cname.ttl, cname=target)
     return Answer(Verdict.SERVICES, ttl=min(ttls, default=0), services=tuple(found))

@@ -34,7 +34,15 @@ import dns.rdatatype
 
 from wsgate.config.model import Resolver as ResolverConf
 from wsgate.errors import WsgateError
-from wsgate.resolver.answers import TIMEDOUT, Answer, Verdict, make_query, read_answer, strerror
+from wsgate.resolver.answers import (
+    TIMEDOUT,
+    Answer,
+    Verdict,
+    combine,
+    make_query,
+    read_answer,
+    strerror,
+)
 
 __all__ = ["EXPIRE", "RESEND_TIMEOUT", "TCP_TIMEOUT", "ResolveError", "Resolved", "Resolver"]
 
@@ -118,8 +126,8 @@ class Resolver:
     async def resolve(self, name: str, timeout: float) -> tuple[str, ...]:
         """The addresses of ``name``: IPv4 first as received when the answer is fresh, in a
         random rotation when it came from the cache (``ngx_resolver_export`` with ``rotate``
-        0 and 1); raises :class:`ResolveError`.  (Within one record set the order is
-        dnspython's, which need not be the order on the wire.)"""
+        0 and 1); raises :class:`ResolveError`.  The addresses of one answer keep the
+        order of the wire, repeated ones included (nginx makes each record a peer)."""
         entry = self._cache.get(name.lower())
         cached = entry is not None and entry[0].expires > self.loop.time()
         found = await self.lookup(name, timeout)
@@ -159,24 +167,35 @@ class Resolver:
         """``ngx_resolve_name`` with ``ctx->service``: the SRV records of ``_SERVICE._tcp.NAME``
         (``SERVICE.NAME`` when the service has a dot), then each target's addresses; the
         smallest priority gives the primary servers, the others are backups.  Returns the
-        addresses and when they expire; a target that cannot be resolved is logged and left
-        out; raises :class:`ResolveError` when the SRV lookup itself fails."""
+        addresses and when they expire; a ``CNAME`` alone is followed (its target asked for SRV
+        records); a target that cannot be resolved is logged and left out; raises
+        :class:`ResolveError` when the SRV lookup itself fails, or when no target gave an
+        address and one failed (with that error, "Host not found" first)."""
         qname = f"{service}.{name}" if "." in service else f"_{service}._tcp.{name}"
         deadline = self.loop.time() + timeout
         first = self._server()
-        try:
-            answer = await asyncio.wait_for(
-                self._query(qname, dns.rdatatype.SRV, first, deadline), timeout
-            )
-        except TimeoutError:
-            raise ResolveError(TIMEDOUT) from None
-        if answer.verdict is Verdict.ERROR:
-            raise ResolveError(answer.code)
+        expires = float("inf")
+        for _ in range(MAX_RECURSION + 1):
+            try:
+                answer = await asyncio.wait_for(
+                    self._query(qname, dns.rdatatype.SRV, first, deadline),
+                    max(0.0, deadline - self.loop.time()),
+                )
+            except TimeoutError:
+                raise ResolveError(TIMEDOUT) from None
+            if answer.verdict is Verdict.ERROR:
+                raise ResolveError(answer.code)
+            expires = min(expires, self.loop.time() + self._valid(answer.ttl))
+            if answer.verdict is not Verdict.CNAME:
+                break
+            qname = answer.cname  # a CNAME alone: its target is asked for SRV records
+        else:
+            raise ResolveError(3)
         if not answer.services:
             raise ResolveError(3)
         lowest = min(p for p, _, _, _ in answer.services)
-        expires = self.loop.time() + self._valid(answer.ttl)
         found: list[Service] = []
+        codes: list[int] = []
         for priority, weight, port, target in answer.services:
             try:
                 got = await self.lookup(target, max(0.0, deadline - self.loop.time()))
@@ -186,9 +205,14 @@ class Resolver:
                     f"{target} could not be resolved {exc} while resolving service "
                     f"{service} of {name}",
                 )
+                codes.append(exc.code)
                 continue
             expires = min(expires, got.expires)
             found += [Service(a, port, weight, priority != lowest, target) for a in got.addresses]
+        if not found and codes:
+            # ngx_resolver_report_srv: no address at all is the first target's error, or
+            # "Host not found" when any target had it (so a SERVFAIL keeps the servers).
+            raise ResolveError(3 if 3 in codes else codes[0])
         return tuple(found), expires
 
     # -- internals ----------------------------------------------------------------------------
@@ -214,30 +238,18 @@ class Resolver:
         if conf.ipv6:
             types.append(dns.rdatatype.AAAA)
         answers = await asyncio.gather(*(self._query(name, t, first, deadline) for t in types))
-        addresses: list[str] = []
-        ttls: list[int] = []
-        cname = ""
-        code = 0
-        for ans in answers:
-            if ans.verdict is Verdict.ADDRESSES and ans.addresses:
-                addresses.extend(ans.addresses)
-                ttls.append(ans.ttl)
-            elif ans.verdict is Verdict.CNAME and not cname:
-                cname, cname_ttl = ans.cname, ans.ttl
-            elif ans.verdict is Verdict.ERROR and not code:
-                code = ans.code
+        answer = combine(answers)
         now = self.loop.time()
-        if addresses:
-            resolved = Resolved(tuple(addresses), now + self._valid(min(ttls)))
-        elif cname:
+        if answer.verdict is Verdict.ERROR:
+            raise ResolveError(answer.code)
+        if answer.verdict is Verdict.CNAME:
             if depth >= MAX_RECURSION:
                 raise ResolveError(3)
-            target = await self.lookup(cname, max(0.0, deadline - now), depth + 1)
-            expires = min(target.expires, now + self._valid(cname_ttl))
+            target = await self.lookup(answer.cname, max(0.0, deadline - now), depth + 1)
+            expires = min(target.expires, now + self._valid(answer.ttl))
             resolved = Resolved(target.addresses, expires)
         else:
-            # "if (code == 0 && nan == 0) ... code = NGX_RESOLVE_NXDOMAIN"
-            raise ResolveError(code or 3)
+            resolved = Resolved(answer.addresses, now + self._valid(answer.ttl))
         if resolved.expires > self.loop.time():
             self._cache[name] = (resolved, self.loop.time())
             self._cache.move_to_end(name)
