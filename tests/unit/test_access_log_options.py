@@ -117,6 +117,21 @@ server { listen 127.0.0.1:0; access_log logs/a.log json; access_log logs/b.log m
     assert "duplicate" in error(tmp_path, "log_format json '$status';\nlog_format json '$status';")
 
 
+def test_escape_none_writes_nothing_for_an_empty_value(tmp_path: Path) -> None:
+    """ngx_http_log_unescaped_variable: no "-" for a value not found (limit_rate.t's
+    ``escape=none $uri:$arg_a$arg_xal:...`` reads ``/data::``); the default escaping keeps it."""
+    config = conf(
+        tmp_path,
+        """log_format raw escape=none '$status:$arg_a$arg_b:$http_x_none';
+log_format esc '$status:$arg_a:$http_x_none';
+server { listen 127.0.0.1:0; access_log logs/a.log raw; access_log logs/b.log esc; }""",
+    )
+    a, b = logs_of(config)
+    c = ctx(config)
+    assert render_access(a.format, c) == "200::\n"
+    assert render_access(b.format, c) == "200:-:-\n"
+
+
 def test_buffer_fills_then_writes(tmp_path: Path) -> None:
     config = conf(
         tmp_path,

@@ -5,8 +5,8 @@ Error log lines follow ``ngx_log_error_core``:
 wsgate has no threads, so TID is 0 as in nginx's single-threaded workers.
 Access log lines render the configured ``log_format`` with nginx's ``default`` escaping
 (``"`` , ``\\`` and bytes outside 0x20-0x7e as ``\\xXX``) or ``json`` escaping; an empty
-variable is written as ``-`` (ngx_http_log_variable), except with ``escape=json``, where it is
-an empty string.  nginx: "For json escaping, all characters not allowed in JSON strings will be
+variable is written as ``-`` (ngx_http_log_variable), except with ``escape=json`` and
+``escape=none``, where it is an empty string (``ngx_http_log_unescaped_variable``).  nginx: "For json escaping, all characters not allowed in JSON strings will be
 escaped: characters “"” and “\\” are escaped as “\\"” and “\\\\”, characters with values less
 than 32 are escaped as “\\n”, “\\r”, “\\t”, “\\b”, “\\f”, or “\\u00XX”."
 """
@@ -217,9 +217,10 @@ def render_access(fmt: LogFormat, ctx: RequestContext) -> str:
         value = ctx.lookup(name)
         if escape == "json":
             return _escape_json(value)
-        if not value:
-            return "-"
-        return value if escape == "none" else _escape_default(value)
+        if escape == "none":
+            # ngx_http_log_unescaped_variable: a value not found writes nothing, not "-".
+            return value
+        return _escape_default(value) if value else "-"
 
     return fmt.template.render(lookup) + "\n"
 
