@@ -7,7 +7,8 @@ Access log lines render the configured ``log_format`` with nginx's ``default`` e
 (``"`` , ``\\`` and bytes outside 0x20-0x7e as ``\\xXX``) or ``json`` escaping; an empty
 variable is written as ``-`` (ngx_http_log_variable), except with ``escape=json`` and
 ``escape=none``, where it is an empty string (``ngx_http_log_unescaped_variable``).  nginx:
-"For json escaping, all characters not allowed in JSON strings will be escaped: characters “"” and “\\” are escaped as “\\"” and “\\\\”, characters with values less
+"For json escaping, all characters not allowed in JSON strings will be escaped: characters
+“"” and “\\” are escaped as “\\"” and “\\\\”, characters with values less
 than 32 are escaped as “\\n”, “\\r”, “\\t”, “\\b”, “\\f”, or “\\u00XX”."
 """
 
