@@ -12,7 +12,7 @@ import pytest
 
 from tests.conformance import run
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = pytest.mark.timeout(1500)
 
 
 def test_nginx_suite_files_reach_their_expected_counts() -> None:

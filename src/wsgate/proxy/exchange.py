@@ -281,6 +281,7 @@ class Exchange:
     def plain(self, status: int, body: bytes, ctype: str | None) -> Outcome:
         head, settings, ctx = self.head, self.r.settings, self.r.ctx
         out, body, keep, with_trailer = self._text_head(status, body, ctype, ssi=False)
+        status = ctx.status  # an error page's status (r->err_status), as the head has it
         if with_trailer:
             # Rendered when the body ends: $sent_http_* see the head.
             trailer = trailers(status, settings.add_trailers, ctx.lookup, ctx)
