@@ -21,6 +21,7 @@ from wsgate.http.phases import (
     internal_redirect,
     named_location,
 )
+from wsgate.http.xar import x_accel_redirect
 
 __all__ = ["ERROR_HANDLERS", "error_page"]
 
@@ -64,5 +65,5 @@ def error_page(r: Request, exc: HttpError) -> Restart | Redirect | None:
     return Redirect(r.err_status, uri)
 
 
-#: The error handlers of a request, in order.
-ERROR_HANDLERS: tuple[ErrorHandler, ...] = (error_page,)
+#: The error handlers of a request, in order (an upstream's X-Accel-Redirect first).
+ERROR_HANDLERS: tuple[ErrorHandler, ...] = (x_accel_redirect, error_page)

@@ -19,15 +19,19 @@ that carried no ``Upgrade``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from wsgate.access import upgrade_allowed, without_upgrade
 from wsgate.config.model import LocationSettings, ProxyPass
 from wsgate.errors import HttpError
 from wsgate.http.body import EndOfMessage, Framing
+from wsgate.http.cookies import rewrite_set_cookies
 from wsgate.http.headers import BodyFraming, build_upstream_request, single_fields
 from wsgate.http.response import ResponseHead
+from wsgate.http.xar import AccelRedirect, carried_fields, target
 from wsgate.proxy.attempt import Attempt, TryFailed
+from wsgate.proxy.pacing import accel_limit_rate
 from wsgate.proxy.relay import note_time, relay_response, start_tunnel
 from wsgate.proxy.variables import evaluate
 from wsgate.routing import proxy_uri
@@ -236,12 +240,7 @@ class Proxying:
                 if resp.status >= 300 and _intercepted(resp, settings):
                     # ngx_http_upstream_intercept_errors: the upstream's body is not read;
                     # its connection is kept only if the response was all there.
-                    reusable = (
-                        resp.keep_alive
-                        and head.upgrade is None
-                        and any(isinstance(ev, EndOfMessage) for ev in rpending)
-                        and rparser.buffered == 0
-                    )
+                    reusable = _complete(resp, head.upgrade is None, rpending, rparser.buffered)
                     note_time(gw.clock, ctx)
                     if resp.status == 401:
                         r.headers_out += tuple(
@@ -250,6 +249,27 @@ class Proxying:
                             if name.lower() == "www-authenticate"
                         )
                     raise HttpError(resp.status)
+                accel = _accel_redirect(resp, settings)
+                if accel is not None:
+                    # ngx_http_upstream_process_headers: the upstream's body is not relayed
+                    # (its connection kept as an intercepted one's), the request body is
+                    # discarded and the phases go on at the field's URI.
+                    reusable = _complete(resp, head.upgrade is None, rpending, rparser.buffered)
+                    note_time(gw.clock, ctx)
+                    r.discard_body = True
+                    kept = rewrite_set_cookies(
+                        list(carried_fields(resp.headers)),
+                        settings.proxy_cookie_domains,
+                        settings.proxy_cookie_paths,
+                        settings.proxy_cookie_flags,
+                        ctx.lookup,
+                    )
+                    r.headers_out += tuple(kept)
+                    if "X-Accel-Limit-Rate" not in settings.proxy_ignore_headers:
+                        rate = accel_limit_rate(resp.headers)
+                        if rate is not None:
+                            ctx.limit_rate = rate
+                    raise AccelRedirect(target(accel))
                 if self.header_only:
                     self.response = resp
                     # The body is not read; a response that has none leaves the connection
@@ -349,6 +369,27 @@ class Proxying:
                 )
             chunks.append(data)
         return b"".join(chunks)
+
+
+def _complete(
+    resp: ResponseHead, no_upgrade: bool, pending: Sequence[object], buffered: int
+) -> bool:
+    """A response whose body is not read leaves its connection reusable only when all of it
+    was read with the head (ngx_http_upstream_intercept_errors)."""
+    return (
+        resp.keep_alive
+        and no_upgrade
+        and any(isinstance(ev, EndOfMessage) for ev in pending)
+        and buffered == 0
+    )
+
+
+def _accel_redirect(resp: ResponseHead, settings: LocationSettings) -> str | None:
+    """The ``X-Accel-Redirect`` value the response redirects with: none for a 101 or when
+    ``proxy_ignore_headers`` names the field."""
+    if resp.status == 101 or "X-Accel-Redirect" in settings.proxy_ignore_headers:
+        return None
+    return resp.header("x-accel-redirect")
 
 
 def _intercepted(resp: ResponseHead, settings: LocationSettings) -> bool:
