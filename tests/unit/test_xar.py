@@ -12,7 +12,14 @@ from wsgate.errors import HttpError
 from wsgate.http import phases
 from wsgate.http.errorpages import ERROR_HANDLERS
 from wsgate.http.phases import Content, Plain
-from wsgate.http.xar import AccelRedirect, Target, carried_fields, parse_unsafe_uri, target
+from wsgate.http.xar import (
+    AccelRedirect,
+    Target,
+    carried_fields,
+    parse_unsafe_uri,
+    target,
+    with_kept,
+)
 
 
 @pytest.mark.parametrize(
@@ -111,3 +118,10 @@ def test_unsafe_is_404(tmp_path: Path) -> None:
     with pytest.raises(HttpError) as info:
         phases.run(r, index, error=AccelRedirect(target("/a/../b")), errors=ERROR_HANDLERS)
     assert info.value.status == 404
+
+
+def test_with_kept_replaces_content_type_and_accept_ranges() -> None:
+    kept = (("Content-Type", "text/blah"), ("Set-Cookie", "a=b"), ("Accept-Ranges", "parrots"))
+    own = [("Content-Type", "text/plain"), ("Accept-Ranges", "bytes"), ("ETag", '"1"')]
+    assert with_kept(kept, own) == [*kept, ("ETag", '"1"')]
+    assert with_kept((("Set-Cookie", "a=b"),), own) == [("Set-Cookie", "a=b"), *own]

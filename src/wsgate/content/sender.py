@@ -44,7 +44,9 @@ from wsgate.http.headers import (
 )
 from wsgate.http.headers_filter import filter_headers, trailers, wants_trailer
 from wsgate.http.pages import STATUS_LINES
+from wsgate.http.phases import response_fields
 from wsgate.http.static import FileResponse
+from wsgate.http.xar import with_kept
 from wsgate.proxy.endpoint import Endpoint, PeerClosed
 from wsgate.proxy.pacing import response_rate, send_paced
 
@@ -77,10 +79,11 @@ async def send_file(ex: Exchange, resp: FileResponse) -> Outcome:
         status = resp.status
         ctx.status = status
         now = time.time()
-        ssi = resp.length > 0 and ssi_applies(settings, status, resp.headers)
+        own = with_kept(response_fields(r), resp.headers) if r.headers_out else resp.headers
+        ssi = resp.length > 0 and ssi_applies(settings, status, own)
         headers, added = filter_headers(
             status,
-            ssi_headers(settings, resp.headers) if ssi else resp.headers,
+            ssi_headers(settings, own) if ssi else own,
             settings.add_headers,
             settings.expires,
             ctx.lookup,

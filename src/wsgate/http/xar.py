@@ -25,6 +25,7 @@ __all__ = [
     "carried_fields",
     "parse_unsafe_uri",
     "target",
+    "with_kept",
     "x_accel_redirect",
 ]
 
@@ -117,6 +118,20 @@ def target(value: str) -> Target:
 def carried_fields(headers: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
     """The upstream fields the final response keeps, in their order."""
     return tuple((n, v) for n, v in headers if n.lower() in CARRIED)
+
+
+#: Fields a response makes for itself that a kept one replaces (``r->headers_out.content_type``
+#: is not set again when an X-Accel-Redirect set it; ``accept_ranges`` likewise).
+_REPLACED = frozenset({"content-type", "accept-ranges"})
+
+
+def with_kept(
+    kept: tuple[tuple[str, str], ...], own: Iterable[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """A response's own fields after the ``headers_out`` it inherits (``kept``): a kept
+    Content-Type or Accept-Ranges replaces the response's own."""
+    names = {n.lower() for n, _ in kept} & _REPLACED
+    return [*kept, *((n, v) for n, v in own if n.lower() not in names)]
 
 
 class AccelRedirect(HttpError):
