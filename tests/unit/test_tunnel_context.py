@@ -117,12 +117,12 @@ def test_common_strings_are_shared(tmp_path: Path) -> None:
 def test_kept_header_cache_is_cleared_at_its_cap(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """The per-``access_log`` cache of ``_kept_headers`` holds at most 1024 entries (a
+    """The per-``access_log`` cache of ``_log_reads`` holds at most 1024 entries (a
     reload brings new ones): at the cap it starts again, and answers stay right."""
     from wsgate.proxy import relay
 
     cache: dict[int, object] = {}
-    monkeypatch.setattr(relay, "_KEPT", cache)
+    monkeypatch.setattr(relay, "_READS", cache)
     logs = settings_of(
         conf(
             tmp_path,
@@ -132,10 +132,10 @@ def test_kept_header_cache_is_cleared_at_its_cap(
     ).access_logs
     for i in range(1023):
         cache[-i - 1] = ((), None)  # other configurations' entries
-    kept = relay._kept_headers(logs)  # the 1024th entry: no clearing yet
+    kept = relay._log_reads(logs).headers  # the 1024th entry: no clearing yet
     assert kept is not None and "user-agent" in kept and "host" in kept
     assert len(cache) == 1024
     cache.pop(id(logs))
     cache[-5000] = ((), None)
-    assert relay._kept_headers(logs) == kept  # over the cap: cleared, then this one kept
+    assert relay._log_reads(logs).headers == kept  # over the cap: cleared, then this one kept
     assert list(cache) == [id(logs)]

@@ -91,12 +91,12 @@ async def send_file(ex: Exchange, resp: FileResponse) -> Outcome:
         )
         framing = BodyFraming.none() if status == 304 else BodyFraming.content_length(resp.length)
         # add_trailer: nginx's chunked filter chunks the body to carry the trailer.
-        chunked = wants_trailer(status, head.method, head.version, settings)
+        with_trailer = chunked = wants_trailer(status, head.method, head.version, settings)
         if chunked:
             framing = BodyFraming.chunked()
         if ssi:
             # The SSI output's length is unknown: chunked for HTTP/1.1, else to the close.
-            plan = ssi_framing(settings, head, status, keep, trailers=chunked)
+            plan = ssi_framing(settings, head, status, keep, trailers=with_trailer)
             framing, keep, chunked = plan.framing, plan.keep_alive, plan.chunked
         out = build_client_response_head(
             status,
@@ -121,7 +121,7 @@ async def send_file(ex: Exchange, resp: FileResponse) -> Outcome:
             if chunked:
                 tail = (
                     last_chunk(trailers(status, settings.add_trailers, ctx.lookup, ctx))
-                    if wants_trailer(status, head.method, head.version, settings)
+                    if with_trailer
                     else LAST_CHUNK
                 )
                 ep.write(tail)

@@ -18,17 +18,7 @@ from collections.abc import Callable
 
 from wsgate.config.model import LocationSettings
 
-__all__ = ["DEFAULT_TYPES", "apply_charset", "charset_page", "proxied_charset", "split_charset"]
-
-#: ``ngx_http_charset_default_types``.
-DEFAULT_TYPES = (
-    "text/html",
-    "text/xml",
-    "text/plain",
-    "text/vnd.wap.wml",
-    "application/javascript",
-    "application/rss+xml",
-)
+__all__ = ["apply_charset", "charset_page", "proxied_charset", "split_charset"]
 
 
 def split_charset(ctype: str) -> tuple[str, str]:

@@ -22,7 +22,7 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping
 from sys import intern
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 from wsgate.config.model import AccessLog, LocationSettings
 from wsgate.config.variables import (
@@ -125,44 +125,6 @@ class TunnelEnd:
             self.conn_slots = ()
 
 
-#: ``access_logs`` tuples (by identity, each kept with its result) -> the request headers
-#: that their lines and the error log read (None: all).
-_KEPT: dict[int, tuple[tuple[AccessLog, ...], frozenset[str] | None]] = {}
-
-
-def _kept_headers(
-    logs: tuple[AccessLog, ...], maps: Mapping[str, object] | None = None
-) -> frozenset[str] | None:
-    hit = _KEPT.get(id(logs))
-    if hit is not None and hit[0] is logs:
-        return hit[1]
-    names = [
-        name
-        for log in logs
-        for tpl in (log.format.template, log.condition)
-        if tpl is not None
-        for name in tpl.variables
-    ]
-    kept = request_headers_read(names, maps)
-    if kept is not None:
-        kept |= _ERROR_LOG_HEADERS
-    if len(_KEPT) >= 1024:  # configurations come and go with reloads
-        _KEPT.clear()
-    _KEPT[id(logs)] = (logs, kept)
-    return kept
-
-
-def _reads_sent_fields(logs: tuple[AccessLog, ...]) -> bool:
-    """Whether an access log's format or condition reads a ``$sent_http_*`` variable."""
-    return any(
-        name.startswith("sent_http_")
-        for log in logs
-        for tpl in (log.format.template, log.condition)
-        if tpl is not None
-        for name in tpl.variables
-    )
-
-
 #: Variables that read a context's :class:`~wsgate.config.variables.ColdFields`.
 _COLD_NAMES = frozenset(
     {
@@ -183,25 +145,45 @@ _COLD_NAMES = frozenset(
     }
 )
 _COLD_PREFIXES = ("upstream_http_", "upstream_cookie_", "sent_http_", "sent_trailer_")
-_READS_COLD: dict[int, tuple[tuple[AccessLog, ...], bool]] = {}
 
 
-def _reads_cold(logs: tuple[AccessLog, ...]) -> bool:
-    """Whether an access log's format or condition reads a field of
-    :class:`~wsgate.config.variables.ColdFields` (an open tunnel then keeps them)."""
-    hit = _READS_COLD.get(id(logs))
+class _LogReads(NamedTuple):
+    """What an ``access_logs`` tuple's formats and conditions read, for what a tunnel keeps."""
+
+    #: The request headers their lines and the error log read (None: all).
+    headers: frozenset[str] | None
+    #: A ``$sent_http_*`` variable (the 101's fields).
+    sent_fields: bool
+    #: A field of :class:`~wsgate.config.variables.ColdFields`.
+    cold: bool
+
+
+#: ``access_logs`` tuples (by identity, each kept with its result) -> what they read.
+_READS: dict[int, tuple[tuple[AccessLog, ...], _LogReads]] = {}
+
+
+def _log_reads(logs: tuple[AccessLog, ...], maps: Mapping[str, object] | None = None) -> _LogReads:
+    hit = _READS.get(id(logs))
     if hit is not None and hit[0] is logs:
         return hit[1]
-    reads = any(
-        name in _COLD_NAMES or name.startswith(_COLD_PREFIXES)
+    names = [
+        name
         for log in logs
         for tpl in (log.format.template, log.condition)
         if tpl is not None
         for name in tpl.variables
+    ]
+    kept = request_headers_read(names, maps)
+    if kept is not None:
+        kept |= _ERROR_LOG_HEADERS
+    reads = _LogReads(
+        kept,
+        any(name.startswith("sent_http_") for name in names),
+        any(name in _COLD_NAMES or name.startswith(_COLD_PREFIXES) for name in names),
     )
-    if len(_READS_COLD) >= 1024:  # configurations come and go with reloads
-        _READS_COLD.clear()
-    _READS_COLD[id(logs)] = (logs, reads)
+    if len(_READS) >= 1024:  # configurations come and go with reloads
+        _READS.clear()
+    _READS[id(logs)] = (logs, reads)
     return reads
 
 
@@ -223,7 +205,8 @@ def _slim(ctx: RequestContext, settings: LocationSettings) -> RequestContext:
     tunnels often have in common (method, version, statuses, port, header names, host,
     request line: one WebSocket path) are interned: ``sys.intern`` keeps one copy while any
     tunnel uses it and none after (the client's address is interned on accept)."""
-    kept = _kept_headers(settings.access_logs, ctx.maps)
+    reads = _log_reads(settings.access_logs, ctx.maps)
+    kept = reads.headers
     if isinstance(ctx.uninitialized, UninitializedWarning):
         ctx.uninitialized = ctx.uninitialized.settle(settings)
     headers = []
@@ -254,7 +237,7 @@ def _slim(ctx: RequestContext, settings: LocationSettings) -> RequestContext:
         ctx.upstream_phase_times = cast("list[list[str]]", ())
     if kept is not None and CONNECTION_TIME not in kept:
         ctx.connection_start = 0.0
-    if kept is not None and not _reads_cold(settings.access_logs):
+    if kept is not None and not reads.cold:
         ctx.drop_cold()  # 8 bytes where each of its fields would be a slot
         return ctx
     if ctx.upstream_headers:
@@ -526,7 +509,7 @@ def start_tunnel(
     ep = front.ep
     ep.write(out)
     head_len = len(out)
-    if _reads_sent_fields(settings.access_logs):
+    if _log_reads(settings.access_logs, ctx.maps).sent_fields:
         # $sent_http_* in a tunnel's log line (the 101's fields); kept only when read.
         ctx.sent_head = out
     early_to_client = rparser.take_buffered() + bytes(up.buffer)
