@@ -290,7 +290,6 @@ class Exchange:
             out += body
         out = for_version(head.version, out)
         self.front.ep.write(out)
-        ctx.status = status
         ctx.bytes_sent = len(out)
         ctx.body_bytes_sent = len(body) if head.method != "HEAD" else 0
         self.log()

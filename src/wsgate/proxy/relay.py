@@ -219,17 +219,22 @@ def _slim(ctx: RequestContext, settings: LocationSettings) -> RequestContext:
     if settings.access_logs:
         ctx.host = intern(ctx.host)
     else:
+        # No access log reads a cold field either: those go with them below.
         ctx.host = ctx.uri = ""
-        ctx.start = ctx.upstream_started = ctx.connection_start = 0.0
+        ctx.start = 0.0
     ctx.method = intern(ctx.method)
     ctx.version = intern(ctx.version)
-    ctx.proxy_port = intern(ctx.proxy_port)
     ctx.request_line = intern(ctx.request_line)
     ctx.request_uri = intern(ctx.request_uri)
     # Read-only from here on (variables.py joins them); a tuple is smaller than a list.
     ctx.upstream_addrs = cast("list[str]", tuple(ctx.upstream_addrs))
     ctx.upstream_statuses = cast("list[str]", tuple(map(intern, ctx.upstream_statuses)))
     ctx.upstream_times = cast("list[str]", tuple(ctx.upstream_times))
+    if kept is not None and not reads.cold:
+        ctx.drop_cold()  # 8 bytes where each of its fields would be a slot
+        return ctx
+    # A log reads some cold field: they stay, each as small as what is read allows.
+    ctx.proxy_port = intern(ctx.proxy_port)
     ctx.upstream_lengths = cast("list[str]", tuple(ctx.upstream_lengths))
     if kept is not None and UPSTREAM_BYTES not in kept:
         ctx.upstream_bytes = _NO_BYTES
@@ -237,9 +242,6 @@ def _slim(ctx: RequestContext, settings: LocationSettings) -> RequestContext:
         ctx.upstream_phase_times = cast("list[list[str]]", ())
     if kept is not None and CONNECTION_TIME not in kept:
         ctx.connection_start = 0.0
-    if kept is not None and not reads.cold:
-        ctx.drop_cold()  # 8 bytes where each of its fields would be a slot
-        return ctx
     if ctx.upstream_headers:
         ctx.upstream_headers = tuple(
             (intern(n), v)
