@@ -14,6 +14,7 @@ from wsgate.config.directives import ENTRIES, TABLE, find, markdown
 from wsgate.config.level import Level
 from wsgate.config.loader import COMBINED, Loader, load
 from wsgate.config.model import (
+    CachePath,
     Config,
     LimitConnZone,
     LimitReqZone,
@@ -75,6 +76,14 @@ SAMPLES: dict[str, tuple[str, str]] = {
     "proxy_upgrade_protocols": ("off", "foo"),
     "limit_conn": ("z 1", "z 2"),
     "limit_req": ("zone=r", "zone=r burst=5"),
+    "proxy_cache": ("$arg_c", "off"),
+    "proxy_cache_key": ("$uri", "$host$request_uri"),
+    "proxy_cache_valid": ("10m", "200 302 any 1h"),
+    "proxy_cache_methods": ("POST", "GET"),
+    "proxy_cache_bypass": ("$arg_a", "$cookie_x $http_y"),
+    "proxy_no_cache": ("$arg_a", "$cookie_x $http_y"),
+    "proxy_cache_use_stale": ("error timeout", "updating http_500"),
+    "proxy_cache_max_range_offset": ("0", "1m"),
     "limit_conn_status": ("429", "500"),
     "limit_req_status": ("429", "500"),
     "ssl_certificate": ("a.pem", "b.pem"),
@@ -174,6 +183,14 @@ BAD: dict[str, tuple[str, str] | None] = {
     "proxy_upgrade_protocols": ("off foo", 'invalid parameter "off"'),
     "limit_conn": ("nope 1", 'zero size shared memory zone "nope"'),
     "limit_req": ("zone=r burst=x", 'invalid burst value "burst=x"'),
+    "proxy_cache": ("NONE", 'zero size shared memory zone "NONE"'),
+    "proxy_cache_key": ("$", "invalid variable name"),
+    "proxy_cache_valid": ("600 1m", 'invalid status "600"'),
+    "proxy_cache_methods": ("PUT", 'invalid value "PUT"'),
+    "proxy_cache_bypass": ("$", "invalid variable name"),
+    "proxy_no_cache": ("$", "invalid variable name"),
+    "proxy_cache_use_stale": ("sometimes", 'invalid value "sometimes"'),
+    "proxy_cache_max_range_offset": ("x", '"proxy_cache_max_range_offset" directive invalid value'),
     "limit_conn_status": ("399", "value must be between 400 and 599"),
     "limit_req_status": ("x", '"limit_req_status" directive invalid number'),
     "ssl_certificate": ("$var", 'variables in "ssl_certificate" are not supported by wsgate'),
@@ -268,6 +285,7 @@ def loader(tmp_path: Path) -> Loader:
     key = ld.template("$remote_addr", SRC)
     ld.conn_zones["z"] = LimitConnZone("z", key, 1 << 20)
     ld.req_zones["r"] = LimitReqZone("r", key, 1 << 20, 1000)
+    ld.cache_paths["C"] = CachePath(str(tmp_path / "cache"), "C", 1 << 20)
     return ld
 
 

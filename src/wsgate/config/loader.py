@@ -18,6 +18,7 @@ from wsgate.config import tls
 from wsgate.config.directives import TABLE, find
 from wsgate.config.level import Level, parse_default
 from wsgate.config.model import (
+    CachePath,
     Config,
     DocRoot,
     HttpConfig,
@@ -80,6 +81,7 @@ class Loader:
     upstreams: dict[str, Upstream] = field(default_factory=dict)
     conn_zones: dict[str, LimitConnZone] = field(default_factory=dict)
     req_zones: dict[str, LimitReqZone] = field(default_factory=dict)
+    cache_paths: dict[str, CachePath] = field(default_factory=dict)
     templates: list[tuple[Template, Source]] = field(default_factory=list)
     #: Named captures of every regex: nginx makes them variables.
     captures: set[str] = field(default_factory=set)
@@ -195,6 +197,7 @@ class Loader:
             log_formats=dict(self.log_formats),
             limit_conn_zones=dict(self.conn_zones),
             limit_req_zones=dict(self.req_zones),
+            cache_paths=dict(self.cache_paths),
             user_variables=frozenset(
                 n for n in self.user_vars if not is_known_variable(n, builtin)
             ),

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from wsgate.config.script import Script
-from wsgate.config.template import Template
+from wsgate.config.template import Template, compile_template
 
 __all__ = [
     "AccessLog",
@@ -477,6 +477,41 @@ class LimitReqZone:
 
 
 @dataclass(frozen=True, slots=True)
+class CachePath:
+    """``proxy_cache_path PATH [levels=] keys_zone=NAME:SIZE [inactive=] [max_size=]
+    [min_free=] [use_temp_path=] [manager_*=] [loader_*=]`` (ngx_http_file_cache).
+
+    Times are in seconds; ``max_size`` None is "no limit"; ``levels`` the lengths of the
+    directory names taken from the end of the key's md5 (``levels=1:2``: ``c/29/...``).  See
+    :mod:`wsgate.cache` for how the cache is kept.
+    """
+
+    path: str
+    name: str
+    size: int
+    levels: tuple[int, ...] = ()
+    inactive: float = 600.0
+    max_size: int | None = None
+    min_free: int = 0
+    use_temp_path: bool = True
+    manager_files: int = 100
+    manager_sleep: float = 0.05
+    manager_threshold: float = 0.2
+    loader_files: int = 100
+    loader_sleep: float = 0.05
+    loader_threshold: float = 0.2
+    source: Source | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CacheValid:
+    """One ``proxy_cache_valid`` entry: ``status`` 0 is ``any``; ``seconds`` the validity."""
+
+    status: int
+    seconds: int
+
+
+@dataclass(frozen=True, slots=True)
 class LimitConn:
     """``limit_conn ZONE NUMBER``; ``zone`` is the declared zone itself."""
 
@@ -764,6 +799,26 @@ class LocationSettings:
     #: replaces the outer one); only ``X-Accel-Limit-Rate`` and ``X-Accel-Buffering`` matter
     #: without a cache.
     proxy_ignore_headers: tuple[str, ...] = ()
+    #: ``proxy_cache``: a zone's name, a template (names with variables), or None (off).
+    proxy_cache: str | Template | None = None
+    proxy_cache_key: Template = compile_template("$scheme$proxy_host$request_uri")
+    #: ``proxy_cache_valid`` entries in order (all-or-nothing inheritance).
+    proxy_cache_valid: tuple[CacheValid, ...] = ()
+    proxy_cache_methods: frozenset[str] = frozenset({"GET", "HEAD"})
+    proxy_cache_min_uses: int = 1
+    #: ``proxy_cache_bypass``/``proxy_no_cache``: a non-empty value other than "0" of any.
+    proxy_cache_bypass: tuple[Template, ...] = ()
+    proxy_no_cache: tuple[Template, ...] = ()
+    proxy_cache_convert_head: bool = True
+    #: ``proxy_cache_use_stale`` values (``off``: empty).
+    proxy_cache_use_stale: frozenset[str] = frozenset()
+    proxy_cache_background_update: bool = False
+    proxy_cache_lock: bool = False
+    proxy_cache_lock_timeout: float = 5.0
+    proxy_cache_lock_age: float = 5.0
+    proxy_cache_revalidate: bool = False
+    #: ``proxy_cache_max_range_offset`` (None: no limit).
+    proxy_cache_max_range_offset: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -885,6 +940,8 @@ class HttpConfig:
     log_formats: dict[str, LogFormat] = field(default_factory=dict)
     limit_conn_zones: dict[str, LimitConnZone] = field(default_factory=dict)
     limit_req_zones: dict[str, LimitReqZone] = field(default_factory=dict)
+    #: ``proxy_cache_path`` zones by name.
+    cache_paths: dict[str, CachePath] = field(default_factory=dict)
     #: Variables only ``set`` makes (no built-in, map or capture of that name): reading one
     #: that the request has not set logs "using uninitialized" (``uninitialized_variable_warn``).
     user_variables: frozenset[str] = frozenset()

@@ -89,6 +89,7 @@ FIXED_VARIABLES = (
             "request_length",
             "upstream_addr",
             "upstream_status",
+            "upstream_cache_status",
             "upstream_response_time",
             "upstream_response_length",
             "upstream_connect_time",
@@ -258,6 +259,7 @@ class ColdFields:
         "proxy_port",
         "request_length",
         "upstream_started",
+        "cache_status",
     )
 
     def __init__(self) -> None:
@@ -291,6 +293,8 @@ class ColdFields:
         self.request_length = 0
         #: Loop time when the current try began (``$upstream_response_time`` counts from it).
         self.upstream_started = 0.0
+        #: ``$upstream_cache_status`` ("": no cache for the request).
+        self.cache_status = ""
 
 
 #: What a context without its own :class:`ColdFields` reads (never written: the first set
@@ -446,6 +450,7 @@ class RequestContext:
     proxy_port = _cold_field("proxy_port")
     request_length = _cold_field("request_length")
     upstream_started = _cold_field("upstream_started")
+    cache_status = _cold_field("cache_status")
 
     def own_cold_fields(self) -> None:
         """Make the :class:`ColdFields` this context reads its own copy (a subrequest's
@@ -792,6 +797,7 @@ _GETTERS: dict[str, Callable[[RequestContext], str]] = {
     "request_length": lambda c: str(c.request_length),
     "upstream_addr": lambda c: ", ".join(c.upstream_addrs),
     "upstream_status": lambda c: ", ".join(c.upstream_statuses),
+    "upstream_cache_status": lambda c: c.cache_status,
     "upstream_response_time": _response_times,
     "upstream_response_length": lambda c: ", ".join(c.upstream_lengths),
     "upstream_connect_time": lambda c: ", ".join(t[0] for t in c.upstream_phase_times),

@@ -84,6 +84,7 @@ class Attempt:
         "counts",
         "times",
         "started",
+        "head_request",
     )
 
     def __init__(
@@ -98,8 +99,11 @@ class Attempt:
         streamed: bool,
         tls: UpstreamTls | None,
         name: str,
+        head_request: bool | None = None,
     ) -> None:
         self.gw = gw
+        #: The request sent upstream is a HEAD (not so for a HEAD the cache converts to GET).
+        self.head_request = head.method == "HEAD" if head_request is None else head_request
         #: The client's endpoint: its close ends the wait for the head (499), and it gets
         #: ``100 Continue`` before the body is read.
         self.client = client
@@ -240,9 +244,9 @@ class Attempt:
         return ep
 
     async def _read_response_head(self, up: Endpoint) -> ResponseStart:
-        head, settings = self.head, self.settings
+        settings = self.settings
         max_head = max(settings.proxy_buffer_size, 4096)
-        rparser = ResponseParser(head_request=head.method == "HEAD", max_head=max_head)
+        rparser = ResponseParser(head_request=self.head_request, max_head=max_head)
         timeout = settings.proxy_read_timeout
         client_gone = self.client.gone()
         answered = False
@@ -299,7 +303,7 @@ class Attempt:
                 # An interim 1xx (100 Continue, 103 Early Hints) is not relayed; nginx reads
                 # on to the final response.
                 rest = rparser.take_buffered()
-                rparser = ResponseParser(head_request=head.method == "HEAD", max_head=max_head)
+                rparser = ResponseParser(head_request=self.head_request, max_head=max_head)
                 events = rparser.feed(rest) if rest else []
             if not data:
                 raise TryFailed(

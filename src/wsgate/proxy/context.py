@@ -17,6 +17,7 @@ import ssl
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
+from wsgate.cache.glue import ProxyCaches
 from wsgate.config.model import Config, LocationSettings, ProxyPass
 from wsgate.config.model import Resolver as ResolverConf
 from wsgate.errors import HttpError
@@ -97,7 +98,7 @@ class UpstreamCaches:
     that are gone are closed when the first new one is made.
     """
 
-    __slots__ = ("_loop", "_kept", "_tls")
+    __slots__ = ("_loop", "_kept", "_tls", "proxy_caches")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -105,6 +106,8 @@ class UpstreamCaches:
         self._kept: dict[int, tuple[object, KeptEndpoints]] = {}
         #: The configuration the TLS contexts were built for, and the contexts.
         self._tls: tuple[Config, TlsContexts] | None = None
+        #: The ``proxy_cache_path`` stores and their managers.
+        self.proxy_caches = ProxyCaches(loop)
 
     def keepalive(
         self, pp: ProxyPass, group: object, config: Config, live: Mapping[object, object]
@@ -157,3 +160,4 @@ class UpstreamCaches:
         for _, cache in self._kept.values():
             cache.close_all()
         self._kept.clear()
+        self.proxy_caches.close()

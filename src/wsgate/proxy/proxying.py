@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from wsgate.access import upgrade_allowed, without_upgrade
+from wsgate.cache.glue import CacheRequest, conditional_fields
 from wsgate.config.model import LocationSettings, ProxyPass
 from wsgate.errors import HttpError
 from wsgate.http.body import EndOfMessage, Framing
@@ -48,7 +49,7 @@ __all__ = ["Proxying"]
 class Proxying:
     """One request's ``proxy_pass``: every try, and what the response becomes."""
 
-    __slots__ = ("ex", "started", "attempts", "header_only", "response")
+    __slots__ = ("ex", "started", "attempts", "header_only", "response", "cache")
 
     def __init__(self, ex: Exchange, *, header_only: bool = False) -> None:
         self.ex = ex
@@ -59,6 +60,8 @@ class Proxying:
         #: When the first try started (``proxy_next_upstream_timeout``).
         self.started = 0.0
         self.attempts = 0
+        #: The request's use of ``proxy_cache`` (None: none).
+        self.cache: CacheRequest | None = None
 
     def _uri(self, pp: ProxyPass) -> str:
         """The URI sent upstream (:func:`~wsgate.routing.proxy_uri`), with what the rewrite
@@ -80,6 +83,13 @@ class Proxying:
         )
 
     async def run(self) -> Outcome:
+        try:
+            return await self._run()
+        finally:
+            if self.cache is not None:
+                self.cache.done()
+
+    async def _run(self) -> Outcome:
         ex = self.ex
         front, head, r = ex.front, ex.head, ex.r
         gw, ctx, settings = front.gw, r.ctx, r.settings
@@ -101,11 +111,21 @@ class Proxying:
             uri = self._uri(pp)
             ctx.proxy_host = pp.proxy_host
         ctx.proxy_port = str(pp.port)
+        cache = None
+        if settings.proxy_cache is not None and not self.header_only:
+            cache = self.cache = CacheRequest.begin(ex)
+            if cache is not None:
+                served = await cache.lookup()
+                if served is not None:
+                    return served
         set_headers = []
         for h in settings.proxy_set_headers:
             set_headers.append((h.name, h.value.render(ctx.lookup)))
         if refused:
             set_headers = without_upgrade(set_headers)
+        if settings.proxy_cache is not None:
+            set_headers += conditional_fields(cache, {n.lower() for n, _ in set_headers})
+        method = head.method if cache is None else cache.method
         body_framing = BodyFraming.none()
         # After an error page the body may be gone: discarded after a 413, or streamed to an
         # earlier upstream, which wsgate cannot do twice (nginx sends its buffered copy).
@@ -126,7 +146,7 @@ class Proxying:
             ctx.set_request_body(buffered_body)
             body_framing = BodyFraming.content_length(len(buffered_body))
         request = build_upstream_request(
-            head.method,
+            method,
             uri,
             settings.proxy_http_version,
             head.headers,
@@ -163,6 +183,8 @@ class Proxying:
                 ctx.upstream_lengths.append("0")
                 ctx.upstream_bytes.append([0, 0])
                 ctx.upstream_phase_times.append(["-", "-"])
+                if cache is not None and cache.stale_for("error"):
+                    return await cache.send_stale()
                 raise HttpError(502)
             self.attempts += 1
             upstream_url = f"{scheme}://{peer.address}{uri}"
@@ -178,6 +200,7 @@ class Proxying:
                 streamed=streamed,
                 tls=tls,
                 name=tls_name,
+                head_request=method == "HEAD",
             )
             ctx.upstream_bytes.append(att.counts)
             ctx.upstream_phase_times.append(att.times)
@@ -195,6 +218,8 @@ class Proxying:
                 gw.metrics.upstream_failed(group.name, peer.address, failed.kind.value)
                 if self._may_retry(failed.kind, selection.tries, att):
                     continue
+                if cache is not None and cache.stale_for(failed.kind.value):
+                    return await cache.send_stale()
                 raise HttpError(failed.status) from None
             except BaseException:
                 if att.up is not None:
@@ -237,11 +262,20 @@ class Proxying:
             ctx.upstream_headers = resp.headers
             reusable = False
             try:
+                if cache is not None:
+                    if kind is not None and cache.stale_for(kind.value):
+                        note_time(gw.clock, ctx)
+                        return await cache.send_stale()
+                    if cache.revalidates(resp):
+                        note_time(gw.clock, ctx)
+                        return await cache.send_revalidated(resp)
                 if resp.status >= 300 and _intercepted(resp, settings):
                     # ngx_http_upstream_intercept_errors: the upstream's body is not read;
                     # its connection is kept only if the response was all there.
                     reusable = _complete(resp, head.upgrade is None, rpending, rparser.buffered)
                     note_time(gw.clock, ctx)
+                    if cache is not None:
+                        cache.intercepted(resp)
                     if resp.status == 401:
                         r.headers_out += tuple(
                             (name, value)
@@ -297,7 +331,8 @@ class Proxying:
                     )
                 if resp.status == 101 and head.upgrade is not None:
                     return start_tunnel(ex, up, rparser, resp, selection.group.name, peer, scheme)
-                result, complete = await relay_response(ex, up, rparser, rpending, resp)
+                sink = None if cache is None else cache.response(resp)
+                result, complete = await relay_response(ex, up, rparser, rpending, resp, sink)
                 # Back to the pool only after a complete response that allows keep-alive, on a
                 # connection that never carried an upgrade.
                 reusable = (

@@ -65,6 +65,7 @@ from wsgate.proxy.pacing import accel_limit_rate, response_rate, send_paced
 from wsgate.proxy.tunnel import Tunnel
 
 if TYPE_CHECKING:
+    from wsgate.cache.glue import BodySink
     from wsgate.http.rate import WriteRate
     from wsgate.limits import ConnZone
     from wsgate.observability.metrics import TunnelSeries
@@ -268,9 +269,11 @@ async def relay_response(
     rparser: ResponseParser,
     pending: list[ResponseEvent],
     resp: ResponseHead,
+    sink: BodySink | None = None,
 ) -> tuple[Outcome, bool]:
     """Stream the response to the client; returns the exchange's (keep, keepalive_timeout)
-    and whether the upstream's response was read completely."""
+    and whether the upstream's response was read completely.  ``sink`` (the proxy cache's
+    file) gets the upstream's body as it is read, and whether it all came."""
     head, settings, ctx, front = ex.head, ex.r.settings, ex.r.ctx, ex.front
     gw = front.gw
     if resp.status == 101:
@@ -354,6 +357,8 @@ async def relay_response(
             for ev in pending:
                 if isinstance(ev, Body):
                     upstream_bytes += len(ev.data)
+                    if sink is not None:
+                        sink.write(ev.data)
                     if no_body:
                         continue
                     data = ev.data if recode is None else ev.data.translate(recode)
@@ -416,6 +421,9 @@ async def relay_response(
     except PeerClosed:
         keep = False
         ctx.status = ctx.status or 499
+    finally:
+        if sink is not None:
+            sink.finish(complete)
     ctx.body_bytes_sent = body_bytes
     ctx.bytes_sent += body_bytes
     if not noted:

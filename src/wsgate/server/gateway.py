@@ -163,6 +163,7 @@ class Gateway:
         self.exit_code = 0
         #: Idle keep-alive upstream connections and upstream TLS contexts, closed at the end.
         self.upstream_caches = UpstreamCaches(loop)
+        self.upstream_caches.proxy_caches.configure(config, error_log)
         self.stopped.add_done_callback(lambda _: self.upstream_caches.close())
         #: ``resolver`` clients (with their caches) of the current configuration.
         self.resolvers: dict[ResolverConf, Resolver] = {}
@@ -576,6 +577,7 @@ class Gateway:
             self.error_log.log("emerg", str(exc))
             return
         self.config = config
+        self.upstream_caches.proxy_caches.configure(config, self.error_log)
         self.peer_groups = {}
         self._built = {}
         self.error_log.configure(config)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from wsgate.config.directives import (
     auth,
+    cache,
     charset,
     core,
     headers,
@@ -48,6 +49,7 @@ ENTRIES: tuple[Directive, ...] = (
     *rewrite.ENTRIES,
     *pages.ENTRIES,
     *proxy.ENTRIES,
+    *cache.ENTRIES,
     *redirects.ENTRIES,
     *headers.ENTRIES,
     *static.ENTRIES,

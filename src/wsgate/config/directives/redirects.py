@@ -319,6 +319,7 @@ ENTRIES: tuple[Directive, ...] = (
         unset=(),
         merge=Merge.ARRAY,
         syntax="field ...",
-        note="`X-Accel-Limit-Rate`, `X-Accel-Buffering`; the others change nothing (no cache)",
+        note="`X-Accel-Limit-Rate`, `X-Accel-Buffering`, `X-Accel-Redirect`; the cache's "
+        "`X-Accel-Expires`, `Expires`, `Cache-Control`, `Set-Cookie`, `Vary`",
     ),
 )
