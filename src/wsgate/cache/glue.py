@@ -286,16 +286,47 @@ class CacheRequest:
         self.stale_updating = entry.valid_sec + entry.updating_sec >= int(now)
         self.stale_error = entry.valid_sec + entry.error_sec >= int(now)
         use_updating = "updating" in settings.proxy_cache_use_stale or self.stale_updating
+        background = getattr(self.ex, "background", False)
         if self.store.locked(self.cur, now, check_age=False):
-            if use_updating:
+            if use_updating and not background:
                 self.status = Status.UPDATING
                 return await self.send(hit)
         elif self.store.lock(self.cur, self, settings.proxy_cache_lock_age, now):
             self.locked = True
+        if use_updating and settings.proxy_cache_background_update and not background:
+            # "allows starting a background subrequest to update an expired cache item,
+            # while a stale cached response is returned to the client": the stale entry is
+            # sent, then the update runs (the request ends when it is done, as nginx's
+            # main request waits for its background subrequest).
+            self.status = Status.STALE
+            outcome = await self.send(hit)
+            self.release()
+            await self._update()
+            return outcome
         self.status = Status.EXPIRED
         self.ex.r.ctx.cache_status = self.status
         self.stale = hit
         return None
+
+    async def _update(self) -> None:
+        """The background subrequest: the same URI through the phases again, its response
+        stored and its body discarded."""
+        from wsgate.proxy.subrequest import SubExchange
+
+        class Background(SubExchange):
+            __slots__ = ()
+            background = True
+
+        async def discard(data: bytes) -> None:
+            return None
+
+        ctx = self.ex.r.ctx
+        sub = Background(self.ex, ctx.uri, ctx.args)
+        sub.head.method = self.ex.head.method  # a clone: the main request's method
+        try:
+            await sub.output(discard)
+        except HttpError:
+            pass
 
     def _open(self) -> Hit | None:
         """The entry for the request (its ``Vary`` variant: nginx's secondary key)."""
