@@ -23,8 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, cast
 
 from wsgate.cache.rules import (
     Entry,
@@ -56,6 +56,8 @@ if TYPE_CHECKING:
     from wsgate.http.response import ResponseHead
     from wsgate.observability.logs import ErrorLogger
     from wsgate.proxy.exchange import Exchange, Outcome
+    from wsgate.proxy.front import FrontConnection
+    from wsgate.proxy.subrequest import SubExchange
 
 __all__ = ["BodySink", "CacheRequest", "ProxyCaches", "Status", "conditional_fields"]
 
@@ -90,6 +92,7 @@ class ProxyCaches:
         self._log: Callable[[str, str], None] = lambda level, text: None
         #: Lock releases in this worker: md5 -> the event waiters wait on.
         self.released: dict[bytes, asyncio.Event] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def configure(self, config: Config, error_log: ErrorLogger) -> None:
         """Open the stores of ``config`` and start their managers (at start and reload)."""
@@ -118,9 +121,17 @@ class ProxyCaches:
     def close(self) -> None:
         for timer in self._timers.values():
             timer.cancel()
+        for task in self._tasks:
+            task.cancel()
         self._timers.clear()
         for store in self._stores.values():
             store.close()
+
+    def spawn(self, job: Coroutine[Any, Any, None]) -> None:
+        """Run a background update (kept until it ends; cancelled when the worker stops)."""
+        task = self._loop.create_task(job)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def unlocked(self, md5: bytes) -> None:
         event = self.released.pop(md5, None)
@@ -170,6 +181,7 @@ class CacheRequest:
         "counted",
         "stale_updating",
         "stale_error",
+        "_background",
     )
 
     def __init__(self, ex: Exchange, caches: ProxyCaches, store: CacheStore, key: str) -> None:
@@ -190,6 +202,7 @@ class CacheRequest:
         #: A use was counted for ``proxy_cache_min_uses``.
         self.counted = False
         self.stale_updating = self.stale_error = False
+        self._background: SubExchange | None = None
 
     # -- before the upstream ---------------------------------------------------------------
     @classmethod
@@ -296,12 +309,16 @@ class CacheRequest:
         if use_updating and settings.proxy_cache_background_update and not background:
             # "allows starting a background subrequest to update an expired cache item,
             # while a stale cached response is returned to the client": the stale entry is
-            # sent, then the update runs (the request ends when it is done, as nginx's
-            # main request waits for its background subrequest).
+            # sent, then the update runs (in an SSI include, on its own: the document is not
+            # held up); a client that goes away does not end it.
             self.status = Status.STALE
-            outcome = await self.send(hit)
             self.release()
-            await self._update()
+            self._background = _background(self.ex)
+            if self.ex.r.subrequest:
+                self.caches.spawn(self._update())
+                return await self.send(hit)
+            outcome = await self.send(hit)
+            await self._update()  # nginx's main request ends with its background subrequest
             return outcome
         self.status = Status.EXPIRED
         self.ex.r.ctx.cache_status = self.status
@@ -311,21 +328,15 @@ class CacheRequest:
     async def _update(self) -> None:
         """The background subrequest: the same URI through the phases again, its response
         stored and its body discarded."""
-        from wsgate.proxy.subrequest import SubExchange
-
-        class Background(SubExchange):
-            __slots__ = ()
-            background = True
 
         async def discard(data: bytes) -> None:
             return None
 
-        ctx = self.ex.r.ctx
-        sub = Background(self.ex, ctx.uri, ctx.args)
-        sub.head.method = self.ex.head.method  # a clone: the main request's method
+        sub = self._background
+        assert sub is not None
         try:
             await sub.output(discard)
-        except HttpError:
+        except (HttpError, OSError):
             pass
 
     def _open(self) -> Hit | None:
@@ -599,6 +610,48 @@ def _any_true(templates: tuple[Template, ...], lookup: Callable[[str], str]) -> 
         if value and value != "0":
             return True
     return False
+
+
+class _Detached:
+    """The main request's front connection as a background update sees it: the client's
+    going away is not its end (``ngx_http_subrequest`` with ``NGX_HTTP_SUBREQUEST_BACKGROUND``)."""
+
+    __slots__ = ("_front", "ep")
+
+    def __init__(self, front: object) -> None:
+        self._front = front
+        self.ep = _NeverGone()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._front, name)
+
+
+class _NeverGone:
+    __slots__ = ("_future",)
+
+    def __init__(self) -> None:
+        self._future: asyncio.Future[None] | None = None
+
+    def gone(self) -> asyncio.Future[None]:
+        if self._future is None:
+            self._future = asyncio.get_running_loop().create_future()
+        return self._future
+
+
+def _background(ex: Exchange) -> SubExchange:
+    """A clone of ``ex`` (same URI, method and headers) whose response updates the cache
+    and goes nowhere."""
+    from wsgate.proxy.subrequest import SubExchange
+
+    class Background(SubExchange):
+        __slots__ = ()
+        background = True
+
+    ctx = ex.r.ctx
+    sub = Background(ex, ctx.uri, ctx.args)
+    sub.head.method = ex.head.method  # a clone keeps the main request's method
+    sub.front = cast("FrontConnection", _Detached(ex.front))
+    return sub
 
 
 def _close(hit: Hit) -> None:
