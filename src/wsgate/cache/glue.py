@@ -247,6 +247,30 @@ class CacheRequest:
         the upstream (with what this request may store)."""
         if self.status == Status.BYPASS:
             return None
+        served = await self._lookup()
+        if served is None and not self._range_ok():
+            self.cacheable = False
+        return served
+
+    def _range_ok(self) -> bool:
+        """``ngx_http_upstream_cache_check_range``: a ``Range`` starting at or after
+        ``proxy_cache_max_range_offset`` (or a suffix range, when one is set) makes the
+        response not cacheable (and the range goes upstream)."""
+        limit = self.ex.r.settings.proxy_cache_max_range_offset
+        value = self.ex.r.ctx.header("range")
+        if value is None or limit is None or not self.cacheable:
+            return True
+        if limit == 0:
+            return False
+        if len(value) < 7 or value[:6].lower() != "bytes=":
+            return True
+        spec = value[6:].lstrip(" ")
+        if spec.startswith("-"):
+            return False
+        digits = spec[: len(spec) - len(spec.lstrip("0123456789"))]
+        return int(digits or "0") < limit
+
+    async def _lookup(self) -> Outcome | None:
         settings = self.ex.r.settings
         lock_timeout = settings.proxy_cache_lock_timeout
         waited_until = 0.0

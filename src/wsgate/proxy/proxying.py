@@ -123,7 +123,8 @@ class Proxying:
             set_headers.append((h.name, h.value.render(ctx.lookup)))
         if refused:
             set_headers = without_upgrade(set_headers)
-        if settings.proxy_cache is not None:
+        if cache is not None and cache.cacheable:
+            # nginx's cache headers are sent only for a response that may be cached.
             set_headers += conditional_fields(cache, {n.lower() for n, _ in set_headers})
         method = head.method if cache is None else cache.method
         body_framing = BodyFraming.none()
