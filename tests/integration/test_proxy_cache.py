@@ -312,3 +312,35 @@ def test_websocket_handshake_never_cached(
         assert data.startswith(b"HTTP/1.1 101 "), data
     wait_for(lambda: len(up.requests) == 2, "both handshakes upstream")
     assert entries(cache) == [] and temp_files(cache) == []
+
+
+def test_lock_across_workers(
+    wsgate: Callable[..., WsgateProcess], bg: Loop, tmp_path: Path
+) -> None:
+    """``proxy_cache_lock``: of requests for one new entry arriving together at two workers,
+    one goes upstream; the others wait for it and get the entry (a HIT)."""
+
+    def slow(backend: Backend, request: Request) -> bytes:
+        time.sleep(1.0)  # the response takes a while: the others arrive meanwhile
+        return answer(backend, request)
+
+    up = bg.backend("up", slow)
+    gw = wsgate(
+        conf(up.port, tmp_path / "cache", top="worker_processes 2;", extra="proxy_cache_lock on;")
+    )
+    wait_for(lambda: len(gw.worker_pids()) == 2, "two workers")
+    results: list[tuple[dict[str, str], bytes]] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(fetch(gw.port, "/locked")))
+        for _ in range(10)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(15)
+    assert len(results) == 10
+    assert {body for _, body in results} == {b"/locked #1"}
+    assert sorted(f["x-cache"] for f, _ in results) == ["HIT"] * 9 + ["MISS"]
+    assert len(up.requests) == 1
+    # Both workers answered (reuseport spreads ten connections: all on one is 1 in 512).
+    assert len({f["x-worker"] for f, _ in results}) == 2

@@ -573,15 +573,13 @@ def _file_response(cache: CacheRequest, hit: Hit, headers: list[tuple[str, str]]
     etag = next((v for n, v in headers if n.lower() == "etag"), None)
     code = not_modified(settings, ctx.headers, mtime, etag)
     if code == 412:
-        _close(hit)
-        raise HttpError(412)
+        raise HttpError(412)  # the caller closes the file
     if code == 304:
         kept = [(n, v) for n, v in headers if n.lower() not in ("content-type",)]
         return FileResponse(304, hit.fd, kept, -1, [], hit.path)
     spec = range_applies(settings, ctx.headers, etag, mtime) if ctx.version != "0.9" else None
     ranges = parse_ranges(spec, size, settings.max_ranges) if spec is not None else None
     if ranges == NOT_SATISFIABLE:
-        _close(hit)
         raise HttpError(416, headers=(("Content-Range", f"bytes */{size}"),))
     if isinstance(ranges, list):
         if len(ranges) == 1:
