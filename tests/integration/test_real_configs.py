@@ -59,17 +59,6 @@ NOT_YET: dict[str, str] = {
         ),
         "issue 12 (compression)",
     ),
-    **dict.fromkeys(
-        (
-            "proxy_cache_path",
-            "proxy_cache",
-            "proxy_cache_valid",
-            "proxy_cache_use_stale",
-            "proxy_cache_lock",
-            "upstream_cache_status",
-        ),
-        "issue 12 (proxy cache)",
-    ),
     "proxy_store": "no issue yet (proxy_store)",
     "proxy_pass_request_headers": "no issue yet (proxy module leftovers)",
     "ssl_early_data": "no issue yet (`on`: Python's ssl has no server-side TLS 1.3 early data)",
