@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
+import os
 import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, cast
@@ -62,7 +64,7 @@ if TYPE_CHECKING:
 __all__ = ["BodySink", "CacheRequest", "ProxyCaches", "Status", "conditional_fields"]
 
 
-class Status:
+class Status(enum.StrEnum):
     """``$upstream_cache_status`` values (``ngx_http_cache_status``)."""
 
     MISS = "MISS"
@@ -90,8 +92,8 @@ class ProxyCaches:
         self._stores: dict[CachePath, CacheStore] = {}
         self._timers: dict[CachePath, asyncio.Handle] = {}
         self._log: Callable[[str, str], None] = lambda level, text: None
-        #: Lock releases in this worker: md5 -> the event waiters wait on.
-        self.released: dict[bytes, asyncio.Event] = {}
+        #: Requests of this worker waiting for a lock: md5 -> (their event, how many).
+        self._waiting: dict[bytes, tuple[asyncio.Event, int]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def configure(self, config: Config, error_log: ErrorLogger) -> None:
@@ -133,10 +135,27 @@ class ProxyCaches:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def wait_unlocked(self, md5: bytes, timeout: float) -> None:
+        """Until this worker releases ``md5``'s lock, or ``timeout``."""
+        event, count = self._waiting.get(md5) or (asyncio.Event(), 0)
+        self._waiting[md5] = (event, count + 1)
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await event.wait()
+        finally:
+            entry = self._waiting.get(md5)
+            if entry is not None and entry[0] is event:
+                if entry[1] <= 1:
+                    del self._waiting[md5]
+                else:
+                    self._waiting[md5] = (event, entry[1] - 1)
+
     def unlocked(self, md5: bytes) -> None:
-        event = self.released.pop(md5, None)
-        if event is not None:
-            event.set()
+        """``md5``'s lock was released here: its waiters in this worker look again now."""
+        entry = self._waiting.pop(md5, None)
+        if entry is not None:
+            entry[0].set()
 
 
 class BodySink:
@@ -312,10 +331,7 @@ class CacheRequest:
 
     async def _wait(self, left: float) -> None:
         """Until the lock's holder ends (in this worker: at once; another: polled)."""
-        event = self.caches.released.setdefault(self.cur, asyncio.Event())
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(min(left, _LOCK_POLL)):
-                await event.wait()
+        await self.caches.wait_unlocked(self.cur, min(left, _LOCK_POLL))
 
     async def _expired(self, hit: Hit, now: float) -> Outcome | None:
         settings = self.ex.r.settings
@@ -391,8 +407,6 @@ class CacheRequest:
         r = self.ex.r
         settings, ctx = r.settings, r.ctx
         ctx.cache_status = self.status
-        if self.ex.head.method == "HEAD" and self.method == "HEAD":
-            pass  # cached as nginx does: a HEAD's response (no body) under its key
         keep = self.cacheable and resp.status != 101
         if keep and _any_true(settings.proxy_no_cache, ctx.lookup):
             keep = False
@@ -677,7 +691,5 @@ def _background(ex: Exchange) -> SubExchange:
 
 
 def _close(hit: Hit) -> None:
-    import os
-
     with contextlib.suppress(OSError):
         os.close(hit.fd)
