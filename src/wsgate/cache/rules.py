@@ -15,6 +15,7 @@ priority than setting of caching time using the directive.").
 from __future__ import annotations
 
 import hashlib
+import json
 import struct
 import zlib
 from collections.abc import Sequence
@@ -335,22 +336,11 @@ class Entry:
     error: bool = False
 
 
-def _put(out: list[bytes], text: str | bytes) -> None:
-    data = text if isinstance(text, bytes) else text.encode("utf-8", "surrogateescape")
-    out.append(struct.pack("<I", len(data)))
-    out.append(data)
-
-
 def encode_entry(e: Entry) -> bytes:
-    """The header bytes of ``e`` (``e.header_len`` set), with a CRC-32 over all of it."""
-    var: list[bytes] = []
-    for text in (e.key, e.reason, e.etag, e.vary, e.variant):
-        _put(var, text)
-    out_fields: list[bytes] = [struct.pack("<I", len(e.headers))]
-    for name, value in e.headers:
-        _put(out_fields, name)
-        _put(out_fields, value)
-    tail = b"".join(var + out_fields)
+    """The header bytes of ``e`` (``e.header_len`` set), with a CRC-32 over all of it: the
+    fixed fields, then the key, reason, validators, ``Vary`` and fields as JSON (decoded in
+    C: a hit reads it each time)."""
+    tail = json.dumps([e.key, e.reason, e.etag, e.vary, e.variant.hex(), e.headers]).encode()
     e.header_len = _FIXED.size + len(tail)
     fixed = _fixed(e, 0)
     crc = zlib.crc32(tail, zlib.crc32(fixed))
@@ -403,26 +393,12 @@ def decode_entry(data: bytes, file_size: int) -> Entry:
         raise Corrupt("header checksum mismatch")
     if file_size != header_len + body_len:
         raise Corrupt(f"size {file_size}, expected {header_len + body_len}")
-    pos = _FIXED.size
-    texts: list[bytes] = []
     try:
-        for _ in range(5):
-            (n,) = struct.unpack_from("<I", data, pos)
-            texts.append(data[pos + 4 : pos + 4 + n])
-            pos += 4 + n
-        (count,) = struct.unpack_from("<I", data, pos)
-        pos += 4
-        headers = []
-        for _ in range(count):
-            pair = []
-            for _ in range(2):
-                (n,) = struct.unpack_from("<I", data, pos)
-                pair.append(data[pos + 4 : pos + 4 + n].decode("utf-8", "surrogateescape"))
-                pos += 4 + n
-            headers.append((pair[0], pair[1]))
-    except struct.error as exc:
+        key, reason, etag, vary, var, fields = json.loads(data[_FIXED.size : header_len])
+        headers = [(str(n), str(v)) for n, v in fields]
+        variant_md5 = bytes.fromhex(var)
+    except (ValueError, TypeError) as exc:
         raise Corrupt("bad header") from exc
-    key, reason, etag, vary = (t.decode("utf-8", "surrogateescape") for t in texts[:4])
     return Entry(
         key,
         status,
@@ -435,7 +411,7 @@ def decode_entry(data: bytes, file_size: int) -> Entry:
         modified,
         etag,
         vary,
-        texts[4],
+        variant_md5,
         body_len,
         body_crc,
         header_len,
