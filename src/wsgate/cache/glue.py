@@ -99,7 +99,14 @@ class ProxyCaches:
     def configure(self, config: Config, error_log: ErrorLogger) -> None:
         """Open the stores of ``config`` and start their managers (at start and reload)."""
         self._log = lambda level, text: error_log.log(level, text)
-        for spec in config.http.cache_paths.values():
+        specs = set(config.http.cache_paths.values())
+        for old in [spec for spec in self._stores if spec not in specs]:
+            # Replaced by a reload: its requests in flight keep the store; no manager.
+            timer = self._timers.pop(old, None)
+            if timer is not None:
+                timer.cancel()
+            self._stores.pop(old).close()
+        for spec in specs:
             self.store(spec)
 
     def store(self, spec: CachePath) -> CacheStore:
@@ -110,7 +117,9 @@ class ProxyCaches:
         return store
 
     def _manage(self, spec: CachePath) -> None:
-        store = self._stores[spec]
+        store = self._stores.get(spec)
+        if store is None:
+            return
         try:
             if store.is_manager():
                 store.manage(time.time(), self._log)
@@ -161,18 +170,22 @@ class ProxyCaches:
 class BodySink:
     """Where a miss's body goes while it streams: the entry's temporary file."""
 
-    __slots__ = ("cache", "writer", "target")
+    __slots__ = ("cache", "writer", "target", "done")
 
     def __init__(self, cache: CacheRequest, writer: Writer, target: bytes) -> None:
         self.cache = cache
         self.writer = writer
         self.target = target
+        self.done = False
 
     def write(self, data: bytes) -> None:
         self.writer.write(data)
 
     def finish(self, complete: bool) -> None:
         """The body ended: complete, the entry is put in place; else it is dropped."""
+        if self.done:
+            return
+        self.done = True
         cache = self.cache
         if complete and self.writer.commit(cache.store.path_of(self.target)):
             if cache.counted:
@@ -201,6 +214,7 @@ class CacheRequest:
         "stale_updating",
         "stale_error",
         "_background",
+        "sink",
     )
 
     def __init__(self, ex: Exchange, caches: ProxyCaches, store: CacheStore, key: str) -> None:
@@ -222,6 +236,8 @@ class CacheRequest:
         self.counted = False
         self.stale_updating = self.stale_error = False
         self._background: SubExchange | None = None
+        #: The miss's body sink, once the response is kept.
+        self.sink: BodySink | None = None
 
     # -- before the upstream ---------------------------------------------------------------
     @classmethod
@@ -424,7 +440,8 @@ class CacheRequest:
         if writer is None:
             self.release()
             return None
-        return BodySink(self, writer, target)
+        self.sink = BodySink(self, writer, target)
+        return self.sink
 
     def intercepted(self, resp: ResponseHead) -> None:
         """An error ``proxy_intercept_errors`` passes to ``error_page``: its status is kept
@@ -533,7 +550,10 @@ class CacheRequest:
             self.caches.unlocked(self.cur)
 
     def done(self) -> None:
-        """The request is over: whatever it still holds is let go."""
+        """The request is over: whatever it still holds is let go (a body that never
+        finished streaming is not kept)."""
+        if self.sink is not None:
+            self.sink.finish(False)
         self.release()
         if self.stale is not None:
             _close(self.stale)
