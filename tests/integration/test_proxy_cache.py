@@ -33,9 +33,9 @@ def answer(backend: Backend, request: Request) -> bytes:
     """The path and how many requests the backend has had, with the path's caching fields
     (``?cc=...`` becomes Cache-Control)."""
     body = f"{request.path} #{len(backend.requests)}".encode()
-    extra = b""
+    extra = b"" if "noranges" in request.path else b"Accept-Ranges: bytes\r\n"
     if "cc=" in request.path:
-        extra = b"Cache-Control: " + request.path.split("cc=")[1].encode() + b"\r\n"
+        extra += b"Cache-Control: " + request.path.split("cc=")[1].encode() + b"\r\n"
     return b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n%s\r\n%s" % (
         len(body),
         extra,
@@ -129,6 +129,13 @@ def test_miss_hit_expired_and_not_cached(
     # A range of a cached response is cut from the file.
     f, body = fetch(gw.port, "/a", "Range: bytes=1-2\r\n")
     assert (f["status"], f["content-range"], body) == ("206", "bytes 1-2/5", b"a ")
+    f, _ = fetch(gw.port, "/a")
+    assert f["accept-ranges"] == "bytes"
+    # Without the upstream's Accept-Ranges, a hit is sent whole (as nginx).
+    fetch(gw.port, "/noranges")
+    f, body = fetch(gw.port, "/noranges", "Range: bytes=1-2\r\n")
+    assert (f["status"], f["x-cache"], body) == ("200", "HIT", b"/noranges #6")
+    assert "accept-ranges" not in f
     assert temp_files(cache) == []
 
 

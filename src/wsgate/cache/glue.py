@@ -592,14 +592,18 @@ class CacheRequest:
 
 
 def _file_response(cache: CacheRequest, hit: Hit, headers: list[tuple[str, str]]) -> FileResponse:
-    """The entry as a :class:`FileResponse`: through the not_modified and range filters for
-    a 200 (nginx: ``r->allow_ranges`` and the not-modified filter apply to a cached
-    response), the body's bytes after the header."""
+    """The entry as a :class:`FileResponse`: a 200 through the not_modified filter and, if
+    the upstream sent ``Accept-Ranges``, the range filter (ngx_http_upstream_copy_allow_ranges:
+    "if (r->cached) r->allow_ranges = 1", the field itself then the range filter's own); the
+    body's bytes are after the header."""
     settings, ctx = cache.ex.r.settings, cache.ex.r.ctx
     entry = hit.entry
     start, size = entry.header_len, entry.body_len
     status = entry.status
     whole: list[bytes | tuple[int, int]] = [(start, size)] if size else []
+    ranges_allowed = any(n.lower() == "accept-ranges" for n, _ in headers)
+    if ranges_allowed:
+        headers = [(n, v) for n, v in headers if n.lower() != "accept-ranges"]
     if status != 200:
         return FileResponse(status, hit.fd, headers, size, whole, hit.path)
     lm = next((v for n, v in headers if n.lower() == "last-modified"), None)
@@ -609,8 +613,12 @@ def _file_response(cache: CacheRequest, hit: Hit, headers: list[tuple[str, str]]
     if code == 412:
         raise HttpError(412)  # the caller closes the file
     if code == 304:
-        kept = [(n, v) for n, v in headers if n.lower() not in ("content-type",)]
+        # ngx_http_not_modified_header_filter: no type, length, ranges or encoding.
+        dropped = ("content-type", "content-encoding")
+        kept = [(n, v) for n, v in headers if n.lower() not in dropped]
         return FileResponse(304, hit.fd, kept, -1, [], hit.path)
+    if not ranges_allowed:
+        return FileResponse(200, hit.fd, headers, size, whole, hit.path)
     spec = range_applies(settings, ctx.headers, etag, mtime) if ctx.version != "0.9" else None
     ranges = parse_ranges(spec, size, settings.max_ranges) if spec is not None else None
     if ranges == NOT_SATISFIABLE:
