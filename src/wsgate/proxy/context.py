@@ -17,7 +17,7 @@ import ssl
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
-from wsgate.cache.glue import ProxyCaches
+from wsgate.cache.manager import ProxyCaches
 from wsgate.config.model import Config, LocationSettings, ProxyPass
 from wsgate.config.model import Resolver as ResolverConf
 from wsgate.errors import HttpError
