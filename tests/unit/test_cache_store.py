@@ -149,3 +149,19 @@ def test_manager_is_one_process(tmp_path: Path) -> None:
     a.close()
     assert b.is_manager()
     b.close()
+
+
+def test_lock_taken_over_is_not_removed_by_its_old_holder(tmp_path: Path) -> None:
+    """Past ``proxy_cache_lock_age`` another process takes the lock; the first holder's
+    release then leaves the new holder's lock alone."""
+    first, second = _store(tmp_path), _store(tmp_path)
+    second.pid = os.getppid()
+    md5 = digest("k")
+    a, b = object(), object()
+    now = time.time()
+    assert first.lock(md5, a, 1, now)
+    assert second.lock(md5, b, 5, now + 2)  # the first one's deadline has passed
+    first.unlock(md5, a)
+    assert first.locked(md5, now + 2, check_age=True)
+    second.unlock(md5, b)
+    assert not first.locked(md5, now + 2, check_age=False)

@@ -83,8 +83,9 @@ class CacheStore:
         self.spec = spec
         self.root = spec.path
         self.pid = os.getpid()
-        #: Lock files this process holds: md5 hex -> the request that holds it (an object).
-        self.held: dict[str, object] = {}
+        #: Lock files this process holds: md5 hex -> the request that holds it (an object)
+        #: and what its file says (it is removed only if it still says so).
+        self.held: dict[str, tuple[object, bytes]] = {}
         self._manager_fd: int | None = None
 
     # -- names -------------------------------------------------------------------------------
@@ -204,7 +205,7 @@ class CacheStore:
                 os.write(fd, text)
             finally:
                 os.close(fd)
-            self.held[md5.hex()] = owner
+            self.held[md5.hex()] = (owner, text)
             return True
         return False
 
@@ -237,12 +238,21 @@ class CacheStore:
         return True
 
     def unlock(self, md5: bytes, owner: object) -> None:
-        """Give the lock back if ``owner`` holds it."""
+        """Give the lock back if ``owner`` holds it (and its file was not taken over, past
+        its age, by another process)."""
         hexed = md5.hex()
-        if self.held.get(hexed) is owner:
-            del self.held[hexed]
-            with contextlib.suppress(OSError):
-                os.unlink(self._aux(md5, ".lock"))
+        held = self.held.get(hexed)
+        if held is None or held[0] is not owner:
+            return
+        del self.held[hexed]
+        path = self._aux(md5, ".lock")
+        try:
+            with open(path, "rb") as f:
+                if f.read(64) != held[1]:
+                    return
+            os.unlink(path)
+        except OSError:
+            pass
 
     # -- proxy_cache_min_uses ----------------------------------------------------------------
     def use(self, md5: bytes) -> int:
