@@ -165,3 +165,26 @@ def test_lock_taken_over_is_not_removed_by_its_old_holder(tmp_path: Path) -> Non
     assert first.locked(md5, now + 2, check_age=True)
     second.unlock(md5, b)
     assert not first.locked(md5, now + 2, check_age=False)
+
+
+def test_update_header_replaces_the_file_whole(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    path = _put(store, "k", b"body" * 5000, valid=int(time.time()) - 5)
+    hit = store.open(digest("k"), "k", _log)
+    assert hit is not None
+    old_inode = os.stat(path).st_ino
+    try:
+        entry = hit.entry
+        entry.valid_sec = int(time.time()) + 100
+        store.update_header(hit, entry, _log)
+    finally:
+        os.close(hit.fd)
+    assert os.stat(path).st_ino != old_inode  # renamed into place, not written over
+    again = store.open(digest("k"), "k", _log)
+    assert again is not None
+    try:
+        assert again.entry.valid_sec == entry.valid_sec
+        assert os.pread(again.fd, again.entry.body_len, again.entry.header_len) == b"body" * 5000
+    finally:
+        os.close(again.fd)
+    assert not any(name.endswith(".tmp") for name in _files(tmp_path))

@@ -448,7 +448,7 @@ class CacheRequest:
             entry = hit.entry
             entry.valid_sec, entry.updating_sec, entry.error_sec = valid, updating, error
             entry.date = now
-            self.store.update_header(hit, entry)
+            self.store.update_header(hit, entry, self.ex.r.log)
         self.status = Status.REVALIDATED
         self.release()
         return await self.send(hit)

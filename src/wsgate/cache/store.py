@@ -143,21 +143,34 @@ class CacheStore:
             with contextlib.suppress(OSError):
                 os.utime(hit.fd)
 
-    def update_header(self, hit: Hit, entry: Entry) -> None:
-        """Write a revalidated entry's header (its times only: the same length) in place."""
-        data = encode_entry(entry)
-        if entry.header_len != hit.entry.header_len:
-            return
+    def update_header(self, hit: Hit, entry: Entry, log: Log) -> None:
+        """Put a revalidated entry (new times, the same body) in place: a copy with the new
+        header, renamed over the old file as any new entry is (nginx rewrites the header in
+        place; a reader in another worker could then see half of it).  The body is copied
+        in the kernel (``copy_file_range``)."""
+        head, name = os.path.split(hit.path)
+        temp = os.path.join(head, f".{name}.{self.pid}.{next(_counter)}.tmp")
+        w = Writer(-1, temp, hit.path, entry, log)
         try:
-            fd = os.open(hit.path, os.O_WRONLY | os.O_CLOEXEC)
-        except OSError:
+            w.fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            header = encode_entry(entry)
+            os.write(w.fd, header)
+            done, count, start = 0, hit.entry.body_len, hit.entry.header_len
+            while done < count:
+                try:
+                    n = os.copy_file_range(hit.fd, w.fd, count - done, start + done)
+                except OSError as exc:
+                    if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                        raise
+                    n = os.write(w.fd, os.pread(hit.fd, min(count - done, 1 << 20), start + done))
+                if n == 0:
+                    raise OSError(errno.EIO, "cache file shrank while copied")
+                done += n
+        except OSError as exc:
+            w.abort(exc)
             return
-        try:
-            if os.fstat(fd).st_ino == os.fstat(hit.fd).st_ino:
-                os.pwrite(fd, data, 0)
-                os.utime(fd)
-        finally:
-            os.close(fd)
+        w.preset(hit.entry.body_len, hit.entry.body_crc)
+        w.commit()
 
     def remove(self, md5: bytes) -> None:
         with contextlib.suppress(OSError):
@@ -395,6 +408,10 @@ class Writer:
             return
         self.crc = zlib.crc32(data, self.crc)
         self.length += len(data)
+
+    def preset(self, length: int, crc: int) -> None:
+        """The body was written otherwise (copied): its length and CRC-32."""
+        self.length, self.crc = length, crc
 
     def commit(self, target: str | None = None) -> bool:
         """Finish the file and put it in place (at ``target``, another variant's name,
