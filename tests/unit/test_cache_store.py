@@ -188,3 +188,20 @@ def test_update_header_replaces_the_file_whole(tmp_path: Path) -> None:
     finally:
         os.close(again.fd)
     assert not any(name.endswith(".tmp") for name in _files(tmp_path))
+
+
+def test_manager_at_max_size_keeps_everything(tmp_path: Path) -> None:
+    """``max_size`` is a limit the cache may reach: at it nothing goes, one block over it the
+    least recently used entry goes."""
+    paths = [_put(_store(tmp_path), f"k{i}", b"x" * 100) for i in range(3)]
+    total = sum(os.stat(p).st_blocks * 512 for p in paths)
+    now = time.time()
+    for i, path in enumerate(paths):
+        os.utime(path, (now - 10 + i, now - 10 + i))
+    at = _store(tmp_path, max_size=total)
+    assert at.manage(now, _log) == 0
+    assert all(os.path.exists(p) for p in paths)
+    at.close()
+    over = _store(tmp_path, max_size=total - 1)
+    assert over.manage(now, _log) == 1
+    assert [os.path.exists(p) for p in paths] == [False, True, True]
