@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from wsgate.content.ssi import send_through_ssi, ssi_applies, ssi_framing, ssi_headers
+from wsgate.http.gzip import GzipStream, gzip_response, has_vary
 from wsgate.http.headers import (
     LAST_CHUNK,
     BodyFraming,
@@ -89,12 +90,26 @@ async def send_file(ex: Exchange, resp: FileResponse) -> Outcome:
             ctx.lookup,
             now,
         )
+        gz: GzipStream | None = None
+        if settings.gzip and status != 304:
+            headers, added, gz = gzip_response(
+                settings,
+                ctx.headers,
+                ctx.version,
+                status,
+                headers,
+                added,
+                None if ssi else resp.length,
+                now,
+            )
+        if resp.vary and settings.gzip_vary and not has_vary(headers):
+            headers = [("Vary", "Accept-Encoding"), *headers]
         framing = BodyFraming.none() if status == 304 else BodyFraming.content_length(resp.length)
         # add_trailer: nginx's chunked filter chunks the body to carry the trailer.
         with_trailer = chunked = wants_trailer(status, head.method, head.version, settings)
         if chunked:
             framing = BodyFraming.chunked()
-        if ssi:
+        if ssi or gz is not None:
             # The SSI output's length is unknown: chunked for HTTP/1.1, else to the close.
             plan = ssi_framing(settings, head, status, keep, trailers=with_trailer)
             framing, keep, chunked = plan.framing, plan.keep_alive, plan.chunked
@@ -116,8 +131,26 @@ async def send_file(ex: Exchange, resp: FileResponse) -> Outcome:
         rate = response_rate(settings, ctx, lambda text: r.log("error", text))
         timeout = settings.send_timeout
         with_body = head.method != "HEAD" and status != 304
-        if with_body and ssi:
-            sent = await send_through_ssi(ex, out, _file_pieces(resp), chunked, timeout)
+        if with_body and gz is not None and not ssi:
+            # Compressed as it is read, one pread chunk at a time: no sendfile for it.
+            sent = await _send_gzipped(ep, out, _file_pieces(resp), gz, chunked, timeout, rate)
+            ctx.gzip_ratio = gz.ratio
+            if chunked:
+                tail = (
+                    last_chunk(trailers(status, settings.add_trailers, ctx.lookup, ctx))
+                    if with_trailer
+                    else LAST_CHUNK
+                )
+                ep.write(tail)
+                sent += len(tail)
+            ctx.bytes_sent = sent
+            ctx.body_bytes_sent = sent - len(out)
+            await _drain(ep, timeout)
+            with_body = False
+        elif with_body and ssi:
+            sent = await send_through_ssi(ex, out, _file_pieces(resp), chunked, timeout, gz)
+            if gz is not None:
+                ctx.gzip_ratio = gz.ratio
             if chunked:
                 tail = (
                     last_chunk(trailers(status, settings.add_trailers, ctx.lookup, ctx))
@@ -193,6 +226,42 @@ async def send_file(ex: Exchange, resp: FileResponse) -> Outcome:
         os.close(resp.fd)
     ex.log()
     return keep, settings.keepalive_timeout
+
+
+async def _send_gzipped(
+    ep: Endpoint,
+    head: bytes,
+    pieces: Iterator[bytes],
+    gz: GzipStream,
+    chunked: bool,
+    timeout: float,
+    rate: WriteRate | None,
+) -> int:
+    """The head, then ``pieces`` through ``gz`` (each output chunked when ``chunked``, the
+    last chunk not written); returns the bytes written, head included."""
+    sent = 0
+
+    async def write(data: bytes) -> None:
+        nonlocal sent
+        if not data:
+            return
+        framed = encode_chunk(data) if chunked else data
+        if rate is None:
+            ep.write(framed)
+            sent += len(framed)
+            await _drain(ep, timeout)
+        else:
+            sent = await send_paced(ep, framed, rate, sent)
+
+    if rate is None:
+        ep.write(head)
+        sent = len(head)
+    else:
+        sent = await send_paced(ep, head, rate, 0)
+    for piece in pieces:
+        await write(gz.compress(piece))
+    await write(gz.finish())
+    return sent
 
 
 def _file_pieces(resp: FileResponse) -> Iterator[bytes]:
