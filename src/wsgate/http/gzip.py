@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from wsgate.http.fields import first_value
+from wsgate.http.headers import LAST_CHUNK, encode_chunk
 from wsgate.http.static import parse_http_time
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ __all__ = [
     "gzip_applies",
     "gzip_fields",
     "gzip_ok",
+    "gzip_page",
     "gzip_response",
     "has_vary",
     "is_msie6",
@@ -361,3 +363,56 @@ class GzipStream:
     @property
     def ratio(self) -> str:
         return ratio(self.zin, self.zout)
+
+
+def gzip_page(
+    settings: LocationSettings,
+    request: Fields,
+    version: str,
+    status: int,
+    data: bytes,
+    keep_alive: bool,
+    head_only: bool = False,
+) -> tuple[bytes, bool]:
+    """One of wsgate's own pages (an error page: a whole response, ``text/html`` with its
+    length, as :func:`wsgate.http.pages.error_response` makes it) through the gzip filter,
+    as nginx's special responses go through the header filters: compressed when the filter
+    takes it and the client accepts gzip, then chunked (HTTP/1.1) or delimited by the close.
+    A ``HEAD`` response (``head_only``) gets the fields, neither framing nor body.
+    Returns the response and whether the connection may stay open."""
+    end = data.find(b"\r\n\r\n")
+    if end == -1 or b"\r\nTransfer-Encoding:" in data[:end]:
+        return data, keep_alive  # a trailer's chunked page: left as it is
+    lines = data[:end].decode("latin-1").split("\r\n")
+    body = data[end + 4 :]
+    fields = [tuple(line.split(": ", 1)) for line in lines[1:]]
+    pairs = [(f[0], f[1]) for f in fields if len(f) == 2]
+    length = next((int(v) for n, v in pairs if n == "Content-Length"), None)
+    out, added, gz = gzip_response(settings, request, version, status, pairs, [], length)
+    if out is pairs:
+        return data, keep_alive
+    chunked = version == "1.1" and settings.chunked_transfer_encoding
+    if head_only:
+        gz = None  # its fields are the compressed response's; no body, no framing
+    head = [lines[0]]
+    for name, value in out:
+        if name == "Vary":
+            continue  # written after Connection, as nginx's header filter writes it
+        if name == "Connection":
+            if gz is not None and not chunked:
+                value, keep_alive = "close", False
+            if gz is not None and chunked:
+                head.append("Transfer-Encoding: chunked")
+            head.append(f"Connection: {value}")
+            if any(n == "Vary" for n, _ in out):
+                head.append("Vary: Accept-Encoding")
+            continue
+        if name == "Keep-Alive" and not keep_alive:
+            continue
+        head.append(f"{name}: {value}")
+    head += [f"{n}: {v}" for n, v in added]
+    if gz is not None and body:
+        body = gz.compress(body) + gz.finish()
+        if chunked:
+            body = encode_chunk(body) + LAST_CHUNK
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body, keep_alive

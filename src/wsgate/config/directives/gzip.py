@@ -56,21 +56,32 @@ def _comp_level(s: Stmt, level: Level) -> int:
     return value
 
 
-def _power_of_two(top: int, bits: int, words: str) -> object:
+def _power_of_two(s: Stmt, top: int, bits: int, words: str) -> int:
     """``ngx_http_gzip_window``/``ngx_http_gzip_hash``: a size that is a power of two from
     512 to ``top``, as zlib's ``windowBits``/``memLevel`` (``bits`` for ``top``)."""
+    value = size(s)
+    n, step = top, bits
+    while n > 256:
+        if n == value:
+            return step
+        n >>= 1
+        step -= 1
+    raise _err(f"must be {words}", s.src)
 
-    def parse(s: Stmt, level: Level) -> int:
-        value = size(s)
-        n, step = top, bits
-        while n > 256:
-            if n == value:
-                return step
-            n >>= 1
-            step -= 1
-        raise _err(f"must be {words}", s.src)
 
-    return parse
+def _window(s: Stmt, level: Level) -> int:
+    return _power_of_two(s, 32 * 1024, 15, "512, 1k, 2k, 4k, 8k, 16k, or 32k")
+
+
+def _hash(s: Stmt, level: Level) -> int:
+    return _power_of_two(s, 128 * 1024, 9, "512, 1k, 2k, 4k, 8k, 16k, 32k, 64k, or 128k")
+
+
+def _http_version(s: Stmt, level: Level) -> str:
+    """``ngx_conf_set_enum_slot`` over ``ngx_http_gzip_http_version``: 1.0 or 1.1."""
+    if s.args[0] not in ("1.0", "1.1"):
+        raise _err(f'invalid value "{s.args[0]}"', s.src)
+    return s.args[0]
 
 
 def _proxied(s: Stmt, level: Level) -> frozenset[str]:
@@ -93,13 +104,6 @@ def _disable(s: Stmt, level: Level) -> tuple[re.Pattern[str] | str, ...]:
         else:
             out.append(regex(a, re.IGNORECASE, s.src))
     return tuple(out)
-
-
-def _bufs(s: Stmt, level: Level | None) -> None:
-    """``ngx_conf_set_bufs_slot``: a number and a size, neither zero."""
-    num, length = s.args
-    if not num.isascii() or not num.isdigit() or int(num) == 0 or not size(s, None, 1):
-        raise _err(f'"{s.name}" directive invalid value', s.src)
 
 
 def _setting(name: str, parse: object, field: str, default: str, **kw: object) -> Directive:
@@ -129,7 +133,7 @@ ENTRIES: tuple[Directive, ...] = (
     _setting("gzip_comp_level", _comp_level, "gzip_comp_level", "1", syntax="level"),
     _setting(
         "gzip_window",
-        _power_of_two(32 * 1024, 15, "512, 1k, 2k, 4k, 8k, 16k, or 32k"),
+        _window,
         "gzip_window",
         "32k",
         syntax="size",
@@ -137,16 +141,14 @@ ENTRIES: tuple[Directive, ...] = (
     ),
     _setting(
         "gzip_hash",
-        _power_of_two(128 * 1024, 9, "512, 1k, 2k, 4k, 8k, 16k, 32k, 64k, or 128k"),
+        _hash,
         "gzip_hash",
         "64k",
         syntax="size",
         note="zlib's `memLevel`",
     ),
     _setting("gzip_vary", flag, "gzip_vary", "off"),
-    _setting(
-        "gzip_http_version", enum_("1.0", "1.1"), "gzip_http_version", "1.1", syntax="1.0 | 1.1"
-    ),
+    _setting("gzip_http_version", _http_version, "gzip_http_version", "1.1", syntax="1.0 | 1.1"),
     _setting(
         "gzip_proxied",
         _proxied,
@@ -172,7 +174,6 @@ ENTRIES: tuple[Directive, ...] = (
         "gzip_buffers",
         HSL,
         TAKE2,
-        parse=_bufs,
         kind=Kind.NO_OP,
         syntax="number size",
         note="zlib's output is written as it comes out, each piece at once: no buffers to count",
@@ -181,7 +182,7 @@ ENTRIES: tuple[Directive, ...] = (
         "postpone_gzipping",
         HSL,
         TAKE1,
-        parse=lambda s, level: size(s),
+        parse=size,
         kind=Kind.NO_OP,
         syntax="size",
         note="zlib's memory is taken when the response starts",
