@@ -335,10 +335,12 @@ def serve(
     ctx: RequestContext,
     method: str,
     log: Log,
+    main: bool = True,
 ) -> Internal | Moved | Listing | FileResponse:
     """The content phase of a location without a handler: index, autoindex, static, in
     nginx's order; errors are :class:`~wsgate.errors.HttpError` with nginx's log text (a 404
-    is logged here, per ``log_not_found``)."""
+    is logged here, per ``log_not_found``).  ``main``: not a subrequest (which gzip does
+    not compress, and for which ``gzip_static on`` finds the client does not accept it)."""
     uri = ctx.uri
     if uri.endswith("/"):
         if method in ("GET", "HEAD", "POST"):
@@ -358,7 +360,7 @@ def serve(
     path, _ = map_uri_to_path(settings.root, uri, ctx.lookup, ctx.add_uri_to_alias)
     vary = False
     if settings.gzip_static != "off" and method != "POST":
-        static_gz = _gzip_static(settings, ctx, path, log)
+        static_gz = _gzip_static(settings, ctx, path, log, main)
         if isinstance(static_gz, FileResponse):
             return static_gz
         vary = static_gz
@@ -384,7 +386,7 @@ def serve(
             raise HttpError(404)
         if method == "POST":
             raise HttpError(405)
-        resp = _response(settings, ctx, fd, st, path, log)
+        resp = _response(settings, ctx, fd, st, path, log, gzip=main and settings.gzip)
         resp.vary = vary
         return resp
     except BaseException:
@@ -393,14 +395,14 @@ def serve(
 
 
 def _gzip_static(
-    settings: LocationSettings, ctx: RequestContext, path: str, log: Log
+    settings: LocationSettings, ctx: RequestContext, path: str, log: Log, main: bool
 ) -> FileResponse | bool:
     """``ngx_http_gzip_static_handler``: ``FILE.gz`` as the response, with
     ``Content-Encoding: gzip``, when the client accepts gzip (``on``: ``ngx_http_gzip_ok``,
     ``gzip_proxied`` and ``gzip_disable`` included) or always (``always``); its
     ``Last-Modified``, ``ETag`` and length are the ``.gz`` file's, its type the URI's.  Else
     whether the response earns ``Vary: Accept-Encoding`` (``on`` and a ``.gz`` there)."""
-    ok = settings.gzip_static == "always" or gzip_ok(settings, ctx.headers, ctx.version)
+    ok = settings.gzip_static == "always" or (main and gzip_ok(settings, ctx.headers, ctx.version))
     if not ok and not settings.gzip_vary:
         return False
     gz_path = path + ".gz"
@@ -454,9 +456,10 @@ def _response(
     path: str,
     log: Log,
     encoded: bool = False,
+    gzip: bool = False,
 ) -> FileResponse:
     """The static handler's 200, through the not_modified and range filters (``encoded``:
-    a ``gzip_static`` file, its body gzip already)."""
+    a ``gzip_static`` file, its body gzip already; ``gzip``: the gzip filter may take it)."""
     mtime, size = int(st.st_mtime), st.st_size
     etag = etag_for(mtime, size) if settings.etag else None
     ctype, recode = apply_charset(
@@ -474,7 +477,7 @@ def _response(
         return FileResponse(304, fd, headers[1:], -1, [], path)
     if encoded:
         headers.append(("Content-Encoding", "gzip"))
-    elif settings.gzip and _gzip_filter_takes(settings, ctx, headers, size):
+    elif gzip and _gzip_filter_takes(settings, ctx, headers, size):
         resp = FileResponse(200, fd, headers, size, [(0, size)] if size else [], path)
         resp.recode = recode
         return resp

@@ -91,7 +91,7 @@ async def send_file(ex: Exchange, resp: FileResponse) -> Outcome:
             now,
         )
         gz: GzipStream | None = None
-        if settings.gzip and status != 304:
+        if settings.gzip and status != 304 and not r.subrequest:
             headers, added, gz = gzip_response(
                 settings,
                 ctx.headers,

@@ -131,6 +131,7 @@ class Exchange:
                         self.upgrade,
                         logged=True,
                         extra=response_fields(r),
+                        main=not r.subrequest,
                     )
                 error = None
                 try:
@@ -259,7 +260,7 @@ class Exchange:
         keep = head.keep_alive
         chunked = wants_trailer(status, head.method, head.version, settings)
         gz: GzipStream | None = None
-        if settings.gzip:
+        if settings.gzip and not self.r.subrequest:
             headers, added, gz = gzip_response(
                 settings,
                 ctx.headers,
@@ -369,12 +370,14 @@ def write_error(
     *,
     logged: bool = False,
     extra: Sequence[tuple[str, str]] = (),
+    main: bool = True,
 ) -> Outcome:
     """nginx's error response for ``exc`` (none for 408, 444 and 499, which close), its
     error-log line unless ``logged`` (:func:`~wsgate.http.phases.on_error` did), and the log
     phase (``location`` and ``upgrade``: the metrics' labels); ``head`` is None for bad input
     before a head.  ``extra`` fields come before ``add_header``'s (an intercepted 401's
-    ``WWW-Authenticate``)."""
+    ``WWW-Authenticate``).  ``main``: not a subrequest (whose pages are never gzipped:
+    ``ngx_http_gzip_ok`` declines "if (r != r->main)")."""
     level = exc.log_level
     if level is not None and not logged:
         front.gw.error_log.log(level, exc.log, front.number, ctx)
@@ -415,7 +418,7 @@ def write_error(
             ctx.lookup,
             lambda level, text: front.gw.error_log.log(level, text, front.number, ctx),
         )
-        if settings.gzip and head is not None:
+        if settings.gzip and head is not None and main:
             data, keep = gzip_page(
                 settings, ctx.headers, head.version, ctx.status, data, keep, head.method == "HEAD"
             )

@@ -299,7 +299,7 @@ async def relay_response(
     )
     length = None if ssi else resp.content_length
     gz: GzipStream | None = None
-    if settings.gzip:
+    if settings.gzip and not ex.r.subrequest:
         headers, added, gz = gzip_response(
             settings, ctx.headers, ctx.version, status, headers, added, length, now
         )
