@@ -358,8 +358,10 @@ async def relay_response(
             pass  # written with the first output
         elif rate is None:
             ep.write(out)
+            head_out = b""
         else:
             sent = await send_paced(ep, out, rate, 0)
+            head_out = b""
         while True:
             for ev in pending:
                 if isinstance(ev, Body):
