@@ -45,6 +45,8 @@ def fetch(
         out = b""
         while True:
             size_line, _, body = body.partition(b"\r\n")
+            if not size_line:  # cut short: what came (the caller finds it incomplete)
+                break
             size = int(size_line, 16)
             if size == 0:
                 assert body == b"\r\n", "the body ends with the last chunk"
@@ -86,6 +88,12 @@ def by_path(backend: Backend, request: Request) -> bytes:
         return reply(TEXT, "Content-Type: text/html", "Cache-Control: no-store")
     if p == "/public":
         return reply(TEXT, "Content-Type: text/html", "Cache-Control: max-age=60")
+    if p == "/gz":
+        return reply(gzip.compress(TEXT) + gzip.compress(b"|2"), "Content-Type: text/html",
+                     "Content-Encoding: gzip")  # fmt: skip
+    if p == "/badgz":
+        return reply(b"\x1f\x8b" + b"not really gzip" * 10, "Content-Type: text/html",
+                     "Content-Encoding: gzip")  # fmt: skip
     if p.startswith("/len/"):
         n = int(p[5:])
         return reply(b"x" * n, "Content-Type: text/html")
@@ -127,6 +135,7 @@ http {{
       proxy_set_header Upgrade $http_upgrade;
       proxy_set_header Connection upgrade;
     }}
+    location /gun/ {{ gunzip on; proxy_pass http://127.0.0.1:{port}/; }}
     location /old/ {{ gzip_http_version 1.0; alias {site}/; }}
     location /st/ {{ gzip_static on; alias {site}/; }}
     location /always/ {{ gzip_static always; alias {site}/; }}
@@ -396,3 +405,21 @@ def test_client_gone_halfway_leaks_nothing(
     assert "[alert]" not in gw.errors()
     head, body = fetch(gw.port, "/page.html", AE)  # the worker goes on serving
     assert gzip.decompress(body) == TEXT
+
+
+def test_gunzip(wsgate: Callable[..., WsgateProcess], bg: Loop, site: Path) -> None:
+    gw = wsgate(conf(site, bg.backend("b", by_path).port))
+    # A client that does not accept gzip: decompressed as it streams, both members.
+    head, body = fetch(gw.port, "/gun/gz")
+    assert body == TEXT + b"|2"
+    assert "Content-Encoding" not in head and "Content-Length" not in head
+    assert "Transfer-Encoding: chunked" in head and "Vary: Accept-Encoding" in head
+    # One that does: the upstream's bytes as they are.
+    head, body = fetch(gw.port, "/gun/gz", AE)
+    assert "Content-Encoding: gzip" in head and gzip.decompress(body) == TEXT + b"|2"
+    assert "Content-Length" in head
+    # Not gzip after all: an [error] line and the connection closed, never an [alert].
+    head, _ = fetch(gw.port, "/gun/badgz")
+    assert head.startswith("HTTP/1.1 200")
+    gw.wait_log(r"\[error\] .*inflate\(\) failed")
+    assert "[alert]" not in gw.errors()

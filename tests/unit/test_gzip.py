@@ -16,8 +16,11 @@ from wsgate.config.loader import load
 from wsgate.config.model import LocationSettings
 from wsgate.errors import ConfigError
 from wsgate.http.gzip import (
+    GunzipError,
+    GunzipStream,
     GzipStream,
     accepts_gzip,
+    gunzip_response,
     gzip_applies,
     gzip_fields,
     gzip_ok,
@@ -280,3 +283,36 @@ def test_directives(tmp_path: Path) -> None:
 def test_directive_errors(tmp_path: Path, body: str, error: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(error)):
         _location(tmp_path, body)
+
+
+def test_gunzip_stream_members_and_errors() -> None:
+    one, two = gzip_lib.compress(b"first " * 100), gzip_lib.compress(b"second")
+    data = one + two
+    gun = GunzipStream()
+    out = b"".join(gun.feed(data[i : i + 7]) for i in range(0, len(data), 7))
+    gun.finish()
+    assert out == b"first " * 100 + b"second"
+    cut = GunzipStream()
+    cut.feed(one[:-5])
+    with pytest.raises(GunzipError, match="on response end"):
+        cut.finish()
+    with pytest.raises(GunzipError, match="inflate"):
+        GunzipStream().feed(b"not gzip at all, really")
+    GunzipStream().finish()  # an empty body is no error
+
+
+def test_gunzip_response() -> None:
+    on = replace(ON, gzip=False, gunzip=True, gzip_vary=True)
+    fields = [("Content-Encoding", "GZIP"), ("Content-Length", "9"), ("ETag", '"e"')]
+    own, added, gun = gunzip_response(on, [], "1.1", fields, [])
+    assert gun is not None and added == []
+    assert own == [("Vary", "Accept-Encoding"), ("ETag", 'W/"e"')]
+    # A client that accepts gzip gets it as it is (Vary all the same); a subrequest never.
+    own, _, gun = gunzip_response(on, AE, "1.1", fields, [])
+    assert gun is None and own == [("Vary", "Accept-Encoding"), *fields]
+    assert gunzip_response(on, AE, "1.1", fields, [], main=False)[2] is not None
+    # Another coding, several, or none: untouched.
+    for coding in ("br", "gzip, br", ""):
+        other = [("Content-Encoding", coding)]
+        assert gunzip_response(on, [], "1.1", other, []) == (other, [], None)
+    assert gunzip_response(replace(on, gunzip=False), [], "1.1", fields, [])[2] is None

@@ -757,6 +757,8 @@ class LocationSettings:
     gzip_disable: tuple[re.Pattern[str] | str, ...] = ()
     #: ``gzip_static off | on | always``.
     gzip_static: str = "off"
+    #: ``gunzip``: decompress gzip responses for clients that do not accept gzip.
+    gunzip: bool = False
     #: ``subrequest_output_buffer_size``: the most an in-memory subrequest's body may be.
     subrequest_output_buffer_size: int = 4096
     #: Every ``charset_map`` of ``http``: (from, to), lowercased → a 256-byte table.

@@ -422,7 +422,10 @@ def _gzip_static(
         if not stat.S_ISREG(st.st_mode):
             log("crit", f'"{gz_path}" is not a regular file')
             raise HttpError(404)
-        resp = _response(settings, ctx, fd, st, gz_path, log, encoded=True)
+        # gunzip on, for a client that does not accept gzip (gzip_static always): the
+        # body is decompressed as it is sent, so it is no range and takes the charset.
+        gunzip = settings.gunzip and not (main and gzip_ok(settings, ctx.headers, ctx.version))
+        resp = _response(settings, ctx, fd, st, gz_path, log, encoded=not gunzip, gunzip=gunzip)
         fd = -1
         resp.vary = settings.gzip_static == "on"
         return resp
@@ -457,9 +460,11 @@ def _response(
     log: Log,
     encoded: bool = False,
     gzip: bool = False,
+    gunzip: bool = False,
 ) -> FileResponse:
     """The static handler's 200, through the not_modified and range filters (``encoded``:
-    a ``gzip_static`` file, its body gzip already; ``gzip``: the gzip filter may take it)."""
+    a ``gzip_static`` file, its body gzip already; ``gzip``: the gzip filter may take it;
+    ``gunzip``: a ``gzip_static`` file the gunzip filter will decompress)."""
     mtime, size = int(st.st_mtime), st.st_size
     etag = etag_for(mtime, size) if settings.etag else None
     ctype, recode = apply_charset(
@@ -475,9 +480,9 @@ def _response(
     if status == 304:
         # "not modified": no type, no length, no Accept-Ranges, no Content-Encoding.
         return FileResponse(304, fd, headers[1:], -1, [], path)
-    if encoded:
+    if encoded or gunzip:
         headers.append(("Content-Encoding", "gzip"))
-    elif gzip and _gzip_filter_takes(settings, ctx, headers, size):
+    if gunzip or (not encoded and gzip and _gzip_filter_takes(settings, ctx, headers, size)):
         resp = FileResponse(200, fd, headers, size, [(0, size)] if size else [], path)
         resp.recode = recode
         return resp

@@ -33,7 +33,14 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from wsgate.content.ssi import send_through_ssi, ssi_applies, ssi_framing, ssi_headers
-from wsgate.http.gzip import GzipStream, gzip_response, has_vary
+from wsgate.http.gzip import (
+    GunzipError,
+    GunzipStream,
+    GzipStream,
+    gunzip_response,
+    gzip_response,
+    has_vary,
+)
 from wsgate.http.headers import (
     LAST_CHUNK,
     BodyFraming,
@@ -91,7 +98,12 @@ async def send_file(ex: Exchange, resp: FileResponse) -> Outcome:
             now,
         )
         gz: GzipStream | None = None
-        if settings.gzip and status != 304 and not r.subrequest:
+        gun: GunzipStream | None = None
+        if settings.gunzip and status != 304:
+            headers, added, gun = gunzip_response(
+                settings, ctx.headers, ctx.version, headers, added, not r.subrequest, now
+            )
+        if settings.gzip and status != 304 and not r.subrequest and gun is None:
             headers, added, gz = gzip_response(
                 settings,
                 ctx.headers,
@@ -109,7 +121,7 @@ async def send_file(ex: Exchange, resp: FileResponse) -> Outcome:
         with_trailer = chunked = wants_trailer(status, head.method, head.version, settings)
         if chunked:
             framing = BodyFraming.chunked()
-        if ssi or gz is not None:
+        if ssi or gz is not None or gun is not None:
             # The SSI output's length is unknown: chunked for HTTP/1.1, else to the close.
             plan = ssi_framing(settings, head, status, keep, trailers=with_trailer)
             framing, keep, chunked = plan.framing, plan.keep_alive, plan.chunked
@@ -131,10 +143,15 @@ async def send_file(ex: Exchange, resp: FileResponse) -> Outcome:
         rate = response_rate(settings, ctx, lambda text: r.log("error", text))
         timeout = settings.send_timeout
         with_body = head.method != "HEAD" and status != 304
-        if with_body and gz is not None and not ssi:
-            # Compressed as it is read, one pread chunk at a time: no sendfile for it.
-            sent = await _send_gzipped(ep, out, _file_pieces(resp), gz, chunked, timeout, rate)
-            ctx.gzip_ratio = gz.ratio
+        if with_body and (gz is not None or gun is not None) and not ssi:
+            # Compressed (or decompressed) as it is read, one pread chunk at a time: no
+            # sendfile for it.
+            pieces = _file_pieces(resp)
+            if gun is not None:
+                pieces = _gunzipped(pieces, gun)
+            sent = await _send_gzipped(ep, out, pieces, gz, chunked, timeout, rate)
+            if gz is not None:
+                ctx.gzip_ratio = gz.ratio
             if chunked:
                 tail = (
                     last_chunk(trailers(status, settings.add_trailers, ctx.lookup, ctx))
@@ -148,7 +165,10 @@ async def send_file(ex: Exchange, resp: FileResponse) -> Outcome:
             await _drain(ep, timeout)
             with_body = False
         elif with_body and ssi:
-            sent = await send_through_ssi(ex, out, _file_pieces(resp), chunked, timeout, gz)
+            pieces = _file_pieces(resp)
+            if gun is not None:
+                pieces = _gunzipped(pieces, gun)
+            sent = await send_through_ssi(ex, out, pieces, chunked, timeout, gz)
             if gz is not None:
                 ctx.gzip_ratio = gz.ratio
             if chunked:
@@ -212,6 +232,9 @@ async def send_file(ex: Exchange, resp: FileResponse) -> Outcome:
     except Truncated as exc:
         r.log("error", f'"{resp.path}" was truncated while it was sent ({exc})')
         keep = False
+    except GunzipError as exc:
+        r.log("error", f'{exc} while sending "{resp.path}"')
+        keep = False
     except TimeoutError:
         # send_timeout: "If the client does not receive anything within this time, the
         # connection is closed."
@@ -228,17 +251,24 @@ async def send_file(ex: Exchange, resp: FileResponse) -> Outcome:
     return keep, settings.keepalive_timeout
 
 
+def _gunzipped(pieces: Iterator[bytes], gun: GunzipStream) -> Iterator[bytes]:
+    """``pieces`` of a gzip file decompressed (``gunzip on``)."""
+    for piece in pieces:
+        yield gun.feed(piece)
+    gun.finish()
+
+
 async def _send_gzipped(
     ep: Endpoint,
     head: bytes,
     pieces: Iterator[bytes],
-    gz: GzipStream,
+    gz: GzipStream | None,
     chunked: bool,
     timeout: float,
     rate: WriteRate | None,
 ) -> int:
-    """The head, then ``pieces`` through ``gz`` (each output chunked when ``chunked``, the
-    last chunk not written); returns the bytes written, head included."""
+    """The head, then ``pieces`` through ``gz`` (if any; each output chunked when
+    ``chunked``, the last chunk not written); returns the bytes written, head included."""
     sent = 0
 
     async def write(data: bytes) -> None:
@@ -259,8 +289,9 @@ async def _send_gzipped(
     else:
         sent = await send_paced(ep, head, rate, 0)
     for piece in pieces:
-        await write(gz.compress(piece))
-    await write(gz.finish())
+        await write(piece if gz is None else gz.compress(piece))
+    if gz is not None:
+        await write(gz.finish())
     return sent
 
 

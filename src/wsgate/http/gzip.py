@@ -39,12 +39,15 @@ if TYPE_CHECKING:
 __all__ = [
     "PROXIED",
     "STATUSES",
+    "GunzipError",
+    "GunzipStream",
     "GzipStream",
     "accepts_gzip",
     "gzip_applies",
     "gzip_fields",
     "gzip_ok",
     "gzip_page",
+    "gunzip_response",
     "gzip_response",
     "has_vary",
     "is_msie6",
@@ -416,3 +419,68 @@ def gzip_page(
         if chunked:
             body = encode_chunk(body) + LAST_CHUNK
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body, keep_alive
+
+
+# -- gunzip (ngx_http_gunzip_filter_module) --------------------------------------------------------
+class GunzipError(ValueError):
+    """A body that is not gzip after all (nginx: ``inflate() failed: 0, -3``)."""
+
+
+class GunzipStream:
+    """A gzip body decompressed as it comes, member after member ("multiple gzip members"
+    of one body are one output, as nginx's filter resets zlib at each member's end)."""
+
+    __slots__ = ("_z", "zin", "zout")
+
+    def __init__(self) -> None:
+        self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self.zin = self.zout = 0
+
+    def feed(self, data: bytes) -> bytes:
+        self.zin += len(data)
+        out = b""
+        try:
+            while data:
+                out += self._z.decompress(data)
+                if not self._z.eof:
+                    break
+                data = self._z.unused_data
+                if data:
+                    self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        except zlib.error as exc:
+            raise GunzipError(f"inflate() failed: {exc}") from None
+        self.zout += len(out)
+        return out
+
+    def finish(self) -> None:
+        """The body's end: a member cut short is nginx's ``inflate() returned -5 on response
+        end`` (``decompress`` without a limit has given all it could already)."""
+        if not self._z.eof and self.zin:
+            raise GunzipError("inflate() returned -5 on response end")
+
+
+def gunzip_response(
+    settings: LocationSettings,
+    request: Fields,
+    version: str,
+    fields: list[tuple[str, str]],
+    added: list[tuple[str, str]],
+    main: bool = True,
+    now: float | None = None,
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]], GunzipStream | None]:
+    """``gunzip on`` (ngx_http_gunzip_header_filter): a response with ``Content-Encoding:
+    gzip`` (that one coding, any case) for a client that does not accept gzip (a subrequest
+    never does) is decompressed: no ``Content-Encoding``, ``Content-Length`` or
+    ``Accept-Ranges``, a weak ``ETag``.  Any such response earns ``Vary: Accept-Encoding``
+    with ``gzip_vary on``, decompressed or not."""
+    both = [*fields, *added]
+    coding = first_value(both, "content-encoding")
+    if not settings.gunzip or coding is None or coding.lower() != "gzip":
+        return fields, added, None
+    if settings.gzip_vary and not has_vary(fields):
+        fields = [("Vary", "Accept-Encoding"), *fields]
+    if main and gzip_ok(settings, request, version, both, now):
+        return fields, added, None
+    drop = ("content-encoding", "content-length", "accept-ranges")
+    own = _weak([(n, v) for n, v in fields if n.lower() not in drop])
+    return own, _weak([(n, v) for n, v in added if n.lower() != "content-encoding"]), GunzipStream()

@@ -38,7 +38,13 @@ from wsgate.http.body import Body, EndOfMessage
 from wsgate.http.charset import proxied_charset
 from wsgate.http.fields import first_value
 from wsgate.http.framing import client_framing
-from wsgate.http.gzip import GzipStream, gzip_response
+from wsgate.http.gzip import (
+    GunzipError,
+    GunzipStream,
+    GzipStream,
+    gunzip_response,
+    gzip_response,
+)
 from wsgate.http.headers import (
     LAST_CHUNK,
     BodyFraming,
@@ -287,6 +293,12 @@ async def relay_response(
     if ex.r.headers_out:  # after an error page
         own = location is not None or first_value(headers, "location") is not None
         headers = [*response_fields(ex.r, redirect=own), *headers]
+    gun: GunzipStream | None = None
+    if settings.gunzip:
+        # Before the charset, SSI and gzip filters, as nginx's gunzip filter runs.
+        headers, _, gun = gunzip_response(
+            settings, ctx.headers, ctx.version, headers, [], not ex.r.subrequest
+        )
     ssi = ssi_applies(settings, status, resp.headers) and resp.content_length != 0
     if ssi:
         headers = ssi_headers(settings, headers)
@@ -297,7 +309,7 @@ async def relay_response(
     headers, added = filter_headers(
         status, headers, settings.add_headers, settings.expires, ctx.lookup, now
     )
-    length = None if ssi else resp.content_length
+    length = None if ssi or gun is not None else resp.content_length
     gz: GzipStream | None = None
     if settings.gzip and not ex.r.subrequest:
         headers, added, gz = gzip_response(
@@ -368,7 +380,9 @@ async def relay_response(
                     upstream_bytes += len(ev.data)
                     if no_body:
                         continue
-                    data = ev.data if recode is None else ev.data.translate(recode)
+                    data = ev.data if gun is None else gun.feed(ev.data)
+                    if recode is not None:
+                        data = data.translate(recode)
                     if filt is not None:
                         await filt.feed(data)
                         continue
@@ -384,6 +398,8 @@ async def relay_response(
                 elif isinstance(ev, EndOfMessage):
                     complete = True
             if complete:
+                if gun is not None and not no_body:
+                    gun.finish()
                 if filt is not None:
                     await filt.finish()
                     if head_out:
@@ -443,6 +459,10 @@ async def relay_response(
     except PeerClosed:
         keep = False
         ctx.status = ctx.status or 499
+    except GunzipError as exc:
+        # The head is the client's already: logged, and the connection closed.
+        gw.error_log.log("error", str(exc), front.number, ctx)
+        keep = complete = False
     ctx.body_bytes_sent = body_bytes
     ctx.bytes_sent += body_bytes
     if gz is not None and not no_body:

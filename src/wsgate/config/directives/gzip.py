@@ -1,7 +1,8 @@
 """ngx_http_gzip_filter_module's directives (``gzip``, ``gzip_types``, ``gzip_min_length``,
 ``gzip_comp_level``, ``gzip_window``, ``gzip_hash``, ``gzip_buffers``, ``postpone_gzipping``),
 the core module's ``gzip_vary``, ``gzip_http_version``, ``gzip_proxied``, ``gzip_disable``,
-and ngx_http_gzip_static_module's ``gzip_static``.
+ngx_http_gzip_static_module's ``gzip_static``, ngx_http_gunzip_filter_module's ``gunzip``
+(``gunzip_buffers`` accepted).
 
 https://nginx.org/en/docs/http/ngx_http_gzip_module.html,
 https://nginx.org/en/docs/http/ngx_http_gzip_static_module.html; applied by
@@ -193,5 +194,15 @@ ENTRIES: tuple[Directive, ...] = (
         "gzip_static",
         "off",
         syntax="on | off | always",
+    ),
+    # ngx_http_gunzip_filter_module.
+    _setting("gunzip", flag, "gunzip", "off"),
+    Directive(
+        "gunzip_buffers",
+        HSL,
+        TAKE2,
+        kind=Kind.NO_OP,
+        syntax="number size",
+        note="zlib's output is written as it comes out: no buffers to count",
     ),
 )
