@@ -135,6 +135,7 @@ http {{
       proxy_set_header Upgrade $http_upgrade;
       proxy_set_header Connection upgrade;
     }}
+    location /nobot/ {{ gzip_disable msie6 "bad.?bot"; alias {site}/; }}
     location /gun/ {{ gunzip on; proxy_pass http://127.0.0.1:{port}/; }}
     location /old/ {{ gzip_http_version 1.0; alias {site}/; }}
     location /st/ {{ gzip_static on; alias {site}/; }}
@@ -423,3 +424,16 @@ def test_gunzip(wsgate: Callable[..., WsgateProcess], bg: Loop, site: Path) -> N
     assert head.startswith("HTTP/1.1 200")
     gw.wait_log(r"\[error\] .*inflate\(\) failed")
     assert "[alert]" not in gw.errors()
+
+
+def test_gzip_disable(wsgate: Callable[..., WsgateProcess], bg: Loop, site: Path) -> None:
+    gw = wsgate(conf(site, bg.backend("b", by_path).port))
+    for agent, compressed in (
+        ("curl/8.0", True),
+        ("Mozilla/5.0 BadBot/2", False),  # the expression, caseless
+        ("Mozilla/4.0 (compatible; MSIE 6.0; Windows NT 5.1)", False),  # msie6
+        ("Mozilla/4.0 (compatible; MSIE 6.0; Windows NT 5.1; SV1)", True),  # SV1: not msie6
+    ):
+        head, body = fetch(gw.port, "/nobot/page.html", f"{AE}User-Agent: {agent}\r\n")
+        assert ("Content-Encoding: gzip" in head) is compressed, agent
+        assert (gzip.decompress(body) if compressed else body) == TEXT
