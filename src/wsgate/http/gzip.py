@@ -477,7 +477,8 @@ def gunzip_response(
     coding = first_value(both, "content-encoding")
     if not settings.gunzip or coding is None or coding.lower() != "gzip":
         return fields, added, None
-    if settings.gzip_vary and not has_vary(fields):
+    if settings.gzip_vary:
+        # nginx's own line (``r->gzip_vary``), besides an upstream's ``Vary`` if any.
         fields = [("Vary", "Accept-Encoding"), *fields]
     if main and gzip_ok(settings, request, version, both, now):
         return fields, added, None
