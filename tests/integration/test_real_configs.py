@@ -48,19 +48,6 @@ NOT_YET: dict[str, str] = {
     "http2": "issue 13 (HTTP/2 on the front)",
     **dict.fromkeys(
         (
-            "gzip",
-            "gzip_types",
-            "gzip_proxied",
-            "gzip_vary",
-            "gzip_disable",
-            "gzip_comp_level",
-            "gzip_buffers",
-            "gzip_http_version",
-        ),
-        "issue 12 (compression)",
-    ),
-    **dict.fromkeys(
-        (
             "proxy_cache_path",
             "proxy_cache",
             "proxy_cache_valid",
