@@ -7,6 +7,7 @@ is not a size logs nginx's ``invalid size``, and the body always arrives whole. 
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Callable
 
 import pytest
@@ -108,3 +109,55 @@ http {{
         "/rate/nobuf 0",  # this level's list names only X-Accel-Limit-Rate
         "/rate/xal 102400",
     ]
+
+
+def stub(port: int) -> dict[str, int]:
+    text = get(port, "/stub").split(b"\r\n\r\n", 1)[1].decode()
+    words = text.split()
+    return {
+        "active": int(words[2]),
+        "reading": int(words[words.index("Reading:") + 1]),
+        "writing": int(words[words.index("Writing:") + 1]),
+    }
+
+
+def test_own_pages_are_paced_and_a_client_gone_ends_them(
+    wsgate: Callable[..., WsgateProcess],
+) -> None:
+    """A 404, a ``return`` text and a redirect pass through the write filter's pacing as in
+    nginx (stub_status.t's "writing state"): while one trickles out at ``limit_rate 15`` its
+    connection is Writing; a client that closes meanwhile ends it (that the pause is cut
+    short at once is tests/unit/test_rate.py's), logged with the rate."""
+    gw = wsgate("""
+events {}
+http {
+  log_format rate '$uri $status $limit_rate';
+  access_log logs/access.log rate;
+  server {
+    listen 127.0.0.1:0;
+    location /stub { stub_status; }
+    location /rate { limit_rate 15; }
+    location /text { limit_rate 15; return 200 "0123456789012345678901234567890123456789"; }
+    location /moved { limit_rate 15; return 302 /elsewhere; }
+  }
+}
+""")
+    for path in ("/rate", "/text", "/moved"):
+        s = socket.create_connection((HOST, gw.port), timeout=10)
+        s.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+        first = s.recv(65536)
+        # The first slice is the second's allowance (15 bytes), not the whole response.
+        assert 0 < len(first) < 60, first
+        assert stub(gw.port)["writing"] == 2, path  # this one and the /stub request
+        s.close()
+        # Awaited, not timed: unpaced to the end, the page would take 12 s and more.
+        deadline = time.monotonic() + 8
+        while stub(gw.port)["writing"] != 1:
+            assert time.monotonic() < deadline, f"{path}: still writing after the client closed"
+    text = gw.access_log.read_text()
+    assert [line for line in text.splitlines() if not line.startswith("/stub")] == [
+        "/rate 404 15",
+        "/text 200 15",
+        "/moved 302 15",
+    ], text
+    assert "[alert]" not in gw.errors()

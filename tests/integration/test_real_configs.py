@@ -46,19 +46,6 @@ bg = pytest.fixture(loop_fixture)
 NOT_YET: dict[str, str] = {
     "listen ... http2": "issue 13 (HTTP/2 on the front)",
     "http2": "issue 13 (HTTP/2 on the front)",
-    **dict.fromkeys(
-        (
-            "gzip",
-            "gzip_types",
-            "gzip_proxied",
-            "gzip_vary",
-            "gzip_disable",
-            "gzip_comp_level",
-            "gzip_buffers",
-            "gzip_http_version",
-        ),
-        "issue 12 (compression)",
-    ),
     "proxy_store": "no issue yet (proxy_store)",
     "proxy_pass_request_headers": "no issue yet (proxy module leftovers)",
     "ssl_early_data": "no issue yet (`on`: Python's ssl has no server-side TLS 1.3 early data)",

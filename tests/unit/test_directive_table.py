@@ -136,6 +136,13 @@ SAMPLES: dict[str, tuple[str, str]] = {
     "source_charset": ("koi8-r", "windows-1251"),
     "charset_types": ("text/css", "text/html *"),
     "ssi_types": ("text/plain", "text/css *"),
+    "gzip_types": ("text/css", "text/css *"),
+    "gzip_comp_level": ("5", "9"),
+    "gzip_window": ("512", "16k"),
+    "gzip_hash": ("1k", "128k"),
+    "gzip_http_version": ("1.0", "1.1"),
+    "gzip_proxied": ("any", "expired no-cache auth"),
+    "gzip_disable": ("msie6", "bot"),
 }
 #: A bad argument list and nginx's words, for each directive whose parser is its own; ``None``
 #: for a parser that takes any value.
@@ -243,6 +250,13 @@ BAD: dict[str, tuple[str, str] | None] = {
     "source_charset": ("$x", 'variables in "source_charset" are not supported by wsgate'),
     "charset_types": None,
     "ssi_types": None,
+    "gzip_types": None,
+    "gzip_comp_level": ("10", "value must be between 1 and 9"),
+    "gzip_window": ("1000", "must be 512, 1k, 2k, 4k, 8k, 16k, or 32k"),
+    "gzip_hash": ("100", "must be 512, 1k, 2k, 4k, 8k, 16k, 32k, 64k, or 128k"),
+    "gzip_http_version": ("2.0", 'invalid value "2.0"'),
+    "gzip_proxied": ("any often", 'invalid value "often"'),
+    "gzip_disable": ("(", "pcre2_compile() failed"),
 }
 _GENERIC = {"flag", "time", "size", "number"}
 

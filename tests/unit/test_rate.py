@@ -11,6 +11,7 @@ from wsgate.config.template import compile_template
 from wsgate.config.variables import RequestContext
 from wsgate.http.rate import WriteRate
 from wsgate.proxy import pacing
+from wsgate.proxy.endpoint import PeerClosed
 from wsgate.proxy.pacing import accel_limit_rate, response_rate, send_paced
 
 
@@ -35,12 +36,18 @@ class FakeEndpoint:
 
     def __init__(self) -> None:
         self.writes: list[bytes] = []
+        self._gone: asyncio.Future[None] | None = None
 
     def write(self, data: bytes) -> None:
         self.writes.append(data)
 
     async def drain(self) -> None:
         return None
+
+    def gone(self) -> asyncio.Future[None]:
+        if self._gone is None:
+            self._gone = asyncio.get_running_loop().create_future()
+        return self._gone
 
 
 def test_send_paced_slices_by_the_allowance_and_sleeps_between(
@@ -61,6 +68,24 @@ def test_send_paced_slices_by_the_allowance_and_sleeps_between(
     # 1100 at once (rate + after), a second's pause; then what the next seconds allow.
     assert [len(w) for w in ep.writes] == [1100, 1000, 500]
     assert sleeps == [1.0, 1.0, 0.5]
+
+
+def test_a_client_gone_ends_the_pause_at_once() -> None:
+    """nginx's ngx_http_test_reading: a client closing during a delayed response ends it
+    then, not when the delay is over (here a delay of days; the test's own deadline fails
+    it if the pause is not cut short)."""
+
+    async def main() -> None:
+        ep = FakeEndpoint()
+        rate = WriteRate(rate=1, after=0, start_sec=0)
+        task = asyncio.ensure_future(send_paced(ep, b"x", rate, 10**6, clock=lambda: 0.0))  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        assert not task.done() and not ep.writes
+        ep.gone().set_result(None)
+        with pytest.raises(PeerClosed):
+            await asyncio.wait_for(task, 10)
+
+    asyncio.run(main())
 
 
 def test_response_rate_reads_the_directive_once_and_variables_as_sizes() -> None:

@@ -775,6 +775,25 @@ class LocationSettings:
     ssi_last_modified: bool = False
     ssi_value_length: int = 256
     ssi_types: tuple[str, ...] = ("text/html",)
+    # -- ngx_http_gzip_filter_module, ngx_http_gzip_static_module (and the core's gzip_*) --
+    #: ``gzip``, ``gzip_types`` (besides "text/html"; "*": any), ``gzip_min_length``,
+    #: ``gzip_comp_level``, ``gzip_window``/``gzip_hash`` as zlib's wbits and memLevel.
+    gzip: bool = False
+    gzip_types: tuple[str, ...] = ("text/html",)
+    gzip_min_length: int = 20
+    gzip_comp_level: int = 1
+    gzip_window: int = 15
+    gzip_hash: int = 8
+    #: ``gzip_vary``, ``gzip_http_version`` ("1.0" or "1.1"), ``gzip_proxied`` (its words).
+    gzip_vary: bool = False
+    gzip_http_version: str = "1.1"
+    gzip_proxied: frozenset[str] = frozenset({"off"})
+    #: ``gzip_disable``: regular expressions (caseless) and the word "msie6".
+    gzip_disable: tuple[re.Pattern[str] | str, ...] = ()
+    #: ``gzip_static off | on | always``.
+    gzip_static: str = "off"
+    #: ``gunzip``: decompress gzip responses for clients that do not accept gzip.
+    gunzip: bool = False
     #: ``subrequest_output_buffer_size``: the most an in-memory subrequest's body may be.
     subrequest_output_buffer_size: int = 4096
     #: Every ``charset_map`` of ``http``: (from, to), lowercased → a 256-byte table.

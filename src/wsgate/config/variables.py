@@ -108,6 +108,8 @@ FIXED_VARIABLES = (
             "request_body",
             "nginx_version",
             "limit_rate",
+            # ngx_http_gzip_filter_module
+            "gzip_ratio",
             # static files (ngx_http_core_module)
             "document_root",
             "realpath_root",
@@ -260,6 +262,7 @@ class ColdFields:
         "request_length",
         "upstream_started",
         "cache_status",
+        "gzip_ratio",
     )
 
     def __init__(self) -> None:
@@ -295,6 +298,8 @@ class ColdFields:
         self.upstream_started = 0.0
         #: ``$upstream_cache_status`` ("": no cache for the request).
         self.cache_status = ""
+        #: ``$gzip_ratio`` once the gzip filter has compressed the body ("" otherwise).
+        self.gzip_ratio = ""
 
 
 #: What a context without its own :class:`ColdFields` reads (never written: the first set
@@ -451,6 +456,7 @@ class RequestContext:
     request_length = _cold_field("request_length")
     upstream_started = _cold_field("upstream_started")
     cache_status = _cold_field("cache_status")
+    gzip_ratio = _cold_field("gzip_ratio")
 
     def own_cold_fields(self) -> None:
         """Make the :class:`ColdFields` this context reads its own copy (a subrequest's
@@ -575,6 +581,47 @@ class RequestContext:
             self.uninitialized(name)
         return ""
 
+    def found_empty(self, name: str) -> bool:
+        """Whether an empty ``$name`` is nginx's found-but-empty value rather than "not
+        found": an access log writes ``""`` for the first and ``-`` for the second
+        (``ngx_http_log_variable``).  Asked only of a value already known to be empty.
+
+        Found although empty, as in nginx: a variable the request set (``set $x ""``,
+        a named capture), a map's result (its default is the null value, found), ``$uri``
+        and ``$document_uri`` once a request line was read (a URI nginx could not normalise
+        is kept with length 0), ``$is_args`` (``ngx_http_variable_null_value``),
+        ``$server_name``, a numbered capture of the last match, and ``$arg_*``,
+        ``$cookie_*``, ``$http_*``, ``$sent_http_*`` whose argument, cookie or field is
+        present with an empty value.  Everything else empty is not found (``$args``
+        without arguments, a missing field, ``$upstream_*`` without an upstream,
+        ``$remote_user`` without credentials, ``$ssl_*`` on plain TCP)."""
+        if name.isdigit():
+            return int(name) < len(self.captures)
+        if self.variables is not None and name.lower() in self.variables:
+            return True
+        if name in self.maps or name in _FOUND_EMPTY:
+            return True
+        if name in ("uri", "document_uri"):
+            return bool(self.request_uri)
+        if name.startswith("arg_"):
+            key = name[4:].lower()
+            return bool(key) and any(
+                p.partition("=")[0].lower() == key for p in self.args.split("&")
+            )
+        if name.startswith("cookie_"):
+            key = name[7:]
+            return any(
+                part.strip().partition("=")[0] == key
+                for k, v in self.headers
+                if k.lower() == "cookie"
+                for part in v.split(";")
+            )
+        if name.startswith("http_"):
+            return _has_field(self.headers, name[5:].lower())
+        if name.startswith("sent_http_"):
+            return _has_field(_head_fields(self.sent_head), name[10:])
+        return False
+
     def set_variable(self, name: str, value: str) -> None:
         """Set ``$name`` (lowercased) for the rest of the request (``set``,
         ``auth_request_set``, a named capture); it hides a map or built-in variable of that
@@ -630,6 +677,15 @@ def _head_fields(head: bytes) -> list[tuple[str, str]]:
         if sep:
             out.append((name, value))
     return out
+
+
+def _has_field(fields: Iterable[tuple[str, str]], suffix: str) -> bool:
+    """Whether a field whose name, lowercased with ``-`` as ``_``, is ``suffix`` is there."""
+    return any(k.lower().replace("-", "_") == suffix for k, _ in fields)
+
+
+#: Built-in variables nginx always finds, empty or not (see ``RequestContext.found_empty``).
+_FOUND_EMPTY = frozenset(("is_args", "server_name"))
 
 
 def _field_value(fields: Iterable[tuple[str, str]], suffix: str) -> str:
@@ -819,6 +875,9 @@ _GETTERS: dict[str, Callable[[RequestContext], str]] = {
     # wsgate is not nginx: its own version (the Server header's token names it too).
     "nginx_version": lambda c: __version__,
     "limit_rate": lambda c: str(c.limit_rate or 0),
+    # "the achieved compression ratio, computed as the ratio between the original and
+    # compressed response sizes" (empty when the response was not compressed).
+    "gzip_ratio": lambda c: c.gzip_ratio,
     "document_root": _document_root,
     "realpath_root": _realpath_root,
     "request_filename": _request_filename,

@@ -4,8 +4,9 @@ Error log lines follow ``ngx_log_error_core``:
 ``YYYY/MM/DD HH:MM:SS [level] PID#TID: *CONN message, client: IP, server: NAME, request: "..."``.
 wsgate has no threads, so TID is 0 as in nginx's single-threaded workers.
 Access log lines render the configured ``log_format`` with nginx's ``default`` escaping
-(``"`` , ``\\`` and bytes outside 0x20-0x7e as ``\\xXX``) or ``json`` escaping; an empty
-variable is written as ``-`` (ngx_http_log_variable), except with ``escape=json`` and
+(``"`` , ``\\`` and bytes outside 0x20-0x7e as ``\\xXX``) or ``json`` escaping; a variable
+not found is written as ``-`` and one found but empty as nothing (ngx_http_log_variable;
+``RequestContext.found_empty`` tells the two apart), except with ``escape=json`` and
 ``escape=none``, where it is an empty string (``ngx_http_log_unescaped_variable``).  nginx:
 "For json escaping, all characters not allowed in JSON strings will be escaped: characters
 “"” and “\\” are escaped as “\\"” and “\\\\”, characters with values less
@@ -221,7 +222,10 @@ def render_access(fmt: LogFormat, ctx: RequestContext) -> str:
         if escape == "none":
             # ngx_http_log_unescaped_variable: a value not found writes nothing, not "-".
             return value
-        return _escape_default(value) if value else "-"
+        if value:
+            return _escape_default(value)
+        # ngx_http_log_variable: "-" only for a value not found; found but empty is "".
+        return "" if ctx.found_empty(name) else "-"
 
     return fmt.template.render(lookup) + "\n"
 

@@ -24,6 +24,7 @@ from wsgate.content.ssi import send_through_ssi, ssi_applies, ssi_framing
 from wsgate.errors import HttpError
 from wsgate.http.charset import apply_charset, charset_page
 from wsgate.http.errorpages import ERROR_HANDLERS
+from wsgate.http.gzip import GzipStream, gzip_page, gzip_response
 from wsgate.http.headers import (
     LAST_CHUNK,
     BodyFraming,
@@ -55,6 +56,7 @@ from wsgate.observability.metrics import CONTENT_TYPE, location_label
 from wsgate.observability.status import stub_status_page
 from wsgate.proxy.endpoint import PeerClosed
 from wsgate.proxy.offload import offload
+from wsgate.proxy.pacing import response_rate, send_paced
 from wsgate.proxy.proxying import Proxying
 from wsgate.routing import select_server
 
@@ -120,17 +122,17 @@ class Exchange:
                 try:
                     decision, index = run(r, index, error=error, errors=ERROR_HANDLERS)
                 except HttpError as final:
-                    return write_error(
+                    page, keep = error_page(
                         self.front,
                         final,
                         r.ctx,
                         self.head,
                         r.settings,
-                        self.location,
-                        self.upgrade,
                         logged=True,
                         extra=response_fields(r),
+                        main=not r.subrequest,
                     )
+                    return await self.finish(page, keep)
                 error = None
                 try:
                     if isinstance(decision, Delay | Offload | Pause | Subrequest):
@@ -166,7 +168,7 @@ class Exchange:
         if not r.settings.tcp_nodelay:
             self.front.nodelay_off()
         if isinstance(decision, Redirect):
-            return self.redirect(decision.status, decision.location)
+            return await self.redirect(decision.status, decision.location)
         if isinstance(decision, Plain):
             if (
                 r.settings.ssi
@@ -176,7 +178,7 @@ class Exchange:
                 )
             ):
                 return await self.plain_ssi(decision.status, decision.body, decision.content_type)
-            return self.plain(decision.status, decision.body, decision.content_type)
+            return await self.plain(decision.status, decision.body, decision.content_type)
         if isinstance(decision, Close):
             r.ctx.status = decision.status
             self.log()
@@ -185,12 +187,12 @@ class Exchange:
             # The counters as they are now (this request is one of the Writing connections);
             # a body is discarded by the front connection (ngx_http_discard_request_body).
             body = stub_status_page(self.front.gw.stub_status.snapshot())
-            return self.plain(200, body, "text/plain")
+            return await self.plain(200, body, "text/plain")
         if decision is Content.PROMETHEUS:
             # The metrics of every worker, with this worker's live tunnels flushed first.
             metrics = self.front.gw.metrics
             metrics.flush()
-            return self.plain(200, metrics.exposition(), CONTENT_TYPE)
+            return await self.plain(200, metrics.exposition(), CONTENT_TYPE)
         if decision is Content.PROXY:
             return await Proxying(self).run()
         if isinstance(decision, FileResponse):
@@ -198,7 +200,25 @@ class Exchange:
         raise AssertionError(f"no response for {decision!r}")  # pragma: no cover
 
     # -- responses made here -------------------------------------------------------------------
-    def redirect(self, status: int, location: str) -> Outcome:
+    async def finish(self, data: bytes | None, keep: bool) -> Outcome:
+        """Send a response made here (a page, a ``return`` text, a redirect) whole and log
+        the request.  One write; under ``limit_rate``, paced as nginx's write filter paces
+        every response, pages included (stub_status.t: a 404 at ``limit_rate 15`` is still
+        "writing" seconds later).  A client gone meanwhile closes the connection."""
+        r = self.r
+        if data is not None:
+            rate = response_rate(r.settings, r.ctx, lambda text: r.log("error", text))
+            if rate is None:
+                self.front.ep.write(data)
+            else:
+                try:
+                    await send_paced(self.front.ep, data, rate, 0)
+                except (PeerClosed, ConnectionError):
+                    keep = False
+        self.log()
+        return keep, r.settings.keepalive_timeout
+
+    async def redirect(self, status: int, location: str) -> Outcome:
         head, settings, ctx = self.head, self.r.settings, self.r.ctx
         keep = head.keep_alive
         ctx.status = status
@@ -227,19 +247,18 @@ class Exchange:
         data = charset_page(settings, status, data, ctx.lookup, self.r.log)
         ctx.sent_head = data[: data.index(b"\r\n\r\n") + 2]
         data = for_version(head.version, data)
-        self.front.ep.write(data)
         ctx.status = status
         ctx.bytes_sent = len(data)
-        self.log()
-        return keep, settings.keepalive_timeout
+        return await self.finish(data, keep)
 
     def _text_head(
         self, status: int, body: bytes, ctype: str | None, ssi: bool
-    ) -> tuple[bytes, bytes, bool, bool]:
+    ) -> tuple[bytes, bytes, bool, bool, GzipStream | None]:
         """The head of a text made here (``ctx.sent_head`` set), the body in the response's
-        charset, whether the connection stays, whether the body is chunked.  Its length is
-        known unless ``ssi`` (the SSI filter's output: chunked for HTTP/1.1, else to the
-        close); ``add_trailer`` chunks it too."""
+        charset, whether the connection stays, whether the body is chunked, and the gzip
+        stream it goes through (None: sent as it is).  Its length is known unless ``ssi``
+        (the SSI filter's output: chunked for HTTP/1.1, else to the close) or gzip;
+        ``add_trailer`` chunks it too."""
         head, settings, ctx = self.head, self.r.settings, self.r.ctx
         if settings.charset is not None:
             ctype, recode = apply_charset(settings, ctype, ctx.lookup, self.r.log, status)
@@ -256,8 +275,20 @@ class Exchange:
         )
         keep = head.keep_alive
         chunked = wants_trailer(status, head.method, head.version, settings)
-        if ssi:
-            plan = ssi_framing(settings, head, status, keep)
+        gz: GzipStream | None = None
+        if settings.gzip and not self.r.subrequest:
+            headers, added, gz = gzip_response(
+                settings,
+                ctx.headers,
+                ctx.version,
+                status,
+                headers,
+                added,
+                None if ssi else len(body),
+                now,
+            )
+        if ssi or gz is not None:
+            plan = ssi_framing(settings, head, status, keep, trailers=chunked)
             framing, keep, chunked = plan.framing, plan.keep_alive, plan.chunked
         elif chunked:
             framing = BodyFraming.chunked()
@@ -276,12 +307,16 @@ class Exchange:
             added=added,
         )
         ctx.sent_head = out
-        return out, body, keep, chunked
+        return out, body, keep, chunked, gz
 
-    def plain(self, status: int, body: bytes, ctype: str | None) -> Outcome:
+    async def plain(self, status: int, body: bytes, ctype: str | None) -> Outcome:
         head, settings, ctx = self.head, self.r.settings, self.r.ctx
-        out, body, keep, with_trailer = self._text_head(status, body, ctype, ssi=False)
+        out, body, keep, with_trailer, gz = self._text_head(status, body, ctype, ssi=False)
         status = ctx.status  # an error page's status (r->err_status), as the head has it
+        if gz is not None and head.method != "HEAD":
+            # A text made here is whole: compressed at once.
+            body = gz.compress(body) + gz.finish()
+            ctx.gzip_ratio = gz.ratio
         if with_trailer:
             # Rendered when the body ends: $sent_http_* see the head.
             trailer = trailers(status, settings.add_trailers, ctx.lookup, ctx)
@@ -289,17 +324,15 @@ class Exchange:
         if head.method != "HEAD":
             out += body
         out = for_version(head.version, out)
-        self.front.ep.write(out)
         ctx.bytes_sent = len(out)
         ctx.body_bytes_sent = len(body) if head.method != "HEAD" else 0
-        self.log()
-        return keep, settings.keepalive_timeout
+        return await self.finish(out, keep)
 
     async def plain_ssi(self, status: int, body: bytes, ctype: str | None) -> Outcome:
         """A ``return`` text that is an SSI document (``ssi on``, a type of ``ssi_types``):
         :meth:`plain` through the SSI filter, its length unknown."""
         head, settings, ctx = self.head, self.r.settings, self.r.ctx
-        out, body, keep, chunked = self._text_head(status, body, ctype, ssi=True)
+        out, body, keep, chunked, gz = self._text_head(status, body, ctype, ssi=True)
         out = for_version(head.version, out)
         ep = self.front.ep
         try:
@@ -307,7 +340,11 @@ class Exchange:
                 ep.write(out)
                 sent = len(out)
             else:
-                sent = await send_through_ssi(self, out, (body,), chunked, settings.send_timeout)
+                sent = await send_through_ssi(
+                    self, out, (body,), chunked, settings.send_timeout, gz
+                )
+                if gz is not None:
+                    ctx.gzip_ratio = gz.ratio
                 if chunked:
                     ep.write(LAST_CHUNK)
                     sent += len(LAST_CHUNK)
@@ -344,15 +381,35 @@ def write_error(
     settings: LocationSettings,
     location: str,
     upgrade: bool,
+) -> Outcome:
+    """nginx's error response for bad input before a request head (``head`` None) or for
+    a head no location took: :func:`error_page`, written at once, then the log phase
+    (``location`` and ``upgrade``: the metrics' labels).  A request's own errors go through
+    :meth:`Exchange.finish`, which paces them under ``limit_rate``."""
+    data, keep = error_page(front, exc, ctx, head, settings)
+    if data is not None:
+        front.ep.write(data)
+    front.log_access(settings, ctx, location, upgrade)
+    return keep, settings.keepalive_timeout
+
+
+def error_page(
+    front: FrontConnection,
+    exc: HttpError,
+    ctx: RequestContext,
+    head: RequestHead | None,
+    settings: LocationSettings,
     *,
     logged: bool = False,
     extra: Sequence[tuple[str, str]] = (),
-) -> Outcome:
-    """nginx's error response for ``exc`` (none for 408, 444 and 499, which close), its
-    error-log line unless ``logged`` (:func:`~wsgate.http.phases.on_error` did), and the log
-    phase (``location`` and ``upgrade``: the metrics' labels); ``head`` is None for bad input
-    before a head.  ``extra`` fields come before ``add_header``'s (an intercepted 401's
-    ``WWW-Authenticate``)."""
+    main: bool = True,
+) -> tuple[bytes | None, bool]:
+    """nginx's error response for ``exc`` and whether the connection stays: None for 408,
+    444 and 499, which close.  Logs its error-log line unless ``logged``
+    (:func:`~wsgate.http.phases.on_error` did); ``head`` is None for bad input before a
+    head.  ``extra`` fields come before ``add_header``'s (an intercepted 401's
+    ``WWW-Authenticate``).  ``main``: not a subrequest (whose pages are never gzipped:
+    ``ngx_http_gzip_ok`` declines "if (r != r->main)")."""
     level = exc.log_level
     if level is not None and not logged:
         front.gw.error_log.log(level, exc.log, front.number, ctx)
@@ -393,13 +450,14 @@ def write_error(
             ctx.lookup,
             lambda level, text: front.gw.error_log.log(level, text, front.number, ctx),
         )
+        if settings.gzip and head is not None and main:
+            data, keep = gzip_page(
+                settings, ctx.headers, head.version, ctx.status, data, keep, head.method == "HEAD"
+            )
         ctx.sent_head = data[: data.index(b"\r\n\r\n") + 2]
         ctx.body_bytes_sent = len(data) - len(ctx.sent_head) - 2
         if head is not None:
             data = for_version(head.version, data)
-        front.ep.write(data)
         ctx.bytes_sent = len(data)
-    else:
-        keep = False
-    front.log_access(settings, ctx, location, upgrade)
-    return keep, settings.keepalive_timeout
+        return data, keep
+    return None, False

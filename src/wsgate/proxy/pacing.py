@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from wsgate.config.template import Template
 from wsgate.config.units import parse_size
 from wsgate.http.rate import WriteRate
+from wsgate.proxy.endpoint import PeerClosed
 
 if TYPE_CHECKING:
     from wsgate.config.model import LocationSettings
@@ -72,7 +73,7 @@ async def send_paced(
     while view:
         allowance = rate.allowance(sent, clock())
         if allowance <= 0:
-            await asyncio.sleep(rate.wait(allowance))
+            await _pause(ep, rate.wait(allowance))
             continue
         piece = view[:allowance]
         ep.write(bytes(piece))
@@ -81,5 +82,20 @@ async def send_paced(
         pause = rate.pause_after(sent, sent + len(piece))
         sent += len(piece)
         if pause > 0:
-            await asyncio.sleep(pause)
+            await _pause(ep, pause)
     return sent
+
+
+async def _pause(ep: Endpoint, seconds: float) -> None:
+    """Wait ``seconds``; :class:`PeerClosed` when the client closes (or sends EOF) first.
+    nginx watches the client's side of a delayed response too (``ngx_http_test_reading``,
+    ``ngx_http_upstream_check_broken_connection``) and ends the request at once, so a client
+    gone during a long pause is not counted as writing until the pause ends."""
+    gone = ep.gone()
+    if not gone.done():
+        pause = asyncio.ensure_future(asyncio.sleep(seconds))
+        await asyncio.wait((pause, gone), return_when=asyncio.FIRST_COMPLETED)
+        if not gone.done():
+            return
+        pause.cancel()
+    raise PeerClosed("the client closed the connection while the response was delayed")
