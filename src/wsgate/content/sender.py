@@ -288,10 +288,20 @@ async def _send_gzipped(
         sent = len(head)
     else:
         sent = await send_paced(ep, head, rate, 0)
+    if gz is None:
+        for piece in pieces:
+            await write(piece)
+        return sent
+    # Each output goes with the next read's: what the last read made goes out with the
+    # stream's end, in one chunk (a small file is one buffer to nginx's gzip filter:
+    # header, data and trailer in one chunk; proxy_cache.t's "non-empty get stale").
+    held = b""
     for piece in pieces:
-        await write(piece if gz is None else gz.compress(piece))
-    if gz is not None:
-        await write(gz.finish())
+        out = gz.compress(piece)
+        if out:
+            await write(held)
+            held = out
+    await write(held + gz.finish())
     return sent
 
 
