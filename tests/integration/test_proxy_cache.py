@@ -214,7 +214,7 @@ def test_max_size_evicts_least_recently_used(
     gw = wsgate(conf(up.port, cache, path_args="max_size=12k"))
     for i in range(6):
         fetch(gw.port, f"/m{i}")
-    wait_for(lambda: len(entries(cache)) <= 3, "eviction to max_size", timeout=10)
+    wait_for(lambda: len(entries(cache)) <= 3, "eviction to max_size", timeout=15)
     # The most recently used entry is still there.
     assert fetch(gw.port, "/m5")[0]["x-cache"] == "HIT"
     assert fetch(gw.port, "/m0")[0]["x-cache"] == "MISS"
@@ -226,7 +226,7 @@ def test_min_free_evicts(wsgate: Callable[..., WsgateProcess], bg: Loop, tmp_pat
     cache = tmp_path / "cache"
     gw = wsgate(conf(up.port, cache, path_args="min_free=1000000g"))
     assert fetch(gw.port, "/f")[0]["x-cache"] == "MISS"
-    wait_for(lambda: entries(cache) == [], "eviction for min_free", timeout=10)
+    wait_for(lambda: entries(cache) == [], "eviction for min_free", timeout=15)
     assert fetch(gw.port, "/f")[0]["x-cache"] == "MISS"
 
 

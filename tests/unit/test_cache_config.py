@@ -65,7 +65,7 @@ def test_all_parameters(tmp_path: Path) -> None:
         ("proxy_cache_path c levels=3 keys_zone=a:1m;", 'invalid "levels" "levels=3"'),
         ("proxy_cache_path c levels=1:2:2:1 keys_zone=a:1m;", 'invalid "levels"'),
         ("proxy_cache_path c keys_zone=a;", 'invalid keys zone size "keys_zone=a"'),
-        ("proxy_cache_path c keys_zone=a:1k;", 'zone "a" is too small'),
+        ("proxy_cache_path c keys_zone=a:4k;", 'keys zone "keys_zone=a:4k" is too small'),
         ("proxy_cache_path c levels=1;", '"proxy_cache_path" must have "keys_zone" parameter'),
         ("proxy_cache_path c keys_zone=a:1m inactive=x;", 'invalid inactive value "inactive=x"'),
         ("proxy_cache_path c keys_zone=a:1m max_size=x;", 'invalid max_size value "max_size=x"'),

@@ -205,3 +205,14 @@ def test_manager_at_max_size_keeps_everything(tmp_path: Path) -> None:
     over = _store(tmp_path, max_size=total - 1)
     assert over.manage(now, _log) == 1
     assert [os.path.exists(p) for p in paths] == [False, True, True]
+
+
+def test_manager_files_per_pass(tmp_path: Path) -> None:
+    """``manager_files``: at most that many entries go in one pass over ``max_size``."""
+    store = _store(tmp_path, max_size=0, manager_files=2)
+    paths = [_put(store, f"k{i}", b"x") for i in range(5)]
+    now = time.time()
+    assert store.manage(now, _log) == 2 and store.over
+    assert store.manage(now, _log) == 2 and store.over
+    assert store.manage(now, _log) == 1 and not store.over
+    assert not any(os.path.exists(p) for p in paths)

@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 
 __all__ = ["ProxyCaches"]
 
-#: How often the manager walks a cache with ``max_size`` or ``min_free`` (else every 10 s).
-_MANAGE_LIMITED = 1.0
+#: How often the manager walks a cache that is within its limits (nginx's manager wakes at
+#: least every 10 s); one left over them after ``manager_files`` removals: ``manager_sleep``.
 _MANAGE_IDLE = 10.0
 
 
@@ -67,8 +67,10 @@ class ProxyCaches:
                 store.manage(time.time(), self._log)
         except OSError as exc:
             self._log("crit", f'cache manager of "{spec.path}" failed ({exc})')
-        limited = spec.max_size is not None or spec.min_free
-        delay = _MANAGE_LIMITED if limited else min(_MANAGE_IDLE, max(spec.inactive / 2, 1.0))
+        if store.over:
+            delay = max(spec.manager_sleep, 0.01)
+        else:
+            delay = min(_MANAGE_IDLE, max(spec.inactive / 2, 1.0))
         self._timers[spec] = self._loop.call_later(delay, self._manage, spec)
 
     def close(self) -> None:

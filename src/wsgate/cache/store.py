@@ -87,6 +87,8 @@ class CacheStore:
         #: and what its file says (it is removed only if it still says so).
         self.held: dict[str, tuple[object, bytes]] = {}
         self._manager_fd: int | None = None
+        #: The last :meth:`manage` pass stopped at ``manager_files`` still over the limits.
+        self.over = False
 
     # -- names -------------------------------------------------------------------------------
     def path_of(self, md5: bytes) -> str:
@@ -324,8 +326,9 @@ class CacheStore:
     def manage(self, now: float, log: Log) -> int:
         """One pass of the manager: entries not used for ``inactive`` are removed, then the
         least recently used ones while the cache is over ``max_size`` or the file system
-        has less than ``min_free`` free; temporary files and locks left by a process that is
-        gone, and use counts older than ``inactive``, go too.  Returns the files removed."""
+        has less than ``min_free`` free (at most ``manager_files`` of them); temporary
+        files and locks left by a process that is gone, and use counts older than
+        ``inactive``, go too.  Returns the files removed."""
         spec = self.spec
         entries: list[tuple[float, int, str]] = []
         removed = 0
@@ -348,10 +351,18 @@ class CacheStore:
                     _unlink(path)
         entries.sort()
         limit = spec.max_size
+        forced = 0
+        self.over = False
         for _mtime, size, path in entries:
             over = limit is not None and total > limit
             if not over and not (spec.min_free and self._free() < spec.min_free):
                 break
+            if forced >= spec.manager_files:
+                # "During one iteration no more than manager_files items are deleted";
+                # the next pass comes after manager_sleep.
+                self.over = True
+                break
+            forced += 1
             removed += _unlink(path)
             total -= size
         return removed

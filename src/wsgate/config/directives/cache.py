@@ -65,8 +65,8 @@ def _cache_path(s: Stmt, level: Level) -> None:
             n = parse_size(zsize) if colon else None
             if not zname or n is None:
                 raise _err(f'invalid keys zone size "{a}"', s.src)
-            if n < 8 * 4096:
-                raise _err(f'zone "{zname}" is too small', s.src)
+            if n < 2 * 4096:  # "2 * ngx_pagesize"
+                raise _err(f'keys zone "{a}" is too small', s.src)
             name, zone_size = zname, n
         elif key in (
             "inactive",
