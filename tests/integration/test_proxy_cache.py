@@ -131,10 +131,20 @@ def test_miss_hit_expired_and_not_cached(
     assert (f["status"], f["content-range"], body) == ("206", "bytes 1-2/5", b"a ")
     f, _ = fetch(gw.port, "/a")
     assert f["accept-ranges"] == "bytes"
+    # A miss answers one range itself and still caches the whole response.
+    f, body = fetch(gw.port, "/r", "Range: bytes=1-3\r\n")
+    assert (f["status"], f["x-cache"], f["content-range"], body) == (
+        "206",
+        "MISS",
+        "bytes 1-3/5",
+        b"r #",
+    )
+    f, body = fetch(gw.port, "/r")
+    assert (f["status"], f["x-cache"], body) == ("200", "HIT", b"/r #6")
     # Without the upstream's Accept-Ranges, a hit is sent whole (as nginx).
     fetch(gw.port, "/noranges")
     f, body = fetch(gw.port, "/noranges", "Range: bytes=1-2\r\n")
-    assert (f["status"], f["x-cache"], body) == ("200", "HIT", b"/noranges #6")
+    assert (f["status"], f["x-cache"], body) == ("200", "HIT", b"/noranges #7")
     assert "accept-ranges" not in f
     assert temp_files(cache) == []
 

@@ -150,3 +150,15 @@ def test_predicates() -> None:
     assert not _any_true((tpl[0], tpl[1]), values.__getitem__)
     assert _any_true((tpl[0], tpl[2]), values.__getitem__)
     assert not _any_true((), values.__getitem__)
+
+
+def test_range_cut_over_pieces() -> None:
+    from wsgate.cache.glue import RangeCut
+
+    cut = RangeCut(3, 8, 12)
+    assert (cut.length, cut.content_range) == (5, "bytes 3-7/12")
+    body = b"0123456789ab"
+    got = b"".join(cut.take(body[i : i + 2]) for i in range(0, 12, 2))
+    assert got == b"34567"
+    whole = RangeCut(0, 12, 12)
+    assert whole.take(body) == body

@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     from wsgate.proxy.front import FrontConnection
     from wsgate.proxy.subrequest import SubExchange
 
-__all__ = ["BodySink", "CacheRequest", "Status", "conditional_fields"]
+__all__ = ["BodySink", "CacheRequest", "RangeCut", "Status", "conditional_fields"]
 
 
 class Status(enum.StrEnum):
@@ -78,6 +78,30 @@ class Status(enum.StrEnum):
 _LOCK_POLL = 0.5
 
 
+class RangeCut:
+    """The bytes ``start``..``end`` (exclusive) of a streamed body of ``size`` bytes."""
+
+    __slots__ = ("start", "end", "size", "seen")
+
+    def __init__(self, start: int, end: int, size: int) -> None:
+        self.start, self.end, self.size = start, end, size
+        self.seen = 0
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+    @property
+    def content_range(self) -> str:
+        return f"bytes {self.start}-{self.end - 1}/{self.size}"
+
+    def take(self, data: bytes) -> bytes:
+        """What of the next ``data`` is in the range."""
+        at = self.seen
+        self.seen += len(data)
+        return data[max(self.start - at, 0) : max(self.end - at, 0)]
+
+
 class BodySink:
     """Where a miss's body goes while it streams: the entry's temporary file."""
 
@@ -91,6 +115,30 @@ class BodySink:
 
     def write(self, data: bytes) -> None:
         self.writer.write(data)
+
+    def range_cut(
+        self, status: int, headers: list[tuple[str, str]], length: int | None
+    ) -> RangeCut | None:
+        """The one range of the response streaming to the client, if it answers one: a 200
+        of known length whose upstream allows ranges (``Accept-Ranges``), for a ``Range``
+        of one range that applies (``If-Range``); several ranges get the whole 200
+        (``r->single_range``)."""
+        r = self.cache.ex.r
+        if status != 200 or length is None:
+            return None
+        if not any(n.lower() == "accept-ranges" for n, _ in headers):
+            return None
+        etag = next((v for n, v in headers if n.lower() == "etag"), None)
+        lm = next((v for n, v in headers if n.lower() == "last-modified"), None)
+        mtime = -1 if lm is None else parse_http_time(lm)
+        spec = range_applies(r.settings, r.ctx.headers, etag, mtime)
+        if spec is None:
+            return None
+        ranges = parse_ranges(spec, length, r.settings.max_ranges)
+        if not isinstance(ranges, list) or len(ranges) != 1:
+            return None  # a 416 or several ranges: the whole response, as nginx's
+        start, end = ranges[0]
+        return RangeCut(start, end, length)
 
     def finish(self, complete: bool) -> None:
         """The body ended: complete, the entry is put in place; else it is dropped."""

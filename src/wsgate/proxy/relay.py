@@ -318,10 +318,18 @@ async def relay_response(
         headers, added, gz = gzip_response(
             settings, ctx.headers, ctx.version, status, headers, added, length, now
         )
+    cut = None
+    if sink is not None and gz is None and gun is None and recode is None and not ssi:
+        # A response being cached answers one range itself (ngx_http_upstream_copy_allow_ranges).
+        cut = sink.range_cut(status, headers, length)
+        if cut is not None:
+            status, reason, length = 206, STATUS_LINES[206], cut.length
+            headers = [*headers, ("Content-Range", cut.content_range)]
+            ctx.status = status
     plan = client_framing(
         head.method,
         head.version,
-        resp.status,
+        status if cut is not None else resp.status,
         None if gz is not None else length,
         head.keep_alive,
         trailers=with_trailers,
@@ -392,6 +400,8 @@ async def relay_response(
                         await filt.feed(data)
                         continue
                     if gz is not None and not (data := gz.compress(data)):
+                        continue
+                    if cut is not None and not (data := cut.take(data)):
                         continue
                     size = len(data)
                     data = encode_chunk(data) if chunk_out else data
