@@ -13,8 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from websockets.sync.client import connect
+from websockets.typing import Origin
 
 from tests.conftest import WsgateProcess
+from tests.helpers import Peer, python_tool
 from tests.integration.loopback import HOST, Loop, loop_fixture, ok
 
 bg = pytest.fixture(loop_fixture)
@@ -402,30 +405,38 @@ def test_file_truncated_while_sent(wsgate: Callable[..., WsgateProcess], site: P
 
 
 def test_the_app_example_page_beside_its_websocket(
-    wsgate: Callable[..., WsgateProcess], bg: Loop
+    wsgate: Callable[..., WsgateProcess],
 ) -> None:
-    """examples/app.conf (the README's walk-through as applications deploy it): the page from
-    ``root``, any other route falls back to it, the WebSocket on /ws/ beside it."""
+    """examples/app.conf (``make run``, the README's walk-through as applications deploy it)
+    in front of the walk-through's echo server: the page from ``root`` (any other route
+    falls back to it), then the WebSocket the page's script opens, through the same server."""
     repo = Path(__file__).resolve().parents[2]
-    up = bg.backend("echo", ok, websocket=True)
-    text = (repo / "examples" / "app.conf").read_text()
-    text = text.replace("listen 8020;", "listen 127.0.0.1:0;")
-    text = text.replace("server 127.0.0.1:8010;", f"server 127.0.0.1:{up.port};")
-    text = text.replace("root   examples/html;", f"root {repo}/examples/html;")
-    text = re.sub(r"\n(pid|error_log) .*", "", text).replace("run/access.log", "logs/access.log")
-    gw = wsgate(text)
-    page = (repo / "examples" / "html" / "index.html").read_bytes()
-    head, body = get(gw.port, "/")
-    assert head.startswith("HTTP/1.1 200") and "Content-Type: text/html" in head
-    assert body == page and "Cache-Control: max-age=3600" in head
-    assert get(gw.port, "/some/route")[1] == page
-    head, _ = get(
-        gw.port,
-        "/ws/",
-        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n",
-    )
-    assert head.startswith("HTTP/1.1 101"), head
+    with Peer(python_tool("wsgate.tools.echo", "--port", "0")) as echo:
+        echo_port = echo.wait_listening()
+        text = (repo / "examples" / "app.conf").read_text()
+        text = text.replace("listen 8020;", "listen 127.0.0.1:0;")
+        text = text.replace("server 127.0.0.1:8010;", f"server 127.0.0.1:{echo_port};")
+        text = text.replace("root   examples/html;", f"root {repo}/examples/html;")
+        text = re.sub(r"\n(pid|error_log) .*", "", text).replace(
+            "run/access.log", "logs/access.log"
+        )
+        gw = wsgate(text)
+        page = (repo / "examples" / "html" / "index.html").read_bytes()
+        head, body = get(gw.port, "/")
+        assert head.startswith("HTTP/1.1 200") and "Content-Type: text/html" in head
+        assert body == page and "Cache-Control: max-age=3600" in head
+        assert get(gw.port, "/some/route")[1] == page
+        # The address the page's script connects to: ws://<the page's host>/ws/.
+        m = re.search(rb"new WebSocket\(`ws://\$\{location\.host\}(/[^`]*)`\)", body)
+        assert m is not None, body
+        url = f"ws://{HOST}:{gw.port}{m.group(1).decode()}"
+        with connect(url, origin=Origin(f"http://{HOST}:{gw.port}"), open_timeout=10) as ws:
+            ws.send("Hello")
+            assert ws.recv(timeout=10) == "Server received from client: Hello"
+        echo.wait_for("Received from client: Hello")
+    lines = gw.access_lines(3)
+    assert '"GET / HTTP/1.1" 200 ' in lines[0] and '"GET /ws/ HTTP/1.1" 101 ' in lines[2]
+    assert "[alert]" not in gw.errors()
 
 
 def test_send_timeout_closes_a_client_that_reads_nothing(
