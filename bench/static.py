@@ -280,18 +280,21 @@ def markdown(st: dict[str, Any]) -> str:
     """The static part of results.md."""
     lines = [
         "## Static files (one worker each, `sendfile on`)\n",
-        "| file | server | conns | requests/s | MiB/s | server CPU/request | load CPU |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| file | server | conns | requests/s | MiB/s | server CPU/request | server CPU "
+        "| load CPU | other CPU |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for fname, size in st["files"].items():
         for name, runs in st["throughput"].items():
             r = runs.get(fname)
             if not r:
                 continue
-            load = r["cpu"]["loadgen"]["utilisation"]
+            cpu = r["cpu"]
             lines.append(
                 f"| {_label(fname, size)} | {name} | {r['conns']} | {r['requests_per_s']:,.0f} "
-                f"| {r['mib_per_s']:,.0f} | {r['cpu_per_request_us']} µs | {load:.2f} |"
+                f"| {r['mib_per_s']:,.0f} | {r['cpu_per_request_us']} µs "
+                f"| {cpu['server']['utilisation']:.2f} | {cpu['loadgen']['utilisation']:.2f} "
+                f"| {r['other_cpu']:.2f} |"
             )
     lines += [
         "",
@@ -306,6 +309,12 @@ def markdown(st: dict[str, Any]) -> str:
             f"| {m['worker_rss_peak_kib'] / 1024:.1f} MiB "
             f"| {m['worker_rss_growth_kib'] / 1024:.1f} MiB | {m['received'] / 2**20:.0f} MiB |"
         )
+    lines.append(
+        "\nCPU columns: the fraction of one CPU used over the window (server: master and "
+        "worker; load: the load generator; other: the rest of the machine, /proc/stat). "
+        "A load CPU near 1.00 means the load generator, not the server, set the rate; other "
+        "CPU well above 0 means other work shared the machine.\n"
+    )
     return "\n".join(lines) + "\n"
 
 
