@@ -1,7 +1,11 @@
 """Static files through a real wsgate on loopback: the bytes (``sendfile`` on and off, ranges,
 HEAD, conditional requests), index/autoindex/try_files with a proxied fallback, nginx's log
-lines, path traversal attempts, symbolic links, a client that goes away halfway through a
-large file and a file truncated while it is sent (no descriptor leaks, no ``[alert]``)."""
+lines, path traversal attempts under ``root``, ``alias`` and regex aliases with captures,
+symbolic links under each ``disable_symlinks`` mode, a client that goes away halfway through a
+large file (the worker's descriptors counted before and after), a file removed or truncated
+while it is sent, ``limit_rate`` on files (bytes, never durations), the accepted
+``open_file_cache*``/``aio``/``directio``, and ``examples/app.conf`` (``make run``): its page
+and the WebSocket the page opens, through one server."""
 
 from __future__ import annotations
 
