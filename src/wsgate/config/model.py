@@ -103,6 +103,23 @@ class AccessLog:
     buffer: int = 0
     flush: float | None = None
     condition: Template | None = None
+    #: ``gzip[=level]``: each buffer written out as one gzip member (0: plain).
+    gzip: int = 0
+    #: A path with variables ("the file is opened and closed for each log write", unless
+    #: ``open_log_file_cache`` keeps it); ``path`` is then its text, never opened as is.
+    name: Template | None = None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class OpenLogFileCache:
+    """``open_log_file_cache max=N [inactive=time] [min_uses=N] [valid=time]``: the
+    descriptors of logs whose names have variables, kept open.  Compared by identity: each
+    directive is its own cache, which the levels below inherit (nginx shares the pointer)."""
+
+    max: int
+    inactive: float = 10.0
+    min_uses: int = 1
+    valid: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -662,6 +679,7 @@ class LocationSettings:
     proxy_ssl: SslUpstream = SslUpstream()
     #: Empty tuple means ``access_log off``.
     access_logs: tuple[AccessLog, ...] = ()
+    open_log_file_cache: OpenLogFileCache | None = None
     #: ``stub_status`` here (not inherited: nginx sets it as this level's content handler).
     stub_status: bool = False
     #: ``prometheus`` (wsgate's) here: the metrics page, a content handler like ``stub_status``.

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from wsgate.config.model import LocationSettings
+from wsgate.config.model import DocRoot, LocationSettings
 from wsgate.config.variables import RequestContext
 from wsgate.errors import HttpError
 from wsgate.http import autoindex
@@ -79,7 +79,40 @@ class Listing:
 
 
 def _why(exc: OSError) -> str:
-    return f"({exc.errno}: {os.strerror(exc.errno or 0)})"
+    return f"({exc.errno}: {exc.strerror or os.strerror(exc.errno or 0)})"
+
+
+# -- confinement -------------------------------------------------------------------------------
+def _confined_dir(root: DocRoot) -> str | None:
+    """The directory every file name of ``root``/``alias`` must stay in: its value up to the
+    last ``/`` before its first variable, absolute and normalised (None: it starts with a
+    variable, nothing to hold it to)."""
+    lit = root.path.parts[0]
+    if not root.path.is_static:
+        lit = lit[: lit.rfind("/") + 1]
+        if not lit:
+            return None
+    if not os.path.isabs(lit):
+        lit = os.path.join(root.prefix, lit)
+    return os.path.normpath(lit)
+
+
+def _leaves(settings: LocationSettings, path: str) -> str | None:
+    """The directory ``path`` climbs out of with a ``..`` component, or None.
+
+    A normalised ``$uri`` has no ``..``, but gluing it to an alias can make one: ``location
+    /img { alias /data/img/; }`` and ``/img../secret`` name ``/data/img/../secret``, and a
+    capture in a regex location's alias can hold ``..`` where the location's prefix is not a
+    whole segment.  nginx opens such a name; wsgate refuses it (docs/differences.md)."""
+    if "/.." not in path or settings.root is None:
+        return None
+    top = _confined_dir(settings.root)
+    if top is None:
+        return None
+    norm = os.path.normpath(path)
+    if norm == top or norm.startswith(top.rstrip("/") + "/"):
+        return None
+    return top
 
 
 # -- opening with disable_symlinks -------------------------------------------------------------
@@ -105,6 +138,9 @@ def open_path(
     owner (nginx's ``ngx_openat_file_owner``)."""
     if "\0" in path:
         raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+    top = _leaves(settings, path)
+    if top is not None:
+        raise PermissionError(errno.EACCES, f'the name leaves "{top}"', path)
     flags |= os.O_NONBLOCK | os.O_CLOEXEC
     start = _symlink_start(settings, ctx, path)
     if start is None:

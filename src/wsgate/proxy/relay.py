@@ -664,6 +664,6 @@ def tunnel_closed(front: FrontConnection, tunnel: Tunnel, end: TunnelEnd) -> Non
         ctx.bytes_sent = end.head_len + tunnel.bytes_to_client
         note_time(gw.clock, ctx)
         if end.settings.access_logs:
-            gw.access_logs.write(end.settings.access_logs, ctx)
+            gw.access_logs.write(end.settings.access_logs, ctx, end.settings.open_log_file_cache)
     except Exception as exc:  # what the connection's task reported when it ran to here
         gw.error_log.log("alert", f"unexpected error: {exc!r}", front.number)
