@@ -59,6 +59,7 @@ from wsgate.proxy.endpoint import Endpoint, PeerClosed
 from wsgate.proxy.pacing import response_rate, send_paced
 
 if TYPE_CHECKING:
+    from wsgate.config.variables import RequestContext
     from wsgate.http.rate import WriteRate
     from wsgate.proxy.exchange import Exchange, Outcome
 
@@ -213,21 +214,19 @@ async def send_file(ex: Exchange, resp: FileResponse) -> Outcome:
             ctx.bytes_sent = len(out)
         if with_body:
             chunk = settings.sendfile_max_chunk or 0
+            # The counts grow as the bytes go (a response cut short logs what was sent).
             for part in resp.parts:
                 if isinstance(part, bytes):
                     if rate is None:
                         ep.write(part)
                     else:
                         await send_paced(ep, part, rate, ctx.bytes_sent)
-                    sent = len(part)
+                    ctx.bytes_sent += len(part)
+                    ctx.body_bytes_sent += len(part)
                 elif rate is not None or resp.recode is not None:
-                    sent = await _pread_loop(
-                        ep, resp.fd, *part, chunk, timeout, resp.recode, rate, ctx.bytes_sent
-                    )
+                    await _pread_loop(ep, resp.fd, *part, chunk, timeout, ctx, resp.recode, rate)
                 else:
-                    sent = await _send_range(ep, resp.fd, *part, settings.sendfile, chunk, timeout)
-                ctx.bytes_sent += sent
-                ctx.body_bytes_sent += sent
+                    await _send_range(ep, resp.fd, *part, settings.sendfile, chunk, timeout, ctx)
             await _drain(ep, timeout)
     except Truncated as exc:
         r.log("error", f'"{resp.path}" was truncated while it was sent ({exc})')
@@ -402,19 +401,21 @@ async def _send_range(
     use_sendfile: bool,
     max_chunk: int,
     timeout: float,
-) -> int:
-    """``count`` bytes of ``fd`` from ``offset`` to the client; returns how many went.  Each
-    wait for the client is at most ``timeout`` (``send_timeout``)."""
+    ctx: RequestContext,
+) -> None:
+    """``count`` bytes of ``fd`` from ``offset`` to the client, counted in ``ctx``'s
+    ``$bytes_sent``/``$body_bytes_sent`` as they go.  Each wait for the client is at most
+    ``timeout`` (``send_timeout``)."""
     sock_fd = _socket_fd(ep) if use_sendfile else None
     if sock_fd is None:
-        return await _pread_loop(ep, fd, offset, count, max_chunk, timeout)
+        return await _pread_loop(ep, fd, offset, count, max_chunk, timeout, ctx)
     loop = asyncio.get_running_loop()
     # The transport must have written everything it holds before the kernel sends the file.
     await _drain(ep, timeout)
     transport = ep.transport
     assert transport is not None
     if transport.get_write_buffer_size():
-        return await _pread_loop(ep, fd, offset, count, max_chunk, timeout)
+        return await _pread_loop(ep, fd, offset, count, max_chunk, timeout, ctx)
     watch = os.dup(sock_fd)
     sent = 0
     try:
@@ -431,13 +432,14 @@ async def _send_range(
             if n == 0:
                 raise Truncated(f"{sent} of {count} bytes")
             sent += n
+            ctx.bytes_sent += n
+            ctx.body_bytes_sent += n
             if max_chunk and sent < count:
                 # sendfile_max_chunk: "prevents one fast connection from seizing the
                 # worker process entirely".
                 await asyncio.sleep(0)
     finally:
         os.close(watch)
-    return sent
 
 
 async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
@@ -461,12 +463,12 @@ async def _pread_loop(
     count: int,
     max_chunk: int,
     timeout: float,
+    ctx: RequestContext,
     recode: bytes | None = None,
     rate: WriteRate | None = None,
-    before: int = 0,
-) -> int:
+) -> None:
     """``count`` bytes of ``fd`` read one chunk at a time (converted by ``recode``, paced
-    by ``limit_rate``'s ``rate``, ``before`` bytes of the response having gone)."""
+    by ``limit_rate``'s ``rate``), counted in ``ctx`` as they go."""
     step = min(max_chunk, READ_CHUNK) if max_chunk else READ_CHUNK
     sent = 0
     while sent < count:
@@ -479,6 +481,7 @@ async def _pread_loop(
             ep.write(data)
             await _drain(ep, timeout)
         else:
-            await send_paced(ep, data, rate, before + sent)
+            await send_paced(ep, data, rate, ctx.bytes_sent)
         sent += len(data)
-    return sent
+        ctx.bytes_sent += len(data)
+        ctx.body_bytes_sent += len(data)

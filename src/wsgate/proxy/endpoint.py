@@ -205,6 +205,11 @@ class Endpoint(asyncio.Protocol):
         if self.closed:
             raise PeerClosed("connection lost")
         if not self._write_paused:
+            # A transport that met a send error closes on the loop's next turn; a writer
+            # that never waits would not see it until its whole response was thrown away.
+            transport = self.transport
+            if transport is not None and transport.is_closing():
+                raise PeerClosed("connection closing")
             return
         self._drain_waiter = self.loop.create_future()
         try:
