@@ -18,6 +18,7 @@ from wsgate.config.directives import (
     charset,
     core,
     headers,
+    http2,
     limits,
     other,
     pages,
@@ -58,6 +59,7 @@ ENTRIES: tuple[Directive, ...] = (
     *auth.ENTRIES,
     *resolver.ENTRIES,
     *ssl.ENTRIES,
+    *http2.ENTRIES,
     *upstream.ENTRIES,
     *other.ENTRIES,
 )
