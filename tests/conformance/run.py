@@ -115,6 +115,7 @@ def run_file(directory: Path, name: str, binary: Path) -> Result:
             env=env,
             capture_output=True,
             text=True,
+            errors="replace",  # a failing test may print binary (HTTP/2 frames)
             timeout=FILE_TIMEOUT,
             check=False,
         )

@@ -375,10 +375,8 @@ class FrontConnection:
             self.tls_vars = connection_variables(obj)
         return True
 
-    def _http2_enabled(self) -> bool:
-        """``http2 on`` in the default server of the address, or ``listen ... http2``."""
-        if self.default.http2:
-            return True
+    def listen_http2(self) -> bool:
+        """``listen ... http2`` on this address (nginx's ``addr_conf->http2``)."""
         listens = [lst for _, lst in self.group.pairs]
         exact = [lst for lst in listens if lst.host == self.local_addr]
         chosen = exact or [lst for lst in listens if lst.is_wildcard] or listens
@@ -393,21 +391,26 @@ class FrontConnection:
         if self.tls_vars is not None:
             obj = ep.transport.get_extra_info("ssl_object") if ep.transport else None
             return isinstance(obj, ssl.SSLObject) and obj.selected_alpn_protocol() == "h2"
-        if self.plain_on_tls or not self._http2_enabled():
+        if self.plain_on_tls or not (self.default.http2 or self.listen_http2()):
             return False
         loop = self.gw.loop
         deadline = loop.time() + self.default.client_header_timeout
-        while True:
-            n = min(len(PREFACE), len(ep.buffer))
-            if ep.buffer[:n] != PREFACE[:n]:
-                return False
-            if n == len(PREFACE):
-                return True
-            remaining = deadline - loop.time()
-            if remaining <= 0 or await ep.wait_data_or(None, remaining) is Ready.TIMEOUT:
-                return False
-            if ep.eof and len(ep.buffer) < len(PREFACE):
-                return False
+        got = bytearray()
+        try:
+            while True:
+                got += ep.take()
+                n = min(len(PREFACE), len(got))
+                if got[:n] != PREFACE[:n]:
+                    return False
+                if n == len(PREFACE):
+                    return True
+                remaining = deadline - loop.time()
+                if ep.eof or remaining <= 0:
+                    return False
+                if await ep.wait_data_or(None, remaining) is Ready.TIMEOUT:
+                    return False
+        finally:
+            ep.buffer[0:0] = got
 
     def wind_down(self) -> None:
         """A graceful stop or a reload: an idle connection closes now; an HTTP/2 one sends

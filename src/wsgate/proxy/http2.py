@@ -83,9 +83,13 @@ class _Connection(H2Connection):
     :class:`Http2Connection`, h2's own check is lifted while a HEADERS frame is read."""
 
     _lifted = False
+    #: The length of the last header block received (nginx's ``$request_length`` of a
+    #: stream: ``h2c->state.length``).
+    block_size = 0
 
     def _receive_headers_frame(self, frame: Any) -> Any:
         self._lifted = True
+        self.block_size = len(frame.data)
         try:
             return super()._receive_headers_frame(frame)
         finally:
@@ -309,7 +313,9 @@ class Http2Connection:
         config = H2Configuration(
             client_side=False,
             header_encoding=None,
-            validate_inbound_headers=True,
+            # The fields are checked as nginx checks them (a bad one is a stream's 400,
+            # through error_page, not h2's connection error): wsgate.http.http2.
+            validate_inbound_headers=False,
             normalize_inbound_headers=False,
         )
         self.h2 = _Connection(config=config)
@@ -351,7 +357,12 @@ class Http2Connection:
                 if self.stopping and not self.streams:
                     return
                 front.idle = not self.streams
-                timeout = front.default.settings.keepalive_timeout if not self.streams else 3600
+                if self.streams:
+                    timeout = 3600.0  # the streams' own timers run
+                elif front.requests:
+                    timeout = front.default.settings.keepalive_timeout
+                else:
+                    timeout = front.default.client_header_timeout
                 ready = await ep.wait_data_or(self._wake, timeout)
                 front.idle = False
                 if ready is Ready.TIMEOUT:
@@ -372,6 +383,21 @@ class Http2Connection:
                 stream.gone_now()
             if self.tasks:
                 await asyncio.gather(*self.tasks, return_exceptions=True)
+            await self._flushed()
+
+    async def _flushed(self) -> None:
+        """Wait (``send_timeout`` at most) until the socket has taken every byte written,
+        so that a GOAWAY and the last responses are not lost when the worker then exits."""
+        ep = self.front.ep
+        transport = ep.transport
+        if transport is None or ep.closed or not transport.get_write_buffer_size():
+            return
+        transport.set_write_buffer_limits(high=0)
+        try:
+            async with asyncio.timeout(self.front.default.settings.send_timeout):
+                await ep.drain()
+        except (TimeoutError, PeerClosed):
+            pass
 
     def wind_down(self) -> None:
         """A graceful stop or a reload: GOAWAY now, the open streams finish."""
@@ -438,21 +464,32 @@ class Http2Connection:
         end = ev.stream_ended is not None
         fields = cast(list[tuple[bytes, bytes]], ev.headers or [])
         error: HttpError | None = None
-        head: RequestHead | None
+        default = front.default
         try:
-            head = request_head(fields, end)
+            head = request_head(
+                fields,
+                end,
+                block_size=self.h2.block_size,
+                max_headers=default.max_headers,
+                underscores=default.underscores_in_headers,
+                ignore_invalid=default.ignore_invalid_headers,
+            )
         except H2Refused as exc:
             head, error = exc.head, exc
-        except HttpError:
-            head = None
-        if head is None:
-            self._reset(sid, ErrorCodes.PROTOCOL_ERROR)
-            return
-        chunk = front.default.settings.http2_chunk_size
+        settings = default.settings
+        front.requests += 1
+        # ngx_http_v2_state_headers: the connection's last stream is announced (GOAWAY)
+        # with keepalive_timeout 0, at keepalive_requests, or past keepalive_time.
+        if (
+            settings.keepalive_timeout == 0
+            or front.requests >= settings.keepalive_requests
+            or self.loop.time() - front.started > settings.keepalive_time
+        ):
+            self.goaway()
+        chunk = settings.http2_chunk_size
         stream = _Stream(self, sid, head.method == "HEAD", chunk)
         stream.body_ended = end
         self.streams[sid] = stream
-        front.requests += 1
         task = self.loop.create_task(self._serve(stream, head, error, front.requests, not end))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -475,6 +512,13 @@ class Http2Connection:
         try:
             exchange = Exchange(cast("FrontConnection", sfront), head)
             exchange.r.ctx.version = "2.0"
+            if error is None and not (exchange.r.server.http2 or front.listen_http2()):
+                # ngx_http_v2_run_request: Host chose a server without ``http2``.
+                error = HttpError(
+                    421,
+                    "client attempted to request the server name "
+                    "for which the negotiated protocol is disabled",
+                )
             stream.chunk = exchange.r.settings.http2_chunk_size
             await exchange.run(error)
         except Exception as exc:  # noqa: BLE001 - one stream's failure is not the connection's
