@@ -157,7 +157,10 @@ class FrontConnection:
         if await self._is_http2():
             self.h2 = Http2Connection(self)
             try:
-                await self.h2.run()
+                settings = self.default.settings
+                linger = await self.h2.run()
+                if linger and settings.lingering_close != "off" and self.tls_vars is None:
+                    await self._linger(settings)
             finally:
                 self.ep.close()
             return

@@ -53,6 +53,7 @@ from h2.events import (
 )
 from h2.exceptions import FlowControlError, ProtocolError, StreamClosedError
 from h2.settings import SettingCodes
+from hyperframe.frame import GoAwayFrame
 
 from wsgate.config.directives.http2 import MAX_WINDOW
 from wsgate.config.variables import RequestContext
@@ -334,7 +335,9 @@ class Http2Connection:
         self.last = 0
 
     # -- the connection loop ------------------------------------------------------------------
-    async def run(self, early: bytes = b"") -> None:
+    async def run(self, early: bytes = b"") -> bool:
+        """Serve until the connection ends; ``True`` when it ends by our GOAWAY with the
+        client still there (nginx then closes lingering: ``ngx_http_v2_lingering_close``)."""
         front, h2, ep = self.front, self.h2, self.front.ep
         h2.initiate_connection()
         # ngx_http_v2_send_settings: the connection window opened to its maximum at once.
@@ -350,12 +353,12 @@ class Http2Connection:
                         events = h2.receive_data(data)
                     except ProtocolError:
                         self.flush()  # h2 has queued the GOAWAY
-                        return
+                        return False
                     for ev in events:
                         self._event(ev)
                     self.flush()
                 if self.stopping and not self.streams:
-                    return
+                    return not ep.eof
                 front.idle = not self.streams
                 if self.streams:
                     timeout = 3600.0  # the streams' own timers run
@@ -368,7 +371,7 @@ class Http2Connection:
                 if ready is Ready.TIMEOUT:
                     if not self.streams:
                         self.goaway()
-                        return
+                        return False
                     data = b""
                     continue
                 if ready is Ready.OTHER:
@@ -377,7 +380,7 @@ class Http2Connection:
                     continue
                 data = ep.take()
                 if not data:  # EOF
-                    return
+                    return False
         finally:
             for stream in self.streams.values():
                 stream.gone_now()
@@ -392,28 +395,36 @@ class Http2Connection:
         transport = ep.transport
         if transport is None or ep.closed or not transport.get_write_buffer_size():
             return
+        # With both marks at 0 the protocol is paused until the buffer is empty (a loop that
+        # does not pause at once for the new mark is polled).
         transport.set_write_buffer_limits(high=0)
         try:
             async with asyncio.timeout(self.front.default.settings.send_timeout):
-                await ep.drain()
+                while transport.get_write_buffer_size() and not ep.closed:
+                    if ep.write_paused:
+                        await ep.drain()
+                    else:
+                        await asyncio.sleep(0.01)
         except (TimeoutError, PeerClosed):
             pass
 
     def wind_down(self) -> None:
         """A graceful stop or a reload: GOAWAY now, the open streams finish."""
-        if not self.stopping:
-            self.goaway()
-        self.stopping = True
+        self.goaway()
         if not self._wake.done():
             self._wake.set_result(None)
 
     def goaway(self) -> None:
-        try:
-            self.h2.close_connection(ErrorCodes.NO_ERROR, last_stream_id=self.last)
-        except ProtocolError:
+        """GOAWAY (NO_ERROR) naming the last stream served; the open streams go on.  Written
+        here, not with h2's ``close_connection``, after which h2 sends nothing more."""
+        if self.stopping:
             return
         self.stopping = True
         self.flush()
+        frame = GoAwayFrame(0)
+        frame.last_stream_id = self.last
+        frame.error_code = ErrorCodes.NO_ERROR
+        self.front.ep.write(frame.serialize())
 
     def flush(self) -> None:
         out = self.h2.data_to_send()
