@@ -41,7 +41,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, cast
 
 from h2.config import H2Configuration
-from h2.connection import H2Connection
+from h2.connection import ConnectionInputs, H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -53,6 +53,7 @@ from h2.events import (
 )
 from h2.exceptions import FlowControlError, ProtocolError, StreamClosedError
 from h2.settings import SettingCodes
+from hpack.exceptions import HPACKError, OversizedHeaderListError
 from hyperframe.frame import GoAwayFrame
 
 from wsgate.config.directives.http2 import MAX_WINDOW
@@ -88,13 +89,34 @@ class _Connection(H2Connection):
     #: stream: ``h2c->state.length``).
     block_size = 0
 
+    #: The stream whose header block ended the connection (nginx's GOAWAY names it).
+    failed_stream = 0
+
     def _receive_headers_frame(self, frame: Any) -> Any:
         self._lifted = True
         self.block_size = len(frame.data)
         try:
             return super()._receive_headers_frame(frame)
+        except ProtocolError as exc:
+            self.failed_stream = frame.stream_id
+            if isinstance(exc.__cause__, HPACKError | IndexError) and not isinstance(
+                exc.__cause__, OversizedHeaderListError
+            ):
+                # RFC 7541 §4.3 / RFC 9113 §4.3: a header block that cannot be decoded is a
+                # connection error of type COMPRESSION_ERROR (h2 says PROTOCOL_ERROR).
+                exc.error_code = ErrorCodes.COMPRESSION_ERROR
+            raise
         finally:
             self._lifted = False
+
+    def _terminate_connection(self, error_code: ErrorCodes) -> None:
+        """h2's GOAWAY on a connection error, naming the stream that caused it as nginx does
+        (``h2c->last_sid``) rather than only the streams opened before it."""
+        frame = GoAwayFrame(0)
+        frame.last_stream_id = max(self.highest_inbound_stream_id, self.failed_stream)
+        frame.error_code = error_code
+        self.state_machine.process_input(ConnectionInputs.SEND_GOAWAY)
+        self._prepare_for_sending([frame])
 
     @property
     def open_inbound_streams(self) -> int:
