@@ -74,8 +74,6 @@ __all__ = ["PREFACE", "Http2Connection"]
 #: The client connection preface (RFC 9113 §3.4), by which nginx tells a cleartext HTTP/2
 #: connection from HTTP/1.1 (``ngx_http_wait_request_handler``).
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-#: Response bytes a stream holds before its writer's ``drain`` waits (for the peer's window).
-_STREAM_HIGH_WATER = 64 * 1024
 
 
 class _Connection(H2Connection):
@@ -206,7 +204,9 @@ class _Stream:
             raise PeerClosed("stream reset")
         self._send_head()
         self.conn.pump(self)
-        while len(self.out) > _STREAM_HIGH_WATER and not self.reset:
+        # Until the peer's windows have taken every byte: the request lives as long as its
+        # response is being sent (``send_timeout`` applies, ``limit_conn`` holds its slot).
+        while self.out and not self.reset:
             self.window_waiter = self.conn.loop.create_future()
             try:
                 await self.window_waiter
@@ -608,7 +608,7 @@ class Http2Connection:
         except (ProtocolError, StreamClosedError, FlowControlError):
             stream.gone_now()
         self.flush()
-        if len(out) <= _STREAM_HIGH_WATER:
+        if not out:
             stream.wake()
 
     def _ended(self, stream: _Stream) -> None:
