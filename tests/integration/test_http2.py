@@ -408,3 +408,18 @@ def test_curl_prior_knowledge_and_tls(
         check=True,
     ).stdout
     assert out == b"[h2] https HTTP/2.0 2"
+
+
+def test_header_block_limits_at_and_over(wsgate: Factory) -> None:
+    """large_client_header_buffers 1 512: the decoded fields of a block may total 512 bytes
+    (nginx's header_limit); one more byte is GOAWAY ENHANCE_YOUR_CALM naming the stream."""
+    gw = wsgate(conf("large_client_header_buffers 1 512; location / { return 204; }"))
+    base = len(":methodGET:schemehttp:authoritylocalhost:path/") + len("x-long")
+    c = Client(gw.port)
+    assert c.get("/", extra=(("x-long", "v" * (512 - base)),))[0] == 204
+    sid = c.request("/", extra=(("x-long", "v" * (513 - base)),))
+    frames = raw_frames(c.sock)
+    c.close()
+    goaway = [f for f in frames if isinstance(f, GoAwayFrame)]
+    assert [(g.last_stream_id, g.error_code) for g in goaway] == [(sid, 11)]
+    assert "client sent too large header" in gw.errors()

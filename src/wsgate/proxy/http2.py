@@ -326,7 +326,18 @@ class _StreamFront:
 class Http2Connection:
     """Serves HTTP/2 on one client connection after TLS (ALPN ``h2``) or the preface."""
 
-    __slots__ = ("front", "loop", "h2", "streams", "tasks", "stopping", "_wake", "tls", "last")
+    __slots__ = (
+        "front",
+        "loop",
+        "h2",
+        "streams",
+        "tasks",
+        "stopping",
+        "failed",
+        "_wake",
+        "tls",
+        "last",
+    )
 
     def __init__(self, front: FrontConnection) -> None:
         self.front = front
@@ -346,13 +357,17 @@ class Http2Connection:
             {
                 SettingCodes.MAX_CONCURRENT_STREAMS: server.http2_max_concurrent_streams,
                 SettingCodes.INITIAL_WINDOW_SIZE: server.http2_body_preread_size,
-                SettingCodes.MAX_HEADER_LIST_SIZE: server.large_client_header_buffers[0]
-                * server.large_client_header_buffers[1],
             }
         )
+        # nginx's limits on a header block are checked on the decoded fields (:meth:`_request`);
+        # hpack's own bound (RFC 7541 sizes, 32 bytes more per field) only stops a bomb.
+        num, size = server.large_client_header_buffers
+        self.h2.decoder.max_header_list_size = 2 * num * size + 32 * server.max_headers
         self.streams: dict[int, _Stream] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.stopping = False
+        #: A connection error of ours (GOAWAY sent): the connection closes at once.
+        self.failed = False
         self._wake: asyncio.Future[None] = self.loop.create_future()
         self.last = 0
 
@@ -378,6 +393,8 @@ class Http2Connection:
                         return False
                     for ev in events:
                         self._event(ev)
+                        if self.failed:
+                            return False
                     self.flush()
                 if self.stopping and not self.streams:
                     return not ep.eof
@@ -448,6 +465,17 @@ class Http2Connection:
         frame.error_code = ErrorCodes.NO_ERROR
         self.front.ep.write(frame.serialize())
 
+    def _calm(self, text: str) -> None:
+        """A connection error: GOAWAY ENHANCE_YOUR_CALM naming the last stream, then close."""
+        front = self.front
+        front.gw.error_log.log("info", text, front.number, front.bare_ctx())
+        self.flush()
+        frame = GoAwayFrame(0)
+        frame.last_stream_id = self.last
+        frame.error_code = ErrorCodes.ENHANCE_YOUR_CALM
+        front.ep.write(frame.serialize())
+        self.stopping = self.failed = True
+
     def flush(self) -> None:
         out = self.h2.data_to_send()
         if out:
@@ -496,6 +524,20 @@ class Http2Connection:
         self.last = max(self.last, sid)
         end = ev.stream_ended is not None
         fields = cast(list[tuple[bytes, bytes]], ev.headers or [])
+        # ngx_http_v2_state_field_len and ngx_http_v2_state_process_header: a field longer
+        # than a large_client_header_buffers buffer, or a block longer than all of them, is a
+        # connection error ENHANCE_YOUR_CALM (nginx measures a field as sent, Huffman-coded;
+        # here as decoded).
+        num, size = front.default.large_client_header_buffers
+        total = 0
+        for name, value in fields:
+            if len(name) > size or len(value) > size:
+                self._calm("client sent too large header field")
+                return
+            total += len(name) + len(value)
+        if total > num * size:
+            self._calm("client sent too large header")
+            return
         error: HttpError | None = None
         default = front.default
         try:
