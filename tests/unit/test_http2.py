@@ -80,6 +80,8 @@ def test_te_only_trailers() -> None:
         ([*BASE, (b":path", b"/")], 400, "client sent duplicate :path header"),
         ([*BASE, (b":protocol", b"websocket")], 400, 'unknown pseudo-header ":protocol"'),
         ([BASE[0], (b"x", b"y"), *BASE[1:]], 400, "after regular header"),
+        ([*BASE[:3], (b":path", b"/t\x02")], 400, 'client sent invalid :path header: "/t'),
+        ([*BASE[:3], (b":path", b"t1.html")], 400, "client sent invalid :path header"),
         ([*BASE, (b"X-Upper", b"y")], 400, 'client sent invalid header name: "X-Upper"'),
         ([*BASE, (b"x", b"a\nb")], 400, "with invalid value"),
         (BASE[:2] + BASE[3:], 400, 'client sent neither ":authority" nor "Host" header'),

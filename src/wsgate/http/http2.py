@@ -167,7 +167,10 @@ def request_head(
             refuse(400, "client sent no :scheme header")
         elif not path:
             refuse(400, "client sent no :path header")
-        elif path[0] != "/" and not (path == "*" and method == "OPTIONS"):
+        elif (path[0] != "/" and not (path == "*" and method == "OPTIONS")) or any(
+            c <= " " or c == "\x7f" for c in path
+        ):
+            # ngx_http_parse_uri: no control bytes, no spaces.
             refuse(400, f'client sent invalid :path header: "{path}"')
     if error is None:
         names = {k for k, _ in headers}
