@@ -49,14 +49,16 @@ debs:
 	  else echo "not installed:$$missing: the browser test and some nginx-tests files will be skipped"; fi; \
 	fi
 
-## make run: the walk-through -- the echo server on 127.0.0.1:8010 and wsgate on :8020.
+## make run: the walk-through as applications deploy it -- the echo server on 127.0.0.1:8010
+## and wsgate on :8020 with examples/app.conf: the page from examples/html, the WebSocket on /ws/.
 run: $(STAMP)
-	@echo "Starting wsgate-echo on 127.0.0.1:8010 and wsgate -c examples/websocket.conf on :8020."
-	@echo "In another terminal:  $(BIN)/wsgate-cat --connect ws://127.0.0.1:8020"
+	@echo "Starting wsgate-echo on 127.0.0.1:8010 and wsgate -c examples/app.conf on :8020."
+	@echo "Open http://127.0.0.1:8020/ in a browser, or in another terminal:"
+	@echo "  $(BIN)/wsgate-cat --connect ws://127.0.0.1:8020/ws/"
 	@echo "Press CTRL+C to stop both."
 	@$(BIN)/wsgate-echo & echo_pid=$$!; \
 	trap 'kill $$echo_pid 2>/dev/null' EXIT INT TERM; \
-	$(BIN)/wsgate -p . -c examples/websocket.conf -g 'daemon off;'
+	$(BIN)/wsgate -p . -c examples/app.conf -g 'daemon off;'
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

@@ -421,6 +421,10 @@ def markdown(results: dict[str, Any]) -> str:
             f"{(hold.get('echo') or {}).get('echoed', 0):,} echoed one message "
             f"({(hold.get('echo') or {}).get('lost', 0)} connections lost).\n"
         )
+    if results.get("static"):
+        from bench.static import markdown as static_markdown
+
+        parts.append(static_markdown(results["static"]))
     parts += [
         "## Bottleneck check\n",
         "CPU is the fraction of one CPU used over the window (from /proc/PID/stat). *Load* "

@@ -22,7 +22,10 @@ Figures (each for all three proxies, and as a ratio to nginx; see :mod:`bench.re
 4. proxy memory (PSS) per idle WebSocket connection at ``--idle`` open connections;
 5. added latency: round-trip percentiles of a paced ping-pong (``--lat-rate`` round trips a
    second) through the proxy, minus the same without a proxy;
-6. wsgate holding ``--hold`` connections at once: its total memory, and one echo on each.
+6. wsgate holding ``--hold`` connections at once: its total memory, and one echo on each;
+7. static files (``--parts static``, :mod:`bench.static`): throughput and CPU per request of
+   wsgate and nginx serving a small, a 1 MiB and a 100 MiB file, and the worker's memory
+   while it serves a 1 GiB file to 50 slow clients.
 
 CPU time comes from the proxy processes' own accounting (:mod:`bench.procstat`), sampled by
 the load generator at the start and end of its counting window. Before measuring, each proxy
@@ -124,7 +127,10 @@ class Settings:
         "idle",
         "hold",
         "profile",
+        "static",
     )
+    #: static: seconds the slow clients read the 1 GiB file while memory is sampled.
+    static_slow: float = 20.0
     smoke: bool = False
     out: Path = field(default_factory=lambda: REPO / "bench" / "results")
 
@@ -142,7 +148,8 @@ class Settings:
             idle=(50, 150),
             hold=200,
             hold_seconds=0.2,
-            parts=("relay", "saturation", "handshake", "latency", "idle", "hold"),
+            parts=("relay", "saturation", "handshake", "latency", "idle", "hold", "static"),
+            static_slow=1.0,
             smoke=True,
         )
         for k, v in overrides.items():
@@ -755,6 +762,15 @@ def run(s: Settings, keep: bool = False, quiet_wait: float = 0.0) -> dict[str, A
                 )
                 results["profile"] = (
                     "profile.md" if profiled and profiled["text"] else "not run (see errors)"
+                )
+            if "static" in s.parts:
+                from bench.static import run_static
+
+                proxy_cpus, load_cpus, _, _ = _cpus()
+                results["static"] = _step(
+                    results,
+                    "static",
+                    lambda: run_static(procs, work / "static", (proxy_cpus, load_cpus), s, _log),
                 )
         finally:
             procs.stop_all()

@@ -115,7 +115,7 @@ def run_file(directory: Path, name: str, binary: Path) -> Result:
             env=env,
             capture_output=True,
             text=True,
-            errors="replace",  # a failing test may print binary (HTTP/2 frames)
+            errors="replace",  # a failing gzip test prints compressed bytes
             timeout=FILE_TIMEOUT,
             check=False,
         )

@@ -127,3 +127,17 @@ def test_chart(smoke: tuple[Path, dict[str, Any]]) -> None:
     out, _ = smoke
     data = (out / "chart.png").read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_static_files_measured(smoke: tuple[Path, dict[str, Any]]) -> None:
+    out, results = smoke
+    st = results["static"]
+    for name in ["wsgate"] + (["nginx"] if "nginx" in PROXIES else []):
+        for fname in st["files"]:
+            r = st["throughput"][name][fname]
+            assert r["requests"] > 0 and r["errors"] == [], (name, fname, r)
+            assert isinstance(r["cpu_per_request_us"], float), (name, fname, r)
+        m = st["memory"][name]
+        assert m["ok_heads"] == m["clients"] and m["failed"] == 0, (name, m)
+        assert m["received"] > 0 and m["worker_rss_peak_kib"] > 0, (name, m)
+    assert "## Static files" in (out / "results.md").read_text()

@@ -46,19 +46,6 @@ bg = pytest.fixture(loop_fixture)
 NOT_YET: dict[str, str] = {
     **dict.fromkeys(
         (
-            "gzip",
-            "gzip_types",
-            "gzip_proxied",
-            "gzip_vary",
-            "gzip_disable",
-            "gzip_comp_level",
-            "gzip_buffers",
-            "gzip_http_version",
-        ),
-        "issue 12 (compression)",
-    ),
-    **dict.fromkeys(
-        (
             "proxy_cache_path",
             "proxy_cache",
             "proxy_cache_valid",

@@ -56,8 +56,13 @@ def test_parameters_parsed(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ("access_log logs/a.log combined gzip=5;", '"gzip=5" is not supported by wsgate'),
-        ("access_log logs/a.log combined gzip;", '"gzip" is not supported by wsgate'),
+        ("access_log logs/a.log combined gzip=10;", 'invalid compression level "10"'),
+        ("access_log logs/a.log combined gzip=x;", 'invalid compression level "x"'),
+        ("access_log logs/$host.log combined gzip;", "buffered logs cannot have variables in name"),
+        (
+            "access_log logs/a.log combined buffer=8k; access_log logs/a.log combined gzip;",
+            'access_log "logs/a.log" already defined with conflicting parameters',
+        ),
         ("access_log logs/a.log combined buffer=12q;", 'invalid buffer size "12q"'),
         ("access_log logs/a.log combined flush=x;", 'invalid flush time "x"'),
         ("access_log logs/a.log combined flush=5s;", "no buffer is defined for access_log"),
@@ -195,3 +200,95 @@ def test_if_condition(tmp_path: Path) -> None:
     out.close()
     assert Path(logs[0].path).read_text() == "404\n502\n500\n501\n"
     assert Path(logs[1].path).read_text() == "500\n"
+
+
+def test_gzip_writes_one_member_per_buffer(tmp_path: Path) -> None:
+    """``gzip``: a 64K buffer unless one is given, each written out as one gzip member
+    (``ngx_http_log_gzip``), which gunzip reads as one stream."""
+    import gzip
+
+    config = conf(
+        tmp_path,
+        "log_format s '$status';\nserver { listen 127.0.0.1:0; access_log logs/z.log s gzip=9; }",
+    )
+    logs = logs_of(config)
+    assert (logs[0].buffer, logs[0].gzip) == (64 * 1024, 9)
+    out = AccessLogs()
+    out.open([logs[0].path])
+    out.write(logs, ctx(config, 200))
+    out.flush()
+    out.write(logs, ctx(config, 201))
+    out.close()
+    raw = Path(logs[0].path).read_bytes()
+    assert raw.count(b"\x1f\x8b\x08") == 2
+    assert gzip.decompress(raw) == b"200\n201\n"
+
+
+class Errors:
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    def log(self, level: str, msg: str, *args: object) -> None:
+        self.lines.append((level, msg))
+
+
+def test_a_name_with_variables_is_opened_per_line(tmp_path: Path) -> None:
+    """``access_log logs/$arg_n.log``: the name rendered per request, the file opened,
+    written and closed; nothing opened at start, no directory made, an open that fails is
+    nginx's ``[crit]`` and the line is lost."""
+    config = conf(
+        tmp_path,
+        "log_format s '$status';\nserver { listen 127.0.0.1:0; access_log logs/v_${arg_n} s; }",
+    )
+    logs = logs_of(config)
+    assert logs[0].name is not None and logs[0].path.endswith("logs/v_${arg_n}")
+    (tmp_path / "logs").mkdir(exist_ok=True)
+    out = AccessLogs()
+    errors = Errors()
+    out.error_log = errors  # type: ignore[assignment]
+    out.open([])
+    out.write(logs, ctx(config, 200, args="n=a"))
+    out.write(logs, ctx(config, 201, args="n=a"))
+    out.write(logs, ctx(config, 202, args="n=b"))
+    out.write(logs, ctx(config, 203, args="n=no/such"))
+    out.close()
+    assert (tmp_path / "logs" / "v_a").read_text() == "200\n201\n"
+    assert (tmp_path / "logs" / "v_b").read_text() == "202\n"
+    assert not (tmp_path / "logs" / "v_no").exists()
+    assert errors.lines == [
+        ("crit", f'open() "{tmp_path}/logs/v_no/such" failed (2: No such file or directory)')
+    ]
+
+
+def test_open_log_file_cache_keeps_used_names(tmp_path: Path) -> None:
+    """access_log.t's cache cases: max=3 min_uses=2; a kept descriptor goes on writing to
+    the file after its directory was renamed, a name evicted (least recently used) or not
+    used twice is opened anew and fails."""
+    config = conf(
+        tmp_path,
+        "log_format s '$uri';\n"
+        "server { listen 127.0.0.1:0;\n"
+        "open_log_file_cache max=3 inactive=20s valid=1m min_uses=2;\n"
+        "access_log dir/c_$arg_n s; }",
+    )
+    settings = config.http.servers[0].settings
+    cache = settings.open_log_file_cache
+    assert cache is not None and (cache.max, cache.min_uses) == (3, 2)
+    d = tmp_path / "dir"
+    d.mkdir()
+    out = AccessLogs()
+    out.error_log = Errors()  # type: ignore[assignment]
+
+    def hit(name: str) -> None:
+        out.write(settings.access_logs, ctx(config, uri="/", args=f"n={name}"), cache)
+
+    for name in ("lru", "lru", "once", "first", "first", "second", "second"):
+        hit(name)
+    d.rename(tmp_path / "moved")
+    for name in ("lru", "once", "first", "second"):
+        hit(name)
+    out.close()
+    moved = tmp_path / "moved"
+    names = ("lru", "once", "first", "second")
+    counts = {n: (moved / f"c_{n}").read_text().count("/") for n in names}
+    assert counts == {"lru": 2, "once": 1, "first": 3, "second": 3}

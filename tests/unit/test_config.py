@@ -476,3 +476,18 @@ def test_proxy_host_keeps_the_brackets_of_an_ipv6_address(
     c = conf(tmp_path, f"http {{ server {{ location / {{ proxy_pass {url}; }} }} }}")
     pp = c.http.servers[0].locations[0].settings.proxy_pass
     assert pp is not None and pp.proxy_host == want
+
+
+def test_a_braced_variable_ends_its_word(tmp_path: Path) -> None:
+    """``${name}`` followed by whitespace ends the token, as in nginx's ngx_conf_read_token
+    (crossplane 0.5.8 glued the next word on); quoted whitespace and ``\\ `` stay."""
+    from wsgate.config.parse import parse_file
+
+    (tmp_path / "n.conf").write_text('a x${b} c;\nd "x${b} c";\ne ${f}\n  g;\nh x\\ ${i} j;\n')
+    stmts, _ = parse_file(str(tmp_path / "n.conf"))
+    assert [(s.name, s.args) for s in stmts] == [
+        ("a", ["x${b}", "c"]),
+        ("d", ["x${b} c"]),
+        ("e", ["${f}", "g"]),
+        ("h", ["x\\ ${i}", "j"]),
+    ]

@@ -52,6 +52,7 @@ SAMPLES: dict[str, tuple[str, str]] = {
     "if": ("$arg_a", "$uri ~* ^/x(?<rest>.*)"),
     "set": ("$a 1", "$args x=$uri"),
     "access_log": ("a.log", "off"),
+    "open_log_file_cache": ("max=3", "max=5 inactive=1m min_uses=2 valid=10s"),
     "allow": ("10.0.0.0/8", "all"),
     "deny": ("192.0.2.1", "unix:"),
     "set_real_ip_from": ("10.0.0.0/8", "unix:"),
@@ -130,6 +131,13 @@ SAMPLES: dict[str, tuple[str, str]] = {
     "source_charset": ("koi8-r", "windows-1251"),
     "charset_types": ("text/css", "text/html *"),
     "ssi_types": ("text/plain", "text/css *"),
+    "gzip_types": ("text/css", "text/css *"),
+    "gzip_comp_level": ("5", "9"),
+    "gzip_window": ("512", "16k"),
+    "gzip_hash": ("1k", "128k"),
+    "gzip_http_version": ("1.0", "1.1"),
+    "gzip_proxied": ("any", "expired no-cache auth"),
+    "gzip_disable": ("msie6", "bot"),
 }
 #: A bad argument list and nginx's words, for each directive whose parser is its own; ``None``
 #: for a parser that takes any value.
@@ -153,7 +161,8 @@ BAD: dict[str, tuple[str, str] | None] = {
     "break": None,
     "if": ("$a ~", 'invalid condition "$a"'),
     "set": ("a b", 'invalid variable name "a"'),
-    "access_log": ("a.log combined gzip", '"gzip" is not supported by wsgate in "access_log"'),
+    "access_log": ("a.log combined gzip=0", 'invalid compression level "0"'),
+    "open_log_file_cache": ("inactive=1m", '"open_log_file_cache" must have "max" parameter'),
     "allow": ("10.0.0.300", 'invalid parameter "10.0.0.300"'),
     "deny": ("nowhere", 'invalid parameter "nowhere"'),
     "set_real_ip_from": ("10.0.0.0/33", 'host not found in set_real_ip_from "10.0.0.0/33"'),
@@ -232,6 +241,13 @@ BAD: dict[str, tuple[str, str] | None] = {
     "source_charset": ("$x", 'variables in "source_charset" are not supported by wsgate'),
     "charset_types": None,
     "ssi_types": None,
+    "gzip_types": None,
+    "gzip_comp_level": ("10", "value must be between 1 and 9"),
+    "gzip_window": ("1000", "must be 512, 1k, 2k, 4k, 8k, 16k, or 32k"),
+    "gzip_hash": ("100", "must be 512, 1k, 2k, 4k, 8k, 16k, 32k, 64k, or 128k"),
+    "gzip_http_version": ("2.0", 'invalid value "2.0"'),
+    "gzip_proxied": ("any often", 'invalid value "often"'),
+    "gzip_disable": ("(", "pcre2_compile() failed"),
 }
 _GENERIC = {"flag", "time", "size", "number"}
 

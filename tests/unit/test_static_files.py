@@ -131,6 +131,33 @@ def test_alias_in_regex_location(site: Path) -> None:
     assert isinstance(got, FileResponse) and got.path == f"{site}/html/dir/x.css"
 
 
+def test_a_name_never_climbs_out_of_its_alias(site: Path) -> None:
+    """A ``..`` that the URI or a capture glues onto an alias (the alias without its
+    trailing slash; a capture after a partial segment) is 403, where nginx opens it; a
+    ``..`` that stays inside, a ``try_files`` candidate and an index are held the same."""
+    conf = SERVER % (
+        "location /al { alias html/; }"
+        "location ~ ^/rx(.*)$ { alias html/dir/$1; }"
+        "location /tf { alias html/; try_files $uri =404; }"
+        "location /ix { alias html/; index ../outside.txt; }"
+    )
+    for uri in ("/al../outside.txt", "/rx../a.txt"):
+        assert status(site, conf, uri) == 403, uri
+        assert serve.logs == []  # type: ignore[attr-defined]
+    with pytest.raises(HttpError) as info:
+        serve(site, conf, "/al../outside.txt")
+    assert info.value.log == (
+        f'open() "{site}/html/../outside.txt" failed (13: the name leaves "{site}/html")'
+    )
+    got = serve(site, conf, "/rxx.css")
+    assert isinstance(got, FileResponse) and got.path == f"{site}/html/dir/x.css"
+    got = serve(site, conf, "/al/dir/x.css")
+    assert isinstance(got, FileResponse)
+    settings, ctx = settings_for(site, conf, "/tf../outside.txt")
+    assert files.try_files(settings, ctx) == 404  # not found, never tried outside
+    assert status(site, conf, "/ix/") == 403
+
+
 def test_autoindex_lists_without_dot_files(site: Path) -> None:
     (site / "html" / "dir" / ".hidden").write_text("")
     conf = SERVER % "location / { autoindex on; autoindex_format json; }"

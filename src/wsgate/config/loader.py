@@ -77,6 +77,8 @@ class Loader:
     warnings: list[str] = field(default_factory=list)
     maps: dict[str, MapBlock] = field(default_factory=dict)
     log_formats: dict[str, LogFormat] = field(default_factory=dict)
+    #: Buffered access-log files: (buffer, flush, gzip) of the first ``access_log`` naming each.
+    log_buffers: dict[str, tuple[int, float | None, int]] = field(default_factory=dict)
     upstreams: dict[str, Upstream] = field(default_factory=dict)
     conn_zones: dict[str, LimitConnZone] = field(default_factory=dict)
     req_zones: dict[str, LimitReqZone] = field(default_factory=dict)

@@ -103,6 +103,23 @@ class AccessLog:
     buffer: int = 0
     flush: float | None = None
     condition: Template | None = None
+    #: ``gzip[=level]``: each buffer written out as one gzip member (0: plain).
+    gzip: int = 0
+    #: A path with variables ("the file is opened and closed for each log write", unless
+    #: ``open_log_file_cache`` keeps it); ``path`` is then its text, never opened as is.
+    name: Template | None = None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class OpenLogFileCache:
+    """``open_log_file_cache max=N [inactive=time] [min_uses=N] [valid=time]``: the
+    descriptors of logs whose names have variables, kept open.  Compared by identity: each
+    directive is its own cache, which the levels below inherit (nginx shares the pointer)."""
+
+    max: int
+    inactive: float = 10.0
+    min_uses: int = 1
+    valid: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -632,6 +649,7 @@ class LocationSettings:
     proxy_ssl: SslUpstream = SslUpstream()
     #: Empty tuple means ``access_log off``.
     access_logs: tuple[AccessLog, ...] = ()
+    open_log_file_cache: OpenLogFileCache | None = None
     #: ``stub_status`` here (not inherited: nginx sets it as this level's content handler).
     stub_status: bool = False
     #: ``prometheus`` (wsgate's) here: the metrics page, a content handler like ``stub_status``.
@@ -745,6 +763,25 @@ class LocationSettings:
     ssi_last_modified: bool = False
     ssi_value_length: int = 256
     ssi_types: tuple[str, ...] = ("text/html",)
+    # -- ngx_http_gzip_filter_module, ngx_http_gzip_static_module (and the core's gzip_*) --
+    #: ``gzip``, ``gzip_types`` (besides "text/html"; "*": any), ``gzip_min_length``,
+    #: ``gzip_comp_level``, ``gzip_window``/``gzip_hash`` as zlib's wbits and memLevel.
+    gzip: bool = False
+    gzip_types: tuple[str, ...] = ("text/html",)
+    gzip_min_length: int = 20
+    gzip_comp_level: int = 1
+    gzip_window: int = 15
+    gzip_hash: int = 8
+    #: ``gzip_vary``, ``gzip_http_version`` ("1.0" or "1.1"), ``gzip_proxied`` (its words).
+    gzip_vary: bool = False
+    gzip_http_version: str = "1.1"
+    gzip_proxied: frozenset[str] = frozenset({"off"})
+    #: ``gzip_disable``: regular expressions (caseless) and the word "msie6".
+    gzip_disable: tuple[re.Pattern[str] | str, ...] = ()
+    #: ``gzip_static off | on | always``.
+    gzip_static: str = "off"
+    #: ``gunzip``: decompress gzip responses for clients that do not accept gzip.
+    gunzip: bool = False
     #: ``subrequest_output_buffer_size``: the most an in-memory subrequest's body may be.
     subrequest_output_buffer_size: int = 4096
     #: Every ``charset_map`` of ``http``: (from, to), lowercased → a 256-byte table.

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import crossplane
+import crossplane.lexer
 from crossplane.analyzer import DIRECTIVES as NGINX_DIRECTIVES
 from crossplane.errors import NgxParserBaseException
 
@@ -37,6 +38,29 @@ class Stmt:
 
 
 _ESCAPES = {"t": "\t", "r": "\r", "n": "\n"}
+#: Whitespace inside an unquoted token (not escaped): only crossplane's glued ``${name}``.
+_GLUED = re.compile(r"(?<!\\)\s+")
+_crossplane_lex = crossplane.lexer._lex_file_object
+
+
+def _lex_expansions(file_obj: Any) -> Any:
+    """crossplane's lexer with its ``${name}`` bug undone: crossplane 0.5.8 appends the
+    whitespace after an unquoted ``${name}`` and the next word to that token
+    (``access_log logs/${host} main;`` became one argument), where nginx's
+    ``ngx_conf_read_token`` ends the token at the whitespace.  An unquoted token holding
+    unescaped whitespace can only come from that, so it is split back into its words."""
+    for token, line, quoted in _crossplane_lex(file_obj):
+        if quoted or "${" not in token or not _GLUED.search(token):
+            yield token, line, quoted
+            continue
+        for word in _GLUED.split(token):
+            if word:
+                yield word, line, False
+
+
+crossplane.lexer._lex_file_object = _lex_expansions  # lex() looks it up per file
+
+
 _ESCAPE = re.compile(r"\\([\"'\\trn])")
 
 

@@ -108,6 +108,8 @@ FIXED_VARIABLES = (
             "request_body",
             "nginx_version",
             "limit_rate",
+            # ngx_http_gzip_filter_module
+            "gzip_ratio",
             # static files (ngx_http_core_module)
             "document_root",
             "realpath_root",
@@ -259,6 +261,7 @@ class ColdFields:
         "proxy_port",
         "request_length",
         "upstream_started",
+        "gzip_ratio",
     )
 
     def __init__(self) -> None:
@@ -292,6 +295,8 @@ class ColdFields:
         self.request_length = 0
         #: Loop time when the current try began (``$upstream_response_time`` counts from it).
         self.upstream_started = 0.0
+        #: ``$gzip_ratio`` once the gzip filter has compressed the body ("" otherwise).
+        self.gzip_ratio = ""
 
 
 #: What a context without its own :class:`ColdFields` reads (never written: the first set
@@ -450,6 +455,7 @@ class RequestContext:
     proxy_port = _cold_field("proxy_port")
     request_length = _cold_field("request_length")
     upstream_started = _cold_field("upstream_started")
+    gzip_ratio = _cold_field("gzip_ratio")
 
     def own_cold_fields(self) -> None:
         """Make the :class:`ColdFields` this context reads its own copy (a subrequest's
@@ -868,6 +874,9 @@ _GETTERS: dict[str, Callable[[RequestContext], str]] = {
     # wsgate is not nginx: its own version (the Server header's token names it too).
     "nginx_version": lambda c: __version__,
     "limit_rate": lambda c: str(c.limit_rate or 0),
+    # "the achieved compression ratio, computed as the ratio between the original and
+    # compressed response sizes" (empty when the response was not compressed).
+    "gzip_ratio": lambda c: c.gzip_ratio,
     "document_root": _document_root,
     "realpath_root": _realpath_root,
     "request_filename": _request_filename,

@@ -23,16 +23,18 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from wsgate.config.model import LocationSettings
+from wsgate.config.model import DocRoot, LocationSettings
 from wsgate.config.variables import RequestContext
 from wsgate.errors import HttpError
 from wsgate.http import autoindex
 from wsgate.http.charset import apply_charset, split_charset
+from wsgate.http.gzip import gzip_applies, gzip_ok
 from wsgate.http.headers import http_date
-from wsgate.http.headers_filter import add_headers
+from wsgate.http.headers_filter import add_headers, filter_headers
 from wsgate.http.static import (
     NOT_SATISFIABLE,
     FileResponse,
@@ -77,7 +79,40 @@ class Listing:
 
 
 def _why(exc: OSError) -> str:
-    return f"({exc.errno}: {os.strerror(exc.errno or 0)})"
+    return f"({exc.errno}: {exc.strerror or os.strerror(exc.errno or 0)})"
+
+
+# -- confinement -------------------------------------------------------------------------------
+def _confined_dir(root: DocRoot) -> str | None:
+    """The directory every file name of ``root``/``alias`` must stay in: its value up to the
+    last ``/`` before its first variable, absolute and normalised (None: it starts with a
+    variable, nothing to hold it to)."""
+    lit = root.path.parts[0]
+    if not root.path.is_static:
+        lit = lit[: lit.rfind("/") + 1]
+        if not lit:
+            return None
+    if not os.path.isabs(lit):
+        lit = os.path.join(root.prefix, lit)
+    return os.path.normpath(lit)
+
+
+def _leaves(settings: LocationSettings, path: str) -> str | None:
+    """The directory ``path`` climbs out of with a ``..`` component, or None.
+
+    A normalised ``$uri`` has no ``..``, but gluing it to an alias can make one: ``location
+    /img { alias /data/img/; }`` and ``/img../secret`` name ``/data/img/../secret``, and a
+    capture in a regex location's alias can hold ``..`` where the location's prefix is not a
+    whole segment.  nginx opens such a name; wsgate refuses it (docs/differences.md)."""
+    if "/.." not in path or settings.root is None:
+        return None
+    top = _confined_dir(settings.root)
+    if top is None:
+        return None
+    norm = os.path.normpath(path)
+    if norm == top or norm.startswith(top.rstrip("/") + "/"):
+        return None
+    return top
 
 
 # -- opening with disable_symlinks -------------------------------------------------------------
@@ -103,6 +138,9 @@ def open_path(
     owner (nginx's ``ngx_openat_file_owner``)."""
     if "\0" in path:
         raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+    top = _leaves(settings, path)
+    if top is not None:
+        raise PermissionError(errno.EACCES, f'the name leaves "{top}"', path)
     flags |= os.O_NONBLOCK | os.O_CLOEXEC
     start = _symlink_start(settings, ctx, path)
     if start is None:
@@ -333,10 +371,12 @@ def serve(
     ctx: RequestContext,
     method: str,
     log: Log,
+    main: bool = True,
 ) -> Internal | Moved | Listing | FileResponse:
     """The content phase of a location without a handler: index, autoindex, static, in
     nginx's order; errors are :class:`~wsgate.errors.HttpError` with nginx's log text (a 404
-    is logged here, per ``log_not_found``)."""
+    is logged here, per ``log_not_found``).  ``main``: not a subrequest (which gzip does
+    not compress, and for which ``gzip_static on`` finds the client does not accept it)."""
     uri = ctx.uri
     if uri.endswith("/"):
         if method in ("GET", "HEAD", "POST"):
@@ -354,6 +394,12 @@ def serve(
         raise HttpError(405)
     assert settings.root is not None
     path, _ = map_uri_to_path(settings.root, uri, ctx.lookup, ctx.add_uri_to_alias)
+    vary = False
+    if settings.gzip_static != "off" and method != "POST":
+        static_gz = _gzip_static(settings, ctx, path, log, main)
+        if isinstance(static_gz, FileResponse):
+            return static_gz
+        vary = static_gz
     try:
         fd = open_path(settings, ctx, path)
     except OSError as exc:
@@ -376,10 +422,69 @@ def serve(
             raise HttpError(404)
         if method == "POST":
             raise HttpError(405)
-        return _response(settings, ctx, fd, st, path, log)
+        resp = _response(settings, ctx, fd, st, path, log, gzip=main and settings.gzip)
+        resp.vary = vary
+        return resp
     except BaseException:
         os.close(fd)
         raise
+
+
+def _gzip_static(
+    settings: LocationSettings, ctx: RequestContext, path: str, log: Log, main: bool
+) -> FileResponse | bool:
+    """``ngx_http_gzip_static_handler``: ``FILE.gz`` as the response, with
+    ``Content-Encoding: gzip``, when the client accepts gzip (``on``: ``ngx_http_gzip_ok``,
+    ``gzip_proxied`` and ``gzip_disable`` included) or always (``always``); its
+    ``Last-Modified``, ``ETag`` and length are the ``.gz`` file's, its type the URI's.  Else
+    whether the response earns ``Vary: Accept-Encoding`` (``on`` and a ``.gz`` there)."""
+    ok = settings.gzip_static == "always" or (main and gzip_ok(settings, ctx.headers, ctx.version))
+    if not ok and not settings.gzip_vary:
+        return False
+    gz_path = path + ".gz"
+    try:
+        fd = open_path(settings, ctx, gz_path)
+    except OSError as exc:
+        if exc.errno not in _NOT_FOUND:
+            level = "error" if exc.errno in (errno.EACCES, errno.EMLINK, errno.ELOOP) else "crit"
+            log(level, f'open() "{gz_path}" failed {_why(exc)}')
+        return False
+    try:
+        if not ok:
+            return True
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            return False
+        if not stat.S_ISREG(st.st_mode):
+            log("crit", f'"{gz_path}" is not a regular file')
+            raise HttpError(404)
+        # gunzip on, for a client that does not accept gzip (gzip_static always): the
+        # body is decompressed as it is sent, so it is no range and takes the charset.
+        gunzip = settings.gunzip and not (main and gzip_ok(settings, ctx.headers, ctx.version))
+        resp = _response(settings, ctx, fd, st, gz_path, log, encoded=not gunzip, gunzip=gunzip)
+        fd = -1
+        resp.vary = settings.gzip_static == "on"
+        return resp
+    finally:
+        if fd != -1:
+            os.close(fd)
+
+
+def _gzip_filter_takes(
+    settings: LocationSettings, ctx: RequestContext, headers: list[tuple[str, str]], size: int
+) -> bool:
+    """Whether the gzip filter will compress this file's 200: it runs before the range
+    filter and clears the length, so such a response is never cut into ranges."""
+    from wsgate.content.ssi import ssi_applies  # the SSI filter runs before gzip's
+
+    length = None if size and ssi_applies(settings, 200, headers) else size
+    fields, added = filter_headers(
+        200, headers, settings.add_headers, settings.expires, ctx.lookup, time.time()
+    )
+    both = [*fields, *added]
+    return gzip_applies(settings, 200, both, length) and gzip_ok(
+        settings, ctx.headers, ctx.version, both
+    )
 
 
 def _response(
@@ -389,11 +494,18 @@ def _response(
     st: os.stat_result,
     path: str,
     log: Log,
+    encoded: bool = False,
+    gzip: bool = False,
+    gunzip: bool = False,
 ) -> FileResponse:
-    """The static handler's 200, through the not_modified and range filters."""
+    """The static handler's 200, through the not_modified and range filters (``encoded``:
+    a ``gzip_static`` file, its body gzip already; ``gzip``: the gzip filter may take it;
+    ``gunzip``: a ``gzip_static`` file the gunzip filter will decompress)."""
     mtime, size = int(st.st_mtime), st.st_size
     etag = etag_for(mtime, size) if settings.etag else None
-    ctype, recode = apply_charset(settings, content_type(settings, ctx.uri), ctx.lookup, log)
+    ctype, recode = apply_charset(
+        settings, content_type(settings, ctx.uri), ctx.lookup, log, encoded=encoded
+    )
     assert ctype is not None
     headers = [("Content-Type", ctype), ("Last-Modified", http_date(mtime))]
     if etag is not None:
@@ -402,8 +514,14 @@ def _response(
     if status == 412:
         raise HttpError(412)
     if status == 304:
-        # "not modified": no type, no length, no Accept-Ranges.
+        # "not modified": no type, no length, no Accept-Ranges, no Content-Encoding.
         return FileResponse(304, fd, headers[1:], -1, [], path)
+    if encoded or gunzip:
+        headers.append(("Content-Encoding", "gzip"))
+    if gunzip or (not encoded and gzip and _gzip_filter_takes(settings, ctx, headers, size)):
+        resp = FileResponse(200, fd, headers, size, [(0, size)] if size else [], path)
+        resp.recode = recode
+        return resp
     resp = _ranged(settings, ctx, fd, headers, size, etag, mtime, ctype, path)
     resp.recode = recode
     return resp

@@ -33,6 +33,14 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from wsgate.content.ssi import send_through_ssi, ssi_applies, ssi_framing, ssi_headers
+from wsgate.http.gzip import (
+    GunzipError,
+    GunzipStream,
+    GzipStream,
+    gunzip_response,
+    gzip_response,
+    has_vary,
+)
 from wsgate.http.headers import (
     LAST_CHUNK,
     BodyFraming,
@@ -89,12 +97,31 @@ async def send_file(ex: Exchange, resp: FileResponse) -> Outcome:
             ctx.lookup,
             now,
         )
+        gz: GzipStream | None = None
+        gun: GunzipStream | None = None
+        if settings.gunzip and status != 304:
+            headers, added, gun = gunzip_response(
+                settings, ctx.headers, ctx.version, headers, added, not r.subrequest, now
+            )
+        if settings.gzip and status != 304 and not r.subrequest and gun is None:
+            headers, added, gz = gzip_response(
+                settings,
+                ctx.headers,
+                ctx.version,
+                status,
+                headers,
+                added,
+                None if ssi else resp.length,
+                now,
+            )
+        if resp.vary and settings.gzip_vary and not has_vary(headers):
+            headers = [("Vary", "Accept-Encoding"), *headers]
         framing = BodyFraming.none() if status == 304 else BodyFraming.content_length(resp.length)
         # add_trailer: nginx's chunked filter chunks the body to carry the trailer.
         with_trailer = chunked = wants_trailer(status, head.method, head.version, settings)
         if chunked:
             framing = BodyFraming.chunked()
-        if ssi:
+        if ssi or gz is not None or gun is not None:
             # The SSI output's length is unknown: chunked for HTTP/1.1, else to the close.
             plan = ssi_framing(settings, head, status, keep, trailers=with_trailer)
             framing, keep, chunked = plan.framing, plan.keep_alive, plan.chunked
@@ -116,8 +143,34 @@ async def send_file(ex: Exchange, resp: FileResponse) -> Outcome:
         rate = response_rate(settings, ctx, lambda text: r.log("error", text))
         timeout = settings.send_timeout
         with_body = head.method != "HEAD" and status != 304
-        if with_body and ssi:
-            sent = await send_through_ssi(ex, out, _file_pieces(resp), chunked, timeout)
+        if with_body and (gz is not None or gun is not None) and not ssi:
+            # Compressed (or decompressed) as it is read, one pread chunk at a time: no
+            # sendfile for it.
+            pieces = _file_pieces(resp)
+            if gun is not None:
+                pieces = _gunzipped(pieces, gun)
+            sent = await _send_gzipped(ep, out, pieces, gz, chunked, timeout, rate)
+            if gz is not None:
+                ctx.gzip_ratio = gz.ratio
+            if chunked:
+                tail = (
+                    last_chunk(trailers(status, settings.add_trailers, ctx.lookup, ctx))
+                    if with_trailer
+                    else LAST_CHUNK
+                )
+                ep.write(tail)
+                sent += len(tail)
+            ctx.bytes_sent = sent
+            ctx.body_bytes_sent = sent - len(out)
+            await _drain(ep, timeout)
+            with_body = False
+        elif with_body and ssi:
+            pieces = _file_pieces(resp)
+            if gun is not None:
+                pieces = _gunzipped(pieces, gun)
+            sent = await send_through_ssi(ex, out, pieces, chunked, timeout, gz)
+            if gz is not None:
+                ctx.gzip_ratio = gz.ratio
             if chunked:
                 tail = (
                     last_chunk(trailers(status, settings.add_trailers, ctx.lookup, ctx))
@@ -179,6 +232,9 @@ async def send_file(ex: Exchange, resp: FileResponse) -> Outcome:
     except Truncated as exc:
         r.log("error", f'"{resp.path}" was truncated while it was sent ({exc})')
         keep = False
+    except GunzipError as exc:
+        r.log("error", f'{exc} while sending "{resp.path}"')
+        keep = False
     except TimeoutError:
         # send_timeout: "If the client does not receive anything within this time, the
         # connection is closed."
@@ -193,6 +249,50 @@ async def send_file(ex: Exchange, resp: FileResponse) -> Outcome:
         os.close(resp.fd)
     ex.log()
     return keep, settings.keepalive_timeout
+
+
+def _gunzipped(pieces: Iterator[bytes], gun: GunzipStream) -> Iterator[bytes]:
+    """``pieces`` of a gzip file decompressed (``gunzip on``)."""
+    for piece in pieces:
+        yield gun.feed(piece)
+    gun.finish()
+
+
+async def _send_gzipped(
+    ep: Endpoint,
+    head: bytes,
+    pieces: Iterator[bytes],
+    gz: GzipStream | None,
+    chunked: bool,
+    timeout: float,
+    rate: WriteRate | None,
+) -> int:
+    """The head, then ``pieces`` through ``gz`` (if any; each output chunked when
+    ``chunked``, the last chunk not written); returns the bytes written, head included."""
+    sent = 0
+
+    async def write(data: bytes) -> None:
+        nonlocal sent
+        if not data:
+            return
+        framed = encode_chunk(data) if chunked else data
+        if rate is None:
+            ep.write(framed)
+            sent += len(framed)
+            await _drain(ep, timeout)
+        else:
+            sent = await send_paced(ep, framed, rate, sent)
+
+    if rate is None:
+        ep.write(head)
+        sent = len(head)
+    else:
+        sent = await send_paced(ep, head, rate, 0)
+    for piece in pieces:
+        await write(piece if gz is None else gz.compress(piece))
+    if gz is not None:
+        await write(gz.finish())
+    return sent
 
 
 def _file_pieces(resp: FileResponse) -> Iterator[bytes]:

@@ -48,6 +48,7 @@ from wsgate.proxy.endpoint import PeerClosed
 
 if TYPE_CHECKING:
     from wsgate.config.model import LocationSettings
+    from wsgate.http.gzip import GzipStream
     from wsgate.http.request import RequestHead
     from wsgate.proxy.exchange import Exchange
 
@@ -114,7 +115,12 @@ def ssi_headers(
 
 
 async def send_through_ssi(
-    ex: Exchange, head: bytes, pieces: Iterable[bytes], chunked: bool, timeout: float
+    ex: Exchange,
+    head: bytes,
+    pieces: Iterable[bytes],
+    chunked: bool,
+    timeout: float,
+    gz: GzipStream | None = None,
 ) -> int:
     """The response head, then ``pieces`` of a body through an :class:`SsiFilter`, to the
     client (``chunked``: as HTTP/1.1 chunks, the last one not written); returns the bytes
@@ -129,6 +135,8 @@ async def send_through_ssi(
 
     async def write(data: bytes) -> None:
         nonlocal sent, pending
+        if gz is not None and not (data := gz.compress(data)):
+            return
         framed = encode_chunk(data) if chunked else data
         if pending:
             framed, pending = pending + framed, b""
@@ -141,6 +149,13 @@ async def send_through_ssi(
     for piece in pieces:
         await filt.feed(piece)
     await filt.finish()
+    if gz is not None:
+        # The gzip filter after SSI's: its output's end, the head first if still held.
+        tail = gz.finish()
+        framed = encode_chunk(tail) if chunked else tail
+        ep.write(pending + framed)
+        sent += len(pending) + len(framed)
+        pending = b""
     if pending:
         ep.write(pending)
         sent += len(pending)

@@ -39,11 +39,15 @@ def apply_charset(
     lookup: Callable[[str], str],
     log: Callable[[str, str], None],
     status: int = 200,
+    encoded: bool = False,
 ) -> tuple[str | None, bytes | None]:
     """ngx_http_charset_header_filter for a response of type ``ctype``: the type to send and
     the byte table to convert its body with (None: no conversion).  A 301 or 302 gets no
     charset at all (``ngx_http_set_charset``: "do not set charset for the redirect because
-    NN 4.x use this charset instead of the next page charset")."""
+    NN 4.x use this charset instead of the next page charset").  A body with a
+    ``Content-Encoding`` (``encoded``: ``gzip_static``, an upstream's gzip) cannot be
+    converted: it is left as it is, its type without a charset, when a conversion would be
+    needed ("source_charset != charset ... if (r->headers_out.content_encoding ...)")."""
     if not ctype or settings.charset is None:
         return ctype, None
     base, current = split_charset(ctype)
@@ -59,6 +63,8 @@ def apply_charset(
     with_charset = base if status in (301, 302) else f"{base}; charset={dst}"
     if not src or src.lower() == dst.lower():
         return with_charset, None
+    if encoded:
+        return ctype, None
     table = settings.charset_maps.get((src.lower(), dst.lower()))
     if table is None:
         log("error", f'no "charset_map" between the charsets "{src}" and "{dst}"')
@@ -76,9 +82,12 @@ def proxied_charset(
     """The charset filter on a proxied response's fields: its last ``Content-Type`` gets
     the charset; and the table its body is converted with, if any (one-byte tables keep the
     length, so the upstream's framing stands)."""
+    encoded = any(n.lower() == "content-encoding" and v for n, v in headers)
     for i in range(len(headers) - 1, -1, -1):
         if headers[i][0].lower() == "content-type":
-            ctype, recode = apply_charset(settings, headers[i][1], lookup, log, status)
+            ctype, recode = apply_charset(
+                settings, headers[i][1], lookup, log, status, encoded=encoded
+            )
             if ctype == headers[i][1]:
                 return headers, recode
             out = list(headers)

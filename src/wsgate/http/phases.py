@@ -756,7 +756,7 @@ def static(r: Request) -> Decision:
     ``index`` (an internal redirect to the index file), ``autoindex``, the static module (the
     file, or a 301 to the directory's URI with a slash), and 403 for a directory with
     neither (:mod:`wsgate.content.files`)."""
-    got = files.serve(r.settings, r.ctx, r.head.method, r.log)
+    got = files.serve(r.settings, r.ctx, r.head.method, r.log, main=not r.subrequest)
     if isinstance(got, files.Internal):
         return _internal(r, got.uri)
     if isinstance(got, files.Moved):

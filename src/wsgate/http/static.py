@@ -320,3 +320,6 @@ class FileResponse:
     path: str = ""
     #: The charset filter's byte table (``charset`` with ``source_charset``), or None.
     recode: bytes | None = None
+    #: ``gzip_static on`` found a ``.gz`` beside it: ``Vary: Accept-Encoding`` with
+    #: ``gzip_vary on`` (nginx's ``r->gzip_vary``).
+    vary: bool = False

@@ -19,10 +19,23 @@ import asyncio
 import os
 import sys
 import time
-from typing import TextIO
+import zlib
+from collections import OrderedDict
+from typing import TYPE_CHECKING, TextIO
 
-from wsgate.config.model import AccessLog, Config, ErrorLog, Location, LocationSettings, LogFormat
+from wsgate.config.model import (
+    AccessLog,
+    Config,
+    ErrorLog,
+    Location,
+    LocationSettings,
+    LogFormat,
+    OpenLogFileCache,
+)
 from wsgate.config.variables import RequestContext
+
+if TYPE_CHECKING:
+    from wsgate.config.template import Template
 
 __all__ = [
     "LEVELS",
@@ -203,7 +216,7 @@ def _escape_json(value: str) -> str:
         elif ord(ch) < 0x20:
             out.append(
                 {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b", "\f": "\\f"}.get(
-                    ch, f"\\u{ord(ch):04x}"
+                    ch, f"\\u{ord(ch):04X}"
                 )
             )
         else:
@@ -251,7 +264,8 @@ def access_log_paths(config: Config) -> list[str]:
 
     def visit(settings: LocationSettings, locations: tuple[Location, ...]) -> None:
         for log in settings.access_logs:
-            paths.setdefault(log.path)
+            if log.name is None:  # a name with variables is opened when written
+                paths.setdefault(log.path)
         for loc in locations:
             visit(loc.settings, loc.locations)
 
@@ -263,11 +277,12 @@ def access_log_paths(config: Config) -> list[str]:
 class _Buffer:
     """The pending lines of one buffered access-log file (``access_log ... buffer=SIZE``)."""
 
-    __slots__ = ("size", "flush", "chunks", "used", "timer")
+    __slots__ = ("size", "flush", "gzip", "chunks", "used", "timer")
 
-    def __init__(self, size: int, flush: float | None) -> None:
+    def __init__(self, size: int, flush: float | None, gzip: int) -> None:
         self.size = size
         self.flush = flush
+        self.gzip = gzip
         self.chunks: list[str] = []
         self.used = 0
         self.timer: asyncio.TimerHandle | None = None
@@ -296,6 +311,10 @@ class AccessLogs:
     def __init__(self) -> None:
         self.files: dict[str, TextIO] = {}
         self.buffers: dict[str, _Buffer] = {}
+        #: Where a log that cannot be opened is reported (``[crit] open() ... failed``).
+        self.error_log: ErrorLogger | None = None
+        #: ``open_log_file_cache``: the descriptors each cache keeps.
+        self.named: dict[OpenLogFileCache, _NamedLogs] = {}
 
     def open(self, paths: list[str]) -> None:
         """Open ``paths`` (flushing and closing the previous files): raises OSError like
@@ -317,19 +336,28 @@ class AccessLogs:
             fh = self.files[path] = _open_log(path)
         return fh
 
-    def write(self, logs: tuple[AccessLog, ...], ctx: RequestContext) -> None:
+    def write(
+        self,
+        logs: tuple[AccessLog, ...],
+        ctx: RequestContext,
+        cache: OpenLogFileCache | None = None,
+    ) -> None:
+        """Log ``ctx`` to ``logs``; ``cache``: the level's ``open_log_file_cache``."""
         for log in logs:
             # "A request will not be logged if the condition evaluates to "0" or an empty
             # string."
             if log.condition is not None and log.condition.render(ctx.lookup) in ("", "0"):
                 continue
             line = render_access(log.format, ctx)
+            if log.name is not None:
+                self._write_named(log.name, line, ctx, cache)
+                continue
             buf = self.buffers.get(log.path)
             if not log.buffer and buf is None:
                 self._file(log.path).write(line)
                 continue
             if buf is None:
-                buf = self.buffers[log.path] = _Buffer(log.buffer, log.flush)
+                buf = self.buffers[log.path] = _Buffer(log.buffer, log.flush, log.gzip)
             size = len(line.encode("utf-8", "surrogateescape"))
             if not log.buffer or size > buf.size - buf.used:
                 self.flush(log.path)
@@ -358,12 +386,140 @@ class AccessLogs:
                 data = "".join(buf.chunks)
                 buf.chunks = []
                 buf.used = 0
-                self._file(p).write(data)
+                fh = self._file(p)
+                if buf.gzip:
+                    # ngx_http_log_gzip: each buffer written out is one gzip member.
+                    z = zlib.compressobj(buf.gzip, zlib.DEFLATED, 31)
+                    raw = data.encode("utf-8", "surrogateescape")
+                    fh.flush()
+                    fh.buffer.write(z.compress(raw) + z.flush())
+                    fh.buffer.flush()
+                else:
+                    fh.write(data)
+
+    def _write_named(
+        self, name: Template, line: str, ctx: RequestContext, cache: OpenLogFileCache | None
+    ) -> None:
+        """A log whose name has variables (``ngx_http_log_script_write``): skipped when the
+        request's root directory does not exist; opened for this line and closed, or kept
+        by ``open_log_file_cache``.  No directory is created (nginx creates none); a file
+        that cannot be opened is a ``[crit]`` and the line is lost, as in nginx."""
+        root = ctx.lookup("document_root")
+        if root and not os.path.isdir(root):
+            return
+        path = name.render(ctx.lookup)
+        data = line.encode("utf-8", "surrogateescape")
+        try:
+            if cache is None:
+                fd = os.open(path, _LOG_FLAGS, 0o644)
+                try:
+                    os.write(fd, data)
+                finally:
+                    os.close(fd)
+                return
+            named = self.named.get(cache)
+            if named is None:
+                named = self.named[cache] = _NamedLogs(cache)
+            named.write(path, data, time.monotonic())
+        except OSError as exc:
+            if self.error_log is not None:
+                self.error_log.log(
+                    "crit",
+                    f'open() "{path}" failed ({exc.errno}: {exc.strerror})',
+                    ctx.connection,
+                    ctx,
+                )
 
     def close(self) -> None:
         """Flush every buffer, then close the files ("no line lost" on USR1, reload, stop)."""
         self.flush()
         self.buffers = {}
+        for named in self.named.values():
+            named.close()
+        self.named = {}
         for fh in self.files.values():
             fh.close()
         self.files = {}
+
+
+_LOG_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+
+
+class _Named:
+    __slots__ = ("fd", "uses", "used", "opened")
+
+    def __init__(self, now: float) -> None:
+        self.fd = -1  # not kept open
+        self.uses = 0
+        self.used = now
+        self.opened = now
+
+
+class _NamedLogs:
+    """One ``open_log_file_cache`` (``ngx_open_cached_file`` for logs): up to ``max``
+    names, least recently used first out; a name's descriptor is kept once it was used
+    ``min_uses`` times (within ``inactive``), and reopened after ``valid`` (a log rotated
+    away is then followed); names unused for ``inactive`` are dropped."""
+
+    __slots__ = ("spec", "entries")
+
+    def __init__(self, spec: OpenLogFileCache) -> None:
+        self.spec = spec
+        self.entries: OrderedDict[str, _Named] = OrderedDict()
+
+    def write(self, path: str, data: bytes, now: float) -> None:
+        """Write ``data`` to ``path``; OSError when it cannot be opened (then the name is
+        not cached: ``ngx_open_cached_file``'s "failed" path)."""
+        spec, entries = self.spec, self.entries
+        while entries:  # the inactive ones, least recently used first
+            oldest, first = next(iter(entries.items()))
+            if now - first.used <= spec.inactive:
+                break
+            self._drop(oldest)
+        entry = entries.get(path)
+        if entry is not None:
+            entries.move_to_end(path)
+            entry.uses += 1
+            entry.used = now
+            if entry.fd >= 0 and now - entry.opened > spec.valid:
+                # The retest: the same file keeps its descriptor, a rotated one is reopened.
+                try:
+                    same = os.stat(path).st_ino == os.fstat(entry.fd).st_ino
+                except OSError:
+                    same = False
+                if same:
+                    entry.opened = now
+                else:
+                    os.close(entry.fd)
+                    entry.fd = -1
+            if entry.fd >= 0:
+                os.write(entry.fd, data)
+                return
+            try:
+                fd = os.open(path, _LOG_FLAGS, 0o644)
+            except OSError:
+                del entries[path]
+                raise
+        else:
+            fd = os.open(path, _LOG_FLAGS, 0o644)
+            if len(entries) >= spec.max:
+                self._drop(next(iter(entries)))
+            entry = entries[path] = _Named(now)
+            entry.uses = 1
+        if entry.uses >= spec.min_uses:
+            entry.fd, entry.opened = fd, now
+            os.write(fd, data)
+            return
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+
+    def _drop(self, path: str) -> None:
+        entry = self.entries.pop(path)
+        if entry.fd >= 0:
+            os.close(entry.fd)
+
+    def close(self) -> None:
+        for path in list(self.entries):
+            self._drop(path)

@@ -24,6 +24,7 @@ from wsgate.content.ssi import send_through_ssi, ssi_applies, ssi_framing
 from wsgate.errors import HttpError
 from wsgate.http.charset import apply_charset, charset_page
 from wsgate.http.errorpages import ERROR_HANDLERS
+from wsgate.http.gzip import GzipStream, gzip_page, gzip_response
 from wsgate.http.headers import (
     LAST_CHUNK,
     BodyFraming,
@@ -129,6 +130,7 @@ class Exchange:
                         r.settings,
                         logged=True,
                         extra=response_fields(r),
+                        main=not r.subrequest,
                     )
                     return await self.finish(page, keep)
                 error = None
@@ -251,11 +253,12 @@ class Exchange:
 
     def _text_head(
         self, status: int, body: bytes, ctype: str | None, ssi: bool
-    ) -> tuple[bytes, bytes, bool, bool]:
+    ) -> tuple[bytes, bytes, bool, bool, GzipStream | None]:
         """The head of a text made here (``ctx.sent_head`` set), the body in the response's
-        charset, whether the connection stays, whether the body is chunked.  Its length is
-        known unless ``ssi`` (the SSI filter's output: chunked for HTTP/1.1, else to the
-        close); ``add_trailer`` chunks it too."""
+        charset, whether the connection stays, whether the body is chunked, and the gzip
+        stream it goes through (None: sent as it is).  Its length is known unless ``ssi``
+        (the SSI filter's output: chunked for HTTP/1.1, else to the close) or gzip;
+        ``add_trailer`` chunks it too."""
         head, settings, ctx = self.head, self.r.settings, self.r.ctx
         if settings.charset is not None:
             ctype, recode = apply_charset(settings, ctype, ctx.lookup, self.r.log, status)
@@ -272,8 +275,20 @@ class Exchange:
         )
         keep = head.keep_alive
         chunked = wants_trailer(status, head.method, head.version, settings)
-        if ssi:
-            plan = ssi_framing(settings, head, status, keep)
+        gz: GzipStream | None = None
+        if settings.gzip and not self.r.subrequest:
+            headers, added, gz = gzip_response(
+                settings,
+                ctx.headers,
+                ctx.version,
+                status,
+                headers,
+                added,
+                None if ssi else len(body),
+                now,
+            )
+        if ssi or gz is not None:
+            plan = ssi_framing(settings, head, status, keep, trailers=chunked)
             framing, keep, chunked = plan.framing, plan.keep_alive, plan.chunked
         elif chunked:
             framing = BodyFraming.chunked()
@@ -292,12 +307,16 @@ class Exchange:
             added=added,
         )
         ctx.sent_head = out
-        return out, body, keep, chunked
+        return out, body, keep, chunked, gz
 
     async def plain(self, status: int, body: bytes, ctype: str | None) -> Outcome:
         head, settings, ctx = self.head, self.r.settings, self.r.ctx
-        out, body, keep, with_trailer = self._text_head(status, body, ctype, ssi=False)
+        out, body, keep, with_trailer, gz = self._text_head(status, body, ctype, ssi=False)
         status = ctx.status  # an error page's status (r->err_status), as the head has it
+        if gz is not None and head.method != "HEAD":
+            # A text made here is whole: compressed at once.
+            body = gz.compress(body) + gz.finish()
+            ctx.gzip_ratio = gz.ratio
         if with_trailer:
             # Rendered when the body ends: $sent_http_* see the head.
             trailer = trailers(status, settings.add_trailers, ctx.lookup, ctx)
@@ -313,7 +332,7 @@ class Exchange:
         """A ``return`` text that is an SSI document (``ssi on``, a type of ``ssi_types``):
         :meth:`plain` through the SSI filter, its length unknown."""
         head, settings, ctx = self.head, self.r.settings, self.r.ctx
-        out, body, keep, chunked = self._text_head(status, body, ctype, ssi=True)
+        out, body, keep, chunked, gz = self._text_head(status, body, ctype, ssi=True)
         out = for_version(head.version, out)
         ep = self.front.ep
         try:
@@ -321,7 +340,11 @@ class Exchange:
                 ep.write(out)
                 sent = len(out)
             else:
-                sent = await send_through_ssi(self, out, (body,), chunked, settings.send_timeout)
+                sent = await send_through_ssi(
+                    self, out, (body,), chunked, settings.send_timeout, gz
+                )
+                if gz is not None:
+                    ctx.gzip_ratio = gz.ratio
                 if chunked:
                     ep.write(LAST_CHUNK)
                     sent += len(LAST_CHUNK)
@@ -379,12 +402,14 @@ def error_page(
     *,
     logged: bool = False,
     extra: Sequence[tuple[str, str]] = (),
+    main: bool = True,
 ) -> tuple[bytes | None, bool]:
     """nginx's error response for ``exc`` and whether the connection stays: None for 408,
     444 and 499, which close.  Logs its error-log line unless ``logged``
     (:func:`~wsgate.http.phases.on_error` did); ``head`` is None for bad input before a
     head.  ``extra`` fields come before ``add_header``'s (an intercepted 401's
-    ``WWW-Authenticate``)."""
+    ``WWW-Authenticate``).  ``main``: not a subrequest (whose pages are never gzipped:
+    ``ngx_http_gzip_ok`` declines "if (r != r->main)")."""
     level = exc.log_level
     if level is not None and not logged:
         front.gw.error_log.log(level, exc.log, front.number, ctx)
@@ -425,6 +450,10 @@ def error_page(
             ctx.lookup,
             lambda level, text: front.gw.error_log.log(level, text, front.number, ctx),
         )
+        if settings.gzip and head is not None and main:
+            data, keep = gzip_page(
+                settings, ctx.headers, head.version, ctx.status, data, keep, head.method == "HEAD"
+            )
         ctx.sent_head = data[: data.index(b"\r\n\r\n") + 2]
         ctx.body_bytes_sent = len(data) - len(ctx.sent_head) - 2
         if head is not None:

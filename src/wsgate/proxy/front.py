@@ -644,4 +644,4 @@ class FrontConnection:
         if settings.access_logs:
             if isinstance(ctx.uninitialized, UninitializedWarning):
                 ctx.uninitialized.logging()
-            self.gw.access_logs.write(settings.access_logs, ctx)
+            self.gw.access_logs.write(settings.access_logs, ctx, settings.open_log_file_cache)

@@ -82,15 +82,17 @@ async def send_paced(
         pause = rate.pause_after(sent, sent + len(piece))
         sent += len(piece)
         if pause > 0:
-            await _pause(ep, pause)
+            await _pause(ep, pause, last=not view)
     return sent
 
 
-async def _pause(ep: Endpoint, seconds: float) -> None:
+async def _pause(ep: Endpoint, seconds: float, last: bool = False) -> None:
     """Wait ``seconds``; :class:`PeerClosed` when the client closes (or sends EOF) first.
     nginx watches the client's side of a delayed response too (``ngx_http_test_reading``,
     ``ngx_http_upstream_check_broken_connection``) and ends the request at once, so a client
-    gone during a long pause is not counted as writing until the pause ends."""
+    gone during a long pause is not counted as writing until the pause ends.  ``last``: the
+    pause after the buffer's last slice, which was written whole: it just ends (a client that
+    has the whole response and closes is no error, and its bytes are counted)."""
     gone = ep.gone()
     if not gone.done():
         pause = asyncio.ensure_future(asyncio.sleep(seconds))
@@ -98,4 +100,5 @@ async def _pause(ep: Endpoint, seconds: float) -> None:
         if not gone.done():
             return
         pause.cancel()
-    raise PeerClosed("the client closed the connection while the response was delayed")
+    if not last:
+        raise PeerClosed("the client closed the connection while the response was delayed")

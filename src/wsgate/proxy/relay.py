@@ -38,6 +38,13 @@ from wsgate.http.body import Body, EndOfMessage
 from wsgate.http.charset import proxied_charset
 from wsgate.http.fields import first_value
 from wsgate.http.framing import client_framing
+from wsgate.http.gzip import (
+    GunzipError,
+    GunzipStream,
+    GzipStream,
+    gunzip_response,
+    gzip_response,
+)
 from wsgate.http.headers import (
     LAST_CHUNK,
     BodyFraming,
@@ -286,19 +293,15 @@ async def relay_response(
     if ex.r.headers_out:  # after an error page
         own = location is not None or first_value(headers, "location") is not None
         headers = [*response_fields(ex.r, redirect=own), *headers]
+    gun: GunzipStream | None = None
+    if settings.gunzip:
+        # Before the charset, SSI and gzip filters, as nginx's gunzip filter runs.
+        headers, _, gun = gunzip_response(
+            settings, ctx.headers, ctx.version, headers, [], not ex.r.subrequest
+        )
     ssi = ssi_applies(settings, status, resp.headers) and resp.content_length != 0
     if ssi:
         headers = ssi_headers(settings, headers)
-    plan = client_framing(
-        head.method,
-        head.version,
-        resp.status,
-        None if ssi else resp.content_length,
-        head.keep_alive,
-        trailers=with_trailers,
-        chunked=settings.chunked_transfer_encoding,
-    )
-    keep, no_body, chunk_out = plan.keep_alive, plan.no_body, plan.chunked
     recode: bytes | None = None
     if settings.charset is not None:
         headers, recode = proxied_charset(settings, headers, ctx.lookup, ex.r.log, resp.status)
@@ -306,6 +309,22 @@ async def relay_response(
     headers, added = filter_headers(
         status, headers, settings.add_headers, settings.expires, ctx.lookup, now
     )
+    length = None if ssi or gun is not None else resp.content_length
+    gz: GzipStream | None = None
+    if settings.gzip and not ex.r.subrequest:
+        headers, added, gz = gzip_response(
+            settings, ctx.headers, ctx.version, status, headers, added, length, now
+        )
+    plan = client_framing(
+        head.method,
+        head.version,
+        resp.status,
+        None if gz is not None else length,
+        head.keep_alive,
+        trailers=with_trailers,
+        chunked=settings.chunked_transfer_encoding,
+    )
+    keep, no_body, chunk_out = plan.keep_alive, plan.no_body, plan.chunked
     out = build_client_response_head(
         status,
         reason,
@@ -330,11 +349,14 @@ async def relay_response(
     counts = ctx.upstream_bytes[-1] if ctx.upstream_bytes else None
     filt: SsiFilter | None = None
     head_out = out
+    sent = 0
     if ssi and not no_body:
         # The body goes through the SSI filter, which writes (and drains) its output; the
         # head goes with its first output (as nginx's write filter holds it).
         async def write(data: bytes) -> None:
             nonlocal body_bytes, head_out
+            if gz is not None and not (data := gz.compress(data)):
+                return
             framed = encode_chunk(data) if chunk_out else data
             if head_out:
                 framed, head_out = head_out + framed, b""
@@ -348,33 +370,54 @@ async def relay_response(
             pass  # written with the first output
         elif rate is None:
             ep.write(out)
+            head_out = b""
         else:
             sent = await send_paced(ep, out, rate, 0)
+            head_out = b""
         while True:
             for ev in pending:
                 if isinstance(ev, Body):
                     upstream_bytes += len(ev.data)
                     if no_body:
                         continue
-                    data = ev.data if recode is None else ev.data.translate(recode)
+                    data = ev.data if gun is None else gun.feed(ev.data)
+                    if recode is not None:
+                        data = data.translate(recode)
                     if filt is not None:
                         await filt.feed(data)
                         continue
+                    if gz is not None and not (data := gz.compress(data)):
+                        continue
+                    size = len(data)
                     data = encode_chunk(data) if chunk_out else data
                     if rate is None:
                         ep.write(data)
                     else:
                         sent = await send_paced(ep, data, rate, sent)
-                    body_bytes += len(ev.data)
+                    body_bytes += size
                 elif isinstance(ev, EndOfMessage):
                     complete = True
             if complete:
+                if gun is not None and not no_body:
+                    gun.finish()
                 if filt is not None:
                     await filt.finish()
                     if head_out:
                         ep.write(head_out)
                         head_out = b""
+                if gz is not None and not no_body:
+                    sent = await _gzip_out(ep, gz.finish(), chunk_out, rate, sent)
+                    body_bytes = gz.zout
                 break
+            if gz is not None and not no_body and (gz.zin or filt is None):
+                # What this read made goes before the next wait for the upstream, as
+                # nginx's gzip filter flushes on an unbuffered upstream's every read
+                # (``Z_SYNC_FLUSH`` for a buffer with ``flush`` set).
+                if head_out:
+                    ep.write(head_out)
+                    head_out = b""
+                sent = await _gzip_out(ep, gz.flush(), chunk_out, rate, sent)
+                body_bytes = gz.zout
             if ep.closed:
                 raise PeerClosed("client closed")
             await ep.drain()
@@ -416,12 +459,32 @@ async def relay_response(
     except PeerClosed:
         keep = False
         ctx.status = ctx.status or 499
+    except GunzipError as exc:
+        # The head is the client's already: logged, and the connection closed.
+        gw.error_log.log("error", str(exc), front.number, ctx)
+        keep = complete = False
     ctx.body_bytes_sent = body_bytes
     ctx.bytes_sent += body_bytes
+    if gz is not None and not no_body:
+        ctx.gzip_ratio = gz.ratio
     if not noted:
         note_time(gw.clock, ctx, upstream_bytes)
     ex.log()
     return (keep and complete, settings.keepalive_timeout), complete
+
+
+async def _gzip_out(
+    ep: Endpoint, data: bytes, chunked: bool, rate: WriteRate | None, sent: int
+) -> int:
+    """Compressed bytes the stream gave up (flushed or finished) to the client, framed;
+    returns ``sent`` for ``limit_rate`` (bytes of the response so far)."""
+    if not data:
+        return sent
+    framed = encode_chunk(data) if chunked else data
+    if rate is None:
+        ep.write(framed)
+        return sent + len(framed)
+    return await send_paced(ep, framed, rate, sent)
 
 
 def _rate(ex: Exchange, resp: ResponseHead) -> WriteRate | None:
@@ -583,6 +646,6 @@ def tunnel_closed(front: FrontConnection, tunnel: Tunnel, end: TunnelEnd) -> Non
         ctx.bytes_sent = end.head_len + tunnel.bytes_to_client
         note_time(gw.clock, ctx)
         if end.settings.access_logs:
-            gw.access_logs.write(end.settings.access_logs, ctx)
+            gw.access_logs.write(end.settings.access_logs, ctx, end.settings.open_log_file_cache)
     except Exception as exc:  # what the connection's task reported when it ran to here
         gw.error_log.log("alert", f"unexpected error: {exc!r}", front.number)

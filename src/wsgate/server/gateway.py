@@ -118,6 +118,7 @@ class Gateway:
         self.clock = loop.time
         self.error_log = error_log
         self.access_logs = access_logs or AccessLogs()
+        self.access_logs.error_log = error_log
         self.reload_config = reload_config
         #: Called with a new configuration before it is applied (``master_process off``:
         #: the shared zones for it).
@@ -580,6 +581,7 @@ class Gateway:
         self.error_log.configure(config)
         self.access_logs.close()
         self.access_logs = access_logs
+        access_logs.error_log = self.error_log
         delete_dropped_unix_sockets(self.groups, groups, self.error_log)
         self.loop.create_task(self.serve(groups))
 

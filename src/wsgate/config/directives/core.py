@@ -18,6 +18,7 @@ from wsgate.config.model import (
     Listen,
     Location,
     LocationSettings,
+    OpenLogFileCache,
     Server,
     ServerName,
 )
@@ -133,7 +134,7 @@ def _access_log(s: Stmt, level: Level) -> tuple[AccessLog, ...]:
     fmt = loader.log_formats.get(fmt_name)
     if fmt is None:
         raise _err(f'unknown log format "{fmt_name}"', s.src)
-    buffer, flush, condition = 0, None, None
+    buffer, flush, condition, gzip = 0, None, None, 0
     for arg in s.args[2:]:
         # ngx_http_log_set_log: "If either the buffer or gzip parameter is used, writes
         # to log will be buffered."
@@ -150,13 +151,64 @@ def _access_log(s: Stmt, level: Level) -> tuple[AccessLog, ...]:
         elif arg.startswith("if="):
             condition = loader.template(arg[3:], s.src)
         elif arg == "gzip" or arg.startswith("gzip="):
-            raise _err(f'"{arg}" is not supported by wsgate in "access_log"', s.src)
+            # "the buffer size must be no more than ... 64K by default" when gzip has none.
+            buffer = buffer or 64 * 1024
+            gzip = 1 if arg == "gzip" else int(arg[5:]) if arg[5:].isdigit() else 0
+            if not 1 <= gzip <= 9:
+                raise _err(f'invalid compression level "{arg[5:]}"', s.src)
         else:
             raise _err(f'invalid parameter "{arg}"', s.src)
     if flush is not None and not buffer:
         raise _err(f'no buffer is defined for access_log "{s.args[0]}"', s.src)
+    path = loader.path(s.args[0])
+    name = None
+    if "$" in path:
+        # ngx_http_log_set_log: ngx_conf_full_name first, then the script.
+        name = loader.template(path, s.src)
+        if not name.variables:
+            name = None
+        elif buffer:
+            raise _err("buffered logs cannot have variables in name", s.src)
+    if buffer:
+        # One buffer per file: every buffered access_log naming it must agree.
+        seen = loader.log_buffers.setdefault(path, (buffer, flush, gzip))
+        if seen != (buffer, flush, gzip):
+            raise _err(
+                f'access_log "{s.args[0]}" already defined with conflicting parameters', s.src
+            )
     src = None if s.src is DEFAULT_SOURCE else s.src
-    return (AccessLog(loader.path(s.args[0]), fmt, src, buffer, flush, condition),)
+    return (AccessLog(path, fmt, src, buffer, flush, condition, gzip, name),)
+
+
+def _open_log_file_cache(s: Stmt, level: Level) -> OpenLogFileCache | None:
+    """``open_log_file_cache max=N [inactive=time] [min_uses=N] [valid=time] | off``
+    (``ngx_http_log_open_file_cache``: inactive 10s, valid 60s, min_uses 1 by default)."""
+    max_, inactive, min_uses, valid, off = 0, 10.0, 1, 60.0, False
+    for arg in s.args:
+        key, _, value = arg.partition("=")
+        parsed: float | None = None
+        if key in ("max", "min_uses") and value.isdigit():
+            parsed = int(value)
+        elif key in ("inactive", "valid"):
+            parsed = parse_time(value)
+        elif arg == "off":
+            off = True
+            continue
+        if parsed is None:
+            raise _err(f'invalid "open_log_file_cache" parameter "{arg}"', s.src)
+        if key == "max":
+            max_ = int(parsed)
+        elif key == "min_uses":
+            min_uses = int(parsed)
+        elif key == "inactive":
+            inactive = parsed
+        else:
+            valid = parsed
+    if off:
+        return None
+    if max_ == 0:
+        raise _err('"open_log_file_cache" must have "max" parameter', s.src)
+    return OpenLogFileCache(max_, inactive, min_uses, valid)
 
 
 def _access_rule(s: Stmt, level: Level) -> tuple[AccessRule, ...]:
@@ -654,8 +706,20 @@ ENTRIES: tuple[Directive, ...] = (
         fields=("access_logs",),
         default="logs/access.log combined",
         merge=Merge.ARRAY,
-        syntax="path [format [buffer=size] [flush=time] [if=condition]] | off",
-        note="no `gzip`",
+        syntax="path [format [buffer=size] [gzip[=level]] [flush=time] [if=condition]] | off",
+        note="a path with variables is opened for each line (or kept by "
+        "`open_log_file_cache`); wsgate creates a missing directory of a path without "
+        "variables",
+    ),
+    Directive(
+        "open_log_file_cache",
+        HSL,
+        Arity(1, 4),
+        parse=_open_log_file_cache,
+        target=_LS,
+        fields=("open_log_file_cache",),
+        default="off",
+        syntax="max=N [inactive=time] [min_uses=N] [valid=time] | off",
     ),
     # ngx_http_access_module: both fill one list
     Directive(
