@@ -52,11 +52,11 @@ from h2.events import (
     WindowUpdated,
 )
 from h2.exceptions import FlowControlError, ProtocolError, StreamClosedError
-from h2.settings import SettingCodes
+from h2.settings import SettingCodes, Settings
 from hpack.exceptions import HPACKError, OversizedHeaderListError
 from hyperframe.frame import GoAwayFrame
 
-from wsgate.config.directives.http2 import MAX_WINDOW
+from wsgate.config.directives.http2 import MAX_FRAME_SIZE, MAX_WINDOW
 from wsgate.config.variables import RequestContext
 from wsgate.errors import HttpError
 from wsgate.http.body import Body, EndOfMessage
@@ -66,6 +66,7 @@ from wsgate.observability.status import REQUESTS, WRITING
 from wsgate.proxy.endpoint import PeerClosed, Ready
 
 if TYPE_CHECKING:
+    from wsgate.http.phases import Request
     from wsgate.http.request import RequestHead
     from wsgate.proxy.front import FrontConnection
 
@@ -145,6 +146,7 @@ class _Stream:
         "chunk",
         "status",
         "served",
+        "request",
     )
 
     transport = None
@@ -173,6 +175,8 @@ class _Stream:
         self.status = 0
         #: Its exchange is over (the stream is forgotten once its response is sent too).
         self.served = False
+        #: The request's phase state: its location's ``http2_chunk_size`` applies.
+        self.request: Request | None = None
 
     # -- the endpoint interface ---------------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -353,12 +357,17 @@ class Http2Connection:
             normalize_inbound_headers=False,
         )
         self.h2 = _Connection(config=config)
-        self.h2.local_settings.update(
-            {
+        # ngx_http_v2_send_settings: what the first SETTINGS frame announces (in force from
+        # the start, as h2 takes initial values; an update would wait for the peer's ACK).
+        self.h2.local_settings = Settings(
+            client=False,
+            initial_values={
                 SettingCodes.MAX_CONCURRENT_STREAMS: server.http2_max_concurrent_streams,
                 SettingCodes.INITIAL_WINDOW_SIZE: server.http2_body_preread_size,
-            }
+                SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE,
+            },
         )
+        self.h2.max_inbound_frame_size = MAX_FRAME_SIZE
         # nginx's limits on a header block are checked on the decoded fields (:meth:`_request`);
         # hpack's own bound (RFC 7541 sizes, 32 bytes more per field) only stops a bomb.
         num, size = server.large_client_header_buffers
@@ -594,7 +603,7 @@ class Http2Connection:
                     "client attempted to request the server name "
                     "for which the negotiated protocol is disabled",
                 )
-            stream.chunk = exchange.r.settings.http2_chunk_size
+            stream.request = exchange.r
             await exchange.run(error)
         except Exception as exc:  # noqa: BLE001 - one stream's failure is not the connection's
             front.gw.error_log.log("alert", f"unexpected error: {exc!r}", front.number)
@@ -633,6 +642,8 @@ class Http2Connection:
         h2 = self.h2
         sid = stream.sid
         out = stream.out
+        if stream.request is not None:
+            stream.chunk = stream.request.settings.http2_chunk_size
         try:
             while out:
                 window = h2.local_flow_control_window(sid)
