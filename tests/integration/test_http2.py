@@ -235,6 +235,10 @@ def test_max_concurrent_streams_at_and_over_the_limit(wsgate: Factory, bg: Loop)
     c.wait(first, second)  # the two within the limit: 504 after proxy_read_timeout
     assert first not in c.resets and second not in c.resets
     assert c.headers[first][b":status"] == b"504"
+    # What the first SETTINGS announced (ngx_http_v2_send_settings).
+    settings = c.h2.remote_settings
+    assert settings.max_concurrent_streams == 2
+    assert settings.initial_window_size == 65536 and settings.max_frame_size == (1 << 24) - 1
     c.close()
 
 
