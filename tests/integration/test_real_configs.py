@@ -44,8 +44,6 @@ bg = pytest.fixture(loop_fixture)
 #: Refusals waiting for another issue.  Keyed by the directive (``listen ... X`` for a listen
 #: parameter, otherwise the first word of what the refusal names).
 NOT_YET: dict[str, str] = {
-    "listen ... http2": "issue 13 (HTTP/2 on the front)",
-    "http2": "issue 13 (HTTP/2 on the front)",
     "proxy_store": "no issue yet (proxy_store)",
     "proxy_pass_request_headers": "no issue yet (proxy module leftovers)",
     "ssl_early_data": "no issue yet (`on`: Python's ssl has no server-side TLS 1.3 early data)",

@@ -37,6 +37,9 @@ _LEVELS = ("http", "server", "location")
 #: Two different valid argument lists for each directive whose parser is its own.
 SAMPLES: dict[str, tuple[str, str]] = {
     "pid": ("a.pid", "b.pid"),
+    "http2_body_preread_size": ("1k", "1m"),
+    "http2_recv_buffer_size": ("128k", "1m"),
+    "http2_chunk_size": ("1k", "16k"),
     "error_log": ("a.log", "b.log warn"),
     "keepalive_disable": ("none", "msie6 safari"),
     "worker_processes": ("2", "3"),
@@ -149,6 +152,9 @@ SAMPLES: dict[str, tuple[str, str]] = {
 #: for a parser that takes any value.
 BAD: dict[str, tuple[str, str] | None] = {
     "pid": None,
+    "http2_body_preread_size": ("4g", "the maximum body preread buffer size is 2147483647"),
+    "http2_recv_buffer_size": ("8", '"http2_recv_buffer_size" directive value is too small'),
+    "http2_chunk_size": ("0", "the http2 chunk size cannot be zero"),
     "error_log": ("a.log loud", 'invalid log level "loud"'),
     "keepalive_disable": ("opera", 'invalid value "opera"'),
     "worker_processes": ("x", '"worker_processes" directive invalid value'),
@@ -224,7 +230,7 @@ BAD: dict[str, tuple[str, str] | None] = {
     "proxy_ssl_certificate": ("$v", 'variables in "proxy_ssl_certificate" are not supported'),
     "proxy_ssl_certificate_key": ("$v", 'variables in "proxy_ssl_certificate_key" are not'),
     "server": ("127.0.0.1:1 slow_start=3s", 'invalid parameter "slow_start=3s"'),
-    "listen": ("127.0.0.1:0 http2", '"listen ... http2" is not supported by wsgate yet'),
+    "listen": ("127.0.0.1:0 quic", '"listen ... quic" is not supported by wsgate yet'),
     "server_name": ("a*b", 'invalid server name or wildcard "a*b"'),
     "least_conn": None,
     "ip_hash": None,
@@ -510,11 +516,16 @@ def test_bad_arguments_get_nginx_words(tmp_path: Path, d: Directive) -> None:
         assert words in _error(tmp_path, ctx, text)
 
 
+#: No-op values with checks of their own (nginx's minimum, a power of two).
+_NO_OP_VALUES = {"http2_pool_size": "4096", "http2_streams_index_size": "32"}
+
+
 def test_no_op_and_refused_entries(tmp_path: Path) -> None:
     for d in ENTRIES:
         ctx = next((c for c in CONTEXT_ORDER if c in d.contexts), "http")
         # A no-op that checks its value is given one it takes ("64" is a number and a size).
         value = "64" if getattr(d.parse, "__name__", "") in ("number", "size") else "off"
+        value = _NO_OP_VALUES.get(d.name, value)
         s = Stmt(d.name, [value] * d.arity.lo, SRC, [] if d.arity.block else None)
         if d.kind is Kind.REFUSED:
             with pytest.raises(ConfigError, match="not supported by wsgate|main context only"):

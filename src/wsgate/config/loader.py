@@ -123,7 +123,9 @@ class Loader:
         d = find(s, ctx)
         if d.kind is Kind.NO_OP:
             self.warnings.append(
-                f'"{s.name}" directive has no effect in wsgate and is ignored in {s.src}'
+                d.warning.format(src=s.src)
+                if d.warning
+                else f'"{s.name}" directive has no effect in wsgate and is ignored in {s.src}'
             )
             return None
         return d

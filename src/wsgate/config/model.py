@@ -139,6 +139,9 @@ class Listen:
     ssl: bool = False
     #: ``listen ... proxy_protocol``: each connection begins with a PROXY protocol header.
     proxy_protocol: bool = False
+    #: ``listen ... http2`` (deprecated in nginx 1.25.1, still accepted): HTTP/2 on this
+    #: address whatever the server's ``http2`` says (nginx's ``addr_conf->http2``).
+    http2: bool = False
     #: The socket's options (``ngx_http_core_listen``): ``backlog=`` (511, nginx's
     #: ``NGX_LISTEN_BACKLOG`` on Linux), ``rcvbuf=``/``sndbuf=`` (-1: the system's),
     #: ``reuseport``, ``so_keepalive=`` (0 unset, 1 on, 2 off; idle and interval in
@@ -664,6 +667,8 @@ class LocationSettings:
     proxy_next_upstream_timeout: float = 0.0
     proxy_buffer_size: int = 4096
     server_tokens: bool = True
+    #: ``http2_chunk_size`` (8k): the most bytes of a response body per DATA frame.
+    http2_chunk_size: int = 8192
     #: The rewrite module's script at this level (``rewrite``, ``return``, ``set``, ``if``,
     #: ``break``, in order; not inherited), run by :mod:`wsgate.http.rewrite`.
     rewrite: Script = ()
@@ -917,6 +922,11 @@ class Server:
     underscores_in_headers: bool = False
     #: ``merge_slashes`` (on): ``//`` in the URI is one ``/`` for location matching.
     merge_slashes: bool = True
+    #: ``http2`` (off) and the server-level ``http2_*`` settings (:mod:`wsgate.proxy.http2`).
+    http2: bool = False
+    http2_max_concurrent_streams: int = 128
+    http2_body_preread_size: int = 65536
+    http2_recv_buffer_size: int = 256 * 1024
     source: Source | None = None
     #: TLS settings, when any ``listen`` of this server has ``ssl`` (else None).
     ssl: SslServer | None = None

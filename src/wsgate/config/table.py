@@ -221,6 +221,9 @@ class Directive:
     #: (``proxy_redirect``'s default, made from the ``proxy_pass`` of a level):
     #: ``resolve(level, directive)`` gives the effective value at ``level``.
     resolve: Callable[[Level, Directive], Any] | None = None
+    #: For a :attr:`Kind.NO_OP` entry: nginx's own ``[warn]`` text (``{src}`` is the place),
+    #: instead of "has no effect in wsgate" (an obsolete directive nginx ignores too).
+    warning: str = ""
 
     @property
     def key(self) -> str:

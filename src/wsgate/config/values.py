@@ -249,7 +249,7 @@ def listen(args: list[str], src: Source, warnings: list[str] | None = None) -> L
     if port > 65535:
         raise _err(f'invalid port in "{args[0]}" of the "listen" directive', src)
     opts: dict[str, object] = {}
-    default = ssl = proxy_protocol = False
+    default = ssl = proxy_protocol = http2 = False
     ipv6only = True
     for p in args[1:]:
         name, eq, value = p.partition("=")
@@ -262,7 +262,16 @@ def listen(args: list[str], src: Source, warnings: list[str] | None = None) -> L
         if p == "proxy_protocol":
             proxy_protocol = True
             continue
-        if p in ("http2", "quic"):
+        if p == "http2":
+            # ngx_http_core_listen (nginx 1.25.1+): still accepted, with a warning.
+            if warnings is not None:
+                warnings.append(
+                    'the "listen ... http2" directive is deprecated, '
+                    f'use the "http2" directive instead in {src}'
+                )
+            http2 = True
+            continue
+        if p == "quic":
             raise _err(f'"listen ... {p}" is not supported by wsgate yet', src)
         if p == "bind":
             opts["bind"] = True
@@ -320,7 +329,7 @@ def listen(args: list[str], src: Source, warnings: list[str] | None = None) -> L
         # ``lsopt.set`` and ``lsopt.bind``.
         opts["options"] = True
         opts["bind"] = True
-    return Listen(host, port, default, ipv6only, src, ssl, proxy_protocol, **opts)  # type: ignore[arg-type]
+    return Listen(host, port, default, ipv6only, src, ssl, proxy_protocol, http2, **opts)  # type: ignore[arg-type]
 
 
 def server_name(text: str, src: Source, names: set[str] | None = None) -> ServerName:

@@ -63,6 +63,7 @@ FIXED_VARIABLES = (
             "server_port",
             "server_name",
             "server_protocol",
+            "http2",
             "host",
             "hostname",
             "scheme",
@@ -346,6 +347,7 @@ class RequestContext:
         "server_port",
         "server_name",
         "scheme",
+        "http2",
         "method",
         "request_uri",
         "uri",
@@ -397,6 +399,8 @@ class RequestContext:
         self.server_port = server_port
         self.server_name = ""
         self.scheme = "http"
+        #: ``$http2``: "h2" (TLS) or "h2c" (cleartext) on an HTTP/2 stream, else "".
+        self.http2 = ""
         self.method = ""
         self.request_uri = ""
         self.uri = ""
@@ -685,7 +689,7 @@ def _has_field(fields: Iterable[tuple[str, str]], suffix: str) -> bool:
 
 
 #: Built-in variables nginx always finds, empty or not (see ``RequestContext.found_empty``).
-_FOUND_EMPTY = frozenset(("is_args", "server_name"))
+_FOUND_EMPTY = frozenset(("is_args", "server_name", "http2"))
 
 
 def _field_value(fields: Iterable[tuple[str, str]], suffix: str) -> str:
@@ -828,6 +832,7 @@ _GETTERS: dict[str, Callable[[RequestContext], str]] = {
     "server_protocol": lambda c: f"HTTP/{c.version}",
     "host": _host,
     "scheme": lambda c: c.scheme,
+    "http2": lambda c: c.http2,
     "request": lambda c: c.request_line,
     "request_method": lambda c: c.method,
     "request_uri": lambda c: c.request_uri,

@@ -46,6 +46,7 @@ from wsgate.http.request import (
 from wsgate.observability.status import READING, REQUESTS, WRITING
 from wsgate.proxy.endpoint import Endpoint, Ready
 from wsgate.proxy.exchange import Exchange, unreadable_head, write_error
+from wsgate.proxy.http2 import PREFACE, Http2Connection
 from wsgate.proxy.relay import TunnelEnd, tunnel_closed
 from wsgate.proxy.tunnel import Tunnel
 from wsgate.server.tls import (
@@ -94,6 +95,7 @@ class FrontConnection:
         "task_done",
         "tunnel",
         "tunnel_end",
+        "h2",
     )
 
     def __init__(self, gw: WorkerContext, ep: Endpoint, group: ListenGroup, number: int) -> None:
@@ -140,6 +142,8 @@ class FrontConnection:
         self.tunnel_end: TunnelEnd | None = None
         #: The connection's task has ended; an open tunnel then ends the connection itself.
         self.task_done = False
+        #: The HTTP/2 connection this one speaks (ALPN ``h2`` or the preface), if any.
+        self.h2: Http2Connection | None = None
 
     # -- the connection loop ------------------------------------------------------------------
     async def run(self) -> None:
@@ -149,6 +153,16 @@ class FrontConnection:
             return
         if self.group.tls is not None and not await self._start_tls():
             self.ep.close()
+            return
+        if await self._is_http2():
+            self.h2 = Http2Connection(self)
+            try:
+                settings = self.default.settings
+                linger = await self.h2.run()
+                if linger and settings.lingering_close != "off" and self.tls_vars is None:
+                    await self._linger(settings)
+            finally:
+                self.ep.close()
             return
         parser = RequestParser(
             HeadLimits(
@@ -363,6 +377,51 @@ class FrontConnection:
         if isinstance(obj, ssl.SSLObject):
             self.tls_vars = connection_variables(obj)
         return True
+
+    def listen_http2(self) -> bool:
+        """``listen ... http2`` on this address (nginx's ``addr_conf->http2``)."""
+        listens = [lst for _, lst in self.group.pairs]
+        exact = [lst for lst in listens if lst.host == self.local_addr]
+        chosen = exact or [lst for lst in listens if lst.is_wildcard] or listens
+        return any(lst.http2 for lst in chosen)
+
+    async def _is_http2(self) -> bool:
+        """Whether the connection speaks HTTP/2: ALPN chose ``h2`` (``ngx_http_ssl_handshake``
+        after the handshake, with the server SNI chose), or, in cleartext, the first bytes
+        are the connection preface (``ngx_http_wait_request_handler``: nginx compares what
+        has arrived and waits for more while it matches)."""
+        ep = self.ep
+        if self.tls_vars is not None:
+            obj = ep.transport.get_extra_info("ssl_object") if ep.transport else None
+            return isinstance(obj, ssl.SSLObject) and obj.selected_alpn_protocol() == "h2"
+        if self.plain_on_tls or not (self.default.http2 or self.listen_http2()):
+            return False
+        loop = self.gw.loop
+        deadline = loop.time() + self.default.client_header_timeout
+        got = bytearray()
+        try:
+            while True:
+                got += ep.take()
+                n = min(len(PREFACE), len(got))
+                if got[:n] != PREFACE[:n]:
+                    return False
+                if n == len(PREFACE):
+                    return True
+                remaining = deadline - loop.time()
+                if ep.eof or remaining <= 0:
+                    return False
+                if await ep.wait_data_or(None, remaining) is Ready.TIMEOUT:
+                    return False
+        finally:
+            ep.buffer[0:0] = got
+
+    def wind_down(self) -> None:
+        """A graceful stop or a reload: an idle connection closes now; an HTTP/2 one sends
+        GOAWAY and lets its streams finish."""
+        if self.h2 is not None:
+            self.h2.wind_down()
+        elif self.idle and self.tunnel is None:
+            self.ep.close()
 
     async def _next_events(self, timeout: float) -> bool:
         """Read more bytes into ``self.pending``; ``False`` at EOF.  Raises TimeoutError."""

@@ -526,8 +526,7 @@ class Gateway:
         self.stop_health()
         self._close_listeners()
         for conn in list(self.connections):
-            if conn.idle and conn.tunnel is None:
-                conn.ep.close()
+            conn.wind_down()
         timeout = self.config.worker_shutdown_timeout
         if timeout is not None:
             self.loop.call_later(timeout, self._shutdown_timeout)

@@ -77,8 +77,10 @@ _SniCallback = Callable[[ssl.SSLObject | ssl.SSLSocket, str | None, ssl.SSLConte
 _SNI: weakref.WeakKeyDictionary[ssl.SSLObject, str] = weakref.WeakKeyDictionary()
 
 
-def build_context(conf: SslServer) -> ssl.SSLContext:
-    """One server's context; file and OpenSSL errors become :class:`ConfigError`."""
+def build_context(conf: SslServer, http2: bool = False) -> ssl.SSLContext:
+    """One server's context; file and OpenSSL errors become :class:`ConfigError`.  ``http2``:
+    ALPN offers ``h2`` before ``http/1.1`` (``ngx_http_ssl_alpn_select`` with ``http2 on``
+    or ``listen ... http2``)."""
     src = conf.source
     where = f" in {src}" if src else ""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -151,7 +153,7 @@ def build_context(conf: SslServer) -> ssl.SSLContext:
                 ctx.load_verify_locations(cafile=path)
             except (OSError, ssl.SSLError) as exc:
                 raise ConfigError(f'cannot load {what} "{path}": {exc}{where}') from exc
-    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.set_alpn_protocols(["h2", "http/1.1"] if http2 else ["http/1.1"])
     return ctx
 
 
@@ -179,8 +181,14 @@ class GroupTls:
         self.pairs = list(pairs)
         cache = {} if cache is None else cache
         self.contexts: dict[int, ssl.SSLContext] = {}
+        # ``listen ... http2`` counts for every server of the address (nginx ORs the
+        # listen options of one address into its ``addr_conf``).
+        listen_h2 = any(lst.http2 for _, lst in pairs)
         for server, _ in pairs:
             if server.ssl is not None and id(server) not in self.contexts:
+                if server.http2 or listen_h2:
+                    self.contexts[id(server)] = build_context(server.ssl, http2=True)
+                    continue
                 ctx = cache.get(server.ssl)
                 if ctx is None:
                     ctx = cache[server.ssl] = build_context(server.ssl)
@@ -196,14 +204,16 @@ class GroupTls:
         except KeyError:
             pass
         ctx: ssl.SSLContext | None = None
-        if any(lst.ssl for lst in _chosen(self.pairs, local_addr)):
+        chosen = _chosen(self.pairs, local_addr)
+        if any(lst.ssl for lst in chosen):
             first = (
                 default
                 if default.ssl is not None
                 else next((s for s in candidates if s.ssl is not None), None)
             )
             if first is not None and first.ssl is not None:
-                ctx = build_context(first.ssl)
+                h2 = first.http2 or any(lst.http2 for lst in chosen)
+                ctx = build_context(first.ssl, http2=h2)
                 ctx.sni_callback = self._sni(list(candidates), first)
         self._fronts[local_addr] = ctx
         return ctx

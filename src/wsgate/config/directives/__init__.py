@@ -20,6 +20,7 @@ from wsgate.config.directives import (
     core,
     gzip,
     headers,
+    http2,
     limits,
     other,
     pages,
@@ -62,6 +63,7 @@ ENTRIES: tuple[Directive, ...] = (
     *auth.ENTRIES,
     *resolver.ENTRIES,
     *ssl.ENTRIES,
+    *http2.ENTRIES,
     *upstream.ENTRIES,
     *other.ENTRIES,
 )

@@ -133,6 +133,4 @@ ENTRIES: tuple[Directive, ...] = (
     _refused("sticky", "commercial edition"),
     _refused("ntlm", "commercial edition"),
     _refused("queue", "commercial edition"),
-    # nginx 1.25.1+ (crossplane does not know it yet): named, not "unknown".
-    _refused("http2", "not yet: HTTP/2"),
 )

@@ -1,0 +1,212 @@
+"""HTTP/2 requests and responses as the HTTP/1.1 pipeline sees them (pure: no sockets).
+
+The asyncio side (:mod:`wsgate.proxy.http2`) hands each stream's header list to
+:func:`request_head`, which makes the :class:`~wsgate.http.request.RequestHead` the phases
+already know, with nginx's rules for HTTP/2 (``ngx_http_v2_state_process_header``,
+``ngx_http_v2_run_request``, ``ngx_http_v2_construct_request_line``,
+``ngx_http_v2_construct_cookie_header``, nginx 1.31):
+
+- ``:authority`` is the host (``Host`` too, when it is absent: "compatibility for
+  $http_host"); both with different values is 400;
+- the ``cookie`` crumbs (RFC 9113 §8.2.3) are joined with ``"; "``;
+- header names are checked as ``ngx_http_v2_validate_header`` checks them (uppercase, ``:``
+  or a control byte: 400; other odd bytes: ignored with ``ignore_invalid_headers``), pseudo
+  headers as ``ngx_http_v2_pseudo_header`` (unknown, duplicate, after a regular field, missing
+  ``:method``/``:scheme``/``:path``: 400), ``max_headers`` counts the fields;
+- ``Connection``, ``Keep-Alive``, ``Transfer-Encoding``, ``Upgrade`` and a ``TE`` other than
+  ``trailers`` are 400 ("client sent \\"Upgrade\\" header": since nginx 1.31 an HTTP/1.1
+  upgrade is refused on HTTP/2 too); CONNECT and TRACE are 405;
+- without ``Content-Length`` a body that may follow is read as if chunked
+  (``r->headers_in.chunked = 1``): the proxy then streams it chunked, or reads it whole for
+  an HTTP/1.0 upstream;
+- ``$request`` is ``METHOD PATH HTTP/2.0``.
+
+The head keeps ``version`` ``"1.1"``: what the pipeline writes back is an HTTP/1.1 response
+(its framing, chunked or by length), which :func:`response_fields` and the stream's
+:class:`~wsgate.http.response.ResponseParser` turn back into HEADERS and DATA.  The request's
+``$server_protocol`` is set to ``HTTP/2.0`` by the stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from wsgate.errors import HttpError
+from wsgate.http.request import RequestHead, normalize_host
+
+__all__ = ["HOP_BY_HOP", "H2Refused", "request_head", "response_fields"]
+
+#: Response fields HTTP/2 forbids (RFC 9113 §8.2.2): connection-specific ones.
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"}
+)
+#: Request fields nginx refuses on a stream (``ngx_http_v2_run_request``).
+_REFUSED = ("connection", "keep-alive", "transfer-encoding", "upgrade")
+_PSEUDO = frozenset({b":method", b":scheme", b":authority", b":path"})
+
+
+class H2Refused(HttpError):
+    """A stream's request nginx refuses: the error answers it, the head is still usable for
+    the error page (its server, its variables)."""
+
+    def __init__(self, status: int, log: str, head: RequestHead) -> None:
+        super().__init__(status, log)
+        self.head = head
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("latin-1")
+
+
+_NAME_OK = frozenset(b"abcdefghijklmnopqrstuvwxyz-0123456789")
+_NAME_FATAL = frozenset(range(0x21)) | {0x7F, ord(":")} | frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_METHOD_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ_-"
+
+
+def _name_check(name: bytes, underscores: bool) -> bool | None:
+    """``ngx_http_v2_validate_header`` on a name: True valid, False invalid (ignored with
+    ``ignore_invalid_headers``), None refused (400)."""
+    invalid = False
+    for ch in name[1:] if name[:1] == b":" else name:
+        if ch in _NAME_OK or (ch == 0x5F and underscores):
+            continue
+        if ch in _NAME_FATAL:
+            return None
+        invalid = True
+    return not invalid
+
+
+def request_head(
+    fields: Iterable[tuple[bytes, bytes]],
+    end_stream: bool,
+    *,
+    block_size: int = 0,
+    max_headers: int = 1000,
+    underscores: bool = False,
+    ignore_invalid: bool = True,
+) -> RequestHead:
+    """The request of one stream's HEADERS (``block_size``: the header block's length, nginx's
+    ``$request_length`` of a stream).  Raises :class:`H2Refused` with nginx's status and log
+    line and the head as far as it was read (for the error page)."""
+    pseudo: dict[bytes, str] = {}
+    headers: list[tuple[str, str]] = []
+    ignored: list[str] = []
+    cookies: list[str] = []
+    error: tuple[int, str] | None = None
+
+    def refuse(status: int, text: str) -> None:
+        nonlocal error
+        if error is None:
+            error = (status, text)
+
+    for name, value in fields:
+        text = _text(name)
+        ok = _name_check(name, underscores) if name else None
+        if ok is None:
+            refuse(400, f'client sent invalid header name: "{text}"')
+            continue
+        if b"\0" in value or b"\n" in value or b"\r" in value:
+            refuse(400, f'client sent header "{text}" with invalid value: "{_text(value)}"')
+            continue
+        if name[:1] == b":":
+            if headers or cookies:
+                refuse(400, f'client sent pseudo-header "{text}" after regular header')
+            elif name not in _PSEUDO:
+                refuse(400, f'client sent unknown pseudo-header "{text}"')
+            elif name in pseudo:
+                shown = '":authority"' if name == b":authority" else text
+                refuse(400, f"client sent duplicate {shown} header")
+            else:
+                pseudo[name] = _text(value)
+            continue
+        if not ok:
+            if ignore_invalid:
+                ignored.append(text)
+                continue
+        if name == b"cookie":
+            cookies.append(_text(value))
+            continue
+        if len(headers) >= max_headers:
+            refuse(494, "client sent too many header lines")
+            continue
+        headers.append((text, _text(value)))
+    if cookies:
+        headers.append(("cookie", "; ".join(cookies)))
+    method = pseudo.get(b":method", "")
+    path = pseudo.get(b":path", "")
+    authority = pseudo.get(b":authority")
+    host_field = next((v for k, v in headers if k == "host"), None)
+    raw_host = authority if authority is not None else host_field
+    host = normalize_host(raw_host) if raw_host else None
+    if authority is not None and host_field is None:
+        headers.insert(0, ("host", authority))
+    length_text = next((v for k, v in headers if k == "content-length"), None)
+    content_length: int | None = None
+    if length_text is not None and length_text.isascii() and length_text.isdigit():
+        content_length = int(length_text)
+    head = RequestHead(
+        method=method or "GET",
+        target=path,
+        version="1.1",
+        headers=headers,
+        keep_alive=True,
+        content_length=content_length,
+        chunked=content_length is None and not end_stream,
+        upgrade=None,
+        host=host,
+        request_line=f"{method} {path} HTTP/2.0" if method and path else "",
+        head_size=block_size,
+        ignored_headers=ignored,
+    )
+    if error is None:
+        if not method:
+            refuse(400, "client sent no :method header")
+        elif method.encode("latin-1").translate(None, _METHOD_CHARS):
+            refuse(400, f'client sent invalid method: "{method}"')
+        elif b":scheme" not in pseudo:
+            refuse(400, "client sent no :scheme header")
+        elif not path:
+            refuse(400, "client sent no :path header")
+        elif (path[0] != "/" and not (path == "*" and method == "OPTIONS")) or any(
+            c <= " " or c == "\x7f" for c in path
+        ):
+            # ngx_http_parse_uri: no control bytes, no spaces.
+            refuse(400, f'client sent invalid :path header: "{path}"')
+    if error is None:
+        names = {k for k, _ in headers}
+        for refused in _REFUSED:
+            if refused in names:
+                shown = "Keep-Alive" if refused == "keep-alive" else refused.title()
+                refuse(400, f'client sent "{shown}" header')
+                break
+    if error is None:
+        te = [v for k, v in headers if k == "te"]
+        if te and (len(te) > 1 or te[0].lower() != "trailers"):
+            refuse(400, 'client sent invalid "TE" header')
+        elif raw_host is None:
+            refuse(400, 'client sent neither ":authority" nor "Host" header')
+        elif host is None:
+            refuse(400, "client sent invalid host header")
+        elif authority is not None and host_field is not None and host_field != authority:
+            refuse(400, 'client sent ":authority" and "Host" headers with different values')
+        elif length_text is not None and content_length is None:
+            refuse(400, 'client sent invalid "Content-Length" header')
+        elif content_length and end_stream:
+            refuse(400, "client prematurely closed stream")
+        elif method in ("CONNECT", "TRACE"):
+            refuse(405, f"client sent {method} method")
+    if error is not None:
+        raise H2Refused(error[0], error[1], head)
+    return head
+
+
+def response_fields(status: int, headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    """An HTTP/1.1 response head as an HTTP/2 HEADERS list: ``:status`` first, names in
+    lowercase (RFC 9113 §8.2.1), the connection-specific fields dropped (§8.2.2)."""
+    out = [(b":status", str(status).encode())]
+    for name, value in headers:
+        low = name.lower()
+        if low in HOP_BY_HOP:
+            continue
+        out.append((low.encode("latin-1"), value.encode("latin-1")))
+    return out

@@ -1,0 +1,697 @@
+"""HTTP/2 on the front (RFC 9113): one connection, many streams, each an ordinary request.
+
+Design decision (issue 13).  The protocol is python-hyper's ``h2`` (sans-I/O, maintained,
+the HTTP/2 state machine, HPACK and flow-control accounting of httpx, hypercorn and
+twisted): it is fed the socket's bytes and says what happened; this module only moves
+bytes and runs requests.  The request pipeline stays protocol-agnostic: each stream gets
+
+- a :class:`~wsgate.http.request.RequestHead` made from its header list
+  (:func:`wsgate.http.http2.request_head`: ``:authority`` as the host, cookies joined with
+  ``"; "``, nginx's refusals), and
+- a :class:`_Stream`, which has the interface of the
+  :class:`~wsgate.proxy.endpoint.Endpoint` the exchange writes to (``write``, ``drain``,
+  ``gone``, ``abort``, ``close``, ``closed``; no ``transport``, so the static sender takes
+  its ``pread`` path, never ``sendfile``).  What the exchange writes is an HTTP/1.1
+  response; the stream parses it back with the upstream's
+  :class:`~wsgate.http.response.ResponseParser`: its head becomes HEADERS (connection-specific
+  fields dropped), its body, with the chunked or length framing undone, DATA frames of at most
+  ``http2_chunk_size`` bytes as the peer's flow-control windows allow, its end END_STREAM,
+- a :class:`_StreamFront`, the front connection as the :class:`~wsgate.proxy.exchange.Exchange`
+  sees it (the request body from DATA frames, ``$server_protocol`` ``HTTP/2.0``, ``$http2``).
+
+So every phase, directive, error page, log line and the proxy work on a stream as on an
+HTTP/1.1 connection, at the cost of framing a response once and parsing it back (a copy per
+body chunk), and with no change to the shared response writers.  A narrower seam (a response
+writer interface the exchange calls) would save that copy; it is the next step when the
+writers are reworked.
+
+nginx's rules followed here (``src/http/v2/ngx_http_v2.c``, 1.31): SETTINGS with
+``SETTINGS_MAX_CONCURRENT_STREAMS`` (``http2_max_concurrent_streams``) and
+``SETTINGS_INITIAL_WINDOW_SIZE`` (``http2_body_preread_size``), the connection window opened
+to 2^31-1 at once; a stream over the limit is reset with REFUSED_STREAM; the idle connection
+closes after ``keepalive_timeout`` with GOAWAY; a graceful stop or reload sends GOAWAY and lets
+the open streams finish.  Not yet: RFC 8441 WebSockets (``:protocol``), trailers, the
+defences of issue 13 beyond what ``h2`` itself enforces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, cast
+
+from h2.config import H2Configuration
+from h2.connection import ConnectionInputs, H2Connection
+from h2.errors import ErrorCodes
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    RequestReceived,
+    StreamEnded,
+    StreamReset,
+    WindowUpdated,
+)
+from h2.exceptions import FlowControlError, ProtocolError, StreamClosedError
+from h2.settings import SettingCodes, Settings
+from hpack.exceptions import HPACKError, OversizedHeaderListError
+from hyperframe.frame import GoAwayFrame
+
+from wsgate.config.directives.http2 import MAX_FRAME_SIZE, MAX_WINDOW
+from wsgate.config.variables import RequestContext
+from wsgate.errors import HttpError
+from wsgate.http.body import Body, EndOfMessage
+from wsgate.http.http2 import H2Refused, request_head, response_fields
+from wsgate.http.response import ResponseHead, ResponseParser
+from wsgate.observability.status import REQUESTS, WRITING
+from wsgate.proxy.endpoint import PeerClosed, Ready
+
+if TYPE_CHECKING:
+    from wsgate.http.phases import Request
+    from wsgate.http.request import RequestHead
+    from wsgate.proxy.front import FrontConnection
+
+__all__ = ["PREFACE", "Http2Connection"]
+
+#: The client connection preface (RFC 9113 §3.4), by which nginx tells a cleartext HTTP/2
+#: connection from HTTP/1.1 (``ngx_http_wait_request_handler``).
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+class _Connection(H2Connection):
+    """``h2`` with nginx's answer to a stream over ``SETTINGS_MAX_CONCURRENT_STREAMS``: h2
+    treats it as a connection error (PROTOCOL_ERROR for all the streams); nginx resets only
+    that stream with REFUSED_STREAM (``ngx_http_v2_state_headers``).  The count is kept by
+    :class:`Http2Connection`, h2's own check is lifted while a HEADERS frame is read."""
+
+    _lifted = False
+    #: The length of the last header block received (nginx's ``$request_length`` of a
+    #: stream: ``h2c->state.length``).
+    block_size = 0
+
+    #: The stream whose header block ended the connection (nginx's GOAWAY names it).
+    failed_stream = 0
+
+    def _receive_headers_frame(self, frame: Any) -> Any:
+        self._lifted = True
+        self.block_size = len(frame.data)
+        try:
+            return super()._receive_headers_frame(frame)
+        except ProtocolError as exc:
+            self.failed_stream = frame.stream_id
+            if isinstance(exc.__cause__, HPACKError | IndexError) and not isinstance(
+                exc.__cause__, OversizedHeaderListError
+            ):
+                # RFC 7541 §4.3 / RFC 9113 §4.3: a header block that cannot be decoded is a
+                # connection error of type COMPRESSION_ERROR (h2 says PROTOCOL_ERROR).
+                exc.error_code = ErrorCodes.COMPRESSION_ERROR
+            raise
+        finally:
+            self._lifted = False
+
+    def _terminate_connection(self, error_code: ErrorCodes) -> None:
+        """h2's GOAWAY on a connection error, naming the stream that caused it as nginx does
+        (``h2c->last_sid``) rather than only the streams opened before it."""
+        frame = GoAwayFrame(0)
+        frame.last_stream_id = max(self.highest_inbound_stream_id, self.failed_stream)
+        frame.error_code = error_code
+        self.state_machine.process_input(ConnectionInputs.SEND_GOAWAY)
+        self._prepare_for_sending([frame])
+
+    @property
+    def open_inbound_streams(self) -> int:
+        if self._lifted:
+            return 0
+        return cast(int, H2Connection.open_inbound_streams.fget(self))  # type: ignore[attr-defined]
+
+
+class _Stream:
+    """One stream's request body (in) and response (out), with the endpoint interface the
+    exchange writes to."""
+
+    __slots__ = (
+        "conn",
+        "sid",
+        "parser",
+        "head_fields",
+        "out",
+        "ended",
+        "end_sent",
+        "reset",
+        "closed",
+        "body",
+        "body_ended",
+        "body_waiter",
+        "window_waiter",
+        "_gone",
+        "chunk",
+        "status",
+        "served",
+        "request",
+    )
+
+    transport = None
+    write_paused = False
+    eof = False
+
+    def __init__(self, conn: Http2Connection, sid: int, head_request: bool, chunk: int) -> None:
+        self.conn = conn
+        self.sid = sid
+        self.parser = ResponseParser(head_request, max_head=1 << 20)
+        #: The response head not sent yet (sent with the first body bytes, its end, or a drain).
+        self.head_fields: list[tuple[bytes, bytes]] | None = None
+        self.out = bytearray()
+        #: The response is complete (END_STREAM to send once ``out`` is sent).
+        self.ended = False
+        self.end_sent = False
+        #: The stream was reset (by the peer or by us), or the connection is gone.
+        self.reset = False
+        self.closed = False
+        self.body: list[tuple[bytes, int]] = []
+        self.body_ended = False
+        self.body_waiter: asyncio.Future[None] | None = None
+        self.window_waiter: asyncio.Future[None] | None = None
+        self._gone: asyncio.Future[None] | None = None
+        self.chunk = chunk
+        self.status = 0
+        #: Its exchange is over (the stream is forgotten once its response is sent too).
+        self.served = False
+        #: The request's phase state: its location's ``http2_chunk_size`` applies.
+        self.request: Request | None = None
+
+    # -- the endpoint interface ---------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if self.closed or self.reset:
+            return
+        try:
+            events = self.parser.feed(data)
+        except (HttpError, RuntimeError):
+            # Bytes after the response (none are expected): the stream ends here.
+            self.abort()
+            return
+        for ev in events:
+            if isinstance(ev, ResponseHead):
+                if ev.status < 200:
+                    continue  # "100 Continue": not for HTTP/2 clients here
+                self.status = ev.status
+                self.head_fields = response_fields(ev.status, ev.headers)
+            elif isinstance(ev, Body):
+                if ev.data:
+                    self._send_head()
+                    self.out += ev.data
+            elif isinstance(ev, EndOfMessage):
+                self.ended = True
+                self._send_head()
+        self.conn.pump(self)
+
+    async def drain(self) -> None:
+        if self.reset:
+            raise PeerClosed("stream reset")
+        self._send_head()
+        self.conn.pump(self)
+        # Until the peer's windows have taken every byte: the request lives as long as its
+        # response is being sent (``send_timeout`` applies, ``limit_conn`` holds its slot).
+        while self.out and not self.reset:
+            self.window_waiter = self.conn.loop.create_future()
+            try:
+                await self.window_waiter
+            finally:
+                self.window_waiter = None
+        await self.conn.front.ep.drain()
+        if self.reset:
+            raise PeerClosed("stream reset")
+
+    def gone(self) -> asyncio.Future[None]:
+        if self._gone is None:
+            self._gone = self.conn.loop.create_future()
+            if self.reset:
+                self._gone.set_result(None)
+        return self._gone
+
+    def abort(self) -> None:
+        """The response cannot be completed: RST_STREAM INTERNAL_ERROR (nginx's
+        ``ngx_http_v2_close_stream`` of a stream whose response was cut)."""
+        if not self.reset:
+            self.conn.reset_stream(self, ErrorCodes.INTERNAL_ERROR)
+        self.closed = True
+
+    def close(self) -> None:
+        self.closed = True
+
+    # -- the stream's side --------------------------------------------------------------------
+    def _send_head(self) -> None:
+        fields = self.head_fields
+        if fields is not None and not self.reset:
+            self.head_fields = None
+            self.conn.send_head(self, fields, end=self.ended and not self.out)
+
+    def finish(self) -> None:
+        """The exchange is over: a response delimited by its end is complete now, anything
+        else not complete is cut (RST_STREAM)."""
+        if self.reset or self.ended:
+            return
+        try:
+            events = self.parser.feed_eof()
+        except HttpError:
+            events = []
+        if any(isinstance(ev, EndOfMessage) for ev in events):
+            self.ended = True
+            self._send_head()
+            self.conn.pump(self)
+        else:
+            self.abort()
+
+    def gone_now(self) -> None:
+        """Reset by the peer, or the connection is lost: every waiter wakes."""
+        self.reset = True
+        self.out.clear()
+        for fut in (self._gone, self.body_waiter, self.window_waiter):
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+
+    def wake(self) -> None:
+        for fut in (self.body_waiter, self.window_waiter):
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+
+
+class _StreamFront:
+    """The front connection as one stream's exchange sees it: the stream is its endpoint,
+    DATA frames its request body; everything else is the connection's."""
+
+    __slots__ = ("_main", "ep", "h2", "requests", "body_done")
+    tunnel = None
+    tunnel_end = None
+    plain_on_tls = False
+
+    def __init__(self, h2: Http2Connection, stream: _Stream, requests: int, body: bool) -> None:
+        self._main = h2.front
+        self.h2 = h2
+        self.ep = stream
+        self.requests = requests
+        self.body_done = not body
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._main, name)
+
+    def nodelay_off(self) -> None:
+        """``tcp_nodelay off`` is the connection's matter, not one stream's."""
+
+    def bare_ctx(self) -> RequestContext:
+        ctx = self._main.bare_ctx()
+        ctx.http2 = "h2" if self._main.tls_vars is not None else "h2c"
+        return ctx
+
+    async def body_events(self, timeout: float) -> AsyncIterator[bytes]:
+        """The request body from DATA frames (``client_body_timeout`` between two; the
+        stream window is given back as each piece is consumed)."""
+        stream = self.ep
+        h2 = self.h2
+        while True:
+            while stream.body:
+                data, flow = stream.body.pop(0)
+                h2.consumed(stream, flow)
+                if data:
+                    yield data
+            if stream.body_ended:
+                self.body_done = True
+                return
+            if stream.reset:
+                raise HttpError(499, "client prematurely closed stream")
+            stream.body_waiter = h2.loop.create_future()
+            try:
+                async with asyncio.timeout(timeout):
+                    await stream.body_waiter
+            except TimeoutError:
+                raise HttpError(408) from None
+            finally:
+                stream.body_waiter = None
+
+
+class Http2Connection:
+    """Serves HTTP/2 on one client connection after TLS (ALPN ``h2``) or the preface."""
+
+    __slots__ = (
+        "front",
+        "loop",
+        "h2",
+        "streams",
+        "tasks",
+        "stopping",
+        "failed",
+        "_wake",
+        "tls",
+        "last",
+    )
+
+    def __init__(self, front: FrontConnection) -> None:
+        self.front = front
+        self.loop = front.gw.loop
+        self.tls = front.tls_vars is not None
+        server = front.default
+        config = H2Configuration(
+            client_side=False,
+            header_encoding=None,
+            # The fields are checked as nginx checks them (a bad one is a stream's 400,
+            # through error_page, not h2's connection error): wsgate.http.http2.
+            validate_inbound_headers=False,
+            normalize_inbound_headers=False,
+        )
+        self.h2 = _Connection(config=config)
+        # ngx_http_v2_send_settings: what the first SETTINGS frame announces (in force from
+        # the start, as h2 takes initial values; an update would wait for the peer's ACK).
+        self.h2.local_settings = Settings(
+            client=False,
+            initial_values={
+                SettingCodes.MAX_CONCURRENT_STREAMS: server.http2_max_concurrent_streams,
+                SettingCodes.INITIAL_WINDOW_SIZE: server.http2_body_preread_size,
+                SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE,
+            },
+        )
+        self.h2.max_inbound_frame_size = MAX_FRAME_SIZE
+        # nginx's limits on a header block are checked on the decoded fields (:meth:`_request`);
+        # hpack's own bound (RFC 7541 sizes, 32 bytes more per field) only stops a bomb.
+        num, size = server.large_client_header_buffers
+        self.h2.decoder.max_header_list_size = 2 * num * size + 32 * server.max_headers
+        self.streams: dict[int, _Stream] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.stopping = False
+        #: A connection error of ours (GOAWAY sent): the connection closes at once.
+        self.failed = False
+        self._wake: asyncio.Future[None] = self.loop.create_future()
+        self.last = 0
+
+    # -- the connection loop ------------------------------------------------------------------
+    async def run(self, early: bytes = b"") -> bool:
+        """Serve until the connection ends; ``True`` when it ends by our GOAWAY with the
+        client still there (nginx then closes lingering: ``ngx_http_v2_lingering_close``)."""
+        front, h2, ep = self.front, self.h2, self.front.ep
+        h2.initiate_connection()
+        # ngx_http_v2_send_settings: the connection window opened to its maximum at once.
+        h2.increment_flow_control_window(MAX_WINDOW - 65535)
+        self.flush()
+        if front.gw.stopping:
+            self.goaway()
+        try:
+            data = early
+            while True:
+                if data:
+                    try:
+                        events = h2.receive_data(data)
+                    except ProtocolError:
+                        self.flush()  # h2 has queued the GOAWAY
+                        return False
+                    for ev in events:
+                        self._event(ev)
+                        if self.failed:
+                            return False
+                    self.flush()
+                if self.stopping and not self.streams:
+                    return not ep.eof
+                front.idle = not self.streams
+                if self.streams:
+                    timeout = 3600.0  # the streams' own timers run
+                elif front.requests:
+                    timeout = front.default.settings.keepalive_timeout
+                else:
+                    timeout = front.default.client_header_timeout
+                ready = await ep.wait_data_or(self._wake, timeout)
+                front.idle = False
+                if ready is Ready.TIMEOUT:
+                    if not self.streams:
+                        self.goaway()
+                        return False
+                    data = b""
+                    continue
+                if ready is Ready.OTHER:
+                    self._wake = self.loop.create_future()
+                    data = b""
+                    continue
+                data = ep.take()
+                if not data:  # EOF
+                    return False
+        finally:
+            for stream in self.streams.values():
+                stream.gone_now()
+            if self.tasks:
+                await asyncio.gather(*self.tasks, return_exceptions=True)
+            await self._flushed()
+
+    async def _flushed(self) -> None:
+        """Wait (``send_timeout`` at most) until the socket has taken every byte written,
+        so that a GOAWAY and the last responses are not lost when the worker then exits."""
+        ep = self.front.ep
+        transport = ep.transport
+        if transport is None or ep.closed or not transport.get_write_buffer_size():
+            return
+        # With both marks at 0 the protocol is paused until the buffer is empty (a loop that
+        # does not pause at once for the new mark is polled).
+        transport.set_write_buffer_limits(high=0)
+        try:
+            async with asyncio.timeout(self.front.default.settings.send_timeout):
+                while transport.get_write_buffer_size() and not ep.closed:
+                    if ep.write_paused:
+                        await ep.drain()
+                    else:
+                        await asyncio.sleep(0.01)
+        except (TimeoutError, PeerClosed):
+            pass
+
+    def wind_down(self) -> None:
+        """A graceful stop or a reload: GOAWAY now, the open streams finish."""
+        self.goaway()
+        if not self._wake.done():
+            self._wake.set_result(None)
+
+    def goaway(self) -> None:
+        """GOAWAY (NO_ERROR) naming the last stream served; the open streams go on.  Written
+        here, not with h2's ``close_connection``, after which h2 sends nothing more."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self.flush()
+        frame = GoAwayFrame(0)
+        frame.last_stream_id = self.last
+        frame.error_code = ErrorCodes.NO_ERROR
+        self.front.ep.write(frame.serialize())
+
+    def _calm(self, text: str) -> None:
+        """A connection error: GOAWAY ENHANCE_YOUR_CALM naming the last stream, then close."""
+        front = self.front
+        front.gw.error_log.log("info", text, front.number, front.bare_ctx())
+        self.flush()
+        frame = GoAwayFrame(0)
+        frame.last_stream_id = self.last
+        frame.error_code = ErrorCodes.ENHANCE_YOUR_CALM
+        front.ep.write(frame.serialize())
+        self.stopping = self.failed = True
+
+    def flush(self) -> None:
+        out = self.h2.data_to_send()
+        if out:
+            self.front.ep.write(out)
+
+    # -- events -------------------------------------------------------------------------------
+    def _event(self, ev: object) -> None:
+        if isinstance(ev, RequestReceived):
+            self._request(ev)
+        elif isinstance(ev, DataReceived):
+            stream = self.streams.get(ev.stream_id)
+            if stream is None or stream.body_ended:
+                # A stream already answered: its window is given back at once.
+                self._ack(ev.stream_id, ev.flow_controlled_length)
+                return
+            stream.body.append((ev.data, ev.flow_controlled_length))
+            if ev.stream_ended:
+                stream.body_ended = True
+            stream.wake()
+        elif isinstance(ev, StreamEnded):
+            stream = self.streams.get(ev.stream_id)
+            if stream is not None:
+                stream.body_ended = True
+                stream.wake()
+        elif isinstance(ev, StreamReset):
+            stream = self.streams.get(ev.stream_id)
+            if stream is not None:
+                stream.gone_now()
+        elif isinstance(ev, WindowUpdated):
+            targets = (
+                list(self.streams.values())
+                if ev.stream_id == 0
+                else [s for s in (self.streams.get(ev.stream_id),) if s is not None]
+            )
+            for stream in targets:
+                self.pump(stream)
+        elif isinstance(ev, ConnectionTerminated):
+            self.stopping = True
+
+    def _request(self, ev: RequestReceived) -> None:
+        sid = ev.stream_id
+        front = self.front
+        if self.stopping or len(self.streams) >= front.default.http2_max_concurrent_streams:
+            self._reset(sid, ErrorCodes.REFUSED_STREAM)
+            return
+        self.last = max(self.last, sid)
+        end = ev.stream_ended is not None
+        fields = cast(list[tuple[bytes, bytes]], ev.headers or [])
+        # ngx_http_v2_state_field_len and ngx_http_v2_state_process_header: a field longer
+        # than a large_client_header_buffers buffer, or a block longer than all of them, is a
+        # connection error ENHANCE_YOUR_CALM (nginx measures a field as sent, Huffman-coded;
+        # here as decoded).
+        num, size = front.default.large_client_header_buffers
+        total = 0
+        for name, value in fields:
+            if len(name) > size or len(value) > size:
+                self._calm("client sent too large header field")
+                return
+            total += len(name) + len(value)
+        if total > num * size:
+            self._calm("client sent too large header")
+            return
+        error: HttpError | None = None
+        default = front.default
+        try:
+            head = request_head(
+                fields,
+                end,
+                block_size=self.h2.block_size,
+                max_headers=default.max_headers,
+                underscores=default.underscores_in_headers,
+                ignore_invalid=default.ignore_invalid_headers,
+            )
+        except H2Refused as exc:
+            head, error = exc.head, exc
+        settings = default.settings
+        front.requests += 1
+        # ngx_http_v2_state_headers: the connection's last stream is announced (GOAWAY)
+        # with keepalive_timeout 0, at keepalive_requests, or past keepalive_time.
+        if (
+            settings.keepalive_timeout == 0
+            or front.requests >= settings.keepalive_requests
+            or self.loop.time() - front.started > settings.keepalive_time
+        ):
+            self.goaway()
+        chunk = settings.http2_chunk_size
+        stream = _Stream(self, sid, head.method == "HEAD", chunk)
+        stream.body_ended = end
+        self.streams[sid] = stream
+        task = self.loop.create_task(self._serve(stream, head, error, front.requests, not end))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _serve(
+        self,
+        stream: _Stream,
+        head: RequestHead,
+        error: HttpError | None,
+        number: int,
+        body: bool,
+    ) -> None:
+        from wsgate.proxy.exchange import Exchange  # it imports the front's modules
+
+        front = self.front
+        counters = front.gw.stub_status
+        counters.increment(REQUESTS)
+        counters.increment(WRITING)
+        sfront = _StreamFront(self, stream, number, body)
+        try:
+            exchange = Exchange(cast("FrontConnection", sfront), head)
+            exchange.r.ctx.version = "2.0"
+            if error is None and not (exchange.r.server.http2 or front.listen_http2()):
+                # ngx_http_v2_run_request: Host chose a server without ``http2``.
+                error = HttpError(
+                    421,
+                    "client attempted to request the server name "
+                    "for which the negotiated protocol is disabled",
+                )
+            stream.request = exchange.r
+            await exchange.run(error)
+        except Exception as exc:  # noqa: BLE001 - one stream's failure is not the connection's
+            front.gw.error_log.log("alert", f"unexpected error: {exc!r}", front.number)
+            stream.abort()
+        finally:
+            counters.decrement(WRITING)
+            stream.served = True
+            stream.finish()
+            if not stream.body_ended and not stream.reset:
+                # ngx_http_v2_close_stream: a body nobody read is refused with NO_ERROR
+                # after the response (RFC 9113 §8.1).
+                if stream.end_sent:
+                    self._reset(stream.sid, ErrorCodes.NO_ERROR)
+                    stream.reset = True
+            if stream.end_sent or stream.reset:
+                self.streams.pop(stream.sid, None)
+            self.flush()
+            if not self._wake.done():
+                self._wake.set_result(None)
+
+    # -- sending ------------------------------------------------------------------------------
+    def send_head(self, stream: _Stream, fields: list[tuple[bytes, bytes]], end: bool) -> None:
+        try:
+            self.h2.send_headers(stream.sid, fields, end_stream=end)
+        except (ProtocolError, StreamClosedError):
+            stream.gone_now()
+            return
+        if end:
+            self._ended(stream)
+        self.flush()
+
+    def pump(self, stream: _Stream) -> None:
+        """Send what the stream holds, as far as the windows allow."""
+        if stream.reset or stream.head_fields is not None or stream.end_sent:
+            return
+        h2 = self.h2
+        sid = stream.sid
+        out = stream.out
+        if stream.request is not None:
+            stream.chunk = stream.request.settings.http2_chunk_size
+        try:
+            while out:
+                window = h2.local_flow_control_window(sid)
+                size = min(len(out), window, h2.max_outbound_frame_size, stream.chunk)
+                if size <= 0:
+                    break
+                last = stream.ended and size == len(out)
+                h2.send_data(sid, bytes(out[:size]), end_stream=last)
+                del out[:size]
+                if last:
+                    self._ended(stream)
+            if not out and stream.ended and not stream.end_sent:
+                h2.end_stream(sid)
+                self._ended(stream)
+        except (ProtocolError, StreamClosedError, FlowControlError):
+            stream.gone_now()
+        self.flush()
+        if not out:
+            stream.wake()
+
+    def _ended(self, stream: _Stream) -> None:
+        stream.end_sent = True
+        stream.wake()
+        if stream.served:
+            self.streams.pop(stream.sid, None)
+
+    def reset_stream(self, stream: _Stream, code: ErrorCodes) -> None:
+        self._reset(stream.sid, code)
+        stream.gone_now()
+
+    def _reset(self, sid: int, code: ErrorCodes) -> None:
+        try:
+            self.h2.reset_stream(sid, code)
+        except (ProtocolError, StreamClosedError):
+            pass
+        self.flush()
+
+    def consumed(self, stream: _Stream, flow: int) -> None:
+        """Body bytes read: the window is given back (WINDOW_UPDATE)."""
+        if not stream.reset:
+            self._ack(stream.sid, flow)
+
+    def _ack(self, sid: int, flow: int) -> None:
+        if not flow:
+            return
+        try:
+            # h2 gives the connection's share back even when the stream is gone.
+            self.h2.acknowledge_received_data(flow, sid)
+        except ProtocolError:
+            pass
+        self.flush()
