@@ -45,3 +45,14 @@ def test_tap_counting_is_strict() -> None:
     assert res.failed == ["2 bad"]
     skipped = parse_tap("y.t", "1..0 # SKIP no rewrite available\n")
     assert skipped.skipped_file == "no rewrite available" and skipped.passed == 0
+
+
+def test_docs_conformance_table_is_current() -> None:
+    """docs/conformance.md publishes expected.txt's floors (`run.py --published`)."""
+    from pathlib import Path
+
+    from tests.conformance.run import published, read_expected
+
+    doc = (Path(__file__).parents[2] / "docs" / "conformance.md").read_text()
+    summary, table = published(read_expected()).split("\n\n", 1)
+    assert summary in doc and table in doc, "regenerate: tests/conformance/run.py --published"
