@@ -54,22 +54,38 @@ without a Close (1006), exactly as if that peer had gone away mid-frame.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from wsgate.limits import NEVER, lookup_state
 from wsgate.proxy.frames import (
+    CLOSE,
     EXTENDED_HEAD,
     FRAME_KIND,
     GOING_AWAY,
+    MESSAGE_TOO_BIG,
+    PING,
+    PING_PAYLOAD,
+    POLICY_VIOLATION,
+    PONG,
     REASONS,
     SMALL_FRAME,
     ScanState,
     close_frame,
+    control_frame,
+    header_at,
     next_boundary,
     scan_fields,
+    unmask,
 )
 from wsgate.proxy.idle import idle_timers
 
-__all__ = ["CLOSE_TIMEOUT", "Tunnel"]
+if TYPE_CHECKING:
+    from wsgate.config.model import LocationSettings
+
+__all__ = ["CLOSE_TIMEOUT", "Tunnel", "WsFeatures", "ws_features"]
 
 #: Seconds :meth:`Tunnel.going_away` waits for frame boundaries and Close replies before it
 #: closes what is left (websockets' and browsers' own closing handshakes take well under it).
@@ -282,6 +298,277 @@ class _WsSide(_Side):
             self.skip = skip
 
 
+@dataclass(frozen=True, slots=True)
+class WsFeatures:
+    """The WebSocket features of a location (``websocket_*`` directives), per direction:
+    ``*_client`` limits what the client sends, ``*_upstream`` what the upstream sends; 0 is
+    off.  ``rate_*`` are milli-messages per second and ``burst`` milli-messages, as
+    :mod:`wsgate.limits` keeps ``limit_req``'s."""
+
+    ping_interval: float = 0.0
+    ping_timeout: float = 30.0
+    ping_client: bool = False
+    ping_upstream: bool = False
+    max_message_client: int = 0
+    max_message_upstream: int = 0
+    max_frame_client: int = 0
+    max_frame_upstream: int = 0
+    rate_client: int = 0
+    rate_upstream: int = 0
+    burst: int = 0
+
+
+def _sides(which: str) -> tuple[bool, bool]:
+    return which in ("client", "both"), which in ("upstream", "both")
+
+
+@functools.lru_cache(maxsize=256)
+def _features(
+    ping: tuple[float, str],
+    timeout: float,
+    message: tuple[int, str],
+    frame: tuple[int, str],
+    rate: tuple[int, int, str],
+) -> WsFeatures | None:
+    pc, pu = _sides(ping[1]) if ping[0] else (False, False)
+    mc, mu = _sides(message[1])
+    fc, fu = _sides(frame[1])
+    rc, ru = _sides(rate[2])
+    f = WsFeatures(
+        ping[0] if pc or pu else 0.0,
+        timeout,
+        pc,
+        pu,
+        message[0] if mc else 0,
+        message[0] if mu else 0,
+        frame[0] if fc else 0,
+        frame[0] if fu else 0,
+        rate[0] if rc else 0,
+        rate[0] if ru else 0,
+        rate[1],
+    )
+    if not (f.ping_interval or f.max_message_client or f.max_message_upstream):
+        if not (f.max_frame_client or f.max_frame_upstream or f.rate_client or f.rate_upstream):
+            return None  # all off: the tunnel is the plain one, byte for byte and cost
+    return f
+
+
+def ws_features(settings: LocationSettings) -> WsFeatures | None:
+    """The location's WebSocket features, or ``None`` when all are off (the common case)."""
+    return _features(
+        settings.websocket_ping_interval,
+        settings.websocket_ping_timeout,
+        settings.websocket_max_message_size,
+        settings.websocket_max_frame_size,
+        settings.websocket_message_rate,
+    )
+
+
+class _FeatSide(_WsSide):
+    """A side of a WebSocket tunnel with features on (keepalive pings, message limits).
+
+    It reads every frame header of what it relays (not only where the plain side's fast
+    path cannot avoid it): each data frame is checked against the limits before any byte of
+    it is relayed, wsgate's own Pings are written to the receiver between two frames of this
+    stream, and a Pong answering one of them (its payload is :data:`PING_PAYLOAD`) is held
+    until complete and dropped.  Pings and Pongs of the ends pass untouched.
+
+    ``skip`` and ``partial`` mean what they mean for :class:`_WsSide`, except that
+    ``partial`` (a split header, or a Pong being held) has *not* been relayed yet;
+    :meth:`Tunnel.going_away` relays it before the plain going-away phases take over.
+    """
+
+    __slots__ = (
+        "last_read",
+        "ping_at",
+        "ping_due",
+        "keep",
+        "max_message",
+        "max_frame",
+        "rate",
+        "burst",
+        "excess",
+        "stamp",
+        "size",
+        "close_to",
+        "note",
+    )
+
+    def __init__(self, tunnel: Tunnel, transport: asyncio.Transport) -> None:
+        super().__init__(tunnel, transport)
+        self.last_read = self.clock()
+        self.ping_at = 0.0  # when wsgate's Ping to this side was sent (0: none pending)
+        self.ping_due = False  # a Ping to this side waits for a frame boundary of its peer
+        self.keep: _Keepalive | None = None
+        self.max_message = 0  # limits on what this side sends (0: none)
+        self.max_frame = 0
+        self.rate = 0
+        self.burst = 0
+        self.excess = 0  # limit_req's state for this side's messages (milli-messages)
+        self.stamp = NEVER
+        self.size = 0  # wire payload bytes of this side's message in progress
+        self.close_to = 0  # the code of the Close sent to ``peer`` when ending (0: ``going``)
+        self.note: tuple[str, str] | None = None  # the error-log line of the tunnel's end
+
+    def data_received(self, data: bytes) -> None:
+        if self.phase != _RELAY:
+            _WsSide.data_received(self, data)  # going away: as any WebSocket side
+            return
+        n = len(data)
+        now = self.clock()
+        self.nbytes += n
+        self.tunnel.last = now
+        self.last_read = now
+        skip = self.skip
+        if n <= skip:
+            self.skip = skip - n
+            self.out.write(data)
+            return
+        if skip < 0:
+            data = self.partial + data  # a split header or a held Pong: not relayed yet
+            self.partial = b""
+            n = len(data)
+            pos = 0
+        else:
+            pos = skip
+        out = self.out
+        peer = self.peer
+        start = 0
+        while pos < n:
+            if peer.ping_due:  # type: ignore[attr-defined]
+                if pos > start:
+                    out.write(data[start:pos])
+                    start = pos
+                self.tunnel.ping(peer)  # type: ignore[arg-type]
+            hdr = header_at(data, pos)
+            if hdr is None:
+                break
+            b0 = data[pos]
+            op = b0 & 0x0F
+            end = pos + hdr[0] + hdr[1]
+            if op >= 8:
+                if op == PONG and hdr[1] == len(PING_PAYLOAD):
+                    if end > n:
+                        break  # hold it until it is whole
+                    if self._ours(data, pos, hdr[0]):
+                        if pos > start:
+                            out.write(data[start:pos])
+                        start = end
+                        self.nbytes -= end - pos
+                elif op == CLOSE:
+                    self.close_seen = True
+            else:
+                refused = self._check(b0, op, hdr[1])
+                if refused:
+                    if pos > start:
+                        out.write(data[start:pos])
+                    self.skip = 0
+                    self.nbytes -= n - pos
+                    self.tunnel.refuse(self, refused)
+                    # Dropped, but scanned: the sender's Close reply must still be found.
+                    self._frames(data[pos:])
+                    return
+                if b0 & 0x80:
+                    self.messages += 1
+                    self.size = 0
+            pos = end
+        if pos < n:
+            if pos > start:
+                out.write(data[start:pos])
+            self.partial = data[pos:]
+            self.skip = -1
+            return
+        if start < n:
+            out.write(data[start:] if start else data)
+        self.skip = pos - n
+        if pos == n and peer.ping_due:  # type: ignore[attr-defined]
+            self.tunnel.ping(peer)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _ours(data: bytes, pos: int, head: int) -> bool:
+        """Whether the Pong at ``pos`` carries wsgate's Ping payload (unmasked)."""
+        payload = data[pos + head : pos + head + len(PING_PAYLOAD)]
+        if head > 2:  # masked (head is 6: the payload is short)
+            payload = unmask(payload, data[pos + 2 : pos + 6])
+        return payload == PING_PAYLOAD
+
+    def _check(self, b0: int, op: int, length: int) -> tuple[int, str] | None:
+        """The limits on a data frame of ``length`` payload bytes: ``None``, or the close
+        code for this side and the error-log line."""
+        who = "client" if self is self.tunnel.client else "upstream"
+        if self.max_frame and length > self.max_frame:
+            return MESSAGE_TOO_BIG, (
+                f"{who} intended to send too large websocket frame: {length} bytes"
+            )
+        if op:  # the first frame of a message
+            self.size = 0
+            if self.rate:
+                now = int(self.clock() * 1000)
+                busy, excess, self.excess, self.stamp = lookup_state(
+                    self.excess, self.stamp, self.rate, self.burst, now, True
+                )
+                if busy:
+                    return POLICY_VIOLATION, (
+                        f"limiting websocket messages from {who}, excess: "
+                        f"{excess / 1000:.3f} by websocket_message_rate"
+                    )
+        self.size += length
+        if self.max_message and self.size > self.max_message:
+            return MESSAGE_TOO_BIG, (
+                f"{who} intended to send too large websocket message: {self.size} bytes"
+            )
+        return None
+
+
+class _Keepalive:
+    """A feature tunnel's ping timer, filed with the loop's idle timers
+    (:mod:`wsgate.proxy.idle`) as the tunnel's own idle timer is."""
+
+    __slots__ = ("tunnel", "interval", "timeout", "sides", "slot")
+
+    def __init__(self, tunnel: Tunnel, features: WsFeatures, sides: tuple[_FeatSide, ...]) -> None:
+        self.tunnel = tunnel
+        self.interval = features.ping_interval
+        self.timeout = features.ping_timeout
+        self.sides = sides
+        self.slot = idle_timers(tunnel.loop).add(self, tunnel.clock() + self.interval)
+
+    def idle_check(self) -> None:
+        """Ping each pinged side silent for ``interval``; end the tunnel when a side has
+        sent nothing (its Pong included) for ``timeout`` after wsgate's Ping."""
+        t = self.tunnel
+        if t.closed or t.going:
+            return
+        now = t.clock()
+        due = now + self.interval
+        for side in self.sides:
+            if side.lost or side.eof:
+                continue
+            if side.ping_at:
+                if side.last_read >= side.ping_at:
+                    side.ping_at = 0.0  # answered (or busy sending): alive
+                elif now >= side.ping_at + self.timeout - 0.001:
+                    t.dead(side)
+                    return
+                else:
+                    due = min(due, side.ping_at + self.timeout)
+                    continue
+            quiet = side.last_read + self.interval
+            if side.ping_due:
+                due = min(due, now + self.timeout)
+            elif now >= quiet - 0.001:
+                sender = side.peer
+                if sender.skip <= 0 and sender.phase == _RELAY:
+                    t.ping(side)  # the stream towards it is between two frames
+                    due = min(due, now + self.timeout)
+                else:
+                    side.ping_due = True  # sent by the sender's next frame boundary
+                    due = min(due, now + self.timeout)
+            else:
+                due = min(due, quiet)
+        self.slot = idle_timers(t.loop).add(self, due)
+
+
 class Tunnel:
     """Relays between ``client`` and ``upstream`` transports until both are closed.
 
@@ -327,6 +614,7 @@ class Tunnel:
         websocket: bool = False,
         close_timeout: float = CLOSE_TIMEOUT,
         clock: Callable[[], float] | None = None,
+        features: WsFeatures | None = None,
     ) -> None:
         self.loop = loop
         #: ``loop.time``: pass one bound once for all tunnels (each costs 64 bytes).
@@ -344,7 +632,9 @@ class Tunnel:
         #: The close code being sent by :meth:`going_away`; 0 until then.
         self.going = 0
         self._away_handle: asyncio.TimerHandle | None = None
-        side = _WsSide if websocket else _Side
+        if not websocket:
+            features = None
+        side = _Side if not websocket else _WsSide if features is None else _FeatSide
         self.client = side(self, client)
         self.upstream = side(self, upstream)
         self.client.peer = self.upstream
@@ -354,6 +644,19 @@ class Tunnel:
         # The idle timer: shared with the loop's other tunnels (wsgate.proxy.idle).
         self._idle = idle_timers(loop)
         self._idle_slot = self._idle.add(self, self.last + read_timeout)
+        if features is not None:
+            self._features(features)
+
+    def _features(self, f: WsFeatures) -> None:
+        c, u = self.client, self.upstream
+        assert isinstance(c, _FeatSide) and isinstance(u, _FeatSide)
+        c.max_message, u.max_message = f.max_message_client, f.max_message_upstream
+        c.max_frame, u.max_frame = f.max_frame_client, f.max_frame_upstream
+        c.rate, u.rate = f.rate_client, f.rate_upstream
+        c.burst = u.burst = f.burst
+        pinged = tuple(s for s, on in ((c, f.ping_client), (u, f.ping_upstream)) if on)
+        if f.ping_interval and pinged:
+            c.keep = _Keepalive(self, f, pinged)
 
     def start(
         self,
@@ -409,6 +712,12 @@ class Tunnel:
         return side.frozen if side.phase == _DROP else side.messages
 
     @property
+    def note(self) -> tuple[str, str] | None:
+        """``(level, text)`` of the error-log line a WebSocket feature ended the tunnel with
+        (a ping unanswered, a limit passed), or ``None``."""
+        return getattr(self.client, "note", None)
+
+    @property
     def closed(self) -> bool:
         """The tunnel is ending: its transports have been closed or aborted."""
         return self._closed
@@ -451,6 +760,44 @@ class Tunnel:
                 self.arm_send_timer(side)
                 return
 
+    # WebSocket features ------------------------------------------------------------------------
+    def ping(self, side: _FeatSide) -> None:
+        """Send wsgate's keepalive Ping to ``side`` (its peer's stream is between frames)."""
+        side.ping_due = False
+        if side.lost or side.finished or self._closed:
+            return
+        side.transport.write(control_frame(PING, PING_PAYLOAD, side is self.upstream))
+        side.ping_at = self.clock()
+
+    def dead(self, side: _FeatSide) -> None:
+        """``side`` answered no Ping in time: abort its connection; the other side gets a
+        Close 1001 (if the dead side's stream stopped between frames) and its FIN."""
+        who = "client" if side is self.client else "upstream"
+        self.client.note = (  # type: ignore[attr-defined]
+            "info" if side is self.client else "error",
+            f"{who} timed out (110: Connection timed out) waiting for websocket pong",
+        )
+        other = side.peer
+        self._closed = True
+        self._cancel_timers()
+        if not side.lost:
+            side.transport.abort()
+        if not other.lost:
+            if side.skip <= 0 and not other.finished:
+                frame = close_frame(GOING_AWAY, REASONS[GOING_AWAY], other is self.upstream)
+                other.transport.write(frame)
+            other.transport.close()
+
+    def refuse(self, sender: _FeatSide, why: tuple[int, str]) -> None:
+        """``sender`` passed a limit at a frame header (nothing of that frame relayed): its
+        peer gets a Close 1001 at once, ``sender`` a Close with ``why``'s code at the next
+        boundary of the stream towards it, as :meth:`going_away` ends a tunnel."""
+        level = "error"
+        self.client.note = (level, why[1])  # type: ignore[attr-defined]
+        sender.close_to = GOING_AWAY
+        sender.peer.close_to = why[0]  # type: ignore[attr-defined]
+        self.going_away(GOING_AWAY)
+
     # going away -------------------------------------------------------------------------------
     def going_away(self, code: int = GOING_AWAY, timeout: float | None = None) -> None:
         """End the tunnel as a WebSocket endpoint would (RFC 6455 §7.1.2, §7.4.1).
@@ -473,6 +820,8 @@ class Tunnel:
         delay = self.close_timeout if timeout is None else timeout
         self._away_handle = self.loop.call_later(delay, self._away_expired)
         for side in (self.client, self.upstream):
+            if side.partial and type(side) is _FeatSide:
+                side.out.write(side.partial)  # a feature side's carry was held back: relay it
             if side.eof or side.peer.lost:
                 # Its FIN was passed on, or nobody reads this direction: nothing can follow.
                 self.drop(side)
@@ -490,7 +839,8 @@ class Tunnel:
         ``side`` sends from now on."""
         peer = side.peer
         if not side.close_seen and not peer.lost and not peer.finished:
-            frame = close_frame(self.going, REASONS.get(self.going, b""), peer is self.upstream)
+            code = getattr(side, "close_to", 0) or self.going  # a feature side's own code
+            frame = close_frame(code, REASONS.get(code, b""), peer is self.upstream)
             peer.transport.write(frame)
         self.drop(side)
         self.progress()
@@ -581,6 +931,9 @@ class Tunnel:
 
     def _cancel_timers(self) -> None:
         self._idle.remove(self, self._idle_slot)
+        keep = getattr(self.client, "keep", None)
+        if keep is not None:
+            self._idle.remove(keep, keep.slot)
         if self._away_handle is not None:
             self._away_handle.cancel()
             self._away_handle = None

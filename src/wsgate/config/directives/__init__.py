@@ -31,6 +31,7 @@ from wsgate.config.directives import (
     ssl,
     static,
     upstream,
+    websocket,
 )
 from wsgate.config.parse import NGINX_DIRECTIVES
 from wsgate.config.table import CONTEXT_ORDER, LIF, SIF, Directive, Kind, Merge
@@ -49,6 +50,7 @@ ENTRIES: tuple[Directive, ...] = (
     *rewrite.ENTRIES,
     *pages.ENTRIES,
     *proxy.ENTRIES,
+    *websocket.ENTRIES,
     *redirects.ENTRIES,
     *headers.ENTRIES,
     *static.ENTRIES,
