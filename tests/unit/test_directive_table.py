@@ -248,7 +248,7 @@ BAD: dict[str, tuple[str, str] | None] = {
     "gzip_proxied": ("any often", 'invalid value "often"'),
     "gzip_disable": ("(", "pcre2_compile() failed"),
     "websocket_ping_interval": ("5s sideways", 'invalid parameter "sideways"'),
-    "websocket_ping_timeout": ("0", 'directive invalid value'),
+    "websocket_ping_timeout": ("0", "directive invalid value"),
     "websocket_max_message_size": ("1m nobody", 'invalid parameter "nobody"'),
     "websocket_max_frame_size": ("lots", "directive invalid value"),
     "websocket_message_rate": ("10r/s burst=0", 'invalid burst value "burst=0"'),

@@ -423,6 +423,8 @@ class _FeatSide(_WsSide):
         if n <= skip:
             self.skip = skip - n
             self.out.write(data)
+            if n == skip and self.peer.ping_due:  # type: ignore[attr-defined]
+                self.tunnel.ping(self.peer)  # type: ignore[arg-type]
             return
         if skip < 0:
             data = self.partial + data  # a split header or a held Pong: not relayed yet

@@ -1,0 +1,269 @@
+"""The pure parts of the WebSocket features: frame building, the feature scanner of a
+tunnel side (fed through fake transports, split at every byte), and the settings."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from wsgate.config.model import LocationSettings
+from wsgate.proxy.frames import (
+    PING,
+    PING_PAYLOAD,
+    PONG,
+    control_frame,
+    header_at,
+    unmask,
+)
+from wsgate.proxy.tunnel import Tunnel, WsFeatures, ws_features
+
+
+class FakeTransport:
+    """Collects what is written; the tunnel's other calls do nothing."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.aborted = False
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def get_extra_info(self, name: str) -> object:
+        return None
+
+    def set_protocol(self, protocol: object) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+def frame(opcode: int, payload: bytes, fin: bool = True, mask: bool = True) -> bytes:
+    """A frame as an end sends it (masked from the client)."""
+    n = len(payload)
+    b0 = (0x80 if fin else 0) | opcode
+    if n < 126:
+        head = bytes((b0, n | (0x80 if mask else 0)))
+    elif n < 65536:
+        head = bytes((b0, 126 | (0x80 if mask else 0))) + n.to_bytes(2, "big")
+    else:
+        head = bytes((b0, 127 | (0x80 if mask else 0))) + n.to_bytes(8, "big")
+    if not mask:
+        return head + payload
+    key = os.urandom(4)
+    return head + key + unmask(payload, key)
+
+
+def tunnel(loop: asyncio.AbstractEventLoop, features: WsFeatures | None) -> Tunnel:
+    t = Tunnel(
+        loop,
+        FakeTransport(),  # type: ignore[arg-type]
+        FakeTransport(),  # type: ignore[arg-type]
+        read_timeout=60,
+        send_timeout_upstream=60,
+        send_timeout_client=60,
+        on_close=lambda t: None,
+        websocket=True,
+        features=features,
+    )
+    return t
+
+
+def written(t: Tunnel, side: str) -> bytes:
+    return bytes(getattr(t, side).transport.data)
+
+
+def test_control_frames() -> None:
+    assert control_frame(PING, b"ab") == b"\x89\x02ab"
+    masked = control_frame(PONG, b"abcd", True, b"\x01\x02\x03\x04")
+    assert masked[:2] == b"\x8a\x84" and unmask(masked[6:], masked[2:6]) == b"abcd"
+    with pytest.raises(ValueError):
+        control_frame(PING, b"x" * 126)
+    assert header_at(b"\x00\x81\x7e\x01\x00", 1) == (4, 256)
+    assert header_at(b"\x81\xfe\x01", 0) is None
+    assert header_at(b"\x82\x7f" + (70000).to_bytes(8, "big"), 0) == (10, 70000)
+    assert header_at(b"\x81\x85", 0) == (6, 5)
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 7, 64, 1000, 1 << 20])
+def test_feature_side_relays_all_but_its_own_pongs(
+    loop: asyncio.AbstractEventLoop, step: int
+) -> None:
+    ours = frame(PONG, PING_PAYLOAD)  # answers wsgate: dropped
+    parts = [
+        frame(0x1, b"hello"),
+        frame(PING, b"end ping"),
+        frame(0x2, b"x" * 300, fin=False),
+        frame(PONG, b"end pong"),
+        frame(0x0, b"y" * 70000),
+        ours,
+        frame(PONG, b"z" * len(PING_PAYLOAD)),  # as long as ours, not ours: relayed
+        frame(0x1, b""),
+    ]
+    stream = b"".join(parts)
+    t = tunnel(loop, WsFeatures(max_message_client=1 << 20))
+    for i in range(0, len(stream), step):
+        t.client.data_received(stream[i : i + step])
+    assert written(t, "upstream") == stream.replace(ours, b"")
+    assert t.messages_to_upstream == 3
+    assert t.bytes_to_upstream == len(stream) - len(ours)
+    assert t.client.skip == 0 and not t.client.partial
+
+
+def test_off_is_the_plain_side(loop: asyncio.AbstractEventLoop) -> None:
+    t = tunnel(loop, ws_features(LocationSettings()))
+    assert type(t.client).__name__ == "_WsSide"
+
+
+def test_settings_to_features() -> None:
+    s = LocationSettings(
+        websocket_ping_interval=(10.0, "upstream"),
+        websocket_max_message_size=(100, "both"),
+        websocket_message_rate=(5000, 2000, "client"),
+    )
+    f = ws_features(s)
+    assert f == WsFeatures(
+        ping_interval=10.0,
+        ping_client=False,
+        ping_upstream=True,
+        max_message_client=100,
+        max_message_upstream=100,
+        rate_client=5000,
+        burst=2000,
+    )
+    assert ws_features(LocationSettings(websocket_max_frame_size=(0, "both"))) is None
+
+
+@pytest.mark.parametrize(("size", "refused"), [(1000, False), (1001, True)])
+def test_message_limit_at_and_over(
+    loop: asyncio.AbstractEventLoop, size: int, refused: bool
+) -> None:
+    t = tunnel(loop, WsFeatures(max_message_client=1000))
+    first = frame(0x2, b"a" * 600, fin=False)
+    t.client.data_received(first + frame(0x0, b"b" * (size - 600)))
+    up, down = written(t, "upstream"), written(t, "client")
+    if not refused:
+        assert up.startswith(first) and len(up) > len(first) and down == b""
+        assert t.note is None
+        return
+    # The first fragment was relayed, then the upstream got Close 1001 (masked), the
+    # client Close 1009 (unmasked).
+    assert up[: len(first)] == first
+    close = up[len(first) :]
+    assert close[0] == 0x88 and close[1] & 0x80
+    assert unmask(close[6:8], close[2:6]) == (1001).to_bytes(2, "big")
+    assert down[:4] == b"\x88" + bytes((2 + len(b"message too big"),)) + (1009).to_bytes(2, "big")
+    assert t.note is not None and "too large websocket message: 1001 bytes" in t.note[1]
+
+
+@pytest.mark.parametrize(("size", "refused"), [(500, False), (501, True)])
+def test_frame_limit_at_and_over(loop: asyncio.AbstractEventLoop, size: int, refused: bool) -> None:
+    t = tunnel(loop, WsFeatures(max_frame_upstream=500))
+    data = frame(0x2, b"a" * 500, fin=False, mask=False)
+    data += frame(0x0, b"b" * size, mask=False)
+    t.upstream.data_received(data)
+    down, up = written(t, "client"), written(t, "upstream")
+    if not refused:
+        assert down == data and up == b""
+        return
+    # The sender (the upstream) gets 1009, masked; the client 1001 after the relayed frame.
+    assert down.startswith(data[:504]) and down[504:508] == b"\x88\x0c\x03\xe9"
+    assert up[0] == 0x88 and unmask(up[6:8], up[2:6]) == (1009).to_bytes(2, "big")
+
+
+def test_rate_with_burst(loop: asyncio.AbstractEventLoop) -> None:
+    now = [100.0]
+    t = Tunnel(
+        loop,
+        FakeTransport(),  # type: ignore[arg-type]
+        FakeTransport(),  # type: ignore[arg-type]
+        read_timeout=60,
+        send_timeout_upstream=60,
+        send_timeout_client=60,
+        on_close=lambda t: None,
+        websocket=True,
+        clock=lambda: now[0],
+        features=WsFeatures(rate_client=1000, burst=2000),  # 1 r/s burst=2
+    )
+    msg = frame(0x1, b"m")
+    for _ in range(3):  # the first, then a burst of 2
+        t.client.data_received(msg)
+    assert t.note is None and written(t, "upstream") == msg * 3
+    now[0] += 1.0  # one drained
+    t.client.data_received(msg)
+    assert t.note is None
+    t.client.data_received(msg + msg)  # the second is over
+    assert t.note is not None and "limiting websocket messages from client" in t.note[1]
+    assert written(t, "client")[2:4] == (1008).to_bytes(2, "big")
+
+
+def test_ping_waits_for_a_boundary_and_its_pong_is_consumed(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    now = [0.0]
+    t = Tunnel(
+        loop,
+        FakeTransport(),  # type: ignore[arg-type]
+        FakeTransport(),  # type: ignore[arg-type]
+        read_timeout=600,
+        send_timeout_upstream=60,
+        send_timeout_client=60,
+        on_close=lambda t: None,
+        websocket=True,
+        clock=lambda: now[0],
+        features=WsFeatures(ping_interval=10, ping_timeout=5, ping_client=True),
+    )
+    big = frame(0x2, b"q" * 1000, mask=False)
+    t.upstream.data_received(big[:100])  # the upstream is mid-frame towards the client
+    keep = t.client.keep  # type: ignore[attr-defined]
+    now[0] = 10.0
+    keep.idle_check()
+    assert written(t, "client") == big[:100]  # no Ping inside a frame
+    t.upstream.data_received(big[100:])
+    ping = control_frame(PING, PING_PAYLOAD)
+    assert written(t, "client") == big + ping
+    now[0] = 12.0
+    t.client.data_received(frame(PONG, PING_PAYLOAD))
+    assert written(t, "upstream") == b""
+    keep.idle_check()
+    assert not t.closed
+    now[0] = 30.0  # silent: pinged again ...
+    keep.idle_check()
+    assert written(t, "client") == big + ping + ping
+    now[0] = 35.0  # ... and no Pong within the timeout
+    keep.idle_check()
+    assert t.closed and t.client.transport.aborted  # type: ignore[attr-defined]
+    assert written(t, "upstream")[0] == 0x88
+    assert t.note == (
+        "info",
+        "client timed out (110: Connection timed out) waiting for websocket pong",
+    )
