@@ -49,6 +49,16 @@ to it has been sent, aborted (what is queued for it dropped) if it has stopped r
 does not close "in a reasonable time period").  That also ends a peer stuck in the middle of
 a frame, into whose stream no Close can be put: the other peer then sees the connection end
 without a Close (1006), exactly as if that peer had gone away mid-frame.
+
+WebSocket features (the ``websocket_*`` directives, :class:`WsFeatures`; docs/configuration.md
+"WebSocket features"): a tunnel with any of them on gets :class:`_FeatSide` sides, which read
+every frame header they relay, check data frames against the message limits before relaying
+them, drop the Pongs that answer wsgate's own Pings, and write wsgate's Pings to the other
+side between two frames.  A limit passed ends the tunnel as :meth:`Tunnel.going_away` does,
+with a code of its own towards the sender (1009, 1008) and 1001 towards the other side; an
+unanswered Ping (:class:`_Keepalive`, on the loop's shared tunnel timer) aborts the silent
+side and sends the other a Close 1001.  With every feature off the sides are the plain ones
+above: not a byte nor a step added.
 """
 
 from __future__ import annotations
