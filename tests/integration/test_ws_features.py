@@ -9,6 +9,7 @@ awaits the event that the timer causes (a Ping, a Close, a log line)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import socket
@@ -23,6 +24,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import Opcode
 
 from tests.conftest import WsgateProcess, start_wsgate
+from tests.helpers import REPO_ROOT, require_node
 from tests.integration.test_websocket import CONF, SWITCH, handshake, start_raw
 from wsgate.proxy.frames import unmask
 
@@ -587,5 +589,50 @@ def test_peer_gone_mid_frame_with_a_ping_pending_leaks_nothing(tmp_path: Path) -
             gw.stop()
             server.close()
         assert "[alert]" not in gw.errors()
+
+    run(scenario())
+
+
+NODE_CLIENT = """
+const WebSocket = require('ws');
+const [url, limit] = [process.argv[1], Number(process.argv[2])];
+const ws = new WebSocket(url, { perMessageDeflate: false });
+let pings = 0;
+const out = {};
+ws.on('ping', () => { pings += 1; if (pings === 3) ws.send(Buffer.alloc(limit, 97)); });
+ws.on('message', (data) => { out.echo = data.length; ws.send(Buffer.alloc(limit + 1, 98)); });
+ws.on('close', (code) => {
+  out.pings = pings; out.close = code; console.log(JSON.stringify(out)); process.exit(0);
+});
+ws.on('error', (e) => { console.log(JSON.stringify({ error: String(e) })); process.exit(1); });
+"""
+
+
+def test_node_ws_client_answers_pings_and_meets_the_limit(tmp_path: Path) -> None:
+    """Node's ``ws``: it answers wsgate's Pings by itself (3 awaited), its message at the
+    limit is echoed, the next one, a byte over, closes it with 1009."""
+    node = require_node("ws")
+
+    async def scenario() -> None:
+        extra = "websocket_max_message_size 1000; " + PINGS.format(side="client")
+        server, gw = await start_ws(tmp_path / "gw", extra, echo)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                node,
+                "-e",
+                NODE_CLIENT,
+                f"ws://127.0.0.1:{gw.port}/",
+                "1000",
+                cwd=REPO_ROOT,
+                stdout=asyncio.subprocess.PIPE,
+            )
+            out, _ = await asyncio.wait_for(proc.communicate(), 30)
+            result = json.loads(out)
+            assert result["pings"] >= 3  # a fourth may come before the close
+            assert (result["echo"], result["close"]) == (1000, 1009)
+        finally:
+            await asyncio.to_thread(_stop, gw)
+            server.close()
+        assert "timed out" not in gw.errors()
 
     run(scenario())

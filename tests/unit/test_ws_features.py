@@ -267,3 +267,20 @@ def test_ping_waits_for_a_boundary_and_its_pong_is_consumed(
         "info",
         "client timed out (110: Connection timed out) waiting for websocket pong",
     )
+
+
+def test_going_away_relays_a_held_pong_first(loop: asyncio.AbstractEventLoop) -> None:
+    """A graceful stop while a feature side holds part of a Pong: the held bytes are relayed,
+    the rest of the Pong follows, then the Close (never a byte of a frame lost)."""
+    t = tunnel(loop, WsFeatures(max_message_client=100))
+    pong = frame(PONG, b"p" * len(PING_PAYLOAD))
+    t.client.data_received(pong[:5])
+    assert written(t, "upstream") == b""  # held until whole
+    t.going_away()
+    t.client.data_received(pong[5:])
+    up = written(t, "upstream")
+    assert up[: len(pong)] == pong
+    assert up[len(pong)] == 0x88  # the Close, after the Pong's last byte
+    assert unmask(up[len(pong) + 6 : len(pong) + 8], up[len(pong) + 2 : len(pong) + 6]) == (
+        (1001).to_bytes(2, "big")
+    )

@@ -481,7 +481,7 @@ class _FeatSide(_WsSide):
                     self._frames(data[pos:])
                     return
                 if b0 & 0x80:
-                    self.messages += 1
+                    self.messages += _KIND[b0]  # 1 for a final text, binary or continuation
                     self.size = 0
             pos = end
         if pos < n:
