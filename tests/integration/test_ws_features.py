@@ -12,7 +12,9 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import socket
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -634,5 +636,63 @@ def test_node_ws_client_answers_pings_and_meets_the_limit(tmp_path: Path) -> Non
             await asyncio.to_thread(_stop, gw)
             server.close()
         assert "timed out" not in gw.errors()
+
+    run(scenario())
+
+
+FROZEN_CLIENT = """
+import asyncio, sys
+from websockets.asyncio.client import connect
+
+async def main():
+    async with connect(sys.argv[1], ping_interval=None) as ws:
+        await ws.send("hi")
+        await ws.recv()
+        print("open", flush=True)
+        await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+def test_frozen_client_process_is_detected(tmp_path: Path) -> None:
+    """A real client process stopped with SIGSTOP (its kernel still acknowledges TCP, so only
+    a Ping can tell): the upstream gets a Close 1001 after interval + timeout."""
+
+    async def scenario() -> None:
+        codes: list[int | None] = []
+        done = asyncio.Event()
+
+        async def upstream(ws: ServerConnection) -> None:
+            try:
+                await echo(ws)
+            finally:
+                codes.append(ws.close_code)
+                done.set()
+
+        extra = "websocket_ping_interval 300ms client; websocket_ping_timeout 700ms;"
+        server, gw = await start_ws(tmp_path / "gw", extra, upstream)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            FROZEN_CLIENT,
+            f"ws://127.0.0.1:{gw.port}/",
+            stdout=asyncio.subprocess.PIPE,
+        )
+        try:
+            assert proc.stdout is not None
+            assert await asyncio.wait_for(proc.stdout.readline(), 20) == b"open\n"
+            proc.send_signal(signal.SIGSTOP)
+            started = time.monotonic()
+            await asyncio.wait_for(done.wait(), 20)
+            # Reported, not asserted (the machine is shared): interval + timeout is 1 s.
+            print(f"frozen client detected after {time.monotonic() - started:.2f} s")
+            assert codes == [1001]
+        finally:
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+            await proc.wait()
+            await asyncio.to_thread(_stop, gw)
+            server.close()
 
     run(scenario())
