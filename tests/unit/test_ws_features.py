@@ -221,8 +221,12 @@ def test_rate_with_burst(loop: asyncio.AbstractEventLoop) -> None:
     now[0] += 1.0  # one drained
     t.client.data_received(msg)
     assert t.note is None
-    t.client.data_received(msg + msg)  # the second is over
+    assert written(t, "upstream") == msg * 4
+    t.client.data_received(msg + msg)  # the next one is over: neither is relayed
+    assert written(t, "upstream")[: len(msg) * 4] == msg * 4
+    assert written(t, "upstream")[len(msg) * 4] == 0x88  # the Close 1001, nothing else
     assert t.note is not None and "limiting websocket messages from client" in t.note[1]
+    assert "excess: 3.000" in t.note[1]
     assert written(t, "client")[2:4] == (1008).to_bytes(2, "big")
 
 

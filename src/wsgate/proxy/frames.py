@@ -40,6 +40,7 @@ __all__ = [
     "PONG",
     "FRAME_KIND",
     "GOING_AWAY",
+    "HEADER_SIZE",
     "REASONS",
     "SERVICE_RESTART",
     "SMALL_FRAME",
@@ -88,6 +89,11 @@ SMALL_FRAME = tuple(
 )
 #: By byte 1: the header length (masking key included) of a frame with an extended length.
 EXTENDED_HEAD = tuple((4 if b & 0x7F == 126 else 10) + (4 if b & 0x80 else 0) for b in range(256))
+#: By byte 1: the header length (masking key included) of any frame.
+HEADER_SIZE = tuple(
+    (2 if b & 0x7F < 126 else 4 if b & 0x7F == 126 else 10) + (4 if b & 0x80 else 0)
+    for b in range(256)
+)
 #: By byte 0: 1 for the final frame of a data message, -1 for a Close frame, 0 otherwise.
 FRAME_KIND = tuple(
     -1 if b & 0x0F == CLOSE else int(b & 0x8F in (0x80, 0x81, 0x82)) for b in range(256)

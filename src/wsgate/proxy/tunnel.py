@@ -69,12 +69,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from wsgate.limits import NEVER, lookup_state
 from wsgate.proxy.frames import (
     CLOSE,
     EXTENDED_HEAD,
     FRAME_KIND,
     GOING_AWAY,
+    HEADER_SIZE,
     MESSAGE_TOO_BIG,
     PING,
     PING_PAYLOAD,
@@ -110,6 +110,9 @@ _DROP = 2  # going away: the receiver has its Close (or FIN); what the sender se
 _WHOLE = SMALL_FRAME
 _EXT = EXTENDED_HEAD
 _KIND = FRAME_KIND
+_HEAD = HEADER_SIZE
+#: A limit that is not set (larger than any frame or message).
+_NO_LIMIT = 1 << 63
 
 
 class _Sink:
@@ -393,8 +396,10 @@ class _FeatSide(_WsSide):
         "ping_at",
         "ping_due",
         "keep",
+        "limited",
         "max_message",
         "max_frame",
+        "max_whole",
         "rate",
         "burst",
         "excess",
@@ -410,12 +415,16 @@ class _FeatSide(_WsSide):
         self.ping_at = 0.0  # when wsgate's Ping to this side was sent (0: none pending)
         self.ping_due = False  # a Ping to this side waits for a frame boundary of its peer
         self.keep: _Keepalive | None = None
-        self.max_message = 0  # limits on what this side sends (0: none)
-        self.max_frame = 0
-        self.rate = 0
-        self.burst = 0
-        self.excess = 0  # limit_req's state for this side's messages (milli-messages)
-        self.stamp = NEVER
+        # Limits on what this side sends (:data:`_NO_LIMIT`: none), checked only if
+        # ``limited``; the rate in messages per second and the burst in messages.
+        self.limited = False
+        self.max_message = _NO_LIMIT
+        self.max_frame = _NO_LIMIT
+        self.max_whole = _NO_LIMIT  # the smaller: the limit on a one-frame message
+        self.rate = 0.0
+        self.burst = 0.0
+        self.excess = 0.0  # limit_req's excess for this side's messages
+        self.stamp = -1e18  # when it was last accounted (long ago: all drained)
         self.size = 0  # wire payload bytes of this side's message in progress
         self.close_to = 0  # the code of the Close sent to ``peer`` when ending (0: ``going``)
         self.note: tuple[str, str] | None = None  # the error-log line of the tunnel's end
@@ -431,11 +440,55 @@ class _FeatSide(_WsSide):
         self.last_read = now
         skip = self.skip
         if n <= skip:
+            # Inside one frame's payload, up to its end at most: no header in this chunk.
             self.skip = skip - n
             self.out.write(data)
             if n == skip and self.peer.ping_due:  # type: ignore[attr-defined]
                 self.tunnel.ping(self.peer)  # type: ignore[arg-type]
             return
+        if skip == 0 and n > 1:
+            # The plain side's fast path: one data frame, or the start of one, and no other
+            # header (no Ping owed to the receiver: it would go before this frame).
+            b0, b1 = data[0], data[1]
+            size = _WHOLE[b1]
+            if size < 0 and n > 9:
+                if b1 & 0x7F == 126:
+                    size = ((data[2] << 8) | data[3]) + _EXT[b1]
+                else:
+                    size = int.from_bytes(data[2:10], "big") + _EXT[b1]
+            if size >= n and b0 & 0x08 == 0 and not self.peer.ping_due:  # type: ignore[attr-defined]
+                if self.limited:
+                    length = size - _HEAD[b1]
+                    if b0 & 0x8F in (0x81, 0x82) and length <= self.max_whole:
+                        # A whole message within the size limits (the common case,
+                        # without the call): only the rate to account.
+                        rate = self.rate
+                        if rate:
+                            excess = self.excess - (now - self.stamp) * rate + 1.0
+                            if excess < 0.0:
+                                excess = 0.0
+                            if excess <= self.burst:
+                                self.excess = excess
+                                self.stamp = now
+                                rate = 0.0
+                        refused = self._check(b0, length, now) if rate else None
+                    else:
+                        refused = self._check(b0, length, now)
+                    if refused is not None:
+                        self.nbytes -= n
+                        self.tunnel.refuse(self, refused)
+                        self._frames(data)  # dropped, but scanned for the Close reply
+                        return
+                self.skip = size - n
+                self.out.write(data)
+                if b0 & 0x80:
+                    self.messages += _KIND[b0]
+                return
+        self._many(data, n, now)
+
+    def _many(self, data: bytes, n: int, now: float) -> None:
+        """A chunk with several headers, a split one, a control frame, or a Ping owed."""
+        skip = self.skip
         if skip < 0:
             data = self.partial + data  # a split header or a held Pong: not relayed yet
             self.partial = b""
@@ -470,8 +523,8 @@ class _FeatSide(_WsSide):
                 elif op == CLOSE:
                     self.close_seen = True
             else:
-                refused = self._check(b0, op, hdr[1])
-                if refused:
+                refused = self._check(b0, hdr[1], now) if self.limited else None
+                if refused is not None:
                     if pos > start:
                         out.write(data[start:pos])
                     self.skip = 0
@@ -482,7 +535,6 @@ class _FeatSide(_WsSide):
                     return
                 if b0 & 0x80:
                     self.messages += _KIND[b0]  # 1 for a final text, binary or continuation
-                    self.size = 0
             pos = end
         if pos < n:
             if pos > start:
@@ -504,32 +556,40 @@ class _FeatSide(_WsSide):
             payload = unmask(payload, data[pos + 2 : pos + 6])
         return payload == PING_PAYLOAD
 
-    def _check(self, b0: int, op: int, length: int) -> tuple[int, str] | None:
-        """The limits on a data frame of ``length`` payload bytes: ``None``, or the close
-        code for this side and the error-log line."""
-        who = "client" if self is self.tunnel.client else "upstream"
-        if self.max_frame and length > self.max_frame:
+    def _check(self, b0: int, length: int, now: float) -> tuple[int, str] | None:
+        """The limits on a data frame of ``length`` payload bytes whose header is being
+        relayed: ``None``, or the close code for this side and the error-log line."""
+        if length > self.max_frame:
             return MESSAGE_TOO_BIG, (
-                f"{who} intended to send too large websocket frame: {length} bytes"
+                f"{self._who()} intended to send too large websocket frame: {length} bytes"
             )
-        if op:  # the first frame of a message
-            self.size = 0
-            if self.rate:
-                now = int(self.clock() * 1000)
-                busy, excess, self.excess, self.stamp = lookup_state(
-                    self.excess, self.stamp, self.rate, self.burst, now, True
-                )
-                if busy:
+        if b0 & 0x0F:  # the first frame of a message
+            size = length
+            rate = self.rate
+            if rate:
+                # limit_req's account (wsgate.limits), in messages: the excess drains at
+                # ``rate``, the message adds one, the first is free.
+                excess = self.excess - (now - self.stamp) * rate + 1.0
+                if excess < 0.0:
+                    excess = 0.0
+                if excess > self.burst:
                     return POLICY_VIOLATION, (
-                        f"limiting websocket messages from {who}, excess: "
-                        f"{excess / 1000:.3f} by websocket_message_rate"
+                        f"limiting websocket messages from {self._who()}, excess: "
+                        f"{excess:.3f} by websocket_message_rate"
                     )
-        self.size += length
-        if self.max_message and self.size > self.max_message:
+                self.excess = excess
+                self.stamp = now
+        else:
+            size = self.size + length
+        if size > self.max_message:
             return MESSAGE_TOO_BIG, (
-                f"{who} intended to send too large websocket message: {self.size} bytes"
+                f"{self._who()} intended to send too large websocket message: {size} bytes"
             )
+        self.size = 0 if b0 & 0x80 else size
         return None
+
+    def _who(self) -> str:
+        return "client" if self is self.tunnel.client else "upstream"
 
 
 class _Keepalive:
@@ -662,10 +722,16 @@ class Tunnel:
     def _features(self, f: WsFeatures) -> None:
         c, u = self.client, self.upstream
         assert isinstance(c, _FeatSide) and isinstance(u, _FeatSide)
-        c.max_message, u.max_message = f.max_message_client, f.max_message_upstream
-        c.max_frame, u.max_frame = f.max_frame_client, f.max_frame_upstream
-        c.rate, u.rate = f.rate_client, f.rate_upstream
-        c.burst = u.burst = f.burst
+        for side, message, frame, rate in (
+            (c, f.max_message_client, f.max_frame_client, f.rate_client),
+            (u, f.max_message_upstream, f.max_frame_upstream, f.rate_upstream),
+        ):
+            side.limited = bool(message or frame or rate)
+            side.max_message = message or _NO_LIMIT
+            side.max_frame = frame or _NO_LIMIT
+            side.max_whole = min(side.max_message, side.max_frame)
+            side.rate = rate / 1000  # milli-messages per second, as limit_req keeps it
+            side.burst = f.burst / 1000
         pinged = tuple(s for s, on in ((c, f.ping_client), (u, f.ping_upstream)) if on)
         if f.ping_interval and pinged:
             c.keep = _Keepalive(self, f, pinged)
