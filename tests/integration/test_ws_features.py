@@ -249,6 +249,34 @@ def test_pings_reach_a_real_client_and_their_pongs_are_consumed(tmp_path: Path) 
     run(scenario())
 
 
+def test_pings_both_ways_between_real_peers(tmp_path: Path) -> None:
+    """``both``: the ``websockets`` server behind wsgate (which fails a connection on an
+    unmasked frame from its client) and the client each get and answer wsgate's Pings."""
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        up_logger, up_frames = frame_logger("upstream-both", loop)
+        logger, frames = frame_logger("client-both", loop)
+        server = await serve(echo, "127.0.0.1", 0, ping_interval=None, logger=up_logger)
+        port = server.sockets[0].getsockname()[1]
+        conf = CONF.format(port=port, extra=LOG + PINGS.format(side="both"))
+        gw = await asyncio.to_thread(start_wsgate, tmp_path / "gw", conf)
+        try:
+            async with connect(
+                f"ws://127.0.0.1:{gw.port}/", ping_interval=None, logger=logger
+            ) as ws:
+                await frames.wait_pings(3)
+                await up_frames.wait_pings(3)
+                await ws.send("both alive")
+                assert await ws.recv() == "both alive"
+        finally:
+            await asyncio.to_thread(_stop, gw)
+            server.close()
+        assert "timed out" not in gw.errors() and "[alert]" not in gw.errors()
+
+    run(scenario())
+
+
 def test_proxy_pongs_consumed_end_pongs_relayed(tmp_path: Path) -> None:
     """Byte level: the upstream receives the client's Ping and Pong and text, never the
     Pongs answering wsgate."""
