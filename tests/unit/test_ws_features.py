@@ -288,3 +288,26 @@ def test_going_away_relays_a_held_pong_first(loop: asyncio.AbstractEventLoop) ->
     assert unmask(up[len(pong) + 6 : len(pong) + 8], up[len(pong) + 2 : len(pong) + 6]) == (
         (1001).to_bytes(2, "big")
     )
+
+
+def test_no_ping_after_the_direction_is_shut(loop: asyncio.AbstractEventLoop) -> None:
+    """Half-close: once the upstream's FIN was passed to the client, nothing may be written
+    to the client, so it is not pinged (nor closed for not answering)."""
+    now = [0.0]
+    t = Tunnel(
+        loop,
+        FakeTransport(),  # type: ignore[arg-type]
+        FakeTransport(),  # type: ignore[arg-type]
+        read_timeout=600,
+        send_timeout_upstream=60,
+        send_timeout_client=60,
+        on_close=lambda t: None,
+        websocket=True,
+        clock=lambda: now[0],
+        features=WsFeatures(ping_interval=10, ping_timeout=5, ping_client=True),
+    )
+    t.upstream.eof_received()
+    keep = t.client.keep  # type: ignore[attr-defined]
+    for now[0] in (10.0, 20.0, 40.0):
+        keep.idle_check()
+    assert written(t, "client") == b"" and not t.closed

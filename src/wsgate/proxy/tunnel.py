@@ -614,8 +614,8 @@ class _Keepalive:
         now = t.clock()
         due = now + self.interval
         for side in self.sides:
-            if side.lost or side.eof:
-                continue
+            if side.lost or side.eof or side.peer.eof:
+                continue  # half-closed: that side sends no Pong, or nothing may be written to it
             if side.ping_at:
                 if side.last_read >= side.ping_at:
                     side.ping_at = 0.0  # answered (or busy sending): alive
@@ -842,8 +842,8 @@ class Tunnel:
     def ping(self, side: _FeatSide) -> None:
         """Send wsgate's keepalive Ping to ``side`` (its peer's stream is between frames)."""
         side.ping_due = False
-        if side.lost or side.finished or self._closed:
-            return
+        if side.lost or side.finished or self._closed or side.peer.eof:
+            return  # (after the peer's FIN, the direction towards ``side`` is shut)
         side.transport.write(control_frame(PING, PING_PAYLOAD, side is self.upstream))
         side.ping_at = self.clock()
 
@@ -870,8 +870,7 @@ class Tunnel:
         """``sender`` passed a limit at a frame header (nothing of that frame relayed): its
         peer gets a Close 1001 at once, ``sender`` a Close with ``why``'s code at the next
         boundary of the stream towards it, as :meth:`going_away` ends a tunnel."""
-        level = "error"
-        self.client.note = (level, why[1])  # type: ignore[attr-defined]
+        self.client.note = ("error", why[1])  # type: ignore[attr-defined]
         sender.close_to = GOING_AWAY
         sender.peer.close_to = why[0]  # type: ignore[attr-defined]
         self.going_away(GOING_AWAY)
