@@ -311,3 +311,43 @@ def test_no_ping_after_the_direction_is_shut(loop: asyncio.AbstractEventLoop) ->
     for now[0] in (10.0, 20.0, 40.0):
         keep.idle_check()
     assert written(t, "client") == b"" and not t.closed
+
+
+def test_random_streams_and_garbage(loop: asyncio.AbstractEventLoop) -> None:
+    """Random frame sequences cut at random: all relayed but wsgate's Pongs, messages
+    counted as the plain scanner counts them; random bytes never raise."""
+    import random
+
+    from wsgate.proxy.frames import ScanState, scan
+
+    rng = random.Random(15)
+    ours = frame(PONG, PING_PAYLOAD)
+    for _ in range(200):
+        parts = []
+        for _ in range(rng.randrange(1, 12)):
+            kind = rng.random()
+            if kind < 0.15:
+                parts.append(ours)
+            elif kind < 0.35:
+                parts.append(frame(rng.choice((PING, PONG)), rng.randbytes(rng.randrange(0, 126))))
+            else:
+                n = rng.choice((0, 1, 125, 126, 127, 65535, 65536, rng.randrange(0, 3000)))
+                parts.append(frame(rng.choice((0, 1, 2)), b"d" * n, fin=rng.random() < 0.7))
+        stream = b"".join(parts)
+        t = tunnel(loop, WsFeatures(ping_interval=3600, ping_client=True))
+        i = 0
+        while i < len(stream):
+            step = rng.choice((1, 2, 5, 9, 100, 4096, 1 << 20))
+            t.client.data_received(stream[i : i + step])
+            i += step
+        expected = b"".join(p for p in parts if p != ours)
+        assert written(t, "upstream") == expected
+        assert t.messages_to_upstream == scan(stream, ScanState()).messages
+        t.abort()
+    for _ in range(200):
+        t = tunnel(loop, WsFeatures(max_message_client=1000, rate_client=10**6, burst=10**6))
+        garbage = rng.randbytes(rng.randrange(1, 5000))
+        for i in range(0, len(garbage), 37):
+            t.client.data_received(garbage[i : i + 37])
+        assert len(written(t, "upstream")) <= len(garbage)
+        t.abort()
