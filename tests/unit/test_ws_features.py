@@ -351,3 +351,34 @@ def test_random_streams_and_garbage(loop: asyncio.AbstractEventLoop) -> None:
             t.client.data_received(garbage[i : i + 37])
         assert len(written(t, "upstream")) <= len(garbage)
         t.abort()
+
+
+def test_dead_side_mid_frame_gets_no_close_into_its_stream(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """The silent client stopped in the middle of a frame: no Close can follow that frame,
+    so the upstream only gets the end of the connection (its library sees 1006)."""
+    now = [0.0]
+    t = Tunnel(
+        loop,
+        FakeTransport(),  # type: ignore[arg-type]
+        FakeTransport(),  # type: ignore[arg-type]
+        read_timeout=600,
+        send_timeout_upstream=60,
+        send_timeout_client=60,
+        on_close=lambda t: None,
+        websocket=True,
+        clock=lambda: now[0],
+        features=WsFeatures(ping_interval=10, ping_timeout=5, ping_client=True),
+    )
+    half = frame(0x2, b"h" * 500)[:100]
+    t.client.data_received(half)
+    keep = t.client.keep  # type: ignore[attr-defined]
+    now[0] = 10.0
+    keep.idle_check()  # the stream towards the client is between frames: pinged at once
+    assert written(t, "client") == control_frame(PING, PING_PAYLOAD)
+    now[0] = 15.0
+    keep.idle_check()
+    assert t.closed and t.client.transport.aborted  # type: ignore[attr-defined]
+    assert written(t, "upstream") == half  # no Close inside the frame
+    assert t.upstream.transport.closed  # type: ignore[attr-defined]
