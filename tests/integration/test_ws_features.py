@@ -724,3 +724,40 @@ def test_frozen_client_process_is_detected(tmp_path: Path) -> None:
             server.close()
 
     run(scenario())
+
+
+def test_graceful_stop_of_a_feature_tunnel_sends_1001_both_ways(tmp_path: Path) -> None:
+    """QUIT with pings and limits on: the client and the upstream each get a Close 1001, as a
+    plain tunnel's ends do, and wsgate exits."""
+
+    async def scenario() -> None:
+        codes: list[int | None] = []
+
+        async def upstream(ws: ServerConnection) -> None:
+            try:
+                await echo(ws)
+            finally:
+                codes.append(ws.close_code)
+
+        extra = PINGS.format(side="both") + " websocket_max_message_size 1m both;"
+        server, gw = await start_ws(tmp_path / "gw", extra, upstream)
+        try:
+            async with connect(f"ws://127.0.0.1:{gw.port}/", ping_interval=None) as ws:
+                await ws.send("before")
+                assert await ws.recv() == "before"
+                gw.signal(signal.SIGQUIT)
+                with pytest.raises(ConnectionClosed):
+                    await asyncio.wait_for(ws.recv(), 20)
+                rcvd = ws.protocol.close_rcvd
+                assert rcvd is not None and rcvd.code == 1001
+            assert await asyncio.to_thread(gw.proc.wait, 20) == 0
+            async with asyncio.timeout(10):
+                while not codes:
+                    await asyncio.sleep(0.01)
+            assert codes == [1001]
+        finally:
+            await asyncio.to_thread(_stop, gw)
+            server.close()
+        assert "[alert]" not in gw.errors()
+
+    run(scenario())
