@@ -394,7 +394,7 @@ class _FeatSide(_WsSide):
     __slots__ = (
         "last_read",
         "ping_at",
-        "ping_due",
+        "owe",
         "keep",
         "limited",
         "max_message",
@@ -413,7 +413,7 @@ class _FeatSide(_WsSide):
         super().__init__(tunnel, transport)
         self.last_read = self.clock()
         self.ping_at = 0.0  # when wsgate's Ping to this side was sent (0: none pending)
-        self.ping_due = False  # a Ping to this side waits for a frame boundary of its peer
+        self.owe = False  # a Ping to ``peer`` waits for the next frame boundary of this stream
         self.keep: _Keepalive | None = None
         # Limits on what this side sends (:data:`_NO_LIMIT`: none), checked only if
         # ``limited``; the rate in messages per second and the burst in messages.
@@ -443,7 +443,7 @@ class _FeatSide(_WsSide):
             # Inside one frame's payload, up to its end at most: no header in this chunk.
             self.skip = skip - n
             self.out.write(data)
-            if n == skip and self.peer.ping_due:  # type: ignore[attr-defined]
+            if n == skip and self.owe:
                 self.tunnel.ping(self.peer)  # type: ignore[arg-type]
             return
         if skip == 0 and n > 1:
@@ -456,7 +456,7 @@ class _FeatSide(_WsSide):
                     size = ((data[2] << 8) | data[3]) + _EXT[b1]
                 else:
                     size = int.from_bytes(data[2:10], "big") + _EXT[b1]
-            if size >= n and b0 & 0x08 == 0 and not self.peer.ping_due:  # type: ignore[attr-defined]
+            if size >= n and b0 & 0x08 == 0 and not self.owe:
                 if self.limited:
                     length = size - _HEAD[b1]
                     if b0 & 0x8F in (0x81, 0x82) and length <= self.max_whole:
@@ -500,7 +500,7 @@ class _FeatSide(_WsSide):
         peer = self.peer
         start = 0
         while pos < n:
-            if peer.ping_due:  # type: ignore[attr-defined]
+            if self.owe:
                 if pos > start:
                     out.write(data[start:pos])
                     start = pos
@@ -545,7 +545,7 @@ class _FeatSide(_WsSide):
         if start < n:
             out.write(data[start:] if start else data)
         self.skip = pos - n
-        if pos == n and peer.ping_due:  # type: ignore[attr-defined]
+        if pos == n and self.owe:
             self.tunnel.ping(peer)  # type: ignore[arg-type]
 
     @staticmethod
@@ -626,7 +626,7 @@ class _Keepalive:
                     due = min(due, side.ping_at + self.timeout)
                     continue
             quiet = side.last_read + self.interval
-            if side.ping_due:
+            if side.peer.owe:  # type: ignore[attr-defined]
                 due = min(due, now + self.timeout)
             elif now >= quiet - 0.001:
                 sender = side.peer
@@ -634,7 +634,7 @@ class _Keepalive:
                     t.ping(side)  # the stream towards it is between two frames
                     due = min(due, now + self.timeout)
                 else:
-                    side.ping_due = True  # sent by the sender's next frame boundary
+                    sender.owe = True  # type: ignore[attr-defined]  # at its next frame boundary
                     due = min(due, now + self.timeout)
             else:
                 due = min(due, quiet)
@@ -841,7 +841,7 @@ class Tunnel:
     # WebSocket features ------------------------------------------------------------------------
     def ping(self, side: _FeatSide) -> None:
         """Send wsgate's keepalive Ping to ``side`` (its peer's stream is between frames)."""
-        side.ping_due = False
+        side.peer.owe = False  # type: ignore[attr-defined]
         if side.lost or side.finished or self._closed or side.peer.eof:
             return  # (after the peer's FIN, the direction towards ``side`` is shut)
         side.transport.write(control_frame(PING, PING_PAYLOAD, side is self.upstream))
