@@ -61,7 +61,8 @@ CLOSE = 0x8
 PING = 0x9
 PONG = 0xA
 #: The payload of wsgate's own keepalive Pings: a Pong carrying it answers wsgate and is not
-#: relayed.  Random per process, so an end cannot guess it (it can only echo it, §5.5.3).
+#: relayed.  Drawn when the module loads (in the master, so its workers share it), so an end
+#: cannot guess it (it can only echo it, §5.5.3).
 PING_PAYLOAD = b"wsgate:" + os.urandom(6).hex().encode()
 #: "1008 indicates that an endpoint is terminating the connection because it has received a
 #: message that violates its policy" (§7.4.1).
