@@ -53,6 +53,14 @@ REPO = Path(__file__).resolve().parent.parent
 NGINX = "nginx"
 HAPROXY = "haproxy"
 WSGATE = "wsgate"
+#: The environment variable with location directives for wsgate alone (``--wsgate-extra``).
+WSGATE_EXTRA = "BENCH_WSGATE_EXTRA"
+#: ``--wsgate-extra features``: every WebSocket feature on, with limits the load stays within.
+WS_FEATURES = (
+    "websocket_ping_interval 30s both; websocket_ping_timeout 30s; "
+    "websocket_max_message_size 1m both; websocket_max_frame_size 1m both; "
+    "websocket_message_rate 1000000r/s burst=1000000 both;"
+)
 PROXIES = (WSGATE, NGINX, HAPROXY)
 #: Idle tunnels are open for the whole run: timeouts far longer than any run.
 _LONG = "3600s"
@@ -142,6 +150,9 @@ class Proxy:
         conns = self.worker_connections or 4096
         servers = "\n".join(f"        server {h}:{p};" for h, p in self.backends)
         listen = f"127.0.0.1:{port}" + (" reuseport" if self.spread and not for_wsgate else "")
+        # BENCH_WSGATE_EXTRA (run.py's --wsgate-extra): location directives for wsgate alone,
+        # e.g. its WebSocket features, to measure what they cost.
+        features = os.environ.get(WSGATE_EXTRA, "") if for_wsgate else ""
         # nginx-only lines: run workers as root like wsgate, temp files inside the prefix.
         extra = "" if for_wsgate else "user root;\n" if os.geteuid() == 0 else ""
         temps = (
@@ -177,6 +188,7 @@ http {{
             proxy_set_header Connection $connection_upgrade;
             proxy_read_timeout {_LONG};
             proxy_send_timeout {_LONG};
+            {features}
         }}
     }}
 }}

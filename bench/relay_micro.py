@@ -13,6 +13,8 @@ Modes of the relay:
 * ``old``:  the ``_Side.data_received`` before frame tracking (kept verbatim below).
 * ``raw``:  today's byte-stream side (a non-WebSocket upgrade).
 * ``ws``:   today's WebSocket side (frame boundaries and message counts tracked).
+* ``feat``: the WebSocket side with every ``websocket_*`` feature on (:data:`FEATURES`: pings
+  every 30 s, limits the load stays within), which reads every frame header.
 
 Run ``.venv/bin/python bench/relay_micro.py`` (``--help`` for the options).  Modes are
 interleaved run by run, and the median and the minimum of ``--repeat`` runs are shown,
@@ -39,10 +41,23 @@ from collections.abc import Callable
 from typing import cast
 
 from wsgate.loop import new_event_loop
-from wsgate.proxy.tunnel import Tunnel, _Side
+from wsgate.proxy.tunnel import Tunnel, WsFeatures, _Side
 
 HOST = "127.0.0.1"
-MODES = ("old", "raw", "ws")
+MODES = ("old", "raw", "ws", "feat")
+#: ``feat`` mode: keepalive pings both ways and every limit, none reached by the load.
+FEATURES = WsFeatures(
+    ping_interval=30.0,
+    ping_client=True,
+    ping_upstream=True,
+    max_message_client=1 << 20,
+    max_message_upstream=1 << 20,
+    max_frame_client=1 << 20,
+    max_frame_upstream=1 << 20,
+    rate_client=10**9,
+    rate_upstream=10**9,
+    burst=10**9,
+)
 #: Messages each way per run, by payload size: a few seconds of relay CPU each.
 DEFAULT_MESSAGES = {64: 100_000, 4096: 50_000, 65536: 5_000}
 
@@ -113,7 +128,8 @@ class Relay:
             send_timeout_upstream=600,
             send_timeout_client=600,
             on_close=self.closed,
-            websocket=self.mode == "ws",
+            websocket=self.mode in ("ws", "feat"),
+            features=FEATURES if self.mode == "feat" else None,
         )
         if self.mode == "old":
             tunnel.client.__class__ = OldSide
@@ -295,7 +311,8 @@ def calls(mode: str, size: int, count: int) -> float:
         send_timeout_upstream=600,
         send_timeout_client=600,
         on_close=lambda t: None,
-        websocket=mode == "ws",
+        websocket=mode in ("ws", "feat"),
+        features=FEATURES if mode == "feat" else None,
     )
     if mode == "old":
         tunnel.client.__class__ = OldSide
@@ -308,7 +325,7 @@ def calls(mode: str, size: int, count: int) -> float:
         for chunk in chunks:
             received(chunk)
     elapsed = time.perf_counter_ns() - start
-    if mode == "ws":
+    if mode in ("ws", "feat"):
         assert tunnel.messages_to_upstream == count
     tunnel.abort()
     loop.close()

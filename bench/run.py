@@ -67,6 +67,8 @@ from bench.procstat import memory_kib, system_busy
 from bench.proxies import (
     PROXIES,
     REPO,
+    WS_FEATURES,
+    WSGATE_EXTRA,
     Proxy,
     Running,
     haproxy_binary,
@@ -857,6 +859,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, bool, float]:
         help="BENCH_PARTS: figures to run (default all; --smoke: all but profile): "
         + ",".join(d.parts),
     )
+    p.add_argument(
+        "--wsgate-extra",
+        default=_env(WSGATE_EXTRA, ""),
+        help=f"{WSGATE_EXTRA}: location directives for wsgate alone ('features': every "
+        "WebSocket feature on, limits not reached), to measure their cost",
+    )
     p.add_argument("--keep", action="store_true", help="keep the proxies' working directories")
     p.add_argument(
         "--wait-quiet",
@@ -865,6 +873,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, bool, float]:
         help="BENCH_WAIT_QUIET: first wait up to this many seconds for other work to stop",
     )
     a = p.parse_args(argv)
+    if a.wsgate_extra:
+        extra = WS_FEATURES if a.wsgate_extra == "features" else a.wsgate_extra
+        os.environ[WSGATE_EXTRA] = extra  # read by Proxy.nginx_conf, in any process
     s = Settings.smoke_settings() if a.smoke else Settings()
     s.proxies = tuple(x for x in a.proxies.split(",") if x)
     unknown = set(s.proxies) - set(PROXIES)

@@ -390,6 +390,28 @@ def test_autobahn_same_through_wsgate(
     assert not not_101, not_101[:5]
 
 
+#: Every WebSocket feature on (wsgate's ``websocket_*``), with limits no case reaches (9.*
+#: sends 16 MiB messages) and pings too rare to be sent during a case: the feature side
+#: reads every frame header, and must still relay every case byte for byte.
+FEATURES_ON = (
+    "websocket_ping_interval 1h both; websocket_max_message_size 64m both; "
+    "websocket_max_frame_size 64m both; websocket_message_rate 1000000r/s burst=1000000 both;"
+)
+
+
+@IGNORE_KOSOKU_TESTDATA_LEAK
+@pytest.mark.timeout(300)
+def test_autobahn_same_through_wsgate_with_features_on(
+    direct_leg: Leg, echo_port: int, wsgate: Callable[..., Any], tmp_path: Path
+) -> None:
+    conf = WSGATE_CONF.replace("ECHO_PORT", str(echo_port))
+    gate = wsgate(conf.replace("location / {", "location / { " + FEATURES_ON))
+    through = run_leg("wsgate-features", f"ws://127.0.0.1:{gate.ports[0]}")
+    summarize([direct_leg, through], tmp_path / "autobahn-summary.json")
+    assert_same(direct_leg, through)
+    assert len(gate.access_lines(EXPECTED_CASE_COUNT)) == EXPECTED_CASE_COUNT
+
+
 @IGNORE_KOSOKU_TESTDATA_LEAK
 @pytest.mark.timeout(300)
 def test_autobahn_same_through_tcp_relay(direct_leg: Leg, echo_port: int, tmp_path: Path) -> None:

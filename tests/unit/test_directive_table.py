@@ -147,6 +147,11 @@ SAMPLES: dict[str, tuple[str, str]] = {
     "gzip_http_version": ("1.0", "1.1"),
     "gzip_proxied": ("any", "expired no-cache auth"),
     "gzip_disable": ("msie6", "bot"),
+    "websocket_ping_interval": ("30s", "5s client"),
+    "websocket_ping_timeout": ("10s", "1m"),
+    "websocket_max_message_size": ("1m", "64k both"),
+    "websocket_max_frame_size": ("16k upstream", "1k"),
+    "websocket_message_rate": ("10r/s", "100r/m burst=5 both"),
 }
 #: A bad argument list and nginx's words, for each directive whose parser is its own; ``None``
 #: for a parser that takes any value.
@@ -265,6 +270,11 @@ BAD: dict[str, tuple[str, str] | None] = {
     "gzip_http_version": ("2.0", 'invalid value "2.0"'),
     "gzip_proxied": ("any often", 'invalid value "often"'),
     "gzip_disable": ("(", "pcre2_compile() failed"),
+    "websocket_ping_interval": ("5s sideways", 'invalid parameter "sideways"'),
+    "websocket_ping_timeout": ("0", "directive invalid value"),
+    "websocket_max_message_size": ("1m nobody", 'invalid parameter "nobody"'),
+    "websocket_max_frame_size": ("lots", "directive invalid value"),
+    "websocket_message_rate": ("10r/s burst=0", 'invalid burst value "burst=0"'),
 }
 _GENERIC = {"flag", "time", "size", "number"}
 

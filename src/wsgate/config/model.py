@@ -656,6 +656,15 @@ class LocationSettings:
     proxy_read_timeout: float = 60.0
     proxy_send_timeout: float = 60.0
     send_timeout: float = 60.0
+    #: wsgate's WebSocket features (:mod:`wsgate.config.directives.websocket`), read by
+    #: :func:`wsgate.proxy.tunnel.ws_features`: ``(seconds, client|upstream|both)`` (0: off),
+    #: the Pong timeout, ``(bytes, side)`` limits (0: none) and ``(milli-messages per
+    #: second, burst in milli-messages, side)``.
+    websocket_ping_interval: tuple[float, str] = (0.0, "both")
+    websocket_ping_timeout: float = 30.0
+    websocket_max_message_size: tuple[int, str] = (0, "client")
+    websocket_max_frame_size: tuple[int, str] = (0, "client")
+    websocket_message_rate: tuple[int, int, str] = (0, 0, "client")
     client_body_timeout: float = 60.0
     keepalive_timeout: float = 75.0
     keepalive_header: float | None = None

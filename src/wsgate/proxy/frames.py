@@ -33,27 +33,53 @@ from typing import NamedTuple
 __all__ = [
     "CLOSE",
     "EXTENDED_HEAD",
+    "MESSAGE_TOO_BIG",
+    "PING",
+    "PING_PAYLOAD",
+    "POLICY_VIOLATION",
+    "PONG",
     "FRAME_KIND",
     "GOING_AWAY",
+    "HEADER_SIZE",
     "REASONS",
     "SERVICE_RESTART",
     "SMALL_FRAME",
     "ScanState",
     "close_frame",
+    "control_frame",
+    "header_at",
     "is_websocket",
     "next_boundary",
     "scan",
     "scan_fields",
+    "unmask",
 ]
 
 #: Opcode of a Close frame (§5.5.1).
 CLOSE = 0x8
+#: Opcodes of Ping and Pong frames (§5.5.2, §5.5.3).
+PING = 0x9
+PONG = 0xA
+#: The payload of wsgate's own keepalive Pings: a Pong carrying it answers wsgate and is not
+#: relayed.  Drawn when the module loads (in the master, so its workers share it), so an end
+#: cannot guess it (it can only echo it, §5.5.3).
+PING_PAYLOAD = b"wsgate:" + os.urandom(6).hex().encode()
+#: "1008 indicates that an endpoint is terminating the connection because it has received a
+#: message that violates its policy" (§7.4.1).
+POLICY_VIOLATION = 1008
+#: "1009 indicates ... a message that is too big for it to process" (§7.4.1).
+MESSAGE_TOO_BIG = 1009
 #: "1001 indicates that an endpoint is "going away", such as a server going down" (§7.4.1).
 GOING_AWAY = 1001
 #: 1012 Service Restart (IANA WebSocket Close Code Number Registry, §11.7).
 SERVICE_RESTART = 1012
 #: The reason text wsgate sends with each code: short, ASCII, and for people reading logs.
-REASONS: dict[int, bytes] = {GOING_AWAY: b"going away", SERVICE_RESTART: b"service restart"}
+REASONS: dict[int, bytes] = {
+    GOING_AWAY: b"going away",
+    SERVICE_RESTART: b"service restart",
+    POLICY_VIOLATION: b"message rate exceeded",
+    MESSAGE_TOO_BIG: b"message too big",
+}
 
 # Look-up tables indexed by a header byte: a table look-up costs less Python than the bit
 # operations it replaces, and these run once per frame (the tunnel's fast path uses them too).
@@ -64,6 +90,11 @@ SMALL_FRAME = tuple(
 )
 #: By byte 1: the header length (masking key included) of a frame with an extended length.
 EXTENDED_HEAD = tuple((4 if b & 0x7F == 126 else 10) + (4 if b & 0x80 else 0) for b in range(256))
+#: By byte 1: the header length (masking key included) of any frame.
+HEADER_SIZE = tuple(
+    (2 if b & 0x7F < 126 else 4 if b & 0x7F == 126 else 10) + (4 if b & 0x80 else 0)
+    for b in range(256)
+)
 #: By byte 0: 1 for the final frame of a data message, -1 for a Close frame, 0 otherwise.
 FRAME_KIND = tuple(
     -1 if b & 0x0F == CLOSE else int(b & 0x8F in (0x80, 0x81, 0x82)) for b in range(256)
@@ -168,6 +199,26 @@ def scan_fields(
     return pos - n, b"", messages, close_seen
 
 
+def header_at(data: bytes, pos: int) -> tuple[int, int] | None:
+    """``(header length with masking key, payload length)`` of the header at ``data[pos]``,
+    or ``None`` while its length bytes are incomplete (:func:`_header` at an offset)."""
+    n = len(data)
+    if pos + 2 > n:
+        return None
+    b1 = data[pos + 1]
+    size = SMALL_FRAME[b1]
+    if size >= 0:
+        head = 6 if b1 & 0x80 else 2
+        return head, size - head
+    if b1 & 0x7F == 126:
+        if pos + 4 > n:
+            return None
+        return EXTENDED_HEAD[b1], (data[pos + 2] << 8) | data[pos + 3]
+    if pos + 10 > n:
+        return None
+    return EXTENDED_HEAD[b1], int.from_bytes(data[pos + 2 : pos + 10], "big")
+
+
 def next_boundary(data: bytes, state: ScanState) -> int:
     """Offset in ``data`` where the frame in progress ends (the next header starts), or -1
     when it ends after ``data``.  0 when ``state`` is at a boundary already."""
@@ -196,15 +247,28 @@ def close_frame(
         raise ValueError(f"close code {code} may not be sent")
     if len(reason) > 123:
         raise ValueError("a close reason is at most 123 bytes (§5.5: payload <= 125)")
-    payload = code.to_bytes(2, "big") + reason
+    return control_frame(CLOSE, code.to_bytes(2, "big") + reason, mask, key)
+
+
+def control_frame(
+    opcode: int, payload: bytes = b"", mask: bool = False, key: bytes | None = None
+) -> bytes:
+    """A control frame (§5.5: final, never fragmented, never compressed, payload <= 125
+    bytes), masked as :func:`close_frame` says."""
+    if len(payload) > 125:
+        raise ValueError("a control frame's payload is at most 125 bytes (§5.5)")
     if not mask:
-        return bytes((0x80 | CLOSE, len(payload))) + payload
+        return bytes((0x80 | opcode, len(payload))) + payload
     if key is None:
         key = os.urandom(4)
     elif len(key) != 4:
         raise ValueError("a masking key is 4 bytes")
-    masked = bytes(b ^ key[i & 3] for i, b in enumerate(payload))
-    return bytes((0x80 | CLOSE, 0x80 | len(payload))) + key + masked
+    return bytes((0x80 | opcode, 0x80 | len(payload))) + key + unmask(payload, key)
+
+
+def unmask(payload: bytes, key: bytes) -> bytes:
+    """``payload`` XOR the 4-byte masking ``key`` (§5.3; its own inverse)."""
+    return bytes(b ^ key[i & 3] for i, b in enumerate(payload))
 
 
 def is_websocket(upgrade: str | None) -> bool:

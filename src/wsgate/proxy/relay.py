@@ -69,7 +69,7 @@ from wsgate.http.response import ResponseEvent, ResponseHead, ResponseParser
 from wsgate.proxy.endpoint import CountedEndpoint, Endpoint, PeerClosed
 from wsgate.proxy.frames import is_websocket
 from wsgate.proxy.pacing import accel_limit_rate, response_rate, send_paced
-from wsgate.proxy.tunnel import Tunnel
+from wsgate.proxy.tunnel import Tunnel, ws_features
 
 if TYPE_CHECKING:
     from wsgate.cache.glue import BodySink
@@ -613,6 +613,7 @@ def start_tunnel(
         clock=gw.clock,
         # The 101 names the protocol switched to (RFC 9110 §7.8); only WebSocket has frames.
         websocket=is_websocket(resp.header("upgrade") or head.upgrade),
+        features=ws_features(settings),
     )
     labels = (ctx.server_name, ex.location, group, peer.address)
     seconds = time.time() - ctx.start  # before ``_slim``, which may drop the start
@@ -656,6 +657,15 @@ def tunnel_closed(front: FrontConnection, tunnel: Tunnel, end: TunnelEnd) -> Non
                 "info",
                 f"{reason} timed out (110: Connection timed out) while proxying upgraded "
                 "connection",
+                front.number,
+                ctx,
+                f"{end.scheme}://{end.peer.address}{ctx.request_uri}",
+            )
+        note = tunnel.note  # a WebSocket feature ended it (wsgate.proxy.tunnel)
+        if note is not None:
+            gw.error_log.log(
+                note[0],
+                f"{note[1]} while proxying upgraded connection",
                 front.number,
                 ctx,
                 f"{end.scheme}://{end.peer.address}{ctx.request_uri}",

@@ -49,27 +49,53 @@ to it has been sent, aborted (what is queued for it dropped) if it has stopped r
 does not close "in a reasonable time period").  That also ends a peer stuck in the middle of
 a frame, into whose stream no Close can be put: the other peer then sees the connection end
 without a Close (1006), exactly as if that peer had gone away mid-frame.
+
+WebSocket features (the ``websocket_*`` directives, :class:`WsFeatures`; docs/configuration.md
+"WebSocket features"): a tunnel with any of them on gets :class:`_FeatSide` sides, which read
+every frame header they relay, check data frames against the message limits before relaying
+them, drop the Pongs that answer wsgate's own Pings, and write wsgate's Pings to the other
+side between two frames.  A limit passed ends the tunnel as :meth:`Tunnel.going_away` does,
+with a code of its own towards the sender (1009, 1008) and 1001 towards the other side; an
+unanswered Ping (:class:`_Keepalive`, on the loop's shared tunnel timer) aborts the silent
+side and sends the other a Close 1001.  With every feature off the sides are the plain ones
+above: not a byte nor a step added.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from wsgate.proxy.frames import (
+    CLOSE,
     EXTENDED_HEAD,
     FRAME_KIND,
     GOING_AWAY,
+    HEADER_SIZE,
+    MESSAGE_TOO_BIG,
+    PING,
+    PING_PAYLOAD,
+    POLICY_VIOLATION,
+    PONG,
     REASONS,
     SMALL_FRAME,
     ScanState,
     close_frame,
+    control_frame,
+    header_at,
     next_boundary,
     scan_fields,
+    unmask,
 )
 from wsgate.proxy.idle import idle_timers
 
-__all__ = ["CLOSE_TIMEOUT", "Tunnel"]
+if TYPE_CHECKING:
+    from wsgate.config.model import LocationSettings
+
+__all__ = ["CLOSE_TIMEOUT", "Tunnel", "WsFeatures", "ws_features"]
 
 #: Seconds :meth:`Tunnel.going_away` waits for frame boundaries and Close replies before it
 #: closes what is left (websockets' and browsers' own closing handshakes take well under it).
@@ -84,6 +110,9 @@ _DROP = 2  # going away: the receiver has its Close (or FIN); what the sender se
 _WHOLE = SMALL_FRAME
 _EXT = EXTENDED_HEAD
 _KIND = FRAME_KIND
+_HEAD = HEADER_SIZE
+#: A limit that is not set (larger than any frame or message).
+_NO_LIMIT = 1 << 63
 
 
 class _Sink:
@@ -282,6 +311,336 @@ class _WsSide(_Side):
             self.skip = skip
 
 
+@dataclass(frozen=True, slots=True)
+class WsFeatures:
+    """The WebSocket features of a location (``websocket_*`` directives), per direction:
+    ``*_client`` limits what the client sends, ``*_upstream`` what the upstream sends; 0 is
+    off.  ``rate_*`` are milli-messages per second and ``burst`` milli-messages, as
+    :mod:`wsgate.limits` keeps ``limit_req``'s."""
+
+    ping_interval: float = 0.0
+    ping_timeout: float = 30.0
+    ping_client: bool = False
+    ping_upstream: bool = False
+    max_message_client: int = 0
+    max_message_upstream: int = 0
+    max_frame_client: int = 0
+    max_frame_upstream: int = 0
+    rate_client: int = 0
+    rate_upstream: int = 0
+    burst: int = 0
+
+
+def _sides(which: str) -> tuple[bool, bool]:
+    return which in ("client", "both"), which in ("upstream", "both")
+
+
+@functools.lru_cache(maxsize=256)
+def _features(
+    ping: tuple[float, str],
+    timeout: float,
+    message: tuple[int, str],
+    frame: tuple[int, str],
+    rate: tuple[int, int, str],
+) -> WsFeatures | None:
+    pc, pu = _sides(ping[1]) if ping[0] else (False, False)
+    mc, mu = _sides(message[1])
+    fc, fu = _sides(frame[1])
+    rc, ru = _sides(rate[2])
+    f = WsFeatures(
+        ping[0] if pc or pu else 0.0,
+        timeout,
+        pc,
+        pu,
+        message[0] if mc else 0,
+        message[0] if mu else 0,
+        frame[0] if fc else 0,
+        frame[0] if fu else 0,
+        rate[0] if rc else 0,
+        rate[0] if ru else 0,
+        rate[1],
+    )
+    if not (f.ping_interval or f.max_message_client or f.max_message_upstream):
+        if not (f.max_frame_client or f.max_frame_upstream or f.rate_client or f.rate_upstream):
+            return None  # all off: the tunnel is the plain one, byte for byte and cost
+    return f
+
+
+def ws_features(settings: LocationSettings) -> WsFeatures | None:
+    """The location's WebSocket features, or ``None`` when all are off (the common case)."""
+    return _features(
+        settings.websocket_ping_interval,
+        settings.websocket_ping_timeout,
+        settings.websocket_max_message_size,
+        settings.websocket_max_frame_size,
+        settings.websocket_message_rate,
+    )
+
+
+class _FeatSide(_WsSide):
+    """A side of a WebSocket tunnel with features on (keepalive pings, message limits).
+
+    It reads every frame header of what it relays (not only where the plain side's fast
+    path cannot avoid it): each data frame is checked against the limits before any byte of
+    it is relayed, wsgate's own Pings are written to the receiver between two frames of this
+    stream, and a Pong answering one of them (its payload is :data:`PING_PAYLOAD`) is held
+    until complete and dropped.  Pings and Pongs of the ends pass untouched.
+
+    ``skip`` and ``partial`` mean what they mean for :class:`_WsSide`, except that
+    ``partial`` (a split header, or a Pong being held) has *not* been relayed yet;
+    :meth:`Tunnel.going_away` relays it before the plain going-away phases take over.
+    """
+
+    __slots__ = (
+        "last_read",
+        "ping_at",
+        "owe",
+        "keep",
+        "limited",
+        "max_message",
+        "max_frame",
+        "max_whole",
+        "rate",
+        "burst",
+        "excess",
+        "stamp",
+        "size",
+        "close_to",
+        "note",
+    )
+
+    def __init__(self, tunnel: Tunnel, transport: asyncio.Transport) -> None:
+        super().__init__(tunnel, transport)
+        self.last_read = self.clock()
+        self.ping_at = 0.0  # when wsgate's Ping to this side was sent (0: none pending)
+        self.owe = False  # a Ping to ``peer`` waits for the next frame boundary of this stream
+        self.keep: _Keepalive | None = None
+        # Limits on what this side sends (:data:`_NO_LIMIT`: none), checked only if
+        # ``limited``; the rate in messages per second and the burst in messages.
+        self.limited = False
+        self.max_message = _NO_LIMIT
+        self.max_frame = _NO_LIMIT
+        self.max_whole = _NO_LIMIT  # the smaller: the limit on a one-frame message
+        self.rate = 0.0
+        self.burst = 0.0
+        self.excess = 0.0  # limit_req's excess for this side's messages
+        self.stamp = -1e18  # when it was last accounted (long ago: all drained)
+        self.size = 0  # wire payload bytes of this side's message in progress
+        self.close_to = 0  # the code of the Close sent to ``peer`` when ending (0: ``going``)
+        self.note: tuple[str, str] | None = None  # the error-log line of the tunnel's end
+
+    def data_received(self, data: bytes) -> None:
+        if self.phase != _RELAY:
+            _WsSide.data_received(self, data)  # going away: as any WebSocket side
+            return
+        n = len(data)
+        now = self.clock()
+        self.nbytes += n
+        self.tunnel.last = now
+        self.last_read = now
+        skip = self.skip
+        if n <= skip:
+            # Inside one frame's payload, up to its end at most: no header in this chunk.
+            self.skip = skip - n
+            self.out.write(data)
+            if n == skip and self.owe:
+                self.tunnel.ping(self.peer)  # type: ignore[arg-type]
+            return
+        if skip == 0 and n > 1:
+            # The plain side's fast path: one data frame, or the start of one, and no other
+            # header (no Ping owed to the receiver: it would go before this frame).
+            b0, b1 = data[0], data[1]
+            size = _WHOLE[b1]
+            if size < 0 and n > 9:
+                if b1 & 0x7F == 126:
+                    size = ((data[2] << 8) | data[3]) + _EXT[b1]
+                else:
+                    size = int.from_bytes(data[2:10], "big") + _EXT[b1]
+            if size >= n and b0 & 0x08 == 0 and not self.owe:
+                if self.limited:
+                    length = size - _HEAD[b1]
+                    if b0 & 0x8F in (0x81, 0x82) and length <= self.max_whole:
+                        # A whole message within the size limits (the common case,
+                        # without the call): only the rate to account.
+                        rate = self.rate
+                        if rate:
+                            excess = self.excess - (now - self.stamp) * rate + 1.0
+                            if excess < 0.0:
+                                excess = 0.0
+                            if excess <= self.burst:
+                                self.excess = excess
+                                self.stamp = now
+                                rate = 0.0
+                        refused = self._check(b0, length, now) if rate else None
+                    else:
+                        refused = self._check(b0, length, now)
+                    if refused is not None:
+                        self.nbytes -= n
+                        self.tunnel.refuse(self, refused)
+                        self._frames(data)  # dropped, but scanned for the Close reply
+                        return
+                self.skip = size - n
+                self.out.write(data)
+                if b0 & 0x80:
+                    self.messages += _KIND[b0]
+                return
+        self._many(data, n, now)
+
+    def _many(self, data: bytes, n: int, now: float) -> None:
+        """A chunk with several headers, a split one, a control frame, or a Ping owed."""
+        skip = self.skip
+        if skip < 0:
+            data = self.partial + data  # a split header or a held Pong: not relayed yet
+            self.partial = b""
+            n = len(data)
+            pos = 0
+        else:
+            pos = skip
+        out = self.out
+        peer = self.peer
+        start = 0
+        while pos < n:
+            if self.owe:
+                if pos > start:
+                    out.write(data[start:pos])
+                    start = pos
+                self.tunnel.ping(peer)  # type: ignore[arg-type]
+            hdr = header_at(data, pos)
+            if hdr is None:
+                break
+            b0 = data[pos]
+            op = b0 & 0x0F
+            end = pos + hdr[0] + hdr[1]
+            if op >= 8:
+                if op == PONG and hdr[1] == len(PING_PAYLOAD):
+                    if end > n:
+                        break  # hold it until it is whole
+                    if self._ours(data, pos, hdr[0]):
+                        if pos > start:
+                            out.write(data[start:pos])
+                        start = end
+                        self.nbytes -= end - pos
+                elif op == CLOSE:
+                    self.close_seen = True
+            else:
+                refused = self._check(b0, hdr[1], now) if self.limited else None
+                if refused is not None:
+                    if pos > start:
+                        out.write(data[start:pos])
+                    self.skip = 0
+                    self.nbytes -= n - pos
+                    self.tunnel.refuse(self, refused)
+                    # Dropped, but scanned: the sender's Close reply must still be found.
+                    self._frames(data[pos:])
+                    return
+                if b0 & 0x80:
+                    self.messages += _KIND[b0]  # 1 for a final text, binary or continuation
+            pos = end
+        if pos < n:
+            if pos > start:
+                out.write(data[start:pos])
+            self.partial = data[pos:]
+            self.skip = -1
+            return
+        if start < n:
+            out.write(data[start:] if start else data)
+        self.skip = pos - n
+        if pos == n and self.owe:
+            self.tunnel.ping(peer)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _ours(data: bytes, pos: int, head: int) -> bool:
+        """Whether the Pong at ``pos`` carries wsgate's Ping payload (unmasked)."""
+        payload = data[pos + head : pos + head + len(PING_PAYLOAD)]
+        if head > 2:  # masked (head is 6: the payload is short)
+            payload = unmask(payload, data[pos + 2 : pos + 6])
+        return payload == PING_PAYLOAD
+
+    def _check(self, b0: int, length: int, now: float) -> tuple[int, str] | None:
+        """The limits on a data frame of ``length`` payload bytes whose header is being
+        relayed: ``None``, or the close code for this side and the error-log line."""
+        if length > self.max_frame:
+            return MESSAGE_TOO_BIG, (
+                f"{self._who()} intended to send too large websocket frame: {length} bytes"
+            )
+        if b0 & 0x0F:  # the first frame of a message
+            size = length
+            rate = self.rate
+            if rate:
+                # limit_req's account (wsgate.limits), in messages: the excess drains at
+                # ``rate``, the message adds one, the first is free.
+                excess = self.excess - (now - self.stamp) * rate + 1.0
+                if excess < 0.0:
+                    excess = 0.0
+                if excess > self.burst:
+                    return POLICY_VIOLATION, (
+                        f"limiting websocket messages from {self._who()}, excess: "
+                        f"{excess:.3f} by websocket_message_rate"
+                    )
+                self.excess = excess
+                self.stamp = now
+        else:
+            size = self.size + length
+        if size > self.max_message:
+            return MESSAGE_TOO_BIG, (
+                f"{self._who()} intended to send too large websocket message: {size} bytes"
+            )
+        self.size = 0 if b0 & 0x80 else size
+        return None
+
+    def _who(self) -> str:
+        return "client" if self is self.tunnel.client else "upstream"
+
+
+class _Keepalive:
+    """A feature tunnel's ping timer, filed with the loop's idle timers
+    (:mod:`wsgate.proxy.idle`) as the tunnel's own idle timer is."""
+
+    __slots__ = ("tunnel", "interval", "timeout", "sides", "slot")
+
+    def __init__(self, tunnel: Tunnel, features: WsFeatures, sides: tuple[_FeatSide, ...]) -> None:
+        self.tunnel = tunnel
+        self.interval = features.ping_interval
+        self.timeout = features.ping_timeout
+        self.sides = sides
+        self.slot = idle_timers(tunnel.loop).add(self, tunnel.clock() + self.interval)
+
+    def idle_check(self) -> None:
+        """Ping each pinged side silent for ``interval``; end the tunnel when a side has
+        sent nothing (its Pong included) for ``timeout`` after wsgate's Ping."""
+        t = self.tunnel
+        if t.closed or t.going:
+            return
+        now = t.clock()
+        due = now + self.interval
+        for side in self.sides:
+            if side.lost or side.eof or side.peer.eof:
+                continue  # half-closed: that side sends no Pong, or nothing may be written to it
+            if side.ping_at:
+                if side.last_read >= side.ping_at:
+                    side.ping_at = 0.0  # answered (or busy sending): alive
+                elif now >= side.ping_at + self.timeout - 0.001:
+                    t.dead(side)
+                    return
+                else:
+                    due = min(due, side.ping_at + self.timeout)
+                    continue
+            quiet = side.last_read + self.interval
+            if side.peer.owe:  # type: ignore[attr-defined]
+                due = min(due, now + self.timeout)
+            elif now >= quiet - 0.001:
+                sender = side.peer
+                if sender.skip <= 0 and sender.phase == _RELAY:
+                    t.ping(side)  # the stream towards it is between two frames
+                    due = min(due, now + self.timeout)
+                else:
+                    sender.owe = True  # type: ignore[attr-defined]  # at its next frame boundary
+                    due = min(due, now + self.timeout)
+            else:
+                due = min(due, quiet)
+        self.slot = idle_timers(t.loop).add(self, due)
+
+
 class Tunnel:
     """Relays between ``client`` and ``upstream`` transports until both are closed.
 
@@ -327,6 +686,7 @@ class Tunnel:
         websocket: bool = False,
         close_timeout: float = CLOSE_TIMEOUT,
         clock: Callable[[], float] | None = None,
+        features: WsFeatures | None = None,
     ) -> None:
         self.loop = loop
         #: ``loop.time``: pass one bound once for all tunnels (each costs 64 bytes).
@@ -344,7 +704,9 @@ class Tunnel:
         #: The close code being sent by :meth:`going_away`; 0 until then.
         self.going = 0
         self._away_handle: asyncio.TimerHandle | None = None
-        side = _WsSide if websocket else _Side
+        if not websocket:
+            features = None
+        side = _Side if not websocket else _WsSide if features is None else _FeatSide
         self.client = side(self, client)
         self.upstream = side(self, upstream)
         self.client.peer = self.upstream
@@ -354,6 +716,25 @@ class Tunnel:
         # The idle timer: shared with the loop's other tunnels (wsgate.proxy.idle).
         self._idle = idle_timers(loop)
         self._idle_slot = self._idle.add(self, self.last + read_timeout)
+        if features is not None:
+            self._features(features)
+
+    def _features(self, f: WsFeatures) -> None:
+        c, u = self.client, self.upstream
+        assert isinstance(c, _FeatSide) and isinstance(u, _FeatSide)
+        for side, message, frame, rate in (
+            (c, f.max_message_client, f.max_frame_client, f.rate_client),
+            (u, f.max_message_upstream, f.max_frame_upstream, f.rate_upstream),
+        ):
+            side.limited = bool(message or frame or rate)
+            side.max_message = message or _NO_LIMIT
+            side.max_frame = frame or _NO_LIMIT
+            side.max_whole = min(side.max_message, side.max_frame)
+            side.rate = rate / 1000  # milli-messages per second, as limit_req keeps it
+            side.burst = f.burst / 1000
+        pinged = tuple(s for s, on in ((c, f.ping_client), (u, f.ping_upstream)) if on)
+        if f.ping_interval and pinged:
+            c.keep = _Keepalive(self, f, pinged)
 
     def start(
         self,
@@ -409,6 +790,12 @@ class Tunnel:
         return side.frozen if side.phase == _DROP else side.messages
 
     @property
+    def note(self) -> tuple[str, str] | None:
+        """``(level, text)`` of the error-log line a WebSocket feature ended the tunnel with
+        (a ping unanswered, a limit passed), or ``None``."""
+        return getattr(self.client, "note", None)
+
+    @property
     def closed(self) -> bool:
         """The tunnel is ending: its transports have been closed or aborted."""
         return self._closed
@@ -451,6 +838,43 @@ class Tunnel:
                 self.arm_send_timer(side)
                 return
 
+    # WebSocket features ------------------------------------------------------------------------
+    def ping(self, side: _FeatSide) -> None:
+        """Send wsgate's keepalive Ping to ``side`` (its peer's stream is between frames)."""
+        side.peer.owe = False  # type: ignore[attr-defined]
+        if side.lost or side.finished or self._closed or side.peer.eof:
+            return  # (after the peer's FIN, the direction towards ``side`` is shut)
+        side.transport.write(control_frame(PING, PING_PAYLOAD, side is self.upstream))
+        side.ping_at = self.clock()
+
+    def dead(self, side: _FeatSide) -> None:
+        """``side`` answered no Ping in time: abort its connection; the other side gets a
+        Close 1001 (if the dead side's stream stopped between frames) and its FIN."""
+        who = "client" if side is self.client else "upstream"
+        self.client.note = (  # type: ignore[attr-defined]
+            "info" if side is self.client else "error",
+            f"{who} timed out (110: Connection timed out) waiting for websocket pong",
+        )
+        other = side.peer
+        self._closed = True
+        self._cancel_timers()
+        if not side.lost:
+            side.transport.abort()
+        if not other.lost:
+            if side.skip <= 0 and not other.finished:
+                frame = close_frame(GOING_AWAY, REASONS[GOING_AWAY], other is self.upstream)
+                other.transport.write(frame)
+            other.transport.close()
+
+    def refuse(self, sender: _FeatSide, why: tuple[int, str]) -> None:
+        """``sender`` passed a limit at a frame header (nothing of that frame relayed): its
+        peer gets a Close 1001 at once, ``sender`` a Close with ``why``'s code at the next
+        boundary of the stream towards it, as :meth:`going_away` ends a tunnel."""
+        self.client.note = ("error", why[1])  # type: ignore[attr-defined]
+        sender.close_to = GOING_AWAY
+        sender.peer.close_to = why[0]  # type: ignore[attr-defined]
+        self.going_away(GOING_AWAY)
+
     # going away -------------------------------------------------------------------------------
     def going_away(self, code: int = GOING_AWAY, timeout: float | None = None) -> None:
         """End the tunnel as a WebSocket endpoint would (RFC 6455 §7.1.2, §7.4.1).
@@ -473,6 +897,8 @@ class Tunnel:
         delay = self.close_timeout if timeout is None else timeout
         self._away_handle = self.loop.call_later(delay, self._away_expired)
         for side in (self.client, self.upstream):
+            if side.partial and type(side) is _FeatSide:
+                side.out.write(side.partial)  # a feature side's carry was held back: relay it
             if side.eof or side.peer.lost:
                 # Its FIN was passed on, or nobody reads this direction: nothing can follow.
                 self.drop(side)
@@ -490,7 +916,8 @@ class Tunnel:
         ``side`` sends from now on."""
         peer = side.peer
         if not side.close_seen and not peer.lost and not peer.finished:
-            frame = close_frame(self.going, REASONS.get(self.going, b""), peer is self.upstream)
+            code = getattr(side, "close_to", 0) or self.going  # a feature side's own code
+            frame = close_frame(code, REASONS.get(code, b""), peer is self.upstream)
             peer.transport.write(frame)
         self.drop(side)
         self.progress()
@@ -581,6 +1008,9 @@ class Tunnel:
 
     def _cancel_timers(self) -> None:
         self._idle.remove(self, self._idle_slot)
+        keep = getattr(self.client, "keep", None)
+        if keep is not None:
+            self._idle.remove(keep, keep.slot)
         if self._away_handle is not None:
             self._away_handle.cancel()
             self._away_handle = None

@@ -33,6 +33,7 @@ from wsgate.config.directives import (
     ssl,
     static,
     upstream,
+    websocket,
 )
 from wsgate.config.parse import NGINX_DIRECTIVES
 from wsgate.config.table import CONTEXT_ORDER, LIF, SIF, Directive, Kind, Merge
@@ -52,6 +53,7 @@ ENTRIES: tuple[Directive, ...] = (
     *pages.ENTRIES,
     *proxy.ENTRIES,
     *cache.ENTRIES,
+    *websocket.ENTRIES,
     *redirects.ENTRIES,
     *headers.ENTRIES,
     *static.ENTRIES,
