@@ -370,9 +370,13 @@ class Gateway:
     def tunnels(self) -> list[Tunnel]:
         """The open tunnels: those of connections whose tunnel's request has not ended (not a
         set of their own, which would cost each tunnel an entry)."""
-        return [
+        tunnels = [
             t for c in self.connections if (t := c.tunnel) is not None and c.tunnel_end is not None
         ]
+        for c in self.connections:
+            if c.h2 is not None:  # RFC 8441 tunnels on HTTP/2 streams
+                tunnels += c.h2.tunnels()
+        return tunnels
 
     def add_tunnel(self) -> None:
         """A tunnel opened: it holds an upstream connection too (``worker_connections``)."""
