@@ -15,7 +15,8 @@ already know, with nginx's rules for HTTP/2 (``ngx_http_v2_state_process_header`
   ``:method``/``:scheme``/``:path``: 400), ``max_headers`` counts the fields;
 - ``Connection``, ``Keep-Alive``, ``Transfer-Encoding``, ``Upgrade`` and a ``TE`` other than
   ``trailers`` are 400 ("client sent \\"Upgrade\\" header": since nginx 1.31 an HTTP/1.1
-  upgrade is refused on HTTP/2 too); CONNECT and TRACE are 405;
+  upgrade is refused on HTTP/2 too); CONNECT and TRACE are 405, except RFC 8441's extended
+  CONNECT (``:protocol``, when offered: wsgate's), which becomes an HTTP/1.1-style upgrade;
 - without ``Content-Length`` a body that may follow is read as if chunked
   (``r->headers_in.chunked = 1``): the proxy then streams it chunked, or reads it whole for
   an HTTP/1.0 upstream;

@@ -202,6 +202,10 @@ class _Stream:
     # -- the endpoint interface ---------------------------------------------------------------
     def write(self, data: bytes) -> None:
         if self.closed or self.reset:
+            if self.ws is not None and self.transport is None and data[:13] == b"HTTP/1.1 101 ":
+                # Reset before the upstream's 101: the tunnel starts and ends at once
+                # (StreamTransport.set_protocol sees the reset), closing the upstream side.
+                self.transport = self.ws
             return
         try:
             events = self.parser.feed(data)

@@ -544,7 +544,8 @@ class Gateway:
             return
         self.error_log.log("notice", "worker_shutdown_timeout expired, closing connections")
         for conn in list(self.connections):
-            if conn.tunnel is None:
+            # An HTTP/2 connection carrying RFC 8441 tunnels stays for their 1012.
+            if conn.tunnel is None and not (conn.h2 is not None and conn.h2.tunnels()):
                 conn.ep.abort()
         self._close_tunnels(1012, spread=False)
 
