@@ -58,10 +58,10 @@ def echo(bg: Loop) -> Iterator[int]:
     asyncio.run_coroutine_threadsafe(stop(), bg.loop).result(5)
 
 
-def conf(server: str, tls: str = "") -> str:
+def conf(server: str, tls: str = "", http: str = "") -> str:
     return (
         "error_log logs/error.log info;\nevents {}\n"
-        f"http {{ {LOG}\n server {{ listen 127.0.0.1:0{tls}; http2 on; {server} }}\n}}\n"
+        f"http {{ {LOG} {http}\n server {{ listen 127.0.0.1:0{tls}; http2 on; {server} }}\n}}\n"
     )
 
 
@@ -270,4 +270,51 @@ def test_not_advertised_without_a_proxying_location(wsgate: Factory) -> None:
     c = Client(gw.port)
     c.read()
     assert c.h2.remote_settings.enable_connect_protocol == 0
+    c.close()
+
+
+def test_end_stream_half_closes_and_rst_stream_aborts(wsgate: Factory, bg: Loop) -> None:
+    backend = bg.backend("ws", websocket=True)
+    gw = wsgate(conf(f"location / {{ proxy_pass http://127.0.0.1:{backend.port}; {UPGRADE} }}"))
+    c = Client(gw.port)
+    # END_STREAM: the upstream gets a FIN; its close then ends the stream (no reset: both
+    # sides have ended).
+    sid = connect(c)
+    assert c.headers[sid][b":status"] == b"200"
+    c.h2.end_stream(sid)
+    c.send()
+    c.wait(sid)
+    assert sid in c.ended and sid not in c.resets
+    wait_for(lambda: backend.open == 0, "the upstream connection closed")
+    # RST_STREAM: the upstream connection is closed, the HTTP/2 connection goes on.
+    sid = connect(c)
+    wait_for(lambda: backend.open == 1, "the upstream connection")
+    c.h2.reset_stream(sid)
+    c.send()
+    wait_for(lambda: backend.open == 0, "the upstream connection closed")
+    assert connect(c) and backend.accepted == 3
+    c.close()
+
+
+def test_limit_conn_slot_held_by_the_stream_tunnel(wsgate: Factory, bg: Loop) -> None:
+    backend = bg.backend("ws", websocket=True)
+    gw = wsgate(
+        conf(
+            f"location / {{ proxy_pass http://127.0.0.1:{backend.port}; {UPGRADE}"
+            " limit_conn a 1; }",
+            http="limit_conn_zone $binary_remote_addr zone=a:1m;",
+        )
+    )
+    c = Client(gw.port)
+    first = connect(c)
+    assert c.headers[first][b":status"] == b"200"
+    second = connect(c)  # at the limit: the tunnel holds the slot
+    c.wait(second)
+    assert c.headers[second][b":status"] == b"503"
+    c.h2.reset_stream(first)
+    c.send()
+    # The slot is released when the tunnel's request ends (its access-log line).
+    wait_for(lambda: len(access_lines(gw)) == 2, "the tunnel's log line")
+    third = connect(c)
+    assert c.headers[third][b":status"] == b"200"
     c.close()
