@@ -8,13 +8,18 @@ https://www.rfc-editor.org/rfc/rfc8441
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
+import socket
+import subprocess
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import trustme
 from hyperframe.frame import DataFrame, GoAwayFrame
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.sync.client import connect as ws_connect
 
 from tests.conftest import WsgateProcess
 from tests.integration.loopback import Loop, loop_fixture, status, wait_for
@@ -318,3 +323,51 @@ def test_limit_conn_slot_held_by_the_stream_tunnel(wsgate: Factory, bg: Loop) ->
     third = connect(c)
     assert c.headers[third][b":status"] == b"200"
     c.close()
+
+
+HAPROXY = shutil.which("haproxy")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed (make debs installs it)")
+def test_haproxy_ws_h2_to_wsgate(wsgate: Factory, bg: Loop, echo: int, tmp_path: Path) -> None:
+    """Interop: HAProxy (``server ... proto h2 ws h2``) turns a browser's HTTP/1.1 WebSocket
+    into RFC 8441 towards wsgate, which tunnels it to the echo backend."""
+    gw = wsgate(conf(f"location /ws {{ proxy_pass http://127.0.0.1:{echo}; {UPGRADE} }}"))
+    port = _free_port()
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(
+        "global\n  log stderr local0 info\n"
+        "defaults\n  mode http\n  timeout connect 5s\n  timeout client 10s\n"
+        "  timeout server 10s\n  timeout tunnel 10s\n"
+        f"frontend fe\n  bind 127.0.0.1:{port}\n  default_backend be\n"
+        f"backend be\n  server gw 127.0.0.1:{gw.port} proto h2 ws h2\n"
+    )
+    assert HAPROXY is not None
+    proc = subprocess.Popen(
+        [HAPROXY, "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+
+        def listening() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            except OSError:
+                return False
+            return True
+
+        wait_for(listening, "haproxy listening")
+        with ws_connect(f"ws://127.0.0.1:{port}/ws", open_timeout=10) as ws:
+            ws.send("through haproxy")
+            assert ws.recv(timeout=10) == "through haproxy"
+            ws.send(b"\x00" * 100_000)
+            assert ws.recv(timeout=10) == b"\x00" * 100_000
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+    wait_for(lambda: "CONNECT /ws HTTP/2.0 HTTP/2.0 [h2c] 200" in access_lines(gw), "the log line")
