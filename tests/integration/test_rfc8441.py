@@ -371,3 +371,36 @@ def test_haproxy_ws_h2_to_wsgate(wsgate: Factory, bg: Loop, echo: int, tmp_path:
         proc.terminate()
         proc.communicate(timeout=10)
     wait_for(lambda: "CONNECT /ws HTTP/2.0 HTTP/2.0 [h2c] 200" in access_lines(gw), "the log line")
+
+
+def test_worker_shutdown_timeout_after_reload_sends_1012(
+    wsgate: Factory, bg: Loop, echo: int
+) -> None:
+    server = f"location /ws {{ proxy_pass http://127.0.0.1:{echo}; {UPGRADE} }}"
+    gw = wsgate("worker_shutdown_timeout 1s;\n" + conf(server))
+    c = Client(gw.port)
+    sid = connect(c)
+    other = c.request("/slow-not-there")  # an ordinary stream finishes before the reload
+    c.wait(other)
+    send(c, sid, frame(b"x", opcode=1))
+    assert receive(c, sid, 1) == [(1, b"x")]
+    gw.signal(signal.SIGHUP)
+    # The retired worker keeps the connection for its tunnel, then sends 1012 in DATA.
+    got = raw_frames(c.sock)
+    c.close()
+    data = b"".join(f.data for f in got if isinstance(f, DataFrame) and f.stream_id == sid)
+    assert frames(data) == [(8, (1012).to_bytes(2, "big") + b"service restart")]
+
+
+def test_fast_stop_during_a_tunnel(wsgate: Factory, bg: Loop) -> None:
+    backend = bg.backend("ws", websocket=True)
+    gw = wsgate(conf(f"location / {{ proxy_pass http://127.0.0.1:{backend.port}; {UPGRADE} }}"))
+    c = Client(gw.port)
+    sid = connect(c)
+    assert c.headers[sid][b":status"] == b"200"
+    wait_for(lambda: backend.open == 1, "the upstream connection")
+    gw.signal(signal.SIGTERM)
+    assert gw.proc.wait(10) == 0
+    wait_for(lambda: backend.open == 0, "the upstream connection closed")
+    c.close()
+    assert "[alert]" not in gw.errors()

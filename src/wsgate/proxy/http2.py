@@ -11,11 +11,13 @@ bytes and runs requests.  The request pipeline stays protocol-agnostic: each str
 - a :class:`_Stream`, which has the interface of the
   :class:`~wsgate.proxy.endpoint.Endpoint` the exchange writes to (``write``, ``drain``,
   ``gone``, ``abort``, ``close``, ``closed``; no ``transport``, so the static sender takes
-  its ``pread`` path, never ``sendfile``).  What the exchange writes is an HTTP/1.1
-  response; the stream parses it back with the upstream's
-  :class:`~wsgate.http.response.ResponseParser`: its head becomes HEADERS (connection-specific
-  fields dropped), its body, with the chunked or length framing undone, DATA frames of at most
-  ``http2_chunk_size`` bytes as the peer's flow-control windows allow, its end END_STREAM,
+  its ``pread`` path, never ``sendfile``; an RFC 8441 stream gets one, its
+  :class:`~wsgate.proxy.h2tunnel.StreamTransport`, when the upstream's 101 opens the
+  tunnel).  What the exchange writes is an HTTP/1.1 response; the stream parses it back
+  with the upstream's :class:`~wsgate.http.response.ResponseParser`: its head becomes
+  HEADERS (connection-specific fields dropped), its body, with the chunked or length framing
+  undone, DATA frames of at most ``http2_chunk_size`` bytes as the peer's flow-control
+  windows allow, its end END_STREAM,
 - a :class:`_StreamFront`, the front connection as the :class:`~wsgate.proxy.exchange.Exchange`
   sees it (the request body from DATA frames, ``$server_protocol`` ``HTTP/2.0``, ``$http2``).
 
@@ -760,6 +762,15 @@ class Http2Connection:
             self._reset(stream.sid, ErrorCodes.CANCEL)
         if not self._wake.done():
             self._wake.set_result(None)
+
+    def abandon_tunnels(self) -> None:
+        """A fast stop (TERM): each RFC 8441 tunnel is aborted and what it holds released
+        now, as :meth:`FrontConnection.abandon_tunnel
+        <wsgate.proxy.front.FrontConnection.abandon_tunnel>` does for an HTTP/1.1 one."""
+        for tunnel in self.tunnels():
+            tunnel.abort()
+            if isinstance(tunnel.on_close, _StreamFront):
+                tunnel.on_close.abandon_tunnel()
 
     def tunnels(self) -> list[Tunnel]:
         """The open RFC 8441 tunnels of this connection (a graceful stop closes them)."""

@@ -498,6 +498,8 @@ class Gateway:
                 conn.tunnel.abort()
                 conn.abandon_tunnel()
             else:
+                if conn.h2 is not None:  # its streams' RFC 8441 tunnels
+                    conn.h2.abandon_tunnels()
                 conn.ep.abort()
         for task in list(self.tasks):
             task.cancel()
