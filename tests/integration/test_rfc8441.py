@@ -251,6 +251,38 @@ def test_upstream_refusal_and_other_refusals_are_stream_level(
     assert c.goaway is None
     c.close()
     wait_for(lambda: 'disallowed protocol "websocket"' in gw.errors(), "the info line")
+    wait_for(
+        lambda: "CONNECT /other HTTP/2.0 HTTP/2.0 [h2c] 501" in access_lines(gw), "the log line"
+    )
+
+
+def test_http2_websocket_off_on_the_server_authority_chooses(wsgate: Factory, echo: int) -> None:
+    ws = f"location /ws {{ proxy_pass http://127.0.0.1:{echo}; {UPGRADE} }}"
+    gw = wsgate(
+        "error_log logs/error.log info;\nevents {}\n"
+        f"http {{ {LOG}\n server {{ listen 127.0.0.1:0; http2 on; {ws} }}\n"
+        f" server {{ listen 127.0.0.1:0; server_name off.test; http2 on; http2_websocket off;"
+        f" {ws} }}\n}}\n"
+    )
+    c = Client(gw.port)
+    c.read()
+    assert c.h2.remote_settings.enable_connect_protocol == 1  # the default server's
+    sid = c.h2.get_next_available_stream_id()
+    c.h2.send_headers(
+        sid,
+        [
+            (":method", "CONNECT"),
+            (":protocol", "websocket"),
+            (":scheme", "http"),
+            (":path", "/ws"),
+            (":authority", "off.test"),
+        ],
+    )
+    c.send()
+    c.wait(sid)
+    assert c.headers[sid][b":status"] == b"400"
+    assert c.headers[connect(c)][b":status"] == b"200"  # the default server tunnels
+    c.close()
 
 
 def test_http2_websocket_off(wsgate: Factory, bg: Loop, echo: int) -> None:

@@ -250,6 +250,8 @@ class _Stream:
             request = self.request
             proxied = request is not None and request.settings.proxy_pass is not None
             self.status = 502 if proxied else 501
+            if request is not None:
+                request.ctx.status = self.status  # $status: what the stream got
             self.mute = self.ended = True
             self.conn.send_head(self, [(b":status", str(self.status).encode())], end=True)
             return True
@@ -351,14 +353,24 @@ def _proxies(locations: tuple[Location, ...]) -> bool:
     return any(loc.settings.proxy_pass is not None or _proxies(loc.locations) for loc in locations)
 
 
+#: :func:`websocket_offered` per server (the server kept with it: ids are not reused while
+#: it lives; a worker's configuration does not change, a reload starts new workers).
+_OFFERED: dict[int, tuple[Server, bool]] = {}
+
+
 def websocket_offered(server: Server) -> bool:
     """SETTINGS_ENABLE_CONNECT_PROTOCOL for a connection whose default server is ``server``:
     ``http2_websocket`` on and a location of the server that proxies (RFC 8441 §3)."""
-    return server.http2_websocket and (
+    known = _OFFERED.get(id(server))
+    if known is not None and known[0] is server:
+        return known[1]
+    offered = server.http2_websocket and (
         server.settings.proxy_pass is not None
         or _proxies(server.locations)
         or _proxies(server.named_locations)
     )
+    _OFFERED[id(server)] = (server, offered)
+    return offered
 
 
 class _StreamFront:
@@ -726,6 +738,10 @@ class Http2Connection:
                     "client attempted to request the server name "
                     "for which the negotiated protocol is disabled",
                 )
+            if error is None and stream.ws is not None and not exchange.r.server.http2_websocket:
+                # The default server offered RFC 8441, the server :authority chose did not.
+                stream.ws = None
+                error = HttpError(400, 'client sent unknown pseudo-header ":protocol"')
             stream.request = exchange.r
             await exchange.run(error)
         except Exception as exc:  # noqa: BLE001 - one stream's failure is not the connection's
