@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import trustme
+from h2.events import DataReceived
 from hyperframe.frame import DataFrame, GoAwayFrame
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.sync.client import connect as ws_connect
@@ -436,3 +437,93 @@ def test_fast_stop_during_a_tunnel(wsgate: Factory, bg: Loop) -> None:
     wait_for(lambda: backend.open == 0, "the upstream connection closed")
     c.close()
     assert "[alert]" not in gw.errors()
+
+
+class _Pushing:
+    """An upstream that answers the upgrade, then sends ``total`` bytes of binary frames
+    without reading, until ``read`` is set; then reads everything, counting it."""
+
+    def __init__(self, bg: Loop, total: int) -> None:
+        self.total = total
+        self.written = 0
+        self.received = 0
+        self.read = asyncio.Event()
+        self.bg = bg
+
+        async def start() -> asyncio.Server:
+            return await asyncio.start_server(self.handle, "127.0.0.1", 0)
+
+        self.server = asyncio.run_coroutine_threadsafe(start(), bg.loop).result(5)
+        self.port = int(self.server.sockets[0].getsockname()[1])
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n")
+        piece = bytes([0x82, 126]) + (65000).to_bytes(2, "big") + bytes(65000)
+
+        async def reading() -> None:
+            await self.read.wait()
+            while chunk := await reader.read(1 << 20):
+                self.received += len(chunk)
+
+        task = asyncio.create_task(reading())
+        while self.written < self.total:
+            writer.write(piece)
+            await writer.drain()
+            self.written += len(piece)
+        await task
+        writer.close()
+
+    def close(self) -> None:
+        async def stop() -> None:
+            self.server.close()
+
+        asyncio.run_coroutine_threadsafe(stop(), self.bg.loop).result(5)
+
+
+def test_flow_control_is_the_back_pressure_both_ways(wsgate: Factory, bg: Loop) -> None:
+    """A client that does not read holds the upstream back (wsgate stops reading it), and an
+    upstream that does not read holds the client back (its stream window stays shut); both
+    resume, nothing lost."""
+    total = 24 << 20
+    up = _Pushing(bg, total)
+    try:
+        gw = wsgate(conf(f"location / {{ proxy_pass http://127.0.0.1:{up.port}; {UPGRADE} }}"))
+        c = Client(gw.port)
+        sid = connect(c)
+        data = frame(bytes(65000)) * (total // 65000)
+        sent = unacked = 0
+        c.sock.settimeout(1.0)
+        while sent < len(data):  # sending, never acknowledging what comes
+            h2 = c.h2
+            window = min(h2.local_flow_control_window(sid), h2.max_outbound_frame_size)
+            if window:
+                piece = data[sent : sent + window]
+                h2.send_data(sid, piece)
+                c.send()
+                sent += len(piece)
+                continue
+            try:
+                chunk = c.sock.recv(1 << 16)
+            except TimeoutError:
+                break  # both directions are stalled
+            for ev in h2.receive_data(chunk):
+                if isinstance(ev, DataReceived):
+                    c.bodies.setdefault(sid, bytearray()).extend(ev.data)
+                    unacked += ev.flow_controlled_length
+            c.send()
+        assert sent < len(data) and up.written < total  # held back both ways
+        # Both resume: the client reads, the upstream reads.
+        c.sock.settimeout(10)
+        bg.loop.call_soon_threadsafe(up.read.set)
+        c.h2.acknowledge_received_data(unacked, sid)
+        c.send()
+        send(c, sid, data[sent:])
+        while len(c.bodies.get(sid, b"")) < up.written or up.written < total:
+            assert c.read(), "connection closed"
+        wait_for(lambda: up.received == len(data), "the upstream has every byte")
+        got = frames(bytes(c.bodies[sid]))
+        assert len(got) == -(-total // 65004) and all(p == bytes(65000) for _, p in got)
+        c.close()
+    finally:
+        up.close()
