@@ -25,7 +25,8 @@ node: node_modules/.installed
 
 ## Debian packages some tests need: nginx to compare against; headless Chromium and NSS's
 ## certutil (libnss3-tools, to make Chromium trust the test CA) for the browser test; the Perl
-## modules nginx's test-suite harness needs for its WebSocket and TLS files (make conformance).
+## modules nginx's test-suite harness needs for its WebSocket and TLS files (make conformance);
+## HAProxy for the RFC 8441 interop test (its `ws h2` servers speak WebSockets over HTTP/2).
 ## Installed only when missing and when we can (root with apt-get); otherwise those tests skip
 ## with a reason. Debian's postinst starts the nginx service: stop the copy this step started.
 debs:
@@ -42,6 +43,7 @@ debs:
 	perl -MIO::Socket::SSL -e1 2>/dev/null || missing="$$missing libio-socket-ssl-perl"; \
 	perl -MNet::SSLeay -e1 2>/dev/null || missing="$$missing libnet-ssleay-perl"; \
 	command -v certutil >/dev/null 2>&1 || missing="$$missing libnss3-tools"; \
+	command -v haproxy >/dev/null 2>&1 || missing="$$missing haproxy"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } \

@@ -936,6 +936,8 @@ class Server:
     http2_max_concurrent_streams: int = 128
     http2_body_preread_size: int = 65536
     http2_recv_buffer_size: int = 256 * 1024
+    #: ``http2_websocket`` (on, wsgate's): RFC 8441 WebSockets over HTTP/2 streams.
+    http2_websocket: bool = True
     source: Source | None = None
     #: TLS settings, when any ``listen`` of this server has ``ssl`` (else None).
     ssl: SslServer | None = None

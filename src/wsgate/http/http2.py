@@ -15,7 +15,8 @@ already know, with nginx's rules for HTTP/2 (``ngx_http_v2_state_process_header`
   ``:method``/``:scheme``/``:path``: 400), ``max_headers`` counts the fields;
 - ``Connection``, ``Keep-Alive``, ``Transfer-Encoding``, ``Upgrade`` and a ``TE`` other than
   ``trailers`` are 400 ("client sent \\"Upgrade\\" header": since nginx 1.31 an HTTP/1.1
-  upgrade is refused on HTTP/2 too); CONNECT and TRACE are 405;
+  upgrade is refused on HTTP/2 too); CONNECT and TRACE are 405, except RFC 8441's extended
+  CONNECT (``:protocol``, when offered: wsgate's), which becomes an HTTP/1.1-style upgrade;
 - without ``Content-Length`` a body that may follow is read as if chunked
   (``r->headers_in.chunked = 1``): the proxy then streams it chunked, or reads it whole for
   an HTTP/1.0 upstream;
@@ -29,12 +30,21 @@ The head keeps ``version`` ``"1.1"``: what the pipeline writes back is an HTTP/1
 
 from __future__ import annotations
 
+import base64
+import os
 from collections.abc import Iterable
 
 from wsgate.errors import HttpError
 from wsgate.http.request import RequestHead, normalize_host
 
-__all__ = ["HOP_BY_HOP", "H2Refused", "request_head", "response_fields"]
+__all__ = [
+    "HOP_BY_HOP",
+    "H2Refused",
+    "request_head",
+    "response_fields",
+    "tunnel_fields",
+    "websocket_key",
+]
 
 #: Response fields HTTP/2 forbids (RFC 9113 §8.2.2): connection-specific ones.
 HOP_BY_HOP = frozenset(
@@ -84,10 +94,18 @@ def request_head(
     max_headers: int = 1000,
     underscores: bool = False,
     ignore_invalid: bool = True,
+    connect_protocol: bool = False,
+    key: str = "",
 ) -> RequestHead:
     """The request of one stream's HEADERS (``block_size``: the header block's length, nginx's
     ``$request_length`` of a stream).  Raises :class:`H2Refused` with nginx's status and log
-    line and the head as far as it was read (for the error page)."""
+    line and the head as far as it was read (for the error page).
+
+    ``connect_protocol``: ``SETTINGS_ENABLE_CONNECT_PROTOCOL`` was sent, so ``:protocol``
+    (RFC 8441) is accepted: the extended CONNECT becomes an upgrade
+    (:func:`_extended_connect`, ``key`` its ``Sec-WebSocket-Key``, random when empty);
+    without it ``:protocol`` is an unknown pseudo-header (400), and CONNECT without
+    ``:protocol`` is 405 as in nginx."""
     pseudo: dict[bytes, str] = {}
     headers: list[tuple[str, str]] = []
     ignored: list[str] = []
@@ -111,7 +129,7 @@ def request_head(
         if name[:1] == b":":
             if headers or cookies:
                 refuse(400, f'client sent pseudo-header "{text}" after regular header')
-            elif name not in _PSEUDO:
+            elif name not in _PSEUDO and not (name == b":protocol" and connect_protocol):
                 refuse(400, f'client sent unknown pseudo-header "{text}"')
             elif name in pseudo:
                 shown = '":authority"' if name == b":authority" else text
@@ -133,6 +151,7 @@ def request_head(
     if cookies:
         headers.append(("cookie", "; ".join(cookies)))
     method = pseudo.get(b":method", "")
+    protocol = pseudo.get(b":protocol")
     path = pseudo.get(b":path", "")
     authority = pseudo.get(b":authority")
     host_field = next((v for k, v in headers if k == "host"), None)
@@ -193,11 +212,51 @@ def request_head(
             refuse(400, 'client sent invalid "Content-Length" header')
         elif content_length and end_stream:
             refuse(400, "client prematurely closed stream")
-        elif method in ("CONNECT", "TRACE"):
+        elif protocol is not None and method != "CONNECT":
+            # RFC 8441 §4: ":protocol" only with CONNECT (a malformed request).
+            refuse(400, 'client sent ":protocol" header without CONNECT method')
+        elif protocol is not None and not protocol:
+            refuse(400, 'client sent empty ":protocol" header')
+        elif method in ("CONNECT", "TRACE") and protocol is None:
             refuse(405, f"client sent {method} method")
     if error is not None:
         raise H2Refused(error[0], error[1], head)
+    if protocol is not None:
+        _extended_connect(head, protocol, key)
     return head
+
+
+def websocket_key(raw: bytes) -> str:
+    """A ``Sec-WebSocket-Key`` (RFC 6455 §4.1: 16 bytes, base64) from 16 random bytes."""
+    return base64.b64encode(raw[:16]).decode("ascii")
+
+
+def _extended_connect(head: RequestHead, protocol: str, key: str) -> None:
+    """RFC 8441 §5: an extended CONNECT becomes the HTTP/1.1 upgrade the pipeline knows, a
+    ``GET`` with ``Upgrade: PROTOCOL`` and ``Connection: Upgrade`` (the client's
+    ``Sec-WebSocket-Version``, ``-Protocol`` and ``-Extensions`` are among its fields and
+    pass as they are).  The client sends no ``Sec-WebSocket-Key`` over HTTP/2 (§5: the
+    ``:status 200`` replaces the key's proof); ``key`` is the upstream's.  No body: after
+    the ``200`` the DATA frames are the tunnel's."""
+    head.method = "GET"
+    head.headers = [(n, v) for n, v in head.headers if n != "sec-websocket-key"]
+    head.headers += [("upgrade", protocol), ("connection", "Upgrade")]
+    if protocol.lower() == "websocket":
+        head.headers.append(("sec-websocket-key", key or websocket_key(os.urandom(16))))
+    head.upgrade = protocol
+    head.content_length = None
+    head.chunked = False
+
+
+def tunnel_fields(headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    """RFC 8441 §5: the ``:status 200`` of a stream whose upstream answered ``101``, with the
+    101's fields but the connection-specific ones and ``Sec-WebSocket-Accept`` (the
+    HTTP/2 handshake has no key to prove)."""
+    return [
+        field
+        for field in response_fields(200, headers)
+        if field[0] not in (b"sec-websocket-accept", b"content-length")
+    ]
 
 
 def response_fields(status: int, headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:

@@ -11,11 +11,13 @@ bytes and runs requests.  The request pipeline stays protocol-agnostic: each str
 - a :class:`_Stream`, which has the interface of the
   :class:`~wsgate.proxy.endpoint.Endpoint` the exchange writes to (``write``, ``drain``,
   ``gone``, ``abort``, ``close``, ``closed``; no ``transport``, so the static sender takes
-  its ``pread`` path, never ``sendfile``).  What the exchange writes is an HTTP/1.1
-  response; the stream parses it back with the upstream's
-  :class:`~wsgate.http.response.ResponseParser`: its head becomes HEADERS (connection-specific
-  fields dropped), its body, with the chunked or length framing undone, DATA frames of at most
-  ``http2_chunk_size`` bytes as the peer's flow-control windows allow, its end END_STREAM,
+  its ``pread`` path, never ``sendfile``; an RFC 8441 stream gets one, its
+  :class:`~wsgate.proxy.h2tunnel.StreamTransport`, when the upstream's 101 opens the
+  tunnel).  What the exchange writes is an HTTP/1.1 response; the stream parses it back
+  with the upstream's :class:`~wsgate.http.response.ResponseParser`: its head becomes
+  HEADERS (connection-specific fields dropped), its body, with the chunked or length framing
+  undone, DATA frames of at most ``http2_chunk_size`` bytes as the peer's flow-control
+  windows allow, its end END_STREAM,
 - a :class:`_StreamFront`, the front connection as the :class:`~wsgate.proxy.exchange.Exchange`
   sees it (the request body from DATA frames, ``$server_protocol`` ``HTTP/2.0``, ``$http2``).
 
@@ -30,8 +32,16 @@ nginx's rules followed here (``src/http/v2/ngx_http_v2.c``, 1.31): SETTINGS with
 ``SETTINGS_INITIAL_WINDOW_SIZE`` (``http2_body_preread_size``), the connection window opened
 to 2^31-1 at once; a stream over the limit is reset with REFUSED_STREAM; the idle connection
 closes after ``keepalive_timeout`` with GOAWAY; a graceful stop or reload sends GOAWAY and lets
-the open streams finish.  Not yet: RFC 8441 WebSockets (``:protocol``), trailers, the
-defences of issue 13 beyond what ``h2`` itself enforces.
+the open streams finish.
+
+RFC 8441 WebSockets (wsgate's ``http2_websocket``, on by default): when the default server of
+the address has it on and one of its locations proxies (a stream could really tunnel),
+SETTINGS carries ``SETTINGS_ENABLE_CONNECT_PROTOCOL`` 1 and an extended CONNECT is served as
+an upgrade; its tunnel runs on the stream through :class:`~wsgate.proxy.h2tunnel.StreamTransport`.
+A response other than the tunnel is the stream's: the upstream's refusal (403...) passes as
+it is, a 2xx that is no tunnel (a location that does not proxy, an upstream that ignored the
+upgrade) becomes 501 or 502, since a 2xx to CONNECT means the tunnel is open.  Not yet:
+trailers, the defences of issue 13 beyond what ``h2`` itself enforces.
 """
 
 from __future__ import annotations
@@ -60,15 +70,19 @@ from wsgate.config.directives.http2 import MAX_FRAME_SIZE, MAX_WINDOW
 from wsgate.config.variables import RequestContext
 from wsgate.errors import HttpError
 from wsgate.http.body import Body, EndOfMessage
-from wsgate.http.http2 import H2Refused, request_head, response_fields
+from wsgate.http.http2 import H2Refused, request_head, response_fields, tunnel_fields
 from wsgate.http.response import ResponseHead, ResponseParser
 from wsgate.observability.status import REQUESTS, WRITING
 from wsgate.proxy.endpoint import PeerClosed, Ready
+from wsgate.proxy.h2tunnel import StreamTransport
 
 if TYPE_CHECKING:
+    from wsgate.config.model import Location, Server
     from wsgate.http.phases import Request
     from wsgate.http.request import RequestHead
     from wsgate.proxy.front import FrontConnection
+    from wsgate.proxy.relay import TunnelEnd
+    from wsgate.proxy.tunnel import Tunnel
 
 __all__ = ["PREFACE", "Http2Connection"]
 
@@ -147,9 +161,11 @@ class _Stream:
         "status",
         "served",
         "request",
+        "ws",
+        "transport",
+        "mute",
     )
 
-    transport = None
     write_paused = False
     eof = False
 
@@ -177,10 +193,21 @@ class _Stream:
         self.served = False
         #: The request's phase state: its location's ``http2_chunk_size`` applies.
         self.request: Request | None = None
+        #: An extended CONNECT's tunnel transport (RFC 8441), else None.
+        self.ws: StreamTransport | None = None
+        #: The tunnel's transport once the upstream has answered 101 (None until then: the
+        #: static sender takes its ``pread`` path, never ``sendfile``).
+        self.transport: StreamTransport | None = None
+        #: The response is replaced (a 2xx to an extended CONNECT that is no tunnel).
+        self.mute = False
 
     # -- the endpoint interface ---------------------------------------------------------------
     def write(self, data: bytes) -> None:
         if self.closed or self.reset:
+            if self.ws is not None and self.transport is None and data[:13] == b"HTTP/1.1 101 ":
+                # Reset before the upstream's 101: the tunnel starts and ends at once
+                # (StreamTransport.set_protocol sees the reset), closing the upstream side.
+                self.transport = self.ws
             return
         try:
             events = self.parser.feed(data)
@@ -189,7 +216,11 @@ class _Stream:
             self.abort()
             return
         for ev in events:
+            if self.mute:
+                continue
             if isinstance(ev, ResponseHead):
+                if self.ws is not None and self._connect_answer(ev):
+                    continue
                 if ev.status < 200:
                     continue  # "100 Continue": not for HTTP/2 clients here
                 self.status = ev.status
@@ -202,6 +233,37 @@ class _Stream:
                 self.ended = True
                 self._send_head()
         self.conn.pump(self)
+
+    def _connect_answer(self, ev: ResponseHead) -> bool:
+        """The answer to an extended CONNECT (RFC 8441 §5): a 101 is the tunnel's
+        ``:status 200``; a 2xx that is no tunnel cannot be sent (it would say the tunnel is
+        open): 502 when the upstream gave it, 501 when the location does not proxy."""
+        if ev.status == 101:
+            self.status = 200
+            if self.request is not None:
+                self.request.ctx.status = 200  # $status of the tunnel's log line: what was sent
+            self.mute = True
+            self.transport = self.ws
+            self.conn.send_head(self, tunnel_fields(ev.headers), end=False)
+            return True
+        if 200 <= ev.status < 300:
+            request = self.request
+            proxied = request is not None and request.settings.proxy_pass is not None
+            self.status = 502 if proxied else 501
+            if request is not None:
+                request.ctx.status = self.status  # $status: what the stream got
+            self.mute = self.ended = True
+            self.conn.send_head(self, [(b":status", str(self.status).encode())], end=True)
+            return True
+        return False
+
+    def detach(self) -> None:
+        """The tunnel's now (:func:`~wsgate.proxy.relay.start_tunnel`)."""
+
+    @property
+    def buffer(self) -> bytearray:
+        """Bytes read ahead of the tunnel: none (DATA is held by the tunnel's transport)."""
+        return bytearray()
 
     async def drain(self) -> None:
         if self.reset:
@@ -267,6 +329,8 @@ class _Stream:
         for fut in (self._gone, self.body_waiter, self.window_waiter):
             if fut is not None and not fut.done():
                 fut.set_result(None)
+        if self.ws is not None:
+            self.ws.gone()
 
     def wake(self) -> None:
         for fut in (self.body_waiter, self.window_waiter):
@@ -274,14 +338,49 @@ class _Stream:
                 fut.set_result(None)
 
 
+class _NoneAhead:
+    """A request parser with nothing read ahead (a stream's bytes are its DATA frames)."""
+
+    __slots__ = ()
+
+    @staticmethod
+    def take_buffered() -> bytes:
+        return b""
+
+
+def _proxies(locations: tuple[Location, ...]) -> bool:
+    """Some location (nested ones too) proxies: a stream there could tunnel."""
+    return any(loc.settings.proxy_pass is not None or _proxies(loc.locations) for loc in locations)
+
+
+#: :func:`websocket_offered` per server (the server kept with it: ids are not reused while
+#: it lives; a worker's configuration does not change, a reload starts new workers).
+_OFFERED: dict[int, tuple[Server, bool]] = {}
+
+
+def websocket_offered(server: Server) -> bool:
+    """SETTINGS_ENABLE_CONNECT_PROTOCOL for a connection whose default server is ``server``:
+    ``http2_websocket`` on and a location of the server that proxies (RFC 8441 §3)."""
+    known = _OFFERED.get(id(server))
+    if known is not None and known[0] is server:
+        return known[1]
+    offered = server.http2_websocket and (
+        server.settings.proxy_pass is not None
+        or _proxies(server.locations)
+        or _proxies(server.named_locations)
+    )
+    _OFFERED[id(server)] = (server, offered)
+    return offered
+
+
 class _StreamFront:
     """The front connection as one stream's exchange sees it: the stream is its endpoint,
     DATA frames its request body; everything else is the connection's."""
 
-    __slots__ = ("_main", "ep", "h2", "requests", "body_done")
-    tunnel = None
-    tunnel_end = None
+    __slots__ = ("_main", "ep", "h2", "requests", "body_done", "tunnel", "tunnel_end")
     plain_on_tls = False
+    #: What :func:`~wsgate.proxy.relay.start_tunnel` takes of bytes read ahead: none.
+    parser = _NoneAhead()
 
     def __init__(self, h2: Http2Connection, stream: _Stream, requests: int, body: bool) -> None:
         self._main = h2.front
@@ -289,6 +388,29 @@ class _StreamFront:
         self.ep = stream
         self.requests = requests
         self.body_done = not body
+        #: An RFC 8441 stream's tunnel (:func:`~wsgate.proxy.relay.start_tunnel` sets both).
+        self.tunnel: Tunnel | None = None
+        self.tunnel_end: TunnelEnd | None = None
+
+    def __call__(self, tunnel: Tunnel) -> None:
+        """The stream tunnel's ``on_close``: its request ends as an HTTP/1.1 tunnel's
+        (:func:`~wsgate.proxy.relay.tunnel_closed`), then the stream."""
+        from wsgate.proxy.relay import tunnel_closed
+
+        end = self.tunnel_end
+        self.tunnel_end = None
+        try:
+            if end is not None:
+                tunnel_closed(cast("FrontConnection", self), tunnel, end)
+        finally:
+            self.h2.tunnel_done(self.ep)
+
+    def abandon_tunnel(self) -> None:
+        """A fast stop: what the tunnel holds is released now (as the connection's own)."""
+        end, tunnel = self.tunnel_end, self.tunnel
+        self.tunnel_end = None
+        if end is not None and tunnel is not None:
+            end.release(self._main.gw, tunnel)
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._main, name)
@@ -341,6 +463,7 @@ class Http2Connection:
         "_wake",
         "tls",
         "last",
+        "websocket",
     )
 
     def __init__(self, front: FrontConnection) -> None:
@@ -359,14 +482,16 @@ class Http2Connection:
         self.h2 = _Connection(config=config)
         # ngx_http_v2_send_settings: what the first SETTINGS frame announces (in force from
         # the start, as h2 takes initial values; an update would wait for the peer's ACK).
-        self.h2.local_settings = Settings(
-            client=False,
-            initial_values={
-                SettingCodes.MAX_CONCURRENT_STREAMS: server.http2_max_concurrent_streams,
-                SettingCodes.INITIAL_WINDOW_SIZE: server.http2_body_preread_size,
-                SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE,
-            },
-        )
+        initial = {
+            SettingCodes.MAX_CONCURRENT_STREAMS: server.http2_max_concurrent_streams,
+            SettingCodes.INITIAL_WINDOW_SIZE: server.http2_body_preread_size,
+            SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE,
+        }
+        #: RFC 8441 offered: ``:protocol`` is accepted on this connection's streams.
+        self.websocket = websocket_offered(server)
+        if self.websocket:
+            initial[SettingCodes.ENABLE_CONNECT_PROTOCOL] = 1
+        self.h2.local_settings = Settings(client=False, initial_values=initial)
         self.h2.max_inbound_frame_size = MAX_FRAME_SIZE
         # nginx's limits on a header block are checked on the decoded fields (:meth:`_request`);
         # hpack's own bound (RFC 7541 sizes, 32 bytes more per field) only stops a bomb.
@@ -496,6 +621,9 @@ class Http2Connection:
             self._request(ev)
         elif isinstance(ev, DataReceived):
             stream = self.streams.get(ev.stream_id)
+            if stream is not None and stream.transport is not None:
+                stream.transport.received(ev.data, ev.flow_controlled_length)
+                return
             if stream is None or stream.body_ended:
                 # A stream already answered: its window is given back at once.
                 self._ack(ev.stream_id, ev.flow_controlled_length)
@@ -509,6 +637,8 @@ class Http2Connection:
             if stream is not None:
                 stream.body_ended = True
                 stream.wake()
+                if stream.transport is not None:
+                    stream.transport.ended()
         elif isinstance(ev, StreamReset):
             stream = self.streams.get(ev.stream_id)
             if stream is not None:
@@ -557,6 +687,7 @@ class Http2Connection:
                 max_headers=default.max_headers,
                 underscores=default.underscores_in_headers,
                 ignore_invalid=default.ignore_invalid_headers,
+                connect_protocol=self.websocket,
             )
         except H2Refused as exc:
             head, error = exc.head, exc
@@ -573,8 +704,12 @@ class Http2Connection:
         chunk = settings.http2_chunk_size
         stream = _Stream(self, sid, head.method == "HEAD", chunk)
         stream.body_ended = end
+        extended = error is None and head.upgrade is not None
+        if extended:
+            stream.ws = StreamTransport(self, stream)
         self.streams[sid] = stream
-        task = self.loop.create_task(self._serve(stream, head, error, front.requests, not end))
+        body = not end and not extended  # an extended CONNECT's DATA is the tunnel's
+        task = self.loop.create_task(self._serve(stream, head, error, front.requests, body))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
@@ -603,26 +738,63 @@ class Http2Connection:
                     "client attempted to request the server name "
                     "for which the negotiated protocol is disabled",
                 )
+            if error is None and stream.ws is not None and not exchange.r.server.http2_websocket:
+                # The default server offered RFC 8441, the server :authority chose did not.
+                stream.ws = None
+                error = HttpError(400, 'client sent unknown pseudo-header ":protocol"')
             stream.request = exchange.r
             await exchange.run(error)
         except Exception as exc:  # noqa: BLE001 - one stream's failure is not the connection's
             front.gw.error_log.log("alert", f"unexpected error: {exc!r}", front.number)
             stream.abort()
         finally:
-            counters.decrement(WRITING)
-            stream.served = True
-            stream.finish()
-            if not stream.body_ended and not stream.reset:
-                # ngx_http_v2_close_stream: a body nobody read is refused with NO_ERROR
-                # after the response (RFC 9113 §8.1).
-                if stream.end_sent:
-                    self._reset(stream.sid, ErrorCodes.NO_ERROR)
-                    stream.reset = True
-            if stream.end_sent or stream.reset:
-                self.streams.pop(stream.sid, None)
-            self.flush()
-            if not self._wake.done():
-                self._wake.set_result(None)
+            # An RFC 8441 tunnel: the stream lives until it closes (tunnel_done).
+            if sfront.tunnel is None:
+                self._served(stream)
+
+    def _served(self, stream: _Stream) -> None:
+        """A stream's exchange is over: its response is completed or cut."""
+        self.front.gw.stub_status.decrement(WRITING)
+        stream.served = True
+        stream.finish()
+        if not stream.body_ended and not stream.reset:
+            # ngx_http_v2_close_stream: a body nobody read is refused with NO_ERROR
+            # after the response (RFC 9113 §8.1).
+            if stream.end_sent:
+                self._reset(stream.sid, ErrorCodes.NO_ERROR)
+                stream.reset = True
+        if stream.end_sent or stream.reset:
+            self.streams.pop(stream.sid, None)
+        self.flush()
+        if not self._wake.done():
+            self._wake.set_result(None)
+
+    def tunnel_done(self, stream: _Stream) -> None:
+        """An RFC 8441 stream's tunnel has closed: the stream is forgotten."""
+        self.front.gw.stub_status.decrement(WRITING)
+        stream.served = True
+        self.streams.pop(stream.sid, None)
+        if not stream.end_sent and not stream.reset:
+            self._reset(stream.sid, ErrorCodes.CANCEL)
+        if not self._wake.done():
+            self._wake.set_result(None)
+
+    def abandon_tunnels(self) -> None:
+        """A fast stop (TERM): each RFC 8441 tunnel is aborted and what it holds released
+        now, as :meth:`FrontConnection.abandon_tunnel
+        <wsgate.proxy.front.FrontConnection.abandon_tunnel>` does for an HTTP/1.1 one."""
+        for tunnel in self.tunnels():
+            tunnel.abort()
+            if isinstance(tunnel.on_close, _StreamFront):
+                tunnel.on_close.abandon_tunnel()
+
+    def tunnels(self) -> list[Tunnel]:
+        """The open RFC 8441 tunnels of this connection (a graceful stop closes them)."""
+        return [
+            t
+            for s in self.streams.values()
+            if s.transport is not None and (t := s.transport.tunnel) is not None
+        ]
 
     # -- sending ------------------------------------------------------------------------------
     def send_head(self, stream: _Stream, fields: list[tuple[bytes, bytes]], end: bool) -> None:
@@ -663,6 +835,8 @@ class Http2Connection:
         self.flush()
         if not out:
             stream.wake()
+        if stream.transport is not None:
+            stream.transport.pumped()
 
     def _ended(self, stream: _Stream) -> None:
         stream.end_sent = True

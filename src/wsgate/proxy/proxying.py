@@ -99,6 +99,9 @@ class Proxying:
             settings.proxy_upgrade_protocols, head.upgrade
         )
         if refused:
+            if getattr(front.ep, "ws", None) is not None:
+                # An RFC 8441 stream asked for a tunnel, not for a plain GET: refused here.
+                raise HttpError(501, f'client sent disallowed protocol "{head.upgrade}"')
             self._refuse_upgrade()
         if pp.template is not None:
             # proxy_pass with variables: "a URI part replaces the whole request URI".

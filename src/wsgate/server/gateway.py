@@ -370,9 +370,13 @@ class Gateway:
     def tunnels(self) -> list[Tunnel]:
         """The open tunnels: those of connections whose tunnel's request has not ended (not a
         set of their own, which would cost each tunnel an entry)."""
-        return [
+        tunnels = [
             t for c in self.connections if (t := c.tunnel) is not None and c.tunnel_end is not None
         ]
+        for c in self.connections:
+            if c.h2 is not None:  # RFC 8441 tunnels on HTTP/2 streams
+                tunnels += c.h2.tunnels()
+        return tunnels
 
     def add_tunnel(self) -> None:
         """A tunnel opened: it holds an upstream connection too (``worker_connections``)."""
@@ -494,6 +498,8 @@ class Gateway:
                 conn.tunnel.abort()
                 conn.abandon_tunnel()
             else:
+                if conn.h2 is not None:  # its streams' RFC 8441 tunnels
+                    conn.h2.abandon_tunnels()
                 conn.ep.abort()
         for task in list(self.tasks):
             task.cancel()
@@ -540,7 +546,8 @@ class Gateway:
             return
         self.error_log.log("notice", "worker_shutdown_timeout expired, closing connections")
         for conn in list(self.connections):
-            if conn.tunnel is None:
+            # An HTTP/2 connection carrying RFC 8441 tunnels stays for their 1012.
+            if conn.tunnel is None and not (conn.h2 is not None and conn.h2.tunnels()):
                 conn.ep.abort()
         self._close_tunnels(1012, spread=False)
 

@@ -103,7 +103,18 @@ ENTRIES: tuple[Directive, ...] = (
         fields=("http2",),
         default="off",
         note="HTTP/2 on this server's addresses: ALPN `h2` over TLS, the connection preface "
-        "in cleartext; no RFC 8441 WebSockets yet",
+        "in cleartext; RFC 8441 WebSockets: see `http2_websocket`",
+    ),
+    Directive(
+        "http2_websocket",
+        _HS,
+        FLAG,
+        parse=flag,
+        target=Server,
+        fields=("http2_websocket",),
+        default="on",
+        note="wsgate's: RFC 8441 WebSockets (extended CONNECT) on this server's HTTP/2 "
+        "connections; SETTINGS_ENABLE_CONNECT_PROTOCOL is sent when on and a location proxies",
     ),
     Directive(
         "http2_max_concurrent_streams",
