@@ -29,6 +29,7 @@ from wsgate.config.model import LocationSettings
 from wsgate.config.variables import RequestContext
 from wsgate.errors import HttpError
 from wsgate.http.headers import LAST_CHUNK, BodyFraming, Framing, encode_chunk
+from wsgate.http.reqbody import RequestBody
 from wsgate.http.request import RequestHead
 from wsgate.http.response import InvalidHeader, ResponseEvent, ResponseHead, ResponseParser
 from wsgate.proxy.connect import HANDSHAKING, HandshakeFailed, UpstreamOpen, save_session
@@ -131,7 +132,7 @@ class Attempt:
         peer: Peer,
         keep: KeptEndpoints | None,
         request: bytes,
-        buffered_body: bytes | None,
+        buffered_body: RequestBody | None,
         framing: BodyFraming,
         ctx: RequestContext,
     ) -> ResponseStart:
@@ -172,7 +173,7 @@ class Attempt:
         return result
 
     async def _send(
-        self, request: bytes, buffered_body: bytes | None, framing: BodyFraming
+        self, request: bytes, buffered_body: RequestBody | None, framing: BodyFraming
     ) -> ResponseStart:
         """Send the request on ``self.up`` and read the response head."""
         up = self.up
@@ -189,8 +190,10 @@ class Attempt:
             head.expect_continue = False
             self.client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if buffered_body is not None:
-            up.write(buffered_body)
-            self.counts[1] += len(buffered_body)
+            for piece in buffered_body.pieces():
+                up.write(piece)
+                self.counts[1] += len(piece)
+                await self._drain_upstream(up)
         elif framing.kind is not Framing.NONE:
             if self.streamed:  # pragma: no cover - may_retry never repeats a streamed body
                 raise TryFailed(Failure.ERROR, 502, "request body already sent", "sending request")
