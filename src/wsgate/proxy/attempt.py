@@ -86,6 +86,8 @@ class Attempt:
         "times",
         "started",
         "head_request",
+        "memory",
+        "limit",
     )
 
     def __init__(
@@ -101,6 +103,7 @@ class Attempt:
         tls: UpstreamTls | None,
         name: str,
         head_request: bool | None = None,
+        memory: int = 0,
     ) -> None:
         self.gw = gw
         #: The request sent upstream is a HEAD (not so for a HEAD the cache converts to GET).
@@ -126,6 +129,9 @@ class Attempt:
         #: ``$upstream_connect_time``/``$upstream_header_time``), from :attr:`started`.
         self.times = ["-", "-"]
         self.started = gw.loop.time()
+        #: A streamed body's bytes while they fit ``limit`` (its buffer): ``$request_body``.
+        self.memory: list[bytes] | None = None
+        self.limit = memory
 
     async def run(
         self,
@@ -324,8 +330,13 @@ class Attempt:
             self.client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         size = 0
         chunked = framing.kind is Framing.CHUNKED
+        memory: list[bytes] | None = []
         async for data in self.body(settings.client_body_timeout):
             size += len(data)
+            if memory is not None:
+                memory = memory if size <= self.limit else None
+                if memory is not None:
+                    memory.append(data)
             if settings.client_max_body_size and size > settings.client_max_body_size:
                 raise HttpError(
                     413, f"client intended to send too large chunked body: {size} bytes"
@@ -337,6 +348,7 @@ class Attempt:
         if chunked:
             up.write(LAST_CHUNK)
             self.counts[1] += len(LAST_CHUNK)
+        self.memory = memory
 
     async def _drain_upstream(self, up: Endpoint) -> None:
         """Wait for the upstream to take the body: ``proxy_send_timeout`` "is set only between

@@ -148,12 +148,12 @@ class Proxying:
             buffered_body = RequestBody()  # nothing is sent; the front connection discards it
         elif body_framing.kind is not Framing.NONE and (
             settings.proxy_request_buffering
-            or settings.client_body_in_file_only != "off"
             or (body_framing.kind is Framing.CHUNKED and settings.proxy_http_version == "1.0")
         ):
             # ngx_http_read_client_request_body: the whole body before the upstream is
             # contacted (an HTTP/1.0 upstream cannot take a chunked one even with buffering
-            # off), sent with its Content-Length, and again to a next upstream.
+            # off), sent with its Content-Length, and again to a next upstream.  Unbuffered,
+            # client_body_in_file_only has no effect (ngx_http_request_body_save_filter).
             buffered_body = self.body = await self._read_whole_body(settings, body_framing)
             if buffered_body.path is None:
                 ctx.set_request_body(buffered_body.data)
@@ -213,6 +213,10 @@ class Proxying:
                 head,
                 settings,
                 streamed=streamed,
+                memory=memory_limit(
+                    settings.client_body_buffer_size,
+                    head.content_length if body_framing.kind is Framing.LENGTH else None,
+                ),
                 tls=tls,
                 name=tls_name,
                 head_request=method == "HEAD",
@@ -223,6 +227,9 @@ class Proxying:
                 resp, rparser, rpending = await att.run(
                     peer, keep, request, buffered_body, body_framing, ctx
                 )
+                if att.memory is not None:
+                    # A streamed body that fit its buffer is still $request_body.
+                    ctx.set_request_body(b"".join(att.memory))
             except TryFailed as failed:
                 streamed = att.streamed
                 r.discard_body |= streamed
