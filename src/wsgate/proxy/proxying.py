@@ -213,6 +213,7 @@ class Proxying:
                 head,
                 settings,
                 streamed=streamed,
+                ready=front.body_ready,
                 memory=memory_limit(
                     settings.client_body_buffer_size,
                     head.content_length if body_framing.kind is Framing.LENGTH else None,
