@@ -17,6 +17,7 @@ def test_memory_limit_of_known_length_is_a_quarter_more() -> None:
     # ngx_http_read_client_request_body: "size += size >> 2"; "rb->rest < size" fits.
     assert memory_limit(2048, 100) == 2559
     assert memory_limit(2048, None) == 2048
+    assert memory_limit(2048, 100, http2=True) == 2048
 
 
 def test_temp_path_levels_name_directories_from_the_end() -> None:

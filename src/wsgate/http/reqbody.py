@@ -41,10 +41,11 @@ class TempPath:
         return os.path.join(self.path, hashed_name(f"{number:010d}", self.levels))
 
 
-def memory_limit(buffer_size: int, content_length: int | None) -> int:
+def memory_limit(buffer_size: int, content_length: int | None, http2: bool = False) -> int:
     """The largest body kept in memory: a known length below ``buffer_size`` and a quarter
-    gets a buffer of its own size; a chunked body has ``buffer_size``."""
-    if content_length is None:
+    gets a buffer of its own size; a chunked body has ``buffer_size``, and so has any body
+    of an HTTP/2 stream (``ngx_http_v2_read_request_body``: "len > client_body_buffer_size")."""
+    if content_length is None or http2:
         return buffer_size
     return buffer_size + (buffer_size >> 2) - 1
 

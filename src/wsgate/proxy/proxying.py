@@ -428,7 +428,7 @@ class Proxying:
         directory, levels = settings.client_body_temp_path
         temp = TempPath(os.path.join(front.gw.config.prefix, directory), levels)
         known = framing.length if framing.kind is Framing.LENGTH else None
-        limit = memory_limit(settings.client_body_buffer_size, known)
+        limit = memory_limit(settings.client_body_buffer_size, known, ex.r.ctx.version == "2.0")
         store = BodyStore(temp, limit, settings.client_body_in_file_only, ex.r.log)
         return await read_request_body(
             front.body_events(settings.client_body_timeout), store, settings.client_max_body_size
