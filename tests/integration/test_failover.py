@@ -335,7 +335,7 @@ def test_post_with_streamed_body_is_never_retried(wsgate: Factory, bg: Loop) -> 
     gw = wsgate(
         conf(
             f"server {addr(dropper.port)}; server {addr(live.port)};",
-            "proxy_next_upstream error timeout non_idempotent;",
+            "proxy_next_upstream error timeout non_idempotent; proxy_request_buffering off;",
         )
     )
     assert get(gw.port, method="PUT", body=b"data")[0] == 502

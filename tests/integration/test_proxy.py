@@ -246,17 +246,23 @@ def test_expect_100_continue_with_an_empty_body_gets_its_100(
 def test_request_bodies_content_length_and_chunked(
     wsgate: Callable[..., WsgateProcess], upstream: Callable[..., Upstream]
 ) -> None:
+    """Buffered (the default) a chunked body goes upstream with its length; with
+    ``proxy_request_buffering off`` it is streamed chunked to the HTTP/1.1 upstream."""
     up = upstream()
+    chunked = (
+        b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+    )
     gw = wsgate(conf(up.port))
     exchange(gw.port, b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nabcde")
-    exchange(
-        gw.port,
-        b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
-        b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
-    )
+    exchange(gw.port, chunked)
     assert up.seen[0].body == b"abcde" and b"Content-Length: 5" in up.seen[0].head
-    assert up.seen[1].body == b"abcde"
-    assert b"Transfer-Encoding: chunked" in up.seen[1].head
+    assert up.seen[1].body == b"abcde" and b"Content-Length: 5" in up.seen[1].head
+    assert b"Transfer-Encoding" not in up.seen[1].head
+    off = wsgate(conf(up.port, location_extra="proxy_request_buffering off;"))
+    exchange(off.port, chunked)
+    assert up.seen[2].body == b"abcde"
+    assert b"Transfer-Encoding: chunked" in up.seen[2].head
 
 
 def test_body_over_client_max_body_size_is_413(

@@ -34,6 +34,7 @@ __all__ = [
     "encode_entry",
     "entry_name",
     "freshness",
+    "hashed_name",
     "is_entry_name",
     "revalidated_valid",
     "stored_fields",
@@ -79,7 +80,12 @@ def entry_name(md5: bytes, levels: Sequence[int]) -> str:
     """The file's path under the cache directory: "levels=1:2 ... file names in a cache
     will look like this: /data/nginx/cache/c/29/b7f54b2df7773722d382f4809d65029c" (the
     directories are taken from the end of the hexadecimal md5)."""
-    name = md5.hex()
+    return hashed_name(md5.hex(), levels)
+
+
+def hashed_name(name: str, levels: Sequence[int]) -> str:
+    """``ngx_create_hashed_filename``: ``name`` under directories named by its own last
+    characters, ``levels`` long each (cache entries, temporary files)."""
     parts = []
     end = len(name)
     for n in levels:

@@ -666,6 +666,15 @@ class LocationSettings:
     websocket_max_frame_size: tuple[int, str] = (0, "client")
     websocket_message_rate: tuple[int, int, str] = (0, 0, "client")
     client_body_timeout: float = 60.0
+    #: ``proxy_request_buffering``: on reads the whole body before the upstream is contacted.
+    proxy_request_buffering: bool = True
+    #: ``client_body_buffer_size``: the part of a request body kept in memory.
+    client_body_buffer_size: int = 16384
+    #: ``client_body_in_file_only``: "off", "on" (the file is kept) or "clean".
+    client_body_in_file_only: str = "off"
+    client_body_in_single_buffer: bool = False
+    #: ``client_body_temp_path``: the directory (relative: under the prefix) and the levels.
+    client_body_temp_path: tuple[str, tuple[int, ...]] = ("client_body_temp", ())
     keepalive_timeout: float = 75.0
     keepalive_header: float | None = None
     keepalive_requests: int = 1000

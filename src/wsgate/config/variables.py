@@ -107,6 +107,7 @@ FIXED_VARIABLES = (
             "upstream_bytes_sent",
             "request_id",
             "request_body",
+            "request_body_file",
             "nginx_version",
             "limit_rate",
             # ngx_http_gzip_filter_module
@@ -217,7 +218,7 @@ _NO_TLS: Mapping[str, str] = MappingProxyType({})
 
 _HOSTNAME = socket.gethostname()
 #: Cache keys that are the request's, not map results (a space: no map name has one).
-_KEPT = (" request_id", " request_body")
+_KEPT = (" request_id", " request_body", " request_body_file")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
@@ -535,8 +536,18 @@ class RequestContext:
             cache = self._cache = {}
         cache[" request_body"] = body.decode("latin-1")
 
+    def set_request_body_file(self, path: str) -> None:
+        """``$request_body_file``: "name of a temporary file with the request body"."""
+        cache = self._cache
+        if cache is None:
+            cache = self._cache = {}
+        cache[" request_body_file"] = path
+
     def _request_body(self) -> str:
         return "" if self._cache is None else self._cache.get(" request_body", "")
+
+    def _request_body_file(self) -> str:
+        return "" if self._cache is None else self._cache.get(" request_body_file", "")
 
     # -- lookup -----------------------------------------------------------------------------
     def lookup(self, name: str) -> str:
@@ -877,6 +888,7 @@ _GETTERS: dict[str, Callable[[RequestContext], str]] = {
     "remote_user": _remote_user,
     "request_id": RequestContext.request_id,
     "request_body": RequestContext._request_body,
+    "request_body_file": RequestContext._request_body_file,
     # wsgate is not nginx: its own version (the Server header's token names it too).
     "nginx_version": lambda c: __version__,
     "limit_rate": lambda c: str(c.limit_rate or 0),

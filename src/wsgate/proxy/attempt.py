@@ -29,6 +29,7 @@ from wsgate.config.model import LocationSettings
 from wsgate.config.variables import RequestContext
 from wsgate.errors import HttpError
 from wsgate.http.headers import LAST_CHUNK, BodyFraming, Framing, encode_chunk
+from wsgate.http.reqbody import RequestBody
 from wsgate.http.request import RequestHead
 from wsgate.http.response import InvalidHeader, ResponseEvent, ResponseHead, ResponseParser
 from wsgate.proxy.connect import HANDSHAKING, HandshakeFailed, UpstreamOpen, save_session
@@ -85,6 +86,9 @@ class Attempt:
         "times",
         "started",
         "head_request",
+        "memory",
+        "limit",
+        "ready",
     )
 
     def __init__(
@@ -100,6 +104,8 @@ class Attempt:
         tls: UpstreamTls | None,
         name: str,
         head_request: bool | None = None,
+        memory: int = 0,
+        ready: Callable[[], bool] | None = None,
     ) -> None:
         self.gw = gw
         #: The request sent upstream is a HEAD (not so for a HEAD the cache converts to GET).
@@ -125,13 +131,19 @@ class Attempt:
         #: ``$upstream_connect_time``/``$upstream_header_time``), from :attr:`started`.
         self.times = ["-", "-"]
         self.started = gw.loop.time()
+        #: A streamed body's bytes while they fit ``limit`` (its buffer): ``$request_body``.
+        self.memory: list[bytes] | None = None
+        self.limit = memory
+        #: Whether more of the body (bytes, or its end) is already here: what is to be sent
+        #: waits for it, to go out in one write.
+        self.ready = ready
 
     async def run(
         self,
         peer: Peer,
         keep: KeptEndpoints | None,
         request: bytes,
-        buffered_body: bytes | None,
+        buffered_body: RequestBody | None,
         framing: BodyFraming,
         ctx: RequestContext,
     ) -> ResponseStart:
@@ -172,7 +184,7 @@ class Attempt:
         return result
 
     async def _send(
-        self, request: bytes, buffered_body: bytes | None, framing: BodyFraming
+        self, request: bytes, buffered_body: RequestBody | None, framing: BodyFraming
     ) -> ResponseStart:
         """Send the request on ``self.up`` and read the response head."""
         up = self.up
@@ -180,7 +192,14 @@ class Attempt:
         self.sent = True
         if self.kept is not None:
             self.kept.requests += 1
-        up.write(request)
+        # The head goes out with the body bytes already here, in one write (nginx's writev
+        # of the head and the preread body); alone when the body is still to come.
+        lead = request
+        if framing.kind is Framing.NONE or (
+            buffered_body is None and (self.ready is None or not self.ready())
+        ):
+            up.write(request)
+            lead = b""
         self.counts[1] += len(request)
         head = self.head
         if head.expect_continue and head.version == "1.1" and framing.kind is Framing.NONE:
@@ -189,13 +208,18 @@ class Attempt:
             head.expect_continue = False
             self.client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if buffered_body is not None:
-            up.write(buffered_body)
-            self.counts[1] += len(buffered_body)
+            for piece in buffered_body.pieces():
+                up.write(lead + piece if lead else piece)
+                lead = b""
+                self.counts[1] += len(piece)
+                await self._drain_upstream(up)
+            if lead:
+                up.write(lead)
         elif framing.kind is not Framing.NONE:
             if self.streamed:  # pragma: no cover - may_retry never repeats a streamed body
                 raise TryFailed(Failure.ERROR, 502, "request body already sent", "sending request")
             self.streamed = True
-            await self._stream_body(up, framing)
+            await self._stream_body(up, framing, lead)
         start = await self._read_response_head(up)
         self.times[1] = self._elapsed()
         return start
@@ -315,25 +339,39 @@ class Attempt:
                     answered,
                 )
 
-    async def _stream_body(self, up: Endpoint, framing: BodyFraming) -> None:
+    async def _stream_body(self, up: Endpoint, framing: BodyFraming, lead: bytes) -> None:
         head, settings = self.head, self.settings
         if head.expect_continue and head.version == "1.1":
             self.client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         size = 0
         chunked = framing.kind is Framing.CHUNKED
+        memory: list[bytes] | None = []
         async for data in self.body(settings.client_body_timeout):
             size += len(data)
+            if memory is not None:
+                memory = memory if size <= self.limit else None
+                if memory is not None:
+                    memory.append(data)
             if settings.client_max_body_size and size > settings.client_max_body_size:
                 raise HttpError(
                     413, f"client intended to send too large chunked body: {size} bytes"
                 )
             out = encode_chunk(data) if chunked else data
-            up.write(out)
             self.counts[1] += len(out)
+            if self.ready is not None and self.ready():
+                # More is here already (the body's end too): one write for what one read
+                # brought, as nginx sends it.
+                lead += out
+                continue
+            up.write(lead + out if lead else out)
+            lead = b""
             await self._drain_upstream(up)
         if chunked:
-            up.write(LAST_CHUNK)
+            up.write(lead + LAST_CHUNK)
             self.counts[1] += len(LAST_CHUNK)
+        elif lead:
+            up.write(lead)
+        self.memory = memory
 
     async def _drain_upstream(self, up: Endpoint) -> None:
         """Wait for the upstream to take the body: ``proxy_send_timeout`` "is set only between

@@ -167,6 +167,10 @@ class Exchange:
         r = self.r
         if not r.settings.tcp_nodelay:
             self.front.nodelay_off()
+        if decision is not Content.PROXY:
+            # ngx_http_discard_request_body: the body bytes read with the head are looked at
+            # before a response made without the body; an invalid chunk there is a 400.
+            self.front.discard_preread()
         if isinstance(decision, Redirect):
             return await self.redirect(decision.status, decision.location)
         if isinstance(decision, Plain):

@@ -513,6 +513,19 @@ class FrontConnection:
             return
         self.ep.abort()
 
+    def body_ready(self) -> bool:
+        """Whether more of the request body (bytes, or its end) is here, to be read."""
+        return any(
+            isinstance(ev, EndOfMessage) or (isinstance(ev, Body) and ev.data)
+            for ev in self.pending
+        )
+
+    def discard_preread(self) -> None:
+        """Raise the error of a body invalid in the bytes read with its head, if any (the
+        rest is discarded after the response, :meth:`_discard_body`)."""
+        if not self.body_done:
+            self.parser.check()
+
     async def _discard_body(self, settings: LocationSettings) -> bool:
         """Read and drop the rest of a body nobody consumed (keep-alive needs it gone).
 
@@ -578,12 +591,20 @@ class FrontConnection:
         ``ngx_http_read_client_request_body_handler`` nor the upstream's
         ``ngx_http_upstream_read_request_handler`` logs one) and ``408`` in the access log.
         """
+        pending = self.pending
         while True:
-            while self.pending:
-                ev = self.pending.pop(0)
-                if isinstance(ev, Body):
-                    yield ev.data
-                elif isinstance(ev, EndOfMessage):
+            while pending:
+                # The chunks one read brought come as one piece, as nginx sends them on
+                # (one chunk upstream for what one read gave: proxy_request_buffering off).
+                n = 0
+                while n < len(pending) and isinstance(pending[n], Body):
+                    n += 1
+                if n:
+                    parts = [ev.data for ev in pending[:n] if isinstance(ev, Body)]
+                    del pending[:n]
+                    yield parts[0] if n == 1 else b"".join(parts)
+                    continue
+                if isinstance(pending.pop(0), EndOfMessage):
                     self.body_done = True
                     return
             try:

@@ -418,6 +418,12 @@ class _StreamFront:
     def nodelay_off(self) -> None:
         """``tcp_nodelay off`` is the connection's matter, not one stream's."""
 
+    def discard_preread(self) -> None:
+        """DATA frames have no chunk framing to be invalid."""
+
+    def body_ready(self) -> bool:
+        return self.ep.body_ended or any(data for data, _ in self.ep.body)
+
     def bare_ctx(self) -> RequestContext:
         ctx = self._main.bare_ctx()
         ctx.http2 = "h2" if self._main.tls_vars is not None else "h2c"

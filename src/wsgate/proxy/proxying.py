@@ -19,6 +19,7 @@ that carried no ``Upgrade``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -29,6 +30,7 @@ from wsgate.errors import HttpError
 from wsgate.http.body import EndOfMessage, Framing
 from wsgate.http.cookies import rewrite_set_cookies
 from wsgate.http.headers import BodyFraming, build_upstream_request, single_fields
+from wsgate.http.reqbody import BodyStore, RequestBody, TempPath, memory_limit, read_request_body
 from wsgate.http.response import ResponseHead
 from wsgate.http.xar import AccelRedirect, carried_fields, target
 from wsgate.proxy.attempt import Attempt, TryFailed
@@ -49,7 +51,7 @@ __all__ = ["Proxying"]
 class Proxying:
     """One request's ``proxy_pass``: every try, and what the response becomes."""
 
-    __slots__ = ("ex", "started", "attempts", "header_only", "response", "cache")
+    __slots__ = ("ex", "started", "attempts", "header_only", "response", "cache", "body")
 
     def __init__(self, ex: Exchange, *, header_only: bool = False) -> None:
         self.ex = ex
@@ -62,6 +64,8 @@ class Proxying:
         self.attempts = 0
         #: The request's use of ``proxy_cache`` (None: none).
         self.cache: CacheRequest | None = None
+        #: The request body read whole (``proxy_request_buffering on``), closed at the end.
+        self.body: RequestBody | None = None
 
     def _uri(self, pp: ProxyPass) -> str:
         """The URI sent upstream (:func:`~wsgate.routing.proxy_uri`), with what the rewrite
@@ -88,6 +92,8 @@ class Proxying:
         finally:
             if self.cache is not None:
                 self.cache.done()
+            if self.body is not None:
+                self.body.close()
 
     async def _run(self) -> Outcome:
         ex = self.ex
@@ -140,15 +146,23 @@ class Proxying:
                 body_framing = BodyFraming.content_length(head.content_length)
             elif head.chunked and settings.proxy_pass_request_body:
                 body_framing = BodyFraming.chunked()
-        buffered_body: bytes | None = None
+        buffered_body: RequestBody | None = None
         if not settings.proxy_pass_request_body:
-            buffered_body = b""  # nothing is streamed; the front connection discards the body
-        elif body_framing.kind is Framing.CHUNKED and settings.proxy_http_version == "1.0":
-            # An HTTP/1.0 upstream cannot take a chunked body: read it whole (bounded by
-            # client_max_body_size) and send it with a Content-Length, as nginx does.
-            buffered_body = await self._read_whole_body(settings)
-            ctx.set_request_body(buffered_body)
-            body_framing = BodyFraming.content_length(len(buffered_body))
+            buffered_body = RequestBody()  # nothing is sent; the front connection discards it
+        elif body_framing.kind is not Framing.NONE and (
+            settings.proxy_request_buffering
+            or (body_framing.kind is Framing.CHUNKED and settings.proxy_http_version == "1.0")
+        ):
+            # ngx_http_read_client_request_body: the whole body before the upstream is
+            # contacted (an HTTP/1.0 upstream cannot take a chunked one even with buffering
+            # off), sent with its Content-Length, and again to a next upstream.  Unbuffered,
+            # client_body_in_file_only has no effect (ngx_http_request_body_save_filter).
+            buffered_body = self.body = await self._read_whole_body(settings, body_framing)
+            if buffered_body.path is None:
+                ctx.set_request_body(buffered_body.data)
+            else:
+                ctx.set_request_body_file(buffered_body.path)
+            body_framing = BodyFraming.content_length(buffered_body.size)
         request = build_upstream_request(
             method,
             uri,
@@ -202,6 +216,11 @@ class Proxying:
                 head,
                 settings,
                 streamed=streamed,
+                ready=front.body_ready,
+                memory=memory_limit(
+                    settings.client_body_buffer_size,
+                    head.content_length if body_framing.kind is Framing.LENGTH else None,
+                ),
                 tls=tls,
                 name=tls_name,
                 head_request=method == "HEAD",
@@ -212,6 +231,9 @@ class Proxying:
                 resp, rparser, rpending = await att.run(
                     peer, keep, request, buffered_body, body_framing, ctx
                 )
+                if att.memory is not None:
+                    # A streamed body that fit its buffer is still $request_body.
+                    ctx.set_request_body(b"".join(att.memory))
             except TryFailed as failed:
                 streamed = att.streamed
                 r.discard_body |= streamed
@@ -397,17 +419,23 @@ class Proxying:
             method=self.ex.head.method,
         )
 
-    async def _read_whole_body(self, settings: LocationSettings) -> bytes:
-        chunks: list[bytes] = []
-        size = 0
-        async for data in self.ex.front.body_events(settings.client_body_timeout):
-            size += len(data)
-            if settings.client_max_body_size and size > settings.client_max_body_size:
-                raise HttpError(
-                    413, f"client intended to send too large chunked body: {size} bytes"
-                )
-            chunks.append(data)
-        return b"".join(chunks)
+    async def _read_whole_body(
+        self, settings: LocationSettings, framing: BodyFraming
+    ) -> RequestBody:
+        """The body in memory or in a temporary file (:mod:`wsgate.http.reqbody`)."""
+        ex = self.ex
+        head, front = ex.head, ex.front
+        if head.expect_continue and head.version == "1.1":
+            head.expect_continue = False
+            front.ep.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        directory, levels = settings.client_body_temp_path
+        temp = TempPath(os.path.join(front.gw.config.prefix, directory), levels)
+        known = framing.length if framing.kind is Framing.LENGTH else None
+        limit = memory_limit(settings.client_body_buffer_size, known, ex.r.ctx.version == "2.0")
+        store = BodyStore(temp, limit, settings.client_body_in_file_only, ex.r.log)
+        return await read_request_body(
+            front.body_events(settings.client_body_timeout), store, settings.client_max_body_size
+        )
 
 
 def _complete(

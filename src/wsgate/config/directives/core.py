@@ -37,6 +37,7 @@ from wsgate.config.table import (
     TAKE1,
     TAKE2,
     TAKE12,
+    TAKE1234,
     Arity,
     Directive,
     Kind,
@@ -60,6 +61,17 @@ __all__ = ["ENTRIES", "ERROR_LEVELS"]
 
 _err = config_error
 ERROR_LEVELS = ("debug", "info", "notice", "warn", "error", "crit", "alert", "emerg")
+
+
+def _temp_path(s: Stmt, level: Level) -> tuple[str, tuple[int, ...]]:
+    """``ngx_conf_set_path_slot``: a directory and up to three level lengths of 1 or 2."""
+    levels = []
+    for a in s.args[1:]:
+        n = int(a) if a.isdigit() else 0
+        if not 1 <= n <= 2:
+            raise _err(f'"{s.name}" directive invalid value', s.src)
+        levels.append(n)
+    return s.args[0], tuple(levels)
 
 
 # -- main ----------------------------------------------------------------------------------------
@@ -573,6 +585,47 @@ ENTRIES: tuple[Directive, ...] = (
         target=_LS,
         fields=("client_body_timeout",),
         default="60s",
+    ),
+    Directive(
+        "client_body_buffer_size",
+        HSL,
+        TAKE1,
+        parse=size,
+        target=_LS,
+        fields=("client_body_buffer_size",),
+        default="16k",
+        note="a request body larger than this (a known length: a quarter more) goes to a "
+        "temporary file",
+    ),
+    Directive(
+        "client_body_in_file_only",
+        HSL,
+        TAKE1,
+        parse=enum_("off", "on", "clean"),
+        target=_LS,
+        fields=("client_body_in_file_only",),
+        default="off",
+        syntax="on | clean | off",
+    ),
+    Directive(
+        "client_body_in_single_buffer",
+        HSL,
+        FLAG,
+        parse=flag,
+        target=_LS,
+        fields=("client_body_in_single_buffer",),
+        default="off",
+        note="a body kept in memory always is one buffer in wsgate",
+    ),
+    Directive(
+        "client_body_temp_path",
+        HSL,
+        TAKE1234,
+        parse=_temp_path,
+        target=_LS,
+        fields=("client_body_temp_path",),
+        default="client_body_temp",
+        syntax="path [level1 [level2 [level3]]]",
     ),
     Directive(
         "keepalive_timeout",

@@ -23,7 +23,6 @@ from wsgate.config.table import (
     Kind,
     Parser,
     ctx,
-    flag,
     number,
     size,
 )
@@ -64,7 +63,6 @@ _HASH = (
     "the value is checked as nginx checks it"
 )
 _POOL = "nginx's memory pools: Python allocates as it goes; the value is checked"
-_BODY = "wsgate streams a request body to the upstream as it arrives and keeps none of it"
 _TEMP = "wsgate writes no temporary files"
 _STREAM = "wsgate always streams, as with `off`"
 _LOOP = "the event loop (uvloop or asyncio) accepts connections its own way"
@@ -87,18 +85,8 @@ ENTRIES: tuple[Directive, ...] = (
     _noop("variables_hash_bucket_size", _H, TAKE1, _HASH, size),
     _noop("proxy_headers_hash_max_size", HSL, TAKE1, _HASH, number),
     _noop("proxy_headers_hash_bucket_size", HSL, TAKE1, _HASH, size),
-    _noop("client_body_buffer_size", HSL, TAKE1, _BODY, size),
     _noop("connection_pool_size", ctx("http server"), TAKE1, _POOL, size),
     _noop("request_pool_size", ctx("http server"), TAKE1, _POOL, size),
-    _noop("client_body_in_single_buffer", HSL, FLAG, _BODY, flag),
-    _noop(
-        "client_body_in_file_only",
-        HSL,
-        TAKE1,
-        _BODY,
-        values=frozenset({"off"}),
-        refusal="wsgate writes no request body to a file",
-    ),
     _noop(
         "log_subrequest",
         HSL,
@@ -116,12 +104,10 @@ ENTRIES: tuple[Directive, ...] = (
         values=frozenset({"off"}),
         refusal="wsgate sends MSIE the redirect itself",
     ),
-    _noop("client_body_temp_path", HSL, TAKE1234, _TEMP),
     _noop("proxy_temp_path", HSL, TAKE1234, _TEMP),
     _noop("fastcgi_temp_path", HSL, TAKE1234, _TEMP),
     _noop("uwsgi_temp_path", HSL, TAKE1234, _TEMP),
     _noop("scgi_temp_path", HSL, TAKE1234, _TEMP),
-    _noop("proxy_request_buffering", HSL, FLAG, _STREAM),
     _noop("proxy_buffers", HSL, TAKE2, _STREAM),
     _noop("proxy_busy_buffers_size", HSL, TAKE1, _STREAM),
     _noop("proxy_max_temp_file_size", HSL, TAKE1, _TEMP),

@@ -159,6 +159,17 @@ ENTRIES: tuple[Directive, ...] = (
         note="nginx 1.29.7+'s default",
     ),
     Directive(
+        "proxy_request_buffering",
+        HSL,
+        FLAG,
+        parse=flag,
+        target=_LS,
+        fields=("proxy_request_buffering",),
+        default="on",
+        note="`off` streams the body as it arrives (chunked to an HTTP/1.1 upstream when its "
+        "length is unknown); such a body cannot be sent to a next upstream",
+    ),
+    Directive(
         "proxy_pass_request_body",
         HSL,
         FLAG,
