@@ -455,6 +455,38 @@ http {{
     assert b"content-length" not in app.requests[0].head.lower()
 
 
+def test_a_subrequest_without_body_off_never_reads_the_body(bg: Loop, wsgate: Factory) -> None:
+    """An auth location without nginx's documented ``proxy_pass_request_body off``: the
+    subrequest neither takes the client's body nor sends a Content-Length its upstream would
+    wait on; the main request still gets the whole body (buffered or streamed)."""
+    app = bg.backend("app")
+    auth = bg.backend("auth", answer(204))
+    gw = wsgate(f"""
+events {{}}
+http {{
+  access_log off;
+  server {{
+    listen 127.0.0.1:0;
+    location / {{ auth_request /auth; proxy_pass http://127.0.0.1:{app.port}; }}
+    location /s/ {{
+      auth_request /auth;
+      proxy_request_buffering off;
+      proxy_pass http://127.0.0.1:{app.port};
+    }}
+    location = /auth {{ proxy_pass http://127.0.0.1:{auth.port}/check; }}
+  }}
+}}
+""")
+    for path in ("/p", "/s/p"):
+        assert get(gw.port, path, method="POST", body=b"0123456789") == (200, b"app")
+    for sub in auth.requests:
+        assert sub.body == b"" and b"content-length" not in sub.head.lower()
+    assert [(r.path, r.body) for r in app.requests] == [
+        ("/p", b"0123456789"),
+        ("/s/p", b"0123456789"),
+    ]
+
+
 # -- satisfy -----------------------------------------------------------------------------------
 def satisfy_conf(app: int, auth: int, satisfy: str, rules: str) -> str:
     return f"""

@@ -139,7 +139,10 @@ class Proxying:
         body_framing = BodyFraming.none()
         # After an error page the body may be gone: discarded after a 413, or streamed to an
         # earlier upstream, which wsgate cannot do twice (nginx sends its buffered copy).
-        if not (r.discard_body or self.ex.front.body_done):
+        # A subrequest (auth_request, an SSI include) never reads the client's body: in
+        # nginx it sends the main request's buffered copy if there is one; wsgate sends none
+        # (and so no Content-Length an upstream would wait on).
+        if not (r.discard_body or self.ex.front.body_done or r.subrequest):
             if head.content_length:
                 # With proxy_pass_request_body off nginx still sends the client's
                 # Content-Length ($proxy_internal_body_length), and no body.
