@@ -479,9 +479,14 @@ async def _pread_loop(
             data = data.translate(recode)
         if rate is None:
             ep.write(data)
+            _count(ctx, len(data))
             await _drain(ep, timeout)
         else:
-            await send_paced(ep, data, rate, ctx.bytes_sent)
+            await send_paced(ep, data, rate, ctx.bytes_sent, tally=lambda n: _count(ctx, n))
         sent += len(data)
-        ctx.bytes_sent += len(data)
-        ctx.body_bytes_sent += len(data)
+
+
+def _count(ctx: RequestContext, n: int) -> None:
+    """``n`` more body bytes of the response went to the client."""
+    ctx.bytes_sent += n
+    ctx.body_bytes_sent += n

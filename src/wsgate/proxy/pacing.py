@@ -65,10 +65,16 @@ def response_rate(
 
 
 async def send_paced(
-    ep: Endpoint, data: bytes, rate: WriteRate, sent: int, clock: Callable[[], float] = time.time
+    ep: Endpoint,
+    data: bytes,
+    rate: WriteRate,
+    sent: int,
+    clock: Callable[[], float] = time.time,
+    tally: Callable[[int], None] | None = None,
 ) -> int:
     """Write ``data`` no faster than ``rate`` allows, ``sent`` bytes of the response (its head
-    included) having gone before; returns the new count."""
+    included) having gone before; returns the new count.  ``tally`` is told of each slice as
+    it is written (a response cut short then counts what went)."""
     view = memoryview(data)
     while view:
         allowance = rate.allowance(sent, clock())
@@ -77,6 +83,8 @@ async def send_paced(
             continue
         piece = view[:allowance]
         ep.write(bytes(piece))
+        if tally is not None:
+            tally(len(piece))
         await ep.drain()
         view = view[len(piece) :]
         pause = rate.pause_after(sent, sent + len(piece))
