@@ -144,32 +144,16 @@ async def send_file(ex: Exchange, resp: FileResponse) -> Outcome:
         rate = response_rate(settings, ctx, lambda text: r.log("error", text))
         timeout = settings.send_timeout
         with_body = head.method != "HEAD" and status != 304
-        if with_body and (gz is not None or gun is not None) and not ssi:
-            # Compressed (or decompressed) as it is read, one pread chunk at a time: no
-            # sendfile for it.
+        if with_body and (ssi or gz is not None or gun is not None):
+            # Compressed, decompressed or SSI-filtered as it is read, one pread chunk at a
+            # time: no sendfile for it.
             pieces = _file_pieces(resp)
             if gun is not None:
                 pieces = _gunzipped(pieces, gun)
-            sent = await _send_gzipped(ep, out, pieces, gz, chunked, timeout, rate)
-            if gz is not None:
-                ctx.gzip_ratio = gz.ratio
-            if chunked:
-                tail = (
-                    last_chunk(trailers(status, settings.add_trailers, ctx.lookup, ctx))
-                    if with_trailer
-                    else LAST_CHUNK
-                )
-                ep.write(tail)
-                sent += len(tail)
-            ctx.bytes_sent = sent
-            ctx.body_bytes_sent = sent - len(out)
-            await _drain(ep, timeout)
-            with_body = False
-        elif with_body and ssi:
-            pieces = _file_pieces(resp)
-            if gun is not None:
-                pieces = _gunzipped(pieces, gun)
-            sent = await send_through_ssi(ex, out, pieces, chunked, timeout, gz)
+            if ssi:
+                sent = await send_through_ssi(ex, out, pieces, chunked, timeout, gz)
+            else:
+                sent = await _send_gzipped(ep, out, pieces, gz, chunked, timeout, rate)
             if gz is not None:
                 ctx.gzip_ratio = gz.ratio
             if chunked:
