@@ -39,13 +39,26 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bench.procstat import cpu_sample, system_busy
-from bench.proxies import nginx_binary, version_of
+from bench.proxies import free_port, nginx_binary, version_of
 from bench.static import SMALL, Server, Spawner, make_files
 
 __all__ = ["front_conf", "h2load_binary", "markdown", "parse_h2load", "run_h2"]
 
-#: What each request asks for: the static file, and the same file through the backend.
-PATHS = {"static": "/small", "proxy": "/proxy/small"}
+#: What each request asks for: the static file, and the same file through the backend, each
+#: over HTTP/2 and, for comparison, over HTTP/1.1 (``h2load --h1``: as many connections as
+#: HTTP/2 has streams, one request at a time on each, as HTTP/1.1 without pipelining).
+LOADS = {
+    "static": ("/small", "h2"),
+    "proxy": ("/proxy/small", "h2"),
+    "static-h1": ("/small", "h1"),
+    "proxy-h1": ("/proxy/small", "h1"),
+}
+_LABELS = {
+    "static": "1 KiB file, HTTP/2",
+    "proxy": "1 KiB proxied, HTTP/2",
+    "static-h1": "1 KiB file, HTTP/1.1",
+    "proxy-h1": "1 KiB proxied, HTTP/1.1",
+}
 WS_SIZES = (64, 4096)
 
 
@@ -68,8 +81,9 @@ def h2load_binary() -> str | None:
     return None
 
 
-def front_conf(root: Path, backend_port: int) -> Any:
-    """The configuration both servers run, for a given listening port."""
+def front_conf(root: Path, backend_port: int, h1_port: int) -> Any:
+    """The configuration both servers run, for a given HTTP/2 port (cleartext HTTP/2 with
+    prior knowledge; nginx 1.22 serves nothing else there) and ``h1_port`` for HTTP/1.1."""
 
     def conf(port: int) -> str:
         return f"""
@@ -88,6 +102,7 @@ http {{
     }}
     server {{
         listen 127.0.0.1:{port} http2;
+        listen 127.0.0.1:{h1_port};
         root {root};
         location /proxy/ {{
             proxy_pass http://backend/;
@@ -156,14 +171,19 @@ def _h2load(
     return r
 
 
-def _measure(server: Server, backend: Server, cpus: str, path: str, s: Timing) -> dict[str, Any]:
-    url = f"http://127.0.0.1:{server.port}{path}"
+def _measure(
+    server: Server, port: int, backend: Server, cpus: str, path: str, proto: str, s: Timing
+) -> dict[str, Any]:
+    url = f"http://127.0.0.1:{port}{path}"
     watch = {"server": [server.proc.pid], "backend": [backend.proc.pid]}
-    warm = _h2load(
-        cpus, url, s.h2_clients, s.h2_streams, ["-D", f"{max(1, round(s.warmup * 1000))}ms"], watch
-    )
-    count = max(s.h2_clients * s.h2_streams * 4, int(warm["requests_per_s"] * s.duration))
-    r = _h2load(cpus, url, s.h2_clients, s.h2_streams, ["-n", str(count)], watch)
+    # HTTP/1.1 has no concurrent streams: --h1 with as many connections as HTTP/2 streams.
+    clients, streams, h1 = s.h2_clients, s.h2_streams, []
+    if proto == "h1":
+        clients, streams, h1 = s.h2_clients * s.h2_streams, 1, ["--h1"]
+    warm_for = f"{max(1, round(s.warmup * 1000))}ms"
+    warm = _h2load(cpus, url, clients, streams, [*h1, "-D", warm_for], watch)
+    count = max(clients * streams * 4, int(warm["requests_per_s"] * s.duration))
+    r = _h2load(cpus, url, clients, streams, [*h1, "-n", str(count)], watch)
     if r["succeeded"] != count or r["ok_2xx"] != count:
         raise RuntimeError(f"h2load: {r['succeeded']} of {count} succeeded, {r['ok_2xx']} 2xx")
     r["cpu_per_request_us"] = round(r["cpu"]["server"]["total_s"] / count * 1e6, 1)
@@ -189,6 +209,7 @@ def h2load_runs(
     }
     backend = Server(procs, back_name, work / "backend", root, load_cpus, sendfile=True)
     running: dict[str, Server] = {}
+    h1_ports = {name: free_port() for name in servers}
     try:
         for name in servers:
             running[name] = Server(
@@ -198,13 +219,14 @@ def h2load_runs(
                 root,
                 proxy_cpus,
                 sendfile=True,
-                conf=front_conf(root, backend.port),
+                conf=front_conf(root, backend.port, h1_ports[name]),
             )
         for n in range(s.h2_sets):
             for name, server in running.items():
-                for what, path in PATHS.items():
-                    log(f"h2: {name}, {what} over HTTP/2, set {n + 1} of {s.h2_sets}")
-                    r = _measure(server, backend, load_cpus, path, s)
+                for what, (path, proto) in LOADS.items():
+                    log(f"h2: {name}, {what} ({proto}), set {n + 1} of {s.h2_sets}")
+                    port = server.port if proto == "h2" else h1_ports[name]
+                    r = _measure(server, port, backend, load_cpus, path, proto, s)
                     out["sets"].setdefault(name, {}).setdefault(what, []).append(r)
     finally:
         for server in running.values():
@@ -304,22 +326,26 @@ def markdown(h2: dict[str, Any]) -> str:
     if req:
         lines += [
             f"`{req['h2load']}`, {req['clients']} connections × {req['streams']} concurrent "
-            f"streams; `/proxy/` goes to an HTTP/1.1 backend ({req['backend']}, keep-alive) "
-            f"serving the same {SMALL}-byte file. The least CPU per request of "
+            f"streams (HTTP/1.1: `--h1`, {req['clients'] * req['streams']} connections, one "
+            f"request at a time each); `/proxy/` goes to an HTTP/1.1 backend "
+            f"({req['backend']}, keep-alive) serving the same {SMALL}-byte file. "
+            "The least CPU per request of "
             f"{len(next(iter(next(iter(req['sets'].values())).values())))} sets; the range "
             "over the sets beside it.\n",
             "| request | server | requests/s | server CPU per request | range over sets "
             "| wsgate / nginx | server CPU | load CPU | other CPU |",
             "|---|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        for what in PATHS:
+        for what in LOADS:
             nginx = (req["best"].get("nginx") or {}).get(what)
             for name, best in req["best"].items():
-                r = best[what]
+                r = best.get(what)
+                if r is None:
+                    continue
                 ratio = ""
                 if name == "wsgate" and nginx:
                     ratio = f"{r['cpu_per_request_us'] / nginx['cpu_per_request_us']:.1f}×"
-                label = "1 KiB file" if what == "static" else "1 KiB proxied"
+                label = _LABELS[what]
                 lines.append(
                     f"| {label} | {name} | {r['requests_per_s']:,.0f} "
                     f"| {r['cpu_per_request_us']} µs "
