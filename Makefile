@@ -89,7 +89,7 @@ conformance: $(STAMP) debs
 soak: $(STAMP) debs
 	WSGATE_SOAK=1 $(BIN)/pytest -q -p no:cacheprovider tests/reliability
 
-## make bench: wsgate, nginx and HAProxy side by side (bench/run.py, about 10 minutes); writes
+## make bench: wsgate, nginx and HAProxy side by side (bench/run.py, about 10 minutes with the HTTP/2 part); writes
 ## bench/results/. As root it installs nginx, HAProxy and h2load (nghttp2-client, for the
 ## HTTP/2 figures) from Debian's packages when they are
 ## missing (otherwise it skips them, with a note), and stops the services their postinst started.
