@@ -6,8 +6,11 @@ both accept, so that TLS costs do not hide the HTTP/2 work. Pinned as the other 
 server under test on CPU 0 (``taskset``), load generators and backends on CPU 1.
 
 1. **Requests over HTTP/2** (:func:`h2load_runs`): Debian's ``h2load`` (``nghttp2-client``)
-   with ``--h2-clients`` connections of ``--h2-streams`` concurrent streams each, against
-   wsgate and nginx with the same configuration (:func:`front_conf`): ``worker_processes 1``,
+   with ``Settings.h2_clients`` connections of ``Settings.h2_streams`` concurrent streams
+   each (and, for comparison, over HTTP/1.1: ``h2load --h1`` with as many connections, one
+   request at a time each, on a second ``listen`` without ``http2``, as nginx 1.22 serves
+   only HTTP/2 on a cleartext ``http2`` one), against wsgate and nginx with the same
+   configuration (:func:`front_conf`): ``worker_processes 1``,
    ``access_log off``, ``sendfile on``, a 1 KiB file from ``root``, and ``/proxy/`` passed to
    an HTTP/1.1 backend (``proxy_http_version 1.1``, ``keepalive 16``) that serves the same
    file. The backend is nginx, pinned to CPU 1 beside ``h2load`` (wsgate when nginx is not
