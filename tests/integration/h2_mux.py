@@ -167,7 +167,7 @@ class H2WebSocketMux:
         if st is None:
             return
         if isinstance(event, ResponseReceived):
-            fields = {k: v for k, v in event.headers}  # type: ignore[misc]
+            fields = dict(event.headers or [])
             if not st.response.done():
                 st.response.set_result(fields)
         elif isinstance(event, DataReceived):
