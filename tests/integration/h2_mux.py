@@ -19,7 +19,10 @@ HTTP/2 tunnel:
   pauses while more than :data:`BACKLOG` bytes wait for a window); the client's FIN →
   END_STREAM, the stream's END_STREAM → FIN to the client (half-closes, as a TCP relay
   passes them); RST_STREAM from the server → the client's socket aborted; the client's
-  socket failing → RST_STREAM CANCEL.
+  socket failing → RST_STREAM CANCEL;
+* as a browser, it never opens more streams than the server's
+  ``SETTINGS_MAX_CONCURRENT_STREAMS`` (a client waits for one to close), and a stream refused
+  with REFUSED_STREAM before any answer is sent again on a new stream (RFC 9113 §8.7).
 
 It runs its own event loop on a thread (a context manager, as ``TcpRelay`` in
 test_autobahn.py) and counts what it did: streams opened, their peak concurrency, DATA
@@ -34,6 +37,7 @@ import base64
 import hashlib
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 from h2.config import H2Configuration
 from h2.connection import H2Connection
@@ -70,6 +74,12 @@ DROPPED = frozenset(
     }
 )
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+#: How often one client's stream may be refused before its connection is dropped.
+REFUSED_RETRIES = 200
+
+
+class _Refused(ConnectionError):
+    """The server refused the stream (RST_STREAM REFUSED_STREAM): it may be sent again."""
 
 
 @dataclass(eq=False)
@@ -105,6 +115,8 @@ class H2WebSocketMux:
         #: Clients that waited for a stream because the server's
         #: SETTINGS_MAX_CONCURRENT_STREAMS were all open (a browser queues them so too).
         self.queued = 0
+        #: Streams the server refused with REFUSED_STREAM, each sent again on a new stream.
+        self.refused = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._streams: dict[int, _Stream] = {}
@@ -184,7 +196,10 @@ class H2WebSocketMux:
                     pass
             self._done_if_both(st)
         elif isinstance(event, StreamReset):
-            if event.error_code == ErrorCodes.NO_ERROR and st.ended_in:
+            if event.error_code == ErrorCodes.REFUSED_STREAM and not st.response.done():
+                st.response.set_exception(_Refused("REFUSED_STREAM"))
+                self._forget(st)  # the client waits for its retry
+            elif event.error_code == ErrorCodes.NO_ERROR and st.ended_in:
                 st.writer.close()  # after END_STREAM: everything was delivered
                 self._forget(st)
             else:
@@ -262,6 +277,44 @@ class H2WebSocketMux:
         except asyncio.CancelledError:  # _stop: the driver is going away
             writer.transport.abort()
 
+    async def _open(
+        self, writer: asyncio.StreamWriter, path: str, authority: str, fields: list[Any]
+    ) -> tuple[_Stream, dict[str, str]] | None:
+        """The client's extended CONNECT on a new stream, and the response's fields; None when
+        the stream failed.  A stream refused with REFUSED_STREAM ("closed prior to any
+        processing", RFC 9113 §8.7) is sent again on a new stream, as browsers do."""
+        self.streams_opened += 1
+        for attempt in range(REFUSED_RETRIES):
+            if self._full():
+                self.queued += 1
+                while self._full():
+                    self._slots.clear()
+                    await self._slots.wait()
+            sid = self._h2.get_next_available_stream_id()
+            st = _Stream(sid, writer, self._loop.create_future())
+            self._streams[sid] = st
+            self._h2.send_headers(
+                sid,
+                [
+                    (":method", "CONNECT"),
+                    (":protocol", "websocket"),
+                    (":scheme", "http"),
+                    (":path", path),
+                    (":authority", authority),
+                    *((k.lower(), v) for k, v in fields if k.lower() not in DROPPED),
+                ],
+            )
+            self._send()
+            self.peak_streams = max(self.peak_streams, self._h2.open_outbound_streams)
+            try:
+                return st, await st.response
+            except _Refused:
+                self.refused += 1
+                await asyncio.sleep(min(0.001 * 2**attempt, 0.05))
+            except ConnectionError:
+                return None
+        return None
+
     async def _carry(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One client: its handshake as an extended CONNECT, then its bytes both ways."""
         try:
@@ -274,32 +327,12 @@ class H2WebSocketMux:
         fields = [tuple(part.strip() for part in line.split(":", 1)) for line in lines[1:] if line]
         key = next((v for k, v in fields if k.lower() == "sec-websocket-key"), "")
         authority = next((v for k, v in fields if k.lower() == "host"), self.authority)
-        if self._full():
-            self.queued += 1
-            while self._full():
-                self._slots.clear()
-                await self._slots.wait()
-        sid = self._h2.get_next_available_stream_id()
-        st = _Stream(sid, writer, self._loop.create_future())
-        self._streams[sid] = st
-        self.streams_opened += 1
-        self._h2.send_headers(
-            sid,
-            [
-                (":method", "CONNECT"),
-                (":protocol", "websocket"),
-                (":scheme", "http"),
-                (":path", path),
-                (":authority", authority),
-                *((k.lower(), v) for k, v in fields if k.lower() not in DROPPED),
-            ],
-        )
-        self._send()
-        self.peak_streams = max(self.peak_streams, self._h2.open_outbound_streams)
-        try:
-            response = await st.response
-        except ConnectionError:
+        opened = await self._open(writer, path, authority, fields)
+        if opened is None:
+            writer.transport.abort()
             return
+        st, response = opened
+        sid = st.sid
         status = int(response.pop(":status"))
         self.statuses[status] = self.statuses.get(status, 0) + 1
         if status != 200:
@@ -372,3 +405,35 @@ class H2WebSocketMux:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
+
+
+def main() -> None:
+    """``python -m tests.integration.h2_mux TARGET_PORT``: run the driver in a process of its own
+    (so it does not share an interpreter lock with the WebSocket clients it carries), print
+    ``Listening on 127.0.0.1:PORT``, carry clients until stdin closes, then print its counts
+    as one JSON line."""
+    import json
+    import sys
+
+    with H2WebSocketMux(int(sys.argv[1])) as mux:
+        print(f"Listening on 127.0.0.1:{mux.port}", flush=True)
+        sys.stdin.read()
+    counts = {name: getattr(mux, name) for name in STATS}
+    print(json.dumps(counts), flush=True)
+
+
+#: The counts :func:`main` prints.
+STATS = (
+    "connections",
+    "streams_opened",
+    "peak_streams",
+    "queued",
+    "refused",
+    "statuses",
+    "bytes_up",
+    "bytes_down",
+    "left_open",
+)
+
+if __name__ == "__main__":
+    main()
