@@ -391,6 +391,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed (make debs installs it)")
+@pytest.mark.timeout(60)  # 4 to 17 s seen on the loaded 2-core machine (1 MiB each way)
 def test_haproxy_ws_h2_to_wsgate(
     wsgate: Factory, bg: Loop, echo_server: Echo, tmp_path: Path
 ) -> None:
