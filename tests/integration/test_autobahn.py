@@ -65,6 +65,15 @@ over 3 direct and 3 relay runs.  Two rules keep the comparison about the proxy, 
   more than 4096 frames (close 1009 "too many fragments"), which fails 9.3.1, 9.3.2, 9.4.1 and
   9.4.2 (4 MiB in 64/256-byte fragments) before any proxy is involved.
 
+Through one HTTP/2 connection (issue 13)
+----------------------------------------
+The last tests run kosoku's connections as RFC 8441 streams on ONE HTTP/2 connection to wsgate,
+through the driver :mod:`tests.integration.h2_mux`: 100 cases at once over 1.*-7.* and 10.*
+(247 cases, ~3 s a leg, against a direct leg at the same concurrency), the same at wsgate's
+``http2_max_concurrent_streams 8``, and under ``make soak`` the whole selection at
+``CONCURRENCY`` (95-110 s).  See ``H2_CASES`` for why 9.* and 12.x/13.x stay out of the
+100-at-once run.
+
 What it cannot see: kosoku judges WebSocket behaviour, not TCP details.  A relay that answered
 the server's FIN with a RST towards the client, for instance, got identical results; a relay that
 dropped ``Sec-WebSocket-Extensions`` from the 101 turned 12.x/13.x into UNIMPLEMENTED and failed.
