@@ -86,8 +86,10 @@ conformance: $(STAMP) debs
 ## make soak: the reliability probes (tests/reliability/) in their long form, WSGATE_SOAK=1:
 ## counts and durations scaled up, every loop still bounded in count and time (about 10-15
 ## minutes); the figures are printed in the summary, beside nginx's when nginx is installed.
+## Also the whole Autobahn selection through one HTTP/2 connection (RFC 8441, about 2 minutes).
 soak: $(STAMP) debs
-	WSGATE_SOAK=1 $(BIN)/pytest -q -p no:cacheprovider tests/reliability
+	WSGATE_SOAK=1 $(BIN)/pytest -q -p no:cacheprovider tests/reliability \
+	  tests/integration/test_autobahn.py::test_autobahn_same_through_one_http2_connection_all_cases
 
 ## make bench: wsgate, nginx and HAProxy side by side (bench/run.py, about 10 minutes with the HTTP/2 part); writes
 ## bench/results/. As root it installs nginx, HAProxy and h2load (nghttp2-client, for the
