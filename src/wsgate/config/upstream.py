@@ -248,7 +248,8 @@ def finish_upstream(
 
 
 def per_minute(text: str) -> float | None:
-    """``FRACTION/m`` as ``0.1/m`` or ``10%/m``: a fraction in (0, 1], else None."""
+    """``FRACTION/m`` as ``0.1/m`` or ``10%/m``: a positive fraction, else None (more than
+    1 closes the whole group's share in less than a minute)."""
     if not text.endswith("/m"):
         return None
     number = text[:-2]
@@ -257,13 +258,12 @@ def per_minute(text: str) -> float | None:
     if not number or not (number[0].isdigit() and number.replace(".", "", 1).isdigit()):
         return None
     value = float(number) / scale
-    return value if 0 < value <= 1 else None
+    return value if value > 0 else None
 
 
 def parse_rebalance(e: Stmt, level: Level | None = None) -> float:
     """``websocket_rebalance off | FRACTION/m``: the share of a group's open tunnels moved
-    per minute when it grows, as ``0.1/m`` or ``10%/m`` (more than ``1/m`` is refused:
-    a rebalance never closes more than the group holds in a minute)."""
+    per minute when it grows, as ``0.1/m`` or ``10%/m``."""
     text = e.args[0]
     if text == "off":
         return 0.0

@@ -330,6 +330,7 @@ class Control:
           as listed, or a ``server`` line's name (all its addresses);
         * ``action=rebalance&upstream=NAME[&rate=FRACTION/m]``.
         """
+        self.refresh()  # what other workers changed, before acting on it
         args = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
         action = args.get("action", "")
         ups = self.gw.config.http.upstreams
