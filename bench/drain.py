@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import multiprocessing as mp
 import os
@@ -45,7 +46,7 @@ LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
 # -- the servers (a child process) -----------------------------------------------------------------
 def _servers(ready: Any, done: Any, results: Any) -> None:
     async def main() -> None:
-        accepted: dict[str, list[float]] = {"s0": [], "s1": [], "s2": []}
+        accepted: dict[str, list[float]] = {"s0": [], "s1": [], "s2": [], "closed0": []}
 
         def handler_for(name: str) -> Any:
             async def handler(ws: ServerConnection) -> None:
@@ -55,10 +56,16 @@ def _servers(ready: Any, done: Any, results: Any) -> None:
                         await ws.send(msg)
                 except ConnectionClosed:
                     pass
+                if name == "s0":
+                    accepted["closed0"].append(time.time())  # wsgate's Close reached s0
 
             return handler
 
-        servers = [await serve(handler_for(n), "127.0.0.1", 0) for n in accepted]
+        # No keepalive pings of the library's own: only the measured traffic.
+        servers = [
+            await serve(handler_for(n), "127.0.0.1", 0, ping_interval=None)
+            for n in ("s0", "s1", "s2")
+        ]
         ready.send([s.sockets[0].getsockname()[1] for s in servers])
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, done.recv)
@@ -79,10 +86,13 @@ class Client:
     echoed: set[int] = field(default_factory=set)
     resent: int = 0
     closes: list[int | None] = field(default_factory=list)
+    closed_at: list[float] = field(default_factory=list)
     ws: ClientConnection | None = None
 
     async def open(self) -> None:
-        self.ws = await connect(f"ws://127.0.0.1:{self.port}/c{self.cid}", open_timeout=60)
+        self.ws = await connect(
+            f"ws://127.0.0.1:{self.port}/c{self.cid}", open_timeout=60, ping_interval=None
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         pending: int | None = None
@@ -105,6 +115,7 @@ class Client:
                     pass
             except ConnectionClosed as exc:
                 self.closes.append(exc.rcvd.code if exc.rcvd is not None else None)
+                self.closed_at.append(time.time())
                 if pending is not None:
                     self.resent += 1  # sent again on the new tunnel
                 if stop.is_set():
@@ -176,6 +187,7 @@ async def _post(port: int, query: str) -> dict[str, Any]:
 
 async def _scenario(args: argparse.Namespace, port: int, ports: list[int]) -> dict[str, Any]:
     clients = [Client(port, i, args.interval) for i in range(args.tunnels)]
+    gc.freeze()  # thousands of long-lived objects: no full collections scanning them
     for start in range(0, len(clients), 200):
         await asyncio.gather(*(c.open() for c in clients[start : start + 200]))
     stop = asyncio.Event()
@@ -197,6 +209,7 @@ async def _scenario(args: argparse.Namespace, port: int, ports: list[int]) -> di
             codes[str(code)] = codes.get(str(code), 0) + 1
     return {
         "t0": t0,
+        "client_closes": [t for c in clients for t in c.closed_at],
         "before": {s["server"]: s["tunnels"] for s in before["upstreams"]["u"]["servers"]},
         "after": {s["server"]: s["tunnels"] for s in after["upstreams"]["u"]["servers"]},
         "sent": sent,
@@ -253,6 +266,9 @@ def main() -> None:
     result["reconnects_per_second"] = {
         name: histogram(accepted[name], t0, seconds) for name in ("s1", "s2")
     }
+    # When the drained server saw each Close, and when each client got its 1012.
+    result["closes_at_drained_server"] = histogram(accepted["closed0"], t0, seconds)
+    result["closes_at_clients"] = histogram(result.pop("client_closes"), t0, seconds)
     result["args"] = vars(args)
     alerts = [line for line in log.read_text().splitlines() if "[alert]" in line]
     result["alerts"] = len(alerts)
@@ -263,9 +279,10 @@ def main() -> None:
     peak = max(both) or 1
     print(f"drained 1 of 3 servers holding {args.tunnels} tunnels over {args.window:g} s")
     print(f"tunnels before: {result['before']}\ntunnels after:  {result['after']}")
-    print("second | new connections on the two other servers")
-    for i, n in enumerate(both):
-        print(f"{i:6d} | {n:4d} {'#' * round(40 * n / peak)}")
+    print("second | 1012 at s0 | 1012 at clients | new connections on the two other servers")
+    rows = zip(result["closes_at_drained_server"], result["closes_at_clients"], both, strict=True)
+    for i, (c0, cc, n) in enumerate(rows):
+        print(f"{i:6d} | {c0:10d} | {cc:15d} | {n:4d} {'#' * round(40 * n / peak)}")
     keys = ("sent", "echoed", "lost", "resent", "reconnected", "close_codes", "alerts")
     print({k: result[k] for k in keys})
     os.sync()

@@ -40,7 +40,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from wsgate.config.model import Config, Upstream, UpstreamServer
+from wsgate.config.model import Config, Location, Upstream, UpstreamServer
 from wsgate.config.upstream import per_minute
 from wsgate.proxy.frames import SERVICE_RESTART
 from wsgate.server.health import upstream_target
@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from wsgate.server.gateway import Gateway
     from wsgate.upstream.roundrobin import Peer, PeerGroup
 
-__all__ = ["TICK", "Control", "SharedControl", "server_address"]
+__all__ = ["TICK", "Control", "SharedControl", "control_enabled", "server_address"]
 
 #: Seconds between two reads of the shared document by a worker.
 TICK = 0.5
@@ -76,6 +76,15 @@ def _static_weights(up: Upstream) -> dict[str, int]:
         for s in up.servers
         if not (s.backup or s.down or s.drain or s.resolve)
     }
+
+
+def control_enabled(config: Config) -> bool:
+    """Whether any location of ``config`` has ``upstream_control``."""
+
+    def walk(locations: tuple[Location, ...]) -> bool:
+        return any(loc.settings.upstream_control or walk(loc.locations) for loc in locations)
+
+    return any(walk(server.every_location) for server in config.http.servers)
 
 
 class SharedControl:
@@ -168,6 +177,8 @@ class Control:
         self._seen = -1
         self._published: dict[str, int] | None = None
         self._ticks = 0
+        self._listed_for: Config | None = None
+        self._has_control = False
         self._timer: asyncio.TimerHandle | None = None
         #: The rebalance requests handled, by upstream: those made before this worker
         #: started are not for it (it had no tunnel then).
@@ -193,11 +204,20 @@ class Control:
         self._ticks += 1
         self._resolve_growth()
         self.refresh()
-        if self._ticks % 2 == 0:
+        if self._ticks % 2 == 0 and self._listed():
             counts = self.counts()
             if counts != self._published:
                 self._published = counts
                 self.store.publish(self.pid, counts)
+
+    def _listed(self) -> bool:
+        """Whether the configuration has an ``upstream_control`` location: only then do the
+        workers count their tunnels for it (a walk over the connections, once a second)."""
+        config = self.gw.config
+        if self._listed_for is not config:
+            self._listed_for = config
+            self._has_control = control_enabled(config)
+        return self._has_control
 
     def refresh(self) -> None:
         """Read the shared state; apply what changed; give new drained tunnels their 1012."""
