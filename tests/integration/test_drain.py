@@ -446,3 +446,38 @@ def test_rebalance_command_moves_the_excess(tmp_path: Path) -> None:
             b.close()
 
     run(scenario())
+
+
+def test_drain_moves_an_rfc8441_tunnel(tmp_path: Path) -> None:
+    """A WebSocket over an HTTP/2 stream is drained as an HTTP/1.1 one: a 1012 Close on it."""
+    from tests.integration.test_http2 import Client as H2Client
+    from tests.integration.test_rfc8441 import connect as h2_connect
+    from tests.integration.test_rfc8441 import frame, receive, send
+
+    async def scenario() -> None:
+        a = await Backend("a").start()
+        text = conf([a]).replace("listen 127.0.0.1:0;", "listen 127.0.0.1:0; http2 on;")
+        text = text.replace("upstream u {", "websocket_drain_time 0; upstream u {")
+        gw = await in_thread(start_wsgate, tmp_path / "gw", text)
+        try:
+
+            def h2_tunnel() -> tuple[H2Client, int]:
+                c = H2Client(gw.port)
+                sid = h2_connect(c, "/h2")
+                send(c, sid, frame(b"who", opcode=1))
+                assert receive(c, sid, 1) == [(1, b"a:who")]
+                return c, sid
+
+            c, sid = await in_thread(h2_tunnel)
+            assert (await servers(gw))[addr(a)]["tunnels"] == 1
+            status, _ = await control(gw, f"action=drain&upstream=u&server={addr(a)}")
+            assert status == 200
+            got = await in_thread(receive, c, sid, 2)
+            assert got[1] == (8, (1012).to_bytes(2, "big") + b"service restart")
+            c.close()
+            no_alerts(gw)
+        finally:
+            gw.stop()
+            a.close()
+
+    run(scenario())

@@ -251,6 +251,10 @@ class Control:
             t, end = c.tunnel, c.tunnel_end
             if t is not None and end is not None and not t.closed and not t.going:
                 yield t, end.peer
+            elif c.h2 is not None:  # RFC 8441 tunnels on HTTP/2 streams
+                for t, peer in c.h2.tunnel_peers():
+                    if not t.closed and not t.going:
+                        yield t, peer
 
     def counts(self) -> dict[str, int]:
         found: dict[str, int] = {}
