@@ -270,6 +270,7 @@ def main() -> None:
     result["closes_at_drained_server"] = histogram(accepted["closed0"], t0, seconds)
     result["closes_at_clients"] = histogram(result.pop("client_closes"), t0, seconds)
     result["args"] = vars(args)
+    result["loadavg"] = [round(x, 2) for x in os.getloadavg()]
     alerts = [line for line in log.read_text().splitlines() if "[alert]" in line]
     result["alerts"] = len(alerts)
     shutil.rmtree(prefix, ignore_errors=True)
@@ -283,7 +284,19 @@ def main() -> None:
     rows = zip(result["closes_at_drained_server"], result["closes_at_clients"], both, strict=True)
     for i, (c0, cc, n) in enumerate(rows):
         print(f"{i:6d} | {c0:10d} | {cc:15d} | {n:4d} {'#' * round(40 * n / peak)}")
-    keys = ("sent", "echoed", "lost", "resent", "reconnected", "close_codes", "alerts")
+    window = int(args.window)
+    for name, series in (
+        ("1012 at s0", result["closes_at_drained_server"]),
+        ("1012 at clients", result["closes_at_clients"]),
+        ("reconnects", both),
+    ):
+        inside = series[:window]
+        print(
+            f"{name}: {sum(series)} in all, {sum(inside)} in the window; per second in the "
+            f"window mean {sum(inside) / window:.1f}, max {max(inside)}, "
+            f"seconds with none {inside.count(0)}"
+        )
+    keys = ("sent", "echoed", "lost", "resent", "reconnected", "close_codes", "alerts", "loadavg")
     print({k: result[k] for k in keys})
     os.sync()
 
