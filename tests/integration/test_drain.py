@@ -481,3 +481,49 @@ def test_drain_moves_an_rfc8441_tunnel(tmp_path: Path) -> None:
             a.close()
 
     run(scenario())
+
+
+def test_resolve_adding_an_address_rebalances(tmp_path: Path) -> None:
+    """``server NAME resolve`` with ``websocket_rebalance``: a new address takes the excess
+    of the old one's tunnels (5 of 10 get a 1012), none of the others."""
+    import select
+    import socket
+    import time
+
+    from tests.integration.fake_dns import Records, start_dns, stop_dns
+    from tests.integration.loopback import Loop, get, wait_for, ws_open
+    from tests.integration.test_resolver import second_backend, upstream_conf
+
+    bg = Loop()
+    dns_ = start_dns(bg)
+    try:
+        b1 = bg.backend("b1", websocket=True)
+        second_backend(bg, "b2", "127.0.0.2", b1.port)
+        dns_.zone["name.example.net"] = Records(a=["127.0.0.1"])
+        text = upstream_conf(dns_.port, b1.port).replace(
+            "resolver_timeout 1s;", "resolver_timeout 1s; websocket_rebalance 60/m;"
+        )
+        gw = start_wsgate(tmp_path / "gw", text)
+        try:
+            wait_for(lambda: get(gw.port) == (200, b"b1"), "the first resolution")
+            tunnels = [ws_open(gw.port) for _ in range(10)]
+            wait_for(lambda: b1.open == 10, "ten tunnels on b1")
+            dns_.zone["name.example.net"] = Records(a=["127.0.0.1", "127.0.0.2"])
+            got: dict[socket.socket, bytes] = {}
+            deadline = time.monotonic() + 15
+            while len(got) < 5 and time.monotonic() < deadline:
+                ready, _, _ = select.select([t for t in tunnels if t not in got], [], [], 0.5)
+                for t in ready:
+                    got[t] = t.recv(64)
+            # Any more closes would come within the 0.5 s window and a tick of it.
+            ready, _, _ = select.select([t for t in tunnels if t not in got], [], [], 2.0)
+            close_1012 = b"\x88\x11" + (1012).to_bytes(2, "big") + b"service restart"
+            assert list(got.values()) == [close_1012] * 5 and not ready, (got, ready)
+            for s in tunnels:
+                s.close()
+            no_alerts(gw)
+        finally:
+            gw.stop()
+    finally:
+        stop_dns(bg, dns_)
+        bg.close()
