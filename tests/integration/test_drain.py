@@ -138,6 +138,10 @@ def test_drain_moves_tunnels_new_connections_avoid_it_undrain_restores(tmp_path:
             # Every tunnel on b gets 1012 "service restart"; its backend gets a Close too.
             codes = await asyncio.gather(*(close_code(ws) for ws in on_b))
             assert codes == [1012] * len(on_b)
+            gw.wait_log(
+                rf"\[notice\] .*draining {len(on_b)} websocket tunnel\(s\) to {addr(b)} of "
+                r'upstream "u" over 1\.0s'
+            )
 
             async def b_closed() -> bool:
                 return len(b.closes) >= len(on_b)
@@ -397,6 +401,7 @@ def test_reload_adding_a_server_rebalances_the_excess(tmp_path: Path) -> None:
 
             codes = await asyncio.gather(*(outcome(ws) for ws, _ in clients))
             assert sorted(codes) == [0] * 10 + [1012] * 10, codes
+            gw.wait_log(r'rebalancing upstream "u": 10 of 20 websocket tunnel\(s\) over 1\.0s')
             moved = await open_on(gw.port, 10, "/m")
             assert "b" in {name for _, name in moved}
             for ws, _ in clients + moved:

@@ -278,9 +278,14 @@ class Control:
                 entry[0].cancel()  # undrained before its moment
                 del self.pending[t]
         for k, batch in batches.items():
-            upstream = k.partition("|")[0]
-            left = self.since[k] + self._drain_time(upstream) - now
-            self._schedule(batch, max(left, 0.0), True)
+            upstream, _, address = k.partition("|")
+            left = max(self.since[k] + self._drain_time(upstream) - now, 0.0)
+            self._schedule(batch, left, True)
+            self.gw.error_log.log(
+                "notice",
+                f'draining {len(batch)} websocket tunnel(s) to {address} of upstream "{upstream}"'
+                f" over {left:.1f}s",
+            )
 
     def _schedule(self, tunnels: list[Tunnel], window: float, drain: bool) -> None:
         for t, delay in zip(tunnels, moments(len(tunnels), window, self.rng), strict=True):
@@ -312,6 +317,12 @@ class Control:
             chosen += self.rng.sample(mine[address], n)
         window = rebalance_window(len(chosen), sum(counts.values()), fraction)
         self._schedule(chosen, window, False)
+        if chosen:
+            self.gw.error_log.log(
+                "notice",
+                f'rebalancing upstream "{upstream}": {len(chosen)} of {sum(counts.values())} '
+                f"websocket tunnel(s) over {window:.1f}s",
+            )
         return len(chosen)
 
     def _resolve_growth(self) -> None:
