@@ -158,6 +158,7 @@ def test_directives_and_inheritance(tmp_path: Path) -> None:
         ("", "websocket_drain_time soon;", '"websocket_drain_time" directive invalid value'),
         ("upstream_control;", "", '"upstream_control" directive is not allowed here'),
         ("", "websocket_drain_time 1s; websocket_drain_time 2s;", "is duplicate"),
+        ("", "server 127.0.0.1:5 drain=1;", 'invalid parameter "drain=1"'),
     ],
 )
 def test_bad_directives(tmp_path: Path, http: str, upstream: str, error: str) -> None:
