@@ -83,6 +83,7 @@ if TYPE_CHECKING:
     from wsgate.proxy.front import FrontConnection
     from wsgate.proxy.relay import TunnelEnd
     from wsgate.proxy.tunnel import Tunnel
+    from wsgate.upstream.roundrobin import Peer
 
 __all__ = ["PREFACE", "Http2Connection"]
 
@@ -801,6 +802,16 @@ class Http2Connection:
             for s in self.streams.values()
             if s.transport is not None and (t := s.transport.tunnel) is not None
         ]
+
+    def tunnel_peers(self) -> list[tuple[Tunnel, Peer]]:
+        """The open RFC 8441 tunnels with the peer each was opened to (a drain moves them):
+        a stream tunnel's ``on_close`` is its :class:`_StreamFront`, which holds its end."""
+        found = []
+        for t in self.tunnels():
+            end = t.on_close.tunnel_end if isinstance(t.on_close, _StreamFront) else None
+            if end is not None:
+                found.append((t, end.peer))
+        return found
 
     # -- sending ------------------------------------------------------------------------------
     def send_head(self, stream: _Stream, fields: list[tuple[bytes, bytes]], end: bool) -> None:
