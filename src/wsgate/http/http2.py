@@ -291,6 +291,7 @@ class FrameGuard:
         "_skip",
         "_end",
         "_preface",
+        "cut",
     )
 
     #: ``total_bytes / 8 > payload_bytes + 1048576`` (ngx_http_v2_read_handler).
@@ -325,9 +326,12 @@ class FrameGuard:
         #: The frame being skipped ends a header block.
         self._end = False
         self._preface = _PREFACE if preface else 0
+        #: Where, in the bytes :meth:`feed` refused, the refused frame starts.
+        self.cut = 0
 
     def feed(self, data: bytes) -> Violation | None:
-        """The bytes of one read, before the library sees them."""
+        """The bytes of one read, before the library sees them; on a violation, :attr:`cut`
+        says how many of them come before the frame refused."""
         self.total += len(data)
         view = memoryview(data)
         pos = min(self._preface, len(view))
@@ -342,6 +346,7 @@ class FrameGuard:
                     self.block_sid = 0
                 continue
             need = 9 - len(self._head)
+            start = pos - len(self._head)
             head = self._head + bytes(view[pos : pos + need])
             pos += min(need, end - pos)
             if len(head) < 9:
@@ -355,6 +360,7 @@ class FrameGuard:
                 int.from_bytes(head[5:9], "big") & 0x7FFFFFFF,
             )
             if verdict is not None:
+                self.cut = max(start, 0)
                 return verdict
         return None
 

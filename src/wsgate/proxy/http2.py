@@ -69,7 +69,7 @@ from h2.exceptions import (
 )
 from h2.settings import SettingCodes, Settings
 from hpack.exceptions import HPACKError, InvalidTableSizeError, OversizedHeaderListError
-from hyperframe.frame import GoAwayFrame
+from hyperframe.frame import GoAwayFrame, RstStreamFrame
 
 from wsgate.config.directives.http2 import MAX_FRAME_SIZE, MAX_WINDOW
 from wsgate.config.variables import RequestContext
@@ -504,6 +504,7 @@ class Http2Connection:
         "last",
         "websocket",
         "guard",
+        "expired",
     )
 
     def __init__(self, front: FrontConnection) -> None:
@@ -553,6 +554,8 @@ class Http2Connection:
         self.failed = False
         self._wake: asyncio.Future[None] = self.loop.create_future()
         self.last = 0
+        #: The stream whose header block outlived client_header_timeout (reset already).
+        self.expired = 0
 
     # -- the connection loop ------------------------------------------------------------------
     async def run(self, early: bytes = b"") -> bool:
@@ -573,8 +576,9 @@ class Http2Connection:
                     guard.new_read()
                     violation = guard.feed(data)
                     if violation is not None:
-                        self._violation(violation)
-                        return False
+                        # The frames before the one refused are processed first (nginx reads
+                        # frame by frame): the GOAWAY names the streams they opened.
+                        data = data[: guard.cut]
                     try:
                         events = h2.receive_data(data)
                     except ProtocolError as exc:
@@ -588,6 +592,9 @@ class Http2Connection:
                         if self.failed:
                             return False
                     self.flush()
+                    if violation is not None:
+                        self._violation(violation)
+                        return False
                     transport = ep.transport
                     guard.sent(transport.get_write_buffer_size() if transport else 0)
                     violation = guard.flooded()
@@ -597,7 +604,12 @@ class Http2Connection:
                 if self.stopping and not self.streams:
                     return not ep.eof
                 front.idle = not self.streams
-                if self.streams:
+                block = guard.block_sid if guard.block_sid != self.expired else 0
+                if block:
+                    # ngx_http_v2_state_headers_save: a header block not complete in
+                    # client_header_timeout resets its stream.
+                    timeout = front.default.client_header_timeout
+                elif self.streams:
                     timeout = 3600.0  # the streams' own timers run
                 elif front.requests:
                     timeout = front.default.settings.keepalive_timeout
@@ -606,6 +618,10 @@ class Http2Connection:
                 ready = await ep.wait_data_or(self._wake, timeout)
                 front.idle = False
                 if ready is Ready.TIMEOUT:
+                    if block:
+                        self._header_timeout(block)
+                        data = b""
+                        continue
                     if not self.streams:
                         self.goaway()
                         return False
@@ -663,6 +679,19 @@ class Http2Connection:
         frame.error_code = ErrorCodes.NO_ERROR
         self.front.ep.write(frame.serialize())
 
+    def _header_timeout(self, sid: int) -> None:
+        """A header block unfinished after ``client_header_timeout``: "client timed out",
+        RST_STREAM PROTOCOL_ERROR (nginx's stream timer); its rest, when it comes, is
+        dropped (:meth:`_request`)."""
+        front = self.front
+        front.gw.error_log.log("info", "client timed out", front.number, front.bare_ctx())
+        self.expired = sid
+        self.last = max(self.last, sid)
+        self.flush()
+        frame = RstStreamFrame(sid)
+        frame.error_code = ErrorCodes.PROTOCOL_ERROR
+        front.ep.write(frame.serialize())
+
     def _calm(self, text: str) -> None:
         """A connection error: GOAWAY ENHANCE_YOUR_CALM naming the last stream, then close."""
         self._violation(Violation(ErrorCodes.ENHANCE_YOUR_CALM, text))
@@ -679,6 +708,9 @@ class Http2Connection:
             frame.last_stream_id = max(self.last, violation.sid)
             frame.error_code = violation.code
             front.ep.write(frame.serialize())
+        elif front.ep.transport is not None:
+            # Output the client does not read: dropped, not waited for (nginx's c->error).
+            front.ep.transport.abort()
         self.stopping = self.failed = True
 
     def flush(self) -> None:
@@ -730,6 +762,15 @@ class Http2Connection:
     def _request(self, ev: RequestReceived) -> None:
         sid = ev.stream_id
         front = self.front
+        if sid == self.expired:
+            # Reset at its header timeout: h2 forgets it, its RST_STREAM has gone already.
+            self.flush()
+            try:
+                self.h2.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
+            except (ProtocolError, StreamClosedError):
+                pass
+            self.h2.data_to_send()
+            return
         if self.stopping:
             self._refuse(sid)
             return
