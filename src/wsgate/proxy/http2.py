@@ -160,7 +160,10 @@ def _protocol_text(exc: ProtocolError) -> str:
         return f"client sent invalid table size update: {cause}"
     if isinstance(cause, HPACKError | IndexError):
         return f"client sent invalid header block: {cause}"
-    return f"client sent invalid HTTP/2: {exc}"
+    text = str(exc)
+    if text.isdigit():  # h2's StreamClosedError says only the stream
+        text = f"{type(exc).__name__} on stream {text}"
+    return f"client sent invalid HTTP/2: {text}"
 
 
 def _clamp_table(h2: H2Connection) -> None:
@@ -687,6 +690,8 @@ class Http2Connection:
         front.gw.error_log.log("info", "client timed out", front.number, front.bare_ctx())
         self.expired = sid
         self.last = max(self.last, sid)
+        # nginx had made the stream's request: the connection now waits keepalive_timeout.
+        front.requests += 1
         self.flush()
         frame = RstStreamFrame(sid)
         frame.error_code = ErrorCodes.PROTOCOL_ERROR
