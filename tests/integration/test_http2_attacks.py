@@ -381,6 +381,41 @@ def test_ping_flood_without_reading(wsgate: Factory) -> None:
     assert rss(gw) - before < 20 * 1024
 
 
+def test_slow_ping_flood_on_an_idle_connection(wsgate: Factory) -> None:
+    """One PING per read on a connection with no stream open: past 10 * keepalive_requests
+    such reads, "http2 flood detected", GOAWAY NO_ERROR (ngx_http_v2_idle_handler), however
+    few bytes they carry."""
+    gw = wsgate(conf("keepalive_requests 10; location / { return 200 ok; }"))
+    sock = socket.create_connection(("127.0.0.1", gw.port), timeout=30)
+    # The first read: the preface, our SETTINGS and the ACK of the server's.
+    ack = SettingsFrame(0)
+    ack.flags.add("ACK")
+    sock.sendall(PREFACE + SettingsFrame(0).serialize() + ack.serialize())
+    data = b""
+    while not any(isinstance(f, SettingsFrame) and "ACK" in f.flags for f in frames_of(data)):
+        data += sock.recv(65536)  # that first read has been processed
+    answered = 0
+    for n in range(1, 200):
+        sock.sendall(PingFrame(0, n.to_bytes(8, "big")).serialize())
+        while True:  # its ACK, or the end
+            frames = frames_of(data)
+            pongs = [f for f in frames if isinstance(f, PingFrame) and "ACK" in f.flags]
+            if len(pongs) == n or goaways(frames):
+                break
+            chunk = sock.recv(65536)
+            assert chunk, "closed without GOAWAY"
+            data += chunk
+        if goaways(frames):
+            break
+        answered = n
+    frames = frames_of(data) + until_closed(sock)
+    sock.close()
+    assert goaways(frames) == [(0, 0)]
+    assert answered == 101  # 101 idle reads pass, the 102nd is the flood
+    assert "http2 flood detected" in gw.errors()
+    no_alert(gw)
+
+
 def test_priority_flood(wsgate: Factory) -> None:
     """PRIORITY frames beyond max(http2_max_concurrent_streams, 100) plus that many per
     stream: GOAWAY ENHANCE_YOUR_CALM (ngx_http_v2_state_priority)."""

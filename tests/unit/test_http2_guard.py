@@ -129,3 +129,9 @@ def test_cut_is_where_the_refused_frame_starts() -> None:
     assert g.feed(bad[5:]) is not None and g.cut == 0  # its header began in the read before
     g = guard()
     assert g.feed(ok + bad) is not None and g.cut == len(ok)
+
+
+def test_idle_reads_at_and_over() -> None:
+    g = guard(idle_limit=100)  # nginx: h2c->idle++ > 10 * keepalive_requests
+    assert all(g.idle_read() is None for _ in range(101))
+    assert g.idle_read() == Violation(NO_ERROR, "http2 flood detected")

@@ -270,6 +270,8 @@ class FrameGuard:
       divided by 8, exceed the payload (request header blocks and body DATA,
       :meth:`credit`) by more than 1 MiB, "http2 flood detected": GOAWAY NO_ERROR (SETTINGS,
       PING, WINDOW_UPDATE, empty DATA, empty CONTINUATION, RST_STREAM floods).
+    - ``ngx_http_v2_idle_handler``: more than ``10 * keepalive_requests`` reads while no
+      stream is open (:meth:`idle_read`): "http2 flood detected", GOAWAY NO_ERROR.
     - ``ngx_http_v2_get_frame``: more than 10000 control frames owed to a client that does
       not read them (acks of PING and SETTINGS, RST_STREAM refusals, counted until the
       output is seen empty, :meth:`sent`): "http2 flood detected", closed without GOAWAY.
@@ -292,6 +294,8 @@ class FrameGuard:
         "_end",
         "_preface",
         "cut",
+        "idle_limit",
+        "idle",
     )
 
     #: ``total_bytes / 8 > payload_bytes + 1048576`` (ngx_http_v2_read_handler).
@@ -307,6 +311,7 @@ class FrameGuard:
         data_limit: int,
         frame_limit: int,
         concurrent: int,
+        idle_limit: int = 10000,
         preface: bool = True,
     ) -> None:
         self.header_limit = header_limit
@@ -328,6 +333,10 @@ class FrameGuard:
         self._preface = _PREFACE if preface else 0
         #: Where, in the bytes :meth:`feed` refused, the refused frame starts.
         self.cut = 0
+        #: ``h2c->idle``: reads while no stream is open, never reset; past ``idle_limit``
+        #: (nginx: ``10 * keepalive_requests``) the connection is flooding.
+        self.idle_limit = idle_limit
+        self.idle = 0
 
     def feed(self, data: bytes) -> Violation | None:
         """The bytes of one read, before the library sees them; on a violation, :attr:`cut`
@@ -409,6 +418,13 @@ class FrameGuard:
 
     def new_read(self) -> None:
         self.new_streams = 0
+
+    def idle_read(self) -> Violation | None:
+        """A read while no stream is open (ngx_http_v2_idle_handler)."""
+        self.idle += 1
+        if self.idle > self.idle_limit + 1:
+            return Violation(NO_ERROR, "http2 flood detected")
+        return None
 
     def new_stream(self) -> bool:
         """A stream opened in this read; False past ``2 * concurrent`` of them."""

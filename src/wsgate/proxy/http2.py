@@ -549,6 +549,7 @@ class Http2Connection:
             data_limit=max(server.http2_body_preread_size, 65535),
             frame_limit=max(server.http2_recv_buffer_size, 16384),
             concurrent=server.http2_max_concurrent_streams,
+            idle_limit=10 * server.settings.keepalive_requests,
         )
         self.streams: dict[int, _Stream] = {}
         self.tasks: set[asyncio.Task[None]] = set()
@@ -574,10 +575,14 @@ class Http2Connection:
         try:
             data = early
             guard = self.guard
+            first = True  # nginx's first read is not an idle one
             while True:
                 if data:
                     guard.new_read()
                     violation = guard.feed(data)
+                    if violation is None and not self.streams and not first:
+                        violation = guard.idle_read()
+                        guard.cut = 0 if violation is not None else guard.cut
                     if violation is not None:
                         # The frames before the one refused are processed first (nginx reads
                         # frame by frame): the GOAWAY names the streams they opened.
@@ -604,6 +609,7 @@ class Http2Connection:
                     if violation is not None:
                         self._violation(violation)
                         return False
+                    first = False
                 if self.stopping and not self.streams:
                     return not ep.eof
                 front.idle = not self.streams
