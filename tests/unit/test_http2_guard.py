@@ -77,14 +77,6 @@ def test_priority_limit_grows_with_streams() -> None:
     assert g.feed(prio) == Violation(ENHANCE_YOUR_CALM, "client sent too many PRIORITY frames")
 
 
-def test_new_streams_per_read() -> None:
-    g = guard(concurrent=4)
-    assert all(g.new_stream() for _ in range(8))
-    assert not g.new_stream()
-    g.new_read()
-    assert g.new_stream()
-
-
 def test_flood_ratio_at_and_over() -> None:
     g = guard()
     g.total = 0

@@ -264,8 +264,6 @@ class FrameGuard:
       frame is held whole beyond what a client may legitimately send.
     - ``ngx_http_v2_state_priority``: PRIORITY frames beyond ``max(concurrent, 100)`` plus
       ``concurrent`` per stream opened are ENHANCE_YOUR_CALM.
-    - ``ngx_http_v2_state_headers``: more than ``2 * concurrent`` new streams in one read
-      are refused (REFUSED_STREAM, :meth:`new_stream`; rapid reset, CVE-2023-44487).
     - ``ngx_http_v2_read_handler``: when the bytes read plus the control frames answered,
       divided by 8, exceed the payload (request header blocks and body DATA,
       :meth:`credit`) by more than 1 MiB, "http2 flood detected": GOAWAY NO_ERROR (SETTINGS,
@@ -285,7 +283,6 @@ class FrameGuard:
         "total",
         "payload",
         "owed",
-        "new_streams",
         "priority_limit",
         "block_sid",
         "block_size",
@@ -321,7 +318,6 @@ class FrameGuard:
         self.total = 0
         self.payload = 0
         self.owed = 0
-        self.new_streams = 0
         self.priority_limit = max(concurrent, 100)
         #: The stream whose header block is not complete yet (0: none).
         self.block_sid = 0
@@ -416,20 +412,12 @@ class FrameGuard:
         """Payload: a request's header block, request body or tunnel DATA."""
         self.payload += size
 
-    def new_read(self) -> None:
-        self.new_streams = 0
-
     def idle_read(self) -> Violation | None:
         """A read while no stream is open (ngx_http_v2_idle_handler)."""
         self.idle += 1
         if self.idle > self.idle_limit + 1:
             return Violation(NO_ERROR, "http2 flood detected")
         return None
-
-    def new_stream(self) -> bool:
-        """A stream opened in this read; False past ``2 * concurrent`` of them."""
-        self.new_streams += 1
-        return self.new_streams <= 2 * self.concurrent
 
     def sent(self, unsent: int) -> None:
         """The output holds ``unsent`` bytes; when none, what was owed has gone out."""
