@@ -484,6 +484,36 @@ def test_zero_window_stall_times_out_and_spares_the_other_streams(
     no_alert(gw)
 
 
+def test_client_that_never_reads(wsgate: Factory, tmp_path: Path) -> None:
+    """Windows wide open, nothing read: the streams time out after send_timeout, and the
+    connection, its output stuck for send_timeout, is closed with what it held
+    (ngx_http_v2_write_handler); memory does not grow with the responses' size."""
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "big").write_bytes(b"b" * 20_000_000)
+    gw = wsgate(conf(f"root {root}; send_timeout 1s; location = / {{ return 200 ok; }}"))
+    innocent = Client(gw.port)
+    before = rss(gw)
+    sock = attacker(gw.port, rcvbuf=4096)
+    big = [*REQUEST[:3], (":path", "/big")]
+    sock.sendall(
+        SettingsFrame(0, {SettingCodes.INITIAL_WINDOW_SIZE: (1 << 31) - 1}).serialize()
+        + WindowUpdateFrame(0, (1 << 31) - 1 - 65535).serialize()
+        # 80 MB asked for, never read
+        + b"".join(headers_frame(sid, big, ("END_HEADERS", "END_STREAM")) for sid in (1, 3, 5, 7))
+    )
+    wait_for(lambda: "client timed out" in gw.errors(), "send_timeout", timeout=30)
+    got = 0
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(1 << 20):  # what the socket buffers held, then the end
+            got += len(chunk)
+    sock.close()
+    assert got < 20_000_000
+    served(innocent)
+    no_alert(gw)
+    assert rss(gw) - before < 20 * 1024
+
+
 # -- 6. stream-limit exhaustion ---------------------------------------------------------------
 
 

@@ -576,6 +576,7 @@ class Http2Connection:
             data = early
             guard = self.guard
             first = True  # nginx's first read is not an idle one
+            stall = 0.0  # when the output was first seen stuck (the client reads nothing)
             while True:
                 if data:
                     violation = guard.feed(data)
@@ -623,6 +624,22 @@ class Http2Connection:
                     timeout = front.default.settings.keepalive_timeout
                 else:
                     timeout = front.default.client_header_timeout
+                if ep.write_paused:
+                    # ngx_http_v2_write_handler: output stuck for send_timeout ends the
+                    # connection, its streams with it.
+                    now = self.loop.time()
+                    stall = stall or now
+                    left = stall + front.default.settings.send_timeout - now
+                    if left <= 0:
+                        front.gw.error_log.log(
+                            "info", "client timed out", front.number, front.bare_ctx()
+                        )
+                        if ep.transport is not None:
+                            ep.transport.abort()
+                        return False
+                    timeout = min(timeout, left)
+                else:
+                    stall = 0.0
                 ready = await ep.wait_data_or(self._wake, timeout)
                 front.idle = False
                 if ready is Ready.TIMEOUT:
