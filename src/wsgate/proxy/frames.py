@@ -16,7 +16,7 @@ Header layout (§5.2)::
 
 The masking key is not needed to find the next header, so it is skipped like payload: a header
 split across reads only has to be carried over until its length bytes are complete, which
-makes :attr:`ScanState.partial` 1 to 9 bytes long.
+makes :attr:`ScanState.partial` 1 to 9 bytes long (up to 15 for a first Close, below).
 
 A *message* (§5.4) is counted once, when the header of its final frame is seen: FIN set and
 opcode 0x0 (continuation), 0x1 (text) or 0x2 (binary).  Control frames (§5.5: Close, Ping,
@@ -32,6 +32,7 @@ from typing import NamedTuple
 
 __all__ = [
     "CLOSE",
+    "CLOSE_SEEN",
     "EXTENDED_HEAD",
     "MESSAGE_TOO_BIG",
     "PING",
@@ -45,6 +46,8 @@ __all__ = [
     "SERVICE_RESTART",
     "SMALL_FRAME",
     "ScanState",
+    "close_code",
+    "close_code_at",
     "close_frame",
     "control_frame",
     "header_at",
@@ -57,6 +60,12 @@ __all__ = [
 
 #: Opcode of a Close frame (§5.5.1).
 CLOSE = 0x8
+#: The flag of a ``close_seen`` value (:class:`ScanState`): set once a Close has been seen, with
+#: its status code in the low 16 bits (any code, 0 included, leaves the value true).
+CLOSE_SEEN = 0x10000
+#: "1005 ... designated for use in applications expecting a status code to indicate that no
+#: status code was actually present" (§7.4.1).
+NO_STATUS = 1005
 #: Opcodes of Ping and Pong frames (§5.5.2, §5.5.3).
 PING = 0x9
 PONG = 0xA
@@ -111,8 +120,9 @@ class ScanState(NamedTuple):
     partial: bytes = b""
     #: Complete data messages seen (final-frame headers, see the module docstring).
     messages: int = 0
-    #: A Close frame's header has been seen: this sender has started the closing handshake.
-    close_seen: bool = False
+    #: 0, or :data:`CLOSE_SEEN` with the status code of the first Close frame this sender
+    #: sent (:func:`close_code`): it has started the closing handshake.
+    close_seen: int = 0
 
     @property
     def at_boundary(self) -> bool:
@@ -154,8 +164,8 @@ def scan(data: bytes, state: ScanState) -> ScanState:
 
 
 def scan_fields(
-    data: bytes, skip: int, partial: bytes, messages: int, close_seen: bool
-) -> tuple[int, bytes, int, bool]:
+    data: bytes, skip: int, partial: bytes, messages: int, close_seen: int
+) -> tuple[int, bytes, int, int]:
     """:func:`scan` on the fields of a :class:`ScanState`, returning them as a plain tuple.
 
     The tunnel calls this for the chunks its fast path leaves; building a NamedTuple costs
@@ -164,14 +174,19 @@ def scan_fields(
     n = len(data)
     pos = skip
     if partial:
-        # Complete the carried-over header with at most the 9 bytes it can still lack.
-        buf = partial + data[:9]
+        # Complete the carried-over header with at most the 15 bytes it can still lack (9
+        # for its length, 6 more for a first Close's masking key and code).
+        buf = partial + data[:15]
         hdr = _header(buf)
         if hdr is None:
             return 0, buf, messages, close_seen
         kind = FRAME_KIND[buf[0]]
-        messages += kind > 0
-        close_seen = close_seen or kind < 0
+        if kind > 0:
+            messages += 1
+        elif kind and not close_seen:
+            close_seen = close_code_at(buf, 0)
+            if not close_seen:
+                return 0, buf, messages, 0  # its code is still to come
         pos = hdr[0] + hdr[1] - len(partial)
         partial = b""
     # _header with tables, inlined: this runs once per frame of the chunk.
@@ -191,8 +206,10 @@ def scan_fields(
         kind = FRAME_KIND[data[pos]]
         if kind > 0:
             messages += 1
-        elif kind:
-            close_seen = True
+        elif kind and not close_seen:
+            close_seen = close_code_at(data, pos)
+            if not close_seen:
+                break  # its code is still to come: carried over as a split header
         pos += size
     if pos < n:  # a header whose length bytes are not all here yet
         return 0, data[pos:], messages, close_seen
@@ -219,6 +236,31 @@ def header_at(data: bytes, pos: int) -> tuple[int, int] | None:
     return EXTENDED_HEAD[b1], int.from_bytes(data[pos + 2 : pos + 10], "big")
 
 
+def close_code_at(data: bytes, pos: int) -> int:
+    """The ``close_seen`` value (:data:`CLOSE_SEEN` | code) of the Close frame whose header
+    is at ``data[pos]``, or 0 while its header or its code's bytes are incomplete."""
+    hdr = header_at(data, pos)
+    if hdr is None:
+        return 0
+    head, length = hdr
+    if length < 2:
+        return CLOSE_SEEN | NO_STATUS
+    start = pos + head
+    if start + 2 > len(data):
+        return 0
+    hi, lo = data[start], data[start + 1]
+    if data[pos + 1] & 0x80:  # masked: the key is the header's last 4 bytes (§5.3)
+        hi ^= data[start - 4]
+        lo ^= data[start - 3]
+    return CLOSE_SEEN | (hi << 8) | lo
+
+
+def close_code(seen: int) -> int | None:
+    """The status code in a ``close_seen`` value (1005 for a Close without one), or ``None``
+    when no Close has been seen."""
+    return seen & 0xFFFF if seen else None
+
+
 def next_boundary(data: bytes, state: ScanState) -> int:
     """Offset in ``data`` where the frame in progress ends (the next header starts), or -1
     when it ends after ``data``.  0 when ``state`` is at a boundary already."""
@@ -226,7 +268,7 @@ def next_boundary(data: bytes, state: ScanState) -> int:
     if not state.partial:
         return state.skip if state.skip <= n else -1
     carried = len(state.partial)
-    hdr = _header(state.partial + data[:9])
+    hdr = _header(state.partial + data[:15])
     if hdr is None:
         return -1
     end = hdr[0] + hdr[1] - carried

@@ -83,6 +83,8 @@ from wsgate.proxy.frames import (
     REASONS,
     SMALL_FRAME,
     ScanState,
+    close_code,
+    close_code_at,
     close_frame,
     control_frame,
     header_at,
@@ -170,7 +172,7 @@ class _Side(asyncio.Protocol):
         self.skip = 0
         self.held = 0
         self.partial = b""
-        self.close_seen = False
+        self.close_seen = 0  # frames.ScanState.close_seen: CLOSE_SEEN | the first Close's code
         self.phase = _RELAY
         self.finished = False  # going away: this transport's close() has been called
         self.eof = False
@@ -520,8 +522,11 @@ class _FeatSide(_WsSide):
                             out.write(data[start:pos])
                         start = end
                         self.nbytes -= end - pos
-                elif op == CLOSE:
-                    self.close_seen = True
+                elif op == CLOSE and not self.close_seen:
+                    seen = close_code_at(data, pos)
+                    if not seen:
+                        break  # hold it until its code is here (frames.py)
+                    self.close_seen = seen
             else:
                 refused = self._check(b0, hdr[1], now) if self.limited else None
                 if refused is not None:
@@ -790,6 +795,18 @@ class Tunnel:
         return side.frozen if side.phase == _DROP else side.messages
 
     @property
+    def close_code_client(self) -> int | None:
+        """The status code of the first Close frame the client sent (1005: one without a
+        code), or ``None``: none seen (wsgate's own Close frames are not the client's)."""
+        return close_code(self.client.close_seen)
+
+    @property
+    def close_code_upstream(self) -> int | None:
+        """The status code of the first Close frame the upstream sent, as
+        :attr:`close_code_client`."""
+        return close_code(self.upstream.close_seen)
+
+    @property
     def note(self) -> tuple[str, str] | None:
         """``(level, text)`` of the error-log line a WebSocket feature ended the tunnel with
         (a ping unanswered, a limit passed), or ``None``."""
@@ -897,7 +914,7 @@ class Tunnel:
         delay = self.close_timeout if timeout is None else timeout
         self._away_handle = self.loop.call_later(delay, self._away_expired)
         for side in (self.client, self.upstream):
-            if side.partial and type(side) is _FeatSide:
+            if side.partial and isinstance(side, _FeatSide):
                 side.out.write(side.partial)  # a feature side's carry was held back: relay it
             if side.eof or side.peer.lost:
                 # Its FIN was passed on, or nobody reads this direction: nothing can follow.
