@@ -52,9 +52,12 @@ __all__ = [
     "control_frame",
     "header_at",
     "is_websocket",
+    "SIZE_BUCKETS",
     "next_boundary",
     "scan",
     "scan_fields",
+    "scan_sizes",
+    "size_bucket",
     "unmask",
 ]
 
@@ -214,6 +217,71 @@ def scan_fields(
     if pos < n:  # a header whose length bytes are not all here yet
         return 0, data[pos:], messages, close_seen
     return pos - n, b"", messages, close_seen
+
+
+#: Upper bounds (bytes) of the message-size histogram (``websocket_metrics``): powers of 4
+#: from 64 B to 16 MiB, ten buckets and ``+Inf``: a chat line, a JSON update, a small file.
+SIZE_BUCKETS = tuple(64 << 2 * i for i in range(10))
+#: By ``(size - 1).bit_length()``: the index of the bucket of ``size`` (10: ``+Inf``); a size
+#: up to ``2**b`` is in the bucket ``64 * 4**i`` with ``6 + 2*i >= b``.
+_BUCKET_BY_BITS = tuple(min(max(0, (b - 5) // 2), len(SIZE_BUCKETS)) for b in range(65))
+
+
+def size_bucket(size: int) -> int:
+    """The index in :data:`SIZE_BUCKETS` of the smallest bound ``>= size`` (the number of
+    bounds for a size above them all: the ``+Inf`` bucket)."""
+    return _BUCKET_BY_BITS[min((size - 1).bit_length(), 64)]
+
+
+def scan_sizes(
+    data: bytes, skip: int, partial: bytes, size: int, counts: list[int]
+) -> tuple[int, bytes, int]:
+    """The message-size histogram of a stream: each complete data message (§5.4) adds one
+    to ``counts[size_bucket(its size)]`` and its size to ``counts[-1]`` (the sum); ``counts``
+    has ``len(SIZE_BUCKETS) + 2`` cells.  A message's size is its payload on the wire, summed
+    over its frames (compressed, with permessage-deflate); control frames are not messages.
+
+    ``skip`` and ``partial`` mean what they mean for :func:`scan_fields`; ``size`` is what
+    the message in progress has so far.  Returns the three after ``data``."""
+    n = len(data)
+    pos = skip
+    if partial:
+        buf = partial + data[:9]
+        hdr = _header(buf)
+        if hdr is None:
+            return 0, buf, size
+        b0 = buf[0]
+        if not b0 & 0x08:  # a data frame (§5.2: opcodes 0x0-0x7)
+            size += hdr[1]
+            if b0 & 0x80:
+                counts[size_bucket(size)] += 1
+                counts[-1] += size
+                size = 0
+        pos = hdr[0] + hdr[1] - len(partial)
+    last = n - 1
+    while pos < last:
+        b1 = data[pos + 1]
+        head = HEADER_SIZE[b1]
+        length = b1 & 0x7F
+        if length == 126:
+            if pos + 4 > n:
+                break
+            length = (data[pos + 2] << 8) | data[pos + 3]
+        elif length == 127:
+            if pos + 10 > n:
+                break
+            length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+        b0 = data[pos]
+        if not b0 & 0x08:
+            size += length
+            if b0 & 0x80:
+                counts[_BUCKET_BY_BITS[min((size - 1).bit_length(), 64)]] += 1
+                counts[-1] += size
+                size = 0
+        pos += head + length
+    if pos < n:
+        return 0, data[pos:], size
+    return pos - n, b"", size
 
 
 def header_at(data: bytes, pos: int) -> tuple[int, int] | None:

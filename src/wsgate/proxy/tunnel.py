@@ -67,7 +67,7 @@ import asyncio
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from wsgate.proxy.frames import (
     CLOSE,
@@ -81,6 +81,7 @@ from wsgate.proxy.frames import (
     POLICY_VIOLATION,
     PONG,
     REASONS,
+    SIZE_BUCKETS,
     SMALL_FRAME,
     ScanState,
     close_code,
@@ -90,6 +91,7 @@ from wsgate.proxy.frames import (
     header_at,
     next_boundary,
     scan_fields,
+    scan_sizes,
     unmask,
 )
 from wsgate.proxy.idle import idle_timers
@@ -97,7 +99,7 @@ from wsgate.proxy.idle import idle_timers
 if TYPE_CHECKING:
     from wsgate.config.model import LocationSettings
 
-__all__ = ["CLOSE_TIMEOUT", "Tunnel", "WsFeatures", "ws_features"]
+__all__ = ["CLOSE_TIMEOUT", "Tunnel", "WsFeatures", "websocket_figures", "ws_features"]
 
 #: Seconds :meth:`Tunnel.going_away` waits for frame boundaries and Close replies before it
 #: closes what is left (websockets' and browsers' own closing handshakes take well under it).
@@ -597,6 +599,75 @@ class _FeatSide(_WsSide):
         return "client" if self is self.tunnel.client else "upstream"
 
 
+#: The slots of a side that keeps the message-size histogram (``websocket_metrics on``): its
+#: own scanner state (:func:`wsgate.proxy.frames.scan_sizes`), apart from the relay's.
+_SIZE_SLOTS = ("size_skip", "size_partial", "size_now", "sizes")
+
+
+def _sized(relay: Callable[[_Side, bytes], None]) -> Callable[[_Side, bytes], None]:
+    """``data_received`` of a side that keeps the message-size histogram: the sizes are
+    read by a scanner of their own, then ``relay`` (the plain or feature side's) does the
+    rest unchanged.  So the histogram costs only the tunnels of ``websocket_metrics on``."""
+
+    def data_received(self: _Side, data: bytes) -> None:
+        side = cast("_SizedWsSide", self)
+        n = len(data)
+        skip = side.size_skip
+        if n <= skip:  # inside one frame's payload: no header
+            side.size_skip = skip - n
+        else:
+            side.size_skip, side.size_partial, side.size_now = scan_sizes(
+                data, skip if skip > 0 else 0, side.size_partial, side.size_now, side.sizes
+            )
+            if side.size_partial:
+                side.size_skip = -1
+        relay(self, data)
+
+    return data_received
+
+
+def _size_state(side: _Side) -> None:
+    s = cast("_SizedWsSide", side)
+    s.size_skip = 0
+    s.size_partial = b""
+    s.size_now = 0
+    s.sizes = [0] * (len(SIZE_BUCKETS) + 2)
+
+
+class _SizedWsSide(_WsSide):
+    """A :class:`_WsSide` that keeps the message-size histogram (``websocket_metrics``)."""
+
+    __slots__ = _SIZE_SLOTS
+    size_skip: int
+    size_partial: bytes
+    size_now: int
+    #: Messages per bucket of :data:`~wsgate.proxy.frames.SIZE_BUCKETS`, ``+Inf``, then the
+    #: sum of their sizes; taken (and zeroed) by :meth:`Tunnel.take_sizes`.
+    sizes: list[int]
+
+    def __init__(self, tunnel: Tunnel, transport: asyncio.Transport) -> None:
+        super().__init__(tunnel, transport)
+        _size_state(self)
+
+    data_received = _sized(_WsSide.data_received)  # type: ignore[arg-type,assignment]
+
+
+class _SizedFeatSide(_FeatSide):
+    """A :class:`_FeatSide` that keeps the message-size histogram (``websocket_metrics``)."""
+
+    __slots__ = _SIZE_SLOTS
+    size_skip: int
+    size_partial: bytes
+    size_now: int
+    sizes: list[int]
+
+    def __init__(self, tunnel: Tunnel, transport: asyncio.Transport) -> None:
+        super().__init__(tunnel, transport)
+        _size_state(self)
+
+    data_received = _sized(_FeatSide.data_received)  # type: ignore[arg-type,assignment]
+
+
 class _Keepalive:
     """A feature tunnel's ping timer, filed with the loop's idle timers
     (:mod:`wsgate.proxy.idle`) as the tunnel's own idle timer is."""
@@ -692,6 +763,7 @@ class Tunnel:
         close_timeout: float = CLOSE_TIMEOUT,
         clock: Callable[[], float] | None = None,
         features: WsFeatures | None = None,
+        sizes: bool = False,
     ) -> None:
         self.loop = loop
         #: ``loop.time``: pass one bound once for all tunnels (each costs 64 bytes).
@@ -711,7 +783,13 @@ class Tunnel:
         self._away_handle: asyncio.TimerHandle | None = None
         if not websocket:
             features = None
-        side = _Side if not websocket else _WsSide if features is None else _FeatSide
+        side: type[_Side]
+        if not websocket:
+            side = _Side
+        elif features is None:
+            side = _SizedWsSide if sizes else _WsSide
+        else:
+            side = _SizedFeatSide if sizes else _FeatSide
         self.client = side(self, client)
         self.upstream = side(self, upstream)
         self.client.peer = self.upstream
@@ -793,6 +871,23 @@ class Tunnel:
         upgrades).  A message counts when its final frame's header has been relayed."""
         side = self.client
         return side.frozen if side.phase == _DROP else side.messages
+
+    @property
+    def sized(self) -> bool:
+        """The sides keep the message-size histogram (``websocket_metrics on``)."""
+        return isinstance(self.client, (_SizedWsSide, _SizedFeatSide))
+
+    def take_sizes(self) -> tuple[list[int], list[int]] | None:
+        """The message-size histograms (to upstream, to client: per bucket, ``+Inf``, the
+        sum) since the last call, zeroed here; ``None`` for a tunnel that keeps none."""
+        c, u = self.client, self.upstream
+        if not isinstance(c, (_SizedWsSide, _SizedFeatSide)):
+            return None
+        assert isinstance(u, (_SizedWsSide, _SizedFeatSide))
+        taken = c.sizes, u.sizes
+        c.sizes = [0] * len(taken[0])
+        u.sizes = [0] * len(taken[1])
+        return taken
 
     @property
     def close_code_client(self) -> int | None:
@@ -1034,3 +1129,21 @@ class Tunnel:
         if self._send_handle is not None:
             self._send_handle.cancel()
             self._send_handle = None
+
+
+def websocket_figures(tunnel: Tunnel, seconds: float) -> dict[str, str]:
+    """The ``$ws_*`` access-log values of a WebSocket tunnel that ended ``seconds`` after its
+    101 (:data:`wsgate.config.variables.WS_VARIABLES`).  "in" is what the client sent (read
+    from it, relayed to the upstream), "out" what the client was sent; bytes are the frames
+    on the wire after the 101; a close code is the first Close frame's of that side, 1005
+    for one without a code, ``none`` when that side sent no Close."""
+    client, upstream = tunnel.close_code_client, tunnel.close_code_upstream
+    return {
+        "ws_messages_in": str(tunnel.messages_to_upstream),
+        "ws_messages_out": str(tunnel.messages_to_client),
+        "ws_bytes_in": str(tunnel.bytes_to_upstream),
+        "ws_bytes_out": str(tunnel.bytes_to_client),
+        "ws_close_code_client": "none" if client is None else str(client),
+        "ws_close_code_upstream": "none" if upstream is None else str(upstream),
+        "ws_duration": f"{max(0.0, seconds):.3f}",
+    }
