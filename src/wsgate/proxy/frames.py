@@ -52,6 +52,7 @@ __all__ = [
     "control_frame",
     "header_at",
     "is_websocket",
+    "BUCKET_BY_BITS",
     "SIZE_BUCKETS",
     "next_boundary",
     "scan",
@@ -224,13 +225,13 @@ def scan_fields(
 SIZE_BUCKETS = tuple(64 << 2 * i for i in range(10))
 #: By ``(size - 1).bit_length()``: the index of the bucket of ``size`` (10: ``+Inf``); a size
 #: up to ``2**b`` is in the bucket ``64 * 4**i`` with ``6 + 2*i >= b``.
-_BUCKET_BY_BITS = tuple(min(max(0, (b - 5) // 2), len(SIZE_BUCKETS)) for b in range(65))
+BUCKET_BY_BITS = tuple(min(max(0, (b - 5) // 2), len(SIZE_BUCKETS)) for b in range(65))
 
 
 def size_bucket(size: int) -> int:
     """The index in :data:`SIZE_BUCKETS` of the smallest bound ``>= size`` (the number of
     bounds for a size above them all: the ``+Inf`` bucket)."""
-    return _BUCKET_BY_BITS[min((size - 1).bit_length(), 64)]
+    return BUCKET_BY_BITS[min((size - 1).bit_length(), 64)]
 
 
 def scan_sizes(
@@ -275,7 +276,7 @@ def scan_sizes(
         if not b0 & 0x08:
             size += length
             if b0 & 0x80:
-                counts[_BUCKET_BY_BITS[min((size - 1).bit_length(), 64)]] += 1
+                counts[BUCKET_BY_BITS[min((size - 1).bit_length(), 64)]] += 1
                 counts[-1] += size
                 size = 0
         pos += head + length
