@@ -19,8 +19,8 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import start_wsgate
 from tests.integration.test_metrics import Scraper, frame_len, on_two_workers, scrape
-from tests.integration.test_websocket import SWITCH, start_raw
-from tests.integration.test_ws_features import FROM_CLIENT, FROM_UPSTREAM, ON_QUIET, RawClient
+from tests.integration.test_websocket import SWITCH
+from tests.integration.test_ws_features import RawClient
 from tests.prometheus_text import Page
 
 pytestmark = pytest.mark.timeout(90)
@@ -295,49 +295,5 @@ def test_metrics_off_keeps_no_size_histogram(tmp_path: Path) -> None:
             await scraper.close()
             gw.stop()
             server.close()  # type: ignore[attr-defined]
-
-    asyncio.run(asyncio.wait_for(scenario(), 60))
-
-
-@pytest.mark.parametrize(
-    "extra",
-    ["websocket_metrics off;", "websocket_metrics on;", "websocket_metrics on; " + ON_QUIET],
-    ids=["off", "on", "on-with-features"],
-)
-def test_bytes_on_the_wire_unchanged(tmp_path: Path, extra: str) -> None:
-    """What each end receives is byte for byte what the other sent, with the size histogram
-    off, on, and on with every feature (pings, limits)."""
-
-    async def scenario() -> None:
-        received: list[bytes] = []
-
-        async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await reader.readuntil(b"\r\n\r\n")
-            writer.write(SWITCH)
-            received.append(await reader.readexactly(len(FROM_CLIENT)))
-            writer.write(FROM_UPSTREAM)
-            await writer.drain()
-            await reader.read()
-
-        server, gw = await start_raw(tmp_path / "gw", upstream, extra=extra)
-        try:
-
-            def run_client() -> bytes:
-                c = RawClient(gw.port)
-                try:
-                    for i in range(0, len(FROM_CLIENT), 97):
-                        c.sock.sendall(FROM_CLIENT[i : i + 97])
-                    assert c._need(len(FROM_UPSTREAM))
-                    return c.buf
-                finally:
-                    c.close()
-
-            got = await asyncio.to_thread(run_client)
-            assert got == FROM_UPSTREAM
-            assert received == [FROM_CLIENT]
-        finally:
-            gw.stop()
-            server.close()
-        assert "[alert]" not in gw.errors()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))

@@ -19,10 +19,10 @@ from tests.unit.test_frames import (
     PING,
     PONG,
     TEXT,
-    FakeTransport,
     header,
 )
 from tests.unit.test_metrics import FakeTunnel
+from tests.unit.test_ws_features import tunnel as make_tunnel
 from wsgate.config.variables import WS_VARIABLES, RequestContext
 from wsgate.observability.metrics import (
     CLOSE_CODES,
@@ -123,18 +123,7 @@ def sized(request: pytest.FixtureRequest) -> Iterator[Tunnel]:
     features = None
     if request.param == "features":  # limits the streams stay within: every header read
         features = WsFeatures(max_message_client=1 << 40, max_frame_client=1 << 40)
-    t = Tunnel(
-        loop,
-        FakeTransport(),  # type: ignore[arg-type]
-        FakeTransport(),  # type: ignore[arg-type]
-        read_timeout=60,
-        send_timeout_upstream=60,
-        send_timeout_client=60,
-        on_close=lambda t: None,
-        websocket=True,
-        features=features,
-        sizes=True,
-    )
+    t = make_tunnel(loop, features, sizes=True)
     t.start(b"", b"", False, False)
     yield t
     t.abort()
@@ -159,7 +148,7 @@ def test_a_sized_side_agrees_with_the_reference(sized: Tunnel) -> None:
     assert taken == reference(sizes)
     assert got[1] == [0] * CELLS  # nothing came from the upstream
     assert sized.messages_to_upstream == len(sizes)
-    assert bytes(sized.upstream.transport.out) == data  # type: ignore[attr-defined]
+    assert bytes(sized.upstream.transport.data) == data  # type: ignore[attr-defined]
 
 
 def test_one_message_per_read_takes_the_fast_path(sized: Tunnel) -> None:
@@ -174,16 +163,7 @@ def test_one_message_per_read_takes_the_fast_path(sized: Tunnel) -> None:
 
 def test_a_tunnel_without_websocket_metrics_keeps_no_sizes() -> None:
     loop = asyncio.new_event_loop()
-    t = Tunnel(
-        loop,
-        FakeTransport(),  # type: ignore[arg-type]
-        FakeTransport(),  # type: ignore[arg-type]
-        read_timeout=60,
-        send_timeout_upstream=60,
-        send_timeout_client=60,
-        on_close=lambda t: None,
-        websocket=True,
-    )
+    t = make_tunnel(loop, None)
     assert not t.sized and t.take_sizes() is None
     t.abort()
     loop.close()
@@ -196,7 +176,7 @@ def test_a_feature_side_holds_a_split_close_until_its_code(sized: Tunnel) -> Non
         side.data_received(frame[i : i + 1])
     assert sized.close_code_client == 4321
     assert sized.close_code_upstream is None
-    assert bytes(sized.upstream.transport.out) == frame  # type: ignore[attr-defined]
+    assert bytes(sized.upstream.transport.data) == frame  # type: ignore[attr-defined]
     second = close_frame(1000, mask=True)  # only the first Close counts
     side.data_received(second)
     assert sized.close_code_client == 4321

@@ -606,7 +606,7 @@ class _FeatSide(_WsSide):
 
 
 #: The slots of a side that keeps the message-size histogram (``websocket_metrics on``).
-_SIZE_SLOTS = ("size_now", "sizes", "size_sum", "size_skip", "size_partial")
+_SIZE_SLOTS = ("size_now", "sizes", "size_sum")
 
 
 class _SizedWsSide(_WsSide):
@@ -687,7 +687,7 @@ class _SizedFeatSide(_FeatSide):
     with a :func:`~wsgate.proxy.frames.scan_sizes` state of its own: the feature side's
     state does not follow every chunk (a held Pong, a refused frame)."""
 
-    __slots__ = _SIZE_SLOTS
+    __slots__ = (*_SIZE_SLOTS, "size_skip", "size_partial")
     size_now: int
     sizes: list[int]
     size_sum: int
