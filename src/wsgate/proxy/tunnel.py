@@ -682,6 +682,18 @@ class _SizedWsSide(_WsSide):
         )[2]
 
 
+def _frame_size(data: bytes, n: int) -> int:
+    """The whole length of the frame at ``data[0]`` (``n`` bytes, at least 2), or -1 while
+    its extended length is incomplete."""
+    b1 = data[1]
+    size = _WHOLE[b1]
+    if size < 0 and n > 9:
+        if b1 & 0x7F == 126:
+            return ((data[2] << 8) | data[3]) + _EXT[b1]
+        return int.from_bytes(data[2:10], "big") + _EXT[b1]
+    return size
+
+
 class _SizedFeatSide(_FeatSide):
     """A :class:`_FeatSide` that keeps the message-size histogram (``websocket_metrics``),
     with a :func:`~wsgate.proxy.frames.scan_sizes` state of its own: the feature side's
@@ -707,6 +719,25 @@ class _SizedFeatSide(_FeatSide):
         skip = self.size_skip
         if n <= skip:  # inside one frame's payload: no header
             self.size_skip = skip - n
+        elif (
+            skip == 0
+            and n > 1
+            and (
+                (size := _WHOLE[data[1]]) >= n or (size < 0 and (size := _frame_size(data, n)) >= n)
+            )
+        ):
+            # One frame, or the start of one, and no other header: the plain sized side's
+            # accounting.
+            b0 = data[0]
+            self.size_skip = size - n
+            if not b0 & 0x08:
+                if b0 & 0x80:
+                    length = self.size_now + size - _HEAD[data[1]]
+                    self.size_now = 0
+                    self.sizes[_BUCKET[(length - 1).bit_length()]] += 1
+                    self.size_sum += length
+                else:
+                    self.size_now += size - _HEAD[data[1]]
         else:
             skip, partial, self.size_now = scan_sizes(
                 data, skip if skip > 0 else 0, self.size_partial, self.size_now, self.sizes
