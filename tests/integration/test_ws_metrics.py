@@ -18,7 +18,13 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import start_wsgate
-from tests.integration.test_metrics import Scraper, frame_len, on_two_workers, scrape
+from tests.integration.test_metrics import (
+    Scraper,
+    close_all,
+    frame_len,
+    on_two_workers,
+    scrape,
+)
 from tests.integration.test_websocket import SWITCH
 from tests.integration.test_ws_features import RawClient
 from tests.prometheus_text import Page
@@ -216,13 +222,7 @@ def test_prometheus_series_summed_over_two_workers(tmp_path: Path) -> None:
                 assert await ws.recv() == "b" * 100
                 await ws.send([b"c" * 2500, b"c" * 2500])  # one message, two frames
                 assert await ws.recv() == b"c" * 5000
-            for ws in clients:
-                await ws.close()
-            clients.clear()
-            for _ in range(500):
-                if (await scrape(gw.port))[1].value("wsgate_tunnels_open", **tunnel) == 0:
-                    break
-                await asyncio.sleep(0.01)
+            await close_all(gw.port, clients, tunnel)
             total = 3 * n
             expect = {
                 "wsgate_tunnels_open": 0,
