@@ -18,6 +18,9 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import start_wsgate
+from tests.integration import test_rfc8441 as h2ws
+from tests.integration.loopback import wait_for
+from tests.integration.test_http2 import Client
 from tests.integration.test_metrics import (
     Scraper,
     close_all,
@@ -297,3 +300,46 @@ def test_metrics_off_keeps_no_size_histogram(tmp_path: Path) -> None:
             server.close()  # type: ignore[attr-defined]
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_an_rfc8441_stream_tunnel_logs_the_same_figures(tmp_path: Path) -> None:
+    """A WebSocket over an HTTP/2 stream is the same tunnel: its line has the figures."""
+
+    async def scenario() -> None:
+        server = await serve(upstream_handler, "127.0.0.1", 0, compression=None)
+        port = server.sockets[0].getsockname()[1]
+        http = f"log_format wsm '{FORMAT}';"
+        location = (
+            f"location /ws {{ proxy_pass http://127.0.0.1:{port}; {h2ws.UPGRADE}"
+            " access_log logs/ws.log wsm; websocket_metrics on; }"
+        )
+        gw = await asyncio.to_thread(start_wsgate, tmp_path / "gw", h2ws.conf(location, http=http))
+        log = gw.prefix / "logs" / "ws.log"
+        try:
+
+            def run_client() -> None:
+                c = Client(gw.port)
+                c.read()
+                sid = h2ws.connect(c)
+                h2ws.send(c, sid, h2ws.frame(b"hello", opcode=1))
+                assert h2ws.receive(c, sid, 1) == [(1, b"hello")]
+                h2ws.send(c, sid, h2ws.frame(b"\x0f\xa1", opcode=8), end=True)  # Close 4001
+                c.wait(sid)
+                c.close()
+                wait_for(lambda: log.exists() and log.read_text().count("\n") == 1, "the line")
+
+            await asyncio.to_thread(run_client)
+        finally:
+            gw.stop()
+            server.close()
+        got = fields(log.read_text())
+        assert (got["in"], got["out"], got["cc"], got["cu"]) == ("1", "1", "4001", "4001")
+        assert got["bin"] == str(h2ws_len(5) + h2ws_len(2))
+        assert got["bout"] == got["body"]
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def h2ws_len(payload: int) -> int:
+    """A client frame of test_rfc8441.frame (masked, payload under 126 bytes)."""
+    return 2 + 4 + payload
