@@ -674,6 +674,9 @@ class LocationSettings:
     websocket_max_message_size: tuple[int, str] = (0, "client")
     websocket_max_frame_size: tuple[int, str] = (0, "client")
     websocket_message_rate: tuple[int, int, str] = (0, 0, "client")
+    #: ``websocket_metrics`` (off, wsgate's): the per-message metrics (the message-size
+    #: histogram), the only tunnel metrics that cost work per message.
+    websocket_metrics: bool = False
     client_body_timeout: float = 60.0
     #: ``proxy_request_buffering``: on reads the whole body before the upstream is contacted.
     proxy_request_buffering: bool = True
