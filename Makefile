@@ -71,8 +71,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+## Two pytest processes (pytest-xdist, work stealing): nginx's suite (tests/conformance, one
+## test of about 10 minutes that mostly waits on its harness) runs beside everything else.
 pytest: $(STAMP) node debs
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist worksteal
 
 ## make test: installs everything the tests need, then linters, type checks and pytest.
 test: lint typecheck pytest

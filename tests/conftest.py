@@ -236,3 +236,46 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     faulthandler.dump_traceback_later(limit + 30, exit=True, file=_REAL_STDERR)
     yield
     faulthandler.cancel_dump_traceback_later()
+
+
+# The reliability probes' figures (tests/reliability/common.REPORT), printed at the end of the
+# run. These hooks live here, not in tests/reliability/conftest.py, because pytest-xdist's
+# controlling process (make test runs two workers) loads only this initial conftest.
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Under pytest-xdist a worker hands its figures to the controlling process."""
+    from tests.reliability.common import REPORT  # not at the top: common imports this module
+
+    out = getattr(session.config, "workeroutput", None)
+    if out is not None:
+        out["reliability_report"] = [list(row) for row in REPORT]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    """The controlling process (pytest-xdist) gathers each worker's figures for the table."""
+    from tests.reliability.common import REPORT
+
+    rows = getattr(node, "workeroutput", {}).get("reliability_report", [])
+    REPORT.extend(tuple(row) for row in rows)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Every figure the probes recorded, wsgate beside nginx where both were measured."""
+    from tests.reliability.common import REPORT, SOAK
+
+    if not REPORT:
+        return
+    tr = terminalreporter
+    tr.section(f"reliability figures ({'soak' if SOAK else 'bounded'} run)")
+    rows: dict[tuple[str, str], dict[str, str]] = {}
+    for probe, target, name, value in REPORT:
+        rows.setdefault((probe, name), {})[target] = value
+    width = max(len(f"{p} {n}") for p, n in rows)
+    tr.write_line(f"{'probe / figure':<{width}}  {'wsgate':>14}  {'nginx':>14}")
+    for (probe, name), values in rows.items():
+        tr.write_line(
+            f"{probe + ' ' + name:<{width}}  {values.get('wsgate', '-'):>14}  "
+            f"{values.get('nginx', '-'):>14}"
+        )

@@ -1,4 +1,4 @@
-"""Fixtures of the reliability probes, and the table of their figures at the end of the run."""
+"""Fixtures of the reliability probes (their figures' table is printed by ``tests/conftest.py``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.reliability.common import REPORT, SOAK, BgLoop
+from tests.reliability.common import BgLoop
 
 
 @pytest.fixture
@@ -26,21 +26,3 @@ def _enough_descriptors() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 8192:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(8192, hard), hard))
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Every figure the probes recorded, wsgate beside nginx where both were measured."""
-    if not REPORT:
-        return
-    tr = terminalreporter
-    tr.section(f"reliability figures ({'soak' if SOAK else 'bounded'} run)")
-    rows: dict[tuple[str, str], dict[str, str]] = {}
-    for probe, target, name, value in REPORT:
-        rows.setdefault((probe, name), {})[target] = value
-    width = max(len(f"{p} {n}") for p, n in rows)
-    tr.write_line(f"{'probe / figure':<{width}}  {'wsgate':>14}  {'nginx':>14}")
-    for (probe, name), values in rows.items():
-        tr.write_line(
-            f"{probe + ' ' + name:<{width}}  {values.get('wsgate', '-'):>14}  "
-            f"{values.get('nginx', '-'):>14}"
-        )
