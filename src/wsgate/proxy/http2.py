@@ -56,15 +56,17 @@ from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
     DataReceived,
+    RemoteSettingsChanged,
     RequestReceived,
     StreamEnded,
     StreamReset,
     WindowUpdated,
 )
 from h2.exceptions import FlowControlError, ProtocolError, StreamClosedError
+from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes, Settings
 from hpack.exceptions import HPACKError, OversizedHeaderListError
-from hyperframe.frame import GoAwayFrame
+from hyperframe.frame import AltSvcFrame, ExtensionFrame, Frame, GoAwayFrame, PushPromiseFrame
 
 from wsgate.config.directives.http2 import MAX_FRAME_SIZE, MAX_WINDOW
 from wsgate.config.variables import RequestContext
@@ -91,6 +93,35 @@ __all__ = ["PREFACE", "Http2Connection"]
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
+class _FrameBuffer(FrameBuffer):
+    """h2's frame reader, with nginx's reading of a frame's header (``ngx_http_v2_state_head``):
+    a client's PUSH_PROMISE is a connection error PROTOCOL_ERROR once its header is read
+    (``ngx_http_v2_state_push_promise``; h2 would wait for its payload), and ALTSVC, a type
+    nginx does not know, is skipped unparsed as any other unknown type (h2 parses it, and
+    ends the connection when its body is not an ALTSVC's)."""
+
+    def __next__(self) -> Frame:
+        data = self._data
+        if len(data) >= 9 and not self._headers_buffer:
+            if data[3] == PushPromiseFrame.type:
+                raise ProtocolError("client sent PUSH_PROMISE frame")
+            if data[3] == AltSvcFrame.type:
+                length = int.from_bytes(data[:3])
+                if len(data) < 9 + length:
+                    raise StopIteration
+                self._validate_frame_length(length)
+                sid = int.from_bytes(data[5:9]) & 0x7FFFFFFF
+                frame = ExtensionFrame(data[3], sid, data[4], bytes(data[9 : 9 + length]))
+                frame.body_len = length
+                del data[: 9 + length]
+                return frame
+        return super().__next__()
+
+
+def _no_content_length(headers: object) -> None:
+    """In place of ``H2Stream._initialize_content_length``: no expected length is kept."""
+
+
 class _Connection(H2Connection):
     """``h2`` with nginx's answer to a stream over ``SETTINGS_MAX_CONCURRENT_STREAMS``: h2
     treats it as a connection error (PROTOCOL_ERROR for all the streams); nginx resets only
@@ -105,7 +136,18 @@ class _Connection(H2Connection):
     #: The stream whose header block ended the connection (nginx's GOAWAY names it).
     failed_stream = 0
 
+    def __init__(self, config: H2Configuration) -> None:
+        super().__init__(config=config)
+        buffer = _FrameBuffer(server=True)
+        buffer.max_frame_size = self.incoming_buffer.max_frame_size
+        self.incoming_buffer = buffer
+
     def _receive_headers_frame(self, frame: Any) -> Any:
+        if frame.stream_id % 2 == 0 or frame.stream_id <= self.highest_inbound_stream_id:
+            # ngx_http_v2_state_headers: a stream id that is even, or not above the last
+            # one opened (a stream closed, h2's STREAM_CLOSED, or trailers, which nginx
+            # does not take either) is a connection error PROTOCOL_ERROR naming the last.
+            raise ProtocolError("client sent HEADERS frame with incorrect identifier")
         self._lifted = True
         self.block_size = len(frame.data)
         try:
@@ -130,6 +172,14 @@ class _Connection(H2Connection):
         frame.error_code = error_code
         self.state_machine.process_input(ConnectionInputs.SEND_GOAWAY)
         self._prepare_for_sending([frame])
+
+    def _begin_new_stream(self, stream_id: int, allowed_ids: Any) -> Any:
+        """A stream without h2's ``content-length`` accounting (its connection error):
+        nginx checks the header (a stream's 400, :func:`wsgate.http.http2.request_head`)
+        and the DATA against it as the body is read (:meth:`_StreamFront.body_events`)."""
+        stream = super()._begin_new_stream(stream_id, allowed_ids)
+        stream._initialize_content_length = _no_content_length  # type: ignore[method-assign]
+        return stream
 
     @property
     def open_inbound_streams(self) -> int:
@@ -164,6 +214,8 @@ class _Stream:
         "ws",
         "transport",
         "mute",
+        "length",
+        "timedout",
     )
 
     write_paused = False
@@ -200,6 +252,10 @@ class _Stream:
         self.transport: StreamTransport | None = None
         #: The response is replaced (a 2xx to an extended CONNECT that is no tunnel).
         self.mute = False
+        #: The request's ``Content-Length`` (None: none), which its DATA must match.
+        self.length: int | None = None
+        #: ``client_body_timeout`` expired: the stream is reset with PROTOCOL_ERROR.
+        self.timedout = False
 
     # -- the endpoint interface ---------------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -291,9 +347,11 @@ class _Stream:
 
     def abort(self) -> None:
         """The response cannot be completed: RST_STREAM INTERNAL_ERROR (nginx's
-        ``ngx_http_v2_close_stream`` of a stream whose response was cut)."""
+        ``ngx_http_v2_close_stream`` of a stream whose response was cut), PROTOCOL_ERROR
+        when the client timed out (``fc->timedout``)."""
         if not self.reset:
-            self.conn.reset_stream(self, ErrorCodes.INTERNAL_ERROR)
+            code = ErrorCodes.PROTOCOL_ERROR if self.timedout else ErrorCodes.INTERNAL_ERROR
+            self.conn.reset_stream(self, code)
         self.closed = True
 
     def close(self) -> None:
@@ -431,16 +489,29 @@ class _StreamFront:
 
     async def body_events(self, timeout: float) -> AsyncIterator[bytes]:
         """The request body from DATA frames (``client_body_timeout`` between two; the
-        stream window is given back as each piece is consumed)."""
+        stream window is given back as each piece is consumed).  DATA beyond the
+        ``Content-Length``, or short of it at END_STREAM, is the stream's 400, not a
+        connection error (``ngx_http_v2_filter_request_body``)."""
         stream = self.ep
         h2 = self.h2
+        length = stream.length
+        received = 0
         while True:
             while stream.body:
                 data, flow = stream.body.pop(0)
                 h2.consumed(stream, flow)
+                received += len(data)
+                if length is not None and received > length:
+                    raise HttpError(400, "client intended to send body data larger than declared")
                 if data:
                     yield data
             if stream.body_ended:
+                if length is not None and received != length:
+                    raise HttpError(
+                        400,
+                        "client prematurely closed stream: "
+                        f"only {received} out of {length} bytes of request body received",
+                    )
                 self.body_done = True
                 return
             if stream.reset:
@@ -450,6 +521,7 @@ class _StreamFront:
                 async with asyncio.timeout(timeout):
                     await stream.body_waiter
             except TimeoutError:
+                stream.timedout = True
                 raise HttpError(408) from None
             finally:
                 stream.body_waiter = None
@@ -657,6 +729,12 @@ class Http2Connection:
             )
             for stream in targets:
                 self.pump(stream)
+        elif isinstance(ev, RemoteSettingsChanged):
+            # A new SETTINGS_INITIAL_WINDOW_SIZE or SETTINGS_MAX_FRAME_SIZE (every parameter
+            # of the frame applied first): the streams' windows moved, what waits goes on
+            # (ngx_http_v2_state_settings_params).
+            for stream in list(self.streams.values()):
+                self.pump(stream)
         elif isinstance(ev, ConnectionTerminated):
             self.stopping = True
 
@@ -710,6 +788,7 @@ class Http2Connection:
         chunk = settings.http2_chunk_size
         stream = _Stream(self, sid, head.method == "HEAD", chunk)
         stream.body_ended = end
+        stream.length = head.content_length
         extended = error is None and head.upgrade is not None
         if extended:
             stream.ws = StreamTransport(self, stream)

@@ -1,0 +1,250 @@
+"""HTTP/2 errors answered as nginx answers them (``src/http/v2/ngx_http_v2.c``, 1.31), with a
+raw frame client (hyperframe and hpack, no state machine: it sends what nginx-tests sends).
+
+https://nginx.org/en/docs/http/ngx_http_v2_module.html
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hpack import Decoder, Encoder
+from hyperframe.frame import (
+    DataFrame,
+    Frame,
+    GoAwayFrame,
+    HeadersFrame,
+    PingFrame,
+    RstStreamFrame,
+    SettingsFrame,
+    WindowUpdateFrame,
+)
+
+from tests.conftest import WsgateProcess
+from tests.integration.loopback import Loop, loop_fixture
+
+Factory = Callable[..., WsgateProcess]
+bg = pytest.fixture(loop_fixture)
+pytestmark = pytest.mark.timeout(30)
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def conf(server: str) -> str:
+    return (
+        "error_log logs/error.log info;\nevents {}\n"
+        f"http {{ server {{ listen 127.0.0.1:0; http2 on; {server} }} }}\n"
+    )
+
+
+class Raw:
+    """One connection: frames out as given, frames in as parsed."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock.sendall(PREFACE + SettingsFrame(0).serialize())
+        self.hpack = Encoder()
+        self.decoder = Decoder()
+        #: Each stream's response fields (decoded in order: the table is the connection's).
+        self.fields: dict[int, dict[bytes, bytes]] = {}
+        self.buf = b""
+        self.frames: list[Frame] = []
+
+    def send(self, *frames: Frame | bytes) -> None:
+        self.sock.sendall(b"".join(f if isinstance(f, bytes) else f.serialize() for f in frames))
+
+    def headers(
+        self, sid: int, path: str = "/", end: bool = True, extra: tuple[tuple[str, str], ...] = ()
+    ) -> None:
+        frame = HeadersFrame(sid)
+        frame.data = self.hpack.encode(
+            [(":method", "GET"), (":scheme", "http"), (":authority", "localhost")]
+            + [(":path", path), *extra]
+        )
+        frame.flags.add("END_HEADERS")
+        if end:
+            frame.flags.add("END_STREAM")
+        self.send(frame)
+
+    def data(self, sid: int, data: bytes, end: bool = False) -> None:
+        frame = DataFrame(sid, data)
+        if end:
+            frame.flags.add("END_STREAM")
+        self.send(frame)
+
+    def until(self, done: Callable[[Frame], bool]) -> list[Frame]:
+        """Frames read until one satisfies ``done`` (or the connection closes)."""
+        start = len(self.frames)
+        while True:
+            while len(self.buf) >= 9:
+                frame, length = Frame.parse_frame_header(memoryview(self.buf[:9]))
+                if len(self.buf) < 9 + length:
+                    break
+                frame.parse_body(memoryview(self.buf[9 : 9 + length]))
+                self.buf = self.buf[9 + length :]
+                self.frames.append(frame)
+                if isinstance(frame, HeadersFrame):
+                    fields = self.decoder.decode(frame.data, raw=True)
+                    self.fields[frame.stream_id] = dict(fields)  # type: ignore[arg-type]
+                if done(frame):
+                    return self.frames[start:]
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return self.frames[start:]
+            self.buf += chunk
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def ended(sid: int) -> Callable[[Frame], bool]:
+    return lambda f: (
+        f.stream_id == sid and ("END_STREAM" in f.flags or isinstance(f, RstStreamFrame))
+    )
+
+
+def is_goaway(f: Frame) -> bool:
+    return isinstance(f, GoAwayFrame)
+
+
+@pytest.mark.parametrize(
+    ("declared", "body", "log"),
+    [
+        (5, b"TEST", "only 4 out of 5 bytes of request body received"),
+        (3, b"TEST", "client intended to send body data larger than declared"),
+    ],
+)
+def test_body_unlike_content_length_is_the_streams_400(
+    wsgate: Factory, bg: Loop, declared: int, body: bytes, log: str
+) -> None:
+    """ngx_http_v2_filter_request_body: a stream's 400; the connection goes on (h2 itself
+    would end it with PROTOCOL_ERROR)."""
+    backend = bg.backend("b")
+    gw = wsgate(conf(f"location / {{ proxy_pass http://127.0.0.1:{backend.port}; }}"))
+    c = Raw(gw.port)
+    c.headers(1, end=False, extra=(("content-length", str(declared)),))
+    c.data(1, body, end=True)
+    frames = c.until(ended(1))
+    assert c.fields[1].get(b":status") == b"400"
+    assert not any(isinstance(f, GoAwayFrame) for f in frames)
+    c.headers(3, extra=(("content-length", "0"),))
+    c.until(ended(3))
+    assert c.fields[3].get(b":status") == b"200"
+    c.close()
+    assert log in gw.errors()
+    assert [r.body for r in backend.requests] == [b""]  # the body is refused before proxying
+
+
+def test_body_at_content_length_is_proxied(wsgate: Factory, bg: Loop) -> None:
+    backend = bg.backend("b")
+    gw = wsgate(conf(f"location / {{ proxy_pass http://127.0.0.1:{backend.port}; }}"))
+    c = Raw(gw.port)
+    c.headers(1, end=False, extra=(("content-length", "4"),))
+    c.data(1, b"TE")
+    c.data(1, b"ST", end=True)
+    c.until(ended(1))
+    assert c.fields[1].get(b":status") == b"200"
+    c.close()
+    assert [r.body for r in backend.requests] == [b"TEST"]
+
+
+def test_initial_window_size_change_resumes_a_blocked_stream(
+    wsgate: Factory, tmp_path: Path
+) -> None:
+    """A stream blocked on its window: SETTINGS_INITIAL_WINDOW_SIZE repeated in one frame
+    (42, then 65536) leaves it 1 byte; a later SETTINGS 65616 the 80 more
+    (ngx_http_v2_state_settings_params, h2.t "iws duplicate")."""
+    (tmp_path / "t1.html").write_bytes(b"x" * 65616)
+    gw = wsgate(conf(f"location / {{ root {tmp_path}; }}"))
+    c = Raw(gw.port)
+    c.send(WindowUpdateFrame(0, 1 << 17))
+    c.headers(1, "/t1.html")
+    got = 0
+
+    def counted(target: int) -> Callable[[Frame], bool]:
+        def done(f: Frame) -> bool:
+            nonlocal got
+            if isinstance(f, DataFrame) and f.stream_id == 1:
+                got += len(f.data)
+            return got >= target
+
+        return done
+
+    c.until(counted(65535))
+    c.send(b"\x00\x00\x0c\x04\x00\x00\x00\x00\x00" + struct.pack(">HIHI", 4, 42, 4, 65536))
+    c.until(counted(65536))
+    assert got == 65536
+    c.send(SettingsFrame(0, {4: 65616}))
+    frames = c.until(counted(65616))
+    assert got == 65616 and "END_STREAM" in frames[-1].flags
+    c.close()
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "last"),
+    [(None, 2, 0), (1, 1, 1), (3, 1, 3)],
+    ids=["even", "duplicate", "backward"],
+)
+def test_headers_with_a_used_or_even_stream_id(
+    wsgate: Factory, first: int | None, second: int, last: int
+) -> None:
+    """ngx_http_v2_state_headers: an even id or one not above the last is GOAWAY
+    PROTOCOL_ERROR naming the last stream opened."""
+    gw = wsgate(conf("location / { return 204; }"))
+    c = Raw(gw.port)
+    if first is not None:
+        c.headers(first)
+        c.until(ended(first))
+    c.headers(second)
+    goaway = c.until(is_goaway)[-1]
+    c.close()
+    assert isinstance(goaway, GoAwayFrame)
+    assert (goaway.error_code, goaway.last_stream_id) == (1, last)
+
+
+def test_push_promise_from_a_client(wsgate: Factory) -> None:
+    """The frame's header alone is enough (ngx_http_v2_state_push_promise): GOAWAY
+    PROTOCOL_ERROR without waiting for its payload."""
+    gw = wsgate(conf("location / { return 204; }"))
+    c = Raw(gw.port)
+    c.send(b"\x00\x00\x04\x05\x00\x00\x00\x00\x01")
+    goaway = c.until(is_goaway)[-1]
+    c.close()
+    assert isinstance(goaway, GoAwayFrame)
+    assert (goaway.error_code, goaway.last_stream_id) == (1, 0)
+
+
+@pytest.mark.parametrize("kind", [0xA, 0xC, 0x10, 0xFF])
+def test_unknown_frame_types_are_skipped(wsgate: Factory, kind: int) -> None:
+    """ngx_http_v2_state_head: a type nginx does not know (ALTSVC and ORIGIN among them, a
+    body it does not parse) is skipped."""
+    gw = wsgate(conf("location / { return 204; }"))
+    c = Raw(gw.port)
+    c.send(b"\x00\x00\x07" + bytes([kind]) + b"\x00\x00\x00\x00\x00payload")
+    c.send(PingFrame(0, b"SEE-THIS"))
+    pong = c.until(lambda f: isinstance(f, PingFrame | GoAwayFrame))[-1]
+    c.close()
+    assert isinstance(pong, PingFrame) and pong.opaque_data == b"SEE-THIS"
+
+
+def test_client_body_timeout_resets_with_protocol_error(wsgate: Factory, bg: Loop) -> None:
+    """ngx_http_v2_close_stream: a stream whose client timed out (``fc->timedout``) is reset
+    with PROTOCOL_ERROR; the connection goes on."""
+    backend = bg.backend("b")
+    gw = wsgate(
+        conf(
+            f"client_body_timeout 1s; location / {{ proxy_pass http://127.0.0.1:{backend.port}; }}"
+        )
+    )
+    c = Raw(gw.port)
+    c.headers(1, end=False, extra=(("content-length", "10"),))
+    c.data(1, b"TEST")
+    rst = c.until(ended(1))[-1]
+    assert isinstance(rst, RstStreamFrame) and rst.error_code == 1
+    c.send(PingFrame(0, b"SEE-THIS"))
+    assert isinstance(c.until(lambda f: isinstance(f, PingFrame))[-1], PingFrame)
+    c.close()
