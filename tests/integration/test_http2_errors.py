@@ -248,3 +248,25 @@ def test_client_body_timeout_resets_with_protocol_error(wsgate: Factory, bg: Loo
     c.send(PingFrame(0, b"SEE-THIS"))
     assert isinstance(c.until(lambda f: isinstance(f, PingFrame))[-1], PingFrame)
     c.close()
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (b"\x00\x00\x01\x01\x05\x00\x00\x00\x01\xff", 6),  # index cut by the block's end
+        (b"\x00\x00\x02\x01\x05\x00\x00\x00\x01\x42\xff", 6),  # a length cut
+        (b"\x00\x00\x05\x01\x05\x00\x00\x00\x01\xff\xff\xff\xff", 9),  # 4 octets, 1 to come
+        (b"\x00\x00\x06\x01\x05\x00\x00\x00\x01\x42\xff\xff\xff\xff", 9),
+    ],
+)
+def test_hpack_integer_errors(wsgate: Factory, frame: bytes, code: int) -> None:
+    """ngx_http_v2_parse_int: FRAME_SIZE_ERROR for an integer the block cuts,
+    COMPRESSION_ERROR for one longer than 4 octets, known before the frame's end (the last
+    two frames never get their last byte)."""
+    gw = wsgate(conf("location / { return 204; }"))
+    c = Raw(gw.port)
+    c.send(frame)
+    goaway = c.until(is_goaway)[-1]
+    c.close()
+    assert isinstance(goaway, GoAwayFrame)
+    assert (goaway.error_code, goaway.last_stream_id) == (code, 1)

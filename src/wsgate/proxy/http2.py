@@ -66,13 +66,26 @@ from h2.exceptions import FlowControlError, ProtocolError, StreamClosedError
 from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes, Settings
 from hpack.exceptions import HPACKError, OversizedHeaderListError
-from hyperframe.frame import AltSvcFrame, ExtensionFrame, Frame, GoAwayFrame, PushPromiseFrame
+from hyperframe.frame import (
+    AltSvcFrame,
+    ExtensionFrame,
+    Frame,
+    GoAwayFrame,
+    HeadersFrame,
+    PushPromiseFrame,
+)
 
 from wsgate.config.directives.http2 import MAX_FRAME_SIZE, MAX_WINDOW
 from wsgate.config.variables import RequestContext
 from wsgate.errors import HttpError
 from wsgate.http.body import Body, EndOfMessage
-from wsgate.http.http2 import H2Refused, request_head, response_fields, tunnel_fields
+from wsgate.http.http2 import (
+    H2Refused,
+    header_block_error,
+    request_head,
+    response_fields,
+    tunnel_fields,
+)
 from wsgate.http.response import ResponseHead, ResponseParser
 from wsgate.observability.status import REQUESTS, WRITING
 from wsgate.proxy.endpoint import PeerClosed, Ready
@@ -98,13 +111,24 @@ class _FrameBuffer(FrameBuffer):
     a client's PUSH_PROMISE is a connection error PROTOCOL_ERROR once its header is read
     (``ngx_http_v2_state_push_promise``; h2 would wait for its payload), and ALTSVC, a type
     nginx does not know, is skipped unparsed as any other unknown type (h2 parses it, and
-    ends the connection when its body is not an ALTSVC's)."""
+    ends the connection when its body is not an ALTSVC's).  A HEADERS frame's header block is
+    read as it arrives, as nginx reads it: an HPACK integer longer than nginx takes is an error
+    before the frame's end (:func:`~wsgate.http.http2.header_block_error`)."""
+
+    #: The stream whose unfinished HEADERS frame ended the connection (GOAWAY names it).
+    failed_stream = 0
 
     def __next__(self) -> Frame:
         data = self._data
         if len(data) >= 9 and not self._headers_buffer:
             if data[3] == PushPromiseFrame.type:
                 raise ProtocolError("client sent PUSH_PROMISE frame")
+            if data[3] == HeadersFrame.type and data[4] & 0x4:
+                error = _partial_block(data)
+                if error is not None:
+                    sid = int.from_bytes(data[5:9]) & 0x7FFFFFFF
+                    self.failed_stream = sid if sid % 2 else 0
+                    raise error
             if data[3] == AltSvcFrame.type:
                 length = int.from_bytes(data[:3])
                 if len(data) < 9 + length:
@@ -116,6 +140,32 @@ class _FrameBuffer(FrameBuffer):
                 del data[: 9 + length]
                 return frame
         return super().__next__()
+
+
+def _partial_block(data: bytearray) -> ProtocolError | None:
+    """A HEADERS frame with END_HEADERS whose payload has not all arrived: the error of its
+    header block so far (nginx's connection error comes before the rest of the frame)."""
+    length = int.from_bytes(data[:3])
+    if len(data) >= 9 + length:
+        return None  # complete: read whole (:meth:`_Connection._receive_headers_frame`)
+    flags, pos, end = data[4], 9, 9 + length
+    if flags & 0x8:  # PADDED
+        if len(data) < 10:
+            return None
+        end -= 1 + data[9]
+        pos += 1
+    if flags & 0x20:  # PRIORITY
+        pos += 5
+    if pos >= len(data) or end <= pos:
+        return None
+    error = header_block_error(bytes(data[pos:end]), end - pos)
+    return None if error is None else _block_error(*error)
+
+
+def _block_error(code: int, text: str) -> ProtocolError:
+    exc = ProtocolError(text)
+    exc.error_code = ErrorCodes(code)
+    return exc
 
 
 def _no_content_length(headers: object) -> None:
@@ -148,6 +198,10 @@ class _Connection(H2Connection):
             # one opened (a stream closed, h2's STREAM_CLOSED, or trailers, which nginx
             # does not take either) is a connection error PROTOCOL_ERROR naming the last.
             raise ProtocolError("client sent HEADERS frame with incorrect identifier")
+        error = header_block_error(frame.data)
+        if error is not None:
+            self.failed_stream = frame.stream_id
+            raise _block_error(*error)
         self._lifted = True
         self.block_size = len(frame.data)
         try:
@@ -168,7 +222,8 @@ class _Connection(H2Connection):
         """h2's GOAWAY on a connection error, naming the stream that caused it as nginx does
         (``h2c->last_sid``) rather than only the streams opened before it."""
         frame = GoAwayFrame(0)
-        frame.last_stream_id = max(self.highest_inbound_stream_id, self.failed_stream)
+        partial = cast(_FrameBuffer, self.incoming_buffer).failed_stream
+        frame.last_stream_id = max(self.highest_inbound_stream_id, self.failed_stream, partial)
         frame.error_code = error_code
         self.state_machine.process_input(ConnectionInputs.SEND_GOAWAY)
         self._prepare_for_sending([frame])

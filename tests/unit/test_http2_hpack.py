@@ -1,0 +1,65 @@
+"""nginx's reading of an HPACK header block's integers and lengths
+(``ngx_http_v2_parse_int``, ``ngx_http_v2_state_field_len``; nginx-tests h2_headers.t
+"ngx_http_v2_parse_int() error handling"), without sockets."""
+
+from __future__ import annotations
+
+import pytest
+from hpack import Encoder
+
+from wsgate.http.http2 import COMPRESSION_ERROR, FRAME_SIZE_ERROR, header_block_error
+
+FIELDS = [(":method", "GET"), (":path", "/"), ("x-long", "v" * 300), ("n" * 200, "b")]
+
+
+def test_a_well_formed_block_has_no_error() -> None:
+    block = Encoder().encode(FIELDS)
+    assert header_block_error(block) is None
+    # Every prefix of it, as it arrives, is not an error yet.
+    assert all(header_block_error(block[:n], len(block)) is None for n in range(len(block)))
+
+
+@pytest.mark.parametrize(
+    ("block", "size", "code"),
+    [
+        # An integer cut by the block's end: the index, a string's length.
+        (b"\xff", None, FRAME_SIZE_ERROR),
+        (b"\x42\xff", None, FRAME_SIZE_ERROR),
+        # Four octets, all continued, with more of the block to come: too long.
+        (b"\xff\xff\xff\xff", 5, COMPRESSION_ERROR),
+        (b"\x42\xff\xff\xff\xff", 6, COMPRESSION_ERROR),
+        # ...but four octets that are the block's end are cut, not too long.
+        (b"\xff\xff\xff\xff", None, FRAME_SIZE_ERROR),
+        # A literal whose value length is missing, a string past the block's end.
+        (b"\x42", None, FRAME_SIZE_ERROR),
+        (b"\x40\x03ab", None, FRAME_SIZE_ERROR),
+        # A size update (5-bit prefix) too long.
+        (b"\x3f\xff\xff\xff", 8, COMPRESSION_ERROR),
+    ],
+)
+def test_integer_and_length_errors(block: bytes, size: int | None, code: int) -> None:
+    error = header_block_error(block, size)
+    assert error is not None and error[0] == code
+
+
+@pytest.mark.parametrize(
+    ("block", "size"),
+    [
+        (b"\xff\xff\xff", 8),  # three octets continued: more may come (NGX_AGAIN)
+        (b"\xff\x80\x80\x00", None),  # four octets, ended: taken (a bad index is hpack's)
+        (b"\x40\x03ab", 9),  # a string still arriving
+    ],
+)
+def test_at_the_limit_no_error(block: bytes, size: int | None) -> None:
+    assert header_block_error(block, size) is None
+
+
+def test_the_wording() -> None:
+    assert header_block_error(b"\xff\xff\xff\xff", 5) == (
+        COMPRESSION_ERROR,
+        "client sent header block with too long header index value",
+    )
+    assert header_block_error(b"\x42\xff\xff\xff\xff", 6) == (
+        COMPRESSION_ERROR,
+        "client sent header field with too long length value",
+    )
