@@ -270,3 +270,30 @@ def test_hpack_integer_errors(wsgate: Factory, frame: bytes, code: int) -> None:
     c.close()
     assert isinstance(goaway, GoAwayFrame)
     assert (goaway.error_code, goaway.last_stream_id) == (code, 1)
+
+
+def test_every_byte_of_a_value_echoed(wsgate: Factory) -> None:
+    """h2_headers.t "all chars": a value with every byte but NUL, CR and LF, echoed by
+    add_header, comes back whole; a string Huffman makes longer goes raw ("rare chars")."""
+    gw = wsgate(
+        conf(
+            "large_client_header_buffers 2 64k;"
+            " location / { add_header X-Sent-Foo $http_x_foo; return 200; }"
+        )
+    )
+    field = b"a" * 862 + bytes(range(1, 10)) + b"\x0b\x0c" + bytes(range(14, 256))
+    c = Raw(gw.port)
+    for sid, value in ((1, field), (3, b"{{{{{")):
+        frame = HeadersFrame(sid)
+        frame.data = c.hpack.encode(
+            [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/")]
+            + [(b":authority", b"localhost"), (b"x-foo", value)]
+        )
+        frame.flags.add("END_HEADERS")
+        frame.flags.add("END_STREAM")
+        c.send(frame)
+        frames = c.until(ended(sid))
+        assert c.fields[sid][b"x-sent-foo"] == value
+    c.close()
+    (head,) = [f for f in frames if isinstance(f, HeadersFrame)]
+    assert b"{{{{{" in head.data

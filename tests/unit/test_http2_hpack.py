@@ -63,3 +63,29 @@ def test_the_wording() -> None:
         COMPRESSION_ERROR,
         "client sent header field with too long length value",
     )
+
+
+def test_huffman_only_when_shorter() -> None:
+    """ngx_http_v2_string_encode: "{{{{{" (15 bits a character) goes raw, "aaaaa" coded."""
+    from hpack import Decoder
+
+    from wsgate.proxy.http2 import _Encoder
+
+    fields = [(b":status", b"200"), (b"x-foo", b"{{{{{"), (b"x-bar", b"aaaaa")]
+    block = _Encoder().encode(fields)
+    assert b"{{{{{" in block and b"aaaaa" not in block
+    assert Decoder().decode(block, raw=True) == fields
+
+
+def test_own_response_head_keeps_control_bytes() -> None:
+    """An HTTP/2 stream reads back its own response: a client's control bytes echoed by
+    add_header pass (an upstream's are refused, 502)."""
+    from wsgate.http.response import InvalidHeader, ResponseHead, ResponseParser
+
+    value = bytes(range(1, 10)) + b"\x0b\x0c" + bytes(range(14, 256))
+    head = b"HTTP/1.1 200 OK\r\nX-Sent-Foo: a" + value + b"\r\nContent-Length: 0\r\n\r\n"
+    events = ResponseParser(False, own=True).feed(head)
+    assert isinstance(events[0], ResponseHead)
+    assert events[0].headers[0] == ("X-Sent-Foo", ("a" + value.decode("latin-1")))
+    with pytest.raises(InvalidHeader):
+        ResponseParser(False).feed(head)

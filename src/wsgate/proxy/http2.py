@@ -65,7 +65,9 @@ from h2.events import (
 from h2.exceptions import FlowControlError, ProtocolError, StreamClosedError
 from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes, Settings
+from hpack import Encoder
 from hpack.exceptions import HPACKError, OversizedHeaderListError
+from hpack.hpack import INDEX_INCREMENTAL, encode_integer
 from hyperframe.frame import (
     AltSvcFrame,
     ExtensionFrame,
@@ -168,6 +170,31 @@ def _block_error(code: int, text: str) -> ProtocolError:
     return exc
 
 
+class _Encoder(Encoder):
+    """hpack's encoder with nginx's choice per string (``ngx_http_v2_string_encode``): the
+    Huffman code only when it is shorter than the string (hpack codes every string)."""
+
+    def _string(self, data: bytes) -> bytes:
+        coded = self.huffman_coder.encode(data)
+        if len(coded) < len(data):
+            length = encode_integer(len(coded), 7)
+            length[0] |= 0x80
+            return bytes(length) + coded
+        return bytes(encode_integer(len(data), 7)) + data
+
+    def _encode_literal(
+        self, name: bytes, value: bytes, indexbit: bytes, huffman: bool = False
+    ) -> bytes:
+        return indexbit + self._string(name) + self._string(value)
+
+    def _encode_indexed_literal(
+        self, index: int, value: bytes, indexbit: bytes, huffman: bool = False
+    ) -> bytes:
+        prefix = encode_integer(index, 6 if indexbit == INDEX_INCREMENTAL else 4)
+        prefix[0] |= indexbit[0]
+        return bytes(prefix) + self._string(value)
+
+
 def _no_content_length(headers: object) -> None:
     """In place of ``H2Stream._initialize_content_length``: no expected length is kept."""
 
@@ -191,6 +218,7 @@ class _Connection(H2Connection):
         buffer = _FrameBuffer(server=True)
         buffer.max_frame_size = self.incoming_buffer.max_frame_size
         self.incoming_buffer = buffer
+        self.encoder = _Encoder()
 
     def _receive_headers_frame(self, frame: Any) -> Any:
         if frame.stream_id % 2 == 0 or frame.stream_id <= self.highest_inbound_stream_id:
@@ -279,7 +307,7 @@ class _Stream:
     def __init__(self, conn: Http2Connection, sid: int, head_request: bool, chunk: int) -> None:
         self.conn = conn
         self.sid = sid
-        self.parser = ResponseParser(head_request, max_head=1 << 20)
+        self.parser = ResponseParser(head_request, max_head=1 << 20, own=True)
         #: The response head not sent yet (sent with the first body bytes, its end, or a drain).
         self.head_fields: list[tuple[bytes, bytes]] | None = None
         self.out = bytearray()
