@@ -297,3 +297,37 @@ def test_every_byte_of_a_value_echoed(wsgate: Factory) -> None:
     c.close()
     (head,) = [f for f in frames if isinstance(f, HeadersFrame)]
     assert b"{{{{{" in head.data
+
+
+@pytest.mark.parametrize("buffering", ["on", "off"])
+def test_body_read_whole_opens_the_stream_window(wsgate: Factory, bg: Loop, buffering: str) -> None:
+    """ngx_http_v2_read_request_body: a body read whole before proxying leaves flow control,
+    its window opened to 2^31-1 in one WINDOW_UPDATE (h2_request_body.t "big request body");
+    with proxy_request_buffering off the window is given back as the body is sent on."""
+    backend = bg.backend("b")
+    gw = wsgate(
+        conf(
+            f"proxy_request_buffering {buffering};"
+            f" location / {{ proxy_pass http://127.0.0.1:{backend.port}; }}"
+        )
+    )
+    c = Raw(gw.port)
+    body = b"01234567" * 2048 * 5
+    c.headers(1, end=False, extra=(("content-length", str(len(body))),))
+    for n in range(0, 65536, 16384):  # the stream's initial window (http2_body_preread_size)
+        c.data(1, body[n : n + 16384])
+    frames = c.until(lambda f: isinstance(f, WindowUpdateFrame) and f.stream_id == 1)
+    c.data(1, body[65536:], end=True)
+    frames += c.until(ended(1))
+    c.close()
+    updates = [f.window_increment for f in frames if isinstance(f, WindowUpdateFrame)]
+    stream_updates = [
+        f.window_increment for f in frames if isinstance(f, WindowUpdateFrame) and f.stream_id == 1
+    ]
+    assert c.fields[1][b":status"] == b"200"
+    assert [r.body for r in backend.requests] == [body]
+    assert updates  # the connection's window is given back in either case
+    if buffering == "on":
+        assert len(stream_updates) == 1 and stream_updates[0] >= 2**31 - 1 - 65536
+    else:
+        assert stream_updates and max(stream_updates) <= 65536

@@ -570,15 +570,18 @@ class _StreamFront:
         ctx.http2 = "h2" if self._main.tls_vars is not None else "h2c"
         return ctx
 
-    async def body_events(self, timeout: float) -> AsyncIterator[bytes]:
+    async def body_events(self, timeout: float, whole: bool = False) -> AsyncIterator[bytes]:
         """The request body from DATA frames (``client_body_timeout`` between two; the
-        stream window is given back as each piece is consumed).  DATA beyond the
+        stream window is given back as each piece is consumed; a body read ``whole`` before
+        proxying has its window opened to the maximum at once).  DATA beyond the
         ``Content-Length``, or short of it at END_STREAM, is the stream's 400, not a
         connection error (``ngx_http_v2_filter_request_body``)."""
         stream = self.ep
         h2 = self.h2
         length = stream.length
         received = 0
+        if whole and not stream.body_ended:
+            h2.open_window(stream)
         while True:
             while stream.body:
                 data, flow = stream.body.pop(0)
@@ -1022,6 +1025,21 @@ class Http2Connection:
         except (ProtocolError, StreamClosedError):
             pass
         self.flush()
+
+    def open_window(self, stream: _Stream) -> None:
+        """``ngx_http_v2_read_request_body`` of a body read whole (no
+        ``request_body_no_buffering``): the stream's window opened to the maximum in one
+        WINDOW_UPDATE (``no_flow_control``; the connection's is given back as before)."""
+        h2stream = self.h2.streams.get(stream.sid)
+        if stream.reset or h2stream is None:
+            return
+        increment = MAX_WINDOW - h2stream.inbound_flow_control_window
+        if increment > 0:
+            try:
+                self.h2.increment_flow_control_window(increment, stream.sid)
+            except (ProtocolError, StreamClosedError):
+                return
+            self.flush()
 
     def consumed(self, stream: _Stream, flow: int) -> None:
         """Body bytes read: the window is given back (WINDOW_UPDATE)."""
