@@ -331,3 +331,40 @@ def test_body_read_whole_opens_the_stream_window(wsgate: Factory, bg: Loop, buff
         assert len(stream_updates) == 1 and stream_updates[0] >= 2**31 - 1 - 65536
     else:
         assert stream_updates and max(stream_updates) <= 65536
+
+
+def test_data_frames_read_together_are_one_chunk(wsgate: Factory) -> None:
+    """h2_proxy_request_buffering.t "chunked many": two DATA frames that arrive together
+    go to a streamed (chunked) upstream body as one chunk, as nginx reads them into one
+    buffer."""
+    upstream = socket.create_server(("127.0.0.1", 0))
+    upstream.settimeout(10)
+    port = upstream.getsockname()[1]
+    gw = wsgate(
+        conf(
+            "proxy_request_buffering off; proxy_http_version 1.1;"
+            f" location / {{ proxy_pass http://127.0.0.1:{port}; }}"
+        )
+    )
+    c = Raw(gw.port)
+    c.headers(1, end=False)
+    conn, _ = upstream.accept()
+    conn.settimeout(10)
+    got = b""
+    while b"\r\n\r\n" not in got:
+        got += conn.recv(65536)
+    head, _, got = got.partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head.lower()
+    c.send(DataFrame(1, b"01234"), DataFrame(1, b"many"))
+    while not got.endswith(b"many\r\n"):
+        got += conn.recv(65536)
+    assert got == b"9\r\n01234many\r\n"
+    c.data(1, b"", end=True)
+    while not got.endswith(b"0\r\n\r\n"):
+        got += conn.recv(65536)
+    conn.sendall(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+    conn.close()
+    upstream.close()
+    c.until(ended(1))
+    c.close()
+    assert c.fields[1][b":status"] == b"204"

@@ -584,8 +584,11 @@ class _StreamFront:
             h2.open_window(stream)
         while True:
             while stream.body:
-                data, flow = stream.body.pop(0)
-                h2.consumed(stream, flow)
+                # The DATA frames read together go on as one piece, as nginx reads them into
+                # one buffer (one chunk to an upstream the body streams to).
+                pieces, stream.body = stream.body, []
+                data = pieces[0][0] if len(pieces) == 1 else b"".join(d for d, _ in pieces)
+                h2.consumed(stream, sum(flow for _, flow in pieces))
                 received += len(data)
                 if length is not None and received > length:
                     raise HttpError(400, "client intended to send body data larger than declared")
