@@ -25,7 +25,7 @@ from hyperframe.frame import (
 )
 
 from tests.conftest import WsgateProcess
-from tests.integration.loopback import Loop, loop_fixture
+from tests.integration.loopback import Loop, dead_port, loop_fixture
 
 Factory = Callable[..., WsgateProcess]
 bg = pytest.fixture(loop_fixture)
@@ -368,3 +368,40 @@ def test_data_frames_read_together_are_one_chunk(wsgate: Factory) -> None:
     c.until(ended(1))
     c.close()
     assert c.fields[1][b":status"] == b"204"
+
+
+@pytest.mark.parametrize(("default_h2", "named_h2"), [("off", "on"), ("on", "off")])
+def test_sni_to_a_server_without_its_own_ssl_listen_picks_alpn(
+    wsgate: Factory, tmp_path: Path, default_h2: str, named_h2: str
+) -> None:
+    """h2_http2.t "sni to enabled": the server SNI names, whose listen lacks ``ssl``, keeps
+    the default's certificate but its own ``http2`` decides ALPN (ngx_http_ssl_alpn_select
+    reads the server ngx_http_ssl_servername chose)."""
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "named")
+    crt, key = tmp_path / "l.crt", tmp_path / "l.key"
+    cert.cert_chain_pems[0].write_to_path(str(crt))
+    cert.private_key_pem.write_to_path(str(key))
+    port = dead_port()  # one address for both servers (a port nothing listens on now)
+    gw = wsgate(
+        "events {}\nhttp { "
+        f"ssl_certificate {crt}; ssl_certificate_key {key};"
+        f" server {{ listen 127.0.0.1:{port} ssl; server_name default; http2 {default_h2}; }}"
+        f" server {{ listen 127.0.0.1:{port}; server_name named; http2 {named_h2}; }} }}\n"
+    )
+    assert gw.port == port
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    chosen = {}
+    for sni in ("default", "named"):
+        raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+        ctx.check_hostname = sni == "named"
+        with ctx.wrap_socket(raw, server_hostname=sni) as s:
+            chosen[sni] = s.selected_alpn_protocol()
+    want = {"on": "h2", "off": "http/1.1"}
+    assert chosen == {"default": want[default_h2], "named": want[named_h2]}
