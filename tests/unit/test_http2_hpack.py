@@ -89,3 +89,50 @@ def test_own_response_head_keeps_control_bytes() -> None:
     assert events[0].headers[0] == ("X-Sent-Foo", ("a" + value.decode("latin-1")))
     with pytest.raises(InvalidHeader):
         ResponseParser(False).feed(head)
+
+
+def test_scan_resumes_at_the_first_unfinished_representation() -> None:
+    from wsgate.http.http2 import header_block_scan
+
+    block = Encoder().encode(FIELDS)
+    start = 0
+    for n in range(1, len(block) + 1):
+        error, again = header_block_scan(block[:n], len(block), start)
+        assert error is None and start <= again <= n
+        start = again
+    assert start == len(block)
+
+
+def test_frame_buffer_finds_the_error_before_the_frame_ends() -> None:
+    """The unfinished HEADERS frame of h2_headers.t "too long index", byte by byte: the
+    error comes with the fourth octet of the integer, its fifth byte never sent."""
+    from h2.exceptions import ProtocolError
+
+    from wsgate.proxy.http2 import _FrameBuffer
+
+    buffer = _FrameBuffer(server=False)
+    buffer.max_frame_size = 16384
+    frame = b"\x00\x00\x05\x01\x05\x00\x00\x00\x01\xff\xff\xff\xff"
+    for byte in frame[:-1]:
+        buffer.add_data(bytes([byte]))
+        assert list(buffer) == []
+    buffer.add_data(frame[-1:])
+    with pytest.raises(ProtocolError) as info:
+        list(buffer)
+    assert info.value.error_code == COMPRESSION_ERROR and buffer.failed_stream == 1
+
+
+def test_frame_buffer_skips_altsvc_and_refuses_push_promise_at_its_header() -> None:
+    from h2.exceptions import ProtocolError
+    from hyperframe.frame import ExtensionFrame, PingFrame
+
+    from wsgate.proxy.http2 import _FrameBuffer
+
+    buffer = _FrameBuffer(server=False)
+    buffer.max_frame_size = 16384
+    buffer.add_data(b"\x00\x00\x07\x0a\x00\x00\x00\x00\x00payload" + PingFrame(0).serialize())
+    frames = list(buffer)
+    assert [type(f) for f in frames] == [ExtensionFrame, PingFrame]
+    buffer.add_data(b"\x00\x00\x04\x05\x00\x00\x00\x00\x01")
+    with pytest.raises(ProtocolError, match="PUSH_PROMISE"):
+        list(buffer)

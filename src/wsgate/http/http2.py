@@ -43,6 +43,7 @@ __all__ = [
     "HOP_BY_HOP",
     "H2Refused",
     "header_block_error",
+    "header_block_scan",
     "request_head",
     "response_fields",
     "tunnel_fields",
@@ -65,16 +66,19 @@ COMPRESSION_ERROR = 0x9
 _INT_OCTETS = 4
 
 
-def _hpack_int(data: bytes, pos: int, size: int, prefix: int) -> tuple[int, int] | int | None:
-    """``ngx_http_v2_parse_int`` at ``pos`` of a block of ``size`` bytes of which ``data`` has
-    arrived: ``(value, next position)``, an error code (FRAME_SIZE_ERROR: the integer runs to
-    the block's end; COMPRESSION_ERROR: longer than 4 octets), or None (more data needed)."""
+def _hpack_int(
+    data: bytes | bytearray, pos: int, avail: int, size: int, prefix: int
+) -> tuple[int, int] | int | None:
+    """``ngx_http_v2_parse_int`` at ``pos`` of a block ending at ``size`` of which ``data``
+    holds up to ``avail``: ``(value, next position)``, an error code (FRAME_SIZE_ERROR: the
+    integer runs to the block's end; COMPRESSION_ERROR: longer than 4 octets), or None (more
+    data needed)."""
     start = pos
     value = data[pos] & prefix
     pos += 1
     if value != prefix:
         return value, pos
-    end = min(len(data), start + _INT_OCTETS)
+    end = min(avail, start + _INT_OCTETS)
     shift = 0
     while pos < end:
         octet = data[pos]
@@ -96,9 +100,20 @@ def header_block_error(data: bytes, size: int | None = None) -> tuple[int, str] 
     has arrived (``size``: the whole block's length, ``len(data)`` by default): an integer
     longer than 4 octets is COMPRESSION_ERROR; an integer, a length or a string cut by the
     block's end is FRAME_SIZE_ERROR.  None: no such error (in what has arrived)."""
-    size = len(data) if size is None else size
-    pos = 0
-    while pos < len(data):
+    return header_block_scan(data, len(data) if size is None else size)[0]
+
+
+def header_block_scan(
+    data: bytes | bytearray, size: int, start: int = 0
+) -> tuple[tuple[int, str] | None, int]:
+    """:func:`header_block_error` of the block ending at ``size`` in ``data`` (positions in
+    ``data``), from the representation at ``start``; and where to start again when more of
+    the block has arrived (the first representation not complete yet): a block arriving
+    piece by piece is walked once, not once per piece."""
+    avail = min(len(data), size)
+    pos = start
+    while pos < avail:
+        begun = pos
         first = data[pos]
         if first & 0x80:
             prefix, strings = 0x7F, 0  # indexed field
@@ -108,25 +123,27 @@ def header_block_error(data: bytes, size: int | None = None) -> tuple[int, str] 
             prefix, strings = 0x1F, 0  # dynamic table size update
         else:
             prefix, strings = 0x0F, 1  # literal without indexing / never indexed
-        got = _hpack_int(data, pos, size, prefix)
+        got = _hpack_int(data, pos, avail, size, prefix)
         if not isinstance(got, tuple):
-            return _int_error(got, "header index" if prefix != 0x1F else "size update")
+            return _int_error(got, "header index" if prefix != 0x1F else "size update"), begun
         index, pos = got
         if strings and index == 0:
             strings = 2  # a new name, then the value
         for _ in range(strings):
             if pos >= size:
-                return FRAME_SIZE_ERROR, "client sent header block with incorrect length"
-            if pos >= len(data):
-                return None
-            got = _hpack_int(data, pos, size, 0x7F)
+                return (FRAME_SIZE_ERROR, "client sent header block with incorrect length"), begun
+            if pos >= avail:
+                return None, begun
+            got = _hpack_int(data, pos, avail, size, 0x7F)
             if not isinstance(got, tuple):
-                return _int_error(got, None)
+                return _int_error(got, None), begun
             length, pos = got
             if pos + length > size:
-                return FRAME_SIZE_ERROR, "client sent header field with incorrect length"
+                return (FRAME_SIZE_ERROR, "client sent header field with incorrect length"), begun
             pos += length
-    return None
+        if pos > avail:
+            return None, begun  # the string is still arriving
+    return None, pos
 
 
 def _int_error(code: int | None, what: str | None) -> tuple[int, str] | None:

@@ -84,6 +84,7 @@ from wsgate.http.body import Body, EndOfMessage
 from wsgate.http.http2 import (
     H2Refused,
     header_block_error,
+    header_block_scan,
     request_head,
     response_fields,
     tunnel_fields,
@@ -119,6 +120,8 @@ class _FrameBuffer(FrameBuffer):
 
     #: The stream whose unfinished HEADERS frame ended the connection (GOAWAY names it).
     failed_stream = 0
+    #: Where the walk of the unfinished HEADERS frame at the buffer's start goes on.
+    _resume = 0
 
     def __next__(self) -> Frame:
         data = self._data
@@ -126,7 +129,7 @@ class _FrameBuffer(FrameBuffer):
             if data[3] == PushPromiseFrame.type:
                 raise ProtocolError("client sent PUSH_PROMISE frame")
             if data[3] == HeadersFrame.type and data[4] & 0x4:
-                error = _partial_block(data)
+                error = self._partial_block(data)
                 if error is not None:
                     sid = int.from_bytes(data[5:9]) & 0x7FFFFFFF
                     self.failed_stream = sid if sid % 2 else 0
@@ -141,27 +144,29 @@ class _FrameBuffer(FrameBuffer):
                 frame.body_len = length
                 del data[: 9 + length]
                 return frame
-        return super().__next__()
+        taken = super().__next__()
+        self._resume = 0  # a frame was taken: the next one is walked from its start
+        return taken
 
-
-def _partial_block(data: bytearray) -> ProtocolError | None:
-    """A HEADERS frame with END_HEADERS whose payload has not all arrived: the error of its
-    header block so far (nginx's connection error comes before the rest of the frame)."""
-    length = int.from_bytes(data[:3])
-    if len(data) >= 9 + length:
-        return None  # complete: read whole (:meth:`_Connection._receive_headers_frame`)
-    flags, pos, end = data[4], 9, 9 + length
-    if flags & 0x8:  # PADDED
-        if len(data) < 10:
+    def _partial_block(self, data: bytearray) -> ProtocolError | None:
+        """A HEADERS frame with END_HEADERS whose payload has not all arrived: the error of
+        its header block so far (nginx's connection error comes before the rest of the
+        frame), walked on from where the last look stopped."""
+        length = int.from_bytes(data[:3])
+        if len(data) >= 9 + length:
+            return None  # complete: read whole (:meth:`_Connection._receive_headers_frame`)
+        flags, pos, end = data[4], 9, 9 + length
+        if flags & 0x8:  # PADDED
+            if len(data) < 10:
+                return None
+            end -= 1 + data[9]
+            pos += 1
+        if flags & 0x20:  # PRIORITY
+            pos += 5
+        if pos >= len(data) or end <= pos:
             return None
-        end -= 1 + data[9]
-        pos += 1
-    if flags & 0x20:  # PRIORITY
-        pos += 5
-    if pos >= len(data) or end <= pos:
-        return None
-    error = header_block_error(bytes(data[pos:end]), end - pos)
-    return None if error is None else _block_error(*error)
+        error, self._resume = header_block_scan(data, end, max(pos, self._resume))
+        return None if error is None else _block_error(*error)
 
 
 def _block_error(code: int, text: str) -> ProtocolError:
