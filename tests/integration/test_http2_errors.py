@@ -405,3 +405,53 @@ def test_sni_to_a_server_without_its_own_ssl_listen_picks_alpn(
             chosen[sni] = s.selected_alpn_protocol()
     want = {"on": "h2", "off": "http/1.1"}
     assert chosen == {"default": want[default_h2], "named": want[named_h2]}
+
+
+def test_data_beyond_the_stream_window_resets_only_that_stream(wsgate: Factory, bg: Loop) -> None:
+    """h2_request_body_preread.t "beyond preread limited": http2_body_preread_size 10 and a
+    body not read yet (limit_req delays the request): 40 bytes of DATA are the stream's
+    FLOW_CONTROL_ERROR; the connection goes on."""
+    backend = bg.backend("b")
+    gw = wsgate(
+        "error_log logs/error.log info;\nevents {}\nhttp {"
+        " limit_req_zone $binary_remote_addr zone=req:1m rate=20r/m;"
+        " server { listen 127.0.0.1:0; http2 on; http2_body_preread_size 10;"
+        f" location / {{ limit_req zone=req burst=2; proxy_pass http://127.0.0.1:{backend.port}; }}"
+        " } }\n"
+    )
+    c = Raw(gw.port)
+    c.send(SettingsFrame(0, flags=["ACK"]))
+    c.headers(1)  # takes the rate's only immediate slot
+    c.until(ended(1))
+    c.headers(3, end=False)
+    c.data(3, b"TEST" * 10, end=True)
+    rst = c.until(ended(3))[-1]
+    assert isinstance(rst, RstStreamFrame) and rst.error_code == 3
+    c.send(PingFrame(0, b"SEE-THIS"))
+    assert isinstance(c.until(lambda f: isinstance(f, PingFrame | GoAwayFrame))[-1], PingFrame)
+    c.close()
+
+
+@pytest.mark.parametrize(("preread", "code"), [("10", 7), ("64k", None)])
+def test_body_before_settings_ack(
+    wsgate: Factory, bg: Loop, preread: str, code: int | None
+) -> None:
+    """ngx_http_v2_state_headers: before the client acknowledges SETTINGS, a stream with a
+    body is REFUSED_STREAM when http2_body_preread_size is below the default window."""
+    backend = bg.backend("b")
+    gw = wsgate(
+        conf(
+            f"http2_body_preread_size {preread};"
+            f" location / {{ proxy_pass http://127.0.0.1:{backend.port}; }}"
+        )
+    )
+    c = Raw(gw.port)  # sends no SETTINGS ACK
+    c.headers(1, end=False)
+    c.data(1, b"TEST", end=True)
+    last = c.until(ended(1))[-1]
+    c.close()
+    if code is None:
+        assert c.fields[1][b":status"] == b"200"
+    else:
+        assert isinstance(last, RstStreamFrame) and last.error_code == code
+        assert "client sent stream with data before settings were acknowledged" in gw.errors()

@@ -58,6 +58,7 @@ from h2.events import (
     DataReceived,
     RemoteSettingsChanged,
     RequestReceived,
+    SettingsAcknowledged,
     StreamEnded,
     StreamReset,
     WindowUpdated,
@@ -268,6 +269,28 @@ class _Connection(H2Connection):
         stream = super()._begin_new_stream(stream_id, allowed_ids)
         stream._initialize_content_length = _no_content_length  # type: ignore[method-assign]
         return stream
+
+    def _receive_data_frame(self, frame: Any) -> Any:
+        """ngx_http_v2_state_data: DATA beyond a stream's window (and within the
+        connection's) resets that stream with FLOW_CONTROL_ERROR ("client violated flow
+        control for stream"); h2 ends the connection."""
+        size = frame.flow_controlled_length
+        stream = self.streams.get(frame.stream_id)
+        if (
+            stream is None
+            or not stream.open
+            or size <= stream.inbound_flow_control_window
+            or size > self._inbound_flow_control_window_manager.current_window_size
+        ):
+            return super()._receive_data_frame(frame)
+        events = self.state_machine.process_input(ConnectionInputs.RECV_DATA)
+        self._inbound_flow_control_window_manager.window_consumed(size)
+        self.reset_stream(frame.stream_id, ErrorCodes.FLOW_CONTROL_ERROR)
+        self.acknowledge_received_data(size, frame.stream_id)  # the connection's share
+        reset = StreamReset(
+            stream_id=frame.stream_id, error_code=ErrorCodes.FLOW_CONTROL_ERROR, remote_reset=False
+        )
+        return [], [*events, reset]
 
     @property
     def open_inbound_streams(self) -> int:
@@ -636,6 +659,7 @@ class Http2Connection:
         "tls",
         "last",
         "websocket",
+        "acked",
     )
 
     def __init__(self, front: FrontConnection) -> None:
@@ -676,6 +700,8 @@ class Http2Connection:
         self.failed = False
         self._wake: asyncio.Future[None] = self.loop.create_future()
         self.last = 0
+        #: The client has acknowledged our SETTINGS (``h2c->settings_ack``).
+        self.acked = False
 
     # -- the connection loop ------------------------------------------------------------------
     async def run(self, early: bytes = b"") -> bool:
@@ -829,6 +855,8 @@ class Http2Connection:
             # (ngx_http_v2_state_settings_params).
             for stream in list(self.streams.values()):
                 self.pump(stream)
+        elif isinstance(ev, SettingsAcknowledged):
+            self.acked = True
         elif isinstance(ev, ConnectionTerminated):
             self.stopping = True
 
@@ -840,6 +868,17 @@ class Http2Connection:
             return
         self.last = max(self.last, sid)
         end = ev.stream_ended is not None
+        if not self.acked and not end and front.default.http2_body_preread_size < 65535:
+            # ngx_http_v2_state_headers: a body may not wait on a window smaller than the
+            # default before the client has taken our SETTINGS.
+            front.gw.error_log.log(
+                "info",
+                "client sent stream with data before settings were acknowledged",
+                front.number,
+                front.bare_ctx(),
+            )
+            self._reset(sid, ErrorCodes.REFUSED_STREAM)
+            return
         fields = cast(list[tuple[bytes, bytes]], ev.headers or [])
         # ngx_http_v2_state_field_len and ngx_http_v2_state_process_header: a field longer
         # than a large_client_header_buffers buffer, or a block longer than all of them, is a
