@@ -35,7 +35,7 @@ import os
 from collections.abc import Iterable
 
 from wsgate.errors import HttpError
-from wsgate.http.request import RequestHead, normalize_host
+from wsgate.http.request import _UNIQUE, RequestHead, normalize_host
 
 __all__ = [
     "COMPRESSION_ERROR",
@@ -57,6 +57,8 @@ HOP_BY_HOP = frozenset(
 #: Request fields nginx refuses on a stream (``ngx_http_v2_run_request``).
 _REFUSED = ("connection", "keep-alive", "transfer-encoding", "upgrade")
 _PSEUDO = frozenset({b":method", b":scheme", b":authority", b":path"})
+#: Fields a stream may carry once (nginx's headers_in handlers, as on HTTP/1.1).
+_ONCE = _UNIQUE | {b"host", b"content-length"}
 
 
 #: RFC 9113 §7 error codes nginx gives a header block it cannot read.
@@ -211,6 +213,7 @@ def request_head(
     headers: list[tuple[str, str]] = []
     ignored: list[str] = []
     cookies: list[str] = []
+    once: dict[bytes, bytes] = {}
     error: tuple[int, str] | None = None
 
     def refuse(status: int, text: str) -> None:
@@ -248,6 +251,18 @@ def request_head(
         if len(headers) >= max_headers:
             refuse(494, "client sent too many header lines")
             continue
+        if name in _ONCE:
+            # ngx_http_process_host, ngx_http_process_unique_header_line.
+            prev = once.get(name)
+            if prev is not None:
+                what = "host header" if name == b"host" else "header line"
+                refuse(
+                    400,
+                    f'client sent duplicate {what}: "{text}: {_text(value)}", '
+                    f'previous value: "{text}: {_text(prev)}"',
+                )
+                continue
+            once[name] = value
         headers.append((text, _text(value)))
     if cookies:
         headers.append(("cookie", "; ".join(cookies)))
