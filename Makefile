@@ -26,7 +26,8 @@ node: node_modules/.installed
 ## Debian packages some tests need: nginx to compare against; headless Chromium and NSS's
 ## certutil (libnss3-tools, to make Chromium trust the test CA) for the browser test; the Perl
 ## modules nginx's test-suite harness needs for its WebSocket and TLS files (make conformance);
-## HAProxy for the RFC 8441 interop test (its `ws h2` servers speak WebSockets over HTTP/2).
+## HAProxy for the RFC 8441 interop test (its `ws h2` servers speak WebSockets over HTTP/2);
+## h2load (nghttp2-client) for make bench's HTTP/2 figures.
 ## Installed only when missing and when we can (root with apt-get); otherwise those tests skip
 ## with a reason. Debian's postinst starts the nginx service: stop the copy this step started.
 debs:
@@ -44,6 +45,7 @@ debs:
 	perl -MNet::SSLeay -e1 2>/dev/null || missing="$$missing libnet-ssleay-perl"; \
 	command -v certutil >/dev/null 2>&1 || missing="$$missing libnss3-tools"; \
 	command -v haproxy >/dev/null 2>&1 || missing="$$missing haproxy"; \
+	command -v h2load >/dev/null 2>&1 || missing="$$missing nghttp2-client"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } \
@@ -84,11 +86,14 @@ conformance: $(STAMP) debs
 ## make soak: the reliability probes (tests/reliability/) in their long form, WSGATE_SOAK=1:
 ## counts and durations scaled up, every loop still bounded in count and time (about 10-15
 ## minutes); the figures are printed in the summary, beside nginx's when nginx is installed.
+## Also the whole Autobahn selection through one HTTP/2 connection (RFC 8441, about 2 minutes).
 soak: $(STAMP) debs
-	WSGATE_SOAK=1 $(BIN)/pytest -q -p no:cacheprovider tests/reliability
+	WSGATE_SOAK=1 $(BIN)/pytest -q -p no:cacheprovider tests/reliability \
+	  tests/integration/test_autobahn.py::test_autobahn_same_through_one_http2_connection_all_cases
 
-## make bench: wsgate, nginx and HAProxy side by side (bench/run.py, about 5 minutes); writes
-## bench/results/. As root it installs nginx and HAProxy from Debian's packages when they are
+## make bench: wsgate, nginx and HAProxy side by side (bench/run.py, about 10 minutes with the HTTP/2 part); writes
+## bench/results/. As root it installs nginx, HAProxy and h2load (nghttp2-client, for the
+## HTTP/2 figures) from Debian's packages when they are
 ## missing (otherwise it skips them, with a note), and stops the services their postinst started.
 ## BENCH_ARGS passes flags: make bench BENCH_ARGS="--smoke" or BENCH_ARGS="--parts relay,idle".
 $(VENV)/.bench-installed: $(BIN)/python pyproject.toml
@@ -99,6 +104,7 @@ bench: $(VENV)/.bench-installed
 	@missing=""; \
 	command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing=" nginx-light"; \
 	command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing="$$missing haproxy"; \
+	command -v h2load >/dev/null 2>&1 || missing="$$missing nghttp2-client"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null \

@@ -16,6 +16,9 @@ Modes (each prints one JSON object on stdout; ``idle`` prints one per command):
 ``latency``
     ``--conns`` connections send one message each ``--conns / --rate`` seconds (a paced
     ping-pong, ``--rate`` round trips a second in all) and record every round-trip time.
+``h2throughput``
+    ``throughput`` over HTTP/2: ``--conns`` connections of ``--streams`` RFC 8441 WebSocket
+    streams each (:mod:`bench.h2wsload`).
 ``handshake``
     ``--concurrency`` sessions run back to back: connect, upgrade, one 64-byte message and
     its echo, a Close and its reply, the server's TCP close. Counts complete sessions.
@@ -584,12 +587,17 @@ def _watch_groups(specs: list[str]) -> dict[str, list[int]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["throughput", "latency", "handshake", "idle"])
+    parser.add_argument(
+        "mode", choices=["throughput", "h2throughput", "latency", "handshake", "idle"]
+    )
     parser.add_argument("--connect", required=True, help="HOST:PORT of the proxy or backend")
     parser.add_argument("--sources", default="127.0.0.2-20", help="client source addresses")
     parser.add_argument("--conns", type=int, default=100)
     parser.add_argument("--size", type=int, default=64, help="message payload bytes")
     parser.add_argument("--window", type=int, default=1, help="messages in flight per conn")
+    parser.add_argument(
+        "--streams", type=int, default=1, help="h2throughput: WebSocket streams per connection"
+    )
     parser.add_argument("--rate", type=float, default=1000.0, help="latency: round trips/s")
     parser.add_argument("--concurrency", type=int, default=32, help="sessions in parallel")
     parser.add_argument("--warmup", type=float, default=1.0)
@@ -605,8 +613,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.mode == "idle":
             await run_idle(args, target)
             return
+        from bench.h2wsload import run_h2_throughput
+
         runner = {
             "throughput": run_throughput,
+            "h2throughput": run_h2_throughput,
             "latency": run_latency,
             "handshake": run_handshake,
         }[args.mode]

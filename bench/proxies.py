@@ -144,12 +144,16 @@ class Proxy:
     spread: bool = False
     #: Connections (client + upstream) one worker may hold; None: a default of 4096.
     worker_connections: int | None = None
+    #: ``listen ... http2``: HTTP/2 with prior knowledge beside HTTP/1.1 on the same port
+    #: (wsgate and nginx; RFC 8441 WebSockets over it in wsgate).
+    http2: bool = False
 
     def nginx_conf(self, port: int, for_wsgate: bool) -> str:
         nofile = _nofile_hard()
         conns = self.worker_connections or 4096
         servers = "\n".join(f"        server {h}:{p};" for h, p in self.backends)
         listen = f"127.0.0.1:{port}" + (" reuseport" if self.spread and not for_wsgate else "")
+        listen += " http2" if self.http2 else ""
         # BENCH_WSGATE_EXTRA (run.py's --wsgate-extra): location directives for wsgate alone,
         # e.g. its WebSocket features, to measure what they cost.
         features = os.environ.get(WSGATE_EXTRA, "") if for_wsgate else ""

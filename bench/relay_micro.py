@@ -15,6 +15,8 @@ Modes of the relay:
 * ``ws``:   today's WebSocket side (frame boundaries and message counts tracked).
 * ``feat``: the WebSocket side with every ``websocket_*`` feature on (:data:`FEATURES`: pings
   every 30 s, limits the load stays within), which reads every frame header.
+* ``wsm``:  ``ws`` with ``websocket_metrics on`` (the message-size histogram).
+* ``featm``: ``feat`` with ``websocket_metrics on``.
 
 Run ``.venv/bin/python bench/relay_micro.py`` (``--help`` for the options).  Modes are
 interleaved run by run, and the median and the minimum of ``--repeat`` runs are shown,
@@ -44,7 +46,9 @@ from wsgate.loop import new_event_loop
 from wsgate.proxy.tunnel import Tunnel, WsFeatures, _Side
 
 HOST = "127.0.0.1"
-MODES = ("old", "raw", "ws", "feat")
+MODES = ("old", "raw", "ws", "feat", "wsm", "featm")
+#: Modes whose tunnel is a WebSocket one, those with features on, those with the histogram.
+_WS, _FEAT, _SIZED = ("ws", "feat", "wsm", "featm"), ("feat", "featm"), ("wsm", "featm")
 #: ``feat`` mode: keepalive pings both ways and every limit, none reached by the load.
 FEATURES = WsFeatures(
     ping_interval=30.0,
@@ -128,8 +132,9 @@ class Relay:
             send_timeout_upstream=600,
             send_timeout_client=600,
             on_close=self.closed,
-            websocket=self.mode in ("ws", "feat"),
-            features=FEATURES if self.mode == "feat" else None,
+            websocket=self.mode in _WS,
+            features=FEATURES if self.mode in _FEAT else None,
+            sizes=self.mode in _SIZED,
         )
         if self.mode == "old":
             tunnel.client.__class__ = OldSide
@@ -311,8 +316,9 @@ def calls(mode: str, size: int, count: int) -> float:
         send_timeout_upstream=600,
         send_timeout_client=600,
         on_close=lambda t: None,
-        websocket=mode in ("ws", "feat"),
-        features=FEATURES if mode == "feat" else None,
+        websocket=mode in _WS,
+        features=FEATURES if mode in _FEAT else None,
+        sizes=mode in _SIZED,
     )
     if mode == "old":
         tunnel.client.__class__ = OldSide
@@ -325,8 +331,11 @@ def calls(mode: str, size: int, count: int) -> float:
         for chunk in chunks:
             received(chunk)
     elapsed = time.perf_counter_ns() - start
-    if mode in ("ws", "feat"):
+    if mode in _WS:
         assert tunnel.messages_to_upstream == count
+    if mode in _SIZED:
+        taken = tunnel.take_sizes()
+        assert taken is not None and sum(taken[0][:-1]) == count
     tunnel.abort()
     loop.close()
     return elapsed / count

@@ -425,6 +425,10 @@ def markdown(results: dict[str, Any]) -> str:
         from bench.static import markdown as static_markdown
 
         parts.append(static_markdown(results["static"]))
+    if results.get("h2"):
+        from bench.http2 import markdown as h2_markdown
+
+        parts.append(h2_markdown(results["h2"]))
     parts += [
         "## Bottleneck check\n",
         "CPU is the fraction of one CPU used over the window (from /proc/PID/stat). *Load* "

@@ -25,7 +25,10 @@ Figures (each for all three proxies, and as a ratio to nginx; see :mod:`bench.re
 6. wsgate holding ``--hold`` connections at once: its total memory, and one echo on each;
 7. static files (``--parts static``, :mod:`bench.static`): throughput and CPU per request of
    wsgate and nginx serving a small, a 1 MiB and a 100 MiB file, and the worker's memory
-   while it serves a 1 GiB file to 50 slow clients.
+   while it serves a 1 GiB file to 50 slow clients;
+8. HTTP/2 (``--parts h2``, :mod:`bench.http2`): requests/s and CPU per request of wsgate and
+   nginx under ``h2load`` (a small file and a proxied request), and wsgate's CPU per relayed
+   WebSocket message over RFC 8441 streams against HTTP/1.1.
 
 CPU time comes from the proxy processes' own accounting (:mod:`bench.procstat`), sampled by
 the load generator at the start and end of its counting window. Before measuring, each proxy
@@ -130,7 +133,13 @@ class Settings:
         "hold",
         "profile",
         "static",
+        "h2",
     )
+    #: h2 (bench/http2.py): h2load's connections and concurrent streams per connection, and
+    #: how many times each HTTP/2 figure is measured (the least CPU is kept).
+    h2_clients: int = 10
+    h2_streams: int = 10
+    h2_sets: int = 3
     #: static: seconds the slow clients read the 1 GiB file while memory is sampled.
     static_slow: float = 20.0
     smoke: bool = False
@@ -150,8 +159,9 @@ class Settings:
             idle=(50, 150),
             hold=200,
             hold_seconds=0.2,
-            parts=("relay", "saturation", "handshake", "latency", "idle", "hold", "static"),
+            parts=("relay", "saturation", "handshake", "latency", "idle", "hold", "static", "h2"),
             static_slow=1.0,
+            h2_sets=1,
             smoke=True,
         )
         for k, v in overrides.items():
@@ -774,6 +784,15 @@ def run(s: Settings, keep: bool = False, quiet_wait: float = 0.0) -> dict[str, A
                     "static",
                     lambda: run_static(procs, work / "static", (proxy_cpus, load_cpus), s, _log),
                 )
+            if "h2" in s.parts:
+                from bench.http2 import run_h2
+
+                proxy_cpus, load_cpus, _, _ = _cpus()
+                results["h2"] = _step(
+                    results,
+                    "h2",
+                    lambda: run_h2(procs, work / "h2", (proxy_cpus, load_cpus), s, _log),
+                )
         finally:
             procs.stop_all()
     results["seconds"] = round(time.monotonic() - t0, 1)
@@ -865,6 +884,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, bool, float]:
         help=f"{WSGATE_EXTRA}: location directives for wsgate alone ('features': every "
         "WebSocket feature on, limits not reached), to measure their cost",
     )
+    p.add_argument(
+        "--h2-sets",
+        type=int,
+        default=int(_env("BENCH_H2_SETS", "0")) or None,
+        help=f"BENCH_H2_SETS: times each HTTP/2 figure is measured (default {d.h2_sets})",
+    )
     p.add_argument("--keep", action="store_true", help="keep the proxies' working directories")
     p.add_argument(
         "--wait-quiet",
@@ -881,7 +906,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, bool, float]:
     unknown = set(s.proxies) - set(PROXIES)
     if unknown:
         p.error(f"unknown proxies: {', '.join(sorted(unknown))}")
-    for name in ("duration", "warmup", "conns", "window"):
+    for name in ("duration", "warmup", "conns", "window", "h2_sets"):
         if getattr(a, name):
             setattr(s, name, getattr(a, name))
     if a.idle:

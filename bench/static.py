@@ -28,6 +28,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -111,20 +112,28 @@ class Server:
     """One server (wsgate or nginx) with one worker, pinned to ``cpus``."""
 
     def __init__(
-        self, procs: Spawner, name: str, work: Path, root: Path, cpus: str, sendfile: bool
+        self,
+        procs: Spawner,
+        name: str,
+        work: Path,
+        root: Path,
+        cpus: str,
+        sendfile: bool,
+        conf: Callable[[int], str] | None = None,
     ) -> None:
+        """``conf``: the configuration for a listening port (default :func:`server_conf`)."""
         self.procs = procs
         self.port = free_port()
         work.mkdir(parents=True, exist_ok=True)
         (work / "logs").mkdir(exist_ok=True)
-        conf = work / "nginx.conf"
-        conf.write_text(server_conf(root, self.port, sendfile))
+        path = work / "nginx.conf"
+        path.write_text(conf(self.port) if conf else server_conf(root, self.port, sendfile))
         if name == "nginx":
             binary = nginx_binary()
             assert binary is not None
-            cmd = [binary, "-p", str(work), "-c", str(conf), "-g", "daemon off; user root;"]
+            cmd = [binary, "-p", str(work), "-c", str(path), "-g", "daemon off; user root;"]
         else:
-            cmd = [wsgate_binary(), "-p", str(work), "-c", str(conf), "-g", "daemon off;"]
+            cmd = [wsgate_binary(), "-p", str(work), "-c", str(path), "-g", "daemon off;"]
         self.proc = procs.spawn(cmd, cpus, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         _wait_port(self.port, self.proc)
         deadline = time.monotonic() + 10

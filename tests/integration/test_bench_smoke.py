@@ -141,3 +141,26 @@ def test_static_files_measured(smoke: tuple[Path, dict[str, Any]]) -> None:
         assert m["ok_heads"] == m["clients"] and m["failed"] == 0, (name, m)
         assert m["received"] > 0 and m["worker_rss_peak_kib"] > 0, (name, m)
     assert "## Static files" in (out / "results.md").read_text()
+
+
+def test_http2_measured(smoke: tuple[Path, dict[str, Any]]) -> None:
+    out, results = smoke
+    h2 = results["h2"]
+    assert h2 is not None, results.get("errors")
+    ws = h2["websocket"]
+    assert ws["check"] == "ok"
+    conns = results["settings"]["conns"]
+    for size in (64, 4096):
+        for key in (f"h1-{conns}x1-{size}", f"h2-{conns}x1-{size}", f"h2-{conns // 10}x10-{size}"):
+            r = ws["best"][key]
+            assert r["echoes"] > 0 and r["lost_conns"] == 0, (key, r)
+            assert isinstance(r["cpu_per_message_us"], float), (key, r)
+    assert "## HTTP/2" in (out / "results.md").read_text()
+    if shutil.which("h2load") is None:
+        assert h2["requests"] is None and "h2load" in h2["skipped"]
+        pytest.skip("h2load is not installed (make bench installs nghttp2-client as root)")
+    for name in ["wsgate"] + (["nginx"] if "nginx" in PROXIES else []):
+        for what in ("static", "proxy", "static-h1", "proxy-h1"):
+            r = h2["requests"]["best"][name][what]
+            assert r["succeeded"] == r["requests"] > 0, (name, what, r)
+            assert isinstance(r["cpu_per_request_us"], float), (name, what, r)

@@ -295,6 +295,17 @@ async def scrape(port: int) -> tuple[str, Page]:
         await scraper.close()
 
 
+async def close_all(port: int, clients: list[ClientConnection], tunnel: dict[str, str]) -> None:
+    """Close ``clients`` and poll any worker's page until none of ``tunnel``'s is open."""
+    for ws in clients:
+        await ws.close()
+    clients.clear()
+    for _ in range(500):
+        if (await scrape(port))[1].value("wsgate_tunnels_open", **tunnel) == 0:
+            return
+        await asyncio.sleep(0.01)
+
+
 async def on_two_workers(port: int, expect: dict[str, float], **labels: str) -> None:
     """Scrape until two different workers answered; on each page, ``name{labels}`` is
     ``expect[name]`` (``name`` may end in ``/direction`` for the tunnel counters)."""
@@ -343,13 +354,7 @@ def test_counters_are_summed_over_workers_and_a_killed_worker(tmp_path: Path) ->
             await on_two_workers(gw.port, {"wsgate_tunnels_open": n}, **tunnel)
             handshakes = {"wsgate_handshakes_total": n}
             await on_two_workers(gw.port, handshakes, **ws_where, status="101")
-            for ws in clients:
-                await ws.close()
-            clients.clear()
-            for _ in range(500):
-                if (await scrape(gw.port))[1].value("wsgate_tunnels_open", **tunnel) == 0:
-                    break
-                await asyncio.sleep(0.01)
+            await close_all(gw.port, clients, tunnel)
             up = n * (frame_len(300, True) + frame_len(CLOSE_PAYLOAD, True))
             down = n * (frame_len(300, False) + frame_len(CLOSE_PAYLOAD, False))
             relayed = {

@@ -20,6 +20,7 @@ import trustme
 from h2.events import DataReceived
 from hyperframe.frame import DataFrame, GoAwayFrame
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosedOK
 from websockets.sync.client import connect as ws_connect
 
 from tests.conftest import WsgateProcess
@@ -43,25 +44,47 @@ UPGRADE = (
 )
 
 
+class Echo:
+    """A ``websockets`` echo server on the background loop, recording the Close frame each of
+    its connections received (``None``: none came)."""
+
+    def __init__(self, bg: Loop) -> None:
+        self.bg = bg
+        self.closes: list[tuple[int, str] | None] = []
+
+        async def start() -> Server:
+            return await serve(self.handler, "127.0.0.1", 0, max_size=None, compression=None)
+
+        self.server = asyncio.run_coroutine_threadsafe(start(), bg.loop).result(5)
+        self.port = int(self.server.sockets[0].getsockname()[1])
+
+    async def handler(self, ws: ServerConnection) -> None:
+        try:
+            async for message in ws:
+                await ws.send(message)
+        finally:
+            rcvd = ws.protocol.close_rcvd
+            self.closes.append(None if rcvd is None else (rcvd.code, rcvd.reason))
+
+    def close(self) -> None:
+        async def stop() -> None:
+            self.server.close()
+            await self.server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(stop(), self.bg.loop).result(5)
+
+
 @pytest.fixture
-def echo(bg: Loop) -> Iterator[int]:
-    """A ``websockets`` echo server on the background loop; its port."""
+def echo_server(bg: Loop) -> Iterator[Echo]:
+    server = Echo(bg)
+    yield server
+    server.close()
 
-    async def handler(ws: ServerConnection) -> None:
-        async for message in ws:
-            await ws.send(message)
 
-    async def start() -> Server:
-        return await serve(handler, "127.0.0.1", 0, max_size=None, compression=None)
-
-    server = asyncio.run_coroutine_threadsafe(start(), bg.loop).result(5)
-    yield int(server.sockets[0].getsockname()[1])
-
-    async def stop() -> None:
-        server.close()
-        await server.wait_closed()
-
-    asyncio.run_coroutine_threadsafe(stop(), bg.loop).result(5)
+@pytest.fixture
+def echo(echo_server: Echo) -> int:
+    """The echo server's port."""
+    return echo_server.port
 
 
 def conf(server: str, tls: str = "", http: str = "") -> str:
@@ -368,10 +391,17 @@ def _free_port() -> int:
 
 
 @pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed (make debs installs it)")
-def test_haproxy_ws_h2_to_wsgate(wsgate: Factory, bg: Loop, echo: int, tmp_path: Path) -> None:
-    """Interop: HAProxy (``server ... proto h2 ws h2``) turns a browser's HTTP/1.1 WebSocket
-    into RFC 8441 towards wsgate, which tunnels it to the echo backend."""
-    gw = wsgate(conf(f"location /ws {{ proxy_pass http://127.0.0.1:{echo}; {UPGRADE} }}"))
+@pytest.mark.timeout(60)  # 4 to 17 s seen on the loaded 2-core machine (1 MiB each way)
+def test_haproxy_ws_h2_to_wsgate(
+    wsgate: Factory, bg: Loop, echo_server: Echo, tmp_path: Path
+) -> None:
+    """Interop: HAProxy (``server ... proto h2 ws h2``) turns a client's HTTP/1.1 WebSocket into
+    RFC 8441 towards wsgate, which tunnels it to the echo backend.  Text and a 1 MiB binary
+    message go both ways; then a QUIT to wsgate gives both ends a 1001 Close frame: the client
+    behind HAProxy (wsgate's Close in the stream's DATA, relayed by HAProxy) and the backend."""
+    gw = wsgate(
+        conf(f"location /ws {{ proxy_pass http://127.0.0.1:{echo_server.port}; {UPGRADE} }}")
+    )
     port = _free_port()
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text(
@@ -394,16 +424,26 @@ def test_haproxy_ws_h2_to_wsgate(wsgate: Factory, bg: Loop, echo: int, tmp_path:
                 return False
             return True
 
-        wait_for(listening, "haproxy listening")
-        with ws_connect(f"ws://127.0.0.1:{port}/ws", open_timeout=10) as ws:
-            ws.send("through haproxy")
-            assert ws.recv(timeout=10) == "through haproxy"
-            ws.send(b"\x00" * 100_000)
-            assert ws.recv(timeout=10) == b"\x00" * 100_000
+        wait_for(listening, "haproxy listening", timeout=15)
+        big = bytes(range(256)) * 4096  # 1 MiB
+        with ws_connect(f"ws://127.0.0.1:{port}/ws", open_timeout=10, max_size=None) as ws:
+            ws.send("through haproxy \u2713")
+            assert ws.recv(timeout=10) == "through haproxy \u2713"
+            ws.send(big)
+            assert ws.recv(timeout=10) == big
+            gw.signal(signal.SIGQUIT)
+            with pytest.raises(ConnectionClosedOK):
+                ws.recv(timeout=10)
+            rcvd = ws.protocol.close_rcvd
+            assert rcvd is not None and (rcvd.code, rcvd.reason) == (1001, "going away"), rcvd
+        assert gw.proc.wait(15) == 0
     finally:
         proc.terminate()
         proc.communicate(timeout=10)
-    wait_for(lambda: "CONNECT /ws HTTP/2.0 HTTP/2.0 [h2c] 200" in access_lines(gw), "the log line")
+    wait_for(lambda: bool(echo_server.closes), "the backend's connection to end", timeout=15)
+    assert echo_server.closes == [(1001, "going away")], echo_server.closes
+    lines = access_lines(gw)
+    assert lines == ["CONNECT /ws HTTP/2.0 HTTP/2.0 [h2c] 200"], lines
 
 
 def test_worker_shutdown_timeout_after_reload_sends_1012(

@@ -171,10 +171,22 @@ ON_QUIET = (
 )
 
 
-@pytest.mark.parametrize("extra", ["", OFF, ON_QUIET], ids=["absent", "off", "on-quiet"])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "",
+        OFF,
+        ON_QUIET,
+        "websocket_metrics off;",
+        "websocket_metrics on;",
+        "websocket_metrics on; " + ON_QUIET,
+    ],
+    ids=["absent", "off", "on-quiet", "metrics-off", "metrics-on", "metrics-on-features"],
+)
 def test_bytes_on_the_wire_unchanged(tmp_path: Path, extra: str) -> None:
     """What each end receives is byte for byte what the other sent: with the directives
-    absent, present but off, and on (end Pings and Pongs pass untouched)."""
+    absent, present but off, and on (end Pings and Pongs pass untouched), and with
+    ``websocket_metrics`` (the message-size histogram) off, on, and on with the features."""
 
     async def scenario() -> None:
         received: list[bytes] = []

@@ -53,6 +53,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -123,9 +124,13 @@ def require_browser() -> tuple[str, str]:
 class EchoBackend:
     """A plain ``ws://`` echo server (``websockets``' threaded server) recording handshakes."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_size: int | None = 1 << 20) -> None:
         self.requests: list[tuple[str, Headers]] = []
-        self.server: Server = serve(self._handle, "127.0.0.1", 0)
+        #: The code and reason of the Close frame each connection received (None: none came).
+        self.closes: list[tuple[int, str] | None] = []
+        self.server: Server = serve(
+            self._handle, "127.0.0.1", 0, max_size=max_size, compression=None
+        )
         self.port: int = self.server.socket.getsockname()[1]
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()
@@ -138,6 +143,8 @@ class EchoBackend:
                 ws.send(message)
         except ConnectionClosed:
             pass
+        rcvd = ws.protocol.close_rcvd
+        self.closes.append(None if rcvd is None else (rcvd.code, rcvd.reason))
 
     def close(self) -> None:
         self.server.shutdown()
@@ -182,26 +189,21 @@ def processes_using(marker: str) -> list[int]:
     return pids
 
 
-def run_browser(node: str, home: Path, port: int, *, host: str = "localhost") -> dict[str, Any]:
-    """Run browser_wss.js against ``https://HOST:PORT``; its JSON result and exit status.
+@contextmanager
+def browser_peer(
+    node: str, script: str, home: Path, env: dict[str, str], *, stdin: bool = False
+) -> Iterator[Peer]:
+    """Run the Playwright ``script`` with Chromium, ``home`` as ``HOME`` (for the NSS database)
+    and a fresh profile in it; ``env`` is added to the script's environment.
 
-    Chromium gets ``home`` as ``HOME`` (for the NSS database) and a fresh profile in it.  On a
-    timeout :class:`Peer` sends SIGTERM, on which Playwright kills Chromium's process group.
+    On leaving, :class:`Peer` sends SIGTERM, on which Playwright kills Chromium's process group.
     Afterwards no process may still use the profile directory.
     """
     profile = home / "chromium-profile"
-    env = {
-        "HOME": str(home),
-        "PAGE_URL": f"https://{host}:{port}/",
-        "WS_URL": f"wss://{host}:{port}/chat",
-        "USER_DATA_DIR": str(profile),
-        "MESSAGES": str(MESSAGES),
-        "TIMEOUT_MS": str(SCRIPT_TIMEOUT_MS),
-        "CHROMIUM": str(CHROMIUM),
-    }
-    peer = Peer([node, BROWSER_JS], env=env)
+    env = {"HOME": str(home), "USER_DATA_DIR": str(profile), "CHROMIUM": str(CHROMIUM), **env}
+    peer = Peer([node, script], env=env, stdin=stdin)
     try:
-        status = peer.wait(RUN_TIMEOUT)
+        yield peer
     finally:
         peer.stop()
         # Chromium's helpers (crashpad, zygote) are reparented and may take a moment to go.
@@ -214,12 +216,29 @@ def run_browser(node: str, home: Path, port: int, *, host: str = "localhost") ->
             except ProcessLookupError:
                 pass
     assert not leftover, f"Chromium processes outlived the script: {leftover}"
+
+
+def last_json(peer: Peer, status: int) -> dict[str, Any]:
+    """The script's last JSON line, with its exit status and stderr added."""
     lines = [line for line in peer.stdout_lines if line.startswith("{")]
-    assert lines, f"no JSON from browser_wss.js (status {status}): {peer.stderr_lines!r}"
+    assert lines, f"no JSON from the browser script (status {status}): {peer.stderr_lines!r}"
     result: dict[str, Any] = json.loads(lines[-1])
     result["exit_status"] = status
     result["stderr"] = peer.stderr_lines
     return result
+
+
+def run_browser(node: str, home: Path, port: int, *, host: str = "localhost") -> dict[str, Any]:
+    """Run browser_wss.js against ``https://HOST:PORT``; its JSON result and exit status."""
+    env = {
+        "PAGE_URL": f"https://{host}:{port}/",
+        "WS_URL": f"wss://{host}:{port}/chat",
+        "MESSAGES": str(MESSAGES),
+        "TIMEOUT_MS": str(SCRIPT_TIMEOUT_MS),
+    }
+    with browser_peer(node, BROWSER_JS, home, env) as peer:
+        status = peer.wait(RUN_TIMEOUT)
+    return last_json(peer, status)
 
 
 def wait_access(proxy: WsgateProcess, pattern: str, timeout: float = 10.0) -> str:

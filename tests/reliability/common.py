@@ -266,7 +266,8 @@ def _start_nginx(prefix: Path, conf_text: str, timeout: float = 15.0) -> Target:
         f"{d}_temp_path {prefix}/tmp/{d};"
         for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
-    text = conf_text.replace("listen 127.0.0.1:0;", f"listen 127.0.0.1:{port};")
+    # The one listener, with or without parameters (``listen 127.0.0.1:0 ssl http2;``).
+    text = re.sub(r"listen 127\.0\.0\.1:0\b", f"listen 127.0.0.1:{port}", conf_text)
     text = text.replace("http {", "http {\n  " + temp, 1)
     head = (
         f"user root; daemon off; master_process on; pid {prefix}/logs/nginx.pid;\n"

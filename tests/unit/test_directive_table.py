@@ -63,6 +63,7 @@ SAMPLES: dict[str, tuple[str, str]] = {
     "resolver": ("127.0.0.1", "127.0.0.2:5353 valid=10s"),
     "stub_status": ("", "on"),
     "prometheus": ("", ""),
+    "upstream_control": ("", ""),
     "error_page": ("404 /404.html", "500 502 =200 @fallback"),
     "internal": ("", ""),
     "proxy_pass": ("http://127.0.0.1:1", "http://127.0.0.1:2/x"),
@@ -154,6 +155,7 @@ SAMPLES: dict[str, tuple[str, str]] = {
     "websocket_max_message_size": ("1m", "64k both"),
     "websocket_max_frame_size": ("16k upstream", "1k"),
     "websocket_message_rate": ("10r/s", "100r/m burst=5 both"),
+    "websocket_rebalance": ("0.1/m", "25%/m"),
 }
 #: A bad argument list and nginx's words, for each directive whose parser is its own; ``None``
 #: for a parser that takes any value.
@@ -188,6 +190,7 @@ BAD: dict[str, tuple[str, str] | None] = {
     "resolver": ("127.0.0.1 ipv4=off ipv6=off", '"ipv4" and "ipv6" cannot both be "off"'),
     "stub_status": ("off", 'invalid value "off" in "stub_status" directive'),
     "prometheus": None,
+    "upstream_control": None,
     "error_page": ("200 /x", 'value "200" must be between 300 and 599'),
     "internal": None,
     "proxy_pass": ("ftp://x", 'invalid URL prefix in "ftp://x"'),
@@ -279,6 +282,7 @@ BAD: dict[str, tuple[str, str] | None] = {
     "websocket_max_message_size": ("1m nobody", 'invalid parameter "nobody"'),
     "websocket_max_frame_size": ("lots", "directive invalid value"),
     "websocket_message_rate": ("10r/s burst=0", 'invalid burst value "burst=0"'),
+    "websocket_rebalance": ("0/m", 'invalid value "0/m" in "websocket_rebalance" directive'),
 }
 _GENERIC = {"flag", "time", "size", "number"}
 

@@ -17,10 +17,12 @@ from websockets.frames import Close, Frame, Opcode
 from websockets.streams import StreamReader
 
 from wsgate.proxy.frames import (
+    CLOSE_SEEN,
     GOING_AWAY,
     REASONS,
     SERVICE_RESTART,
     ScanState,
+    close_code,
     close_frame,
     is_websocket,
     next_boundary,
@@ -52,25 +54,37 @@ class Ref:
     known: int  # offset after the length bytes: from here the scanner knows the frame
     end: int
     message: bool
-    close: bool
+    close: int  # 0, or the close_seen value of a Close frame (frames.CLOSE_SEEN | its code)
 
 
 def build(frames: list[tuple[bool, int, int, bool]], rsv: int = 0) -> tuple[bytes, list[Ref]]:
     data = bytearray()
     refs = []
+    first_close = True
     for fin, opcode, length, masked in frames:
         start = len(data)
         head = header(fin, opcode, length, masked, rsv)
         known = start + len(head) - (4 if masked else 0)
-        data += head + os.urandom(length)
-        refs.append(Ref(start, known, len(data), fin and opcode < 3, opcode == CLOSE))
+        payload = os.urandom(length)
+        close = 0
+        if opcode == CLOSE:
+            # The code as the receiver reads it: the first two payload bytes, unmasked.
+            key = head[-4:] if masked else bytes(4)
+            code = (payload[0] ^ key[0]) << 8 | (payload[1] ^ key[1]) if length >= 2 else 1005
+            close = CLOSE_SEEN | code
+            if first_close:  # its header is known once the code's bytes are in too
+                if length >= 2:  # (without a code: at its length, as any frame)
+                    known = start + len(head) + 2
+                first_close = False
+        data += head + payload
+        refs.append(Ref(start, known, len(data), fin and opcode < 3, close))
     return bytes(data), refs
 
 
 def expected(data: bytes, refs: list[Ref], k: int) -> ScanState:
     """The state after the first ``k`` bytes, from the whole-stream parse."""
     messages = sum(r.message for r in refs if r.known <= k)
-    close_seen = any(r.close for r in refs if r.known <= k)
+    close_seen = next((r.close for r in refs if r.close and r.known <= k), 0)
     for r in refs:
         if r.start <= k < r.end:
             if k == r.start:
@@ -98,7 +112,7 @@ LENGTHS = [0, 1, 125, 126, 127, 65535, 65536, 70000]
 def test_every_length_encoding_in_one_chunk(length: int, masked: bool) -> None:
     data, _ = build([(True, BINARY, length, masked)])
     state = scan(data, ScanState())
-    assert state == ScanState(0, b"", 1, False)
+    assert state == ScanState(0, b"", 1, 0)
     assert state.at_boundary
 
 
@@ -110,7 +124,7 @@ def test_header_split_at_every_byte(length: int, masked: bool) -> None:
     for k in range(1, head_len + 3):
         first = scan(data[:k], ScanState())
         assert first == expected(data, refs, k), k
-        assert scan(data[k:], first) == ScanState(0, b"", 2, False), k
+        assert scan(data[k:], first) == ScanState(0, b"", 2, 0), k
 
 
 def test_carried_header_is_at_most_nine_bytes() -> None:
@@ -118,7 +132,7 @@ def test_carried_header_is_at_most_nine_bytes() -> None:
     for k in range(1, 10):
         assert scan(data[:k], ScanState()).partial == data[:k]
     # With the 8 length bytes in, the masking key is skipped like payload.
-    assert scan(data[:10], ScanState()) == ScanState(70004, b"", 1, False)
+    assert scan(data[:10], ScanState()) == ScanState(70004, b"", 1, 0)
 
 
 def test_header_split_over_several_reads() -> None:
@@ -127,13 +141,13 @@ def test_header_split_over_several_reads() -> None:
     for i in range(10):  # one byte at a time through the 64-bit header
         state = scan(data[i : i + 1], state)
         assert state == expected(data, refs, i + 1), i
-    assert scan(data[10:], state) == ScanState(0, b"", 2, False)
+    assert scan(data[10:], state) == ScanState(0, b"", 2, 0)
 
 
 def test_many_frames_in_one_chunk() -> None:
     frames = [(True, TEXT, n % 130, n % 2 == 0) for n in range(500)]
     data, _ = build(frames)
-    assert scan(data, ScanState()) == ScanState(0, b"", 500, False)
+    assert scan(data, ScanState()) == ScanState(0, b"", 500, 0)
     # Ending inside the last frame's payload leaves the rest to skip.
     assert scan(data[:-3], ScanState()).skip == 3
 
@@ -150,14 +164,15 @@ def test_fragmented_message_with_interleaved_control_frames() -> None:
     data, refs = build(frames)
     counts = [scan(data[: r.known], ScanState()).messages for r in refs]
     assert counts == [0, 0, 0, 0, 1, 2]
-    assert scan(data, ScanState()) == ScanState(0, b"", 2, False)
+    assert scan(data, ScanState()) == ScanState(0, b"", 2, 0)
 
 
 def test_close_frame_is_seen_and_is_not_a_message() -> None:
     data, refs = build([(True, TEXT, 3, False), (True, CLOSE, 12, False)])
-    assert scan(data[: refs[1].start], ScanState()).close_seen is False
+    assert scan(data[: refs[1].start], ScanState()).close_seen == 0
     state = scan(data[: refs[1].known], ScanState())
-    assert state == ScanState(12, b"", 1, True)  # seen at its header, payload still to come
+    # Seen at its header and code, the rest of its payload still to come.
+    assert state == ScanState(10, b"", 1, refs[1].close)
 
 
 def test_permessage_deflate_rsv1_is_ignored() -> None:
@@ -209,8 +224,8 @@ def test_random_chunkings_match_the_reference() -> None:
 
 
 def test_a_chunk_of_one_byte_at_a_boundary_is_carried() -> None:
-    assert scan(b"\x81", ScanState()) == ScanState(0, b"\x81", 0, False)
-    assert scan(b"\x05", ScanState(0, b"\x81")) == ScanState(5, b"", 1, False)
+    assert scan(b"\x81", ScanState()) == ScanState(0, b"\x81", 0, 0)
+    assert scan(b"\x05", ScanState(0, b"\x81")) == ScanState(5, b"", 1, 0)
 
 
 def test_garbage_never_raises() -> None:
@@ -257,18 +272,42 @@ def test_close_frame_unmasked_toward_the_client(code: int) -> None:
     parsed = parse(frame, mask=False)
     assert parsed.opcode is Opcode.CLOSE and parsed.fin
     assert Close.parse(parsed.data) == Close(code, REASONS[code].decode())
-    assert scan(frame, ScanState()) == ScanState(0, b"", 0, True)
+    assert scan(frame, ScanState()) == ScanState(0, b"", 0, CLOSE_SEEN | code)
 
 
 def test_close_frame_masked_toward_the_upstream() -> None:
     frame = close_frame(GOING_AWAY, b"going away", mask=True, key=b"\x01\x02\x03\x04")
     assert frame[:6] == b"\x88\x8c\x01\x02\x03\x04"
     assert frame[6:8] == bytes((0x03 ^ 1, 0xE9 ^ 2))  # 1001 = 0x03E9, masked (§5.3)
+    assert close_code(scan(frame, ScanState()).close_seen) == GOING_AWAY
     parsed = parse(frame, mask=True)
     assert Close.parse(parsed.data) == Close(1001, "going away")
     # A fresh key each time.
     keys = {close_frame(GOING_AWAY, mask=True)[2:6] for _ in range(20)}
     assert len(keys) > 15
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_the_first_close_code_is_read_however_the_reads_split_it(masked: bool) -> None:
+    data = b"\x81\x02hi" + close_frame(4000, b"bye", mask=masked) + close_frame(1000, mask=masked)
+    for cut in range(1, len(data)):
+        state = scan(data[cut:], scan(data[:cut], ScanState()))
+        assert close_code(state.close_seen) == 4000, cut  # the first, not the second
+        assert state.messages == 1 and state.at_boundary, cut
+    one_by_one = ScanState()
+    for i in range(len(data)):
+        one_by_one = scan(data[i : i + 1], one_by_one)
+        assert len(one_by_one.partial) <= 8
+    assert close_code(one_by_one.close_seen) == 4000 and one_by_one.at_boundary
+
+
+def test_a_close_without_a_code_is_1005_and_code_zero_is_still_seen() -> None:
+    assert close_code(scan(b"\x88\x00", ScanState()).close_seen) == 1005
+    assert close_code(scan(b"\x88\x80abcd", ScanState()).close_seen) == 1005
+    assert close_code(scan(b"\x88\x01x", ScanState()).close_seen) == 1005  # one byte: no code
+    zero = scan(b"\x88\x02\x00\x00", ScanState())
+    assert zero.close_seen and close_code(zero.close_seen) == 0
+    assert close_code(ScanState().close_seen) is None
 
 
 @pytest.mark.parametrize("code", [999, 1004, 1005, 1006, 1015, 5000])

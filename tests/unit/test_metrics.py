@@ -57,11 +57,24 @@ def failures(store: MetricsStore, peer: str) -> float:
 
 
 class FakeTunnel:
-    def __init__(self) -> None:
+    def __init__(self, websocket: bool = False, sizes: bool = False) -> None:
         self.bytes_to_upstream = 0
         self.bytes_to_client = 0
         self.messages_to_upstream = 0
         self.messages_to_client = 0
+        self.websocket = websocket
+        self.sized = sizes
+        self.close_code_client: int | None = None
+        self.close_code_upstream: int | None = None
+        #: What take_sizes hands over next (to upstream, to client).
+        self.pending: tuple[list[int], list[int]] | None = None
+
+    def take_sizes(self) -> tuple[list[int], list[int]] | None:
+        if not self.sized:
+            return None
+        taken = self.pending or ([0] * 12, [0] * 12)
+        self.pending = None
+        return taken
 
 
 def test_forked_workers_write_their_slots_and_any_reader_sums() -> None:
@@ -202,6 +215,9 @@ def test_exposition_format_and_histograms() -> None:
             "wsgate_http_requests_total",
             "wsgate_tunnel_bytes_total",
             "wsgate_tunnel_messages_total",
+            "wsgate_tunnel_message_size_bytes",
+            "wsgate_tunnel_close_codes_total",
+            "wsgate_tunnel_duration_seconds",
             "wsgate_upstream_failures_total",
             "wsgate_handshake_duration_seconds",
             "wsgate_request_duration_seconds",

@@ -83,7 +83,9 @@ def frame(opcode: int, payload: bytes, fin: bool = True, mask: bool = True) -> b
     return head + key + unmask(payload, key)
 
 
-def tunnel(loop: asyncio.AbstractEventLoop, features: WsFeatures | None) -> Tunnel:
+def tunnel(
+    loop: asyncio.AbstractEventLoop, features: WsFeatures | None, sizes: bool = False
+) -> Tunnel:
     t = Tunnel(
         loop,
         FakeTransport(),  # type: ignore[arg-type]
@@ -94,6 +96,7 @@ def tunnel(loop: asyncio.AbstractEventLoop, features: WsFeatures | None) -> Tunn
         on_close=lambda t: None,
         websocket=True,
         features=features,
+        sizes=sizes,
     )
     return t
 

@@ -193,7 +193,13 @@ class Loader:
         builtin = set(self.maps) | self.captures | self.declared
         here = http_level.collect(LocationSettings)
         for name, up in self.upstreams.items():
-            self.upstreams[name] = finish_upstream(up, here["resolver"], here["resolver_timeout"])
+            self.upstreams[name] = finish_upstream(
+                up,
+                here["resolver"],
+                here["resolver_timeout"],
+                here["websocket_drain_time"],
+                here["websocket_rebalance"],
+            )
         return HttpConfig(
             servers=servers,
             upstreams=dict(self.upstreams),

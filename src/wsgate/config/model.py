@@ -258,7 +258,7 @@ class ServerName:
 @dataclass(frozen=True, slots=True)
 class UpstreamServer:
     """``server ADDRESS [weight=N] [max_fails=N] [fail_timeout=T] [max_conns=N] [backup]
-    [down]`` inside ``upstream`` (https://nginx.org/en/docs/http/ngx_http_upstream_module.html).
+    [down] [drain]`` inside ``upstream`` (https://nginx.org/en/docs/http/ngx_http_upstream_module.html).
 
     ``address`` is the text as written (the consistent-hash ring is built from it, as nginx
     does); a host name that resolves to several addresses gives one of these per address.
@@ -274,6 +274,9 @@ class UpstreamServer:
     max_conns: int = 0
     backup: bool = False
     down: bool = False
+    #: ``drain`` (nginx 1.29.6+): "puts the server into the draining mode": no new
+    #: connections; wsgate also moves its open tunnels off (docs/configuration.md).
+    drain: bool = False
     source: Source | None = None
     #: ``resolve``: the name is resolved again while running (nginx 1.27.3+); ``host`` is
     #: then the name and ``port`` the port every address gets.
@@ -335,6 +338,12 @@ class Upstream:
     resolver: Resolver | None = None
     #: None until the loader gives it the ``http`` level's (``ngx_conf_merge_msec_value``).
     resolver_timeout: float | None = None
+    #: ``websocket_drain_time``: the window a drain spreads its 1012 closes over (None until
+    #: the loader gives it the ``http`` level's).
+    drain_time: float | None = None
+    #: ``websocket_rebalance``: the fraction of the group's tunnels moved per minute when it
+    #: grows (0: off; None until the loader gives it the ``http`` level's).
+    rebalance: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -665,6 +674,9 @@ class LocationSettings:
     websocket_max_message_size: tuple[int, str] = (0, "client")
     websocket_max_frame_size: tuple[int, str] = (0, "client")
     websocket_message_rate: tuple[int, int, str] = (0, 0, "client")
+    #: ``websocket_metrics`` (off, wsgate's): the per-message metrics (the message-size
+    #: histogram), the only tunnel metrics that cost work per message.
+    websocket_metrics: bool = False
     client_body_timeout: float = 60.0
     #: ``proxy_request_buffering``: on reads the whole body before the upstream is contacted.
     proxy_request_buffering: bool = True
@@ -707,6 +719,12 @@ class LocationSettings:
     stub_status: bool = False
     #: ``prometheus`` (wsgate's) here: the metrics page, a content handler like ``stub_status``.
     prometheus: bool = False
+    #: ``upstream_control`` (wsgate's) here: the runtime drain/rebalance endpoint.
+    upstream_control: bool = False
+    #: ``websocket_drain_time`` and ``websocket_rebalance`` at the ``http`` level (the
+    #: ``upstream`` blocks' default; :class:`Upstream`).
+    websocket_drain_time: float = 30.0
+    websocket_rebalance: float = 0.0
     #: ``allow``/``deny`` of the innermost level that has any (all-or-nothing inheritance).
     access_rules: tuple[AccessRule, ...] = ()
     #: ``proxy_upgrade_protocols`` (wsgate), lowercased; empty for ``off``.

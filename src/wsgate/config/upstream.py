@@ -33,6 +33,8 @@ __all__ = [
     "parse_health_check",
     "parse_keepalive",
     "parse_method",
+    "parse_rebalance",
+    "per_minute",
     "parse_server",
     "parse_zone",
     "finish_upstream",
@@ -70,7 +72,7 @@ def parse_server(e: Stmt, level: Level | None = None) -> tuple[UpstreamServer, .
             params["max_conns"] = _number(e, value, p)
         elif key == "fail_timeout" and eq:
             params["fail_timeout"] = _seconds(e, value, p)
-        elif p in ("backup", "down", "resolve"):
+        elif p in ("backup", "down", "drain", "resolve"):
             params[p] = True
         elif key == "service" and eq:
             if not value:
@@ -211,7 +213,13 @@ def build_upstream(s: Stmt, fields: dict[str, Any]) -> Upstream:
     return Upstream(name=name, source=s.src, **fields)
 
 
-def finish_upstream(up: Upstream, resolver: Resolver | None, timeout: float) -> Upstream:
+def finish_upstream(
+    up: Upstream,
+    resolver: Resolver | None,
+    timeout: float,
+    drain_time: float = 30.0,
+    rebalance: float = 0.0,
+) -> Upstream:
     """``ngx_http_upstream_init_round_robin`` with a zone (1.27.3+): the block's
     ``resolver``/``resolver_timeout``, else the ``http`` level's; ``resolve`` needs a zone
     and a resolver, with nginx's words."""
@@ -230,4 +238,36 @@ def finish_upstream(up: Upstream, resolver: Resolver | None, timeout: float) -> 
             f"{src.file}:{src.line}"
         )
     rt = up.resolver_timeout if up.resolver_timeout is not None else timeout
-    return dataclasses.replace(up, resolver=res, resolver_timeout=rt)
+    return dataclasses.replace(
+        up,
+        resolver=res,
+        resolver_timeout=rt,
+        drain_time=up.drain_time if up.drain_time is not None else drain_time,
+        rebalance=up.rebalance if up.rebalance is not None else rebalance,
+    )
+
+
+def per_minute(text: str) -> float | None:
+    """``FRACTION/m`` as ``0.1/m`` or ``10%/m``: a positive fraction, else None (more than
+    1 closes the whole group's share in less than a minute)."""
+    if not text.endswith("/m"):
+        return None
+    number = text[:-2]
+    scale = 100.0 if number.endswith("%") else 1.0
+    number = number.removesuffix("%")
+    if not number or not (number[0].isdigit() and number.replace(".", "", 1).isdigit()):
+        return None
+    value = float(number) / scale
+    return value if value > 0 else None
+
+
+def parse_rebalance(e: Stmt, level: Level | None = None) -> float:
+    """``websocket_rebalance off | FRACTION/m``: the share of a group's open tunnels moved
+    per minute when it grows, as ``0.1/m`` or ``10%/m``."""
+    text = e.args[0]
+    if text == "off":
+        return 0.0
+    value = per_minute(text)
+    if value is None:
+        raise _err(f'invalid value "{text}" in "{e.name}" directive', e.src)
+    return value

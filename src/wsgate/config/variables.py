@@ -34,6 +34,7 @@ __all__ = [
     "PREFIX_VARIABLES",
     "CONNECTION_TIME",
     "UPSTREAM_BYTES",
+    "WS_VARIABLES",
     "RequestContext",
     "is_known_variable",
     "request_headers_read",
@@ -50,6 +51,21 @@ _TLS_VARIABLES = frozenset(
         "ssl_client_verify",
         "ssl_session_reused",
         "ssl_early_data",
+    }
+)
+
+#: wsgate's WebSocket tunnel figures, set when a WebSocket tunnel ends, for its access-log
+#: line (:func:`wsgate.proxy.tunnel.websocket_figures`; "in" is what the client sent, "out"
+#: what it was sent).  Not found ("-") for any other request.
+WS_VARIABLES = frozenset(
+    {
+        "ws_messages_in",
+        "ws_messages_out",
+        "ws_bytes_in",
+        "ws_bytes_out",
+        "ws_close_code_client",
+        "ws_close_code_upstream",
+        "ws_duration",
     }
 )
 
@@ -132,6 +148,7 @@ FIXED_VARIABLES = (
         }
     )
     | _TLS_VARIABLES
+    | WS_VARIABLES
 )
 PREFIX_VARIABLES = (
     "http_",
@@ -528,6 +545,14 @@ class RequestContext:
             rid = cache[" request_id"] = os.urandom(16).hex()
         return rid
 
+    def set_websocket_figures(self, figures: Mapping[str, str]) -> None:
+        """The ``$ws_*`` values of a WebSocket tunnel that ended (:data:`WS_VARIABLES`)."""
+        cache = self._cache
+        if cache is None:
+            cache = self._cache = {}
+        for name, value in figures.items():
+            cache[" " + name] = value
+
     def set_request_body(self, body: bytes) -> None:
         """``$request_body``: "the variable's value is made available in locations processed
         by the proxy_pass ... directives when the request body was read to a memory buffer"."""
@@ -805,6 +830,15 @@ def _request_filename(c: RequestContext) -> str:
     return map_uri_to_path(c.root, c.uri, c.lookup, c.add_uri_to_alias)[0]
 
 
+def _websocket_figure(name: str) -> Callable[[RequestContext], str]:
+    key = " " + name
+
+    def get(c: RequestContext) -> str:
+        return "" if c._cache is None else c._cache.get(key, "")
+
+    return get
+
+
 def _msec(c: RequestContext) -> str:
     return f"{time.time():.3f}"
 
@@ -899,4 +933,5 @@ _GETTERS: dict[str, Callable[[RequestContext], str]] = {
     "realpath_root": _realpath_root,
     "request_filename": _request_filename,
     **{f"connections_{f}": _connections(f) for f in ("active", "reading", "writing", "waiting")},
+    **{name: _websocket_figure(name) for name in WS_VARIABLES},
 }

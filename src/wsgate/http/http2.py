@@ -33,6 +33,7 @@ from __future__ import annotations
 import base64
 import os
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from wsgate.errors import HttpError
 from wsgate.http.request import _UNIQUE, RequestHead, normalize_host
@@ -41,7 +42,10 @@ __all__ = [
     "COMPRESSION_ERROR",
     "FRAME_SIZE_ERROR",
     "HOP_BY_HOP",
+    "HPACK_TABLE_SIZE",
+    "FrameGuard",
     "H2Refused",
+    "Violation",
     "header_block_error",
     "header_block_scan",
     "request_head",
@@ -340,6 +344,209 @@ def request_head(
     if protocol is not None:
         _extended_connect(head, protocol, key)
     return head
+
+
+#: HTTP/2 error codes (RFC 9113 §7) a :class:`Violation` carries.
+NO_ERROR, PROTOCOL_ERROR, FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR, ENHANCE_YOUR_CALM = 0, 1, 3, 6, 11
+#: nginx's HPACK dynamic table (``NGX_HTTP_V2_TABLE_SIZE``): the most a client may make our
+#: encoder keep, whatever its ``SETTINGS_HEADER_TABLE_SIZE`` says (RFC 7541 §4.2 lets the
+#: encoder use less).
+HPACK_TABLE_SIZE = 4096
+_DATA, _HEADERS, _PRIORITY, _SETTINGS, _PING, _CONTINUATION = 0, 1, 2, 4, 6, 9
+_END_HEADERS, _ACK = 0x4, 0x1
+_PREFACE = 24
+
+
+class Violation(NamedTuple):
+    """What ends a connection: the GOAWAY error code (None: closed without GOAWAY, as nginx
+    closes a connection whose output it cannot queue), the ``[info]`` line, the stream the
+    GOAWAY names (0: the last one served)."""
+
+    code: int | None
+    text: str
+    sid: int = 0
+
+
+class FrameGuard:
+    """nginx's defences against HTTP/2 floods (``src/http/v2/ngx_http_v2.c``, 1.31), counted
+    over the frame headers of the bytes a client sends, before the protocol library holds or
+    parses them (pure: the connection feeds it bytes and events).
+
+    - A header block (HEADERS and its CONTINUATION frames) longer than ``header_limit`` is
+      ENHANCE_YOUR_CALM ("client sent too large header", nginx's ``header_limit``), seen at
+      the frame header, so the library never buffers it (CONTINUATION flood).
+    - A DATA frame longer than any stream window we grant (``data_limit``) is
+      FLOW_CONTROL_ERROR, another frame longer than ``frame_limit`` FRAME_SIZE_ERROR: no
+      frame is held whole beyond what a client may legitimately send.
+    - ``ngx_http_v2_state_priority``: PRIORITY frames beyond ``max(concurrent, 100)`` plus
+      ``concurrent`` per stream opened are ENHANCE_YOUR_CALM.
+    - ``ngx_http_v2_read_handler``: when the bytes read plus the control frames answered,
+      divided by 8, exceed the payload (request header blocks and body DATA,
+      :meth:`credit`) by more than 1 MiB, "http2 flood detected": GOAWAY NO_ERROR (SETTINGS,
+      PING, WINDOW_UPDATE, empty DATA, empty CONTINUATION, RST_STREAM floods).
+    - ``ngx_http_v2_idle_handler``: more than ``10 * keepalive_requests`` reads while no
+      stream is open (:meth:`idle_read`): "http2 flood detected", GOAWAY NO_ERROR.
+    - ``ngx_http_v2_get_frame``: more than 10000 control frames owed to a client that does
+      not read them (acks of PING and SETTINGS, RST_STREAM refusals, counted until the
+      output is seen empty, :meth:`sent`): "http2 flood detected", closed without GOAWAY.
+    """
+
+    __slots__ = (
+        "header_limit",
+        "data_limit",
+        "frame_limit",
+        "concurrent",
+        "total",
+        "payload",
+        "owed",
+        "priority_limit",
+        "block_sid",
+        "block_size",
+        "_head",
+        "_skip",
+        "_end",
+        "_preface",
+        "cut",
+        "idle_limit",
+        "idle",
+    )
+
+    #: ``total_bytes / 8 > payload_bytes + 1048576`` (ngx_http_v2_read_handler).
+    RATIO = 8
+    GRACE = 1 << 20
+    #: ``h2c->frames < 10000`` (ngx_http_v2_get_frame).
+    MAX_OWED = 10000
+
+    def __init__(
+        self,
+        *,
+        header_limit: int,
+        data_limit: int,
+        frame_limit: int,
+        concurrent: int,
+        idle_limit: int = 10000,
+        preface: bool = True,
+    ) -> None:
+        self.header_limit = header_limit
+        self.data_limit = data_limit
+        self.frame_limit = frame_limit
+        self.concurrent = concurrent
+        self.total = 0
+        self.payload = 0
+        self.owed = 0
+        self.priority_limit = max(concurrent, 100)
+        #: The stream whose header block is not complete yet (0: none).
+        self.block_sid = 0
+        self.block_size = 0
+        self._head = b""
+        self._skip = 0
+        #: The frame being skipped ends a header block.
+        self._end = False
+        self._preface = _PREFACE if preface else 0
+        #: Where, in the bytes :meth:`feed` refused, the refused frame starts.
+        self.cut = 0
+        #: ``h2c->idle``: reads while no stream is open, never reset; past ``idle_limit``
+        #: (nginx: ``10 * keepalive_requests``) the connection is flooding.
+        self.idle_limit = idle_limit
+        self.idle = 0
+
+    def feed(self, data: bytes) -> Violation | None:
+        """The bytes of one read, before the library sees them; on a violation, :attr:`cut`
+        says how many of them come before the frame refused."""
+        self.total += len(data)
+        view = memoryview(data)
+        pos = min(self._preface, len(view))
+        self._preface -= pos
+        end = len(view)
+        while pos < end:
+            if self._skip:
+                step = min(self._skip, end - pos)
+                self._skip -= step
+                pos += step
+                if not self._skip and self._end:
+                    self.block_sid = 0
+                continue
+            need = 9 - len(self._head)
+            start = pos - len(self._head)
+            head = self._head + bytes(view[pos : pos + need])
+            pos += min(need, end - pos)
+            if len(head) < 9:
+                self._head = head
+                break
+            self._head = b""
+            verdict = self._frame(
+                int.from_bytes(head[:3], "big"),
+                head[3],
+                head[4],
+                int.from_bytes(head[5:9], "big") & 0x7FFFFFFF,
+            )
+            if verdict is not None:
+                self.cut = max(start, 0)
+                return verdict
+        return None
+
+    def _frame(self, length: int, kind: int, flags: int, sid: int) -> Violation | None:
+        self._skip = length
+        self._end = False
+        if kind in (_HEADERS, _CONTINUATION):
+            if kind == _HEADERS:
+                self.block_sid, self.block_size = sid, 0
+                self.priority_limit += self.concurrent
+            self.block_size += length
+            self._end = bool(flags & _END_HEADERS)
+            if self.block_size > self.header_limit:
+                return Violation(ENHANCE_YOUR_CALM, "client sent too large header", sid)
+            if not length and self._end:
+                self.block_sid = 0
+            return None
+        if kind == _DATA:
+            if length > self.data_limit:
+                return Violation(
+                    FLOW_CONTROL_ERROR,
+                    f"client violated flow control for stream {sid}: received DATA frame"
+                    f" length {length}, available window {self.data_limit}",
+                )
+            return None
+        if length > self.frame_limit:
+            return Violation(
+                FRAME_SIZE_ERROR, f"client sent frame of type {kind} with too large length"
+            )
+        if kind == _PRIORITY:
+            self.priority_limit -= 1
+            if self.priority_limit <= 0:
+                return Violation(ENHANCE_YOUR_CALM, "client sent too many PRIORITY frames")
+        elif kind in (_PING, _SETTINGS) and not flags & _ACK:
+            self.answered(17 if kind == _PING else 9)
+        return None
+
+    def answered(self, size: int) -> None:
+        """A control frame of ``size`` bytes owed to the client (an ack, a refusal)."""
+        self.owed += 1
+        self.total += size
+
+    def credit(self, size: int) -> None:
+        """Payload: a request's header block, request body or tunnel DATA."""
+        self.payload += size
+
+    def idle_read(self) -> Violation | None:
+        """A read while no stream is open (ngx_http_v2_idle_handler)."""
+        self.idle += 1
+        if self.idle > self.idle_limit + 1:
+            return Violation(NO_ERROR, "http2 flood detected")
+        return None
+
+    def sent(self, unsent: int) -> None:
+        """The output holds ``unsent`` bytes; when none, what was owed has gone out."""
+        if not unsent:
+            self.owed = 0
+
+    def flooded(self) -> Violation | None:
+        """nginx's two flood checks, after a read has been processed."""
+        if self.owed > self.MAX_OWED:
+            return Violation(None, "http2 flood detected")
+        if self.total // self.RATIO > self.payload + self.GRACE:
+            return Violation(NO_ERROR, "http2 flood detected")
+        return None
 
 
 def websocket_key(raw: bytes) -> str:

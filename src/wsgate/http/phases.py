@@ -331,6 +331,7 @@ class Content(enum.Enum):
 
     STUB_STATUS = "stub_status"
     PROMETHEUS = "prometheus"
+    UPSTREAM_CONTROL = "upstream_control"
     PROXY = "proxy_pass"
 
 
@@ -739,6 +740,10 @@ def content(r: Request) -> Decision | None:
         if head.method not in ("GET", "HEAD"):
             raise HttpError(405)
         return Content.STUB_STATUS if settings.stub_status else Content.PROMETHEUS
+    if settings.upstream_control:  # wsgate's: a command may come as a POST too
+        if head.method not in ("GET", "HEAD", "POST"):
+            raise HttpError(405)
+        return Content.UPSTREAM_CONTROL
     if settings.proxy_pass is None:
         return static(r)
     if (

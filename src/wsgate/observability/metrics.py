@@ -30,7 +30,10 @@ keeps its counters.
 
 Nothing here runs on the tunnel's hot path: bytes and messages are read from the tunnel's own
 counters when it closes, and every :data:`FLUSH_INTERVAL` seconds while a ``prometheus``
-location exists (:meth:`MetricsStore.start_flush`), so long tunnels show before they end.
+location exists (:meth:`MetricsStore.start_flush`), so long tunnels show before they end; so
+is the message-size histogram of a tunnel that keeps one (``websocket_metrics on``, the only
+per-message work, done by the tunnel's sides).  The close codes and the duration are counted
+when a tunnel ends.
 
 Exposition: https://prometheus.io/docs/instrumenting/exposition_formats/ (text format 0.0.4).
 """
@@ -46,6 +49,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from wsgate.config.model import Config, Location
+from wsgate.proxy.frames import SIZE_BUCKETS
 
 __all__ = [
     "CONTENT_TYPE",
@@ -59,6 +63,8 @@ __all__ = [
     "REGION_SIZE",
     "Metric",
     "MetricsStore",
+    "SIZE_BUCKETS",
+    "TUNNEL_BUCKETS",
     "TunnelCounts",
     "TunnelSeries",
     "location_label",
@@ -92,6 +98,24 @@ LATENCY_BUCKETS = (
     60.0,
 )
 
+#: Upper bounds (seconds) of the tunnel-duration histogram: from a tenth of a second (a
+#: refused or probing connection) to a day.
+TUNNEL_BUCKETS = (
+    0.1,
+    1.0,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    600.0,
+    1800.0,
+    3600.0,
+    7200.0,
+    21600.0,
+    86400.0,
+)
+
 COUNTER, GAUGE, HISTOGRAM = 1, 2, 3
 _TYPE_NAMES = {COUNTER: "counter", GAUGE: "gauge", HISTOGRAM: "histogram"}
 
@@ -108,7 +132,7 @@ class Metric:
     kind: int
     help: str
     labels: tuple[str, ...]
-    buckets: tuple[float, ...] = ()
+    buckets: tuple[float, ...] | tuple[int, ...] = ()
 
     @property
     def cells(self) -> int:
@@ -144,6 +168,28 @@ TUNNEL_MESSAGES = Metric(
     "WebSocket messages relayed through tunnels, per direction.",
     (*_PEER, "direction"),
 )
+TUNNEL_SECONDS = Metric(
+    "wsgate_tunnel_duration_seconds",
+    HISTOGRAM,
+    "From the 101 sent to the tunnel's end.",
+    _PEER,
+    TUNNEL_BUCKETS,
+)
+CLOSE_CODES = Metric(
+    "wsgate_tunnel_close_codes_total",
+    COUNTER,
+    "WebSocket tunnels ended, by the status code of the first Close frame each side sent "
+    '(side="client" or "upstream"; code "none": no Close, "3xxx"/"4xxx": registered or '
+    'private codes, "invalid": a code RFC 6455 does not allow).',
+    (*_PEER, "side", "code"),
+)
+MESSAGE_SIZES = Metric(
+    "wsgate_tunnel_message_size_bytes",
+    HISTOGRAM,
+    "WebSocket message payload sizes on the wire, per direction (websocket_metrics on).",
+    (*_PEER, "direction"),
+    SIZE_BUCKETS,
+)
 UPSTREAM_FAILURES = Metric(
     "wsgate_upstream_failures_total",
     COUNTER,
@@ -178,6 +224,9 @@ METRICS: tuple[Metric, ...] = (
     REQUESTS,
     TUNNEL_BYTES,
     TUNNEL_MESSAGES,
+    MESSAGE_SIZES,
+    CLOSE_CODES,
+    TUNNEL_SECONDS,
     UPSTREAM_FAILURES,
     HANDSHAKE_SECONDS,
     REQUEST_SECONDS,
@@ -202,6 +251,20 @@ class TunnelCounts(Protocol):
 
     @property
     def messages_to_client(self) -> int: ...
+
+    @property
+    def websocket(self) -> bool: ...
+
+    @property
+    def sized(self) -> bool: ...
+
+    @property
+    def close_code_client(self) -> int | None: ...
+
+    @property
+    def close_code_upstream(self) -> int | None: ...
+
+    def take_sizes(self) -> tuple[list[int], list[int]] | None: ...
 
 
 def location_label(location: Location | None) -> str:
@@ -233,16 +296,39 @@ def _series_key(metric: Metric, values: tuple[str, ...]) -> bytes:
     return f"{metric.name}\0{body}".encode()
 
 
+def close_code_label(code: int | None) -> str:
+    """The ``code`` label of a close code: the code for those RFC 6455 and the IANA registry
+    define (1000-1015), ``3xxx`` and ``4xxx`` for the registered and private-use ranges
+    (§7.4.2), ``none`` without a Close, ``invalid`` otherwise.  A peer chooses the codes it
+    sends, so the label takes few values whatever it sends (one series each)."""
+    if code is None:
+        return "none"
+    if 1000 <= code <= 1015:
+        return str(code)
+    if 3000 <= code <= 4999:
+        return "3xxx" if code < 4000 else "4xxx"
+    return "invalid"
+
+
 class TunnelSeries:
     """The cells of the tunnels of one label set (server, location, upstream, peer), shared
     by all of them: an idle tunnel costs the store no object of its own."""
 
-    __slots__ = ("gauge", "cells")
+    __slots__ = ("gauge", "cells", "labels", "duration", "sizes")
 
-    def __init__(self, gauge: int, cells: tuple[int, int, int, int]) -> None:
+    def __init__(
+        self, gauge: int, cells: tuple[int, int, int, int], labels: tuple[str, ...] = ()
+    ) -> None:
         self.gauge = gauge
         #: bytes to upstream, bytes to client, messages to upstream, messages to client.
         self.cells = cells
+        #: (server, location, upstream, peer).
+        self.labels = labels
+        #: The first cell of the duration histogram (-1: not made yet).
+        self.duration = -1
+        #: The first cells of the size histograms to upstream and to client (made when the
+        #: first tunnel that keeps them opens).
+        self.sizes: tuple[int, int] | None = None
 
 
 _NOTHING_SEEN = (0, 0, 0, 0)
@@ -367,10 +453,14 @@ class MetricsStore:
 
     def observe(self, metric: Metric, values: tuple[str, ...], seconds: float) -> None:
         """One observation of a histogram (negative values, from a clock step, count as 0)."""
-        first = self.cell(metric, values)
-        seconds = max(seconds, 0.0)
-        self._q[first + bisect.bisect_left(metric.buckets, seconds)] += 1
-        self._d[first + len(metric.buckets) + 1] += seconds
+        self._observe_at(self.cell(metric, values), metric.buckets, seconds)
+
+    def _observe_at(
+        self, first: int, buckets: tuple[float, ...] | tuple[int, ...], value: float
+    ) -> None:
+        value = max(value, 0.0)
+        self._q[first + bisect.bisect_left(buckets, value)] += 1
+        self._d[first + len(buckets) + 1] += value
 
     def request_done(
         self, server: str, location: str, status: int, upgrade: bool, seconds: float
@@ -404,23 +494,50 @@ class MetricsStore:
                 self.cell(TUNNEL_MESSAGES, (*labels, _TO_UPSTREAM)),
                 self.cell(TUNNEL_MESSAGES, (*labels, _TO_CLIENT)),
             )
-            series = self._series[labels] = TunnelSeries(self.cell(TUNNELS_OPEN, labels), cells)
+            series = TunnelSeries(self.cell(TUNNELS_OPEN, labels), cells, labels)
+            self._series[labels] = series
+        if series.sizes is None and tunnel.sized:
+            series.sizes = (
+                self.cell(MESSAGE_SIZES, (*labels, _TO_UPSTREAM)),
+                self.cell(MESSAGE_SIZES, (*labels, _TO_CLIENT)),
+            )
         self._q[series.gauge] += 1
         if self._flushing():
             self._live[tunnel] = series
         return series
 
-    def tunnel_closed(self, tunnel: TunnelCounts, series: TunnelSeries | None = None) -> None:
-        """``tunnel`` ended: its last bytes and messages are added, the gauge goes down.
-        ``series`` is what :meth:`tunnel_opened` returned (without it, only a tunnel kept for
-        the periodic flush is found).  Call it once per tunnel."""
+    def tunnel_closed(
+        self,
+        tunnel: TunnelCounts,
+        series: TunnelSeries | None = None,
+        seconds: float | None = None,
+    ) -> None:
+        """``tunnel`` ended: its last bytes, messages and message sizes are added, the gauge
+        goes down, and a WebSocket tunnel's close codes are counted; ``seconds`` (the time
+        since the 101) goes to the duration histogram.  ``series`` is what
+        :meth:`tunnel_opened` returned (without it, only a tunnel kept for the periodic flush
+        is found).  Call it once per tunnel."""
         live = self._live.pop(tunnel, None)
         if live is None:
             if series is None:
                 return
             live = series
         self._flush_one(tunnel, live)
-        self._q[live.gauge if isinstance(live, TunnelSeries) else live.series.gauge] -= 1
+        found = live if isinstance(live, TunnelSeries) else live.series
+        self._q[found.gauge] -= 1
+        labels = found.labels
+        if not labels:
+            return
+        if seconds is not None:
+            if found.duration < 0:
+                found.duration = self.cell(TUNNEL_SECONDS, labels)
+            self._observe_at(found.duration, TUNNEL_SECONDS.buckets, seconds)
+        if tunnel.websocket:
+            for side, code in (
+                ("client", tunnel.close_code_client),
+                ("upstream", tunnel.close_code_upstream),
+            ):
+                self.add(CLOSE_CODES, (*labels, side, close_code_label(code)))
 
     def upstream_failed(self, upstream: str, peer: str, kind: str) -> None:
         """A try counted as failed (``error``, ``timeout``, ``invalid_header``, ``http_5xx``)."""
@@ -475,6 +592,8 @@ class MetricsStore:
             series, seen = live, _NOTHING_SEEN
         else:
             series, seen = live.series, live.seen
+        if series.sizes is not None:
+            self._add_sizes(tunnel, series.sizes)
         now = (
             tunnel.bytes_to_upstream,
             tunnel.bytes_to_client,
@@ -491,6 +610,20 @@ class MetricsStore:
             live.seen = now
             return None
         return _Live(series, now)
+
+    def _add_sizes(self, tunnel: TunnelCounts, cells: tuple[int, int]) -> None:
+        """Add the message-size histograms ``tunnel`` kept since the last time."""
+        taken = tunnel.take_sizes()
+        if taken is None:
+            return
+        q, d = self._q, self._d
+        for first, counts in zip(cells, taken, strict=True):
+            if not counts[-1] and not counts[0]:
+                continue  # no message (a message of size 0 is in the first bucket)
+            for i, n in enumerate(counts[:-1]):
+                if n:
+                    q[first + i] += n
+            d[first + len(counts) - 1] += counts[-1]
 
     def _create(self, metric: Metric, values: tuple[str, ...]) -> int:
         if self.slot is None:
@@ -601,7 +734,7 @@ def _histogram(name: str, body: str, metric: Metric | None, values: list[float])
         return
     sep = "," if body else ""
     cumulative = 0.0
-    for le, n in zip((*(f"{b:g}" for b in buckets), "+Inf"), counts, strict=True):
+    for le, n in zip((*(_number(b) for b in buckets), "+Inf"), counts, strict=True):
         cumulative += n
         yield f'{name}_bucket{{{body}{sep}le="{le}"}} {_number(cumulative)}'
     labels = f"{{{body}}}" if body else ""

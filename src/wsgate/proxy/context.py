@@ -33,7 +33,13 @@ if TYPE_CHECKING:
     from wsgate.resolver import Resolver
     from wsgate.upstream.methods import Balancer
 
-__all__ = ["UpstreamCaches", "WorkerContext"]
+__all__ = ["ControlEndpoint", "UpstreamCaches", "WorkerContext"]
+
+
+class ControlEndpoint(Protocol):
+    """``upstream_control``'s answers (:class:`wsgate.server.control.Control`)."""
+
+    def endpoint(self, query: str) -> tuple[int, bytes]: ...
 
 
 class WorkerContext(Protocol):
@@ -52,6 +58,11 @@ class WorkerContext(Protocol):
     #: Retiring or stopping: no keep-alive for new responses, no new requests.
     stopping: bool
     upstream_caches: UpstreamCaches
+
+    @property
+    def control(self) -> ControlEndpoint | None:
+        """Drains and rebalancing shared by the workers (None without shared memory)."""
+        ...
 
     @property
     def peer_groups(self) -> Mapping[object, object]:

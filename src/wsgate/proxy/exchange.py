@@ -197,6 +197,12 @@ class Exchange:
             metrics = self.front.gw.metrics
             metrics.flush()
             return await self.plain(200, metrics.exposition(), CONTENT_TYPE)
+        if decision is Content.UPSTREAM_CONTROL:
+            control = self.front.gw.control
+            if control is None:  # pragma: no cover - every served gateway has one
+                raise HttpError(503)
+            status, body = control.endpoint(r.ctx.lookup("args"))
+            return await self.plain(status, body, "application/json")
         if decision is Content.PROXY:
             return await Proxying(self).run()
         if isinstance(decision, FileResponse):

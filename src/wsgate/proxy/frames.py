@@ -16,7 +16,7 @@ Header layout (§5.2)::
 
 The masking key is not needed to find the next header, so it is skipped like payload: a header
 split across reads only has to be carried over until its length bytes are complete, which
-makes :attr:`ScanState.partial` 1 to 9 bytes long.
+makes :attr:`ScanState.partial` 1 to 9 bytes long (up to 15 for a first Close, below).
 
 A *message* (§5.4) is counted once, when the header of its final frame is seen: FIN set and
 opcode 0x0 (continuation), 0x1 (text) or 0x2 (binary).  Control frames (§5.5: Close, Ping,
@@ -32,6 +32,7 @@ from typing import NamedTuple
 
 __all__ = [
     "CLOSE",
+    "CLOSE_SEEN",
     "EXTENDED_HEAD",
     "MESSAGE_TOO_BIG",
     "PING",
@@ -45,18 +46,30 @@ __all__ = [
     "SERVICE_RESTART",
     "SMALL_FRAME",
     "ScanState",
+    "close_code",
+    "close_code_at",
     "close_frame",
     "control_frame",
     "header_at",
     "is_websocket",
+    "BUCKET_BY_BITS",
+    "SIZE_BUCKETS",
     "next_boundary",
     "scan",
     "scan_fields",
+    "scan_sizes",
+    "size_bucket",
     "unmask",
 ]
 
 #: Opcode of a Close frame (§5.5.1).
 CLOSE = 0x8
+#: The flag of a ``close_seen`` value (:class:`ScanState`): set once a Close has been seen, with
+#: its status code in the low 16 bits (any code, 0 included, leaves the value true).
+CLOSE_SEEN = 0x10000
+#: "1005 ... designated for use in applications expecting a status code to indicate that no
+#: status code was actually present" (§7.4.1).
+NO_STATUS = 1005
 #: Opcodes of Ping and Pong frames (§5.5.2, §5.5.3).
 PING = 0x9
 PONG = 0xA
@@ -111,8 +124,9 @@ class ScanState(NamedTuple):
     partial: bytes = b""
     #: Complete data messages seen (final-frame headers, see the module docstring).
     messages: int = 0
-    #: A Close frame's header has been seen: this sender has started the closing handshake.
-    close_seen: bool = False
+    #: 0, or :data:`CLOSE_SEEN` with the status code of the first Close frame this sender
+    #: sent (:func:`close_code`): it has started the closing handshake.
+    close_seen: int = 0
 
     @property
     def at_boundary(self) -> bool:
@@ -154,8 +168,8 @@ def scan(data: bytes, state: ScanState) -> ScanState:
 
 
 def scan_fields(
-    data: bytes, skip: int, partial: bytes, messages: int, close_seen: bool
-) -> tuple[int, bytes, int, bool]:
+    data: bytes, skip: int, partial: bytes, messages: int, close_seen: int
+) -> tuple[int, bytes, int, int]:
     """:func:`scan` on the fields of a :class:`ScanState`, returning them as a plain tuple.
 
     The tunnel calls this for the chunks its fast path leaves; building a NamedTuple costs
@@ -164,14 +178,19 @@ def scan_fields(
     n = len(data)
     pos = skip
     if partial:
-        # Complete the carried-over header with at most the 9 bytes it can still lack.
-        buf = partial + data[:9]
+        # Complete the carried-over header with at most the 15 bytes it can still lack (9
+        # for its length, 6 more for a first Close's masking key and code).
+        buf = partial + data[:15]
         hdr = _header(buf)
         if hdr is None:
             return 0, buf, messages, close_seen
         kind = FRAME_KIND[buf[0]]
-        messages += kind > 0
-        close_seen = close_seen or kind < 0
+        if kind > 0:
+            messages += 1
+        elif kind and not close_seen:
+            close_seen = close_code_at(buf, 0)
+            if not close_seen:
+                return 0, buf, messages, 0  # its code is still to come
         pos = hdr[0] + hdr[1] - len(partial)
         partial = b""
     # _header with tables, inlined: this runs once per frame of the chunk.
@@ -191,12 +210,79 @@ def scan_fields(
         kind = FRAME_KIND[data[pos]]
         if kind > 0:
             messages += 1
-        elif kind:
-            close_seen = True
+        elif kind and not close_seen:
+            close_seen = close_code_at(data, pos)
+            if not close_seen:
+                break  # its code is still to come: carried over as a split header
         pos += size
     if pos < n:  # a header whose length bytes are not all here yet
         return 0, data[pos:], messages, close_seen
     return pos - n, b"", messages, close_seen
+
+
+#: Upper bounds (bytes) of the message-size histogram (``websocket_metrics``): powers of 4
+#: from 64 B to 16 MiB, ten buckets and ``+Inf``: a chat line, a JSON update, a small file.
+SIZE_BUCKETS = tuple(64 << 2 * i for i in range(10))
+#: By ``(size - 1).bit_length()``: the index of the bucket of ``size`` (10: ``+Inf``); a size
+#: up to ``2**b`` is in the bucket ``64 * 4**i`` with ``6 + 2*i >= b``.
+BUCKET_BY_BITS = tuple(min(max(0, (b - 5) // 2), len(SIZE_BUCKETS)) for b in range(65))
+
+
+def size_bucket(size: int) -> int:
+    """The index in :data:`SIZE_BUCKETS` of the smallest bound ``>= size`` (the number of
+    bounds for a size above them all: the ``+Inf`` bucket)."""
+    return BUCKET_BY_BITS[min((size - 1).bit_length(), 64)]
+
+
+def scan_sizes(
+    data: bytes, skip: int, partial: bytes, size: int, counts: list[int]
+) -> tuple[int, bytes, int]:
+    """The message-size histogram of a stream: each complete data message (§5.4) adds one
+    to ``counts[size_bucket(its size)]`` and its size to ``counts[-1]`` (the sum); ``counts``
+    has ``len(SIZE_BUCKETS) + 2`` cells.  A message's size is its payload on the wire, summed
+    over its frames (compressed, with permessage-deflate); control frames are not messages.
+
+    ``skip`` and ``partial`` mean what they mean for :func:`scan_fields`; ``size`` is what
+    the message in progress has so far.  Returns the three after ``data``."""
+    n = len(data)
+    pos = skip
+    if partial:
+        buf = partial + data[:9]
+        hdr = _header(buf)
+        if hdr is None:
+            return 0, buf, size
+        b0 = buf[0]
+        if not b0 & 0x08:  # a data frame (§5.2: opcodes 0x0-0x7)
+            size += hdr[1]
+            if b0 & 0x80:
+                counts[size_bucket(size)] += 1
+                counts[-1] += size
+                size = 0
+        pos = hdr[0] + hdr[1] - len(partial)
+    last = n - 1
+    while pos < last:
+        b1 = data[pos + 1]
+        head = HEADER_SIZE[b1]
+        length = b1 & 0x7F
+        if length == 126:
+            if pos + 4 > n:
+                break
+            length = (data[pos + 2] << 8) | data[pos + 3]
+        elif length == 127:
+            if pos + 10 > n:
+                break
+            length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+        b0 = data[pos]
+        if not b0 & 0x08:
+            size += length
+            if b0 & 0x80:
+                counts[BUCKET_BY_BITS[min((size - 1).bit_length(), 64)]] += 1
+                counts[-1] += size
+                size = 0
+        pos += head + length
+    if pos < n:
+        return 0, data[pos:], size
+    return pos - n, b"", size
 
 
 def header_at(data: bytes, pos: int) -> tuple[int, int] | None:
@@ -219,6 +305,31 @@ def header_at(data: bytes, pos: int) -> tuple[int, int] | None:
     return EXTENDED_HEAD[b1], int.from_bytes(data[pos + 2 : pos + 10], "big")
 
 
+def close_code_at(data: bytes, pos: int) -> int:
+    """The ``close_seen`` value (:data:`CLOSE_SEEN` | code) of the Close frame whose header
+    is at ``data[pos]``, or 0 while its header or its code's bytes are incomplete."""
+    hdr = header_at(data, pos)
+    if hdr is None:
+        return 0
+    head, length = hdr
+    if length < 2:
+        return CLOSE_SEEN | NO_STATUS
+    start = pos + head
+    if start + 2 > len(data):
+        return 0
+    hi, lo = data[start], data[start + 1]
+    if data[pos + 1] & 0x80:  # masked: the key is the header's last 4 bytes (§5.3)
+        hi ^= data[start - 4]
+        lo ^= data[start - 3]
+    return CLOSE_SEEN | (hi << 8) | lo
+
+
+def close_code(seen: int) -> int | None:
+    """The status code in a ``close_seen`` value (1005 for a Close without one), or ``None``
+    when no Close has been seen."""
+    return seen & 0xFFFF if seen else None
+
+
 def next_boundary(data: bytes, state: ScanState) -> int:
     """Offset in ``data`` where the frame in progress ends (the next header starts), or -1
     when it ends after ``data``.  0 when ``state`` is at a boundary already."""
@@ -226,7 +337,7 @@ def next_boundary(data: bytes, state: ScanState) -> int:
     if not state.partial:
         return state.skip if state.skip <= n else -1
     carried = len(state.partial)
-    hdr = _header(state.partial + data[:9])
+    hdr = _header(state.partial + data[:15])
     if hdr is None:
         return -1
     end = hdr[0] + hdr[1] - carried

@@ -63,11 +63,16 @@ from h2.events import (
     StreamReset,
     WindowUpdated,
 )
-from h2.exceptions import FlowControlError, ProtocolError, StreamClosedError
+from h2.exceptions import (
+    DenialOfServiceError,
+    FlowControlError,
+    ProtocolError,
+    StreamClosedError,
+)
 from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes, Settings
 from hpack import Encoder
-from hpack.exceptions import HPACKError, OversizedHeaderListError
+from hpack.exceptions import HPACKError, InvalidTableSizeError, OversizedHeaderListError
 from hpack.hpack import INDEX_INCREMENTAL, encode_integer
 from hyperframe.frame import (
     AltSvcFrame,
@@ -76,6 +81,7 @@ from hyperframe.frame import (
     GoAwayFrame,
     HeadersFrame,
     PushPromiseFrame,
+    RstStreamFrame,
 )
 
 from wsgate.config.directives.http2 import MAX_FRAME_SIZE, MAX_WINDOW
@@ -83,7 +89,10 @@ from wsgate.config.variables import RequestContext
 from wsgate.errors import HttpError
 from wsgate.http.body import Body, EndOfMessage
 from wsgate.http.http2 import (
+    HPACK_TABLE_SIZE,
+    FrameGuard,
     H2Refused,
+    Violation,
     header_block_error,
     header_block_scan,
     request_head,
@@ -102,6 +111,7 @@ if TYPE_CHECKING:
     from wsgate.proxy.front import FrontConnection
     from wsgate.proxy.relay import TunnelEnd
     from wsgate.proxy.tunnel import Tunnel
+    from wsgate.upstream.roundrobin import Peer
 
 __all__ = ["PREFACE", "Http2Connection"]
 
@@ -297,6 +307,29 @@ class _Connection(H2Connection):
         if self._lifted:
             return 0
         return cast(int, H2Connection.open_inbound_streams.fget(self))  # type: ignore[attr-defined]
+
+
+def _protocol_text(exc: ProtocolError) -> str:
+    """The ``[info]`` line of a connection error h2 found (nginx's words where it has them)."""
+    cause = exc.__cause__
+    if isinstance(exc, DenialOfServiceError):
+        return "client sent too large header"
+    if isinstance(cause, InvalidTableSizeError):
+        return f"client sent invalid table size update: {cause}"
+    if isinstance(cause, HPACKError | IndexError):
+        return f"client sent invalid header block: {cause}"
+    text = str(exc)
+    if text.isdigit():  # h2's StreamClosedError says only the stream
+        text = f"{type(exc).__name__} on stream {text}"
+    return f"client sent invalid HTTP/2: {text}"
+
+
+def _clamp_table(h2: H2Connection) -> None:
+    """A client's ``SETTINGS_HEADER_TABLE_SIZE`` above nginx's 4096 does not make our HPACK
+    encoder keep more (RFC 7541 §4.2: the encoder signals the size it uses)."""
+    encoder = h2.encoder
+    encoder.header_table_size = HPACK_TABLE_SIZE
+    encoder.table_size_changes = [min(n, HPACK_TABLE_SIZE) for n in encoder.table_size_changes]
 
 
 class _Stream:
@@ -659,6 +692,8 @@ class Http2Connection:
         "tls",
         "last",
         "websocket",
+        "guard",
+        "expired",
         "acked",
     )
 
@@ -693,6 +728,16 @@ class Http2Connection:
         # hpack's own bound (RFC 7541 sizes, 32 bytes more per field) only stops a bomb.
         num, size = server.large_client_header_buffers
         self.h2.decoder.max_header_list_size = 2 * num * size + 32 * server.max_headers
+        # nginx's flood defences, counted on the frame headers before h2 buffers a frame: an
+        # encoded header block is held up to twice nginx's header_limit (an encoder choosing
+        # the shorter of Huffman and raw never needs more), a DATA frame up to a window.
+        self.guard = FrameGuard(
+            header_limit=2 * num * size,
+            data_limit=max(server.http2_body_preread_size, 65535),
+            frame_limit=max(server.http2_recv_buffer_size, 16384),
+            concurrent=server.http2_max_concurrent_streams,
+            idle_limit=10 * server.settings.keepalive_requests,
+        )
         self.streams: dict[int, _Stream] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.stopping = False
@@ -700,6 +745,8 @@ class Http2Connection:
         self.failed = False
         self._wake: asyncio.Future[None] = self.loop.create_future()
         self.last = 0
+        #: The stream whose header block outlived client_header_timeout (reset already).
+        self.expired = 0
         #: The client has acknowledged our SETTINGS (``h2c->settings_ack``).
         self.acked = False
 
@@ -716,30 +763,79 @@ class Http2Connection:
             self.goaway()
         try:
             data = early
+            guard = self.guard
+            first = True  # nginx's first read is not an idle one
+            stall = 0.0  # when the output was first seen stuck (the client reads nothing)
             while True:
                 if data:
+                    violation = guard.feed(data)
+                    if violation is None and not self.streams and not first:
+                        violation = guard.idle_read()
+                        guard.cut = 0 if violation is not None else guard.cut
+                    if violation is not None:
+                        # The frames before the one refused are processed first (nginx reads
+                        # frame by frame): the GOAWAY names the streams they opened.
+                        data = data[: guard.cut]
                     try:
                         events = h2.receive_data(data)
-                    except ProtocolError:
+                    except ProtocolError as exc:
+                        front.gw.error_log.log("info", _protocol_text(exc), front.number)
                         self.flush()  # h2 has queued the GOAWAY
                         return False
+                    if h2.encoder.header_table_size > HPACK_TABLE_SIZE:
+                        _clamp_table(h2)
                     for ev in events:
                         self._event(ev)
                         if self.failed:
                             return False
                     self.flush()
+                    if violation is not None:
+                        self._violation(violation)
+                        return False
+                    transport = ep.transport
+                    guard.sent(transport.get_write_buffer_size() if transport else 0)
+                    violation = guard.flooded()
+                    if violation is not None:
+                        self._violation(violation)
+                        return False
+                    first = False
                 if self.stopping and not self.streams:
                     return not ep.eof
                 front.idle = not self.streams
-                if self.streams:
+                block = guard.block_sid if guard.block_sid != self.expired else 0
+                if block:
+                    # ngx_http_v2_state_headers_save: a header block not complete in
+                    # client_header_timeout resets its stream.
+                    timeout = front.default.client_header_timeout
+                elif self.streams:
                     timeout = 3600.0  # the streams' own timers run
                 elif front.requests:
                     timeout = front.default.settings.keepalive_timeout
                 else:
                     timeout = front.default.client_header_timeout
+                if ep.write_paused:
+                    # ngx_http_v2_write_handler: output stuck for send_timeout ends the
+                    # connection, its streams with it.
+                    now = self.loop.time()
+                    stall = stall or now
+                    left = stall + front.default.settings.send_timeout - now
+                    if left <= 0:
+                        front.gw.error_log.log(
+                            "info", "client timed out", front.number, front.bare_ctx()
+                        )
+                        if ep.transport is not None:
+                            ep.transport.abort()
+                        return False
+                    timeout = min(timeout, left)
+                else:
+                    stall = 0.0
                 ready = await ep.wait_data_or(self._wake, timeout)
                 front.idle = False
                 if ready is Ready.TIMEOUT:
+                    if block:
+                        self._header_timeout(block)
+                        data = b""
+                        continue
                     if not self.streams:
                         self.goaway()
                         return False
@@ -797,15 +893,40 @@ class Http2Connection:
         frame.error_code = ErrorCodes.NO_ERROR
         self.front.ep.write(frame.serialize())
 
+    def _header_timeout(self, sid: int) -> None:
+        """A header block unfinished after ``client_header_timeout``: "client timed out",
+        RST_STREAM PROTOCOL_ERROR (nginx's stream timer); its rest, when it comes, is
+        dropped (:meth:`_request`)."""
+        front = self.front
+        front.gw.error_log.log("info", "client timed out", front.number, front.bare_ctx())
+        self.expired = sid
+        self.last = max(self.last, sid)
+        # nginx had made the stream's request: the connection now waits keepalive_timeout.
+        front.requests += 1
+        self.flush()
+        frame = RstStreamFrame(sid)
+        frame.error_code = ErrorCodes.PROTOCOL_ERROR
+        front.ep.write(frame.serialize())
+
     def _calm(self, text: str) -> None:
         """A connection error: GOAWAY ENHANCE_YOUR_CALM naming the last stream, then close."""
+        self._violation(Violation(ErrorCodes.ENHANCE_YOUR_CALM, text))
+
+    def _violation(self, violation: Violation) -> None:
+        """A connection error of ours (:class:`~wsgate.http.http2.FrameGuard`): the ``[info]``
+        line, GOAWAY with its code naming the last stream (none when nginx sends none), then
+        the connection closes."""
         front = self.front
-        front.gw.error_log.log("info", text, front.number, front.bare_ctx())
+        front.gw.error_log.log("info", violation.text, front.number, front.bare_ctx())
         self.flush()
-        frame = GoAwayFrame(0)
-        frame.last_stream_id = self.last
-        frame.error_code = ErrorCodes.ENHANCE_YOUR_CALM
-        front.ep.write(frame.serialize())
+        if violation.code is not None:
+            frame = GoAwayFrame(0)
+            frame.last_stream_id = max(self.last, violation.sid)
+            frame.error_code = violation.code
+            front.ep.write(frame.serialize())
+        elif front.ep.transport is not None:
+            # Output the client does not read: dropped, not waited for (nginx's c->error).
+            front.ep.transport.abort()
         self.stopping = self.failed = True
 
     def flush(self) -> None:
@@ -820,12 +941,14 @@ class Http2Connection:
         elif isinstance(ev, DataReceived):
             stream = self.streams.get(ev.stream_id)
             if stream is not None and stream.transport is not None:
+                self.guard.credit(len(ev.data))
                 stream.transport.received(ev.data, ev.flow_controlled_length)
                 return
             if stream is None or stream.body_ended:
                 # A stream already answered: its window is given back at once.
                 self._ack(ev.stream_id, ev.flow_controlled_length)
                 return
+            self.guard.credit(len(ev.data))
             stream.body.append((ev.data, ev.flow_controlled_length))
             if ev.stream_ended:
                 stream.body_ended = True
@@ -863,9 +986,25 @@ class Http2Connection:
     def _request(self, ev: RequestReceived) -> None:
         sid = ev.stream_id
         front = self.front
-        if self.stopping or len(self.streams) >= front.default.http2_max_concurrent_streams:
-            self._reset(sid, ErrorCodes.REFUSED_STREAM)
+        if sid == self.expired:
+            # Reset at its header timeout: h2 forgets it, its RST_STREAM has gone already.
+            self.flush()
+            try:
+                self.h2.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
+            except (ProtocolError, StreamClosedError):
+                pass
+            self.h2.data_to_send()
             return
+        if self.stopping:
+            self._refuse(sid)
+            return
+        if len(self.streams) >= front.default.http2_max_concurrent_streams:
+            # ngx_http_v2_state_headers.  A stream reset by the client holds its slot until
+            # its request has ended (nginx frees it at once and refuses instead past twice
+            # the limit opened in one read): rapid reset (CVE-2023-44487) gets no more.
+            self._refuse(sid, f"concurrent streams exceeded {len(self.streams)}")
+            return
+        self.guard.credit(self.h2.block_size)
         self.last = max(self.last, sid)
         end = ev.stream_ended is not None
         if not self.acked and not end and front.default.http2_body_preread_size < 65535:
@@ -970,6 +1109,14 @@ class Http2Connection:
             if sfront.tunnel is None:
                 self._served(stream)
 
+    def _refuse(self, sid: int, text: str = "") -> None:
+        """RST_STREAM REFUSED_STREAM (a control frame owed: :class:`FrameGuard`)."""
+        if text:
+            front = self.front
+            front.gw.error_log.log("info", text, front.number, front.bare_ctx())
+        self.guard.answered(13)
+        self._reset(sid, ErrorCodes.REFUSED_STREAM)
+
     def _served(self, stream: _Stream) -> None:
         """A stream's exchange is over: its response is completed or cut."""
         self.front.gw.stub_status.decrement(WRITING)
@@ -1013,6 +1160,16 @@ class Http2Connection:
             for s in self.streams.values()
             if s.transport is not None and (t := s.transport.tunnel) is not None
         ]
+
+    def tunnel_peers(self) -> list[tuple[Tunnel, Peer]]:
+        """The open RFC 8441 tunnels with the peer each was opened to (a drain moves them):
+        a stream tunnel's ``on_close`` is its :class:`_StreamFront`, which holds its end."""
+        found = []
+        for t in self.tunnels():
+            end = t.on_close.tunnel_end if isinstance(t.on_close, _StreamFront) else None
+            if end is not None:
+                found.append((t, end.peer))
+        return found
 
     # -- sending ------------------------------------------------------------------------------
     def send_head(self, stream: _Stream, fields: list[tuple[bytes, bytes]], end: bool) -> None:

@@ -69,7 +69,7 @@ from wsgate.http.response import ResponseEvent, ResponseHead, ResponseParser
 from wsgate.proxy.endpoint import CountedEndpoint, Endpoint, PeerClosed
 from wsgate.proxy.frames import is_websocket
 from wsgate.proxy.pacing import accel_limit_rate, response_rate, send_paced
-from wsgate.proxy.tunnel import Tunnel, ws_features
+from wsgate.proxy.tunnel import Tunnel, websocket_figures, ws_features
 
 if TYPE_CHECKING:
     from wsgate.cache.glue import BodySink
@@ -99,7 +99,7 @@ class TunnelEnd:
     pick of ``peer`` until it closes (see :meth:`release`).
     """
 
-    __slots__ = ("ctx", "settings", "series", "peer", "scheme", "head_len", "conn_slots")
+    __slots__ = ("ctx", "settings", "series", "peer", "scheme", "head_len", "conn_slots", "opened")
 
     def __init__(
         self,
@@ -109,6 +109,7 @@ class TunnelEnd:
         scheme: str,
         head_len: int,
         conn_slots: tuple[tuple[ConnZone, str], ...],
+        opened: float = 0.0,
     ) -> None:
         self.ctx = ctx
         self.settings = settings
@@ -118,6 +119,8 @@ class TunnelEnd:
         self.scheme = scheme
         self.head_len = head_len
         self.conn_slots = conn_slots
+        #: Loop time of the 101 (``$ws_duration``, the tunnel-duration histogram).
+        self.opened = opened
 
     def release(self, gw: WorkerContext, tunnel: Tunnel) -> None:
         """What the tunnel held: its count, its metrics series, the peer's pick (its
@@ -125,7 +128,7 @@ class TunnelEnd:
         it), and the ``limit_conn`` slots."""
         try:
             gw.tunnel_closed()
-            gw.metrics.tunnel_closed(tunnel, self.series)
+            gw.metrics.tunnel_closed(tunnel, self.series, gw.clock() - self.opened)
             self.peer.connection_closed()
         finally:
             for zone, key in self.conn_slots:
@@ -614,10 +617,13 @@ def start_tunnel(
         # The 101 names the protocol switched to (RFC 9110 §7.8); only WebSocket has frames.
         websocket=is_websocket(resp.header("upgrade") or head.upgrade),
         features=ws_features(settings),
+        sizes=settings.websocket_metrics,
     )
     labels = (ctx.server_name, ex.location, group, peer.address)
     seconds = time.time() - ctx.start  # before ``_slim``, which may drop the start
-    end = TunnelEnd(_slim(ctx, settings), settings, peer, scheme, head_len, ex.r.conn_slots)
+    end = TunnelEnd(
+        _slim(ctx, settings), settings, peer, scheme, head_len, ex.r.conn_slots, gw.clock()
+    )
     ex.r.conn_slots = ()  # the tunnel's now: released when it closes
     front.tunnel_end = end
     front.tunnel = tunnel
@@ -674,6 +680,8 @@ def tunnel_closed(front: FrontConnection, tunnel: Tunnel, end: TunnelEnd) -> Non
         ctx.bytes_sent = end.head_len + tunnel.bytes_to_client
         note_time(gw.clock, ctx)
         if end.settings.access_logs:
+            if tunnel.websocket:
+                ctx.set_websocket_figures(websocket_figures(tunnel, gw.clock() - end.opened))
             gw.access_logs.write(end.settings.access_logs, ctx, end.settings.open_log_file_cache)
     except Exception as exc:  # what the connection's task reported when it ran to here
         gw.error_log.log("alert", f"unexpected error: {exc!r}", front.number)

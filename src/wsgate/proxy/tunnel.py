@@ -70,6 +70,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from wsgate.proxy.frames import (
+    BUCKET_BY_BITS,
     CLOSE,
     EXTENDED_HEAD,
     FRAME_KIND,
@@ -81,13 +82,17 @@ from wsgate.proxy.frames import (
     POLICY_VIOLATION,
     PONG,
     REASONS,
+    SIZE_BUCKETS,
     SMALL_FRAME,
     ScanState,
+    close_code,
+    close_code_at,
     close_frame,
     control_frame,
     header_at,
     next_boundary,
     scan_fields,
+    scan_sizes,
     unmask,
 )
 from wsgate.proxy.idle import idle_timers
@@ -95,7 +100,7 @@ from wsgate.proxy.idle import idle_timers
 if TYPE_CHECKING:
     from wsgate.config.model import LocationSettings
 
-__all__ = ["CLOSE_TIMEOUT", "Tunnel", "WsFeatures", "ws_features"]
+__all__ = ["CLOSE_TIMEOUT", "Tunnel", "WsFeatures", "websocket_figures", "ws_features"]
 
 #: Seconds :meth:`Tunnel.going_away` waits for frame boundaries and Close replies before it
 #: closes what is left (websockets' and browsers' own closing handshakes take well under it).
@@ -111,6 +116,11 @@ _WHOLE = SMALL_FRAME
 _EXT = EXTENDED_HEAD
 _KIND = FRAME_KIND
 _HEAD = HEADER_SIZE
+_BUCKET = BUCKET_BY_BITS
+#: By byte 1: the size bucket of a frame's 7-bit payload length, or -1 for a longer one.
+_SMALL_BUCKET = tuple(
+    -1 if b & 0x7F > 125 else BUCKET_BY_BITS[((b & 0x7F) - 1).bit_length()] for b in range(256)
+)
 #: A limit that is not set (larger than any frame or message).
 _NO_LIMIT = 1 << 63
 
@@ -170,7 +180,7 @@ class _Side(asyncio.Protocol):
         self.skip = 0
         self.held = 0
         self.partial = b""
-        self.close_seen = False
+        self.close_seen = 0  # frames.ScanState.close_seen: CLOSE_SEEN | the first Close's code
         self.phase = _RELAY
         self.finished = False  # going away: this transport's close() has been called
         self.eof = False
@@ -520,8 +530,11 @@ class _FeatSide(_WsSide):
                             out.write(data[start:pos])
                         start = end
                         self.nbytes -= end - pos
-                elif op == CLOSE:
-                    self.close_seen = True
+                elif op == CLOSE and not self.close_seen:
+                    seen = close_code_at(data, pos)
+                    if not seen:
+                        break  # hold it until its code is here (frames.py)
+                    self.close_seen = seen
             else:
                 refused = self._check(b0, hdr[1], now) if self.limited else None
                 if refused is not None:
@@ -590,6 +603,148 @@ class _FeatSide(_WsSide):
 
     def _who(self) -> str:
         return "client" if self is self.tunnel.client else "upstream"
+
+
+#: The slots of a side that keeps the message-size histogram (``websocket_metrics on``).
+_SIZE_SLOTS = ("size_now", "sizes", "size_sum")
+
+
+class _SizedWsSide(_WsSide):
+    """A :class:`_WsSide` that keeps the message-size histogram (``websocket_metrics``).
+
+    Its fast path is the plain side's, with the size of the data frame it reads added to
+    the message in progress and, at the message's final frame, the message to its bucket
+    (one table look-up).  Chunks the fast path leaves go to the plain side's scanner and
+    to :func:`~wsgate.proxy.frames.scan_sizes`, from the same state."""
+
+    __slots__ = _SIZE_SLOTS
+    #: Wire payload bytes of the message in progress.
+    size_now: int
+    #: Messages per bucket of :data:`~wsgate.proxy.frames.SIZE_BUCKETS`, ``+Inf``, then the
+    #: sum of their sizes (:func:`~wsgate.proxy.frames.scan_sizes`'s), plus ``size_sum``
+    #: (the fast path's: an attribute costs less than a list cell); taken (and zeroed) by
+    #: :meth:`Tunnel.take_sizes`.
+    sizes: list[int]
+    size_sum: int
+
+    def __init__(self, tunnel: Tunnel, transport: asyncio.Transport) -> None:
+        super().__init__(tunnel, transport)
+        self.size_now = 0
+        self.sizes = [0] * (len(SIZE_BUCKETS) + 2)
+        self.size_sum = 0
+
+    def data_received(self, data: bytes) -> None:
+        n = len(data)
+        skip = self.skip
+        if n <= skip:
+            self.skip = skip - n
+            self.out.write(data)
+        elif skip == 0 and n > 1:
+            b1 = data[1]
+            size = _WHOLE[b1]
+            if size < 0 and n > 9:
+                if b1 & 0x7F == 126:
+                    size = ((data[2] << 8) | data[3]) + _EXT[b1]
+                else:
+                    size = int.from_bytes(data[2:10], "big") + _EXT[b1]
+            b0 = data[0]
+            if size >= n and (kind := _KIND[b0]) >= 0:
+                self.skip = size - n
+                self.out.write(data)
+                if kind:  # the final frame of a data message
+                    self.messages += 1
+                    if b0 & 0x0F and (i := _SMALL_BUCKET[b1]) >= 0:
+                        # A message of one frame with a 7-bit length: its bucket by table.
+                        self.sizes[i] += 1
+                        self.size_sum += b1 & 0x7F
+                    else:
+                        length = size - _HEAD[b1]
+                        if not b0 & 0x0F:  # a continuation: the message's earlier frames
+                            length += self.size_now
+                            self.size_now = 0
+                        self.sizes[_BUCKET[(length - 1).bit_length()]] += 1
+                        self.size_sum += length
+                elif not b0 & 0x08:  # a data frame that is not the last of its message
+                    self.size_now += size - _HEAD[b1]
+            else:
+                self._frames(data)
+        else:
+            self._frames(data)
+        self.nbytes += n
+        self.tunnel.last = self.clock()
+
+    def _frames(self, data: bytes) -> None:
+        skip = self.held if self.phase == _WAIT else self.skip
+        partial = self.partial
+        _WsSide._frames(self, data)
+        self.size_now = scan_sizes(
+            data, skip if skip > 0 else 0, partial, self.size_now, self.sizes
+        )[2]
+
+
+def _frame_size(data: bytes, n: int) -> int:
+    """The whole length of the frame at ``data[0]`` (``n`` bytes, at least 2), or -1 while
+    its extended length is incomplete."""
+    b1 = data[1]
+    size = _WHOLE[b1]
+    if size < 0 and n > 9:
+        if b1 & 0x7F == 126:
+            return ((data[2] << 8) | data[3]) + _EXT[b1]
+        return int.from_bytes(data[2:10], "big") + _EXT[b1]
+    return size
+
+
+class _SizedFeatSide(_FeatSide):
+    """A :class:`_FeatSide` that keeps the message-size histogram (``websocket_metrics``),
+    with a :func:`~wsgate.proxy.frames.scan_sizes` state of its own: the feature side's
+    state does not follow every chunk (a held Pong, a refused frame)."""
+
+    __slots__ = (*_SIZE_SLOTS, "size_skip", "size_partial")
+    size_now: int
+    sizes: list[int]
+    size_sum: int
+    size_skip: int
+    size_partial: bytes
+
+    def __init__(self, tunnel: Tunnel, transport: asyncio.Transport) -> None:
+        super().__init__(tunnel, transport)
+        self.size_now = 0
+        self.sizes = [0] * (len(SIZE_BUCKETS) + 2)
+        self.size_sum = 0
+        self.size_skip = 0
+        self.size_partial = b""
+
+    def data_received(self, data: bytes) -> None:
+        n = len(data)
+        skip = self.size_skip
+        if n <= skip:  # inside one frame's payload: no header
+            self.size_skip = skip - n
+        elif (
+            skip == 0
+            and n > 1
+            and (
+                (size := _WHOLE[data[1]]) >= n or (size < 0 and (size := _frame_size(data, n)) >= n)
+            )
+        ):
+            # One frame, or the start of one, and no other header: the plain sized side's
+            # accounting.
+            b0 = data[0]
+            self.size_skip = size - n
+            if not b0 & 0x08:
+                if b0 & 0x80:
+                    length = self.size_now + size - _HEAD[data[1]]
+                    self.size_now = 0
+                    self.sizes[_BUCKET[(length - 1).bit_length()]] += 1
+                    self.size_sum += length
+                else:
+                    self.size_now += size - _HEAD[data[1]]
+        else:
+            skip, partial, self.size_now = scan_sizes(
+                data, skip if skip > 0 else 0, self.size_partial, self.size_now, self.sizes
+            )
+            self.size_partial = partial
+            self.size_skip = -1 if partial else skip
+        _FeatSide.data_received(self, data)
 
 
 class _Keepalive:
@@ -687,6 +842,7 @@ class Tunnel:
         close_timeout: float = CLOSE_TIMEOUT,
         clock: Callable[[], float] | None = None,
         features: WsFeatures | None = None,
+        sizes: bool = False,
     ) -> None:
         self.loop = loop
         #: ``loop.time``: pass one bound once for all tunnels (each costs 64 bytes).
@@ -706,7 +862,13 @@ class Tunnel:
         self._away_handle: asyncio.TimerHandle | None = None
         if not websocket:
             features = None
-        side = _Side if not websocket else _WsSide if features is None else _FeatSide
+        side: type[_Side]
+        if not websocket:
+            side = _Side
+        elif features is None:
+            side = _SizedWsSide if sizes else _WsSide
+        else:
+            side = _SizedFeatSide if sizes else _FeatSide
         self.client = side(self, client)
         self.upstream = side(self, upstream)
         self.client.peer = self.upstream
@@ -788,6 +950,38 @@ class Tunnel:
         upgrades).  A message counts when its final frame's header has been relayed."""
         side = self.client
         return side.frozen if side.phase == _DROP else side.messages
+
+    @property
+    def sized(self) -> bool:
+        """The sides keep the message-size histogram (``websocket_metrics on``)."""
+        return isinstance(self.client, (_SizedWsSide, _SizedFeatSide))
+
+    def take_sizes(self) -> tuple[list[int], list[int]] | None:
+        """The message-size histograms (to upstream, to client: per bucket, ``+Inf``, the
+        sum) since the last call, zeroed here; ``None`` for a tunnel that keeps none."""
+        c, u = self.client, self.upstream
+        if not isinstance(c, (_SizedWsSide, _SizedFeatSide)):
+            return None
+        assert isinstance(u, (_SizedWsSide, _SizedFeatSide))
+        taken = c.sizes, u.sizes
+        taken[0][-1] += c.size_sum
+        taken[1][-1] += u.size_sum
+        c.sizes = [0] * len(taken[0])
+        u.sizes = [0] * len(taken[1])
+        c.size_sum = u.size_sum = 0
+        return taken
+
+    @property
+    def close_code_client(self) -> int | None:
+        """The status code of the first Close frame the client sent (1005: one without a
+        code), or ``None``: none seen (wsgate's own Close frames are not the client's)."""
+        return close_code(self.client.close_seen)
+
+    @property
+    def close_code_upstream(self) -> int | None:
+        """The status code of the first Close frame the upstream sent, as
+        :attr:`close_code_client`."""
+        return close_code(self.upstream.close_seen)
 
     @property
     def note(self) -> tuple[str, str] | None:
@@ -897,7 +1091,7 @@ class Tunnel:
         delay = self.close_timeout if timeout is None else timeout
         self._away_handle = self.loop.call_later(delay, self._away_expired)
         for side in (self.client, self.upstream):
-            if side.partial and type(side) is _FeatSide:
+            if side.partial and isinstance(side, _FeatSide):
                 side.out.write(side.partial)  # a feature side's carry was held back: relay it
             if side.eof or side.peer.lost:
                 # Its FIN was passed on, or nobody reads this direction: nothing can follow.
@@ -1017,3 +1211,21 @@ class Tunnel:
         if self._send_handle is not None:
             self._send_handle.cancel()
             self._send_handle = None
+
+
+def websocket_figures(tunnel: Tunnel, seconds: float) -> dict[str, str]:
+    """The ``$ws_*`` access-log values of a WebSocket tunnel that ended ``seconds`` after its
+    101 (:data:`wsgate.config.variables.WS_VARIABLES`).  "in" is what the client sent (read
+    from it, relayed to the upstream), "out" what the client was sent; bytes are the frames
+    on the wire after the 101; a close code is the first Close frame's of that side, 1005
+    for one without a code, ``none`` when that side sent no Close."""
+    client, upstream = tunnel.close_code_client, tunnel.close_code_upstream
+    return {
+        "ws_messages_in": str(tunnel.messages_to_upstream),
+        "ws_messages_out": str(tunnel.messages_to_client),
+        "ws_bytes_in": str(tunnel.bytes_to_upstream),
+        "ws_bytes_out": str(tunnel.bytes_to_client),
+        "ws_close_code_client": "none" if client is None else str(client),
+        "ws_close_code_upstream": "none" if upstream is None else str(upstream),
+        "ws_duration": f"{max(0.0, seconds):.3f}",
+    }

@@ -55,6 +55,7 @@ from wsgate.proxy.endpoint import Endpoint
 from wsgate.proxy.front import FrontConnection
 from wsgate.proxy.tunnel import Tunnel
 from wsgate.resolver import Resolver
+from wsgate.server.control import Control
 from wsgate.server.health import HealthChecks, upstream_target
 from wsgate.server.listening import (
     BindKey,
@@ -177,6 +178,9 @@ class Gateway:
         self._built: dict[object, tuple[int]] = {}
         #: Active ``health_check`` probing for the current configuration (None until serve).
         self.health: HealthChecks | None = None
+        #: Drains and rebalancing shared with the other workers (:mod:`wsgate.server.control`;
+        #: None without shared memory: ``server ... drain`` then only keeps new connections off).
+        self.control: Control | None = None
 
     # -- peers ----------------------------------------------------------------------------------
     def peer_group(self, pp: ProxyPass) -> Balancer:
@@ -208,6 +212,11 @@ class Gateway:
             # A group whose names resolved to nothing (yet) has no peers: "no live upstreams".
             group = make_group(name, peers, up if peers else None, clock=self.loop.time)
             self.peer_groups[key] = group
+            if self.control is not None:
+                if up is not None and old is not None:
+                    self.control.grown(up, old, group)
+                else:
+                    self.control.apply(group)
         return group
 
     def resolver(self, conf: ResolverConf) -> Resolver:
@@ -231,6 +240,8 @@ class Gateway:
     async def serve(self, groups: dict[BindKey, ListenGroup]) -> None:
         """Start accepting on every group that is not yet accepting; close dropped ones."""
         self.restart_health()
+        if self.control is not None:
+            self.control.start()
         self._fds_measured = False  # measured at the first accept, with the loop running
         for group in groups.values():
             if group.acceptor is not None:
@@ -562,6 +573,8 @@ class Gateway:
                 tunnel.going_away(code)
 
     def _finish(self) -> None:
+        if self.control is not None:
+            self.control.stop()
         if not self.stopped.done():
             self.stopped.set_result(None)
 

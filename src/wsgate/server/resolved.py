@@ -8,18 +8,16 @@ addresses* is one, here: a worker that resolves a name writes the answer, and ev
 builds its group from what is written, rebuilding it when the sequence number moves (one
 read of shared memory per request to such an upstream).
 
-Layout: one ``memfd`` mapping (:class:`wsgate.shm.Arena`, made by the master before it
-forks, so workers of every generation map the same memory): ``int64 seq``, ``int64 length``,
-then ``length`` bytes of JSON ``{"UPSTREAM|HOST": ["ADDR", ...]}``.  Writers and readers take
-a ``fcntl`` record lock (:class:`wsgate.shm.ShmLock`; a reader only when ``seq`` moved).  An
-in-place upgrade's new master starts with an empty store (its workers resolve again).
+The store is a :class:`wsgate.server.shareddoc.SharedDoc`: ``{"UPSTREAM|HOST": ["ADDR",
+...]}``.  An in-place upgrade's new master starts with an empty store (its workers resolve
+again).
 """
 
 from __future__ import annotations
 
-import json
+from typing import Any
 
-from wsgate.shm import Arena, LockFile, ShmLock
+from wsgate.server.shareddoc import SharedDoc
 
 __all__ = ["SIZE", "SharedResolved"]
 
@@ -30,30 +28,18 @@ SIZE = 256 * 1024
 class SharedResolved:
     """A shared map from ``(upstream, host)`` to addresses, with a sequence number."""
 
-    __slots__ = ("arena", "_head", "_start", "_lock", "_locks", "_seen", "_data")
+    __slots__ = ("doc",)
 
     def __init__(self, size: int = SIZE) -> None:
-        self.arena = Arena(size + 16)
-        self._head = self.arena.take("q", 2)
-        self._start = self.arena.offset()
-        self._locks = LockFile()
-        self._lock: ShmLock = self._locks.new_lock()
-        self._seen = -1
-        self._data: dict[str, list[str]] = {}
+        self.doc = SharedDoc(size)
 
     def seq(self) -> int:
         """Moves on every change (0: nothing written yet)."""
-        return int(self._head[0])
+        return self.doc.seq()
 
     def read(self) -> dict[str, list[str]]:
         """The whole map (cached until :meth:`seq` moves)."""
-        if self._head[0] != self._seen:
-            self._lock.acquire()
-            try:
-                self._seen, self._data = self._head[0], self._load()
-            finally:
-                self._lock.release()
-        return self._data
+        return self.doc.read()
 
     def get(self, upstream: str, host: str) -> list[str] | None:
         return self.read().get(f"{upstream}|{host.lower()}")
@@ -61,30 +47,15 @@ class SharedResolved:
     def put(self, upstream: str, host: str, addresses: list[str]) -> bool:
         """Write ``host``'s addresses; False when the store is full (nothing changes)."""
         key = f"{upstream}|{host.lower()}"
-        self._lock.acquire()
-        try:
-            data = self._load()
-            if data.get(key) == addresses:
-                return True
-            data[key] = addresses
-            raw = json.dumps(data, separators=(",", ":")).encode()
-            if len(raw) > self.arena.size - self._start:
-                return False
-            self.arena.mm[self._start : self._start + len(raw)] = raw
-            self._head[1] = len(raw)
-            self._head[0] += 1
-            return True
-        finally:
-            self._lock.release()
 
-    def _load(self) -> dict[str, list[str]]:
-        n = int(self._head[1])
-        if n == 0:
-            return {}
-        loaded: dict[str, list[str]] = json.loads(self.arena.mm[self._start : self._start + n])
-        return loaded
+        def change(data: dict[str, Any]) -> bool:
+            if data.get(key) == addresses:
+                return False
+            data[key] = addresses
+            return True
+
+        return self.doc.update(change)
 
     def in_worker(self) -> None:
-        """A forked worker lets the master's descriptor go (the mapping stays): the shared
-        memory's ``close_descriptors`` closes every ``memfd`` of the process."""
-        self.arena.fd = -1
+        """A forked worker lets the master's descriptor go (the mapping stays)."""
+        self.doc.in_worker()

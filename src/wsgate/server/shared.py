@@ -17,6 +17,7 @@ from typing import Any
 from wsgate.config.model import Config
 from wsgate.observability.logs import ErrorLogger
 from wsgate.observability.metrics import MetricsStore
+from wsgate.server.control import Control, SharedControl
 from wsgate.server.gateway import Gateway
 from wsgate.server.master import SharedHooks
 from wsgate.server.resolved import SharedResolved
@@ -41,6 +42,8 @@ class Shared(SharedHooks):
         self.metrics = MetricsStore(max_slots)
         #: ``server ... resolve`` addresses (an upgrade's new master starts with none).
         self.resolved = SharedResolved()
+        #: Upstream drains and rebalancing (an upgrade's new master starts with none).
+        self.control = SharedControl()
 
     @classmethod
     def inherited(cls, error_log: ErrorLogger, max_slots: int = MAX_SLOTS) -> Shared:
@@ -66,6 +69,7 @@ class Shared(SharedHooks):
 
     def in_worker(self) -> None:
         self.resolved.in_worker()
+        self.control.in_worker()
         self.state.close_descriptors()
 
     def claim_slot(self, candidates: list[int]) -> int | None:
@@ -78,11 +82,13 @@ class Shared(SharedHooks):
     def configure(self, config: Config) -> None:
         """Zones for ``config`` (kept by name and size; a changed key is a ConfigError)."""
         self.state.configure(config)
+        self.control.configure(config)
 
     def attach(self, gw: Gateway, slot: int) -> None:
         self.state.attach(slot)
         gw.stub_status = self.state.stub_status
         gw.resolved_store = self.resolved
+        gw.control = Control(gw, self.control)
         gw.limits = self.state.limits
         gw.metrics.stop_flush()
         gw.metrics = self.metrics

@@ -46,9 +46,15 @@ class Peer:
     down: bool = False
     backup: bool = False
     max_conns: int = 0
+    #: ``drain`` (nginx 1.29.6+): "only requests bound to the server will be proxied to it";
+    #: wsgate binds none, so a draining peer takes no new connection (set from the server
+    #: line and at run time by :mod:`wsgate.server.control`).
+    drain: bool = False
     #: The ``server`` address as written in the configuration (``unix:/path`` for a socket);
     #: the consistent-hash ring is built from it, as in nginx.
     name: str = ""
+    #: The group's name (set by :class:`PeerGroup`): drains name a server by it and address.
+    upstream: str = ""
     #: False while an active ``health_check`` holds the peer out of rotation.
     healthy: bool = field(default=True, init=False)
     current_weight: int = field(default=0, init=False)
@@ -93,6 +99,7 @@ def peers_from_config(servers: Iterable[UpstreamServer]) -> list[Peer]:
             down=s.down,
             backup=s.backup,
             max_conns=s.max_conns,
+            drain=s.drain,
             name=s.address,
         )
         for s in servers
@@ -100,10 +107,11 @@ def peers_from_config(servers: Iterable[UpstreamServer]) -> list[Peer]:
 
 
 def eligible(p: Peer, now: int) -> bool:
-    """nginx's checks, in its order, less the tried set: ``down``, then "max_fails
-    unsuccessful attempts ... during the time set by the fail_timeout", then
-    ``max_conns``; plus wsgate's active-check ``healthy``."""
-    if p.down or not p.healthy:
+    """nginx's checks, in its order, less the tried set: ``down`` (draining included: nginx
+    stores ``drain`` as a ``down`` value), then "max_fails unsuccessful attempts ... during
+    the time set by the fail_timeout", then ``max_conns``; plus wsgate's active-check
+    ``healthy``."""
+    if p.down or p.drain or not p.healthy:
         return False
     if p.max_fails and p.fails >= p.max_fails and now - p.checked <= p.fail_timeout:
         return False
@@ -132,6 +140,8 @@ class PeerGroup:
         self.backups: tuple[Peer, ...] = tuple(p for p in peers if p.backup) + tuple(backups)
         for p in self.backups:
             p.backup = True
+        for p in (*self.peers, *self.backups):
+            p.upstream = name
         self.clock = clock
         self.single = len(self.peers) == 1 and not self.backups
 
@@ -180,7 +190,8 @@ class Selection:
 
     def __init__(self, group: PeerGroup) -> None:
         self.group = group
-        self.tries = sum(not p.down for p in group.peers) + sum(not p.down for p in group.backups)
+        # ``peers->tries += (peer->down == 0)``: a draining peer is not counted either.
+        self.tries = sum(not (p.down or p.drain) for p in (*group.peers, *group.backups))
         self._tier = group.peers
         self._on_backups = False
         #: nginx's ``tried`` bitmap: bit ``i`` is set once ``_tier[i]`` was tried (an int
@@ -204,7 +215,12 @@ class Selection:
         peer: Peer | None
         if group.single:
             peer = group.peers[0]
-            if peer.down or not peer.healthy or (peer.max_conns and peer.conns >= peer.max_conns):
+            if (
+                peer.down
+                or peer.drain
+                or not peer.healthy
+                or (peer.max_conns and peer.conns >= peer.max_conns)
+            ):
                 return None
         else:
             now = group.now()

@@ -4,8 +4,10 @@ are in :mod:`wsgate.config.upstream`."""
 
 from __future__ import annotations
 
-from wsgate.config.model import Upstream
+from wsgate.config.model import LocationSettings, Upstream
 from wsgate.config.table import (
+    HTTP,
+    LOCATION,
     NOARGS,
     ONEMORE,
     TAKE1,
@@ -23,6 +25,7 @@ from wsgate.config.upstream import (
     parse_health_check,
     parse_keepalive,
     parse_method,
+    parse_rebalance,
     parse_server,
     parse_zone,
 )
@@ -60,7 +63,7 @@ ENTRIES: tuple[Directive, ...] = (
         unset=(),
         merge=Merge.ARRAY,
         syntax="address [weight=n] [max_fails=n] [fail_timeout=time] [max_conns=n] [backup] [down] "
-        "[resolve] [service=name]",
+        "[drain] [resolve] [service=name]",
         note="a name resolving to several addresses gives several peers",
     ),
     _method("least_conn", NOARGS),
@@ -126,5 +129,36 @@ ENTRIES: tuple[Directive, ...] = (
         note="wsgate's",
         syntax="[interval=time] [timeout=time] [fails=n] [passes=n] [uri=uri] "
         "[type=http|websocket] [status=code,...]",
+    ),
+    # wsgate's drains and rebalancing of WebSocket tunnels (wsgate.server.control); in the
+    # http block for every upstream, or in one upstream block for it (resolver_timeout's way).
+    *(
+        Directive(
+            name,
+            ctx(where),
+            TAKE1,
+            parse=parse,
+            target=LocationSettings if where == HTTP else Upstream,
+            fields=(name if where == HTTP else field,),
+            default=default if where == HTTP else None,
+            syntax=syntax,
+            note="wsgate's" if where == HTTP else "wsgate's; else the http level's",
+        )
+        for name, field, parse, default, syntax in (
+            ("websocket_drain_time", "drain_time", time, "30s", "time"),
+            ("websocket_rebalance", "rebalance", parse_rebalance, "off", "off | fraction/m"),
+        )
+        for where in (HTTP, UPSTREAM)
+    ),
+    Directive(
+        "upstream_control",
+        ctx(LOCATION),
+        NOARGS,
+        parse=lambda s, level: True,
+        target=LocationSettings,
+        fields=("upstream_control",),
+        unset=False,
+        merge=Merge.HANDLER,
+        note="wsgate's: list, drain, undrain, rebalance upstream servers at run time",
     ),
 )

@@ -1,4 +1,5 @@
-"""wsgate's WebSocket features: keepalive pings and message limits on a tunnel.
+"""wsgate's WebSocket features: keepalive pings, message limits and per-message metrics on a
+tunnel.
 
 nginx has none of these (a tunnel is opaque bytes to it).  They are location settings,
 inherited as any ``ngx_conf_merge_*_value`` is, and read when a WebSocket tunnel opens
@@ -10,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from wsgate.config.model import LocationSettings
-from wsgate.config.table import HSL, TAKE1, TAKE12, TAKE123, Directive, size, time
+from wsgate.config.table import FLAG, HSL, TAKE1, TAKE12, TAKE123, Directive, flag, size, time
 from wsgate.config.values import config_error
 
 if TYPE_CHECKING:
@@ -130,4 +131,5 @@ ENTRIES: tuple[Directive, ...] = (
         "off",
         "off | rate [burst=number] [client | upstream | both]",
     ),
+    _entry("websocket_metrics", FLAG, flag, "off", "on | off"),
 )
