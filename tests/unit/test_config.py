@@ -491,3 +491,19 @@ def test_a_braced_variable_ends_its_word(tmp_path: Path) -> None:
         ("e", ["${f}", "g"]),
         ("h", ["x\\ ${i}", "j"]),
     ]
+
+
+def test_server_tokens_on_off_build(tmp_path: Path) -> None:
+    """ngx_http_core_server_tokens, an enum (any case): ``build`` shows what ``on`` shows,
+    wsgate having no ``--build=`` name (as nginx configured without one)."""
+    cfg = conf(
+        tmp_path,
+        "events {} http { server_tokens off; server { listen 8080;"
+        " location /b { server_tokens build; } location /B { server_tokens BUILD; }"
+        " location /on { server_tokens on; } location /inherited { } } }",
+    )
+    (server,) = cfg.http.servers
+    got = {loc.name: loc.settings.server_tokens for loc in server.locations}
+    assert got == {"/b": True, "/B": True, "/on": True, "/inherited": False}
+    words = error(tmp_path, "events {} http { server_tokens full; }")
+    assert 'invalid value "full"' in words and "nginx.conf:1" in words

@@ -241,3 +241,23 @@ def test_bad_values(tmp_path: Path, text: str, words: str) -> None:
 
 def test_v2_module_is_reported_built() -> None:
     assert "--with-http_v2_module" in configure_arguments()
+
+
+@pytest.mark.parametrize(
+    ("name", "words"),
+    [
+        (b"host", 'client sent duplicate host header: "host: b", previous value: "host: a"'),
+        (b"authorization", 'duplicate header line: "authorization: b", previous value:'),
+        (b"content-length", 'duplicate header line: "content-length: b"'),
+    ],
+)
+def test_unique_fields_repeated_are_400(name: bytes, words: str) -> None:
+    """h2_host.t "host repeat": nginx's headers_in handlers refuse a second Host (and the
+    other fields read once) on a stream as on HTTP/1.1."""
+    exc = refused([*BASE, (name, b"a"), (name, b"b")])
+    assert exc.status == 400 and words in str(exc)
+
+
+def test_fields_that_may_repeat_are_kept() -> None:
+    head = request_head([*BASE, (b"x-a", b"1"), (b"x-a", b"1"), (b"accept", b"a")], True)
+    assert [v for k, v in head.headers if k == "x-a"] == ["1", "1"]

@@ -36,14 +36,18 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from wsgate.errors import HttpError
-from wsgate.http.request import RequestHead, normalize_host
+from wsgate.http.request import _UNIQUE, RequestHead, normalize_host
 
 __all__ = [
+    "COMPRESSION_ERROR",
+    "FRAME_SIZE_ERROR",
     "HOP_BY_HOP",
     "HPACK_TABLE_SIZE",
     "FrameGuard",
     "H2Refused",
     "Violation",
+    "header_block_error",
+    "header_block_scan",
     "request_head",
     "response_fields",
     "tunnel_fields",
@@ -57,6 +61,105 @@ HOP_BY_HOP = frozenset(
 #: Request fields nginx refuses on a stream (``ngx_http_v2_run_request``).
 _REFUSED = ("connection", "keep-alive", "transfer-encoding", "upgrade")
 _PSEUDO = frozenset({b":method", b":scheme", b":authority", b":path"})
+#: Fields a stream may carry once (nginx's headers_in handlers, as on HTTP/1.1).
+_ONCE = _UNIQUE | {b"host", b"content-length"}
+
+
+#: RFC 9113 §7 error codes nginx gives a header block it cannot read.
+FRAME_SIZE_ERROR = 0x6
+COMPRESSION_ERROR = 0x9
+#: ``NGX_HTTP_V2_INT_OCTETS``: nginx reads an HPACK integer of at most 4 octets.
+_INT_OCTETS = 4
+
+
+def _hpack_int(
+    data: bytes | bytearray, pos: int, avail: int, size: int, prefix: int
+) -> tuple[int, int] | int | None:
+    """``ngx_http_v2_parse_int`` at ``pos`` of a block ending at ``size`` of which ``data``
+    holds up to ``avail``: ``(value, next position)``, an error code (FRAME_SIZE_ERROR: the
+    integer runs to the block's end; COMPRESSION_ERROR: longer than 4 octets), or None (more
+    data needed)."""
+    start = pos
+    value = data[pos] & prefix
+    pos += 1
+    if value != prefix:
+        return value, pos
+    end = min(avail, start + _INT_OCTETS)
+    shift = 0
+    while pos < end:
+        octet = data[pos]
+        pos += 1
+        value += (octet & 0x7F) << shift
+        if octet < 0x80:
+            return value, pos
+        shift += 7
+    if end - start >= size - start:
+        return FRAME_SIZE_ERROR
+    if end == start + _INT_OCTETS:
+        return COMPRESSION_ERROR
+    return None
+
+
+def header_block_error(data: bytes, size: int | None = None) -> tuple[int, str] | None:
+    """The connection error nginx gives the integers and lengths of an HPACK header block
+    (``ngx_http_v2_state_header_block``, ``_field_len``, ``_field_raw``), of which ``data``
+    has arrived (``size``: the whole block's length, ``len(data)`` by default): an integer
+    longer than 4 octets is COMPRESSION_ERROR; an integer, a length or a string cut by the
+    block's end is FRAME_SIZE_ERROR.  None: no such error (in what has arrived)."""
+    return header_block_scan(data, len(data) if size is None else size)[0]
+
+
+def header_block_scan(
+    data: bytes | bytearray, size: int, start: int = 0
+) -> tuple[tuple[int, str] | None, int]:
+    """:func:`header_block_error` of the block ending at ``size`` in ``data`` (positions in
+    ``data``), from the representation at ``start``; and where to start again when more of
+    the block has arrived (the first representation not complete yet): a block arriving
+    piece by piece is walked once, not once per piece."""
+    avail = min(len(data), size)
+    pos = start
+    while pos < avail:
+        begun = pos
+        first = data[pos]
+        if first & 0x80:
+            prefix, strings = 0x7F, 0  # indexed field
+        elif first & 0x40:
+            prefix, strings = 0x3F, 1  # literal with incremental indexing
+        elif first & 0x20:
+            prefix, strings = 0x1F, 0  # dynamic table size update
+        else:
+            prefix, strings = 0x0F, 1  # literal without indexing / never indexed
+        got = _hpack_int(data, pos, avail, size, prefix)
+        if not isinstance(got, tuple):
+            return _int_error(got, "header index" if prefix != 0x1F else "size update"), begun
+        index, pos = got
+        if strings and index == 0:
+            strings = 2  # a new name, then the value
+        for _ in range(strings):
+            if pos >= size:
+                return (FRAME_SIZE_ERROR, "client sent header block with incorrect length"), begun
+            if pos >= avail:
+                return None, begun
+            got = _hpack_int(data, pos, avail, size, 0x7F)
+            if not isinstance(got, tuple):
+                return _int_error(got, None), begun
+            length, pos = got
+            if pos + length > size:
+                return (FRAME_SIZE_ERROR, "client sent header field with incorrect length"), begun
+            pos += length
+        if pos > avail:
+            return None, begun  # the string is still arriving
+    return None, pos
+
+
+def _int_error(code: int | None, what: str | None) -> tuple[int, str] | None:
+    if code is None:
+        return None
+    if code == FRAME_SIZE_ERROR:
+        return code, "client sent header block with incorrect length"
+    if what is None:
+        return code, "client sent header field with too long length value"
+    return code, f"client sent header block with too long {what} value"
 
 
 class H2Refused(HttpError):
@@ -114,6 +217,7 @@ def request_head(
     headers: list[tuple[str, str]] = []
     ignored: list[str] = []
     cookies: list[str] = []
+    once: dict[bytes, bytes] = {}
     error: tuple[int, str] | None = None
 
     def refuse(status: int, text: str) -> None:
@@ -151,6 +255,18 @@ def request_head(
         if len(headers) >= max_headers:
             refuse(494, "client sent too many header lines")
             continue
+        if name in _ONCE:
+            # ngx_http_process_host, ngx_http_process_unique_header_line.
+            prev = once.get(name)
+            if prev is not None:
+                what = "host header" if name == b"host" else "header line"
+                refuse(
+                    400,
+                    f'client sent duplicate {what}: "{text}: {_text(value)}", '
+                    f'previous value: "{text}: {_text(prev)}"',
+                )
+                continue
+            once[name] = value
         headers.append((text, _text(value)))
     if cookies:
         headers.append(("cookie", "; ".join(cookies)))

@@ -92,6 +92,11 @@ class _State(enum.Enum):
     FAILED = 7
 
 
+_CTL = bytes(range(1, 9)) + bytes(range(0x0B, 0x20)) + b"\x7f"
+#: What llhttp refuses in a value and wsgate's own heads may carry: checked as spaces.
+_CTL_AS_SPACE = bytes.maketrans(_CTL, b" " * len(_CTL))
+
+
 def _printable(data: bytes, limit: int = 64) -> str:
     text = "".join(chr(c) if 0x20 <= c < 0x7F else f"\\x{c:02x}" for c in data[:limit])
     return text + ("..." if len(data) > limit else "")
@@ -112,11 +117,15 @@ class ResponseParser:
 
     ``head_request``: the request was HEAD, so no body follows whatever the headers say.
     ``max_head``: nginx ``proxy_buffer_size`` (4k); a longer head is "upstream sent too big header".
+    ``own``: the response is wsgate's own (an HTTP/2 stream reads back what its exchange
+    wrote): control bytes in a value (a client's, through ``add_header``) pass as nginx
+    sends them.
     """
 
-    def __init__(self, head_request: bool, max_head: int = 4096) -> None:
+    def __init__(self, head_request: bool, max_head: int = 4096, own: bool = False) -> None:
         self.head_request = head_request
         self.max_head = max_head
+        self.own = own
         self._buf = bytearray()
         self._state = _State.HEAD
         self._eof = False
@@ -287,8 +296,11 @@ class ResponseParser:
             lname = name.lower()
             renamed = _RENAMED.get(lname)
             if not bad:
+                fed = renamed + line[colon:] if renamed else line
+                if self.own:
+                    fed = fed.translate(_CTL_AS_SPACE)
                 try:
-                    parser.feed_data((renamed + line[colon:] if renamed else line) + b"\r\n")
+                    parser.feed_data(fed + b"\r\n")
                 except httptools.HttpParserError:
                     bad = True
             if bad:

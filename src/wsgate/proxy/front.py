@@ -581,10 +581,12 @@ class FrontConnection:
                 return
             ep.take()
 
-    async def body_events(self, timeout: float) -> AsyncIterator[bytes]:
+    async def body_events(self, timeout: float, whole: bool = False) -> AsyncIterator[bytes]:
         """Yield the request body's decoded chunks until its end, waiting at most ``timeout``
         between two reads (``client_body_timeout``: "set only for a period between two
         successive read operations, not for the transmission of the whole request body").
+        ``whole``: the body is read before proxying (an HTTP/2 stream's window opens; no
+        matter here).
 
         Its expiry is 408: nginx ends the request without a response and closes
         (``ngx_http_finalize_request`` terminates a 408), with no error-log line (neither

@@ -56,7 +56,9 @@ from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
     DataReceived,
+    RemoteSettingsChanged,
     RequestReceived,
+    SettingsAcknowledged,
     StreamEnded,
     StreamReset,
     WindowUpdated,
@@ -67,9 +69,20 @@ from h2.exceptions import (
     ProtocolError,
     StreamClosedError,
 )
+from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes, Settings
+from hpack import Encoder
 from hpack.exceptions import HPACKError, InvalidTableSizeError, OversizedHeaderListError
-from hyperframe.frame import GoAwayFrame, RstStreamFrame
+from hpack.hpack import INDEX_INCREMENTAL, encode_integer
+from hyperframe.frame import (
+    AltSvcFrame,
+    ExtensionFrame,
+    Frame,
+    GoAwayFrame,
+    HeadersFrame,
+    PushPromiseFrame,
+    RstStreamFrame,
+)
 
 from wsgate.config.directives.http2 import MAX_FRAME_SIZE, MAX_WINDOW
 from wsgate.config.variables import RequestContext
@@ -80,6 +93,8 @@ from wsgate.http.http2 import (
     FrameGuard,
     H2Refused,
     Violation,
+    header_block_error,
+    header_block_scan,
     request_head,
     response_fields,
     tunnel_fields,
@@ -105,6 +120,101 @@ __all__ = ["PREFACE", "Http2Connection"]
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
+class _FrameBuffer(FrameBuffer):
+    """h2's frame reader, with nginx's reading of a frame's header (``ngx_http_v2_state_head``):
+    a client's PUSH_PROMISE is a connection error PROTOCOL_ERROR once its header is read
+    (``ngx_http_v2_state_push_promise``; h2 would wait for its payload), and ALTSVC, a type
+    nginx does not know, is skipped unparsed as any other unknown type (h2 parses it, and
+    ends the connection when its body is not an ALTSVC's).  A HEADERS frame's header block is
+    read as it arrives, as nginx reads it: an HPACK integer longer than nginx takes is an error
+    before the frame's end (:func:`~wsgate.http.http2.header_block_error`)."""
+
+    #: The stream whose unfinished HEADERS frame ended the connection (GOAWAY names it).
+    failed_stream = 0
+    #: Where the walk of the unfinished HEADERS frame at the buffer's start goes on.
+    _resume = 0
+
+    def __next__(self) -> Frame:
+        data = self._data
+        if len(data) >= 9 and not self._headers_buffer:
+            if data[3] == PushPromiseFrame.type:
+                raise ProtocolError("client sent PUSH_PROMISE frame")
+            if data[3] == HeadersFrame.type and data[4] & 0x4:
+                error = self._partial_block(data)
+                if error is not None:
+                    sid = int.from_bytes(data[5:9]) & 0x7FFFFFFF
+                    self.failed_stream = sid if sid % 2 else 0
+                    raise error
+            if data[3] == AltSvcFrame.type:
+                length = int.from_bytes(data[:3])
+                if len(data) < 9 + length:
+                    raise StopIteration
+                self._validate_frame_length(length)
+                sid = int.from_bytes(data[5:9]) & 0x7FFFFFFF
+                frame = ExtensionFrame(data[3], sid, data[4], bytes(data[9 : 9 + length]))
+                frame.body_len = length
+                del data[: 9 + length]
+                return frame
+        taken = super().__next__()
+        self._resume = 0  # a frame was taken: the next one is walked from its start
+        return taken
+
+    def _partial_block(self, data: bytearray) -> ProtocolError | None:
+        """A HEADERS frame with END_HEADERS whose payload has not all arrived: the error of
+        its header block so far (nginx's connection error comes before the rest of the
+        frame), walked on from where the last look stopped."""
+        length = int.from_bytes(data[:3])
+        if len(data) >= 9 + length:
+            return None  # complete: read whole (:meth:`_Connection._receive_headers_frame`)
+        flags, pos, end = data[4], 9, 9 + length
+        if flags & 0x8:  # PADDED
+            if len(data) < 10:
+                return None
+            end -= 1 + data[9]
+            pos += 1
+        if flags & 0x20:  # PRIORITY
+            pos += 5
+        if pos >= len(data) or end <= pos:
+            return None
+        error, self._resume = header_block_scan(data, end, max(pos, self._resume))
+        return None if error is None else _block_error(*error)
+
+
+def _block_error(code: int, text: str) -> ProtocolError:
+    exc = ProtocolError(text)
+    exc.error_code = ErrorCodes(code)
+    return exc
+
+
+class _Encoder(Encoder):
+    """hpack's encoder with nginx's choice per string (``ngx_http_v2_string_encode``): the
+    Huffman code only when it is shorter than the string (hpack codes every string)."""
+
+    def _string(self, data: bytes) -> bytes:
+        coded = self.huffman_coder.encode(data)
+        if len(coded) < len(data):
+            length = encode_integer(len(coded), 7)
+            length[0] |= 0x80
+            return bytes(length) + coded
+        return bytes(encode_integer(len(data), 7)) + data
+
+    def _encode_literal(
+        self, name: bytes, value: bytes, indexbit: bytes, huffman: bool = False
+    ) -> bytes:
+        return indexbit + self._string(name) + self._string(value)
+
+    def _encode_indexed_literal(
+        self, index: int, value: bytes, indexbit: bytes, huffman: bool = False
+    ) -> bytes:
+        prefix = encode_integer(index, 6 if indexbit == INDEX_INCREMENTAL else 4)
+        prefix[0] |= indexbit[0]
+        return bytes(prefix) + self._string(value)
+
+
+def _no_content_length(headers: object) -> None:
+    """In place of ``H2Stream._initialize_content_length``: no expected length is kept."""
+
+
 class _Connection(H2Connection):
     """``h2`` with nginx's answer to a stream over ``SETTINGS_MAX_CONCURRENT_STREAMS``: h2
     treats it as a connection error (PROTOCOL_ERROR for all the streams); nginx resets only
@@ -119,7 +229,23 @@ class _Connection(H2Connection):
     #: The stream whose header block ended the connection (nginx's GOAWAY names it).
     failed_stream = 0
 
+    def __init__(self, config: H2Configuration) -> None:
+        super().__init__(config=config)
+        buffer = _FrameBuffer(server=True)
+        buffer.max_frame_size = self.incoming_buffer.max_frame_size
+        self.incoming_buffer = buffer
+        self.encoder = _Encoder()
+
     def _receive_headers_frame(self, frame: Any) -> Any:
+        if frame.stream_id % 2 == 0 or frame.stream_id <= self.highest_inbound_stream_id:
+            # ngx_http_v2_state_headers: a stream id that is even, or not above the last
+            # one opened (a stream closed, h2's STREAM_CLOSED, or trailers, which nginx
+            # does not take either) is a connection error PROTOCOL_ERROR naming the last.
+            raise ProtocolError("client sent HEADERS frame with incorrect identifier")
+        error = header_block_error(frame.data)
+        if error is not None:
+            self.failed_stream = frame.stream_id
+            raise _block_error(*error)
         self._lifted = True
         self.block_size = len(frame.data)
         try:
@@ -140,10 +266,41 @@ class _Connection(H2Connection):
         """h2's GOAWAY on a connection error, naming the stream that caused it as nginx does
         (``h2c->last_sid``) rather than only the streams opened before it."""
         frame = GoAwayFrame(0)
-        frame.last_stream_id = max(self.highest_inbound_stream_id, self.failed_stream)
+        partial = cast(_FrameBuffer, self.incoming_buffer).failed_stream
+        frame.last_stream_id = max(self.highest_inbound_stream_id, self.failed_stream, partial)
         frame.error_code = error_code
         self.state_machine.process_input(ConnectionInputs.SEND_GOAWAY)
         self._prepare_for_sending([frame])
+
+    def _begin_new_stream(self, stream_id: int, allowed_ids: Any) -> Any:
+        """A stream without h2's ``content-length`` accounting (its connection error):
+        nginx checks the header (a stream's 400, :func:`wsgate.http.http2.request_head`)
+        and the DATA against it as the body is read (:meth:`_StreamFront.body_events`)."""
+        stream = super()._begin_new_stream(stream_id, allowed_ids)
+        stream._initialize_content_length = _no_content_length  # type: ignore[method-assign]
+        return stream
+
+    def _receive_data_frame(self, frame: Any) -> Any:
+        """ngx_http_v2_state_data: DATA beyond a stream's window (and within the
+        connection's) resets that stream with FLOW_CONTROL_ERROR ("client violated flow
+        control for stream"); h2 ends the connection."""
+        size = frame.flow_controlled_length
+        stream = self.streams.get(frame.stream_id)
+        if (
+            stream is None
+            or not stream.open
+            or size <= stream.inbound_flow_control_window
+            or size > self._inbound_flow_control_window_manager.current_window_size
+        ):
+            return super()._receive_data_frame(frame)
+        events = self.state_machine.process_input(ConnectionInputs.RECV_DATA)
+        self._inbound_flow_control_window_manager.window_consumed(size)
+        self.reset_stream(frame.stream_id, ErrorCodes.FLOW_CONTROL_ERROR)
+        self.acknowledge_received_data(size, frame.stream_id)  # the connection's share
+        reset = StreamReset(
+            stream_id=frame.stream_id, error_code=ErrorCodes.FLOW_CONTROL_ERROR, remote_reset=False
+        )
+        return [], [*events, reset]
 
     @property
     def open_inbound_streams(self) -> int:
@@ -201,6 +358,8 @@ class _Stream:
         "ws",
         "transport",
         "mute",
+        "length",
+        "timedout",
     )
 
     write_paused = False
@@ -209,7 +368,7 @@ class _Stream:
     def __init__(self, conn: Http2Connection, sid: int, head_request: bool, chunk: int) -> None:
         self.conn = conn
         self.sid = sid
-        self.parser = ResponseParser(head_request, max_head=1 << 20)
+        self.parser = ResponseParser(head_request, max_head=1 << 20, own=True)
         #: The response head not sent yet (sent with the first body bytes, its end, or a drain).
         self.head_fields: list[tuple[bytes, bytes]] | None = None
         self.out = bytearray()
@@ -237,6 +396,10 @@ class _Stream:
         self.transport: StreamTransport | None = None
         #: The response is replaced (a 2xx to an extended CONNECT that is no tunnel).
         self.mute = False
+        #: The request's ``Content-Length`` (None: none), which its DATA must match.
+        self.length: int | None = None
+        #: ``client_body_timeout`` expired: the stream is reset with PROTOCOL_ERROR.
+        self.timedout = False
 
     # -- the endpoint interface ---------------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -328,9 +491,11 @@ class _Stream:
 
     def abort(self) -> None:
         """The response cannot be completed: RST_STREAM INTERNAL_ERROR (nginx's
-        ``ngx_http_v2_close_stream`` of a stream whose response was cut)."""
+        ``ngx_http_v2_close_stream`` of a stream whose response was cut), PROTOCOL_ERROR
+        when the client timed out (``fc->timedout``)."""
         if not self.reset:
-            self.conn.reset_stream(self, ErrorCodes.INTERNAL_ERROR)
+            code = ErrorCodes.PROTOCOL_ERROR if self.timedout else ErrorCodes.INTERNAL_ERROR
+            self.conn.reset_stream(self, code)
         self.closed = True
 
     def close(self) -> None:
@@ -466,18 +631,37 @@ class _StreamFront:
         ctx.http2 = "h2" if self._main.tls_vars is not None else "h2c"
         return ctx
 
-    async def body_events(self, timeout: float) -> AsyncIterator[bytes]:
+    async def body_events(self, timeout: float, whole: bool = False) -> AsyncIterator[bytes]:
         """The request body from DATA frames (``client_body_timeout`` between two; the
-        stream window is given back as each piece is consumed)."""
+        stream window is given back as each piece is consumed; a body read ``whole`` before
+        proxying has its window opened to the maximum at once).  DATA beyond the
+        ``Content-Length``, or short of it at END_STREAM, is the stream's 400, not a
+        connection error (``ngx_http_v2_filter_request_body``)."""
         stream = self.ep
         h2 = self.h2
+        length = stream.length
+        received = 0
+        if whole and not stream.body_ended:
+            h2.open_window(stream)
         while True:
             while stream.body:
-                data, flow = stream.body.pop(0)
-                h2.consumed(stream, flow)
+                # The DATA frames read together go on as one piece, as nginx reads them into
+                # one buffer (one chunk to an upstream the body streams to).
+                pieces, stream.body = stream.body, []
+                data = pieces[0][0] if len(pieces) == 1 else b"".join(d for d, _ in pieces)
+                h2.consumed(stream, sum(flow for _, flow in pieces))
+                received += len(data)
+                if length is not None and received > length:
+                    raise HttpError(400, "client intended to send body data larger than declared")
                 if data:
                     yield data
             if stream.body_ended:
+                if length is not None and received != length:
+                    raise HttpError(
+                        400,
+                        "client prematurely closed stream: "
+                        f"only {received} out of {length} bytes of request body received",
+                    )
                 self.body_done = True
                 return
             if stream.reset:
@@ -487,6 +671,7 @@ class _StreamFront:
                 async with asyncio.timeout(timeout):
                     await stream.body_waiter
             except TimeoutError:
+                stream.timedout = True
                 raise HttpError(408) from None
             finally:
                 stream.body_waiter = None
@@ -509,6 +694,7 @@ class Http2Connection:
         "websocket",
         "guard",
         "expired",
+        "acked",
     )
 
     def __init__(self, front: FrontConnection) -> None:
@@ -561,6 +747,8 @@ class Http2Connection:
         self.last = 0
         #: The stream whose header block outlived client_header_timeout (reset already).
         self.expired = 0
+        #: The client has acknowledged our SETTINGS (``h2c->settings_ack``).
+        self.acked = False
 
     # -- the connection loop ------------------------------------------------------------------
     async def run(self, early: bytes = b"") -> bool:
@@ -784,6 +972,14 @@ class Http2Connection:
             )
             for stream in targets:
                 self.pump(stream)
+        elif isinstance(ev, RemoteSettingsChanged):
+            # A new SETTINGS_INITIAL_WINDOW_SIZE or SETTINGS_MAX_FRAME_SIZE (every parameter
+            # of the frame applied first): the streams' windows moved, what waits goes on
+            # (ngx_http_v2_state_settings_params).
+            for stream in list(self.streams.values()):
+                self.pump(stream)
+        elif isinstance(ev, SettingsAcknowledged):
+            self.acked = True
         elif isinstance(ev, ConnectionTerminated):
             self.stopping = True
 
@@ -811,6 +1007,17 @@ class Http2Connection:
         self.guard.credit(self.h2.block_size)
         self.last = max(self.last, sid)
         end = ev.stream_ended is not None
+        if not self.acked and not end and front.default.http2_body_preread_size < 65535:
+            # ngx_http_v2_state_headers: a body may not wait on a window smaller than the
+            # default before the client has taken our SETTINGS.
+            front.gw.error_log.log(
+                "info",
+                "client sent stream with data before settings were acknowledged",
+                front.number,
+                front.bare_ctx(),
+            )
+            self._reset(sid, ErrorCodes.REFUSED_STREAM)
+            return
         fields = cast(list[tuple[bytes, bytes]], ev.headers or [])
         # ngx_http_v2_state_field_len and ngx_http_v2_state_process_header: a field longer
         # than a large_client_header_buffers buffer, or a block longer than all of them, is a
@@ -853,6 +1060,7 @@ class Http2Connection:
         chunk = settings.http2_chunk_size
         stream = _Stream(self, sid, head.method == "HEAD", chunk)
         stream.body_ended = end
+        stream.length = head.content_length
         extended = error is None and head.upgrade is not None
         if extended:
             stream.ws = StreamTransport(self, stream)
@@ -1021,6 +1229,21 @@ class Http2Connection:
         except (ProtocolError, StreamClosedError):
             pass
         self.flush()
+
+    def open_window(self, stream: _Stream) -> None:
+        """``ngx_http_v2_read_request_body`` of a body read whole (no
+        ``request_body_no_buffering``): the stream's window opened to the maximum in one
+        WINDOW_UPDATE (``no_flow_control``; the connection's is given back as before)."""
+        h2stream = self.h2.streams.get(stream.sid)
+        if stream.reset or h2stream is None:
+            return
+        increment = MAX_WINDOW - h2stream.inbound_flow_control_window
+        if increment > 0:
+            try:
+                self.h2.increment_flow_control_window(increment, stream.sid)
+            except (ProtocolError, StreamClosedError):
+                return
+            self.flush()
 
     def consumed(self, stream: _Stream, flow: int) -> None:
         """Body bytes read: the window is given back (WINDOW_UPDATE)."""

@@ -437,7 +437,9 @@ class Proxying:
         limit = memory_limit(settings.client_body_buffer_size, known, ex.r.ctx.version == "2.0")
         store = BodyStore(temp, limit, settings.client_body_in_file_only, ex.r.log)
         return await read_request_body(
-            front.body_events(settings.client_body_timeout), store, settings.client_max_body_size
+            front.body_events(settings.client_body_timeout, whole=True),
+            store,
+            settings.client_max_body_size,
         )
 
 

@@ -212,13 +212,28 @@ class GroupTls:
                 else next((s for s in candidates if s.ssl is not None), None)
             )
             if first is not None and first.ssl is not None:
-                h2 = first.http2 or any(lst.http2 for lst in chosen)
+                listen_h2 = any(lst.http2 for lst in chosen)
+                h2 = first.http2 or listen_h2
                 ctx = build_context(first.ssl, http2=h2)
-                ctx.sni_callback = self._sni(list(candidates), first)
+                # A server SNI chooses that has no ``listen ... ssl`` of its own keeps the
+                # front's certificate, but its ``http2`` decides ALPN, as nginx's
+                # ngx_http_ssl_alpn_select reads the server ngx_http_ssl_servername chose.
+                other = None
+                if any(s.ssl is None and (s.http2 or listen_h2) != h2 for s in candidates):
+                    other = build_context(first.ssl, http2=not h2)
+                ctx.sni_callback = self._sni(list(candidates), first, other, listen_h2)
         self._fronts[local_addr] = ctx
         return ctx
 
-    def _sni(self, candidates: list[Server], first: Server) -> _SniCallback:
+    def _sni(
+        self,
+        candidates: list[Server],
+        first: Server,
+        other: ssl.SSLContext | None = None,
+        listen_h2: bool = False,
+    ) -> _SniCallback:
+        """The front context's SNI callback; ``other``: the front's settings with the other
+        ALPN list, for a chosen server without ``listen ... ssl`` whose ``http2`` differs."""
         contexts = self.contexts
 
         def callback(
@@ -232,6 +247,9 @@ class GroupTls:
             server = select_server(candidates, name.rstrip(".").lower(), first)
             if server is not first:
                 ctx = contexts.get(id(server))
+                if ctx is None and other is not None and server.ssl is None:
+                    if (server.http2 or listen_h2) != (first.http2 or listen_h2):
+                        ctx = other
                 if ctx is not None:
                     obj.context = ctx
 

@@ -313,6 +313,16 @@ _LS, _SERVER = LocationSettings, Server
 _MAIN_STRUCT = "read by the loader"
 
 
+def _server_tokens(s: Stmt, level: Level | None = None) -> bool:
+    # ngx_http_core_server_tokens, an enum (any case): ``build`` adds the build name nginx
+    # was configured with (``--build=``) after the version; wsgate has none (``wsgate -V``),
+    # so ``build`` shows what ``on`` shows, as nginx's does without ``--build=``.
+    value = s.args[0].lower()
+    if value not in ("on", "off", "build"):
+        raise _err(f'invalid value "{s.args[0]}"', s.src)
+    return value != "off"
+
+
 def _size_value(s: Stmt, level: Level) -> int | Template:
     """``ngx_http_set_complex_value_size_slot``: a size, or a value with variables read per
     request (``ngx_http_complex_value_size``)."""
@@ -725,7 +735,14 @@ ENTRIES: tuple[Directive, ...] = (
         default="off",
     ),
     Directive(
-        "server_tokens", HSL, FLAG, parse=flag, target=_LS, fields=("server_tokens",), default="on"
+        "server_tokens",
+        HSL,
+        TAKE1,
+        parse=_server_tokens,
+        target=_LS,
+        fields=("server_tokens",),
+        default="on",
+        syntax="on | off | build",
     ),
     Directive(
         "limit_rate",
