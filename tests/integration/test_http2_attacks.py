@@ -498,7 +498,13 @@ def test_client_that_never_reads(wsgate: Factory, tmp_path: Path) -> None:
     root = tmp_path / "www"
     root.mkdir()
     (root / "big").write_bytes(b"b" * 20_000_000)
-    gw = wsgate(conf(f"root {root}; send_timeout 1s; location = / {{ return 200 ok; }}"))
+    # Streams reset with nothing left to send make an idle connection: keepalive_timeout
+    # ends it (the stuck-output close ends it when output is still queued).
+    gw = wsgate(
+        conf(
+            f"root {root}; send_timeout 1s; keepalive_timeout 3s; location = / {{ return 200 ok; }}"
+        )
+    )
     innocent = Client(gw.port)
     before = rss(gw)
     sock = attacker(gw.port, rcvbuf=4096)
