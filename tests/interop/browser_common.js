@@ -18,6 +18,18 @@ const ARGS = [
   '--disable-sync',
 ];
 
+// The environment both scripts read (see their headers); `defaultTimeoutMs` when TIMEOUT_MS is
+// not given.
+function commonEnv(defaultTimeoutMs) {
+  return {
+    pageUrl: process.env.PAGE_URL,
+    wsUrl: process.env.WS_URL,
+    userDataDir: process.env.USER_DATA_DIR,
+    timeoutMs: Number(process.env.TIMEOUT_MS || defaultTimeoutMs),
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  };
+}
+
 // At the deadline, closing the browser (the context `getContext()` gives, once there is one)
 // makes the pending step of main() fail, and main() reports as usual; should that hang too,
 // print `result` and exit anyway (Playwright kills Chromium on exit). Returns the timer.
@@ -50,4 +62,4 @@ function errorText(err) {
   return String(err && err.message ? err.message : err).split('\n')[0];
 }
 
-module.exports = { ARGS, startDeadline, launch, errorText };
+module.exports = { ARGS, commonEnv, startDeadline, launch, errorText };

@@ -34,14 +34,10 @@
 // and exits 0 when every echo came back intact and the WebSocket closed; otherwise "ok":false.
 'use strict';
 
-const { ARGS, startDeadline, launch, errorText } = require('./browser_common');
+const { ARGS, commonEnv, startDeadline, launch, errorText } = require('./browser_common');
 
-const pageUrl = process.env.PAGE_URL;
-const wsUrl = process.env.WS_URL;
-const userDataDir = process.env.USER_DATA_DIR;
+const { pageUrl, wsUrl, userDataDir, timeoutMs, executablePath } = commonEnv(20000);
 const binaryBytes = Number(process.env.BINARY_BYTES || 1048576);
-const timeoutMs = Number(process.env.TIMEOUT_MS || 20000);
-const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
 const netLog = process.env.NET_LOG || null;
 
 // browser_common.js's flags (no QUIC: h2 over TCP is what an https:// origin gets), and the

@@ -26,14 +26,10 @@
 // On failure {"ok":false,"error":"...",...} and exit status 1.
 'use strict';
 
-const { ARGS, startDeadline, launch, errorText } = require('./browser_common');
+const { ARGS, commonEnv, startDeadline, launch, errorText } = require('./browser_common');
 
-const pageUrl = process.env.PAGE_URL;
-const wsUrl = process.env.WS_URL;
-const userDataDir = process.env.USER_DATA_DIR;
+const { pageUrl, wsUrl, userDataDir, timeoutMs, executablePath } = commonEnv(15000);
 const count = Number(process.env.MESSAGES || 5);
-const timeoutMs = Number(process.env.TIMEOUT_MS || 15000);
-const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
 
 // Runs inside the page: open the WebSocket, send `count` messages one at a time (each after
 // the previous echo), close normally and report what came back.
