@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -115,29 +117,90 @@ def no_alerts(gw: WsgateProcess) -> None:
     assert "[alert]" not in gw.errors() and "[emerg]" not in gw.errors(), gw.errors()
 
 
+@asynccontextmanager
+async def two_backends() -> AsyncIterator[tuple[Backend, Backend]]:
+    """Backends ``a`` and ``b``, closed on the way out."""
+    a, b = await Backend("a").start(), await Backend("b").start()
+    try:
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+
+
+@asynccontextmanager
+async def gateway(where: Path, text: str) -> AsyncIterator[WsgateProcess]:
+    """A wsgate started on ``text`` in ``where``, stopped on the way out."""
+    gw = await in_thread(start_wsgate, where, text)
+    try:
+        yield gw
+    finally:
+        gw.stop()
+
+
+@asynccontextmanager
+async def a_b_gateway(
+    where: Path, **conf_args: Any
+) -> AsyncIterator[tuple[Backend, Backend, WsgateProcess]]:
+    """Backends a and b and a wsgate on ``conf([a, b], **conf_args)``."""
+    async with two_backends() as (a, b), gateway(where, conf([a, b], **conf_args)) as gw:
+        yield a, b, gw
+
+
+async def act(gw: WsgateProcess, action: str, server: Backend, method: str = "GET") -> Any:
+    """``action`` (drain, undrain) on ``server`` of upstream u; it must answer 200."""
+    status, body = await control(gw, f"action={action}&upstream=u&server={addr(server)}", method)
+    assert status == 200, body
+    return body
+
+
+def on(clients: list[tuple[ClientConnection, str]], name: str) -> list[ClientConnection]:
+    return [ws for ws, n in clients if n == name]
+
+
+def names(clients: list[tuple[ClientConnection, str]]) -> set[str]:
+    return {name for _, name in clients}
+
+
+async def all_get_1012(tunnels: list[ClientConnection], timeout: float = 30.0) -> None:
+    codes = await asyncio.gather(*(close_code(ws, timeout) for ws in tunnels))
+    assert codes == [1012] * len(tunnels)
+
+
+async def outcome(ws: ClientConnection) -> int | None:
+    """The close code ``ws`` gets within 8 s, or 0 when it stays open."""
+    try:
+        await asyncio.wait_for(ws.recv(), 8)
+    except ConnectionClosed as exc:
+        return exc.rcvd.code if exc.rcvd is not None else None
+    except TimeoutError:
+        return 0  # still open
+    raise AssertionError("unexpected message")
+
+
+async def close_all(*groups: Iterable[tuple[ClientConnection, str]]) -> None:
+    for group in groups:
+        for ws, _ in group:
+            await ws.close()
+
+
 # -- drain at run time -----------------------------------------------------------------------------
 def test_drain_moves_tunnels_new_connections_avoid_it_undrain_restores(tmp_path: Path) -> None:
     async def scenario() -> None:
-        a, b = await Backend("a").start(), await Backend("b").start()
-        text = conf([a, b], http="websocket_drain_time 1s;")
-        gw = await in_thread(start_wsgate, tmp_path / "gw", text)
-        try:
+        async with a_b_gateway(tmp_path / "gw", http="websocket_drain_time 1s;") as (a, b, gw):
             clients = await open_on(gw.port, 20)
-            on_b = [ws for ws, name in clients if name == "b"]
-            on_a = [ws for ws, name in clients if name == "a"]
+            on_b, on_a = on(clients, "b"), on(clients, "a")
             assert on_a and on_b  # round robin: 10 each
             listing = await servers(gw)
             assert listing[addr(b)]["tunnels"] == len(on_b) and not listing[addr(b)]["draining"]
 
-            status, body = await control(gw, f"action=drain&upstream=u&server={addr(b)}", "POST")
-            assert status == 200, body
+            body = await act(gw, "drain", b, "POST")
             assert {s["server"]: s["draining"] for s in body["upstreams"]["u"]["servers"]} == {
                 addr(a): False,
                 addr(b): True,
             }
             # Every tunnel on b gets 1012 "service restart"; its backend gets a Close too.
-            codes = await asyncio.gather(*(close_code(ws) for ws in on_b))
-            assert codes == [1012] * len(on_b)
+            await all_get_1012(on_b)
             gw.wait_log(
                 rf"\[notice\] .*draining {len(on_b)} websocket tunnel\(s\) to {addr(b)} of "
                 r'upstream "u" over 1\.0s'
@@ -150,7 +213,7 @@ def test_drain_moves_tunnels_new_connections_avoid_it_undrain_restores(tmp_path:
             assert set(b.closes.values()) == {1012}
             # The clients reconnect and land on a; new connections avoid b.
             again = await open_on(gw.port, len(on_b) + 6, "/r")
-            assert {name for _, name in again} == {"a"}
+            assert names(again) == {"a"}
             # The tunnels on a were not touched.
             assert [await who(ws) for ws in on_a] == ["a"] * len(on_a)
 
@@ -159,17 +222,11 @@ def test_drain_moves_tunnels_new_connections_avoid_it_undrain_restores(tmp_path:
 
             await until(b_empty, "no tunnel on b")
 
-            status, body = await control(gw, f"action=undrain&upstream=u&server={addr(b)}")
-            assert status == 200, body
+            await act(gw, "undrain", b)
             back = await open_on(gw.port, 6, "/u")
-            assert "b" in {name for _, name in back}
-            for ws, _ in clients + again + back:
-                await ws.close()
+            assert "b" in names(back)
+            await close_all(clients, again, back)
             no_alerts(gw)
-        finally:
-            gw.stop()
-            a.close()
-            b.close()
 
     run(scenario())
 
@@ -178,29 +235,23 @@ def test_server_drain_parameter_keeps_new_connections_off(tmp_path: Path) -> Non
     """``server ... drain``: no new connection for it, under every balancing method."""
 
     async def scenario() -> None:
-        a, b = await Backend("a").start(), await Backend("b").start()
-        for method in (
-            "",
-            "least_conn;",
-            "ip_hash;",
-            "hash $uri;",
-            "hash $uri consistent;",
-            "random;",
-        ):
-            text = conf([a, b], params={"b": "drain"}, upstream=method)
-            gw = await in_thread(start_wsgate, tmp_path / f"gw{len(method)}", text)
-            try:
-                clients = await open_on(gw.port, 8)
-                assert {name for _, name in clients} == {"a"}, method
-                listing = await servers(gw)
-                assert listing[addr(b)]["draining"] and listing[addr(b)]["tunnels"] == 0
-                for ws, _ in clients:
-                    await ws.close()
-                no_alerts(gw)
-            finally:
-                gw.stop()
-        a.close()
-        b.close()
+        async with two_backends() as (a, b):
+            for method in (
+                "",
+                "least_conn;",
+                "ip_hash;",
+                "hash $uri;",
+                "hash $uri consistent;",
+                "random;",
+            ):
+                text = conf([a, b], params={"b": "drain"}, upstream=method)
+                async with gateway(tmp_path / f"gw{len(method)}", text) as gw:
+                    clients = await open_on(gw.port, 8)
+                    assert names(clients) == {"a"}, method
+                    listing = await servers(gw)
+                    assert listing[addr(b)]["draining"] and listing[addr(b)]["tunnels"] == 0
+                    await close_all(clients)
+                    no_alerts(gw)
 
     run(scenario())
 
@@ -209,22 +260,11 @@ def test_drain_time_zero_closes_at_once_and_limits(tmp_path: Path) -> None:
     """``websocket_drain_time 0``: every tunnel of the server at once."""
 
     async def scenario() -> None:
-        a, b = await Backend("a").start(), await Backend("b").start()
-        text = conf([a, b], upstream="websocket_drain_time 0;")
-        gw = await in_thread(start_wsgate, tmp_path / "gw", text)
-        try:
+        async with a_b_gateway(tmp_path / "gw", upstream="websocket_drain_time 0;") as (a, b, gw):
             clients = await open_on(gw.port, 10)
-            on_b = [ws for ws, name in clients if name == "b"]
-            status, _ = await control(gw, f"action=drain&upstream=u&server={addr(b)}")
-            assert status == 200
-            codes = await asyncio.gather(*(close_code(ws, 5) for ws in on_b))
-            assert codes == [1012] * len(on_b)
-            for ws, _ in clients:
-                await ws.close()
-        finally:
-            gw.stop()
-            a.close()
-            b.close()
+            await act(gw, "drain", b)
+            await all_get_1012(on(clients, "b"), 5)
+            await close_all(clients)
 
     run(scenario())
 
@@ -259,38 +299,37 @@ def test_bad_values_are_refused(tmp_path: Path, directive: str, error: str) -> N
 def test_endpoint_errors_and_access(tmp_path: Path) -> None:
     async def scenario() -> None:
         a = await Backend("a").start()
-        gw = await in_thread(start_wsgate, tmp_path / "gw", conf([a]))
-        denied = await in_thread(
-            start_wsgate, tmp_path / "denied", conf([a], access="allow 127.0.0.2; deny all;")
-        )
+        denied_conf = conf([a], access="allow 127.0.0.2; deny all;")
         try:
-            status, _ = await control(denied)
-            assert status == 403
-            status, _ = await control(denied, f"action=drain&upstream=u&server={addr(a)}")
-            assert status == 403
-            assert not (await servers(gw))[addr(a)]["draining"]
-            for query, code in (
-                ("upstream=nope", 404),
-                (f"action=drain&upstream=nope&server={addr(a)}", 404),
-                ("action=drain&upstream=u&server=127.0.0.1:1", 404),
-                ("action=drain&upstream=u", 400),
-                ("action=explode&upstream=u", 400),
-                ("action=rebalance&upstream=u", 400),  # websocket_rebalance off, no rate
-                ("action=rebalance&upstream=u&rate=0/m", 400),
-                ("action=rebalance&upstream=u&rate=fast", 400),
-                ("action=rebalance&upstream=u&rate=0.5/m", 200),
-                ("upstream=u", 200),
+            async with (
+                gateway(tmp_path / "gw", conf([a])) as gw,
+                gateway(tmp_path / "denied", denied_conf) as denied,
             ):
-                status, body = await control(gw, query)
-                assert status == code, (query, body)
-                if code != 200:
-                    assert "error" in body
-            status, _ = await control(gw, method="PUT")
-            assert status == 405
-            no_alerts(gw)
+                status, _ = await control(denied)
+                assert status == 403
+                status, _ = await control(denied, f"action=drain&upstream=u&server={addr(a)}")
+                assert status == 403
+                assert not (await servers(gw))[addr(a)]["draining"]
+                for query, code in (
+                    ("upstream=nope", 404),
+                    (f"action=drain&upstream=nope&server={addr(a)}", 404),
+                    ("action=drain&upstream=u&server=127.0.0.1:1", 404),
+                    ("action=drain&upstream=u", 400),
+                    ("action=explode&upstream=u", 400),
+                    ("action=rebalance&upstream=u", 400),  # websocket_rebalance off, no rate
+                    ("action=rebalance&upstream=u&rate=0/m", 400),
+                    ("action=rebalance&upstream=u&rate=fast", 400),
+                    ("action=rebalance&upstream=u&rate=0.5/m", 200),
+                    ("upstream=u", 200),
+                ):
+                    status, body = await control(gw, query)
+                    assert status == code, (query, body)
+                    if code != 200:
+                        assert "error" in body
+                status, _ = await control(gw, method="PUT")
+                assert status == 405
+                no_alerts(gw)
         finally:
-            gw.stop()
-            denied.stop()
             a.close()
 
     run(scenario())
@@ -299,10 +338,8 @@ def test_endpoint_errors_and_access(tmp_path: Path) -> None:
 # -- several workers, reloads ----------------------------------------------------------------------
 def test_drain_reaches_both_workers(tmp_path: Path) -> None:
     async def scenario() -> None:
-        a, b = await Backend("a").start(), await Backend("b").start()
-        text = conf([a, b], workers=2, http="websocket_drain_time 1s;")
-        gw = await in_thread(start_wsgate, tmp_path / "gw", text)
-        try:
+        http = "websocket_drain_time 1s;"
+        async with a_b_gateway(tmp_path / "gw", workers=2, http=http) as (a, b, gw):
             clients: list[tuple[ClientConnection, str]] = []
             # Until tunnels to b are carried by both workers (the kernel picks the worker).
             for i in range(40):
@@ -310,11 +347,9 @@ def test_drain_reaches_both_workers(tmp_path: Path) -> None:
                 if len(set(b.worker.values())) == 2:
                     break
             assert len(set(b.worker.values())) == 2, b.worker
-            on_b = [ws for ws, name in clients if name == "b"]
-            status, _ = await control(gw, f"action=drain&upstream=u&server={addr(b)}")
-            assert status == 200
-            codes = await asyncio.gather(*(close_code(ws) for ws in on_b))
-            assert codes == [1012] * len(on_b)
+            on_b = on(clients, "b")
+            await act(gw, "drain", b)
+            await all_get_1012(on_b)
 
             async def counted() -> bool:
                 listing = await servers(gw)
@@ -326,29 +361,20 @@ def test_drain_reaches_both_workers(tmp_path: Path) -> None:
             # Both workers keep new connections off b.
             before = b.hits
             again = await open_on(gw.port, 30, "/n")
-            assert {name for _, name in again} == {"a"} and b.hits == before
-            for ws, _ in clients + again:
-                await ws.close()
+            assert names(again) == {"a"} and b.hits == before
+            await close_all(clients, again)
             no_alerts(gw)
-        finally:
-            gw.stop()
-            a.close()
-            b.close()
 
     run(scenario())
 
 
 def test_reload_forgets_runtime_drain_and_applies_the_configured_one(tmp_path: Path) -> None:
     async def scenario() -> None:
-        a, b = await Backend("a").start(), await Backend("b").start()
-        gw = await in_thread(
-            start_wsgate, tmp_path / "gw", conf([a, b], http="websocket_drain_time 1s;")
-        )
-        try:
-            status, _ = await control(gw, f"action=drain&upstream=u&server={addr(a)}")
-            assert status == 200 and (await servers(gw))[addr(a)]["draining"]
+        async with a_b_gateway(tmp_path / "gw", http="websocket_drain_time 1s;") as (a, b, gw):
+            await act(gw, "drain", a)
+            assert (await servers(gw))[addr(a)]["draining"]
             clients = await open_on(gw.port, 6)
-            assert {name for _, name in clients} == {"b"}
+            assert names(clients) == {"b"}
             # Reload with b drained: a's run-time drain is forgotten, b's tunnels, held by
             # the retired worker, get their 1012.
             gw.conf.write_text(
@@ -360,19 +386,13 @@ def test_reload_forgets_runtime_drain_and_applies_the_configured_one(tmp_path: P
                 return (await http_get(gw.port, "/gen")).startswith("1 ")
 
             await until(reloaded, "the new generation")
-            codes = await asyncio.gather(*(close_code(ws) for ws in (ws for ws, _ in clients)))
-            assert codes == [1012] * len(clients)
+            await all_get_1012([ws for ws, _ in clients])
             listing = await servers(gw)
             assert not listing[addr(a)]["draining"] and listing[addr(b)]["draining"]
             again = await open_on(gw.port, 4, "/r")
-            assert {name for _, name in again} == {"a"}
-            for ws, _ in again:
-                await ws.close()
+            assert names(again) == {"a"}
+            await close_all(again)
             no_alerts(gw)
-        finally:
-            gw.stop()
-            a.close()
-            b.close()
 
     run(scenario())
 
@@ -382,73 +402,39 @@ def test_reload_adding_a_server_rebalances_the_excess(tmp_path: Path) -> None:
     over a's share of two equal servers), no more."""
 
     async def scenario() -> None:
-        a, b = await Backend("a").start(), await Backend("b").start()
         http = "websocket_rebalance 30/m;"  # 10 of 20 tunnels: over 60*10/(30*20) = 1 s
-        gw = await in_thread(start_wsgate, tmp_path / "gw", conf([a], http=http))
-        try:
+        async with (
+            two_backends() as (a, b),
+            gateway(tmp_path / "gw", conf([a], http=http)) as gw,
+        ):
             clients = await open_on(gw.port, 20)
             gw.conf.write_text(conf([a, b], http=http, gen=1))
             gw.signal(signal.SIGHUP)
-
-            async def outcome(ws: ClientConnection) -> int | None:
-                try:
-                    await asyncio.wait_for(ws.recv(), 8)
-                except ConnectionClosed as exc:
-                    return exc.rcvd.code if exc.rcvd is not None else None
-                except TimeoutError:
-                    return 0  # still open
-                raise AssertionError("unexpected message")
-
             codes = await asyncio.gather(*(outcome(ws) for ws, _ in clients))
             assert sorted(codes) == [0] * 10 + [1012] * 10, codes
             gw.wait_log(r'rebalancing upstream "u": 10 of 20 websocket tunnel\(s\) over 1\.0s')
             moved = await open_on(gw.port, 10, "/m")
-            assert "b" in {name for _, name in moved}
-            for ws, _ in clients + moved:
-                await ws.close()
+            assert "b" in names(moved)
+            await close_all(clients, moved)
             no_alerts(gw)
-        finally:
-            gw.stop()
-            a.close()
-            b.close()
 
     run(scenario())
 
 
 def test_rebalance_command_moves_the_excess(tmp_path: Path) -> None:
     async def scenario() -> None:
-        a, b = await Backend("a").start(), await Backend("b").start()
-        gw = await in_thread(
-            start_wsgate, tmp_path / "gw", conf([a, b], params={"b": "drain"}, workers=2)
-        )
-        try:
+        async with a_b_gateway(tmp_path / "gw", params={"b": "drain"}, workers=2) as (a, b, gw):
             clients = await open_on(gw.port, 24)
-            assert {name for _, name in clients} == {"a"}
-            status, _ = await control(gw, f"action=undrain&upstream=u&server={addr(b)}")
-            assert status == 200
+            assert names(clients) == {"a"}
+            await act(gw, "undrain", b)
             status, _ = await control(gw, "action=rebalance&upstream=u&rate=60/m")
             assert status == 200
-
-            async def outcome(ws: ClientConnection) -> int | None:
-                try:
-                    await asyncio.wait_for(ws.recv(), 8)
-                except ConnectionClosed as exc:
-                    return exc.rcvd.code if exc.rcvd is not None else None
-                except TimeoutError:
-                    return 0
-                raise AssertionError("unexpected message")
-
             codes = await asyncio.gather(*(outcome(ws) for ws, _ in clients))
             # Each worker gives up the half of its own tunnels on a (rounded down).
             closed = codes.count(1012)
             assert closed in (11, 12) and codes.count(0) == 24 - closed, codes
-            for ws, _ in clients:
-                await ws.close()
+            await close_all(clients)
             no_alerts(gw)
-        finally:
-            gw.stop()
-            a.close()
-            b.close()
 
     run(scenario())
 
@@ -463,26 +449,24 @@ def test_drain_moves_an_rfc8441_tunnel(tmp_path: Path) -> None:
         a = await Backend("a").start()
         text = conf([a]).replace("listen 127.0.0.1:0;", "listen 127.0.0.1:0; http2 on;")
         text = text.replace("upstream u {", "websocket_drain_time 0; upstream u {")
-        gw = await in_thread(start_wsgate, tmp_path / "gw", text)
         try:
+            async with gateway(tmp_path / "gw", text) as gw:
 
-            def h2_tunnel() -> tuple[H2Client, int]:
-                c = H2Client(gw.port)
-                sid = h2_connect(c, "/h2")
-                send(c, sid, frame(b"who", opcode=1))
-                assert receive(c, sid, 1) == [(1, b"a:who")]
-                return c, sid
+                def h2_tunnel() -> tuple[H2Client, int]:
+                    c = H2Client(gw.port)
+                    sid = h2_connect(c, "/h2")
+                    send(c, sid, frame(b"who", opcode=1))
+                    assert receive(c, sid, 1) == [(1, b"a:who")]
+                    return c, sid
 
-            c, sid = await in_thread(h2_tunnel)
-            assert (await servers(gw))[addr(a)]["tunnels"] == 1
-            status, _ = await control(gw, f"action=drain&upstream=u&server={addr(a)}")
-            assert status == 200
-            got = await in_thread(receive, c, sid, 2)
-            assert got[1] == (8, (1012).to_bytes(2, "big") + b"service restart")
-            c.close()
-            no_alerts(gw)
+                c, sid = await in_thread(h2_tunnel)
+                assert (await servers(gw))[addr(a)]["tunnels"] == 1
+                await act(gw, "drain", a)
+                got = await in_thread(receive, c, sid, 2)
+                assert got[1] == (8, (1012).to_bytes(2, "big") + b"service restart")
+                c.close()
+                no_alerts(gw)
         finally:
-            gw.stop()
             a.close()
 
     run(scenario())

@@ -37,6 +37,7 @@ from hyperframe.frame import (
 )
 
 from tests.conftest import WsgateProcess
+from tests.integration.h2raw import PREFACE, frames_of, headers_frame, raw_connection
 from tests.integration.loopback import Loop, loop_fixture, silent, wait_for
 from tests.integration.test_http2 import Client, conf
 
@@ -44,21 +45,8 @@ Factory = Callable[..., WsgateProcess]
 bg = pytest.fixture(loop_fixture)
 pytestmark = pytest.mark.timeout(90)
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 REQUEST = [(":method", "GET"), (":scheme", "http"), (":authority", "localhost"), (":path", "/")]
 MiB = 1 << 20
-
-
-def frames_of(data: bytes) -> list[Frame]:
-    frames = []
-    while len(data) >= 9:
-        frame, length = Frame.parse_frame_header(memoryview(data[:9]))
-        if len(data) < 9 + length:
-            break
-        frame.parse_body(memoryview(data[9 : 9 + length]))
-        frames.append(frame)
-        data = data[9 + length :]
-    return frames
 
 
 def until_closed(sock: socket.socket) -> list[Frame]:
@@ -77,6 +65,13 @@ def goaways(frames: list[Frame]) -> list[tuple[int, int]]:
     return [(f.last_stream_id, f.error_code) for f in frames if isinstance(f, GoAwayFrame)]
 
 
+def goaways_at_close(sock: socket.socket) -> list[tuple[int, int]]:
+    """The GOAWAYs the server sends until it closes; ``sock`` is closed then."""
+    frames = until_closed(sock)
+    sock.close()
+    return goaways(frames)
+
+
 def flood(sock: socket.socket, chunk: bytes, limit: int) -> int:
     """Send ``chunk`` again and again until the server closes (or ``limit`` bytes)."""
     sent = 0
@@ -90,13 +85,7 @@ def flood(sock: socket.socket, chunk: bytes, limit: int) -> int:
 
 
 def attacker(port: int, rcvbuf: int = 0) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    if rcvbuf:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    sock.settimeout(30)
-    sock.connect(("127.0.0.1", port))
-    sock.sendall(PREFACE + SettingsFrame(0).serialize())
-    return sock
+    return raw_connection(port, 30, rcvbuf)
 
 
 def rss(gw: WsgateProcess) -> int:
@@ -116,13 +105,6 @@ def served(c: Client) -> None:
 
 def no_alert(gw: WsgateProcess) -> None:
     assert "[alert]" not in gw.errors() and "[crit]" not in gw.errors()
-
-
-def headers_frame(sid: int, fields: list[tuple[str, str]], flags: tuple[str, ...]) -> bytes:
-    frame = HeadersFrame(sid, Encoder().encode(fields))
-    for flag in flags:
-        frame.flags.add(flag)
-    return frame.serialize()
 
 
 # -- 1. rapid reset (CVE-2023-44487) ----------------------------------------------------------
@@ -187,9 +169,7 @@ def test_continuation_flood_is_cut_at_the_header_limit(wsgate: Factory) -> None:
     sock = attacker(gw.port)
     sock.sendall(headers_frame(1, REQUEST, ()))
     sent = flood(sock, ContinuationFrame(1, b"\x40" * 16384).serialize(), 512 * MiB)
-    frames = until_closed(sock)
-    sock.close()
-    assert goaways(frames) == [(1, 11)]
+    assert goaways_at_close(sock) == [(1, 11)]
     assert sent < 64 * MiB
     wait_for(lambda: "client sent too large header" in gw.errors(), "the info line")
     served(innocent)
@@ -205,9 +185,7 @@ def test_continuation_flood_of_empty_frames(wsgate: Factory) -> None:
     sock = attacker(gw.port)
     sock.sendall(headers_frame(1, REQUEST, ()))
     flood(sock, ContinuationFrame(1, b"").serialize() * 1000, 64 * MiB)
-    frames = until_closed(sock)
-    sock.close()
-    assert goaways(frames) == [(0, 1)]
+    assert goaways_at_close(sock) == [(0, 1)]
     wait_for(lambda: "Too many continuation frames" in gw.errors(), "the info line")
     served(innocent)
     no_alert(gw)
@@ -251,13 +229,8 @@ def test_dynamic_table_size_update_over_the_setting(wsgate: Factory) -> None:
     sock = attacker(gw.port)
     block = bytes(encode_integer(1 << 20, 5))
     block = bytes([block[0] | 0x20]) + block[1:] + Encoder().encode(REQUEST)
-    frame = HeadersFrame(1, block)
-    for flag in ("END_HEADERS", "END_STREAM"):
-        frame.flags.add(flag)
-    sock.sendall(frame.serialize())
-    frames = until_closed(sock)
-    sock.close()
-    assert goaways(frames) == [(1, 9)]
+    sock.sendall(headers_frame(1, block, ("END_HEADERS", "END_STREAM")))
+    assert goaways_at_close(sock) == [(1, 9)]
     wait_for(lambda: "client sent invalid table size update" in gw.errors(), "the info line")
     served(innocent)
     no_alert(gw)
@@ -275,13 +248,8 @@ def test_header_list_bomb(wsgate: Factory) -> None:
     block = encoder.encode([*REQUEST, ("x-bomb", "A" * 4000)])
     block += encoder.encode([("x-bomb", "A" * 4000)]) * 10000  # one byte each
     assert len(block) < 16384
-    frame = HeadersFrame(1, block)
-    for flag in ("END_HEADERS", "END_STREAM"):
-        frame.flags.add(flag)
-    sock.sendall(frame.serialize())
-    frames = until_closed(sock)
-    sock.close()
-    assert goaways(frames) == [(1, 11)]
+    sock.sendall(headers_frame(1, block, ("END_HEADERS", "END_STREAM")))
+    assert goaways_at_close(sock) == [(1, 11)]
     wait_for(lambda: "client sent too large header" in gw.errors(), "the info line")
     served(innocent)
     no_alert(gw)
@@ -313,9 +281,7 @@ def ratio_flood(gw: WsgateProcess, chunk: bytes, limit: int = 64 * MiB) -> None:
     before = rss(gw)
     sock = attacker(gw.port)
     sent = flood(sock, chunk, limit)
-    frames = until_closed(sock)
-    sock.close()
-    assert goaways(frames) == [(0, 0)]
+    assert goaways_at_close(sock) == [(0, 0)]
     assert 8 * MiB <= sent < 32 * MiB
     wait_for(lambda: "http2 flood detected" in gw.errors(), "the info line")
     served(innocent)
@@ -379,9 +345,7 @@ def test_ping_flood_without_reading(wsgate: Factory) -> None:
     before = rss(gw)
     sock = attacker(gw.port, rcvbuf=4096)
     sent = flood(sock, PingFrame(0, b"12345678").serialize() * 1000, 64 * MiB)
-    frames = until_closed(sock)
-    sock.close()
-    assert sent < 64 * MiB and not goaways(frames)
+    assert not goaways_at_close(sock) and sent < 64 * MiB
     wait_for(lambda: "http2 flood detected" in gw.errors(), "the info line")
     served(innocent)
     no_alert(gw)
@@ -430,9 +394,7 @@ def test_priority_flood(wsgate: Factory) -> None:
     sock = attacker(gw.port)
     prio = (5).to_bytes(3, "big") + b"\x02\x00\x00\x00\x00\x03" + b"\x00\x00\x00\x01\x10"
     flood(sock, prio * 200, 64 * MiB)
-    frames = until_closed(sock)
-    sock.close()
-    assert goaways(frames) == [(0, 11)]
+    assert goaways_at_close(sock) == [(0, 11)]
     assert "client sent too many PRIORITY frames" in gw.errors()
     no_alert(gw)
 
@@ -444,12 +406,10 @@ def test_oversized_frames_are_refused_at_their_header(wsgate: Factory) -> None:
     sock = attacker(gw.port)
     sock.sendall(headers_frame(1, REQUEST, ("END_HEADERS",)))
     sock.sendall((16 * MiB - 1).to_bytes(3, "big") + b"\x00\x00\x00\x00\x00\x01" + b"x" * 100)
-    assert goaways(until_closed(sock)) == [(1, 3)]
-    sock.close()
+    assert goaways_at_close(sock) == [(1, 3)]
     sock = attacker(gw.port)
     sock.sendall((1 * MiB).to_bytes(3, "big") + b"\xfa\x00\x00\x00\x00\x00" + b"x" * 100)
-    assert goaways(until_closed(sock)) == [(0, 6)]
-    sock.close()
+    assert goaways_at_close(sock) == [(0, 6)]
     assert "client violated flow control for stream 1" in gw.errors()
     no_alert(gw)
 

@@ -25,13 +25,12 @@ from hyperframe.frame import (
 )
 
 from tests.conftest import WsgateProcess
+from tests.integration.h2raw import next_frame, raw_connection
 from tests.integration.loopback import Loop, dead_port, loop_fixture
 
 Factory = Callable[..., WsgateProcess]
 bg = pytest.fixture(loop_fixture)
 pytestmark = pytest.mark.timeout(30)
-
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
 def conf(server: str) -> str:
@@ -45,8 +44,7 @@ class Raw:
     """One connection: frames out as given, frames in as parsed."""
 
     def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.sock.sendall(PREFACE + SettingsFrame(0).serialize())
+        self.sock = raw_connection(port, 10)
         self.hpack = Encoder()
         self.decoder = Decoder()
         #: Each stream's response fields (decoded in order: the table is the connection's).
@@ -80,12 +78,8 @@ class Raw:
         """Frames read until one satisfies ``done`` (or the connection closes)."""
         start = len(self.frames)
         while True:
-            while len(self.buf) >= 9:
-                frame, length = Frame.parse_frame_header(memoryview(self.buf[:9]))
-                if len(self.buf) < 9 + length:
-                    break
-                frame.parse_body(memoryview(self.buf[9 : 9 + length]))
-                self.buf = self.buf[9 + length :]
+            while (got := next_frame(self.buf)) is not None:
+                frame, self.buf = got
                 self.frames.append(frame)
                 if isinstance(frame, HeadersFrame):
                     fields = self.decoder.decode(frame.data, raw=True)

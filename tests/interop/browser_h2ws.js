@@ -34,48 +34,23 @@
 // and exits 0 when every echo came back intact and the WebSocket closed; otherwise "ok":false.
 'use strict';
 
-const { chromium } = require('playwright-core');
+const { ARGS, commonEnv, startDeadline, launch, errorText } = require('./browser_common');
 
-const pageUrl = process.env.PAGE_URL;
-const wsUrl = process.env.WS_URL;
-const userDataDir = process.env.USER_DATA_DIR;
+const { pageUrl, wsUrl, userDataDir, timeoutMs, executablePath } = commonEnv(20000);
 const binaryBytes = Number(process.env.BINARY_BYTES || 1048576);
-const timeoutMs = Number(process.env.TIMEOUT_MS || 20000);
-const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
 const netLog = process.env.NET_LOG || null;
 
-// As browser_wss.js: Debian's Chromium on a closed network, no QUIC (so h2 over TCP is what an
-// https:// origin gets).
-const ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-];
-if (netLog !== null) ARGS.push(`--log-net-log=${netLog}`, '--net-log-capture-mode=Default');
+// browser_common.js's flags (no QUIC: h2 over TCP is what an https:// origin gets), and the
+// NetLog when asked for.
+const args =
+  netLog === null ? ARGS : [...ARGS, `--log-net-log=${netLog}`, '--net-log-capture-mode=Default'];
 
 async function main() {
   const result = { ok: false, responses: [], ws: { created: 0, handshakes: [], closed: 0 } };
   let context = null;
-  const deadline = setTimeout(() => {
-    result.error = `deadline of ${timeoutMs} ms passed`;
-    if (context !== null) context.close().catch(() => {});
-    setTimeout(() => {
-      console.log(JSON.stringify(result));
-      process.exit(1);
-    }, 3000).unref();
-  }, timeoutMs);
+  const deadline = startDeadline(timeoutMs, result, () => context);
   try {
-    context = await chromium.launchPersistentContext(userDataDir, {
-      executablePath,
-      headless: true,
-      args: ARGS,
-      timeout: timeoutMs,
-    });
+    context = await launch(userDataDir, executablePath, args, timeoutMs);
     result.browserVersion = context.browser() ? context.browser().version() : null;
     const page = context.pages()[0] || (await context.newPage());
     const cdp = await context.newCDPSession(page);
@@ -125,7 +100,7 @@ async function main() {
       result.binary.same === true &&
       result.close.code !== undefined;
   } catch (err) {
-    result.error = result.error || String(err && err.message ? err.message : err).split('\n')[0];
+    result.error = result.error || errorText(err);
   } finally {
     if (context !== null) await context.close().catch(() => {});
     clearTimeout(deadline);

@@ -26,27 +26,10 @@
 // On failure {"ok":false,"error":"...",...} and exit status 1.
 'use strict';
 
-const { chromium } = require('playwright-core');
+const { ARGS, commonEnv, startDeadline, launch, errorText } = require('./browser_common');
 
-const pageUrl = process.env.PAGE_URL;
-const wsUrl = process.env.WS_URL;
-const userDataDir = process.env.USER_DATA_DIR;
+const { pageUrl, wsUrl, userDataDir, timeoutMs, executablePath } = commonEnv(15000);
 const count = Number(process.env.MESSAGES || 5);
-const timeoutMs = Number(process.env.TIMEOUT_MS || 15000);
-const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
-
-// The flags this machine's notes give for Debian's Chromium on a closed network: without the
-// background-networking ones Chromium keeps trying (and failing) to reach Google's hosts.
-const ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-];
 
 // Runs inside the page: open the WebSocket, send `count` messages one at a time (each after
 // the previous echo), close normally and report what came back.
@@ -93,26 +76,9 @@ async function main() {
   const result = { ok: false, ms: {} };
   let context = null;
   const t0 = Date.now();
-  // At the deadline, closing the browser makes the pending step below fail, and main() reports
-  // as usual; should that hang too, exit anyway (Playwright kills Chromium on exit).
-  const deadline = setTimeout(() => {
-    result.error = `deadline of ${timeoutMs} ms passed`;
-    if (context !== null) context.close().catch(() => {});
-    setTimeout(() => {
-      console.log(JSON.stringify(result));
-      process.exit(1);
-    }, 3000).unref();
-  }, timeoutMs);
+  const deadline = startDeadline(timeoutMs, result, () => context);
   try {
-    // A persistent context so the profile directory is the caller's fresh one (launch() would
-    // make its own); Playwright starts Chromium in its own process group and kills that group
-    // on close, on SIGTERM/SIGINT/SIGHUP of this process, and on exit.
-    context = await chromium.launchPersistentContext(userDataDir, {
-      executablePath,
-      headless: true,
-      args: ARGS,
-      timeout: timeoutMs,
-    });
+    context = await launch(userDataDir, executablePath, ARGS, timeoutMs);
     result.ms.launch = Date.now() - t0;
     result.browserVersion = context.browser() ? context.browser().version() : null;
     const page = context.pages()[0] || (await context.newPage());
@@ -134,7 +100,7 @@ async function main() {
       result.received.length === count &&
       result.received.every((text, i) => text === result.sent[i]);
   } catch (err) {
-    result.error = result.error || String(err && err.message ? err.message : err).split('\n')[0];
+    result.error = result.error || errorText(err);
   } finally {
     if (context !== null) {
       const t3 = Date.now();
