@@ -15,7 +15,7 @@ import contextlib
 import select
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -37,9 +37,10 @@ from hyperframe.frame import (
 )
 
 from tests.conftest import WsgateProcess
+from tests.integration import test_http2
 from tests.integration.h2raw import PREFACE, frames_of, headers_frame, raw_connection
 from tests.integration.loopback import Loop, loop_fixture, silent, wait_for
-from tests.integration.test_http2 import Client, conf
+from tests.integration.test_http2 import conf
 
 Factory = Callable[..., WsgateProcess]
 bg = pytest.fixture(loop_fixture)
@@ -47,6 +48,24 @@ pytestmark = pytest.mark.timeout(90)
 
 REQUEST = [(":method", "GET"), (":scheme", "http"), (":authority", "localhost"), (":path", "/")]
 MiB = 1 << 20
+
+#: Every socket a test opens, closed at its end whether it passed or failed: a failed
+#: assertion would otherwise leave them to the garbage collector, whose ResourceWarning lands
+#: on whichever test runs next in this worker.
+OPENED: list[test_http2.Client | socket.socket] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_what_the_test_opened() -> Iterator[None]:
+    yield
+    while OPENED:
+        OPENED.pop().close()
+
+
+class Client(test_http2.Client):
+    def __init__(self, port: int) -> None:
+        super().__init__(port)
+        OPENED.append(self)
 
 
 def until_closed(sock: socket.socket) -> list[Frame]:
@@ -85,7 +104,9 @@ def flood(sock: socket.socket, chunk: bytes, limit: int) -> int:
 
 
 def attacker(port: int, rcvbuf: int = 0) -> socket.socket:
-    return raw_connection(port, 30, rcvbuf)
+    sock = raw_connection(port, 30, rcvbuf)
+    OPENED.append(sock)
+    return sock
 
 
 def rss(gw: WsgateProcess) -> int:
@@ -329,8 +350,10 @@ def test_empty_data_flood(wsgate: Factory, bg: Loop) -> None:
                 closed = not c.read() or c.goaway is not None
     except (BrokenPipeError, ConnectionResetError):
         pass
-    assert c.goaway is not None and c.goaway.error_code == 0
-    assert 8 * MiB <= sent < 32 * MiB
+    # A stream is being processed, so the connection closes at once after its GOAWAY, as
+    # nginx's (c->error): the client, still sending, may see the reset before the GOAWAY.
+    assert c.goaway is None or c.goaway.error_code == 0
+    assert 8 * MiB <= sent < 32 * MiB  # the flood was cut, after nginx's 8 MiB allowance
     c.close()
     wait_for(lambda: "http2 flood detected" in gw.errors(), "the info line")
     served(innocent)
