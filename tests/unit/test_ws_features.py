@@ -18,7 +18,7 @@ from wsgate.proxy.frames import (
     header_at,
     unmask,
 )
-from wsgate.proxy.tunnel import Tunnel, WsFeatures, ws_features
+from wsgate.proxy.tunnel import Tunnel, WsFeatures, _FeatSide, _PingSide, _WsSide, ws_features
 
 
 class FakeTransport:
@@ -134,6 +134,7 @@ def test_feature_side_relays_all_but_its_own_pongs(
     ]
     stream = b"".join(parts)
     t = tunnel(loop, WsFeatures(max_message_client=1 << 20))
+    t.ping(t.client)  # wsgate's Ping, whose Pong is awaited
     for i in range(0, len(stream), step):
         t.client.data_received(stream[i : i + step])
     assert written(t, "upstream") == stream.replace(ours, b"")
@@ -276,6 +277,55 @@ def test_ping_waits_for_a_boundary_and_its_pong_is_consumed(
     )
 
 
+def test_ping_sides_are_plain_but_while_a_ping_is_owed_or_awaited(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """Pings alone: both sides relay with the plain side's method; the sender towards the
+    pinged side is engaged while its Ping waits for a frame boundary (here, the end of a
+    header split across reads, already relayed), the pinged side while its Pong is awaited;
+    both go plain again at the next check."""
+    now = [0.0]
+    t = Tunnel(
+        loop,
+        FakeTransport(),  # type: ignore[arg-type]
+        FakeTransport(),  # type: ignore[arg-type]
+        read_timeout=600,
+        send_timeout_upstream=60,
+        send_timeout_client=60,
+        on_close=lambda t: None,
+        websocket=True,
+        clock=lambda: now[0],
+        features=WsFeatures(ping_interval=10, ping_timeout=5, ping_client=True),
+    )
+    assert type(t.client) is type(t.upstream) is _PingSide
+    assert _PingSide.data_received is _WsSide.data_received
+    big = frame(0x2, b"q" * 300, mask=False)
+    t.upstream.data_received(big[:1])  # one byte of a header: relayed, split
+    keep = t.client.keep  # type: ignore[attr-defined]
+    now[0] = 10.0
+    keep.idle_check()
+    assert type(t.upstream) is _FeatSide and type(t.client) is _PingSide
+    assert written(t, "client") == big[:1]  # no Ping inside a header
+    after = frame(0x1, b"next", mask=False)
+    t.upstream.data_received(big[1:] + after)
+    ping = control_frame(PING, PING_PAYLOAD)
+    assert written(t, "client") == big + ping + after  # at the first boundary
+    assert type(t.client) is _FeatSide  # its Pong awaited
+    now[0] = 12.0
+    pong = frame(PONG, PING_PAYLOAD)
+    t.client.data_received(pong[:3])
+    hi = frame(0x1, b"hi")
+    t.client.data_received(pong[3:] + hi)
+    assert written(t, "upstream") == hi  # the Pong consumed
+    now[0] = 15.0
+    keep.idle_check()
+    assert not t.closed
+    assert type(t.client) is type(t.upstream) is _PingSide
+    assert t.messages_to_upstream == 1 and t.messages_to_client == 2
+    t.client.data_received(pong)  # awaited by nobody: an unsolicited Pong, relayed
+    assert written(t, "upstream") == hi + pong
+
+
 def test_going_away_relays_a_held_pong_first(loop: asyncio.AbstractEventLoop) -> None:
     """A graceful stop while a feature side holds part of a Pong: the held bytes are relayed,
     the rest of the Pong follows, then the Close (never a byte of a frame lost)."""
@@ -316,9 +366,22 @@ def test_no_ping_after_the_direction_is_shut(loop: asyncio.AbstractEventLoop) ->
     assert written(t, "client") == b"" and not t.closed
 
 
+def _without_ours_after(parts: list[bytes], cut: int, ours: bytes, held: bool) -> bytes:
+    """``parts`` joined, less wsgate's Pongs that begin at ``cut`` or later, or, when the
+    side holds an incomplete Pong back (``held``: a limit side), that end after ``cut``."""
+    out, offset = [], 0
+    for p in parts:
+        if not (p == ours and (offset + len(p) if held else offset + 1) > cut):
+            out.append(p)
+        offset += len(p)
+    return b"".join(out)
+
+
 def test_random_streams_and_garbage(loop: asyncio.AbstractEventLoop) -> None:
-    """Random frame sequences cut at random: all relayed but wsgate's Pongs, messages
-    counted as the plain scanner counts them; random bytes never raise."""
+    """Random frame sequences cut at random: all relayed but wsgate's Pongs once wsgate has
+    sent its Ping (before, nothing is awaited: a Pong with wsgate's payload is an
+    unsolicited one, relayed), messages counted as the plain scanner counts them; random
+    bytes never raise."""
     import random
 
     from wsgate.proxy.frames import ScanState, scan
@@ -337,13 +400,29 @@ def test_random_streams_and_garbage(loop: asyncio.AbstractEventLoop) -> None:
                 n = rng.choice((0, 1, 125, 126, 127, 65535, 65536, rng.randrange(0, 3000)))
                 parts.append(frame(rng.choice((0, 1, 2)), b"d" * n, fin=rng.random() < 0.7))
         stream = b"".join(parts)
-        t = tunnel(loop, WsFeatures(ping_interval=3600, ping_client=True))
+        # Pings alone (_PingSide), generous limits (_LimitSide) or both.
+        limits = {"max_message_client": 1 << 40, "rate_client": 10**9, "burst": 10**9}
+        features = rng.choice(
+            (
+                WsFeatures(ping_interval=3600, ping_client=True),
+                WsFeatures(**limits),  # type: ignore[arg-type]
+                WsFeatures(ping_interval=3600, ping_client=True, **limits),  # type: ignore[arg-type]
+            )
+        )
+        t = tunnel(loop, features)
+        pinged = rng.random() < 0.8
+        cut = 0  # where wsgate's Ping was sent
         i = 0
         while i < len(stream):
             step = rng.choice((1, 2, 5, 9, 100, 4096, 1 << 20))
             t.client.data_received(stream[i : i + step])
             i += step
-        expected = b"".join(p for p in parts if p != ours)
+            if pinged and not cut:
+                cut = min(i, len(stream))
+                t.ping(t.client)  # engaged in the middle of the stream, maybe of a header
+        # Before the Ping: relayed as they come; after it, wsgate's Pongs dropped.
+        held = features.limits
+        expected = _without_ours_after(parts, cut, ours, held) if pinged else stream
         assert written(t, "upstream") == expected
         assert t.messages_to_upstream == scan(stream, ScanState()).messages
         t.abort()

@@ -78,6 +78,10 @@ class StreamTransport:
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         """The tunnel's side takes the stream: DATA that came before the ``200`` (the client
         need not wait for it) is held for it, then delivered by ``resume_reading``."""
+        if self.protocol is not None:
+            # Set again: the same side, its class changed (wsgate.proxy.tunnel._PingSide).
+            self.protocol = protocol
+            return
         self.protocol = protocol
         stream = self.stream
         self.held.extend(stream.body)

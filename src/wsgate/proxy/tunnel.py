@@ -58,7 +58,8 @@ side between two frames.  A limit passed ends the tunnel as :meth:`Tunnel.going_
 with a code of its own towards the sender (1009, 1008) and 1001 towards the other side; an
 unanswered Ping (:class:`_Keepalive`, on the loop's shared tunnel timer) aborts the silent
 side and sends the other a Close 1001.  With every feature off the sides are the plain ones
-above: not a byte nor a step added.
+above: not a byte nor a step added.  With pings alone the sides are :class:`_PingSide`: the
+plain side's relaying, the feature side's only while a Ping concerns them.
 """
 
 from __future__ import annotations
@@ -121,6 +122,8 @@ _BUCKET = BUCKET_BY_BITS
 _SMALL_BUCKET = tuple(
     -1 if b & 0x7F > 125 else BUCKET_BY_BITS[((b & 0x7F) - 1).bit_length()] for b in range(256)
 )
+#: By byte 0: a final text or binary frame (any RSV bits), a message of one frame.
+_SINGLE = tuple(b & 0x80 != 0 and b & 0x0F in (1, 2) for b in range(256))
 #: A limit that is not set (larger than any frame or message).
 _NO_LIMIT = 1 << 63
 
@@ -147,6 +150,7 @@ class _Side(asyncio.Protocol):
         "peer",
         "out",
         "clock",
+        "last",
         "nbytes",
         "messages",
         "frozen",
@@ -171,6 +175,9 @@ class _Side(asyncio.Protocol):
         #: of 64 bytes per side for as long as the tunnel is open, for no measurable gain.
         self.out: asyncio.Transport | _Sink = _DISCARD
         self.clock = tunnel.clock
+        #: When this side was last read (the idle timer takes the later of the two sides' and
+        #: the tunnel's own; the keepalive Ping timer, this side's).
+        self.last = tunnel.last
         self.nbytes = 0  # bytes read from this side (and written to the peer)
         self.messages = 0  # complete WebSocket data messages read from this side (_WsSide)
         self.frozen = 0  # ``messages`` when this direction stopped relaying (going away)
@@ -194,7 +201,7 @@ class _Side(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.out.write(data)
         self.nbytes += len(data)
-        self.tunnel.last = self.clock()
+        self.last = self.clock()
 
     # flow control: *our* transport is full, so stop reading the peer ------------------------
     def pause_writing(self) -> None:
@@ -273,7 +280,7 @@ class _WsSide(_Side):
         else:
             self._frames(data)
         self.nbytes += n
-        self.tunnel.last = self.clock()
+        self.last = self.clock()
 
     def _frames(self, data: bytes) -> None:
         """Everything the hot path leaves: several headers or a split one in the chunk, a
@@ -340,6 +347,20 @@ class WsFeatures:
     rate_upstream: int = 0
     burst: int = 0
 
+    @property
+    def limits(self) -> bool:
+        """Any message limit is on (else only keepalive pings are)."""
+        return any(
+            (
+                self.max_message_client,
+                self.max_message_upstream,
+                self.max_frame_client,
+                self.max_frame_upstream,
+                self.rate_client,
+                self.rate_upstream,
+            )
+        )
+
 
 def _sides(which: str) -> tuple[bool, bool]:
     return which in ("client", "both"), which in ("upstream", "both")
@@ -402,7 +423,7 @@ class _FeatSide(_WsSide):
     """
 
     __slots__ = (
-        "last_read",
+        "sent",
         "ping_at",
         "owe",
         "keep",
@@ -421,7 +442,9 @@ class _FeatSide(_WsSide):
 
     def __init__(self, tunnel: Tunnel, transport: asyncio.Transport) -> None:
         super().__init__(tunnel, transport)
-        self.last_read = self.clock()
+        #: How many first bytes of ``partial`` were relayed already (a :class:`_PingSide`
+        #: engaged in the middle of a split header had relayed them as a plain side does).
+        self.sent = 0
         self.ping_at = 0.0  # when wsgate's Ping to this side was sent (0: none pending)
         self.owe = False  # a Ping to ``peer`` waits for the next frame boundary of this stream
         self.keep: _Keepalive | None = None
@@ -446,8 +469,7 @@ class _FeatSide(_WsSide):
         n = len(data)
         now = self.clock()
         self.nbytes += n
-        self.tunnel.last = now
-        self.last_read = now
+        self.last = now
         skip = self.skip
         if n <= skip:
             # Inside one frame's payload, up to its end at most: no header in this chunk.
@@ -499,18 +521,20 @@ class _FeatSide(_WsSide):
     def _many(self, data: bytes, n: int, now: float) -> None:
         """A chunk with several headers, a split one, a control frame, or a Ping owed."""
         skip = self.skip
+        start = 0  # what is relayed of ``data`` up to here (the rest is, from here on)
         if skip < 0:
             data = self.partial + data  # a split header or a held Pong: not relayed yet
+            start = self.sent  # (except these bytes)
             self.partial = b""
+            self.sent = 0
             n = len(data)
             pos = 0
         else:
             pos = skip
         out = self.out
         peer = self.peer
-        start = 0
         while pos < n:
-            if self.owe:
+            if self.owe and pos >= start:
                 if pos > start:
                     out.write(data[start:pos])
                     start = pos
@@ -525,7 +549,7 @@ class _FeatSide(_WsSide):
                 if op == PONG and hdr[1] == len(PING_PAYLOAD):
                     if end > n:
                         break  # hold it until it is whole
-                    if self._ours(data, pos, hdr[0]):
+                    if self.ping_at and pos >= start and self._ours(data, pos, hdr[0]):
                         if pos > start:
                             out.write(data[start:pos])
                         start = end
@@ -553,6 +577,7 @@ class _FeatSide(_WsSide):
             if pos > start:
                 out.write(data[start:pos])
             self.partial = data[pos:]
+            self.sent = start - pos if start > pos else 0
             self.skip = -1
             return
         if start < n:
@@ -671,7 +696,7 @@ class _SizedWsSide(_WsSide):
         else:
             self._frames(data)
         self.nbytes += n
-        self.tunnel.last = self.clock()
+        self.last = self.clock()
 
     def _frames(self, data: bytes) -> None:
         skip = self.held if self.phase == _WAIT else self.skip
@@ -747,17 +772,126 @@ class _SizedFeatSide(_FeatSide):
         _FeatSide.data_received(self, data)
 
 
+class _PingSide(_FeatSide):
+    """A side of a tunnel whose only feature is keepalive pings, while no Ping of wsgate's
+    concerns it: it relays with the plain :class:`_WsSide` method itself, so a message costs
+    what it costs with the features off.  The ping timer needs no more than that: every side
+    stamps ``last`` when it reads.
+
+    :meth:`engage` makes it a :class:`_FeatSide` (``__class__`` assignment: the same slots)
+    for as long as a Ping of wsgate's is owed to its receiver (``owe``) or awaited from it
+    (``ping_at``): those need the feature side's reading of every header; :class:`_Keepalive`
+    makes it plain again at its next check once neither is, and nothing is held.  A plain
+    side has relayed its ``partial`` (a split header): engaged, ``sent`` says so.
+    """
+
+    __slots__ = ()
+    data_received = _WsSide.data_received
+
+    def engage(self) -> None:
+        self.sent = len(self.partial) if self.skip < 0 else 0
+        self.__class__ = _FeatSide  # type: ignore[assignment]
+        self.transport.set_protocol(self)  # uvloop keeps the bound data_received
+
+
+class _LimitSide(_FeatSide):
+    """A side of a tunnel with message limits, while no Ping of wsgate's concerns it: a
+    message of one data frame within the size limits (the common case) is checked and
+    relayed here with the rate accounted, in about the plain side's steps; everything else
+    (a fragment, a control frame, several headers, a limit passed) is the feature side's
+    :meth:`_FeatSide._many`, whose state this side shares (``partial`` held back).  Engaged
+    for a Ping it is a :class:`_FeatSide`; a tunnel going away makes it one for good."""
+
+    __slots__ = ()
+
+    def data_received(self, data: bytes) -> None:
+        n = len(data)
+        now = self.clock()
+        self.nbytes += n
+        self.last = now
+        skip = self.skip
+        if n <= skip:
+            self.skip = skip - n
+            self.out.write(data)
+            return
+        if skip == 0 and n > 1:
+            b1 = data[1]
+            size = _WHOLE[b1]
+            if size < 0 and n > 9:
+                if b1 & 0x7F == 126:
+                    size = ((data[2] << 8) | data[3]) + _EXT[b1]
+                else:
+                    size = int.from_bytes(data[2:10], "big") + _EXT[b1]
+            if size >= n and _SINGLE[data[0]] and size - _HEAD[b1] <= self.max_whole:
+                rate = self.rate
+                if rate:
+                    # limit_req's account, as _FeatSide._check keeps it; a message over it
+                    # goes to _many, whose _check refuses it.
+                    excess = self.excess - (now - self.stamp) * rate + 1.0
+                    if excess < 0.0:
+                        excess = 0.0
+                    if excess > self.burst:
+                        self._many(data, n, now)
+                        return
+                    self.excess = excess
+                    self.stamp = now
+                self.skip = size - n
+                self.out.write(data)
+                self.messages += 1
+                return
+        self._many(data, n, now)
+
+    def engage(self) -> None:
+        self.__class__ = _FeatSide  # type: ignore[assignment]
+        self.transport.set_protocol(self)
+
+
+#: The classes of sides whose ``partial`` is held back, not relayed (beyond ``sent``).
+_HOLDING = frozenset({_FeatSide, _SizedFeatSide, _LimitSide})
+#: The classes a side rests in while no Ping concerns it (:meth:`engage` leaves them).
+_RESTING = frozenset({_PingSide, _LimitSide})
+
+
+def _engage(side: _Side) -> None:
+    if type(side) in _RESTING:
+        side.engage()  # type: ignore[attr-defined]
+
+
+def _settle(side: _Side, rest: type[_FeatSide]) -> None:
+    """An engaged side with nothing owed, awaited or held goes back to ``rest``."""
+    if (
+        type(side) is _FeatSide
+        and not side.ping_at
+        and not side.owe
+        and side.skip >= 0
+        and side.phase == _RELAY
+        and not side.lost
+    ):
+        side.__class__ = rest
+        side.transport.set_protocol(side)
+
+
+def _between_frames(side: _Side) -> bool:
+    """The stream ``side`` sends is, as relayed so far, between two frames."""
+    skip = side.skip
+    return skip == 0 or (skip < 0 and type(side) in _HOLDING and not side.sent)  # type: ignore[attr-defined]
+
+
 class _Keepalive:
     """A feature tunnel's ping timer, filed with the loop's idle timers
     (:mod:`wsgate.proxy.idle`) as the tunnel's own idle timer is."""
 
-    __slots__ = ("tunnel", "interval", "timeout", "sides", "slot")
+    __slots__ = ("tunnel", "interval", "timeout", "sides", "rest", "slot")
 
     def __init__(self, tunnel: Tunnel, features: WsFeatures, sides: tuple[_FeatSide, ...]) -> None:
         self.tunnel = tunnel
         self.interval = features.ping_interval
         self.timeout = features.ping_timeout
         self.sides = sides
+        #: The class the sides rest in (:data:`_RESTING`), to which engaged ones go back at
+        #: each check, or ``None`` (they are always feature sides).
+        rest = type(tunnel.client)
+        self.rest = rest if rest in _RESTING else None
         self.slot = idle_timers(tunnel.loop).add(self, tunnel.clock() + self.interval)
 
     def idle_check(self) -> None:
@@ -772,7 +906,7 @@ class _Keepalive:
             if side.lost or side.eof or side.peer.eof:
                 continue  # half-closed: that side sends no Pong, or nothing may be written to it
             if side.ping_at:
-                if side.last_read >= side.ping_at:
+                if side.last >= side.ping_at:
                     side.ping_at = 0.0  # answered (or busy sending): alive
                 elif now >= side.ping_at + self.timeout - 0.001:
                     t.dead(side)
@@ -780,19 +914,23 @@ class _Keepalive:
                 else:
                     due = min(due, side.ping_at + self.timeout)
                     continue
-            quiet = side.last_read + self.interval
+            quiet = side.last + self.interval
             if side.peer.owe:  # type: ignore[attr-defined]
                 due = min(due, now + self.timeout)
             elif now >= quiet - 0.001:
                 sender = side.peer
-                if sender.skip <= 0 and sender.phase == _RELAY:
+                if _between_frames(sender) and sender.phase == _RELAY:
                     t.ping(side)  # the stream towards it is between two frames
                     due = min(due, now + self.timeout)
                 else:
+                    _engage(sender)
                     sender.owe = True  # type: ignore[attr-defined]  # at its next frame boundary
                     due = min(due, now + self.timeout)
             else:
                 due = min(due, quiet)
+        if self.rest is not None:
+            _settle(t.client, self.rest)
+            _settle(t.upstream, self.rest)
         self.slot = idle_timers(t.loop).add(self, due)
 
 
@@ -867,8 +1005,10 @@ class Tunnel:
             side = _Side
         elif features is None:
             side = _SizedWsSide if sizes else _WsSide
+        elif sizes:
+            side = _SizedFeatSide
         else:
-            side = _SizedFeatSide if sizes else _FeatSide
+            side = _LimitSide if features.limits else _PingSide
         self.client = side(self, client)
         self.upstream = side(self, upstream)
         self.client.peer = self.upstream
@@ -1000,7 +1140,7 @@ class Tunnel:
         the deadline that traffic since then has moved it to."""
         if self._closed:
             return
-        deadline = self.last + self.read_timeout
+        deadline = max(self.last, self.client.last, self.upstream.last) + self.read_timeout
         now = self.clock()
         if now >= deadline - 0.001:
             self.timeout_reason = "upstream"
@@ -1038,6 +1178,7 @@ class Tunnel:
         side.peer.owe = False  # type: ignore[attr-defined]
         if side.lost or side.finished or self._closed or side.peer.eof:
             return  # (after the peer's FIN, the direction towards ``side`` is shut)
+        _engage(side)  # its Pong is to be found and dropped
         side.transport.write(control_frame(PING, PING_PAYLOAD, side is self.upstream))
         side.ping_at = self.clock()
 
@@ -1055,7 +1196,7 @@ class Tunnel:
         if not side.lost:
             side.transport.abort()
         if not other.lost:
-            if side.skip <= 0 and not other.finished:
+            if _between_frames(side) and not other.finished:
                 frame = close_frame(GOING_AWAY, REASONS[GOING_AWAY], other is self.upstream)
                 other.transport.write(frame)
             other.transport.close()
@@ -1091,8 +1232,11 @@ class Tunnel:
         delay = self.close_timeout if timeout is None else timeout
         self._away_handle = self.loop.call_later(delay, self._away_expired)
         for side in (self.client, self.upstream):
-            if side.partial and isinstance(side, _FeatSide):
-                side.out.write(side.partial)  # a feature side's carry was held back: relay it
+            if type(side) is _LimitSide:
+                side.engage()  # the going-away phases are the feature side's
+            if side.partial and type(side) in _HOLDING:
+                # A feature side's carry was held back: relay it (what it has not relayed).
+                side.out.write(side.partial[side.sent :] if side.sent else side.partial)  # type: ignore[attr-defined]
             if side.eof or side.peer.lost:
                 # Its FIN was passed on, or nobody reads this direction: nothing can follow.
                 self.drop(side)
