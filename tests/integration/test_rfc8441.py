@@ -241,6 +241,44 @@ def test_quit_sends_1001_inside_data(wsgate: Factory, bg: Loop, echo: int) -> No
     assert any(isinstance(f, GoAwayFrame) for f in got)
 
 
+def test_keepalive_pings_on_a_stream_and_their_pongs_consumed(
+    wsgate: Factory, bg: Loop, echo: int
+) -> None:
+    """issue 15's pings on an RFC 8441 tunnel: wsgate's Pings come inside the stream's DATA,
+    each answered Pong is consumed (the bytes the upstream got, ``$ws_bytes_in``, are the
+    text and the Close only), and the tunnel lives on through several ping rounds."""
+    gw = wsgate(
+        conf(
+            f"location /ws {{ proxy_pass http://127.0.0.1:{echo}; {UPGRADE}"
+            " websocket_ping_interval 200ms client; websocket_ping_timeout 2s;"
+            " access_log logs/ws.log ws; }",
+            http="log_format ws '$status $ws_bytes_in $ws_messages_in';",
+        )
+    )
+    c = Client(gw.port)
+    sid = connect(c)
+    assert c.headers[sid][b":status"] == b"200"
+    pings = 0
+    while pings < 3:
+        got = receive(c, sid, pings + 1)
+        opcode, payload = got[pings]
+        assert opcode == 9 and payload.startswith(b"wsgate:"), got
+        pings += 1
+        send(c, sid, frame(payload, opcode=10))  # the Pong a client owes
+    text, close = frame(b"still here", opcode=1), frame(b"\x03\xe8", opcode=8)
+    send(c, sid, text)
+    # Pings may come between: the echo is the first text frame from here on.
+    while (1, b"still here") not in receive(c, sid, pings + 1):
+        pings += 1
+    send(c, sid, close, end=True)
+    c.wait(sid)
+    c.close()
+    log = gw.prefix / "logs" / "ws.log"
+    wait_for(lambda: log.exists() and log.read_text().strip() != "", "the log line")
+    assert log.read_text().split() == ["200", str(len(text) + len(close)), "1"]
+    assert "timed out" not in gw.errors() and "[alert]" not in gw.errors()
+
+
 def test_upstream_refusal_and_other_refusals_are_stream_level(
     wsgate: Factory, bg: Loop, echo: int
 ) -> None:

@@ -14,12 +14,14 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+import trustme
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -27,6 +29,7 @@ from websockets.frames import Opcode
 
 from tests.conftest import WsgateProcess, start_wsgate
 from tests.helpers import REPO_ROOT, require_node
+from tests.integration.loopback import wait_for
 from tests.integration.test_websocket import CONF, SWITCH, handshake, start_raw
 from wsgate.proxy.frames import unmask
 
@@ -253,6 +256,58 @@ def test_pings_reach_a_real_client_and_their_pongs_are_consumed(tmp_path: Path) 
                 await ws.send("still here")
                 assert await ws.recv() == "still here"
             assert seen == [b"still here"]
+        finally:
+            gw.stop()
+            server.close()
+        assert "[alert]" not in gw.errors() and "timed out" not in gw.errors()
+
+    run(scenario())
+
+
+def test_pings_over_tls_and_their_pongs_consumed(tmp_path: Path) -> None:
+    """The same over ``listen ... ssl`` (a TLS transport under the tunnel's client side): a
+    ``websockets`` client over wss answers several rounds of Pings; what the upstream got
+    (``$ws_bytes_in``) is its text and its Close, not one Pong."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost")
+    crt, key = tmp_path / "l.crt", tmp_path / "l.key"
+    cert.cert_chain_pems[0].write_to_path(str(crt))
+    cert.private_key_pem.write_to_path(str(key))
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+
+    async def scenario() -> None:
+        server = await serve(echo, "127.0.0.1", 0, ping_interval=None)
+        port = server.sockets[0].getsockname()[1]
+        conf = (
+            CONF.format(port=port, extra=LOG + PINGS.format(side="client"))
+            .replace(
+                "listen 127.0.0.1:0;",
+                f"listen 127.0.0.1:0 ssl; ssl_certificate {crt}; ssl_certificate_key {key};"
+                " access_log logs/ws.log wsb;",
+            )
+            .replace("http {", "http { log_format wsb '$ws_bytes_in $ws_messages_in';", 1)
+        )
+        gw = await asyncio.to_thread(start_wsgate, tmp_path / "gw", conf)
+        logger, frames = frame_logger("client-tls", asyncio.get_running_loop())
+        try:
+            async with connect(
+                f"wss://127.0.0.1:{gw.port}/",
+                ssl=ctx,
+                server_hostname="localhost",
+                ping_interval=None,
+                compression=None,
+                logger=logger,
+            ) as ws:
+                await frames.wait_pings(4)
+                await ws.send("still here")  # a text frame of 2 + 4 + 10 bytes
+                assert await ws.recv() == "still here"
+            # ... and its Close 1000 of 2 + 4 + 2.
+            log = tmp_path / "gw" / "logs" / "ws.log"
+            await asyncio.to_thread(
+                wait_for, lambda: log.exists() and log.read_text() != "", "the log line"
+            )
+            assert log.read_text().split() == ["24", "1"]
         finally:
             gw.stop()
             server.close()
