@@ -7,7 +7,8 @@ callgrind, relays ``N`` ping-pong round trips of one message size on one tunnel 
 ``N1`` and ``N2`` round trips cancel start-up and shut-down: ``(I(N2) - I(N1)) / (2 (N2 - N1))``
 is the worker's instructions per relayed message (each round trip relays two: one each way).
 It does so for each configuration variant below: the features off, keepalive pings on, every
-limit on, pings and limits on, and ``websocket_metrics on``.
+limit on, the size limits alone, the rate limit alone, pings and limits on, and
+``websocket_metrics on``.
 
 Kernel work (the socket reads and writes, about half of a relayed message's CPU on this
 machine, see docs/benchmark.md) is not counted by callgrind, so a feature's share of the
@@ -43,6 +44,8 @@ VARIANTS: dict[str, str] = {
         "websocket_max_message_size 1m both; websocket_max_frame_size 1m both; "
         "websocket_message_rate 100000r/s burst=100000 both;"
     ),
+    "sizes": "websocket_max_message_size 1m both; websocket_max_frame_size 1m both;",
+    "rate": "websocket_message_rate 100000r/s burst=100000 both;",
     "pings+limits": (
         "websocket_ping_interval 30s both; websocket_ping_timeout 10s; "
         "websocket_max_message_size 1m both; websocket_max_frame_size 1m both; "

@@ -234,6 +234,46 @@ def test_rate_with_burst(loop: asyncio.AbstractEventLoop) -> None:
     assert written(t, "client")[2:4] == (1008).to_bytes(2, "big")
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_rate_is_limit_reqs_account(loop: asyncio.AbstractEventLoop, seed: int) -> None:
+    """Random arrival times (many at one instant): every message is relayed or refused as
+    nginx's ``limit_req`` account decides (``excess = max(0, excess - elapsed * rate + 1)``,
+    refused over the burst), the first refusal with its excess."""
+    import random
+
+    rng = random.Random(seed)
+    rate_milli, burst_milli = rng.choice(((1000, 2000), (3000, 5000), (16, 2000), (500, 0)))
+    now = [rng.uniform(1, 1e6)]
+    t = Tunnel(
+        loop,
+        FakeTransport(),  # type: ignore[arg-type]
+        FakeTransport(),  # type: ignore[arg-type]
+        read_timeout=1e9,
+        send_timeout_upstream=60,
+        send_timeout_client=60,
+        on_close=lambda t: None,
+        websocket=True,
+        clock=lambda: now[0],
+        features=WsFeatures(rate_client=rate_milli, burst=burst_milli),
+    )
+    rate, burst = rate_milli / 1000, burst_milli / 1000
+    excess, stamp = 0.0, -1e18
+    msg = frame(0x1, b"m")
+    for i in range(200):
+        now[0] += rng.choice((0.0, 0.0, 0.5 / rate, 1 / rate, rng.uniform(0, 3 / rate)))
+        want = max(0.0, excess - (now[0] - stamp) * rate + 1.0)
+        t.client.data_received(msg)
+        if want > burst + 1e-6:
+            assert t.note is not None, i
+            assert f"excess: {want:.3f} by" in t.note[1]
+            up = written(t, "upstream")
+            assert up[: len(msg) * i] == msg * i and up[len(msg) * i] == 0x88  # then the Close
+            return
+        assert t.note is None, (i, want, t.note)
+        excess, stamp = want, now[0]
+    assert written(t, "upstream") == msg * 200
+
+
 def test_ping_waits_for_a_boundary_and_its_pong_is_consumed(
     loop: asyncio.AbstractEventLoop,
 ) -> None:

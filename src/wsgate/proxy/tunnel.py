@@ -432,9 +432,9 @@ class _FeatSide(_WsSide):
         "max_frame",
         "max_whole",
         "rate",
-        "burst",
-        "excess",
-        "stamp",
+        "period",
+        "window",
+        "tat",
         "size",
         "close_to",
         "note",
@@ -454,10 +454,13 @@ class _FeatSide(_WsSide):
         self.max_message = _NO_LIMIT
         self.max_frame = _NO_LIMIT
         self.max_whole = _NO_LIMIT  # the smaller: the limit on a one-frame message
+        # The rate limit, limit_req's account in messages (:meth:`_check`): messages per
+        # second, seconds per message (0: no limit), the burst in seconds of it, and when
+        # the excess is drained (long ago: all drained).
         self.rate = 0.0
-        self.burst = 0.0
-        self.excess = 0.0  # limit_req's excess for this side's messages
-        self.stamp = -1e18  # when it was last accounted (long ago: all drained)
+        self.period = 0.0
+        self.window = 0.0
+        self.tat = -1e18
         self.size = 0  # wire payload bytes of this side's message in progress
         self.close_to = 0  # the code of the Close sent to ``peer`` when ending (0: ``going``)
         self.note: tuple[str, str] | None = None  # the error-log line of the tunnel's end
@@ -490,22 +493,8 @@ class _FeatSide(_WsSide):
                     size = int.from_bytes(data[2:10], "big") + _EXT[b1]
             if size >= n and b0 & 0x08 == 0 and not self.owe:
                 if self.limited:
-                    length = size - _HEAD[b1]
-                    if b0 & 0x8F in (0x81, 0x82) and length <= self.max_whole:
-                        # A whole message within the size limits (the common case,
-                        # without the call): only the rate to account.
-                        rate = self.rate
-                        if rate:
-                            excess = self.excess - (now - self.stamp) * rate + 1.0
-                            if excess < 0.0:
-                                excess = 0.0
-                            if excess <= self.burst:
-                                self.excess = excess
-                                self.stamp = now
-                                rate = 0.0
-                        refused = self._check(b0, length, now) if rate else None
-                    else:
-                        refused = self._check(b0, length, now)
+                    # (The common case is _LimitSide's fast path: here, engaged for a Ping.)
+                    refused = self._check(b0, size - _HEAD[b1], now)
                     if refused is not None:
                         self.nbytes -= n
                         self.tunnel.refuse(self, refused)
@@ -603,20 +592,21 @@ class _FeatSide(_WsSide):
             )
         if b0 & 0x0F:  # the first frame of a message
             size = length
-            rate = self.rate
-            if rate:
+            period = self.period
+            if period:
                 # limit_req's account (wsgate.limits), in messages: the excess drains at
-                # ``rate``, the message adds one, the first is free.
-                excess = self.excess - (now - self.stamp) * rate + 1.0
-                if excess < 0.0:
-                    excess = 0.0
-                if excess > self.burst:
+                # ``rate``, the message adds one, the first after a drain is free
+                # (``max(0, excess - elapsed * rate + 1)``, refused over the burst), kept as
+                # ``tat``, when the excess will be drained: the excess is
+                # ``(tat - now) * rate``, so the message's is ``(tat + period - now) *
+                # rate``, and ``tat`` becomes the later of ``tat + period`` and now.
+                due = self.tat + period
+                if due - now > self.window:
                     return POLICY_VIOLATION, (
                         f"limiting websocket messages from {self._who()}, excess: "
-                        f"{excess:.3f} by websocket_message_rate"
+                        f"{(due - now) * self.rate:.3f} by websocket_message_rate"
                     )
-                self.excess = excess
-                self.stamp = now
+                self.tat = due if due > now else now
         else:
             size = self.size + length
         if size > self.max_message:
@@ -822,19 +812,19 @@ class _LimitSide(_FeatSide):
                     size = ((data[2] << 8) | data[3]) + _EXT[b1]
                 else:
                     size = int.from_bytes(data[2:10], "big") + _EXT[b1]
-            if size >= n and _SINGLE[data[0]] and size - _HEAD[b1] <= self.max_whole:
-                rate = self.rate
-                if rate:
-                    # limit_req's account, as _FeatSide._check keeps it; a message over it
-                    # goes to _many, whose _check refuses it.
-                    excess = self.excess - (now - self.stamp) * rate + 1.0
-                    if excess < 0.0:
-                        excess = 0.0
-                    if excess > self.burst:
+                if size - _HEAD[b1] > self.max_whole:
+                    size = -1  # over a size limit: _many's _check refuses it
+            # (A 7-bit length, up to 125 bytes, is within every size limit of this class.)
+            if size >= n and _SINGLE[data[0]]:
+                period = self.period
+                if period:
+                    # _FeatSide._check's account; a message over it goes to _many, whose
+                    # _check refuses it.
+                    due = self.tat + period
+                    if due - now > self.window:
                         self._many(data, n, now)
                         return
-                    self.excess = excess
-                    self.stamp = now
+                    self.tat = due if due > now else now
                 self.skip = size - n
                 self.out.write(data)
                 self.messages += 1
@@ -1008,7 +998,17 @@ class Tunnel:
         elif sizes:
             side = _SizedFeatSide
         else:
-            side = _LimitSide if features.limits else _PingSide
+            side = _PingSide
+            if features.limits:
+                # _LimitSide's fast path takes every 7-bit length (up to 125 bytes) within the
+                # size limits; smaller limits (a curiosity) keep the feature side's checks.
+                small = min(
+                    features.max_message_client or _NO_LIMIT,
+                    features.max_frame_client or _NO_LIMIT,
+                    features.max_message_upstream or _NO_LIMIT,
+                    features.max_frame_upstream or _NO_LIMIT,
+                )
+                side = _LimitSide if small >= 125 else _FeatSide
         self.client = side(self, client)
         self.upstream = side(self, upstream)
         self.client.peer = self.upstream
@@ -1033,7 +1033,11 @@ class Tunnel:
             side.max_frame = frame or _NO_LIMIT
             side.max_whole = min(side.max_message, side.max_frame)
             side.rate = rate / 1000  # milli-messages per second, as limit_req keeps it
-            side.burst = f.burst / 1000
+            if rate:
+                side.period = 1000 / rate
+                # The burst in seconds of the rate, and a microsecond against the rounding
+                # of ``tat`` (the excess computed at one instant is exact).
+                side.window = f.burst / 1000 * side.period + 1e-6
         pinged = tuple(s for s, on in ((c, f.ping_client), (u, f.ping_upstream)) if on)
         if f.ping_interval and pinged:
             c.keep = _Keepalive(self, f, pinged)
