@@ -33,6 +33,7 @@ from wsgate.http.reqbody import RequestBody
 from wsgate.http.request import RequestHead
 from wsgate.http.response import InvalidHeader, ResponseEvent, ResponseHead, ResponseParser
 from wsgate.proxy.connect import HANDSHAKING, HandshakeFailed, UpstreamOpen, save_session
+from wsgate.proxy.deadline import Deadline
 from wsgate.proxy.endpoint import CountedEndpoint, Endpoint, KeptEndpoints, PeerClosed, Ready
 from wsgate.upstream.next import Failure, replayable
 from wsgate.upstream.pool import Kept
@@ -239,7 +240,7 @@ class Attempt:
         # The socket being connected is a connection (worker_connections, a descriptor) too.
         gw.upstream_opening()
         try:
-            async with asyncio.timeout(self.settings.proxy_connect_timeout):
+            async with Deadline(loop, self.settings.proxy_connect_timeout):
                 ep = await opening.run()
         except TimeoutError:
             if opening.ep is not None:

@@ -140,6 +140,10 @@ class Gateway:
         #: the listening sockets), measured when serving starts.
         self.fd_base = 0
         self._fds_measured = False
+        #: The soft ``RLIMIT_NOFILE``, read once per :meth:`serve` and at each pause, not per
+        #: connection (a ``prlimit64`` system call each): only ``worker_rlimit_nofile``, at
+        #: the worker's start, changes it (nginx reads it once, at start, too).
+        self._nofile: int | None = None
         self._retry_timer: asyncio.TimerHandle | None = None
         self.groups: dict[BindKey, ListenGroup] = {}
         self.peer_groups: dict[object, PeerGroup] = {}
@@ -243,6 +247,7 @@ class Gateway:
         if self.control is not None:
             self.control.start()
         self._fds_measured = False  # measured at the first accept, with the loop running
+        self._nofile = None
         for group in groups.values():
             if group.acceptor is not None:
                 # A socket kept across a reload: new connections get the new servers and
@@ -296,7 +301,9 @@ class Gateway:
         return max(over, 0)
 
     def _fd_room(self) -> int:
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        soft = self._nofile
+        if soft is None:
+            soft = self._nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         if soft == resource.RLIM_INFINITY:
             return 1 << 62
         # One spare: the runtime opens a descriptor or two of its own lazily, after the
@@ -306,6 +313,7 @@ class Gateway:
     def _measure_fds(self) -> None:
         """:attr:`fd_base`, from the descriptors open now (Linux ``/proc``; elsewhere an
         ``accept4()`` EMFILE still stops accepting); never lowered while serving."""
+        self._nofile = None  # read again
         try:
             open_fds = len(os.listdir("/proc/self/fd")) - 1  # the listing's own descriptor
         except OSError:
