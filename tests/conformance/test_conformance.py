@@ -22,7 +22,7 @@ def test_nginx_suite_files_reach_their_expected_counts() -> None:
     if shutil.which("perl") is None:
         pytest.skip("perl is not installed: nginx's harness is a Perl program")
     expected = run.read_expected()
-    results = run.run(list(expected))
+    results = run.run(list(expected), expected=expected)
     table, ok = run.report(results, expected)
     print("\n" + table)
     below = [r.name for r in results if r.passed < expected[r.name].passed]
