@@ -404,6 +404,8 @@ class Gateway:
     def tunnel_closed(self) -> None:
         """An open tunnel ended (or a fast stop abandoned it)."""
         self.tunnel_count -= 1
+        if self.stopping and self._drained():
+            self._finish()
 
     def upstream_opening(self) -> None:
         """An upstream connection is being opened: counted from now, as nginx counts the
@@ -448,9 +450,11 @@ class Gateway:
             self._maybe_resume()
 
     def _drained(self) -> bool:
-        """No connection left: none open, and none accepted whose protocol has yet to start
-        (a retiring worker must serve those too: the kernel gave them to it)."""
-        return not self.connections and not self.accepting
+        """No connection left: none open, none accepted whose protocol has yet to start (a
+        retiring worker must serve those too: the kernel gave them to it), and no tunnel: an
+        RFC 8441 tunnel learns that its HTTP/2 connection ended a moment after the connection
+        itself, and its end (the access-log line, the counts) must not be cut off."""
+        return not self.connections and not self.accepting and not self.tunnel_count
 
     def accept_settled(self, started: bool) -> None:
         """An accepted socket has its protocol (``started``), or never will (a fast stop)."""
