@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -84,17 +84,24 @@ def frame(opcode: int, payload: bytes, fin: bool = True, mask: bool = True) -> b
 
 
 def tunnel(
-    loop: asyncio.AbstractEventLoop, features: WsFeatures | None, sizes: bool = False
+    loop: asyncio.AbstractEventLoop,
+    features: WsFeatures | None,
+    sizes: bool = False,
+    clock: Callable[[], float] | None = None,
+    read_timeout: float = 60,
 ) -> Tunnel:
+    """A WebSocket tunnel between two FakeTransports; ``clock`` (a test's own time) for the
+    ones whose timers a test drives."""
     t = Tunnel(
         loop,
         FakeTransport(),  # type: ignore[arg-type]
         FakeTransport(),  # type: ignore[arg-type]
-        read_timeout=60,
+        read_timeout=read_timeout,
         send_timeout_upstream=60,
         send_timeout_client=60,
         on_close=lambda t: None,
         websocket=True,
+        clock=clock,
         features=features,
         sizes=sizes,
     )
@@ -206,18 +213,8 @@ def test_frame_limit_at_and_over(loop: asyncio.AbstractEventLoop, size: int, ref
 
 def test_rate_with_burst(loop: asyncio.AbstractEventLoop) -> None:
     now = [100.0]
-    t = Tunnel(
-        loop,
-        FakeTransport(),  # type: ignore[arg-type]
-        FakeTransport(),  # type: ignore[arg-type]
-        read_timeout=60,
-        send_timeout_upstream=60,
-        send_timeout_client=60,
-        on_close=lambda t: None,
-        websocket=True,
-        clock=lambda: now[0],
-        features=WsFeatures(rate_client=1000, burst=2000),  # 1 r/s burst=2
-    )
+    # 1 r/s burst=2
+    t = tunnel(loop, WsFeatures(rate_client=1000, burst=2000), clock=lambda: now[0])
     msg = frame(0x1, b"m")
     for _ in range(3):  # the first, then a burst of 2
         t.client.data_received(msg)
@@ -244,17 +241,11 @@ def test_rate_is_limit_reqs_account(loop: asyncio.AbstractEventLoop, seed: int) 
     rng = random.Random(seed)
     rate_milli, burst_milli = rng.choice(((1000, 2000), (3000, 5000), (16, 2000), (500, 0)))
     now = [rng.uniform(1, 1e6)]
-    t = Tunnel(
+    t = tunnel(
         loop,
-        FakeTransport(),  # type: ignore[arg-type]
-        FakeTransport(),  # type: ignore[arg-type]
-        read_timeout=1e9,
-        send_timeout_upstream=60,
-        send_timeout_client=60,
-        on_close=lambda t: None,
-        websocket=True,
+        WsFeatures(rate_client=rate_milli, burst=burst_milli),
         clock=lambda: now[0],
-        features=WsFeatures(rate_client=rate_milli, burst=burst_milli),
+        read_timeout=1e9,
     )
     rate, burst = rate_milli / 1000, burst_milli / 1000
     excess, stamp = 0.0, -1e18
@@ -278,17 +269,11 @@ def test_ping_waits_for_a_boundary_and_its_pong_is_consumed(
     loop: asyncio.AbstractEventLoop,
 ) -> None:
     now = [0.0]
-    t = Tunnel(
+    t = tunnel(
         loop,
-        FakeTransport(),  # type: ignore[arg-type]
-        FakeTransport(),  # type: ignore[arg-type]
-        read_timeout=600,
-        send_timeout_upstream=60,
-        send_timeout_client=60,
-        on_close=lambda t: None,
-        websocket=True,
+        WsFeatures(ping_interval=10, ping_timeout=5, ping_client=True),
         clock=lambda: now[0],
-        features=WsFeatures(ping_interval=10, ping_timeout=5, ping_client=True),
+        read_timeout=600,
     )
     big = frame(0x2, b"q" * 1000, mask=False)
     t.upstream.data_received(big[:100])  # the upstream is mid-frame towards the client
@@ -325,17 +310,11 @@ def test_ping_sides_are_plain_but_while_a_ping_is_owed_or_awaited(
     header split across reads, already relayed), the pinged side while its Pong is awaited;
     both go plain again at the next check."""
     now = [0.0]
-    t = Tunnel(
+    t = tunnel(
         loop,
-        FakeTransport(),  # type: ignore[arg-type]
-        FakeTransport(),  # type: ignore[arg-type]
-        read_timeout=600,
-        send_timeout_upstream=60,
-        send_timeout_client=60,
-        on_close=lambda t: None,
-        websocket=True,
+        WsFeatures(ping_interval=10, ping_timeout=5, ping_client=True),
         clock=lambda: now[0],
-        features=WsFeatures(ping_interval=10, ping_timeout=5, ping_client=True),
+        read_timeout=600,
     )
     assert type(t.client) is type(t.upstream) is _PingSide
     assert _PingSide.data_received is _WsSide.data_received
@@ -387,17 +366,11 @@ def test_no_ping_after_the_direction_is_shut(loop: asyncio.AbstractEventLoop) ->
     """Half-close: once the upstream's FIN was passed to the client, nothing may be written
     to the client, so it is not pinged (nor closed for not answering)."""
     now = [0.0]
-    t = Tunnel(
+    t = tunnel(
         loop,
-        FakeTransport(),  # type: ignore[arg-type]
-        FakeTransport(),  # type: ignore[arg-type]
-        read_timeout=600,
-        send_timeout_upstream=60,
-        send_timeout_client=60,
-        on_close=lambda t: None,
-        websocket=True,
+        WsFeatures(ping_interval=10, ping_timeout=5, ping_client=True),
         clock=lambda: now[0],
-        features=WsFeatures(ping_interval=10, ping_timeout=5, ping_client=True),
+        read_timeout=600,
     )
     t.upstream.eof_received()
     keep = t.client.keep  # type: ignore[attr-defined]
@@ -481,17 +454,11 @@ def test_dead_side_mid_frame_gets_no_close_into_its_stream(
     """The silent client stopped in the middle of a frame: no Close can follow that frame,
     so the upstream only gets the end of the connection (its library sees 1006)."""
     now = [0.0]
-    t = Tunnel(
+    t = tunnel(
         loop,
-        FakeTransport(),  # type: ignore[arg-type]
-        FakeTransport(),  # type: ignore[arg-type]
-        read_timeout=600,
-        send_timeout_upstream=60,
-        send_timeout_client=60,
-        on_close=lambda t: None,
-        websocket=True,
+        WsFeatures(ping_interval=10, ping_timeout=5, ping_client=True),
         clock=lambda: now[0],
-        features=WsFeatures(ping_interval=10, ping_timeout=5, ping_client=True),
+        read_timeout=600,
     )
     half = frame(0x2, b"h" * 500)[:100]
     t.client.data_received(half)
