@@ -30,6 +30,7 @@ from websockets.frames import Opcode
 from tests.conftest import WsgateProcess, start_wsgate
 from tests.helpers import REPO_ROOT, require_node
 from tests.integration.loopback import wait_for
+from tests.integration.test_http2 import tls_files  # noqa: F401 - a fixture
 from tests.integration.test_websocket import CONF, SWITCH, handshake, start_raw
 from wsgate.proxy.frames import unmask
 
@@ -264,15 +265,14 @@ def test_pings_reach_a_real_client_and_their_pongs_are_consumed(tmp_path: Path) 
     run(scenario())
 
 
-def test_pings_over_tls_and_their_pongs_consumed(tmp_path: Path) -> None:
+def test_pings_over_tls_and_their_pongs_consumed(
+    tmp_path: Path,
+    tls_files: tuple[trustme.CA, str, str],  # noqa: F811
+) -> None:
     """The same over ``listen ... ssl`` (a TLS transport under the tunnel's client side): a
     ``websockets`` client over wss answers several rounds of Pings; what the upstream got
     (``$ws_bytes_in``) is its text and its Close, not one Pong."""
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost")
-    crt, key = tmp_path / "l.crt", tmp_path / "l.key"
-    cert.cert_chain_pems[0].write_to_path(str(crt))
-    cert.private_key_pem.write_to_path(str(key))
+    ca, crt, key = tls_files
     ctx = ssl.create_default_context()
     ca.configure_trust(ctx)
 
