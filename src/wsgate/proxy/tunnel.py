@@ -762,6 +762,13 @@ class _SizedFeatSide(_FeatSide):
         _FeatSide.data_received(self, data)
 
 
+def _become(side: _FeatSide, cls: type[_FeatSide]) -> None:
+    """``side`` is a ``cls`` from now on (``__class__`` assignment: the same slots), and its
+    transport is given it again: uvloop keeps the bound ``data_received`` of its protocol."""
+    side.__class__ = cls
+    side.transport.set_protocol(side)
+
+
 class _PingSide(_FeatSide):
     """A side of a tunnel whose only feature is keepalive pings, while no Ping of wsgate's
     concerns it: it relays with the plain :class:`_WsSide` method itself, so a message costs
@@ -780,8 +787,7 @@ class _PingSide(_FeatSide):
 
     def engage(self) -> None:
         self.sent = len(self.partial) if self.skip < 0 else 0
-        self.__class__ = _FeatSide  # type: ignore[assignment]
-        self.transport.set_protocol(self)  # uvloop keeps the bound data_received
+        _become(self, _FeatSide)
 
 
 class _LimitSide(_FeatSide):
@@ -832,8 +838,7 @@ class _LimitSide(_FeatSide):
         self._many(data, n, now)
 
     def engage(self) -> None:
-        self.__class__ = _FeatSide  # type: ignore[assignment]
-        self.transport.set_protocol(self)
+        _become(self, _FeatSide)
 
 
 #: The classes of sides whose ``partial`` is held back, not relayed (beyond ``sent``).
@@ -857,8 +862,7 @@ def _settle(side: _Side, rest: type[_FeatSide]) -> None:
         and side.phase == _RELAY
         and not side.lost
     ):
-        side.__class__ = rest
-        side.transport.set_protocol(side)
+        _become(side, rest)
 
 
 def _between_frames(side: _Side) -> bool:
