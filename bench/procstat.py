@@ -5,6 +5,8 @@
   children, found through ``/proc/PID/task/TID/children``. A measurement takes two samples
   and subtracts them, so wall time, other processes and time spent waiting never count.
   Field 14/15 are in clock ticks (``SC_CLK_TCK``, 100 a second), so windows are seconds long.
+* On-CPU time to the nanosecond: :func:`on_cpu_ns` (``/proc/PID/task/TID/schedstat``), for
+  windows of a second (bench/feature_ab.py's slices).
 * Everything else: :func:`system_busy` (``/proc/stat``) is the busy time of all CPUs, so
   that a run can report how much CPU went to processes it does not know about.
 * Memory: ``Pss`` from ``/proc/PID/smaps_rollup``, the resident memory with each shared page
@@ -27,6 +29,7 @@ __all__ = [
     "descendants",
     "kernel_threads",
     "memory_kib",
+    "on_cpu_ns",
     "process_tree",
     "system_busy",
 ]
@@ -101,6 +104,26 @@ def cpu_sample(roots: Iterable[int]) -> CpuSample:
         user += int(fields[11]) + int(fields[13])
         system += int(fields[12]) + int(fields[14])
     return CpuSample(user / _TICK, system / _TICK)
+
+
+def on_cpu_ns(roots: Iterable[int]) -> int:
+    """Nanoseconds on a CPU (user and kernel together) of every thread of the processes under
+    ``roots``: the first field of ``/proc/PID/task/TID/schedstat`` (``sum_exec_runtime``),
+    exact where :func:`cpu_sample` counts clock ticks. Threads that have exited are not
+    counted, so a window must not span a worker's end."""
+    total = 0
+    for pid in process_tree(roots):
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+    return total
 
 
 def kernel_threads(prefix: str = "ksoftirqd/") -> list[int]:

@@ -147,6 +147,10 @@ class Proxy:
     #: ``listen ... http2``: HTTP/2 with prior knowledge beside HTTP/1.1 on the same port
     #: (wsgate and nginx; RFC 8441 WebSockets over it in wsgate).
     http2: bool = False
+    #: Location directives for wsgate alone; None: those of BENCH_WSGATE_EXTRA.
+    extra: str | None = None
+    #: Environment variables set for the proxy's processes (e.g. WSGATE_PURE=1).
+    env: dict[str, str] = field(default_factory=dict)
 
     def nginx_conf(self, port: int, for_wsgate: bool) -> str:
         nofile = _nofile_hard()
@@ -156,7 +160,9 @@ class Proxy:
         listen += " http2" if self.http2 else ""
         # BENCH_WSGATE_EXTRA (run.py's --wsgate-extra): location directives for wsgate alone,
         # e.g. its WebSocket features, to measure what they cost.
-        features = os.environ.get(WSGATE_EXTRA, "") if for_wsgate else ""
+        features = "" if not for_wsgate else self.extra
+        if features is None:
+            features = os.environ.get(WSGATE_EXTRA, "")
         # nginx-only lines: run workers as root like wsgate, temp files inside the prefix.
         extra = "" if for_wsgate else "user root;\n" if os.geteuid() == 0 else ""
         temps = (
@@ -265,6 +271,7 @@ backend echo
                 stderr=stderr,
                 preexec_fn=_raise_nofile,
                 cwd=self.workdir,
+                env={**os.environ, **self.env},
             )
             for cmd in commands
         ]

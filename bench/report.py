@@ -429,6 +429,10 @@ def markdown(results: dict[str, Any]) -> str:
         from bench.http2 import markdown as h2_markdown
 
         parts.append(h2_markdown(results["h2"]))
+    if results.get("features"):
+        from bench.feature_ab import markdown as features_markdown
+
+        parts.append(features_markdown(results["features"]))
     parts += [
         "## Bottleneck check\n",
         "CPU is the fraction of one CPU used over the window (from /proc/PID/stat). *Load* "

@@ -28,7 +28,10 @@ Figures (each for all three proxies, and as a ratio to nginx; see :mod:`bench.re
    while it serves a 1 GiB file to 50 slow clients;
 8. HTTP/2 (``--parts h2``, :mod:`bench.http2`): requests/s and CPU per request of wsgate and
    nginx under ``h2load`` (a small file and a proxied request), and wsgate's CPU per relayed
-   WebSocket message over RFC 8441 streams against HTTP/1.1.
+   WebSocket message over RFC 8441 streams against HTTP/1.1;
+9. what the WebSocket features cost (``--parts features``, :mod:`bench.feature_ab`): CPU per
+   relayed message with keepalive pings, the message limits and both on against none, in
+   paired slices that cancel the machine's drift.
 
 CPU time comes from the proxy processes' own accounting (:mod:`bench.procstat`), sampled by
 the load generator at the start and end of its counting window. Before measuring, each proxy
@@ -134,7 +137,11 @@ class Settings:
         "profile",
         "static",
         "h2",
+        "features",
     )
+    #: features (bench/feature_ab.py): rounds of paired slices, and the slice's seconds.
+    feature_rounds: int = 40
+    feature_slice: float = 1.0
     #: h2 (bench/http2.py): h2load's connections and concurrent streams per connection, and
     #: how many times each HTTP/2 figure is measured (the least CPU is kept).
     h2_clients: int = 10
@@ -159,7 +166,9 @@ class Settings:
             idle=(50, 150),
             hold=200,
             hold_seconds=0.2,
-            parts=("relay", "saturation", "handshake", "latency", "idle", "hold", "static", "h2"),
+            parts=tuple(p for p in cls.parts if p != "profile"),
+            feature_rounds=2,
+            feature_slice=0.2,
             static_slow=1.0,
             h2_sets=1,
             smoke=True,
@@ -792,6 +801,16 @@ def run(s: Settings, keep: bool = False, quiet_wait: float = 0.0) -> dict[str, A
                     results,
                     "h2",
                     lambda: run_h2(procs, work / "h2", (proxy_cpus, load_cpus), s, _log),
+                )
+            if "wsgate" in proxies and "features" in s.parts:
+                from bench.feature_ab import run as run_features
+
+                results["features"] = _step(
+                    results,
+                    "features",
+                    lambda: run_features(
+                        (64, 4096), s.conns, s.feature_rounds, 0.2, s.feature_slice
+                    ),
                 )
         finally:
             procs.stop_all()

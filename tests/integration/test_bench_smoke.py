@@ -164,3 +164,33 @@ def test_http2_measured(smoke: tuple[Path, dict[str, Any]]) -> None:
             r = h2["requests"]["best"][name][what]
             assert r["succeeded"] == r["requests"] > 0, (name, what, r)
             assert isinstance(r["cpu_per_request_us"], float), (name, what, r)
+
+
+def test_feature_cost_measured(smoke: tuple[Path, dict[str, Any]]) -> None:
+    out, results = smoke
+    features = results["features"]
+    assert features is not None, results.get("errors")
+    assert list(features["variants"]) == ["off", "pings", "limits", "pings+limits"]
+    assert [s["size"] for s in features["sizes"]] == [64, 4096]
+    for s in features["sizes"]:
+        assert len(s["rounds"]) == results["settings"]["feature_rounds"]
+        for name in features["variants"]:
+            assert all(row[name] > 0 for row in s["rounds"]), (name, s["rounds"])
+            v = s["variants"][name]
+            low, high = v["ratio_to_off_ci95"]
+            assert low <= v["ratio_to_off"] <= high, (name, v)
+    assert "## What the WebSocket features cost" in (out / "results.md").read_text()
+
+
+def test_feature_cost_ratio_and_interval() -> None:
+    """The figure is the ratio of mean CPU per message, and its bootstrap interval closes
+    on it when every round says the same."""
+    from bench.feature_ab import _interval, _ratio
+
+    rows = [{"off": 10.0 + r, "on": 1.1 * (10.0 + r)} for r in range(8)]
+    assert _ratio(rows, "on") == pytest.approx(1.1)
+    assert _interval(rows, "on") == pytest.approx((1.1, 1.1))
+    noisy = [{"off": 10.0, "on": 9.0}, {"off": 10.0, "on": 13.0}] * 4
+    low, high = _interval(noisy, "on")
+    assert _ratio(noisy, "on") == pytest.approx(1.1)
+    assert low < 1.1 < high and high - low > 0.1
