@@ -5,13 +5,13 @@ BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest install node debs bench soak conformance clean
+.PHONY: run test lint typecheck pytest pytest-pure install node debs bench soak conformance clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-$(STAMP): $(BIN)/python pyproject.toml
+$(STAMP): $(BIN)/python pyproject.toml setup.py src/wsgate/proxy/_frames.c
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
@@ -76,8 +76,17 @@ typecheck: $(STAMP)
 pytest: $(STAMP) node debs
 	$(BIN)/pytest -q -n 2 --dist worksteal
 
+## The frame scanner's tests and the tunnel's again on the pure-Python scanner (WSGATE_PURE=1),
+## which a machine without a C compiler runs (the rest of the suite runs the compiled one).
+PURE_TESTS := tests/unit/test_frames.py tests/unit/test_frames_compiled.py \
+	tests/unit/test_ws_features.py tests/unit/test_ws_metrics.py tests/unit/test_tunnel_context.py \
+	tests/integration/test_close_frames.py tests/integration/test_ws_features.py \
+	tests/integration/test_ws_metrics.py tests/integration/test_tunnel_lifecycle.py
+pytest-pure: $(STAMP) node
+	WSGATE_PURE=1 $(BIN)/pytest -q -n 2 -p no:cacheprovider $(PURE_TESTS)
+
 ## make test: installs everything the tests need, then linters, type checks and pytest.
-test: lint typecheck pytest
+test: lint typecheck pytest pytest-pure
 
 ## make conformance: files of nginx's own test suite (../shared/nginx-tests, or NGINX_TESTS=) run
 ## against wsgate through nginx's Perl harness; prints passed/planned per file beside the counts

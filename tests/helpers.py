@@ -428,3 +428,21 @@ class PtyPeer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def install_wheel(wheel: Path, venv: Path) -> Path:
+    """Install ``wheel`` alone into a new virtual environment ``venv``, its dependencies
+    taken from this environment (a ``.pth`` file, offline); returns its site-packages."""
+    import uvloop
+
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python")]
+        + ["install", "-q", "--no-deps", "--no-index", str(wheel)],
+        check=True,
+        capture_output=True,
+    )
+    (site,) = (venv / "lib").glob("python3*/site-packages")
+    deps = Path(uvloop.__file__).resolve().parents[1]
+    (site / "wsgate_test_deps.pth").write_text(f"{deps}\n")
+    return site

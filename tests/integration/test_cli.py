@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import signal
 import socket
@@ -31,6 +32,17 @@ def test_version_and_help() -> None:
     big_v = run("-V")
     assert big_v.stderr.startswith("wsgate version: wsgate/0.1.0\n")
     assert "configure arguments:" in big_v.stderr
+    built = importlib.util.find_spec("wsgate.proxy._frames") is not None
+    scanner = "compiled" if built and not os.environ.get("WSGATE_PURE") else "pure Python"
+    assert f"\nframe scanner: {scanner}" in big_v.stderr
+    pure = subprocess.run(
+        [*WSGATE, "-V"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "WSGATE_PURE": "1"},
+    )
+    assert "\nframe scanner: pure Python (WSGATE_PURE)\n" in pure.stderr
     h = run("-h")
     assert "-s signal" in h.stderr and h.returncode == 0
     bad = run("-x")

@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 
 import pytest
-import uvloop
 
 from tests.conftest import WsgateProcess, start_wsgate
+from tests.helpers import install_wheel
 from tests.integration.test_process_model import (
     Backend,
     Client,
@@ -56,19 +56,10 @@ def installs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         capture_output=True,
     )
     (wheel,) = wheels.glob("wsgate-*.whl")
-    deps = Path(uvloop.__file__).resolve().parents[1]
     scripts = []
     for name, version in (("v1", None), ("v2", NEW_VERSION)):
         venv = base / name
-        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-        subprocess.run(
-            [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python")]
-            + ["install", "-q", "--no-deps", "--no-index", str(wheel)],
-            check=True,
-            capture_output=True,
-        )
-        (site,) = (venv / "lib").glob("python3*/site-packages")
-        (site / "wsgate_test_deps.pth").write_text(f"{deps}\n")
+        site = install_wheel(wheel, venv)
         if version is not None:
             init = site / "wsgate" / "__init__.py"
             text = init.read_text()

@@ -99,11 +99,15 @@ def configure_arguments() -> str:
 
 
 def version_lines(server_token: str) -> str:
-    """What ``wsgate -V`` prints (nginx's layout: version, compiler, TLS library, arguments)."""
+    """What ``wsgate -V`` prints (nginx's layout: version, compiler, TLS library, arguments),
+    with which WebSocket frame scanner runs (compiled, or pure Python: see frames.py)."""
+    from wsgate.proxy.frames import SCANNER
+
     return (
         f"wsgate version: {server_token}\n"
         f"follows nginx version: nginx/{NGINX_BEHAVIOUR}\n"
         f"built with {ssl.OPENSSL_VERSION}\n"
+        f"frame scanner: {SCANNER}\n"
         "TLS SNI support enabled\n"
         f"configure arguments: {configure_arguments()}\n"
     )

@@ -28,6 +28,7 @@ frame, so the count is the same.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import NamedTuple
 
 __all__ = [
@@ -44,6 +45,8 @@ __all__ = [
     "HEADER_SIZE",
     "REASONS",
     "SERVICE_RESTART",
+    "PURE_SCANNERS",
+    "SCANNER",
     "SMALL_FRAME",
     "ScanState",
     "close_code",
@@ -167,7 +170,7 @@ def scan(data: bytes, state: ScanState) -> ScanState:
     return ScanState(*scan_fields(data, *state))
 
 
-def scan_fields(
+def _scan_fields(
     data: bytes, skip: int, partial: bytes, messages: int, close_seen: int
 ) -> tuple[int, bytes, int, int]:
     """:func:`scan` on the fields of a :class:`ScanState`, returning them as a plain tuple.
@@ -234,7 +237,7 @@ def size_bucket(size: int) -> int:
     return BUCKET_BY_BITS[min((size - 1).bit_length(), 64)]
 
 
-def scan_sizes(
+def _scan_sizes(
     data: bytes, skip: int, partial: bytes, size: int, counts: list[int]
 ) -> tuple[int, bytes, int]:
     """The message-size histogram of a stream: each complete data message (§5.4) adds one
@@ -283,6 +286,25 @@ def scan_sizes(
     if pos < n:
         return 0, data[pos:], size
     return pos - n, b"", size
+
+
+#: The pure-Python scanners, and those the tunnel calls: the compiled ones of
+#: ``wsgate.proxy._frames`` (src/wsgate/proxy/_frames.c, the same results) when the extension
+#: was built and ``WSGATE_PURE`` is not set to a non-empty value, else these.
+PURE_SCANNERS = (_scan_fields, _scan_sizes)
+scan_fields: Callable[[bytes, int, bytes, int, int], tuple[int, bytes, int, int]] = _scan_fields
+scan_sizes: Callable[[bytes, int, bytes, int, list[int]], tuple[int, bytes, int]] = _scan_sizes
+SCANNER = "pure Python (WSGATE_PURE)" if os.environ.get("WSGATE_PURE") else "pure Python"
+if not os.environ.get("WSGATE_PURE"):
+    try:
+        from wsgate.proxy import _frames
+    except ImportError:  # built without a compiler: the extension is optional
+        pass
+    else:
+        _frames.fallback(_scan_fields, _scan_sizes)  # lengths past 2**62 go back to Python
+        scan_fields = _frames.scan_fields
+        scan_sizes = _frames.scan_sizes
+        SCANNER = "compiled"
 
 
 def header_at(data: bytes, pos: int) -> tuple[int, int] | None:

@@ -1,0 +1,365 @@
+/*
+ * wsgate.proxy._frames: the WebSocket frame scanner of wsgate.proxy.frames, compiled.
+ *
+ * scan_fields() and scan_sizes() here return exactly what the pure-Python functions of
+ * frames.py return (tests/unit/test_frames_compiled.py checks it on random streams split
+ * at random points).  frames.py uses these when the extension was built and WSGATE_PURE
+ * is not set; a machine without a compiler installs without it (the extension is optional
+ * in pyproject.toml) and runs the Python ones.
+ *
+ * Only headers are read (RFC 6455 section 5.2); payload is stepped over by its length.
+ * A stream whose lengths do not fit 62 bits (a 64-bit length with its top bits set, a
+ * malformed stream the endpoints will fail), or arguments of another type, are handed to
+ * the Python function given to fallback(): Python's integers have no bound, and the rare
+ * case keeps their exact answer.  Neither function has side effects before it decides
+ * that, so handing over at any point gives the same result.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define CLOSE_SEEN 0x10000L
+#define NO_STATUS 1005L
+#define HUGE_LENGTH ((uint64_t)1 << 62)
+#define BUCKETS 10 /* frames.SIZE_BUCKETS; the counts list has BUCKETS + 2 cells */
+
+static PyObject *py_scan_fields = NULL;
+static PyObject *py_scan_sizes = NULL;
+
+/* The header at d[pos]: 1 with its length (masking key included) and payload length,
+ * 0 while its length bytes are incomplete, -1 for a length of 2**62 or more. */
+static int
+header_at(const unsigned char *d, Py_ssize_t n, Py_ssize_t pos, Py_ssize_t *head,
+          uint64_t *length)
+{
+    if (pos + 2 > n)
+        return 0;
+    unsigned int b1 = d[pos + 1];
+    unsigned int len7 = b1 & 0x7F;
+    Py_ssize_t h = 2;
+    uint64_t len = len7;
+    if (len7 == 126) {
+        if (pos + 4 > n)
+            return 0;
+        len = ((uint64_t)d[pos + 2] << 8) | d[pos + 3];
+        h = 4;
+    }
+    else if (len7 == 127) {
+        if (pos + 10 > n)
+            return 0;
+        len = 0;
+        for (int i = 0; i < 8; i++)
+            len = (len << 8) | d[pos + 2 + i];
+        h = 10;
+    }
+    if (b1 & 0x80)
+        h += 4;
+    *head = h;
+    *length = len;
+    return len >= HUGE_LENGTH ? -1 : 1;
+}
+
+/* frames.FRAME_KIND: 1 for the final frame of a data message, -1 for a Close, else 0. */
+static inline int
+frame_kind(unsigned int b0)
+{
+    if ((b0 & 0x0F) == 0x8)
+        return -1;
+    b0 &= 0x8F;
+    return b0 == 0x80 || b0 == 0x81 || b0 == 0x82;
+}
+
+/* frames.close_code_at: CLOSE_SEEN | the code of the Close at d[pos], 0 while incomplete. */
+static long
+close_code_at(const unsigned char *d, Py_ssize_t n, Py_ssize_t pos)
+{
+    Py_ssize_t head;
+    uint64_t length;
+    if (header_at(d, n, pos, &head, &length) == 0)
+        return 0;
+    if (length < 2)
+        return CLOSE_SEEN | NO_STATUS;
+    Py_ssize_t start = pos + head;
+    if (start + 2 > n)
+        return 0;
+    unsigned int hi = d[start], lo = d[start + 1];
+    if (d[pos + 1] & 0x80) { /* masked: the key is the header's last 4 bytes */
+        hi ^= d[start - 4];
+        lo ^= d[start - 3];
+    }
+    return CLOSE_SEEN | (long)(hi << 8) | (long)lo;
+}
+
+/* An int argument as a long long within [0, 2**62), or -1 (not an int, or out of range). */
+static long long
+small_int(PyObject *o)
+{
+    if (!PyLong_CheckExact(o))
+        return -1;
+    int overflow;
+    long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (overflow || v < 0 || (uint64_t)v >= HUGE_LENGTH) {
+        if (v == -1 && PyErr_Occurred())
+            PyErr_Clear();
+        return -1;
+    }
+    return v;
+}
+
+static PyObject *
+hand_over(PyObject *fn, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (fn == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "wsgate.proxy._frames: fallback() not called");
+        return NULL;
+    }
+    return PyObject_Vectorcall(fn, args, nargs, NULL);
+}
+
+/* The result of scan_fields; takes the reference to ``partial`` (NULL: an error is set). */
+static PyObject *
+fields_result(long long skip, PyObject *partial, long long messages, long close_seen)
+{
+    return Py_BuildValue("(LNLl)", skip, partial, messages, close_seen);
+}
+
+/* ``partial`` and at most ``most`` first bytes of ``d`` into ``buf`` (64 bytes; ``partial``
+ * has at most 48): the carried-over header, completed.  Returns its length. */
+static Py_ssize_t
+carry(unsigned char *buf, PyObject *partial, const unsigned char *d, Py_ssize_t n,
+      Py_ssize_t most)
+{
+    Py_ssize_t plen = PyBytes_GET_SIZE(partial);
+    Py_ssize_t take = n < most ? n : most;
+    memcpy(buf, PyBytes_AS_STRING(partial), plen);
+    memcpy(buf + plen, d, take);
+    return plen + take;
+}
+
+/* scan_fields(data, skip, partial, messages, close_seen) -> (skip, partial, messages,
+ * close_seen): frames.scan_fields. */
+static PyObject *
+scan_fields(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "scan_fields() takes 5 arguments");
+        return NULL;
+    }
+    PyObject *data = args[0], *partial = args[2];
+    long long skip = small_int(args[1]);
+    long long messages = small_int(args[3]);
+    long long seen = small_int(args[4]);
+    if (!PyBytes_CheckExact(data) || !PyBytes_CheckExact(partial) || skip < 0 ||
+        messages < 0 || seen < 0 || seen > LONG_MAX || PyBytes_GET_SIZE(partial) > 48)
+        return hand_over(py_scan_fields, args, nargs);
+    long close_seen = (long)seen;
+    const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(data);
+    Py_ssize_t n = PyBytes_GET_SIZE(data);
+    Py_ssize_t pos = (Py_ssize_t)skip;
+    Py_ssize_t plen = PyBytes_GET_SIZE(partial);
+    Py_ssize_t head;
+    uint64_t length;
+    if (plen) {
+        /* the carried-over header, completed with at most 15 bytes of data */
+        unsigned char buf[64];
+        Py_ssize_t blen = carry(buf, partial, d, n, 15);
+        int r = header_at(buf, blen, 0, &head, &length);
+        if (r == 0)
+            return fields_result(0, PyBytes_FromStringAndSize((char *)buf, blen), messages,
+                                 close_seen);
+        int kind = frame_kind(buf[0]);
+        if (kind > 0)
+            messages++;
+        else if (kind && !close_seen) {
+            close_seen = close_code_at(buf, blen, 0);
+            if (!close_seen)
+                return fields_result(0, PyBytes_FromStringAndSize((char *)buf, blen),
+                                     messages, 0);
+        }
+        if (r < 0)
+            return hand_over(py_scan_fields, args, nargs);
+        pos = head + (Py_ssize_t)length - plen;
+        if (pos < 0) /* a partial longer than its frame: not what the tunnel passes */
+            return hand_over(py_scan_fields, args, nargs);
+    }
+    Py_ssize_t last = n - 1; /* a header needs its second byte */
+    while (pos < last) {
+        unsigned int b1 = d[pos + 1];
+        unsigned int len7 = b1 & 0x7F;
+        Py_ssize_t size;
+        if (len7 < 126)
+            size = len7 + ((b1 & 0x80) ? 6 : 2);
+        else if (len7 == 126) {
+            if (pos + 4 > n)
+                break;
+            size = (((Py_ssize_t)d[pos + 2] << 8) | d[pos + 3]) + ((b1 & 0x80) ? 8 : 4);
+        }
+        else {
+            if (pos + 10 > n)
+                break;
+            uint64_t len = 0;
+            for (int i = 0; i < 8; i++)
+                len = (len << 8) | d[pos + 2 + i];
+            if (len >= HUGE_LENGTH)
+                return hand_over(py_scan_fields, args, nargs);
+            size = (Py_ssize_t)len + ((b1 & 0x80) ? 14 : 10);
+        }
+        int kind = frame_kind(d[pos]);
+        if (kind > 0)
+            messages++;
+        else if (kind && !close_seen) {
+            close_seen = close_code_at(d, n, pos);
+            if (!close_seen)
+                break; /* its code is still to come: carried over as a split header */
+        }
+        pos += size;
+    }
+    if (pos < n)
+        return fields_result(0, PyBytes_FromStringAndSize((const char *)d + pos, n - pos),
+                             messages, close_seen);
+    return fields_result(pos - n, PyBytes_FromStringAndSize(NULL, 0), messages, close_seen);
+}
+
+/* frames.BUCKET_BY_BITS[min((size - 1).bit_length(), 64)] */
+static inline int
+bucket(uint64_t size)
+{
+    int bits = size == 0 ? 1 : (size == 1 ? 0 : 64 - __builtin_clzll(size - 1));
+    int b = (bits - 5) / 2;
+    if (bits < 5)
+        b = 0;
+    return b > BUCKETS ? BUCKETS : b;
+}
+
+/* scan_sizes(data, skip, partial, size, counts) -> (skip, partial, size): frames.scan_sizes.
+ * The counts are summed here and added to the list at the end, so that a hand-over to
+ * Python (which adds its own) never counts a message twice. */
+static PyObject *
+scan_sizes(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "scan_sizes() takes 5 arguments");
+        return NULL;
+    }
+    PyObject *data = args[0], *partial = args[2], *counts = args[4];
+    long long skip = small_int(args[1]);
+    long long size0 = small_int(args[3]);
+    if (!PyBytes_CheckExact(data) || !PyBytes_CheckExact(partial) || skip < 0 || size0 < 0 ||
+        !PyList_CheckExact(counts) || PyList_GET_SIZE(counts) != BUCKETS + 2 ||
+        PyBytes_GET_SIZE(partial) > 48)
+        return hand_over(py_scan_sizes, args, nargs);
+    uint64_t size = (uint64_t)size0;
+    uint64_t add[BUCKETS + 2] = {0};
+    const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(data);
+    Py_ssize_t n = PyBytes_GET_SIZE(data);
+    Py_ssize_t pos = (Py_ssize_t)skip;
+    Py_ssize_t plen = PyBytes_GET_SIZE(partial);
+    Py_ssize_t head;
+    uint64_t length;
+    PyObject *rest;
+    if (plen) {
+        unsigned char buf[64];
+        Py_ssize_t blen = carry(buf, partial, d, n, 9);
+        int r = header_at(buf, blen, 0, &head, &length);
+        if (r == 0) {
+            rest = PyBytes_FromStringAndSize((char *)buf, blen);
+            pos = n; /* skip 0 */
+            goto done;
+        }
+        if (r < 0)
+            return hand_over(py_scan_sizes, args, nargs);
+        unsigned int b0 = buf[0];
+        if (!(b0 & 0x08)) { /* a data frame (opcodes 0x0-0x7) */
+            size += length;
+            if (b0 & 0x80) {
+                add[bucket(size)] += 1;
+                add[BUCKETS + 1] += size;
+                size = 0;
+            }
+        }
+        pos = head + (Py_ssize_t)length - plen;
+        if (pos < 0) /* a partial longer than its frame: not what the tunnel passes */
+            return hand_over(py_scan_sizes, args, nargs);
+    }
+    Py_ssize_t last = n - 1;
+    while (pos < last) {
+        int r = header_at(d, n, pos, &head, &length);
+        if (r == 0)
+            break;
+        if (r < 0 || size >= HUGE_LENGTH)
+            return hand_over(py_scan_sizes, args, nargs);
+        unsigned int b0 = d[pos];
+        if (!(b0 & 0x08)) {
+            size += length;
+            if (b0 & 0x80) {
+                add[bucket(size)] += 1;
+                add[BUCKETS + 1] += size;
+                size = 0;
+            }
+        }
+        pos += head + (Py_ssize_t)length;
+    }
+    if (size >= HUGE_LENGTH || add[BUCKETS + 1] >= HUGE_LENGTH)
+        return hand_over(py_scan_sizes, args, nargs);
+    if (pos < n) {
+        rest = PyBytes_FromStringAndSize((const char *)d + pos, n - pos);
+        pos = n;
+    }
+    else
+        rest = PyBytes_FromStringAndSize(NULL, 0);
+done:
+    if (rest == NULL)
+        return NULL;
+    for (int i = 0; i < BUCKETS + 2; i++) {
+        if (!add[i])
+            continue;
+        PyObject *old = PyList_GET_ITEM(counts, i);
+        PyObject *inc = PyLong_FromUnsignedLongLong(add[i]);
+        PyObject *sum = inc ? PyNumber_Add(old, inc) : NULL;
+        Py_XDECREF(inc);
+        if (sum == NULL) {
+            Py_DECREF(rest);
+            return NULL;
+        }
+        PyList_SetItem(counts, i, sum); /* steals sum, releases old */
+    }
+    return Py_BuildValue("(nNK)", pos - n, rest, (unsigned long long)size);
+}
+
+/* fallback(scan_fields, scan_sizes): the pure-Python functions for what C hands over. */
+static PyObject *
+fallback(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyCallable_Check(args[0]) || !PyCallable_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "fallback() takes two functions");
+        return NULL;
+    }
+    Py_INCREF(args[0]);
+    Py_INCREF(args[1]);
+    Py_XSETREF(py_scan_fields, args[0]);
+    Py_XSETREF(py_scan_sizes, args[1]);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"scan_fields", (PyCFunction)(void (*)(void))scan_fields, METH_FASTCALL,
+     "frames.scan_fields, compiled."},
+    {"scan_sizes", (PyCFunction)(void (*)(void))scan_sizes, METH_FASTCALL,
+     "frames.scan_sizes, compiled."},
+    {"fallback", (PyCFunction)(void (*)(void))fallback, METH_FASTCALL,
+     "fallback(scan_fields, scan_sizes): the Python functions for what C hands over."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "wsgate.proxy._frames",
+    "The WebSocket frame scanner of wsgate.proxy.frames, compiled.", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__frames(void)
+{
+    return PyModule_Create(&module);
+}

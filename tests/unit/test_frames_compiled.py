@@ -1,0 +1,142 @@
+"""The compiled frame scanner (``wsgate.proxy._frames``) returns what the Python one does.
+
+Both are run on the same chunks of the same streams, with the same state carried between
+reads, and every return value is compared: well-formed streams of every frame kind and
+length encoding split at random points, garbage, Close frames split in their code, and the
+cases the C code hands back to Python (64-bit lengths past 2**62, arguments of other types).
+tests/unit/test_frames.py checks the scanner the tunnel uses against a whole-stream parse,
+so with the extension built it checks the compiled one, and under ``WSGATE_PURE=1`` the
+Python one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.unit.test_frames import random_stream
+from wsgate.proxy import frames
+
+py_fields, py_sizes = frames.PURE_SCANNERS
+
+try:
+    from wsgate.proxy import _frames
+except ImportError:  # pragma: no cover - only where no compiler built it
+    if shutil.which("cc") or shutil.which("gcc"):
+        raise  # a compiler is here: the extension must have been built (pip install -e .)
+    pytest.skip("no C compiler: the extension was not built", allow_module_level=True)
+# (frames.py registers them when it uses the extension; under WSGATE_PURE it does not.)
+_frames.fallback(py_fields, py_sizes)
+
+
+def both_fields(chunks: list[bytes], skip: int = 0, partial: bytes = b"") -> None:
+    """Scan ``chunks`` with both implementations, comparing after every chunk."""
+    state = (skip, partial, 0, 0)
+    for chunk in chunks:
+        want = py_fields(chunk, *state)
+        got = _frames.scan_fields(chunk, *state)
+        assert got == want, (chunk[:32], state)
+        state = want
+
+
+def both_sizes(chunks: list[bytes], skip: int = 0, partial: bytes = b"") -> None:
+    state = (skip, partial, 0)
+    n = len(frames.SIZE_BUCKETS) + 2
+    want_counts, got_counts = [0] * n, [0] * n
+    for chunk in chunks:
+        want = py_sizes(chunk, *state, want_counts)
+        got = _frames.scan_sizes(chunk, *state, got_counts)
+        assert got == want and got_counts == want_counts, (chunk[:32], state)
+        state = want
+
+
+def chunked(rng: random.Random, data: bytes, most: int = 60) -> list[bytes]:
+    if len(data) < 2:
+        return [data]
+    cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, rng.randint(1, most))))
+    return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+
+
+def test_random_streams_split_at_random_points() -> None:
+    rng = random.Random(16)
+    for _ in range(300):
+        data, _ = random_stream(rng, rng.randint(1, 30))
+        chunks = chunked(rng, data)
+        both_fields(chunks)
+        both_sizes(chunks)
+
+
+def test_every_split_of_a_stream_of_every_kind() -> None:
+    rng = random.Random(3)
+    data, refs = random_stream(rng, 25)
+    for k in range(len(data) + 1):
+        if any(r.known + 20 < k < r.end - 3 for r in refs):
+            continue  # inside a long payload: the same case as its neighbours
+        both_fields([data[:k], data[k:]])
+        both_sizes([data[:k], data[k:]])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.binary(min_size=0, max_size=40), min_size=1, max_size=8))
+def test_garbage(chunks: list[bytes]) -> None:
+    both_fields(chunks)
+    both_sizes(chunks)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_a_close_split_inside_its_code(masked: bool) -> None:
+    key = b"\x01\x02\x03\x04" if masked else b""
+    close = bytes((0x88, (0x80 if masked else 0) | 4)) + key + b"\x03\xe8ok"
+    stream = b"\x81\x02hi" + close + b"\x82\x01x"
+    for k in range(len(stream) + 1):
+        for j in range(k, len(stream) + 1):
+            both_fields([stream[:k], stream[k:j], stream[j:]])
+
+
+def test_lengths_past_2_62_are_handed_to_python() -> None:
+    for top in (0x40, 0x7F, 0x80, 0xFF):
+        huge = bytes((0x82, 127, top)) + bytes(7)
+        both_fields([huge + b"xyz"])
+        both_fields([b"\x81\x00" + huge[:5], huge[5:] + b"more"])
+        both_sizes([huge + b"xyz"])
+        both_sizes([b"\x82\x00" + huge[:4], huge[4:]])
+    # a skip or a message size past what C keeps, carried in from Python
+    assert _frames.scan_fields(b"abc", 1 << 70, b"", 5, 0) == py_fields(b"abc", 1 << 70, b"", 5, 0)
+    counts_c, counts_py = [0] * 12, [0] * 12
+    assert _frames.scan_sizes(b"\x80\x01x", 0, b"", 1 << 63, counts_c) == py_sizes(
+        b"\x80\x01x", 0, b"", 1 << 63, counts_py
+    )
+    assert counts_c == counts_py and counts_py[-1] == (1 << 63) + 1
+
+
+def test_other_argument_types_are_handed_to_python() -> None:
+    data = bytearray(b"\x81\x02hi\x82")
+    assert _frames.scan_fields(data, 0, b"", 0, 0) == py_fields(data, 0, b"", 0, 0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        _frames.scan_fields(b"x", 0, b"", 0)  # type: ignore[call-arg]
+
+
+def test_the_tunnel_uses_the_compiled_scanner_unless_told_not_to() -> None:
+    assert frames.SCANNER == (
+        "pure Python (WSGATE_PURE)" if os.environ.get("WSGATE_PURE") else "compiled"
+    )
+    code = "from wsgate.proxy import frames; print(frames.SCANNER, frames.scan_fields.__module__)"
+    for env, want in (
+        ("1", "pure Python (WSGATE_PURE) wsgate.proxy.frames"),
+        ("", "compiled wsgate.proxy._frames"),
+    ):
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "WSGATE_PURE": env},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert out.stdout.strip() == want
