@@ -16,12 +16,13 @@ import random
 import shutil
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.unit.test_frames import random_stream
+from tests.unit.test_frames import build, random_stream
 from wsgate.proxy import frames
 
 py_fields, py_sizes = frames.PURE_SCANNERS
@@ -142,3 +143,133 @@ def test_the_tunnel_uses_the_compiled_scanner_unless_told_not_to() -> None:
             check=True,
         )
         assert out.stdout.strip() == want
+
+
+class _Out:
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+
+def _side_class(base: type) -> type:
+    """A side on ``base`` whose ``_frames`` is the tunnel's relaying branch of it."""
+
+    class Side(base):  # type: ignore[misc, valid-type]
+        __slots__ = ("partial",)
+
+        def __init__(self) -> None:
+            self.out = _Out()
+            ticks = iter(range(1, 1 << 30))
+            self.clock = lambda: float(next(ticks))
+            self.last = 0.0
+            self.nbytes = self.skip = self.messages = 0
+            self.partial = b""
+
+        def _frames(self, data: bytes) -> None:
+            self.out.write(data)
+            skip, self.partial, self.messages, _ = py_fields(
+                data, max(self.skip, 0), self.partial, self.messages, 0
+            )
+            self.skip = -1 if self.partial else skip
+
+    return Side
+
+
+def _state(side: object) -> tuple[object, ...]:
+    s: Any = side
+    return (s.skip, s.messages, s.nbytes, s.last, s.partial, s.out.chunks)
+
+
+def test_the_compiled_side_relays_as_the_python_one() -> None:
+    """``SideBase.relay_ws``/``relay`` against ``_PySideBase``'s, chunk by chunk: the same
+    writes, skip, message count, byte count and read stamps."""
+    from wsgate.proxy.tunnel import _PySideBase
+
+    compiled, python = _side_class(_frames.SideBase), _side_class(_PySideBase)
+    rng = random.Random(8)
+    for _ in range(200):
+        data, _ = random_stream(rng, rng.randint(1, 20))
+        c, p = compiled(), python()
+        for chunk in chunked(rng, data):
+            c.relay_ws(chunk)
+            p.relay_ws(chunk)
+            assert _state(c) == _state(p), chunk[:16]
+        c.relay(b"raw")
+        p.relay(b"raw")
+        assert _state(c) == _state(p)
+
+
+def test_the_compiled_side_keeps_skip_in_62_bits() -> None:
+    side = _side_class(_frames.SideBase)()
+    side.skip = 1 << 70
+    assert side.skip == 1 << 62  # a frame that long is never reached
+    side.skip = -1
+    assert side.skip == -1
+    huge = bytes((0x82, 127, 0xFF)) + bytes(7) + b"x"
+    side.skip = 0
+    side.relay_ws(huge)  # past 2**62: the scanner's path, then clamped
+    assert side.skip == 1 << 62 and side.out.chunks == [huge]
+
+
+def _limit_class(base: type, method: object) -> type:
+    """A side on ``base`` with _FeatSide's limit fields, relaying with ``method``; its
+    ``_many`` (the feature side's general path) records what it is given and relays it."""
+
+    class Limited(base):  # type: ignore[misc, valid-type]
+        __slots__ = ("max_whole", "period", "window", "tat", "many")
+        data_received = method
+
+        def __init__(self, max_whole: int, rate: float, burst: float) -> None:
+            self.out = _Out()
+            ticks = iter(range(1, 1 << 30))
+            self.clock = lambda: next(ticks) / 1000.0  # a message every millisecond
+            self.last = 0.0
+            self.nbytes = self.skip = self.messages = 0
+            self.max_whole = max_whole
+            self.period = 1.0 / rate if rate else 0.0
+            self.window = burst / rate if rate else 0.0
+            self.tat = -1e18
+            self.many: list[tuple[bytes, int, float]] = []
+
+        def _many(self, data: bytes, n: int, now: float) -> None:
+            self.many.append((data, n, now))
+            self.out.write(data)
+            self.skip = 0  # (the real one scans; here every chunk starts at a header)
+
+    return Limited
+
+
+def test_the_compiled_limit_side_checks_as_the_python_one() -> None:
+    """``SideBase.relay_limited`` against ``_LimitSide``'s Python method: the same chunks
+    relayed, the same ones handed to ``_many``, the same rate account, on messages of every
+    length encoding against size limits and rates that are passed and not."""
+    from wsgate.proxy.tunnel import _LimitSide, _PySideBase
+
+    compiled = _limit_class(_frames.SideBase, _frames.SideBase.relay_limited)
+    python = _limit_class(_PySideBase, _LimitSide._relay_limited)
+    rng = random.Random(15)
+    fast = handed = refused_by_rate = 0
+    for _ in range(300):
+        limit = rng.choice([125, 126, 200, 65535, 65536, 1 << 20, 1 << 63])
+        rate, burst = rng.choice([(0.0, 0.0), (500.0, 0.0), (1000.0, 5.0), (2000.0, 50.0)])
+        c, p = compiled(limit, rate, burst), python(limit, rate, burst)
+        for _ in range(40):
+            size = rng.choice([0, 5, 125, 126, 200, 65535, 65536, 70000])
+            b0 = rng.choice([0x81, 0x82, 0xC2, 0x02, 0x80, 0x89, 0x88])
+            frame = build([(b0 & 0x80 != 0, b0 & 0x0F, size, rng.random() < 0.5)])[0]
+            frame = bytes((b0,)) + frame[1:]  # keep the RSV bits too
+            cut = rng.choice([len(frame), len(frame), 1, 5, 9, 11])
+            for chunk in (frame[:cut], frame[cut:]):
+                if chunk:
+                    c.data_received(chunk)
+                    p.data_received(chunk)
+                    fields = ("tat", "many", "skip", "messages", "nbytes", "last")
+                    assert [getattr(c, f) for f in fields] == [getattr(p, f) for f in fields]
+                    assert c.out.chunks == p.out.chunks
+            c.skip = p.skip = 0
+        fast += c.messages
+        handed += len(c.many)
+        refused_by_rate += bool(rate) and any(n > 1 and d[0] in (0x81, 0x82) for d, n, _ in c.many)
+    assert fast > 1000 and handed > 1000 and refused_by_rate > 10  # every branch was taken

@@ -1,5 +1,6 @@
 /*
- * wsgate.proxy._frames: the WebSocket frame scanner of wsgate.proxy.frames, compiled.
+ * wsgate.proxy._frames: the WebSocket frame scanner of wsgate.proxy.frames, compiled, and
+ * the per-chunk relaying of a tunnel side (SideBase, below).
  *
  * scan_fields() and scan_sizes() here return exactly what the pure-Python functions of
  * frames.py return (tests/unit/test_frames_compiled.py checks it on random streams split
@@ -18,6 +19,7 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#include <structmember.h>
 
 #define CLOSE_SEEN 0x10000L
 #define NO_STATUS 1005L
@@ -342,6 +344,343 @@ fallback(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* ---------------------------------------------------------------------------------------
+ * SideBase: the hot fields of a tunnel side (proxy/tunnel.py's _Side) and its per-chunk
+ * relaying, data_received of the plain side (relay) and of a WebSocket side (relay_ws).
+ * tunnel.py's _Side subclasses it (and asyncio.Protocol), adding the rest as __slots__; its
+ * pure-Python twin there (_PySideBase) has the same fields and methods.  Each method does
+ * what the Python one does, step for step: one write of the chunk to ``out``, the byte
+ * count, the read stamp ``last = clock()``, and for a WebSocket side the frame-boundary
+ * arithmetic of the fast path; every other chunk goes to the side's own ``_frames``.
+ *
+ * ``skip`` is kept in 62 bits: a frame longer than 2**62 bytes (4 EiB, only a malformed
+ * 64-bit length) is taken as that long, which no stream reaches.
+ * ------------------------------------------------------------------------------------- */
+typedef struct {
+    PyObject_HEAD
+    PyObject *out;   /* the peer's transport, or the discarding sink */
+    PyObject *clock; /* the worker's clock (loop.time) */
+    double last;     /* when this side was last read */
+    long long nbytes;
+    long long skip;
+    long long messages;
+} SideBase;
+
+static PyObject *str_write = NULL;
+static PyObject *str_frames = NULL;
+static PyObject *str_many = NULL;
+static PyObject *str_max_whole = NULL;
+static PyObject *str_period = NULL;
+static PyObject *str_window = NULL;
+static PyObject *str_tat = NULL;
+
+static int
+side_traverse(SideBase *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->out);
+    Py_VISIT(self->clock);
+    return 0;
+}
+
+static int
+side_clear(SideBase *self)
+{
+    Py_CLEAR(self->out);
+    Py_CLEAR(self->clock);
+    return 0;
+}
+
+static void
+side_dealloc(SideBase *self)
+{
+    PyObject_GC_UnTrack(self);
+    side_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* out.write(data), nbytes += n, last = clock(): the end of every chunk's relaying. */
+static inline int
+side_write(SideBase *self, PyObject *data)
+{
+    PyObject *args[2] = {self->out, data};
+    if (self->out == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "out");
+        return -1;
+    }
+    PyObject *r = PyObject_VectorcallMethod(str_write, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                            NULL);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+static inline PyObject *
+side_stamp(SideBase *self, Py_ssize_t n)
+{
+    self->nbytes += n;
+    if (self->clock == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "clock");
+        return NULL;
+    }
+    PyObject *now = PyObject_CallNoArgs(self->clock);
+    if (now == NULL)
+        return NULL;
+    double t = PyFloat_AsDouble(now);
+    Py_DECREF(now);
+    if (t == -1.0 && PyErr_Occurred())
+        return NULL;
+    self->last = t;
+    Py_RETURN_NONE;
+}
+
+/* _Side.data_received: a byte stream, relayed as it comes. */
+static PyObject *
+side_relay(SideBase *self, PyObject *data)
+{
+    Py_ssize_t n = PyObject_Length(data);
+    if (n < 0 || side_write(self, data) < 0)
+        return NULL;
+    return side_stamp(self, n);
+}
+
+/* _WsSide.data_received: as side_relay, keeping ``skip`` (bytes to the next frame header)
+ * and ``messages``; a chunk that is not inside one frame and not one frame (or the start of
+ * one) with no other header goes to ``self._frames(data)``. */
+static PyObject *
+side_relay_ws(SideBase *self, PyObject *data)
+{
+    if (!PyBytes_CheckExact(data)) {
+        Py_ssize_t n = PyObject_Length(data);
+        if (n < 0)
+            return NULL;
+        PyObject *r = PyObject_CallMethodOneArg((PyObject *)self, str_frames, data);
+        if (r == NULL)
+            return NULL;
+        Py_DECREF(r);
+        return side_stamp(self, n);
+    }
+    const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(data);
+    Py_ssize_t n = PyBytes_GET_SIZE(data);
+    long long skip = self->skip;
+    if (n <= skip) {
+        /* inside one frame's payload, up to its end at most: no header in this chunk */
+        self->skip = skip - n;
+        if (side_write(self, data) < 0)
+            return NULL;
+        return side_stamp(self, n);
+    }
+    if (skip == 0 && n > 1) {
+        unsigned int b1 = d[1], len7 = b1 & 0x7F;
+        long long size = -1;
+        if (len7 < 126)
+            size = len7 + ((b1 & 0x80) ? 6 : 2);
+        else if (n > 9) {
+            if (len7 == 126)
+                size = (((long long)d[2] << 8) | d[3]) + ((b1 & 0x80) ? 8 : 4);
+            else {
+                uint64_t len = 0;
+                for (int i = 0; i < 8; i++)
+                    len = (len << 8) | d[2 + i];
+                size = len < HUGE_LENGTH ? (long long)len + ((b1 & 0x80) ? 14 : 10) : -1;
+            }
+        }
+        int kind = frame_kind(d[0]);
+        if (size >= n && kind >= 0) {
+            self->skip = size - n;
+            if (side_write(self, data) < 0)
+                return NULL;
+            self->messages += kind;
+            return side_stamp(self, n);
+        }
+    }
+    PyObject *r = PyObject_CallMethodOneArg((PyObject *)self, str_frames, data);
+    if (r == NULL)
+        return NULL;
+    Py_DECREF(r);
+    return side_stamp(self, n);
+}
+
+/* A float attribute of a Python slot of the side (_FeatSide's limit fields). */
+static inline int
+side_float(PyObject *self, PyObject *name, double *out)
+{
+    PyObject *v = PyObject_GetAttr(self, name);
+    if (v == NULL)
+        return -1;
+    *out = PyFloat_AsDouble(v);
+    Py_DECREF(v);
+    return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static PyObject *
+side_many(SideBase *self, PyObject *data, Py_ssize_t n, PyObject *now)
+{
+    PyObject *count = PyLong_FromSsize_t(n);
+    if (count == NULL)
+        return NULL;
+    PyObject *args[4] = {(PyObject *)self, data, count, now};
+    PyObject *r = PyObject_VectorcallMethod(str_many, args, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                            NULL);
+    Py_DECREF(count);
+    return r;
+}
+
+/* _LimitSide.data_received: a message of one data frame within the size limits is checked
+ * against the rate (limit_req's account in GCRA form, tunnel.py's _FeatSide._check) and
+ * relayed; anything else goes to ``self._many(data, n, now)``.  The limit fields
+ * (max_whole, period, window, tat) are the Python slots of _FeatSide, read only for a
+ * chunk that starts with a header. */
+static PyObject *
+side_relay_limited(SideBase *self, PyObject *data)
+{
+    Py_ssize_t n = PyObject_Length(data);
+    if (n < 0 || self->clock == NULL)
+        return n < 0 ? NULL : side_stamp(self, 0);
+    PyObject *nowobj = PyObject_CallNoArgs(self->clock);
+    if (nowobj == NULL)
+        return NULL;
+    PyObject *result = NULL;
+    double now = PyFloat_AsDouble(nowobj);
+    if (now == -1.0 && PyErr_Occurred())
+        goto done;
+    self->nbytes += n;
+    self->last = now;
+    long long skip = self->skip;
+    if (n <= skip) {
+        self->skip = skip - n;
+        if (side_write(self, data) == 0)
+            result = Py_NewRef(Py_None);
+        goto done;
+    }
+    if (skip == 0 && n > 1 && PyBytes_CheckExact(data)) {
+        const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(data);
+        unsigned int b0 = d[0], b1 = d[1], len7 = b1 & 0x7F;
+        long long size = -1;
+        if (len7 < 126)
+            size = len7 + ((b1 & 0x80) ? 6 : 2); /* 125 bytes at most: within every limit */
+        else if (n > 9) {
+            uint64_t len = 0;
+            if (len7 == 126)
+                len = ((uint64_t)d[2] << 8) | d[3];
+            else
+                for (int i = 0; i < 8; i++)
+                    len = (len << 8) | d[2 + i];
+            PyObject *most = PyObject_GetAttr((PyObject *)self, str_max_whole);
+            if (most == NULL)
+                goto done;
+            int overflow;
+            long long limit = PyLong_AsLongLongAndOverflow(most, &overflow);
+            Py_DECREF(most);
+            if (limit == -1 && PyErr_Occurred())
+                goto done;
+            if (len < HUGE_LENGTH && (overflow > 0 || (long long)len <= limit))
+                size = (long long)len + (len7 == 126 ? 4 : 10) + ((b1 & 0x80) ? 4 : 0);
+        }
+        /* a final text or binary frame (any RSV bits): a message of one frame */
+        if (size >= n && (b0 & 0x80) && ((b0 & 0x0F) == 1 || (b0 & 0x0F) == 2)) {
+            double period;
+            if (side_float((PyObject *)self, str_period, &period) < 0)
+                goto done;
+            if (period != 0.0) {
+                double tat, window;
+                if (side_float((PyObject *)self, str_tat, &tat) < 0 ||
+                    side_float((PyObject *)self, str_window, &window) < 0)
+                    goto done;
+                double due = tat + period;
+                if (due - now > window) {
+                    result = side_many(self, data, n, nowobj);
+                    goto done;
+                }
+                PyObject *t = PyFloat_FromDouble(due > now ? due : now);
+                if (t == NULL)
+                    goto done;
+                int bad = PyObject_SetAttr((PyObject *)self, str_tat, t);
+                Py_DECREF(t);
+                if (bad < 0)
+                    goto done;
+            }
+            self->skip = size - n;
+            if (side_write(self, data) < 0)
+                goto done;
+            self->messages += 1;
+            result = Py_NewRef(Py_None);
+            goto done;
+        }
+    }
+    result = side_many(self, data, n, nowobj);
+done:
+    Py_DECREF(nowobj);
+    if (result != NULL && result != Py_None) {
+        Py_DECREF(result);
+        result = Py_NewRef(Py_None);
+    }
+    return result;
+}
+
+static PyObject *
+side_get_skip(SideBase *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromLongLong(self->skip);
+}
+
+static int
+side_set_skip(SideBase *self, PyObject *value, void *Py_UNUSED(closure))
+{
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete skip");
+        return -1;
+    }
+    int overflow;
+    long long v = PyLong_AsLongLongAndOverflow(value, &overflow);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (overflow > 0 || v > (long long)HUGE_LENGTH)
+        v = (long long)HUGE_LENGTH; /* a frame past 2**62 bytes: never reached */
+    else if (overflow < 0)
+        v = -1;
+    self->skip = v;
+    return 0;
+}
+
+static PyMemberDef side_members[] = {
+    {"out", T_OBJECT, offsetof(SideBase, out), 0, "the peer's transport (or the sink)"},
+    {"clock", T_OBJECT, offsetof(SideBase, clock), 0, "the worker's clock"},
+    {"last", T_DOUBLE, offsetof(SideBase, last), 0, "when this side was last read"},
+    {"nbytes", T_LONGLONG, offsetof(SideBase, nbytes), 0, "bytes read from this side"},
+    {"messages", T_LONGLONG, offsetof(SideBase, messages), 0, "data messages read"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyGetSetDef side_getset[] = {
+    {"skip", (getter)side_get_skip, (setter)side_set_skip,
+     "bytes to the next frame header (-1: see _WsSide)", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef side_methods[] = {
+    {"relay", (PyCFunction)side_relay, METH_O, "_Side.data_received, compiled."},
+    {"relay_ws", (PyCFunction)side_relay_ws, METH_O, "_WsSide.data_received, compiled."},
+    {"relay_limited", (PyCFunction)side_relay_limited, METH_O,
+     "_LimitSide.data_received, compiled."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject SideBaseType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "wsgate.proxy._frames.SideBase",
+    .tp_basicsize = sizeof(SideBase),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The hot fields and per-chunk relaying of a tunnel side (tunnel.py's _Side).",
+    .tp_traverse = (traverseproc)side_traverse,
+    .tp_clear = (inquiry)side_clear,
+    .tp_dealloc = (destructor)side_dealloc,
+    .tp_methods = side_methods,
+    .tp_members = side_members,
+    .tp_getset = side_getset,
+    .tp_new = PyType_GenericNew,
+};
+
 static PyMethodDef methods[] = {
     {"scan_fields", (PyCFunction)(void (*)(void))scan_fields, METH_FASTCALL,
      "frames.scan_fields, compiled."},
@@ -361,5 +700,26 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__frames(void)
 {
-    return PyModule_Create(&module);
+    if (PyType_Ready(&SideBaseType) < 0)
+        return NULL;
+    str_write = PyUnicode_InternFromString("write");
+    str_frames = PyUnicode_InternFromString("_frames");
+    str_many = PyUnicode_InternFromString("_many");
+    str_max_whole = PyUnicode_InternFromString("max_whole");
+    str_period = PyUnicode_InternFromString("period");
+    str_window = PyUnicode_InternFromString("window");
+    str_tat = PyUnicode_InternFromString("tat");
+    if (!str_write || !str_frames || !str_many || !str_max_whole || !str_period || !str_window ||
+        !str_tat)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&SideBaseType);
+    if (PyModule_AddObject(m, "SideBase", (PyObject *)&SideBaseType) < 0) {
+        Py_DECREF(&SideBaseType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

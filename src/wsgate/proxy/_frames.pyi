@@ -11,3 +11,14 @@ def fallback(
     scan_sizes: Callable[[bytes, int, bytes, int, list[int]], tuple[int, bytes, int]],
     /,
 ) -> None: ...
+
+class SideBase:
+    out: object
+    clock: object
+    last: float
+    nbytes: int
+    skip: int
+    messages: int
+    def relay(self, data: bytes, /) -> None: ...
+    def relay_ws(self, data: bytes, /) -> None: ...
+    def relay_limited(self, data: bytes, /) -> None: ...

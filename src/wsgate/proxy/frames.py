@@ -47,6 +47,7 @@ __all__ = [
     "SERVICE_RESTART",
     "PURE_SCANNERS",
     "SCANNER",
+    "SIDE_BASE",
     "SMALL_FRAME",
     "ScanState",
     "close_code",
@@ -295,6 +296,9 @@ PURE_SCANNERS = (_scan_fields, _scan_sizes)
 scan_fields: Callable[[bytes, int, bytes, int, int], tuple[int, bytes, int, int]] = _scan_fields
 scan_sizes: Callable[[bytes, int, bytes, int, list[int]], tuple[int, bytes, int]] = _scan_sizes
 SCANNER = "pure Python (WSGATE_PURE)" if os.environ.get("WSGATE_PURE") else "pure Python"
+#: The compiled base of the tunnel's sides (``_frames.SideBase``: their hot fields and
+#: per-chunk relaying), or None: tunnel.py then uses its Python twin, ``_PySideBase``.
+SIDE_BASE: type | None = None
 if not os.environ.get("WSGATE_PURE"):
     try:
         from wsgate.proxy import _frames
@@ -304,6 +308,7 @@ if not os.environ.get("WSGATE_PURE"):
         _frames.fallback(_scan_fields, _scan_sizes)  # lengths past 2**62 go back to Python
         scan_fields = _frames.scan_fields
         scan_sizes = _frames.scan_sizes
+        SIDE_BASE = _frames.SideBase
         SCANNER = "compiled"
 
 

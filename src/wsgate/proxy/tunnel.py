@@ -35,6 +35,12 @@ read, a header split across reads, a Close) go to the header scanner in
 ``bench/relay_micro.py``: about 0.1 µs of Python per 64-byte message, 0.2 µs per 4 KiB one,
 next to 3 µs of relaying CPU.
 
+Compiled: where the optional extension ``wsgate.proxy._frames`` was built (and
+``WSGATE_PURE`` is not set), the sides' hot fields and both ``data_received`` methods (the
+byte stream's and the fast path above) are its ``SideBase`` type, in C, and the header
+scanner is its ``scan_fields``; :class:`_PySideBase` and :mod:`wsgate.proxy.frames` are the
+Python twins, step for step the same.  Everything else of a side stays in Python.
+
 Going away (:meth:`Tunnel.going_away`, for a graceful stop or the end of
 ``worker_shutdown_timeout``): per direction, at that direction's next frame boundary, wsgate
 sends the receiver a Close frame (§5.5.1) with code 1001 "going away" or 1012 "service
@@ -83,6 +89,7 @@ from wsgate.proxy.frames import (
     POLICY_VIOLATION,
     PONG,
     REASONS,
+    SIDE_BASE,
     SIZE_BUCKETS,
     SMALL_FRAME,
     ScanState,
@@ -141,20 +148,84 @@ class _Sink:
 _DISCARD = _Sink()
 
 
-class _Side(asyncio.Protocol):
+class _PySideBase:
+    """The hot fields of a side and its per-chunk relaying, in Python: the twin of the
+    compiled ``wsgate.proxy._frames.SideBase`` (src/wsgate/proxy/_frames.c), which
+    :class:`_Side` subclasses instead when the extension was built and ``WSGATE_PURE`` is
+    not set (:data:`wsgate.proxy.frames.SIDE_BASE`).  Both do the same steps."""
+
+    __slots__ = ("out", "clock", "last", "nbytes", "skip", "messages")
+    #: ``peer.transport`` (one attribute look-up per chunk, not two), or _DISCARD once the
+    #: peer has been sent a Close.  Not the bound ``write``: that would be an object of 64
+    #: bytes per side for as long as the tunnel is open, for no measurable gain.
+    out: asyncio.Transport | _Sink
+    clock: Callable[[], float]
+    #: When this side was last read (the idle timer takes the later of the two sides' and
+    #: the tunnel's own; the keepalive Ping timer, this side's).
+    last: float
+    nbytes: int  # bytes read from this side (and written to the peer)
+    #: The frame scanner's state between reads (frames.ScanState); -1 while a header is
+    #: split across reads (``partial``), and in the _WAIT phase, so that the hot path falls
+    #: through to _frames; in _WAIT the real skip is ``held``.
+    skip: int
+    messages: int  # complete WebSocket data messages read from this side (_WsSide)
+
+    # the hot path -------------------------------------------------------------------------
+    def relay(self, data: bytes) -> None:
+        """:class:`_Side`'s ``data_received``: a byte stream, relayed as it comes."""
+        self.out.write(data)
+        self.nbytes += len(data)
+        self.last = self.clock()
+
+    def relay_ws(self, data: bytes) -> None:
+        """:class:`_WsSide`'s ``data_received``: also tracks frame boundaries (see the
+        module docstring for the cost of each case); what the fast path leaves goes to
+        ``_frames``."""
+        n = len(data)
+        skip = self.skip
+        if n <= skip:
+            # Inside one frame's payload, up to its end at most: no header in this chunk.
+            self.skip = skip - n
+            self.out.write(data)
+        elif skip == 0 and n > 1:
+            # A header first: if the chunk holds one frame, or the start of one, and no other
+            # header (a message per read, or the first read of a big one), no scan is needed.
+            b1 = data[1]
+            size = _WHOLE[b1]
+            if size < 0 and n > 9:  # 16- or 64-bit payload length
+                if b1 & 0x7F == 126:
+                    size = ((data[2] << 8) | data[3]) + _EXT[b1]
+                else:
+                    size = int.from_bytes(data[2:10], "big") + _EXT[b1]
+            if size >= n and (kind := _KIND[data[0]]) >= 0:
+                self.skip = size - n
+                self.out.write(data)
+                self.messages += kind
+            else:
+                self._frames(data)
+        else:
+            self._frames(data)
+        self.nbytes += n
+        self.last = self.clock()
+
+    def _frames(self, data: bytes) -> None:
+        raise NotImplementedError  # _WsSide's
+
+
+if TYPE_CHECKING:
+    _SideBase = _PySideBase
+else:
+    _SideBase = SIDE_BASE or _PySideBase
+
+
+class _Side(_SideBase, asyncio.Protocol):
     """One transport of the tunnel; relays what it reads to ``peer``."""
 
     __slots__ = (
         "tunnel",
         "transport",
         "peer",
-        "out",
-        "clock",
-        "last",
-        "nbytes",
-        "messages",
         "frozen",
-        "skip",
         "held",
         "partial",
         "close_seen",
@@ -170,20 +241,12 @@ class _Side(asyncio.Protocol):
         self.tunnel = tunnel
         self.transport = transport
         self.peer: _Side = self
-        #: ``peer.transport`` (one attribute look-up per chunk, not two), or _DISCARD once
-        #: the peer has been sent a Close.  Not the bound ``write``: that would be an object
-        #: of 64 bytes per side for as long as the tunnel is open, for no measurable gain.
-        self.out: asyncio.Transport | _Sink = _DISCARD
+        self.out = _DISCARD
         self.clock = tunnel.clock
-        #: When this side was last read (the idle timer takes the later of the two sides' and
-        #: the tunnel's own; the keepalive Ping timer, this side's).
         self.last = tunnel.last
-        self.nbytes = 0  # bytes read from this side (and written to the peer)
-        self.messages = 0  # complete WebSocket data messages read from this side (_WsSide)
+        self.nbytes = 0
+        self.messages = 0
         self.frozen = 0  # ``messages`` when this direction stopped relaying (going away)
-        # The frame scanner's state between reads (frames.ScanState); skip is -1 while a
-        # header is split across reads (``partial``), and in the _WAIT phase, so that the hot
-        # path falls through to _frames; in _WAIT the real skip is ``held``.
         self.skip = 0
         self.held = 0
         self.partial = b""
@@ -197,11 +260,8 @@ class _Side(asyncio.Protocol):
         # write_eof): its EOF ends that connection, and the peer is closed after its data.
         self.tls = transport.get_extra_info("sslcontext") is not None
 
-    # the hot path -------------------------------------------------------------------------
-    def data_received(self, data: bytes) -> None:
-        self.out.write(data)
-        self.nbytes += len(data)
-        self.last = self.clock()
+    # the hot path: _SideBase's (compiled, or _PySideBase's) ---------------------------------
+    data_received = _SideBase.relay
 
     # flow control: *our* transport is full, so stop reading the peer ------------------------
     def pause_writing(self) -> None:
@@ -253,34 +313,7 @@ class _WsSide(_Side):
     (see the module docstring for the cost of each case)."""
 
     __slots__ = ()
-
-    def data_received(self, data: bytes) -> None:
-        n = len(data)
-        skip = self.skip
-        if n <= skip:
-            # Inside one frame's payload, up to its end at most: no header in this chunk.
-            self.skip = skip - n
-            self.out.write(data)
-        elif skip == 0 and n > 1:
-            # A header first: if the chunk holds one frame, or the start of one, and no other
-            # header (a message per read, or the first read of a big one), no scan is needed.
-            b1 = data[1]
-            size = _WHOLE[b1]
-            if size < 0 and n > 9:  # 16- or 64-bit payload length
-                if b1 & 0x7F == 126:
-                    size = ((data[2] << 8) | data[3]) + _EXT[b1]
-                else:
-                    size = int.from_bytes(data[2:10], "big") + _EXT[b1]
-            if size >= n and (kind := _KIND[data[0]]) >= 0:
-                self.skip = size - n
-                self.out.write(data)
-                self.messages += kind
-            else:
-                self._frames(data)
-        else:
-            self._frames(data)
-        self.nbytes += n
-        self.last = self.clock()
+    data_received = _SideBase.relay_ws
 
     def _frames(self, data: bytes) -> None:
         """Everything the hot path leaves: several headers or a split one in the chunk, a
@@ -800,7 +833,8 @@ class _LimitSide(_FeatSide):
 
     __slots__ = ()
 
-    def data_received(self, data: bytes) -> None:
+    def _relay_limited(self, data: bytes) -> None:
+        """``data_received`` in Python (the compiled one is ``SideBase.relay_limited``)."""
         n = len(data)
         now = self.clock()
         self.nbytes += n
@@ -836,6 +870,11 @@ class _LimitSide(_FeatSide):
                 self.messages += 1
                 return
         self._many(data, n, now)
+
+    if TYPE_CHECKING or SIDE_BASE is None:
+        data_received = _relay_limited
+    else:
+        data_received = SIDE_BASE.relay_limited
 
     def engage(self) -> None:
         _become(self, _FeatSide)
