@@ -398,7 +398,7 @@ side_dealloc(SideBase *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* out.write(data), nbytes += n, last = clock(): the end of every chunk's relaying. */
+/* out.write(data): every chunk's one write. */
 static inline int
 side_write(SideBase *self, PyObject *data)
 {
@@ -415,10 +415,10 @@ side_write(SideBase *self, PyObject *data)
     return 0;
 }
 
+/* clock(): the time object (a new reference, NULL on an error), and its value in ``*t``. */
 static inline PyObject *
-side_stamp(SideBase *self, Py_ssize_t n)
+side_now(SideBase *self, double *t)
 {
-    self->nbytes += n;
     if (self->clock == NULL) {
         PyErr_SetString(PyExc_AttributeError, "clock");
         return NULL;
@@ -426,12 +426,37 @@ side_stamp(SideBase *self, Py_ssize_t n)
     PyObject *now = PyObject_CallNoArgs(self->clock);
     if (now == NULL)
         return NULL;
-    double t = PyFloat_AsDouble(now);
-    Py_DECREF(now);
-    if (t == -1.0 && PyErr_Occurred())
+    *t = PyFloat_AsDouble(now);
+    if (*t == -1.0 && PyErr_Occurred()) {
+        Py_DECREF(now);
         return NULL;
+    }
+    return now;
+}
+
+/* nbytes += n, last = clock(): the end of every chunk's relaying. */
+static inline PyObject *
+side_stamp(SideBase *self, Py_ssize_t n)
+{
+    self->nbytes += n;
+    double t;
+    PyObject *now = side_now(self, &t);
+    if (now == NULL)
+        return NULL;
+    Py_DECREF(now);
     self->last = t;
     Py_RETURN_NONE;
+}
+
+/* self._frames(data), then the stamp: what the WebSocket fast path leaves. */
+static PyObject *
+side_frames(SideBase *self, PyObject *data, Py_ssize_t n)
+{
+    PyObject *r = PyObject_CallMethodOneArg((PyObject *)self, str_frames, data);
+    if (r == NULL)
+        return NULL;
+    Py_DECREF(r);
+    return side_stamp(self, n);
 }
 
 /* _Side.data_received: a byte stream, relayed as it comes. */
@@ -452,13 +477,7 @@ side_relay_ws(SideBase *self, PyObject *data)
 {
     if (!PyBytes_CheckExact(data)) {
         Py_ssize_t n = PyObject_Length(data);
-        if (n < 0)
-            return NULL;
-        PyObject *r = PyObject_CallMethodOneArg((PyObject *)self, str_frames, data);
-        if (r == NULL)
-            return NULL;
-        Py_DECREF(r);
-        return side_stamp(self, n);
+        return n < 0 ? NULL : side_frames(self, data, n);
     }
     const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(data);
     Py_ssize_t n = PyBytes_GET_SIZE(data);
@@ -494,11 +513,7 @@ side_relay_ws(SideBase *self, PyObject *data)
             return side_stamp(self, n);
         }
     }
-    PyObject *r = PyObject_CallMethodOneArg((PyObject *)self, str_frames, data);
-    if (r == NULL)
-        return NULL;
-    Py_DECREF(r);
-    return side_stamp(self, n);
+    return side_frames(self, data, n);
 }
 
 /* A float attribute of a Python slot of the side (_FeatSide's limit fields). */
@@ -535,15 +550,13 @@ static PyObject *
 side_relay_limited(SideBase *self, PyObject *data)
 {
     Py_ssize_t n = PyObject_Length(data);
-    if (n < 0 || self->clock == NULL)
-        return n < 0 ? NULL : side_stamp(self, 0);
-    PyObject *nowobj = PyObject_CallNoArgs(self->clock);
+    if (n < 0)
+        return NULL;
+    double now;
+    PyObject *nowobj = side_now(self, &now);
     if (nowobj == NULL)
         return NULL;
     PyObject *result = NULL;
-    double now = PyFloat_AsDouble(nowobj);
-    if (now == -1.0 && PyErr_Occurred())
-        goto done;
     self->nbytes += n;
     self->last = now;
     long long skip = self->skip;
