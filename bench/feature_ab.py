@@ -67,6 +67,9 @@ VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
     "pure": ("", _PURE),
     "pure+pings+limits": (f"{_PINGS} {_LIMITS}", _PURE),
 }
+#: Seconds of warm-up before each slice, and of each slice.
+WARMUP = 0.2
+SLICE = 1.0
 #: The variants measured unless told otherwise.
 DEFAULT = ("off", "pings", "limits", "pings+limits")
 
@@ -198,8 +201,8 @@ def run(
     sizes: tuple[int, ...],
     conns: int,
     rounds: int,
-    warmup: float,
-    seconds: float,
+    warmup: float = WARMUP,
+    seconds: float = SLICE,
     variants: tuple[str, ...] = DEFAULT,
     window: int = 1,
 ) -> dict[str, Any]:
@@ -274,8 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default="64,4096")
     p.add_argument("--conns", type=int, default=100)
     p.add_argument("--rounds", type=int, default=40)
-    p.add_argument("--warmup", type=float, default=0.2)
-    p.add_argument("--seconds", type=float, default=1.0)
+    p.add_argument("--warmup", type=float, default=WARMUP)
+    p.add_argument("--seconds", type=float, default=SLICE)
     p.add_argument(
         "--variants",
         default=",".join(DEFAULT),

@@ -20,7 +20,7 @@ https://www.kernel.org/doc/html/latest/filesystems/proc.html (smaps_rollup).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 __all__ = [
@@ -52,22 +52,28 @@ class CpuSample:
         return CpuSample(self.user - other.user, self.system - other.system)
 
 
+def _task_files(pid: int, name: str) -> Iterator[str]:
+    """The text of ``/proc/PID/task/TID/<name>`` for every thread of ``pid`` (threads and
+    processes that end while they are read are skipped)."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/{name}") as f:
+                yield f.read()
+        except OSError:
+            continue
+
+
 def descendants(pid: int) -> list[int]:
     """``pid``'s children, grandchildren and so on (not ``pid`` itself)."""
     found: list[int] = []
     todo = [pid]
     while todo:
-        parent = todo.pop()
-        try:
-            tids = os.listdir(f"/proc/{parent}/task")
-        except OSError:
-            continue
-        for tid in tids:
-            try:
-                with open(f"/proc/{parent}/task/{tid}/children") as f:
-                    children = [int(c) for c in f.read().split()]
-            except OSError:
-                continue
+        for text in _task_files(todo.pop(), "children"):
+            children = [int(c) for c in text.split()]
             found.extend(children)
             todo.extend(children)
     return found
@@ -113,15 +119,10 @@ def on_cpu_ns(roots: Iterable[int]) -> int:
     counted, so a window must not span a worker's end."""
     total = 0
     for pid in process_tree(roots):
-        try:
-            tids = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            continue
-        for tid in tids:
+        for text in _task_files(pid, "schedstat"):
             try:
-                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                    total += int(f.read().split()[0])
-            except (OSError, ValueError, IndexError):
+                total += int(text.split()[0])
+            except (ValueError, IndexError):  # an empty read: the thread was ending
                 continue
     return total
 

@@ -160,9 +160,9 @@ class Proxy:
         listen += " http2" if self.http2 else ""
         # BENCH_WSGATE_EXTRA (run.py's --wsgate-extra): location directives for wsgate alone,
         # e.g. its WebSocket features, to measure what they cost.
-        features = "" if not for_wsgate else self.extra
-        if features is None:
-            features = os.environ.get(WSGATE_EXTRA, "")
+        features = ""
+        if for_wsgate:
+            features = self.extra if self.extra is not None else os.environ.get(WSGATE_EXTRA, "")
         # nginx-only lines: run workers as root like wsgate, temp files inside the prefix.
         extra = "" if for_wsgate else "user root;\n" if os.geteuid() == 0 else ""
         temps = (

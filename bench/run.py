@@ -809,7 +809,7 @@ def run(s: Settings, keep: bool = False, quiet_wait: float = 0.0) -> dict[str, A
                     results,
                     "features",
                     lambda: run_features(
-                        (64, 4096), s.conns, s.feature_rounds, 0.2, s.feature_slice
+                        (64, 4096), s.conns, s.feature_rounds, seconds=s.feature_slice
                     ),
                 )
         finally:
