@@ -215,10 +215,13 @@ def test_the_compiled_side_keeps_skip_in_62_bits() -> None:
 
 def _limit_class(base: type, method: object) -> type:
     """A side on ``base`` with _FeatSide's limit fields, relaying with ``method``; its
-    ``_many`` (the feature side's general path) records what it is given and relays it."""
+    ``_many`` (the feature side's general path) records what it is given, relays it and
+    scans it.  (With a ``_many`` that left ``skip`` at 0, the rest of a split frame was read
+    as a header: random payload bytes, and now and then a 64-bit length past 2**62, which C
+    hands to ``_many`` where Python's fast path takes it, by design.)"""
 
     class Limited(base):  # type: ignore[misc, valid-type]
-        __slots__ = ("max_whole", "period", "window", "tat", "many")
+        __slots__ = ("max_whole", "period", "window", "tat", "many", "partial")
         data_received = method
 
         def __init__(self, max_whole: int, rate: float, burst: float) -> None:
@@ -232,11 +235,15 @@ def _limit_class(base: type, method: object) -> type:
             self.window = burst / rate if rate else 0.0
             self.tat = -1e18
             self.many: list[tuple[bytes, int, float]] = []
+            self.partial = b""
 
         def _many(self, data: bytes, n: int, now: float) -> None:
             self.many.append((data, n, now))
             self.out.write(data)
-            self.skip = 0  # (the real one scans; here every chunk starts at a header)
+            # Where the stream stands after it, as the real one leaves it: a frame's rest is
+            # then payload to both sides, never read as a header.
+            skip, self.partial, _, _ = py_fields(data, max(self.skip, 0), self.partial, 0, 0)
+            self.skip = -1 if self.partial else skip
 
     return Limited
 
