@@ -27,7 +27,7 @@ node: node_modules/.installed
 ## certutil (libnss3-tools, to make Chromium trust the test CA) for the browser test; the Perl
 ## modules nginx's test-suite harness needs for its WebSocket and TLS files (make conformance);
 ## HAProxy for the RFC 8441 interop test (its `ws h2` servers speak WebSockets over HTTP/2);
-## h2load (nghttp2-client) for make bench's HTTP/2 figures.
+## h2load (nghttp2-client) for make bench's HTTP/2 figures; strace for its system-call counts.
 ## Installed only when missing and when we can (root with apt-get); otherwise those tests skip
 ## with a reason. Debian's postinst starts the nginx service: stop the copy this step started.
 debs:
@@ -46,6 +46,7 @@ debs:
 	command -v certutil >/dev/null 2>&1 || missing="$$missing libnss3-tools"; \
 	command -v haproxy >/dev/null 2>&1 || missing="$$missing haproxy"; \
 	command -v h2load >/dev/null 2>&1 || missing="$$missing nghttp2-client"; \
+	command -v strace >/dev/null 2>&1 || missing="$$missing strace"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } \
@@ -102,9 +103,10 @@ soak: $(STAMP) debs
 	WSGATE_SOAK=1 $(BIN)/pytest -q -p no:cacheprovider tests/reliability \
 	  tests/integration/test_autobahn.py::test_autobahn_same_through_one_http2_connection_all_cases
 
-## make bench: wsgate, nginx and HAProxy side by side (bench/run.py, about 10 minutes with the HTTP/2 part); writes
-## bench/results/. As root it installs nginx, HAProxy and h2load (nghttp2-client, for the
-## HTTP/2 figures) from Debian's packages when they are
+## make bench: wsgate (compiled and WSGATE_PURE=1), nginx and HAProxy side by side (bench/run.py,
+## about 15 minutes with the HTTP/2 part); writes bench/results/. As root it installs nginx,
+## HAProxy, h2load (nghttp2-client, for the HTTP/2 figures) and strace (system calls per
+## handshake and per message) from Debian's packages when they are
 ## missing (otherwise it skips them, with a note), and stops the services their postinst started.
 ## BENCH_ARGS passes flags: make bench BENCH_ARGS="--smoke" or BENCH_ARGS="--parts relay,idle".
 $(VENV)/.bench-installed: $(BIN)/python pyproject.toml
@@ -116,6 +118,7 @@ bench: $(VENV)/.bench-installed
 	command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing=" nginx-light"; \
 	command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing="$$missing haproxy"; \
 	command -v h2load >/dev/null 2>&1 || missing="$$missing nghttp2-client"; \
+	command -v strace >/dev/null 2>&1 || missing="$$missing strace"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null \

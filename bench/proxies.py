@@ -41,6 +41,8 @@ from pathlib import Path
 __all__ = [
     "NGINX",
     "PROXIES",
+    "WSGATE_PURE",
+    "is_wsgate",
     "Proxy",
     "Running",
     "free_port",
@@ -53,6 +55,11 @@ REPO = Path(__file__).resolve().parent.parent
 NGINX = "nginx"
 HAPROXY = "haproxy"
 WSGATE = "wsgate"
+#: wsgate on its pure-Python fallback (``WSGATE_PURE=1``: the compiled frame scanner and tunnel
+#: sides left unused), measured in the same run as the compiled build.
+WSGATE_PURE = "wsgate-pure"
+#: Environment variables each proxy name runs with.
+PROXY_ENV = {WSGATE_PURE: {"WSGATE_PURE": "1"}}
 #: The environment variable with location directives for wsgate alone (``--wsgate-extra``).
 WSGATE_EXTRA = "BENCH_WSGATE_EXTRA"
 #: ``--wsgate-extra features``: every WebSocket feature on, with limits the load stays within.
@@ -61,9 +68,14 @@ WS_FEATURES = (
     "websocket_max_message_size 1m both; websocket_max_frame_size 1m both; "
     "websocket_message_rate 1000000r/s burst=1000000 both;"
 )
-PROXIES = (WSGATE, NGINX, HAPROXY)
+PROXIES = (WSGATE, WSGATE_PURE, NGINX, HAPROXY)
 #: Idle tunnels are open for the whole run: timeouts far longer than any run.
 _LONG = "3600s"
+
+
+def is_wsgate(name: str) -> bool:
+    """Whether ``name`` is a build of wsgate (compiled or pure)."""
+    return name in (WSGATE, WSGATE_PURE)
 
 
 def nginx_binary() -> str | None:
@@ -101,8 +113,14 @@ def version_of(name: str) -> str | None:
             out = subprocess.run([binary, "-v"], capture_output=True, text=True, timeout=10)
             words = out.stdout.split()  # HAProxy version 2.6.12-1+deb12u4 2026/10/17 - ...
             return f"HAProxy {words[2]}" if len(words) > 2 else None
-        out = subprocess.run([wsgate_binary(), "-v"], capture_output=True, text=True, timeout=10)
-        return (out.stderr or out.stdout).strip().removeprefix("wsgate version: ")
+        env = {**os.environ, **PROXY_ENV.get(name, {})}
+        out = subprocess.run(
+            [wsgate_binary(), "-V"], capture_output=True, text=True, timeout=10, env=env
+        )
+        lines = (out.stderr or out.stdout).strip().splitlines()
+        version = lines[0].removeprefix("wsgate version: ") if lines else ""
+        scanner = [x.removeprefix("frame scanner: ") for x in lines if "frame scanner" in x]
+        return f"{version} ({scanner[0]})" if scanner else version
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -252,7 +270,7 @@ backend echo
             commands = [[*taskset, binary, "-db", "-f", str(path)] for _ in range(copies)]
         else:
             path = self.workdir / "nginx.conf"
-            path.write_text(self.nginx_conf(port, for_wsgate=self.name == WSGATE))
+            path.write_text(self.nginx_conf(port, for_wsgate=is_wsgate(self.name)))
             if self.name == NGINX:
                 binary = nginx_binary()
                 if binary is None:
@@ -271,7 +289,7 @@ backend echo
                 stderr=stderr,
                 preexec_fn=_raise_nofile,
                 cwd=self.workdir,
-                env={**os.environ, **self.env},
+                env={**os.environ, **PROXY_ENV.get(self.name, {}), **self.env},
             )
             for cmd in commands
         ]

@@ -25,8 +25,15 @@ __all__ = ["bottleneck", "chart", "markdown", "metrics", "update_readme"]
 README_START = "<!-- bench-results:start: make bench rewrites this part -->"
 README_END = "<!-- bench-results:end -->"
 
-NAMES = {"wsgate": "wsgate", "nginx": "nginx", "haproxy": "HAProxy"}
-COLOURS = {"wsgate": "#d62728", "nginx": "#2ca02c", "haproxy": "#1f77b4"}
+NAMES = {"wsgate": "wsgate", "wsgate-pure": "wsgate (pure)", "nginx": "nginx", "haproxy": "HAProxy"}
+COLOURS = {
+    "wsgate": "#d62728",
+    "wsgate-pure": "#ff9896",
+    "nginx": "#2ca02c",
+    "haproxy": "#1f77b4",
+}
+#: The builds of wsgate: each is compared with the rivals, never with the other.
+WSGATES = ("wsgate", "wsgate-pure")
 _KIB = {64: "64 B", 4096: "4 KiB", 65536: "64 KiB"}
 #: CPUs used by unknown processes during a window above which the window is "disturbed".
 DISTURBED = 0.25
@@ -168,12 +175,14 @@ def metrics(results: dict[str, Any]) -> list[dict[str, Any]]:
     for spec in _specs(results):
         values = {p: _value(results, p, spec.key) for p in results["runs"]}
         w, n = values.get("wsgate"), values.get("nginx")
-        rivals = [v for p, v in values.items() if p != "wsgate" and v is not None]
+        rivals = [v for p, v in values.items() if p not in WSGATES and v is not None]
         best = None
         if rivals:
             best = min(rivals) if spec.better == "lower" else max(rivals)
         ratio_nginx = w / n if w is not None and n else None
         ratio_best = w / best if w is not None and best else None
+        pure = values.get("wsgate-pure")
+        ratio_best_pure = pure / best if pure is not None and best else None
         met = None
         if spec.target is not None and ratio_best is not None:
             met = ratio_best <= spec.target if spec.better == "lower" else ratio_best >= spec.target
@@ -186,6 +195,7 @@ def metrics(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "values": values,
                 "ratio_nginx": ratio_nginx,
                 "ratio_best": ratio_best,
+                "ratio_best_pure": ratio_best_pure,
                 "target": spec.target,
                 "met": met,
             }
@@ -317,12 +327,17 @@ def table(results: dict[str, Any]) -> str:
     """The main table: metric × proxies, ratios, target."""
     proxies = list(results["runs"])
     head = ["metric", "unit", *(NAMES.get(p, p) for p in proxies)]
-    head += ["wsgate / nginx", "wsgate / best", "target", "met"]
+    pure = "wsgate-pure" in proxies
+    head += ["wsgate / nginx", "wsgate / best"]
+    head += ["pure / best"] if pure else []
+    head += ["target", "met"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in results["metrics"]:
         cells = [row["label"].strip(), row["unit"]]
         cells += [_fmt(row["values"].get(p), row["unit"]) for p in proxies]
-        cells += [_ratio(row["ratio_nginx"]), _ratio(row["ratio_best"]), _target(row), _met(row)]
+        cells += [_ratio(row["ratio_nginx"]), _ratio(row["ratio_best"])]
+        cells += [_ratio(row.get("ratio_best_pure"))] if pure else []
+        cells += [_target(row), _met(row)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -363,7 +378,9 @@ def markdown(results: dict[str, Any]) -> str:
         "Pinning: with 1 worker the proxy runs on CPU 0 and the load generator and echo "
         "backend on CPU 1; with one worker per core all share all CPUs. "
         f"Windows of {s['duration']:g} s after {s['warmup']:g} s of warm-up. Ratios compare "
-        "wsgate with nginx and with the better of nginx and HAProxy (*best*).\n",
+        "wsgate with nginx and with the better of nginx and HAProxy (*best*); *wsgate (pure)* "
+        "is wsgate with `WSGATE_PURE=1` (its pure-Python fallback, as on a machine without a "
+        "compiler), *pure / best* its ratio to the same best; *met* is the compiled build's.\n",
         table(results),
     ]
     for name, why in (results.get("skipped") or {}).items():
@@ -429,6 +446,10 @@ def markdown(results: dict[str, Any]) -> str:
         from bench.http2 import markdown as h2_markdown
 
         parts.append(h2_markdown(results["h2"]))
+    if results.get("syscalls"):
+        from bench.syscalls import markdown as syscalls_markdown
+
+        parts.append(syscalls_markdown(results["syscalls"]))
     if results.get("features"):
         from bench.feature_ab import markdown as features_markdown
 

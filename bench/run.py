@@ -31,7 +31,13 @@ Figures (each for all three proxies, and as a ratio to nginx; see :mod:`bench.re
    WebSocket message over RFC 8441 streams against HTTP/1.1;
 9. what the WebSocket features cost (``--parts features``, :mod:`bench.feature_ab`): CPU per
    relayed message with keepalive pings, the message limits and both on against none, in
-   paired slices that cancel the machine's drift.
+   paired slices that cancel the machine's drift;
+10. system calls per handshake and per relayed message of each proxy's worker
+    (``--parts syscalls``, :mod:`bench.syscalls`, ``strace -c``).
+
+wsgate runs twice in every figure: as installed (its compiled frame scanner and tunnel sides)
+and as ``wsgate-pure`` (``WSGATE_PURE=1``, the pure-Python fallback a machine without a
+compiler gets).
 
 CPU time comes from the proxy processes' own accounting (:mod:`bench.procstat`), sampled by
 the load generator at the start and end of its counting window. Before measuring, each proxy
@@ -138,10 +144,14 @@ class Settings:
         "static",
         "h2",
         "features",
+        "syscalls",
     )
     #: features (bench/feature_ab.py): rounds of paired slices, and the slice's seconds.
     feature_rounds: int = 40
     feature_slice: float = 1.0
+    #: syscalls (bench/syscalls.py): handshake sessions and echoes counted under strace.
+    syscall_handshakes: int = 200
+    syscall_messages: int = 1000
     #: h2 (bench/http2.py): h2load's connections and concurrent streams per connection, and
     #: how many times each HTTP/2 figure is measured (the least CPU is kept).
     h2_clients: int = 10
@@ -169,6 +179,8 @@ class Settings:
             parts=tuple(p for p in cls.parts if p != "profile"),
             feature_rounds=2,
             feature_slice=0.2,
+            syscall_handshakes=5,
+            syscall_messages=10,
             static_slow=1.0,
             h2_sets=1,
             smoke=True,
@@ -812,6 +824,23 @@ def run(s: Settings, keep: bool = False, quiet_wait: float = 0.0) -> dict[str, A
                         (64, 4096), s.conns, s.feature_rounds, seconds=s.feature_slice
                     ),
                 )
+            if "syscalls" in s.parts:
+                from bench.syscalls import run as run_syscalls
+
+                proxy_cpus, load_cpus, _, _ = _cpus()
+                _log("system calls per handshake and per message (strace)")
+                results["syscalls"] = _step(
+                    results,
+                    "syscalls",
+                    lambda: run_syscalls(
+                        proxies,
+                        procs,
+                        work / "syscalls",
+                        (proxy_cpus, load_cpus),
+                        s.syscall_handshakes,
+                        s.syscall_messages,
+                    ),
+                )
         finally:
             procs.stop_all()
     results["seconds"] = round(time.monotonic() - t0, 1)
@@ -839,7 +868,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, bool, float]:
     p.add_argument(
         "--proxies",
         default=_env("BENCH_PROXIES", ",".join(d.proxies)),
-        help="BENCH_PROXIES; default wsgate,nginx,haproxy (missing ones are skipped)",
+        help="BENCH_PROXIES; default wsgate,wsgate-pure,nginx,haproxy (missing ones are skipped)",
     )
     p.add_argument(
         "--duration",

@@ -28,7 +28,7 @@ def _installed(name: str) -> bool:
     return shutil.which(name) is not None or os.access(f"/usr/sbin/{name}", os.X_OK)
 
 
-PROXIES = ["wsgate"] + [name for name in ("nginx", "haproxy") if _installed(name)]
+PROXIES = ["wsgate", "wsgate-pure"] + [name for name in ("nginx", "haproxy") if _installed(name)]
 #: Metrics every proxy that ran must have a number for (see bench/report.py).
 PER_PROXY = [
     "cpu_msg_64",
@@ -92,6 +92,61 @@ def test_wsgate_measured(smoke: tuple[Path, dict[str, Any]]) -> None:
     hold = _metric(results, "hold")
     assert hold["held"] >= results["settings"]["hold"]
     assert hold["echoed"] == hold["held"]
+
+
+def test_pure_build_measured(smoke: tuple[Path, dict[str, Any]]) -> None:
+    """wsgate-pure is wsgate on its fallback: its version line says so, every figure has a
+    number, and the table has its ratio column."""
+    out, results = smoke
+    version = results["runs"]["wsgate-pure"]["version"]
+    assert version.endswith("(pure Python (WSGATE_PURE))"), version
+    assert results["runs"]["wsgate"]["version"].endswith("(compiled)") or os.environ.get("CC"), (
+        results["runs"]["wsgate"]["version"]
+    )
+    for key in PER_PROXY:
+        row = _metric(results, key)
+        assert isinstance(row["values"]["wsgate-pure"], float | int), (key, row["values"])
+        if "nginx" in PROXIES or "haproxy" in PROXIES:
+            assert isinstance(row["ratio_best_pure"], float), (key, row)
+    header = next(x for x in (out / "results.md").read_text().splitlines() if x.startswith("| "))
+    assert "| wsgate (pure) |" in header and "| pure / best |" in header
+
+
+def test_syscalls_counted(smoke: tuple[Path, dict[str, Any]]) -> None:
+    out, results = smoke
+    sc = results["syscalls"]
+    assert sc is not None, results.get("errors")
+    if sc.get("skipped"):
+        pytest.skip(sc["skipped"])
+    assert sorted(sc["proxies"]) == sorted(PROXIES)
+    for name, counts in sc["proxies"].items():
+        hs, msg = counts["handshake"], counts["message"]
+        assert hs["units"] == results["settings"]["syscall_handshakes"]
+        assert msg["units"] == 2 * results["settings"]["syscall_messages"]
+        # A relayed message is at least a read and a write; a handshake an accept, a
+        # connect and a close of each socket, and far more than one message.
+        assert msg["per_unit"] >= 2, (name, msg)
+        assert hs["per_unit"] > msg["per_unit"] + 4, (name, hs)
+        assert hs["by_call"].get("connect", 0) >= 1, (name, hs["by_call"])
+        assert sum(hs["by_call"].values()) == pytest.approx(hs["per_unit"], abs=0.1)
+    assert "## System calls" in (out / "results.md").read_text()
+
+
+def test_strace_summary_parsed() -> None:
+    """strace -c's table as strace 6.1 prints it: calls per system call, errors or not."""
+    from bench.syscalls import parse_summary
+
+    text = """% time     seconds  usecs/call     calls    errors syscall
+------ ----------- ----------- --------- --------- ----------------
+ 40.00    0.000400           4       100           epoll_wait
+ 30.00    0.000300           3       100           read
+ 20.00    0.000200           2       100         7 accept4
+ 10.00    0.000100           1        50           write
+------ ----------- ----------- --------- --------- ----------------
+100.00    0.001000           2       350         7 total
+"""
+    assert parse_summary(text) == {"epoll_wait": 100, "read": 100, "accept4": 100, "write": 50}
+    assert parse_summary("") == {}
 
 
 @pytest.mark.parametrize("proxy", ["nginx", "haproxy"])
