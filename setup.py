@@ -16,6 +16,12 @@ setup(
             sources=["src/wsgate/proxy/_frames.c"],
             optional=True,
             extra_compile_args=["-O2"],
-        )
+        ),
+        Extension(
+            "wsgate.proxy._relay",
+            sources=["src/wsgate/proxy/_relay.c"],
+            optional=True,
+            extra_compile_args=["-O2"],
+        ),
     ]
 )

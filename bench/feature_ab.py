@@ -65,6 +65,8 @@ VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
     # The pure-Python frame scanner (issue 16's compiled one against it: ``--window 16``
     # makes reads hold several frames, which is when the scanner runs).
     "pure": ("", _PURE),
+    # Tunnels kept on the event loop's transports (issue 16's compiled relay against them).
+    "loop-relay": ("", {"WSGATE_LOOP_RELAY": "1"}),
     "pure+pings+limits": (f"{_PINGS} {_LIMITS}", _PURE),
 }
 #: Seconds of warm-up before each slice, and of each slice.

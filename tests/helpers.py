@@ -19,6 +19,7 @@ import pty
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -446,3 +447,14 @@ def install_wheel(wheel: Path, venv: Path) -> Path:
     deps = Path(uvloop.__file__).resolve().parents[1]
     (site / "wsgate_test_deps.pth").write_text(f"{deps}\n")
     return site
+
+
+def tcp_pair() -> tuple[socket.socket, socket.socket]:
+    """A connected loopback TCP pair: (the connecting end, the accepted end), both blocking."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        outside = socket.create_connection(listener.getsockname())
+        inside, _ = listener.accept()
+    finally:
+        listener.close()
+    return outside, inside

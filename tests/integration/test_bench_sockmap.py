@@ -12,17 +12,14 @@ import time
 
 import pytest
 
+from tests.helpers import tcp_pair
+
 pytestmark = pytest.mark.timeout(60)
 
 
 def _pair() -> tuple[socket.socket, socket.socket]:
     """A connected loopback TCP pair: (outside end, the end a proxy would hold)."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    try:
-        outside = socket.create_connection(listener.getsockname())
-        inside, _ = listener.accept()
-    finally:
-        listener.close()
+    outside, inside = tcp_pair()
     for s in (outside, inside):
         s.settimeout(10)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

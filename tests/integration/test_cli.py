@@ -35,6 +35,9 @@ def test_version_and_help() -> None:
     built = importlib.util.find_spec("wsgate.proxy._frames") is not None
     scanner = "compiled" if built and not os.environ.get("WSGATE_PURE") else "pure Python"
     assert f"\nframe scanner: {scanner}" in big_v.stderr
+    relayed = importlib.util.find_spec("wsgate.proxy._relay") is not None
+    relay = "compiled" if relayed and not os.environ.get("WSGATE_PURE") else "the event loop's"
+    assert f"\ntunnel relay: {relay}" in big_v.stderr
     pure = subprocess.run(
         [*WSGATE, "-V"],
         capture_output=True,
@@ -43,6 +46,7 @@ def test_version_and_help() -> None:
         env={**os.environ, "WSGATE_PURE": "1"},
     )
     assert "\nframe scanner: pure Python (WSGATE_PURE)\n" in pure.stderr
+    assert "\ntunnel relay: the event loop's transports (WSGATE_PURE)\n" in pure.stderr
     h = run("-h")
     assert "-s signal" in h.stderr and h.returncode == 0
     bad = run("-x")

@@ -55,6 +55,7 @@ def pure_install(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (wheel,) = wheels.glob("wsgate-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "wsgate/proxy/frames.py" in names
+    assert "building 'wsgate.proxy._relay' extension" in built.stdout + built.stderr
     assert not [n for n in names if n.endswith(".so")], names  # nothing compiled
     venv = base / "venv"
     install_wheel(wheel, venv)
@@ -67,6 +68,7 @@ def test_the_install_says_its_scanner_is_pure_python(pure_install: Path) -> None
     )
     assert out.returncode == 0, out.stderr
     assert "\nframe scanner: pure Python\n" in out.stderr
+    assert "\ntunnel relay: the event loop's transports\n" in out.stderr
 
 
 def test_the_walkthrough_runs_on_the_pure_install(pure_install: Path, tmp_path: Path) -> None:

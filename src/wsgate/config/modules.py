@@ -100,7 +100,9 @@ def configure_arguments() -> str:
 
 def version_lines(server_token: str) -> str:
     """What ``wsgate -V`` prints (nginx's layout: version, compiler, TLS library, arguments),
-    with which WebSocket frame scanner runs (compiled, or pure Python: see frames.py)."""
+    with which WebSocket frame scanner runs (compiled, or pure Python: see frames.py) and
+    what relays a tunnel's sockets (see fdrelay.py)."""
+    from wsgate.proxy.fdrelay import RELAY
     from wsgate.proxy.frames import SCANNER
 
     return (
@@ -108,6 +110,7 @@ def version_lines(server_token: str) -> str:
         f"follows nginx version: nginx/{NGINX_BEHAVIOUR}\n"
         f"built with {ssl.OPENSSL_VERSION}\n"
         f"frame scanner: {SCANNER}\n"
+        f"tunnel relay: {RELAY}\n"
         "TLS SNI support enabled\n"
         f"configure arguments: {configure_arguments()}\n"
     )
