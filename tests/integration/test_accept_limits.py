@@ -76,13 +76,17 @@ async def ready(gw: WsgateProcess) -> int:
 
 
 def sockets(pid: int) -> int:
-    count = 0
+    """The sockets the worker holds: distinct ones, since a tunnel's socket handed to the
+    compiled relay is two descriptors of one socket for a moment (proxy/fdrelay.py)."""
+    found = set()
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
-            count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
         except FileNotFoundError:
-            pass
-    return count
+            continue
+        if link.startswith("socket:"):
+            found.add(link)
+    return len(found)
 
 
 async def status(stream: Stream, timeout: float) -> str:

@@ -388,7 +388,8 @@ poller_run(Poller *self, PyObject *Py_UNUSED(ignored))
         unsigned int ev = evs[i].events;
         if (t->fd < 0)
             continue;
-        if ((ev & (EPOLLOUT | EPOLLERR)) && t->queued > 0)
+        /* A hang-up or an error with something queued: the send says which (and ends it). */
+        if ((ev & (EPOLLOUT | EPOLLERR | EPOLLHUP)) && t->queued > 0)
             flush(t);
         if (t->fd < 0)
             continue;

@@ -26,10 +26,11 @@ import asyncio
 import os
 import socket
 import weakref
+from collections.abc import Callable
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, cast
 
-__all__ = ["AVAILABLE", "RELAY", "eligible", "take_over"]
+__all__ = ["AVAILABLE", "RELAY", "eligible", "prepare", "take_over"]
 
 _relay: ModuleType | None = None
 #: ``WSGATE_LOOP_RELAY=1`` keeps tunnels on the loop's transports (to compare the two).
@@ -84,14 +85,36 @@ class FdTransport(_Base):
             sock.detach()
 
 
-class _Ignore(asyncio.Protocol):
-    """The protocol of a uvloop transport whose socket was taken over: hears nothing."""
+class _Handed(asyncio.Protocol):
+    """The protocol of a uvloop transport whose socket was taken over: hears nothing but
+    its end, after which uvloop closes its descriptor (the duplicate's budget is released)."""
 
-    __slots__ = ()
+    __slots__ = ("release",)
+
+    def __init__(self, release: Callable[[int], bool] | None) -> None:
+        self.release = release
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        release, self.release = self.release, None
+        if release is not None:
+            release(-1)
 
 
-_IGNORE = _Ignore()
 _POLLERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+#: Per loop, the worker's descriptor budget: ``reserve(n)`` holds n more (False: no room),
+#: ``reserve(-n)`` gives them back (wsgate.server.gateway.Gateway.reserve_fds).
+_BUDGETS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Callable[[int], bool]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def prepare(loop: asyncio.AbstractEventLoop, reserve: Callable[[int], bool] | None = None) -> None:
+    """Open the loop's epoll set now (a worker's descriptors are counted at its start) and
+    take ``reserve`` as its descriptor budget."""
+    if AVAILABLE:
+        _poller(loop)
+        if reserve is not None:
+            _BUDGETS[loop] = reserve
 
 
 def _poller(loop: asyncio.AbstractEventLoop) -> Any:
@@ -113,14 +136,20 @@ def take_over(
     loop: asyncio.AbstractEventLoop, transport: asyncio.Transport, protocol: asyncio.Protocol
 ) -> asyncio.Transport | None:
     """``transport``'s socket as an FdTransport of ``protocol``, not reading yet; the uvloop
-    transport is closed.  ``None`` if the descriptor cannot be duplicated (the worker is out
-    of descriptors): the tunnel then keeps ``transport``."""
+    transport is closed.  ``None`` if the worker's descriptor budget has no room for the
+    duplicate (held until uvloop has closed its own), or it cannot be made: the tunnel then
+    keeps ``transport``."""
+    reserve = _BUDGETS.get(loop)
+    if reserve is not None and not reserve(1):
+        return None  # the duplicate would take a descriptor a connection may need
     sock = transport.get_extra_info("socket")
     try:
         fd = os.dup(sock.fileno())
     except OSError:
+        if reserve is not None:
+            reserve(-1)
         return None
     new = FdTransport(_poller(loop), fd, protocol)
-    transport.set_protocol(_IGNORE)
+    transport.set_protocol(_Handed(reserve))
     transport.close()
     return cast(asyncio.Transport, new)  # an asyncio.Transport in all but its class
