@@ -458,3 +458,23 @@ def tcp_pair() -> tuple[socket.socket, socket.socket]:
     finally:
         listener.close()
     return outside, inside
+
+
+def distinct_sockets(pids: list[int]) -> int:
+    """The sockets the processes ``pids`` hold, each counted once: a tunnel's socket handed
+    to wsgate's compiled relay is two descriptors of one socket for a moment
+    (src/wsgate/proxy/fdrelay.py), and one connection either way."""
+    found: set[str] = set()
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:"):
+                found.add(link)
+    return len(found)

@@ -15,6 +15,7 @@ import resource
 from collections.abc import Callable
 
 from tests.conftest import WsgateProcess
+from tests.helpers import distinct_sockets
 
 HANDSHAKE = (
     b"GET /chat HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -76,17 +77,7 @@ async def ready(gw: WsgateProcess) -> int:
 
 
 def sockets(pid: int) -> int:
-    """The sockets the worker holds: distinct ones, since a tunnel's socket handed to the
-    compiled relay is two descriptors of one socket for a moment (proxy/fdrelay.py)."""
-    found = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            link = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except FileNotFoundError:
-            continue
-        if link.startswith("socket:"):
-            found.add(link)
-    return len(found)
+    return distinct_sockets([pid])
 
 
 async def status(stream: Stream, timeout: float) -> str:

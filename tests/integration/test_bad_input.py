@@ -81,13 +81,18 @@ http {{
 """
 
 
+#: Sockets that keep dead ports taken for the rest of the run (see :func:`dead_port`).
+_HELD: list[socket.socket] = []
+
+
 def dead_port() -> int:
-    """A loopback port with nothing listening (bound, read back, closed)."""
+    """A loopback port with nothing listening: bound and kept bound, never listening (a
+    connection to it is refused), so that no listener started later (wsgate's on port 0)
+    can be given the same port."""
     s = socket.socket()
     s.bind((HOST, 0))
-    port = int(s.getsockname()[1])
-    s.close()
-    return port
+    _HELD.append(s)
+    return int(s.getsockname()[1])
 
 
 def page(status: str, title: str | None = None, extra: str = "") -> bytes:

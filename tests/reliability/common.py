@@ -42,6 +42,7 @@ import httptools
 import pytest
 
 from tests.conftest import WsgateProcess, start_wsgate
+from tests.helpers import distinct_sockets
 
 T = TypeVar("T")
 
@@ -190,19 +191,8 @@ class Target:
         return sum(fd_count(p) for p in [self.proc.pid, *self.workers()])
 
     def sockets(self) -> int:
-        """Sockets open in the workers (listeners included)."""
-        held = 0
-        for pid in self.workers():
-            try:
-                fds = os.listdir(f"/proc/{pid}/fd")
-            except OSError:
-                continue
-            for fd in fds:
-                try:
-                    held += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
-                except OSError:
-                    pass
-        return held
+        """Sockets open in the workers (listeners included), each counted once."""
+        return distinct_sockets(self.workers())
 
     def rss_kib(self) -> int:
         """Resident memory of the workers together."""
