@@ -156,6 +156,13 @@ wanted(FdTransport *t)
     return (t->reading && !t->closing ? EPOLLIN : 0) | (t->queued > 0 ? EPOLLOUT : 0);
 }
 
+/* A read or send that would block (or was interrupted): try again when the socket is ready. */
+static inline int
+would_block(int err)
+{
+    return err == EAGAIN || err == EWOULDBLOCK || err == EINTR;
+}
+
 static void
 drop_queue(FdTransport *t)
 {
@@ -224,6 +231,30 @@ call_protocol(FdTransport *t, PyObject *name, const char *what)
     Py_XDECREF(r);
 }
 
+/* Interest in epoll as the state now wants; on a failure the transport ends (-1). */
+static int
+rearm(FdTransport *t)
+{
+    if (epoll_set(t, wanted(t)) == 0)
+        return 0;
+    report(t, "epoll_ctl");
+    finish(t, NULL);
+    return -1;
+}
+
+/* close(): reading stops, and the socket closes once the queue is sent. */
+static int
+begin_close(FdTransport *t)
+{
+    t->closing = 1;
+    t->reading = 0;
+    if (t->queued == 0) {
+        finish(t, NULL);
+        return 0;
+    }
+    return epoll_set(t, wanted(t));
+}
+
 /* Send what is queued, as much as the socket takes. */
 static void
 flush(FdTransport *t)
@@ -234,7 +265,7 @@ flush(FdTransport *t)
         Py_ssize_t left = PyBytes_GET_SIZE(item) - t->head_sent;
         ssize_t n = send(t->fd, p, (size_t)left, MSG_NOSIGNAL);
         if (n < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+            if (would_block(errno))
                 break;
             fail_errno(t, errno);
             return;
@@ -264,11 +295,8 @@ flush(FdTransport *t)
             return;
         }
     }
-    if (epoll_set(t, wanted(t)) < 0) {
-        report(t, "epoll_ctl");
-        finish(t, NULL);
+    if (rearm(t) < 0)
         return;
-    }
     if (t->paused && t->queued <= t->low) {
         t->paused = 0;
         call_protocol(t, str_resume_writing, "protocol.resume_writing() failed");
@@ -281,18 +309,14 @@ readable(FdTransport *t)
 {
     ssize_t n = read(t->fd, read_buf, READ_SIZE);
     if (n < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-            return;
-        fail_errno(t, errno);
+        if (!would_block(errno))
+            fail_errno(t, errno);
         return;
     }
     if (n == 0) {
         t->reading = 0;
-        if (epoll_set(t, wanted(t)) < 0) {
-            report(t, "epoll_ctl");
-            finish(t, NULL);
+        if (rearm(t) < 0)
             return;
-        }
         if (t->protocol == NULL)
             return;
         PyObject *r = PyObject_CallMethodNoArgs(t->protocol, str_eof_received);
@@ -306,12 +330,7 @@ readable(FdTransport *t)
         if (keep <= 0 && !t->closing) {
             if (keep < 0)
                 PyErr_Clear();
-            /* close(): after what is queued */
-            t->closing = 1;
-            t->reading = 0;
-            if (t->queued == 0)
-                finish(t, NULL);
-            else if (epoll_set(t, wanted(t)) < 0) {
+            if (begin_close(t) < 0) {
                 PyErr_Clear();
                 finish(t, NULL);
             }
@@ -542,7 +561,7 @@ fdt_write(FdTransport *t, PyObject *data)
         if (n == len)
             Py_RETURN_NONE;
         if (n < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+            if (!would_block(errno)) {
                 fail_errno(t, errno);
                 Py_RETURN_NONE;
             }
@@ -591,11 +610,7 @@ fdt_close(FdTransport *t, PyObject *Py_UNUSED(ignored))
 {
     if (t->closing)
         Py_RETURN_NONE;
-    t->closing = 1;
-    t->reading = 0;
-    if (t->queued == 0)
-        finish(t, NULL);
-    else if (epoll_set(t, wanted(t)) < 0)
+    if (begin_close(t) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
