@@ -32,6 +32,7 @@ __all__ = [
     "on_cpu_ns",
     "process_tree",
     "system_busy",
+    "task_files",
 ]
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -52,7 +53,7 @@ class CpuSample:
         return CpuSample(self.user - other.user, self.system - other.system)
 
 
-def _task_files(pid: int, name: str) -> Iterator[str]:
+def task_files(pid: int, name: str) -> Iterator[str]:
     """The text of ``/proc/PID/task/TID/<name>`` for every thread of ``pid`` (threads and
     processes that end while they are read are skipped)."""
     try:
@@ -72,7 +73,7 @@ def descendants(pid: int) -> list[int]:
     found: list[int] = []
     todo = [pid]
     while todo:
-        for text in _task_files(todo.pop(), "children"):
+        for text in task_files(todo.pop(), "children"):
             children = [int(c) for c in text.split()]
             found.extend(children)
             todo.extend(children)
@@ -119,7 +120,7 @@ def on_cpu_ns(roots: Iterable[int]) -> int:
     counted, so a window must not span a worker's end."""
     total = 0
     for pid in process_tree(roots):
-        for text in _task_files(pid, "schedstat"):
+        for text in task_files(pid, "schedstat"):
             try:
                 total += int(text.split()[0])
             except (ValueError, IndexError):  # an empty read: the thread was ending

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import signal
 import socket
@@ -38,7 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bench.procstat import descendants
+from bench.procstat import cpu_sample, descendants, task_files
 from bench.proxies import PROXIES, Proxy
 from bench.wsproto import CLIENT_CLOSE, SERVER_CLOSE, client_frame, handshake_request, server_frame
 
@@ -67,16 +66,9 @@ def parse_summary(text: str) -> dict[str, int]:
 
 
 def _traced(pid: int) -> bool:
-    """Whether every thread of ``pid`` has a tracer (strace has attached)."""
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return True
-    for tid in tids:
-        try:
-            status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
-        except OSError:
-            continue
+    """Whether every thread of ``pid`` has a tracer (strace has attached); a process that
+    has gone counts as traced."""
+    for status in task_files(pid, "status"):
         tracer = [x for x in status.splitlines() if x.startswith("TracerPid:")]
         if tracer and tracer[0].split()[1] == "0":
             return False
@@ -167,10 +159,10 @@ def _quiet(pids: list[int], seconds: float = 0.3) -> None:
         return total
 
     deadline = time.monotonic() + 10
-    last = ticks()
+    last = cpu_sample(pids).total
     while time.monotonic() < deadline:
         time.sleep(seconds)
-        now = ticks()
+        now = cpu_sample(pids).total
         if now == last:
             return
         last = now

@@ -478,3 +478,13 @@ def distinct_sockets(pids: list[int]) -> int:
             if link.startswith("socket:"):
                 found.add(link)
     return len(found)
+
+
+def recv_exactly(sock: socket.socket, n: int) -> bytes:
+    """``n`` bytes from a blocking socket; fails the test if it ends first."""
+    data = bytearray()
+    while len(data) < n:
+        chunk = sock.recv(min(1 << 20, n - len(data)))
+        assert chunk, f"EOF after {len(data)} of {n} bytes"
+        data += chunk
+    return bytes(data)

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.helpers import tcp_pair
+from tests.helpers import recv_exactly, tcp_pair
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -24,15 +24,6 @@ def _pair() -> tuple[socket.socket, socket.socket]:
         s.settimeout(10)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return outside, inside
-
-
-def _recv_exactly(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        assert chunk, f"closed after {len(data)} of {n} bytes"
-        data += chunk
-    return data
 
 
 def test_spliced_sockets_relay_in_the_kernel() -> None:
@@ -48,9 +39,9 @@ def test_spliced_sockets_relay_in_the_kernel() -> None:
         slots = splicer.splice(client_side, server_side)
         before = time.monotonic_ns()
         client.sendall(b"to the server" * 100)
-        assert _recv_exactly(server, 1300) == b"to the server" * 100
+        assert recv_exactly(server, 1300) == b"to the server" * 100
         server.sendall(b"and back")
-        assert _recv_exactly(client, 8) == b"and back"
+        assert recv_exactly(client, 8) == b"and back"
         # Nothing reached the proxy's ends: the kernel relayed it.
         client_side.setblocking(False)
         server_side.setblocking(False)
@@ -65,7 +56,7 @@ def test_spliced_sockets_relay_in_the_kernel() -> None:
         splicer.unsplice(client_side, server_side, slots)
         client.sendall(b"plain")
         client_side.settimeout(10)
-        assert _recv_exactly(client_side, 5) == b"plain"
+        assert recv_exactly(client_side, 5) == b"plain"
     finally:
         for s in (client, client_side, server, server_side):
             s.close()

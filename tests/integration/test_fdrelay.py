@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import tcp_pair
+from tests.helpers import recv_exactly, tcp_pair
 from wsgate.loop import new_event_loop
 from wsgate.proxy import fdrelay
 
@@ -91,15 +91,6 @@ def _transport(
     return t
 
 
-def _recv_exactly(sock: socket.socket, n: int) -> bytes:
-    data = bytearray()
-    while len(data) < n:
-        chunk = sock.recv(min(1 << 20, n - len(data)))
-        assert chunk, f"EOF after {len(data)} of {n} bytes"
-        data += chunk
-    return bytes(data)
-
-
 def _closed(fd: int) -> bool:
     try:
         os.fstat(fd)
@@ -125,7 +116,7 @@ def test_data_both_ways_and_close(loop: asyncio.AbstractEventLoop) -> None:
         t.write(b"and back")
         t.write(bytearray(b" (a bytearray)"))
         t.write(memoryview(b" (a view)"))
-        assert _recv_exactly(peer, 31) == b"and back (a bytearray) (a view)"
+        assert recv_exactly(peer, 31) == b"and back (a bytearray) (a view)"
         assert t.get_write_buffer_size() == 0 and t.is_reading() and not t.is_closing()
         t.close()
         assert t.is_closing() and proto.events == []  # connection_lost comes from the loop
@@ -153,7 +144,7 @@ def test_flow_control_at_the_water_marks(loop: asyncio.AbstractEventLoop) -> Non
             t.write(blob[i : i + 8192])
         assert proto.events == [("pause", None)]
         assert t.get_write_buffer_size() > 65536
-        got = await loop.run_in_executor(None, _recv_exactly, peer, len(blob))
+        got = await loop.run_in_executor(None, recv_exactly, peer, len(blob))
         assert got == blob
         await _until(lambda: t.get_write_buffer_size() == 0)
         assert proto.events == [("pause", None), ("resume", None)]
@@ -197,7 +188,7 @@ def test_eof_kept_open_then_write_eof(loop: asyncio.AbstractEventLoop) -> None:
         t.write_eof()
         with pytest.raises(RuntimeError):
             t.write(b"more")
-        got = await loop.run_in_executor(None, _recv_exactly, peer, 120_000)
+        got = await loop.run_in_executor(None, recv_exactly, peer, 120_000)
         assert got == b"x" * 120_000
         assert await loop.run_in_executor(None, peer.recv, 1) == b""  # our FIN after it
         assert not proto.lost.done()
@@ -233,7 +224,7 @@ def test_close_sends_the_queue_first_and_abort_drops_it(loop: asyncio.AbstractEv
         t.close()
         t.close()  # twice: nothing more
         assert not proto.lost.done()
-        got = await loop.run_in_executor(None, _recv_exactly, peer, 200_000)
+        got = await loop.run_in_executor(None, recv_exactly, peer, 200_000)
         assert got == b"y" * 200_000
         assert await asyncio.wait_for(proto.lost, 5) is None
         assert [e for e, _ in proto.events] == ["pause", "resume", "lost"]
