@@ -11,6 +11,7 @@ import dns.rcode
 import pytest
 
 from tests.conftest import WsgateProcess
+from tests.helpers import recv_exactly
 from tests.integration.fake_dns import FakeDns, Records, start_dns, stop_dns
 from tests.integration.loopback import Backend, Loop, get, loop_fixture, wait_for, ws_open
 
@@ -222,24 +223,41 @@ def second_backend(bg: Loop, name: str, host: str, port: int) -> Backend:
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_server_resolve_follows_dns_while_tunnels_stay(
+def test_server_resolve_follows_dns_and_drains_the_old_address(
     bg: Loop, dns_: FakeDns, wsgate: Factory, workers: int
 ) -> None:
+    """A new address takes new connections; the tunnels to the address that left DNS get a
+    1012 Close within the upstream's ``websocket_drain_time`` (wsgate's; nginx keeps them),
+    and none of them is reset."""
     b1 = bg.backend("b1", websocket=True)
     b2 = second_backend(bg, "b2", "127.0.0.2", b1.port)
     dns_.zone["name.example.net"] = Records(a=["127.0.0.1"])
-    gw = wsgate(upstream_conf(dns_.port, b1.port, workers))
+    text = upstream_conf(dns_.port, b1.port, workers).replace(
+        "zone z 64k;", "zone z 64k; websocket_drain_time 2s;"
+    )
+    gw = wsgate(text)
     wait_for(lambda: get(gw.port) == (200, b"b1"), "the first resolution")
-    tunnel = ws_open(gw.port)
+    tunnels = [ws_open(gw.port) for _ in range(4)]
     try:
+        wait_for(lambda: b1.open == 4, "four tunnels on b1")
         dns_.zone["name.example.net"] = Records(a=["127.0.0.2"])
         wait_for(lambda: get(gw.port) == (200, b"b2"), "the new address", timeout=10)
         # every worker builds from the shared addresses: no request goes to the old one
         assert {get(gw.port) for _ in range(8)} == {(200, b"b2")}
-        assert b1.open == 1  # the tunnel still holds its connection to the old address
         assert b2.accepted >= 1
+        close_1012 = b"\x88\x11" + (1012).to_bytes(2, "big") + b"service restart"
+        for t in tunnels:
+            t.settimeout(15)
+            assert recv_exactly(t, len(close_1012)) == close_1012
+        wait_for(lambda: b1.open == 0, "the old address's tunnels closed")
+        gw.wait_log(
+            r'draining \d websocket tunnel\(s\) to 127\.0\.0\.1:\d+ of upstream "u", '
+            r"no longer in DNS, over 2\.0s"
+        )
+        assert "[alert]" not in gw.errors()
     finally:
-        tunnel.close()
+        for t in tunnels:
+            t.close()
 
 
 def test_server_resolve_service_takes_ports_weights_and_backups_from_srv(

@@ -719,6 +719,8 @@ class LocationSettings:
     stub_status: bool = False
     #: ``prometheus`` (wsgate's) here: the metrics page, a content handler like ``stub_status``.
     prometheus: bool = False
+    #: ``readiness`` (wsgate's) here: 200 while serving, 503 from a QUIT on.
+    readiness: bool = False
     #: ``upstream_control`` (wsgate's) here: the runtime drain/rebalance endpoint.
     upstream_control: bool = False
     #: ``websocket_drain_time`` and ``websocket_rebalance`` at the ``http`` level (the
@@ -1053,6 +1055,9 @@ class Config:
     worker_cpu_affinity: tuple[frozenset[int], ...] | None = None
     #: ``close_spread_time``: closes at shutdown are spread over this many seconds.
     close_spread_time: float = 0.0
+    #: ``shutdown_grace``: on QUIT, keep serving this many seconds with ``readiness``
+    #: answering 503 before stopping (HAProxy's ``grace``).
+    shutdown_grace: float = 0.0
     #: ``(path, text)`` of every file read, for ``-T``.
     files: tuple[tuple[str, str], ...] = ()
     #: ``[warn]`` messages produced while loading (accepted no-op directives).

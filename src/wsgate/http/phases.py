@@ -16,7 +16,8 @@ phase                   handlers today                                          
 ``ACCESS``              ``allow``/``deny``, ``auth_basic``, ``auth_request``       access
                         combined by ``satisfy`` (:mod:`wsgate.http.auth`)
 ``TRY_FILES``           ``try_files``                                              try_files
-``CONTENT``             ``stub_status``, ``prometheus``, ``proxy_pass``, or files  core
+``CONTENT``             ``stub_status``, ``prometheus``, ``readiness``,             core
+                        ``proxy_pass``, or files
 ``LOG``                 the access-log line and metrics (the I/O layer's)          log
 ======================  =========================================================  ==========
 
@@ -331,6 +332,7 @@ class Content(enum.Enum):
 
     STUB_STATUS = "stub_status"
     PROMETHEUS = "prometheus"
+    READINESS = "readiness"
     UPSTREAM_CONTROL = "upstream_control"
     PROXY = "proxy_pass"
 
@@ -736,9 +738,11 @@ def content(r: Request) -> Decision | None:
     over ``client_max_body_size`` (413), and a location with none of them serves files
     (index, autoindex, static: :func:`static`)."""
     settings, head = r.settings, r.head
-    if settings.stub_status or settings.prometheus:
+    if settings.stub_status or settings.prometheus or settings.readiness:
         if head.method not in ("GET", "HEAD"):
             raise HttpError(405)
+        if settings.readiness:
+            return Content.READINESS
         return Content.STUB_STATUS if settings.stub_status else Content.PROMETHEUS
     if settings.upstream_control:  # wsgate's: a command may come as a POST too
         if head.method not in ("GET", "HEAD", "POST"):

@@ -57,6 +57,8 @@ class WorkerContext(Protocol):
     stub_status: StatusCounters
     #: Retiring or stopping: no keep-alive for new responses, no new requests.
     stopping: bool
+    #: QUIT received (``readiness`` answers 503 from then on).
+    quitting: bool
     upstream_caches: UpstreamCaches
 
     @property

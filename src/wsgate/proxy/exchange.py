@@ -197,6 +197,12 @@ class Exchange:
             metrics = self.front.gw.metrics
             metrics.flush()
             return await self.plain(200, metrics.exposition(), CONTENT_TYPE)
+        if decision is Content.READINESS:
+            # wsgate's: what a balancer's health check reads; 503 from QUIT on, so that the
+            # balancer takes the node out of its pool during ``shutdown_grace``.
+            if self.front.gw.quitting:
+                return await self.plain(503, b"draining\n", "text/plain")
+            return await self.plain(200, b"ready\n", "text/plain")
         if decision is Content.UPSTREAM_CONTROL:
             control = self.front.gw.control
             if control is None:  # pragma: no cover - every served gateway has one

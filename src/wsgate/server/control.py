@@ -326,23 +326,52 @@ class Control:
         return len(chosen)
 
     def _resolve_growth(self) -> None:
-        """``server ... resolve`` with ``websocket_rebalance``: look up such groups, so that
-        a worker serving no request rebuilds them too (:meth:`grown` then runs)."""
+        """``server ... resolve``: look up such groups, so that a worker serving no request
+        rebuilds them too when DNS changed (:meth:`grown` then runs)."""
         gw = self.gw
         for name, up in gw.config.http.upstreams.items():
-            if up.rebalance and any(s.resolve for s in up.servers):
+            if any(s.resolve for s in up.servers):
                 gw.peer_group(upstream_target(name))
 
     def grown(self, upstream: Upstream, old: PeerGroup, new: PeerGroup) -> None:
-        """A group was rebuilt from new ``resolve`` answers: with ``websocket_rebalance``
-        and an address that is new, rebalance this worker's tunnels (every worker sees the
-        same addresses, so each does its own)."""
+        """A group was rebuilt from new ``resolve`` answers (every worker sees the same
+        addresses, so each does its own part):
+
+        * an address that left DNS has its tunnels closed with 1012, spread over the
+          upstream's ``websocket_drain_time`` as a ``drain`` spreads them (issue 17: a
+          backend that disappears "is drained as `drain` does, never reset").  nginx keeps
+          such tunnels on the old address until they end; a Kubernetes headless service
+          drops a pod from DNS when it is going away, so wsgate moves its clients first;
+        * with ``websocket_rebalance`` and an address that is new, rebalance."""
         self.apply(new)
+        before = {p.address for p in (*old.peers, *old.backups)}
+        now = {p.address for p in (*new.peers, *new.backups)}
+        if before - now:
+            self.gone(upstream.name, before - now)
         if not upstream.rebalance:
             return
         weights = {p.address: p.weight for p in new.peers if not (p.down or p.drain)}
-        if set(weights) - {p.address for p in old.peers}:
+        if set(weights) - before:
             self.rebalance(upstream.name, weights, upstream.rebalance)
+
+    def gone(self, upstream: str, addresses: set[str]) -> int:
+        """Close this worker's tunnels to ``addresses`` of ``upstream`` (no longer in DNS)
+        with 1012 spread over the drain time; returns how many.  If an address comes back
+        before its tunnels' moments, they are closed all the same (a flapping name should
+        not keep clients on a backend that DNS said was leaving)."""
+        batches: dict[str, list[Tunnel]] = {}
+        for t, peer in self.tunnels():
+            if peer.upstream == upstream and peer.address in addresses and t not in self.pending:
+                batches.setdefault(peer.address, []).append(t)
+        window = self._drain_time(upstream)
+        for address, batch in batches.items():
+            self._schedule(batch, window, False)
+            self.gw.error_log.log(
+                "notice",
+                f'draining {len(batch)} websocket tunnel(s) to {address} of upstream "{upstream}"'
+                f", no longer in DNS, over {window:.1f}s",
+            )
+        return sum(len(b) for b in batches.values())
 
     # -- the endpoint's reads ------------------------------------------------------------------
     def all_counts(self) -> dict[str, int]:

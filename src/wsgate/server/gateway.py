@@ -167,8 +167,13 @@ class Gateway:
         self.limits = LimitRegistry()
         #: Retiring or stopping: not accepting, ending when the last connection does.
         self.stopping = False
-        #: QUIT received: tunnels have been sent 1001 (a retiring worker may get it later).
+        #: QUIT received (tunnels get their 1001 once ``shutdown_grace`` is over; a retiring
+        #: worker may get it later).
         self.quitting = False
+        #: Loop time of the QUIT (``worker_shutdown_timeout`` counts from it).
+        self.quit_at: float | None = None
+        #: The end of ``shutdown_grace`` to come (None: none pending).
+        self._grace: asyncio.TimerHandle | None = None
         self.stopped: asyncio.Future[None] = loop.create_future()
         self.exit_code = 0
         #: Idle keep-alive upstream connections and upstream TLS contexts, closed at the end.
@@ -530,6 +535,9 @@ class Gateway:
 
     def stop_now(self) -> None:
         self.error_log.log("notice", "exiting")
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
         self.stopping = True
         self.stop_health()
         self._close_listeners()
@@ -550,11 +558,33 @@ class Gateway:
         an endpoint would, with a 1001 (going away) close frame both ways (spread over
         ``close_spread_time``).  ``worker_shutdown_timeout`` still bounds the whole.
 
+        ``shutdown_grace T`` (wsgate's, HAProxy's ``grace``: "a delay between SIGUSR1 and
+        real soft-stop") comes first: for ``T`` seconds the worker goes on accepting and
+        serving as before, only ``readiness`` answers 503, so that a layer-4 balancer's
+        health check takes the node out of its pool before its listeners close (a client
+        the balancer still sends meanwhile is served, not refused).  A worker already
+        winding down (retired by a reload) has no listener left and skips it.
+        ``worker_shutdown_timeout`` counts from the QUIT, the grace included, as a
+        Kubernetes ``terminationGracePeriodSeconds`` does.
+
         A worker retired by a reload gets it too (the master's QUIT reaches every
         generation): its tunnels are the ones that outlived the reload."""
         if self.quitting or self.stopped.done():
             return
         self.quitting = True
+        self.quit_at = self.loop.time()
+        grace = self.config.shutdown_grace
+        if grace > 0 and not self.stopping:
+            self.error_log.log("notice", f"shutdown grace: stopping in {grace:g}s")
+            self._grace = self.loop.call_later(grace, self._quit)
+            return
+        self._quit()
+
+    def _quit(self) -> None:
+        """The graceful stop proper (after ``shutdown_grace``, if any)."""
+        self._grace = None
+        if self.stopped.done():
+            return
         self._wind_down()
         self._close_tunnels(1001)
 
@@ -575,6 +605,8 @@ class Gateway:
             conn.wind_down()
         timeout = self.config.worker_shutdown_timeout
         if timeout is not None:
+            if self.quit_at is not None:  # counted from the QUIT (shutdown_grace included)
+                timeout = max(0.0, timeout - (self.loop.time() - self.quit_at))
             self.loop.call_later(timeout, self._shutdown_timeout)
         if self._drained():
             self._finish()

@@ -429,6 +429,17 @@ ENTRIES: tuple[Directive, ...] = (
         default="0",
         note="wsgate's",
     ),
+    # wsgate: HAProxy's ``grace`` (see Gateway.stop_gracefully)
+    Directive(
+        "shutdown_grace",
+        ctx(MAIN),
+        TAKE1,
+        parse=time,
+        target=Config,
+        fields=("shutdown_grace",),
+        default="0",
+        note="wsgate's",
+    ),
     Directive("events", ctx(MAIN), BLOCK, kind=Kind.STRUCTURE, parse=_events, syntax="{ ... }"),
     Directive(
         "worker_connections",
@@ -835,6 +846,18 @@ ENTRIES: tuple[Directive, ...] = (
         parse=lambda s, level: True,
         target=_LS,
         fields=("prometheus",),
+        unset=False,
+        merge=Merge.HANDLER,
+        note="wsgate's",
+    ),
+    # wsgate's own: a readiness page for a balancer's health check (see Gateway.stop_gracefully)
+    Directive(
+        "readiness",
+        ctx(LOCATION),
+        NOARGS,
+        parse=lambda s, level: True,
+        target=_LS,
+        fields=("readiness",),
         unset=False,
         merge=Merge.HANDLER,
         note="wsgate's",
