@@ -237,6 +237,8 @@ http {
             3,
         ),
         ("http {\n server {\n", 'unexpected end of file, expecting "}"', 2),
+        ("http {\n server {\n  location / { return 200 }\n }\n}\n", 'unexpected "}"', 3),
+        ('http {\n server {\n  location / { return 200 "x"\n}\n }\n}\n', 'unexpected "}"', 4),
         (
             "http {\n proxy_redirect default;\n}\n",
             '"proxy_redirect default" should be placed after the "proxy_pass" directive',

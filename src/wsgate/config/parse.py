@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import crossplane
+import crossplane.errors
 import crossplane.lexer
 from crossplane.analyzer import DIRECTIVES as NGINX_DIRECTIVES
 from crossplane.errors import NgxParserBaseException
@@ -44,12 +45,26 @@ _crossplane_lex = crossplane.lexer._lex_file_object
 
 
 def _lex_expansions(file_obj: Any) -> Any:
-    """crossplane's lexer with its ``${name}`` bug undone: crossplane 0.5.8 appends the
-    whitespace after an unquoted ``${name}`` and the next word to that token
-    (``access_log logs/${host} main;`` became one argument), where nginx's
-    ``ngx_conf_read_token`` ends the token at the whitespace.  An unquoted token holding
-    unescaped whitespace can only come from that, so it is split back into its words."""
+    """crossplane's lexer with two of its differences from nginx's ``ngx_conf_read_token``
+    undone:
+
+    * its ``${name}`` bug: crossplane 0.5.8 appends the whitespace after an unquoted
+      ``${name}`` and the next word to that token (``access_log logs/${host} main;`` became
+      one argument), where nginx ends the token at the whitespace.  An unquoted token
+      holding unescaped whitespace can only come from that, so it is split back into its
+      words;
+    * a ``}`` right after a directive's arguments (``location / { return 200 }``): crossplane
+      ends the directive there, nginx stops with ``unexpected "}"`` ("if (last_space) ...
+      else ... ngx_conf_log_error(..., "unexpected \"%c\"", ch)")."""
+    prev: tuple[str, bool] | None = None
     for token, line, quoted in _crossplane_lex(file_obj):
+        if token == "}" and not quoted and prev is not None:
+            if prev[1] or prev[0] not in (";", "{", "}"):
+                raise crossplane.errors.NgxParserSyntaxError(
+                    'unexpected "}"', getattr(file_obj, "name", None), line
+                )
+        if quoted or not token.startswith("#"):
+            prev = (token, quoted)
         if quoted or "${" not in token or not _GLUED.search(token):
             yield token, line, quoted
             continue
