@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest pytest-pure install node debs bench soak conformance clean
+.PHONY: run test lint typecheck pytest pytest-pure install node debs bench soak conformance fleet fleet-debs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,9 +27,11 @@ node: node_modules/.installed
 ## certutil (libnss3-tools, to make Chromium trust the test CA) for the browser test; the Perl
 ## modules nginx's test-suite harness needs for its WebSocket and TLS files (make conformance);
 ## HAProxy for the RFC 8441 interop test (its `ws h2` servers speak WebSockets over HTTP/2);
-## h2load (nghttp2-client) for make bench's HTTP/2 figures; strace for its system-call counts.
-## Installed only when missing and when we can (root with apt-get); otherwise those tests skip
-## with a reason. Debian's postinst starts the nginx service: stop the copy this step started.
+## h2load (nghttp2-client) for make bench's HTTP/2 figures; strace for its system-call counts;
+## ShellCheck for deploy/entrypoint.sh (tests/unit/test_deploy.py); redis-server for the limit
+## zones kept in Redis (tests/integration/test_limits_redis.py). Installed only when
+## missing and when we can (root with apt-get); otherwise those tests skip with a reason.
+## Debian's postinst starts the nginx service: stop the copy this step started.
 debs:
 	@if ! command -v nginx >/dev/null 2>&1 && ! [ -x /usr/sbin/nginx ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -47,6 +49,8 @@ debs:
 	command -v haproxy >/dev/null 2>&1 || missing="$$missing haproxy"; \
 	command -v h2load >/dev/null 2>&1 || missing="$$missing nghttp2-client"; \
 	command -v strace >/dev/null 2>&1 || missing="$$missing strace"; \
+	command -v shellcheck >/dev/null 2>&1 || missing="$$missing shellcheck"; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } \
@@ -128,6 +132,34 @@ bench: $(VENV)/.bench-installed
 	  else echo "not installed:$$missing: the benchmark will skip it"; fi; \
 	fi
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+## make fleet (root only; about 2 minutes; not part of make test): the fleet simulation of
+## docs/fleet.md. HAProxy (TCP, send-proxy-v2), three wsgate nodes, three backends, dnsmasq,
+## Redis and a client host with 2,100 WebSocket clients, each host a network namespace of its
+## own on one bridge (198.18.0.0/15, RFC 2544's benchmarking range, nothing in the root
+## namespace); steady traffic, a backend added to and one removed from DNS, a node stopped
+## gracefully, a node killed, Redis restarted. Prints the figures, writes
+## fleet/results/last.json and fails when a check of issue 17 fails; skips (with the reason)
+## where namespaces cannot be made. fleet-debs installs what is missing from Debian's packages
+## (dnsmasq-base: the program without the system service) and stops the services their
+## postinst started. FLEET_ARGS passes flags: make fleet FLEET_ARGS="--users 100 --keep".
+fleet-debs:
+	@missing=""; \
+	command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || missing=" iproute2"; \
+	command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing="$$missing haproxy"; \
+	command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || missing="$$missing dnsmasq-base"; \
+	command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing="$$missing redis-server"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null \
+	      && { [ ! -f /run/haproxy.pid ] || kill "$$(cat /run/haproxy.pid)" 2>/dev/null || true; } \
+	      && { [ ! -f /run/redis/redis-server.pid ] || kill "$$(cat /run/redis/redis-server.pid)" 2>/dev/null || true; }; } \
+	      || echo "could not install$$missing: the fleet simulation will skip"; \
+	  else echo "not installed:$$missing: the fleet simulation will skip"; fi; \
+	fi
+
+fleet: $(STAMP) fleet-debs
+	$(PY) -m fleet.run $(FLEET_ARGS)
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -17,15 +17,24 @@ forgotten as nginx does (:meth:`ReqZone.prune`), ``limit_conn`` keys when their 
 zero.  A full shared zone is reported as nginx does: :meth:`ConnZone.acquire` returns
 :attr:`Refused.NO_MEMORY`, and :func:`check_requests` a :class:`ReqDecision` with
 ``no_memory`` set.
+
+A zone declared with wsgate's ``redis=`` is kept in Redis instead, shared by every wsgate
+node (:mod:`wsgate.limits_redis`, created in a worker on first use as
+:attr:`LimitRegistry.remote`); it refuses with :attr:`Refused.UNAVAILABLE` or a
+:class:`ReqDecision` with ``unavailable`` set when Redis cannot be reached and the zone
+fails closed.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from wsgate.errors import WsgateError
+
+if TYPE_CHECKING:
+    from wsgate.limits_redis import RedisZones
 
 __all__ = [
     "NEVER",
@@ -57,6 +66,9 @@ class Refused(enum.Enum):
     #: slab allocator at crit as ``ngx_slab_alloc() failed: no memory in limit_conn_zone
     #: "NAME"``); nginx answers ``limit_conn_status`` without the "limiting" line.
     NO_MEMORY = "no memory"
+    #: A zone kept in Redis (wsgate's ``redis=``) could not reach it and fails closed; the
+    #: zone logs that itself (once per interval), the request gets ``limit_conn_status``.
+    UNAVAILABLE = "unavailable"
 
     def __bool__(self) -> bool:
         return False
@@ -211,6 +223,8 @@ class ReqDecision:
     ``no_memory``: ``rejected`` names a shared zone that had no room for the key; nginx then
     logs ``could not allocate node in limit_req zone "NAME"`` at alert instead of "limiting
     requests", and answers ``limit_req_status`` (or lets the request pass in a dry run).
+    ``unavailable``: ``rejected`` names a zone kept in Redis that could not be reached and
+    fails closed (the zone logs that itself, once per interval).
     """
 
     rejected: str | None = None
@@ -218,6 +232,7 @@ class ReqDecision:
     delay_ms: int = 0
     zone: str = ""
     no_memory: bool = False
+    unavailable: bool = False
 
 
 def check_requests(limits: list[tuple[ReqZone, str, int, int]], now: int) -> ReqDecision:
@@ -262,11 +277,14 @@ class LimitRegistry:
     """The zones of one wsgate process, by name; kept across reloads as nginx keeps a shared
     zone whose name and size did not change."""
 
-    __slots__ = ("conn", "req")
+    __slots__ = ("conn", "req", "remote")
 
     def __init__(self) -> None:
         self.conn: dict[str, ConnZone] = {}
         self.req: dict[str, ReqZone] = {}
+        #: The zones kept in Redis (``redis=``), made in a worker by the first request that
+        #: uses one (:func:`wsgate.limits_redis.zones_of`); None: none used yet.
+        self.remote: RedisZones | None = None
 
     def conn_zone(self, name: str) -> ConnZone:
         zone = self.conn.get(name)

@@ -918,11 +918,14 @@ class SharedState:
         """Make the zones of a (re)loaded configuration (the master, before forking its
         workers).  As nginx's ``ngx_init_cycle``, a zone whose name and size did not change is
         kept with its state, one whose size changed starts empty, and a kept zone whose key
-        changed fails the reload (``ConfigError``, and nothing changes)."""
+        changed fails the reload (``ConfigError``, and nothing changes).  A zone kept in
+        Redis (wsgate's ``redis=``, :mod:`wsgate.limits_redis`) has no shared memory."""
         http = config.http
+        conn_specs = {n: z for n, z in http.limit_conn_zones.items() if z.redis is None}
+        req_specs = {n: z for n, z in http.limit_req_zones.items() if z.redis is None}
         for kind, specs, zones in (
-            ("limit_conn_zone", http.limit_conn_zones, self._conn),
-            ("limit_req", http.limit_req_zones, self._req),
+            ("limit_conn_zone", conn_specs, self._conn),
+            ("limit_req", req_specs, self._req),
         ):
             for name, spec in specs.items():
                 old = zones.get(name)
@@ -936,7 +939,7 @@ class SharedState:
                     )
         self.generation += 1
         conn: dict[str, SharedConnZone] = {}
-        for name, cspec in http.limit_conn_zones.items():
+        for name, cspec in conn_specs.items():
             kept = self._conn.pop(name, None)
             if kept is None or kept.size != cspec.size:
                 if kept is not None:
@@ -953,7 +956,7 @@ class SharedState:
             conn[name] = kept
         self._retired += [(self.generation, zone) for zone in self._conn.values()]
         req: dict[str, SharedReqZone] = {}
-        for name, rspec in http.limit_req_zones.items():
+        for name, rspec in req_specs.items():
             old = self._req.get(name)
             if old is None or old.size != rspec.size:
                 lock = self._locks.new_lock()

@@ -5,14 +5,28 @@ https://nginx.org/en/docs/http/ngx_http_limit_conn_module.html,
 https://nginx.org/en/docs/http/ngx_http_limit_req_module.html.  Zones are http-level and are
 loaded before the servers, so ``limit_conn``/``limit_req`` may name a zone declared later in
 the file, as in nginx.
+
+``redis=ADDRESS [redis_fail=open|closed]`` on a zone is wsgate's own (nginx open source has no
+equivalent; nginx Plus shares zones between its nodes with ``sync`` and ``zone_sync``): the
+zone is kept in that Redis (:mod:`wsgate.limits_redis`).  Without those parameters a zone
+takes exactly nginx's arguments, and a surplus one is nginx's "invalid number of arguments".
 """
 
 from __future__ import annotations
 
+import importlib.util
+import ipaddress
 import re
 from collections.abc import Callable
 
-from wsgate.config.model import LimitConn, LimitConnZone, LimitReq, LimitReqZone, Source
+from wsgate.config.model import (
+    LimitConn,
+    LimitConnZone,
+    LimitReq,
+    LimitReqZone,
+    RedisServer,
+    Source,
+)
 from wsgate.config.parse import Stmt
 from wsgate.config.template import Template
 from wsgate.config.units import parse_size
@@ -25,6 +39,7 @@ __all__ = [
     "parse_limit_level",
     "parse_limit_req",
     "parse_limit_status",
+    "parse_redis_server",
     "parse_zone",
 ]
 
@@ -38,6 +53,55 @@ LIMIT_LOG_LEVELS = ("info", "notice", "warn", "error")
 _NODELAY = (2**63 - 1) // 1000
 
 Compile = Callable[[str, Source], Template]
+
+#: ``redis=HOST`` without a port: Redis's own.
+REDIS_PORT = 6379
+_HOST = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def redis_installed() -> bool:
+    """Whether the optional ``redis`` package (``pip install 'wsgate[redis]'``) is there; found
+    without importing it, so that a configuration without ``redis=`` costs nothing."""
+    return importlib.util.find_spec("redis") is not None
+
+
+def parse_redis_server(text: str) -> RedisServer | str:
+    """``redis=``'s ADDRESS: ``host:port``, ``host`` (port 6379), ``[v6]:port``, ``[v6]`` or
+    ``unix:/path``; a :class:`RedisServer`, or what is wrong with it, in the words of nginx's
+    ``ngx_parse_url`` ("invalid port", "no host"...)."""
+    if text.startswith("unix:"):
+        path = text[5:]
+        return RedisServer(path=path) if path else "no path in the unix domain socket"
+    host, port_text = text, ""
+    if text.startswith("["):
+        inner, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            return "invalid host"
+        try:
+            ipaddress.IPv6Address(inner)
+        except ValueError:
+            return "invalid IPv6 address"
+        host, port_text = inner, rest[1:] if rest else ""
+        if rest and not port_text:
+            return "invalid port"
+    elif ":" in text:
+        host, _, port_text = text.rpartition(":")
+        if not port_text:
+            return "invalid port"
+        if not host:
+            return "no host"
+        if not _HOST.fullmatch(host):
+            return "invalid host"
+    elif not text:
+        return "no host"
+    elif not _HOST.fullmatch(text):
+        return "invalid host"
+    port = REDIS_PORT
+    if port_text:
+        port = int(port_text) if port_text.isdigit() else 0
+        if not 1 <= port <= 65535:
+            return "invalid port"
+    return RedisServer(host=host, port=port)
 
 
 def _zone_arg(s: Stmt, text: str) -> tuple[str, int]:
@@ -60,13 +124,33 @@ def parse_zone(
     """``limit_conn_zone KEY zone=NAME:SIZE`` or ``limit_req_zone KEY zone=NAME:SIZE
     rate=RATE``: "The rate is specified in requests per second (r/s). If a rate of less than
     one request per second is desired, it is specified in request per minute (r/m)."
-    ``rate`` defaults to 1r/s and a bare number is per second, as in nginx."""
+    ``rate`` defaults to 1r/s and a bare number is per second, as in nginx.
+
+    wsgate's ``redis=ADDRESS [redis_fail=open|closed]`` keeps the zone in Redis
+    (:mod:`wsgate.limits_redis`); ``redis_fail`` (default ``open``) says what a request gets
+    while Redis cannot be reached: ``open`` lets it pass uncounted, ``closed`` answers the
+    limit's status."""
     is_req = s.name == "limit_req_zone"
     key = compile_(s.args[0], s.src)
     name, size, rate, scale = "", 0, 1, 1
+    redis: RedisServer | None = None
+    fail: str | None = None
     for a in s.args[1:]:
         if a.startswith("zone="):
             name, size = _zone_arg(s, a)
+        elif a.startswith("redis="):
+            if redis is not None:
+                raise _err('"redis" parameter is duplicate', s.src)
+            got = parse_redis_server(a[6:])
+            if isinstance(got, str):
+                raise _err(f'invalid parameter "{a}": {got}', s.src)
+            redis = got
+        elif a.startswith("redis_fail="):
+            if fail is not None:
+                raise _err('"redis_fail" parameter is duplicate', s.src)
+            fail = a[11:]
+            if fail not in ("open", "closed"):
+                raise _err(f'invalid parameter "{a}"', s.src)
         elif is_req and a.startswith("rate="):
             digits = a[5:]
             scale = 1
@@ -79,14 +163,26 @@ def parse_zone(
                 raise _err(f'invalid rate "{a}"', s.src)
         else:
             raise _err(f'invalid parameter "{a}"', s.src)
+    if redis is None:
+        if fail is not None:
+            raise _err('"redis_fail" parameter requires "redis" parameter', s.src)
+        if len(s.args) > (3 if is_req else 2):  # nginx's NGX_CONF_TAKE3 / NGX_CONF_TAKE2
+            raise _err(f'invalid number of arguments in "{s.name}" directive', s.src)
+    elif not redis_installed():
+        raise _err(
+            f'"redis" parameter of "{s.name}" needs the redis package: '
+            "pip install 'wsgate[redis]'",
+            s.src,
+        )
     if not name:
         raise _err(f'"{s.name}" must have "zone" parameter', s.src)
     old = taken.get(name)
     if old is not None:
         raise _err(f'{s.name} "{name}" is already bound to key "{old.key}"', s.src)
+    closed = fail == "closed"
     if is_req:
-        return LimitReqZone(name, key, size, rate * 1000 // scale, s.src)
-    return LimitConnZone(name, key, size, s.src)
+        return LimitReqZone(name, key, size, rate * 1000 // scale, s.src, redis, closed)
+    return LimitConnZone(name, key, size, s.src, redis, closed)
 
 
 def _unknown_zone(s: Stmt, name: str) -> Exception:

@@ -44,6 +44,7 @@ __all__ = [
     "MimeTypes",
     "Network",
     "ProxyPass",
+    "RedisServer",
     "RewriteRule",
     "Server",
     "ServerName",
@@ -478,22 +479,42 @@ class AccessRule:
 
 
 @dataclass(frozen=True, slots=True)
+class RedisServer:
+    """The ``redis=ADDRESS`` of a limit zone kept in Redis (wsgate's, :mod:`wsgate.limits_redis`):
+    ``host``/``port``, or ``path`` for ``unix:/path`` (then ``host`` is empty)."""
+
+    host: str = ""
+    port: int = 6379
+    path: str = ""
+
+    def __str__(self) -> str:
+        if self.path:
+            return f"unix:{self.path}"
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
 class LimitConnZone:
-    """``limit_conn_zone KEY zone=NAME:SIZE`` (ngx_http_limit_conn_module).
+    """``limit_conn_zone KEY zone=NAME:SIZE [redis=ADDRESS [redis_fail=open|closed]]``
+    (ngx_http_limit_conn_module; ``redis=`` is wsgate's).
 
     ``size`` is parsed and checked (at least 32k, as nginx's ``8 * ngx_pagesize``) but wsgate
-    does not evict by size.
+    does not evict by size.  ``redis``: the zone is kept in that Redis, shared by every
+    wsgate using it; ``redis_fail_closed``: refuse (not pass) requests while it is unreachable.
     """
 
     name: str
     key: Template
     size: int
     source: Source | None = None
+    redis: RedisServer | None = None
+    redis_fail_closed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class LimitReqZone:
-    """``limit_req_zone KEY zone=NAME:SIZE rate=RATE`` (ngx_http_limit_req_module).
+    """``limit_req_zone KEY zone=NAME:SIZE rate=RATE [redis=ADDRESS [redis_fail=open|closed]]``
+    (ngx_http_limit_req_module; ``redis=`` is wsgate's, as for :class:`LimitConnZone`).
 
     ``rate`` is in milli-requests per second, as nginx keeps it (``Nr/m`` is ``N*1000//60``).
     """
@@ -503,6 +524,8 @@ class LimitReqZone:
     size: int
     rate: int
     source: Source | None = None
+    redis: RedisServer | None = None
+    redis_fail_closed: bool = False
 
 
 @dataclass(frozen=True, slots=True)

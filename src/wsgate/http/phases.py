@@ -68,7 +68,7 @@ from wsgate.http.redirects import absolute_location
 from wsgate.http.request import RequestHead
 from wsgate.http.rewrite import Stop, execute
 from wsgate.http.static import FileResponse, content_type
-from wsgate.http.suspend import Offload, Pause, Subrequest, Suspend
+from wsgate.http.suspend import Await, Offload, Pause, Subrequest, Suspend
 from wsgate.limits import ConnZone, Refused, ReqZone, check_requests
 from wsgate.realip import forwarded_addr
 from wsgate.routing import (
@@ -82,6 +82,7 @@ from wsgate.routing import (
 
 if TYPE_CHECKING:
     from wsgate.limits import LimitRegistry
+    from wsgate.limits_redis import ConnWait, RedisReqZone, ReqWait
     from wsgate.observability.logs import ErrorLogger
 
 __all__ = [
@@ -175,6 +176,8 @@ class Request:
         "subrequest",
         "limit_req_done",
         "limit_conn_done",
+        "req_wait",
+        "conn_wait",
         "error_page",
         "err_status",
         "headers_out",
@@ -235,6 +238,10 @@ class Request:
         #: once; an internal redirect does not apply them again.
         self.limit_req_done = False
         self.limit_conn_done = False
+        #: A wait for ``limit_req``/``limit_conn`` zones kept in Redis (wsgate's ``redis=``):
+        #: the handler that returned the :class:`~wsgate.http.suspend.Await` reads it.
+        self.req_wait: ReqWait | None = None
+        self.conn_wait: ConnWait | None = None
         #: ``r->internal``: a rewrite or an internal redirect happened, or this is a
         #: subrequest (``internal`` locations allow it; ``proxy_pass`` escapes the URI).
         self.internal = False
@@ -623,28 +630,39 @@ def limit_req(r: Request) -> Decision | None:
     zone, their processing is delayed such that requests are processed at a defined rate.
     Excessive requests are delayed until their number exceeds the maximum burst size in
     which case the request is terminated with an error."  "Requests with an empty key
-    value are not accounted."  Delays are logged one level below refusals."""
+    value are not accounted."  Delays are logged one level below refusals.  A list with a
+    zone kept in Redis (wsgate's ``redis=``) is decided on the event loop
+    (:func:`_limit_req_shared`); this handler then runs again with the decision."""
     settings = r.settings
-    if not settings.limit_req or r.limit_req_done:
-        return None
-    entries: list[tuple[ReqZone, str, int, int]] = []
-    for lr in settings.limit_req:
-        spec = lr.zone
-        key = spec.key.render(r.ctx.lookup)
-        if key:
-            zone = r.worker.limits.req_zone(spec.name, spec.rate)
-            entries.append((zone, key, lr.burst, lr.delay))
-    if not entries:
-        return None
-    # "if (r->main->limit_req_status) return NGX_DECLINED;": once per request.
-    r.limit_req_done = True
-    decision = check_requests(entries, int(r.worker.clock() * 1000))
+    wait = r.req_wait
+    if wait is not None:
+        r.req_wait = None
+        decision = wait.decision
+    else:
+        if not settings.limit_req or r.limit_req_done:
+            return None
+        entries: list[tuple[ReqZone, str, int, int]] = []
+        for lr in settings.limit_req:
+            spec = lr.zone
+            if spec.redis is not None:
+                return _limit_req_shared(r)
+            key = spec.key.render(r.ctx.lookup)
+            if key:
+                zone = r.worker.limits.req_zone(spec.name, spec.rate)
+                entries.append((zone, key, lr.burst, lr.delay))
+        if not entries:
+            return None
+        # "if (r->main->limit_req_status) return NGX_DECLINED;": once per request.
+        r.limit_req_done = True
+        decision = check_requests(entries, int(r.worker.clock() * 1000))
     dry = ", dry run" if settings.limit_req_dry_run else ""
     level = settings.limit_req_log_level
     excess = f"{decision.excess // 1000}.{decision.excess % 1000:03d}"
     if decision.rejected is not None:
         if decision.no_memory:
             r.log("alert", f'could not allocate node in limit_req zone "{decision.rejected}"')
+        elif decision.unavailable:
+            pass  # a Redis zone failing closed: it logs that itself, once per interval
         else:
             r.log(level, f'limiting requests{dry}, excess: {excess} by zone "{decision.rejected}"')
         if not dry:
@@ -657,30 +675,71 @@ def limit_req(r: Request) -> Decision | None:
     return None
 
 
+def _limit_req_shared(r: Request) -> Decision | None:
+    """``limit_req`` with a zone kept in Redis: the decision is made on the event loop
+    (:class:`~wsgate.limits_redis.ReqWait`), then :func:`limit_req` goes on with it."""
+    from wsgate.limits_redis import ReqLimit, ReqWait, zones_of
+
+    zones = zones_of(r.worker)
+    entries: list[ReqLimit] = []
+    for lr in r.settings.limit_req:
+        spec = lr.zone
+        key = spec.key.render(r.ctx.lookup)
+        if key:
+            zone: ReqZone | RedisReqZone
+            if spec.redis is None:
+                zone = r.worker.limits.req_zone(spec.name, spec.rate)
+            else:
+                zone = zones.req_zone(spec)
+            entries.append((zone, key, lr.burst, lr.delay))
+    if not entries:
+        return None
+    r.limit_req_done = True
+    r.req_wait = wait = ReqWait(entries, int(r.worker.clock() * 1000))
+    return Await(wait.run)
+
+
 def limit_conn(r: Request) -> Decision | None:
     """ngx_http_limit_conn_handler: "When this limit is exceeded, the server will return
     the error in reply to a request."  "Connections with an empty key value are not
     accounted."  The slots taken are kept in ``r.conn_slots`` until the request (or its
-    tunnel) ends."""
+    tunnel) ends.  A zone kept in Redis (wsgate's ``redis=``) is asked on the event loop
+    (:class:`~wsgate.limits_redis.ConnWait`); this handler then goes on from that zone."""
     settings = r.settings
-    if r.limit_conn_done:
+    wait = r.conn_wait
+    start = 0
+    if wait is not None:
+        r.conn_wait = None
+        start = wait.index
+    elif r.limit_conn_done:
         return None
-    for lc in settings.limit_conn:
+    limits = settings.limit_conn
+    for i in range(start, len(limits)):
+        lc = limits[i]
         spec = lc.zone
-        key = spec.key.render(r.ctx.lookup)
-        if not key:
-            continue
-        # "r->main->limit_conn_status = NGX_HTTP_LIMIT_CONN_PASSED": once per request.
-        r.limit_conn_done = True
-        zone = r.worker.limits.conn_zone(spec.name)
-        got = zone.acquire(key, lc.conn)
-        if got is True:
-            r.conn_slots += ((zone, key),)
-            continue
+        if wait is not None and i == start:
+            got = wait.result  # a slot taken is the request's already
+            if got is True:
+                continue
+        else:
+            key = spec.key.render(r.ctx.lookup)
+            if not key:
+                continue
+            # "r->main->limit_conn_status = NGX_HTTP_LIMIT_CONN_PASSED": once per request.
+            r.limit_conn_done = True
+            if spec.redis is not None:
+                return _limit_conn_shared(r, i, key)
+            zone = r.worker.limits.conn_zone(spec.name)
+            got = zone.acquire(key, lc.conn)
+            if got is True:
+                r.conn_slots += ((zone, key),)
+                continue
         dry = settings.limit_conn_dry_run
         if got is Refused.NO_MEMORY:
             # nginx: the slab allocator's line, and the limit's status.
             r.log("crit", f'ngx_slab_alloc() failed: no memory in limit_conn_zone "{spec.name}"')
+        elif got is Refused.UNAVAILABLE:
+            pass  # a Redis zone failing closed: it logs that itself, once per interval
         else:
             dry_text = ", dry run" if dry else ""
             r.log(
@@ -690,6 +749,20 @@ def limit_conn(r: Request) -> Decision | None:
         if not dry:
             raise HttpError(settings.limit_conn_status)
     return None
+
+
+def _limit_conn_shared(r: Request, index: int, key: str) -> Decision:
+    """Ask the Redis zone of ``limit_conn`` number ``index`` for a slot for ``key``."""
+    from wsgate.limits_redis import ConnWait, zones_of
+
+    lc = r.settings.limit_conn[index]
+    zone = zones_of(r.worker).conn_zone(lc.zone)
+
+    def taken() -> None:
+        r.conn_slots += ((zone, key),)
+
+    r.conn_wait = wait = ConnWait(index, zone, key, lc.conn, taken)
+    return Await(wait.run)
 
 
 def release_slots(r: Request) -> None:
@@ -952,7 +1025,7 @@ def run(
                 except HttpError as exc:
                     error = exc
                 continue
-            if isinstance(decision, Offload | Pause | Subrequest):
+            if isinstance(decision, Offload | Pause | Subrequest | Await):
                 return decision, i - 1  # the same handler goes on when the wait is over
             if not isinstance(decision, Redirect):
                 return decision, i

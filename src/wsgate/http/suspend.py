@@ -10,14 +10,14 @@ decision says, and walks on from the handler that returned it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from wsgate.config.variables import RequestContext
 
-__all__ = ["Offload", "Pause", "Subrequest", "Suspend"]
+__all__ = ["Await", "Offload", "Pause", "Subrequest", "Suspend"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,5 +52,14 @@ class Subrequest:
     done: bool = field(default=False)
 
 
+@dataclass(frozen=True, slots=True)
+class Await:
+    """Await ``call()`` on the event loop, then call the handler again; ``call`` keeps its
+    result (a ``limit_conn``/``limit_req`` zone kept in Redis: :mod:`wsgate.limits_redis`).
+    ``call`` never raises and bounds its own wait."""
+
+    call: Callable[[], Awaitable[None]]
+
+
 #: A decision after which the same handler runs again.
-Suspend = Offload | Pause | Subrequest
+Suspend = Offload | Pause | Subrequest | Await

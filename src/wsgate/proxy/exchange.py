@@ -51,7 +51,7 @@ from wsgate.http.phases import (
 )
 from wsgate.http.request import RequestHead
 from wsgate.http.static import FileResponse
-from wsgate.http.suspend import Offload, Pause, Subrequest
+from wsgate.http.suspend import Await, Offload, Pause, Subrequest
 from wsgate.observability.metrics import CONTENT_TYPE, location_label
 from wsgate.observability.status import stub_status_page
 from wsgate.proxy.endpoint import PeerClosed
@@ -135,7 +135,7 @@ class Exchange:
                     return await self.finish(page, keep)
                 error = None
                 try:
-                    if isinstance(decision, Delay | Offload | Pause | Subrequest):
+                    if isinstance(decision, Delay | Offload | Pause | Subrequest | Await):
                         # A failed wait (a subrequest's 500...) is an error like any other.
                         await self._wait(decision)
                         continue
@@ -147,12 +147,14 @@ class Exchange:
             if self.front.tunnel is None:
                 release_slots(r)
 
-    async def _wait(self, decision: Delay | Offload | Pause | Subrequest) -> None:
+    async def _wait(self, decision: Delay | Offload | Pause | Subrequest | Await) -> None:
         """A ``limit_req`` delay, or a wait of :mod:`wsgate.http.suspend`."""
         if isinstance(decision, Delay | Pause):
             await asyncio.sleep(decision.seconds)
         elif isinstance(decision, Offload):
             await offload(decision.job)
+        elif isinstance(decision, Await):
+            await decision.call()  # a zone kept in Redis (it bounds its own wait)
         else:
             from wsgate.proxy.subrequest import run_subrequest  # it builds on Exchange
 

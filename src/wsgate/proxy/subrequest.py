@@ -34,7 +34,7 @@ from wsgate.http.fields import set_cookie_value
 from wsgate.http.phases import Close, Content, Delay, Plain, Redirect, Request, release_slots, run
 from wsgate.http.response import ResponseHead, ResponseParser
 from wsgate.http.static import FileResponse
-from wsgate.http.suspend import Subrequest
+from wsgate.http.suspend import Await, Subrequest
 from wsgate.proxy.exchange import Exchange
 from wsgate.proxy.proxying import Proxying
 
@@ -155,7 +155,8 @@ class SubExchange(Exchange):
         r = self.r
         try:
             decision, index = run(r)
-            while isinstance(decision, Delay):
+            # A limit_req delay, or a limit zone kept in Redis (the access phase is skipped).
+            while isinstance(decision, Delay | Await):
                 await self._wait(decision)
                 decision, index = run(r, index)
             if isinstance(decision, Redirect | Plain):

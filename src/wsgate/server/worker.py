@@ -47,6 +47,8 @@ def serve(gw: Gateway, groups: dict[BindKey, ListenGroup], started: Callable[[],
         t.cancel()
     if pending:
         loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    if gw.limits.remote is not None:  # limit zones kept in Redis: give back what it held
+        loop.run_until_complete(gw.limits.remote.close())
 
 
 def apply_limits(config: Config, index: int, error_log: ErrorLogger) -> None:

@@ -19,8 +19,8 @@ from wsgate.config.table import (
     HTTP,
     TAKE1,
     TAKE2,
-    TAKE3,
     TAKE123,
+    Arity,
     Directive,
     Kind,
     Merge,
@@ -67,16 +67,28 @@ def _status(s: Stmt, level: Level) -> int:
 
 _LS = LocationSettings
 _LEVEL = enum_(*lim.LIMIT_LOG_LEVELS)
+#: nginx's ``NGX_CONF_TAKE2``/``NGX_CONF_TAKE3``, plus wsgate's ``redis=`` and ``redis_fail=``
+#: (:func:`wsgate.config.limits.parse_zone` refuses the extra ones without ``redis=`` in
+#: nginx's words).
+_CONN_ZONE_ARGS = Arity(2, 4)
+_REQ_ZONE_ARGS = Arity(3, 5)
+_REDIS_NOTE = (
+    "wsgate's own `redis=host:port | unix:/path` keeps the zone in Redis, shared by every "
+    "wsgate node using it (nginx open source has no equivalent; nginx Plus has `sync` with "
+    "zone_sync); `redis_fail=open | closed`: what a request gets while Redis is unreachable "
+    "(docs/configuration.md)"
+)
 
 ENTRIES: tuple[Directive, ...] = (
     Directive(
         "limit_conn_zone",
         ctx(HTTP),
-        TAKE2,
+        _CONN_ZONE_ARGS,
         kind=Kind.STRUCTURE,
         parse=_conn_zone,
         early=True,
-        syntax="key zone=name:size",
+        syntax="key zone=name:size [redis=address [redis_fail=open | closed]]",
+        note=_REDIS_NOTE,
     ),
     Directive(
         "limit_conn",
@@ -120,11 +132,12 @@ ENTRIES: tuple[Directive, ...] = (
     Directive(
         "limit_req_zone",
         ctx(HTTP),
-        TAKE3,
+        _REQ_ZONE_ARGS,
         kind=Kind.STRUCTURE,
         parse=_req_zone,
         early=True,
-        syntax="key zone=name:size rate=rate",
+        syntax="key zone=name:size rate=rate [redis=address [redis_fail=open | closed]]",
+        note=_REDIS_NOTE,
     ),
     Directive(
         "limit_req",
