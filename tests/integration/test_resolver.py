@@ -14,6 +14,7 @@ from tests.conftest import WsgateProcess
 from tests.helpers import recv_exactly
 from tests.integration.fake_dns import FakeDns, Records, start_dns, stop_dns
 from tests.integration.loopback import Backend, Loop, get, loop_fixture, wait_for, ws_open
+from wsgate.upstream.hashing import Ring, build_ring, key_bytes
 
 Factory = Callable[..., WsgateProcess]
 
@@ -258,6 +259,49 @@ def test_server_resolve_follows_dns_and_drains_the_old_address(
     finally:
         for t in tunnels:
             t.close()
+
+
+def ring_pick(ring: Ring, key: str) -> str:
+    """The server a healthy ring gives ``key`` (``ngx_http_upstream_get_chash_peer``'s first
+    point)."""
+    return ring.names[ring.find(key_bytes(key)) % len(ring)]
+
+
+def test_consistent_hash_over_one_resolved_name_keeps_each_key_on_one_address(
+    bg: Loop, dns_: FakeDns, wsgate: Factory
+) -> None:
+    """``hash ... consistent`` with one ``resolve`` name for every backend (a headless
+    service): each address has its own points (wsgate's; nginx hashes the name for all of
+    them and spreads a key by round robin), so a key stays on one backend, the ring is the
+    one of the addresses, and an address that leaves moves only its own keys."""
+    b1 = bg.backend("b1")
+    b2 = second_backend(bg, "b2", "127.0.0.2", b1.port)
+    b3 = second_backend(bg, "b3", "127.0.0.3", b1.port)
+    names = {"127.0.0.1": b"b1", "127.0.0.2": b"b2", "127.0.0.3": b"b3"}
+    dns_.zone["name.example.net"] = Records(a=list(names))
+    text = upstream_conf(dns_.port, b1.port, 2).replace(
+        "zone z 64k;", "zone z 64k; hash $arg_k consistent;"
+    )
+    gw = wsgate(text)
+    keys = [f"k{i}" for i in range(40)]
+
+    def expected(addresses: list[str]) -> dict[str, bytes]:
+        ring = build_ring((f"{a}:{b1.port}", 1) for a in addresses)
+        return {k: names[ring_pick(ring, k).split(":")[0]] for k in keys}
+
+    def routes() -> dict[str, bytes]:
+        return {k: get(gw.port, f"/?k={k}")[1] for k in keys}
+
+    wait_for(lambda: routes() == expected(list(names)), "every key on its ring address", 10)
+    assert routes() == expected(list(names))  # again: no round robin within the name
+    assert {b1.accepted, b2.accepted, b3.accepted} != {0}
+    before = routes()
+    dns_.zone["name.example.net"] = Records(a=["127.0.0.1", "127.0.0.3"])
+    wait_for(lambda: b"b2" not in routes().values(), "the address to leave", 10)
+    after = routes()
+    assert after == expected(["127.0.0.1", "127.0.0.3"])
+    moved = {k for k in keys if before[k] != after[k]}
+    assert moved and moved == {k for k in keys if before[k] == b"b2"}
 
 
 def test_server_resolve_service_takes_ports_weights_and_backups_from_srv(

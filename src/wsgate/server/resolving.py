@@ -154,9 +154,22 @@ def _peer(server: UpstreamServer, item: str) -> UpstreamServer:
     """A peer of ``server`` from one item of the shared map.  For a service, the port comes
     from the SRV record, the weight too unless the line set one ("peer->weight =
     (template->weight != 1 ? template->weight : addr->weight)"), and a record of a larger
-    priority is a backup."""
+    priority is a backup.
+
+    Each address of a ``resolve`` name is a server of its own on a ``hash ... consistent``
+    ring: its ``address`` (the text the ring hashes) is ``IP:PORT``.  nginx hashes the name
+    as written for every address of it (``ngx_http_upstream_update_chash`` takes
+    ``peer->server``), so all of a name's addresses share its points and a key is spread
+    over them by round robin: with one name for every backend (a Kubernetes headless
+    service, a Consul service) nginx's consistent hash sends a key to no fixed backend.
+    wsgate keeps the key on one address, and an address that comes or goes moves only its
+    own keys (issue 17; docs/differences.md).  A service's targets are already names of
+    their own."""
     if not server.service:
-        return dataclasses.replace(server, host=item, resolve=False)
+        host = f"[{item}]" if ":" in item else item
+        return dataclasses.replace(
+            server, host=item, address=f"{host}:{server.port}", resolve=False
+        )
     addr, port, weight, backup, target = item.split(" ")
     return dataclasses.replace(
         server,
