@@ -70,8 +70,8 @@ run: $(STAMP)
 	$(BIN)/wsgate -p . -c examples/app.conf -g 'daemon off;'
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests bench fleet
+	$(BIN)/ruff format --check src tests bench fleet
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
