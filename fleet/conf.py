@@ -42,7 +42,7 @@ __all__ = [
     "dns_hosts",
     "haproxy_cfg",
     "node_conf",
-    "ring_name",
+    "server_name",
 ]
 
 NODES = ("node1", "node2", "node3")
@@ -76,8 +76,9 @@ def backend_name(backend: str) -> str:
     return f"{backend}.{ZONE}"
 
 
-def ring_name(backend: str) -> str:
-    """The backend's ``server`` line as written, from which the ring's points are made."""
+def server_name(backend: str) -> str:
+    """The backend's ``server`` address as written (its ring points are its IP:PORT's:
+    :func:`fleet.ring.point_name`)."""
     return f"{backend_name(backend)}:{BACKEND_PORT}"
 
 
@@ -102,7 +103,7 @@ class Features:
 
 
 def _servers(names: Iterable[str]) -> str:
-    return "\n".join(f"        server {ring_name(b)} resolve;" for b in names)
+    return "\n".join(f"        server {server_name(b)} resolve;" for b in names)
 
 
 def node_conf(node: str, features: Features, workers: int = 1) -> str:

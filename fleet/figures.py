@@ -21,7 +21,6 @@ __all__ = [
     "dns_change",
     "error_log_summary",
     "routing_snapshot",
-    "single_name",
 ]
 
 Probe = Mapping[str, Mapping[str, list[str]]]
@@ -48,14 +47,6 @@ def routing_snapshot(probe: Probe, expected: Mapping[str, str]) -> dict[str, Any
         "per_backend": dict(sorted(spread.items())),
         "ok": agree == match == len(probe) and errors == 0,
     }
-
-
-def single_name(probe: Probe) -> dict[str, Any]:
-    """One ``server NAME resolve`` for every backend: how many keys went to more than one
-    backend over the nodes and tries (the ring has one name, so its addresses share it by
-    round robin)."""
-    split = sum(1 for per in probe.values() if len({b for a in per.values() for b in a}) > 1)
-    return {"keys": len(probe), "keys_on_several_backends": split}
 
 
 def dns_change(

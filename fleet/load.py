@@ -10,9 +10,11 @@ balancer to ``/ws?user=u<i>&c=<j>`` from one of the host's source addresses. Mor
 than the cap, so the cap bites: the extra ones get 503 and try again 3 to 6 s later. An
 open client (the 101 received and then the backend's first message, which names the backend
 and the node) sends a numbered message every second and checks that the echoes come back
-in order. When its tunnel ends (a Close 1001 from a stopping node, 1012 from a drain, no
-Close at all from a killed node) it reconnects with a small jittered backoff and first sends
-again what had not been echoed (so a message is lost only if it is never echoed by the end).
+in order. When its tunnel ends (a Close 1001 from a stopping node, 1012 from a drain, 1013
+from a node closing a user's tunnels over the cap after Redis came back, no Close at all from
+a killed node) it reconnects with a small jittered backoff and first sends again what had not
+been echoed (so a message is lost only if it is never echoed by the end). Every close with a
+Close frame counts as clean ("clean" below), every other one as abnormal.
 
 **Counting tunnels per user.** All clients of every user are in this process, so the number
 of a user's open tunnels is one counter, changed when a tunnel opens or ends: the maximum is
@@ -57,7 +59,9 @@ PER_USER = 7
 INTERVAL = 1.0
 #: Backoff after a 503 (the cap): uniform in this range.
 BACKOFF_CAP = (3.0, 6.0)
-#: Backoff after a tunnel ends (1001, 1012, or abnormally): uniform in this range.
+#: Backoff after a tunnel ends (1001, 1012, 1013, or abnormally): uniform in this range. A
+#: 1013 "try again later" (a user over the cap after a Redis restart) is no different: the
+#: next try gets the cap's 503 and its longer backoff.
 BACKOFF_CLOSED = (0.05, 0.5)
 #: Backoff after any other failure (refused, 502, timeout), doubled up to the last value.
 BACKOFF_ERROR = (0.3, 1.0, 4.0)

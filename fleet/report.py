@@ -194,7 +194,9 @@ def _kill(
     }
 
 
-def _redis(raw: Mapping[str, Any], samples: list[dict[str, Any]]) -> dict[str, Any]:
+def _redis(
+    raw: Mapping[str, Any], samples: list[dict[str, Any]], closes: list[list[Any]]
+) -> dict[str, Any]:
     """Redis killed and started again, empty: while it is away the nodes fail open, so a
     user may get more than the cap; then the counts come back. Two recoveries: *admission*
     (no tunnel opens over the cap any more) and *holding* (no user holds more than the cap:
@@ -204,6 +206,8 @@ def _redis(raw: Mapping[str, Any], samples: list[dict[str, Any]]) -> dict[str, A
     after = [s for s in samples if s["t"] > down]
     over_opens = [s["delta"].get("over_cap_opens", 0) for s in after]
     last_admit = max((s["t"] for s in after if s["delta"].get("over_cap_opens", 0)), default=None)
+    # The tunnels the nodes closed over the cap once Redis was back (Close 1013).
+    shed = [c[0] - up for c in closes if c[0] > down and c[4] == 1013]
     held_back: float | None = None
     for i, s in enumerate(after):
         if all(x["over_cap"] == 0 for x in after[i:]):
@@ -219,6 +223,8 @@ def _redis(raw: Mapping[str, Any], samples: list[dict[str, Any]]) -> dict[str, A
         "admission_back_after_s": _r(max(0.0, last_admit - up)) if last_admit else 0.0,
         "holding_back_after_s": _r(held_back),
         "users_over_cap_at_end": after[-1]["over_cap"] if after else 0,
+        "closed_over_cap": len(shed),
+        "closed_over_cap_from_to_s": [_r(min(shed)), _r(max(shed))] if shed else None,
         "open_before": next((s["open"] for s in reversed(samples) if s["t"] <= down), 0),
         "open_after": after[-1]["open"] if after else 0,
         "ok": held_back is not None and held_back <= REDIS_RECOVERY,
@@ -288,7 +294,7 @@ def analyse(raw: Mapping[str, Any]) -> dict[str, Any]:
     ev = raw["events"]
     graceful = _graceful(raw, opens, closes)
     kill = _kill(raw, opens, closes)
-    redis = _redis(raw, samples)
+    redis = _redis(raw, samples, closes)
     start = raw["phases"][0]["t0"]
     outside = [s for s in samples if s["t"] <= ev["redis_down"]]
     steady_from = next(p["t0"] for p in raw["phases"] if p["name"] == "steady")
@@ -381,6 +387,13 @@ def analyse(raw: Mapping[str, Any]) -> dict[str, Any]:
             "routing: every node sends every key to the ring's backend (start)",
             raw["baseline"]["ok"],
             f"{raw['baseline']['match_ring']}/{raw['baseline']['keys']} keys on 3 nodes",
+        ),
+        (
+            "routing: one resolve name for every backend keeps each key on one backend "
+            "(the ring of the addresses)",
+            bool(raw.get("single_name", {}).get("ok")),
+            f"{raw.get('single_name', {}).get('match_ring')}/"
+            f"{raw.get('single_name', {}).get('keys')} keys on 3 nodes, 2 tries each",
         ),
         *[
             (
@@ -534,7 +547,7 @@ def render(res: Mapping[str, Any]) -> str:
                 "s",
                 "sent",
                 "echoed",
-                "unechoed@1001/1012",
+                "unechoed@close",
                 "unechoed@kill",
                 "reconnects",
                 "max/s",
@@ -558,10 +571,11 @@ def render(res: Mapping[str, Any]) -> str:
     lines += [
         "",
         f"messages: sent {m['sent']}, echoed {m['echoed']}, sent again after a close "
-        f"{m['resent']} (then echoed: {m['recovered_after_clean_close']} after a 1001/1012, "
+        f"{m['resent']} (then echoed: {m['recovered_after_clean_close']} after a Close, "
         f"{m['recovered_after_kill']} after a kill), never echoed {m['never_echoed']} "
         f"{m['never_echoed_by']}, out of order {m['order_errors']}",
-        "  (unechoed@1001/1012: sent, not echoed when a Close ended the tunnel; unechoed@kill: "
+        "  (unechoed@close: sent, not echoed when a Close (1001, 1012, 1013) ended the tunnel; "
+        "unechoed@kill: "
         "outstanding when the node died; both are sent again on reconnecting; max/user: the "
         "most tunnels one user held fleet-wide, taken at every opening; rtt: a message's round "
         "trip, the median and the largest 99th percentile of a second)",
@@ -595,7 +609,14 @@ def render(res: Mapping[str, Any]) -> str:
             if r["holding_back_after_s"] is not None
             else f"{r['users_over_cap_at_end']} users still over the cap"
         )
-        + f" (observed {r['observed_s']} s)",
+        + f" (observed {r['observed_s']} s); "
+        + (
+            f"{r['closed_over_cap']} tunnels over the cap closed with 1013 from "
+            f"{r['closed_over_cap_from_to_s'][0]} s to {r['closed_over_cap_from_to_s'][1]} s "
+            "after its return"
+            if r.get("closed_over_cap")
+            else "no tunnel closed with 1013"
+        ),
         "  per second from its kill:  most tunnels of one user "
         + " ".join(map(str, r["per_user_max_per_s"])),
         "                             users over the cap      "
@@ -652,7 +673,7 @@ def render(res: Mapping[str, Any]) -> str:
     if one:
         lines.append(
             f"one name for all backends (server {conf.SINGLE_NAME} resolve): "
-            f"{one['keys_on_several_backends']}/{one['keys']} keys went to several backends"
+            f"{one['match_ring']}/{one['keys']} keys on the ring's backend on every node"
         )
     rc = res["real_client"]
     lines += [

@@ -234,7 +234,9 @@ class Simulation:
         )
         self.data["last_probe"] = base["result"]
         single = self.probe(self.keys[:60], "/single", tries=2)
-        self.data["single_name"] = figures.single_name(single["result"])
+        self.data["single_name"] = figures.routing_snapshot(
+            single["result"], ring.owners(self.keys[:60], self.in_dns)
+        )
 
     def steady(self) -> None:
         assert self.client is not None

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from wsgate.errors import WsgateError
 
@@ -43,6 +43,7 @@ __all__ = [
     "Refused",
     "ReqDecision",
     "ReqZone",
+    "SlotHolder",
     "ZoneFull",
     "account_state",
     "check_requests",
@@ -156,6 +157,16 @@ class ConnZone:
 
     def held(self, key: str) -> int:
         return self.counts.get(key, 0)
+
+
+class SlotHolder(Protocol):
+    """What a request keeps for each ``limit_conn`` slot it holds, next to the key
+    (``Request.conn_slots``, then a tunnel's ``TunnelEnd.conn_slots``): a :class:`ConnZone`
+    (the key says which slot), or a zone kept in Redis's
+    :class:`~wsgate.limits_redis.RedisSlot` (the slot itself, which knows the tunnel holding
+    it).  ``release(key)`` is called once, when the request or its tunnel ends."""
+
+    def release(self, key: str) -> None: ...
 
 
 class ReqZone:

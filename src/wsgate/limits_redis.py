@@ -67,6 +67,39 @@ leaves it to its liveness key's TTL.
 
 A slot is given back in Redis one round trip after its request (or tunnel) ended: until
 then the fleet counts it, a moment longer than a local zone would.
+
+Shedding after a recovery.  While Redis is away, ``redis_fail=open`` admits every opening
+uncounted, and just after it is back (empty, after a restart) the first acquires see only
+the counts already rewritten; so a key can end up over its limit fleet-wide, and the
+rewrites alone stop new openings but do not end the tunnels admitted meanwhile.  So each
+worker keeps the keys it acquired since a failure began (:attr:`RedisConnZone.suspect`:
+those admitted while failing open, and those acquired while the window below is open).
+When its link answers on a new connection (after a failure; after Redis lost its scripts,
+a restart seen without a failure, through a proxy or a reconnect redis-py made by itself;
+or its first connection, since a Redis restarted a moment ago cannot be told from one that
+was not), a window of :data:`SHED_ROUNDS` reconcile rounds opens (about 3 s: every node's
+rewrite, made by its first batch after it reconnected, within :data:`RETRY_AFTER` of
+Redis's return, has landed by the second).  In each of its rounds, after the rewrites of the
+batch, the worker sends one :data:`CONN_TRIM` script per suspect key it still holds: it
+sums the live owners' fields as the acquire does, and lowers this owner's field at once by
+``n = min(total - limit, mine)``, so the other owners running it after see the reduced
+total and the fleet does not shed more than its excess.  The limit is the smallest
+``limit_conn N`` among the worker's holders of the key (a zone may be used with different
+N in different locations); a holder in a ``limit_conn_dry_run`` location is never closed.
+The worker then ends its ``n`` newest holders of the key (:meth:`RedisConnZone.shed`): a
+WebSocket tunnel, over HTTP/1.1 or an HTTP/2 stream (RFC 8441), gets a Close 1013 "try
+again later" both ways at its frame boundaries
+(:meth:`wsgate.proxy.tunnel.Tunnel.going_away`), and its slot counts as given back from
+then on (the per-second rewrite does not count it again while it closes; its release when
+it ends changes nothing more).  A request that is not a tunnel (a plain request, or an
+upgrade whose 101 has not come) is not cut: its part of ``n`` is written back by the next
+rewrite, and the window is extended by a round (up to :data:`SHED_ROUNDS_MOST`) to try
+again.  Each zone logs one ``[warn]`` line per round that closed tunnels: ``closing N
+websocket tunnel(s) over the limit of zone "NAME" after redis recovered``.  A
+``redis_fail=closed`` zone admits nothing while Redis is away: only the acquires made in
+the window are checked.  Without a failure nothing is ever closed: a key within its limit
+fleet-wide (as the acquire keeps it) trims to nothing, and after a worker's first window
+no trim is sent at all.
 """
 
 from __future__ import annotations
@@ -81,13 +114,16 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from wsgate.config.model import LimitConnZone, LimitReqZone, RedisServer
 from wsgate.limits import ConnZone, Refused, ReqDecision, ReqZone, ZoneFull
+from wsgate.proxy.frames import TRY_AGAIN_LATER
 
 if TYPE_CHECKING:
     from wsgate.http.phases import PhaseWorker
     from wsgate.observability.logs import ErrorLogger
+    from wsgate.proxy.tunnel import Tunnel
 
 __all__ = [
     "CONN_ACQUIRE",
+    "CONN_TRIM",
     "HASH_TTL_MS",
     "LOG_EVERY",
     "OWNER_TTL_MS",
@@ -95,12 +131,15 @@ __all__ = [
     "REQ_SCRIPT",
     "RETRY_AFTER",
     "REWRITES_PER_BATCH",
+    "SHED_ROUNDS",
+    "SHED_ROUNDS_MOST",
     "TIMEOUT",
     "ConnWait",
     "Link",
     "RedisConnZone",
     "RedisDown",
     "RedisReqZone",
+    "RedisSlot",
     "RedisZones",
     "ReqLimit",
     "ReqWait",
@@ -123,6 +162,13 @@ LOG_EVERY = 10.0
 #: Keys rewritten per batch at most (the rest in the next ones): a worker holding many keys
 #: sends its reconcile in round trips that each stay well within :data:`TIMEOUT`.
 REWRITES_PER_BATCH = 1000
+#: Reconcile rounds after Redis answers on a new connection (after a failure, once it lost
+#: its scripts, or the first) in which a worker trims the keys it acquired since the failure
+#: began (:data:`CONN_TRIM`): 3, so that every node's rewrite has landed before the last.
+SHED_ROUNDS = 3
+#: A round whose trim left a holder that is not a tunnel (yet) extends the window by one,
+#: up to this many rounds in all.
+SHED_ROUNDS_MOST = 10
 
 PREFIX = "wsgate:"
 
@@ -193,7 +239,38 @@ if ARGV[4] == '1' then store(new, at) end
 return {0, new}
 """
 
-_SCRIPTS = (CONN_ACQUIRE, REQ_SCRIPT)
+#: ``limit_conn``'s trim, after a recovery.  KEYS: the key's hash.  ARGV: the owner, the
+#: limit, the liveness keys' prefix.  The live owners' total as :data:`CONN_ACQUIRE` sums it
+#: (dead owners dropped); this owner's field lowered at once by ``min(total - limit,
+#: mine)``, which is returned (0: within the limit).
+CONN_TRIM = """
+local fields = redis.call('HGETALL', KEYS[1])
+local total, mine = 0, 0
+for i = 1, #fields, 2 do
+  local owner = fields[i]
+  local held = tonumber(fields[i + 1])
+  if owner == ARGV[1] then
+    mine = held
+    total = total + held
+  elseif redis.call('EXISTS', ARGV[3] .. owner) == 1 then
+    total = total + held
+  else
+    redis.call('HDEL', KEYS[1], owner)
+  end
+end
+local n = math.min(total - tonumber(ARGV[2]), mine)
+if n <= 0 then
+  return 0
+end
+if n == mine then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+else
+  redis.call('HINCRBY', KEYS[1], ARGV[1], -n)
+end
+return n
+"""
+
+_SCRIPTS = (CONN_ACQUIRE, REQ_SCRIPT, CONN_TRIM)
 _SHA = {text: hashlib.sha1(text.encode()).hexdigest() for text in _SCRIPTS}
 
 #: What a command's answer is handed to: the reply, or an exception (never raises).
@@ -274,6 +351,9 @@ class _Health:
             self._logged = now
             self._announced = True
 
+    def log(self, level: str, message: str) -> None:
+        self._log.log(level, message)
+
     def up(self) -> None:
         if not self.failing:
             return
@@ -292,12 +372,13 @@ class Link:
 
     :meth:`submit` queues a command (False: the link is down, nothing queued); a batch
     starts with the rewrites of every :class:`RedisConnZone`'s dirty keys (and this owner's
-    liveness key), made when the batch is."""
+    liveness key), made when the batch is, then, in a recovery window's rounds, the trims
+    of the keys acquired since the failure began (see the module's docstring)."""
 
     __slots__ = (
         "server",
         "owner",
-        "_loop",
+        "loop",
         "_clock",
         "_client",
         "_loaded",
@@ -309,6 +390,9 @@ class Link:
         "conn_zones",
         "down_until",
         "reason",
+        "broken",
+        "shed_rounds",
+        "_rounds",
     )
 
     def __init__(
@@ -316,7 +400,7 @@ class Link:
     ) -> None:
         self.server = server
         self.owner = owner
-        self._loop = loop
+        self.loop = loop
         self._clock = clock
         self._client: Any = None
         #: The scripts are known to the server of the current connection.
@@ -332,6 +416,12 @@ class Link:
         #: Loop time until which the link is down (requests do not wait on it).
         self.down_until = float("-inf")
         self.reason = ""
+        #: A round trip failed and none has answered since (a recovery window opens then).
+        self.broken = False
+        #: Reconcile rounds left in the recovery window (0: no window).
+        self.shed_rounds = 0
+        #: Rounds of the window so far (:data:`SHED_ROUNDS_MOST`).
+        self._rounds = 0
 
     @property
     def down(self) -> bool:
@@ -351,11 +441,49 @@ class Link:
         if not self.down:
             self._start()
 
+    @property
+    def suspicious(self) -> bool:
+        """A slot taken now may put its key over the limit fleet-wide: Redis is failing, or
+        answers again since less than the window (the fleet's counts may not all be back)."""
+        return self.broken or self.shed_rounds > 0
+
+    # -- the recovery window ---------------------------------------------------------------
+    def _recovered(self) -> None:
+        """Redis answers on a new connection (after a failure, after it lost its scripts,
+        or the first): open the window."""
+        self.shed_rounds = SHED_ROUNDS
+        self._rounds = 0
+        self.arm()  # the window's rounds run even while nothing is held
+
+    def extend(self) -> None:
+        """A trim left holders not cut (requests that are not tunnels yet): one more round,
+        within :data:`SHED_ROUNDS_MOST`."""
+        if not self.broken and self._rounds < SHED_ROUNDS_MOST:
+            self.shed_rounds = max(self.shed_rounds, 1)
+            self.arm()
+
+    def _trim_round(self) -> None:
+        """One round of the window: each zone's suspect keys still held are trimmed in the
+        batch this tick makes (after its rewrites); the last round forgets them."""
+        self.shed_rounds -= 1
+        self._rounds += 1
+        for zone in self.conn_zones:
+            zone.suspect.intersection_update(zone.holders)
+            zone.to_trim = list(zone.suspect)
+            if not self.shed_rounds:
+                zone.suspect = set()
+
+    def _close_window(self) -> None:
+        self.shed_rounds = 0
+        for zone in self.conn_zones:
+            zone.suspect = set()
+            zone.to_trim = []
+
     # -- the reconcile timer ---------------------------------------------------------------
     def arm(self, delay: float = RECONCILE_EVERY) -> None:
         """Keep the reconcile timer running (a zone holds a slot or has a dirty key)."""
         if self._timer is None:
-            self._timer = self._loop.call_later(delay, self._tick)
+            self._timer = self.loop.call_later(delay, self._tick)
 
     def _tick(self) -> None:
         """Every :data:`RECONCILE_EVERY` s while something is held: rewrite it all, and the
@@ -368,19 +496,27 @@ class Link:
                 busy = True
             busy = busy or bool(zone.dirty)
         if not busy:
+            if self.shed_rounds > 0 and not self.broken:
+                self._trim_round()  # nothing held, nothing to trim: the window runs on
+                self.arm()
             return
         self._refresh = True
         wait = self.down_until - self._clock()
         if wait > 0:
+            for zone in self.conn_zones:  # failing: forget the keys no longer held
+                if zone.suspect:
+                    zone.suspect.intersection_update(zone.holders)
             self.arm(min(wait + 0.01, RECONCILE_EVERY))
             return
+        if self.shed_rounds > 0 and not self.broken:
+            self._trim_round()
         self.arm()
         self._start()
 
     # -- the writer ------------------------------------------------------------------------
     def _start(self) -> None:
         if self._writer is None:
-            self._writer = self._loop.create_task(self._write())
+            self._writer = self.loop.create_task(self._write())
 
     def _front(self) -> list[Op]:
         ops: list[Op] = []
@@ -391,6 +527,12 @@ class Link:
                 budget -= len(written)
                 for key in written:
                     ops += zone.rewrite(key, self.owner)
+        for zone in self.conn_zones:  # after every rewrite: this owner's fields are true
+            if zone.to_trim and budget > 0:
+                keys = zone.to_trim[:budget]
+                del zone.to_trim[:budget]
+                budget -= len(keys)
+                ops += zone.trims(keys, self.owner)
         if ops or self._refresh:
             self._refresh = False
             key = PREFIX + "owner:" + self.owner
@@ -408,7 +550,8 @@ class Link:
                     _fail(batch, self.reason)
                     batch = []
                     return
-                if not self._loaded:
+                fresh = not self._loaded
+                if fresh:
                     # A new connection, perhaps to a Redis that restarted empty: what this
                     # worker holds is written before anything else is asked.
                     self._rewrite_all()
@@ -427,10 +570,17 @@ class Link:
                     batch = []
                     continue
                 done, batch = batch, []
+                if fresh or self.broken:
+                    # Answered on a new connection (after a failure, after Redis lost its
+                    # scripts, or the first: a Redis restarted a moment ago cannot be told
+                    # from one that was not): the recovery window opens.
+                    self.broken = False
+                    self._recovered()
                 again = [i for i, reply in enumerate(replies) if _noscript(reply)]
                 if again and retries < 3:
                     # The server lost its scripts (a restart, SCRIPT FLUSH): those commands
-                    # did nothing; sent again in the next batch, after the rewrites.
+                    # did nothing; sent again in the next batch, after the rewrites (and
+                    # it may have lost the counts too: that batch opens a recovery window).
                     retries += 1
                     self._loaded = False
                     self._queue[:0] = [done[i] for i in again]
@@ -475,6 +625,7 @@ class Link:
             ops += [(("HDEL", zone._hash(k), self.owner), _ignore) for k in zone.held_keys()]
             zone.counts.clear()
             zone.dirty.clear()
+        self._close_window()
         if self._writer is not None:
             await asyncio.wait([self._writer], timeout=TIMEOUT)
         if self.conn_zones and not self.down and self._writer is None:
@@ -495,9 +646,15 @@ class Link:
         self.down_until = self._clock() + RETRY_AFTER
         self.reason = reason
         self._loaded = False
+        # A window under way starts again once Redis answers (its suspect keys are kept).
+        self.broken = True
+        self.shed_rounds = 0
+        for zone in self.conn_zones:
+            zone.suspect.update(zone.to_trim)
+            zone.to_trim = []
         client, self._client = self._client, None
         if client is not None:  # a fresh connection next time
-            task = self._loop.create_task(_close(client))
+            task = self.loop.create_task(_close(client))
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
         if any(zone.counts or zone.dirty for zone in self.conn_zones):
@@ -553,12 +710,41 @@ async def _close(client: Any) -> None:
         pass
 
 
+#: A :class:`RedisSlot`'s states: held; closed over the limit (given back in the count
+#: already, its tunnel closing); released (its request or tunnel ended).
+HELD, SHED, RELEASED = 0, 1, 2
+
+
+class RedisSlot:
+    """One slot of a :class:`RedisConnZone` held by one request, then by its tunnel: what
+    the request keeps in ``conn_slots`` next to the key (a
+    :class:`~wsgate.limits.SlotHolder`), so that the zone finds the tunnel to close when
+    the key is over its limit after a recovery (:meth:`RedisConnZone.shed`).  Only zones
+    kept in Redis make these; a local zone's holder is the zone itself."""
+
+    __slots__ = ("zone", "limit", "tunnel", "state")
+
+    def __init__(self, zone: RedisConnZone, limit: int) -> None:
+        self.zone = zone
+        #: The request's ``limit_conn N``; 0 in a ``limit_conn_dry_run`` location (never
+        #: closed, no limit of its own).
+        self.limit = limit
+        #: The request's tunnel once it has one (:func:`wsgate.proxy.relay.start_tunnel`).
+        self.tunnel: Tunnel | None = None
+        self.state = HELD
+
+    def release(self, key: str) -> None:
+        """The request, or its tunnel, ended (``release_slots``, ``TunnelEnd.release``)."""
+        self.zone.give_back(self, key)
+
+
 class RedisConnZone(ConnZone):
     """A ``limit_conn_zone`` kept in Redis, as one worker sees it.  ``counts`` (of
     :class:`~wsgate.limits.ConnZone`) is what this worker's requests hold, per key;
-    ``dirty`` the keys whose field in Redis must be rewritten with it."""
+    ``dirty`` the keys whose field in Redis must be rewritten with it; ``holders`` the
+    slots held per key, oldest first; ``suspect`` the keys to trim in a recovery window."""
 
-    __slots__ = ("link", "health", "dirty", "_owner_key")
+    __slots__ = ("link", "health", "dirty", "_owner_key", "holders", "suspect", "to_trim", "_shed")
 
     def __init__(self, name: str, link: Link, health: _Health) -> None:
         super().__init__(name)
@@ -566,6 +752,14 @@ class RedisConnZone(ConnZone):
         self.health = health
         self.dirty: set[str] = set()
         self._owner_key = PREFIX + "owner:" + link.owner
+        #: The slots held per key, oldest first (``counts`` minus those shed).
+        self.holders: dict[str, list[RedisSlot]] = {}
+        #: Keys acquired since a failure began, or while a recovery window is open.
+        self.suspect: set[str] = set()
+        #: This round's keys whose trim is not sent yet.
+        self.to_trim: list[str] = []
+        #: Tunnels closed by the trims answered in this turn of the loop (one log line).
+        self._shed = 0
         link.conn_zones.append(self)
 
     def _hash(self, key: str) -> str:
@@ -575,10 +769,10 @@ class RedisConnZone(ConnZone):
         raise NotImplementedError("a zone kept in Redis is asked with acquire_shared()")
 
     async def acquire_shared(
-        self, key: str, limit: int, taken: Callable[[], None]
+        self, key: str, limit: int, taken: Callable[[RedisSlot], None]
     ) -> Literal[True] | Refused:
-        """``ngx_http_limit_conn_handler`` against the fleet's count.  ``taken`` is called
-        when the slot is the request's (before this returns, so that a request cancelled
+        """``ngx_http_limit_conn_handler`` against the fleet's count.  ``taken`` is given
+        the slot when it is the request's (before this returns, so that a request cancelled
         meanwhile still releases it)."""
         link = self.link
         args = (
@@ -600,7 +794,7 @@ class RedisConnZone(ConnZone):
             if isinstance(reply, Exception):
                 self.dirty.add(key)  # it may have been counted: rewrite the true count
                 link.kick()
-                got = self._failing(_reason(reply), key, taken, waiter.cancelled())
+                got = self._failing(_reason(reply), key, limit, taken, waiter.cancelled())
             else:
                 self.health.up()
                 got = True if reply == 1 else Refused.LIMIT
@@ -609,31 +803,60 @@ class RedisConnZone(ConnZone):
                         self.dirty.add(key)
                         link.kick()
                     else:
-                        self._take(key, taken)
+                        self._take(key, limit, taken)
             if not waiter.cancelled():
                 waiter.set_result(got)
 
         if not link.submit(args, done):
-            return self._failing(link.reason, key, taken, False)
+            return self._failing(link.reason, key, limit, taken, False)
         return await waiter
 
-    def _take(self, key: str, taken: Callable[[], None]) -> None:
+    def _take(self, key: str, limit: int, taken: Callable[[RedisSlot], None]) -> None:
         self.counts[key] = self.counts.get(key, 0) + 1
-        taken()
+        slot = RedisSlot(self, limit)
+        held = self.holders.get(key)
+        if held is None:
+            self.holders[key] = [slot]
+        else:
+            held.append(slot)
+        if self.link.suspicious:
+            self.suspect.add(key)  # checked in the recovery window's rounds
+        taken(slot)
         self.link.arm()  # the reconcile timer: this worker holds a slot
 
     def _failing(
-        self, reason: str, key: str, taken: Callable[[], None], gone: bool
+        self, reason: str, key: str, limit: int, taken: Callable[[RedisSlot], None], gone: bool
     ) -> Literal[True] | Refused:
         """Redis did not answer: ``redis_fail=open`` lets the request pass, with its slot
-        counted here only (a rewrite counts it in Redis once it answers again)."""
+        counted here only (a rewrite counts it in Redis once it answers again, and the
+        recovery window checks its key)."""
         self.health.down(reason)
         if self.health.closed:
             return Refused.UNAVAILABLE
         if not gone:
             self.dirty.add(key)
-            self._take(key, taken)
+            self.suspect.add(key)
+            self._take(key, limit, taken)
         return True
+
+    def give_back(self, slot: RedisSlot, key: str) -> None:
+        """``slot``'s request or tunnel ended: it holds nothing any more.  Once only; a slot
+        shed over the limit was given back in the count when it was closed."""
+        state = slot.state
+        if state == RELEASED:
+            return
+        slot.state = RELEASED
+        slot.tunnel = None
+        held = self.holders.get(key)
+        if held is not None:
+            try:
+                held.remove(slot)
+            except ValueError:  # pragma: no cover - every slot taken is in holders
+                pass
+            if not held:
+                del self.holders[key]
+        if state == HELD:
+            self.release(key)
 
     def release(self, key: str) -> None:
         """``ngx_http_limit_conn_cleanup``: one slot less here; the key's field is rewritten
@@ -645,6 +868,66 @@ class RedisConnZone(ConnZone):
             self.counts[key] = held
         self.dirty.add(key)
         self.link.kick()
+
+    # -- shedding after a recovery (see the module's docstring) ----------------------------
+    def trims(self, keys: list[str], owner: str) -> list[Op]:
+        """The :data:`CONN_TRIM` of each of ``keys`` this worker still holds, with the
+        smallest ``limit_conn N`` among its holders (dry-run holders have none)."""
+        ops: list[Op] = []
+        prefix = PREFIX + "owner:"
+        for key in keys:
+            limits = [s.limit for s in self.holders.get(key, ()) if s.state == HELD and s.limit]
+            if limits:
+                args = ("EVALSHA", _SHA[CONN_TRIM], 1, self._hash(key), owner, min(limits), prefix)
+                ops.append((args, self._trimmed(key)))
+        return ops
+
+    def _trimmed(self, key: str) -> Done:
+        def done(reply: Any) -> None:
+            if isinstance(reply, Exception):
+                self.suspect.add(key)  # trimmed in the next window
+                self.health.down(_reason(reply))
+            else:
+                self.health.up()
+                if int(reply) > 0:
+                    self.shed(key, int(reply))
+
+        return done
+
+    def shed(self, key: str, n: int) -> int:
+        """The trim lowered this worker's field of ``key`` by ``n``: close the tunnels among
+        its ``n`` newest holders with a Close 1013 (their slots count as given back from
+        now on), and return how many.  A holder that is not a tunnel, or in a dry-run
+        location, is not cut: the next rewrite writes its slot back and the window gets
+        one more round for it."""
+        held = [s for s in self.holders.get(key, ()) if s.state == HELD]
+        cut = 0
+        for slot in reversed(held[-n:]):  # the newest first
+            tunnel = slot.tunnel
+            if tunnel is None or not slot.limit:
+                continue
+            slot.state = SHED
+            self.release(key)  # one slot less here, and the key's field rewritten
+            tunnel.going_away(TRY_AGAIN_LATER)  # its release, later, changes no count
+            cut += 1
+        self.dirty.add(key)  # the field as this worker holds it now (what was not cut)
+        self.link.kick()
+        if cut < n:
+            self.suspect.add(key)
+            self.link.extend()
+        if cut:
+            if not self._shed:
+                self.link.loop.call_soon(self._log_shed)
+            self._shed += cut
+        return cut
+
+    def _log_shed(self) -> None:
+        n, self._shed = self._shed, 0
+        self.health.log(
+            "warn",
+            f'closing {n} websocket tunnel(s) over the limit of zone "{self.name}" '
+            "after redis recovered",
+        )
 
     def held_keys(self) -> set[str]:
         """Every key whose field in Redis may be this worker's."""
@@ -835,7 +1118,12 @@ class ConnWait:
     __slots__ = ("index", "zone", "key", "limit", "taken", "result")
 
     def __init__(
-        self, index: int, zone: RedisConnZone, key: str, limit: int, taken: Callable[[], None]
+        self,
+        index: int,
+        zone: RedisConnZone,
+        key: str,
+        limit: int,
+        taken: Callable[[RedisSlot], None],
     ) -> None:
         self.index = index
         self.zone = zone

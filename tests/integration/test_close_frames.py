@@ -32,7 +32,7 @@ from websockets.protocol import Protocol
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
-from wsgate.proxy.frames import GOING_AWAY, REASONS, SERVICE_RESTART
+from wsgate.proxy.frames import GOING_AWAY, REASONS, SERVICE_RESTART, TRY_AGAIN_LATER
 from wsgate.proxy.tunnel import Tunnel
 
 HOST = "127.0.0.1"
@@ -318,7 +318,7 @@ def close_of(frame: Frame) -> Close:
 
 
 # tests ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("code", [GOING_AWAY, SERVICE_RESTART])
+@pytest.mark.parametrize("code", [GOING_AWAY, SERVICE_RESTART, TRY_AGAIN_LATER])
 def test_going_away_sends_the_code_to_both_peers(runner: asyncio.Runner, code: int) -> None:
     reason = REASONS[code].decode()
 

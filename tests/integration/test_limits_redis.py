@@ -5,7 +5,9 @@ What holds: a cap is the fleet's (the third WebSocket of a user over two nodes i
 closing one frees the slot); ``limit_req``'s leaky bucket is one for the fleet; while Redis
 is down a zone fails open (passes) or closed (the limit's status) with one ``[error]`` line
 per interval and never an ``[alert]``; a Redis restarted empty has the counts again within
-seconds (the reconcile rewrites them), and a killed node's slots vanish with its liveness key.
+seconds (the reconcile rewrites them), and a killed node's slots vanish with its liveness key;
+after Redis is back, the tunnels admitted over a cap meanwhile get a Close 1013, exactly the
+excess, newest first (the trim script, then the nodes), and without a failure nothing is closed.
 See :mod:`wsgate.limits_redis` for the design.
 """
 
@@ -18,6 +20,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -82,6 +85,9 @@ def held(rs: RedisServer, zone: str, key: str) -> int:
     """The slots the fleet holds for ``key`` in Redis (every owner's field)."""
     fields = rs.client().hgetall(f"wsgate:conn:{zone}:{key}")
     return sum(int(v) for v in fields.values())
+
+
+held_in = held  # for the scenarios below, whose variables are called ``held``
 
 
 def until(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
@@ -337,6 +343,199 @@ def test_redis_restart_with_tunnels_open_the_cap_recovers(
     until(lambda: held(rs, "users", "jo") == 0, "the slots given back")
 
 
+@pytest.fixture
+def echo(bg: Loop) -> Iterator[Any]:
+    """A ``websockets`` echo server on the test's loop that records each tunnel's close
+    code by its path (``closes``)."""
+    import asyncio
+
+    from tests.integration.test_process_model import Backend as Echo
+
+    server = asyncio.run_coroutine_threadsafe(Echo("e").start(), bg.loop).result(5)
+    yield server
+
+    async def stop() -> None:
+        server.close()
+        await server.server.wait_closed()
+
+    asyncio.run_coroutine_threadsafe(stop(), bg.loop).result(10)
+
+
+def open_ws(gw: WsgateProcess, user: str, n: int) -> Any:
+    """A ``websockets`` (sync) client's tunnel for ``user`` through ``gw``, checked to echo;
+    a refused handshake raises ``InvalidStatus``."""
+    from websockets.sync.client import connect
+
+    ws = connect(
+        f"ws://127.0.0.1:{gw.port}/ws?user={user}&c={n}", open_timeout=5, close_timeout=2
+    ).__enter__()  # the context manager's own entry (closed by the test: ws.close())
+    try:
+        assert echoes(ws)
+    except BaseException:
+        ws.close()
+        raise
+    return ws
+
+
+def echoes(ws: Any) -> bool:
+    ws.send("ping")
+    return bool(ws.recv(timeout=5) == "ping")
+
+
+def refused(gw: WsgateProcess, user: str) -> int:
+    """The status of a handshake for ``user`` that must not open (0 if it did)."""
+    from websockets.exceptions import InvalidStatus
+
+    try:
+        ws = open_ws(gw, user, 99)
+    except InvalidStatus as exc:
+        return int(exc.response.status_code)
+    ws.close()
+    return 0
+
+
+def rounds(rs: RedisServer, n: int) -> None:
+    """Wait until every worker's liveness key (``wsgate:owner:*``) was refreshed ``n``
+    times: ``n`` reconcile rounds of each (a refresh is seen as its TTL going up)."""
+    client = rs.client()
+    owners = client.keys("wsgate:owner:*")
+    assert owners
+    last = {o: client.pttl(o) for o in owners}
+    seen = dict.fromkeys(owners, 0)
+
+    def check() -> bool:
+        for o in owners:
+            ttl = client.pttl(o)
+            if ttl > last[o]:
+                seen[o] += 1
+            last[o] = ttl
+        return all(v >= n for v in seen.values())
+
+    until(check, f"{n} reconcile rounds of every worker", 3 * n + 5)
+
+
+SHED_LINE = (
+    r'\[warn\] .*closing (\d+) websocket tunnel\(s\) over the limit of zone "users" '
+    r"after redis recovered"
+)
+
+
+def test_redis_restart_closes_the_tunnels_admitted_over_the_cap_with_1013(
+    echo: Any, wsgate: Factory, rs: RedisServer
+) -> None:
+    """Issue 17: "the cap recovers within seconds of a Redis restart".  Redis stops; failing
+    open, two nodes admit 4 tunnels of one user capped at 2; Redis comes back empty: within
+    seconds exactly the 2 over the cap get a Close 1013 "try again later" (both ways), the
+    node holding 3 closing its newest first; the other 2 stay open and echo; then a new
+    opening gets 503, and after one closes a new one opens."""
+    text = conf(
+        echo.port,
+        f"limit_conn_zone $arg_user zone=users:1m redis={rs.address};",
+        "limit_conn users 2;",
+    )
+    a, c = wsgate(text), wsgate(text)
+    rs.stop()
+    tunnels: list[Any] = []
+    try:
+        for n, gw in enumerate((a, a, c, a)):  # a holds 0, 1 and 3 (its newest)
+            tunnels.append(open_ws(gw, "kim", n))  # failing open: all admitted
+        rs.start()  # empty
+
+        def closed() -> list[int]:
+            return [n for n, ws in enumerate(tunnels) if ws.close_code is not None]
+
+        until(lambda: len(closed()) >= 2, "the tunnels over the cap to be closed", 10)
+        shed = closed()
+        assert len(shed) == 2 and 3 in shed and 0 not in shed, shed
+        for n in shed:
+            assert (tunnels[n].close_code, tunnels[n].close_reason) == (1013, "try again later")
+            until(lambda n=n: echo.closes.get(f"/ws?user=kim&c={n}") == 1013, "the upstream's 1013")
+        until(lambda: held(rs, "users", "kim") == 2, "Redis to count the cap")
+        rounds(rs, 4)  # the recovery window is over: nothing more is closed
+        assert closed() == shed
+        kept = [ws for n, ws in enumerate(tunnels) if n not in shed]
+        assert all(echoes(ws) for ws in kept)
+        assert refused(a, "kim") == 503 and refused(c, "kim") == 503
+        logged = [int(n) for gw in (a, c) for n in re.findall(SHED_LINE, gw.errors())]
+        assert sum(logged) == 2, logged
+        kept[0].close()
+        until(lambda: held(rs, "users", "kim") == 1, "the closed tunnel's slot given back")
+        tunnels.append(open_ws(c, "kim", 4))  # room for one again
+        assert refused(a, "kim") == 503
+        assert all(echoes(ws) for ws in (kept[1], tunnels[-1]))
+    finally:
+        for ws in tunnels:
+            ws.close()
+    until(lambda: held(rs, "users", "kim") == 0, "every slot given back, once")
+    assert "[alert]" not in a.errors() + c.errors()
+
+
+def test_an_rfc8441_tunnel_over_the_cap_gets_1013_too(
+    echo: Any, wsgate: Factory, rs: RedisServer
+) -> None:
+    """A WebSocket over an HTTP/2 stream holds its slot as an HTTP/1.1 one and is closed
+    over the cap the same way: the newest of a user's two tunnels (cap 1) admitted while
+    Redis was down is the RFC 8441 one, and it gets the Close 1013; the other stays."""
+    from tests.integration.test_http2 import Client as H2Client
+    from tests.integration.test_rfc8441 import connect as h2_connect
+    from tests.integration.test_rfc8441 import frame, receive, send
+
+    text = conf(
+        echo.port,
+        f"limit_conn_zone $arg_user zone=users:1m redis={rs.address};",
+        "limit_conn users 1;",
+    ).replace("listen 127.0.0.1:0;", "listen 127.0.0.1:0; http2 on;")
+    gw = wsgate(text)
+    rs.stop()
+    older = open_ws(gw, "ned", 0)
+    c = H2Client(gw.port)
+    try:
+        sid = h2_connect(c, "/ws?user=ned&c=1")
+        send(c, sid, frame(b"who", opcode=1))
+        assert receive(c, sid, 1) == [(1, b"e:who")]
+        rs.start()
+        got = receive(c, sid, 2)  # blocks until the Close comes (the socket's timeout: 10 s)
+        assert got[1] == (8, (1013).to_bytes(2, "big") + b"try again later")
+        until(lambda: echo.closes.get("/ws?user=ned&c=1") == 1013, "the upstream's 1013")
+        until(lambda: held(rs, "users", "ned") == 1, "Redis to count the cap")
+        assert older.close_code is None and echoes(older)
+        assert len(re.findall(SHED_LINE, gw.errors())) == 1
+    finally:
+        c.close()
+        older.close()
+    until(lambda: held(rs, "users", "ned") == 0, "every slot given back")
+
+
+def test_nothing_is_closed_without_a_failure_or_within_the_cap(
+    echo: Any, wsgate: Factory, rs: RedisServer
+) -> None:
+    """A normal run never closes a tunnel: a user at its cap over two nodes, refused over
+    it, through several reconcile rounds.  A restart of Redis with every key within its
+    limit (one opened while it was down) closes nothing either."""
+    text = conf(
+        echo.port,
+        f"limit_conn_zone $arg_user zone=users:1m redis={rs.address};",
+        "limit_conn users 2;",
+    )
+    a, c = wsgate(text), wsgate(text)
+    tunnels = [open_ws(a, "lou", 0), open_ws(c, "lou", 1)]
+    try:
+        assert refused(a, "lou") == 503 and refused(c, "lou") == 503
+        rounds(rs, 4)
+        rs.stop()
+        tunnels.append(open_ws(a, "max", 2))  # failing open, within the cap
+        rs.start()
+        until(lambda: held(rs, "users", "lou") == 2, "the counts rewritten")
+        rounds(rs, 5)  # longer than the recovery window
+        assert all(ws.close_code is None and echoes(ws) for ws in tunnels)
+        assert refused(c, "lou") == 503
+    finally:
+        for ws in tunnels:
+            ws.close()
+    assert "closing" not in a.errors() + c.errors()
+    until(lambda: held(rs, "users", "lou") + held(rs, "users", "max") == 0, "slots given back")
+
+
 def test_missing_package_or_bad_address_fails_the_load(tmp_path: Path) -> None:
     """``wsgate -t`` names the line (the package check itself is a unit test)."""
     import subprocess
@@ -408,6 +607,313 @@ def test_acquire_script_drops_dead_owners_and_counts_live_ones(rs: RedisServer) 
     assert client.pttl("wsgate:conn:z:k") > 5000 and client.pttl("wsgate:owner:me") > 0
 
 
+def test_trim_script_gives_back_the_excess_and_no_more(rs: RedisServer) -> None:
+    """:data:`~wsgate.limits_redis.CONN_TRIM`: the live owners' total as the acquire sums it
+    (dead owners dropped), this owner's field lowered at once by ``min(total - limit,
+    mine)``; over random fields, once every owner has run it the key holds exactly its
+    limit (or what it held, when under it): the fleet sheds its excess and not one more."""
+    import random
+
+    from wsgate.limits_redis import CONN_TRIM
+
+    client = rs.client()
+    name = "wsgate:conn:z:k"
+
+    def trim(owner: str, limit: int) -> int:
+        return int(client.eval(CONN_TRIM, 1, name, owner, limit, "wsgate:owner:"))
+
+    def fields() -> dict[str, int]:
+        return {k.decode(): int(v) for k, v in client.hgetall(name).items()}
+
+    for owner in ("a", "b"):
+        client.set(f"wsgate:owner:{owner}", 1, px=5000)
+    client.hset(name, mapping={"a": 4, "b": 3, "dead": 9})
+    assert trim("b", 2) == 3  # 7 live, 5 over: b gives back all it holds
+    assert fields() == {"a": 4}  # b's field gone, and the dead owner's
+    assert trim("a", 2) == 2  # then a only what is still over: 4 - 2
+    assert fields() == {"a": 2}
+    assert trim("a", 2) == 0 and trim("b", 2) == 0 and trim("a", 3) == 0
+    assert fields() == {"a": 2}
+    client.hset(name, "me", 2)  # an owner counts its own field without its liveness key
+    assert trim("me", 3) == 1 and fields() == {"a": 2, "me": 1}
+
+    rng = random.Random(13)
+    for i in range(4):
+        client.set(f"wsgate:owner:o{i}", 1, px=60000)
+    for _ in range(200):
+        client.delete(name)
+        owners = {f"o{i}": rng.randrange(0, 6) for i in range(rng.randrange(1, 5))}
+        client.hset(name, mapping={o: n for o, n in owners.items() if n} or {"o0": 0})
+        limit = rng.randrange(1, 8)
+        total = sum(owners.values())
+        order = list(owners)
+        rng.shuffle(order)
+        given = {o: trim(o, limit) for o in order}
+        assert all(0 <= given[o] <= owners[o] for o in owners), (owners, limit, given)
+        left = fields()
+        assert all(left.get(o, 0) == owners[o] - given[o] for o in owners)
+        assert sum(left.values()) == min(total, limit), (owners, limit, given)
+
+
+class FakeTunnel:
+    """What :meth:`RedisConnZone.shed` uses of a tunnel: ``going_away(code)``."""
+
+    def __init__(self) -> None:
+        self.codes: list[int] = []
+
+    def going_away(self, code: int) -> None:
+        self.codes.append(code)
+
+
+def _redis_nodes(
+    rs: RedisServer, name: str, n: int, first: int = 1
+) -> tuple[list[Any], list[list[str]], Any]:
+    """``n`` :class:`~wsgate.limits_redis.RedisZones` (owners ``n<first>``...), each one's
+    error-log lines (``[level] message``), and the spec of a zone ``name`` against ``rs``."""
+    import asyncio
+
+    from wsgate.config.model import LimitConnZone
+    from wsgate.config.model import RedisServer as Address
+    from wsgate.limits_redis import RedisZones
+
+    spec = LimitConnZone(name, None, 1 << 20, None, Address(path=rs.socket))  # type: ignore[arg-type]
+    logs: list[list[str]] = []
+    nodes = []
+    loop = asyncio.get_running_loop()
+    for i in range(n):
+        lines: list[str] = []
+
+        class Log:
+            def __init__(self, lines: list[str]) -> None:
+                self.lines = lines
+
+            def log(self, level: str, message: str) -> None:
+                self.lines.append(f"[{level}] {message}")
+
+        logs.append(lines)
+        nodes.append(RedisZones(Log(lines), loop.time, owner=f"n{first + i}"))  # type: ignore[arg-type]
+    return nodes, logs, spec
+
+
+def _window_over(zone: Any) -> bool:
+    """``zone``'s link has no recovery window, and the last round's trims were answered
+    (the round ends when its trims are made, before they are sent)."""
+    link = zone.link
+    return not link.shed_rounds and not zone.to_trim and link._writer is None
+
+
+async def _poll(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def test_recovery_closes_the_excess_newest_first_and_releases_once(rs: RedisServer) -> None:
+    """Two owners fail open on one key while Redis is down (3 slots and 1, limit 2); Redis
+    comes back empty: within the window exactly 2 tunnels get 1013, the first owner's
+    newest first, the oldest never; the counts (here and in Redis) are the limit at once,
+    and the shed slots' releases when their tunnels end change nothing more."""
+    import asyncio
+
+    from wsgate.limits_redis import RedisSlot
+
+    async def scenario() -> None:
+        nodes, logs, spec = _redis_nodes(rs, "shed", 2)
+        zones = [node.conn_zone(spec) for node in nodes]
+        rs.stop()
+        held: list[tuple[RedisSlot, FakeTunnel]] = []
+        for zone in (zones[0], zones[0], zones[0], zones[1]):
+            slots: list[RedisSlot] = []
+            assert await zone.acquire_shared("k", 2, slots.append) is True  # failing open
+            slots[0].tunnel = tunnel = FakeTunnel()  # type: ignore[assignment]
+            held.append((slots[0], tunnel))
+        assert all(zone.suspect == {"k"} for zone in zones)
+        rs.start()  # empty
+
+        def closed() -> list[int]:
+            return [i for i, (_, t) in enumerate(held) if t.codes]
+
+        await _poll(lambda: len(closed()) == 2, "the excess to be closed")
+        assert all(held[i][1].codes == [1013] for i in closed())
+        assert 2 in closed() and 0 not in closed()  # n1's newest first, its oldest never
+        assert sum(zone.counts.get("k", 0) for zone in zones) == 2  # given back at once
+        await _poll(lambda: held_in(rs, "shed", "k") == 2, "Redis to hold the limit")
+        await _poll(lambda: all(_window_over(z) for z in zones), "the window to end", 15)
+        assert len(closed()) == 2  # and not one more
+        for i in closed():  # the tunnels end: released once, given back already
+            slot, _ = held[i]
+            slot.release("k")
+            slot.release("k")
+        assert sum(zone.counts.get("k", 0) for zone in zones) == 2
+        assert sum(len(zone.holders.get("k", ())) for zone in zones) == 2
+        lines = [line for node_lines in logs for line in node_lines if "closing" in line]
+        assert sum(int(line.split()[2]) for line in lines) == 2, lines
+        assert all(
+            re.fullmatch(
+                r'\[warn\] closing \d websocket tunnel\(s\) over the limit of zone "shed" '
+                r"after redis recovered",
+                line,
+            )
+            for line in lines
+        ), lines
+        assert not any("[alert]" in line for node_lines in logs for line in node_lines)
+        for i in (0, 1, 2, 3):
+            held[i][0].release("k")
+        await _poll(lambda: held_in(rs, "shed", "k") == 0, "every slot given back")
+        for node in nodes:
+            await node.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_request_not_yet_a_tunnel_is_not_cut_and_the_next_round_retries(
+    rs: RedisServer,
+) -> None:
+    """The newest holder over the limit is a request whose 101 has not come: it is not
+    cut (its slot is written back), an older tunnel is not cut in its place, and once it
+    is a tunnel the next round closes it."""
+    import asyncio
+
+    from wsgate.limits_redis import RedisSlot
+
+    async def scenario() -> None:
+        nodes, logs, spec = _redis_nodes(rs, "pending", 1)
+        zone = nodes[0].conn_zone(spec)
+        rs.stop()
+        slots: list[RedisSlot] = []
+        for _ in range(3):
+            assert await zone.acquire_shared("k", 1, slots.append) is True
+        first, second = FakeTunnel(), FakeTunnel()
+        slots[0].tunnel, slots[1].tunnel = first, second  # type: ignore[assignment]
+        rs.start()
+        await _poll(lambda: bool(second.codes), "the newest tunnel to be closed")
+        assert second.codes == [1013] and not first.codes  # slots[2] is not a tunnel yet
+        assert zone.counts["k"] == 2
+        await _poll(lambda: held_in(rs, "pending", "k") == 2, "the field written back")
+        third = FakeTunnel()
+        slots[2].tunnel = third  # type: ignore[assignment]  # its 101 came
+        await _poll(lambda: bool(third.codes), "the next round to close it")
+        assert third.codes == [1013] and not first.codes and zone.counts["k"] == 1
+        await _poll(lambda: held_in(rs, "pending", "k") == 1, "Redis to hold the limit")
+        for slot in slots:
+            slot.release("k")
+        await _poll(lambda: held_in(rs, "pending", "k") == 0, "every slot given back")
+        await nodes[0].close()
+        assert not any("[alert]" in line for line in logs[0])
+
+    asyncio.run(scenario())
+
+
+def test_a_worker_first_connecting_just_after_a_restart_sheds_what_it_took_over(
+    rs: RedisServer,
+) -> None:
+    """Redis restarts empty; before the first owner's counts (2 of 2) are written again, a
+    worker that never talked to Redis before takes 2 slots: it saw nothing to refuse.  Its
+    first connection opened a window, so once the counts are back it closes those 2 (it
+    cannot tell a Redis restarted a moment ago from one that was not); the first owner's
+    tunnels stay."""
+    import asyncio
+
+    from wsgate.limits_redis import RedisSlot
+
+    async def scenario() -> None:
+        nodes, logs, spec = _redis_nodes(rs, "fresh", 1)
+        first = nodes[0].conn_zone(spec)
+        old: list[RedisSlot] = []
+        for _ in range(2):
+            assert await first.acquire_shared("k", 2, old.append) is True
+            old[-1].tunnel = FakeTunnel()  # type: ignore[assignment]
+        await _poll(lambda: _window_over(first), "its own first window")
+        link = first.link
+        assert link._timer is not None
+        link._timer.cancel()  # its rewrite must come after the newcomer's acquires
+        link._timer = None
+        rs.stop()
+        rs.start()  # empty
+        newcomer, more_logs, _ = _redis_nodes(rs, "fresh", 1, first=2)
+        second = newcomer[0].conn_zone(spec)  # owner n2, never connected
+        new: list[RedisSlot] = []
+        got = await asyncio.gather(*(second.acquire_shared("k", 2, new.append) for _ in "ab"))
+        assert got == [True, True]  # Redis had nothing to count yet
+        for slot in new:
+            slot.tunnel = FakeTunnel()  # type: ignore[assignment]
+        link.arm(0)  # the first owner's next rewrite: 2 more
+
+        def codes(slots: list[RedisSlot]) -> list[list[int]]:
+            return [t.codes for t in (s.tunnel for s in slots) if t]  # type: ignore[attr-defined]
+
+        await _poll(lambda: codes(new) == [[1013], [1013]], "the newcomer's 2 to be closed")
+        await _poll(lambda: held_in(rs, "fresh", "k") == 2, "Redis to count the limit")
+        assert codes(old) == [[], []] and second.counts.get("k", 0) == 0
+        for slot in old + new:
+            slot.release("k")
+        await _poll(lambda: held_in(rs, "fresh", "k") == 0, "every slot given back")
+        await nodes[0].close()
+        await newcomer[0].close()
+        assert not any("[alert]" in line for line in logs[0] + more_logs[0])
+
+    asyncio.run(scenario())
+
+
+def test_no_failure_nothing_is_closed_and_nothing_trimmed_after_the_first_window(
+    rs: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run without a Redis failure: a worker's first connection opens a window (a Redis
+    restarted a moment before cannot be told from one that was not), whose trims find the
+    key within its limit; then, over several reconcile rounds with the key at its limit and
+    acquires refused, no trim is sent, and no tunnel is ever closed."""
+    import asyncio
+
+    from wsgate.limits_redis import SHED_ROUNDS, Link, RedisConnZone, RedisSlot
+
+    trimmed: list[list[str]] = []
+    ticks = [0]
+    trims, tick = RedisConnZone.trims, Link._tick
+
+    def spy_trims(self: RedisConnZone, keys: list[str], owner: str) -> Any:
+        trimmed.append(keys)
+        return trims(self, keys, owner)
+
+    def spy_tick(self: Link) -> None:
+        ticks[0] += 1
+        tick(self)
+
+    monkeypatch.setattr(RedisConnZone, "trims", spy_trims)
+    monkeypatch.setattr(Link, "_tick", spy_tick)
+
+    async def scenario() -> None:
+        nodes, logs, spec = _redis_nodes(rs, "calm", 2)
+        zones = [node.conn_zone(spec) for node in nodes]
+        slots: list[RedisSlot] = []
+        tunnels: list[FakeTunnel] = []
+        for zone in (zones[0], zones[1]):
+            assert await zone.acquire_shared("k", 2, slots.append) is True
+            slots[-1].tunnel = tunnel = FakeTunnel()  # type: ignore[assignment]
+            tunnels.append(tunnel)
+            assert zone.link.shed_rounds == SHED_ROUNDS and zone.suspect == {"k"}
+        await _poll(lambda: all(_window_over(z) for z in zones), "the first windows")
+        assert trimmed and not any(t.codes for t in tunnels)  # trimmed to nothing
+        trimmed.clear()
+        seen = ticks[0]
+        await _poll(lambda: ticks[0] >= seen + 8, "four more reconcile rounds on each node")
+        for zone in zones:
+            assert await zone.acquire_shared("k", 2, slots.append) is not True
+            assert zone.link.shed_rounds == 0 and not zone.suspect
+        assert trimmed == [] and held_in(rs, "calm", "k") == 2, (trimmed, logs)
+        assert not any(t.codes for t in tunnels)
+        for slot in slots:
+            slot.release("k")
+        for node in nodes:
+            await node.close()
+        assert logs == [[], []]
+
+    asyncio.run(scenario())
+
+
 def test_two_workers_never_exceed_the_cap_and_counts_stay_exact(rs: RedisServer) -> None:
     """Two owners (two workers, two nodes) racing on one key through their links: the
     slots held never exceed the limit, and once all are given back Redis holds nothing,
@@ -417,7 +923,7 @@ def test_two_workers_never_exceed_the_cap_and_counts_stay_exact(rs: RedisServer)
 
     from wsgate.config.model import LimitConnZone
     from wsgate.config.model import RedisServer as Address
-    from wsgate.limits_redis import RedisZones
+    from wsgate.limits_redis import RedisSlot, RedisZones
 
     class Log:
         def __init__(self) -> None:
@@ -440,14 +946,15 @@ def test_two_workers_never_exceed_the_cap_and_counts_stay_exact(rs: RedisServer)
             nonlocal most, refused
             for i in range(20):
                 zone = zones[(n + i) % 2]
-                got = await zone.acquire_shared("k", 3, lambda: None)
+                slots: list[RedisSlot] = []
+                got = await zone.acquire_shared("k", 3, slots.append)
                 if got is not True:
                     refused += 1
                     await asyncio.sleep(0)
                     continue
                 most = max(most, sum(z.counts.get("k", 0) for z in zones))
                 await asyncio.sleep(rng.random() / 200)
-                zone.release("k")
+                slots.pop().release("k")
 
         tasks = [asyncio.create_task(client(n)) for n in range(16)]
         racing = asyncio.gather(*tasks)
@@ -500,7 +1007,7 @@ def test_reconcile_rewrites_every_key_in_bounded_batches(
         node = RedisZones(Log(), loop.time, owner="n1")  # type: ignore[arg-type]
         zone = node.conn_zone(spec)
         for i in range(10):
-            assert await zone.acquire_shared(f"k{i}", 2, lambda: None) is True
+            assert await zone.acquire_shared(f"k{i}", 2, lambda slot: None) is True
         rs.client().flushall()
         zone.link._tick()
         deadline = loop.time() + 5

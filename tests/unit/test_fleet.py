@@ -135,13 +135,20 @@ def test_redis_recovery_tells_admission_from_holding() -> None:
         _sample(100.5 + i, 7 if i < 5 else 5, 9 if i < 5 else 0, 4 if i < 3 else 0)
         for i in range(12)
     ]
-    got = report._redis(raw, samples)
+    # The excess closed with 1013 (t, cid, node, backend, code, ...); a 1001 is not counted.
+    closes = [
+        [t, 0, "node1", "backend1", code, 0, 1.0, 0.0]
+        for t, code in ((102.5, 1013), (103.0, 1013), (103.25, 1001), (99.0, 1013))
+    ]
+    got = report._redis(raw, samples, closes)
     assert got["admission_back_after_s"] == 1.5 and got["holding_back_after_s"] == 4.5
     assert got["ok"]
+    assert got["closed_over_cap"] == 2 and got["closed_over_cap_from_to_s"] == [1.5, 2.0]
     # The excess never ends: admission recovers, holding does not, and the check fails.
     stuck = [_sample(100.5 + i, 7, 9, 4 if i < 3 else 0) for i in range(12)]
-    got = report._redis(raw, stuck)
+    got = report._redis(raw, stuck, [])
     assert got["holding_back_after_s"] is None and not got["ok"]
+    assert got["closed_over_cap"] == 0 and got["closed_over_cap_from_to_s"] is None
 
 
 def test_the_committed_result_renders() -> None:

@@ -21,6 +21,7 @@ from wsgate.proxy.frames import (
     GOING_AWAY,
     REASONS,
     SERVICE_RESTART,
+    TRY_AGAIN_LATER,
     ScanState,
     close_code,
     close_frame,
@@ -265,7 +266,7 @@ def parse(frame: bytes, mask: bool) -> Frame:
     raise AssertionError("incomplete frame")
 
 
-@pytest.mark.parametrize("code", [GOING_AWAY, SERVICE_RESTART])
+@pytest.mark.parametrize("code", [GOING_AWAY, SERVICE_RESTART, TRY_AGAIN_LATER])
 def test_close_frame_unmasked_toward_the_client(code: int) -> None:
     frame = close_frame(code, REASONS[code])
     assert frame[:2] == bytes((0x88, 2 + len(REASONS[code])))

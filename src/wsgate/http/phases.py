@@ -69,7 +69,7 @@ from wsgate.http.request import RequestHead
 from wsgate.http.rewrite import Stop, execute
 from wsgate.http.static import FileResponse, content_type
 from wsgate.http.suspend import Await, Offload, Pause, Subrequest, Suspend
-from wsgate.limits import ConnZone, Refused, ReqZone, check_requests
+from wsgate.limits import Refused, ReqZone, SlotHolder, check_requests
 from wsgate.realip import forwarded_addr
 from wsgate.routing import (
     escape_uri,
@@ -82,7 +82,7 @@ from wsgate.routing import (
 
 if TYPE_CHECKING:
     from wsgate.limits import LimitRegistry
-    from wsgate.limits_redis import ConnWait, RedisReqZone, ReqWait
+    from wsgate.limits_redis import ConnWait, RedisReqZone, RedisSlot, ReqWait
     from wsgate.observability.logs import ErrorLogger
 
 __all__ = [
@@ -216,7 +216,7 @@ class Request:
         #: ``clock()`` when the connection was accepted (``keepalive_time``).
         self.connection_started = connection_started
         #: ``limit_conn`` slots taken (released when the request, or its tunnel, ends).
-        self.conn_slots: tuple[tuple[ConnZone, str], ...] = ()
+        self.conn_slots: tuple[tuple[SlotHolder, str], ...] = ()
         #: Internal redirects left (``r->uri_changes``).
         self.uri_changes = MAX_URI_CHANGES + 1
         #: ``r->uri_changed``: a rewrite changed ``$uri``; ``POST_REWRITE`` searches the
@@ -757,9 +757,12 @@ def _limit_conn_shared(r: Request, index: int, key: str) -> Decision:
 
     lc = r.settings.limit_conn[index]
     zone = zones_of(r.worker).conn_zone(lc.zone)
+    dry = r.settings.limit_conn_dry_run
 
-    def taken() -> None:
-        r.conn_slots += ((zone, key),)
+    def taken(slot: RedisSlot) -> None:
+        if dry:
+            slot.limit = 0  # "the number of connections is not limited": never closed
+        r.conn_slots += ((slot, key),)
 
     r.conn_wait = wait = ConnWait(index, zone, key, lc.conn, taken)
     return Await(wait.run)

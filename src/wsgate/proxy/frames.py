@@ -45,6 +45,7 @@ __all__ = [
     "HEADER_SIZE",
     "REASONS",
     "SERVICE_RESTART",
+    "TRY_AGAIN_LATER",
     "PURE_SCANNERS",
     "SCANNER",
     "SIDE_BASE",
@@ -90,10 +91,14 @@ MESSAGE_TOO_BIG = 1009
 GOING_AWAY = 1001
 #: 1012 Service Restart (IANA WebSocket Close Code Number Registry, §11.7).
 SERVICE_RESTART = 1012
+#: 1013 Try Again Later (the same registry): a ``limit_conn`` zone kept in Redis ends the
+#: tunnels over its limit with it after Redis recovered (:mod:`wsgate.limits_redis`).
+TRY_AGAIN_LATER = 1013
 #: The reason text wsgate sends with each code: short, ASCII, and for people reading logs.
 REASONS: dict[int, bytes] = {
     GOING_AWAY: b"going away",
     SERVICE_RESTART: b"service restart",
+    TRY_AGAIN_LATER: b"try again later",
     POLICY_VIOLATION: b"message rate exceeded",
     MESSAGE_TOO_BIG: b"message too big",
 }

@@ -66,6 +66,7 @@ from wsgate.http.headers_filter import (
 from wsgate.http.pages import STATUS_LINES
 from wsgate.http.phases import UninitializedWarning, response_fields
 from wsgate.http.response import ResponseEvent, ResponseHead, ResponseParser
+from wsgate.limits_redis import RedisSlot
 from wsgate.proxy.endpoint import CountedEndpoint, Endpoint, PeerClosed
 from wsgate.proxy.frames import is_websocket
 from wsgate.proxy.pacing import accel_limit_rate, response_rate, send_paced
@@ -74,7 +75,7 @@ from wsgate.proxy.tunnel import Tunnel, websocket_figures, ws_features
 if TYPE_CHECKING:
     from wsgate.cache.glue import BodySink
     from wsgate.http.rate import WriteRate
-    from wsgate.limits import ConnZone
+    from wsgate.limits import SlotHolder
     from wsgate.observability.metrics import TunnelSeries
     from wsgate.proxy.context import WorkerContext
     from wsgate.proxy.exchange import Exchange, Outcome
@@ -108,7 +109,7 @@ class TunnelEnd:
         peer: Peer,
         scheme: str,
         head_len: int,
-        conn_slots: tuple[tuple[ConnZone, str], ...],
+        conn_slots: tuple[tuple[SlotHolder, str], ...],
         opened: float = 0.0,
     ) -> None:
         self.ctx = ctx
@@ -621,10 +622,12 @@ def start_tunnel(
     )
     labels = (ctx.server_name, ex.location, group, peer.address)
     seconds = time.time() - ctx.start  # before ``_slim``, which may drop the start
-    end = TunnelEnd(
-        _slim(ctx, settings), settings, peer, scheme, head_len, ex.r.conn_slots, gw.clock()
-    )
+    slots = ex.r.conn_slots
+    end = TunnelEnd(_slim(ctx, settings), settings, peer, scheme, head_len, slots, gw.clock())
     ex.r.conn_slots = ()  # the tunnel's now: released when it closes
+    for holder, _ in slots:
+        if type(holder) is RedisSlot:
+            holder.tunnel = tunnel  # a zone kept in Redis may close it (over its limit)
     front.tunnel_end = end
     front.tunnel = tunnel
     ep.detach()

@@ -1302,8 +1302,9 @@ class Tunnel:
     def going_away(self, code: int = GOING_AWAY, timeout: float | None = None) -> None:
         """End the tunnel as a WebSocket endpoint would (RFC 6455 §7.1.2, §7.4.1).
 
-        ``code`` is 1001 (going away: a graceful stop) or 1012 (service restart: the tunnels
-        ``worker_shutdown_timeout`` ends after a reload); the reason sent is
+        ``code`` is 1001 (going away: a graceful stop), 1012 (service restart: the tunnels
+        ``worker_shutdown_timeout`` ends after a reload, drains) or 1013 (try again later:
+        over a ``limit_conn`` zone's limit after its Redis recovered); the reason sent is
         :data:`wsgate.proxy.frames.REASONS`.  Each direction gets its Close at its next frame
         boundary; both connections are then closed after their peers' replies, or after
         ``timeout`` (default ``close_timeout``) at the latest.  Returns at once; ``on_close``
