@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from fleet import conf
-from fleet.net import host
+from fleet.net import Host, host
 from fleet.procs import NsProcess, wait_until
 
 __all__ = [
@@ -79,6 +79,19 @@ def detect_features(workdir: Path) -> conf.Features:
     return conf.Features(**found)
 
 
+def _start_tool(
+    h: Host, tool: str, args: list[str], log: Path, port: int, name: str = ""
+) -> NsProcess:
+    """``tool`` (:func:`find_tool`) with ``args`` in ``h``'s namespace, its output in ``log``,
+    once it listens on ``h``'s address at ``port``; ``name`` (the tool's by default) names
+    it in errors."""
+    path = find_tool(tool)
+    assert path is not None
+    proc = NsProcess(name or tool, h.ns, [path, *args], log)
+    proc.wait_listening(h.addr, port)
+    return proc
+
+
 # -- DNS and Redis ------------------------------------------------------------------------------
 def write_dns(path: Path, backends: list[str]) -> None:
     tmp = path.with_suffix(".tmp")
@@ -93,13 +106,10 @@ def start_dns(run: Path, backends: list[str]) -> tuple[NsProcess, Path]:
     hosts = run / "dns.hosts"
     write_dns(hosts, backends)
     h = host("dns")
-    dnsmasq = find_tool("dnsmasq")
-    assert dnsmasq is not None
-    proc = NsProcess(
+    proc = _start_tool(
+        h,
         "dnsmasq",
-        h.ns,
         [
-            dnsmasq,
             "--keep-in-foreground",
             "--conf-file=/dev/null",
             "--no-resolv",
@@ -117,21 +127,18 @@ def start_dns(run: Path, backends: list[str]) -> tuple[NsProcess, Path]:
             "--log-queries",
         ],
         run / "dnsmasq.log",
+        53,
     )
-    proc.wait_listening(h.addr, 53)
     return proc, hosts
 
 
 def start_redis(run: Path) -> NsProcess:
     """An empty Redis that keeps nothing on disk (a restart starts it empty again)."""
     h = host("redis")
-    redis = find_tool("redis-server")
-    assert redis is not None
-    proc = NsProcess(
-        "redis",
-        h.ns,
+    return _start_tool(
+        h,
+        "redis-server",
         [
-            redis,
             "--bind",
             h.addr,
             "--port",
@@ -148,9 +155,9 @@ def start_redis(run: Path) -> NsProcess:
             str(run),
         ],
         run / "redis.log",
+        conf.REDIS_PORT,
+        name="redis",
     )
-    proc.wait_listening(h.addr, conf.REDIS_PORT)
-    return proc
 
 
 def start_backend(run: Path, name: str) -> NsProcess:
@@ -232,12 +239,9 @@ class Balancer:
         self.sock = str(run / "haproxy.sock")
         cfg = run / "haproxy.cfg"
         cfg.write_text(conf.haproxy_cfg(self.sock))
-        haproxy = find_tool("haproxy")
-        assert haproxy is not None
-        self.proc = NsProcess(
-            "haproxy", host("lb").ns, [haproxy, "-db", "-f", str(cfg)], run / "haproxy.log"
+        self.proc = _start_tool(
+            host("lb"), "haproxy", ["-db", "-f", str(cfg)], run / "haproxy.log", conf.LB_PORT
         )
-        self.proc.wait_listening(host("lb").addr, conf.LB_PORT)
         wait_until("haproxy stats socket", lambda: os.path.exists(self.sock), 10)
         #: (monotonic time, node, status) for every change seen.
         self.changes: list[tuple[float, str, str]] = []

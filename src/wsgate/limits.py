@@ -11,7 +11,8 @@ millisecond count passed in by the caller (nginx's ``ngx_current_msec``), so tes
 expose only small calls (``acquire``/``release``, ``lookup``/``account``);
 :mod:`wsgate.shm` subclasses them with zones in shared memory, sized by ``zone=NAME:10m``
 and shared by every worker.  The arithmetic lives here once, in pure functions
-(:func:`drained`, :func:`lookup_state`, :func:`account_state`, :func:`expired`) that both use.
+(:func:`drained`, :func:`lookup_state`, :func:`account_state`, :func:`expired`) that both use,
+and :func:`slowest` (the delay) that :func:`check_requests` and the Redis zones' twin use.
 The dict zones never fill up; ``limit_req`` keys idle for 60 s whose excess has drained are
 forgotten as nginx does (:meth:`ReqZone.prune`), ``limit_conn`` keys when their count reaches
 zero.  A full shared zone is reported as nginx does: :meth:`ConnZone.acquire` returns
@@ -28,6 +29,7 @@ fails closed.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -50,6 +52,7 @@ __all__ = [
     "drained",
     "expired",
     "lookup_state",
+    "slowest",
 ]
 
 
@@ -163,7 +166,7 @@ class SlotHolder(Protocol):
     """What a request keeps for each ``limit_conn`` slot it holds, next to the key
     (``Request.conn_slots``, then a tunnel's ``TunnelEnd.conn_slots``): a :class:`ConnZone`
     (the key says which slot), or a zone kept in Redis's
-    :class:`~wsgate.limits_redis.RedisSlot` (the slot itself, which knows the tunnel holding
+    :class:`~wsgate.redis_shed.RedisSlot` (the slot itself, which knows the tunnel holding
     it).  ``release(key)`` is called once, when the request or its tunnel ends."""
 
     def release(self, key: str) -> None: ...
@@ -262,25 +265,45 @@ def check_requests(limits: list[tuple[ReqZone, str, int, int]], now: int) -> Req
         return ReqDecision()
     last = len(limits) - 1
     excess = 0
-    for i, (zone, key, burst, _) in enumerate(limits):
-        try:
+    try:
+        for i, (zone, key, burst, _) in enumerate(limits):
             busy, excess = zone.lookup(key, burst, now, i == last)
-        except ZoneFull:
-            return ReqDecision(rejected=zone.name, no_memory=True)
-        if busy:
-            return ReqDecision(rejected=zone.name, excess=excess)
-    zone, _, _, delay = limits[last]
-    best = ReqDecision(excess=excess, zone=zone.name)
-    if excess > delay:
-        ms = (excess - delay) * 1000 // zone.rate
-        best = ReqDecision(excess=excess, delay_ms=ms, zone=zone.name)
-    for zone, key, _, delay in limits[:last]:
-        exc = zone.account(key, now)
-        if exc <= delay:
+            if busy:
+                return ReqDecision(rejected=zone.name, excess=excess)
+    except ZoneFull as full:  # only a lookup may raise it
+        return ReqDecision(rejected=full.zone, no_memory=True)
+    accounted = [zone.account(key, now) for zone, key, _, _ in limits[:last]]
+    return slowest(limits, [*accounted, excess])
+
+
+class _RateZone(Protocol):
+    """What :func:`slowest` reads of a ``limit_req`` zone (a local or a Redis one)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def rate(self) -> int: ...
+
+
+def slowest(limits: Sequence[tuple[_RateZone, str, int, int]], excesses: list[int]) -> ReqDecision:
+    """The decision for a request that every one of ``limits`` (``(zone, key, burst,
+    delay)``) let through, from the excess each left (``excesses``, in the same order: the
+    last limit's from its lookup, the others' from their accounts).  The longest delay wins,
+    ``max_delay = (excess - delay) * 1000 / rate`` milliseconds, counted for the last limit
+    first, then for the others in order (as ``ngx_http_limit_req_account`` does); with none,
+    the decision names the last limit and its excess.  :func:`check_requests` and
+    :func:`wsgate.limits_redis.check_requests_shared` both end with it."""
+    last = len(limits) - 1
+    best = ReqDecision(excess=excesses[last], zone=limits[last][0].name)
+    for i in (last, *range(last)):
+        zone, _, _, delay = limits[i]
+        excess = excesses[i]
+        if excess <= delay:
             continue
-        ms = (exc - delay) * 1000 // zone.rate
+        ms = (excess - delay) * 1000 // zone.rate
         if ms > best.delay_ms:
-            best = ReqDecision(excess=exc, delay_ms=ms, zone=zone.name)
+            best = ReqDecision(excess=excess, delay_ms=ms, zone=zone.name)
     return best
 
 

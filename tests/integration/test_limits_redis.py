@@ -8,7 +8,8 @@ per interval and never an ``[alert]``; a Redis restarted empty has the counts ag
 seconds (the reconcile rewrites them), and a killed node's slots vanish with its liveness key;
 after Redis is back, the tunnels admitted over a cap meanwhile get a Close 1013, exactly the
 excess, newest first (the trim script, then the nodes), and without a failure nothing is closed.
-See :mod:`wsgate.limits_redis` for the design.
+See :mod:`wsgate.limits_redis`, :mod:`wsgate.redis_link` and :mod:`wsgate.redis_shed` for the
+design.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import WsgateProcess
-from tests.integration.loopback import Loop, get, loop_fixture, wait_for, ws_handshake
+from tests.integration.loopback import Backend, Loop, get, loop_fixture, wait_for, ws_handshake
 from tests.integration.redis_server import RedisServer, redis_server_or_skip
+from tests.integration.test_limits import conf
 
 Factory = Callable[..., WsgateProcess]
 
@@ -53,23 +55,30 @@ def rs(redis_server: RedisServer) -> Iterator[RedisServer]:
         redis_server.start()
 
 
-def conf(port: int, zones: str, location: str) -> str:
-    return f"""
-events {{}}
-http {{
-  map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
-  {zones}
-  server {{
-    listen 127.0.0.1:0;
-    location / {{
-      proxy_pass http://127.0.0.1:{port};
-      proxy_set_header Upgrade $http_upgrade;
-      proxy_set_header Connection $connection_upgrade;
-      {location}
-    }}
-  }}
-}}
-"""
+@pytest.fixture
+def backend(bg: Loop) -> Backend:
+    """A backend that answers WebSocket handshakes (and plain requests)."""
+    return bg.backend("b", websocket=True)
+
+
+CLOSED = " redis_fail=closed"
+
+
+def conn_zone(rs: RedisServer, name: str = "users", fail: str = "") -> str:
+    """A ``limit_conn_zone`` ``name`` keyed by ``$arg_user``, kept in ``rs``."""
+    return f"limit_conn_zone $arg_user zone={name}:1m redis={rs.address}{fail};"
+
+
+def req_zone(rs: RedisServer, rate: str, fail: str = "") -> str:
+    """A ``limit_req_zone`` ``calls`` keyed by ``$arg_user`` at ``rate``, kept in ``rs``."""
+    return f"limit_req_zone $arg_user zone=calls:1m rate={rate} redis={rs.address}{fail};"
+
+
+def nodes(wsgate: Factory, port: int, zones: str, location: str, n: int = 2) -> list[WsgateProcess]:
+    """``n`` wsgate nodes of one fleet, proxying to ``port`` with ``zones`` (``http``) and
+    ``location``'s limits."""
+    text = conf(port, zones, location)
+    return [wsgate(text) for _ in range(n)]
 
 
 def ws(port: int, user: str) -> tuple[int, socket.socket]:
@@ -99,14 +108,10 @@ def lines(gw: WsgateProcess, pattern: str) -> list[str]:
 
 
 # -- limit_conn ---------------------------------------------------------------------------------
-def test_limit_conn_cap_holds_across_two_nodes(bg: Loop, wsgate: Factory, rs: RedisServer) -> None:
-    b = bg.backend("b", websocket=True)
-    text = conf(
-        b.port,
-        f"limit_conn_zone $arg_user zone=users:1m redis={rs.address};",
-        "limit_conn users 2;",
-    )
-    a, c = wsgate(text), wsgate(text)
+def test_limit_conn_cap_holds_across_two_nodes(
+    backend: Backend, wsgate: Factory, rs: RedisServer
+) -> None:
+    a, c = nodes(wsgate, backend.port, conn_zone(rs), "limit_conn users 2;")
     first, s1 = ws(a.port, "alice")
     second, s2 = ws(c.port, "alice")
     open_ = [s1, s2]
@@ -138,15 +143,10 @@ def test_limit_conn_cap_holds_across_two_nodes(bg: Loop, wsgate: Factory, rs: Re
 
 
 def test_plain_requests_hold_a_slot_only_while_they_last(
-    bg: Loop, wsgate: Factory, rs: RedisServer
+    backend: Backend, wsgate: Factory, rs: RedisServer
 ) -> None:
-    b = bg.backend("b", websocket=True)
-    text = conf(
-        b.port,
-        f"limit_conn_zone $arg_user zone=one:1m redis={rs.address} redis_fail=closed;",
-        "limit_conn one 1; limit_conn_status 429;",
-    )
-    a, c = wsgate(text), wsgate(text)
+    zone = conn_zone(rs, "one", CLOSED)
+    a, c = nodes(wsgate, backend.port, zone, "limit_conn one 1; limit_conn_status 429;")
     for gw in (a, c, a, c):
         assert get(gw.port, "/?user=u")[0] == 200
         # Given back in Redis one round trip after the request ended.
@@ -162,15 +162,9 @@ def test_plain_requests_hold_a_slot_only_while_they_last(
 
 
 def test_killed_node_slots_vanish_with_its_liveness_key(
-    bg: Loop, wsgate: Factory, rs: RedisServer
+    backend: Backend, wsgate: Factory, rs: RedisServer
 ) -> None:
-    b = bg.backend("b", websocket=True)
-    text = conf(
-        b.port,
-        f"limit_conn_zone $arg_user zone=users:1m redis={rs.address};",
-        "limit_conn users 1;",
-    )
-    a, c = wsgate(text), wsgate(text)
+    a, c = nodes(wsgate, backend.port, conn_zone(rs), "limit_conn users 1;")
     status, tunnel = ws(c.port, "carol")
     got: list[socket.socket] = []
 
@@ -202,12 +196,7 @@ def test_limit_req_bucket_is_shared_across_nodes(
     bg: Loop, wsgate: Factory, rs: RedisServer
 ) -> None:
     b = bg.backend("b")
-    text = conf(
-        b.port,
-        f"limit_req_zone $arg_user zone=calls:1m rate=1r/m redis={rs.address};",
-        "limit_req zone=calls burst=2 nodelay;",
-    )
-    a, c = wsgate(text), wsgate(text)
+    a, c = nodes(wsgate, b.port, req_zone(rs, "1r/m"), "limit_req zone=calls burst=2 nodelay;")
     codes = [get(gw.port, "/?user=dave")[0] for gw in (a, c, a, c)]
     assert codes == [200, 200, 200, 503]  # one, then the burst of 2, over both nodes
     c.wait_log(r'\[error\] .*limiting requests, excess: [23]\.\d{3} by zone "calls"')
@@ -219,12 +208,7 @@ def test_limit_req_delay_is_computed_from_the_fleet_excess(
     bg: Loop, wsgate: Factory, rs: RedisServer
 ) -> None:
     b = bg.backend("b")
-    text = conf(
-        b.port,
-        f"limit_req_zone $arg_user zone=calls:1m rate=2r/s redis={rs.address};",
-        "limit_req zone=calls burst=1;",
-    )
-    a, c = wsgate(text), wsgate(text)
+    a, c = nodes(wsgate, b.port, req_zone(rs, "2r/s"), "limit_req zone=calls burst=1;")
     assert get(a.port, "/?user=f")[0] == 200
     started = time.monotonic()
     assert get(c.port, "/?user=f")[0] == 200  # excess ~1 of burst 1: delayed ~500 ms
@@ -234,17 +218,10 @@ def test_limit_req_delay_is_computed_from_the_fleet_excess(
 
 # -- Redis down, and back -----------------------------------------------------------------------
 def test_redis_down_fails_open_logs_once_and_the_cap_comes_back(
-    bg: Loop, wsgate: Factory, rs: RedisServer
+    backend: Backend, wsgate: Factory, rs: RedisServer
 ) -> None:
-    b = bg.backend("b", websocket=True)
-    gw = wsgate(
-        conf(
-            b.port,
-            f"limit_conn_zone $arg_user zone=users:1m redis={rs.address};\n"
-            f"  limit_req_zone $arg_user zone=calls:1m rate=1r/m redis={rs.address};",
-            "limit_conn users 1; limit_req zone=calls burst=100 nodelay;",
-        )
-    )
+    limits = "limit_conn users 1; limit_req zone=calls burst=100 nodelay;"
+    (gw,) = nodes(wsgate, backend.port, f"{conn_zone(rs)} {req_zone(rs, '1r/m')}", limits, n=1)
     rs.stop()
     tunnels = []
     try:
@@ -273,18 +250,11 @@ def test_redis_down_fails_open_logs_once_and_the_cap_comes_back(
 
 
 def test_redis_down_fails_closed_with_the_limit_status(
-    bg: Loop, wsgate: Factory, rs: RedisServer
+    backend: Backend, wsgate: Factory, rs: RedisServer
 ) -> None:
-    b = bg.backend("b", websocket=True)
-    gw = wsgate(
-        conf(
-            b.port,
-            f"limit_conn_zone $arg_user zone=users:1m redis={rs.address} redis_fail=closed;\n"
-            f"  limit_req_zone $arg_user zone=calls:1m rate=10r/s redis={rs.address}"
-            " redis_fail=closed;",
-            "limit_conn users 5; limit_req zone=calls burst=100 nodelay; limit_req_status 429;",
-        )
-    )
+    zones = f"{conn_zone(rs, fail=CLOSED)} {req_zone(rs, '10r/s', CLOSED)}"
+    limits = "limit_conn users 5; limit_req zone=calls burst=100 nodelay; limit_req_status 429;"
+    (gw,) = nodes(wsgate, backend.port, zones, limits, n=1)
     assert get(gw.port, "/?user=h")[0] == 200
     rs.stop()
     assert get(gw.port, "/?user=h")[0] == 429  # limit_req runs first: its status
@@ -301,16 +271,9 @@ def test_redis_down_fails_closed_with_the_limit_status(
 
 
 def test_limit_conn_fails_closed_while_redis_is_down(
-    bg: Loop, wsgate: Factory, rs: RedisServer
+    backend: Backend, wsgate: Factory, rs: RedisServer
 ) -> None:
-    b = bg.backend("b", websocket=True)
-    gw = wsgate(
-        conf(
-            b.port,
-            f"limit_conn_zone $arg_user zone=users:1m redis={rs.address} redis_fail=closed;",
-            "limit_conn users 5;",
-        )
-    )
+    (gw,) = nodes(wsgate, backend.port, conn_zone(rs, fail=CLOSED), "limit_conn users 5;", n=1)
     rs.stop()
     assert ws(gw.port, "i")[0] == 503
     assert get(gw.port, "/?user=i")[0] == 503
@@ -319,15 +282,9 @@ def test_limit_conn_fails_closed_while_redis_is_down(
 
 
 def test_redis_restart_with_tunnels_open_the_cap_recovers(
-    bg: Loop, wsgate: Factory, rs: RedisServer
+    backend: Backend, wsgate: Factory, rs: RedisServer
 ) -> None:
-    b = bg.backend("b", websocket=True)
-    text = conf(
-        b.port,
-        f"limit_conn_zone $arg_user zone=users:1m redis={rs.address};",
-        "limit_conn users 2;",
-    )
-    a, c = wsgate(text), wsgate(text)
+    a, c = nodes(wsgate, backend.port, conn_zone(rs), "limit_conn users 2;")
     (s1, t1), (s2, t2) = ws(a.port, "jo"), ws(c.port, "jo")
     try:
         assert (s1, s2) == (101, 101)
@@ -428,12 +385,7 @@ def test_redis_restart_closes_the_tunnels_admitted_over_the_cap_with_1013(
     seconds exactly the 2 over the cap get a Close 1013 "try again later" (both ways), the
     node holding 3 closing its newest first; the other 2 stay open and echo; then a new
     opening gets 503, and after one closes a new one opens."""
-    text = conf(
-        echo.port,
-        f"limit_conn_zone $arg_user zone=users:1m redis={rs.address};",
-        "limit_conn users 2;",
-    )
-    a, c = wsgate(text), wsgate(text)
+    a, c = nodes(wsgate, echo.port, conn_zone(rs), "limit_conn users 2;")
     rs.stop()
     tunnels: list[Any] = []
     try:
@@ -480,12 +432,8 @@ def test_an_rfc8441_tunnel_over_the_cap_gets_1013_too(
     from tests.integration.test_rfc8441 import connect as h2_connect
     from tests.integration.test_rfc8441 import frame, receive, send
 
-    text = conf(
-        echo.port,
-        f"limit_conn_zone $arg_user zone=users:1m redis={rs.address};",
-        "limit_conn users 1;",
-    ).replace("listen 127.0.0.1:0;", "listen 127.0.0.1:0; http2 on;")
-    gw = wsgate(text)
+    text = conf(echo.port, conn_zone(rs), "limit_conn users 1;")
+    gw = wsgate(text.replace("listen 127.0.0.1:0;", "listen 127.0.0.1:0; http2 on;"))
     rs.stop()
     older = open_ws(gw, "ned", 0)
     c = H2Client(gw.port)
@@ -512,12 +460,7 @@ def test_nothing_is_closed_without_a_failure_or_within_the_cap(
     """A normal run never closes a tunnel: a user at its cap over two nodes, refused over
     it, through several reconcile rounds.  A restart of Redis with every key within its
     limit (one opened while it was down) closes nothing either."""
-    text = conf(
-        echo.port,
-        f"limit_conn_zone $arg_user zone=users:1m redis={rs.address};",
-        "limit_conn users 2;",
-    )
-    a, c = wsgate(text), wsgate(text)
+    a, c = nodes(wsgate, echo.port, conn_zone(rs), "limit_conn users 2;")
     tunnels = [open_ws(a, "lou", 0), open_ws(c, "lou", 1)]
     try:
         assert refused(a, "lou") == 503 and refused(c, "lou") == 503
@@ -608,13 +551,13 @@ def test_acquire_script_drops_dead_owners_and_counts_live_ones(rs: RedisServer) 
 
 
 def test_trim_script_gives_back_the_excess_and_no_more(rs: RedisServer) -> None:
-    """:data:`~wsgate.limits_redis.CONN_TRIM`: the live owners' total as the acquire sums it
+    """:data:`~wsgate.redis_shed.CONN_TRIM`: the live owners' total as the acquire sums it
     (dead owners dropped), this owner's field lowered at once by ``min(total - limit,
     mine)``; over random fields, once every owner has run it the key holds exactly its
     limit (or what it held, when under it): the fleet sheds its excess and not one more."""
     import random
 
-    from wsgate.limits_redis import CONN_TRIM
+    from wsgate.redis_shed import CONN_TRIM
 
     client = rs.client()
     name = "wsgate:conn:z:k"
@@ -656,13 +599,23 @@ def test_trim_script_gives_back_the_excess_and_no_more(rs: RedisServer) -> None:
 
 
 class FakeTunnel:
-    """What :meth:`RedisConnZone.shed` uses of a tunnel: ``going_away(code)``."""
+    """What :meth:`wsgate.redis_shed.Recovery.shed` uses of a tunnel: ``going_away(code)``."""
 
     def __init__(self) -> None:
         self.codes: list[int] = []
 
     def going_away(self, code: int) -> None:
         self.codes.append(code)
+
+
+class Log:
+    """An error log that keeps its lines (``[level] message``)."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+
+    def log(self, level: str, message: str) -> None:
+        self.lines.append(f"[{level}] {message}")
 
 
 def _redis_nodes(
@@ -682,14 +635,6 @@ def _redis_nodes(
     loop = asyncio.get_running_loop()
     for i in range(n):
         lines: list[str] = []
-
-        class Log:
-            def __init__(self, lines: list[str]) -> None:
-                self.lines = lines
-
-            def log(self, level: str, message: str) -> None:
-                self.lines.append(f"[{level}] {message}")
-
         logs.append(lines)
         nodes.append(RedisZones(Log(lines), loop.time, owner=f"n{first + i}"))  # type: ignore[arg-type]
     return nodes, logs, spec
@@ -699,7 +644,7 @@ def _window_over(zone: Any) -> bool:
     """``zone``'s link has no recovery window, and the last round's trims were answered
     (the round ends when its trims are made, before they are sent)."""
     link = zone.link
-    return not link.shed_rounds and not zone.to_trim and link._writer is None
+    return not link.recovery.shed_rounds and not zone.to_trim and link._writer is None
 
 
 async def _poll(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
@@ -719,7 +664,7 @@ def test_recovery_closes_the_excess_newest_first_and_releases_once(rs: RedisServ
     and the shed slots' releases when their tunnels end change nothing more."""
     import asyncio
 
-    from wsgate.limits_redis import RedisSlot
+    from wsgate.redis_shed import RedisSlot
 
     async def scenario() -> None:
         nodes, logs, spec = _redis_nodes(rs, "shed", 2)
@@ -778,7 +723,7 @@ def test_a_request_not_yet_a_tunnel_is_not_cut_and_the_next_round_retries(
     is a tunnel the next round closes it."""
     import asyncio
 
-    from wsgate.limits_redis import RedisSlot
+    from wsgate.redis_shed import RedisSlot
 
     async def scenario() -> None:
         nodes, logs, spec = _redis_nodes(rs, "pending", 1)
@@ -818,7 +763,7 @@ def test_a_worker_first_connecting_just_after_a_restart_sheds_what_it_took_over(
     tunnels stay."""
     import asyncio
 
-    from wsgate.limits_redis import RedisSlot
+    from wsgate.redis_shed import RedisSlot
 
     async def scenario() -> None:
         nodes, logs, spec = _redis_nodes(rs, "fresh", 1)
@@ -868,21 +813,23 @@ def test_no_failure_nothing_is_closed_and_nothing_trimmed_after_the_first_window
     acquires refused, no trim is sent, and no tunnel is ever closed."""
     import asyncio
 
-    from wsgate.limits_redis import SHED_ROUNDS, Link, RedisConnZone, RedisSlot
+    from wsgate.limits_redis import RedisConnZone
+    from wsgate.redis_link import Link
+    from wsgate.redis_shed import SHED_ROUNDS, Recovery, RedisSlot
 
     trimmed: list[list[str]] = []
     ticks = [0]
-    trims, tick = RedisConnZone.trims, Link._tick
+    trim, tick = Recovery.trim, Link._tick
 
-    def spy_trims(self: RedisConnZone, keys: list[str], owner: str) -> Any:
+    def spy_trim(self: Recovery, zone: RedisConnZone, keys: list[str]) -> Any:
         trimmed.append(keys)
-        return trims(self, keys, owner)
+        return trim(self, zone, keys)
 
     def spy_tick(self: Link) -> None:
         ticks[0] += 1
         tick(self)
 
-    monkeypatch.setattr(RedisConnZone, "trims", spy_trims)
+    monkeypatch.setattr(Recovery, "trim", spy_trim)
     monkeypatch.setattr(Link, "_tick", spy_tick)
 
     async def scenario() -> None:
@@ -894,7 +841,7 @@ def test_no_failure_nothing_is_closed_and_nothing_trimmed_after_the_first_window
             assert await zone.acquire_shared("k", 2, slots.append) is True
             slots[-1].tunnel = tunnel = FakeTunnel()  # type: ignore[assignment]
             tunnels.append(tunnel)
-            assert zone.link.shed_rounds == SHED_ROUNDS and zone.suspect == {"k"}
+            assert zone.link.recovery.shed_rounds == SHED_ROUNDS and zone.suspect == {"k"}
         await _poll(lambda: all(_window_over(z) for z in zones), "the first windows")
         assert trimmed and not any(t.codes for t in tunnels)  # trimmed to nothing
         trimmed.clear()
@@ -902,7 +849,7 @@ def test_no_failure_nothing_is_closed_and_nothing_trimmed_after_the_first_window
         await _poll(lambda: ticks[0] >= seen + 8, "four more reconcile rounds on each node")
         for zone in zones:
             assert await zone.acquire_shared("k", 2, slots.append) is not True
-            assert zone.link.shed_rounds == 0 and not zone.suspect
+            assert zone.link.recovery.shed_rounds == 0 and not zone.suspect
         assert trimmed == [] and held_in(rs, "calm", "k") == 2, (trimmed, logs)
         assert not any(t.codes for t in tunnels)
         for slot in slots:
@@ -921,24 +868,13 @@ def test_two_workers_never_exceed_the_cap_and_counts_stay_exact(rs: RedisServer)
     import asyncio
     import random
 
-    from wsgate.config.model import LimitConnZone
-    from wsgate.config.model import RedisServer as Address
-    from wsgate.limits_redis import RedisSlot, RedisZones
+    from wsgate.redis_shed import RedisSlot
 
-    class Log:
-        def __init__(self) -> None:
-            self.lines: list[str] = []
-
-        def log(self, level: str, message: str) -> None:
-            self.lines.append(f"[{level}] {message}")
-
-    spec = LimitConnZone("race", None, 1 << 20, None, Address(path=rs.socket))  # type: ignore[arg-type]
     rng = random.Random(5)
 
-    async def scenario() -> tuple[int, int, list[str]]:
-        log = Log()
+    async def scenario() -> tuple[int, int, list[list[str]]]:
         loop = asyncio.get_running_loop()
-        nodes = [RedisZones(log, loop.time, owner=n) for n in ("node1", "node2")]  # type: ignore[arg-type]
+        nodes, logs, spec = _redis_nodes(rs, "race", 2)
         zones = [node.conn_zone(spec) for node in nodes]
         most = refused = 0
 
@@ -975,12 +911,12 @@ def test_two_workers_never_exceed_the_cap_and_counts_stay_exact(rs: RedisServer)
             await asyncio.sleep(0.01)
         for node in nodes:
             await node.close()
-        return most, refused, log.lines
+        return most, refused, logs
 
-    most, refused, logged = asyncio.run(scenario())
+    most, refused, logs = asyncio.run(scenario())
     assert most == 3 and refused > 0
     assert rs.client().hgetall("wsgate:conn:race:k") == {}
-    assert logged == []  # no failure on the way
+    assert logs == [[], []]  # no failure on the way
 
 
 def test_reconcile_rewrites_every_key_in_bounded_batches(
@@ -990,21 +926,13 @@ def test_reconcile_rewrites_every_key_in_bounded_batches(
     the reconcile, a few keys per round trip (``REWRITES_PER_BATCH``), and the liveness key."""
     import asyncio
 
-    from wsgate import limits_redis
-    from wsgate.config.model import LimitConnZone
-    from wsgate.config.model import RedisServer as Address
-    from wsgate.limits_redis import RedisZones
+    from wsgate import redis_link
 
-    monkeypatch.setattr(limits_redis, "REWRITES_PER_BATCH", 3)
-    spec = LimitConnZone("many", None, 1 << 20, None, Address(path=rs.socket))  # type: ignore[arg-type]
+    monkeypatch.setattr(redis_link, "REWRITES_PER_BATCH", 3)
 
-    class Log:
-        def log(self, level: str, message: str) -> None:
-            raise AssertionError(message)
-
-    async def scenario() -> dict[str, int]:
+    async def scenario() -> tuple[dict[str, int], list[list[str]]]:
         loop = asyncio.get_running_loop()
-        node = RedisZones(Log(), loop.time, owner="n1")  # type: ignore[arg-type]
+        (node,), logs, spec = _redis_nodes(rs, "many", 1)
         zone = node.conn_zone(spec)
         for i in range(10):
             assert await zone.acquire_shared(f"k{i}", 2, lambda slot: None) is True
@@ -1017,14 +945,16 @@ def test_reconcile_rewrites_every_key_in_bounded_batches(
             got = {k: held(rs, "many", k) for k in zone.counts if held(rs, "many", k)}
         assert rs.client().exists("wsgate:owner:n1")
         await node.close()
-        return got
+        return got, logs
 
-    assert asyncio.run(scenario()) == {f"k{i}": 1 for i in range(10)}
+    got, logs = asyncio.run(scenario())
+    assert got == {f"k{i}": 1 for i in range(10)}
     assert rs.client().keys("wsgate:*") == []  # close() gave everything back
+    assert logs == [[]]  # nothing failed on the way
 
 
 def test_churning_clients_over_three_nodes_never_exceed_the_cap(
-    bg: Loop, wsgate: Factory, rs: RedisServer
+    backend: Backend, wsgate: Factory, rs: RedisServer
 ) -> None:
     """Issue 17's check in small: a cap of 5 per user, clients of three users opening and
     closing tunnels at random over three nodes for a few seconds; the tunnels a user holds
@@ -1033,13 +963,7 @@ def test_churning_clients_over_three_nodes_never_exceed_the_cap(
     import random
     import threading
 
-    b = bg.backend("b", websocket=True)
-    text = conf(
-        b.port,
-        f"limit_conn_zone $arg_user zone=users:1m redis={rs.address};",
-        "limit_conn users 5;",
-    )
-    nodes = [wsgate(text) for _ in range(3)]
+    fleet = nodes(wsgate, backend.port, conn_zone(rs), "limit_conn users 5;", n=3)
     lock = threading.Lock()
     holding = {u: 0 for u in ("u1", "u2", "u3")}
     most = dict(holding)
@@ -1050,7 +974,7 @@ def test_churning_clients_over_three_nodes_never_exceed_the_cap(
         rng = random.Random(seed)
         while time.monotonic() < stop:
             user = rng.choice(list(holding))
-            status, s = ws(rng.choice(nodes).port, user)
+            status, s = ws(rng.choice(fleet).port, user)
             if status != 101:
                 with lock:
                     refused[0] += 1
@@ -1070,5 +994,5 @@ def test_churning_clients_over_three_nodes_never_exceed_the_cap(
         t.join(30)
     assert max(most.values()) == 5 and refused[0] > 0, (most, refused)
     until(lambda: all(held(rs, "users", u) == 0 for u in holding), "every slot given back")
-    for gw in nodes:
+    for gw in fleet:
         assert "[alert]" not in gw.errors() and "unreachable" not in gw.errors()

@@ -1,7 +1,7 @@
 """wsgate's ``redis=ADDRESS [redis_fail=open|closed]`` on ``limit_conn_zone``/``limit_req_zone``:
 the parsing (each value at and over its bound, errors naming file and line in nginx's words),
 the shared memory a Redis zone does not get, and the error log's once-per-interval lines
-(:mod:`wsgate.limits_redis`; the behaviour against a real Redis is in
+(:mod:`wsgate.limits_redis`, :mod:`wsgate.redis_link`; the behaviour against a real Redis is in
 ``tests/integration/test_limits_redis.py``)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from wsgate.config import limits as config_limits
 from wsgate.config.loader import load
 from wsgate.config.model import Config, RedisServer
 from wsgate.errors import ConfigError
-from wsgate.limits_redis import LOG_EVERY, _Health
+from wsgate.redis_link import LOG_EVERY, Health
 from wsgate.shm import SharedState
 
 
@@ -172,7 +172,7 @@ class Log:
 def test_unreachable_is_logged_once_per_interval_and_recovery_once() -> None:
     now = [100.0]
     log = Log()
-    health = _Health("limit_conn", "users", RedisServer("r", 6379), log, lambda: now[0])  # type: ignore[arg-type]
+    health = Health("limit_conn", "users", RedisServer("r", 6379), log, lambda: now[0])  # type: ignore[arg-type]
     health.closed = True
     for _ in range(5):
         health.down("Connection refused")

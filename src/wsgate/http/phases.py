@@ -82,8 +82,9 @@ from wsgate.routing import (
 
 if TYPE_CHECKING:
     from wsgate.limits import LimitRegistry
-    from wsgate.limits_redis import ConnWait, RedisReqZone, RedisSlot, ReqWait
+    from wsgate.limits_redis import ConnWait, RedisReqZone, ReqWait
     from wsgate.observability.logs import ErrorLogger
+    from wsgate.redis_shed import RedisSlot
 
 __all__ = [
     "HANDLERS",

@@ -92,7 +92,7 @@ GOING_AWAY = 1001
 #: 1012 Service Restart (IANA WebSocket Close Code Number Registry, §11.7).
 SERVICE_RESTART = 1012
 #: 1013 Try Again Later (the same registry): a ``limit_conn`` zone kept in Redis ends the
-#: tunnels over its limit with it after Redis recovered (:mod:`wsgate.limits_redis`).
+#: tunnels over its limit with it after Redis recovered (:mod:`wsgate.redis_shed`).
 TRY_AGAIN_LATER = 1013
 #: The reason text wsgate sends with each code: short, ASCII, and for people reading logs.
 REASONS: dict[int, bytes] = {

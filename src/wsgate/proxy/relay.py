@@ -66,11 +66,11 @@ from wsgate.http.headers_filter import (
 from wsgate.http.pages import STATUS_LINES
 from wsgate.http.phases import UninitializedWarning, response_fields
 from wsgate.http.response import ResponseEvent, ResponseHead, ResponseParser
-from wsgate.limits_redis import RedisSlot
 from wsgate.proxy.endpoint import CountedEndpoint, Endpoint, PeerClosed
 from wsgate.proxy.frames import is_websocket
 from wsgate.proxy.pacing import accel_limit_rate, response_rate, send_paced
 from wsgate.proxy.tunnel import Tunnel, websocket_figures, ws_features
+from wsgate.redis_shed import RedisSlot
 
 if TYPE_CHECKING:
     from wsgate.cache.glue import BodySink
