@@ -453,6 +453,10 @@ def _new_client(server: RedisServer) -> Any:
         "retry": Retry(NoBackoff(), 0),
         "client_name": "wsgate",
     }
+    if server.password:  # redis_auth=FILE: redis-py sends AUTH [username] password
+        options["password"] = server.password
+        if server.username:
+            options["username"] = server.username
     if server.path:
         return Redis(unix_socket_path=server.path, **options)
     return Redis(host=server.host, port=server.port, **options)

@@ -24,11 +24,16 @@ REDIS_SERVER = shutil.which("redis-server") or (
 )
 
 
-def _ping(path: str) -> bool:
+def _ping(path: str, auth: str = "") -> bool:
+    """Whether the server at ``path`` answers PING (after ``AUTH auth``, if given)."""
     try:
         with socket.socket(socket.AF_UNIX) as s:
             s.settimeout(1)
             s.connect(path)
+            if auth:
+                s.sendall(f"AUTH {auth}\r\n".encode())
+                if not s.recv(64).startswith(b"+OK"):
+                    return False
             s.sendall(b"PING\r\n")
             return s.recv(64).startswith(b"+PONG")
     except OSError:
@@ -38,9 +43,13 @@ def _ping(path: str) -> bool:
 class RedisServer:
     """One redis-server; :meth:`stop` and :meth:`start` again keep the socket's path."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, args: tuple[str, ...] = (), auth: str = "") -> None:
+        """``args``: more of redis-server's options; ``auth``: what ``AUTH`` takes to reach
+        it (``PASSWORD`` or ``USER PASSWORD``), when ``args`` require one."""
         assert REDIS_SERVER is not None
         self.directory = directory
+        self.args = args
+        self.auth = auth
         self.socket = str(directory / "redis.sock")
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -65,6 +74,7 @@ class RedisServer:
                 "no",
                 "--dir",
                 str(self.directory),
+                *self.args,
             ],
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -72,7 +82,7 @@ class RedisServer:
         )
         log.close()
         deadline = time.monotonic() + timeout
-        while not _ping(self.socket):
+        while not _ping(self.socket, self.auth):
             if self.proc.poll() is not None:
                 raise AssertionError(
                     f"redis-server exited: {(self.directory / 'redis.log').read_text()}"
@@ -102,11 +112,13 @@ class RedisServer:
         return redis.Redis(unix_socket_path=self.socket, socket_timeout=5)
 
 
-def redis_server_or_skip(directory: Path) -> RedisServer:
+def redis_server_or_skip(
+    directory: Path, args: tuple[str, ...] = (), auth: str = ""
+) -> RedisServer:
     """A started server, or the test is skipped with the reason."""
     if REDIS_SERVER is None:
         pytest.skip("redis-server is not installed (Debian package redis-server; make debs)")
     pytest.importorskip("redis", reason="no redis package (pip install -e '.[test]')")
-    server = RedisServer(directory)
+    server = RedisServer(directory, args, auth)
     server.start()
     return server

@@ -996,3 +996,49 @@ def test_churning_clients_over_three_nodes_never_exceed_the_cap(
     until(lambda: all(held(rs, "users", u) == 0 for u in holding), "every slot given back")
     for gw in fleet:
         assert "[alert]" not in gw.errors() and "unreachable" not in gw.errors()
+
+
+# -- redis_auth=FILE -----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("args", "secret"),
+    [
+        (("--requirepass", "s3cret"), "s3cret"),  # the default user's password
+        # an ACL user (the default user needs a password too, so that a wrong one fails)
+        (("--requirepass", "x", "--user", "alice", "on", ">wonder", "~*", "+@all"), "alice wonder"),
+    ],
+)
+def test_redis_auth_file_reaches_a_server_that_requires_it(
+    backend: Backend, wsgate: Factory, tmp_path: Path, args: tuple[str, ...], secret: str
+) -> None:
+    """With the file's credentials the cap is counted in Redis (a second tunnel is refused);
+    with a wrong password the zone fails open and says why, once, never an ``[alert]``."""
+    (tmp_path / "redis").mkdir()
+    server = redis_server_or_skip(tmp_path / "redis", args, secret)
+    try:
+        (tmp_path / "wsgate0").mkdir()
+        (tmp_path / "wsgate0" / "redis.secret").write_text(secret + "\n")
+        zone = f"limit_conn_zone $arg_user zone=users:1m redis={server.address} "
+        good = wsgate(conf(backend.port, zone + "redis_auth=redis.secret;", "limit_conn users 1;"))
+        status, s1 = ws(good.port, "alice")
+        try:
+            assert status == 101
+            assert ws(good.port, "alice")[0] == 503  # counted in Redis: AUTH went through
+        finally:
+            s1.close()
+        wrong = tmp_path / "wrong.secret"
+        wrong.write_text("default not-it\n")
+        bad = wsgate(conf(backend.port, zone + f"redis_auth={wrong};", "limit_conn users 1;"))
+        opened = [ws(bad.port, "bob") for _ in range(2)]
+        try:
+            assert [status for status, _ in opened] == [101, 101], bad.errors()  # failing open
+            bad.wait_log(
+                r'\[error\] \d+#\d+: redis limit_conn zone "users" at unix:\S+ unreachable: '
+                r"invalid username-password pair"
+            )
+            assert "not-it" not in bad.errors()  # the secret is never logged
+        finally:
+            for _, s in opened:
+                s.close()
+        assert "[alert]" not in good.errors() + bad.errors()
+    finally:
+        server.stop()

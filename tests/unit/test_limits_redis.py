@@ -111,15 +111,20 @@ def test_local_zones_have_no_redis_and_redis_zones_no_shared_memory(tmp_path: Pa
         ("limit_conn_zone $arg_u zone=z:1m redis=a redis=b;", '"redis" parameter is duplicate'),
         (
             "limit_conn_zone $arg_u zone=z:1m redis=a redis_fail=open redis_fail=open;",
-            'invalid number of arguments in "limit_conn_zone" directive',
-        ),
-        (
-            "limit_req_zone $arg_u zone=z:1m rate=1r/s redis=a redis_fail=open redis_fail=open;",
-            'invalid number of arguments in "limit_req_zone" directive',
+            '"redis_fail" parameter is duplicate',
         ),
         (
             "limit_conn_zone $arg_u zone=z:1m redis=a redis_fail=open size=1;",
+            'invalid parameter "size=1"',
+        ),
+        # At most redis=, redis_fail= and redis_auth= past nginx's arguments.
+        (
+            "limit_conn_zone $arg_u zone=z:1m redis=a redis_fail=open redis_auth=f x;",
             'invalid number of arguments in "limit_conn_zone" directive',
+        ),
+        (
+            "limit_req_zone $arg_u zone=z:1m rate=1r/s redis=a redis_fail=open redis_auth=f x;",
+            'invalid number of arguments in "limit_req_zone" directive',
         ),
         (
             "limit_conn_zone $arg_u zone=z:1m redis=a redis_fail=x;",
@@ -201,3 +206,46 @@ def test_unreachable_is_logged_once_per_interval_and_recovery_once() -> None:
         "error",
         'redis limit_conn zone "users" at r:6379 unreachable: timed out (500 ms), failing open',
     )
+
+
+@pytest.mark.parametrize(
+    ("content", "user", "password"),
+    [
+        ("s3cret\n", "", "s3cret"),  # the default user
+        ("alice wonder land\r\n", "alice", "wonder land"),  # split at the first space
+        ("only-line", "", "only-line"),  # no newline at the end
+        ("first\nsecond\n", "", "first"),  # the first line only
+    ],
+)
+def test_redis_auth_file(tmp_path: Path, content: str, user: str, password: str) -> None:
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "redis").write_text(content)
+    cfg = conf(
+        tmp_path,
+        "limit_conn_zone $arg_u zone=z:1m redis=127.0.0.1 redis_fail=closed "
+        "redis_auth=secrets/redis;",  # relative to the configuration's directory
+    )
+    server = cfg.http.limit_conn_zones["z"].redis
+    assert server is not None and (server.username, server.password) == (user, password)
+    assert password not in repr(server) and password not in str(server)
+
+
+@pytest.mark.parametrize(
+    ("http", "content", "message"),
+    [
+        ("redis=h redis_auth=missing", None, 'open() "{tmp}/missing" failed (2: '),
+        ("redis=h redis_auth=empty", "\n", 'no password in redis_auth file "{tmp}/empty"'),
+        ("redis=h redis_auth=empty", "alice \n", 'no password in redis_auth file "{tmp}/empty"'),
+        ("redis=h redis_auth=", None, 'invalid parameter "redis_auth="'),
+        ("redis=h redis_auth=a redis_auth=b", None, '"redis_auth" parameter is duplicate'),
+        ("redis_auth=a", None, '"redis_auth" parameter requires "redis" parameter'),
+    ],
+)
+def test_redis_auth_errors_name_the_line(
+    tmp_path: Path, http: str, content: str | None, message: str
+) -> None:
+    if content is not None:
+        (tmp_path / "empty").write_text(content)
+    err = error(tmp_path, f"limit_conn_zone $arg_u zone=z:1m {http};")
+    assert message.format(tmp=tmp_path) in err.message, err.message
+    assert err.line == 3, str(err)

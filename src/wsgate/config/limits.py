@@ -14,6 +14,7 @@ takes exactly nginx's arguments, and a surplus one is nginx's "invalid number of
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import ipaddress
 import re
@@ -104,6 +105,26 @@ def parse_redis_server(text: str) -> RedisServer | str:
     return RedisServer(host=host, port=port)
 
 
+def read_redis_auth(server: RedisServer, path: str, s: Stmt) -> RedisServer:
+    """``redis_auth=FILE``: the first line of FILE is ``PASSWORD`` (Redis's default user) or
+    ``USERNAME PASSWORD`` (an ACL user; split at the first space, so a password with spaces
+    needs the username form, ``default pass word``).  Read at each (re)load; the secret stays
+    out of the configuration text, as a Kubernetes Secret mounted as a file keeps it."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            line = fh.readline().rstrip("\r\n")
+    except OSError as exc:
+        raise _err(f'open() "{path}" failed ({exc.errno}: {exc.strerror})', s.src) from exc
+    except UnicodeDecodeError as exc:
+        raise _err(f'redis_auth file "{path}" is not UTF-8', s.src) from exc
+    user, space, password = line.partition(" ")
+    if not space:
+        user, password = "", line
+    if not password:
+        raise _err(f'no password in redis_auth file "{path}"', s.src)
+    return dataclasses.replace(server, username=user, password=password)
+
+
 def _zone_arg(s: Stmt, text: str) -> tuple[str, int]:
     name, colon, size_text = text[5:].partition(":")
     if not colon:
@@ -120,6 +141,7 @@ def parse_zone(
     s: Stmt,
     compile_: Compile,
     taken: dict[str, LimitConnZone] | dict[str, LimitReqZone],
+    conf_prefix: str = "",
 ) -> LimitConnZone | LimitReqZone:
     """``limit_conn_zone KEY zone=NAME:SIZE`` or ``limit_req_zone KEY zone=NAME:SIZE
     rate=RATE``: "The rate is specified in requests per second (r/s). If a rate of less than
@@ -129,12 +151,14 @@ def parse_zone(
     wsgate's ``redis=ADDRESS [redis_fail=open|closed]`` keeps the zone in Redis
     (:mod:`wsgate.limits_redis`); ``redis_fail`` (default ``open``) says what a request gets
     while Redis cannot be reached: ``open`` lets it pass uncounted, ``closed`` answers the
-    limit's status."""
+    limit's status; ``redis_auth=FILE`` (relative to ``conf_prefix``, the main
+    configuration file's directory) holds the credentials (:func:`read_redis_auth`)."""
     is_req = s.name == "limit_req_zone"
     key = compile_(s.args[0], s.src)
     name, size, rate, scale = "", 0, 1, 1
     redis: RedisServer | None = None
     fail: str | None = None
+    auth: str | None = None
     for a in s.args[1:]:
         if a.startswith("zone="):
             name, size = _zone_arg(s, a)
@@ -151,6 +175,12 @@ def parse_zone(
             fail = a[11:]
             if fail not in ("open", "closed"):
                 raise _err(f'invalid parameter "{a}"', s.src)
+        elif a.startswith("redis_auth="):
+            if auth is not None:
+                raise _err('"redis_auth" parameter is duplicate', s.src)
+            auth = a[11:]
+            if not auth:
+                raise _err(f'invalid parameter "{a}"', s.src)
         elif is_req and a.startswith("rate="):
             digits = a[5:]
             scale = 1
@@ -164,8 +194,9 @@ def parse_zone(
         else:
             raise _err(f'invalid parameter "{a}"', s.src)
     if redis is None:
-        if fail is not None:
-            raise _err('"redis_fail" parameter requires "redis" parameter', s.src)
+        for given, what in ((fail, "redis_fail"), (auth, "redis_auth")):
+            if given is not None:
+                raise _err(f'"{what}" parameter requires "redis" parameter', s.src)
         if len(s.args) > (3 if is_req else 2):  # nginx's NGX_CONF_TAKE3 / NGX_CONF_TAKE2
             raise _err(f'invalid number of arguments in "{s.name}" directive', s.src)
     elif not redis_installed():
@@ -179,6 +210,8 @@ def parse_zone(
     old = taken.get(name)
     if old is not None:
         raise _err(f'{s.name} "{name}" is already bound to key "{old.key}"', s.src)
+    if redis is not None and auth is not None:
+        redis = read_redis_auth(redis, auth if auth.startswith("/") else conf_prefix + auth, s)
     closed = fail == "closed"
     if is_req:
         return LimitReqZone(name, key, size, rate * 1000 // scale, s.src, redis, closed)

@@ -481,11 +481,15 @@ class AccessRule:
 @dataclass(frozen=True, slots=True)
 class RedisServer:
     """The ``redis=ADDRESS`` of a limit zone kept in Redis (wsgate's, :mod:`wsgate.limits_redis`):
-    ``host``/``port``, or ``path`` for ``unix:/path`` (then ``host`` is empty)."""
+    ``host``/``port``, or ``path`` for ``unix:/path`` (then ``host`` is empty); with
+    ``redis_auth=FILE``, the credentials read from that file."""
 
     host: str = ""
     port: int = 6379
     path: str = ""
+    #: ``redis_auth=FILE``'s credentials (``AUTH [username] password``): never printed.
+    username: str = field(default="", repr=False)
+    password: str = field(default="", repr=False)
 
     def __str__(self) -> str:
         if self.path:

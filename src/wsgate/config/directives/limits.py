@@ -3,6 +3,7 @@ and, for the parsing, :mod:`wsgate.config.limits`)."""
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from wsgate.config import limits as lim
@@ -46,17 +47,22 @@ def _limit_req(s: Stmt, level: Level) -> tuple[LimitReq, ...]:
     return (lim.parse_limit_req(s, level.loader.req_zones, level.current(s.name)),)
 
 
+def _conf_prefix(level: Level) -> str:
+    """nginx's ``conf_prefix``: the main configuration file's directory, with a slash."""
+    return os.path.dirname(os.path.abspath(level.loader.conf_file)).rstrip("/") + "/"
+
+
 def _conn_zone(s: Stmt, level: Level) -> None:
     """http level, read before the servers: ``limit_conn`` may name a zone written later."""
     zones = level.loader.conn_zones
-    zone = lim.parse_zone(s, level.loader.template, zones)
+    zone = lim.parse_zone(s, level.loader.template, zones, _conf_prefix(level))
     assert isinstance(zone, LimitConnZone)
     zones[zone.name] = zone
 
 
 def _req_zone(s: Stmt, level: Level) -> None:
     zones = level.loader.req_zones
-    zone = lim.parse_zone(s, level.loader.template, zones)
+    zone = lim.parse_zone(s, level.loader.template, zones, _conf_prefix(level))
     assert isinstance(zone, LimitReqZone)
     zones[zone.name] = zone
 
@@ -67,11 +73,12 @@ def _status(s: Stmt, level: Level) -> int:
 
 _LS = LocationSettings
 _LEVEL = enum_(*lim.LIMIT_LOG_LEVELS)
-#: nginx's ``NGX_CONF_TAKE2``/``NGX_CONF_TAKE3``, plus wsgate's ``redis=`` and ``redis_fail=``
+#: nginx's ``NGX_CONF_TAKE2``/``NGX_CONF_TAKE3``, plus wsgate's ``redis=``, ``redis_fail=``
+#: and ``redis_auth=``
 #: (:func:`wsgate.config.limits.parse_zone` refuses the extra ones without ``redis=`` in
 #: nginx's words).
-_CONN_ZONE_ARGS = Arity(2, 4)
-_REQ_ZONE_ARGS = Arity(3, 5)
+_CONN_ZONE_ARGS = Arity(2, 5)
+_REQ_ZONE_ARGS = Arity(3, 6)
 _REDIS_NOTE = (
     "wsgate's own `redis=host:port | unix:/path` keeps the zone in Redis, shared by every "
     "wsgate node using it (nginx open source has no equivalent; nginx Plus has `sync` with "
@@ -87,7 +94,7 @@ ENTRIES: tuple[Directive, ...] = (
         kind=Kind.STRUCTURE,
         parse=_conn_zone,
         early=True,
-        syntax="key zone=name:size [redis=address [redis_fail=open | closed]]",
+        syntax="key zone=name:size [redis=address [redis_fail=open | closed] [redis_auth=file]]",
         note=_REDIS_NOTE,
     ),
     Directive(
@@ -136,7 +143,10 @@ ENTRIES: tuple[Directive, ...] = (
         kind=Kind.STRUCTURE,
         parse=_req_zone,
         early=True,
-        syntax="key zone=name:size rate=rate [redis=address [redis_fail=open | closed]]",
+        syntax=(
+            "key zone=name:size rate=rate "
+            "[redis=address [redis_fail=open | closed] [redis_auth=file]]"
+        ),
         note=_REDIS_NOTE,
     ),
     Directive(
