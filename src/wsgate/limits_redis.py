@@ -91,6 +91,7 @@ from wsgate.redis_link import (
     RedisDown,
     failure_reason,
     ignore,
+    live_total,
     script_sha,
 )
 from wsgate.redis_shed import CONN_TRIM, HELD, RELEASED, Recovery, RedisSlot
@@ -120,18 +121,12 @@ HASH_TTL_MS = 10000
 #: ``limit_conn``'s acquire.  KEYS: the key's hash, this owner's liveness key.  ARGV: the
 #: owner, the limit, the liveness TTL (ms), the hash's TTL (ms), the liveness keys' prefix.
 #: 1: taken, 0: "limiting connections".
-CONN_ACQUIRE = """
+CONN_ACQUIRE = (
+    """
 redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
-local fields = redis.call('HGETALL', KEYS[1])
-local total = 0
-for i = 1, #fields, 2 do
-  local owner = fields[i]
-  if owner == ARGV[1] or redis.call('EXISTS', ARGV[5] .. owner) == 1 then
-    total = total + tonumber(fields[i + 1])
-  else
-    redis.call('HDEL', KEYS[1], owner)
-  end
-end
+"""
+    + live_total(5)
+    + """
 if total >= tonumber(ARGV[2]) then
   return 0
 end
@@ -139,6 +134,7 @@ redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1
 """
+)
 
 #: ``limit_req``: ``ngx_http_limit_req_lookup`` (ARGV[1] ``lookup``: ``{busy, excess}``) or
 #: ``ngx_http_limit_req_account`` (``account``: the excess).  KEYS: the key's state.  ARGV:

@@ -59,6 +59,7 @@ __all__ = [
     "RedisDown",
     "failure_reason",
     "ignore",
+    "live_total",
     "script_sha",
 ]
 
@@ -98,6 +99,29 @@ class RedisDown(Exception):
 def script_sha(text: str) -> str:
     """The SHA-1 ``EVALSHA`` names a script by (Redis's ``SCRIPT LOAD`` gives the same)."""
     return hashlib.sha1(text.encode()).hexdigest()
+
+
+def live_total(prefix_argv: int) -> str:
+    """Lua: ``total``, the slots a ``limit_conn`` key's hash (``KEYS[1]``) holds for the live
+    owners, and ``mine``, this owner's (``ARGV[1]``); the fields of an owner whose liveness
+    key (``ARGV[prefix_argv]`` and its id) is gone are dropped (a crashed node).  The start
+    of :data:`wsgate.limits_redis.CONN_ACQUIRE` and :data:`wsgate.redis_shed.CONN_TRIM`."""
+    return f"""
+local fields = redis.call('HGETALL', KEYS[1])
+local total, mine = 0, 0
+for i = 1, #fields, 2 do
+  local owner = fields[i]
+  local held = tonumber(fields[i + 1])
+  if owner == ARGV[1] then
+    mine = held
+    total = total + held
+  elseif redis.call('EXISTS', ARGV[{prefix_argv}] .. owner) == 1 then
+    total = total + held
+  else
+    redis.call('HDEL', KEYS[1], owner)
+  end
+end
+"""
 
 
 def ignore(reply: Any) -> None:
@@ -264,12 +288,8 @@ class Link:
         """Every :data:`RECONCILE_EVERY` s while something is held: rewrite it all, and the
         liveness key; while the link is down, again as soon as it may be tried."""
         self._timer = None
-        busy = False
-        for zone in self.conn_zones:
-            if zone.counts:
-                zone.dirty.update(zone.counts)
-                busy = True
-            busy = busy or bool(zone.dirty)
+        self._rewrite_all()
+        busy = any(zone.dirty for zone in self.conn_zones)  # counts are dirty now
         recovery = self.recovery
         if not busy:
             if recovery.due:

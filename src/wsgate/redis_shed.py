@@ -39,7 +39,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from wsgate.proxy.frames import TRY_AGAIN_LATER
-from wsgate.redis_link import OWNER_PREFIX, Done, Op, failure_reason, script_sha
+from wsgate.redis_link import OWNER_PREFIX, Done, Op, failure_reason, live_total, script_sha
 
 if TYPE_CHECKING:
     from wsgate.limits_redis import RedisConnZone
@@ -67,24 +67,13 @@ SHED_ROUNDS_MOST = 10
 
 #: ``limit_conn``'s trim, after a recovery.  KEYS: the key's hash.  ARGV: the owner, the
 #: limit, the liveness keys' prefix.  The live owners' total as
-#: :data:`~wsgate.limits_redis.CONN_ACQUIRE` sums it (dead owners dropped); this owner's
+#: :data:`~wsgate.limits_redis.CONN_ACQUIRE` sums it (the same Lua,
+#: :func:`~wsgate.redis_link.live_total`: dead owners dropped); this owner's
 #: field lowered at once by ``min(total - limit, mine)``, which is returned (0: within the
 #: limit).
-CONN_TRIM = """
-local fields = redis.call('HGETALL', KEYS[1])
-local total, mine = 0, 0
-for i = 1, #fields, 2 do
-  local owner = fields[i]
-  local held = tonumber(fields[i + 1])
-  if owner == ARGV[1] then
-    mine = held
-    total = total + held
-  elseif redis.call('EXISTS', ARGV[3] .. owner) == 1 then
-    total = total + held
-  else
-    redis.call('HDEL', KEYS[1], owner)
-  end
-end
+CONN_TRIM = (
+    live_total(3)
+    + """
 local n = math.min(total - tonumber(ARGV[2]), mine)
 if n <= 0 then
   return 0
@@ -96,6 +85,7 @@ else
 end
 return n
 """
+)
 
 _TRIM_SHA = script_sha(CONN_TRIM)
 

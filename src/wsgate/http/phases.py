@@ -56,7 +56,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 from wsgate.config.model import Location, LocationSettings, Server
 from wsgate.config.variables import RequestContext
@@ -82,7 +82,7 @@ from wsgate.routing import (
 
 if TYPE_CHECKING:
     from wsgate.limits import LimitRegistry
-    from wsgate.limits_redis import ConnWait, RedisReqZone, ReqWait
+    from wsgate.limits_redis import ConnWait, RedisReqZone, ReqLimit, ReqWait
     from wsgate.observability.logs import ErrorLogger
     from wsgate.redis_shed import RedisSlot
 
@@ -633,7 +633,8 @@ def limit_req(r: Request) -> Decision | None:
     which case the request is terminated with an error."  "Requests with an empty key
     value are not accounted."  Delays are logged one level below refusals.  A list with a
     zone kept in Redis (wsgate's ``redis=``) is decided on the event loop
-    (:func:`_limit_req_shared`); this handler then runs again with the decision."""
+    (:class:`~wsgate.limits_redis.ReqWait`); this handler then runs again with the
+    decision."""
     settings = r.settings
     wait = r.req_wait
     if wait is not None:
@@ -642,20 +643,32 @@ def limit_req(r: Request) -> Decision | None:
     else:
         if not settings.limit_req or r.limit_req_done:
             return None
-        entries: list[tuple[ReqZone, str, int, int]] = []
+        entries: list[ReqLimit] = []
+        shared = False  # a zone kept in Redis: decided on the event loop
         for lr in settings.limit_req:
             spec = lr.zone
-            if spec.redis is not None:
-                return _limit_req_shared(r)
             key = spec.key.render(r.ctx.lookup)
             if key:
-                zone = r.worker.limits.req_zone(spec.name, spec.rate)
+                zone: ReqZone | RedisReqZone
+                if spec.redis is None:
+                    zone = r.worker.limits.req_zone(spec.name, spec.rate)
+                else:
+                    from wsgate.limits_redis import zones_of
+
+                    zone = zones_of(r.worker).req_zone(spec)
+                    shared = True
                 entries.append((zone, key, lr.burst, lr.delay))
         if not entries:
             return None
         # "if (r->main->limit_req_status) return NGX_DECLINED;": once per request.
         r.limit_req_done = True
-        decision = check_requests(entries, int(r.worker.clock() * 1000))
+        now = int(r.worker.clock() * 1000)
+        if shared:
+            from wsgate.limits_redis import ReqWait
+
+            r.req_wait = wait = ReqWait(entries, now)
+            return Await(wait.run)
+        decision = check_requests(cast("list[tuple[ReqZone, str, int, int]]", entries), now)
     dry = ", dry run" if settings.limit_req_dry_run else ""
     level = settings.limit_req_log_level
     excess = f"{decision.excess // 1000}.{decision.excess % 1000:03d}"
@@ -674,30 +687,6 @@ def limit_req(r: Request) -> Decision | None:
         if not dry:
             return Delay(decision.delay_ms / 1000)
     return None
-
-
-def _limit_req_shared(r: Request) -> Decision | None:
-    """``limit_req`` with a zone kept in Redis: the decision is made on the event loop
-    (:class:`~wsgate.limits_redis.ReqWait`), then :func:`limit_req` goes on with it."""
-    from wsgate.limits_redis import ReqLimit, ReqWait, zones_of
-
-    zones = zones_of(r.worker)
-    entries: list[ReqLimit] = []
-    for lr in r.settings.limit_req:
-        spec = lr.zone
-        key = spec.key.render(r.ctx.lookup)
-        if key:
-            zone: ReqZone | RedisReqZone
-            if spec.redis is None:
-                zone = r.worker.limits.req_zone(spec.name, spec.rate)
-            else:
-                zone = zones.req_zone(spec)
-            entries.append((zone, key, lr.burst, lr.delay))
-    if not entries:
-        return None
-    r.limit_req_done = True
-    r.req_wait = wait = ReqWait(entries, int(r.worker.clock() * 1000))
-    return Await(wait.run)
 
 
 def limit_conn(r: Request) -> Decision | None:
