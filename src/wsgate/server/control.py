@@ -280,12 +280,25 @@ class Control:
         for k, batch in batches.items():
             upstream, _, address = k.partition("|")
             left = max(self.since[k] + self._drain_time(upstream) - now, 0.0)
-            self._schedule(batch, left, True)
-            self.gw.error_log.log(
-                "notice",
-                f'draining {len(batch)} websocket tunnel(s) to {address} of upstream "{upstream}"'
-                f" over {left:.1f}s",
-            )
+            self._drain(batch, upstream, address, left, True)
+
+    def _drain(
+        self,
+        batch: list[Tunnel],
+        upstream: str,
+        address: str,
+        window: float,
+        drain: bool,
+        why: str = "",
+    ) -> None:
+        """Give ``batch`` (tunnels to ``address`` of ``upstream``) their 1012 over
+        ``window``, and say so (``why``: what made them go, when not a drain)."""
+        self._schedule(batch, window, drain)
+        self.gw.error_log.log(
+            "notice",
+            f'draining {len(batch)} websocket tunnel(s) to {address} of upstream "{upstream}"'
+            f"{why} over {window:.1f}s",
+        )
 
     def _schedule(self, tunnels: list[Tunnel], window: float, drain: bool) -> None:
         for t, delay in zip(tunnels, moments(len(tunnels), window, self.rng), strict=True):
@@ -365,12 +378,7 @@ class Control:
                 batches.setdefault(peer.address, []).append(t)
         window = self._drain_time(upstream)
         for address, batch in batches.items():
-            self._schedule(batch, window, False)
-            self.gw.error_log.log(
-                "notice",
-                f'draining {len(batch)} websocket tunnel(s) to {address} of upstream "{upstream}"'
-                f", no longer in DNS, over {window:.1f}s",
-            )
+            self._drain(batch, upstream, address, window, False, ", no longer in DNS,")
         return sum(len(b) for b in batches.values())
 
     # -- the endpoint's reads ------------------------------------------------------------------
