@@ -11,6 +11,7 @@ it where it is built; ``make pytest-pure`` runs them on the event loop's transpo
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import socket
 import struct
@@ -364,7 +365,13 @@ def test_set_protocol_and_extra_info(loop: asyncio.AbstractEventLoop) -> None:
         assert t.get_extra_info("peername") == remote
         assert t.get_extra_info("sockname") == local
         assert t.get_extra_info("sslcontext") is None
-        assert t.get_extra_info("socket", "none") == "none"
+        view = t.get_extra_info("socket")
+        assert view.fileno() == t.fileno() and view.family == mine.family
+        view.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
+        assert view.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+        view.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        assert view.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert t.fileno() >= 0  # the view never closes the socket
         t.set_protocol(second)
         peer.sendall(b"to the second")
         await _until(lambda: bytes(second.data) == b"to the second")
@@ -401,3 +408,141 @@ def test_many_transports_in_one_poll(loop: asyncio.AbstractEventLoop) -> None:
             peer.close()
 
     loop.run_until_complete(main())
+
+
+# -- connections on the compiled transport from the start (accept, connect) -----------------
+
+
+class Made(Recorder):
+    """A Recorder that also records ``connection_made``."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.events.append(("made", transport))
+
+
+def _nodelay(fd: int) -> int:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fd)
+    try:
+        return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        sock.detach()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_open_connection_then_data_both_ways(loop: asyncio.AbstractEventLoop, host: str) -> None:
+    """open_connection: connection_made with the transport once connected (nothing before),
+    reading at once, TCP_NODELAY set, the peer's address asked of the socket."""
+
+    async def main() -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as listener:
+            listener.bind((host, 0))
+            listener.listen()
+            port = listener.getsockname()[1]
+            proto = Made()
+            assert await fdrelay.open_connection(loop, host, port, proto)
+            assert [e for e, _ in proto.events] == ["made"]
+            t = proto.events[0][1]
+            assert isinstance(t, fdrelay.FdTransport) and t.is_reading()
+            assert t.get_extra_info("peername")[:2] == (host, port)
+            assert _nodelay(t.fileno()) != 0
+            peer, _ = listener.accept()
+            with peer:
+                peer.settimeout(10)
+                peer.sendall(b"from the server")
+                await _until(lambda: bytes(proto.data) == b"from the server")
+                t.write(b"to the server")
+                assert recv_exactly(peer, 13) == b"to the server"
+                t.close()
+                await asyncio.wait_for(proto.lost, 5)
+                assert peer.recv(1) == b""
+        assert fdrelay._poller(loop).count == 0
+
+    loop.run_until_complete(main())
+
+
+def test_open_connection_refused(loop: asyncio.AbstractEventLoop) -> None:
+    """A refused connect raises OSError(ECONNREFUSED); the protocol hears nothing and no
+    descriptor stays open."""
+
+    async def main() -> None:
+        with socket.socket() as closed:
+            closed.bind(("127.0.0.1", 0))
+            port = closed.getsockname()[1]  # bound, not listening: refused
+            fdrelay._poller(loop)  # its epoll descriptor is made on first use
+            before = len(os.listdir("/proc/self/fd"))
+            proto = Made()
+            with pytest.raises(OSError) as info:
+                await fdrelay.open_connection(loop, "127.0.0.1", port, proto)
+            assert info.value.errno == errno.ECONNREFUSED
+            await asyncio.sleep(0.01)
+            assert proto.events == [] and not proto.lost.done()
+            assert len(os.listdir("/proc/self/fd")) == before
+            assert fdrelay._poller(loop).count == 0
+
+    loop.run_until_complete(main())
+
+
+def test_open_connection_cancelled_while_connecting(loop: asyncio.AbstractEventLoop) -> None:
+    """A connect cancelled before it completes (proxy_connect_timeout) closes the socket;
+    the protocol hears nothing.  The backlog is filled so that the SYN goes unanswered."""
+
+    async def main() -> None:
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(0)
+            port = listener.getsockname()[1]
+            fillers = []
+            for _ in range(8):  # the backlog full: later SYNs are dropped
+                s = socket.socket()
+                s.setblocking(False)
+                s.connect_ex(("127.0.0.1", port))
+                fillers.append(s)
+            fdrelay._poller(loop)  # its epoll descriptor is made on first use
+            before = len(os.listdir("/proc/self/fd"))
+            proto = Made()
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.3):
+                    await fdrelay.open_connection(loop, "127.0.0.1", port, proto)
+            await asyncio.sleep(0.01)
+            assert proto.events == [] and not proto.lost.done()
+            assert len(os.listdir("/proc/self/fd")) == before
+            assert fdrelay._poller(loop).count == 0
+            for s in fillers:
+                s.close()
+
+    loop.run_until_complete(main())
+
+
+def test_open_connection_to_a_name_is_left_to_the_loop(loop: asyncio.AbstractEventLoop) -> None:
+    async def main() -> None:
+        proto = Made()
+        assert not await fdrelay.open_connection(loop, "localhost", 9, proto)
+        assert not await fdrelay.open_connection(loop, "fe80::1%lo", 9, proto)
+        assert proto.events == []
+
+    loop.run_until_complete(main())
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_accept_gives_the_peer_address_and_a_ready_socket(host: str) -> None:
+    """accept(): the socket non-blocking, close-on-exec, TCP_NODELAY; the peer's address as
+    the socket module gives it; BlockingIOError when nobody waits."""
+    assert fdrelay.accept is not None
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as listener:
+        listener.bind((host, 0))
+        listener.listen()
+        listener.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            fdrelay.accept(listener.fileno())
+        with socket.create_connection((host, listener.getsockname()[1])) as client:
+            fd, peer = fdrelay.accept(listener.fileno())
+            try:
+                assert peer == client.getsockname()
+                assert not os.get_blocking(fd) and not os.get_inheritable(fd)
+                assert _nodelay(fd) != 0
+                os.write(fd, b"hi")
+                assert recv_exactly(client, 2) == b"hi"
+            finally:
+                os.close(fd)

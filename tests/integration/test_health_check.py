@@ -26,6 +26,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from tests.conftest import WsgateProcess
 from wsgate.config.loader import load
 from wsgate.observability.logs import ErrorLogger
+from wsgate.proxy import fdrelay
 from wsgate.server.health import HealthChecks, upstream_target
 from wsgate.upstream.roundrobin import PeerGroup, peers_from_config
 
@@ -333,6 +334,8 @@ def test_checkers_cancel_cleanly_in_process(
     async def main() -> tuple[int, int, int, PeerGroup]:
         loop = asyncio.get_running_loop()
         group = PeerGroup("u", peers_from_config(config.http.upstreams["u"].servers))
+        # The compiled transports' epoll set is opened once per loop, at a worker's start.
+        fdrelay.prepare(loop)
         baseline = len(os.listdir("/proc/self/fd"))
         registry: set[asyncio.Task[None]] = set()
         checks = HealthChecks(loop, ErrorLogger(stderr_fallback=False), registry)

@@ -398,8 +398,13 @@ async def _send_range(
     await _drain(ep, timeout)
     transport = ep.transport
     assert transport is not None
-    if transport.get_write_buffer_size():
+    # Asked again after the wait: a transport may close its socket at once (the compiled one
+    # does), so the number read before could be another connection's by now.
+    sock_fd = _socket_fd(ep)
+    if sock_fd is None or transport.get_write_buffer_size():
         return await _pread_loop(ep, fd, offset, count, max_chunk, timeout, ctx)
+    # The file goes to a duplicate of the socket, which stays this connection's however
+    # the transport closes its own descriptor meanwhile.
     watch = os.dup(sock_fd)
     sent = 0
     try:
@@ -408,7 +413,7 @@ async def _send_range(
                 raise PeerClosed("connection lost")
             size = count - sent if not max_chunk else min(count - sent, max_chunk)
             try:
-                n = os.sendfile(sock_fd, fd, offset + sent, size)
+                n = os.sendfile(watch, fd, offset + sent, size)
             except BlockingIOError:
                 async with asyncio.timeout(timeout):
                     await _writable(loop, watch)

@@ -1,5 +1,11 @@
 /*
- * wsgate.proxy._relay: a tunnel's sockets relayed outside uvloop (issue 16).
+ * wsgate.proxy._relay: plain TCP connections and their tunnels outside uvloop (issue 16).
+ *
+ * Since the handshake work, a plain TCP connection is on an FdTransport from its start:
+ * accept() takes a client (accept4, the peer's address from it) and FdTransport.connect()
+ * opens an upstream connection (connect in the set; SO_ERROR when writable, then
+ * connection_made and reading), so the HTTP phase runs on it too and nothing is handed over
+ * after the 101 (fdrelay.py).  What follows describes the tunnel, the first user.
  *
  * After the 101 a tunnel of two plain TCP connections no longer needs the event loop's
  * transports: tunnel.py hands both sockets (duplicated descriptors; uvloop then closes its
@@ -36,6 +42,9 @@
 #include <Python.h>
 #include <errno.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -47,7 +56,7 @@
 static char *read_buf = NULL;
 
 static PyObject *str_data_received, *str_eof_received, *str_connection_lost, *str_pause_writing,
-    *str_resume_writing, *str_call_soon, *str_call_exception_handler;
+    *str_resume_writing, *str_call_soon, *str_call_exception_handler, *str_connection_made;
 
 /* --- Poller ------------------------------------------------------------------------------ */
 
@@ -84,6 +93,8 @@ typedef struct {
     char eof;     /* write_eof() called */
     char paused;  /* pause_writing() sent */
     char lost;    /* connection_lost scheduled */
+    char connecting; /* connect() in progress: on_connect is called when it completes */
+    PyObject *on_connect;
     PyObject *queue; /* list of bytes waiting to be sent, or NULL */
     Py_ssize_t head_sent; /* bytes of queue[0] already sent */
     Py_ssize_t queued;    /* bytes in the queue, not sent */
@@ -153,6 +164,8 @@ wanted(FdTransport *t)
 {
     if (t->fd < 0)
         return 0;
+    if (t->connecting)
+        return EPOLLOUT;
     return (t->reading && !t->closing ? EPOLLIN : 0) | (t->queued > 0 ? EPOLLOUT : 0);
 }
 
@@ -184,6 +197,12 @@ finish(FdTransport *t, PyObject *exc)
         PyErr_Clear();
         close(t->fd);
         t->fd = -1;
+    }
+    if (t->connecting) {
+        /* The protocol never had connection_made: it gets no connection_lost either. */
+        t->connecting = 0;
+        t->lost = 1;
+        Py_CLEAR(t->on_connect);
     }
     if (t->lost)
         return;
@@ -353,6 +372,48 @@ readable(FdTransport *t)
     Py_DECREF(r);
 }
 
+/* A connect() in progress completed (writable, or an error): connection_made(transport) and
+ * on_connect(0), reading from now on; or, with the socket's error, the socket closed and
+ * on_connect(errno). */
+static void
+connected(FdTransport *t)
+{
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (getsockopt(t->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+        err = errno;
+    PyObject *cb = t->on_connect;
+    t->on_connect = NULL; /* the reference is ours now */
+    if (err != 0) {
+        finish(t, NULL); /* connecting: no connection_lost */
+    }
+    else {
+        t->connecting = 0;
+        t->reading = 1;
+        if (rearm(t) == 0 && t->protocol != NULL) {
+            PyObject *r = PyObject_CallMethodOneArg(t->protocol, str_connection_made,
+                                                    (PyObject *)t);
+            if (r == NULL) {
+                report(t, "protocol.connection_made() failed");
+                finish(t, NULL);
+                err = ECONNABORTED;
+            }
+            Py_XDECREF(r);
+        }
+        else if (t->fd < 0)
+            err = ECONNABORTED;
+    }
+    if (cb == NULL)
+        return;
+    PyObject *code = PyLong_FromLong(err);
+    PyObject *r = code == NULL ? NULL : PyObject_CallOneArg(cb, code);
+    Py_XDECREF(code);
+    if (r == NULL)
+        report(t, "on_connect() failed");
+    Py_XDECREF(r);
+    Py_DECREF(cb);
+}
+
 /* --- Poller methods ------------------------------------------------------------------------ */
 
 static PyObject *
@@ -407,6 +468,10 @@ poller_run(Poller *self, PyObject *Py_UNUSED(ignored))
         unsigned int ev = evs[i].events;
         if (t->fd < 0)
             continue;
+        if (t->connecting) {
+            connected(t);
+            continue;
+        }
         /* A hang-up or an error with something queued: the send says which (and ends it). */
         if ((ev & (EPOLLOUT | EPOLLERR | EPOLLHUP)) && t->queued > 0)
             flush(t);
@@ -509,6 +574,7 @@ fdt_traverse(FdTransport *t, visitproc visit, void *arg)
     Py_VISIT(t->protocol);
     Py_VISIT(t->data_received);
     Py_VISIT(t->queue);
+    Py_VISIT(t->on_connect);
     return 0;
 }
 
@@ -518,6 +584,7 @@ fdt_clear(FdTransport *t)
     Py_CLEAR(t->protocol);
     Py_CLEAR(t->data_received);
     Py_CLEAR(t->queue);
+    Py_CLEAR(t->on_connect);
     return 0;
 }
 
@@ -556,7 +623,7 @@ fdt_write(FdTransport *t, PyObject *data)
     if (len == 0 || t->fd < 0)
         Py_RETURN_NONE; /* asyncio: writes after the connection is lost are dropped */
     Py_ssize_t sent = 0;
-    if (t->queued == 0) {
+    if (t->queued == 0 && !t->connecting) {
         ssize_t n = send(t->fd, PyBytes_AS_STRING(data), (size_t)len, MSG_NOSIGNAL);
         if (n == len)
             Py_RETURN_NONE;
@@ -735,7 +802,127 @@ fdt_fileno(FdTransport *t, PyObject *Py_UNUSED(ignored))
     return PyLong_FromLong(t->fd);
 }
 
+/* A sockaddr for a numeric host (IPv4 or IPv6, no scope) and port; 0 if host is not one. */
+static int
+numeric_addr(const char *host, int port, struct sockaddr_storage *ss, socklen_t *len)
+{
+    memset(ss, 0, sizeof *ss);
+    struct sockaddr_in *a4 = (struct sockaddr_in *)ss;
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)ss;
+    if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
+        a4->sin_family = AF_INET;
+        a4->sin_port = htons((uint16_t)port);
+        *len = sizeof *a4;
+        return AF_INET;
+    }
+    if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
+        a6->sin6_family = AF_INET6;
+        a6->sin6_port = htons((uint16_t)port);
+        *len = sizeof *a6;
+        return AF_INET6;
+    }
+    return 0;
+}
+
+static void
+set_nodelay(int fd)
+{
+    int one = 1;
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+/* FdTransport.connect(poller, host, port, protocol, on_connect): a new TCP socket connecting
+ * to a numeric host, as a transport of the class it is called on; None if host is not numeric.
+ * When the connect completes, the transport reads and protocol.connection_made(transport) is
+ * called, then on_connect(0); if it fails, the socket is closed and on_connect(errno) called
+ * (the protocol hears nothing).  An error at once (no descriptor, a refusal the kernel gives
+ * at once) raises OSError.  abort() before the end closes it silently. */
+static PyObject *
+fdt_connect(PyTypeObject *cls, PyObject *args)
+{
+    PyObject *poller, *protocol, *on_connect;
+    const char *host;
+    int port;
+    if (!PyArg_ParseTuple(args, "O!siOO", &PollerType, &poller, &host, &port, &protocol,
+                          &on_connect))
+        return NULL;
+    struct sockaddr_storage ss;
+    socklen_t len;
+    int family = numeric_addr(host, port, &ss, &len);
+    if (family == 0)
+        Py_RETURN_NONE;
+    int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    set_nodelay(fd); /* as uvloop and asyncio do on every TCP transport */
+    if (connect(fd, (struct sockaddr *)&ss, len) < 0 && errno != EINPROGRESS) {
+        int err = errno;
+        close(fd);
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    FdTransport *t = (FdTransport *)PyObject_CallFunction((PyObject *)cls, "OiO", poller, fd,
+                                                          protocol);
+    if (t == NULL) {
+        close(fd);
+        return NULL;
+    }
+    t->connecting = 1;
+    Py_INCREF(on_connect);
+    t->on_connect = on_connect;
+    if (epoll_set(t, EPOLLOUT) < 0) {
+        Py_DECREF(t); /* closes fd */
+        return NULL;
+    }
+    return (PyObject *)t;
+}
+
+/* accept(fd) -> (fd, address): accept4() on a listening TCP socket, the new socket
+ * non-blocking, close-on-exec and with TCP_NODELAY; the address as Python's socket module
+ * gives it ((host, port) or (host, port, flowinfo, scope_id)).  BlockingIOError when nobody
+ * waits, OSError otherwise. */
+static PyObject *
+relay_accept(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    int lfd = PyLong_AsLong(arg);
+    if (lfd == -1 && PyErr_Occurred())
+        return NULL;
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    int fd = accept4(lfd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    char text[INET6_ADDRSTRLEN];
+    PyObject *addr = NULL;
+    if (ss.ss_family == AF_INET) {
+        struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+        inet_ntop(AF_INET, &a->sin_addr, text, sizeof text);
+        addr = Py_BuildValue("(si)", text, ntohs(a->sin_port));
+        set_nodelay(fd);
+    }
+    else if (ss.ss_family == AF_INET6) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+        inet_ntop(AF_INET6, &a->sin6_addr, text, sizeof text);
+        addr = Py_BuildValue("(siII)", text, ntohs(a->sin6_port), ntohl(a->sin6_flowinfo),
+                             a->sin6_scope_id);
+        set_nodelay(fd);
+    }
+    else {
+        addr = PyUnicode_FromString("");
+    }
+    if (addr == NULL) {
+        close(fd);
+        return NULL;
+    }
+    PyObject *r = Py_BuildValue("(iN)", fd, addr);
+    if (r == NULL)
+        close(fd);
+    return r;
+}
+
 static PyMethodDef fdt_methods[] = {
+    {"connect", (PyCFunction)fdt_connect, METH_VARARGS | METH_CLASS,
+     "connect(poller, host, port, protocol, on_connect): a new connection, or None."},
     {"write", (PyCFunction)fdt_write, METH_O, "Send data (queued while the socket is full)."},
     {"write_eof", (PyCFunction)fdt_write_eof, METH_NOARGS,
      "Shut the sending direction down once the queue is sent."},
@@ -773,10 +960,16 @@ static PyTypeObject FdTransportType = {
 
 /* --- module ---------------------------------------------------------------------------------- */
 
+static PyMethodDef module_methods[] = {
+    {"accept", (PyCFunction)relay_accept, METH_O,
+     "accept(fd) -> (fd, address): one connection of a listening TCP socket."},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "wsgate.proxy._relay",
-    "A tunnel's sockets relayed outside the event loop's transports (tunnel.py).", -1, NULL,
-    NULL, NULL, NULL, NULL,
+    "Plain TCP connections on compiled transports, outside the event loop's (fdrelay.py).", -1,
+    module_methods, NULL, NULL, NULL, NULL,
 };
 
 #define INTERN(var, text)                                                                     \
@@ -795,6 +988,7 @@ PyInit__relay(void)
     INTERN(str_resume_writing, "resume_writing");
     INTERN(str_call_soon, "call_soon");
     INTERN(str_call_exception_handler, "call_exception_handler");
+    INTERN(str_connection_made, "connection_made");
     read_buf = PyMem_RawMalloc(READ_SIZE);
     if (read_buf == NULL)
         return PyErr_NoMemory();

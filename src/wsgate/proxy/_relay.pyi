@@ -1,4 +1,8 @@
 import asyncio
+from collections.abc import Callable
+from typing import TypeVar
+
+_T = TypeVar("_T", bound=FdTransport)
 
 class Poller:
     count: int
@@ -6,8 +10,20 @@ class Poller:
     def run(self) -> None: ...
     def fileno(self) -> int: ...
 
+def accept(fd: int, /) -> tuple[int, tuple[str, int] | tuple[str, int, int, int] | str]: ...
+
 class FdTransport:
     def __init__(self, poller: Poller, fd: int, protocol: asyncio.BaseProtocol) -> None: ...
+    @classmethod
+    def connect(
+        cls: type[_T],
+        poller: Poller,
+        host: str,
+        port: int,
+        protocol: asyncio.BaseProtocol,
+        on_connect: Callable[[int], object],
+        /,
+    ) -> _T | None: ...
     def write(self, data: bytes | bytearray | memoryview, /) -> None: ...
     def write_eof(self) -> None: ...
     def can_write_eof(self) -> bool: ...

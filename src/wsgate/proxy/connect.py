@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING
 
+from wsgate.proxy import fdrelay
 from wsgate.proxy.endpoint import Endpoint
 from wsgate.upstream.tls import (
     PENDING_SESSION,
@@ -80,6 +81,12 @@ class UpstreamOpen:
         try:
             if peer.name.startswith("unix:"):
                 _, ep = await loop.create_unix_connection(self.factory, peer.host)
+            elif tls is None and fdrelay.DIRECT:
+                # Plain TCP on the compiled transport from the start (fdrelay.py); a name
+                # that is not a numeric address goes through the loop.
+                ep = self.factory()
+                if not await fdrelay.open_connection(loop, peer.host, peer.port, ep):
+                    _, ep = await loop.create_connection(self.factory, peer.host, peer.port)
             else:
                 _, ep = await loop.create_connection(self.factory, peer.host, peer.port)
             self.ep = ep

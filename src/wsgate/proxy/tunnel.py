@@ -1100,7 +1100,8 @@ class Tunnel:
         early bytes are sent: until then neither is read."""
         c, u = self.client, self.upstream
         leave = (
-            not client_write_paused
+            not (fdrelay.direct(c.transport) and fdrelay.direct(u.transport))
+            and not client_write_paused
             and not upstream_write_paused
             and fdrelay.eligible(c.transport)
             and fdrelay.eligible(u.transport)

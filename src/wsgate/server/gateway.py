@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
+import ipaddress
 import os
 import random
 import resource
@@ -717,7 +718,7 @@ class _Listener:
     fails with EMFILE) the socket is no longer polled, so clients wait in the backlog.  (libuv,
     under uvloop, answers EMFILE by accepting and closing every pending connection.)"""
 
-    __slots__ = ("gw", "sock", "acceptor", "fd", "_on")
+    __slots__ = ("gw", "sock", "acceptor", "fd", "_on", "direct", "sockname")
 
     def __init__(self, gw: Gateway, sock: socket.socket, acceptor: _Acceptor) -> None:
         self.gw = gw
@@ -725,6 +726,13 @@ class _Listener:
         self.acceptor = acceptor
         self.fd = sock.fileno()
         self._on = False
+        #: Plain TCP clients go on the compiled transport from their accept (fdrelay.py).
+        self.direct = fdrelay.DIRECT and sock.family in (socket.AF_INET, socket.AF_INET6)
+        #: The local address of every connection, if the socket is bound to a specific one
+        #: (a wildcard's is read from the connection when asked, as nginx does).
+        bound = sock.getsockname()
+        wildcard = ipaddress.ip_address(bound[0]).is_unspecified if self.direct else True
+        self.sockname: object = None if wildcard else bound
 
     def start(self) -> None:
         self.gw.loop.add_reader(self.fd, self._ready)
@@ -746,14 +754,22 @@ class _Listener:
                 if i == 0:
                     gw._pause_accepting()
                 return
+            # A plain TCP client is on the compiled transport from its accept (fdrelay.py).
+            direct = self.direct and self.acceptor.group.tls is None
             try:
-                conn, _ = sock.accept()
+                if direct:
+                    fd, peer = fdrelay.accept(self.fd)  # type: ignore[misc]  # set if DIRECT
+                else:
+                    conn, _ = sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 gw.accept_failed(exc)
                 if exc.errno != errno.ECONNABORTED:
                     return
+                continue
+            if direct:
+                fdrelay.serve_accepted(loop, fd, peer, self.sockname, self.acceptor())
                 continue
             gw.accepting += 1
             task = loop.create_task(loop.connect_accepted_socket(self.acceptor, conn))
