@@ -81,13 +81,17 @@ typecheck: $(STAMP)
 pytest: $(STAMP) node debs
 	$(BIN)/pytest -q -n 2 --dist worksteal
 
-## The frame scanner's tests and the tunnel's again on the pure-Python scanner (WSGATE_PURE=1),
-## which a machine without a C compiler runs (the rest of the suite runs the compiled one).
+## The frame scanner's tests and the tunnel's again on the pure-Python scanner and the loop's
+## transports (WSGATE_PURE=1), which a machine without a C compiler runs (the rest of the suite
+## runs the compiled ones); with them the walk-through, the browser, Autobahn and the reload
+## tests (issue 16: nothing regresses without the accelerator).
 PURE_TESTS := tests/unit/test_frames.py tests/unit/test_frames_compiled.py \
 	tests/unit/test_ws_features.py tests/unit/test_ws_metrics.py tests/unit/test_tunnel_context.py \
 	tests/integration/test_close_frames.py tests/integration/test_ws_features.py \
-	tests/integration/test_ws_metrics.py tests/integration/test_tunnel_lifecycle.py
-pytest-pure: $(STAMP) node
+	tests/integration/test_ws_metrics.py tests/integration/test_tunnel_lifecycle.py \
+	tests/interop/test_walkthrough.py tests/interop/test_browser.py \
+	tests/integration/test_autobahn.py tests/integration/test_zero_downtime.py
+pytest-pure: $(STAMP) node debs
 	WSGATE_PURE=1 $(BIN)/pytest -q -n 2 -p no:cacheprovider $(PURE_TESTS)
 
 ## make test: installs everything the tests need, then linters, type checks and pytest.

@@ -81,7 +81,7 @@ class UpstreamOpen:
         try:
             if peer.name.startswith("unix:"):
                 _, ep = await loop.create_unix_connection(self.factory, peer.host)
-            elif tls is None and fdrelay.DIRECT:
+            elif tls is None and fdrelay.AVAILABLE:
                 # Plain TCP on the compiled transport from the start (fdrelay.py); a name
                 # that is not a numeric address goes through the loop.
                 ep = self.factory()

@@ -76,7 +76,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from wsgate.proxy import fdrelay
 from wsgate.proxy.frames import (
     BUCKET_BY_BITS,
     CLOSE,
@@ -1095,22 +1094,9 @@ class Tunnel:
     ) -> None:
         """Switch both transports to the tunnel and send what each side had sent early.
 
-        Two plain TCP connections leave the loop's transports for compiled ones
-        (:mod:`wsgate.proxy.fdrelay`) at the loop's next iteration, once the 101 and those
-        early bytes are sent: until then neither is read."""
+        A plain TCP connection is on the compiled transport from its start
+        (:mod:`wsgate.proxy.fdrelay`), so the tunnel relays there with nothing handed over."""
         c, u = self.client, self.upstream
-        leave = (
-            not (fdrelay.direct(c.transport) and fdrelay.direct(u.transport))
-            and not client_write_paused
-            and not upstream_write_paused
-            and fdrelay.eligible(c.transport)
-            and fdrelay.eligible(u.transport)
-        )
-        if leave:
-            # Not reading, uvloop's set_protocol does not restart reading (two epoll
-            # operations per transport).
-            c.transport.pause_reading()
-            u.transport.pause_reading()
         c.transport.set_protocol(c)
         u.transport.set_protocol(u)
         # As if just read: relayed, counted, and their frames tracked.
@@ -1118,9 +1104,6 @@ class Tunnel:
             u.data_received(to_client)
         if to_upstream:
             c.data_received(to_upstream)
-        if leave:
-            self.loop.call_soon(self._leave_loop)
-            return
         # Reading may have been paused by the HTTP phase: restart it, unless the other
         # side's write buffer is still full.
         for side, other_paused in ((c, upstream_write_paused), (u, client_write_paused)):
@@ -1128,28 +1111,6 @@ class Tunnel:
                 side.transport.pause_reading()
                 side.peer.pause_writing()
             else:
-                side.transport.resume_reading()
-
-    def _leave_loop(self) -> None:
-        """:meth:`start`'s second half: each side's socket to an FdTransport if nothing is
-        queued on either transport and the tunnel is still relaying both ways; then reading
-        starts where the peer's transport is not full (as uvloop's callbacks left it)."""
-        c, u = self.client, self.upstream
-        if (
-            not self._closed
-            and not self.going
-            and not any(s.lost or s.eof or s.finished or s.phase != _RELAY for s in (c, u))
-            and not c.transport.get_write_buffer_size()
-            and not u.transport.get_write_buffer_size()
-        ):
-            for side in (c, u):
-                new = fdrelay.take_over(self.loop, side.transport, side)
-                if new is not None:
-                    side.transport = new
-            c.out = u.transport
-            u.out = c.transport
-        for side in (c, u):
-            if not (side.lost or side.eof or side.finished) and side.peer.blocked_since is None:
                 side.transport.resume_reading()
 
     @property

@@ -155,9 +155,6 @@ class Gateway:
         #: Open tunnels (each holds an upstream connection: ``worker_connections``), counted;
         #: :attr:`tunnels` finds them through their connections.
         self.tunnel_count = 0
-        #: Descriptors held for a moment beyond the connections: a tunnel's socket handed to
-        #: the compiled relay is a duplicate until uvloop has closed its own (fdrelay.py).
-        self.transient = 0
         self.counter = 0
         #: ``stub_status`` counters: here, not on the configuration, so they survive reloads.
         self.stub_status: StatusCounters = ConnectionCounters()
@@ -254,7 +251,7 @@ class Gateway:
     async def serve(self, groups: dict[BindKey, ListenGroup]) -> None:
         """Start accepting on every group that is not yet accepting; close dropped ones."""
         # The compiled relay's epoll descriptor, before the descriptors are counted.
-        fdrelay.prepare(self.loop, self.reserve_fds)
+        fdrelay.prepare(self.loop)
         self.restart_health()
         if self.control is not None:
             self.control.start()
@@ -304,22 +301,14 @@ class Gateway:
             self._measure_fds()
         clients = len(self.connections) + self.accepting
         need = clients + max(clients, self.upstreams + self.tunnel_count) + 2
-        return need <= self.config.worker_connections and need + self.transient <= self._fd_room()
-
-    def reserve_fds(self, delta: int) -> bool:
-        """Hold ``delta`` descriptors beyond the connections (release with a negative one);
-        ``False``, holding nothing, when the descriptors left for connections are all taken."""
-        if delta > 0 and self._load() + self.transient + delta > self._fd_room():
-            return False
-        self.transient += delta
-        return True
+        return need <= self.config.worker_connections and need <= self._fd_room()
 
     def upstream_room(self) -> int:
         """How many idle kept upstream connections must close before one more upstream
         connection fits (0: it fits); the limit holds at every moment, not only at accept."""
         over = max(
             self._load() + 1 - self.config.worker_connections,
-            self._load() + self.transient + 1 - self._fd_room(),
+            self._load() + 1 - self._fd_room(),
         )
         return max(over, 0)
 
@@ -342,7 +331,7 @@ class Gateway:
         except OSError:
             return
         self._fds_measured = True
-        self.fd_base = max(self.fd_base, open_fds - self._load() - self.transient)
+        self.fd_base = max(self.fd_base, open_fds - self._load())
 
     def _pause_accepting(self, reason: str | None = None) -> None:
         """Stop polling the listening sockets.  With no ``reason``, the limit that stopped it
@@ -727,7 +716,7 @@ class _Listener:
         self.fd = sock.fileno()
         self._on = False
         #: Plain TCP clients go on the compiled transport from their accept (fdrelay.py).
-        self.direct = fdrelay.DIRECT and sock.family in (socket.AF_INET, socket.AF_INET6)
+        self.direct = fdrelay.AVAILABLE and sock.family in (socket.AF_INET, socket.AF_INET6)
         #: The local address of every connection, if the socket is bound to a specific one
         #: (a wildcard's is read from the connection when asked, as nginx does).
         bound = sock.getsockname()
@@ -758,7 +747,7 @@ class _Listener:
             direct = self.direct and self.acceptor.group.tls is None
             try:
                 if direct:
-                    fd, peer = fdrelay.accept(self.fd)  # type: ignore[misc]  # set if DIRECT
+                    fd, peer = fdrelay.accept(self.fd)  # type: ignore[misc]  # set where AVAILABLE
                 else:
                     conn, _ = sock.accept()
             except (BlockingIOError, InterruptedError):
