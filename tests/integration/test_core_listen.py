@@ -501,3 +501,44 @@ def test_unix_clients_meet_access_rules_and_realip(
         "192.0.2.10",
         "127.0.0.1",
     ]
+
+
+# -- addresses of a connection accepted by the compiled transport ------------------------------
+@pytest.mark.parametrize(
+    ("listen", "target", "server_addr"),
+    [
+        # A wildcard's local address is read from the connection: the address dialled.
+        ("0.0.0.0:0", "127.0.0.2", "127.0.0.2"),
+        ("127.0.0.3:0", "127.0.0.3", "127.0.0.3"),
+        ("[::1]:0", "::1", "::1"),
+        ("[::]:0", "::1", "::1"),
+    ],
+)
+def test_server_and_remote_addr_of_accepted_connections(
+    bg: Loop, wsgate: Factory, listen: str, target: str, server_addr: str
+) -> None:
+    """``$remote_addr``/``$remote_port`` from ``accept4``, ``$server_addr``/``$server_port``
+    the listener's when it is bound to one address, else the connection's own, for every
+    connection (the compiled accept of fdrelay.py, and the loop's under WSGATE_PURE)."""
+    if ":" in target and not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    b = bg.backend("b")
+    gw = wsgate(conf(b.port).replace("listen 127.0.0.1:0;", f"listen {listen};"))
+    family = socket.AF_INET6 if ":" in target else socket.AF_INET
+    ports = []
+    for i in range(2):
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.settimeout(5)
+            s.bind((target, 0))  # the client's address too (else the kernel picks 127.0.0.1)
+            s.connect((target, gw.port))
+            ports.append(s.getsockname()[1])
+            s.sendall(b"GET /a%d HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % i)
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+            assert data.startswith(b"HTTP/1.1 200"), data
+    lines = gw.access_lines(2)
+    for i, line in enumerate(lines):
+        remote, rport, saddr, sport, uri, status, _ = line.split("|")
+        assert (remote, int(rport), saddr, int(sport)) == (target, ports[i], server_addr, gw.port)
+        assert (uri, status) == (f"/a{i}", "200")

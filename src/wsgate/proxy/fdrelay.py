@@ -94,13 +94,20 @@ class FdTransport(_Base):
         fd = self.fileno()
         if fd < 0:
             return default
-        sock = socket.socket(fileno=fd)
+        peer = getattr(self, "peername", None)
+        if peer is None:
+            sock = socket.socket(fileno=fd)  # the family asked of the kernel too
+        else:  # an accepted client's: the family is its address's
+            family = socket.AF_INET6 if len(peer) == 4 else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM, 0, fd)
         try:
-            return sock.getpeername() if name == "peername" else sock.getsockname()
+            known = sock.getpeername() if name == "peername" else sock.getsockname()
         except OSError:
             return default
         finally:
             sock.detach()
+        setattr(self, name, known)  # the addresses of a connection do not change
+        return known
 
 
 class _SocketView:
