@@ -11,7 +11,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-$(STAMP): $(BIN)/python pyproject.toml setup.py src/wsgate/proxy/_frames.c
+$(STAMP): $(BIN)/python pyproject.toml setup.py $(wildcard src/wsgate/*/_*.c)
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 

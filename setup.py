@@ -1,4 +1,4 @@
-"""The compiled frame scanner, beside pyproject.toml (which holds everything else).
+"""The compiled extensions, beside pyproject.toml (which holds everything else).
 
 ``wsgate.proxy._frames`` (src/wsgate/proxy/_frames.c) is optional, as python-websockets'
 ``speedups`` is: a machine without a C compiler still installs wsgate, and
@@ -14,6 +14,12 @@ setup(
         Extension(
             "wsgate.proxy._frames",
             sources=["src/wsgate/proxy/_frames.c"],
+            optional=True,
+            extra_compile_args=["-O2"],
+        ),
+        Extension(
+            "wsgate.http._heads",
+            sources=["src/wsgate/http/_heads.c"],
             optional=True,
             extra_compile_args=["-O2"],
         ),

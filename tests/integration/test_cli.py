@@ -38,6 +38,9 @@ def test_version_and_help() -> None:
     relayed = importlib.util.find_spec("wsgate.proxy._relay") is not None
     relay = "compiled" if relayed and not os.environ.get("WSGATE_PURE") else "the event loop's"
     assert f"\ntunnel relay: {relay}" in big_v.stderr
+    split = importlib.util.find_spec("wsgate.http._heads") is not None
+    splitter = "compiled" if split and not os.environ.get("WSGATE_PURE") else "pure Python"
+    assert f"\nheader splitter: {splitter}" in big_v.stderr
     pure = subprocess.run(
         [*WSGATE, "-V"],
         capture_output=True,
@@ -47,6 +50,7 @@ def test_version_and_help() -> None:
     )
     assert "\nframe scanner: pure Python (WSGATE_PURE)\n" in pure.stderr
     assert "\ntunnel relay: the event loop's transports (WSGATE_PURE)\n" in pure.stderr
+    assert "\nheader splitter: pure Python (WSGATE_PURE)\n" in pure.stderr
     h = run("-h")
     assert "-s signal" in h.stderr and h.returncode == 0
     bad = run("-x")

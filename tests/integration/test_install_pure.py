@@ -69,6 +69,7 @@ def test_the_install_says_its_scanner_is_pure_python(pure_install: Path) -> None
     assert out.returncode == 0, out.stderr
     assert "\nframe scanner: pure Python\n" in out.stderr
     assert "\ntunnel relay: the event loop's transports\n" in out.stderr
+    assert "\nheader splitter: pure Python\n" in out.stderr
 
 
 def test_the_walkthrough_runs_on_the_pure_install(pure_install: Path, tmp_path: Path) -> None:

@@ -100,8 +100,9 @@ def configure_arguments() -> str:
 
 def version_lines(server_token: str) -> str:
     """What ``wsgate -V`` prints (nginx's layout: version, compiler, TLS library, arguments),
-    with which WebSocket frame scanner runs (compiled, or pure Python: see frames.py) and
-    what relays a tunnel's sockets (see fdrelay.py)."""
+    with which WebSocket frame scanner runs (compiled, or pure Python: see frames.py), what
+    relays a tunnel's sockets (see fdrelay.py) and what splits header lines (request.py)."""
+    from wsgate.http.request import HEADS
     from wsgate.proxy.fdrelay import RELAY
     from wsgate.proxy.frames import SCANNER
 
@@ -111,6 +112,7 @@ def version_lines(server_token: str) -> str:
         f"built with {ssl.OPENSSL_VERSION}\n"
         f"frame scanner: {SCANNER}\n"
         f"tunnel relay: {RELAY}\n"
+        f"header splitter: {HEADS}\n"
         "TLS SNI support enabled\n"
         f"configure arguments: {configure_arguments()}\n"
     )

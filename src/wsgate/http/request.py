@@ -36,8 +36,10 @@ https://nginx.org/en/docs/http/ngx_http_core_module.html#large_client_header_buf
 from __future__ import annotations
 
 import enum
+import os
 import re
 from dataclasses import dataclass, field
+from types import ModuleType
 
 import httptools
 
@@ -185,6 +187,29 @@ _UNIQUE = frozenset(
 )
 _RENAMED = {b"content-length": b"X-Wsgate-Cl", b"transfer-encoding": b"X-Wsgate-Te"}
 
+#: ``wsgate.http._heads`` (src/wsgate/http/_heads.c) when the extension was built and
+#: ``WSGATE_PURE`` is not set: the header lines of a common head split in C, the rest of the
+#: parser unchanged (:meth:`RequestParser._common_head`).
+_heads: ModuleType | None = None
+if not os.environ.get("WSGATE_PURE"):
+    try:
+        import wsgate.http._heads as _compiled_heads
+    except ImportError:  # built without a compiler: the extension is optional
+        pass
+    else:
+        _heads = _compiled_heads
+#: What ``wsgate -V`` says splits the header lines.
+HEADS = "compiled" if _heads is not None else "pure Python"
+if os.environ.get("WSGATE_PURE"):
+    HEADS += " (WSGATE_PURE)"
+#: The request line of a common head (one space each side of an origin-form target of
+#: visible ASCII, HTTP/1.0 or 1.1): anything else goes through the line-by-line parser.
+_COMMON_LINE = re.compile(rb"([A-Z_\-]+) (/[\x21-\x7e]*) HTTP/1\.([01])")
+#: The fields the line-by-line parser checks for a second line: a common head has one.
+_WATCHED = frozenset(
+    ["host", "content-length", "transfer-encoding", *(n.decode() for n in _UNIQUE)]
+)
+
 
 def _printable(data: bytes, limit: int = 64) -> str:
     text = "".join(chr(c) if 0x20 <= c < 0x7F else f"\\x{c:02x}" for c in data[:limit])
@@ -199,6 +224,11 @@ _HOST_CHARS = frozenset(
 _LITERAL_CHARS = _HOST_CHARS - {0x25}
 
 
+#: A name of letters, digits and ``-`` in dot-separated labels, perhaps a port: nothing of it
+#: to cut but the port, nothing to refuse but a port above 65535.
+_PLAIN_HOST = re.compile(rb"([A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*)(?::([0-9]{1,5}))?")
+
+
 def normalize_host(value: bytes | str) -> str | None:
     """Validate and normalise a host as current nginx's ``ngx_http_validate_host`` (1.29.4+);
     None if invalid.
@@ -210,6 +240,12 @@ def normalize_host(value: bytes | str) -> str | None:
     check the port.)
     """
     raw = value.encode("latin-1") if isinstance(value, str) else value
+    m = _PLAIN_HOST.fullmatch(raw)
+    if m is not None:  # the common case, whose answer the loop below would give too
+        port = m.group(2)
+        if port is not None and int(port) > 65535:
+            return None
+        return m.group(1).decode("latin-1").lower()
     dot_pos = len(raw)
     host_len = len(raw)
     port = 0
@@ -498,6 +534,10 @@ class RequestParser:
     def _parse_head(self) -> RequestHead | None:
         buf = self._buf
         lim = self.limits
+        if _heads is not None and not self._line_done and self._scan == 0:
+            head = self._common_head()
+            if head is not None:
+                return head
         if not self._line_done and self._scan == 0:
             # nginx (sw_start) and RFC 9112 §2.2 skip empty lines before the request line.
             skip = len(buf) - len(buf.lstrip(b"\r\n"))
@@ -531,6 +571,55 @@ class RequestParser:
             if not line:
                 return self._finish_head()
             self._header_line(line)
+
+    def _common_head(self) -> RequestHead | None:
+        """A whole head of the common kind parsed at once: a request line of
+        :data:`_COMMON_LINE`, header lines ``_heads.split_fields`` takes, each watched field
+        once, no more fields than ``max_headers``, within the limits.  The result, or the
+        error, is the line-by-line parser's for such a head (a differential test holds them to
+        it); None (nothing consumed) for any other head, which that parser then reads."""
+        assert _heads is not None
+        buf = self._buf
+        lim = self.limits
+        end = buf.find(b"\r\n\r\n")
+        if end < 0 or end + 4 > lim.max_head:
+            return None
+        nl = buf.find(b"\r\n")
+        if nl + 2 > lim.max_line:
+            return None
+        line = bytes(buf[:nl])
+        m = _COMMON_LINE.fullmatch(line)
+        if m is None or m.group(1) == b"CONNECT":  # CONNECT's target is an authority
+            return None
+        fields = _heads.split_fields(buf, nl + 2, end + 2, lim.max_line) if end > nl else []
+        if fields is None or len(fields) > lim.max_headers:
+            return None
+        host_raw = cl_raw = te_raw = None
+        seen: set[str] = set()
+        for name, value in fields:
+            lname = name.lower()
+            if lname in _WATCHED:
+                if lname in seen:
+                    return None  # the line-by-line parser words the duplicate
+                seen.add(lname)
+                if lname == "host":
+                    host_raw = value.encode("latin-1")
+                elif lname == "content-length":
+                    cl_raw = value.encode("latin-1")
+                elif lname == "transfer-encoding":
+                    te_raw = value.encode("latin-1")
+        self._request_line = line
+        self._method = m.group(1).decode("ascii")
+        self._target = m.group(2)
+        self._abs_host = None
+        self._version = (1, 1) if m.group(3) == b"1" else (1, 0)
+        self._line_done = True
+        if host_raw is not None and normalize_host(host_raw) is None:
+            raise HttpError(400, "client sent invalid host header")
+        self._headers = fields
+        self._host_raw, self._cl_raw, self._te_raw = host_raw, cl_raw, te_raw
+        self._scan = end + 4
+        return self._finish_head()
 
     def _too_long(self, start: bytes) -> None:
         if not self._line_done:

@@ -25,6 +25,7 @@ limit, bare LF accepted) and each line is validated by ``httptools.HttpResponseP
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 
 import httptools
@@ -32,6 +33,7 @@ import httptools
 from wsgate.errors import HttpError
 from wsgate.http.body import Body, BodyReader, EndOfMessage, InvalidChunk
 from wsgate.http.fields import first_value, has_ctl_or_space
+from wsgate.http.request import _heads
 
 __all__ = [
     "InvalidHeader",
@@ -95,6 +97,10 @@ class _State(enum.Enum):
 _CTL = bytes(range(1, 9)) + bytes(range(0x0B, 0x20)) + b"\x7f"
 #: What llhttp refuses in a value and wsgate's own heads may carry: checked as spaces.
 _CTL_AS_SPACE = bytes.maketrans(_CTL, b" " * len(_CTL))
+#: The status line of a common head (HTTP/1.0 or 1.1, a status of three digits, a reason of
+#: visible ASCII and spaces): with header lines ``_heads.split_fields`` takes, it is parsed at
+#: once (:meth:`ResponseParser._common_head`); anything else line by line.
+_COMMON_STATUS = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9][0-9]) ([\x20-\x7e]*)")
 
 
 def _printable(data: bytes, limit: int = 64) -> str:
@@ -267,6 +273,10 @@ class ResponseParser:
             return None
         if end > self.max_head:
             raise InvalidHeader(502, "upstream sent too big header")
+        if _heads is not None:
+            common = self._common_head(end)
+            if common is not None:
+                return common
         raw_lines = bytes(self._buf[:end]).split(b"\n")[:-2]  # drop the blank line and after
         del self._buf[:end]
         lines = [ln[:-1] if ln.endswith(b"\r") else ln for ln in raw_lines]
@@ -328,7 +338,56 @@ class ResponseParser:
         except httptools.HttpParserError as exc:
             if "Upgrade" not in str(exc):  # llhttp pauses on every 101 ("Pause on CONNECT/Upgrade")
                 raise InvalidHeader(502, "upstream sent invalid header") from exc
+        reason = catcher.reason.decode("latin-1")
+        return self._finish_head(status, reason, version, headers, cl_raw, te_raw, close, end)
 
+    def _common_head(self, end: int) -> ResponseHead | None:
+        """A head of the common kind (a status line of :data:`_COMMON_STATUS`, header lines
+        ``_heads.split_fields`` takes, CRLF line ends, one Content-Length or
+        Transfer-Encoding at most) parsed at once, with the line-by-line parser's result or
+        error (a differential test holds them to it); None, nothing consumed, for any other."""
+        assert _heads is not None
+        buf = self._buf
+        nl = buf.find(b"\r\n")
+        if buf[end - 4 : end] != b"\r\n\r\n" or not 0 < nl < end - 2:
+            return None
+        m = _COMMON_STATUS.fullmatch(buf, 0, nl)
+        if m is None:
+            return None
+        fields = _heads.split_fields(buf, nl + 2, end - 2, end) if end - 2 > nl + 2 else []
+        if fields is None:
+            return None
+        version = "1.1" if m.group(1) == b"1" else "1.0"
+        close = version == "1.0"
+        cl_raw: bytes | None = None
+        te_raw: bytes | None = None
+        for name, value in fields:
+            lname = name.lower()
+            if lname == "content-length" or lname == "transfer-encoding":
+                if (cl_raw if lname == "content-length" else te_raw) is not None:
+                    return None  # the line-by-line parser words the duplicate
+                if lname == "content-length":
+                    cl_raw = value.encode("latin-1")
+                else:
+                    te_raw = value.encode("latin-1")
+            elif lname == "connection" and "close" in value.lower():
+                close = True
+        status, reason = int(m.group(2)), m.group(3).decode("latin-1")
+        del buf[:end]  # (after the groups: they are read from the buffer when asked for)
+        return self._finish_head(status, reason, version, fields, cl_raw, te_raw, close, end)
+
+    def _finish_head(
+        self,
+        status: int,
+        reason: str,
+        version: str,
+        headers: list[tuple[str, str]],
+        cl_raw: bytes | None,
+        te_raw: bytes | None,
+        close: bool,
+        end: int,
+    ) -> ResponseHead:
+        """The framing checks of a parsed head, the parser's next state, and the head."""
         content_length: int | None = None
         if cl_raw is not None:
             if not cl_raw.isdigit() or not cl_raw.isascii() or int(cl_raw) > _MAX_OFF_T:
@@ -367,7 +426,7 @@ class ResponseParser:
             close = True
         return ResponseHead(
             status=status,
-            reason=catcher.reason.decode("latin-1"),
+            reason=reason,
             version=version,
             headers=headers,
             content_length=content_length,

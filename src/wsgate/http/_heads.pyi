@@ -1,0 +1,3 @@
+def split_fields(
+    buf: bytes | bytearray, start: int, end: int, max_line: int, /
+) -> list[tuple[str, str]] | None: ...
