@@ -5,21 +5,20 @@
  * accept() takes a client (accept4, the peer's address from it) and FdTransport.connect()
  * opens an upstream connection (connect in the set; SO_ERROR when writable, then
  * connection_made and reading), so the HTTP phase runs on it too and nothing is handed over
- * after the 101 (fdrelay.py).  What follows describes the tunnel, the first user.
+ * after the 101 (fdrelay.py).  What follows describes the tunnel's use of it.
  *
- * After the 101 a tunnel of two plain TCP connections no longer needs the event loop's
- * transports: tunnel.py hands both sockets (duplicated descriptors; uvloop then closes its
- * own) to FdTransport objects of one Poller per worker.  The Poller owns an epoll set that
+ * After the 101 a tunnel of two plain TCP connections relays on the FdTransport objects its
+ * connections already are, of one Poller per worker.  The Poller owns an epoll set that
  * the event loop watches as one descriptor (loop.add_reader(epfd, poller.run)); when it is
  * ready, run() takes every ready socket in one epoll_wait and, for each, does what uvloop
  * does for a readable or writable stream, in C: one read of up to 256 KiB, the bytes given to
  * the protocol's data_received (the tunnel side's compiled relay), whose write() to the peer
  * transport is one send() when nothing is queued for it.
  *
- * FdTransport is an asyncio.Transport for what the tunnel uses (write, write_eof,
+ * FdTransport is an asyncio.Transport for what wsgate uses (write, write_eof,
  * can_write_eof, close, abort, is_closing, pause_reading, resume_reading, is_reading,
  * get_write_buffer_size, get_write_buffer_limits, set_write_buffer_limits, set_protocol,
- * get_protocol; get_extra_info in tunnel.py's subclass) with asyncio's semantics:
+ * get_protocol; get_extra_info in fdrelay.py's subclass) with asyncio's semantics:
  *
  * - write() sends at once if nothing is queued, else queues (bytes objects are kept, not
  *   copied); past the high-water mark (64 KiB) the protocol's pause_writing() is called,
@@ -384,24 +383,27 @@ connected(FdTransport *t)
         err = errno;
     PyObject *cb = t->on_connect;
     t->on_connect = NULL; /* the reference is ours now */
+    if (err == 0) {
+        /* Reading from now on: EPOLLOUT becomes EPOLLIN in one epoll_ctl. */
+        t->reading = 1;
+        t->connecting = 0;
+        if (epoll_set(t, wanted(t)) < 0) {
+            report(t, "epoll_ctl");
+            t->connecting = 1; /* never made: finish() tells the protocol nothing */
+            err = ECONNABORTED;
+        }
+    }
     if (err != 0) {
-        finish(t, NULL); /* connecting: no connection_lost */
+        finish(t, NULL); /* still connecting: no connection_lost */
     }
     else {
-        t->connecting = 0;
-        t->reading = 1;
-        if (rearm(t) == 0 && t->protocol != NULL) {
-            PyObject *r = PyObject_CallMethodOneArg(t->protocol, str_connection_made,
-                                                    (PyObject *)t);
-            if (r == NULL) {
-                report(t, "protocol.connection_made() failed");
-                finish(t, NULL);
-                err = ECONNABORTED;
-            }
-            Py_XDECREF(r);
-        }
-        else if (t->fd < 0)
+        PyObject *r = PyObject_CallMethodOneArg(t->protocol, str_connection_made, (PyObject *)t);
+        if (r == NULL) {
+            report(t, "protocol.connection_made() failed");
+            finish(t, NULL);
             err = ECONNABORTED;
+        }
+        Py_XDECREF(r);
     }
     if (cb == NULL)
         return;
@@ -898,18 +900,18 @@ relay_accept(PyObject *Py_UNUSED(module), PyObject *arg)
         struct sockaddr_in *a = (struct sockaddr_in *)&ss;
         inet_ntop(AF_INET, &a->sin_addr, text, sizeof text);
         addr = Py_BuildValue("(si)", text, ntohs(a->sin_port));
-        set_nodelay(fd);
     }
     else if (ss.ss_family == AF_INET6) {
         struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
         inet_ntop(AF_INET6, &a->sin6_addr, text, sizeof text);
         addr = Py_BuildValue("(siII)", text, ntohs(a->sin6_port), ntohl(a->sin6_flowinfo),
                              a->sin6_scope_id);
-        set_nodelay(fd);
     }
     else {
         addr = PyUnicode_FromString("");
     }
+    if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6)
+        set_nodelay(fd);
     if (addr == NULL) {
         close(fd);
         return NULL;
