@@ -91,15 +91,9 @@ class FdTransport(_Base):
         known = getattr(self, name, None)
         if known is not None:
             return known
-        fd = self.fileno()
-        if fd < 0:
+        sock = self.socket_object()
+        if sock is None:
             return default
-        peer = getattr(self, "peername", None)
-        if peer is None:
-            sock = socket.socket(fileno=fd)  # the family asked of the kernel too
-        else:  # an accepted client's: the family is its address's
-            family = socket.AF_INET6 if len(peer) == 4 else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM, 0, fd)
         try:
             known = sock.getpeername() if name == "peername" else sock.getsockname()
         except OSError:
@@ -108,6 +102,19 @@ class FdTransport(_Base):
             sock.detach()
         setattr(self, name, known)  # the addresses of a connection do not change
         return known
+
+    def socket_object(self) -> socket.socket | None:
+        """A ``socket.socket`` on the descriptor (the caller detaches it, never closes it), or
+        None once closed.  An accepted client's family is its address's; otherwise the socket
+        module asks the kernel."""
+        fd = self.fileno()
+        if fd < 0:
+            return None
+        peer = getattr(self, "peername", None)
+        if peer is None:
+            return socket.socket(fileno=fd)
+        family = socket.AF_INET6 if len(peer) == 4 else socket.AF_INET
+        return socket.socket(family, socket.SOCK_STREAM, 0, fd)
 
 
 class _SocketView:
@@ -118,21 +125,19 @@ class _SocketView:
 
     def __init__(self, transport: FdTransport) -> None:
         self.transport = transport
-        peer = getattr(transport, "peername", None)
-        if peer is None:
-            peer = transport.get_extra_info("peername")
-        six = isinstance(peer, tuple) and len(peer) == 4
-        self.family = socket.AF_INET6 if six else socket.AF_INET
+        sock = transport.socket_object()
+        self.family = socket.AF_INET if sock is None else sock.family
+        if sock is not None:
+            sock.detach()
 
     def fileno(self) -> int:
         return int(self.transport.fileno())
 
     def _sock(self) -> socket.socket:
-        fd = self.fileno()
-        if fd < 0:
+        sock = self.transport.socket_object()
+        if sock is None:
             raise OSError(9, os.strerror(9))
-        # family, type and proto given: the socket module asks the kernel for none of them.
-        return socket.socket(self.family, socket.SOCK_STREAM, 0, fd)
+        return sock
 
     def setsockopt(self, level: int, option: int, value: int | bytes) -> None:
         sock = self._sock()
