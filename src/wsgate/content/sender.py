@@ -390,16 +390,15 @@ async def _send_range(
     """``count`` bytes of ``fd`` from ``offset`` to the client, counted in ``ctx``'s
     ``$bytes_sent``/``$body_bytes_sent`` as they go.  Each wait for the client is at most
     ``timeout`` (``send_timeout``)."""
-    sock_fd = _socket_fd(ep) if use_sendfile else None
-    if sock_fd is None:
+    if not use_sendfile or _socket_fd(ep) is None:
         return await _pread_loop(ep, fd, offset, count, max_chunk, timeout, ctx)
     loop = asyncio.get_running_loop()
     # The transport must have written everything it holds before the kernel sends the file.
     await _drain(ep, timeout)
     transport = ep.transport
     assert transport is not None
-    # Asked again after the wait: a transport may close its socket at once (the compiled one
-    # does), so the number read before could be another connection's by now.
+    # The descriptor is asked for after the wait, not before: a transport may close its socket
+    # at once (the compiled one does), so a number read before could be another's by now.
     sock_fd = _socket_fd(ep)
     if sock_fd is None or transport.get_write_buffer_size():
         return await _pread_loop(ep, fd, offset, count, max_chunk, timeout, ctx)
