@@ -594,20 +594,14 @@ class RequestParser:
         fields = _heads.split_fields(buf, nl + 2, end + 2, lim.max_line) if end > nl else []
         if fields is None or len(fields) > lim.max_headers:
             return None
-        host_raw = cl_raw = te_raw = None
-        seen: set[str] = set()
+        watched: dict[str, bytes] = {}
         for name, value in fields:
             lname = name.lower()
             if lname in _WATCHED:
-                if lname in seen:
+                if lname in watched:
                     return None  # the line-by-line parser words the duplicate
-                seen.add(lname)
-                if lname == "host":
-                    host_raw = value.encode("latin-1")
-                elif lname == "content-length":
-                    cl_raw = value.encode("latin-1")
-                elif lname == "transfer-encoding":
-                    te_raw = value.encode("latin-1")
+                watched[lname] = value.encode("latin-1")
+        host_raw = watched.get("host")
         self._request_line = line
         self._method = m.group(1).decode("ascii")
         self._target = m.group(2)
@@ -617,7 +611,9 @@ class RequestParser:
         if host_raw is not None and normalize_host(host_raw) is None:
             raise HttpError(400, "client sent invalid host header")
         self._headers = fields
-        self._host_raw, self._cl_raw, self._te_raw = host_raw, cl_raw, te_raw
+        self._host_raw = host_raw
+        self._cl_raw = watched.get("content-length")
+        self._te_raw = watched.get("transfer-encoding")
         self._scan = end + 4
         return self._finish_head()
 

@@ -359,21 +359,18 @@ class ResponseParser:
             return None
         version = "1.1" if m.group(1) == b"1" else "1.0"
         close = version == "1.0"
-        cl_raw: bytes | None = None
-        te_raw: bytes | None = None
+        framing: dict[str, bytes] = {}  # Content-Length and Transfer-Encoding, raw
         for name, value in fields:
             lname = name.lower()
             if lname == "content-length" or lname == "transfer-encoding":
-                if (cl_raw if lname == "content-length" else te_raw) is not None:
+                if lname in framing:
                     return None  # the line-by-line parser words the duplicate
-                if lname == "content-length":
-                    cl_raw = value.encode("latin-1")
-                else:
-                    te_raw = value.encode("latin-1")
+                framing[lname] = value.encode("latin-1")
             elif lname == "connection" and "close" in value.lower():
                 close = True
         status, reason = int(m.group(2)), m.group(3).decode("latin-1")
         del buf[:end]  # (after the groups: they are read from the buffer when asked for)
+        cl_raw, te_raw = framing.get("content-length"), framing.get("transfer-encoding")
         return self._finish_head(status, reason, version, fields, cl_raw, te_raw, close, end)
 
     def _finish_head(
