@@ -37,11 +37,20 @@ __all__ = ["apply_limits", "run_worker", "serve"]
 
 
 def serve(gw: Gateway, groups: dict[BindKey, ListenGroup], started: Callable[[], None]) -> None:
-    """Run ``gw`` on the current event loop until it stops, then cancel what is left."""
+    """Run ``gw`` on the current event loop until it stops, then cancel what is left.
+
+    Serving and waiting for the stop are one run of the loop, not two: uvloop opens a
+    socketpair for signals at the start of each run and closes it at the end, so two runs
+    left a moment, after the first clients were served, when the worker held two descriptors
+    fewer than it does for the rest of its life (a test counting descriptors saw a "leak")."""
     loop = gw.loop
-    loop.run_until_complete(gw.serve(groups))
-    started()
-    loop.run_until_complete(gw.stopped)
+
+    async def run() -> None:
+        await gw.serve(groups)
+        started()
+        await gw.stopped
+
+    loop.run_until_complete(run())
     pending = [t for t in gw.tasks if not t.done()]
     for t in pending:
         t.cancel()
