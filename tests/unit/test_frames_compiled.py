@@ -157,14 +157,14 @@ def _side_class(base: type) -> type:
     """A side on ``base`` whose ``_frames`` is the tunnel's relaying branch of it."""
 
     class Side(base):  # type: ignore[misc, valid-type]
-        __slots__ = ("partial",)
+        __slots__ = ()
 
         def __init__(self) -> None:
             self.out = _Out()
             ticks = iter(range(1, 1 << 30))
             self.clock = lambda: float(next(ticks))
             self.last = 0.0
-            self.nbytes = self.skip = self.messages = 0
+            self.nbytes = self.skip = self.messages = self.close_seen = self.phase = 0
             self.partial = b""
 
         def _frames(self, data: bytes) -> None:
@@ -201,6 +201,64 @@ def test_the_compiled_side_relays_as_the_python_one() -> None:
         assert _state(c) == _state(p)
 
 
+def _plain_class(base: type, frames_method: object, scan_method: object = None) -> type:
+    """``_side_class``'s side with ``frames_method`` as ``_frames`` (and ``held``, ``tunnel``
+    and ``_scan``: what _WsSide._frames uses outside the relaying phase)."""
+
+    class Plain(_side_class(base)):  # type: ignore[misc]
+        __slots__ = ("held", "tunnel")
+        _frames = frames_method
+        _scan = scan_method
+
+    return Plain
+
+
+def test_the_compiled_side_scans_what_the_fast_path_leaves_as_the_python_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A side whose ``_frames`` is the tunnel's own (``_WsSide._frames``), relaying: the
+    compiled ``relay_ws`` writes and scans the chunks its fast path leaves (several headers,
+    split headers, Close frames) itself, as the Python twin's ``_frames`` does with the pure
+    scanner: the same writes, skip, partial header, message count and Close code after every
+    chunk.  That the C side really does it without Python is shown by the tunnel's
+    ``scan_fields`` (the one ``_WsSide._frames`` calls) never being called for it."""
+    from wsgate.proxy import tunnel
+
+    def reference(self: Any, data: bytes) -> None:  # _WsSide._frames's relaying case, pure
+        self.out.write(data)
+        skip = self.skip
+        skip, self.partial, self.messages, self.close_seen = py_fields(
+            data, skip if skip > 0 else 0, self.partial, self.messages, self.close_seen
+        )
+        self.skip = -1 if self.partial else skip
+
+    calls: list[bytes] = []
+    compiled_scan = tunnel.scan_fields
+
+    def counted(data: bytes, *rest: Any) -> Any:
+        calls.append(data)
+        return compiled_scan(data, *rest)
+
+    monkeypatch.setattr(tunnel, "scan_fields", counted)
+    _frames.SideBase.plain_frames(tunnel._WsSide._frames)  # tunnel.py's, unless WSGATE_PURE
+    compiled = _plain_class(_frames.SideBase, tunnel._WsSide._frames, tunnel._WsSide._scan)
+    python = _plain_class(tunnel._PySideBase, reference)
+    rng = random.Random(41)
+    for _ in range(300):
+        data, _ = random_stream(rng, rng.randint(1, 25))
+        c, p = compiled(), python()
+        for chunk in chunked(rng, data, most=rng.choice((5, 60, 400))):
+            c.relay_ws(chunk)
+            p.relay_ws(chunk)
+            assert _state(c) + (c.close_seen,) == _state(p) + (p.close_seen,), chunk[:16]
+    assert calls == []
+    # Outside the relaying phase the chunk goes to ``_frames`` itself (and so to the scanner).
+    c = compiled()
+    c.phase, c.held, c.skip = 2, 0, -1  # _DROP: a going-away direction's
+    c.relay_ws(b"\x81\x01a\x81\x01b")
+    assert calls == [b"\x81\x01a\x81\x01b"] and c.messages == 2
+
+
 def test_the_compiled_side_keeps_skip_in_62_bits() -> None:
     side = _side_class(_frames.SideBase)()
     side.skip = 1 << 70
@@ -221,7 +279,7 @@ def _limit_class(base: type, method: object) -> type:
     hands to ``_many`` where Python's fast path takes it, by design.)"""
 
     class Limited(base):  # type: ignore[misc, valid-type]
-        __slots__ = ("max_whole", "period", "window", "tat", "many", "partial")
+        __slots__ = ("max_whole", "period", "window", "tat", "many")
         data_received = method
 
         def __init__(self, max_whole: int, rate: float, burst: float) -> None:

@@ -139,26 +139,17 @@ carry(unsigned char *buf, PyObject *partial, const unsigned char *d, Py_ssize_t 
     return plen + take;
 }
 
-/* scan_fields(data, skip, partial, messages, close_seen) -> (skip, partial, messages,
- * close_seen): frames.scan_fields. */
-static PyObject *
-scan_fields(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+/* The scan of frames.scan_fields on C values: ``n`` bytes at ``d``, ``pos`` (skip) bytes into
+ * them the next header, ``partial`` (bytes, at most 48) a header carried over.  Returns 1
+ * with the new skip in ``*skip``, the new partial (a new reference) in ``*rest`` and
+ * ``*messages``/``*close_seen`` updated; 0 for what only Python answers exactly (a length
+ * past 2**62, a partial longer than its frame), nothing changed; -1 with an error set. */
+static int
+scan_core(const unsigned char *d, Py_ssize_t n, Py_ssize_t pos, PyObject *partial,
+          long long *messages_io, long *close_seen_io, long long *skip, PyObject **rest)
 {
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "scan_fields() takes 5 arguments");
-        return NULL;
-    }
-    PyObject *data = args[0], *partial = args[2];
-    long long skip = small_int(args[1]);
-    long long messages = small_int(args[3]);
-    long long seen = small_int(args[4]);
-    if (!PyBytes_CheckExact(data) || !PyBytes_CheckExact(partial) || skip < 0 ||
-        messages < 0 || seen < 0 || seen > LONG_MAX || PyBytes_GET_SIZE(partial) > 48)
-        return hand_over(py_scan_fields, args, nargs);
-    long close_seen = (long)seen;
-    const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(data);
-    Py_ssize_t n = PyBytes_GET_SIZE(data);
-    Py_ssize_t pos = (Py_ssize_t)skip;
+    long long messages = *messages_io;
+    long close_seen = *close_seen_io;
     Py_ssize_t plen = PyBytes_GET_SIZE(partial);
     Py_ssize_t head;
     uint64_t length;
@@ -167,23 +158,28 @@ scan_fields(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
         unsigned char buf[64];
         Py_ssize_t blen = carry(buf, partial, d, n, 15);
         int r = header_at(buf, blen, 0, &head, &length);
-        if (r == 0)
-            return fields_result(0, PyBytes_FromStringAndSize((char *)buf, blen), messages,
-                                 close_seen);
+        if (r == 0) {
+            pos = n;
+            *rest = PyBytes_FromStringAndSize((char *)buf, blen);
+            goto done;
+        }
         int kind = frame_kind(buf[0]);
         if (kind > 0)
             messages++;
         else if (kind && !close_seen) {
             close_seen = close_code_at(buf, blen, 0);
-            if (!close_seen)
-                return fields_result(0, PyBytes_FromStringAndSize((char *)buf, blen),
-                                     messages, 0);
+            if (!close_seen) {
+                messages = *messages_io;
+                pos = n;
+                *rest = PyBytes_FromStringAndSize((char *)buf, blen);
+                goto done;
+            }
         }
         if (r < 0)
-            return hand_over(py_scan_fields, args, nargs);
+            return 0;
         pos = head + (Py_ssize_t)length - plen;
         if (pos < 0) /* a partial longer than its frame: not what the tunnel passes */
-            return hand_over(py_scan_fields, args, nargs);
+            return 0;
     }
     Py_ssize_t last = n - 1; /* a header needs its second byte */
     while (pos < last) {
@@ -204,7 +200,7 @@ scan_fields(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
             for (int i = 0; i < 8; i++)
                 len = (len << 8) | d[pos + 2 + i];
             if (len >= HUGE_LENGTH)
-                return hand_over(py_scan_fields, args, nargs);
+                return 0;
             size = (Py_ssize_t)len + ((b1 & 0x80) ? 14 : 10);
         }
         int kind = frame_kind(d[pos]);
@@ -217,10 +213,46 @@ scan_fields(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
         }
         pos += size;
     }
-    if (pos < n)
-        return fields_result(0, PyBytes_FromStringAndSize((const char *)d + pos, n - pos),
-                             messages, close_seen);
-    return fields_result(pos - n, PyBytes_FromStringAndSize(NULL, 0), messages, close_seen);
+    if (pos < n) {
+        *rest = PyBytes_FromStringAndSize((const char *)d + pos, n - pos);
+        pos = n;
+    }
+    else
+        *rest = PyBytes_FromStringAndSize(NULL, 0);
+done:
+    if (*rest == NULL)
+        return -1;
+    *skip = pos - n;
+    *messages_io = messages;
+    *close_seen_io = close_seen;
+    return 1;
+}
+
+/* scan_fields(data, skip, partial, messages, close_seen) -> (skip, partial, messages,
+ * close_seen): frames.scan_fields. */
+static PyObject *
+scan_fields(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "scan_fields() takes 5 arguments");
+        return NULL;
+    }
+    PyObject *data = args[0], *partial = args[2];
+    long long skip = small_int(args[1]);
+    long long messages = small_int(args[3]);
+    long long seen = small_int(args[4]);
+    if (!PyBytes_CheckExact(data) || !PyBytes_CheckExact(partial) || skip < 0 ||
+        messages < 0 || seen < 0 || seen > LONG_MAX || PyBytes_GET_SIZE(partial) > 48)
+        return hand_over(py_scan_fields, args, nargs);
+    long close_seen = (long)seen;
+    PyObject *rest;
+    int r = scan_core((const unsigned char *)PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data),
+                      (Py_ssize_t)skip, partial, &messages, &close_seen, &skip, &rest);
+    if (r < 0)
+        return NULL;
+    if (r == 0)
+        return hand_over(py_scan_fields, args, nargs);
+    return fields_result(skip, rest, messages, close_seen);
 }
 
 /* frames.BUCKET_BY_BITS[min((size - 1).bit_length(), 64)] */
@@ -364,7 +396,14 @@ typedef struct {
     long long nbytes;
     long long skip;
     long long messages;
+    PyObject *partial; /* a header split across reads (bytes), see _WsSide */
+    long close_seen;   /* frames.ScanState.close_seen */
+    int phase;         /* tunnel._RELAY, _WAIT or _DROP */
 } SideBase;
+
+/* _WsSide._frames, registered by tunnel.py (SideBase.plain_frames): for a side whose
+ * ``_frames`` is this one, relay_ws does its first case (the relaying phase) itself. */
+static PyObject *plain_frames = NULL;
 
 static PyObject *str_write = NULL;
 static PyObject *str_frames = NULL;
@@ -379,6 +418,7 @@ side_traverse(SideBase *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->out);
     Py_VISIT(self->clock);
+    Py_VISIT(self->partial);
     return 0;
 }
 
@@ -387,6 +427,7 @@ side_clear(SideBase *self)
 {
     Py_CLEAR(self->out);
     Py_CLEAR(self->clock);
+    Py_CLEAR(self->partial);
     return 0;
 }
 
@@ -448,10 +489,38 @@ side_stamp(SideBase *self, Py_ssize_t n)
     Py_RETURN_NONE;
 }
 
-/* self._frames(data), then the stamp: what the WebSocket fast path leaves. */
+/* self._frames(data), then the stamp: what the WebSocket fast path leaves.  In the
+ * relaying phase, for a side whose ``_frames`` is _WsSide's, its first case is done here:
+ * the chunk written, then its headers scanned from the side's state (scan_core, as the
+ * Python one calls scan_fields); what scan_core leaves to Python goes to ``_frames``. */
 static PyObject *
 side_frames(SideBase *self, PyObject *data, Py_ssize_t n)
 {
+    PyObject *partial = self->partial;
+    if (self->phase == 0 && plain_frames != NULL && PyBytes_CheckExact(data) &&
+        partial != NULL && PyBytes_CheckExact(partial) && PyBytes_GET_SIZE(partial) <= 48 &&
+        self->messages >= 0 && self->close_seen >= 0 &&
+        _PyType_Lookup(Py_TYPE(self), str_frames) == plain_frames) {
+        long long messages = self->messages, skip;
+        long close_seen = self->close_seen;
+        PyObject *rest;
+        int r = scan_core((const unsigned char *)PyBytes_AS_STRING(data), n,
+                          self->skip > 0 ? (Py_ssize_t)self->skip : 0, partial, &messages,
+                          &close_seen, &skip, &rest);
+        if (r < 0)
+            return NULL;
+        if (r > 0) {
+            if (side_write(self, data) < 0) {
+                Py_DECREF(rest);
+                return NULL;
+            }
+            self->messages = messages;
+            self->close_seen = close_seen;
+            self->skip = PyBytes_GET_SIZE(rest) ? -1 : skip;
+            Py_SETREF(self->partial, rest);
+            return side_stamp(self, n);
+        }
+    }
     PyObject *r = PyObject_CallMethodOneArg((PyObject *)self, str_frames, data);
     if (r == NULL)
         return NULL;
@@ -662,6 +731,9 @@ static PyMemberDef side_members[] = {
     {"last", T_DOUBLE, offsetof(SideBase, last), 0, "when this side was last read"},
     {"nbytes", T_LONGLONG, offsetof(SideBase, nbytes), 0, "bytes read from this side"},
     {"messages", T_LONGLONG, offsetof(SideBase, messages), 0, "data messages read"},
+    {"partial", T_OBJECT_EX, offsetof(SideBase, partial), 0, "a header split across reads"},
+    {"close_seen", T_LONG, offsetof(SideBase, close_seen), 0, "frames.ScanState.close_seen"},
+    {"phase", T_INT, offsetof(SideBase, phase), 0, "tunnel._RELAY, _WAIT or _DROP"},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -671,11 +743,26 @@ static PyGetSetDef side_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
+/* SideBase.plain_frames(func): _WsSide._frames, whose relaying case relay_ws does itself. */
+static PyObject *
+side_plain_frames(PyObject *Py_UNUSED(cls), PyObject *func)
+{
+    if (!PyFunction_Check(func)) {
+        PyErr_SetString(PyExc_TypeError, "plain_frames() takes a function");
+        return NULL;
+    }
+    Py_INCREF(func);
+    Py_XSETREF(plain_frames, func);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef side_methods[] = {
     {"relay", (PyCFunction)side_relay, METH_O, "_Side.data_received, compiled."},
     {"relay_ws", (PyCFunction)side_relay_ws, METH_O, "_WsSide.data_received, compiled."},
     {"relay_limited", (PyCFunction)side_relay_limited, METH_O,
      "_LimitSide.data_received, compiled."},
+    {"plain_frames", (PyCFunction)side_plain_frames, METH_O | METH_CLASS,
+     "plain_frames(_WsSide._frames): the _frames whose relaying case relay_ws does itself."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -39,7 +39,10 @@ Compiled: where the optional extension ``wsgate.proxy._frames`` was built (and
 ``WSGATE_PURE`` is not set), the sides' hot fields and both ``data_received`` methods (the
 byte stream's and the fast path above) are its ``SideBase`` type, in C, and the header
 scanner is its ``scan_fields``; :class:`_PySideBase` and :mod:`wsgate.proxy.frames` are the
-Python twins, step for step the same.  Everything else of a side stays in Python.
+Python twins, step for step the same.  A chunk the fast path leaves while the direction is
+relaying (several headers in one read, a split header: pipelined small messages) is written
+and scanned there too, without a call into :meth:`_WsSide._frames` (whose first case it is).
+Everything else of a side stays in Python.
 
 Going away (:meth:`Tunnel.going_away`, for a graceful stop or the end of
 ``worker_shutdown_timeout``): per direction, at that direction's next frame boundary, wsgate
@@ -154,7 +157,17 @@ class _PySideBase:
     :class:`_Side` subclasses instead when the extension was built and ``WSGATE_PURE`` is
     not set (:data:`wsgate.proxy.frames.SIDE_BASE`).  Both do the same steps."""
 
-    __slots__ = ("out", "clock", "last", "nbytes", "skip", "messages")
+    __slots__ = (
+        "out",
+        "clock",
+        "last",
+        "nbytes",
+        "skip",
+        "messages",
+        "partial",
+        "close_seen",
+        "phase",
+    )
     #: ``peer.transport`` (one attribute look-up per chunk, not two), or _DISCARD once the
     #: peer has been sent a Close.  Not the bound ``write``: that would be an object of 64
     #: bytes per side for as long as the tunnel is open, for no measurable gain.
@@ -169,6 +182,11 @@ class _PySideBase:
     #: through to _frames; in _WAIT the real skip is ``held``.
     skip: int
     messages: int  # complete WebSocket data messages read from this side (_WsSide)
+    #: A frame header split across reads (frames.ScanState.partial); see :class:`_FeatSide`
+    #: for what it holds there.
+    partial: bytes
+    close_seen: int  # frames.ScanState.close_seen: CLOSE_SEEN | the first Close's code
+    phase: int  # this direction's: _RELAY, _WAIT or _DROP
 
     # the hot path -------------------------------------------------------------------------
     def relay(self, data: bytes) -> None:
@@ -227,9 +245,6 @@ class _Side(_SideBase, asyncio.Protocol):
         "peer",
         "frozen",
         "held",
-        "partial",
-        "close_seen",
-        "phase",
         "finished",
         "eof",
         "lost",
@@ -250,7 +265,7 @@ class _Side(_SideBase, asyncio.Protocol):
         self.skip = 0
         self.held = 0
         self.partial = b""
-        self.close_seen = 0  # frames.ScanState.close_seen: CLOSE_SEEN | the first Close's code
+        self.close_seen = 0
         self.phase = _RELAY
         self.finished = False  # going away: this transport's close() has been called
         self.eof = False
@@ -359,6 +374,12 @@ class _WsSide(_Side):
             self.held = skip  # the hot path must not see the boundary: ``skip`` stays -1
         else:
             self.skip = skip
+
+
+if SIDE_BASE is not None and not TYPE_CHECKING:
+    # The compiled relay_ws does the relaying case of this _frames itself (the chunk written,
+    # then scanned as scan_fields does), for sides whose _frames is this one (_frames.c).
+    SIDE_BASE.plain_frames(_WsSide._frames)
 
 
 @dataclass(frozen=True, slots=True)
