@@ -66,6 +66,7 @@ import mmap
 import os
 import struct
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -758,6 +759,11 @@ class SharedCounters:
     def arena(self) -> Arena:
         return self._arena
 
+    @property
+    def rows(self) -> memoryview:
+        """Every worker slot's row (``_ROW`` cells each), for reading."""
+        return self._rows
+
     def attach(self, slot: int) -> None:
         """Write worker slot ``slot``'s row from now on (in the worker, after fork)."""
         if not 0 <= slot < self.max_slots:
@@ -798,6 +804,9 @@ class SharedState:
     what.  ``stub_status`` is a :class:`SharedCounters`, ``limits`` a :class:`SharedLimits`.
     """
 
+    #: Seconds :meth:`accept_share` keeps the peers it found in the slot table.
+    PEERS_TTL = 1.0
+
     __slots__ = (
         "max_slots",
         "stub_status",
@@ -813,6 +822,8 @@ class SharedState:
         "_req",
         "_retired",
         "_adopted",
+        "_peers",
+        "_peers_until",
     )
 
     def __init__(self, max_slots: int, handover: dict[str, Any] | None = None) -> None:
@@ -850,6 +861,9 @@ class SharedState:
         self._retired: list[tuple[int, SharedConnZone]] = []
         #: Zones handed over, until the first :meth:`configure` keeps or drops them.
         self._adopted: set[tuple[str, str]] = set()
+        #: :meth:`accept_share`'s peers (their rows' active cells), found again each second.
+        self._peers: list[int] = []
+        self._peers_until = 0.0
         for name, size, key, fd, lock in h.get("conn", ()):
             self._conn[name] = SharedConnZone(
                 name, size, key, max_slots, self._salt, ShmLock(self._locks, lock), self._me, fd
@@ -975,6 +989,31 @@ class SharedState:
         self._me.index = slot
         self._slots[2 * slot] = self.generation
         self._slots[2 * slot + 1] = os.getpid()
+
+    def accept_share(self) -> tuple[int, int] | None:
+        """The client connections (``stub_status``'s active) this worker holds and the fewest
+        any other live worker of its generation holds, or None without such a worker: the
+        listeners' balance check (gateway.py ``_Listener``).  A read of a few shared cells,
+        no lock: a count a moment old only moves one accept to another worker or not.  The
+        peers are looked for in the slot table at most once a second (a worker started or
+        gone since is seen within it)."""
+        me = self._me.index
+        if me < 0:
+            return None
+        now = time.monotonic()
+        if now >= self._peers_until:
+            slots = self._slots.tolist()
+            gen = slots[2 * me]
+            self._peers = [
+                s * _ROW + ACTIVE
+                for s in range(self.max_slots)
+                if s != me and slots[2 * s] == gen and slots[2 * s + 1] > 0
+            ]
+            self._peers_until = now + self.PEERS_TTL
+        if not self._peers:
+            return None
+        rows = self.stub_status.rows
+        return rows[me * _ROW + ACTIVE], min(rows[i] for i in self._peers)
 
     def close_descriptors(self) -> None:
         """In a forked worker: close every descriptor of the shared memory, which only a

@@ -174,6 +174,38 @@ def test_counters_from_several_processes_sum(tmp_path: Path, workers: list[Worke
         w.exit()
 
 
+def test_accept_share_reads_the_live_peers_of_a_generation(
+    tmp_path: Path, workers: list[Worker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The listeners' balance check: this worker's active connections and the fewest of any
+    other live worker of its generation; an exited worker, or one of another generation (a
+    reload's retiring workers, whose listeners are closed), is not a peer.  (The peers are
+    looked up at every call here; a worker keeps them for PEERS_TTL.)"""
+    monkeypatch.setattr(SharedState, "PEERS_TTL", 0.0)
+    state = shared(tmp_path)
+    calls = count_calls(state)
+    calls["share"] = lambda arg: state.accept_share()
+    for slot in range(3):
+        workers.append(Worker(state, slot, calls))
+    assert workers[0].call("share") == "(0, 0)"
+    workers[0].call("inc", f"{ACTIVE} 9")
+    workers[1].call("inc", f"{ACTIVE} 4")
+    workers[2].call("inc", f"{ACTIVE} 6")
+    assert workers[0].call("share") == "(9, 4)"
+    assert workers[1].call("share") == "(4, 6)"
+    workers[1].exit()
+    state.worker_exited(1)  # the master, after reaping it
+    assert workers[0].call("share") == "(9, 6)"
+    state.configure(conf(tmp_path, ZONES))  # a reload: the next workers are a new generation
+    workers.append(Worker(state, 1, calls))
+    workers[3].call("inc", f"{ACTIVE} 1")
+    assert workers[3].call("share") == "None"  # its only live peers are older
+    assert workers[0].call("share") == "(9, 6)"
+    for w in (workers[0], workers[2], workers[3]):
+        w.exit()
+    assert SharedState(max_slots=2).accept_share() is None  # not attached: no worker
+
+
 def test_exited_slot_keeps_cumulative_counts_and_drops_gauges(
     tmp_path: Path, workers: list[Worker]
 ) -> None:

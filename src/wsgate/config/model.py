@@ -1073,6 +1073,10 @@ class Config:
     daemon: bool = True
     worker_processes: int = 1
     worker_connections: int = 512
+    #: ``multi_accept``: take every waiting connection per readiness event of a listening
+    #: socket (at most ACCEPT_BATCH), or one (nginx's default: with several workers polling
+    #: one socket, each takes its turn, so connections spread over them).
+    multi_accept: bool = False
     worker_shutdown_timeout: float | None = None
     #: ``master_process off`` runs one process (nginx's development mode).
     master_process: bool = True

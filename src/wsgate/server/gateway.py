@@ -91,9 +91,22 @@ __all__ = [
     "remove_unix_sockets",
 ]
 
-#: Connections taken from a listening socket per readiness event, at most (the rest are taken
-#: on the next turn of the loop, after the ones accepted have been started).
+#: Connections taken from a listening socket per readiness event with ``multi_accept on``, at
+#: most (the rest are taken on the next turn of the loop, after the ones accepted have been
+#: started).  With ``multi_accept off`` (nginx's default) one is taken per event: every worker
+#: polls the shared socket, so the next waiting connection goes to whichever worker turns to it
+#: next, and a burst spreads over the workers instead of going 32 at a time to the first awake
+#: (measured: 100 connections opened at once went 89/11 to two workers with batches).
 ACCEPT_BATCH = 32
+
+#: Seconds a worker holding more connections than another worker (by more than an eighth, and
+#: two) leaves a listening socket unpolled, once, so that the other takes what waits: every
+#: worker is woken for each new connection, and the one already running (the busy one) would
+#: take it first.  After the pause it accepts whatever is still waiting, so a stalled peer
+#: delays a connection by this much at most.  (nginx gets the same spreading from
+#: EPOLLEXCLUSIVE, which wakes a worker blocked in epoll_wait, i.e. an idle one; its
+#: ``accept_mutex`` is off by default.)
+ACCEPT_DEFER = 0.002
 
 #: Descriptors kept free beyond those counted (see :meth:`Gateway._fd_room`).
 FD_SPARE = 1
@@ -158,6 +171,9 @@ class Gateway:
         self.counter = 0
         #: ``stub_status`` counters: here, not on the configuration, so they survive reloads.
         self.stub_status: StatusCounters = ConnectionCounters()
+        #: With workers sharing listening sockets: this worker's client connections and the
+        #: fewest of any other worker's (:meth:`wsgate.shm.SharedState.accept_share`).
+        self.accept_share: Callable[[], tuple[int, int] | None] | None = None
         #: ``prometheus`` metrics (one slot; a master passes its shared store per worker).
         self.metrics = MetricsStore.single_process()
         self.metrics.start_flush(loop, lambda: self.config)
@@ -707,7 +723,7 @@ class _Listener:
     fails with EMFILE) the socket is no longer polled, so clients wait in the backlog.  (libuv,
     under uvloop, answers EMFILE by accepting and closing every pending connection.)"""
 
-    __slots__ = ("gw", "sock", "acceptor", "fd", "_on", "direct", "sockname")
+    __slots__ = ("gw", "sock", "acceptor", "fd", "_on", "direct", "sockname", "_timer", "_take")
 
     def __init__(self, gw: Gateway, sock: socket.socket, acceptor: _Acceptor) -> None:
         self.gw = gw
@@ -715,6 +731,10 @@ class _Listener:
         self.acceptor = acceptor
         self.fd = sock.fileno()
         self._on = False
+        #: While another worker is given the waiting connections (ACCEPT_DEFER): the timer
+        #: that polls again; then ``_take``: the next event accepts without the check.
+        self._timer: asyncio.TimerHandle | None = None
+        self._take = False
         #: Plain TCP clients go on the compiled transport from their accept (fdrelay.py).
         self.direct = fdrelay.AVAILABLE and sock.family in (socket.AF_INET, socket.AF_INET6)
         #: The local address of every connection, if the socket is bound to a specific one
@@ -730,11 +750,43 @@ class _Listener:
     def close(self) -> None:
         if self._on:
             self._on = False
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._take = False
             self.gw.loop.remove_reader(self.fd)
+
+    def _busier(self) -> bool:
+        """Whether another worker holds fewer client connections than this one by more than
+        an eighth of this one's, and two (see ACCEPT_DEFER)."""
+        share = self.gw.accept_share
+        if share is None or self.gw.config.worker_processes < 2:
+            return False
+        counts = share()
+        if counts is None:
+            return False
+        mine, least = counts
+        return mine > least + 2 + (mine >> 3)
+
+    def _defer(self) -> None:
+        loop = self.gw.loop
+        loop.remove_reader(self.fd)
+        self._timer = loop.call_later(ACCEPT_DEFER, self._poll_again)
+
+    def _poll_again(self) -> None:
+        self._timer = None
+        self._take = True  # the next event accepts, busier or not
+        if self._on:
+            self.gw.loop.add_reader(self.fd, self._ready)
 
     def _ready(self) -> None:
         gw, loop, sock = self.gw, self.gw.loop, self.sock
-        for i in range(ACCEPT_BATCH):
+        if self._take:
+            self._take = False
+        elif self._busier():
+            self._defer()
+            return
+        for i in range(ACCEPT_BATCH if gw.config.multi_accept else 1):
             if not self._on:
                 return
             if not gw.room():

@@ -87,6 +87,7 @@ class Shared(SharedHooks):
     def attach(self, gw: Gateway, slot: int) -> None:
         self.state.attach(slot)
         gw.stub_status = self.state.stub_status
+        gw.accept_share = self.state.accept_share
         gw.resolved_store = self.resolved
         gw.control = Control(gw, self.control)
         gw.limits = self.state.limits

@@ -451,6 +451,16 @@ ENTRIES: tuple[Directive, ...] = (
         default="512",
         syntax="number",
     ),
+    Directive(
+        "multi_accept",
+        ctx("events"),
+        FLAG,
+        parse=flag,
+        target=Config,
+        fields=("multi_accept",),
+        default="off",
+        note="`on`: at most 32 connections per readiness event, the rest on the next turn",
+    ),
     Directive("http", ctx(MAIN), BLOCK, kind=Kind.STRUCTURE, parse=_http, syntax="{ ... }"),
     # http: named things the servers refer to, loaded first
     Directive(

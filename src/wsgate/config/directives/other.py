@@ -72,7 +72,6 @@ ENTRIES: tuple[Directive, ...] = (
     _noop("worker_rlimit_core", _M, TAKE1, "no core file limit is set"),
     _noop("pcre_jit", _M, FLAG, "regular expressions are Python's `re`"),
     _noop("use", _E, TAKE1, _LOOP),
-    _noop("multi_accept", _E, FLAG, _LOOP),
     _noop("accept_mutex", _E, FLAG, _LOOP),
     _noop("accept_mutex_delay", _E, TAKE1, _LOOP),
     _noop("types_hash_max_size", HSL, TAKE1, _HASH, number),
