@@ -91,21 +91,19 @@ __all__ = [
     "remove_unix_sockets",
 ]
 
-#: Connections taken from a listening socket per readiness event with ``multi_accept on``, at
-#: most (the rest are taken on the next turn of the loop, after the ones accepted have been
-#: started).  With ``multi_accept off`` (nginx's default) one is taken per event: every worker
-#: polls the shared socket, so the next waiting connection goes to whichever worker turns to it
-#: next, and a burst spreads over the workers instead of going 32 at a time to the first awake
-#: (measured: 100 connections opened at once went 89/11 to two workers with batches).
+#: Connections taken from a listening socket per readiness event with ``multi_accept on``
+#: (wsgate's default), at most: the rest are taken on the next turn of the loop, after the ones
+#: accepted have been started.  ``multi_accept off`` (nginx's default) takes one.
 ACCEPT_BATCH = 32
 
 #: Seconds a worker holding more connections than another worker (by more than an eighth, and
 #: two) leaves a listening socket unpolled, once, so that the other takes what waits: every
 #: worker is woken for each new connection, and the one already running (the busy one) would
-#: take it first.  After the pause it accepts whatever is still waiting, so a stalled peer
-#: delays a connection by this much at most.  (nginx gets the same spreading from
-#: EPOLLEXCLUSIVE, which wakes a worker blocked in epoll_wait, i.e. an idle one; its
-#: ``accept_mutex`` is off by default.)
+#: take it first (the benchmark's 100 tunnels went 89/11 to two workers with batches of 32,
+#: 100/0 with one accept per event; 51/53 and 49/55 with this check).  After the pause it
+#: accepts whatever is still waiting, so a stalled peer delays a connection by this much at
+#: most.  (nginx gets the same spreading from EPOLLEXCLUSIVE, which wakes a worker blocked in
+#: epoll_wait, i.e. an idle one; its ``accept_mutex`` is off by default.)
 ACCEPT_DEFER = 0.002
 
 #: Descriptors kept free beyond those counted (see :meth:`Gateway._fd_room`).

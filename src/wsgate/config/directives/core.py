@@ -458,8 +458,8 @@ ENTRIES: tuple[Directive, ...] = (
         parse=flag,
         target=Config,
         fields=("multi_accept",),
-        default="off",
-        note="`on`: at most 32 connections per readiness event, the rest on the next turn",
+        default="on",
+        note="wsgate's default is `on` (nginx: `off`); `on`: at most 32 per readiness event",
     ),
     Directive("http", ctx(MAIN), BLOCK, kind=Kind.STRUCTURE, parse=_http, syntax="{ ... }"),
     # http: named things the servers refer to, loaded first
