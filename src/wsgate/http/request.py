@@ -36,13 +36,13 @@ https://nginx.org/en/docs/http/ngx_http_core_module.html#large_client_header_buf
 from __future__ import annotations
 
 import enum
-import os
 import re
 from dataclasses import dataclass, field
 from types import ModuleType
 
 import httptools
 
+from wsgate.compiled import extension, pure_note
 from wsgate.errors import HttpError
 from wsgate.http.body import Body, BodyReader, EndOfMessage, InvalidChunk
 from wsgate.http.fields import first_value, has_ctl_or_space
@@ -190,18 +190,9 @@ _RENAMED = {b"content-length": b"X-Wsgate-Cl", b"transfer-encoding": b"X-Wsgate-
 #: ``wsgate.http._heads`` (src/wsgate/http/_heads.c) when the extension was built and
 #: ``WSGATE_PURE`` is not set: the header lines of a common head split in C, the rest of the
 #: parser unchanged (:meth:`RequestParser._common_head`).
-_heads: ModuleType | None = None
-if not os.environ.get("WSGATE_PURE"):
-    try:
-        import wsgate.http._heads as _compiled_heads
-    except ImportError:  # built without a compiler: the extension is optional
-        pass
-    else:
-        _heads = _compiled_heads
+_heads: ModuleType | None = extension("wsgate.http._heads")
 #: What ``wsgate -V`` says splits the header lines.
-HEADS = "compiled" if _heads is not None else "pure Python"
-if os.environ.get("WSGATE_PURE"):
-    HEADS += " (WSGATE_PURE)"
+HEADS = "compiled" if _heads is not None else "pure Python" + pure_note()
 #: The request line of a common head (one space each side of an origin-form target of
 #: visible ASCII, HTTP/1.0 or 1.1): anything else goes through the line-by-line parser.
 _COMMON_LINE = re.compile(rb"([A-Z_\-]+) (/[\x21-\x7e]*) HTTP/1\.([01])")

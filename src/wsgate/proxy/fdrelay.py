@@ -37,6 +37,8 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, cast
 
+from wsgate.compiled import PURE, extension
+
 __all__ = [
     "AVAILABLE",
     "RELAY",
@@ -46,15 +48,9 @@ __all__ = [
     "serve_accepted",
 ]
 
-_relay: ModuleType | None = None
 #: ``WSGATE_LOOP_RELAY=1`` keeps tunnels on the loop's transports (to compare the two).
-_KEEP = "WSGATE_PURE" if os.environ.get("WSGATE_PURE") else ""
-_KEEP = _KEEP or ("WSGATE_LOOP_RELAY" if os.environ.get("WSGATE_LOOP_RELAY") else "")
-if not _KEEP:
-    try:
-        from wsgate.proxy import _relay
-    except ImportError:  # built without a compiler: the extension is optional
-        _relay = None
+_KEEP = PURE or ("WSGATE_LOOP_RELAY" if os.environ.get("WSGATE_LOOP_RELAY") else "")
+_relay: ModuleType | None = None if _KEEP else extension("wsgate.proxy._relay")
 
 #: Plain TCP connections go on compiled transports here.
 AVAILABLE = _relay is not None

@@ -31,6 +31,8 @@ import os
 from collections.abc import Callable
 from typing import NamedTuple
 
+from wsgate.compiled import extension, pure_note
+
 __all__ = [
     "CLOSE",
     "CLOSE_SEEN",
@@ -300,21 +302,17 @@ def _scan_sizes(
 PURE_SCANNERS = (_scan_fields, _scan_sizes)
 scan_fields: Callable[[bytes, int, bytes, int, int], tuple[int, bytes, int, int]] = _scan_fields
 scan_sizes: Callable[[bytes, int, bytes, int, list[int]], tuple[int, bytes, int]] = _scan_sizes
-SCANNER = "pure Python (WSGATE_PURE)" if os.environ.get("WSGATE_PURE") else "pure Python"
+SCANNER = "pure Python" + pure_note()
 #: The compiled base of the tunnel's sides (``_frames.SideBase``: their hot fields and
 #: per-chunk relaying), or None: tunnel.py then uses its Python twin, ``_PySideBase``.
 SIDE_BASE: type | None = None
-if not os.environ.get("WSGATE_PURE"):
-    try:
-        from wsgate.proxy import _frames
-    except ImportError:  # built without a compiler: the extension is optional
-        pass
-    else:
-        _frames.fallback(_scan_fields, _scan_sizes)  # lengths past 2**62 go back to Python
-        scan_fields = _frames.scan_fields
-        scan_sizes = _frames.scan_sizes
-        SIDE_BASE = _frames.SideBase
-        SCANNER = "compiled"
+_frames = extension("wsgate.proxy._frames")
+if _frames is not None:
+    _frames.fallback(_scan_fields, _scan_sizes)  # lengths past 2**62 go back to Python
+    scan_fields = _frames.scan_fields
+    scan_sizes = _frames.scan_sizes
+    SIDE_BASE = _frames.SideBase
+    SCANNER = "compiled"
 
 
 def header_at(data: bytes, pos: int) -> tuple[int, int] | None:
