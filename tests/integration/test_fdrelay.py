@@ -548,3 +548,38 @@ def test_accept_gives_the_peer_address_and_a_ready_socket(host: str) -> None:
                 assert recv_exactly(client, 2) == b"hi"
             finally:
                 os.close(fd)
+
+
+def test_an_upstream_named_by_a_name_connects_through_the_loop_with_one_protocol(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """``UpstreamOpen`` to ``localhost``: the compiled connect leaves a name to the loop,
+    which connects the protocol the factory made (made once, on the loop's transport)."""
+    from wsgate.proxy.connect import UpstreamOpen
+    from wsgate.proxy.endpoint import Endpoint
+    from wsgate.upstream.roundrobin import Peer
+
+    made: list[Endpoint] = []
+
+    def factory() -> Endpoint:
+        made.append(Endpoint(loop))
+        return made[-1]
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+
+        async def main() -> Endpoint:
+            return await UpstreamOpen(
+                loop, Peer(f"localhost:{port}", "localhost", port), factory=factory
+            ).run()
+
+        ep = loop.run_until_complete(main())
+        try:
+            assert made == [ep]
+            assert ep.transport is not None
+            assert not isinstance(ep.transport, fdrelay.FdTransport)
+            conn, _ = listener.accept()
+            conn.close()
+        finally:
+            ep.abort()
+            loop.run_until_complete(asyncio.sleep(0))  # the transport's close callbacks

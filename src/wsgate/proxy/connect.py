@@ -84,9 +84,10 @@ class UpstreamOpen:
             elif tls is None and fdrelay.AVAILABLE:
                 # Plain TCP on the compiled transport from the start (fdrelay.py); a name
                 # that is not a numeric address goes through the loop.
-                ep = self.factory()
-                if not await fdrelay.open_connection(loop, peer.host, peer.port, ep):
-                    _, ep = await loop.create_connection(self.factory, peer.host, peer.port)
+                proto = self.factory()
+                if not await fdrelay.open_connection(loop, peer.host, peer.port, proto):
+                    await loop.create_connection(lambda: proto, peer.host, peer.port)
+                ep = proto
             else:
                 _, ep = await loop.create_connection(self.factory, peer.host, peer.port)
             self.ep = ep
